@@ -1,0 +1,315 @@
+"""Command line: ``xanestrack demo | synth | run | report | bench | train``.
+
+A thin shell: parse arguments, read, call the pipeline, write, print. Errors are
+one readable line (``--debug`` shows the traceback).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Per-particle registration, chemistry and deformation of TXM-XANES energy scans.",
+)
+train_app = typer.Typer(no_args_is_help=True, help="Train the learned models on generated data.")
+app.add_typer(train_app, name="train")
+
+_STATE = {"debug": False, "quiet": False}
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True, quiet=_STATE["quiet"])
+
+
+def _fail(exc: BaseException):
+    if _STATE["debug"]:
+        raise exc
+    from rich.console import Console
+
+    from rich.markup import escape
+
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+    raise typer.Exit(2)
+
+
+class _Progress:
+    """Turns the pipeline's progress callback into rich progress bars."""
+
+    def __init__(self, quiet):
+        self.quiet = quiet
+        self.bar = None
+        self.tasks = {}
+
+    def __enter__(self):
+        if not self.quiet:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("{task.description:<10}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), transient=True, console=_console())
+            self.bar.__enter__()
+        return self
+
+    def __call__(self, stage, done, total):
+        if self.bar is None:
+            return
+        if stage not in self.tasks:
+            self.tasks[stage] = self.bar.add_task(stage, total=total)
+        self.bar.update(self.tasks[stage], completed=done, total=total)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+
+@app.callback()
+def _main(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or stage summaries."),
+):
+    _STATE["debug"], _STATE["quiet"] = debug, quiet
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _stage_summary(result):
+    c = _console()
+    t = result.timings
+    n_frames = len(result.energies_ev)
+    det = result.detections
+    c.print(f"detect    {int(det['isolated'].sum()) if len(det) else 0} isolated particles in {n_frames} frames ({t.get('detect', 0):.2f} s)")
+    c.print(f"match     {len(result.particles)} tracks, {len(result.rejected)} rejected objects ({t.get('match', 0):.2f} s)")
+    c.print(f"register  + xanes: {t.get('segment_register_xanes', 0):.2f} s")
+
+
+def _particle_table(result, title="particles"):
+    from rich.table import Table
+
+    tab = Table(title=title)
+    for col in ("particle", "radius px", "frames measured", "max |non-rigid| px", "mean E50 eV", "flags"):
+        tab.add_column(col, justify="right")
+    ratios = result.peak_ratios.set_index("particle") if len(result.peak_ratios) else None
+    import numpy as np
+
+    for p in result.particles:
+        measured = int(((p.frame_flags & 16) == 0).sum())
+        nr = ratios.loc[p.particle, "max_nonrigid_displacement"] if ratios is not None else float("nan")
+        e50 = np.nanmean(p.edge_maps["e50"]) if np.isfinite(p.edge_maps["e50"]).any() else float("nan")
+        nflag = int((p.frame_flags > 0).sum())
+        tab.add_row(str(p.particle), f"{p.radius:.1f}", f"{measured}/{len(p.frame_flags)}", f"{nr:.2f}", f"{e50:.2f}", f"{nflag} frames" if nflag else "")
+    return tab
+
+
+def _run_and_write(stack, out, *, overwrite, run_info, options=None, detector="classical", segmenter="classical", make_report=True, save_fused=False):
+    from .pipeline import PipelineOptions, run_pipeline
+    from .results import atomic_output_dir, check_output_dir, write_results
+
+    check_output_dir(out, overwrite=overwrite)
+    options = options or PipelineOptions()
+    if detector != "classical" or segmenter != "classical":
+        raise ValueError("only the classical detector and segmenter are available")
+    det_fn = seg_fn = None
+    t0 = time.perf_counter()
+    with _Progress(_STATE["quiet"]) as prog:
+        result = run_pipeline(stack, options=options, detector=det_fn, segmenter=seg_fn, progress=prog)
+    run_info = dict(run_info, detector=detector, segmenter=segmenter, pipeline_s=time.perf_counter() - t0)
+    with atomic_output_dir(out, overwrite=overwrite) as tmp:
+        write_results(result, tmp, run_info=run_info, save_fused=save_fused)
+        if make_report:
+            from .report import write_report
+
+            t = time.perf_counter()
+            write_report(tmp, result=result)
+            result.timings["report"] = time.perf_counter() - t
+    return result
+
+
+def _input_description(stack, inputs):
+    from .io import file_checksums
+
+    files = stack.metadata.get("files", [str(p) for p in inputs])
+    return dict(
+        command=" ".join(sys.argv),
+        inputs=[str(p) for p in inputs],
+        input_checksums_sha256=file_checksums(files),
+        reader=stack.metadata.get("reader"),
+        energies_ev=[float(e) for e in stack.energies_ev],
+        frame_shape=list(stack.od.shape[1:]),
+        pixel_size_um=stack.pixel_size_um,
+        input_notes=stack.metadata.get("notes", []),
+    )
+
+
+@app.command()
+def run(
+    inputs: List[Path] = typer.Argument(..., help="A TIFF stack, an HDF5 file (FXI or Data Exchange), or .xrm/.txrm files or a folder of them."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (must not exist unless --overwrite)."),
+    energies: Optional[Path] = typer.Option(None, help="Energies file for TIFF input: one energy per frame, eV or keV."),
+    flats: Optional[Path] = typer.Option(None, help="TIFF of flat-field (reference) images for TIFF input."),
+    darks: Optional[Path] = typer.Option(None, help="TIFF of dark images for TIFF input."),
+    values: str = typer.Option("auto", help="TIFF without flats: 'od' or 'transmission' (integer data need --flats)."),
+    min_radius: float = typer.Option(7.0, help="Smallest particle radius to track (px); smaller objects are fines."),
+    max_radius: float = typer.Option(60.0, help="Largest particle radius to track (px)."),
+    reference_particle: Optional[int] = typer.Option(None, help="Particle the relative motion is measured against."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output folder (only once the new results are complete)."),
+    save_fused: bool = typer.Option(False, help="Also store the whole fused stack (as large as the input) in results.h5."),
+):
+    """Register every isolated particle of an energy scan and map its chemistry.
+
+    Example:
+
+        xanestrack run scan.h5 --out results/
+
+        xanestrack run stack.tif --energies energies.txt --flats flats.tif --out results/
+
+        xanestrack run ../shared/data/real_txm/ssrl_6-2c_nca --out ssrl/
+    """
+    try:
+        from .detect import DetectOptions
+        from .io import read_stack
+        from .pipeline import PipelineOptions
+
+        c = _console()
+        t = time.perf_counter()
+        stack = read_stack(inputs if len(inputs) > 1 else inputs[0], energies=energies, flats=flats, darks=darks, values=values)
+        c.print(f"read      {stack.od.shape[0]} frames of {stack.od.shape[1]} x {stack.od.shape[2]}, {stack.energies_ev[0]:.1f}-{stack.energies_ev[-1]:.1f} eV ({time.perf_counter() - t:.2f} s)")
+        opts = PipelineOptions(detect=DetectOptions(min_radius=min_radius, max_radius=max_radius), reference_particle=reference_particle)
+        result = _run_and_write(stack, out, overwrite=overwrite, run_info=_input_description(stack, inputs), options=opts, save_fused=save_fused)
+        _stage_summary(result)
+        if not _STATE["quiet"]:
+            from rich.console import Console
+
+            Console().print(_particle_table(result))
+        c.print(f"results in {out}/ (tracks.csv, results.h5, report.html, run.json)")
+    except (ValueError, TypeError, OSError) as exc:
+        _fail(exc)
+
+
+@app.command()
+def synth(
+    out: Path = typer.Argument(..., help="Folder for stack.h5 (FXI layout) and truth.h5."),
+    preset: str = typer.Option("default", help="default, hard or rigid."),
+    seed: int = typer.Option(0, help="Random seed."),
+    n_particles: Optional[int] = typer.Option(None, help="Override the number of particles."),
+    n_energies: Optional[int] = typer.Option(None, help="Override the number of energies."),
+    size: Optional[int] = typer.Option(None, help="Override the frame size (square, px)."),
+    counts: Optional[float] = typer.Option(None, help="Override the flat-field counts per pixel (noise level)."),
+    max_radius: Optional[float] = typer.Option(None, help="Override the largest particle radius (px)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing folder."),
+):
+    """Write a synthetic energy scan of a deforming electrode, with ground truth.
+
+    Example:
+
+        xanestrack synth synthetic/ --preset hard --seed 3
+        xanestrack run synthetic/stack.h5 --out results/
+    """
+    try:
+        from .results import atomic_output_dir
+        from .synth import make_synthetic_stack
+        from .truth_io import write_synthetic
+
+        kw = {}
+        if n_particles is not None:
+            kw["n_particles"] = n_particles
+        if n_energies is not None:
+            kw["n_energies"] = n_energies
+        if size is not None:
+            kw["shape"] = (size, size)
+        if counts is not None:
+            kw["counts"] = counts
+        if max_radius is not None:
+            from .synth import PRESETS
+
+            lo = PRESETS.get(preset, PRESETS["default"]).radius_range[0]
+            kw["radius_range"] = (min(lo, max_radius), max_radius)
+        s = make_synthetic_stack(preset, seed=seed, **kw)
+        with atomic_output_dir(out, overwrite=overwrite) as tmp:
+            write_synthetic(s, tmp, preset=preset)
+        _console().print(f"wrote {out}/stack.h5 ({s.counts.shape[0]} x {s.counts.shape[1]} x {s.counts.shape[2]}) and truth.h5, {len(s.truth.radii)} particles")
+    except (ValueError, TypeError, OSError) as exc:
+        _fail(exc)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo_output"), "--out", "-o", help="Output folder."),
+    preset: str = typer.Option("default", help="Synthetic preset: default, hard or rigid."),
+    seed: int = typer.Option(1, help="Random seed of the synthetic scan."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+):
+    """Make a synthetic scan with ground truth, run the pipeline, report its accuracy.
+
+    Example:
+
+        xanestrack demo --out demo_output --overwrite
+    """
+    try:
+        from rich.console import Console
+        from rich.table import Table
+
+        from .evaluate import evaluate_result
+        from .stack import Stack
+        from .synth import make_synthetic_stack, params_dict
+
+        c = _console()
+        t = time.perf_counter()
+        s = make_synthetic_stack(preset, seed=seed)
+        stack = Stack(s.optical_density(), s.energies_ev, None, dict(source=f"synthetic:{preset}:seed={seed}", reader="synthetic"))
+        c.print(f"synth     {preset} preset, seed {seed}: {stack.od.shape[0]} frames of {stack.od.shape[1]} x {stack.od.shape[2]}, {len(s.truth.radii)} particles ({time.perf_counter() - t:.2f} s)")
+        info = dict(command=" ".join(sys.argv), inputs=[f"synthetic preset {preset}"], synthetic=dict(preset=preset, seed=seed, params=params_dict(s.params)), energies_ev=list(map(float, s.energies_ev)))
+        result = _run_and_write(stack, out, overwrite=overwrite, run_info=info)
+        _stage_summary(result)
+        table, summary = evaluate_result(result, s.truth)
+        (Path(out) / "accuracy.csv").write_text(table.to_csv(index=False, float_format="%.4f"))
+        tab = Table(title=f"accuracy against the ground truth ({preset}, seed {seed})")
+        for col in ("particle", "radius px", "pattern", "frames measured", "registration RMS px", "worst px", "edge-energy RMS eV"):
+            tab.add_column(col, justify="right")
+        for _, r in table.iterrows():
+            if r["particle"] < 0:
+                tab.add_row("missed", f"{r['radius']:.1f}", r["pattern"], "-", "-", "-", "-")
+                continue
+            tab.add_row(str(int(r["particle"])), f"{r['radius']:.1f}", r["pattern"], str(int(r["frames_measured"])), f"{r['rms_px']:.3f}", f"{r['worst_px']:.2f}", f"{r['edge_rms_ev']:.3f}")
+        con = Console()
+        con.print(_particle_table(result))
+        con.print(tab)
+        con.print(
+            f"found {summary['n_found']}/{summary['n_true']} particles ({summary['n_false']} false); "
+            f"registration RMS max {summary['max_rms_px']:.3f} px, median {summary['median_rms_px']:.3f} px; "
+            f"edge-energy RMS max {summary['max_edge_rms_ev']:.3f} eV"
+        )
+        con.print(f"results in {out}/ (report.html, tracks.csv, results.h5, run.json, accuracy.csv)")
+    except (ValueError, TypeError, OSError) as exc:
+        _fail(exc)
+
+
+@app.command()
+def report(folder: Path = typer.Argument(..., help="An output folder of 'xanestrack run' or 'demo'.")):
+    """Rebuild report.html (and its figures) from an output folder.
+
+    Example:
+
+        xanestrack report results/
+    """
+    try:
+        from .report import write_report
+
+        write_report(folder)
+        _console().print(f"wrote {folder}/report.html")
+    except (ValueError, TypeError, OSError) as exc:
+        _fail(exc)
+
+
+def main():
+    app()
+
+
+if __name__ == "__main__":
+    main()

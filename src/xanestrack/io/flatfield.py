@@ -1,0 +1,94 @@
+"""Flat-field (reference) and dark correction to optical density."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+__all__ = ["optical_density"]
+
+logger = logging.getLogger(__name__)
+
+
+def optical_density(counts, *, flats=None, darks=None, source: str = "input") -> np.ndarray:
+    """Optical density ``OD = -ln((I - dark) / (flat - dark))``, float32.
+
+    Parameters
+    ----------
+    counts : array (n_frames, rows, cols)
+        Raw transmitted intensity.
+    flats : array (rows, cols), (1, rows, cols), (n_frames, rows, cols) or None
+        Reference (sample-out) images; several per frame must be averaged before. With
+        ``None`` the counts are taken to be already normalised transmission.
+    darks : array (rows, cols) or (n, rows, cols) or None
+        Dark images; several are averaged.
+
+    Returns
+    -------
+    ndarray (n_frames, rows, cols) float32. Pixels whose corrected sample intensity is
+    <= 0 get the OD of the smallest positive transmission of their frame (a saturated
+    absorber) and are counted in one warning.
+
+    Raises
+    ------
+    ValueError
+        On shape mismatches, NaN/inf in flats or darks, or a flat that is zero or
+        negative after dark subtraction anywhere (the reference is unusable there).
+    """
+    counts = np.asarray(counts)
+    if counts.ndim == 2:
+        counts = counts[None]
+    if counts.ndim != 3:
+        raise ValueError(f"{source}: counts must be (n_frames, rows, cols), got shape {counts.shape}")
+    shape = counts.shape[1:]
+    dark = np.float32(0.0)
+    if darks is not None:
+        darks = np.asarray(darks, dtype=np.float32)
+        if darks.shape[-2:] != shape:
+            raise ValueError(f"{source}: dark shape {darks.shape} does not match frames {shape}")
+        if not np.all(np.isfinite(darks)):
+            raise ValueError(f"{source}: dark images contain NaN/inf")
+        dark = darks.reshape(-1, *shape).mean(axis=0)
+    if flats is None:
+        flat = np.float32(1.0) + dark
+    else:
+        flat = np.asarray(flats, dtype=np.float32)
+        if flat.ndim == 2:
+            flat = flat[None]
+        if flat.shape[-2:] != shape or flat.shape[0] not in (1, counts.shape[0]):
+            raise ValueError(
+                f"{source}: flats of shape {flat.shape} do not match {counts.shape[0]} frames of {shape}; "
+                "give one flat for all frames or one per frame"
+            )
+        if not np.all(np.isfinite(flat)):
+            raise ValueError(f"{source}: flat (reference) images contain NaN/inf")
+    ref = flat - dark
+    bad = ref <= 0
+    if np.any(bad):
+        idx = np.argwhere(bad)[0]
+        raise ValueError(
+            f"{source}: flat minus dark is zero or negative at {int(bad.sum())} pixels "
+            f"(first at frame/row/col {tuple(int(i) for i in idx)}); the reference is unusable "
+            "there: check that flats and darks are not swapped and the beam was on"
+        )
+    out = np.empty(counts.shape, np.float32)
+    n_bad = 0
+    for k in range(counts.shape[0]):
+        c = counts[k].astype(np.float32) - dark
+        r = ref[k] if ref.shape[0] > 1 else ref[0]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = c / r
+        finite = np.isfinite(t)
+        nonpos = finite & (t <= 0)
+        if nonpos.any() or not finite.all():
+            n_bad += int(nonpos.sum() + (~finite).sum())
+            pos = t[finite & (t > 0)]
+            floor = pos.min() if pos.size else 1e-6
+            t = np.where(finite & (t > 0), t, floor)
+        out[k] = -np.log(t)
+    if n_bad:
+        logger.warning(
+            "%s: %d pixels had zero/negative or non-finite transmission after dark subtraction; "
+            "set to the frame's strongest absorption", source, n_bad
+        )
+    return out

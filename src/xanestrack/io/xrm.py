@@ -1,0 +1,289 @@
+"""Zeiss/Xradia ``.xrm`` / ``.txrm`` files (OLE2 compound documents, read with olefile).
+
+Layout: image ``i`` (1-based) is the stream ``ImageData{(i-1)//100+1}/Image{i}``; its
+size is in ``ImageInfo/ImageWidth`` and ``ImageInfo/ImageHeight`` (uint32), its type
+in ``ImageInfo/DataType`` (5: uint16, 10: float32); ``ImageInfo/Energy`` (eV),
+``PixelSize`` (um) and ``ExpTimes`` (s) are float32 arrays, one value per image. A
+reference (flat) may be stored inside the file as ``ReferenceData/Image``.
+Pixel data are row-major with the width as the fast axis: the image is
+``(height, width)``.
+
+Scans from one folder (the SSRL 6-2C layout is the first case)::
+
+    rep01_20161456_ssrl-test-data_08324.0_eV_001of003.xrm       sample, 8324 eV, exposure 1 of 3
+    rep01_000051_ref_20161456_ssrl-test-data_08324.0_eV_001of010.xrm   reference (flat)
+
+The default grouping rule (:func:`default_grouping`): a file is a *reference* when
+``ref`` is a word of its name (``_ref_``, ``-ref-``, ``ref_`` at the start), else a
+*sample*; its energy is ``ImageInfo/Energy`` when that is non-zero, else the number
+before ``eV`` in the name. Repeated exposures at one energy are averaged after
+dividing by their exposure times; each sample energy is divided by the mean
+reference of the same energy (or the reference stored in the file). Pass your own
+``grouping(path, energy_from_metadata) -> (role, energy_ev)`` to override.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..stack import Stack
+
+__all__ = ["XrmFile", "read_xrm", "read_xrm_scan", "default_grouping", "energy_from_name"]
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {5: np.dtype("<u2"), 10: np.dtype("<f4"), 3: np.dtype("<u1"), 4: np.dtype("<i2"), 6: np.dtype("<i4"), 7: np.dtype("<u4")}
+
+
+@dataclass(frozen=True)
+class XrmFile:
+    """Contents of one .xrm/.txrm file."""
+
+    path: Path
+    images: np.ndarray  # (n, height, width)
+    energies_ev: np.ndarray  # (n,), NaN where the metadata has none
+    exposure_s: np.ndarray  # (n,)
+    pixel_size_um: float | None
+    reference: np.ndarray | None = None
+    reference_exposure_s: float | None = None
+    notes: list = field(default_factory=list)
+
+
+def _read_array(ole, name, dtype, path):
+    if not ole.exists(name):
+        return None
+    try:
+        raw = ole.openstream(name).read()
+    except OSError as exc:
+        raise ValueError(f"{path}: stream {name} unreadable (truncated file?): {exc}") from None
+    n = len(raw) // np.dtype(dtype).itemsize
+    return np.frombuffer(raw[: n * np.dtype(dtype).itemsize], dtype=dtype)
+
+
+def read_xrm(path) -> XrmFile:
+    """Read every image of one .xrm/.txrm file.
+
+    Raises
+    ------
+    ValueError
+        If the file is not an OLE2 document, lacks the size/type streams, or an image
+        stream is missing or shorter than width x height (a truncated file).
+    """
+    import olefile
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: file not found")
+    try:
+        if not olefile.isOleFile(str(path)):
+            raise ValueError(f"{path}: not a Zeiss/Xradia file (not an OLE2 compound document)")
+        ole = olefile.OleFileIO(str(path))
+    except ValueError:
+        raise
+    except Exception as exc:  # olefile raises OSError/struct errors on damaged headers
+        raise ValueError(f"{path}: damaged Zeiss/Xradia file ({type(exc).__name__}: {exc})") from None
+    with ole:
+        w = _read_array(ole, "ImageInfo/ImageWidth", "<u4", path)
+        h = _read_array(ole, "ImageInfo/ImageHeight", "<u4", path)
+        dt = _read_array(ole, "ImageInfo/DataType", "<u4", path)
+        if w is None or h is None or w.size == 0 or h.size == 0:
+            raise ValueError(f"{path}: no ImageInfo/ImageWidth or ImageHeight: not an image file or truncated")
+        width, height = int(w[0]), int(h[0])
+        if width <= 0 or height <= 0 or width * height > 1 << 28:
+            raise ValueError(f"{path}: implausible image size {width} x {height}")
+        dtype = _DTYPES.get(int(dt[0]) if dt is not None and dt.size else 5)
+        if dtype is None:
+            raise ValueError(f"{path}: unsupported ImageInfo/DataType {int(dt[0])}")
+        n_img = _read_array(ole, "ImageInfo/NoOfImages", "<u4", path)
+        taken = _read_array(ole, "ImageInfo/ImagesTaken", "<u4", path)
+        n = int(n_img[0]) if n_img is not None and n_img.size else 1
+        if taken is not None and taken.size and 0 < int(taken[0]) < n:
+            n = int(taken[0])
+        images = []
+        for i in range(1, n + 1):
+            name = f"ImageData{(i - 1) // 100 + 1}/Image{i}"
+            if not ole.exists(name):
+                if i == 1:
+                    raise ValueError(f"{path}: no image stream ({name}): the file holds no image (truncated acquisition?)")
+                raise ValueError(f"{path}: image {i} of {n} missing ({name}): truncated file")
+            raw = ole.openstream(name).read()
+            need = width * height * dtype.itemsize
+            if len(raw) < need:
+                raise ValueError(
+                    f"{path}: image {i} has {len(raw) // dtype.itemsize} pixels, expected {width} x {height} = "
+                    f"{width * height}: truncated file"
+                )
+            images.append(np.frombuffer(raw[:need], dtype=dtype).reshape(height, width))
+        energy = _read_array(ole, "ImageInfo/Energy", "<f4", path)
+        exp = _read_array(ole, "ImageInfo/ExpTimes", "<f4", path)
+        pix = _read_array(ole, "ImageInfo/PixelSize", "<f4", path)
+        notes = []
+        e = np.full(n, np.nan)
+        if energy is not None and energy.size:
+            vals = energy[:n].astype(float)
+            e[: vals.size] = np.where(vals > 0, vals, np.nan)
+            if n > 1 and np.isfinite(e[0]) and np.all(~np.isfinite(e[1:])):
+                # known .txrm quirk: the energy is written for image 1 only
+                e[:] = e[0]
+                notes.append("ImageInfo/Energy set for image 1 only; applied to all images")
+        t = np.ones(n)
+        if exp is not None and exp.size:
+            tv = exp[:n].astype(float)
+            t[: tv.size] = np.where(tv > 0, tv, np.nan)
+            if tv.size < n and tv.size:
+                t[tv.size :] = tv[0]
+        ref = None
+        ref_t = None
+        if ole.exists("ReferenceData/Image"):
+            rdt = _read_array(ole, "ReferenceData/DataType", "<u4", path)
+            rtype = _DTYPES.get(int(rdt[0]) if rdt is not None and rdt.size else 10, np.dtype("<f4"))
+            raw = ole.openstream("ReferenceData/Image").read()
+            if len(raw) >= width * height * rtype.itemsize:
+                ref = np.frombuffer(raw[: width * height * rtype.itemsize], dtype=rtype).reshape(height, width)
+                rexp = _read_array(ole, "ReferenceData/ExpTime", "<f4", path)
+                ref_t = float(rexp[0]) if rexp is not None and rexp.size and rexp[0] > 0 else None
+            else:
+                notes.append("ReferenceData/Image truncated: ignored")
+    return XrmFile(
+        path=path,
+        images=np.stack(images),
+        energies_ev=e,
+        exposure_s=t,
+        pixel_size_um=float(pix[0]) if pix is not None and pix.size and pix[0] > 0 else None,
+        reference=ref,
+        reference_exposure_s=ref_t,
+        notes=notes,
+    )
+
+
+_ENERGY_RE = re.compile(r"(\d{3,6}(?:\.\d+)?)\s*_?eV", re.IGNORECASE)
+_REF_RE = re.compile(r"(?:^|[_\-. ])(?:ref|reference|flat|bkg)(?:[_\-. ]|$)", re.IGNORECASE)
+
+
+def energy_from_name(name: str) -> float | None:
+    """The energy in eV written in a file name (``..._08324.0_eV_...``), or None."""
+    m = _ENERGY_RE.findall(Path(name).name)
+    return float(m[-1]) if m else None
+
+
+def default_grouping(path, energy_from_metadata):
+    """``(role, energy_ev)`` of a file: role ``"sample"`` or ``"reference"``.
+
+    See the module docstring for the rule.
+    """
+    name = Path(path).stem
+    role = "reference" if _REF_RE.search(name) else "sample"
+    e = energy_from_metadata
+    if e is None or not np.isfinite(e) or e <= 0:
+        e = energy_from_name(name)
+    return role, e
+
+
+def _collect(paths):
+    files = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in (".xrm", ".txrm") and q.is_file())
+            if not found:
+                raise ValueError(f"{p}: folder holds no .xrm/.txrm files")
+            files += found
+        else:
+            files.append(p)
+    return files
+
+
+def read_xrm_scan(paths, *, energies=None, grouping=None) -> Stack:
+    """Read a XANES scan from .xrm/.txrm files into a Stack (optical density).
+
+    Parameters
+    ----------
+    paths : list of paths
+        Files, or folders whose .xrm/.txrm files are all read (sub-folders are not).
+    energies : array, optional
+        Override: one energy per sample image, in the order the images are read.
+    grouping : callable(path, energy_from_metadata) -> (role, energy_ev), optional
+        Default :func:`default_grouping`.
+
+    Raises
+    ------
+    ValueError
+        If a file is unreadable (named), a sample has no energy, an energy has no
+        reference, or the image sizes differ.
+    """
+    grouping = grouping or default_grouping
+    files = _collect(paths)
+    samples: dict[float, list] = {}
+    refs: dict[float, list] = {}
+    inner_refs: dict[float, list] = {}
+    shape = None
+    pixel = None
+    notes = []
+    order = []
+    for f in files:
+        x = read_xrm(f)
+        if shape is None:
+            shape = x.images.shape[1:]
+        elif x.images.shape[1:] != shape:
+            raise ValueError(f"{f}: image size {x.images.shape[1:]} differs from the first file's {shape}")
+        pixel = pixel or x.pixel_size_um
+        notes += [f"{f.name}: {n}" for n in x.notes]
+        for i in range(x.images.shape[0]):
+            role, e = grouping(f, x.energies_ev[i])
+            if role not in ("sample", "reference"):
+                raise ValueError(f"grouping returned role {role!r} for {f}; expected 'sample' or 'reference'")
+            if energies is None and (e is None or not np.isfinite(e)):
+                raise ValueError(
+                    f"{f}: no energy in the metadata (ImageInfo/Energy is 0) nor in the file name; "
+                    "rename the file with '<energy>_eV' or pass the energies explicitly"
+                )
+            rate = x.images[i].astype(np.float32) / np.float32(x.exposure_s[i] if np.isfinite(x.exposure_s[i]) else 1.0)
+            key = round(float(e), 3) if e is not None and np.isfinite(e) else float(len(order))
+            if role == "sample":
+                samples.setdefault(key, []).append((f, rate))
+                order.append(key)
+                if x.reference is not None:
+                    rt = x.reference_exposure_s or 1.0
+                    inner_refs.setdefault(key, []).append(x.reference.astype(np.float32) / np.float32(rt))
+            else:
+                refs.setdefault(key, []).append((f, rate))
+    if not samples:
+        raise ValueError(f"no sample images among {len(files)} files (all recognised as references)")
+    keys = sorted(samples)
+    if energies is not None:
+        e_arr = np.asarray(energies, float).ravel()
+        if e_arr.size != len(keys):
+            raise ValueError(f"{len(keys)} sample energies found in the files but {e_arr.size} energies given")
+    counts = np.empty((len(keys), *shape), np.float32)
+    flats = np.empty((len(keys), *shape), np.float32)
+    groups = []
+    for j, k in enumerate(keys):
+        counts[j] = np.mean([r for _, r in samples[k]], axis=0)
+        if k in refs:
+            flats[j] = np.mean([r for _, r in refs[k]], axis=0)
+            src = [str(p) for p, _ in refs[k]]
+        elif k in inner_refs:
+            flats[j] = np.mean(inner_refs[k], axis=0)
+            src = ["(inside the sample file)"]
+        else:
+            raise ValueError(
+                f"no reference (flat) images for {k:.2f} eV: samples {[p.name for p, _ in samples[k]]}; "
+                "add reference files for that energy (name containing '_ref_') or remove the energy"
+            )
+        groups.append(dict(energy_ev=k, samples=[str(p) for p, _ in samples[k]], references=src))
+    from .flatfield import optical_density
+
+    od = optical_density(counts, flats=flats, darks=None, source=str(files[0].parent))
+    e = np.array(keys, float) if energies is None else np.asarray(energies, float).ravel()
+    meta = dict(
+        source=str(files[0].parent if len(set(p.parent for p in files)) == 1 else files[0]),
+        reader="xrm",
+        files=[str(p) for p in files],
+        groups=groups,
+        notes=notes + ["no dark images in .xrm scans: dark taken as 0"],
+    )
+    return Stack(od, e, pixel, meta)

@@ -1,0 +1,209 @@
+"""ROI matching across frames: each particle keeps its identity through the scan.
+
+Frames are linked in energy order. Between a frame and the tracks built so far:
+
+1. the common (rigid) displacement is found by voting: every pairing of a track with
+   a detection within ``max_jump`` proposes a displacement, and the one that brings
+   most tracks onto a detection wins (stage jumps move every particle alike);
+2. each track's position is predicted with that displacement, and track-detection
+   pairs are scored by their residual distance (gated by ``gate``, widened for tracks
+   missing in recent frames), by the SSIM of the two ROIs (the paper's criterion,
+   computed on contrast-normalised ROIs so that the contrast change across the edge
+   does not break it) and by their size ratio;
+3. the optimal assignment (Hungarian) links them; unlinked detections start tracks.
+
+Tracks present in fewer than ``min_track_fraction`` of the frames are dropped (and
+returned as rejected), the others keep their gaps: frames where a particle was not
+detected are listed with ``detected = False`` and a predicted position, never
+silently dropped or filled with another particle.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import linear_sum_assignment
+
+__all__ = ["MatchOptions", "link_detections", "roi_ssim"]
+
+
+@dataclass(frozen=True)
+class MatchOptions:
+    """Options of the frame-to-frame linking (lengths in pixels)."""
+
+    max_jump: float = 40.0
+    gate: float = 8.0
+    gap_gate_growth: float = 0.5
+    ssim_weight: float = 1.0
+    size_weight: float = 1.0
+    min_ssim: float = 0.2
+    min_track_fraction: float = 0.5
+    vote_tolerance: float = 3.0
+    max_gap: int = 30
+
+
+def _patch(frame, y, x, half):
+    ny, nx = frame.shape
+    iy, ix = int(round(y)), int(round(x))
+    y0, x0 = iy - half, ix - half
+    pad = max(0, -y0, -x0, y0 + 2 * half + 1 - ny, x0 + 2 * half + 1 - nx)
+    if pad:
+        frame = np.pad(frame, pad, mode="edge")
+        y0, x0 = y0 + pad, x0 + pad
+    return frame[y0 : y0 + 2 * half + 1, x0 : x0 + 2 * half + 1]
+
+
+def roi_ssim(a, b) -> float:
+    """SSIM of two equally shaped ROIs after normalising each to zero mean, unit std.
+
+    Normalising makes the score blind to the contrast change across the absorption
+    edge (a pure rescaling of the OD) while keeping the structure comparison.
+    """
+    from skimage.metrics import structural_similarity
+
+    a = (a - a.mean()) / (a.std() + 1e-9)
+    b = (b - b.mean()) / (b.std() + 1e-9)
+    win = min(7, (min(a.shape) // 2) * 2 - 1)
+    if win < 3:
+        return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+    lo, hi = min(a.min(), b.min()), max(a.max(), b.max())
+    return float(structural_similarity(a, b, data_range=hi - lo, win_size=win))
+
+
+def _vote_displacement(prev, cur, max_jump, tol):
+    """Common displacement of point set ``prev`` onto ``cur`` by voting."""
+    if len(prev) == 0 or len(cur) == 0:
+        return np.zeros(2), 0
+    d = cur[None, :, :] - prev[:, None, :]  # (n_prev, n_cur, 2)
+    cand = d[np.hypot(d[..., 0], d[..., 1]) <= max_jump]
+    if cand.size == 0:
+        return np.zeros(2), 0
+    best, best_n = np.zeros(2), -1
+    for c in cand:
+        moved = prev + c
+        dist = np.hypot(*(moved[:, None, :] - cur[None, :, :]).transpose(2, 0, 1))
+        n = int((dist.min(axis=1) <= tol).sum())
+        if n > best_n:
+            best, best_n = c, n
+    # refine: mean displacement of the agreeing pairs
+    moved = prev + best
+    dist = np.hypot(*(moved[:, None, :] - cur[None, :, :]).transpose(2, 0, 1))
+    j = dist.argmin(axis=1)
+    ok = dist[np.arange(len(prev)), j] <= tol
+    if ok.any():
+        best = np.median(cur[j[ok]] - prev[ok], axis=0)
+    return best, best_n
+
+
+def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = MatchOptions()):
+    """Link per-frame detections of isolated particles into tracks.
+
+    Parameters
+    ----------
+    detections : DataFrame
+        From :func:`xanestrack.detect.detect_stack`; only rows with ``isolated`` are linked.
+    od : ndarray (n_frames, rows, cols)
+        The frames, for the SSIM of ROIs.
+    options : MatchOptions
+
+    Returns
+    -------
+    tracks : DataFrame
+        One row per particle per frame: ``particle, frame, y, x, area, radius,
+        detected, ssim``; for frames where the particle was not detected, ``y, x`` is
+        the predicted position and ``detected`` is False.
+    rejected : DataFrame
+        Tracks too short to keep: ``track, n_frames, y, x`` (mean position).
+    common_shift : ndarray (n_frames, 2)
+        The voted common displacement of each frame relative to frame 0.
+    """
+    n_frames = od.shape[0]
+    det = detections[detections["isolated"]] if len(detections) else detections
+    by_frame = {k: g for k, g in det.groupby("frame")} if len(det) else {}
+    tracks: list[dict] = []  # each: rows, last (y, x), last_frame, patch, radius
+    rows = []
+    common = np.zeros((n_frames, 2))
+    for k in range(n_frames):
+        g = by_frame.get(k)
+        cur = g[["y", "x"]].to_numpy() if g is not None else np.zeros((0, 2))
+        # tracks seen recently, predicted at the common shift since they were seen
+        alive = [t for t in tracks if k - t["last_frame"] <= options.max_gap]
+        if k > 0:
+            # vote with the tracks of the previous frame (fall back to all alive)
+            voters = [t for t in alive if t["last_frame"] == k - 1] or alive
+            prev = np.array([t["last"] + common[k - 1] - common[t["last_frame"]] for t in voters]).reshape(-1, 2)
+            disp, n_agree = _vote_displacement(prev, cur, options.max_jump, options.vote_tolerance)
+            common[k] = common[k - 1] + (disp if n_agree > 0 else 0)
+        if len(cur) == 0:
+            continue
+        pred = np.array([t["last"] + common[k] - common[t["last_frame"]] for t in alive]).reshape(-1, 2)
+        cost = np.full((len(alive), len(cur)), np.inf)
+        ssim = np.full((len(alive), len(cur)), np.nan)
+        for i, t in enumerate(alive):
+            gap = k - t["last_frame"] - 1
+            gate = options.gate * (1 + options.gap_gate_growth * gap)
+            dist = np.hypot(*(cur - pred[i]).T)
+            for j in np.flatnonzero(dist <= gate):
+                half = t["half"]
+                s = roi_ssim(t["patch"], _patch(od[k], cur[j, 0], cur[j, 1], half))
+                ssim[i, j] = s
+                if s < options.min_ssim:
+                    continue
+                size = abs(np.log(g["area"].iloc[j] / t["area"]))
+                cost[i, j] = dist[j] / gate + options.ssim_weight * (1 - s) + options.size_weight * size
+        assigned = set()
+        if len(alive):
+            big = 1e6
+            c = np.where(np.isfinite(cost), cost, big)
+            ri, ci = linear_sum_assignment(c)
+            for i, j in zip(ri, ci):
+                if c[i, j] >= big:
+                    continue
+                t = alive[i]
+                _update(t, g.iloc[j], od[k], k)
+                t["rows"].append((k, cur[j, 0], cur[j, 1], g["area"].iloc[j], g["radius"].iloc[j], True, ssim[i, j]))
+                assigned.add(j)
+        for j in range(len(cur)):
+            if j in assigned:
+                continue
+            r = g.iloc[j]
+            t = {"rows": [], "id": len(tracks)}
+            _update(t, r, od[k], k)
+            t["rows"].append((k, r["y"], r["x"], r["area"], r["radius"], True, np.nan))
+            tracks.append(t)
+    kept, rejected = [], []
+    for t in tracks:
+        n = len(t["rows"])
+        if n >= options.min_track_fraction * n_frames:
+            kept.append(t)
+        else:
+            arr = np.array([r[1:3] for r in t["rows"]])
+            rejected.append((t["id"], n, arr[:, 0].mean(), arr[:, 1].mean()))
+    # order particles by their first position (top-left first) for stable ids
+    kept.sort(key=lambda t: (round(t["rows"][0][1] / 20), t["rows"][0][2]))
+    for pid, t in enumerate(kept):
+        have = {r[0]: r for r in t["rows"]}
+        frames_seen = np.array(sorted(have))
+        pos_seen = np.array([have[f][1:3] for f in frames_seen])
+        for k in range(n_frames):
+            if k in have:
+                r = have[k]
+                rows.append((pid, k, r[1], r[2], r[3], r[4], True, r[6]))
+            else:
+                # predicted: nearest seen frame moved by the common shift in between
+                f = frames_seen[np.argmin(np.abs(frames_seen - k))]
+                y, x = pos_seen[frames_seen == f][0] + common[k] - common[f]
+                rows.append((pid, k, y, x, np.nan, np.nan, False, np.nan))
+    tracks_df = pd.DataFrame(rows, columns=["particle", "frame", "y", "x", "area", "radius", "detected", "ssim"])
+    rejected_df = pd.DataFrame(rejected, columns=["track", "n_frames", "y", "x"])
+    return tracks_df, rejected_df, common
+
+
+def _update(t, r, frame, k):
+    if "half" not in t:
+        t["half"] = int(np.ceil(r["radius"] * 1.3)) + 4
+    t["last"] = np.array([r["y"], r["x"]])
+    t["last_frame"] = k
+    t["area"] = r["area"]
+    t["patch"] = _patch(frame, r["y"], r["x"], t["half"])

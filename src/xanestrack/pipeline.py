@@ -1,0 +1,574 @@
+"""The per-particle pipeline: detect → match → segment → register → xanes → motion.
+
+:func:`run_pipeline` takes a :class:`~xanestrack.stack.Stack` and returns a
+:class:`PipelineResult`; nothing here reads or writes files. The detector and the
+segmenter are arguments, so the learned models (and any user's own) plug in:
+
+- ``detector(od) -> DataFrame`` with the columns of :data:`xanestrack.detect.DETECTION_COLUMNS`;
+- ``segmenter(rois) -> masks``: ROIs ``(n, h, w)`` to soft masks in [0, 1] of the same shape.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from .detect import DetectOptions, detect_stack
+from .match import MatchOptions, link_detections
+from .motion import compute_motion, peak_ratios
+from .register import centre_of_mass, crop_windows, resample_windows
+from .segment import SegmentOptions, segment_rois
+from .stack import Stack
+from . import xanes
+
+__all__ = [
+    "PipelineOptions",
+    "ParticleResult",
+    "PipelineResult",
+    "run_pipeline",
+    "sanitize_stack",
+    "FRAME_FLAGS",
+    "flag_names",
+]
+
+logger = logging.getLogger(__name__)
+
+#: per-particle, per-frame flags (bits)
+FRAME_FLAGS = {
+    "undetected": 1,  # not detected as an isolated particle in this frame (position predicted)
+    "no_mask": 2,  # segmentation found no particle in the ROI
+    "out_of_view": 4,  # the particle touches or crosses the frame border
+    "area_outlier": 8,  # mask area far from the particle's median (merged with a neighbour?)
+    "interpolated": 16,  # position not measured: filled from the common (rigid) motion
+    "position_outlier": 32,  # measured position inconsistent with its neighbours in time
+}
+
+
+def flag_names(value: int) -> str:
+    """``"undetected|interpolated"`` for a flag value (empty string for 0)."""
+    return "|".join(name for name, bit in FRAME_FLAGS.items() if int(value) & bit)
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """Options of the whole pipeline (lengths in pixels, energies in eV)."""
+
+    detect: DetectOptions = field(default_factory=DetectOptions)
+    match: MatchOptions = field(default_factory=MatchOptions)
+    segment: SegmentOptions = field(default_factory=SegmentOptions)
+    margin: int = 6
+    interpolation_order: int = 3
+    area_tolerance: float = 0.25
+    min_xanes_energies: int = 8
+    reference_particle: int | None = None
+    fuse: bool = True
+    lcf_window: tuple = (-20.0, 40.0)
+    edge_window: tuple = (-15.0, 20.0)
+    local_background: bool = True
+    xanes_smoothing: float = 1.0
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ParticleResult:
+    """Everything computed for one particle.
+
+    Attributes
+    ----------
+    particle : int
+    positions : ndarray (n_frames, 2)
+        Centre of mass ``(y, x)`` per frame in input pixel coordinates (filled where
+        not measured, see ``frame_flags``).
+    shifts : ndarray (n_frames, 2)
+        ``positions - positions[0]``: what was undone to align the particle.
+    origin : ndarray (2,) int
+        Frame-0 pixel coordinates of pixel [0, 0] of ``aligned`` and the maps.
+    aligned : ndarray (n_frames, h, w) float32
+        The particle's aligned sub-stack (optical density) on the frame-0 grid.
+    masks : ndarray (n_frames, h, w) float32
+        Each frame's soft mask, aligned the same way.
+    mask : ndarray (h, w) bool
+        Consensus mask (aligned masks averaged over frames, >= 0.5).
+    frame_flags : ndarray (n_frames,) uint8
+        Bits of :data:`FRAME_FLAGS`.
+    edge_maps : dict of str -> ndarray (h, w)
+        ``e50`` (E at mu_norm = 0.5), ``derivative``, ``whiteline`` in eV, NaN outside
+        the particle or where the fit failed.
+    pixel_flags : ndarray (h, w) uint8
+        XANES flags (see :mod:`xanestrack.xanes`), per pixel.
+    fractions : ndarray (n_refs, h, w) or None
+        Linear-combination fractions of ``reference_names``.
+    mean_spectrum : ndarray (n_frames,)
+        Mean optical density inside the mask.
+    mean_norm : ndarray (n_frames,)
+        Normalised mean spectrum (NaN if normalisation impossible).
+    e0_ev : float
+    notes : tuple of str
+    """
+
+    particle: int
+    positions: np.ndarray
+    shifts: np.ndarray
+    origin: np.ndarray
+    aligned: np.ndarray
+    masks: np.ndarray
+    mask: np.ndarray
+    frame_flags: np.ndarray
+    edge_maps: dict
+    pixel_flags: np.ndarray
+    fractions: np.ndarray | None
+    reference_names: tuple
+    mean_spectrum: np.ndarray
+    mean_norm: np.ndarray
+    pre_edge: np.ndarray
+    post_edge: np.ndarray
+    e0_ev: float
+    radius: float
+    unaligned_ends: np.ndarray | None = None
+    notes: tuple = ()
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """Result of :func:`run_pipeline`."""
+
+    energies_ev: np.ndarray
+    frame_shape: tuple
+    detections: pd.DataFrame
+    tracks: pd.DataFrame
+    rejected: pd.DataFrame
+    particles: list
+    motion: pd.DataFrame
+    peak_ratios: pd.DataFrame
+    common_shift: np.ndarray
+    fused: np.ndarray | None
+    timings: dict
+    options: PipelineOptions
+    notes: tuple = ()
+
+
+def sanitize_stack(od, *, source: str = "stack"):
+    """Replace isolated NaN/inf pixels by their local median; refuse hopeless frames.
+
+    Returns
+    -------
+    clean : ndarray float32 (a copy if anything was replaced)
+    n_fixed : int
+        Number of pixels replaced.
+
+    Raises
+    ------
+    ValueError
+        If a frame is more than half non-finite (name the frames).
+    """
+    od = np.asarray(od)
+    finite = np.isfinite(od)
+    if finite.all():
+        return od.astype(np.float32, copy=False), 0
+    frac = 1 - finite.mean(axis=(1, 2))
+    bad = np.flatnonzero(frac > 0.5)
+    if bad.size:
+        raise ValueError(
+            f"{source}: frames {bad.tolist()[:10]} are more than half NaN/inf; remove them "
+            "(and their energies) or fix the input"
+        )
+    clean = od.astype(np.float32, copy=True)
+    for k in np.flatnonzero(frac > 0):
+        f = clean[k]
+        m = ~np.isfinite(f)
+        fill = np.where(m, np.nanmedian(f), f)
+        med = ndimage.median_filter(fill, size=5)
+        f[m] = med[m]
+    n = int((~finite).sum())
+    logger.warning("%s: replaced %d NaN/inf pixels by their local median", source, n)
+    return clean, n
+
+
+def _default_segmenter(options):
+    def seg(rois):
+        return segment_rois(rois, options=options)
+
+    return seg
+
+
+def _resample_masks(masks, origins, shifts, origin, shape):
+    """Move each frame's window mask onto the aligned (frame-0) grid."""
+    n = masks.shape[0]
+    h, w = shape
+    gy, gx = np.mgrid[0:h, 0:w].astype(np.float64)
+    out = np.zeros((n, h, w), np.float32)
+    for k in range(n):
+        if not np.all(np.isfinite(shifts[k])):
+            continue
+        cy = gy + origin[0] + shifts[k][0] - origins[k][0]
+        cx = gx + origin[1] + shifts[k][1] - origins[k][1]
+        out[k] = ndimage.map_coordinates(masks[k], [cy, cx], order=1, mode="constant", cval=0.0)
+    return out
+
+
+def local_background(aligned, mask, *, inner: int = 3, outer: int = 10):
+    """Per-frame plane fitted robustly to a ring around the particle, (n, h, w).
+
+    Frame-to-frame changes of the source intensity, of the flat-field and of the binder
+    brightness add an OD offset to every pixel of a frame; the ring outside the particle
+    measures it. Neighbours inside the ring are rejected as outliers (3 sigma-clipping passes).
+    """
+    n, h, w = aligned.shape
+    ring = ndimage.binary_dilation(mask, iterations=outer) & ~ndimage.binary_dilation(mask, iterations=inner)
+    out = np.zeros(aligned.shape, np.float32)
+    if ring.sum() < 12:
+        return out
+    yy, xx = np.nonzero(ring)
+    A = np.c_[np.ones(yy.size), (yy - h / 2) / h, (xx - w / 2) / w]
+    gy, gx = np.mgrid[0:h, 0:w]
+    G = np.stack([np.ones((h, w)), (gy - h / 2) / h, (gx - w / 2) / w])
+    for k in range(n):
+        v = aligned[k][yy, xx].astype(np.float64)
+        keep = np.isfinite(v)
+        if keep.sum() < 12:
+            continue
+        coef = np.linalg.lstsq(A[keep], v[keep], rcond=None)[0]
+        for _ in range(3):
+            r = v - A @ coef
+            sd = 1.4826 * np.median(np.abs(r[keep])) + 1e-9
+            new = np.isfinite(v) & (np.abs(r) < 3 * sd)
+            if new.sum() < 12 or (new == keep).all():
+                break
+            keep = new
+            coef = np.linalg.lstsq(A[keep], v[keep], rcond=None)[0]
+        out[k] = np.tensordot(coef, G, axes=1)
+    return out
+
+
+def _masked_smooth(stack, mask, sigma):
+    """Gaussian smoothing confined to the mask (normalised convolution), per frame."""
+    if sigma <= 0:
+        return stack
+    m = mask.astype(np.float32)
+    norm = ndimage.gaussian_filter(m, sigma)
+    out = ndimage.gaussian_filter(np.where(mask, stack, 0), (0, sigma, sigma))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = out / norm
+    return np.where(mask, out, stack).astype(np.float32)
+
+
+def _fill_positions(pos, good, common):
+    """Fill unmeasured positions from the nearest measured frame plus the common shift."""
+    out = pos.copy()
+    gi = np.flatnonzero(good)
+    if gi.size == 0:
+        return out
+    for k in np.flatnonzero(~good):
+        j = gi[np.argmin(np.abs(gi - k))]
+        out[k] = pos[j] + common[k] - common[j]
+    return out
+
+
+def _process_particle(pid, track, od, energies, common, segmenter, options, references):
+    n = od.shape[0]
+    ny, nx = od.shape[1:]
+    track = track.sort_values("frame")
+    centres = track[["y", "x"]].to_numpy()
+    radius = float(np.nanmax(track["radius"])) if track["radius"].notna().any() else 10.0
+    half = int(np.ceil(1.3 * radius)) + options.margin
+    windows, origins, clipped = crop_windows(od, centres, half)
+    flags = np.zeros(n, np.uint8)
+    flags[~track["detected"].to_numpy()] |= FRAME_FLAGS["undetected"]
+    nanwin = ~np.isfinite(windows)
+    if nanwin.any():
+        for k in np.flatnonzero(nanwin.any(axis=(1, 2))):
+            w = windows[k]
+            fin = np.isfinite(w)
+            w[~fin] = np.median(w[fin]) if fin.any() else 0.0
+    masks = np.asarray(segmenter(windows), dtype=np.float32)
+    if masks.shape != windows.shape:
+        raise ValueError(f"segmenter returned shape {masks.shape} for ROIs of shape {windows.shape}")
+    com = centre_of_mass(masks) + origins
+    area = masks.sum(axis=(1, 2))
+    flags[area <= 0] |= FRAME_FLAGS["no_mask"]
+    # a particle whose mask reaches pixels outside the frame (or the window edge) is not whole
+    edge_touch = (masks[:, 0, :].max(1) > 0.5) | (masks[:, -1, :].max(1) > 0.5) | (masks[:, :, 0].max(1) > 0.5) | (masks[:, :, -1].max(1) > 0.5)
+    out_of_frame = np.array([(masks[k] > 0.5)[nanwin[k]].any() for k in range(n)])
+    flags[out_of_frame | (edge_touch & clipped)] |= FRAME_FLAGS["out_of_view"]
+    med_area = np.median(area[area > 0]) if (area > 0).any() else 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        outlier = np.abs(np.log(area / med_area)) > options.area_tolerance if med_area > 0 else np.zeros(n, bool)
+    flags[outlier & (area > 0)] |= FRAME_FLAGS["area_outlier"]
+    flags[edge_touch & ~clipped] |= FRAME_FLAGS["area_outlier"]
+    good = (flags & (FRAME_FLAGS["no_mask"] | FRAME_FLAGS["out_of_view"] | FRAME_FLAGS["area_outlier"])) == 0
+    good &= np.all(np.isfinite(com), axis=1)
+    # position outliers: residual from the common motion far beyond its spread
+    if good.sum() >= 5:
+        resid = com - common
+        medr = np.median(resid[good], axis=0)
+        dev = np.hypot(*(resid - medr).T)
+        smooth = ndimage.median_filter(np.where(good[:, None], resid, medr), size=(7, 1), mode="nearest")
+        jump = np.hypot(*(resid - smooth).T)
+        scale = 1.4826 * np.median(jump[good]) + 0.05
+        bad = good & (jump > 8 * scale) & (jump > 1.0)
+        flags[bad] |= FRAME_FLAGS["position_outlier"]
+        good &= ~bad
+        del dev
+    notes = []
+    if good.sum() == 0:
+        notes.append("no frame gave a usable mask: particle not aligned")
+        positions = np.full((n, 2), np.nan)
+    else:
+        positions = _fill_positions(np.where(good[:, None], com, np.nan), good, common)
+        flags[~good] |= FRAME_FLAGS["interpolated"]
+    ref = int(np.flatnonzero(good)[0]) if good.any() else 0
+    shifts = positions - positions[ref] if good.any() else positions
+    size = 2 * half + 1
+    origin = np.round(positions[ref]).astype(int) - half if good.any() else origins[0]
+    # the aligned grid is frame-0's: shift relative to frame 0's position
+    shifts0 = positions - positions[0] if np.all(np.isfinite(positions[0])) else shifts
+    aligned = resample_windows(od, shifts0, origin, (size, size), order=options.interpolation_order)
+    # mark frames whose position is not measured: keep them (interpolated) but flagged
+    amasks = _resample_masks(masks, origins, shifts0, origin, (size, size))
+    use = good & np.all(np.isfinite(aligned), axis=(1, 2))
+    mask = (amasks[use].mean(axis=0) >= 0.5) if use.any() else np.zeros((size, size), bool)
+    mask = ndimage.binary_fill_holes(mask)
+    mean_spec = np.array([np.nanmean(a[mask]) if mask.any() else np.nan for a in aligned])
+
+    edge_maps = {}
+    pix_flags = np.zeros((size, size), np.uint8)
+    fractions, ref_names = None, ()
+    e0 = float("nan")
+    mean_norm = np.full(n, np.nan)
+    pre_c = post_c = np.full(n, np.nan)
+    usable = use & np.isfinite(mean_spec)
+    if usable.sum() < options.min_xanes_energies or not mask.any():
+        notes.append(
+            f"XANES skipped: {int(usable.sum())} usable energies (need {options.min_xanes_energies})"
+        )
+        for name in ("e50", "derivative", "whiteline"):
+            edge_maps[name] = np.full((size, size), np.nan, np.float32)
+    else:
+        e = energies[usable]
+        sub = aligned[usable]
+        if options.local_background:
+            sub = sub - local_background(sub, mask)
+        sub = _masked_smooth(sub, mask, options.xanes_smoothing)
+        mu = sub[:, mask]  # (n_e, n_pix)
+        try:
+            nm = xanes.normalize(e, mu.mean(axis=1))
+            e0 = nm.e0_ev
+            mean_norm[usable] = nm.norm
+            pre_c = np.full(n, np.nan)
+            post_c = np.full(n, np.nan)
+            pre_c[usable], post_c[usable] = nm.pre_edge, nm.post_edge
+            npix = xanes.normalize(e, mu, e0_ev=e0)
+            pf = npix.flags.copy()
+            for name, method in (("e50", "half"), ("derivative", "derivative"), ("whiteline", "whiteline")):
+                vals, fl = xanes.edge_energy(e, npix.norm, method=method, e0_ev=e0, window=options.edge_window)
+                m = np.full((size, size), np.nan, np.float32)
+                m[mask] = vals
+                edge_maps[name] = m
+                if name == "e50":
+                    pf |= fl
+            pix_flags[mask] = pf
+            if references:
+                lo = max(r.energies_ev[0] if hasattr(r, "energies_ev") else -np.inf for r in references.values())
+                hi = min(r.energies_ev[-1] if hasattr(r, "energies_ev") else np.inf for r in references.values())
+                if lo <= e0 + options.lcf_window[0] and e0 + options.lcf_window[1] <= hi:
+                    lcf = xanes.linear_combination_fit(e, npix.norm, references, e0_ev=e0, window=options.lcf_window)
+                    fr = np.full((len(lcf.names), size, size), np.nan, np.float32)
+                    fr[:, mask] = lcf.fractions
+                    fractions, ref_names = fr, lcf.names
+                    pix_flags[mask] |= lcf.flags
+                else:
+                    notes.append(f"LCF skipped: references cover {lo:.0f}-{hi:.0f} eV, edge at {e0:.0f} eV")
+        except ValueError as exc:
+            notes.append(f"XANES failed: {exc}")
+            for name in ("e50", "derivative", "whiteline"):
+                edge_maps.setdefault(name, np.full((size, size), np.nan, np.float32))
+    return ParticleResult(
+        particle=int(pid),
+        positions=positions,
+        shifts=shifts0,
+        origin=np.asarray(origin, int),
+        aligned=aligned,
+        masks=amasks,
+        mask=mask,
+        frame_flags=flags,
+        edge_maps=edge_maps,
+        pixel_flags=pix_flags,
+        fractions=fractions,
+        reference_names=tuple(ref_names),
+        mean_spectrum=mean_spec,
+        mean_norm=mean_norm,
+        pre_edge=pre_c,
+        post_edge=post_c,
+        e0_ev=e0,
+        radius=radius,
+        unaligned_ends=resample_windows(od, np.zeros((n, 2)), origin, (size, size), order=0, frames=[0, n - 1]),
+        notes=tuple(notes),
+    ), com
+
+
+def fuse_particles(od, particles, common_shift):
+    """One frame-0-grid stack: rigidly aligned frames, each particle pasted aligned.
+
+    The background of frame ``k`` is shifted back by the common (rigid) shift; inside
+    each particle's (dilated) consensus mask, the particle's own aligned sub-stack
+    replaces it.
+    """
+    n, ny, nx = od.shape
+    fused = np.empty(od.shape, np.float32)
+    for k in range(n):
+        fused[k] = ndimage.shift(od[k], -common_shift[k], order=1, mode="nearest")
+    for p in particles:
+        m = ndimage.binary_dilation(p.mask, iterations=2)
+        h, w = m.shape
+        y0, x0 = p.origin
+        sy0, sx0 = max(y0, 0), max(x0, 0)
+        sy1, sx1 = min(y0 + h, ny), min(x0 + w, nx)
+        if sy0 >= sy1 or sx0 >= sx1:
+            continue
+        sub_m = m[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
+        sub_a = p.aligned[:, sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
+        region = fused[:, sy0:sy1, sx0:sx1]
+        ok = sub_m[None] & np.isfinite(sub_a)
+        region[ok] = sub_a[ok]
+    return fused
+
+
+def run_pipeline(
+    stack: Stack,
+    *,
+    options: PipelineOptions = PipelineOptions(),
+    detector=None,
+    segmenter=None,
+    references=None,
+    progress=None,
+) -> PipelineResult:
+    """Find, track, align and analyse every isolated particle of an energy scan.
+
+    Parameters
+    ----------
+    stack : Stack
+    options : PipelineOptions
+    detector : callable(od) -> DataFrame, optional
+        Default: the classical detector with ``options.detect``.
+    segmenter : callable(rois) -> masks, optional
+        Default: the classical segmenter with ``options.segment``.
+    references : dict of name -> ReferenceSpectrum, optional
+        For the linear combination fit; default the shipped Ni references when the
+        scan covers the Ni K-edge, else none.
+    progress : callable(stage: str, done: int, total: int), optional
+
+    Returns
+    -------
+    PipelineResult
+    """
+    if not isinstance(stack, Stack):
+        raise TypeError(f"stack must be a xanestrack Stack, got {type(stack).__name__}")
+    timings = {}
+    notes = []
+    od, n_fixed = sanitize_stack(stack.od, source=stack.metadata.get("source", "stack"))
+    if n_fixed:
+        notes.append(f"{n_fixed} NaN/inf pixels replaced by their local median")
+    energies = np.asarray(stack.energies_ev, float)
+    if references is None:
+        from .spectra import ni_references
+
+        references = ni_references() if (energies[0] < 8340 < energies[-1]) else {}
+
+    def prog(stage):
+        if progress is None:
+            return None
+        return lambda done, total: progress(stage, done, total)
+
+    t = time.perf_counter()
+    detections = detector(od) if detector is not None else detect_stack(od, options=options.detect, progress=prog("detect"))
+    timings["detect"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    tracks, rejected_tracks, common = link_detections(detections, od, options=options.match)
+    timings["match"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    seg = segmenter if segmenter is not None else _default_segmenter(options.segment)
+    particles = []
+    com_rows = []
+    pids = sorted(tracks["particle"].unique()) if len(tracks) else []
+    for j, pid in enumerate(pids):
+        tr = tracks[tracks["particle"] == pid]
+        pr, com_raw = _process_particle(pid, tr, od, energies, common, seg, options, references)
+        particles.append(pr)
+        tr = tr.sort_values("frame")
+        com_rows.append(
+            pd.DataFrame(
+                {
+                    "particle": pid,
+                    "frame": tr["frame"].to_numpy(),
+                    "energy_ev": energies[tr["frame"].to_numpy()],
+                    "y": pr.positions[:, 0],
+                    "x": pr.positions[:, 1],
+                    "measured_y": com_raw[:, 0],
+                    "measured_x": com_raw[:, 1],
+                    "detected": tr["detected"].to_numpy(),
+                    "area": tr["area"].to_numpy(),
+                    "ssim": tr["ssim"].to_numpy(),
+                    "flags": [flag_names(f) for f in pr.frame_flags],
+                }
+            )
+        )
+        if progress is not None:
+            progress("particles", j + 1, len(pids))
+    timings["segment_register_xanes"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    table = pd.concat(com_rows, ignore_index=True) if com_rows else pd.DataFrame(
+        columns=["particle", "frame", "energy_ev", "y", "x", "measured_y", "measured_x", "detected", "area", "ssim", "flags"]
+    )
+    motion = compute_motion(table[["particle", "frame", "y", "x"]], reference_particle=options.reference_particle)
+    if len(table):
+        table = table.merge(motion.drop(columns=["y", "x"]), on=["particle", "frame"], how="left")
+    ratios = peak_ratios(motion) if len(motion) else pd.DataFrame()
+    timings["motion"] = time.perf_counter() - t
+
+    fused = None
+    if options.fuse and particles:
+        t = time.perf_counter()
+        fused = fuse_particles(od, particles, common)
+        timings["fuse"] = time.perf_counter() - t
+    if not particles:
+        notes.append("no isolated particle was tracked through enough frames")
+    rej = detections[~detections["isolated"]] if len(detections) else detections
+    return PipelineResult(
+        energies_ev=energies,
+        frame_shape=tuple(od.shape[1:]),
+        detections=detections,
+        tracks=table,
+        rejected=_summarise_rejected(rej, rejected_tracks),
+        particles=particles,
+        motion=motion,
+        peak_ratios=ratios,
+        common_shift=common,
+        fused=fused,
+        timings=timings,
+        options=options,
+        notes=tuple(notes),
+    )
+
+
+def _summarise_rejected(rejected_dets, rejected_tracks):
+    """One row per rejected object (grouped by position): ``y, x, reason, n_frames``."""
+    rows = []
+    if len(rejected_dets):
+        r = rejected_dets.copy()
+        r["key"] = list(zip((r["y"] // 25).astype(int), (r["x"] // 25).astype(int), r["reason"]))
+        for (_, _, reason), g in r.groupby("key"):
+            rows.append((g["y"].mean(), g["x"].mean(), reason, len(g), g["radius"].mean()))
+    for _, t in rejected_tracks.iterrows():
+        rows.append((t["y"], t["x"], "short_track", int(t["n_frames"]), np.nan))
+    return pd.DataFrame(rows, columns=["y", "x", "reason", "n_frames", "radius"])

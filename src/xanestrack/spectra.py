@@ -1,0 +1,106 @@
+"""Reference XANES spectra: the shipped Ni references and readers for users' own.
+
+The shipped references are the normalised NiO (Ni2+) and LiNiO2 (Ni3+) spectra of
+pyxas (BSD-3), resampled and converted to eV. ``read_spectrum`` reads the common
+text formats of reference spectra: XDI (raw ``i0``/``itrans`` give
+``mu = ln(i0/itrans)``), two- or three-column text (energy, mu[, stddev]) with the
+energy in eV or keV (keV is recognised when every energy is below 100).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["ReferenceSpectrum", "ni_references", "read_spectrum"]
+
+
+@dataclass(frozen=True)
+class ReferenceSpectrum:
+    """One reference spectrum: ``mu`` sampled at ``energies_ev``."""
+
+    name: str
+    energies_ev: np.ndarray
+    mu: np.ndarray
+
+    def __call__(self, energies_ev) -> np.ndarray:
+        """Linear interpolation of the spectrum at ``energies_ev`` (flat outside)."""
+        return np.interp(np.asarray(energies_ev, dtype=float), self.energies_ev, self.mu)
+
+
+def ni_references() -> dict[str, ReferenceSpectrum]:
+    """The shipped normalised Ni K-edge references ``{"NiO": ..., "LiNiO2": ...}``.
+
+    E(mu_norm = 0.5) is 8340.05 eV for NiO and 8341.81 eV for LiNiO2.
+    """
+    text = resources.files("xanestrack.data").joinpath("ni_references.csv").read_text()
+    lines = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
+    names = lines[0].split(",")[1:]
+    table = np.array([[float(v) for v in ln.split(",")] for ln in lines[1:]])
+    return {
+        name: ReferenceSpectrum(name, table[:, 0].copy(), table[:, i + 1].copy())
+        for i, name in enumerate(names)
+    }
+
+
+def read_spectrum(path, *, name: str | None = None) -> ReferenceSpectrum:
+    """Read a reference spectrum from an XDI or plain text file.
+
+    Parameters
+    ----------
+    path : str or Path
+        XDI file (columns named in ``# Column.N:`` lines; ``mu = ln(i0/itrans)`` when
+        no ``mu`` column exists) or text with columns energy, mu[, ...].
+    name : str, optional
+        Name of the reference; default: the file stem.
+
+    Returns
+    -------
+    ReferenceSpectrum
+        Energies in eV, sorted ascending, duplicates removed.
+
+    Raises
+    ------
+    ValueError
+        If the file has no numeric table, fewer than 2 columns, or non-finite values.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"reference spectrum {path}: file not found")
+    columns: dict[int, str] = {}
+    rows = []
+    for line in path.read_text(errors="replace").splitlines():
+        s = line.strip()
+        if not s:
+            continue
+        if s.startswith("#"):
+            m = re.match(r"#\s*Column\.(\d+)\s*:\s*(\S+)", s)
+            if m:
+                columns[int(m.group(1)) - 1] = m.group(2).lower()
+            continue
+        try:
+            rows.append([float(v) for v in s.replace(",", " ").split()])
+        except ValueError:
+            continue  # a header line without '#'
+    if not rows or min(len(r) for r in rows) < 2:
+        raise ValueError(f"reference spectrum {path}: no table of at least 2 numeric columns found")
+    ncol = min(len(r) for r in rows)
+    table = np.array([r[:ncol] for r in rows])
+    energy = table[:, 0]
+    if "itrans" in columns.values() and "i0" in columns.values() and "mu" not in columns.values():
+        inv = {v: k for k, v in columns.items()}
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mu = np.log(table[:, inv["i0"]] / table[:, inv["itrans"]])
+    else:
+        mu = table[:, 1]
+    if np.nanmax(energy) < 100:  # keV
+        energy = energy * 1000.0
+    if not (np.all(np.isfinite(energy)) and np.all(np.isfinite(mu))):
+        raise ValueError(f"reference spectrum {path}: contains NaN/inf values or non-positive intensities")
+    order = np.argsort(energy)
+    energy, mu = energy[order], mu[order]
+    keep = np.r_[True, np.diff(energy) > 0]
+    return ReferenceSpectrum(name or path.stem, energy[keep], mu[keep])

@@ -1,0 +1,81 @@
+"""The Stack: an energy scan as optical density, with its energies and provenance."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["Stack", "validate_energies"]
+
+
+def validate_energies(energies_ev, n_frames: int, *, source: str = "input") -> np.ndarray:
+    """Check an energy list against a frame count; return it as float64 eV.
+
+    Raises
+    ------
+    ValueError
+        On a count mismatch, non-finite values, duplicates, or energies that are not
+        strictly increasing (the order of the frames must be the order of the energies;
+        sort your frames and energies together).
+    """
+    e = np.asarray(energies_ev, dtype=float).ravel()
+    if e.size != n_frames:
+        raise ValueError(
+            f"{source}: {n_frames} frames but {e.size} energies; give one energy per frame"
+        )
+    if not np.all(np.isfinite(e)):
+        raise ValueError(f"{source}: energies contain NaN/inf values")
+    if n_frames > 1:
+        d = np.diff(e)
+        if np.any(d == 0):
+            i = int(np.flatnonzero(d == 0)[0])
+            raise ValueError(
+                f"{source}: duplicate energy {e[i]:.2f} eV at frames {i} and {i + 1}; "
+                "average repeated exposures before, or remove the duplicate"
+            )
+        if np.any(d < 0):
+            i = int(np.flatnonzero(d < 0)[0])
+            raise ValueError(
+                f"{source}: energies are not increasing ({e[i]:.2f} eV at frame {i}, then "
+                f"{e[i + 1]:.2f} eV); sort frames and energies together"
+            )
+    if np.nanmax(e) < 100:
+        raise ValueError(
+            f"{source}: energies look like keV (max {np.nanmax(e):.4g}); give them in eV"
+        )
+    return e
+
+
+@dataclass(frozen=True)
+class Stack:
+    """An energy scan ready for the pipeline.
+
+    Attributes
+    ----------
+    od : ndarray, shape (n_frames, rows, cols), float32
+        Optical density ``-ln((I - dark) / (flat - dark))``.
+    energies_ev : ndarray, shape (n_frames,)
+    pixel_size_um : float or None
+    metadata : dict
+        Provenance: source files, reader, notes.
+    """
+
+    od: np.ndarray
+    energies_ev: np.ndarray
+    pixel_size_um: float | None = None
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        od = self.od
+        if not isinstance(od, np.ndarray) or od.ndim != 3:
+            raise ValueError(
+                f"Stack.od must be a 3-D array (n_frames, rows, cols), got "
+                f"{getattr(od, 'shape', type(od).__name__)}"
+            )
+        if od.shape[0] < 1 or od.shape[1] < 8 or od.shape[2] < 8:
+            raise ValueError(f"Stack.od shape {od.shape} is too small (need >=1 frame of >=8 x 8)")
+        validate_energies(self.energies_ev, od.shape[0], source=self.metadata.get("source", "stack"))
+
+    @property
+    def n_frames(self) -> int:
+        return self.od.shape[0]

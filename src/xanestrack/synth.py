@@ -1,0 +1,509 @@
+"""Synthetic TXM-XANES energy scans of a deforming electrode, with ground truth.
+
+The forward model, per frame ``k`` (energy ``E_k``) and pixel ``p``::
+
+    OD_k(p)   = sum_particles t(p - c_k) * [pre(E_k) + mu_norm(E_k; f(p - c_k))]
+                + background_k(p - g_k) + plane_k(p)
+    counts_k  = Poisson(I0_k(p) * (1 + eps_k) * exp(-OD_k(p))) + dark
+    flat_k    = Poisson(n_ref * I0_k(p)) / n_ref + dark     (the recorded reference)
+
+``t`` is the particle's projected thickness (irregular rounded outline, primary
+grain texture), ``f`` its Ni3+ fraction (the chemistry pattern), ``mu_norm`` the mix
+``(1 - f) NiO + f LiNiO2`` of the shipped measured references, ``c_k = c_0 + g_k +
+d_k`` its position (global rigid jitter ``g_k`` plus its own non-rigid drift ``d_k``),
+``eps_k`` the source intensity fluctuation between the sample and the reference
+exposure. Particles are evaluated in their own continuous coordinates, so their true
+sub-pixel shifts are exact (no resampling of a rendered particle).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from .spectra import ni_references
+
+__all__ = [
+    "SynthParams",
+    "SynthTruth",
+    "SynthStack",
+    "PRESETS",
+    "make_synthetic_stack",
+    "ni_energy_grid",
+    "edge_energy_of_fraction",
+]
+
+PATTERNS = ("core_offcentre", "shrinking_core", "gradient", "inactive", "charged")
+
+
+def ni_energy_grid(n_energies: int = 143) -> np.ndarray:
+    """A Ni K-edge XANES energy grid in eV (8200-8680 eV).
+
+    143 energies: 5 eV steps over the pre-edge (8200-8315), 1 eV over 8320-8329,
+    0.5 eV across the edge (8330-8359.5), 2 eV to 8398, 10 eV to 8680 (the post-edge
+    must reach well beyond the whiteline oscillations for a stable normalisation).
+    Other counts resample this grid by index, keeping its density profile.
+    """
+    if n_energies < 2:
+        raise ValueError(f"n_energies must be at least 2, got {n_energies}")
+    grid = np.r_[
+        np.arange(8200.0, 8320.0, 5.0),
+        np.arange(8320.0, 8330.0, 1.0),
+        np.arange(8330.0, 8360.0, 0.5),
+        np.arange(8360.0, 8400.0, 2.0),
+        np.arange(8400.0, 8681.0, 10.0),
+    ]
+    if n_energies == grid.size:
+        return grid
+    return np.interp(np.linspace(0, grid.size - 1, n_energies), np.arange(grid.size), grid)
+
+
+@dataclass(frozen=True)
+class SynthParams:
+    """Knobs of the synthetic scan. Lengths in pixels, counts per pixel per frame."""
+
+    n_energies: int = 143
+    shape: tuple[int, int] = (460, 460)
+    n_particles: int = 9
+    radius_range: tuple[float, float] = (10.0, 40.0)
+    counts: float = 5000.0
+    n_ref: int = 10
+    intensity_jitter: float = 0.02
+    flat_shape_variation: float = 0.05
+    pre_edge_level: float = 0.25
+    background_od: float = 0.06
+    background_variation: float = 0.15
+    jitter_step: float = 0.4
+    jump_probability: float = 0.03
+    jump_size: float = 5.0
+    drift_range: tuple[float, float] = (1.0, 6.0)
+    min_gap: float = 12.0
+    n_fines: int = 0
+    n_touching_pairs: int = 0
+    dark_level: float = 100.0
+
+    def __post_init__(self):
+        if self.n_particles < 0 or self.n_energies < 1:
+            raise ValueError("n_particles must be >= 0 and n_energies >= 1")
+        if self.radius_range[0] <= 2 or self.radius_range[1] < self.radius_range[0]:
+            raise ValueError(f"radius_range must be (min > 2, max >= min), got {self.radius_range}")
+        if self.counts <= 0:
+            raise ValueError(f"counts must be positive, got {self.counts}")
+
+
+PRESETS: dict[str, SynthParams] = {
+    "default": SynthParams(),
+    "hard": SynthParams(
+        n_particles=10,
+        radius_range=(10.0, 34.0),
+        counts=800.0,
+        intensity_jitter=0.04,
+        flat_shape_variation=0.10,
+        background_od=0.12,
+        background_variation=0.3,
+        jitter_step=0.8,
+        jump_probability=0.05,
+        jump_size=10.0,
+        drift_range=(2.0, 12.0),
+        min_gap=8.0,
+        n_fines=15,
+        n_touching_pairs=1,
+    ),
+    "rigid": SynthParams(drift_range=(0.0, 0.0)),
+}
+
+
+@dataclass(frozen=True)
+class SynthTruth:
+    """Ground truth of a synthetic scan.
+
+    Attributes
+    ----------
+    positions : DataFrame
+        One row per particle per frame: ``particle, frame, energy_ev, y, x, dy, dx,
+        isolated``. ``y, x`` is the true centre of mass of the particle mask in input
+        pixel coordinates, ``dy, dx`` its shift relative to frame 0.
+    global_shift : ndarray, shape (n_frames, 2)
+        The rigid (stage/optics) shift of every frame, relative to frame 0.
+    masks : list of ndarray, each (n_frames, h, w) bool
+        True mask of each particle in a fixed window per frame.
+    mask_origins : list of ndarray, each (n_frames, 2) int
+        Frame pixel coordinates (y, x) of each window's pixel [0, 0].
+    edge_maps : list of ndarray, each (h, w) float32
+        True E(mu_norm = 0.5) map in eV on the frame-0 pixel grid (NaN outside).
+    edge_map_origins : ndarray, shape (n_particles, 2)
+        Frame-0 coordinates of each edge map's pixel [0, 0].
+    radii : ndarray
+        Mean radius of each particle (px).
+    patterns : list of str
+        Chemistry pattern of each particle.
+    """
+
+    positions: pd.DataFrame
+    global_shift: np.ndarray
+    masks: list
+    mask_origins: list
+    edge_maps: list
+    edge_map_origins: np.ndarray
+    radii: np.ndarray
+    patterns: list
+    fines: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+
+
+@dataclass(frozen=True)
+class SynthStack:
+    """Raw synthetic scan: counts, per-energy flats and a dark, as a beamline writes them."""
+
+    counts: np.ndarray  # (n_frames, Y, X) float32
+    flats: np.ndarray  # (n_frames, Y, X) float32
+    dark: np.ndarray  # (Y, X) float32
+    energies_ev: np.ndarray
+    truth: SynthTruth
+    params: SynthParams
+    seed: int
+
+    def optical_density(self) -> np.ndarray:
+        """Flat/dark-corrected optical density (n_frames, Y, X), float32."""
+        from .io.flatfield import optical_density
+
+        return optical_density(self.counts, flats=self.flats, darks=self.dark[None])
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True)
+class _Particle:
+    centre: np.ndarray  # frame-0 centre of the outline (y, x)
+    radius: float
+    harmonics: np.ndarray  # (n, 3): order, amplitude, phase
+    peak_od: float
+    pattern: str
+    chem: dict
+    grains: np.ndarray  # (n, 3): y, x (in units of radius), weight
+    isolated: bool
+
+    def outline(self, theta):
+        r = np.ones_like(theta)
+        for k, a, ph in self.harmonics:
+            r = r + a * np.cos(k * theta + ph)
+        return self.radius * r
+
+    @property
+    def extent(self) -> float:
+        return self.radius * (1 + np.abs(self.harmonics[:, 1]).sum()) + 2
+
+
+def _particle_fields(part: _Particle, yy, xx):
+    """Coverage, thickness (post-edge OD scale) and Ni3+ fraction at local coords."""
+    rho = np.hypot(yy, xx)
+    theta = np.arctan2(yy, xx)
+    r = part.outline(theta)
+    # partial-pixel coverage from the signed distance to the outline
+    cover = np.clip(r - rho + 0.5, 0.0, 1.0)
+    u = np.clip(rho / r, 0.0, 1.0)
+    profile = (1.0 - u**2) ** 0.3 + 0.15
+    uy, ux = yy / part.radius, xx / part.radius
+    texture = np.ones_like(rho)
+    for gy, gx, w in part.grains:
+        texture -= w * np.exp(-((uy - gy) ** 2 + (ux - gx) ** 2) / (2 * 0.12**2))
+    thickness = part.peak_od * cover * profile * texture / 1.15
+    return cover, thickness, _fraction(part, uy, ux, rho / part.radius)
+
+
+def _fraction(part: _Particle, uy, ux, urho):
+    c = part.chem
+    if part.pattern == "core_offcentre":
+        f = c["lo"] + (c["hi"] - c["lo"]) * np.exp(
+            -((uy - c["cy"]) ** 2 + (ux - c["cx"]) ** 2) / (2 * c["width"] ** 2)
+        )
+    elif part.pattern == "shrinking_core":
+        f = c["lo"] + (c["hi"] - c["lo"]) / (1 + np.exp(-(urho - c["core"]) / 0.08))
+    elif part.pattern == "gradient":
+        f = c["lo"] + (c["hi"] - c["lo"]) * np.clip(0.5 + 0.5 * (uy * c["dy"] + ux * c["dx"]), 0, 1)
+    elif part.pattern == "inactive":
+        f = np.full_like(uy, c["lo"])
+    else:  # charged
+        f = np.full_like(uy, c["hi"]) - 0.1 * np.exp(-(urho**2) / 0.1)
+    return np.clip(f, 0.0, 1.0)
+
+
+_E50_CACHE: dict = {}
+
+
+def edge_energy_of_fraction(fraction) -> np.ndarray:
+    """E(mu_norm = 0.5) in eV of the reference mix ``(1-f) NiO + f LiNiO2``."""
+    if "table" not in _E50_CACHE:
+        refs = ni_references()
+        e = np.arange(8320.0, 8360.0, 0.01)
+        a, b = refs["NiO"](e), refs["LiNiO2"](e)
+        fs = np.linspace(0, 1, 501)
+        e50 = []
+        for f in fs:
+            m = (1 - f) * a + f * b
+            i = int(np.argmax(m >= 0.5))
+            e50.append(e[i - 1] + (0.5 - m[i - 1]) * (e[i] - e[i - 1]) / (m[i] - m[i - 1]))
+        _E50_CACHE["table"] = (fs, np.array(e50))
+    fs, e50 = _E50_CACHE["table"]
+    return np.interp(fraction, fs, e50)
+
+
+def _smooth_walk(rng, n, amplitude, sigma):
+    if amplitude == 0 or n < 2:
+        return np.zeros((n, 2))
+    w = np.cumsum(rng.normal(size=(n, 2)), axis=0)
+    w = ndimage.gaussian_filter1d(w, sigma, axis=0, mode="nearest")
+    w -= w[0]
+    peak = np.abs(w).max()
+    return w * (amplitude / peak) if peak > 0 else w
+
+
+def _random_particle(rng, centre, radius, pattern, isolated=True, peak_od=None):
+    n_h = 4
+    harmonics = np.c_[
+        np.arange(2, 2 + n_h),
+        rng.uniform(0.01, 0.06, n_h) / np.arange(1, 1 + n_h) ** 0.5,
+        rng.uniform(0, 2 * np.pi, n_h),
+    ]
+    n_g = int(np.clip(radius, 8, 30))
+    gr = np.sqrt(rng.uniform(0, 0.8, n_g))
+    ga = rng.uniform(0, 2 * np.pi, n_g)
+    grains = np.c_[gr * np.sin(ga), gr * np.cos(ga), rng.uniform(0.03, 0.1, n_g)]
+    ang = rng.uniform(0, 2 * np.pi)
+    lo = rng.uniform(0.05, 0.2)
+    hi = rng.uniform(0.75, 0.95)
+    chem = dict(
+        lo=lo,
+        hi=hi,
+        cy=0.35 * np.sin(ang),
+        cx=0.35 * np.cos(ang),
+        width=rng.uniform(0.25, 0.35),
+        core=rng.uniform(0.45, 0.65),
+        dy=np.sin(ang),
+        dx=np.cos(ang),
+    )
+    if peak_od is None:
+        peak_od = 0.5 + 0.7 * (radius - 10) / 30 + rng.uniform(-0.1, 0.1)
+    return _Particle(
+        np.asarray(centre, float), float(radius), harmonics, float(peak_od), pattern, chem, grains, isolated
+    )
+
+
+def _layout(rng, p: SynthParams, border_margin, drift_max):
+    """Place particles without overlap; returns list of _Particle."""
+    ny, nx = p.shape
+    r_lo, r_hi = p.radius_range
+    n = p.n_particles
+    radii = np.linspace(r_lo, r_hi, n) if n > 1 else np.array([0.5 * (r_lo + r_hi)])
+    radii = rng.permutation(radii * rng.uniform(0.92, 1.0, n))
+    placed: list[_Particle] = []
+    margin = border_margin + 6
+    order = np.argsort(-radii)
+    for idx, i in enumerate(order):
+        r = radii[i]
+        ext = r * 1.15 + 2
+        for _ in range(5000):
+            c = rng.uniform([ext + margin, ext + margin], [ny - ext - margin, nx - ext - margin])
+            if all(
+                np.hypot(*(c - q.centre)) > ext + q.extent + p.min_gap + 2 * drift_max
+                for q in placed
+            ):
+                break
+        else:
+            raise ValueError(
+                f"cannot place {n} particles of radius {r_lo}-{r_hi} px in a {ny} x {nx} frame with "
+                f"min_gap={p.min_gap}, drift up to {drift_max:.1f} px and jitter up to {border_margin:.1f} px: "
+                "use fewer or smaller particles"
+            )
+        placed.append(_random_particle(rng, c, r, PATTERNS[idx % len(PATTERNS)]))
+    return placed
+
+
+def make_synthetic_stack(params: SynthParams | str = "default", *, seed: int = 0, **overrides) -> SynthStack:
+    """Generate a synthetic energy scan with ground truth.
+
+    Parameters
+    ----------
+    params : SynthParams or str
+        The knobs, or the name of a preset (``"default"``, ``"hard"``, ``"rigid"``).
+    seed : int
+        Seed of the random generator; the same seed gives the same scan.
+    **overrides
+        Fields of :class:`SynthParams` replacing those of ``params``.
+
+    Returns
+    -------
+    SynthStack
+    """
+    if isinstance(params, str):
+        if params not in PRESETS:
+            raise ValueError(f"unknown preset {params!r}; choose one of {sorted(PRESETS)}")
+        params = PRESETS[params]
+    if overrides:
+        params = replace(params, **overrides)
+    p = params
+    rng = np.random.default_rng(seed)
+    energies = ni_energy_grid(p.n_energies)
+    nE, (ny, nx) = p.n_energies, p.shape
+    refs = ni_references()
+    mu_a, mu_b = refs["NiO"](energies), refs["LiNiO2"](energies)
+    pre = p.pre_edge_level * (energies / 8333.0) ** -3
+
+    # --- motion: global random walk + jumps; per-particle smooth drift
+    steps = rng.normal(0, p.jitter_step, (nE, 2))
+    jumps = rng.random(nE) < p.jump_probability
+    steps[jumps] += rng.normal(0, p.jump_size, (int(jumps.sum()), 2))
+    steps[0] = 0
+    global_shift = np.cumsum(steps, axis=0)
+    global_shift -= global_shift.mean(axis=0)
+    global_shift -= global_shift[0]
+    g_ext = np.abs(global_shift - global_shift.mean(0)).max() if nE > 1 else 0.0
+    max_excursion = g_ext + p.drift_range[1] + 2
+
+    drift_max = p.drift_range[1] + 1
+    particles = _layout(rng, p, max_excursion, drift_max)
+    amps = rng.uniform(*p.drift_range, len(particles))
+    if len(particles) > 0:
+        amps[0] = 0.0  # one particle moves with the global jitter only
+    drifts = [_smooth_walk(rng, nE, a, sigma=rng.uniform(6, 15)) for a in amps]
+
+    # touching pairs: two particles in contact, moving together (not isolated)
+    extra: list[tuple[_Particle, np.ndarray]] = []
+    for _ in range(p.n_touching_pairs):
+        r1, r2 = rng.uniform(p.radius_range[0], 0.6 * p.radius_range[1], 2)
+        for _try in range(5000):
+            c = rng.uniform([r1 + max_excursion + 8] * 2, [ny - r1 - 2 * r2 - max_excursion - 8] * 2)
+            a = rng.uniform(0, 2 * np.pi)
+            c2 = c + (r1 + r2 - 1.0) * np.array([np.sin(a), np.cos(a)])
+            if not (r2 + 4 < c2[0] < ny - r2 - 4 and r2 + 4 < c2[1] < nx - r2 - 4):
+                continue
+            if all(
+                np.hypot(*(q.centre - cc)) > q.extent + rr * 1.2 + p.min_gap + 2 * drift_max
+                for q in particles + [e[0] for e in extra]
+                for cc, rr in ((c, r1), (c2, r2))
+            ):
+                break
+        else:
+            raise ValueError("cannot place touching particle pair: frame too crowded")
+        d = _smooth_walk(rng, nE, rng.uniform(*p.drift_range), 10)
+        for cc, rr in ((c, r1), (c2, r2)):
+            q = _random_particle(rng, cc, rr, "inactive", isolated=False)
+            # exact circles so that the pair touches whatever the harmonics
+            extra.append((replace(q, harmonics=q.harmonics * [1, 0, 1]), d))
+
+    fines = []
+    for _ in range(p.n_fines):
+        for _try in range(2000):
+            c = rng.uniform([10, 10], [ny - 10, nx - 10])
+            if all(np.hypot(*(q.centre - c)) > q.extent + 6 + drift_max for q in particles):
+                break
+        fines.append(_random_particle(rng, c, rng.uniform(1.5, 4.0), "inactive", peak_od=rng.uniform(0.3, 0.9)))
+
+    # --- background matrix (binder/carbon): smooth texture moving with the electrode
+    pad = int(np.ceil(g_ext)) + 4
+    bg_tex = ndimage.gaussian_filter(rng.normal(size=(ny + 2 * pad, nx + 2 * pad)), 6)
+    bg_tex = (bg_tex - bg_tex.min()) / (np.ptp(bg_tex) + 1e-12)
+    bg_tex = p.background_od * (0.3 + 1.4 * bg_tex)
+    yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float32)
+    ycen, xcen = (yy - ny / 2) / ny, (xx - nx / 2) / nx
+
+    dark = (p.dark_level + rng.normal(0, 2.0, (ny, nx))).astype(np.float32)
+    counts = np.empty((nE, ny, nx), np.float32)
+    flats = np.empty((nE, ny, nx), np.float32)
+
+    all_parts = [(q, drifts[i]) for i, q in enumerate(particles)] + extra
+    all_parts += [(q, np.zeros((nE, 2))) for q in fines]
+    # one fixed window per particle for the true masks
+    win = [int(np.ceil(q.extent)) + 2 for q, _ in all_parts]
+    masks = [np.zeros((nE, 2 * w + 1, 2 * w + 1), bool) for w in win[: len(particles)]]
+    origins = [np.zeros((nE, 2), int) for _ in particles]
+
+    fy0, fx0, fs = rng.uniform(-0.2, 0.2, 3)
+    for k in range(nE):
+        g = global_shift[k]
+        od = ndimage.map_coordinates(
+            bg_tex, [yy - g[0] + pad, xx - g[1] + pad], order=1, mode="nearest"
+        )
+        bscale = 1 + p.background_variation * rng.uniform(-1, 1)
+        od *= bscale
+        od += p.background_od * p.background_variation * (
+            rng.uniform(-1, 1) * ycen + rng.uniform(-1, 1) * xcen
+        )
+        for i, ((q, d), w) in enumerate(zip(all_parts, win)):
+            c = q.centre + g + d[k]
+            iy, ix = int(round(c[0])), int(round(c[1]))
+            y0, y1 = max(iy - w, 0), min(iy + w + 1, ny)
+            x0, x1 = max(ix - w, 0), min(ix + w + 1, nx)
+            if y0 >= y1 or x0 >= x1:
+                continue
+            ly = yy[y0:y1, x0:x1] - c[0]
+            lx = xx[y0:y1, x0:x1] - c[1]
+            cover, thick, frac = _particle_fields(q, ly, lx)
+            mu = (1 - frac) * mu_a[k] + frac * mu_b[k]
+            od[y0:y1, x0:x1] += thick * (pre[k] + mu)
+            if i < len(particles):
+                origins[i][k] = (iy - w, ix - w)
+                m = np.zeros((2 * w + 1, 2 * w + 1), bool)
+                m[y0 - (iy - w) : y1 - (iy - w), x0 - (ix - w) : x1 - (ix - w)] = cover >= 0.5
+                masks[i][k] = m
+        # illumination: intensity and shape vary from frame to frame
+        t = k / max(nE - 1, 1)
+        shape = 1 + p.flat_shape_variation * (
+            np.cos(2 * np.pi * (ycen * (1 + fs) + fy0 + 0.3 * t))
+            * np.cos(2 * np.pi * (xcen * (1 - fs) + fx0 - 0.2 * t))
+            - 0.5 * (ycen**2 + xcen**2) * (1 + 0.5 * np.sin(2 * np.pi * t))
+        )
+        i0 = p.counts * (1 + 0.1 * np.sin(3 * t + fs)) * shape
+        eps = rng.normal(0, p.intensity_jitter)
+        counts[k] = rng.poisson(i0 * (1 + eps) * np.exp(-od)).astype(np.float32) + dark + rng.normal(
+            0, 2.0, (ny, nx)
+        ).astype(np.float32)
+        flats[k] = rng.poisson(i0 * p.n_ref).astype(np.float32) / p.n_ref + dark
+
+    # --- truth
+    rows = []
+    e50_maps, e50_orig, radii = [], [], []
+    for i, (q, d) in enumerate(zip(particles, drifts)):
+        # centre of mass of the outline, from an 8x supersampled mask
+        ext = int(np.ceil(q.extent)) + 1
+        s = np.arange(-ext, ext + 1, 0.125)
+        sy, sx = np.meshgrid(s, s, indexing="ij")
+        inside = np.hypot(sy, sx) <= q.outline(np.arctan2(sy, sx))
+        com_local = np.array([sy[inside].mean(), sx[inside].mean()])
+        radii.append(np.sqrt(inside.sum() * 0.125**2 / np.pi))
+        for k in range(nE):
+            pos = q.centre + global_shift[k] + d[k] + com_local
+            sh = global_shift[k] + d[k]
+            rows.append((i, k, energies[k], pos[0], pos[1], sh[0], sh[1], q.isolated))
+        # edge-energy map on the frame-0 grid
+        c = q.centre
+        y0, x0 = int(np.floor(c[0])) - ext, int(np.floor(c[1])) - ext
+        ly, lx = np.mgrid[y0 : y0 + 2 * ext + 2, x0 : x0 + 2 * ext + 2].astype(float)
+        ly -= c[0]
+        lx -= c[1]
+        cover, _, frac = _particle_fields(q, ly, lx)
+        m = np.where(cover >= 0.5, edge_energy_of_fraction(frac), np.nan).astype(np.float32)
+        e50_maps.append(m)
+        e50_orig.append((y0, x0))
+    positions = pd.DataFrame(
+        rows, columns=["particle", "frame", "energy_ev", "y", "x", "dy", "dx", "isolated"]
+    )
+    truth = SynthTruth(
+        positions=positions,
+        global_shift=global_shift,
+        masks=masks,
+        mask_origins=origins,
+        edge_maps=e50_maps,
+        edge_map_origins=np.array(e50_orig, dtype=float).reshape(-1, 2),
+        radii=np.array(radii),
+        patterns=[q.pattern for q in particles],
+        fines=np.array([[q.centre[0], q.centre[1], q.radius] for q in fines]).reshape(-1, 3),
+    )
+    return SynthStack(counts, flats, dark, energies, truth, p, seed)
+
+
+def params_dict(p: SynthParams) -> dict:
+    """The parameters as a JSON-serialisable dict."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(p).items()}

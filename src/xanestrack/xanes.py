@@ -1,0 +1,363 @@
+"""XANES analysis of aligned spectra, vectorised over pixels.
+
+Normalisation follows the usual recipe (Athena/larch ``pre_edge``): a line fitted to
+the pre-edge, a polynomial to the post-edge, the edge step is their difference at E0
+and ``norm = (mu - pre) / step``. Every pixel's fit shares one design matrix, so the
+whole map is two least-squares solves, not a loop over spectra.
+
+Spectra are arrays ``(n_energies, ...)``: a single spectrum ``(n,)``, a map
+``(n, h, w)`` or a flat list ``(n, n_pixels)``. A pixel whose fit fails gets NaN and a
+bit in ``flags``:
+
+- ``FLAG_NONFINITE`` (1): the spectrum has NaN/inf values;
+- ``FLAG_LOW_STEP`` (2): the edge step is not positive or below 3 x the pre-edge noise;
+- ``FLAG_NO_CROSSING`` (4): the normalised spectrum never crosses the level in the window;
+- ``FLAG_FIT`` (8): the linear combination fit failed or is outside its constraints.
+
+References
+----------
+B. Ravel and M. Newville, J. Synchrotron Rad. 12 (2005) 537, doi:10.1107/S0909049505012719.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "Normalization",
+    "LCFResult",
+    "find_e0",
+    "normalize",
+    "edge_energy",
+    "linear_combination_fit",
+    "FLAG_NONFINITE",
+    "FLAG_LOW_STEP",
+    "FLAG_NO_CROSSING",
+    "FLAG_FIT",
+]
+
+logger = logging.getLogger(__name__)
+
+FLAG_NONFINITE, FLAG_LOW_STEP, FLAG_NO_CROSSING, FLAG_FIT = 1, 2, 4, 8
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Result of :func:`normalize`. Arrays have the spectra's trailing shape."""
+
+    norm: np.ndarray
+    e0_ev: float
+    edge_step: np.ndarray
+    pre_edge: np.ndarray
+    post_edge: np.ndarray
+    flags: np.ndarray
+    pre_range_ev: tuple
+    post_range_ev: tuple
+
+
+@dataclass(frozen=True)
+class LCFResult:
+    """Result of :func:`linear_combination_fit`: ``fractions`` is (n_refs, ...)."""
+
+    names: tuple
+    fractions: np.ndarray
+    residual: np.ndarray
+    flags: np.ndarray
+
+
+def _check(energies_ev, mu):
+    e = np.asarray(energies_ev, dtype=float)
+    mu = np.asarray(mu)
+    if e.ndim != 1 or mu.shape[:1] != e.shape:
+        raise ValueError(
+            f"spectra must have the energy axis first: energies {e.shape}, spectra {mu.shape}"
+        )
+    if e.size < 8:
+        raise ValueError(f"XANES analysis needs at least 8 energies, got {e.size}")
+    if np.any(np.diff(e) <= 0):
+        raise ValueError("energies must be strictly increasing")
+    return e, mu
+
+
+def find_e0(energies_ev, mu) -> float:
+    """E0 (eV) of a spectrum, or of the mean of many: the maximum of the derivative.
+
+    The derivative is taken on a lightly smoothed spectrum (3-point running mean) and
+    the maximum refined by a parabola through its three highest points.
+    """
+    e, mu = _check(energies_ev, mu)
+    m = np.nanmean(mu.reshape(e.size, -1), axis=1)
+    if not np.all(np.isfinite(m)):
+        raise ValueError("cannot find E0: the mean spectrum has NaN values")
+    sm = np.convolve(np.pad(m, 1, mode="edge"), np.ones(3) / 3, mode="valid")
+    d = np.gradient(sm, e)
+    i = int(np.argmax(d[1:-1])) + 1
+    y0, y1, y2 = d[i - 1], d[i], d[i + 1]
+    denom = y0 - 2 * y1 + y2
+    frac = 0.5 * (y0 - y2) / denom if denom != 0 else 0.0
+    frac = float(np.clip(frac, -0.5, 0.5))
+    return float(e[i] + frac * (e[i + 1] - e[i - 1]) / 2)
+
+
+def _range_idx(e, lo, hi, what, minimum):
+    idx = np.flatnonzero((e >= lo) & (e <= hi))
+    if idx.size < minimum:
+        raise ValueError(
+            f"{what} range {lo:.1f}-{hi:.1f} eV holds {idx.size} energies, need {minimum}; "
+            f"the scan covers {e[0]:.1f}-{e[-1]:.1f} eV: adjust the range"
+        )
+    return idx
+
+
+def normalize(
+    energies_ev,
+    mu,
+    *,
+    e0_ev: float | None = None,
+    pre_range=(-150.0, -30.0),
+    post_range=(100.0, None),
+    post_order: int | str = "auto",
+) -> Normalization:
+    """Normalise spectra: pre-edge line, post-edge polynomial, edge step at E0.
+
+    Parameters
+    ----------
+    energies_ev : ndarray (n,)
+    mu : ndarray (n, ...)
+        Absorption (optical density) spectra.
+    e0_ev : float, optional
+        Edge energy; default :func:`find_e0` of the mean spectrum.
+    pre_range, post_range : (float, float or None)
+        Fit ranges relative to E0 in eV (None: the scan's end).
+    post_order : int or "auto"
+        Degree of the post-edge polynomial (0-3). ``"auto"``: 2 when the post-edge
+        range spans at least 200 eV, 1 from 80 eV, else 0 (a short post-edge cannot
+        constrain a curve, and the whiteline oscillations bias it).
+
+    Returns
+    -------
+    Normalization
+    """
+    e, mu = _check(energies_ev, mu)
+    shape = mu.shape[1:]
+    y = mu.reshape(e.size, -1).astype(np.float64)
+    flags = np.zeros(y.shape[1], np.uint8)
+    bad = ~np.all(np.isfinite(y), axis=0)
+    flags[bad] |= FLAG_NONFINITE
+    y = np.where(np.isfinite(y), y, 0.0)
+    if e0_ev is None:
+        good = ~bad
+        if not good.any():
+            raise ValueError("every spectrum has NaN/inf values")
+        e0_ev = find_e0(e, y[:, good])
+    pre_lo = e0_ev + pre_range[0]
+    pre_hi = e0_ev + pre_range[1]
+    post_lo = e0_ev + post_range[0]
+    post_hi = e[-1] if post_range[1] is None else e0_ev + post_range[1]
+    ip = _range_idx(e, pre_lo, pre_hi, "pre-edge", 2)
+    if post_order == "auto":
+        span = min(post_hi, e[-1]) - post_lo
+        post_order = 2 if span >= 200 else (1 if span >= 80 else 0)
+    if post_order not in (0, 1, 2, 3):
+        raise ValueError(f"post_order must be 0-3 or 'auto', got {post_order!r}")
+    iq = _range_idx(e, post_lo, post_hi, "post-edge", post_order + 1)
+    # shared design matrices: one lstsq for all pixels
+    x = (e - e0_ev) / 100.0
+    A = np.c_[np.ones(ip.size), x[ip]]
+    pre_c = np.linalg.lstsq(A, y[ip], rcond=None)[0]
+    B = np.vander(x[iq], post_order + 1, increasing=True)
+    post_c = np.linalg.lstsq(B, y[iq], rcond=None)[0]
+    pre = np.c_[np.ones(e.size), x] @ pre_c
+    post = np.vander(x, post_order + 1, increasing=True) @ post_c
+    step = post_c[0] - pre_c[0]  # x = 0 at E0
+    resid = y[ip] - pre[ip]
+    noise = np.sqrt((resid**2).sum(axis=0) / max(ip.size - 2, 1))
+    low = ~(step > 3 * noise) | ~(step > 0)
+    flags[low] |= FLAG_LOW_STEP
+    with np.errstate(divide="ignore", invalid="ignore"):
+        norm = (y - pre) / step
+    norm[:, (flags & (FLAG_LOW_STEP | FLAG_NONFINITE)) > 0] = np.nan
+    if low.any() and low.mean() > 0.01:
+        logger.warning("%d of %d spectra have no usable edge step (NaN)", int(low.sum()), low.size)
+    r = lambda a: a.reshape(a.shape[:1] + shape) if a.ndim == 2 else a.reshape(shape)  # noqa: E731
+    return Normalization(
+        norm=r(norm).astype(np.float32),
+        e0_ev=float(e0_ev),
+        edge_step=r(step).astype(np.float32),
+        pre_edge=r(pre).astype(np.float32),
+        post_edge=r(post).astype(np.float32),
+        flags=r(flags),
+        pre_range_ev=(float(e[ip[0]]), float(e[ip[-1]])),
+        post_range_ev=(float(e[iq[0]]), float(e[iq[-1]])),
+    )
+
+
+def edge_energy(
+    energies_ev,
+    norm,
+    *,
+    method: str = "half",
+    e0_ev: float | None = None,
+    window=(-15.0, 20.0),
+    level: float = 0.5,
+):
+    """Edge-energy (or whiteline) map from normalised spectra.
+
+    Parameters
+    ----------
+    energies_ev : ndarray (n,)
+    norm : ndarray (n, ...)
+        Normalised spectra.
+    method : {"half", "derivative", "whiteline"}
+        ``half``: energy where ``norm`` crosses ``level`` (linear interpolation; with
+        several crossings in the window, the one nearest the crossing of the mean
+        spectrum). ``derivative``: energy of the maximum of d(norm)/dE.
+        ``whiteline``: energy of the maximum of ``norm`` above the edge. The last two are
+        refined by a parabola through the three highest points.
+    e0_ev : float, optional
+        Centre of the search window (default: :func:`find_e0` of the mean).
+    window : (float, float)
+        Search window relative to ``e0_ev`` in eV (``whiteline`` searches from E0 to
+        E0 + window[1] + 10).
+
+    Returns
+    -------
+    values : ndarray (...), eV, NaN where not found
+    flags : ndarray (...) uint8
+    """
+    e, norm = _check(energies_ev, norm)
+    shape = norm.shape[1:]
+    y = norm.reshape(e.size, -1).astype(np.float64)
+    flags = np.zeros(y.shape[1], np.uint8)
+    finite_cols = np.all(np.isfinite(y), axis=0)
+    flags[~finite_cols] |= FLAG_NONFINITE
+    if e0_ev is None:
+        e0_ev = find_e0(e, y[:, finite_cols]) if finite_cols.any() else float(np.mean(e))
+    if method == "half":
+        iw = _range_idx(e, e0_ev + window[0], e0_ev + window[1], "edge window", 2)
+        ew, yw = e[iw], y[iw]
+        a, b = yw[:-1], yw[1:]
+        cross = (a < level) & (b >= level)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ec = ew[:-1, None] + (level - a) / (b - a) * np.diff(ew)[:, None]
+        ec = np.where(cross, ec, np.nan)
+        mean = np.nanmean(y[:, finite_cols], axis=1) if finite_cols.any() else np.nanmean(y, axis=1)
+        ma, mb = mean[iw][:-1], mean[iw][1:]
+        mc = np.flatnonzero((ma < level) & (mb >= level))
+        ref = ew[mc[0]] + (level - ma[mc[0]]) / (mb[mc[0]] - ma[mc[0]]) * (ew[mc[0] + 1] - ew[mc[0]]) if mc.size else e0_ev
+        dist = np.abs(ec - ref)
+        has = np.isfinite(dist).any(axis=0)
+        pick = np.argmin(np.where(np.isfinite(dist), dist, np.inf), axis=0)
+        out = ec[pick, np.arange(ec.shape[1])]
+        out[~has] = np.nan
+    elif method in ("derivative", "whiteline"):
+        if method == "derivative":
+            iw = _range_idx(e, e0_ev + window[0], e0_ev + window[1], "edge window", 3)
+            v = np.gradient(y, e, axis=0)[iw]
+        else:
+            iw = _range_idx(e, e0_ev, e0_ev + window[1] + 10, "whiteline window", 3)
+            v = y[iw]
+        ew = e[iw]
+        i = np.argmax(np.where(np.isfinite(v), v, -np.inf), axis=0)
+        i = np.clip(i, 1, ew.size - 2)
+        cols = np.arange(v.shape[1])
+        y0, y1, y2 = v[i - 1, cols], v[i, cols], v[i + 1, cols]
+        denom = y0 - 2 * y1 + y2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            frac = np.clip(np.where(denom != 0, 0.5 * (y0 - y2) / denom, 0.0), -0.5, 0.5)
+        out = ew[i] + np.where(frac >= 0, frac * (ew[i + 1] - ew[i]), frac * (ew[i] - ew[i - 1]))
+        has = np.isfinite(y1)
+        out[~has] = np.nan
+    else:
+        raise ValueError(f"method must be 'half', 'derivative' or 'whiteline', got {method!r}")
+    flags[~has & (flags == 0)] |= FLAG_NO_CROSSING
+    return out.reshape(shape).astype(np.float32), flags.reshape(shape)
+
+
+def linear_combination_fit(
+    energies_ev,
+    norm,
+    references,
+    *,
+    e0_ev: float | None = None,
+    window=(-20.0, 40.0),
+    sum_to_one: bool = True,
+    nonnegative: bool = True,
+) -> LCFResult:
+    """Per-pixel fractions of reference spectra: ``norm ~ sum_j c_j ref_j``.
+
+    Solved for all pixels at once. With constraints, every subset of references is
+    solved in closed form (equality constraint ``sum c = 1`` by a Lagrange multiplier)
+    and, per pixel, the feasible subset with the least residual is kept, which is the
+    exact constrained optimum for the handful of references used in practice.
+
+    Parameters
+    ----------
+    energies_ev : ndarray (n,)
+    norm : ndarray (n, ...)
+    references : mapping name -> callable(energies_ev) or ReferenceSpectrum
+        Normalised reference spectra (interpolated at ``energies_ev``).
+    window : (float, float)
+        Fit range relative to ``e0_ev`` (default E0 of the mean spectrum).
+
+    Returns
+    -------
+    LCFResult
+    """
+    from itertools import combinations
+
+    e, norm = _check(energies_ev, norm)
+    if not references:
+        raise ValueError("references: give at least one reference spectrum")
+    if len(references) > 6:
+        raise ValueError(f"references: at most 6 references supported, got {len(references)}")
+    shape = norm.shape[1:]
+    y = norm.reshape(e.size, -1).astype(np.float64)
+    finite = np.all(np.isfinite(y), axis=0)
+    if e0_ev is None:
+        e0_ev = find_e0(e, y[:, finite]) if finite.any() else float(np.mean(e))
+    iw = _range_idx(e, e0_ev + window[0], e0_ev + window[1], "LCF window", len(references) + 1)
+    names = tuple(references)
+    A = np.stack([np.asarray(references[n](e[iw]), dtype=float) for n in names], axis=1)
+    Y = np.where(np.isfinite(y[iw]), y[iw], 0.0)
+    npix, nref = Y.shape[1], len(names)
+    best = np.full((nref, npix), np.nan)
+    best_res = np.full(npix, np.inf)
+    subsets = [s for k in range(1, nref + 1) for s in combinations(range(nref), k)]
+    if not (sum_to_one or nonnegative):
+        subsets = [tuple(range(nref))]
+    for s in subsets:
+        As = A[:, s]
+        G = As.T @ As
+        try:
+            Gi = np.linalg.inv(G)
+        except np.linalg.LinAlgError:
+            continue
+        c = Gi @ As.T @ Y
+        if sum_to_one:
+            one = np.ones(len(s))
+            lam = (one @ c - 1.0) / (one @ Gi @ one)
+            c = c - np.outer(Gi @ one, lam)
+        res = ((Y - As @ c) ** 2).sum(axis=0)
+        ok = np.all(c >= -1e-9, axis=0) if nonnegative else np.ones(npix, bool)
+        better = ok & (res < best_res)
+        if better.any():
+            full = np.zeros((nref, npix))
+            full[list(s)] = c
+            best[:, better] = full[:, better]
+            best_res[better] = res[better]
+    flags = np.zeros(npix, np.uint8)
+    flags[~finite] |= FLAG_NONFINITE
+    failed = ~np.isfinite(best_res) | ~finite
+    flags[failed & finite] |= FLAG_FIT
+    best[:, failed] = np.nan
+    best_res[failed] = np.nan
+    rms = np.sqrt(best_res / iw.size)
+    return LCFResult(
+        names=names,
+        fractions=best.reshape((nref,) + shape).astype(np.float32),
+        residual=rms.reshape(shape).astype(np.float32),
+        flags=flags.reshape(shape),
+    )

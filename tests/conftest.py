@@ -1,0 +1,31 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_data(*parts) -> Path:
+    """Path under ../shared/data, skipping the test when it is absent."""
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"real data not available: {p} (../shared/data is not beside the checkout)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def small_synth():
+    """A small synthetic scan: 4 particles, 48 energies, 200 x 200."""
+    from xanestrack.synth import make_synthetic_stack
+
+    return make_synthetic_stack(
+        "default", seed=11, n_energies=48, shape=(200, 200), n_particles=4, radius_range=(10.0, 22.0), drift_range=(1.0, 3.0)
+    )
+
+
+def pair_by_position(est_yx, true_yx, tol=5.0):
+    """Map estimated index -> true index by nearest position (ignores id numbering)."""
+    from xanestrack.evaluate import pair_particles
+
+    return dict(pair_particles(np.asarray(est_yx), np.asarray(true_yx), max_distance=tol))

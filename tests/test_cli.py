@@ -1,0 +1,72 @@
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from xanestrack.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("s") / "synthetic"
+    r = runner.invoke(app, ["synth", str(d), "--seed", "2", "--n-particles", "3", "--n-energies", "40", "--size", "180", "--max-radius", "20"])
+    assert r.exit_code == 0, r.output
+    return d
+
+
+def test_run_writes_results_and_refuses_to_overwrite(synth_dir, tmp_path):
+    out = tmp_path / "res"
+    r = runner.invoke(app, ["--quiet", "run", str(synth_dir / "stack.h5"), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    for f in ("tracks.csv", "results.h5", "run.json", "report.html"):
+        assert (out / f).is_file()
+    t = pd.read_csv(out / "tracks.csv")
+    assert list(t.columns[:5]) == ["particle", "frame", "energy_ev", "y", "x"]
+    assert t["particle"].nunique() == 3 and len(t) == 3 * 40
+    info = json.loads((out / "run.json").read_text())
+    assert info["version"] and str(synth_dir / "stack.h5") in info["input_checksums_sha256"]
+    before = (out / "tracks.csv").read_bytes()
+    r = runner.invoke(app, ["run", str(synth_dir / "stack.h5"), "--out", str(out)])
+    assert r.exit_code == 2 and "--overwrite" in r.output
+    assert (out / "tracks.csv").read_bytes() == before
+
+
+def test_interrupted_run_leaves_previous_results(synth_dir, tmp_path, monkeypatch):
+    from xanestrack import results
+
+    out = tmp_path / "res"
+    assert runner.invoke(app, ["--quiet", "run", str(synth_dir / "stack.h5"), "--out", str(out)]).exit_code == 0
+    before = (out / "tracks.csv").read_bytes()
+
+    def boom(*a, **k):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(results, "write_results", boom)
+    monkeypatch.setattr("xanestrack.results.write_results", boom)
+    import xanestrack.cli as cli
+
+    r = runner.invoke(app, ["--quiet", "run", str(synth_dir / "stack.h5"), "--out", str(out), "--overwrite"])
+    assert r.exit_code == 2 and "disk full" in r.output
+    assert (out / "tracks.csv").read_bytes() == before
+    assert not list(tmp_path.glob(".res.tmp-*"))
+    del cli
+
+
+def test_bad_input_is_one_readable_line(tmp_path):
+    p = tmp_path / "x.h5"
+    p.write_bytes(b"not hdf5 at all")
+    r = runner.invoke(app, ["run", str(p), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2
+    assert "not a readable HDF5 file" in r.output and "Traceback" not in r.output
+
+
+def test_help_is_fast_and_explains():
+    r = subprocess.run([sys.executable, "-m", "xanestrack.cli", "run", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "Example" in r.stdout
+    r = subprocess.run([sys.executable, "-c", "import xanestrack, sys; print('torch' in sys.modules, 'matplotlib' in sys.modules)"], capture_output=True, text=True)
+    assert r.stdout.strip() == "False False"

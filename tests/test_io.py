@@ -1,0 +1,201 @@
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import tifffile
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import shared_data
+from xanestrack.io import optical_density, read_stack
+from xanestrack.io.hdf5 import write_fxi
+from xanestrack.io.xrm import default_grouping, energy_from_name, read_xrm
+
+E = np.linspace(8300.0, 8400.0, 5)
+
+
+def _raw(shape=(5, 24, 40), seed=0):
+    rng = np.random.default_rng(seed)
+    flats = rng.uniform(900, 1100, shape).astype(np.float32)
+    od = rng.uniform(0, 1, shape).astype(np.float32)
+    dark = np.full(shape[1:], 50.0, np.float32)
+    counts = (flats - dark) * np.exp(-od) + dark
+    return counts, flats, dark, od
+
+
+def test_optical_density_known_answer():
+    counts, flats, dark, od = _raw()
+    assert np.allclose(optical_density(counts, flats=flats, darks=dark), od, atol=1e-4)
+
+
+def test_zero_or_negative_flat_is_refused():
+    counts, flats, dark, _ = _raw()
+    flats[2, 3, 4] = 50.0  # equals the dark
+    with pytest.raises(ValueError, match="flat minus dark is zero or negative"):
+        optical_density(counts, flats=flats, darks=dark)
+
+
+def test_tiff_stack_non_square_with_keV_energies(tmp_path):
+    counts, flats, dark, od = _raw((5, 24, 40))
+    tifffile.imwrite(tmp_path / "s.tif", counts)
+    tifffile.imwrite(tmp_path / "f.tif", flats)
+    tifffile.imwrite(tmp_path / "d.tif", dark)
+    (tmp_path / "e.txt").write_text("# energies in keV\n" + "\n".join(f"{e / 1000:.4f}" for e in E))
+    st_ = read_stack(tmp_path / "s.tif", energies=tmp_path / "e.txt", flats=tmp_path / "f.tif", darks=tmp_path / "d.tif")
+    assert st_.od.shape == (5, 24, 40)
+    assert np.allclose(st_.od, od, atol=1e-4)
+    assert np.allclose(st_.energies_ev, E, atol=0.05)
+
+
+def test_tiff_integer_counts_without_flats_is_refused(tmp_path):
+    tifffile.imwrite(tmp_path / "s.tif", np.ones((5, 10, 12), np.uint16))
+    (tmp_path / "e.txt").write_text("\n".join(map(str, E)))
+    with pytest.raises(ValueError, match="need --flats"):
+        read_stack(tmp_path / "s.tif", energies=tmp_path / "e.txt")
+
+
+def test_energy_count_mismatch_duplicates_unsorted(tmp_path):
+    tifffile.imwrite(tmp_path / "s.tif", np.ones((5, 10, 12), np.float32))
+    for text, msg in (
+        ("8300\n8310\n8320", "5 frames but 3 energies"),
+        ("8300\n8310\n8310\n8320\n8330", "duplicate energy 8310"),
+        ("8300\n8320\n8310\n8330\n8340", "not increasing"),
+    ):
+        (tmp_path / "e.txt").write_text(text)
+        with pytest.raises(ValueError, match=msg):
+            read_stack(tmp_path / "s.tif", energies=tmp_path / "e.txt", values="od")
+
+
+def test_fxi_hdf5_non_square_round_trip(tmp_path):
+    counts, flats, dark, od = _raw((5, 24, 40))
+    write_fxi(tmp_path / "fxi.h5", counts, flats=flats, darks=dark[None], energies_ev=E)
+    st_ = read_stack(tmp_path / "fxi.h5")
+    assert st_.od.shape == (5, 24, 40)
+    assert np.allclose(st_.od, od, atol=1e-4)
+    assert np.allclose(st_.energies_ev, E)
+
+
+def test_dxchange_hdf5(tmp_path):
+    counts, flats, dark, od = _raw((5, 24, 40))
+    with h5py.File(tmp_path / "dx.h5", "w") as f:
+        f["exchange/data"] = counts
+        f["exchange/data_white"] = flats
+        f["exchange/data_dark"] = np.stack([dark, dark])
+        f["exchange/energy"] = E
+    st_ = read_stack(tmp_path / "dx.h5")
+    assert np.allclose(st_.od, od, atol=1e-4)
+
+
+def test_hdf5_without_known_layout_or_truncated(tmp_path):
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        f["foo"] = np.zeros(3)
+    with pytest.raises(ValueError, match="no image dataset found"):
+        read_stack(tmp_path / "x.h5")
+    counts, flats, dark, _ = _raw()
+    write_fxi(tmp_path / "fxi.h5", counts, flats=flats, darks=dark[None], energies_ev=E)
+    data = (tmp_path / "fxi.h5").read_bytes()
+    (tmp_path / "cut.h5").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="cut.h5"):
+        read_stack(tmp_path / "cut.h5")
+
+
+def test_zeiss_single_xrm_metadata():
+    x = read_xrm(shared_data("zeiss", "test_chip00.xrm"))
+    assert x.images.shape == (1, 512, 512) and x.images.dtype == np.uint16
+    assert abs(x.energies_ev[0] - 7191.05) < 0.01
+    assert abs(x.pixel_size_um - 0.0779) < 1e-3
+
+
+def test_zeiss_txrm_energy_quirk():
+    x = read_xrm(shared_data("zeiss", "txrm_test_chip_tomo.txrm"))
+    assert x.images.shape == (7, 256, 256)
+    assert np.allclose(x.energies_ev, x.energies_ev[0]) and x.notes
+
+
+def test_zeiss_non_square_orientation(tmp_path):
+    """Rewrite the size streams of a real file to 2048 x 512: rows must be 2048 wide."""
+    import olefile
+
+    src = shared_data("zeiss", "test_chip00.xrm")
+    p = tmp_path / "ns.xrm"
+    shutil.copy(src, p)
+    with olefile.OleFileIO(str(src)) as o:
+        raw = np.frombuffer(o.openstream("ImageData1/Image1").read(), "<u2")
+    with olefile.OleFileIO(str(p), write_mode=True) as o:
+        o.write_stream("ImageInfo/ImageWidth", np.array([1024], "<u4").tobytes())
+        o.write_stream("ImageInfo/ImageHeight", np.array([256], "<u4").tobytes())
+    x = read_xrm(p)
+    assert x.images.shape == (1, 256, 1024)
+    assert np.array_equal(x.images[0], raw.reshape(256, 1024))
+
+
+@pytest.mark.parametrize("name,msg", [
+    ("rep02_000072_ref_20161456_ssrl-test-data_08348.0_eV_002of010.xrm", "no image stream"),
+    ("rep02_000182_ref_20161456_ssrl-test-data_08400.0_eV_002of010.xrm", "6144 pixels"),
+])
+def test_real_truncated_xrm_files_give_clear_errors(name, msg):
+    p = shared_data("real_txm", "ssrl_6-2c_nca", "truncated_stubs", name)
+    with pytest.raises(ValueError, match=msg) as ei:
+        read_xrm(p)
+    assert name in str(ei.value)
+
+
+def test_ssrl_folder_grouping():
+    folder = shared_data("real_txm", "ssrl_6-2c_nca")
+    st_ = read_stack(folder)
+    assert list(st_.energies_ev) == [8324.0, 8354.0]
+    assert st_.od.shape == (2, 1024, 1024)
+    g = st_.metadata["groups"]
+    assert [len(x["samples"]) for x in g] == [3, 3] and [len(x["references"]) for x in g] == [10, 10]
+    # the edge jump: more absorption above the Ni edge inside particles
+    assert np.percentile(st_.od[1], 99) > np.percentile(st_.od[0], 99) + 0.2
+
+
+def test_grouping_rule():
+    assert default_grouping("rep01_000051_ref_x_08324.0_eV_001of010.xrm", 0.0) == ("reference", 8324.0)
+    assert default_grouping("rep01_x_08354.0_eV_001of003.xrm", np.nan) == ("sample", 8354.0)
+    assert default_grouping("preference_scan_8333eV.xrm", 8340.0) == ("sample", 8340.0)
+    assert energy_from_name("no_energy_here.xrm") is None
+
+
+def test_missing_reference_energy_is_refused(tmp_path):
+    folder = shared_data("real_txm", "ssrl_6-2c_nca")
+    for f in folder.glob("*.xrm"):
+        if "ref" in f.name and "08354.0" in f.name:
+            continue
+        shutil.copy(f, tmp_path / f.name)
+    with pytest.raises(ValueError, match="no reference .* 8354.00 eV"):
+        read_stack(tmp_path)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.floats(0.0, 0.98), flip=st.integers(0, 10_000))
+def test_fuzz_truncated_or_corrupted_xrm_never_crashes(tmp_path_factory, cut, flip):
+    src = shared_data("zeiss", "txrm_test_chip_tomo.txrm")
+    data = bytearray(src.read_bytes())
+    data = data[: max(1, int(len(data) * cut))]
+    if flip < len(data):
+        data[flip] ^= 0xFF
+    p = tmp_path_factory.mktemp("fz") / "f.txrm"
+    p.write_bytes(bytes(data))
+    try:
+        x = read_xrm(p)
+    except ValueError as exc:
+        assert "f.txrm" in str(exc)
+    else:
+        assert x.images.ndim == 3 and x.images.shape[1:] == (256, 256)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.floats(0.0, 0.95))
+def test_fuzz_truncated_tiff_never_crashes(tmp_path_factory, cut):
+    d = tmp_path_factory.mktemp("tf")
+    tifffile.imwrite(d / "s.tif", np.ones((5, 16, 20), np.float32))
+    data = (d / "s.tif").read_bytes()
+    (d / "c.tif").write_bytes(data[: int(len(data) * cut)])
+    (d / "e.txt").write_text("\n".join(map(str, E)))
+    try:
+        read_stack(d / "c.tif", energies=d / "e.txt", values="od")
+    except ValueError as exc:
+        assert "c.tif" in str(exc)
