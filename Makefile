@@ -14,7 +14,7 @@ $(VENV)/bin/python:
 # requirement pulls a different (CUDA) build.
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[test,parallel]"
+	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,4 +1,4 @@
-"""Command line: ``xanestrack demo | synth | run | report | bench | train``.
+"""Command line: ``xanestrack demo | synth | run | report``.
 
 A thin shell: parse arguments, read, call the pipeline, write, print. Errors are
 one readable line (``--debug`` shows the traceback).
@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import typer
 
 app = typer.Typer(
@@ -19,8 +20,6 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Per-particle registration, chemistry and deformation of TXM-XANES energy scans.",
 )
-train_app = typer.Typer(no_args_is_help=True, help="Train the learned models on generated data.")
-app.add_typer(train_app, name="train")
 
 _STATE = {"debug": False, "quiet": False}
 
@@ -100,7 +99,7 @@ def _particle_table(result, title="particles"):
 
     for p in result.particles:
         measured = int(((p.frame_flags & 16) == 0).sum())
-        nr = ratios.loc[p.particle, "max_nonrigid_displacement"] if ratios is not None else float("nan")
+        nr = ratios["max_nonrigid_displacement"].get(p.particle, float("nan")) if ratios is not None else float("nan")
         e50 = np.nanmean(p.edge_maps["e50"]) if np.isfinite(p.edge_maps["e50"]).any() else float("nan")
         nflag = int((p.frame_flags > 0).sum())
         tab.add_row(str(p.particle), f"{p.radius:.1f}", f"{measured}/{len(p.frame_flags)}", f"{nr:.2f}", f"{e50:.2f}", f"{nflag} frames" if nflag else "")
@@ -155,8 +154,8 @@ def run(
     flats: Optional[Path] = typer.Option(None, help="TIFF of flat-field (reference) images for TIFF input."),
     darks: Optional[Path] = typer.Option(None, help="TIFF of dark images for TIFF input."),
     values: str = typer.Option("auto", help="TIFF without flats: 'od' or 'transmission' (integer data need --flats)."),
-    min_radius: float = typer.Option(7.0, help="Smallest particle radius to track (px); smaller objects are fines."),
-    max_radius: float = typer.Option(60.0, help="Largest particle radius to track (px)."),
+    min_radius: Optional[float] = typer.Option(None, help="Smallest particle radius to track (px); smaller objects are fines. Default 7 px, or 0.4 um when the files give the pixel size."),
+    max_radius: Optional[float] = typer.Option(None, help="Largest particle radius to track (px). Default 60 px, or 8 um when the files give the pixel size."),
     reference_particle: Optional[int] = typer.Option(None, help="Particle the relative motion is measured against."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder (only once the new results are complete)."),
     save_fused: bool = typer.Option(False, help="Also store the whole fused stack (as large as the input) in results.h5."),
@@ -180,7 +179,14 @@ def run(
         t = time.perf_counter()
         stack = read_stack(inputs if len(inputs) > 1 else inputs[0], energies=energies, flats=flats, darks=darks, values=values)
         c.print(f"read      {stack.od.shape[0]} frames of {stack.od.shape[1]} x {stack.od.shape[2]}, {stack.energies_ev[0]:.1f}-{stack.energies_ev[-1]:.1f} eV ({time.perf_counter() - t:.2f} s)")
-        opts = PipelineOptions(detect=DetectOptions(min_radius=min_radius, max_radius=max_radius), reference_particle=reference_particle)
+        px = stack.pixel_size_um
+        if min_radius is None:
+            min_radius = 0.4 / px if px else 7.0
+        if max_radius is None:
+            max_radius = 8.0 / px if px else 60.0
+        binning = int(np.clip(round(min_radius / 5), 1, 4))
+        c.print(f"particles radius {min_radius:.1f}-{max_radius:.1f} px" + (f" ({min_radius * px:.2f}-{max_radius * px:.2f} um)" if px else "") + f", detection binning {binning}")
+        opts = PipelineOptions(detect=DetectOptions(min_radius=min_radius, max_radius=max_radius, binning=binning), reference_particle=reference_particle)
         result = _run_and_write(stack, out, overwrite=overwrite, run_info=_input_description(stack, inputs), options=opts, save_fused=save_fused)
         _stage_summary(result)
         if not _STATE["quiet"]:

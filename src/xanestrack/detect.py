@@ -74,11 +74,23 @@ def _bin(img, b):
 
 
 def _threshold(corr, mask, options):
+    """Threshold above the noise and at the particles' own contrast.
+
+    The contrast level is the smaller of Otsu's threshold (background vs particles)
+    and a fraction of the bright end, so that a few very absorbing inclusions do not
+    lift it above the particles, nor does a frame with little particle area.
+    """
+    from skimage.filters import threshold_otsu
+
     resid = corr[~mask] if (~mask).any() else corr.ravel()
     med = np.median(resid)
-    noise = 1.4826 * np.median(np.abs(resid - med)) + 1e-12
+    # pixel noise from a high-pass residual: blind to how much of the frame particles cover
+    hp = corr - ndimage.gaussian_filter(corr, 4)
+    noise = 1.4826 * np.median(np.abs(hp - np.median(hp))) + 1e-12
     peak = np.percentile(corr, 99.5) - med
-    return float(med + max(options.noise_factor * noise, options.contrast_fraction * peak))
+    otsu = threshold_otsu(corr[::2, ::2]) - med
+    level = min(options.contrast_fraction * peak, otsu) if otsu > 0 else options.contrast_fraction * peak
+    return float(med + max(options.noise_factor * noise, level))
 
 
 def foreground_mask(frame, *, options: DetectOptions = DetectOptions()):

@@ -32,14 +32,16 @@ __all__ = ["MatchOptions", "link_detections", "roi_ssim"]
 class MatchOptions:
     """Options of the frame-to-frame linking (lengths in pixels)."""
 
-    max_jump: float = 40.0
+    max_jump: float | None = None
     gate: float = 8.0
+    gate_fraction: float = 0.25
     gap_gate_growth: float = 0.5
     ssim_weight: float = 1.0
     size_weight: float = 1.0
     min_ssim: float = 0.2
     min_track_fraction: float = 0.5
     vote_tolerance: float = 3.0
+    vote_fraction: float = 0.15
     max_gap: int = 30
 
 
@@ -119,6 +121,11 @@ def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = Mat
         The voted common displacement of each frame relative to frame 0.
     """
     n_frames = od.shape[0]
+    # tolerances grow with the particles (a centroid moves more with contrast on a big one)
+    # and the largest jump with the field of view (stage/optics jitter scales with it)
+    max_jump = options.max_jump if options.max_jump is not None else max(40.0, 0.08 * max(od.shape[1:]))
+    med_r = float(np.nanmedian(detections["radius"])) if len(detections) else 10.0
+    vote_tol = max(options.vote_tolerance, options.vote_fraction * med_r)
     det = detections[detections["isolated"]] if len(detections) else detections
     by_frame = {k: g for k, g in det.groupby("frame")} if len(det) else {}
     tracks: list[dict] = []  # each: rows, last (y, x), last_frame, patch, radius
@@ -133,7 +140,7 @@ def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = Mat
             # vote with the tracks of the previous frame (fall back to all alive)
             voters = [t for t in alive if t["last_frame"] == k - 1] or alive
             prev = np.array([t["last"] + common[k - 1] - common[t["last_frame"]] for t in voters]).reshape(-1, 2)
-            disp, n_agree = _vote_displacement(prev, cur, options.max_jump, options.vote_tolerance)
+            disp, n_agree = _vote_displacement(prev, cur, max_jump, vote_tol)
             common[k] = common[k - 1] + (disp if n_agree > 0 else 0)
         if len(cur) == 0:
             continue
@@ -142,7 +149,7 @@ def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = Mat
         ssim = np.full((len(alive), len(cur)), np.nan)
         for i, t in enumerate(alive):
             gap = k - t["last_frame"] - 1
-            gate = options.gate * (1 + options.gap_gate_growth * gap)
+            gate = max(options.gate, options.gate_fraction * t["radius"]) * (1 + options.gap_gate_growth * gap)
             dist = np.hypot(*(cur - pred[i]).T)
             for j in np.flatnonzero(dist <= gate):
                 half = t["half"]
@@ -203,6 +210,7 @@ def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = Mat
 def _update(t, r, frame, k):
     if "half" not in t:
         t["half"] = int(np.ceil(r["radius"] * 1.3)) + 4
+    t["radius"] = r["radius"]
     t["last"] = np.array([r["y"], r["x"]])
     t["last_frame"] = k
     t["area"] = r["area"]

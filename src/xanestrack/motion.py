@@ -75,7 +75,8 @@ def compute_motion(tracks: pd.DataFrame, *, reference_particle: int | None = Non
     rigid = np.nanmedian(D, axis=1) if D.shape[1] > 0 else np.zeros((len(frames), 2))
     NR = D - rigid[:, None, :]
     if reference_particle is None:
-        spread = np.nanmax(np.abs(NR), axis=(0, 2))
+        with np.errstate(invalid="ignore"):
+            spread = np.array([np.nanmax(np.abs(NR[:, j])) if np.isfinite(NR[:, j]).any() else np.nan for j in range(NR.shape[1])])
         ref_j = int(np.nanargmin(spread)) if np.isfinite(spread).any() else 0
         reference_particle = int(pids[ref_j])
     else:
@@ -132,6 +133,8 @@ def peak_ratios(motion: pd.DataFrame) -> pd.DataFrame:
             continue
         rv = np.gradient(g[["rigid_dy", "rigid_dx"]].to_numpy(), f, axis=0)
         nv = np.gradient(g[["nonrigid_dy", "nonrigid_dx"]].to_numpy(), f, axis=0)
+        if not (np.isfinite(rv).any() and np.isfinite(nv).any()):
+            continue
         pr = np.nanmax(np.abs(rv), axis=0)
         pn = np.nanmax(np.abs(nv), axis=0)
         with np.errstate(divide="ignore", invalid="ignore"):
