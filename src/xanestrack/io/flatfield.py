@@ -74,18 +74,20 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input") ->
     out = np.empty(counts.shape, np.float32)
     n_bad = 0
     for k in range(counts.shape[0]):
-        c = counts[k].astype(np.float32) - dark
+        t = out[k]
+        np.subtract(counts[k], dark, out=t, dtype=np.float32, casting="unsafe")
         r = ref[k] if ref.shape[0] > 1 else ref[0]
         with np.errstate(divide="ignore", invalid="ignore"):
-            t = c / r
-        finite = np.isfinite(t)
-        nonpos = finite & (t <= 0)
-        if nonpos.any() or not finite.all():
+            np.divide(t, r, out=t)
+        if t.min() <= 0 or not np.isfinite(t.sum()):
+            finite = np.isfinite(t)
+            nonpos = finite & (t <= 0)
             n_bad += int(nonpos.sum() + (~finite).sum())
             pos = t[finite & (t > 0)]
             floor = pos.min() if pos.size else 1e-6
-            t = np.where(finite & (t > 0), t, floor)
-        out[k] = -np.log(t)
+            t[~(finite & (t > 0))] = floor
+        np.log(t, out=t)
+        np.negative(t, out=t)
     if n_bad:
         logger.warning(
             "%s: %d pixels had zero/negative or non-finite transmission after dark subtraction; "

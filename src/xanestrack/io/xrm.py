@@ -241,7 +241,9 @@ def read_xrm_scan(paths, *, energies=None, grouping=None) -> Stack:
                     f"{f}: no energy in the metadata (ImageInfo/Energy is 0) nor in the file name; "
                     "rename the file with '<energy>_eV' or pass the energies explicitly"
                 )
-            rate = x.images[i].astype(np.float32) / np.float32(x.exposure_s[i] if np.isfinite(x.exposure_s[i]) else 1.0)
+            t_exp = np.float32(x.exposure_s[i] if np.isfinite(x.exposure_s[i]) else 1.0)
+            rate = x.images[i].astype(np.float32)
+            rate *= np.float32(1.0) / t_exp
             key = round(float(e), 3) if e is not None and np.isfinite(e) else float(len(order))
             if role == "sample":
                 samples.setdefault(key, []).append((f, rate))
@@ -261,10 +263,17 @@ def read_xrm_scan(paths, *, energies=None, grouping=None) -> Stack:
     counts = np.empty((len(keys), *shape), np.float32)
     flats = np.empty((len(keys), *shape), np.float32)
     groups = []
+    def _mean_into(out, arrays):
+        out[...] = arrays[0]
+        for a in arrays[1:]:
+            out += a
+        if len(arrays) > 1:
+            out *= np.float32(1.0 / len(arrays))
+
     for j, k in enumerate(keys):
-        counts[j] = np.mean([r for _, r in samples[k]], axis=0)
+        _mean_into(counts[j], [r for _, r in samples[k]])
         if k in refs:
-            flats[j] = np.mean([r for _, r in refs[k]], axis=0)
+            _mean_into(flats[j], [r for _, r in refs[k]])
             src = [str(p) for p, _ in refs[k]]
         elif k in inner_refs:
             flats[j] = np.mean(inner_refs[k], axis=0)

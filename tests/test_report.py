@@ -1,0 +1,86 @@
+"""The report of a run renders in headless Chromium with every image loaded."""
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from xanestrack.cli import app
+
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rep")
+    runner = CliRunner()
+    r = runner.invoke(app, ["synth", str(root / "s"), "--seed", "3", "--n-particles", "3", "--n-energies", "40", "--size", "200", "--max-radius", "20"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["--quiet", "run", str(root / "s" / "stack.h5"), "--out", str(root / "out")])
+    assert r.exit_code == 0, r.output
+    return root / "out"
+
+
+def test_report_is_self_contained_with_figures_and_data(report_dir):
+    html = (report_dir / "report.html").read_text()
+    assert "<img" in html and "src=\"http" not in html and "<script" not in html
+    assert html.count("data:image/png;base64,") >= 4 + 3  # overview, chemistry, motion, relative + 3 particles
+    figs = report_dir / "figures"
+    for name in ("overview.png", "overview.csv", "chemistry.png", "motion.png", "motion.csv", "particle_000.png", "particle_000_spectrum.csv", "particle_000_edge_e50.csv"):
+        assert (figs / name).is_file(), name
+    # the summary names the particle that moved most
+    assert "moved most" in html
+
+
+def test_report_rebuild_command(report_dir):
+    before = (report_dir / "report.html").stat().st_mtime_ns
+    r = CliRunner().invoke(app, ["report", str(report_dir)])
+    assert r.exit_code == 0, r.output
+    assert (report_dir / "report.html").stat().st_mtime_ns >= before
+
+
+def _chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        p = shutil.which(name)
+        if p:
+            return p
+    return None
+
+
+def test_report_renders_in_headless_chromium(report_dir, tmp_path):
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("no Chromium installed (apt-get install chromium); .ci/run installs it")
+    page = report_dir / "report.html"
+    # a probe page loads the report in an iframe-free way: we append a script that
+    # checks every image and prints the result into the DOM, then dump the DOM
+    probe = tmp_path / "probe.html"
+    html = page.read_text()
+    check = (
+        "<script>window.addEventListener('load', () => {"
+        "const imgs=[...document.images];"
+        "const bad=imgs.filter(i=>!(i.complete && i.naturalWidth>0)).length;"
+        "document.body.setAttribute('data-check', JSON.stringify({n: imgs.length, bad: bad}));});</script>"
+    )
+    probe.write_text(html.replace("</body>", check + "</body>"))
+    user_dir = tmp_path / "profile"
+    cmd = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={user_dir}", "--virtual-time-budget=5000", "--enable-logging=stderr", "--v=0", "--dump-dom", probe.as_uri()]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    import re
+
+    m = re.search(r"data-check=\"([^\"]+)\"", r.stdout)
+    assert m, "the load check did not run"
+    res = json.loads(m.group(1).replace("&quot;", '"'))
+    assert res["n"] >= 7 and res["bad"] == 0, res
+    console_errors = [ln for ln in r.stderr.splitlines() if "CONSOLE" in ln and ("ERROR" in ln or "Uncaught" in ln)]
+    assert not console_errors, console_errors
+    shot = report_dir / "figures" / "report_screenshot.png"
+    r2 = subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={user_dir}2", "--window-size=1280,2400", f"--screenshot={shot}", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert r2.returncode == 0 and shot.is_file() and shot.stat().st_size > 10_000
+    Path(tmp_path / "screenshot_path.txt").write_text(str(shot))
