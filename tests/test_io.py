@@ -199,3 +199,19 @@ def test_fuzz_truncated_tiff_never_crashes(tmp_path_factory, cut):
         read_stack(d / "c.tif", energies=d / "e.txt", values="od")
     except ValueError as exc:
         assert "c.tif" in str(exc)
+
+
+def test_ole_reader_agrees_with_olefile_on_every_real_file():
+    """Our numpy OLE2 reader against olefile (the oracle), stream by stream."""
+    import olefile
+
+    from xanestrack.io.ole import OleFile
+
+    files = sorted(shared_data("zeiss").glob("*.*rm")) + sorted(shared_data("real_txm", "ssrl_6-2c_nca").glob("*.xrm"))[:4]
+    for f in files:
+        ours = OleFile(f)
+        with olefile.OleFileIO(str(f)) as o:
+            names = {"/".join(p) for p in o.listdir()}
+            assert set(ours.paths) == names, f
+            for n in sorted(names)[::7] + [n for n in names if n.startswith("ImageData")][:2]:
+                assert ours.read(n) == o.openstream(n).read(), (f, n)

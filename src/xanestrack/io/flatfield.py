@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 
@@ -72,8 +73,9 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input") ->
             "there: check that flats and darks are not swapped and the beam was on"
         )
     out = np.empty(counts.shape, np.float32)
-    n_bad = 0
-    for k in range(counts.shape[0]):
+
+    def frame(k):
+        n_bad = 0
         t = out[k]
         np.subtract(counts[k], dark, out=t, dtype=np.float32, casting="unsafe")
         r = ref[k] if ref.shape[0] > 1 else ref[0]
@@ -88,6 +90,17 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input") ->
             t[~(finite & (t > 0))] = floor
         np.log(t, out=t)
         np.negative(t, out=t)
+        return n_bad
+
+    # numpy releases the GIL in these ufuncs: frames in parallel threads
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = min(4, os.cpu_count() or 1, counts.shape[0])
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as ex:
+            n_bad = sum(ex.map(frame, range(counts.shape[0])))
+    else:
+        n_bad = sum(frame(k) for k in range(counts.shape[0]))
     if n_bad:
         logger.warning(
             "%s: %d pixels had zero/negative or non-finite transmission after dark subtraction; "

@@ -1,4 +1,4 @@
-"""Zeiss/Xradia ``.xrm`` / ``.txrm`` files (OLE2 compound documents, read with olefile).
+"""Zeiss/Xradia ``.xrm`` / ``.txrm`` files (OLE2 compound documents, see :mod:`.ole`).
 
 Layout: image ``i`` (1-based) is the stream ``ImageData{(i-1)//100+1}/Image{i}``; its
 size is in ``ImageInfo/ImageWidth`` and ``ImageInfo/ImageHeight`` (uint32), its type
@@ -57,9 +57,9 @@ def _read_array(ole, name, dtype, path):
     if not ole.exists(name):
         return None
     try:
-        raw = ole.openstream(name).read()
-    except OSError as exc:
-        raise ValueError(f"{path}: stream {name} unreadable (truncated file?): {exc}") from None
+        raw = ole.read(name)
+    except ValueError as exc:
+        raise ValueError(f"{path}: stream {name} unreadable: {exc}") from None
     n = len(raw) // np.dtype(dtype).itemsize
     return np.frombuffer(raw[: n * np.dtype(dtype).itemsize], dtype=dtype)
 
@@ -73,20 +73,18 @@ def read_xrm(path) -> XrmFile:
         If the file is not an OLE2 document, lacks the size/type streams, or an image
         stream is missing or shorter than width x height (a truncated file).
     """
-    import olefile
+    from .ole import OleFile
 
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: file not found")
     try:
-        if not olefile.isOleFile(str(path)):
-            raise ValueError(f"{path}: not a Zeiss/Xradia file (not an OLE2 compound document)")
-        ole = olefile.OleFileIO(str(path))
-    except ValueError:
-        raise
-    except Exception as exc:  # olefile raises OSError/struct errors on damaged headers
+        ole = OleFile(path)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (not a readable Zeiss/Xradia file)") from None
+    except Exception as exc:  # a damaged header can break any parse step
         raise ValueError(f"{path}: damaged Zeiss/Xradia file ({type(exc).__name__}: {exc})") from None
-    with ole:
+    if True:
         w = _read_array(ole, "ImageInfo/ImageWidth", "<u4", path)
         h = _read_array(ole, "ImageInfo/ImageHeight", "<u4", path)
         dt = _read_array(ole, "ImageInfo/DataType", "<u4", path)
@@ -110,7 +108,7 @@ def read_xrm(path) -> XrmFile:
                 if i == 1:
                     raise ValueError(f"{path}: no image stream ({name}): the file holds no image (truncated acquisition?)")
                 raise ValueError(f"{path}: image {i} of {n} missing ({name}): truncated file")
-            raw = ole.openstream(name).read()
+            raw = ole.read(name, partial=True)
             need = width * height * dtype.itemsize
             if len(raw) < need:
                 raise ValueError(
@@ -141,7 +139,7 @@ def read_xrm(path) -> XrmFile:
         if ole.exists("ReferenceData/Image"):
             rdt = _read_array(ole, "ReferenceData/DataType", "<u4", path)
             rtype = _DTYPES.get(int(rdt[0]) if rdt is not None and rdt.size else 10, np.dtype("<f4"))
-            raw = ole.openstream("ReferenceData/Image").read()
+            raw = ole.read("ReferenceData/Image", partial=True)
             if len(raw) >= width * height * rtype.itemsize:
                 ref = np.frombuffer(raw[: width * height * rtype.itemsize], dtype=rtype).reshape(height, width)
                 rexp = _read_array(ole, "ReferenceData/ExpTime", "<f4", path)
