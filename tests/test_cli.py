@@ -70,3 +70,25 @@ def test_help_is_fast_and_explains():
     assert r.returncode == 0 and "Example" in r.stdout
     r = subprocess.run([sys.executable, "-c", "import xanestrack, sys; print('torch' in sys.modules, 'matplotlib' in sys.modules)"], capture_output=True, text=True)
     assert r.stdout.strip() == "False False"
+
+
+def test_run_with_user_references(synth_dir, tmp_path):
+    import h5py
+    import numpy as np
+
+    from xanestrack.spectra import ni_references
+
+    refs = ni_references()
+    for name, r in refs.items():
+        np.savetxt(tmp_path / f"{name}.txt", np.c_[r.energies_ev / 1000, r.mu])  # keV on purpose
+    out = tmp_path / "res"
+    r = runner.invoke(app, ["--quiet", "run", str(synth_dir / "stack.h5"), "--out", str(out), "--reference", f"Ni2={tmp_path / 'NiO.txt'}", "--reference", f"Ni3={tmp_path / 'LiNiO2.txt'}"])
+    assert r.exit_code == 0, r.output
+    with h5py.File(out / "results.h5") as f:
+        d = f["particles/000/fractions"]
+        assert json.loads(d.attrs["references"]) == ["Ni2", "Ni3"]
+        fr = d[()]
+        ok = np.isfinite(fr[0])
+        assert ok.any() and np.allclose(fr[0][ok] + fr[1][ok], 1.0, atol=1e-4)
+    r = runner.invoke(app, ["run", str(synth_dir / "stack.h5"), "--out", str(tmp_path / "x"), "--reference", "nofile"])
+    assert r.exit_code == 2 and "NAME=FILE" in r.output

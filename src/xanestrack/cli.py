@@ -106,7 +106,7 @@ def _particle_table(result, title="particles"):
     return tab
 
 
-def _run_and_write(stack, out, *, overwrite, run_info, options=None, detector="classical", segmenter="classical", make_report=True, save_fused=False):
+def _run_and_write(stack, out, *, overwrite, run_info, options=None, detector="classical", segmenter="classical", make_report=True, save_fused=False, references=None):
     from .pipeline import PipelineOptions, run_pipeline
     from .results import atomic_output_dir, check_output_dir, write_results
 
@@ -117,7 +117,7 @@ def _run_and_write(stack, out, *, overwrite, run_info, options=None, detector="c
     det_fn = seg_fn = None
     t0 = time.perf_counter()
     with _Progress(_STATE["quiet"]) as prog:
-        result = run_pipeline(stack, options=options, detector=det_fn, segmenter=seg_fn, progress=prog)
+        result = run_pipeline(stack, options=options, detector=det_fn, segmenter=seg_fn, references=references, progress=prog)
     run_info = dict(run_info, detector=detector, segmenter=segmenter, pipeline_s=time.perf_counter() - t0)
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         write_results(result, tmp, run_info=run_info, save_fused=save_fused)
@@ -159,6 +159,7 @@ def run(
     reference_particle: Optional[int] = typer.Option(None, help="Particle the relative motion is measured against."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder (only once the new results are complete)."),
     save_fused: bool = typer.Option(False, help="Also store the whole fused stack (as large as the input) in results.h5."),
+    reference: Optional[List[str]] = typer.Option(None, help="Reference spectrum for the linear combination fit, as NAME=FILE (XDI or text: energy, normalised mu); repeat for each. Default: the shipped NiO and LiNiO2 for Ni K-edge scans."),
 ):
     """Register every isolated particle of an energy scan and map its chemistry.
 
@@ -186,8 +187,18 @@ def run(
             max_radius = 8.0 / px if px else 60.0
         binning = int(np.clip(round(min_radius / 5), 1, 4))
         c.print(f"particles radius {min_radius:.1f}-{max_radius:.1f} px" + (f" ({min_radius * px:.2f}-{max_radius * px:.2f} um)" if px else "") + f", detection binning {binning}")
+        refs = None
+        if reference:
+            from .spectra import read_spectrum
+
+            refs = {}
+            for item in reference:
+                if "=" not in item:
+                    raise ValueError(f"--reference takes NAME=FILE, got {item!r}")
+                name, path = item.split("=", 1)
+                refs[name] = read_spectrum(path, name=name)
         opts = PipelineOptions(detect=DetectOptions(min_radius=min_radius, max_radius=max_radius, binning=binning), reference_particle=reference_particle)
-        result = _run_and_write(stack, out, overwrite=overwrite, run_info=_input_description(stack, inputs), options=opts, save_fused=save_fused)
+        result = _run_and_write(stack, out, overwrite=overwrite, run_info=_input_description(stack, inputs), options=opts, save_fused=save_fused, references=refs)
         _stage_summary(result)
         if not _STATE["quiet"]:
             from rich.console import Console
