@@ -1,4 +1,4 @@
-"""Command line: ``xanestrack demo | synth | run | report``.
+"""Command line: ``xanestrack demo | synth | run | bench | report``.
 
 A thin shell: parse arguments, read, call the pipeline, write, print. Errors are
 one readable line (``--debug`` shows the traceback).
@@ -303,6 +303,44 @@ def demo(
             f"edge-energy RMS max {summary['max_edge_rms_ev']:.3f} eV"
         )
         con.print(f"results in {out}/ (report.html, tracks.csv, results.h5, run.json, accuracy.csv)")
+    except (ValueError, TypeError, OSError) as exc:
+        _fail(exc)
+
+
+@app.command()
+def bench(
+    out: Path = typer.Option(Path("bench_output"), "--out", "-o", help="Output folder for tables and figures."),
+    presets: List[str] = typer.Option(["default", "hard", "rigid"], "--preset", help="Synthetic presets (repeat)."),
+    seeds: List[int] = typer.Option([1, 2], "--seed", help="Seeds (repeat)."),
+    methods: Optional[List[str]] = typer.Option(None, "--method", help="Aligners to compare (repeat); default all installed."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+):
+    """Compare our per-particle registration with global and per-particle baselines.
+
+    Example:
+
+        xanestrack bench --preset default --preset rigid --seed 1 --seed 2 --out bench/
+    """
+    try:
+        from .align import available_aligners
+        from .bench import run_benchmark, write_benchmark
+        from .results import atomic_output_dir
+
+        logging.getLogger("xanestrack.xanes").setLevel(logging.ERROR)
+        known = available_aligners()
+        if methods:
+            bad = [m for m in methods if m not in known]
+            if bad:
+                raise ValueError(f"unknown or unavailable aligner(s) {bad}; choose from {sorted(known)}")
+        with atomic_output_dir(out, overwrite=overwrite) as tmp:
+            with _Progress(_STATE["quiet"]) as prog:
+                table, results = run_benchmark(presets, seeds, methods=methods, progress=prog)
+            md = write_benchmark(table, results, tmp)
+        from rich.console import Console
+        from rich.markdown import Markdown
+
+        Console().print(Markdown(md))
+        _console().print(f"tables and figures in {out}/")
     except (ValueError, TypeError, OSError) as exc:
         _fail(exc)
 

@@ -31,6 +31,7 @@ __all__ = [
     "PipelineResult",
     "run_pipeline",
     "sanitize_stack",
+    "analyse_xanes",
     "FRAME_FLAGS",
     "flag_names",
 ]
@@ -272,6 +273,92 @@ def _fill_positions(pos, good, common):
     return out
 
 
+def analyse_xanes(aligned, mask, energies, *, usable=None, options: PipelineOptions = PipelineOptions(), references=None) -> dict:
+    """XANES of one aligned particle sub-stack: edge-energy maps, LCF, mean spectra.
+
+    Parameters
+    ----------
+    aligned : ndarray (n_frames, h, w)
+    mask : ndarray (h, w) bool
+    energies : ndarray (n_frames,)
+    usable : ndarray (n_frames,) bool, optional
+        Frames to use (default: frames without NaN).
+
+    Returns
+    -------
+    dict with ``edge_maps`` (e50, derivative, whiteline), ``pixel_flags``,
+    ``fractions``, ``reference_names``, ``e0_ev``, ``mean_norm``, ``pre_edge``,
+    ``post_edge``, ``notes``.
+    """
+    n, size = aligned.shape[0], aligned.shape[1]
+    notes = []
+    if usable is None:
+        usable = np.all(np.isfinite(aligned), axis=(1, 2))
+    usable = np.asarray(usable, bool).copy()
+    edge_maps = {}
+    pix_flags = np.zeros(aligned.shape[1:], np.uint8)
+    fractions, ref_names = None, ()
+    e0 = float("nan")
+    mean_norm = np.full(n, np.nan)
+    pre_c = post_c = np.full(n, np.nan)
+    if usable.sum() < options.min_xanes_energies or not mask.any():
+        notes.append(
+            f"XANES skipped: {int(usable.sum())} usable energies (need {options.min_xanes_energies})"
+        )
+        for name in ("e50", "derivative", "whiteline"):
+            edge_maps[name] = np.full(aligned.shape[1:], np.nan, np.float32)
+    else:
+        e = energies[usable]
+        sub = aligned[usable]
+        if options.local_background:
+            sub = sub - local_background(sub, mask)
+        sub = _masked_smooth(sub, mask, options.xanes_smoothing)
+        mu = sub[:, mask]  # (n_e, n_pix)
+        try:
+            nm = xanes.normalize(e, mu.mean(axis=1))
+            e0 = nm.e0_ev
+            mean_norm[usable] = nm.norm
+            pre_c = np.full(n, np.nan)
+            post_c = np.full(n, np.nan)
+            pre_c[usable], post_c[usable] = nm.pre_edge, nm.post_edge
+            npix = xanes.normalize(e, mu, e0_ev=e0)
+            pf = npix.flags.copy()
+            for name, method in (("e50", "half"), ("derivative", "derivative"), ("whiteline", "whiteline")):
+                vals, fl = xanes.edge_energy(e, npix.norm, method=method, e0_ev=e0, window=options.edge_window)
+                m = np.full(aligned.shape[1:], np.nan, np.float32)
+                m[mask] = vals
+                edge_maps[name] = m
+                if name == "e50":
+                    pf |= fl
+            pix_flags[mask] = pf
+            if references:
+                lo = max(r.energies_ev[0] if hasattr(r, "energies_ev") else -np.inf for r in references.values())
+                hi = min(r.energies_ev[-1] if hasattr(r, "energies_ev") else np.inf for r in references.values())
+                if lo <= e0 + options.lcf_window[0] and e0 + options.lcf_window[1] <= hi:
+                    lcf = xanes.linear_combination_fit(e, npix.norm, references, e0_ev=e0, window=options.lcf_window)
+                    fr = np.full((len(lcf.names), *aligned.shape[1:]), np.nan, np.float32)
+                    fr[:, mask] = lcf.fractions
+                    fractions, ref_names = fr, lcf.names
+                    pix_flags[mask] |= lcf.flags
+                else:
+                    notes.append(f"LCF skipped: references cover {lo:.0f}-{hi:.0f} eV, edge at {e0:.0f} eV")
+        except ValueError as exc:
+            notes.append(f"XANES failed: {exc}")
+            for name in ("e50", "derivative", "whiteline"):
+                edge_maps.setdefault(name, np.full(aligned.shape[1:], np.nan, np.float32))
+    return dict(
+        edge_maps=edge_maps,
+        pixel_flags=pix_flags,
+        fractions=fractions,
+        reference_names=tuple(ref_names),
+        e0_ev=e0,
+        mean_norm=mean_norm,
+        pre_edge=pre_c,
+        post_edge=post_c,
+        notes=notes,
+    )
+
+
 def _process_particle(pid, track, od, energies, common, segmenter, options, references):
     n = od.shape[0]
     ny, nx = od.shape[1:]
@@ -338,58 +425,10 @@ def _process_particle(pid, track, od, energies, common, segmenter, options, refe
     mask = ndimage.binary_fill_holes(mask)
     mean_spec = np.array([np.nanmean(a[mask]) if mask.any() else np.nan for a in aligned])
 
-    edge_maps = {}
-    pix_flags = np.zeros((size, size), np.uint8)
-    fractions, ref_names = None, ()
-    e0 = float("nan")
-    mean_norm = np.full(n, np.nan)
-    pre_c = post_c = np.full(n, np.nan)
-    usable = use & np.isfinite(mean_spec)
-    if usable.sum() < options.min_xanes_energies or not mask.any():
-        notes.append(
-            f"XANES skipped: {int(usable.sum())} usable energies (need {options.min_xanes_energies})"
-        )
-        for name in ("e50", "derivative", "whiteline"):
-            edge_maps[name] = np.full((size, size), np.nan, np.float32)
-    else:
-        e = energies[usable]
-        sub = aligned[usable]
-        if options.local_background:
-            sub = sub - local_background(sub, mask)
-        sub = _masked_smooth(sub, mask, options.xanes_smoothing)
-        mu = sub[:, mask]  # (n_e, n_pix)
-        try:
-            nm = xanes.normalize(e, mu.mean(axis=1))
-            e0 = nm.e0_ev
-            mean_norm[usable] = nm.norm
-            pre_c = np.full(n, np.nan)
-            post_c = np.full(n, np.nan)
-            pre_c[usable], post_c[usable] = nm.pre_edge, nm.post_edge
-            npix = xanes.normalize(e, mu, e0_ev=e0)
-            pf = npix.flags.copy()
-            for name, method in (("e50", "half"), ("derivative", "derivative"), ("whiteline", "whiteline")):
-                vals, fl = xanes.edge_energy(e, npix.norm, method=method, e0_ev=e0, window=options.edge_window)
-                m = np.full((size, size), np.nan, np.float32)
-                m[mask] = vals
-                edge_maps[name] = m
-                if name == "e50":
-                    pf |= fl
-            pix_flags[mask] = pf
-            if references:
-                lo = max(r.energies_ev[0] if hasattr(r, "energies_ev") else -np.inf for r in references.values())
-                hi = min(r.energies_ev[-1] if hasattr(r, "energies_ev") else np.inf for r in references.values())
-                if lo <= e0 + options.lcf_window[0] and e0 + options.lcf_window[1] <= hi:
-                    lcf = xanes.linear_combination_fit(e, npix.norm, references, e0_ev=e0, window=options.lcf_window)
-                    fr = np.full((len(lcf.names), size, size), np.nan, np.float32)
-                    fr[:, mask] = lcf.fractions
-                    fractions, ref_names = fr, lcf.names
-                    pix_flags[mask] |= lcf.flags
-                else:
-                    notes.append(f"LCF skipped: references cover {lo:.0f}-{hi:.0f} eV, edge at {e0:.0f} eV")
-        except ValueError as exc:
-            notes.append(f"XANES failed: {exc}")
-            for name in ("e50", "derivative", "whiteline"):
-                edge_maps.setdefault(name, np.full((size, size), np.nan, np.float32))
+    xr = analyse_xanes(aligned, mask, energies, usable=use & np.isfinite(mean_spec), options=options, references=references)
+    notes += xr["notes"]
+    edge_maps, pix_flags, fractions, ref_names = xr["edge_maps"], xr["pixel_flags"], xr["fractions"], xr["reference_names"]
+    e0, mean_norm, pre_c, post_c = xr["e0_ev"], xr["mean_norm"], xr["pre_edge"], xr["post_edge"]
     return ParticleResult(
         particle=int(pid),
         positions=positions,

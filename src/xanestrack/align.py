@@ -1,0 +1,193 @@
+"""All aligners behind one signature, for comparison on identical data.
+
+Every aligner estimates shifts and applies nothing:
+
+    aligner(frames, *, masks=None) -> shifts (n_frames, 2)
+
+``frames`` is ``(n, h, w)`` optical density: whole frames for the *global* aligners
+(one shift per frame, what TXM-Wizard, TXM-Sandbox, xanespy, PyXAS and MANTiS offer)
+and one particle's ROI windows for the *per-particle* ones. ``shifts[k]`` is the
+position ``(dy, dx)`` of the content in frame ``k`` minus its position in frame 0,
+the convention of :mod:`xanestrack.register`; apply them with
+:func:`xanestrack.register.resample_windows`. ``masks`` (soft particle masks per
+window) is used by the centre-of-mass aligner and, to pick the particle's pixels, by
+per-particle optical flow.
+
+:data:`ALIGNERS` maps a name to ``(function, scope)`` with scope ``"global"`` or
+``"particle"``.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from .register import centre_of_mass
+
+__all__ = ["ALIGNERS", "available_aligners"]
+
+
+def _prep(frame, sigma=1.0):
+    f = np.asarray(frame, np.float64)
+    f = np.where(np.isfinite(f), f, np.nanmedian(f))
+    g = ndimage.gaussian_filter(f, sigma)
+    return g - g.mean()
+
+
+def _bin2(f):
+    ny, nx = (f.shape[0] // 2) * 2, (f.shape[1] // 2) * 2
+    return f[:ny, :nx].reshape(ny // 2, 2, nx // 2, 2).mean(axis=(1, 3))
+
+
+def _pcc(ref, mov, normalization):
+    from skimage.registration import phase_cross_correlation
+
+    shift, _, _ = phase_cross_correlation(ref, mov, upsample_factor=20, normalization=normalization)
+    return -np.asarray(shift)  # skimage returns the shift that registers mov onto ref
+
+
+def template_absolute(frames, *, masks=None):
+    """Cross-correlation of every frame against the first (no phase normalisation)."""
+    ref = _prep(frames[0])
+    return np.array([[0.0, 0.0]] + [_pcc(ref, _prep(f), None) for f in frames[1:]])
+
+
+def template_relative(frames, *, masks=None):
+    """Cross-correlation against the previous frame, chained (errors accumulate)."""
+    out = np.zeros((len(frames), 2))
+    prev = _prep(frames[0])
+    for k in range(1, len(frames)):
+        cur = _prep(frames[k])
+        out[k] = out[k - 1] + _pcc(prev, cur, None)
+        prev = cur
+    return out
+
+
+def phase_correlation(frames, *, masks=None):
+    """Upsampled phase correlation (phase-normalised spectrum) against the first frame."""
+    ref = _prep(frames[0])
+    return np.array([[0.0, 0.0]] + [_pcc(ref, _prep(f), "phase") for f in frames[1:]])
+
+
+def _sift_points(img):
+    from skimage.feature import SIFT
+
+    lo, hi = np.percentile(img, [1, 99.8])
+    d = SIFT()
+    d.detect_and_extract(np.clip((img - lo) / (hi - lo + 1e-12), 0, 1))
+    return d.keypoints.astype(float), d.descriptors
+
+
+def sift_ransac(frames, *, masks=None, binning: int = 2, tolerance: float = 1.0, seed: int = 0):
+    """SIFT keypoints matched to the first frame; translation by RANSAC consensus.
+
+    Runs on 2x binned frames (0.7 s per full 460 x 460 frame otherwise). A frame with
+    fewer than 3 matches gets NaN.
+    """
+    from skimage.feature import match_descriptors
+
+    b = binning
+    prep = (lambda f: _bin2(_prep(f))) if b == 2 else _prep
+    k0, d0 = _sift_points(prep(frames[0]))
+    out = np.zeros((len(frames), 2))
+    rng = np.random.default_rng(seed)
+    for k in range(1, len(frames)):
+        kk, dk = _sift_points(prep(frames[k]))
+        if len(kk) < 3 or len(k0) < 3:
+            out[k] = np.nan
+            continue
+        m = match_descriptors(d0, dk, cross_check=True, max_ratio=0.8)
+        if len(m) < 3:
+            out[k] = np.nan
+            continue
+        disp = kk[m[:, 1]] - k0[m[:, 0]]
+        best, best_n = None, -1
+        for i in rng.permutation(len(disp))[:200]:
+            inl = np.hypot(*(disp - disp[i]).T) <= tolerance
+            if inl.sum() > best_n:
+                best, best_n = inl, int(inl.sum())
+        out[k] = disp[best].mean(axis=0) * b
+    return out
+
+
+def _ilk_flow(ref, mov):
+    from skimage.registration import optical_flow_ilk
+
+    return optical_flow_ilk(ref, mov, radius=7)  # (2, h, w): mov(r + v) ~ ref(r)
+
+
+def optical_flow(frames, *, masks=None, binning: int = 2):
+    """iLK optical flow against the first frame, reduced to one shift (median flow).
+
+    Runs on 2x binned frames (0.6 s per full 460 x 460 frame otherwise).
+    """
+    prep = (lambda f: _bin2(_prep(f))) if binning == 2 else _prep
+    ref = prep(frames[0])
+    out = np.zeros((len(frames), 2))
+    for k in range(1, len(frames)):
+        flow = _ilk_flow(ref, prep(frames[k]))
+        out[k] = np.median(flow.reshape(2, -1), axis=1) * binning
+    return out
+
+
+def stackreg_translation(frames, *, masks=None):
+    """pystackreg (TurboReg) translation against the first frame, as PyXAS/TXM-Sandbox."""
+    from pystackreg import StackReg
+
+    sr = StackReg(StackReg.TRANSLATION)
+    ref = _prep(frames[0])
+    out = np.zeros((len(frames), 2))
+    for k in range(1, len(frames)):
+        tm = sr.register(ref, _prep(frames[k]))
+        out[k] = (tm[1, 2], tm[0, 2])
+    return out
+
+
+def particle_template(windows, *, masks=None):
+    """Per-particle cross-correlation: each ROI against the particle's first ROI."""
+    return template_absolute(windows)
+
+
+def particle_optical_flow(windows, *, masks=None):
+    """Per-particle optical flow: median iLK flow over the particle's first-frame mask."""
+    ref = _prep(windows[0])
+    sel = (masks[0] > 0.5) if masks is not None else np.ones(ref.shape, bool)
+    if not sel.any():
+        sel = np.ones(ref.shape, bool)
+    out = np.zeros((len(windows), 2))
+    for k in range(1, len(windows)):
+        flow = _ilk_flow(ref, _prep(windows[k]))
+        out[k] = np.median(flow[:, sel], axis=1)
+    return out
+
+
+def centre_of_mass_aligner(windows, *, masks=None):
+    """Our method: centre of mass of each window's particle mask (Su et al. 2024)."""
+    if masks is None:
+        from .segment import segment_rois
+
+        masks = segment_rois(windows)
+    c = centre_of_mass(masks)
+    return c - c[0]
+
+
+ALIGNERS = {
+    "template_absolute": (template_absolute, "global"),
+    "template_relative": (template_relative, "global"),
+    "phase_correlation": (phase_correlation, "global"),
+    "sift_ransac": (sift_ransac, "global"),
+    "optical_flow": (optical_flow, "global"),
+    "stackreg": (stackreg_translation, "global"),
+    "particle_template": (particle_template, "particle"),
+    "particle_optical_flow": (particle_optical_flow, "particle"),
+    "centre_of_mass": (centre_of_mass_aligner, "particle"),
+}
+
+
+def available_aligners() -> dict:
+    """The aligners whose optional dependencies are installed (pystackreg)."""
+    out = dict(ALIGNERS)
+    try:
+        import pystackreg  # noqa: F401
+    except ImportError:
+        out.pop("stackreg")
+    return out
