@@ -29,6 +29,8 @@ __all__ = [
     "SynthParams",
     "SynthTruth",
     "SynthStack",
+    "SynthSeries",
+    "make_synthetic_series",
     "PRESETS",
     "make_synthetic_stack",
     "ni_energy_grid",
@@ -210,7 +212,11 @@ def _particle_fields(part: _Particle, yy, xx):
     for gy, gx, w in part.grains:
         texture -= w * np.exp(-((uy - gy) ** 2 + (ux - gx) ** 2) / (2 * 0.12**2))
     thickness = part.peak_od * cover * profile * texture / 1.15
-    return cover, thickness, _fraction(part, uy, ux, rho / part.radius)
+    f = _fraction(part, uy, ux, rho / part.radius)
+    shift = part.chem.get("shift", 0.0)
+    if shift:
+        f = np.clip(f + shift, 0.0, 1.0)
+    return cover, thickness, f
 
 
 def _fraction(part: _Particle, uy, ux, urho):
@@ -321,7 +327,9 @@ def _layout(rng, p: SynthParams, border_margin, drift_max):
     return placed
 
 
-def make_synthetic_stack(params: SynthParams | str = "default", *, seed: int = 0, **overrides) -> SynthStack:
+def make_synthetic_stack(
+    params: SynthParams | str = "default", *, seed: int = 0, layout=None, **overrides
+) -> SynthStack:
     """Generate a synthetic energy scan with ground truth.
 
     Parameters
@@ -330,6 +338,9 @@ def make_synthetic_stack(params: SynthParams | str = "default", *, seed: int = 0
         The knobs, or the name of a preset (``"default"``, ``"hard"``, ``"rigid"``).
     seed : int
         Seed of the random generator; the same seed gives the same scan.
+    layout : list, optional
+        Particles to use instead of a random layout (the series mode passes the same
+        particles, moved and with their chemistry shifted, to every scan).
     **overrides
         Fields of :class:`SynthParams` replacing those of ``params``.
 
@@ -363,7 +374,7 @@ def make_synthetic_stack(params: SynthParams | str = "default", *, seed: int = 0
     max_excursion = g_ext + p.drift_range[1] + 2
 
     drift_max = p.drift_range[1] + 1
-    particles = _layout(rng, p, max_excursion, drift_max)
+    particles = _layout(rng, p, max_excursion, drift_max) if layout is None else list(layout)
     amps = rng.uniform(*p.drift_range, len(particles))
     if len(particles) > 0:
         amps[0] = 0.0  # one particle moves with the global jitter only
@@ -502,6 +513,85 @@ def make_synthetic_stack(params: SynthParams | str = "default", *, seed: int = 0
         fines=np.array([[q.centre[0], q.centre[1], q.radius] for q in fines]).reshape(-1, 3),
     )
     return SynthStack(counts, flats, dark, energies, truth, p, seed)
+
+
+@dataclass(frozen=True)
+class SynthSeries:
+    """An operando series: the same particles scanned ``n_scans`` times during a charge.
+
+    Scans are generated on demand by :meth:`scan` (memory is one scan at a time).
+    ``truth`` has one row per particle per scan: ``particle, scan, soc, y0, x0``
+    (frame-0 centre of mass) and ``mean_e50`` (true mean edge energy, eV, rim of 2 px
+    excluded).
+    """
+
+    params: SynthParams
+    seed: int
+    n_scans: int
+    base: list
+    offsets: np.ndarray  # (n_scans, n_particles, 2): slow deformation + stage offset
+    rates: np.ndarray  # (n_particles,): chemistry shift at full charge
+
+    def scan(self, i: int) -> SynthStack:
+        if not 0 <= i < self.n_scans:
+            raise ValueError(f"scan index {i} outside 0..{self.n_scans - 1}")
+        soc = i / max(self.n_scans - 1, 1)
+        parts = []
+        for j, q in enumerate(self.base):
+            chem = dict(q.chem, shift=float(self.rates[j] * soc))
+            parts.append(replace(q, centre=q.centre + self.offsets[i, j], chem=chem))
+        return make_synthetic_stack(self.params, seed=self.seed * 1000 + i + 1, layout=parts)
+
+    @property
+    def truth(self) -> pd.DataFrame:
+        from scipy import ndimage as ndi
+
+        rows = []
+        for i in range(self.n_scans):
+            soc = i / max(self.n_scans - 1, 1)
+            for j, q in enumerate(self.base):
+                qq = replace(q, chem=dict(q.chem, shift=float(self.rates[j] * soc)))
+                ext = int(np.ceil(q.extent)) + 1
+                ly, lx = np.mgrid[-ext : ext + 1, -ext : ext + 1].astype(float)
+                cover, _, frac = _particle_fields(qq, ly, lx)
+                inside = ndi.binary_erosion(cover >= 0.5, iterations=2)
+                c = q.centre + self.offsets[i, j]
+                rows.append((j, i, soc, c[0], c[1], float(edge_energy_of_fraction(frac[inside]).mean())))
+        return pd.DataFrame(rows, columns=["particle", "scan", "soc", "y0", "x0", "mean_e50"])
+
+
+def make_synthetic_series(
+    params: SynthParams | str = "default", *, n_scans: int = 6, seed: int = 0, stage_offset: float = 25.0, deformation: float = 6.0, **overrides
+) -> SynthSeries:
+    """A synthetic operando series with ground truth.
+
+    The particles keep their shapes; between scans the electrode deforms slowly (each
+    particle's smooth random walk, up to ``deformation`` px over the series) and the
+    stage is repositioned (a common offset of up to ``stage_offset`` px); within each
+    scan the usual jitter and drift apply. Chemistry follows the state of charge: each
+    particle's Ni3+ fraction rises by its own rate (0 for one inactive particle) times
+    the state of charge (0 at the first scan, 1 at the last).
+    """
+    if isinstance(params, str):
+        if params not in PRESETS:
+            raise ValueError(f"unknown preset {params!r}; choose one of {sorted(PRESETS)}")
+        params = PRESETS[params]
+    if overrides:
+        params = replace(params, **overrides)
+    if n_scans < 1:
+        raise ValueError(f"n_scans must be >= 1, got {n_scans}")
+    rng = np.random.default_rng([seed, 7])
+    margin = params.jitter_step * 8 + params.jump_size * 2 + stage_offset + params.drift_range[1] + deformation + 4
+    base = _layout(rng, params, margin, params.drift_range[1] + deformation + 1)
+    n_p = len(base)
+    walk = np.stack([_smooth_walk(rng, n_scans, rng.uniform(0.3, 1.0) * deformation, sigma=2.0) for _ in range(n_p)], axis=1)
+    stage = rng.uniform(-stage_offset, stage_offset, (n_scans, 2))
+    stage[0] = 0
+    offsets = walk + stage[:, None, :]
+    rates = rng.uniform(0.2, 0.7, n_p)
+    if n_p:
+        rates[int(rng.integers(n_p))] = 0.0
+    return SynthSeries(params, seed, n_scans, base, offsets, rates)
 
 
 def params_dict(p: SynthParams) -> dict:

@@ -1,0 +1,1 @@
+"""Scale-out: operando series of scans on Dask (see :mod:`.series`)."""
