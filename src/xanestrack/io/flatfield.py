@@ -6,7 +6,25 @@ import os
 
 import numpy as np
 
-__all__ = ["optical_density"]
+__all__ = ["optical_density", "transmission_to_od"]
+
+
+def transmission_to_od(t) -> int:
+    """Turn a transmission frame into optical density in place: ``t <- -ln(t)``.
+
+    Non-positive or non-finite transmissions (dead pixels, a saturated absorber) get the
+    frame's smallest positive transmission. Returns how many pixels were replaced.
+    """
+    n_bad = 0
+    if t.min() <= 0 or not np.isfinite(t.sum()):
+        finite = np.isfinite(t)
+        good = finite & (t > 0)
+        n_bad = int((~good).sum())
+        pos = t[good]
+        t[~good] = pos.min() if pos.size else 1e-6
+    np.log(t, out=t)
+    np.negative(t, out=t)
+    return n_bad
 
 logger = logging.getLogger(__name__)
 
@@ -81,16 +99,7 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input") ->
         r = ref[k] if ref.shape[0] > 1 else ref[0]
         with np.errstate(divide="ignore", invalid="ignore"):
             np.divide(t, r, out=t)
-        if t.min() <= 0 or not np.isfinite(t.sum()):
-            finite = np.isfinite(t)
-            nonpos = finite & (t <= 0)
-            n_bad += int(nonpos.sum() + (~finite).sum())
-            pos = t[finite & (t > 0)]
-            floor = pos.min() if pos.size else 1e-6
-            t[~(finite & (t > 0))] = floor
-        np.log(t, out=t)
-        np.negative(t, out=t)
-        return n_bad
+        return n_bad + transmission_to_od(t)
 
     # numpy releases the GIL in these ufuncs: frames in parallel threads
     from concurrent.futures import ThreadPoolExecutor

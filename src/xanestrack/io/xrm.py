@@ -148,7 +148,7 @@ def read_xrm(path) -> XrmFile:
                 notes.append("ReferenceData/Image truncated: ignored")
     return XrmFile(
         path=path,
-        images=np.stack(images),
+        images=images[0][None] if len(images) == 1 else np.stack(images),
         energies_ev=e,
         exposure_s=t,
         pixel_size_um=float(pix[0]) if pix is not None and pix.size and pix[0] > 0 else None,
@@ -195,6 +195,19 @@ def _collect(paths):
     return files
 
 
+def _accumulate(table, key, image, t_exp, path):
+    """Add ``image / t_exp`` (float32) to the running sum of ``key``."""
+    entry = table.get(key)
+    scale = np.float32(1.0) / np.float32(t_exp)
+    if entry is None:
+        acc = image.astype(np.float32)
+        acc *= scale
+        table[key] = [acc, [path]]
+    else:
+        entry[0] += image.astype(np.float32) * scale
+        entry[1].append(path)
+
+
 def read_xrm_scan(paths, *, energies=None, grouping=None) -> Stack:
     """Read a XANES scan from .xrm/.txrm files into a Stack (optical density).
 
@@ -215,7 +228,8 @@ def read_xrm_scan(paths, *, energies=None, grouping=None) -> Stack:
     """
     grouping = grouping or default_grouping
     files = _collect(paths)
-    samples: dict[float, list] = {}
+    # running sums of count rates per energy: files are not kept in memory
+    samples: dict[float, list] = {}  # key -> [sum, files]
     refs: dict[float, list] = {}
     inner_refs: dict[float, list] = {}
     shape = None
@@ -240,17 +254,12 @@ def read_xrm_scan(paths, *, energies=None, grouping=None) -> Stack:
                     "rename the file with '<energy>_eV' or pass the energies explicitly"
                 )
             t_exp = np.float32(x.exposure_s[i] if np.isfinite(x.exposure_s[i]) else 1.0)
-            rate = x.images[i].astype(np.float32)
-            rate *= np.float32(1.0) / t_exp
             key = round(float(e), 3) if e is not None and np.isfinite(e) else float(len(order))
+            _accumulate(samples if role == "sample" else refs, key, x.images[i], t_exp, f)
             if role == "sample":
-                samples.setdefault(key, []).append((f, rate))
                 order.append(key)
                 if x.reference is not None:
-                    rt = x.reference_exposure_s or 1.0
-                    inner_refs.setdefault(key, []).append(x.reference.astype(np.float32) / np.float32(rt))
-            else:
-                refs.setdefault(key, []).append((f, rate))
+                    _accumulate(inner_refs, key, x.reference, np.float32(x.reference_exposure_s or 1.0), f)
     if not samples:
         raise ValueError(f"no sample images among {len(files)} files (all recognised as references)")
     keys = sorted(samples)
@@ -258,33 +267,37 @@ def read_xrm_scan(paths, *, energies=None, grouping=None) -> Stack:
         e_arr = np.asarray(energies, float).ravel()
         if e_arr.size != len(keys):
             raise ValueError(f"{len(keys)} sample energies found in the files but {e_arr.size} energies given")
-    counts = np.empty((len(keys), *shape), np.float32)
-    flats = np.empty((len(keys), *shape), np.float32)
-    groups = []
-    def _mean_into(out, arrays):
-        out[...] = arrays[0]
-        for a in arrays[1:]:
-            out += a
-        if len(arrays) > 1:
-            out *= np.float32(1.0 / len(arrays))
+    from .flatfield import transmission_to_od
 
+    od = np.empty((len(keys), *shape), np.float32)
+    groups = []
+    n_bad = 0
     for j, k in enumerate(keys):
-        _mean_into(counts[j], [r for _, r in samples[k]])
+        ssum, sfiles = samples.pop(k)
         if k in refs:
-            _mean_into(flats[j], [r for _, r in refs[k]])
-            src = [str(p) for p, _ in refs[k]]
+            rsum, rfiles = refs.pop(k)
+            src = [str(p) for p in rfiles]
         elif k in inner_refs:
-            flats[j] = np.mean(inner_refs[k], axis=0)
+            rsum, rfiles = inner_refs.pop(k)
             src = ["(inside the sample file)"]
         else:
             raise ValueError(
-                f"no reference (flat) images for {k:.2f} eV: samples {[p.name for p, _ in samples[k]]}; "
+                f"no reference (flat) images for {k:.2f} eV: samples {[p.name for p in sfiles]}; "
                 "add reference files for that energy (name containing '_ref_') or remove the energy"
             )
-        groups.append(dict(energy_ev=k, samples=[str(p) for p, _ in samples[k]], references=src))
-    from .flatfield import optical_density
-
-    od = optical_density(counts, flats=flats, darks=None, source=str(files[0].parent))
+        if np.any(rsum <= 0):
+            raise ValueError(
+                f"reference images for {k:.2f} eV ({[Path(p).name for p in src][:3]}) are zero or negative at "
+                f"{int((rsum <= 0).sum())} pixels: the reference is unusable there"
+            )
+        # mean sample rate / mean reference rate, in place
+        t = od[j]
+        np.multiply(ssum, np.float32(len(rfiles) / len(sfiles)), out=t)
+        t /= rsum
+        n_bad += transmission_to_od(t)
+        groups.append(dict(energy_ev=k, samples=[str(p) for p in sfiles], references=src))
+    if n_bad:
+        logger.warning("%s: %d pixels with zero/negative transmission set to the frame's strongest absorption", files[0].parent, n_bad)
     e = np.array(keys, float) if energies is None else np.asarray(energies, float).ravel()
     meta = dict(
         source=str(files[0].parent if len(set(p.parent for p in files)) == 1 else files[0]),
