@@ -85,6 +85,7 @@ def benchmark_stack(s, *, methods=None, preset="", seed=0, progress=None):
     methods = methods or list(aligners)
     n = od.shape[0]
     rows = []
+    positions = {}
     global_shifts, times = {}, {}
     for m in methods:
         fn, scope = aligners[m]
@@ -120,6 +121,7 @@ def benchmark_stack(s, *, methods=None, preset="", seed=0, progress=None):
                 sh = fn(windows, masks=masks)
                 pos = origins + sh + (centres[0] - origins[0])
                 dt = (time.perf_counter() - t) / n
+            positions[(m, p.particle)] = np.asarray(pos, float)
             reg = registration_error(pos, tpos)
             shifts = pos - pos[0]
             aligned = resample_windows(od, shifts, p.origin, p.aligned.shape[1:])
@@ -136,6 +138,7 @@ def benchmark_stack(s, *, methods=None, preset="", seed=0, progress=None):
             )
     table = pd.DataFrame(rows)
     table.attrs["pipeline_s"] = pipe_s
+    result.timings["bench_positions"] = positions  # kept with the result for the figures
     return table, result
 
 
@@ -228,35 +231,34 @@ def _figures(plt, table, preset, seed, s, r, figdir):
     methods = list(table[(table.preset == preset) & (table.seed == seed)]["method"].unique())
     parts = r.particles
     od = s.optical_density()
-    fig, axes = plt.subplots(len(parts), len(methods) + 1, figsize=(1.6 * (len(methods) + 1), 1.6 * len(parts)), squeeze=False)
-    aligners_pos = {}
-    from .align import available_aligners
+    positions = r.timings.get("bench_positions", {})
+    fig, axes = plt.subplots(len(parts), len(methods) + 1, figsize=(1.5 * (len(methods) + 1), 1.5 * len(parts)), squeeze=False)
 
-    al = available_aligners()
-    glob = {m: al[m][0](od) for m in methods if al[m][1] == "global" and m in ("template_absolute", "phase_correlation")}
+    def ndiff(a, mask):
+        sel = mask & np.isfinite(a[0]) & np.isfinite(a[1])
+        if not sel.any():
+            return a[1] - a[0]
+        return a[1] / a[1][sel].mean() - a[0] / a[0][sel].mean()
+
     for i, p in enumerate(parts):
-        unal = p.unaligned_ends[1] - p.unaligned_ends[0]
-        lim = np.nanpercentile(np.abs(unal), 99)
-        axes[i, 0].imshow(unal, cmap="RdBu_r", vmin=-lim, vmax=lim)
+        lim = 0.6
+        axes[i, 0].imshow(ndiff(p.unaligned_ends, p.mask), cmap="RdBu_r", vmin=-lim, vmax=lim)
         axes[i, 0].set_ylabel(f"p{p.particle}", fontsize=7)
         for j, m in enumerate(methods):
             ax = axes[i, j + 1]
-            if m == "centre_of_mass":
-                pos = p.positions
-            elif m in glob:
-                pos = p.positions[0] + glob[m]
-            else:
+            pos = positions.get((m, p.particle))
+            if pos is None or not np.all(np.isfinite(pos[[0, -1]])):
                 ax.axis("off")
                 continue
             a = resample_windows(od, pos - pos[0], p.origin, p.aligned.shape[1:], frames=[0, od.shape[0] - 1])
-            ax.imshow(a[1] - a[0], cmap="RdBu_r", vmin=-lim, vmax=lim)
+            ax.imshow(ndiff(a, p.mask), cmap="RdBu_r", vmin=-lim, vmax=lim)
         for ax in axes[i]:
             ax.set_xticks([])
             ax.set_yticks([])
     axes[0, 0].set_title("unaligned", fontsize=7)
     for j, m in enumerate(methods):
         axes[0, j + 1].set_title(m.replace("_", "\n"), fontsize=6)
-    fig.suptitle(f"differential maps (last - first frame), {preset} seed {seed}", fontsize=9)
+    fig.suptitle(f"differential maps: last / mean - first / mean inside the particle, {preset} seed {seed}", fontsize=9)
     fig.savefig(figdir / f"differential_{preset}_{seed}.png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     t = r.tracks
