@@ -92,3 +92,12 @@ def test_run_with_user_references(synth_dir, tmp_path):
         assert ok.any() and np.allclose(fr[0][ok] + fr[1][ok], 1.0, atol=1e-4)
     r = runner.invoke(app, ["run", str(synth_dir / "stack.h5"), "--out", str(tmp_path / "x"), "--reference", "nofile"])
     assert r.exit_code == 2 and "NAME=FILE" in r.output
+
+
+def test_inputs_are_never_modified(synth_dir, tmp_path):
+    import hashlib
+
+    f = synth_dir / "stack.h5"
+    before = hashlib.sha256(f.read_bytes()).hexdigest()
+    assert runner.invoke(app, ["--quiet", "run", str(f), "--out", str(tmp_path / "o")]).exit_code == 0
+    assert hashlib.sha256(f.read_bytes()).hexdigest() == before

@@ -226,3 +226,15 @@ def test_xrm_scan_averaging_matches_independent_oracle():
         s = np.mean([rate(f) for f in sorted(folder.glob(f"rep01_2016*_{e}_eV_*.xrm"))], axis=0)
         r = np.mean([rate(f) for f in sorted(folder.glob(f"rep01_*_ref_*_{e}_eV_*.xrm"))], axis=0)
         assert np.abs(-np.log(s / r) - st_.od[k]).max() < 1e-5
+
+
+def test_saturated_pixels_become_nan_then_repaired(tmp_path):
+    from xanestrack.pipeline import sanitize_stack
+
+    counts, flats, dark, od = _raw((5, 24, 40))
+    c = counts.round().astype(np.uint16)
+    c[2, 3, 4] = np.iinfo(np.uint16).max
+    out = optical_density(c, flats=flats, darks=dark)
+    assert np.isnan(out[2, 3, 4]) and np.isfinite(np.delete(out.ravel(), 2 * 24 * 40 + 3 * 40 + 4)).all()
+    clean, n = sanitize_stack(out)
+    assert n == 1 and np.isfinite(clean).all()

@@ -96,3 +96,25 @@ def test_stack_validation_messages():
         Stack(np.zeros((2, 10, 10)), np.array([8.3, 8.4]))
     with pytest.raises(TypeError, match="Stack"):
         run_pipeline(np.zeros((2, 10, 10)))
+
+
+def test_all_background_frame_is_flagged_not_fatal(small_synth):
+    od = small_synth.optical_density().copy()
+    od[20] = np.random.default_rng(0).normal(0, 0.01, od[20].shape)  # beam lost: no particles
+    r = run_pipeline(Stack(od, small_synth.energies_ev))
+    assert len(r.particles) == 4
+    for p in r.particles:
+        assert p.frame_flags[20] & 16  # position not measured there: interpolated and flagged
+        assert ((p.frame_flags & 16) == 0).sum() >= 46
+
+
+def test_touching_particles_are_rejected_as_not_isolated():
+    yy, xx = np.mgrid[0:120, 0:160]
+    frame = np.zeros((120, 160), np.float32)
+    for cy, cx, r in ((60, 60, 20), (60, 99, 20), (30, 135, 12)):  # a touching pair and a loner
+        frame += 0.8 * np.clip(r - np.hypot(yy - cy, xx - cx) + 0.5, 0, 1)
+    frame += np.random.default_rng(1).normal(0, 0.01, frame.shape).astype(np.float32)
+    det = detect_particles(frame)
+    iso = det[det.isolated]
+    assert len(iso) == 1 and abs(iso.iloc[0].x - 135) < 2
+    assert (det.reason == "not_convex").sum() == 1

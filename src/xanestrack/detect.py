@@ -190,7 +190,14 @@ def detect_particles(frame, *, frame_index: int = 0, options: DetectOptions = De
                 (frame_index, cy, cx, area_full, np.sqrt(area_full / np.pi), y0 * b, x0 * b, y1 * b, x1 * b,
                  solidity, contrast, reason == "", reason)
             )
-    return pd.DataFrame(rows, columns=DETECTION_COLUMNS)
+    out = pd.DataFrame(rows, columns=DETECTION_COLUMNS)
+    return out.astype(_DTYPES)
+
+
+_DTYPES = {
+    "frame": int, "y": float, "x": float, "area": float, "radius": float, "y0": int, "x0": int, "y1": int, "x1": int,
+    "solidity": float, "contrast": float, "isolated": bool, "reason": object,
+}
 
 
 def detect_stack(od, *, options: DetectOptions = DetectOptions(), frames=None, progress=None) -> pd.DataFrame:
@@ -201,6 +208,7 @@ def detect_stack(od, *, options: DetectOptions = DetectOptions(), frames=None, p
         out.append(detect_particles(od[k], frame_index=int(k), options=options))
         if progress is not None:
             progress(j + 1, len(idx))
+    out = [d for d in out if len(d)]
     if not out:
-        return pd.DataFrame(columns=DETECTION_COLUMNS)
+        return pd.DataFrame(columns=DETECTION_COLUMNS).astype(_DTYPES)
     return pd.concat(out, ignore_index=True)

@@ -133,7 +133,7 @@ def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = Mat
     common = np.zeros((n_frames, 2))
     for k in range(n_frames):
         g = by_frame.get(k)
-        cur = g[["y", "x"]].to_numpy() if g is not None else np.zeros((0, 2))
+        cur = g[["y", "x"]].to_numpy(dtype=float) if g is not None else np.zeros((0, 2))
         # tracks seen recently, predicted at the common shift since they were seen
         alive = [t for t in tracks if k - t["last_frame"] <= options.max_gap]
         if k > 0:

@@ -91,11 +91,25 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input") ->
             "there: check that flats and darks are not swapped and the beam was on"
         )
     out = np.empty(counts.shape, np.float32)
+    saturation = np.iinfo(counts.dtype).max if np.issubdtype(counts.dtype, np.integer) else None
+    n_sat = [0]
 
     def frame(k):
         n_bad = 0
         t = out[k]
         np.subtract(counts[k], dark, out=t, dtype=np.float32, casting="unsafe")
+        if saturation is not None:
+            sat = counts[k] == saturation
+            if sat.any():
+                # a saturated detector pixel has no valid count: NaN, repaired downstream
+                n_sat[0] += int(sat.sum())
+                r = ref[k] if ref.shape[0] > 1 else ref[0]
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    np.divide(t, r, out=t)
+                t[sat] = 1.0
+                n_bad += transmission_to_od(t)
+                t[sat] = np.nan
+                return n_bad
         r = ref[k] if ref.shape[0] > 1 else ref[0]
         with np.errstate(divide="ignore", invalid="ignore"):
             np.divide(t, r, out=t)
@@ -110,6 +124,8 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input") ->
             n_bad = sum(ex.map(frame, range(counts.shape[0])))
     else:
         n_bad = sum(frame(k) for k in range(counts.shape[0]))
+    if n_sat[0]:
+        logger.warning("%s: %d saturated pixels (value %d) set to NaN", source, n_sat[0], saturation)
     if n_bad:
         logger.warning(
             "%s: %d pixels had zero/negative or non-finite transmission after dark subtraction; "
