@@ -54,10 +54,10 @@ class OleFile:
             raise OleError(f"{self.path}: not an OLE2 compound document")
         self._data = data
         hdr = np.frombuffer(data, "<u2", 2, 0x1E)
+        if int(hdr[0]) not in (9, 12) or int(hdr[1]) != 6:
+            raise OleError(f"{self.path}: damaged header (sector shift {int(hdr[0])}, mini sector shift {int(hdr[1])})")
         self.sector_size = 1 << int(hdr[0])
         self.mini_size = 1 << int(hdr[1])
-        if self.sector_size not in (512, 4096) or self.mini_size != 64:
-            raise OleError(f"{self.path}: damaged header (sector size {self.sector_size})")
         h32 = np.frombuffer(data, "<u4", 10, 0x2C)
         n_fat, first_dir = int(h32[0]), int(h32[1])
         self.mini_cutoff = int(h32[3])

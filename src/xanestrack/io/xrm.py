@@ -81,7 +81,8 @@ def read_xrm(path) -> XrmFile:
     try:
         ole = OleFile(path)
     except ValueError as exc:
-        raise ValueError(f"{exc} (not a readable Zeiss/Xradia file)") from None
+        msg = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+        raise ValueError(f"{msg} (not a readable Zeiss/Xradia file)") from None
     except Exception as exc:  # a damaged header can break any parse step
         raise ValueError(f"{path}: damaged Zeiss/Xradia file ({type(exc).__name__}: {exc})") from None
     if True:
@@ -196,16 +197,21 @@ def _collect(paths):
 
 
 def _accumulate(table, key, image, t_exp, path):
-    """Add ``image / t_exp`` (float32) to the running sum of ``key``."""
-    entry = table.get(key)
-    scale = np.float32(1.0) / np.float32(t_exp)
-    if entry is None:
-        acc = image.astype(np.float32)
-        acc *= scale
-        table[key] = [acc, [path]]
-    else:
-        entry[0] += image.astype(np.float32) * scale
-        entry[1].append(path)
+    """Remember ``image`` (a view on the file's bytes, not a float copy) and its exposure."""
+    table.setdefault(key, [[], []])
+    table[key][0].append((image, np.float32(1.0) / np.float32(t_exp)))
+    table[key][1].append(path)
+
+
+def _mean_rate(entries, out):
+    """Mean of ``image * (1 / exposure)`` over entries, written into ``out`` (float32)."""
+    img, scale = entries[0]
+    np.multiply(img, scale, out=out, casting="unsafe")
+    for img, scale in entries[1:]:
+        out += img.astype(np.float32) * scale
+    if len(entries) > 1:
+        out *= np.float32(1.0 / len(entries))
+    return out
 
 
 def read_xrm_scan(paths, *, energies=None, grouping=None) -> Stack:
@@ -271,31 +277,41 @@ def read_xrm_scan(paths, *, energies=None, grouping=None) -> Stack:
 
     od = np.empty((len(keys), *shape), np.float32)
     groups = []
-    n_bad = 0
+    jobs = []
     for j, k in enumerate(keys):
-        ssum, sfiles = samples.pop(k)
+        sent, sfiles = samples.pop(k)
         if k in refs:
-            rsum, rfiles = refs.pop(k)
+            rent, rfiles = refs.pop(k)
             src = [str(p) for p in rfiles]
         elif k in inner_refs:
-            rsum, rfiles = inner_refs.pop(k)
+            rent, rfiles = inner_refs.pop(k)
             src = ["(inside the sample file)"]
         else:
             raise ValueError(
                 f"no reference (flat) images for {k:.2f} eV: samples {[p.name for p in sfiles]}; "
                 "add reference files for that energy (name containing '_ref_') or remove the energy"
             )
+        jobs.append((j, k, sent, rent, src))
+        groups.append(dict(energy_ev=k, samples=[str(p) for p in sfiles], references=src))
+
+    def one(job):
+        j, k, sent, rent, src = job
+        rsum = _mean_rate(rent, np.empty(shape, np.float32))
         if np.any(rsum <= 0):
             raise ValueError(
                 f"reference images for {k:.2f} eV ({[Path(p).name for p in src][:3]}) are zero or negative at "
                 f"{int((rsum <= 0).sum())} pixels: the reference is unusable there"
             )
         # mean sample rate / mean reference rate, in place
-        t = od[j]
-        np.multiply(ssum, np.float32(len(rfiles) / len(sfiles)), out=t)
+        t = _mean_rate(sent, od[j])
         t /= rsum
-        n_bad += transmission_to_od(t)
-        groups.append(dict(energy_ev=k, samples=[str(p) for p in sfiles], references=src))
+        return transmission_to_od(t)
+
+    # energies are independent and numpy releases the GIL: two threads
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max(1, min(2, len(jobs)))) as ex:
+        n_bad = sum(ex.map(one, jobs))
     if n_bad:
         logger.warning("%s: %d pixels with zero/negative transmission set to the frame's strongest absorption", files[0].parent, n_bad)
     e = np.array(keys, float) if energies is None else np.asarray(energies, float).ravel()
