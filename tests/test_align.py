@@ -86,3 +86,20 @@ def test_benchmark_ranks_methods_on_a_small_deforming_scan():
     med = t.groupby("method")["rms_px"].median()
     assert med["centre_of_mass"] < med["template_absolute"] / 3
     assert set(t.columns) >= {"ssim_mean", "ssim_var", "diff_residual", "edge_rms_ev", "ms_per_frame", "frac_over_1px"}
+
+
+def test_bench_command_on_a_dataset_folder(tmp_path):
+    from typer.testing import CliRunner
+
+    from xanestrack.cli import app
+
+    r = CliRunner()
+    assert r.invoke(app, ["synth", str(tmp_path / "ds"), "--seed", "7", "--n-particles", "2", "--n-energies", "30", "--size", "160", "--max-radius", "16"]).exit_code == 0
+    res = r.invoke(app, ["--quiet", "bench", "--method", "template_absolute", "--method", "centre_of_mass", "--dataset", str(tmp_path / "ds"), "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    import pandas as pd
+
+    t = pd.read_csv(tmp_path / "b" / "bench_particles.csv")
+    assert set(t.preset) == {"ds"} and set(t.method) == {"template_absolute", "centre_of_mass"}
+    assert len(t) == 2 * 2  # 2 methods x 2 particles
+    assert "### preset `ds`" in (tmp_path / "b" / "bench_summary.md").read_text()

@@ -161,9 +161,39 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def run_benchmark(presets, seeds, *, methods=None, progress=None):
-    """Benchmark every preset x seed; returns (per-particle table, results by key)."""
+class _Dataset:
+    """A scan on disk with its ground truth (a folder written by ``xanestrack synth``)."""
+
+    def __init__(self, folder):
+        from pathlib import Path
+
+        from .io import read_stack
+        from .truth_io import read_truth
+
+        folder = Path(folder)
+        if not (folder / "stack.h5").is_file() or not (folder / "truth.h5").is_file():
+            raise ValueError(f"{folder}: a benchmark dataset needs stack.h5 and truth.h5 (as written by 'xanestrack synth')")
+        self._stack = read_stack(folder / "stack.h5")
+        self.truth = read_truth(folder / "truth.h5")
+        self.energies_ev = self._stack.energies_ev
+
+    def optical_density(self):
+        return self._stack.od
+
+
+def run_benchmark(presets, seeds, *, methods=None, progress=None, datasets=()):
+    """Benchmark every preset x seed and every dataset folder.
+
+    Returns (per-particle table, results by (preset or folder name, seed)).
+    """
     tables, results = [], {}
+    for folder in datasets:
+        from pathlib import Path
+
+        ds = _Dataset(folder)
+        t, r = benchmark_stack(ds, methods=methods, preset=Path(folder).name, seed=0, progress=progress)
+        tables.append(t)
+        results[(Path(folder).name, 0)] = (ds, r)
     for preset in presets:
         for seed in seeds:
             s = make_synthetic_stack(preset, seed=seed)

@@ -112,9 +112,15 @@ def _run_and_write(stack, out, *, overwrite, run_info, options=None, detector="c
 
     check_output_dir(out, overwrite=overwrite)
     options = options or PipelineOptions()
-    if detector != "classical" or segmenter != "classical":
-        raise ValueError("only the classical detector and segmenter are available")
+    if detector != "classical":
+        raise ValueError("only the classical detector is available")
     det_fn = seg_fn = None
+    if segmenter == "learned":
+        from .models.segmenter import LearnedSegmenter
+
+        seg_fn = LearnedSegmenter().segment_rois
+    elif segmenter != "classical":
+        raise ValueError(f"--segmenter takes 'classical' or 'learned', got {segmenter!r}")
     t0 = time.perf_counter()
     with _Progress(_STATE["quiet"]) as prog:
         result = run_pipeline(stack, options=options, detector=det_fn, segmenter=seg_fn, references=references, progress=prog)
@@ -159,6 +165,7 @@ def run(
     reference_particle: Optional[int] = typer.Option(None, help="Particle the relative motion is measured against."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder (only once the new results are complete)."),
     save_fused: bool = typer.Option(False, help="Also store the whole fused stack (as large as the input) in results.h5."),
+    segmenter: str = typer.Option("classical", help="ROI segmentation: 'classical' or 'learned' (the shipped Dual U-Net)."),
     reference: Optional[List[str]] = typer.Option(None, help="Reference spectrum for the linear combination fit, as NAME=FILE (XDI or text: energy, normalised mu); repeat for each. Default: the shipped NiO and LiNiO2 for Ni K-edge scans."),
 ):
     """Register every isolated particle of an energy scan and map its chemistry.
@@ -198,7 +205,7 @@ def run(
                 name, path = item.split("=", 1)
                 refs[name] = read_spectrum(path, name=name)
         opts = PipelineOptions(detect=DetectOptions(min_radius=min_radius, max_radius=max_radius, binning=binning), reference_particle=reference_particle)
-        result = _run_and_write(stack, out, overwrite=overwrite, run_info=_input_description(stack, inputs), options=opts, save_fused=save_fused, references=refs)
+        result = _run_and_write(stack, out, overwrite=overwrite, run_info=_input_description(stack, inputs), options=opts, save_fused=save_fused, references=refs, segmenter=segmenter)
         _stage_summary(result)
         if not _STATE["quiet"]:
             from rich.console import Console
@@ -260,6 +267,7 @@ def demo(
     out: Path = typer.Option(Path("demo_output"), "--out", "-o", help="Output folder."),
     preset: str = typer.Option("default", help="Synthetic preset: default, hard or rigid."),
     seed: int = typer.Option(1, help="Random seed of the synthetic scan."),
+    segmenter: str = typer.Option("classical", help="ROI segmentation: 'classical' or 'learned' (the shipped Dual U-Net)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ):
     """Make a synthetic scan with ground truth, run the pipeline, report its accuracy.
@@ -282,7 +290,7 @@ def demo(
         stack = Stack(s.optical_density(), s.energies_ev, None, dict(source=f"synthetic:{preset}:seed={seed}", reader="synthetic"))
         c.print(f"synth     {preset} preset, seed {seed}: {stack.od.shape[0]} frames of {stack.od.shape[1]} x {stack.od.shape[2]}, {len(s.truth.radii)} particles ({time.perf_counter() - t:.2f} s)")
         info = dict(command=" ".join(sys.argv), inputs=[f"synthetic preset {preset}"], synthetic=dict(preset=preset, seed=seed, params=params_dict(s.params)), energies_ev=list(map(float, s.energies_ev)))
-        result = _run_and_write(stack, out, overwrite=overwrite, run_info=info)
+        result = _run_and_write(stack, out, overwrite=overwrite, run_info=info, segmenter=segmenter)
         _stage_summary(result)
         table, summary = evaluate_result(result, s.truth)
         (Path(out) / "accuracy.csv").write_text(table.to_csv(index=False, float_format="%.4f"))
@@ -310,9 +318,10 @@ def demo(
 @app.command()
 def bench(
     out: Path = typer.Option(Path("bench_output"), "--out", "-o", help="Output folder for tables and figures."),
-    presets: List[str] = typer.Option(["default", "hard", "rigid"], "--preset", help="Synthetic presets (repeat)."),
+    presets: Optional[List[str]] = typer.Option(None, "--preset", help="Synthetic presets (repeat); default: default, hard and rigid, unless --dataset is given."),
     seeds: List[int] = typer.Option([1, 2], "--seed", help="Seeds (repeat)."),
     methods: Optional[List[str]] = typer.Option(None, "--method", help="Aligners to compare (repeat); default all installed."),
+    dataset: Optional[List[Path]] = typer.Option(None, "--dataset", help="Also a folder with stack.h5 + truth.h5 (from 'xanestrack synth'); repeat."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ):
     """Compare our per-particle registration with global and per-particle baselines.
@@ -334,7 +343,9 @@ def bench(
                 raise ValueError(f"unknown or unavailable aligner(s) {bad}; choose from {sorted(known)}")
         with atomic_output_dir(out, overwrite=overwrite) as tmp:
             with _Progress(_STATE["quiet"]) as prog:
-                table, results = run_benchmark(presets, seeds, methods=methods, progress=prog)
+                if presets is None:
+                    presets = [] if dataset else ["default", "hard", "rigid"]
+                table, results = run_benchmark(presets, seeds, methods=methods, progress=prog, datasets=dataset or ())
             md = write_benchmark(table, results, tmp)
         from rich.console import Console
         from rich.markdown import Markdown
@@ -386,6 +397,43 @@ def series(
                 f"accuracy  identities kept: {ev['all_identities_kept']} ({ev['n_particles']} particles); "
                 f"mean edge energy per scan: max |error| {ev['max_abs_e50_error_ev']:.3f} eV, RMS {ev['rms_e50_error_ev']:.3f} eV"
             )
+    except (ValueError, TypeError, OSError) as exc:
+        _fail(exc)
+
+
+train_app = typer.Typer(no_args_is_help=True, help="Train the learned models on data the package generates.")
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("segmenter")
+def train_segmenter_cmd(
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Model folder (default: the package's shipped model folder)."),
+    quick: bool = typer.Option(False, help="Small, fast settings (minutes) for tests and CI."),
+    epochs: Optional[int] = typer.Option(None, help="Override the number of epochs."),
+    n_train: Optional[int] = typer.Option(None, help="Override the number of training ROIs."),
+    seed: int = typer.Option(0, help="Random seed (data and weights)."),
+):
+    """Train the Dual U-Net ROI segmenter on generated synthetic ROIs.
+
+    Example:
+
+        xanestrack train segmenter --quick --out my_model/
+    """
+    try:
+        from dataclasses import replace
+
+        from .models.segmenter import SegmenterConfig, default_model_dir, train_segmenter
+
+        cfg = SegmenterConfig(n_train=2400, seed=seed)
+        if quick:
+            cfg = replace(cfg, n_train=160, n_val=48, epochs=1, width=8)
+        if epochs:
+            cfg = replace(cfg, epochs=epochs)
+        if n_train:
+            cfg = replace(cfg, n_train=n_train)
+        target = out or default_model_dir()
+        train_segmenter(target, config=cfg, log=_console().print)
+        _console().print(f"model written to {target}/ (config.json, weights.pt, card.md)")
     except (ValueError, TypeError, OSError) as exc:
         _fail(exc)
 

@@ -152,6 +152,8 @@ class SynthTruth:
     radii: np.ndarray
     patterns: list
     fines: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    coverage: list | None = None  # per particle (n_frames, h, w) float16 partial coverage, with store_clean
+    clean: list | None = None  # per particle (n_frames, h, w) float16 particle-only OD, with store_clean
 
 
 @dataclass(frozen=True)
@@ -328,7 +330,7 @@ def _layout(rng, p: SynthParams, border_margin, drift_max):
 
 
 def make_synthetic_stack(
-    params: SynthParams | str = "default", *, seed: int = 0, layout=None, **overrides
+    params: SynthParams | str = "default", *, seed: int = 0, layout=None, store_clean: bool = False, **overrides
 ) -> SynthStack:
     """Generate a synthetic energy scan with ground truth.
 
@@ -338,6 +340,9 @@ def make_synthetic_stack(
         The knobs, or the name of a preset (``"default"``, ``"hard"``, ``"rigid"``).
     seed : int
         Seed of the random generator; the same seed gives the same scan.
+    store_clean : bool
+        Also keep, per particle and frame, its partial coverage and its own noise- and
+        background-free OD in the mask windows (training targets of the learned models).
     layout : list, optional
         Particles to use instead of a random layout (the series mode passes the same
         particles, moved and with their chemistry shifted, to every scan).
@@ -430,6 +435,8 @@ def make_synthetic_stack(
     win = [int(np.ceil(q.extent)) + 2 for q, _ in all_parts]
     masks = [np.zeros((nE, 2 * w + 1, 2 * w + 1), bool) for w in win[: len(particles)]]
     origins = [np.zeros((nE, 2), int) for _ in particles]
+    coverage = [np.zeros(m.shape, np.float16) for m in masks] if store_clean else None
+    clean = [np.zeros(m.shape, np.float16) for m in masks] if store_clean else None
 
     fy0, fx0, fs = rng.uniform(-0.2, 0.2, 3)
     for k in range(nE):
@@ -459,6 +466,10 @@ def make_synthetic_stack(
                 m = np.zeros((2 * w + 1, 2 * w + 1), bool)
                 m[y0 - (iy - w) : y1 - (iy - w), x0 - (ix - w) : x1 - (ix - w)] = cover >= 0.5
                 masks[i][k] = m
+                if store_clean:
+                    sl = (k, slice(y0 - (iy - w), y1 - (iy - w)), slice(x0 - (ix - w), x1 - (ix - w)))
+                    coverage[i][sl] = cover
+                    clean[i][sl] = thick * (pre[k] + mu)
         # illumination: intensity and shape vary from frame to frame
         t = k / max(nE - 1, 1)
         shape = 1 + p.flat_shape_variation * (
@@ -511,6 +522,8 @@ def make_synthetic_stack(
         radii=np.array(radii),
         patterns=[q.pattern for q in particles],
         fines=np.array([[q.centre[0], q.centre[1], q.radius] for q in fines]).reshape(-1, 3),
+        coverage=coverage,
+        clean=clean,
     )
     return SynthStack(counts, flats, dark, energies, truth, p, seed)
 
