@@ -101,3 +101,13 @@ def test_inputs_are_never_modified(synth_dir, tmp_path):
     before = hashlib.sha256(f.read_bytes()).hexdigest()
     assert runner.invoke(app, ["--quiet", "run", str(f), "--out", str(tmp_path / "o")]).exit_code == 0
     assert hashlib.sha256(f.read_bytes()).hexdigest() == before
+
+
+def test_save_fused_stores_the_whole_fused_stack(synth_dir, tmp_path):
+    import h5py
+
+    out = tmp_path / "f"
+    assert runner.invoke(app, ["--quiet", "run", str(synth_dir / "stack.h5"), "--out", str(out), "--save-fused"]).exit_code == 0
+    with h5py.File(out / "results.h5") as f:
+        assert f["fused"].shape == (40, 180, 180)
+        assert (f["fused"][0] == f["fused_first"][()]).all()

@@ -204,7 +204,7 @@ def run(
                     raise ValueError(f"--reference takes NAME=FILE, got {item!r}")
                 name, path = item.split("=", 1)
                 refs[name] = read_spectrum(path, name=name)
-        opts = PipelineOptions(detect=DetectOptions(min_radius=min_radius, max_radius=max_radius, binning=binning), reference_particle=reference_particle)
+        opts = PipelineOptions(detect=DetectOptions(min_radius=min_radius, max_radius=max_radius, binning=binning), reference_particle=reference_particle, fuse="all" if save_fused else "ends")
         result = _run_and_write(stack, out, overwrite=overwrite, run_info=_input_description(stack, inputs), options=opts, save_fused=save_fused, references=refs, segmenter=segmenter)
         _stage_summary(result)
         if not _STATE["quiet"]:

@@ -66,7 +66,7 @@ class PipelineOptions:
     area_tolerance: float = 0.25
     min_xanes_energies: int = 8
     reference_particle: int | None = None
-    fuse: bool = True
+    fuse: str = "ends"  # "ends": first and last frame; "all": the whole stack; "none"
     lcf_window: tuple = (-20.0, 40.0)
     edge_window: tuple = (-15.0, 20.0)
     local_background: bool = True
@@ -150,7 +150,7 @@ class PipelineResult:
     motion: pd.DataFrame
     peak_ratios: pd.DataFrame
     common_shift: np.ndarray
-    fused: np.ndarray | None
+    fused: np.ndarray | None  # (n_frames or 2, rows, cols): see PipelineOptions.fuse
     timings: dict
     options: PipelineOptions
     notes: tuple = ()
@@ -453,17 +453,18 @@ def _process_particle(pid, track, od, energies, common, segmenter, options, refe
     ), com
 
 
-def fuse_particles(od, particles, common_shift):
+def fuse_particles(od, particles, common_shift, *, frames=None):
     """One frame-0-grid stack: rigidly aligned frames, each particle pasted aligned.
 
     The background of frame ``k`` is shifted back by the common (rigid) shift; inside
     each particle's (dilated) consensus mask, the particle's own aligned sub-stack
-    replaces it.
+    replaces it. ``frames`` selects frames (default all).
     """
-    n, ny, nx = od.shape
-    fused = np.empty(od.shape, np.float32)
-    for k in range(n):
-        fused[k] = ndimage.shift(od[k], -common_shift[k], order=1, mode="nearest")
+    frames = list(range(od.shape[0])) if frames is None else list(frames)
+    n, ny, nx = len(frames), od.shape[1], od.shape[2]
+    fused = np.empty((n, ny, nx), np.float32)
+    for j, k in enumerate(frames):
+        fused[j] = ndimage.shift(od[k], -common_shift[k], order=1, mode="nearest")
     for p in particles:
         m = ndimage.binary_dilation(p.mask, iterations=2)
         h, w = m.shape
@@ -473,7 +474,7 @@ def fuse_particles(od, particles, common_shift):
         if sy0 >= sy1 or sx0 >= sx1:
             continue
         sub_m = m[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
-        sub_a = p.aligned[:, sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
+        sub_a = p.aligned[frames, sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
         region = fused[:, sy0:sy1, sx0:sx1]
         ok = sub_m[None] & np.isfinite(sub_a)
         region[ok] = sub_a[ok]
@@ -576,9 +577,11 @@ def run_pipeline(
     timings["motion"] = time.perf_counter() - t
 
     fused = None
-    if options.fuse and particles:
+    if options.fuse not in ("ends", "all", "none"):
+        raise ValueError(f"options.fuse must be 'ends', 'all' or 'none', got {options.fuse!r}")
+    if options.fuse != "none" and particles:
         t = time.perf_counter()
-        fused = fuse_particles(od, particles, common)
+        fused = fuse_particles(od, particles, common, frames=None if options.fuse == "all" else [0, od.shape[0] - 1])
         timings["fuse"] = time.perf_counter() - t
     if not particles:
         notes.append("no isolated particle was tracked through enough frames")

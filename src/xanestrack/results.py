@@ -120,9 +120,9 @@ def write_results(result, folder, *, run_info: dict, save_fused: bool = False) -
                 pg.create_dataset("unaligned_ends", data=p.unaligned_ends, **comp)
         if result.fused is not None:
             desc = "frame-0 grid: frames rigidly aligned, each particle pasted aligned"
-            for name, img in (("fused_first", result.fused[0]), ("fused_last", result.fused[-1]), ("fused_mean", result.fused.mean(axis=0))):
+            for name, img in (("fused_first", result.fused[0]), ("fused_last", result.fused[-1])):
                 f.create_dataset(name, data=img, **comp).attrs["description"] = desc
-            if save_fused:
+            if save_fused and result.fused.shape[0] == len(result.energies_ev):
                 d = f.create_dataset("fused", data=result.fused, chunks=(1, *result.fused.shape[1:]), **comp)
                 d.attrs["description"] = desc
     info = dict(run_info)
@@ -164,7 +164,7 @@ def read_results(folder) -> dict:
             if "fractions" in g:
                 d["reference_names"] = json.loads(g["fractions"].attrs["references"])
             parts.append(d)
-        for name in ("fused_first", "fused_last", "fused_mean"):
+        for name in ("fused_first", "fused_last"):
             out[name] = f[name][()] if name in f else None
     out["particles"] = parts
     return out

@@ -125,7 +125,7 @@ def process_scan(source: ScanSource, out_dir, options=None) -> list:
     sp = _summary_path(out_dir, source.name)
     if sp.is_file():
         return json.loads(sp.read_text())["particles"]
-    options = options or PipelineOptions(fuse=False)
+    options = options or PipelineOptions(fuse="ends")
     stack = source.load()
     result = run_pipeline(stack, options=options)
     rows = []
