@@ -170,6 +170,13 @@ def centre_of_mass_aligner(windows, *, masks=None):
     return c - c[0]
 
 
+def centre_of_mass_learned(windows, *, masks=None):
+    """Our method with the learned (Dual U-Net) segmentation of each window."""
+    from .models.segmenter import LearnedSegmenter
+
+    return centre_of_mass_aligner(windows, masks=LearnedSegmenter().segment_rois(windows))
+
+
 ALIGNERS = {
     "template_absolute": (template_absolute, "global"),
     "template_relative": (template_relative, "global"),
@@ -180,14 +187,19 @@ ALIGNERS = {
     "particle_template": (particle_template, "particle"),
     "particle_optical_flow": (particle_optical_flow, "particle"),
     "centre_of_mass": (centre_of_mass_aligner, "particle"),
+    "centre_of_mass_learned": (centre_of_mass_learned, "particle"),
 }
 
 
 def available_aligners() -> dict:
-    """The aligners whose optional dependencies are installed (pystackreg)."""
+    """The aligners whose optional dependencies (pystackreg) or weights are installed."""
     out = dict(ALIGNERS)
     try:
         import pystackreg  # noqa: F401
     except ImportError:
         out.pop("stackreg")
+    from .models.segmenter import default_model_dir
+
+    if not (default_model_dir() / "weights.pt").is_file():
+        out.pop("centre_of_mass_learned")
     return out

@@ -141,6 +141,15 @@ def write_report(folder, *, result=None) -> Path:
         rows.append((pid, c0[0], c0[1], p["radius_px"], float(maxnr.get(pid, np.nan))))
     rej = res.get("rejected")
     if rej is not None and len(rej):
+        # fragments of tracked particles (faint frames) are not separate objects: hide them
+        inside = np.zeros(len(rej), bool)
+        for p in parts:
+            m = p["mask"]
+            yy = np.round(rej["y"].to_numpy() - p["origin_y"]).astype(int)
+            xx = np.round(rej["x"].to_numpy() - p["origin_x"]).astype(int)
+            ok = (yy >= 0) & (yy < m.shape[0]) & (xx >= 0) & (xx < m.shape[1])
+            inside[ok] |= m[yy[ok], xx[ok]]
+        rej = rej[~inside].reset_index(drop=True)
         for _, r in rej.iterrows():
             ax.plot(r["x"], r["y"], "x", color="red", ms=7)
             ax.text(r["x"] + 4, r["y"] + 4, r["reason"].replace("_", " "), color="red", fontsize=7)
