@@ -53,9 +53,11 @@ def main():
                 ious = [[], [], []]
                 berr = [[], [], []]
                 for i in range(len(s.truth.radii)):
-                    tm = s.truth.masks[i]
-                    w = (tm.shape[1] - 1) // 2
-                    win, _, _ = crop_windows(od, s.truth.mask_origins[i] + w, w)
+                    w = (s.truth.masks[i].shape[1] - 1) // 2
+                    # ROIs with the pipeline's margin, the true mask in their centre
+                    half = int(np.ceil(1.3 * s.truth.radii[i])) + 6
+                    tm = np.pad(s.truth.masks[i], ((0, 0), (half - w, half - w), (half - w, half - w)))
+                    win, _, _ = crop_windows(od, s.truth.mask_origins[i] + w, half)
                     win = np.where(np.isfinite(win), win, np.nanmedian(win))
                     m = fn(win) > 0.5
                     for b, sel in enumerate(bands):

@@ -240,7 +240,8 @@ class LearnedSegmenter:
         rois = np.asarray(rois, np.float32)
         n, h, w = rois.shape
         f = int(np.ceil(max(h, w) / self.canvas))  # large ROIs: predict on a binned copy
-        size = int(np.ceil(max(int(np.ceil(h / f)), int(np.ceil(w / f))) / 16) * 16)
+        # the network was trained on ROIs padded to its canvas: predict in that same context
+        size = max(self.canvas, int(np.ceil(max(int(np.ceil(h / f)), int(np.ceil(w / f))) / 16) * 16))
         batch = np.empty((n, 1, size, size), np.float32)
         pads = []
         for k in range(n):
