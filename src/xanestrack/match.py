@@ -42,7 +42,7 @@ class MatchOptions:
     min_track_fraction: float = 0.5
     vote_tolerance: float = 3.0
     vote_fraction: float = 0.15
-    max_gap: int = 30
+    max_gap: int = 10_000  # a track waits for its particle through the whole scan (gate widens with the gap)
 
 
 def _patch(frame, y, x, half):
@@ -155,7 +155,9 @@ def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = Mat
                 half = t["half"]
                 s = roi_ssim(t["patch"], _patch(od[k], cur[j, 0], cur[j, 1], half))
                 ssim[i, j] = s
-                if s < options.min_ssim:
+                # low SSIM vetoes a link only when the position is not already convincing
+                # (small particles in noisy pre-edge frames have low SSIM to themselves)
+                if s < options.min_ssim and dist[j] > 0.5 * gate:
                     continue
                 size = abs(np.log(g["area"].iloc[j] / t["area"]))
                 cost[i, j] = dist[j] / gate + options.ssim_weight * (1 - s) + options.size_weight * size
