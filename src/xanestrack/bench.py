@@ -70,7 +70,10 @@ def differential_residual(aligned, mask):
 
 
 def benchmark_stack(s, *, methods=None, preset="", seed=0, progress=None):
-    """Compare aligners on one synthetic scan. Returns (per-particle DataFrame, result)."""
+    """Compare aligners on one synthetic scan.
+
+    Returns (per-particle DataFrame, pipeline result, positions by (method, particle)).
+    """
     od = s.optical_density()
     st = Stack(od, s.energies_ev)
     t = time.perf_counter()
@@ -138,8 +141,7 @@ def benchmark_stack(s, *, methods=None, preset="", seed=0, progress=None):
             )
     table = pd.DataFrame(rows)
     table.attrs["pipeline_s"] = pipe_s
-    result.timings["bench_positions"] = positions  # kept with the result for the figures
-    return table, result
+    return table, result, positions
 
 
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
@@ -191,15 +193,15 @@ def run_benchmark(presets, seeds, *, methods=None, progress=None, datasets=()):
         from pathlib import Path
 
         ds = _Dataset(folder)
-        t, r = benchmark_stack(ds, methods=methods, preset=Path(folder).name, seed=0, progress=progress)
+        t, r, pos = benchmark_stack(ds, methods=methods, preset=Path(folder).name, seed=0, progress=progress)
         tables.append(t)
-        results[(Path(folder).name, 0)] = (ds, r)
+        results[(Path(folder).name, 0)] = (ds, r, pos)
     for preset in presets:
         for seed in seeds:
             s = make_synthetic_stack(preset, seed=seed)
-            t, r = benchmark_stack(s, methods=methods, preset=preset, seed=seed, progress=progress)
+            t, r, pos = benchmark_stack(s, methods=methods, preset=preset, seed=seed, progress=progress)
             tables.append(t)
-            results[(preset, seed)] = (s, r)
+            results[(preset, seed)] = (s, r, pos)
     return pd.concat(tables, ignore_index=True), results
 
 
@@ -240,28 +242,27 @@ def write_benchmark(table, results, out_dir) -> str:
                 f"worst particle {best.max_rms_px:.3f} vs {float(ours.max_rms_px.iloc[0]):.3f} px.\n"
             )
     # peak ratios (the paper reports 4.37 vertical, 2.14 horizontal on its data)
-    for (preset, seed), (s, r) in results.items():
+    for (preset, seed), (s, r, _) in results.items():
         if len(r.peak_ratios):
             r.peak_ratios.to_csv(out / f"peak_ratios_{preset}_{seed}.csv", index=False, float_format="%.4f")
     first = {}
     for (preset, seed), v in results.items():
         first.setdefault(preset, (seed, v))
-    for preset, (seed, (s, r)) in first.items():
+    for preset, (seed, (s, r, positions)) in first.items():
         lines.append(f"\nNon-rigid/rigid peak velocity ratios, `{preset}` seed {seed} (vertical, horizontal): " + ", ".join(
             f"p{int(x.particle)} {x.ratio_v:.2f}/{x.ratio_h:.2f}" for x in r.peak_ratios.itertuples()))
-        _figures(plt, table, preset, seed, s, r, out / "figures")
+        _figures(plt, table, preset, seed, s, r, positions, out / "figures")
     md = "\n".join(lines) + "\n"
     (out / "bench_summary.md").write_text(md)
     return md
 
 
-def _figures(plt, table, preset, seed, s, r, figdir):
+def _figures(plt, table, preset, seed, s, r, positions, figdir):
     from .register import resample_windows
 
     methods = list(table[(table.preset == preset) & (table.seed == seed)]["method"].unique())
     parts = r.particles
     od = s.optical_density()
-    positions = r.timings.get("bench_positions", {})
     fig, axes = plt.subplots(len(parts), len(methods) + 1, figsize=(1.5 * (len(methods) + 1), 1.5 * len(parts)), squeeze=False)
 
     def ndiff(a, mask):

@@ -396,14 +396,12 @@ def _process_particle(pid, track, od, energies, common, segmenter, options, refe
     if good.sum() >= 5:
         resid = com - common
         medr = np.median(resid[good], axis=0)
-        dev = np.hypot(*(resid - medr).T)
         smooth = ndimage.median_filter(np.where(good[:, None], resid, medr), size=(7, 1), mode="nearest")
         jump = np.hypot(*(resid - smooth).T)
         scale = 1.4826 * np.median(jump[good]) + 0.05
         bad = good & (jump > 8 * scale) & (jump > 1.0)
         flags[bad] |= FRAME_FLAGS["position_outlier"]
         good &= ~bad
-        del dev
     notes = []
     if good.sum() == 0:
         notes.append("no frame gave a usable mask: particle not aligned")
@@ -412,42 +410,32 @@ def _process_particle(pid, track, od, energies, common, segmenter, options, refe
         positions = _fill_positions(np.where(good[:, None], com, np.nan), good, common)
         flags[~good] |= FRAME_FLAGS["interpolated"]
     ref = int(np.flatnonzero(good)[0]) if good.any() else 0
-    shifts = positions - positions[ref] if good.any() else positions
     size = 2 * half + 1
     origin = np.round(positions[ref]).astype(int) - half if good.any() else origins[0]
-    # the aligned grid is frame-0's: shift relative to frame 0's position
-    shifts0 = positions - positions[0] if np.all(np.isfinite(positions[0])) else shifts
-    aligned = resample_windows(od, shifts0, origin, (size, size), order=options.interpolation_order)
+    # the aligned grid is frame-0's (positions are filled for every frame, or all NaN)
+    shifts = positions - positions[0]
+    aligned = resample_windows(od, shifts, origin, (size, size), order=options.interpolation_order)
     # mark frames whose position is not measured: keep them (interpolated) but flagged
-    amasks = _resample_masks(masks, origins, shifts0, origin, (size, size))
+    amasks = _resample_masks(masks, origins, shifts, origin, (size, size))
     use = good & np.all(np.isfinite(aligned), axis=(1, 2))
     mask = (amasks[use].mean(axis=0) >= 0.5) if use.any() else np.zeros((size, size), bool)
     mask = ndimage.binary_fill_holes(mask)
     mean_spec = np.array([np.nanmean(a[mask]) if mask.any() else np.nan for a in aligned])
 
     xr = analyse_xanes(aligned, mask, energies, usable=use & np.isfinite(mean_spec), options=options, references=references)
-    notes += xr["notes"]
-    edge_maps, pix_flags, fractions, ref_names = xr["edge_maps"], xr["pixel_flags"], xr["fractions"], xr["reference_names"]
-    e0, mean_norm, pre_c, post_c = xr["e0_ev"], xr["mean_norm"], xr["pre_edge"], xr["post_edge"]
+    notes += xr.pop("notes")
     return ParticleResult(
         particle=int(pid),
         positions=positions,
-        shifts=shifts0,
+        shifts=shifts,
         origin=np.asarray(origin, int),
         aligned=aligned,
         masks=amasks,
         mask=mask,
         frame_flags=flags,
-        edge_maps=edge_maps,
-        pixel_flags=pix_flags,
-        fractions=fractions,
-        reference_names=tuple(ref_names),
         mean_spectrum=mean_spec,
-        mean_norm=mean_norm,
-        pre_edge=pre_c,
-        post_edge=post_c,
-        e0_ev=e0,
         radius=radius,
+        **xr,
         unaligned_ends=resample_windows(od, np.zeros((n, 2)), origin, (size, size), order=0, frames=[0, n - 1]),
         notes=tuple(notes),
     ), com

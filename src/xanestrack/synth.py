@@ -329,6 +329,15 @@ def _layout(rng, p: SynthParams, border_margin, drift_max):
     return placed
 
 
+def _resolve_params(params, overrides) -> SynthParams:
+    """A preset name or SynthParams, with field overrides applied."""
+    if isinstance(params, str):
+        if params not in PRESETS:
+            raise ValueError(f"unknown preset {params!r}; choose one of {sorted(PRESETS)}")
+        params = PRESETS[params]
+    return replace(params, **overrides) if overrides else params
+
+
 def make_synthetic_stack(
     params: SynthParams | str = "default", *, seed: int = 0, layout=None, store_clean: bool = False, **overrides
 ) -> SynthStack:
@@ -353,12 +362,7 @@ def make_synthetic_stack(
     -------
     SynthStack
     """
-    if isinstance(params, str):
-        if params not in PRESETS:
-            raise ValueError(f"unknown preset {params!r}; choose one of {sorted(PRESETS)}")
-        params = PRESETS[params]
-    if overrides:
-        params = replace(params, **overrides)
+    params = _resolve_params(params, overrides)
     p = params
     rng = np.random.default_rng(seed)
     energies = ni_energy_grid(p.n_energies)
@@ -585,12 +589,7 @@ def make_synthetic_series(
     particle's Ni3+ fraction rises by its own rate (0 for one inactive particle) times
     the state of charge (0 at the first scan, 1 at the last).
     """
-    if isinstance(params, str):
-        if params not in PRESETS:
-            raise ValueError(f"unknown preset {params!r}; choose one of {sorted(PRESETS)}")
-        params = PRESETS[params]
-    if overrides:
-        params = replace(params, **overrides)
+    params = _resolve_params(params, overrides)
     if n_scans < 1:
         raise ValueError(f"n_scans must be >= 1, got {n_scans}")
     rng = np.random.default_rng([seed, 7])

@@ -98,22 +98,18 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input") ->
         n_bad = 0
         t = out[k]
         np.subtract(counts[k], dark, out=t, dtype=np.float32, casting="unsafe")
-        if saturation is not None:
-            sat = counts[k] == saturation
-            if sat.any():
-                # a saturated detector pixel has no valid count: NaN, repaired downstream
-                n_sat[0] += int(sat.sum())
-                r = ref[k] if ref.shape[0] > 1 else ref[0]
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    np.divide(t, r, out=t)
-                t[sat] = 1.0
-                n_bad += transmission_to_od(t)
-                t[sat] = np.nan
-                return n_bad
         r = ref[k] if ref.shape[0] > 1 else ref[0]
         with np.errstate(divide="ignore", invalid="ignore"):
             np.divide(t, r, out=t)
-        return n_bad + transmission_to_od(t)
+        # a saturated detector pixel has no valid count: NaN (repaired downstream)
+        sat = (counts[k] == saturation) if saturation is not None else None
+        if sat is not None and sat.any():
+            n_sat[0] += int(sat.sum())
+            t[sat] = 1.0
+        n_bad += transmission_to_od(t)
+        if sat is not None and sat.any():
+            t[sat] = np.nan
+        return n_bad
 
     # numpy releases the GIL in these ufuncs: frames in parallel threads
     from concurrent.futures import ThreadPoolExecutor

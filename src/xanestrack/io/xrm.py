@@ -85,68 +85,67 @@ def read_xrm(path) -> XrmFile:
         raise ValueError(f"{msg} (not a readable Zeiss/Xradia file)") from None
     except Exception as exc:  # a damaged header can break any parse step
         raise ValueError(f"{path}: damaged Zeiss/Xradia file ({type(exc).__name__}: {exc})") from None
-    if True:
-        w = _read_array(ole, "ImageInfo/ImageWidth", "<u4", path)
-        h = _read_array(ole, "ImageInfo/ImageHeight", "<u4", path)
-        dt = _read_array(ole, "ImageInfo/DataType", "<u4", path)
-        if w is None or h is None or w.size == 0 or h.size == 0:
-            raise ValueError(f"{path}: no ImageInfo/ImageWidth or ImageHeight: not an image file or truncated")
-        width, height = int(w[0]), int(h[0])
-        if width <= 0 or height <= 0 or width * height > 1 << 28:
-            raise ValueError(f"{path}: implausible image size {width} x {height}")
-        dtype = _DTYPES.get(int(dt[0]) if dt is not None and dt.size else 5)
-        if dtype is None:
-            raise ValueError(f"{path}: unsupported ImageInfo/DataType {int(dt[0])}")
-        n_img = _read_array(ole, "ImageInfo/NoOfImages", "<u4", path)
-        taken = _read_array(ole, "ImageInfo/ImagesTaken", "<u4", path)
-        n = int(n_img[0]) if n_img is not None and n_img.size else 1
-        if taken is not None and taken.size and 0 < int(taken[0]) < n:
-            n = int(taken[0])
-        images = []
-        for i in range(1, n + 1):
-            name = f"ImageData{(i - 1) // 100 + 1}/Image{i}"
-            if not ole.exists(name):
-                if i == 1:
-                    raise ValueError(f"{path}: no image stream ({name}): the file holds no image (truncated acquisition?)")
-                raise ValueError(f"{path}: image {i} of {n} missing ({name}): truncated file")
-            raw = ole.read(name, partial=True)
-            need = width * height * dtype.itemsize
-            if len(raw) < need:
-                raise ValueError(
-                    f"{path}: image {i} has {len(raw) // dtype.itemsize} pixels, expected {width} x {height} = "
-                    f"{width * height}: truncated file"
-                )
-            images.append(np.frombuffer(raw[:need], dtype=dtype).reshape(height, width))
-        energy = _read_array(ole, "ImageInfo/Energy", "<f4", path)
-        exp = _read_array(ole, "ImageInfo/ExpTimes", "<f4", path)
-        pix = _read_array(ole, "ImageInfo/PixelSize", "<f4", path)
-        notes = []
-        e = np.full(n, np.nan)
-        if energy is not None and energy.size:
-            vals = energy[:n].astype(float)
-            e[: vals.size] = np.where(vals > 0, vals, np.nan)
-            if n > 1 and np.isfinite(e[0]) and np.all(~np.isfinite(e[1:])):
-                # known .txrm quirk: the energy is written for image 1 only
-                e[:] = e[0]
-                notes.append("ImageInfo/Energy set for image 1 only; applied to all images")
-        t = np.ones(n)
-        if exp is not None and exp.size:
-            tv = exp[:n].astype(float)
-            t[: tv.size] = np.where(tv > 0, tv, np.nan)
-            if tv.size < n and tv.size:
-                t[tv.size :] = tv[0]
-        ref = None
-        ref_t = None
-        if ole.exists("ReferenceData/Image"):
-            rdt = _read_array(ole, "ReferenceData/DataType", "<u4", path)
-            rtype = _DTYPES.get(int(rdt[0]) if rdt is not None and rdt.size else 10, np.dtype("<f4"))
-            raw = ole.read("ReferenceData/Image", partial=True)
-            if len(raw) >= width * height * rtype.itemsize:
-                ref = np.frombuffer(raw[: width * height * rtype.itemsize], dtype=rtype).reshape(height, width)
-                rexp = _read_array(ole, "ReferenceData/ExpTime", "<f4", path)
-                ref_t = float(rexp[0]) if rexp is not None and rexp.size and rexp[0] > 0 else None
-            else:
-                notes.append("ReferenceData/Image truncated: ignored")
+    w = _read_array(ole, "ImageInfo/ImageWidth", "<u4", path)
+    h = _read_array(ole, "ImageInfo/ImageHeight", "<u4", path)
+    dt = _read_array(ole, "ImageInfo/DataType", "<u4", path)
+    if w is None or h is None or w.size == 0 or h.size == 0:
+        raise ValueError(f"{path}: no ImageInfo/ImageWidth or ImageHeight: not an image file or truncated")
+    width, height = int(w[0]), int(h[0])
+    if width <= 0 or height <= 0 or width * height > 1 << 28:
+        raise ValueError(f"{path}: implausible image size {width} x {height}")
+    dtype = _DTYPES.get(int(dt[0]) if dt is not None and dt.size else 5)
+    if dtype is None:
+        raise ValueError(f"{path}: unsupported ImageInfo/DataType {int(dt[0])}")
+    n_img = _read_array(ole, "ImageInfo/NoOfImages", "<u4", path)
+    taken = _read_array(ole, "ImageInfo/ImagesTaken", "<u4", path)
+    n = int(n_img[0]) if n_img is not None and n_img.size else 1
+    if taken is not None and taken.size and 0 < int(taken[0]) < n:
+        n = int(taken[0])
+    images = []
+    for i in range(1, n + 1):
+        name = f"ImageData{(i - 1) // 100 + 1}/Image{i}"
+        if not ole.exists(name):
+            if i == 1:
+                raise ValueError(f"{path}: no image stream ({name}): the file holds no image (truncated acquisition?)")
+            raise ValueError(f"{path}: image {i} of {n} missing ({name}): truncated file")
+        raw = ole.read(name, partial=True)
+        need = width * height * dtype.itemsize
+        if len(raw) < need:
+            raise ValueError(
+                f"{path}: image {i} has {len(raw) // dtype.itemsize} pixels, expected {width} x {height} = "
+                f"{width * height}: truncated file"
+            )
+        images.append(np.frombuffer(raw[:need], dtype=dtype).reshape(height, width))
+    energy = _read_array(ole, "ImageInfo/Energy", "<f4", path)
+    exp = _read_array(ole, "ImageInfo/ExpTimes", "<f4", path)
+    pix = _read_array(ole, "ImageInfo/PixelSize", "<f4", path)
+    notes = []
+    e = np.full(n, np.nan)
+    if energy is not None and energy.size:
+        vals = energy[:n].astype(float)
+        e[: vals.size] = np.where(vals > 0, vals, np.nan)
+        if n > 1 and np.isfinite(e[0]) and np.all(~np.isfinite(e[1:])):
+            # known .txrm quirk: the energy is written for image 1 only
+            e[:] = e[0]
+            notes.append("ImageInfo/Energy set for image 1 only; applied to all images")
+    t = np.ones(n)
+    if exp is not None and exp.size:
+        tv = exp[:n].astype(float)
+        t[: tv.size] = np.where(tv > 0, tv, np.nan)
+        if tv.size < n and tv.size:
+            t[tv.size :] = tv[0]
+    ref = None
+    ref_t = None
+    if ole.exists("ReferenceData/Image"):
+        rdt = _read_array(ole, "ReferenceData/DataType", "<u4", path)
+        rtype = _DTYPES.get(int(rdt[0]) if rdt is not None and rdt.size else 10, np.dtype("<f4"))
+        raw = ole.read("ReferenceData/Image", partial=True)
+        if len(raw) >= width * height * rtype.itemsize:
+            ref = np.frombuffer(raw[: width * height * rtype.itemsize], dtype=rtype).reshape(height, width)
+            rexp = _read_array(ole, "ReferenceData/ExpTime", "<f4", path)
+            ref_t = float(rexp[0]) if rexp is not None and rexp.size and rexp[0] > 0 else None
+        else:
+            notes.append("ReferenceData/Image truncated: ignored")
     return XrmFile(
         path=path,
         images=images[0][None] if len(images) == 1 else np.stack(images),
