@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-__all__ = ["DetectOptions", "detect_particles", "detect_stack", "DETECTION_COLUMNS", "foreground_mask"]
+__all__ = ["DetectOptions", "detect_particles", "detect_stack", "DETECTION_COLUMNS", "foreground_mask", "regions_table", "empty_detections"]
 
 DETECTION_COLUMNS = [
     "frame", "y", "x", "area", "radius", "y0", "x0", "y1", "x1", "solidity", "contrast", "isolated", "reason",
@@ -147,11 +147,22 @@ def detect_particles(frame, *, frame_index: int = 0, options: DetectOptions = De
     if not np.all(np.isfinite(frame)):
         raise ValueError("frame contains NaN/inf; clean it first (pipeline.sanitize_stack)")
     fg, corr, _ = foreground_mask(frame, options=options)
+    return regions_table(fg, corr, frame_index=frame_index, binning=options.binning, options=options)
+
+
+def regions_table(fg, corr, *, frame_index: int, binning: int, options: DetectOptions = DetectOptions()) -> pd.DataFrame:
+    """The detection table of a binned foreground mask (shared by every detector).
+
+    ``fg`` and ``corr`` (background-corrected intensity for the ``contrast`` column) are
+    at ``binning`` times reduced resolution; coordinates are returned at full resolution.
+    Components are kept as isolated particles by the size, border and convexity tests
+    of ``options`` (see :func:`detect_particles`).
+    """
     lab, n = ndimage.label(fg)
     rows = []
     if n:
         slices = ndimage.find_objects(lab)
-        b = options.binning
+        b = binning
         min_area = np.pi * (options.min_radius / b) ** 2
         max_area = np.pi * (options.max_radius / b) ** 2
         ny, nx = fg.shape
@@ -210,5 +221,9 @@ def detect_stack(od, *, options: DetectOptions = DetectOptions(), frames=None, p
             progress(j + 1, len(idx))
     out = [d for d in out if len(d)]
     if not out:
-        return pd.DataFrame(columns=DETECTION_COLUMNS).astype(_DTYPES)
+        return empty_detections()
     return pd.concat(out, ignore_index=True)
+
+
+def empty_detections() -> pd.DataFrame:
+    return pd.DataFrame(columns=DETECTION_COLUMNS).astype(_DTYPES)

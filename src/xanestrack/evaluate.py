@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-__all__ = ["pair_particles", "registration_error", "edge_map_error", "evaluate_result"]
+__all__ = ["pair_particles", "registration_error", "edge_map_error", "evaluate_result", "detection_f1", "f1_by_band", "energy_band", "ENERGY_BANDS"]
 
 
 def pair_particles(est_yx, true_yx, *, max_distance: float = 10.0):
@@ -119,3 +119,60 @@ def evaluate_result(result, truth, *, rim_px: int = 2, max_distance: float = 10.
         max_edge_rms_ev=float(found["edge_rms_ev"].max()) if len(found) else np.nan,
     )
     return table, summary
+
+
+#: energy bands of the Ni K-edge used to report detection and segmentation scores (eV)
+ENERGY_BANDS = (("pre-edge", -np.inf, 8330.0), ("edge", 8330.0, 8360.0), ("post-edge", 8360.0, np.inf))
+
+
+def energy_band(energy_ev) -> np.ndarray:
+    """Name of the band (``ENERGY_BANDS``) of each energy."""
+    e = np.asarray(energy_ev, float)
+    out = np.empty(e.shape, object)
+    for name, lo, hi in ENERGY_BANDS:
+        out[(e >= lo) & (e < hi)] = name
+    return out
+
+
+def detection_f1(detections, truth, energies_ev, *, max_distance: float = 4.0, radius_fraction: float = 0.5) -> pd.DataFrame:
+    """Per-frame counts of isolated-particle detection against the truth.
+
+    A true particle and an isolated detection are paired (optimal assignment) when
+    their centres are within ``max(max_distance, radius_fraction * radius)``. Detections
+    of fines, touching pairs or noise kept as isolated count as false positives.
+
+    Returns a DataFrame ``frame, band, tp, fp, fn``.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    tp_all = truth.positions
+    radii = np.asarray(truth.radii, float)
+    iso = detections[detections["isolated"]] if len(detections) else detections
+    by_frame = {k: g for k, g in iso.groupby("frame")} if len(iso) else {}
+    bands = energy_band(energies_ev)
+    rows = []
+    for k, t in tp_all.groupby("frame"):
+        t = t[t["isolated"]]
+        g = by_frame.get(k)
+        d = g[["y", "x"]].to_numpy(float) if g is not None else np.zeros((0, 2))
+        ty = t[["y", "x"]].to_numpy(float)
+        tol = np.maximum(max_distance, radius_fraction * radii[t["particle"].to_numpy()])
+        tp = 0
+        if len(d) and len(ty):
+            dist = np.hypot(*(ty[:, None, :] - d[None, :, :]).transpose(2, 0, 1))
+            cost = np.where(dist <= tol[:, None], dist, 1e6)
+            ri, ci = linear_sum_assignment(cost)
+            tp = int((cost[ri, ci] < 1e6).sum())
+        rows.append((int(k), bands[int(k)], tp, len(d) - tp, len(ty) - tp))
+    return pd.DataFrame(rows, columns=["frame", "band", "tp", "fp", "fn"])
+
+
+def f1_by_band(counts: pd.DataFrame) -> pd.DataFrame:
+    """Precision, recall and F1 per band (and ``all``) from :func:`detection_f1` counts."""
+    t = counts.groupby("band")[["tp", "fp", "fn"]].sum()
+    t.loc["all"] = t.sum()
+    t["precision"] = t.tp / np.maximum(t.tp + t.fp, 1)
+    t["recall"] = t.tp / np.maximum(t.tp + t.fn, 1)
+    t["f1"] = 2 * t.tp / np.maximum(2 * t.tp + t.fp + t.fn, 1)
+    order = [b for b, _, _ in ENERGY_BANDS if b in t.index] + ["all"]
+    return t.loc[order]

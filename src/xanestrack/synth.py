@@ -154,6 +154,7 @@ class SynthTruth:
     fines: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
     coverage: list | None = None  # per particle (n_frames, h, w) float16 partial coverage, with store_clean
     clean: list | None = None  # per particle (n_frames, h, w) float16 particle-only OD, with store_clean
+    frame_masks: np.ndarray | None = None  # (n_frames, rows, cols) bool: every object incl. fines, with store_frame_masks
 
 
 @dataclass(frozen=True)
@@ -339,7 +340,13 @@ def _resolve_params(params, overrides) -> SynthParams:
 
 
 def make_synthetic_stack(
-    params: SynthParams | str = "default", *, seed: int = 0, layout=None, store_clean: bool = False, **overrides
+    params: SynthParams | str = "default",
+    *,
+    seed: int = 0,
+    layout=None,
+    store_clean: bool = False,
+    store_frame_masks: bool = False,
+    **overrides,
 ) -> SynthStack:
     """Generate a synthetic energy scan with ground truth.
 
@@ -352,6 +359,9 @@ def make_synthetic_stack(
     store_clean : bool
         Also keep, per particle and frame, its partial coverage and its own noise- and
         background-free OD in the mask windows (training targets of the learned models).
+    store_frame_masks : bool
+        Also keep a full-frame mask of every object per frame (isolated particles,
+        touching pairs and fines): the target images of the learned detector.
     layout : list, optional
         Particles to use instead of a random layout (the series mode passes the same
         particles, moved and with their chemistry shifted, to every scan).
@@ -442,6 +452,7 @@ def make_synthetic_stack(
     coverage = [np.zeros(m.shape, np.float16) for m in masks] if store_clean else None
     clean = [np.zeros(m.shape, np.float16) for m in masks] if store_clean else None
 
+    frame_masks = np.zeros((nE, ny, nx), bool) if store_frame_masks else None
     fy0, fx0, fs = rng.uniform(-0.2, 0.2, 3)
     for k in range(nE):
         g = global_shift[k]
@@ -465,6 +476,8 @@ def make_synthetic_stack(
             cover, thick, frac = _particle_fields(q, ly, lx)
             mu = (1 - frac) * mu_a[k] + frac * mu_b[k]
             od[y0:y1, x0:x1] += thick * (pre[k] + mu)
+            if frame_masks is not None:
+                frame_masks[k, y0:y1, x0:x1] |= cover >= 0.5
             if i < len(particles):
                 origins[i][k] = (iy - w, ix - w)
                 m = np.zeros((2 * w + 1, 2 * w + 1), bool)
@@ -528,6 +541,7 @@ def make_synthetic_stack(
         fines=np.array([[q.centre[0], q.centre[1], q.radius] for q in fines]).reshape(-1, 3),
         coverage=coverage,
         clean=clean,
+        frame_masks=frame_masks,
     )
     return SynthStack(counts, flats, dark, energies, truth, p, seed)
 
