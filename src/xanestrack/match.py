@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["MatchOptions", "link_detections", "roi_ssim"]
+__all__ = ["MatchOptions", "link_detections", "roi_ssim", "propagate_common"]
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def _vote_displacement(prev, cur, max_jump, tol):
     return best, best_n
 
 
-def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = MatchOptions()):
+def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = MatchOptions(), frames=None):
     """Link per-frame detections of isolated particles into tracks.
 
     Parameters
@@ -108,13 +108,17 @@ def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = Mat
     od : ndarray (n_frames, rows, cols)
         The frames, for the SSIM of ROIs.
     options : MatchOptions
+    frames : sequence of int, optional
+        The frames the detector examined (default: all). Only these are linked; the
+        others (detection on key frames) get predicted positions with ``examined``
+        False, and the common shift of the nearest examined frames, interpolated.
 
     Returns
     -------
     tracks : DataFrame
         One row per particle per frame: ``particle, frame, y, x, area, radius,
-        detected, ssim``; for frames where the particle was not detected, ``y, x`` is
-        the predicted position and ``detected`` is False.
+        detected, examined, ssim``; for frames where the particle was not detected,
+        ``y, x`` is the predicted position and ``detected`` is False.
     rejected : DataFrame
         Tracks too short to keep: ``track, n_frames, y, x`` (mean position).
     common_shift : ndarray (n_frames, 2)
@@ -131,24 +135,30 @@ def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = Mat
     tracks: list[dict] = []  # each: rows, last (y, x), last_frame, patch, radius
     rows = []
     common = np.zeros((n_frames, 2))
-    for k in range(n_frames):
+    examined = np.arange(n_frames) if frames is None else np.unique(np.asarray(frames, int))
+    if examined.size == 0 or examined[0] < 0 or examined[-1] >= n_frames:
+        raise ValueError(f"frames must be indices in [0, {n_frames}), got {frames!r}")
+    prev_k = None
+    for k in examined:
         g = by_frame.get(k)
         cur = g[["y", "x"]].to_numpy(dtype=float) if g is not None else np.zeros((0, 2))
         # tracks seen recently, predicted at the common shift since they were seen
         alive = [t for t in tracks if k - t["last_frame"] <= options.max_gap]
-        if k > 0:
+        if prev_k is not None:
             # vote with the tracks of the previous frame (fall back to all alive)
-            voters = [t for t in alive if t["last_frame"] == k - 1] or alive
-            prev = np.array([t["last"] + common[k - 1] - common[t["last_frame"]] for t in voters]).reshape(-1, 2)
-            disp, n_agree = _vote_displacement(prev, cur, max_jump, vote_tol)
-            common[k] = common[k - 1] + (disp if n_agree > 0 else 0)
+            voters = [t for t in alive if t["last_frame"] == prev_k] or alive
+            prev = np.array([t["last"] + common[prev_k] - common[t["last_frame"]] for t in voters]).reshape(-1, 2)
+            # more motion accumulates between key frames
+            disp, n_agree = _vote_displacement(prev, cur, max_jump * np.sqrt(k - prev_k), vote_tol)
+            common[k] = common[prev_k] + (disp if n_agree > 0 else 0)
+        prev_k = k
         if len(cur) == 0:
             continue
         pred = np.array([t["last"] + common[k] - common[t["last_frame"]] for t in alive]).reshape(-1, 2)
         cost = np.full((len(alive), len(cur)), np.inf)
         ssim = np.full((len(alive), len(cur)), np.nan)
         for i, t in enumerate(alive):
-            gap = k - t["last_frame"] - 1
+            gap = int(np.searchsorted(examined, k) - np.searchsorted(examined, t["last_frame"])) - 1
             gate = max(options.gate, options.gate_fraction * t["radius"]) * (1 + options.gap_gate_growth * gap)
             dist = np.hypot(*(cur - pred[i]).T)
             for j in np.flatnonzero(dist <= gate):
@@ -181,10 +191,13 @@ def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = Mat
             _update(t, r, od[k], k)
             t["rows"].append((k, r["y"], r["x"], r["area"], r["radius"], True, np.nan))
             tracks.append(t)
+    if examined.size < n_frames:
+        common = propagate_common(od, common, examined, max_jump=max_jump)
+    seen = set(examined.tolist())
     kept, rejected = [], []
     for t in tracks:
         n = len(t["rows"])
-        if n >= options.min_track_fraction * n_frames:
+        if n >= options.min_track_fraction * examined.size:
             kept.append(t)
         else:
             arr = np.array([r[1:3] for r in t["rows"]])
@@ -198,15 +211,70 @@ def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = Mat
         for k in range(n_frames):
             if k in have:
                 r = have[k]
-                rows.append((pid, k, r[1], r[2], r[3], r[4], True, r[6]))
+                rows.append((pid, k, r[1], r[2], r[3], r[4], True, True, r[6]))
             else:
-                # predicted: nearest seen frame moved by the common shift in between
-                f = frames_seen[np.argmin(np.abs(frames_seen - k))]
-                y, x = pos_seen[frames_seen == f][0] + common[k] - common[f]
-                rows.append((pid, k, y, x, np.nan, np.nan, False, np.nan))
-    tracks_df = pd.DataFrame(rows, columns=["particle", "frame", "y", "x", "area", "radius", "detected", "ssim"])
+                # predicted: between two seen frames, their positions (less the common
+                # shift) interpolated, plus the common shift here; outside, the nearest
+                i = np.searchsorted(frames_seen, k)
+                lo, hi = frames_seen[max(i - 1, 0)], frames_seen[min(i, len(frames_seen) - 1)]
+                plo = pos_seen[frames_seen == lo][0] - common[lo]
+                phi = pos_seen[frames_seen == hi][0] - common[hi]
+                w = (k - lo) / (hi - lo) if hi != lo else 0.0
+                y, x = (1 - w) * plo + w * phi + common[k]
+                rows.append((pid, k, y, x, np.nan, np.nan, False, k in seen, np.nan))
+    tracks_df = pd.DataFrame(rows, columns=["particle", "frame", "y", "x", "area", "radius", "detected", "examined", "ssim"])
     rejected_df = pd.DataFrame(rejected, columns=["track", "n_frames", "y", "x"])
     return tracks_df, rejected_df, common
+
+
+def _frame_step(a, b, max_shift):
+    """Integer shift of frame ``b`` relative to ``a`` by phase correlation (binned frames)."""
+    fa, fb = np.fft.rfft2(a), np.fft.rfft2(b)
+    x = fb * np.conj(fa)
+    r = np.fft.irfft2(x / (np.abs(x) + 1e-12), s=a.shape)
+    ny, nx = a.shape
+    yy = np.fft.fftfreq(ny, 1 / ny)
+    xx = np.fft.fftfreq(nx, 1 / nx)
+    far = (np.abs(yy)[:, None] > max_shift) | (np.abs(xx)[None, :] > max_shift)
+    r[far] = -np.inf
+    i = np.unravel_index(np.argmax(r), r.shape)
+    return np.array([yy[i[0]], xx[i[1]]])
+
+
+def propagate_common(od, common, examined, *, max_jump: float = 40.0, binning: int = 4):
+    """Common shift of the frames between key frames, by chained phase correlation.
+
+    Consecutive frames (one energy step apart, so nearly alike) are registered on
+    ``binning`` x binned, high-passed copies; the chain between two key frames is
+    corrected linearly so that it ends on the key frames' voted common shift. Jumps
+    of the stage between key frames are thus placed in the right frame, and the ROI
+    windows of the frames without detection land on their particles.
+    """
+    from scipy import ndimage
+
+    n = od.shape[0]
+    out = common.copy()
+
+    def prep(k):
+        ny, nx = (od.shape[1] // binning) * binning, (od.shape[2] // binning) * binning
+        f = od[k, :ny, :nx].reshape(ny // binning, binning, nx // binning, binning).mean(axis=(1, 3))
+        f = f - ndimage.gaussian_filter(f, 8)
+        win = np.outer(np.hanning(f.shape[0]), np.hanning(f.shape[1]))
+        return (f - f.mean()) * win
+
+    for ka, kb in zip(examined[:-1], examined[1:]):
+        if kb - ka < 2:
+            continue
+        frames = {k: prep(k) for k in range(ka, kb + 1)}
+        steps = [_frame_step(frames[k - 1], frames[k], max_jump / binning) * binning for k in range(ka + 1, kb + 1)]
+        chain = common[ka] + np.cumsum(steps, axis=0)  # frames ka+1 .. kb
+        miss = common[kb] - chain[-1]
+        for j, k in enumerate(range(ka + 1, kb)):
+            out[k] = chain[j] + miss * (k - ka) / (kb - ka)
+    # before the first / after the last key frame: hold
+    out[: examined[0]] = common[examined[0]]
+    out[examined[-1] + 1 :] = common[examined[-1]]
+    return out
 
 
 def _update(t, r, frame, k):

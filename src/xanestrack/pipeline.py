@@ -62,6 +62,7 @@ class PipelineOptions:
     match: MatchOptions = field(default_factory=MatchOptions)
     segment: SegmentOptions = field(default_factory=SegmentOptions)
     margin: int = 6
+    detect_every: int = 1  # detect on every n-th frame (and the last); ROIs are propagated in between
     interpolation_order: int = 3
     area_tolerance: float = 0.25
     min_xanes_energies: int = 8
@@ -201,18 +202,12 @@ def _default_segmenter(options):
 
 
 def _resample_masks(masks, origins, shifts, origin, shape):
-    """Move each frame's window mask onto the aligned (frame-0) grid."""
-    n = masks.shape[0]
-    h, w = shape
-    gy, gx = np.mgrid[0:h, 0:w].astype(np.float64)
-    out = np.zeros((n, h, w), np.float32)
-    for k in range(n):
-        if not np.all(np.isfinite(shifts[k])):
-            continue
-        cy = gy + origin[0] + shifts[k][0] - origins[k][0]
-        cx = gx + origin[1] + shifts[k][1] - origins[k][1]
-        out[k] = ndimage.map_coordinates(masks[k], [cy, cx], order=1, mode="constant", cval=0.0)
-    return out
+    """Move each frame's window mask onto the aligned (frame-0) grid (bilinear, 0 outside)."""
+    # a zero border makes the edge-clamped sampling of resample_windows read 0 outside
+    padded = np.pad(masks.astype(np.float32), ((0, 0), (1, 1), (1, 1)))
+    pos = np.asarray(origin, float)[None] + shifts - origins + 1
+    out = resample_windows(padded, pos, (0, 0), shape, order=1)
+    return np.nan_to_num(out, nan=0.0).astype(np.float32)
 
 
 def local_background(aligned, mask, *, inner: int = 3, outer: int = 10):
@@ -359,16 +354,8 @@ def analyse_xanes(aligned, mask, energies, *, usable=None, options: PipelineOpti
     )
 
 
-def _process_particle(pid, track, od, energies, common, segmenter, options, references):
-    n = od.shape[0]
-    ny, nx = od.shape[1:]
-    track = track.sort_values("frame")
-    centres = track[["y", "x"]].to_numpy()
-    radius = float(np.nanmax(track["radius"])) if track["radius"].notna().any() else 10.0
-    half = int(np.ceil(1.3 * radius)) + options.margin
+def _segment_windows(od, centres, half, segmenter):
     windows, origins, clipped = crop_windows(od, centres, half)
-    flags = np.zeros(n, np.uint8)
-    flags[~track["detected"].to_numpy()] |= FRAME_FLAGS["undetected"]
     nanwin = ~np.isfinite(windows)
     if nanwin.any():
         for k in np.flatnonzero(nanwin.any(axis=(1, 2))):
@@ -378,7 +365,29 @@ def _process_particle(pid, track, od, energies, common, segmenter, options, refe
     masks = np.asarray(segmenter(windows), dtype=np.float32)
     if masks.shape != windows.shape:
         raise ValueError(f"segmenter returned shape {masks.shape} for ROIs of shape {windows.shape}")
+    return windows, origins, clipped, nanwin, masks
+
+
+def _process_particle(pid, track, od, energies, common, segmenter, options, references):
+    n = od.shape[0]
+    ny, nx = od.shape[1:]
+    track = track.sort_values("frame")
+    centres = track[["y", "x"]].to_numpy()
+    radius = float(np.nanmax(track["radius"])) if track["radius"].notna().any() else 10.0
+    half = int(np.ceil(1.3 * radius)) + options.margin
+    flags = np.zeros(n, np.uint8)
+    examined = track["examined"].to_numpy() if "examined" in track else np.ones(n, bool)
+    flags[~track["detected"].to_numpy() & examined] |= FRAME_FLAGS["undetected"]
+    windows, origins, clipped, nanwin, masks = _segment_windows(od, centres, half, segmenter)
     com = centre_of_mass(masks) + origins
+    # a window placed from a prediction (not a detection) may have caught the particle
+    # off-centre: segment again around what it found
+    off = np.hypot(*(com - centres).T)
+    redo = np.flatnonzero(np.isfinite(off) & (off > max(2.0, 0.15 * half)))
+    if redo.size:
+        w2, o2, c2, n2, m2 = _segment_windows(od[redo], com[redo], half, segmenter)
+        windows[redo], origins[redo], clipped[redo], nanwin[redo], masks[redo] = w2, o2, c2, n2, m2
+        com[redo] = centre_of_mass(m2) + o2
     area = masks.sum(axis=(1, 2))
     flags[area <= 0] |= FRAME_FLAGS["no_mask"]
     # a particle whose mask reaches pixels outside the frame (or the window edge) is not whole
@@ -484,8 +493,9 @@ def run_pipeline(
     ----------
     stack : Stack
     options : PipelineOptions
-    detector : callable(od) -> DataFrame, optional
-        Default: the classical detector with ``options.detect``.
+    detector : callable(od[, frames=...]) -> DataFrame, optional
+        Default: the classical detector with ``options.detect``. With
+        ``options.detect_every > 1`` it is called with ``frames=`` the key frames.
     segmenter : callable(rois) -> masks, optional
         Default: the classical segmenter with ``options.segment``.
     references : dict of name -> ReferenceSpectrum, optional
@@ -516,11 +526,20 @@ def run_pipeline(
         return lambda done, total: progress(stage, done, total)
 
     t = time.perf_counter()
-    detections = detector(od) if detector is not None else detect_stack(od, options=options.detect, progress=prog("detect"))
+    n_frames = od.shape[0]
+    if int(options.detect_every) < 1:
+        raise ValueError(f"options.detect_every must be >= 1, got {options.detect_every}")
+    key = None
+    if options.detect_every > 1:
+        key = sorted(set(range(0, n_frames, int(options.detect_every))) | {n_frames - 1})
+    if detector is None:
+        detections = detect_stack(od, options=options.detect, frames=key, progress=prog("detect"))
+    else:
+        detections = detector(od) if key is None else detector(od, frames=key)
     timings["detect"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    tracks, rejected_tracks, common = link_detections(detections, od, options=options.match)
+    tracks, rejected_tracks, common = link_detections(detections, od, options=options.match, frames=key)
     timings["match"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -102,34 +102,53 @@ def resample_windows(od, shifts, origin, shape, *, order: int = 3, frames=None) 
         Which frames (default all).
     """
     shifts = np.asarray(shifts, dtype=float)
+    if order not in (0, 1, 3):
+        raise ValueError(f"order must be 0, 1 or 3, got {order}")
     h, w = shape
-    idx = range(od.shape[0]) if frames is None else frames
+    idx = np.arange(od.shape[0]) if frames is None else np.asarray(list(frames), int)
     out = np.full((len(idx), h, w), np.nan, np.float32)
-    gy, gx = np.mgrid[0:h, 0:w].astype(np.float64)
-    pad = 4
+    ok = np.all(np.isfinite(shifts[idx]), axis=1)
+    if not ok.any():
+        return out
+    sel = idx[ok]
     ny, nx = od.shape[1:]
-    for j, k in enumerate(idx):
-        sy, sx = shifts[k]
-        if not (np.isfinite(sy) and np.isfinite(sx)):
-            continue
-        y0 = origin[0] + sy
-        x0 = origin[1] + sx
-        cy0, cx0 = int(np.floor(y0)) - pad, int(np.floor(x0)) - pad
-        cy1, cx1 = cy0 + h + 2 * pad + 1, cx0 + w + 2 * pad + 1
-        crop = od[k, max(cy0, 0) : min(cy1, ny), max(cx0, 0) : min(cx1, nx)]
-        if crop.size == 0:
-            continue
-        crop = np.pad(
-            crop,
-            ((max(0, -cy0), max(0, cy1 - ny)), (max(0, -cx0), max(0, cx1 - nx))),
-            mode="edge" if crop.size else "constant",
-        )
-        coords = np.array([gy + (y0 - cy0), gx + (x0 - cx0)])
-        out[j] = ndimage.map_coordinates(crop.astype(np.float64), coords, order=order, mode="nearest")
-        # outside the frame: NaN, not invented
-        yy = gy + y0
-        xx = gx + x0
-        outside = (yy < -0.5) | (yy > ny - 0.5) | (xx < -0.5) | (xx > nx - 0.5)
-        if outside.any():
-            out[j][outside] = np.nan
+    y0 = origin[0] + shifts[sel, 0]
+    x0 = origin[1] + shifts[sel, 1]
+    if order == 0:
+        iy, ix = np.round(y0).astype(int), np.round(x0).astype(int)
+        fy = fx = np.zeros(len(sel))
+    else:
+        iy, ix = np.floor(y0).astype(int), np.floor(x0).astype(int)
+        fy, fx = y0 - iy, x0 - ix
+    # every frame's crop, rows iy - pad .. iy + h + pad, edge-padded outside the frame
+    pad = 4
+    ry = iy[:, None] + np.arange(-pad, h + pad + 1)[None]
+    rx = ix[:, None] + np.arange(-pad, w + pad + 1)[None]
+    crops = od[sel[:, None, None], np.clip(ry, 0, ny - 1)[:, :, None], np.clip(rx, 0, nx - 1)[:, None, :]].astype(np.float64)
+    if order == 3:
+        # cubic B-spline coefficients (as map_coordinates does), then the 4-tap weights
+        crops = ndimage.spline_filter1d(crops, 3, axis=1, mode="nearest")
+        crops = ndimage.spline_filter1d(crops, 3, axis=2, mode="nearest")
+        taps = range(-1, 3)
+        wy, wx = _bspline3_weights(fy), _bspline3_weights(fx)
+    elif order == 1:
+        taps = range(0, 2)
+        wy, wx = np.stack([1 - fy, fy]), np.stack([1 - fx, fx])
+    else:
+        taps, wy, wx = range(0, 1), np.ones((1, len(sel))), np.ones((1, len(sel)))
+    tmp = sum(wy[j][:, None, None] * crops[:, pad + t : pad + t + h, :] for j, t in enumerate(taps))
+    res = sum(wx[j][:, None, None] * tmp[:, :, pad + t : pad + t + w] for j, t in enumerate(taps))
+    # outside the frame: NaN, not invented
+    yy = np.arange(h)[None, :] + y0[:, None]
+    xx = np.arange(w)[None, :] + x0[:, None]
+    out_y = (yy < -0.5) | (yy > ny - 0.5)
+    out_x = (xx < -0.5) | (xx > nx - 0.5)
+    res[out_y[:, :, None] | out_x[:, None, :]] = np.nan
+    out[ok] = res
     return out
+
+
+def _bspline3_weights(f):
+    """Cubic B-spline weights of the taps -1, 0, 1, 2 for fractional offsets ``f``."""
+    f = np.asarray(f, float)
+    return np.stack([(1 - f) ** 3 / 6, (3 * f**3 - 6 * f**2 + 4) / 6, (-3 * f**3 + 3 * f**2 + 3 * f + 1) / 6, f**3 / 6])
