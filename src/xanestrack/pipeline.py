@@ -226,21 +226,40 @@ def local_background(aligned, mask, *, inner: int = 3, outer: int = 10):
     A = np.c_[np.ones(yy.size), (yy - h / 2) / h, (xx - w / 2) / w]
     gy, gx = np.mgrid[0:h, 0:w]
     G = np.stack([np.ones((h, w)), (gy - h / 2) / h, (gx - w / 2) / w])
-    for k in range(n):
-        v = aligned[k][yy, xx].astype(np.float64)
-        keep = np.isfinite(v)
-        if keep.sum() < 12:
-            continue
-        coef = np.linalg.lstsq(A[keep], v[keep], rcond=None)[0]
-        for _ in range(3):
-            r = v - A @ coef
-            sd = 1.4826 * np.median(np.abs(r[keep])) + 1e-9
-            new = np.isfinite(v) & (np.abs(r) < 3 * sd)
-            if new.sum() < 12 or (new == keep).all():
-                break
-            keep = new
-            coef = np.linalg.lstsq(A[keep], v[keep], rcond=None)[0]
-        out[k] = np.tensordot(coef, G, axes=1)
+    # all frames at once: normal equations weighted by each frame's kept ring pixels
+    v = aligned[:, yy, xx].astype(np.float64)  # (n, m)
+    fin = np.isfinite(v)
+    v0 = np.where(fin, v, 0.0)
+    usable = fin.sum(axis=1) >= 12
+
+    AA = (A[:, :, None] * A[:, None, :]).reshape(len(A), 9)
+
+    def solve(keep):
+        wts = keep.astype(np.float64)
+        ata = (wts @ AA).reshape(-1, 3, 3)
+        atv = (wts * v0) @ A
+        ata[~usable] = np.eye(3)
+        return np.linalg.solve(ata, atv[..., None])[..., 0]
+
+    keep = fin
+    coef = solve(keep)
+    for _ in range(3):
+        r = np.abs(v0 - coef @ A.T)
+        # median of |r| over each frame's kept pixels (sorted, the rest pushed to the end)
+        srt = np.sort(np.where(keep, r, np.inf), axis=1)
+        c = np.maximum(keep.sum(axis=1), 1)
+        rows = np.arange(len(srt))
+        med = 0.5 * (srt[rows, (c - 1) // 2] + srt[rows, c // 2])
+        sd = 1.4826 * med + 1e-9
+        new = fin & (r < 3 * sd[:, None])
+        take = usable & (new.sum(axis=1) >= 12)  # too few left: stay with the previous selection
+        take &= (new != keep).any(axis=1)
+        if not take.any():
+            break
+        keep = np.where(take[:, None], new, keep)
+        coef = solve(keep)
+    out = np.einsum("ni,ihw->nhw", coef, G).astype(np.float32)
+    out[~usable] = 0.0
     return out
 
 

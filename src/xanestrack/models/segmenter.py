@@ -23,7 +23,7 @@ from scipy import ndimage
 
 __all__ = ["SegmenterConfig", "make_training_rois", "train_segmenter", "LearnedSegmenter", "default_model_dir"]
 
-CANVAS = 128
+CANVAS = 64
 
 
 def default_model_dir() -> Path:
@@ -32,12 +32,12 @@ def default_model_dir() -> Path:
 
 @dataclass(frozen=True)
 class SegmenterConfig:
-    width: int = 12
+    width: int = 8
     depth: int = 4
     canvas: int = CANVAS
-    n_train: int = 3000
+    n_train: int = 6000
     n_val: int = 400
-    epochs: int = 8
+    epochs: int = 12
     batch: int = 16
     lr: float = 2e-3
     seed: int = 0
@@ -59,6 +59,15 @@ def _pad(a, size, value=None):
     if value is None:
         return np.pad(a, ((t, py - t), (l, px - l)), mode="edge"), (t, l)
     return np.pad(a, ((t, py - t), (l, px - l)), constant_values=value), (t, l)
+
+
+def _bin_roi(a, f):
+    """Bin the last two axes by ``f`` (trailing rows/columns dropped)."""
+    if f <= 1:
+        return a
+    h, w = (a.shape[-2] // f) * f, (a.shape[-1] // f) * f
+    a = a[..., :h, :w]
+    return a.reshape(*a.shape[:-2], h // f, f, w // f, f).mean(axis=(-3, -1))
 
 
 def make_training_rois(n: int, *, seed: int, canvas: int = CANVAS, progress=None):
@@ -83,8 +92,6 @@ def make_training_rois(n: int, *, seed: int, canvas: int = CANVAS, progress=None
             row = tp[(tp.particle == i) & (tp.frame == k)].iloc[0]
             r = s.truth.radii[i] * rng.uniform(0.9, 1.1)
             half = int(np.ceil(1.3 * r)) + 6
-            if 2 * half + 1 > canvas:
-                continue
             centre = np.array([row.y, row.x]) + rng.normal(0, 1.5, 2)
             win, orig, _ = crop_windows(od[k : k + 1], centre[None], half)
             roi = win[0]
@@ -101,6 +108,9 @@ def make_training_rois(n: int, *, seed: int, canvas: int = CANVAS, progress=None
             ye, xe = min(dy + hh, roi.shape[0]), min(dx + ww, roi.shape[1])
             tgt_m[ys:ye, xs:xe] = cov[ys - dy : ye - dy, xs - dx : xe - dx]
             tgt_c[ys:ye, xs:xe] = cln[ys - dy : ye - dy, xs - dx : xe - dx]
+            # ROIs larger than the canvas are binned, as at inference
+            f = int(np.ceil(roi.shape[0] / canvas))
+            roi, tgt_c, tgt_m = (_bin_roi(a, f) for a in (roi, tgt_c, tgt_m))
             x, off, scale = normalise_roi(roi)
             X.append(_pad(x, canvas)[0])
             C.append(_pad(tgt_c / scale, canvas, 0.0)[0])
@@ -249,36 +259,53 @@ class LearnedSegmenter:
         import torch
 
         rois = np.asarray(rois, np.float32)
+        if rois.ndim != 3:
+            raise ValueError(f"rois must be (n, h, w), got shape {rois.shape}")
         n, h, w = rois.shape
+        if n == 0:
+            return np.zeros(rois.shape, np.float32)
         f = int(np.ceil(max(h, w) / self.canvas))  # large ROIs: predict on a binned copy
         # the network was trained on ROIs padded to its canvas: predict in that same context
         size = max(self.canvas, int(np.ceil(max(int(np.ceil(h / f)), int(np.ceil(w / f))) / 16) * 16))
-        batch = np.empty((n, 1, size, size), np.float32)
-        pads = []
-        for k in range(n):
-            r = rois[k]
-            if f > 1:
-                hh, ww = (h // f) * f, (w // f) * f
-                r = r[:hh, :ww].reshape(hh // f, f, ww // f, f).mean(axis=(1, 3))
-            x, _, _ = normalise_roi(r)
-            batch[k, 0], pad = _pad(x, size)
-            pads.append((pad, r.shape))
-        out = np.empty((n, h, w), np.float32)
+        x = normalise_rois(_bin_roi(rois, f))
+        rh, rw = x.shape[1:]
+        t, l = (size - rh) // 2, (size - rw) // 2
+        batch = np.pad(x, ((0, 0), (t, size - rh - t), (l, size - rw - l)), mode="edge")[:, None]
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             probs = []
             for i in range(0, n, 64):
-                xb = torch.from_numpy(batch[i : i + 64]).to(memory_format=torch.channels_last)
+                xb = torch.from_numpy(np.ascontiguousarray(batch[i : i + 64])).to(memory_format=torch.channels_last)
                 _, ml = self.model(xb)
                 probs.append(torch.sigmoid(ml.float()).numpy()[:, 0])
-        probs = np.concatenate(probs) if probs else np.zeros((0, size, size))
-        for k in range(n):
-            (t, l), (rh, rw) = pads[k]
-            p = probs[k, t : t + rh, l : l + rw]
-            if f > 1:
-                p = ndimage.zoom(p, (h / rh, w / rw), order=1, grid_mode=True, mode="nearest")[:h, :w]
-                p = np.pad(p, ((0, h - p.shape[0]), (0, w - p.shape[1])), mode="edge")
-            out[k] = _keep_central(p)
-        return out
+        p = np.concatenate(probs)[:, t : t + rh, l : l + rw]
+        if f > 1:
+            p = ndimage.zoom(p, (1, h / rh, w / rw), order=1, grid_mode=True, mode="nearest")[:, :h, :w]
+            p = np.pad(p, ((0, 0), (0, h - p.shape[1]), (0, w - p.shape[2])), mode="edge")
+        return _keep_central_stack(p.astype(np.float32))
+
+
+def normalise_rois(rois):
+    """:func:`normalise_roi` of every ROI of a stack ``(n, h, w)`` at once."""
+    ring = np.concatenate([rois[:, :3].reshape(len(rois), -1), rois[:, -3:].reshape(len(rois), -1),
+                           rois[:, :, :3].reshape(len(rois), -1), rois[:, :, -3:].reshape(len(rois), -1)], axis=1)
+    off = np.median(ring, axis=1)
+    scale = np.maximum(np.percentile((rois - off[:, None, None]).reshape(len(rois), -1), 99, axis=1), 1e-3)
+    return ((rois - off[:, None, None]) / scale[:, None, None]).astype(np.float32)
+
+
+def _keep_central_stack(p):
+    """:func:`_keep_central` of every ROI: one labelling of the stack (no links across ROIs)."""
+    struct = np.zeros((3, 3, 3), bool)
+    struct[1] = ndimage.generate_binary_structure(2, 1)
+    lab, nlab = ndimage.label(p > 0.5, structure=struct)
+    per_frame = np.zeros(len(p), int)
+    for sl in ndimage.find_objects(lab):
+        per_frame[sl[0].start] += 1
+    out = p.copy()
+    out[per_frame == 0] = 0.0
+    for k in np.flatnonzero(per_frame > 1):
+        out[k] = _keep_central(p[k])
+    return out
 
 
 def _keep_central(p):
