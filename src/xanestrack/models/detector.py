@@ -290,6 +290,12 @@ def train_detector(
 
     from .nets import PatchDiscriminator, ResnetGenerator
 
+    if init_dir is not None:
+        if not (Path(init_dir) / "weights.pt").is_file():
+            raise ValueError(f"no trained detector in {init_dir} to start from")
+        # the architecture and binning are the starting model's
+        base = json.loads((Path(init_dir) / "config.json").read_text())
+        config = replace(config, **{k: base[k] for k in ("width", "n_blocks", "disc_width", "binning") if k in base})
     torch.manual_seed(config.seed)
     rng = np.random.default_rng([config.seed, 5])
     t0 = time.perf_counter()
@@ -390,7 +396,8 @@ def train_detector(
     f1 = _f1_on_stacks(G, vstacks, config.binning)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    torch.save({"G": G.state_dict(), "F": F.state_dict()}, out / "weights.pt")
+    # the discriminators are kept for later fine-tuning (unpaired adaptation restarts from them)
+    torch.save({"G": G.state_dict(), "F": F.state_dict(), "DA": DA.state_dict(), "DB": DB.state_dict()}, out / "weights.pt")
     cfg = dict(
         asdict(config),
         architecture="ResnetGenerator (Cycle-GAN)",

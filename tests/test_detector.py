@@ -1,0 +1,126 @@
+"""The learned detector (Cycle-GAN): tiny networks in unit tests; the shipped weights on fresh stacks."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from xanestrack.detect import DETECTION_COLUMNS, DetectOptions  # noqa: E402
+from xanestrack.evaluate import detection_f1, f1_by_band  # noqa: E402
+from xanestrack.models.detector import (  # noqa: E402
+    DetectorConfig,
+    LearnedDetector,
+    default_detector_dir,
+    detector_binning,
+    normalise_frame,
+    train_detector,
+)
+from xanestrack.models.nets import PatchDiscriminator, ResnetGenerator  # noqa: E402
+
+
+def test_generator_and_discriminator_shapes_and_size():
+    g = ResnetGenerator(1, 1, width=16, n_blocks=6)
+    n = sum(p.numel() for p in g.parameters())
+    assert 0.4e6 < n < 0.6e6  # the CPU-sized generator of the issue (~0.5 M)
+    x = torch.zeros(2, 1, 64, 92)
+    y = g.eval()(x)
+    assert y.shape == x.shape and float(y.abs().max()) <= 1.0
+    d = PatchDiscriminator(1, width=8)(torch.zeros(2, 1, 128, 128))
+    assert d.shape[:2] == (2, 1) and d.shape[-1] < 20  # a map of patch scores
+
+
+def test_normalise_frame_is_blind_to_contrast_scale():
+    rng = np.random.default_rng(0)
+    f = np.zeros((64, 64), np.float32)
+    f[20:40, 20:40] = 1.0
+    f += rng.normal(0, 0.02, f.shape).astype(np.float32)
+    a, b = normalise_frame(0.2 * f + 0.05), normalise_frame(f)
+    assert np.allclose(a, b, atol=1e-4)
+    assert a.min() >= -1 and a.max() <= 1
+    assert np.median(a) == pytest.approx(-0.8, abs=0.05)
+
+
+def test_binning_follows_the_largest_radius():
+    assert detector_binning(60) == 2
+    assert detector_binning(200) == 7
+    assert detector_binning(20, minimum=1) == 1
+
+
+def test_tiny_cyclegan_trains_saves_loads_and_is_deterministic(tmp_path):
+    cfg = DetectorConfig(width=4, n_blocks=1, disc_width=4, crop=48, batch=2, iterations=30, n_stacks=1,
+                         frames_per_stack=6, n_val_stacks=1, lr=2e-3, pool_size=4)
+    res = train_detector(tmp_path / "m", config=cfg, log=lambda *a: None)
+    h = res["history"]
+    # every loss term is logged and the cycle and paired losses fall over the first steps
+    assert h[-1]["cyc"] < h[0]["cyc"] and h[-1]["pair"] < h[0]["pair"]
+    for f in ("config.json", "weights.pt", "card.md"):
+        assert (tmp_path / "m" / f).is_file()
+    assert "F1" in (tmp_path / "m" / "card.md").read_text()
+    from xanestrack.synth import make_synthetic_stack
+
+    s = make_synthetic_stack("default", seed=12, n_energies=3, shape=(160, 180), n_particles=3, radius_range=(10.0, 16.0))
+    od = s.optical_density()
+    a = LearnedDetector(tmp_path / "m")(od)
+    b = LearnedDetector(tmp_path / "m")(od)
+    assert list(a.columns) == DETECTION_COLUMNS
+    assert a.equals(b)
+    m1 = LearnedDetector(tmp_path / "m").maps(od, frames=[1])
+    assert m1[0].shape == (80, 90)
+
+
+def test_missing_detector_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="xanestrack train detector"):
+        LearnedDetector(tmp_path / "nothing")
+
+
+def test_detection_f1_counts():
+    from xanestrack.synth import make_synthetic_stack
+    from xanestrack.detect import detect_stack
+
+    s = make_synthetic_stack("default", seed=13, n_energies=4, shape=(200, 200), n_particles=3, radius_range=(10.0, 18.0))
+    det = detect_stack(s.optical_density())
+    c = detection_f1(det, s.truth, s.energies_ev)
+    assert len(c) == 4 and (c.tp + c.fn == 3).all()
+    # a spurious isolated detection is a false positive, a removed one a false negative
+    extra = det.iloc[:1].copy()
+    extra[["y", "x"]] = [5.0, 5.0]
+    worse = f1_by_band(detection_f1(det.iloc[1:]._append(extra), s.truth, s.energies_ev))
+    assert worse.loc["all", "fp"] >= 1 and worse.loc["all", "fn"] >= 1
+    assert worse.loc["all", "f1"] < f1_by_band(c).loc["all", "f1"]
+
+
+def _shipped():
+    if not (default_detector_dir() / "weights.pt").is_file():
+        pytest.skip("no shipped detector weights")
+    return LearnedDetector()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset,seed", [("default", 31), ("hard", 32)])
+def test_shipped_detector_f1_on_fresh_stacks(preset, seed):
+    from xanestrack.synth import make_synthetic_stack
+
+    det = _shipped()
+    s = make_synthetic_stack(preset, seed=seed, n_energies=30)
+    f1 = f1_by_band(detection_f1(det(s.optical_density()), s.truth, s.energies_ev))
+    # stated in the model card and the README: >= 0.95 in every band on fresh stacks
+    assert (f1["f1"] >= 0.95).all(), f1
+
+
+@pytest.mark.slow
+def test_learned_pipeline_on_key_frames_tracks_everything():
+    from xanestrack.evaluate import evaluate_result
+    from xanestrack.models.segmenter import LearnedSegmenter, default_model_dir
+    from xanestrack.pipeline import PipelineOptions, run_pipeline
+    from xanestrack.stack import Stack
+    from xanestrack.synth import make_synthetic_stack
+
+    det = _shipped()
+    if not (default_model_dir() / "weights.pt").is_file():
+        pytest.skip("no shipped segmenter weights")
+    s = make_synthetic_stack("default", seed=33, n_energies=60, shape=(260, 260), n_particles=4, radius_range=(10.0, 30.0))
+    r = run_pipeline(Stack(s.optical_density(), s.energies_ev), detector=det, segmenter=LearnedSegmenter().segment_rois,
+                     options=PipelineOptions(detect_every=6))
+    assert set(r.detections["frame"]) <= set(range(0, 60, 6)) | {59}
+    _, summ = evaluate_result(r, s.truth)
+    assert summ["n_found"] == 4
+    assert summ["max_rms_px"] < 0.15
