@@ -216,7 +216,7 @@ symmetries of the square as augmentation. Training time {sum(h['seconds'] for h 
 
 Validation ({config.n_val} ROIs from unseen synthetic seeds): IoU {final['iou_mean']:.4f} (min {final['iou_min']:.3f}),
 centre-of-mass error against the true coverage: median {final['com_error_px_median']:.3f} px,
-90th percentile {final['com_error_px_p90']:.3f} px.
+90th percentile {final['com_error_px_p90']:.3f} px (pixels of the {config.canvas}-px canvas: larger ROIs are binned to fit it).
 
 No real data were used for training.
 
