@@ -67,10 +67,9 @@ def _background(img, mask, scale):
 
 
 def _bin(img, b):
-    if b == 1:
-        return img
-    ny, nx = (img.shape[0] // b) * b, (img.shape[1] // b) * b
-    return img[:ny, :nx].reshape(ny // b, b, nx // b, b).mean(axis=(1, 3))
+    from .register import bin_frames
+
+    return img if b == 1 else bin_frames(img, b)
 
 
 def _threshold(corr, mask, options):

@@ -255,11 +255,16 @@ def propagate_common(od, common, examined, *, max_jump: float = 40.0, binning: i
     n = od.shape[0]
     out = common.copy()
 
+    from .register import bin_frames
+
+    win = None
+
     def prep(k):
-        ny, nx = (od.shape[1] // binning) * binning, (od.shape[2] // binning) * binning
-        f = od[k, :ny, :nx].reshape(ny // binning, binning, nx // binning, binning).mean(axis=(1, 3))
+        nonlocal win
+        f = bin_frames(od[k], binning)
         f = f - ndimage.gaussian_filter(f, 8)
-        win = np.outer(np.hanning(f.shape[0]), np.hanning(f.shape[1]))
+        if win is None:
+            win = np.outer(np.hanning(f.shape[0]), np.hanning(f.shape[1])).astype(np.float32)
         return (f - f.mean()) * win
 
     for ka, kb in zip(examined[:-1], examined[1:]):

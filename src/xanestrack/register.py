@@ -45,6 +45,19 @@ def centre_of_mass(images) -> np.ndarray:
     return out[0] if single else out
 
 
+def bin_frames(a, b: int) -> np.ndarray:
+    """Mean over ``b`` x ``b`` blocks of the last two axes (trailing rows/columns dropped), float32."""
+    a = np.asarray(a)
+    if b == 1:
+        return a.astype(np.float32, copy=False)
+    ny, nx = (a.shape[-2] // b) * b, (a.shape[-1] // b) * b
+    lead = a.shape[:-2]
+    x = a[..., :ny, :nx].astype(np.float32, copy=False)
+    x = x.reshape(*lead, ny // b, b, nx).sum(axis=-2)  # rows first: contiguous sums
+    x = x.reshape(*lead, ny // b, nx // b, b).sum(axis=-1)
+    return x / np.float32(b * b)
+
+
 def shifts_from_positions(positions, *, reference: int = 0) -> np.ndarray:
     """Shifts ``(n, 2)`` = positions - positions[reference]."""
     p = np.asarray(positions, dtype=float)
@@ -124,11 +137,11 @@ def resample_windows(od, shifts, origin, shape, *, order: int = 3, frames=None) 
     pad = 4
     ry = iy[:, None] + np.arange(-pad, h + pad + 1)[None]
     rx = ix[:, None] + np.arange(-pad, w + pad + 1)[None]
-    crops = od[sel[:, None, None], np.clip(ry, 0, ny - 1)[:, :, None], np.clip(rx, 0, nx - 1)[:, None, :]].astype(np.float64)
+    crops = od[sel[:, None, None], np.clip(ry, 0, ny - 1)[:, :, None], np.clip(rx, 0, nx - 1)[:, None, :]].astype(np.float32)
     if order == 3:
         # cubic B-spline coefficients (as map_coordinates does), then the 4-tap weights
-        crops = ndimage.spline_filter1d(crops, 3, axis=1, mode="nearest")
-        crops = ndimage.spline_filter1d(crops, 3, axis=2, mode="nearest")
+        crops = ndimage.spline_filter1d(crops, 3, axis=1, mode="nearest", output=np.float32)
+        crops = ndimage.spline_filter1d(crops, 3, axis=2, mode="nearest", output=np.float32)
         taps = range(-1, 3)
         wy, wx = _bspline3_weights(fy), _bspline3_weights(fx)
     elif order == 1:
@@ -136,6 +149,7 @@ def resample_windows(od, shifts, origin, shape, *, order: int = 3, frames=None) 
         wy, wx = np.stack([1 - fy, fy]), np.stack([1 - fx, fx])
     else:
         taps, wy, wx = range(0, 1), np.ones((1, len(sel))), np.ones((1, len(sel)))
+    wy, wx = wy.astype(np.float32), wx.astype(np.float32)
     tmp = sum(wy[j][:, None, None] * crops[:, pad + t : pad + t + h, :] for j, t in enumerate(taps))
     res = sum(wx[j][:, None, None] * tmp[:, :, pad + t : pad + t + w] for j, t in enumerate(taps))
     # outside the frame: NaN, not invented

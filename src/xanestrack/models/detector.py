@@ -78,11 +78,9 @@ class DetectorConfig:
 
 
 def _bin(img, b):
-    if b == 1:
-        return np.asarray(img, np.float32)
-    ny, nx = (img.shape[-2] // b) * b, (img.shape[-1] // b) * b
-    a = np.asarray(img[..., :ny, :nx], np.float32)
-    return a.reshape(*a.shape[:-2], ny // b, b, nx // b, b).mean(axis=(-3, -1))
+    from ..register import bin_frames
+
+    return bin_frames(img, b)
 
 
 def normalise_frame(binned):

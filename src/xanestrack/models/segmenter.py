@@ -276,12 +276,11 @@ class LearnedSegmenter:
             for i in range(0, n, 64):
                 xb = torch.from_numpy(np.ascontiguousarray(batch[i : i + 64])).to(memory_format=torch.channels_last)
                 _, ml = self.model(xb)
-                probs.append(torch.sigmoid(ml.float()).numpy()[:, 0])
-        p = np.concatenate(probs)[:, t : t + rh, l : l + rw]
-        if f > 1:
-            p = ndimage.zoom(p, (1, h / rh, w / rw), order=1, grid_mode=True, mode="nearest")[:, :h, :w]
-            p = np.pad(p, ((0, 0), (0, h - p.shape[1]), (0, w - p.shape[2])), mode="edge")
-        return _keep_central_stack(p.astype(np.float32))
+                pr = torch.sigmoid(ml.float())[:, :, t : t + rh, l : l + rw]
+                if f > 1:  # back to the ROI's pixels (bilinear, pixel centres aligned)
+                    pr = torch.nn.functional.interpolate(pr, size=(h, w), mode="bilinear", align_corners=False)
+                probs.append(pr.numpy()[:, 0])
+        return _keep_central_stack(np.ascontiguousarray(np.concatenate(probs), dtype=np.float32))
 
 
 def normalise_rois(rois):
