@@ -1,6 +1,7 @@
 """Pipeline speed per stage and accuracy against ground truth, on synthetic scans.
 
 Usage: python benchmarks/bench_pipeline.py [--preset default] [--seeds 1 2 3] [--repeats 3]
+           [--detector learned|classical] [--segmenter learned|classical] [--detect-every N]
 
 Reports, per seed, the median over ``--repeats`` runs of each stage's time, and the
 accuracy (registration RMS per particle, edge-energy RMS) of the run. Timing is of
@@ -31,9 +32,29 @@ def main(argv=None):
     ap.add_argument("--preset", default="default")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--detector", default="classical", choices=["classical", "learned"])
+    ap.add_argument("--segmenter", default="classical", choices=["classical", "learned"])
+    ap.add_argument("--detect-every", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     a = ap.parse_args(argv)
+    from xanestrack.pipeline import PipelineOptions
+
+    det = seg = None
+    if a.detector == "learned":
+        from xanestrack.models.detector import LearnedDetector
+
+        det = LearnedDetector()
+    if a.segmenter == "learned":
+        from xanestrack.models.segmenter import LearnedSegmenter
+
+        seg = LearnedSegmenter().segment_rois
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    opts = PipelineOptions(detect_every=a.detect_every)
     print(f"machine: {machine()}")
-    print(f"preset {a.preset}, seeds {a.seeds}, median of {a.repeats} runs\n")
+    print(f"preset {a.preset}, seeds {a.seeds}, median of {a.repeats} runs; detector {a.detector}, segmenter {a.segmenter}, detect every {a.detect_every}\n")
     print("| seed | found | max reg RMS px | median reg RMS px | max edge RMS eV | detect s | match s | segment+register+xanes s | fuse s | total s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for seed in a.seeds:
@@ -43,7 +64,7 @@ def main(argv=None):
         result = None
         for _ in range(a.repeats):
             t = time.perf_counter()
-            result = run_pipeline(st)
+            result = run_pipeline(st, detector=det, segmenter=seg, options=opts)
             tt = dict(result.timings)
             tt["total"] = time.perf_counter() - t
             times.append(tt)

@@ -111,3 +111,34 @@ def test_save_fused_stores_the_whole_fused_stack(synth_dir, tmp_path):
     with h5py.File(out / "results.h5") as f:
         assert f["fused"].shape == (40, 180, 180)
         assert (f["fused"][0] == f["fused_first"][()]).all()
+
+
+def test_train_detector_raw_fine_tunes_a_copy_never_the_package(synth_dir, tmp_path):
+    from xanestrack.models.detector import DetectorConfig, LearnedDetector, default_detector_dir, train_detector
+
+    base = tmp_path / "base"
+    train_detector(base, config=DetectorConfig(width=4, n_blocks=1, disc_width=4, crop=48, batch=2, iterations=4,
+                                               n_stacks=1, frames_per_stack=4, n_val_stacks=1), log=lambda *a: None)
+    # --raw without --out, or into the package folder: refused before any training
+    r = runner.invoke(app, ["train", "detector", "--raw", str(synth_dir / "stack.h5")])
+    assert r.exit_code != 0 and "--out" in r.output
+    r = runner.invoke(app, ["train", "detector", "--raw", str(synth_dir / "stack.h5"), "--out", str(default_detector_dir())])
+    assert r.exit_code != 0 and "outside the package" in r.output
+    out = tmp_path / "tuned"
+    r = runner.invoke(app, ["train", "detector", "--raw", str(synth_dir / "stack.h5"), "--init", str(base), "--quick",
+                            "--iterations", "4", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "40 frames" in r.output  # the unlabelled scan was read
+    assert "unlabelled user frames" in (out / "card.md").read_text()
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["width"] == 4 and cfg["n_raw_frames"] == 40
+    # the tuned model runs, and the starting model is untouched
+    assert (base / "weights.pt").stat().st_size > 0
+    r = runner.invoke(app, ["--quiet", "run", str(synth_dir / "stack.h5"), "--out", str(tmp_path / "res"), "--detector-model", str(out),
+                            "--segmenter", "classical"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "res" / "run.json").read_text())["detector_model"] == str(out)
+    # an existing folder is never overwritten
+    r = runner.invoke(app, ["train", "detector", "--raw", str(synth_dir / "stack.h5"), "--init", str(base), "--quick",
+                            "--iterations", "2", "--out", str(out)])
+    assert r.exit_code != 0

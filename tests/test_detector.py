@@ -22,9 +22,11 @@ def test_generator_and_discriminator_shapes_and_size():
     n = sum(p.numel() for p in g.parameters())
     assert 0.4e6 < n < 0.6e6  # the CPU-sized generator of the issue (~0.5 M)
     x = torch.zeros(2, 1, 64, 92)
-    y = g.eval()(x)
+    with torch.inference_mode():
+        y = g.eval()(x)
     assert y.shape == x.shape and float(y.abs().max()) <= 1.0
-    d = PatchDiscriminator(1, width=8)(torch.zeros(2, 1, 128, 128))
+    with torch.inference_mode():
+        d = PatchDiscriminator(1, width=8)(torch.zeros(2, 1, 128, 128))
     assert d.shape[:2] == (2, 1) and d.shape[-1] < 20  # a map of patch scores
 
 
@@ -83,7 +85,9 @@ def test_detection_f1_counts():
     # a spurious isolated detection is a false positive, a removed one a false negative
     extra = det.iloc[:1].copy()
     extra[["y", "x"]] = [5.0, 5.0]
-    worse = f1_by_band(detection_f1(det.iloc[1:]._append(extra), s.truth, s.energies_ev))
+    import pandas as pd
+
+    worse = f1_by_band(detection_f1(pd.concat([det.iloc[1:], extra]), s.truth, s.energies_ev))
     assert worse.loc["all", "fp"] >= 1 and worse.loc["all", "fn"] >= 1
     assert worse.loc["all", "f1"] < f1_by_band(c).loc["all", "f1"]
 

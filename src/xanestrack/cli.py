@@ -106,25 +106,42 @@ def _particle_table(result, title="particles"):
     return tab
 
 
-def _run_and_write(stack, out, *, overwrite, run_info, options=None, detector="classical", segmenter="classical", make_report=True, save_fused=False, references=None):
+def _models(detector, segmenter, options, detector_model=None, segmenter_model=None):
+    """The detector and segmenter callables for the pipeline (None: classical)."""
+    det_fn = seg_fn = None
+    if detector == "learned":
+        from .models.detector import LearnedDetector
+
+        det_fn = LearnedDetector(detector_model, options=options.detect)
+    elif detector != "classical":
+        raise ValueError(f"--detector takes 'classical' or 'learned', got {detector!r}")
+    if segmenter == "learned":
+        from .models.segmenter import LearnedSegmenter
+
+        seg_fn = LearnedSegmenter(segmenter_model).segment_rois
+    elif segmenter != "classical":
+        raise ValueError(f"--segmenter takes 'classical' or 'learned', got {segmenter!r}")
+    return det_fn, seg_fn
+
+
+def _run_and_write(stack, out, *, overwrite, run_info, options=None, detector="learned", segmenter="learned", make_report=True, save_fused=False, references=None, detector_model=None, segmenter_model=None):
     from .pipeline import PipelineOptions, run_pipeline
     from .results import atomic_output_dir, check_output_dir, write_results
 
     check_output_dir(out, overwrite=overwrite)
     options = options or PipelineOptions()
-    if detector != "classical":
-        raise ValueError("only the classical detector is available")
-    det_fn = seg_fn = None
-    if segmenter == "learned":
-        from .models.segmenter import LearnedSegmenter
-
-        seg_fn = LearnedSegmenter().segment_rois
-    elif segmenter != "classical":
-        raise ValueError(f"--segmenter takes 'classical' or 'learned', got {segmenter!r}")
+    det_fn, seg_fn = _models(detector, segmenter, options, detector_model, segmenter_model)
     t0 = time.perf_counter()
     with _Progress(_STATE["quiet"]) as prog:
         result = run_pipeline(stack, options=options, detector=det_fn, segmenter=seg_fn, references=references, progress=prog)
-    run_info = dict(run_info, detector=detector, segmenter=segmenter, pipeline_s=time.perf_counter() - t0)
+    run_info = dict(
+        run_info,
+        detector=detector,
+        segmenter=segmenter,
+        detector_model=str(detector_model) if detector_model else ("shipped" if detector == "learned" else None),
+        segmenter_model=str(segmenter_model) if segmenter_model else ("shipped" if segmenter == "learned" else None),
+        pipeline_s=time.perf_counter() - t0,
+    )
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         write_results(result, tmp, run_info=run_info, save_fused=save_fused)
         if make_report:
@@ -152,6 +169,16 @@ def _input_description(stack, inputs):
     )
 
 
+def _radius_range(stack, min_radius=None, max_radius=None):
+    """Particle radius range (px) and the classical detection binning, from the pixel size when known."""
+    px = stack.pixel_size_um
+    if min_radius is None:
+        min_radius = 0.4 / px if px else 7.0
+    if max_radius is None:
+        max_radius = 8.0 / px if px else 60.0
+    return float(min_radius), float(max_radius), int(np.clip(round(min_radius / 5), 1, 4))
+
+
 @app.command()
 def run(
     inputs: List[Path] = typer.Argument(..., help="A TIFF stack, an HDF5 file (FXI or Data Exchange), or .xrm/.txrm files or a folder of them."),
@@ -165,7 +192,11 @@ def run(
     reference_particle: Optional[int] = typer.Option(None, help="Particle the relative motion is measured against."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder (only once the new results are complete)."),
     save_fused: bool = typer.Option(False, help="Also store the whole fused stack (as large as the input) in results.h5."),
-    segmenter: str = typer.Option("classical", help="ROI segmentation: 'classical' or 'learned' (the shipped Dual U-Net)."),
+    detector: str = typer.Option("learned", help="Particle detection: 'learned' (the Cycle-GAN generator) or 'classical' (threshold)."),
+    segmenter: str = typer.Option("learned", help="ROI segmentation: 'learned' (the Dual U-Net) or 'classical' (soft threshold)."),
+    detector_model: Optional[Path] = typer.Option(None, help="A detector model folder (e.g. from 'train detector --raw'); default the shipped one."),
+    segmenter_model: Optional[Path] = typer.Option(None, help="A segmenter model folder; default the shipped one."),
+    detect_every: int = typer.Option(8, help="Detect on every n-th frame (and the last); ROIs are propagated in between by chained phase correlation and every frame is still segmented and registered. 1 = detect in every frame (slower)."),
     reference: Optional[List[str]] = typer.Option(None, help="Reference spectrum for the linear combination fit, as NAME=FILE (XDI or text: energy, normalised mu); repeat for each. Default: the shipped NiO and LiNiO2 for Ni K-edge scans."),
 ):
     """Register every isolated particle of an energy scan and map its chemistry.
@@ -188,12 +219,12 @@ def run(
         stack = read_stack(inputs if len(inputs) > 1 else inputs[0], energies=energies, flats=flats, darks=darks, values=values)
         c.print(f"read      {stack.od.shape[0]} frames of {stack.od.shape[1]} x {stack.od.shape[2]}, {stack.energies_ev[0]:.1f}-{stack.energies_ev[-1]:.1f} eV ({time.perf_counter() - t:.2f} s)")
         px = stack.pixel_size_um
-        if min_radius is None:
-            min_radius = 0.4 / px if px else 7.0
-        if max_radius is None:
-            max_radius = 8.0 / px if px else 60.0
-        binning = int(np.clip(round(min_radius / 5), 1, 4))
-        c.print(f"particles radius {min_radius:.1f}-{max_radius:.1f} px" + (f" ({min_radius * px:.2f}-{max_radius * px:.2f} um)" if px else "") + f", detection binning {binning}")
+        min_radius, max_radius, binning = _radius_range(stack, min_radius, max_radius)
+        if detector == "learned":
+            from .models.detector import detector_binning
+
+            binning = detector_binning(max_radius, binning)
+        c.print(f"particles radius {min_radius:.1f}-{max_radius:.1f} px" + (f" ({min_radius * px:.2f}-{max_radius * px:.2f} um)" if px else "") + f", {detector} detection binned {binning}x")
         refs = None
         if reference:
             from .spectra import read_spectrum
@@ -204,8 +235,16 @@ def run(
                     raise ValueError(f"--reference takes NAME=FILE, got {item!r}")
                 name, path = item.split("=", 1)
                 refs[name] = read_spectrum(path, name=name)
-        opts = PipelineOptions(detect=DetectOptions(min_radius=min_radius, max_radius=max_radius, binning=binning), reference_particle=reference_particle, fuse="all" if save_fused else "ends")
-        result = _run_and_write(stack, out, overwrite=overwrite, run_info=_input_description(stack, inputs), options=opts, save_fused=save_fused, references=refs, segmenter=segmenter)
+        opts = PipelineOptions(
+            detect=DetectOptions(min_radius=min_radius, max_radius=max_radius, binning=binning),
+            reference_particle=reference_particle,
+            fuse="all" if save_fused else "ends",
+            detect_every=detect_every,
+        )
+        result = _run_and_write(
+            stack, out, overwrite=overwrite, run_info=_input_description(stack, inputs), options=opts, save_fused=save_fused,
+            references=refs, detector=detector, segmenter=segmenter, detector_model=detector_model, segmenter_model=segmenter_model,
+        )
         _stage_summary(result)
         if not _STATE["quiet"]:
             from rich.console import Console
@@ -267,7 +306,9 @@ def demo(
     out: Path = typer.Option(Path("demo_output"), "--out", "-o", help="Output folder."),
     preset: str = typer.Option("default", help="Synthetic preset: default, hard or rigid."),
     seed: int = typer.Option(1, help="Random seed of the synthetic scan."),
-    segmenter: str = typer.Option("classical", help="ROI segmentation: 'classical' or 'learned' (the shipped Dual U-Net)."),
+    detector: str = typer.Option("learned", help="Particle detection: 'learned' (the Cycle-GAN generator) or 'classical'."),
+    segmenter: str = typer.Option("learned", help="ROI segmentation: 'learned' (the Dual U-Net) or 'classical'."),
+    detect_every: int = typer.Option(8, help="Detect on every n-th frame (and the last); ROIs propagated in between. 1 = every frame."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ):
     """Make a synthetic scan with ground truth, run the pipeline, report its accuracy.
@@ -290,7 +331,9 @@ def demo(
         stack = Stack(s.optical_density(), s.energies_ev, None, dict(source=f"synthetic:{preset}:seed={seed}", reader="synthetic"))
         c.print(f"synth     {preset} preset, seed {seed}: {stack.od.shape[0]} frames of {stack.od.shape[1]} x {stack.od.shape[2]}, {len(s.truth.radii)} particles ({time.perf_counter() - t:.2f} s)")
         info = dict(command=" ".join(sys.argv), inputs=[f"synthetic preset {preset}"], synthetic=dict(preset=preset, seed=seed, params=params_dict(s.params)), energies_ev=list(map(float, s.energies_ev)))
-        result = _run_and_write(stack, out, overwrite=overwrite, run_info=info, segmenter=segmenter)
+        from .pipeline import PipelineOptions
+
+        result = _run_and_write(stack, out, overwrite=overwrite, run_info=info, detector=detector, segmenter=segmenter, options=PipelineOptions(detect_every=detect_every))
         _stage_summary(result)
         table, summary = evaluate_result(result, s.truth)
         (Path(out) / "accuracy.csv").write_text(table.to_csv(index=False, float_format="%.4f"))
@@ -365,6 +408,8 @@ def series(
     seed: int = typer.Option(0, help="Synthetic seed."),
     workers: Optional[int] = typer.Option(None, help="Start a local dask.distributed cluster with N worker processes."),
     scheduler: Optional[str] = typer.Option(None, help="Address of a running dask.distributed scheduler, or 'sync' to run one scan at a time."),
+    detector: str = typer.Option("learned", help="Particle detection: 'learned' or 'classical'."),
+    segmenter: str = typer.Option("learned", help="ROI segmentation: 'learned' or 'classical'."),
 ):
     """Process an operando series of scans on Dask and follow every particle through it.
 
@@ -385,7 +430,7 @@ def series(
             raise ValueError("give the scans, or --synthetic N")
         _console().print(f"series    {len(sources)} scans -> {out}/")
         t = time.perf_counter()
-        table = run_series(sources, out, scheduler=scheduler, workers=workers)
+        table = run_series(sources, out, scheduler=scheduler, workers=workers, detector=detector, segmenter=segmenter)
         write_series_report(table, out)
         _console().print(f"done      {table['particle'].nunique() if len(table) else 0} particles through {len(sources)} scans ({time.perf_counter() - t:.1f} s); series.csv, series_report.html")
         if synthetic:
@@ -424,7 +469,7 @@ def train_segmenter_cmd(
 
         from .models.segmenter import SegmenterConfig, default_model_dir, train_segmenter
 
-        cfg = SegmenterConfig(n_train=2400, seed=seed)
+        cfg = SegmenterConfig(seed=seed)
         if quick:
             cfg = replace(cfg, n_train=160, n_val=48, epochs=1, width=8)
         if epochs:
@@ -433,6 +478,63 @@ def train_segmenter_cmd(
             cfg = replace(cfg, n_train=n_train)
         target = out or default_model_dir()
         train_segmenter(target, config=cfg, log=_console().print)
+        _console().print(f"model written to {target}/ (config.json, weights.pt, card.md)")
+    except (ValueError, TypeError, OSError) as exc:
+        _fail(exc)
+
+
+@train_app.command("detector")
+def train_detector_cmd(
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Model folder (default: the package's shipped model folder; required with --raw)."),
+    quick: bool = typer.Option(False, help="Small, fast settings (about a minute) for tests and CI."),
+    raw: Optional[List[Path]] = typer.Option(None, help="Your own unlabelled scans (any readable input; repeat): fine-tune the shipped detector on them, unpaired."),
+    init: Optional[Path] = typer.Option(None, help="Model folder to start from (default with --raw: the shipped detector)."),
+    iterations: Optional[int] = typer.Option(None, help="Override the number of iterations."),
+    min_radius: Optional[float] = typer.Option(None, help="With --raw: smallest particle radius (px), as for 'run'."),
+    max_radius: Optional[float] = typer.Option(None, help="With --raw: largest particle radius (px), as for 'run'; sets the binning."),
+    seed: int = typer.Option(0, help="Random seed (data and weights)."),
+):
+    """Train the Cycle-GAN particle detector on generated synthetic frames (and your own, unlabelled).
+
+    Example:
+
+        xanestrack train detector --quick --out my_detector/
+
+        xanestrack train detector --raw ../shared/data/real_txm/ssrl_6-2c_nca --out ssrl_detector/
+        xanestrack run ../shared/data/real_txm/ssrl_6-2c_nca --detector-model ssrl_detector/ --out ssrl/
+    """
+    try:
+        from dataclasses import replace
+
+        from .models.detector import DetectorConfig, default_detector_dir, detector_binning, raw_frames, train_detector
+
+        cfg = DetectorConfig(seed=seed)
+        frames = None
+        if quick:
+            cfg = replace(cfg, iterations=80, n_stacks=4, frames_per_stack=12, n_val_stacks=1)
+        if raw:
+            if out is None:
+                raise ValueError("--raw needs --out: a model fine-tuned on your data is not written into the package")
+            if Path(out).resolve() == default_detector_dir().resolve():
+                raise ValueError("--raw: choose an --out outside the package's model folder")
+            init = init or default_detector_dir()
+            cfg = replace(cfg, iterations=40 if quick else 600, lr=1e-4)
+
+            def binning_for(stack):
+                return detector_binning(_radius_range(stack, min_radius, max_radius)[1])
+
+            frames = raw_frames(raw, binning_for=binning_for, log=_console().print)
+        if iterations:
+            cfg = replace(cfg, iterations=iterations)
+        target = out or default_detector_dir()
+        if out is not None:
+            from .results import atomic_output_dir
+
+            with atomic_output_dir(out) as tmp:  # a folder that exists is refused; nothing half-written is left
+                res = train_detector(tmp, config=cfg, raw=frames, init_dir=init, log=_console().print)
+        else:
+            res = train_detector(target, config=cfg, raw=frames, init_dir=init, log=_console().print)
+        _console().print("validation F1 (synthetic): " + ", ".join(f"{k} {v:.3f}" for k, v in res["f1"].items()))
         _console().print(f"model written to {target}/ (config.json, weights.pt, card.md)")
     except (ValueError, TypeError, OSError) as exc:
         _fail(exc)

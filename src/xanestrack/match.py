@@ -228,7 +228,12 @@ def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = Mat
 
 
 def _frame_step(a, b, max_shift):
-    """Integer shift of frame ``b`` relative to ``a`` by phase correlation (binned frames)."""
+    """Integer shift of frame ``b`` relative to ``a`` by phase correlation (binned frames).
+
+    Returns ``(shift, quality)``: quality is the correlation peak over the spread of the
+    correlation surface (measured ~30-80 between consecutive frames of a scan, ~5 when
+    one of them holds no particles).
+    """
     fa, fb = np.fft.rfft2(a), np.fft.rfft2(b)
     x = fb * np.conj(fa)
     r = np.fft.irfft2(x / (np.abs(x) + 1e-12), s=a.shape)
@@ -236,9 +241,14 @@ def _frame_step(a, b, max_shift):
     yy = np.fft.fftfreq(ny, 1 / ny)
     xx = np.fft.fftfreq(nx, 1 / nx)
     far = (np.abs(yy)[:, None] > max_shift) | (np.abs(xx)[None, :] > max_shift)
+    quality = float(r.max() / (r.std() + 1e-12))
     r[far] = -np.inf
     i = np.unravel_index(np.argmax(r), r.shape)
-    return np.array([yy[i[0]], xx[i[1]]])
+    return np.array([yy[i[0]], xx[i[1]]]), quality
+
+
+#: phase-correlation quality below which a frame-to-frame step is not trusted
+MIN_STEP_QUALITY = 12.0
 
 
 def propagate_common(od, common, examined, *, max_jump: float = 40.0, binning: int = 4):
@@ -270,12 +280,23 @@ def propagate_common(od, common, examined, *, max_jump: float = 40.0, binning: i
     for ka, kb in zip(examined[:-1], examined[1:]):
         if kb - ka < 2:
             continue
-        frames = {k: prep(k) for k in range(ka, kb + 1)}
-        steps = [_frame_step(frames[k - 1], frames[k], max_jump / binning) * binning for k in range(ka + 1, kb + 1)]
-        chain = common[ka] + np.cumsum(steps, axis=0)  # frames ka+1 .. kb
-        miss = common[kb] - chain[-1]
-        for j, k in enumerate(range(ka + 1, kb)):
-            out[k] = chain[j] + miss * (k - ka) / (kb - ka)
+        # chain from the last frame that registered well (a frame without particles,
+        # e.g. beam lost, breaks no chain: it is skipped and filled in afterwards)
+        ref, ref_frame = ka, prep(ka)
+        chain = {ka: common[ka].astype(float)}
+        for k in range(ka + 1, kb + 1):
+            f = prep(k)
+            step, q = _frame_step(ref_frame, f, max_jump / binning * np.sqrt(k - ref))
+            if q >= MIN_STEP_QUALITY:
+                chain[k] = chain[ref] + step * binning
+                ref, ref_frame = k, f
+        if kb not in chain:  # no usable step to the next key frame: plain interpolation
+            chain = {ka: common[ka], kb: common[kb]}
+        miss = common[kb] - chain[kb]
+        good = np.array(sorted(chain))
+        vals = np.array([chain[k] + miss * (k - ka) / (kb - ka) for k in good])
+        for k in range(ka + 1, kb):
+            out[k] = [np.interp(k, good, vals[:, d]) for d in range(2)]
     # before the first / after the last key frame: hold
     out[: examined[0]] = common[examined[0]]
     out[examined[-1] + 1 :] = common[examined[-1]]

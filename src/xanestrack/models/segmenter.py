@@ -242,14 +242,12 @@ class LearnedSegmenter:
         self.model = DualUNet(self.config["width"], self.config["depth"])
         self.model.load_state_dict(torch.load(d / "weights.pt", map_location="cpu", weights_only=True))
         self.model.eval()
+        _fold_batchnorm(self.model)
         # channels-last halves CPU inference time with the same fp32 arithmetic
         self.model = self.model.to(memory_format=torch.channels_last)
         if precision == "auto":
             # bf16 measured 1.8x faster at equal registration accuracy, where the CPU has it natively
-            try:
-                precision = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-            except (AttributeError, RuntimeError):
-                precision = "fp32"
+            precision = "bf16" if bf16_supported() else "fp32"
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
         self.precision = precision
@@ -305,6 +303,32 @@ def _keep_central_stack(p):
     for k in np.flatnonzero(per_frame > 1):
         out[k] = _keep_central(p[k])
     return out
+
+
+def _fold_batchnorm(module):
+    """Fold every eval-mode BatchNorm into the convolution before it (same outputs, fewer passes)."""
+    import torch
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for child in module.children():
+        if isinstance(child, torch.nn.Sequential):
+            layers = list(child)
+            for i in range(len(layers) - 1):
+                if isinstance(layers[i], torch.nn.Conv2d) and isinstance(layers[i + 1], torch.nn.BatchNorm2d):
+                    child[i] = fuse_conv_bn_eval(layers[i], layers[i + 1])
+                    child[i + 1] = torch.nn.Identity()
+        else:
+            _fold_batchnorm(child)
+
+
+def bf16_supported() -> bool:
+    """Whether oneDNN runs bfloat16 natively on this CPU."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _keep_central(p):

@@ -113,11 +113,34 @@ def _summary_path(out, name):
     return Path(out) / "scans" / name / "summary.json"
 
 
-def process_scan(source: ScanSource, out_dir, options=None) -> list:
+_MODELS: dict = {}
+
+
+def _model(kind: str, which: str, options):
+    """The learned detector / segmenter, loaded once per worker process (None: classical)."""
+    if which == "classical":
+        return None
+    if which != "learned":
+        raise ValueError(f"{kind} must be 'classical' or 'learned', got {which!r}")
+    key = (kind, options.detect if kind == "detector" else None)
+    if key not in _MODELS:
+        if kind == "detector":
+            from ..models.detector import LearnedDetector
+
+            _MODELS[key] = LearnedDetector(options=options.detect)
+        else:
+            from ..models.segmenter import LearnedSegmenter
+
+            _MODELS[key] = LearnedSegmenter().segment_rois
+    return _MODELS[key]
+
+
+def process_scan(source: ScanSource, out_dir, options=None, detector: str = "learned", segmenter: str = "learned") -> list:
     """Run the pipeline on one scan, write its results, return its per-particle summary.
 
     If the scan's folder is already complete (a previous, interrupted series), its
-    summary is read back instead.
+    summary is read back instead. ``detector`` / ``segmenter``: "learned" (the
+    shipped models, loaded once per worker) or "classical".
     """
     from ..pipeline import PipelineOptions, run_pipeline
     from ..results import atomic_output_dir, write_results
@@ -127,7 +150,7 @@ def process_scan(source: ScanSource, out_dir, options=None) -> list:
         return json.loads(sp.read_text())["particles"]
     options = options or PipelineOptions(fuse="ends")
     stack = source.load()
-    result = run_pipeline(stack, options=options)
+    result = run_pipeline(stack, options=options, detector=_model("detector", detector, options), segmenter=_model("segmenter", segmenter, options))
     rows = []
     from scipy import ndimage
 
@@ -215,7 +238,17 @@ def link_scans(summary: pd.DataFrame, *, max_jump: float = 120.0, gate: float = 
     return out
 
 
-def run_series(sources, out_dir, *, options=None, scheduler: str | None = None, workers: int | None = None, progress=None) -> pd.DataFrame:
+def run_series(
+    sources,
+    out_dir,
+    *,
+    options=None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    progress=None,
+    detector: str = "learned",
+    segmenter: str = "learned",
+) -> pd.DataFrame:
     """Process every scan (in parallel) and link particles across scans.
 
     Parameters
@@ -227,6 +260,7 @@ def run_series(sources, out_dir, *, options=None, scheduler: str | None = None, 
     scheduler : None, "threads", "sync", or a dask.distributed address
     workers : int, optional
         Start a local dask.distributed cluster with this many worker processes.
+    detector, segmenter : "learned" (default, the shipped models) or "classical"
 
     Returns
     -------
@@ -244,7 +278,7 @@ def run_series(sources, out_dir, *, options=None, scheduler: str | None = None, 
         logger.info("resuming series in %s: %d of %d scans already done", out, done, len(sources))
     out.mkdir(parents=True, exist_ok=True)
     mpath.write_text(json.dumps(manifest, indent=1))
-    tasks = [dask.delayed(process_scan, pure=False)(s, str(out), options) for s in sources]
+    tasks = [dask.delayed(process_scan, pure=False)(s, str(out), options, detector, segmenter) for s in sources]
     client = cluster = None
     try:
         if workers:
