@@ -34,7 +34,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--detector", default="classical", choices=["classical", "learned"])
     ap.add_argument("--segmenter", default="classical", choices=["classical", "learned"])
-    ap.add_argument("--detect-every", type=int, default=8)
+    ap.add_argument("--detect-every", type=int, default=12)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     a = ap.parse_args(argv)
     from xanestrack.pipeline import PipelineOptions

@@ -196,7 +196,7 @@ def run(
     segmenter: str = typer.Option("learned", help="ROI segmentation: 'learned' (the Dual U-Net) or 'classical' (soft threshold)."),
     detector_model: Optional[Path] = typer.Option(None, help="A detector model folder (e.g. from 'train detector --raw'); default the shipped one."),
     segmenter_model: Optional[Path] = typer.Option(None, help="A segmenter model folder; default the shipped one."),
-    detect_every: int = typer.Option(8, help="Detect on every n-th frame (and the last); ROIs are propagated in between by chained phase correlation and every frame is still segmented and registered. 1 = detect in every frame (slower)."),
+    detect_every: int = typer.Option(12, help="Detect on every n-th frame (and the last); ROIs are propagated in between by chained phase correlation and every frame is still segmented and registered. 1 = detect in every frame (slower)."),
     reference: Optional[List[str]] = typer.Option(None, help="Reference spectrum for the linear combination fit, as NAME=FILE (XDI or text: energy, normalised mu); repeat for each. Default: the shipped NiO and LiNiO2 for Ni K-edge scans."),
 ):
     """Register every isolated particle of an energy scan and map its chemistry.
@@ -308,7 +308,7 @@ def demo(
     seed: int = typer.Option(1, help="Random seed of the synthetic scan."),
     detector: str = typer.Option("learned", help="Particle detection: 'learned' (the Cycle-GAN generator) or 'classical'."),
     segmenter: str = typer.Option("learned", help="ROI segmentation: 'learned' (the Dual U-Net) or 'classical'."),
-    detect_every: int = typer.Option(8, help="Detect on every n-th frame (and the last); ROIs propagated in between. 1 = every frame."),
+    detect_every: int = typer.Option(12, help="Detect on every n-th frame (and the last); ROIs propagated in between. 1 = every frame."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ):
     """Make a synthetic scan with ground truth, run the pipeline, report its accuracy.

@@ -73,21 +73,29 @@ def roi_ssim(a, b) -> float:
     return float(structural_similarity(a, b, data_range=hi - lo, win_size=win))
 
 
-def _vote_displacement(prev, cur, max_jump, tol):
-    """Common displacement of point set ``prev`` onto ``cur`` by voting."""
+def _vote_displacement(prev, cur, max_jump, tol, prior=None):
+    """Common displacement of point set ``prev`` onto ``cur`` by voting.
+
+    ``prior`` (the frames' phase-correlation shift, when trusted) breaks ties between
+    equally supported candidates, and replaces a vote that no two particles agree on
+    (with one particle seen in both frames, any pairing "agrees" with itself).
+    """
     if len(prev) == 0 or len(cur) == 0:
-        return np.zeros(2), 0
+        return (np.asarray(prior, float), 0) if prior is not None else (np.zeros(2), 0)
     d = cur[None, :, :] - prev[:, None, :]  # (n_prev, n_cur, 2)
     cand = d[np.hypot(d[..., 0], d[..., 1]) <= max_jump]
     if cand.size == 0:
-        return np.zeros(2), 0
-    best, best_n = np.zeros(2), -1
+        return (np.asarray(prior, float), 0) if prior is not None else (np.zeros(2), 0)
+    best, best_n, best_gap = np.zeros(2), -1, np.inf
     for c in cand:
         moved = prev + c
         dist = np.hypot(*(moved[:, None, :] - cur[None, :, :]).transpose(2, 0, 1))
         n = int((dist.min(axis=1) <= tol).sum())
-        if n > best_n:
-            best, best_n = c, n
+        gap = float(np.hypot(*(c - prior))) if prior is not None else 0.0
+        if n > best_n or (n == best_n and gap < best_gap):
+            best, best_n, best_gap = c, n, gap
+    if prior is not None and best_n < 2 and best_gap > tol:
+        best = np.asarray(prior, float)  # a lone pairing that the frames' shift does not support
     # refine: mean displacement of the agreeing pairs
     moved = prev + best
     dist = np.hypot(*(moved[:, None, :] - cur[None, :, :]).transpose(2, 0, 1))
@@ -96,6 +104,20 @@ def _vote_displacement(prev, cur, max_jump, tol):
     if ok.any():
         best = np.median(cur[j[ok]] - prev[ok], axis=0)
     return best, best_n
+
+
+def _pc_prep(frame, binning, cache={}):  # noqa: B006 (window cache)
+    """A frame prepared for phase correlation: binned, high-passed, Hann-windowed."""
+    from scipy import ndimage
+
+    from .register import bin_frames
+
+    f = bin_frames(frame, binning)
+    f = f - ndimage.gaussian_filter(f, 8)
+    key = f.shape
+    if key not in cache:
+        cache[key] = np.outer(np.hanning(f.shape[0]), np.hanning(f.shape[1])).astype(np.float32)
+    return (f - f.mean()) * cache[key]
 
 
 def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = MatchOptions(), frames=None):
@@ -148,9 +170,16 @@ def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = Mat
             # vote with the tracks of the previous frame (fall back to all alive)
             voters = [t for t in alive if t["last_frame"] == prev_k] or alive
             prev = np.array([t["last"] + common[prev_k] - common[t["last_frame"]] for t in voters]).reshape(-1, 2)
-            # more motion accumulates between key frames
-            disp, n_agree = _vote_displacement(prev, cur, max_jump * np.sqrt(k - prev_k), vote_tol)
-            common[k] = common[prev_k] + (disp if n_agree > 0 else 0)
+            jump = max_jump * np.sqrt(k - prev_k)  # more motion accumulates between key frames
+            disp, n_agree = _vote_displacement(prev, cur, jump, vote_tol)
+            prior = None
+            if n_agree < 2:
+                # no two particles agree: the frames' own shift (phase correlation) decides
+                step, quality = _frame_step(_pc_prep(od[prev_k], 4), _pc_prep(od[k], 4), jump / 4)
+                if quality >= MIN_STEP_QUALITY:
+                    prior = step * 4
+                    disp, n_agree = _vote_displacement(prev, cur, jump, vote_tol, prior=prior)
+            common[k] = common[prev_k] + (disp if (n_agree > 0 or prior is not None) else 0)
         prev_k = k
         if len(cur) == 0:
             continue
@@ -260,22 +289,10 @@ def propagate_common(od, common, examined, *, max_jump: float = 40.0, binning: i
     of the stage between key frames are thus placed in the right frame, and the ROI
     windows of the frames without detection land on their particles.
     """
-    from scipy import ndimage
-
-    n = od.shape[0]
     out = common.copy()
 
-    from .register import bin_frames
-
-    win = None
-
     def prep(k):
-        nonlocal win
-        f = bin_frames(od[k], binning)
-        f = f - ndimage.gaussian_filter(f, 8)
-        if win is None:
-            win = np.outer(np.hanning(f.shape[0]), np.hanning(f.shape[1])).astype(np.float32)
-        return (f - f.mean()) * win
+        return _pc_prep(od[k], binning)
 
     for ka, kb in zip(examined[:-1], examined[1:]):
         if kb - ka < 2:

@@ -62,7 +62,7 @@ class PipelineOptions:
     match: MatchOptions = field(default_factory=MatchOptions)
     segment: SegmentOptions = field(default_factory=SegmentOptions)
     margin: int = 6
-    detect_every: int = 8  # detect on every n-th frame (and the last); ROIs are propagated in between (1: every frame)
+    detect_every: int = 12  # detect on every n-th frame (and the last); ROIs are propagated in between (1: every frame)
     interpolation_order: int = 3
     area_tolerance: float = 0.25
     min_xanes_energies: int = 8

@@ -43,9 +43,13 @@ __all__ = [
     "detector_binning",
 ]
 
-#: binned particle radii the detector is trained for are ~3-28 px; the binning maps
-#: the user's radius range into it
-TRAINED_MAX_RADIUS = 30.0
+#: largest binned particle radius the binning aims at. Trained on binned radii of
+#: ~3-28 px, the detector still outlines the real SSRL particles of up to 27 binned px
+#: radius; the user's largest radius (an upper bound: 8 um by default) is mapped to
+#: 40 binned px, which puts the largest real particles there (r ~ 160 px, binned 7x)
+#: at ~23 px and keeps the small ones (r ~ 30 px) at ~4 px, large enough for the
+#: convexity test (binned 9x, two touching big particles merged, small ones failed it)
+TRAINED_MAX_RADIUS = 40.0
 
 
 def default_detector_dir() -> Path:

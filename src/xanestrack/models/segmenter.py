@@ -275,10 +275,13 @@ class LearnedSegmenter:
                 xb = torch.from_numpy(np.ascontiguousarray(batch[i : i + 64])).to(memory_format=torch.channels_last)
                 _, ml = self.model(xb)
                 pr = torch.sigmoid(ml.float())[:, :, t : t + rh, l : l + rw]
-                if f > 1:  # back to the ROI's pixels (bilinear, pixel centres aligned)
-                    pr = torch.nn.functional.interpolate(pr, size=(h, w), mode="bilinear", align_corners=False)
+                if f > 1:  # back to the ROI's pixels: binned pixel i covers rows f*i .. f*i+f-1
+                    pr = torch.nn.functional.interpolate(pr, scale_factor=f, mode="bilinear", align_corners=False)
                 probs.append(pr.numpy()[:, 0])
-        return _keep_central_stack(np.ascontiguousarray(np.concatenate(probs), dtype=np.float32))
+        p = np.concatenate(probs)
+        if f > 1:  # the rows/columns dropped by the binning: edge values
+            p = np.pad(p, ((0, 0), (0, h - p.shape[1]), (0, w - p.shape[2])), mode="edge")
+        return _keep_central_stack(np.ascontiguousarray(p, dtype=np.float32))
 
 
 def normalise_rois(rois):
