@@ -114,7 +114,7 @@ def test_save_fused_stores_the_whole_fused_stack(synth_dir, tmp_path):
 
 
 def test_train_detector_raw_fine_tunes_a_copy_never_the_package(synth_dir, tmp_path):
-    from xanestrack.models.detector import DetectorConfig, LearnedDetector, default_detector_dir, train_detector
+    from xanestrack.models.detector import DetectorConfig, default_detector_dir, train_detector
 
     base = tmp_path / "base"
     train_detector(base, config=DetectorConfig(width=4, n_blocks=1, disc_width=4, crop=48, batch=2, iterations=4,

@@ -4,7 +4,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from xanestrack.detect import DETECTION_COLUMNS, DetectOptions  # noqa: E402
+from xanestrack.detect import DETECTION_COLUMNS  # noqa: E402
 from xanestrack.evaluate import detection_f1, f1_by_band  # noqa: E402
 from xanestrack.models.detector import (  # noqa: E402
     DetectorConfig,
