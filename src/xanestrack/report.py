@@ -290,7 +290,10 @@ def write_report(folder, *, result=None) -> Path:
             ("command", run.get("command", "")),
             ("reader", run.get("reader", run.get("inputs", ""))),
             ("energies", f"{len(e)} from {e.min():.1f} to {e.max():.1f} eV" if len(e) else "none"),
-            ("detector / segmenter", f"{run.get('detector', 'classical')} / {run.get('segmenter', 'classical')}"),
+            ("detector / segmenter", " / ".join(
+                f"{run.get(k, 'classical')}" + (f" ({run[k + '_model']} model)" if run.get(k + "_model") else "") for k in ("detector", "segmenter")
+            )),
+            ("detection", _detection_text(run.get("parameters", {}).get("detect_every", 1))),
         ],
         columns=["", "value"],
     )
@@ -320,3 +323,10 @@ def write_report(folder, *, result=None) -> Path:
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(out)
     return out
+
+
+def _detection_text(every) -> str:
+    every = int(every)
+    if every <= 1:
+        return "in every frame"
+    return f"on every {every}th frame and the last; the windows of the others placed by phase correlation"
