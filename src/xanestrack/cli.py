@@ -5,7 +5,6 @@ one readable line (``--debug`` shows the traceback).
 """
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -106,31 +105,15 @@ def _particle_table(result, title="particles"):
     return tab
 
 
-def _models(detector, segmenter, options, detector_model=None, segmenter_model=None):
-    """The detector and segmenter callables for the pipeline (None: classical)."""
-    det_fn = seg_fn = None
-    if detector == "learned":
-        from .models.detector import LearnedDetector
-
-        det_fn = LearnedDetector(detector_model, options=options.detect)
-    elif detector != "classical":
-        raise ValueError(f"--detector takes 'classical' or 'learned', got {detector!r}")
-    if segmenter == "learned":
-        from .models.segmenter import LearnedSegmenter
-
-        seg_fn = LearnedSegmenter(segmenter_model).segment_rois
-    elif segmenter != "classical":
-        raise ValueError(f"--segmenter takes 'classical' or 'learned', got {segmenter!r}")
-    return det_fn, seg_fn
-
-
 def _run_and_write(stack, out, *, overwrite, run_info, options=None, detector="learned", segmenter="learned", make_report=True, save_fused=False, references=None, detector_model=None, segmenter_model=None):
     from .pipeline import PipelineOptions, run_pipeline
     from .results import atomic_output_dir, check_output_dir, write_results
 
     check_output_dir(out, overwrite=overwrite)
     options = options or PipelineOptions()
-    det_fn, seg_fn = _models(detector, segmenter, options, detector_model, segmenter_model)
+    from .models import pipeline_models
+
+    det_fn, seg_fn = pipeline_models(detector, segmenter, options=options, detector_model=detector_model, segmenter_model=segmenter_model)
     t0 = time.perf_counter()
     with _Progress(_STATE["quiet"]) as prog:
         result = run_pipeline(stack, options=options, detector=det_fn, segmenter=seg_fn, references=references, progress=prog)

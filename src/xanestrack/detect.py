@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from .register import bin_frames
+
 __all__ = ["DetectOptions", "detect_particles", "detect_stack", "DETECTION_COLUMNS", "foreground_mask", "regions_table", "empty_detections"]
 
 DETECTION_COLUMNS = [
@@ -66,12 +68,6 @@ def _background(img, mask, scale):
     return bg[:ny, :nx]
 
 
-def _bin(img, b):
-    from .register import bin_frames
-
-    return img if b == 1 else bin_frames(img, b)
-
-
 def _threshold(corr, mask, options):
     """Threshold above the noise and at the particles' own contrast.
 
@@ -102,7 +98,7 @@ def foreground_mask(frame, *, options: DetectOptions = DetectOptions()):
     threshold : float
     """
     b = options.binning
-    img = _bin(np.asarray(frame, dtype=np.float32), b)
+    img = bin_frames(np.asarray(frame, dtype=np.float32), b)
     s = ndimage.gaussian_filter(img, options.sigma / b)
     corr = s - np.median(s)
     thr = _threshold(corr, np.zeros(s.shape, bool), options)

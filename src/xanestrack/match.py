@@ -20,6 +20,7 @@ silently dropped or filled with another particle.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -80,12 +81,13 @@ def _vote_displacement(prev, cur, max_jump, tol, prior=None):
     equally supported candidates, and replaces a vote that no two particles agree on
     (with one particle seen in both frames, any pairing "agrees" with itself).
     """
+    nothing = (np.zeros(2) if prior is None else np.asarray(prior, float)), 0
     if len(prev) == 0 or len(cur) == 0:
-        return (np.asarray(prior, float), 0) if prior is not None else (np.zeros(2), 0)
+        return nothing
     d = cur[None, :, :] - prev[:, None, :]  # (n_prev, n_cur, 2)
     cand = d[np.hypot(d[..., 0], d[..., 1]) <= max_jump]
     if cand.size == 0:
-        return (np.asarray(prior, float), 0) if prior is not None else (np.zeros(2), 0)
+        return nothing
     best, best_n, best_gap = np.zeros(2), -1, np.inf
     for c in cand:
         moved = prev + c
@@ -106,7 +108,16 @@ def _vote_displacement(prev, cur, max_jump, tol, prior=None):
     return best, best_n
 
 
-def _pc_prep(frame, binning, cache={}):  # noqa: B006 (window cache)
+#: binning of the frames registered by phase correlation (ROI propagation, vote fallback)
+PC_BINNING = 4
+
+
+@lru_cache(maxsize=8)
+def _hann(shape):
+    return np.outer(np.hanning(shape[0]), np.hanning(shape[1])).astype(np.float32)
+
+
+def _pc_prep(frame, binning=PC_BINNING):
     """A frame prepared for phase correlation: binned, high-passed, Hann-windowed."""
     from scipy import ndimage
 
@@ -114,10 +125,7 @@ def _pc_prep(frame, binning, cache={}):  # noqa: B006 (window cache)
 
     f = bin_frames(frame, binning)
     f = f - ndimage.gaussian_filter(f, 8)
-    key = f.shape
-    if key not in cache:
-        cache[key] = np.outer(np.hanning(f.shape[0]), np.hanning(f.shape[1])).astype(np.float32)
-    return (f - f.mean()) * cache[key]
+    return (f - f.mean()) * _hann(f.shape)
 
 
 def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = MatchOptions(), frames=None):
@@ -175,9 +183,9 @@ def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = Mat
             prior = None
             if n_agree < 2:
                 # no two particles agree: the frames' own shift (phase correlation) decides
-                step, quality = _frame_step(_pc_prep(od[prev_k], 4), _pc_prep(od[k], 4), jump / 4)
+                step, quality = _frame_step(_pc_prep(od[prev_k]), _pc_prep(od[k]), jump / PC_BINNING)
                 if quality >= MIN_STEP_QUALITY:
-                    prior = step * 4
+                    prior = step * PC_BINNING
                     disp, n_agree = _vote_displacement(prev, cur, jump, vote_tol, prior=prior)
             common[k] = common[prev_k] + (disp if (n_agree > 0 or prior is not None) else 0)
         prev_k = k
@@ -280,7 +288,7 @@ def _frame_step(a, b, max_shift):
 MIN_STEP_QUALITY = 12.0
 
 
-def propagate_common(od, common, examined, *, max_jump: float = 40.0, binning: int = 4):
+def propagate_common(od, common, examined, *, max_jump: float = 40.0, binning: int = PC_BINNING):
     """Common shift of the frames between key frames, by chained phase correlation.
 
     Consecutive frames (one energy step apart, so nearly alike) are registered on
@@ -290,19 +298,15 @@ def propagate_common(od, common, examined, *, max_jump: float = 40.0, binning: i
     windows of the frames without detection land on their particles.
     """
     out = common.copy()
-
-    def prep(k):
-        return _pc_prep(od[k], binning)
-
     for ka, kb in zip(examined[:-1], examined[1:]):
         if kb - ka < 2:
             continue
         # chain from the last frame that registered well (a frame without particles,
         # e.g. beam lost, breaks no chain: it is skipped and filled in afterwards)
-        ref, ref_frame = ka, prep(ka)
+        ref, ref_frame = ka, _pc_prep(od[ka], binning)
         chain = {ka: common[ka].astype(float)}
         for k in range(ka + 1, kb + 1):
-            f = prep(k)
+            f = _pc_prep(od[k], binning)
             step, q = _frame_step(ref_frame, f, max_jump / binning * np.sqrt(k - ref))
             if q >= MIN_STEP_QUALITY:
                 chain[k] = chain[ref] + step * binning

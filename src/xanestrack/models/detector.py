@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ..register import bin_frames
+
 __all__ = [
     "DetectorConfig",
     "normalise_frame",
@@ -79,12 +81,6 @@ class DetectorConfig:
     n_val_stacks: int = 2
     binning: int = 2
     seed: int = 0
-
-
-def _bin(img, b):
-    from ..register import bin_frames
-
-    return bin_frames(img, b)
 
 
 def normalise_frame(binned):
@@ -140,8 +136,8 @@ def make_detector_frames(n_stacks: int, frames_per_stack: int, *, seed: int, bin
         s = _synthetic_scan(rng, 100 + seed * 1000 + i, frames_per_stack)
         od = s.optical_density()
         for k in range(od.shape[0]):
-            frames.append(normalise_frame(_bin(od[k], binning)))
-            masks.append(np.where(_bin(s.truth.frame_masks[k], binning) >= 0.5, 1.0, -1.0).astype(np.float32))
+            frames.append(normalise_frame(bin_frames(od[k], binning)))
+            masks.append(np.where(bin_frames(s.truth.frame_masks[k], binning) >= 0.5, 1.0, -1.0).astype(np.float32))
         stacks.append(s)
         if progress:
             progress(i + 1, n_stacks)
@@ -163,7 +159,7 @@ def raw_frames(paths, *, binning_for=None, log=print):
         od, _ = sanitize_stack(st.od, source=str(p))
         b = binning_for(st) if binning_for else 2
         for k in range(od.shape[0]):
-            out.append(normalise_frame(_bin(od[k], b)))
+            out.append(normalise_frame(bin_frames(od[k], b)))
         log(f"{p}: {od.shape[0]} frames of {od.shape[1]} x {od.shape[2]} px, binned {b}x")
     return out
 
@@ -235,16 +231,12 @@ def _foreground(prob_map, closing: int = CLOSING_RADIUS):
 
 
 def _pixel_iou(model, frames, masks):
-    import torch
-
     inter = union = 0
     model.eval()
-    with torch.inference_mode():
-        for f, m in zip(frames, masks):
-            p = _predict_maps(model, [f])[0]
-            a, b = _foreground(p), m > 0
-            inter += int((a & b).sum())
-            union += int((a | b).sum())
+    for p, m in zip(_predict_maps(model, frames), masks):
+        a, b = _foreground(p), m > 0
+        inter += int((a & b).sum())
+        union += int((a | b).sum())
     return inter / max(union, 1)
 
 
@@ -256,7 +248,6 @@ def _predict_maps(model, frames, batch: int = 4, precision: str = "fp32"):
     """
     import torch
 
-    out = []
     groups = {}
     for i, f in enumerate(frames):
         groups.setdefault(f.shape, []).append(i)
@@ -272,8 +263,7 @@ def _predict_maps(model, frames, batch: int = 4, precision: str = "fp32"):
                     y = model(torch.from_numpy(x)).float().numpy()[:, 0, :h, :w]
                 for i, yy in zip(sel, y):
                     res[i] = yy
-    out = res
-    return out
+    return res
 
 
 def _f1_on_stacks(model, stacks, binning):
@@ -532,7 +522,10 @@ class LearnedDetector:
     def maps(self, od, frames=None):
         """The forward generator's maps (binned frames, > 0 = particle)."""
         idx = list(range(od.shape[0])) if frames is None else list(frames)
-        return _predict_maps(self.model, [normalise_frame(_bin(od[k], self.binning)) for k in idx], precision=self.precision)
+        return self._maps([bin_frames(od[k], self.binning) for k in idx])
+
+    def _maps(self, binned):
+        return _predict_maps(self.model, [normalise_frame(x) for x in binned], precision=self.precision)
 
     def __call__(self, od, frames=None, progress=None):
         import pandas as pd
@@ -547,9 +540,8 @@ class LearnedDetector:
         chunk = 16
         for s in range(0, len(idx), chunk):
             sel = idx[s : s + chunk]
-            binned = [_bin(od[k], self.binning) for k in sel]
-            maps = _predict_maps(self.model, [normalise_frame(x) for x in binned], precision=self.precision)
-            for k, x, m in zip(sel, binned, maps):
+            binned = [bin_frames(od[k], self.binning) for k in sel]
+            for k, x, m in zip(sel, binned, self._maps(binned)):
                 corr = x - np.median(x)
                 out.append(regions_table(_foreground(m), corr, frame_index=k, binning=self.binning, options=self.options))
             if progress is not None:

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ..register import bin_frames
+
 __all__ = ["SegmenterConfig", "make_training_rois", "train_segmenter", "LearnedSegmenter", "default_model_dir"]
 
 CANVAS = 64
@@ -45,11 +47,8 @@ class SegmenterConfig:
 
 def normalise_roi(roi):
     """(roi - ring median) / robust peak; returns (normalised, offset, scale)."""
-    ring = np.concatenate([roi[:3].ravel(), roi[-3:].ravel(), roi[:, :3].ravel(), roi[:, -3:].ravel()])
-    off = float(np.median(ring))
-    scale = float(np.percentile(roi - off, 99))
-    scale = max(scale, 1e-3)
-    return ((roi - off) / scale).astype(np.float32), off, scale
+    x, off, scale = normalise_rois(np.asarray(roi)[None], return_scale=True)
+    return x[0], float(off[0]), float(scale[0])
 
 
 def _pad(a, size, value=None):
@@ -59,15 +58,6 @@ def _pad(a, size, value=None):
     if value is None:
         return np.pad(a, ((t, py - t), (l, px - l)), mode="edge"), (t, l)
     return np.pad(a, ((t, py - t), (l, px - l)), constant_values=value), (t, l)
-
-
-def _bin_roi(a, f):
-    """Bin the last two axes by ``f`` (trailing rows/columns dropped)."""
-    if f <= 1:
-        return a
-    h, w = (a.shape[-2] // f) * f, (a.shape[-1] // f) * f
-    a = a[..., :h, :w]
-    return a.reshape(*a.shape[:-2], h // f, f, w // f, f).mean(axis=(-3, -1))
 
 
 def make_training_rois(n: int, *, seed: int, canvas: int = CANVAS, progress=None):
@@ -110,7 +100,7 @@ def make_training_rois(n: int, *, seed: int, canvas: int = CANVAS, progress=None
             tgt_c[ys:ye, xs:xe] = cln[ys - dy : ye - dy, xs - dx : xe - dx]
             # ROIs larger than the canvas are binned, as at inference
             f = int(np.ceil(roi.shape[0] / canvas))
-            roi, tgt_c, tgt_m = (_bin_roi(a, f) for a in (roi, tgt_c, tgt_m))
+            roi, tgt_c, tgt_m = (bin_frames(a, f) for a in (roi, tgt_c, tgt_m))
             x, off, scale = normalise_roi(roi)
             X.append(_pad(x, canvas)[0])
             C.append(_pad(tgt_c / scale, canvas, 0.0)[0])
@@ -265,7 +255,7 @@ class LearnedSegmenter:
         f = int(np.ceil(max(h, w) / self.canvas))  # large ROIs: predict on a binned copy
         # the network was trained on ROIs padded to its canvas: predict in that same context
         size = max(self.canvas, int(np.ceil(max(int(np.ceil(h / f)), int(np.ceil(w / f))) / 16) * 16))
-        x = normalise_rois(_bin_roi(rois, f))
+        x = normalise_rois(bin_frames(rois, f))
         rh, rw = x.shape[1:]
         t, l = (size - rh) // 2, (size - rw) // 2
         batch = np.pad(x, ((0, 0), (t, size - rh - t), (l, size - rw - l)), mode="edge")[:, None]
@@ -284,20 +274,22 @@ class LearnedSegmenter:
         return _keep_central_stack(np.ascontiguousarray(p, dtype=np.float32))
 
 
-def normalise_rois(rois):
-    """:func:`normalise_roi` of every ROI of a stack ``(n, h, w)`` at once."""
-    ring = np.concatenate([rois[:, :3].reshape(len(rois), -1), rois[:, -3:].reshape(len(rois), -1),
-                           rois[:, :, :3].reshape(len(rois), -1), rois[:, :, -3:].reshape(len(rois), -1)], axis=1)
+def normalise_rois(rois, *, return_scale: bool = False):
+    """Every ROI of a stack ``(n, h, w)``: (roi - median of its 3-px ring) / 99th percentile."""
+    n = len(rois)
+    ring = np.concatenate([rois[:, :3].reshape(n, -1), rois[:, -3:].reshape(n, -1),
+                           rois[:, :, :3].reshape(n, -1), rois[:, :, -3:].reshape(n, -1)], axis=1)
     off = np.median(ring, axis=1)
-    scale = np.maximum(np.percentile((rois - off[:, None, None]).reshape(len(rois), -1), 99, axis=1), 1e-3)
-    return ((rois - off[:, None, None]) / scale[:, None, None]).astype(np.float32)
+    scale = np.maximum(np.percentile((rois - off[:, None, None]).reshape(n, -1), 99, axis=1), 1e-3)
+    x = ((rois - off[:, None, None]) / scale[:, None, None]).astype(np.float32)
+    return (x, off, scale) if return_scale else x
 
 
 def _keep_central_stack(p):
     """:func:`_keep_central` of every ROI: one labelling of the stack (no links across ROIs)."""
     struct = np.zeros((3, 3, 3), bool)
     struct[1] = ndimage.generate_binary_structure(2, 1)
-    lab, nlab = ndimage.label(p > 0.5, structure=struct)
+    lab, _ = ndimage.label(p > 0.5, structure=struct)
     per_frame = np.zeros(len(p), int)
     for sl in ndimage.find_objects(lab):
         per_frame[sl[0].start] += 1

@@ -116,22 +116,13 @@ def _summary_path(out, name):
 _MODELS: dict = {}
 
 
-def _model(kind: str, which: str, options):
-    """The learned detector / segmenter, loaded once per worker process (None: classical)."""
-    if which == "classical":
-        return None
-    if which != "learned":
-        raise ValueError(f"{kind} must be 'classical' or 'learned', got {which!r}")
-    key = (kind, options.detect if kind == "detector" else None)
+def _models(detector: str, segmenter: str, options):
+    """The pipeline's model callables, loaded once per worker process."""
+    key = (detector, segmenter, options.detect)
     if key not in _MODELS:
-        if kind == "detector":
-            from ..models.detector import LearnedDetector
+        from ..models import pipeline_models
 
-            _MODELS[key] = LearnedDetector(options=options.detect)
-        else:
-            from ..models.segmenter import LearnedSegmenter
-
-            _MODELS[key] = LearnedSegmenter().segment_rois
+        _MODELS[key] = pipeline_models(detector, segmenter, options=options)
     return _MODELS[key]
 
 
@@ -150,7 +141,8 @@ def process_scan(source: ScanSource, out_dir, options=None, detector: str = "lea
         return json.loads(sp.read_text())["particles"]
     options = options or PipelineOptions(fuse="ends")
     stack = source.load()
-    result = run_pipeline(stack, options=options, detector=_model("detector", detector, options), segmenter=_model("segmenter", segmenter, options))
+    det_fn, seg_fn = _models(detector, segmenter, options)
+    result = run_pipeline(stack, options=options, detector=det_fn, segmenter=seg_fn)
     rows = []
     from scipy import ndimage
 
