@@ -22,17 +22,68 @@ def test_rigid_and_nonrigid_split_known_answer():
     own[:, 1, 0] = 0.1 * k**1.5  # particle 1 deforms vertically
     m = compute_motion(_tracks(rigid, own))
     g0 = m[m.particle == 0].sort_values("frame")
-    assert np.allclose(g0[["rigid_dy", "rigid_dx"]], rigid, atol=1e-9)
+    # the common motion is a robust (least absolute deviation) similarity fit: the
+    # deforming particle leaks into it by less than 0.01 px
+    assert np.allclose(g0[["rigid_dy", "rigid_dx"]], rigid, atol=0.01)
     g1 = m[m.particle == 1].sort_values("frame")
-    assert np.allclose(g1["nonrigid_dy"], own[:, 1, 0], atol=1e-9)
+    assert np.allclose(g1["nonrigid_dy"], own[:, 1, 0], atol=0.01)
     assert np.allclose(g1["vy"].iloc[1:-1], 0.5 + 0.15 * k[1:-1] ** 0.5, atol=0.05)
     assert m.attrs["reference_particle"] in (0, 2)
-    assert np.allclose(g1["rel_dy"], own[:, 1, 0], atol=1e-9)
+    assert np.allclose(g1["rel_dy"], own[:, 1, 0], atol=1e-9)  # relative motion is exact
     r = peak_ratios(m).set_index("particle")
-    assert r.loc[1, "ratio_v"] > 0.5 and r.loc[0, "ratio_v"] < 1e-6
+    assert r.loc[1, "ratio_v"] > 0.5 and r.loc[0, "ratio_v"] < 0.05
 
 
 def test_unknown_reference_particle_is_refused():
     t = _tracks(np.zeros((5, 2)), np.zeros((5, 2, 2)))
     with pytest.raises(ValueError, match="reference_particle 7"):
         compute_motion(t, reference_particle=7)
+
+
+def _scene(n=40, m=10, seed=0):
+    rng = np.random.default_rng(seed)
+    src = rng.uniform(20, 440, (m, 2))
+    centre = np.array([229.5, 229.5])
+    scale = 1 + np.linspace(0, 0.01, n)  # 1 % magnification across the scan
+    jitter = np.cumsum(rng.normal(0, 1.5, (n, 2)), axis=0)
+    P = centre + jitter[:, None] + scale[:, None, None] * (src[None] - centre)
+    return P, centre, scale
+
+
+def _table(P):
+    n, m = P.shape[:2]
+    return pd.DataFrame([(j, k, P[k, j, 0], P[k, j, 1]) for k in range(n) for j in range(m)], columns=["particle", "frame", "y", "x"])
+
+
+def test_pure_magnification_is_not_nonrigid():
+    P, centre, scale = _scene()
+    m = compute_motion(_table(P), centre=centre)
+    assert np.abs(m[["nonrigid_dy", "nonrigid_dx"]].to_numpy()).max() < 1e-6
+    sim = m.attrs["similarity"]
+    assert np.allclose(sim["scale"], scale, atol=1e-9)
+    # the old translation-only split called up to 2 px of this motion non-rigid
+    d = P - P[0]
+    assert np.abs(d - np.median(d, axis=1, keepdims=True)).max() > 1.0
+
+
+def test_one_drifting_particle_does_not_pull_the_common_similarity():
+    P, centre, scale = _scene(seed=1)
+    P[:, 3] += np.linspace(0, 12, P.shape[0])[:, None]
+    m = compute_motion(_table(P), centre=centre)
+    nr = m.groupby("particle")[["nonrigid_dy", "nonrigid_dx"]].apply(lambda g: np.abs(g.to_numpy()).max())
+    assert nr.drop(3).max() < 0.01
+    assert abs(nr[3] - 12) < 0.01
+    assert np.allclose(m.attrs["similarity"]["scale"], scale, atol=1e-4)
+
+
+def test_similarity_recovers_a_rotation_when_asked():
+    from xanestrack.motion import fit_similarity
+
+    rng = np.random.default_rng(2)
+    src = rng.uniform(0, 400, (8, 2))
+    th = 0.01
+    R = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+    c = np.array([200.0, 200.0])
+    dst = c + np.array([3.0, -2.0]) + 1.005 * (src - c) @ R.T
+    t, s, theta = fit_similarity(src, dst, rotation=True, centre=c)
+    assert np.allclose(t, [3, -2]) and abs(s - 1.005) < 1e-9 and abs(theta - th) < 1e-9

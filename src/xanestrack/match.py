@@ -1,21 +1,15 @@
 """ROI matching across frames: each particle keeps its identity through the scan.
 
-Frames are linked in energy order. Between a frame and the tracks built so far:
+The frames the detector examined are linked in energy order by the one linker of the
+package, :func:`xanestrack.linking.link` (common displacement by voting, each track
+predicted from its own recent motion plus the common one, Hungarian assignment), with
+the paper's criterion as the extra score: the SSIM of the two ROIs, computed on
+contrast-normalised ROIs so that the contrast change across the edge does not break it.
 
-1. the common (rigid) displacement is found by voting: every pairing of a track with
-   a detection within ``max_jump`` proposes a displacement, and the one that brings
-   most tracks onto a detection wins (stage jumps move every particle alike);
-2. each track's position is predicted with that displacement, and track-detection
-   pairs are scored by their residual distance (gated by ``gate``, widened for tracks
-   missing in recent frames), by the SSIM of the two ROIs (the paper's criterion,
-   computed on contrast-normalised ROIs so that the contrast change across the edge
-   does not break it) and by their size ratio;
-3. the optimal assignment (Hungarian) links them; unlinked detections start tracks.
-
-Tracks present in fewer than ``min_track_fraction`` of the frames are dropped (and
-returned as rejected), the others keep their gaps: frames where a particle was not
-detected are listed with ``detected = False`` and a predicted position, never
-silently dropped or filled with another particle.
+Tracks present in fewer than ``min_track_fraction`` of the examined frames are dropped
+(and returned as rejected), the others keep their gaps: frames where a particle was not
+detected are listed with ``detected = False`` and a predicted position, never silently
+dropped or filled with another particle.
 """
 from __future__ import annotations
 
@@ -24,14 +18,40 @@ from functools import lru_cache
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import linear_sum_assignment
 
 __all__ = ["MatchOptions", "link_detections", "roi_ssim", "propagate_common"]
 
 
 @dataclass(frozen=True)
 class MatchOptions:
-    """Options of the frame-to-frame linking (lengths in pixels)."""
+    """Options of the frame-to-frame linking (lengths in pixels).
+
+    Attributes
+    ----------
+    max_jump : float or None
+        Largest common displacement between consecutive frames; ``None``: 40 px or 8 % of
+        the field of view. Grows with the square root of the key-frame spacing.
+    gate : float
+        Smallest search radius around a track's predicted position (grows with the
+        fourth root of the key-frame spacing).
+    gate_fraction : float
+        The search radius is at least this fraction of the particle's radius.
+    gap_gate_growth : float
+        Relative growth of the search radius per examined frame the particle was missed.
+    ssim_weight, size_weight : float
+        Weights of ``1 - SSIM`` and ``|log(area ratio)|`` in the assignment cost.
+    min_ssim : float
+        Below this SSIM a link is refused unless the position is convincing.
+    min_track_fraction : float
+        Tracks seen in fewer than this fraction of the examined frames are rejected.
+    vote_tolerance, vote_fraction : float
+        Agreement distance of the common-displacement vote: the larger of the two
+        (``vote_fraction`` times the median radius).
+    max_gap : int
+        Examined frames a track waits for its particle.
+    velocity_damping : float
+        Share of a particle's own velocity carried into its predicted position.
+    """
 
     max_jump: float | None = None
     gate: float = 8.0
@@ -44,6 +64,7 @@ class MatchOptions:
     vote_tolerance: float = 3.0
     vote_fraction: float = 0.15
     max_gap: int = 10_000  # a track waits for its particle through the whole scan (gate widens with the gap)
+    velocity_damping: float = 0.8  # share of a particle's own velocity carried into its predicted position
 
 
 def _patch(frame, y, x, half):
@@ -74,40 +95,6 @@ def roi_ssim(a, b) -> float:
     return float(structural_similarity(a, b, data_range=hi - lo, win_size=win))
 
 
-def _vote_displacement(prev, cur, max_jump, tol, prior=None):
-    """Common displacement of point set ``prev`` onto ``cur`` by voting.
-
-    ``prior`` (the frames' phase-correlation shift, when trusted) breaks ties between
-    equally supported candidates, and replaces a vote that no two particles agree on
-    (with one particle seen in both frames, any pairing "agrees" with itself).
-    """
-    nothing = (np.zeros(2) if prior is None else np.asarray(prior, float)), 0
-    if len(prev) == 0 or len(cur) == 0:
-        return nothing
-    d = cur[None, :, :] - prev[:, None, :]  # (n_prev, n_cur, 2)
-    cand = d[np.hypot(d[..., 0], d[..., 1]) <= max_jump]
-    if cand.size == 0:
-        return nothing
-    best, best_n, best_gap = np.zeros(2), -1, np.inf
-    for c in cand:
-        moved = prev + c
-        dist = np.hypot(*(moved[:, None, :] - cur[None, :, :]).transpose(2, 0, 1))
-        n = int((dist.min(axis=1) <= tol).sum())
-        gap = float(np.hypot(*(c - prior))) if prior is not None else 0.0
-        if n > best_n or (n == best_n and gap < best_gap):
-            best, best_n, best_gap = c, n, gap
-    if prior is not None and best_n < 2 and best_gap > tol:
-        best = np.asarray(prior, float)  # a lone pairing that the frames' shift does not support
-    # refine: mean displacement of the agreeing pairs
-    moved = prev + best
-    dist = np.hypot(*(moved[:, None, :] - cur[None, :, :]).transpose(2, 0, 1))
-    j = dist.argmin(axis=1)
-    ok = dist[np.arange(len(prev)), j] <= tol
-    if ok.any():
-        best = np.median(cur[j[ok]] - prev[ok], axis=0)
-    return best, best_n
-
-
 #: binning of the frames registered by phase correlation (ROI propagation, vote fallback)
 PC_BINNING = 4
 
@@ -131,6 +118,10 @@ def _pc_prep(frame, binning=PC_BINNING):
 def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = MatchOptions(), frames=None):
     """Link per-frame detections of isolated particles into tracks.
 
+    The linking itself is :func:`xanestrack.linking.link` (the same linker joins particles
+    across the scans of a series), with the SSIM of contrast-normalised ROIs as the
+    extra score and the frames' phase correlation as the prior of the common vote.
+
     Parameters
     ----------
     detections : DataFrame
@@ -148,116 +139,94 @@ def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = Mat
     tracks : DataFrame
         One row per particle per frame: ``particle, frame, y, x, area, radius,
         detected, examined, ssim``; for frames where the particle was not detected,
-        ``y, x`` is the predicted position and ``detected`` is False.
+        ``y, x`` is the predicted position (the particle's own positions less the common
+        shift, interpolated between the frames where it was seen, plus the common shift)
+        and ``detected`` is False.
     rejected : DataFrame
         Tracks too short to keep: ``track, n_frames, y, x`` (mean position).
     common_shift : ndarray (n_frames, 2)
         The voted common displacement of each frame relative to frame 0.
     """
+    from .linking import LinkOptions, link
+
     n_frames = od.shape[0]
-    # tolerances grow with the particles (a centroid moves more with contrast on a big one)
-    # and the largest jump with the field of view (stage/optics jitter scales with it)
-    max_jump = options.max_jump if options.max_jump is not None else max(40.0, 0.08 * max(od.shape[1:]))
-    med_r = float(np.nanmedian(detections["radius"])) if len(detections) else 10.0
-    vote_tol = max(options.vote_tolerance, options.vote_fraction * med_r)
-    det = detections[detections["isolated"]] if len(detections) else detections
-    by_frame = {k: g for k, g in det.groupby("frame")} if len(det) else {}
-    tracks: list[dict] = []  # each: rows, last (y, x), last_frame, patch, radius
-    rows = []
-    common = np.zeros((n_frames, 2))
     examined = np.arange(n_frames) if frames is None else np.unique(np.asarray(frames, int))
     if examined.size == 0 or examined[0] < 0 or examined[-1] >= n_frames:
         raise ValueError(f"frames must be indices in [0, {n_frames}), got {frames!r}")
-    prev_k = None
-    for k in examined:
-        g = by_frame.get(k)
-        cur = g[["y", "x"]].to_numpy(dtype=float) if g is not None else np.zeros((0, 2))
-        # tracks seen recently, predicted at the common shift since they were seen
-        alive = [t for t in tracks if k - t["last_frame"] <= options.max_gap]
-        if prev_k is not None:
-            # vote with the tracks of the previous frame (fall back to all alive)
-            voters = [t for t in alive if t["last_frame"] == prev_k] or alive
-            prev = np.array([t["last"] + common[prev_k] - common[t["last_frame"]] for t in voters]).reshape(-1, 2)
-            jump = max_jump * np.sqrt(k - prev_k)  # more motion accumulates between key frames
-            disp, n_agree = _vote_displacement(prev, cur, jump, vote_tol)
-            prior = None
-            if n_agree < 2:
-                # no two particles agree: the frames' own shift (phase correlation) decides
-                step, quality = _frame_step(_pc_prep(od[prev_k]), _pc_prep(od[k]), jump / PC_BINNING)
-                if quality >= MIN_STEP_QUALITY:
-                    prior = step * PC_BINNING
-                    disp, n_agree = _vote_displacement(prev, cur, jump, vote_tol, prior=prior)
-            common[k] = common[prev_k] + (disp if (n_agree > 0 or prior is not None) else 0)
-        prev_k = k
-        if len(cur) == 0:
-            continue
-        pred = np.array([t["last"] + common[k] - common[t["last_frame"]] for t in alive]).reshape(-1, 2)
-        cost = np.full((len(alive), len(cur)), np.inf)
-        ssim = np.full((len(alive), len(cur)), np.nan)
-        for i, t in enumerate(alive):
-            gap = int(np.searchsorted(examined, k) - np.searchsorted(examined, t["last_frame"])) - 1
-            gate = max(options.gate, options.gate_fraction * t["radius"]) * (1 + options.gap_gate_growth * gap)
-            dist = np.hypot(*(cur - pred[i]).T)
-            for j in np.flatnonzero(dist <= gate):
-                half = t["half"]
-                s = roi_ssim(t["patch"], _patch(od[k], cur[j, 0], cur[j, 1], half))
-                ssim[i, j] = s
-                # low SSIM vetoes a link only when the position is not already convincing
-                # (small particles in noisy pre-edge frames have low SSIM to themselves)
-                if s < options.min_ssim and dist[j] > 0.5 * gate:
-                    continue
-                size = abs(np.log(g["area"].iloc[j] / t["area"]))
-                cost[i, j] = dist[j] / gate + options.ssim_weight * (1 - s) + options.size_weight * size
-        assigned = set()
-        if len(alive):
-            big = 1e6
-            c = np.where(np.isfinite(cost), cost, big)
-            ri, ci = linear_sum_assignment(c)
-            for i, j in zip(ri, ci):
-                if c[i, j] >= big:
-                    continue
-                t = alive[i]
-                _update(t, g.iloc[j], od[k], k)
-                t["rows"].append((k, cur[j, 0], cur[j, 1], g["area"].iloc[j], g["radius"].iloc[j], True, ssim[i, j]))
-                assigned.add(j)
-        for j in range(len(cur)):
-            if j in assigned:
-                continue
-            r = g.iloc[j]
-            t = {"rows": [], "id": len(tracks)}
-            _update(t, r, od[k], k)
-            t["rows"].append((k, r["y"], r["x"], r["area"], r["radius"], True, np.nan))
-            tracks.append(t)
+    # tolerances grow with the particles (a centroid moves more with contrast on a big one)
+    # and the largest jump with the field of view (stage/optics jitter scales with it)
+    max_jump = options.max_jump if options.max_jump is not None else max(40.0, 0.08 * max(od.shape[1:]))
+    det = detections[detections["isolated"]] if len(detections) else detections
+    by_frame = {k: g.reset_index(drop=True) for k, g in det.groupby("frame")} if len(det) else {}
+    empty = pd.DataFrame(columns=["y", "x", "radius", "area"], dtype=float)
+    objects = [by_frame.get(int(k), empty) for k in examined]
+    # more motion accumulates between key frames: the gate and the jump grow with the step
+    step = float(np.median(np.diff(examined))) if examined.size > 1 else 1.0
+    lopt = LinkOptions(
+        max_jump=max_jump * np.sqrt(step),
+        gate=options.gate * step**0.25,
+        gate_fraction=options.gate_fraction,
+        gap_gate_growth=options.gap_gate_growth,
+        max_gap=options.max_gap,
+        vote_tolerance=options.vote_tolerance,
+        vote_fraction=options.vote_fraction,
+        size_weight=options.size_weight,
+        score_weight=options.ssim_weight,
+        min_score=options.min_ssim,
+        velocity_damping=options.velocity_damping,
+    )
+
+    def on_link(tr, t, j):
+        r = objects[t].iloc[j]
+        if "half" not in tr.data:
+            tr.data["half"] = int(np.ceil(r["radius"] * 1.3)) + 4
+        tr.data["patch"] = _patch(od[examined[t]], r["y"], r["x"], tr.data["half"])
+        tr.data.setdefault("rows", []).append(r)
+
+    ssim_of = {}
+
+    def score(tr, t, j):
+        r = objects[t].iloc[j]
+        s = roi_ssim(tr.data["patch"], _patch(od[examined[t]], r["y"], r["x"], tr.data["half"]))
+        ssim_of[(tr.id, t, j)] = s
+        return s
+
+    def prior(ta, tb):
+        ka, kb = examined[ta], examined[tb]
+        jump = max_jump * np.sqrt(kb - ka)
+        st, quality = _frame_step(_pc_prep(od[ka]), _pc_prep(od[kb]), jump / PC_BINNING)
+        return st * PC_BINNING if quality >= MIN_STEP_QUALITY else None
+
+    ids, common_ex, tracks = link(objects, options=lopt, score=score, prior=prior, on_link=on_link)
+    common = np.zeros((n_frames, 2))
+    common[examined] = common_ex
     if examined.size < n_frames:
         common = propagate_common(od, common, examined, max_jump=max_jump)
     seen = set(examined.tolist())
     kept, rejected = [], []
-    for t in tracks:
-        n = len(t["rows"])
+    for tr in tracks:
+        n = len(tr.times)
         if n >= options.min_track_fraction * examined.size:
-            kept.append(t)
+            kept.append(tr)
         else:
-            arr = np.array([r[1:3] for r in t["rows"]])
-            rejected.append((t["id"], n, arr[:, 0].mean(), arr[:, 1].mean()))
+            arr = np.asarray(tr.positions, float)
+            rejected.append((tr.id, n, arr[:, 0].mean(), arr[:, 1].mean()))
     # order particles by their first position (top-left first) for stable ids
-    kept.sort(key=lambda t: (round(t["rows"][0][1] / 20), t["rows"][0][2]))
-    for pid, t in enumerate(kept):
-        have = {r[0]: r for r in t["rows"]}
-        frames_seen = np.array(sorted(have))
-        pos_seen = np.array([have[f][1:3] for f in frames_seen])
+    kept.sort(key=lambda tr: (round(tr.positions[0][0] / 20), tr.positions[0][1]))
+    rows = []
+    for pid, tr in enumerate(kept):
+        frames_seen = examined[np.asarray(tr.times)]
+        pos_seen = np.asarray(tr.positions, float)
+        have = {int(f): (t, r) for f, t, r in zip(frames_seen, tr.times, tr.data["rows"])}
+        own = pos_seen - common[frames_seen]  # the particle's own motion, common motion removed
         for k in range(n_frames):
             if k in have:
-                r = have[k]
-                rows.append((pid, k, r[1], r[2], r[3], r[4], True, True, r[6]))
+                t, r = have[k]
+                j = int(np.flatnonzero(ids[t] == tr.id)[0])
+                rows.append((pid, k, r["y"], r["x"], r["area"], r["radius"], True, True, ssim_of.get((tr.id, t, j), np.nan)))
             else:
-                # predicted: between two seen frames, their positions (less the common
-                # shift) interpolated, plus the common shift here; outside, the nearest
-                i = np.searchsorted(frames_seen, k)
-                lo, hi = frames_seen[max(i - 1, 0)], frames_seen[min(i, len(frames_seen) - 1)]
-                plo = pos_seen[frames_seen == lo][0] - common[lo]
-                phi = pos_seen[frames_seen == hi][0] - common[hi]
-                w = (k - lo) / (hi - lo) if hi != lo else 0.0
-                y, x = (1 - w) * plo + w * phi + common[k]
+                y = np.interp(k, frames_seen, own[:, 0]) + common[k, 0]
+                x = np.interp(k, frames_seen, own[:, 1]) + common[k, 1]
                 rows.append((pid, k, y, x, np.nan, np.nan, False, k in seen, np.nan))
     tracks_df = pd.DataFrame(rows, columns=["particle", "frame", "y", "x", "area", "radius", "detected", "examined", "ssim"])
     rejected_df = pd.DataFrame(rejected, columns=["track", "n_frames", "y", "x"])
@@ -322,13 +291,3 @@ def propagate_common(od, common, examined, *, max_jump: float = 40.0, binning: i
     out[: examined[0]] = common[examined[0]]
     out[examined[-1] + 1 :] = common[examined[-1]]
     return out
-
-
-def _update(t, r, frame, k):
-    if "half" not in t:
-        t["half"] = int(np.ceil(r["radius"] * 1.3)) + 4
-    t["radius"] = r["radius"]
-    t["last"] = np.array([r["y"], r["x"]])
-    t["last_frame"] = k
-    t["area"] = r["area"]
-    t["patch"] = _patch(frame, r["y"], r["x"], t["half"])

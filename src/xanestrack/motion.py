@@ -5,9 +5,12 @@ From the per-frame centre of mass of every tracked particle:
 - cumulative displacement ``dy, dx`` relative to the first frame;
 - velocity ``vy, vx`` and acceleration ``ay, ax`` (central differences; per frame, or
   per second when frame times are given);
-- rigid motion: the displacement shared by all particles in a frame (the median over
-  particles, robust to one particle deforming on its own); each particle's non-rigid
-  motion is its displacement less the rigid one;
+- common motion: a similarity per frame (translation + isotropic scale, optionally
+  rotation) fitted robustly over the particles, because a zone plate's magnification
+  changes with the energy and a scale change moves every particle radially. A particle's
+  rigid displacement is where that similarity takes its first position; its non-rigid
+  motion is the residual. On a scan with a pure magnification change no particle comes
+  out "non-rigid";
 - motion relative to a reference particle.
 
 The paper summarises deformation by the ratio of the peak non-rigid to the peak rigid
@@ -19,7 +22,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["compute_motion", "peak_ratios", "MOTION_COLUMNS"]
+__all__ = ["compute_motion", "peak_ratios", "MOTION_COLUMNS", "fit_similarity", "common_similarity", "SIMILARITY_COLUMNS"]
+
+#: per-frame common motion: translation of the centre, scale (1 = unchanged), rotation (rad)
+SIMILARITY_COLUMNS = ["frame", "common_dy", "common_dx", "scale", "rotation_rad", "n_particles", "residual_px"]
 
 MOTION_COLUMNS = [
     "particle", "frame", "y", "x", "dy", "dx", "vy", "vx", "ay", "ax",
@@ -33,30 +39,174 @@ def _deriv(a, t):
     return np.gradient(a, t, axis=0)
 
 
-def compute_motion(tracks: pd.DataFrame, *, reference_particle: int | None = None, frame_times_s=None) -> pd.DataFrame:
+def fit_similarity(src, dst, *, weights=None, rotation: bool = False, centre=None):
+    """Least-squares similarity ``dst ~ c + t + s R(theta) (src - c)``.
+
+    Parameters
+    ----------
+    src, dst : ndarray (n, 2)
+        Point pairs ``(y, x)``.
+    weights : ndarray (n,), optional
+    rotation : bool
+        Fit the rotation too (else ``theta = 0``).
+    centre : (2,), optional
+        The point the scale and rotation act about (default: weighted mean of ``src``).
+
+    Returns
+    -------
+    t : ndarray (2,), scale : float, theta : float (rad)
+    """
+    src = np.asarray(src, float)
+    dst = np.asarray(dst, float)
+    w = np.ones(len(src)) if weights is None else np.asarray(weights, float)
+    c = np.average(src, axis=0, weights=w) if centre is None else np.asarray(centre, float)
+    ms = np.average(src, axis=0, weights=w)
+    md = np.average(dst, axis=0, weights=w)
+    a = src - ms
+    b = dst - md
+    den = float((w * (a**2).sum(1)).sum())
+    if den <= 1e-12:
+        return md - ms, 1.0, 0.0
+    dot = float((w * (a * b).sum(1)).sum())
+    theta = 0.0
+    if rotation:
+        # (y, x) coordinates: cross term of a rotation by theta
+        crs = float((w * (a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0])).sum())
+        theta = float(np.arctan2(crs, dot))
+        scale = float(np.hypot(dot, crs) / den)
+    else:
+        scale = dot / den
+    R = _rot(theta)
+    # dst = md + s R (src - ms) = c + t + s R (src - c)  =>  t = md - c - s R (ms - c)
+    t = md - c - scale * R @ (ms - c)
+    return t, scale, theta
+
+
+def _rot(theta):
+    # acting on (y, x) vectors: x' = x cos - y sin, y' = x sin + y cos
+    cs, sn = np.cos(theta), np.sin(theta)
+    return np.array([[cs, sn], [-sn, cs]]).T
+
+
+def _apply(points, t, scale, theta, centre):
+    return centre + t + scale * (np.asarray(points, float) - centre) @ _rot(theta).T
+
+
+def common_similarity(P, *, reference=None, rotation: bool = False, centre=None, min_particles: int = 3, max_iter: int = 12):
+    """Common motion of every frame: a similarity fitted robustly over the particles.
+
+    Parameters
+    ----------
+    P : ndarray (n_frames, n_particles, 2)
+        Positions (NaN where unknown).
+    reference : ndarray (n_particles, 2), optional
+        Positions the similarity maps from (default: each particle's first known one).
+    rotation : bool
+        Fit a rotation as well.
+    centre : (2,), optional
+        The point scale and rotation act about (default: the reference positions' mean;
+        the pipeline passes the frame centre, the optical axis).
+    min_particles : int
+        With fewer particles in a frame, only a translation is fitted (a scale from two
+        particles would absorb their relative motion).
+
+    Returns
+    -------
+    params : DataFrame with :data:`SIMILARITY_COLUMNS` (``frame`` is the row index)
+    rigid : ndarray (n_frames, n_particles, 2)
+        Where each particle's reference position is taken by its frame's similarity.
+    """
+    P = np.asarray(P, float)
+    n, m = P.shape[:2]
+    if reference is None:
+        reference = np.full((m, 2), np.nan)
+        for j in range(m):
+            ok = np.flatnonzero(np.isfinite(P[:, j]).all(axis=1))
+            if ok.size:
+                reference[j] = P[ok[0], j]
+    ref = np.asarray(reference, float)
+    have_ref = np.isfinite(ref).all(axis=1)
+    c = np.nanmean(ref[have_ref], axis=0) if centre is None and have_ref.any() else (np.zeros(2) if centre is None else np.asarray(centre, float))
+    rows = np.zeros((n, 6))
+    rigid = np.full(P.shape, np.nan)
+    for k in range(n):
+        ok = np.isfinite(P[k]).all(axis=1) & have_ref
+        t, s, th, res = np.zeros(2), 1.0, 0.0, np.nan
+        if ok.sum() >= 1:
+            src, dst = ref[ok], P[k, ok]
+            w = np.ones(ok.sum())
+            # start from the median translation, so that one drifting particle cannot
+            # skew the first fit; then reweighted similarity fits
+            t = _weighted_median(dst - src, w)
+            r = np.hypot(*(dst - _apply(src, t, s, th, c)).T)
+            for it in range(max_iter + 1):
+                if it > 0:
+                    if (w > 0).sum() >= max(min_particles, 3 if rotation else 2):
+                        t, s, th = fit_similarity(src, dst, weights=w, rotation=rotation, centre=c)
+                    else:
+                        t, s, th = _weighted_median(dst - src, w), 1.0, 0.0
+                    r = np.hypot(*(dst - _apply(src, t, s, th, c)).T)
+                # robust weights: least absolute deviations (IRLS, 1 / max(r, 0.02 px): the
+                # common motion is what most particles share, as a median is) times Tukey's
+                # biweight at 4.7 x the MAD (at least 0.5 px), which drops a particle drifting
+                # on its own altogether
+                scale_r = max(1.4826 * np.median(r[w > 0]) if (w > 0).any() else 0.0, 0.5 / 4.685)
+                u = r / (4.685 * scale_r)
+                w_new = np.where(u < 1, (1 - u**2) ** 2, 0.0) / np.maximum(r, 0.02)
+                w_new = w_new / max(w_new.max(), 1e-12)
+                if w_new.sum() < 1e-6 or (it > 0 and np.allclose(w_new, w, atol=1e-3)):
+                    break
+                w = w_new
+            res = float(np.sqrt(np.average(r**2, weights=w))) if w.sum() > 0 else np.nan
+        rows[k] = (*t, s, th, ok.sum(), res)
+        rigid[k, have_ref] = _apply(ref[have_ref], t, s, th, c)
+    params = pd.DataFrame(rows, columns=SIMILARITY_COLUMNS[1:])
+    params.insert(0, "frame", np.arange(n))
+    params["n_particles"] = params["n_particles"].astype(int)
+    params.attrs["centre"] = c.tolist()
+    return params, rigid
+
+
+def _weighted_median(d, w):
+    out = np.zeros(2)
+    for a in range(2):
+        o = np.argsort(d[:, a])
+        cw = np.cumsum(w[o])
+        out[a] = d[o, a][np.searchsorted(cw, 0.5 * cw[-1])]
+    return out
+
+
+def compute_motion(tracks: pd.DataFrame, *, reference_particle: int | None = None, frame_times_s=None, centre=None, rotation: bool = False) -> pd.DataFrame:
     """Motion table from tracks.
 
     Parameters
     ----------
     tracks : DataFrame
-        Columns ``particle, frame, y, x`` (centre of mass per frame; NaN where unknown).
+        Columns ``particle, frame, y, x`` (centre of mass per frame; NaN where unknown),
+        optionally ``reliable`` (bool): only those positions drive the common motion.
     reference_particle : int, optional
         Particle whose motion the ``rel_*`` columns are relative to; default the particle
         with the smallest non-rigid motion (the one that moves with the electrode).
     frame_times_s : ndarray (n_frames,), optional
         Acquisition time of each frame; velocities are then in px/s (column names keep
         ``v``/``a``; the unit is recorded in ``attrs["velocity_unit"]``).
+    centre : (2,), optional
+        Where the common scale acts about (the optical axis; the pipeline passes the
+        frame centre). Default: the particles' mean position.
+    rotation : bool
+        Fit a rotation in the common similarity as well.
 
     Returns
     -------
-    DataFrame with ``MOTION_COLUMNS``; ``attrs`` holds ``reference_particle`` and the units.
+    DataFrame with ``MOTION_COLUMNS``; ``attrs`` holds ``reference_particle``, the units
+    and ``similarity`` (the per-frame common similarity, :data:`SIMILARITY_COLUMNS`).
     """
     need = {"particle", "frame", "y", "x"}
     if not need <= set(tracks.columns):
         raise ValueError(f"tracks must have columns {sorted(need)}, got {list(tracks.columns)}")
     if len(tracks) == 0:
         out = pd.DataFrame(columns=MOTION_COLUMNS)
-        out.attrs.update(reference_particle=None, velocity_unit="px/frame")
+        out.attrs.update(reference_particle=None, velocity_unit="px/frame", similarity=pd.DataFrame(columns=SIMILARITY_COLUMNS))
         return out
     piv_y = tracks.pivot(index="frame", columns="particle", values="y").sort_index()
     piv_x = tracks.pivot(index="frame", columns="particle", values="x").sort_index()
@@ -72,8 +222,15 @@ def compute_motion(tracks: pd.DataFrame, *, reference_particle: int | None = Non
                 P[:, j, c] = np.interp(frames, frames[ok], v[ok])
     first = np.array([P[np.flatnonzero(np.isfinite(P[:, j, 0]))[0], j] if np.isfinite(P[:, j, 0]).any() else [np.nan, np.nan] for j in range(P.shape[1])])
     D = P - first[None]
-    rigid = np.nanmedian(D, axis=1) if D.shape[1] > 0 else np.zeros((len(frames), 2))
-    NR = D - rigid[:, None, :]
+    P_fit = P
+    if "reliable" in tracks:
+        # only positions measured and vouched for drive the common motion
+        rel = tracks.pivot(index="frame", columns="particle", values="reliable").sort_index().to_numpy()
+        P_fit = np.where(rel.astype(bool)[..., None], P, np.nan)
+    sim, rigid_pos = common_similarity(P_fit, reference=first, rotation=rotation, centre=centre)
+    sim["frame"] = frames
+    RIG = rigid_pos - first[None]  # each particle's displacement by the common similarity
+    NR = D - RIG
     if reference_particle is None:
         with np.errstate(invalid="ignore"):
             spread = np.array([np.nanmax(np.abs(NR[:, j])) if np.isfinite(NR[:, j]).any() else np.nan for j in range(NR.shape[1])])
@@ -102,8 +259,8 @@ def compute_motion(tracks: pd.DataFrame, *, reference_particle: int | None = Non
                     "vx": V[:, j, 1],
                     "ay": A[:, j, 0],
                     "ax": A[:, j, 1],
-                    "rigid_dy": rigid[:, 0],
-                    "rigid_dx": rigid[:, 1],
+                    "rigid_dy": RIG[:, j, 0],
+                    "rigid_dx": RIG[:, j, 1],
                     "nonrigid_dy": NR[:, j, 0],
                     "nonrigid_dx": NR[:, j, 1],
                     "rel_dy": REL[:, j, 0],
@@ -113,7 +270,7 @@ def compute_motion(tracks: pd.DataFrame, *, reference_particle: int | None = Non
         )
     out = pd.concat(rows, ignore_index=True)
     unit = "px/frame" if frame_times_s is None else "px/s"
-    out.attrs.update(reference_particle=reference_particle, velocity_unit=unit)
+    out.attrs.update(reference_particle=reference_particle, velocity_unit=unit, similarity=sim)
     return out
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 from scipy import ndimage
 
 from .detect import DetectOptions, detect_stack
+from .follow import FollowOptions, follow_particle
 from .match import MatchOptions, link_detections
 from .motion import compute_motion, peak_ratios
 from .register import centre_of_mass, crop_windows, resample_windows
@@ -46,6 +47,7 @@ FRAME_FLAGS = {
     "area_outlier": 8,  # mask area far from the particle's median (merged with a neighbour?)
     "interpolated": 16,  # position not measured: filled from the common (rigid) motion
     "position_outlier": 32,  # measured position inconsistent with its neighbours in time
+    "disagree": 64,  # centre of mass and the independent edge correlation disagree (or no second estimate)
 }
 
 
@@ -72,6 +74,8 @@ class PipelineOptions:
     edge_window: tuple = (-15.0, 20.0)
     local_background: bool = True
     xanes_smoothing: float = 1.0
+    follow: FollowOptions = field(default_factory=FollowOptions)
+    agreement_px: float = 0.5  # centre of mass vs edge correlation: frames further apart are flagged "disagree"
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -136,6 +140,8 @@ class ParticleResult:
     radius: float
     unaligned_ends: np.ndarray | None = None
     notes: tuple = ()
+    agreement: np.ndarray | None = None  # (n_frames,) px: |CoM - edge-correlation| displacement, NaN if not measured
+    reference_frame: int = 0  # the frame the edge correlation is relative to
 
 
 @dataclass(frozen=True)
@@ -155,6 +161,7 @@ class PipelineResult:
     timings: dict
     options: PipelineOptions
     notes: tuple = ()
+    similarity: pd.DataFrame | None = None  # per frame: common translation, scale, rotation (motion.SIMILARITY_COLUMNS)
 
 
 def sanitize_stack(od, *, source: str = "stack"):
@@ -389,18 +396,23 @@ def _segment_windows(od, centres, half, segmenter):
 
 def _process_particle(pid, track, od, energies, common, segmenter, options, references):
     n = od.shape[0]
-    ny, nx = od.shape[1:]
     track = track.sort_values("frame")
-    centres = track[["y", "x"]].to_numpy()
+    predicted = track[["y", "x"]].to_numpy()
+    detected = track["detected"].to_numpy()
     radius = float(np.nanmax(track["radius"])) if track["radius"].notna().any() else 10.0
     half = int(np.ceil(1.3 * radius)) + options.margin
     flags = np.zeros(n, np.uint8)
     examined = track["examined"].to_numpy() if "examined" in track else np.ones(n, bool)
-    flags[~track["detected"].to_numpy() & examined] |= FRAME_FLAGS["undetected"]
+    flags[~detected & examined] |= FRAME_FLAGS["undetected"]
+    # follow the particle on its own: windows placed from its own positions and refined by
+    # correlating its outline with a reference frame (the last frame it was detected in:
+    # post-edge, highest contrast, in an energy scan)
+    ref = int(np.flatnonzero(detected)[-1]) if detected.any() else 0
+    followed, _, measured = follow_particle(od, predicted, radius, ref, options=options.follow)
+    centres = np.where(measured[:, None], followed, predicted)
     windows, origins, clipped, nanwin, masks = _segment_windows(od, centres, half, segmenter)
     com = centre_of_mass(masks) + origins
-    # a window placed from a prediction (not a detection) may have caught the particle
-    # off-centre: segment again around what it found
+    # a window whose particle came out off-centre: segment again around what it found
     off = np.hypot(*(com - centres).T)
     redo = np.flatnonzero(np.isfinite(off) & (off > max(2.0, 0.15 * half)))
     if redo.size:
@@ -430,13 +442,31 @@ def _process_particle(pid, track, od, energies, common, segmenter, options, refe
         bad = good & (jump > 8 * scale) & (jump > 1.0)
         flags[bad] |= FRAME_FLAGS["position_outlier"]
         good &= ~bad
+    # the second, independent estimate vouches for each position: displacement by edge
+    # correlation vs displacement of the centre of mass (both up to one constant offset)
+    agreement = np.full(n, np.nan)
+    both = good & measured
+    offset = np.nanmedian(com[both] - followed[both], axis=0) if both.any() else np.full(2, np.nan)
+    agreement[both] = np.hypot(*(com[both] - followed[both] - offset).T)
+    disagree = good & ~(agreement <= options.agreement_px)
+    flags[disagree] |= FRAME_FLAGS["disagree"]
     notes = []
     if good.sum() == 0:
         notes.append("no frame gave a usable mask: particle not aligned")
         positions = np.full((n, 2), np.nan)
+        if measured.any() and np.isfinite(offset).all():
+            positions = np.where(measured[:, None], followed + offset, np.nan)
     else:
-        positions = _fill_positions(np.where(good[:, None], com, np.nan), good, common)
+        positions = np.where(good[:, None], com, np.nan)
+        # frames without a usable mask: the edge correlation where it measured, else filled
+        fill = ~good & measured & np.isfinite(offset).all()
+        positions[fill] = followed[fill] + offset
+        have = good | fill
+        positions = _fill_positions(positions, have, common)
         flags[~good] |= FRAME_FLAGS["interpolated"]
+        flags[~good & ~fill] |= FRAME_FLAGS["disagree"]
+    if disagree.any():
+        notes.append(f"{int(disagree.sum())} frames where the edge correlation does not confirm the centre of mass")
     ref = int(np.flatnonzero(good)[0]) if good.any() else 0
     size = 2 * half + 1
     origin = np.round(positions[ref]).astype(int) - half if good.any() else origins[0]
@@ -445,7 +475,7 @@ def _process_particle(pid, track, od, energies, common, segmenter, options, refe
     aligned = resample_windows(od, shifts, origin, (size, size), order=options.interpolation_order)
     # mark frames whose position is not measured: keep them (interpolated) but flagged
     amasks = _resample_masks(masks, origins, shifts, origin, (size, size))
-    use = good & np.all(np.isfinite(aligned), axis=(1, 2))
+    use = good & ~disagree & np.all(np.isfinite(aligned), axis=(1, 2))
     mask = (amasks[use].mean(axis=0) >= 0.5) if use.any() else np.zeros((size, size), bool)
     mask = ndimage.binary_fill_holes(mask)
     mean_spec = np.array([np.nanmean(a[mask]) if mask.any() else np.nan for a in aligned])
@@ -466,6 +496,8 @@ def _process_particle(pid, track, od, energies, common, segmenter, options, refe
         **xr,
         unaligned_ends=resample_windows(od, np.zeros((n, 2)), origin, (size, size), order=0, frames=[0, n - 1]),
         notes=tuple(notes),
+        agreement=agreement,
+        reference_frame=ref,
     ), com
 
 
@@ -584,6 +616,7 @@ def run_pipeline(
                     "detected": tr["detected"].to_numpy(),
                     "area": tr["area"].to_numpy(),
                     "ssim": tr["ssim"].to_numpy(),
+                    "agreement_px": pr.agreement,
                     "flags": [flag_names(f) for f in pr.frame_flags],
                 }
             )
@@ -594,11 +627,18 @@ def run_pipeline(
 
     t = time.perf_counter()
     table = pd.concat(com_rows, ignore_index=True) if com_rows else pd.DataFrame(
-        columns=["particle", "frame", "energy_ev", "y", "x", "measured_y", "measured_x", "detected", "area", "ssim", "flags"]
+        columns=["particle", "frame", "energy_ev", "y", "x", "measured_y", "measured_x", "detected", "area", "ssim", "agreement_px", "flags"]
     )
-    motion = compute_motion(table[["particle", "frame", "y", "x"]], reference_particle=options.reference_particle)
+    ny, nx = od.shape[1:]
+    fit = table[["particle", "frame", "y", "x"]].copy()
+    unreliable = FRAME_FLAGS["interpolated"] | FRAME_FLAGS["disagree"] | FRAME_FLAGS["position_outlier"]
+    fit["reliable"] = np.concatenate([(p.frame_flags & unreliable) == 0 for p in particles]) if particles else np.zeros(0, bool)
+    motion = compute_motion(fit, reference_particle=options.reference_particle, centre=((ny - 1) / 2, (nx - 1) / 2))
+    similarity = motion.attrs.get("similarity")
     if len(table):
         table = table.merge(motion.drop(columns=["y", "x"]), on=["particle", "frame"], how="left")
+        sim = similarity[["frame", "common_dy", "common_dx", "scale"]].rename(columns={"scale": "common_scale"})
+        table = table.merge(sim, on="frame", how="left")
     ratios = peak_ratios(motion) if len(motion) else pd.DataFrame()
     timings["motion"] = time.perf_counter() - t
 
@@ -626,6 +666,7 @@ def run_pipeline(
         timings=timings,
         options=options,
         notes=tuple(notes),
+        similarity=similarity,
     )
 
 

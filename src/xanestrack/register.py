@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["centre_of_mass", "crop_windows", "resample_windows", "shifts_from_positions"]
+__all__ = ["centre_of_mass", "crop_windows", "resample_windows", "shifts_from_positions", "correlate_shifts", "edge_images"]
 
 
 def centre_of_mass(images) -> np.ndarray:
@@ -166,3 +166,108 @@ def _bspline3_weights(f):
     """Cubic B-spline weights of the taps -1, 0, 1, 2 for fractional offsets ``f``."""
     f = np.asarray(f, float)
     return np.stack([(1 - f) ** 3 / 6, (3 * f**3 - 6 * f**2 + 4) / 6, (-3 * f**3 + 3 * f**2 + 3 * f + 1) / 6, f**3 / 6])
+
+
+def correlate_shifts(reference, images, *, max_shift=None, whitening: float = 0.0):
+    """Sub-pixel shift of each image relative to ``reference`` by cross-correlation.
+
+    The images should be zero-mean and apodised (see :func:`edge_images`). The integer
+    peak of the circular cross-correlation (FFT) is refined by a three-point Gaussian fit
+    per axis, which is unbiased for the near-Gaussian peak of smooth images.
+
+    Parameters
+    ----------
+    reference : ndarray (h, w)
+    images : ndarray (n, h, w)
+    max_shift : float, optional
+        Peaks farther than this from zero are not considered.
+    whitening : float
+        The cross-power spectrum is divided by its modulus to this power (0: plain
+        cross-correlation; 1: phase correlation).
+
+    Returns
+    -------
+    shifts : ndarray (n, 2)
+        ``(dy, dx)``: the content of image ``k`` sits at the reference's position plus
+        this shift (NaN where the correlation has no peak).
+    quality : ndarray (n,)
+        Normalised correlation at the peak (1: identical up to shift and scale).
+    """
+    ref = np.asarray(reference, np.float32)
+    imgs = np.asarray(images, np.float32)
+    n, h, w = imgs.shape
+    fr = np.fft.rfft2(ref)
+    fk = np.fft.rfft2(imgs)
+    if whitening:
+        fr = fr / (np.abs(fr) + 1e-12) ** whitening
+        fk = fk / (np.abs(fk) + 1e-12) ** whitening
+    x = np.conj(fr)[None] * fk
+    cc = np.fft.irfft2(x, s=(h, w), axes=(1, 2))
+    # Parseval: the zero-lag correlation of each (whitened) image with itself
+    norm = np.sqrt(_energy(fr, w) * _energy(fk, w)) / (h * w) + 1e-30
+    yy = np.fft.fftfreq(h, 1 / h)
+    xx = np.fft.fftfreq(w, 1 / w)
+    if max_shift is not None:
+        far = (np.abs(yy)[:, None] > max_shift) | (np.abs(xx)[None, :] > max_shift)
+        cc[:, far] = -np.inf
+    flat = cc.reshape(n, -1).argmax(axis=1)
+    iy, ix = np.unravel_index(flat, (h, w))
+    rows = np.arange(n)
+    peak = cc[rows, iy, ix]
+
+    def fit(c_m, c_0, c_p):
+        # Gaussian three-point interpolation (log-parabola); parabola where not all positive
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pos = (c_m > 0) & (c_0 > 0) & (c_p > 0)
+            lm, l0, lp = np.log(np.where(pos, c_m, 1)), np.log(np.where(pos, c_0, 1)), np.log(np.where(pos, c_p, 1))
+            g = (lm - lp) / (2 * (lm - 2 * l0 + lp))
+            p = (c_m - c_p) / (2 * (c_m - 2 * c_0 + c_p))
+            d = np.where(pos, g, p)
+        return np.clip(np.nan_to_num(d, nan=0.0), -0.5, 0.5)
+
+    dy = fit(cc[rows, (iy - 1) % h, ix], peak, cc[rows, (iy + 1) % h, ix])
+    dx = fit(cc[rows, iy, (ix - 1) % w], peak, cc[rows, iy, (ix + 1) % w])
+    shifts = np.c_[yy[iy] + dy, xx[ix] + dx]
+    quality = peak / norm
+    shifts[~np.isfinite(peak)] = np.nan
+    return shifts, np.where(np.isfinite(peak), quality, 0.0)
+
+
+def _energy(f, w):
+    """Sum of squares of the real image behind the rfft2 ``f`` (times h * w)."""
+    a = np.abs(f) ** 2
+    full = 2 * a.sum(axis=(-2, -1)) - a[..., :, 0].sum(axis=-1)
+    if w % 2 == 0:
+        full = full - a[..., :, -1].sum(axis=-1)
+    return full
+
+
+def edge_images(windows, *, sigma: float = 1.5, apodisation=None):
+    """Contrast-invariant images of particle windows for :func:`correlate_shifts`.
+
+    Gaussian gradient magnitude of each window (its outline and texture, blind to the
+    OD offset and, after normalisation, to the contrast scale that changes across the
+    absorption edge), less its noise floor, multiplied by ``apodisation`` (h, w), made
+    zero-mean and scaled to unit RMS. NaN pixels (outside the frame) count as the window's
+    median.
+    """
+    win = np.asarray(windows, np.float32)
+    if not np.isfinite(win).all():
+        win = win.copy()
+        for k in np.flatnonzero(~np.isfinite(win).all(axis=(1, 2))):
+            f = win[k]
+            fin = np.isfinite(f)
+            f[~fin] = np.median(f[fin]) if fin.any() else 0.0
+    g = ndimage.gaussian_gradient_magnitude(win, (0, sigma, sigma), mode="nearest")
+    a = np.ones(win.shape[1:], np.float32) if apodisation is None else np.asarray(apodisation, np.float32)
+    # the noise floor of a gradient magnitude is positive: measured where the apodisation
+    # is low (the background around the particle) and removed, else the apodisation's own
+    # disc would be a fixed pattern that pulls every shift towards zero
+    outer = a < 0.5
+    if outer.sum() < 16:
+        outer = np.ones(a.shape, bool)
+    g = g - np.median(g[:, outer], axis=1)[:, None, None]
+    g = g * a
+    g = g - g.mean(axis=(1, 2), keepdims=True)
+    rms = np.sqrt((g**2).mean(axis=(1, 2))) + 1e-12
+    return g / rms[:, None, None]

@@ -1,0 +1,294 @@
+"""One linker for particles: through the frames of a scan and through the scans of a series.
+
+The linker is given the objects found at each time (a frame of a scan, or a scan of a
+series) and gives each one a track id. Between a time and the tracks built so far:
+
+1. the **common displacement** is found by voting: every pairing of a track with an
+   object of similar size within ``max_jump`` proposes a displacement, and the one that
+   brings most tracks onto an object wins (stage jumps and offsets move every particle
+   alike). A ``prior`` (e.g. the frames' phase-correlation shift) breaks ties and stands in
+   when no two particles agree;
+2. each track's position is **predicted** by a pluggable predictor; the default,
+   :func:`own_motion_predictor`, adds to the track's last position the common displacement
+   since then *and the particle's own recent velocity relative to it* (a particle drifting
+   on its own is followed, not only the frame);
+3. track-object pairs within a gate (growing with the radius and with the gap since the
+   track was last seen) are scored by their residual distance, by the size ratio and by
+   an optional extra score (the SSIM of the two ROIs within a scan); the optimal
+   assignment (Hungarian) links them, unlinked objects start tracks.
+
+The design follows trackpy's ``linking`` (a predictor that is a plain function of the
+track's history); the assignment is global per time step as in ``trackpy.link`` with the
+``'hybrid'`` strategy replaced by one Hungarian solve, since our subnetworks are small.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import linear_sum_assignment
+
+__all__ = ["LinkOptions", "Track", "link", "vote_displacement", "own_motion_predictor", "common_only_predictor"]
+
+
+@dataclass(frozen=True)
+class LinkOptions:
+    """Options of :func:`link` (lengths in pixels of the input coordinates).
+
+    Attributes
+    ----------
+    max_jump : float or None
+        Largest common displacement between two consecutive times (stage jump or offset).
+        ``None``: 40 px or 8 % of the field of view, whichever is larger (within a scan).
+    gate : float
+        Smallest search radius around a track's predicted position.
+    gate_fraction : float
+        The search radius is at least this fraction of the track's particle radius.
+    gap_gate_growth : float
+        The search radius grows by this fraction per time step the track was not seen.
+    max_gap : int
+        A track not seen for more than this many time steps is closed.
+    vote_tolerance : float
+        Two objects agree with a candidate common displacement within this distance ...
+    vote_fraction : float
+        ... or this fraction of the median radius, whichever is larger.
+    max_size_ratio : float
+        Objects whose radii differ by more than this factor are never paired (neither in
+        the vote nor in the assignment).
+    size_weight : float
+        Weight of ``|log(r1 / r2)|`` in the assignment cost.
+    score_weight : float
+        Weight of ``1 - score`` (e.g. SSIM) in the assignment cost.
+    min_score : float
+        A pair scoring below this is not linked unless its position is convincing
+        (residual below half the gate).
+    velocity_damping : float
+        Fraction of the particle's own velocity carried into the prediction (0: common
+        motion only; 1: constant velocity).
+    """
+
+    max_jump: float | None = None
+    gate: float = 8.0
+    gate_fraction: float = 0.25
+    gap_gate_growth: float = 0.5
+    max_gap: int = 10_000
+    vote_tolerance: float = 3.0
+    vote_fraction: float = 0.15
+    max_size_ratio: float = 1.6
+    size_weight: float = 1.0
+    score_weight: float = 1.0
+    min_score: float = 0.2
+    velocity_damping: float = 0.8
+
+
+@dataclass
+class Track:
+    """A track while linking: its history and whatever the caller stores with it."""
+
+    id: int
+    times: list = field(default_factory=list)
+    positions: list = field(default_factory=list)  # (y, x) per time seen
+    radius: float = np.nan
+    data: dict = field(default_factory=dict)
+
+    @property
+    def last_time(self):
+        return self.times[-1]
+
+    @property
+    def last(self):
+        return np.asarray(self.positions[-1], float)
+
+
+def own_motion_predictor(track: Track, t, common, *, damping: float = 0.8):
+    """Last position + common displacement since then + the particle's own velocity.
+
+    The own velocity is the track's displacement less the common one between its last two
+    sightings, per time step, damped by ``damping``.
+    """
+    last_t = track.last_time
+    pred = track.last + common[t] - common[last_t]
+    if len(track.times) >= 2 and damping > 0:
+        t0 = track.times[-2]
+        own = (track.last - np.asarray(track.positions[-2], float)) - (common[last_t] - common[t0])
+        pred = pred + damping * own * (t - last_t) / max(last_t - t0, 1)
+    return pred
+
+
+def common_only_predictor(track: Track, t, common, **_):
+    """Last position + common displacement since then (rigid motion only)."""
+    return track.last + common[t] - common[track.last_time]
+
+
+def vote_displacement(prev, cur, max_jump, tol, *, prior=None, prev_radius=None, cur_radius=None, max_size_ratio=1.6):
+    """Common displacement of point set ``prev`` onto ``cur`` by voting.
+
+    Parameters
+    ----------
+    prev, cur : ndarray (n, 2), (m, 2)
+    max_jump : float
+        Candidate displacements longer than this are not considered.
+    tol : float
+        A point agrees with a candidate when it lands within ``tol`` of a point of ``cur``.
+    prior : (2,) array, optional
+        Breaks ties between equally supported candidates (the nearest wins) and replaces
+        a vote that no two points agree on (with one point common to both sets, any
+        pairing "agrees" with itself).
+    prev_radius, cur_radius : ndarray, optional
+        Sizes: only pairs within ``max_size_ratio`` propose or agree.
+
+    Returns
+    -------
+    displacement : ndarray (2,)
+    n_agree : int
+        Points of ``prev`` that agree with it (0 when nothing could be voted).
+    """
+    prev = np.asarray(prev, float).reshape(-1, 2)
+    cur = np.asarray(cur, float).reshape(-1, 2)
+    nothing = (np.zeros(2) if prior is None else np.asarray(prior, float)), 0
+    if len(prev) == 0 or len(cur) == 0:
+        return nothing
+    compatible = np.ones((len(prev), len(cur)), bool)
+    if prev_radius is not None and cur_radius is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.abs(np.log(np.asarray(cur_radius, float)[None, :] / np.asarray(prev_radius, float)[:, None]))
+        compatible = ~(ratio > np.log(max_size_ratio))  # NaN sizes stay compatible
+    d = cur[None, :, :] - prev[:, None, :]  # (n_prev, n_cur, 2)
+    cand = d[(np.hypot(d[..., 0], d[..., 1]) <= max_jump) & compatible]
+    if cand.size == 0:
+        return nothing
+    # support of every candidate at once: (n_cand, n_prev, n_cur) distances
+    moved = prev[None, :, :] + cand[:, None, :]
+    dist = np.hypot(moved[:, :, None, 0] - cur[None, None, :, 0], moved[:, :, None, 1] - cur[None, None, :, 1])
+    dist = np.where(compatible[None], dist, np.inf)
+    support = (dist.min(axis=2) <= tol).sum(axis=1)
+    gap = np.hypot(*(cand - prior).T) if prior is not None else np.zeros(len(cand))
+    order = np.lexsort((gap, -support))
+    best, best_n, best_gap = cand[order[0]], int(support[order[0]]), float(gap[order[0]])
+    if prior is not None and best_n < 2 and best_gap > tol:
+        return np.asarray(prior, float), best_n  # a lone pairing that the prior does not support
+    # refine: median displacement of the agreeing pairs
+    dd = np.hypot(*((prev + best)[:, None, :] - cur[None, :, :]).transpose(2, 0, 1))
+    dd = np.where(compatible, dd, np.inf)
+    j = dd.argmin(axis=1)
+    ok = dd[np.arange(len(prev)), j] <= tol
+    if ok.any():
+        best = np.median(cur[j[ok]] - prev[ok], axis=0)
+    return best, best_n
+
+
+def link(
+    objects,
+    *,
+    options: LinkOptions = LinkOptions(),
+    predictor=own_motion_predictor,
+    score=None,
+    prior=None,
+    on_link=None,
+):
+    """Give every object a track id.
+
+    Parameters
+    ----------
+    objects : list of DataFrame
+        One table per time (frame or scan), in order, each with columns ``y, x, radius``
+        (the radius may be NaN). An empty table is a time with nothing found.
+    options : LinkOptions
+    predictor : callable(track, t, common, damping=...) -> (y, x)
+        Predicted position of a track at time index ``t`` (see :func:`own_motion_predictor`).
+    score : callable(track, t, j) -> float, optional
+        Similarity in [0, 1] (1: same object) of track and object ``j`` of time ``t``,
+        e.g. the SSIM of their ROIs. Called only for pairs inside the gate.
+    prior : callable(t_prev, t) -> (2,) array or None, optional
+        Independent estimate of the common displacement between two times, used when
+        the vote is not decided by at least two particles.
+    on_link : callable(track, t, j), optional
+        Called whenever object ``j`` of time ``t`` joins ``track`` (also for a new
+        track), e.g. to store the ROI for ``score``.
+
+    Returns
+    -------
+    ids : list of ndarray
+        Track id of every object, per time.
+    common : ndarray (n_times, 2)
+        Common displacement of each time relative to time 0.
+    tracks : list of Track
+    """
+    n_times = len(objects)
+    common = np.zeros((n_times, 2))
+    tracks: list[Track] = []
+    ids = []
+    all_r = np.concatenate([np.asarray(o["radius"], float) for o in objects if len(o)] or [np.zeros(0)])
+    med_r = float(np.nanmedian(all_r)) if np.isfinite(all_r).any() else 10.0
+    vote_tol = max(options.vote_tolerance, options.vote_fraction * med_r)
+    max_jump = 40.0 if options.max_jump is None else float(options.max_jump)
+    prev_t = None
+    for t, obj in enumerate(objects):
+        cur = obj[["y", "x"]].to_numpy(float) if len(obj) else np.zeros((0, 2))
+        cur_r = obj["radius"].to_numpy(float) if len(obj) else np.zeros(0)
+        alive = [tr for tr in tracks if t - tr.last_time <= options.max_gap]
+        if prev_t is not None:
+            voters = [tr for tr in alive if tr.last_time == prev_t] or alive
+            # where each voter would be with no new common motion (its own velocity included)
+            common[t] = common[prev_t]
+            damp = options.velocity_damping
+            prev = np.array([predictor(tr, t, common, damping=damp) for tr in voters], float).reshape(-1, 2)
+            prev_r = np.array([tr.radius for tr in voters], float)
+            kw = dict(prev_radius=prev_r, cur_radius=cur_r, max_size_ratio=options.max_size_ratio)
+            disp, n_agree = vote_displacement(prev, cur, max_jump, vote_tol, **kw)
+            pr = None
+            if n_agree < 2 and prior is not None:
+                pr = prior(prev_t, t)
+                if pr is not None:
+                    disp, n_agree = vote_displacement(prev, cur, max_jump, vote_tol, prior=pr, **kw)
+            common[t] = common[prev_t] + (disp if (n_agree > 0 or pr is not None) else 0)
+        prev_t = t
+        these = np.full(len(cur), -1, int)
+        if len(cur) and alive:
+            cost = np.full((len(alive), len(cur)), np.inf)
+            for i, tr in enumerate(alive):
+                pred = np.asarray(predictor(tr, t, common, damping=options.velocity_damping), float)
+                gap = t - tr.last_time - 1
+                r = tr.radius if np.isfinite(tr.radius) else med_r
+                gate = max(options.gate, options.gate_fraction * r) * (1 + options.gap_gate_growth * gap)
+                dist = np.hypot(cur[:, 0] - pred[0], cur[:, 1] - pred[1])
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    size = np.abs(np.log(cur_r / r))
+                size = np.where(np.isfinite(size), size, 0.0)
+                for j in np.flatnonzero((dist <= gate) & (size <= np.log(options.max_size_ratio))):
+                    c = dist[j] / gate + options.size_weight * size[j]
+                    if score is not None:
+                        s = float(score(tr, t, j))
+                        # a low score vetoes a link only when the position is not convincing
+                        if not np.isfinite(s) or (s < options.min_score and dist[j] > 0.5 * gate):
+                            continue
+                        c += options.score_weight * (1 - s)
+                    cost[i, j] = c
+            big = 1e6
+            c = np.where(np.isfinite(cost), cost, big)
+            for i, j in zip(*linear_sum_assignment(c)):
+                if c[i, j] < big:
+                    these[j] = alive[i].id
+        for j in range(len(cur)):
+            if these[j] < 0:
+                tracks.append(Track(id=len(tracks)))
+                these[j] = tracks[-1].id
+            tr = tracks[these[j]]
+            tr.times.append(t)
+            tr.positions.append(cur[j])
+            if np.isfinite(cur_r[j]):
+                tr.radius = float(cur_r[j])
+            if on_link is not None:
+                on_link(tr, t, j)
+        ids.append(these)
+    return ids, common, tracks
+
+
+def tracks_table(objects, ids) -> pd.DataFrame:
+    """The objects of every time in one table with columns ``time, track`` added."""
+    rows = []
+    for t, (obj, these) in enumerate(zip(objects, ids)):
+        if len(obj):
+            rows.append(obj.assign(time=t, track=these))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["time", "track"])
