@@ -22,7 +22,7 @@ from .follow import FollowOptions, follow_particle
 from .match import MatchOptions, link_detections
 from .motion import compute_motion, peak_ratios
 from .register import centre_of_mass, crop_windows, resample_windows
-from .segment import SegmentOptions, segment_rois
+from .segment import SegmentOptions, isolate_particle, segment_rois
 from .stack import Stack
 from . import xanes
 
@@ -142,6 +142,7 @@ class ParticleResult:
     notes: tuple = ()
     agreement: np.ndarray | None = None  # (n_frames,) px: |CoM - edge-correlation| displacement, NaN if not measured
     reference_frame: int = 0  # the frame the edge correlation is relative to
+    edge_positions: np.ndarray | None = None  # (n_frames, 2): the edge-correlation estimate, on the CoM's offset (NaN if not measured)
 
 
 @dataclass(frozen=True)
@@ -380,7 +381,7 @@ def analyse_xanes(aligned, mask, energies, *, usable=None, options: PipelineOpti
     )
 
 
-def _segment_windows(od, centres, half, segmenter):
+def _segment_windows(od, centres, half, segmenter, radius):
     windows, origins, clipped = crop_windows(od, centres, half)
     nanwin = ~np.isfinite(windows)
     if nanwin.any():
@@ -391,6 +392,8 @@ def _segment_windows(od, centres, half, segmenter):
     masks = np.asarray(segmenter(windows), dtype=np.float32)
     if masks.shape != windows.shape:
         raise ValueError(f"segmenter returned shape {masks.shape} for ROIs of shape {windows.shape}")
+    # fines and touching neighbours never enter the particle's mask
+    masks = isolate_particle(masks, radius=radius, centres=np.asarray(centres, float) - origins)
     return windows, origins, clipped, nanwin, masks
 
 
@@ -410,13 +413,13 @@ def _process_particle(pid, track, od, energies, common, segmenter, options, refe
     ref = int(np.flatnonzero(detected)[-1]) if detected.any() else 0
     followed, _, measured = follow_particle(od, predicted, radius, ref, options=options.follow)
     centres = np.where(measured[:, None], followed, predicted)
-    windows, origins, clipped, nanwin, masks = _segment_windows(od, centres, half, segmenter)
+    windows, origins, clipped, nanwin, masks = _segment_windows(od, centres, half, segmenter, radius)
     com = centre_of_mass(masks) + origins
     # a window whose particle came out off-centre: segment again around what it found
     off = np.hypot(*(com - centres).T)
     redo = np.flatnonzero(np.isfinite(off) & (off > max(2.0, 0.15 * half)))
     if redo.size:
-        w2, o2, c2, n2, m2 = _segment_windows(od[redo], com[redo], half, segmenter)
+        w2, o2, c2, n2, m2 = _segment_windows(od[redo], com[redo], half, segmenter, radius)
         windows[redo], origins[redo], clipped[redo], nanwin[redo], masks[redo] = w2, o2, c2, n2, m2
         com[redo] = centre_of_mass(m2) + o2
     area = masks.sum(axis=(1, 2))
@@ -498,6 +501,7 @@ def _process_particle(pid, track, od, energies, common, segmenter, options, refe
         notes=tuple(notes),
         agreement=agreement,
         reference_frame=ref,
+        edge_positions=np.where(measured[:, None], followed + offset, np.nan),
     ), com
 
 
@@ -616,6 +620,8 @@ def run_pipeline(
                     "detected": tr["detected"].to_numpy(),
                     "area": tr["area"].to_numpy(),
                     "ssim": tr["ssim"].to_numpy(),
+                    "edge_y": pr.edge_positions[:, 0],
+                    "edge_x": pr.edge_positions[:, 1],
                     "agreement_px": pr.agreement,
                     "flags": [flag_names(f) for f in pr.frame_flags],
                 }
@@ -627,7 +633,7 @@ def run_pipeline(
 
     t = time.perf_counter()
     table = pd.concat(com_rows, ignore_index=True) if com_rows else pd.DataFrame(
-        columns=["particle", "frame", "energy_ev", "y", "x", "measured_y", "measured_x", "detected", "area", "ssim", "agreement_px", "flags"]
+        columns=["particle", "frame", "energy_ev", "y", "x", "measured_y", "measured_x", "detected", "area", "ssim", "edge_y", "edge_x", "agreement_px", "flags"]
     )
     ny, nx = od.shape[1:]
     fit = table[["particle", "frame", "y", "x"]].copy()
