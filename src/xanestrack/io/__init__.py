@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import XanestrackError
 from ..stack import Stack, validate_energies
+from .checks import energies_in_ev, values_without_flats
 from .flatfield import optical_density
 
 __all__ = ["read_stack", "optical_density", "file_checksums"]
@@ -56,79 +58,92 @@ def read_stack(inputs, *, energies=None, flats=None, darks=None, values: str = "
         Energies file (TIFF input; eV or keV) or values; overrides file metadata.
     flats, darks : path, optional
         TIFF flats/darks for TIFF input.
-    values : {"auto", "counts", "transmission", "od"}
-        What TIFF pixel values are when no flats are given: integer data are taken as
-        counts and then need ``flats``; ``"od"`` / ``"transmission"`` say so explicitly.
+    values : {"auto", "transmission", "od"}
+        What the pixel values of a TIFF or HDF5 file without flats are: under "auto",
+        integers are raw counts (refused: they need flats) and floats optical density,
+        unless they look like transmission or counts (refused: say which). The
+        assumption made is recorded in ``metadata["notes"]``.
     grouping : callable, optional
         For .xrm folders: see :func:`xanestrack.io.xrm.read_xrm_scan`.
 
     Raises
     ------
-    ValueError
-        With the file and the problem for anything unreadable or inconsistent.
+    XanestrackError (a ValueError)
+        With the file and the problem for anything unreadable, implausible or
+        inconsistent (one line, saying what to do).
     """
     paths = _as_paths(inputs)
     if not paths:
-        raise ValueError("no input given")
+        raise XanestrackError("no input given")
     for p in paths:
         if not p.exists():
-            raise ValueError(f"{p}: no such file or folder")
+            raise XanestrackError(f"{p}: no such file or folder")
     if len(paths) > 1 or paths[0].is_dir() or paths[0].suffix.lower() in _XRM:
         from .xrm import read_xrm_scan
 
-        return read_xrm_scan(paths, energies=energies, grouping=grouping)
+        return read_xrm_scan(paths, energies=None if energies is None else _energies_arg(energies), grouping=grouping)
     path = paths[0]
     suffix = path.suffix.lower()
     if suffix in _HDF:
         from .hdf5 import read_hdf5
 
         d = read_hdf5(path)
+        notes = list(d["notes"])
         e = d["energies_ev"] if energies is None else _energies_arg(energies)
         e = validate_energies(e, d["counts"].shape[0], source=str(path))
-        flats_ = d["flats"]
-        if flats_ is not None and flats_.shape[0] not in (1, d["counts"].shape[0]):
-            flats_ = flats_.mean(axis=0, keepdims=True)
-        od = optical_density(d["counts"], flats=flats_, darks=d["darks"], source=str(path))
-        meta = dict(source=str(path), reader=f"hdf5-{d['layout']}", files=[str(path)])
+        flats_, kind = d["flats"], "counts"
+        if flats_ is None:
+            od, kind, more = values_without_flats(
+                d["counts"], values, source=path, flats_hint=f"flat-field images (/{'img_bkg' if d['layout'] == 'fxi' else 'exchange/data_white'})"
+            )
+            notes += more
+        else:
+            flats_ = _match_flats(flats_, d["counts"].shape[0], source=path, notes=notes)
+            od = optical_density(d["counts"], flats=flats_, darks=d["darks"], source=str(path))
+        meta = dict(source=str(path), reader=f"hdf5-{d['layout']}", values=kind, files=[str(path)], notes=notes)
         return Stack(od, e, d["pixel_size_um"], meta)
     if suffix in _TIFF:
         from .tiff import read_tiff_frames
 
-        data = read_tiff_frames(path)
+        notes = []
         if energies is None:
-            raise ValueError(f"{path}: a TIFF stack needs its energies: pass --energies FILE (one energy per frame)")
+            raise XanestrackError(f"{path}: a TIFF stack needs its energies: pass --energies FILE (one energy per frame)")
+        data = read_tiff_frames(path, notes=notes)
         e = validate_energies(_energies_arg(energies), data.shape[0], source=str(path))
         files = [str(path)]
         if flats is not None:
-            fl = read_tiff_frames(flats)
-            dk = read_tiff_frames(darks) if darks is not None else None
+            fl = read_tiff_frames(flats, notes=notes)
+            dk = read_tiff_frames(darks, notes=notes) if darks is not None else None
             files += [str(flats)] + ([str(darks)] if darks is not None else [])
-            if fl.shape[0] not in (1, data.shape[0]):
-                fl = fl.mean(axis=0, keepdims=True)
+            fl = _match_flats(fl, data.shape[0], source=flats, notes=notes)
+            if dk is None:
+                notes.append(f"{path}: no dark images (--darks): dark taken as 0")
             od = optical_density(data, flats=fl, darks=dk, source=str(path))
             kind = "counts"
         else:
-            kind = values
-            if kind == "auto":
-                if np.issubdtype(data.dtype, np.integer):
-                    raise ValueError(
-                        f"{path}: integer pixel values look like raw counts, which need --flats "
-                        "(reference images); if they are already optical density or transmission, "
-                        "say so with --values od|transmission"
-                    )
-                kind = "od"
-            if kind == "od":
-                od = data.astype(np.float32)
-            elif kind == "transmission":
-                od = optical_density(data, source=str(path))
-            else:
-                raise ValueError(f"values must be auto, od or transmission without flats, got {values!r}")
-        meta = dict(source=str(path), reader="tiff", values=kind, files=files)
+            if darks is not None:
+                raise XanestrackError(f"{darks}: darks given without --flats; give the flats too, or neither")
+            od, kind, more = values_without_flats(data, values, source=path, flats_hint="--flats (reference images)")
+            notes += more
+        meta = dict(source=str(path), reader="tiff", values=kind, files=files, notes=notes)
         return Stack(od, e, None, meta)
-    raise ValueError(
+    raise XanestrackError(
         f"{path}: unrecognised input type {suffix!r}; give a .tif/.tiff stack, an HDF5 file "
         "(.h5/.hdf5, FXI or Data Exchange) or .xrm/.txrm files"
     )
+
+
+def _match_flats(flats, n_frames: int, *, source, notes):
+    """Flats as one per frame or one for all; any other number is averaged, and that is noted."""
+    if flats.ndim == 2:
+        flats = flats[None]
+    if flats.shape[0] in (1, n_frames):
+        return flats
+    notes.append(
+        f"{source}: {flats.shape[0]} flat-field images for {n_frames} frames: not one per frame, so their mean "
+        "is used for every frame (give one flat per frame if the beam changed with energy)"
+    )
+    return flats.mean(axis=0, keepdims=True, dtype=np.float32)
 
 
 def _energies_arg(energies):
@@ -136,5 +151,4 @@ def _energies_arg(energies):
         from .tiff import read_energies_file
 
         return read_energies_file(energies)
-    e = np.asarray(energies, dtype=float)
-    return e * 1000.0 if e.size and np.nanmax(e) < 100 else e
+    return energies_in_ev(energies, source="energies given")

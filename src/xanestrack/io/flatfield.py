@@ -6,6 +6,9 @@ import os
 
 import numpy as np
 
+from ..errors import XanestrackError
+from .checks import check_pixel_dtype
+
 __all__ = ["optical_density", "transmission_to_od"]
 
 
@@ -55,18 +58,19 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input") ->
         negative after dark subtraction anywhere (the reference is unusable there).
     """
     counts = np.asarray(counts)
+    check_pixel_dtype(counts.dtype, source=source)
     if counts.ndim == 2:
         counts = counts[None]
     if counts.ndim != 3:
-        raise ValueError(f"{source}: counts must be (n_frames, rows, cols), got shape {counts.shape}")
+        raise XanestrackError(f"{source}: counts must be (n_frames, rows, cols), got shape {counts.shape}")
     shape = counts.shape[1:]
     dark = np.float32(0.0)
     if darks is not None:
         darks = np.asarray(darks, dtype=np.float32)
         if darks.shape[-2:] != shape:
-            raise ValueError(f"{source}: dark shape {darks.shape} does not match frames {shape}")
+            raise XanestrackError(f"{source}: dark shape {darks.shape} does not match frames {shape}")
         if not np.all(np.isfinite(darks)):
-            raise ValueError(f"{source}: dark images contain NaN/inf")
+            raise XanestrackError(f"{source}: dark images contain NaN/inf")
         dark = darks.reshape(-1, *shape).mean(axis=0)
     if flats is None:
         flat = np.float32(1.0) + dark
@@ -75,17 +79,19 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input") ->
         if flat.ndim == 2:
             flat = flat[None]
         if flat.shape[-2:] != shape or flat.shape[0] not in (1, counts.shape[0]):
-            raise ValueError(
+            raise XanestrackError(
                 f"{source}: flats of shape {flat.shape} do not match {counts.shape[0]} frames of {shape}; "
                 "give one flat for all frames or one per frame"
             )
         if not np.all(np.isfinite(flat)):
-            raise ValueError(f"{source}: flat (reference) images contain NaN/inf")
+            raise XanestrackError(f"{source}: flat (reference) images contain NaN/inf")
     ref = flat - dark
+    if ref.ndim < 3:  # no flats: one reference of 1 (a scalar or one dark-sized frame)
+        ref = np.broadcast_to(ref, (1, *shape))
     bad = ref <= 0
     if np.any(bad):
         idx = np.argwhere(bad)[0]
-        raise ValueError(
+        raise XanestrackError(
             f"{source}: flat minus dark is zero or negative at {int(bad.sum())} pixels "
             f"(first at frame/row/col {tuple(int(i) for i in idx)}); the reference is unusable "
             "there: check that flats and darks are not swapped and the beam was on"

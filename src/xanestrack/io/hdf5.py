@@ -5,6 +5,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import XanestrackError, one_line
+from .checks import MAX_FRAMES, check_frame_shape, check_memory, check_pixel_dtype, energies_in_ev
+
 __all__ = ["read_hdf5", "write_fxi"]
 
 FXI = {"data": "img_xanes", "flat": "img_bkg", "dark": "img_dark", "energy": "X_eng"}
@@ -19,67 +22,145 @@ DXCHANGE = {
 def read_hdf5(path) -> dict:
     """Read raw frames, flats, darks and energies from an FXI or Data Exchange file.
 
+    Every dataset's shape and type is checked before it is read (sizes against the
+    free memory, chunks actually written), so a damaged or hostile file is refused
+    with one line instead of exhausting memory.
+
     Returns
     -------
     dict with ``counts`` (n, rows, cols), ``flats`` (m, rows, cols) or None, ``darks``
-    or None, ``energies_ev`` (n,), ``layout`` ("fxi" or "dxchange"), ``pixel_size_um``.
+    or None, ``energies_ev`` (n,), ``layout`` ("fxi" or "dxchange"), ``pixel_size_um``
+    and ``notes`` (assumptions made, for run.json).
 
     Raises
     ------
-    ValueError
-        If the file is not HDF5, is truncated, or has neither layout.
+    XanestrackError (a ValueError)
+        If the file is not HDF5, is truncated, has neither layout, or declares
+        datasets that are not images, absurdly large or never written.
     """
     import h5py
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: file not found")
+        raise XanestrackError(f"{path}: file not found")
     try:
         f = h5py.File(path, "r")
-    except OSError as exc:
-        raise ValueError(f"{path}: not a readable HDF5 file ({exc})") from None
+    except Exception as exc:  # h5py raises OSError, but a damaged superblock can raise others
+        raise XanestrackError(f"{path}: not a readable HDF5 file ({one_line(exc)})") from None
+    notes = []
     with f:
-        if FXI["data"] in f:
+        if _dataset(f, FXI["data"], path, must_exist=False) is not None:
             layout, keys = "fxi", FXI
-        elif DXCHANGE["data"] in f:
+        elif _dataset(f, DXCHANGE["data"], path, must_exist=False) is not None:
             layout, keys = "dxchange", DXCHANGE
         else:
-            raise ValueError(
+            raise XanestrackError(
                 f"{path}: no image dataset found; expected /{FXI['data']} (NSLS-II FXI) or "
-                f"/{DXCHANGE['data']} (APS Data Exchange); found {sorted(f.keys())}"
+                f"/{DXCHANGE['data']} (APS Data Exchange); found {sorted(f.keys())[:20]}"
             )
-
-        def get(name):
-            if keys[name] not in f:
-                return None
-            try:
-                return np.asarray(f[keys[name]][()])
-            except (OSError, KeyError) as exc:
-                raise ValueError(f"{path}: dataset /{keys[name]} unreadable (truncated file?): {exc}") from None
-
-        counts = get("data")
-        flats, darks, energy = get("flat"), get("dark"), get("energy")
+        dsets = {name: _dataset(f, keys[name], path) for name in ("data", "flat", "dark", "energy")}
+        data = dsets["data"]
+        if data.ndim == 4:
+            raise XanestrackError(
+                f"{path}: /{keys['data']} has a scan axis {data.shape}; process it with 'xanestrack series {path.name}'"
+            )
+        shape = (1, *data.shape) if data.ndim == 2 else tuple(data.shape)
+        check_frame_shape(shape, source=path, what=f"/{keys['data']}")
+        need = 0
+        for name in ("data", "flat", "dark"):
+            d = dsets[name]
+            if d is None:
+                continue
+            check_pixel_dtype(d.dtype, source=path, what=f"/{keys[name]}")
+            if name != "data" and (d.ndim not in (2, 3) or d.shape[-2:] != shape[1:]):
+                raise XanestrackError(
+                    f"{path}: /{keys[name]} images {d.shape} differ from the data images {shape[1:]}"
+                )
+            _check_written(d, path, keys[name])
+            need += d.size * (d.dtype.itemsize + 4)  # as stored, then as float32
+        check_memory(need + int(np.prod(shape)) * 4, source=path, what=f"reading /{keys['data']} {shape} {data.dtype}")
+        counts = _read(data, path, keys["data"])
+        flats, darks = _read(dsets["flat"], path, keys["flat"]), _read(dsets["dark"], path, keys["dark"])
+        if dsets["energy"] is None:
+            raise XanestrackError(f"{path}: no energy dataset /{keys['energy']}; cannot do XANES without energies")
+        if dsets["energy"].size > MAX_FRAMES or dsets["energy"].dtype.kind not in "iuf":
+            raise XanestrackError(f"{path}: /{keys['energy']} is not a list of energies ({dsets['energy'].shape} {dsets['energy'].dtype})")
+        energy = energies_in_ev(_read(dsets["energy"], path, keys["energy"]), source=f"{path} /{keys['energy']}")
         pixel = None
         for cand in ("pixel_size_um", "exchange/pixel_size_um"):
-            if cand in f:
-                pixel = float(np.asarray(f[cand][()]).ravel()[0])
+            d = _dataset(f, cand, path, must_exist=False)
+            if d is not None:
+                try:
+                    v = float(np.asarray(d[()], dtype=float).ravel()[0])
+                except Exception:  # text, empty or compound: not a number
+                    v = float("nan")
+                if np.isfinite(v) and v > 0:
+                    pixel = v
+                else:
+                    notes.append(f"{path}: /{cand} is not a positive number; pixel size unknown")
     if counts.ndim == 2:
         counts = counts[None]
-    if counts.ndim != 3:
-        raise ValueError(f"{path}: /{keys['data']} must be (n_frames, rows, cols), got {counts.shape}")
-    if energy is None:
-        raise ValueError(f"{path}: no energy dataset /{keys['energy']}; cannot do XANES without energies")
-    energy = np.asarray(energy, dtype=float).ravel()
-    if energy.size and np.nanmax(energy) < 100:  # keV (FXI stores keV)
-        energy = energy * 1000.0
-    for name, arr in (("flat", flats), ("dark", darks)):
-        if arr is not None and arr.ndim == 2:
-            arr = arr[None]
-        if arr is not None and arr.shape[-2:] != counts.shape[-2:]:
-            raise ValueError(
-                f"{path}: /{keys[name]} images {arr.shape[-2:]} differ from data images {counts.shape[-2:]}"
+    if flats is not None and darks is None:
+        notes.append(f"{path}: no dark images (/{keys['dark']}): dark taken as 0")
+    return dict(counts=counts, flats=flats, darks=darks, energies_ev=energy, layout=layout, pixel_size_um=pixel, notes=notes)
+
+
+def _dataset(f, name, path, *, must_exist=False):
+    """The dataset ``name`` of ``f``, None if absent; refuses groups, loops and broken links."""
+    import h5py
+
+    try:
+        obj = f.get(name)
+    except Exception as exc:  # soft-link loops (RuntimeError), broken external links (KeyError/OSError)
+        raise XanestrackError(
+            f"{path}: /{name} cannot be opened ({one_line(exc)}): a broken or looping link in the file; "
+            "fix or re-export the file"
+        ) from None
+    if obj is None:
+        if must_exist:
+            raise XanestrackError(f"{path}: no dataset /{name}")
+        return None
+    if not isinstance(obj, h5py.Dataset):
+        raise XanestrackError(
+            f"{path}: /{name} is a {type(obj).__name__.lower()}, not a dataset of numbers; "
+            "is this file in the NSLS-II FXI or APS Data Exchange layout?"
+        )
+    return obj
+
+
+def _check_written(d, path, name):
+    """Refuse a dataset whose storage was never (fully) written: it would read as fill values."""
+    try:
+        if d.is_virtual or d.external:  # stored elsewhere: the read below checks it
+            return
+        if d.chunks is not None:
+            expected = int(np.prod([-(-s // c) for s, c in zip(d.shape, d.chunks)]))
+            n = d.id.get_num_chunks()
+            if n < expected:
+                raise XanestrackError(
+                    f"{path}: only {n} of {expected} chunks of /{name} {d.shape} were ever written (an interrupted "
+                    "acquisition or copy?); the rest would read as zeros: use a complete file"
+                )
+        elif d.size and d.id.get_storage_size() < d.size * d.dtype.itemsize and d.compression is None:
+            raise XanestrackError(
+                f"{path}: /{name} {d.shape} has {d.id.get_storage_size()} bytes stored for "
+                f"{d.size * d.dtype.itemsize} declared (never written or truncated): use a complete file"
             )
-    return dict(counts=counts, flats=flats, darks=darks, energies_ev=energy, layout=layout, pixel_size_um=pixel)
+    except XanestrackError:
+        raise
+    except Exception:  # an HDF5 library without these queries: the read below still checks
+        pass
+
+
+def _read(d, path, name):
+    if d is None:
+        return None
+    try:
+        return np.asarray(d[()])
+    except MemoryError:
+        raise XanestrackError(f"{path}: not enough memory to read /{name} {d.shape} {d.dtype}") from None
+    except Exception as exc:  # truncated chunks, missing filters, checksum errors
+        raise XanestrackError(f"{path}: dataset /{name} unreadable (truncated or damaged file?): {one_line(exc)}") from None
 
 
 def write_fxi(path, counts, *, flats, darks, energies_ev, pixel_size_um=None) -> None:

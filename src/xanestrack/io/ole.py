@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import XanestrackError
+
 __all__ = ["OleFile", "OleError"]
 
 MAGIC = bytes.fromhex("D0CF11E0A1B11AE1")
@@ -40,7 +42,7 @@ _DIR = np.dtype(
 )
 
 
-class OleError(ValueError):
+class OleError(XanestrackError):
     """The file is not a readable compound document (named in the message)."""
 
 
@@ -74,6 +76,10 @@ class OleFile:
             s = int(block[per - 1])
         fat_sectors = [int(x) for x in difat[:n_fat] if x not in (FREESECT, ENDOFCHAIN)]
         self.fat = np.concatenate([self._sector_array(x) for x in fat_sectors]) if fat_sectors else np.zeros(0, "<u4")
+        # the last sector in use sets the file's size: a shorter file was cut (an interrupted copy)
+        used = np.flatnonzero(self.fat != FREESECT)
+        self.expected_size = int((used[-1] + 2) * self.sector_size) if used.size else len(data)
+        self.truncated = len(data) < self.expected_size
         dir_bytes = self._read_chain(first_dir, None, self.fat, self.sector_size, self._sector_offset)
         n = len(dir_bytes) // 128
         self.dir = np.frombuffer(dir_bytes[: n * 128], _DIR)

@@ -1,61 +1,127 @@
 """TIFF stacks with an energies file."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import XanestrackError, one_line
+from .checks import check_frame_shape, check_memory, check_pixel_dtype, energies_in_ev
+
 __all__ = ["read_tiff_frames", "read_energies_file"]
 
 
-def read_tiff_frames(path) -> np.ndarray:
+def read_tiff_frames(path, *, notes=None) -> np.ndarray:
     """Read a TIFF (multi-page or single image) as (n_frames, rows, cols).
+
+    The declared shape and pixel type are checked before the pixels are read (size
+    against the free memory). Further image series of other frame sizes (thumbnails)
+    are ignored, with a note appended to ``notes`` when a list is given.
 
     Raises
     ------
-    ValueError
-        If the file is missing, not a readable TIFF, or not 2-D/3-D.
+    XanestrackError (a ValueError)
+        If the file is missing, not a readable TIFF, not 2-D/3-D grey images, or too
+        large for the memory.
     """
     import tifffile
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: file not found")
+        raise XanestrackError(f"{path}: file not found")
     try:
-        data = tifffile.imread(path)
+        tf = tifffile.TiffFile(path)
     except Exception as exc:  # tifffile raises many types for corrupt files
-        raise ValueError(f"{path}: not a readable TIFF ({type(exc).__name__}: {exc})") from None
-    data = np.asarray(data)
-    if data.ndim == 2:
-        data = data[None]
-    if data.ndim != 3:
-        raise ValueError(f"{path}: expected a 2-D image or 3-D stack, got shape {data.shape}")
-    return data
+        raise XanestrackError(f"{path}: not a readable TIFF ({type(exc).__name__}: {one_line(exc)})") from None
+    with tf:
+        try:
+            series = list(tf.series)
+            s = series[0]
+            shape, dtype, axes = tuple(s.shape), np.dtype(s.dtype), str(s.axes)
+        except Exception as exc:
+            raise XanestrackError(f"{path}: not a readable TIFF ({type(exc).__name__}: {one_line(exc)})") from None
+        if "S" in axes and len(shape) >= 3 and shape[-1] in (3, 4):
+            raise XanestrackError(f"{path}: a colour (RGB) image {shape}; give grey-level frames (one value per pixel)")
+        if len(shape) > 3:
+            shape = tuple(d for d in shape if d != 1) or (1, 1)
+        frames = (1, *shape) if len(shape) == 2 else shape
+        if len(frames) != 3:
+            raise XanestrackError(f"{path}: expected a 2-D image or 3-D stack, got shape {tuple(s.shape)} (axes {axes})")
+        others = [t for t in series[1:] if tuple(t.shape)[-2:] == frames[1:]]
+        if others:
+            raise XanestrackError(
+                f"{path}: frames are split over {len(others) + 1} image series (pages of different types?); "
+                "save the stack as one series of equal frames"
+            )
+        if len(series) > 1 and notes is not None:
+            notes.append(f"{path}: {len(series) - 1} further image series of other sizes (thumbnails?) ignored")
+        check_pixel_dtype(dtype, source=path)
+        check_frame_shape(frames, source=path)
+        n = int(np.prod(frames))
+        check_memory(n * (dtype.itemsize + 4), source=path, what=f"reading {frames} {dtype}")
+        try:
+            data = np.asarray(s.asarray())
+        except MemoryError:
+            raise XanestrackError(f"{path}: not enough memory to read {frames} {dtype}") from None
+        except Exception as exc:
+            raise XanestrackError(f"{path}: not a readable TIFF ({type(exc).__name__}: {one_line(exc)})") from None
+    return data.reshape(frames)
+
+
+_SEP = re.compile(r"[,;\t]")
+_MAX_HEADER_LINES = 5
+
+
+def _fields(line: str):
+    return [t.strip() for t in _SEP.split(line)] if _SEP.search(line) else line.split()
 
 
 def read_energies_file(path) -> np.ndarray:
     """Energies from a text file: one per line, or a column of a CSV (eV or keV).
 
-    The first numeric column is used; lines starting with ``#`` and a header line are
-    skipped. Energies below 100 are taken as keV and converted to eV.
+    Lines starting with ``#`` are skipped, as are up to five header lines before the
+    first number; a header naming a column "energy" (or "eV"/"keV") selects that
+    column, else the first is used. Energies below 100 are keV and converted to eV.
+
+    Raises
+    ------
+    XanestrackError (a ValueError)
+        Naming the file and line for a binary file, a line that is not a number,
+        zero/negative energies, or keV mixed with eV.
     """
     path = Path(path)
+    src = f"energies file {path}"
     if not path.is_file():
-        raise ValueError(f"energies file {path}: not found")
-    values = []
-    for line in path.read_text(errors="replace").splitlines():
+        raise XanestrackError(f"{src}: not found")
+    if path.stat().st_size > 16 << 20:
+        raise XanestrackError(f"{src}: {path.stat().st_size >> 20} MiB is far too large for one energy per frame; is this the right file?")
+    raw = path.read_bytes()
+    if b"\x00" in raw:
+        raise XanestrackError(f"{src}: binary data, not text; give a text file with one energy per line")
+    values, lines = [], []
+    col, n_header = 0, 0
+    for n, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
         s = line.strip()
         if not s or s.startswith("#"):
             continue
-        tok = s.replace(",", " ").replace(";", " ").split()[0]
+        toks = _fields(s)
         try:
-            values.append(float(tok))
-        except ValueError:
+            v = float(toks[col])
+        except (ValueError, IndexError):
             if values:
-                raise ValueError(f"energies file {path}: non-numeric line {s!r}") from None
+                raise XanestrackError(f"{src}: line {n} {one_line(s, 60)!r} is not a number; give one energy per line") from None
+            n_header += 1
+            if n_header > _MAX_HEADER_LINES:
+                raise XanestrackError(f"{src}: no number in its first {n} lines; give one energy per line (eV or keV)") from None
+            names = [t.lower() for t in toks]
+            for k, t in enumerate(names):
+                if "energ" in t or t.strip("()[]") in ("ev", "kev", "e"):
+                    col = k
+                    break
+            continue
+        values.append(v)
+        lines.append(n)
     if not values:
-        raise ValueError(f"energies file {path}: no numbers found")
-    e = np.array(values)
-    if np.nanmax(e) < 100:
-        e = e * 1000.0
-    return e
+        raise XanestrackError(f"{src}: no numbers found; give one energy per line (eV or keV)")
+    return energies_in_ev(values, source=src, lines=lines)

@@ -30,7 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import XanestrackError
 from ..stack import Stack
+from .checks import check_memory
 
 __all__ = ["XrmFile", "read_xrm", "read_xrm_scan", "default_grouping", "energy_from_name"]
 
@@ -46,7 +48,7 @@ class XrmFile:
     path: Path
     images: np.ndarray  # (n, height, width)
     energies_ev: np.ndarray  # (n,), NaN where the metadata has none
-    exposure_s: np.ndarray  # (n,)
+    exposure_s: np.ndarray  # (n,) s, NaN where unknown (ExpTimes 0 or missing)
     pixel_size_um: float | None
     reference: np.ndarray | None = None
     reference_exposure_s: float | None = None
@@ -59,7 +61,7 @@ def _read_array(ole, name, dtype, path):
     try:
         raw = ole.read(name)
     except ValueError as exc:
-        raise ValueError(f"{path}: stream {name} unreadable: {exc}") from None
+        raise XanestrackError(f"{path}: stream {name} unreadable: {exc}") from None
     n = len(raw) // np.dtype(dtype).itemsize
     return np.frombuffer(raw[: n * np.dtype(dtype).itemsize], dtype=dtype)
 
@@ -77,45 +79,53 @@ def read_xrm(path) -> XrmFile:
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: file not found")
+        raise XanestrackError(f"{path}: file not found")
+    check_memory(2 * path.stat().st_size, source=path, what="reading the file")
     try:
         ole = OleFile(path)
     except ValueError as exc:
         msg = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
-        raise ValueError(f"{msg} (not a readable Zeiss/Xradia file)") from None
+        raise XanestrackError(f"{msg} (not a readable Zeiss/Xradia file)") from None
     except Exception as exc:  # a damaged header can break any parse step
-        raise ValueError(f"{path}: damaged Zeiss/Xradia file ({type(exc).__name__}: {exc})") from None
+        raise XanestrackError(f"{path}: damaged Zeiss/Xradia file ({type(exc).__name__}: {exc})") from None
     w = _read_array(ole, "ImageInfo/ImageWidth", "<u4", path)
     h = _read_array(ole, "ImageInfo/ImageHeight", "<u4", path)
     dt = _read_array(ole, "ImageInfo/DataType", "<u4", path)
     if w is None or h is None or w.size == 0 or h.size == 0:
-        raise ValueError(f"{path}: no ImageInfo/ImageWidth or ImageHeight: not an image file or truncated")
+        raise XanestrackError(f"{path}: no ImageInfo/ImageWidth or ImageHeight: not an image file or truncated")
     width, height = int(w[0]), int(h[0])
     if width <= 0 or height <= 0 or width * height > 1 << 28:
-        raise ValueError(f"{path}: implausible image size {width} x {height}")
+        raise XanestrackError(f"{path}: implausible image size {width} x {height}")
     dtype = _DTYPES.get(int(dt[0]) if dt is not None and dt.size else 5)
     if dtype is None:
-        raise ValueError(f"{path}: unsupported ImageInfo/DataType {int(dt[0])}")
+        raise XanestrackError(f"{path}: unsupported ImageInfo/DataType {int(dt[0])}")
     n_img = _read_array(ole, "ImageInfo/NoOfImages", "<u4", path)
     taken = _read_array(ole, "ImageInfo/ImagesTaken", "<u4", path)
     n = int(n_img[0]) if n_img is not None and n_img.size else 1
     if taken is not None and taken.size and 0 < int(taken[0]) < n:
         n = int(taken[0])
+    if n < 1:
+        raise XanestrackError(f"{path}: ImageInfo/NoOfImages is {n}: the file declares no image (an aborted acquisition?)")
     images = []
     for i in range(1, n + 1):
         name = f"ImageData{(i - 1) // 100 + 1}/Image{i}"
         if not ole.exists(name):
             if i == 1:
-                raise ValueError(f"{path}: no image stream ({name}): the file holds no image (truncated acquisition?)")
-            raise ValueError(f"{path}: image {i} of {n} missing ({name}): truncated file")
+                raise XanestrackError(f"{path}: no image stream ({name}): the file holds no image (truncated acquisition?)")
+            raise XanestrackError(f"{path}: image {i} of {n} missing ({name}): truncated file")
         raw = ole.read(name, partial=True)
         need = width * height * dtype.itemsize
         if len(raw) < need:
-            raise ValueError(
+            raise XanestrackError(
                 f"{path}: image {i} has {len(raw) // dtype.itemsize} pixels, expected {width} x {height} = "
                 f"{width * height}: truncated file"
             )
         images.append(np.frombuffer(raw[:need], dtype=dtype).reshape(height, width))
+    if ole.truncated:
+        raise XanestrackError(
+            f"{path}: truncated file ({path.stat().st_size} of {ole.expected_size} bytes; the end, with the "
+            "metadata or reference image, is missing): copy the file again or leave it out"
+        )
     energy = _read_array(ole, "ImageInfo/Energy", "<f4", path)
     exp = _read_array(ole, "ImageInfo/ExpTimes", "<f4", path)
     pix = _read_array(ole, "ImageInfo/PixelSize", "<f4", path)
@@ -128,7 +138,7 @@ def read_xrm(path) -> XrmFile:
             # known .txrm quirk: the energy is written for image 1 only
             e[:] = e[0]
             notes.append("ImageInfo/Energy set for image 1 only; applied to all images")
-    t = np.ones(n)
+    t = np.full(n, np.nan)  # NaN: exposure unknown (no ExpTimes, or 0)
     if exp is not None and exp.size:
         tv = exp[:n].astype(float)
         t[: tv.size] = np.where(tv > 0, tv, np.nan)
@@ -188,7 +198,7 @@ def _collect(paths):
         if p.is_dir():
             found = sorted(q for q in p.iterdir() if q.suffix.lower() in (".xrm", ".txrm") and q.is_file())
             if not found:
-                raise ValueError(f"{p}: folder holds no .xrm/.txrm files")
+                raise XanestrackError(f"{p}: folder holds no .xrm/.txrm files")
             files += found
         else:
             files.append(p)
@@ -196,10 +206,37 @@ def _collect(paths):
 
 
 def _accumulate(table, key, image, t_exp, path):
-    """Remember ``image`` (a view on the file's bytes, not a float copy) and its exposure."""
+    """Remember ``image`` (a view on the file's bytes, not a float copy) and its exposure (NaN: unknown)."""
     table.setdefault(key, [[], []])
-    table[key][0].append((image, np.float32(1.0) / np.float32(t_exp)))
+    table[key][0].append((image, np.float32(1.0) / np.float32(t_exp) if np.isfinite(t_exp) and t_exp > 0 else np.float32(np.nan)))
     table[key][1].append(path)
+
+
+def _exposure_assumption(jobs, groups):
+    """Count rates need exposure times: all known, or all unknown (then taken equal, noted).
+
+    A mixture (ExpTimes 0 or missing in some files only) is refused: taking the unknown
+    ones as 1 s would scale their counts arbitrarily (an OD of 1.97 read as -1.72).
+    """
+    entries = []  # (scale, file, role, energy)
+    for (_, k, sent, rent, _), g in zip(jobs, groups):
+        entries += [(scale, f, "sample", k) for (_, scale), f in zip(sent, g["samples"])]
+        rfiles = g["samples"] if g["references"] == ["(inside the sample file)"] else g["references"]
+        entries += [(scale, f, "reference", k) for (_, scale), f in zip(rent, rfiles)]
+    unknown = [e for e in entries if not np.isfinite(e[0])]
+    if not unknown:
+        return []
+    if len(unknown) < len(entries):
+        _, f, role, k = unknown[0]
+        raise XanestrackError(
+            f"{f}: {role} image at {k:.2f} eV has no exposure time (ImageInfo/ExpTimes is 0 or missing) while "
+            f"other images state theirs ({len(unknown)} of {len(entries)} unknown), so their counts cannot be "
+            "compared: fix the metadata, or leave such files out"
+        )
+    for _, _, sent, rent, _ in jobs:  # all unknown: equal exposures
+        sent[:] = [(img, np.float32(1.0)) for img, _ in sent]
+        rent[:] = [(img, np.float32(1.0)) for img, _ in rent]
+    return ["no exposure times in any file (ImageInfo/ExpTimes 0 or missing): all exposures taken as equal"]
 
 
 def _mean_rate(entries, out):
@@ -246,32 +283,31 @@ def read_xrm_scan(paths, *, energies=None, grouping=None) -> Stack:
         if shape is None:
             shape = x.images.shape[1:]
         elif x.images.shape[1:] != shape:
-            raise ValueError(f"{f}: image size {x.images.shape[1:]} differs from the first file's {shape}")
+            raise XanestrackError(f"{f}: image size {x.images.shape[1:]} differs from the first file's {shape}")
         pixel = pixel or x.pixel_size_um
         notes += [f"{f.name}: {n}" for n in x.notes]
         for i in range(x.images.shape[0]):
             role, e = grouping(f, x.energies_ev[i])
             if role not in ("sample", "reference"):
-                raise ValueError(f"grouping returned role {role!r} for {f}; expected 'sample' or 'reference'")
+                raise XanestrackError(f"grouping returned role {role!r} for {f}; expected 'sample' or 'reference'")
             if energies is None and (e is None or not np.isfinite(e)):
-                raise ValueError(
+                raise XanestrackError(
                     f"{f}: no energy in the metadata (ImageInfo/Energy is 0) nor in the file name; "
                     "rename the file with '<energy>_eV' or pass the energies explicitly"
                 )
-            t_exp = np.float32(x.exposure_s[i] if np.isfinite(x.exposure_s[i]) else 1.0)
             key = round(float(e), 3) if e is not None and np.isfinite(e) else float(len(order))
-            _accumulate(samples if role == "sample" else refs, key, x.images[i], t_exp, f)
+            _accumulate(samples if role == "sample" else refs, key, x.images[i], x.exposure_s[i], f)
             if role == "sample":
                 order.append(key)
                 if x.reference is not None:
-                    _accumulate(inner_refs, key, x.reference, np.float32(x.reference_exposure_s or 1.0), f)
+                    _accumulate(inner_refs, key, x.reference, x.reference_exposure_s or np.nan, f)
     if not samples:
-        raise ValueError(f"no sample images among {len(files)} files (all recognised as references)")
+        raise XanestrackError(f"no sample images among {len(files)} files (all recognised as references)")
     keys = sorted(samples)
     if energies is not None:
         e_arr = np.asarray(energies, float).ravel()
         if e_arr.size != len(keys):
-            raise ValueError(f"{len(keys)} sample energies found in the files but {e_arr.size} energies given")
+            raise XanestrackError(f"{len(keys)} sample energies found in the files but {e_arr.size} energies given")
     from .flatfield import transmission_to_od
 
     od = np.empty((len(keys), *shape), np.float32)
@@ -286,18 +322,19 @@ def read_xrm_scan(paths, *, energies=None, grouping=None) -> Stack:
             rent, rfiles = inner_refs.pop(k)
             src = ["(inside the sample file)"]
         else:
-            raise ValueError(
+            raise XanestrackError(
                 f"no reference (flat) images for {k:.2f} eV: samples {[p.name for p in sfiles]}; "
                 "add reference files for that energy (name containing '_ref_') or remove the energy"
             )
         jobs.append((j, k, sent, rent, src))
         groups.append(dict(energy_ev=k, samples=[str(p) for p in sfiles], references=src))
+    notes += _exposure_assumption(jobs, groups)
 
     def one(job):
         j, k, sent, rent, src = job
         rsum = _mean_rate(rent, np.empty(shape, np.float32))
         if np.any(rsum <= 0):
-            raise ValueError(
+            raise XanestrackError(
                 f"reference images for {k:.2f} eV ({[Path(p).name for p in src][:3]}) are zero or negative at "
                 f"{int((rsum <= 0).sum())} pixels: the reference is unusable there"
             )

@@ -1,0 +1,182 @@
+"""Plausibility checks shared by the readers, done before anything large is allocated.
+
+Each check either passes, or raises :class:`~xanestrack.errors.XanestrackError`
+with one line naming the file, what is wrong and what to do. Assumptions that are
+accepted are returned as notes, which end up in ``run.json`` (``input_notes``).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..errors import XanestrackError
+
+__all__ = [
+    "available_memory",
+    "check_memory",
+    "check_pixel_dtype",
+    "check_frame_shape",
+    "energies_in_ev",
+    "values_without_flats",
+]
+
+#: sane bounds on what a file may declare, whatever the memory: a frame of at most
+#: 16384 x 16384 pixels (as for .xrm), at most a million frames
+MAX_FRAME_PIXELS = 1 << 28
+MAX_FRAMES = 1_000_000
+#: energies (eV) a TXM-XANES scan can have: soft X-ray L-edges to hard X-ray K-edges
+MIN_ENERGY_EV, MAX_ENERGY_EV = 100.0, 200_000.0
+
+
+def available_memory() -> int:
+    """Bytes of memory this process can still use (system and cgroup limit)."""
+    avail = None
+    try:
+        import psutil
+
+        avail = int(psutil.virtual_memory().available)
+    except Exception:  # psutil missing or unsupported here: ask the OS
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            avail = None
+    try:  # a container's own limit (cgroup v2) can be far below the machine's memory
+        lim = open("/sys/fs/cgroup/memory.max").read().strip()
+        if lim != "max":
+            used = int(open("/sys/fs/cgroup/memory.current").read().strip())
+            room = int(lim) - used
+            avail = room if avail is None else min(avail, room)
+    except (OSError, ValueError):
+        pass
+    return int(avail) if avail is not None else 1 << 62
+
+
+def _gib(n) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def check_memory(nbytes: int, *, source, what: str) -> None:
+    """Refuse when ``nbytes`` (what reading ``what`` needs) exceed 90 % of the free memory."""
+    avail = available_memory()
+    if nbytes > 0.9 * avail:
+        raise XanestrackError(
+            f"{source}: {what} needs about {_gib(nbytes)} of memory but {_gib(avail)} are available; "
+            "crop or bin the data first, or run on a machine with more memory"
+        )
+
+
+def check_pixel_dtype(dtype, *, source, what: str = "the images") -> None:
+    """Refuse pixel types that are not intensities: complex, boolean, text, records, objects."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iuf":
+        return
+    kind = {"c": "complex numbers", "b": "booleans (a mask?)", "U": "text", "S": "bytes", "O": "Python objects",
+            "V": "records/compound values", "M": "dates", "m": "time spans"}.get(dtype.kind, f"type {dtype}")
+    raise XanestrackError(
+        f"{source}: the pixel values of {what} are {kind} ({dtype}), not intensities; give the detector's images "
+        "(integer counts, or float transmission / optical density)"
+    )
+
+
+def check_frame_shape(shape, *, source, what: str = "the images") -> None:
+    """Refuse stacks that are empty, too small for the pipeline or absurdly large."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3:
+        raise XanestrackError(f"{source}: {what} must be (frames, rows, cols), got shape {shape}")
+    n, r, c = shape
+    if n < 1:
+        raise XanestrackError(f"{source}: no frames in {what} (shape {shape}); the file is empty or was not written")
+    if r < 8 or c < 8:
+        raise XanestrackError(f"{source}: frames of {r} x {c} pixels in {what} are too small (at least 8 x 8); is this the right dataset?")
+    if r * c > MAX_FRAME_PIXELS or n > MAX_FRAMES:
+        raise XanestrackError(
+            f"{source}: {what} of shape {shape} means more than {MAX_FRAMES} frames or frames larger than "
+            "16384 x 16384 pixels; the file is damaged or not an energy scan"
+        )
+
+
+def energies_in_ev(values, *, source, lines=None) -> np.ndarray:
+    """Energies in eV from values in eV or keV, refusing what cannot be a XANES scan.
+
+    All values below 100 are keV (converted); a mixture of keV and eV values, a value
+    that is not a number, zero or negative, or beyond 100 eV - 200 keV is refused.
+    ``lines``: where each value came from (line numbers of a text file), for messages.
+    """
+    try:
+        e = np.asarray(values, dtype=float).ravel()
+    except (TypeError, ValueError):
+        raise XanestrackError(f"{source}: energies are not numbers ({np.asarray(values).dtype})") from None
+
+    def at(i):
+        return f"line {lines[i]}" if lines is not None else f"value {i + 1}"
+
+    if e.size == 0:
+        raise XanestrackError(f"{source}: no energies; give one energy per frame (eV or keV)")
+    bad = ~np.isfinite(e)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise XanestrackError(f"{source}: energy at {at(i)} is {e[i]} (not a number); give one number per frame")
+    if np.any(e <= 0):
+        i = int(np.flatnonzero(e <= 0)[0])
+        raise XanestrackError(f"{source}: energy at {at(i)} is {e[i]:g}: energies must be positive (eV or keV)")
+    kev = e < 100
+    if kev.any() and not kev.all():
+        i, j = int(np.flatnonzero(kev)[0]), int(np.flatnonzero(~kev)[0])
+        raise XanestrackError(
+            f"{source}: energies mix keV and eV ({e[i]:g} at {at(i)}, {e[j]:g} at {at(j)}); give them all in one unit"
+        )
+    if kev.all():
+        e = e * 1000.0
+    out = (e < MIN_ENERGY_EV) | (e > MAX_ENERGY_EV)
+    if out.any():
+        i = int(np.flatnonzero(out)[0])
+        raise XanestrackError(
+            f"{source}: energy {e[i]:g} eV at {at(i)} is outside 100 eV - 200 keV; check the unit (eV or keV)"
+        )
+    return e
+
+
+def values_without_flats(data, values: str, *, source, flats_hint: str):
+    """Optical density from images given without flats, as ``values`` says or as they look.
+
+    Returns ``(od float32, kind, notes)``. Integers under ``"auto"`` are raw counts and
+    refused (they need flats); floats under ``"auto"`` are optical density unless they
+    look like transmission (background near 1) or raw counts (large values): then
+    refused, asking the user to say which.
+    """
+    from .flatfield import optical_density
+
+    if values not in ("auto", "od", "transmission", "counts"):
+        raise XanestrackError(f"--values must be auto, od or transmission, got {values!r}")
+    integer = np.issubdtype(data.dtype, np.integer)
+    if values == "counts" or (values == "auto" and integer):
+        raise XanestrackError(
+            f"{source}: {'integer pixel values look like' if values == 'auto' else 'pixel values are'} raw counts, "
+            f"which need {flats_hint}; if they are already optical density or transmission, "
+            "say so with --values od|transmission"
+        )
+    sample = np.asarray(data[:: max(1, data.shape[0] // 8)], dtype=np.float32)
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        raise XanestrackError(f"{source}: every sampled pixel is NaN or inf; the images hold no data")
+    lo, med, hi = (float(v) for v in np.percentile(sample, [0.1, 50, 99.9]))
+    rng = f"values {lo:.3g} to {hi:.3g}, median {med:.3g}"
+    if values in ("auto", "transmission") and med > 50:
+        raise XanestrackError(
+            f"{source}: {rng} look like raw counts, not {'optical density' if values == 'auto' else 'transmission'}; "
+            f"give {flats_hint}"
+        )
+    notes = []
+    if values == "auto":
+        if lo >= 0 and hi <= 1.5 and med >= 0.5:
+            raise XanestrackError(
+                f"{source}: {rng} look like transmission I/I0 (background near 1), not optical density; "
+                "pass --values transmission, or --values od if they really are optical density"
+            )
+        notes.append(f"{source}: floating-point values without flats taken as optical density ({rng}); "
+                     "pass --values transmission if they are I/I0")
+        values = "od"
+    if values == "od":
+        return np.asarray(data, dtype=np.float32), "od", notes
+    return optical_density(data, source=str(source)), "transmission", notes
