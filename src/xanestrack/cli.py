@@ -29,14 +29,32 @@ def _console():
     return Console(stderr=True, quiet=_STATE["quiet"])
 
 
-def _fail(exc: BaseException):
+def _message(exc: BaseException, context=None) -> str:
+    """One line for the user: what went wrong, with which file, and what to do."""
+    from .errors import XanestrackError, one_line
+
+    text = one_line(exc) or type(exc).__name__
+    if isinstance(exc, XanestrackError):
+        return text
+    where = f"{context}: " if context and str(context) not in text else ""
+    if isinstance(exc, MemoryError):
+        return f"{where}not enough memory ({text}); crop or bin the data, or use a machine with more memory"
+    if isinstance(exc, (ValueError, TypeError, OSError)):
+        return f"{where}{text} (--debug shows where)"
+    return (
+        f"{where}unexpected {type(exc).__name__}: {text}; this is a bug or an input we do not handle: "
+        "rerun with --debug and report the traceback"
+    )
+
+
+def _fail(exc: BaseException, context=None):
+    """Print ``exc`` as one line and exit with status 2 (``--debug``: raise it, with its traceback)."""
     if _STATE["debug"]:
         raise exc
     from rich.console import Console
-
     from rich.markup import escape
 
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(_message(exc, context))}", highlight=False)
     raise typer.Exit(2)
 
 
@@ -105,27 +123,27 @@ def _particle_table(result, title="particles"):
     return tab
 
 
-def _run_and_write(stack, out, *, overwrite, run_info, options=None, detector="learned", segmenter="learned", make_report=True, save_fused=False, references=None, detector_model=None, segmenter_model=None):
+def _run_and_write(stack, out, *, overwrite, run_info, options=None, detector="learned", segmenter="learned", make_report=True, save_fused=False, references=None, detector_model=None, segmenter_model=None, inputs=()):
     from .pipeline import PipelineOptions, run_pipeline
-    from .results import atomic_output_dir, check_output_dir, write_results
+    from .results import atomic_output_dir, write_results
 
-    check_output_dir(out, overwrite=overwrite)
     options = options or PipelineOptions()
     from .models import pipeline_models
 
-    det_fn, seg_fn = pipeline_models(detector, segmenter, options=options, detector_model=detector_model, segmenter_model=segmenter_model)
-    t0 = time.perf_counter()
-    with _Progress(_STATE["quiet"]) as prog:
-        result = run_pipeline(stack, options=options, detector=det_fn, segmenter=seg_fn, references=references, progress=prog)
-    run_info = dict(
-        run_info,
-        detector=detector,
-        segmenter=segmenter,
-        detector_model=str(detector_model) if detector_model else ("shipped" if detector == "learned" else None),
-        segmenter_model=str(segmenter_model) if segmenter_model else ("shipped" if segmenter == "learned" else None),
-        pipeline_s=time.perf_counter() - t0,
-    )
-    with atomic_output_dir(out, overwrite=overwrite) as tmp:
+    # the output folder is checked, claimed and locked before anything is computed
+    with atomic_output_dir(out, overwrite=overwrite, inputs=inputs, kind="run") as tmp:
+        det_fn, seg_fn = pipeline_models(detector, segmenter, options=options, detector_model=detector_model, segmenter_model=segmenter_model)
+        t0 = time.perf_counter()
+        with _Progress(_STATE["quiet"]) as prog:
+            result = run_pipeline(stack, options=options, detector=det_fn, segmenter=seg_fn, references=references, progress=prog)
+        run_info = dict(
+            run_info,
+            detector=detector,
+            segmenter=segmenter,
+            detector_model=str(detector_model) if detector_model else ("shipped" if detector == "learned" else None),
+            segmenter_model=str(segmenter_model) if segmenter_model else ("shipped" if segmenter == "learned" else None),
+            pipeline_s=time.perf_counter() - t0,
+        )
         write_results(result, tmp, run_info=run_info, save_fused=save_fused)
         if make_report:
             from .report import write_report
@@ -145,6 +163,7 @@ def _input_description(stack, inputs):
         inputs=[str(p) for p in inputs],
         input_checksums_sha256=file_checksums(files),
         reader=stack.metadata.get("reader"),
+        values=stack.metadata.get("values"),
         energies_ev=[float(e) for e in stack.energies_ev],
         frame_shape=list(stack.od.shape[1:]),
         pixel_size_um=stack.pixel_size_um,
@@ -153,12 +172,34 @@ def _input_description(stack, inputs):
 
 
 def _radius_range(stack, min_radius=None, max_radius=None):
-    """Particle radius range (px) and the classical detection binning, from the pixel size when known."""
+    """Particle radius range (px) and the classical detection binning, from the pixel size when known.
+
+    Refuses a range no particle of these frames can have (larger than the frame, below
+    a pixel): from the options, or from an implausible pixel size in the file.
+    """
+    from .errors import XanestrackError
+
     px = stack.pixel_size_um
+    given = (min_radius is not None, max_radius is not None)
+    for name, v in (("--min-radius", min_radius), ("--max-radius", max_radius)):
+        if v is not None and not (np.isfinite(v) and v >= 0):
+            raise XanestrackError(f"{name} {v}: give a radius in pixels (a positive number)")
     if min_radius is None:
         min_radius = 0.4 / px if px else 7.0
     if max_radius is None:
         max_radius = 8.0 / px if px else 60.0
+    size = max(stack.od.shape[1:])
+    if not (1.0 <= max_radius <= size and min_radius < max_radius):
+        if px and not all(given):
+            raise XanestrackError(
+                f"{stack.metadata.get('source', 'input')}: the pixel size in the file, {px:g} um, gives particle radii of "
+                f"{min_radius:.3g}-{max_radius:.3g} px (0.4-8 um) in frames of {stack.od.shape[1]} x {stack.od.shape[2]}: "
+                "the pixel size is wrong; give --min-radius and --max-radius in pixels"
+            )
+        raise XanestrackError(
+            f"--min-radius {min_radius:g} / --max-radius {max_radius:g} px: a particle radius must be at least 1 px, "
+            f"at most the frame size ({size} px), and the minimum below the maximum"
+        )
     return float(min_radius), float(max_radius), int(np.clip(round(min_radius / 5), 1, 4))
 
 
@@ -169,7 +210,7 @@ def run(
     energies: Optional[Path] = typer.Option(None, help="Energies file for TIFF input: one energy per frame, eV or keV."),
     flats: Optional[Path] = typer.Option(None, help="TIFF of flat-field (reference) images for TIFF input."),
     darks: Optional[Path] = typer.Option(None, help="TIFF of dark images for TIFF input."),
-    values: str = typer.Option("auto", help="TIFF without flats: 'od' or 'transmission' (integer data need --flats)."),
+    values: str = typer.Option("auto", help="TIFF or HDF5 without flats: 'od' or 'transmission' (integer data need flats; 'auto' refuses floats that look like transmission)."),
     min_radius: Optional[float] = typer.Option(None, help="Smallest particle radius to track (px); smaller objects are fines. Default 7 px, or 0.4 um when the files give the pixel size."),
     max_radius: Optional[float] = typer.Option(None, help="Largest particle radius to track (px). Default 60 px, or 8 um when the files give the pixel size."),
     reference_particle: Optional[int] = typer.Option(None, help="Particle the relative motion is measured against."),
@@ -192,15 +233,24 @@ def run(
 
         xanestrack run ../shared/data/real_txm/ssrl_6-2c_nca --out ssrl/
     """
+    given = [*inputs, *(p for p in (energies, flats, darks, detector_model, segmenter_model) if p is not None)]
+    given += [Path(r.split("=", 1)[1]) for r in reference or [] if "=" in r]
     try:
         from .detect import DetectOptions
+        from .errors import XanestrackError
         from .io import read_stack
         from .pipeline import PipelineOptions
+        from .results import check_output_dir
 
+        if detect_every < 1:
+            raise XanestrackError(f"--detect-every {detect_every}: give 1 (every frame) or more")
+        check_output_dir(out, overwrite=overwrite, inputs=given)  # before reading: refuse early
         c = _console()
         t = time.perf_counter()
         stack = read_stack(inputs if len(inputs) > 1 else inputs[0], energies=energies, flats=flats, darks=darks, values=values)
         c.print(f"read      {stack.od.shape[0]} frames of {stack.od.shape[1]} x {stack.od.shape[2]}, {stack.energies_ev[0]:.1f}-{stack.energies_ev[-1]:.1f} eV ({time.perf_counter() - t:.2f} s)")
+        for note in stack.metadata.get("notes", []):
+            c.print(f"note      {note}", highlight=False, markup=False)
         px = stack.pixel_size_um
         min_radius, max_radius, binning = _radius_range(stack, min_radius, max_radius)
         if detector == "learned":
@@ -227,6 +277,7 @@ def run(
         result = _run_and_write(
             stack, out, overwrite=overwrite, run_info=_input_description(stack, inputs), options=opts, save_fused=save_fused,
             references=refs, detector=detector, segmenter=segmenter, detector_model=detector_model, segmenter_model=segmenter_model,
+            inputs=given,
         )
         _stage_summary(result)
         if not _STATE["quiet"]:
@@ -234,8 +285,8 @@ def run(
 
             Console().print(_particle_table(result))
         c.print(f"results in {out}/ (tracks.csv, results.h5, report.html, run.json)")
-    except (ValueError, TypeError, OSError) as exc:
-        _fail(exc)
+    except Exception as exc:
+        _fail(exc, ", ".join(map(str, inputs)))
 
 
 @app.command()
@@ -276,11 +327,11 @@ def synth(
 
             lo = PRESETS.get(preset, PRESETS["default"]).radius_range[0]
             kw["radius_range"] = (min(lo, max_radius), max_radius)
-        s = make_synthetic_stack(preset, seed=seed, **kw)
-        with atomic_output_dir(out, overwrite=overwrite) as tmp:
+        with atomic_output_dir(out, overwrite=overwrite, kind="synth") as tmp:  # checked before computing
+            s = make_synthetic_stack(preset, seed=seed, **kw)
             write_synthetic(s, tmp, preset=preset)
         _console().print(f"wrote {out}/stack.h5 ({s.counts.shape[0]} x {s.counts.shape[1]} x {s.counts.shape[2]}) and truth.h5, {len(s.truth.radii)} particles")
-    except (ValueError, TypeError, OSError) as exc:
+    except Exception as exc:
         _fail(exc)
 
 
@@ -337,7 +388,7 @@ def demo(
             f"edge-energy RMS max {summary['max_edge_rms_ev']:.3f} eV"
         )
         con.print(f"results in {out}/ (report.html, tracks.csv, results.h5, run.json, accuracy.csv)")
-    except (ValueError, TypeError, OSError) as exc:
+    except Exception as exc:
         _fail(exc)
 
 
@@ -367,7 +418,7 @@ def bench(
             bad = [m for m in methods if m not in known]
             if bad:
                 raise ValueError(f"unknown or unavailable aligner(s) {bad}; choose from {sorted(known)}")
-        with atomic_output_dir(out, overwrite=overwrite) as tmp:
+        with atomic_output_dir(out, overwrite=overwrite, inputs=dataset or (), kind="bench") as tmp:
             with _Progress(_STATE["quiet"]) as prog:
                 if presets is None:
                     presets = [] if dataset else ["default", "hard", "rigid"]
@@ -378,7 +429,7 @@ def bench(
 
         Console().print(Markdown(md))
         _console().print(f"tables and figures in {out}/")
-    except (ValueError, TypeError, OSError) as exc:
+    except Exception as exc:
         _fail(exc)
 
 
@@ -425,8 +476,8 @@ def series(
                 f"accuracy  identities kept: {ev['all_identities_kept']} ({ev['n_particles']} particles); "
                 f"mean edge energy per scan: max |error| {ev['max_abs_e50_error_ev']:.3f} eV, RMS {ev['rms_e50_error_ev']:.3f} eV"
             )
-    except (ValueError, TypeError, OSError) as exc:
-        _fail(exc)
+    except Exception as exc:
+        _fail(exc, ", ".join(map(str, inputs or [])) or None)
 
 
 train_app = typer.Typer(no_args_is_help=True, help="Train the learned models on data the package generates.")
@@ -460,9 +511,15 @@ def train_segmenter_cmd(
         if n_train:
             cfg = replace(cfg, n_train=n_train)
         target = out or default_model_dir()
-        train_segmenter(target, config=cfg, log=_console().print)
+        if out is not None:
+            from .results import atomic_output_dir
+
+            with atomic_output_dir(out, kind="model") as tmp:  # a folder that exists is refused; nothing half-written is left
+                train_segmenter(tmp, config=cfg, log=_console().print)
+        else:
+            train_segmenter(target, config=cfg, log=_console().print)
         _console().print(f"model written to {target}/ (config.json, weights.pt, card.md)")
-    except (ValueError, TypeError, OSError) as exc:
+    except Exception as exc:
         _fail(exc)
 
 
@@ -513,13 +570,13 @@ def train_detector_cmd(
         if out is not None:
             from .results import atomic_output_dir
 
-            with atomic_output_dir(out) as tmp:  # a folder that exists is refused; nothing half-written is left
+            with atomic_output_dir(out, inputs=[*(raw or []), *([init] if init else [])], kind="model") as tmp:  # a folder that exists is refused
                 res = train_detector(tmp, config=cfg, raw=frames, init_dir=init, log=_console().print)
         else:
             res = train_detector(target, config=cfg, raw=frames, init_dir=init, log=_console().print)
         _console().print("validation F1 (synthetic): " + ", ".join(f"{k} {v:.3f}" for k, v in res["f1"].items()))
         _console().print(f"model written to {target}/ (config.json, weights.pt, card.md)")
-    except (ValueError, TypeError, OSError) as exc:
+    except Exception as exc:
         _fail(exc)
 
 
@@ -536,8 +593,8 @@ def report(folder: Path = typer.Argument(..., help="An output folder of 'xanestr
 
         write_report(folder)
         _console().print(f"wrote {folder}/report.html")
-    except (ValueError, TypeError, OSError) as exc:
-        _fail(exc)
+    except Exception as exc:
+        _fail(exc, folder)
 
 
 def main():

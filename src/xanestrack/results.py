@@ -409,18 +409,51 @@ def write_results(result, folder, *, run_info: dict, save_fused: bool = False) -
         json.dump(info, fh, indent=2, default=_json_default)
 
 
+#: what the report needs: tracks.csv columns, and per particle its datasets and attributes
+TRACK_COLUMNS = ("particle", "frame", "energy_ev", "y", "x", "flags")
+PARTICLE_DATASETS = ("aligned", "mask", "positions", "edge_e50", "mean_spectrum", "mean_norm", "pre_edge", "post_edge")
+PARTICLE_ATTRS = ("particle", "origin_y", "origin_x", "radius_px", "e0_ev")
+
+
 def read_results(folder) -> dict:
-    """Read back what :func:`write_results` wrote (tables as DataFrames, particles as dicts)."""
+    """Read back what :func:`write_results` wrote (tables as DataFrames, particles as dicts).
+
+    Raises
+    ------
+    XanestrackError (a ValueError)
+        Naming the file, if a file is missing, unreadable, or lacks a dataset or
+        column that :func:`write_results` writes (an incomplete or foreign folder).
+    """
     import h5py
     import pandas as pd
 
     folder = Path(folder)
+    rerun = "rerun 'xanestrack run' to write a complete output folder"
+    if not folder.is_dir():
+        raise XanestrackError(f"{folder}: not a folder; give an output folder of 'xanestrack run'")
     if not (folder / "results.h5").is_file():
-        raise ValueError(f"{folder}: no results.h5 here; is this a xanestrack output folder?")
-    tracks = pd.read_csv(folder / "tracks.csv", dtype={"flags": "string"})
-    if "flags" in tracks:
-        tracks["flags"] = tracks["flags"].fillna("")
-    out = dict(tracks=tracks, run=json.loads((folder / "run.json").read_text()))
+        raise XanestrackError(f"{folder}: no results.h5 here; is this a xanestrack output folder?")
+    for name in ("tracks.csv", "run.json"):
+        if not (folder / name).is_file():
+            raise XanestrackError(f"{folder / name}: missing; {rerun}")
+    try:
+        tracks = pd.read_csv(folder / "tracks.csv", dtype={"flags": "string"})
+    except Exception as exc:  # empty, binary, ragged
+        raise XanestrackError(f"{folder / 'tracks.csv'}: unreadable ({one_line(exc)}); {rerun}") from None
+    missing = [c for c in TRACK_COLUMNS if c not in tracks]
+    for cols in (("dy", "dx", "vy", "vx", "rigid_dy", "rigid_dx"), ("nonrigid_dy", "nonrigid_dx", "rel_dy", "rel_dx")):
+        if any(c in tracks for c in cols):
+            missing += [c for c in cols if c not in tracks]
+    if missing:
+        raise XanestrackError(f"{folder / 'tracks.csv'}: no column(s) {', '.join(missing)}; {rerun}")
+    tracks["flags"] = tracks["flags"].fillna("")
+    try:
+        run = json.loads((folder / "run.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise XanestrackError(f"{folder / 'run.json'}: not readable JSON ({one_line(exc)}); {rerun}") from None
+    if not isinstance(run, dict):
+        raise XanestrackError(f"{folder / 'run.json'}: not a run description (a JSON object); {rerun}")
+    out = dict(tracks=tracks, run=run)
     for name in ("detections", "rejected", "motion_summary"):
         p = folder / f"{name}.csv"
         if p.is_file() and p.stat().st_size > 1:
@@ -428,21 +461,40 @@ def read_results(folder) -> dict:
                 out[name] = pd.read_csv(p)
             except pd.errors.EmptyDataError:
                 out[name] = pd.DataFrame()
+            except Exception as exc:
+                raise XanestrackError(f"{p}: unreadable ({one_line(exc)}); {rerun}") from None
+    h5 = folder / "results.h5"
     parts = []
-    with h5py.File(folder / "results.h5", "r") as f:
-        out["energies_ev"] = f["energies_ev"][()]
-        out["common_shift"] = f["common_shift"][()]
-        if "common_similarity" in f:
-            d = f["common_similarity"]
-            out["similarity"] = pd.DataFrame(d[()], columns=json.loads(d.attrs["columns"]))
-        for key in sorted(f["particles"]):
-            g = f["particles"][key]
-            d = {k: g[k][()] for k in g}
-            d.update({k: g.attrs[k] for k in g.attrs})
-            if "fractions" in g:
-                d["reference_names"] = json.loads(g["fractions"].attrs["references"])
-            parts.append(d)
-        for name in ("fused_first", "fused_last"):
-            out[name] = f[name][()] if name in f else None
+    try:
+        f = h5py.File(h5, "r")
+    except Exception as exc:
+        raise XanestrackError(f"{h5}: not a readable HDF5 file ({one_line(exc)}); {rerun}") from None
+    try:
+        with f:
+            for name in ("energies_ev", "common_shift", "particles"):
+                if name not in f:
+                    raise XanestrackError(f"{h5}: no /{name}; not a complete xanestrack results file: {rerun}")
+            out["energies_ev"] = f["energies_ev"][()]
+            out["common_shift"] = f["common_shift"][()]
+            if "common_similarity" in f:
+                d = f["common_similarity"]
+                out["similarity"] = pd.DataFrame(d[()], columns=json.loads(d.attrs["columns"]))
+            for key in sorted(f["particles"]):
+                g = f["particles"][key]
+                gone = [f"/particles/{key}/{k}" for k in PARTICLE_DATASETS if k not in g]
+                gone += [f"attribute {k} of /particles/{key}" for k in PARTICLE_ATTRS if k not in g.attrs]
+                if gone:
+                    raise XanestrackError(f"{h5}: no {gone[0]}; not a complete xanestrack results file: {rerun}")
+                d = {k: g[k][()] for k in g}
+                d.update({k: g.attrs[k] for k in g.attrs})
+                if "fractions" in g:
+                    d["reference_names"] = json.loads(g["fractions"].attrs["references"])
+                parts.append(d)
+            for name in ("fused_first", "fused_last"):
+                out[name] = f[name][()] if name in f else None
+    except XanestrackError:
+        raise
+    except Exception as exc:  # truncated datasets, groups where datasets should be, bad attributes
+        raise XanestrackError(f"{h5}: damaged ({type(exc).__name__}: {one_line(exc)}); {rerun}") from None
     out["particles"] = parts
     return out

@@ -33,7 +33,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ..errors import XanestrackError
 from ..register import bin_frames
+from .loading import check_model_size, load_state, load_weights, read_model_config
 
 __all__ = [
     "DetectorConfig",
@@ -304,7 +306,7 @@ def train_detector(
         if not (Path(init_dir) / "weights.pt").is_file():
             raise ValueError(f"no trained detector in {init_dir} to start from")
         # the architecture and binning are the starting model's
-        base = json.loads((Path(init_dir) / "config.json").read_text())
+        base = read_model_config(init_dir, kind="detector", required=("width", "n_blocks"))
         config = replace(config, **{k: base[k] for k in ("width", "n_blocks", "disc_width", "binning") if k in base})
     torch.manual_seed(config.seed)
     rng = np.random.default_rng([config.seed, 5])
@@ -317,7 +319,7 @@ def train_detector(
     F = ResnetGenerator(1, 1, config.width, config.n_blocks)  # mask -> raw
     DA, DB = PatchDiscriminator(1, config.disc_width), PatchDiscriminator(1, config.disc_width)
     if init_dir is not None:
-        state = torch.load(Path(init_dir) / "weights.pt", map_location="cpu", weights_only=True)
+        state = load_weights(init_dir, kind="detector")
         G.load_state_dict(state["G"])
         F.load_state_dict(state["F"])
         if "DA" in state:
@@ -493,10 +495,13 @@ class LearnedDetector:
 
         d = Path(model_dir) if model_dir else default_detector_dir()
         if not (d / "weights.pt").is_file():
-            raise ValueError(f"no trained detector in {d}: run 'xanestrack train detector' first")
-        self.config = json.loads((d / "config.json").read_text())
-        G = ResnetGenerator(1, 1, self.config["width"], self.config["n_blocks"])
-        G.load_state_dict(torch.load(d / "weights.pt", map_location="cpu", weights_only=True)["G"])
+            raise XanestrackError(f"no trained detector in {d}: run 'xanestrack train detector' first")
+        self.config = read_model_config(d, kind="detector", required=("width", "n_blocks"))
+        build = lambda: ResnetGenerator(1, 1, self.config["width"], self.config["n_blocks"])  # noqa: E731
+        check_model_size(build, path=d / "config.json", kind="detector")
+        state = load_weights(d, kind="detector")
+        G = build()
+        load_state(G, state.get("G") if isinstance(state, dict) else state, path=d / "weights.pt", kind="detector")
         self._init(G, options or DetectOptions(), binning, precision)
 
     @classmethod

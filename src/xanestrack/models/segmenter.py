@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ..errors import XanestrackError
 from ..register import bin_frames
+from .loading import check_model_size, load_state, load_weights, read_model_config
 
 __all__ = ["SegmenterConfig", "make_training_rois", "train_segmenter", "LearnedSegmenter", "default_model_dir"]
 
@@ -227,10 +229,13 @@ class LearnedSegmenter:
 
         d = Path(model_dir) if model_dir else default_model_dir()
         if not (d / "weights.pt").is_file():
-            raise ValueError(f"no trained segmenter in {d}: run 'xanestrack train segmenter' first")
-        self.config = json.loads((d / "config.json").read_text())
-        self.model = DualUNet(self.config["width"], self.config["depth"])
-        self.model.load_state_dict(torch.load(d / "weights.pt", map_location="cpu", weights_only=True))
+            raise XanestrackError(f"no trained segmenter in {d}: run 'xanestrack train segmenter' first")
+        self.config = read_model_config(d, kind="segmenter", required=("width", "depth", "canvas"))
+        build = lambda: DualUNet(self.config["width"], self.config["depth"])  # noqa: E731
+        check_model_size(build, path=d / "config.json", kind="segmenter")
+        state = load_weights(d, kind="segmenter")
+        self.model = build()
+        load_state(self.model, state, path=d / "weights.pt", kind="segmenter")
         self.model.eval()
         _fold_batchnorm(self.model)
         # channels-last halves CPU inference time with the same fp32 arithmetic

@@ -3,8 +3,9 @@
 Each scan is one task: read lazily (inside the task), run the per-scan pipeline,
 write its results to ``OUT/scans/NAME/`` (``tracks.csv``, ``results.h5`` with chunked
 datasets, ``summary.json``) atomically, and return a small per-particle summary.
-A scan whose folder is complete is not redone: an interrupted series resumes where it
-stopped. Memory is bounded by the scans in flight (the worker count), whatever the
+A scan whose folder is complete, made from the same input content (SHA-256), is not
+redone: an interrupted series resumes where it stopped, and a replaced input is
+processed again. Memory is bounded by the scans in flight (the worker count), whatever the
 series length.
 
 Schedulers: Dask's threaded scheduler by default (no set-up); ``workers=N`` starts a
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["ScanSource", "series_sources", "synthetic_sources", "process_scan", "run_series", "link_scans"]
+__all__ = ["ScanSource", "series_sources", "synthetic_sources", "source_checksum", "process_scan", "run_series", "link_scans"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,14 +94,44 @@ def series_sources(inputs) -> list:
     if len(paths) == 1 and paths[0].suffix.lower() in (".h5", ".hdf5") and paths[0].is_file():
         import h5py
 
-        with h5py.File(paths[0], "r") as f:
-            if "img_xanes" in f and f["img_xanes"].ndim == 4:
-                n = f["img_xanes"].shape[0]
-                return [ScanSource(f"scan_{i:04d}", i, "hdf5-scan", str(paths[0])) for i in range(n)]
+        try:
+            with h5py.File(paths[0], "r") as f:
+                d = f.get("img_xanes")
+                n = d.shape[0] if isinstance(d, h5py.Dataset) and d.ndim == 4 else None
+        except Exception as exc:  # not HDF5, a looping link...: read_stack says what is wrong, in its task
+            logger.debug("%s: %s", paths[0], exc)
+            n = None
+        if n is not None:
+            return [ScanSource(f"scan_{i:04d}", i, "hdf5-scan", _normalised(paths[0])) for i in range(n)]
     names = [p.stem if p.is_file() else p.name for p in paths]
     if len(set(names)) != len(names):
         names = [f"scan_{i:04d}_{n}" for i, n in enumerate(names)]
-    return [ScanSource(n, i, "input", str(p)) for i, (n, p) in enumerate(zip(names, paths))]
+    return [ScanSource(n, i, "input", _normalised(p)) for i, (n, p) in enumerate(zip(names, paths))]
+
+
+def _normalised(path) -> str:
+    """One spelling per file: absolute, symlinks resolved (relative and absolute paths compare equal)."""
+    return str(Path(path).resolve())
+
+
+def source_checksum(source: ScanSource) -> str:
+    """SHA-256 of what a scan is read from: its file(s) (a folder: its .xrm/.txrm files), or its synthetic recipe."""
+    import hashlib
+
+    h = hashlib.sha256()
+    if source.kind == "synthetic":
+        h.update(json.dumps(dict(source.synthetic, index=source.index), sort_keys=True, default=str).encode())
+        return h.hexdigest()
+    p = Path(source.path)
+    files = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in (".xrm", ".txrm")) if p.is_dir() else [p]
+    for q in files:
+        h.update(q.name.encode() + b"\0")
+        with open(q, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    if source.kind == "hdf5-scan":
+        h.update(f"scan {source.index}".encode())
+    return h.hexdigest()
 
 
 def synthetic_sources(n_scans: int, *, preset="default", seed=0, **params) -> list:
@@ -126,19 +157,28 @@ def _models(detector: str, segmenter: str, options):
     return _MODELS[key]
 
 
-def process_scan(source: ScanSource, out_dir, options=None, detector: str = "learned", segmenter: str = "learned") -> list:
+def process_scan(source: ScanSource, out_dir, options=None, detector: str = "learned", segmenter: str = "learned", checksum: str | None = None) -> list:
     """Run the pipeline on one scan, write its results, return its per-particle summary.
 
-    If the scan's folder is already complete (a previous, interrupted series), its
-    summary is read back instead. ``detector`` / ``segmenter``: "learned" (the
-    shipped models, loaded once per worker) or "classical".
+    If the scan's folder is already complete (a previous, interrupted series) and was
+    made from the same input content (``checksum``, SHA-256 of the source, computed
+    when not given), its summary is read back instead; a scan whose input changed is
+    processed again. ``detector`` / ``segmenter``: "learned" (the shipped models,
+    loaded once per worker) or "classical".
     """
     from ..pipeline import PipelineOptions, run_pipeline
     from ..results import atomic_output_dir, write_results
 
+    checksum = checksum or source_checksum(source)
     sp = _summary_path(out_dir, source.name)
     if sp.is_file():
-        return json.loads(sp.read_text())["particles"]
+        try:
+            done = json.loads(sp.read_text())
+        except ValueError:
+            done = {}
+        if done.get("input_sha256") == checksum and "particles" in done:
+            return done["particles"]
+        logger.warning("%s: its input changed since it was processed (or its summary is unreadable): processing it again", source.name)
     options = options or PipelineOptions(fuse="ends")
     stack = source.load()
     det_fn, seg_fn = _models(detector, segmenter, options)
@@ -170,9 +210,9 @@ def process_scan(source: ScanSource, out_dir, options=None, detector: str = "lea
         )
     folder = Path(out_dir) / "scans" / source.name
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output_dir(folder, overwrite=True) as tmp:
-        write_results(result, tmp, run_info=dict(source=source.name, scan=source.index, inputs=[source.path or source.name]))
-        (tmp / "summary.json").write_text(json.dumps(dict(scan=source.index, name=source.name, particles=rows), default=float))
+    with atomic_output_dir(folder, overwrite=True, kind="series-scan") as tmp:
+        write_results(result, tmp, run_info=dict(source=source.name, scan=source.index, inputs=[source.path or source.name], input_sha256=checksum))
+        (tmp / "summary.json").write_text(json.dumps(dict(scan=source.index, name=source.name, input_sha256=checksum, particles=rows), default=float))
     return rows
 
 
@@ -248,7 +288,10 @@ def run_series(
     sources : list of ScanSource
     out_dir : path
         Series folder: ``scans/`` per-scan results, ``series.csv``, ``series.json``.
-        A folder holding an earlier run of the *same* sources is resumed.
+        A folder holding an earlier run of the *same* sources (paths compared as
+        absolute paths) is resumed: a scan whose input content (SHA-256) is unchanged
+        is read back, a changed one processed again. A second series into the same
+        folder is refused while one runs (a lock beside it).
     scheduler : None, "threads", "sync", or a dask.distributed address
     workers : int, optional
         Start a local dask.distributed cluster with this many worker processes.
@@ -258,19 +301,57 @@ def run_series(
     -------
     DataFrame: one row per particle per scan (``particle`` is the series id).
     """
-    import dask
+    from ..results import output_lock
 
     out = Path(out_dir)
-    manifest = json.loads(json.dumps(dict(sources=[dict(name=s.name, index=s.index, kind=s.kind, path=s.path, synthetic=s.synthetic) for s in sources])))
+    with output_lock(_series_folder(out)):  # a second series into this folder is refused while this one runs
+        return _run_series(sources, out, options=options, scheduler=scheduler, workers=workers, detector=detector, segmenter=segmenter)
+
+
+def _series_folder(out: Path) -> Path:
+    """Create (or check) the series folder before anything is computed."""
+    from ..errors import XanestrackError, one_line
+
+    if out.exists() and not out.is_dir():
+        raise XanestrackError(f"output {out} exists and is not a folder; choose another --out")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise XanestrackError(f"cannot create {out.parent} ({one_line(exc.strerror or exc)}); choose another --out") from None
+    return out
+
+
+def _manifest_sources(sources) -> list:
+    return [dict(name=s.name, index=s.index, kind=s.kind, path=None if s.path is None else _normalised(s.path), synthetic=s.synthetic) for s in sources]
+
+
+def _run_series(sources, out, *, options, scheduler, workers, detector, segmenter):
+    import dask
+
+    from ..errors import XanestrackError, one_line
+    from ..results import MARKER, write_marker
+
+    manifest = json.loads(json.dumps(dict(sources=_manifest_sources(sources))))
     mpath = out / "series.json"
     if out.exists() and any(out.iterdir()):
-        if not mpath.is_file() or json.loads(mpath.read_text()).get("sources") != manifest["sources"]:
-            raise ValueError(f"output folder {out} holds something other than this series; choose another --out")
+        try:
+            old = json.loads(mpath.read_text()).get("sources") if mpath.is_file() else None
+            old = json.loads(json.dumps(_manifest_sources([ScanSource(**o) for o in old]))) if old is not None else None
+        except (ValueError, TypeError, AttributeError):
+            old = None
+        if old != manifest["sources"]:
+            raise XanestrackError(f"output folder {out} holds something other than this series; choose another --out")
         done = sum(_summary_path(out, s.name).is_file() for s in sources)
         logger.info("resuming series in %s: %d of %d scans already done", out, done, len(sources))
-    out.mkdir(parents=True, exist_ok=True)
-    mpath.write_text(json.dumps(manifest, indent=1))
-    tasks = [dask.delayed(process_scan, pure=False)(s, str(out), options, detector, segmenter) for s in sources]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        mpath.write_text(json.dumps(manifest, indent=1))
+        if not (out / MARKER).is_file():
+            write_marker(out, kind="series")
+    except OSError as exc:
+        raise XanestrackError(f"cannot write in {out} ({one_line(exc.strerror or exc)}); choose another --out") from None
+    checksums = [source_checksum(s) for s in sources]
+    tasks = [dask.delayed(process_scan, pure=False)(s, str(out), options, detector, segmenter, c) for s, c in zip(sources, checksums)]
     client = cluster = None
     try:
         if workers:
