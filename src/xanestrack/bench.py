@@ -25,7 +25,7 @@ from .evaluate import edge_map_error, pair_particles, registration_error
 from .pipeline import analyse_xanes, run_pipeline
 from .register import crop_windows, resample_windows
 from .stack import Stack
-from .synth import make_synthetic_stack
+from .synth_stress import make_scene
 
 __all__ = ["adjacent_ssim", "differential_residual", "benchmark_stack", "summarise"]
 
@@ -198,7 +198,7 @@ def run_benchmark(presets, seeds, *, methods=None, progress=None, datasets=()):
         results[(Path(folder).name, 0)] = (ds, r, pos)
     for preset in presets:
         for seed in seeds:
-            s = make_synthetic_stack(preset, seed=seed)
+            s = make_scene(preset, seed=seed)
             t, r, pos = benchmark_stack(s, methods=methods, preset=preset, seed=seed, progress=progress)
             tables.append(t)
             results[(preset, seed)] = (s, r, pos)

@@ -292,7 +292,7 @@ def run(
 @app.command()
 def synth(
     out: Path = typer.Argument(..., help="Folder for stack.h5 (FXI layout) and truth.h5."),
-    preset: str = typer.Option("default", help="default, hard or rigid."),
+    preset: str = typer.Option("default", help="default, hard or rigid; or a stress case: stress-drift, -counts, -fines, -jitter, -magnification, -crowd, -all."),
     seed: int = typer.Option(0, help="Random seed."),
     n_particles: Optional[int] = typer.Option(None, help="Override the number of particles."),
     n_energies: Optional[int] = typer.Option(None, help="Override the number of energies."),
@@ -310,7 +310,7 @@ def synth(
     """
     try:
         from .results import atomic_output_dir
-        from .synth import make_synthetic_stack
+        from .synth_stress import make_scene
         from .truth_io import write_synthetic
 
         kw = {}
@@ -328,7 +328,7 @@ def synth(
             lo = PRESETS.get(preset, PRESETS["default"]).radius_range[0]
             kw["radius_range"] = (min(lo, max_radius), max_radius)
         with atomic_output_dir(out, overwrite=overwrite, kind="synth") as tmp:  # checked before computing
-            s = make_synthetic_stack(preset, seed=seed, **kw)
+            s = make_scene(preset, seed=seed, **kw)
             write_synthetic(s, tmp, preset=preset)
         _console().print(f"wrote {out}/stack.h5 ({s.counts.shape[0]} x {s.counts.shape[1]} x {s.counts.shape[2]}) and truth.h5, {len(s.truth.radii)} particles")
     except Exception as exc:
@@ -357,11 +357,12 @@ def demo(
 
         from .evaluate import evaluate_result
         from .stack import Stack
-        from .synth import make_synthetic_stack, params_dict
+        from .synth import params_dict
+        from .synth_stress import make_scene
 
         c = _console()
         t = time.perf_counter()
-        s = make_synthetic_stack(preset, seed=seed)
+        s = make_scene(preset, seed=seed)
         stack = Stack(s.optical_density(), s.energies_ev, None, dict(source=f"synthetic:{preset}:seed={seed}", reader="synthetic"))
         c.print(f"synth     {preset} preset, seed {seed}: {stack.od.shape[0]} frames of {stack.od.shape[1]} x {stack.od.shape[2]}, {len(s.truth.radii)} particles ({time.perf_counter() - t:.2f} s)")
         info = dict(command=" ".join(sys.argv), inputs=[f"synthetic preset {preset}"], synthetic=dict(preset=preset, seed=seed, params=params_dict(s.params)), energies_ev=list(map(float, s.energies_ev)))

@@ -155,6 +155,7 @@ class SynthTruth:
     coverage: list | None = None  # per particle (n_frames, h, w) float16 partial coverage, with store_clean
     clean: list | None = None  # per particle (n_frames, h, w) float16 particle-only OD, with store_clean
     frame_masks: np.ndarray | None = None  # (n_frames, rows, cols) bool: every object incl. fines, with store_frame_masks
+    scale: np.ndarray | None = None  # (n_frames,) image magnification of each frame about the frame centre, frame 0 = 1 (stress model)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ def write_synthetic(s: SynthStack, folder, *, preset: str = "custom") -> None:
         f.create_dataset("global_shift", data=t.global_shift)
         f.create_dataset("radii", data=t.radii)
         f.create_dataset("fines", data=t.fines)
+        if t.scale is not None:
+            f.create_dataset("scale", data=t.scale)
         f.attrs["patterns"] = json.dumps(list(t.patterns))
         for name in ("particle", "frame", "energy_ev", "y", "x", "dy", "dx", "isolated"):
             f.create_dataset(f"positions/{name}", data=t.positions[name].to_numpy())
@@ -68,4 +70,5 @@ def read_truth(path) -> SynthTruth:
             radii=f["radii"][()],
             patterns=json.loads(f.attrs["patterns"]),
             fines=f["fines"][()],
+            scale=f["scale"][()] if "scale" in f else None,
         )
