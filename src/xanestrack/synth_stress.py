@@ -246,8 +246,8 @@ class StressParams:
     halo_sigma: float = 2.0
 
     def __post_init__(self):
-        if self.n_energies < 1 or self.n_particles < 0:
-            raise ValueError(f"n_energies must be >= 1 and n_particles >= 0, got {self.n_energies}, {self.n_particles}")
+        if self.n_energies < 2 or self.n_particles < 0:
+            raise ValueError(f"n_energies must be >= 2 and n_particles >= 0, got {self.n_energies}, {self.n_particles}")
         if len(self.shape) != 2 or min(self.shape) < 32:
             raise ValueError(f"shape must be (rows, cols) of at least 32 px, got {self.shape}")
         lo, hi = self.radius_range
@@ -260,8 +260,11 @@ class StressParams:
             )
         if not 1.0 <= self.fine_radius_range[0] <= self.fine_radius_range[1]:
             raise ValueError(f"fine_radius_range must be (min >= 1, max >= min), got {self.fine_radius_range}")
-        if not 0 <= self.n_touching_fines <= self.n_fines:
-            raise ValueError(f"n_touching_fines must be in 0..n_fines={self.n_fines}, got {self.n_touching_fines}")
+        if not 0 <= self.n_touching_fines <= self.n_fines or (self.n_touching_fines and not self.n_particles):
+            raise ValueError(
+                f"n_touching_fines must be in 0..n_fines={self.n_fines} and needs particles to touch "
+                f"(n_particles={self.n_particles}), got {self.n_touching_fines}"
+            )
         if self.counts <= 0 or self.n_ref < 1:
             raise ValueError(f"counts must be positive and n_ref >= 1, got {self.counts}, {self.n_ref}")
         if not 0.0 <= self.fixed_fraction <= 1.0:
@@ -582,14 +585,23 @@ def _chemistry(rng, pattern, labels, inside_depth, shape, origin, radius):
     return np.clip(f, 0.0, 1.0)
 
 
-def _finish(rng, prims, p: StressParams, *, jump_per_px, pattern, radius, textured, target_radius=None):
-    """Lattice fields, outline moments and texture of an object built from its ellipsoids."""
-    if target_radius is not None:
-        prims = _scale_prims(prims, target_radius / np.sqrt(_area_coarse(prims) / np.pi))
+def _finish(rng, prims, p: StressParams, *, radius, jump_per_px, pattern, textured):
+    """Lattice fields, outline moments and texture of an object built from its ellipsoids.
+
+    The ellipsoids are scaled so that the outline's equivalent radius is ``radius``.
+    """
+    prims = _scale_prims(prims, radius / np.sqrt(_area_coarse(prims) / np.pi))
     origin, shape = _lattice(prims)
     phi, chord = _union_fields(prims, origin, shape)
     area, com, extent = _outline_moments(phi, origin)
     r_eq = float(np.sqrt(area / np.pi))
+    if abs(r_eq / radius - 1) > 1e-3:
+        # second pass on the exact outline (the first scale came from a coarse grid)
+        prims = _scale_prims(prims, radius / r_eq)
+        origin, shape = _lattice(prims)
+        phi, chord = _union_fields(prims, origin, shape)
+        area, com, extent = _outline_moments(phi, origin)
+        r_eq = float(np.sqrt(area / np.pi))
     inside = phi >= 0
     thick = chord.copy()
     labels = np.zeros(shape, np.int64)
@@ -641,7 +653,7 @@ def _build_particle(rng, radius, pattern, p: StressParams) -> _Object:
     prims = []
     lumpy = rng.random() < 0.5 * p.irregularity  # an agglomerate-like lumpy particle, else a round-ish one
     body = rng.uniform(0.65, 0.8) if lumpy else rng.uniform(0.9, 1.0)
-    S, m = _projected(rng, body * radius * np.array([1.0, rng.uniform(0.8, 1.0), rng.uniform(0.7, 0.95)]))
+    S, m = _projected(rng, body * radius * np.array([1.0, rng.uniform(0.85, 1.0), rng.uniform(0.8, 1.0)]))
     prims.append((np.zeros(2), S, m))
     n_lobes = int(rng.integers(p.n_lobes[0], p.n_lobes[1] + 1)) + (2 if lumpy else 0)
     for _ in range(n_lobes):
@@ -663,7 +675,7 @@ def _build_particle(rng, radius, pattern, p: StressParams) -> _Object:
         inward = rng.uniform(0.3, 0.8) * gs
         k = max(r - inward, 0.0) / max(r, 1e-9)
         prims.append((np.array([py * k, px * k]), S, m))
-    return _finish(rng, prims, p, jump_per_px=p.edge_jump_per_px, pattern=pattern, radius=radius, textured=True, target_radius=radius)
+    return _finish(rng, prims, p, radius=radius, jump_per_px=p.edge_jump_per_px, pattern=pattern, textured=True)
 
 
 def _build_fine(rng, radius, p: StressParams) -> _Object:
@@ -675,10 +687,9 @@ def _build_fine(rng, radius, p: StressParams) -> _Object:
         v = rng.normal(size=2)
         S, m = _projected(rng, radius * rng.uniform(0.5, 0.8) * np.ones(3))
         prims.append((0.5 * radius * v / np.linalg.norm(v), S, m))
-    prims = _scale_prims(prims, radius / np.sqrt(_area_coarse(prims) / np.pi))
-    peak = max(m for _, _, m in prims)
+    peak = max(m for _, _, m in _scale_prims(prims, radius / np.sqrt(_area_coarse(prims) / np.pi)))
     jump = rng.uniform(*p.fine_jump_range) / peak
-    return _finish(rng, prims, p, jump_per_px=jump, pattern="uniform", radius=radius, textured=False)
+    return _finish(rng, prims, p, radius=radius, jump_per_px=jump, pattern="uniform", textured=False)
 
 
 # --------------------------------------------------------------------------- motion
@@ -1017,69 +1028,121 @@ def make_stress_stack(
     particles = [_build_particle(rng_shape, r, pat, p) for r, pat in zip(radii, patterns)]
     fines = [_build_fine(rng_shape, rng_shape.uniform(*p.fine_radius_range), p) for _ in range(p.n_fines)]
 
-    # --- motion
+    # --- motion, layout, frames, truth
     g, scale = _common_motion(rng_motion, p, energies)
+    groups, drifts, fixed = _groups(rng_motion, p, particles)
+    anchor, particle_drift, isolated, fine_anchor = _arrange(rng_layout, p, particles, fines, groups, drifts, fixed, g, scale)
+    objects = [(o, anchor[i], particle_drift[i]) for i, o in enumerate(particles)]
+    objects += [(fo, fine_anchor[j], np.zeros((n, 2))) for j, fo in enumerate(fines)]
+    r = _render(rng_scene, rng_noise, p, energies, g, scale, objects, len(particles), store_frame_masks)
+
+    trows = []
+    for i, obj in enumerate(particles):
+        pos = _frame_positions(anchor[i] + obj.com, particle_drift[i], g, scale, centre)
+        dpos = pos - pos[0]
+        for k in range(n):
+            trows.append((i, k, energies[k], pos[k, 0], pos[k, 1], dpos[k, 0], dpos[k, 1], bool(isolated[i])))
+    positions = pd.DataFrame(trows, columns=["particle", "frame", "energy_ev", "y", "x", "dy", "dx", "isolated"])
+    positions = positions.astype({"particle": np.int64, "frame": np.int64, "isolated": bool})
+    truth = SynthTruth(
+        positions=positions,
+        global_shift=g,
+        masks=r.masks,
+        mask_origins=r.mask_origins,
+        edge_maps=r.edge_maps,
+        edge_map_origins=np.array(r.edge_origins, float).reshape(-1, 2),
+        radii=np.array([o.radius for o in particles]),
+        patterns=[o.pattern for o in particles],
+        fines=np.array([[a[0] + fo.com[0], a[1] + fo.com[1], fo.radius] for fo, a in zip(fines, fine_anchor)]).reshape(-1, 3),
+        frame_masks=r.frame_masks,
+        scale=scale,
+    )
+    return SynthStack(r.counts, r.flats, r.dark, energies, truth, p, int(seed))
+
+
+def _groups(rng, p: StressParams, particles):
+    """Touching groups (lists of particle indices), each group's drift, the fixed groups."""
+    n = p.n_energies
     groups, start = [], 0
-    order = np.argsort([-o.extent for o in particles])  # big first: groups take the largest
+    order = np.argsort([-o.extent for o in particles])  # groups take the largest particles
     for size in sorted(p.cluster_sizes, reverse=True):
         groups.append([int(i) for i in order[start : start + size]])
         start += size
     groups += [[int(i)] for i in order[start:]]
-    n_fixed = int(round(p.fixed_fraction * len(groups)))
-    if p.drift_step_sd > 0 and len(groups):
-        n_fixed = max(n_fixed, 1)
-    if p.n_touching_fines and len(groups):
-        n_fixed = max(n_fixed, 1)
-    fixed = set(rng_motion.permutation(len(groups))[:n_fixed].tolist()) if p.drift_step_sd > 0 else set(range(len(groups)))
+    if p.drift_step_sd > 0:
+        n_fixed = int(round(p.fixed_fraction * len(groups)))
+        n_fixed = max(n_fixed, 1) if groups else 0  # some particles always stay with the matrix
+        fixed = set(rng.permutation(len(groups))[:n_fixed].tolist())
+    else:
+        fixed = set(range(len(groups)))
     drifts = [
-        np.zeros((n, 2)) if gi in fixed else _drift(rng_motion, n, p.drift_step_sd * rng_motion.uniform(0.6, 1.0), p.drift_smooth)
+        np.zeros((n, 2)) if gi in fixed else _drift(rng, n, p.drift_step_sd * rng.uniform(0.6, 1.0), p.drift_smooth)
         for gi in range(len(groups))
     ]
+    return groups, drifts, fixed
 
-    # --- layout: groups, largest first, then touching fines, then free fines
+
+def _arrange(rng, p: StressParams, particles, fines, groups, drifts, fixed, g, scale):
+    """Anchors of particles (groups largest first) and fines (touching ones first).
+
+    Returns (particle anchors, particle drifts, isolated flags, fine anchors).
+    """
+    n = p.n_energies
     layout = _Layout(p, g, scale)
     anchor = [None] * len(particles)
-    isolated = np.ones(len(particles), bool)
+    drift = [None] * len(particles)
     slot = [0] * len(particles)  # index of each particle in the layout
-    particle_drift = [None] * len(particles)
-    gorder = sorted(range(len(groups)), key=lambda gi: -sum(particles[i].extent for i in groups[gi]))
-    for gi in gorder:
+    isolated = np.ones(len(particles), bool)
+    for gi in sorted(range(len(groups)), key=lambda gi: -sum(particles[i].extent for i in groups[gi])):
         members = [particles[i] for i in groups[gi]]
-        offs = _cluster(rng_layout, members, p) if len(members) > 1 else np.zeros((1, 2))
+        offs = _cluster(rng, members, p) if len(members) > 1 else np.zeros((1, 2))
         anchors, slots = _place(
-            rng_layout, layout, offs, drifts[gi], [m.extent for m in members], [p.min_gap] * len(members), f"a group of {len(members)} particle(s)"
+            rng, layout, offs, drifts[gi], [m.extent for m in members], [p.min_gap] * len(members), f"a group of {len(members)} particle(s)"
         )
         for i, a, sl in zip(groups[gi], anchors, slots):
-            anchor[i] = a
-            slot[i] = sl
-            particle_drift[i] = drifts[gi]
-            if len(members) > 1:
-                isolated[i] = False
+            anchor[i], slot[i], drift[i] = a, sl, drifts[gi]
+            isolated[i] = len(members) == 1
     zero = np.zeros((n, 2))
     fine_anchor = []
-    hosts = [i for gi in sorted(fixed) for i in groups[gi]]
+    hosts = [i for gi in sorted(fixed) for i in groups[gi]]  # a touching fine stays in contact
     for j, fo in enumerate(fines):
         if j < p.n_touching_fines and hosts:
-            host = hosts[int(rng_layout.integers(len(hosts)))]
+            host = hosts[int(rng.integers(len(hosts)))]
             for _try in range(200):
-                a = rng_layout.uniform(0, 2 * np.pi)
-                off = _contact(particles[host], fo, np.array([np.sin(a), np.cos(a)]), p.contact_overlap)
-                pos = anchor[host] + off
-                ok = layout.fits([pos], zero, [fo.extent], [p.fine_gap], exclude=(slot[host],))
-                if ok:
+                a = rng.uniform(0, 2 * np.pi)
+                pos = anchor[host] + _contact(particles[host], fo, np.array([np.sin(a), np.cos(a)]), p.contact_overlap)
+                if layout.fits([pos], zero, [fo.extent], [p.fine_gap], exclude=(slot[host],)):
                     layout.add([pos], zero, [fo.extent])
                     fine_anchor.append(pos)
                     isolated[host] = False
                     break
             else:
-                raise ValueError("cannot place a fine touching a particle: frame too crowded")
+                raise ValueError("cannot place a fine touching a particle: frame too crowded; use fewer fines or particles")
         else:
-            fine_anchor.append(_place(rng_layout, layout, np.zeros((1, 2)), zero, [fo.extent], [p.fine_gap], "the fines")[0][0])
+            fine_anchor.append(_place(rng, layout, np.zeros((1, 2)), zero, [fo.extent], [p.fine_gap], "the fines")[0][0])
+    return anchor, drift, isolated, fine_anchor
 
-    # --- background canvas in model coordinates (fixed to the matrix)
+
+@dataclass(frozen=True)
+class _Rendered:
+    counts: np.ndarray
+    flats: np.ndarray
+    dark: np.ndarray
+    masks: list
+    mask_origins: list
+    edge_maps: list
+    edge_origins: list
+    frame_masks: np.ndarray | None
+
+
+def _render(rng_scene, rng_noise, p: StressParams, energies, g, scale, objects, n_particles, store_frame_masks) -> _Rendered:
+    """Counts and flats of every frame; the particles' masks and frame-0 edge maps."""
+    n = p.n_energies
+    ny, nx = p.shape
+    centre = (np.array([ny, nx], float) - 1) / 2
     reach = np.abs(g).max() + abs(p.magnification) * np.hypot(ny, nx) / 2 + 4
     margin = int(np.ceil(reach)) + 2
-    bg = _background(rng_scene, p, margin)
+    bg = _background(rng_scene, p, margin)  # in model coordinates: fixed to the matrix
     ill = _illumination(rng_scene, p, n)
     # dust and scintillator defects: in the sample and the reference exposure alike
     dust = (1.0 - 0.15 * np.clip(ndimage.gaussian_filter((rng_scene.random((ny, nx)) < 2e-4).astype(np.float32), 2.5) * 40, 0, 1)).astype(np.float32)
@@ -1088,11 +1151,9 @@ def make_stress_stack(
     pre = p.pre_edge_ratio * (energies / 8333.0) ** -3.0
     bg_mu = pre + 0.7 * mu_a + 0.3 * mu_b
 
-    objects = [(o, anchor[i], particle_drift[i]) for i, o in enumerate(particles)]
-    objects += [(fo, fine_anchor[j], zero) for j, fo in enumerate(fines)]
     halves = [int(np.ceil(o.extent * max(scale.max(), 1.0))) + 2 for o, _, _ in objects]
-    masks = [np.zeros((n, 2 * halves[i] + 1, 2 * halves[i] + 1), bool) for i in range(len(particles))]
-    mask_origins = [np.zeros((n, 2), np.int64) for _ in particles]
+    masks = [np.zeros((n, 2 * halves[i] + 1, 2 * halves[i] + 1), bool) for i in range(n_particles)]
+    mask_origins = [np.zeros((n, 2), np.int64) for _ in range(n_particles)]
     edge_maps, edge_origins = [], []
     frame_masks = np.zeros((n, ny, nx), bool) if store_frame_masks else None
 
@@ -1120,7 +1181,7 @@ def make_stress_stack(
             inside = F[0] >= 0
             if frame_masks is not None:
                 frame_masks[k, y0:y1, x0:x1] |= inside[sl]
-            if i < len(particles):
+            if i < n_particles:
                 m = np.zeros_like(inside)
                 m[sl] = inside[sl]
                 masks[i][k] = m
@@ -1145,29 +1206,7 @@ def make_stress_stack(
         sd_r = np.sqrt(lam_r / p.n_ref + p.read_noise**2 / p.n_ref)
         flats[k] = lam_r + dark + sd_r * rng_noise.standard_normal((ny, nx), dtype=np.float32)
 
-    # --- truth
-    trows = []
-    for i, obj in enumerate(particles):
-        pos = _frame_positions(anchor[i] + obj.com, particle_drift[i], g, scale, centre)
-        dpos = pos - pos[0]
-        for k in range(n):
-            trows.append((i, k, energies[k], pos[k, 0], pos[k, 1], dpos[k, 0], dpos[k, 1], bool(isolated[i])))
-    positions = pd.DataFrame(trows, columns=["particle", "frame", "energy_ev", "y", "x", "dy", "dx", "isolated"])
-    positions = positions.astype({"particle": np.int64, "frame": np.int64, "isolated": bool})
-    truth = SynthTruth(
-        positions=positions,
-        global_shift=g,
-        masks=masks,
-        mask_origins=mask_origins,
-        edge_maps=edge_maps,
-        edge_map_origins=np.array(edge_origins, float).reshape(-1, 2),
-        radii=np.array([o.radius for o in particles]),
-        patterns=[o.pattern for o in particles],
-        fines=np.array([[a[0] + fo.com[0], a[1] + fo.com[1], fo.radius] for fo, a in zip(fines, fine_anchor)]).reshape(-1, 3),
-        frame_masks=frame_masks,
-        scale=scale,
-    )
-    return SynthStack(counts, flats, dark_rec, energies, truth, p, int(seed))
+    return _Rendered(counts, flats, dark_rec, masks, mask_origins, edge_maps, edge_origins, frame_masks)
 
 
 def make_scene(preset: str = "default", *, seed: int = 0, **overrides) -> SynthStack:
