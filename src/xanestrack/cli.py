@@ -250,7 +250,7 @@ def run(
         stack = read_stack(inputs if len(inputs) > 1 else inputs[0], energies=energies, flats=flats, darks=darks, values=values)
         c.print(f"read      {stack.od.shape[0]} frames of {stack.od.shape[1]} x {stack.od.shape[2]}, {stack.energies_ev[0]:.1f}-{stack.energies_ev[-1]:.1f} eV ({time.perf_counter() - t:.2f} s)")
         for note in stack.metadata.get("notes", []):
-            c.print(f"note      {note}", highlight=False, markup=False)
+            c.print(f"note      {note}", highlight=False, markup=False, soft_wrap=True)
         px = stack.pixel_size_um
         min_radius, max_radius, binning = _radius_range(stack, min_radius, max_radius)
         if detector == "learned":

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import XanestrackError
-from ..stack import Stack, validate_energies
-from .checks import energies_in_ev, values_without_flats
+from ..stack import Stack
+from .checks import energies_in_ev, validated_energies, values_without_flats
 from .flatfield import optical_density
 
 __all__ = ["read_stack", "optical_density", "file_checksums"]
@@ -90,7 +90,7 @@ def read_stack(inputs, *, energies=None, flats=None, darks=None, values: str = "
         d = read_hdf5(path)
         notes = list(d["notes"])
         e = d["energies_ev"] if energies is None else _energies_arg(energies)
-        e = validate_energies(e, d["counts"].shape[0], source=str(path))
+        e = validated_energies(e, d["counts"].shape[0], source=path)
         flats_, kind = d["flats"], "counts"
         if flats_ is None:
             od, kind, more = values_without_flats(
@@ -109,7 +109,7 @@ def read_stack(inputs, *, energies=None, flats=None, darks=None, values: str = "
         if energies is None:
             raise XanestrackError(f"{path}: a TIFF stack needs its energies: pass --energies FILE (one energy per frame)")
         data = read_tiff_frames(path, notes=notes)
-        e = validate_energies(_energies_arg(energies), data.shape[0], source=str(path))
+        e = validated_energies(_energies_arg(energies), data.shape[0], source=path)
         files = [str(path)]
         if flats is not None:
             fl = read_tiff_frames(flats, notes=notes)

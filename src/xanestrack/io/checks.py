@@ -18,6 +18,7 @@ __all__ = [
     "check_pixel_dtype",
     "check_frame_shape",
     "energies_in_ev",
+    "validated_energies",
     "values_without_flats",
 ]
 
@@ -135,6 +136,18 @@ def energies_in_ev(values, *, source, lines=None) -> np.ndarray:
             f"{source}: energy {e[i]:g} eV at {at(i)} is outside 100 eV - 200 keV; check the unit (eV or keV)"
         )
     return e
+
+
+def validated_energies(energies_ev, n_frames: int, *, source) -> np.ndarray:
+    """:func:`~xanestrack.stack.validate_energies` (count, order, duplicates), its complaints as user errors."""
+    from ..stack import validate_energies
+
+    try:
+        return validate_energies(energies_ev, n_frames, source=str(source))
+    except XanestrackError:
+        raise
+    except ValueError as exc:
+        raise XanestrackError(str(exc)) from None
 
 
 def values_without_flats(data, values: str, *, source, flats_hint: str):

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..errors import XanestrackError
 from ..stack import Stack
-from .checks import check_memory
+from .checks import MAX_ENERGY_EV, MIN_ENERGY_EV, check_frame_shape, check_memory, validated_energies
 
 __all__ = ["XrmFile", "read_xrm", "read_xrm_scan", "default_grouping", "energy_from_name"]
 
@@ -96,6 +96,7 @@ def read_xrm(path) -> XrmFile:
     width, height = int(w[0]), int(h[0])
     if width <= 0 or height <= 0 or width * height > 1 << 28:
         raise XanestrackError(f"{path}: implausible image size {width} x {height}")
+    check_frame_shape((1, height, width), source=path, what="ImageInfo/ImageWidth x ImageHeight")
     dtype = _DTYPES.get(int(dt[0]) if dt is not None and dt.size else 5)
     if dtype is None:
         raise XanestrackError(f"{path}: unsupported ImageInfo/DataType {int(dt[0])}")
@@ -133,7 +134,10 @@ def read_xrm(path) -> XrmFile:
     e = np.full(n, np.nan)
     if energy is not None and energy.size:
         vals = energy[:n].astype(float)
-        e[: vals.size] = np.where(vals > 0, vals, np.nan)
+        ok = (vals >= MIN_ENERGY_EV) & (vals <= MAX_ENERGY_EV)
+        if np.any(~ok & (vals != 0)):  # 0 means "not recorded"; anything else implausible is said
+            notes.append(f"ImageInfo/Energy {vals[~ok & (vals != 0)][0]:g} is not an energy in eV: ignored")
+        e[: vals.size] = np.where(ok, vals, np.nan)
         if n > 1 and np.isfinite(e[0]) and np.all(~np.isfinite(e[1:])):
             # known .txrm quirk: the energy is written for image 1 only
             e[:] = e[0]
@@ -161,7 +165,7 @@ def read_xrm(path) -> XrmFile:
         images=images[0][None] if len(images) == 1 else np.stack(images),
         energies_ev=e,
         exposure_s=t,
-        pixel_size_um=float(pix[0]) if pix is not None and pix.size and pix[0] > 0 else None,
+        pixel_size_um=float(pix[0]) if pix is not None and pix.size and np.isfinite(pix[0]) and pix[0] > 0 else None,
         reference=ref,
         reference_exposure_s=ref_t,
         notes=notes,
@@ -351,6 +355,7 @@ def read_xrm_scan(paths, *, energies=None, grouping=None) -> Stack:
     if n_bad:
         logger.warning("%s: %d pixels with zero/negative transmission set to the frame's strongest absorption", files[0].parent, n_bad)
     e = np.array(keys, float) if energies is None else np.asarray(energies, float).ravel()
+    e = validated_energies(e, len(keys), source=files[0].parent if energies is None else "energies given")
     meta = dict(
         source=str(files[0].parent if len(set(p.parent for p in files)) == 1 else files[0]),
         reader="xrm",

@@ -488,8 +488,6 @@ class LearnedDetector:
     """
 
     def __init__(self, model_dir=None, *, options=None, binning=None, precision: str = "auto"):
-        import torch
-
         from ..detect import DetectOptions
         from .nets import ResnetGenerator
 

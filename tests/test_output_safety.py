@@ -1,0 +1,306 @@
+"""Nothing the user had is ever deleted, concurrent runs do not overwrite each other, folders left
+by killed runs are cleaned, outputs get normal permissions, series resume by content (issue 11,
+cases 1, 2, 3 and 7)."""
+import hashlib
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from xanestrack.cli import app
+from xanestrack.errors import XanestrackError
+from xanestrack.results import MARKER, TMP_MARKER, atomic_output_dir, output_lock
+
+runner = CliRunner()
+
+
+def _digest(*paths):
+    out = {}
+    for p in paths:
+        for f in sorted([p] if p.is_file() else p.rglob("*")):
+            if f.is_file():
+                out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
+
+
+def _error_line(r, *fragments):
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.output, r.output
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+
+
+def _synth(folder, *extra):
+    return runner.invoke(app, ["--quiet", "synth", str(folder), "--seed", "1", "--n-particles", "2", "--n-energies", "12",
+                               "--size", "140", "--max-radius", "14", *map(str, extra)])
+
+
+@pytest.fixture(scope="module")
+def scan(tmp_path_factory):
+    d = tmp_path_factory.mktemp("scan") / "synthetic"
+    assert _synth(d).exit_code == 0
+    return d / "stack.h5"
+
+
+def _dead_pid():
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def _no_pipeline(monkeypatch):
+    import xanestrack.pipeline
+
+    def refuse(*a, **k):
+        raise AssertionError("the pipeline ran before the output folder was checked")
+
+    monkeypatch.setattr(xanestrack.pipeline, "run_pipeline", refuse)
+
+
+# ---- case 1: --overwrite never deletes what we did not write ------------------------------------
+
+def test_overwrite_refuses_a_folder_holding_the_input(scan, tmp_path, monkeypatch):
+    v = tmp_path / "v"
+    v.mkdir()
+    (v / "stack.h5").write_bytes(scan.read_bytes())
+    (v / "notes.txt").write_text("my notes")
+    before = _digest(v)
+    _no_pipeline(monkeypatch)
+    r = runner.invoke(app, ["--quiet", "run", str(v / "stack.h5"), "--out", str(v), "--overwrite"])
+    _error_line(r, "holds the input", "stack.h5")
+    assert _digest(v) == before
+
+
+def test_overwrite_refuses_the_current_folder_and_foreign_folders(scan, tmp_path, monkeypatch):
+    d = tmp_path / "d"
+    (d / "sub").mkdir(parents=True)
+    (d / "sub" / "thesis.tex").write_text("\\documentclass{article}")
+    before = _digest(d)
+    _no_pipeline(monkeypatch)
+    monkeypatch.chdir(d)
+    _error_line(runner.invoke(app, ["--quiet", "run", str(scan), "--out", ".", "--overwrite"]), "current folder")
+    monkeypatch.chdir(tmp_path)
+    _error_line(runner.invoke(app, ["--quiet", "run", str(scan), "--out", "d", "--overwrite"]), "not a xanestrack output", MARKER)
+    _error_line(_synth(d, "--overwrite"), "not a xanestrack output")
+    assert _digest(d) == before
+
+
+def test_overwrite_refuses_our_output_once_the_user_added_a_file(tmp_path):
+    out = tmp_path / "res"
+    assert _synth(out).exit_code == 0
+    info = json.loads((out / MARKER).read_text())
+    assert info["tool"] == "xanestrack" and set(info["files"]) == {"stack.h5", "truth.h5", "truth_positions.csv"}
+    (out / "notes.txt").write_text("mine")
+    before = _digest(out)
+    _error_line(_synth(out, "--overwrite", "--seed", "2"), "did not write", "notes.txt")
+    assert _digest(out) == before
+    (out / "notes.txt").unlink()
+    assert _synth(out, "--overwrite", "--seed", "2").exit_code == 0  # ours only: replaced
+    assert _digest(out) != before and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_overwrite_of_a_run_folder_from_before_markers(tmp_path):
+    out = tmp_path / "old"
+    out.mkdir()
+    for name in ("tracks.csv", "results.h5", "report.html"):
+        (out / name).write_text("x")
+    (out / "run.json").write_text(json.dumps({"version": "0.1.0"}))
+    with atomic_output_dir(out, overwrite=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, "new.txt"])
+    (tmp_path / "old2").mkdir()
+    for name in ("run.json", "results.h5", "thesis.tex"):
+        (tmp_path / "old2" / name).write_text(json.dumps({"version": "0.1.0"}))
+    with pytest.raises(XanestrackError, match="thesis.tex"):
+        with atomic_output_dir(tmp_path / "old2", overwrite=True):
+            pass
+
+
+def test_run_overwrite_replaces_only_its_own_output(scan, tmp_path):
+    out = tmp_path / "res"
+    args = ["--quiet", "run", str(scan), "--out", str(out), "--detector", "classical", "--segmenter", "classical"]
+    assert runner.invoke(app, args).exit_code == 0
+    assert json.loads((out / MARKER).read_text())["kind"] == "run"
+    runner.invoke(app, ["--quiet", "report", str(out)])  # rebuilding the report adds nothing foreign
+    before = _digest(scan)
+    assert runner.invoke(app, args + ["--overwrite"]).exit_code == 0
+    assert _digest(scan) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["res"]
+
+
+# ---- case 2: concurrent runs into one --out --------------------------------------------------------
+
+_HOLD = """
+import sys, time
+from pathlib import Path
+from xanestrack.results import atomic_output_dir
+with atomic_output_dir(sys.argv[1]) as tmp:
+    (tmp / "first.txt").write_text("first")
+    Path(sys.argv[2]).write_text("ready")
+    time.sleep(120)
+"""
+
+
+def _holder(tmp_path, out):
+    ready = tmp_path / "ready"
+    p = subprocess.Popen([sys.executable, "-c", _HOLD, str(out), str(ready)])
+    for _ in range(300):
+        if ready.exists():
+            return p
+        time.sleep(0.05)
+    p.kill()
+    raise AssertionError("helper process did not start")
+
+
+def test_second_run_into_the_same_new_folder_is_refused(scan, tmp_path, monkeypatch):
+    out = tmp_path / "c"
+    p = _holder(tmp_path, out)
+    try:
+        _no_pipeline(monkeypatch)
+        r = runner.invoke(app, ["--quiet", "run", str(scan), "--out", str(out)])
+        _error_line(r, "another xanestrack run", f"process {p.pid}")
+        _error_line(_synth(out), "another xanestrack run")
+        with pytest.raises(XanestrackError, match="another xanestrack run"):
+            from xanestrack.parallel.series import run_series, synthetic_sources
+
+            run_series(synthetic_sources(1), out, scheduler="sync")
+    finally:
+        p.send_signal(signal.SIGKILL)  # a killed run: its lock dies with it
+        p.wait()
+    assert not out.exists()
+    leftovers = [q.name for q in tmp_path.iterdir() if q.name.startswith(".c.")]
+    assert any(".tmp-" in n for n in leftovers)
+    # the next run into the same parent: lock free, the dead run's temporary folder removed
+    with atomic_output_dir(out) as tmp:
+        (tmp / "second.txt").write_text("second")
+    assert sorted(q.name for q in out.iterdir()) == [MARKER, "second.txt"]
+    assert not [q for q in tmp_path.iterdir() if q.name.startswith(".c.")]
+
+
+def test_lock_without_fcntl_takes_over_a_dead_process_lock(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # as on a system without fcntl
+    out = tmp_path / "x"
+    lock = tmp_path / ".x.lock"
+    lock.write_text(json.dumps(dict(tool="xanestrack", pid=_dead_pid(), host=socket.gethostname())))
+    with output_lock(out):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+        with pytest.raises(XanestrackError, match="another xanestrack run"):
+            with output_lock(out):
+                pass
+    assert not lock.exists()
+
+
+# ---- case 7: permissions, early checks, leftovers of killed runs -----------------------------------
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o755), (0o027, 0o750)])
+def test_outputs_get_the_umask_permissions(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        assert _synth(tmp_path / "s").exit_code == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "s").stat().st_mode) == mode
+
+
+def test_unwritable_output_is_refused_before_the_pipeline(scan, tmp_path, monkeypatch):
+    _no_pipeline(monkeypatch)
+    (tmp_path / "afile").write_text("x")
+    r = runner.invoke(app, ["--quiet", "run", str(scan), "--out", str(tmp_path / "afile" / "res")])
+    _error_line(r, "afile")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anywhere: let the access check see what an ordinary user would
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode: real(p, mode) and Path(p).resolve() != ro.resolve())
+    try:
+        _error_line(runner.invoke(app, ["--quiet", "run", str(scan), "--out", str(ro / "res")]), "cannot write in", "ro")
+    finally:
+        ro.chmod(0o755)
+
+
+def test_synth_checks_the_folder_before_computing(tmp_path, monkeypatch):
+    import xanestrack.synth
+
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "x.txt").write_text("x")
+
+    def refuse(*a, **k):
+        raise AssertionError("computed before checking the output folder")
+
+    monkeypatch.setattr(xanestrack.synth, "make_synthetic_stack", refuse)
+    _error_line(_synth(tmp_path / "s"), "exists and is not empty", "--overwrite")
+
+
+def test_leftovers_of_killed_runs_are_removed_only_when_ours_and_dead(tmp_path):
+    host, dead = socket.gethostname(), _dead_pid()
+    ours_tmp = tmp_path / f".res.tmp-{host}-{dead}-0a1b2c3d"
+    ours_old = tmp_path / f".res.old-{host}-{dead}"
+    alive = tmp_path / f".res.tmp-{host}-{os.getpid()}-0a1b2c3d"
+    other_host = tmp_path / f".res.tmp-elsewhere-{dead}-0a1b2c3d"
+    no_marker = tmp_path / f".res.tmp-{host}-{dead}-ffffffff"
+    foreign_old = tmp_path / f".res.old-{host}-{dead}1"
+    for d in (ours_tmp, ours_old, alive, other_host, no_marker, foreign_old):
+        d.mkdir()
+        (d / "part.csv").write_text("x")
+    for d in (ours_tmp, alive, other_host):
+        (d / TMP_MARKER).write_text(json.dumps(dict(tool="xanestrack", pid=dead, host=host)))
+    for d in (ours_old, foreign_old):
+        (d / MARKER).write_text(json.dumps(dict(tool="xanestrack", files=["part.csv"])))
+    (foreign_old / "thesis.tex").write_text("mine")
+    stale_lock = tmp_path / ".res.lock"
+    stale_lock.write_text(json.dumps(dict(tool="xanestrack", pid=dead, host=host)))
+    with atomic_output_dir(tmp_path / "new") as tmp:
+        (tmp / "a").write_text("a")
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == {"new", alive.name, other_host.name, no_marker.name, foreign_old.name}
+
+
+# ---- case 3: series resume by content, paths normalised ------------------------------------------
+
+def test_series_resume_compares_content_and_normalises_paths(tmp_path, monkeypatch):
+    from xanestrack.parallel import series as ser
+
+    for name, seed in (("a", 1), ("b", 2)):
+        assert _synth(tmp_path / name, "--seed", seed).exit_code == 0
+    a, b = tmp_path / "a" / "stack.h5", tmp_path / "b" / "stack.h5"
+    (tmp_path / "a.h5").write_bytes(a.read_bytes())
+    (tmp_path / "b.h5").write_bytes(b.read_bytes())
+    # linking is not what is tested here
+    monkeypatch.setattr(ser, "link_scans", lambda summary: summary.assign(particle=summary["scan_particle"]))
+    loads = []
+    orig = ser.ScanSource.load
+    monkeypatch.setattr(ser.ScanSource, "load", lambda self: loads.append(self.name) or orig(self))
+    out = tmp_path / "series"
+
+    def run(paths):
+        return ser.run_series(ser.series_sources(paths), out, scheduler="sync", detector="classical", segmenter="classical")
+
+    run([tmp_path / "a.h5", tmp_path / "b.h5"])
+    assert sorted(loads) == ["a", "b"]
+    first_b = json.loads((out / "scans" / "b" / "summary.json").read_text())
+    assert json.loads((out / MARKER).read_text())["kind"] == "series"
+    # the same files given by relative paths: the same series, nothing redone
+    monkeypatch.chdir(tmp_path)
+    loads.clear()
+    run([Path("a.h5"), Path("b.h5")])
+    assert loads == []
+    # b's content replaced (same name): b is processed again, a is not
+    (tmp_path / "b.h5").write_bytes(a.read_bytes())
+    run([Path("a.h5"), Path("b.h5")])
+    assert loads == ["b"]
+    new_b = json.loads((out / "scans" / "b" / "summary.json").read_text())
+    assert new_b["input_sha256"] != first_b["input_sha256"]
+    assert np.allclose([p["y0"] for p in new_b["particles"]],
+                       [p["y0"] for p in json.loads((out / "scans" / "a" / "summary.json").read_text())["particles"]])
+    assert not [p for p in (out / "scans").iterdir() if p.name.startswith(".")]

@@ -1,0 +1,387 @@
+"""Bad, implausible or hostile input: one line naming the file and what to do, exit status 2,
+the inputs untouched, nothing written (issue 11, cases 4, 5, 6 and 8)."""
+import hashlib
+import json
+import os
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import tifffile
+from typer.testing import CliRunner
+
+from conftest import shared_data
+from xanestrack.cli import app
+from xanestrack.errors import XanestrackError
+from xanestrack.io import read_stack
+from xanestrack.io.hdf5 import write_fxi
+
+runner = CliRunner()
+E20 = np.linspace(8300.0, 8400.0, 20)
+
+
+def _digest(*paths):
+    out = {}
+    for p in paths:
+        for f in sorted([p] if p.is_file() else p.rglob("*")):
+            if f.is_file():
+                out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
+
+
+def _cli(*args, debug=False):
+    return runner.invoke(app, (["--debug"] if debug else ["--quiet"]) + [str(a) for a in args])
+
+
+def _one_line_error(r, *fragments):
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.output
+    assert "Traceback" not in r.output
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+    return lines[0]
+
+
+def _refused(tmp_path, inputs, args, *fragments):
+    """Run the CLI, expect a one-line refusal; inputs byte-identical and no output folder."""
+    before = _digest(*inputs)
+    out = tmp_path / "out"
+    line = _one_line_error(_cli(*args, "--out", out), *fragments)
+    assert _digest(*inputs) == before
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
+    return line
+
+
+def _counts(n=20, shape=(64, 64), seed=0):
+    rng = np.random.default_rng(seed)
+    flats = rng.uniform(900, 1100, (n, *shape)).astype(np.float32)
+    od = rng.uniform(0, 1, (n, *shape)).astype(np.float32)
+    return (flats * np.exp(-od)).astype(np.uint16), flats, od
+
+
+@pytest.fixture(scope="module")
+def scan(tmp_path_factory):
+    """A tiny synthetic FXI scan (12 energies, 140 x 140, 2 particles)."""
+    d = tmp_path_factory.mktemp("scan") / "synthetic"
+    r = runner.invoke(app, ["--quiet", "synth", str(d), "--seed", "1", "--n-particles", "2", "--n-energies", "12", "--size", "140", "--max-radius", "14"])
+    assert r.exit_code == 0, r.output
+    return d / "stack.h5"
+
+
+# ---- case 5: tracebacks that became one line -------------------------------------------------
+
+def test_values_transmission_without_flats_is_minus_log(tmp_path):
+    """Was an IndexError in the flat-field (no flats: a scalar reference)."""
+    t = np.exp(-np.random.default_rng(1).uniform(0, 2, (5, 16, 20))).astype(np.float32)
+    tifffile.imwrite(tmp_path / "t.tif", t)
+    (tmp_path / "e.txt").write_text("\n".join(map(str, E20[:5])))
+    st = read_stack(tmp_path / "t.tif", energies=tmp_path / "e.txt", values="transmission")
+    assert np.allclose(st.od, -np.log(t), atol=1e-6) and st.metadata["values"] == "transmission"
+
+
+def test_fxi_without_flats_or_darks(tmp_path):
+    counts, flats, od = _counts()
+    with h5py.File(tmp_path / "nobkg.h5", "w") as f:
+        f["img_xanes"] = counts
+        f["X_eng"] = E20 / 1000
+    _refused(tmp_path, [tmp_path / "nobkg.h5"], ["run", tmp_path / "nobkg.h5"], "nobkg.h5", "raw counts", "/img_bkg")
+    with h5py.File(tmp_path / "nodark.h5", "w") as f:  # flats but no darks: dark 0, said so
+        f["img_xanes"] = counts
+        f["img_bkg"] = flats
+        f["X_eng"] = E20 / 1000
+    st = read_stack(tmp_path / "nodark.h5")
+    assert np.allclose(st.od, od, atol=1e-2)  # counts truncated to integers
+    assert any("dark taken as 0" in n for n in st.metadata["notes"])
+
+
+def test_hdf5_soft_link_loop(tmp_path):
+    with h5py.File(tmp_path / "loop.h5", "w") as f:
+        f["img_xanes"] = h5py.SoftLink("/a")
+        f["a"] = h5py.SoftLink("/img_xanes")
+    _refused(tmp_path, [tmp_path / "loop.h5"], ["run", tmp_path / "loop.h5"], "loop.h5", "/img_xanes", "link")
+
+
+def test_implausible_radius_or_pixel_size(scan, tmp_path):
+    _refused(tmp_path, [scan], ["run", scan, "--max-radius", "1e9"], "--max-radius", "frame size (140 px)")
+    _refused(tmp_path, [scan], ["run", scan, "--min-radius", "-3"], "--min-radius")
+    counts, flats, _ = _counts(12)
+    write_fxi(tmp_path / "pix.h5", counts, flats=flats, darks=np.zeros((1, 64, 64)), energies_ev=E20[:12], pixel_size_um=1e-9)
+    _refused(tmp_path, [tmp_path / "pix.h5"], ["run", tmp_path / "pix.h5"], "pix.h5", "pixel size", "1e-09", "--min-radius")
+
+
+def _model_copy(tmp_path, kind):
+    from xanestrack.models.detector import default_detector_dir
+    from xanestrack.models.segmenter import default_model_dir
+
+    src = default_detector_dir() if kind == "detector" else default_model_dir()
+    d = tmp_path / f"my_{kind}"
+    shutil.copytree(src, d)
+    return d
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+@pytest.mark.parametrize("kind", ["detector", "segmenter"])
+def test_unsafe_empty_or_mismatched_weights(scan, tmp_path, kind):
+    import torch
+
+    d = _model_copy(tmp_path, kind)
+    opt = f"--{kind}-model"
+    torch.save({"G": _Evil()} if kind == "detector" else _Evil(), d / "weights.pt")
+    line = _refused(tmp_path, [scan, d], ["run", scan, opt, d], "weights.pt", "refused", "Python objects")
+    assert "weights_only" not in line  # torch's advice to turn the protection off is never echoed
+    (d / "weights.pt").write_bytes(b"")
+    _refused(tmp_path, [scan, d], ["run", scan, opt, d], "weights.pt", "empty file")
+    (d / "weights.pt").write_bytes(b"PK\x03\x04 not really a zip")
+    _refused(tmp_path, [scan, d], ["run", scan, opt, d], "weights.pt", "not a readable weights file")
+    torch.save({"G": {"nothing": torch.zeros(1)}} if kind == "detector" else {"nothing": torch.zeros(1)}, d / "weights.pt")
+    _refused(tmp_path, [scan, d], ["run", scan, opt, d], "weights.pt", "do not fit")
+
+
+@pytest.mark.parametrize("kind,edit,fragment", [
+    ("detector", "{not json", "not valid JSON"),
+    ("detector", {"n_blocks": 1e7}, "'n_blocks' = 1e+07 is outside"),
+    ("detector", {"width": "wide"}, "'width' is 'wide'"),
+    ("detector", {"width": 256, "n_blocks": 64}, "M parameters"),
+    ("detector", {"n_blocks": None}, "no 'n_blocks'"),
+    ("segmenter", {"canvas": 1e6}, "'canvas' = 1e+06 is outside"),
+    ("segmenter", {"canvas": 72}, "not a multiple of 2^depth"),
+    ("segmenter", [1, 2], "a JSON object is expected"),
+])
+def test_bad_model_config_refused_before_allocation(tmp_path, kind, edit, fragment):
+    from xanestrack.models.detector import LearnedDetector
+    from xanestrack.models.segmenter import LearnedSegmenter
+
+    d = _model_copy(tmp_path, kind)
+    cfg = json.loads((d / "config.json").read_text())
+    if isinstance(edit, dict):
+        cfg.update(edit)
+        cfg = {k: v for k, v in cfg.items() if v is not None}
+        text = json.dumps(cfg)
+    else:
+        text = edit if isinstance(edit, str) else json.dumps(edit)
+    (d / "config.json").write_text(text)
+    with pytest.raises(XanestrackError, match="config.json") as ei:
+        (LearnedDetector if kind == "detector" else LearnedSegmenter)(d)
+    assert fragment in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_bad_model_config_through_the_cli(scan, tmp_path):
+    d = _model_copy(tmp_path, "segmenter")
+    (d / "config.json").write_text('{"width": 8, "depth": 4, "canvas": 1000000}')
+    _refused(tmp_path, [scan, d], ["run", scan, "--segmenter-model", d], "config.json", "'canvas'", "xanestrack train segmenter")
+
+
+def _fake_output(folder, *, columns=("particle", "frame", "energy_ev", "y", "x", "flags"), particles=True):
+    folder.mkdir()
+    (folder / "tracks.csv").write_text(",".join(columns) + "\n" + ",".join("0" for _ in columns) + "\n")
+    (folder / "run.json").write_text(json.dumps({"version": "0.1.0"}))
+    with h5py.File(folder / "results.h5", "w") as f:
+        f["energies_ev"] = E20
+        f["common_shift"] = np.zeros((20, 2))
+        if particles:
+            f.create_group("particles/000")
+    return folder
+
+
+def test_report_on_incomplete_outputs(tmp_path):
+    cases = [
+        (_fake_output(tmp_path / "a", particles=False), ["results.h5", "no /particles"]),
+        (_fake_output(tmp_path / "b", columns=("particle", "frame", "energy_ev", "y", "x")), ["tracks.csv", "flags"]),
+        (_fake_output(tmp_path / "c"), ["results.h5", "/particles/000/aligned"]),
+    ]
+    (tmp_path / "d").mkdir()
+    cases.append((tmp_path / "d", ["no results.h5"]))
+    for folder, fragments in cases:
+        before = _digest(folder)
+        _one_line_error(_cli("report", folder), str(folder), *fragments)
+        assert _digest(folder) == before and not (folder / "report.html").exists()
+
+
+def test_unexpected_exception_is_one_line_and_debug_shows_it(scan, tmp_path, monkeypatch):
+    import xanestrack.io
+
+    def boom(*a, **k):
+        raise IndexError("index 7 is out of bounds")
+
+    monkeypatch.setattr(xanestrack.io, "read_stack", boom)
+    line = _refused(tmp_path, [scan], ["run", scan], str(scan), "unexpected IndexError", "--debug")
+    assert "index 7" in line
+    r = _cli("run", scan, "--out", tmp_path / "o", debug=True)
+    assert isinstance(r.exception, IndexError)  # --debug: the exception itself, with its traceback
+
+
+def test_debug_shows_the_traceback_of_a_user_error(tmp_path):
+    (tmp_path / "x.h5").write_bytes(b"not hdf5")
+    r = _cli("run", tmp_path / "x.h5", "--out", tmp_path / "o", debug=True)
+    assert isinstance(r.exception, XanestrackError) and r.exit_code == 1
+
+
+# ---- case 6: implausible input ------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,fragments", [
+    ("8300\n-8310\n8320\n8330\n8340", ["line 2", "-8310", "positive"]),
+    ("8.300\n8.310\n8320\n8330\n8340", ["mix keV and eV", "line 1", "line 3"]),
+    ("8300\nnan\n8320\n8330\n8340", ["line 2", "not a number"]),
+    ("8300\n8310\n8320\n8330\nabc", ["line 5", "'abc'"]),
+    ("\x00\x01binary", ["binary"]),
+    ("0\n1\n2\n3\n4", ["line 1", "positive"]),
+])
+def test_implausible_energies_file(tmp_path, text, fragments):
+    tifffile.imwrite(tmp_path / "s.tif", np.full((5, 16, 16), 0.1, np.float32))
+    (tmp_path / "e.txt").write_text(text)
+    _refused(tmp_path, [tmp_path / "s.tif", tmp_path / "e.txt"], ["run", tmp_path / "s.tif", "--energies", tmp_path / "e.txt"], "e.txt", *fragments)
+
+
+def test_energies_csv_header_selects_the_energy_column(tmp_path):
+    from xanestrack.io.tiff import read_energies_file
+
+    (tmp_path / "e.csv").write_text("frame, energy (keV)\n" + "\n".join(f"{i}, {e / 1000:.4f}" for i, e in enumerate(E20[:5])))
+    assert np.allclose(read_energies_file(tmp_path / "e.csv"), E20[:5], atol=0.05)
+
+
+@pytest.mark.parametrize("dtype,fragment", [(np.complex64, "complex"), (np.bool_, "booleans")])
+def test_complex_or_bool_pixels(tmp_path, dtype, fragment):
+    tifffile.imwrite(tmp_path / "s.tif", np.ones((5, 16, 16), dtype))
+    (tmp_path / "e.txt").write_text("\n".join(map(str, E20[:5])))
+    _refused(tmp_path, [tmp_path / "s.tif"], ["run", tmp_path / "s.tif", "--energies", tmp_path / "e.txt"], "s.tif", fragment)
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        f["img_xanes"] = np.ones((5, 16, 16), dtype)
+        f["X_eng"] = E20[:5]
+    _refused(tmp_path, [tmp_path / "c.h5"], ["run", tmp_path / "c.h5"], "c.h5", "/img_xanes", fragment)
+
+
+def test_transmission_tiff_is_not_taken_for_optical_density(tmp_path):
+    t = np.exp(-np.random.default_rng(2).uniform(0, 0.6, (5, 32, 32))).astype(np.float32)
+    tifffile.imwrite(tmp_path / "t.tif", t)
+    (tmp_path / "e.txt").write_text("\n".join(map(str, E20[:5])))
+    _refused(tmp_path, [tmp_path / "t.tif"], ["run", tmp_path / "t.tif", "--energies", tmp_path / "e.txt"], "t.tif", "look like transmission", "--values transmission")
+    # optical density under auto is accepted, and the assumption is recorded
+    st = read_stack(tmp_path / "t.tif", energies=tmp_path / "e.txt", values="transmission")
+    tifffile.imwrite(tmp_path / "od.tif", st.od)
+    st2 = read_stack(tmp_path / "od.tif", energies=tmp_path / "e.txt")
+    assert np.array_equal(st2.od, st.od) and any("taken as optical density" in n for n in st2.metadata["notes"])
+    # float counts are refused whatever --values says, except od
+    tifffile.imwrite(tmp_path / "fc.tif", np.full((5, 16, 16), 900.0, np.float32))
+    with pytest.raises(XanestrackError, match="look like raw counts"):
+        read_stack(tmp_path / "fc.tif", energies=tmp_path / "e.txt", values="transmission")
+
+
+def test_fewer_flats_than_frames_is_a_recorded_assumption(tmp_path):
+    """7 flats for 20 frames: averaged, and said so on the console and in run.json."""
+    from xanestrack.synth import make_synthetic_stack
+
+    s = make_synthetic_stack("default", seed=3, n_energies=20, shape=(140, 140), n_particles=2, radius_range=(10.0, 14.0))
+    tifffile.imwrite(tmp_path / "s.tif", s.counts.round().astype(np.uint16))
+    tifffile.imwrite(tmp_path / "f.tif", s.flats[::3][:7])
+    tifffile.imwrite(tmp_path / "d.tif", s.dark)
+    (tmp_path / "e.txt").write_text("\n".join(map(str, s.energies_ev)))
+    ins = [tmp_path / n for n in ("s.tif", "f.tif", "d.tif", "e.txt")]
+    before = _digest(*ins)
+    r = runner.invoke(app, ["run", str(ins[0]), "--energies", str(ins[3]), "--flats", str(ins[1]), "--darks", str(ins[2]),
+                            "--out", str(tmp_path / "o"), "--detector", "classical", "--segmenter", "classical"])
+    assert r.exit_code == 0, r.output
+    assert "7 flat-field images for 20 frames" in r.output
+    notes = json.loads((tmp_path / "o" / "run.json").read_text())["input_notes"]
+    assert any("7 flat-field images for 20 frames" in n and "mean" in n for n in notes)
+    assert _digest(*ins) == before
+
+
+def _xrm_folder(tmp_path, exptimes):
+    """One energy of the SSRL scan (3 samples, 10 references) with ExpTimes rewritten per file."""
+    import olefile
+
+    src = shared_data("real_txm", "ssrl_6-2c_nca")
+    files = sorted(src.glob("*_08324.0_eV_*.xrm"))
+    d = tmp_path / "xrm"
+    d.mkdir()
+    for f in files:
+        shutil.copy(f, d / f.name)
+    for pattern, t in exptimes.items():
+        for p in d.glob(pattern):
+            with olefile.OleFileIO(str(p), write_mode=True) as o:
+                n = len(o.openstream("ImageInfo/ExpTimes").read()) // 4
+                o.write_stream("ImageInfo/ExpTimes", np.full(n, t, "<f4").tobytes())
+    return d
+
+
+def test_xrm_exposure_time_zero_in_some_files_is_refused(tmp_path):
+    d = _xrm_folder(tmp_path, {"*08324.0_eV_002of003.xrm": 0.0})
+    _refused(tmp_path, [d], ["run", d], "002of003.xrm", "no exposure time", "ExpTimes")
+
+
+def test_xrm_exposure_time_zero_everywhere_is_a_recorded_assumption(tmp_path):
+    d = _xrm_folder(tmp_path, {"*.xrm": 0.0})
+    st = read_stack(d)
+    assert any("all exposures taken as equal" in n for n in st.metadata["notes"])
+    assert np.isfinite(st.od).mean() > 0.99
+
+
+# ---- case 4: sizes checked before allocation -----------------------------------------------------
+
+def test_hdf5_declaring_huge_or_unwritten_datasets(tmp_path):
+    with h5py.File(tmp_path / "huge.h5", "w") as f:  # 107 GiB declared in a file of a few KB
+        f.create_dataset("img_xanes", shape=(143, 20000, 20000), dtype="u2", chunks=(1, 256, 256))
+        f["X_eng"] = np.linspace(8.3, 8.4, 143)
+    _refused(tmp_path, [tmp_path / "huge.h5"], ["run", tmp_path / "huge.h5"], "huge.h5", "(143, 20000, 20000)")
+    with h5py.File(tmp_path / "hollow.h5", "w") as f:  # declared, never written: would read as zeros
+        f.create_dataset("img_xanes", shape=(2, 4000, 4000), dtype="u2", chunks=(1, 500, 500))
+        f.create_dataset("img_bkg", data=np.ones((1, 4000, 4000), np.uint16), chunks=(1, 500, 500), compression="gzip")
+        f["X_eng"] = [8.3, 8.4]
+    _refused(tmp_path, [tmp_path / "hollow.h5"], ["run", tmp_path / "hollow.h5"], "hollow.h5", "0 of 128 chunks of /img_xanes")
+
+
+def test_declared_size_against_free_memory(tmp_path, monkeypatch):
+    import xanestrack.io.checks as checks
+
+    counts, flats, _ = _counts(20, (64, 64))
+    write_fxi(tmp_path / "s.h5", counts, flats=flats, darks=np.zeros((1, 64, 64)), energies_ev=E20)
+    tifffile.imwrite(tmp_path / "s.tif", counts)
+    (tmp_path / "e.txt").write_text("\n".join(map(str, E20)))
+    monkeypatch.setattr(checks, "available_memory", lambda: 200_000)
+    _refused(tmp_path, [tmp_path / "s.h5"], ["run", tmp_path / "s.h5"], "s.h5", "GiB of memory", "crop or bin")
+    _refused(tmp_path, [tmp_path / "s.tif"], ["run", tmp_path / "s.tif", "--energies", tmp_path / "e.txt", "--flats", tmp_path / "s.tif"], "s.tif", "GiB of memory")
+
+
+# ---- case 8: misleading messages -------------------------------------------------------------
+
+@pytest.mark.parametrize("fraction", [0.9, 0.95, 0.99])
+def test_xrm_cut_near_its_end_says_truncated(tmp_path, fraction):
+    data = shared_data("zeiss", "test_chip00.xrm").read_bytes()
+    p = tmp_path / "cut.xrm"
+    p.write_bytes(data[: int(len(data) * fraction)])
+    line = _refused(tmp_path, [p], ["run", p], "cut.xrm", "truncated file", "copy the file again")
+    assert "reference" not in line.split("truncated")[0]  # no longer "add reference files"
+
+
+def test_every_real_zeiss_file_is_complete():
+    from xanestrack.io.ole import OleFile
+
+    files = sorted(shared_data("zeiss").glob("*.*rm")) + sorted(shared_data("real_txm", "ssrl_6-2c_nca").glob("*.xrm"))
+    assert files
+    for f in files:
+        assert not OleFile(f).truncated, f
+
+
+def test_group_where_a_dataset_belongs_and_empty_stacks(tmp_path):
+    with h5py.File(tmp_path / "g.h5", "w") as f:
+        f.create_group("img_xanes")
+        f["X_eng"] = E20 / 1000
+    line = _refused(tmp_path, [tmp_path / "g.h5"], ["run", tmp_path / "g.h5"], "g.h5", "/img_xanes is a group")
+    assert "Accessing a group" not in line
+    with h5py.File(tmp_path / "z.h5", "w") as f:
+        f["img_xanes"] = np.zeros((0, 64, 64), np.uint16)
+        f["X_eng"] = np.zeros(0)
+    line = _refused(tmp_path, [tmp_path / "z.h5"], ["run", tmp_path / "z.h5"], "z.h5", "no frames")
+    assert "zero-size" not in line
+    counts, flats, _ = _counts(5)
+    with h5py.File(tmp_path / "ne.h5", "w") as f:
+        f["img_xanes"] = counts
+        f["img_bkg"] = flats
+        f["X_eng"] = np.zeros(0)
+    _refused(tmp_path, [tmp_path / "ne.h5"], ["run", tmp_path / "ne.h5"], "ne.h5", "/X_eng", "no energies")
