@@ -187,6 +187,35 @@ def test_second_run_into_the_same_new_folder_is_refused(scan, tmp_path, monkeypa
     assert not [q for q in tmp_path.iterdir() if q.name.startswith(".c.")]
 
 
+def test_two_commands_racing_into_one_new_folder(tmp_path):
+    """Both started at once: exactly one writes, the other is refused; no temporary folder left."""
+    cmd = [sys.executable, "-m", "xanestrack.cli", "--quiet", "synth", str(tmp_path / "c"), "--n-particles", "2",
+           "--n-energies", "12", "--size", "140", "--max-radius", "14"]
+    procs = [subprocess.Popen(cmd + ["--seed", str(k)], stderr=subprocess.PIPE, text=True) for k in (1, 2)]
+    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    assert sorted(rc for rc, _ in results) == [0, 2], results
+    refused = next(err for rc, err in results if rc == 2)
+    assert "another xanestrack run" in refused or "exists and is not empty" in refused
+    winner = next(k for (rc, _), k in zip(results, (1, 2)) if rc == 0)
+    import h5py
+
+    with h5py.File(tmp_path / "c" / "truth.h5") as f:
+        assert int(f.attrs["seed"]) == winner
+    assert [q.name for q in tmp_path.iterdir()] == ["c"]
+
+
+def test_an_empty_existing_folder_is_kept_and_filled(tmp_path, monkeypatch):
+    d = tmp_path / "mine"
+    d.mkdir()
+    d.chmod(0o2770)
+    ino = d.stat().st_ino
+    monkeypatch.chdir(d)
+    assert _synth(".").exit_code == 0  # the current, empty folder: filled in place
+    assert d.stat().st_ino == ino and stat.S_IMODE(d.stat().st_mode) == 0o2770
+    assert sorted(q.name for q in d.iterdir()) == sorted([MARKER, "stack.h5", "truth.h5", "truth_positions.csv"])
+    assert Path.cwd() == d and [q.name for q in tmp_path.iterdir()] == ["mine"]
+
+
 def test_lock_without_fcntl_takes_over_a_dead_process_lock(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "fcntl", None)  # as on a system without fcntl
     out = tmp_path / "x"

@@ -303,6 +303,14 @@ def atomic_output_dir(out_dir, *, overwrite: bool = False, inputs=(), kind: str 
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         old = None
+        if out.is_dir() and not any(out.iterdir()):
+            # an empty folder the user made (perhaps the current one): keep it, move our files in, marker last
+            for entry in sorted(tmp.iterdir(), key=lambda e: e.name == MARKER):
+                if (out / entry.name).exists():
+                    raise XanestrackError(f"{out / entry.name} appeared while the run was writing; it is left alone: rerun")
+                os.replace(entry, out / entry.name)
+            tmp.rmdir()
+            return
         if out.exists():
             old = parent / f".{out.name}.old-{host}-{pid}"
             os.replace(out, old)
