@@ -45,8 +45,18 @@ def _host() -> str:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host runs (when in doubt: yes, so that nothing of it is removed)."""
     if pid == os.getpid():
         return True
+    if pid <= 0:
+        return False
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there
+        try:
+            import psutil
+
+            return psutil.pid_exists(pid)
+        except ImportError:
+            return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -54,6 +64,13 @@ def _pid_alive(pid: int) -> bool:
     except (PermissionError, OSError):  # another user's process, or cannot tell: alive
         return True
     return True
+
+
+def _int(x) -> int:
+    try:
+        return int(x)
+    except (TypeError, ValueError):
+        return -1
 
 
 def _read_marker(folder: Path, name: str = MARKER):
@@ -157,7 +174,7 @@ def _clean_stale(parent: Path) -> None:
             continue
         if name.endswith(".lock") and e.is_file() and not e.is_symlink():
             info = _read_marker(parent, name)
-            if info and info.get("host") == host and not _pid_alive(int(info.get("pid", -1))):
+            if info and info.get("host") == host and not _pid_alive(_int(info.get("pid"))):
                 try:
                     with output_lock(parent / name[1:-5]):
                         pass  # acquiring and releasing removes it
@@ -213,7 +230,11 @@ class output_lock:
                     fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
                 except FileExistsError:
                     info = _read_marker(self.path.parent, self.path.name) or {}
-                    if info.get("host") == _host() and not _pid_alive(int(info.get("pid", -1))):
+                    try:
+                        age = time.time() - self.path.stat().st_mtime
+                    except OSError:
+                        age = 0.0
+                    if (info.get("host") == _host() and not _pid_alive(_int(info.get("pid")))) or (not info and age > 60):
                         stale = self.path.with_name(f"{self.path.name}.stale-{os.getpid()}")
                         try:
                             os.replace(self.path, stale)
