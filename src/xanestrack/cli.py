@@ -356,10 +356,12 @@ def demo(
         from rich.table import Table
 
         from .evaluate import evaluate_result
+        from .results import check_output_dir
         from .stack import Stack
         from .synth import params_dict
         from .synth_stress import make_scene
 
+        check_output_dir(out, overwrite=overwrite)  # before synthesising: refuse early
         c = _console()
         t = time.perf_counter()
         s = make_scene(preset, seed=seed)
