@@ -385,3 +385,22 @@ def test_group_where_a_dataset_belongs_and_empty_stacks(tmp_path):
         f["img_bkg"] = flats
         f["X_eng"] = np.zeros(0)
     _refused(tmp_path, [tmp_path / "ne.h5"], ["run", tmp_path / "ne.h5"], "ne.h5", "/X_eng", "no energies")
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--values", "bogus"], ["--values", "'bogus'"]),
+    (["--detect-every", "0"], ["--detect-every 0"]),
+    (["--reference", "bad"], ["--reference takes NAME=FILE"]),
+    (["--reference", "X=nothere.txt"], ["--reference X=nothere.txt", "not found"]),
+])
+def test_bad_options_are_one_line(scan, tmp_path, args, fragments):
+    _refused(tmp_path, [scan], ["run", scan, *args], *fragments)
+
+
+def test_series_of_missing_or_looping_files(tmp_path):
+    with h5py.File(tmp_path / "loop.h5", "w") as f:
+        f["img_xanes"] = h5py.SoftLink("/a")
+        f["a"] = h5py.SoftLink("/img_xanes")
+    _refused(tmp_path, [tmp_path / "loop.h5"], ["series", tmp_path / "nothere.h5"], "nothere.h5", "no such file")
+    line = _one_line_error(_cli("series", tmp_path / "loop.h5", "--out", tmp_path / "s", "--detector", "classical", "--segmenter", "classical"))
+    assert "loop.h5" in line and "link" in line

@@ -265,9 +265,12 @@ def run(
             refs = {}
             for item in reference:
                 if "=" not in item:
-                    raise ValueError(f"--reference takes NAME=FILE, got {item!r}")
+                    raise XanestrackError(f"--reference takes NAME=FILE, got {item!r}")
                 name, path = item.split("=", 1)
-                refs[name] = read_spectrum(path, name=name)
+                try:
+                    refs[name] = read_spectrum(path, name=name)
+                except (ValueError, OSError) as exc:
+                    raise XanestrackError(f"--reference {item}: {exc}") from None
         opts = PipelineOptions(
             detect=DetectOptions(min_radius=min_radius, max_radius=max_radius, binning=binning),
             reference_particle=reference_particle,

@@ -72,6 +72,8 @@ def read_stack(inputs, *, energies=None, flats=None, darks=None, values: str = "
         With the file and the problem for anything unreadable, implausible or
         inconsistent (one line, saying what to do).
     """
+    if values not in ("auto", "od", "transmission", "counts"):
+        raise XanestrackError(f"--values must be auto, od or transmission, got {values!r}")
     paths = _as_paths(inputs)
     if not paths:
         raise XanestrackError("no input given")

@@ -85,7 +85,8 @@ def read_xrm(path) -> XrmFile:
         ole = OleFile(path)
     except ValueError as exc:
         msg = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
-        raise XanestrackError(f"{msg} (not a readable Zeiss/Xradia file)") from None
+        hint = "copy the file again or leave it out" if "truncated" in msg else "not a readable Zeiss/Xradia file"
+        raise XanestrackError(f"{msg} ({hint})") from None
     except Exception as exc:  # a damaged header can break any parse step
         raise XanestrackError(f"{path}: damaged Zeiss/Xradia file ({type(exc).__name__}: {exc})") from None
     w = _read_array(ole, "ImageInfo/ImageWidth", "<u4", path)

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..errors import XanestrackError
+
 __all__ = ["ScanSource", "series_sources", "synthetic_sources", "source_checksum", "process_scan", "run_series", "link_scans"]
 
 logger = logging.getLogger(__name__)
@@ -87,10 +89,10 @@ def series_sources(inputs) -> list:
     """Scan sources from a list of paths (each a scan) or one HDF5 file with a scan axis."""
     paths = [Path(p) for p in inputs]
     if not paths:
-        raise ValueError("no scans given")
+        raise XanestrackError("no scans given")
     for p in paths:
         if not p.exists():
-            raise ValueError(f"{p}: no such file or folder")
+            raise XanestrackError(f"{p}: no such file or folder")
     if len(paths) == 1 and paths[0].suffix.lower() in (".h5", ".hdf5") and paths[0].is_file():
         import h5py
 
@@ -310,7 +312,7 @@ def run_series(
 
 def _series_folder(out: Path) -> Path:
     """Create (or check) the series folder before anything is computed."""
-    from ..errors import XanestrackError, one_line
+    from ..errors import one_line
 
     if out.exists() and not out.is_dir():
         raise XanestrackError(f"output {out} exists and is not a folder; choose another --out")
@@ -328,7 +330,7 @@ def _manifest_sources(sources) -> list:
 def _run_series(sources, out, *, options, scheduler, workers, detector, segmenter):
     import dask
 
-    from ..errors import XanestrackError, one_line
+    from ..errors import one_line
     from ..results import MARKER, write_marker
 
     manifest = json.loads(json.dumps(dict(sources=_manifest_sources(sources))))
