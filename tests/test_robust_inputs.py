@@ -404,3 +404,16 @@ def test_series_of_missing_or_looping_files(tmp_path):
     _refused(tmp_path, [tmp_path / "loop.h5"], ["series", tmp_path / "nothere.h5"], "nothere.h5", "no such file")
     line = _one_line_error(_cli("series", tmp_path / "loop.h5", "--out", tmp_path / "s", "--detector", "classical", "--segmenter", "classical"))
     assert "loop.h5" in line and "link" in line
+
+
+def test_failures_leave_a_previous_output_intact(scan, tmp_path):
+    prev = tmp_path / "prev"
+    assert runner.invoke(app, ["--quiet", "synth", str(prev), "--n-particles", "2", "--n-energies", "12", "--size", "140", "--max-radius", "14"]).exit_code == 0
+    before = _digest(prev)
+    d = _model_copy(tmp_path, "segmenter")
+    (d / "weights.pt").write_bytes(b"")
+    (tmp_path / "x.h5").write_bytes(b"not hdf5")
+    for args in (["run", tmp_path / "x.h5"], ["run", scan, "--segmenter-model", d], ["run", scan, "--max-radius", "1e9"]):
+        _one_line_error(_cli(*args, "--out", prev, "--overwrite"))
+        assert _digest(prev) == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["my_segmenter", "prev", "x.h5"]
