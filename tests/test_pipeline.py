@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from conftest import pair_by_position
-from xanestrack.detect import detect_particles
+from xanestrack.detect import DetectOptions, detect_particles
 from xanestrack.evaluate import evaluate_result
 from xanestrack.pipeline import run_pipeline, sanitize_stack
 from xanestrack.stack import Stack
@@ -108,16 +108,41 @@ def test_all_background_frame_is_flagged_not_fatal(small_synth):
         assert ((p.frame_flags & 16) == 0).sum() >= 46
 
 
-def test_touching_particles_are_rejected_as_not_isolated():
+def _touching_pair_frame():
     yy, xx = np.mgrid[0:120, 0:160]
     frame = np.zeros((120, 160), np.float32)
     for cy, cx, r in ((60, 60, 20), (60, 99, 20), (30, 135, 12)):  # a touching pair and a loner
         frame += 0.8 * np.clip(r - np.hypot(yy - cy, xx - cx) + 0.5, 0, 1)
     frame += np.random.default_rng(1).normal(0, 0.01, frame.shape).astype(np.float32)
-    det = detect_particles(frame)
+    return frame
+
+
+def test_touching_particles_are_separated_and_kept():
+    det = detect_particles(_touching_pair_frame())
+    assert det.isolated.all() and len(det) == 3
+    pair = det[det.touching].sort_values("x")
+    assert len(pair) == 2
+    assert np.allclose(pair[["y", "x"]].to_numpy(), [[60, 60], [60, 99]], atol=2.5)
+    assert np.allclose(pair["radius"], 20, atol=3)
+    loner = det[~det.touching]
+    assert abs(loner.iloc[0].x - 135) < 2
+
+
+def test_touching_particles_are_rejected_when_splitting_is_off():
+    det = detect_particles(_touching_pair_frame(), options=DetectOptions(split_touching=False))
     iso = det[det.isolated]
     assert len(iso) == 1 and abs(iso.iloc[0].x - 135) < 2
     assert (det.reason == "not_convex").sum() == 1
+
+
+def test_one_irregular_particle_is_not_split():
+    yy, xx = np.mgrid[0:120, 0:120]
+    th = np.arctan2(yy - 60, xx - 60)
+    r = 25 * (1 + 0.15 * np.cos(3 * th) + 0.08 * np.cos(5 * th + 1))  # lobed outline, one body
+    frame = (np.hypot(yy - 60, xx - 60) < r).astype(np.float32) * 0.8
+    frame += np.random.default_rng(2).normal(0, 0.01, frame.shape).astype(np.float32)
+    det = detect_particles(frame)
+    assert len(det) == 1 and not det.touching.iloc[0] and det.isolated.iloc[0]
 
 
 def test_key_frame_detection_propagates_rois_through_stage_jumps():

@@ -22,13 +22,42 @@ from .register import bin_frames
 __all__ = ["DetectOptions", "detect_particles", "detect_stack", "DETECTION_COLUMNS", "foreground_mask", "regions_table", "empty_detections"]
 
 DETECTION_COLUMNS = [
-    "frame", "y", "x", "area", "radius", "y0", "x0", "y1", "x1", "solidity", "contrast", "isolated", "reason",
+    "frame", "y", "x", "area", "radius", "y0", "x0", "y1", "x1", "solidity", "contrast", "isolated", "reason", "touching",
 ]
 
 
 @dataclass(frozen=True)
 class DetectOptions:
-    """Options of the classical detector (lengths in pixels)."""
+    """Options of the detectors' region tests, and of the classical detector (lengths in pixels).
+
+    Attributes
+    ----------
+    sigma : float
+        Gaussian smoothing before thresholding (classical).
+    binning : int
+        Frames are binned by this factor before detection (classical).
+    background_scale : int
+        Block size of the smooth background estimate (classical).
+    noise_factor : float
+        The threshold is at least this many noise standard deviations (classical).
+    contrast_fraction : float
+        ... and at least this fraction of the particles' own contrast (classical).
+    min_radius, max_radius : float
+        Size range of a particle (equivalent radius); smaller objects are fines.
+    border : int
+        Components this close to the frame border are not whole.
+    min_solidity : float
+        Below this area / convex-hull area (relaxed for small outlines) a component is
+        examined as possibly several touching particles.
+    split_touching : bool
+        Separate touching particles and agglomerates at the necks of the distance
+        transform and keep each piece (``touching`` True); keep a non-convex component
+        that is one body. False: reject both as ``not_convex`` (the former behaviour).
+    min_inscribed : float
+        A non-convex component that cannot be split is kept only if its largest
+        inscribed disc covers at least this fraction of its area (one lobed body, not an
+        elongated clump).
+    """
 
     sigma: float = 2.0
     binning: int = 2
@@ -39,6 +68,8 @@ class DetectOptions:
     max_radius: float = 60.0
     border: int = 2
     min_solidity: float = 0.92
+    split_touching: bool = True
+    min_inscribed: float = 0.45
 
     def __post_init__(self):
         if not 0 < self.min_radius < self.max_radius:
@@ -174,6 +205,7 @@ def regions_table(fg, corr, *, frame_index: int, binning: int, options: DetectOp
             y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
             reason = ""
             solidity = np.nan
+            inscribed = np.nan
             if y0 < border or x0 < border or y1 > ny - border or x1 > nx - border:
                 reason = "border"
             elif area < min_area:
@@ -188,21 +220,73 @@ def regions_table(fg, corr, *, frame_index: int, binning: int, options: DetectOp
                 inscribed = np.pi * ndimage.distance_transform_edt(np.pad(reg, 1)).max() ** 2 / area
                 if solidity < min_sol or inscribed < 0.6:
                     reason = "not_convex"
+            pieces = []
+            if reason in ("not_convex", "too_large") and options.split_touching:
+                # touching particles and agglomerates: separated at the necks of the
+                # distance transform, each piece tracked on its own ("touching")
+                pieces = _split_touching(reg, min_area, max_area)
+            if reason == "not_convex" and not pieces and options.split_touching and inscribed >= options.min_inscribed:
+                # one irregular particle (lobed, not two bodies): non-convex alone is no
+                # reason to give a real particle up
+                reason = ""
+            if pieces:
+                for piece in pieces:
+                    pa = int(piece.sum())
+                    py, px = np.nonzero(piece)
+                    pcy, pcx = py.mean() + sl[0].start, px.mean() + sl[1].start
+                    contrast = float(corr[sl][piece].mean())
+                    pcy, pcx = (pcy + 0.5) * b - 0.5, (pcx + 0.5) * b - 0.5
+                    pa_full = pa * b * b
+                    rows.append(
+                        (frame_index, pcy, pcx, pa_full, np.sqrt(pa_full / np.pi),
+                         (py.min() + sl[0].start) * b, (px.min() + sl[1].start) * b,
+                         (py.max() + 1 + sl[0].start) * b, (px.max() + 1 + sl[1].start) * b,
+                         _solidity(piece), contrast, True, "", True)
+                    )
+                continue
             contrast = float(corr[sl][reg].mean())
             # back to full-resolution pixel coordinates (bin centres)
             cy, cx = (cy + 0.5) * b - 0.5, (cx + 0.5) * b - 0.5
             area_full = area * b * b
             rows.append(
                 (frame_index, cy, cx, area_full, np.sqrt(area_full / np.pi), y0 * b, x0 * b, y1 * b, x1 * b,
-                 solidity, contrast, reason == "", reason)
+                 solidity, contrast, reason == "", reason, False)
             )
     out = pd.DataFrame(rows, columns=DETECTION_COLUMNS)
     return out.astype(_DTYPES)
 
 
+def _split_touching(reg, min_area, max_area, *, neck: float = 0.4):
+    """Pieces of a component of touching particles (bool masks), or [] if it is one particle.
+
+    Seeds are the maxima of the distance transform that rise at least ``neck`` times the
+    largest inscribed radius above the saddle to their neighbour (a narrow neck between
+    two bodies, not the lobes of one irregular particle); the watershed of the distance
+    transform cuts at the necks. Pieces outside the size range are dropped.
+    """
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import watershed
+
+    pad = np.pad(reg, 1)
+    dist = ndimage.distance_transform_edt(pad)
+    if dist.max() < 2:
+        return []
+    markers, nm = ndimage.label(h_maxima(dist, max(1.0, neck * dist.max())))
+    if nm < 2:
+        return []
+    ws = watershed(-dist, markers, mask=pad)[1:-1, 1:-1]
+    out = []
+    for i in range(1, nm + 1):
+        piece = ws == i
+        a = int(piece.sum())
+        if min_area <= a <= max_area:
+            out.append(piece)
+    return out
+
+
 _DTYPES = {
     "frame": int, "y": float, "x": float, "area": float, "radius": float, "y0": int, "x0": int, "y1": int, "x1": int,
-    "solidity": float, "contrast": float, "isolated": bool, "reason": object,
+    "solidity": float, "contrast": float, "isolated": bool, "reason": object, "touching": bool,
 }
 
 

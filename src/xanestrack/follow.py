@@ -16,7 +16,7 @@ estimator: correlation instead of moments). The pipeline compares the two per fr
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace as _replace
 
 import numpy as np
 
@@ -59,6 +59,9 @@ class FollowOptions:
     passes: int = 2
     min_quality: float = 0.25
     binning_radius: float = 24.0
+    template: bool = True
+    rim: float = 0.0
+    signal: str = "edges"
 
 
 def window_half(radius: float, margin: int = 6) -> int:
@@ -110,17 +113,83 @@ def follow_particle(od, predicted, radius: float, reference: int, *, options: Fo
     apod = np.clip(1 - (np.hypot(yy - c, xx - c) - rad) / taper, 0, 1).astype(np.float32)
     idx = np.flatnonzero(np.all(np.isfinite(pos), axis=1))
     jr = int(np.flatnonzero(idx == reference)[0])
-    for _ in range(max(1, options.passes)):
+    ref_img = None
+    for it in range(max(1, options.passes)):
         # every window sampled (bilinear) so that the predicted position is its centre
         win = resample_windows(od, pos - centre, (0, 0), (size, size), order=1, frames=idx)
         if b > 1:
             win = bin_frames(win, b)
-        g = edge_images(win, sigma=options.sigma, apodisation=apod)
-        s, q = correlate_shifts(g[jr], g, max_shift=max(3.0, nb / 4), whitening=options.whitening)
+        if options.signal == "edges":
+            g = edge_images(win, sigma=options.sigma, apodisation=apod)
+        else:
+            g = _od_images(win, sigma=options.sigma, apodisation=apod)
+        if ref_img is None:
+            ref_img = g[jr] if (it == 0 or not options.template) else None
+        if ref_img is None:
+            win_ok = resample_windows(od, pos - centre, (0, 0), (size, size), order=1, frames=idx[measured[idx]])
+            if b > 1:
+                win_ok = bin_frames(win_ok, b)
+            if options.signal == "edges":
+                ref_img = edge_images(win_ok, sigma=options.sigma, apodisation=apod).mean(axis=0)
+            else:
+                ref_img = _od_images(win_ok, sigma=options.sigma, apodisation=apod).mean(axis=0)
+        s, q = correlate_shifts(ref_img, g, max_shift=max(3.0, nb / 4), whitening=options.whitening)
         s = (s - s[jr]) * b  # relative to the reference, full-resolution pixels
         ok = (q >= options.min_quality) & np.all(np.isfinite(s), axis=1)
         pos[idx[ok]] += s[ok]
         quality[idx] = q
         measured[:] = False
         measured[idx[ok]] = True
+        if options.signal in ("mask", "edge-mask") and ok.sum() >= 3 and it < options.passes - 1:
+            # the particle's own outline from the mean of its windows: apodise by it (so the
+            # background that moves differently does not pull) and correlate OD with that mean
+            from scipy import ndimage
+
+            win = resample_windows(od, pos - centre, (0, 0), (size, size), order=1, frames=idx[ok])
+            if b > 1:
+                win = bin_frames(win, b)
+            win = np.where(np.isfinite(win), win, np.nanmedian(win))
+            mean = win.mean(axis=0)
+            mean = mean - np.median(mean[apod < 0.5])
+            sm = ndimage.gaussian_filter(mean, 1.0)
+            lab, nl = ndimage.label(sm > 0.3 * np.percentile(sm[apod > 0.5], 95))
+            if nl:
+                cc = lab[int(c), int(c)] or (np.argmax(ndimage.sum(np.ones_like(sm), lab, range(1, nl + 1))) + 1)
+                body = lab == cc
+                part = ndimage.binary_dilation(body, iterations=max(1, int(round(2 / b))))
+                if options.rim:
+                    # the outline carries the position; the interior carries the chemistry,
+                    # whose contrast changes across the edge
+                    part &= ~ndimage.binary_erosion(body, iterations=max(1, int(round(options.rim / b))))
+                apod = ndimage.gaussian_filter(part.astype(np.float32), 1.0)
+                options = _replace(options, signal="od" if options.signal == "mask" else "edges")
+                ref_img = None
+        elif options.template and ok.sum() >= 3 and it < options.passes - 1:
+            # the next pass correlates with the mean of every measured frame's window at
+            # this pass's positions: a template with far less noise than one frame
+            win = resample_windows(od, pos - centre, (0, 0), (size, size), order=1, frames=idx[ok])
+            if b > 1:
+                win = bin_frames(win, b)
+            g = edge_images(win, sigma=options.sigma, apodisation=apod) if options.signal == "edges" else _od_images(win, sigma=options.sigma, apodisation=apod)
+            ref_img = g.mean(axis=0)
     return pos, quality, measured
+
+
+def _od_images(windows, *, sigma, apodisation):
+    """Windows less a plane fitted to their border, smoothed, apodised, unit RMS."""
+    from scipy import ndimage
+
+    win = np.asarray(windows, np.float32).copy()
+    bad = ~np.isfinite(win)
+    if bad.any():
+        med = np.nanmedian(win, axis=(1, 2))
+        win = np.where(bad, med[:, None, None], win)
+    n, h, w = win.shape
+    ring = np.asarray(apodisation) < 0.5
+    yy, xx = np.mgrid[0:h, 0:w]
+    A = np.c_[np.ones(ring.sum()), yy[ring], xx[ring]]
+    coef = np.linalg.lstsq(A, win[:, ring].T, rcond=None)[0]  # (3, n)
+    plane = coef[0][:, None, None] + coef[1][:, None, None] * yy + coef[2][:, None, None] * xx
+    g = ndimage.gaussian_filter(win - plane, (0, sigma, sigma)) * apodisation
+    g = g - g.mean(axis=(1, 2), keepdims=True)
+    return g / (np.sqrt((g**2).mean(axis=(1, 2), keepdims=True)) + 1e-12)

@@ -76,6 +76,7 @@ class PipelineOptions:
     xanes_smoothing: float = 1.0
     follow: FollowOptions = field(default_factory=FollowOptions)
     agreement_px: float = 0.5  # centre of mass vs edge correlation: frames further apart are flagged "disagree"
+    separate_neighbours: bool = True  # cut fines and touching neighbours off every mask (segment.isolate_particle)
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -381,7 +382,7 @@ def analyse_xanes(aligned, mask, energies, *, usable=None, options: PipelineOpti
     )
 
 
-def _segment_windows(od, centres, half, segmenter, radius):
+def _segment_windows(od, centres, half, segmenter, radius, separate=True):
     windows, origins, clipped = crop_windows(od, centres, half)
     nanwin = ~np.isfinite(windows)
     if nanwin.any():
@@ -393,7 +394,8 @@ def _segment_windows(od, centres, half, segmenter, radius):
     if masks.shape != windows.shape:
         raise ValueError(f"segmenter returned shape {masks.shape} for ROIs of shape {windows.shape}")
     # fines and touching neighbours never enter the particle's mask
-    masks = isolate_particle(masks, radius=radius, centres=np.asarray(centres, float) - origins)
+    if separate:
+        masks = isolate_particle(masks, radius=radius, centres=np.asarray(centres, float) - origins)
     return windows, origins, clipped, nanwin, masks
 
 
@@ -413,13 +415,13 @@ def _process_particle(pid, track, od, energies, common, segmenter, options, refe
     ref = int(np.flatnonzero(detected)[-1]) if detected.any() else 0
     followed, _, measured = follow_particle(od, predicted, radius, ref, options=options.follow)
     centres = np.where(measured[:, None], followed, predicted)
-    windows, origins, clipped, nanwin, masks = _segment_windows(od, centres, half, segmenter, radius)
+    windows, origins, clipped, nanwin, masks = _segment_windows(od, centres, half, segmenter, radius, options.separate_neighbours)
     com = centre_of_mass(masks) + origins
     # a window whose particle came out off-centre: segment again around what it found
     off = np.hypot(*(com - centres).T)
     redo = np.flatnonzero(np.isfinite(off) & (off > max(2.0, 0.15 * half)))
     if redo.size:
-        w2, o2, c2, n2, m2 = _segment_windows(od[redo], com[redo], half, segmenter, radius)
+        w2, o2, c2, n2, m2 = _segment_windows(od[redo], com[redo], half, segmenter, radius, options.separate_neighbours)
         windows[redo], origins[redo], clipped[redo], nanwin[redo], masks[redo] = w2, o2, c2, n2, m2
         com[redo] = centre_of_mass(m2) + o2
     area = masks.sum(axis=(1, 2))

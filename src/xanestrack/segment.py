@@ -184,6 +184,7 @@ def isolate_particle(masks, *, radius: float, centres=None, max_area_ratio: floa
     area = ndimage.sum(core, lab, idx)
     frame_of = np.array(ndimage.maximum(np.arange(n)[:, None, None] * np.ones((1, h, w), int), lab, idx), int)
     expected = np.pi * radius**2
+    min_blob = max(6, int(0.5 * np.pi * r_open**2))  # a fine of radius >= ~0.7 r_open; corner slivers are smaller
     for k in range(n):
         sel = np.flatnonzero(frame_of == k)
         if sel.size == 0:
@@ -198,7 +199,21 @@ def isolate_particle(masks, *, radius: float, centres=None, max_area_ratio: floa
         comp = lab[k] == pick
         if comp.sum() > max_area_ratio * expected:
             comp = _watershed_piece(comp, c[k], radius)
-        keep = ndimage.binary_dilation(comp, iterations=1)
+        # keep the particle's own outline as segmented: only blobs that the opening cut
+        # off (fines, neighbours' parts) are removed, not the thin slivers of its corners
+        grown = ndimage.binary_dilation(comp, iterations=1)
+        cut = hard[k] & ~grown
+        keep = hard[k].copy()
+        if cut.any():
+            cl, ncl = ndimage.label(cut)
+            sizes = ndimage.sum(cut, cl, np.arange(1, ncl + 1))
+            blobs = np.isin(cl, 1 + np.flatnonzero(sizes >= min_blob))
+            keep &= ~blobs
+        # the connected piece of what is kept that holds the particle
+        kl, _ = ndimage.label(keep)
+        ids = np.unique(kl[comp & keep])
+        keep = np.isin(kl, ids[ids > 0]) if ids.size else comp
+        keep = ndimage.binary_dilation(keep, iterations=1) & ~(ndimage.binary_dilation(hard[k] & ~keep, iterations=1) & ~keep)
         out[k] = np.where(keep, m[k], 0.0)
     return out
 
