@@ -7,11 +7,25 @@ inside the particle with a rim of ``rim_px`` pixels excluded, RMS over pixels.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-__all__ = ["pair_particles", "registration_error", "edge_map_error", "evaluate_result", "detection_f1", "f1_by_band", "energy_band", "ENERGY_BANDS"]
+__all__ = [
+    "pair_particles",
+    "pair_tracks",
+    "registration_error",
+    "edge_map_error",
+    "evaluate_result",
+    "evaluate_tracking",
+    "UNVOUCHED_FLAGS",
+    "detection_f1",
+    "f1_by_band",
+    "energy_band",
+    "ENERGY_BANDS",
+]
 
 
 def pair_particles(est_yx, true_yx, *, max_distance: float = 10.0):
@@ -121,6 +135,121 @@ def evaluate_result(result, truth, *, rim_px: int = 2, max_distance: float = 10.
     return table, summary
 
 
+def pair_tracks(est_tracks, true_tracks, *, max_distance: float = 10.0):
+    """Optimal one-to-one pairing of whole tracks by their median distance over frames.
+
+    ``est_tracks`` (m, n_frames, 2) and ``true_tracks`` (t, n_frames, 2); NaN frames are
+    ignored. Unlike a pairing on frame 0 alone, a track whose first frame is wrong or
+    filled still pairs with the particle it follows.
+
+    Returns
+    -------
+    list of (i_est, i_true) pairs with a median distance <= ``max_distance``
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    est = np.asarray(est_tracks, float)
+    tru = np.asarray(true_tracks, float)
+    if est.size == 0 or tru.size == 0:
+        return []
+    d = np.hypot(est[:, None, :, 0] - tru[None, :, :, 0], est[:, None, :, 1] - tru[None, :, :, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pairs: no distance
+        med = np.nanmedian(d, axis=2)
+    med = np.where(np.isfinite(med), med, 1e9)
+    r, c = linear_sum_assignment(med)
+    return [(int(i), int(j)) for i, j in zip(r, c) if med[i, j] <= max_distance]
+
+
+#: flags under which a position is not vouched for (interpolated | position_outlier | disagree)
+UNVOUCHED_FLAGS = 16 | 32 | 64
+
+
+def evaluate_tracking(result, truth, *, max_distance: float = 10.0, wrong_px: float = 1.0):
+    """Tracking and vouching scores of a pipeline result against a scene's truth.
+
+    Every estimated track is paired with a true particle (isolated or not) by its
+    median distance over frames (:func:`pair_tracks`); an estimated track paired with
+    none is *spurious*. Per paired particle and frame the error is the estimated minus
+    the true position, less its median over the frames whose position was measured
+    (a constant offset misaligns nothing). A frame is *tracked* when its position is
+    measured (not flagged ``interpolated``); it is *wrong* when its error exceeds
+    ``wrong_px``, and *unflagged wrong* when, moreover, it carries none of
+    ``interpolated``, ``position_outlier``, ``disagree`` (the tool states it as measured
+    and vouched for).
+
+    Returns
+    -------
+    table : DataFrame
+        One row per true particle: ``truth_particle, particle`` (estimated id or -1),
+        ``isolated, radius, frames_tracked, tracked_all, rms_px, worst_px, frames_wrong,
+        unflagged_wrong, worst_unflagged_px, frames_disagree``.
+    summary : dict
+        ``n_true, n_found, n_isolated, isolated_found, isolated_tracked`` (found and
+        tracked through every frame), ``max_rms_px, median_rms_px`` (over isolated
+        particles found), ``spurious, frames_wrong, unflagged_wrong,
+        worst_unflagged_px`` (over all paired tracks), ``frames_disagree`` (over all
+        tracks), ``n_frames``.
+    """
+    tp = truth.positions.sort_values(["particle", "frame"])
+    true_ids = np.sort(tp["particle"].unique())
+    n_frames = int(tp["frame"].max()) + 1 if len(tp) else 0
+    true_tracks = np.stack([g[["y", "x"]].to_numpy(float) for _, g in tp.groupby("particle")]) if len(tp) else np.zeros((0, n_frames, 2))
+    iso = tp.groupby("particle")["isolated"].all().reindex(true_ids).to_numpy(bool)
+    est_tracks = np.array([p.positions for p in result.particles], float).reshape(-1, n_frames, 2)
+    pairs = dict((j, i) for i, j in pair_tracks(est_tracks, true_tracks, max_distance=max_distance))
+    radii = np.asarray(getattr(truth, "radii", np.full(len(true_ids), np.nan)), float)
+    rows = []
+    for j, tid in enumerate(true_ids):
+        row = dict(truth_particle=int(tid), particle=-1, isolated=bool(iso[j]), radius=float(radii[j]) if j < radii.size else np.nan)
+        if j in pairs:
+            p = result.particles[pairs[j]]
+            flags = np.asarray(p.frame_flags, int)
+            tracked = (flags & 16) == 0
+            reg = registration_error(p.positions, true_tracks[j])
+            e = p.positions - true_tracks[j]
+            fin = np.all(np.isfinite(e), axis=1)
+            base = fin & tracked if (fin & tracked).any() else fin
+            err = np.full(n_frames, np.nan)
+            if base.any():
+                err = np.hypot(*(e - np.median(e[base], axis=0)).T)
+            wrong = ~(err <= wrong_px)  # NaN (no position) counts as wrong
+            unflagged = wrong & ((flags & UNVOUCHED_FLAGS) == 0)
+            row.update(
+                particle=int(p.particle),
+                frames_tracked=int(tracked.sum()),
+                tracked_all=bool(tracked.all()),
+                rms_px=reg["rms"],
+                worst_px=reg["worst"],
+                frames_wrong=int(wrong.sum()),
+                unflagged_wrong=int(unflagged.sum()),
+                worst_unflagged_px=float(np.nanmax(np.where(unflagged, err, np.nan))) if unflagged.any() else 0.0,
+                frames_disagree=int(((flags & 64) != 0).sum()),
+            )
+        rows.append(row)
+    cols = ["truth_particle", "particle", "isolated", "radius", "frames_tracked", "tracked_all", "rms_px", "worst_px",
+            "frames_wrong", "unflagged_wrong", "worst_unflagged_px", "frames_disagree"]
+    table = pd.DataFrame(rows).reindex(columns=cols)
+    found = table[table["particle"] >= 0]
+    found_iso = found[found["isolated"].astype(bool)]
+    summary = dict(
+        n_true=int(len(true_ids)),
+        n_found=int(len(found)),
+        n_isolated=int(iso.sum()),
+        isolated_found=int(len(found_iso)),
+        isolated_tracked=int(found_iso["tracked_all"].astype(bool).sum()),
+        max_rms_px=float(found_iso["rms_px"].max()) if len(found_iso) else np.nan,
+        median_rms_px=float(found_iso["rms_px"].median()) if len(found_iso) else np.nan,
+        spurious=int(len(result.particles) - len(found)),
+        frames_wrong=int(found["frames_wrong"].sum()),
+        unflagged_wrong=int(found["unflagged_wrong"].sum()),
+        worst_unflagged_px=float(found["worst_unflagged_px"].max()) if len(found) else 0.0,
+        frames_disagree=int(sum(int(((np.asarray(p.frame_flags, int) & 64) != 0).sum()) for p in result.particles)),
+        n_frames=n_frames,
+    )
+    return table, summary
+
+
 #: energy bands of the Ni K-edge used to report detection and segmentation scores (eV)
 ENERGY_BANDS = (("pre-edge", -np.inf, 8330.0), ("edge", 8330.0, 8360.0), ("post-edge", 8360.0, np.inf))
 
@@ -148,6 +277,10 @@ def detection_f1(detections, truth, energies_ev, *, max_distance: float = 4.0, r
     tp_all = truth.positions
     radii = np.asarray(truth.radii, float)
     iso = detections[detections["isolated"]] if len(detections) else detections
+    if "touching" in iso:
+        # pieces of separated touching particles are tracked, but they are not the
+        # isolated particles this score is about
+        iso = iso[~iso["touching"].astype(bool)]
     by_frame = {k: g for k, g in iso.groupby("frame")} if len(iso) else {}
     bands = energy_band(energies_ev)
     rows = []

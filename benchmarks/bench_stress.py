@@ -1,0 +1,132 @@
+"""The pipeline on the stress family (issue 15): found, tracked, RMS, spurious, vouched, time.
+
+Usage: python benchmarks/bench_stress.py [--cases stress-drift ...] [--seeds 1 2]
+           [--paths learned classical] [--reduced] [--out stress.csv]
+
+For each stress case (:data:`xanestrack.synth_stress.STRESS_CASES`, full size: 143
+energies, 460 x 460), seed and path, the in-memory pipeline runs with DEFAULT options
+(``PipelineOptions()``; "learned" = the shipped learned detector and segmenter, as the
+CLI's default; "classical" = the pipeline's own). Seeds must be below 100: the models
+are trained on seeds >= 100. Scored by :func:`xanestrack.evaluate.evaluate_tracking`:
+
+- found: estimated tracks paired with a true particle (isolated or not) / true particles;
+- isolated tracked: isolated true particles found and measured in every frame (no frame
+  flagged ``interpolated``) / isolated true particles;
+- worst / median RMS: per-particle registration RMS (mean removed) over the isolated
+  particles found, px;
+- spurious: estimated tracks paired with no true particle;
+- > 1 px: frames of paired tracks whose error exceeds 1 px (constant offset removed);
+  unflagged: of those, frames carrying none of ``interpolated``, ``position_outlier``,
+  ``disagree`` (stated as measured and vouched for; the tool promises none);
+- disagree: frames flagged ``disagree`` (all tracks);
+- time: ``run_pipeline`` wall time (generation and scoring excluded).
+
+Prints a markdown table per case and path (one row per seed) with the machine line;
+``--out`` writes the rows as CSV.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+
+def machine() -> str:
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__}"
+
+
+COLUMNS = [
+    "case", "seed", "path", "n_found", "n_true", "isolated_tracked", "isolated_found", "n_isolated", "max_rms_px",
+    "median_rms_px", "spurious", "frames_wrong", "unflagged_wrong", "worst_unflagged_px", "frames_disagree",
+    "n_frames", "pipeline_s",
+]
+
+
+def run_one(case, seed, path, *, reduced=False, models=None):
+    """One row (dict of COLUMNS) for a case, seed and path."""
+    from xanestrack.evaluate import evaluate_tracking
+    from xanestrack.pipeline import PipelineOptions, run_pipeline
+    from xanestrack.stack import Stack
+    from xanestrack.synth_stress import make_stress_stack
+
+    s = make_stress_stack(case, seed, reduced=reduced)
+    st = Stack(s.optical_density(), s.energies_ev)
+    opts = PipelineOptions()
+    det, seg = (models or {}).get(path, (None, None))
+    t = time.perf_counter()
+    result = run_pipeline(st, options=opts, detector=det, segmenter=seg)
+    elapsed = time.perf_counter() - t
+    _, summ = evaluate_tracking(result, s.truth)
+    row = dict(case=case, seed=seed, path=path, pipeline_s=elapsed)
+    row.update({k: summ[k] for k in COLUMNS if k in summ})
+    return row
+
+
+def format_row(r) -> str:
+    return (
+        f"| {r['case']} | {r['path']} | {r['seed']} | {r['n_found']}/{r['n_true']} | "
+        f"{r['isolated_tracked']}/{r['n_isolated']} ({r['isolated_found']} found) | {r['max_rms_px']:.3f} | {r['median_rms_px']:.3f} | "
+        f"{r['spurious']} | {r['frames_wrong']} | {r['unflagged_wrong']}"
+        + (f" (≤ {r['worst_unflagged_px']:.2f} px)" if r["unflagged_wrong"] else "")
+        + f" | {r['frames_disagree']} | {r['pipeline_s']:.1f} |"
+    )
+
+
+HEADER = (
+    "| case | path | seed | found/true | isolated tracked all frames | worst RMS px | median RMS px | spurious | "
+    "frames > 1 px | unflagged > 1 px | disagree frames | pipeline s |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def main(argv=None):
+    from xanestrack.synth_stress import STRESS_CASES
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", nargs="+", default=list(STRESS_CASES), choices=list(STRESS_CASES), metavar="CASE")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--paths", nargs="+", default=["learned", "classical"], choices=["learned", "classical"])
+    ap.add_argument("--reduced", action="store_true", help="reduced scenes (48 energies, 256 x 256), as the tests")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--out", default=None, help="write the rows as CSV here")
+    a = ap.parse_args(argv)
+    bad = [s for s in a.seeds if not 0 <= s < 100]
+    if bad:
+        ap.error(f"seeds must be in 0..99 (the models are trained on seeds >= 100), got {bad}")
+
+    from xanestrack.pipeline import PipelineOptions
+
+    models = {"classical": (None, None)}
+    if "learned" in a.paths:
+        from xanestrack.models import pipeline_models
+
+        models["learned"] = pipeline_models("learned", "learned", options=PipelineOptions())
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+
+    size = "reduced (48 energies, 256 x 256)" if a.reduced else "full size"
+    print(f"machine: {machine()}")
+    print(f"stress cases {a.cases}, {size}, seeds {a.seeds}, paths {a.paths}; default options\n")
+    print(HEADER, flush=True)
+    rows = []
+    for case in a.cases:
+        for path in a.paths:
+            for seed in a.seeds:
+                r = run_one(case, seed, path, reduced=a.reduced, models=models)
+                rows.append(r)
+                print(format_row(r), flush=True)
+    if a.out:
+        import pandas as pd
+
+        pd.DataFrame(rows, columns=COLUMNS).to_csv(a.out, index=False, float_format="%.4f")
+        print(f"\nwrote {a.out}", file=sys.stderr)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
