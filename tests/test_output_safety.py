@@ -306,7 +306,8 @@ def test_series_resume_compares_content_and_normalises_paths(tmp_path, monkeypat
     (tmp_path / "a.h5").write_bytes(a.read_bytes())
     (tmp_path / "b.h5").write_bytes(b.read_bytes())
     # linking is not what is tested here
-    monkeypatch.setattr(ser, "link_scans", lambda summary: summary.assign(particle=summary["scan_particle"]))
+    monkeypatch.setattr(ser, "link_scans", lambda summary, **kw: summary.assign(particle=summary["scan_particle"]))
+    monkeypatch.setattr(ser, "scan_image_prior", lambda *a, **kw: None, raising=False)
     loads = []
     orig = ser.ScanSource.load
     monkeypatch.setattr(ser.ScanSource, "load", lambda self: loads.append(self.name) or orig(self))
