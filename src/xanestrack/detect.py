@@ -51,12 +51,10 @@ class DetectOptions:
         examined as possibly several touching particles.
     split_touching : bool
         Separate touching particles and agglomerates at the necks of the distance
-        transform and keep each piece (``touching`` True); keep a non-convex component
-        that is one body. False: reject both as ``not_convex`` (the former behaviour).
-    min_inscribed : float
-        A non-convex component that cannot be split is kept only if its largest
-        inscribed disc covers at least this fraction of its area (one lobed body, not an
-        elongated clump).
+        transform and keep each piece (``touching`` True). A non-convex component with no
+        narrow neck stays rejected (``not_convex``): as non-convex as two overlapping
+        particles, it cannot be told from them by its outline. False: reject every
+        non-convex component.
     """
 
     sigma: float = 2.0
@@ -69,7 +67,6 @@ class DetectOptions:
     border: int = 2
     min_solidity: float = 0.92
     split_touching: bool = True
-    min_inscribed: float = 0.45
 
     def __post_init__(self):
         if not 0 < self.min_radius < self.max_radius:
@@ -205,7 +202,6 @@ def regions_table(fg, corr, *, frame_index: int, binning: int, options: DetectOp
             y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
             reason = ""
             solidity = np.nan
-            inscribed = np.nan
             if y0 < border or x0 < border or y1 > ny - border or x1 > nx - border:
                 reason = "border"
             elif area < min_area:
@@ -225,10 +221,6 @@ def regions_table(fg, corr, *, frame_index: int, binning: int, options: DetectOp
                 # touching particles and agglomerates: separated at the necks of the
                 # distance transform, each piece tracked on its own ("touching")
                 pieces = _split_touching(reg, min_area, max_area)
-            if reason == "not_convex" and not pieces and options.split_touching and inscribed >= options.min_inscribed:
-                # one irregular particle (lobed, not two bodies): non-convex alone is no
-                # reason to give a real particle up
-                reason = ""
             if pieces:
                 for piece in pieces:
                     pa = int(piece.sum())
