@@ -229,8 +229,42 @@ def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = Mat
                 x = np.interp(k, frames_seen, own[:, 1]) + common[k, 1]
                 rows.append((pid, k, y, x, np.nan, np.nan, False, k in seen, np.nan))
     tracks_df = pd.DataFrame(rows, columns=["particle", "frame", "y", "x", "area", "radius", "detected", "examined", "ssim"])
+    tracks_df, dup = _drop_duplicates(tracks_df)
+    rejected += dup
     rejected_df = pd.DataFrame(rejected, columns=["track", "n_frames", "y", "x"])
     return tracks_df, rejected_df, common
+
+
+def _drop_duplicates(tracks_df, fraction: float = 0.5):
+    """Two tracks that follow one particle (e.g. found whole in one frame and as a piece
+    of a touching pair in another): the one detected less often is dropped.
+
+    Tracks are duplicates when their median distance over the frames is below
+    ``fraction`` of the larger radius (a piece inside a whole particle).
+    """
+    if not len(tracks_df):
+        return tracks_df, []
+    pids = sorted(tracks_df["particle"].unique())
+    pos = {p: g.sort_values("frame")[["y", "x"]].to_numpy() for p, g in tracks_df.groupby("particle")}
+    rad = tracks_df.groupby("particle")["radius"].median()
+    ndet = tracks_df.groupby("particle")["detected"].sum()
+    drop = set()
+    for i, a in enumerate(pids):
+        for b in pids[i + 1 :]:
+            if a in drop or b in drop:
+                continue
+            d = np.nanmedian(np.hypot(*(pos[a] - pos[b]).T))
+            r = np.nanmax([rad.get(a, np.nan), rad.get(b, np.nan)])
+            if np.isfinite(d) and np.isfinite(r) and d < fraction * r:
+                drop.add(a if ndet[a] < ndet[b] else b)
+    if not drop:
+        return tracks_df, []
+    gone = [(int(p), int(ndet[p]), float(pos[p][:, 0].mean()), float(pos[p][:, 1].mean())) for p in sorted(drop)]
+    out = tracks_df[~tracks_df["particle"].isin(drop)].copy()
+    # particle ids stay consecutive
+    remap = {p: i for i, p in enumerate(sorted(out["particle"].unique()))}
+    out["particle"] = out["particle"].map(remap)
+    return out.reset_index(drop=True), gone
 
 
 def _frame_step(a, b, max_shift):

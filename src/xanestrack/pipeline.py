@@ -77,6 +77,7 @@ class PipelineOptions:
     follow: FollowOptions = field(default_factory=FollowOptions)
     agreement_px: float = 0.5  # centre of mass vs edge correlation: frames further apart are flagged "disagree"
     separate_neighbours: bool = True  # cut fines and touching neighbours off every mask (segment.isolate_particle)
+    position: str = "edges"  # "edges": edge correlation, vouched by the centre of mass; "com": the reverse (the paper's)
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -412,8 +413,8 @@ def _process_particle(pid, track, od, energies, common, segmenter, options, refe
     # follow the particle on its own: windows placed from its own positions and refined by
     # correlating its outline with a reference frame (the last frame it was detected in:
     # post-edge, highest contrast, in an energy scan)
-    ref = int(np.flatnonzero(detected)[-1]) if detected.any() else 0
-    followed, _, measured = follow_particle(od, predicted, radius, ref, options=options.follow)
+    ref_frame = int(np.flatnonzero(detected)[-1]) if detected.any() else 0
+    followed, _, measured = follow_particle(od, predicted, radius, ref_frame, options=options.follow)
     centres = np.where(measured[:, None], followed, predicted)
     windows, origins, clipped, nanwin, masks = _segment_windows(od, centres, half, segmenter, radius, options.separate_neighbours)
     com = centre_of_mass(masks) + origins
@@ -448,33 +449,48 @@ def _process_particle(pid, track, od, energies, common, segmenter, options, refe
         flags[bad] |= FRAME_FLAGS["position_outlier"]
         good &= ~bad
     # the second, independent estimate vouches for each position: displacement by edge
-    # correlation vs displacement of the centre of mass (both up to one constant offset)
+    # correlation vs displacement of the centre of mass (both up to one constant offset:
+    # the median over frames, or the reference frame's when there are few frames)
     agreement = np.full(n, np.nan)
     both = good & measured
-    offset = np.nanmedian(com[both] - followed[both], axis=0) if both.any() else np.full(2, np.nan)
+    offset = np.full(2, np.nan)
+    if both.sum() >= 5 or (both.any() and not both[ref_frame]):
+        offset = np.nanmedian(com[both] - followed[both], axis=0)
+    elif both.any():
+        offset = com[ref_frame] - followed[ref_frame]
     agreement[both] = np.hypot(*(com[both] - followed[both] - offset).T)
     disagree = good & ~(agreement <= options.agreement_px)
     flags[disagree] |= FRAME_FLAGS["disagree"]
+    edge_pos = np.where(measured[:, None], followed + offset, np.nan)
+    whole = (flags & FRAME_FLAGS["out_of_view"]) == 0
     notes = []
-    if good.sum() == 0:
-        notes.append("no frame gave a usable mask: particle not aligned")
-        positions = np.full((n, 2), np.nan)
-        if measured.any() and np.isfinite(offset).all():
-            positions = np.where(measured[:, None], followed + offset, np.nan)
-    else:
-        positions = np.where(good[:, None], com, np.nan)
-        # frames without a usable mask: the edge correlation where it measured, else filled
-        fill = ~good & measured & np.isfinite(offset).all()
-        positions[fill] = followed[fill] + offset
+    if options.position == "edges":
+        # the edge correlation (contrast-invariant, blind to smooth backgrounds, no
+        # segmentation) is the position where it measured; the centre of mass elsewhere
+        use_edge = measured & whole & np.isfinite(offset).all()
+        have = use_edge | good
+        positions = np.where(use_edge[:, None], edge_pos, np.where(good[:, None], com, np.nan))
+    elif options.position == "com":
+        # the paper's centre of mass; the edge correlation where no usable mask
+        fill = ~good & measured & whole & np.isfinite(offset).all()
         have = good | fill
+        positions = np.where(good[:, None], com, np.where(fill[:, None], edge_pos, np.nan))
+    else:
+        raise ValueError(f"options.position must be 'edges' or 'com', got {options.position!r}")
+    # neither estimate measured the particle here, or only one (no second estimate)
+    flags[~both & have] |= FRAME_FLAGS["disagree"]
+    if not have.any():
+        notes.append("the particle was measured in no frame: not aligned")
+        positions = np.full((n, 2), np.nan)
+    else:
         positions = _fill_positions(positions, have, common)
-        flags[~good] |= FRAME_FLAGS["interpolated"]
-        flags[~good & ~fill] |= FRAME_FLAGS["disagree"]
+        flags[~have] |= FRAME_FLAGS["interpolated"] | FRAME_FLAGS["disagree"]
+    disagree = (flags & FRAME_FLAGS["disagree"]) > 0
     if disagree.any():
-        notes.append(f"{int(disagree.sum())} frames where the edge correlation does not confirm the centre of mass")
-    ref = int(np.flatnonzero(good)[0]) if good.any() else 0
+        notes.append(f"{int(disagree.sum())} frames not vouched for: the edge correlation and the centre of mass disagree, or only one measured")
+    ref = int(np.flatnonzero(have)[0]) if have.any() else 0
     size = 2 * half + 1
-    origin = np.round(positions[ref]).astype(int) - half if good.any() else origins[0]
+    origin = np.round(positions[ref]).astype(int) - half if have.any() else origins[0]
     # the aligned grid is frame-0's (positions are filled for every frame, or all NaN)
     shifts = positions - positions[0]
     aligned = resample_windows(od, shifts, origin, (size, size), order=options.interpolation_order)
@@ -502,8 +518,8 @@ def _process_particle(pid, track, od, energies, common, segmenter, options, refe
         unaligned_ends=resample_windows(od, np.zeros((n, 2)), origin, (size, size), order=0, frames=[0, n - 1]),
         notes=tuple(notes),
         agreement=agreement,
-        reference_frame=ref,
-        edge_positions=np.where(measured[:, None], followed + offset, np.nan),
+        reference_frame=ref_frame,
+        edge_positions=edge_pos,
     ), com
 
 
