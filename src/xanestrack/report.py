@@ -41,12 +41,18 @@ through the scan drawn magnified x{{ traj_scale }} and coloured by its largest n
 {% if rejected %}<h3>Rejected objects</h3>{{ rejected }}{% endif %}
 <h2>Motion</h2>
 <figure><img alt="motion" src="data:image/png;base64,{{ figs.motion }}">
-<figcaption>Cumulative displacement and velocity per particle, vertical (y) and horizontal (x); the rigid motion shared
-by all particles (median) in thick black.</figcaption></figure>
+<figcaption>Cumulative displacement and velocity per particle, vertical (y) and horizontal (x); the common translation
+(of the similarity fitted over all particles each frame) in thick black.</figcaption></figure>
+{% if figs.common %}<figure><img alt="common motion" src="data:image/png;base64,{{ figs.common }}">
+<figcaption>Common motion of each frame: a similarity (translation + isotropic scale) fitted robustly over the particles'
+vouched positions. The scale is the magnification relative to the first frame (a zone plate's changes with the energy);
+it moves every particle radially, so it is removed before non-rigid motion is measured.</figcaption></figure>{% endif %}
 <figure><img alt="relative motion" src="data:image/png;base64,{{ figs.relative }}">
 <figcaption>Non-rigid motion of each particle (its displacement less the rigid one) and motion relative to the reference particle {{ ref_particle }}.</figcaption></figure>
 {{ ratios }}
 <h2>Particles</h2>
+<p>{{ vouch_text }}</p>
+{{ vouch_table }}
 {% for p in particles %}
 <div class="particle"><h3>Particle {{ p.id }}</h3>
 <figure><img alt="particle {{ p.id }}" src="data:image/png;base64,{{ p.fig }}">
@@ -189,12 +195,14 @@ def write_report(folder, *, result=None) -> Path:
         if c in tracks:
             for pid, g in tracks.groupby("particle"):
                 ax.plot(g["frame"], g[c], lw=1, label=f"{pid}")
-            rig = tracks.groupby("frame")[["rigid_dy", "rigid_dx"]].first()
+            rc = ("common_dy", "common_dx") if "common_dy" in tracks else ("rigid_dy", "rigid_dx")
+            rig = tracks.groupby("frame")[list(rc)].first()
+            rig = rig - rig.iloc[0]
             if c in ("dy", "dx"):
-                ax.plot(rig.index, rig[f"rigid_{c}"], "k-", lw=2.5, label="rigid")
+                ax.plot(rig.index, rig[rc[0] if c == "dy" else rc[1]], "k-", lw=2.5, label="common")
             else:
-                r = np.gradient(rig[f"rigid_d{c[1]}"].to_numpy(), rig.index.to_numpy()) if len(rig) > 1 else np.zeros(len(rig))
-                ax.plot(rig.index, r, "k-", lw=2.5, label="rigid")
+                r = np.gradient(rig[rc[0] if c == "vy" else rc[1]].to_numpy(), rig.index.to_numpy()) if len(rig) > 1 else np.zeros(len(rig))
+                ax.plot(rig.index, r, "k-", lw=2.5, label="common")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[1, 0].set_xlabel("frame")
@@ -203,6 +211,23 @@ def write_report(folder, *, result=None) -> Path:
     figs["motion"] = _png(fig, figdir / "motion.png")
     keep = [c for c in ["particle", "frame", "energy_ev", "y", "x", "dy", "dx", "vy", "vx", "ay", "ax", "rigid_dy", "rigid_dx", "nonrigid_dy", "nonrigid_dx", "rel_dy", "rel_dx"] if c in tracks]
     tracks[keep].to_csv(figdir / "motion.csv", index=False, float_format="%.4f")
+
+    figs["common"] = ""
+    if "common_scale" in tracks and len(tracks):
+        cm = tracks.groupby("frame")[["energy_ev", "common_dy", "common_dx", "common_scale"]].first().reset_index()
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+        axes[0].plot(cm["frame"], (cm["common_scale"] - 1) * 100, "k.-", ms=3)
+        axes[0].set_xlabel("frame")
+        axes[0].set_ylabel("magnification change (%)")
+        axes[0].grid(alpha=0.3)
+        axes[1].plot(cm["frame"], cm["common_dy"], label="dy")
+        axes[1].plot(cm["frame"], cm["common_dx"], label="dx")
+        axes[1].set_xlabel("frame")
+        axes[1].set_ylabel("common translation (px)")
+        axes[1].legend(fontsize=8)
+        axes[1].grid(alpha=0.3)
+        figs["common"] = _png(fig, figdir / "common_motion.png")
+        cm.to_csv(figdir / "common_motion.csv", index=False, float_format="%.6f")
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for pid, g in tracks.groupby("particle"):
@@ -220,6 +245,7 @@ def write_report(folder, *, result=None) -> Path:
 
     # ---- particles
     pblocks = []
+    vouch_rows = []
     n_e = len(energies)
     sel = np.unique(np.linspace(0, n_e - 1, min(8, n_e)).round().astype(int))
     for p in parts:
@@ -277,6 +303,15 @@ def write_report(folder, *, result=None) -> Path:
         notes = json.loads(p.get("notes", "[]")) if isinstance(p.get("notes"), str) else []
         if notes:
             info += "; " + "; ".join(notes)
+        vouch = _vouch_row(g)
+        if vouch is not None:
+            vouch_rows.append(vouch)
+            if vouch[1] == 0:
+                flags = (flags + "; " if flags else "") + "not vouched for in any frame: the edge correlation and the centre of mass never agree"
+            elif vouch[1] < vouch[2]:
+                info += f"; vouched for in {vouch[1]} of {vouch[2]} frames (median agreement {vouch[3]:.2f} px)"
+            else:
+                info += f"; vouched for in every frame (median agreement {vouch[3]:.2f} px)"
         pblocks.append(dict(id=pid, fig=b64, info=html.escape(info), flags=html.escape(flags)))
 
     timings = pd.DataFrame(sorted(run.get("timings_s", {}).items()), columns=["stage", "seconds"])
@@ -304,6 +339,17 @@ def write_report(folder, *, result=None) -> Path:
     if most is not None:
         summary += f" Particle {most} moved most on its own ({maxnr.max():.2f} px beyond the rigid motion)."
     ref_particle = tracks.attrs.get("reference_particle", "")
+    vt = pd.DataFrame(vouch_rows, columns=["particle", "vouched frames", "frames", "median agreement px", "max agreement px"])
+    thr = run.get("parameters", {}).get("agreement_px", 0.5)
+    vouch_text = (
+        "Every position is measured twice, independently: by correlating the particle's outline (edge image) with a reference "
+        f"frame and by the centre of mass of its segmented mask. A frame is vouched for when the two agree within {thr} px; "
+        "frames that are not are flagged 'disagree' in tracks.csv and left out of the consensus mask."
+    )
+    if len(vt):
+        bad = vt[vt["vouched frames"] == 0]["particle"].tolist()
+        if bad:
+            vouch_text += f" Not vouched for in any frame: particle{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))}."
     env = Environment(autoescape=False)
     page = env.from_string(_TEMPLATE).render(
         summary=html.escape(summary),
@@ -312,6 +358,8 @@ def write_report(folder, *, result=None) -> Path:
         rejected=_table(rej, "{:.1f}") if rej is not None and len(rej) else "",
         ratios=_table(ratios),
         particles=pblocks,
+        vouch_text=html.escape(vouch_text),
+        vouch_table=_table(vt, "{:.2f}") if len(vt) else "",
         ref_particle=ref_particle,
         run_table=run_table.to_html(index=False, border=0),
         timings=_table(timings, "{:.2f}"),
@@ -323,6 +371,17 @@ def write_report(folder, *, result=None) -> Path:
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(out)
     return out
+
+
+def _vouch_row(g):
+    """``(particle, vouched frames, frames, median, max agreement)`` of one particle's tracks rows."""
+    if "agreement_px" not in g:
+        return None
+    flags = g["flags"].fillna("").astype(str)
+    vouched = int((~flags.str.contains("disagree") & ~flags.str.contains("interpolated")).sum())
+    a = g["agreement_px"].to_numpy(float)
+    fin = np.isfinite(a)
+    return (int(g["particle"].iloc[0]), vouched, int(len(g)), float(np.median(a[fin])) if fin.any() else np.nan, float(a[fin].max()) if fin.any() else np.nan)
 
 
 def _detection_text(every) -> str:
