@@ -87,3 +87,23 @@ def test_similarity_recovers_a_rotation_when_asked():
     dst = c + np.array([3.0, -2.0]) + 1.005 * (src - c) @ R.T
     t, s, theta = fit_similarity(src, dst, rotation=True, centre=c)
     assert np.allclose(t, [3, -2]) and abs(s - 1.005) < 1e-9 and abs(theta - th) < 1e-9
+
+
+def test_scale_linear_in_energy_is_not_fooled_by_a_few_drifting_particles():
+    rng = np.random.default_rng(3)
+    n, m = 80, 8
+    energies = np.linspace(8200, 8680, n)
+    centre = np.array([229.5, 229.5])
+    src = rng.uniform(20, 440, (m, 2))
+    scale = 1 + 0.005 * (energies - energies[0]) / (energies[-1] - energies[0])
+    own = np.cumsum(rng.normal(0, 0.6, (n, m, 2)), axis=0)
+    own -= own[0]
+    own[:, 2:] = rng.normal(0, 0.05, (n, m - 2, 2))  # two particles drift on their own, the rest hold still
+    P = centre + scale[:, None, None] * (src[None] - centre) + own
+    tr = _table(P)
+    per_frame = compute_motion(tr, centre=centre).attrs["similarity"]["scale"].to_numpy()
+    linear = compute_motion(tr, centre=centre, scale_axis=energies).attrs["similarity"]["scale"].to_numpy()
+    err_frame = np.abs(per_frame - scale).max()
+    err_linear = np.abs(linear - scale).max()
+    assert err_linear < 0.5 * err_frame
+    assert err_linear < 2e-3

@@ -92,7 +92,7 @@ def _apply(points, t, scale, theta, centre):
     return centre + t + scale * (np.asarray(points, float) - centre) @ _rot(theta).T
 
 
-def common_similarity(P, *, reference=None, rotation: bool = False, centre=None, min_particles: int = 3, max_iter: int = 12):
+def common_similarity(P, *, reference=None, rotation: bool = False, centre=None, min_particles: int = 3, max_iter: int = 12, scale_axis=None):
     """Common motion of every frame: a similarity fitted robustly over the particles.
 
     Parameters
@@ -109,6 +109,13 @@ def common_similarity(P, *, reference=None, rotation: bool = False, centre=None,
     min_particles : int
         With fewer particles in a frame, only a translation is fitted (a scale from two
         particles would absorb their relative motion).
+    scale_axis : ndarray (n_frames,), optional
+        The photon energy of each frame: the scale is then one straight line in it,
+        ``1 + kappa * (E - E_0)`` (a zone plate's focal length, hence its magnification,
+        changes linearly with the energy), fitted robustly to the frames' own scales and
+        weighted by the particles each had; every frame's translation is then refitted
+        with its scale fixed. One parameter for the whole scan instead of one per frame:
+        a few particles drifting on their own cannot fake a magnification in one frame.
 
     Returns
     -------
@@ -129,6 +136,7 @@ def common_similarity(P, *, reference=None, rotation: bool = False, centre=None,
     c = np.nanmean(ref[have_ref], axis=0) if centre is None and have_ref.any() else (np.zeros(2) if centre is None else np.asarray(centre, float))
     rows = np.zeros((n, 6))
     rigid = np.full(P.shape, np.nan)
+    weights = np.zeros((n, m))
     for k in range(n):
         ok = np.isfinite(P[k]).all(axis=1) & have_ref
         t, s, th, res = np.zeros(2), 1.0, 0.0, np.nan
@@ -160,6 +168,33 @@ def common_similarity(P, *, reference=None, rotation: bool = False, centre=None,
             res = float(np.sqrt(np.average(r**2, weights=w))) if w.sum() > 0 else np.nan
         rows[k] = (*t, s, th, ok.sum(), res)
         rigid[k, have_ref] = _apply(ref[have_ref], t, s, th, c)
+        weights[k, np.flatnonzero(ok)] = w if ok.sum() >= 1 else 0.0
+    if scale_axis is not None and n >= 3:
+        e = np.asarray(scale_axis, float)
+        fitted = rows[:, 5] * 0 + (rows[:, 4] >= max(min_particles, 2))
+        wf = np.where(fitted > 0, np.sqrt(weights.sum(axis=1)), 0.0)
+        if (wf > 0).sum() >= 3:
+            x = e - e[0]
+            kappa = 0.0
+            wk = wf.copy()
+            for _ in range(5):  # robust straight line through (0, 1)
+                kappa = float((wk * x * (rows[:, 2] - 1)).sum() / max((wk * x * x).sum(), 1e-30))
+                r = np.abs(rows[:, 2] - 1 - kappa * x)
+                sc = 1.4826 * np.median(r[wk > 0]) + 1e-9
+                wk = wf * (r < 4 * sc)
+            for k in range(n):
+                ok = np.isfinite(P[k]).all(axis=1) & have_ref
+                sk = 1.0 + kappa * x[k]
+                th = rows[k, 3]
+                if ok.any():
+                    w = weights[k, ok]
+                    w = w if w.sum() > 0 else np.ones(ok.sum())
+                    src, dst = ref[ok], P[k, ok]
+                    # translation with the scale (and rotation) fixed: weighted mean residual
+                    t = np.average(dst - c - sk * (src - c) @ _rot(th).T, axis=0, weights=w)
+                    r = np.hypot(*(dst - _apply(src, t, sk, th, c)).T)
+                    rows[k] = (*t, sk, th, ok.sum(), float(np.sqrt(np.average(r**2, weights=w))))
+                    rigid[k, have_ref] = _apply(ref[have_ref], t, sk, th, c)
     params = pd.DataFrame(rows, columns=SIMILARITY_COLUMNS[1:])
     params.insert(0, "frame", np.arange(n))
     params["n_particles"] = params["n_particles"].astype(int)
@@ -176,7 +211,7 @@ def _weighted_median(d, w):
     return out
 
 
-def compute_motion(tracks: pd.DataFrame, *, reference_particle: int | None = None, frame_times_s=None, centre=None, rotation: bool = False) -> pd.DataFrame:
+def compute_motion(tracks: pd.DataFrame, *, reference_particle: int | None = None, frame_times_s=None, centre=None, rotation: bool = False, scale_axis=None) -> pd.DataFrame:
     """Motion table from tracks.
 
     Parameters
@@ -195,6 +230,9 @@ def compute_motion(tracks: pd.DataFrame, *, reference_particle: int | None = Non
         frame centre). Default: the particles' mean position.
     rotation : bool
         Fit a rotation in the common similarity as well.
+    scale_axis : ndarray (n_frames,), optional
+        Photon energy per frame: the common scale is one straight line in it (see
+        :func:`common_similarity`); default a scale per frame.
 
     Returns
     -------
@@ -227,7 +265,8 @@ def compute_motion(tracks: pd.DataFrame, *, reference_particle: int | None = Non
         # only positions measured and vouched for drive the common motion
         rel = tracks.pivot(index="frame", columns="particle", values="reliable").sort_index().to_numpy()
         P_fit = np.where(rel.astype(bool)[..., None], P, np.nan)
-    sim, rigid_pos = common_similarity(P_fit, reference=first, rotation=rotation, centre=centre)
+    axis = None if scale_axis is None else np.asarray(scale_axis, float)[frames]
+    sim, rigid_pos = common_similarity(P_fit, reference=first, rotation=rotation, centre=centre, scale_axis=axis)
     sim["frame"] = frames
     RIG = rigid_pos - first[None]  # each particle's displacement by the common similarity
     NR = D - RIG

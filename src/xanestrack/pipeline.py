@@ -78,6 +78,7 @@ class PipelineOptions:
     agreement_px: float = 0.5  # centre of mass vs edge correlation: frames further apart are flagged "disagree"
     separate_neighbours: bool = True  # cut fines and touching neighbours off every mask (segment.isolate_particle)
     position: str = "edges"  # "edges": edge correlation, vouched by the centre of mass; "com": the reverse (the paper's)
+    scale_model: str = "energy"  # common magnification: "energy" (linear in the photon energy) or "frame" (one per frame)
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -657,7 +658,12 @@ def run_pipeline(
     fit = table[["particle", "frame", "y", "x"]].copy()
     unreliable = FRAME_FLAGS["interpolated"] | FRAME_FLAGS["disagree"] | FRAME_FLAGS["position_outlier"]
     fit["reliable"] = np.concatenate([(p.frame_flags & unreliable) == 0 for p in particles]) if particles else np.zeros(0, bool)
-    motion = compute_motion(fit, reference_particle=options.reference_particle, centre=((ny - 1) / 2, (nx - 1) / 2))
+    motion = compute_motion(
+        fit,
+        reference_particle=options.reference_particle,
+        centre=((ny - 1) / 2, (nx - 1) / 2),
+        scale_axis=energies if options.scale_model == "energy" else None,
+    )
     similarity = motion.attrs.get("similarity")
     if len(table):
         table = table.merge(motion.drop(columns=["y", "x"]), on=["particle", "frame"], how="left")
