@@ -131,7 +131,10 @@ def test_run_overwrite_replaces_only_its_own_output(scan, tmp_path):
     args = ["--quiet", "run", str(scan), "--out", str(out), "--detector", "classical", "--segmenter", "classical"]
     assert runner.invoke(app, args).exit_code == 0
     assert json.loads((out / MARKER).read_text())["kind"] == "run"
-    runner.invoke(app, ["--quiet", "report", str(out)])  # rebuilding the report adds nothing foreign
+    assert runner.invoke(app, ["--quiet", "report", str(out)]).exit_code == 0  # what the report writes stays ours
+    (out / "figures" / "mine.png").write_bytes(b"a figure of the user's")
+    _error_line(runner.invoke(app, args + ["--overwrite"]), "did not write", "figures/mine.png")
+    (out / "figures" / "mine.png").unlink()
     before = _digest(scan)
     assert runner.invoke(app, args + ["--overwrite"]).exit_code == 0
     assert _digest(scan) == before

@@ -377,6 +377,9 @@ def demo(
         _stage_summary(result)
         table, summary = evaluate_result(result, s.truth)
         (Path(out) / "accuracy.csv").write_text(table.to_csv(index=False, float_format="%.4f"))
+        from .results import add_to_marker
+
+        add_to_marker(out, ["accuracy.csv"])
         tab = Table(title=f"accuracy against the ground truth ({preset}, seed {seed})")
         for col in ("particle", "radius px", "pattern", "frames measured", "registration RMS px", "worst px", "edge-energy RMS eV"):
             tab.add_column(col, justify="right")
@@ -478,6 +481,9 @@ def series(
 
             ev = evaluate_series(table, make_synthetic_series(preset, n_scans=synthetic, seed=seed).truth)
             ev["per_scan"].to_csv(Path(out) / "accuracy.csv", index=False, float_format="%.4f")
+            from .results import add_to_marker
+
+            add_to_marker(out, ["accuracy.csv"])
             _console().print(
                 f"accuracy  identities kept: {ev['all_identities_kept']} ({ev['n_particles']} particles); "
                 f"mean edge energy per scan: max |error| {ev['max_abs_e50_error_ev']:.3f} eV, RMS {ev['rms_e50_error_ev']:.3f} eV"
@@ -596,8 +602,12 @@ def report(folder: Path = typer.Argument(..., help="An output folder of 'xanestr
     """
     try:
         from .report import write_report
+        from .results import add_to_marker
 
+        t0 = time.time()
         write_report(folder)
+        figures = [f for f in Path(folder).glob("figures/*") if f.is_file() and f.stat().st_mtime >= t0 - 1]
+        add_to_marker(folder, ["report.html", *figures])  # what the report wrote is ours to replace later
         _console().print(f"wrote {folder}/report.html")
     except Exception as exc:
         _fail(exc, folder)

@@ -25,7 +25,7 @@ import numpy as np
 from . import __version__
 from .errors import XanestrackError, one_line
 
-__all__ = ["atomic_output_dir", "check_output_dir", "output_lock", "write_marker", "write_results", "read_results"]
+__all__ = ["atomic_output_dir", "check_output_dir", "output_lock", "write_marker", "add_to_marker", "write_results", "read_results"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,8 @@ logger = logging.getLogger(__name__)
 MARKER = ".xanestrack-output"
 #: inside a temporary folder while a run writes into it (pid and host of the writer)
 TMP_MARKER = ".xanestrack-tmp"
-#: written into a finished output later: by 'report', 'demo' (accuracy) and 'series --synthetic'
+#: written into a finished output later, by 'report', 'demo' (accuracy) and 'series --synthetic': added to
+#: the marker by :func:`add_to_marker`; a run folder from before markers may hold any of them
 _LATER = ("report.html", ".report.html.tmp", "figures", "accuracy.csv")
 #: what a run, demo or series scan wrote before output folders had a marker (version 0.1.0)
 _LEGACY = {"tracks.csv", "detections.csv", "rejected.csv", "motion_summary.csv", "results.h5", "run.json", "summary.json"}
@@ -106,7 +107,8 @@ def _files_of(folder: Path) -> list:
 def _foreign(folder: Path, info: dict) -> list:
     """Files in ``folder`` that xanestrack did not write (per its marker)."""
     ours = set(info.get("files", [])) | {MARKER}
-    return [f for f in _files_of(folder) if f not in ours and f.split("/")[0] not in _LATER]
+    later = _LATER if info.get("kind") == "legacy" else (".report.html.tmp",)
+    return [f for f in _files_of(folder) if f not in ours and f.split("/")[0] not in later]
 
 
 def write_marker(folder, *, kind: str, extra: dict | None = None) -> None:
@@ -116,6 +118,19 @@ def write_marker(folder, *, kind: str, extra: dict | None = None) -> None:
                 created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {}))
     info["files"] = [f for f in _files_of(folder) if f not in (MARKER, TMP_MARKER)]
     (folder / MARKER).write_text(json.dumps(info, indent=1))
+
+
+def add_to_marker(folder, files) -> None:
+    """Record in ``folder``'s marker files written into it after it was completed (report, accuracy)."""
+    folder = Path(folder)
+    info = _read_marker(folder)
+    if info is None:
+        return
+    new = {Path(f).relative_to(folder).as_posix() if Path(f).is_absolute() else Path(f).as_posix() for f in files}
+    info["files"] = sorted(set(info.get("files", [])) | new)
+    tmp = folder / f".{MARKER}.tmp"
+    tmp.write_text(json.dumps(info, indent=1))
+    os.replace(tmp, folder / MARKER)
 
 
 def check_output_dir(out_dir, *, overwrite: bool, inputs=()) -> Path:
