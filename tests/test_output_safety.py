@@ -337,3 +337,19 @@ def test_series_resume_compares_content_and_normalises_paths(tmp_path, monkeypat
     assert np.allclose([p["y0"] for p in new_b["particles"]],
                        [p["y0"] for p in json.loads((out / "scans" / "a" / "summary.json").read_text())["particles"]])
     assert not [p for p in (out / "scans").iterdir() if p.name.startswith(".")]
+
+
+def test_files_added_after_completion_count_as_ours_only_when_recorded(tmp_path):
+    from xanestrack.results import add_to_marker
+
+    out = tmp_path / "o"
+    with atomic_output_dir(out) as tmp:
+        (tmp / "tracks.csv").write_text("x")
+    (out / "accuracy.csv").write_text("demo's accuracy table")
+    with pytest.raises(XanestrackError, match="accuracy.csv"):
+        with atomic_output_dir(out, overwrite=True):
+            pass
+    add_to_marker(out, ["accuracy.csv"])  # what 'demo' does after writing it
+    with atomic_output_dir(out, overwrite=True) as tmp:
+        (tmp / "tracks.csv").write_text("y")
+    assert (out / "tracks.csv").read_text() == "y" and not (out / "accuracy.csv").exists()
