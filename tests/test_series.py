@@ -72,3 +72,199 @@ def test_link_scans_follows_a_large_common_jump():
     # the particle at (50, 50)+offset has the same id in every scan
     ids = [int(t[(t.scan == s) & (np.hypot(t.y0 - (50 + o[0]), t.x0 - (50 + o[1])) < 1)].particle.iloc[0]) for s, o in enumerate([(0, 0), (30, -25), (-20, 35)])]
     assert len(set(ids)) == 1
+
+
+# ---- linking across scans: large stage offsets, few common particles (issue 15, item 8) ---------------------
+
+FRAME = (460, 460)
+
+
+def _summary(scans):
+    """Summary rows by hand: ``scans`` is a list of [(y, x, radius), ...] per scan (row order = scan_particle)."""
+    rows = []
+    for s, objs in enumerate(scans):
+        for j, (y, x, r) in enumerate(objs):
+            rows.append(dict(scan=s, scan_name=f"s{s}", scan_particle=j, y0=y, x0=x, radius=r, mean_e50=0.0, oxidised_fraction=0.0, max_nonrigid_px=0.0, flagged_frames=0, n_frames=20))
+    return pd.DataFrame(rows)
+
+
+def _ids(table, scan, points):
+    """Series id of the particle of ``scan`` at each of ``points`` (within 2 px)."""
+    g = table[table.scan == scan]
+    out = []
+    for y, x in points:
+        hit = g[np.hypot(g.y0 - y, g.x0 - x) < 2]
+        assert len(hit) == 1, (scan, y, x)
+        out.append(int(hit.particle.iloc[0]))
+    return out
+
+
+# six particles of distinct sizes, well apart
+BASE = np.array([[60.0, 80.0], [90.0, 300.0], [200.0, 180.0], [230.0, 390.0], [330.0, 70.0], [360.0, 260.0]])
+RADII = np.array([12.0, 16.0, 21.0, 27.0, 34.0, 42.0])
+
+
+def test_link_scans_keeps_identities_through_60px_stage_offsets():
+    rng = np.random.default_rng(0)
+    offsets = [(0.0, 0.0), (60.0, -20.0), (-5.0, 45.0)]  # steps of 63 and 92 px
+    scans, truth = [], []
+    for off in offsets:
+        pos = BASE + off + rng.normal(0, 0.8, BASE.shape)  # each particle also moves a little on its own
+        perm = rng.permutation(len(BASE))
+        scans.append([(*pos[k], RADII[k] * rng.uniform(0.97, 1.03)) for k in perm])
+        truth.append(pos)
+    t = link_scans(_summary(scans), frame_shape=FRAME)
+    ids = np.array([_ids(t, s, truth[s]) for s in range(3)])  # (scan, true particle)
+    assert (ids == ids[0]).all() and len(set(ids[0])) == 6
+    assert list(t.groupby("scan").link_method.first()) == ["first", "vote", "vote"]
+    steps = t.groupby("scan")[["common_dy", "common_dx"]].first().to_numpy()
+    assert np.allclose(steps, offsets, atol=1.5)
+
+
+def _two_common_scene():
+    """Scan 0: six particles; scan 1 (stage moved by 80 px down): particles 1 and 2 still in view, the four
+    others gone (out of the field or lost), four new ones (entered from the top) where none was expected."""
+    off = np.array([80.0, 0.0])
+    new = [(25.0, 60.0, 30.0), (40.0, 230.0, 13.0), (70.0, 420.0, 22.0), (300.0, 330.0, 17.0)]
+    keep = [1, 2]
+    s1 = [(*(BASE[k] + off + [0.6, -0.4]), RADII[k]) for k in keep] + new
+    return _summary([[(*p, r) for p, r in zip(BASE, RADII)], s1[::-1]]), off, keep, new
+
+
+def test_link_scans_80px_offset_with_two_of_six_common():
+    table, off, keep, new = _two_common_scene()
+    for prior in (None, {(0, 1): off + [1.0, -2.0]}):  # without, and with the image offset (a few px off)
+        t = link_scans(table, prior=prior, frame_shape=FRAME)
+        before = _ids(t, 0, BASE)
+        after = _ids(t, 1, [BASE[k] + off + [0.6, -0.4] for k in keep])
+        assert after == [before[k] for k in keep]  # the two common particles keep their ids
+        newcomers = _ids(t, 1, [n[:2] for n in new])
+        assert not set(newcomers) & set(before)  # no wrong link: the new particles get new ids
+        assert t.particle.nunique() == 6 + len(new)
+        assert t[t.scan == 1].link_method.iloc[0] == ("vote" if prior is None else "vote+prior")
+
+
+def test_link_scans_one_common_particle_needs_the_image_offset():
+    off = np.array([80.0, 0.0])
+    common = BASE[2] + off
+    others = [(30.0, 70.0, 16.0), (45.0, 330.0, 27.0), (80.0, 200.0, 42.0)]
+    table = _summary([[(*p, r) for p, r in zip(BASE, RADII)], [(*common, RADII[2])] + others])
+    # no prior: one pairing agrees with any offset; nothing is linked (new ids, not a guess)
+    t = link_scans(table, frame_shape=FRAME)
+    assert t.particle.nunique() == len(t) and t[t.scan == 1].link_method.iloc[0] == "ambiguous"
+    # the image offset confirms it: the one common particle keeps its id
+    t = link_scans(table, prior=lambda a, b: off + [2.0, 1.0], frame_shape=FRAME)
+    assert _ids(t, 1, [common]) == [_ids(t, 0, [BASE[2]])[0]]
+    assert t.particle.nunique() == len(t) - 1 and t[t.scan == 1].link_method.iloc[0] == "prior"
+    # an image offset that no particle confirms: nothing linked
+    t = link_scans(table, prior=lambda a, b: np.array([-90.0, 100.0]), frame_shape=FRAME)
+    assert t.particle.nunique() == len(t)
+
+
+def test_link_scans_chance_pairs_against_the_image_offset_give_new_ids():
+    # one common particle (2); two new particles sit, by chance, exactly where particles 0 and 4 would be
+    # after another offset: the particles alone would vote for that offset (two agree); the image offset
+    # contradicts it, so nothing is linked rather than two wrong links
+    off, chance = np.array([80.0, 0.0]), np.array([30.0, 110.0])
+    s1 = [(*(BASE[2] + off), RADII[2]), (*(BASE[0] + chance), RADII[0]), (*(BASE[4] + chance), RADII[4]), (20.0, 400.0, 25.0)]
+    table = _summary([[(*p, r) for p, r in zip(BASE, RADII)], s1])
+    t = link_scans(table, prior={(0, 1): off}, frame_shape=FRAME)
+    assert t.particle.nunique() == len(t)
+    assert t[t.scan == 1].link_method.iloc[0] == "prior contradicted"
+
+
+def test_link_scans_closes_tracks_across_an_unknown_offset():
+    # scan 1 cannot be placed (a single particle, no prior): scan 2 must not be linked to scan 0 through it
+    s0 = [(*p, r) for p, r in zip(BASE, RADII)]
+    s1 = [(100.0, 100.0, 20.0)]
+    s2 = [(*p, r) for p, r in zip(BASE + [70.0, 0.0], RADII)]  # scan 0's field, moved 70 px from scan 0
+    t = link_scans(_summary([s0, s1, s2]), frame_shape=FRAME)
+    assert not set(t[t.scan == 2].particle) & set(t[t.scan == 0].particle)
+
+
+def test_phase_offset_and_image_prior(tmp_path):
+    from xanestrack.parallel.series import REFERENCE_FILE, phase_offset, scan_image_prior
+
+    rng = np.random.default_rng(1)
+    from scipy import ndimage
+
+    field = ndimage.gaussian_filter(rng.normal(size=(400, 400)), 2.0)  # a textured electrode matrix
+    a, b = field[50:306, 40:296], field[120:376, 10:266]  # scan 1 sees it moved by (-70, +30)
+    off, q, u = phase_offset(a, b)
+    assert np.allclose(off, [-70, 30]) and q > 30 and u > 1.25
+    _, q0, _ = phase_offset(a, ndimage.gaussian_filter(rng.normal(size=(256, 256)), 2.0))
+    assert q0 < 15
+    import json
+
+    for name, img in (("s0", a), ("s1", b)):
+        (tmp_path / "scans" / name).mkdir(parents=True)
+        np.save(tmp_path / "scans" / name / REFERENCE_FILE, img[::2, ::2].copy())
+        (tmp_path / "scans" / name / "summary.json").write_text(json.dumps(dict(reference_binning=2)))
+    prior = scan_image_prior(tmp_path, {0: "s0", 1: "s1", 2: "missing"})
+    assert np.allclose(prior(0, 1), [-70, 30], atol=2) and prior(0, 2) is None
+
+
+# ---- series processing: size rules of `run`, scans of one frame, large offset end to end ------------------
+
+
+@pytest.fixture(scope="module")
+def fxi_scans(tmp_path_factory):
+    """Two FXI files cut from one synthetic scan: A (12 energies) and B (its first frame only), B's field
+    60 px lower than A's (particles at the top of A leave, new ones enter at the bottom); pixel 0.05 um."""
+    from xanestrack.io.hdf5 import write_fxi
+    from xanestrack.synth import make_synthetic_stack
+
+    d = tmp_path_factory.mktemp("fxi")
+    s = make_synthetic_stack("default", seed=4, shape=(330, 270), n_particles=8, radius_range=(11.0, 18.0), n_energies=12)
+    cuts = {"a": (slice(0, 260), 12), "b": (slice(60, 320), 1)}
+    paths = []
+    for name, (rows, n) in cuts.items():
+        p = d / f"{name}.h5"
+        write_fxi(p, s.counts[:n, rows, :260], flats=s.flats[:n, rows, :260], darks=s.dark[rows, :260], energies_ev=s.energies_ev[:n], pixel_size_um=0.05)
+        paths.append(p)
+    return paths, s
+
+
+def test_one_frame_scan_and_pixel_size_rules(fxi_scans, tmp_path):
+    import json
+
+    from xanestrack.io import read_stack
+    from xanestrack.parallel.series import series_sources
+    from xanestrack.sizes import particle_radius_range
+
+    paths, _ = fxi_scans
+    src = series_sources([paths[1]])[0]
+    rows = process_scan(src, tmp_path, detector="classical", segmenter="classical")
+    info = json.loads((tmp_path / "scans" / src.name / "summary.json").read_text())
+    assert info["n_frames"] == 1 and len(rows) >= 3
+    assert all(np.isfinite([r["y0"], r["x0"], r["radius"]]).all() and np.isnan(r["mean_e50"]) for r in rows)
+    assert any("no XANES" in n for n in info["notes"])
+    # the radius range is run's rule: 0.4-8 um at 0.05 um per pixel
+    assert info["pixel_size_um"] == pytest.approx(0.05) and info["radius_range_px"] == pytest.approx([8.0, 160.0])
+    assert tuple(info["radius_range_px"]) == particle_radius_range(read_stack(paths[1]))[:2]
+    rows2 = process_scan(src, tmp_path / "given", detector="classical", segmenter="classical", min_radius=5.0, max_radius=40.0)
+    assert json.loads((tmp_path / "given" / "scans" / src.name / "summary.json").read_text())["radius_range_px"] == [5.0, 40.0]
+    assert len(rows2) >= 3
+
+
+def test_series_of_a_scan_and_a_one_frame_scan_60px_apart(fxi_scans, tmp_path):
+    from xanestrack.parallel.series import series_sources, write_series_report
+
+    paths, s = fxi_scans
+    t = run_series(series_sources(paths), tmp_path / "ser", scheduler="sync", detector="classical", segmenter="classical")
+    a, b = t[t.scan == 0], t[t.scan == 1]
+    assert len(a) >= 4 and len(b) >= 4
+    # a particle of A at (y, x) is at (y - 60, x) in B: every one seen in both keeps its id, nobody else shares one
+    pairs = 0
+    for r in a.itertuples():
+        hit = b[np.hypot(b.y0 - (r.y0 - 60), b.x0 - r.x0) < 3]
+        if len(hit):
+            pairs += 1
+            assert int(hit.particle.iloc[0]) == r.particle
+        else:
+            assert r.particle not in set(b.particle)
+    assert pairs >= 3
+    assert b.link_method.iloc[0] in ("vote", "vote+prior")
+    assert b[["common_dy", "common_dx"]].iloc[0].to_numpy() == pytest.approx([-60, 0], abs=1.5)
+    html = write_series_report(t, tmp_path / "ser").read_text()
+    assert "no XANES" in html

@@ -171,38 +171,6 @@ def _input_description(stack, inputs):
     )
 
 
-def _radius_range(stack, min_radius=None, max_radius=None):
-    """Particle radius range (px) and the classical detection binning, from the pixel size when known.
-
-    Refuses a range no particle of these frames can have (larger than the frame, below
-    a pixel): from the options, or from an implausible pixel size in the file.
-    """
-    from .errors import XanestrackError
-
-    px = stack.pixel_size_um
-    given = (min_radius is not None, max_radius is not None)
-    for name, v in (("--min-radius", min_radius), ("--max-radius", max_radius)):
-        if v is not None and not (np.isfinite(v) and v >= 0):
-            raise XanestrackError(f"{name} {v}: give a radius in pixels (a positive number)")
-    if min_radius is None:
-        min_radius = 0.4 / px if px else 7.0
-    if max_radius is None:
-        max_radius = 8.0 / px if px else 60.0
-    size = max(stack.od.shape[1:])
-    if not (1.0 <= max_radius <= size and min_radius < max_radius):
-        if px and not all(given):
-            raise XanestrackError(
-                f"{stack.metadata.get('source', 'input')}: the pixel size in the file, {px:g} um, gives particle radii of "
-                f"{min_radius:.3g}-{max_radius:.3g} px (0.4-8 um) in frames of {stack.od.shape[1]} x {stack.od.shape[2]}: "
-                "the pixel size is wrong; give --min-radius and --max-radius in pixels"
-            )
-        raise XanestrackError(
-            f"--min-radius {min_radius:g} / --max-radius {max_radius:g} px: a particle radius must be at least 1 px, "
-            f"at most the frame size ({size} px), and the minimum below the maximum"
-        )
-    return float(min_radius), float(max_radius), int(np.clip(round(min_radius / 5), 1, 4))
-
-
 @app.command()
 def run(
     inputs: List[Path] = typer.Argument(..., help="A TIFF stack, an HDF5 file (FXI or Data Exchange), or .xrm/.txrm files or a folder of them."),
@@ -241,6 +209,7 @@ def run(
         from .io import read_stack
         from .pipeline import PipelineOptions
         from .results import check_output_dir
+        from .sizes import particle_radius_range
 
         if detect_every < 1:
             raise XanestrackError(f"--detect-every {detect_every}: give 1 (every frame) or more")
@@ -252,11 +221,7 @@ def run(
         for note in stack.metadata.get("notes", []):
             c.print(f"note      {note}", highlight=False, markup=False, soft_wrap=True)
         px = stack.pixel_size_um
-        min_radius, max_radius, binning = _radius_range(stack, min_radius, max_radius)
-        if detector == "learned":
-            from .models.detector import detector_binning
-
-            binning = detector_binning(max_radius, binning)
+        min_radius, max_radius, binning = particle_radius_range(stack, min_radius, max_radius, detector=detector)
         c.print(f"particles radius {min_radius:.1f}-{max_radius:.1f} px" + (f" ({min_radius * px:.2f}-{max_radius * px:.2f} um)" if px else "") + f", {detector} detection binned {binning}x")
         refs = None
         if reference:
@@ -453,6 +418,8 @@ def series(
     scheduler: Optional[str] = typer.Option(None, help="Address of a running dask.distributed scheduler, or 'sync' to run one scan at a time."),
     detector: str = typer.Option("learned", help="Particle detection: 'learned' or 'classical'."),
     segmenter: str = typer.Option("learned", help="ROI segmentation: 'learned' or 'classical'."),
+    min_radius: Optional[float] = typer.Option(None, help="Smallest particle radius to track (px), as for 'run'. Default 7 px, or 0.4 um when the files give the pixel size."),
+    max_radius: Optional[float] = typer.Option(None, help="Largest particle radius to track (px), as for 'run'. Default 60 px, or 8 um when the files give the pixel size."),
 ):
     """Process an operando series of scans on Dask and follow every particle through it.
 
@@ -473,7 +440,7 @@ def series(
             raise ValueError("give the scans, or --synthetic N")
         _console().print(f"series    {len(sources)} scans -> {out}/")
         t = time.perf_counter()
-        table = run_series(sources, out, scheduler=scheduler, workers=workers, detector=detector, segmenter=segmenter)
+        table = run_series(sources, out, scheduler=scheduler, workers=workers, detector=detector, segmenter=segmenter, min_radius=min_radius, max_radius=max_radius)
         write_series_report(table, out)
         _console().print(f"done      {table['particle'].nunique() if len(table) else 0} particles through {len(sources)} scans ({time.perf_counter() - t:.1f} s); series.csv, series_report.html")
         if synthetic:
@@ -572,8 +539,10 @@ def train_detector_cmd(
             init = init or default_detector_dir()
             cfg = replace(cfg, iterations=40 if quick else 600, lr=1e-4)
 
+            from .sizes import particle_radius_range
+
             def binning_for(stack):
-                return detector_binning(_radius_range(stack, min_radius, max_radius)[1])
+                return detector_binning(particle_radius_range(stack, min_radius, max_radius).max_radius)
 
             frames = raw_frames(raw, binning_for=binning_for, log=_console().print)
         if iterations:

@@ -17,6 +17,12 @@ series) and gives each one a track id. Between a time and the tracks built so fa
    an optional extra score (the SSIM of the two ROIs within a scan); the optimal
    assignment (Hungarian) links them, unlinked objects start tracks.
 
+In **strict** mode (``LinkOptions.strict``, used across the scans of a series) the
+common displacement is never guessed (:func:`decide_displacement`): a vote must be
+unique and unlikely to be a coincidence, or the prior must be confirmed by the
+particles, or not contradicted by them; otherwise nothing is linked at that time and
+the older tracks are closed: new ids rather than a wrong link.
+
 The design follows trackpy's ``linking`` (a predictor that is a plain function of the
 track's history); the assignment is global per time step as in ``trackpy.link`` with the
 ``'hybrid'`` strategy replaced by one Hungarian solve, since our subnetworks are small.
@@ -29,7 +35,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["LinkOptions", "Track", "link", "vote_displacement", "own_motion_predictor", "common_only_predictor"]
+__all__ = ["LinkOptions", "Track", "link", "vote_displacement", "decide_displacement", "chance_support", "own_motion_predictor", "common_only_predictor"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,23 @@ class LinkOptions:
     velocity_damping : float
         Fraction of the particle's own velocity carried into the prediction (0: common
         motion only; 1: constant velocity).
+    strict : bool
+        Never guess the common displacement (see :func:`decide_displacement`): it is taken
+        only from a vote that no other displacement matches, or from the ``prior``
+        confirmed (or not contradicted) by the particles; where neither can tell it, no
+        object of that time is linked and the tracks seen before are closed (new ids
+        rather than a wrong link). Used across the scans of a series, where offsets are
+        large and few particles may be common to two scans.
+    prior_tolerance : float
+        With ``strict``: a voted displacement within this distance of the prior agrees
+        with it.
+    field_area : float or None
+        With ``strict``: area (px^2) over which objects are found (the frame), for the
+        chance that pairs agree by coincidence; None: the bounding box of the objects.
+    max_chance : float
+        With ``strict``: a vote not confirmed by the prior is taken only when the expected
+        number of displacements that as many points would support by coincidence is
+        below this.
     """
 
     max_jump: float | None = None
@@ -80,6 +103,10 @@ class LinkOptions:
     score_weight: float = 1.0
     min_score: float = 0.2
     velocity_damping: float = 0.8
+    strict: bool = False
+    prior_tolerance: float = 8.0
+    field_area: float | None = None
+    max_chance: float = 0.1
 
 
 @dataclass
@@ -147,9 +174,27 @@ def vote_displacement(prev, cur, max_jump, tol, *, prior=None, prev_radius=None,
     prev = np.asarray(prev, float).reshape(-1, 2)
     cur = np.asarray(cur, float).reshape(-1, 2)
     nothing = (np.zeros(2) if prior is None else np.asarray(prior, float)), 0
-    if len(prev) == 0 or len(cur) == 0:
+    cand, support, compatible = _vote_support(prev, cur, max_jump, tol, prev_radius, cur_radius, max_size_ratio)
+    if cand.size == 0:
         return nothing
+    gap = np.hypot(*(cand - prior).T) if prior is not None else np.zeros(len(cand))
+    order = np.lexsort((gap, -support))
+    best, best_n, best_gap = cand[order[0]], int(support[order[0]]), float(gap[order[0]])
+    if prior is not None and best_n < 2 and best_gap > tol:
+        return np.asarray(prior, float), best_n  # a lone pairing that the prior does not support
+    return _refine(prev, cur, best, tol, compatible), best_n
+
+
+def _vote_support(prev, cur, max_jump, tol, prev_radius, cur_radius, max_size_ratio):
+    """Candidate displacements (every size-compatible pairing within ``max_jump``) and their support.
+
+    Returns ``cand`` (n_cand, 2), ``support`` (n_cand,): points of ``prev`` that land within
+    ``tol`` of a compatible point of ``cur`` when moved by the candidate, and the
+    ``compatible`` (n_prev, n_cur) size mask.
+    """
     compatible = np.ones((len(prev), len(cur)), bool)
+    if len(prev) == 0 or len(cur) == 0:
+        return np.zeros((0, 2)), np.zeros(0, int), compatible
     if prev_radius is not None and cur_radius is not None:
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.abs(np.log(np.asarray(cur_radius, float)[None, :] / np.asarray(prev_radius, float)[:, None]))
@@ -157,25 +202,108 @@ def vote_displacement(prev, cur, max_jump, tol, *, prior=None, prev_radius=None,
     d = cur[None, :, :] - prev[:, None, :]  # (n_prev, n_cur, 2)
     cand = d[(np.hypot(d[..., 0], d[..., 1]) <= max_jump) & compatible]
     if cand.size == 0:
-        return nothing
+        return np.zeros((0, 2)), np.zeros(0, int), compatible
     # support of every candidate at once: (n_cand, n_prev, n_cur) distances
     moved = prev[None, :, :] + cand[:, None, :]
     dist = np.hypot(moved[:, :, None, 0] - cur[None, None, :, 0], moved[:, :, None, 1] - cur[None, None, :, 1])
     dist = np.where(compatible[None], dist, np.inf)
-    support = (dist.min(axis=2) <= tol).sum(axis=1)
-    gap = np.hypot(*(cand - prior).T) if prior is not None else np.zeros(len(cand))
-    order = np.lexsort((gap, -support))
-    best, best_n, best_gap = cand[order[0]], int(support[order[0]]), float(gap[order[0]])
-    if prior is not None and best_n < 2 and best_gap > tol:
-        return np.asarray(prior, float), best_n  # a lone pairing that the prior does not support
-    # refine: median displacement of the agreeing pairs
+    return cand, (dist.min(axis=2) <= tol).sum(axis=1), compatible
+
+
+def _refine(prev, cur, best, tol, compatible):
+    """Median displacement of the pairs that agree with ``best`` (``best`` if none does)."""
     dd = np.hypot(*((prev + best)[:, None, :] - cur[None, :, :]).transpose(2, 0, 1))
     dd = np.where(compatible, dd, np.inf)
     j = dd.argmin(axis=1)
     ok = dd[np.arange(len(prev)), j] <= tol
     if ok.any():
         best = np.median(cur[j[ok]] - prev[ok], axis=0)
-    return best, best_n
+    return np.asarray(best, float)
+
+
+def chance_support(prev, cur, compatible, tol, k, area=None) -> float:
+    """Expected number of candidate displacements that ``k`` points support by coincidence.
+
+    Points placed at random over ``area`` (default: the bounding box of both sets): a
+    candidate (one pairing) is supported by each other point of ``prev`` with the chance
+    that it lands within ``tol`` of a size-compatible point of ``cur``.
+    """
+    from scipy.stats import binom
+
+    n = len(prev)
+    if k <= 1 or n < k:
+        return float("inf") if k <= 1 else 0.0
+    if area is None:
+        both = np.r_[prev, cur]
+        area = float(np.prod(np.ptp(both, axis=0) + 2 * tol))
+    p = min(1.0, float(compatible.sum(axis=1).mean()) * np.pi * tol**2 / max(area, 1.0))
+    return float(compatible.sum() * binom.sf(k - 2, n - 1, p))
+
+
+def decide_displacement(
+    prev, cur, max_jump, tol, *, prior=None, prior_tolerance=8.0, prev_radius=None, cur_radius=None, max_size_ratio=1.6,
+    area=None, max_chance=0.1,
+):
+    """Common displacement of ``prev`` onto ``cur``, or None where it cannot be told.
+
+    The strict counterpart of :func:`vote_displacement` (``LinkOptions.strict``): a
+    displacement is returned only when the evidence singles it out.
+
+    - Without a prior: the vote must be carried by at least two points, no other
+      displacement (further than ``2 * tol``) may have as many, and as many points must
+      be unlikely to agree by coincidence (:func:`chance_support` over ``area`` at most
+      ``max_chance``). One point common to both sets cannot be told from a chance
+      pairing: None.
+    - With a prior (an independent estimate, e.g. phase correlation of the two images):
+      a vote within ``prior_tolerance`` of it is taken (refined on its pairs); the
+      prior (refined on the pairs that agree with it, if any) is taken when no other
+      displacement has more support than it, which covers a single common point; a
+      vote that contradicts the prior wins only with at least three points, twice the
+      prior's support and no likely coincidence; anything else (e.g. two points
+      agreeing on a displacement the prior rejects) is ambiguous: None.
+
+    Where one of the sets is empty there is nothing to link: the prior, or zero.
+
+    Returns
+    -------
+    displacement : ndarray (2,) or None
+    n_agree : int
+        Points of ``prev`` that agree with the displacement (the best vote's when None).
+    how : str
+        "vote", "vote+prior", "prior", "vote over prior", "empty", "ambiguous" or
+        "prior contradicted".
+    """
+    prev = np.asarray(prev, float).reshape(-1, 2)
+    cur = np.asarray(cur, float).reshape(-1, 2)
+    if len(prev) == 0 or len(cur) == 0:
+        return (np.zeros(2) if prior is None else np.asarray(prior, float)), 0, "empty"
+    cand, support, compatible = _vote_support(prev, cur, max_jump, tol, prev_radius, cur_radius, max_size_ratio)
+    if prior is not None:
+        prior = np.asarray(prior, float)
+    if cand.size == 0:
+        return (None, 0, "ambiguous") if prior is None else (prior, 0, "prior")
+    gap = np.hypot(*(cand - prior).T) if prior is not None else np.zeros(len(cand))
+    order = np.lexsort((gap, -support))
+    best, n1 = cand[order[0]], int(support[order[0]])
+    far = np.hypot(*(cand - best).T) > 2 * tol
+    n2 = int(support[far].max()) if far.any() else 0
+    if prior is None:
+        if n1 >= 2 and n2 < n1 and chance_support(prev, cur, compatible, tol, n1, area) <= max_chance:
+            return _refine(prev, cur, best, tol, compatible), n1, "vote"
+        return None, n1, "ambiguous"
+    near = gap <= prior_tolerance
+    n_p = int(support[near].max()) if near.any() else 0
+    if np.hypot(*(best - prior)) <= prior_tolerance:  # (a single pairing is the prior's choice, not a vote)
+        return _refine(prev, cur, best, tol, compatible), n1, "vote+prior" if n1 >= 2 else "prior"
+    if n_p >= n1 or n1 < 2:
+        if n_p == 0:
+            return prior, 0, "prior"
+        k = np.flatnonzero(near)
+        k = k[np.lexsort((gap[k], -support[k]))[0]]
+        return _refine(prev, cur, cand[k], tol, compatible), n_p, "prior"
+    if n1 >= 3 and n1 >= 2 * n_p and chance_support(prev, cur, compatible, tol, n1, area) <= max_chance:
+        return _refine(prev, cur, best, tol, compatible), n1, "vote over prior"
+    return None, n1, "prior contradicted"
 
 
 def link(
@@ -186,6 +314,7 @@ def link(
     score=None,
     prior=None,
     on_link=None,
+    on_step=None,
 ):
     """Give every object a track id.
 
@@ -202,10 +331,15 @@ def link(
         e.g. the SSIM of their ROIs. Called only for pairs inside the gate.
     prior : callable(t_prev, t) -> (2,) array or None, optional
         Independent estimate of the common displacement between two times, used when
-        the vote is not decided by at least two particles.
+        the vote is not decided by at least two particles (with ``options.strict``:
+        asked at every time, see :func:`decide_displacement`).
     on_link : callable(track, t, j), optional
         Called whenever object ``j`` of time ``t`` joins ``track`` (also for a new
         track), e.g. to store the ROI for ``score``.
+    on_step : callable(t, displacement, n_agree, how), optional
+        Called once per time after the first with the common displacement from the
+        previous time (None where ``options.strict`` could not tell it), the number of
+        tracks that agree with it and how it was decided.
 
     Returns
     -------
@@ -224,10 +358,11 @@ def link(
     vote_tol = max(options.vote_tolerance, options.vote_fraction * med_r)
     max_jump = 40.0 if options.max_jump is None else float(options.max_jump)
     prev_t = None
+    horizon = 0  # strict: tracks last seen before this time are closed (displacement since unknown)
     for t, obj in enumerate(objects):
         cur = obj[["y", "x"]].to_numpy(float) if len(obj) else np.zeros((0, 2))
         cur_r = obj["radius"].to_numpy(float) if len(obj) else np.zeros(0)
-        alive = [tr for tr in tracks if t - tr.last_time <= options.max_gap]
+        alive = [tr for tr in tracks if t - tr.last_time <= options.max_gap and tr.last_time >= horizon]
         if prev_t is not None:
             voters = [tr for tr in alive if tr.last_time == prev_t] or alive
             # where each voter would be with no new common motion (its own velocity included)
@@ -236,13 +371,26 @@ def link(
             prev = np.array([predictor(tr, t, common, damping=damp) for tr in voters], float).reshape(-1, 2)
             prev_r = np.array([tr.radius for tr in voters], float)
             kw = dict(prev_radius=prev_r, cur_radius=cur_r, max_size_ratio=options.max_size_ratio)
-            disp, n_agree = vote_displacement(prev, cur, max_jump, vote_tol, **kw)
-            pr = None
-            if n_agree < 2 and prior is not None:
-                pr = prior(prev_t, t)
-                if pr is not None:
-                    disp, n_agree = vote_displacement(prev, cur, max_jump, vote_tol, prior=pr, **kw)
-            common[t] = common[prev_t] + (disp if (n_agree > 0 or pr is not None) else 0)
+            if options.strict:
+                pr = prior(prev_t, t) if prior is not None else None
+                disp, n_agree, how = decide_displacement(
+                    prev, cur, max_jump, vote_tol, prior=pr, prior_tolerance=options.prior_tolerance, area=options.field_area, max_chance=options.max_chance, **kw
+                )
+                if disp is None:  # cannot tell where the tracks went: none is linked, all are closed
+                    horizon, alive = t, []
+                else:
+                    common[t] = common[prev_t] + disp
+            else:
+                disp, n_agree = vote_displacement(prev, cur, max_jump, vote_tol, **kw)
+                pr = None
+                if n_agree < 2 and prior is not None:
+                    pr = prior(prev_t, t)
+                    if pr is not None:
+                        disp, n_agree = vote_displacement(prev, cur, max_jump, vote_tol, prior=pr, **kw)
+                how = "prior" if (pr is not None and n_agree < 2) else ("vote" if n_agree else "none")
+                common[t] = common[prev_t] + (disp if (n_agree > 0 or pr is not None) else 0)
+            if on_step is not None:
+                on_step(t, None if disp is None else common[t] - common[prev_t], n_agree, how)
         prev_t = t
         these = np.full(len(cur), -1, int)
         if len(cur) and alive:
