@@ -109,7 +109,7 @@ def _particle_table(result, title="particles"):
     from rich.table import Table
 
     tab = Table(title=title)
-    for col in ("particle", "radius px", "frames measured", "max |non-rigid| px", "mean E50 eV", "flags"):
+    for col in ("particle", "radius px", "frames measured", "vouched for", "max |non-rigid| px", "mean E50 eV", "flags"):
         tab.add_column(col, justify="right")
     ratios = result.peak_ratios.set_index("particle") if len(result.peak_ratios) else None
     import numpy as np
@@ -119,7 +119,10 @@ def _particle_table(result, title="particles"):
         nr = ratios["max_nonrigid_displacement"].get(p.particle, float("nan")) if ratios is not None else float("nan")
         e50 = np.nanmean(p.edge_maps["e50"]) if np.isfinite(p.edge_maps["e50"]).any() else float("nan")
         nflag = int((p.frame_flags > 0).sum())
-        tab.add_row(str(p.particle), f"{p.radius:.1f}", f"{measured}/{len(p.frame_flags)}", f"{nr:.2f}", f"{e50:.2f}", f"{nflag} frames" if nflag else "")
+        from .pipeline import FRAME_FLAGS
+
+        vouched = int(((p.frame_flags & (FRAME_FLAGS["disagree"] | FRAME_FLAGS["interpolated"])) == 0).sum())
+        tab.add_row(str(p.particle), f"{p.radius:.1f}", f"{measured}/{len(p.frame_flags)}", f"{vouched}/{len(p.frame_flags)}", f"{nr:.2f}", f"{e50:.2f}", f"{nflag} frames" if nflag else "")
     return tab
 
 
