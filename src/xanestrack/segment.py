@@ -174,47 +174,54 @@ def isolate_particle(masks, *, radius: float, centres=None, max_area_ratio: floa
     core = ndimage.maximum_filter(ndimage.minimum_filter(hard.view(np.uint8), size=size), size=size).astype(bool)
     core &= hard
     struct = np.zeros((3, 3, 3), bool)
-    struct[1] = ndimage.generate_binary_structure(2, 1)
+    struct[1] = ndimage.generate_binary_structure(2, 1)  # connectivity within a frame only
     lab, nl = ndimage.label(core, structure=struct)
     out = np.zeros_like(m)
     if nl == 0:
         return out
     idx = np.arange(1, nl + 1)
-    com = np.array(ndimage.center_of_mass(core, lab, idx)).reshape(-1, 3)[:, 1:]
+    com = np.array(ndimage.center_of_mass(core, lab, idx)).reshape(-1, 3)
+    frame_of = com[:, 0].round().astype(int)  # components never span frames
+    com = com[:, 1:]
     area = ndimage.sum(core, lab, idx)
-    frame_of = np.array(ndimage.maximum(np.arange(n)[:, None, None] * np.ones((1, h, w), int), lab, idx), int)
     expected = np.pi * radius**2
     min_blob = max(6, int(0.5 * np.pi * r_open**2))  # a fine of radius >= ~0.7 r_open; corner slivers are smaller
-    for k in range(n):
+    # the component at each frame's expected centre (or the nearest big one)
+    iy = np.clip(np.round(c[:, 0]).astype(int), 0, h - 1)
+    ix = np.clip(np.round(c[:, 1]).astype(int), 0, w - 1)
+    pick = lab[np.arange(n), iy, ix]
+    for k in np.flatnonzero(pick == 0):
         sel = np.flatnonzero(frame_of == k)
-        if sel.size == 0:
-            continue
-        iy, ix = int(round(np.clip(c[k, 0], 0, h - 1))), int(round(np.clip(c[k, 1], 0, w - 1)))
-        at = lab[k, iy, ix]
-        if at > 0:
-            pick = at
-        else:
+        if sel.size:
             d = np.hypot(com[sel, 0] - c[k, 0], com[sel, 1] - c[k, 1]) - np.sqrt(area[sel] / np.pi)
-            pick = idx[sel[np.argmin(d)]]
-        comp = lab[k] == pick
-        if comp.sum() > max_area_ratio * expected:
-            comp = _watershed_piece(comp, c[k], radius)
-        # keep the particle's own outline as segmented: only blobs that the opening cut
-        # off (fines, neighbours' parts) are removed, not the thin slivers of its corners
-        grown = ndimage.binary_dilation(comp, iterations=1)
-        cut = hard[k] & ~grown
-        keep = hard[k].copy()
-        if cut.any():
-            cl, ncl = ndimage.label(cut)
-            sizes = ndimage.sum(cut, cl, np.arange(1, ncl + 1))
-            blobs = np.isin(cl, 1 + np.flatnonzero(sizes >= min_blob))
-            keep &= ~blobs
-        # the connected piece of what is kept that holds the particle
-        kl, _ = ndimage.label(keep)
-        ids = np.unique(kl[comp & keep])
-        keep = np.isin(kl, ids[ids > 0]) if ids.size else comp
-        keep = ndimage.binary_dilation(keep, iterations=1) & ~(ndimage.binary_dilation(hard[k] & ~keep, iterations=1) & ~keep)
-        out[k] = np.where(keep, m[k], 0.0)
+            pick[k] = idx[sel[np.argmin(d)]]
+    lut = np.zeros(nl + 1, bool)
+    lut[pick[pick > 0]] = True
+    comp = lut[lab]
+    # a touching neighbour still attached: cut at the neck (frame by frame, only there)
+    for k in np.flatnonzero((pick > 0) & (area[np.maximum(pick, 1) - 1] > max_area_ratio * expected)):
+        comp[k] = _watershed_piece(comp[k], c[k], radius)
+    # keep the particle's own outline as segmented: only blobs that the opening cut off
+    # (fines, neighbours' parts) are removed, not the thin slivers of its corners
+    grown = ndimage.binary_dilation(comp, structure=struct)
+    cut = hard & ~grown
+    keep = hard.copy()
+    if cut.any():
+        cl, ncl = ndimage.label(cut, structure=struct)
+        sizes = ndimage.sum(cut, cl, np.arange(1, ncl + 1))
+        big = np.zeros(ncl + 1, bool)
+        big[1:] = sizes >= min_blob
+        keep &= ~big[cl]
+    # the connected piece of what is kept that holds the particle
+    kl, nk = ndimage.label(keep, structure=struct)
+    hold = np.zeros(nk + 1, bool)
+    hold[np.unique(kl[comp & keep])] = True
+    hold[0] = False
+    keep = hold[kl] | (comp & ~keep.any(axis=(1, 2), keepdims=True))
+    removed = hard & ~keep
+    keep = ndimage.binary_dilation(keep, structure=struct) & ~(ndimage.binary_dilation(removed, structure=struct) & ~keep)
+    keep[pick == 0] = False
+    out = np.where(keep, m, 0.0).astype(np.float32)
     return out
 
 
