@@ -460,6 +460,10 @@ def _process_particle(pid, track, od, energies, common, segmenter, options, refe
     elif both.any():
         offset = com[ref_frame] - followed[ref_frame]
     agreement[both] = np.hypot(*(com[both] - followed[both] - offset).T)
+    if both.sum() < 5 and both.any() and both[ref_frame]:
+        # anchored on the reference frame, whose agreement is 0 by construction: it is only
+        # as vouched for as the frames compared with it
+        agreement[ref_frame] = np.nanmax(agreement[both]) if both.sum() > 1 else np.nan
     disagree = good & ~(agreement <= options.agreement_px)
     flags[disagree] |= FRAME_FLAGS["disagree"]
     edge_pos = np.where(measured[:, None], followed + offset, np.nan)
@@ -656,8 +660,16 @@ def run_pipeline(
     )
     ny, nx = od.shape[1:]
     fit = table[["particle", "frame", "y", "x"]].copy()
-    unreliable = FRAME_FLAGS["interpolated"] | FRAME_FLAGS["disagree"] | FRAME_FLAGS["position_outlier"]
-    fit["reliable"] = np.concatenate([(p.frame_flags & unreliable) == 0 for p in particles]) if particles else np.zeros(0, bool)
+    # the common motion is fitted on vouched positions; where fewer than three particles
+    # are vouched for in most frames (e.g. real frames whose masks do not confirm the
+    # edge estimate), on every measured position instead (recorded in the similarity)
+    unmeasured = FRAME_FLAGS["interpolated"] | FRAME_FLAGS["position_outlier"]
+    vouched = [(p.frame_flags & (unmeasured | FRAME_FLAGS["disagree"])) == 0 for p in particles]
+    fitted_on = "vouched positions"
+    if sum(v.mean() >= 0.5 for v in vouched) < 3:
+        vouched = [(p.frame_flags & unmeasured) == 0 for p in particles]
+        fitted_on = "measured positions (too few particles vouched for)"
+    fit["reliable"] = np.concatenate(vouched) if particles else np.zeros(0, bool)
     motion = compute_motion(
         fit,
         reference_particle=options.reference_particle,
@@ -665,6 +677,8 @@ def run_pipeline(
         scale_axis=energies if options.scale_model == "energy" else None,
     )
     similarity = motion.attrs.get("similarity")
+    if similarity is not None:
+        similarity.attrs["fitted_on"] = fitted_on
     if len(table):
         table = table.merge(motion.drop(columns=["y", "x"]), on=["particle", "frame"], how="left")
         sim = similarity[["frame", "common_dy", "common_dx", "scale"]].rename(columns={"scale": "common_scale"})
