@@ -57,7 +57,7 @@ class FollowOptions:
     apodisation: float = 1.25
     apodisation_margin: float = 4.0
     passes: int = 2
-    min_quality: float = 0.1
+    min_quality: float = 0.25
     binning_radius: float = 48.0
     template: bool = True
     rim: float = 0.0
