@@ -16,7 +16,7 @@ estimator: correlation instead of moments). The pipeline compares the two per fr
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace as _replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -50,6 +50,9 @@ class FollowOptions:
     binning_radius : float
         Windows of particles larger than this radius are binned (by ``radius //
         binning_radius``): the outline of a big particle keeps sub-pixel information.
+    template : bool
+        After the first pass, correlate with the mean of the measured frames' windows
+        instead of the reference frame alone.
     """
 
     sigma: float = 1.0
@@ -60,8 +63,6 @@ class FollowOptions:
     min_quality: float = 0.25
     binning_radius: float = 48.0
     template: bool = True
-    rim: float = 0.0
-    signal: str = "edges"
 
 
 def window_half(radius: float, margin: int = 6) -> int:
@@ -101,6 +102,38 @@ def follow_particle(od, predicted, radius: float, reference: int, *, options: Fo
     measured = np.zeros(n, bool)
     if not np.isfinite(pos[reference]).all():
         return pos, quality, measured
+    b = max(1, int(radius // options.binning_radius))
+    nb = 2 * int(np.ceil(window_half(radius) / b)) + 1  # odd number of binned pixels
+    size = nb * b
+    centre = (size - 1) / 2  # the window centre, in full-resolution window pixels
+    # apodisation disc around the particle, on the binned window grid
+    yy, xx = np.mgrid[0:nb, 0:nb]
+    c = (nb - 1) / 2
+    rad = (options.apodisation * radius + options.apodisation_margin) / b
+    taper = max(options.apodisation_margin / b, 1.0)
+    apod = np.clip(1 - (np.hypot(yy - c, xx - c) - rad) / taper, 0, 1).astype(np.float32)
+    idx = np.flatnonzero(np.all(np.isfinite(pos), axis=1))
+    jr = int(np.flatnonzero(idx == reference)[0])
+    use_template = False
+    for _ in range(max(1, options.passes)):
+        # every window sampled (bilinear) so that the predicted position is its centre
+        win = resample_windows(od, pos - centre, (0, 0), (size, size), order=1, frames=idx)
+        if b > 1:
+            win = bin_frames(win, b)
+        g = edge_images(win, sigma=options.sigma, apodisation=apod)
+        # the first pass correlates with the reference frame; the next ones with the mean of
+        # the frames measured so far (their windows are centred on the particle now): a
+        # template with far less noise than one frame
+        ref_img = g[measured[idx]].mean(axis=0) if use_template else g[jr]
+        s, q = correlate_shifts(ref_img, g, max_shift=max(3.0, nb / 4), whitening=options.whitening)
+        s = (s - s[jr]) * b  # relative to the reference, full-resolution pixels
+        ok = (q >= options.min_quality) & np.all(np.isfinite(s), axis=1)
+        pos[idx[ok]] += s[ok]
+        quality[idx] = q
+        measured[:] = False
+        measured[idx[ok]] = True
+        use_template = options.template and ok.sum() >= 3
+    return pos, quality, measured
     b = max(1, int(radius // options.binning_radius))
     nb = 2 * int(np.ceil(window_half(radius) / b)) + 1  # odd number of binned pixels
     size = nb * b
@@ -173,23 +206,3 @@ def follow_particle(od, predicted, radius: float, reference: int, *, options: Fo
             g = edge_images(win, sigma=options.sigma, apodisation=apod) if options.signal == "edges" else _od_images(win, sigma=options.sigma, apodisation=apod)
             ref_img = g.mean(axis=0)
     return pos, quality, measured
-
-
-def _od_images(windows, *, sigma, apodisation):
-    """Windows less a plane fitted to their border, smoothed, apodised, unit RMS."""
-    from scipy import ndimage
-
-    win = np.asarray(windows, np.float32).copy()
-    bad = ~np.isfinite(win)
-    if bad.any():
-        med = np.nanmedian(win, axis=(1, 2))
-        win = np.where(bad, med[:, None, None], win)
-    n, h, w = win.shape
-    ring = np.asarray(apodisation) < 0.5
-    yy, xx = np.mgrid[0:h, 0:w]
-    A = np.c_[np.ones(ring.sum()), yy[ring], xx[ring]]
-    coef = np.linalg.lstsq(A, win[:, ring].T, rcond=None)[0]  # (3, n)
-    plane = coef[0][:, None, None] + coef[1][:, None, None] * yy + coef[2][:, None, None] * xx
-    g = ndimage.gaussian_filter(win - plane, (0, sigma, sigma)) * apodisation
-    g = g - g.mean(axis=(1, 2), keepdims=True)
-    return g / (np.sqrt((g**2).mean(axis=(1, 2), keepdims=True)) + 1e-12)
