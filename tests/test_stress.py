@@ -48,11 +48,11 @@ SCALE_END_TOLERANCE = 0.3
 _CACHE: dict = {}
 
 
-def run_case(case, seed, path="classical"):
+def run_case(case, seed, path="classical", **overrides):
     """(stack, result, table, summary) of a reduced stress scene, each run once per session."""
-    key = (case, seed, path)
+    key = (case, seed, path, tuple(sorted(overrides.items())))
     if key not in _CACHE:
-        s = make_stress_stack(case, seed, reduced=True)
+        s = make_stress_stack(case, seed, reduced=True, **overrides)
         opts = PipelineOptions()
         det = seg = None
         if path == "learned":
@@ -131,7 +131,9 @@ def test_magnification_leaves_no_nonrigid_trend():
 def _check_magnification(*, nonrigid):
     problems, lines = [], []
     for seed in SEEDS:
-        s, r, _, _ = run_case("stress-magnification", seed)
+        # 8 particles: with the reduced scene's 4, a 1 % magnification over 256 px is not
+        # told from particles drifting on their own (the scale is then rightly left at 1)
+        s, r, _, _ = run_case("stress-magnification", seed, n_particles=8)
         true_scale = s.truth.scale / s.truth.scale[0]
         tr = r.tracks
         fitted = tr.groupby("frame")["common_scale"].first().reindex(range(len(true_scale))).to_numpy()
