@@ -29,3 +29,15 @@ def pair_by_position(est_yx, true_yx, tol=5.0):
     from xanestrack.evaluate import pair_particles
 
     return dict(pair_particles(np.asarray(est_yx), np.asarray(true_yx), max_distance=tol))
+
+
+def digest(*paths) -> dict:
+    """SHA-256 of every file under ``paths``: inputs and outputs must come out byte-identical."""
+    import hashlib
+
+    out = {}
+    for p in paths:
+        for f in sorted([p] if p.is_file() else p.rglob("*")):
+            if f.is_file():
+                out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out

@@ -1,7 +1,6 @@
 """Nothing the user had is ever deleted, concurrent runs do not overwrite each other, folders left
 by killed runs are cleaned, outputs get normal permissions, series resume by content (issue 11,
 cases 1, 2, 3 and 7)."""
-import hashlib
 import json
 import os
 import signal
@@ -16,20 +15,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import digest as _digest
 from xanestrack.cli import app
 from xanestrack.errors import XanestrackError
 from xanestrack.results import MARKER, TMP_MARKER, atomic_output_dir, output_lock
 
 runner = CliRunner()
 
-
-def _digest(*paths):
-    out = {}
-    for p in paths:
-        for f in sorted([p] if p.is_file() else p.rglob("*")):
-            if f.is_file():
-                out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
-    return out
 
 
 def _error_line(r, *fragments):

@@ -1,6 +1,5 @@
 """Bad, implausible or hostile input: one line naming the file and what to do, exit status 2,
 the inputs untouched, nothing written (issue 11, cases 4, 5, 6 and 8)."""
-import hashlib
 import json
 import os
 import shutil
@@ -11,7 +10,7 @@ import pytest
 import tifffile
 from typer.testing import CliRunner
 
-from conftest import shared_data
+from conftest import digest as _digest, shared_data
 from xanestrack.cli import app
 from xanestrack.errors import XanestrackError
 from xanestrack.io import read_stack
@@ -20,14 +19,6 @@ from xanestrack.io.hdf5 import write_fxi
 runner = CliRunner()
 E20 = np.linspace(8300.0, 8400.0, 20)
 
-
-def _digest(*paths):
-    out = {}
-    for p in paths:
-        for f in sorted([p] if p.is_file() else p.rglob("*")):
-            if f.is_file():
-                out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
-    return out
 
 
 def _cli(*args, debug=False):

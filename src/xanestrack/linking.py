@@ -431,12 +431,3 @@ def link(
                 on_link(tr, t, j)
         ids.append(these)
     return ids, common, tracks
-
-
-def tracks_table(objects, ids) -> pd.DataFrame:
-    """The objects of every time in one table with columns ``time, track`` added."""
-    rows = []
-    for t, (obj, these) in enumerate(zip(objects, ids)):
-        if len(obj):
-            rows.append(obj.assign(time=t, track=these))
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["time", "track"])

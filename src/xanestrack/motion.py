@@ -174,8 +174,8 @@ def common_similarity(P, *, reference=None, rotation: bool = False, centre=None,
         weights[k, np.flatnonzero(ok)] = w if ok.sum() >= 1 else 0.0
     if scale_axis is not None and n >= 3:
         e = np.asarray(scale_axis, float)
-        fitted = rows[:, 5] * 0 + (rows[:, 4] >= max(min_particles, 2))
-        wf = np.where(fitted > 0, np.sqrt(weights.sum(axis=1)), 0.0)
+        fitted = rows[:, 4] >= max(min_particles, 2)  # frames whose own scale was fitted
+        wf = np.where(fitted, np.sqrt(weights.sum(axis=1)), 0.0)
         if (wf > 0).sum() >= 3:
             x = e - e[0]
             kappa = 0.0

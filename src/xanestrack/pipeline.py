@@ -18,7 +18,7 @@ import pandas as pd
 from scipy import ndimage
 
 from .detect import DetectOptions, detect_stack
-from .follow import FollowOptions, follow_particle
+from .follow import FollowOptions, follow_particle, window_half
 from .match import MatchOptions, link_detections
 from .motion import compute_motion, peak_ratios
 from .register import centre_of_mass, crop_windows, resample_windows
@@ -407,7 +407,7 @@ def _process_particle(pid, track, od, energies, common, segmenter, options, refe
     predicted = track[["y", "x"]].to_numpy()
     detected = track["detected"].to_numpy()
     radius = float(np.nanmax(track["radius"])) if track["radius"].notna().any() else 10.0
-    half = int(np.ceil(1.3 * radius)) + options.margin
+    half = window_half(radius, options.margin)
     flags = np.zeros(n, np.uint8)
     examined = track["examined"].to_numpy() if "examined" in track else np.ones(n, bool)
     flags[~detected & examined] |= FRAME_FLAGS["undetected"]
