@@ -23,6 +23,7 @@ from .match import MatchOptions, link_detections
 from .motion import compute_motion, peak_ratios
 from .register import centre_of_mass, crop_windows, resample_windows
 from .segment import SegmentOptions, isolate_particle, segment_rois
+from .result import FRAME_FLAGS, ParticleResult, PipelineResult, flag_names  # noqa: F401 (re-exported)
 from .stack import Stack
 from . import xanes
 
@@ -38,23 +39,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: per-particle, per-frame flags (bits)
-FRAME_FLAGS = {
-    "undetected": 1,  # not detected as an isolated particle in this frame (position predicted)
-    "no_mask": 2,  # segmentation found no particle in the ROI
-    "out_of_view": 4,  # the particle touches or crosses the frame border
-    "area_outlier": 8,  # mask area far from the particle's median (merged with a neighbour?)
-    "interpolated": 16,  # position not measured: filled from the common (rigid) motion
-    "position_outlier": 32,  # measured position inconsistent with its neighbours in time
-    "disagree": 64,  # centre of mass and the independent edge correlation disagree (or no second estimate)
-}
-
-
-def flag_names(value: int) -> str:
-    """``"undetected|interpolated"`` for a flag value (empty string for 0)."""
-    return "|".join(name for name, bit in FRAME_FLAGS.items() if int(value) & bit)
-
 
 @dataclass(frozen=True)
 class PipelineOptions:
@@ -84,88 +68,6 @@ class PipelineOptions:
         from dataclasses import asdict
 
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class ParticleResult:
-    """Everything computed for one particle.
-
-    Attributes
-    ----------
-    particle : int
-    positions : ndarray (n_frames, 2)
-        Centre of mass ``(y, x)`` per frame in input pixel coordinates (filled where
-        not measured, see ``frame_flags``).
-    shifts : ndarray (n_frames, 2)
-        ``positions - positions[0]``: what was undone to align the particle.
-    origin : ndarray (2,) int
-        Frame-0 pixel coordinates of pixel [0, 0] of ``aligned`` and the maps.
-    aligned : ndarray (n_frames, h, w) float32
-        The particle's aligned sub-stack (optical density) on the frame-0 grid.
-    masks : ndarray (n_frames, h, w) float32
-        Each frame's soft mask, aligned the same way.
-    mask : ndarray (h, w) bool
-        Consensus mask (aligned masks averaged over frames, >= 0.5).
-    frame_flags : ndarray (n_frames,) uint8
-        Bits of :data:`FRAME_FLAGS`.
-    edge_maps : dict of str -> ndarray (h, w)
-        ``e50`` (E at mu_norm = 0.5), ``derivative``, ``whiteline`` in eV, NaN outside
-        the particle or where the fit failed.
-    pixel_flags : ndarray (h, w) uint8
-        XANES flags (see :mod:`xanestrack.xanes`), per pixel.
-    fractions : ndarray (n_refs, h, w) or None
-        Linear-combination fractions of ``reference_names``.
-    mean_spectrum : ndarray (n_frames,)
-        Mean optical density inside the mask.
-    mean_norm : ndarray (n_frames,)
-        Normalised mean spectrum (NaN if normalisation impossible).
-    e0_ev : float
-    notes : tuple of str
-    """
-
-    particle: int
-    positions: np.ndarray
-    shifts: np.ndarray
-    origin: np.ndarray
-    aligned: np.ndarray
-    masks: np.ndarray
-    mask: np.ndarray
-    frame_flags: np.ndarray
-    edge_maps: dict
-    pixel_flags: np.ndarray
-    fractions: np.ndarray | None
-    reference_names: tuple
-    mean_spectrum: np.ndarray
-    mean_norm: np.ndarray
-    pre_edge: np.ndarray
-    post_edge: np.ndarray
-    e0_ev: float
-    radius: float
-    unaligned_ends: np.ndarray | None = None
-    notes: tuple = ()
-    agreement: np.ndarray | None = None  # (n_frames,) px: |CoM - edge-correlation| displacement, NaN if not measured
-    reference_frame: int = 0  # the frame the edge correlation is relative to
-    edge_positions: np.ndarray | None = None  # (n_frames, 2): the edge-correlation estimate, on the CoM's offset (NaN if not measured)
-
-
-@dataclass(frozen=True)
-class PipelineResult:
-    """Result of :func:`run_pipeline`."""
-
-    energies_ev: np.ndarray
-    frame_shape: tuple
-    detections: pd.DataFrame
-    tracks: pd.DataFrame
-    rejected: pd.DataFrame
-    particles: list
-    motion: pd.DataFrame
-    peak_ratios: pd.DataFrame
-    common_shift: np.ndarray
-    fused: np.ndarray | None  # (n_frames or 2, rows, cols): see PipelineOptions.fuse
-    timings: dict
-    options: PipelineOptions
-    notes: tuple = ()
-    similarity: pd.DataFrame | None = None  # per frame: common translation, scale, rotation (motion.SIMILARITY_COLUMNS)
 
 
 def sanitize_stack(od, *, source: str = "stack"):
