@@ -22,10 +22,11 @@ import pandas as pd
 
 from .align import available_aligners
 from .evaluate import edge_map_error, pair_particles, registration_error
-from .pipeline import analyse_xanes, run_pipeline
+from .pipeline import run_pipeline
 from .register import crop_windows, resample_windows
 from .stack import Stack
 from .synth_stress import make_scene
+from .xanes import analyse_particle
 
 __all__ = ["adjacent_ssim", "differential_residual", "benchmark_stack", "summarise"]
 
@@ -130,7 +131,7 @@ def benchmark_stack(s, *, methods=None, preset="", seed=0, progress=None):
             aligned = resample_windows(od, shifts, p.origin, p.aligned.shape[1:])
             ssim_m, ssim_v = adjacent_ssim(aligned, p.mask)
             diff = differential_residual(aligned, p.mask)
-            xr = analyse_xanes(aligned, p.mask, s.energies_ev)
+            xr = analyse_particle(aligned, p.mask, s.energies_ev)
             em = edge_map_error(xr["edge_maps"]["e50"], p.origin, truth.edge_maps[i_true], truth.edge_map_origins[i_true])
             rows.append(
                 dict(

@@ -168,7 +168,7 @@ def detect_particles(frame, *, frame_index: int = 0, options: DetectOptions = De
     if frame.ndim != 2:
         raise ValueError(f"frame must be 2-D (rows, cols), got shape {frame.shape}")
     if not np.all(np.isfinite(frame)):
-        raise ValueError("frame contains NaN/inf; clean it first (pipeline.sanitize_stack)")
+        raise ValueError("frame contains NaN/inf; clean it first (xanestrack.stack.sanitize_stack)")
     fg, corr, _ = foreground_mask(frame, options=options)
     return regions_table(fg, corr, frame_index=frame_index, binning=options.binning, options=options)
 

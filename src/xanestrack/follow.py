@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .register import bin_frames, correlate_shifts, edge_images, resample_windows
+from .register import bin_frames, correlate_shifts, edge_images, resample_windows, window_half
 
-__all__ = ["FollowOptions", "follow_particle", "window_half"]
+__all__ = ["FollowOptions", "follow_particle", "window_half"]  # window_half: re-exported from register
 
 
 @dataclass(frozen=True)
@@ -63,11 +63,6 @@ class FollowOptions:
     min_quality: float = 0.25
     binning_radius: float = 48.0
     template: bool = True
-
-
-def window_half(radius: float, margin: int = 6) -> int:
-    """Half width of a particle's window: 1.3 radii plus ``margin`` pixels."""
-    return int(np.ceil(1.3 * radius)) + int(margin)
 
 
 def follow_particle(od, predicted, radius: float, reference: int, *, options: FollowOptions = FollowOptions()):

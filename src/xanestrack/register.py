@@ -9,16 +9,40 @@ edge do not move it. Shifts are always ``(n_frames, 2)`` arrays ``(dy, dx)`` in
 pixels: the position of the content in frame ``k`` minus its position in the
 reference. One function, :func:`resample_windows`, applies them, for every aligner.
 
+Two independent estimates of a particle's position per frame (the centre of mass of its
+mask here, the edge correlation of :mod:`xanestrack.follow`) are compared by
+:func:`vouch_positions`, which sets the per-frame quality flags
+(:data:`xanestrack.result.FRAME_FLAGS`) and chooses the position of each frame.
+:func:`fuse_particles` pastes every aligned particle into one frame-0-grid stack.
+
 References
 ----------
 B. Su et al., J. Synchrotron Rad. 31 (2024), doi:10.1107/S1600577524000146.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["centre_of_mass", "crop_windows", "resample_windows", "shifts_from_positions", "correlate_shifts", "edge_images"]
+from .result import FRAME_FLAGS
+
+__all__ = [
+    "centre_of_mass",
+    "window_half",
+    "crop_windows",
+    "resample_windows",
+    "resample_masks",
+    "consensus_mask",
+    "shifts_from_positions",
+    "correlate_shifts",
+    "edge_images",
+    "mask_flags",
+    "VouchedPositions",
+    "vouch_positions",
+    "fuse_particles",
+]
 
 
 def centre_of_mass(images) -> np.ndarray:
@@ -56,6 +80,15 @@ def bin_frames(a, b: int) -> np.ndarray:
     x = x.reshape(*lead, ny // b, b, nx).sum(axis=-2)  # rows first: contiguous sums
     x = x.reshape(*lead, ny // b, nx // b, b).sum(axis=-1)
     return x / np.float32(b * b)
+
+
+def window_half(radius: float, margin: int = 6) -> int:
+    """Half width of a particle's window: 1.3 radii plus ``margin`` pixels.
+
+    The one rule for the size of a particle's window (ROI), ``2 * half + 1`` pixels wide:
+    1.3 radii hold an irregular outline, the margin holds the background ring around it.
+    """
+    return int(np.ceil(1.3 * radius)) + int(margin)
 
 
 def shifts_from_positions(positions, *, reference: int = 0) -> np.ndarray:
@@ -160,6 +193,37 @@ def resample_windows(od, shifts, origin, shape, *, order: int = 3, frames=None) 
     res[out_y[:, :, None] | out_x[:, None, :]] = np.nan
     out[ok] = res
     return out
+
+
+def resample_masks(masks, origins, shifts, origin, shape) -> np.ndarray:
+    """Move each frame's window mask onto the aligned (frame-0) grid (bilinear, 0 outside).
+
+    Parameters
+    ----------
+    masks : ndarray (n_frames, h, w)
+        Soft masks of windows whose pixel [0, 0] is at ``origins[k]`` in frame ``k``.
+    origins : ndarray (n_frames, 2) int
+    shifts, origin, shape
+        As for :func:`resample_windows`.
+
+    Returns
+    -------
+    ndarray (n_frames, *shape) float32
+    """
+    # a zero border makes the edge-clamped sampling of resample_windows read 0 outside
+    padded = np.pad(masks.astype(np.float32), ((0, 0), (1, 1), (1, 1)))
+    pos = np.asarray(origin, float)[None] + shifts - origins + 1
+    out = resample_windows(padded, pos, (0, 0), shape, order=1)
+    return np.nan_to_num(out, nan=0.0).astype(np.float32)
+
+
+def consensus_mask(masks, frames) -> np.ndarray:
+    """The particle's mask: aligned soft ``masks`` (n, h, w) averaged over ``frames`` (bool), >= 0.5, holes filled.
+
+    All False (h, w) when no frame is selected.
+    """
+    mask = (masks[frames].mean(axis=0) >= 0.5) if frames.any() else np.zeros(masks.shape[1:], bool)
+    return ndimage.binary_fill_holes(mask)
 
 
 def _bspline3_weights(f):
@@ -277,3 +341,264 @@ def edge_images(windows, *, sigma: float = 1.5, apodisation=None):
     g = g - g.mean(axis=(1, 2), keepdims=True)
     rms = np.sqrt((g**2).mean(axis=(1, 2))) + 1e-12
     return g / rms[:, None, None]
+
+
+def mask_flags(masks, *, outside, clipped, area_tolerance: float = 0.25) -> np.ndarray:
+    """The flags of each frame that its particle mask tells: ``no_mask``, ``out_of_view``, ``area_outlier``.
+
+    Parameters
+    ----------
+    masks : ndarray (n_frames, h, w)
+        Soft masks of the particle's windows.
+    outside : ndarray (n_frames, h, w) bool
+        Window pixels outside the frame.
+    clipped : ndarray (n_frames,) bool
+        Windows that crossed the frame border.
+    area_tolerance : float
+        A mask whose area differs from the median area by more than this (in
+        ``|log(area / median)|``) is an ``area_outlier``.
+
+    Returns
+    -------
+    ndarray (n_frames,) uint8: bits of :data:`~xanestrack.result.FRAME_FLAGS`.
+    """
+    n = len(masks)
+    flags = np.zeros(n, np.uint8)
+    area = masks.sum(axis=(1, 2))
+    flags[area <= 0] |= FRAME_FLAGS["no_mask"]
+    # a particle whose mask reaches pixels outside the frame (or the window edge) is not whole
+    edge_touch = (
+        (masks[:, 0, :].max(1) > 0.5) | (masks[:, -1, :].max(1) > 0.5) | (masks[:, :, 0].max(1) > 0.5) | (masks[:, :, -1].max(1) > 0.5)
+    )
+    out_of_frame = np.array([(masks[k] > 0.5)[outside[k]].any() for k in range(n)])
+    flags[out_of_frame | (edge_touch & clipped)] |= FRAME_FLAGS["out_of_view"]
+    med_area = np.median(area[area > 0]) if (area > 0).any() else 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        outlier = np.abs(np.log(area / med_area)) > area_tolerance if med_area > 0 else np.zeros(n, bool)
+    flags[outlier & (area > 0)] |= FRAME_FLAGS["area_outlier"]
+    flags[edge_touch & ~clipped] |= FRAME_FLAGS["area_outlier"]
+    return flags
+
+
+def _position_outliers(com, common, good) -> np.ndarray:
+    """Frames whose residual from the common motion jumps far beyond its spread (bool, n)."""
+    resid = com - common
+    medr = np.median(resid[good], axis=0)
+    smooth = ndimage.median_filter(np.where(good[:, None], resid, medr), size=(7, 1), mode="nearest")
+    jump = np.hypot(*(resid - smooth).T)
+    scale = 1.4826 * np.median(jump[good]) + 0.05
+    return good & (jump > 8 * scale) & (jump > 1.0)
+
+
+def _edge_agreement(com, edge, both, reference_frame):
+    """``(agreement (n,), offset (2,))``: |centre of mass - edge estimate - offset| where ``both`` measured.
+
+    Both estimates are displacements up to one constant offset: the median over the
+    frames, or the reference frame's when there are few frames.
+    """
+    agreement = np.full(len(com), np.nan)
+    offset = np.full(2, np.nan)
+    if both.sum() >= 5 or (both.any() and not both[reference_frame]):
+        offset = np.nanmedian(com[both] - edge[both], axis=0)
+    elif both.any():
+        offset = com[reference_frame] - edge[reference_frame]
+    agreement[both] = np.hypot(*(com[both] - edge[both] - offset).T)
+    if both.sum() < 5 and both.any() and both[reference_frame]:
+        # anchored on the reference frame, whose agreement is 0 by construction: it is only
+        # as vouched for as the frames compared with it
+        agreement[reference_frame] = np.nanmax(agreement[both]) if both.sum() > 1 else np.nan
+    return agreement, offset
+
+
+def _fill_positions(pos, good, common):
+    """Fill unmeasured positions from the nearest measured frame plus the common shift."""
+    out = pos.copy()
+    gi = np.flatnonzero(good)
+    if gi.size == 0:
+        return out
+    for k in np.flatnonzero(~good):
+        j = gi[np.argmin(np.abs(gi - k))]
+        out[k] = pos[j] + common[k] - common[j]
+    return out
+
+
+@dataclass(frozen=True)
+class VouchedPositions:
+    """Result of :func:`vouch_positions`, per frame.
+
+    Attributes
+    ----------
+    positions : ndarray (n_frames, 2)
+        The particle's position ``(y, x)``; frames where it was not located are filled
+        from the nearest located frame plus the common shift (all NaN if located nowhere).
+    flags : ndarray (n_frames,) uint8
+        Bits of :data:`~xanestrack.result.FRAME_FLAGS`.
+    agreement : ndarray (n_frames,)
+        px: ``|centre of mass - edge estimate|`` displacement (common offset removed), NaN
+        where not both measured.
+    edge_positions : ndarray (n_frames, 2)
+        The edge estimate on the centre of mass's offset (NaN where not measured).
+    usable : ndarray (n_frames,) bool
+        Whole, plausible mask with a finite centre of mass, not a position outlier.
+    located : ndarray (n_frames,) bool
+        A position was measured (by either estimate) rather than filled.
+    """
+
+    positions: np.ndarray
+    flags: np.ndarray
+    agreement: np.ndarray
+    edge_positions: np.ndarray
+    usable: np.ndarray
+    located: np.ndarray
+
+
+def vouch_positions(
+    com,
+    edge,
+    *,
+    edge_measured,
+    masks,
+    outside,
+    clipped,
+    undetected,
+    common,
+    reference_frame: int,
+    area_tolerance: float = 0.25,
+    agreement_px: float = 0.5,
+    position: str = "edges",
+) -> VouchedPositions:
+    """Per-frame quality flags and position of one particle from its two independent estimates.
+
+    Parameters
+    ----------
+    com : ndarray (n_frames, 2)
+        Centre of mass of the particle's mask, frame coordinates (NaN: empty mask).
+    edge : ndarray (n_frames, 2)
+        The edge-correlation estimate (:func:`xanestrack.follow.follow_particle`).
+    edge_measured : ndarray (n_frames,) bool
+        Frames where the edge correlation measured.
+    masks, outside, clipped
+        The particle's window masks, their pixels outside the frame and the windows that
+        crossed the border (see :func:`mask_flags`).
+    undetected : ndarray (n_frames,) bool
+        Frames the detector examined without finding the particle.
+    common : ndarray (n_frames, 2)
+        The common (rigid) shift of every frame.
+    reference_frame : int
+        The frame the edge correlation is relative to.
+    area_tolerance : float
+        See :func:`mask_flags`.
+    agreement_px : float
+        px: the two estimates' displacements further apart than this: ``disagree``.
+    position : {"edges", "com"}
+        ``"edges"``: the edge estimate where it measured (contrast-invariant, blind to
+        smooth backgrounds, no segmentation), the centre of mass elsewhere; ``"com"``:
+        the centre of mass (the paper's), the edge estimate where no usable mask.
+
+    Returns
+    -------
+    VouchedPositions
+
+    Raises
+    ------
+    ValueError
+        If ``position`` is neither ``"edges"`` nor ``"com"``.
+
+    Notes
+    -----
+    The flags (bits of :data:`~xanestrack.result.FRAME_FLAGS`):
+
+    - ``undetected``: the detector examined the frame and did not find the particle
+      isolated there (its window was placed from the prediction);
+    - ``no_mask``: the segmentation found no particle in the window;
+    - ``out_of_view``: the mask reaches pixels outside the frame, or the edge of a
+      window that crossed the frame border: the particle is not whole;
+    - ``area_outlier``: the mask area is far from the particle's median area (a
+      neighbour merged, a piece lost), or the mask touches the window edge inside the frame;
+    - ``position_outlier``: the centre of mass jumps away from the common motion far
+      beyond the spread of its residual (8 robust sigma and more than 1 px): a frame
+      whose mask is not the particle's;
+    - ``disagree``: the two estimates' displacements differ by more than
+      ``agreement_px``, or only one of them (or neither) measured the frame;
+    - ``interpolated``: neither estimate located the particle: the position is filled
+      from the nearest located frame plus the common shift.
+
+    Frames without ``no_mask``, ``out_of_view``, ``area_outlier`` and with a finite centre
+    of mass are usable; of these, ``position_outlier`` frames are not.
+    """
+    flags = mask_flags(masks, outside=outside, clipped=clipped, area_tolerance=area_tolerance)
+    flags[undetected] |= FRAME_FLAGS["undetected"]
+    good = (flags & (FRAME_FLAGS["no_mask"] | FRAME_FLAGS["out_of_view"] | FRAME_FLAGS["area_outlier"])) == 0
+    good &= np.all(np.isfinite(com), axis=1)
+    if good.sum() >= 5:
+        bad = _position_outliers(com, common, good)
+        flags[bad] |= FRAME_FLAGS["position_outlier"]
+        good &= ~bad
+    # the second, independent estimate vouches for each position
+    both = good & edge_measured
+    agreement, offset = _edge_agreement(com, edge, both, reference_frame)
+    disagree = good & ~(agreement <= agreement_px)
+    flags[disagree] |= FRAME_FLAGS["disagree"]
+    edge_pos = np.where(edge_measured[:, None], edge + offset, np.nan)
+    whole = (flags & FRAME_FLAGS["out_of_view"]) == 0
+    if position == "edges":
+        use_edge = edge_measured & whole & np.isfinite(offset).all()
+        have = use_edge | good
+        positions = np.where(use_edge[:, None], edge_pos, np.where(good[:, None], com, np.nan))
+    elif position == "com":
+        fill = ~good & edge_measured & whole & np.isfinite(offset).all()
+        have = good | fill
+        positions = np.where(good[:, None], com, np.where(fill[:, None], edge_pos, np.nan))
+    else:
+        raise ValueError(f"position must be 'edges' or 'com', got {position!r}")
+    # neither estimate measured the particle here, or only one (no second estimate)
+    flags[~both & have] |= FRAME_FLAGS["disagree"]
+    if not have.any():
+        positions = np.full((len(com), 2), np.nan)
+    else:
+        positions = _fill_positions(positions, have, common)
+        flags[~have] |= FRAME_FLAGS["interpolated"] | FRAME_FLAGS["disagree"]
+    return VouchedPositions(
+        positions=positions, flags=flags, agreement=agreement, edge_positions=edge_pos, usable=good, located=have
+    )
+
+
+def fuse_particles(od, particles, common_shift, *, frames=None):
+    """One frame-0-grid stack: rigidly aligned frames, each particle pasted aligned.
+
+    The background of frame ``k`` is shifted back by the common (rigid) shift; inside
+    each particle's (dilated) consensus mask, the particle's own aligned sub-stack
+    replaces it.
+
+    Parameters
+    ----------
+    od : ndarray (n_frames, rows, cols)
+    particles : list of :class:`~xanestrack.result.ParticleResult`
+        Their ``mask``, ``origin`` and ``aligned`` are used.
+    common_shift : ndarray (n_frames, 2)
+    frames : sequence of int, optional
+        Which frames (default all).
+
+    Returns
+    -------
+    ndarray (len(frames), rows, cols) float32
+    """
+    frames = list(range(od.shape[0])) if frames is None else list(frames)
+    n, ny, nx = len(frames), od.shape[1], od.shape[2]
+    fused = np.empty((n, ny, nx), np.float32)
+    for j, k in enumerate(frames):
+        fused[j] = ndimage.shift(od[k], -common_shift[k], order=1, mode="nearest")
+    for p in particles:
+        m = ndimage.binary_dilation(p.mask, iterations=2)
+        h, w = m.shape
+        y0, x0 = p.origin
+        sy0, sx0 = max(y0, 0), max(x0, 0)
+        sy1, sx1 = min(y0 + h, ny), min(x0 + w, nx)
+        if sy0 >= sy1 or sx0 >= sx1:
+            continue
+        sub_m = m[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
+        sub_a = p.aligned[frames, sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
+        region = fused[:, sy0:sy1, sx0:sx1]
+        ok = sub_m[None] & np.isfinite(sub_a)
+        region[ok] = sub_a[ok]
+    return fused

@@ -14,7 +14,8 @@ to the iso-contour ``(I - level) / |grad I|``. Moments of a soft mask follow sub
 motion smoothly instead of in whole-pixel steps.
 
 The learned Dual U-Net segmenter returns masks of the same form, so the register
-step takes either.
+step takes either. :func:`segment_particle` cuts a particle's window out of every frame,
+runs either segmenter on them and cuts fines and neighbours off (:func:`isolate_particle`).
 """
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["SegmentOptions", "segment_roi", "segment_rois", "isolate_particle"]
+from .register import centre_of_mass, crop_windows
+
+__all__ = ["SegmentOptions", "segment_roi", "segment_rois", "isolate_particle", "SegmentedWindows", "segment_particle"]
 
 
 @dataclass(frozen=True)
@@ -242,3 +245,89 @@ def _watershed_piece(comp, centre, radius):
     if label == 0:
         return comp
     return ws == label
+
+
+@dataclass(frozen=True)
+class SegmentedWindows:
+    """Result of :func:`segment_particle`, one entry per frame.
+
+    Attributes
+    ----------
+    origins : ndarray (n_frames, 2) int
+        Frame coordinates of each window's pixel [0, 0].
+    clipped : ndarray (n_frames,) bool
+        Windows that crossed the frame border.
+    outside : ndarray (n_frames, h, w) bool
+        Window pixels outside the frame (or NaN in it).
+    masks : ndarray (n_frames, h, w) float32
+        Soft masks of the particle.
+    com : ndarray (n_frames, 2)
+        Centre of mass of each mask in frame coordinates (NaN for an empty mask).
+    """
+
+    origins: np.ndarray
+    clipped: np.ndarray
+    outside: np.ndarray
+    masks: np.ndarray
+    com: np.ndarray
+
+
+def _segment_windows(od, centres, half, segmenter, radius, separate=True):
+    windows, origins, clipped = crop_windows(od, centres, half)
+    nanwin = ~np.isfinite(windows)
+    if nanwin.any():
+        for k in np.flatnonzero(nanwin.any(axis=(1, 2))):
+            w = windows[k]
+            fin = np.isfinite(w)
+            w[~fin] = np.median(w[fin]) if fin.any() else 0.0
+    masks = np.asarray(segmenter(windows), dtype=np.float32)
+    if masks.shape != windows.shape:
+        raise ValueError(f"segmenter returned shape {masks.shape} for ROIs of shape {windows.shape}")
+    # fines and touching neighbours never enter the particle's mask
+    if separate:
+        masks = isolate_particle(masks, radius=radius, centres=np.asarray(centres, float) - origins)
+    return windows, origins, clipped, nanwin, masks
+
+
+def segment_particle(od, centres, half: int, *, segmenter, radius: float, separate: bool = True) -> SegmentedWindows:
+    """Segment one particle in its window of every frame.
+
+    Parameters
+    ----------
+    od : ndarray (n_frames, rows, cols)
+    centres : ndarray (n_frames, 2)
+        Where the particle is expected in each frame.
+    half : int
+        Windows are ``2 * half + 1`` pixels wide (:func:`xanestrack.register.window_half`).
+    segmenter : callable(rois (n, h, w)) -> soft masks (n, h, w)
+        Classical (:func:`segment_rois`) or learned. Pixels outside the frame are given
+        the window's median before it sees them.
+    radius : float
+        The particle's radius (px), for :func:`isolate_particle`.
+    separate : bool
+        Cut fines and touching neighbours off every mask (:func:`isolate_particle`).
+
+    Returns
+    -------
+    SegmentedWindows
+
+    Raises
+    ------
+    ValueError
+        If the segmenter returns masks of another shape than its ROIs.
+
+    Notes
+    -----
+    A window whose particle came out off-centre (centre of mass more than
+    ``max(2, 0.15 half)`` px from where it was expected) is cut and segmented again
+    around what it found.
+    """
+    windows, origins, clipped, nanwin, masks = _segment_windows(od, centres, half, segmenter, radius, separate)
+    com = centre_of_mass(masks) + origins
+    off = np.hypot(*(com - centres).T)
+    redo = np.flatnonzero(np.isfinite(off) & (off > max(2.0, 0.15 * half)))
+    if redo.size:
+        w2, o2, c2, n2, m2 = _segment_windows(od[redo], com[redo], half, segmenter, radius, separate)
+        windows[redo], origins[redo], clipped[redo], nanwin[redo], masks[redo] = w2, o2, c2, n2, m2
+        com[redo] = centre_of_mass(m2) + o2
+    return SegmentedWindows(origins=origins, clipped=clipped, outside=nanwin, masks=masks, com=com)

@@ -1,11 +1,15 @@
 """The Stack: an energy scan as optical density, with its energies and provenance."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import ndimage
 
-__all__ = ["Stack", "validate_energies"]
+__all__ = ["Stack", "validate_energies", "sanitize_stack"]
+
+logger = logging.getLogger(__name__)
 
 
 def validate_energies(energies_ev, n_frames: int, *, source: str = "input") -> np.ndarray:
@@ -79,3 +83,52 @@ class Stack:
     @property
     def n_frames(self) -> int:
         return self.od.shape[0]
+
+
+def sanitize_stack(od, *, source: str = "stack"):
+    """Replace isolated NaN/inf pixels by their local median; refuse hopeless frames.
+
+    Parameters
+    ----------
+    od : ndarray (n_frames, rows, cols)
+        Optical density; not modified.
+    source : str
+        Named in the message and the warning (a file name).
+
+    Returns
+    -------
+    clean : ndarray float32 (a copy if anything was replaced)
+    n_fixed : int
+        Number of pixels replaced.
+
+    Raises
+    ------
+    ValueError
+        If a frame is more than half non-finite (name the frames).
+
+    Notes
+    -----
+    A non-finite pixel gets the median of the 5 x 5 pixels around it, in which the
+    frame's other non-finite pixels count as the frame's median.
+    """
+    od = np.asarray(od)
+    finite = np.isfinite(od)
+    if finite.all():
+        return od.astype(np.float32, copy=False), 0
+    frac = 1 - finite.mean(axis=(1, 2))
+    bad = np.flatnonzero(frac > 0.5)
+    if bad.size:
+        raise ValueError(
+            f"{source}: frames {bad.tolist()[:10]} are more than half NaN/inf; remove them "
+            "(and their energies) or fix the input"
+        )
+    clean = od.astype(np.float32, copy=True)
+    for k in np.flatnonzero(frac > 0):
+        f = clean[k]
+        m = ~np.isfinite(f)
+        fill = np.where(m, np.nanmedian(f), f)
+        med = ndimage.median_filter(fill, size=5)
+        f[m] = med[m]
+    n = int((~finite).sum())
+    logger.warning("%s: replaced %d NaN/inf pixels by their local median", source, n)
+    return clean, n

@@ -14,6 +14,10 @@ bit in ``flags``:
 - ``FLAG_NO_CROSSING`` (4): the normalised spectrum never crosses the level in the window;
 - ``FLAG_FIT`` (8): the linear combination fit failed or is outside its constraints.
 
+:func:`analyse_particle` runs the whole analysis on one particle's aligned sub-stack:
+local background (:func:`local_background`), smoothing inside the mask, normalisation,
+edge-energy maps and the linear combination fit.
+
 References
 ----------
 B. Ravel and M. Newville, J. Synchrotron Rad. 12 (2005) 537, doi:10.1107/S0909049505012719.
@@ -24,8 +28,11 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 __all__ = [
+    "analyse_particle",
+    "local_background",
     "Normalization",
     "LCFResult",
     "find_e0",
@@ -360,4 +367,202 @@ def linear_combination_fit(
         fractions=best.reshape((nref,) + shape).astype(np.float32),
         residual=rms.reshape(shape).astype(np.float32),
         flags=flags.reshape(shape),
+    )
+
+
+def local_background(aligned, mask, *, inner: int = 3, outer: int = 10):
+    """Per-frame plane fitted robustly to a ring around the particle, (n, h, w).
+
+    Frame-to-frame changes of the source intensity, of the flat-field and of the binder
+    brightness add an OD offset to every pixel of a frame; the ring outside the particle
+    measures it. Neighbours inside the ring are rejected as outliers (3 sigma-clipping passes).
+
+    Parameters
+    ----------
+    aligned : ndarray (n, h, w)
+        A particle's aligned sub-stack (NaN pixels are left out of the fit).
+    mask : ndarray (h, w) bool
+        The particle.
+    inner, outer : int
+        The ring is the mask dilated by ``outer`` pixels less the mask dilated by ``inner``.
+
+    Returns
+    -------
+    ndarray (n, h, w) float32: the plane of each frame; zeros for a frame with fewer
+    than 12 finite ring pixels, and for every frame when the ring has fewer than 12 pixels.
+    """
+    n, h, w = aligned.shape
+    ring = ndimage.binary_dilation(mask, iterations=outer) & ~ndimage.binary_dilation(mask, iterations=inner)
+    out = np.zeros(aligned.shape, np.float32)
+    if ring.sum() < 12:
+        return out
+    yy, xx = np.nonzero(ring)
+    A = np.c_[np.ones(yy.size), (yy - h / 2) / h, (xx - w / 2) / w]
+    gy, gx = np.mgrid[0:h, 0:w]
+    G = np.stack([np.ones((h, w)), (gy - h / 2) / h, (gx - w / 2) / w])
+    # all frames at once: normal equations weighted by each frame's kept ring pixels
+    v = aligned[:, yy, xx].astype(np.float64)  # (n, m)
+    fin = np.isfinite(v)
+    v0 = np.where(fin, v, 0.0)
+    usable = fin.sum(axis=1) >= 12
+
+    AA = (A[:, :, None] * A[:, None, :]).reshape(len(A), 9)
+
+    def solve(keep):
+        wts = keep.astype(np.float64)
+        ata = (wts @ AA).reshape(-1, 3, 3)
+        atv = (wts * v0) @ A
+        ata[~usable] = np.eye(3)
+        return np.linalg.solve(ata, atv[..., None])[..., 0]
+
+    keep = fin
+    coef = solve(keep)
+    for _ in range(3):
+        r = np.abs(v0 - coef @ A.T)
+        # median of |r| over each frame's kept pixels (sorted, the rest pushed to the end)
+        srt = np.sort(np.where(keep, r, np.inf), axis=1)
+        c = np.maximum(keep.sum(axis=1), 1)
+        rows = np.arange(len(srt))
+        med = 0.5 * (srt[rows, (c - 1) // 2] + srt[rows, c // 2])
+        sd = 1.4826 * med + 1e-9
+        new = fin & (r < 3 * sd[:, None])
+        take = usable & (new.sum(axis=1) >= 12)  # too few left: stay with the previous selection
+        take &= (new != keep).any(axis=1)
+        if not take.any():
+            break
+        keep = np.where(take[:, None], new, keep)
+        coef = solve(keep)
+    out = np.einsum("ni,ihw->nhw", coef, G).astype(np.float32)
+    out[~usable] = 0.0
+    return out
+
+
+def _masked_smooth(stack, mask, sigma):
+    """Gaussian smoothing confined to the mask (normalised convolution), per frame."""
+    if sigma <= 0:
+        return stack
+    m = mask.astype(np.float32)
+    norm = ndimage.gaussian_filter(m, sigma)
+    out = ndimage.gaussian_filter(np.where(mask, stack, 0), (0, sigma, sigma))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = out / norm
+    return np.where(mask, out, stack).astype(np.float32)
+
+
+_EDGE_METHODS = (("e50", "half"), ("derivative", "derivative"), ("whiteline", "whiteline"))
+
+
+def analyse_particle(
+    aligned,
+    mask,
+    energies_ev,
+    *,
+    usable=None,
+    references=None,
+    min_energies: int = 8,
+    subtract_background: bool = True,
+    smoothing: float = 1.0,
+    edge_window=(-15.0, 20.0),
+    lcf_window=(-20.0, 40.0),
+) -> dict:
+    """XANES of one aligned particle sub-stack: edge-energy maps, LCF, mean spectra.
+
+    Parameters
+    ----------
+    aligned : ndarray (n_frames, h, w)
+        The particle's aligned optical density.
+    mask : ndarray (h, w) bool
+        The particle's pixels.
+    energies_ev : ndarray (n_frames,)
+    usable : ndarray (n_frames,) bool, optional
+        Frames to use (default: frames without NaN).
+    references : dict of name -> ReferenceSpectrum, optional
+        For the linear combination fit (skipped without, or when they do not cover
+        ``lcf_window`` around the edge).
+    min_energies : int
+        Fewer usable frames than this: no analysis (NaN maps and a note).
+    subtract_background : bool
+        Subtract each frame's :func:`local_background` first.
+    smoothing : float
+        Gaussian sigma (px) of the smoothing inside the mask (0: none).
+    edge_window, lcf_window : (float, float)
+        eV relative to the edge E0: where edge energies are searched
+        (:func:`edge_energy`) and where the fit is made (:func:`linear_combination_fit`).
+
+    Returns
+    -------
+    dict with ``edge_maps`` (e50, derivative, whiteline), ``pixel_flags``,
+    ``fractions``, ``reference_names``, ``e0_ev``, ``mean_norm``, ``pre_edge``,
+    ``post_edge``, ``notes``.
+
+    Notes
+    -----
+    E0 is found on the mean spectrum of the mask and then used for every pixel. A
+    ``ValueError`` of the analysis (e.g. a scan that does not reach the post-edge) is
+    not raised: it becomes a note and NaN maps.
+    """
+    n = aligned.shape[0]
+    notes = []
+    if usable is None:
+        usable = np.all(np.isfinite(aligned), axis=(1, 2))
+    usable = np.asarray(usable, bool).copy()
+    edge_maps = {}
+    pix_flags = np.zeros(aligned.shape[1:], np.uint8)
+    fractions, ref_names = None, ()
+    e0 = float("nan")
+    mean_norm = np.full(n, np.nan)
+    pre_c = post_c = np.full(n, np.nan)
+    if usable.sum() < min_energies or not mask.any():
+        notes.append(f"XANES skipped: {int(usable.sum())} usable energies (need {min_energies})")
+        for name, _ in _EDGE_METHODS:
+            edge_maps[name] = np.full(aligned.shape[1:], np.nan, np.float32)
+    else:
+        e = energies_ev[usable]
+        sub = aligned[usable]
+        if subtract_background:
+            sub = sub - local_background(sub, mask)
+        sub = _masked_smooth(sub, mask, smoothing)
+        mu = sub[:, mask]  # (n_e, n_pix)
+        try:
+            nm = normalize(e, mu.mean(axis=1))
+            e0 = nm.e0_ev
+            mean_norm[usable] = nm.norm
+            pre_c = np.full(n, np.nan)
+            post_c = np.full(n, np.nan)
+            pre_c[usable], post_c[usable] = nm.pre_edge, nm.post_edge
+            npix = normalize(e, mu, e0_ev=e0)
+            pf = npix.flags.copy()
+            for name, method in _EDGE_METHODS:
+                vals, fl = edge_energy(e, npix.norm, method=method, e0_ev=e0, window=edge_window)
+                m = np.full(aligned.shape[1:], np.nan, np.float32)
+                m[mask] = vals
+                edge_maps[name] = m
+                if name == "e50":
+                    pf |= fl
+            pix_flags[mask] = pf
+            if references:
+                lo = max(r.energies_ev[0] if hasattr(r, "energies_ev") else -np.inf for r in references.values())
+                hi = min(r.energies_ev[-1] if hasattr(r, "energies_ev") else np.inf for r in references.values())
+                if lo <= e0 + lcf_window[0] and e0 + lcf_window[1] <= hi:
+                    lcf = linear_combination_fit(e, npix.norm, references, e0_ev=e0, window=lcf_window)
+                    fr = np.full((len(lcf.names), *aligned.shape[1:]), np.nan, np.float32)
+                    fr[:, mask] = lcf.fractions
+                    fractions, ref_names = fr, lcf.names
+                    pix_flags[mask] |= lcf.flags
+                else:
+                    notes.append(f"LCF skipped: references cover {lo:.0f}-{hi:.0f} eV, edge at {e0:.0f} eV")
+        except ValueError as exc:
+            notes.append(f"XANES failed: {exc}")
+            for name, _ in _EDGE_METHODS:
+                edge_maps.setdefault(name, np.full(aligned.shape[1:], np.nan, np.float32))
+    return dict(
+        edge_maps=edge_maps,
+        pixel_flags=pix_flags,
+        fractions=fractions,
+        reference_names=tuple(ref_names),
+        e0_ev=e0,
+        mean_norm=mean_norm,
+        pre_edge=pre_c,
+        post_edge=post_c,
+        notes=notes,
     )

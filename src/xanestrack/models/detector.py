@@ -153,7 +153,7 @@ def raw_frames(paths, *, binning_for=None, log=print):
     pixel size as ``xanestrack run`` does, else 2).
     """
     from ..io import read_stack
-    from ..pipeline import sanitize_stack
+    from ..stack import sanitize_stack
 
     out = []
     for p in paths:
