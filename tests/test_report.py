@@ -29,19 +29,26 @@ def report_dir(tmp_path_factory):
 def test_report_is_self_contained_with_figures_and_data(report_dir):
     html = (report_dir / "report.html").read_text()
     assert "<img" in html and "src=\"http" not in html and "<script" not in html
-    assert html.count("data:image/png;base64,") >= 4 + 3  # overview, chemistry, motion, relative + 3 particles
+    # overview, chemistry, motion (SVG) + per particle its panels (PNG) and its spectrum (SVG)
+    assert html.count("data:image/svg+xml;base64,") >= 3 + 3 and html.count("data:image/png;base64,") >= 3
     figs = report_dir / "figures"
-    for name in ("overview.png", "overview.csv", "chemistry.png", "motion.png", "motion.csv", "particle_000.png", "particle_000_spectrum.csv", "particle_000_edge_e50.csv"):
+    for name in ("overview.svg", "overview.png", "overview.csv", "chemistry.svg", "chemistry.png", "chemistry.csv", "motion.svg", "motion.csv",
+                 "common_motion.csv", "particle_000.png", "particle_000_spectrum.svg", "particle_000_spectrum.csv", "particle_000_edge_e50.csv"):
         assert (figs / name).is_file(), name
     # the summary names the particle that moved most
     assert "moved most" in html
 
 
-def test_report_rebuild_command(report_dir):
-    before = (report_dir / "report.html").stat().st_mtime_ns
+def test_report_rebuild_command_gives_the_same_file(report_dir):
+    """`report DIR` rebuilds from the folder what `run` wrote from memory, byte for byte."""
+    from conftest import digest
+
+    before = digest(report_dir / "report.html", report_dir / "figures")
+    mtime = (report_dir / "report.html").stat().st_mtime_ns
     r = CliRunner().invoke(app, ["report", str(report_dir)])
     assert r.exit_code == 0, r.output
-    assert (report_dir / "report.html").stat().st_mtime_ns >= before
+    assert (report_dir / "report.html").stat().st_mtime_ns >= mtime
+    assert digest(report_dir / "report.html", report_dir / "figures") == before
 
 
 def _chromium():

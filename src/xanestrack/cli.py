@@ -108,25 +108,63 @@ def _stage_summary(result):
 def _particle_table(result, title="particles"):
     from rich.table import Table
 
+    from .result import particle_summary
+
     tab = Table(title=title)
     for col in ("particle", "radius px", "frames measured", "vouched for", "max |non-rigid| px", "mean E50 eV", "flags"):
         tab.add_column(col, justify="right")
-    ratios = result.peak_ratios.set_index("particle") if len(result.peak_ratios) else None
-    import numpy as np
-
-    for p in result.particles:
-        measured = int(((p.frame_flags & 16) == 0).sum())
-        nr = ratios["max_nonrigid_displacement"].get(p.particle, float("nan")) if ratios is not None else float("nan")
-        e50 = np.nanmean(p.edge_maps["e50"]) if np.isfinite(p.edge_maps["e50"]).any() else float("nan")
-        nflag = int((p.frame_flags > 0).sum())
-        from .pipeline import FRAME_FLAGS
-
-        vouched = int(((p.frame_flags & (FRAME_FLAGS["disagree"] | FRAME_FLAGS["interpolated"])) == 0).sum())
-        tab.add_row(str(p.particle), f"{p.radius:.1f}", f"{measured}/{len(p.frame_flags)}", f"{vouched}/{len(p.frame_flags)}", f"{nr:.2f}", f"{e50:.2f}", f"{nflag} frames" if nflag else "")
+    for _, r in particle_summary(result).iterrows():
+        n = int(r["frames"])
+        nflag = int(r["flagged_frames"])
+        tab.add_row(
+            str(int(r["particle"])), f"{r['radius_px']:.1f}", f"{int(r['frames_measured'])}/{n}", f"{int(r['frames_vouched'])}/{n}",
+            f"{r['max_nonrigid_px']:.2f}", f"{r['mean_e50_ev']:.2f}", f"{nflag} frames" if nflag else "",
+        )
     return tab
 
 
-def _run_and_write(stack, out, *, overwrite, run_info, options=None, detector="learned", segmenter="learned", make_report=True, save_fused=False, references=None, detector_model=None, segmenter_model=None, inputs=()):
+class _ModelWarmup:
+    """Import PyTorch and build the learned segmenter in a thread while the stack is read.
+
+    Importing torch and loading a model take 1-2 s: time the user would otherwise wait
+    after reading. Errors are kept and raised by :meth:`segmenter` where the model is
+    needed, as they would have been.
+    """
+
+    def __init__(self, detector: str, segmenter: str, segmenter_model=None):
+        import threading
+
+        self._seg = None
+        self._error = None
+        self._wanted = detector == "learned" or segmenter == "learned"
+        self._build_seg = segmenter == "learned"
+        self._model = segmenter_model
+        self._thread = threading.Thread(target=self._work, name="xanestrack-model-warmup", daemon=True)
+        if self._wanted:
+            self._thread.start()
+
+    def _work(self):
+        try:
+            import torch  # noqa: F401
+
+            from .models import detector as _d  # noqa: F401
+            from .models import segmenter as _s
+
+            if self._build_seg:
+                self._seg = _s.LearnedSegmenter(self._model).segment_rois
+        except Exception as exc:  # raised in the main thread, where the model is used
+            self._error = exc
+
+    def segmenter(self):
+        """The learned segmenter callable (None when the classical one was chosen)."""
+        if self._wanted:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._seg
+
+
+def _run_and_write(stack, out, *, overwrite, run_info, options=None, detector="learned", segmenter="learned", make_report=True, save_fused=False, references=None, detector_model=None, segmenter_model=None, inputs=(), warmup=None):
     from .pipeline import PipelineOptions, run_pipeline
     from .results import atomic_output_dir, write_results
 
@@ -135,7 +173,11 @@ def _run_and_write(stack, out, *, overwrite, run_info, options=None, detector="l
 
     # the output folder is checked, claimed and locked before anything is computed
     with atomic_output_dir(out, overwrite=overwrite, inputs=inputs, kind="run") as tmp:
-        det_fn, seg_fn = pipeline_models(detector, segmenter, options=options, detector_model=detector_model, segmenter_model=segmenter_model)
+        if warmup is not None:
+            det_fn, _ = pipeline_models(detector, "classical", options=options, detector_model=detector_model)
+            seg_fn = warmup.segmenter()
+        else:
+            det_fn, seg_fn = pipeline_models(detector, segmenter, options=options, detector_model=detector_model, segmenter_model=segmenter_model)
         t0 = time.perf_counter()
         with _Progress(_STATE["quiet"]) as prog:
             result = run_pipeline(stack, options=options, detector=det_fn, segmenter=seg_fn, references=references, progress=prog)
@@ -217,6 +259,10 @@ def run(
         if detect_every < 1:
             raise XanestrackError(f"--detect-every {detect_every}: give 1 (every frame) or more")
         check_output_dir(out, overwrite=overwrite, inputs=given)  # before reading: refuse early
+        for name, value in (("detector", detector), ("segmenter", segmenter)):
+            if value not in ("classical", "learned"):
+                raise XanestrackError(f"--{name} takes 'classical' or 'learned', got {value!r}")
+        warmup = _ModelWarmup(detector, segmenter, segmenter_model)  # torch is imported while the stack is read
         c = _console()
         t = time.perf_counter()
         stack = read_stack(inputs if len(inputs) > 1 else inputs[0], energies=energies, flats=flats, darks=darks, values=values)
@@ -248,7 +294,7 @@ def run(
         result = _run_and_write(
             stack, out, overwrite=overwrite, run_info=_input_description(stack, inputs), options=opts, save_fused=save_fused,
             references=refs, detector=detector, segmenter=segmenter, detector_model=detector_model, segmenter_model=segmenter_model,
-            inputs=given,
+            inputs=given, warmup=warmup,
         )
         _stage_summary(result)
         if not _STATE["quiet"]:
@@ -445,6 +491,9 @@ def series(
         t = time.perf_counter()
         table = run_series(sources, out, scheduler=scheduler, workers=workers, detector=detector, segmenter=segmenter, min_radius=min_radius, max_radius=max_radius)
         write_series_report(table, out)
+        from .results import add_to_marker
+
+        add_to_marker(out, ["series.csv", "series_report.html", "series.svg", "series_own_displacement.csv"])
         _console().print(f"done      {table['particle'].nunique() if len(table) else 0} particles through {len(sources)} scans ({time.perf_counter() - t:.1f} s); series.csv, series_report.html")
         if synthetic:
             from .synth import make_synthetic_series

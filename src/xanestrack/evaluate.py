@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from .result import FRAME_FLAGS
+
 __all__ = [
     "pair_particles",
     "pair_tracks",
@@ -110,7 +112,7 @@ def evaluate_result(result, truth, *, rim_px: int = 2, max_distance: float = 10.
             p = result.particles[pairs[j]]
             reg = registration_error(p.positions, tpos)
             em = edge_map_error(p.edge_maps["e50"], p.origin, truth.edge_maps[j], truth.edge_map_origins[j], rim_px=rim_px)
-            measured = int(((p.frame_flags & 16) == 0).sum())
+            measured = int(((p.frame_flags & FRAME_FLAGS["interpolated"]) == 0).sum())
             row.update(
                 particle=p.particle,
                 frames_measured=measured,
@@ -205,7 +207,7 @@ def evaluate_tracking(result, truth, *, max_distance: float = 10.0, wrong_px: fl
         if j in pairs:
             p = result.particles[pairs[j]]
             flags = np.asarray(p.frame_flags, int)
-            tracked = (flags & 16) == 0
+            tracked = (flags & FRAME_FLAGS["interpolated"]) == 0
             reg = registration_error(p.positions, true_tracks[j])
             e = p.positions - true_tracks[j]
             fin = np.all(np.isfinite(e), axis=1)
@@ -224,7 +226,7 @@ def evaluate_tracking(result, truth, *, max_distance: float = 10.0, wrong_px: fl
                 frames_wrong=int(wrong.sum()),
                 unflagged_wrong=int(unflagged.sum()),
                 worst_unflagged_px=float(np.nanmax(np.where(unflagged, err, np.nan))) if unflagged.any() else 0.0,
-                frames_disagree=int(((flags & 64) != 0).sum()),
+                frames_disagree=int(((flags & FRAME_FLAGS["disagree"]) != 0).sum()),
             )
         rows.append(row)
     cols = ["truth_particle", "particle", "isolated", "radius", "frames_tracked", "tracked_all", "rms_px", "worst_px",
@@ -244,7 +246,7 @@ def evaluate_tracking(result, truth, *, max_distance: float = 10.0, wrong_px: fl
         frames_wrong=int(found["frames_wrong"].sum()),
         unflagged_wrong=int(found["unflagged_wrong"].sum()),
         worst_unflagged_px=float(found["worst_unflagged_px"].max()) if len(found) else 0.0,
-        frames_disagree=int(sum(int(((np.asarray(p.frame_flags, int) & 64) != 0).sum()) for p in result.particles)),
+        frames_disagree=int(sum(int(((np.asarray(p.frame_flags, int) & FRAME_FLAGS["disagree"]) != 0).sum()) for p in result.particles)),
         n_frames=n_frames,
     )
     return table, summary

@@ -1,63 +1,396 @@
-"""The HTML report: one self-contained file with the paper's figures for this run.
+"""The HTML report: one self-contained file with the paper's figures for one run (or a series).
 
-Built from an output folder (``results.h5``, ``tracks.csv``, ``run.json``...), so
-``xanestrack report DIR`` rebuilds it at any time. Every figure is also written as
-a PNG, and the data behind it as CSV, in ``DIR/figures/``.
+Each figure is one small function that takes the result model
+(:class:`~xanestrack.result.PipelineResult`) and returns a :class:`Figure`: an RGB
+image array and the tables behind it. Images of data (frames, maps) are rendered
+straight from the arrays with a colormap; the line plots are matplotlib figures
+drawn once each. :func:`write_report` only assembles the figures into
+``report.html`` and writes each as PNG, and its data as CSV, into ``figures/``.
+``xanestrack report DIR`` rebuilds the same file from the output folder.
 """
 from __future__ import annotations
 
 import base64
 import html
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["write_report"]
+from .svgplot import COLORS, SvgFigure, png_bytes
 
-_TEMPLATE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<title>xanestrack report</title>
-<style>
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+__all__ = [
+    "Figure",
+    "overview_figure",
+    "chemistry_figure",
+    "motion_figure",
+    "particle_figure",
+    "spectrum_figure",
+    "vouching_table",
+    "write_report",
+    "series_figure",
+    "write_series_report",
+]
+
+#: trajectories on the overview are drawn magnified by this factor
+TRAJ_SCALE = 5
+
+
+@dataclass
+class Figure:
+    """One figure of the report.
+
+    Attributes
+    ----------
+    svg : str or None
+        The figure as SVG text (vector line work and labels; raster data embedded as PNG).
+    image : ndarray (h, w, 3) uint8 or None
+        The raster part (a frame with outlines, a mosaic of maps), also written as PNG;
+        a figure without ``svg`` is this image alone.
+    tables : dict of str -> DataFrame
+        The data behind it; written as ``figures/<name>.csv``.
+    """
+
+    svg: str | None = None
+    image: np.ndarray | None = None
+    tables: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- rendering helpers
+def _colormap(values, cmap: str, vmin: float, vmax: float, *, bad=(255, 255, 255)) -> np.ndarray:
+    """Values to RGB uint8 through a matplotlib colormap; NaN pixels get ``bad``."""
+    from matplotlib import colormaps
+
+    v = np.asarray(values, float)
+    span = vmax - vmin if vmax > vmin else 1.0
+    lut = (colormaps[cmap](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
+    idx = np.nan_to_num(np.clip((v - vmin) / span, 0, 1) * 255, nan=0).round().astype(np.int64)
+    out = lut[idx]
+    out[~np.isfinite(v)] = bad
+    return out
+
+
+def _hex(cmap: str, t: float) -> str:
+    from matplotlib import colormaps
+
+    return "#" + "".join(f"{int(round(c * 255)):02x}" for c in colormaps[cmap](float(np.clip(t, 0, 1)))[:3])
+
+
+def _limits(values, lo=1.0, hi=99.5, default=(0.0, 1.0)):
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return default
+    a, b = np.percentile(v, [lo, hi])
+    return (float(a), float(b)) if b > a else (float(a), float(a) + 1.0)
+
+
+def _table_html(df, floatfmt="{:.3f}") -> str:
+    if df is None or len(df) == 0:
+        return "<p class='note'>none</p>"
+    return df.to_html(index=False, float_format=lambda v: floatfmt.format(v), border=0, escape=True)
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    m = np.asarray(mask, bool)
+    return m & ~ndimage.binary_erosion(m)
+
+
+def _paste(canvas: np.ndarray, tile: np.ndarray, origin, where=None) -> None:
+    """Paste ``tile`` (h, w[, 3]) into ``canvas`` at ``origin`` (clipped to the canvas)."""
+    oy, ox = int(origin[0]), int(origin[1])
+    h, w = tile.shape[:2]
+    y0, x0 = max(oy, 0), max(ox, 0)
+    y1, x1 = min(oy + h, canvas.shape[0]), min(ox + w, canvas.shape[1])
+    if y1 <= y0 or x1 <= x0:
+        return
+    sub = tile[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
+    if where is None:
+        canvas[y0:y1, x0:x1] = sub
+    else:
+        wm = where[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
+        canvas[y0:y1, x0:x1][wm] = sub[wm]
+
+
+def _base_image(result) -> np.ndarray:
+    if result.fused is not None:
+        return np.asarray(result.fused[0], float)
+    return np.zeros(tuple(result.frame_shape) or (100, 100))
+
+
+def _max_nonrigid(result) -> pd.Series:
+    pr = result.peak_ratios
+    if pr is None or not len(pr) or "max_nonrigid_displacement" not in pr:
+        return pd.Series(dtype=float)
+    return pr.set_index("particle")["max_nonrigid_displacement"]
+
+
+def _e50_limits(result):
+    vals = [p.edge_maps["e50"][np.isfinite(p.edge_maps["e50"])] for p in result.particles if "e50" in p.edge_maps]
+    allv = np.concatenate(vals) if vals else np.array([])
+    return _limits(allv, 2, 98, default=(8330.0, 8350.0))
+
+
+def _visible_rejected(result) -> pd.DataFrame:
+    """Rejected objects, less the fragments of tracked particles (faint frames)."""
+    rej = result.rejected
+    if rej is None or not len(rej):
+        return pd.DataFrame()
+    inside = np.zeros(len(rej), bool)
+    for p in result.particles:
+        m = p.mask
+        yy = np.round(rej["y"].to_numpy() - p.origin[0]).astype(int)
+        xx = np.round(rej["x"].to_numpy() - p.origin[1]).astype(int)
+        ok = (yy >= 0) & (yy < m.shape[0]) & (xx >= 0) & (xx < m.shape[1])
+        inside[ok] |= m[yy[ok], xx[ok]]
+    return rej[~inside].reset_index(drop=True)
+
+
+def _frame_panel(rgb: np.ndarray, *, width: float = 640.0):
+    """An :class:`SvgFigure` showing a frame at ``width`` px with room for a colour bar on the right."""
+    h, w = rgb.shape[:2]
+    pw = width - 150
+    ph = pw * h / w
+    fig = SvgFigure(width, ph + 50)
+    ax = fig.axes(50, 8, pw, ph, xlabel="x (px)", ylabel="y (px)", xlim=(-0.5, w - 0.5), ylim=(-0.5, h - 0.5), invert_y=True)
+    ax.image(rgb)
+    return fig, ax, (50 + pw + 14, 8 + ph * 0.15, 14, ph * 0.7)
+
+
+# ---------------------------------------------------------------- figures
+def overview_figure(result) -> Figure:
+    """First frame (rigidly aligned) with every particle outlined, numbered, and its trajectory.
+
+    Trajectories are magnified :data:`TRAJ_SCALE` times and coloured by the particle's
+    largest non-rigid excursion; rejected objects are marked with their reason.
+    Table ``overview``: particle, y, x, radius_px, max_nonrigid_px.
+    """
+    base = _base_image(result)
+    lo, hi = _limits(base)
+    rgb = _colormap(base, "gray", lo, hi, bad=(0, 0, 0))
+    for p in result.particles:
+        edge = _outline(p.mask)
+        _paste(rgb, np.broadcast_to(np.array([0, 255, 255], np.uint8), (*edge.shape, 3)), p.origin, where=edge)
+    maxnr = _max_nonrigid(result)
+    vmax = max(float(maxnr.max()) if len(maxnr) else 1.0, 1e-3)
+    fig, ax, cbar = _frame_panel(rgb)
+    rows = []
+    for p in result.particles:
+        c0 = p.positions[0]
+        traj = c0 + TRAJ_SCALE * (p.positions - c0)
+        nr = float(maxnr.get(p.particle, np.nan))
+        ax.line(traj[:, 1], traj[:, 0], color=_hex("plasma", (0 if np.isnan(nr) else nr) / vmax), width=1.2)
+        ax.text(c0[1] + p.radius * 0.8, c0[0] - p.radius * 0.8, str(p.particle), color="yellow", size=13, weight="bold")
+        rows.append((p.particle, c0[0], c0[1], p.radius, nr))
+    rej = _visible_rejected(result)
+    if len(rej):
+        ax.points(rej["x"], rej["y"], color="red", r=3, marker="x")
+        for _, r in rej.iterrows():
+            ax.text(r["x"] + 4, r["y"] + 8, str(r["reason"]).replace("_", " "), color="red", size=8)
+    fig.colorbar(*cbar, cmap="plasma", vmin=0, vmax=vmax, label="max non-rigid displacement (px)")
+    table = pd.DataFrame(rows, columns=["particle", "y", "x", "radius_px", "max_nonrigid_px"])
+    return Figure(fig.to_svg(), rgb, {"overview": table})
+
+
+def chemistry_figure(result) -> Figure:
+    """Edge energy E(mu_norm = 0.5) of every particle on one colour scale, over the first frame.
+
+    Table ``chemistry``: per particle its origin and the 2/50/98 percentiles of its map.
+    The maps themselves are the ``particle_NNN_edge_e50`` tables of :func:`particle_figure`.
+    """
+    base = _base_image(result)
+    lo, hi = _limits(base)
+    rgb = (_colormap(base, "gray", lo, hi, bad=(0, 0, 0)).astype(np.float32) * 0.6 + 255 * 0.4).astype(np.uint8)
+    elo, ehi = _e50_limits(result)
+    rows = []
+    for p in result.particles:
+        m = p.edge_maps["e50"]
+        fin = np.isfinite(m)
+        _paste(rgb, _colormap(m, "viridis", elo, ehi), p.origin, where=fin)
+        q = np.percentile(m[fin], [2, 50, 98]) if fin.any() else [np.nan] * 3
+        rows.append((p.particle, int(p.origin[0]), int(p.origin[1]), *q))
+    fig, ax, cbar = _frame_panel(rgb)
+    for p in result.particles:
+        ax.text(p.origin[1] + p.mask.shape[1], p.origin[0], str(p.particle), color="black", size=12, weight="bold")
+    fig.colorbar(*cbar, cmap="viridis", vmin=elo, vmax=ehi, label="edge energy E(mu_norm = 0.5) (eV)")
+    table = pd.DataFrame(rows, columns=["particle", "origin_y", "origin_x", "e50_p2_ev", "e50_median_ev", "e50_p98_ev"])
+    return Figure(fig.to_svg(), rgb, {"chemistry": table})
+
+
+def motion_figure(result) -> Figure:
+    """Every line plot of motion in one figure.
+
+    (a, b) cumulative displacement y, x per particle with the common translation;
+    (c, d) velocity; (e) magnification change and (f) common translation of the fitted
+    similarity; (g) non-rigid path of each particle; (h) displacement relative to the
+    reference particle. Tables ``motion`` (per particle and frame) and
+    ``common_motion`` (per frame).
+    """
+    tracks = result.tracks
+    W, H = 900, 1000
+    pw, ph = 360, 185
+    fig = SvgFigure(W, H)
+    grid = [[fig.axes(70 + c * 450, 22 + r * 245, pw, ph, title=f"({'abcdefgh'[2 * r + c]})") for c in range(2)] for r in range(4)]
+    by = list(tracks.groupby("particle")) if len(tracks) else []
+    colour = {pid: COLORS[k % len(COLORS)] for k, (pid, _) in enumerate(by)}
+    rc = ("common_dy", "common_dx") if "common_dy" in tracks else ("rigid_dy", "rigid_dx")
+    rig = None
+    if len(tracks) and all(c in tracks for c in rc):
+        rig = tracks.groupby("frame")[list(rc)].first()
+        rig = rig - rig.iloc[0]
+    labels = [("dy", "vertical displacement (px)"), ("dx", "horizontal displacement (px)"), ("vy", "vertical velocity (px/frame)"), ("vx", "horizontal velocity (px/frame)")]
+    for ax, (c, label) in zip([grid[0][0], grid[0][1], grid[1][0], grid[1][1]], labels):
+        ax.xlabel, ax.ylabel = "frame", label
+        if c in tracks:
+            for pid, g in by:
+                ax.line(g["frame"].to_numpy(), g[c].to_numpy(), color=colour[pid], width=1, label=str(pid))
+            if rig is not None:
+                comp = rig[rc[0] if c in ("dy", "vy") else rc[1]].to_numpy()
+                if c in ("vy", "vx"):
+                    comp = np.gradient(comp, rig.index.to_numpy()) if len(comp) > 1 else np.zeros(len(comp))
+                ax.line(rig.index.to_numpy(), comp, color="black", width=2.5, label="common")
+    grid[0][1].legend(title="particle", ncol=max(1, int(np.ceil((len(by) + 1) / 8))))
+    common = pd.DataFrame()
+    e, f = grid[2]
+    e.xlabel, e.ylabel, f.xlabel, f.ylabel = "frame", "magnification change (%)", "frame", "common translation (px)"
+    if "common_scale" in tracks and len(tracks):
+        common = tracks.groupby("frame")[["energy_ev", "common_dy", "common_dx", "common_scale"]].first().reset_index()
+        fr = common["frame"].to_numpy()
+        e.line(fr, (common["common_scale"].to_numpy() - 1) * 100, color="black")
+        e.points(fr, (common["common_scale"].to_numpy() - 1) * 100, color="black", r=1.2)
+        f.line(fr, common["common_dy"].to_numpy(), color=COLORS[0], label="dy")
+        f.line(fr, common["common_dx"].to_numpy(), color=COLORS[1], label="dx")
+        f.legend()
+    g_ax, h_ax = grid[3]
+    g_ax.xlabel, g_ax.ylabel, g_ax.invert_y, g_ax.equal = "non-rigid dx (px)", "non-rigid dy (px)", True, True
+    h_ax.xlabel, h_ax.ylabel = "frame", "|displacement relative to reference| (px)"
+    for pid, g in by:
+        if "nonrigid_dy" in g:
+            g_ax.line(g["nonrigid_dx"].to_numpy(), g["nonrigid_dy"].to_numpy(), color=colour[pid], width=1)
+            h_ax.line(g["frame"].to_numpy(), np.hypot(g["rel_dy"], g["rel_dx"]).to_numpy(), color=colour[pid], width=1, label=str(pid))
+    keep = [c for c in ["particle", "frame", "energy_ev", "y", "x", "dy", "dx", "vy", "vx", "ay", "ax", "rigid_dy", "rigid_dx", "nonrigid_dy", "nonrigid_dx", "rel_dy", "rel_dx"] if c in tracks]
+    tables = {"motion": tracks[keep]}
+    if len(common):
+        tables["common_motion"] = common
+    return Figure(fig.to_svg(), None, tables)
+
+
+def _energy_selection(n_energies: int, n: int = 8) -> np.ndarray:
+    return np.unique(np.linspace(0, n_energies - 1, min(n, n_energies)).round().astype(int))
+
+
+def _tile(a: np.ndarray, zoom: int) -> np.ndarray:
+    return np.repeat(np.repeat(a, zoom, axis=0), zoom, axis=1) if zoom > 1 else a
+
+
+def particle_figure(result, particle: int, *, e50_limits=None) -> Figure:
+    """One particle's panels, rendered straight from its arrays (an image, no SVG).
+
+    Top row: the aligned sub-stack at up to 8 energies (one grey scale). Bottom row:
+    last minus first frame before and after alignment (one diverging scale), and the
+    edge-energy map (the colour scale of :func:`chemistry_figure`). Tables
+    ``particle_NNN_edge_e50`` (the map) and ``particle_NNN_spectrum``.
+    """
+    p = next(q for q in result.particles if q.particle == particle)
+    energies = result.energies_ev
+    al = p.aligned
+    sel = _energy_selection(len(energies))
+    h, w = al.shape[1:]
+    zoom = max(1, int(np.ceil(96 / max(h, w))))
+    gap = 6
+    vlo, vhi = _limits(al[sel])
+    top = [_colormap(al[k], "gray", vlo, vhi) for k in sel]
+    before = p.unaligned_ends[1] - p.unaligned_ends[0] if p.unaligned_ends is not None else np.zeros_like(al[0])
+    after = al[-1] - al[0]
+    fb = np.abs(before[np.isfinite(before)])
+    dl = float(np.percentile(fb, 99)) if fb.size else 0.0
+    dl = dl if dl > 0 else 1.0
+    elo, ehi = e50_limits if e50_limits is not None else _e50_limits(result)
+    bottom = [_colormap(before, "RdBu_r", -dl, dl), _colormap(after, "RdBu_r", -dl, dl), _colormap(p.edge_maps["e50"], "viridis", elo, ehi)]
+    th, tw = h * zoom, w * zoom
+    ncol = max(len(top), len(bottom))
+    img = np.full((2 * th + gap, ncol * tw + (ncol - 1) * gap, 3), 255, np.uint8)
+    for j, t in enumerate(top):
+        img[:th, j * (tw + gap) : j * (tw + gap) + tw] = _tile(t, zoom)
+    for j, t in enumerate(bottom):
+        img[th + gap :, j * (tw + gap) : j * (tw + gap) + tw] = _tile(t, zoom)
+    spectrum = pd.DataFrame(dict(energy_ev=energies, mean_od=p.mean_spectrum, mean_norm=p.mean_norm, pre_edge=p.pre_edge, post_edge=p.post_edge))
+    e50 = pd.DataFrame(p.edge_maps["e50"])
+    e50.attrs["header"] = f"E50 map (eV), pixel [0,0] at frame-0 (y, x) = ({int(p.origin[0])}, {int(p.origin[1])})"
+    return Figure(None, img, {f"particle_{particle:03d}_edge_e50": e50, f"particle_{particle:03d}_spectrum": spectrum})
+
+
+def spectrum_figure(result, particle: int) -> Figure:
+    """One particle's mean spectrum: mean OD with its pre- and post-edge fits, and normalised (right axis)."""
+    p = next(q for q in result.particles if q.particle == particle)
+    e = result.energies_ev
+    fig = SvgFigure(430, 270)
+    ax = fig.axes(58, 22, 300, 200, xlabel="energy (eV)", ylabel="OD", title=f"particle {particle}")
+    ax.points(e, p.mean_spectrum, color=COLORS[0], label="mean OD")
+    if np.isfinite(p.pre_edge).any():
+        ax.line(e, p.pre_edge, color=COLORS[1], dash="4,3", width=1, label="pre-edge fit")
+        ax.line(e, p.post_edge, color=COLORS[2], dash="4,3", width=1, label="post-edge fit")
+        ax.right_axis(ylabel="normalised").line(e, p.mean_norm, color="black", width=1, label="normalised (right)")
+    ax.legend()
+    return Figure(fig.to_svg(), None, {})
+
+
+def vouching_table(result) -> pd.DataFrame:
+    """Per particle: frames vouched for (both position estimates agree), median and max agreement."""
+    from .result import particle_summary
+
+    s = particle_summary(result)
+    t = s[["particle", "frames_vouched", "frames", "median_agreement_px", "max_agreement_px"]]
+    return t.rename(columns={"frames_vouched": "vouched frames", "median_agreement_px": "median agreement px", "max_agreement_px": "max agreement px"})
+
+
+# ---------------------------------------------------------------- the page
+_STYLE = """body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
 img { max-width: 100%; } figure { margin: 1em 0; } figcaption { font-size: .9em; color: #555; }
 table { border-collapse: collapse; font-size: .9em; margin: .5em 0; }
 td, th { border: 1px solid #ccc; padding: .25em .6em; text-align: right; }
 th { background: #f2f2f2; } .flag { color: #b00; } .note { color: #555; font-size: .9em; }
-.particle { border-top: 1px dashed #bbb; padding-top: .5em; }
-code { background: #f6f6f6; padding: 0 .2em; }
-</style></head><body>
+.particle { border-top: 1px dashed #bbb; padding-top: .5em; } .row { display: flex; gap: 1em; align-items: flex-start; flex-wrap: wrap; }
+code { background: #f6f6f6; padding: 0 .2em; }"""
+
+_TEMPLATE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>xanestrack report</title>
+<style>{{ style }}</style></head><body>
 <h1>xanestrack report</h1>
 <p>{{ summary }}</p>
 <h2>Overview</h2>
-<figure><img alt="overview" src="data:image/png;base64,{{ figs.overview }}">
+<figure><img alt="overview" src="{{ figs.overview }}">
 <figcaption>First frame (rigidly aligned) with every tracked particle outlined and numbered; its trajectory
 through the scan drawn magnified x{{ traj_scale }} and coloured by its largest non-rigid excursion
 (see the colour bar); rejected objects are marked with the reason they were not tracked.</figcaption></figure>
-<figure><img alt="chemistry overview" src="data:image/png;base64,{{ figs.chemistry }}">
-<figcaption>Edge energy E(&mu;<sub>norm</sub> = 0.5) of every particle on one colour scale: higher energy = more oxidised Ni.</figcaption></figure>
+<figure><img alt="chemistry overview" src="{{ figs.chemistry }}">
+<figcaption>Edge energy E(&mu;<sub>norm</sub> = 0.5) of every particle on one colour scale ({{ elo }}&ndash;{{ ehi }} eV, viridis):
+higher energy = more oxidised Ni.</figcaption></figure>
 {% if rejected %}<h3>Rejected objects</h3>{{ rejected }}{% endif %}
 <h2>Motion</h2>
-<figure><img alt="motion" src="data:image/png;base64,{{ figs.motion }}">
-<figcaption>Cumulative displacement and velocity per particle, vertical (y) and horizontal (x); the common translation
-(of the similarity fitted over all particles each frame) in thick black.</figcaption></figure>
-{% if figs.common %}<figure><img alt="common motion" src="data:image/png;base64,{{ figs.common }}">
-<figcaption>Common motion of each frame: a similarity (translation + isotropic scale) fitted robustly over the particles'
-vouched positions. The scale is the magnification relative to the first frame (a zone plate's changes with the energy);
-it moves every particle radially, so it is removed before non-rigid motion is measured.</figcaption></figure>{% endif %}
-<figure><img alt="relative motion" src="data:image/png;base64,{{ figs.relative }}">
-<figcaption>Non-rigid motion of each particle (its displacement less the rigid one) and motion relative to the reference particle {{ ref_particle }}.</figcaption></figure>
+<figure><img alt="motion" src="{{ figs.motion }}">
+<figcaption>(a, b) Cumulative displacement per particle, vertical (y) and horizontal (x), and (c, d) velocity, with the common
+translation in thick black. (e, f) Common motion of each frame: a similarity (translation + isotropic scale) fitted robustly
+over the particles' vouched positions; the scale is the magnification relative to the first frame (a zone plate's changes
+with the energy), it moves every particle radially and is removed before non-rigid motion is measured. (g) Non-rigid motion
+of each particle (its displacement less the common one); (h) motion relative to the reference particle {{ ref_particle }}.</figcaption></figure>
 {{ ratios }}
 <h2>Particles</h2>
 <p>{{ vouch_text }}</p>
 {{ vouch_table }}
 {% for p in particles %}
 <div class="particle"><h3>Particle {{ p.id }}</h3>
-<figure><img alt="particle {{ p.id }}" src="data:image/png;base64,{{ p.fig }}">
-<figcaption>Top: aligned sub-stack at selected energies. Bottom: differential map (last minus first frame) before and after
-alignment, edge-energy map, mean normalised spectrum with pre-/post-edge fits.</figcaption></figure>
+<div class="row"><figure><img alt="particle {{ p.id }}" src="{{ p.fig }}">
+<figcaption>Top: aligned sub-stack at {{ p.energies }} eV. Bottom: last minus first frame before and after alignment
+(red = more absorbing), and the edge-energy map (scale as in the chemistry overview).</figcaption></figure>
+<figure><img alt="particle {{ p.id }} spectrum" src="{{ p.spectrum }}">
+<figcaption>Mean spectrum with pre-/post-edge fits, and normalised.</figcaption></figure></div>
 <p class="note">{{ p.info }}</p>
 {% if p.flags %}<p class="flag">{{ p.flags }}</p>{% endif %}
 </div>
@@ -71,23 +404,44 @@ alignment, edge-energy map, mean normalised spectrum with pre-/post-edge fits.</
 """
 
 
-def _png(fig, path: Path) -> str:
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return base64.b64encode(path.read_bytes()).decode("ascii")
-
-
-def _table(df: pd.DataFrame, floatfmt="{:.3f}") -> str:
-    if df is None or len(df) == 0:
-        return "<p class='note'>none</p>"
-    return df.to_html(index=False, float_format=lambda v: floatfmt.format(v), border=0, escape=True)
+def _write_tables(figdir: Path, tables: dict) -> None:
+    for name, df in tables.items():
+        if name.endswith("_edge_e50"):
+            np.savetxt(figdir / f"{name}.csv", df.to_numpy(), delimiter=",", fmt="%.3f", header=df.attrs.get("header", ""))
+        else:
+            df.to_csv(figdir / f"{name}.csv", index=False, float_format="%.6f" if name == "common_motion" else "%.5f" if "spectrum" in name else "%.4f")
 
 
-def _outline(ax, mask, origin, **kw):
-    if mask.any():
-        ax.contour(np.arange(mask.shape[1]) + origin[1], np.arange(mask.shape[0]) + origin[0], mask.astype(float), levels=[0.5], **kw)
+def _particle_text(p, summ_row, tracks) -> tuple:
+    g = tracks[tracks["particle"] == p.particle]
+    flags = ""
+    flagged = g[g["flags"].astype(str) != ""]
+    if len(flagged):
+        counts = flagged["flags"].astype(str).str.split("|").explode().value_counts()
+        flags = "quality flags: " + ", ".join(f"{k} in {v} frames" for k, v in counts.items())
+    e50 = p.edge_maps["e50"]
+    if np.isfinite(e50).any():
+        info = f"radius {p.radius:.1f} px; E0 {p.e0_ev:.1f} eV; mean edge energy {np.nanmean(e50):.2f} eV (spread {np.nanstd(e50):.2f} eV)"
+    else:
+        info = "no edge-energy map"
+    if p.notes:
+        info += "; " + "; ".join(p.notes)
+    if p.agreement is not None:
+        v, n, med = int(summ_row["frames_vouched"]), int(summ_row["frames"]), summ_row["median_agreement_px"]
+        if v == 0:
+            flags = (flags + "; " if flags else "") + "not vouched for in any frame: the edge correlation and the centre of mass never agree"
+        elif v < n:
+            info += f"; vouched for in {v} of {n} frames (median agreement {med:.2f} px)"
+        else:
+            info += f"; vouched for in every frame (median agreement {med:.2f} px)"
+    return info, flags
+
+
+def _detection_text(every) -> str:
+    every = int(every)
+    if every <= 1:
+        return "in every frame"
+    return f"on every {every}th frame and the last; the windows of the others placed by each particle's own motion"
 
 
 def write_report(folder, *, result=None) -> Path:
@@ -96,229 +450,64 @@ def write_report(folder, *, result=None) -> Path:
     Parameters
     ----------
     folder : path
-        A folder written by :func:`xanestrack.results.write_results`.
+        A folder written by :func:`xanestrack.results.write_results` (its ``run.json``
+        gives the provenance).
     result : PipelineResult, optional
-        Unused except for speed in the future; the report is always built from the files.
+        The result written there, to save reading it back; the file is the same either way.
 
     Returns
     -------
     Path of report.html.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from jinja2 import Environment
 
-    from .results import read_results
+    from .result import particle_summary
+    from .results import read_results, read_run_info
 
     folder = Path(folder)
-    res = read_results(folder)
+    if result is None:
+        result = read_results(folder)
+    run = read_run_info(folder)
     figdir = folder / "figures"
     figdir.mkdir(exist_ok=True)
-    tracks = res["tracks"]
-    parts = res["particles"]
-    energies = res["energies_ev"]
-    run = res["run"]
-    figs = {}
+    energies = result.energies_ev
+    b64 = {}
 
-    # ---- overview
-    base = res.get("fused_first")
-    if base is None:
-        base = np.zeros(run.get("frame_shape", [100, 100]))
-    fig, ax = plt.subplots(figsize=(8, 8 * base.shape[0] / base.shape[1]))
-    lo, hi = np.nanpercentile(base, [1, 99.5])
-    ax.imshow(base, cmap="gray", vmin=lo, vmax=hi)
-    summ = res.get("motion_summary")
-    maxnr = summ.set_index("particle")["max_nonrigid_displacement"] if summ is not None and len(summ) else pd.Series(dtype=float)
-    vmax_nr = max(float(maxnr.max()) if len(maxnr) else 1.0, 1e-3)
-    cmap = plt.get_cmap("plasma")
-    scale = 5
-    rows = []
-    for p in parts:
-        pid = int(p["particle"])
-        _outline(ax, p["mask"], (p["origin_y"], p["origin_x"]), colors="cyan", linewidths=1.0)
-        pos = p["positions"]
-        c0 = pos[0]
-        traj = c0 + scale * (pos - c0)
-        col = cmap(float(maxnr.get(pid, 0)) / vmax_nr)
-        ax.plot(traj[:, 1], traj[:, 0], "-", color=col, lw=1.2)
-        ax.text(c0[1] + p["radius_px"] * 0.8, c0[0] - p["radius_px"] * 0.8, str(pid), color="yellow", fontsize=12, weight="bold")
-        rows.append((pid, c0[0], c0[1], p["radius_px"], float(maxnr.get(pid, np.nan))))
-    rej = res.get("rejected")
-    if rej is not None and len(rej):
-        # fragments of tracked particles (faint frames) are not separate objects: hide them
-        inside = np.zeros(len(rej), bool)
-        for p in parts:
-            m = p["mask"]
-            yy = np.round(rej["y"].to_numpy() - p["origin_y"]).astype(int)
-            xx = np.round(rej["x"].to_numpy() - p["origin_x"]).astype(int)
-            ok = (yy >= 0) & (yy < m.shape[0]) & (xx >= 0) & (xx < m.shape[1])
-            inside[ok] |= m[yy[ok], xx[ok]]
-        rej = rej[~inside].reset_index(drop=True)
-        for _, r in rej.iterrows():
-            ax.plot(r["x"], r["y"], "x", color="red", ms=7)
-            ax.text(r["x"] + 4, r["y"] + 4, r["reason"].replace("_", " "), color="red", fontsize=7)
-    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, vmax_nr))
-    fig.colorbar(sm, ax=ax, fraction=0.04, label="max non-rigid displacement (px)")
-    ax.set_xlabel("x (px)")
-    ax.set_ylabel("y (px)")
-    pd.DataFrame(rows, columns=["particle", "y", "x", "radius_px", "max_nonrigid_px"]).to_csv(figdir / "overview.csv", index=False)
-    figs["overview"] = _png(fig, figdir / "overview.png")
+    def emit(name: str, fig: Figure) -> None:
+        if fig.image is not None:
+            data = png_bytes(fig.image)
+            (figdir / f"{name}.png").write_bytes(data)
+            if fig.svg is None:
+                b64[name] = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+        if fig.svg is not None:
+            data = fig.svg.encode("utf-8")
+            (figdir / f"{name}.svg").write_bytes(data)
+            b64[name] = "data:image/svg+xml;base64," + base64.b64encode(data).decode("ascii")
+        _write_tables(figdir, fig.tables)
 
-    # ---- chemistry overview: edge maps on one colour scale
-    allv = np.concatenate([p["edge_e50"][np.isfinite(p["edge_e50"])] for p in parts]) if parts else np.array([])
-    if allv.size:
-        elo, ehi = np.percentile(allv, [2, 98])
-    else:
-        elo, ehi = 8330.0, 8350.0
-    fig, ax = plt.subplots(figsize=(8, 8 * base.shape[0] / base.shape[1]))
-    ax.imshow(base, cmap="gray", vmin=lo, vmax=hi, alpha=0.6)
-    im = None
-    for p in parts:
-        m = p["edge_e50"]
-        h, w = m.shape
-        oy, ox = p["origin_y"], p["origin_x"]
-        im = ax.imshow(np.ma.masked_invalid(m), cmap="viridis", vmin=elo, vmax=ehi, extent=(ox - 0.5, ox + w - 0.5, oy + h - 0.5, oy - 0.5))
-        ax.text(ox + w, oy, str(int(p["particle"])), color="black", fontsize=11, weight="bold")
-        np.savetxt(figdir / f"particle_{int(p['particle']):03d}_edge_e50.csv", m, delimiter=",", fmt="%.3f", header=f"E50 map (eV), pixel [0,0] at frame-0 (y, x) = ({oy}, {ox})")
-    ax.set_xlim(-0.5, base.shape[1] - 0.5)
-    ax.set_ylim(base.shape[0] - 0.5, -0.5)
-    if im is not None:
-        fig.colorbar(im, ax=ax, fraction=0.04, label="edge energy E(mu_norm = 0.5) (eV)")
-    figs["chemistry"] = _png(fig, figdir / "chemistry.png")
-
-    # ---- motion
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
-    cols = [("dy", "vertical displacement (px)"), ("dx", "horizontal displacement (px)"), ("vy", "vertical velocity (px/frame)"), ("vx", "horizontal velocity (px/frame)")]
-    for ax, (c, label) in zip(axes.ravel(), cols):
-        if c in tracks:
-            for pid, g in tracks.groupby("particle"):
-                ax.plot(g["frame"], g[c], lw=1, label=f"{pid}")
-            rc = ("common_dy", "common_dx") if "common_dy" in tracks else ("rigid_dy", "rigid_dx")
-            rig = tracks.groupby("frame")[list(rc)].first()
-            rig = rig - rig.iloc[0]
-            if c in ("dy", "dx"):
-                ax.plot(rig.index, rig[rc[0] if c == "dy" else rc[1]], "k-", lw=2.5, label="common")
-            else:
-                r = np.gradient(rig[rc[0] if c == "vy" else rc[1]].to_numpy(), rig.index.to_numpy()) if len(rig) > 1 else np.zeros(len(rig))
-                ax.plot(rig.index, r, "k-", lw=2.5, label="common")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[1, 0].set_xlabel("frame")
-    axes[1, 1].set_xlabel("frame")
-    axes[0, 1].legend(fontsize=7, ncol=2, title="particle")
-    figs["motion"] = _png(fig, figdir / "motion.png")
-    keep = [c for c in ["particle", "frame", "energy_ev", "y", "x", "dy", "dx", "vy", "vx", "ay", "ax", "rigid_dy", "rigid_dx", "nonrigid_dy", "nonrigid_dx", "rel_dy", "rel_dx"] if c in tracks]
-    tracks[keep].to_csv(figdir / "motion.csv", index=False, float_format="%.4f")
-
-    figs["common"] = ""
-    if "common_scale" in tracks and len(tracks):
-        cm = tracks.groupby("frame")[["energy_ev", "common_dy", "common_dx", "common_scale"]].first().reset_index()
-        fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-        axes[0].plot(cm["frame"], (cm["common_scale"] - 1) * 100, "k.-", ms=3)
-        axes[0].set_xlabel("frame")
-        axes[0].set_ylabel("magnification change (%)")
-        axes[0].grid(alpha=0.3)
-        axes[1].plot(cm["frame"], cm["common_dy"], label="dy")
-        axes[1].plot(cm["frame"], cm["common_dx"], label="dx")
-        axes[1].set_xlabel("frame")
-        axes[1].set_ylabel("common translation (px)")
-        axes[1].legend(fontsize=8)
-        axes[1].grid(alpha=0.3)
-        figs["common"] = _png(fig, figdir / "common_motion.png")
-        cm.to_csv(figdir / "common_motion.csv", index=False, float_format="%.6f")
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for pid, g in tracks.groupby("particle"):
-        if "nonrigid_dy" in g:
-            axes[0].plot(g["nonrigid_dx"], g["nonrigid_dy"], lw=1, label=str(pid))
-            axes[1].plot(g["frame"], np.hypot(g["rel_dy"], g["rel_dx"]), lw=1, label=str(pid))
-    axes[0].invert_yaxis()
-    axes[0].set_xlabel("non-rigid dx (px)")
-    axes[0].set_ylabel("non-rigid dy (px)")
-    axes[0].set_aspect("equal", adjustable="datalim")
-    axes[1].set_xlabel("frame")
-    axes[1].set_ylabel("|displacement relative to reference| (px)")
-    axes[1].legend(fontsize=7, ncol=2, title="particle")
-    figs["relative"] = _png(fig, figdir / "relative_motion.png")
-
-    # ---- particles
+    emit("overview", overview_figure(result))
+    emit("chemistry", chemistry_figure(result))
+    emit("motion", motion_figure(result))
+    limits = _e50_limits(result)
+    summ = particle_summary(result).set_index("particle")
+    sel = _energy_selection(len(energies))
     pblocks = []
-    vouch_rows = []
-    n_e = len(energies)
-    sel = np.unique(np.linspace(0, n_e - 1, min(8, n_e)).round().astype(int))
-    for p in parts:
-        pid = int(p["particle"])
-        al = p["aligned"]
-        fig = plt.figure(figsize=(12, 5.6))
-        gs = fig.add_gridspec(2, max(len(sel), 4), height_ratios=[1, 1.4])
-        vlo, vhi = np.nanpercentile(al[np.isfinite(al)], [1, 99.5]) if np.isfinite(al).any() else (0, 1)
-        for j, k in enumerate(sel):
-            ax = fig.add_subplot(gs[0, j])
-            ax.imshow(al[k], cmap="gray", vmin=vlo, vmax=vhi)
-            ax.set_title(f"{energies[k]:.1f} eV", fontsize=8)
-            ax.axis("off")
-        ncol = max(len(sel), 4)
-        w = ncol // 4
-        ax1 = fig.add_subplot(gs[1, 0:w])
-        ax2 = fig.add_subplot(gs[1, w : 2 * w])
-        ax3 = fig.add_subplot(gs[1, 2 * w : 3 * w])
-        ax4 = fig.add_subplot(gs[1, 3 * w :])
-        before = p["unaligned_ends"][1] - p["unaligned_ends"][0] if "unaligned_ends" in p else np.zeros_like(al[0])
-        after = al[-1] - al[0]
-        dl = np.nanpercentile(np.abs(before[np.isfinite(before)]), 99) if np.isfinite(before).any() else 1
-        ax1.imshow(before, cmap="RdBu_r", vmin=-dl, vmax=dl)
-        ax1.set_title("last - first, before", fontsize=9)
-        ax2.imshow(after, cmap="RdBu_r", vmin=-dl, vmax=dl)
-        ax2.set_title("last - first, aligned", fontsize=9)
-        for a in (ax1, ax2):
-            a.axis("off")
-        im = ax3.imshow(np.ma.masked_invalid(p["edge_e50"]), cmap="viridis", vmin=elo, vmax=ehi)
-        ax3.set_title("edge energy (eV)", fontsize=9)
-        ax3.axis("off")
-        fig.colorbar(im, ax=ax3, fraction=0.046)
-        ms = p["mean_spectrum"]
-        ax4.plot(energies, ms, ".", ms=3, color="C0", label="mean OD")
-        if np.isfinite(p["pre_edge"]).any():
-            ax4.plot(energies, p["pre_edge"], "--", color="C1", lw=1, label="pre-edge fit")
-            ax4.plot(energies, p["post_edge"], "--", color="C2", lw=1, label="post-edge fit")
-            ax5 = ax4.twinx()
-            ax5.plot(energies, p["mean_norm"], "-", color="k", lw=1, label="normalised")
-            ax5.set_ylabel("normalised", fontsize=8)
-        ax4.set_xlabel("energy (eV)", fontsize=8)
-        ax4.set_ylabel("OD", fontsize=8)
-        ax4.legend(fontsize=6, loc="upper left")
-        fig.tight_layout()
-        pd.DataFrame(dict(energy_ev=energies, mean_od=ms, mean_norm=p["mean_norm"], pre_edge=p["pre_edge"], post_edge=p["post_edge"])).to_csv(figdir / f"particle_{pid:03d}_spectrum.csv", index=False, float_format="%.5f")
-        b64 = _png(fig, figdir / f"particle_{pid:03d}.png")
-        g = tracks[tracks["particle"] == pid]
-        flagged = g[g["flags"] != ""]
-        flags = ""
-        if len(flagged):
-            counts = flagged["flags"].str.split("|").explode().value_counts()
-            flags = "quality flags: " + ", ".join(f"{k} in {v} frames" for k, v in counts.items())
-        e50 = p["edge_e50"]
-        info = f"radius {p['radius_px']:.1f} px; E0 {p['e0_ev']:.1f} eV; mean edge energy {np.nanmean(e50):.2f} eV (spread {np.nanstd(e50):.2f} eV)" if np.isfinite(e50).any() else "no edge-energy map"
-        notes = json.loads(p.get("notes", "[]")) if isinstance(p.get("notes"), str) else []
-        if notes:
-            info += "; " + "; ".join(notes)
-        vouch = _vouch_row(g)
-        if vouch is not None:
-            vouch_rows.append(vouch)
-            if vouch[1] == 0:
-                flags = (flags + "; " if flags else "") + "not vouched for in any frame: the edge correlation and the centre of mass never agree"
-            elif vouch[1] < vouch[2]:
-                info += f"; vouched for in {vouch[1]} of {vouch[2]} frames (median agreement {vouch[3]:.2f} px)"
-            else:
-                info += f"; vouched for in every frame (median agreement {vouch[3]:.2f} px)"
-        pblocks.append(dict(id=pid, fig=b64, info=html.escape(info), flags=html.escape(flags)))
+    for p in result.particles:
+        name = f"particle_{p.particle:03d}"
+        emit(name, particle_figure(result, p.particle, e50_limits=limits))
+        emit(f"{name}_spectrum", spectrum_figure(result, p.particle))
+        info, flags = _particle_text(p, summ.loc[p.particle], result.tracks)
+        pblocks.append(
+            dict(id=p.particle, fig=b64[name], spectrum=b64.get(f"{name}_spectrum", ""), info=html.escape(info), flags=html.escape(flags),
+                 energies=", ".join(f"{energies[k]:.1f}" for k in sel))
+        )
 
-    timings = pd.DataFrame(sorted(run.get("timings_s", {}).items()), columns=["stage", "seconds"])
+    timings = pd.DataFrame(sorted(run.get("timings_s", result.timings).items()), columns=["stage", "seconds"])
     inputs = pd.DataFrame(sorted(run.get("input_checksums_sha256", {}).items()), columns=["file", "sha256"])
     if not len(inputs):
         inputs = pd.DataFrame({"input": run.get("inputs", [])})
-    e = np.asarray(run.get("energies_ev", energies))
+    e = np.asarray(energies)
+    params = result.options.to_dict()
     run_table = pd.DataFrame(
         [
             ("xanestrack version", run.get("version")),
@@ -328,43 +517,41 @@ def write_report(folder, *, result=None) -> Path:
             ("detector / segmenter", " / ".join(
                 f"{run.get(k, 'classical')}" + (f" ({run[k + '_model']} model)" if run.get(k + "_model") else "") for k in ("detector", "segmenter")
             )),
-            ("detection", _detection_text(run.get("parameters", {}).get("detect_every", 1))),
+            ("detection", _detection_text(params.get("detect_every", 1))),
         ],
         columns=["", "value"],
     )
-    ratios = res.get("motion_summary")
-    ntr = len(parts)
-    most = int(maxnr.idxmax()) if len(maxnr) else None
-    summary = f"{ntr} particles tracked through {len(energies)} energies ({energies.min():.1f}-{energies.max():.1f} eV)."
-    if most is not None:
-        summary += f" Particle {most} moved most on its own ({maxnr.max():.2f} px beyond the rigid motion)."
-    ref_particle = tracks.attrs.get("reference_particle", "")
-    vt = pd.DataFrame(vouch_rows, columns=["particle", "vouched frames", "frames", "median agreement px", "max agreement px"])
-    thr = run.get("parameters", {}).get("agreement_px", 0.5)
+    maxnr = _max_nonrigid(result)
+    summary = f"{len(result.particles)} particles tracked through {len(e)} energies ({e.min():.1f}-{e.max():.1f} eV)." if len(e) else "no energies"
+    if len(maxnr):
+        summary += f" Particle {int(maxnr.idxmax())} moved most on its own ({maxnr.max():.2f} px beyond the rigid motion)."
+    vt = vouching_table(result)
     vouch_text = (
         "Every position is measured twice, independently: by correlating the particle's outline (edge image) with a reference "
-        f"frame and by the centre of mass of its segmented mask. A frame is vouched for when the two agree within {thr} px; "
+        f"frame and by the centre of mass of its segmented mask. A frame is vouched for when the two agree within {params.get('agreement_px', 0.5)} px; "
         "frames that are not are flagged 'disagree' in tracks.csv and left out of the consensus mask."
     )
-    if len(vt):
-        bad = vt[vt["vouched frames"] == 0]["particle"].tolist()
-        if bad:
-            vouch_text += f" Not vouched for in any frame: particle{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))}."
-    env = Environment(autoescape=False)
-    page = env.from_string(_TEMPLATE).render(
+    bad = vt[vt["vouched frames"] == 0]["particle"].tolist() if len(vt) else []
+    if bad:
+        vouch_text += f" Not vouched for in any frame: particle{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))}."
+    rej = _visible_rejected(result)
+    page = Environment(autoescape=False).from_string(_TEMPLATE).render(
+        style=_STYLE,
         summary=html.escape(summary),
-        figs=figs,
-        traj_scale=scale,
-        rejected=_table(rej, "{:.1f}") if rej is not None and len(rej) else "",
-        ratios=_table(ratios),
+        figs=b64,
+        traj_scale=TRAJ_SCALE,
+        elo=f"{limits[0]:.1f}",
+        ehi=f"{limits[1]:.1f}",
+        rejected=_table_html(rej, "{:.1f}") if len(rej) else "",
+        ratios=_table_html(result.peak_ratios),
         particles=pblocks,
         vouch_text=html.escape(vouch_text),
-        vouch_table=_table(vt, "{:.2f}") if len(vt) else "",
-        ref_particle=ref_particle,
+        vouch_table=_table_html(vt, "{:.2f}") if len(vt) else "",
+        ref_particle=result.motion.attrs.get("reference_particle", ""),
         run_table=run_table.to_html(index=False, border=0),
-        timings=_table(timings, "{:.2f}"),
+        timings=_table_html(timings, "{:.2f}"),
         inputs=inputs.to_html(index=False, border=0),
-        params=html.escape(json.dumps(run.get("parameters", {}), indent=1)),
+        params=html.escape(json.dumps(params, indent=1, default=str)),
     )
     out = folder / "report.html"
     tmp = folder / ".report.html.tmp"
@@ -373,19 +560,93 @@ def write_report(folder, *, result=None) -> Path:
     return out
 
 
-def _vouch_row(g):
-    """``(particle, vouched frames, frames, median, max agreement)`` of one particle's tracks rows."""
-    if "agreement_px" not in g:
-        return None
-    flags = g["flags"].fillna("").astype(str)
-    vouched = int((~flags.str.contains("disagree") & ~flags.str.contains("interpolated")).sum())
-    a = g["agreement_px"].to_numpy(float)
-    fin = np.isfinite(a)
-    return (int(g["particle"].iloc[0]), vouched, int(len(g)), float(np.median(a[fin])) if fin.any() else np.nan, float(a[fin].max()) if fin.any() else np.nan)
+# ---------------------------------------------------------------- the series page
+def series_figure(table: pd.DataFrame) -> Figure:
+    """Chemistry and position of every particle through an operando series (one panel each).
+
+    ``table`` is the series table (``run_series``): per scan and particle ``mean_e50``,
+    ``oxidised_fraction``, ``y0, x0`` and the scan's ``common_dy, common_dx``.
+    Table ``series_own_displacement``: each particle's displacement since its first scan,
+    less the common one.
+    """
+    fig = SvgFigure(1200, 300)
+    panels = [
+        fig.axes(60 + k * 400, 14, 320, 230, xlabel="scan", ylabel=label)
+        for k, label in enumerate(("mean edge energy (eV)", "oxidised (Ni3+) fraction", "own displacement since first scan (px)"))
+    ]
+    rows = []
+    for k, (pid, g) in enumerate(table.groupby("particle")):
+        g = g.sort_values("scan")
+        c = COLORS[k % len(COLORS)]
+        sc = g["scan"].to_numpy(float)
+        nr = np.hypot(
+            g["y0"] - g["common_dy"] - (g["y0"].iloc[0] - g["common_dy"].iloc[0]),
+            g["x0"] - g["common_dx"] - (g["x0"].iloc[0] - g["common_dx"].iloc[0]),
+        ).to_numpy(float)
+        for ax, v in zip(panels, (g["mean_e50"].to_numpy(float), g["oxidised_fraction"].to_numpy(float), nr)):
+            ax.line(sc, v, color=c, width=1, label=f"p{pid}" if ax is panels[0] else None)
+            ax.points(sc, v, color=c, r=2)
+        rows += [(int(pid), int(s_), float(d)) for s_, d in zip(sc, nr)]
+    panels[0].legend(ncol=max(1, int(np.ceil(table["particle"].nunique() / 10))))
+    t = pd.DataFrame(rows, columns=["particle", "scan", "own_displacement_px"])
+    return Figure(fig.to_svg(), None, {"series_own_displacement": t})
 
 
-def _detection_text(every) -> str:
-    every = int(every)
-    if every <= 1:
-        return "in every frame"
-    return f"on every {every}th frame and the last; the windows of the others placed by phase correlation"
+_SERIES_TEMPLATE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>xanestrack series</title>
+<style>{{ style }}</style></head><body>
+<h1>Operando series</h1>
+<p>{{ n_scans }} scans, {{ n_particles }} particles followed through the series.</p>
+{% for r in remarks %}<p>{{ r }}</p>{% endfor %}
+<figure><img alt="series" src="{{ fig }}"><figcaption>Per particle through the scans: mean edge energy, oxidised fraction of the
+linear combination fit, and its own displacement (less the scan's common offset) since its first scan.</figcaption></figure>
+<h2>Mean edge energy (eV) per particle and scan</h2>
+{{ pivot }}
+</body></html>
+"""
+
+
+def write_series_report(table: pd.DataFrame, out_dir) -> Path:
+    """``series_report.html`` (and ``series.svg`` and its table) of an operando series, in ``out_dir``."""
+    from jinja2 import Environment
+
+    out = Path(out_dir)
+    fig = series_figure(table)
+    svg = fig.svg.encode("utf-8")
+    (out / "series.svg").write_bytes(svg)
+    _write_tables(out, fig.tables)
+    remarks = []
+    if "link_method" in table:
+        broken = sorted(table.loc[table["link_method"].isin(["ambiguous", "prior contradicted"]), "scan"].unique())
+        if broken:
+            remarks.append(
+                f"Scans {', '.join(map(str, broken))}: the offset from the previous scan could not be told (too few particles "
+                "in common, and the images did not confirm it); their particles were given new ids, not linked."
+            )
+    if "n_frames" in table:
+        from .pipeline import PipelineOptions
+
+        need = PipelineOptions().min_xanes_energies
+        few = sorted(table.loc[table["n_frames"] < need, "scan"].unique())
+        if few:
+            remarks.append(f"Scans {', '.join(map(str, few))} have fewer than {need} energies: positions and sizes only, no XANES.")
+    piv = table.pivot_table(index="particle", columns="scan", values="mean_e50")
+    page = Environment(autoescape=True).from_string(_SERIES_TEMPLATE).render(
+        style=_STYLE,
+        n_scans=table["scan"].nunique(),
+        n_particles=table["particle"].nunique(),
+        remarks=remarks,
+        fig="data:image/svg+xml;base64," + base64.b64encode(svg).decode("ascii"),
+        pivot=_Markup(piv.to_html(float_format=lambda v: f"{v:.2f}")),
+    )
+    path = out / "series_report.html"
+    tmp = out / ".series_report.html.tmp"
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def _Markup(text: str):
+    from markupsafe import Markup
+
+    return Markup(text)

@@ -1,363 +1,26 @@
-"""Writing results: tables, HDF5 and provenance, atomically.
+"""Writing and reading results: the result model to and from an output folder.
 
-Everything is written into a temporary folder beside the target and moved into
-place only when complete; an existing folder is replaced only with
-``overwrite=True``, and then only after the new one is complete (an interrupted run
-leaves the previous results intact), and only if it is an output of ours (marker
-``.xanestrack-output``) holding nothing else. A lock beside the target refuses a
-second run into the same folder.
+:func:`write_results` writes a :class:`~xanestrack.result.PipelineResult` as ``results.h5``
+(everything, exactly), ``tracks.csv`` and side tables (for people and spreadsheets) and
+``run.json`` (provenance); :func:`read_results` gives the same ``PipelineResult`` back.
+The folder itself is claimed, locked and completed atomically by :mod:`xanestrack.outdir`
+(re-exported here).
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
-import re
-import secrets
-import shutil
-import socket
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
 from .errors import XanestrackError, one_line
+from .outdir import MARKER, TMP_MARKER, add_to_marker, atomic_output_dir, check_output_dir, output_lock, write_marker  # noqa: F401 (re-exported)
 
 __all__ = ["atomic_output_dir", "check_output_dir", "output_lock", "write_marker", "add_to_marker", "write_results", "read_results"]
 
 logger = logging.getLogger(__name__)
-
-#: written into every output folder we complete: what we wrote, by which run
-MARKER = ".xanestrack-output"
-#: inside a temporary folder while a run writes into it (pid and host of the writer)
-TMP_MARKER = ".xanestrack-tmp"
-#: written into a finished output later, by 'report', 'demo' (accuracy) and 'series --synthetic': added to
-#: the marker by :func:`add_to_marker`; a run folder from before markers may hold any of them
-_LATER = ("report.html", ".report.html.tmp", "figures", "accuracy.csv")
-#: what a run, demo or series scan wrote before output folders had a marker (version 0.1.0)
-_LEGACY = {"tracks.csv", "detections.csv", "rejected.csv", "motion_summary.csv", "results.h5", "run.json", "summary.json"}
-_STALE = (re.compile(r"^\..+\.(?P<kind>tmp)-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}$"), re.compile(r"^\..+\.(?P<kind>old)-(?P<host>.+)-(?P<pid>\d+)$"))
-
-
-def _host() -> str:
-    return socket.gethostname() or "localhost"
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` of this host runs (when in doubt: yes, so that nothing of it is removed)."""
-    if pid == os.getpid():
-        return True
-    if pid <= 0:
-        return False
-    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there
-        try:
-            import psutil
-
-            return psutil.pid_exists(pid)
-        except ImportError:
-            return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):  # another user's process, or cannot tell: alive
-        return True
-    return True
-
-
-def _int(x) -> int:
-    try:
-        return int(x)
-    except (TypeError, ValueError):
-        return -1
-
-
-def _read_marker(folder: Path, name: str = MARKER):
-    """The marker's content if ``folder`` holds a marker that xanestrack wrote, else None."""
-    try:
-        info = json.loads((folder / name).read_text())
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) and info.get("tool") == "xanestrack" else None
-
-
-def _legacy_marker(folder: Path):
-    """A folder of a run from before markers: run.json with a version and results.h5."""
-    try:
-        info = json.loads((folder / "run.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(info, dict) or "version" not in info or not (folder / "results.h5").is_file():
-        return None
-    return dict(tool="xanestrack", kind="legacy", files=sorted(_LEGACY))
-
-
-def _files_of(folder: Path) -> list:
-    """Every file under ``folder`` (relative paths, '/'-separated); symlinks count as files."""
-    out = []
-    for root, dirs, files in os.walk(folder):
-        rel = Path(root).relative_to(folder)
-        for name in files + [d for d in dirs if (Path(root) / d).is_symlink()]:
-            out.append((rel / name).as_posix())
-    return sorted(out)
-
-
-def _foreign(folder: Path, info: dict) -> list:
-    """Files in ``folder`` that xanestrack did not write (per its marker)."""
-    ours = set(info.get("files", [])) | {MARKER}
-    later = _LATER if info.get("kind") == "legacy" else (".report.html.tmp",)
-    return [f for f in _files_of(folder) if f not in ours and f.split("/")[0] not in later]
-
-
-def write_marker(folder, *, kind: str, extra: dict | None = None) -> None:
-    """Mark ``folder`` as a xanestrack output, listing every file in it now."""
-    folder = Path(folder)
-    info = dict(tool="xanestrack", version=__version__, kind=kind, host=_host(), pid=os.getpid(),
-                created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {}))
-    info["files"] = [f for f in _files_of(folder) if f not in (MARKER, TMP_MARKER)]
-    (folder / MARKER).write_text(json.dumps(info, indent=1))
-
-
-def add_to_marker(folder, files) -> None:
-    """Record in ``folder``'s marker files written into it after it was completed (report, accuracy)."""
-    folder = Path(folder)
-    info = _read_marker(folder)
-    if info is None:
-        return
-    new = {Path(f).relative_to(folder).as_posix() if Path(f).is_absolute() else Path(f).as_posix() for f in files}
-    info["files"] = sorted(set(info.get("files", [])) | new)
-    tmp = folder / f".{MARKER}.tmp"
-    tmp.write_text(json.dumps(info, indent=1))
-    os.replace(tmp, folder / MARKER)
-
-
-def check_output_dir(out_dir, *, overwrite: bool, inputs=()) -> Path:
-    """Refuse an output folder we may not write.
-
-    A new or empty folder is fine. An existing one needs ``overwrite``, and then must
-    be a previous xanestrack output (its ``.xanestrack-output`` marker, or a run folder
-    from before markers) holding only files xanestrack wrote and none of ``inputs``,
-    and must not be (or contain) the current folder. Anything else is refused: nothing
-    we did not write is ever deleted.
-    """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise XanestrackError(f"output {out} exists and is not a folder; choose another --out")
-    if not out.exists() or not any(out.iterdir()):
-        return out
-    if not overwrite:
-        raise XanestrackError(f"output folder {out} exists and is not empty; choose another --out or pass --overwrite")
-    res = out.resolve()
-    cwd = Path.cwd().resolve()
-    if cwd == res or res in cwd.parents:
-        raise XanestrackError(f"--overwrite: {out} is the current folder or contains it; choose another --out")
-    for p in inputs:
-        rp = Path(p).resolve()
-        if rp == res or res in rp.parents:
-            raise XanestrackError(f"--overwrite: {out} holds the input {p}; it is never replaced: choose another --out")
-    info = _read_marker(out) or _legacy_marker(out)
-    if info is None:
-        raise XanestrackError(
-            f"--overwrite: {out} is not a xanestrack output (no {MARKER} marker) and is not replaced; "
-            "choose another --out, or empty the folder yourself"
-        )
-    extra = _foreign(out, info)
-    if extra:
-        shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
-        raise XanestrackError(
-            f"--overwrite: {out} holds files xanestrack did not write ({shown}); move them out or choose another --out"
-        )
-    return out
-
-
-def _clean_stale(parent: Path) -> None:
-    """Remove temporary / replaced folders and lock files that killed runs of ours left in ``parent``.
-
-    Only entries named as we name them, holding our marker, written on this host by a
-    process that is no longer running.
-    """
-    try:
-        entries = list(parent.iterdir())
-    except OSError:
-        return
-    host = _host()
-    for e in entries:
-        name = e.name
-        if not name.startswith("."):
-            continue
-        if name.endswith(".lock") and e.is_file() and not e.is_symlink():
-            info = _read_marker(parent, name)
-            if info and info.get("host") == host and not _pid_alive(_int(info.get("pid"))):
-                try:
-                    with output_lock(parent / name[1:-5]):
-                        pass  # acquiring and releasing removes it
-                except XanestrackError:
-                    pass
-            continue
-        m = _STALE[0].match(name) or _STALE[1].match(name)
-        if not m or m["host"] != host or _pid_alive(int(m["pid"])) or e.is_symlink() or not e.is_dir():
-            continue
-        if m["kind"] == "tmp":
-            if _read_marker(e, TMP_MARKER) is None and _read_marker(e) is None:
-                continue
-        else:
-            info = _read_marker(e) or _legacy_marker(e)
-            if info is None or _foreign(e, info):
-                continue
-        shutil.rmtree(e, ignore_errors=True)
-        logger.warning("removed %s, left by an interrupted xanestrack run (process %s)", e, m["pid"])
-
-
-class output_lock:
-    """Hold ``.NAME.lock`` beside ``out`` while a run writes it; a second run is refused.
-
-    The lock is an advisory ``flock`` on that file (released by the kernel when the
-    process dies, so a killed run never blocks the next one); where ``fcntl`` is
-    missing, the file is created with ``O_EXCL`` and a lock whose process is dead is
-    taken over.
-    """
-
-    def __init__(self, out):
-        out = Path(os.path.abspath(out))
-        self.path = out.parent / f".{out.name}.lock"
-        self.out = out
-        self.fd = None
-
-    def _busy(self):
-        info = _read_marker(self.path.parent, self.path.name) or {}
-        who = f"process {info.get('pid', '?')} on {info.get('host', '?')}"
-        return XanestrackError(
-            f"{self.out}: another xanestrack run ({who}) is writing this output now; wait for it to finish "
-            "or choose another --out"
-        )
-
-    def __enter__(self):
-        try:
-            import fcntl
-        except ImportError:
-            fcntl = None
-        content = json.dumps(dict(tool="xanestrack", pid=os.getpid(), host=_host(), out=str(self.out))).encode()
-        for _ in range(20):
-            if fcntl is None:
-                try:
-                    fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
-                except FileExistsError:
-                    info = _read_marker(self.path.parent, self.path.name) or {}
-                    try:
-                        age = time.time() - self.path.stat().st_mtime
-                    except OSError:
-                        age = 0.0
-                    if (info.get("host") == _host() and not _pid_alive(_int(info.get("pid")))) or (not info and age > 60):
-                        stale = self.path.with_name(f"{self.path.name}.stale-{os.getpid()}")
-                        try:
-                            os.replace(self.path, stale)
-                            os.unlink(stale)
-                        except OSError:
-                            pass
-                        continue
-                    raise self._busy() from None
-            else:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    os.close(fd)
-                    raise self._busy() from None
-                try:  # the file we locked must still be the one at the path (not unlinked by its last holder)
-                    same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-                except FileNotFoundError:
-                    same = False
-                if not same:
-                    os.close(fd)
-                    continue
-            os.ftruncate(fd, 0)
-            os.write(fd, content)
-            self.fd = fd
-            return self
-        raise self._busy()
-
-    def __exit__(self, *exc):
-        try:
-            os.unlink(self.path)  # while still holding it: a waiting run sees a new file
-        except OSError:
-            pass
-        os.close(self.fd)
-        self.fd = None
-        return False
-
-
-def _prepare_parent(out: Path) -> Path:
-    parent = out.parent
-    if parent == out:
-        raise XanestrackError(f"output {out}: give a folder, not the file-system root")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise XanestrackError(f"cannot create the folder {parent} for {out.name} ({one_line(exc.strerror or exc)}); choose another --out") from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise XanestrackError(f"cannot write in {parent} (permission denied); choose another --out")
-    return parent
-
-
-@contextmanager
-def atomic_output_dir(out_dir, *, overwrite: bool = False, inputs=(), kind: str = "output"):
-    """Yield a temporary folder; on success it replaces ``out_dir``.
-
-    Before anything is computed: the folder is checked (:func:`check_output_dir`),
-    the parent is created and must be writable, folders left by killed runs of ours
-    there are removed, and ``out_dir`` is locked (a concurrent run into it is refused).
-    The temporary folder gets the normal permissions (umask). On an exception it is
-    removed and ``out_dir`` is untouched; on success it gets the ``.xanestrack-output``
-    marker and replaces ``out_dir``; a replaced folder is deleted only if it still
-    holds nothing but what xanestrack wrote.
-    """
-    check_output_dir(out_dir, overwrite=overwrite, inputs=inputs)
-    out = Path(out_dir).resolve()
-    parent = _prepare_parent(out)
-    _clean_stale(parent)
-    host, pid = _host(), os.getpid()
-    with output_lock(out):
-        check_output_dir(out, overwrite=overwrite, inputs=inputs)  # again, now that it is ours
-        for _ in range(100):
-            tmp = parent / f".{out.name}.tmp-{host}-{pid}-{secrets.token_hex(4)}"
-            try:
-                os.mkdir(tmp, 0o777)  # the umask applies, unlike mkdtemp's 0700
-                break
-            except FileExistsError:
-                continue
-            except OSError as exc:
-                raise XanestrackError(f"cannot write in {parent} ({one_line(exc.strerror or exc)}); choose another --out") from None
-        try:
-            (tmp / TMP_MARKER).write_text(json.dumps(dict(tool="xanestrack", pid=pid, host=host, out=str(out))))
-            yield tmp
-            (tmp / TMP_MARKER).unlink()
-            write_marker(tmp, kind=kind)
-            check_output_dir(out, overwrite=overwrite, inputs=inputs)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        old = None
-        if out.is_dir() and not any(out.iterdir()):
-            # an empty folder the user made (perhaps the current one): keep it, move our files in, marker last
-            for entry in sorted(tmp.iterdir(), key=lambda e: e.name == MARKER):
-                if (out / entry.name).exists():
-                    raise XanestrackError(f"{out / entry.name} appeared while the run was writing; it is left alone: rerun")
-                os.replace(entry, out / entry.name)
-            tmp.rmdir()
-            return
-        if out.exists():
-            old = parent / f".{out.name}.old-{host}-{pid}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            info = _read_marker(old) or _legacy_marker(old) or dict(files=[])
-            left = _foreign(old, info)
-            if left:  # something appeared in it meanwhile: keep it
-                logger.warning("the replaced output was kept as %s: it holds files xanestrack did not write (%s)", old, left[0])
-            else:
-                shutil.rmtree(old, ignore_errors=True)
 
 
 def _json_default(o):
@@ -372,28 +35,108 @@ def _json_default(o):
     return str(o)
 
 
-def write_results(result, folder, *, run_info: dict, save_fused: bool = False) -> None:
-    """Write ``tracks.csv``, ``results.h5``, ``run.json`` and side tables into ``folder``.
+#: tables of a PipelineResult kept exactly in results.h5 (/tables/<name>) and as CSV beside it
+TABLES = ("tracks", "detections", "rejected", "motion", "peak_ratios", "similarity")
+_CSV = {"tracks": ("tracks.csv", "%.4f"), "detections": ("detections.csv", "%.3f"), "rejected": ("rejected.csv", "%.2f"), "peak_ratios": ("motion_summary.csv", "%.4f")}
+#: what every results.h5 holds: tracks.csv columns, and per particle its datasets and attributes
+TRACK_COLUMNS = ("particle", "frame", "energy_ev", "y", "x", "flags")
+PARTICLE_DATASETS = ("aligned", "mask", "positions", "edge_e50", "mean_spectrum", "mean_norm", "pre_edge", "post_edge")
+PARTICLE_ATTRS = ("particle", "origin_y", "origin_x", "radius_px", "e0_ev")
 
-    ``folder`` should be the temporary folder of :func:`atomic_output_dir`. The fused
-    stack (as large as the input) is stored only with ``save_fused``; its first, last
-    and mean frames always are.
+
+def _json_attrs(attrs: dict) -> str:
+    """The JSON-able part of a DataFrame's ``attrs`` (nested DataFrames are stored as tables)."""
+    import pandas as pd
+
+    return json.dumps({k: v for k, v in attrs.items() if not isinstance(v, pd.DataFrame)}, default=_json_default)
+
+
+def _write_table(parent, name: str, df) -> None:
+    """A DataFrame as one dataset per column (strings as UTF-8), exactly; dtypes and attrs kept."""
+    import h5py
+
+    g = parent.create_group(name)
+    cols, dtypes = [], []
+    for j, c in enumerate(df.columns):
+        v = df[c].to_numpy()
+        key = f"c{j:03d}"
+        if v.dtype.kind in "biuf":
+            g.create_dataset(key, data=v)
+        else:  # strings, None, mixed objects
+            txt = ["" if x is None or (isinstance(x, float) and np.isnan(x)) else str(x) for x in v]
+            g.create_dataset(key, data=np.array(txt, dtype=object), dtype=h5py.string_dtype())
+        cols.append(str(c))
+        dtypes.append(str(df[c].dtype))
+    g.attrs.update(columns=json.dumps(cols), dtypes=json.dumps(dtypes), attrs=_json_attrs(df.attrs), n_rows=len(df))
+
+
+def _read_table(g):
+    import pandas as pd
+
+    cols, dtypes = json.loads(g.attrs["columns"]), json.loads(g.attrs["dtypes"])
+    data = {}
+    for j, (c, dt) in enumerate(zip(cols, dtypes)):
+        v = g[f"c{j:03d}"][()]
+        if v.dtype.kind == "O":
+            v = np.array([x.decode() if isinstance(x, bytes) else x for x in v], dtype=object)
+            data[c] = pd.Series(v, dtype=object if dt == "object" else dt)
+        else:
+            data[c] = v
+    df = pd.DataFrame(data, columns=cols)
+    if not cols:
+        df = pd.DataFrame(index=range(int(g.attrs.get("n_rows", 0))))
+    df.attrs.update(json.loads(g.attrs.get("attrs", "{}")))
+    return df
+
+
+def _options_from_dict(cls, d: dict):
+    """Rebuild a (nested, frozen) options dataclass from its ``asdict`` (JSON lists back to tuples)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    kw = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in d:
+            continue  # written by an older version: the default
+        v = d[f.name]
+        t = hints.get(f.name)
+        if dataclasses.is_dataclass(t) and isinstance(v, dict):
+            v = _options_from_dict(t, v)
+        elif isinstance(v, list):
+            v = tuple(v)
+        kw[f.name] = v
+    return cls(**kw)
+
+
+def write_results(result, folder, *, run_info: dict, save_fused: bool = False) -> None:
+    """Write a :class:`~xanestrack.result.PipelineResult` into ``folder``.
+
+    ``results.h5`` holds everything :func:`read_results` needs to give the same result
+    back; ``tracks.csv``, ``detections.csv``, ``rejected.csv``, ``motion_summary.csv``
+    are copies for people and spreadsheets; ``run.json`` the provenance. ``folder``
+    should be the temporary folder of :func:`atomic_output_dir`. The fused stack (as
+    large as the input) is stored only with ``save_fused``; its first and last frames
+    always are (and are what is read back otherwise).
     """
     import h5py
 
     folder = Path(folder)
-    result.tracks.to_csv(folder / "tracks.csv", index=False, float_format="%.4f")
-    result.detections.to_csv(folder / "detections.csv", index=False, float_format="%.3f")
-    result.rejected.to_csv(folder / "rejected.csv", index=False, float_format="%.2f")
-    if len(result.peak_ratios):
-        result.peak_ratios.to_csv(folder / "motion_summary.csv", index=False, float_format="%.4f")
+    for name, (fname, fmt) in _CSV.items():
+        df = getattr(result, name)
+        if name != "peak_ratios" or len(df):
+            df.to_csv(folder / fname, index=False, float_format=fmt)
     comp = dict(compression="gzip", compression_opts=1, shuffle=True)
     with h5py.File(folder / "results.h5", "w") as f:
         f.attrs["xanestrack_version"] = __version__
         f.attrs["coordinates"] = "pixels (row y, column x); origin_y/origin_x give frame-0 coordinates of pixel [0, 0]"
+        f.attrs["frame_shape"] = np.asarray(result.frame_shape, np.int64)
+        f.attrs["notes"] = json.dumps(list(result.notes))
+        f.attrs["timings_s"] = json.dumps(result.timings, default=_json_default)
+        f.attrs["options"] = json.dumps(result.options.to_dict(), default=_json_default)
         f.create_dataset("energies_ev", data=result.energies_ev)
         f.create_dataset("common_shift", data=result.common_shift)
-        sim = getattr(result, "similarity", None)
+        sim = result.similarity
         if sim is not None and len(sim):
             cols = ["common_dy", "common_dx", "scale", "rotation_rad", "n_particles", "residual_px"]
             d = f.create_dataset("common_similarity", data=sim[cols].to_numpy(float))
@@ -403,6 +146,12 @@ def write_results(result, folder, *, run_info: dict, save_fused: bool = False) -
                 "rotation, particles fitted, RMS residual; fitted robustly over the particles' vouched positions"
             )
             d.attrs["centre_yx"] = sim.attrs.get("centre", [np.nan, np.nan])
+        tg = f.create_group("tables")
+        tg.attrs["description"] = "the result's tables, exactly (tracks.csv etc. are rounded copies)"
+        for name in TABLES:
+            df = getattr(result, name)
+            if df is not None:
+                _write_table(tg, name, df)
         g = f.create_group("particles")
         for p in result.particles:
             pg = g.create_group(f"{p.particle:03d}")
@@ -413,6 +162,8 @@ def write_results(result, folder, *, run_info: dict, save_fused: bool = False) -
                 e0_ev=p.e0_ev,
                 radius_px=p.radius,
                 notes=json.dumps(list(p.notes)),
+                reference_frame=int(p.reference_frame),
+                reference_names=json.dumps(list(p.reference_names)),
             )
             pg.create_dataset("aligned", data=p.aligned, chunks=(1, *p.aligned.shape[1:]), **comp)
             pg.create_dataset("masks", data=p.masks, chunks=(1, *p.masks.shape[1:]), **comp)
@@ -428,9 +179,11 @@ def write_results(result, folder, *, run_info: dict, save_fused: bool = False) -
             pg.create_dataset("positions", data=p.positions)
             pg.create_dataset("shifts", data=p.shifts)
             pg.create_dataset("frame_flags", data=p.frame_flags)
-            if getattr(p, "agreement", None) is not None:
+            if p.agreement is not None:
                 d = pg.create_dataset("agreement_px", data=p.agreement)
                 d.attrs["reference_frame"] = int(p.reference_frame)
+            if p.edge_positions is not None:
+                pg.create_dataset("edge_positions", data=p.edge_positions)
             pg.create_dataset("mean_spectrum", data=p.mean_spectrum)
             pg.create_dataset("mean_norm", data=p.mean_norm)
             pg.create_dataset("pre_edge", data=p.pre_edge)
@@ -453,14 +206,92 @@ def write_results(result, folder, *, run_info: dict, save_fused: bool = False) -
         json.dump(info, fh, indent=2, default=_json_default)
 
 
-#: what the report needs: tracks.csv columns, and per particle its datasets and attributes
-TRACK_COLUMNS = ("particle", "frame", "energy_ev", "y", "x", "flags")
-PARTICLE_DATASETS = ("aligned", "mask", "positions", "edge_e50", "mean_spectrum", "mean_norm", "pre_edge", "post_edge")
-PARTICLE_ATTRS = ("particle", "origin_y", "origin_x", "radius_px", "e0_ev")
+def read_run_info(folder) -> dict:
+    """``run.json`` of an output folder (provenance: command, inputs, checksums, timings...)."""
+    folder = Path(folder)
+    rerun = "rerun 'xanestrack run' to write a complete output folder"
+    if not (folder / "run.json").is_file():
+        raise XanestrackError(f"{folder / 'run.json'}: missing; {rerun}")
+    try:
+        run = json.loads((folder / "run.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise XanestrackError(f"{folder / 'run.json'}: not readable JSON ({one_line(exc)}); {rerun}") from None
+    if not isinstance(run, dict):
+        raise XanestrackError(f"{folder / 'run.json'}: not a run description (a JSON object); {rerun}")
+    return run
 
 
-def read_results(folder) -> dict:
-    """Read back what :func:`write_results` wrote (tables as DataFrames, particles as dicts).
+def _read_csv_tables(folder: Path, rerun: str) -> dict:
+    """The tables from the CSV files (folders written before results.h5 held them)."""
+    import pandas as pd
+
+    try:
+        tracks = pd.read_csv(folder / "tracks.csv", dtype={"flags": "string"})
+    except Exception as exc:  # empty, binary, ragged
+        raise XanestrackError(f"{folder / 'tracks.csv'}: unreadable ({one_line(exc)}); {rerun}") from None
+    if "flags" in tracks:
+        tracks["flags"] = tracks["flags"].fillna("")
+    out = dict(tracks=tracks)
+    for name, fname in (("detections", "detections.csv"), ("rejected", "rejected.csv"), ("peak_ratios", "motion_summary.csv")):
+        p = folder / fname
+        out[name] = pd.DataFrame()
+        if p.is_file() and p.stat().st_size > 1:
+            try:
+                out[name] = pd.read_csv(p)
+            except pd.errors.EmptyDataError:
+                pass
+            except Exception as exc:
+                raise XanestrackError(f"{p}: unreadable ({one_line(exc)}); {rerun}") from None
+    return out
+
+
+def _read_particle(g, n_frames: int):
+    from .result import ParticleResult
+
+    d = {k: g[k][()] for k in g}
+    a = g.attrs
+    edge_maps = {k[5:]: v for k, v in d.items() if k.startswith("edge_") and k != "edge_positions"}
+    names = a.get("reference_names")
+    if names is not None:
+        names = tuple(json.loads(names))
+    elif "fractions" in g:
+        names = tuple(json.loads(g["fractions"].attrs["references"]))
+    else:
+        names = ()
+    positions = d["positions"]
+    return ParticleResult(
+        particle=int(a["particle"]),
+        positions=positions,
+        shifts=d.get("shifts", positions - positions[0]),
+        origin=np.array([int(a["origin_y"]), int(a["origin_x"])]),
+        aligned=d["aligned"],
+        masks=d.get("masks", np.repeat(d["mask"][None].astype(np.float32), n_frames, axis=0)),
+        mask=d["mask"],
+        frame_flags=d.get("frame_flags", np.zeros(n_frames, np.uint8)),
+        edge_maps=edge_maps,
+        pixel_flags=d.get("pixel_flags", np.zeros(d["mask"].shape, np.uint8)),
+        fractions=d.get("fractions"),
+        reference_names=names,
+        mean_spectrum=d["mean_spectrum"],
+        mean_norm=d["mean_norm"],
+        pre_edge=d["pre_edge"],
+        post_edge=d["post_edge"],
+        e0_ev=float(a["e0_ev"]),
+        radius=float(a["radius_px"]),
+        unaligned_ends=d.get("unaligned_ends"),
+        notes=tuple(json.loads(a["notes"])) if "notes" in a else (),
+        agreement=d.get("agreement_px"),
+        reference_frame=int(a.get("reference_frame", g["agreement_px"].attrs.get("reference_frame", 0) if "agreement_px" in g else 0)),
+        edge_positions=d.get("edge_positions"),
+    )
+
+
+def read_results(folder):
+    """Read back what :func:`write_results` wrote: the same :class:`~xanestrack.result.PipelineResult`.
+
+    Every field is read exactly from ``results.h5`` (folders from before it held the
+    tables are read from their CSV files, the missing fields with defaults). ``fused``
+    is the whole fused stack where it was saved, else its first and last frames.
 
     Raises
     ------
@@ -471,6 +302,9 @@ def read_results(folder) -> dict:
     import h5py
     import pandas as pd
 
+    from .pipeline import PipelineOptions
+    from .result import PipelineResult
+
     folder = Path(folder)
     rerun = "rerun 'xanestrack run' to write a complete output folder"
     if not folder.is_dir():
@@ -480,35 +314,8 @@ def read_results(folder) -> dict:
     for name in ("tracks.csv", "run.json"):
         if not (folder / name).is_file():
             raise XanestrackError(f"{folder / name}: missing; {rerun}")
-    try:
-        tracks = pd.read_csv(folder / "tracks.csv", dtype={"flags": "string"})
-    except Exception as exc:  # empty, binary, ragged
-        raise XanestrackError(f"{folder / 'tracks.csv'}: unreadable ({one_line(exc)}); {rerun}") from None
-    missing = [c for c in TRACK_COLUMNS if c not in tracks]
-    for cols in (("dy", "dx", "vy", "vx", "rigid_dy", "rigid_dx"), ("nonrigid_dy", "nonrigid_dx", "rel_dy", "rel_dx")):
-        if any(c in tracks for c in cols):
-            missing += [c for c in cols if c not in tracks]
-    if missing:
-        raise XanestrackError(f"{folder / 'tracks.csv'}: no column(s) {', '.join(missing)}; {rerun}")
-    tracks["flags"] = tracks["flags"].fillna("")
-    try:
-        run = json.loads((folder / "run.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise XanestrackError(f"{folder / 'run.json'}: not readable JSON ({one_line(exc)}); {rerun}") from None
-    if not isinstance(run, dict):
-        raise XanestrackError(f"{folder / 'run.json'}: not a run description (a JSON object); {rerun}")
-    out = dict(tracks=tracks, run=run)
-    for name in ("detections", "rejected", "motion_summary"):
-        p = folder / f"{name}.csv"
-        if p.is_file() and p.stat().st_size > 1:
-            try:
-                out[name] = pd.read_csv(p)
-            except pd.errors.EmptyDataError:
-                out[name] = pd.DataFrame()
-            except Exception as exc:
-                raise XanestrackError(f"{p}: unreadable ({one_line(exc)}); {rerun}") from None
+    run = read_run_info(folder)
     h5 = folder / "results.h5"
-    parts = []
     try:
         f = h5py.File(h5, "r")
     except Exception as exc:
@@ -518,27 +325,62 @@ def read_results(folder) -> dict:
             for name in ("energies_ev", "common_shift", "particles"):
                 if name not in f:
                     raise XanestrackError(f"{h5}: no /{name}; not a complete xanestrack results file: {rerun}")
-            out["energies_ev"] = f["energies_ev"][()]
-            out["common_shift"] = f["common_shift"][()]
-            if "common_similarity" in f:
+            energies = f["energies_ev"][()]
+            if "tables" in f:
+                tables = {name: _read_table(f["tables"][name]) for name in TABLES if name in f["tables"]}
+            else:
+                tables = _read_csv_tables(folder, rerun)
+            tracks = tables.get("tracks")
+            missing = [c for c in TRACK_COLUMNS if tracks is None or c not in tracks]
+            for cols in (("dy", "dx", "vy", "vx", "rigid_dy", "rigid_dx"), ("nonrigid_dy", "nonrigid_dx", "rel_dy", "rel_dx")):
+                if tracks is not None and any(c in tracks for c in cols):
+                    missing += [c for c in cols if c not in tracks]
+            if missing:
+                raise XanestrackError(f"{folder / 'tracks.csv'}: no column(s) {', '.join(missing)}; {rerun}")
+            similarity = tables.get("similarity")
+            if similarity is None and "common_similarity" in f:
                 d = f["common_similarity"]
-                out["similarity"] = pd.DataFrame(d[()], columns=json.loads(d.attrs["columns"]))
+                similarity = pd.DataFrame(d[()], columns=json.loads(d.attrs["columns"]))
+                similarity.insert(0, "frame", np.arange(len(similarity)))
+                similarity.attrs["centre"] = list(d.attrs.get("centre_yx", [np.nan, np.nan]))
+            motion = tables.get("motion", pd.DataFrame())
+            if similarity is not None:
+                motion.attrs["similarity"] = similarity
+            parts = []
             for key in sorted(f["particles"]):
                 g = f["particles"][key]
                 gone = [f"/particles/{key}/{k}" for k in PARTICLE_DATASETS if k not in g]
                 gone += [f"attribute {k} of /particles/{key}" for k in PARTICLE_ATTRS if k not in g.attrs]
                 if gone:
                     raise XanestrackError(f"{h5}: no {gone[0]}; not a complete xanestrack results file: {rerun}")
-                d = {k: g[k][()] for k in g}
-                d.update({k: g.attrs[k] for k in g.attrs})
-                if "fractions" in g:
-                    d["reference_names"] = json.loads(g["fractions"].attrs["references"])
-                parts.append(d)
-            for name in ("fused_first", "fused_last"):
-                out[name] = f[name][()] if name in f else None
+                parts.append(_read_particle(g, len(energies)))
+            if "fused" in f:
+                fused = f["fused"][()]
+            elif "fused_first" in f:
+                fused = np.stack([f["fused_first"][()], f["fused_last"][()]])
+            else:
+                fused = None
+            attrs = f.attrs
+            shape = tuple(int(v) for v in attrs["frame_shape"]) if "frame_shape" in attrs else tuple(run.get("frame_shape", fused.shape[1:] if fused is not None else (0, 0)))
+            options = json.loads(attrs["options"]) if "options" in attrs else run.get("parameters", {})
+            result = PipelineResult(
+                energies_ev=energies,
+                frame_shape=shape,
+                detections=tables.get("detections", pd.DataFrame()),
+                tracks=tracks,
+                rejected=tables.get("rejected", pd.DataFrame()),
+                particles=parts,
+                motion=motion,
+                peak_ratios=tables.get("peak_ratios", pd.DataFrame()),
+                common_shift=f["common_shift"][()],
+                fused=fused,
+                timings=json.loads(attrs["timings_s"]) if "timings_s" in attrs else dict(run.get("timings_s", {})),
+                options=_options_from_dict(PipelineOptions, options if isinstance(options, dict) else {}),
+                notes=tuple(json.loads(attrs["notes"])) if "notes" in attrs else tuple(run.get("notes", ())),
+                similarity=similarity,
+            )
     except XanestrackError:
         raise
     except Exception as exc:  # truncated datasets, groups where datasets should be, bad attributes
         raise XanestrackError(f"{h5}: damaged ({type(exc).__name__}: {one_line(exc)}); {rerun}") from None
-    out["particles"] = parts
-    return out
+    return result

@@ -222,32 +222,25 @@ def process_scan(
     if stack.n_frames < options.min_xanes_energies:
         notes.append(f"{stack.n_frames} frame(s): positions and sizes only, no XANES (needs {options.min_xanes_energies} energies)")
     reference, ref_binning = _reference_image(stack.od, result)
-    rows = []
-    from scipy import ndimage
+    from ..result import particle_summary
 
-    ratios = result.peak_ratios.set_index("particle") if len(result.peak_ratios) else None
-    for p in result.particles:
-        inner = ndimage.binary_erosion(p.mask, iterations=2)
-        e50 = p.edge_maps["e50"][inner]
-        ox = np.nan
-        if p.fractions is not None and len(p.reference_names):
-            ox = float(np.nanmean(p.fractions[-1][inner])) if inner.any() else np.nan
-        nr = float(ratios["max_nonrigid_displacement"].get(p.particle, np.nan)) if ratios is not None else np.nan
-        rows.append(
-            dict(
-                scan=source.index,
-                scan_name=source.name,
-                scan_particle=p.particle,
-                y0=float(p.positions[0, 0]),
-                x0=float(p.positions[0, 1]),
-                radius=p.radius,
-                mean_e50=float(np.nanmean(e50)) if np.isfinite(e50).any() else np.nan,
-                oxidised_fraction=ox,
-                max_nonrigid_px=nr,
-                flagged_frames=int((p.frame_flags > 0).sum()),
-                n_frames=int(stack.n_frames),
-            )
+    summ = particle_summary(result)
+    rows = [
+        dict(
+            scan=source.index,
+            scan_name=source.name,
+            scan_particle=int(r["particle"]),
+            y0=float(r["y0"]),
+            x0=float(r["x0"]),
+            radius=float(r["radius_px"]),
+            mean_e50=float(r["mean_e50_ev"]),
+            oxidised_fraction=float(r["oxidised_fraction"]),
+            max_nonrigid_px=float(r["max_nonrigid_px"]),
+            flagged_frames=int(r["flagged_frames"]),
+            n_frames=int(stack.n_frames),
         )
+        for _, r in summ.iterrows()
+    ]
     folder = Path(out_dir) / "scans" / source.name
     folder.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output_dir(folder, overwrite=True, kind="series-scan") as tmp:
@@ -611,60 +604,10 @@ def _frame_shape(out, sources):
 
 
 def write_series_report(table: pd.DataFrame, out_dir) -> Path:
-    """Series figures (chemistry and position per particle vs scan) and an HTML page."""
-    import base64
-    from html import escape as html_escape
+    """The series page: :func:`xanestrack.report.write_series_report` (same figures and template mechanism as a run's)."""
+    from ..report import write_series_report as _write
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = Path(out_dir)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for pid, g in table.groupby("particle"):
-        g = g.sort_values("scan")
-        axes[0].plot(g["scan"], g["mean_e50"], "o-", ms=3, label=f"p{pid}")
-        axes[1].plot(g["scan"], g["oxidised_fraction"], "o-", ms=3)
-        nr = np.hypot(g["y0"] - g["common_dy"] - (g["y0"].iloc[0] - g["common_dy"].iloc[0]), g["x0"] - g["common_dx"] - (g["x0"].iloc[0] - g["common_dx"].iloc[0]))
-        axes[2].plot(g["scan"], nr, "o-", ms=3)
-    axes[0].set_ylabel("mean edge energy (eV)")
-    axes[1].set_ylabel("oxidised (Ni3+) fraction")
-    axes[2].set_ylabel("own displacement since first scan (px)")
-    for a in axes:
-        a.set_xlabel("scan")
-        a.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    png = out / "series.png"
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-    b64 = base64.b64encode(png.read_bytes()).decode()
-    piv = table.pivot_table(index="particle", columns="scan", values="mean_e50")
-    remarks = []
-    if "link_method" in table:
-        broken = sorted(table.loc[table["link_method"].isin(["ambiguous", "prior contradicted"]), "scan"].unique())
-        if broken:
-            remarks.append(
-                f"Scans {', '.join(map(str, broken))}: the offset from the previous scan could not be told (too few particles "
-                "in common, and the images did not confirm it); their particles were given new ids, not linked."
-            )
-    if "n_frames" in table:
-        few = sorted(table.loc[table["n_frames"] < 8, "scan"].unique())  # PipelineOptions.min_xanes_energies
-        if few:
-            remarks.append(f"Scans {', '.join(map(str, few))} have fewer than 8 energies: positions and sizes only, no XANES.")
-    html = (
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>xanestrack series</title>"
-        "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto}td,th{border:1px solid #ccc;padding:2px 6px}"
-        "table{border-collapse:collapse;font-size:.85em}</style></head><body><h1>Operando series</h1>"
-        f"<p>{table['scan'].nunique()} scans, {table['particle'].nunique()} particles followed through the series.</p>"
-        + "".join(f"<p>{html_escape(r)}</p>" for r in remarks)
-        + f"<img alt='series' style='max-width:100%' src='data:image/png;base64,{b64}'>"
-        "<h2>Mean edge energy (eV) per particle and scan</h2>" + piv.to_html(float_format=lambda v: f"{v:.2f}") + "</body></html>"
-    )
-    path = out / "series_report.html"
-    path.write_text(html)
-    return path
+    return _write(table, out_dir)
 
 
 def evaluate_series(table: pd.DataFrame, truth: pd.DataFrame, *, max_distance: float = 10.0) -> dict:

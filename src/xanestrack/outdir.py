@@ -1,0 +1,360 @@
+"""Output folders: claimed, locked and written atomically; nothing of the user's overwritten.
+
+Everything is written into a temporary folder beside the target and moved into
+place only when complete; an existing folder is replaced only with
+``overwrite=True``, and then only after the new one is complete (an interrupted run
+leaves the previous results intact), and only if it is an output of ours (marker
+``.xanestrack-output``) holding nothing else. A lock beside the target refuses a
+second run into the same folder.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import XanestrackError, one_line
+
+__all__ = ["atomic_output_dir", "check_output_dir", "output_lock", "write_marker", "add_to_marker"]
+
+logger = logging.getLogger(__name__)
+
+#: written into every output folder we complete: what we wrote, by which run
+MARKER = ".xanestrack-output"
+#: inside a temporary folder while a run writes into it (pid and host of the writer)
+TMP_MARKER = ".xanestrack-tmp"
+#: written into a finished output later, by 'report', 'demo' (accuracy) and 'series --synthetic': added to
+#: the marker by :func:`add_to_marker`; a run folder from before markers may hold any of them
+_LATER = ("report.html", ".report.html.tmp", "figures", "accuracy.csv")
+#: what a run, demo or series scan wrote before output folders had a marker (version 0.1.0)
+_LEGACY = {"tracks.csv", "detections.csv", "rejected.csv", "motion_summary.csv", "results.h5", "run.json", "summary.json"}
+_STALE = (re.compile(r"^\..+\.(?P<kind>tmp)-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}$"), re.compile(r"^\..+\.(?P<kind>old)-(?P<host>.+)-(?P<pid>\d+)$"))
+
+
+def _host() -> str:
+    return socket.gethostname() or "localhost"
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host runs (when in doubt: yes, so that nothing of it is removed)."""
+    if pid == os.getpid():
+        return True
+    if pid <= 0:
+        return False
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there
+        try:
+            import psutil
+
+            return psutil.pid_exists(pid)
+        except ImportError:
+            return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # another user's process, or cannot tell: alive
+        return True
+    return True
+
+
+def _int(x) -> int:
+    try:
+        return int(x)
+    except (TypeError, ValueError):
+        return -1
+
+
+def _read_marker(folder: Path, name: str = MARKER):
+    """The marker's content if ``folder`` holds a marker that xanestrack wrote, else None."""
+    try:
+        info = json.loads((folder / name).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and info.get("tool") == "xanestrack" else None
+
+
+def _legacy_marker(folder: Path):
+    """A folder of a run from before markers: run.json with a version and results.h5."""
+    try:
+        info = json.loads((folder / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or "version" not in info or not (folder / "results.h5").is_file():
+        return None
+    return dict(tool="xanestrack", kind="legacy", files=sorted(_LEGACY))
+
+
+def _files_of(folder: Path) -> list:
+    """Every file under ``folder`` (relative paths, '/'-separated); symlinks count as files."""
+    out = []
+    for root, dirs, files in os.walk(folder):
+        rel = Path(root).relative_to(folder)
+        for name in files + [d for d in dirs if (Path(root) / d).is_symlink()]:
+            out.append((rel / name).as_posix())
+    return sorted(out)
+
+
+def _foreign(folder: Path, info: dict) -> list:
+    """Files in ``folder`` that xanestrack did not write (per its marker)."""
+    ours = set(info.get("files", [])) | {MARKER}
+    later = _LATER if info.get("kind") == "legacy" else (".report.html.tmp",)
+    return [f for f in _files_of(folder) if f not in ours and f.split("/")[0] not in later]
+
+
+def write_marker(folder, *, kind: str, extra: dict | None = None) -> None:
+    """Mark ``folder`` as a xanestrack output, listing every file in it now."""
+    folder = Path(folder)
+    info = dict(tool="xanestrack", version=__version__, kind=kind, host=_host(), pid=os.getpid(),
+                created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {}))
+    info["files"] = [f for f in _files_of(folder) if f not in (MARKER, TMP_MARKER)]
+    (folder / MARKER).write_text(json.dumps(info, indent=1))
+
+
+def add_to_marker(folder, files) -> None:
+    """Record in ``folder``'s marker files written into it after it was completed (report, accuracy)."""
+    folder = Path(folder)
+    info = _read_marker(folder)
+    if info is None:
+        return
+    new = {Path(f).relative_to(folder).as_posix() if Path(f).is_absolute() else Path(f).as_posix() for f in files}
+    info["files"] = sorted(set(info.get("files", [])) | new)
+    tmp = folder / f".{MARKER}.tmp"
+    tmp.write_text(json.dumps(info, indent=1))
+    os.replace(tmp, folder / MARKER)
+
+
+def check_output_dir(out_dir, *, overwrite: bool, inputs=()) -> Path:
+    """Refuse an output folder we may not write.
+
+    A new or empty folder is fine. An existing one needs ``overwrite``, and then must
+    be a previous xanestrack output (its ``.xanestrack-output`` marker, or a run folder
+    from before markers) holding only files xanestrack wrote and none of ``inputs``,
+    and must not be (or contain) the current folder. Anything else is refused: nothing
+    we did not write is ever deleted.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise XanestrackError(f"output {out} exists and is not a folder; choose another --out")
+    if not out.exists() or not any(out.iterdir()):
+        return out
+    if not overwrite:
+        raise XanestrackError(f"output folder {out} exists and is not empty; choose another --out or pass --overwrite")
+    res = out.resolve()
+    cwd = Path.cwd().resolve()
+    if cwd == res or res in cwd.parents:
+        raise XanestrackError(f"--overwrite: {out} is the current folder or contains it; choose another --out")
+    for p in inputs:
+        rp = Path(p).resolve()
+        if rp == res or res in rp.parents:
+            raise XanestrackError(f"--overwrite: {out} holds the input {p}; it is never replaced: choose another --out")
+    info = _read_marker(out) or _legacy_marker(out)
+    if info is None:
+        raise XanestrackError(
+            f"--overwrite: {out} is not a xanestrack output (no {MARKER} marker) and is not replaced; "
+            "choose another --out, or empty the folder yourself"
+        )
+    extra = _foreign(out, info)
+    if extra:
+        shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
+        raise XanestrackError(
+            f"--overwrite: {out} holds files xanestrack did not write ({shown}); move them out or choose another --out"
+        )
+    return out
+
+
+def _clean_stale(parent: Path) -> None:
+    """Remove temporary / replaced folders and lock files that killed runs of ours left in ``parent``.
+
+    Only entries named as we name them, holding our marker, written on this host by a
+    process that is no longer running.
+    """
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return
+    host = _host()
+    for e in entries:
+        name = e.name
+        if not name.startswith("."):
+            continue
+        if name.endswith(".lock") and e.is_file() and not e.is_symlink():
+            info = _read_marker(parent, name)
+            if info and info.get("host") == host and not _pid_alive(_int(info.get("pid"))):
+                try:
+                    with output_lock(parent / name[1:-5]):
+                        pass  # acquiring and releasing removes it
+                except XanestrackError:
+                    pass
+            continue
+        m = _STALE[0].match(name) or _STALE[1].match(name)
+        if not m or m["host"] != host or _pid_alive(int(m["pid"])) or e.is_symlink() or not e.is_dir():
+            continue
+        if m["kind"] == "tmp":
+            if _read_marker(e, TMP_MARKER) is None and _read_marker(e) is None:
+                continue
+        else:
+            info = _read_marker(e) or _legacy_marker(e)
+            if info is None or _foreign(e, info):
+                continue
+        shutil.rmtree(e, ignore_errors=True)
+        logger.warning("removed %s, left by an interrupted xanestrack run (process %s)", e, m["pid"])
+
+
+class output_lock:
+    """Hold ``.NAME.lock`` beside ``out`` while a run writes it; a second run is refused.
+
+    The lock is an advisory ``flock`` on that file (released by the kernel when the
+    process dies, so a killed run never blocks the next one); where ``fcntl`` is
+    missing, the file is created with ``O_EXCL`` and a lock whose process is dead is
+    taken over.
+    """
+
+    def __init__(self, out):
+        out = Path(os.path.abspath(out))
+        self.path = out.parent / f".{out.name}.lock"
+        self.out = out
+        self.fd = None
+
+    def _busy(self):
+        info = _read_marker(self.path.parent, self.path.name) or {}
+        who = f"process {info.get('pid', '?')} on {info.get('host', '?')}"
+        return XanestrackError(
+            f"{self.out}: another xanestrack run ({who}) is writing this output now; wait for it to finish "
+            "or choose another --out"
+        )
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:
+            fcntl = None
+        content = json.dumps(dict(tool="xanestrack", pid=os.getpid(), host=_host(), out=str(self.out))).encode()
+        for _ in range(20):
+            if fcntl is None:
+                try:
+                    fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+                except FileExistsError:
+                    info = _read_marker(self.path.parent, self.path.name) or {}
+                    try:
+                        age = time.time() - self.path.stat().st_mtime
+                    except OSError:
+                        age = 0.0
+                    if (info.get("host") == _host() and not _pid_alive(_int(info.get("pid")))) or (not info and age > 60):
+                        stale = self.path.with_name(f"{self.path.name}.stale-{os.getpid()}")
+                        try:
+                            os.replace(self.path, stale)
+                            os.unlink(stale)
+                        except OSError:
+                            pass
+                        continue
+                    raise self._busy() from None
+            else:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    os.close(fd)
+                    raise self._busy() from None
+                try:  # the file we locked must still be the one at the path (not unlinked by its last holder)
+                    same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+                except FileNotFoundError:
+                    same = False
+                if not same:
+                    os.close(fd)
+                    continue
+            os.ftruncate(fd, 0)
+            os.write(fd, content)
+            self.fd = fd
+            return self
+        raise self._busy()
+
+    def __exit__(self, *exc):
+        try:
+            os.unlink(self.path)  # while still holding it: a waiting run sees a new file
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+        return False
+
+
+def _prepare_parent(out: Path) -> Path:
+    parent = out.parent
+    if parent == out:
+        raise XanestrackError(f"output {out}: give a folder, not the file-system root")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise XanestrackError(f"cannot create the folder {parent} for {out.name} ({one_line(exc.strerror or exc)}); choose another --out") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise XanestrackError(f"cannot write in {parent} (permission denied); choose another --out")
+    return parent
+
+
+@contextmanager
+def atomic_output_dir(out_dir, *, overwrite: bool = False, inputs=(), kind: str = "output"):
+    """Yield a temporary folder; on success it replaces ``out_dir``.
+
+    Before anything is computed: the folder is checked (:func:`check_output_dir`),
+    the parent is created and must be writable, folders left by killed runs of ours
+    there are removed, and ``out_dir`` is locked (a concurrent run into it is refused).
+    The temporary folder gets the normal permissions (umask). On an exception it is
+    removed and ``out_dir`` is untouched; on success it gets the ``.xanestrack-output``
+    marker and replaces ``out_dir``; a replaced folder is deleted only if it still
+    holds nothing but what xanestrack wrote.
+    """
+    check_output_dir(out_dir, overwrite=overwrite, inputs=inputs)
+    out = Path(out_dir).resolve()
+    parent = _prepare_parent(out)
+    _clean_stale(parent)
+    host, pid = _host(), os.getpid()
+    with output_lock(out):
+        check_output_dir(out, overwrite=overwrite, inputs=inputs)  # again, now that it is ours
+        for _ in range(100):
+            tmp = parent / f".{out.name}.tmp-{host}-{pid}-{secrets.token_hex(4)}"
+            try:
+                os.mkdir(tmp, 0o777)  # the umask applies, unlike mkdtemp's 0700
+                break
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise XanestrackError(f"cannot write in {parent} ({one_line(exc.strerror or exc)}); choose another --out") from None
+        try:
+            (tmp / TMP_MARKER).write_text(json.dumps(dict(tool="xanestrack", pid=pid, host=host, out=str(out))))
+            yield tmp
+            (tmp / TMP_MARKER).unlink()
+            write_marker(tmp, kind=kind)
+            check_output_dir(out, overwrite=overwrite, inputs=inputs)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        old = None
+        if out.is_dir() and not any(out.iterdir()):
+            # an empty folder the user made (perhaps the current one): keep it, move our files in, marker last
+            for entry in sorted(tmp.iterdir(), key=lambda e: e.name == MARKER):
+                if (out / entry.name).exists():
+                    raise XanestrackError(f"{out / entry.name} appeared while the run was writing; it is left alone: rerun")
+                os.replace(entry, out / entry.name)
+            tmp.rmdir()
+            return
+        if out.exists():
+            old = parent / f".{out.name}.old-{host}-{pid}"
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            info = _read_marker(old) or _legacy_marker(old) or dict(files=[])
+            left = _foreign(old, info)
+            if left:  # something appeared in it meanwhile: keep it
+                logger.warning("the replaced output was kept as %s: it holds files xanestrack did not write (%s)", old, left[0])
+            else:
+                shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,103 @@
+"""Each report figure alone: built from the result model, it shows what it says and returns its data."""
+import re
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+
+from xanestrack import report
+from xanestrack.pipeline import PipelineOptions, run_pipeline
+from xanestrack.stack import Stack
+
+
+@pytest.fixture(scope="module")
+def result(small_synth):
+    return run_pipeline(Stack(small_synth.optical_density(), small_synth.energies_ev), options=PipelineOptions(detect_every=6))
+
+
+def _svg_ok(svg: str) -> ET.Element:
+    root = ET.fromstring(svg)  # well-formed XML
+    assert root.tag.endswith("svg") and float(root.get("width")) > 100
+    return root
+
+
+def test_overview_outlines_every_particle_and_tabulates_it(result):
+    fig = report.overview_figure(result)
+    root = _svg_ok(fig.svg)
+    # the frame is embedded as PNG, one trajectory polyline and one label per particle
+    assert len(root.findall(".//{http://www.w3.org/2000/svg}image")) == 1
+    texts = [t.text for t in root.iter("{http://www.w3.org/2000/svg}text")]
+    for p in result.particles:
+        assert str(p.particle) in texts
+    # cyan outline pixels at each particle's mask boundary, on the raster
+    cyan = np.all(fig.image == [0, 255, 255], axis=-1)
+    for p in result.particles:
+        y, x = np.round(p.positions[0]).astype(int)
+        r = int(p.radius) + 4
+        assert cyan[max(y - r, 0) : y + r, max(x - r, 0) : x + r].sum() > 2 * p.radius, p.particle
+    t = fig.tables["overview"]
+    assert list(t["particle"]) == [p.particle for p in result.particles]
+    np.testing.assert_allclose(t["max_nonrigid_px"], result.peak_ratios.set_index("particle").loc[t["particle"], "max_nonrigid_displacement"])
+
+
+def test_chemistry_colours_each_map_on_one_scale(result):
+    fig = report.chemistry_figure(result)
+    _svg_ok(fig.svg)
+    elo, ehi = report._e50_limits(result)
+    assert 8330 < elo < ehi < 8350
+    t = fig.tables["chemistry"]
+    for p, (_, row) in zip(result.particles, t.iterrows()):
+        assert row["e50_median_ev"] == pytest.approx(np.nanmedian(p.edge_maps["e50"]))
+        # a pixel at the particle's centre carries the viridis colour of its edge energy
+        cy, cx = (np.array(p.mask.shape) // 2)
+        v = p.edge_maps["e50"][cy, cx]
+        if np.isfinite(v):
+            expect = report._colormap(np.array([v]), "viridis", elo, ehi)[0]
+            assert np.array_equal(fig.image[p.origin[0] + cy, p.origin[1] + cx], expect)
+
+
+def test_motion_figure_has_eight_panels_and_its_tables(result):
+    fig = report.motion_figure(result)
+    root = _svg_ok(fig.svg)
+    titles = [t.text for t in root.iter("{http://www.w3.org/2000/svg}text") if t.text and re.fullmatch(r"\([a-h]\)", t.text)]
+    assert titles == [f"({c})" for c in "abcdefgh"]
+    n = len(result.particles)
+    # per particle a line in (a)-(d), (g), (h), plus the common motion
+    assert len(root.findall(".//{http://www.w3.org/2000/svg}polyline")) >= 6 * n
+    assert set(fig.tables) == {"motion", "common_motion"}
+    assert len(fig.tables["motion"]) == len(result.tracks)
+    assert len(fig.tables["common_motion"]) == len(result.energies_ev)
+
+
+def test_particle_figure_is_the_aligned_stack_and_maps(result):
+    p = result.particles[0]
+    fig = report.particle_figure(result, p.particle)
+    assert fig.svg is None and fig.image.dtype == np.uint8 and fig.image.ndim == 3
+    h, w = p.aligned.shape[1:]
+    zoom = max(1, int(np.ceil(96 / max(h, w))))
+    n_top = len(report._energy_selection(len(result.energies_ev)))
+    assert fig.image.shape[0] == 2 * h * zoom + 6 and fig.image.shape[1] == n_top * w * zoom + (n_top - 1) * 6
+    # the first tile is the first selected frame in grey
+    tile = fig.image[: h * zoom : zoom, : w * zoom : zoom]
+    assert np.all(tile[..., 0] == tile[..., 1])
+    assert np.corrcoef(tile[..., 0].ravel(), p.aligned[0].ravel())[0, 1] > 0.95
+    spec = fig.tables[f"particle_{p.particle:03d}_spectrum"]
+    np.testing.assert_array_equal(spec["mean_od"], p.mean_spectrum)
+    np.testing.assert_array_equal(fig.tables[f"particle_{p.particle:03d}_edge_e50"].to_numpy(), p.edge_maps["e50"])
+
+
+def test_spectrum_figure_plots_the_spectrum_and_its_fits(result):
+    p = result.particles[0]
+    root = _svg_ok(report.spectrum_figure(result, p.particle).svg)
+    circles = root.findall(".//{http://www.w3.org/2000/svg}circle")
+    assert len(circles) >= np.isfinite(p.mean_spectrum).sum()  # one dot per energy (+ legend)
+    labels = [t.text for t in root.iter("{http://www.w3.org/2000/svg}text")]
+    for label in ("mean OD", "pre-edge fit", "post-edge fit", "normalised (right)", "energy (eV)"):
+        assert label in labels
+
+
+def test_vouching_table_counts_agreeing_frames(result):
+    t = report.vouching_table(result)
+    for p, (_, row) in zip(result.particles, t.iterrows()):
+        ok = (p.frame_flags & (16 | 32 | 64)) == 0
+        assert row["vouched frames"] == ok.sum()

@@ -1,0 +1,91 @@
+"""The result model round-trips: read_results(write_results(r)) == r, field by field."""
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from xanestrack.pipeline import PipelineOptions, run_pipeline
+from xanestrack.result import PipelineResult, particle_summary
+from xanestrack.results import read_results, write_results
+from xanestrack.stack import Stack
+
+
+@pytest.fixture(scope="module")
+def result(small_synth):
+    return run_pipeline(Stack(small_synth.optical_density(), small_synth.energies_ev), options=PipelineOptions(detect_every=6))
+
+
+def _same(a, b, where):
+    if isinstance(a, pd.DataFrame):
+        assert isinstance(b, pd.DataFrame), where
+        pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True), check_dtype=True, obj=where)
+        for k, v in a.attrs.items():
+            if not isinstance(v, pd.DataFrame):
+                assert json_norm(v) == json_norm(b.attrs.get(k)), f"{where}.attrs[{k}]"
+    elif isinstance(a, np.ndarray):
+        assert isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape, where
+        np.testing.assert_array_equal(a, b, err_msg=where)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _same(a[k], b[k], f"{where}[{k}]")
+    elif isinstance(a, float) and np.isnan(a):
+        assert np.isnan(b), where
+    else:
+        assert a == b, where
+
+
+def json_norm(v):
+    import json
+
+    return json.loads(json.dumps(v, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def test_round_trip_field_by_field(result, tmp_path):
+    assert len(result.particles) >= 3
+    write_results(result, tmp_path, run_info={})
+    back = read_results(tmp_path)
+    assert isinstance(back, PipelineResult)
+    for f in dataclasses.fields(PipelineResult):
+        a, b = getattr(result, f.name), getattr(back, f.name)
+        if f.name == "particles":
+            assert len(a) == len(b)
+            for pa, pb in zip(a, b):
+                for pf in dataclasses.fields(pa):
+                    _same(getattr(pa, pf.name), getattr(pb, pf.name), f"particle {pa.particle}.{pf.name}")
+        elif f.name == "fused":
+            _same(a, b, "fused")  # default fuse="ends": first and last frame
+        elif f.name == "timings":
+            assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-12 for k in a)
+        else:
+            _same(a, b, f.name)
+    # the similarity also rides on motion.attrs, as run_pipeline leaves it
+    _same(result.motion.attrs["similarity"], back.motion.attrs["similarity"], "motion.attrs[similarity]")
+    pd.testing.assert_frame_equal(particle_summary(result), particle_summary(back))
+
+
+def test_particle_summary_counts(result):
+    s = particle_summary(result)
+    assert list(s["particle"]) == [p.particle for p in result.particles]
+    n = len(result.energies_ev)
+    assert (s["frames"] == n).all()
+    assert (s["frames_vouched"] <= s["frames_measured"]).all() and (s["frames_measured"] <= n).all()
+    # mean edge energy near the synthetic Ni edge, and the largest non-rigid motion from the motion table
+    assert s["mean_e50_ev"].between(8330, 8350).all()
+    np.testing.assert_allclose(s["max_nonrigid_px"], result.peak_ratios.set_index("particle").loc[s["particle"], "max_nonrigid_displacement"])
+
+
+def test_folders_without_tables_still_read(result, tmp_path):
+    """A folder written before results.h5 held the tables is read from its CSV files."""
+    import h5py
+
+    write_results(result, tmp_path, run_info={})
+    with h5py.File(tmp_path / "results.h5", "a") as f:
+        del f["tables"]
+        for k in ("options", "notes", "timings_s", "frame_shape"):
+            del f.attrs[k]
+    back = read_results(tmp_path)
+    assert len(back.particles) == len(result.particles)
+    assert list(back.tracks["particle"]) == list(result.tracks["particle"])
+    np.testing.assert_allclose(back.tracks["y"], result.tracks["y"], atol=1e-4)
