@@ -311,3 +311,35 @@ def f1_by_band(counts: pd.DataFrame) -> pd.DataFrame:
     t["f1"] = 2 * t.tp / np.maximum(2 * t.tp + t.fp + t.fn, 1)
     order = [b for b, _, _ in ENERGY_BANDS if b in t.index] + ["all"]
     return t.loc[order]
+
+
+def evaluate_series(table: pd.DataFrame, truth: pd.DataFrame, *, max_distance: float = 10.0) -> dict:
+    """Identity and chemistry-trend accuracy of a series against its ground truth.
+
+    Each true particle is paired, in every scan, with the estimated particle nearest its
+    true frame-0 position; it kept its identity if that is the same series id in every
+    scan. The chemistry error is estimated minus true mean edge energy per scan.
+    """
+    errs, ids_ok, rows = [], [], []
+    for tp, g in truth.groupby("particle"):
+        ids = []
+        for _, t in g.sort_values("scan").iterrows():
+            est = table[table["scan"] == t["scan"]]
+            pr = pair_particles(est[["y0", "x0"]].to_numpy(), np.array([[t["y0"], t["x0"]]]), max_distance=max_distance)
+            if not pr:
+                ids.append(None)
+                continue
+            e = est.iloc[pr[0][0]]
+            ids.append(int(e["particle"]))
+            err = float(e["mean_e50"] - t["mean_e50"])
+            errs.append(err)
+            rows.append((tp, int(t["scan"]), int(e["particle"]), err))
+        ids_ok.append(len(set(ids)) == 1 and None not in ids)
+    errs = np.array(errs)
+    return dict(
+        all_identities_kept=bool(all(ids_ok)),
+        n_particles=len(ids_ok),
+        max_abs_e50_error_ev=float(np.nanmax(np.abs(errs))) if errs.size else np.nan,
+        rms_e50_error_ev=float(np.sqrt(np.nanmean(errs**2))) if errs.size else np.nan,
+        per_scan=pd.DataFrame(rows, columns=["truth_particle", "scan", "particle", "e50_error_ev"]),
+    )

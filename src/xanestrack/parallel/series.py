@@ -1,475 +1,46 @@
-"""Operando series: many scans, processed in parallel with Dask, particles linked across scans.
+"""Operando series on Dask: a thin shell that maps the per-scan function over the scans.
 
-Each scan is one task: read lazily (inside the task), run the per-scan pipeline,
-write its results to ``OUT/scans/NAME/`` (``tracks.csv``, ``results.h5`` with chunked
-datasets, ``summary.json``) atomically, and return a small per-particle summary.
-A scan whose folder is complete, made from the same input content (SHA-256), is not
-redone: an interrupted series resumes where it stopped, and a replaced input is
-processed again. Memory is bounded by the scans in flight (the worker count), whatever the
-series length.
+The work is :func:`xanestrack.series.process_scan` (one scan: read, pipeline, results,
+summary) and :func:`xanestrack.series.link_scans` (particles across scans, by the one
+linker); this module only schedules it, the dask-image way: one delayed task per scan.
 
 Schedulers: Dask's threaded scheduler by default (no set-up); ``workers=N`` starts a
 local ``dask.distributed`` cluster of N single-threaded worker processes;
 ``scheduler=ADDRESS`` connects to a running cluster; ``"sync"`` runs the scans one by
-one in this process (the reference the parallel paths are tested against).
-
-The particle-size rules are ``run``'s (:func:`xanestrack.sizes.particle_radius_range`:
-0.4-8 um from the pixel size in the files, else 7-60 px), per scan. A scan may be a
-single frame (positions and sizes, no XANES: that needs ``min_xanes_energies`` frames).
-
-Particles are linked across scans by the package's one linker, :func:`xanestrack.linking.link`,
-in its strict mode (see :func:`link_scans`): the stage offset between consecutive scans
-(tens of pixels, more than between frames) is voted by pairs of particles of similar size
-and checked against an independent estimate, the phase correlation of the two scans'
-frame-0 images; each particle is then predicted from its own motion and assigned within a
-gate. Where the offset cannot be told (a single common particle and no image estimate,
-or the two disagree), the scan's particles get new ids rather than a guessed link.
+one in this process (the reference the parallel paths are tested against). Memory is
+bounded by the scans in flight (the worker count), whatever the series length.
 """
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from ..errors import XanestrackError
+from ..evaluate import evaluate_series  # noqa: F401 (re-exported)
+from ..report import write_series_report  # noqa: F401 (re-exported)
+from ..series import (  # noqa: F401 (re-exported: the series API in one place)
+    REFERENCE_FILE,
+    SUMMARY_COLUMNS,
+    ScanSource,
+    _frame_shape,
+    _manifest_sources,
+    _normalised,
+    _summary_path,
+    link_scans,
+    phase_offset,
+    process_scan,
+    scan_image_prior,
+    series_sources,
+    source_checksum,
+    synthetic_sources,
+)
 
-__all__ = ["ScanSource", "series_sources", "synthetic_sources", "source_checksum", "process_scan", "run_series", "link_scans", "scan_image_prior", "phase_offset"]
+__all__ = ["run_series", "ScanSource", "series_sources", "synthetic_sources", "process_scan", "link_scans", "evaluate_series", "write_series_report"]
 
 logger = logging.getLogger(__name__)
-
-SUMMARY_COLUMNS = ["scan", "scan_name", "scan_particle", "y0", "x0", "radius", "mean_e50", "oxidised_fraction", "max_nonrigid_px", "flagged_frames", "n_frames"]
-
-#: the frame-0 image of each scan kept for the offset between scans (binned to at most this size)
-REFERENCE_SIZE = 512
-REFERENCE_FILE = "frame0_binned.npy"
-
-
-@dataclass(frozen=True)
-class ScanSource:
-    """Where one scan comes from; :meth:`load` reads it (called inside the task)."""
-
-    name: str
-    index: int
-    kind: str  # "input" (file or .xrm folder), "hdf5-scan" (4-D file), "synthetic"
-    path: str | None = None
-    synthetic: dict | None = None
-
-    def load(self):
-        from ..stack import Stack
-
-        if self.kind == "input":
-            from ..io import read_stack
-
-            return read_stack(self.path)
-        if self.kind == "hdf5-scan":
-            return _read_hdf5_scan(self.path, self.index)
-        if self.kind == "synthetic":
-            from ..synth import make_synthetic_series
-
-            cfg = dict(self.synthetic)
-            ser = make_synthetic_series(cfg.pop("preset"), n_scans=cfg.pop("n_scans"), seed=cfg.pop("seed"), **cfg)
-            s = ser.scan(self.index)
-            return Stack(s.optical_density(), s.energies_ev, None, dict(source=self.name, reader="synthetic"))
-        raise ValueError(f"unknown scan source kind {self.kind!r}")
-
-
-def _read_hdf5_scan(path, i):
-    """Scan ``i`` of an FXI-like HDF5 file whose /img_xanes is (n_scans, n_energies, rows, cols)."""
-    import h5py
-
-    from ..io.flatfield import optical_density
-    from ..stack import Stack, validate_energies
-
-    with h5py.File(path, "r") as f:
-        data = f["img_xanes"]
-        counts = data[i]
-        flats = f["img_bkg"][i] if "img_bkg" in f and f["img_bkg"].ndim == 4 else (f["img_bkg"][()] if "img_bkg" in f else None)
-        darks = f["img_dark"][()] if "img_dark" in f else None
-        e = np.asarray(f["X_eng"][()], float)
-    e = e[i] if e.ndim == 2 else e
-    e = e * 1000 if np.nanmax(e) < 100 else e
-    e = validate_energies(e, counts.shape[0], source=f"{path} scan {i}")
-    od = optical_density(counts, flats=flats, darks=darks, source=f"{path} scan {i}")
-    return Stack(od, e, None, dict(source=f"{path}[scan {i}]", reader="hdf5-series", files=[str(path)]))
-
-
-def series_sources(inputs) -> list:
-    """Scan sources from a list of paths (each a scan) or one HDF5 file with a scan axis."""
-    paths = [Path(p) for p in inputs]
-    if not paths:
-        raise XanestrackError("no scans given")
-    for p in paths:
-        if not p.exists():
-            raise XanestrackError(f"{p}: no such file or folder")
-    if len(paths) == 1 and paths[0].suffix.lower() in (".h5", ".hdf5") and paths[0].is_file():
-        import h5py
-
-        try:
-            with h5py.File(paths[0], "r") as f:
-                d = f.get("img_xanes")
-                n = d.shape[0] if isinstance(d, h5py.Dataset) and d.ndim == 4 else None
-        except Exception as exc:  # not HDF5, a looping link...: read_stack says what is wrong, in its task
-            logger.debug("%s: %s", paths[0], exc)
-            n = None
-        if n is not None:
-            return [ScanSource(f"scan_{i:04d}", i, "hdf5-scan", _normalised(paths[0])) for i in range(n)]
-    names = [p.stem if p.is_file() else p.name for p in paths]
-    if len(set(names)) != len(names):
-        names = [f"scan_{i:04d}_{n}" for i, n in enumerate(names)]
-    return [ScanSource(n, i, "input", _normalised(p)) for i, (n, p) in enumerate(zip(names, paths))]
-
-
-def _normalised(path) -> str:
-    """One spelling per file: absolute, symlinks resolved (relative and absolute paths compare equal)."""
-    return str(Path(path).resolve())
-
-
-def source_checksum(source: ScanSource) -> str:
-    """SHA-256 of what a scan is read from: its file(s) (a folder: its .xrm/.txrm files), or its synthetic recipe."""
-    import hashlib
-
-    h = hashlib.sha256()
-    if source.kind == "synthetic":
-        h.update(json.dumps(dict(source.synthetic, index=source.index), sort_keys=True, default=str).encode())
-        return h.hexdigest()
-    p = Path(source.path)
-    files = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in (".xrm", ".txrm")) if p.is_dir() else [p]
-    for q in files:
-        h.update(q.name.encode() + b"\0")
-        with open(q, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    if source.kind == "hdf5-scan":
-        h.update(f"scan {source.index}".encode())
-    return h.hexdigest()
-
-
-def synthetic_sources(n_scans: int, *, preset="default", seed=0, **params) -> list:
-    """Sources that generate the scans of a synthetic series inside the tasks."""
-    cfg = dict(preset=preset, n_scans=n_scans, seed=seed, **params)
-    return [ScanSource(f"scan_{i:04d}", i, "synthetic", synthetic=cfg) for i in range(n_scans)]
-
-
-def _summary_path(out, name):
-    return Path(out) / "scans" / name / "summary.json"
-
-
-_MODELS: dict = {}
-
-
-def _models(detector: str, segmenter: str, options):
-    """The pipeline's model callables, loaded once per worker process."""
-    key = (detector, segmenter, options.detect)
-    if key not in _MODELS:
-        from ..models import pipeline_models
-
-        _MODELS[key] = pipeline_models(detector, segmenter, options=options)
-    return _MODELS[key]
-
-
-def process_scan(
-    source: ScanSource,
-    out_dir,
-    options=None,
-    detector: str = "learned",
-    segmenter: str = "learned",
-    checksum: str | None = None,
-    min_radius: float | None = None,
-    max_radius: float | None = None,
-) -> list:
-    """Run the pipeline on one scan, write its results, return its per-particle summary.
-
-    If the scan's folder is already complete (a previous, interrupted series) and was
-    made from the same input content (``checksum``, SHA-256 of the source, computed
-    when not given), its summary is read back instead; a scan whose input changed is
-    processed again. ``detector`` / ``segmenter``: "learned" (the shipped models,
-    loaded once per worker) or "classical".
-
-    The particle radius range and detection binning (``options.detect``) follow the
-    scan's pixel size as in ``run`` (:func:`xanestrack.sizes.particle_radius_range`);
-    ``min_radius`` / ``max_radius`` (px) replace either end. A scan of a single frame
-    gives positions and sizes; its XANES is skipped (noted in ``summary.json``).
-    ``summary.json`` also records the radius range, the frame shape and the binning of
-    ``frame0_binned.npy``, the frame-0 image the offset between scans is checked on.
-    """
-    from dataclasses import replace
-
-    from ..pipeline import PipelineOptions, run_pipeline
-    from ..results import atomic_output_dir, write_results
-    from ..sizes import particle_radius_range
-
-    checksum = checksum or source_checksum(source)
-    sp = _summary_path(out_dir, source.name)
-    if sp.is_file():
-        try:
-            done = json.loads(sp.read_text())
-        except ValueError:
-            done = {}
-        if done.get("input_sha256") == checksum and "particles" in done:
-            return done["particles"]
-        logger.warning("%s: its input changed since it was processed (or its summary is unreadable): processing it again", source.name)
-    options = options or PipelineOptions(fuse="ends")
-    stack = source.load()
-    sizes = particle_radius_range(stack, min_radius, max_radius, detector=detector)
-    options = replace(options, detect=replace(options.detect, min_radius=sizes.min_radius, max_radius=sizes.max_radius, binning=sizes.binning))
-    det_fn, seg_fn = _models(detector, segmenter, options)
-    result = run_pipeline(stack, options=options, detector=det_fn, segmenter=seg_fn)
-    notes = list(result.notes)
-    if stack.n_frames < options.min_xanes_energies:
-        notes.append(f"{stack.n_frames} frame(s): positions and sizes only, no XANES (needs {options.min_xanes_energies} energies)")
-    reference, ref_binning = _reference_image(stack.od, result)
-    from ..result import particle_summary
-
-    summ = particle_summary(result)
-    rows = [
-        dict(
-            scan=source.index,
-            scan_name=source.name,
-            scan_particle=int(r["particle"]),
-            y0=float(r["y0"]),
-            x0=float(r["x0"]),
-            radius=float(r["radius_px"]),
-            mean_e50=float(r["mean_e50_ev"]),
-            oxidised_fraction=float(r["oxidised_fraction"]),
-            max_nonrigid_px=float(r["max_nonrigid_px"]),
-            flagged_frames=int(r["flagged_frames"]),
-            n_frames=int(stack.n_frames),
-        )
-        for _, r in summ.iterrows()
-    ]
-    folder = Path(out_dir) / "scans" / source.name
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output_dir(folder, overwrite=True, kind="series-scan") as tmp:
-        write_results(result, tmp, run_info=dict(source=source.name, scan=source.index, inputs=[source.path or source.name], input_sha256=checksum))
-        np.save(tmp / REFERENCE_FILE, reference)
-        info = dict(
-            scan=source.index,
-            name=source.name,
-            input_sha256=checksum,
-            n_frames=int(stack.n_frames),
-            frame_shape=list(stack.od.shape[1:]),
-            pixel_size_um=stack.pixel_size_um,
-            radius_range_px=[sizes.min_radius, sizes.max_radius],
-            detection_binning=sizes.binning,
-            reference_binning=ref_binning,
-            notes=notes,
-            particles=rows,
-        )
-        (tmp / "summary.json").write_text(json.dumps(info, default=float))
-    return rows
-
-
-def _reference_image(od, result):
-    """The scan's frame-0 image for the offset between scans: fused ends (frame-0 grid) averaged, binned.
-
-    The last frame (post-edge, highest contrast), brought onto frame 0's grid by the
-    pipeline's fusion, is averaged with the first; without fused frames (no particle),
-    frame 0 alone. Binned so that its long side is at most :data:`REFERENCE_SIZE`.
-    """
-    from ..register import bin_frames
-
-    img = result.fused.mean(axis=0) if result.fused is not None and len(result.fused) else od[0]
-    img = np.nan_to_num(np.asarray(img, np.float32), nan=float(np.nanmedian(img)) if np.isfinite(img).any() else 0.0)
-    b = max(1, int(np.ceil(max(img.shape) / REFERENCE_SIZE)))
-    return (bin_frames(img, b) if b > 1 else img).astype(np.float32), b
-
-
-def link_scans(
-    summary: pd.DataFrame,
-    *,
-    prior=None,
-    frame_shape=None,
-    max_jump: float | None = None,
-    gate: float = 8.0,
-    gate_fraction: float = 0.3,
-    max_gap: int = 3,
-    max_size_ratio: float = 1.3,
-    vote_tolerance: float = 4.0,
-    prior_tolerance: float = 10.0,
-    max_chance: float = 0.1,
-) -> pd.DataFrame:
-    """Give each particle one id through the series (column ``particle``).
-
-    The objects of each scan are its summary rows (``y0, x0``: position in the scan's
-    first frame; ``radius``), linked scan to scan by :func:`xanestrack.linking.link`
-    in strict mode:
-
-    1. the stage offset between consecutive scans is voted by pairs of particles of
-       similar size (radii within ``max_size_ratio``) up to ``max_jump`` (default 25 %
-       of the frame, at least 150 px);
-    2. it is taken only when the evidence singles it out
-       (:func:`xanestrack.linking.decide_displacement`): without ``prior``, at least two
-       particles agreeing and no other offset as well supported; with ``prior`` (the
-       offset measured on the images, e.g. :func:`scan_image_prior`) a vote that agrees
-       with it, or the prior itself refined on the particles that agree with it;
-    3. each particle is predicted from its last position, the offset and its own recent
-       motion, and assigned optimally within ``max(gate, gate_fraction * radius)``; a
-       particle missing from up to ``max_gap`` scans keeps its id when it reappears.
-
-    **One common particle.** A single particle present in both scans agrees with any
-    offset, so the particles alone cannot tell the offset: without a prior the scan's
-    particles get new ids (and the earlier tracks are closed). With a prior, the one
-    particle within ``prior_tolerance`` of where the prior puts a track keeps its id,
-    unless two or more other pairs agree on a different offset (then nothing is linked:
-    new ids rather than a possibly wrong link). Without a prior, two pairs agreeing by
-    chance on a wrong offset (more likely the more particles per scan) cannot be told
-    from two common particles; the image prior guards against it.
-
-    Parameters
-    ----------
-    summary : DataFrame
-        Rows ``scan, scan_particle, y0, x0, radius, ...`` (rows with unknown position
-        get an id of their own).
-    prior : callable(scan_a, scan_b) -> (dy, dx) or None, or dict {(scan_a, scan_b): (dy, dx)}, optional
-        Offset of scan ``scan_b`` relative to ``scan_a`` (a position in ``scan_a`` plus
-        it is the position in ``scan_b``) measured independently of the particles.
-    frame_shape : (rows, cols), optional
-        Sets the default ``max_jump``; without it the extent of the positions does.
-
-    Returns
-    -------
-    DataFrame: ``summary`` sorted by scan with ``particle`` (series id) first and
-    ``common_dy, common_dx`` (offset of the scan relative to the first, continuing from
-    the previous scan where the offset could not be told), ``link_method`` (how the scan
-    was joined to the previous one: "first", "vote", "vote+prior", "prior",
-    "vote over prior", "empty"; "ambiguous" or "prior contradicted": not joined, new
-    ids) and ``link_support`` (tracks agreeing with the offset).
-    """
-    from ..linking import LinkOptions, link
-
-    summary = summary.sort_values(["scan", "scan_particle"]).reset_index(drop=True)
-    scans = sorted(summary["scan"].unique())
-    pos = summary[["y0", "x0"]].to_numpy(float)
-    known = np.all(np.isfinite(pos), axis=1)
-    if max_jump is None:
-        size = max(frame_shape) if frame_shape is not None else (float(np.max(pos[known])) if known.any() else 0.0)
-        max_jump = max(150.0, 0.25 * float(size))
-    objects, rows_of = [], []
-    for s in scans:
-        idx = np.flatnonzero((summary["scan"].to_numpy() == s) & known)
-        rows_of.append(idx)
-        objects.append(pd.DataFrame(dict(y=pos[idx, 0], x=pos[idx, 1], radius=summary["radius"].to_numpy(float)[idx])))
-    opts = LinkOptions(
-        max_jump=max_jump,
-        gate=gate,
-        gate_fraction=gate_fraction,
-        max_gap=max_gap,
-        max_size_ratio=max_size_ratio,
-        vote_tolerance=vote_tolerance,
-        velocity_damping=0.5,
-        strict=True,
-        prior_tolerance=prior_tolerance,
-        field_area=float(np.prod(frame_shape)) if frame_shape is not None else None,
-        max_chance=max_chance,
-    )
-    if isinstance(prior, dict):
-        table = {k: v for k, v in prior.items()}
-        prior = lambda a, b: table.get((a, b))  # noqa: E731
-    link_prior = None
-    if prior is not None:
-
-        def link_prior(ta, tb):
-            p = prior(scans[ta], scans[tb])
-            return None if p is None or not np.all(np.isfinite(p)) else np.asarray(p, float)
-
-    method = {0: ("first", 0)}
-    ids_t, common, _ = link(objects, options=opts, prior=link_prior, on_step=lambda t, d, n, how: method.__setitem__(t, (how, n)))
-    ids = np.full(len(summary), -1)
-    for idx, these in zip(rows_of, ids_t):
-        ids[idx] = these
-    next_id = int(ids.max()) + 1 if len(ids) else 0
-    for i in np.flatnonzero(ids < 0):  # unknown position: a particle of its own
-        ids[i], next_id = next_id, next_id + 1
-    t_of = {s: t for t, s in enumerate(scans)}
-    t = summary["scan"].map(t_of).to_numpy()
-    out = summary.copy()
-    out.insert(0, "particle", ids)
-    out["common_dy"] = common[t, 0]
-    out["common_dx"] = common[t, 1]
-    out["link_method"] = [method.get(k, ("none", 0))[0] for k in t]
-    out["link_support"] = [int(method.get(k, ("none", 0))[1]) for k in t]
-    for k, s in enumerate(scans):
-        how = method.get(k, ("none", 0))[0]
-        if how in ("ambiguous", "prior contradicted"):
-            logger.warning("scan %s: its offset from the previous scan cannot be told (%s): its particles get new ids", s, how)
-    return out
-
-
-def phase_offset(a, b, max_shift=None):
-    """Offset of image ``b`` relative to ``a`` by phase correlation (integer pixels).
-
-    The images are high-passed and Hann-windowed. Returns ``(offset, quality,
-    uniqueness)``: quality is the correlation peak over the spread of the correlation
-    surface, uniqueness the peak over the highest value further than 4 px from it.
-    Measured on synthetic scans of 5 particles (460 x 460): two scans of one field
-    quality 11-83, unrelated fields up to 19 (uniqueness up to 2.0): sparse particles
-    on a smooth background coincide by chance; a textured matrix singles the offset out.
-    """
-    from scipy import ndimage
-
-    def prep(f):
-        f = np.asarray(f, np.float32)
-        f = f - ndimage.gaussian_filter(f, 8)
-        return (f - f.mean()) * np.outer(np.hanning(f.shape[0]), np.hanning(f.shape[1])).astype(np.float32)
-
-    fa, fb = np.fft.rfft2(prep(a)), np.fft.rfft2(prep(b))
-    x = fb * np.conj(fa)
-    r = np.fft.irfft2(x / (np.abs(x) + 1e-12), s=a.shape)
-    ny, nx = a.shape
-    yy = np.fft.fftfreq(ny, 1 / ny)
-    xx = np.fft.fftfreq(nx, 1 / nx)
-    quality = float(r.max() / (r.std() + 1e-12))
-    if max_shift is not None:
-        r[(np.abs(yy)[:, None] > max_shift) | (np.abs(xx)[None, :] > max_shift)] = -np.inf
-    i = np.unravel_index(np.argmax(r), r.shape)
-    dy = (np.arange(ny)[:, None] - i[0] + ny // 2) % ny - ny // 2
-    dx = (np.arange(nx)[None, :] - i[1] + nx // 2) % nx - nx // 2
-    rest = r[np.hypot(dy, dx) > 4]
-    second = float(rest.max()) if rest.size and np.isfinite(rest).any() else 0.0
-    uniqueness = float(r[i] / second) if second > 0 else float("inf")
-    return np.array([yy[i[0]], xx[i[1]]]), quality, uniqueness
-
-
-#: phase-correlation quality and uniqueness below which the image offset between two scans is not used
-MIN_PRIOR_QUALITY = 30.0
-MIN_PRIOR_UNIQUENESS = 1.25
-
-
-def scan_image_prior(out_dir, names: dict, *, min_quality: float = MIN_PRIOR_QUALITY, min_uniqueness: float = MIN_PRIOR_UNIQUENESS):
-    """The offset between two scans measured on their frame-0 images (for :func:`link_scans`).
-
-    ``names`` maps scan index to scan folder name under ``OUT/scans``. Returns a
-    callable ``prior(scan_a, scan_b)``: the offset in pixels, or None where an image is
-    missing (a scan processed by an older version), the frames differ in shape or
-    binning, or the correlation does not single out one offset (quality below
-    ``min_quality`` or uniqueness below ``min_uniqueness``, see :func:`phase_offset`):
-    an image offset taken on weak evidence could confirm a chance pairing of particles.
-    """
-    cache: dict = {}
-
-    def image(s):
-        if s not in cache:
-            folder = Path(out_dir) / "scans" / names[s]
-            try:
-                info = json.loads((folder / "summary.json").read_text())
-                cache[s] = (np.load(folder / REFERENCE_FILE), int(info["reference_binning"]))
-            except (OSError, ValueError, KeyError, TypeError):
-                cache[s] = None
-        return cache[s]
-
-    def prior(a, b):
-        ia, ib = image(a), image(b)
-        if ia is None or ib is None or ia[0].shape != ib[0].shape or ia[1] != ib[1]:
-            return None
-        off, q, u = phase_offset(ia[0], ib[0], max_shift=0.45 * max(ia[0].shape))
-        logger.debug("image offset scan %s -> %s: %s px (quality %.1f, uniqueness %.2f)", a, b, off * ia[1], q, u)
-        return off * ia[1] if q >= min_quality and u >= min_uniqueness else None
-
-    return prior
 
 
 def run_series(
@@ -508,7 +79,7 @@ def run_series(
     DataFrame: one row per particle per scan (``particle`` is the series id; see
     :func:`link_scans` for the columns it adds).
     """
-    from ..results import output_lock
+    from ..outdir import output_lock
 
     out = Path(out_dir)
     with output_lock(_series_folder(out)):  # a second series into this folder is refused while this one runs
@@ -530,15 +101,11 @@ def _series_folder(out: Path) -> Path:
     return out
 
 
-def _manifest_sources(sources) -> list:
-    return [dict(name=s.name, index=s.index, kind=s.kind, path=None if s.path is None else _normalised(s.path), synthetic=s.synthetic) for s in sources]
-
-
 def _run_series(sources, out, *, options, scheduler, workers, detector, segmenter, radii=(None, None)):
     import dask
 
     from ..errors import one_line
-    from ..results import MARKER, write_marker
+    from ..outdir import MARKER, write_marker
 
     manifest = json.loads(json.dumps(dict(sources=_manifest_sources(sources))))
     mpath = out / "series.json"
@@ -590,55 +157,3 @@ def _run_series(sources, out, *, options, scheduler, workers, detector, segmente
         table = summary.assign(particle=[])
     table.to_csv(out / "series.csv", index=False, float_format="%.4f")
     return table
-
-
-def _frame_shape(out, sources):
-    """The largest frame shape recorded in the scans' summaries (None if none is)."""
-    shapes = []
-    for src in sources:
-        try:
-            shapes.append(tuple(json.loads(_summary_path(out, src.name).read_text())["frame_shape"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return max(shapes, key=max) if shapes else None
-
-
-def write_series_report(table: pd.DataFrame, out_dir) -> Path:
-    """The series page: :func:`xanestrack.report.write_series_report` (same figures and template mechanism as a run's)."""
-    from ..report import write_series_report as _write
-
-    return _write(table, out_dir)
-
-
-def evaluate_series(table: pd.DataFrame, truth: pd.DataFrame, *, max_distance: float = 10.0) -> dict:
-    """Identity and chemistry-trend accuracy of a series against its ground truth.
-
-    Each true particle is paired, in every scan, with the estimated particle nearest its
-    true frame-0 position; it kept its identity if that is the same series id in every
-    scan. The chemistry error is estimated minus true mean edge energy per scan.
-    """
-    from ..evaluate import pair_particles
-
-    errs, ids_ok, rows = [], [], []
-    for tp, g in truth.groupby("particle"):
-        ids = []
-        for _, t in g.sort_values("scan").iterrows():
-            est = table[table["scan"] == t["scan"]]
-            pr = pair_particles(est[["y0", "x0"]].to_numpy(), np.array([[t["y0"], t["x0"]]]), max_distance=max_distance)
-            if not pr:
-                ids.append(None)
-                continue
-            e = est.iloc[pr[0][0]]
-            ids.append(int(e["particle"]))
-            err = float(e["mean_e50"] - t["mean_e50"])
-            errs.append(err)
-            rows.append((tp, int(t["scan"]), int(e["particle"]), err))
-        ids_ok.append(len(set(ids)) == 1 and None not in ids)
-    errs = np.array(errs)
-    return dict(
-        all_identities_kept=bool(all(ids_ok)),
-        n_particles=len(ids_ok),
-        max_abs_e50_error_ev=float(np.nanmax(np.abs(errs))) if errs.size else np.nan,
-        rms_e50_error_ev=float(np.sqrt(np.nanmean(errs**2))) if errs.size else np.nan,
-        per_scan=pd.DataFrame(rows, columns=["truth_particle", "scan", "particle", "e50_error_ev"]),
-    )
