@@ -30,7 +30,7 @@ def main():
     from xanestrack.evaluate import evaluate_result
     from xanestrack.models.segmenter import LearnedSegmenter
     from xanestrack.pipeline import run_pipeline
-    from xanestrack.register import crop_windows
+    from xanestrack.register import crop_windows, window_half
     from xanestrack.segment import segment_rois
     from xanestrack.stack import Stack
     from xanestrack.synth import make_synthetic_stack
@@ -55,7 +55,7 @@ def main():
                 for i in range(len(s.truth.radii)):
                     w = (s.truth.masks[i].shape[1] - 1) // 2
                     # ROIs with the pipeline's margin, the true mask in their centre
-                    half = int(np.ceil(1.3 * s.truth.radii[i])) + 6
+                    half = window_half(s.truth.radii[i])
                     tm = np.pad(s.truth.masks[i], ((0, 0), (half - w, half - w), (half - w, half - w)))
                     win, _, _ = crop_windows(od, s.truth.mask_origins[i] + w, half)
                     win = np.where(np.isfinite(win), win, np.nanmedian(win))

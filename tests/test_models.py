@@ -66,13 +66,13 @@ def test_shipped_segmenter_on_a_fresh_stack():
     assert summ["n_found"] == 4
     assert summ["max_rms_px"] < 0.1
     # IoU of the learned masks against the true masks, in the truth's own windows, all frames
-    from xanestrack.register import crop_windows
+    from xanestrack.register import crop_windows, window_half
 
     od = s.optical_density()
     seg = LearnedSegmenter()
     for i in range(4):
         w = (s.truth.masks[i].shape[1] - 1) // 2
-        half = int(np.ceil(1.3 * s.truth.radii[i])) + 6
+        half = window_half(s.truth.radii[i])
         tm = np.pad(s.truth.masks[i], ((0, 0), (half - w, half - w), (half - w, half - w)))
         win, _, _ = crop_windows(od, s.truth.mask_origins[i] + w, half)
         m = seg.segment_rois(win) > 0.5

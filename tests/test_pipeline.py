@@ -5,6 +5,7 @@ from conftest import pair_by_position
 from xanestrack.detect import DetectOptions, detect_particles
 from xanestrack.evaluate import evaluate_result
 from xanestrack.pipeline import run_pipeline, sanitize_stack
+from xanestrack.result import FRAME_FLAGS
 from xanestrack.stack import Stack
 from xanestrack.synth import make_synthetic_stack
 
@@ -37,7 +38,7 @@ def test_end_to_end_small_stack(small_synth, small_result):
     est0 = [p.positions[0] for p in small_result.particles]
     true0 = truth.positions[truth.positions.frame == 0].sort_values("particle")[["y", "x"]].to_numpy()
     assert len(pair_by_position(est0, true0)) == 4
-    assert all(((p.frame_flags & 16) == 0).all() for p in small_result.particles)
+    assert all(((p.frame_flags & FRAME_FLAGS["interpolated"]) == 0).all() for p in small_result.particles)
     t = small_result.tracks
     assert {"particle", "frame", "energy_ev", "y", "x", "dy", "dx", "vy", "vx", "rigid_dy", "nonrigid_dy", "flags"} <= set(t.columns)
     assert len(t) == 4 * 48
@@ -65,7 +66,7 @@ def test_particle_leaving_the_field_of_view_is_flagged():
     r = run_pipeline(Stack(moved, s.energies_ev))
     assert len(r.particles) >= 1
     flags = np.concatenate([p.frame_flags for p in r.particles])
-    assert (flags & (1 | 4 | 16)).any()
+    assert (flags & (FRAME_FLAGS["undetected"] | FRAME_FLAGS["out_of_view"] | FRAME_FLAGS["interpolated"])).any()
 
 
 def test_stack_without_particles_and_single_frame():
@@ -104,8 +105,8 @@ def test_all_background_frame_is_flagged_not_fatal(small_synth):
     r = run_pipeline(Stack(od, small_synth.energies_ev))
     assert len(r.particles) == 4
     for p in r.particles:
-        assert p.frame_flags[20] & 16  # position not measured there: interpolated and flagged
-        assert ((p.frame_flags & 16) == 0).sum() >= 46
+        assert p.frame_flags[20] & FRAME_FLAGS["interpolated"]  # position not measured there: interpolated and flagged
+        assert ((p.frame_flags & FRAME_FLAGS["interpolated"]) == 0).sum() >= 46
 
 
 def _touching_pair_frame():

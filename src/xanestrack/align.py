@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .register import centre_of_mass
+from .register import bin_frames, centre_of_mass
 
 __all__ = ["ALIGNERS", "available_aligners"]
 
@@ -31,11 +31,6 @@ def _prep(frame, sigma=1.0):
     f = np.where(np.isfinite(f), f, np.nanmedian(f))
     g = ndimage.gaussian_filter(f, sigma)
     return g - g.mean()
-
-
-def _bin2(f):
-    ny, nx = (f.shape[0] // 2) * 2, (f.shape[1] // 2) * 2
-    return f[:ny, :nx].reshape(ny // 2, 2, nx // 2, 2).mean(axis=(1, 3))
 
 
 def _pcc(ref, mov, normalization):
@@ -86,7 +81,7 @@ def sift_ransac(frames, *, masks=None, binning: int = 2, tolerance: float = 1.0,
     from skimage.feature import match_descriptors
 
     b = binning
-    prep = (lambda f: _bin2(_prep(f))) if b == 2 else _prep
+    prep = (lambda f: bin_frames(_prep(f), 2, dtype=np.float64)) if b == 2 else _prep
     k0, d0 = _sift_points(prep(frames[0]))
     out = np.zeros((len(frames), 2))
     rng = np.random.default_rng(seed)
@@ -120,7 +115,7 @@ def optical_flow(frames, *, masks=None, binning: int = 2):
 
     Runs on 2x binned frames (0.6 s per full 460 x 460 frame otherwise).
     """
-    prep = (lambda f: _bin2(_prep(f))) if binning == 2 else _prep
+    prep = (lambda f: bin_frames(_prep(f), 2, dtype=np.float64)) if binning == 2 else _prep
     ref = prep(frames[0])
     out = np.zeros((len(frames), 2))
     for k in range(1, len(frames)):

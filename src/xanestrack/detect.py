@@ -18,6 +18,7 @@ import pandas as pd
 from scipy import ndimage
 
 from .register import bin_frames
+from .robust import robust_sigma
 
 __all__ = ["DetectOptions", "detect_particles", "detect_stack", "DETECTION_COLUMNS", "foreground_mask", "regions_table", "empty_detections"]
 
@@ -109,7 +110,7 @@ def _threshold(corr, mask, options):
     med = np.median(resid)
     # pixel noise from a high-pass residual: blind to how much of the frame particles cover
     hp = corr - ndimage.gaussian_filter(corr, 4)
-    noise = 1.4826 * np.median(np.abs(hp - np.median(hp))) + 1e-12
+    noise = robust_sigma(hp) + 1e-12
     peak = np.percentile(corr, 99.5) - med
     otsu = threshold_otsu(corr[::2, ::2]) - med
     level = min(options.contrast_fraction * peak, otsu) if otsu > 0 else options.contrast_fraction * peak

@@ -95,6 +95,10 @@ def roi_ssim(a, b) -> float:
     return float(structural_similarity(a, b, data_range=hi - lo, win_size=win))
 
 
+#: margin (px) of the ROIs compared by SSIM (:func:`xanestrack.register.window_half`): tighter
+#: than the pipeline's windows, so that less background enters the score
+SSIM_MARGIN = 4
+
 #: binning of the frames registered by phase correlation (ROI propagation, vote fallback)
 PC_BINNING = 4
 
@@ -148,6 +152,7 @@ def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = Mat
         The voted common displacement of each frame relative to frame 0.
     """
     from .linking import LinkOptions, link
+    from .register import window_half
 
     n_frames = od.shape[0]
     examined = np.arange(n_frames) if frames is None else np.unique(np.asarray(frames, int))
@@ -179,7 +184,7 @@ def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = Mat
     def on_link(tr, t, j):
         r = objects[t].iloc[j]
         if "half" not in tr.data:
-            tr.data["half"] = int(np.ceil(r["radius"] * 1.3)) + 4
+            tr.data["half"] = window_half(r["radius"], SSIM_MARGIN)
         tr.data["patch"] = _patch(od[examined[t]], r["y"], r["x"], tr.data["half"])
         tr.data.setdefault("rows", []).append(r)
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .robust import MAD_TO_SIGMA, robust_sigma
+
 __all__ = ["compute_motion", "peak_ratios", "MOTION_COLUMNS", "fit_similarity", "common_similarity", "SIMILARITY_COLUMNS"]
 
 #: per-frame common motion: translation of the centre, scale (1 = unchanged), rotation (rad)
@@ -161,7 +163,7 @@ def common_similarity(P, *, reference=None, rotation: bool = False, centre=None,
                 # common motion is what most particles share, as a median is) times Tukey's
                 # biweight at 4.7 x the MAD (at least 0.5 px), which drops a particle drifting
                 # on its own altogether
-                scale_r = max(1.4826 * np.median(r[w > 0]) if (w > 0).any() else 0.0, 0.5 / 4.685)
+                scale_r = max(robust_sigma(r[w > 0], centre=0.0) if (w > 0).any() else 0.0, 0.5 / 4.685)
                 u = r / (4.685 * scale_r)
                 w_new = np.where(u < 1, (1 - u**2) ** 2, 0.0) / np.maximum(r, 0.02)
                 w_new = w_new / max(w_new.max(), 1e-12)
@@ -183,7 +185,7 @@ def common_similarity(P, *, reference=None, rotation: bool = False, centre=None,
             for _ in range(5):  # robust straight line through (0, 1)
                 kappa = float((wk * x * (rows[:, 2] - 1)).sum() / max((wk * x * x).sum(), 1e-30))
                 r = np.abs(rows[:, 2] - 1 - kappa * x)
-                sc = 1.4826 * np.median(r[wk > 0]) + 1e-9
+                sc = robust_sigma(r[wk > 0], centre=0.0) + 1e-9
                 wk = wf * (r < 4 * sc)
             if not _magnification_is_shared(P, ref, have_ref, c, x, kappa):
                 kappa = 0.0  # particles drifting on their own, not one magnification: no scale
@@ -246,7 +248,7 @@ def _magnification_is_shared(P, ref, have_ref, c, x, kappa, *, min_lever: float 
     o = np.argsort(slopes)
     wmed = slopes[o][np.searchsorted(np.cumsum(w[o]), 0.5)]
     mad = float(np.sum(w * np.abs(slopes - wmed)))
-    keep = np.abs(slopes - wmed) <= 4 * 1.4826 * mad + 1e-15
+    keep = np.abs(slopes - wmed) <= 4 * MAD_TO_SIGMA * mad + 1e-15
     w = w[keep] / w[keep].sum()
     mean = float((w * slopes[keep]).sum())
     neff = 1.0 / float((w**2).sum())

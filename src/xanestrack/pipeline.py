@@ -21,7 +21,7 @@ from .detect import DetectOptions, detect_stack
 from .follow import FollowOptions, follow_particle
 from .match import MatchOptions, link_detections
 from .motion import compute_motion, peak_ratios
-from .register import consensus_mask, fuse_particles, resample_masks, resample_windows, vouch_positions, window_half
+from .register import WINDOW_MARGIN, consensus_mask, fuse_particles, resample_masks, resample_windows, vouch_positions, window_half
 from .result import FRAME_FLAGS, ParticleResult, PipelineResult, flag_names
 from .segment import SegmentOptions, segment_particle, segment_rois
 from .stack import Stack, sanitize_stack
@@ -50,7 +50,7 @@ class PipelineOptions:
     detect: DetectOptions = field(default_factory=DetectOptions)
     match: MatchOptions = field(default_factory=MatchOptions)
     segment: SegmentOptions = field(default_factory=SegmentOptions)
-    margin: int = 6
+    margin: int = WINDOW_MARGIN
     detect_every: int = 12  # detect on every n-th frame (and the last); ROIs are propagated in between (1: every frame)
     interpolation_order: int = 3
     area_tolerance: float = 0.25

@@ -27,10 +27,12 @@ import numpy as np
 from scipy import ndimage
 
 from .result import FRAME_FLAGS
+from .robust import robust_sigma
 
 __all__ = [
     "centre_of_mass",
     "window_half",
+    "WINDOW_MARGIN",
     "crop_windows",
     "resample_windows",
     "resample_masks",
@@ -69,20 +71,29 @@ def centre_of_mass(images) -> np.ndarray:
     return out[0] if single else out
 
 
-def bin_frames(a, b: int) -> np.ndarray:
-    """Mean over ``b`` x ``b`` blocks of the last two axes (trailing rows/columns dropped), float32."""
+def bin_frames(a, b: int, *, dtype=np.float32) -> np.ndarray:
+    """Mean over ``b`` x ``b`` blocks of the last two axes (trailing rows/columns dropped).
+
+    The sums are made in ``dtype`` (float32 by default; float64 for the baselines of
+    :mod:`xanestrack.align`, which work in float64), which is also the result's.
+    """
     a = np.asarray(a)
     if b == 1:
-        return a.astype(np.float32, copy=False)
+        return a.astype(dtype, copy=False)
     ny, nx = (a.shape[-2] // b) * b, (a.shape[-1] // b) * b
     lead = a.shape[:-2]
-    x = a[..., :ny, :nx].astype(np.float32, copy=False)
+    x = a[..., :ny, :nx].astype(dtype, copy=False)
     x = x.reshape(*lead, ny // b, b, nx).sum(axis=-2)  # rows first: contiguous sums
     x = x.reshape(*lead, ny // b, nx // b, b).sum(axis=-1)
-    return x / np.float32(b * b)
+    return x / np.dtype(dtype).type(b * b)
 
 
-def window_half(radius: float, margin: int = 6) -> int:
+#: pixels of background around a particle's outline in its window (the pipeline's default
+#: ``PipelineOptions.margin``, and the ROIs the learned segmenter is trained on)
+WINDOW_MARGIN = 6
+
+
+def window_half(radius: float, margin: int = WINDOW_MARGIN) -> int:
     """Half width of a particle's window: 1.3 radii plus ``margin`` pixels.
 
     The one rule for the size of a particle's window (ROI), ``2 * half + 1`` pixels wide:
@@ -386,7 +397,7 @@ def _position_outliers(com, common, good) -> np.ndarray:
     medr = np.median(resid[good], axis=0)
     smooth = ndimage.median_filter(np.where(good[:, None], resid, medr), size=(7, 1), mode="nearest")
     jump = np.hypot(*(resid - smooth).T)
-    scale = 1.4826 * np.median(jump[good]) + 0.05
+    scale = robust_sigma(jump[good], centre=0.0) + 0.05
     return good & (jump > 8 * scale) & (jump > 1.0)
 
 

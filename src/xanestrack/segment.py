@@ -25,6 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from .register import centre_of_mass, crop_windows
+from .robust import robust_sigma
 
 __all__ = ["SegmentOptions", "segment_roi", "segment_rois", "isolate_particle", "SegmentedWindows", "segment_particle"]
 
@@ -54,7 +55,7 @@ def _plane_background(img, ring):
     coef = np.array([np.median(v), 0.0, 0.0])
     for _ in range(3):
         r = v - A @ coef
-        s = 1.4826 * np.median(np.abs(r[keep] - np.median(r[keep]))) + 1e-9
+        s = robust_sigma(r[keep]) + 1e-9
         keep = np.abs(r - np.median(r[keep])) < 2.5 * s
         if keep.sum() < 6:
             break
@@ -62,7 +63,7 @@ def _plane_background(img, ring):
     yy, xx = np.mgrid[0:ny, 0:nx]
     bg = coef[0] + coef[1] * (yy - ny / 2) + coef[2] * (xx - nx / 2)
     resid = (v - A @ coef)[keep]
-    noise = 1.4826 * np.median(np.abs(resid - np.median(resid))) + 1e-9
+    noise = robust_sigma(resid) + 1e-9
     return bg, noise
 
 

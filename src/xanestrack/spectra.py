@@ -4,7 +4,7 @@ The shipped references are the normalised NiO (Ni2+) and LiNiO2 (Ni3+) spectra o
 pyxas (BSD-3), resampled and converted to eV. ``read_spectrum`` reads the common
 text formats of reference spectra: XDI (raw ``i0``/``itrans`` give
 ``mu = ln(i0/itrans)``), two- or three-column text (energy, mu[, stddev]) with the
-energy in eV or keV (keV is recognised when every energy is below 100).
+energy in eV or keV (keV is recognised when every energy is below 100: :func:`xanestrack.units.in_kev`).
 """
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+
+from .units import to_ev
 
 __all__ = ["ReferenceSpectrum", "ni_references", "read_spectrum"]
 
@@ -96,8 +98,7 @@ def read_spectrum(path, *, name: str | None = None) -> ReferenceSpectrum:
             mu = np.log(table[:, inv["i0"]] / table[:, inv["itrans"]])
     else:
         mu = table[:, 1]
-    if np.nanmax(energy) < 100:  # keV
-        energy = energy * 1000.0
+    energy = to_ev(energy)
     if not (np.all(np.isfinite(energy)) and np.all(np.isfinite(mu))):
         raise ValueError(f"reference spectrum {path}: contains NaN/inf values or non-positive intensities")
     order = np.argsort(energy)

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from .units import in_kev
+
 __all__ = ["Stack", "validate_energies", "sanitize_stack"]
 
 logger = logging.getLogger(__name__)
@@ -43,7 +45,7 @@ def validate_energies(energies_ev, n_frames: int, *, source: str = "input") -> n
                 f"{source}: energies are not increasing ({e[i]:.2f} eV at frame {i}, then "
                 f"{e[i + 1]:.2f} eV); sort frames and energies together"
             )
-    if np.nanmax(e) < 100:
+    if in_kev(e):
         raise ValueError(
             f"{source}: energies look like keV (max {np.nanmax(e):.4g}); give them in eV"
         )

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .robust import MAD_TO_SIGMA
+
 __all__ = [
     "analyse_particle",
     "local_background",
@@ -424,7 +426,7 @@ def local_background(aligned, mask, *, inner: int = 3, outer: int = 10):
         c = np.maximum(keep.sum(axis=1), 1)
         rows = np.arange(len(srt))
         med = 0.5 * (srt[rows, (c - 1) // 2] + srt[rows, c // 2])
-        sd = 1.4826 * med + 1e-9
+        sd = MAD_TO_SIGMA * med + 1e-9
         new = fin & (r < 3 * sd[:, None])
         take = usable & (new.sum(axis=1) >= 12)  # too few left: stay with the previous selection
         take &= (new != keep).any(axis=1)

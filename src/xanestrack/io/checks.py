@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 from ..errors import XanestrackError
+from ..units import KEV_BELOW, to_ev
 
 __all__ = [
     "available_memory",
@@ -121,14 +122,13 @@ def energies_in_ev(values, *, source, lines=None) -> np.ndarray:
     if np.any(e <= 0):
         i = int(np.flatnonzero(e <= 0)[0])
         raise XanestrackError(f"{source}: energy at {at(i)} is {e[i]:g}: energies must be positive (eV or keV)")
-    kev = e < 100
+    kev = e < KEV_BELOW
     if kev.any() and not kev.all():
         i, j = int(np.flatnonzero(kev)[0]), int(np.flatnonzero(~kev)[0])
         raise XanestrackError(
             f"{source}: energies mix keV and eV ({e[i]:g} at {at(i)}, {e[j]:g} at {at(j)}); give them all in one unit"
         )
-    if kev.all():
-        e = e * 1000.0
+    e = to_ev(e)
     out = (e < MIN_ENERGY_EV) | (e > MAX_ENERGY_EV)
     if out.any():
         i = int(np.flatnonzero(out)[0])

@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import XanestrackError
-from ..register import bin_frames
+from ..register import bin_frames, centre_of_mass
 from .loading import check_model_size, load_state, load_weights, read_model_config
 
 __all__ = ["SegmenterConfig", "make_training_rois", "train_segmenter", "LearnedSegmenter", "default_model_dir"]
@@ -64,7 +64,7 @@ def _pad(a, size, value=None):
 
 def make_training_rois(n: int, *, seed: int, canvas: int = CANVAS, progress=None):
     """``n`` ROIs with targets: arrays (n, 1, canvas, canvas) x, clean, coverage."""
-    from ..register import crop_windows
+    from ..register import crop_windows, window_half
     from ..synth import make_synthetic_stack
 
     rng = np.random.default_rng([seed, 11])
@@ -83,7 +83,7 @@ def make_training_rois(n: int, *, seed: int, canvas: int = CANVAS, progress=None
             k = int(rng.integers(od.shape[0]))
             row = tp[(tp.particle == i) & (tp.frame == k)].iloc[0]
             r = s.truth.radii[i] * rng.uniform(0.9, 1.1)
-            half = int(np.ceil(1.3 * r)) + 6
+            half = window_half(r)
             centre = np.array([row.y, row.x]) + rng.normal(0, 1.5, 2)
             win, orig, _ = crop_windows(od[k : k + 1], centre[None], half)
             roi = win[0]
@@ -113,13 +113,6 @@ def make_training_rois(n: int, *, seed: int, canvas: int = CANVAS, progress=None
     return f(X), f(C), f(M)
 
 
-def _com(m):
-    w = m.sum(axis=(-2, -1))
-    yy = np.arange(m.shape[-2])
-    xx = np.arange(m.shape[-1])
-    return np.stack([(m.sum(-1) * yy).sum(-1) / w, (m.sum(-2) * xx).sum(-1) / w], -1)
-
-
 def validation_scores(model, x, cover):
     """IoU (mask > 0.5 vs coverage >= 0.5), centre-of-mass error (px) against the coverage."""
     import torch
@@ -135,7 +128,7 @@ def validation_scores(model, x, cover):
     inter = ((p > 0.5) & (t >= 0.5)).sum(axis=(1, 2))
     union = ((p > 0.5) | (t >= 0.5)).sum(axis=(1, 2))
     iou = inter / np.maximum(union, 1)
-    err = np.hypot(*(_com(p) - _com(t)).T)
+    err = np.hypot(*(centre_of_mass(p) - centre_of_mass(t)).T)
     return dict(iou_mean=float(iou.mean()), iou_min=float(iou.min()), com_error_px_median=float(np.nanmedian(err)), com_error_px_p90=float(np.nanpercentile(err, 90)))
 
 
