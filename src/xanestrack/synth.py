@@ -18,6 +18,7 @@ sub-pixel shifts are exact (no resampling of a rendered particle).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -240,23 +241,24 @@ def _fraction(part: _Particle, uy, ux, urho):
     return np.clip(f, 0.0, 1.0)
 
 
-_E50_CACHE: dict = {}
+@lru_cache(maxsize=1)
+def _e50_table():
+    """``(fractions, e50)``: E(mu_norm = 0.5) of the reference mix on 501 fractions (computed once)."""
+    refs = ni_references()
+    e = np.arange(8320.0, 8360.0, 0.01)
+    a, b = refs["NiO"](e), refs["LiNiO2"](e)
+    fs = np.linspace(0, 1, 501)
+    e50 = []
+    for f in fs:
+        m = (1 - f) * a + f * b
+        i = int(np.argmax(m >= 0.5))
+        e50.append(e[i - 1] + (0.5 - m[i - 1]) * (e[i] - e[i - 1]) / (m[i] - m[i - 1]))
+    return fs, np.array(e50)
 
 
 def edge_energy_of_fraction(fraction) -> np.ndarray:
     """E(mu_norm = 0.5) in eV of the reference mix ``(1-f) NiO + f LiNiO2``."""
-    if "table" not in _E50_CACHE:
-        refs = ni_references()
-        e = np.arange(8320.0, 8360.0, 0.01)
-        a, b = refs["NiO"](e), refs["LiNiO2"](e)
-        fs = np.linspace(0, 1, 501)
-        e50 = []
-        for f in fs:
-            m = (1 - f) * a + f * b
-            i = int(np.argmax(m >= 0.5))
-            e50.append(e[i - 1] + (0.5 - m[i - 1]) * (e[i] - e[i - 1]) / (m[i] - m[i - 1]))
-        _E50_CACHE["table"] = (fs, np.array(e50))
-    fs, e50 = _E50_CACHE["table"]
+    fs, e50 = _e50_table()
     return np.interp(fraction, fs, e50)
 
 
@@ -372,17 +374,35 @@ def make_synthetic_stack(
     Returns
     -------
     SynthStack
+
+    Notes
+    -----
+    One random generator draws, in this order: the common motion, the layout, each
+    particle's own drift, the touching pairs, the fines, the background matrix, the dark
+    frame, then frame by frame the matrix brightness, the sample and the flat exposures.
     """
-    params = _resolve_params(params, overrides)
-    p = params
+    p = _resolve_params(params, overrides)
     rng = np.random.default_rng(seed)
     energies = ni_energy_grid(p.n_energies)
-    nE, (ny, nx) = p.n_energies, p.shape
-    refs = ni_references()
-    mu_a, mu_b = refs["NiO"](energies), refs["LiNiO2"](energies)
-    pre = p.pre_edge_level * (energies / 8333.0) ** -3
+    nE = p.n_energies
+    global_shift = _common_motion(rng, p)
+    g_ext = np.abs(global_shift - global_shift.mean(0)).max() if nE > 1 else 0.0
+    max_excursion = g_ext + p.drift_range[1] + 2
+    drift_max = p.drift_range[1] + 1
+    particles = _layout(rng, p, max_excursion, drift_max) if layout is None else list(layout)
+    drifts = _own_drifts(rng, p, len(particles))
+    extra = _touching_pairs(rng, p, particles, max_excursion, drift_max)
+    fines = _fines(rng, p, particles, drift_max)
+    objects = [(q, drifts[i]) for i, q in enumerate(particles)] + extra
+    objects += [(q, np.zeros((nE, 2))) for q in fines]
+    frames = _render(rng, p, energies, global_shift, g_ext, objects, len(particles), store_clean, store_frame_masks)
+    truth = _truth(energies, particles, drifts, global_shift, fines, frames)
+    return SynthStack(frames.counts, frames.flats, frames.dark, energies, truth, p, seed)
 
-    # --- motion: global random walk + jumps; per-particle smooth drift
+
+def _common_motion(rng, p: SynthParams) -> np.ndarray:
+    """The rigid (stage/optics) shift of every frame: a random walk with jumps, frame 0 at 0."""
+    nE = p.n_energies
     steps = rng.normal(0, p.jitter_step, (nE, 2))
     jumps = rng.random(nE) < p.jump_probability
     steps[jumps] += rng.normal(0, p.jump_size, (int(jumps.sum()), 2))
@@ -390,17 +410,20 @@ def make_synthetic_stack(
     global_shift = np.cumsum(steps, axis=0)
     global_shift -= global_shift.mean(axis=0)
     global_shift -= global_shift[0]
-    g_ext = np.abs(global_shift - global_shift.mean(0)).max() if nE > 1 else 0.0
-    max_excursion = g_ext + p.drift_range[1] + 2
+    return global_shift
 
-    drift_max = p.drift_range[1] + 1
-    particles = _layout(rng, p, max_excursion, drift_max) if layout is None else list(layout)
-    amps = rng.uniform(*p.drift_range, len(particles))
-    if len(particles) > 0:
+
+def _own_drifts(rng, p: SynthParams, n_particles: int) -> list:
+    """Each particle's own smooth drift (n_frames, 2); the first particle has none."""
+    amps = rng.uniform(*p.drift_range, n_particles)
+    if n_particles > 0:
         amps[0] = 0.0  # one particle moves with the global jitter only
-    drifts = [_smooth_walk(rng, nE, a, sigma=rng.uniform(6, 15)) for a in amps]
+    return [_smooth_walk(rng, p.n_energies, a, sigma=rng.uniform(6, 15)) for a in amps]
 
-    # touching pairs: two particles in contact, moving together (not isolated)
+
+def _touching_pairs(rng, p: SynthParams, particles, max_excursion, drift_max) -> list:
+    """Pairs of particles in contact, moving together (not isolated): ``[(particle, drift), ...]``."""
+    ny, nx = p.shape
     extra: list[tuple[_Particle, np.ndarray]] = []
     for _ in range(p.n_touching_pairs):
         r1, r2 = rng.uniform(p.radius_range[0], 0.6 * p.radius_range[1], 2)
@@ -418,12 +441,17 @@ def make_synthetic_stack(
                 break
         else:
             raise ValueError("cannot place touching particle pair: frame too crowded")
-        d = _smooth_walk(rng, nE, rng.uniform(*p.drift_range), 10)
+        d = _smooth_walk(rng, p.n_energies, rng.uniform(*p.drift_range), 10)
         for cc, rr in ((c, r1), (c2, r2)):
             q = _random_particle(rng, cc, rr, "inactive", isolated=False)
             # exact circles so that the pair touches whatever the harmonics
             extra.append((replace(q, harmonics=q.harmonics * [1, 0, 1]), d))
+    return extra
 
+
+def _fines(rng, p: SynthParams, particles, drift_max) -> list:
+    """Small particles (radius 1.5-4 px) fixed to the matrix, away from the particles."""
+    ny, nx = p.shape
     fines = []
     for _ in range(p.n_fines):
         for _try in range(2000):
@@ -431,41 +459,89 @@ def make_synthetic_stack(
             if all(np.hypot(*(q.centre - c)) > q.extent + 6 + drift_max for q in particles):
                 break
         fines.append(_random_particle(rng, c, rng.uniform(1.5, 4.0), "inactive", peak_od=rng.uniform(0.3, 0.9)))
+    return fines
 
-    # --- background matrix (binder/carbon): smooth texture moving with the electrode
-    pad = int(np.ceil(g_ext)) + 4
+
+@dataclass(frozen=True)
+class _Rendered:
+    """The recorded frames and the per-particle windows of the truth (see :class:`SynthTruth`)."""
+
+    counts: np.ndarray
+    flats: np.ndarray
+    dark: np.ndarray
+    masks: list
+    origins: list
+    coverage: list | None
+    clean: list | None
+    frame_masks: np.ndarray | None
+
+
+def _matrix_texture(rng, p: SynthParams, pad: int) -> np.ndarray:
+    """Background matrix (binder/carbon) OD: a smooth texture on the frame plus ``pad`` px each side."""
+    ny, nx = p.shape
     bg_tex = ndimage.gaussian_filter(rng.normal(size=(ny + 2 * pad, nx + 2 * pad)), 6)
     bg_tex = (bg_tex - bg_tex.min()) / (np.ptp(bg_tex) + 1e-12)
-    bg_tex = p.background_od * (0.3 + 1.4 * bg_tex)
+    return p.background_od * (0.3 + 1.4 * bg_tex)
+
+
+def _matrix_od(rng, p: SynthParams, bg_tex, g, pad, grid):
+    """Frame OD of the matrix, moved by the common shift ``g``, with this frame's brightness and tilt."""
+    yy, xx, ycen, xcen = grid
+    od = ndimage.map_coordinates(bg_tex, [yy - g[0] + pad, xx - g[1] + pad], order=1, mode="nearest")
+    bscale = 1 + p.background_variation * rng.uniform(-1, 1)
+    od *= bscale
+    od += p.background_od * p.background_variation * (rng.uniform(-1, 1) * ycen + rng.uniform(-1, 1) * xcen)
+    return od
+
+
+def _expose(rng, p: SynthParams, od, k, dark, grid, flat_phase):
+    """Sample counts and flat of frame ``k``: illumination of varying intensity and shape, Poisson noise."""
+    _, _, ycen, xcen = grid
+    fy0, fx0, fs = flat_phase
+    ny, nx = p.shape
+    t = k / max(p.n_energies - 1, 1)
+    shape = 1 + p.flat_shape_variation * (
+        np.cos(2 * np.pi * (ycen * (1 + fs) + fy0 + 0.3 * t))
+        * np.cos(2 * np.pi * (xcen * (1 - fs) + fx0 - 0.2 * t))
+        - 0.5 * (ycen**2 + xcen**2) * (1 + 0.5 * np.sin(2 * np.pi * t))
+    )
+    i0 = p.counts * (1 + 0.1 * np.sin(3 * t + fs)) * shape
+    eps = rng.normal(0, p.intensity_jitter)
+    counts = rng.poisson(i0 * (1 + eps) * np.exp(-od)).astype(np.float32) + dark + rng.normal(
+        0, 2.0, (ny, nx)
+    ).astype(np.float32)
+    flat = rng.poisson(i0 * p.n_ref).astype(np.float32) / p.n_ref + dark
+    return counts, flat
+
+
+def _render(rng, p: SynthParams, energies, global_shift, g_ext, objects, n_particles, store_clean, store_frame_masks) -> _Rendered:
+    """Every frame: matrix + objects (particles first, then touching pairs and fines), exposed."""
+    nE, (ny, nx) = p.n_energies, p.shape
+    refs = ni_references()
+    mu_a, mu_b = refs["NiO"](energies), refs["LiNiO2"](energies)
+    pre = p.pre_edge_level * (energies / 8333.0) ** -3
+    pad = int(np.ceil(g_ext)) + 4
+    bg_tex = _matrix_texture(rng, p, pad)
     yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float32)
-    ycen, xcen = (yy - ny / 2) / ny, (xx - nx / 2) / nx
+    grid = (yy, xx, (yy - ny / 2) / ny, (xx - nx / 2) / nx)
 
     dark = (p.dark_level + rng.normal(0, 2.0, (ny, nx))).astype(np.float32)
     counts = np.empty((nE, ny, nx), np.float32)
     flats = np.empty((nE, ny, nx), np.float32)
 
-    all_parts = [(q, drifts[i]) for i, q in enumerate(particles)] + extra
-    all_parts += [(q, np.zeros((nE, 2))) for q in fines]
     # one fixed window per particle for the true masks
-    win = [int(np.ceil(q.extent)) + 2 for q, _ in all_parts]
-    masks = [np.zeros((nE, 2 * w + 1, 2 * w + 1), bool) for w in win[: len(particles)]]
-    origins = [np.zeros((nE, 2), int) for _ in particles]
+    win = [int(np.ceil(q.extent)) + 2 for q, _ in objects]
+    masks = [np.zeros((nE, 2 * w + 1, 2 * w + 1), bool) for w in win[:n_particles]]
+    origins = [np.zeros((nE, 2), int) for _ in range(n_particles)]
     coverage = [np.zeros(m.shape, np.float16) for m in masks] if store_clean else None
     clean = [np.zeros(m.shape, np.float16) for m in masks] if store_clean else None
 
     frame_masks = np.zeros((nE, ny, nx), bool) if store_frame_masks else None
-    fy0, fx0, fs = rng.uniform(-0.2, 0.2, 3)
+    flat_phase = rng.uniform(-0.2, 0.2, 3)
     for k in range(nE):
         g = global_shift[k]
-        od = ndimage.map_coordinates(
-            bg_tex, [yy - g[0] + pad, xx - g[1] + pad], order=1, mode="nearest"
-        )
-        bscale = 1 + p.background_variation * rng.uniform(-1, 1)
-        od *= bscale
-        od += p.background_od * p.background_variation * (
-            rng.uniform(-1, 1) * ycen + rng.uniform(-1, 1) * xcen
-        )
-        for i, ((q, d), w) in enumerate(zip(all_parts, win)):
+        od = _matrix_od(rng, p, bg_tex, g, pad, grid)
+        for i, ((q, d), w) in enumerate(zip(objects, win)):
             c = q.centre + g + d[k]
             iy, ix = int(round(c[0])), int(round(c[1]))
             y0, y1 = max(iy - w, 0), min(iy + w + 1, ny)
@@ -479,7 +555,7 @@ def make_synthetic_stack(
             od[y0:y1, x0:x1] += thick * (pre[k] + mu)
             if frame_masks is not None:
                 frame_masks[k, y0:y1, x0:x1] |= cover >= 0.5
-            if i < len(particles):
+            if i < n_particles:
                 origins[i][k] = (iy - w, ix - w)
                 m = np.zeros((2 * w + 1, 2 * w + 1), bool)
                 m[y0 - (iy - w) : y1 - (iy - w), x0 - (ix - w) : x1 - (ix - w)] = cover >= 0.5
@@ -488,63 +564,61 @@ def make_synthetic_stack(
                     sl = (k, slice(y0 - (iy - w), y1 - (iy - w)), slice(x0 - (ix - w), x1 - (ix - w)))
                     coverage[i][sl] = cover
                     clean[i][sl] = thick * (pre[k] + mu)
-        # illumination: intensity and shape vary from frame to frame
-        t = k / max(nE - 1, 1)
-        shape = 1 + p.flat_shape_variation * (
-            np.cos(2 * np.pi * (ycen * (1 + fs) + fy0 + 0.3 * t))
-            * np.cos(2 * np.pi * (xcen * (1 - fs) + fx0 - 0.2 * t))
-            - 0.5 * (ycen**2 + xcen**2) * (1 + 0.5 * np.sin(2 * np.pi * t))
-        )
-        i0 = p.counts * (1 + 0.1 * np.sin(3 * t + fs)) * shape
-        eps = rng.normal(0, p.intensity_jitter)
-        counts[k] = rng.poisson(i0 * (1 + eps) * np.exp(-od)).astype(np.float32) + dark + rng.normal(
-            0, 2.0, (ny, nx)
-        ).astype(np.float32)
-        flats[k] = rng.poisson(i0 * p.n_ref).astype(np.float32) / p.n_ref + dark
+        counts[k], flats[k] = _expose(rng, p, od, k, dark, grid, flat_phase)
+    return _Rendered(counts, flats, dark, masks, origins, coverage, clean, frame_masks)
 
-    # --- truth
+
+def _outline_com(q: _Particle):
+    """``(com (2,), radius)``: centre of mass of the outline (8x supersampled) relative to its centre, equivalent radius."""
+    ext = int(np.ceil(q.extent)) + 1
+    s = np.arange(-ext, ext + 1, 0.125)
+    sy, sx = np.meshgrid(s, s, indexing="ij")
+    inside = np.hypot(sy, sx) <= q.outline(np.arctan2(sy, sx))
+    return np.array([sy[inside].mean(), sx[inside].mean()]), np.sqrt(inside.sum() * 0.125**2 / np.pi)
+
+
+def _true_edge_map(q: _Particle):
+    """``(map, origin)``: the particle's E(mu_norm = 0.5) on the frame-0 pixel grid (NaN outside)."""
+    ext = int(np.ceil(q.extent)) + 1
+    c = q.centre
+    y0, x0 = int(np.floor(c[0])) - ext, int(np.floor(c[1])) - ext
+    ly, lx = np.mgrid[y0 : y0 + 2 * ext + 2, x0 : x0 + 2 * ext + 2].astype(float)
+    ly -= c[0]
+    lx -= c[1]
+    cover, _, frac = _particle_fields(q, ly, lx)
+    return np.where(cover >= 0.5, edge_energy_of_fraction(frac), np.nan).astype(np.float32), (y0, x0)
+
+
+def _truth(energies, particles, drifts, global_shift, fines, frames: _Rendered) -> SynthTruth:
     rows = []
     e50_maps, e50_orig, radii = [], [], []
     for i, (q, d) in enumerate(zip(particles, drifts)):
-        # centre of mass of the outline, from an 8x supersampled mask
-        ext = int(np.ceil(q.extent)) + 1
-        s = np.arange(-ext, ext + 1, 0.125)
-        sy, sx = np.meshgrid(s, s, indexing="ij")
-        inside = np.hypot(sy, sx) <= q.outline(np.arctan2(sy, sx))
-        com_local = np.array([sy[inside].mean(), sx[inside].mean()])
-        radii.append(np.sqrt(inside.sum() * 0.125**2 / np.pi))
-        for k in range(nE):
+        com_local, radius = _outline_com(q)
+        radii.append(radius)
+        for k in range(len(energies)):
             pos = q.centre + global_shift[k] + d[k] + com_local
             sh = global_shift[k] + d[k]
             rows.append((i, k, energies[k], pos[0], pos[1], sh[0], sh[1], q.isolated))
-        # edge-energy map on the frame-0 grid
-        c = q.centre
-        y0, x0 = int(np.floor(c[0])) - ext, int(np.floor(c[1])) - ext
-        ly, lx = np.mgrid[y0 : y0 + 2 * ext + 2, x0 : x0 + 2 * ext + 2].astype(float)
-        ly -= c[0]
-        lx -= c[1]
-        cover, _, frac = _particle_fields(q, ly, lx)
-        m = np.where(cover >= 0.5, edge_energy_of_fraction(frac), np.nan).astype(np.float32)
+        m, origin = _true_edge_map(q)
         e50_maps.append(m)
-        e50_orig.append((y0, x0))
+        e50_orig.append(origin)
     positions = pd.DataFrame(
         rows, columns=["particle", "frame", "energy_ev", "y", "x", "dy", "dx", "isolated"]
     )
-    truth = SynthTruth(
+    return SynthTruth(
         positions=positions,
         global_shift=global_shift,
-        masks=masks,
-        mask_origins=origins,
+        masks=frames.masks,
+        mask_origins=frames.origins,
         edge_maps=e50_maps,
         edge_map_origins=np.array(e50_orig, dtype=float).reshape(-1, 2),
         radii=np.array(radii),
         patterns=[q.pattern for q in particles],
         fines=np.array([[q.centre[0], q.centre[1], q.radius] for q in fines]).reshape(-1, 3),
-        coverage=coverage,
-        clean=clean,
-        frame_masks=frame_masks,
+        coverage=frames.coverage,
+        clean=frames.clean,
+        frame_masks=frames.frame_masks,
     )
-    return SynthStack(counts, flats, dark, energies, truth, p, seed)
 
 
 @dataclass(frozen=True)
