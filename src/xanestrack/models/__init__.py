@@ -16,7 +16,7 @@ def pipeline_models(detector: str, segmenter: str, *, options, detector_model=No
     """
     for name, value in (("detector", detector), ("segmenter", segmenter)):
         if value not in ("classical", "learned"):
-            raise ValueError(f"--{name} takes 'classical' or 'learned', got {value!r}")
+            raise ValueError(f"{name} must be 'classical' or 'learned', got {value!r}")
     det_fn = seg_fn = None
     if detector == "learned":
         from .detector import LearnedDetector

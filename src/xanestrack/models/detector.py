@@ -292,22 +292,39 @@ def train_detector(
 
     Parameters
     ----------
+    out_dir : path
+        The model folder to write (``weights.pt``, ``config.json``, ``card.md``).
+    config : DetectorConfig
     raw : list of ndarray, optional
         Normalised, binned unlabelled frames (see :func:`raw_frames`): half of every
         batch of domain A is drawn from them (unpaired losses only).
     init_dir : path, optional
-        Start from this model (fine-tuning), e.g. the shipped detector.
+        Start from this model (fine-tuning), e.g. the shipped detector; its architecture
+        and binning replace those of ``config``.
+    log : callable(str)
+        Progress lines (every tenth of the iterations).
+    progress : callable(done, total), optional
+
+    Returns
+    -------
+    dict with ``history`` (a row per logged iteration: mean losses, validation pixel
+    IoU), ``n_params`` (of the forward generator) and ``f1`` (validation detection F1
+    per energy band).
+
+    Raises
+    ------
+    ValueError
+        If ``init_dir`` holds no trained detector.
+
+    Notes
+    -----
+    Reproducible from ``config.seed``: the torch generator is seeded before the networks
+    are built, and one numpy generator draws every batch (crops, augmentations) and the
+    image pools' choices.
     """
     import torch
 
-    from .nets import PatchDiscriminator, ResnetGenerator
-
-    if init_dir is not None:
-        if not (Path(init_dir) / "weights.pt").is_file():
-            raise ValueError(f"no trained detector in {init_dir} to start from")
-        # the architecture and binning are the starting model's
-        base = read_model_config(init_dir, kind="detector", required=("width", "n_blocks"))
-        config = replace(config, **{k: base[k] for k in ("width", "n_blocks", "disc_width", "binning") if k in base})
+    config = _starting_config(config, init_dir)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng([config.seed, 5])
     t0 = time.perf_counter()
@@ -315,6 +332,67 @@ def train_detector(
     va, vb, vstacks = make_detector_frames(config.n_val_stacks, config.frames_per_stack, seed=config.seed + 500, binning=config.binning)
     t_data = time.perf_counter() - t0
     log(f"training data: {len(fa)} frames from {config.n_stacks} synthetic scans, validation {len(va)} frames ({t_data:.0f} s)")
+    nets = _build_networks(config, init_dir)
+    n_params = sum(p.numel() for p in nets.G.parameters())
+    train = _Trainer(nets, config, rng)
+    n_raw = config.batch // 2 if raw else 0
+    history = []
+    te = time.perf_counter()
+    run = dict(g=0.0, d=0.0, cyc=0.0, pair=0.0, n=0)
+    every = max(1, config.iterations // 10)
+    for it in range(config.iterations):
+        a, b, pairs = _draw_batch(rng, config, fa, fb, raw, n_raw)
+        for k, v in train.step(a, b, pairs).items():
+            run[k] += v
+        run["n"] += 1
+        if (it + 1) % every == 0 or it + 1 == config.iterations:
+            n = run.pop("n")
+            row = dict(iteration=it + 1, seconds=time.perf_counter() - te, **{k: v / n for k, v in run.items()})
+            row["val_pixel_iou"] = _pixel_iou(nets.G, va, vb)
+            history.append(row)
+            log(
+                f"iteration {it + 1}/{config.iterations}: adversarial {row['g']:.3f}, discriminators {row['d']:.3f}, "
+                f"cycle {row['cyc']:.3f}, paired {row['pair']:.3f}, val pixel IoU {row['val_pixel_iou']:.3f} "
+                f"({row['seconds']:.0f} s)"
+            )
+            run = dict(g=0.0, d=0.0, cyc=0.0, pair=0.0, n=0)
+        if progress:
+            progress(it + 1, config.iterations)
+    t_train = time.perf_counter() - te
+    nets.G.eval()
+    f1 = _f1_on_stacks(nets.G, vstacks, config.binning)
+    out = Path(out_dir)
+    _write_model(out, nets, config, n_params=n_params, init_dir=init_dir, raw=raw)
+    card = _model_card(config, history, f1, n_params=n_params, n_frames=len(fa), n_val_frames=len(va), raw=raw,
+                       init_dir=init_dir, t_train=t_train, t_data=t_data)
+    (out / "card.md").write_text(card)
+    return dict(history=history, n_params=n_params, f1=f1)
+
+
+def _starting_config(config: DetectorConfig, init_dir) -> DetectorConfig:
+    """``config``, with the architecture and binning of the model in ``init_dir`` when fine-tuning."""
+    if init_dir is None:
+        return config
+    if not (Path(init_dir) / "weights.pt").is_file():
+        raise ValueError(f"no trained detector in {init_dir} to start from")
+    base = read_model_config(init_dir, kind="detector", required=("width", "n_blocks"))
+    return replace(config, **{k: base[k] for k in ("width", "n_blocks", "disc_width", "binning") if k in base})
+
+
+@dataclass(frozen=True)
+class _Networks:
+    """The Cycle-GAN: generators raw -> mask (``G``) and mask -> raw (``F``), discriminators of each domain."""
+
+    G: object
+    F: object
+    DA: object
+    DB: object
+
+
+def _build_networks(config: DetectorConfig, init_dir) -> _Networks:
+    """New networks (torch's generator draws their initial weights), or those of ``init_dir``."""
+    from .nets import PatchDiscriminator, ResnetGenerator
+
     G = ResnetGenerator(1, 1, config.width, config.n_blocks)  # raw -> mask
     F = ResnetGenerator(1, 1, config.width, config.n_blocks)  # mask -> raw
     DA, DB = PatchDiscriminator(1, config.disc_width), PatchDiscriminator(1, config.disc_width)
@@ -325,38 +403,60 @@ def train_detector(
         if "DA" in state:
             DA.load_state_dict(state["DA"])
             DB.load_state_dict(state["DB"])
-    n_params = sum(p.numel() for p in G.parameters())
-    opt_g = torch.optim.Adam(list(G.parameters()) + list(F.parameters()), lr=config.lr, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(list(DA.parameters()) + list(DB.parameters()), lr=config.lr, betas=(0.5, 0.999))
-    # constant rate for the first half, then linear decay to zero (Zhu et al.)
-    half = config.iterations // 2
-    lam = lambda it: 1.0 if it < half else max(0.0, 1.0 - (it - half) / max(config.iterations - half, 1))  # noqa: E731
-    sch_g = torch.optim.lr_scheduler.LambdaLR(opt_g, lam)
-    sch_d = torch.optim.lr_scheduler.LambdaLR(opt_d, lam)
-    pool_a, pool_b = _Pool(config.pool_size, rng), _Pool(config.pool_size, rng)
-    mse, l1 = torch.nn.MSELoss(), torch.nn.L1Loss()
-    lc, li, lp = config.cycle_weight, config.identity_weight * config.cycle_weight, config.paired_weight
-    n_raw = config.batch // 2 if raw else 0
-    history = []
-    te = time.perf_counter()
-    run = dict(g=0.0, d=0.0, cyc=0.0, pair=0.0, n=0)
-    every = max(1, config.iterations // 10)
-    for it in range(config.iterations):
+    return _Networks(G, F, DA, DB)
+
+
+def _draw_batch(rng, config: DetectorConfig, fa, fb, raw, n_raw):
+    """One batch: domain A (``n_raw`` unlabelled frames, then synthetic frames with their
+    masks as pairs) and domain B (unpaired mask images), random crops and symmetries.
+
+    Returns ``(a, b, pairs)``: tensors (batch, 1, crop, crop) and ``[(index in batch, mask), ...]``.
+    """
+    import torch
+
+    a_list, pair_list, b_list = [], [], []
+    for j in range(config.batch):
+        if j < n_raw:
+            (x,) = _crop(rng, config.crop, raw[int(rng.integers(len(raw)))])
+            a_list.append(_augment(rng, x)[0])
+        else:
+            i = int(rng.integers(len(fa)))
+            x, y = _augment(rng, *_crop(rng, config.crop, fa[i], fb[i]))
+            a_list.append(x)
+            pair_list.append((j, y))
+        (yb,) = _crop(rng, config.crop, fb[int(rng.integers(len(fb)))])  # unpaired mask image
+        b_list.append(_augment(rng, yb)[0])
+    a = torch.from_numpy(np.stack(a_list)[:, None])
+    b = torch.from_numpy(np.stack(b_list)[:, None])
+    return a, b, pair_list
+
+
+class _Trainer:
+    """Optimisers, learning-rate schedules, image pools and losses of the Cycle-GAN (Zhu et al. 2017)."""
+
+    def __init__(self, nets: _Networks, config: DetectorConfig, rng):
+        import torch
+
+        self.nets = nets
+        G, F, DA, DB = nets.G, nets.F, nets.DA, nets.DB
+        self.opt_g = torch.optim.Adam(list(G.parameters()) + list(F.parameters()), lr=config.lr, betas=(0.5, 0.999))
+        self.opt_d = torch.optim.Adam(list(DA.parameters()) + list(DB.parameters()), lr=config.lr, betas=(0.5, 0.999))
+        # constant rate for the first half, then linear decay to zero (Zhu et al.)
+        half = config.iterations // 2
+        lam = lambda it: 1.0 if it < half else max(0.0, 1.0 - (it - half) / max(config.iterations - half, 1))  # noqa: E731
+        self.sch_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, lam)
+        self.sch_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, lam)
+        self.pool_a, self.pool_b = _Pool(config.pool_size, rng), _Pool(config.pool_size, rng)
+        self.mse, self.l1 = torch.nn.MSELoss(), torch.nn.L1Loss()
+        self.lc, self.li, self.lp = config.cycle_weight, config.identity_weight * config.cycle_weight, config.paired_weight
+
+    def step(self, a, b, pair_list) -> dict:
+        """One update of the generators, then of the discriminators; the losses as floats."""
+        import torch
+
+        G, F, DA, DB = self.nets.G, self.nets.F, self.nets.DA, self.nets.DB
+        mse, l1, lc, li, lp = self.mse, self.l1, self.lc, self.li, self.lp
         G.train(), F.train(), DA.train(), DB.train()
-        a_list, pair_list, b_list = [], [], []
-        for j in range(config.batch):
-            if j < n_raw:
-                (x,) = _crop(rng, config.crop, raw[int(rng.integers(len(raw)))])
-                a_list.append(_augment(rng, x)[0])
-            else:
-                i = int(rng.integers(len(fa)))
-                x, y = _augment(rng, *_crop(rng, config.crop, fa[i], fb[i]))
-                a_list.append(x)
-                pair_list.append((j, y))
-            (yb,) = _crop(rng, config.crop, fb[int(rng.integers(len(fb)))])  # unpaired mask image
-            b_list.append(_augment(rng, yb)[0])
-        a = torch.from_numpy(np.stack(a_list)[:, None])
-        b = torch.from_numpy(np.stack(b_list)[:, None])
         fake_b = G(a)
         fake_a = F(b)
         rec_a = F(fake_b)
@@ -371,45 +471,30 @@ def train_detector(
             tgt = torch.from_numpy(np.stack([y for _, y in pair_list])[:, None])
             loss_pair = l1(fake_b[idx], tgt)
             loss_g = loss_g + lp * loss_pair
-        opt_g.zero_grad()
+        self.opt_g.zero_grad()
         loss_g.backward()
-        opt_g.step()
+        self.opt_g.step()
         # discriminators: real -> 1, (pooled) fake -> 0
-        pa, pb = pool_a(fake_a), pool_b(fake_b)
+        pa, pb = self.pool_a(fake_a), self.pool_b(fake_b)
         da_r, da_f = DA(a), DA(pa)
         db_r, db_f = DB(b), DB(pb)
         loss_d = 0.5 * (mse(da_r, torch.ones_like(da_r)) + mse(da_f, torch.zeros_like(da_f)))
         loss_d = loss_d + 0.5 * (mse(db_r, torch.ones_like(db_r)) + mse(db_f, torch.zeros_like(db_f)))
-        opt_d.zero_grad()
+        self.opt_d.zero_grad()
         loss_d.backward()
-        opt_d.step()
-        sch_g.step()
-        sch_d.step()
-        run["g"] += float(loss_adv.detach())
-        run["d"] += float(loss_d.detach())
-        run["cyc"] += float(loss_cyc.detach())
-        run["pair"] += float(loss_pair.detach())
-        run["n"] += 1
-        if (it + 1) % every == 0 or it + 1 == config.iterations:
-            n = run.pop("n")
-            row = dict(iteration=it + 1, seconds=time.perf_counter() - te, **{k: v / n for k, v in run.items()})
-            row["val_pixel_iou"] = _pixel_iou(G, va, vb)
-            history.append(row)
-            log(
-                f"iteration {it + 1}/{config.iterations}: adversarial {row['g']:.3f}, discriminators {row['d']:.3f}, "
-                f"cycle {row['cyc']:.3f}, paired {row['pair']:.3f}, val pixel IoU {row['val_pixel_iou']:.3f} "
-                f"({row['seconds']:.0f} s)"
-            )
-            run = dict(g=0.0, d=0.0, cyc=0.0, pair=0.0, n=0)
-        if progress:
-            progress(it + 1, config.iterations)
-    t_train = time.perf_counter() - te
-    G.eval()
-    f1 = _f1_on_stacks(G, vstacks, config.binning)
-    out = Path(out_dir)
+        self.opt_d.step()
+        self.sch_g.step()
+        self.sch_d.step()
+        return dict(g=float(loss_adv.detach()), d=float(loss_d.detach()), cyc=float(loss_cyc.detach()), pair=float(loss_pair.detach()))
+
+
+def _write_model(out: Path, nets: _Networks, config: DetectorConfig, *, n_params, init_dir, raw):
+    """``weights.pt`` (all four networks: the discriminators are kept for later fine-tuning) and ``config.json``."""
+    import torch
+
     out.mkdir(parents=True, exist_ok=True)
     # the discriminators are kept for later fine-tuning (unpaired adaptation restarts from them)
-    torch.save({"G": G.state_dict(), "F": F.state_dict(), "DA": DA.state_dict(), "DB": DB.state_dict()}, out / "weights.pt")
+    torch.save({"G": nets.G.state_dict(), "F": nets.F.state_dict(), "DA": nets.DA.state_dict(), "DB": nets.DB.state_dict()}, out / "weights.pt")
     cfg = dict(
         asdict(config),
         architecture="ResnetGenerator (Cycle-GAN)",
@@ -419,18 +504,22 @@ def train_detector(
         n_raw_frames=len(raw) if raw else 0,
     )
     (out / "config.json").write_text(json.dumps(cfg, indent=1))
+
+
+def _model_card(config: DetectorConfig, history, f1, *, n_params, n_frames, n_val_frames, raw, init_dir, t_train, t_data) -> str:
+    """The model card (markdown): how the detector was trained, on what, its validation scores."""
     final = history[-1]
     raw_line = (
         f"Fine-tuned from `{init_dir}` with {len(raw)} unlabelled user frames (half of every raw-domain batch; unpaired losses only).\n"
         if raw
         else "No real data were used for training.\n"
     )
-    card = f"""# Cycle-GAN particle detector
+    return f"""# Cycle-GAN particle detector
 
 Forward generator raw frame -> particle-mask image: ResNet generator, width {config.width}, {config.n_blocks}
 residual blocks, {n_params} parameters; a second generator of the same size maps back; PatchGAN
 discriminators (width {config.disc_width}). Trained by `xanestrack train detector` (seed {config.seed}) on
-{len(fa)} frames of {config.n_stacks} varied synthetic scans (`xanestrack.synth`, default and hard presets,
+{n_frames} frames of {config.n_stacks} varied synthetic scans (`xanestrack.synth`, default and hard presets,
 400-10000 counts, radii x0.6-1.35, 3-12 particles, up to 30 fines, up to 2 touching pairs; seeds >= 100),
 binned {config.binning}x, random {config.crop} x {config.crop} crops, batch {config.batch}, {config.iterations}
 iterations: LSGAN + cycle (weight {config.cycle_weight}) + identity ({config.identity_weight} x cycle) + paired L1 on
@@ -438,7 +527,7 @@ the synthetic pairs (weight {config.paired_weight}), Adam {config.lr} (beta1 0.5
 second half, image pool {config.pool_size}, the 8 symmetries of the square as augmentation.
 Training time {t_train:.0f} s on the CPU (+ {t_data:.0f} s to generate the data).
 {raw_line}
-Validation ({len(va)} frames of {config.n_val_stacks} unseen synthetic scans): pixel IoU
+Validation ({n_val_frames} frames of {config.n_val_stacks} unseen synthetic scans): pixel IoU
 {final['val_pixel_iou']:.4f}; isolated-particle detection F1 per energy band:
 {", ".join(f"{k} {v:.3f}" for k, v in f1.items())}.
 
@@ -448,27 +537,6 @@ Validation ({len(va)} frames of {config.n_val_stacks} unseen synthetic scans): p
         f"| {h['iteration']} | {h['g']:.3f} | {h['d']:.3f} | {h['cyc']:.3f} | {h['pair']:.3f} | {h['val_pixel_iou']:.4f} | {h['seconds']:.0f} |"
         for h in history
     ) + "\n"
-    (out / "card.md").write_text(card)
-    return dict(history=history, n_params=n_params, f1=f1)
-
-
-def rescore_card(model_dir, *, note: str = "") -> dict:
-    """Recompute the validation F1 of a model folder (same validation scans) and update its card.
-
-    For when the post-processing of the generator's map changes after training.
-    """
-    import re
-
-    d = Path(model_dir)
-    cfg = json.loads((d / "config.json").read_text())
-    det = LearnedDetector(d, precision="fp32")
-    _, _, vstacks = make_detector_frames(cfg["n_val_stacks"], cfg["frames_per_stack"], seed=cfg["seed"] + 500, binning=cfg["binning"])
-    f1 = _f1_on_stacks(det.model, vstacks, cfg["binning"])
-    card = (d / "card.md").read_text()
-    line = ", ".join(f"{k} {v:.3f}" for k, v in f1.items()) + "."
-    card = re.sub(r"(isolated-particle detection F1 per energy band:\n)[^\n]*", lambda m: m.group(1) + line + (f" ({note})" if note else ""), card)
-    (d / "card.md").write_text(card)
-    return f1
 
 
 class LearnedDetector:
