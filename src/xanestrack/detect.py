@@ -29,33 +29,58 @@ DETECTION_COLUMNS = [
 
 @dataclass(frozen=True)
 class DetectOptions:
-    """Options of the detectors' region tests, and of the classical detector (lengths in pixels).
+    """Options of the detectors' region tests, and of the classical detector.
+
+    Lengths are in pixels of the full-resolution frame (the classical detector divides
+    them by ``binning``). The fields marked *classical* are used by the classical
+    detector only; the region tests (size, border, convexity, splitting) by every
+    detector, through :func:`regions_table`.
 
     Attributes
     ----------
-    sigma : float
-        Gaussian smoothing before thresholding (classical).
-    binning : int
-        Frames are binned by this factor before detection (classical).
-    background_scale : int
-        Block size of the smooth background estimate (classical).
-    noise_factor : float
-        The threshold is at least this many noise standard deviations (classical).
-    contrast_fraction : float
-        ... and at least this fraction of the particles' own contrast (classical).
-    min_radius, max_radius : float
-        Size range of a particle (equivalent radius); smaller objects are fines.
-    border : int
-        Components this close to the frame border are not whole.
-    min_solidity : float
-        Below this area / convex-hull area (relaxed for small outlines) a component is
-        examined as possibly several touching particles.
-    split_touching : bool
+    sigma : float, default 2.0
+        px. Gaussian smoothing of the (binned) frame before thresholding (classical):
+        larger finds faint particles in noisy frames, merges close ones.
+    binning : int, default 2
+        Frames are binned by this factor before detection (classical). The learned
+        detector bins by at least this much (more for large ``max_radius``, see
+        :func:`xanestrack.models.detector.detector_binning`).
+    background_scale : int, default 8
+        px. Block size of the smooth background (binder, flat-field residue) estimated
+        from the pixels that are not particles and subtracted before the final threshold
+        (classical).
+    noise_factor : float, default 5.0
+        The threshold is at least this many noise standard deviations (robust sigma of a
+        high-pass residual) above the background (classical): higher, fewer noise
+        detections in faint frames.
+    contrast_fraction : float, default 0.25
+        In (0, 1). ... and at least this fraction of the particles' own contrast (the
+        frame's 99.5th percentile above its median; Otsu's level where that is lower)
+        (classical): the same outline in faint pre-edge and bright post-edge frames.
+    min_radius : float, default 7.0
+        px. Smallest equivalent radius ``sqrt(area / pi)`` of a particle: smaller
+        components are fines (``too_small``).
+    max_radius : float, default 60.0
+        px. Largest equivalent radius: larger components are rejected (``too_large``)
+        or split (``split_touching``). Must exceed ``min_radius``.
+    border : int, default 2
+        px. Components this close to the frame border are not whole (``border``).
+    min_solidity : float, default 0.92
+        Below this area / convex-hull area (relaxed by ``0.6 / sqrt(area)`` for small,
+        pixelated outlines), or when the largest inscribed disc covers less than 60 % of
+        the area, a component is examined as possibly several touching particles
+        (``not_convex``).
+    split_touching : bool, default True
         Separate touching particles and agglomerates at the necks of the distance
         transform and keep each piece (``touching`` True). A non-convex component with no
         narrow neck stays rejected (``not_convex``): as non-convex as two overlapping
         particles, it cannot be told from them by its outline. False: reject every
         non-convex component.
+
+    Raises
+    ------
+    ValueError
+        If not ``0 < min_radius < max_radius`` or ``contrast_fraction`` is not in (0, 1).
     """
 
     sigma: float = 2.0

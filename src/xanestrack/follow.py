@@ -31,28 +31,30 @@ class FollowOptions:
 
     Attributes
     ----------
-    sigma : float
-        Gaussian scale of the gradient magnitude (binned pixels).
-    whitening : float
+    sigma : float, default 1.0
+        Binned px. Gaussian scale of the gradient magnitude (the edge images).
+    whitening : float, default 0.5
         Partial whitening of the cross-power spectrum (0: cross-correlation, 1: phase
         correlation). 0.5 weighs the particle's sharp outline above the smooth binder
         texture behind it without amplifying the noise as phase correlation does
         (measured on ``hard`` seed 5: worst particle 0.075 px vs 0.21 px at 0, and a
         diverging track at 0.8).
-    apodisation : float
-        Radius of the apodisation disc in particle radii (plus ``apodisation_margin``).
-    apodisation_margin : float
-        Added to the disc radius; the disc edge is a linear taper of this width.
-    passes : int
+    apodisation : float, default 1.25
+        Radius of the apodisation disc in particle radii (plus ``apodisation_margin``):
+        neighbours outside it do not pull the correlation.
+    apodisation_margin : float, default 4.0
+        px. Added to the disc radius; the disc edge is a linear taper of this width.
+    passes : int, default 2
         Correlation passes (each re-centres the windows on the previous estimate).
-    min_quality : float
-        Normalised correlation below which a frame's estimate is not used.
-    binning_radius : float
-        Windows of particles larger than this radius are binned (by ``radius //
+    min_quality : float, default 0.25
+        Normalised correlation below which a frame's estimate is not used (the frame is
+        not ``measured``).
+    binning_radius : float, default 48.0
+        px. Windows of particles larger than this radius are binned (by ``radius //
         binning_radius``): the outline of a big particle keeps sub-pixel information.
-    template : bool
+    template : bool, default True
         After the first pass, correlate with the mean of the measured frames' windows
-        instead of the reference frame alone.
+        instead of the reference frame alone (with at least 3 measured frames).
     """
 
     sigma: float = 1.0

@@ -44,48 +44,49 @@ class LinkOptions:
 
     Attributes
     ----------
-    max_jump : float or None
-        Largest common displacement between two consecutive times (stage jump or offset).
-        ``None``: 40 px or 8 % of the field of view, whichever is larger (within a scan).
-    gate : float
-        Smallest search radius around a track's predicted position.
-    gate_fraction : float
+    max_jump : float or None, default None
+        px. Largest common displacement between two consecutive times (stage jump or
+        offset). ``None``: 40 px or 8 % of the field of view, whichever is larger (within
+        a scan).
+    gate : float, default 8.0
+        px. Smallest search radius around a track's predicted position.
+    gate_fraction : float, default 0.25
         The search radius is at least this fraction of the track's particle radius.
-    gap_gate_growth : float
+    gap_gate_growth : float, default 0.5
         The search radius grows by this fraction per time step the track was not seen.
-    max_gap : int
+    max_gap : int, default 10000
         A track not seen for more than this many time steps is closed.
-    vote_tolerance : float
-        Two objects agree with a candidate common displacement within this distance ...
-    vote_fraction : float
+    vote_tolerance : float, default 3.0
+        px. Two objects agree with a candidate common displacement within this distance ...
+    vote_fraction : float, default 0.15
         ... or this fraction of the median radius, whichever is larger.
-    max_size_ratio : float
+    max_size_ratio : float, default 1.6
         Objects whose radii differ by more than this factor are never paired (neither in
         the vote nor in the assignment).
-    size_weight : float
+    size_weight : float, default 1.0
         Weight of ``|log(r1 / r2)|`` in the assignment cost.
-    score_weight : float
+    score_weight : float, default 1.0
         Weight of ``1 - score`` (e.g. SSIM) in the assignment cost.
-    min_score : float
+    min_score : float, default 0.2
         A pair scoring below this is not linked unless its position is convincing
         (residual below half the gate).
-    velocity_damping : float
+    velocity_damping : float, default 0.8
         Fraction of the particle's own velocity carried into the prediction (0: common
         motion only; 1: constant velocity).
-    strict : bool
+    strict : bool, default False
         Never guess the common displacement (see :func:`decide_displacement`): it is taken
         only from a vote that no other displacement matches, or from the ``prior``
         confirmed (or not contradicted) by the particles; where neither can tell it, no
         object of that time is linked and the tracks seen before are closed (new ids
         rather than a wrong link). Used across the scans of a series, where offsets are
         large and few particles may be common to two scans.
-    prior_tolerance : float
-        With ``strict``: a voted displacement within this distance of the prior agrees
-        with it.
-    field_area : float or None
-        With ``strict``: area (px^2) over which objects are found (the frame), for the
+    prior_tolerance : float, default 8.0
+        px. With ``strict``: a voted displacement within this distance of the prior
+        agrees with it.
+    field_area : float or None, default None
+        px^2. With ``strict``: area over which objects are found (the frame), for the
         chance that pairs agree by coincidence; None: the bounding box of the objects.
-    max_chance : float
+    max_chance : float, default 0.1
         With ``strict``: a vote not confirmed by the prior is taken only when the expected
         number of displacements that as many points would support by coincidence is
         below this.

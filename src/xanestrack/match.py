@@ -26,31 +26,43 @@ __all__ = ["MatchOptions", "link_detections", "roi_ssim", "propagate_common"]
 class MatchOptions:
     """Options of the frame-to-frame linking (lengths in pixels).
 
+    They are passed to the linker as :class:`xanestrack.linking.LinkOptions` (the
+    distances scaled with the key-frame spacing, see :func:`link_detections`).
+
     Attributes
     ----------
-    max_jump : float or None
-        Largest common displacement between consecutive frames; ``None``: 40 px or 8 % of
-        the field of view. Grows with the square root of the key-frame spacing.
-    gate : float
-        Smallest search radius around a track's predicted position (grows with the
+    max_jump : float or None, default None
+        px. Largest common displacement (stage jump, drift) between consecutive frames;
+        ``None``: 40 px or 8 % of the larger frame side, whichever is larger. Grows with
+        the square root of the key-frame spacing.
+    gate : float, default 8.0
+        px. Smallest search radius around a track's predicted position (grows with the
         fourth root of the key-frame spacing).
-    gate_fraction : float
+    gate_fraction : float, default 0.25
         The search radius is at least this fraction of the particle's radius.
-    gap_gate_growth : float
+    gap_gate_growth : float, default 0.5
         Relative growth of the search radius per examined frame the particle was missed.
-    ssim_weight, size_weight : float
-        Weights of ``1 - SSIM`` and ``|log(area ratio)|`` in the assignment cost.
-    min_ssim : float
-        Below this SSIM a link is refused unless the position is convincing.
-    min_track_fraction : float
-        Tracks seen in fewer than this fraction of the examined frames are rejected.
-    vote_tolerance, vote_fraction : float
-        Agreement distance of the common-displacement vote: the larger of the two
-        (``vote_fraction`` times the median radius).
-    max_gap : int
-        Examined frames a track waits for its particle.
-    velocity_damping : float
-        Share of a particle's own velocity carried into its predicted position.
+    ssim_weight : float, default 1.0
+        Weight of ``1 - SSIM`` (of the two ROIs, contrast-normalised) in the assignment
+        cost.
+    size_weight : float, default 1.0
+        Weight of ``|log(radius ratio)|`` in the assignment cost.
+    min_ssim : float, default 0.2
+        Below this SSIM a link is refused unless the position is convincing (residual
+        below half the gate).
+    min_track_fraction : float, default 0.5
+        Tracks seen in fewer than this fraction of the examined frames are rejected
+        (``short_track``).
+    vote_tolerance : float, default 3.0
+        px. Agreement distance of the common-displacement vote ...
+    vote_fraction : float, default 0.15
+        ... or this fraction of the median radius, whichever is larger.
+    max_gap : int, default 10000
+        Examined frames a track waits for its particle (the default: the whole scan; the
+        gate widens with the gap).
+    velocity_damping : float, default 0.8
+        Share of a particle's own velocity (relative to the common motion) carried into
+        its predicted position (0: common motion only; 1: constant velocity).
     """
 
     max_jump: float | None = None
@@ -63,8 +75,8 @@ class MatchOptions:
     min_track_fraction: float = 0.5
     vote_tolerance: float = 3.0
     vote_fraction: float = 0.15
-    max_gap: int = 10_000  # a track waits for its particle through the whole scan (gate widens with the gap)
-    velocity_damping: float = 0.8  # share of a particle's own velocity carried into its predicted position
+    max_gap: int = 10_000
+    velocity_damping: float = 0.8
 
 
 def _patch(frame, y, x, half):

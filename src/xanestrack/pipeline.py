@@ -43,29 +43,85 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class PipelineOptions:
-    """Options of the whole pipeline (lengths in pixels, energies in eV)."""
+    """Options of the whole pipeline (lengths in pixels, energies in eV).
+
+    Attributes
+    ----------
+    detect : DetectOptions
+        The detectors' size, border and convexity tests, and the classical detector.
+    match : MatchOptions
+        Linking of the detections into tracks.
+    segment : SegmentOptions
+        The classical segmenter (used when no ``segmenter`` is given to :func:`run_pipeline`).
+    margin : int, default 6 (:data:`xanestrack.register.WINDOW_MARGIN`)
+        px. Background around a particle's outline in its window: the window is
+        ``2 (ceil(1.3 radius) + margin) + 1`` px wide (:func:`xanestrack.register.window_half`).
+    detect_every : int, default 12
+        Detect on every n-th frame (and the last); in between, each particle's window is
+        placed from its own motion and the common shift (chained phase correlation).
+        1: detect on every frame. Must be >= 1.
+    interpolation_order : int, default 3
+        Spline order (0, 1 or 3) of the resampling of each particle's aligned sub-stack.
+    area_tolerance : float, default 0.25
+        A frame whose mask area differs from the particle's median area by more than this
+        in ``|log(area / median)|`` is flagged ``area_outlier`` (not used for its position).
+    min_xanes_energies : int, default 8
+        Fewer usable frames than this: no XANES analysis for the particle (a note).
+    reference_particle : int or None, default None
+        Particle the relative motion columns (``rel_*``) refer to; None: the particle with
+        the smallest non-rigid motion (:func:`xanestrack.motion.compute_motion`).
+    fuse : {"ends", "all", "none"}, default "ends"
+        Frames of the fused frame-0-grid stack (:func:`xanestrack.register.fuse_particles`):
+        the first and last, every frame, or none.
+    lcf_window : (float, float), default (-20.0, 40.0)
+        eV relative to the edge E0: range of the linear combination fit.
+    edge_window : (float, float), default (-15.0, 20.0)
+        eV relative to E0: where edge energies are searched
+        (:func:`xanestrack.xanes.edge_energy`).
+    local_background : bool, default True
+        Subtract each frame's background plane, fitted to a ring around the particle,
+        before the XANES analysis (:func:`xanestrack.xanes.local_background`).
+    xanes_smoothing : float, default 1.0
+        px. Gaussian sigma of the smoothing inside the particle's mask before the XANES
+        analysis (0: none).
+    follow : FollowOptions
+        The edge-correlation estimate of each particle's position.
+    agreement_px : float, default 0.5
+        px. Frames where the displacements by centre of mass and by edge correlation
+        differ by more than this are flagged ``disagree`` (not vouched for).
+    separate_neighbours : bool, default True
+        Cut fines and touching neighbours off every mask
+        (:func:`xanestrack.segment.isolate_particle`).
+    position : {"edges", "com"}, default "edges"
+        ``"edges"``: the edge correlation is the position where it measured, vouched by
+        the centre of mass; ``"com"``: the reverse (the paper's centre of mass).
+    scale_model : {"energy", "frame"}, default "energy"
+        Common magnification: linear in the photon energy (a zone plate's focal length
+        follows the energy), or one scale per frame.
+    """
 
     detect: DetectOptions = field(default_factory=DetectOptions)
     match: MatchOptions = field(default_factory=MatchOptions)
     segment: SegmentOptions = field(default_factory=SegmentOptions)
     margin: int = WINDOW_MARGIN
-    detect_every: int = 12  # detect on every n-th frame (and the last); ROIs are propagated in between (1: every frame)
+    detect_every: int = 12
     interpolation_order: int = 3
     area_tolerance: float = 0.25
     min_xanes_energies: int = 8
     reference_particle: int | None = None
-    fuse: str = "ends"  # "ends": first and last frame; "all": the whole stack; "none"
+    fuse: str = "ends"
     lcf_window: tuple = (-20.0, 40.0)
     edge_window: tuple = (-15.0, 20.0)
     local_background: bool = True
     xanes_smoothing: float = 1.0
     follow: FollowOptions = field(default_factory=FollowOptions)
-    agreement_px: float = 0.5  # centre of mass vs edge correlation: frames further apart are flagged "disagree"
-    separate_neighbours: bool = True  # cut fines and touching neighbours off every mask (segment.isolate_particle)
-    position: str = "edges"  # "edges": edge correlation, vouched by the centre of mass; "com": the reverse (the paper's)
-    scale_model: str = "energy"  # common magnification: "energy" (linear in the photon energy) or "frame" (one per frame)
+    agreement_px: float = 0.5
+    separate_neighbours: bool = True
+    position: str = "edges"
+    scale_model: str = "energy"
 
     def to_dict(self) -> dict:
         from dataclasses import asdict

@@ -32,7 +32,28 @@ __all__ = ["SegmentOptions", "segment_roi", "segment_rois", "isolate_particle", 
 
 @dataclass(frozen=True)
 class SegmentOptions:
-    """Options of the classical ROI segmenter."""
+    """Options of the classical ROI segmenter (:func:`segment_roi`; lengths in pixels).
+
+    Attributes
+    ----------
+    sigma : float, default 1.5
+        px. Gaussian smoothing of the ROI before the background fit and the outline.
+    level : float, default 0.35
+        In (0, 1). The outline is drawn at this fraction of the particle's own contrast
+        (90th percentile of its background-corrected OD): the same outline in faint and
+        bright frames; low keeps it near the physical rim.
+    ring : int, default 3
+        px. Width of the ROI's outer border to which the background plane is fitted
+        (ROIs must be at least ``2 ring + 3`` px wide).
+    noise_factor : float, default 3.0
+        A particle must stand this many noise standard deviations (robust, of the ring's
+        residual) above the background; the outline level is never below it.
+
+    Raises
+    ------
+    ValueError
+        If ``level`` is not in (0, 1).
+    """
 
     sigma: float = 1.5
     level: float = 0.35
@@ -45,6 +66,12 @@ class SegmentOptions:
 
 
 def _plane_background(img, ring):
+    """``(plane (h, w), noise)``: a plane fitted robustly to the ROI's outer ``ring`` px, and the residual's robust sigma.
+
+    Not :func:`xanestrack.xanes.local_background`: this fit comes before the particle is
+    known (the ROI's border, cut neighbours clipped at 2.5 sigma about the median, least
+    squares per ROI); that one fits a ring around a known mask in every frame at once.
+    """
     ny, nx = img.shape
     m = np.zeros(img.shape, bool)
     m[:ring], m[-ring:], m[:, :ring], m[:, -ring:] = True, True, True, True

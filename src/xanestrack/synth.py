@@ -65,7 +65,58 @@ def ni_energy_grid(n_energies: int = 143) -> np.ndarray:
 
 @dataclass(frozen=True)
 class SynthParams:
-    """Knobs of the synthetic scan. Lengths in pixels, counts per pixel per frame."""
+    """Knobs of the synthetic scan. Lengths in pixels, counts per pixel per frame.
+
+    Attributes
+    ----------
+    n_energies : int, default 143
+        Frames, on :func:`ni_energy_grid`.
+    shape : (int, int), default (460, 460)
+        Frame size (rows, cols).
+    n_particles : int, default 9
+        Isolated particles (their radii spread evenly over ``radius_range``).
+    radius_range : (float, float), default (10.0, 40.0)
+        px. Radius of the smallest and largest particle (each times 0.92-1.0 at random).
+    counts : float, default 5000.0
+        Incident counts per pixel per frame (mean; the illumination varies over the
+        frame and from frame to frame).
+    n_ref : int, default 10
+        The flat of each frame averages this many exposures (its Poisson noise).
+    intensity_jitter : float, default 0.02
+        Relative sd of the source intensity between the sample and the flat exposure.
+    flat_shape_variation : float, default 0.05
+        Relative amplitude of the illumination's shape, which drifts over the scan.
+    pre_edge_level : float, default 0.25
+        Pre-edge absorption of a particle at 8333 eV, in units of its edge step
+        (falling as E^-3).
+    background_od : float, default 0.06
+        Mean optical density of the binder/carbon matrix (its texture spans 0.3-1.7 times it).
+    background_variation : float, default 0.15
+        Relative change of the matrix brightness from frame to frame, and of a tilt across it.
+    jitter_step : float, default 0.4
+        px. sd of each frame's step of the common (rigid) random walk.
+    jump_probability : float, default 0.03
+        Chance per frame of a stage jump ...
+    jump_size : float, default 5.0
+        px. ... of this sd.
+    drift_range : (float, float), default (1.0, 6.0)
+        px. Range of the amplitude of each particle's own smooth drift (the first
+        particle has none); ``(0, 0)``: rigid motion only.
+    min_gap : float, default 12.0
+        px. Smallest gap between particles (on top of twice their largest drift).
+    n_fines : int, default 0
+        Small particles (radius 1.5-4 px) fixed to the matrix.
+    n_touching_pairs : int, default 0
+        Pairs of touching round particles moving together (not isolated).
+    dark_level : float, default 100.0
+        Counts of the dark frame (plus 2 counts of read noise).
+
+    Raises
+    ------
+    ValueError
+        On a negative particle count, no energies, a radius range not ``(> 2, >= min)``
+        or non-positive counts.
+    """
 
     n_energies: int = 143
     shape: tuple[int, int] = (460, 460)

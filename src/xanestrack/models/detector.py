@@ -67,6 +67,52 @@ def detector_binning(max_radius: float, minimum: int = 2) -> int:
 
 @dataclass(frozen=True)
 class DetectorConfig:
+    """Architecture and training of the Cycle-GAN detector (:func:`train_detector`).
+
+    Written into the model's ``config.json``; ``width``, ``n_blocks`` and ``binning`` are
+    read back by :class:`LearnedDetector`.
+
+    Attributes
+    ----------
+    width : int, default 16
+        Channels of the generators' first layer (4x in the residual blocks): about 0.49 M
+        parameters per generator at 16 with 6 blocks.
+    n_blocks : int, default 6
+        Residual blocks of each generator.
+    disc_width : int, default 16
+        Channels of the PatchGAN discriminators' first layer.
+    crop : int, default 128
+        Binned px. Side of the random training crops (smaller frames are reflect-padded).
+    batch : int, default 4
+        Crops per iteration in each domain; with ``raw`` frames, half of domain A's.
+    iterations : int, default 1500
+        Training iterations: constant learning rate for the first half, then a linear
+        decay to zero.
+    lr : float, default 2e-4
+        Adam learning rate (beta1 0.5) of the generators and the discriminators.
+    cycle_weight : float, default 10.0
+        Weight of the cycle-consistency loss (L1).
+    identity_weight : float, default 0.5
+        Weight of the identity loss, in units of ``cycle_weight`` (Zhu et al.).
+    paired_weight : float, default 10.0
+        Weight of the supervised L1 loss between the translated synthetic frames and
+        their true mask images (0: unpaired training only).
+    pool_size : int, default 50
+        Generated images kept for the discriminators (image pool; 0: none).
+    n_stacks : int, default 32
+        Synthetic scans generated for training (seeds >= 100 only).
+    frames_per_stack : int, default 24
+        Energies (frames) of each synthetic scan.
+    n_val_stacks : int, default 2
+        Unseen synthetic scans for validation (pixel IoU, detection F1 per energy band).
+    binning : int, default 2
+        Frames are binned by this factor before the network (at inference, at least this,
+        see :func:`detector_binning`).
+    seed : int, default 0
+        Seed of the training data, the initial weights and the batches: the same seed
+        gives the same model.
+    """
+
     width: int = 16
     n_blocks: int = 6
     disc_width: int = 16
@@ -75,7 +121,7 @@ class DetectorConfig:
     iterations: int = 1500
     lr: float = 2e-4
     cycle_weight: float = 10.0
-    identity_weight: float = 0.5  # times the cycle weight, as in Zhu et al.
+    identity_weight: float = 0.5
     paired_weight: float = 10.0
     pool_size: int = 50
     n_stacks: int = 32

@@ -36,6 +36,33 @@ def default_model_dir() -> Path:
 
 @dataclass(frozen=True)
 class SegmenterConfig:
+    """Architecture and training of the Dual U-Net segmenter (:func:`train_segmenter`).
+
+    Written into the model's ``config.json``; ``width``, ``depth`` and ``canvas`` are read
+    back by :class:`LearnedSegmenter`.
+
+    Attributes
+    ----------
+    width : int, default 8
+        Channels of each U-Net's first level (doubled at every level down).
+    depth : int, default 4
+        Down-samplings of each U-Net.
+    canvas : int, default 64
+        px. Side of the square the ROIs are padded to (larger ROIs are binned to fit).
+    n_train : int, default 6000
+        Training ROIs, cut from synthetic scans (seeds >= 100 only).
+    n_val : int, default 400
+        Validation ROIs from unseen synthetic scans (IoU, centre-of-mass error).
+    epochs : int, default 12
+        Passes over the training ROIs.
+    batch : int, default 16
+        ROIs per optimisation step.
+    lr : float, default 2e-3
+        Peak learning rate of Adam with a one-cycle schedule.
+    seed : int, default 0
+        Seed of the training data, the initial weights and the batches.
+    """
+
     width: int = 8
     depth: int = 4
     canvas: int = CANVAS
