@@ -268,3 +268,36 @@ def test_series_of_a_scan_and_a_one_frame_scan_60px_apart(fxi_scans, tmp_path):
     assert b[["common_dy", "common_dx"]].iloc[0].to_numpy() == pytest.approx([-60, 0], abs=1.5)
     html = write_series_report(t, tmp_path / "ser").read_text()
     assert "no XANES" in html
+
+
+def test_hdf5_series_file_is_read_through_io_with_its_checks(tmp_path):
+    """A 4-D FXI file (scans x energies x rows x cols): each scan read by io with per-scan flats and energies;
+    raw counts without flats refused (not taken as transmission)."""
+    import h5py
+
+    from xanestrack.errors import XanestrackError
+    from xanestrack.io import read_stack
+    from xanestrack.parallel.series import ScanSource, series_sources
+
+    rng = np.random.default_rng(0)
+    flats = rng.uniform(900, 1100, (2, 6, 32, 40)).astype(np.float32)
+    od = np.zeros((2, 6, 32, 40), np.float32)
+    od[1, :, 10:20, 10:20] = 0.5
+    counts = (flats * np.exp(-od)).astype(np.uint16)
+    e = np.stack([np.linspace(8.30, 8.40, 6), np.linspace(8.31, 8.41, 6)])  # keV, one row per scan
+    p = tmp_path / "series.h5"
+    with h5py.File(p, "w") as f:
+        f["img_xanes"], f["img_bkg"], f["X_eng"] = counts, flats.astype(np.uint16), e
+        f["img_dark"] = np.zeros((32, 40), np.uint16)
+    src = series_sources([p])
+    assert [s.kind for s in src] == ["hdf5-scan", "hdf5-scan"]
+    s1 = src[1].load()
+    assert s1.od.shape == (6, 32, 40) and s1.energies_ev[0] == pytest.approx(8310.0)
+    assert s1.od[:, 12:18, 12:18].mean() == pytest.approx(0.5, abs=0.01) and abs(s1.od[:, :5, :5].mean()) < 0.01
+    with pytest.raises(XanestrackError, match="no scan 5"):
+        read_stack(p, scan=5)
+    q = tmp_path / "noflats.h5"
+    with h5py.File(q, "w") as f:
+        f["img_xanes"], f["X_eng"] = counts, e
+    with pytest.raises(XanestrackError, match="flat"):
+        ScanSource("scan_0000", 0, "hdf5-scan", str(q)).load()

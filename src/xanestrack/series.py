@@ -64,7 +64,9 @@ class ScanSource:
 
             return read_stack(self.path)
         if self.kind == "hdf5-scan":
-            return _read_hdf5_scan(self.path, self.index)
+            from .io import read_stack
+
+            return read_stack(self.path, scan=self.index)
         if self.kind == "synthetic":
             from .synth import make_synthetic_series
 
@@ -73,26 +75,6 @@ class ScanSource:
             s = ser.scan(self.index)
             return Stack(s.optical_density(), s.energies_ev, None, dict(source=self.name, reader="synthetic"))
         raise ValueError(f"unknown scan source kind {self.kind!r}")
-
-
-def _read_hdf5_scan(path, i):
-    """Scan ``i`` of an FXI-like HDF5 file whose /img_xanes is (n_scans, n_energies, rows, cols)."""
-    import h5py
-
-    from .io.flatfield import optical_density
-    from .stack import Stack, validate_energies
-
-    with h5py.File(path, "r") as f:
-        data = f["img_xanes"]
-        counts = data[i]
-        flats = f["img_bkg"][i] if "img_bkg" in f and f["img_bkg"].ndim == 4 else (f["img_bkg"][()] if "img_bkg" in f else None)
-        darks = f["img_dark"][()] if "img_dark" in f else None
-        e = np.asarray(f["X_eng"][()], float)
-    e = e[i] if e.ndim == 2 else e
-    e = e * 1000 if np.nanmax(e) < 100 else e
-    e = validate_energies(e, counts.shape[0], source=f"{path} scan {i}")
-    od = optical_density(counts, flats=flats, darks=darks, source=f"{path} scan {i}")
-    return Stack(od, e, None, dict(source=f"{path}[scan {i}]", reader="hdf5-series", files=[str(path)]))
 
 
 def series_sources(inputs) -> list:

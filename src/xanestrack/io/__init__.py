@@ -47,7 +47,7 @@ def _as_paths(inputs):
     return [Path(p) for p in inputs]
 
 
-def read_stack(inputs, *, energies=None, flats=None, darks=None, values: str = "auto", grouping=None) -> Stack:
+def read_stack(inputs, *, energies=None, flats=None, darks=None, values: str = "auto", grouping=None, scan: int | None = None) -> Stack:
     """Read an energy scan from files into a Stack (optical density).
 
     Parameters
@@ -65,6 +65,9 @@ def read_stack(inputs, *, energies=None, flats=None, darks=None, values: str = "
         assumption made is recorded in ``metadata["notes"]``.
     grouping : callable, optional
         For .xrm folders: see :func:`xanestrack.io.xrm.read_xrm_scan`.
+    scan : int, optional
+        For an HDF5 file whose images have a scan axis (an operando series in one file):
+        the scan to read.
 
     Raises
     ------
@@ -89,7 +92,7 @@ def read_stack(inputs, *, energies=None, flats=None, darks=None, values: str = "
     if suffix in _HDF:
         from .hdf5 import read_hdf5
 
-        d = read_hdf5(path)
+        d = read_hdf5(path, scan=scan)
         notes = list(d["notes"])
         e = d["energies_ev"] if energies is None else _energies_arg(energies)
         e = validated_energies(e, d["counts"].shape[0], source=path)
@@ -102,7 +105,8 @@ def read_stack(inputs, *, energies=None, flats=None, darks=None, values: str = "
         else:
             flats_ = _match_flats(flats_, d["counts"].shape[0], source=path, notes=notes)
             od = optical_density(d["counts"], flats=flats_, darks=d["darks"], source=str(path))
-        meta = dict(source=str(path), reader=f"hdf5-{d['layout']}", values=kind, files=[str(path)], notes=notes)
+        meta = dict(source=str(path) if scan is None else f"{path}[scan {scan}]", reader=f"hdf5-{d['layout']}" + ("" if scan is None else "-series"),
+                    values=kind, files=[str(path)], notes=notes)
         return Stack(od, e, d["pixel_size_um"], meta)
     if suffix in _TIFF:
         from .tiff import read_tiff_frames

@@ -19,12 +19,16 @@ DXCHANGE = {
 }
 
 
-def read_hdf5(path) -> dict:
+def read_hdf5(path, *, scan: int | None = None) -> dict:
     """Read raw frames, flats, darks and energies from an FXI or Data Exchange file.
 
     Every dataset's shape and type is checked before it is read (sizes against the
     free memory, chunks actually written), so a damaged or hostile file is refused
     with one line instead of exhausting memory.
+
+    ``scan``: for a file whose images have a scan axis ``(n_scans, n_energies, rows,
+    cols)`` (an operando series), the scan to read; its flats are the scan's own where
+    they have a scan axis too, and its energies the scan's row of a 2-D energy dataset.
 
     Returns
     -------
@@ -60,10 +64,22 @@ def read_hdf5(path) -> dict:
             )
         dsets = {name: _dataset(f, keys[name], path) for name in ("data", "flat", "dark", "energy")}
         data = dsets["data"]
-        if data.ndim == 4:
+        if data.ndim == 4 and scan is None:
             raise XanestrackError(
                 f"{path}: /{keys['data']} has a scan axis {data.shape}; process it with 'xanestrack series {path.name}'"
             )
+        if scan is not None:
+            if data.ndim != 4:
+                raise XanestrackError(f"{path}: /{keys['data']} {data.shape} has no scan axis; read it as one scan")
+            if not 0 <= int(scan) < data.shape[0]:
+                raise XanestrackError(f"{path}: no scan {scan} (/{keys['data']} holds {data.shape[0]})")
+            data = _ScanView(data, int(scan))
+            for name in ("flat", "dark"):
+                if dsets[name] is not None and dsets[name].ndim == 4:
+                    dsets[name] = _ScanView(dsets[name], int(scan))
+            if dsets["energy"] is not None and dsets["energy"].ndim == 2:
+                dsets["energy"] = _ScanView(dsets["energy"], int(scan))
+            dsets["data"] = data
         shape = (1, *data.shape) if data.ndim == 2 else tuple(data.shape)
         check_frame_shape(shape, source=path, what=f"/{keys['data']}")
         need = 0
@@ -105,6 +121,25 @@ def read_hdf5(path) -> dict:
     return dict(counts=counts, flats=flats, darks=darks, energies_ev=energy, layout=layout, pixel_size_um=pixel, notes=notes)
 
 
+class _ScanView:
+    """One scan of a dataset with a leading scan axis, with the dataset's checks and reads."""
+
+    def __init__(self, d, i: int):
+        self._d, self._i = d, i
+        self.shape = tuple(d.shape[1:])
+        self.ndim = len(self.shape)
+        self.dtype = d.dtype
+        self.size = int(np.prod(self.shape))
+
+    def __getitem__(self, key):
+        if key == ():
+            return self._d[self._i]
+        raise TypeError("a scan view reads whole")
+
+    def checked(self):
+        return self._d
+
+
 def _dataset(f, name, path, *, must_exist=False):
     """The dataset ``name`` of ``f``, None if absent; refuses groups, loops and broken links."""
     import h5py
@@ -130,6 +165,8 @@ def _dataset(f, name, path, *, must_exist=False):
 
 def _check_written(d, path, name):
     """Refuse a dataset whose storage was never (fully) written: it would read as fill values."""
+    if isinstance(d, _ScanView):
+        d = d.checked()
     try:
         if d.is_virtual or d.external:  # stored elsewhere: the read below checks it
             return
