@@ -103,6 +103,8 @@ def _stage_summary(result):
     c.print(f"detect    {int(det['isolated'].sum()) if len(det) else 0} isolated particles in {n_frames} frames ({t.get('detect', 0):.2f} s)")
     c.print(f"match     {len(result.particles)} tracks, {len(result.rejected)} rejected objects ({t.get('match', 0):.2f} s)")
     c.print(f"register  + xanes: {t.get('segment_register_xanes', 0):.2f} s")
+    if "report" in t:
+        c.print(f"report    {t['report']:.2f} s")
 
 
 def _particle_table(result, title="particles"):
