@@ -73,9 +73,9 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input") ->
             raise XanestrackError(f"{source}: dark images contain NaN/inf")
         dark = darks.reshape(-1, *shape).mean(axis=0)
     if flats is None:
-        flat = np.float32(1.0) + dark
+        flat = np.broadcast_to(np.float32(1.0) + dark, (1, *shape))
     else:
-        flat = np.asarray(flats, dtype=np.float32)
+        flat = np.asarray(flats)  # kept in its stored type: converted a frame at a time below
         if flat.ndim == 2:
             flat = flat[None]
         if flat.shape[-2:] != shape or flat.shape[0] not in (1, counts.shape[0]):
@@ -83,19 +83,23 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input") ->
                 f"{source}: flats of shape {flat.shape} do not match {counts.shape[0]} frames of {shape}; "
                 "give one flat for all frames or one per frame"
             )
-        if not np.all(np.isfinite(flat)):
+    # the reference (flat - dark), checked a frame at a time: no second copy of the flats in memory
+    for k in range(flat.shape[0]):
+        r = np.subtract(flat[k], dark, dtype=np.float32)
+        if flats is not None and not np.all(np.isfinite(r)):
             raise XanestrackError(f"{source}: flat (reference) images contain NaN/inf")
-    ref = flat - dark
-    if ref.ndim < 3:  # no flats: one reference of 1 (a scalar or one dark-sized frame)
-        ref = np.broadcast_to(ref, (1, *shape))
-    bad = ref <= 0
-    if np.any(bad):
-        idx = np.argwhere(bad)[0]
-        raise XanestrackError(
-            f"{source}: flat minus dark is zero or negative at {int(bad.sum())} pixels "
-            f"(first at frame/row/col {tuple(int(i) for i in idx)}); the reference is unusable "
-            "there: check that flats and darks are not swapped and the beam was on"
-        )
+        bad = r <= 0
+        if np.any(bad):
+            idx = (k, *np.argwhere(bad)[0])
+            raise XanestrackError(
+                f"{source}: flat minus dark is zero or negative at {int(bad.sum())} pixels "
+                f"(first at frame/row/col {tuple(int(i) for i in idx)}); the reference is unusable "
+                "there: check that flats and darks are not swapped and the beam was on"
+            )
+
+    def reference(k):
+        return np.subtract(flat[k if flat.shape[0] > 1 else 0], dark, dtype=np.float32)
+
     out = np.empty(counts.shape, np.float32)
     saturation = np.iinfo(counts.dtype).max if np.issubdtype(counts.dtype, np.integer) else None
     n_sat = [0]
@@ -104,9 +108,8 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input") ->
         n_bad = 0
         t = out[k]
         np.subtract(counts[k], dark, out=t, dtype=np.float32, casting="unsafe")
-        r = ref[k] if ref.shape[0] > 1 else ref[0]
         with np.errstate(divide="ignore", invalid="ignore"):
-            np.divide(t, r, out=t)
+            np.divide(t, reference(k), out=t)
         # a saturated detector pixel has no valid count: NaN (repaired downstream)
         sat = (counts[k] == saturation) if saturation is not None else None
         if sat is not None and sat.any():
