@@ -1,0 +1,713 @@
+"""How well each pixel's edge energy is known: photon noise and registration, propagated.
+
+The edge energy ``E50`` (where the normalised spectrum crosses ``level`` = 0.5,
+:func:`xanestrack.xanes.edge_energy`) is a function of every frame's optical density
+``mu_k`` at the pixel: of the two frames around the crossing directly, and of the pre-
+and post-edge frames through the normalisation (the pre-edge line is subtracted, the
+edge step divides). To first order, for small errors ``d mu_k``::
+
+    d E50 = -(g . d mu) / slope,
+    g = [(1 - t) e_i + t e_(i+1) - W_pre(E50) - level (W_post(E0) - W_pre(E0))] / step
+
+with ``t`` the crossing's position between frames ``i`` and ``i+1``, ``W_pre(E)`` and
+``W_post(E)`` the least-squares weights with which the pre-edge line and the post-edge
+polynomial predict their value at ``E`` (one design matrix for all pixels), ``step`` the
+pixel's edge step and ``slope`` the derivative of its normalised spectrum at E50 (from
+a local quadratic, not from the two noisy points). Then
+
+- **noise**: ``var = sum_k g_k^2 sigma_k^2``, with the pixel's OD noise ``sigma_k`` estimated
+  from the data themselves: residuals of a local quadratic (5 neighbouring energies) over
+  the pre-edge and the edge region, scaled to a robust standard deviation (MAD), with the
+  photon-noise dependence ``sigma_k^2 ~ exp(mu_k)`` (fewer photons through thicker OD) or a
+  constant; the EXAFS region is left out (its oscillations are not noise);
+- **registration**: a frame displaced by ``delta_k`` changes the pixel by
+  ``-grad(mu_k) . delta_k``, so ``var = sum_k g_k^2 |grad mu_k|^2 s_k^2`` for independent
+  per-frame errors of standard deviation ``s_k`` per axis. The particle's per-frame
+  ``agreement_px`` (the distance between two independent position estimates) gives
+  ``s_k^2 = agreement_k^2 / 4``, averaged over a few neighbouring frames
+  (:func:`registration_sigma_px`). Or, without linearising, the standard deviation of
+  E50 over re-evaluations with randomly displaced frames (``registration="montecarlo"``).
+
+Both are maps; :func:`region_edge_energies` averages them over regions (the noise of
+neighbouring pixels is correlated by the spatial smoothing; the registration error of a
+frame is common to every pixel of the particle, so it is summed as vectors, not
+variances) and :func:`resolved_differences` says which differences of regions (or
+particles) exceed ``k`` standard deviations.
+
+:func:`fraction_sigma` propagates the same noise (and registration) into the fractions
+of the linear combination fit, which are linear in the normalised spectrum.
+
+References
+----------
+P. R. Bevington and D. K. Robinson, Data Reduction and Error Analysis for the Physical
+Sciences, 3rd ed. (2003), ch. 3 and 7 (propagation of errors; covariance of least-squares
+parameters).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from ..xanes import FLAG_NO_CROSSING, edge_energy, find_e0, normalize
+
+__all__ = [
+    "EdgeEnergySigma",
+    "edge_energy_sigma",
+    "registration_sigma_px",
+    "FractionSigma",
+    "fraction_sigma",
+    "region_edge_energies",
+    "resolved_differences",
+    "difference_resolved",
+]
+
+logger = logging.getLogger(__name__)
+
+#: the median absolute deviation of a normal distribution times this is its standard deviation
+_MAD_TO_SIGMA = 1.4826
+#: with at least this many pixels, the residual structure common to them is not counted as noise
+_MIN_PIXELS_COMMON = 20
+
+
+@dataclass(frozen=True)
+class EdgeEnergySigma:
+    """Result of :func:`edge_energy_sigma`; maps have the spectra's trailing shape.
+
+    Attributes
+    ----------
+    e50_ev : ndarray float32
+        The edge energy, as :func:`xanestrack.xanes.edge_energy` (``method="half"``).
+    sigma_noise_ev : ndarray float32
+        Its standard error from the noise of the frames.
+    sigma_registration_ev : ndarray float32
+        Its standard error from the registration (NaN when no registration
+        uncertainty was given).
+    sigma_ev : ndarray float32
+        Both combined in quadrature (the noise part alone without registration).
+    noise_od : ndarray float32
+        The pixel's estimated OD noise at OD 0 (``sigma_k = noise_od * exp(mu_k / 2)`` for
+        the photon model, ``noise_od`` for the constant one).
+    slope_per_ev : ndarray float32
+        d(norm)/dE at E50.
+    step : ndarray float32
+        The edge step (OD).
+    flags : ndarray uint8
+        Those of the normalisation and of the edge energy, plus ``FLAG_NO_CROSSING``
+        where the crossing has no rising slope (NaN wherever a flag is set).
+    sensitivity : ndarray float32 (n_energies, 2, ...) or None
+        dE50 / d(displacement of frame k along y, x), eV per px (with ``keep_sensitivity``).
+    shift_sigma_px : ndarray (n_energies,) or None
+        The per-frame registration uncertainty used (per axis).
+    e0_ev, level, noise_model, registration : the settings (``registration``: how the
+        registration part was computed, None without one).
+    """
+
+    e50_ev: np.ndarray
+    sigma_noise_ev: np.ndarray
+    sigma_registration_ev: np.ndarray
+    sigma_ev: np.ndarray
+    noise_od: np.ndarray
+    slope_per_ev: np.ndarray
+    step: np.ndarray
+    flags: np.ndarray
+    sensitivity: np.ndarray | None
+    shift_sigma_px: np.ndarray | None
+    e0_ev: float
+    level: float
+    noise_model: str
+    registration: str | None = None
+
+    def record(self) -> dict:
+        """Method, settings and median sigmas, JSON-serialisable (for run.json)."""
+        med = lambda a: float(np.nanmedian(a)) if np.isfinite(a).any() else None  # noqa: E731
+        return dict(
+            method="first-order propagation through the E50 interpolation and the pre/post-edge normalisation",
+            noise="local-quadratic residuals (MAD) over the pre-edge and edge region, " + (
+                "photon model sigma^2 ~ exp(OD)" if self.noise_model == "photon" else "constant over energy"
+            ),
+            registration=self.registration,
+            shift_sigma_px_median=None if self.shift_sigma_px is None else float(np.median(self.shift_sigma_px)),
+            e0_ev=self.e0_ev,
+            level=self.level,
+            median_sigma_noise_ev=med(self.sigma_noise_ev),
+            median_sigma_registration_ev=med(self.sigma_registration_ev),
+            median_sigma_ev=med(self.sigma_ev),
+        )
+
+
+def registration_sigma_px(agreement_px, *, window: int = 5) -> np.ndarray:
+    """Per-frame, per-axis registration standard deviation from the agreement of two estimates.
+
+    ``agreement_px[k]`` is the distance between two independent estimates of the
+    particle's position in frame ``k``. With equal, independent errors of standard
+    deviation ``s`` per axis, ``E[agreement^2] = 4 s^2``: ``s_k = agreement_k / 2`` is the
+    per-frame estimate whose square is unbiased (if one estimate is much better than the
+    other and is the one used, this overstates its error, by up to sqrt(2)).
+
+    Parameters
+    ----------
+    agreement_px : ndarray (n_frames,)
+        NaN for frames without a second estimate: they get the RMS of the others.
+    window : int
+        Odd number of neighbouring frames whose mean square is taken (1: each frame on
+        its own). One distance is a noisy measure of a frame's uncertainty (two degrees
+        of freedom); a window of ``m`` frames has ``2 m``, if the uncertainty changes
+        slowly over the scan. Measured coverage of the true E50 error within 1 sigma
+        (registration part, frames' uncertainty varying smoothly): 64 % (window 1),
+        66 % (5), 68 % (9).
+
+    Returns
+    -------
+    ndarray (n_frames,) float64
+
+    Raises
+    ------
+    ValueError
+        If a value is negative, none is finite, or the window is not a positive odd number.
+    """
+    a = np.asarray(agreement_px, dtype=float)
+    if a.ndim != 1:
+        raise ValueError(f"agreement_px must be 1-D (one value per frame), got shape {a.shape}")
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be a positive odd number of frames, got {window}")
+    fin = np.isfinite(a)
+    if not fin.any():
+        raise ValueError("agreement_px: no finite value; give the per-frame distance of the two position estimates")
+    if np.any(a[fin] < 0):
+        raise ValueError("agreement_px: distances must be >= 0")
+    s2 = (a / 2.0) ** 2
+    s2[~fin] = np.mean(s2[fin])
+    if window > 1:
+        s2 = ndimage.uniform_filter1d(s2, window, mode="nearest")
+    return np.sqrt(s2)
+
+
+def _local_quadratic(e, half=2, degree=2):
+    """(n, n) operators: value H and first derivative D of a polynomial fitted to 2 half + 1 neighbours.
+
+    A quadratic through 5 points leaves, at the centre, a residual proportional to the
+    fourth difference of the signal: small on the smooth parts of a XANES spectrum at
+    TXM sampling (measured on the Ni references: median 0.002 in normalised units, the
+    references' own noise), so that the residuals measure the noise.
+    """
+    n = e.size
+    H = np.zeros((n, n))
+    D = np.zeros((n, n))
+    for i in range(n):
+        j0 = min(max(i - half, 0), max(n - 2 * half - 1, 0))
+        j = np.arange(j0, min(j0 + 2 * half + 1, n))
+        X = np.vander(e[j] - e[i], degree + 1, increasing=True)
+        P = np.linalg.pinv(X)
+        H[i, j] = P[0]
+        D[i, j] = P[1]
+    return H, D
+
+
+def _post_order(e, e0, post_range, post_order):
+    """The post-edge degree :func:`xanestrack.xanes.normalize` uses (its "auto" rule)."""
+    if post_order != "auto":
+        return int(post_order)
+    lo = e0 + post_range[0]
+    hi = e[-1] if post_range[1] is None else e0 + post_range[1]
+    span = min(hi, e[-1]) - lo
+    return 2 if span >= 200 else (1 if span >= 80 else 0)
+
+
+def _gradient(frames, sigma):
+    """Spatial gradient (n, 2, h, w) of every frame, Gaussian derivative of width sigma (px)."""
+    f = np.nan_to_num(np.asarray(frames, dtype=np.float64))
+    if sigma > 0:
+        gy = ndimage.gaussian_filter(f, (0, sigma, sigma), order=(0, 1, 0))
+        gx = ndimage.gaussian_filter(f, (0, sigma, sigma), order=(0, 0, 1))
+    else:
+        gy = np.gradient(f, axis=1)
+        gx = np.gradient(f, axis=2)
+    return np.stack([gy, gx], axis=1)
+
+
+@dataclass(frozen=True)
+class _Linearised:
+    """What both propagations share: normalisation, its weights, the noise and the gradients."""
+
+    e: np.ndarray
+    mask: np.ndarray
+    shape: tuple
+    y: np.ndarray  # (n, npix) OD
+    norm: np.ndarray  # (n, npix)
+    smooth_norm: np.ndarray  # (n, npix): local quadratic of norm
+    step: np.ndarray  # (npix,)
+    flags: np.ndarray  # (npix,) of the normalisation
+    e0_ev: float
+    ip: np.ndarray
+    iq: np.ndarray
+    x: np.ndarray  # (E - E0) / 100
+    m_pre: np.ndarray  # (2, n_ip): pre-edge line coefficients per mu[ip]
+    w_post: np.ndarray  # (n_iq,): post-edge polynomial at E0 per mu[iq]
+    sigma0: np.ndarray  # (npix,) OD noise at OD 0
+    sigma_k: np.ndarray  # (n, npix) OD noise per energy
+    grad_sq: np.ndarray | None  # (n, npix) |grad mu_k|^2, with a registration part
+    grad: np.ndarray | None  # (n, 2, npix)
+    s_k: np.ndarray | None  # (n,) per-axis registration sigma
+
+
+def _check_inputs(e, mu, mask, noise_model, shift_sigma_px):
+    e = np.asarray(e, dtype=float)
+    mu = np.asarray(mu)
+    if e.ndim != 1 or mu.shape[:1] != e.shape or mu.ndim < 2:
+        raise ValueError(f"mu must be (n_energies, ...) with energies (n_energies,): got {mu.shape} and {e.shape}")
+    if noise_model not in ("photon", "constant"):
+        raise ValueError(f"noise_model must be 'photon' or 'constant', got {noise_model!r}")
+    shape = mu.shape[1:]
+    mask = np.ones(shape, bool) if mask is None else np.asarray(mask, bool)
+    if mask.shape != shape:
+        raise ValueError(f"mask {mask.shape} does not match the maps {shape}")
+    if not mask.any():
+        raise ValueError("mask selects no pixel")
+    s_k = None
+    if shift_sigma_px is not None:
+        if mu.ndim != 3:
+            raise ValueError(f"the registration part needs maps: mu must be (n, h, w), got {mu.shape}")
+        s_k = np.broadcast_to(np.asarray(shift_sigma_px, dtype=float), e.shape).copy()
+        if not np.all(np.isfinite(s_k)) or np.any(s_k < 0):
+            raise ValueError("shift_sigma_px must be finite and >= 0 (use registration_sigma_px(agreement_px))")
+    return e, mu, mask, s_k
+
+
+def _linearise(e, mu, mask, s_k, *, e0_ev, pre_range, post_range, post_order, noise_band, noise_model, gradient_sigma_px):
+    shape = mu.shape[1:]
+    y = mu[:, mask].astype(np.float64)  # (n, npix)
+    if e0_ev is None:
+        fin = np.all(np.isfinite(y), axis=0)
+        if not fin.any():
+            raise ValueError("every spectrum in the mask has NaN/inf values")
+        e0_ev = find_e0(e, y[:, fin].mean(axis=1))
+    nm = normalize(e, y, e0_ev=e0_ev, pre_range=pre_range, post_range=post_range, post_order=post_order)
+    norm = nm.norm.astype(np.float64)
+    step = nm.edge_step.astype(np.float64)
+    ip = np.flatnonzero((e >= nm.pre_range_ev[0]) & (e <= nm.pre_range_ev[1]))
+    iq = np.flatnonzero((e >= nm.post_range_ev[0]) & (e <= nm.post_range_ev[1]))
+    x = (e - e0_ev) / 100.0
+    m_pre = np.linalg.pinv(np.c_[np.ones(ip.size), x[ip]])
+    order = _post_order(e, e0_ev, post_range, post_order)
+    w_post = np.linalg.pinv(np.vander(x[iq], order + 1, increasing=True))[0]
+    H, _ = _local_quadratic(e)
+    smooth_norm = H @ np.where(np.isfinite(norm), norm, 0.0)
+
+    # per-pixel OD noise from local-quadratic residuals over the pre-edge and the edge region
+    yf = np.where(np.isfinite(y), y, 0.0)
+    smooth = H @ yf
+    resid = yf - smooth
+    usable = nm.flags == 0
+    if usable.sum() >= _MIN_PIXELS_COMMON:
+        # the structure the local quadratic cannot follow (sharp features on a coarse grid) is
+        # common to the pixels, in proportion to their edge step: remove it, keep the noise
+        ref = resid[:, usable].mean(axis=1) / step[usable].mean()
+        resid = resid - ref[:, None] * np.where(np.isfinite(step), step, 0.0)[None, :]
+    lev = np.clip(1.0 - np.diag(H), 1e-3, None)
+    scale = np.exp(np.clip(smooth, -5, 10) / 2) if noise_model == "photon" else np.ones_like(smooth)
+    band = np.zeros(e.size, bool)
+    band[ip] = True
+    band |= (e >= e0_ev + noise_band[0]) & (e <= e0_ev + noise_band[1])
+    z = np.abs(resid[band]) / np.sqrt(lev[band])[:, None] / scale[band]
+    sigma0 = _MAD_TO_SIGMA * np.median(z, axis=0)
+    grad = grad_sq = None
+    if s_k is not None:
+        grad = _gradient(mu, gradient_sigma_px)[:, :, mask]  # (n, 2, npix)
+        grad_sq = (grad**2).sum(axis=1)
+    return _Linearised(
+        e=e, mask=mask, shape=shape, y=y, norm=norm, smooth_norm=smooth_norm, step=step, flags=nm.flags,
+        e0_ev=float(e0_ev), ip=ip, iq=iq, x=x, m_pre=m_pre, w_post=w_post, sigma0=sigma0,
+        sigma_k=sigma0[None, :] * scale, grad_sq=grad_sq, grad=grad, s_k=s_k,
+    )
+
+
+def _shift_frames(frames, delta, pad):
+    """Every frame moved by its own (dy, dx) (Fourier shift of the reflect-padded frame)."""
+    n, h, w = frames.shape
+    f = np.pad(np.nan_to_num(frames.astype(np.float64)), ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
+    ky = np.fft.fftfreq(f.shape[1])[None, :, None]
+    kx = np.fft.fftfreq(f.shape[2])[None, None, :]
+    ramp = np.exp(-2j * np.pi * (ky * delta[:, 0, None, None] + kx * delta[:, 1, None, None]))
+    out = np.fft.ifft2(np.fft.fft2(f) * ramp).real
+    return out[:, pad : pad + h, pad : pad + w]
+
+
+def _registration_draws(e, mu, mask, s_k, e50, *, e0_ev, n_draws, seed, normalize_kw, edge_kw):
+    """Standard deviation of E50 over re-evaluations with randomly displaced frames, (npix,)."""
+    rng = np.random.default_rng(seed)
+    pad = int(np.ceil(4 * s_k.max())) + 2
+    draws = np.empty((n_draws, e50.size))
+    for d in range(n_draws):
+        delta = rng.normal(size=(e.size, 2)) * s_k[:, None]
+        moved = _shift_frames(mu, delta, pad)[:, mask]
+        nm = normalize(e, moved, e0_ev=e0_ev, **normalize_kw)
+        draws[d] = edge_energy(e, nm.norm, e0_ev=e0_ev, **edge_kw)[0]
+    with np.errstate(invalid="ignore"):
+        # about the undisplaced E50, so that a bias of the displaced frames counts too
+        return np.sqrt(np.nanmean((draws - e50[None, :]) ** 2, axis=0))
+
+
+def _full(lin, v, fill=np.nan, dtype=np.float32):
+    out = np.full(v.shape[:-1] + lin.shape, fill, dtype=dtype)
+    out[..., lin.mask] = v
+    return out
+
+
+def edge_energy_sigma(
+    energies_ev,
+    mu,
+    *,
+    mask=None,
+    e0_ev: float | None = None,
+    pre_range=(-150.0, -30.0),
+    post_range=(100.0, None),
+    post_order: int | str = "auto",
+    window=(-15.0, 20.0),
+    level: float = 0.5,
+    noise_model: str = "photon",
+    shift_sigma_px=None,
+    gradient_sigma_px: float = 1.0,
+    keep_sensitivity: bool = False,
+    registration: str = "linear",
+    n_draws: int = 64,
+    seed: int = 0,
+) -> EdgeEnergySigma:
+    """Per-pixel E50 and its standard error from noise and from registration.
+
+    Parameters
+    ----------
+    energies_ev : ndarray (n,)
+    mu : ndarray (n, h, w) or (n, ...)
+        The optical density as analysed (after background subtraction and smoothing).
+        A map ``(n, h, w)`` is needed for the registration part.
+    mask : ndarray (h, w) bool, optional
+        The pixels to analyse (default all); NaN outside.
+    e0_ev : float, optional
+        Default: :func:`xanestrack.xanes.find_e0` of the mean spectrum of the mask (as
+        the pipeline does).
+    pre_range, post_range, post_order, window, level
+        As :func:`xanestrack.xanes.normalize` and :func:`xanestrack.xanes.edge_energy`.
+    noise_model : {"photon", "constant"}
+        How the OD noise varies with energy: ``sigma_k^2 ~ exp(mu_k)`` (transmission
+        counts, the flat's noise neglected) or constant.
+    shift_sigma_px : float or ndarray (n,), optional
+        Per-frame registration standard deviation per axis (px), e.g.
+        ``registration_sigma_px(agreement_px)``. None: no registration part.
+    gradient_sigma_px : float
+        Width of the Gaussian-derivative filter for the frames' spatial gradient (the
+        gradient of raw noisy frames is dominated by noise; 0: central differences).
+    keep_sensitivity : bool
+        Keep dE50/d(displacement) per frame (for :func:`region_edge_energies`).
+    registration : {"linear", "montecarlo"}
+        How the registration part is computed: first order (the frames' gradients), or
+        the standard deviation of E50 over ``n_draws`` re-evaluations with every frame
+        displaced at random (Fourier shift, standard deviation ``shift_sigma_px`` per
+        axis). First order neglects the curvature of E50 in the frames' values, which
+        matters when a frame's error moves the crossing by a good part of the energy
+        step: measured coverage of the true error within 1 sigma 66 % (first order) and
+        68 % (draws) at 0.5 eV steps and sigma 0.18 eV; the draws cost ``n_draws``
+        E50 maps.
+    n_draws, seed : int
+        Draws of the Monte Carlo registration part and the seed of their generator.
+
+    Returns
+    -------
+    EdgeEnergySigma
+
+    Raises
+    ------
+    ValueError
+        For misshaped input, a mask that does not match, an unknown noise model or
+        registration method, a registration part without a map, or a negative
+        ``shift_sigma_px``.
+
+    Notes
+    -----
+    First order: valid while the errors are small compared with the edge width and
+    the energy step. Pixels whose E50 was not found, or whose slope at E50 is not
+    positive, get NaN. The slope is the secant, across the crossing's energy interval,
+    of the locally smoothed normalised spectrum: the interpolation's own sensitivity,
+    without its noise.
+    """
+    e, mu, mask, s_k = _check_inputs(energies_ev, mu, mask, noise_model, shift_sigma_px)
+    if registration not in ("linear", "montecarlo"):
+        raise ValueError(f"registration must be 'linear' or 'montecarlo', got {registration!r}")
+    if registration == "montecarlo" and n_draws < 2:
+        raise ValueError(f"n_draws must be at least 2, got {n_draws}")
+    lin = _linearise(
+        e, mu, mask, s_k, e0_ev=e0_ev, pre_range=pre_range, post_range=post_range, post_order=post_order,
+        noise_band=window, noise_model=noise_model, gradient_sigma_px=gradient_sigma_px,
+    )
+    e50, fl = edge_energy(e, lin.norm, method="half", e0_ev=lin.e0_ev, window=window, level=level)
+    e50 = e50.astype(np.float64)
+    flags = lin.flags | fl
+    npix = e50.size
+    ok = np.isfinite(e50) & (flags == 0)
+
+    # the linear functional g (n, npix): d(norm at the crossing) per d(mu_k)
+    i = np.clip(np.searchsorted(e, np.nan_to_num(e50, nan=e[0]), side="right") - 1, 0, e.size - 2)
+    t = np.where(ok, np.clip((e50 - e[i]) / (e[i + 1] - e[i]), 0.0, 1.0), 0.0)
+    x50 = np.where(ok, (e50 - lin.e0_ev) / 100.0, 0.0)
+    cols = np.arange(npix)
+    g = np.zeros((e.size, npix))
+    g[i, cols] += 1 - t
+    g[i + 1, cols] += t
+    g[lin.ip] -= lin.m_pre.T @ np.vstack([np.full(npix, 1.0 - level), x50])  # -W_pre(E50) + level W_pre(E0)
+    g[lin.iq] -= level * lin.w_post[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        g /= np.where(ok & (lin.step > 0), lin.step, np.nan)[None, :]
+    # slope: secant of the locally smoothed normalised spectrum across the crossing's interval
+    slope = (lin.smooth_norm[i + 1, cols] - lin.smooth_norm[i, cols]) / (e[i + 1] - e[i])
+    good = ok & (slope > 0) & np.isfinite(g).all(axis=0)
+    g = np.where(good, g, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        g = g / np.where(good, slope, 1.0)  # dE50 per d mu_k (up to the sign)
+        sig_noise = np.sqrt(np.sum((g * lin.sigma_k) ** 2, axis=0))
+    sig_reg = np.full(npix, np.nan)
+    sens = None
+    if s_k is not None and registration == "montecarlo":
+        sig_reg = _registration_draws(
+            e, mu, mask, s_k, e50, e0_ev=lin.e0_ev, n_draws=n_draws, seed=seed,
+            normalize_kw=dict(pre_range=pre_range, post_range=post_range, post_order=post_order),
+            edge_kw=dict(method="half", window=window, level=level),
+        )
+    elif s_k is not None:
+        sig_reg = np.sqrt(np.sum(g**2 * lin.grad_sq * (s_k**2)[:, None], axis=0))
+    if s_k is not None and keep_sensitivity:
+            # a frame whose content moves by +d reads mu - grad(mu).d, and E50 moves by +g grad(mu).d
+            sens = _full(lin, (g[:, None, :] * lin.grad).astype(np.float32), fill=0.0)
+    sig_noise[~good] = np.nan
+    sig_reg[~good] = np.nan
+    e50[~good] = np.nan
+    total = np.sqrt(sig_noise**2 + np.nan_to_num(sig_reg) ** 2)
+    flags = flags.copy()
+    flags[~good & (flags == 0)] |= FLAG_NO_CROSSING  # a crossing without a rising slope
+    n_bad = int((~good).sum())
+    if n_bad and n_bad > 0.01 * npix:
+        logger.warning("edge-energy uncertainty: %d of %d pixels without an edge energy or a positive slope (NaN)", n_bad, npix)
+    return EdgeEnergySigma(
+        e50_ev=_full(lin, e50),
+        sigma_noise_ev=_full(lin, sig_noise),
+        sigma_registration_ev=_full(lin, sig_reg),
+        sigma_ev=_full(lin, total),
+        noise_od=_full(lin, lin.sigma0),
+        slope_per_ev=_full(lin, slope),
+        step=_full(lin, lin.step),
+        flags=_full(lin, flags, fill=0, dtype=np.uint8),
+        sensitivity=sens,
+        shift_sigma_px=s_k,
+        e0_ev=lin.e0_ev,
+        level=float(level),
+        noise_model=noise_model,
+        registration=None if s_k is None else (
+            f"standard deviation over {n_draws} re-evaluations with displaced frames (seed {seed})"
+            if registration == "montecarlo" else "first order: gradients of the analysed frames"
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class FractionSigma:
+    """Result of :func:`fraction_sigma`: standard errors of LCF fractions, (n_refs, ...) maps."""
+
+    names: tuple
+    sigma_noise: np.ndarray
+    sigma_registration: np.ndarray  # NaN without a registration part
+    sigma: np.ndarray
+
+
+def fraction_sigma(
+    energies_ev,
+    mu,
+    references,
+    *,
+    mask=None,
+    e0_ev: float | None = None,
+    window=(-20.0, 40.0),
+    sum_to_one: bool = True,
+    pre_range=(-150.0, -30.0),
+    post_range=(100.0, None),
+    post_order: int | str = "auto",
+    noise_model: str = "photon",
+    shift_sigma_px=None,
+    gradient_sigma_px: float = 1.0,
+) -> FractionSigma:
+    """Standard errors of the linear-combination fractions, propagated from the frames' noise.
+
+    The fractions of :func:`xanestrack.xanes.linear_combination_fit` are a linear
+    function of the normalised spectrum over the fit window, which is a linear function
+    of the OD of the window's frames and, through the normalisation, of the pre- and
+    post-edge frames. Their errors are propagated exactly as those of E50 in
+    :func:`edge_energy_sigma` (same noise estimate, same registration part).
+
+    Parameters
+    ----------
+    energies_ev : ndarray (n,)
+    mu : ndarray (n, h, w) or (n, ...)
+        The optical density as analysed (not the normalised spectra).
+    references : mapping name -> callable(energies_ev) or ReferenceSpectrum
+        As given to the fit (same order).
+    mask, e0_ev, pre_range, post_range, post_order, noise_model, shift_sigma_px, gradient_sigma_px
+        As :func:`edge_energy_sigma`.
+    window : (float, float)
+        The fit window relative to E0 (eV), as in the fit.
+    sum_to_one : bool
+        Whether the fit constrained the fractions to sum to 1.
+
+    Returns
+    -------
+    FractionSigma
+
+    Notes
+    -----
+    Least squares with the sum constrained: ``f = C A^T y + const`` with
+    ``C = G^-1 - G^-1 1 1^T G^-1 / (1^T G^-1 1)``, ``G = A^T A``. The non-negativity
+    constraint is ignored: for a fraction at 0 the error is that of the unconstrained
+    fit (the true interval is one-sided).
+    """
+    e, mu, mask, s_k = _check_inputs(energies_ev, mu, mask, noise_model, shift_sigma_px)
+    names = tuple(references)
+    if not names:
+        raise ValueError("references: give at least one reference spectrum")
+    lin = _linearise(
+        e, mu, mask, s_k, e0_ev=e0_ev, pre_range=pre_range, post_range=post_range, post_order=post_order,
+        noise_band=(-15.0, 20.0), noise_model=noise_model, gradient_sigma_px=gradient_sigma_px,
+    )
+    iw = np.flatnonzero((e >= lin.e0_ev + window[0]) & (e <= lin.e0_ev + window[1]))
+    if iw.size <= len(names):
+        raise ValueError(f"window {window} eV around E0 {lin.e0_ev:.1f} eV holds {iw.size} energies: too few for {len(names)} references")
+    A = np.stack([np.asarray(references[n](e[iw]), dtype=float) for n in names], axis=1)
+    Gi = np.linalg.inv(A.T @ A)
+    C = Gi
+    if sum_to_one:
+        one = np.ones(len(names))
+        C = Gi - np.outer(Gi @ one, one @ Gi) / (one @ Gi @ one)
+    J = C @ A.T  # (n_refs, n_w): d f / d norm
+    npix = lin.step.size
+    ok = (lin.flags == 0) & (lin.step > 0)
+    a = J @ lin.smooth_norm[iw]  # (n_refs, npix): sum_k J_jk norm_k, multiplies d step
+    b = J @ np.c_[np.ones(iw.size), lin.x[iw]]  # (n_refs, 2): J applied to the pre-edge line
+    out_n = np.full((len(names), npix), np.nan)
+    out_r = np.full((len(names), npix), np.nan)
+    for j in range(len(names)):
+        g = np.zeros((e.size, npix))
+        g[iw] = J[j][:, None]
+        # d norm_k = (d mu_k - d pre(E_k) - norm_k d step) / step, d step = d post(E0) - d pre(E0)
+        g[lin.ip] -= lin.m_pre.T @ (np.outer(b[j], np.ones(npix)) - np.outer([1.0, 0.0], a[j]))
+        g[lin.iq] -= np.outer(lin.w_post, a[j])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            g = g / np.where(ok, lin.step, np.nan)[None, :]
+            out_n[j] = np.sqrt(np.sum((g * lin.sigma_k) ** 2, axis=0))
+            if s_k is not None:
+                out_r[j] = np.sqrt(np.sum(g**2 * lin.grad_sq * (s_k**2)[:, None], axis=0))
+    total = np.sqrt(out_n**2 + np.nan_to_num(out_r) ** 2)
+    return FractionSigma(names, _full(lin, out_n), _full(lin, out_r), _full(lin, total))
+
+
+def region_edge_energies(result: EdgeEnergySigma, labels, *, smoothing_px: float = 0.0, particle=None):
+    """Mean edge energy of each labelled region with its standard error, a tidy table.
+
+    Parameters
+    ----------
+    result : EdgeEnergySigma
+        Of one particle's map; for the registration part computed with
+        ``keep_sensitivity=True``.
+    labels : ndarray (h, w) int
+        Region of each pixel (0 = none); e.g. a cluster map + 1, or a core/shell split.
+    smoothing_px : float
+        Gaussian sigma (px) of the spatial smoothing the frames had before the analysis:
+        neighbouring pixels then share noise, and the mean of ``n`` pixels has
+        ``max(1, 4 pi sigma^2)`` times the variance of ``n`` independent ones.
+    particle : int, optional
+        Written into a ``particle`` column (to concatenate the tables of several particles).
+
+    Returns
+    -------
+    DataFrame
+        ``particle, region, n_pixels, e50_ev, sigma_noise_ev, sigma_registration_ev,
+        sigma_ev``: the mean over the region's pixels with a finite E50, the standard
+        error of that mean from noise (independent pixels, corrected for the smoothing)
+        and from registration (the region's mean sensitivity per frame, so that errors of
+        opposite sign on both sides of the particle cancel as they do in the mean).
+    """
+    import pandas as pd
+
+    labels = np.asarray(labels)
+    if labels.shape != result.e50_ev.shape:
+        raise ValueError(f"labels {labels.shape} must match the maps {result.e50_ev.shape}")
+    factor = max(1.0, 4 * np.pi * smoothing_px**2)
+    rows = []
+    for r in np.unique(labels[labels > 0]):
+        sel = (labels == r) & np.isfinite(result.e50_ev)
+        n = int(sel.sum())
+        if n == 0:
+            continue
+        mean = float(result.e50_ev[sel].mean())
+        sn = float(np.sqrt(factor * np.sum(result.sigma_noise_ev[sel].astype(float) ** 2)) / n)
+        sr = float("nan")
+        if result.sensitivity is not None and result.shift_sigma_px is not None:
+            s_mean = result.sensitivity[:, :, sel].astype(float).mean(axis=2)  # (n_frames, 2)
+            sr = float(np.sqrt(np.sum((s_mean**2).sum(axis=1) * result.shift_sigma_px**2)))
+        rows.append((particle, int(r), n, mean, sn, sr, float(np.sqrt(sn**2 + np.nan_to_num(sr) ** 2))))
+    return pd.DataFrame(
+        rows, columns=["particle", "region", "n_pixels", "e50_ev", "sigma_noise_ev", "sigma_registration_ev", "sigma_ev"]
+    )
+
+
+def difference_resolved(e_a, sigma_a, e_b, sigma_b, *, k: float = 2.0):
+    """Whether ``|e_a - e_b| > k * sqrt(sigma_a^2 + sigma_b^2)`` (independent errors), elementwise."""
+    if not k > 0:
+        raise ValueError(f"k must be positive, got {k}")
+    d = np.asarray(e_a, float) - np.asarray(e_b, float)
+    s = np.hypot(np.asarray(sigma_a, float), np.asarray(sigma_b, float))
+    return np.abs(d) > k * s
+
+
+def resolved_differences(table, *, k: float = 2.0):
+    """Every pair of rows of a region table: the difference of edge energies and whether it is resolved.
+
+    Parameters
+    ----------
+    table : DataFrame
+        With ``e50_ev`` and ``sigma_ev`` (and optionally ``particle``, ``region``), e.g.
+        :func:`region_edge_energies` of several particles concatenated, or one row per
+        particle.
+    k : float
+        A difference is resolved when ``|delta| > k sigma_delta`` (2: about 95 %).
+
+    Returns
+    -------
+    DataFrame
+        ``a, b`` (row positions), ``label_a, label_b`` ("particle/region"), ``delta_ev``
+        (b - a), ``sigma_delta_ev``, ``z`` (|delta| / sigma_delta), ``resolved``.
+
+    Notes
+    -----
+    The errors of the rows are taken as independent: right for different particles
+    (each has its own registration); for two regions of one particle the common frame
+    displacements are correlated, which this ignores.
+    """
+    import pandas as pd
+
+    if not k > 0:
+        raise ValueError(f"k must be positive, got {k}")
+    for c in ("e50_ev", "sigma_ev"):
+        if c not in table:
+            raise ValueError(f"table: no column {c!r}; give the output of region_edge_energies")
+    e = table["e50_ev"].to_numpy(float)
+    s = table["sigma_ev"].to_numpy(float)
+    lab = [
+        "/".join(str(v) for v in vals if v is not None and not (isinstance(v, float) and np.isnan(v)))
+        for vals in zip(*(table[c] if c in table else [None] * len(table) for c in ("particle", "region")))
+    ]
+    rows = []
+    for a in range(len(e)):
+        for b in range(a + 1, len(e)):
+            d = e[b] - e[a]
+            sd = float(np.hypot(s[a], s[b]))
+            z = abs(d) / sd if sd > 0 else float("inf")
+            rows.append((a, b, lab[a] or str(a), lab[b] or str(b), d, sd, z, bool(z > k)))
+    return pd.DataFrame(rows, columns=["a", "b", "label_a", "label_b", "delta_ev", "sigma_delta_ev", "z", "resolved"])
