@@ -41,3 +41,12 @@ def digest(*paths) -> dict:
             if f.is_file():
                 out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
     return out
+
+
+def undocumented_fields(cls) -> list:
+    """Fields of an options dataclass that its docstring does not describe (``name : type`` lines)."""
+    import re
+    from dataclasses import fields
+
+    doc = cls.__doc__ or ""
+    return [f.name for f in fields(cls) if not re.search(rf"^\s*{re.escape(f.name)} : ", doc, re.M)]

@@ -229,7 +229,7 @@ def test_xrm_scan_averaging_matches_independent_oracle():
 
 
 def test_saturated_pixels_become_nan_then_repaired(tmp_path):
-    from xanestrack.pipeline import sanitize_stack
+    from xanestrack.stack import sanitize_stack
 
     counts, flats, dark, od = _raw((5, 24, 40))
     c = counts.round().astype(np.uint16)

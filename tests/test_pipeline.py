@@ -2,9 +2,8 @@ import numpy as np
 import pytest
 
 from conftest import pair_by_position
-from xanestrack.detect import DetectOptions, detect_particles
 from xanestrack.evaluate import evaluate_result
-from xanestrack.pipeline import run_pipeline, sanitize_stack
+from xanestrack.pipeline import run_pipeline
 from xanestrack.result import FRAME_FLAGS
 from xanestrack.stack import Stack
 from xanestrack.synth import make_synthetic_stack
@@ -14,17 +13,6 @@ from xanestrack.synth import make_synthetic_stack
 def small_result(small_synth):
     st = Stack(small_synth.optical_density(), small_synth.energies_ev)
     return run_pipeline(st)
-
-
-def test_synthetic_generator_is_deterministic_and_has_truth():
-    a = make_synthetic_stack("default", seed=3, n_energies=5, shape=(120, 120), n_particles=2, radius_range=(10, 14))
-    b = make_synthetic_stack("default", seed=3, n_energies=5, shape=(120, 120), n_particles=2, radius_range=(10, 14))
-    assert np.array_equal(a.counts, b.counts)
-    t = a.truth
-    assert len(t.positions) == 2 * 5 and t.masks[0].shape[0] == 5
-    # shifts of the rigid particle are the global jitter
-    g = t.positions[t.positions.particle == 0].sort_values("frame")
-    assert np.allclose(g[["dy", "dx"]].to_numpy(), t.global_shift)
 
 
 def test_end_to_end_small_stack(small_synth, small_result):
@@ -42,14 +30,6 @@ def test_end_to_end_small_stack(small_synth, small_result):
     t = small_result.tracks
     assert {"particle", "frame", "energy_ev", "y", "x", "dy", "dx", "vy", "vx", "rigid_dy", "nonrigid_dy", "flags"} <= set(t.columns)
     assert len(t) == 4 * 48
-
-
-def test_detection_rejects_border_touching_and_fines():
-    s = make_synthetic_stack("hard", seed=2, n_energies=3)
-    det = detect_particles(s.optical_density()[2])
-    reasons = set(det["reason"])
-    assert "" in reasons
-    assert "too_small" in reasons or "not_convex" in reasons
 
 
 def test_particle_leaving_the_field_of_view_is_flagged():
@@ -80,23 +60,42 @@ def test_stack_without_particles_and_single_frame():
     assert "XANES skipped" in " ".join(r1.particles[0].notes)
 
 
-def test_nan_pixels_are_repaired_and_hopeless_frames_refused():
-    od = np.zeros((3, 32, 32), np.float32)
-    od[1, 5, 5] = np.nan
-    clean, n = sanitize_stack(od)
-    assert n == 1 and np.isfinite(clean).all() and np.isnan(od[1, 5, 5])  # input untouched
-    od[2, :20] = np.inf
-    with pytest.raises(ValueError, match=r"frames \[2\]"):
-        sanitize_stack(od)
-
-
-def test_stack_validation_messages():
-    with pytest.raises(ValueError, match="3-D array"):
-        Stack(np.zeros((10, 10)), np.arange(10.0) + 8000)
-    with pytest.raises(ValueError, match="look like keV"):
-        Stack(np.zeros((2, 10, 10)), np.array([8.3, 8.4]))
+def test_run_pipeline_refuses_what_is_not_a_stack():
     with pytest.raises(TypeError, match="Stack"):
         run_pipeline(np.zeros((2, 10, 10)))
+
+
+def test_old_names_are_still_importable_from_the_pipeline():
+    from xanestrack import pipeline, register, stack, xanes
+
+    assert pipeline.sanitize_stack is stack.sanitize_stack
+    assert pipeline.local_background is xanes.local_background
+    assert pipeline.fuse_particles is register.fuse_particles
+    from xanestrack.result import FRAME_FLAGS as flags
+
+    assert pipeline.FRAME_FLAGS is flags
+
+
+def test_analyse_xanes_is_analyse_particle_with_the_pipeline_options(small_synth, small_result):
+    from xanestrack.pipeline import PipelineOptions, analyse_xanes
+    from xanestrack.xanes import analyse_particle
+
+    p = small_result.particles[0]
+    opts = PipelineOptions(xanes_smoothing=0.0, edge_window=(-12.0, 18.0))
+    a = analyse_xanes(p.aligned, p.mask, small_synth.energies_ev, options=opts)
+    b = analyse_particle(p.aligned, p.mask, small_synth.energies_ev, smoothing=0.0, edge_window=(-12.0, 18.0))
+    assert a["e0_ev"] == b["e0_ev"]
+    for name in ("e50", "derivative", "whiteline"):
+        assert np.array_equal(a["edge_maps"][name], b["edge_maps"][name], equal_nan=True)
+    c = analyse_xanes(p.aligned, p.mask, small_synth.energies_ev)
+    assert not np.array_equal(a["edge_maps"]["e50"], c["edge_maps"]["e50"], equal_nan=True)  # the options are used
+
+
+def test_every_pipeline_option_is_documented():
+    from conftest import undocumented_fields
+    from xanestrack.pipeline import PipelineOptions
+
+    assert undocumented_fields(PipelineOptions) == []
 
 
 def test_all_background_frame_is_flagged_not_fatal(small_synth):
@@ -109,60 +108,16 @@ def test_all_background_frame_is_flagged_not_fatal(small_synth):
         assert ((p.frame_flags & FRAME_FLAGS["interpolated"]) == 0).sum() >= 46
 
 
-def _touching_pair_frame():
-    yy, xx = np.mgrid[0:120, 0:160]
-    frame = np.zeros((120, 160), np.float32)
-    for cy, cx, r in ((60, 60, 20), (60, 99, 20), (30, 135, 12)):  # a touching pair and a loner
-        frame += 0.8 * np.clip(r - np.hypot(yy - cy, xx - cx) + 0.5, 0, 1)
-    frame += np.random.default_rng(1).normal(0, 0.01, frame.shape).astype(np.float32)
-    return frame
-
-
-def test_touching_particles_are_separated_and_kept():
-    det = detect_particles(_touching_pair_frame())
-    assert det.isolated.all() and len(det) == 3
-    pair = det[det.touching].sort_values("x")
-    assert len(pair) == 2
-    assert np.allclose(pair[["y", "x"]].to_numpy(), [[60, 60], [60, 99]], atol=2.5)
-    assert np.allclose(pair["radius"], 20, atol=3)
-    loner = det[~det.touching]
-    assert abs(loner.iloc[0].x - 135) < 2
-
-
-def test_touching_particles_are_rejected_when_splitting_is_off():
-    det = detect_particles(_touching_pair_frame(), options=DetectOptions(split_touching=False))
-    iso = det[det.isolated]
-    assert len(iso) == 1 and abs(iso.iloc[0].x - 135) < 2
-    assert (det.reason == "not_convex").sum() == 1
-
-
-def test_one_irregular_particle_is_not_split():
-    yy, xx = np.mgrid[0:120, 0:120]
-    th = np.arctan2(yy - 60, xx - 60)
-    r = 25 * (1 + 0.15 * np.cos(3 * th) + 0.08 * np.cos(5 * th + 1))  # lobed outline, one body
-    frame = (np.hypot(yy - 60, xx - 60) < r).astype(np.float32) * 0.8
-    frame += np.random.default_rng(2).normal(0, 0.01, frame.shape).astype(np.float32)
-    det = detect_particles(frame)
-    assert len(det) == 1 and not det.touching.iloc[0] and det.isolated.iloc[0]
-
-
 def test_key_frame_detection_propagates_rois_through_stage_jumps():
-    """Detect on every 6th frame only: the jumps in between are found by phase correlation."""
+    """Detect on every 6th frame only: the jumps in between are found by phase correlation
+    (:func:`xanestrack.match.propagate_common`, tested on the same scan in test_match.py)."""
     from xanestrack.evaluate import evaluate_result
-    from xanestrack.match import propagate_common
     from xanestrack.pipeline import PipelineOptions
 
     s = make_synthetic_stack("default", seed=14, n_energies=48, shape=(220, 220), n_particles=4, radius_range=(10.0, 20.0),
                              jump_probability=0.15, jump_size=8.0, drift_range=(0.5, 2.0))
     od = s.optical_density()
     key = list(range(0, 48, 6)) + [47]
-    g = s.truth.global_shift
-    # given the true shift on the key frames, the frames in between are recovered to ~1-2 px
-    est = propagate_common(od, np.where(np.isin(np.arange(48), key)[:, None], g, np.nan), np.array(key))
-    between = ~np.isin(np.arange(48), key)
-    assert np.abs(est[between] - g[between]).max() < 3.0
-    lin = np.stack([np.interp(np.arange(48), key, g[key, d]) for d in range(2)], 1)
-    assert np.abs(est[between] - g[between]).mean() < 0.5 * np.abs(lin[between] - g[between]).mean()
     r = run_pipeline(Stack(od, s.energies_ev), options=PipelineOptions(detect_every=6))
     assert set(r.detections["frame"]) <= set(key)
     _, summ = evaluate_result(r, s.truth)

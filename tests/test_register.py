@@ -69,3 +69,125 @@ def test_crop_windows_flags_border():
     assert not clipped[0] and clipped[1]
     assert np.array_equal(win[0], od[0, 10:21, 15:26])
     assert np.isnan(win[1, 0, 0])
+
+
+# --------------------------------------------------------------------------- flags and positions
+
+from xanestrack.register import (  # noqa: E402
+    consensus_mask,
+    fuse_particles,
+    mask_flags,
+    resample_masks,
+    vouch_positions,
+    window_half,
+)
+from xanestrack.result import FRAME_FLAGS  # noqa: E402
+
+
+def _disc_masks(n, size=31, r=8.0, centres=None):
+    yy, xx = np.mgrid[0:size, 0:size]
+    c = np.full((n, 2), (size - 1) / 2) if centres is None else np.asarray(centres, float)
+    return np.stack([np.clip(r - np.hypot(yy - cy, xx - cx) + 0.5, 0, 1) for cy, cx in c]).astype(np.float32)
+
+
+def _vouch(com, edge, **kw):
+    n = len(com)
+    args = dict(
+        edge_measured=np.ones(n, bool), masks=_disc_masks(n), outside=np.zeros((n, 31, 31), bool), clipped=np.zeros(n, bool),
+        undetected=np.zeros(n, bool), common=np.zeros((n, 2)), reference_frame=n - 1,
+    )
+    args.update(kw)
+    return vouch_positions(np.asarray(com, float), np.asarray(edge, float), **args)
+
+
+def test_window_half_rule():
+    assert window_half(10.0) == 13 + 6 and window_half(10.0, 4) == 13 + 4 and window_half(10.01) == 14 + 6
+
+
+def test_mask_flags_known_answers():
+    m = _disc_masks(4)
+    m[1] = 0  # nothing segmented
+    m[2] = _disc_masks(1, r=12.0)[0]  # much larger than the others
+    m[3] = _disc_masks(1, centres=[(15, 7)])[0]  # reaches the window edge (its area intact)
+    outside = np.zeros(m.shape, bool)
+    f = mask_flags(m, outside=outside, clipped=np.array([False, False, False, True]))
+    assert f.tolist() == [0, FRAME_FLAGS["no_mask"], FRAME_FLAGS["area_outlier"], FRAME_FLAGS["out_of_view"]]
+    f = mask_flags(m, outside=outside, clipped=np.zeros(4, bool))  # the window edge inside the frame: a neighbour
+    assert f[3] == FRAME_FLAGS["area_outlier"]
+    outside[0, 15, 15] = True  # mask pixels outside the frame
+    assert mask_flags(m, outside=outside, clipped=np.zeros(4, bool))[0] == FRAME_FLAGS["out_of_view"]
+
+
+def test_agreeing_estimates_are_vouched_for_and_the_edge_positions_used():
+    n = 8
+    rng = np.random.default_rng(0)
+    com = np.c_[50 + 0.3 * np.arange(n), 40 - 0.1 * np.arange(n)] + rng.normal(0, 0.05, (n, 2))
+    edge = com - [2.0, 1.0] + rng.normal(0, 0.05, (n, 2))  # the same displacements, another offset
+    v = _vouch(com, edge)
+    assert (v.flags == 0).all() and v.usable.all() and v.located.all()
+    assert np.nanmax(v.agreement) < 0.3
+    offset = np.median(com - edge, axis=0)
+    assert np.allclose(v.positions, edge + offset) and np.allclose(v.edge_positions, edge + offset)
+    vc = _vouch(com, edge, position="com")
+    assert np.allclose(vc.positions, com) and (vc.flags == 0).all()
+
+
+def test_disagreement_missing_estimates_and_outliers_are_flagged():
+    n = 10
+    com = np.c_[50 + 0.2 * np.arange(n), 40.0 + 0 * np.arange(n)]
+    edge = com.copy()
+    com[2] += [1.0, 0.0]  # the centre of mass moved, the outline did not: more than agreement_px apart
+    com[5] += [6.0, 0.0]  # a jump far beyond the spread: a position outlier
+    measured = np.ones(n, bool)
+    measured[7] = False  # only one estimate here
+    masks = _disc_masks(n)
+    masks[8] = 0  # no mask, and ...
+    measured[8] = False  # ... no edge estimate either: not located, filled from the common shift
+    common = np.c_[0.2 * np.arange(n), np.zeros(n)]
+    undetected = np.zeros(n, bool)
+    undetected[1] = True
+    v = _vouch(com, edge, edge_measured=measured, masks=masks, common=common, undetected=undetected)
+    F = FRAME_FLAGS
+    assert v.flags[0] == 0 and v.flags[1] == F["undetected"]
+    assert v.flags[2] == F["disagree"] and v.agreement[2] == pytest.approx(1.0, abs=0.05)
+    assert v.flags[5] == F["position_outlier"] | F["disagree"] and not v.usable[5]
+    assert v.flags[7] == F["disagree"] and v.located[7] and np.allclose(v.positions[7], com[7])
+    assert v.flags[8] == F["no_mask"] | F["interpolated"] | F["disagree"] and not v.located[8]
+    assert np.allclose(v.positions[8], v.positions[9] + common[8] - common[9])  # nearest located frame + common shift
+    with pytest.raises(ValueError, match="position must be 'edges' or 'com', got 'mean'"):
+        _vouch(com, edge, position="mean")
+
+
+def test_a_particle_located_nowhere_has_no_position():
+    n = 3
+    v = _vouch(np.full((n, 2), np.nan), np.zeros((n, 2)), edge_measured=np.zeros(n, bool), masks=np.zeros((n, 31, 31), np.float32))
+    assert np.isnan(v.positions).all() and not v.located.any()
+    assert (v.flags == FRAME_FLAGS["no_mask"]).all()
+
+
+def test_masks_follow_the_shifts_and_make_one_consensus():
+    n = 3
+    origins = np.array([[10, 10], [12, 9], [11, 13]])
+    truth = np.array([[25.0, 25.0], [27.0, 24.0], [26.0, 28.0]])  # frame coordinates of the particle
+    masks = _disc_masks(n, centres=truth - origins)
+    shifts = truth - truth[0]
+    origin = (10, 10)
+    out = resample_masks(masks, origins, shifts, origin, (31, 31))
+    assert np.allclose(out, out[0], atol=1e-5) and np.allclose(centre_of_mass(out[0]), truth[0] - origin, atol=1e-4)
+    cm = consensus_mask(out, np.array([True, True, False]))
+    assert cm.dtype == bool and cm.sum() == pytest.approx(np.pi * 8**2, rel=0.05)
+    assert not consensus_mask(out, np.zeros(n, bool)).any()
+
+
+def test_fuse_pastes_each_aligned_particle_over_the_rigidly_aligned_frames():
+    od = np.zeros((2, 40, 40), np.float32)
+    od[1] = 1.0
+    mask = np.zeros((5, 5), bool)
+    mask[2, 2] = True
+    p = type("P", (), dict(mask=mask, origin=np.array([10, 20]), aligned=np.full((2, 5, 5), 7.0, np.float32)))()
+    fused = fuse_particles(od, [p], np.zeros((2, 2)), frames=[1])
+    assert fused.shape == (1, 40, 40)
+    inside = np.zeros((40, 40), bool)
+    inside[10:15, 20:25] = True  # the mask dilated twice, within its window
+    assert (fused[0][inside & (np.abs(np.mgrid[0:40, 0:40][0] - 12) + np.abs(np.mgrid[0:40, 0:40][1] - 22) <= 2)] == 7).all()
+    assert (fused[0][~inside] == 1).all()

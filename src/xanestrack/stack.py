@@ -111,7 +111,7 @@ def sanitize_stack(od, *, source: str = "stack"):
     Notes
     -----
     A non-finite pixel gets the median of the 5 x 5 pixels around it, in which the
-    frame's other non-finite pixels count as the frame's median.
+    non-finite pixels (itself included) count as the frame's median.
     """
     od = np.asarray(od)
     finite = np.isfinite(od)

@@ -1,0 +1,60 @@
+"""Linking detections into tracks through a scan (xanestrack.match)."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import undocumented_fields
+from xanestrack.match import MatchOptions, link_detections, propagate_common, roi_ssim
+from xanestrack.synth import make_synthetic_stack
+
+
+def test_propagate_common_recovers_stage_jumps_between_key_frames():
+    """Given the true shift on every 6th frame, the jumps in between are found by phase correlation."""
+    s = make_synthetic_stack("default", seed=14, n_energies=48, shape=(220, 220), n_particles=4, radius_range=(10.0, 20.0),
+                             jump_probability=0.15, jump_size=8.0, drift_range=(0.5, 2.0))
+    od = s.optical_density()
+    key = list(range(0, 48, 6)) + [47]
+    g = s.truth.global_shift
+    # given the true shift on the key frames, the frames in between are recovered to ~1-2 px
+    est = propagate_common(od, np.where(np.isin(np.arange(48), key)[:, None], g, np.nan), np.array(key))
+    between = ~np.isin(np.arange(48), key)
+    assert np.abs(est[between] - g[between]).max() < 3.0
+    lin = np.stack([np.interp(np.arange(48), key, g[key, d]) for d in range(2)], 1)
+    assert np.abs(est[between] - g[between]).mean() < 0.5 * np.abs(lin[between] - g[between]).mean()
+
+
+def test_roi_ssim_is_blind_to_the_contrast_change_across_the_edge():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:31, 0:31]
+    roi = np.exp(-((yy - 15.0) ** 2 + (xx - 13.0) ** 2) / 40) + 0.02 * rng.normal(size=yy.shape)
+    assert roi_ssim(roi, 3.0 * roi + 0.4) == pytest.approx(1.0, abs=1e-6)
+    assert roi_ssim(roi, np.roll(roi, 6, axis=1)) < 0.8
+
+
+def test_link_detections_keeps_identities_and_lists_gaps():
+    s = make_synthetic_stack("default", seed=9, n_energies=12, shape=(200, 200), n_particles=3, radius_range=(10.0, 16.0))
+    od = s.optical_density()
+    from xanestrack.detect import detect_stack
+
+    det = detect_stack(od)
+    det = det[~((det["frame"] == 5) & (det.index == det[det["frame"] == 5].index[0]))]  # one particle missed in frame 5
+    tracks, rejected, common = link_detections(det, od)
+    assert sorted(tracks["particle"].unique()) == [0, 1, 2] and len(tracks) == 3 * 12
+    assert (~tracks["detected"]).sum() == 1 and common.shape == (12, 2)
+    # each track follows one true particle (truth paired by position in every frame)
+    tp = s.truth.positions
+    for pid, g in tracks.groupby("particle"):
+        g = g.sort_values("frame")
+        d = [np.hypot(*(tp[tp.particle == j].sort_values("frame")[["y", "x"]].to_numpy() - g[["y", "x"]].to_numpy()).T).max()
+             for j in range(3)]
+        assert min(d) < 3.0, (pid, d)
+
+
+def test_bad_frames_are_refused():
+    det = pd.DataFrame(columns=["frame", "y", "x", "radius", "area", "isolated"])
+    with pytest.raises(ValueError, match="frames must be indices"):
+        link_detections(det, np.zeros((4, 32, 32), np.float32), frames=[0, 7])
+
+
+def test_every_option_is_documented():
+    assert undocumented_fields(MatchOptions) == []

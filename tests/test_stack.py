@@ -1,0 +1,46 @@
+"""The Stack and its checks (xanestrack.stack)."""
+import numpy as np
+import pytest
+
+from xanestrack.stack import Stack, sanitize_stack, validate_energies
+
+
+def test_nan_pixels_are_repaired_and_hopeless_frames_refused():
+    od = np.zeros((3, 32, 32), np.float32)
+    od[1, 5, 5] = np.nan
+    clean, n = sanitize_stack(od)
+    assert n == 1 and np.isfinite(clean).all() and np.isnan(od[1, 5, 5])  # input untouched
+    od[2, :20] = np.inf
+    with pytest.raises(ValueError, match=r"frames \[2\]"):
+        sanitize_stack(od)
+
+
+def test_stack_validation_messages():
+    with pytest.raises(ValueError, match="3-D array"):
+        Stack(np.zeros((10, 10)), np.arange(10.0) + 8000)
+    with pytest.raises(ValueError, match="look like keV"):
+        Stack(np.zeros((2, 10, 10)), np.array([8.3, 8.4]))
+
+
+def test_sanitize_replaces_a_pixel_by_the_median_of_its_neighbours():
+    od = np.arange(3 * 9 * 9, dtype=np.float32).reshape(3, 9, 9)
+    od[1, 4, 4] = np.nan
+    clean, n = sanitize_stack(od, source="scan.h5")
+    assert n == 1 and clean.dtype == np.float32
+    # the median of the 5 x 5 pixels around it, itself counted as the frame's median
+    win = od[1, 2:7, 2:7].copy()
+    win[2, 2] = np.median(od[1][np.isfinite(od[1])])
+    assert clean[1, 4, 4] == np.median(win)
+    assert np.array_equal(np.delete(clean.ravel(), 81 + 40), np.delete(od.ravel(), 81 + 40))
+    same, n0 = sanitize_stack(clean)
+    assert n0 == 0 and same is clean  # nothing to replace: no copy
+    with pytest.raises(ValueError, match="scan.h5: frames"):
+        sanitize_stack(np.full((2, 8, 8), np.nan), source="scan.h5")
+
+
+def test_validate_energies_messages():
+    assert validate_energies([8330, 8340.5], 2).dtype == float
+    for e, msg in (([8330.0], "2 frames but 1 energies"), ([8330.0, np.nan], "NaN"), ([8330.0, 8330.0], "duplicate energy"),
+                   ([8340.0, 8330.0], "not increasing"), ([8.33, 8.34], "keV")):
+        with pytest.raises(ValueError, match=msg):
+            validate_energies(e, 2, source="e.txt")

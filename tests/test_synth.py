@@ -1,0 +1,54 @@
+"""The default scene model (xanestrack.synth): deterministic scans with exact ground truth."""
+import numpy as np
+import pytest
+
+from conftest import undocumented_fields
+from xanestrack.synth import SynthParams, edge_energy_of_fraction, make_synthetic_stack
+
+
+def test_synthetic_generator_is_deterministic_and_has_truth():
+    a = make_synthetic_stack("default", seed=3, n_energies=5, shape=(120, 120), n_particles=2, radius_range=(10, 14))
+    b = make_synthetic_stack("default", seed=3, n_energies=5, shape=(120, 120), n_particles=2, radius_range=(10, 14))
+    assert np.array_equal(a.counts, b.counts)
+    t = a.truth
+    assert len(t.positions) == 2 * 5 and t.masks[0].shape[0] == 5
+    # shifts of the rigid particle are the global jitter
+    g = t.positions[t.positions.particle == 0].sort_values("frame")
+    assert np.allclose(g[["dy", "dx"]].to_numpy(), t.global_shift)
+
+
+def test_same_seed_same_scan_other_seed_other_scan_with_every_target():
+    kw = dict(n_energies=4, shape=(260, 260), n_particles=2, radius_range=(10.0, 20.0), n_fines=3, n_touching_pairs=1,
+              store_clean=True, store_frame_masks=True)
+    a, b = make_synthetic_stack("hard", seed=5, **kw), make_synthetic_stack("hard", seed=5, **kw)
+    for x, y in ((a.counts, b.counts), (a.flats, b.flats), (a.dark, b.dark), (a.truth.frame_masks, b.truth.frame_masks)):
+        assert np.array_equal(x, y)
+    for x, y in zip(a.truth.clean + a.truth.coverage + a.truth.edge_maps, b.truth.clean + b.truth.coverage + b.truth.edge_maps):
+        assert np.array_equal(x, y, equal_nan=True)
+    assert not np.array_equal(a.counts, make_synthetic_stack("hard", seed=6, **kw).counts)
+    t = a.truth
+    assert t.fines.shape == (3, 3) and t.frame_masks.shape == a.counts.shape
+    # the frame masks hold every object: the particles' own masks and more (fines, the touching pair)
+    assert t.frame_masks.sum() > sum(mm.sum() for mm in t.masks)
+
+
+def test_edge_energy_of_fraction_rises_from_nio_to_linio2():
+    e = edge_energy_of_fraction(np.linspace(0, 1, 11))
+    assert np.all(np.diff(e) > 0)
+    assert e[0] == pytest.approx(8340.05, abs=0.15) and e[-1] == pytest.approx(8341.81, abs=0.15)  # test_xanes' values
+    assert edge_energy_of_fraction(0.5) == pytest.approx(float(edge_energy_of_fraction(np.array([0.5]))[0]))
+
+
+def test_bad_parameters_name_the_field():
+    with pytest.raises(ValueError, match="radius_range"):
+        SynthParams(radius_range=(1.0, 5.0))
+    with pytest.raises(ValueError, match="counts"):
+        SynthParams(counts=0.0)
+    with pytest.raises(ValueError, match="unknown preset"):
+        make_synthetic_stack("nonsense")
+    with pytest.raises(ValueError, match="cannot place"):
+        make_synthetic_stack("default", shape=(200, 200), n_particles=40, n_energies=2)
+
+
+def test_every_parameter_is_documented():
+    assert undocumented_fields(SynthParams) == []
