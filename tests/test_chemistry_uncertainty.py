@@ -199,6 +199,10 @@ def test_regions_and_which_differences_are_resolved():
     assert pairs.loc[(pairs.a == 0) & (pairs.b == 2), "delta_ev"].item() == pytest.approx(1.76, abs=0.3)
     assert set(pairs.label_a) <= {"0/1", "1/1"}
     assert unc.difference_resolved(8340.0, 0.1, 8341.0, 0.1) and not unc.difference_resolved(8340.0, 0.5, 8341.0, 0.5)
+    from xanestrack.chemistry.figures import resolution_figure
+
+    svg = resolution_figure(table, pairs)
+    assert svg.startswith("<svg") and svg.endswith("</svg>") and "2/1" in svg
 
 
 def test_region_sigma_matches_the_scatter_of_region_means():
