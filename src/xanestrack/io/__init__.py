@@ -92,22 +92,13 @@ def read_stack(inputs, *, energies=None, flats=None, darks=None, values: str = "
     if suffix in _HDF:
         from .hdf5 import read_hdf5
 
-        d = read_hdf5(path, scan=scan)
-        notes = list(d["notes"])
-        e = d["energies_ev"] if energies is None else _energies_arg(energies)
-        e = validated_energies(e, d["counts"].shape[0], source=path)
-        flats_, kind = d["flats"], "counts"
-        if flats_ is None:
-            od, kind, more = values_without_flats(
-                d["counts"], values, source=path, flats_hint=f"flat-field images (/{'img_bkg' if d['layout'] == 'fxi' else 'exchange/data_white'})"
-            )
-            notes += more
-        else:
-            flats_ = _match_flats(flats_, d["counts"].shape[0], source=path, notes=notes)
-            od = optical_density(d["counts"], flats=flats_, darks=d["darks"], source=str(path))
-        meta = dict(source=str(path) if scan is None else f"{path}[scan {scan}]", reader=f"hdf5-{d['layout']}" + ("" if scan is None else "-series"),
-                    values=kind, files=[str(path)], notes=notes)
-        return Stack(od, e, d["pixel_size_um"], meta)
+        d = read_hdf5(path, scan=scan, lazy=True)  # frames read one at a time while the OD is formed
+        try:
+            return _hdf5_stack(d, path, energies, values, scan)
+        finally:
+            for k in ("counts", "flats"):
+                if hasattr(d[k], "close"):
+                    d[k].close()
     if suffix in _TIFF:
         from .tiff import read_tiff_frames
 
@@ -158,3 +149,22 @@ def _energies_arg(energies):
 
         return read_energies_file(energies)
     return energies_in_ev(energies, source="energies given")
+
+
+def _hdf5_stack(d, path, energies, values, scan) -> Stack:
+    """The Stack of what :func:`xanestrack.io.hdf5.read_hdf5` found."""
+    notes = list(d["notes"])
+    e = d["energies_ev"] if energies is None else _energies_arg(energies)
+    e = validated_energies(e, d["counts"].shape[0], source=path)
+    flats_, kind = d["flats"], "counts"
+    if flats_ is None:
+        od, kind, more = values_without_flats(
+            d["counts"], values, source=path, flats_hint=f"flat-field images (/{'img_bkg' if d['layout'] == 'fxi' else 'exchange/data_white'})"
+        )
+        notes += more
+    else:
+        flats_ = _match_flats(flats_, d["counts"].shape[0], source=path, notes=notes)
+        od = optical_density(d["counts"], flats=flats_, darks=d["darks"], source=str(path))
+    meta = dict(source=str(path) if scan is None else f"{path}[scan {scan}]", reader=f"hdf5-{d['layout']}" + ("" if scan is None else "-series"),
+                values=kind, files=[str(path)], notes=notes)
+    return Stack(od, e, d["pixel_size_um"], meta)

@@ -32,6 +32,11 @@ def transmission_to_od(t) -> int:
 logger = logging.getLogger(__name__)
 
 
+def _frame_indexable(a) -> bool:
+    """A lazily read stack (e.g. :class:`xanestrack.io.hdf5.FrameReader`): ``a[k]`` reads frame k."""
+    return not isinstance(a, np.ndarray) and hasattr(a, "shape") and hasattr(a, "dtype") and hasattr(a, "__getitem__") and len(a.shape) == 3
+
+
 def optical_density(counts, *, flats=None, darks=None, source: str = "input") -> np.ndarray:
     """Optical density ``OD = -ln((I - dark) / (flat - dark))``, float32.
 
@@ -57,7 +62,8 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input") ->
         On shape mismatches, NaN/inf in flats or darks, or a flat that is zero or
         negative after dark subtraction anywhere (the reference is unusable there).
     """
-    counts = np.asarray(counts)
+    if not _frame_indexable(counts):
+        counts = np.asarray(counts)
     check_pixel_dtype(counts.dtype, source=source)
     if counts.ndim == 2:
         counts = counts[None]
@@ -75,7 +81,7 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input") ->
     if flats is None:
         flat = np.broadcast_to(np.float32(1.0) + dark, (1, *shape))
     else:
-        flat = np.asarray(flats)  # kept in its stored type: converted a frame at a time below
+        flat = flats if _frame_indexable(flats) else np.asarray(flats)  # kept in its stored type: converted a frame at a time
         if flat.ndim == 2:
             flat = flat[None]
         if flat.shape[-2:] != shape or flat.shape[0] not in (1, counts.shape[0]):
@@ -83,39 +89,53 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input") ->
                 f"{source}: flats of shape {flat.shape} do not match {counts.shape[0]} frames of {shape}; "
                 "give one flat for all frames or one per frame"
             )
-    # the reference (flat - dark), checked a frame at a time: no second copy of the flats in memory
-    for k in range(flat.shape[0]):
-        r = np.subtract(flat[k], dark, dtype=np.float32)
+
+    def reference(k):
+        """Flat minus dark of frame k, float32: formed (and checked) a frame at a time, never a full copy."""
+        return np.subtract(flat[k if flat.shape[0] > 1 else 0], dark, dtype=np.float32)
+
+    def check(k, r):
+        """Why frame k's reference is unusable, or None."""
         if flats is not None and not np.all(np.isfinite(r)):
-            raise XanestrackError(f"{source}: flat (reference) images contain NaN/inf")
+            return f"{source}: flat (reference) images contain NaN/inf"
         bad = r <= 0
         if np.any(bad):
-            idx = (k, *np.argwhere(bad)[0])
-            raise XanestrackError(
+            idx = (k if flat.shape[0] > 1 else 0, *np.argwhere(bad)[0])
+            return (
                 f"{source}: flat minus dark is zero or negative at {int(bad.sum())} pixels "
                 f"(first at frame/row/col {tuple(int(i) for i in idx)}); the reference is unusable "
                 "there: check that flats and darks are not swapped and the beam was on"
             )
+        return None
 
-    def reference(k):
-        return np.subtract(flat[k if flat.shape[0] > 1 else 0], dark, dtype=np.float32)
+    if flat.shape[0] == 1:  # one reference for every frame: checked once
+        problem = check(0, reference(0))
+        if problem:
+            raise XanestrackError(problem)
 
     out = np.empty(counts.shape, np.float32)
     saturation = np.iinfo(counts.dtype).max if np.issubdtype(counts.dtype, np.integer) else None
     n_sat = [0]
+    problems = {}
 
     def frame(k):
-        n_bad = 0
         t = out[k]
-        np.subtract(counts[k], dark, out=t, dtype=np.float32, casting="unsafe")
+        c = np.asarray(counts[k])
+        r = reference(k)
+        if flat.shape[0] > 1:
+            problem = check(k, r)
+            if problem:
+                problems[k] = problem
+                return 0
+        np.subtract(c, dark, out=t, dtype=np.float32, casting="unsafe")
         with np.errstate(divide="ignore", invalid="ignore"):
-            np.divide(t, reference(k), out=t)
+            np.divide(t, r, out=t)
         # a saturated detector pixel has no valid count: NaN (repaired downstream)
-        sat = (counts[k] == saturation) if saturation is not None else None
+        sat = (c == saturation) if saturation is not None else None
         if sat is not None and sat.any():
             n_sat[0] += int(sat.sum())
             t[sat] = 1.0
-        n_bad += transmission_to_od(t)
+        n_bad = transmission_to_od(t)
         if sat is not None and sat.any():
             t[sat] = np.nan
         return n_bad
@@ -129,6 +149,8 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input") ->
             n_bad = sum(ex.map(frame, range(counts.shape[0])))
     else:
         n_bad = sum(frame(k) for k in range(counts.shape[0]))
+    if problems:
+        raise XanestrackError(problems[min(problems)])
     if n_sat[0]:
         logger.warning("%s: %d saturated pixels (value %d) set to NaN", source, n_sat[0], saturation)
     if n_bad:

@@ -19,7 +19,7 @@ DXCHANGE = {
 }
 
 
-def read_hdf5(path, *, scan: int | None = None) -> dict:
+def read_hdf5(path, *, scan: int | None = None, lazy: bool = False) -> dict:
     """Read raw frames, flats, darks and energies from an FXI or Data Exchange file.
 
     Every dataset's shape and type is checked before it is read (sizes against the
@@ -29,6 +29,11 @@ def read_hdf5(path, *, scan: int | None = None) -> dict:
     ``scan``: for a file whose images have a scan axis ``(n_scans, n_energies, rows,
     cols)`` (an operando series), the scan to read; its flats are the scan's own where
     they have a scan axis too, and its energies the scan's row of a 2-D energy dataset.
+
+    ``lazy``: the counts and the per-frame flats are not read but returned as
+    :class:`FrameReader` objects that read one frame at a time (for
+    :func:`~xanestrack.io.flatfield.optical_density`: the scan is never in memory twice);
+    close them (``.close()``) when done.
 
     Returns
     -------
@@ -95,8 +100,15 @@ def read_hdf5(path, *, scan: int | None = None) -> dict:
             _check_written(d, path, keys[name])
             need += d.size * (d.dtype.itemsize + 4)  # as stored, then as float32
         check_memory(need + int(np.prod(shape)) * 4, source=path, what=f"reading /{keys['data']} {shape} {data.dtype}")
-        counts = _read(data, path, keys["data"])
-        flats, darks = _read(dsets["flat"], path, keys["flat"]), _read(dsets["dark"], path, keys["dark"])
+        if lazy and dsets["flat"] is not None and len(shape) == 3 and data.ndim == 3:
+            counts = FrameReader(path, keys["data"], scan, shape, data.dtype)
+            fd = dsets["flat"]
+            flats = FrameReader(path, keys["flat"], scan if fd.ndim == 3 and isinstance(fd, _ScanView) else None, tuple(fd.shape), fd.dtype) \
+                if fd.ndim == 3 and fd.shape[0] == shape[0] else _read(fd, path, keys["flat"])
+        else:
+            counts = _read(data, path, keys["data"])
+            flats = _read(dsets["flat"], path, keys["flat"])
+        darks = _read(dsets["dark"], path, keys["dark"])
         if dsets["energy"] is None:
             raise XanestrackError(f"{path}: no energy dataset /{keys['energy']}; cannot do XANES without energies")
         if dsets["energy"].size > MAX_FRAMES or dsets["energy"].dtype.kind not in "iuf":
@@ -119,6 +131,36 @@ def read_hdf5(path, *, scan: int | None = None) -> dict:
     if flats is not None and darks is None:
         notes.append(f"{path}: no dark images (/{keys['dark']}): dark taken as 0")
     return dict(counts=counts, flats=flats, darks=darks, energies_ev=energy, layout=layout, pixel_size_um=pixel, notes=notes)
+
+
+class FrameReader:
+    """Frames of an HDF5 image dataset read one at a time (``reader[k]``), file kept open until :meth:`close`."""
+
+    def __init__(self, path, name: str, scan, shape, dtype):
+        self.path, self.name, self.scan = Path(path), name, scan
+        self.shape, self.dtype, self.ndim = tuple(shape), np.dtype(dtype), len(shape)
+        self._f = None
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, k):
+        import h5py
+
+        try:
+            if self._f is None:
+                self._f = h5py.File(self.path, "r")
+            d = self._f[self.name]
+            return np.asarray(d[self.scan, int(k)] if self.scan is not None else d[int(k)])
+        except MemoryError:
+            raise XanestrackError(f"{self.path}: not enough memory to read a frame of /{self.name}") from None
+        except Exception as exc:  # truncated chunks, missing filters, checksum errors
+            raise XanestrackError(f"{self.path}: dataset /{self.name} unreadable at frame {k} (truncated or damaged file?): {one_line(exc)}") from None
+
+    def close(self):
+        if self._f is not None:
+            self._f.close()
+            self._f = None
 
 
 class _ScanView:
