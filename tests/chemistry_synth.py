@@ -27,7 +27,9 @@ def dome(shape, radius, peak):
     return peak * (np.sqrt(np.clip(1 - r**2, 0, 1)) * 0.7 + 0.3) * (r <= 1)
 
 
-def pixel_od(energies, spectra, weights, step, *, counts=5000.0, n_ref=10, pre_edge_level=0.25, smoothing_px=0.0, rng=None):
+def pixel_od(
+    energies, spectra, weights, step, *, counts=5000.0, n_ref=10, pre_edge_level=0.25, smoothing_px=0.0, rng=None
+):
     """Noisy and noise-free optical density (n_energies, h, w) of a particle.
 
     Parameters

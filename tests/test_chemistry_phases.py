@@ -1,8 +1,8 @@
 """Phase mapping: known chemistries in known regions are recovered by k-means and NMF."""
 import numpy as np
 import pytest
-
 from chemistry_synth import disc, dome, pixel_od
+
 from conftest import shared_data
 from xanestrack import xanes
 from xanestrack.chemistry import phases
@@ -60,7 +60,7 @@ def two_phases():
     layouts = [_region_labels("split"), _region_labels("core"), np.ones(SHAPE, int)]
     norms, masks, truth = _scan(spectra, layouts)
     px = phases.collect_spectra(norms, masks, particles=[3, 7, 9])
-    true = np.concatenate([t[m] for t, m in zip(truth, masks)])
+    true = np.concatenate([t[m] for t, m in zip(truth, masks, strict=True)])
     return px, true, spectra, truth, masks
 
 
@@ -76,13 +76,13 @@ def test_kmeans_recovers_two_phases_in_known_regions(two_phases):
     # per-particle maps and fractions
     maps = phases.to_maps(r.labels, px, fill=-1)
     assert set(maps) == {3, 7, 9}
-    for pid, t, m in zip((3, 7, 9), truth, masks):
+    for pid, t, m in zip((3, 7, 9), truth, masks, strict=True):
         assert np.all(maps[pid][~m] == -1)
         assert (maps[pid][m] == t[m]).mean() >= 0.95
     table = phases.cluster_fractions(r.labels, px.particle, n_clusters=2)
     assert list(table.columns) == ["particle", "cluster", "n_pixels", "fraction"]
     assert np.allclose(table.groupby("particle")["fraction"].sum(), 1.0)
-    for pid, t, m in zip((3, 7, 9), truth, masks):
+    for pid, t, m in zip((3, 7, 9), truth, masks, strict=True):
         got = table[(table.particle == pid) & (table.cluster == 1)]["fraction"].item()
         assert abs(got - t[m].mean()) < 0.03, (pid, got, t[m].mean())
 
@@ -109,7 +109,7 @@ def test_kmeans_three_phases_with_a_mixture():
     layouts = [_region_labels("split"), 1 + _region_labels("split").T, _region_labels("bands")]
     norms, masks, truth = _scan(spectra, layouts, seed=2)
     px = phases.collect_spectra(norms, masks)
-    true = np.concatenate([t[m] for t, m in zip(truth, masks)])
+    true = np.concatenate([t[m] for t, m in zip(truth, masks, strict=True)])
     r = phases.kmeans(px.spectra, energies_ev=E, n_clusters=3, energy_window=WINDOW, seed=0)
     agreement = float((r.labels == true).mean())
     assert agreement >= 0.95, agreement
@@ -125,7 +125,7 @@ def test_kmeans_three_measured_chemistries():
     layouts = [_region_labels("bands"), 2 - _region_labels("bands").T, np.where(_region_labels("core") == 0, 1, 0)]
     norms, masks, truth = _scan(spectra, layouts, seed=3)
     px = phases.collect_spectra(norms, masks)
-    true = np.concatenate([t[m] for t, m in zip(truth, masks)])
+    true = np.concatenate([t[m] for t, m in zip(truth, masks, strict=True)])
     r = phases.kmeans(px.spectra, energies_ev=E, n_clusters=3, energy_window=WINDOW, seed=0)
     # cluster numbering follows the edge position, not our numbering: pair by majority
     pairs = {j: np.bincount(true[r.labels == j], minlength=3).argmax() for j in range(3)}

@@ -3,8 +3,8 @@ import json
 
 import numpy as np
 import pytest
-
 from chemistry_synth import disc, dome, pixel_od
+
 from xanestrack.chemistry.quality import apply_quality, masked_statistics, quality_masks
 from xanestrack.spectra import ni_references
 from xanestrack.synth import ni_energy_grid
@@ -21,7 +21,8 @@ def scene():
     hole = disc(shape, 6, centre=(30, 20))
     step = dome(shape, 18, 0.9)
     step[hole] = 0.004  # almost no material: no edge worth the name
-    od, _ = pixel_od(E, ni_references()["NiO"](E)[None], np.ones((1,) + shape), step, smoothing_px=1.0, rng=np.random.default_rng(0))
+    nio = ni_references()["NiO"](E)[None]
+    od, _ = pixel_od(E, nio, np.ones((1,) + shape), step, smoothing_px=1.0, rng=np.random.default_rng(0))
     glitch = np.zeros(shape, bool)
     glitch[10:12, 20:26] = True
     post = np.flatnonzero(E > 8500)[:3]

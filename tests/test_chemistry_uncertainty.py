@@ -7,9 +7,9 @@ within 1 and 2 sigma: nominally 68.3 % and 95.4 %.
 """
 import numpy as np
 import pytest
+from chemistry_synth import disc, dome, pixel_od
 from scipy import ndimage
 
-from chemistry_synth import disc, dome, pixel_od
 from xanestrack import xanes
 from xanestrack.chemistry import uncertainty as unc
 from xanestrack.spectra import ni_references
@@ -122,7 +122,9 @@ def test_registration_sigma_covers_the_error_of_misregistered_frames():
 
     rng = np.random.default_rng(1)
     sigma_k = 0.05 + 0.25 * rng.random(e.size)
-    pred = unc.edge_energy_sigma(e, clean, mask=mask, e0_ev=e0, shift_sigma_px=sigma_k, gradient_sigma_px=0.0, keep_sensitivity=True)
+    pred = unc.edge_energy_sigma(
+        e, clean, mask=mask, e0_ev=e0, shift_sigma_px=sigma_k, gradient_sigma_px=0.0, keep_sensitivity=True
+    )
     ps = pred.sigma_registration_ev[mask]
     sens = pred.sensitivity[:, :, mask].astype(float)
     base = e50(clean)
@@ -136,7 +138,9 @@ def test_registration_sigma_covers_the_error_of_misregistered_frames():
     assert 0.63 <= one <= 0.73, one
     assert 0.90 <= two <= 0.98, two
     assert np.corrcoef(err.ravel(), lin.ravel())[0, 1] > 0.95
-    mc = unc.edge_energy_sigma(e, clean, mask=mask, e0_ev=e0, shift_sigma_px=sigma_k, registration="montecarlo", n_draws=24)
+    mc = unc.edge_energy_sigma(
+        e, clean, mask=mask, e0_ev=e0, shift_sigma_px=sigma_k, registration="montecarlo", n_draws=24
+    )
     ratio = np.nanmedian(mc.sigma_registration_ev[mask] / ps)
     assert 0.85 < ratio < 1.2, ratio
     assert "re-evaluations" in mc.record()["registration"]
@@ -183,7 +187,9 @@ def test_regions_and_which_differences_are_resolved():
     mask = disc(shape, radius)
     tables = []
     for pid, name in enumerate(("NiO", "NiO", "LiNiO2")):
-        od, _ = pixel_od(e, REFS[name](e)[None], np.ones((1,) + shape), dome(shape, radius, 0.8), smoothing_px=1.0, rng=rng)
+        od, _ = pixel_od(
+            e, REFS[name](e)[None], np.ones((1,) + shape), dome(shape, radius, 0.8), smoothing_px=1.0, rng=rng
+        )
         r = unc.edge_energy_sigma(e, od, mask=mask, shift_sigma_px=0.1, keep_sensitivity=True)
         labels = mask.astype(int)
         tables.append(unc.region_edge_energies(r, labels, smoothing_px=1.0, particle=pid))
@@ -191,9 +197,11 @@ def test_regions_and_which_differences_are_resolved():
     import pandas as pd
 
     table = pd.concat(tables, ignore_index=True)
-    assert list(table.columns) == ["particle", "region", "n_pixels", "e50_ev", "sigma_noise_ev", "sigma_registration_ev", "sigma_ev"]
+    assert list(table.columns) == [
+        "particle", "region", "n_pixels", "e50_ev", "sigma_noise_ev", "sigma_registration_ev", "sigma_ev"
+    ]
     pairs = unc.resolved_differences(table, k=2.0)
-    resolved = {(a, b): v for a, b, v in zip(pairs.a, pairs.b, pairs.resolved)}
+    resolved = {(a, b): v for a, b, v in zip(pairs.a, pairs.b, pairs.resolved, strict=True)}
     assert resolved[(0, 2)] and resolved[(1, 2)]
     assert not resolved[(0, 1)]
     assert pairs.loc[(pairs.a == 0) & (pairs.b == 2), "delta_ev"].item() == pytest.approx(1.76, abs=0.3)
@@ -206,7 +214,7 @@ def test_regions_and_which_differences_are_resolved():
 
 
 def test_region_sigma_matches_the_scatter_of_region_means():
-    """The standard error of a region mean (noise, corrected for the 1 px smoothing) against its scatter over realisations."""
+    """The standard error of a region mean (noise, with the 1 px smoothing) vs its scatter over realisations."""
     e = ni_energy_grid(60)
     shape, radius = (30, 30), 12
     mask = disc(shape, radius)
@@ -214,7 +222,10 @@ def test_region_sigma_matches_the_scatter_of_region_means():
     labels = np.where(mask, 1 + (np.mgrid[0:30, 0:30][1] > 15), 0)
     means, sigmas = [], []
     for _ in range(30):
-        od, _ = pixel_od(e, REFS["NiO"](e)[None], np.ones((1,) + shape), dome(shape, radius, 0.8), counts=1000.0, smoothing_px=1.0, rng=rng)
+        od, _ = pixel_od(
+            e, REFS["NiO"](e)[None], np.ones((1,) + shape), dome(shape, radius, 0.8), counts=1000.0, smoothing_px=1.0,
+            rng=rng,
+        )
         r = unc.edge_energy_sigma(e, od, mask=mask)
         t = unc.region_edge_energies(r, labels, smoothing_px=1.0)
         means.append(t.e50_ev.to_numpy())

@@ -97,7 +97,8 @@ def test_whiteline_known_analytic_peak():
 
     def spectrum(e):
         z = (e - 8350.0) / 3.0
-        return 0.5 + np.arctan((e - 8340.0) / 2.0) / np.pi + 0.6 * np.exp(-0.5 * z**2) * (1 + erf(-1.5 * z / np.sqrt(2)))
+        edge = 0.5 + np.arctan((e - 8340.0) / 2.0) / np.pi
+        return edge + 0.6 * np.exp(-0.5 * z**2) * (1 + erf(-1.5 * z / np.sqrt(2)))
 
     e_dense = np.arange(8342.0, 8370.0, 0.005)
     true = e_dense[np.argmax(spectrum(e_dense))]

@@ -38,7 +38,8 @@ def output_folder(tmp_path):
             pg.create_dataset("mask", data=mask)
             pg.create_dataset("edge_e50", data=np.where(mask, 8340.0 + pid, np.nan).astype(np.float32))
             pg.create_dataset("pixel_flags", data=np.zeros((size, size), np.uint8))
-            d = pg.create_dataset("fractions", data=np.stack([np.where(mask, 0.3, np.nan), np.where(mask, 0.7, np.nan)]).astype(np.float32))
+            fractions = np.stack([np.where(mask, 0.3, np.nan), np.where(mask, 0.7, np.nan)]).astype(np.float32)
+            d = pg.create_dataset("fractions", data=fractions)
             d.attrs["references"] = json.dumps(["NiO", "LiNiO2"])
             pg.create_dataset("positions", data=np.zeros((n, 2)))
             pg.create_dataset("agreement_px", data=np.full(n, 0.1))
@@ -48,7 +49,8 @@ def output_folder(tmp_path):
             pg.create_dataset("sigma_e50", data=np.where(mask, 0.1, np.nan).astype(np.float32))
             pg.create_dataset("quality_keep", data=mask & (yy > 2))
     rows = [(p, k, 8300.0 + k, 10.0 + p * 40 + 0.1 * k, 20.0 + p * 40) for p in (0, 1) for k in range(n)]
-    pd.DataFrame(rows, columns=["particle", "frame", "energy_ev", "y", "x"]).assign(flags="").to_csv(tmp_path / "tracks.csv", index=False)
+    tracks = pd.DataFrame(rows, columns=["particle", "frame", "energy_ev", "y", "x"]).assign(flags="")
+    tracks.to_csv(tmp_path / "tracks.csv", index=False)
     return tmp_path
 
 
@@ -85,7 +87,7 @@ def test_reader_builds_layers_of_an_output_folder(output_folder):
     tracks = by["trajectories (input-frame coordinates)"]
     assert tracks[2] == "tracks" and tracks[0].shape == (24, 4)
     assert np.array_equal(tracks[0][:12, 0], np.zeros(12)) and np.array_equal(tracks[0][:12, 1], np.arange(12))
-    for data, kw, kind in layers:
+    for _, kw, kind in layers:
         if kind == "image":
             lo, hi = kw["contrast_limits"]
             assert np.isfinite(lo) and np.isfinite(hi) and hi > lo

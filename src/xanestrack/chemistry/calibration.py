@@ -32,7 +32,13 @@ import numpy as np
 
 from ..xanes import find_e0
 
-__all__ = ["EnergyCalibration", "reference_e0", "calibrate_from_reference", "calibrate_from_region", "apply_energy_shift"]
+__all__ = [
+    "EnergyCalibration",
+    "reference_e0",
+    "calibrate_from_reference",
+    "calibrate_from_region",
+    "apply_energy_shift",
+]
 
 
 @dataclass(frozen=True)
@@ -243,7 +249,9 @@ def calibrate_from_reference(
         )
     if method == "xcorr":
         if standard is None:
-            raise ValueError("standard: method 'xcorr' needs the standard spectrum (energies_ev, mu) on a calibrated axis")
+            raise ValueError(
+                "standard: method 'xcorr' needs the standard spectrum (energies_ev, mu) on a calibrated axis"
+            )
         if hasattr(standard, "energies_ev"):
             se, sm = standard.energies_ev, standard.mu
         else:

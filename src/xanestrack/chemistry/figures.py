@@ -64,13 +64,14 @@ def resolution_figure(table, pairs, *, k: float = 2.0, width: float = 760.0) -> 
         ax.points([e[i]], [i], color="black", r=2.5)
     z = np.zeros((n, n))
     resolved = np.zeros((n, n), bool)
-    for a, b, zz, r in zip(pairs["a"], pairs["b"], pairs["z"], pairs["resolved"]):
+    for a, b, zz, r in zip(pairs["a"], pairs["b"], pairs["z"], pairs["resolved"], strict=True):
         z[a, b] = z[b, a] = min(float(zz), 2 * k)
         resolved[a, b] = resolved[b, a] = bool(r)
     cmap = colormaps["viridis"]
     rgb = (np.asarray(cmap(z / (2 * k)))[..., :3] * 255).astype(np.uint8)
     side = min(half - 90, height - 60)
-    mx = fig.axes(half + 20, 20, side, side, xlim=(-0.5, n - 0.5), ylim=(n - 0.5, -0.5), title=f"|delta| / sigma (regions in the order left), dot: > {k:g}")
+    title = f"|delta| / sigma (regions in the order left), dot: > {k:g}"
+    mx = fig.axes(half + 20, 20, side, side, xlim=(-0.5, n - 0.5), ylim=(n - 0.5, -0.5), title=title)
     mx.image(rgb, extent=(-0.5, n - 0.5, n - 0.5, -0.5))
     yy, xx = np.nonzero(resolved)
     if yy.size:

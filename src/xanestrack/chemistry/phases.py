@@ -157,7 +157,7 @@ def collect_spectra(norms, masks, *, particles=None) -> PixelSpectra:
         raise ValueError(f"particles: give {len(norms)} distinct ids, got {ids}")
     n_e = np.asarray(norms[0]).shape[0]
     cols, pid, ys, xs, shapes = [], [], [], [], {}
-    for p, nm, m in zip(ids, norms, masks):
+    for p, nm, m in zip(ids, norms, masks, strict=True):
         nm, m = np.asarray(nm), np.asarray(m, bool)
         if nm.ndim != 3 or nm.shape[0] != n_e or nm.shape[1:] != m.shape:
             raise ValueError(
@@ -281,7 +281,9 @@ def pca(spectra, *, energies_ev, n_components: int | None = None, energy_window=
     kmax = min(data.shape)
     k = kmax if n_components is None else int(n_components)
     if not 1 <= k <= kmax:
-        raise ValueError(f"n_components must be 1..{kmax} for {data.shape[0]} pixels x {data.shape[1]} energies, got {n_components}")
+        raise ValueError(
+            f"n_components must be 1..{kmax} for {data.shape[0]} pixels x {data.shape[1]} energies, got {n_components}"
+        )
     model = PCA(n_components=k, svd_solver="full").fit(data)
     comps = model.components_.copy()
     sign = np.sign(comps[np.arange(k), np.argmax(np.abs(comps), axis=1)])
@@ -427,12 +429,13 @@ def kmeans(
         feats = p.scores.T
     model = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(feats)
     raw = model.labels_
-    centres = np.stack([data[raw == j].mean(axis=0) if (raw == j).any() else np.full(data.shape[1], np.nan) for j in range(k)])
+    empty_w, empty_all = np.full(data.shape[1], np.nan), np.full(x.shape[0], np.nan)
+    centres = np.stack([data[raw == j].mean(axis=0) if (raw == j).any() else empty_w for j in range(k)])
     order = _order_by_edge(centres, e[sel])
     relabel = np.empty(k, int)
     relabel[order] = np.arange(k)
     labels = relabel[raw]
-    means = np.stack([x[:, labels == j].mean(axis=1) if (labels == j).any() else np.full(x.shape[0], np.nan) for j in range(k)])
+    means = np.stack([x[:, labels == j].mean(axis=1) if (labels == j).any() else empty_all for j in range(k)])
     counts = np.bincount(labels, minlength=k)
     return ClusterResult(e[sel], labels, centres[order], means, counts, float(model.inertia_))
 

@@ -276,7 +276,9 @@ def _check_inputs(e, mu, mask, noise_model, shift_sigma_px):
     return e, mu, mask, s_k
 
 
-def _linearise(e, mu, mask, s_k, *, e0_ev, pre_range, post_range, post_order, noise_band, noise_model, gradient_sigma_px):
+def _linearise(
+    e, mu, mask, s_k, *, e0_ev, pre_range, post_range, post_order, noise_band, noise_model, gradient_sigma_px
+):
     shape = mu.shape[1:]
     y = mu[:, mask].astype(np.float64)  # (n, npix)
     if e0_ev is None:
@@ -487,7 +489,9 @@ def edge_energy_sigma(
     flags[~good & (flags == 0)] |= FLAG_NO_CROSSING  # a crossing without a rising slope
     n_bad = int((~good).sum())
     if n_bad and n_bad > 0.01 * npix:
-        logger.warning("edge-energy uncertainty: %d of %d pixels without an edge energy or a positive slope (NaN)", n_bad, npix)
+        logger.warning(
+            "edge-energy uncertainty: %d of %d pixels without an edge energy or a positive slope (NaN)", n_bad, npix
+        )
     return EdgeEnergySigma(
         e50_ev=_full(lin, e50),
         sigma_noise_ev=_full(lin, sig_noise),
@@ -578,7 +582,10 @@ def fraction_sigma(
     )
     iw = np.flatnonzero((e >= lin.e0_ev + window[0]) & (e <= lin.e0_ev + window[1]))
     if iw.size <= len(names):
-        raise ValueError(f"window {window} eV around E0 {lin.e0_ev:.1f} eV holds {iw.size} energies: too few for {len(names)} references")
+        raise ValueError(
+            f"window {window} eV around E0 {lin.e0_ev:.1f} eV holds {iw.size} energies: "
+            f"too few for {len(names)} references"
+        )
     A = np.stack([np.asarray(references[n](e[iw]), dtype=float) for n in names], axis=1)
     Gi = np.linalg.inv(A.T @ A)
     C = Gi
@@ -653,7 +660,8 @@ def region_edge_energies(result: EdgeEnergySigma, labels, *, smoothing_px: float
             sr = float(np.sqrt(np.sum((s_mean**2).sum(axis=1) * result.shift_sigma_px**2)))
         rows.append((particle, int(r), n, mean, sn, sr, float(np.sqrt(sn**2 + np.nan_to_num(sr) ** 2))))
     return pd.DataFrame(
-        rows, columns=["particle", "region", "n_pixels", "e50_ev", "sigma_noise_ev", "sigma_registration_ev", "sigma_ev"]
+        rows,
+        columns=["particle", "region", "n_pixels", "e50_ev", "sigma_noise_ev", "sigma_registration_ev", "sigma_ev"],
     )
 
 
@@ -701,7 +709,7 @@ def resolved_differences(table, *, k: float = 2.0):
     s = table["sigma_ev"].to_numpy(float)
     lab = [
         "/".join(str(v) for v in vals if v is not None and not (isinstance(v, float) and np.isnan(v)))
-        for vals in zip(*(table[c] if c in table else [None] * len(table) for c in ("particle", "region")))
+        for vals in zip(*(table[c] if c in table else [None] * len(table) for c in ("particle", "region")), strict=True)
     ]
     rows = []
     for a in range(len(e)):

@@ -78,7 +78,8 @@ def _frame_shape(f, particles):
     for name in ("fused", "fused_first", "fused_last"):
         if name in f:
             return tuple(f[name].shape[-2:])
-    ext = [(int(g.attrs["origin_y"]) + g["mask"].shape[0], int(g.attrs["origin_x"]) + g["mask"].shape[1]) for g in particles]
+    ext = [(int(g.attrs["origin_y"]) + g["mask"].shape[0], int(g.attrs["origin_x"]) + g["mask"].shape[1])
+           for g in particles]
     return (max(e[0] for e in ext), max(e[1] for e in ext)) if ext else (1, 1)
 
 
@@ -144,13 +145,17 @@ def read_output(path) -> list:
         # --- the fused frame
         if "fused" in f:
             d = f["fused"][()]
-            layers.append((d, dict(name="fused frames (frame-0 grid)", colormap="gray", contrast_limits=_limits(d[-1]), metadata=meta), "image"))
+            kw = dict(name="fused frames (frame-0 grid)", colormap="gray", contrast_limits=_limits(d[-1]),
+                      metadata=meta)
+            layers.append((d, kw, "image"))
         else:
             for name in ("fused_first", "fused_last"):
                 if name in f:
                     d = f[name][()]
                     label = "fused, first frame" if name == "fused_first" else "fused, last frame"
-                    layers.append((d, dict(name=label, colormap="gray", contrast_limits=_limits(d), visible=name == "fused_last", metadata=meta), "image"))
+                    kw = dict(name=label, colormap="gray", contrast_limits=_limits(d), visible=name == "fused_last",
+                              metadata=meta)
+                    layers.append((d, kw, "image"))
         # --- per-particle maps pasted into frame-sized canvases
         masks = np.zeros(shape, np.int32)
         canvases: dict = {}
@@ -168,7 +173,8 @@ def read_output(path) -> list:
                     items = [(key, _MAP_NAMES.get(key, key), ds[()])]
                 elif ds.ndim == 3 and ds.shape[1:] == mask.shape and (energies is None or ds.shape[0] != energies.size):
                     data = ds[()]
-                    items = [(f"{key}:{n}", f"{key}: {n}", data[i]) for i, n in enumerate(_component_names(ds, ds.shape[0]))]
+                    names = _component_names(ds, ds.shape[0])
+                    items = [(f"{key}:{n}", f"{key}: {n}", data[i]) for i, n in enumerate(names)]
                 else:
                     continue
                 for ckey, label, m in items:
@@ -188,7 +194,8 @@ def read_output(path) -> list:
                     else:
                         _paste(canvas, m.astype(np.float32), oy, ox, where=mask & np.isfinite(m))
         if groups:
-            layers.append((masks, dict(name="particles (label = particle + 1)", opacity=0.4, visible=False, metadata=meta), "labels"))
+            kw = dict(name="particles (label = particle + 1)", opacity=0.4, visible=False, metadata=meta)
+            layers.append((masks, kw, "labels"))
         for ckey in order:
             label, is_int, canvas = canvases[ckey]
             kw = dict(name=label, visible=ckey in _VISIBLE, metadata=meta)
@@ -223,5 +230,6 @@ def read_output(path) -> list:
         if {"particle", "frame", "y", "x"} <= set(t.columns) and len(t):
             t = t.dropna().sort_values(["particle", "frame"])
             data = t[["particle", "frame", "y", "x"]].to_numpy(float)
-            layers.append((data, dict(name="trajectories (input-frame coordinates)", tail_length=20, metadata=meta), "tracks"))
+            kw = dict(name="trajectories (input-frame coordinates)", tail_length=20, metadata=meta)
+            layers.append((data, kw, "tracks"))
     return layers
