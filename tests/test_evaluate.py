@@ -8,8 +8,8 @@ from xanestrack.result import FRAME_FLAGS
 
 
 def test_detection_f1_counts():
-    from xanestrack.synth import make_synthetic_stack
     from xanestrack.detect import detect_stack
+    from xanestrack.synth import make_synthetic_stack
 
     s = make_synthetic_stack("default", seed=13, n_energies=4, shape=(200, 200), n_particles=3, radius_range=(10.0, 18.0))
     det = detect_stack(s.optical_density())

@@ -32,7 +32,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
 __all__ = ["LinkOptions", "Track", "link", "vote_displacement", "decide_displacement", "chance_support", "own_motion_predictor", "common_only_predictor"]

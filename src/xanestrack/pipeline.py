@@ -21,7 +21,15 @@ from .detect import DetectOptions, detect_stack
 from .follow import FollowOptions, follow_particle
 from .match import MatchOptions, link_detections
 from .motion import compute_motion, peak_ratios
-from .register import WINDOW_MARGIN, consensus_mask, fuse_particles, resample_masks, resample_windows, vouch_positions, window_half
+from .register import (
+    WINDOW_MARGIN,
+    consensus_mask,
+    fuse_particles,
+    resample_masks,
+    resample_windows,
+    vouch_positions,
+    window_half,
+)
 from .result import FRAME_FLAGS, ParticleResult, PipelineResult, flag_names
 from .segment import SegmentOptions, segment_particle, segment_rois
 from .stack import Stack, sanitize_stack
