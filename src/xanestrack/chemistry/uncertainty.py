@@ -98,7 +98,9 @@ class EdgeEnergySigma:
         Those of the normalisation and of the edge energy, plus ``FLAG_NO_CROSSING``
         where the crossing has no rising slope (NaN wherever a flag is set).
     sensitivity : ndarray float32 (n_energies, 2, ...) or None
-        dE50 / d(displacement of frame k along y, x), eV per px (with ``keep_sensitivity``).
+        dE50 / d(displacement of frame k along y, x), eV per px (with ``keep_sensitivity``):
+        if the content of frame k moves by ``d_k`` (y, x), E50 changes by
+        ``sum_k sensitivity[k] . d_k`` to first order.
     shift_sigma_px : ndarray (n_energies,) or None
         The per-frame registration uncertainty used (per axis).
     e0_ev, level, noise_model, registration : the settings (``registration``: how the
