@@ -164,7 +164,7 @@ def pair_tracks(est_tracks, true_tracks, *, max_distance: float = 10.0):
 
 
 #: flags under which a position is not vouched for (interpolated | position_outlier | disagree)
-UNVOUCHED_FLAGS = 16 | 32 | 64
+UNVOUCHED_FLAGS = FRAME_FLAGS["interpolated"] | FRAME_FLAGS["position_outlier"] | FRAME_FLAGS["disagree"]
 
 
 def evaluate_tracking(result, truth, *, max_distance: float = 10.0, wrong_px: float = 1.0):
