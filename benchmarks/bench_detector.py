@@ -7,6 +7,7 @@ positives); detection time per frame (median of ``--repeat`` runs).
 
 Usage: python benchmarks/bench_detector.py [--presets default hard] [--seeds 1 2 3] [--model DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,11 +38,19 @@ def main():
     ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     ap.add_argument("--model", default=None, help="detector model folder (default: shipped)")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--counts", type=float, nargs="+", default=[None], help="override the flat-field counts (noise); several: each is run")
+    ap.add_argument(
+        "--counts",
+        type=float,
+        nargs="+",
+        default=[None],
+        help="override the flat-field counts (noise); several: each is run",
+    )
     a = ap.parse_args()
     learned = LearnedDetector(a.model)
     detectors = {"classical": lambda od: detect_stack(od), "learned": learned}
-    print(f"# detection benchmark: {platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores\n")
+    print(
+        f"# detection benchmark: {platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores\n"
+    )
     rows, times = [], []
     conditions = [(p, c) for p in a.presets for c in a.counts]
     for preset_name, counts in conditions:

@@ -16,6 +16,7 @@ best of ``--repeats``, with each process's own peak RSS:
 The ratio run / plain alignment is printed. ``--python`` lets another checkout be timed (e.g. an older
 commit on PYTHONPATH) with the same scan.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -110,7 +111,9 @@ def main(argv=None):
     a = ap.parse_args(argv)
     import shlex
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
     env = dict(os.environ)
     if a.pythonpath:
         env["PYTHONPATH"] = a.pythonpath
@@ -122,7 +125,18 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             scan = tmp / "scan"
-            cmd = [sys.executable, "-c", "from xanestrack.cli import main; main()", "synth", str(scan), "--preset", cfg["preset"], "--seed", str(a.seed), *cfg["args"]]
+            cmd = [
+                sys.executable,
+                "-c",
+                "from xanestrack.cli import main; main()",
+                "synth",
+                str(scan),
+                "--preset",
+                cfg["preset"],
+                "--seed",
+                str(a.seed),
+                *cfg["args"],
+            ]
             r = subprocess.run(cmd, capture_output=True, text=True)
             if r.returncode != 0:
                 raise SystemExit(r.stderr[-2000:])
@@ -132,11 +146,13 @@ def main(argv=None):
             with h5py.File(stack, "r") as f:
                 shape = f["img_xanes"].shape
                 in_bytes = shape[0] * shape[1] * shape[2] * 4  # the OD stack, float32
-            print(f"\n== {size}: {cfg['preset']} seed {a.seed}, {shape[0]} x {shape[1]} x {shape[2]}, file {stack.stat().st_size / 2**20:.0f} MiB, "
-                  f"OD stack {in_bytes / 2**20:.0f} MiB")
+            print(
+                f"\n== {size}: {cfg['preset']} seed {a.seed}, {shape[0]} x {shape[1]} x {shape[2]}, file {stack.stat().st_size / 2**20:.0f} MiB, "
+                f"OD stack {in_bytes / 2**20:.0f} MiB"
+            )
             out = tmp / "out"
 
-            def clean():
+            def clean(out=out):
                 import shutil
 
                 shutil.rmtree(out, ignore_errors=True)
@@ -145,13 +161,21 @@ def main(argv=None):
             t_run, all_run, rss_run, log = _best(run_cmd, a.repeats, env=env, before=clean)
             stages = _stages(log, out / "run.json")
             n_part = len(list((out / "figures").glob("particle_*_spectrum.svg"))) if (out / "figures").is_dir() else -1
-            t_plain, all_plain, rss_plain, _ = _best([sys.executable, "-c", PLAIN, str(stack), str(tmp / "plain.h5"), "1"], a.repeats)
-            t_io, all_io, rss_io, _ = _best([sys.executable, "-c", PLAIN, str(stack), str(tmp / "io.h5"), "0"], a.repeats)
+            t_plain, all_plain, rss_plain, _ = _best(
+                [sys.executable, "-c", PLAIN, str(stack), str(tmp / "plain.h5"), "1"], a.repeats
+            )
+            t_io, all_io, rss_io, _ = _best(
+                [sys.executable, "-c", PLAIN, str(stack), str(tmp / "io.h5"), "0"], a.repeats
+            )
         budget = 2 * in_bytes / 2**20 + 500
-        print(f"xanestrack run (report included): best {t_run:.2f} s  (all {', '.join(f'{t:.2f}' for t in all_run)}), {n_part} particles, "
-              f"peak RSS {rss_run:.0f} MiB (budget 2 x input + 500 = {budget:.0f} MiB)")
+        print(
+            f"xanestrack run (report included): best {t_run:.2f} s  (all {', '.join(f'{t:.2f}' for t in all_run)}), {n_part} particles, "
+            f"peak RSS {rss_run:.0f} MiB (budget 2 x input + 500 = {budget:.0f} MiB)"
+        )
         print("  stages: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
-        print(f"plain global alignment:           best {t_plain:.2f} s  (all {', '.join(f'{t:.2f}' for t in all_plain)}), peak RSS {rss_plain:.0f} MiB")
+        print(
+            f"plain global alignment:           best {t_plain:.2f} s  (all {', '.join(f'{t:.2f}' for t in all_plain)}), peak RSS {rss_plain:.0f} MiB"
+        )
         print(f"I/O floor (read, OD, write):      best {t_io:.2f} s, peak RSS {rss_io:.0f} MiB")
         print(f"ratio run / plain alignment: {t_run / t_plain:.2f}x")
 

@@ -7,6 +7,7 @@ installed (they are not dependencies: ``pip install onnx onnxruntime`` to includ
 
 Usage: python benchmarks/bench_inference.py [--threads 2] [--repeats 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,9 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {a.threads} threads\n")
+    print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {a.threads} threads\n"
+    )
     g = LearnedDetector().model.eval()
     seg_cf = LearnedSegmenter().model.eval().to(memory_format=torch.contiguous_format)
     seg_cl = LearnedSegmenter().model.eval()
@@ -53,6 +56,7 @@ def main():
                 for i in range(0, len(x), bs):
                     xb = x[i : i + bs]
                     model(xb.to(memory_format=torch.channels_last) if cl else xb)
+
         return f
 
     for bs in (1, 4, 16):
@@ -62,7 +66,9 @@ def main():
     for name, model, cl in (("contiguous", seg_cf, False), ("channels-last", seg_cl, True)):
         for bf16 in (False, True):
             t = med(run(model, rois, 64, bf16, cl), a.repeats)
-            rows.append(("segmenter", f"batch 64, {name}, {'bf16' if bf16 else 'fp32'}", 1000 * t / len(rois), "ms/ROI"))
+            rows.append(
+                ("segmenter", f"batch 64, {name}, {'bf16' if bf16 else 'fp32'}", 1000 * t / len(rois), "ms/ROI")
+            )
     try:
         import onnxruntime as ort
 
@@ -70,12 +76,15 @@ def main():
         so.intra_op_num_threads = a.threads
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for label, model, x, unit, bs in (("detector", g, frames, "ms/frame", 4), ("segmenter", seg_cf, rois, "ms/ROI", 64)):
+            for label, model, x, unit, bs in (
+                ("detector", g, frames, "ms/frame", 4),
+                ("segmenter", seg_cf, rois, "ms/ROI", 64),
+            ):
                 path = f"/tmp/xanestrack_{label}.onnx"
                 torch.onnx.export(model, x[:bs], path, input_names=["x"], dynamic_axes={"x": {0: "n"}}, dynamo=False)
                 s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
                 xn = x.numpy()
-                t = med(lambda: [s.run(None, {"x": xn[i : i + bs]}) for i in range(0, len(xn), bs)], a.repeats)
+                t = med(lambda: [s.run(None, {"x": xn[i : i + bs]}) for i in range(0, len(xn), bs)], a.repeats)  # noqa: B023 (called here)
                 rows.append((label, f"ONNX Runtime {ort.__version__}, batch {bs}, fp32", 1000 * t / len(x), unit))
     except ImportError:
         rows.append(("both", "ONNX Runtime not installed: skipped", float("nan"), ""))

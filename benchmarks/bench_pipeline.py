@@ -7,6 +7,7 @@ Reports, per seed, the median over ``--repeats`` runs of each stage's time, and 
 accuracy (registration RMS per particle, edge-energy RMS) of the run. Timing is of
 the pipeline on an in-memory stack (reading and writing excluded; see the read benchmark).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,12 @@ def main(argv=None):
         torch.set_num_threads(a.threads)
     opts = PipelineOptions(detect_every=a.detect_every)
     print(f"machine: {machine()}")
-    print(f"preset {a.preset}, seeds {a.seeds}, median of {a.repeats} runs; detector {a.detector}, segmenter {a.segmenter}, detect every {a.detect_every}\n")
-    print("| seed | found | max reg RMS px | median reg RMS px | max edge RMS eV | detect s | match s | segment+register+xanes s | fuse s | total s |")
+    print(
+        f"preset {a.preset}, seeds {a.seeds}, median of {a.repeats} runs; detector {a.detector}, segmenter {a.segmenter}, detect every {a.detect_every}\n"
+    )
+    print(
+        "| seed | found | max reg RMS px | median reg RMS px | max edge RMS eV | detect s | match s | segment+register+xanes s | fuse s | total s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for seed in a.seeds:
         s = make_synthetic_stack(a.preset, seed=seed)
@@ -75,10 +80,13 @@ def main(argv=None):
             f"{summ['max_edge_rms_ev']:.3f} | {med['detect']:.2f} | {med['match']:.2f} | {med['segment_register_xanes']:.2f} | "
             f"{med.get('fuse', 0):.2f} | {med['total']:.2f} |"
         )
-        print("  per particle (radius px: reg RMS px / edge RMS eV): " + ", ".join(
-            f"{r.radius:.0f}: {r.rms_px:.3f}/{r.edge_rms_ev:.2f}" if r.particle >= 0 else f"{r.radius:.0f}: missed"
-            for r in table.itertuples()
-        ))
+        print(
+            "  per particle (radius px: reg RMS px / edge RMS eV): "
+            + ", ".join(
+                f"{r.radius:.0f}: {r.rms_px:.3f}/{r.edge_rms_ev:.2f}" if r.particle >= 0 else f"{r.radius:.0f}: missed"
+                for r in table.itertuples()
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ cache is dropped before each run, so (a) is a real disk read.
 
 Usage: python benchmarks/bench_read_xrm.py [--n 143] [--repeats 3] [--drop-caches]
 """
+
 from __future__ import annotations
 
 import argparse

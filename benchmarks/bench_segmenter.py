@@ -6,6 +6,7 @@ registration RMS per particle of the whole pipeline with each segmenter; pipelin
 
 Usage: python benchmarks/bench_segmenter.py [--presets default hard] [--seeds 1 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,7 +42,9 @@ def main():
     a = ap.parse_args()
     learned = LearnedSegmenter()
     segs = {"classical": segment_rois, "learned": learned.segment_rois}
-    print("| preset | seed | segmenter | IoU pre/edge/post | boundary err px pre/edge/post | max reg RMS px | median reg RMS px | max edge RMS eV | pipeline s |")
+    print(
+        "| preset | seed | segmenter | IoU pre/edge/post | boundary err px pre/edge/post | max reg RMS px | median reg RMS px | max edge RMS eV | pipeline s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for preset in a.presets:
         for seed in a.seeds:
@@ -69,7 +72,9 @@ def main():
                 dt = time.perf_counter() - t
                 _, summ = evaluate_result(r, s.truth)
                 print(
-                    f"| {preset} | {seed} | {name} | " + "/".join(f"{np.mean(x):.3f}" for x in ious) + " | "
+                    f"| {preset} | {seed} | {name} | "
+                    + "/".join(f"{np.mean(x):.3f}" for x in ious)
+                    + " | "
                     + "/".join(f"{np.nanmean(x):.2f}" for x in berr)
                     + f" | {summ['max_rms_px']:.3f} | {summ['median_rms_px']:.3f} | {summ['max_edge_rms_ev']:.3f} | {dt:.1f} |"
                 )

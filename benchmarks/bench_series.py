@@ -6,6 +6,7 @@ them lazily): ``--energies`` x ``--size``^2 with ``--particles`` particles.
 
 Usage: python benchmarks/bench_series.py [--scans 4 8 16] [--energies 60] [--size 300]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,13 +24,32 @@ def one(n, energies, size, particles, workers):
 
     from xanestrack.parallel.series import run_series, synthetic_sources
 
-    src = synthetic_sources(n, seed=1, n_energies=energies, shape=(size, size), n_particles=particles, radius_range=(10.0, 24.0), stage_offset=10.0, deformation=4.0)
+    src = synthetic_sources(
+        n,
+        seed=1,
+        n_energies=energies,
+        shape=(size, size),
+        n_particles=particles,
+        radius_range=(10.0, 24.0),
+        stage_offset=10.0,
+        deformation=4.0,
+    )
     with tempfile.TemporaryDirectory() as d:
         t = time.perf_counter()
         table = run_series(src, os.path.join(d, "s"), workers=workers)
         dt = time.perf_counter() - t
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux: KiB)
-    print(json.dumps(dict(n_scans=n, seconds=dt, frames_per_s=n * energies / dt, peak_rss_mib=rss, particles=int(table["particle"].nunique()))))
+    print(
+        json.dumps(
+            dict(
+                n_scans=n,
+                seconds=dt,
+                frames_per_s=n * energies / dt,
+                peak_rss_mib=rss,
+                particles=int(table["particle"].nunique()),
+            )
+        )
+    )
 
 
 def main():
@@ -44,15 +64,30 @@ def main():
     if a.one is not None:
         one(a.one, a.energies, a.size, a.particles, a.workers)
         return
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; scans of {a.energies} x {a.size} x {a.size}, {a.particles} particles; scheduler: {'distributed x%d' % a.workers if a.workers else 'threads'}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; scans of {a.energies} x {a.size} x {a.size}, {a.particles} particles; scheduler: {'distributed x%d' % a.workers if a.workers else 'threads'}"
+    )
     print("| scans | frames | time s | frames/s | peak RSS MiB | particles linked |")
     print("|---|---|---|---|---|---|")
     for n in a.scans:
-        cmd = [sys.executable, __file__, "--one", str(n), "--energies", str(a.energies), "--size", str(a.size), "--particles", str(a.particles)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            str(n),
+            "--energies",
+            str(a.energies),
+            "--size",
+            str(a.size),
+            "--particles",
+            str(a.particles),
+        ]
         if a.workers:
             cmd += ["--workers", str(a.workers)]
         r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
-        print(f"| {n} | {n * a.energies} | {r['seconds']:.1f} | {r['frames_per_s']:.1f} | {r['peak_rss_mib']:.0f} | {r['particles']} |")
+        print(
+            f"| {n} | {n * a.energies} | {r['seconds']:.1f} | {r['frames_per_s']:.1f} | {r['peak_rss_mib']:.0f} | {r['particles']} |"
+        )
 
 
 if __name__ == "__main__":

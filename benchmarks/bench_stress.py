@@ -24,6 +24,7 @@ are trained on seeds >= 100. Scored by :func:`xanestrack.evaluate.evaluate_track
 Prints a markdown table per case and path (one row per seed) with the machine line;
 ``--out`` writes the rows as CSV.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,9 +41,23 @@ def machine() -> str:
 
 
 COLUMNS = [
-    "case", "seed", "path", "n_found", "n_true", "isolated_tracked", "isolated_found", "n_isolated", "max_rms_px",
-    "median_rms_px", "spurious", "frames_wrong", "unflagged_wrong", "worst_unflagged_px", "frames_disagree",
-    "n_frames", "pipeline_s",
+    "case",
+    "seed",
+    "path",
+    "n_found",
+    "n_true",
+    "isolated_tracked",
+    "isolated_found",
+    "n_isolated",
+    "max_rms_px",
+    "median_rms_px",
+    "spurious",
+    "frames_wrong",
+    "unflagged_wrong",
+    "worst_unflagged_px",
+    "frames_disagree",
+    "n_frames",
+    "pipeline_s",
 ]
 
 

@@ -5,6 +5,7 @@ density is ``t * (pre(E) + sum_j w_j mu_j(E))`` (``t`` the edge step), measured 
 Poisson photon noise on the sample and on the averaged flat (as in ``xanestrack.synth``,
 without the frame-to-frame source fluctuation that the pipeline's local background removes).
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -20,7 +20,13 @@ def small_synth():
     from xanestrack.synth import make_synthetic_stack
 
     return make_synthetic_stack(
-        "default", seed=11, n_energies=48, shape=(200, 200), n_particles=4, radius_range=(10.0, 22.0), drift_range=(1.0, 3.0)
+        "default",
+        seed=11,
+        n_energies=48,
+        shape=(200, 200),
+        n_particles=4,
+        radius_range=(10.0, 22.0),
+        drift_range=(1.0, 3.0),
     )
 
 

@@ -19,7 +19,9 @@ EXPECTED = {
 @pytest.fixture(scope="module")
 def rigid():
     # pre-edge energies only: no contrast change, so every global method should work
-    return make_synthetic_stack("rigid", seed=4, n_energies=8, shape=(240, 240), n_particles=4, radius_range=(12, 24), jump_size=3.0)
+    return make_synthetic_stack(
+        "rigid", seed=4, n_energies=8, shape=(240, 240), n_particles=4, radius_range=(12, 24), jump_size=3.0
+    )
 
 
 @pytest.mark.parametrize("name", [n for n, (f, s) in ALIGNERS.items() if s == "global"])

@@ -1,4 +1,5 @@
 """The aligner comparison (xanestrack.bench): metrics with known answers, the benchmark and its command."""
+
 import numpy as np
 import pytest
 
@@ -30,8 +31,12 @@ def test_differential_residual_known_answer():
 
 @pytest.mark.slow
 def test_benchmark_ranks_methods_on_a_small_deforming_scan():
-    s = make_synthetic_stack("default", seed=2, n_energies=40, shape=(220, 220), n_particles=3, radius_range=(12, 22), drift_range=(3, 6))
-    t, r, _ = benchmark_stack(s, methods=["template_absolute", "centre_of_mass", "particle_template"], preset="t", seed=2)
+    s = make_synthetic_stack(
+        "default", seed=2, n_energies=40, shape=(220, 220), n_particles=3, radius_range=(12, 22), drift_range=(3, 6)
+    )
+    t, r, _ = benchmark_stack(
+        s, methods=["template_absolute", "centre_of_mass", "particle_template"], preset="t", seed=2
+    )
     med = t.groupby("method")["rms_px"].median()
     assert med["centre_of_mass"] < med["template_absolute"] / 3
     assert set(t.columns) >= {"ssim_mean", "ssim_var", "diff_residual", "edge_rms_ev", "ms_per_frame", "frac_over_1px"}
@@ -43,8 +48,41 @@ def test_bench_command_on_a_dataset_folder(tmp_path):
     from xanestrack.cli import app
 
     r = CliRunner()
-    assert r.invoke(app, ["synth", str(tmp_path / "ds"), "--seed", "7", "--n-particles", "2", "--n-energies", "30", "--size", "160", "--max-radius", "16"]).exit_code == 0
-    res = r.invoke(app, ["--quiet", "bench", "--method", "template_absolute", "--method", "centre_of_mass", "--dataset", str(tmp_path / "ds"), "--out", str(tmp_path / "b")])
+    assert (
+        r.invoke(
+            app,
+            [
+                "synth",
+                str(tmp_path / "ds"),
+                "--seed",
+                "7",
+                "--n-particles",
+                "2",
+                "--n-energies",
+                "30",
+                "--size",
+                "160",
+                "--max-radius",
+                "16",
+            ],
+        ).exit_code
+        == 0
+    )
+    res = r.invoke(
+        app,
+        [
+            "--quiet",
+            "bench",
+            "--method",
+            "template_absolute",
+            "--method",
+            "centre_of_mass",
+            "--dataset",
+            str(tmp_path / "ds"),
+            "--out",
+            str(tmp_path / "b"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     import pandas as pd
 

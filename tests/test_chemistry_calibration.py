@@ -1,4 +1,5 @@
 """Energy calibration: a known artificial shift is recovered; the larch Ni foil gives E0 near 8333 eV."""
+
 import json
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Phase mapping: known chemistries in known regions are recovered by k-means and NMF."""
+
 import numpy as np
 import pytest
 from chemistry_synth import disc, dome, pixel_od

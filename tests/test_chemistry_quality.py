@@ -1,4 +1,5 @@
 """Quality masks: pixels without an edge and pixels whose normalisation does not fit are found."""
+
 import json
 
 import numpy as np

@@ -5,6 +5,7 @@ whose noise-free stack is known, and counts the pixels whose error (against the 
 analysis of the noise-free stack, so that method bias is not counted as noise) lies
 within 1 and 2 sigma: nominally 68.3 % and 95.4 %.
 """
+
 import numpy as np
 import pytest
 from chemistry_synth import disc, dome, pixel_od
@@ -198,7 +199,13 @@ def test_regions_and_which_differences_are_resolved():
 
     table = pd.concat(tables, ignore_index=True)
     assert list(table.columns) == [
-        "particle", "region", "n_pixels", "e50_ev", "sigma_noise_ev", "sigma_registration_ev", "sigma_ev"
+        "particle",
+        "region",
+        "n_pixels",
+        "e50_ev",
+        "sigma_noise_ev",
+        "sigma_registration_ev",
+        "sigma_ev",
     ]
     pairs = unc.resolved_differences(table, k=2.0)
     resolved = {(a, b): v for a, b, v in zip(pairs.a, pairs.b, pairs.resolved, strict=True)}
@@ -223,7 +230,12 @@ def test_region_sigma_matches_the_scatter_of_region_means():
     means, sigmas = [], []
     for _ in range(30):
         od, _ = pixel_od(
-            e, REFS["NiO"](e)[None], np.ones((1,) + shape), dome(shape, radius, 0.8), counts=1000.0, smoothing_px=1.0,
+            e,
+            REFS["NiO"](e)[None],
+            np.ones((1,) + shape),
+            dome(shape, radius, 0.8),
+            counts=1000.0,
+            smoothing_px=1.0,
             rng=rng,
         )
         r = unc.edge_energy_sigma(e, od, mask=mask)

@@ -1,4 +1,5 @@
 """Whiteline fit: on measured reference spectra, against the maximum of the dense noise-free spectrum."""
+
 import numpy as np
 import pytest
 from scipy.interpolate import CubicSpline

@@ -14,7 +14,23 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def synth_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("s") / "synthetic"
-    r = runner.invoke(app, ["synth", str(d), "--seed", "2", "--n-particles", "3", "--n-energies", "40", "--size", "180", "--max-radius", "20"])
+    r = runner.invoke(
+        app,
+        [
+            "synth",
+            str(d),
+            "--seed",
+            "2",
+            "--n-particles",
+            "3",
+            "--n-energies",
+            "40",
+            "--size",
+            "180",
+            "--max-radius",
+            "20",
+        ],
+    )
     assert r.exit_code == 0, r.output
     return d
 
@@ -68,7 +84,11 @@ def test_bad_input_is_one_readable_line(tmp_path):
 def test_help_is_fast_and_explains():
     r = subprocess.run([sys.executable, "-m", "xanestrack.cli", "run", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "Example" in r.stdout
-    r = subprocess.run([sys.executable, "-c", "import xanestrack, sys; print('torch' in sys.modules, 'matplotlib' in sys.modules)"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-c", "import xanestrack, sys; print('torch' in sys.modules, 'matplotlib' in sys.modules)"],
+        capture_output=True,
+        text=True,
+    )
     assert r.stdout.strip() == "False False"
 
 
@@ -82,7 +102,20 @@ def test_run_with_user_references(synth_dir, tmp_path):
     for name, r in refs.items():
         np.savetxt(tmp_path / f"{name}.txt", np.c_[r.energies_ev / 1000, r.mu])  # keV on purpose
     out = tmp_path / "res"
-    r = runner.invoke(app, ["--quiet", "run", str(synth_dir / "stack.h5"), "--out", str(out), "--reference", f"Ni2={tmp_path / 'NiO.txt'}", "--reference", f"Ni3={tmp_path / 'LiNiO2.txt'}"])
+    r = runner.invoke(
+        app,
+        [
+            "--quiet",
+            "run",
+            str(synth_dir / "stack.h5"),
+            "--out",
+            str(out),
+            "--reference",
+            f"Ni2={tmp_path / 'NiO.txt'}",
+            "--reference",
+            f"Ni3={tmp_path / 'LiNiO2.txt'}",
+        ],
+    )
     assert r.exit_code == 0, r.output
     with h5py.File(out / "results.h5") as f:
         d = f["particles/000/fractions"]
@@ -107,7 +140,10 @@ def test_save_fused_stores_the_whole_fused_stack(synth_dir, tmp_path):
     import h5py
 
     out = tmp_path / "f"
-    assert runner.invoke(app, ["--quiet", "run", str(synth_dir / "stack.h5"), "--out", str(out), "--save-fused"]).exit_code == 0
+    assert (
+        runner.invoke(app, ["--quiet", "run", str(synth_dir / "stack.h5"), "--out", str(out), "--save-fused"]).exit_code
+        == 0
+    )
     with h5py.File(out / "results.h5") as f:
         assert f["fused"].shape == (40, 180, 180)
         assert (f["fused"][0] == f["fused_first"][()]).all()
@@ -117,16 +153,45 @@ def test_train_detector_raw_fine_tunes_a_copy_never_the_package(synth_dir, tmp_p
     from xanestrack.models.detector import DetectorConfig, default_detector_dir, train_detector
 
     base = tmp_path / "base"
-    train_detector(base, config=DetectorConfig(width=4, n_blocks=1, disc_width=4, crop=48, batch=2, iterations=4,
-                                               n_stacks=1, frames_per_stack=4, n_val_stacks=1), log=lambda *a: None)
+    train_detector(
+        base,
+        config=DetectorConfig(
+            width=4,
+            n_blocks=1,
+            disc_width=4,
+            crop=48,
+            batch=2,
+            iterations=4,
+            n_stacks=1,
+            frames_per_stack=4,
+            n_val_stacks=1,
+        ),
+        log=lambda *a: None,
+    )
     # --raw without --out, or into the package folder: refused before any training
     r = runner.invoke(app, ["train", "detector", "--raw", str(synth_dir / "stack.h5")])
     assert r.exit_code != 0 and "--out" in r.output
-    r = runner.invoke(app, ["train", "detector", "--raw", str(synth_dir / "stack.h5"), "--out", str(default_detector_dir())])
+    r = runner.invoke(
+        app, ["train", "detector", "--raw", str(synth_dir / "stack.h5"), "--out", str(default_detector_dir())]
+    )
     assert r.exit_code != 0 and "outside the package" in r.output
     out = tmp_path / "tuned"
-    r = runner.invoke(app, ["train", "detector", "--raw", str(synth_dir / "stack.h5"), "--init", str(base), "--quick",
-                            "--iterations", "4", "--out", str(out)])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "detector",
+            "--raw",
+            str(synth_dir / "stack.h5"),
+            "--init",
+            str(base),
+            "--quick",
+            "--iterations",
+            "4",
+            "--out",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "40 frames" in r.output  # the unlabelled scan was read
     assert "unlabelled user frames" in (out / "card.md").read_text()
@@ -134,11 +199,37 @@ def test_train_detector_raw_fine_tunes_a_copy_never_the_package(synth_dir, tmp_p
     assert cfg["width"] == 4 and cfg["n_raw_frames"] == 40
     # the tuned model runs, and the starting model is untouched
     assert (base / "weights.pt").stat().st_size > 0
-    r = runner.invoke(app, ["--quiet", "run", str(synth_dir / "stack.h5"), "--out", str(tmp_path / "res"), "--detector-model", str(out),
-                            "--segmenter", "classical"])
+    r = runner.invoke(
+        app,
+        [
+            "--quiet",
+            "run",
+            str(synth_dir / "stack.h5"),
+            "--out",
+            str(tmp_path / "res"),
+            "--detector-model",
+            str(out),
+            "--segmenter",
+            "classical",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "res" / "run.json").read_text())["detector_model"] == str(out)
     # an existing folder is never overwritten
-    r = runner.invoke(app, ["train", "detector", "--raw", str(synth_dir / "stack.h5"), "--init", str(base), "--quick",
-                            "--iterations", "2", "--out", str(out)])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "detector",
+            "--raw",
+            str(synth_dir / "stack.h5"),
+            "--init",
+            str(base),
+            "--quick",
+            "--iterations",
+            "2",
+            "--out",
+            str(out),
+        ],
+    )
     assert r.exit_code != 0

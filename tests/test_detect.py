@@ -1,4 +1,5 @@
 """The classical detector and the region tests shared by every detector (xanestrack.detect)."""
+
 import numpy as np
 import pytest
 
@@ -53,7 +54,9 @@ def test_one_irregular_particle_is_not_split():
 
 
 def test_detect_stack_on_given_frames_and_nothing_found():
-    s = make_synthetic_stack("default", seed=7, n_energies=3, shape=(160, 160), n_particles=2, radius_range=(10.0, 14.0))
+    s = make_synthetic_stack(
+        "default", seed=7, n_energies=3, shape=(160, 160), n_particles=2, radius_range=(10.0, 14.0)
+    )
     det = detect_stack(s.optical_density(), frames=[0, 2])
     assert list(det.columns) == DETECTION_COLUMNS and set(det["frame"]) == {0, 2}
     assert det["isolated"].sum() == 4  # two particles in each of the two frames

@@ -1,4 +1,5 @@
 """Scoring against ground truth (xanestrack.evaluate)."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,7 +12,9 @@ def test_detection_f1_counts():
     from xanestrack.detect import detect_stack
     from xanestrack.synth import make_synthetic_stack
 
-    s = make_synthetic_stack("default", seed=13, n_energies=4, shape=(200, 200), n_particles=3, radius_range=(10.0, 18.0))
+    s = make_synthetic_stack(
+        "default", seed=13, n_energies=4, shape=(200, 200), n_particles=3, radius_range=(10.0, 18.0)
+    )
     det = detect_stack(s.optical_density())
     c = detection_f1(det, s.truth, s.energies_ev)
     assert len(c) == 4 and (c.tp + c.fn == 3).all()
@@ -34,9 +37,7 @@ class _P:
 
 class _Truth:
     def __init__(self, tracks, isolated):
-        rows = [
-            (j, k, y, x, iso) for j, (t, iso) in enumerate(zip(tracks, isolated)) for k, (y, x) in enumerate(t)
-        ]
+        rows = [(j, k, y, x, iso) for j, (t, iso) in enumerate(zip(tracks, isolated)) for k, (y, x) in enumerate(t)]
         self.positions = pd.DataFrame(rows, columns=["particle", "frame", "y", "x", "isolated"])
         self.radii = np.full(len(tracks), 10.0)
 
@@ -64,7 +65,10 @@ def test_evaluate_tracking_counts_unflagged_errors_and_spurious_tracks():
     assert s["isolated_tracked"] == 1 and s["spurious"] == 1
     assert s["frames_wrong"] == 3 and s["unflagged_wrong"] == 1 and s["worst_unflagged_px"] == pytest.approx(1.5)
     assert s["frames_disagree"] == 1
-    assert table.set_index("truth_particle").loc[0, "particle"] == 3 and table.set_index("truth_particle").loc[2, "particle"] == -1
+    assert (
+        table.set_index("truth_particle").loc[0, "particle"] == 3
+        and table.set_index("truth_particle").loc[2, "particle"] == -1
+    )
     # pairing by whole tracks: a first frame far off still pairs with the particle followed
     e_bad0 = t0.copy()
     e_bad0[0] += [30, 30]

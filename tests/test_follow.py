@@ -1,4 +1,5 @@
 """The second estimate: each particle followed by its outline (xanestrack.follow)."""
+
 import numpy as np
 
 from conftest import undocumented_fields
@@ -15,7 +16,9 @@ def test_known_subpixel_displacements_recovered_through_a_contrast_change():
         r = np.hypot(yy - y, xx - x)
         outline = 14 * (1 + 0.06 * np.cos(3 * np.arctan2(yy - y, xx - x)))  # not a disc: its rotation is fixed
         contrast = 0.3 + 0.6 * k / (n - 1)  # across the absorption edge
-        od.append(contrast * np.clip(outline - r + 0.5, 0, 1) + 0.05 + 0.001 * yy - 0.0005 * xx)  # on a smooth background
+        od.append(
+            contrast * np.clip(outline - r + 0.5, 0, 1) + 0.05 + 0.001 * yy - 0.0005 * xx
+        )  # on a smooth background
     od = np.asarray(od, np.float32) + rng.normal(0, 0.01, (n, 120, 120)).astype(np.float32)
     predicted = np.round(truth)  # the detector's whole-pixel guess
     pos, quality, measured = follow_particle(od, predicted, 14.0, n - 1)

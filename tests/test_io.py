@@ -42,7 +42,9 @@ def test_tiff_stack_non_square_with_keV_energies(tmp_path):
     tifffile.imwrite(tmp_path / "f.tif", flats)
     tifffile.imwrite(tmp_path / "d.tif", dark)
     (tmp_path / "e.txt").write_text("# energies in keV\n" + "\n".join(f"{e / 1000:.4f}" for e in E))
-    st_ = read_stack(tmp_path / "s.tif", energies=tmp_path / "e.txt", flats=tmp_path / "f.tif", darks=tmp_path / "d.tif")
+    st_ = read_stack(
+        tmp_path / "s.tif", energies=tmp_path / "e.txt", flats=tmp_path / "f.tif", darks=tmp_path / "d.tif"
+    )
     assert st_.od.shape == (5, 24, 40)
     assert np.allclose(st_.od, od, atol=1e-4)
     assert np.allclose(st_.energies_ev, E, atol=0.05)
@@ -130,10 +132,13 @@ def test_zeiss_non_square_orientation(tmp_path):
     assert np.array_equal(x.images[0], raw.reshape(256, 1024))
 
 
-@pytest.mark.parametrize("name,msg", [
-    ("rep02_000072_ref_20161456_ssrl-test-data_08348.0_eV_002of010.xrm", "no image stream"),
-    ("rep02_000182_ref_20161456_ssrl-test-data_08400.0_eV_002of010.xrm", "6144 pixels"),
-])
+@pytest.mark.parametrize(
+    "name,msg",
+    [
+        ("rep02_000072_ref_20161456_ssrl-test-data_08348.0_eV_002of010.xrm", "no image stream"),
+        ("rep02_000182_ref_20161456_ssrl-test-data_08400.0_eV_002of010.xrm", "6144 pixels"),
+    ],
+)
 def test_real_truncated_xrm_files_give_clear_errors(name, msg):
     p = shared_data("real_txm", "ssrl_6-2c_nca", "truncated_stubs", name)
     with pytest.raises(ValueError, match=msg) as ei:
@@ -207,7 +212,9 @@ def test_ole_reader_agrees_with_olefile_on_every_real_file():
 
     from xanestrack.io.ole import OleFile
 
-    files = sorted(shared_data("zeiss").glob("*.*rm")) + sorted(shared_data("real_txm", "ssrl_6-2c_nca").glob("*.xrm"))[:4]
+    files = (
+        sorted(shared_data("zeiss").glob("*.*rm")) + sorted(shared_data("real_txm", "ssrl_6-2c_nca").glob("*.xrm"))[:4]
+    )
     for f in files:
         ours = OleFile(f)
         with olefile.OleFileIO(str(f)) as o:

@@ -1,4 +1,5 @@
 """The one linker of particles (xanestrack.linking): the common displacement vote."""
+
 import numpy as np
 
 from conftest import undocumented_fields
@@ -15,7 +16,9 @@ def test_vote_finds_the_common_displacement_despite_a_drifting_particle():
 
 
 def test_vote_falls_back_on_the_prior_without_agreement():
-    d, n = vote_displacement(np.array([[10.0, 10.0]]), np.array([[30.0, 12.0]]), max_jump=40.0, tol=3.0, prior=np.array([1.0, 1.0]))
+    d, n = vote_displacement(
+        np.array([[10.0, 10.0]]), np.array([[30.0, 12.0]]), max_jump=40.0, tol=3.0, prior=np.array([1.0, 1.0])
+    )
     assert np.allclose(d, [1.0, 1.0]) and n == 1  # a lone pairing the prior does not support
     d, n = vote_displacement(np.zeros((0, 2)), np.zeros((0, 2)), max_jump=40.0, tol=3.0)
     assert np.allclose(d, 0) and n == 0

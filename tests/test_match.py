@@ -1,4 +1,5 @@
 """Linking detections into tracks through a scan (xanestrack.match)."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,8 +11,17 @@ from xanestrack.synth import make_synthetic_stack
 
 def test_propagate_common_recovers_stage_jumps_between_key_frames():
     """Given the true shift on every 6th frame, the jumps in between are found by phase correlation."""
-    s = make_synthetic_stack("default", seed=14, n_energies=48, shape=(220, 220), n_particles=4, radius_range=(10.0, 20.0),
-                             jump_probability=0.15, jump_size=8.0, drift_range=(0.5, 2.0))
+    s = make_synthetic_stack(
+        "default",
+        seed=14,
+        n_energies=48,
+        shape=(220, 220),
+        n_particles=4,
+        radius_range=(10.0, 20.0),
+        jump_probability=0.15,
+        jump_size=8.0,
+        drift_range=(0.5, 2.0),
+    )
     od = s.optical_density()
     key = list(range(0, 48, 6)) + [47]
     g = s.truth.global_shift
@@ -32,7 +42,9 @@ def test_roi_ssim_is_blind_to_the_contrast_change_across_the_edge():
 
 
 def test_link_detections_keeps_identities_and_lists_gaps():
-    s = make_synthetic_stack("default", seed=9, n_energies=12, shape=(200, 200), n_particles=3, radius_range=(10.0, 16.0))
+    s = make_synthetic_stack(
+        "default", seed=9, n_energies=12, shape=(200, 200), n_particles=3, radius_range=(10.0, 16.0)
+    )
     od = s.optical_density()
     from xanestrack.detect import detect_stack
 
@@ -45,8 +57,12 @@ def test_link_detections_keeps_identities_and_lists_gaps():
     tp = s.truth.positions
     for pid, g in tracks.groupby("particle"):
         g = g.sort_values("frame")
-        d = [np.hypot(*(tp[tp.particle == j].sort_values("frame")[["y", "x"]].to_numpy() - g[["y", "x"]].to_numpy()).T).max()
-             for j in range(3)]
+        d = [
+            np.hypot(
+                *(tp[tp.particle == j].sort_values("frame")[["y", "x"]].to_numpy() - g[["y", "x"]].to_numpy()).T
+            ).max()
+            for j in range(3)
+        ]
         assert min(d) < 3.0, (pid, d)
 
 

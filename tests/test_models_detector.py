@@ -1,4 +1,5 @@
 """The learned detector (Cycle-GAN): tiny networks in unit tests; the shipped weights on fresh stacks."""
+
 import numpy as np
 import pytest
 
@@ -34,8 +35,19 @@ def test_binning_follows_the_largest_radius():
 
 
 def test_tiny_cyclegan_trains_saves_loads_and_is_deterministic(tmp_path):
-    cfg = DetectorConfig(width=4, n_blocks=1, disc_width=4, crop=48, batch=2, iterations=30, n_stacks=1,
-                         frames_per_stack=6, n_val_stacks=1, lr=2e-3, pool_size=4)
+    cfg = DetectorConfig(
+        width=4,
+        n_blocks=1,
+        disc_width=4,
+        crop=48,
+        batch=2,
+        iterations=30,
+        n_stacks=1,
+        frames_per_stack=6,
+        n_val_stacks=1,
+        lr=2e-3,
+        pool_size=4,
+    )
     res = train_detector(tmp_path / "m", config=cfg, log=lambda *a: None)
     h = res["history"]
     # every loss term is logged and the cycle and paired losses fall over the first steps
@@ -45,7 +57,9 @@ def test_tiny_cyclegan_trains_saves_loads_and_is_deterministic(tmp_path):
     assert "F1" in (tmp_path / "m" / "card.md").read_text()
     from xanestrack.synth import make_synthetic_stack
 
-    s = make_synthetic_stack("default", seed=12, n_energies=3, shape=(160, 180), n_particles=3, radius_range=(10.0, 16.0))
+    s = make_synthetic_stack(
+        "default", seed=12, n_energies=3, shape=(160, 180), n_particles=3, radius_range=(10.0, 16.0)
+    )
     od = s.optical_density()
     a = LearnedDetector(tmp_path / "m")(od)
     b = LearnedDetector(tmp_path / "m")(od)
@@ -89,9 +103,15 @@ def test_learned_pipeline_on_key_frames_tracks_everything():
     det = _shipped()
     if not (default_model_dir() / "weights.pt").is_file():
         pytest.skip("no shipped segmenter weights")
-    s = make_synthetic_stack("default", seed=33, n_energies=60, shape=(260, 260), n_particles=4, radius_range=(10.0, 30.0))
-    r = run_pipeline(Stack(s.optical_density(), s.energies_ev), detector=det, segmenter=LearnedSegmenter().segment_rois,
-                     options=PipelineOptions(detect_every=6))
+    s = make_synthetic_stack(
+        "default", seed=33, n_energies=60, shape=(260, 260), n_particles=4, radius_range=(10.0, 30.0)
+    )
+    r = run_pipeline(
+        Stack(s.optical_density(), s.energies_ev),
+        detector=det,
+        segmenter=LearnedSegmenter().segment_rois,
+        options=PipelineOptions(detect_every=6),
+    )
     assert set(r.detections["frame"]) <= set(range(0, 60, 6)) | {59}
     _, summ = evaluate_result(r, s.truth)
     assert summ["n_found"] == 4

@@ -1,4 +1,5 @@
 """Network modules (xanestrack.models.nets): shapes and sizes, a tiny problem learned."""
+
 import pytest
 
 torch = pytest.importorskip("torch")

@@ -1,4 +1,5 @@
 """The learned segmenter (Dual U-Net): tiny networks in unit tests; the shipped weights on a fresh synthetic stack."""
+
 import numpy as np
 import pytest
 
@@ -34,7 +35,9 @@ def test_shipped_segmenter_on_a_fresh_stack():
     from xanestrack.stack import Stack
     from xanestrack.synth import make_synthetic_stack
 
-    s = make_synthetic_stack("default", seed=21, n_energies=60, shape=(260, 260), n_particles=4, radius_range=(10.0, 30.0))
+    s = make_synthetic_stack(
+        "default", seed=21, n_energies=60, shape=(260, 260), n_particles=4, radius_range=(10.0, 30.0)
+    )
     r = run_pipeline(Stack(s.optical_density(), s.energies_ev), segmenter=LearnedSegmenter().segment_rois)
     table, summ = evaluate_result(r, s.truth)
     assert summ["n_found"] == 4

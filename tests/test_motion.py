@@ -52,7 +52,9 @@ def _scene(n=40, m=10, seed=0):
 
 def _table(P):
     n, m = P.shape[:2]
-    return pd.DataFrame([(j, k, P[k, j, 0], P[k, j, 1]) for k in range(n) for j in range(m)], columns=["particle", "frame", "y", "x"])
+    return pd.DataFrame(
+        [(j, k, P[k, j, 0], P[k, j, 1]) for k in range(n) for j in range(m)], columns=["particle", "frame", "y", "x"]
+    )
 
 
 def test_pure_magnification_is_not_nonrigid():

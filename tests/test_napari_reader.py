@@ -1,4 +1,5 @@
 """The napari reader: an output folder as layer data, without napari (and a valid npe2 manifest)."""
+
 import json
 import subprocess
 import sys

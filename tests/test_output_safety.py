@@ -1,6 +1,7 @@
 """Nothing the user had is ever deleted, concurrent runs do not overwrite each other, folders left
 by killed runs are cleaned, outputs get normal permissions, series resume by content (issue 11,
 cases 1, 2, 3 and 7)."""
+
 import json
 import os
 import signal
@@ -23,7 +24,6 @@ from xanestrack.results import MARKER, TMP_MARKER, atomic_output_dir, output_loc
 runner = CliRunner()
 
 
-
 def _error_line(r, *fragments):
     assert r.exit_code == 2, r.output
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
@@ -33,8 +33,25 @@ def _error_line(r, *fragments):
 
 
 def _synth(folder, *extra):
-    return runner.invoke(app, ["--quiet", "synth", str(folder), "--seed", "1", "--n-particles", "2", "--n-energies", "12",
-                               "--size", "140", "--max-radius", "14", *map(str, extra)])
+    return runner.invoke(
+        app,
+        [
+            "--quiet",
+            "synth",
+            str(folder),
+            "--seed",
+            "1",
+            "--n-particles",
+            "2",
+            "--n-energies",
+            "12",
+            "--size",
+            "140",
+            "--max-radius",
+            "14",
+            *map(str, extra),
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +78,7 @@ def _no_pipeline(monkeypatch):
 
 # ---- case 1: --overwrite never deletes what we did not write ------------------------------------
 
+
 def test_overwrite_refuses_a_folder_holding_the_input(scan, tmp_path, monkeypatch):
     v = tmp_path / "v"
     v.mkdir()
@@ -82,7 +100,11 @@ def test_overwrite_refuses_the_current_folder_and_foreign_folders(scan, tmp_path
     monkeypatch.chdir(d)
     _error_line(runner.invoke(app, ["--quiet", "run", str(scan), "--out", ".", "--overwrite"]), "current folder")
     monkeypatch.chdir(tmp_path)
-    _error_line(runner.invoke(app, ["--quiet", "run", str(scan), "--out", "d", "--overwrite"]), "not a xanestrack output", MARKER)
+    _error_line(
+        runner.invoke(app, ["--quiet", "run", str(scan), "--out", "d", "--overwrite"]),
+        "not a xanestrack output",
+        MARKER,
+    )
     _error_line(_synth(d, "--overwrite"), "not a xanestrack output")
     assert _digest(d) == before
 
@@ -184,8 +206,22 @@ def test_second_run_into_the_same_new_folder_is_refused(scan, tmp_path, monkeypa
 
 def test_two_commands_racing_into_one_new_folder(tmp_path):
     """Both started at once: exactly one writes, the other is refused; no temporary folder left."""
-    cmd = [sys.executable, "-m", "xanestrack.cli", "--quiet", "synth", str(tmp_path / "c"), "--n-particles", "2",
-           "--n-energies", "12", "--size", "140", "--max-radius", "14"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "xanestrack.cli",
+        "--quiet",
+        "synth",
+        str(tmp_path / "c"),
+        "--n-particles",
+        "2",
+        "--n-energies",
+        "12",
+        "--size",
+        "140",
+        "--max-radius",
+        "14",
+    ]
     procs = [subprocess.Popen(cmd + ["--seed", str(k)], stderr=subprocess.PIPE, text=True) for k in (1, 2)]
     results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
     assert sorted(rc for rc, _ in results) == [0, 2], results
@@ -226,6 +262,7 @@ def test_lock_without_fcntl_takes_over_a_dead_process_lock(tmp_path, monkeypatch
 
 # ---- case 7: permissions, early checks, leftovers of killed runs -----------------------------------
 
+
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o755), (0o027, 0o750)])
 def test_outputs_get_the_umask_permissions(tmp_path, umask, mode):
     old = os.umask(umask)
@@ -248,7 +285,9 @@ def test_unwritable_output_is_refused_before_the_pipeline(scan, tmp_path, monkey
         real = os.access
         monkeypatch.setattr(os, "access", lambda p, mode: real(p, mode) and Path(p).resolve() != ro.resolve())
     try:
-        _error_line(runner.invoke(app, ["--quiet", "run", str(scan), "--out", str(ro / "res")]), "cannot write in", "ro")
+        _error_line(
+            runner.invoke(app, ["--quiet", "run", str(scan), "--out", str(ro / "res")]), "cannot write in", "ro"
+        )
     finally:
         ro.chmod(0o755)
 
@@ -292,6 +331,7 @@ def test_leftovers_of_killed_runs_are_removed_only_when_ours_and_dead(tmp_path):
 
 # ---- case 3: series resume by content, paths normalised ------------------------------------------
 
+
 def test_series_resume_compares_content_and_normalises_paths(tmp_path, monkeypatch):
     from xanestrack.parallel import series as ser
 
@@ -309,7 +349,9 @@ def test_series_resume_compares_content_and_normalises_paths(tmp_path, monkeypat
     out = tmp_path / "series"
 
     def run(paths):
-        return ser.run_series(ser.series_sources(paths), out, scheduler="sync", detector="classical", segmenter="classical")
+        return ser.run_series(
+            ser.series_sources(paths), out, scheduler="sync", detector="classical", segmenter="classical"
+        )
 
     run([tmp_path / "a.h5", tmp_path / "b.h5"])
     assert sorted(loads) == ["a", "b"]
@@ -326,8 +368,10 @@ def test_series_resume_compares_content_and_normalises_paths(tmp_path, monkeypat
     assert loads == ["b"]
     new_b = json.loads((out / "scans" / "b" / "summary.json").read_text())
     assert new_b["input_sha256"] != first_b["input_sha256"]
-    assert np.allclose([p["y0"] for p in new_b["particles"]],
-                       [p["y0"] for p in json.loads((out / "scans" / "a" / "summary.json").read_text())["particles"]])
+    assert np.allclose(
+        [p["y0"] for p in new_b["particles"]],
+        [p["y0"] for p in json.loads((out / "scans" / "a" / "summary.json").read_text())["particles"]],
+    )
     assert not [p for p in (out / "scans").iterdir() if p.name.startswith(".")]
 
 

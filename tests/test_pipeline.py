@@ -28,12 +28,35 @@ def test_end_to_end_small_stack(small_synth, small_result):
     assert len(pair_by_position(est0, true0)) == 4
     assert all(((p.frame_flags & FRAME_FLAGS["interpolated"]) == 0).all() for p in small_result.particles)
     t = small_result.tracks
-    assert {"particle", "frame", "energy_ev", "y", "x", "dy", "dx", "vy", "vx", "rigid_dy", "nonrigid_dy", "flags"} <= set(t.columns)
+    assert {
+        "particle",
+        "frame",
+        "energy_ev",
+        "y",
+        "x",
+        "dy",
+        "dx",
+        "vy",
+        "vx",
+        "rigid_dy",
+        "nonrigid_dy",
+        "flags",
+    } <= set(t.columns)
     assert len(t) == 4 * 48
 
 
 def test_particle_leaving_the_field_of_view_is_flagged():
-    s = make_synthetic_stack("default", seed=5, n_energies=30, shape=(160, 160), n_particles=2, radius_range=(12, 16), drift_range=(0, 0), jitter_step=0.0, jump_probability=0.0)
+    s = make_synthetic_stack(
+        "default",
+        seed=5,
+        n_energies=30,
+        shape=(160, 160),
+        n_particles=2,
+        radius_range=(12, 16),
+        drift_range=(0, 0),
+        jitter_step=0.0,
+        jump_probability=0.0,
+    )
     od = s.optical_density()
     truth0 = s.truth.positions[s.truth.positions.frame == 0].sort_values("particle")
     # slide the frames so that the first particle exits the top edge in the last frames
@@ -114,8 +137,17 @@ def test_key_frame_detection_propagates_rois_through_stage_jumps():
     from xanestrack.evaluate import evaluate_result
     from xanestrack.pipeline import PipelineOptions
 
-    s = make_synthetic_stack("default", seed=14, n_energies=48, shape=(220, 220), n_particles=4, radius_range=(10.0, 20.0),
-                             jump_probability=0.15, jump_size=8.0, drift_range=(0.5, 2.0))
+    s = make_synthetic_stack(
+        "default",
+        seed=14,
+        n_energies=48,
+        shape=(220, 220),
+        n_particles=4,
+        radius_range=(10.0, 20.0),
+        jump_probability=0.15,
+        jump_size=8.0,
+        drift_range=(0.5, 2.0),
+    )
     od = s.optical_density()
     key = list(range(0, 48, 6)) + [47]
     r = run_pipeline(Stack(od, s.energies_ev), options=PipelineOptions(detect_every=6))

@@ -26,6 +26,7 @@ What is asserted, per case:
   With positions good to ~0.1 px per axis and 4 particles 60-90 px from the centre, the
   scale is measurable to ~5e-4 per frame, so these bounds leave a margin of 2-3 sigma.
 """
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -102,12 +103,13 @@ _SLOW = {"stress-crowd", "stress-all"}
 #: a ~1.1 px error in a low-contrast frame and vouch for it (reduced seed 3: one frame of
 #: 96 at 1.08 px; full size seed 1: 2 frames of ~2000 at 1.2-1.5 px). Issue 15 stays open.
 _MARKS = {c: [pytest.mark.slow] for c in _SLOW}
-_MARKS["stress-all"] = [pytest.mark.slow, pytest.mark.xfail(strict=False, reason="vouching misses a ~1.1 px shared error in stress-all")]
+_MARKS["stress-all"] = [
+    pytest.mark.slow,
+    pytest.mark.xfail(strict=False, reason="vouching misses a ~1.1 px shared error in stress-all"),
+]
 
 
-@pytest.mark.parametrize(
-    "case", [pytest.param(c, marks=_MARKS[c]) if c in _MARKS else c for c in STRESS_CASES]
-)
+@pytest.mark.parametrize("case", [pytest.param(c, marks=_MARKS[c]) if c in _MARKS else c for c in STRESS_CASES])
 def test_stress_case_classical(case):
     check_case(case, SEEDS)
 
@@ -156,20 +158,29 @@ def _check_magnification(*, nonrigid):
         P = nr[["y", "x"]].to_numpy().reshape(len(r.particles), -1, 2)
         D = P - P[:, :1]
         tr_only = D - np.median(D, axis=0, keepdims=True)
-        tr_only = pd.DataFrame(tr_only.reshape(-1, 2)).groupby(order).transform(lambda v: v.rolling(7, center=True, min_periods=3).median())
+        tr_only = (
+            pd.DataFrame(tr_only.reshape(-1, 2))
+            .groupby(order)
+            .transform(lambda v: v.rolling(7, center=True, min_periods=3).median())
+        )
         lines.append(f"seed {seed}: translation-only trend max {np.nanmax(np.hypot(tr_only[0], tr_only[1])):.2f} px")
         if not np.nanmax(np.hypot(tr_only[0], tr_only[1])) > MAX_NONRIGID_PX:
-            problems.append(f"seed {seed}: the scene's magnification is too small to test (translation-only trend below the limit)")
+            problems.append(
+                f"seed {seed}: the scene's magnification is too small to test (translation-only trend below the limit)"
+            )
         lines.append(
             f"seed {seed}: max |non-rigid| trend on vouched frames per particle {np.round(worst.to_numpy(), 2).tolist()} px; "
             f"scale error median {np.nanmedian(err):.1e}, max {np.nanmax(err):.1e}; "
             f"change between the ends {ratio:.2f} x the true one"
         )
         if nonrigid and not (worst.max() <= MAX_NONRIGID_PX):
-            problems.append(f"seed {seed}: a particle comes out non-rigid by {worst.max():.2f} px (at most {MAX_NONRIGID_PX})")
+            problems.append(
+                f"seed {seed}: a particle comes out non-rigid by {worst.max():.2f} px (at most {MAX_NONRIGID_PX})"
+            )
         if not (np.nanmedian(err) <= MAX_SCALE_MEDIAN_ERR):
-            problems.append(f"seed {seed}: common_scale off by {np.nanmedian(err):.1e} (median; at most {MAX_SCALE_MEDIAN_ERR:.0e})")
+            problems.append(
+                f"seed {seed}: common_scale off by {np.nanmedian(err):.1e} (median; at most {MAX_SCALE_MEDIAN_ERR:.0e})"
+            )
         if not abs(ratio - 1) <= SCALE_END_TOLERANCE:
             problems.append(f"seed {seed}: common_scale changes {ratio:.2f} x the true change across the scan")
     assert not problems, "; ".join(problems) + "\n" + "\n".join(lines)
-

@@ -7,6 +7,7 @@ that follow it for the particles it can measure, and flag every position that do
 With the shipped models no particle is vouched for here (the masks' centres of mass do not
 confirm the edge estimates): the test asserts what holds, the README states what does not.
 """
+
 import numpy as np
 import pytest
 
@@ -71,7 +72,9 @@ def test_particles_follow_one_similarity_and_the_others_are_flagged(ssrl_result)
     # particles (546, 229) and (860, 760) did: each of the 3 exposures per energy shows it,
     # and the binder ring around each moves with the common motion while the particle does
     # not (README, Real data); the non-rigid motion table must show it.
-    nonrigid = ssrl_result.motion.groupby("particle").apply(lambda g: np.hypot(g["nonrigid_dy"], g["nonrigid_dx"]).max())
+    nonrigid = ssrl_result.motion.groupby("particle").apply(
+        lambda g: np.hypot(g["nonrigid_dy"], g["nonrigid_dx"]).max()
+    )
     for p, r in zip(ssrl_result.particles, resid):
         if r > 1.0 and not (p.frame_flags & FRAME_FLAGS["disagree"]).any():
             assert p.radius < 40 and np.nanmax(p.agreement) <= 0.5, (p.particle, r)

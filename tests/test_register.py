@@ -93,8 +93,13 @@ def _disc_masks(n, size=31, r=8.0, centres=None):
 def _vouch(com, edge, **kw):
     n = len(com)
     args = dict(
-        edge_measured=np.ones(n, bool), masks=_disc_masks(n), outside=np.zeros((n, 31, 31), bool), clipped=np.zeros(n, bool),
-        undetected=np.zeros(n, bool), common=np.zeros((n, 2)), reference_frame=n - 1,
+        edge_measured=np.ones(n, bool),
+        masks=_disc_masks(n),
+        outside=np.zeros((n, 31, 31), bool),
+        clipped=np.zeros(n, bool),
+        undetected=np.zeros(n, bool),
+        common=np.zeros((n, 2)),
+        reference_frame=n - 1,
     )
     args.update(kw)
     return vouch_positions(np.asarray(com, float), np.asarray(edge, float), **args)
@@ -160,7 +165,12 @@ def test_disagreement_missing_estimates_and_outliers_are_flagged():
 
 def test_a_particle_located_nowhere_has_no_position():
     n = 3
-    v = _vouch(np.full((n, 2), np.nan), np.zeros((n, 2)), edge_measured=np.zeros(n, bool), masks=np.zeros((n, 31, 31), np.float32))
+    v = _vouch(
+        np.full((n, 2), np.nan),
+        np.zeros((n, 2)),
+        edge_measured=np.zeros(n, bool),
+        masks=np.zeros((n, 31, 31), np.float32),
+    )
     assert np.isnan(v.positions).all() and not v.located.any()
     assert (v.flags == FRAME_FLAGS["no_mask"]).all()
 
@@ -189,5 +199,7 @@ def test_fuse_pastes_each_aligned_particle_over_the_rigidly_aligned_frames():
     assert fused.shape == (1, 40, 40)
     inside = np.zeros((40, 40), bool)
     inside[10:15, 20:25] = True  # the mask dilated twice, within its window
-    assert (fused[0][inside & (np.abs(np.mgrid[0:40, 0:40][0] - 12) + np.abs(np.mgrid[0:40, 0:40][1] - 22) <= 2)] == 7).all()
+    assert (
+        fused[0][inside & (np.abs(np.mgrid[0:40, 0:40][0] - 12) + np.abs(np.mgrid[0:40, 0:40][1] - 22) <= 2)] == 7
+    ).all()
     assert (fused[0][~inside] == 1).all()

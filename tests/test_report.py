@@ -1,4 +1,5 @@
 """The report of a run renders in headless Chromium with every image loaded."""
+
 import json
 import shutil
 import subprocess
@@ -10,8 +11,14 @@ from typer.testing import CliRunner
 from xanestrack.cli import app
 
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 
@@ -19,7 +26,23 @@ CHROMIUM_FLAGS = [
 def report_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("rep")
     runner = CliRunner()
-    r = runner.invoke(app, ["synth", str(root / "s"), "--seed", "3", "--n-particles", "3", "--n-energies", "40", "--size", "200", "--max-radius", "20"])
+    r = runner.invoke(
+        app,
+        [
+            "synth",
+            str(root / "s"),
+            "--seed",
+            "3",
+            "--n-particles",
+            "3",
+            "--n-energies",
+            "40",
+            "--size",
+            "200",
+            "--max-radius",
+            "20",
+        ],
+    )
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["--quiet", "run", str(root / "s" / "stack.h5"), "--out", str(root / "out")])
     assert r.exit_code == 0, r.output
@@ -28,12 +51,25 @@ def report_dir(tmp_path_factory):
 
 def test_report_is_self_contained_with_figures_and_data(report_dir):
     html = (report_dir / "report.html").read_text()
-    assert "<img" in html and "src=\"http" not in html and "<script" not in html
+    assert "<img" in html and 'src="http' not in html and "<script" not in html
     # overview, chemistry, motion (SVG) + per particle its panels (PNG) and its spectrum (SVG)
     assert html.count("data:image/svg+xml;base64,") >= 3 + 3 and html.count("data:image/png;base64,") >= 3
     figs = report_dir / "figures"
-    for name in ("overview.svg", "overview.png", "overview.csv", "chemistry.svg", "chemistry.png", "chemistry.csv", "motion.svg", "motion.csv",
-                 "common_motion.csv", "particle_000.png", "particle_000_spectrum.svg", "particle_000_spectrum.csv", "particle_000_edge_e50.csv"):
+    for name in (
+        "overview.svg",
+        "overview.png",
+        "overview.csv",
+        "chemistry.svg",
+        "chemistry.png",
+        "chemistry.csv",
+        "motion.svg",
+        "motion.csv",
+        "common_motion.csv",
+        "particle_000.png",
+        "particle_000_spectrum.svg",
+        "particle_000_spectrum.csv",
+        "particle_000_edge_e50.csv",
+    ):
         assert (figs / name).is_file(), name
     # the summary names the particle that moved most
     assert "moved most" in html
@@ -76,7 +112,16 @@ def test_report_renders_in_headless_chromium(report_dir, tmp_path):
     )
     probe.write_text(html.replace("</body>", check + "</body>"))
     user_dir = tmp_path / "profile"
-    cmd = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={user_dir}", "--virtual-time-budget=5000", "--enable-logging=stderr", "--v=0", "--dump-dom", probe.as_uri()]
+    cmd = [
+        exe,
+        *CHROMIUM_FLAGS,
+        f"--user-data-dir={user_dir}",
+        "--virtual-time-budget=5000",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--dump-dom",
+        probe.as_uri(),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     import re
@@ -88,6 +133,18 @@ def test_report_renders_in_headless_chromium(report_dir, tmp_path):
     console_errors = [ln for ln in r.stderr.splitlines() if "CONSOLE" in ln and ("ERROR" in ln or "Uncaught" in ln)]
     assert not console_errors, console_errors
     shot = report_dir / "figures" / "report_screenshot.png"
-    r2 = subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={user_dir}2", "--window-size=1280,2400", f"--screenshot={shot}", page.as_uri()], capture_output=True, text=True, timeout=120)
+    r2 = subprocess.run(
+        [
+            exe,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={user_dir}2",
+            "--window-size=1280,2400",
+            f"--screenshot={shot}",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r2.returncode == 0 and shot.is_file() and shot.stat().st_size > 10_000
     Path(tmp_path / "screenshot_path.txt").write_text(str(shot))

@@ -1,4 +1,5 @@
 """Each report figure alone: built from the result model, it shows what it says and returns its data."""
+
 import re
 import xml.etree.ElementTree as ET
 
@@ -12,7 +13,9 @@ from xanestrack.stack import Stack
 
 @pytest.fixture(scope="module")
 def result(small_synth):
-    return run_pipeline(Stack(small_synth.optical_density(), small_synth.energies_ev), options=PipelineOptions(detect_every=6))
+    return run_pipeline(
+        Stack(small_synth.optical_density(), small_synth.energies_ev), options=PipelineOptions(detect_every=6)
+    )
 
 
 def _svg_ok(svg: str) -> ET.Element:
@@ -37,7 +40,9 @@ def test_overview_outlines_every_particle_and_tabulates_it(result):
         assert cyan[max(y - r, 0) : y + r, max(x - r, 0) : x + r].sum() > 2 * p.radius, p.particle
     t = fig.tables["overview"]
     assert list(t["particle"]) == [p.particle for p in result.particles]
-    np.testing.assert_allclose(t["max_nonrigid_px"], result.peak_ratios.set_index("particle").loc[t["particle"], "max_nonrigid_displacement"])
+    np.testing.assert_allclose(
+        t["max_nonrigid_px"], result.peak_ratios.set_index("particle").loc[t["particle"], "max_nonrigid_displacement"]
+    )
 
 
 def test_chemistry_colours_each_map_on_one_scale(result):
@@ -49,7 +54,7 @@ def test_chemistry_colours_each_map_on_one_scale(result):
     for p, (_, row) in zip(result.particles, t.iterrows()):
         assert row["e50_median_ev"] == pytest.approx(np.nanmedian(p.edge_maps["e50"]))
         # a pixel at the particle's centre carries the viridis colour of its edge energy
-        cy, cx = (np.array(p.mask.shape) // 2)
+        cy, cx = np.array(p.mask.shape) // 2
         v = p.edge_maps["e50"][cy, cx]
         if np.isfinite(v):
             expect = report._colormap(np.array([v]), "viridis", elo, ehi)[0]
@@ -59,7 +64,9 @@ def test_chemistry_colours_each_map_on_one_scale(result):
 def test_motion_figure_has_eight_panels_and_its_tables(result):
     fig = report.motion_figure(result)
     root = _svg_ok(fig.svg)
-    titles = [t.text for t in root.iter("{http://www.w3.org/2000/svg}text") if t.text and re.fullmatch(r"\([a-h]\)", t.text)]
+    titles = [
+        t.text for t in root.iter("{http://www.w3.org/2000/svg}text") if t.text and re.fullmatch(r"\([a-h]\)", t.text)
+    ]
     assert titles == [f"({c})" for c in "abcdefgh"]
     n = len(result.particles)
     # per particle a line in (a)-(d), (g), (h), plus the common motion

@@ -1,4 +1,5 @@
 """The result model round-trips: read_results(write_results(r)) == r, field by field."""
+
 import dataclasses
 
 import numpy as np
@@ -13,7 +14,9 @@ from xanestrack.stack import Stack
 
 @pytest.fixture(scope="module")
 def result(small_synth):
-    return run_pipeline(Stack(small_synth.optical_density(), small_synth.energies_ev), options=PipelineOptions(detect_every=6))
+    return run_pipeline(
+        Stack(small_synth.optical_density(), small_synth.energies_ev), options=PipelineOptions(detect_every=6)
+    )
 
 
 def _same(a, b, where):
@@ -73,7 +76,9 @@ def test_particle_summary_counts(result):
     assert (s["frames_vouched"] <= s["frames_measured"]).all() and (s["frames_measured"] <= n).all()
     # mean edge energy near the synthetic Ni edge, and the largest non-rigid motion from the motion table
     assert s["mean_e50_ev"].between(8330, 8350).all()
-    np.testing.assert_allclose(s["max_nonrigid_px"], result.peak_ratios.set_index("particle").loc[s["particle"], "max_nonrigid_displacement"])
+    np.testing.assert_allclose(
+        s["max_nonrigid_px"], result.peak_ratios.set_index("particle").loc[s["particle"], "max_nonrigid_displacement"]
+    )
 
 
 def test_folders_without_tables_still_read(result, tmp_path):

@@ -1,4 +1,5 @@
 """Robust statistics (xanestrack.robust)."""
+
 import numpy as np
 import pytest
 

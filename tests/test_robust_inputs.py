@@ -1,5 +1,6 @@
 """Bad, implausible or hostile input: one line naming the file and what to do, exit status 2,
 the inputs untouched, nothing written (issue 11, cases 4, 5, 6 and 8)."""
+
 import json
 import os
 import shutil
@@ -10,7 +11,8 @@ import pytest
 import tifffile
 from typer.testing import CliRunner
 
-from conftest import digest as _digest, shared_data
+from conftest import digest as _digest
+from conftest import shared_data
 from xanestrack.cli import app
 from xanestrack.errors import XanestrackError
 from xanestrack.io import read_stack
@@ -18,7 +20,6 @@ from xanestrack.io.hdf5 import write_fxi
 
 runner = CliRunner()
 E20 = np.linspace(8300.0, 8400.0, 20)
-
 
 
 def _cli(*args, debug=False):
@@ -56,12 +57,30 @@ def _counts(n=20, shape=(64, 64), seed=0):
 def scan(tmp_path_factory):
     """A tiny synthetic FXI scan (12 energies, 140 x 140, 2 particles)."""
     d = tmp_path_factory.mktemp("scan") / "synthetic"
-    r = runner.invoke(app, ["--quiet", "synth", str(d), "--seed", "1", "--n-particles", "2", "--n-energies", "12", "--size", "140", "--max-radius", "14"])
+    r = runner.invoke(
+        app,
+        [
+            "--quiet",
+            "synth",
+            str(d),
+            "--seed",
+            "1",
+            "--n-particles",
+            "2",
+            "--n-energies",
+            "12",
+            "--size",
+            "140",
+            "--max-radius",
+            "14",
+        ],
+    )
     assert r.exit_code == 0, r.output
     return d / "stack.h5"
 
 
 # ---- case 5: tracebacks that became one line -------------------------------------------------
+
 
 def test_values_transmission_without_flats_is_minus_log(tmp_path):
     """Was an IndexError in the flat-field (no flats: a scalar reference)."""
@@ -98,8 +117,12 @@ def test_implausible_radius_or_pixel_size(scan, tmp_path):
     _refused(tmp_path, [scan], ["run", scan, "--max-radius", "1e9"], "--max-radius", "frame size (140 px)")
     _refused(tmp_path, [scan], ["run", scan, "--min-radius", "-3"], "--min-radius")
     counts, flats, _ = _counts(12)
-    write_fxi(tmp_path / "pix.h5", counts, flats=flats, darks=np.zeros((1, 64, 64)), energies_ev=E20[:12], pixel_size_um=1e-9)
-    _refused(tmp_path, [tmp_path / "pix.h5"], ["run", tmp_path / "pix.h5"], "pix.h5", "pixel size", "1e-09", "--min-radius")
+    write_fxi(
+        tmp_path / "pix.h5", counts, flats=flats, darks=np.zeros((1, 64, 64)), energies_ev=E20[:12], pixel_size_um=1e-9
+    )
+    _refused(
+        tmp_path, [tmp_path / "pix.h5"], ["run", tmp_path / "pix.h5"], "pix.h5", "pixel size", "1e-09", "--min-radius"
+    )
 
 
 def _model_copy(tmp_path, kind):
@@ -130,20 +153,25 @@ def test_unsafe_empty_or_mismatched_weights(scan, tmp_path, kind):
     _refused(tmp_path, [scan, d], ["run", scan, opt, d], "weights.pt", "empty file")
     (d / "weights.pt").write_bytes(b"PK\x03\x04 not really a zip")
     _refused(tmp_path, [scan, d], ["run", scan, opt, d], "weights.pt", "not a readable weights file")
-    torch.save({"G": {"nothing": torch.zeros(1)}} if kind == "detector" else {"nothing": torch.zeros(1)}, d / "weights.pt")
+    torch.save(
+        {"G": {"nothing": torch.zeros(1)}} if kind == "detector" else {"nothing": torch.zeros(1)}, d / "weights.pt"
+    )
     _refused(tmp_path, [scan, d], ["run", scan, opt, d], "weights.pt", "do not fit")
 
 
-@pytest.mark.parametrize("kind,edit,fragment", [
-    ("detector", "{not json", "not valid JSON"),
-    ("detector", {"n_blocks": 1e7}, "'n_blocks' = 1e+07 is outside"),
-    ("detector", {"width": "wide"}, "'width' is 'wide'"),
-    ("detector", {"width": 256, "n_blocks": 64}, "M parameters"),
-    ("detector", {"n_blocks": None}, "no 'n_blocks'"),
-    ("segmenter", {"canvas": 1e6}, "'canvas' = 1e+06 is outside"),
-    ("segmenter", {"canvas": 72}, "not a multiple of 2^depth"),
-    ("segmenter", [1, 2], "a JSON object is expected"),
-])
+@pytest.mark.parametrize(
+    "kind,edit,fragment",
+    [
+        ("detector", "{not json", "not valid JSON"),
+        ("detector", {"n_blocks": 1e7}, "'n_blocks' = 1e+07 is outside"),
+        ("detector", {"width": "wide"}, "'width' is 'wide'"),
+        ("detector", {"width": 256, "n_blocks": 64}, "M parameters"),
+        ("detector", {"n_blocks": None}, "no 'n_blocks'"),
+        ("segmenter", {"canvas": 1e6}, "'canvas' = 1e+06 is outside"),
+        ("segmenter", {"canvas": 72}, "not a multiple of 2^depth"),
+        ("segmenter", [1, 2], "a JSON object is expected"),
+    ],
+)
 def test_bad_model_config_refused_before_allocation(tmp_path, kind, edit, fragment):
     from xanestrack.models.detector import LearnedDetector
     from xanestrack.models.segmenter import LearnedSegmenter
@@ -165,7 +193,14 @@ def test_bad_model_config_refused_before_allocation(tmp_path, kind, edit, fragme
 def test_bad_model_config_through_the_cli(scan, tmp_path):
     d = _model_copy(tmp_path, "segmenter")
     (d / "config.json").write_text('{"width": 8, "depth": 4, "canvas": 1000000}')
-    _refused(tmp_path, [scan, d], ["run", scan, "--segmenter-model", d], "config.json", "'canvas'", "xanestrack train segmenter")
+    _refused(
+        tmp_path,
+        [scan, d],
+        ["run", scan, "--segmenter-model", d],
+        "config.json",
+        "'canvas'",
+        "xanestrack train segmenter",
+    )
 
 
 def _fake_output(folder, *, columns=("particle", "frame", "energy_ev", "y", "x", "flags"), particles=True):
@@ -215,24 +250,36 @@ def test_debug_shows_the_traceback_of_a_user_error(tmp_path):
 
 # ---- case 6: implausible input ------------------------------------------------------------------
 
-@pytest.mark.parametrize("text,fragments", [
-    ("8300\n-8310\n8320\n8330\n8340", ["line 2", "-8310", "positive"]),
-    ("8.300\n8.310\n8320\n8330\n8340", ["mix keV and eV", "line 1", "line 3"]),
-    ("8300\nnan\n8320\n8330\n8340", ["line 2", "not a number"]),
-    ("8300\n8310\n8320\n8330\nabc", ["line 5", "'abc'"]),
-    ("\x00\x01binary", ["binary"]),
-    ("0\n1\n2\n3\n4", ["line 1", "positive"]),
-])
+
+@pytest.mark.parametrize(
+    "text,fragments",
+    [
+        ("8300\n-8310\n8320\n8330\n8340", ["line 2", "-8310", "positive"]),
+        ("8.300\n8.310\n8320\n8330\n8340", ["mix keV and eV", "line 1", "line 3"]),
+        ("8300\nnan\n8320\n8330\n8340", ["line 2", "not a number"]),
+        ("8300\n8310\n8320\n8330\nabc", ["line 5", "'abc'"]),
+        ("\x00\x01binary", ["binary"]),
+        ("0\n1\n2\n3\n4", ["line 1", "positive"]),
+    ],
+)
 def test_implausible_energies_file(tmp_path, text, fragments):
     tifffile.imwrite(tmp_path / "s.tif", np.full((5, 16, 16), 0.1, np.float32))
     (tmp_path / "e.txt").write_text(text)
-    _refused(tmp_path, [tmp_path / "s.tif", tmp_path / "e.txt"], ["run", tmp_path / "s.tif", "--energies", tmp_path / "e.txt"], "e.txt", *fragments)
+    _refused(
+        tmp_path,
+        [tmp_path / "s.tif", tmp_path / "e.txt"],
+        ["run", tmp_path / "s.tif", "--energies", tmp_path / "e.txt"],
+        "e.txt",
+        *fragments,
+    )
 
 
 def test_energies_csv_header_selects_the_energy_column(tmp_path):
     from xanestrack.io.tiff import read_energies_file
 
-    (tmp_path / "e.csv").write_text("frame, energy (keV)\n" + "\n".join(f"{i}, {e / 1000:.4f}" for i, e in enumerate(E20[:5])))
+    (tmp_path / "e.csv").write_text(
+        "frame, energy (keV)\n" + "\n".join(f"{i}, {e / 1000:.4f}" for i, e in enumerate(E20[:5]))
+    )
     assert np.allclose(read_energies_file(tmp_path / "e.csv"), E20[:5], atol=0.05)
 
 
@@ -240,7 +287,9 @@ def test_energies_csv_header_selects_the_energy_column(tmp_path):
 def test_complex_or_bool_pixels(tmp_path, dtype, fragment):
     tifffile.imwrite(tmp_path / "s.tif", np.ones((5, 16, 16), dtype))
     (tmp_path / "e.txt").write_text("\n".join(map(str, E20[:5])))
-    _refused(tmp_path, [tmp_path / "s.tif"], ["run", tmp_path / "s.tif", "--energies", tmp_path / "e.txt"], "s.tif", fragment)
+    _refused(
+        tmp_path, [tmp_path / "s.tif"], ["run", tmp_path / "s.tif", "--energies", tmp_path / "e.txt"], "s.tif", fragment
+    )
     with h5py.File(tmp_path / "c.h5", "w") as f:
         f["img_xanes"] = np.ones((5, 16, 16), dtype)
         f["X_eng"] = E20[:5]
@@ -251,7 +300,14 @@ def test_transmission_tiff_is_not_taken_for_optical_density(tmp_path):
     t = np.exp(-np.random.default_rng(2).uniform(0, 0.6, (5, 32, 32))).astype(np.float32)
     tifffile.imwrite(tmp_path / "t.tif", t)
     (tmp_path / "e.txt").write_text("\n".join(map(str, E20[:5])))
-    _refused(tmp_path, [tmp_path / "t.tif"], ["run", tmp_path / "t.tif", "--energies", tmp_path / "e.txt"], "t.tif", "look like transmission", "--values transmission")
+    _refused(
+        tmp_path,
+        [tmp_path / "t.tif"],
+        ["run", tmp_path / "t.tif", "--energies", tmp_path / "e.txt"],
+        "t.tif",
+        "look like transmission",
+        "--values transmission",
+    )
     # optical density under auto is accepted, and the assumption is recorded
     st = read_stack(tmp_path / "t.tif", energies=tmp_path / "e.txt", values="transmission")
     tifffile.imwrite(tmp_path / "od.tif", st.od)
@@ -267,15 +323,34 @@ def test_fewer_flats_than_frames_is_a_recorded_assumption(tmp_path):
     """7 flats for 20 frames: averaged, and said so on the console and in run.json."""
     from xanestrack.synth import make_synthetic_stack
 
-    s = make_synthetic_stack("default", seed=3, n_energies=20, shape=(140, 140), n_particles=2, radius_range=(10.0, 14.0))
+    s = make_synthetic_stack(
+        "default", seed=3, n_energies=20, shape=(140, 140), n_particles=2, radius_range=(10.0, 14.0)
+    )
     tifffile.imwrite(tmp_path / "s.tif", s.counts.round().astype(np.uint16))
     tifffile.imwrite(tmp_path / "f.tif", s.flats[::3][:7])
     tifffile.imwrite(tmp_path / "d.tif", s.dark)
     (tmp_path / "e.txt").write_text("\n".join(map(str, s.energies_ev)))
     ins = [tmp_path / n for n in ("s.tif", "f.tif", "d.tif", "e.txt")]
     before = _digest(*ins)
-    r = runner.invoke(app, ["run", str(ins[0]), "--energies", str(ins[3]), "--flats", str(ins[1]), "--darks", str(ins[2]),
-                            "--out", str(tmp_path / "o"), "--detector", "classical", "--segmenter", "classical"])
+    r = runner.invoke(
+        app,
+        [
+            "run",
+            str(ins[0]),
+            "--energies",
+            str(ins[3]),
+            "--flats",
+            str(ins[1]),
+            "--darks",
+            str(ins[2]),
+            "--out",
+            str(tmp_path / "o"),
+            "--detector",
+            "classical",
+            "--segmenter",
+            "classical",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "7 flat-field images for 20 frames" in r.output
     notes = json.loads((tmp_path / "o" / "run.json").read_text())["input_notes"]
@@ -315,6 +390,7 @@ def test_xrm_exposure_time_zero_everywhere_is_a_recorded_assumption(tmp_path):
 
 # ---- case 4: sizes checked before allocation -----------------------------------------------------
 
+
 def test_hdf5_declaring_huge_or_unwritten_datasets(tmp_path):
     with h5py.File(tmp_path / "huge.h5", "w") as f:  # 107 GiB declared in a file of a few KB
         f.create_dataset("img_xanes", shape=(143, 20000, 20000), dtype="u2", chunks=(1, 256, 256))
@@ -324,7 +400,13 @@ def test_hdf5_declaring_huge_or_unwritten_datasets(tmp_path):
         f.create_dataset("img_xanes", shape=(2, 4000, 4000), dtype="u2", chunks=(1, 500, 500))
         f.create_dataset("img_bkg", data=np.ones((1, 4000, 4000), np.uint16), chunks=(1, 500, 500), compression="gzip")
         f["X_eng"] = [8.3, 8.4]
-    _refused(tmp_path, [tmp_path / "hollow.h5"], ["run", tmp_path / "hollow.h5"], "hollow.h5", "0 of 128 chunks of /img_xanes")
+    _refused(
+        tmp_path,
+        [tmp_path / "hollow.h5"],
+        ["run", tmp_path / "hollow.h5"],
+        "hollow.h5",
+        "0 of 128 chunks of /img_xanes",
+    )
 
 
 def test_declared_size_against_free_memory(tmp_path, monkeypatch):
@@ -336,10 +418,17 @@ def test_declared_size_against_free_memory(tmp_path, monkeypatch):
     (tmp_path / "e.txt").write_text("\n".join(map(str, E20)))
     monkeypatch.setattr(checks, "available_memory", lambda: 200_000)
     _refused(tmp_path, [tmp_path / "s.h5"], ["run", tmp_path / "s.h5"], "s.h5", "GiB of memory", "crop or bin")
-    _refused(tmp_path, [tmp_path / "s.tif"], ["run", tmp_path / "s.tif", "--energies", tmp_path / "e.txt", "--flats", tmp_path / "s.tif"], "s.tif", "GiB of memory")
+    _refused(
+        tmp_path,
+        [tmp_path / "s.tif"],
+        ["run", tmp_path / "s.tif", "--energies", tmp_path / "e.txt", "--flats", tmp_path / "s.tif"],
+        "s.tif",
+        "GiB of memory",
+    )
 
 
 # ---- case 8: misleading messages -------------------------------------------------------------
+
 
 @pytest.mark.parametrize("fraction", [0.9, 0.95, 0.99])
 def test_xrm_cut_near_its_end_says_truncated(tmp_path, fraction):
@@ -378,12 +467,15 @@ def test_group_where_a_dataset_belongs_and_empty_stacks(tmp_path):
     _refused(tmp_path, [tmp_path / "ne.h5"], ["run", tmp_path / "ne.h5"], "ne.h5", "/X_eng", "no energies")
 
 
-@pytest.mark.parametrize("args,fragments", [
-    (["--values", "bogus"], ["--values", "'bogus'"]),
-    (["--detect-every", "0"], ["--detect-every 0"]),
-    (["--reference", "bad"], ["--reference takes NAME=FILE"]),
-    (["--reference", "X=nothere.txt"], ["--reference X=nothere.txt", "not found"]),
-])
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (["--values", "bogus"], ["--values", "'bogus'"]),
+        (["--detect-every", "0"], ["--detect-every 0"]),
+        (["--reference", "bad"], ["--reference takes NAME=FILE"]),
+        (["--reference", "X=nothere.txt"], ["--reference X=nothere.txt", "not found"]),
+    ],
+)
 def test_bad_options_are_one_line(scan, tmp_path, args, fragments):
     _refused(tmp_path, [scan], ["run", scan, *args], *fragments)
 
@@ -393,18 +485,51 @@ def test_series_of_missing_or_looping_files(tmp_path):
         f["img_xanes"] = h5py.SoftLink("/a")
         f["a"] = h5py.SoftLink("/img_xanes")
     _refused(tmp_path, [tmp_path / "loop.h5"], ["series", tmp_path / "nothere.h5"], "nothere.h5", "no such file")
-    line = _one_line_error(_cli("series", tmp_path / "loop.h5", "--out", tmp_path / "s", "--detector", "classical", "--segmenter", "classical"))
+    line = _one_line_error(
+        _cli(
+            "series",
+            tmp_path / "loop.h5",
+            "--out",
+            tmp_path / "s",
+            "--detector",
+            "classical",
+            "--segmenter",
+            "classical",
+        )
+    )
     assert "loop.h5" in line and "link" in line
 
 
 def test_failures_leave_a_previous_output_intact(scan, tmp_path):
     prev = tmp_path / "prev"
-    assert runner.invoke(app, ["--quiet", "synth", str(prev), "--n-particles", "2", "--n-energies", "12", "--size", "140", "--max-radius", "14"]).exit_code == 0
+    assert (
+        runner.invoke(
+            app,
+            [
+                "--quiet",
+                "synth",
+                str(prev),
+                "--n-particles",
+                "2",
+                "--n-energies",
+                "12",
+                "--size",
+                "140",
+                "--max-radius",
+                "14",
+            ],
+        ).exit_code
+        == 0
+    )
     before = _digest(prev)
     d = _model_copy(tmp_path, "segmenter")
     (d / "weights.pt").write_bytes(b"")
     (tmp_path / "x.h5").write_bytes(b"not hdf5")
-    for args in (["run", tmp_path / "x.h5"], ["run", scan, "--segmenter-model", d], ["run", scan, "--max-radius", "1e9"]):
+    for args in (
+        ["run", tmp_path / "x.h5"],
+        ["run", scan, "--segmenter-model", d],
+        ["run", scan, "--max-radius", "1e9"],
+    ):
         _one_line_error(_cli(*args, "--out", prev, "--overwrite"))
         assert _digest(prev) == before
         assert sorted(p.name for p in tmp_path.iterdir()) == ["my_segmenter", "prev", "x.h5"]

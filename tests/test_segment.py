@@ -1,4 +1,5 @@
 """Per-ROI segmentation (xanestrack.segment): soft masks, fines and neighbours cut off, windows re-centred."""
+
 import numpy as np
 import pytest
 
@@ -15,7 +16,13 @@ def disc(shape, cy, cx, r, od=0.8):
 def test_soft_mask_of_a_disc_on_a_sloped_background():
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:41, 0:41]
-    roi = disc((41, 41), 20.3, 19.6, 10.0) + 0.1 + 0.002 * yy - 0.001 * xx + rng.normal(0, 0.01, (41, 41)).astype(np.float32)
+    roi = (
+        disc((41, 41), 20.3, 19.6, 10.0)
+        + 0.1
+        + 0.002 * yy
+        - 0.001 * xx
+        + rng.normal(0, 0.01, (41, 41)).astype(np.float32)
+    )
     m = segment_roi(roi)
     assert m.dtype == np.float32 and m.min() >= 0 and m.max() <= 1
     assert m.sum() == pytest.approx(np.pi * 10.0**2, rel=0.1)
@@ -32,7 +39,9 @@ def test_a_roi_without_particle_gives_an_empty_mask():
 
 
 def test_isolate_particle_cuts_a_fine_off():
-    m = np.clip(disc((51, 51), 25, 25, 12, od=1.0) + disc((51, 51), 25, 41, 3.0, od=1.0), 0, 1)[None]  # fine touching the rim
+    m = np.clip(disc((51, 51), 25, 25, 12, od=1.0) + disc((51, 51), 25, 41, 3.0, od=1.0), 0, 1)[
+        None
+    ]  # fine touching the rim
     out = isolate_particle(m, radius=12.0)
     assert out[0, 25, 42] == 0 and out[0, 25, 25] == 1
     assert np.allclose(centre_of_mass(out[0]), [25, 25], atol=0.15)
@@ -58,7 +67,9 @@ def test_bad_input_messages():
     with pytest.raises(ValueError, match="at least 9 px"):
         segment_roi(np.zeros((5, 40), np.float32))
     with pytest.raises(ValueError, match="segmenter returned shape"):
-        segment_particle(np.zeros((2, 40, 40), np.float32), np.full((2, 2), 20.0), 8, segmenter=lambda r: r[:, :3], radius=5.0)
+        segment_particle(
+            np.zeros((2, 40, 40), np.float32), np.full((2, 2), 20.0), 8, segmenter=lambda r: r[:, :3], radius=5.0
+        )
 
 
 def test_every_option_is_documented():

@@ -38,7 +38,9 @@ def test_interrupted_series_resumes_without_redoing(tmp_path, monkeypatch):
     from xanestrack.parallel import series as ser
 
     (out).mkdir()
-    manifest = dict(sources=[dict(name=s.name, index=s.index, kind=s.kind, path=s.path, synthetic=s.synthetic) for s in src])
+    manifest = dict(
+        sources=[dict(name=s.name, index=s.index, kind=s.kind, path=s.path, synthetic=s.synthetic) for s in src]
+    )
     (out / "series.json").write_text(json.dumps(manifest))
     for s in src[:2]:
         process_scan(s, out)
@@ -64,13 +66,27 @@ def test_link_scans_follows_a_large_common_jump():
     base = np.array([[50.0, 50.0], [50.0, 150.0], [150.0, 80.0]])
     for s, off in enumerate([(0, 0), (30, -25), (-20, 35)]):
         for j, (y, x) in enumerate(base[::-1] if s == 1 else base):  # ids permuted in scan 1
-            rows.append(dict(scan=s, scan_name=f"s{s}", scan_particle=j, y0=y + off[0], x0=x + off[1], radius=15.0, mean_e50=0.0, oxidised_fraction=0.0, max_nonrigid_px=0.0, flagged_frames=0))
+            rows.append(
+                dict(
+                    scan=s,
+                    scan_name=f"s{s}",
+                    scan_particle=j,
+                    y0=y + off[0],
+                    x0=x + off[1],
+                    radius=15.0,
+                    mean_e50=0.0,
+                    oxidised_fraction=0.0,
+                    max_nonrigid_px=0.0,
+                    flagged_frames=0,
+                )
+            )
     t = link_scans(pd.DataFrame(rows))
-    for s in range(3):
-        g = t[t.scan == s].sort_values("y0")
-        assert sorted(t.particle.unique()) == [0, 1, 2]
+    assert sorted(t.particle.unique()) == [0, 1, 2]
     # the particle at (50, 50)+offset has the same id in every scan
-    ids = [int(t[(t.scan == s) & (np.hypot(t.y0 - (50 + o[0]), t.x0 - (50 + o[1])) < 1)].particle.iloc[0]) for s, o in enumerate([(0, 0), (30, -25), (-20, 35)])]
+    ids = [
+        int(t[(t.scan == s) & (np.hypot(t.y0 - (50 + o[0]), t.x0 - (50 + o[1])) < 1)].particle.iloc[0])
+        for s, o in enumerate([(0, 0), (30, -25), (-20, 35)])
+    ]
     assert len(set(ids)) == 1
 
 
@@ -84,7 +100,21 @@ def _summary(scans):
     rows = []
     for s, objs in enumerate(scans):
         for j, (y, x, r) in enumerate(objs):
-            rows.append(dict(scan=s, scan_name=f"s{s}", scan_particle=j, y0=y, x0=x, radius=r, mean_e50=0.0, oxidised_fraction=0.0, max_nonrigid_px=0.0, flagged_frames=0, n_frames=20))
+            rows.append(
+                dict(
+                    scan=s,
+                    scan_name=f"s{s}",
+                    scan_particle=j,
+                    y0=y,
+                    x0=x,
+                    radius=r,
+                    mean_e50=0.0,
+                    oxidised_fraction=0.0,
+                    max_nonrigid_px=0.0,
+                    flagged_frames=0,
+                    n_frames=20,
+                )
+            )
     return pd.DataFrame(rows)
 
 
@@ -166,7 +196,12 @@ def test_link_scans_chance_pairs_against_the_image_offset_give_new_ids():
     # after another offset: the particles alone would vote for that offset (two agree); the image offset
     # contradicts it, so nothing is linked rather than two wrong links
     off, chance = np.array([80.0, 0.0]), np.array([30.0, 110.0])
-    s1 = [(*(BASE[2] + off), RADII[2]), (*(BASE[0] + chance), RADII[0]), (*(BASE[4] + chance), RADII[4]), (20.0, 400.0, 25.0)]
+    s1 = [
+        (*(BASE[2] + off), RADII[2]),
+        (*(BASE[0] + chance), RADII[0]),
+        (*(BASE[4] + chance), RADII[4]),
+        (20.0, 400.0, 25.0),
+    ]
     table = _summary([[(*p, r) for p, r in zip(BASE, RADII)], s1])
     t = link_scans(table, prior={(0, 1): off}, frame_shape=FRAME)
     assert t.particle.nunique() == len(t)
@@ -215,12 +250,21 @@ def fxi_scans(tmp_path_factory):
     from xanestrack.synth import make_synthetic_stack
 
     d = tmp_path_factory.mktemp("fxi")
-    s = make_synthetic_stack("default", seed=4, shape=(330, 270), n_particles=8, radius_range=(11.0, 18.0), n_energies=12)
+    s = make_synthetic_stack(
+        "default", seed=4, shape=(330, 270), n_particles=8, radius_range=(11.0, 18.0), n_energies=12
+    )
     cuts = {"a": (slice(0, 260), 12), "b": (slice(60, 320), 1)}
     paths = []
     for name, (rows, n) in cuts.items():
         p = d / f"{name}.h5"
-        write_fxi(p, s.counts[:n, rows, :260], flats=s.flats[:n, rows, :260], darks=s.dark[rows, :260], energies_ev=s.energies_ev[:n], pixel_size_um=0.05)
+        write_fxi(
+            p,
+            s.counts[:n, rows, :260],
+            flats=s.flats[:n, rows, :260],
+            darks=s.dark[rows, :260],
+            energies_ev=s.energies_ev[:n],
+            pixel_size_um=0.05,
+        )
         paths.append(p)
     return paths, s
 
@@ -242,8 +286,13 @@ def test_one_frame_scan_and_pixel_size_rules(fxi_scans, tmp_path):
     # the radius range is run's rule: 0.4-8 um at 0.05 um per pixel
     assert info["pixel_size_um"] == pytest.approx(0.05) and info["radius_range_px"] == pytest.approx([8.0, 160.0])
     assert tuple(info["radius_range_px"]) == particle_radius_range(read_stack(paths[1]))[:2]
-    rows2 = process_scan(src, tmp_path / "given", detector="classical", segmenter="classical", min_radius=5.0, max_radius=40.0)
-    assert json.loads((tmp_path / "given" / "scans" / src.name / "summary.json").read_text())["radius_range_px"] == [5.0, 40.0]
+    rows2 = process_scan(
+        src, tmp_path / "given", detector="classical", segmenter="classical", min_radius=5.0, max_radius=40.0
+    )
+    assert json.loads((tmp_path / "given" / "scans" / src.name / "summary.json").read_text())["radius_range_px"] == [
+        5.0,
+        40.0,
+    ]
     assert len(rows2) >= 3
 
 
@@ -251,7 +300,9 @@ def test_series_of_a_scan_and_a_one_frame_scan_60px_apart(fxi_scans, tmp_path):
     from xanestrack.parallel.series import series_sources, write_series_report
 
     paths, s = fxi_scans
-    t = run_series(series_sources(paths), tmp_path / "ser", scheduler="sync", detector="classical", segmenter="classical")
+    t = run_series(
+        series_sources(paths), tmp_path / "ser", scheduler="sync", detector="classical", segmenter="classical"
+    )
     a, b = t[t.scan == 0], t[t.scan == 1]
     assert len(a) >= 4 and len(b) >= 4
     # a particle of A at (y, x) is at (y - 60, x) in B: every one seen in both keeps its id, nobody else shares one

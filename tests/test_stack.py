@@ -1,4 +1,5 @@
 """The Stack and its checks (xanestrack.stack)."""
+
 import numpy as np
 import pytest
 
@@ -40,7 +41,12 @@ def test_sanitize_replaces_a_pixel_by_the_median_of_its_neighbours():
 
 def test_validate_energies_messages():
     assert validate_energies([8330, 8340.5], 2).dtype == float
-    for e, msg in (([8330.0], "2 frames but 1 energies"), ([8330.0, np.nan], "NaN"), ([8330.0, 8330.0], "duplicate energy"),
-                   ([8340.0, 8330.0], "not increasing"), ([8.33, 8.34], "keV")):
+    for e, msg in (
+        ([8330.0], "2 frames but 1 energies"),
+        ([8330.0, np.nan], "NaN"),
+        ([8330.0, 8330.0], "duplicate energy"),
+        ([8340.0, 8330.0], "not increasing"),
+        ([8.33, 8.34], "keV"),
+    ):
         with pytest.raises(ValueError, match=msg):
             validate_energies(e, 2, source="e.txt")

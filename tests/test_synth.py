@@ -1,4 +1,5 @@
 """The default scene model (xanestrack.synth): deterministic scans with exact ground truth."""
+
 import numpy as np
 import pytest
 
@@ -18,12 +19,27 @@ def test_synthetic_generator_is_deterministic_and_has_truth():
 
 
 def test_same_seed_same_scan_other_seed_other_scan_with_every_target():
-    kw = dict(n_energies=4, shape=(260, 260), n_particles=2, radius_range=(10.0, 20.0), n_fines=3, n_touching_pairs=1,
-              store_clean=True, store_frame_masks=True)
+    kw = dict(
+        n_energies=4,
+        shape=(260, 260),
+        n_particles=2,
+        radius_range=(10.0, 20.0),
+        n_fines=3,
+        n_touching_pairs=1,
+        store_clean=True,
+        store_frame_masks=True,
+    )
     a, b = make_synthetic_stack("hard", seed=5, **kw), make_synthetic_stack("hard", seed=5, **kw)
-    for x, y in ((a.counts, b.counts), (a.flats, b.flats), (a.dark, b.dark), (a.truth.frame_masks, b.truth.frame_masks)):
+    for x, y in (
+        (a.counts, b.counts),
+        (a.flats, b.flats),
+        (a.dark, b.dark),
+        (a.truth.frame_masks, b.truth.frame_masks),
+    ):
         assert np.array_equal(x, y)
-    for x, y in zip(a.truth.clean + a.truth.coverage + a.truth.edge_maps, b.truth.clean + b.truth.coverage + b.truth.edge_maps):
+    for x, y in zip(
+        a.truth.clean + a.truth.coverage + a.truth.edge_maps, b.truth.clean + b.truth.coverage + b.truth.edge_maps
+    ):
         assert np.array_equal(x, y, equal_nan=True)
     assert not np.array_equal(a.counts, make_synthetic_stack("hard", seed=6, **kw).counts)
     t = a.truth

@@ -1,4 +1,5 @@
 """The stress scene model: truth exact, stressors present, consumers unchanged."""
+
 from dataclasses import fields
 
 import numpy as np
@@ -68,7 +69,13 @@ def own_motion(s):
 
 def test_cases_cover_the_stress_ranges_of_issue_15():
     assert set(STRESS_CASES) == {
-        "stress-drift", "stress-counts", "stress-fines", "stress-jitter", "stress-magnification", "stress-crowd", "stress-all"
+        "stress-drift",
+        "stress-counts",
+        "stress-fines",
+        "stress-jitter",
+        "stress-magnification",
+        "stress-crowd",
+        "stress-all",
     }
     mild = StressParams()
     c = STRESS_CASES
@@ -77,9 +84,17 @@ def test_cases_cover_the_stress_ranges_of_issue_15():
     assert c["stress-counts"].flat_shift_px > mild.flat_shift_px and c["stress-counts"].beam_dip_probability > 0
     assert c["stress-fines"].n_fines == 30 and c["stress-fines"].n_touching_fines > 0
     assert c["stress-fines"].fine_radius_range == (2.0, 5.0)
-    assert c["stress-jitter"].jitter_sd == 3.0 and c["stress-jitter"].n_jumps > 0 and c["stress-jitter"].jump_range == (5.0, 10.0)
+    assert (
+        c["stress-jitter"].jitter_sd == 3.0
+        and c["stress-jitter"].n_jumps > 0
+        and c["stress-jitter"].jump_range == (5.0, 10.0)
+    )
     assert c["stress-magnification"].magnification == 0.01 and c["stress-magnification"].drift_step_sd == 0.0
-    assert c["stress-crowd"].n_particles == 16 and 2 in c["stress-crowd"].cluster_sizes and max(c["stress-crowd"].cluster_sizes) == 4
+    assert (
+        c["stress-crowd"].n_particles == 16
+        and 2 in c["stress-crowd"].cluster_sizes
+        and max(c["stress-crowd"].cluster_sizes) == 4
+    )
     a = c["stress-all"]
     assert (a.drift_step_sd, a.counts, a.n_fines, a.jitter_sd, a.magnification) == (0.6, 600, 30, 3.0, 0.01)
     assert a.cluster_sizes and a.n_touching_fines and a.n_jumps
@@ -180,7 +195,9 @@ def test_magnification_case_moves_every_particle_by_one_similarity():
     rel = pos - pos[:, :1]
     assert np.abs(rel - rel[0]).max() > 0.5
     # the rendered masks follow the similarity too (up to pixelisation)
-    com = np.array([[np.argwhere(m[k]).mean(0) + o[k] for k in range(len(o))] for m, o in zip(s.truth.masks, s.truth.mask_origins)])
+    com = np.array(
+        [[np.argwhere(m[k]).mean(0) + o[k] for k in range(len(o))] for m, o in zip(s.truth.masks, s.truth.mask_origins)]
+    )
     _, _, res_masks = similarity_residual(com.transpose(1, 0, 2), com[:, 0], centre_of(s.params))
     assert res_masks.max() < 0.2
 
@@ -339,7 +356,25 @@ def test_cli_synth_accepts_stress_presets(tmp_path):
     from xanestrack.truth_io import read_truth
 
     out = tmp_path / "s"
-    r = CliRunner().invoke(app, ["synth", str(out), "--preset", "stress-jitter", "--seed", "2", "--n-energies", "6", "--size", "256", "--n-particles", "5", "--max-radius", "22"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "synth",
+            str(out),
+            "--preset",
+            "stress-jitter",
+            "--seed",
+            "2",
+            "--n-energies",
+            "6",
+            "--size",
+            "256",
+            "--n-particles",
+            "5",
+            "--max-radius",
+            "22",
+        ],
+    )
     assert r.exit_code == 0, r.output
     t = read_truth(out / "truth.h5")
     assert len(t.radii) == 5 and t.scale is not None and t.radii.max() <= 22.0 * 1.001
@@ -348,8 +383,23 @@ def test_cli_synth_accepts_stress_presets(tmp_path):
 def test_make_scene_dispatches_to_both_models():
     from xanestrack.synth import SynthParams
 
-    assert isinstance(make_scene("default", seed=1, n_energies=3, shape=(120, 120), n_particles=2, radius_range=(10.0, 14.0)).params, SynthParams)
-    assert isinstance(make_scene("stress-fines", seed=1, n_energies=3, shape=(200, 200), n_particles=3, n_fines=5, n_touching_fines=1, radius_range=(10.0, 20.0)).params, StressParams)
+    assert isinstance(
+        make_scene("default", seed=1, n_energies=3, shape=(120, 120), n_particles=2, radius_range=(10.0, 14.0)).params,
+        SynthParams,
+    )
+    assert isinstance(
+        make_scene(
+            "stress-fines",
+            seed=1,
+            n_energies=3,
+            shape=(200, 200),
+            n_particles=3,
+            n_fines=5,
+            n_touching_fines=1,
+            radius_range=(10.0, 20.0),
+        ).params,
+        StressParams,
+    )
     with pytest.raises(ValueError, match="unknown preset 'nope'.*stress-all"):
         make_scene("nope")
 

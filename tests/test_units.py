@@ -1,4 +1,5 @@
 """Energy units (xanestrack.units): keV told from eV by size."""
+
 import numpy as np
 import pytest
 

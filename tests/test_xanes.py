@@ -145,7 +145,9 @@ def test_local_background_recovers_each_frame_plane_despite_a_neighbour():
     yy, xx = np.mgrid[0:h, 0:w]
     mask = np.hypot(yy - 20, xx - 20) < 8
     coef = rng.normal(0, 0.1, (n, 3))
-    planes = coef[:, 0, None, None] + coef[:, 1, None, None] * (yy - h / 2) / h + coef[:, 2, None, None] * (xx - w / 2) / w
+    planes = (
+        coef[:, 0, None, None] + coef[:, 1, None, None] * (yy - h / 2) / h + coef[:, 2, None, None] * (xx - w / 2) / w
+    )
     stack = planes + 0.5 * mask + rng.normal(0, 0.002, (n, h, w))
     stack[:, 18:23, 32:36] += 1.0  # a neighbour inside the ring
     stack[3, :38] = np.nan  # fewer than 12 finite ring pixels left in the last frame

@@ -15,6 +15,7 @@ Usage::
 
 The default folder is ``../shared/data/spectra/xasdatalibrary/Ni`` beside the checkout.
 """
+
 from __future__ import annotations
 
 import sys

@@ -16,6 +16,7 @@ per-particle optical flow.
 :data:`ALIGNERS` maps a name to ``(function, scope)`` with scope ``"global"`` or
 ``"particle"``.
 """
+
 from __future__ import annotations
 
 import numpy as np

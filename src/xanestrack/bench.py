@@ -13,6 +13,7 @@ with those shifts by the same function. Metrics per method and particle:
 - edge-energy map RMS error against the truth after XANES on the aligned sub-stack;
 - estimation time per frame.
 """
+
 from __future__ import annotations
 
 import time
@@ -132,12 +133,26 @@ def benchmark_stack(s, *, methods=None, preset="", seed=0, progress=None):
             ssim_m, ssim_v = adjacent_ssim(aligned, p.mask)
             diff = differential_residual(aligned, p.mask)
             xr = analyse_particle(aligned, p.mask, s.energies_ev)
-            em = edge_map_error(xr["edge_maps"]["e50"], p.origin, truth.edge_maps[i_true], truth.edge_map_origins[i_true])
+            em = edge_map_error(
+                xr["edge_maps"]["e50"], p.origin, truth.edge_maps[i_true], truth.edge_map_origins[i_true]
+            )
             rows.append(
                 dict(
-                    preset=preset, seed=seed, method=m, scope=scope, particle=p.particle, radius=float(truth.radii[i_true]),
-                    rms_px=reg["rms"], frac_over_1px=reg["frac_over_1px"], worst_px=reg["worst"], worst_frame=reg["worst_frame"],
-                    ssim_mean=ssim_m, ssim_var=ssim_v, diff_residual=diff, edge_rms_ev=em["rms_ev"], ms_per_frame=1000 * dt,
+                    preset=preset,
+                    seed=seed,
+                    method=m,
+                    scope=scope,
+                    particle=p.particle,
+                    radius=float(truth.radii[i_true]),
+                    rms_px=reg["rms"],
+                    frac_over_1px=reg["frac_over_1px"],
+                    worst_px=reg["worst"],
+                    worst_frame=reg["worst_frame"],
+                    ssim_mean=ssim_m,
+                    ssim_var=ssim_v,
+                    diff_residual=diff,
+                    edge_rms_ev=em["rms_ev"],
+                    ms_per_frame=1000 * dt,
                 )
             )
     table = pd.DataFrame(rows)
@@ -175,7 +190,9 @@ class _Dataset:
 
         folder = Path(folder)
         if not (folder / "stack.h5").is_file() or not (folder / "truth.h5").is_file():
-            raise ValueError(f"{folder}: a benchmark dataset needs stack.h5 and truth.h5 (as written by 'xanestrack synth')")
+            raise ValueError(
+                f"{folder}: a benchmark dataset needs stack.h5 and truth.h5 (as written by 'xanestrack synth')"
+            )
         self._stack = read_stack(folder / "stack.h5")
         self.truth = read_truth(folder / "truth.h5")
         self.energies_ev = self._stack.energies_ev
@@ -211,9 +228,9 @@ def write_benchmark(table, results, out_dir) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from pathlib import Path
+
+    import matplotlib.pyplot as plt
 
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -224,7 +241,9 @@ def write_benchmark(table, results, out_dir) -> str:
     for preset, g in summ.groupby("preset", sort=False):
         seeds = sorted(table[table.preset == preset]["seed"].unique())
         lines.append(f"### preset `{preset}` (seeds {', '.join(map(str, seeds))})\n")
-        lines.append("| method | scope | max RMS px | median RMS px | frames > 1 px | worst px | SSIM adj. mean | SSIM var | diff. residual | max edge RMS eV | median edge RMS eV | ms/frame |")
+        lines.append(
+            "| method | scope | max RMS px | median RMS px | frames > 1 px | worst px | SSIM adj. mean | SSIM var | diff. residual | max edge RMS eV | median edge RMS eV | ms/frame |"
+        )
         lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in g.itertuples():
             lines.append(
@@ -236,22 +255,28 @@ def write_benchmark(table, results, out_dir) -> str:
         if len(glob) and len(ours):
             best = glob.loc[glob.median_rms_px.idxmin()]
             ratio = best.median_rms_px / float(ours.median_rms_px.iloc[0])
-            verdict = f"{ratio:.1f}x lower with centre of mass" if ratio >= 1 else f"{1 / ratio:.1f}x lower with {best.method}: the global method wins here"
+            verdict = (
+                f"{ratio:.1f}x lower with centre of mass"
+                if ratio >= 1
+                else f"{1 / ratio:.1f}x lower with {best.method}: the global method wins here"
+            )
             lines.append(
                 f"\nBest global method: {best.method}, median RMS {best.median_rms_px:.3f} px; centre of mass: "
                 f"{float(ours.median_rms_px.iloc[0]):.3f} px ({verdict}); "
                 f"worst particle {best.max_rms_px:.3f} vs {float(ours.max_rms_px.iloc[0]):.3f} px.\n"
             )
     # peak ratios (the paper reports 4.37 vertical, 2.14 horizontal on its data)
-    for (preset, seed), (s, r, _) in results.items():
+    for (preset, seed), (_, r, _) in results.items():
         if len(r.peak_ratios):
             r.peak_ratios.to_csv(out / f"peak_ratios_{preset}_{seed}.csv", index=False, float_format="%.4f")
     first = {}
     for (preset, seed), v in results.items():
         first.setdefault(preset, (seed, v))
     for preset, (seed, (s, r, positions)) in first.items():
-        lines.append(f"\nNon-rigid/rigid peak velocity ratios, `{preset}` seed {seed} (vertical, horizontal): " + ", ".join(
-            f"p{int(x.particle)} {x.ratio_v:.2f}/{x.ratio_h:.2f}" for x in r.peak_ratios.itertuples()))
+        lines.append(
+            f"\nNon-rigid/rigid peak velocity ratios, `{preset}` seed {seed} (vertical, horizontal): "
+            + ", ".join(f"p{int(x.particle)} {x.ratio_v:.2f}/{x.ratio_h:.2f}" for x in r.peak_ratios.itertuples())
+        )
         _figures(plt, table, preset, seed, s, r, positions, out / "figures")
     md = "\n".join(lines) + "\n"
     (out / "bench_summary.md").write_text(md)
@@ -264,7 +289,9 @@ def _figures(plt, table, preset, seed, s, r, positions, figdir):
     methods = list(table[(table.preset == preset) & (table.seed == seed)]["method"].unique())
     parts = r.particles
     od = s.optical_density()
-    fig, axes = plt.subplots(len(parts), len(methods) + 1, figsize=(1.5 * (len(methods) + 1), 1.5 * len(parts)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(parts), len(methods) + 1, figsize=(1.5 * (len(methods) + 1), 1.5 * len(parts)), squeeze=False
+    )
 
     def ndiff(a, mask):
         sel = mask & np.isfinite(a[0]) & np.isfinite(a[1])
@@ -303,7 +330,9 @@ def _figures(plt, table, preset, seed, s, r, positions, figdir):
     axes[0].plot(rig.index, np.hypot(rig.rigid_dy, rig.rigid_dx), "k-", lw=2.5, label="rigid")
     axes[1].plot(rig.index, np.gradient(rig.rigid_dy.to_numpy()), "k-", lw=2.5)
     axes[2].plot(rig.index, np.gradient(rig.rigid_dx.to_numpy()), "k-", lw=2.5)
-    for ax, lab in zip(axes, ("cumulative displacement (px)", "vertical velocity (px/frame)", "horizontal velocity (px/frame)")):
+    for ax, lab in zip(
+        axes, ("cumulative displacement (px)", "vertical velocity (px/frame)", "horizontal velocity (px/frame)")
+    ):
         ax.set_xlabel("frame")
         ax.set_ylabel(lab)
     axes[0].legend(fontsize=6, ncol=2)

@@ -3,6 +3,7 @@
 A thin shell: parse arguments, read, call the pipeline, write, print. Errors are
 one readable line (``--debug`` shows the traceback).
 """
+
 from __future__ import annotations
 
 import logging
@@ -11,7 +12,6 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
 import typer
 
 app = typer.Typer(
@@ -70,7 +70,14 @@ class _Progress:
         if not self.quiet:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self.bar = Progress(TextColumn("{task.description:<10}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), transient=True, console=_console())
+            self.bar = Progress(
+                TextColumn("{task.description:<10}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeElapsedColumn(),
+                transient=True,
+                console=_console(),
+            )
             self.bar.__enter__()
         return self
 
@@ -100,8 +107,12 @@ def _stage_summary(result):
     t = result.timings
     n_frames = len(result.energies_ev)
     det = result.detections
-    c.print(f"detect    {int(det['isolated'].sum()) if len(det) else 0} isolated particles in {n_frames} frames ({t.get('detect', 0):.2f} s)")
-    c.print(f"match     {len(result.particles)} tracks, {len(result.rejected)} rejected objects ({t.get('match', 0):.2f} s)")
+    c.print(
+        f"detect    {int(det['isolated'].sum()) if len(det) else 0} isolated particles in {n_frames} frames ({t.get('detect', 0):.2f} s)"
+    )
+    c.print(
+        f"match     {len(result.particles)} tracks, {len(result.rejected)} rejected objects ({t.get('match', 0):.2f} s)"
+    )
     c.print(f"register  + xanes: {t.get('segment_register_xanes', 0):.2f} s")
     if "report" in t:
         c.print(f"report    {t['report']:.2f} s")
@@ -113,14 +124,27 @@ def _particle_table(result, title="particles"):
     from .result import particle_summary
 
     tab = Table(title=title)
-    for col in ("particle", "radius px", "frames measured", "vouched for", "max |non-rigid| px", "mean E50 eV", "flags"):
+    for col in (
+        "particle",
+        "radius px",
+        "frames measured",
+        "vouched for",
+        "max |non-rigid| px",
+        "mean E50 eV",
+        "flags",
+    ):
         tab.add_column(col, justify="right")
     for _, r in particle_summary(result).iterrows():
         n = int(r["frames"])
         nflag = int(r["flagged_frames"])
         tab.add_row(
-            str(int(r["particle"])), f"{r['radius_px']:.1f}", f"{int(r['frames_measured'])}/{n}", f"{int(r['frames_vouched'])}/{n}",
-            f"{r['max_nonrigid_px']:.2f}", f"{r['mean_e50_ev']:.2f}", f"{nflag} frames" if nflag else "",
+            str(int(r["particle"])),
+            f"{r['radius_px']:.1f}",
+            f"{int(r['frames_measured'])}/{n}",
+            f"{int(r['frames_vouched'])}/{n}",
+            f"{r['max_nonrigid_px']:.2f}",
+            f"{r['mean_e50_ev']:.2f}",
+            f"{nflag} frames" if nflag else "",
         )
     return tab
 
@@ -166,7 +190,23 @@ class _ModelWarmup:
         return self._seg
 
 
-def _run_and_write(stack, out, *, overwrite, run_info, options=None, detector="learned", segmenter="learned", make_report=True, save_fused=False, references=None, detector_model=None, segmenter_model=None, inputs=(), warmup=None):
+def _run_and_write(
+    stack,
+    out,
+    *,
+    overwrite,
+    run_info,
+    options=None,
+    detector="learned",
+    segmenter="learned",
+    make_report=True,
+    save_fused=False,
+    references=None,
+    detector_model=None,
+    segmenter_model=None,
+    inputs=(),
+    warmup=None,
+):
     from .pipeline import PipelineOptions, run_pipeline
     from .results import atomic_output_dir, write_results
 
@@ -179,16 +219,22 @@ def _run_and_write(stack, out, *, overwrite, run_info, options=None, detector="l
             det_fn, _ = pipeline_models(detector, "classical", options=options, detector_model=detector_model)
             seg_fn = warmup.segmenter()
         else:
-            det_fn, seg_fn = pipeline_models(detector, segmenter, options=options, detector_model=detector_model, segmenter_model=segmenter_model)
+            det_fn, seg_fn = pipeline_models(
+                detector, segmenter, options=options, detector_model=detector_model, segmenter_model=segmenter_model
+            )
         t0 = time.perf_counter()
         with _Progress(_STATE["quiet"]) as prog:
-            result = run_pipeline(stack, options=options, detector=det_fn, segmenter=seg_fn, references=references, progress=prog)
+            result = run_pipeline(
+                stack, options=options, detector=det_fn, segmenter=seg_fn, references=references, progress=prog
+            )
         run_info = dict(
             run_info,
             detector=detector,
             segmenter=segmenter,
             detector_model=str(detector_model) if detector_model else ("shipped" if detector == "learned" else None),
-            segmenter_model=str(segmenter_model) if segmenter_model else ("shipped" if segmenter == "learned" else None),
+            segmenter_model=str(segmenter_model)
+            if segmenter_model
+            else ("shipped" if segmenter == "learned" else None),
             pipeline_s=time.perf_counter() - t0,
         )
         write_results(result, tmp, run_info=run_info, save_fused=save_fused)
@@ -220,23 +266,51 @@ def _input_description(stack, inputs):
 
 @app.command()
 def run(
-    inputs: List[Path] = typer.Argument(..., help="A TIFF stack, an HDF5 file (FXI or Data Exchange), or .xrm/.txrm files or a folder of them."),
+    inputs: List[Path] = typer.Argument(
+        ..., help="A TIFF stack, an HDF5 file (FXI or Data Exchange), or .xrm/.txrm files or a folder of them."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (must not exist unless --overwrite)."),
-    energies: Optional[Path] = typer.Option(None, help="Energies file for TIFF input: one energy per frame, eV or keV."),
+    energies: Optional[Path] = typer.Option(
+        None, help="Energies file for TIFF input: one energy per frame, eV or keV."
+    ),
     flats: Optional[Path] = typer.Option(None, help="TIFF of flat-field (reference) images for TIFF input."),
     darks: Optional[Path] = typer.Option(None, help="TIFF of dark images for TIFF input."),
-    values: str = typer.Option("auto", help="TIFF or HDF5 without flats: 'od' or 'transmission' (integer data need flats; 'auto' refuses floats that look like transmission)."),
-    min_radius: Optional[float] = typer.Option(None, help="Smallest particle radius to track (px); smaller objects are fines. Default 7 px, or 0.4 um when the files give the pixel size."),
-    max_radius: Optional[float] = typer.Option(None, help="Largest particle radius to track (px). Default 60 px, or 8 um when the files give the pixel size."),
+    values: str = typer.Option(
+        "auto",
+        help="TIFF or HDF5 without flats: 'od' or 'transmission' (integer data need flats; 'auto' refuses floats that look like transmission).",
+    ),
+    min_radius: Optional[float] = typer.Option(
+        None,
+        help="Smallest particle radius to track (px); smaller objects are fines. Default 7 px, or 0.4 um when the files give the pixel size.",
+    ),
+    max_radius: Optional[float] = typer.Option(
+        None, help="Largest particle radius to track (px). Default 60 px, or 8 um when the files give the pixel size."
+    ),
     reference_particle: Optional[int] = typer.Option(None, help="Particle the relative motion is measured against."),
-    overwrite: bool = typer.Option(False, help="Replace an existing output folder (only once the new results are complete)."),
-    save_fused: bool = typer.Option(False, help="Also store the whole fused stack (as large as the input) in results.h5."),
-    detector: str = typer.Option("learned", help="Particle detection: 'learned' (the Cycle-GAN generator) or 'classical' (threshold)."),
-    segmenter: str = typer.Option("learned", help="ROI segmentation: 'learned' (the Dual U-Net) or 'classical' (soft threshold)."),
-    detector_model: Optional[Path] = typer.Option(None, help="A detector model folder (e.g. from 'train detector --raw'); default the shipped one."),
+    overwrite: bool = typer.Option(
+        False, help="Replace an existing output folder (only once the new results are complete)."
+    ),
+    save_fused: bool = typer.Option(
+        False, help="Also store the whole fused stack (as large as the input) in results.h5."
+    ),
+    detector: str = typer.Option(
+        "learned", help="Particle detection: 'learned' (the Cycle-GAN generator) or 'classical' (threshold)."
+    ),
+    segmenter: str = typer.Option(
+        "learned", help="ROI segmentation: 'learned' (the Dual U-Net) or 'classical' (soft threshold)."
+    ),
+    detector_model: Optional[Path] = typer.Option(
+        None, help="A detector model folder (e.g. from 'train detector --raw'); default the shipped one."
+    ),
     segmenter_model: Optional[Path] = typer.Option(None, help="A segmenter model folder; default the shipped one."),
-    detect_every: int = typer.Option(12, help="Detect on every n-th frame (and the last); ROIs are propagated in between by chained phase correlation and every frame is still segmented and registered. 1 = detect in every frame (slower)."),
-    reference: Optional[List[str]] = typer.Option(None, help="Reference spectrum for the linear combination fit, as NAME=FILE (XDI or text: energy, normalised mu); repeat for each. Default: the shipped NiO and LiNiO2 for Ni K-edge scans."),
+    detect_every: int = typer.Option(
+        12,
+        help="Detect on every n-th frame (and the last); ROIs are propagated in between by chained phase correlation and every frame is still segmented and registered. 1 = detect in every frame (slower).",
+    ),
+    reference: Optional[List[str]] = typer.Option(
+        None,
+        help="Reference spectrum for the linear combination fit, as NAME=FILE (XDI or text: energy, normalised mu); repeat for each. Default: the shipped NiO and LiNiO2 for Ni K-edge scans.",
+    ),
 ):
     """Register every isolated particle of an energy scan and map its chemistry.
 
@@ -267,13 +341,21 @@ def run(
         warmup = _ModelWarmup(detector, segmenter, segmenter_model)  # torch is imported while the stack is read
         c = _console()
         t = time.perf_counter()
-        stack = read_stack(inputs if len(inputs) > 1 else inputs[0], energies=energies, flats=flats, darks=darks, values=values)
-        c.print(f"read      {stack.od.shape[0]} frames of {stack.od.shape[1]} x {stack.od.shape[2]}, {stack.energies_ev[0]:.1f}-{stack.energies_ev[-1]:.1f} eV ({time.perf_counter() - t:.2f} s)")
+        stack = read_stack(
+            inputs if len(inputs) > 1 else inputs[0], energies=energies, flats=flats, darks=darks, values=values
+        )
+        c.print(
+            f"read      {stack.od.shape[0]} frames of {stack.od.shape[1]} x {stack.od.shape[2]}, {stack.energies_ev[0]:.1f}-{stack.energies_ev[-1]:.1f} eV ({time.perf_counter() - t:.2f} s)"
+        )
         for note in stack.metadata.get("notes", []):
             c.print(f"note      {note}", highlight=False, markup=False, soft_wrap=True)
         px = stack.pixel_size_um
         min_radius, max_radius, binning = particle_radius_range(stack, min_radius, max_radius, detector=detector)
-        c.print(f"particles radius {min_radius:.1f}-{max_radius:.1f} px" + (f" ({min_radius * px:.2f}-{max_radius * px:.2f} um)" if px else "") + f", {detector} detection binned {binning}x")
+        c.print(
+            f"particles radius {min_radius:.1f}-{max_radius:.1f} px"
+            + (f" ({min_radius * px:.2f}-{max_radius * px:.2f} um)" if px else "")
+            + f", {detector} detection binned {binning}x"
+        )
         refs = None
         if reference:
             from .spectra import read_spectrum
@@ -294,9 +376,19 @@ def run(
             detect_every=detect_every,
         )
         result = _run_and_write(
-            stack, out, overwrite=overwrite, run_info=_input_description(stack, inputs), options=opts, save_fused=save_fused,
-            references=refs, detector=detector, segmenter=segmenter, detector_model=detector_model, segmenter_model=segmenter_model,
-            inputs=given, warmup=warmup,
+            stack,
+            out,
+            overwrite=overwrite,
+            run_info=_input_description(stack, inputs),
+            options=opts,
+            save_fused=save_fused,
+            references=refs,
+            detector=detector,
+            segmenter=segmenter,
+            detector_model=detector_model,
+            segmenter_model=segmenter_model,
+            inputs=given,
+            warmup=warmup,
         )
         _stage_summary(result)
         if not _STATE["quiet"]:
@@ -311,7 +403,10 @@ def run(
 @app.command()
 def synth(
     out: Path = typer.Argument(..., help="Folder for stack.h5 (FXI layout) and truth.h5."),
-    preset: str = typer.Option("default", help="default, hard or rigid; or a stress case: stress-drift, -counts, -fines, -jitter, -magnification, -crowd, -all."),
+    preset: str = typer.Option(
+        "default",
+        help="default, hard or rigid; or a stress case: stress-drift, -counts, -fines, -jitter, -magnification, -crowd, -all.",
+    ),
     seed: int = typer.Option(0, help="Random seed."),
     n_particles: Optional[int] = typer.Option(None, help="Override the number of particles."),
     n_energies: Optional[int] = typer.Option(None, help="Override the number of energies."),
@@ -349,7 +444,9 @@ def synth(
         with atomic_output_dir(out, overwrite=overwrite, kind="synth") as tmp:  # checked before computing
             s = make_scene(preset, seed=seed, **kw)
             write_synthetic(s, tmp, preset=preset)
-        _console().print(f"wrote {out}/stack.h5 ({s.counts.shape[0]} x {s.counts.shape[1]} x {s.counts.shape[2]}) and truth.h5, {len(s.truth.radii)} particles")
+        _console().print(
+            f"wrote {out}/stack.h5 ({s.counts.shape[0]} x {s.counts.shape[1]} x {s.counts.shape[2]}) and truth.h5, {len(s.truth.radii)} particles"
+        )
     except Exception as exc:
         _fail(exc)
 
@@ -359,9 +456,13 @@ def demo(
     out: Path = typer.Option(Path("demo_output"), "--out", "-o", help="Output folder."),
     preset: str = typer.Option("default", help="Synthetic preset: default, hard or rigid."),
     seed: int = typer.Option(1, help="Random seed of the synthetic scan."),
-    detector: str = typer.Option("learned", help="Particle detection: 'learned' (the Cycle-GAN generator) or 'classical'."),
+    detector: str = typer.Option(
+        "learned", help="Particle detection: 'learned' (the Cycle-GAN generator) or 'classical'."
+    ),
     segmenter: str = typer.Option("learned", help="ROI segmentation: 'learned' (the Dual U-Net) or 'classical'."),
-    detect_every: int = typer.Option(12, help="Detect on every n-th frame (and the last); ROIs propagated in between. 1 = every frame."),
+    detect_every: int = typer.Option(
+        12, help="Detect on every n-th frame (and the last); ROIs propagated in between. 1 = every frame."
+    ),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ):
     """Make a synthetic scan with ground truth, run the pipeline, report its accuracy.
@@ -384,12 +485,29 @@ def demo(
         c = _console()
         t = time.perf_counter()
         s = make_scene(preset, seed=seed)
-        stack = Stack(s.optical_density(), s.energies_ev, None, dict(source=f"synthetic:{preset}:seed={seed}", reader="synthetic"))
-        c.print(f"synth     {preset} preset, seed {seed}: {stack.od.shape[0]} frames of {stack.od.shape[1]} x {stack.od.shape[2]}, {len(s.truth.radii)} particles ({time.perf_counter() - t:.2f} s)")
-        info = dict(command=" ".join(sys.argv), inputs=[f"synthetic preset {preset}"], synthetic=dict(preset=preset, seed=seed, params=params_dict(s.params)), energies_ev=list(map(float, s.energies_ev)))
+        stack = Stack(
+            s.optical_density(), s.energies_ev, None, dict(source=f"synthetic:{preset}:seed={seed}", reader="synthetic")
+        )
+        c.print(
+            f"synth     {preset} preset, seed {seed}: {stack.od.shape[0]} frames of {stack.od.shape[1]} x {stack.od.shape[2]}, {len(s.truth.radii)} particles ({time.perf_counter() - t:.2f} s)"
+        )
+        info = dict(
+            command=" ".join(sys.argv),
+            inputs=[f"synthetic preset {preset}"],
+            synthetic=dict(preset=preset, seed=seed, params=params_dict(s.params)),
+            energies_ev=list(map(float, s.energies_ev)),
+        )
         from .pipeline import PipelineOptions
 
-        result = _run_and_write(stack, out, overwrite=overwrite, run_info=info, detector=detector, segmenter=segmenter, options=PipelineOptions(detect_every=detect_every))
+        result = _run_and_write(
+            stack,
+            out,
+            overwrite=overwrite,
+            run_info=info,
+            detector=detector,
+            segmenter=segmenter,
+            options=PipelineOptions(detect_every=detect_every),
+        )
         _stage_summary(result)
         table, summary = evaluate_result(result, s.truth)
         (Path(out) / "accuracy.csv").write_text(table.to_csv(index=False, float_format="%.4f"))
@@ -397,13 +515,29 @@ def demo(
 
         add_to_marker(out, ["accuracy.csv"])
         tab = Table(title=f"accuracy against the ground truth ({preset}, seed {seed})")
-        for col in ("particle", "radius px", "pattern", "frames measured", "registration RMS px", "worst px", "edge-energy RMS eV"):
+        for col in (
+            "particle",
+            "radius px",
+            "pattern",
+            "frames measured",
+            "registration RMS px",
+            "worst px",
+            "edge-energy RMS eV",
+        ):
             tab.add_column(col, justify="right")
         for _, r in table.iterrows():
             if r["particle"] < 0:
                 tab.add_row("missed", f"{r['radius']:.1f}", r["pattern"], "-", "-", "-", "-")
                 continue
-            tab.add_row(str(int(r["particle"])), f"{r['radius']:.1f}", r["pattern"], str(int(r["frames_measured"])), f"{r['rms_px']:.3f}", f"{r['worst_px']:.2f}", f"{r['edge_rms_ev']:.3f}")
+            tab.add_row(
+                str(int(r["particle"])),
+                f"{r['radius']:.1f}",
+                r["pattern"],
+                str(int(r["frames_measured"])),
+                f"{r['rms_px']:.3f}",
+                f"{r['worst_px']:.2f}",
+                f"{r['edge_rms_ev']:.3f}",
+            )
         con = Console()
         con.print(_particle_table(result))
         con.print(tab)
@@ -420,10 +554,18 @@ def demo(
 @app.command()
 def bench(
     out: Path = typer.Option(Path("bench_output"), "--out", "-o", help="Output folder for tables and figures."),
-    presets: Optional[List[str]] = typer.Option(None, "--preset", help="Synthetic presets (repeat); default: default, hard and rigid, unless --dataset is given."),
+    presets: Optional[List[str]] = typer.Option(
+        None,
+        "--preset",
+        help="Synthetic presets (repeat); default: default, hard and rigid, unless --dataset is given.",
+    ),
     seeds: List[int] = typer.Option([1, 2], "--seed", help="Seeds (repeat)."),
-    methods: Optional[List[str]] = typer.Option(None, "--method", help="Aligners to compare (repeat); default all installed."),
-    dataset: Optional[List[Path]] = typer.Option(None, "--dataset", help="Also a folder with stack.h5 + truth.h5 (from 'xanestrack synth'); repeat."),
+    methods: Optional[List[str]] = typer.Option(
+        None, "--method", help="Aligners to compare (repeat); default all installed."
+    ),
+    dataset: Optional[List[Path]] = typer.Option(
+        None, "--dataset", help="Also a folder with stack.h5 + truth.h5 (from 'xanestrack synth'); repeat."
+    ),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ):
     """Compare our per-particle registration with global and per-particle baselines.
@@ -460,17 +602,30 @@ def bench(
 
 @app.command()
 def series(
-    inputs: Optional[List[Path]] = typer.Argument(None, help="Scans in order: files/folders (any reader format), or one HDF5 file whose /img_xanes has a scan axis."),
+    inputs: Optional[List[Path]] = typer.Argument(
+        None,
+        help="Scans in order: files/folders (any reader format), or one HDF5 file whose /img_xanes has a scan axis.",
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Series folder; an interrupted series in it is resumed."),
-    synthetic: Optional[int] = typer.Option(None, help="Instead of inputs: a synthetic series of this many scans (with ground truth)."),
+    synthetic: Optional[int] = typer.Option(
+        None, help="Instead of inputs: a synthetic series of this many scans (with ground truth)."
+    ),
     preset: str = typer.Option("default", help="Synthetic preset."),
     seed: int = typer.Option(0, help="Synthetic seed."),
     workers: Optional[int] = typer.Option(None, help="Start a local dask.distributed cluster with N worker processes."),
-    scheduler: Optional[str] = typer.Option(None, help="Address of a running dask.distributed scheduler, or 'sync' to run one scan at a time."),
+    scheduler: Optional[str] = typer.Option(
+        None, help="Address of a running dask.distributed scheduler, or 'sync' to run one scan at a time."
+    ),
     detector: str = typer.Option("learned", help="Particle detection: 'learned' or 'classical'."),
     segmenter: str = typer.Option("learned", help="ROI segmentation: 'learned' or 'classical'."),
-    min_radius: Optional[float] = typer.Option(None, help="Smallest particle radius to track (px), as for 'run'. Default 7 px, or 0.4 um when the files give the pixel size."),
-    max_radius: Optional[float] = typer.Option(None, help="Largest particle radius to track (px), as for 'run'. Default 60 px, or 8 um when the files give the pixel size."),
+    min_radius: Optional[float] = typer.Option(
+        None,
+        help="Smallest particle radius to track (px), as for 'run'. Default 7 px, or 0.4 um when the files give the pixel size.",
+    ),
+    max_radius: Optional[float] = typer.Option(
+        None,
+        help="Largest particle radius to track (px), as for 'run'. Default 60 px, or 8 um when the files give the pixel size.",
+    ),
 ):
     """Process an operando series of scans on Dask and follow every particle through it.
 
@@ -491,12 +646,23 @@ def series(
             raise ValueError("give the scans, or --synthetic N")
         _console().print(f"series    {len(sources)} scans -> {out}/")
         t = time.perf_counter()
-        table = run_series(sources, out, scheduler=scheduler, workers=workers, detector=detector, segmenter=segmenter, min_radius=min_radius, max_radius=max_radius)
+        table = run_series(
+            sources,
+            out,
+            scheduler=scheduler,
+            workers=workers,
+            detector=detector,
+            segmenter=segmenter,
+            min_radius=min_radius,
+            max_radius=max_radius,
+        )
         write_series_report(table, out)
         from .results import add_to_marker
 
         add_to_marker(out, ["series.csv", "series_report.html", "series.svg", "series_own_displacement.csv"])
-        _console().print(f"done      {table['particle'].nunique() if len(table) else 0} particles through {len(sources)} scans ({time.perf_counter() - t:.1f} s); series.csv, series_report.html")
+        _console().print(
+            f"done      {table['particle'].nunique() if len(table) else 0} particles through {len(sources)} scans ({time.perf_counter() - t:.1f} s); series.csv, series_report.html"
+        )
         if synthetic:
             from .synth import make_synthetic_series
 
@@ -519,7 +685,9 @@ app.add_typer(train_app, name="train")
 
 @train_app.command("segmenter")
 def train_segmenter_cmd(
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Model folder (default: the package's shipped model folder)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Model folder (default: the package's shipped model folder)."
+    ),
     quick: bool = typer.Option(False, help="Small, fast settings (minutes) for tests and CI."),
     epochs: Optional[int] = typer.Option(None, help="Override the number of epochs."),
     n_train: Optional[int] = typer.Option(None, help="Override the number of training ROIs."),
@@ -547,7 +715,9 @@ def train_segmenter_cmd(
         if out is not None:
             from .results import atomic_output_dir
 
-            with atomic_output_dir(out, kind="model") as tmp:  # a folder that exists is refused; nothing half-written is left
+            with atomic_output_dir(
+                out, kind="model"
+            ) as tmp:  # a folder that exists is refused; nothing half-written is left
                 train_segmenter(tmp, config=cfg, log=_console().print)
         else:
             train_segmenter(target, config=cfg, log=_console().print)
@@ -558,13 +728,22 @@ def train_segmenter_cmd(
 
 @train_app.command("detector")
 def train_detector_cmd(
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Model folder (default: the package's shipped model folder; required with --raw)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Model folder (default: the package's shipped model folder; required with --raw)."
+    ),
     quick: bool = typer.Option(False, help="Small, fast settings (about a minute) for tests and CI."),
-    raw: Optional[List[Path]] = typer.Option(None, help="Your own unlabelled scans (any readable input; repeat): fine-tune the shipped detector on them, unpaired."),
-    init: Optional[Path] = typer.Option(None, help="Model folder to start from (default with --raw: the shipped detector)."),
+    raw: Optional[List[Path]] = typer.Option(
+        None,
+        help="Your own unlabelled scans (any readable input; repeat): fine-tune the shipped detector on them, unpaired.",
+    ),
+    init: Optional[Path] = typer.Option(
+        None, help="Model folder to start from (default with --raw: the shipped detector)."
+    ),
     iterations: Optional[int] = typer.Option(None, help="Override the number of iterations."),
     min_radius: Optional[float] = typer.Option(None, help="With --raw: smallest particle radius (px), as for 'run'."),
-    max_radius: Optional[float] = typer.Option(None, help="With --raw: largest particle radius (px), as for 'run'; sets the binning."),
+    max_radius: Optional[float] = typer.Option(
+        None, help="With --raw: largest particle radius (px), as for 'run'; sets the binning."
+    ),
     seed: int = typer.Option(0, help="Random seed (data and weights)."),
 ):
     """Train the Cycle-GAN particle detector on generated synthetic frames (and your own, unlabelled).
@@ -605,7 +784,9 @@ def train_detector_cmd(
         if out is not None:
             from .results import atomic_output_dir
 
-            with atomic_output_dir(out, inputs=[*(raw or []), *([init] if init else [])], kind="model") as tmp:  # a folder that exists is refused
+            with atomic_output_dir(
+                out, inputs=[*(raw or []), *([init] if init else [])], kind="model"
+            ) as tmp:  # a folder that exists is refused
                 res = train_detector(tmp, config=cfg, raw=frames, init_dir=init, log=_console().print)
         else:
             res = train_detector(target, config=cfg, raw=frames, init_dir=init, log=_console().print)

@@ -9,6 +9,7 @@ the field of view, within a size range, and convex enough not to be two touching
 particles. The learned detector (Cycle-GAN generator) plugs in through
 ``particle_probability`` maps with the same output table.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,10 +21,31 @@ from scipy import ndimage
 from .register import bin_frames
 from .robust import robust_sigma
 
-__all__ = ["DetectOptions", "detect_particles", "detect_stack", "DETECTION_COLUMNS", "foreground_mask", "regions_table", "empty_detections"]
+__all__ = [
+    "DetectOptions",
+    "detect_particles",
+    "detect_stack",
+    "DETECTION_COLUMNS",
+    "foreground_mask",
+    "regions_table",
+    "empty_detections",
+]
 
 DETECTION_COLUMNS = [
-    "frame", "y", "x", "area", "radius", "y0", "x0", "y1", "x1", "solidity", "contrast", "isolated", "reason", "touching",
+    "frame",
+    "y",
+    "x",
+    "area",
+    "radius",
+    "y0",
+    "x0",
+    "y1",
+    "x1",
+    "solidity",
+    "contrast",
+    "isolated",
+    "reason",
+    "touching",
 ]
 
 
@@ -199,7 +221,9 @@ def detect_particles(frame, *, frame_index: int = 0, options: DetectOptions = De
     return regions_table(fg, corr, frame_index=frame_index, binning=options.binning, options=options)
 
 
-def regions_table(fg, corr, *, frame_index: int, binning: int, options: DetectOptions = DetectOptions()) -> pd.DataFrame:
+def regions_table(
+    fg, corr, *, frame_index: int, binning: int, options: DetectOptions = DetectOptions()
+) -> pd.DataFrame:
     """The detection table of a binned foreground mask (shared by every detector).
 
     ``fg`` and ``corr`` (background-corrected intensity for the ``contrast`` column) are
@@ -256,10 +280,22 @@ def regions_table(fg, corr, *, frame_index: int, binning: int, options: DetectOp
                     pcy, pcx = (pcy + 0.5) * b - 0.5, (pcx + 0.5) * b - 0.5
                     pa_full = pa * b * b
                     rows.append(
-                        (frame_index, pcy, pcx, pa_full, np.sqrt(pa_full / np.pi),
-                         (py.min() + sl[0].start) * b, (px.min() + sl[1].start) * b,
-                         (py.max() + 1 + sl[0].start) * b, (px.max() + 1 + sl[1].start) * b,
-                         _solidity(piece), contrast, True, "", True)
+                        (
+                            frame_index,
+                            pcy,
+                            pcx,
+                            pa_full,
+                            np.sqrt(pa_full / np.pi),
+                            (py.min() + sl[0].start) * b,
+                            (px.min() + sl[1].start) * b,
+                            (py.max() + 1 + sl[0].start) * b,
+                            (px.max() + 1 + sl[1].start) * b,
+                            _solidity(piece),
+                            contrast,
+                            True,
+                            "",
+                            True,
+                        )
                     )
                 continue
             contrast = float(corr[sl][reg].mean())
@@ -267,8 +303,22 @@ def regions_table(fg, corr, *, frame_index: int, binning: int, options: DetectOp
             cy, cx = (cy + 0.5) * b - 0.5, (cx + 0.5) * b - 0.5
             area_full = area * b * b
             rows.append(
-                (frame_index, cy, cx, area_full, np.sqrt(area_full / np.pi), y0 * b, x0 * b, y1 * b, x1 * b,
-                 solidity, contrast, reason == "", reason, False)
+                (
+                    frame_index,
+                    cy,
+                    cx,
+                    area_full,
+                    np.sqrt(area_full / np.pi),
+                    y0 * b,
+                    x0 * b,
+                    y1 * b,
+                    x1 * b,
+                    solidity,
+                    contrast,
+                    reason == "",
+                    reason,
+                    False,
+                )
             )
     out = pd.DataFrame(rows, columns=DETECTION_COLUMNS)
     return out.astype(_DTYPES)
@@ -303,8 +353,20 @@ def _split_touching(reg, min_area, max_area, *, neck: float = 0.4):
 
 
 _DTYPES = {
-    "frame": int, "y": float, "x": float, "area": float, "radius": float, "y0": int, "x0": int, "y1": int, "x1": int,
-    "solidity": float, "contrast": float, "isolated": bool, "reason": object, "touching": bool,
+    "frame": int,
+    "y": float,
+    "x": float,
+    "area": float,
+    "radius": float,
+    "y0": int,
+    "x0": int,
+    "y1": int,
+    "x1": int,
+    "solidity": float,
+    "contrast": float,
+    "isolated": bool,
+    "reason": object,
+    "touching": bool,
 }
 
 

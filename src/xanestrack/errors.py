@@ -5,6 +5,7 @@ output folder. Its message is one line that names the file (or option) and says 
 to do; the command line prints it as it is (``--debug`` shows the traceback). It is a
 ``ValueError``, so code that catches bad input as ``ValueError`` keeps working.
 """
+
 from __future__ import annotations
 
 __all__ = ["XanestrackError", "one_line"]

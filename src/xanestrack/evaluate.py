@@ -5,6 +5,7 @@ less its mean over frames (a constant offset does not misalign anything), RMS ov
 frames of the 2-D error. Edge-energy error: estimated minus true E(mu_norm = 0.5)
 inside the particle with a rim of ``rim_px`` pixels excluded, RMS over pixels.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -111,7 +112,9 @@ def evaluate_result(result, truth, *, rim_px: int = 2, max_distance: float = 10.
         if j in pairs:
             p = result.particles[pairs[j]]
             reg = registration_error(p.positions, tpos)
-            em = edge_map_error(p.edge_maps["e50"], p.origin, truth.edge_maps[j], truth.edge_map_origins[j], rim_px=rim_px)
+            em = edge_map_error(
+                p.edge_maps["e50"], p.origin, truth.edge_maps[j], truth.edge_map_origins[j], rim_px=rim_px
+            )
             measured = int(((p.frame_flags & FRAME_FLAGS["interpolated"]) == 0).sum())
             row.update(
                 particle=p.particle,
@@ -196,14 +199,23 @@ def evaluate_tracking(result, truth, *, max_distance: float = 10.0, wrong_px: fl
     tp = truth.positions.sort_values(["particle", "frame"])
     true_ids = np.sort(tp["particle"].unique())
     n_frames = int(tp["frame"].max()) + 1 if len(tp) else 0
-    true_tracks = np.stack([g[["y", "x"]].to_numpy(float) for _, g in tp.groupby("particle")]) if len(tp) else np.zeros((0, n_frames, 2))
+    true_tracks = (
+        np.stack([g[["y", "x"]].to_numpy(float) for _, g in tp.groupby("particle")])
+        if len(tp)
+        else np.zeros((0, n_frames, 2))
+    )
     iso = tp.groupby("particle")["isolated"].all().reindex(true_ids).to_numpy(bool)
     est_tracks = np.array([p.positions for p in result.particles], float).reshape(-1, n_frames, 2)
     pairs = dict((j, i) for i, j in pair_tracks(est_tracks, true_tracks, max_distance=max_distance))
     radii = np.asarray(getattr(truth, "radii", np.full(len(true_ids), np.nan)), float)
     rows = []
     for j, tid in enumerate(true_ids):
-        row = dict(truth_particle=int(tid), particle=-1, isolated=bool(iso[j]), radius=float(radii[j]) if j < radii.size else np.nan)
+        row = dict(
+            truth_particle=int(tid),
+            particle=-1,
+            isolated=bool(iso[j]),
+            radius=float(radii[j]) if j < radii.size else np.nan,
+        )
         if j in pairs:
             p = result.particles[pairs[j]]
             flags = np.asarray(p.frame_flags, int)
@@ -229,8 +241,20 @@ def evaluate_tracking(result, truth, *, max_distance: float = 10.0, wrong_px: fl
                 frames_disagree=int(((flags & FRAME_FLAGS["disagree"]) != 0).sum()),
             )
         rows.append(row)
-    cols = ["truth_particle", "particle", "isolated", "radius", "frames_tracked", "tracked_all", "rms_px", "worst_px",
-            "frames_wrong", "unflagged_wrong", "worst_unflagged_px", "frames_disagree"]
+    cols = [
+        "truth_particle",
+        "particle",
+        "isolated",
+        "radius",
+        "frames_tracked",
+        "tracked_all",
+        "rms_px",
+        "worst_px",
+        "frames_wrong",
+        "unflagged_wrong",
+        "worst_unflagged_px",
+        "frames_disagree",
+    ]
     table = pd.DataFrame(rows).reindex(columns=cols)
     found = table[table["particle"] >= 0]
     found_iso = found[found["isolated"].astype(bool)]
@@ -246,7 +270,9 @@ def evaluate_tracking(result, truth, *, max_distance: float = 10.0, wrong_px: fl
         frames_wrong=int(found["frames_wrong"].sum()),
         unflagged_wrong=int(found["unflagged_wrong"].sum()),
         worst_unflagged_px=float(found["worst_unflagged_px"].max()) if len(found) else 0.0,
-        frames_disagree=int(sum(int(((np.asarray(p.frame_flags, int) & FRAME_FLAGS["disagree"]) != 0).sum()) for p in result.particles)),
+        frames_disagree=int(
+            sum(int(((np.asarray(p.frame_flags, int) & FRAME_FLAGS["disagree"]) != 0).sum()) for p in result.particles)
+        ),
         n_frames=n_frames,
     )
     return table, summary
@@ -265,7 +291,9 @@ def energy_band(energy_ev) -> np.ndarray:
     return out
 
 
-def detection_f1(detections, truth, energies_ev, *, max_distance: float = 4.0, radius_fraction: float = 0.5) -> pd.DataFrame:
+def detection_f1(
+    detections, truth, energies_ev, *, max_distance: float = 4.0, radius_fraction: float = 0.5
+) -> pd.DataFrame:
     """Per-frame counts of isolated-particle detection against the truth.
 
     A true particle and an isolated detection are paired (optimal assignment) when

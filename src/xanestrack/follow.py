@@ -14,6 +14,7 @@ centre of mass of its segmented mask (different input: edges instead of a mask; 
 estimator: correlation instead of moments). The pipeline compares the two per frame
 (``agreement_px``) and flags a frame where they disagree.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -27,6 +27,7 @@ The design follows trackpy's ``linking`` (a predictor that is a plain function o
 track's history); the assignment is global per time step as in ``trackpy.link`` with the
 ``'hybrid'`` strategy replaced by one Hungarian solve, since our subnetworks are small.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -34,7 +35,16 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["LinkOptions", "Track", "link", "vote_displacement", "decide_displacement", "chance_support", "own_motion_predictor", "common_only_predictor"]
+__all__ = [
+    "LinkOptions",
+    "Track",
+    "link",
+    "vote_displacement",
+    "decide_displacement",
+    "chance_support",
+    "own_motion_predictor",
+    "common_only_predictor",
+]
 
 
 @dataclass(frozen=True)
@@ -241,8 +251,18 @@ def chance_support(prev, cur, compatible, tol, k, area=None) -> float:
 
 
 def decide_displacement(
-    prev, cur, max_jump, tol, *, prior=None, prior_tolerance=8.0, prev_radius=None, cur_radius=None, max_size_ratio=1.6,
-    area=None, max_chance=0.1,
+    prev,
+    cur,
+    max_jump,
+    tol,
+    *,
+    prior=None,
+    prior_tolerance=8.0,
+    prev_radius=None,
+    cur_radius=None,
+    max_size_ratio=1.6,
+    area=None,
+    max_chance=0.1,
 ):
     """Common displacement of ``prev`` onto ``cur``, or None where it cannot be told.
 
@@ -374,7 +394,15 @@ def link(
             if options.strict:
                 pr = prior(prev_t, t) if prior is not None else None
                 disp, n_agree, how = decide_displacement(
-                    prev, cur, max_jump, vote_tol, prior=pr, prior_tolerance=options.prior_tolerance, area=options.field_area, max_chance=options.max_chance, **kw
+                    prev,
+                    cur,
+                    max_jump,
+                    vote_tol,
+                    prior=pr,
+                    prior_tolerance=options.prior_tolerance,
+                    area=options.field_area,
+                    max_chance=options.max_chance,
+                    **kw,
                 )
                 if disp is None:  # cannot tell where the tracks went: none is linked, all are closed
                     horizon, alive = t, []

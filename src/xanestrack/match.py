@@ -11,6 +11,7 @@ Tracks present in fewer than ``min_track_fraction`` of the examined frames are d
 detected are listed with ``detected = False`` and a predicted position, never silently
 dropped or filled with another particle.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -240,12 +241,16 @@ def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = Mat
             if k in have:
                 t, r = have[k]
                 j = int(np.flatnonzero(ids[t] == tr.id)[0])
-                rows.append((pid, k, r["y"], r["x"], r["area"], r["radius"], True, True, ssim_of.get((tr.id, t, j), np.nan)))
+                rows.append(
+                    (pid, k, r["y"], r["x"], r["area"], r["radius"], True, True, ssim_of.get((tr.id, t, j), np.nan))
+                )
             else:
                 y = np.interp(k, frames_seen, own[:, 0]) + common[k, 0]
                 x = np.interp(k, frames_seen, own[:, 1]) + common[k, 1]
                 rows.append((pid, k, y, x, np.nan, np.nan, False, k in seen, np.nan))
-    tracks_df = pd.DataFrame(rows, columns=["particle", "frame", "y", "x", "area", "radius", "detected", "examined", "ssim"])
+    tracks_df = pd.DataFrame(
+        rows, columns=["particle", "frame", "y", "x", "area", "radius", "detected", "examined", "ssim"]
+    )
     tracks_df, dup = _drop_duplicates(tracks_df)
     rejected += dup
     rejected_df = pd.DataFrame(rejected, columns=["track", "n_frames", "y", "x"])

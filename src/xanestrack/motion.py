@@ -17,6 +17,7 @@ The paper summarises deformation by the ratio of the peak non-rigid to the peak 
 velocity per component (4.37 vertical, 2.14 horizontal on its data);
 :func:`peak_ratios` computes it per particle.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,14 +25,35 @@ import pandas as pd
 
 from .robust import MAD_TO_SIGMA, robust_sigma
 
-__all__ = ["compute_motion", "peak_ratios", "MOTION_COLUMNS", "fit_similarity", "common_similarity", "SIMILARITY_COLUMNS"]
+__all__ = [
+    "compute_motion",
+    "peak_ratios",
+    "MOTION_COLUMNS",
+    "fit_similarity",
+    "common_similarity",
+    "SIMILARITY_COLUMNS",
+]
 
 #: per-frame common motion: translation of the centre, scale (1 = unchanged), rotation (rad)
 SIMILARITY_COLUMNS = ["frame", "common_dy", "common_dx", "scale", "rotation_rad", "n_particles", "residual_px"]
 
 MOTION_COLUMNS = [
-    "particle", "frame", "y", "x", "dy", "dx", "vy", "vx", "ay", "ax",
-    "rigid_dy", "rigid_dx", "nonrigid_dy", "nonrigid_dx", "rel_dy", "rel_dx",
+    "particle",
+    "frame",
+    "y",
+    "x",
+    "dy",
+    "dx",
+    "vy",
+    "vx",
+    "ay",
+    "ax",
+    "rigid_dy",
+    "rigid_dx",
+    "nonrigid_dy",
+    "nonrigid_dx",
+    "rel_dy",
+    "rel_dx",
 ]
 
 
@@ -94,7 +116,16 @@ def _apply(points, t, scale, theta, centre):
     return centre + t + scale * (np.asarray(points, float) - centre) @ _rot(theta).T
 
 
-def common_similarity(P, *, reference=None, rotation: bool = False, centre=None, min_particles: int = 3, max_iter: int = 12, scale_axis=None):
+def common_similarity(
+    P,
+    *,
+    reference=None,
+    rotation: bool = False,
+    centre=None,
+    min_particles: int = 3,
+    max_iter: int = 12,
+    scale_axis=None,
+):
     """Common motion of every frame: a similarity fitted robustly over the particles.
 
     Parameters
@@ -138,7 +169,11 @@ def common_similarity(P, *, reference=None, rotation: bool = False, centre=None,
                 reference[j] = P[ok[0], j]
     ref = np.asarray(reference, float)
     have_ref = np.isfinite(ref).all(axis=1)
-    c = np.nanmean(ref[have_ref], axis=0) if centre is None and have_ref.any() else (np.zeros(2) if centre is None else np.asarray(centre, float))
+    c = (
+        np.nanmean(ref[have_ref], axis=0)
+        if centre is None and have_ref.any()
+        else (np.zeros(2) if centre is None else np.asarray(centre, float))
+    )
     rows = np.zeros((n, 6))
     rigid = np.full(P.shape, np.nan)
     weights = np.zeros((n, m))
@@ -266,7 +301,15 @@ def _weighted_median(d, w):
     return out
 
 
-def compute_motion(tracks: pd.DataFrame, *, reference_particle: int | None = None, frame_times_s=None, centre=None, rotation: bool = False, scale_axis=None) -> pd.DataFrame:
+def compute_motion(
+    tracks: pd.DataFrame,
+    *,
+    reference_particle: int | None = None,
+    frame_times_s=None,
+    centre=None,
+    rotation: bool = False,
+    scale_axis=None,
+) -> pd.DataFrame:
     """Motion table from tracks.
 
     Parameters
@@ -299,7 +342,9 @@ def compute_motion(tracks: pd.DataFrame, *, reference_particle: int | None = Non
         raise ValueError(f"tracks must have columns {sorted(need)}, got {list(tracks.columns)}")
     if len(tracks) == 0:
         out = pd.DataFrame(columns=MOTION_COLUMNS)
-        out.attrs.update(reference_particle=None, velocity_unit="px/frame", similarity=pd.DataFrame(columns=SIMILARITY_COLUMNS))
+        out.attrs.update(
+            reference_particle=None, velocity_unit="px/frame", similarity=pd.DataFrame(columns=SIMILARITY_COLUMNS)
+        )
         return out
     piv_y = tracks.pivot(index="frame", columns="particle", values="y").sort_index()
     piv_x = tracks.pivot(index="frame", columns="particle", values="x").sort_index()
@@ -313,7 +358,12 @@ def compute_motion(tracks: pd.DataFrame, *, reference_particle: int | None = Non
             ok = np.isfinite(v)
             if ok.sum() >= 2 and not ok.all():
                 P[:, j, c] = np.interp(frames, frames[ok], v[ok])
-    first = np.array([P[np.flatnonzero(np.isfinite(P[:, j, 0]))[0], j] if np.isfinite(P[:, j, 0]).any() else [np.nan, np.nan] for j in range(P.shape[1])])
+    first = np.array(
+        [
+            P[np.flatnonzero(np.isfinite(P[:, j, 0]))[0], j] if np.isfinite(P[:, j, 0]).any() else [np.nan, np.nan]
+            for j in range(P.shape[1])
+        ]
+    )
     D = P - first[None]
     P_fit = P
     if "reliable" in tracks:
@@ -327,12 +377,16 @@ def compute_motion(tracks: pd.DataFrame, *, reference_particle: int | None = Non
     NR = D - RIG
     if reference_particle is None:
         with np.errstate(invalid="ignore"):
-            spread = np.array([np.nanmax(np.abs(NR[:, j])) if np.isfinite(NR[:, j]).any() else np.nan for j in range(NR.shape[1])])
+            spread = np.array(
+                [np.nanmax(np.abs(NR[:, j])) if np.isfinite(NR[:, j]).any() else np.nan for j in range(NR.shape[1])]
+            )
         ref_j = int(np.nanargmin(spread)) if np.isfinite(spread).any() else 0
         reference_particle = int(pids[ref_j])
     else:
         if reference_particle not in set(pids.tolist()):
-            raise ValueError(f"reference_particle {reference_particle} is not among the tracked particles {pids.tolist()}")
+            raise ValueError(
+                f"reference_particle {reference_particle} is not among the tracked particles {pids.tolist()}"
+            )
         ref_j = int(np.flatnonzero(pids == reference_particle)[0])
     t = frames.astype(float) if frame_times_s is None else np.asarray(frame_times_s, float)[frames]
     V = _deriv(D, t)
@@ -395,7 +449,13 @@ def peak_ratios(motion: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         rows,
         columns=[
-            "particle", "peak_nonrigid_vy", "peak_nonrigid_vx", "peak_rigid_vy", "peak_rigid_vx",
-            "ratio_v", "ratio_h", "max_nonrigid_displacement",
+            "particle",
+            "peak_nonrigid_vy",
+            "peak_nonrigid_vx",
+            "peak_rigid_vy",
+            "peak_rigid_vx",
+            "ratio_v",
+            "ratio_h",
+            "max_nonrigid_displacement",
         ],
     )

@@ -7,6 +7,7 @@ leaves the previous results intact), and only if it is an output of ours (marker
 ``.xanestrack-output``) holding nothing else. A lock beside the target refuses a
 second run into the same folder.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,6 @@ import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
-
-import numpy as np
 
 from . import __version__
 from .errors import XanestrackError, one_line
@@ -37,8 +36,19 @@ TMP_MARKER = ".xanestrack-tmp"
 #: the marker by :func:`add_to_marker`; a run folder from before markers may hold any of them
 _LATER = ("report.html", ".report.html.tmp", "figures", "accuracy.csv")
 #: what a run, demo or series scan wrote before output folders had a marker (version 0.1.0)
-_LEGACY = {"tracks.csv", "detections.csv", "rejected.csv", "motion_summary.csv", "results.h5", "run.json", "summary.json"}
-_STALE = (re.compile(r"^\..+\.(?P<kind>tmp)-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}$"), re.compile(r"^\..+\.(?P<kind>old)-(?P<host>.+)-(?P<pid>\d+)$"))
+_LEGACY = {
+    "tracks.csv",
+    "detections.csv",
+    "rejected.csv",
+    "motion_summary.csv",
+    "results.h5",
+    "run.json",
+    "summary.json",
+}
+_STALE = (
+    re.compile(r"^\..+\.(?P<kind>tmp)-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}$"),
+    re.compile(r"^\..+\.(?P<kind>old)-(?P<host>.+)-(?P<pid>\d+)$"),
+)
 
 
 def _host() -> str:
@@ -114,8 +124,15 @@ def _foreign(folder: Path, info: dict) -> list:
 def write_marker(folder, *, kind: str, extra: dict | None = None) -> None:
     """Mark ``folder`` as a xanestrack output, listing every file in it now."""
     folder = Path(folder)
-    info = dict(tool="xanestrack", version=__version__, kind=kind, host=_host(), pid=os.getpid(),
-                created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {}))
+    info = dict(
+        tool="xanestrack",
+        version=__version__,
+        kind=kind,
+        host=_host(),
+        pid=os.getpid(),
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **(extra or {}),
+    )
     info["files"] = [f for f in _files_of(folder) if f not in (MARKER, TMP_MARKER)]
     (folder / MARKER).write_text(json.dumps(info, indent=1))
 
@@ -249,7 +266,9 @@ class output_lock:
                         age = time.time() - self.path.stat().st_mtime
                     except OSError:
                         age = 0.0
-                    if (info.get("host") == _host() and not _pid_alive(_int(info.get("pid")))) or (not info and age > 60):
+                    if (info.get("host") == _host() and not _pid_alive(_int(info.get("pid")))) or (
+                        not info and age > 60
+                    ):
                         stale = self.path.with_name(f"{self.path.name}.stale-{os.getpid()}")
                         try:
                             os.replace(self.path, stale)
@@ -295,7 +314,9 @@ def _prepare_parent(out: Path) -> Path:
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise XanestrackError(f"cannot create the folder {parent} for {out.name} ({one_line(exc.strerror or exc)}); choose another --out") from None
+        raise XanestrackError(
+            f"cannot create the folder {parent} for {out.name} ({one_line(exc.strerror or exc)}); choose another --out"
+        ) from None
     if not os.access(parent, os.W_OK | os.X_OK):
         raise XanestrackError(f"cannot write in {parent} (permission denied); choose another --out")
     return parent
@@ -328,7 +349,9 @@ def atomic_output_dir(out_dir, *, overwrite: bool = False, inputs=(), kind: str 
             except FileExistsError:
                 continue
             except OSError as exc:
-                raise XanestrackError(f"cannot write in {parent} ({one_line(exc.strerror or exc)}); choose another --out") from None
+                raise XanestrackError(
+                    f"cannot write in {parent} ({one_line(exc.strerror or exc)}); choose another --out"
+                ) from None
         try:
             (tmp / TMP_MARKER).write_text(json.dumps(dict(tool="xanestrack", pid=pid, host=host, out=str(out))))
             yield tmp
@@ -343,7 +366,9 @@ def atomic_output_dir(out_dir, *, overwrite: bool = False, inputs=(), kind: str 
             # an empty folder the user made (perhaps the current one): keep it, move our files in, marker last
             for entry in sorted(tmp.iterdir(), key=lambda e: e.name == MARKER):
                 if (out / entry.name).exists():
-                    raise XanestrackError(f"{out / entry.name} appeared while the run was writing; it is left alone: rerun")
+                    raise XanestrackError(
+                        f"{out / entry.name} appeared while the run was writing; it is left alone: rerun"
+                    )
                 os.replace(entry, out / entry.name)
             tmp.rmdir()
             return
@@ -355,6 +380,8 @@ def atomic_output_dir(out_dir, *, overwrite: bool = False, inputs=(), kind: str 
             info = _read_marker(old) or _legacy_marker(old) or dict(files=[])
             left = _foreign(old, info)
             if left:  # something appeared in it meanwhile: keep it
-                logger.warning("the replaced output was kept as %s: it holds files xanestrack did not write (%s)", old, left[0])
+                logger.warning(
+                    "the replaced output was kept as %s: it holds files xanestrack did not write (%s)", old, left[0]
+                )
             else:
                 shutil.rmtree(old, ignore_errors=True)

@@ -7,6 +7,7 @@ segmenter are arguments, so the learned models (and any user's own) plug in:
 - ``detector(od) -> DataFrame`` with the columns of :data:`xanestrack.detect.DETECTION_COLUMNS`;
 - ``segmenter(rois) -> masks``: ROIs ``(n, h, w)`` to soft masks in [0, 1] of the same shape.
 """
+
 from __future__ import annotations
 
 import logging
@@ -155,13 +156,17 @@ def _xanes_settings(options: PipelineOptions) -> dict:
     )
 
 
-def analyse_xanes(aligned, mask, energies, *, usable=None, options: PipelineOptions = PipelineOptions(), references=None) -> dict:
+def analyse_xanes(
+    aligned, mask, energies, *, usable=None, options: PipelineOptions = PipelineOptions(), references=None
+) -> dict:
     """:func:`xanestrack.xanes.analyse_particle` with the XANES settings of ``options``.
 
     Kept for existing callers; see :func:`~xanestrack.xanes.analyse_particle` for the
     parameters and the returned dict.
     """
-    return xanes.analyse_particle(aligned, mask, energies, usable=usable, references=references, **_xanes_settings(options))
+    return xanes.analyse_particle(
+        aligned, mask, energies, usable=usable, references=references, **_xanes_settings(options)
+    )
 
 
 def _process_particle(pid, track, od, energies, common, segmenter, options, references):
@@ -199,7 +204,9 @@ def _process_particle(pid, track, od, energies, common, segmenter, options, refe
         notes.append("the particle was measured in no frame: not aligned")
     disagree = (v.flags & FRAME_FLAGS["disagree"]) > 0
     if disagree.any():
-        notes.append(f"{int(disagree.sum())} frames not vouched for: the edge correlation and the centre of mass disagree, or only one measured")
+        notes.append(
+            f"{int(disagree.sum())} frames not vouched for: the edge correlation and the centre of mass disagree, or only one measured"
+        )
     positions = v.positions
     ref = int(np.flatnonzero(v.located)[0]) if v.located.any() else 0
     size = 2 * half + 1
@@ -336,8 +343,27 @@ def run_pipeline(
     timings["segment_register_xanes"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    table = pd.concat(com_rows, ignore_index=True) if com_rows else pd.DataFrame(
-        columns=["particle", "frame", "energy_ev", "y", "x", "measured_y", "measured_x", "detected", "area", "ssim", "edge_y", "edge_x", "agreement_px", "flags"]
+    table = (
+        pd.concat(com_rows, ignore_index=True)
+        if com_rows
+        else pd.DataFrame(
+            columns=[
+                "particle",
+                "frame",
+                "energy_ev",
+                "y",
+                "x",
+                "measured_y",
+                "measured_x",
+                "detected",
+                "area",
+                "ssim",
+                "edge_y",
+                "edge_x",
+                "agreement_px",
+                "flags",
+            ]
+        )
     )
     ny, nx = od.shape[1:]
     fit = table[["particle", "frame", "y", "x"]].copy()

@@ -19,6 +19,7 @@ References
 ----------
 B. Su et al., J. Synchrotron Rad. 31 (2024), doi:10.1107/S1600577524000146.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -181,7 +182,9 @@ def resample_windows(od, shifts, origin, shape, *, order: int = 3, frames=None) 
     pad = 4
     ry = iy[:, None] + np.arange(-pad, h + pad + 1)[None]
     rx = ix[:, None] + np.arange(-pad, w + pad + 1)[None]
-    crops = od[sel[:, None, None], np.clip(ry, 0, ny - 1)[:, :, None], np.clip(rx, 0, nx - 1)[:, None, :]].astype(np.float32)
+    crops = od[sel[:, None, None], np.clip(ry, 0, ny - 1)[:, :, None], np.clip(rx, 0, nx - 1)[:, None, :]].astype(
+        np.float32
+    )
     if order == 3:
         # cubic B-spline coefficients (as map_coordinates does), then the 4-tap weights
         crops = ndimage.spline_filter1d(crops, 3, axis=1, mode="nearest", output=np.float32)
@@ -379,7 +382,10 @@ def mask_flags(masks, *, outside, clipped, area_tolerance: float = 0.25) -> np.n
     flags[area <= 0] |= FRAME_FLAGS["no_mask"]
     # a particle whose mask reaches pixels outside the frame (or the window edge) is not whole
     edge_touch = (
-        (masks[:, 0, :].max(1) > 0.5) | (masks[:, -1, :].max(1) > 0.5) | (masks[:, :, 0].max(1) > 0.5) | (masks[:, :, -1].max(1) > 0.5)
+        (masks[:, 0, :].max(1) > 0.5)
+        | (masks[:, -1, :].max(1) > 0.5)
+        | (masks[:, :, 0].max(1) > 0.5)
+        | (masks[:, :, -1].max(1) > 0.5)
     )
     out_of_frame = np.array([(masks[k] > 0.5)[outside[k]].any() for k in range(n)])
     flags[out_of_frame | (edge_touch & clipped)] |= FRAME_FLAGS["out_of_view"]

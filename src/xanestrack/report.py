@@ -8,6 +8,7 @@ drawn once each. :func:`write_report` only assembles the figures into
 ``report.html`` and writes each as PNG, and its data as CSV, into ``figures/``.
 ``xanestrack report DIR`` rebuilds the same file from the output folder.
 """
+
 from __future__ import annotations
 
 import base64
@@ -156,7 +157,9 @@ def _frame_panel(rgb: np.ndarray, *, width: float = 640.0):
     pw = width - 150
     ph = pw * h / w
     fig = SvgFigure(width, ph + 50)
-    ax = fig.axes(50, 8, pw, ph, xlabel="x (px)", ylabel="y (px)", xlim=(-0.5, w - 0.5), ylim=(-0.5, h - 0.5), invert_y=True)
+    ax = fig.axes(
+        50, 8, pw, ph, xlabel="x (px)", ylabel="y (px)", xlim=(-0.5, w - 0.5), ylim=(-0.5, h - 0.5), invert_y=True
+    )
     ax.image(rgb)
     return fig, ax, (50 + pw + 14, 8 + ph * 0.15, 14, ph * 0.7)
 
@@ -234,7 +237,10 @@ def motion_figure(result) -> Figure:
     W, H = 900, 1000
     pw, ph = 360, 185
     fig = SvgFigure(W, H)
-    grid = [[fig.axes(70 + c * 450, 22 + r * 245, pw, ph, title=f"({'abcdefgh'[2 * r + c]})") for c in range(2)] for r in range(4)]
+    grid = [
+        [fig.axes(70 + c * 450, 22 + r * 245, pw, ph, title=f"({'abcdefgh'[2 * r + c]})") for c in range(2)]
+        for r in range(4)
+    ]
     by = list(tracks.groupby("particle")) if len(tracks) else []
     colour = {pid: COLORS[k % len(COLORS)] for k, (pid, _) in enumerate(by)}
     rc = ("common_dy", "common_dx") if "common_dy" in tracks else ("rigid_dy", "rigid_dx")
@@ -242,7 +248,12 @@ def motion_figure(result) -> Figure:
     if len(tracks) and all(c in tracks for c in rc):
         rig = tracks.groupby("frame")[list(rc)].first()
         rig = rig - rig.iloc[0]
-    labels = [("dy", "vertical displacement (px)"), ("dx", "horizontal displacement (px)"), ("vy", "vertical velocity (px/frame)"), ("vx", "horizontal velocity (px/frame)")]
+    labels = [
+        ("dy", "vertical displacement (px)"),
+        ("dx", "horizontal displacement (px)"),
+        ("vy", "vertical velocity (px/frame)"),
+        ("vx", "horizontal velocity (px/frame)"),
+    ]
     for ax, (c, label) in zip([grid[0][0], grid[0][1], grid[1][0], grid[1][1]], labels):
         ax.xlabel, ax.ylabel = "frame", label
         if c in tracks:
@@ -271,8 +282,36 @@ def motion_figure(result) -> Figure:
     for pid, g in by:
         if "nonrigid_dy" in g:
             g_ax.line(g["nonrigid_dx"].to_numpy(), g["nonrigid_dy"].to_numpy(), color=colour[pid], width=1)
-            h_ax.line(g["frame"].to_numpy(), np.hypot(g["rel_dy"], g["rel_dx"]).to_numpy(), color=colour[pid], width=1, label=str(pid))
-    keep = [c for c in ["particle", "frame", "energy_ev", "y", "x", "dy", "dx", "vy", "vx", "ay", "ax", "rigid_dy", "rigid_dx", "nonrigid_dy", "nonrigid_dx", "rel_dy", "rel_dx"] if c in tracks]
+            h_ax.line(
+                g["frame"].to_numpy(),
+                np.hypot(g["rel_dy"], g["rel_dx"]).to_numpy(),
+                color=colour[pid],
+                width=1,
+                label=str(pid),
+            )
+    keep = [
+        c
+        for c in [
+            "particle",
+            "frame",
+            "energy_ev",
+            "y",
+            "x",
+            "dy",
+            "dx",
+            "vy",
+            "vx",
+            "ay",
+            "ax",
+            "rigid_dy",
+            "rigid_dx",
+            "nonrigid_dy",
+            "nonrigid_dx",
+            "rel_dy",
+            "rel_dx",
+        ]
+        if c in tracks
+    ]
     tables = {"motion": tracks[keep]}
     if len(common):
         tables["common_motion"] = common
@@ -310,7 +349,11 @@ def particle_figure(result, particle: int, *, e50_limits=None) -> Figure:
     dl = float(np.percentile(fb, 99)) if fb.size else 0.0
     dl = dl if dl > 0 else 1.0
     elo, ehi = e50_limits if e50_limits is not None else _e50_limits(result)
-    bottom = [_colormap(before, "RdBu_r", -dl, dl), _colormap(after, "RdBu_r", -dl, dl), _colormap(p.edge_maps["e50"], "viridis", elo, ehi)]
+    bottom = [
+        _colormap(before, "RdBu_r", -dl, dl),
+        _colormap(after, "RdBu_r", -dl, dl),
+        _colormap(p.edge_maps["e50"], "viridis", elo, ehi),
+    ]
     th, tw = h * zoom, w * zoom
     ncol = max(len(top), len(bottom))
     img = np.full((2 * th + gap, ncol * tw + (ncol - 1) * gap, 3), 255, np.uint8)
@@ -318,7 +361,15 @@ def particle_figure(result, particle: int, *, e50_limits=None) -> Figure:
         img[:th, j * (tw + gap) : j * (tw + gap) + tw] = _tile(t, zoom)
     for j, t in enumerate(bottom):
         img[th + gap :, j * (tw + gap) : j * (tw + gap) + tw] = _tile(t, zoom)
-    spectrum = pd.DataFrame(dict(energy_ev=energies, mean_od=p.mean_spectrum, mean_norm=p.mean_norm, pre_edge=p.pre_edge, post_edge=p.post_edge))
+    spectrum = pd.DataFrame(
+        dict(
+            energy_ev=energies,
+            mean_od=p.mean_spectrum,
+            mean_norm=p.mean_norm,
+            pre_edge=p.pre_edge,
+            post_edge=p.post_edge,
+        )
+    )
     e50 = pd.DataFrame(p.edge_maps["e50"])
     e50.attrs["header"] = f"E50 map (eV), pixel [0,0] at frame-0 (y, x) = ({int(p.origin[0])}, {int(p.origin[1])})"
     return Figure(None, img, {f"particle_{particle:03d}_edge_e50": e50, f"particle_{particle:03d}_spectrum": spectrum})
@@ -345,7 +396,13 @@ def vouching_table(result) -> pd.DataFrame:
 
     s = particle_summary(result)
     t = s[["particle", "frames_vouched", "frames", "median_agreement_px", "max_agreement_px"]]
-    return t.rename(columns={"frames_vouched": "vouched frames", "median_agreement_px": "median agreement px", "max_agreement_px": "max agreement px"})
+    return t.rename(
+        columns={
+            "frames_vouched": "vouched frames",
+            "median_agreement_px": "median agreement px",
+            "max_agreement_px": "max agreement px",
+        }
+    )
 
 
 # ---------------------------------------------------------------- the page
@@ -407,9 +464,15 @@ of each particle (its displacement less the common one); (h) motion relative to 
 def _write_tables(figdir: Path, tables: dict) -> None:
     for name, df in tables.items():
         if name.endswith("_edge_e50"):
-            np.savetxt(figdir / f"{name}.csv", df.to_numpy(), delimiter=",", fmt="%.3f", header=df.attrs.get("header", ""))
+            np.savetxt(
+                figdir / f"{name}.csv", df.to_numpy(), delimiter=",", fmt="%.3f", header=df.attrs.get("header", "")
+            )
         else:
-            df.to_csv(figdir / f"{name}.csv", index=False, float_format="%.6f" if name == "common_motion" else "%.5f" if "spectrum" in name else "%.4f")
+            df.to_csv(
+                figdir / f"{name}.csv",
+                index=False,
+                float_format="%.6f" if name == "common_motion" else "%.5f" if "spectrum" in name else "%.4f",
+            )
 
 
 def _particle_text(p, summ_row, tracks) -> tuple:
@@ -429,7 +492,9 @@ def _particle_text(p, summ_row, tracks) -> tuple:
     if p.agreement is not None:
         v, n, med = int(summ_row["frames_vouched"]), int(summ_row["frames"]), summ_row["median_agreement_px"]
         if v == 0:
-            flags = (flags + "; " if flags else "") + "not vouched for in any frame: the edge correlation and the centre of mass never agree"
+            flags = (
+                flags + "; " if flags else ""
+            ) + "not vouched for in any frame: the edge correlation and the centre of mass never agree"
         elif v < n:
             info += f"; vouched for in {v} of {n} frames (median agreement {med:.2f} px)"
         else:
@@ -498,8 +563,14 @@ def write_report(folder, *, result=None) -> Path:
         emit(f"{name}_spectrum", spectrum_figure(result, p.particle))
         info, flags = _particle_text(p, summ.loc[p.particle], result.tracks)
         pblocks.append(
-            dict(id=p.particle, fig=b64[name], spectrum=b64.get(f"{name}_spectrum", ""), info=html.escape(info), flags=html.escape(flags),
-                 energies=", ".join(f"{energies[k]:.1f}" for k in sel))
+            dict(
+                id=p.particle,
+                fig=b64[name],
+                spectrum=b64.get(f"{name}_spectrum", ""),
+                info=html.escape(info),
+                flags=html.escape(flags),
+                energies=", ".join(f"{energies[k]:.1f}" for k in sel),
+            )
         )
 
     timings = pd.DataFrame(sorted(run.get("timings_s", result.timings).items()), columns=["stage", "seconds"])
@@ -514,17 +585,27 @@ def write_report(folder, *, result=None) -> Path:
             ("command", run.get("command", "")),
             ("reader", run.get("reader", run.get("inputs", ""))),
             ("energies", f"{len(e)} from {e.min():.1f} to {e.max():.1f} eV" if len(e) else "none"),
-            ("detector / segmenter", " / ".join(
-                f"{run.get(k, 'classical')}" + (f" ({run[k + '_model']} model)" if run.get(k + "_model") else "") for k in ("detector", "segmenter")
-            )),
+            (
+                "detector / segmenter",
+                " / ".join(
+                    f"{run.get(k, 'classical')}" + (f" ({run[k + '_model']} model)" if run.get(k + "_model") else "")
+                    for k in ("detector", "segmenter")
+                ),
+            ),
             ("detection", _detection_text(params.get("detect_every", 1))),
         ],
         columns=["", "value"],
     )
     maxnr = _max_nonrigid(result)
-    summary = f"{len(result.particles)} particles tracked through {len(e)} energies ({e.min():.1f}-{e.max():.1f} eV)." if len(e) else "no energies"
+    summary = (
+        f"{len(result.particles)} particles tracked through {len(e)} energies ({e.min():.1f}-{e.max():.1f} eV)."
+        if len(e)
+        else "no energies"
+    )
     if len(maxnr):
-        summary += f" Particle {int(maxnr.idxmax())} moved most on its own ({maxnr.max():.2f} px beyond the rigid motion)."
+        summary += (
+            f" Particle {int(maxnr.idxmax())} moved most on its own ({maxnr.max():.2f} px beyond the rigid motion)."
+        )
     vt = vouching_table(result)
     vouch_text = (
         "Every position is measured twice, independently: by correlating the particle's outline (edge image) with a reference "
@@ -533,25 +614,31 @@ def write_report(folder, *, result=None) -> Path:
     )
     bad = vt[vt["vouched frames"] == 0]["particle"].tolist() if len(vt) else []
     if bad:
-        vouch_text += f" Not vouched for in any frame: particle{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))}."
+        vouch_text += (
+            f" Not vouched for in any frame: particle{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))}."
+        )
     rej = _visible_rejected(result)
-    page = Environment(autoescape=False).from_string(_TEMPLATE).render(
-        style=_STYLE,
-        summary=html.escape(summary),
-        figs=b64,
-        traj_scale=TRAJ_SCALE,
-        elo=f"{limits[0]:.1f}",
-        ehi=f"{limits[1]:.1f}",
-        rejected=_table_html(rej, "{:.1f}") if len(rej) else "",
-        ratios=_table_html(result.peak_ratios),
-        particles=pblocks,
-        vouch_text=html.escape(vouch_text),
-        vouch_table=_table_html(vt, "{:.2f}") if len(vt) else "",
-        ref_particle=result.motion.attrs.get("reference_particle", ""),
-        run_table=run_table.to_html(index=False, border=0),
-        timings=_table_html(timings, "{:.2f}"),
-        inputs=inputs.to_html(index=False, border=0),
-        params=html.escape(json.dumps(params, indent=1, default=str)),
+    page = (
+        Environment(autoescape=False)
+        .from_string(_TEMPLATE)
+        .render(
+            style=_STYLE,
+            summary=html.escape(summary),
+            figs=b64,
+            traj_scale=TRAJ_SCALE,
+            elo=f"{limits[0]:.1f}",
+            ehi=f"{limits[1]:.1f}",
+            rejected=_table_html(rej, "{:.1f}") if len(rej) else "",
+            ratios=_table_html(result.peak_ratios),
+            particles=pblocks,
+            vouch_text=html.escape(vouch_text),
+            vouch_table=_table_html(vt, "{:.2f}") if len(vt) else "",
+            ref_particle=result.motion.attrs.get("reference_particle", ""),
+            run_table=run_table.to_html(index=False, border=0),
+            timings=_table_html(timings, "{:.2f}"),
+            inputs=inputs.to_html(index=False, border=0),
+            params=html.escape(json.dumps(params, indent=1, default=str)),
+        )
     )
     out = folder / "report.html"
     tmp = folder / ".report.html.tmp"
@@ -572,7 +659,9 @@ def series_figure(table: pd.DataFrame) -> Figure:
     fig = SvgFigure(1200, 300)
     panels = [
         fig.axes(60 + k * 400, 14, 320, 230, xlabel="scan", ylabel=label)
-        for k, label in enumerate(("mean edge energy (eV)", "oxidised (Ni3+) fraction", "own displacement since first scan (px)"))
+        for k, label in enumerate(
+            ("mean edge energy (eV)", "oxidised (Ni3+) fraction", "own displacement since first scan (px)")
+        )
     ]
     rows = []
     for k, (pid, g) in enumerate(table.groupby("particle")):
@@ -629,15 +718,21 @@ def write_series_report(table: pd.DataFrame, out_dir) -> Path:
         need = PipelineOptions().min_xanes_energies
         few = sorted(table.loc[table["n_frames"] < need, "scan"].unique())
         if few:
-            remarks.append(f"Scans {', '.join(map(str, few))} have fewer than {need} energies: positions and sizes only, no XANES.")
+            remarks.append(
+                f"Scans {', '.join(map(str, few))} have fewer than {need} energies: positions and sizes only, no XANES."
+            )
     piv = table.pivot_table(index="particle", columns="scan", values="mean_e50")
-    page = Environment(autoescape=True).from_string(_SERIES_TEMPLATE).render(
-        style=_STYLE,
-        n_scans=table["scan"].nunique(),
-        n_particles=table["particle"].nunique(),
-        remarks=remarks,
-        fig="data:image/svg+xml;base64," + base64.b64encode(svg).decode("ascii"),
-        pivot=_Markup(piv.to_html(float_format=lambda v: f"{v:.2f}")),
+    page = (
+        Environment(autoescape=True)
+        .from_string(_SERIES_TEMPLATE)
+        .render(
+            style=_STYLE,
+            n_scans=table["scan"].nunique(),
+            n_particles=table["particle"].nunique(),
+            remarks=remarks,
+            fig="data:image/svg+xml;base64," + base64.b64encode(svg).decode("ascii"),
+            pivot=_Markup(piv.to_html(float_format=lambda v: f"{v:.2f}")),
+        )
     )
     path = out / "series_report.html"
     tmp = out / ".series_report.html.tmp"

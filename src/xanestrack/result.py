@@ -6,6 +6,7 @@ writes it and :func:`xanestrack.results.read_results` gives the same object back
 the report, ``series`` and the evaluation all read one shape. :func:`particle_summary` is the
 one per-particle table (mean edge energy, largest non-rigid motion, flagged frames...).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -95,7 +96,9 @@ class ParticleResult:
     notes: tuple = ()
     agreement: np.ndarray | None = None  # (n_frames,) px: |CoM - edge-correlation| displacement, NaN if not measured
     reference_frame: int = 0  # the frame the edge correlation is relative to
-    edge_positions: np.ndarray | None = None  # (n_frames, 2): the edge-correlation estimate, on the CoM's offset (NaN if not measured)
+    edge_positions: np.ndarray | None = (
+        None  # (n_frames, 2): the edge-correlation estimate, on the CoM's offset (NaN if not measured)
+    )
 
 
 @dataclass(frozen=True)
@@ -179,8 +182,20 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
             )
         )
     cols = [
-        "particle", "y0", "x0", "radius_px", "frames", "frames_measured", "frames_vouched", "flagged_frames",
-        "median_agreement_px", "max_agreement_px", "max_nonrigid_px", "mean_e50_ev", "e50_spread_ev", "e0_ev",
+        "particle",
+        "y0",
+        "x0",
+        "radius_px",
+        "frames",
+        "frames_measured",
+        "frames_vouched",
+        "flagged_frames",
+        "median_agreement_px",
+        "max_agreement_px",
+        "max_nonrigid_px",
+        "mean_e50_ev",
+        "e50_spread_ev",
+        "e0_ev",
         "oxidised_fraction",
     ]
     return pd.DataFrame(rows, columns=cols)

@@ -6,6 +6,7 @@
 The folder itself is claimed, locked and completed atomically by :mod:`xanestrack.outdir`
 (re-exported here).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,15 @@ from . import __version__
 from .errors import XanestrackError, one_line
 from .outdir import MARKER, TMP_MARKER, add_to_marker, atomic_output_dir, check_output_dir, output_lock, write_marker  # noqa: F401 (re-exported)
 
-__all__ = ["atomic_output_dir", "check_output_dir", "output_lock", "write_marker", "add_to_marker", "write_results", "read_results"]
+__all__ = [
+    "atomic_output_dir",
+    "check_output_dir",
+    "output_lock",
+    "write_marker",
+    "add_to_marker",
+    "write_results",
+    "read_results",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +46,12 @@ def _json_default(o):
 
 #: tables of a PipelineResult kept exactly in results.h5 (/tables/<name>) and as CSV beside it
 TABLES = ("tracks", "detections", "rejected", "motion", "peak_ratios", "similarity")
-_CSV = {"tracks": ("tracks.csv", "%.4f"), "detections": ("detections.csv", "%.3f"), "rejected": ("rejected.csv", "%.2f"), "peak_ratios": ("motion_summary.csv", "%.4f")}
+_CSV = {
+    "tracks": ("tracks.csv", "%.4f"),
+    "detections": ("detections.csv", "%.3f"),
+    "rejected": ("rejected.csv", "%.2f"),
+    "peak_ratios": ("motion_summary.csv", "%.4f"),
+}
 #: what every results.h5 holds: tracks.csv columns, and per particle its datasets and attributes
 TRACK_COLUMNS = ("particle", "frame", "energy_ev", "y", "x", "flags")
 PARTICLE_DATASETS = ("aligned", "mask", "positions", "edge_e50", "mean_spectrum", "mean_norm", "pre_edge", "post_edge")
@@ -232,7 +246,11 @@ def _read_csv_tables(folder: Path, rerun: str) -> dict:
     if "flags" in tracks:
         tracks["flags"] = tracks["flags"].fillna("")
     out = dict(tracks=tracks)
-    for name, fname in (("detections", "detections.csv"), ("rejected", "rejected.csv"), ("peak_ratios", "motion_summary.csv")):
+    for name, fname in (
+        ("detections", "detections.csv"),
+        ("rejected", "rejected.csv"),
+        ("peak_ratios", "motion_summary.csv"),
+    ):
         p = folder / fname
         out[name] = pd.DataFrame()
         if p.is_file() and p.stat().st_size > 1:
@@ -281,7 +299,9 @@ def _read_particle(g, n_frames: int):
         unaligned_ends=d.get("unaligned_ends"),
         notes=tuple(json.loads(a["notes"])) if "notes" in a else (),
         agreement=d.get("agreement_px"),
-        reference_frame=int(a.get("reference_frame", g["agreement_px"].attrs.get("reference_frame", 0) if "agreement_px" in g else 0)),
+        reference_frame=int(
+            a.get("reference_frame", g["agreement_px"].attrs.get("reference_frame", 0) if "agreement_px" in g else 0)
+        ),
         edge_positions=d.get("edge_positions"),
     )
 
@@ -332,7 +352,10 @@ def read_results(folder):
                 tables = _read_csv_tables(folder, rerun)
             tracks = tables.get("tracks")
             missing = [c for c in TRACK_COLUMNS if tracks is None or c not in tracks]
-            for cols in (("dy", "dx", "vy", "vx", "rigid_dy", "rigid_dx"), ("nonrigid_dy", "nonrigid_dx", "rel_dy", "rel_dx")):
+            for cols in (
+                ("dy", "dx", "vy", "vx", "rigid_dy", "rigid_dx"),
+                ("nonrigid_dy", "nonrigid_dx", "rel_dy", "rel_dx"),
+            ):
                 if tracks is not None and any(c in tracks for c in cols):
                     missing += [c for c in cols if c not in tracks]
             if missing:
@@ -361,7 +384,11 @@ def read_results(folder):
             else:
                 fused = None
             attrs = f.attrs
-            shape = tuple(int(v) for v in attrs["frame_shape"]) if "frame_shape" in attrs else tuple(run.get("frame_shape", fused.shape[1:] if fused is not None else (0, 0)))
+            shape = (
+                tuple(int(v) for v in attrs["frame_shape"])
+                if "frame_shape" in attrs
+                else tuple(run.get("frame_shape", fused.shape[1:] if fused is not None else (0, 0)))
+            )
             options = json.loads(attrs["options"]) if "options" in attrs else run.get("parameters", {})
             result = PipelineResult(
                 energies_ev=energies,

@@ -1,4 +1,5 @@
 """Robust statistics shared by the stages: the scale of a sample with outliers."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -17,6 +17,7 @@ The learned Dual U-Net segmenter returns masks of the same form, so the register
 step takes either. :func:`segment_particle` cuts a particle's window out of every frame,
 runs either segmenter on them and cuts fines and neighbours off (:func:`isolate_particle`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -250,7 +251,9 @@ def isolate_particle(masks, *, radius: float, centres=None, max_area_ratio: floa
     hold[0] = False
     keep = hold[kl] | (comp & ~keep.any(axis=(1, 2), keepdims=True))
     removed = hard & ~keep
-    keep = ndimage.binary_dilation(keep, structure=struct) & ~(ndimage.binary_dilation(removed, structure=struct) & ~keep)
+    keep = ndimage.binary_dilation(keep, structure=struct) & ~(
+        ndimage.binary_dilation(removed, structure=struct) & ~keep
+    )
     keep[pick == 0] = False
     out = np.where(keep, m, 0.0).astype(np.float32)
     return out

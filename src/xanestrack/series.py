@@ -23,6 +23,7 @@ frame-0 images; each particle is then predicted from its own motion and assigned
 gate. Where the offset cannot be told (a single common particle and no image estimate,
 or the two disagree), the scan's particles get new ids rather than a guessed link.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,11 +36,33 @@ import pandas as pd
 
 from .errors import XanestrackError
 
-__all__ = ["ScanSource", "series_sources", "synthetic_sources", "source_checksum", "process_scan", "link_scans", "scan_image_prior", "phase_offset", "SUMMARY_COLUMNS"]
+__all__ = [
+    "ScanSource",
+    "series_sources",
+    "synthetic_sources",
+    "source_checksum",
+    "process_scan",
+    "link_scans",
+    "scan_image_prior",
+    "phase_offset",
+    "SUMMARY_COLUMNS",
+]
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_COLUMNS = ["scan", "scan_name", "scan_particle", "y0", "x0", "radius", "mean_e50", "oxidised_fraction", "max_nonrigid_px", "flagged_frames", "n_frames"]
+SUMMARY_COLUMNS = [
+    "scan",
+    "scan_name",
+    "scan_particle",
+    "y0",
+    "x0",
+    "radius",
+    "mean_e50",
+    "oxidised_fraction",
+    "max_nonrigid_px",
+    "flagged_frames",
+    "n_frames",
+]
 
 #: the frame-0 image of each scan kept for the offset between scans (binned to at most this size)
 REFERENCE_SIZE = 512
@@ -117,7 +140,9 @@ def source_checksum(source: ScanSource) -> str:
         h.update(json.dumps(dict(source.synthetic, index=source.index), sort_keys=True, default=str).encode())
         return h.hexdigest()
     p = Path(source.path)
-    files = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in (".xrm", ".txrm")) if p.is_dir() else [p]
+    files = (
+        sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in (".xrm", ".txrm")) if p.is_dir() else [p]
+    )
     for q in files:
         h.update(q.name.encode() + b"\0")
         with open(q, "rb") as f:
@@ -191,16 +216,24 @@ def process_scan(
             done = {}
         if done.get("input_sha256") == checksum and "particles" in done:
             return done["particles"]
-        logger.warning("%s: its input changed since it was processed (or its summary is unreadable): processing it again", source.name)
+        logger.warning(
+            "%s: its input changed since it was processed (or its summary is unreadable): processing it again",
+            source.name,
+        )
     options = options or PipelineOptions(fuse="ends")
     stack = source.load()
     sizes = particle_radius_range(stack, min_radius, max_radius, detector=detector)
-    options = replace(options, detect=replace(options.detect, min_radius=sizes.min_radius, max_radius=sizes.max_radius, binning=sizes.binning))
+    options = replace(
+        options,
+        detect=replace(options.detect, min_radius=sizes.min_radius, max_radius=sizes.max_radius, binning=sizes.binning),
+    )
     det_fn, seg_fn = _models(detector, segmenter, options)
     result = run_pipeline(stack, options=options, detector=det_fn, segmenter=seg_fn)
     notes = list(result.notes)
     if stack.n_frames < options.min_xanes_energies:
-        notes.append(f"{stack.n_frames} frame(s): positions and sizes only, no XANES (needs {options.min_xanes_energies} energies)")
+        notes.append(
+            f"{stack.n_frames} frame(s): positions and sizes only, no XANES (needs {options.min_xanes_energies} energies)"
+        )
     reference, ref_binning = _reference_image(stack.od, result)
     from .result import particle_summary
 
@@ -224,7 +257,13 @@ def process_scan(
     folder = Path(out_dir) / "scans" / source.name
     folder.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output_dir(folder, overwrite=True, kind="series-scan") as tmp:
-        write_results(result, tmp, run_info=dict(source=source.name, scan=source.index, inputs=[source.path or source.name], input_sha256=checksum))
+        write_results(
+            result,
+            tmp,
+            run_info=dict(
+                source=source.name, scan=source.index, inputs=[source.path or source.name], input_sha256=checksum
+            ),
+        )
         np.save(tmp / REFERENCE_FILE, reference)
         info = dict(
             scan=source.index,
@@ -357,7 +396,9 @@ def link_scans(
             return None if p is None or not np.all(np.isfinite(p)) else np.asarray(p, float)
 
     method = {0: ("first", 0)}
-    ids_t, common, _ = link(objects, options=opts, prior=link_prior, on_step=lambda t, d, n, how: method.__setitem__(t, (how, n)))
+    ids_t, common, _ = link(
+        objects, options=opts, prior=link_prior, on_step=lambda t, d, n, how: method.__setitem__(t, (how, n))
+    )
     ids = np.full(len(summary), -1)
     for idx, these in zip(rows_of, ids_t):
         ids[idx] = these
@@ -375,7 +416,9 @@ def link_scans(
     for k, s in enumerate(scans):
         how = method.get(k, ("none", 0))[0]
         if how in ("ambiguous", "prior contradicted"):
-            logger.warning("scan %s: its offset from the previous scan cannot be told (%s): its particles get new ids", s, how)
+            logger.warning(
+                "scan %s: its offset from the previous scan cannot be told (%s): its particles get new ids", s, how
+            )
     return out
 
 
@@ -419,7 +462,9 @@ MIN_PRIOR_QUALITY = 30.0
 MIN_PRIOR_UNIQUENESS = 1.25
 
 
-def scan_image_prior(out_dir, names: dict, *, min_quality: float = MIN_PRIOR_QUALITY, min_uniqueness: float = MIN_PRIOR_UNIQUENESS):
+def scan_image_prior(
+    out_dir, names: dict, *, min_quality: float = MIN_PRIOR_QUALITY, min_uniqueness: float = MIN_PRIOR_UNIQUENESS
+):
     """The offset between two scans measured on their frame-0 images (for :func:`link_scans`).
 
     ``names`` maps scan index to scan folder name under ``OUT/scans``. Returns a
@@ -453,7 +498,16 @@ def scan_image_prior(out_dir, names: dict, *, min_quality: float = MIN_PRIOR_QUA
 
 
 def _manifest_sources(sources) -> list:
-    return [dict(name=s.name, index=s.index, kind=s.kind, path=None if s.path is None else _normalised(s.path), synthetic=s.synthetic) for s in sources]
+    return [
+        dict(
+            name=s.name,
+            index=s.index,
+            kind=s.kind,
+            path=None if s.path is None else _normalised(s.path),
+            synthetic=s.synthetic,
+        )
+        for s in sources
+    ]
 
 
 def _frame_shape(out, sources):
@@ -465,5 +519,3 @@ def _frame_shape(out, sources):
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return max(shapes, key=max) if shapes else None
-
-

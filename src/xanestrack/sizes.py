@@ -6,6 +6,7 @@ give the pixel size, particles are 0.4-8 um in radius (NCA/NMC secondary particl
 the user (in pixels) replace either end. A range no particle of these frames can have
 (below a pixel, above the frame) is refused with one line saying what to give.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple

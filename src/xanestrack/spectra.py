@@ -6,6 +6,7 @@ text formats of reference spectra: XDI (raw ``i0``/``itrans`` give
 ``mu = ln(i0/itrans)``), two- or three-column text (energy, mu[, stddev]) with the
 energy in eV or keV (keV is recognised when every energy is below 100: :func:`xanestrack.units.in_kev`).
 """
+
 from __future__ import annotations
 
 import re
@@ -42,10 +43,7 @@ def ni_references() -> dict[str, ReferenceSpectrum]:
     lines = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
     names = lines[0].split(",")[1:]
     table = np.array([[float(v) for v in ln.split(",")] for ln in lines[1:]])
-    return {
-        name: ReferenceSpectrum(name, table[:, 0].copy(), table[:, i + 1].copy())
-        for i, name in enumerate(names)
-    }
+    return {name: ReferenceSpectrum(name, table[:, 0].copy(), table[:, i + 1].copy()) for i, name in enumerate(names)}
 
 
 def read_spectrum(path, *, name: str | None = None) -> ReferenceSpectrum:

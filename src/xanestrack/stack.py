@@ -1,4 +1,5 @@
 """The Stack: an energy scan as optical density, with its energies and provenance."""
+
 from __future__ import annotations
 
 import logging
@@ -26,9 +27,7 @@ def validate_energies(energies_ev, n_frames: int, *, source: str = "input") -> n
     """
     e = np.asarray(energies_ev, dtype=float).ravel()
     if e.size != n_frames:
-        raise ValueError(
-            f"{source}: {n_frames} frames but {e.size} energies; give one energy per frame"
-        )
+        raise ValueError(f"{source}: {n_frames} frames but {e.size} energies; give one energy per frame")
     if not np.all(np.isfinite(e)):
         raise ValueError(f"{source}: energies contain NaN/inf values")
     if n_frames > 1:
@@ -46,9 +45,7 @@ def validate_energies(energies_ev, n_frames: int, *, source: str = "input") -> n
                 f"{e[i + 1]:.2f} eV); sort frames and energies together"
             )
     if in_kev(e):
-        raise ValueError(
-            f"{source}: energies look like keV (max {np.nanmax(e):.4g}); give them in eV"
-        )
+        raise ValueError(f"{source}: energies look like keV (max {np.nanmax(e):.4g}); give them in eV")
     return e
 
 
@@ -75,8 +72,7 @@ class Stack:
         od = self.od
         if not isinstance(od, np.ndarray) or od.ndim != 3:
             raise ValueError(
-                f"Stack.od must be a 3-D array (n_frames, rows, cols), got "
-                f"{getattr(od, 'shape', type(od).__name__)}"
+                f"Stack.od must be a 3-D array (n_frames, rows, cols), got {getattr(od, 'shape', type(od).__name__)}"
             )
         if od.shape[0] < 1 or od.shape[1] < 8 or od.shape[2] < 8:
             raise ValueError(f"Stack.od shape {od.shape} is too small (need >=1 frame of >=8 x 8)")

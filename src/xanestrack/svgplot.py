@@ -13,6 +13,7 @@ Example
 >>> ax.line([8300, 8350, 8400], [0.1, 0.5, 0.6], color="black", label="mean")
 >>> svg = fig.to_svg()
 """
+
 from __future__ import annotations
 
 import base64
@@ -63,7 +64,23 @@ def _tick_label(t: float, step: float) -> str:
 class SvgAxes:
     """One panel: a data rectangle with its own (auto-scaled or given) limits."""
 
-    def __init__(self, x, y, w, h, *, xlabel="", ylabel="", title="", xlim=None, ylim=None, invert_y=False, equal=False, frame=True, nticks=5):
+    def __init__(
+        self,
+        x,
+        y,
+        w,
+        h,
+        *,
+        xlabel="",
+        ylabel="",
+        title="",
+        xlim=None,
+        ylim=None,
+        invert_y=False,
+        equal=False,
+        frame=True,
+        nticks=5,
+    ):
         self.box = (float(x), float(y), float(w), float(h))
         self.xlabel, self.ylabel, self.title = xlabel, ylabel, title
         self.xlim, self.ylim = xlim, ylim
@@ -77,7 +94,9 @@ class SvgAxes:
 
     # -- content
     def line(self, x, y, *, color="black", width=1.2, dash=None, label=None):
-        self.items.append(("line", np.asarray(x, float), np.asarray(y, float), dict(color=color, width=width, dash=dash)))
+        self.items.append(
+            ("line", np.asarray(x, float), np.asarray(y, float), dict(color=color, width=width, dash=dash))
+        )
         if label is not None:
             self.legend_items.append((label, color, "line"))
 
@@ -87,7 +106,14 @@ class SvgAxes:
             self.legend_items.append((label, color, "points"))
 
     def text(self, x, y, s, *, color="black", size=10, weight="normal", anchor="start"):
-        self.items.append(("text", np.array([float(x)]), np.array([float(y)]), dict(s=s, color=color, size=size, weight=weight, anchor=anchor)))
+        self.items.append(
+            (
+                "text",
+                np.array([float(x)]),
+                np.array([float(y)]),
+                dict(s=s, color=color, size=size, weight=weight, anchor=anchor),
+            )
+        )
 
     def image(self, rgb: np.ndarray, *, extent=None):
         """A raster (h, w, 3) uint8, pixel centres at integer data coordinates (or ``extent=(x0, x1, y0, y1)`` edges)."""
@@ -149,7 +175,9 @@ class SvgAxes:
             return y0 + (1 - t) * h if top_is_max else y0 + t * h
 
         clip = f"clip{self.uid}"
-        out.append(f'<clipPath id="{clip}"><rect x="{_fmt(x0)}" y="{_fmt(y0)}" width="{_fmt(w)}" height="{_fmt(h)}"/></clipPath><g clip-path="url(#{clip})">')
+        out.append(
+            f'<clipPath id="{clip}"><rect x="{_fmt(x0)}" y="{_fmt(y0)}" width="{_fmt(w)}" height="{_fmt(h)}"/></clipPath><g clip-path="url(#{clip})">'
+        )
         for kind, xs, ys, kw in self.items:
             if kind == "image":
                 ex0, ex1, ey0, ey1 = X(xs[0]), X(xs[1]), Y(ys[0]), Y(ys[1])
@@ -168,15 +196,26 @@ class SvgAxes:
                         continue
                     pts = " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(X(xs[seg]), Y(ys[seg])))
                     dash = f' stroke-dasharray="{kw["dash"]}"' if kw["dash"] else ""
-                    out.append(f'<polyline points="{pts}" fill="none" stroke="{kw["color"]}" stroke-width="{kw["width"]}"{dash}/>')
+                    out.append(
+                        f'<polyline points="{pts}" fill="none" stroke="{kw["color"]}" stroke-width="{kw["width"]}"{dash}/>'
+                    )
             elif kind == "points":
                 ok = np.isfinite(xs) & np.isfinite(ys)
                 if kw["marker"] == "x":
                     r = kw["r"] * 2
-                    d = "".join(f"M{a - r:.1f},{b - r:.1f}L{a + r:.1f},{b + r:.1f}M{a - r:.1f},{b + r:.1f}L{a + r:.1f},{b - r:.1f}" for a, b in zip(X(xs[ok]), Y(ys[ok])))
+                    d = "".join(
+                        f"M{a - r:.1f},{b - r:.1f}L{a + r:.1f},{b + r:.1f}M{a - r:.1f},{b + r:.1f}L{a + r:.1f},{b - r:.1f}"
+                        for a, b in zip(X(xs[ok]), Y(ys[ok]))
+                    )
                     out.append(f'<path d="{d}" stroke="{kw["color"]}" stroke-width="1.5" fill="none"/>')
                 else:
-                    out.append(f'<g fill="{kw["color"]}">' + "".join(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="{kw["r"]}"/>' for a, b in zip(X(xs[ok]), Y(ys[ok]))) + "</g>")
+                    out.append(
+                        f'<g fill="{kw["color"]}">'
+                        + "".join(
+                            f'<circle cx="{a:.1f}" cy="{b:.1f}" r="{kw["r"]}"/>' for a, b in zip(X(xs[ok]), Y(ys[ok]))
+                        )
+                        + "</g>"
+                    )
             elif kind == "text":
                 out.append(
                     f'<text x="{_fmt(X(xs[0]))}" y="{_fmt(Y(ys[0]))}" fill="{kw["color"]}" font-size="{kw["size"]}" font-weight="{kw["weight"]}" '
@@ -185,15 +224,21 @@ class SvgAxes:
         out.append("</g>")
         right = getattr(self, "_right", False)
         if self.frame:
-            out.append(f'<rect x="{_fmt(x0)}" y="{_fmt(y0)}" width="{_fmt(w)}" height="{_fmt(h)}" fill="none" stroke="#444"/>')
+            out.append(
+                f'<rect x="{_fmt(x0)}" y="{_fmt(y0)}" width="{_fmt(w)}" height="{_fmt(h)}" fill="none" stroke="#444"/>'
+            )
             t = ticks(*xl, self.nticks)
             step = float(np.diff(t).min()) if len(t) > 1 else 1.0
             for v in t:
                 px = float(X(v))
-                out.append(f'<line x1="{_fmt(px)}" y1="{_fmt(y0 + h)}" x2="{_fmt(px)}" y2="{_fmt(y0 + h + 4)}" stroke="#444"/>'
-                           f'<text x="{_fmt(px)}" y="{_fmt(y0 + h + 14)}" text-anchor="middle" font-size="9">{_tick_label(v, step)}</text>')
+                out.append(
+                    f'<line x1="{_fmt(px)}" y1="{_fmt(y0 + h)}" x2="{_fmt(px)}" y2="{_fmt(y0 + h + 4)}" stroke="#444"/>'
+                    f'<text x="{_fmt(px)}" y="{_fmt(y0 + h + 14)}" text-anchor="middle" font-size="9">{_tick_label(v, step)}</text>'
+                )
             if self.xlabel:
-                out.append(f'<text x="{_fmt(x0 + w / 2)}" y="{_fmt(y0 + h + 28)}" text-anchor="middle">{_esc(self.xlabel)}</text>')
+                out.append(
+                    f'<text x="{_fmt(x0 + w / 2)}" y="{_fmt(y0 + h + 28)}" text-anchor="middle">{_esc(self.xlabel)}</text>'
+                )
         t = ticks(*yl, self.nticks if not right else 4)
         step = float(np.diff(t).min()) if len(t) > 1 else 1.0
         ax_x, sign, anchor = (x0 + w, 1, "start") if right else (x0, -1, "end")
@@ -202,13 +247,19 @@ class SvgAxes:
             py = float(Y(v))
             lab = _tick_label(v, step)
             labels_w = max(labels_w, len(lab))
-            out.append(f'<line x1="{_fmt(ax_x)}" y1="{_fmt(py)}" x2="{_fmt(ax_x + 4 * sign)}" y2="{_fmt(py)}" stroke="#444"/>'
-                       f'<text x="{_fmt(ax_x + 6 * sign)}" y="{_fmt(py + 3)}" text-anchor="{anchor}" font-size="9">{lab}</text>')
+            out.append(
+                f'<line x1="{_fmt(ax_x)}" y1="{_fmt(py)}" x2="{_fmt(ax_x + 4 * sign)}" y2="{_fmt(py)}" stroke="#444"/>'
+                f'<text x="{_fmt(ax_x + 6 * sign)}" y="{_fmt(py + 3)}" text-anchor="{anchor}" font-size="9">{lab}</text>'
+            )
         if self.ylabel:
             lx = ax_x + sign * (12 + 5.5 * labels_w)
-            out.append(f'<text transform="translate({_fmt(lx)},{_fmt(y0 + h / 2)}) rotate({90 if right else -90})" text-anchor="middle">{_esc(self.ylabel)}</text>')
+            out.append(
+                f'<text transform="translate({_fmt(lx)},{_fmt(y0 + h / 2)}) rotate({90 if right else -90})" text-anchor="middle">{_esc(self.ylabel)}</text>'
+            )
         if self.title:
-            out.append(f'<text x="{_fmt(x0)}" y="{_fmt(y0 - 5)}" font-weight="bold" font-size="10">{_esc(self.title)}</text>')
+            out.append(
+                f'<text x="{_fmt(x0)}" y="{_fmt(y0 - 5)}" font-weight="bold" font-size="10">{_esc(self.title)}</text>'
+            )
         if self.twin is not None:
             self.twin._render(out, xl=xl)
         if getattr(self, "_legend", False):
@@ -217,14 +268,18 @@ class SvgAxes:
             lx, ly = x0 + 6, y0 + 6
             colw = 70
             if self.legend_title:
-                out.append(f'<text x="{_fmt(lx)}" y="{_fmt(ly + 8)}" font-size="8" font-style="italic">{_esc(self.legend_title)}</text>')
+                out.append(
+                    f'<text x="{_fmt(lx)}" y="{_fmt(ly + 8)}" font-size="8" font-style="italic">{_esc(self.legend_title)}</text>'
+                )
                 ly += 10
             for k, (label, color, kind) in enumerate(items):
                 cx, cy = lx + (k // rows) * colw, ly + (k % rows) * 10 + 6
                 if kind == "points":
                     out.append(f'<circle cx="{_fmt(cx + 6)}" cy="{_fmt(cy - 3)}" r="2" fill="{color}"/>')
                 else:
-                    out.append(f'<line x1="{_fmt(cx)}" y1="{_fmt(cy - 3)}" x2="{_fmt(cx + 12)}" y2="{_fmt(cy - 3)}" stroke="{color}" stroke-width="2"/>')
+                    out.append(
+                        f'<line x1="{_fmt(cx)}" y1="{_fmt(cy - 3)}" x2="{_fmt(cx + 12)}" y2="{_fmt(cy - 3)}" stroke="{color}" stroke-width="2"/>'
+                    )
                 out.append(f'<text x="{_fmt(cx + 15)}" y="{_fmt(cy)}" font-size="8">{_esc(label)}</text>')
 
 
@@ -251,17 +306,23 @@ class SvgFigure:
             f'<stop offset="{t:.3f}" stop-color="#{"".join(f"{int(round(c * 255)):02x}" for c in colormaps[cmap](1 - t)[:3])}"/>'
             for t in np.linspace(0, 1, 17)
         )
-        out = [f'<defs><linearGradient id="{gid}" x1="0" y1="0" x2="0" y2="1">{stops}</linearGradient></defs>',
-               f'<rect x="{_fmt(x)}" y="{_fmt(y)}" width="{_fmt(w)}" height="{_fmt(h)}" fill="url(#{gid})" stroke="#444"/>']
+        out = [
+            f'<defs><linearGradient id="{gid}" x1="0" y1="0" x2="0" y2="1">{stops}</linearGradient></defs>',
+            f'<rect x="{_fmt(x)}" y="{_fmt(y)}" width="{_fmt(w)}" height="{_fmt(h)}" fill="url(#{gid})" stroke="#444"/>',
+        ]
         hi = vmax if vmax > vmin else vmin + 1
         t = ticks(vmin, hi, 5)
         step = float(np.diff(t).min()) if len(t) > 1 else 1.0
         for v in t:
             py = y + (1 - (v - vmin) / (hi - vmin)) * h
-            out.append(f'<line x1="{_fmt(x + w)}" y1="{_fmt(py)}" x2="{_fmt(x + w + 4)}" y2="{_fmt(py)}" stroke="#444"/>'
-                       f'<text x="{_fmt(x + w + 6)}" y="{_fmt(py + 3)}" font-size="9">{_tick_label(v, step)}</text>')
+            out.append(
+                f'<line x1="{_fmt(x + w)}" y1="{_fmt(py)}" x2="{_fmt(x + w + 4)}" y2="{_fmt(py)}" stroke="#444"/>'
+                f'<text x="{_fmt(x + w + 6)}" y="{_fmt(py + 3)}" font-size="9">{_tick_label(v, step)}</text>'
+            )
         if label:
-            out.append(f'<text transform="translate({_fmt(x + w + 48)},{_fmt(y + h / 2)}) rotate(90)" text-anchor="middle">{_esc(label)}</text>')
+            out.append(
+                f'<text transform="translate({_fmt(x + w + 48)},{_fmt(y + h / 2)}) rotate(90)" text-anchor="middle">{_esc(label)}</text>'
+            )
         self.extra.append("".join(out))
 
     def to_svg(self) -> str:

@@ -15,6 +15,7 @@ d_k`` its position (global rigid jitter ``g_k`` plus its own non-rigid drift ``d
 exposure. Particles are evaluated in their own continuous coordinates, so their true
 sub-pixel shifts are exact (no resampling of a rendered particle).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
@@ -206,8 +207,12 @@ class SynthTruth:
     fines: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
     coverage: list | None = None  # per particle (n_frames, h, w) float16 partial coverage, with store_clean
     clean: list | None = None  # per particle (n_frames, h, w) float16 particle-only OD, with store_clean
-    frame_masks: np.ndarray | None = None  # (n_frames, rows, cols) bool: every object incl. fines, with store_frame_masks
-    scale: np.ndarray | None = None  # (n_frames,) image magnification of each frame about the frame centre, frame 0 = 1 (stress model)
+    frame_masks: np.ndarray | None = (
+        None  # (n_frames, rows, cols) bool: every object incl. fines, with store_frame_masks
+    )
+    scale: np.ndarray | None = (
+        None  # (n_frames,) image magnification of each frame about the frame centre, frame 0 = 1 (stress model)
+    )
 
 
 @dataclass(frozen=True)
@@ -278,9 +283,7 @@ def _particle_fields(part: _Particle, yy, xx):
 def _fraction(part: _Particle, uy, ux, urho):
     c = part.chem
     if part.pattern == "core_offcentre":
-        f = c["lo"] + (c["hi"] - c["lo"]) * np.exp(
-            -((uy - c["cy"]) ** 2 + (ux - c["cx"]) ** 2) / (2 * c["width"] ** 2)
-        )
+        f = c["lo"] + (c["hi"] - c["lo"]) * np.exp(-((uy - c["cy"]) ** 2 + (ux - c["cx"]) ** 2) / (2 * c["width"] ** 2))
     elif part.pattern == "shrinking_core":
         f = c["lo"] + (c["hi"] - c["lo"]) / (1 + np.exp(-(urho - c["core"]) / 0.08))
     elif part.pattern == "gradient":
@@ -369,10 +372,7 @@ def _layout(rng, p: SynthParams, border_margin, drift_max):
         ext = r * 1.15 + 2
         for _ in range(5000):
             c = rng.uniform([ext + margin, ext + margin], [ny - ext - margin, nx - ext - margin])
-            if all(
-                np.hypot(*(c - q.centre)) > ext + q.extent + p.min_gap + 2 * drift_max
-                for q in placed
-            ):
+            if all(np.hypot(*(c - q.centre)) > ext + q.extent + p.min_gap + 2 * drift_max for q in placed):
                 break
         else:
             raise ValueError(
@@ -552,20 +552,23 @@ def _expose(rng, p: SynthParams, od, k, dark, grid, flat_phase):
     ny, nx = p.shape
     t = k / max(p.n_energies - 1, 1)
     shape = 1 + p.flat_shape_variation * (
-        np.cos(2 * np.pi * (ycen * (1 + fs) + fy0 + 0.3 * t))
-        * np.cos(2 * np.pi * (xcen * (1 - fs) + fx0 - 0.2 * t))
+        np.cos(2 * np.pi * (ycen * (1 + fs) + fy0 + 0.3 * t)) * np.cos(2 * np.pi * (xcen * (1 - fs) + fx0 - 0.2 * t))
         - 0.5 * (ycen**2 + xcen**2) * (1 + 0.5 * np.sin(2 * np.pi * t))
     )
     i0 = p.counts * (1 + 0.1 * np.sin(3 * t + fs)) * shape
     eps = rng.normal(0, p.intensity_jitter)
-    counts = rng.poisson(i0 * (1 + eps) * np.exp(-od)).astype(np.float32) + dark + rng.normal(
-        0, 2.0, (ny, nx)
-    ).astype(np.float32)
+    counts = (
+        rng.poisson(i0 * (1 + eps) * np.exp(-od)).astype(np.float32)
+        + dark
+        + rng.normal(0, 2.0, (ny, nx)).astype(np.float32)
+    )
     flat = rng.poisson(i0 * p.n_ref).astype(np.float32) / p.n_ref + dark
     return counts, flat
 
 
-def _render(rng, p: SynthParams, energies, global_shift, g_ext, objects, n_particles, store_clean, store_frame_masks) -> _Rendered:
+def _render(
+    rng, p: SynthParams, energies, global_shift, g_ext, objects, n_particles, store_clean, store_frame_masks
+) -> _Rendered:
     """Every frame: matrix + objects (particles first, then touching pairs and fines), exposed."""
     nE, (ny, nx) = p.n_energies, p.shape
     refs = ni_references()
@@ -653,9 +656,7 @@ def _truth(energies, particles, drifts, global_shift, fines, frames: _Rendered) 
         m, origin = _true_edge_map(q)
         e50_maps.append(m)
         e50_orig.append(origin)
-    positions = pd.DataFrame(
-        rows, columns=["particle", "frame", "energy_ev", "y", "x", "dy", "dx", "isolated"]
-    )
+    positions = pd.DataFrame(rows, columns=["particle", "frame", "energy_ev", "y", "x", "dy", "dx", "isolated"])
     return SynthTruth(
         positions=positions,
         global_shift=global_shift,
@@ -718,7 +719,13 @@ class SynthSeries:
 
 
 def make_synthetic_series(
-    params: SynthParams | str = "default", *, n_scans: int = 6, seed: int = 0, stage_offset: float = 25.0, deformation: float = 6.0, **overrides
+    params: SynthParams | str = "default",
+    *,
+    n_scans: int = 6,
+    seed: int = 0,
+    stage_offset: float = 25.0,
+    deformation: float = 6.0,
+    **overrides,
 ) -> SynthSeries:
     """A synthetic operando series with ground truth.
 
@@ -736,7 +743,9 @@ def make_synthetic_series(
     margin = params.jitter_step * 8 + params.jump_size * 2 + stage_offset + params.drift_range[1] + deformation + 4
     base = _layout(rng, params, margin, params.drift_range[1] + deformation + 1)
     n_p = len(base)
-    walk = np.stack([_smooth_walk(rng, n_scans, rng.uniform(0.3, 1.0) * deformation, sigma=2.0) for _ in range(n_p)], axis=1)
+    walk = np.stack(
+        [_smooth_walk(rng, n_scans, rng.uniform(0.3, 1.0) * deformation, sigma=2.0) for _ in range(n_p)], axis=1
+    )
     stage = rng.uniform(-stage_offset, stage_offset, (n_scans, 2))
     stage[0] = 0
     offsets = walk + stage[:, None, :]

@@ -49,6 +49,7 @@ Forward model, per frame ``k`` (energy ``E_k``) and frame pixel ``p``::
   the sample and the reference exposure; Poisson noise, a dark frame with a fixed
   pattern, read noise; detector blur and a phase-contrast halo at edges.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
@@ -279,7 +280,14 @@ _MILD = StressParams()
 STRESS_CASES: dict[str, StressParams] = {
     "stress-drift": replace(_MILD, drift_step_sd=0.6),
     "stress-counts": replace(
-        _MILD, counts=600.0, n_ref=5, beam_jitter=0.03, beam_dip_probability=0.05, flat_shift_px=2.0, flat_phase_sd=0.3, flat_ripple=0.05
+        _MILD,
+        counts=600.0,
+        n_ref=5,
+        beam_jitter=0.03,
+        beam_dip_probability=0.05,
+        flat_shift_px=2.0,
+        flat_phase_sd=0.3,
+        flat_ripple=0.05,
     ),
     "stress-fines": replace(_MILD, n_fines=30, n_touching_fines=5),
     "stress-jitter": replace(_MILD, jitter_sd=3.0, jitter_walk_sd=0.3, n_jumps=4),
@@ -798,7 +806,12 @@ class _Layout:
         for a, e in zip(anchors, extents):
             pos = _frame_positions(a, drift, self.g, self.scale, self.centre)
             ee = e * self.scale.max() + 3
-            if pos[:, 0].min() - ee < 0 or pos[:, 1].min() - ee < 0 or pos[:, 0].max() + ee > ny - 1 or pos[:, 1].max() + ee > nx - 1:
+            if (
+                pos[:, 0].min() - ee < 0
+                or pos[:, 1].min() - ee < 0
+                or pos[:, 0].max() + ee > ny - 1
+                or pos[:, 1].max() + ee > nx - 1
+            ):
                 return False
         keep = [i for i in range(len(self.anchors)) if i not in exclude]
         if not keep:
@@ -927,7 +940,16 @@ def _illumination(rng, p: StressParams, n):
     beam_ref = ring * np.exp(rng.normal(0, p.beam_jitter, n))
     shift_ref = rng.normal(0, p.flat_shift_px, (n, 2))
     phase_ref = phase + rng.normal(0, p.flat_phase_sd, n)
-    return dict(v_centre=v_centre, lam=lam, tilt=tilt, phase=phase, beam=beam, beam_ref=beam_ref, shift_ref=shift_ref, phase_ref=phase_ref)
+    return dict(
+        v_centre=v_centre,
+        lam=lam,
+        tilt=tilt,
+        phase=phase,
+        beam=beam,
+        beam_ref=beam_ref,
+        shift_ref=shift_ref,
+        phase_ref=phase_ref,
+    )
 
 
 def _flat_shape(p: StressParams, centre, lam, tilt, phase):
@@ -1024,14 +1046,18 @@ def make_stress_stack(
 
     # --- objects
     radii = rng_shape.permutation(_radii(rng_shape, p.n_particles, *p.radius_range))
-    patterns = [STRESS_PATTERNS[i % len(STRESS_PATTERNS)] for i in rng_shape.permutation(max(p.n_particles, 1))][: p.n_particles]
+    patterns = [STRESS_PATTERNS[i % len(STRESS_PATTERNS)] for i in rng_shape.permutation(max(p.n_particles, 1))][
+        : p.n_particles
+    ]
     particles = [_build_particle(rng_shape, r, pat, p) for r, pat in zip(radii, patterns)]
     fines = [_build_fine(rng_shape, rng_shape.uniform(*p.fine_radius_range), p) for _ in range(p.n_fines)]
 
     # --- motion, layout, frames, truth
     g, scale = _common_motion(rng_motion, p, energies)
     groups, drifts, fixed = _groups(rng_motion, p, particles)
-    anchor, particle_drift, isolated, fine_anchor = _arrange(rng_layout, p, particles, fines, groups, drifts, fixed, g, scale)
+    anchor, particle_drift, isolated, fine_anchor = _arrange(
+        rng_layout, p, particles, fines, groups, drifts, fixed, g, scale
+    )
     objects = [(o, anchor[i], particle_drift[i]) for i, o in enumerate(particles)]
     objects += [(fo, fine_anchor[j], np.zeros((n, 2))) for j, fo in enumerate(fines)]
     r = _render(rng_scene, rng_noise, p, energies, g, scale, objects, len(particles), store_frame_masks)
@@ -1053,7 +1079,9 @@ def make_stress_stack(
         edge_map_origins=np.array(r.edge_origins, float).reshape(-1, 2),
         radii=np.array([o.radius for o in particles]),
         patterns=[o.pattern for o in particles],
-        fines=np.array([[a[0] + fo.com[0], a[1] + fo.com[1], fo.radius] for fo, a in zip(fines, fine_anchor)]).reshape(-1, 3),
+        fines=np.array([[a[0] + fo.com[0], a[1] + fo.com[1], fo.radius] for fo, a in zip(fines, fine_anchor)]).reshape(
+            -1, 3
+        ),
         frame_masks=r.frame_masks,
         scale=scale,
     )
@@ -1097,7 +1125,13 @@ def _arrange(rng, p: StressParams, particles, fines, groups, drifts, fixed, g, s
         members = [particles[i] for i in groups[gi]]
         offs = _cluster(rng, members, p) if len(members) > 1 else np.zeros((1, 2))
         anchors, slots = _place(
-            rng, layout, offs, drifts[gi], [m.extent for m in members], [p.min_gap] * len(members), f"a group of {len(members)} particle(s)"
+            rng,
+            layout,
+            offs,
+            drifts[gi],
+            [m.extent for m in members],
+            [p.min_gap] * len(members),
+            f"a group of {len(members)} particle(s)",
         )
         for i, a, sl in zip(groups[gi], anchors, slots):
             anchor[i], slot[i], drift[i] = a, sl, drifts[gi]
@@ -1117,9 +1151,13 @@ def _arrange(rng, p: StressParams, particles, fines, groups, drifts, fixed, g, s
                     isolated[host] = False
                     break
             else:
-                raise ValueError("cannot place a fine touching a particle: frame too crowded; use fewer fines or particles")
+                raise ValueError(
+                    "cannot place a fine touching a particle: frame too crowded; use fewer fines or particles"
+                )
         else:
-            fine_anchor.append(_place(rng, layout, np.zeros((1, 2)), zero, [fo.extent], [p.fine_gap], "the fines")[0][0])
+            fine_anchor.append(
+                _place(rng, layout, np.zeros((1, 2)), zero, [fo.extent], [p.fine_gap], "the fines")[0][0]
+            )
     return anchor, drift, isolated, fine_anchor
 
 
@@ -1135,7 +1173,9 @@ class _Rendered:
     frame_masks: np.ndarray | None
 
 
-def _render(rng_scene, rng_noise, p: StressParams, energies, g, scale, objects, n_particles, store_frame_masks) -> _Rendered:
+def _render(
+    rng_scene, rng_noise, p: StressParams, energies, g, scale, objects, n_particles, store_frame_masks
+) -> _Rendered:
     """Counts and flats of every frame; the particles' masks and frame-0 edge maps."""
     n = p.n_energies
     ny, nx = p.shape
@@ -1145,7 +1185,11 @@ def _render(rng_scene, rng_noise, p: StressParams, energies, g, scale, objects, 
     bg = _background(rng_scene, p, margin)  # in model coordinates: fixed to the matrix
     ill = _illumination(rng_scene, p, n)
     # dust and scintillator defects: in the sample and the reference exposure alike
-    dust = (1.0 - 0.15 * np.clip(ndimage.gaussian_filter((rng_scene.random((ny, nx)) < 2e-4).astype(np.float32), 2.5) * 40, 0, 1)).astype(np.float32)
+    dust = (
+        1.0
+        - 0.15
+        * np.clip(ndimage.gaussian_filter((rng_scene.random((ny, nx)) < 2e-4).astype(np.float32), 2.5) * 40, 0, 1)
+    ).astype(np.float32)
 
     mu_a, mu_b = _phases(energies, p.charged_shift_ev)
     pre = p.pre_edge_ratio * (energies / 8333.0) ** -3.0
@@ -1198,10 +1242,15 @@ def _render(rng_scene, rng_noise, p: StressParams, energies, g, scale, objects, 
         if p.psf_sigma > 0:
             trans = ndimage.gaussian_filter(trans, p.psf_sigma)
         v = _flat_shape(p, ill["v_centre"][k], ill["lam"], ill["tilt"], ill["phase"][k]) * dust
-        v_ref = _flat_shape(p, ill["v_centre"][k] + ill["shift_ref"][k], ill["lam"], ill["tilt"], ill["phase_ref"][k]) * dust
+        v_ref = (
+            _flat_shape(p, ill["v_centre"][k] + ill["shift_ref"][k], ill["lam"], ill["tilt"], ill["phase_ref"][k])
+            * dust
+        )
         lam_s = (p.counts * float(ill["beam"][k])) * v * trans
         lam_r = (p.counts * float(ill["beam_ref"][k])) * v_ref
-        counts[k] = rng_noise.poisson(lam_s) + dark + p.read_noise * rng_noise.standard_normal((ny, nx), dtype=np.float32)
+        counts[k] = (
+            rng_noise.poisson(lam_s) + dark + p.read_noise * rng_noise.standard_normal((ny, nx), dtype=np.float32)
+        )
         # the mean of n_ref Poisson exposures of >= a few hundred counts: Gaussian to ~1e-3
         sd_r = np.sqrt(lam_r / p.n_ref + p.read_noise**2 / p.n_ref)
         flats[k] = lam_r + dark + sd_r * rng_noise.standard_normal((ny, nx), dtype=np.float32)

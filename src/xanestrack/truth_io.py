@@ -1,4 +1,5 @@
 """Writing and reading synthetic scans with their ground truth."""
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,13 @@ def write_synthetic(s: SynthStack, folder, *, preset: str = "custom") -> None:
     from .io.hdf5 import write_fxi
 
     folder = Path(folder)
-    write_fxi(folder / "stack.h5", s.counts.round().clip(0, 65535).astype(np.uint16), flats=s.flats.astype(np.float32), darks=s.dark[None], energies_ev=s.energies_ev)
+    write_fxi(
+        folder / "stack.h5",
+        s.counts.round().clip(0, 65535).astype(np.uint16),
+        flats=s.flats.astype(np.float32),
+        darks=s.dark[None],
+        energies_ev=s.energies_ev,
+    )
     t = s.truth
     t.positions.to_csv(folder / "truth_positions.csv", index=False, float_format="%.4f")
     with h5py.File(folder / "truth.h5", "w") as f:

@@ -4,6 +4,7 @@ Every energy inside the package is in eV. Files and users give eV or keV; the va
 told apart by their size: no absorption edge studied by TXM-XANES lies below 100 eV, and
 no scan in keV reaches 100 keV.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -22,6 +22,7 @@ References
 ----------
 B. Ravel and M. Newville, J. Synchrotron Rad. 12 (2005) 537, doi:10.1107/S0909049505012719.
 """
+
 from __future__ import annotations
 
 import logging
@@ -80,9 +81,7 @@ def _check(energies_ev, mu):
     e = np.asarray(energies_ev, dtype=float)
     mu = np.asarray(mu)
     if e.ndim != 1 or mu.shape[:1] != e.shape:
-        raise ValueError(
-            f"spectra must have the energy axis first: energies {e.shape}, spectra {mu.shape}"
-        )
+        raise ValueError(f"spectra must have the energy axis first: energies {e.shape}, spectra {mu.shape}")
     if e.size < 8:
         raise ValueError(f"XANES analysis needs at least 8 energies, got {e.size}")
     if np.any(np.diff(e) <= 0):
@@ -255,7 +254,11 @@ def edge_energy(
         mean = np.nanmean(y[:, finite_cols], axis=1) if finite_cols.any() else np.nanmean(y, axis=1)
         ma, mb = mean[iw][:-1], mean[iw][1:]
         mc = np.flatnonzero((ma < level) & (mb >= level))
-        ref = ew[mc[0]] + (level - ma[mc[0]]) / (mb[mc[0]] - ma[mc[0]]) * (ew[mc[0] + 1] - ew[mc[0]]) if mc.size else e0_ev
+        ref = (
+            ew[mc[0]] + (level - ma[mc[0]]) / (mb[mc[0]] - ma[mc[0]]) * (ew[mc[0] + 1] - ew[mc[0]])
+            if mc.size
+            else e0_ev
+        )
         dist = np.abs(ec - ref)
         has = np.isfinite(dist).any(axis=0)
         pick = np.argmin(np.where(np.isfinite(dist), dist, np.inf), axis=0)

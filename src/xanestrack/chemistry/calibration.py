@@ -24,6 +24,7 @@ B. Ravel and M. Newville, J. Synchrotron Rad. 12 (2005) 537, doi:10.1107/S090904
 (E0 of a foil at the first inflection point; alignment of scans by their reference channel).
 J. A. Bearden and A. F. Burr, Rev. Mod. Phys. 39 (1967) 125 (tabulated edge energies, Ni K 8333 eV).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

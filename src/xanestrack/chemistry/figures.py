@@ -3,6 +3,7 @@
 Presentation only: it draws the tables of :func:`.uncertainty.region_edge_energies` and
 :func:`.uncertainty.resolved_differences`; it computes nothing new.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -53,8 +54,16 @@ def resolution_figure(table, pairs, *, k: float = 2.0, width: float = 760.0) -> 
     hi = float(np.nanmax(e + k * s)) if np.isfinite(e + k * s).any() else 1.0
     span = max(hi - lo, 0.1)
     # room on the left of the data for the region labels
-    ax = fig.axes(40, 20, half - 60, height - 60, xlabel="E50 (eV)", xlim=(lo - 0.45 * span, hi + 0.05 * span),
-                  ylim=(n - 0.5, -0.5), title=f"region means, 1 and {k:g} sigma")
+    ax = fig.axes(
+        40,
+        20,
+        half - 60,
+        height - 60,
+        xlabel="E50 (eV)",
+        xlim=(lo - 0.45 * span, hi + 0.05 * span),
+        ylim=(n - 0.5, -0.5),
+        title=f"region means, 1 and {k:g} sigma",
+    )
     for i in range(n):
         ax.text(lo - 0.43 * span, i + 0.15, labels[i], size=9)
         if not (np.isfinite(e[i]) and np.isfinite(s[i])):

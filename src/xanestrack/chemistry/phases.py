@@ -30,6 +30,7 @@ F. Meirer et al., Three-dimensional imaging of chemical phase transformations at
 nanoscale with full-field transmission X-ray microscopy, J. Synchrotron Rad. 18 (2011) 773,
 doi:10.1107/S0909049511019364 (PCA + k-means of TXM-XANES spectra).
 """
+
 from __future__ import annotations
 
 import logging
@@ -162,8 +163,7 @@ def collect_spectra(norms, masks, *, particles=None) -> PixelSpectra:
         nm, m = np.asarray(nm), np.asarray(m, bool)
         if nm.ndim != 3 or nm.shape[0] != n_e or nm.shape[1:] != m.shape:
             raise ValueError(
-                f"particle {p}: map {nm.shape} and mask {m.shape} do not match; "
-                f"expected ({n_e}, h, w) and (h, w)"
+                f"particle {p}: map {nm.shape} and mask {m.shape} do not match; expected ({n_e}, h, w) and (h, w)"
             )
         use = m & np.all(np.isfinite(nm), axis=0)
         yy, xx = np.nonzero(use)

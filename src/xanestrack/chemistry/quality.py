@@ -26,6 +26,7 @@ data analysis, J. Synchrotron Rad. 29 (2022) 266, doi:10.1107/S1600577521011978
 standard deviation of the pre-edge OD itself, here the residual of the fitted line, so
 that a sloping pre-edge does not count as noise).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -43,6 +43,7 @@ P. R. Bevington and D. K. Robinson, Data Reduction and Error Analysis for the Ph
 Sciences, 3rd ed. (2003), ch. 3 and 7 (propagation of errors; covariance of least-squares
 parameters).
 """
+
 from __future__ import annotations
 
 import logging
@@ -127,9 +128,8 @@ class EdgeEnergySigma:
         med = lambda a: float(np.nanmedian(a)) if np.isfinite(a).any() else None  # noqa: E731
         return dict(
             method="first-order propagation through the E50 interpolation and the pre/post-edge normalisation",
-            noise="local-quadratic residuals (MAD) over the pre-edge and edge region, " + (
-                "photon model sigma^2 ~ exp(OD)" if self.noise_model == "photon" else "constant over energy"
-            ),
+            noise="local-quadratic residuals (MAD) over the pre-edge and edge region, "
+            + ("photon model sigma^2 ~ exp(OD)" if self.noise_model == "photon" else "constant over energy"),
             registration=self.registration,
             shift_sigma_px_median=None if self.shift_sigma_px is None else float(np.median(self.shift_sigma_px)),
             e0_ev=self.e0_ev,
@@ -322,9 +322,25 @@ def _linearise(
         grad = _gradient(mu, gradient_sigma_px)[:, :, mask]  # (n, 2, npix)
         grad_sq = (grad**2).sum(axis=1)
     return _Linearised(
-        e=e, mask=mask, shape=shape, y=y, norm=norm, smooth_norm=smooth_norm, step=step, flags=nm.flags,
-        e0_ev=float(e0_ev), ip=ip, iq=iq, x=x, m_pre=m_pre, w_post=w_post, sigma0=sigma0,
-        sigma_k=sigma0[None, :] * scale, grad_sq=grad_sq, grad=grad, s_k=s_k,
+        e=e,
+        mask=mask,
+        shape=shape,
+        y=y,
+        norm=norm,
+        smooth_norm=smooth_norm,
+        step=step,
+        flags=nm.flags,
+        e0_ev=float(e0_ev),
+        ip=ip,
+        iq=iq,
+        x=x,
+        m_pre=m_pre,
+        w_post=w_post,
+        sigma0=sigma0,
+        sigma_k=sigma0[None, :] * scale,
+        grad_sq=grad_sq,
+        grad=grad,
+        s_k=s_k,
     )
 
 
@@ -442,8 +458,17 @@ def edge_energy_sigma(
     if registration == "montecarlo" and n_draws < 2:
         raise ValueError(f"n_draws must be at least 2, got {n_draws}")
     lin = _linearise(
-        e, mu, mask, s_k, e0_ev=e0_ev, pre_range=pre_range, post_range=post_range, post_order=post_order,
-        noise_band=window, noise_model=noise_model, gradient_sigma_px=gradient_sigma_px,
+        e,
+        mu,
+        mask,
+        s_k,
+        e0_ev=e0_ev,
+        pre_range=pre_range,
+        post_range=post_range,
+        post_order=post_order,
+        noise_band=window,
+        noise_model=noise_model,
+        gradient_sigma_px=gradient_sigma_px,
     )
     e50, fl = edge_energy(e, lin.norm, method="half", e0_ev=lin.e0_ev, window=window, level=level)
     e50 = e50.astype(np.float64)
@@ -474,15 +499,22 @@ def edge_energy_sigma(
     sens = None
     if s_k is not None and registration == "montecarlo":
         sig_reg = _registration_draws(
-            e, mu, mask, s_k, e50, e0_ev=lin.e0_ev, n_draws=n_draws, seed=seed,
+            e,
+            mu,
+            mask,
+            s_k,
+            e50,
+            e0_ev=lin.e0_ev,
+            n_draws=n_draws,
+            seed=seed,
             normalize_kw=dict(pre_range=pre_range, post_range=post_range, post_order=post_order),
             edge_kw=dict(method="half", window=window, level=level),
         )
     elif s_k is not None:
         sig_reg = np.sqrt(np.sum(g**2 * lin.grad_sq * (s_k**2)[:, None], axis=0))
     if s_k is not None and keep_sensitivity:
-            # a frame whose content moves by +d reads mu - grad(mu).d, and E50 moves by +g grad(mu).d
-            sens = _full(lin, (g[:, None, :] * lin.grad).astype(np.float32), fill=0.0)
+        # a frame whose content moves by +d reads mu - grad(mu).d, and E50 moves by +g grad(mu).d
+        sens = _full(lin, (g[:, None, :] * lin.grad).astype(np.float32), fill=0.0)
     sig_noise[~good] = np.nan
     sig_reg[~good] = np.nan
     e50[~good] = np.nan
@@ -508,9 +540,12 @@ def edge_energy_sigma(
         e0_ev=lin.e0_ev,
         level=float(level),
         noise_model=noise_model,
-        registration=None if s_k is None else (
+        registration=None
+        if s_k is None
+        else (
             f"standard deviation over {n_draws} re-evaluations with displaced frames (seed {seed})"
-            if registration == "montecarlo" else "first order: gradients of the analysed frames"
+            if registration == "montecarlo"
+            else "first order: gradients of the analysed frames"
         ),
     )
 
@@ -579,8 +614,17 @@ def fraction_sigma(
     if not names:
         raise ValueError("references: give at least one reference spectrum")
     lin = _linearise(
-        e, mu, mask, s_k, e0_ev=e0_ev, pre_range=pre_range, post_range=post_range, post_order=post_order,
-        noise_band=(-15.0, 20.0), noise_model=noise_model, gradient_sigma_px=gradient_sigma_px,
+        e,
+        mu,
+        mask,
+        s_k,
+        e0_ev=e0_ev,
+        pre_range=pre_range,
+        post_range=post_range,
+        post_order=post_order,
+        noise_band=(-15.0, 20.0),
+        noise_model=noise_model,
+        gradient_sigma_px=gradient_sigma_px,
     )
     iw = np.flatnonzero((e >= lin.e0_ev + window[0]) & (e <= lin.e0_ev + window[1]))
     if iw.size <= len(names):

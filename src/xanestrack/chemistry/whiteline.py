@@ -30,6 +30,7 @@ References
 TXM-Sandbox (X. Xiao et al., J. Synchrotron Rad. 29 (2022) 266,
 doi:10.1107/S1600577521011978) fits the whiteline with a peak model per pixel in the same spirit.
 """
+
 from __future__ import annotations
 
 import logging

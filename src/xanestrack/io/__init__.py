@@ -8,6 +8,7 @@
   ``data_white``, ``data_dark``, ``energy``);
 - a folder, or a list, of Zeiss/Xradia ``.xrm``/``.txrm`` files (see :mod:`.xrm`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,7 +48,9 @@ def _as_paths(inputs):
     return [Path(p) for p in inputs]
 
 
-def read_stack(inputs, *, energies=None, flats=None, darks=None, values: str = "auto", grouping=None, scan: int | None = None) -> Stack:
+def read_stack(
+    inputs, *, energies=None, flats=None, darks=None, values: str = "auto", grouping=None, scan: int | None = None
+) -> Stack:
     """Read an energy scan from files into a Stack (optical density).
 
     Parameters
@@ -104,7 +107,9 @@ def read_stack(inputs, *, energies=None, flats=None, darks=None, values: str = "
 
         notes = []
         if energies is None:
-            raise XanestrackError(f"{path}: a TIFF stack needs its energies: pass --energies FILE (one energy per frame)")
+            raise XanestrackError(
+                f"{path}: a TIFF stack needs its energies: pass --energies FILE (one energy per frame)"
+            )
         data = read_tiff_frames(path, notes=notes)
         e = validated_energies(_energies_arg(energies), data.shape[0], source=path)
         files = [str(path)]
@@ -159,12 +164,20 @@ def _hdf5_stack(d, path, energies, values, scan) -> Stack:
     flats_, kind = d["flats"], "counts"
     if flats_ is None:
         od, kind, more = values_without_flats(
-            d["counts"], values, source=path, flats_hint=f"flat-field images (/{'img_bkg' if d['layout'] == 'fxi' else 'exchange/data_white'})"
+            d["counts"],
+            values,
+            source=path,
+            flats_hint=f"flat-field images (/{'img_bkg' if d['layout'] == 'fxi' else 'exchange/data_white'})",
         )
         notes += more
     else:
         flats_ = _match_flats(flats_, d["counts"].shape[0], source=path, notes=notes)
         od = optical_density(d["counts"], flats=flats_, darks=d["darks"], source=str(path))
-    meta = dict(source=str(path) if scan is None else f"{path}[scan {scan}]", reader=f"hdf5-{d['layout']}" + ("" if scan is None else "-series"),
-                values=kind, files=[str(path)], notes=notes)
+    meta = dict(
+        source=str(path) if scan is None else f"{path}[scan {scan}]",
+        reader=f"hdf5-{d['layout']}" + ("" if scan is None else "-series"),
+        values=kind,
+        files=[str(path)],
+        notes=notes,
+    )
     return Stack(od, e, d["pixel_size_um"], meta)

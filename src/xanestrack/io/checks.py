@@ -4,6 +4,7 @@ Each check either passes, or raises :class:`~xanestrack.errors.XanestrackError`
 with one line naming the file, what is wrong and what to do. Assumptions that are
 accepted are returned as notes, which end up in ``run.json`` (``input_notes``).
 """
+
 from __future__ import annotations
 
 import os
@@ -73,8 +74,16 @@ def check_pixel_dtype(dtype, *, source, what: str = "the images") -> None:
     dtype = np.dtype(dtype)
     if dtype.kind in "iuf":
         return
-    kind = {"c": "complex numbers", "b": "booleans (a mask?)", "U": "text", "S": "bytes", "O": "Python objects",
-            "V": "records/compound values", "M": "dates", "m": "time spans"}.get(dtype.kind, f"type {dtype}")
+    kind = {
+        "c": "complex numbers",
+        "b": "booleans (a mask?)",
+        "U": "text",
+        "S": "bytes",
+        "O": "Python objects",
+        "V": "records/compound values",
+        "M": "dates",
+        "m": "time spans",
+    }.get(dtype.kind, f"type {dtype}")
     raise XanestrackError(
         f"{source}: the pixel values of {what} are {kind} ({dtype}), not intensities; give the detector's images "
         "(integer counts, or float transmission / optical density)"
@@ -90,7 +99,9 @@ def check_frame_shape(shape, *, source, what: str = "the images") -> None:
     if n < 1:
         raise XanestrackError(f"{source}: no frames in {what} (shape {shape}); the file is empty or was not written")
     if r < 8 or c < 8:
-        raise XanestrackError(f"{source}: frames of {r} x {c} pixels in {what} are too small (at least 8 x 8); is this the right dataset?")
+        raise XanestrackError(
+            f"{source}: frames of {r} x {c} pixels in {what} are too small (at least 8 x 8); is this the right dataset?"
+        )
     if r * c > MAX_FRAME_PIXELS or n > MAX_FRAMES:
         raise XanestrackError(
             f"{source}: {what} of shape {shape} means more than {MAX_FRAMES} frames or frames larger than "
@@ -187,8 +198,10 @@ def values_without_flats(data, values: str, *, source, flats_hint: str):
                 f"{source}: {rng} look like transmission I/I0 (background near 1), not optical density; "
                 "pass --values transmission, or --values od if they really are optical density"
             )
-        notes.append(f"{source}: floating-point values without flats taken as optical density ({rng}); "
-                     "pass --values transmission if they are I/I0")
+        notes.append(
+            f"{source}: floating-point values without flats taken as optical density ({rng}); "
+            "pass --values transmission if they are I/I0"
+        )
         values = "od"
     if values == "od":
         return np.asarray(data, dtype=np.float32), "od", notes

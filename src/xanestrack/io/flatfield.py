@@ -1,4 +1,5 @@
 """Flat-field (reference) and dark correction to optical density."""
+
 from __future__ import annotations
 
 import logging
@@ -29,12 +30,19 @@ def transmission_to_od(t) -> int:
     np.negative(t, out=t)
     return n_bad
 
+
 logger = logging.getLogger(__name__)
 
 
 def _frame_indexable(a) -> bool:
     """A lazily read stack (e.g. :class:`xanestrack.io.hdf5.FrameReader`): ``a[k]`` reads frame k."""
-    return not isinstance(a, np.ndarray) and hasattr(a, "shape") and hasattr(a, "dtype") and hasattr(a, "__getitem__") and len(a.shape) == 3
+    return (
+        not isinstance(a, np.ndarray)
+        and hasattr(a, "shape")
+        and hasattr(a, "dtype")
+        and hasattr(a, "__getitem__")
+        and len(a.shape) == 3
+    )
 
 
 def optical_density(counts, *, flats=None, darks=None, source: str = "input") -> np.ndarray:
@@ -81,7 +89,9 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input") ->
     if flats is None:
         flat = np.broadcast_to(np.float32(1.0) + dark, (1, *shape))
     else:
-        flat = flats if _frame_indexable(flats) else np.asarray(flats)  # kept in its stored type: converted a frame at a time
+        flat = (
+            flats if _frame_indexable(flats) else np.asarray(flats)
+        )  # kept in its stored type: converted a frame at a time
         if flat.ndim == 2:
             flat = flat[None]
         if flat.shape[-2:] != shape or flat.shape[0] not in (1, counts.shape[0]):
@@ -156,6 +166,8 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input") ->
     if n_bad:
         logger.warning(
             "%s: %d pixels had zero/negative or non-finite transmission after dark subtraction; "
-            "set to the frame's strongest absorption", source, n_bad
+            "set to the frame's strongest absorption",
+            source,
+            n_bad,
         )
     return out

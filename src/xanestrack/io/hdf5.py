@@ -1,4 +1,5 @@
 """HDF5 readers: NSLS-II FXI layout and APS Data Exchange layout."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -94,17 +95,24 @@ def read_hdf5(path, *, scan: int | None = None, lazy: bool = False) -> dict:
                 continue
             check_pixel_dtype(d.dtype, source=path, what=f"/{keys[name]}")
             if name != "data" and (d.ndim not in (2, 3) or d.shape[-2:] != shape[1:]):
-                raise XanestrackError(
-                    f"{path}: /{keys[name]} images {d.shape} differ from the data images {shape[1:]}"
-                )
+                raise XanestrackError(f"{path}: /{keys[name]} images {d.shape} differ from the data images {shape[1:]}")
             _check_written(d, path, keys[name])
             need += d.size * (d.dtype.itemsize + 4)  # as stored, then as float32
         check_memory(need + int(np.prod(shape)) * 4, source=path, what=f"reading /{keys['data']} {shape} {data.dtype}")
         if lazy and dsets["flat"] is not None and len(shape) == 3 and data.ndim == 3:
             counts = FrameReader(path, keys["data"], scan, shape, data.dtype)
             fd = dsets["flat"]
-            flats = FrameReader(path, keys["flat"], scan if fd.ndim == 3 and isinstance(fd, _ScanView) else None, tuple(fd.shape), fd.dtype) \
-                if fd.ndim == 3 and fd.shape[0] == shape[0] else _read(fd, path, keys["flat"])
+            flats = (
+                FrameReader(
+                    path,
+                    keys["flat"],
+                    scan if fd.ndim == 3 and isinstance(fd, _ScanView) else None,
+                    tuple(fd.shape),
+                    fd.dtype,
+                )
+                if fd.ndim == 3 and fd.shape[0] == shape[0]
+                else _read(fd, path, keys["flat"])
+            )
         else:
             counts = _read(data, path, keys["data"])
             flats = _read(dsets["flat"], path, keys["flat"])
@@ -112,7 +120,9 @@ def read_hdf5(path, *, scan: int | None = None, lazy: bool = False) -> dict:
         if dsets["energy"] is None:
             raise XanestrackError(f"{path}: no energy dataset /{keys['energy']}; cannot do XANES without energies")
         if dsets["energy"].size > MAX_FRAMES or dsets["energy"].dtype.kind not in "iuf":
-            raise XanestrackError(f"{path}: /{keys['energy']} is not a list of energies ({dsets['energy'].shape} {dsets['energy'].dtype})")
+            raise XanestrackError(
+                f"{path}: /{keys['energy']} is not a list of energies ({dsets['energy'].shape} {dsets['energy'].dtype})"
+            )
         energy = energies_in_ev(_read(dsets["energy"], path, keys["energy"]), source=f"{path} /{keys['energy']}")
         pixel = None
         for cand in ("pixel_size_um", "exchange/pixel_size_um"):
@@ -130,7 +140,9 @@ def read_hdf5(path, *, scan: int | None = None, lazy: bool = False) -> dict:
         counts = counts[None]
     if flats is not None and darks is None:
         notes.append(f"{path}: no dark images (/{keys['dark']}): dark taken as 0")
-    return dict(counts=counts, flats=flats, darks=darks, energies_ev=energy, layout=layout, pixel_size_um=pixel, notes=notes)
+    return dict(
+        counts=counts, flats=flats, darks=darks, energies_ev=energy, layout=layout, pixel_size_um=pixel, notes=notes
+    )
 
 
 class FrameReader:
@@ -155,7 +167,9 @@ class FrameReader:
         except MemoryError:
             raise XanestrackError(f"{self.path}: not enough memory to read a frame of /{self.name}") from None
         except Exception as exc:  # truncated chunks, missing filters, checksum errors
-            raise XanestrackError(f"{self.path}: dataset /{self.name} unreadable at frame {k} (truncated or damaged file?): {one_line(exc)}") from None
+            raise XanestrackError(
+                f"{self.path}: dataset /{self.name} unreadable at frame {k} (truncated or damaged file?): {one_line(exc)}"
+            ) from None
 
     def close(self):
         if self._f is not None:
@@ -239,7 +253,9 @@ def _read(d, path, name):
     except MemoryError:
         raise XanestrackError(f"{path}: not enough memory to read /{name} {d.shape} {d.dtype}") from None
     except Exception as exc:  # truncated chunks, missing filters, checksum errors
-        raise XanestrackError(f"{path}: dataset /{name} unreadable (truncated or damaged file?): {one_line(exc)}") from None
+        raise XanestrackError(
+            f"{path}: dataset /{name} unreadable (truncated or damaged file?): {one_line(exc)}"
+        ) from None
 
 
 def write_fxi(path, counts, *, flats, darks, energies_ev, pixel_size_um=None) -> None:

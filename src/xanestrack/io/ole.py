@@ -9,6 +9,7 @@ oracle of the tests.
 
 Format: [MS-CFB] (Microsoft Compound File Binary File Format).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -91,7 +92,11 @@ class OleFile:
             else np.zeros(0, "<u4")
         )
         root = self.dir[0]
-        self._ministream = self._read_chain(int(root["start"]), int(root["size"]), self.fat, self.sector_size, self._sector_offset) if root["size"] else b""
+        self._ministream = (
+            self._read_chain(int(root["start"]), int(root["size"]), self.fat, self.sector_size, self._sector_offset)
+            if root["size"]
+            else b""
+        )
         self.paths = {}
         self._walk(int(root["child"]), "")
 
@@ -166,5 +171,7 @@ class OleFile:
         size = int(e["size"]) if self.sector_size == 4096 else int(e["size"]) & 0xFFFFFFFF
         if size < self.mini_cutoff:
             ms = self.mini_size
-            return self._read_chain(int(e["start"]), size, self.minifat, ms, lambda s: s * ms, self._ministream, partial)
+            return self._read_chain(
+                int(e["start"]), size, self.minifat, ms, lambda s: s * ms, self._ministream, partial
+            )
         return self._read_chain(int(e["start"]), size, self.fat, self.sector_size, self._sector_offset, None, partial)

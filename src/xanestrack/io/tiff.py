@@ -1,4 +1,5 @@
 """TIFF stacks with an energies file."""
+
 from __future__ import annotations
 
 import re
@@ -47,7 +48,9 @@ def read_tiff_frames(path, *, notes=None) -> np.ndarray:
             shape = tuple(d for d in shape if d != 1) or (1, 1)
         frames = (1, *shape) if len(shape) == 2 else shape
         if len(frames) != 3:
-            raise XanestrackError(f"{path}: expected a 2-D image or 3-D stack, got shape {tuple(s.shape)} (axes {axes})")
+            raise XanestrackError(
+                f"{path}: expected a 2-D image or 3-D stack, got shape {tuple(s.shape)} (axes {axes})"
+            )
         others = [t for t in series[1:] if tuple(t.shape)[-2:] == frames[1:]]
         if others:
             raise XanestrackError(
@@ -95,7 +98,9 @@ def read_energies_file(path) -> np.ndarray:
     if not path.is_file():
         raise XanestrackError(f"{src}: not found")
     if path.stat().st_size > 16 << 20:
-        raise XanestrackError(f"{src}: {path.stat().st_size >> 20} MiB is far too large for one energy per frame; is this the right file?")
+        raise XanestrackError(
+            f"{src}: {path.stat().st_size >> 20} MiB is far too large for one energy per frame; is this the right file?"
+        )
     raw = path.read_bytes()
     if b"\x00" in raw:
         raise XanestrackError(f"{src}: binary data, not text; give a text file with one energy per line")
@@ -110,10 +115,14 @@ def read_energies_file(path) -> np.ndarray:
             v = float(toks[col])
         except (ValueError, IndexError):
             if values:
-                raise XanestrackError(f"{src}: line {n} {one_line(s, 60)!r} is not a number; give one energy per line") from None
+                raise XanestrackError(
+                    f"{src}: line {n} {one_line(s, 60)!r} is not a number; give one energy per line"
+                ) from None
             n_header += 1
             if n_header > _MAX_HEADER_LINES:
-                raise XanestrackError(f"{src}: no number in its first {n} lines; give one energy per line (eV or keV)") from None
+                raise XanestrackError(
+                    f"{src}: no number in its first {n} lines; give one energy per line (eV or keV)"
+                ) from None
             names = [t.lower() for t in toks]
             for k, t in enumerate(names):
                 if "energ" in t or t.strip("()[]") in ("ev", "kev", "e"):

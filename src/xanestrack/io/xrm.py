@@ -21,6 +21,7 @@ dividing by their exposure times; each sample energy is divided by the mean
 reference of the same energy (or the reference stored in the file). Pass your own
 ``grouping(path, energy_from_metadata) -> (role, energy_ev)`` to override.
 """
+
 from __future__ import annotations
 
 import logging
@@ -38,7 +39,14 @@ __all__ = ["XrmFile", "read_xrm", "read_xrm_scan", "default_grouping", "energy_f
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {5: np.dtype("<u2"), 10: np.dtype("<f4"), 3: np.dtype("<u1"), 4: np.dtype("<i2"), 6: np.dtype("<i4"), 7: np.dtype("<u4")}
+_DTYPES = {
+    5: np.dtype("<u2"),
+    10: np.dtype("<f4"),
+    3: np.dtype("<u1"),
+    4: np.dtype("<i2"),
+    6: np.dtype("<i4"),
+    7: np.dtype("<u4"),
+}
 
 
 @dataclass(frozen=True)
@@ -107,13 +115,17 @@ def read_xrm(path) -> XrmFile:
     if taken is not None and taken.size and 0 < int(taken[0]) < n:
         n = int(taken[0])
     if n < 1:
-        raise XanestrackError(f"{path}: ImageInfo/NoOfImages is {n}: the file declares no image (an aborted acquisition?)")
+        raise XanestrackError(
+            f"{path}: ImageInfo/NoOfImages is {n}: the file declares no image (an aborted acquisition?)"
+        )
     images = []
     for i in range(1, n + 1):
         name = f"ImageData{(i - 1) // 100 + 1}/Image{i}"
         if not ole.exists(name):
             if i == 1:
-                raise XanestrackError(f"{path}: no image stream ({name}): the file holds no image (truncated acquisition?)")
+                raise XanestrackError(
+                    f"{path}: no image stream ({name}): the file holds no image (truncated acquisition?)"
+                )
             raise XanestrackError(f"{path}: image {i} of {n} missing ({name}): truncated file")
         raw = ole.read(name, partial=True)
         need = width * height * dtype.itemsize
@@ -213,7 +225,9 @@ def _collect(paths):
 def _accumulate(table, key, image, t_exp, path):
     """Remember ``image`` (a view on the file's bytes, not a float copy) and its exposure (NaN: unknown)."""
     table.setdefault(key, [[], []])
-    table[key][0].append((image, np.float32(1.0) / np.float32(t_exp) if np.isfinite(t_exp) and t_exp > 0 else np.float32(np.nan)))
+    table[key][0].append(
+        (image, np.float32(1.0) / np.float32(t_exp) if np.isfinite(t_exp) and t_exp > 0 else np.float32(np.nan))
+    )
     table[key][1].append(path)
 
 
@@ -354,7 +368,11 @@ def read_xrm_scan(paths, *, energies=None, grouping=None) -> Stack:
     with ThreadPoolExecutor(max(1, min(2, len(jobs)))) as ex:
         n_bad = sum(ex.map(one, jobs))
     if n_bad:
-        logger.warning("%s: %d pixels with zero/negative transmission set to the frame's strongest absorption", files[0].parent, n_bad)
+        logger.warning(
+            "%s: %d pixels with zero/negative transmission set to the frame's strongest absorption",
+            files[0].parent,
+            n_bad,
+        )
     e = np.array(keys, float) if energies is None else np.asarray(energies, float).ravel()
     e = validated_energies(e, len(keys), source=files[0].parent if energies is None else "energies given")
     meta = dict(

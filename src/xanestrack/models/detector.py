@@ -23,6 +23,7 @@ A model is a folder: ``config.json``, ``weights.pt`` (both generators; loaded wi
 ``weights_only=True``) and ``card.md`` (training settings and validation scores).
 Synthetic seeds below 100 are never used for training (evaluation seeds).
 """
+
 from __future__ import annotations
 
 import json
@@ -375,9 +376,13 @@ def train_detector(
     rng = np.random.default_rng([config.seed, 5])
     t0 = time.perf_counter()
     fa, fb, _ = make_detector_frames(config.n_stacks, config.frames_per_stack, seed=config.seed, binning=config.binning)
-    va, vb, vstacks = make_detector_frames(config.n_val_stacks, config.frames_per_stack, seed=config.seed + 500, binning=config.binning)
+    va, vb, vstacks = make_detector_frames(
+        config.n_val_stacks, config.frames_per_stack, seed=config.seed + 500, binning=config.binning
+    )
     t_data = time.perf_counter() - t0
-    log(f"training data: {len(fa)} frames from {config.n_stacks} synthetic scans, validation {len(va)} frames ({t_data:.0f} s)")
+    log(
+        f"training data: {len(fa)} frames from {config.n_stacks} synthetic scans, validation {len(va)} frames ({t_data:.0f} s)"
+    )
     nets = _build_networks(config, init_dir)
     n_params = sum(p.numel() for p in nets.G.parameters())
     train = _Trainer(nets, config, rng)
@@ -409,8 +414,18 @@ def train_detector(
     f1 = _f1_on_stacks(nets.G, vstacks, config.binning)
     out = Path(out_dir)
     _write_model(out, nets, config, n_params=n_params, init_dir=init_dir, raw=raw)
-    card = _model_card(config, history, f1, n_params=n_params, n_frames=len(fa), n_val_frames=len(va), raw=raw,
-                       init_dir=init_dir, t_train=t_train, t_data=t_data)
+    card = _model_card(
+        config,
+        history,
+        f1,
+        n_params=n_params,
+        n_frames=len(fa),
+        n_val_frames=len(va),
+        raw=raw,
+        init_dir=init_dir,
+        t_train=t_train,
+        t_data=t_data,
+    )
     (out / "card.md").write_text(card)
     return dict(history=history, n_params=n_params, f1=f1)
 
@@ -494,7 +509,11 @@ class _Trainer:
         self.sch_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, lam)
         self.pool_a, self.pool_b = _Pool(config.pool_size, rng), _Pool(config.pool_size, rng)
         self.mse, self.l1 = torch.nn.MSELoss(), torch.nn.L1Loss()
-        self.lc, self.li, self.lp = config.cycle_weight, config.identity_weight * config.cycle_weight, config.paired_weight
+        self.lc, self.li, self.lp = (
+            config.cycle_weight,
+            config.identity_weight * config.cycle_weight,
+            config.paired_weight,
+        )
 
     def step(self, a, b, pair_list) -> dict:
         """One update of the generators, then of the discriminators; the losses as floats."""
@@ -531,7 +550,12 @@ class _Trainer:
         self.opt_d.step()
         self.sch_g.step()
         self.sch_d.step()
-        return dict(g=float(loss_adv.detach()), d=float(loss_d.detach()), cyc=float(loss_cyc.detach()), pair=float(loss_pair.detach()))
+        return dict(
+            g=float(loss_adv.detach()),
+            d=float(loss_d.detach()),
+            cyc=float(loss_cyc.detach()),
+            pair=float(loss_pair.detach()),
+        )
 
 
 def _write_model(out: Path, nets: _Networks, config: DetectorConfig, *, n_params, init_dir, raw):
@@ -540,7 +564,10 @@ def _write_model(out: Path, nets: _Networks, config: DetectorConfig, *, n_params
 
     out.mkdir(parents=True, exist_ok=True)
     # the discriminators are kept for later fine-tuning (unpaired adaptation restarts from them)
-    torch.save({"G": nets.G.state_dict(), "F": nets.F.state_dict(), "DA": nets.DA.state_dict(), "DB": nets.DB.state_dict()}, out / "weights.pt")
+    torch.save(
+        {"G": nets.G.state_dict(), "F": nets.F.state_dict(), "DA": nets.DA.state_dict(), "DB": nets.DB.state_dict()},
+        out / "weights.pt",
+    )
     cfg = dict(
         asdict(config),
         architecture="ResnetGenerator (Cycle-GAN)",
@@ -552,7 +579,9 @@ def _write_model(out: Path, nets: _Networks, config: DetectorConfig, *, n_params
     (out / "config.json").write_text(json.dumps(cfg, indent=1))
 
 
-def _model_card(config: DetectorConfig, history, f1, *, n_params, n_frames, n_val_frames, raw, init_dir, t_train, t_data) -> str:
+def _model_card(
+    config: DetectorConfig, history, f1, *, n_params, n_frames, n_val_frames, raw, init_dir, t_train, t_data
+) -> str:
     """The model card (markdown): how the detector was trained, on what, its validation scores."""
     final = history[-1]
     raw_line = (
@@ -560,7 +589,8 @@ def _model_card(config: DetectorConfig, history, f1, *, n_params, n_frames, n_va
         if raw
         else "No real data were used for training.\n"
     )
-    return f"""# Cycle-GAN particle detector
+    return (
+        f"""# Cycle-GAN particle detector
 
 Forward generator raw frame -> particle-mask image: ResNet generator, width {config.width}, {config.n_blocks}
 residual blocks, {n_params} parameters; a second generator of the same size maps back; PatchGAN
@@ -574,15 +604,18 @@ second half, image pool {config.pool_size}, the 8 symmetries of the square as au
 Training time {t_train:.0f} s on the CPU (+ {t_data:.0f} s to generate the data).
 {raw_line}
 Validation ({n_val_frames} frames of {config.n_val_stacks} unseen synthetic scans): pixel IoU
-{final['val_pixel_iou']:.4f}; isolated-particle detection F1 per energy band:
+{final["val_pixel_iou"]:.4f}; isolated-particle detection F1 per energy band:
 {", ".join(f"{k} {v:.3f}" for k, v in f1.items())}.
 
 | iteration | adversarial | discriminators | cycle | paired | val pixel IoU | s |
 |---|---|---|---|---|---|---|
-""" + "\n".join(
-        f"| {h['iteration']} | {h['g']:.3f} | {h['d']:.3f} | {h['cyc']:.3f} | {h['pair']:.3f} | {h['val_pixel_iou']:.4f} | {h['seconds']:.0f} |"
-        for h in history
-    ) + "\n"
+"""
+        + "\n".join(
+            f"| {h['iteration']} | {h['g']:.3f} | {h['d']:.3f} | {h['cyc']:.3f} | {h['pair']:.3f} | {h['val_pixel_iou']:.4f} | {h['seconds']:.0f} |"
+            for h in history
+        )
+        + "\n"
+    )
 
 
 class LearnedDetector:
@@ -660,7 +693,9 @@ class LearnedDetector:
             binned = [bin_frames(od[k], self.binning) for k in sel]
             for k, x, m in zip(sel, binned, self._maps(binned)):
                 corr = x - np.median(x)
-                out.append(regions_table(_foreground(m), corr, frame_index=k, binning=self.binning, options=self.options))
+                out.append(
+                    regions_table(_foreground(m), corr, frame_index=k, binning=self.binning, options=self.options)
+                )
             if progress is not None:
                 progress(min(s + chunk, len(idx)), len(idx))
         out = [d for d in out if len(d)]

@@ -7,6 +7,7 @@ computed without allocating it; the weights are read with ``weights_only=True`` 
 file that holds anything but tensors is refused with our own message (never torch's,
 which suggests turning the protection off).
 """
+
 from __future__ import annotations
 
 import json
@@ -40,13 +41,17 @@ def read_model_config(model_dir, *, kind: str, required) -> dict:
     d = Path(model_dir)
     path = d / "config.json"
     if not path.is_file():
-        raise XanestrackError(f"{path}: missing; a {kind} model folder holds config.json and weights.pt: {_retrain(kind)}")
+        raise XanestrackError(
+            f"{path}: missing; a {kind} model folder holds config.json and weights.pt: {_retrain(kind)}"
+        )
     if path.stat().st_size > _MAX_CONFIG_BYTES:
         raise XanestrackError(f"{path}: {path.stat().st_size} bytes is not a model configuration; {_retrain(kind)}")
     try:
         cfg = json.loads(path.read_text(encoding="utf-8", errors="replace"))
     except ValueError as exc:
-        raise XanestrackError(f"{path}: not valid JSON ({exc.args[0] if exc.args else exc}); {_retrain(kind)}") from None
+        raise XanestrackError(
+            f"{path}: not valid JSON ({exc.args[0] if exc.args else exc}); {_retrain(kind)}"
+        ) from None
     if not isinstance(cfg, dict):
         raise XanestrackError(f"{path}: not a model configuration (a JSON object is expected); {_retrain(kind)}")
     for key in required:
@@ -62,7 +67,9 @@ def read_model_config(model_dir, *, kind: str, required) -> dict:
             raise XanestrackError(f"{path}: '{key}' = {v:g} is outside {lo}-{hi}; {_retrain(kind)}")
         cfg[key] = int(v)
     if "canvas" in cfg and "depth" in cfg and cfg["canvas"] % (2 ** cfg["depth"]):
-        raise XanestrackError(f"{path}: 'canvas' {cfg['canvas']} is not a multiple of 2^depth = {2 ** cfg['depth']}; {_retrain(kind)}")
+        raise XanestrackError(
+            f"{path}: 'canvas' {cfg['canvas']} is not a multiple of 2^depth = {2 ** cfg['depth']}; {_retrain(kind)}"
+        )
     return cfg
 
 
@@ -73,7 +80,9 @@ def check_model_size(build, *, path, kind: str) -> None:
     with torch.device("meta"):
         n = sum(p.numel() for p in build().parameters())
     if n > MAX_PARAMETERS:
-        raise XanestrackError(f"{path}: the configured network has {n / 1e6:.0f} M parameters (at most {MAX_PARAMETERS / 1e6:.0f} M); {_retrain(kind)}")
+        raise XanestrackError(
+            f"{path}: the configured network has {n / 1e6:.0f} M parameters (at most {MAX_PARAMETERS / 1e6:.0f} M); {_retrain(kind)}"
+        )
 
 
 def load_weights(model_dir, *, kind: str):

@@ -1,4 +1,5 @@
 """Network modules (PyTorch). Imported only by the learned models, never at package import."""
+
 from __future__ import annotations
 
 import torch
@@ -91,7 +92,11 @@ class ResnetGenerator(nn.Module):
         w = width
         layers = [nn.ReflectionPad2d(3), nn.Conv2d(cin, w, 7), nn.InstanceNorm2d(w), nn.ReLU(inplace=True)]
         for m in (1, 2):
-            layers += [nn.Conv2d(w * m, w * 2 * m, 3, stride=2, padding=1), nn.InstanceNorm2d(w * 2 * m), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(w * m, w * 2 * m, 3, stride=2, padding=1),
+                nn.InstanceNorm2d(w * 2 * m),
+                nn.ReLU(inplace=True),
+            ]
         layers += [_ResBlock(4 * w) for _ in range(n_blocks)]
         for m in (4, 2):
             layers += [
@@ -118,10 +123,17 @@ class PatchDiscriminator(nn.Module):
         w = width
         act = lambda: nn.LeakyReLU(0.2, inplace=True)  # noqa: E731
         self.net = nn.Sequential(
-            nn.Conv2d(cin, w, 4, stride=2, padding=1), act(),
-            nn.Conv2d(w, 2 * w, 4, stride=2, padding=1), nn.InstanceNorm2d(2 * w), act(),
-            nn.Conv2d(2 * w, 4 * w, 4, stride=2, padding=1), nn.InstanceNorm2d(4 * w), act(),
-            nn.Conv2d(4 * w, 8 * w, 4, stride=1, padding=1), nn.InstanceNorm2d(8 * w), act(),
+            nn.Conv2d(cin, w, 4, stride=2, padding=1),
+            act(),
+            nn.Conv2d(w, 2 * w, 4, stride=2, padding=1),
+            nn.InstanceNorm2d(2 * w),
+            act(),
+            nn.Conv2d(2 * w, 4 * w, 4, stride=2, padding=1),
+            nn.InstanceNorm2d(4 * w),
+            act(),
+            nn.Conv2d(4 * w, 8 * w, 4, stride=1, padding=1),
+            nn.InstanceNorm2d(8 * w),
+            act(),
             nn.Conv2d(8 * w, 1, 4, stride=1, padding=1),
         )
 

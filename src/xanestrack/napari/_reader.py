@@ -16,6 +16,7 @@ particle's maps are placed at its ``origin_y, origin_x``):
 
 Every layer is a ``(data, kwargs, layer_type)`` tuple; napari is never imported.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,21 @@ _MAP_NAMES = {
     "edge_whiteline": "whiteline (eV)",
 }
 #: per-particle datasets that are not maps of the particle's window
-_NOT_MAPS = {"aligned", "masks", "mask", "unaligned_ends", "positions", "shifts", "frame_flags", "agreement_px",
-             "edge_positions", "mean_spectrum", "mean_norm", "pre_edge", "post_edge"}
+_NOT_MAPS = {
+    "aligned",
+    "masks",
+    "mask",
+    "unaligned_ends",
+    "positions",
+    "shifts",
+    "frame_flags",
+    "agreement_px",
+    "edge_positions",
+    "mean_spectrum",
+    "mean_norm",
+    "pre_edge",
+    "post_edge",
+}
 #: maps shown at first; the rest are added hidden
 _VISIBLE = {"edge_e50"}
 
@@ -78,8 +92,10 @@ def _frame_shape(f, particles):
     for name in ("fused", "fused_first", "fused_last"):
         if name in f:
             return tuple(f[name].shape[-2:])
-    ext = [(int(g.attrs["origin_y"]) + g["mask"].shape[0], int(g.attrs["origin_x"]) + g["mask"].shape[1])
-           for g in particles]
+    ext = [
+        (int(g.attrs["origin_y"]) + g["mask"].shape[0], int(g.attrs["origin_x"]) + g["mask"].shape[1])
+        for g in particles
+    ]
     return (max(e[0] for e in ext), max(e[1] for e in ext)) if ext else (1, 1)
 
 
@@ -145,16 +161,22 @@ def read_output(path) -> list:
         # --- the fused frame
         if "fused" in f:
             d = f["fused"][()]
-            kw = dict(name="fused frames (frame-0 grid)", colormap="gray", contrast_limits=_limits(d[-1]),
-                      metadata=meta)
+            kw = dict(
+                name="fused frames (frame-0 grid)", colormap="gray", contrast_limits=_limits(d[-1]), metadata=meta
+            )
             layers.append((d, kw, "image"))
         else:
             for name in ("fused_first", "fused_last"):
                 if name in f:
                     d = f[name][()]
                     label = "fused, first frame" if name == "fused_first" else "fused, last frame"
-                    kw = dict(name=label, colormap="gray", contrast_limits=_limits(d), visible=name == "fused_last",
-                              metadata=meta)
+                    kw = dict(
+                        name=label,
+                        colormap="gray",
+                        contrast_limits=_limits(d),
+                        visible=name == "fused_last",
+                        metadata=meta,
+                    )
                     layers.append((d, kw, "image"))
         # --- per-particle maps pasted into frame-sized canvases
         masks = np.zeros(shape, np.int32)
@@ -209,18 +231,20 @@ def read_output(path) -> list:
                 continue
             pid = int(g.attrs.get("particle", 0))
             d = g["aligned"][()]
-            layers.append((
-                d,
-                dict(
-                    name=f"particle {pid} aligned",
-                    translate=(0.0, float(g.attrs["origin_y"]), float(g.attrs["origin_x"])),
-                    colormap="gray",
-                    contrast_limits=_limits(d),
-                    visible=False,
-                    metadata=meta,
-                ),
-                "image",
-            ))
+            layers.append(
+                (
+                    d,
+                    dict(
+                        name=f"particle {pid} aligned",
+                        translate=(0.0, float(g.attrs["origin_y"]), float(g.attrs["origin_x"])),
+                        colormap="gray",
+                        contrast_limits=_limits(d),
+                        visible=False,
+                        metadata=meta,
+                    ),
+                    "image",
+                )
+            )
     # --- trajectories
     tracks_csv = folder / "tracks.csv"
     if tracks_csv.is_file():

@@ -10,6 +10,7 @@ local ``dask.distributed`` cluster of N single-threaded worker processes;
 one in this process (the reference the parallel paths are tested against). Memory is
 bounded by the scans in flight (the worker count), whatever the series length.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,7 +39,16 @@ from ..series import (  # noqa: F401 (re-exported: the series API in one place)
     synthetic_sources,
 )
 
-__all__ = ["run_series", "ScanSource", "series_sources", "synthetic_sources", "process_scan", "link_scans", "evaluate_series", "write_series_report"]
+__all__ = [
+    "run_series",
+    "ScanSource",
+    "series_sources",
+    "synthetic_sources",
+    "process_scan",
+    "link_scans",
+    "evaluate_series",
+    "write_series_report",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +94,14 @@ def run_series(
     out = Path(out_dir)
     with output_lock(_series_folder(out)):  # a second series into this folder is refused while this one runs
         return _run_series(
-            sources, out, options=options, scheduler=scheduler, workers=workers, detector=detector, segmenter=segmenter, radii=(min_radius, max_radius)
+            sources,
+            out,
+            options=options,
+            scheduler=scheduler,
+            workers=workers,
+            detector=detector,
+            segmenter=segmenter,
+            radii=(min_radius, max_radius),
         )
 
 
@@ -97,7 +114,9 @@ def _series_folder(out: Path) -> Path:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise XanestrackError(f"cannot create {out.parent} ({one_line(exc.strerror or exc)}); choose another --out") from None
+        raise XanestrackError(
+            f"cannot create {out.parent} ({one_line(exc.strerror or exc)}); choose another --out"
+        ) from None
     return out
 
 
@@ -125,9 +144,14 @@ def _run_series(sources, out, *, options, scheduler, workers, detector, segmente
         if not (out / MARKER).is_file():
             write_marker(out, kind="series")
     except OSError as exc:
-        raise XanestrackError(f"cannot write in {out} ({one_line(exc.strerror or exc)}); choose another --out") from None
+        raise XanestrackError(
+            f"cannot write in {out} ({one_line(exc.strerror or exc)}); choose another --out"
+        ) from None
     checksums = [source_checksum(s) for s in sources]
-    tasks = [dask.delayed(process_scan, pure=False)(s, str(out), options, detector, segmenter, c, *radii) for s, c in zip(sources, checksums)]
+    tasks = [
+        dask.delayed(process_scan, pure=False)(s, str(out), options, detector, segmenter, c, *radii)
+        for s, c in zip(sources, checksums)
+    ]
     client = cluster = None
     try:
         if workers:
@@ -152,7 +176,11 @@ def _run_series(sources, out, *, options, scheduler, workers, detector, segmente
     rows = [r for p in parts for r in p]
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     if len(summary):
-        table = link_scans(summary, prior=scan_image_prior(out, {s.index: s.name for s in sources}), frame_shape=_frame_shape(out, sources))
+        table = link_scans(
+            summary,
+            prior=scan_image_prior(out, {s.index: s.name for s in sources}),
+            frame_shape=_frame_shape(out, sources),
+        )
     else:
         table = summary.assign(particle=[])
     table.to_csv(out / "series.csv", index=False, float_format="%.4f")
