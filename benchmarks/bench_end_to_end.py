@@ -68,7 +68,7 @@ def _best(cmd, repeats, env=None, before=None):
         p.returncode = os.waitstatus_to_exitcode(status)
         if p.returncode != 0:
             raise SystemExit(f"{cmd[:4]} failed: {err[-2000:]}")
-        outs.append(out)
+        outs.append(out + err)  # the CLI logs its stages on stderr
         peaks.append(ru.ru_maxrss / 1024)
     k = int(np.argmin(times))
     return times[k], times, max(peaks), outs[k]
