@@ -19,6 +19,15 @@ def result(small_synth):
     )
 
 
+@pytest.fixture(scope="module")
+def result_clusters(small_synth):
+    """With phase mapping (NMF, in an energy window): maps, chemistry tables and arrays to round-trip."""
+    return run_pipeline(
+        Stack(small_synth.optical_density(), small_synth.energies_ev),
+        options=PipelineOptions(detect_every=6, clusters=2, cluster_method="nmf", cluster_window=(8320.0, 8400.0)),
+    )
+
+
 def _same(a, b, where):
     if isinstance(a, pd.DataFrame):
         assert isinstance(b, pd.DataFrame), where
@@ -45,8 +54,18 @@ def json_norm(v):
     return json.loads(json.dumps(v, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
-def test_round_trip_field_by_field(result, tmp_path):
+@pytest.mark.parametrize("which", ["result", "result_clusters"])
+def test_round_trip_field_by_field(which, request, tmp_path):
+    result = request.getfixturevalue(which)
     assert len(result.particles) >= 3
+    for p in result.particles:  # the chemistry maps are there to be compared
+        assert {"e50_sigma", "whiteline_height", "quality_keep", "edge_jump_od"} <= set(p.maps)
+        assert p.xanes_frames is not None and p.xanes_frames.dtype == bool
+    if which == "result_clusters":
+        assert result.chemistry is not None and "cluster_fractions" in result.chemistry
+        assert all("cluster" in p.maps for p in result.particles)
+    else:
+        assert result.chemistry is None
     write_results(result, tmp_path, run_info={})
     back = read_results(tmp_path)
     assert isinstance(back, PipelineResult)
@@ -59,6 +78,13 @@ def test_round_trip_field_by_field(result, tmp_path):
                     _same(getattr(pa, pf.name), getattr(pb, pf.name), f"particle {pa.particle}.{pf.name}")
         elif f.name == "fused":
             _same(a, b, "fused")  # default fuse="ends": first and last frame
+        elif f.name == "chemistry" and a is not None:
+            assert a.keys() == b.keys()
+            for k in a:
+                if isinstance(a[k], dict):
+                    assert json_norm(a[k]) == json_norm(b[k]), f"chemistry[{k}]"
+                else:
+                    _same(a[k], b[k], f"chemistry[{k}]")
         elif f.name == "timings":
             assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-12 for k in a)
         else:
@@ -66,6 +92,7 @@ def test_round_trip_field_by_field(result, tmp_path):
     # the similarity also rides on motion.attrs, as run_pipeline leaves it
     _same(result.motion.attrs["similarity"], back.motion.attrs["similarity"], "motion.attrs[similarity]")
     pd.testing.assert_frame_equal(particle_summary(result), particle_summary(back))
+    assert (tmp_path / "clusters.csv").is_file() == (result.chemistry is not None)
 
 
 def test_particle_summary_counts(result):

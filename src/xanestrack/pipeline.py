@@ -41,6 +41,8 @@ __all__ = [
     "ParticleResult",
     "PipelineResult",
     "run_pipeline",
+    "phase_mapping",
+    "redo_xanes",
     # re-exported from the modules they live in (imported from here by existing code)
     "sanitize_stack",
     "analyse_xanes",
@@ -110,6 +112,24 @@ class PipelineOptions:
     scale_model : {"energy", "frame"}, default "energy"
         Common magnification: linear in the photon energy (a zone plate's focal length
         follows the energy), or one scale per frame.
+    uncertainty : bool, default True
+        Per-pixel standard errors of E50 (from the frames' noise and from the
+        particle's registration uncertainty, its per-frame ``agreement_px``) and of the
+        LCF fractions (:mod:`xanestrack.chemistry.uncertainty`).
+    edge_jump_threshold : float, default 5.0
+        Quality mask: a pixel is trusted when its edge step exceeds this many times its
+        pre-edge noise (TXM-Sandbox's rule) and its normalisation and LCF residual are
+        not outliers (:func:`xanestrack.chemistry.quality.quality_masks`). Statistics
+        (particle means, cluster fractions) use only trusted pixels.
+    clusters : int, default 0
+        Phase mapping: cluster the normalised per-pixel spectra of all particles together
+        into this many phases (0: no phase mapping; 1 is refused) on the frames usable in
+        every particle (:func:`phase_mapping`).
+    cluster_method : {"kmeans", "nmf"}, default "kmeans"
+        k-means (hard clusters) or NMF started from k-means (a pixel's cluster is its
+        largest component).
+    cluster_window : (float, float) or None, default None
+        eV, absolute: cluster on the energies in this range only (None: all common frames).
     """
 
     detect: DetectOptions = field(default_factory=DetectOptions)
@@ -131,6 +151,11 @@ class PipelineOptions:
     separate_neighbours: bool = True
     position: str = "edges"
     scale_model: str = "energy"
+    uncertainty: bool = True
+    edge_jump_threshold: float = 5.0
+    clusters: int = 0
+    cluster_method: str = "kmeans"
+    cluster_window: tuple | None = None
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -153,6 +178,8 @@ def _xanes_settings(options: PipelineOptions) -> dict:
         smoothing=options.xanes_smoothing,
         edge_window=options.edge_window,
         lcf_window=options.lcf_window,
+        uncertainty=options.uncertainty,
+        edge_jump_threshold=options.edge_jump_threshold,
     )
 
 
@@ -221,27 +248,39 @@ def _process_particle(pid, track, od, energies, common, segmenter, options, refe
     mean_spec = np.array([np.nanmean(a[mask]) if mask.any() else np.nan for a in aligned])
 
     xr = xanes.analyse_particle(
-        aligned, mask, energies, usable=use & np.isfinite(mean_spec), references=references, **_xanes_settings(options)
+        aligned,
+        mask,
+        energies,
+        usable=use & np.isfinite(mean_spec),
+        references=references,
+        agreement=v.agreement,
+        keep_norm=options.clusters > 0,
+        **_xanes_settings(options),
     )
     notes += xr.pop("notes")
-    return ParticleResult(
-        particle=int(pid),
-        positions=positions,
-        shifts=shifts,
-        origin=np.asarray(origin, int),
-        aligned=aligned,
-        masks=amasks,
-        mask=mask,
-        frame_flags=v.flags,
-        mean_spectrum=mean_spec,
-        radius=radius,
-        **xr,
-        unaligned_ends=resample_windows(od, np.zeros((n, 2)), origin, (size, size), order=0, frames=[0, n - 1]),
-        notes=tuple(notes),
-        agreement=v.agreement,
-        reference_frame=ref_frame,
-        edge_positions=v.edge_positions,
-    ), seg.com
+    norm = xr.pop("norm", None)
+    return (
+        ParticleResult(
+            particle=int(pid),
+            positions=positions,
+            shifts=shifts,
+            origin=np.asarray(origin, int),
+            aligned=aligned,
+            masks=amasks,
+            mask=mask,
+            frame_flags=v.flags,
+            mean_spectrum=mean_spec,
+            radius=radius,
+            **xr,
+            unaligned_ends=resample_windows(od, np.zeros((n, 2)), origin, (size, size), order=0, frames=[0, n - 1]),
+            notes=tuple(notes),
+            agreement=v.agreement,
+            reference_frame=ref_frame,
+            edge_positions=v.edge_positions,
+        ),
+        seg.com,
+        norm,
+    )
 
 
 def run_pipeline(
@@ -282,9 +321,7 @@ def run_pipeline(
         notes.append(f"{n_fixed} NaN/inf pixels replaced by their local median")
     energies = np.asarray(stack.energies_ev, float)
     if references is None:
-        from .spectra import ni_references
-
-        references = ni_references() if (energies[0] < 8340 < energies[-1]) else {}
+        references = _default_references(energies)
 
     def prog(stage):
         if progress is None:
@@ -310,13 +347,16 @@ def run_pipeline(
 
     t = time.perf_counter()
     seg = segmenter if segmenter is not None else _default_segmenter(options.segment)
+    _check_chemistry_options(options)
     particles = []
+    norms = []
     com_rows = []
     pids = sorted(tracks["particle"].unique()) if len(tracks) else []
     for j, pid in enumerate(pids):
         tr = tracks[tracks["particle"] == pid]
-        pr, com_raw = _process_particle(pid, tr, od, energies, common, seg, options, references)
+        pr, com_raw, norm = _process_particle(pid, tr, od, energies, common, seg, options, references)
         particles.append(pr)
+        norms.append(norm)
         tr = tr.sort_values("frame")
         com_rows.append(
             pd.DataFrame(
@@ -341,6 +381,12 @@ def run_pipeline(
         if progress is not None:
             progress("particles", j + 1, len(pids))
     timings["segment_register_xanes"] = time.perf_counter() - t
+    chemistry = None
+    if options.clusters > 0 and particles:
+        t = time.perf_counter()
+        particles, chemistry = phase_mapping(particles, norms, energies, options=options)
+        timings["phases"] = time.perf_counter() - t
+    del norms
 
     t = time.perf_counter()
     table = (
@@ -418,6 +464,7 @@ def run_pipeline(
         options=options,
         notes=tuple(notes),
         similarity=similarity,
+        chemistry=chemistry,
     )
 
 
@@ -432,3 +479,180 @@ def _summarise_rejected(rejected_dets, rejected_tracks):
     for _, t in rejected_tracks.iterrows():
         rows.append((t["y"], t["x"], "short_track", int(t["n_frames"]), np.nan))
     return pd.DataFrame(rows, columns=["y", "x", "reason", "n_frames", "radius"])
+
+
+def _check_chemistry_options(options: PipelineOptions) -> None:
+    """Refuse chemistry options that cannot work, before anything is computed."""
+    k = options.clusters
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 0 or k == 1:
+        raise ValueError(f"options.clusters must be 0 (none) or an integer >= 2, got {k!r}")
+    if options.cluster_method not in ("kmeans", "nmf"):
+        raise ValueError(f"options.cluster_method must be 'kmeans' or 'nmf', got {options.cluster_method!r}")
+    w = options.cluster_window
+    if w is not None and (len(w) != 2 or not np.all(np.isfinite(w)) or not w[0] < w[1]):
+        raise ValueError(f"options.cluster_window must be (low, high) in eV with low < high, or None; got {w!r}")
+    if not options.edge_jump_threshold > 0:
+        raise ValueError(f"options.edge_jump_threshold must be positive, got {options.edge_jump_threshold!r}")
+
+
+def phase_mapping(particles, norms, energies_ev, *, options: PipelineOptions = PipelineOptions()):
+    """Cluster the normalised per-pixel spectra of all particles together.
+
+    Parameters
+    ----------
+    particles : list of ParticleResult
+    norms : list of ndarray (n_frames, h, w) or None
+        Each particle's normalised spectra (``analyse_particle(..., keep_norm=True)``),
+        NaN in the frames it did not use.
+    energies_ev : ndarray (n_frames,)
+    options : PipelineOptions
+        ``clusters``, ``cluster_method``, ``cluster_window``.
+
+    Returns
+    -------
+    particles : list of ParticleResult
+        With ``maps["cluster"]`` (int16, -1 where not clustered).
+    chemistry : dict
+        See :class:`~xanestrack.result.PipelineResult`.
+
+    Notes
+    -----
+    Clusters need one energy axis for every particle: only the frames that every
+    analysed particle used enter (``xanes_frames`` differ where a frame was not vouched
+    for). Only the pixels the quality masks keep are clustered. A PCA of the same
+    spectra gives the scree (how many distinct spectral shapes the data hold).
+    """
+    import dataclasses
+
+    from .chemistry import phases
+
+    k = int(options.clusters)
+    e = np.asarray(energies_ev, float)
+    usable = [
+        i
+        for i, p in enumerate(particles)
+        if norms[i] is not None and p.xanes_frames is not None and "quality_keep" in p.maps
+    ]
+    common = np.ones(e.size, bool)
+    for i in usable:
+        common &= np.asarray(particles[i].xanes_frames, bool)
+    settings = dict(
+        method=options.cluster_method,
+        clusters=k,
+        window_ev=None if options.cluster_window is None else [float(v) for v in options.cluster_window],
+        n_common_frames=int(common.sum()),
+        particles=[int(particles[i].particle) for i in usable],
+        note="",
+    )
+
+    def empty(note):
+        settings["note"] = note
+        logger.warning("phase mapping: %s", note)
+        out = [
+            dataclasses.replace(p, maps={**p.maps, "cluster": np.full(p.mask.shape, -1, np.int16)}) for p in particles
+        ]
+        return out, dict(settings=settings)
+
+    if not usable or common.sum() < options.min_xanes_energies:
+        return empty(
+            f"{int(common.sum())} frames usable in every particle (need {options.min_xanes_energies}): no clusters"
+        )
+    keeps = []
+    for i in usable:
+        nm = norms[i][common]
+        keeps.append(particles[i].maps["quality_keep"] & particles[i].mask & np.all(np.isfinite(nm), axis=0))
+    if sum(int(m.sum()) for m in keeps) < max(k, 2):
+        return empty("too few trusted pixels to cluster")
+    ps = phases.collect_spectra(
+        [norms[i][common] for i in usable], keeps, particles=[particles[i].particle for i in usable]
+    )
+    ec = e[common]
+    window = None if options.cluster_window is None else tuple(float(v) for v in options.cluster_window)
+    try:
+        n_win = ps.spectra.shape[0] if window is None else int(((ec >= window[0]) & (ec <= window[1])).sum())
+        pc = phases.pca(
+            ps.spectra, energies_ev=ec, n_components=min(8, n_win, ps.spectra.shape[1]), energy_window=window
+        )
+        chem = {}
+        if options.cluster_method == "nmf":
+            nm = phases.nmf(ps.spectra, energies_ev=ec, n_components=k, energy_window=window)
+            labels = np.argmax(nm.weights, axis=0)
+            chem["nmf_components"] = nm.components.astype(np.float64)
+        else:
+            labels = phases.kmeans(ps.spectra, energies_ev=ec, n_clusters=k, energy_window=window).labels
+    except ValueError as exc:
+        raise ValueError(f"phase mapping: {exc}") from None
+    spectra = ps.spectra.astype(np.float64)
+    means = np.stack(
+        [spectra[:, labels == j].mean(axis=1) if (labels == j).any() else np.full(ec.size, np.nan) for j in range(k)]
+    )
+    maps = phases.to_maps(labels.astype(np.int16), ps, fill=np.int16(-1))
+    out = []
+    for p in particles:
+        cmap = maps.get(p.particle, np.full(p.mask.shape, -1, np.int16)).astype(np.int16)
+        out.append(dataclasses.replace(p, maps={**p.maps, "cluster": cmap}))
+    settings["n_pixels"] = int(labels.size)
+    chem.update(
+        energies_ev=ec,
+        cluster_mean_spectra=means,
+        pca_energies_ev=np.asarray(pc.energies_ev, float),
+        pca_components=np.asarray(pc.components, float),
+        pca_explained_variance_ratio=np.asarray(pc.explained_variance_ratio, float),
+        cluster_fractions=phases.cluster_fractions(labels, ps.particle, n_clusters=k),
+        settings=settings,
+    )
+    return out, chem
+
+
+def _default_references(energies):
+    from .spectra import ni_references
+
+    return ni_references() if (energies[0] < 8340 < energies[-1]) else {}
+
+
+def redo_xanes(result: PipelineResult, *, energies_ev, references=None) -> PipelineResult:
+    """The result with its XANES part analysed again on another energy axis (e.g. calibrated).
+
+    Registration, tracking and motion are kept as they are (they do not depend on the
+    energies' values); every particle's aligned stack is analysed again with the same
+    frames, mask and options, the phase mapping is redone, and ``energies_ev`` and the
+    tracks' ``energy_ev`` become the new energies.
+
+    Parameters
+    ----------
+    result : PipelineResult
+    energies_ev : ndarray (n_frames,)
+        The new energy axis (strictly increasing, one per frame).
+    references : dict of name -> ReferenceSpectrum, optional
+        As for :func:`run_pipeline` (default: the shipped Ni references for the Ni K-edge).
+    """
+    import dataclasses
+
+    e = np.asarray(energies_ev, float)
+    if e.shape != np.asarray(result.energies_ev).shape:
+        raise ValueError(f"energies_ev: expected {len(result.energies_ev)} energies, got shape {e.shape}")
+    options = result.options
+    if references is None:
+        references = _default_references(e)
+    particles, norms = [], []
+    for p in result.particles:
+        xr = xanes.analyse_particle(
+            p.aligned,
+            p.mask,
+            e,
+            usable=p.xanes_frames,
+            references=references,
+            agreement=p.agreement,
+            keep_norm=options.clusters > 0,
+            **_xanes_settings(options),
+        )
+        new_notes = [n for n in xr.pop("notes") if n not in p.notes]
+        norms.append(xr.pop("norm", None))
+        particles.append(dataclasses.replace(p, **xr, notes=tuple(p.notes) + tuple(new_notes)))
+    chemistry = result.chemistry
+    if options.clusters > 0 and particles:
+        particles, chemistry = phase_mapping(particles, norms, e, options=options)
+    tracks = result.tracks.copy()
+    if len(tracks) and "energy_ev" in tracks:
+        tracks["energy_ev"] = e[tracks["frame"].to_numpy(int)]
+    return dataclasses.replace(result, energies_ev=e, particles=particles, chemistry=chemistry, tracks=tracks)

@@ -9,7 +9,7 @@ one per-particle table (mean edge energy, largest non-rigid motion, flagged fram
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -72,6 +72,17 @@ class ParticleResult:
         Normalised mean spectrum (NaN if normalisation impossible).
     e0_ev : float
     notes : tuple of str
+    maps : dict of str -> ndarray
+        Further per-pixel maps of the XANES analysis (:func:`xanestrack.xanes.analyse_particle`),
+        on the grid of ``mask``; values are kept where the quality mask rejects a pixel
+        (``quality_keep`` beside them says which are trusted): ``whiteline_height``
+        (normalised units of the fitted whiteline, whose position is ``edge_maps["whiteline"]``),
+        ``e50_sigma``, ``e50_sigma_noise``, ``e50_sigma_registration`` (eV, standard errors
+        of ``edge_maps["e50"]``), ``fraction_sigma`` (n_refs, h, w), ``edge_jump_od``,
+        ``quality_keep`` (bool), and with phase mapping ``cluster`` (int, -1 where not
+        clustered). Empty when the analysis was skipped.
+    xanes_frames : ndarray (n_frames,) bool or None
+        The frames the XANES analysis used.
     """
 
     particle: int
@@ -99,11 +110,22 @@ class ParticleResult:
     edge_positions: np.ndarray | None = (
         None  # (n_frames, 2): the edge-correlation estimate, on the CoM's offset (NaN if not measured)
     )
+    maps: dict = field(default_factory=dict)
+    xanes_frames: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
 class PipelineResult:
-    """Result of :func:`run_pipeline`."""
+    """Result of :func:`run_pipeline`.
+
+    ``chemistry`` (None when nothing beyond the per-particle analysis was asked) holds the
+    analysis of all particles together (:func:`xanestrack.pipeline.phase_mapping`):
+    ``energies_ev`` (the frames usable in every particle), ``cluster_mean_spectra``
+    (k, n), ``pca_energies_ev``, ``pca_components``, ``pca_explained_variance_ratio``
+    (the scree), ``cluster_fractions`` (a table: particle, cluster, n_pixels, fraction),
+    ``nmf_components`` (with the NMF method) and ``settings`` (a JSON-able dict: method,
+    clusters, window, pixels).
+    """
 
     energies_ev: np.ndarray
     frame_shape: tuple
@@ -119,6 +141,7 @@ class PipelineResult:
     options: PipelineOptions
     notes: tuple = ()
     similarity: pd.DataFrame | None = None  # per frame: common translation, scale, rotation (motion.SIMILARITY_COLUMNS)
+    chemistry: dict | None = None  # phase mapping of all particles together (see above)
 
 
 def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFrame:
@@ -139,11 +162,27 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
     frames_vouched, flagged_frames, median_agreement_px, max_agreement_px,
     max_nonrigid_px, mean_e50_ev, e50_spread_ev, e0_ev, oxidised_fraction``
     (``oxidised_fraction``: mean fraction of the last reference of the linear
-    combination fit, NaN without one).
+    combination fit, NaN without one), then ``mean_e50_sigma_ev`` (standard error of
+    ``mean_e50_ev``), ``whiteline_ev``, ``whiteline_height`` (means of the fitted
+    whiteline), ``kept_fraction`` (the share of the mask's pixels the quality masks
+    keep) and, when clusters were asked, ``cluster_<j>_fraction`` (of the particle's
+    clustered pixels).
+
+    Means are taken over the core pixels that the quality masks keep
+    (``maps["quality_keep"]``; every core pixel for results without one).
+    ``mean_e50_sigma_ev`` combines the noise part of the pixels' standard errors
+    (independent pixels, the variance of a mean of pixels smoothed with a Gaussian of
+    ``xanes_smoothing`` px multiplied by ``4 pi sigma^2``) with the registration part
+    taken as common to every pixel (the mean of the pixels' registration sigmas: a
+    frame's misregistration moves the whole particle, an upper bound) and with the
+    particle's systematic term ``maps["e50_sigma_systematic"]`` where present.
     """
     from scipy import ndimage
 
     ratios = result.peak_ratios.set_index("particle") if len(result.peak_ratios) else None
+    options = getattr(result, "options", None)
+    smoothing_px = float(getattr(options, "xanes_smoothing", 1.0))
+    clusters = int(getattr(options, "clusters", 0) or 0)
     unmeasured = FRAME_FLAGS["interpolated"] | FRAME_FLAGS["position_outlier"]
     rows = []
     for p in result.particles:
@@ -151,12 +190,17 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
         core = ndimage.binary_erosion(p.mask, iterations=core_px) if core_px > 0 else p.mask
         if not core.any():
             core = p.mask
+        keep = p.maps.get("quality_keep")
+        if keep is not None and (core & keep).any():
+            core = core & keep
         e50 = p.edge_maps["e50"][core]
-        e50 = e50[np.isfinite(e50)]
+        fin_e50 = np.isfinite(e50)
+        e50 = e50[fin_e50]
         ox = np.nan
         if p.fractions is not None and len(p.reference_names) and core.any():
             v = p.fractions[-1][core]
             ox = float(np.nanmean(v)) if np.isfinite(v).any() else np.nan
+        extra = _chemistry_columns(p, core, fin_e50, smoothing_px, clusters)
         a = np.asarray(p.agreement, float) if p.agreement is not None else np.full(len(flags), np.nan)
         fin = np.isfinite(a)
         nr = np.nan
@@ -179,6 +223,7 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
                 e50_spread_ev=float(e50.std()) if e50.size else np.nan,
                 e0_ev=float(p.e0_ev),
                 oxidised_fraction=ox,
+                **extra,
             )
         )
     cols = [
@@ -197,5 +242,50 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
         "e50_spread_ev",
         "e0_ev",
         "oxidised_fraction",
-    ]
+        "mean_e50_sigma_ev",
+        "whiteline_ev",
+        "whiteline_height",
+        "kept_fraction",
+    ] + [f"cluster_{j}_fraction" for j in range(clusters)]
     return pd.DataFrame(rows, columns=cols)
+
+
+def _chemistry_columns(p, core, fin_e50, smoothing_px, clusters) -> dict:
+    """The chemistry columns of :func:`particle_summary` for one particle over the pixels ``core``."""
+    nan = float("nan")
+    m = p.maps
+
+    def mean(a):
+        v = np.asarray(a, float)[core]
+        v = v[np.isfinite(v)]
+        return float(v.mean()) if v.size else nan
+
+    sigma = nan
+    if "e50_sigma_noise" in m and fin_e50.any():
+        sn = np.asarray(m["e50_sigma_noise"], float)[core][fin_e50]
+        sn = sn[np.isfinite(sn)]
+        if sn.size:
+            factor = max(1.0, 4 * np.pi * smoothing_px**2)
+            sigma = float(np.sqrt(factor * np.sum(sn**2)) / sn.size)
+            sr = np.asarray(m.get("e50_sigma_registration", np.full(core.shape, nan)), float)[core]
+            sr = sr[np.isfinite(sr)]
+            if sr.size:
+                sigma = float(np.hypot(sigma, sr.mean()))
+            ss = m.get("e50_sigma_systematic")
+            if ss is not None and np.isfinite(ss).any():
+                sigma = float(np.hypot(sigma, np.nanmax(ss)))
+    keep = m.get("quality_keep")
+    out = dict(
+        mean_e50_sigma_ev=sigma,
+        whiteline_ev=mean(p.edge_maps["whiteline"]) if "whiteline" in p.edge_maps else nan,
+        whiteline_height=mean(m["whiteline_height"]) if "whiteline_height" in m else nan,
+        kept_fraction=float((keep & p.mask).sum() / max(int(p.mask.sum()), 1)) if keep is not None else nan,
+    )
+    cl = m.get("cluster")
+    for j in range(clusters):
+        if cl is None:
+            out[f"cluster_{j}_fraction"] = nan
+            continue
+        n = int((cl >= 0).sum())
+        out[f"cluster_{j}_fraction"] = float((cl == j).sum() / n) if n else nan
+    return out

@@ -27,6 +27,7 @@ __all__ = [
     "add_to_marker",
     "write_results",
     "read_results",
+    "cluster_table",
 ]
 
 logger = logging.getLogger(__name__)
@@ -123,6 +124,68 @@ def _options_from_dict(cls, d: dict):
     return cls(**kw)
 
 
+#: units of the per-particle maps (``ParticleResult.maps``) in results.h5
+_MAP_UNITS = {
+    "e50_sigma": "eV",
+    "e50_sigma_noise": "eV",
+    "e50_sigma_registration": "eV",
+    "whiteline_height": "normalised absorption",
+    "fraction_sigma": "fraction",
+    "edge_jump_od": "OD",
+    "quality_keep": "bool: pixel trusted (edge jump and fit quality)",
+    "cluster": "cluster index, -1 where not clustered",
+}
+
+
+def _write_chemistry(g, chem: dict) -> None:
+    """``PipelineResult.chemistry``: arrays as datasets, tables as tables, the rest as JSON attributes."""
+    import pandas as pd
+
+    tables = g.create_group("tables")
+    other = {}
+    for k, v in chem.items():
+        if isinstance(v, pd.DataFrame):
+            _write_table(tables, k, v)
+        elif isinstance(v, np.ndarray):
+            g.create_dataset(k, data=v)
+        else:
+            other[k] = v
+    g.attrs["values"] = json.dumps(other, default=_json_default)
+    g.attrs["description"] = "phase mapping of all particles together (xanestrack.pipeline.phase_mapping)"
+
+
+def _read_chemistry(g) -> dict:
+    out = {k: g[k][()] for k in g if k != "tables"}
+    for k in g.get("tables", {}):
+        out[k] = _read_table(g["tables"][k])
+    out.update(json.loads(g.attrs.get("values", "{}")))
+    return out
+
+
+def cluster_table(result):
+    """Per-particle cluster fractions as one row per particle (``clusters.csv``), or None without clusters.
+
+    Columns ``particle, n_clustered, cluster_0_fraction, ...`` (fractions of the
+    particle's clustered, quality-kept pixels).
+    """
+    import pandas as pd
+
+    chem = result.chemistry or {}
+    cf = chem.get("cluster_fractions")
+    if cf is None:
+        return None
+    k = int(chem.get("settings", {}).get("clusters", 0))
+    rows = []
+    for p in result.particles:
+        g = cf[cf["particle"] == p.particle].set_index("cluster")
+        n = int(g["n_pixels"].sum()) if len(g) else 0
+        rows.append(
+            [int(p.particle), n]
+            + [float(g.loc[j, "fraction"]) if (len(g) and j in g.index and n) else np.nan for j in range(k)]
+        )
+    return pd.DataFrame(rows, columns=["particle", "n_clustered"] + [f"cluster_{j}_fraction" for j in range(k)])
+
+
 def write_results(result, folder, *, run_info: dict, save_fused: bool = False) -> None:
     """Write a :class:`~xanestrack.result.PipelineResult` into ``folder``.
 
@@ -140,6 +203,9 @@ def write_results(result, folder, *, run_info: dict, save_fused: bool = False) -
         df = getattr(result, name)
         if name != "peak_ratios" or len(df):
             df.to_csv(folder / fname, index=False, float_format=fmt)
+    ct = cluster_table(result)
+    if ct is not None:
+        ct.to_csv(folder / "clusters.csv", index=False, float_format="%.4f")
     comp = dict(compression="gzip", compression_opts=1, shuffle=True)
     with h5py.File(folder / "results.h5", "w") as f:
         f.attrs["xanestrack_version"] = __version__
@@ -204,6 +270,17 @@ def write_results(result, folder, *, run_info: dict, save_fused: bool = False) -
             pg.create_dataset("post_edge", data=p.post_edge)
             if p.unaligned_ends is not None:
                 pg.create_dataset("unaligned_ends", data=p.unaligned_ends, **comp)
+            if p.xanes_frames is not None:
+                pg.create_dataset("xanes_frames", data=np.asarray(p.xanes_frames))
+            for name, m in p.maps.items():
+                d = pg.create_dataset(f"map_{name}", data=m, **comp)
+                d.attrs.update(origin_y=int(p.origin[0]), origin_x=int(p.origin[1]))
+                if name in _MAP_UNITS:
+                    d.attrs["units"] = _MAP_UNITS[name]
+                if name == "fraction_sigma":
+                    d.attrs["references"] = json.dumps(list(p.reference_names))
+        if result.chemistry is not None:
+            _write_chemistry(f.create_group("chemistry"), result.chemistry)
         if result.fused is not None:
             desc = "frame-0 grid: frames rigidly aligned, each particle pasted aligned"
             for name, img in (("fused_first", result.fused[0]), ("fused_last", result.fused[-1])):
@@ -303,6 +380,8 @@ def _read_particle(g, n_frames: int):
             a.get("reference_frame", g["agreement_px"].attrs.get("reference_frame", 0) if "agreement_px" in g else 0)
         ),
         edge_positions=d.get("edge_positions"),
+        maps={k[4:]: v for k, v in d.items() if k.startswith("map_")},
+        xanes_frames=d.get("xanes_frames"),
     )
 
 
@@ -405,6 +484,7 @@ def read_results(folder):
                 options=_options_from_dict(PipelineOptions, options if isinstance(options, dict) else {}),
                 notes=tuple(json.loads(attrs["notes"])) if "notes" in attrs else tuple(run.get("notes", ())),
                 similarity=similarity,
+                chemistry=_read_chemistry(f["chemistry"]) if "chemistry" in f else None,
             )
     except XanestrackError:
         raise

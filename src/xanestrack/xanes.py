@@ -454,6 +454,62 @@ def _masked_smooth(stack, mask, sigma):
     return np.where(mask, out, stack).astype(np.float32)
 
 
+def _whiteline_maps(e, norm, mask, e0, notes):
+    """Fitted whiteline position (eV) and height maps of the mask's normalised spectra (n_e, n_pix)."""
+    from .chemistry.whiteline import fit_whiteline
+
+    pos = np.full(mask.shape, np.nan, np.float32)
+    height = np.full(mask.shape, np.nan, np.float32)
+    try:
+        wl = fit_whiteline(e, norm, e0_ev=e0)
+    except ValueError as exc:
+        notes.append(f"whiteline not fitted: {exc}")
+        return pos, height
+    pos[mask] = wl.position_ev
+    height[mask] = wl.height
+    return pos, height
+
+
+def _chemistry_maps(
+    e,
+    sub,
+    mask,
+    e0,
+    *,
+    agreement,
+    uncertainty,
+    references,
+    edge_window,
+    lcf_window,
+    edge_jump_threshold,
+    lcf_residual,
+    notes,
+) -> dict:
+    """Quality masks and standard errors of one particle's analysed OD ``sub`` (n_e, h, w)."""
+    from .chemistry.quality import quality_masks
+    from .chemistry.uncertainty import edge_energy_sigma, fraction_sigma, registration_sigma_px
+
+    out = {}
+    q = quality_masks(e, sub, mask=mask, e0_ev=e0, edge_jump_threshold=edge_jump_threshold, extra_residual=lcf_residual)
+    out["quality_keep"] = q.keep
+    out["edge_jump_od"] = q.edge_jump_od
+    if not uncertainty:
+        return out
+    shift_sigma = None
+    if agreement is not None and np.isfinite(agreement).any():
+        shift_sigma = registration_sigma_px(agreement)
+    elif agreement is not None:
+        notes.append("no registration uncertainty: the position was measured only one way")
+    s = edge_energy_sigma(e, sub, mask=mask, e0_ev=e0, window=edge_window, shift_sigma_px=shift_sigma)
+    out["e50_sigma"] = s.sigma_ev
+    out["e50_sigma_noise"] = s.sigma_noise_ev
+    out["e50_sigma_registration"] = s.sigma_registration_ev
+    if references:
+        fs = fraction_sigma(e, sub, references, mask=mask, e0_ev=e0, window=lcf_window, shift_sigma_px=shift_sigma)
+        out["fraction_sigma"] = fs.sigma
+    return out
+
+
 _EDGE_METHODS = (("e50", "half"), ("derivative", "derivative"), ("whiteline", "whiteline"))
 
 
@@ -469,6 +525,10 @@ def analyse_particle(
     smoothing: float = 1.0,
     edge_window=(-15.0, 20.0),
     lcf_window=(-20.0, 40.0),
+    agreement=None,
+    uncertainty: bool = True,
+    edge_jump_threshold: float = 5.0,
+    keep_norm: bool = False,
 ) -> dict:
     """XANES of one aligned particle sub-stack: edge-energy maps, LCF, mean spectra.
 
@@ -494,17 +554,41 @@ def analyse_particle(
         eV relative to the edge E0: where edge energies are searched
         (:func:`edge_energy`) and where the fit is made (:func:`linear_combination_fit`).
 
+    agreement : ndarray (n_frames,), optional
+        px. Per frame, the distance between the two independent position estimates
+        (``ParticleResult.agreement``): the registration part of the edge-energy
+        uncertainty (:func:`xanestrack.chemistry.uncertainty.registration_sigma_px`).
+        None or no finite value: no registration part (NaN map).
+    uncertainty : bool
+        Compute the standard errors of E50 and of the fractions (noise and registration).
+    edge_jump_threshold : float
+        Quality mask: minimum edge step in units of the pre-edge noise
+        (:func:`xanestrack.chemistry.quality.quality_masks`).
+    keep_norm : bool
+        Also return ``norm``: the normalised spectra (n_frames, h, w), NaN in frames
+        not used and outside the mask (for phase mapping over several particles).
+
     Returns
     -------
     dict with ``edge_maps`` (e50, derivative, whiteline), ``pixel_flags``,
     ``fractions``, ``reference_names``, ``e0_ev``, ``mean_norm``, ``pre_edge``,
-    ``post_edge``, ``notes``.
+    ``post_edge``, ``notes``, ``maps`` (see :class:`xanestrack.result.ParticleResult`),
+    ``xanes_frames`` (the frames used), and ``norm`` with ``keep_norm``.
 
     Notes
     -----
     E0 is found on the mean spectrum of the mask and then used for every pixel. A
     ``ValueError`` of the analysis (e.g. a scan that does not reach the post-edge) is
     not raised: it becomes a note and NaN maps.
+
+    ``edge_maps["whiteline"]`` is the position of a peak model fitted to the top of the
+    whiteline (:func:`xanestrack.chemistry.whiteline.fit_whiteline`: a cubic within 5 eV
+    of the smoothed maximum), not the arg-max of noisy points; its height is
+    ``maps["whiteline_height"]``. The uncertainties are propagated from the OD stack as
+    analysed (after the background subtraction and the smoothing,
+    :func:`xanestrack.chemistry.uncertainty.edge_energy_sigma`). The quality masks
+    (edge jump, normalisation and LCF residual) are stored beside the maps
+    (``quality_keep``); the maps keep their values.
     """
     n = aligned.shape[0]
     notes = []
@@ -514,6 +598,7 @@ def analyse_particle(
     edge_maps = {}
     pix_flags = np.zeros(aligned.shape[1:], np.uint8)
     fractions, ref_names = None, ()
+    maps, norm, lcf_residual = {}, None, None
     e0 = float("nan")
     mean_norm = np.full(n, np.nan)
     pre_c = post_c = np.full(n, np.nan)
@@ -538,13 +623,21 @@ def analyse_particle(
             npix = normalize(e, mu, e0_ev=e0)
             pf = npix.flags.copy()
             for name, method in _EDGE_METHODS:
+                if name == "whiteline":
+                    continue  # fitted below
                 vals, fl = edge_energy(e, npix.norm, method=method, e0_ev=e0, window=edge_window)
                 m = np.full(aligned.shape[1:], np.nan, np.float32)
                 m[mask] = vals
                 edge_maps[name] = m
                 if name == "e50":
                     pf |= fl
+            edge_maps["whiteline"], maps["whiteline_height"] = _whiteline_maps(e, npix.norm, mask, e0, notes)
             pix_flags[mask] = pf
+            if keep_norm:
+                norm = np.full(aligned.shape, np.nan, np.float32)
+                full = np.full((e.size, *mask.shape), np.nan, np.float32)
+                full[:, mask] = npix.norm
+                norm[usable] = full
             if references:
                 lo = max(r.energies_ev[0] if hasattr(r, "energies_ev") else -np.inf for r in references.values())
                 hi = min(r.energies_ev[-1] if hasattr(r, "energies_ev") else np.inf for r in references.values())
@@ -554,13 +647,31 @@ def analyse_particle(
                     fr[:, mask] = lcf.fractions
                     fractions, ref_names = fr, lcf.names
                     pix_flags[mask] |= lcf.flags
+                    lcf_residual = np.full(mask.shape, np.nan)
+                    lcf_residual[mask] = lcf.residual
                 else:
                     notes.append(f"LCF skipped: references cover {lo:.0f}-{hi:.0f} eV, edge at {e0:.0f} eV")
+            maps.update(
+                _chemistry_maps(
+                    e,
+                    sub,
+                    mask,
+                    e0,
+                    agreement=None if agreement is None else np.asarray(agreement, float)[usable],
+                    uncertainty=uncertainty,
+                    references=references if fractions is not None else None,
+                    edge_window=edge_window,
+                    lcf_window=lcf_window,
+                    edge_jump_threshold=edge_jump_threshold,
+                    lcf_residual=lcf_residual,
+                    notes=notes,
+                )
+            )
         except ValueError as exc:
             notes.append(f"XANES failed: {exc}")
             for name, _ in _EDGE_METHODS:
                 edge_maps.setdefault(name, np.full(aligned.shape[1:], np.nan, np.float32))
-    return dict(
+    out = dict(
         edge_maps=edge_maps,
         pixel_flags=pix_flags,
         fractions=fractions,
@@ -570,4 +681,9 @@ def analyse_particle(
         pre_edge=pre_c,
         post_edge=post_c,
         notes=notes,
+        maps=maps,
+        xanes_frames=usable,
     )
+    if keep_norm:
+        out["norm"] = norm
+    return out
