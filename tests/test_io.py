@@ -53,7 +53,7 @@ def test_tiff_stack_non_square_with_keV_energies(tmp_path):
 def test_tiff_integer_counts_without_flats_is_refused(tmp_path):
     tifffile.imwrite(tmp_path / "s.tif", np.ones((5, 10, 12), np.uint16))
     (tmp_path / "e.txt").write_text("\n".join(map(str, E)))
-    with pytest.raises(ValueError, match="need --flats"):
+    with pytest.raises(ValueError, match="need `flats`"):
         read_stack(tmp_path / "s.tif", energies=tmp_path / "e.txt")
 
 

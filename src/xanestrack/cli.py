@@ -31,9 +31,9 @@ def _console():
 
 def _message(exc: BaseException, context=None) -> str:
     """One line for the user: what went wrong, with which file, and what to do."""
-    from .errors import XanestrackError, one_line
+    from .errors import XanestrackError, for_cli, one_line
 
-    text = one_line(exc) or type(exc).__name__
+    text = for_cli(one_line(exc)) or type(exc).__name__  # the library's `parameter` names as our flags
     if isinstance(exc, XanestrackError):
         return text
     where = f"{context}: " if context and str(context) not in text else ""
@@ -326,7 +326,7 @@ def run(
     given += [Path(r.split("=", 1)[1]) for r in reference or [] if "=" in r]
     try:
         from .detect import DetectOptions
-        from .errors import XanestrackError
+        from .errors import XanestrackError, for_cli
         from .io import read_stack
         from .pipeline import PipelineOptions
         from .results import check_output_dir
@@ -348,7 +348,7 @@ def run(
             f"read      {stack.od.shape[0]} frames of {stack.od.shape[1]} x {stack.od.shape[2]}, {stack.energies_ev[0]:.1f}-{stack.energies_ev[-1]:.1f} eV ({time.perf_counter() - t:.2f} s)"
         )
         for note in stack.metadata.get("notes", []):
-            c.print(f"note      {note}", highlight=False, markup=False, soft_wrap=True)
+            c.print(f"note      {for_cli(note)}", highlight=False, markup=False, soft_wrap=True)
         px = stack.pixel_size_um
         min_radius, max_radius, binning = particle_radius_range(stack, min_radius, max_radius, detector=detector)
         c.print(

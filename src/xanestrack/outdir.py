@@ -161,30 +161,30 @@ def check_output_dir(out_dir, *, overwrite: bool, inputs=()) -> Path:
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise XanestrackError(f"output {out} exists and is not a folder; choose another --out")
+        raise XanestrackError(f"output {out} exists and is not a folder; choose another output folder (`out`)")
     if not out.exists() or not any(out.iterdir()):
         return out
     if not overwrite:
-        raise XanestrackError(f"output folder {out} exists and is not empty; choose another --out or pass --overwrite")
+        raise XanestrackError(f"output folder {out} exists and is not empty; choose another output folder (`out`) or pass `overwrite`")
     res = out.resolve()
     cwd = Path.cwd().resolve()
     if cwd == res or res in cwd.parents:
-        raise XanestrackError(f"--overwrite: {out} is the current folder or contains it; choose another --out")
+        raise XanestrackError(f"`overwrite`: {out} is the current folder or contains it; choose another output folder (`out`)")
     for p in inputs:
         rp = Path(p).resolve()
         if rp == res or res in rp.parents:
-            raise XanestrackError(f"--overwrite: {out} holds the input {p}; it is never replaced: choose another --out")
+            raise XanestrackError(f"`overwrite`: {out} holds the input {p}; it is never replaced: choose another output folder (`out`)")
     info = _read_marker(out) or _legacy_marker(out)
     if info is None:
         raise XanestrackError(
-            f"--overwrite: {out} is not a xanestrack output (no {MARKER} marker) and is not replaced; "
-            "choose another --out, or empty the folder yourself"
+            f"`overwrite`: {out} is not a xanestrack output (no {MARKER} marker) and is not replaced; "
+            "choose another output folder (`out`), or empty the folder yourself"
         )
     extra = _foreign(out, info)
     if extra:
         shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
         raise XanestrackError(
-            f"--overwrite: {out} holds files xanestrack did not write ({shown}); move them out or choose another --out"
+            f"`overwrite`: {out} holds files xanestrack did not write ({shown}); move them out or choose another output folder (`out`)"
         )
     return out
 
@@ -247,7 +247,7 @@ class output_lock:
         who = f"process {info.get('pid', '?')} on {info.get('host', '?')}"
         return XanestrackError(
             f"{self.out}: another xanestrack run ({who}) is writing this output now; wait for it to finish "
-            "or choose another --out"
+            "or choose another output folder (`out`)"
         )
 
     def __enter__(self):
@@ -315,10 +315,10 @@ def _prepare_parent(out: Path) -> Path:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise XanestrackError(
-            f"cannot create the folder {parent} for {out.name} ({one_line(exc.strerror or exc)}); choose another --out"
+            f"cannot create the folder {parent} for {out.name} ({one_line(exc.strerror or exc)}); choose another output folder (`out`)"
         ) from None
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise XanestrackError(f"cannot write in {parent} (permission denied); choose another --out")
+        raise XanestrackError(f"cannot write in {parent} (permission denied); choose another output folder (`out`)")
     return parent
 
 
@@ -350,7 +350,7 @@ def atomic_output_dir(out_dir, *, overwrite: bool = False, inputs=(), kind: str 
                 continue
             except OSError as exc:
                 raise XanestrackError(
-                    f"cannot write in {parent} ({one_line(exc.strerror or exc)}); choose another --out"
+                    f"cannot write in {parent} ({one_line(exc.strerror or exc)}); choose another output folder (`out`)"
                 ) from None
         try:
             (tmp / TMP_MARKER).write_text(json.dumps(dict(tool="xanestrack", pid=pid, host=host, out=str(out))))

@@ -52,7 +52,7 @@ def particle_radius_range(stack, min_radius=None, max_radius=None, *, detector: 
 
     px = stack.pixel_size_um
     given = (min_radius is not None, max_radius is not None)
-    for name, v in (("--min-radius", min_radius), ("--max-radius", max_radius)):
+    for name, v in (("`min_radius`", min_radius), ("`max_radius`", max_radius)):
         if v is not None and not (np.isfinite(v) and v >= 0):
             raise XanestrackError(f"{name} {v}: give a radius in pixels (a positive number)")
     if min_radius is None:
@@ -65,10 +65,10 @@ def particle_radius_range(stack, min_radius=None, max_radius=None, *, detector: 
             raise XanestrackError(
                 f"{stack.metadata.get('source', 'input')}: the pixel size in the file, {px:g} um, gives particle radii of "
                 f"{min_radius:.3g}-{max_radius:.3g} px ({RADIUS_UM[0]:g}-{RADIUS_UM[1]:g} um) in frames of "
-                f"{stack.od.shape[1]} x {stack.od.shape[2]}: the pixel size is wrong; give --min-radius and --max-radius in pixels"
+                f"{stack.od.shape[1]} x {stack.od.shape[2]}: the pixel size is wrong; give `min_radius` and `max_radius` in pixels"
             )
         raise XanestrackError(
-            f"--min-radius {min_radius:g} / --max-radius {max_radius:g} px: a particle radius must be at least 1 px, "
+            f"`min_radius` {min_radius:g} / `max_radius` {max_radius:g} px: a particle radius must be at least 1 px, "
             f"at most the frame size ({size} px), and the minimum below the maximum"
         )
     binning = int(np.clip(round(min_radius / 5), 1, 4))

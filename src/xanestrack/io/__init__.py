@@ -79,7 +79,7 @@ def read_stack(
         inconsistent (one line, saying what to do).
     """
     if values not in ("auto", "od", "transmission", "counts"):
-        raise XanestrackError(f"--values must be auto, od or transmission, got {values!r}")
+        raise XanestrackError(f"`values` must be auto, od or transmission, got {values!r}")
     paths = _as_paths(inputs)
     if not paths:
         raise XanestrackError("no input given")
@@ -108,7 +108,7 @@ def read_stack(
         notes = []
         if energies is None:
             raise XanestrackError(
-                f"{path}: a TIFF stack needs its energies: pass --energies FILE (one energy per frame)"
+                f"{path}: a TIFF stack needs its energies: pass `energies` FILE (one energy per frame)"
             )
         data = read_tiff_frames(path, notes=notes)
         e = validated_energies(_energies_arg(energies), data.shape[0], source=path)
@@ -119,13 +119,13 @@ def read_stack(
             files += [str(flats)] + ([str(darks)] if darks is not None else [])
             fl = _match_flats(fl, data.shape[0], source=flats, notes=notes)
             if dk is None:
-                notes.append(f"{path}: no dark images (--darks): dark taken as 0")
+                notes.append(f"{path}: no dark images (`darks`): dark taken as 0")
             od = optical_density(data, flats=fl, darks=dk, source=str(path))
             kind = "counts"
         else:
             if darks is not None:
-                raise XanestrackError(f"{darks}: darks given without --flats; give the flats too, or neither")
-            od, kind, more = values_without_flats(data, values, source=path, flats_hint="--flats (reference images)")
+                raise XanestrackError(f"{darks}: darks given without `flats`; give the flats too, or neither")
+            od, kind, more = values_without_flats(data, values, source=path, flats_hint="`flats` (reference images)")
             notes += more
         meta = dict(source=str(path), reader="tiff", values=kind, files=files, notes=notes)
         return Stack(od, e, None, meta)

@@ -172,13 +172,13 @@ def values_without_flats(data, values: str, *, source, flats_hint: str):
     from .flatfield import optical_density
 
     if values not in ("auto", "od", "transmission", "counts"):
-        raise XanestrackError(f"--values must be auto, od or transmission, got {values!r}")
+        raise XanestrackError(f"`values` must be auto, od or transmission, got {values!r}")
     integer = np.issubdtype(data.dtype, np.integer)
     if values == "counts" or (values == "auto" and integer):
         raise XanestrackError(
             f"{source}: {'integer pixel values look like' if values == 'auto' else 'pixel values are'} raw counts, "
             f"which need {flats_hint}; if they are already optical density or transmission, "
-            "say so with --values od|transmission"
+            "say so with `values` od|transmission"
         )
     sample = np.asarray(data[:: max(1, data.shape[0] // 8), ::2, ::2], dtype=np.float32)  # ~8 frames, every 4th pixel
     sample = sample[np.isfinite(sample)]
@@ -196,11 +196,11 @@ def values_without_flats(data, values: str, *, source, flats_hint: str):
         if lo >= 0 and hi <= 1.5 and med >= 0.5:
             raise XanestrackError(
                 f"{source}: {rng} look like transmission I/I0 (background near 1), not optical density; "
-                "pass --values transmission, or --values od if they really are optical density"
+                "pass `values` transmission, or `values` od if they really are optical density"
             )
         notes.append(
             f"{source}: floating-point values without flats taken as optical density ({rng}); "
-            "pass --values transmission if they are I/I0"
+            "pass `values` transmission if they are I/I0"
         )
         values = "od"
     if values == "od":
