@@ -165,15 +165,21 @@ def check_output_dir(out_dir, *, overwrite: bool, inputs=()) -> Path:
     if not out.exists() or not any(out.iterdir()):
         return out
     if not overwrite:
-        raise XanestrackError(f"output folder {out} exists and is not empty; choose another output folder (`out`) or pass `overwrite`")
+        raise XanestrackError(
+            f"output folder {out} exists and is not empty; choose another output folder (`out`) or pass `overwrite`"
+        )
     res = out.resolve()
     cwd = Path.cwd().resolve()
     if cwd == res or res in cwd.parents:
-        raise XanestrackError(f"`overwrite`: {out} is the current folder or contains it; choose another output folder (`out`)")
+        raise XanestrackError(
+            f"`overwrite`: {out} is the current folder or contains it; choose another output folder (`out`)"
+        )
     for p in inputs:
         rp = Path(p).resolve()
         if rp == res or res in rp.parents:
-            raise XanestrackError(f"`overwrite`: {out} holds the input {p}; it is never replaced: choose another output folder (`out`)")
+            raise XanestrackError(
+                f"`overwrite`: {out} holds the input {p}; it is never replaced: choose another output folder (`out`)"
+            )
     info = _read_marker(out) or _legacy_marker(out)
     if info is None:
         raise XanestrackError(
