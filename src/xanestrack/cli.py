@@ -206,6 +206,7 @@ def _run_and_write(
     segmenter_model=None,
     inputs=(),
     warmup=None,
+    known_edge=None,
 ):
     from .pipeline import PipelineOptions, run_pipeline
     from .results import atomic_output_dir, write_results
@@ -237,6 +238,9 @@ def _run_and_write(
             else ("shipped" if segmenter == "learned" else None),
             pipeline_s=time.perf_counter() - t0,
         )
+        if known_edge is not None:
+            result, run_info["energy_calibration"] = _calibrate_known_edge(result, *known_edge, references=references)
+        run_info["quality"] = _quality_record(result)
         write_results(result, tmp, run_info=run_info, save_fused=save_fused)
         if make_report:
             from .report import write_report
@@ -261,6 +265,122 @@ def _input_description(stack, inputs):
         frame_shape=list(stack.od.shape[1:]),
         pixel_size_um=stack.pixel_size_um,
         input_notes=stack.metadata.get("notes", []),
+    )
+
+
+def _chemistry_options(
+    clusters, cluster_method, cluster_window, edge_jump_threshold, energy_reference, reference_standard, known_edge
+) -> dict:
+    """Check the chemistry options of ``run``: ``{"options": PipelineOptions fields, "known_edge": (p, ev) or None}``."""
+    import math
+
+    from .errors import XanestrackError
+
+    if clusters < 0 or clusters == 1:
+        raise XanestrackError(f"--clusters {clusters}: give 0 (no phase mapping) or 2 or more phases")
+    if cluster_method not in ("kmeans", "nmf"):
+        raise XanestrackError(f"--cluster-method takes 'kmeans' or 'nmf', got {cluster_method!r}")
+    window = None
+    if cluster_window is not None:
+        try:
+            lo, hi = (float(v) for v in cluster_window.split(","))
+        except ValueError:
+            raise XanestrackError(
+                f"--cluster-window takes LO,HI in eV (e.g. 8330,8370), got {cluster_window!r}"
+            ) from None
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise XanestrackError(f"--cluster-window {cluster_window}: give LO,HI with LO < HI (eV)")
+        window = (lo, hi)
+    if not (math.isfinite(edge_jump_threshold) and edge_jump_threshold > 0):
+        raise XanestrackError(f"--edge-jump-threshold {edge_jump_threshold}: give a positive number (5 is usual)")
+    if reference_standard is not None and energy_reference is None:
+        raise XanestrackError("--reference-standard needs --energy-reference (the reference measured with the scan)")
+    edge = None
+    if known_edge is not None:
+        if energy_reference is not None:
+            raise XanestrackError("--known-edge and --energy-reference: give one energy calibration, not both")
+        try:
+            pid, ev = known_edge.split("=", 1)
+            edge = (int(pid), float(ev))
+        except ValueError:
+            raise XanestrackError(f"--known-edge takes PARTICLE=EV (e.g. 3=8340.05), got {known_edge!r}") from None
+        if not (math.isfinite(edge[1]) and 1000 < edge[1] < 100000):
+            raise XanestrackError(f"--known-edge {known_edge}: the edge energy must be in eV (e.g. 8340.05)")
+    return dict(
+        options=dict(
+            clusters=int(clusters),
+            cluster_method=cluster_method,
+            cluster_window=window,
+            edge_jump_threshold=float(edge_jump_threshold),
+        ),
+        known_edge=edge,
+    )
+
+
+def _calibrate_stack(stack, path, known_e0, standard_path):
+    """The stack on the calibrated energy axis and the calibration's record (for run.json)."""
+    from dataclasses import replace
+
+    from .chemistry.calibration import calibrate_from_reference
+    from .errors import XanestrackError
+    from .spectra import read_spectrum
+
+    try:
+        ref = read_spectrum(path)
+        standard = read_spectrum(standard_path) if standard_path is not None else None
+        cal = calibrate_from_reference(
+            ref.energies_ev, ref.mu, known_e0_ev=known_e0, standard=standard, source=str(path)
+        )
+    except (ValueError, OSError) as exc:
+        raise XanestrackError(f"--energy-reference {path}: {exc}") from None
+    rec = dict(cal.record(), applied="the energy axis was shifted before the analysis")
+    if standard_path is not None:
+        rec["standard"] = str(standard_path)
+    return replace(stack, energies_ev=cal.apply(stack.energies_ev)), rec
+
+
+def _calibrate_known_edge(result, particle, known_ev, *, references=None):
+    """Shift the energy axis so that ``particle``'s mean E50 is ``known_ev``; the XANES analysis redone."""
+    import numpy as np
+
+    from .chemistry.calibration import calibrate_from_region
+    from .errors import XanestrackError
+    from .pipeline import redo_xanes
+    from .result import particle_summary
+
+    summ = particle_summary(result).set_index("particle")
+    if particle not in summ.index:
+        ids = ", ".join(map(str, summ.index)) or "none"
+        raise XanestrackError(
+            f"--known-edge {particle}={known_ev}: no particle {particle} was tracked (particles: {ids})"
+        )
+    measured = float(summ.loc[particle, "mean_e50_ev"])
+    if not np.isfinite(measured):
+        raise XanestrackError(f"--known-edge {particle}={known_ev}: particle {particle} has no edge energy to measure")
+    cal = calibrate_from_region(
+        measured, known_e0_ev=known_ev, source=f"particle {particle}: mean E50 over its trusted core pixels"
+    )
+    new = redo_xanes(result, energies_ev=cal.apply(result.energies_ev), references=references)
+    rec = dict(
+        cal.record(),
+        applied="measured on the first analysis; energies shifted and the XANES analysis redone (registration unchanged)",
+        check_mean_e50_ev=float(particle_summary(new).set_index("particle").loc[particle, "mean_e50_ev"]),
+    )
+    return new, rec
+
+
+def _quality_record(result) -> dict:
+    """The quality masks' thresholds and, per particle, the pixels kept (for run.json)."""
+    opts = result.options
+    rows = {}
+    for p in result.particles:
+        keep = p.maps.get("quality_keep")
+        if keep is not None:
+            rows[str(p.particle)] = dict(mask_pixels=int(p.mask.sum()), kept_pixels=int((keep & p.mask).sum()))
+    return dict(
+        edge_jump_threshold=float(getattr(opts, "edge_jump_threshold", 5.0)),
+        residual_rule="normalisation and LCF residual <= median + 5 x 1.4826 MAD of the particle's pixels with an edge jump",
+        particles=rows,
     )
 
 
@@ -311,6 +431,34 @@ def run(
         None,
         help="Reference spectrum for the linear combination fit, as NAME=FILE (XDI or text: energy, normalised mu); repeat for each. Default: the shipped NiO and LiNiO2 for Ni K-edge scans.",
     ),
+    clusters: int = typer.Option(
+        0, help="Phase mapping: cluster the normalised pixel spectra of all particles together into K phases (0: none)."
+    ),
+    cluster_method: str = typer.Option(
+        "kmeans", help="Phase mapping method: 'kmeans' or 'nmf' (started from k-means)."
+    ),
+    cluster_window: Optional[str] = typer.Option(
+        None,
+        help="Cluster on the energies LO,HI (eV) only, e.g. 8330,8370; default all frames usable in every particle.",
+    ),
+    energy_reference: Optional[Path] = typer.Option(
+        None,
+        help="Energy calibration: a foil or standard spectrum (XDI or text: energy, mu) measured on the scan's energy axis; its E0 (derivative maximum) is shifted to --reference-e0.",
+    ),
+    reference_e0: float = typer.Option(
+        8333.0, help="Known E0 (eV) of --energy-reference (8333.0: Ni foil, first inflection point)."
+    ),
+    reference_standard: Optional[Path] = typer.Option(
+        None,
+        help="With --energy-reference: the same material densely measured on a calibrated axis; the shift is then found by matching derivatives (robust on coarse TXM grids).",
+    ),
+    known_edge: Optional[str] = typer.Option(
+        None,
+        help="Energy calibration from a particle of known chemistry, PARTICLE=EV: its mean E50 is measured, the axis shifted to make it EV and the XANES analysis redone.",
+    ),
+    edge_jump_threshold: float = typer.Option(
+        5.0, help="Quality mask: trust a pixel whose edge step exceeds this many times its pre-edge noise."
+    ),
 ):
     """Register every isolated particle of an energy scan and map its chemistry.
 
@@ -321,8 +469,11 @@ def run(
         xanestrack run stack.tif --energies energies.txt --flats flats.tif --out results/
 
         xanestrack run ../shared/data/real_txm/ssrl_6-2c_nca --out ssrl/
+
+        xanestrack run scan.h5 --clusters 2 --energy-reference ni_foil.txt --out results/
     """
     given = [*inputs, *(p for p in (energies, flats, darks, detector_model, segmenter_model) if p is not None)]
+    given += [p for p in (energy_reference, reference_standard) if p is not None]
     given += [Path(r.split("=", 1)[1]) for r in reference or [] if "=" in r]
     try:
         from .detect import DetectOptions
@@ -334,6 +485,15 @@ def run(
 
         if detect_every < 1:
             raise XanestrackError(f"--detect-every {detect_every}: give 1 (every frame) or more")
+        chem = _chemistry_options(
+            clusters,
+            cluster_method,
+            cluster_window,
+            edge_jump_threshold,
+            energy_reference,
+            reference_standard,
+            known_edge,
+        )
         check_output_dir(out, overwrite=overwrite, inputs=given)  # before reading: refuse early
         for name, value in (("detector", detector), ("segmenter", segmenter)):
             if value not in ("classical", "learned"):
@@ -374,12 +534,22 @@ def run(
             reference_particle=reference_particle,
             fuse="all" if save_fused else "ends",
             detect_every=detect_every,
+            **chem["options"],
         )
+        run_info = _input_description(stack, inputs)
+        if energy_reference is not None:
+            stack, cal = _calibrate_stack(stack, energy_reference, reference_e0, reference_standard)
+            run_info["energy_calibration"] = cal
+            c.print(
+                f"energy    shifted by {cal['shift_ev']:+.3f} eV ({cal['method']}, {energy_reference.name}: E0 {cal['measured_e0_ev']:.2f} -> {cal['known_e0_ev']:.2f} eV)",
+                highlight=False,
+            )
         result = _run_and_write(
             stack,
             out,
             overwrite=overwrite,
-            run_info=_input_description(stack, inputs),
+            run_info=run_info,
+            known_edge=chem["known_edge"],
             options=opts,
             save_fused=save_fused,
             references=refs,

@@ -26,6 +26,12 @@ __all__ = [
     "Figure",
     "overview_figure",
     "chemistry_figure",
+    "whiteline_figure",
+    "uncertainty_figure",
+    "resolution_figure",
+    "quality_table",
+    "cluster_map_figure",
+    "cluster_spectra_figure",
     "motion_figure",
     "particle_figure",
     "spectrum_figure",
@@ -222,6 +228,213 @@ def chemistry_figure(result) -> Figure:
     fig.colorbar(*cbar, cmap="viridis", vmin=elo, vmax=ehi, label="edge energy E(mu_norm = 0.5) (eV)")
     table = pd.DataFrame(rows, columns=["particle", "origin_y", "origin_x", "e50_p2_ev", "e50_median_ev", "e50_p98_ev"])
     return Figure(fig.to_svg(), rgb, {"chemistry": table})
+
+
+def _map_overview(result, maps: dict, cmap: str, lo: float, hi: float, label: str, *, pastel: bool = True):
+    """Per-particle maps (particle -> (h, w) array) pasted over the first frame, with a colour bar.
+
+    Returns the :class:`SvgFigure`'s text and the raster. Integer maps use ``cmap`` on their
+    values as they are (``lo``/``hi`` as given); NaN pixels are left as the frame.
+    """
+    base = _base_image(result)
+    blo, bhi = _limits(base)
+    rgb = _colormap(base, "gray", blo, bhi, bad=(0, 0, 0))
+    if pastel:
+        rgb = (rgb.astype(np.float32) * 0.6 + 255 * 0.4).astype(np.uint8)
+    for p in result.particles:
+        m = maps.get(p.particle)
+        if m is None:
+            continue
+        m = np.asarray(m, float)
+        _paste(rgb, _colormap(m, cmap, lo, hi), p.origin, where=np.isfinite(m) & p.mask)
+    fig, ax, cbar = _frame_panel(rgb)
+    for p in result.particles:
+        ax.text(p.origin[1] + p.mask.shape[1], p.origin[0], str(p.particle), color="black", size=12, weight="bold")
+    if cmap != "tab10":
+        fig.colorbar(*cbar, cmap=cmap, vmin=lo, vmax=hi, label=label)
+    return fig, rgb
+
+
+def whiteline_figure(result) -> Figure:
+    """Fitted whiteline position of every particle on one colour scale, over the first frame.
+
+    The position is the maximum of a peak model fitted per pixel
+    (:func:`xanestrack.chemistry.whiteline.fit_whiteline`); pixels the quality masks reject
+    are left out. Table ``whiteline``: per particle the median position and height over
+    its kept pixels.
+    """
+    maps, rows = {}, []
+    for p in result.particles:
+        wl = p.edge_maps.get("whiteline")
+        if wl is None:
+            continue
+        keep = p.maps.get("quality_keep", np.ones(p.mask.shape, bool))
+        m = np.where(keep, wl, np.nan)
+        maps[p.particle] = m
+        h = np.where(keep, p.maps.get("whiteline_height", np.full(p.mask.shape, np.nan)), np.nan)
+        fin = np.isfinite(m)
+        rows.append(
+            (
+                p.particle,
+                int(fin.sum()),
+                float(np.median(m[fin])) if fin.any() else np.nan,
+                float(np.nanmedian(h[fin])) if fin.any() and np.isfinite(h[fin]).any() else np.nan,
+            )
+        )
+    allv = np.concatenate([m[np.isfinite(m)] for m in maps.values()]) if maps else np.array([])
+    lo, hi = _limits(allv, 2, 98, default=(8345.0, 8355.0))
+    fig, rgb = _map_overview(result, maps, "cividis", lo, hi, "whiteline position, fitted (eV)")
+    table = pd.DataFrame(rows, columns=["particle", "n_pixels", "whiteline_median_ev", "whiteline_height_median"])
+    return Figure(fig.to_svg(), rgb, {"whiteline": table})
+
+
+def uncertainty_figure(result) -> Figure:
+    """Standard error of E50 per pixel (noise and registration combined), over the first frame.
+
+    Table ``uncertainty``: per particle the median sigma over its kept pixels, total and
+    its noise and registration parts, and the particle's mean E50 with its standard error.
+    """
+    from .result import particle_summary
+
+    summ = particle_summary(result).set_index("particle") if result.particles else None
+    maps, rows = {}, []
+    for p in result.particles:
+        s = p.maps.get("e50_sigma")
+        if s is None:
+            continue
+        keep = p.maps.get("quality_keep", np.ones(p.mask.shape, bool))
+        maps[p.particle] = np.where(keep, s, np.nan)
+
+        def med(name, keep=keep, p=p):
+            v = p.maps.get(name)
+            if v is None:
+                return np.nan
+            v = v[keep & np.isfinite(v)]
+            return float(np.median(v)) if v.size else np.nan
+
+        rows.append(
+            (
+                p.particle,
+                med("e50_sigma"),
+                med("e50_sigma_noise"),
+                med("e50_sigma_registration"),
+                float(summ.loc[p.particle, "mean_e50_ev"]),
+                float(summ.loc[p.particle, "mean_e50_sigma_ev"]),
+            )
+        )
+    allv = np.concatenate([m[np.isfinite(m)] for m in maps.values()]) if maps else np.array([])
+    lo, hi = _limits(allv, 2, 98, default=(0.0, 0.5))
+    fig, rgb = _map_overview(result, maps, "magma", 0.0, hi, "standard error of E50 (eV)")
+    table = pd.DataFrame(
+        rows,
+        columns=[
+            "particle",
+            "sigma_median_ev",
+            "sigma_noise_median_ev",
+            "sigma_registration_median_ev",
+            "mean_e50_ev",
+            "mean_e50_sigma_ev",
+        ],
+    )
+    return Figure(fig.to_svg(), rgb, {"uncertainty": table})
+
+
+def resolution_figure(result, *, k: float = 2.0) -> Figure:
+    """Which particle-to-particle differences of the mean edge energy are resolved.
+
+    Each particle's mean E50 over its kept core pixels with its standard error
+    (:func:`xanestrack.result.particle_summary`), and every pair's ``|delta| / sigma``,
+    resolved above ``k`` (:func:`xanestrack.chemistry.uncertainty.resolved_differences`,
+    drawn by :func:`xanestrack.chemistry.figures.resolution_figure`). Tables
+    ``resolution`` (per particle) and ``resolved_pairs``.
+    """
+    from .chemistry.figures import resolution_figure as draw
+    from .chemistry.uncertainty import resolved_differences
+    from .result import particle_summary
+
+    s = particle_summary(result)
+    t = pd.DataFrame(
+        {
+            "particle": s["particle"].to_numpy(int),
+            "n_pixels": np.array([int(p.maps.get("quality_keep", p.mask).sum()) for p in result.particles], int),
+            "e50_ev": s["mean_e50_ev"].to_numpy(float),
+            "sigma_ev": s["mean_e50_sigma_ev"].to_numpy(float),
+        }
+    )
+    t = t[np.isfinite(t["e50_ev"]) & np.isfinite(t["sigma_ev"])].reset_index(drop=True)
+    if len(t) < 2:
+        return Figure(None, None, {"resolution": t})
+    pairs = resolved_differences(t, k=k)
+    return Figure(draw(t, pairs, k=k), None, {"resolution": t, "resolved_pairs": pairs})
+
+
+def quality_table(result) -> pd.DataFrame:
+    """Per particle: pixels of the mask, pixels the quality masks keep, and their share."""
+    rows = []
+    for p in result.particles:
+        keep = p.maps.get("quality_keep")
+        n = int(p.mask.sum())
+        k = int((keep & p.mask).sum()) if keep is not None else n
+        rows.append((p.particle, n, k, 100.0 * k / n if n else np.nan))
+    return pd.DataFrame(rows, columns=["particle", "mask pixels", "kept pixels", "kept %"])
+
+
+def cluster_map_figure(result) -> Figure:
+    """The cluster of every clustered pixel of every particle, over the first frame.
+
+    Colours are those of :data:`xanestrack.svgplot.COLORS` in cluster order (lowest edge
+    first); pixels not clustered (rejected by the quality masks) show the frame.
+    Table ``cluster_fractions``: one row per particle (``xanestrack.results.cluster_table``).
+    """
+    from .results import cluster_table
+
+    chem = result.chemistry or {}
+    k = int(chem.get("settings", {}).get("clusters", 0))
+    base = _base_image(result)
+    blo, bhi = _limits(base)
+    rgb = (_colormap(base, "gray", blo, bhi, bad=(0, 0, 0)).astype(np.float32) * 0.6 + 255 * 0.4).astype(np.uint8)
+    palette = np.array([[int(c[i : i + 2], 16) for i in (1, 3, 5)] for c in COLORS], np.uint8)
+    for p in result.particles:
+        cl = p.maps.get("cluster")
+        if cl is None:
+            continue
+        tile = palette[np.clip(cl, 0, None) % len(palette)]
+        _paste(rgb, tile, p.origin, where=(cl >= 0) & p.mask)
+    fig, ax, _ = _frame_panel(rgb)
+    for p in result.particles:
+        ax.text(p.origin[1] + p.mask.shape[1], p.origin[0], str(p.particle), color="black", size=12, weight="bold")
+    for j in range(k):
+        ax.legend_items.append((f"cluster {j}", COLORS[j % len(COLORS)], "line"))
+    if k:
+        ax.legend(title="cluster")
+    table = cluster_table(result)
+    return Figure(fig.to_svg(), rgb, {"cluster_fractions": table} if table is not None else {})
+
+
+def cluster_spectra_figure(result) -> Figure:
+    """Cluster mean spectra (normalised) and the PCA scree of the clustered spectra (SVG).
+
+    Tables ``cluster_spectra`` (energy and one column per cluster) and ``pca_scree``.
+    """
+    chem = result.chemistry or {}
+    fig = SvgFigure(900, 300)
+    a = fig.axes(60, 22, 360, 220, xlabel="energy (eV)", ylabel="normalised absorption", title="cluster mean spectra")
+    b = fig.axes(510, 22, 360, 220, xlabel="component", ylabel="explained variance (%)", title="PCA scree")
+    tables = {}
+    e = chem.get("energies_ev")
+    means = chem.get("cluster_mean_spectra")
+    if e is not None and means is not None:
+        for j, m in enumerate(means):
+            a.line(e, m, color=COLORS[j % len(COLORS)], width=1.5, label=f"cluster {j}")
+        a.legend()
+        tables["cluster_spectra"] = pd.DataFrame({"energy_ev": e, **{f"cluster_{j}": m for j, m in enumerate(means)}})
+    ev = chem.get("pca_explained_variance_ratio")
+    if ev is not None:
+        x = np.arange(1, len(ev) + 1)
+        b.line(x, 100 * ev, color="black", width=1)
+        b.points(x, 100 * ev, color="black", r=3)
+        tables["pca_scree"] = pd.DataFrame({"component": x, "explained_variance_ratio": ev})
+    return Figure(fig.to_svg(), None, tables)
 
 
 def motion_figure(result) -> Figure:
@@ -430,6 +643,29 @@ through the scan drawn magnified x{{ traj_scale }} and coloured by its largest n
 <figcaption>Edge energy E(&mu;<sub>norm</sub> = 0.5) of every particle on one colour scale ({{ elo }}&ndash;{{ ehi }} eV, viridis):
 higher energy = more oxidised Ni.</figcaption></figure>
 {% if rejected %}<h3>Rejected objects</h3>{{ rejected }}{% endif %}
+<h2>Chemistry</h2>
+<figure><img alt="whiteline" src="{{ figs.whiteline }}">
+<figcaption>Whiteline position per pixel: the maximum of a cubic fitted to the top of the whiteline (not the highest
+noisy point); pixels the quality masks reject are not shown.</figcaption></figure>
+<figure><img alt="edge-energy uncertainty" src="{{ figs.uncertainty }}">
+<figcaption>Standard error of E(&mu;<sub>norm</sub> = 0.5) per pixel: the frames' photon noise and each particle's registration
+uncertainty (from the agreement of its two position estimates), propagated through the normalisation and the interpolation.
+It is a statistical error: the normalisation model (pre-edge line, post-edge polynomial) adds a bias that depends on the
+chemistry (measured on synthetic scans: &minus;0.04 to +0.09 eV) which it does not contain.</figcaption></figure>
+{% if resolved %}<figure><img alt="resolved differences" src="{{ figs.resolution }}">
+<figcaption>Mean edge energy of each particle (trusted core pixels) with its standard error (thick: 1&sigma;, thin: 2&sigma;),
+and which particle-to-particle differences exceed 2&sigma; (dots).</figcaption></figure>{% endif %}
+<h3>Quality masks</h3>
+<p class="note">Pixels trusted for statistics: edge jump above the threshold and normalisation/LCF residual not an outlier
+(TXM-Sandbox's rules; the maps keep every value, the mask is stored beside them in results.h5).</p>
+{{ quality_table }}
+{% if clustered %}<h3>Phase mapping</h3>
+<p class="note">{{ cluster_note }}</p>
+<figure><img alt="cluster maps" src="{{ figs.clusters }}">
+<figcaption>Cluster of every clustered pixel (clusters ordered by edge position, lowest first).</figcaption></figure>
+<figure><img alt="cluster spectra" src="{{ figs.cluster_spectra }}">
+<figcaption>Mean normalised spectrum of each cluster, and the PCA scree of the clustered spectra (explained variance per component).</figcaption></figure>
+{{ cluster_table }}{% endif %}
 <h2>Motion</h2>
 <figure><img alt="motion" src="{{ figs.motion }}">
 <figcaption>(a, b) Cumulative displacement per particle, vertical (y) and horizontal (x), and (c, d) velocity, with the common
@@ -502,6 +738,34 @@ def _particle_text(p, summ_row, tracks) -> tuple:
     return info, flags
 
 
+def _calibration_text(cal) -> str:
+    if not cal:
+        return "none (energies as read)"
+    return (
+        f"{cal.get('shift_ev', 0.0):+.3f} eV ({cal.get('method')}, {cal.get('source')}: "
+        f"E0 {cal.get('measured_e0_ev', float('nan')):.2f} -> {cal.get('known_e0_ev', float('nan')):.2f} eV)"
+    )
+
+
+def _cluster_table(result):
+    from .results import cluster_table
+
+    return cluster_table(result)
+
+
+def _cluster_text(result) -> str:
+    st = (result.chemistry or {}).get("settings", {})
+    w = st.get("window_ev")
+    return (
+        f"{st.get('method', '')} with {st.get('clusters', '')} clusters on {st.get('n_pixels', 0)} pixels (those the quality "
+        f"masks keep) of particles {', '.join(map(str, st.get('particles', [])))}, "
+        f"{st.get('n_common_frames', 0)} frames usable in every particle"
+        + (f", energies {w[0]:.1f}-{w[1]:.1f} eV" if w else "")
+        + "."
+        + (f" {st['note']}" if st.get("note") else "")
+    )
+
+
 def _detection_text(every) -> str:
     every = int(every)
     if every <= 1:
@@ -552,6 +816,15 @@ def write_report(folder, *, result=None) -> Path:
 
     emit("overview", overview_figure(result))
     emit("chemistry", chemistry_figure(result))
+    emit("whiteline", whiteline_figure(result))
+    emit("uncertainty", uncertainty_figure(result))
+    res_fig = resolution_figure(result)
+    if res_fig.svg is not None:
+        emit("resolution", res_fig)
+    clustered = bool(result.chemistry and "cluster_mean_spectra" in result.chemistry)
+    if clustered:
+        emit("clusters", cluster_map_figure(result))
+        emit("cluster_spectra", cluster_spectra_figure(result))
     emit("motion", motion_figure(result))
     limits = _e50_limits(result)
     summ = particle_summary(result).set_index("particle")
@@ -593,6 +866,12 @@ def write_report(folder, *, result=None) -> Path:
                 ),
             ),
             ("detection", _detection_text(params.get("detect_every", 1))),
+            ("energy calibration", _calibration_text(run.get("energy_calibration"))),
+            (
+                "quality masks",
+                f"edge jump > {params.get('edge_jump_threshold', 5.0):g} x pre-edge noise; "
+                + (run.get("quality", {}).get("residual_rule") or "normalisation residual not an outlier"),
+            ),
         ],
         columns=["", "value"],
     )
@@ -638,6 +917,11 @@ def write_report(folder, *, result=None) -> Path:
             timings=_table_html(timings, "{:.2f}"),
             inputs=inputs.to_html(index=False, border=0),
             params=html.escape(json.dumps(params, indent=1, default=str)),
+            quality_table=_table_html(quality_table(result), "{:.1f}"),
+            resolved=res_fig.svg is not None,
+            clustered=clustered,
+            cluster_table=_table_html(_cluster_table(result), "{:.3f}") if clustered else "",
+            cluster_note=html.escape(_cluster_text(result)) if clustered else "",
         )
     )
     out = folder / "report.html"

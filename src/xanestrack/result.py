@@ -174,8 +174,9 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
     (independent pixels, the variance of a mean of pixels smoothed with a Gaussian of
     ``xanes_smoothing`` px multiplied by ``4 pi sigma^2``) with the registration part
     taken as common to every pixel (the mean of the pixels' registration sigmas: a
-    frame's misregistration moves the whole particle, an upper bound) and with the
-    particle's systematic term ``maps["e50_sigma_systematic"]`` where present.
+    frame's misregistration moves the whole particle, an upper bound). It is a
+    statistical error: the bias of the normalisation model, which depends on the
+    chemistry (-0.04 to +0.09 eV measured on synthetic scans, docs/CHEMISTRY.md), is not in it.
     """
     from scipy import ndimage
 
@@ -271,9 +272,6 @@ def _chemistry_columns(p, core, fin_e50, smoothing_px, clusters) -> dict:
             sr = sr[np.isfinite(sr)]
             if sr.size:
                 sigma = float(np.hypot(sigma, sr.mean()))
-            ss = m.get("e50_sigma_systematic")
-            if ss is not None and np.isfinite(ss).any():
-                sigma = float(np.hypot(sigma, np.nanmax(ss)))
     keep = m.get("quality_keep")
     out = dict(
         mean_e50_sigma_ev=sigma,

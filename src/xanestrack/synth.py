@@ -40,6 +40,10 @@ __all__ = [
 ]
 
 PATTERNS = ("core_offcentre", "shrinking_core", "gradient", "inactive", "charged")
+#: chemistry patterns of discrete phases (only when asked for: ``make_synthetic_stack(patterns=...)``):
+#: the whole particle pure NiO (Ni2+) or pure LiNiO2 (Ni3+), or a sharp LiNiO2 core (to the
+#: particle's ``core`` radius, 0.45-0.65) in a NiO shell
+PHASE_PATTERNS = ("phase_NiO", "phase_LiNiO2", "core_shell")
 
 
 def ni_energy_grid(n_energies: int = 143) -> np.ndarray:
@@ -290,6 +294,12 @@ def _fraction(part: _Particle, uy, ux, urho):
         f = c["lo"] + (c["hi"] - c["lo"]) * np.clip(0.5 + 0.5 * (uy * c["dy"] + ux * c["dx"]), 0, 1)
     elif part.pattern == "inactive":
         f = np.full_like(uy, c["lo"])
+    elif part.pattern == "phase_NiO":
+        f = np.zeros_like(uy)
+    elif part.pattern == "phase_LiNiO2":
+        f = np.ones_like(uy)
+    elif part.pattern == "core_shell":
+        f = np.where(urho < c["core"], 1.0, 0.0)
     else:  # charged
         f = np.full_like(uy, c["hi"]) - 0.1 * np.exp(-(urho**2) / 0.1)
     return np.clip(f, 0.0, 1.0)
@@ -400,6 +410,7 @@ def make_synthetic_stack(
     layout=None,
     store_clean: bool = False,
     store_frame_masks: bool = False,
+    patterns=None,
     **overrides,
 ) -> SynthStack:
     """Generate a synthetic energy scan with ground truth.
@@ -419,6 +430,11 @@ def make_synthetic_stack(
     layout : list, optional
         Particles to use instead of a random layout (the series mode passes the same
         particles, moved and with their chemistry shifted, to every scan).
+    patterns : sequence of str, optional
+        Chemistry pattern of each particle, in layout order (repeated cyclically when
+        shorter), replacing the default cycle of :data:`PATTERNS`; e.g. the discrete phases
+        of :data:`PHASE_PATTERNS` for a known-answer test of phase mapping. Nothing else
+        changes: the random draws are those of the scan without it.
     **overrides
         Fields of :class:`SynthParams` replacing those of ``params``.
 
@@ -441,6 +457,12 @@ def make_synthetic_stack(
     max_excursion = g_ext + p.drift_range[1] + 2
     drift_max = p.drift_range[1] + 1
     particles = _layout(rng, p, max_excursion, drift_max) if layout is None else list(layout)
+    if patterns is not None:
+        patterns = [str(v) for v in patterns]
+        bad = [v for v in patterns if v not in PATTERNS + PHASE_PATTERNS]
+        if bad or not patterns:
+            raise ValueError(f"patterns: unknown {bad or patterns}; choose from {list(PATTERNS + PHASE_PATTERNS)}")
+        particles = [replace(q, pattern=patterns[i % len(patterns)]) for i, q in enumerate(particles)]
     drifts = _own_drifts(rng, p, len(particles))
     extra = _touching_pairs(rng, p, particles, max_excursion, drift_max)
     fines = _fines(rng, p, particles, drift_max)
