@@ -30,7 +30,14 @@ __all__ = ["get_reader", "read_output"]
 _MAP_NAMES = {
     "edge_e50": "E50 (eV)",
     "edge_derivative": "edge, derivative maximum (eV)",
-    "edge_whiteline": "whiteline (eV)",
+    "edge_whiteline": "whiteline, fitted (eV)",
+    "map_e50_sigma": "sigma E50 (eV)",
+    "map_e50_sigma_noise": "sigma E50, noise (eV)",
+    "map_e50_sigma_registration": "sigma E50, registration (eV)",
+    "map_whiteline_height": "whiteline height",
+    "map_edge_jump_od": "edge jump (OD)",
+    "map_quality_keep": "quality: kept",
+    "map_cluster": "cluster",
 }
 #: per-particle datasets that are not maps of the particle's window
 _NOT_MAPS = {
@@ -47,6 +54,7 @@ _NOT_MAPS = {
     "mean_norm",
     "pre_edge",
     "post_edge",
+    "xanes_frames",
 }
 #: maps shown at first; the rest are added hidden
 _VISIBLE = {"edge_e50"}
