@@ -108,3 +108,120 @@ def test_vouching_table_counts_agreeing_frames(result):
     for p, (_, row) in zip(result.particles, t.iterrows()):
         ok = (p.frame_flags & (16 | 32 | 64)) == 0
         assert row["vouched frames"] == ok.sum()
+
+
+# ----------------------------------------------------------------------------- chemistry figures
+
+
+@pytest.fixture(scope="module")
+def result_clusters(small_synth):
+    return run_pipeline(
+        Stack(small_synth.optical_density(), small_synth.energies_ev),
+        options=PipelineOptions(detect_every=6, clusters=2),
+    )
+
+
+def _centre_pixel(p):
+    """A kept pixel near the particle's centre (map coordinates)."""
+    keep = p.maps["quality_keep"] & np.isfinite(p.edge_maps["e50"])
+    yy, xx = np.nonzero(keep)
+    c = np.array(p.mask.shape) / 2
+    k = int(np.argmin(np.hypot(yy - c[0], xx - c[1])))
+    return yy[k], xx[k]
+
+
+def test_whiteline_figure_colours_the_fitted_position_of_kept_pixels(result):
+    fig = report.whiteline_figure(result)
+    _svg_ok(fig.svg)
+    t = fig.tables["whiteline"]
+    allv = []
+    for p, (_, row) in zip(result.particles, t.iterrows(), strict=True):
+        m = np.where(p.maps["quality_keep"], p.edge_maps["whiteline"], np.nan)
+        assert row["whiteline_median_ev"] == pytest.approx(np.nanmedian(m))
+        assert 8345 < row["whiteline_median_ev"] < 8360 and 1.2 < row["whiteline_height_median"] < 2.2
+        allv.append(m[np.isfinite(m)])
+    lo, hi = report._limits(np.concatenate(allv), 2, 98)
+    p = result.particles[0]
+    y, x = _centre_pixel(p)
+    expect = report._colormap(np.array([p.edge_maps["whiteline"][y, x]]), "cividis", lo, hi)[0]
+    assert np.array_equal(fig.image[p.origin[0] + y, p.origin[1] + x], expect)
+
+
+def test_uncertainty_figure_maps_sigma_and_tabulates_its_parts(result):
+    fig = report.uncertainty_figure(result)
+    _svg_ok(fig.svg)
+    t = fig.tables["uncertainty"]
+    assert list(t["particle"]) == [p.particle for p in result.particles]
+    for p, (_, row) in zip(result.particles, t.iterrows(), strict=True):
+        keep = p.maps["quality_keep"]
+        s = p.maps["e50_sigma"][keep & np.isfinite(p.maps["e50_sigma"])]
+        assert row["sigma_median_ev"] == pytest.approx(np.median(s))
+        # the parts combine in quadrature (medians: the total is at least each part)
+        assert row["sigma_median_ev"] >= row["sigma_noise_median_ev"] - 1e-6
+        assert 0 < row["mean_e50_sigma_ev"] < row["sigma_median_ev"]
+
+
+def test_resolution_figure_lists_every_pair_once(result):
+    fig = report.resolution_figure(result)
+    root = _svg_ok(fig.svg)
+    t, pairs = fig.tables["resolution"], fig.tables["resolved_pairs"]
+    n = len(t)
+    assert n == len(result.particles) and len(pairs) == n * (n - 1) // 2
+    a, b = pairs.iloc[0][["a", "b"]].astype(int)
+    d = t.loc[b, "e50_ev"] - t.loc[a, "e50_ev"]
+    s = np.hypot(t.loc[a, "sigma_ev"], t.loc[b, "sigma_ev"])
+    assert pairs.iloc[0]["z"] == pytest.approx(abs(d) / s) and pairs.iloc[0]["resolved"] == (abs(d) / s > 2)
+    assert "E50 (eV)" in [x.text for x in root.iter("{http://www.w3.org/2000/svg}text")]
+
+
+def test_quality_table_counts_the_kept_pixels(result):
+    t = report.quality_table(result)
+    for p, (_, row) in zip(result.particles, t.iterrows(), strict=True):
+        assert row["mask pixels"] == p.mask.sum()
+        assert row["kept pixels"] == (p.maps["quality_keep"] & p.mask).sum()
+        assert 0 < row["kept %"] <= 100
+
+
+def test_cluster_map_figure_paints_each_pixel_in_its_cluster_colour(result_clusters):
+    from xanestrack.results import cluster_table
+    from xanestrack.svgplot import COLORS
+
+    fig = report.cluster_map_figure(result_clusters)
+    _svg_ok(fig.svg)
+    for p in result_clusters.particles:
+        cl = p.maps["cluster"]
+        yy, xx = np.nonzero(cl >= 0)
+        y, x = yy[len(yy) // 2], xx[len(xx) // 2]
+        colour = COLORS[int(cl[y, x])]
+        expect = [int(colour[i : i + 2], 16) for i in (1, 3, 5)]
+        assert list(fig.image[p.origin[0] + y, p.origin[1] + x]) == expect
+    pd_t = fig.tables["cluster_fractions"]
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(pd_t, cluster_table(result_clusters))
+    np.testing.assert_allclose(pd_t[["cluster_0_fraction", "cluster_1_fraction"]].sum(axis=1), 1.0)
+
+
+def test_cluster_spectra_figure_draws_the_means_and_the_scree(result_clusters):
+    fig = report.cluster_spectra_figure(result_clusters)
+    root = _svg_ok(fig.svg)
+    chem = result_clusters.chemistry
+    # one line per cluster and the scree
+    assert len(root.findall(".//{http://www.w3.org/2000/svg}polyline")) >= 3
+    spec = fig.tables["cluster_spectra"]
+    np.testing.assert_array_equal(spec["energy_ev"], chem["energies_ev"])
+    np.testing.assert_array_equal(spec["cluster_1"], chem["cluster_mean_spectra"][1])
+    np.testing.assert_array_equal(
+        fig.tables["pca_scree"]["explained_variance_ratio"], chem["pca_explained_variance_ratio"]
+    )
+
+
+def test_chemistry_figures_without_particles_or_clusters_do_not_fail():
+    from xanestrack.stack import Stack as S
+
+    empty = run_pipeline(S(np.zeros((12, 60, 60), np.float32), np.linspace(8300, 8400, 12)))
+    assert not empty.particles
+    for f in (report.whiteline_figure, report.uncertainty_figure, report.cluster_spectra_figure):
+        _svg_ok(f(empty).svg)
+    assert report.resolution_figure(empty).svg is None
+    assert len(report.quality_table(empty)) == 0
