@@ -150,9 +150,10 @@ def _particle_table(result, title="particles"):
 
 
 class _ModelWarmup:
-    """Import PyTorch and build the learned segmenter in a thread while the stack is read.
+    """Import the pipeline's libraries (pandas, scipy, scikit-image; PyTorch and the learned
+    segmenter where asked for) in a thread while the stack is read.
 
-    Importing torch and loading a model take 1-2 s: time the user would otherwise wait
+    These imports and loading a model take 1-2.5 s: time the user would otherwise wait
     after reading. Errors are kept and raised by :meth:`segmenter` where the model is
     needed, as they would have been.
     """
@@ -166,11 +167,14 @@ class _ModelWarmup:
         self._build_seg = segmenter == "learned"
         self._model = segmenter_model
         self._thread = threading.Thread(target=self._work, name="xanestrack-model-warmup", daemon=True)
-        if self._wanted:
-            self._thread.start()
+        self._thread.start()
 
     def _work(self):
         try:
+            from . import pipeline  # noqa: F401 (pandas, scipy, scikit-image)
+
+            if not self._wanted:
+                return
             import torch  # noqa: F401
 
             from .models import detector as _d  # noqa: F401
@@ -183,8 +187,7 @@ class _ModelWarmup:
 
     def segmenter(self):
         """The learned segmenter callable (None when the classical one was chosen)."""
-        if self._wanted:
-            self._thread.join()
+        self._thread.join()
         if self._error is not None:
             raise self._error
         return self._seg
@@ -476,10 +479,8 @@ def run(
     given += [p for p in (energy_reference, reference_standard) if p is not None]
     given += [Path(r.split("=", 1)[1]) for r in reference or [] if "=" in r]
     try:
-        from .detect import DetectOptions
         from .errors import XanestrackError, for_cli
         from .io import read_stack
-        from .pipeline import PipelineOptions
         from .results import check_output_dir
         from .sizes import particle_radius_range
 
@@ -529,6 +530,9 @@ def run(
                     refs[name] = read_spectrum(path, name=name)
                 except (ValueError, OSError) as exc:
                     raise XanestrackError(f"--reference {item}: {exc}") from None
+        from .detect import DetectOptions  # imported by now in the warm-up thread
+        from .pipeline import PipelineOptions
+
         opts = PipelineOptions(
             detect=DetectOptions(min_radius=min_radius, max_radius=max_radius, binning=binning),
             reference_particle=reference_particle,

@@ -6,7 +6,6 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage
 
 from .units import in_kev
 
@@ -120,6 +119,8 @@ def sanitize_stack(od, *, source: str = "stack"):
             f"{source}: frames {bad.tolist()[:10]} are more than half NaN/inf; remove them "
             "(and their energies) or fix the input"
         )
+    from scipy import ndimage  # here, not at import: `xanestrack run` starts reading before scipy is loaded
+
     clean = od.astype(np.float32, copy=True)
     for k in np.flatnonzero(frac > 0):
         f = clean[k]
