@@ -368,3 +368,14 @@ def test_pipeline_refuses_bad_chemistry_options(small_synth):
     ):
         with pytest.raises(ValueError, match=frag):
             run_pipeline(stack, options=PipelineOptions(**kw))
+
+
+def test_synth_patterns_option(tmp_path):
+    from xanestrack.truth_io import read_truth
+
+    args = ["--quiet", "synth", str(tmp_path / "s"), "--n-particles", "2", "--n-energies", "12", "--size", "140"]
+    r = runner.invoke(app, [*args, "--max-radius", "14", "--patterns", "phase_LiNiO2,core_shell"])
+    assert r.exit_code == 0, r.output
+    assert read_truth(tmp_path / "s" / "truth.h5").patterns == ["phase_LiNiO2", "core_shell"]
+    r = runner.invoke(app, ["synth", str(tmp_path / "t"), "--patterns", "phase_FeO"])
+    assert r.exit_code == 2 and "--patterns: unknown ['phase_FeO']" in r.output

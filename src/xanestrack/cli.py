@@ -587,6 +587,10 @@ def synth(
     size: Optional[int] = typer.Option(None, help="Override the frame size (square, px)."),
     counts: Optional[float] = typer.Option(None, help="Override the flat-field counts per pixel (noise level)."),
     max_radius: Optional[float] = typer.Option(None, help="Override the largest particle radius (px)."),
+    patterns: Optional[str] = typer.Option(
+        None,
+        help="Chemistry pattern of each particle, comma-separated and repeated (default scene model): e.g. phase_NiO,phase_LiNiO2,core_shell for discrete phases.",
+    ),
     overwrite: bool = typer.Option(False, help="Replace an existing folder."),
 ):
     """Write a synthetic energy scan of a deforming electrode, with ground truth.
@@ -595,6 +599,9 @@ def synth(
 
         xanestrack synth synthetic/ --preset hard --seed 3
         xanestrack run synthetic/stack.h5 --out results/
+
+        xanestrack synth phases/ --patterns phase_NiO,phase_LiNiO2,core_shell
+        xanestrack run phases/stack.h5 --clusters 2 --out phases_out/
     """
     try:
         from .results import atomic_output_dir
@@ -615,6 +622,20 @@ def synth(
 
             lo = PRESETS.get(preset, PRESETS["default"]).radius_range[0]
             kw["radius_range"] = (min(lo, max_radius), max_radius)
+        if patterns is not None:
+            from .synth import PATTERNS, PHASE_PATTERNS
+
+            names = [v.strip() for v in patterns.split(",") if v.strip()]
+            bad = [v for v in names if v not in PATTERNS + PHASE_PATTERNS]
+            if bad or not names:
+                raise ValueError(
+                    f"--patterns: unknown {bad or patterns!r}; choose from {', '.join(PATTERNS + PHASE_PATTERNS)}"
+                )
+            from .synth_stress import STRESS_CASES
+
+            if preset in STRESS_CASES:
+                raise ValueError(f"--patterns applies to the default scene model (default, hard, rigid), not {preset}")
+            kw["patterns"] = names
         with atomic_output_dir(out, overwrite=overwrite, kind="synth") as tmp:  # checked before computing
             s = make_scene(preset, seed=seed, **kw)
             write_synthetic(s, tmp, preset=preset)
