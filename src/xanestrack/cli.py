@@ -336,7 +336,10 @@ def _calibrate_stack(stack, path, known_e0, standard_path):
         )
     except (ValueError, OSError) as exc:
         raise XanestrackError(f"--energy-reference {path}: {exc}") from None
-    rec = dict(cal.record(), applied="the energy axis was shifted before the analysis")
+    rec = dict(
+        cal.record(),
+        applied="the energy axis was shifted before the analysis (run.json energies_ev: as read; results.h5: shifted)",
+    )
     if standard_path is not None:
         rec["standard"] = str(standard_path)
     return replace(stack, energies_ev=cal.apply(stack.energies_ev)), rec
