@@ -379,3 +379,11 @@ def test_synth_patterns_option(tmp_path):
     assert read_truth(tmp_path / "s" / "truth.h5").patterns == ["phase_LiNiO2", "core_shell"]
     r = runner.invoke(app, ["synth", str(tmp_path / "t"), "--patterns", "phase_FeO"])
     assert r.exit_code == 2 and "--patterns: unknown ['phase_FeO']" in r.output
+
+
+def test_phase_mapping_without_enough_common_frames_is_a_note_not_a_failure(small_synth):
+    stack = Stack(small_synth.optical_density()[:8], small_synth.energies_ev[:8])
+    r = run_pipeline(stack, options=PipelineOptions(clusters=2, detect_every=4))
+    assert r.chemistry is not None and "cluster_mean_spectra" not in r.chemistry
+    assert any(n.startswith("phase mapping: ") for n in r.notes)
+    assert all((p.maps["cluster"] == -1).all() for p in r.particles)

@@ -386,6 +386,8 @@ def run_pipeline(
         t = time.perf_counter()
         particles, chemistry = phase_mapping(particles, norms, energies, options=options)
         timings["phases"] = time.perf_counter() - t
+        if chemistry["settings"]["note"]:
+            notes.append(f"phase mapping: {chemistry['settings']['note']}")
     del norms
 
     t = time.perf_counter()
