@@ -188,7 +188,7 @@ def test_sigma_e50_covers_the_true_error_at_its_nominal_rate(default_scene):
     Measured: 68.0 % within 1 sigma and 94.0 % within 2 sigma of the E50 that the pipeline's own
     normalisation gives for each pixel's true chemistry; 62.1 % / 90.5 % against the generator's E50
     (the references' normalisation). The difference is a deterministic bias of the normalisation model
-    (-0.04 to +0.09 eV, depending on the chemistry; measured below on noise-free spectra), which a
+    (+0.10 eV for pure NiO to -0.07 eV for pure LiNiO2; measured below on noise-free spectra), which a
     statistical error does not contain.
     """
     s, result = default_scene
