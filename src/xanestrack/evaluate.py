@@ -95,8 +95,9 @@ def evaluate_result(result, truth, *, rim_px: int = 2, max_distance: float = 10.
     -------
     table : DataFrame
         One row per true particle: ``truth_particle, particle`` (estimated id or -1),
-        ``radius, pattern, frames_measured, rms_px, worst_px, frac_over_1px, edge_rms_ev,
-        edge_bias_ev, edge_coverage``.
+        ``radius, pattern, frames_measured, frames_vouched`` (as in
+        :func:`xanestrack.result.particle_summary`), ``rms_px, worst_px, frac_over_1px,
+        edge_rms_ev, edge_bias_ev, edge_coverage``.
     summary : dict
         ``n_true, n_found, n_false, max_rms_px, median_rms_px, max_edge_rms_ev``.
     """
@@ -105,6 +106,9 @@ def evaluate_result(result, truth, *, rim_px: int = 2, max_distance: float = 10.
     true0 = tp[tp["frame"] == 0].sort_values("particle")[["y", "x"]].to_numpy()
     est0 = np.array([p.positions[0] for p in result.particles]).reshape(-1, 2)
     pairs = dict((j, i) for i, j in pair_particles(est0, true0, max_distance=max_distance))
+    from .result import particle_summary
+
+    summ = particle_summary(result).set_index("particle") if result.particles else None
     rows = []
     for j in range(n_true):
         tpos = tp[tp["particle"] == j].sort_values("frame")[["y", "x"]].to_numpy()
@@ -115,10 +119,10 @@ def evaluate_result(result, truth, *, rim_px: int = 2, max_distance: float = 10.
             em = edge_map_error(
                 p.edge_maps["e50"], p.origin, truth.edge_maps[j], truth.edge_map_origins[j], rim_px=rim_px
             )
-            measured = int(((p.frame_flags & FRAME_FLAGS["interpolated"]) == 0).sum())
             row.update(
                 particle=p.particle,
-                frames_measured=measured,
+                frames_measured=int(summ.loc[p.particle, "frames_measured"]),
+                frames_vouched=int(summ.loc[p.particle, "frames_vouched"]),
                 rms_px=reg["rms"],
                 worst_px=reg["worst"],
                 frac_over_1px=reg["frac_over_1px"],
