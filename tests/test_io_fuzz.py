@@ -182,7 +182,7 @@ def test_fuzz_hdf5_reader(
     try:
         stack = read_stack(p, values=values)
     except Exception as exc:
-        _user_error(exc, "scan.h5", "--values")
+        _user_error(exc, "scan.h5", "`values`")
     else:
         _valid(stack)
 
@@ -227,7 +227,7 @@ def test_fuzz_tiff_reader(tmp_path_factory, n, rows, cols, dtype, n_energies, n_
     try:
         stack = read_stack(d / "s.tif", **kw)
     except Exception as exc:
-        _user_error(exc, "s.tif", "f.tif", "d.tif", "e.txt", "--values")
+        _user_error(exc, "s.tif", "f.tif", "d.tif", "e.txt", "`values`")
     else:
         _valid(stack, n)
 
