@@ -500,12 +500,15 @@ def _chemistry_maps(
         shift_sigma = registration_sigma_px(agreement)
     elif agreement is not None:
         notes.append("no registration uncertainty: the position was measured only one way")
-    s = edge_energy_sigma(e, sub, mask=mask, e0_ev=e0, window=edge_window, shift_sigma_px=shift_sigma)
+    shared = {}  # the normalisation, noise and gradients both propagations need: computed once
+    s = edge_energy_sigma(e, sub, mask=mask, e0_ev=e0, window=edge_window, shift_sigma_px=shift_sigma, shared=shared)
     out["e50_sigma"] = s.sigma_ev
     out["e50_sigma_noise"] = s.sigma_noise_ev
     out["e50_sigma_registration"] = s.sigma_registration_ev
     if references:
-        fs = fraction_sigma(e, sub, references, mask=mask, e0_ev=e0, window=lcf_window, shift_sigma_px=shift_sigma)
+        fs = fraction_sigma(
+            e, sub, references, mask=mask, e0_ev=e0, window=lcf_window, shift_sigma_px=shift_sigma, shared=shared
+        )
         out["fraction_sigma"] = fs.sigma
     return out
 

@@ -278,6 +278,23 @@ def _check_inputs(e, mu, mask, noise_model, shift_sigma_px):
     return e, mu, mask, s_k
 
 
+def _shared_linearise(shared, e, mu, mask, s_k, **kw):
+    """:func:`_linearise`, once per ``shared`` dict for the same inputs and settings."""
+    if shared is None:
+        return _linearise(e, mu, mask, s_k, **kw)
+    key = (
+        id(mu),
+        mu.shape,
+        mask.tobytes(),
+        e.tobytes(),
+        None if s_k is None else s_k.tobytes(),
+        tuple((k, v if not isinstance(v, list) else tuple(v)) for k, v in sorted(kw.items())),
+    )
+    if shared.get("key") != key:
+        shared["key"], shared["lin"] = key, _linearise(e, mu, mask, s_k, **kw)
+    return shared["lin"]
+
+
 def _linearise(
     e, mu, mask, s_k, *, e0_ev, pre_range, post_range, post_order, noise_band, noise_model, gradient_sigma_px
 ):
@@ -394,6 +411,7 @@ def edge_energy_sigma(
     registration: str = "linear",
     n_draws: int = 64,
     seed: int = 0,
+    shared: dict | None = None,
 ) -> EdgeEnergySigma:
     """Per-pixel E50 and its standard error from noise and from registration.
 
@@ -432,6 +450,11 @@ def edge_energy_sigma(
         E50 maps.
     n_draws, seed : int
         Draws of the Monte Carlo registration part and the seed of their generator.
+    shared : dict, optional
+        Give the same (initially empty) dict to :func:`edge_energy_sigma` and
+        :func:`fraction_sigma` of one particle: the normalisation, the noise estimate and
+        the frames' gradients, which both need, are then computed once (the second call
+        must pass the same ``mu``, ``mask`` and settings).
 
     Returns
     -------
@@ -457,7 +480,8 @@ def edge_energy_sigma(
         raise ValueError(f"registration must be 'linear' or 'montecarlo', got {registration!r}")
     if registration == "montecarlo" and n_draws < 2:
         raise ValueError(f"n_draws must be at least 2, got {n_draws}")
-    lin = _linearise(
+    lin = _shared_linearise(
+        shared,
         e,
         mu,
         mask,
@@ -466,7 +490,7 @@ def edge_energy_sigma(
         pre_range=pre_range,
         post_range=post_range,
         post_order=post_order,
-        noise_band=window,
+        noise_band=tuple(window),
         noise_model=noise_model,
         gradient_sigma_px=gradient_sigma_px,
     )
@@ -575,6 +599,7 @@ def fraction_sigma(
     noise_model: str = "photon",
     shift_sigma_px=None,
     gradient_sigma_px: float = 1.0,
+    shared: dict | None = None,
 ) -> FractionSigma:
     """Standard errors of the linear-combination fractions, propagated from the frames' noise.
 
@@ -591,7 +616,7 @@ def fraction_sigma(
         The optical density as analysed (not the normalised spectra).
     references : mapping name -> callable(energies_ev) or ReferenceSpectrum
         As given to the fit (same order).
-    mask, e0_ev, pre_range, post_range, post_order, noise_model, shift_sigma_px, gradient_sigma_px
+    mask, e0_ev, pre_range, post_range, post_order, noise_model, shift_sigma_px, gradient_sigma_px, shared
         As :func:`edge_energy_sigma`.
     window : (float, float)
         The fit window relative to E0 (eV), as in the fit.
@@ -613,7 +638,8 @@ def fraction_sigma(
     names = tuple(references)
     if not names:
         raise ValueError("references: give at least one reference spectrum")
-    lin = _linearise(
+    lin = _shared_linearise(
+        shared,
         e,
         mu,
         mask,
