@@ -502,29 +502,10 @@ def motion_figure(result) -> Figure:
                 width=1,
                 label=str(pid),
             )
-    keep = [
-        c
-        for c in [
-            "particle",
-            "frame",
-            "energy_ev",
-            "y",
-            "x",
-            "dy",
-            "dx",
-            "vy",
-            "vx",
-            "ay",
-            "ax",
-            "rigid_dy",
-            "rigid_dx",
-            "nonrigid_dy",
-            "nonrigid_dx",
-            "rel_dy",
-            "rel_dx",
-        ]
-        if c in tracks
-    ]
+    from .motion import MOTION_COLUMNS
+
+    cols = MOTION_COLUMNS[:2] + ["energy_ev"] + MOTION_COLUMNS[2:]
+    keep = [c for c in cols if c in tracks]
     tables = {"motion": tracks[keep]}
     if len(common):
         tables["common_motion"] = common

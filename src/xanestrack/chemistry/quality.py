@@ -33,11 +33,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..robust import MAD_TO_SIGMA as _MAD_TO_SIGMA
 from ..xanes import find_e0, normalize
 
 __all__ = ["QualityMasks", "quality_masks", "apply_quality", "masked_statistics"]
-
-_MAD_TO_SIGMA = 1.4826
 
 
 @dataclass(frozen=True)

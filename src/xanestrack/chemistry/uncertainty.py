@@ -52,6 +52,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from ..robust import MAD_TO_SIGMA as _MAD_TO_SIGMA
 from ..xanes import FLAG_NO_CROSSING, edge_energy, find_e0, normalize
 
 __all__ = [
@@ -67,8 +68,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: the median absolute deviation of a normal distribution times this is its standard deviation
-_MAD_TO_SIGMA = 1.4826
+
 #: with at least this many pixels, the residual structure common to them is not counted as noise
 _MIN_PIXELS_COMMON = 20
 
