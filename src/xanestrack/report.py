@@ -12,6 +12,7 @@ drawn once each. :func:`write_report` only assembles the figures into
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import json
 from dataclasses import dataclass, field
@@ -66,13 +67,21 @@ class Figure:
 
 
 # ---------------------------------------------------------------- rendering helpers
-def _colormap(values, cmap: str, vmin: float, vmax: float, *, bad=(255, 255, 255)) -> np.ndarray:
-    """Values to RGB uint8 through a matplotlib colormap; NaN pixels get ``bad``."""
+@functools.lru_cache(maxsize=16)
+def _lut(cmap: str) -> np.ndarray:
+    """The 256 RGB uint8 colours of a matplotlib colormap."""
     from matplotlib import colormaps
 
+    lut = (colormaps[cmap](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
+    lut.setflags(write=False)
+    return lut
+
+
+def _colormap(values, cmap: str, vmin: float, vmax: float, *, bad=(255, 255, 255)) -> np.ndarray:
+    """Values to RGB uint8 through a matplotlib colormap; NaN pixels get ``bad``."""
     v = np.asarray(values, float)
     span = vmax - vmin if vmax > vmin else 1.0
-    lut = (colormaps[cmap](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
+    lut = _lut(cmap)
     idx = np.nan_to_num(np.clip((v - vmin) / span, 0, 1) * 255, nan=0).round().astype(np.int64)
     out = lut[idx]
     out[~np.isfinite(v)] = bad

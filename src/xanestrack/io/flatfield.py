@@ -100,9 +100,13 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input") ->
                 "give one flat for all frames or one per frame"
             )
 
+    one_ref = None  # one reference for every frame: formed once
+
     def reference(k):
         """Flat minus dark of frame k, float32: formed (and checked) a frame at a time, never a full copy."""
-        return np.subtract(flat[k if flat.shape[0] > 1 else 0], dark, dtype=np.float32)
+        if one_ref is not None:
+            return one_ref
+        return np.subtract(flat[k], dark, dtype=np.float32)
 
     def check(k, r):
         """Why frame k's reference is unusable, or None."""
@@ -118,8 +122,9 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input") ->
             )
         return None
 
-    if flat.shape[0] == 1:  # one reference for every frame: checked once
-        problem = check(0, reference(0))
+    if flat.shape[0] == 1:  # one reference for every frame: formed and checked once
+        one_ref = np.subtract(flat[0], dark, dtype=np.float32)
+        problem = check(0, one_ref)
         if problem:
             raise XanestrackError(problem)
 

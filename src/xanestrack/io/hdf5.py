@@ -106,7 +106,7 @@ def read_hdf5(path, *, scan: int | None = None, lazy: bool = False) -> dict:
                 FrameReader(
                     path,
                     keys["flat"],
-                    scan if fd.ndim == 3 and isinstance(fd, _ScanView) else None,
+                    scan if isinstance(fd, _ScanView) else None,
                     tuple(fd.shape),
                     fd.dtype,
                 )
@@ -152,9 +152,6 @@ class FrameReader:
         self.path, self.name, self.scan = Path(path), name, scan
         self.shape, self.dtype, self.ndim = tuple(shape), np.dtype(dtype), len(shape)
         self._f = None
-
-    def __len__(self):
-        return self.shape[0]
 
     def __getitem__(self, k):
         import h5py
