@@ -23,7 +23,13 @@ import numpy as np
 
 from .register import bin_frames, correlate_shifts, edge_images, resample_windows, window_half
 
-__all__ = ["FollowOptions", "follow_particle", "window_half"]  # window_half: re-exported from register
+__all__ = [
+    "FollowOptions",
+    "follow_particle",
+    "window_geometry",
+    "shape_weight",
+    "window_half",
+]  # window_half: re-exported from register
 
 
 @dataclass(frozen=True)
@@ -68,7 +74,50 @@ class FollowOptions:
     template: bool = True
 
 
-def follow_particle(od, predicted, radius: float, reference: int, *, options: FollowOptions = FollowOptions()):
+def window_geometry(radius: float, options: FollowOptions = FollowOptions()):
+    """``(binning, binned_size, size)`` of the windows :func:`follow_particle` correlates.
+
+    ``size = binned_size * binning`` full-resolution pixels, centred on the particle (the
+    centre at ``(size - 1) / 2``); ``binned_size`` is odd.
+    """
+    b = max(1, int(radius // options.binning_radius))
+    nb = 2 * int(np.ceil(window_half(radius) / b)) + 1
+    return b, nb, nb * b
+
+
+def shape_weight(shape, *, grow: float, taper: float = 3.0) -> np.ndarray:
+    """Apodisation weight from a particle's shape: 1 within ``grow`` px of it, 0 beyond ``grow + taper``.
+
+    Parameters
+    ----------
+    shape : ndarray (h, w) bool
+        The particle's pixels.
+    grow, taper : float
+        px.
+
+    Returns
+    -------
+    ndarray (h, w) float32 (all ones for an empty shape: no shape, no apodisation by it).
+    """
+    from scipy import ndimage
+
+    shape = np.asarray(shape, bool)
+    if not shape.any():
+        return np.ones(shape.shape, np.float32)
+    d = ndimage.distance_transform_edt(~shape)
+    return np.clip(1 - (d - grow) / max(taper, 1e-6), 0, 1).astype(np.float32)
+
+
+def follow_particle(
+    od,
+    predicted,
+    radius: float,
+    reference: int,
+    *,
+    options: FollowOptions = FollowOptions(),
+    weight=None,
+    background=None,
+):
     """Displacement of one particle in every frame relative to a reference frame.
 
     Parameters
@@ -82,6 +131,16 @@ def follow_particle(od, predicted, radius: float, reference: int, *, options: Fo
         The frame the displacements are relative to (a frame where the particle was
         detected, best one with high contrast).
     options : FollowOptions
+    weight : ndarray (size, size), optional
+        Apodisation weight on the full-resolution window (:func:`window_geometry`),
+        e.g. the particle's own shape grown by the edge images' reach
+        (:func:`shape_weight`): replaces the disc, so that matrix texture beside an
+        irregular particle, which moves with the matrix and not with the particle, does
+        not pull the correlation.
+    background : MatrixBackground, optional
+        The matrix behind the particle (:func:`xanestrack.background.matrix_background`),
+        subtracted from every window, moved with the matrix, before the edge images are
+        made.
 
     Returns
     -------
@@ -100,22 +159,28 @@ def follow_particle(od, predicted, radius: float, reference: int, *, options: Fo
     measured = np.zeros(n, bool)
     if not np.isfinite(pos[reference]).all():
         return pos, quality, measured
-    b = max(1, int(radius // options.binning_radius))
-    nb = 2 * int(np.ceil(window_half(radius) / b)) + 1  # odd number of binned pixels
-    size = nb * b
+    b, nb, size = window_geometry(radius, options)
     centre = (size - 1) / 2  # the window centre, in full-resolution window pixels
-    # apodisation disc around the particle, on the binned window grid
-    yy, xx = np.mgrid[0:nb, 0:nb]
-    c = (nb - 1) / 2
-    rad = (options.apodisation * radius + options.apodisation_margin) / b
-    taper = max(options.apodisation_margin / b, 1.0)
-    apod = np.clip(1 - (np.hypot(yy - c, xx - c) - rad) / taper, 0, 1).astype(np.float32)
+    if weight is not None:
+        weight = np.asarray(weight, np.float32)
+        if weight.shape != (size, size):
+            raise ValueError(f"`weight` must have the window's shape {(size, size)}, got {weight.shape}")
+        apod = bin_frames(weight[None], b)[0] if b > 1 else weight
+    else:
+        # apodisation disc around the particle, on the binned window grid
+        yy, xx = np.mgrid[0:nb, 0:nb]
+        c = (nb - 1) / 2
+        rad = (options.apodisation * radius + options.apodisation_margin) / b
+        taper = max(options.apodisation_margin / b, 1.0)
+        apod = np.clip(1 - (np.hypot(yy - c, xx - c) - rad) / taper, 0, 1).astype(np.float32)
     idx = np.flatnonzero(np.all(np.isfinite(pos), axis=1))
     jr = int(np.flatnonzero(idx == reference)[0])
     use_template = False
     for _ in range(max(1, options.passes)):
         # every window sampled (bilinear) so that the predicted position is its centre
         win = resample_windows(od, pos - centre, (0, 0), (size, size), order=1, frames=idx)
+        if background is not None:
+            win = win - background.windows(pos - centre, size, idx)
         if b > 1:
             win = bin_frames(win, b)
         g = edge_images(win, sigma=options.sigma, apodisation=apod)

@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 
 from . import xanes
+from .background import Footprint, matrix_motion, separate_layers
 from .detect import DetectOptions, detect_stack
-from .follow import FollowOptions, follow_particle
+from .follow import FollowOptions, follow_particle, shape_weight, window_geometry
 from .match import MatchOptions, link_detections
-from .motion import compute_motion, peak_ratios
+from .motion import common_similarity, compute_motion, peak_ratios
 from .register import (
     WINDOW_MARGIN,
     consensus_mask,
@@ -106,6 +108,14 @@ class PipelineOptions:
     separate_neighbours : bool, default True
         Cut fines and touching neighbours off every mask
         (:func:`xanestrack.segment.isolate_particle`).
+    separate_matrix : bool, default True
+        Follow every particle that moves on its own relative to the matrix (by at least
+        ``MIN_OWN_MOTION`` px) a second time, with the matrix behind it subtracted (two
+        layers separated by their motions, :mod:`xanestrack.background`) and the
+        correlation apodised by the particle's own shape instead of a disc: the matrix
+        texture moves with the common motion and pulls the estimate of a particle
+        drifting on its own towards it in the faint pre-edge frames (15-70 % of its own
+        motion on ``stress-drift``).
     position : {"edges", "com"}, default "edges"
         ``"edges"``: the edge correlation is the position where it measured, vouched by
         the centre of mass; ``"com"``: the reverse (the paper's centre of mass).
@@ -149,6 +159,7 @@ class PipelineOptions:
     follow: FollowOptions = field(default_factory=FollowOptions)
     agreement_px: float = 0.5
     separate_neighbours: bool = True
+    separate_matrix: bool = True
     position: str = "edges"
     scale_model: str = "energy"
     uncertainty: bool = True
@@ -196,7 +207,37 @@ def analyse_xanes(
     )
 
 
-def _process_particle(pid, track, od, energies, common, segmenter, options, references):
+def _consensus_shape(seg, centres, frames, radius, follow_options):
+    """The particle's consensus shape on :func:`follow_particle`'s window (bool; None if empty)."""
+    _, _, size = window_geometry(radius, follow_options)
+    c = (size - 1) / 2
+    k = np.flatnonzero(frames & np.isfinite(centres).all(axis=1) & (seg.masks.max(axis=(1, 2)) > 0.5))
+    if k.size == 0:
+        return None
+    placed = resample_masks(seg.masks[k], seg.origins[k], centres[k] - c, (0, 0), (size, size))
+    shape = placed.mean(axis=0) > 0.5
+    return shape if shape.any() else None
+
+
+@dataclass
+class _Located:
+    """A particle after the first pass: followed with a disc, segmented."""
+
+    pid: int
+    track: pd.DataFrame
+    detected: np.ndarray
+    examined: np.ndarray
+    radius: float
+    half: int
+    ref_frame: int
+    followed: np.ndarray
+    measured: np.ndarray
+    centres: np.ndarray
+    seg: object
+    shape: np.ndarray | None
+
+
+def _locate_particle(pid, track, od, segmenter, options) -> _Located:
     n = od.shape[0]
     track = track.sort_values("frame")
     predicted = track[["y", "x"]].to_numpy()
@@ -211,6 +252,116 @@ def _process_particle(pid, track, od, energies, common, segmenter, options, refe
     followed, _, measured = follow_particle(od, predicted, radius, ref_frame, options=options.follow)
     centres = np.where(measured[:, None], followed, predicted)
     seg = segment_particle(od, centres, half, segmenter=segmenter, radius=radius, separate=options.separate_neighbours)
+    # the shape from the frames the particle was detected in (key frames, where its
+    # contrast sufficed), not from faint pre-edge frames whose masks come out partial
+    best = measured & detected if (measured & detected).any() else measured
+    shape = _consensus_shape(seg, centres, best, radius, options.follow) if best.any() else None
+    return _Located(
+        int(pid), track, detected, examined, radius, half, ref_frame, followed, measured, centres, seg, shape
+    )
+
+
+#: px. A particle's footprint on the matrix: its shape grown by the blur and the phase-contrast halo around it
+FOOTPRINT_GROW = 6
+
+#: px. The least own motion (:func:`_own_motion_px`, relative to the matrix) for which a particle
+#: is separated from the matrix behind it: below it the matrix pulls an estimate by less than the
+#: noise the separation adds (``stress-counts``), and the two layers cannot be told apart
+MIN_OWN_MOTION = 1.5
+
+#: second-pass iterations: separate the layers at the positions, follow, repeat
+REFINE_PASSES = 2
+
+
+def _matrix_shifts(located, od, energies, footprints, options):
+    """``(n_frames, n_particles, 2)``: the matrix's displacement from frame 0 at each particle.
+
+    The common similarity fitted over the first pass's positions
+    (:func:`xanestrack.motion.common_similarity`), where at least two particles move with
+    it (their own motion below ``MIN_OWN_MOTION / 2``): the matrix moves with them. Where
+    none does (every particle drifting on its own, as in the default scene model), its
+    translation is not the matrix's (1.2 px RMS off on default seed 1): the translation is
+    then measured on the matrix's own texture, particles masked out
+    (:func:`xanestrack.background.matrix_motion`, 0.14 px RMS there), and the
+    similarity's magnification (shared by the particles and the matrix) kept.
+    """
+    P = np.stack([np.where(loc.measured[:, None], loc.followed, np.nan) for loc in located], axis=1)
+    ny, nx = od.shape[1:]
+    c = np.array([(ny - 1) / 2, (nx - 1) / 2])
+    params, rigid = common_similarity(P, centre=c, scale_axis=energies if options.scale_model == "energy" else None)
+    shifts = rigid - rigid[:1]
+    # where particles move with the similarity, it is the matrix's motion; where none does
+    # (every particle drifting on its own), the matrix is measured on its own texture
+    with_matrix = sum(
+        _own_motion_px((loc.centres - shifts[:, j])[loc.measured]) < 0.5 * MIN_OWN_MOTION
+        for j, loc in enumerate(located)
+        if loc.measured.sum() >= 3 and np.isfinite(shifts[:, j]).all()
+    )
+    if with_matrix >= 2:
+        return shifts
+    t = params[["common_dy", "common_dx"]].to_numpy(float)
+    scale = params["scale"].to_numpy(float)
+    t, _ = matrix_motion(od, footprints, t - t[0])
+    x0 = np.array([np.nanmedian(loc.centres - t, axis=0) for loc in located]) - c  # about the optical axis
+    return t[:, None, :] + (scale - scale[0])[:, None, None] * x0[None]
+
+
+def _own_motion_px(own, *, smooth: int = 15) -> float:
+    """Amplitude of a particle's own motion (n, 2), noise smoothed away: the 90th percentile
+    distance from its median position after a running median over ``smooth`` frames."""
+    sm = ndimage.median_filter(own, size=(min(smooth, len(own)), 1), mode="nearest")
+    return float(np.percentile(np.hypot(*(sm - np.median(sm, axis=0)).T), 90))
+
+
+def _refine_on_matrix(located, od, energies, options) -> list[int]:
+    """Second pass for the particles that move on their own: follow each again with the
+    matrix behind it subtracted (:mod:`xanestrack.background`) and apodised by its own
+    shape. Updates ``located``; returns the ids of the particles refined."""
+    footprints = []
+    for loc in located:
+        if loc.shape is not None:
+            c = (loc.shape.shape[0] - 1) / 2
+            grown = ndimage.binary_dilation(loc.shape, iterations=FOOTPRINT_GROW)
+            footprints.append(Footprint(grown, (c, c), loc.centres))
+    shifts = _matrix_shifts(located, od, energies, footprints, options)
+    refined_ids = []
+    for j, loc in enumerate(located):
+        m = shifts[:, j]
+        if loc.shape is None or not np.isfinite(m).all():
+            continue
+        # a particle that moves with the matrix is not pulled by it, and the two layers
+        # cannot be told apart: only a particle with its own motion is separated
+        own = (loc.centres - m)[loc.measured]
+        if own.shape[0] < 3 or _own_motion_px(own) < MIN_OWN_MOTION:
+            continue
+        b, _, size = window_geometry(loc.radius, options.follow)
+        weight = shape_weight(loc.shape, grow=2.0 + 2.0 * options.follow.sigma * b, taper=max(3.0, 2.0 * b))
+        q = loc.centres - m  # the windows' centres in matrix (frame-0) coordinates
+        lo = np.floor(np.nanmin(q, axis=0) - size / 2 - 3).astype(int)
+        box = np.ceil(np.nanmax(q, axis=0) + size / 2 + 3).astype(int) - lo + 1
+        near = [
+            f
+            for f in footprints
+            if np.nanmin(np.hypot(*(f.positions - m - (lo + box / 2)).T)) < np.hypot(*box) / 2 + f.shape.shape[0]
+        ]
+        centres = loc.centres
+        for _ in range(REFINE_PASSES):
+            background, _, _ = separate_layers(od, centres, m, lo, tuple(box), size, near)
+            refined, _, measured = follow_particle(
+                od, centres, loc.radius, loc.ref_frame, options=options.follow, weight=weight, background=background
+            )
+            loc.followed = np.where(measured[:, None], refined, loc.followed)
+            loc.measured = loc.measured | measured
+            centres = np.where(loc.measured[:, None], loc.followed, loc.centres)
+        refined_ids.append(loc.pid)
+    return refined_ids
+
+
+def _finish_particle(loc: _Located, od, energies, common, options, references):
+    n = od.shape[0]
+    pid, seg = loc.pid, loc.seg
+    detected, examined, radius, half, ref_frame = loc.detected, loc.examined, loc.radius, loc.half, loc.ref_frame
+    followed, measured = loc.followed, loc.measured
     # the second, independent estimate vouches for each position
     v = vouch_positions(
         seg.com,
@@ -352,9 +503,17 @@ def run_pipeline(
     norms = []
     com_rows = []
     pids = sorted(tracks["particle"].unique()) if len(tracks) else []
-    for j, pid in enumerate(pids):
-        tr = tracks[tracks["particle"] == pid]
-        pr, com_raw, norm = _process_particle(pid, tr, od, energies, common, seg, options, references)
+    located = [_locate_particle(pid, tracks[tracks["particle"] == pid], od, seg, options) for pid in pids]
+    if options.separate_matrix and located:
+        refined_ids = _refine_on_matrix(located, od, energies, options)
+        if refined_ids:
+            notes.append(
+                f"{len(refined_ids)} particles moving on their own followed again with the matrix behind them subtracted"
+            )
+    for j, loc in enumerate(located):
+        pr, com_raw, norm = _finish_particle(loc, od, energies, common, options, references)
+        tr = loc.track
+        pid = loc.pid
         particles.append(pr)
         norms.append(norm)
         tr = tr.sort_values("frame")
