@@ -20,6 +20,7 @@ moved with the matrix, from each window before it compares outlines.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -152,12 +153,9 @@ def matrix_background(od, shift, origin, shape, footprints, *, frames=None, max_
                 cover[y0:y1, x0:x1] |= fp.shape[y0 - q[0] : y1 - q[0], x0 - q[1] : x1 - q[1]]
         aligned[j][cover] = np.nan
     seen = np.isfinite(aligned).any(axis=0)
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            med = np.nanmedian(aligned, axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # pixels no frame shows uncovered: filled below
+        med = np.nanmedian(aligned, axis=0)
     image = _fill(np.nan_to_num(med), seen)
     return MatrixBackground(image.astype(np.float32), origin, shift, seen)
 
@@ -256,7 +254,9 @@ def separate_layers(
             stack, np.asarray(origin, float) + shift - positions + c + 1, (0, 0), (h, w), order=3, frames=frames
         )
         D = Wm - np.nan_to_num(Pm)
-        M = np.nanmedian(D, axis=0).astype(np.float32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # pixels no frame shows: filled below
+            M = np.nanmedian(D, axis=0).astype(np.float32)
         M = np.where(np.isfinite(M), M, np.nanmedian(M)).astype(np.float32)
     contrast[frames] = a
     return MatrixBackground(M, bg.origin, shift, bg.seen), P.astype(np.float32), contrast

@@ -114,6 +114,8 @@ def _stage_summary(result):
         f"match     {len(result.particles)} tracks, {len(result.rejected)} rejected objects ({t.get('match', 0):.2f} s)"
     )
     c.print(f"register  + xanes: {t.get('segment_register_xanes', 0):.2f} s")
+    if "matrix" in t:
+        c.print(f"  of which the matrix behind drifting particles: {t['matrix']:.2f} s")
     if "report" in t:
         c.print(f"report    {t['report']:.2f} s")
 

@@ -505,7 +505,9 @@ def run_pipeline(
     pids = sorted(tracks["particle"].unique()) if len(tracks) else []
     located = [_locate_particle(pid, tracks[tracks["particle"] == pid], od, seg, options) for pid in pids]
     if options.separate_matrix and located:
+        t_m = time.perf_counter()
         refined_ids = _refine_on_matrix(located, od, energies, options)
+        timings["matrix"] = time.perf_counter() - t_m
         if refined_ids:
             notes.append(
                 f"{len(refined_ids)} particles moving on their own followed again with the matrix behind them subtracted"
