@@ -233,3 +233,14 @@ def test_train_detector_raw_fine_tunes_a_copy_never_the_package(synth_dir, tmp_p
         ],
     )
     assert r.exit_code != 0
+
+
+def test_no_separate_matrix_reaches_the_pipeline(synth_dir, tmp_path):
+    from xanestrack.results import read_results
+
+    out = tmp_path / "nm"
+    r = runner.invoke(app, ["--quiet", "run", str(synth_dir / "stack.h5"), "--out", str(out), "--no-separate-matrix"])
+    assert r.exit_code == 0, r.output
+    res = read_results(out)
+    assert res.options.separate_matrix is False
+    assert "matrix" not in res.timings

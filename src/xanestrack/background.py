@@ -272,7 +272,7 @@ def _place(mask, shape, q):
         mask[y0:y1, x0:x1] |= shape[y0 - q[0] : y1 - q[0], x0 - q[1] : x1 - q[1]]
 
 
-def matrix_motion(od, footprints, guess, *, highpass: float = 8.0, search: float = 3.0, max_size: int = 512):
+def matrix_motion(od, footprints, guess, *, highpass: float = 8.0, search: float = 3.0, max_size: int = 320):
     """Translation of the matrix in every frame relative to frame 0, measured on the matrix itself.
 
     The common motion of the particles is not the matrix's when they all drift on their
@@ -296,7 +296,9 @@ def matrix_motion(od, footprints, guess, *, highpass: float = 8.0, search: float
         aliases the fine matrix texture (0.3-0.5 px errors measured).
     max_size : int
         px. Only the central ``max_size`` x ``max_size`` of larger frames is used (the
-        translation about the optical axis; cost).
+        translation about the optical axis). Measured against the truth: 320 px gives
+        0.154 px RMS on the default scene (0.141 with 512 px, 0.196 with 256) and
+        0.283 px on ``stress-all`` (0.27, 0.29) in 1.8 s instead of 3.6 s (143 frames).
 
     Returns
     -------

@@ -431,6 +431,10 @@ def run(
         None, help="A detector model folder (e.g. from 'train detector --raw'); default the shipped one."
     ),
     segmenter_model: Optional[Path] = typer.Option(None, help="A segmenter model folder; default the shipped one."),
+    separate_matrix: bool = typer.Option(
+        True,
+        help="Follow each particle that drifts on its own (>= 1.5 px) again with the matrix behind it subtracted (corrects the matrix's pull in faint pre-edge frames; costs a few seconds per scan).",
+    ),
     detect_every: int = typer.Option(
         12,
         help="Detect on every n-th frame (and the last); ROIs are propagated in between by chained phase correlation and every frame is still segmented and registered. 1 = detect in every frame (slower).",
@@ -543,6 +547,7 @@ def run(
             reference_particle=reference_particle,
             fuse="all" if save_fused else "ends",
             detect_every=detect_every,
+            separate_matrix=separate_matrix,
             **chem["options"],
         )
         run_info = _input_description(stack, inputs)
