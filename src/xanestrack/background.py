@@ -356,7 +356,10 @@ def matrix_motion(od, footprints, guess, *, highpass: float = 8.0, search: float
     s1, _ = correlate_shifts(hp[0], hp[sub], max_shift=lim)
     s1 = np.nan_to_num(s1)
     ref = np.mean([np.roll(hp[k], tuple(-np.round(d).astype(int)), axis=(0, 1)) for k, d in zip(sub, s1)], axis=0)
-    s2, q = correlate_shifts(ref, hp, max_shift=lim)
+    # in chunks: the whole stack's spectra at once would hold three stack-sized arrays
+    parts = [correlate_shifts(ref, hp[i : i + 16], max_shift=lim) for i in range(0, n, 16)]
+    s2 = np.concatenate([p[0] for p in parts])
+    q = np.concatenate([p[1] for p in parts])
     bad = ~np.isfinite(s2).all(axis=1)
     s2[bad] = 0.0
     shift = s2 + gi

@@ -272,6 +272,9 @@ MIN_OWN_MOTION = 1.5
 #: second-pass iterations: separate the layers at the positions, follow, repeat
 REFINE_PASSES = 2
 
+#: px. RMS change of a particle's positions below which the separation is not repeated
+SETTLED_PX = 0.05
+
 
 def _matrix_shifts(located, od, energies, footprints, options):
     """``(n_frames, n_particles, 2)``: the matrix's displacement from frame 0 at each particle.
@@ -350,9 +353,12 @@ def _refine_on_matrix(located, od, energies, options) -> list[int]:
             refined, _, measured = follow_particle(
                 od, centres, loc.radius, loc.ref_frame, options=options.follow, weight=weight, background=background
             )
+            moved = np.hypot(*(refined - centres)[measured & np.isfinite(centres).all(axis=1)].T)
             loc.followed = np.where(measured[:, None], refined, loc.followed)
             loc.measured = loc.measured | measured
             centres = np.where(loc.measured[:, None], loc.followed, loc.centres)
+            if moved.size == 0 or np.sqrt(np.mean(moved**2)) < SETTLED_PX:
+                break  # the matrix did not pull this particle: nothing to iterate
         refined_ids.append(loc.pid)
     return refined_ids
 
