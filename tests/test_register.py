@@ -163,6 +163,24 @@ def test_disagreement_missing_estimates_and_outliers_are_flagged():
         _vouch(com, edge, position="mean")
 
 
+def test_a_chance_agreement_amid_disagreeing_frames_vouches_for_nothing():
+    n = 31
+    com = np.c_[50 + 0.2 * np.arange(n), 40.0 + 0 * np.arange(n)]
+    edge = com.copy()
+    off = np.zeros(n)
+    off[5:16] = [1.2, 0.9, 1.4, 1.1, 0.45, 1.3, 0.2, 1.0, 1.5, 0.9, 1.2]  # frames 9 and 11 agree by chance
+    off[25] = 0.3  # agrees a little loosely, among frames that agree well
+    edge[:, 0] += off
+    v = _vouch(com, edge)
+    assert np.allclose(v.agreement, off, atol=1e-9)
+    dis = (v.flags & FRAME_FLAGS["disagree"]) != 0
+    assert dis[[5, 6, 7, 8, 10, 12, 13, 14, 15]].all()
+    assert dis[9]  # 0.45 px apart (< 0.5), but its neighbours disagree (median 1.0 > 1.5 x 0.5 px)
+    assert not dis[11]  # 0.2 px: close enough on its own
+    assert not dis[25]  # 0.3 px, and its neighbours agree
+    assert dis.sum() == 10
+
+
 def test_a_particle_located_nowhere_has_no_position():
     n = 3
     v = _vouch(

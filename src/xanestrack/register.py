@@ -427,6 +427,23 @@ def _edge_agreement(com, edge, both, reference_frame):
     return agreement, offset
 
 
+#: frames: the agreement of a frame's neighbours (+- half of it) must vouch for it too
+AGREEMENT_WINDOW = 7
+
+
+def _local_median(values, valid, window: int) -> np.ndarray:
+    """Median of ``values`` over ``valid`` frames within ``window // 2`` of each frame (NaN: none)."""
+    n = len(values)
+    h = window // 2
+    out = np.full(n, np.nan)
+    v = np.where(valid, values, np.nan)
+    for k in range(n):
+        seg = v[max(0, k - h) : k + h + 1]
+        if np.isfinite(seg).any():
+            out[k] = np.nanmedian(seg)
+    return out
+
+
 def _fill_positions(pos, good, common):
     """Fill unmeasured positions from the nearest measured frame plus the common shift."""
     out = pos.copy()
@@ -536,7 +553,10 @@ def vouch_positions(
       beyond the spread of its residual (8 robust sigma and more than 1 px): a frame
       whose mask is not the particle's;
     - ``disagree``: the two estimates' displacements differ by more than
-      ``agreement_px``, or only one of them (or neither) measured the frame;
+      ``agreement_px`` in the frame or, where they differ by more than half of it there, by
+      more than 1.5 times it as a median in the frames around it (+-3: two noisy estimates
+      that mostly disagree coincide now and then, which vouches for nothing), or only one
+      of them (or neither) measured the frame;
     - ``interpolated``: neither estimate located the particle: the position is filled
       from the nearest located frame plus the common shift.
 
@@ -555,6 +575,12 @@ def vouch_positions(
     both = good & edge_measured
     agreement, offset = _edge_agreement(com, edge, both, reference_frame)
     disagree = good & ~(agreement <= agreement_px)
+    if both.sum() >= 5:
+        # two noisy estimates agree by chance now and then: a frame whose estimates agree only
+        # loosely (beyond half the threshold) is not vouched for where they clearly disagree
+        # around it (median over +-3 frames beyond 1.5 times the threshold)
+        loose = agreement > 0.5 * agreement_px
+        disagree |= good & both & loose & ~(_local_median(agreement, both, AGREEMENT_WINDOW) <= 1.5 * agreement_px)
     flags[disagree] |= FRAME_FLAGS["disagree"]
     edge_pos = np.where(edge_measured[:, None], edge + offset, np.nan)
     whole = (flags & FRAME_FLAGS["out_of_view"]) == 0
