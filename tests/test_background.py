@@ -35,6 +35,12 @@ def _scene(seed=0, n=40, size=128, radius=10.0, faint=0.04, bright=0.3, texture=
     return od, pos, jitter, tex[20 : 20 + size, 20 : 20 + size]
 
 
+def _disc_footprint(size, radius, positions):
+    c = (size - 1) / 2
+    yy, xx = np.mgrid[0:size, 0:size]
+    return Footprint(np.hypot(yy - c, xx - c) <= radius, (c, c), positions)
+
+
 def _rms(est, truth):
     e = est - truth
     e -= np.median(e, axis=0)
@@ -84,10 +90,7 @@ def test_the_matrix_pulls_a_faint_particle_and_the_layers_remove_the_pull(scene)
 
 def test_matrix_background_recovers_the_texture_beside_the_particle(scene):
     od, pos, shift, tex = scene
-    size = 61
-    c = (size - 1) / 2
-    yy, xx = np.mgrid[0:size, 0:size]
-    fp = Footprint(np.hypot(yy - c, xx - c) <= 16, (c, c), pos)
+    fp = _disc_footprint(61, 16, pos)
     lo = np.array([20, 20])
     bg = matrix_background(od, shift, lo, (88, 88), [fp])
     truth = tex[20:108, 20:108]
@@ -120,10 +123,7 @@ def test_matrix_motion_follows_the_matrix_not_the_particle(scene):
     from xanestrack.background import matrix_motion
 
     od, pos, shift, _ = scene
-    size = 41
-    c = (size - 1) / 2
-    yy, xx = np.mgrid[0:size, 0:size]
-    fp = Footprint(np.hypot(yy - c, xx - c) <= 17, (c, c), pos)
+    fp = _disc_footprint(41, 17, pos)
     # started from the particle's motion (what the particles' common motion would say
     # if they all drifted): the matrix's own motion comes back
     est, quality = matrix_motion(od, [fp], pos - pos[0])
