@@ -285,7 +285,7 @@ def _matrix_shifts(located, od, energies, footprints, options):
     none does (every particle drifting on its own, as in the default scene model), its
     translation is not the matrix's (1.2 px RMS off on default seed 1): the translation is
     then measured on the matrix's own texture, particles masked out
-    (:func:`xanestrack.background.matrix_motion`, 0.14 px RMS there), and the
+    (:func:`xanestrack.background.matrix_motion`, 0.15 px RMS there), and the
     similarity's magnification (shared by the particles and the matrix) kept.
     """
     P = np.stack([np.where(loc.measured[:, None], loc.followed, np.nan) for loc in located], axis=1)
