@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .register import resample_windows
+from .register import correlate_shifts, resample_windows
 
 __all__ = ["Footprint", "MatrixBackground", "matrix_background"]
 
@@ -307,8 +307,6 @@ def matrix_motion(od, footprints, guess, *, highpass: float = 8.0, search: float
     quality : ndarray (n_frames,)
         Normalised correlation with the reference (0: none).
     """
-    from .register import correlate_shifts
-
     n, H, W = od.shape
     guess = np.nan_to_num(np.asarray(guess, float))
     gi = np.round(guess).astype(int)
@@ -342,15 +340,14 @@ def matrix_motion(od, footprints, guess, *, highpass: float = 8.0, search: float
         den = ndimage.gaussian_filter(keep, 4.0)
         filled = np.where(mb, num / np.maximum(den, 1e-3), g).astype(np.float32)
         x = filled - ndimage.gaussian_filter(filled, highpass)
-        x = ndimage.gaussian_filter(x, 0.7) * keep
+        x = ndimage.gaussian_filter(x, 0.7)
         x -= x[~mb].mean() if (~mb).any() else 0.0
         # residual of the crop's whole-pixel offset from the guess, undone by a roll
-        return np.roll(x * keep * apod, (ys - y0 - gi[k, 0], xs - x0 - gi[k, 1]), axis=(0, 1)), (ys - y0, xs - x0)
+        return np.roll(x * keep * apod, (ys - y0 - gi[k, 0], xs - x0 - gi[k, 1]), axis=(0, 1))
 
     hp = np.empty((n, h, w), np.float32)
-    offs = np.zeros((n, 2), int)
     for k in range(n):
-        hp[k], offs[k] = prepared(k)
+        hp[k] = prepared(k)
     lim = max(1.0, search)
     sub = np.unique(np.linspace(0, n - 1, min(n, 24)).round().astype(int))
     s1, _ = correlate_shifts(hp[0], hp[sub], max_shift=lim)

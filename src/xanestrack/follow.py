@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from .register import bin_frames, correlate_shifts, edge_images, resample_windows, window_half
 
@@ -99,8 +100,6 @@ def shape_weight(shape, *, grow: float, taper: float = 3.0) -> np.ndarray:
     -------
     ndarray (h, w) float32 (all ones for an empty shape: no shape, no apodisation by it).
     """
-    from scipy import ndimage
-
     shape = np.asarray(shape, bool)
     if not shape.any():
         return np.ones(shape.shape, np.float32)

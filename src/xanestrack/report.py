@@ -264,6 +264,11 @@ def _map_overview(result, maps: dict, cmap: str, lo: float, hi: float, label: st
     return fig, rgb
 
 
+def _kept_pixels(p):
+    """The pixels the quality masks keep (every pixel for results without them)."""
+    return p.maps.get("quality_keep", np.ones(p.mask.shape, bool))
+
+
 def whiteline_figure(result) -> Figure:
     """Fitted whiteline position of every particle on one colour scale, over the first frame.
 
@@ -277,7 +282,7 @@ def whiteline_figure(result) -> Figure:
         wl = p.edge_maps.get("whiteline")
         if wl is None:
             continue
-        keep = p.maps.get("quality_keep", np.ones(p.mask.shape, bool))
+        keep = _kept_pixels(p)
         m = np.where(keep, wl, np.nan)
         maps[p.particle] = m
         h = np.where(keep, p.maps.get("whiteline_height", np.full(p.mask.shape, np.nan)), np.nan)
@@ -311,7 +316,7 @@ def uncertainty_figure(result) -> Figure:
         s = p.maps.get("e50_sigma")
         if s is None:
             continue
-        keep = p.maps.get("quality_keep", np.ones(p.mask.shape, bool))
+        keep = _kept_pixels(p)
         maps[p.particle] = np.where(keep, s, np.nan)
 
         def med(name, keep=keep, p=p):
