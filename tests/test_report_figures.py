@@ -225,3 +225,30 @@ def test_chemistry_figures_without_particles_or_clusters_do_not_fail():
         _svg_ok(f(empty).svg)
     assert report.resolution_figure(empty).svg is None
     assert len(report.quality_table(empty)) == 0
+
+
+def test_every_reader_of_the_quality_mask_counts_the_same_pixels(result):
+    """One reading of ``quality_keep``: kept pixels lie in the mask, and the quality table,
+    the resolution table, the particle summary and run.json count the same ones, also where
+    the quality mask reaches beyond the particle's mask or is absent."""
+    import dataclasses
+
+    from xanestrack.cli import _quality_record
+    from xanestrack.result import particle_summary
+
+    p0 = result.particles[0]
+    wide = dataclasses.replace(p0, maps={**p0.maps, "quality_keep": np.ones(p0.mask.shape, bool)})
+    bare = dataclasses.replace(p0, particle=999, maps={k: v for k, v in p0.maps.items() if k != "quality_keep"})
+    res = dataclasses.replace(result, particles=[wide, bare, *result.particles[1:]])
+    for p in res.particles[:2]:
+        np.testing.assert_array_equal(p.kept, p.mask)  # beyond the mask is not kept; absent: all kept
+    assert wide.quality_assessed and not bare.quality_assessed
+    n_kept = np.array([p.kept.sum() for p in res.particles])
+    assert (n_kept <= np.array([p.mask.sum() for p in res.particles])).all()
+    np.testing.assert_array_equal(report.quality_table(res)["kept pixels"], n_kept)
+    summ = particle_summary(res)
+    np.testing.assert_allclose(summ["kept_fraction"].iloc[0], 1.0)
+    assert np.isnan(summ["kept_fraction"].iloc[1])  # not judged: no fraction to state
+    rec = _quality_record(res)["particles"]
+    assert "999" not in rec  # nothing judged, nothing recorded
+    assert rec[str(wide.particle)]["kept_pixels"] == n_kept[0] == wide.mask.sum()

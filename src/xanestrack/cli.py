@@ -382,9 +382,8 @@ def _quality_record(result) -> dict:
     opts = result.options
     rows = {}
     for p in result.particles:
-        keep = p.maps.get("quality_keep")
-        if keep is not None:
-            rows[str(p.particle)] = dict(mask_pixels=int(p.mask.sum()), kept_pixels=int((keep & p.mask).sum()))
+        if p.quality_assessed:
+            rows[str(p.particle)] = dict(mask_pixels=int(p.mask.sum()), kept_pixels=int(p.kept.sum()))
     return dict(
         edge_jump_threshold=float(getattr(opts, "edge_jump_threshold", 5.0)),
         residual_rule="normalisation and LCF residual <= median + 5 x 1.4826 MAD of the particle's pixels with an edge jump",

@@ -698,9 +698,7 @@ def phase_mapping(particles, norms, energies_ev, *, options: PipelineOptions = P
     k = int(options.clusters)
     e = np.asarray(energies_ev, float)
     usable = [
-        i
-        for i, p in enumerate(particles)
-        if norms[i] is not None and p.xanes_frames is not None and "quality_keep" in p.maps
+        i for i, p in enumerate(particles) if norms[i] is not None and p.xanes_frames is not None and p.quality_assessed
     ]
     common = np.ones(e.size, bool)
     for i in usable:
@@ -729,7 +727,7 @@ def phase_mapping(particles, norms, energies_ev, *, options: PipelineOptions = P
     keeps = []
     for i in usable:
         nm = norms[i][common]
-        keeps.append(particles[i].maps["quality_keep"] & particles[i].mask & np.all(np.isfinite(nm), axis=0))
+        keeps.append(particles[i].kept & np.all(np.isfinite(nm), axis=0))
     if sum(int(m.sum()) for m in keeps) < max(k, 2):
         return empty("too few trusted pixels to cluster")
     ps = phases.collect_spectra(

@@ -264,11 +264,6 @@ def _map_overview(result, maps: dict, cmap: str, lo: float, hi: float, label: st
     return fig, rgb
 
 
-def _kept_pixels(p):
-    """The pixels the quality masks keep (every pixel for results without them)."""
-    return p.maps.get("quality_keep", np.ones(p.mask.shape, bool))
-
-
 def whiteline_figure(result) -> Figure:
     """Fitted whiteline position of every particle on one colour scale, over the first frame.
 
@@ -282,7 +277,7 @@ def whiteline_figure(result) -> Figure:
         wl = p.edge_maps.get("whiteline")
         if wl is None:
             continue
-        keep = _kept_pixels(p)
+        keep = p.kept
         m = np.where(keep, wl, np.nan)
         maps[p.particle] = m
         h = np.where(keep, p.maps.get("whiteline_height", np.full(p.mask.shape, np.nan)), np.nan)
@@ -316,7 +311,7 @@ def uncertainty_figure(result) -> Figure:
         s = p.maps.get("e50_sigma")
         if s is None:
             continue
-        keep = _kept_pixels(p)
+        keep = p.kept
         maps[p.particle] = np.where(keep, s, np.nan)
 
         def med(name, keep=keep, p=p):
@@ -370,7 +365,7 @@ def resolution_figure(result, *, k: float = 2.0) -> Figure:
     t = pd.DataFrame(
         {
             "particle": s["particle"].to_numpy(int),
-            "n_pixels": np.array([int(p.maps.get("quality_keep", p.mask).sum()) for p in result.particles], int),
+            "n_pixels": np.array([int(p.kept.sum()) for p in result.particles], int),
             "e50_ev": s["mean_e50_ev"].to_numpy(float),
             "sigma_ev": s["mean_e50_sigma_ev"].to_numpy(float),
         }
@@ -386,9 +381,8 @@ def quality_table(result) -> pd.DataFrame:
     """Per particle: pixels of the mask, pixels the quality masks keep, and their share."""
     rows = []
     for p in result.particles:
-        keep = p.maps.get("quality_keep")
         n = int(p.mask.sum())
-        k = int((keep & p.mask).sum()) if keep is not None else n
+        k = int(p.kept.sum())
         rows.append((p.particle, n, k, 100.0 * k / n if n else np.nan))
     return pd.DataFrame(rows, columns=["particle", "mask pixels", "kept pixels", "kept %"])
 

@@ -113,6 +113,23 @@ class ParticleResult:
     maps: dict = field(default_factory=dict)
     xanes_frames: np.ndarray | None = None
 
+    @property
+    def quality_assessed(self) -> bool:
+        """Whether the XANES analysis judged the pixels (``maps["quality_keep"]`` present)."""
+        return "quality_keep" in self.maps
+
+    @property
+    def kept(self) -> np.ndarray:
+        """The mask's pixels that the XANES quality masks keep (bool, the grid of ``mask``).
+
+        The whole mask where the analysis did not judge the pixels (skipped, or a result
+        written without it): the one reading of ``maps["quality_keep"]`` that the
+        summaries, figures, tables and clustering share.
+        """
+        keep = self.maps.get("quality_keep")
+        mask = np.asarray(self.mask, bool)
+        return mask.copy() if keep is None else (np.asarray(keep, bool) & mask)
+
 
 @dataclass(frozen=True)
 class PipelineResult:
@@ -191,9 +208,8 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
         core = ndimage.binary_erosion(p.mask, iterations=core_px) if core_px > 0 else p.mask
         if not core.any():
             core = p.mask
-        keep = p.maps.get("quality_keep")
-        if keep is not None and (core & keep).any():
-            core = core & keep
+        if (core & p.kept).any():
+            core = core & p.kept
         e50 = p.edge_maps["e50"][core]
         fin_e50 = np.isfinite(e50)
         e50 = e50[fin_e50]
@@ -272,12 +288,11 @@ def _chemistry_columns(p, core, fin_e50, smoothing_px, clusters) -> dict:
             sr = sr[np.isfinite(sr)]
             if sr.size:
                 sigma = float(np.hypot(sigma, sr.mean()))
-    keep = m.get("quality_keep")
     out = dict(
         mean_e50_sigma_ev=sigma,
         whiteline_ev=mean(p.edge_maps["whiteline"]) if "whiteline" in p.edge_maps else nan,
         whiteline_height=mean(m["whiteline_height"]) if "whiteline_height" in m else nan,
-        kept_fraction=float((keep & p.mask).sum() / max(int(p.mask.sum()), 1)) if keep is not None else nan,
+        kept_fraction=float(p.kept.sum() / max(int(p.mask.sum()), 1)) if p.quality_assessed else nan,
     )
     cl = m.get("cluster")
     for j in range(clusters):
