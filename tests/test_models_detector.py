@@ -69,6 +69,29 @@ def test_tiny_cyclegan_trains_saves_loads_and_is_deterministic(tmp_path):
     assert m1[0].shape == (80, 90)
 
 
+def test_training_scans_mix_the_two_scene_models():
+    """Domain randomisation: ``stress_fraction`` of the training scans come from the stress
+    family with their knobs drawn at random; their mask images are the objects' pixels."""
+    from xanestrack.models.detector import make_detector_frames
+    from xanestrack.synth import SynthParams
+    from xanestrack.synth_stress import StressParams
+
+    frames, masks, stacks = make_detector_frames(2, 3, seed=7, stress_fraction=1.0)
+    assert all(isinstance(s.params, StressParams) for s in stacks)
+    # knobs drawn per scan, not the named cases' values
+    assert stacks[0].params.counts != stacks[1].params.counts
+    assert all(600 <= s.params.counts <= 8000 and 0 <= s.params.drift_step_sd <= 0.6 for s in stacks)
+    assert len(frames) == len(masks) == 6
+    for f, m, k in zip(frames, masks, range(6)):
+        s = stacks[k // 3]
+        assert f.shape == m.shape == tuple(n // 2 for n in s.params.shape)
+        assert set(np.unique(m)) <= {-1.0, 1.0}
+        # the objects' pixels are the positive ones (binned 2x: within a few % of the truth)
+        assert abs((m > 0).mean() - s.truth.frame_masks[k % 3].mean()) < 0.03
+    _, _, plain = make_detector_frames(2, 3, seed=7, stress_fraction=0.0)
+    assert all(isinstance(s.params, SynthParams) for s in plain)
+
+
 def test_missing_detector_folder_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="xanestrack train detector"):
         LearnedDetector(tmp_path / "nothing")

@@ -948,6 +948,12 @@ def train_detector_cmd(
     max_radius: Optional[float] = typer.Option(
         None, help="With --raw: largest particle radius (px), as for 'run'; sets the binning."
     ),
+    stress_fraction: float = typer.Option(
+        0.5,
+        min=0.0,
+        max=1.0,
+        help="Share of the generated scans drawn from the stress family with randomised knobs (0: synth only).",
+    ),
     seed: int = typer.Option(0, help="Random seed (data and weights)."),
 ):
     """Train the Cycle-GAN particle detector on generated synthetic frames (and your own, unlabelled).
@@ -964,7 +970,7 @@ def train_detector_cmd(
 
         from .models.detector import DetectorConfig, default_detector_dir, detector_binning, raw_frames, train_detector
 
-        cfg = DetectorConfig(seed=seed)
+        cfg = DetectorConfig(seed=seed, stress_fraction=stress_fraction)
         frames = None
         if quick:
             cfg = replace(cfg, iterations=80, n_stacks=4, frames_per_stack=12, n_val_stacks=1)
@@ -982,6 +988,8 @@ def train_detector_cmd(
                 return detector_binning(particle_radius_range(stack, min_radius, max_radius).max_radius)
 
             frames = raw_frames(raw, binning_for=binning_for, log=_console().print)
+        elif init:
+            cfg = replace(cfg, lr=1e-4)  # fine-tuning on generated scans: half the learning rate
         if iterations:
             cfg = replace(cfg, iterations=iterations)
         target = out or default_detector_dir()

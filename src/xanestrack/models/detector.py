@@ -102,6 +102,12 @@ class DetectorConfig:
         Generated images kept for the discriminators (image pool; 0: none).
     n_stacks : int, default 32
         Synthetic scans generated for training (seeds >= 100 only).
+    stress_fraction : float, default 0.5
+        Share of the training (and validation) scans drawn from the second scene model,
+        the stress family (:mod:`xanestrack.synth_stress`: irregular, textured particles,
+        agglomerates, another matrix and illumination), each with its knobs drawn over the
+        ranges of issue 15 (domain randomisation, see :func:`_stress_scan`); the rest from
+        :mod:`xanestrack.synth`. 0: the first scene model only.
     frames_per_stack : int, default 24
         Energies (frames) of each synthetic scan.
     n_val_stacks : int, default 2
@@ -126,6 +132,7 @@ class DetectorConfig:
     paired_weight: float = 10.0
     pool_size: int = 50
     n_stacks: int = 32
+    stress_fraction: float = 0.5
     frames_per_stack: int = 24
     n_val_stacks: int = 2
     binning: int = 2
@@ -173,8 +180,53 @@ def _synthetic_scan(rng, seed, n_frames):
     raise RuntimeError("could not place particles in 20 draws")
 
 
-def make_detector_frames(n_stacks: int, frames_per_stack: int, *, seed: int, binning: int = 2, progress=None):
+def _stress_scan(rng, seed, n_frames):
+    """One stress-family scan for training, its knobs drawn at random (domain randomisation).
+
+    A named case of :data:`~xanestrack.synth_stress.STRESS_CASES` (its crowding and
+    agglomerates), then over the ranges the tool must handle: flat-field counts 600-8000,
+    own drift step sd 0-0.6 px, frame jitter 0-3 px sd with 0-4 jumps, 0-30 fines (some
+    touching), magnification 0.2-1 %, radii x0.7-1.2, frames of 300-520 px.
+    """
+    from ..synth_stress import STRESS_CASES, make_stress_stack
+
+    names = sorted(STRESS_CASES)
+    case = STRESS_CASES[names[int(rng.integers(len(names)))]]
+    for attempt in range(20):
+        n_fines = int(rng.integers(0, 31))
+        k = rng.uniform(0.7, 1.2)
+        over = dict(
+            n_energies=n_frames,
+            shape=(int(rng.integers(380, 521)), int(rng.integers(380, 521))),
+            counts=float(np.exp(rng.uniform(np.log(600), np.log(8000)))),
+            drift_step_sd=float(rng.uniform(0.0, 0.6)),
+            jitter_sd=float(rng.uniform(0.0, 3.0)),
+            n_jumps=int(rng.integers(0, 5)),
+            n_fines=n_fines,
+            n_touching_fines=int(rng.integers(0, min(n_fines, 5) + 1)) if case.n_particles else 0,
+            magnification=float(rng.uniform(0.002, 0.01) * rng.choice([-1, 1])),
+            radius_range=(max(4.0, case.radius_range[0] * k), max(5.0, case.radius_range[1] * k)),
+        )
+        try:
+            return make_stress_stack(case, seed=seed * 31 + attempt, store_frame_masks=True, **over)
+        except ValueError:  # too crowded for this draw: draw again
+            continue
+    raise RuntimeError("could not place particles in 20 draws")
+
+
+def make_detector_frames(
+    n_stacks: int,
+    frames_per_stack: int,
+    *,
+    seed: int,
+    binning: int = 2,
+    stress_fraction: float = 0.0,
+    progress=None,
+):
     """Raw frames and their mask images, binned: lists of float32 arrays in [-1, 1].
+
+    ``stress_fraction`` of the scans come from the stress family (:func:`_stress_scan`),
+    the rest from :mod:`xanestrack.synth` (:func:`_synthetic_scan`).
 
     Returns ``(frames, masks, stacks)`` where ``stacks`` are the synthetic scans (for
     validation by detection F1).
@@ -182,7 +234,9 @@ def make_detector_frames(n_stacks: int, frames_per_stack: int, *, seed: int, bin
     rng = np.random.default_rng([seed, 23])
     frames, masks, stacks = [], [], []
     for i in range(n_stacks):
-        s = _synthetic_scan(rng, 100 + seed * 1000 + i, frames_per_stack)
+        stress = stress_fraction > 0 and rng.random() < stress_fraction
+        draw = _stress_scan if stress else _synthetic_scan
+        s = draw(rng, 100 + seed * 1000 + i, frames_per_stack)
         od = s.optical_density()
         for k in range(od.shape[0]):
             frames.append(normalise_frame(bin_frames(od[k], binning)))
@@ -375,10 +429,9 @@ def train_detector(
     torch.manual_seed(config.seed)
     rng = np.random.default_rng([config.seed, 5])
     t0 = time.perf_counter()
-    fa, fb, _ = make_detector_frames(config.n_stacks, config.frames_per_stack, seed=config.seed, binning=config.binning)
-    va, vb, vstacks = make_detector_frames(
-        config.n_val_stacks, config.frames_per_stack, seed=config.seed + 500, binning=config.binning
-    )
+    mix = dict(binning=config.binning, stress_fraction=config.stress_fraction)
+    fa, fb, _ = make_detector_frames(config.n_stacks, config.frames_per_stack, seed=config.seed, **mix)
+    va, vb, vstacks = make_detector_frames(config.n_val_stacks, config.frames_per_stack, seed=config.seed + 500, **mix)
     t_data = time.perf_counter() - t0
     log(
         f"training data: {len(fa)} frames from {config.n_stacks} synthetic scans, validation {len(va)} frames ({t_data:.0f} s)"
@@ -587,7 +640,15 @@ def _model_card(
     raw_line = (
         f"Fine-tuned from `{init_dir}` with {len(raw)} unlabelled user frames (half of every raw-domain batch; unpaired losses only).\n"
         if raw
-        else "No real data were used for training.\n"
+        else (f"Fine-tuned from `{init_dir}` (its card is that model's training).\n" if init_dir else "")
+        + "No real data were used for training.\n"
+    )
+    mix = (
+        f"about {100 * config.stress_fraction:.0f} % of them from the second scene model, the stress family "
+        "(`xanestrack.synth_stress`: a named case, then counts 600-8000, own drift step sd 0-0.6 px, jitter 0-3 px "
+        "with 0-4 jumps, 0-30 fines, magnification 0.2-1 %, radii x0.7-1.2, drawn per scan), the rest "
+        if config.stress_fraction > 0
+        else ""
     )
     return (
         f"""# Cycle-GAN particle detector
@@ -595,7 +656,7 @@ def _model_card(
 Forward generator raw frame -> particle-mask image: ResNet generator, width {config.width}, {config.n_blocks}
 residual blocks, {n_params} parameters; a second generator of the same size maps back; PatchGAN
 discriminators (width {config.disc_width}). Trained by `xanestrack train detector` (seed {config.seed}) on
-{n_frames} frames of {config.n_stacks} varied synthetic scans (`xanestrack.synth`, default and hard presets,
+{n_frames} frames of {config.n_stacks} varied synthetic scans ({mix}`xanestrack.synth`, default and hard presets,
 400-10000 counts, radii x0.6-1.35, 3-12 particles, up to 30 fines, up to 2 touching pairs; seeds >= 100),
 binned {config.binning}x, random {config.crop} x {config.crop} crops, batch {config.batch}, {config.iterations}
 iterations: LSGAN + cycle (weight {config.cycle_weight}) + identity ({config.identity_weight} x cycle) + paired L1 on
