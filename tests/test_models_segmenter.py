@@ -21,6 +21,31 @@ def test_train_save_load_round_trip_and_determinism(tmp_path):
     assert np.array_equal(a, b)
 
 
+def test_stress_rois_carry_the_particles_own_outline_and_no_clean_image(tmp_path):
+    """Domain randomisation: ROIs cut from stress-family scans have the particle's own
+    outline as target and no noise-free image (NaN: no denoising loss); a model trained on
+    them fine-tunes from another folder and records it."""
+    import json
+
+    from xanestrack.models.segmenter import make_training_rois
+
+    x, c, m = make_training_rois(12, seed=3, canvas=64, stress_fraction=1.0)
+    assert x.shape == c.shape == m.shape == (12, 1, 64, 64)
+    assert np.isnan(c).all() and np.isfinite(x).all()
+    # binary at pixel centres (binned ROIs: block means of 0/1), the particle at the centre
+    assert m.min() == 0 and m.max() == 1
+    assert (m[:, 0, 28:36, 28:36].mean(axis=(1, 2)) > 0.5).all()
+    _, c0, _ = make_training_rois(4, seed=3, canvas=64, stress_fraction=0.0)
+    assert np.isfinite(c0).all()
+    cfg = SegmenterConfig(width=4, depth=2, n_train=16, n_val=8, epochs=1, batch=8, stress_fraction=0.5)
+    train_segmenter(tmp_path / "a", config=cfg, log=lambda *a: None)
+    logs = []
+    train_segmenter(tmp_path / "b", config=cfg, init_dir=tmp_path / "a", log=logs.append)
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["fine_tuned_from"] == str(tmp_path / "a")
+    assert "fine-tuned from" in (tmp_path / "b" / "card.md").read_text()
+    assert "nan" not in logs[-1].split("loss")[1].split(",")[0]
+
+
 def test_missing_model_folder_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="xanestrack train segmenter"):
         LearnedSegmenter(tmp_path / "nothing")

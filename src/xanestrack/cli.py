@@ -895,6 +895,15 @@ def train_segmenter_cmd(
     quick: bool = typer.Option(False, help="Small, fast settings (minutes) for tests and CI."),
     epochs: Optional[int] = typer.Option(None, help="Override the number of epochs."),
     n_train: Optional[int] = typer.Option(None, help="Override the number of training ROIs."),
+    init: Optional[Path] = typer.Option(
+        None, help="Model folder to start from (fine-tuning, at a quarter of the learning rate)."
+    ),
+    stress_fraction: float = typer.Option(
+        0.5,
+        min=0.0,
+        max=1.0,
+        help="Share of the generated scans drawn from the stress family with randomised knobs (0: synth only).",
+    ),
     seed: int = typer.Option(0, help="Random seed (data and weights)."),
 ):
     """Train the Dual U-Net ROI segmenter on generated synthetic ROIs.
@@ -908,7 +917,9 @@ def train_segmenter_cmd(
 
         from .models.segmenter import SegmenterConfig, default_model_dir, train_segmenter
 
-        cfg = SegmenterConfig(seed=seed)
+        cfg = SegmenterConfig(seed=seed, stress_fraction=stress_fraction)
+        if init:
+            cfg = replace(cfg, lr=cfg.lr / 4)
         if quick:
             cfg = replace(cfg, n_train=160, n_val=48, epochs=1, width=8)
         if epochs:
@@ -920,11 +931,11 @@ def train_segmenter_cmd(
             from .results import atomic_output_dir
 
             with atomic_output_dir(
-                out, kind="model"
+                out, inputs=[init] if init else [], kind="model"
             ) as tmp:  # a folder that exists is refused; nothing half-written is left
-                train_segmenter(tmp, config=cfg, log=_console().print)
+                train_segmenter(tmp, config=cfg, init_dir=init, log=_console().print)
         else:
-            train_segmenter(target, config=cfg, log=_console().print)
+            train_segmenter(target, config=cfg, init_dir=init, log=_console().print)
         _console().print(f"model written to {target}/ (config.json, weights.pt, card.md)")
     except Exception as exc:
         _fail(exc)

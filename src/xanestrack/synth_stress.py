@@ -66,6 +66,7 @@ __all__ = [
     "STRESS_CASES",
     "STRESS_PATTERNS",
     "make_stress_stack",
+    "randomised_stress_stack",
     "make_scene",
     "reduced_params",
     "stress_reference",
@@ -1086,6 +1087,53 @@ def make_stress_stack(
         scale=scale,
     )
     return SynthStack(r.counts, r.flats, r.dark, energies, truth, p, int(seed))
+
+
+def randomised_stress_stack(rng, seed: int, n_energies: int, *, store_frame_masks: bool = True) -> SynthStack:
+    """A stress-family scan with its knobs drawn at random, for training (domain randomisation).
+
+    A named case of :data:`STRESS_CASES` (its crowding and agglomerates), then over the
+    ranges the tool must handle: flat-field counts 600-8000, own drift step sd 0-0.6 px,
+    frame jitter 0-3 px sd with 0-4 jumps, 0-30 fines (some touching), magnification
+    0.2-1 % (either sign), radii x0.7-1.2, frames of 380-520 px.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Draws the case and the knobs.
+    seed : int
+        Seed of the scan (training uses seeds >= 100 only; tests and benchmarks below).
+    n_energies : int
+    store_frame_masks : bool
+        See :func:`make_stress_stack`.
+
+    Raises
+    ------
+    RuntimeError
+        If no draw of 20 could be placed in the frame.
+    """
+    names = sorted(STRESS_CASES)
+    case = STRESS_CASES[names[int(rng.integers(len(names)))]]
+    for attempt in range(20):
+        n_fines = int(rng.integers(0, 31))
+        k = rng.uniform(0.7, 1.2)
+        over = dict(
+            n_energies=n_energies,
+            shape=(int(rng.integers(380, 521)), int(rng.integers(380, 521))),
+            counts=float(np.exp(rng.uniform(np.log(600), np.log(8000)))),
+            drift_step_sd=float(rng.uniform(0.0, 0.6)),
+            jitter_sd=float(rng.uniform(0.0, 3.0)),
+            n_jumps=int(rng.integers(0, 5)),
+            n_fines=n_fines,
+            n_touching_fines=int(rng.integers(0, min(n_fines, 5) + 1)) if case.n_particles else 0,
+            magnification=float(rng.uniform(0.002, 0.01) * rng.choice([-1, 1])),
+            radius_range=(max(4.0, case.radius_range[0] * k), max(5.0, case.radius_range[1] * k)),
+        )
+        try:
+            return make_stress_stack(case, seed=seed * 31 + attempt, store_frame_masks=store_frame_masks, **over)
+        except ValueError:  # too crowded for this draw: draw again
+            continue
+    raise RuntimeError("could not place particles in 20 draws")
 
 
 def _groups(rng, p: StressParams, particles):

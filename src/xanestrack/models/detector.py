@@ -106,7 +106,8 @@ class DetectorConfig:
         Share of the training (and validation) scans drawn from the second scene model,
         the stress family (:mod:`xanestrack.synth_stress`: irregular, textured particles,
         agglomerates, another matrix and illumination), each with its knobs drawn over the
-        ranges of issue 15 (domain randomisation, see :func:`_stress_scan`); the rest from
+        ranges of issue 15 (domain randomisation, see
+        :func:`~xanestrack.synth_stress.randomised_stress_stack`); the rest from
         :mod:`xanestrack.synth`. 0: the first scene model only.
     frames_per_stack : int, default 24
         Energies (frames) of each synthetic scan.
@@ -180,40 +181,6 @@ def _synthetic_scan(rng, seed, n_frames):
     raise RuntimeError("could not place particles in 20 draws")
 
 
-def _stress_scan(rng, seed, n_frames):
-    """One stress-family scan for training, its knobs drawn at random (domain randomisation).
-
-    A named case of :data:`~xanestrack.synth_stress.STRESS_CASES` (its crowding and
-    agglomerates), then over the ranges the tool must handle: flat-field counts 600-8000,
-    own drift step sd 0-0.6 px, frame jitter 0-3 px sd with 0-4 jumps, 0-30 fines (some
-    touching), magnification 0.2-1 %, radii x0.7-1.2, frames of 300-520 px.
-    """
-    from ..synth_stress import STRESS_CASES, make_stress_stack
-
-    names = sorted(STRESS_CASES)
-    case = STRESS_CASES[names[int(rng.integers(len(names)))]]
-    for attempt in range(20):
-        n_fines = int(rng.integers(0, 31))
-        k = rng.uniform(0.7, 1.2)
-        over = dict(
-            n_energies=n_frames,
-            shape=(int(rng.integers(380, 521)), int(rng.integers(380, 521))),
-            counts=float(np.exp(rng.uniform(np.log(600), np.log(8000)))),
-            drift_step_sd=float(rng.uniform(0.0, 0.6)),
-            jitter_sd=float(rng.uniform(0.0, 3.0)),
-            n_jumps=int(rng.integers(0, 5)),
-            n_fines=n_fines,
-            n_touching_fines=int(rng.integers(0, min(n_fines, 5) + 1)) if case.n_particles else 0,
-            magnification=float(rng.uniform(0.002, 0.01) * rng.choice([-1, 1])),
-            radius_range=(max(4.0, case.radius_range[0] * k), max(5.0, case.radius_range[1] * k)),
-        )
-        try:
-            return make_stress_stack(case, seed=seed * 31 + attempt, store_frame_masks=True, **over)
-        except ValueError:  # too crowded for this draw: draw again
-            continue
-    raise RuntimeError("could not place particles in 20 draws")
-
-
 def make_detector_frames(
     n_stacks: int,
     frames_per_stack: int,
@@ -225,17 +192,20 @@ def make_detector_frames(
 ):
     """Raw frames and their mask images, binned: lists of float32 arrays in [-1, 1].
 
-    ``stress_fraction`` of the scans come from the stress family (:func:`_stress_scan`),
+    ``stress_fraction`` of the scans come from the stress family
+    (:func:`~xanestrack.synth_stress.randomised_stress_stack`),
     the rest from :mod:`xanestrack.synth` (:func:`_synthetic_scan`).
 
     Returns ``(frames, masks, stacks)`` where ``stacks`` are the synthetic scans (for
     validation by detection F1).
     """
+    from ..synth_stress import randomised_stress_stack
+
     rng = np.random.default_rng([seed, 23])
     frames, masks, stacks = [], [], []
     for i in range(n_stacks):
         stress = stress_fraction > 0 and rng.random() < stress_fraction
-        draw = _stress_scan if stress else _synthetic_scan
+        draw = randomised_stress_stack if stress else _synthetic_scan
         s = draw(rng, 100 + seed * 1000 + i, frames_per_stack)
         od = s.optical_density()
         for k in range(od.shape[0]):

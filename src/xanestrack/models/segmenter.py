@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,11 @@ class SegmenterConfig:
         Training ROIs, cut from synthetic scans (seeds >= 100 only).
     n_val : int, default 400
         Validation ROIs from unseen synthetic scans (IoU, centre-of-mass error).
+    stress_fraction : float, default 0.5
+        Share of the scans the ROIs are cut from that come from the second scene model,
+        the stress family with randomised knobs (domain randomisation, see
+        :func:`~xanestrack.synth_stress.randomised_stress_stack`); the rest from
+        :mod:`xanestrack.synth`. 0: the first scene model only.
     epochs : int, default 12
         Passes over the training ROIs.
     batch : int, default 16
@@ -69,6 +74,7 @@ class SegmenterConfig:
     canvas: int = CANVAS
     n_train: int = 6000
     n_val: int = 400
+    stress_fraction: float = 0.5
     epochs: int = 12
     batch: int = 16
     lr: float = 2e-3
@@ -90,18 +96,31 @@ def _pad(a, size, value=None):
     return np.pad(a, ((t, py - t), (left, px - left)), constant_values=value), (t, left)
 
 
-def make_training_rois(n: int, *, seed: int, canvas: int = CANVAS, progress=None):
-    """``n`` ROIs with targets: arrays (n, 1, canvas, canvas) x, clean, coverage."""
+def make_training_rois(n: int, *, seed: int, canvas: int = CANVAS, stress_fraction: float = 0.0, progress=None):
+    """``n`` ROIs with targets: arrays (n, 1, canvas, canvas) x, clean, coverage.
+
+    ``stress_fraction`` of the scans they are cut from come from the stress family with
+    randomised knobs (:func:`~xanestrack.synth_stress.randomised_stress_stack`); its truth
+    has the particle's own outline (binary at pixel centres) but no noise-free image: the
+    clean target is NaN there (no denoising loss).
+    """
     from ..register import crop_windows, window_half
     from ..synth import make_synthetic_stack
+    from ..synth_stress import randomised_stress_stack
 
     rng = np.random.default_rng([seed, 11])
     X, C, M = [], [], []
     k_stack = 0
     while len(X) < n:
-        preset = "hard" if k_stack % 2 else "default"
-        counts = float(np.exp(rng.uniform(np.log(600), np.log(8000))))
-        s = make_synthetic_stack(preset, seed=100 + seed * 1000 + k_stack, store_clean=True, counts=counts)
+        stack_seed = 100 + seed * 1000 + k_stack
+        if stress_fraction > 0 and rng.random() < stress_fraction:
+            s = randomised_stress_stack(rng, stack_seed, 48, store_frame_masks=False)
+            clean = None
+        else:
+            preset = "hard" if k_stack % 2 else "default"
+            counts = float(np.exp(rng.uniform(np.log(600), np.log(8000))))
+            s = make_synthetic_stack(preset, seed=stack_seed, store_clean=True, counts=counts)
+            clean = s.truth.clean
         k_stack += 1
         od = s.optical_density()
         tp = s.truth.positions
@@ -117,11 +136,15 @@ def make_training_rois(n: int, *, seed: int, canvas: int = CANVAS, progress=None
             roi = win[0]
             if not np.all(np.isfinite(roi)):
                 continue
-            tgt_c = np.zeros_like(roi)
+            tgt_c = np.zeros_like(roi) if clean is not None else np.full_like(roi, np.nan)
             tgt_m = np.zeros_like(roi)
             mo = s.truth.mask_origins[i][k]
-            cov = s.truth.coverage[i][k].astype(np.float32)
-            cln = s.truth.clean[i][k].astype(np.float32)
+            if clean is not None:
+                cov = s.truth.coverage[i][k].astype(np.float32)
+                cln = clean[i][k].astype(np.float32)
+            else:
+                cov = s.truth.masks[i][k].astype(np.float32)
+                cln = np.full(cov.shape, np.nan, np.float32)
             dy, dx = mo[0] - orig[0][0], mo[1] - orig[0][1]
             hh, ww = cov.shape
             ys, xs = max(dy, 0), max(dx, 0)
@@ -133,7 +156,7 @@ def make_training_rois(n: int, *, seed: int, canvas: int = CANVAS, progress=None
             roi, tgt_c, tgt_m = (bin_frames(a, f) for a in (roi, tgt_c, tgt_m))
             x, off, scale = normalise_roi(roi)
             X.append(_pad(x, canvas)[0])
-            C.append(_pad(tgt_c / scale, canvas, 0.0)[0])
+            C.append(_pad(tgt_c / scale, canvas, 0.0 if clean is not None else np.nan)[0])
             M.append(_pad(tgt_m, canvas, 0.0)[0])
             if progress:
                 progress(len(X), n)
@@ -165,20 +188,32 @@ def validation_scores(model, x, cover):
     )
 
 
-def train_segmenter(out_dir, *, config: SegmenterConfig = SegmenterConfig(), progress=None, log=print) -> dict:
-    """Train the Dual U-Net on generated ROIs and write the model folder. Returns the scores."""
+def train_segmenter(
+    out_dir, *, config: SegmenterConfig = SegmenterConfig(), init_dir=None, progress=None, log=print
+) -> dict:
+    """Train the Dual U-Net on generated ROIs and write the model folder. Returns the scores.
+
+    ``init_dir``: a model folder to start from (fine-tuning); its width, depth and canvas
+    replace those of ``config``.
+    """
     import torch
 
     from .nets import DualUNet
 
+    if init_dir is not None:
+        base = read_model_config(init_dir, kind="segmenter", required=("width", "depth"))
+        config = replace(config, **{k: base[k] for k in ("width", "depth", "canvas") if k in base})
     torch.manual_seed(config.seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.perf_counter()
-    x, c, m = make_training_rois(config.n_train, seed=config.seed, canvas=config.canvas)
-    xv, cv, mv = make_training_rois(config.n_val, seed=config.seed + 500, canvas=config.canvas)
+    mix = dict(canvas=config.canvas, stress_fraction=config.stress_fraction)
+    x, c, m = make_training_rois(config.n_train, seed=config.seed, **mix)
+    xv, cv, mv = make_training_rois(config.n_val, seed=config.seed + 500, **mix)
     t_data = time.perf_counter() - t0
     log(f"training data: {len(x)} ROIs, validation {len(xv)} ROIs ({t_data:.0f} s)")
     model = DualUNet(config.width, config.depth)
+    if init_dir is not None:
+        model.load_state_dict(load_weights(init_dir, kind="segmenter"))
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     steps = config.epochs * int(np.ceil(len(x) / config.batch))
@@ -205,7 +240,10 @@ def train_segmenter(out_dir, *, config: SegmenterConfig = SegmenterConfig(), pro
             d, ml = model(xb)
             p = torch.sigmoid(ml)
             dice = 1 - (2 * (p * mb).sum((1, 2, 3)) + 1) / (p.sum((1, 2, 3)) + mb.sum((1, 2, 3)) + 1)
-            loss = torch.nn.functional.l1_loss(d, cb) + bce(ml, mb) + 0.5 * dice.mean()
+            # the stress family's ROIs have no noise-free image (NaN): no denoising loss there
+            fin = torch.isfinite(cb)
+            l1 = (d - torch.nan_to_num(cb)).abs()[fin].mean() if bool(fin.any()) else d.sum() * 0.0
+            loss = l1 + bce(ml, mb) + 0.5 * dice.mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -226,17 +264,27 @@ def train_segmenter(out_dir, *, config: SegmenterConfig = SegmenterConfig(), pro
         architecture="DualUNet",
         n_params=n_params,
         normalisation="(roi - median of 3-px ring) / 99th percentile",
+        fine_tuned_from=str(init_dir) if init_dir else None,
     )
     (out / "config.json").write_text(json.dumps(cfg, indent=1))
     final = history[-1]
+    mix_text = (
+        f"about {100 * config.stress_fraction:.0f} % stress-family scans (`xanestrack.synth_stress`, knobs randomised "
+        "per scan: counts 600-8000, drift, jitter and jumps, 0-30 fines, magnification, radii x0.7-1.2; the target "
+        "the particle's own outline at pixel centres) and the rest "
+        if config.stress_fraction > 0
+        else ""
+    )
+    if init_dir is not None:
+        mix_text = f"(fine-tuned from `{init_dir}`, whose card is that model's training) " + mix_text
     card = (
         f"""# Dual U-Net ROI segmenter
 
 Two U-Nets in series (denoise / background removal, then the particle's partial-coverage mask),
 {n_params} parameters (width {config.width}, depth {config.depth}), trained by `xanestrack train segmenter`
-(seed {config.seed}) on {config.n_train} ROIs generated by `xanestrack.synth` (default and hard presets,
+(seed {config.seed}) on {config.n_train} ROIs cut from {mix_text}`xanestrack.synth` scans (default and hard presets,
 600-8000 counts, all energies; synthetic seeds >= 100 only), {config.epochs} epochs, Adam with one-cycle
-learning rate {config.lr}, batch {config.batch}, loss L1(denoised) + BCE(mask) + 0.5 soft Dice, the 8
+learning rate {config.lr}, batch {config.batch}, loss L1(denoised; not on stress ROIs) + BCE(mask) + 0.5 soft Dice, the 8
 symmetries of the square as augmentation. Training time {sum(h["seconds"] for h in history):.0f} s on the CPU
 (+ {t_data:.0f} s to generate the data).
 
