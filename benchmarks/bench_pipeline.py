@@ -2,6 +2,7 @@
 
 Usage: python benchmarks/bench_pipeline.py [--preset default] [--seeds 1 2 3] [--repeats 3]
            [--detector learned|classical] [--segmenter learned|classical] [--detect-every N]
+           [--detector-model DIR] [--segmenter-model DIR]
 
 Reports, per seed, the median over ``--repeats`` runs of each stage's time, and the
 accuracy (registration RMS per particle, edge-energy RMS) of the run. Timing is of
@@ -37,6 +38,8 @@ def main(argv=None):
     ap.add_argument("--segmenter", default="classical", choices=["classical", "learned"])
     ap.add_argument("--detect-every", type=int, default=12)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--detector-model", default=None, help="learned detector folder (default: shipped)")
+    ap.add_argument("--segmenter-model", default=None, help="learned segmenter folder (default: shipped)")
     a = ap.parse_args(argv)
     from xanestrack.pipeline import PipelineOptions
 
@@ -44,11 +47,11 @@ def main(argv=None):
     if a.detector == "learned":
         from xanestrack.models.detector import LearnedDetector
 
-        det = LearnedDetector()
+        det = LearnedDetector(a.detector_model)
     if a.segmenter == "learned":
         from xanestrack.models.segmenter import LearnedSegmenter
 
-        seg = LearnedSegmenter().segment_rois
+        seg = LearnedSegmenter(a.segmenter_model).segment_rois
     if a.threads:
         import torch
 

@@ -2,6 +2,7 @@
 
 Usage: python benchmarks/bench_stress.py [--cases stress-drift ...] [--seeds 1 2]
            [--paths learned classical] [--reduced] [--out stress.csv]
+           [--detector-model DIR] [--segmenter-model DIR]
 
 For each stress case (:data:`xanestrack.synth_stress.STRESS_CASES`, full size: 143
 energies, 460 x 460), seed and path, the in-memory pipeline runs with DEFAULT options
@@ -141,6 +142,8 @@ def main(argv=None):
     ap.add_argument("--reduced", action="store_true", help="reduced scenes (48 energies, 256 x 256), as the tests")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--out", default=None, help="write the rows as CSV here")
+    ap.add_argument("--detector-model", default=None, help="learned path: this detector folder (default: shipped)")
+    ap.add_argument("--segmenter-model", default=None, help="learned path: this segmenter folder (default: shipped)")
     a = ap.parse_args(argv)
     bad = [s for s in a.seeds if not 0 <= s < 100]
     if bad:
@@ -152,7 +155,13 @@ def main(argv=None):
     if "learned" in a.paths:
         from xanestrack.models import pipeline_models
 
-        models["learned"] = pipeline_models("learned", "learned", options=PipelineOptions())
+        models["learned"] = pipeline_models(
+            "learned",
+            "learned",
+            options=PipelineOptions(),
+            detector_model=a.detector_model,
+            segmenter_model=a.segmenter_model,
+        )
     if a.threads:
         import torch
 
@@ -160,7 +169,8 @@ def main(argv=None):
 
     size = "reduced (48 energies, 256 x 256)" if a.reduced else "full size"
     print(f"machine: {machine()}")
-    print(f"stress cases {a.cases}, {size}, seeds {a.seeds}, paths {a.paths}; default options\n")
+    print(f"stress cases {a.cases}, {size}, seeds {a.seeds}, paths {a.paths}; default options")
+    print(f"models: detector {a.detector_model or 'shipped'}, segmenter {a.segmenter_model or 'shipped'}\n")
     print(HEADER, flush=True)
     rows = []
     for case in a.cases:
