@@ -214,6 +214,9 @@ class SynthTruth:
     frame_masks: np.ndarray | None = (
         None  # (n_frames, rows, cols) bool: every object incl. fines, with store_frame_masks
     )
+    frame_contacts: np.ndarray | None = (
+        None  # (n_frames, rows, cols) bool: where two objects meet (within 1 px of both), with store_frame_masks
+    )
     scale: np.ndarray | None = (
         None  # (n_frames,) image magnification of each frame about the frame centre, frame 0 = 1 (stress model)
     )
@@ -426,7 +429,8 @@ def make_synthetic_stack(
         background-free OD in the mask windows (training targets of the learned models).
     store_frame_masks : bool
         Also keep a full-frame mask of every object per frame (isolated particles,
-        touching pairs and fines): the target images of the learned detector.
+        touching pairs and fines) and where two objects meet (``frame_contacts``): the
+        target images of the learned detector (objects, their contacts cut out).
     layout : list, optional
         Particles to use instead of a random layout (the series mode passes the same
         particles, moved and with their chemistry shifted, to every scan).
@@ -547,6 +551,32 @@ class _Rendered:
     coverage: list | None
     clean: list | None
     frame_masks: np.ndarray | None
+    frame_contacts: np.ndarray | None = None
+
+
+def mark_contacts(owner, contacts, box, inside, label: int) -> None:
+    """Record where one object meets those drawn before it in a frame (in place).
+
+    Parameters
+    ----------
+    owner : ndarray (rows, cols) int32
+        The frame's first claimant of each pixel (0: none); the object's pixels grown by
+        one are claimed where free.
+    contacts : ndarray (rows, cols) bool
+        Set where the object's grown pixels meet another object's: the band where two
+        objects are within a pixel of each other.
+    box : (y0, y1, x0, x1)
+        The object's window in the frame.
+    inside : ndarray (y1 - y0, x1 - x0) bool
+        The object's pixels in the window.
+    label : int
+        The object's label (> 0, distinct per object).
+    """
+    y0, y1, x0, x1 = box
+    grown = ndimage.binary_dilation(inside, iterations=1)
+    region = owner[y0:y1, x0:x1]
+    contacts[y0:y1, x0:x1] |= grown & (region > 0) & (region != label)
+    region[grown & (region == 0)] = label
 
 
 def _matrix_texture(rng, p: SynthParams, pad: int) -> np.ndarray:
@@ -613,10 +643,12 @@ def _render(
     clean = [np.zeros(m.shape, np.float16) for m in masks] if store_clean else None
 
     frame_masks = np.zeros((nE, ny, nx), bool) if store_frame_masks else None
+    frame_contacts = np.zeros((nE, ny, nx), bool) if store_frame_masks else None
     flat_phase = rng.uniform(-0.2, 0.2, 3)
     for k in range(nE):
         g = global_shift[k]
         od = _matrix_od(rng, p, bg_tex, g, pad, grid)
+        owner = np.zeros((ny, nx), np.int32) if store_frame_masks else None
         for i, ((q, d), w) in enumerate(zip(objects, win)):
             c = q.centre + g + d[k]
             iy, ix = int(round(c[0])), int(round(c[1]))
@@ -631,6 +663,7 @@ def _render(
             od[y0:y1, x0:x1] += thick * (pre[k] + mu)
             if frame_masks is not None:
                 frame_masks[k, y0:y1, x0:x1] |= cover >= 0.5
+                mark_contacts(owner, frame_contacts[k], (y0, y1, x0, x1), cover >= 0.5, i + 1)
             if i < n_particles:
                 origins[i][k] = (iy - w, ix - w)
                 m = np.zeros((2 * w + 1, 2 * w + 1), bool)
@@ -641,7 +674,7 @@ def _render(
                     coverage[i][sl] = cover
                     clean[i][sl] = thick * (pre[k] + mu)
         counts[k], flats[k] = _expose(rng, p, od, k, dark, grid, flat_phase)
-    return _Rendered(counts, flats, dark, masks, origins, coverage, clean, frame_masks)
+    return _Rendered(counts, flats, dark, masks, origins, coverage, clean, frame_masks, frame_contacts)
 
 
 def _outline_com(q: _Particle):
@@ -692,6 +725,7 @@ def _truth(energies, particles, drifts, global_shift, fines, frames: _Rendered) 
         coverage=frames.coverage,
         clean=frames.clean,
         frame_masks=frames.frame_masks,
+        frame_contacts=frames.frame_contacts,
     )
 
 

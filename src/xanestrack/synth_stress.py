@@ -59,7 +59,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from .synth import PRESETS, SynthStack, SynthTruth, make_synthetic_stack, ni_energy_grid
+from .synth import PRESETS, SynthStack, SynthTruth, make_synthetic_stack, mark_contacts, ni_energy_grid
 
 __all__ = [
     "StressParams",
@@ -1012,7 +1012,8 @@ def make_stress_stack(
         Shrink the case first (:func:`reduced_params`: 48 energies, 256 x 256, fewer
         particles and fines; every stressor kept), for tests.
     store_frame_masks : bool
-        Also keep a full-frame mask of every object per frame (particles and fines).
+        Also keep a full-frame mask of every object per frame (particles and fines) and
+        where two of them meet (``frame_contacts``).
     **overrides
         Fields of :class:`StressParams` replacing those of the case.
 
@@ -1084,6 +1085,7 @@ def make_stress_stack(
             -1, 3
         ),
         frame_masks=r.frame_masks,
+        frame_contacts=r.frame_contacts,
         scale=scale,
     )
     return SynthStack(r.counts, r.flats, r.dark, energies, truth, p, int(seed))
@@ -1219,6 +1221,7 @@ class _Rendered:
     edge_maps: list
     edge_origins: list
     frame_masks: np.ndarray | None
+    frame_contacts: np.ndarray | None = None
 
 
 def _render(
@@ -1248,6 +1251,7 @@ def _render(
     mask_origins = [np.zeros((n, 2), np.int64) for _ in range(n_particles)]
     edge_maps, edge_origins = [], []
     frame_masks = np.zeros((n, ny, nx), bool) if store_frame_masks else None
+    frame_contacts = np.zeros((n, ny, nx), bool) if store_frame_masks else None
 
     dark = (p.dark_level + rng_noise.normal(0, 2.0, (1, nx)) + rng_noise.normal(0, 1.0, (ny, nx))).astype(np.float32)
     dark_rec = (dark + rng_noise.normal(0, p.read_noise / np.sqrt(10), (ny, nx))).astype(np.float32)
@@ -1262,6 +1266,7 @@ def _render(
         b = _resample(bg, by, bx, (p.background_od, 0.0))
         od = b[0] * float((energies[k] / 8333.0) ** -3.0) + b[1] * float(bg_mu[k])
         c_a, c_b = float(pre[k] + mu_a[k]), float(mu_b[k] - mu_a[k])
+        owner = np.zeros((ny, nx), np.int32) if store_frame_masks else None
         for i, ((obj, a, d), half) in enumerate(zip(objects, halves)):
             o, F = _object_window(obj, a, d[k], g_k, s_k, centre, half)
             y0, x0 = max(o[0], 0), max(o[1], 0)
@@ -1273,6 +1278,7 @@ def _render(
             inside = F[0] >= 0
             if frame_masks is not None:
                 frame_masks[k, y0:y1, x0:x1] |= inside[sl]
+                mark_contacts(owner, frame_contacts[k], (y0, y1, x0, x1), inside[sl], i + 1)
             if i < n_particles:
                 m = np.zeros_like(inside)
                 m[sl] = inside[sl]
@@ -1303,7 +1309,7 @@ def _render(
         sd_r = np.sqrt(lam_r / p.n_ref + p.read_noise**2 / p.n_ref)
         flats[k] = lam_r + dark + sd_r * rng_noise.standard_normal((ny, nx), dtype=np.float32)
 
-    return _Rendered(counts, flats, dark_rec, masks, mask_origins, edge_maps, edge_origins, frame_masks)
+    return _Rendered(counts, flats, dark_rec, masks, mask_origins, edge_maps, edge_origins, frame_masks, frame_contacts)
 
 
 def make_scene(preset: str = "default", *, seed: int = 0, **overrides) -> SynthStack:

@@ -210,7 +210,12 @@ def make_detector_frames(
         od = s.optical_density()
         for k in range(od.shape[0]):
             frames.append(normalise_frame(bin_frames(od[k], binning)))
-            masks.append(np.where(bin_frames(s.truth.frame_masks[k], binning) >= 0.5, 1.0, -1.0).astype(np.float32))
+            # objects, with every binned pixel where two meet cut out: touching particles
+            # stay apart by at least a pixel of the network's grid
+            target = (bin_frames(s.truth.frame_masks[k], binning) >= 0.5) & ~(
+                bin_frames(s.truth.frame_contacts[k], binning) > 0
+            )
+            masks.append(np.where(target, 1.0, -1.0).astype(np.float32))
         stacks.append(s)
         if progress:
             progress(i + 1, n_stacks)
