@@ -68,3 +68,39 @@ def test_bad_parameters_name_the_field():
 
 def test_every_parameter_is_documented():
     assert undocumented_fields(SynthParams) == []
+
+
+@pytest.mark.parametrize("model", ["synth", "stress"])
+def test_contacts_mark_where_touching_objects_meet_and_cutting_them_separates(model):
+    """``frame_contacts``: the band where two objects are within a pixel of each other; the
+    detector's targets cut it out, so a touching pair is two objects, not one."""
+    from scipy import ndimage
+
+    from xanestrack.register import bin_frames
+
+    if model == "synth":
+        s = make_synthetic_stack(
+            "hard",
+            seed=5,
+            n_energies=2,
+            shape=(260, 260),
+            n_particles=2,
+            radius_range=(10.0, 20.0),
+            n_fines=0,
+            n_touching_pairs=1,
+            store_frame_masks=True,
+        )
+    else:
+        from xanestrack.synth_stress import make_stress_stack
+
+        s = make_stress_stack("stress-crowd", 3, reduced=True, n_energies=2, n_fines=0, store_frame_masks=True)
+    m, c = s.truth.frame_masks[0], s.truth.frame_contacts[0]
+    assert c.shape == m.shape and c.any()
+    # contacts lie on or next to objects' pixels only
+    assert not (c & ~ndimage.binary_dilation(m, iterations=1)).any()
+    n_union = ndimage.label(m)[1]
+    n_cut = ndimage.label((bin_frames(m, 2) >= 0.5) & ~(bin_frames(c, 2) > 0))[1]
+    assert n_cut > n_union  # a touching group falls apart into its members
+    # an isolated object's pixels are untouched: every pixel far from a contact is kept
+    far = ~ndimage.binary_dilation(c, iterations=3)
+    assert (m & far).sum() > 0.8 * m.sum()
