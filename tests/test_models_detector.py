@@ -90,6 +90,13 @@ def test_training_scans_mix_the_two_scene_models():
         assert abs((m > 0).mean() - s.truth.frame_masks[k % 3].mean()) < 0.03
     _, _, plain = make_detector_frames(2, 3, seed=7, stress_fraction=0.0)
     assert all(isinstance(s.params, SynthParams) for s in plain)
+    # cut_contacts: the same scans, touching objects apart in the targets
+    from scipy import ndimage
+
+    _, cut, _ = make_detector_frames(2, 3, seed=7, stress_fraction=1.0, cut_contacts=True)
+    for a, b in zip(masks, cut):
+        assert ((b > 0) <= (a > 0)).all()
+    assert sum(ndimage.label(b > 0)[1] for b in cut) > sum(ndimage.label(a > 0)[1] for a in masks)
 
 
 def test_missing_detector_folder_is_a_clear_error(tmp_path):

@@ -960,10 +960,14 @@ def train_detector_cmd(
         None, help="With --raw: largest particle radius (px), as for 'run'; sets the binning."
     ),
     stress_fraction: float = typer.Option(
-        0.5,
+        0.0,
         min=0.0,
         max=1.0,
-        help="Share of the generated scans drawn from the stress family with randomised knobs (0: synth only).",
+        help="Share of the generated scans drawn from the stress family with randomised knobs (0: synth only, "
+        "the shipped detector's recipe).",
+    ),
+    cut_contacts: bool = typer.Option(
+        False, help="Cut the contacts of touching objects out of the target images (touching particles apart)."
     ),
     seed: int = typer.Option(0, help="Random seed (data and weights)."),
 ):
@@ -981,7 +985,7 @@ def train_detector_cmd(
 
         from .models.detector import DetectorConfig, default_detector_dir, detector_binning, raw_frames, train_detector
 
-        cfg = DetectorConfig(seed=seed, stress_fraction=stress_fraction)
+        cfg = DetectorConfig(seed=seed, stress_fraction=stress_fraction, cut_contacts=cut_contacts)
         frames = None
         if quick:
             cfg = replace(cfg, iterations=80, n_stacks=4, frames_per_stack=12, n_val_stacks=1)
