@@ -61,6 +61,37 @@ def test_segment_particle_recentres_an_off_centre_window():
     assert near.clipped.all() and near.outside.any(axis=(1, 2)).all()
 
 
+def test_offset_windows_decouple_the_centre_of_mass_from_where_the_window_was_placed():
+    """Windows cut off the expected position: a clear particle's centre of mass does not
+    change, a neighbour in the window is still not taken for it, and a segmenter that leans
+    to its window's centre no longer leans to the position that placed the window."""
+    from xanestrack.pipeline import window_offsets
+
+    n = 6
+    truth = np.array([[45.0 + 0.3 * k, 45.0 - 0.2 * k] for k in range(n)])
+    rng = np.random.default_rng(4)
+    od = np.stack([disc((96, 96), y, x, 10.0) + disc((96, 96), y, x + 26, 7.0) for y, x in truth])
+    od += rng.normal(0, 0.01, od.shape).astype(np.float32)
+    off = window_offsets(3, n, 2.5)
+    assert np.array_equal(off, window_offsets(3, n, 2.5)) and np.abs(off).max() <= 2.5 and np.abs(off).max() > 1
+    assert not window_offsets(3, n, 0.0).any()
+    a = segment_particle(od, truth, 19, segmenter=segment_rois, radius=10.0)
+    b = segment_particle(od, truth, 19, segmenter=segment_rois, radius=10.0, offsets=off)
+    assert np.allclose(b.com, truth, atol=0.1) and np.allclose(a.com, b.com, atol=0.05)
+    assert np.array_equal(b.origins, np.round(truth + off).astype(int) - 19)
+
+    def leaning(rois):  # a "segmenter" that only ever finds its window's centre
+        m = np.zeros(rois.shape, np.float32)
+        c = rois.shape[1] // 2
+        m[:, c - 8 : c + 9, c - 8 : c + 9] = 1.0
+        return m
+
+    c0 = segment_particle(od, truth, 19, segmenter=leaning, radius=10.0, separate=False).com
+    c1 = segment_particle(od, truth, 19, segmenter=leaning, radius=10.0, separate=False, offsets=off).com
+    assert np.allclose(c0, np.round(truth), atol=1e-6)  # agrees with the placing estimate by construction
+    assert np.hypot(*(c1 - truth).T).max() > 1.0  # offset: the lean shows as a disagreement
+
+
 def test_bad_input_messages():
     with pytest.raises(ValueError, match="level"):
         SegmentOptions(level=1.2)

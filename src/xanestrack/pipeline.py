@@ -105,6 +105,14 @@ class PipelineOptions:
     agreement_px : float, default 0.5
         px. Frames where the displacements by centre of mass and by edge correlation
         differ by more than this are flagged ``disagree`` (not vouched for).
+    window_offset_px : float, default 2.5
+        px. The windows the centre of mass is measured in are cut up to this far (uniform,
+        per frame, drawn from the particle's id) from the edge estimate, so that a
+        segmenter leaning towards its window's centre in an ambiguous frame does not make
+        the two estimates agree (:func:`xanestrack.segment.segment_particle`). Measured
+        (stress-counts / stress-drift seed 1, full size, Dual U-Net fine-tuned on the
+        stress family): frames off by > 1 px yet vouched for 7 / 2 centred, 2 / 0 offset.
+        0: centred.
     separate_neighbours : bool, default True
         Cut fines and touching neighbours off every mask
         (:func:`xanestrack.segment.isolate_particle`).
@@ -158,6 +166,7 @@ class PipelineOptions:
     xanes_smoothing: float = 1.0
     follow: FollowOptions = field(default_factory=FollowOptions)
     agreement_px: float = 0.5
+    window_offset_px: float = 2.5
     separate_neighbours: bool = True
     separate_matrix: bool = True
     position: str = "edges"
@@ -251,7 +260,12 @@ def _locate_particle(pid, track, od, segmenter, options) -> _Located:
     ref_frame = int(np.flatnonzero(detected)[-1]) if detected.any() else 0
     followed, _, measured = follow_particle(od, predicted, radius, ref_frame, options=options.follow)
     centres = np.where(measured[:, None], followed, predicted)
-    seg = segment_particle(od, centres, half, segmenter=segmenter, radius=radius, separate=options.separate_neighbours)
+    # the windows the centre of mass is measured in are not centred on the edge estimate it
+    # must vouch for (a segmenter leaning to its window's centre would lean to that estimate)
+    offsets = window_offsets(pid, n, options.window_offset_px)
+    seg = segment_particle(
+        od, centres, half, segmenter=segmenter, radius=radius, separate=options.separate_neighbours, offsets=offsets
+    )
     # the shape from the frames the particle was detected in (key frames, where its
     # contrast sufficed), not from faint pre-edge frames whose masks come out partial
     best = measured & detected if (measured & detected).any() else measured
@@ -259,6 +273,16 @@ def _locate_particle(pid, track, od, segmenter, options) -> _Located:
     return _Located(
         int(pid), track, detected, examined, radius, half, ref_frame, followed, measured, centres, seg, shape
     )
+
+
+def window_offsets(pid: int, n: int, amplitude: float) -> np.ndarray:
+    """``(n, 2)`` offsets of a particle's segmentation windows: uniform in +-``amplitude`` px.
+
+    Drawn from the particle's id, so a run is reproducible; zero for ``amplitude`` 0.
+    """
+    if amplitude <= 0:
+        return np.zeros((n, 2))
+    return np.random.default_rng([int(pid), 0x5E6]).uniform(-amplitude, amplitude, (n, 2))
 
 
 #: px. A particle's footprint on the matrix: its shape grown by the blur and the phase-contrast halo around it

@@ -303,8 +303,9 @@ class SegmentedWindows:
     com: np.ndarray
 
 
-def _segment_windows(od, centres, half, segmenter, radius, separate=True):
-    windows, origins, clipped = crop_windows(od, centres, half)
+def _segment_windows(od, centres, half, segmenter, radius, separate=True, offsets=None):
+    cut_at = centres if offsets is None else centres + offsets
+    windows, origins, clipped = crop_windows(od, cut_at, half)
     nanwin = ~np.isfinite(windows)
     if nanwin.any():
         for k in np.flatnonzero(nanwin.any(axis=(1, 2))):
@@ -320,7 +321,9 @@ def _segment_windows(od, centres, half, segmenter, radius, separate=True):
     return windows, origins, clipped, nanwin, masks
 
 
-def segment_particle(od, centres, half: int, *, segmenter, radius: float, separate: bool = True) -> SegmentedWindows:
+def segment_particle(
+    od, centres, half: int, *, segmenter, radius: float, separate: bool = True, offsets=None
+) -> SegmentedWindows:
     """Segment one particle in its window of every frame.
 
     Parameters
@@ -337,6 +340,13 @@ def segment_particle(od, centres, half: int, *, segmenter, radius: float, separa
         The particle's radius (px), for :func:`isolate_particle`.
     separate : bool
         Cut fines and touching neighbours off every mask (:func:`isolate_particle`).
+    offsets : ndarray (n_frames, 2), optional
+        px. Cut each window this far from where the particle is expected (which still
+        picks the particle in it). A segmenter leans towards the centre of its window
+        where the image is ambiguous (the learned one was trained on ROIs centred on
+        their particle); windows centred on another estimate of the particle's position
+        would lean the centre of mass towards that estimate, and the two would agree
+        because of it. Offset windows keep the centre of mass independent of it.
 
     Returns
     -------
@@ -351,14 +361,18 @@ def segment_particle(od, centres, half: int, *, segmenter, radius: float, separa
     -----
     A window whose particle came out off-centre (centre of mass more than
     ``max(2, 0.15 half)`` px from where it was expected) is cut and segmented again
-    around what it found.
+    around what it found (with the same offset).
     """
-    windows, origins, clipped, nanwin, masks = _segment_windows(od, centres, half, segmenter, radius, separate)
+    centres = np.asarray(centres, float)
+    offsets = None if offsets is None else np.asarray(offsets, float)
+    windows, origins, clipped, nanwin, masks = _segment_windows(od, centres, half, segmenter, radius, separate, offsets)
     com = centre_of_mass(masks) + origins
     off = np.hypot(*(com - centres).T)
     redo = np.flatnonzero(np.isfinite(off) & (off > max(2.0, 0.15 * half)))
     if redo.size:
-        w2, o2, c2, n2, m2 = _segment_windows(od[redo], com[redo], half, segmenter, radius, separate)
+        w2, o2, c2, n2, m2 = _segment_windows(
+            od[redo], com[redo], half, segmenter, radius, separate, None if offsets is None else offsets[redo]
+        )
         windows[redo], origins[redo], clipped[redo], nanwin[redo], masks[redo] = w2, o2, c2, n2, m2
         com[redo] = centre_of_mass(m2) + o2
     return SegmentedWindows(origins=origins, clipped=clipped, outside=nanwin, masks=masks, com=com)
