@@ -899,10 +899,11 @@ def train_segmenter_cmd(
         None, help="Model folder to start from (fine-tuning, at a quarter of the learning rate)."
     ),
     stress_fraction: float = typer.Option(
-        0.5,
+        0.0,
         min=0.0,
         max=1.0,
-        help="Share of the generated scans drawn from the stress family with randomised knobs (0: synth only).",
+        help="Share of the generated scans drawn from the stress family with randomised knobs (0: synth only, "
+        "the shipped segmenter's recipe).",
     ),
     seed: int = typer.Option(0, help="Random seed (data and weights)."),
 ):
