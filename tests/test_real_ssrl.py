@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import shared_data
+from xanestrack.result import FRAME_FLAGS
 
 pytestmark = pytest.mark.slow
 
@@ -31,6 +32,32 @@ def ssrl_result():
     opts = PipelineOptions(detect=DetectOptions(min_radius=lo, max_radius=hi, binning=binning))
     det, seg = pipeline_models("learned", "learned", options=opts)
     return run_pipeline(stack, options=opts, detector=det, segmenter=seg)
+
+
+@pytest.fixture(scope="module")
+def ssrl_classical():
+    from xanestrack.detect import DetectOptions
+    from xanestrack.io import read_stack
+    from xanestrack.pipeline import PipelineOptions, run_pipeline
+    from xanestrack.sizes import particle_radius_range
+
+    stack = read_stack(shared_data("real_txm", "ssrl_6-2c_nca"))
+    lo, hi, binning = particle_radius_range(stack, detector="classical")
+    opts = PipelineOptions(detect=DetectOptions(min_radius=lo, max_radius=hi, binning=binning))
+    return run_pipeline(stack, options=opts)
+
+
+def test_classical_path_finds_the_same_common_motion(ssrl_classical):
+    """Two of its particles are measured nowhere (their masks are area outliers) and one
+    small particle moving on its own is the only one vouched for: the common motion must
+    come from every measured particle, not from that one (it did: scale 1, 7 px off)."""
+    sim = ssrl_classical.similarity
+    assert sim.attrs["fitted_on"].startswith("measured positions")
+    assert 0.5 * 30 / 8339 < 1 - float(sim["scale"].iloc[1]) < 1.25 * 30 / 8339
+    assert 15 < sim["common_dy"].iloc[1] < 25 and 5 < sim["common_dx"].iloc[1] < 15
+    for p in ssrl_classical.particles:
+        if not np.isfinite(p.positions).any():
+            assert (p.frame_flags & FRAME_FLAGS["disagree"]).all(), p.particle
 
 
 def _displacements(result):
@@ -53,7 +80,6 @@ def test_common_motion_is_the_zone_plate_magnification(ssrl_result):
 
 def test_particles_follow_one_similarity_and_the_others_are_flagged(ssrl_result):
     from xanestrack.motion import _apply
-    from xanestrack.pipeline import FRAME_FLAGS
 
     P0, D, R = _displacements(ssrl_result)
     assert len(P0) >= 6

@@ -181,7 +181,9 @@ def test_a_chance_agreement_amid_disagreeing_frames_vouches_for_nothing():
     assert dis.sum() == 10
 
 
-def test_a_particle_located_nowhere_has_no_position():
+def test_a_particle_located_nowhere_has_no_position_and_is_vouched_for_nowhere():
+    # (its frames once carried only ``no_mask``: with no disagree bit, the pipeline counted
+    # it as a vouched-for particle and fitted the common motion on the one real one left)
     n = 3
     v = _vouch(
         np.full((n, 2), np.nan),
@@ -190,7 +192,7 @@ def test_a_particle_located_nowhere_has_no_position():
         masks=np.zeros((n, 31, 31), np.float32),
     )
     assert np.isnan(v.positions).all() and not v.located.any()
-    assert (v.flags == FRAME_FLAGS["no_mask"]).all()
+    assert (v.flags == FRAME_FLAGS["no_mask"] | FRAME_FLAGS["interpolated"] | FRAME_FLAGS["disagree"]).all()
 
 
 def test_masks_follow_the_shifts_and_make_one_consensus():

@@ -613,10 +613,11 @@ def run_pipeline(
     # are vouched for in most frames (e.g. real frames whose masks do not confirm the
     # edge estimate), on every measured position instead (recorded in the similarity)
     unmeasured = FRAME_FLAGS["interpolated"] | FRAME_FLAGS["position_outlier"]
-    vouched = [(p.frame_flags & (unmeasured | FRAME_FLAGS["disagree"])) == 0 for p in particles]
+    finite = [np.isfinite(p.positions).all(axis=1) for p in particles]
+    vouched = [((p.frame_flags & (unmeasured | FRAME_FLAGS["disagree"])) == 0) & f for p, f in zip(particles, finite)]
     fitted_on = "vouched positions"
     if sum(v.mean() >= 0.5 for v in vouched) < 3:
-        vouched = [(p.frame_flags & unmeasured) == 0 for p in particles]
+        vouched = [((p.frame_flags & unmeasured) == 0) & f for p, f in zip(particles, finite)]
         fitted_on = "measured positions (too few particles vouched for)"
     fit["reliable"] = np.concatenate(vouched) if particles else np.zeros(0, bool)
     motion = compute_motion(

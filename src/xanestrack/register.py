@@ -558,7 +558,8 @@ def vouch_positions(
       that mostly disagree coincide now and then, which vouches for nothing), or only one
       of them (or neither) measured the frame;
     - ``interpolated``: neither estimate located the particle: the position is filled
-      from the nearest located frame plus the common shift.
+      from the nearest located frame plus the common shift (NaN, and every frame so
+      flagged, where it was located in none).
 
     Frames without ``no_mask``, ``out_of_view``, ``area_outlier`` and with a finite centre
     of mass are usable; of these, ``position_outlier`` frames are not.
@@ -596,11 +597,13 @@ def vouch_positions(
         raise ValueError(f"position must be 'edges' or 'com', got {position!r}")
     # neither estimate measured the particle here, or only one (no second estimate)
     flags[~both & have] |= FRAME_FLAGS["disagree"]
+    # frames where neither located it: not measured, not vouched for (filled from the
+    # nearest located frame, or NaN where it was located nowhere)
+    flags[~have] |= FRAME_FLAGS["interpolated"] | FRAME_FLAGS["disagree"]
     if not have.any():
         positions = np.full((len(com), 2), np.nan)
     else:
         positions = _fill_positions(positions, have, common)
-        flags[~have] |= FRAME_FLAGS["interpolated"] | FRAME_FLAGS["disagree"]
     return VouchedPositions(
         positions=positions, flags=flags, agreement=agreement, edge_positions=edge_pos, usable=good, located=have
     )
