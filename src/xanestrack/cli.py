@@ -887,6 +887,17 @@ train_app = typer.Typer(no_args_is_help=True, help="Train the learned models on 
 app.add_typer(train_app, name="train")
 
 
+def _stress_fraction_option(model: str):
+    """The ``--stress-fraction`` option of ``train segmenter`` and ``train detector``."""
+    return typer.Option(
+        0.0,
+        min=0.0,
+        max=1.0,
+        help="Share of the generated scans drawn from the stress family with randomised knobs (0: synth only, "
+        f"the shipped {model}'s recipe).",
+    )
+
+
 @train_app.command("segmenter")
 def train_segmenter_cmd(
     out: Optional[Path] = typer.Option(
@@ -898,13 +909,7 @@ def train_segmenter_cmd(
     init: Optional[Path] = typer.Option(
         None, help="Model folder to start from (fine-tuning, at a quarter of the learning rate)."
     ),
-    stress_fraction: float = typer.Option(
-        0.0,
-        min=0.0,
-        max=1.0,
-        help="Share of the generated scans drawn from the stress family with randomised knobs (0: synth only, "
-        "the shipped segmenter's recipe).",
-    ),
+    stress_fraction: float = _stress_fraction_option("segmenter"),
     seed: int = typer.Option(0, help="Random seed (data and weights)."),
 ):
     """Train the Dual U-Net ROI segmenter on generated synthetic ROIs.
@@ -960,13 +965,7 @@ def train_detector_cmd(
     max_radius: Optional[float] = typer.Option(
         None, help="With --raw: largest particle radius (px), as for 'run'; sets the binning."
     ),
-    stress_fraction: float = typer.Option(
-        0.0,
-        min=0.0,
-        max=1.0,
-        help="Share of the generated scans drawn from the stress family with randomised knobs (0: synth only, "
-        "the shipped detector's recipe).",
-    ),
+    stress_fraction: float = _stress_fraction_option("detector"),
     cut_contacts: bool = typer.Option(
         False, help="Cut the contacts of touching objects out of the target images (touching particles apart)."
     ),
