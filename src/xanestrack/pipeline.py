@@ -263,8 +263,8 @@ def _locate_particle(pid, track, od, segmenter, options) -> _Located:
     ref_frame = int(np.flatnonzero(detected)[-1]) if detected.any() else 0
     followed, _, measured = follow_particle(od, predicted, radius, ref_frame, options=options.follow)
     centres = np.where(measured[:, None], followed, predicted)
-    # the windows the centre of mass is measured in are not centred on the edge estimate it
-    # must vouch for (a segmenter leaning to its window's centre would lean to that estimate)
+    # the windows the centre of mass is measured in, centred on the edge estimate it must
+    # vouch for unless offset (window_offset_px; off by default, see its docstring)
     offsets = window_offsets(pid, n, options.window_offset_px)
     seg = segment_particle(
         od, centres, half, segmenter=segmenter, radius=radius, separate=options.separate_neighbours, offsets=offsets

@@ -1091,13 +1091,21 @@ def make_stress_stack(
     return SynthStack(r.counts, r.flats, r.dark, energies, truth, p, int(seed))
 
 
+#: what :func:`randomised_stress_stack` draws (for the model cards)
+RANDOMISED_RANGES = (
+    "a named stress case, then flat-field counts 600-8000, own drift step sd 0-0.6 px, frame jitter 0-3 px sd "
+    "with 0-4 jumps, 0-30 fines (some touching), magnification 0.2-1 % (either sign), radii x0.7-1.2, "
+    "frames of 380-520 px, drawn per scan"
+)
+
+
 def randomised_stress_stack(rng, seed: int, n_energies: int, *, store_frame_masks: bool = True) -> SynthStack:
     """A stress-family scan with its knobs drawn at random, for training (domain randomisation).
 
     A named case of :data:`STRESS_CASES` (its crowding and agglomerates), then over the
-    ranges the tool must handle: flat-field counts 600-8000, own drift step sd 0-0.6 px,
-    frame jitter 0-3 px sd with 0-4 jumps, 0-30 fines (some touching), magnification
-    0.2-1 % (either sign), radii x0.7-1.2, frames of 380-520 px.
+    ranges the tool must handle (:data:`RANDOMISED_RANGES`): flat-field counts 600-8000,
+    own drift step sd 0-0.6 px, frame jitter 0-3 px sd with 0-4 jumps, 0-30 fines (some
+    touching), magnification 0.2-1 % (either sign), radii x0.7-1.2, frames of 380-520 px.
 
     Parameters
     ----------

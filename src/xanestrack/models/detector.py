@@ -627,10 +627,11 @@ def _model_card(
         else (f"Fine-tuned from `{init_dir}` (its card is that model's training).\n" if init_dir else "")
         + "No real data were used for training.\n"
     )
+    from ..synth_stress import RANDOMISED_RANGES
+
     mix = (
         f"about {100 * config.stress_fraction:.0f} % of them from the second scene model, the stress family "
-        "(`xanestrack.synth_stress`: a named case, then counts 600-8000, own drift step sd 0-0.6 px, jitter 0-3 px "
-        "with 0-4 jumps, 0-30 fines, magnification 0.2-1 %, radii x0.7-1.2, drawn per scan), the rest "
+        f"(`xanestrack.synth_stress`: {RANDOMISED_RANGES}), the rest "
         if config.stress_fraction > 0
         else ""
     )

@@ -61,7 +61,7 @@ class SegmenterConfig:
         :mod:`xanestrack.synth`. 0 (the shipped segmenter's recipe): the first scene model
         only. Measured (the shipped model fine-tuned at 0.5, 4 epochs): IoU on stress ROIs
         0.82 -> 0.93, but its centres of mass agree with the edge estimate in frames where
-        both are off by > 1 px (12 such frames vouched for over the stress cases, against 1):
+        both are off by > 1 px (18 such frames vouched for over the stress cases, against 1):
         not shipped (README, Learned models).
     epochs : int, default 12
         Passes over the training ROIs.
@@ -140,21 +140,18 @@ def make_training_rois(n: int, *, seed: int, canvas: int = CANVAS, stress_fracti
             roi = win[0]
             if not np.all(np.isfinite(roi)):
                 continue
+            # the stress family has no noise-free image: its clean target stays NaN
             tgt_c = np.zeros_like(roi) if clean is not None else np.full_like(roi, np.nan)
             tgt_m = np.zeros_like(roi)
             mo = s.truth.mask_origins[i][k]
-            if clean is not None:
-                cov = s.truth.coverage[i][k].astype(np.float32)
-                cln = clean[i][k].astype(np.float32)
-            else:
-                cov = s.truth.masks[i][k].astype(np.float32)
-                cln = np.full(cov.shape, np.nan, np.float32)
+            cov = (s.truth.coverage if clean is not None else s.truth.masks)[i][k].astype(np.float32)
             dy, dx = mo[0] - orig[0][0], mo[1] - orig[0][1]
             hh, ww = cov.shape
             ys, xs = max(dy, 0), max(dx, 0)
             ye, xe = min(dy + hh, roi.shape[0]), min(dx + ww, roi.shape[1])
             tgt_m[ys:ye, xs:xe] = cov[ys - dy : ye - dy, xs - dx : xe - dx]
-            tgt_c[ys:ye, xs:xe] = cln[ys - dy : ye - dy, xs - dx : xe - dx]
+            if clean is not None:
+                tgt_c[ys:ye, xs:xe] = clean[i][k][ys - dy : ye - dy, xs - dx : xe - dx]
             # ROIs larger than the canvas are binned, as at inference
             f = int(np.ceil(roi.shape[0] / canvas))
             roi, tgt_c, tgt_m = (bin_frames(a, f) for a in (roi, tgt_c, tgt_m))
@@ -272,10 +269,11 @@ def train_segmenter(
     )
     (out / "config.json").write_text(json.dumps(cfg, indent=1))
     final = history[-1]
+    from ..synth_stress import RANDOMISED_RANGES
+
     mix_text = (
-        f"about {100 * config.stress_fraction:.0f} % stress-family scans (`xanestrack.synth_stress`, knobs randomised "
-        "per scan: counts 600-8000, drift, jitter and jumps, 0-30 fines, magnification, radii x0.7-1.2; the target "
-        "the particle's own outline at pixel centres) and the rest "
+        f"about {100 * config.stress_fraction:.0f} % stress-family scans (`xanestrack.synth_stress`: "
+        f"{RANDOMISED_RANGES}; the target the particle's own outline at pixel centres) and the rest "
         if config.stress_fraction > 0
         else ""
     )
