@@ -10,6 +10,7 @@ segmenter are arguments, so the learned models (and any user's own) plug in:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,9 @@ from .match import MatchOptions, link_detections
 from .motion import common_similarity, compute_motion, peak_ratios
 from .register import (
     WINDOW_MARGIN,
+    VouchedPositions,
     consensus_mask,
+    fill_positions,
     fuse_particles,
     resample_masks,
     resample_windows,
@@ -35,6 +38,7 @@ from .register import (
 )
 from .result import FRAME_FLAGS, ParticleResult, PipelineResult, flag_names
 from .segment import SegmentOptions, segment_particle, segment_rois
+from .smoothing import smooth_tracks
 from .stack import Stack, sanitize_stack
 from .xanes import local_background  # noqa: F401 (re-exported: it lived here)
 
@@ -127,6 +131,14 @@ class PipelineOptions:
         texture moves with the common motion and pulls the estimate of a particle
         drifting on its own towards it in the faint pre-edge frames (15-70 % of its own
         motion on ``stress-drift``).
+    smooth_tracks : bool, default True
+        Separate the positions of all particles into the motion they share (kept rough,
+        frame by frame: jitter, jumps), each particle's own motion (smoothed across the
+        energies as far as its data support, by GCV) and noise
+        (:func:`xanestrack.smoothing.smooth_tracks`). Measured on the stress family
+        (classical path, seeds 1-2, full size): median RMS over the isolated particles
+        0.164 -> 0.103 px (``stress-counts`` seed 1), 0.230 -> 0.118 (seed 2); worst
+        0.388 -> 0.275, 0.315 -> 0.211; nothing worse by more than 0.01 px.
     position : {"edges", "com"}, default "edges"
         ``"edges"``: the edge correlation is the position where it measured, vouched by
         the centre of mass; ``"com"``: the reverse (the paper's centre of mass).
@@ -172,6 +184,7 @@ class PipelineOptions:
     window_offset_px: float = 0.0
     separate_neighbours: bool = True
     separate_matrix: bool = True
+    smooth_tracks: bool = True
     position: str = "edges"
     scale_model: str = "energy"
     uncertainty: bool = True
@@ -390,26 +403,44 @@ def _refine_on_matrix(located, od, energies, options) -> list[int]:
     return refined_ids
 
 
-def _finish_particle(loc: _Located, od, energies, common, options, references):
-    n = od.shape[0]
-    pid, seg = loc.pid, loc.seg
-    detected, examined, radius, half, ref_frame = loc.detected, loc.examined, loc.radius, loc.half, loc.ref_frame
-    followed, measured = loc.followed, loc.measured
-    # the second, independent estimate vouches for each position
-    v = vouch_positions(
+def _vouch(loc: _Located, common, options) -> VouchedPositions:
+    """The particle's positions, each vouched for (or not) by the second estimate."""
+    seg = loc.seg
+    return vouch_positions(
         seg.com,
-        followed,
-        edge_measured=measured,
+        loc.followed,
+        edge_measured=loc.measured,
         masks=seg.masks,
         outside=seg.outside,
         clipped=seg.clipped,
-        undetected=~detected & examined,
+        undetected=~loc.detected & loc.examined,
         common=common,
-        reference_frame=ref_frame,
+        reference_frame=loc.ref_frame,
         area_tolerance=options.area_tolerance,
         agreement_px=options.agreement_px,
         position=options.position,
     )
+
+
+def _smooth(vouched: list, common):
+    """:func:`smooth_tracks` over every particle's located frames; the frames filled in
+    are filled again from the smoothed ones. Returns the new list and the SmoothedTracks."""
+    P = np.stack([v.positions for v in vouched])
+    located = np.stack([v.located for v in vouched])
+    st = smooth_tracks(P, located)
+    out = []
+    for j, v in enumerate(vouched):
+        if st.smoothed[j]:
+            pos = fill_positions(np.where(v.located[:, None], st.positions[j], np.nan), v.located, common)
+            v = dataclasses.replace(v, positions=pos)
+        out.append(v)
+    return out, st
+
+
+def _finish_particle(loc: _Located, v: VouchedPositions, od, energies, options, references):
+    n = od.shape[0]
+    pid, seg = loc.pid, loc.seg
+    radius, half, ref_frame = loc.radius, loc.half, loc.ref_frame
     notes = []
     if not v.located.any():
         notes.append("the particle was measured in no frame: not aligned")
@@ -545,8 +576,18 @@ def run_pipeline(
             notes.append(
                 f"{len(refined_ids)} particles moving on their own followed again with the matrix behind them subtracted"
             )
+    vouched = [_vouch(loc, common, options) for loc in located]
+    if options.smooth_tracks and len(vouched) >= 2:
+        vouched, st = _smooth(vouched, common)
+        if st.smoothed.any():
+            notes.append(
+                f"positions of {int(st.smoothed.sum())} particles smoothed across the energies (their own motion; the "
+                f"motion they share kept frame by frame): measurement noise {np.nanmedian(st.sigma):.3f} px "
+                f"(median over the particles), {np.nanmedian(st.dof):.0f} degrees of freedom of "
+                f"{n_frames} frames per own motion"
+            )
     for j, loc in enumerate(located):
-        pr, com_raw, norm = _finish_particle(loc, od, energies, common, options, references)
+        pr, com_raw, norm = _finish_particle(loc, vouched[j], od, energies, options, references)
         tr = loc.track
         pid = loc.pid
         particles.append(pr)
@@ -719,7 +760,6 @@ def phase_mapping(particles, norms, energies_ev, *, options: PipelineOptions = P
     for). Only the pixels the quality masks keep are clustered. A PCA of the same
     spectra gives the scree (how many distinct spectral shapes the data hold).
     """
-    import dataclasses
 
     from .chemistry import phases
 
@@ -821,7 +861,6 @@ def redo_xanes(result: PipelineResult, *, energies_ev, references=None) -> Pipel
     references : dict of name -> ReferenceSpectrum, optional
         As for :func:`run_pipeline` (default: the shipped Ni references for the Ni K-edge).
     """
-    import dataclasses
 
     e = np.asarray(energies_ev, float)
     if e.shape != np.asarray(result.energies_ev).shape:

@@ -43,6 +43,7 @@ __all__ = [
     "edge_images",
     "mask_flags",
     "VouchedPositions",
+    "fill_positions",
     "vouch_positions",
     "fuse_particles",
 ]
@@ -444,7 +445,7 @@ def _local_median(values, valid, window: int) -> np.ndarray:
     return out
 
 
-def _fill_positions(pos, good, common):
+def fill_positions(pos, good, common):
     """Fill unmeasured positions from the nearest measured frame plus the common shift."""
     out = pos.copy()
     gi = np.flatnonzero(good)
@@ -603,7 +604,7 @@ def vouch_positions(
     if not have.any():
         positions = np.full((len(com), 2), np.nan)
     else:
-        positions = _fill_positions(positions, have, common)
+        positions = fill_positions(positions, have, common)
     return VouchedPositions(
         positions=positions, flags=flags, agreement=agreement, edge_positions=edge_pos, usable=good, located=have
     )

@@ -1,0 +1,445 @@
+"""Smooth particle tracks across the energies of a scan: the common motion per frame, each particle's own motion smooth.
+
+A particle's measured position in frame ``k`` is
+
+    p_j(k) = r_j + T(k) + o_j(k) + e_j(k)
+
+with ``T`` the motion every particle shares (stage and beam jitter, jumps: rough from frame
+to frame, measured by all particles together), ``o_j`` the particle's own motion relative
+to it (deformation, and the radial part of a magnification change: continuous across the
+seconds between two energies) and ``e_j`` the frame's measurement error, which is white
+(lag-1 correlation -0.1..0.3 measured on ``stress-counts``) and largest where the particle's
+contrast is least (pre-edge, small particles). :func:`smooth_tracks` separates the three:
+``T`` is the weighted mean over the particles of what their own motion does not explain,
+each particle's own motion a penalised least-squares smooth of what ``T`` does not explain,
+alternately. Nothing rough is assumed away: ``T`` keeps every frame's jitter and jumps,
+and how smooth each own motion is comes from its data (generalised cross-validation), so a
+particle that moves abruptly on its own is smoothed little or not at all. With a single
+particle ``T`` takes everything and nothing is smoothed.
+
+References
+----------
+Garcia, D. (2010). Robust smoothing of gridded data in one and higher dimensions with
+missing values. Computational Statistics & Data Analysis 54, 1167-1178.
+https://doi.org/10.1016/j.csda.2009.09.020 (the penalised least squares with GCV and
+bisquare weights used here; solved with banded matrices instead of the DCT, so that
+weights need no iteration).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from scipy import linalg
+
+from .robust import robust_sigma
+
+__all__ = ["SmoothedSeries", "smooth_series", "find_steps", "SmoothedTracks", "smooth_tracks"]
+
+#: smoothing parameters tried by GCV (the penalty weight of the squared second differences)
+S_GRID = 10.0 ** np.arange(-2.0, 6.01, 0.25)
+
+#: bisquare tuning constant (95 % efficiency for Gaussian errors)
+BISQUARE = 4.685
+
+
+@lru_cache(maxsize=32)
+def _penalty(n: int, breaks: tuple = ()):
+    """``D'D`` of the second-difference operator ``D`` ((n - 2) x n) in upper banded form, and its eigenvalues.
+
+    ``breaks``: indices ``k`` where the series may jump (between ``k - 1`` and ``k``): the
+    second differences that span it are left out of ``D``.
+    """
+    d = np.diff(np.eye(n), 2, axis=0)
+    if breaks:
+        drop = {i for k in breaks for i in (k - 2, k - 1) if 0 <= i < n - 2}
+        d = d[[i for i in range(n - 2) if i not in drop]]
+    a = d.T @ d
+    ab = np.zeros((3, n))
+    ab[2] = np.diag(a)
+    ab[1, 1:] = np.diag(a, 1)
+    ab[0, 2:] = np.diag(a, 2)
+    return ab, np.linalg.eigvalsh(a)
+
+
+@dataclass(frozen=True)
+class SmoothedSeries:
+    """Result of :func:`smooth_series`.
+
+    Attributes
+    ----------
+    values : ndarray (n,)
+        The smooth (defined at every point, also where the weight was 0).
+    s : float
+        The smoothing parameter GCV chose.
+    dof : float
+        Effective degrees of freedom of the smooth (trace of the hat matrix): ``n`` means
+        no smoothing, 2 a straight line.
+    weights : ndarray (n,)
+        Final weights (the given ones times the bisquare weights).
+    sigma : float
+        Robust standard deviation of the residual (NaN with fewer than 3 weighted points).
+    steps : tuple of int
+        Where the series was let jump (:func:`find_steps`).
+    """
+
+    values: np.ndarray
+    s: float
+    dof: float
+    weights: np.ndarray
+    sigma: float
+    steps: tuple = ()
+
+
+def _fit(y, w, s, ab):
+    a = ab * s
+    a[2] += w
+    return linalg.solveh_banded(a, w * y, lower=False, check_finite=False)
+
+
+#: frames on each side of a candidate step over which a straight line is fitted
+STEP_WINDOW = 6
+
+#: a jump between the two sides' lines beyond this many of its standard errors is a step
+STEP_SIGNIFICANCE = 5.0
+
+#: a step found is kept where it lowers the smooth's clipped GCV score below this fraction
+STEP_GAIN = 0.8
+
+#: px. ... and beyond this: where the noise is a few hundredths of a pixel, the curvature of a
+#: smooth motion parts the two lines by more than 5 standard errors; a jump smaller than this,
+#: smoothed over, errs by less than half of it
+STEP_MIN = 0.3
+
+
+def find_steps(
+    y,
+    weights,
+    sigma: float,
+    *,
+    window: int = STEP_WINDOW,
+    significance: float = STEP_SIGNIFICANCE,
+    min_step: float = STEP_MIN,
+):
+    """Where a series jumps: indices ``k`` with a step between ``k - 1`` and ``k``.
+
+    At every ``k`` a straight line is fitted to the ``window`` weighted points before it and
+    to the ``window`` after it; both are extrapolated to ``k - 1/2``. A smooth motion, fast
+    or slow, gives two lines that meet there; a jump does not. A step is where the two
+    differ by more than ``significance`` standard errors (``sigma``: the noise of a point)
+    and by more than ``min_step``, at the largest such difference, then the next one at least ``window`` points away.
+
+    Parameters
+    ----------
+    y : ndarray (n,)
+    weights : ndarray (n,)
+        Points with weight 0 (missing, outliers) are not used.
+    sigma : float
+        Standard deviation of a point's noise.
+
+    Returns
+    -------
+    list of int, the most significant first
+    """
+    y = np.asarray(y, float)
+    idx = np.flatnonzero((np.asarray(weights) > 0) & np.isfinite(y))
+    if idx.size < 2 * window or not (sigma > 0):
+        return []
+    v = y[idx]
+    x = np.arange(window, dtype=float)
+    xc = x - x.mean()
+    sxx = float((xc**2).sum())
+    # prediction half a point beyond the last of `window` points: its variance in units of sigma^2
+    ext = window - 0.5 - x.mean()
+    se = sigma * np.sqrt(2 * (1 / window + ext**2 / sxx))
+    stats = np.zeros(idx.size)
+    lines = {}
+    for i in range(window, idx.size - window + 1):
+        before, after = v[i - window : i], v[i : i + window]
+        b1 = (xc * before).sum() / sxx
+        a1 = (xc * after).sum() / sxx
+        pb = before.mean() + b1 * ext  # the line before, at the midpoint
+        pa = after.mean() - a1 * ext  # the line after, at the midpoint
+        stats[i] = abs(pa - pb) / se if abs(pa - pb) > min_step else 0.0
+        lines[i] = (pb, b1, pa, a1)
+    steps = []
+    while True:
+        i = int(np.argmax(stats))
+        if stats[i] <= significance:
+            break
+        k = int(idx[i])
+        gap = np.arange(idx[i - 1] + 1, idx[i])  # points left out between the two sides
+        gap = gap[np.isfinite(y[gap])]
+        if gap.size:
+            # the step's place among them: where they sit best on the two sides' lines
+            # (in frames; the lines' slopes per used point are close enough over a gap)
+            pb, b1, pa, a1 = lines[i]
+            fb = pb + b1 * (gap - idx[i - 1] - 0.5)
+            fa = pa + a1 * (gap - idx[i] + 0.5)
+            cost = [
+                np.sum((y[gap[:c]] - fb[:c]) ** 2) + np.sum((y[gap[c:]] - fa[c:]) ** 2) for c in range(gap.size + 1)
+            ]
+            c = int(np.argmin(cost))
+            k = int(gap[c]) if c < gap.size else int(idx[i])
+        steps.append(k)
+        stats[max(0, i - window) : i + window] = 0
+    return steps
+
+
+def smooth_series(
+    y, *, weights=None, robust: bool = True, iterations: int = 3, near=None, steps: bool = True
+) -> SmoothedSeries:
+    """Penalised least-squares smooth of a 1-D series, its smoothness chosen by GCV.
+
+    Minimises ``sum w (y - z)**2 + s sum (second difference of z)**2`` over ``z``, with
+    ``s`` minimising the generalised cross-validation score
+    ``(sum w r**2 / n_w) / (1 - dof / n_w)**2`` over :data:`S_GRID` (Garcia 2010).
+
+    Parameters
+    ----------
+    y : ndarray (n,)
+        The series (NaN where ``weights`` is 0).
+    weights : ndarray (n,), optional
+        In [0, 1]; 0 for points that are missing. Default all 1 (NaN points 0).
+    robust : bool
+        Bisquare weights from the residuals, ``iterations`` times: a point far off the
+        smooth (a mis-measured frame) does not pull it.
+    iterations : int
+        Robust iterations.
+    near : float, optional
+        A smoothing parameter found before (e.g. in the previous pass over similar data):
+        only ``s`` within half a decade of it is tried, in eighths of a decade.
+    steps : bool
+        Let the series jump where it does (:func:`find_steps` on the robust smooth's
+        weights and noise): the penalty is cut there and each side is smoothed on its own,
+        so that an abrupt motion is not smeared over the frames around it.
+
+    Returns
+    -------
+    SmoothedSeries
+
+    Raises
+    ------
+    ValueError
+        If ``weights`` does not match ``y``, or fewer than 4 points have weight.
+    """
+    first = _smooth_series(y, weights, robust, iterations, near, ())
+    if not steps:
+        return first
+    # isolated outliers (a frame the robust smooth gave no weight, its neighbours some) are
+    # left out of the search; runs of them are what a step smeared over looks like: kept
+    w0 = np.isfinite(np.asarray(y, float)) * (1.0 if weights is None else np.asarray(weights, float))
+    out = (first.weights <= 0) & (w0 > 0)
+    near_ok = np.r_[False, first.weights[:-1] > 0] | np.r_[first.weights[1:] > 0, False]
+    found = find_steps(y, np.where(out & near_ok, 0.0, w0), first.sigma)
+    # a step is kept only where it explains the data: residuals (clipped at 4 sigma, so that
+    # outliers weigh alike with and without it) per remaining degree of freedom, as GCV
+    yv = np.where(w0 > 0, np.asarray(y, float), 0.0)
+    clip = (4 * first.sigma) ** 2 if first.sigma > 0 else np.inf
+
+    def score(r):
+        n_w = w0.sum()
+        return float(np.sum(w0 * np.minimum((yv - r.values) ** 2, clip)) / n_w / (1 - r.dof / n_w) ** 2)
+
+    best, best_score = first, score(first)
+    for k in found:
+        trial = _smooth_series(y, weights, robust, iterations, None, tuple(sorted((*best.steps, k))))
+        t_score = score(trial)
+        if t_score < STEP_GAIN * best_score:
+            best, best_score = trial, t_score
+    return best
+
+
+def _smooth_series(y, weights, robust, iterations, near, breaks) -> SmoothedSeries:
+    y = np.asarray(y, float)
+    if y.ndim != 1:
+        raise ValueError(f"y must be 1-D, got shape {y.shape}")
+    n = y.size
+    if weights is not None and np.shape(weights) != y.shape:
+        raise ValueError(f"weights of shape {np.shape(weights)} do not match y of shape {y.shape}")
+    w0 = np.isfinite(y).astype(float) if weights is None else np.asarray(weights, float) * np.isfinite(y)
+    if (w0 > 0).sum() < 4:
+        raise ValueError(f"smoothing needs at least 4 weighted points, got {int((w0 > 0).sum())}")
+    yf = np.where(w0 > 0, y, 0.0)
+    ab, eig = _penalty(n, breaks)
+
+    def dof_of(s):
+        return float((1.0 / (1.0 + s * eig)).sum())
+
+    def search(grid, w):
+        nw = w.sum()
+        best = None
+        for s in grid:
+            dof = dof_of(s)
+            if dof >= nw - 1:
+                continue
+            z = _fit(yf, w, s, ab)
+            gcv = (np.sum(w * (yf - z) ** 2) / nw) / (1 - dof / nw) ** 2
+            if best is None or gcv < best[0]:
+                best = (gcv, s, dof, z)
+        return best
+
+    w = w0.copy()
+    for it in range(max(1, iterations + 1) if robust else 1):
+        if near is not None and np.isfinite(near) and near > 0:
+            best = search(near * 10.0 ** np.arange(-0.5, 0.51, 0.125), w)
+        else:  # the grid in half decades, then quarter and eighth decades around its best
+            best = search(S_GRID[::2], w)
+            if best is not None:
+                best = min(
+                    (b for b in (best, search(best[1] * 10.0 ** np.array([-0.25, -0.125, 0.125, 0.25]), w)) if b),
+                    key=lambda b: b[0],
+                )
+        if best is None:  # too few points for any smoothing: the straightest line
+            s = S_GRID[-1]
+            dof = dof_of(s)
+            z = _fit(yf, w, s, ab)
+        else:
+            _, s, dof, z = best
+        near = s
+        r = (yf - z)[w0 > 0]
+        sigma = robust_sigma(r) if r.size >= 3 else np.nan
+        if not robust or it == iterations or not (sigma > 0):
+            break
+        h = min(dof / max(n, 1), 0.95)  # the mean leverage
+        u = (yf - z) / (BISQUARE * sigma * np.sqrt(1 - h))
+        w = w0 * np.where(np.abs(u) < 1, (1 - u**2) ** 2, 0.0)
+    return SmoothedSeries(values=z, s=float(s), dof=float(dof), weights=w, sigma=float(sigma), steps=tuple(breaks))
+
+
+@dataclass(frozen=True)
+class SmoothedTracks:
+    """Result of :func:`smooth_tracks`.
+
+    Attributes
+    ----------
+    positions : ndarray (m, n, 2)
+        ``r_j + T(k) + o_j(k)`` where the particle was measured and smoothed, the input
+        elsewhere.
+    common : ndarray (n, 2)
+        ``T``: the motion the particles share, relative to their median positions (NaN in
+        frames no smoothed particle was measured in).
+    sigma : ndarray (m,)
+        px: robust standard deviation of each particle's measurement error (the residual
+        from ``r + T + o``); NaN where not smoothed.
+    dof : ndarray (m, 2)
+        Effective degrees of freedom of each particle's own motion per axis (``n``: not
+        smoothed at all); NaN where not smoothed.
+    smoothed : ndarray (m,) bool
+        Particles whose positions were smoothed (measured in at least ``min_frames``
+        frames, with at least one other such particle).
+    steps : tuple of tuples
+        Per particle, the frames where its own motion jumps (:func:`find_steps`, kept where
+        it explains the data): smoothed on each side separately.
+    """
+
+    positions: np.ndarray
+    common: np.ndarray
+    sigma: np.ndarray
+    dof: np.ndarray
+    smoothed: np.ndarray
+    steps: tuple = ()
+
+
+def smooth_tracks(positions, measured, *, min_frames: int = 9, iterations: int = 4) -> SmoothedTracks:
+    """Separate the tracks of a scan into shared motion, smooth own motion and noise.
+
+    Parameters
+    ----------
+    positions : ndarray (m, n_frames, 2)
+        ``(y, x)`` of every particle in every frame (NaN: none).
+    measured : ndarray (m, n_frames) bool
+        Frames whose position was measured (not filled in).
+    min_frames : int
+        A particle measured in fewer frames keeps its positions and does not take part.
+    iterations : int
+        Alternations between the shared motion and the own motions.
+
+    Returns
+    -------
+    SmoothedTracks
+
+    Raises
+    ------
+    ValueError
+        On shapes that do not match.
+
+    Notes
+    -----
+    The shared motion ``T(k)`` is the mean over the particles measured in frame ``k`` of
+    ``p_j(k) - r_j - o_j(k)``, weighted by ``1 / sigma_j**2`` times the frame's bisquare
+    weight (a badly measured particle or frame hardly pulls it); each ``o_j`` is
+    :func:`smooth_series` of ``p_j - r_j - T`` per axis. ``T`` is rough: jitter and jumps of
+    the whole field stay in every position exactly as measured, averaged over the
+    particles. Only what a particle does on its own is smoothed, as much as GCV finds its
+    data support. With fewer than two particles taking part nothing is changed.
+    """
+    P = np.asarray(positions, float)
+    M = np.asarray(measured, bool)
+    if P.ndim != 3 or P.shape[2] != 2:
+        raise ValueError(f"positions must be (particles, frames, 2), got shape {P.shape}")
+    if M.shape != P.shape[:2]:
+        raise ValueError(f"measured of shape {M.shape} does not match positions {P.shape[:2]}")
+    m, n = M.shape
+    use = M & np.isfinite(P).all(axis=2)
+    part = use.sum(axis=1) >= max(min_frames, 4)
+    sigma = np.full(m, np.nan)
+    dof = np.full((m, 2), np.nan)
+    nothing = SmoothedTracks(P.copy(), np.full((n, 2), np.nan), sigma, dof, np.zeros(m, bool))
+    if part.sum() < 2 or n < max(min_frames, 4):
+        return nothing
+    ref = np.zeros((m, 2))
+    for j in np.flatnonzero(part):
+        ref[j] = np.median(P[j, use[j]], axis=0)
+    own = np.zeros((m, n, 2))
+    rw = use.astype(float)  # bisquare weights per particle and frame (both axes' product)
+    sig = np.ones(m)
+    Pz = np.where(use[..., None], P, 0.0)
+    T = np.zeros((n, 2))
+    last_s = np.full((m, 2), np.nan)  # each series' smoothing parameter, searched near it next time
+    steps = [() for _ in range(m)]
+    rounds = max(1, iterations)
+    for it in range(rounds + 1):
+        # the last round lets each own motion jump where its data say so (find_steps): the
+        # search is costly, and the shared motion has settled by then
+        last = it == rounds
+        w = np.where(part[:, None], rw / sig[:, None] ** 2, 0.0)
+        wsum = w.sum(axis=0)
+        D = Pz - ref[:, None] - own
+        T_new = np.einsum("jk,jka->ka", w, D) / np.where(wsum > 0, wsum, 1.0)[:, None]
+        T_new[wsum <= 0] = np.nan
+        change = np.nanmax(np.abs(T_new - T)) if np.isfinite(T_new).any() else 0.0
+        T = T_new
+        for j in np.flatnonzero(part):
+            ok = use[j] & np.isfinite(T).all(axis=1)
+            y = P[j] - ref[j] - T
+            wj = np.ones(n)
+            res = []
+            for a in range(2):
+                sm = smooth_series(
+                    np.where(ok, y[:, a], np.nan), weights=ok.astype(float), near=last_s[j, a], steps=last
+                )
+                last_s[j, a] = sm.s
+                steps[j] += sm.steps
+                own[j, :, a] = sm.values
+                wj *= sm.weights
+                dof[j, a] = sm.dof
+                res.append((y[:, a] - sm.values)[ok])
+            rw[j] = wj * ok
+            sigma[j] = float(np.hypot(robust_sigma(res[0]), robust_sigma(res[1])) / np.sqrt(2))
+            sig[j] = max(sigma[j], 0.01) if np.isfinite(sigma[j]) else 1.0
+        if last:
+            break
+        if change < 1e-3:
+            rounds = it + 1  # settled: one last round, with steps
+    out = P.copy()
+    smoothed = np.zeros(m, bool)
+    for j in np.flatnonzero(part):
+        ok = use[j] & np.isfinite(T).all(axis=1)
+        out[j, ok] = ref[j] + T[ok] + own[j, ok]
+        smoothed[j] = True
+    sigma[~smoothed] = np.nan
+    dof[~smoothed] = np.nan
+    return SmoothedTracks(out, T, sigma, dof, smoothed, tuple(tuple(sorted(set(k))) for k in steps))

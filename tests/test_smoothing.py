@@ -1,0 +1,128 @@
+"""Tracks smoothed across the energies: shared motion kept, own motion smoothed, steps kept."""
+
+import numpy as np
+import pytest
+
+from xanestrack.smoothing import find_steps, smooth_series, smooth_tracks
+
+
+def _rms(e):
+    e = e - np.median(e, axis=-2, keepdims=True)
+    return float(np.sqrt(np.mean(np.sum(e**2, axis=-1))))
+
+
+def _scene(rng, *, m=6, n=143, noise=0.15, jitter=2.0):
+    """Particles sharing a rough motion (walk + jitter), each with its own smooth drift, plus white noise."""
+    k = np.arange(n)
+    shared = np.cumsum(rng.normal(0, 0.3, (n, 2)), axis=0) + rng.normal(0, jitter, (n, 2))
+    own = np.stack([np.c_[0.8 * np.sin(k / 20 + rng.uniform(0, 6)), 0.01 * j * k] for j in range(m)])
+    true = rng.uniform(50, 400, (m, 1, 2)) + shared[None] + own
+    return true, true + rng.normal(0, noise, true.shape)
+
+
+def test_smooth_series_reduces_white_noise_and_ignores_an_outlier():
+    rng = np.random.default_rng(1)
+    k = np.arange(143)
+    truth = 2 * np.sin(k / 15)
+    y = truth + rng.normal(0, 0.2, k.size)
+    y[40] += 5.0  # one mis-measured frame
+    r = smooth_series(y)
+    err = r.values - truth
+    assert np.sqrt(np.mean(err**2)) < 0.5 * 0.2
+    assert abs(err[40]) < 0.2  # not pulled by the outlier
+    assert r.weights[40] == 0.0
+    assert 0.1 < r.sigma < 0.3
+    assert 2 < r.dof < 40
+
+
+def test_smooth_series_fills_missing_points():
+    rng = np.random.default_rng(2)
+    k = np.arange(100)
+    truth = 0.02 * k
+    y = truth + rng.normal(0, 0.1, k.size)
+    w = np.ones(k.size)
+    w[50:55] = 0
+    y[50:55] = np.nan
+    r = smooth_series(y, weights=w)
+    assert np.all(np.isfinite(r.values))
+    assert np.max(np.abs(r.values[50:55] - truth[50:55])) < 0.15
+
+
+def test_smooth_series_keeps_a_step():
+    rng = np.random.default_rng(3)
+    k = np.arange(143)
+    truth = np.where(k >= 70, 2.0, 0.0)
+    y = truth + rng.normal(0, 0.15, k.size)
+    r = smooth_series(y)
+    assert r.steps == (70,)
+    assert np.max(np.abs(r.values - truth)) < 0.3
+    # without steps the jump is smeared over the frames around it
+    smeared = smooth_series(y, steps=False)
+    assert np.max(np.abs(smeared.values - truth)) > 0.5
+
+
+def test_find_steps_ignores_smooth_fast_motion():
+    """A fast but smooth motion parts no straight lines: no step, however small the noise."""
+    rng = np.random.default_rng(4)
+    k = np.arange(143)
+    y = 10 * np.sin(k / 25) + rng.normal(0, 0.02, k.size)
+    r = smooth_series(y)
+    assert r.steps == ()
+    assert find_steps(np.where(k >= 60, 1.0, 0.0) + rng.normal(0, 0.05, k.size), np.ones(k.size), 0.05) == [60]
+
+
+@pytest.mark.parametrize("bad", [np.ones((3, 3)), np.ones(3)])
+def test_smooth_series_bad_input(bad):
+    with pytest.raises(ValueError, match="1-D|at least 4"):
+        smooth_series(bad)
+    with pytest.raises(ValueError, match="weights"):
+        smooth_series(np.ones(10), weights=np.ones(9))
+
+
+def test_smooth_tracks_keeps_shared_jitter_and_smooths_own_motion():
+    rng = np.random.default_rng(5)
+    true, P = _scene(rng)
+    r = smooth_tracks(P, np.ones(P.shape[:2], bool))
+    assert r.smoothed.all()
+    raw = _rms(P - true)
+    sm = _rms(r.positions - true)
+    assert sm < 0.6 * raw  # the 2-px jitter of every frame is kept, the noise is not
+    assert np.all(np.abs(r.sigma - 0.15) < 0.05)
+
+
+def test_smooth_tracks_keeps_a_particles_own_step():
+    rng = np.random.default_rng(6)
+    true, P = _scene(rng)
+    true[0, 70:, 1] += 3.0
+    P[0, 70:, 1] += 3.0
+    r = smooth_tracks(P, np.ones(P.shape[:2], bool))
+    assert 70 in r.steps[0]
+    err = np.abs(r.positions[0, :, 1] - true[0, :, 1] - np.median(r.positions[0, :, 1] - true[0, :, 1]))
+    assert err[65:76].max() < 0.4
+
+
+def test_smooth_tracks_changes_nothing_it_cannot_separate():
+    rng = np.random.default_rng(7)
+    true, P = _scene(rng, m=3)
+    # one particle: shared and own motion cannot be told apart
+    r1 = smooth_tracks(P[:1], np.ones((1, P.shape[1]), bool))
+    assert not r1.smoothed.any()
+    np.testing.assert_array_equal(r1.positions, P[:1])
+    # a particle measured in too few frames keeps its positions and takes no part
+    measured = np.ones(P.shape[:2], bool)
+    measured[2, 5:] = False
+    r = smooth_tracks(P, measured)
+    assert r.smoothed.tolist() == [True, True, False]
+    np.testing.assert_array_equal(r.positions[2], P[2])
+    # frames not measured keep their positions
+    measured = np.ones(P.shape[:2], bool)
+    measured[0, 10:20] = False
+    r = smooth_tracks(P, measured)
+    np.testing.assert_array_equal(r.positions[0, 10:20], P[0, 10:20])
+
+
+def test_smooth_tracks_shapes_checked():
+    with pytest.raises(ValueError, match="particles, frames, 2"):
+        smooth_tracks(np.zeros((3, 10)), np.ones((3, 10), bool))
+    with pytest.raises(ValueError, match="measured"):
+        smooth_tracks(np.zeros((3, 10, 2)), np.ones((3, 9), bool))
