@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -244,3 +245,24 @@ def test_no_separate_matrix_reaches_the_pipeline(synth_dir, tmp_path):
     res = read_results(out)
     assert res.options.separate_matrix is False
     assert "matrix" not in res.timings
+
+
+def test_no_smooth_tracks_reaches_the_pipeline(synth_dir, tmp_path):
+    """Smoothed by default (a note says so); with --no-smooth-tracks every measured position is the edge estimate."""
+    from xanestrack.results import read_results
+
+    res = {}
+    for name, extra in (("smooth", []), ("raw", ["--no-smooth-tracks"])):
+        out = tmp_path / name
+        r = runner.invoke(app, ["--quiet", "run", str(synth_dir / "stack.h5"), "--out", str(out), *extra])
+        assert r.exit_code == 0, r.output
+        res[name] = read_results(out)
+    assert res["smooth"].options.smooth_tracks is True
+    assert res["raw"].options.smooth_tracks is False
+    assert any("smoothed across the energies" in n for n in res["smooth"].notes)
+    assert not any("smoothed across the energies" in n for n in res["raw"].notes)
+    for name, same in (("raw", True), ("smooth", False)):
+        t = res[name].tracks
+        m = t["edge_y"].notna() & t["edge_x"].notna()
+        d = np.hypot(t.loc[m, "y"] - t.loc[m, "edge_y"], t.loc[m, "x"] - t.loc[m, "edge_x"])
+        assert bool(d.max() < 1e-9) == same, (name, d.max())

@@ -434,6 +434,10 @@ def run(
         True,
         help="Follow each particle that drifts on its own (>= 1.5 px) again with the matrix behind it subtracted (corrects the matrix's pull in faint pre-edge frames; costs a few seconds per scan).",
     ),
+    smooth_tracks: bool = typer.Option(
+        True,
+        help="Smooth each particle's own motion across the energies (the motion all particles share stays frame by frame; how smooth, and where a particle jumps, is found from its data). --no-smooth-tracks: every frame's position as measured.",
+    ),
     detect_every: int = typer.Option(
         12,
         help="Detect on every n-th frame (and the last); ROIs are propagated in between by chained phase correlation and every frame is still segmented and registered. 1 = detect in every frame (slower).",
@@ -547,6 +551,7 @@ def run(
             fuse="all" if save_fused else "ends",
             detect_every=detect_every,
             separate_matrix=separate_matrix,
+            smooth_tracks=smooth_tracks,
             **chem["options"],
         )
         run_info = _input_description(stack, inputs)
