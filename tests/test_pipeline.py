@@ -1,9 +1,10 @@
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import pair_by_position
 from xanestrack.evaluate import evaluate_result
-from xanestrack.pipeline import run_pipeline
+from xanestrack.pipeline import PipelineOptions, run_pipeline
 from xanestrack.result import FRAME_FLAGS
 from xanestrack.stack import Stack
 from xanestrack.synth import make_synthetic_stack
@@ -157,3 +158,19 @@ def test_key_frame_detection_propagates_rois_through_stage_jumps():
     assert summ["max_rms_px"] < 0.3
     # frames not examined are not flagged "undetected"
     assert not r.tracks[~r.tracks["frame"].isin(key)]["flags"].str.contains("undetected").any()
+
+
+def test_threads_change_nothing_but_the_time(small_synth, small_result):
+    """Particles handled in threads (the default on a multi-core machine) give the same result as one at a time."""
+    st = Stack(small_synth.optical_density(), small_synth.energies_ev)
+    one = run_pipeline(st, options=PipelineOptions(threads=1))
+    two = run_pipeline(st, options=PipelineOptions(threads=3))
+    assert len(one.particles) == len(two.particles) == len(small_result.particles) >= 2
+    for a, b in zip(one.particles, two.particles):
+        assert a.particle == b.particle
+        np.testing.assert_array_equal(a.positions, b.positions)
+        np.testing.assert_array_equal(a.frame_flags, b.frame_flags)
+        np.testing.assert_array_equal(a.mask, b.mask)
+    pd.testing.assert_frame_equal(one.tracks, two.tracks)
+    with pytest.raises(ValueError, match="threads"):
+        run_pipeline(st, options=PipelineOptions(threads=0))

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -163,6 +165,16 @@ class PipelineOptions:
         largest component).
     cluster_window : (float, float) or None, default None
         eV, absolute: cluster on the energies in this range only (None: all common frames).
+    threads : int or None, default 1
+        Particles refined on the matrix and finished (resampled, XANES) this many at a time,
+        and the matrix's frames prepared, in threads (numpy, scipy and torch release the GIL
+        in their heavy loops); None: the machine's cores, at most 4. Results do not depend on
+        it (tested). Measured on the 2-core machine (460^2, 9 particles, ``xanestrack run``,
+        3 runs each): 1 thread 13.4-14.4 s, 718-727 MiB peak; 2 threads 12.7-14.7 s,
+        813-861 MiB (refine alone +75, finish alone +125 MiB; the matrix's frames alone
+        +5 MiB): no gain beyond this machine's noise, and over issue 12's memory budget
+        (2 x the OD stack + 500 MiB = 731 MiB). Particles are always located one at a time
+        (each holds its whole window stack, masks and labels then).
     """
 
     detect: DetectOptions = field(default_factory=DetectOptions)
@@ -192,11 +204,31 @@ class PipelineOptions:
     clusters: int = 0
     cluster_method: str = "kmeans"
     cluster_window: tuple | None = None
+    threads: int | None = 1
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
 
         return asdict(self)
+
+
+def _threads(options) -> int:
+    if options.threads is not None:
+        if int(options.threads) < 1:
+            raise ValueError(f"threads must be >= 1 or None, got {options.threads}")
+        return int(options.threads)
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _map(fn, items, threads: int) -> list:
+    """``[fn(x) for x in items]``, ``threads`` at a time (in order)."""
+    items = list(items)
+    if threads <= 1 or len(items) < 2:
+        return [fn(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(threads, len(items))) as ex:
+        return list(ex.map(fn, items))
 
 
 def _default_segmenter(options):
@@ -344,7 +376,7 @@ def _matrix_shifts(located, od, energies, footprints, options):
         return shifts
     t = params[["common_dy", "common_dx"]].to_numpy(float)
     scale = params["scale"].to_numpy(float)
-    t, _ = matrix_motion(od, footprints, t - t[0])
+    t, _ = matrix_motion(od, footprints, t - t[0], threads=_threads(options))
     x0 = np.array([np.nanmedian(loc.centres - t, axis=0) for loc in located]) - c  # about the optical axis
     return t[:, None, :] + (scale - scale[0])[:, None, None] * x0[None]
 
@@ -367,40 +399,44 @@ def _refine_on_matrix(located, od, energies, options) -> list[int]:
             grown = ndimage.binary_dilation(loc.shape, iterations=FOOTPRINT_GROW)
             footprints.append(Footprint(grown, (c, c), loc.centres))
     shifts = _matrix_shifts(located, od, energies, footprints, options)
-    refined_ids = []
-    for j, loc in enumerate(located):
-        m = shifts[:, j]
-        if loc.shape is None or not np.isfinite(m).all():
-            continue
-        # a particle that moves with the matrix is not pulled by it, and the two layers
-        # cannot be told apart: only a particle with its own motion is separated
-        own = (loc.centres - m)[loc.measured]
-        if own.shape[0] < 3 or _own_motion_px(own) < MIN_OWN_MOTION:
-            continue
-        b, _, size = window_geometry(loc.radius, options.follow)
-        weight = shape_weight(loc.shape, grow=2.0 + 2.0 * options.follow.sigma * b, taper=max(3.0, 2.0 * b))
-        q = loc.centres - m  # the windows' centres in matrix (frame-0) coordinates
-        lo = np.floor(np.nanmin(q, axis=0) - size / 2 - 3).astype(int)
-        box = np.ceil(np.nanmax(q, axis=0) + size / 2 + 3).astype(int) - lo + 1
-        near = [
-            f
-            for f in footprints
-            if np.nanmin(np.hypot(*(f.positions - m - (lo + box / 2)).T)) < np.hypot(*box) / 2 + f.shape.shape[0]
-        ]
-        centres = loc.centres
-        for _ in range(REFINE_PASSES):
-            background, _, _ = separate_layers(od, centres, m, lo, tuple(box), size, near)
-            refined, _, measured = follow_particle(
-                od, centres, loc.radius, loc.ref_frame, options=options.follow, weight=weight, background=background
-            )
-            moved = np.hypot(*(refined - centres)[measured & np.isfinite(centres).all(axis=1)].T)
-            loc.followed = np.where(measured[:, None], refined, loc.followed)
-            loc.measured = loc.measured | measured
-            centres = np.where(loc.measured[:, None], loc.followed, loc.centres)
-            if moved.size == 0 or np.sqrt(np.mean(moved**2)) < SETTLED_PX:
-                break  # the matrix did not pull this particle: nothing to iterate
-        refined_ids.append(loc.pid)
-    return refined_ids
+    refined = _map(
+        lambda j: _refine_one(located[j], shifts[:, j], od, footprints, options), range(len(located)), _threads(options)
+    )
+    return [loc.pid for loc, done in zip(located, refined) if done]
+
+
+def _refine_one(loc, m, od, footprints, options) -> bool:
+    """:func:`_refine_on_matrix` for one particle (``m``: the matrix's shifts at it); whether it was refined."""
+    if loc.shape is None or not np.isfinite(m).all():
+        return False
+    # a particle that moves with the matrix is not pulled by it, and the two layers
+    # cannot be told apart: only a particle with its own motion is separated
+    own = (loc.centres - m)[loc.measured]
+    if own.shape[0] < 3 or _own_motion_px(own) < MIN_OWN_MOTION:
+        return False
+    b, _, size = window_geometry(loc.radius, options.follow)
+    weight = shape_weight(loc.shape, grow=2.0 + 2.0 * options.follow.sigma * b, taper=max(3.0, 2.0 * b))
+    q = loc.centres - m  # the windows' centres in matrix (frame-0) coordinates
+    lo = np.floor(np.nanmin(q, axis=0) - size / 2 - 3).astype(int)
+    box = np.ceil(np.nanmax(q, axis=0) + size / 2 + 3).astype(int) - lo + 1
+    near = [
+        f
+        for f in footprints
+        if np.nanmin(np.hypot(*(f.positions - m - (lo + box / 2)).T)) < np.hypot(*box) / 2 + f.shape.shape[0]
+    ]
+    centres = loc.centres
+    for _ in range(REFINE_PASSES):
+        background, _, _ = separate_layers(od, centres, m, lo, tuple(box), size, near)
+        refined, _, measured = follow_particle(
+            od, centres, loc.radius, loc.ref_frame, options=options.follow, weight=weight, background=background
+        )
+        moved = np.hypot(*(refined - centres)[measured & np.isfinite(centres).all(axis=1)].T)
+        loc.followed = np.where(measured[:, None], refined, loc.followed)
+        loc.measured = loc.measured | measured
+        centres = np.where(loc.measured[:, None], loc.followed, loc.centres)
+        if moved.size == 0 or np.sqrt(np.mean(moved**2)) < SETTLED_PX:
+            break  # the matrix did not pull this particle: nothing to iterate
+    return True
 
 
 def _vouch(loc: _Located, common, options) -> VouchedPositions:
@@ -567,6 +603,9 @@ def run_pipeline(
     norms = []
     com_rows = []
     pids = sorted(tracks["particle"].unique()) if len(tracks) else []
+    threads = _threads(options)
+    # one particle at a time: locating holds a particle's whole window stack, masks and labels
+    # (~100 MB at 460^2 with 9 particles); two at once broke the memory budget (issue 12)
     located = [_locate_particle(pid, tracks[tracks["particle"] == pid], od, seg, options) for pid in pids]
     if options.separate_matrix and located:
         t_m = time.perf_counter()
@@ -586,8 +625,20 @@ def run_pipeline(
                 f"(median over the particles), {np.nanmedian(st.dof):.0f} degrees of freedom of "
                 f"{n_frames} frames per own motion"
             )
+    done = [0]
+    lock = threading.Lock()
+
+    def finish(j):
+        out = _finish_particle(located[j], vouched[j], od, energies, options, references)
+        if progress is not None:
+            with lock:
+                done[0] += 1
+                progress("particles", done[0], len(pids))
+        return out
+
+    finished = _map(finish, range(len(located)), threads)
     for j, loc in enumerate(located):
-        pr, com_raw, norm = _finish_particle(loc, vouched[j], od, energies, options, references)
+        pr, com_raw, norm = finished[j]
         tr = loc.track
         pid = loc.pid
         particles.append(pr)
@@ -613,8 +664,6 @@ def run_pipeline(
                 }
             )
         )
-        if progress is not None:
-            progress("particles", j + 1, len(pids))
     timings["segment_register_xanes"] = time.perf_counter() - t
     chemistry = None
     if options.clusters > 0 and particles:

@@ -15,6 +15,7 @@ A model is a folder: ``config.json``, ``weights.pt`` (state dict, loaded with
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -337,6 +338,19 @@ class LearnedSegmenter:
             raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
         self.precision = precision
         self.canvas = int(self.config["canvas"])
+        # one batch through the network at a time: the pipeline segments particles in threads,
+        # and each batch's activations are the run's largest arrays (torch uses every core
+        # for one batch already); the numpy work around it still overlaps
+        self._lock = threading.Lock()
+
+    def __getstate__(self):  # a lock does not pickle (a Dask worker gets its own)
+        state = dict(self.__dict__)
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def segment_rois(self, rois) -> np.ndarray:
         import torch
@@ -354,7 +368,11 @@ class LearnedSegmenter:
         rh, rw = x.shape[1:]
         t, left = (size - rh) // 2, (size - rw) // 2
         batch = np.pad(x, ((0, 0), (t, size - rh - t), (left, size - rw - left)), mode="edge")[:, None]
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+        with (
+            self._lock,
+            torch.inference_mode(),
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"),
+        ):
             probs = []
             for i in range(0, n, 64):
                 xb = torch.from_numpy(np.ascontiguousarray(batch[i : i + 64])).to(memory_format=torch.channels_last)
