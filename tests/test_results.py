@@ -121,3 +121,24 @@ def test_folders_without_tables_still_read(result, tmp_path):
     assert len(back.particles) == len(result.particles)
     assert list(back.tracks["particle"]) == list(result.tracks["particle"])
     np.testing.assert_allclose(back.tracks["y"], result.tracks["y"], atol=1e-4)
+
+
+def test_a_result_written_before_smoothing_reads_as_not_smoothed(result, tmp_path):
+    """Options added later default to what was done before them, not to today's default."""
+    import json
+
+    import h5py
+
+    from xanestrack.report import _positions_text
+
+    assert result.options.smooth_tracks is True
+    write_results(result, tmp_path, run_info={})
+    assert read_results(tmp_path).options.smooth_tracks is True
+    with h5py.File(tmp_path / "results.h5", "a") as f:
+        opts = json.loads(f.attrs["options"])
+        del opts["smooth_tracks"]
+        f.attrs["options"] = json.dumps(opts)
+    back = read_results(tmp_path)
+    assert back.options.smooth_tracks is False
+    assert "smoothed" not in _positions_text(back.options.to_dict())
+    assert "smoothed" in _positions_text(result.options.to_dict())

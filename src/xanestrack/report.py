@@ -762,6 +762,21 @@ def _detection_text(every) -> str:
     return f"on every {every}th frame and the last; the windows of the others placed by each particle's own motion"
 
 
+def _positions_text(params) -> str:
+    """How the positions were made, in a sentence for the run table."""
+    text = (
+        "edge correlation, vouched for by the mask's centre of mass"
+        if params.get("position", "edges") == "edges"
+        else "mask centre of mass, vouched for by the edge correlation"
+    )
+    if params.get("smooth_tracks", False):
+        text += (
+            "; each particle's own motion smoothed across the energies (GCV; jumps kept), the motion all "
+            "particles share kept frame by frame; tracks.csv edge_y, edge_x: as measured"
+        )
+    return text
+
+
 def write_report(folder, *, result=None) -> Path:
     """Write ``report.html`` and ``figures/`` into an output folder.
 
@@ -855,6 +870,7 @@ def write_report(folder, *, result=None) -> Path:
                 ),
             ),
             ("detection", _detection_text(params.get("detect_every", 1))),
+            ("positions", _positions_text(params)),
             ("energy calibration", _calibration_text(run.get("energy_calibration"))),
             (
                 "quality masks",
@@ -864,6 +880,8 @@ def write_report(folder, *, result=None) -> Path:
         ],
         columns=["", "value"],
     )
+    if result.notes:
+        run_table.loc[len(run_table)] = ("notes", "; ".join(result.notes))
     maxnr = _max_nonrigid(result)
     summary = (
         f"{len(result.particles)} particles tracked through {len(e)} energies ({e.min():.1f}-{e.max():.1f} eV)."

@@ -104,6 +104,11 @@ def _read_table(g):
     return df
 
 
+#: pipeline options added after results were first written, and what a result written before them did
+#: (its options lack the field; the current default would misdescribe it)
+_BEFORE_OPTION = {"smooth_tracks": False}
+
+
 def _options_from_dict(cls, d: dict):
     """Rebuild a (nested, frozen) options dataclass from its ``asdict`` (JSON lists back to tuples)."""
     import dataclasses
@@ -469,6 +474,9 @@ def read_results(folder):
                 else tuple(run.get("frame_shape", fused.shape[1:] if fused is not None else (0, 0)))
             )
             options = json.loads(attrs["options"]) if "options" in attrs else run.get("parameters", {})
+            options = dict(options) if isinstance(options, dict) else {}
+            for name, then in _BEFORE_OPTION.items():
+                options.setdefault(name, then)  # a result written before the option: what was done then
             result = PipelineResult(
                 energies_ev=energies,
                 frame_shape=shape,
@@ -481,7 +489,7 @@ def read_results(folder):
                 common_shift=f["common_shift"][()],
                 fused=fused,
                 timings=json.loads(attrs["timings_s"]) if "timings_s" in attrs else dict(run.get("timings_s", {})),
-                options=_options_from_dict(PipelineOptions, options if isinstance(options, dict) else {}),
+                options=_options_from_dict(PipelineOptions, options),
                 notes=tuple(json.loads(attrs["notes"])) if "notes" in attrs else tuple(run.get("notes", ())),
                 similarity=similarity,
                 chemistry=_read_chemistry(f["chemistry"]) if "chemistry" in f else None,
