@@ -96,7 +96,13 @@ class SmoothedSeries:
 def _fit(y, w, s, ab):
     a = ab * s
     a[2] += w
-    return linalg.solveh_banded(a, w * y, lower=False, check_finite=False)
+    try:
+        return linalg.solveh_banded(a, w * y, lower=False, check_finite=False)
+    except linalg.LinAlgError:
+        # a stretch between two steps without a weighted point: the penalty alone leaves it
+        # free. The least ridge pins it (to 0 there; the data elsewhere are unaffected)
+        a[2] += 1e-9 * max(float(np.max(w)), 1e-12) + 1e-9 * s
+        return linalg.solveh_banded(a, w * y, lower=False, check_finite=False)
 
 
 #: frames on each side of a candidate step over which a straight line is fitted
