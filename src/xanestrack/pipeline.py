@@ -136,11 +136,14 @@ class PipelineOptions:
     smooth_tracks : bool, default True
         Separate the positions of all particles into the motion they share (kept rough,
         frame by frame: jitter, jumps), each particle's own motion (smoothed across the
-        energies as far as its data support, by GCV) and noise
-        (:func:`xanestrack.smoothing.smooth_tracks`). Measured on the stress family
-        (classical path, seeds 1-2, full size): median RMS over the isolated particles
-        0.164 -> 0.103 px (``stress-counts`` seed 1), 0.230 -> 0.118 (seed 2); worst
-        0.388 -> 0.275, 0.315 -> 0.211; nothing worse by more than 0.01 px.
+        energies as far as its data support, by GCV; where it jumps, the jump is kept) and
+        noise (:func:`xanestrack.smoothing.smooth_tracks`). Measured on the stress family
+        (full size, seeds 1-2, worst / median RMS px over the isolated particles, learned
+        path): stress-counts 0.460 / 0.303, 0.192 / 0.216 -> 0.293 / 0.218, 0.118 / 0.118;
+        stress-all 0.925 / 2.362, 0.654 / 0.524 -> 0.346 / 1.631, 0.258 / 0.371;
+        magnification 0.149 / 0.144 -> 0.113 / 0.086; worse only on stress-crowd seed 1's
+        median (0.191 -> 0.211). Default scenes (seeds 1-4): worst 0.054-0.065 ->
+        0.032-0.053 px.
     position : {"edges", "com"}, default "edges"
         ``"edges"``: the edge correlation is the position where it measured, vouched by
         the centre of mass; ``"com"``: the reverse (the paper's centre of mass).
