@@ -33,6 +33,7 @@ from functools import lru_cache
 
 import numpy as np
 from scipy import linalg
+from scipy.linalg.lapack import dpbsv as _pbsv
 
 from .robust import robust_sigma
 
@@ -94,15 +95,20 @@ class SmoothedSeries:
 
 
 def _fit(y, w, s, ab):
+    # LAPACK's banded Cholesky solver called directly (what scipy.linalg.solveh_banded calls,
+    # without its checks: tens of thousands of small solves per scan)
     a = ab * s
     a[2] += w
-    try:
-        return linalg.solveh_banded(a, w * y, lower=False, check_finite=False)
-    except linalg.LinAlgError:
+    _, z, info = _pbsv(a, w * y, lower=0, overwrite_ab=1, overwrite_b=1)
+    if info > 0:
         # a stretch between two steps without a weighted point: the penalty alone leaves it
         # free. The least ridge pins it (to 0 there; the data elsewhere are unaffected)
-        a[2] += 1e-9 * max(float(np.max(w)), 1e-12) + 1e-9 * s
-        return linalg.solveh_banded(a, w * y, lower=False, check_finite=False)
+        a = ab * s
+        a[2] += w + 1e-9 * max(float(np.max(w)), 1e-12) + 1e-9 * s
+        _, z, info = _pbsv(a, w * y, lower=0, overwrite_ab=1, overwrite_b=1)
+    if info != 0:
+        raise linalg.LinAlgError(f"banded smoothing system not solvable (LAPACK pbsv info {info})")
+    return z
 
 
 #: frames on each side of a candidate step over which a straight line is fitted
