@@ -108,10 +108,10 @@ _SLOW = {"stress-crowd", "stress-all"}
 
 #: known shortfall, measured: in stress-all (everything at once) both estimates can share
 #: a ~1.1 px error in a low-contrast frame and vouch for it (reduced seed 3: one frame of
-#: 96 at 1.08 px; full size seed 1: 2 frames of ~2000 at 1.2-1.5 px). With the tracks
-#: smoothed across the energies that frame came under 1 px (the test passes since; full size:
-#: drift seed 2 learned still has one such frame at 1.03 px). The margin is a few hundredths
-#: of a pixel, so the mark stays, not strict. Issue 15 stays open.
+#: 96 at 1.08 px; full size seed 1: 2 frames of ~2000 at 1.2-1.5 px). Measured at this
+#: release (tracks smoothed across the energies): the test passes, the frame under 1 px — after
+#: the smoothing's solver change, not before it, so by a float-level margin (full size: drift
+#: seed 2 learned still has one such frame at 1.03 px). The mark stays, not strict. Issue 15 stays open.
 _MARKS = {c: [pytest.mark.slow] for c in _SLOW}
 _MARKS["stress-all"] = [
     pytest.mark.slow,
