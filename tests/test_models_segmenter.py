@@ -89,8 +89,8 @@ def test_every_config_field_is_documented():
 
 
 def test_segmenter_is_thread_safe_and_pickles():
-    """The pipeline segments particles in threads (one batch through the network at a time) and a
-    Dask worker may receive a pickled segmenter: both give the same masks as one call."""
+    """Called from several threads (one batch through the network at a time) and pickled (as a Dask
+    worker may receive it), the segmenter gives the same masks as one call."""
     import pickle
     from concurrent.futures import ThreadPoolExecutor
 

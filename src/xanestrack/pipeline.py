@@ -812,7 +812,6 @@ def phase_mapping(particles, norms, energies_ev, *, options: PipelineOptions = P
     for). Only the pixels the quality masks keep are clustered. A PCA of the same
     spectra gives the scree (how many distinct spectral shapes the data hold).
     """
-
     from .chemistry import phases
 
     k = int(options.clusters)
@@ -913,7 +912,6 @@ def redo_xanes(result: PipelineResult, *, energies_ev, references=None) -> Pipel
     references : dict of name -> ReferenceSpectrum, optional
         As for :func:`run_pipeline` (default: the shipped Ni references for the Ni K-edge).
     """
-
     e = np.asarray(energies_ev, float)
     if e.shape != np.asarray(result.energies_ev).shape:
         raise ValueError(f"energies_ev: expected {len(result.energies_ev)} energies, got shape {e.shape}")

@@ -240,18 +240,25 @@ def smooth_series(
     ValueError
         If ``weights`` does not match ``y``, or fewer than 4 points have weight.
     """
-    first = _smooth_series(y, weights, robust, iterations, near, ())
+    y = np.asarray(y, float)
+    if y.ndim != 1:
+        raise ValueError(f"y must be 1-D, got shape {y.shape}")
+    if weights is not None and np.shape(weights) != y.shape:
+        raise ValueError(f"weights of shape {np.shape(weights)} do not match y of shape {y.shape}")
+    w0 = np.isfinite(y).astype(float) if weights is None else np.asarray(weights, float) * np.isfinite(y)
+    if (w0 > 0).sum() < 4:
+        raise ValueError(f"smoothing needs at least 4 weighted points, got {int((w0 > 0).sum())}")
+    first = _smooth_series(y, w0, robust, iterations, near, ())
     if not steps:
         return first
     # isolated outliers (a frame the robust smooth gave no weight, its neighbours some) are
     # left out of the search; runs of them are what a step smeared over looks like: kept
-    w0 = np.isfinite(np.asarray(y, float)) * (1.0 if weights is None else np.asarray(weights, float))
     out = (first.weights <= 0) & (w0 > 0)
     near_ok = np.r_[False, first.weights[:-1] > 0] | np.r_[first.weights[1:] > 0, False]
     found = find_steps(y, np.where(out & near_ok, 0.0, w0), first.sigma)
     # a step is kept only where it explains the data: residuals (clipped at 4 sigma, so that
     # outliers weigh alike with and without it) per remaining degree of freedom, as GCV
-    yv = np.where(w0 > 0, np.asarray(y, float), 0.0)
+    yv = np.where(w0 > 0, y, 0.0)
     clip = (4 * first.sigma) ** 2 if first.sigma > 0 else np.inf
 
     def score(r):
@@ -260,23 +267,17 @@ def smooth_series(
 
     best, best_score = first, score(first)
     for k in found:
-        trial = _smooth_series(y, weights, robust, iterations, None, tuple(sorted((*best.steps, k))))
+        trial = _smooth_series(y, w0, robust, iterations, None, tuple(sorted((*best.steps, k))))
         t_score = score(trial)
         if t_score < STEP_GAIN * best_score:
             best, best_score = trial, t_score
     return best
 
 
-def _smooth_series(y, weights, robust, iterations, near, breaks) -> SmoothedSeries:
-    y = np.asarray(y, float)
-    if y.ndim != 1:
-        raise ValueError(f"y must be 1-D, got shape {y.shape}")
+def _smooth_series(y, w0, robust, iterations, near, breaks) -> SmoothedSeries:
+    """:func:`smooth_series` with the penalty cut at ``breaks``; ``y`` 1-D float, ``w0`` its
+    checked weights (0 where ``y`` is not finite)."""
     n = y.size
-    if weights is not None and np.shape(weights) != y.shape:
-        raise ValueError(f"weights of shape {np.shape(weights)} do not match y of shape {y.shape}")
-    w0 = np.isfinite(y).astype(float) if weights is None else np.asarray(weights, float) * np.isfinite(y)
-    if (w0 > 0).sum() < 4:
-        raise ValueError(f"smoothing needs at least 4 weighted points, got {int((w0 > 0).sum())}")
     yf = np.where(w0 > 0, y, 0.0)
     ab, eig = _penalty(n, breaks)
 

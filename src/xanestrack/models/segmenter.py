@@ -338,9 +338,10 @@ class LearnedSegmenter:
             raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
         self.precision = precision
         self.canvas = int(self.config["canvas"])
-        # one batch through the network at a time: the pipeline segments particles in threads,
-        # and each batch's activations are the run's largest arrays (torch uses every core
-        # for one batch already); the numpy work around it still overlaps
+        # one batch through the network at a time when callers segment from several threads
+        # (the pipeline locates particles one at a time; a user's own threads may not): each
+        # batch's activations are a run's largest arrays, and torch uses every core for one
+        # batch already
         self._lock = threading.Lock()
 
     def __getstate__(self):  # a lock does not pickle (a Dask worker gets its own)
