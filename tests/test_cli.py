@@ -266,3 +266,15 @@ def test_no_smooth_tracks_reaches_the_pipeline(synth_dir, tmp_path):
         m = t["edge_y"].notna() & t["edge_x"].notna()
         d = np.hypot(t.loc[m, "y"] - t.loc[m, "edge_y"], t.loc[m, "x"] - t.loc[m, "edge_x"])
         assert bool(d.max() < 1e-9) == same, (name, d.max())
+
+
+def test_no_density_voucher_reaches_the_pipeline(synth_dir, tmp_path):
+    from xanestrack.results import read_results
+
+    out = tmp_path / "com_only"
+    r = runner.invoke(app, ["--quiet", "run", str(synth_dir / "stack.h5"), "--out", str(out), "--no-density-voucher"])
+    assert r.exit_code == 0, r.output
+    res = read_results(out)
+    assert res.options.density_voucher is False
+    assert res.tracks["density_agreement_px"].isna().all()
+    assert "a third estimate may" not in (out / "report.html").read_text()

@@ -36,3 +36,76 @@ def test_nothing_measured_without_a_reference_position():
 
 def test_every_option_is_documented():
     assert undocumented_fields(FollowOptions) == []
+
+
+def _textured_particle_frames(truth, contrast, rng, size=120, radius=14.0):
+    """A particle with an inner texture of its own on a sloping background, at ``truth``."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    od = []
+    for (y, x), c in zip(truth, contrast):
+        r = np.hypot(yy - y, xx - x)
+        body = np.clip(radius - r + 0.5, 0, 1) * (1 + 0.3 * np.cos((yy - y) / 3.0) * np.sin((xx - x) / 4.0))
+        od.append(c * body + 0.05 + 0.002 * yy * c - 0.001 * xx)
+    return np.asarray(od, np.float32) + rng.normal(0, 0.01, (len(truth), size, size)).astype(np.float32)
+
+
+def test_density_residuals_confirm_right_positions_and_measure_wrong_ones():
+    from xanestrack.follow import density_residuals
+
+    rng = np.random.default_rng(7)
+    n = 9
+    truth = np.c_[60 + 0.41 * np.arange(n), 58 - 0.27 * np.arange(n)]
+    contrast = np.linspace(0.3, 1.0, n)  # across the absorption edge, background slope changing with it
+    od = _textured_particle_frames(truth, contrast, rng)
+    res, ok, _ = density_residuals(od, truth, np.ones(n, bool), 14.0, n - 1)
+    assert ok.all()
+    spread = np.hypot(*(res - np.median(res, axis=0)).T)
+    assert spread.max() < 0.1, spread  # right positions: one constant residual
+    wrong = truth.copy()
+    wrong[3] += [1.5, 0.0]  # an estimate 1.5 px off in one frame
+    res, ok, _ = density_residuals(od, wrong, np.ones(n, bool), 14.0, n - 1)
+    d = res - np.median(res, axis=0)
+    assert abs(d[3, 0] + 1.5) < 0.2 and abs(d[3, 1]) < 0.2, d[3]  # the residual says by how much
+    assert np.hypot(*np.delete(d, 3, axis=0).T).max() < 0.15
+
+
+def test_density_residuals_need_the_reference_and_a_second_frame():
+    from xanestrack.follow import density_residuals
+
+    od = np.zeros((3, 60, 60), np.float32)
+    pos = np.full((3, 2), 30.0)
+    for measured in ([True, False, False], [False, True, True]):  # one frame; no reference (frame 0)
+        res, ok, _ = density_residuals(od, pos, np.array(measured), 8.0, 0)
+        assert not ok.any() and np.isnan(res).all()
+
+
+def test_density_is_not_measured_where_the_surroundings_move_otherwise():
+    """A particle drifting over a textured matrix: both correlations of its window are pulled
+    alike, so the density correlation must not vouch there (frames whose ring of surroundings
+    sits more than ``surroundings_px`` from where it sits on average)."""
+    from scipy import ndimage
+
+    from xanestrack.follow import density_residuals
+
+    rng = np.random.default_rng(1)
+    n, size = 9, 160
+    truth = np.c_[80 + 0.3 * np.arange(n), 80 - 0.2 * np.arange(n)]
+    yy, xx = np.mgrid[0:size, 0:size]
+    texture = ndimage.gaussian_filter(rng.normal(0, 1, (size + 40, size + 40)), 2) * 3
+    measured = {}
+    for own in (0.0, 3.0):  # the matrix moves with the particle, or 3 px relative to it over the scan
+        od = []
+        for k, (y, x) in enumerate(truth):
+            shift = truth[k] - truth[0] + [own * k / (n - 1), 0]
+            matrix = ndimage.shift(texture, shift, order=1)[20:-20, 20:-20]
+            body = np.clip(14 - np.hypot(yy - y, xx - x) + 0.5, 0, 1)
+            od.append(0.1 * matrix * (1 - body) + (0.3 + 0.07 * k) * body)
+        od = np.asarray(od, np.float32) + rng.normal(0, 0.01, (n, size, size)).astype(np.float32)
+        _, ok, surroundings = density_residuals(od, truth, np.ones(n, bool), 14.0, n - 1)
+        measured[own] = ok
+        if own == 0:
+            assert np.hypot(*surroundings.T).max() < 0.1
+        else:  # measured 1.45, 1.00, 0.61, 0.30, 0, ... px from the middle frame
+            assert np.hypot(*surroundings[[0, -1]].T).min() > 1.2
+    assert measured[0.0].all()
+    assert not measured[3.0][[0, 1, -2, -1]].any() and measured[3.0][3:6].all()

@@ -174,3 +174,15 @@ def test_threads_change_nothing_but_the_time(small_synth, small_result):
     pd.testing.assert_frame_equal(one.tracks, two.tracks)
     with pytest.raises(ValueError, match="threads"):
         run_pipeline(st, options=PipelineOptions(threads=0))
+
+
+def test_own_motion_of_two_frames_does_not_depend_on_the_direction():
+    # an even running-median window is not centred: of two frames it kept the larger
+    # coordinate in both, so a particle moving towards smaller coordinates had no motion
+    from xanestrack.pipeline import _own_motion_px
+
+    step = np.array([[0.0, 0.0], [7.0, 1.0]])
+    assert _own_motion_px(step) == pytest.approx(np.hypot(7, 1) / 2)
+    assert _own_motion_px(step[::-1]) == pytest.approx(np.hypot(7, 1) / 2)
+    walk = np.c_[np.arange(20.0), np.zeros(20)]
+    assert _own_motion_px(walk) == pytest.approx(_own_motion_px(walk[::-1]))

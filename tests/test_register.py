@@ -223,3 +223,29 @@ def test_fuse_pastes_each_aligned_particle_over_the_rigidly_aligned_frames():
         fused[0][inside & (np.abs(np.mgrid[0:40, 0:40][0] - 12) + np.abs(np.mgrid[0:40, 0:40][1] - 22) <= 2)] == 7
     ).all()
     assert (fused[0][~inside] == 1).all()
+
+
+def test_the_density_correlation_vouches_where_the_centre_of_mass_does_not():
+    n = 12
+    com = np.c_[50 + 0.2 * np.arange(n), 40.0 + 0 * np.arange(n)]
+    edge = com.copy()
+    com[2:6] += [2.0, -1.0]  # the mask's outline moved (a neighbour, a halo): the centre of mass is off
+    density = np.zeros((n, 2))  # the density pattern sits where the edge estimate puts it ...
+    density[8] = [1.2, 0.0]  # ... except here: the edge estimate is off and neither confirms it
+    measured = np.ones(n, bool)
+    com[8] -= [1.2, 0.0]  # (the centre of mass disagrees there too)
+    v = _vouch(com, edge, density=density, density_measured=measured)
+    dis = (v.flags & FRAME_FLAGS["disagree"]) != 0
+    assert not dis[2:6].any() and np.allclose(v.agreement[2:6], 0.0)  # vouched for by the density
+    assert np.allclose(v.com_agreement[2:6], np.hypot(2.0, 1.0))  # the centre of mass's own distance kept
+    assert dis[8] and dis.sum() == 1
+    assert np.allclose(v.density_agreement[[0, 1, 6, 7]], 0.0)
+    without = _vouch(com, edge)
+    assert ((without.flags[2:6] & FRAME_FLAGS["disagree"]) != 0).all()  # as before without it
+    assert np.isnan(without.density_agreement).all()
+    # a frame without a usable mask is not vouched for by the density alone: faint frames,
+    # where both correlations drift alike (stress-all, 1.0-1.2 px)
+    masks = _disc_masks(n)
+    masks[10] = 0
+    v = _vouch(com, edge, masks=masks, density=density, density_measured=measured)
+    assert v.flags[10] == FRAME_FLAGS["no_mask"] | FRAME_FLAGS["disagree"]

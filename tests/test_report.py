@@ -73,6 +73,8 @@ def test_report_is_self_contained_with_figures_and_data(report_dir):
         assert (figs / name).is_file(), name
     # the summary names the particle that moved most
     assert "moved most" in html
+    # how positions are vouched for, the density correlation included (on by default)
+    assert "a third estimate may" in html and "by density" in html
 
 
 def test_report_rebuild_command_gives_the_same_file(report_dir):

@@ -108,6 +108,11 @@ def test_vouching_table_counts_agreeing_frames(result):
     for p, (_, row) in zip(result.particles, t.iterrows()):
         ok = (p.frame_flags & (16 | 32 | 64)) == 0
         assert row["vouched frames"] == ok.sum()
+        # vouched for by the density correlation where the centre of mass did not agree
+        g = result.tracks[result.tracks["particle"] == p.particle].sort_values("frame")
+        by_density = ok & ~(g["com_agreement_px"].to_numpy(float) <= result.options.agreement_px)
+        assert row["by density"] == by_density.sum() <= row["vouched frames"]
+        assert (g["density_agreement_px"].to_numpy(float)[by_density] <= result.options.agreement_px).all()
 
 
 # ----------------------------------------------------------------------------- chemistry figures

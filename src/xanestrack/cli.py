@@ -452,6 +452,10 @@ def run(
         True,
         help="Smooth each particle's own motion across the energies (the motion all particles share stays frame by frame; how smooth, and where a particle jumps, is found from its data). --no-smooth-tracks: every frame's position as measured.",
     ),
+    density_voucher: bool = typer.Option(
+        True,
+        help="For particles that move with the matrix, let the correlation of the particle's optical density vouch for a position where the centre of mass of its mask does not (mask outlines move across the absorption edge on real frames). --no-density-voucher: only the centre of mass vouches.",
+    ),
     detect_every: int = typer.Option(
         12,
         help="Detect on every n-th frame (and the last); ROIs are propagated in between by chained phase correlation and every frame is still segmented and registered. 1 = detect in every frame (slower).",
@@ -566,6 +570,7 @@ def run(
             detect_every=detect_every,
             separate_matrix=separate_matrix,
             smooth_tracks=smooth_tracks,
+            density_voucher=density_voucher,
             threads=threads,
             **chem["options"],
         )

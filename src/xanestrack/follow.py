@@ -12,7 +12,9 @@ pass's estimate, so the apodisation sits on the particle in every frame.
 The result is a second, independent estimate of the particle's displacement beside the
 centre of mass of its segmented mask (different input: edges instead of a mask; different
 estimator: correlation instead of moments). The pipeline compares the two per frame
-(``agreement_px``) and flags a frame where they disagree.
+(``agreement_px``) and flags a frame where they disagree. :func:`density_residuals` is a
+third: the particle's optical density correlated in windows centred on the edge estimate,
+which vouches where the mask's outline, not the particle, moved (real frames across the edge).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .register import bin_frames, correlate_shifts, edge_images, resample_window
 __all__ = [
     "FollowOptions",
     "follow_particle",
+    "density_residuals",
     "window_geometry",
     "shape_weight",
     "window_half",
@@ -196,3 +199,138 @@ def follow_particle(
         measured[idx[ok]] = True
         use_template = options.template and ok.sum() >= 3
     return pos, quality, measured
+
+
+def _filled(win):
+    """Windows with NaN pixels (outside the frame) set to the window's median, float64."""
+    win = np.asarray(win, np.float64)
+    for k in range(len(win)):
+        f = win[k]
+        fin = np.isfinite(f)
+        if not fin.all():
+            f[~fin] = np.median(f[fin]) if fin.any() else 0.0
+    return win
+
+
+def _offset_free(shifts, ok, jr):
+    """Shifts less their constant offset: the median over >= 5 frames, else the reference frame's."""
+    if ok.sum() >= 5:
+        return shifts - np.nanmedian(shifts[ok], axis=0)
+    return shifts - shifts[jr]
+
+
+def density_residuals(
+    od,
+    positions,
+    measured,
+    radius: float,
+    reference: int,
+    *,
+    options: FollowOptions = FollowOptions(),
+    surroundings_px: float = 0.75,
+    frames=None,
+    template_frames: int = 32,
+):
+    """A third estimate: residual displacement of each frame's optical density around ``positions``.
+
+    Each frame's window, centred on ``positions`` (the edge estimate), less a plane fitted
+    outside the apodisation disc (the background and its gradients), apodised as
+    :func:`follow_particle` does and normalised (blind to the contrast scale that changes
+    across the edge), is correlated with a template: the mean of up to ``template_frames``
+    measured frames spread over the scan, less the frame itself (a template holding the frame
+    would pull its peak to zero shift); the reference frame's window alone with fewer than 3.
+    Where the edge estimate is right and the particle's density pattern moves with it, the
+    residual is a constant. It uses the particle's mass distribution, as the centre of mass
+    does, without a segmentation: no outline to decide, no threshold.
+
+    It is a correlation of the same window as the edge estimate: texture in the window that
+    moves otherwise than the particle (the matrix behind a particle drifting on its own)
+    pulls both alike. So a frame counts as measured only where the particle's surroundings
+    move with it: the edge image of a ring around the window (from the apodisation disc to
+    ``2 radius + 12`` px, binned twice as much), correlated the same way, stays within
+    ``surroundings_px`` of its offset (frames where the ring has no texture to correlate are
+    not measured either).
+
+    Parameters
+    ----------
+    frames : ndarray (n_frames,) bool, optional
+        Frames whose residual is wanted (default: every measured one); the template's frames
+        are measured as well (they carry the constant offset).
+
+    Returns
+    -------
+    residual : ndarray (n_frames, 2)
+        px, NaN where not measured.
+    measured : ndarray (n_frames,) bool
+        Correlated well (``min_quality``), and the surroundings move with the particle.
+    surroundings : ndarray (n_frames, 2)
+        px: the ring's displacement relative to the particle's, offset removed (NaN where
+        its correlation is poor or not computed).
+    """
+    pos = np.asarray(positions, float)
+    n = pos.shape[0]
+    res = np.full((n, 2), np.nan)
+    ring_res = np.full((n, 2), np.nan)
+    ok = np.zeros(n, bool)
+    have = np.asarray(measured, bool) & np.isfinite(pos).all(axis=1)
+    cand = np.flatnonzero(have)
+    if cand.size < 2 or not have[reference]:
+        return res, ok, ring_res
+    # the template's frames: spread over the scan, the reference among them
+    tmpl = cand[np.unique(np.round(np.linspace(0, cand.size - 1, min(template_frames, cand.size))).astype(int))]
+    tmpl = np.union1d(tmpl, [reference])
+    want = cand if frames is None else np.flatnonzero(np.asarray(frames, bool) & have)
+    idx = np.union1d(tmpl, want)
+    in_tmpl = np.isin(idx, tmpl)
+    jr = int(np.flatnonzero(idx == reference)[0])
+    b, nb, size = window_geometry(radius, options)
+    rad = (options.apodisation * radius + options.apodisation_margin) / b
+    taper = max(options.apodisation_margin / b, 1.0)
+
+    def correlate(g, binning):
+        if cand.size >= 3:
+            total = g[in_tmpl].sum(axis=0)
+            m = in_tmpl.sum() - in_tmpl  # each frame's template leaves the frame out
+            ref_img = (total[None] - g * in_tmpl[:, None, None]) / m[:, None, None]
+        else:
+            ref_img = g[jr]
+        sh, q = correlate_shifts(ref_img, g, max_shift=max(3.0, g.shape[-1] / 4), whitening=options.whitening)
+        good = (q >= options.min_quality) & np.isfinite(sh).all(axis=1)
+        return sh * binning, good
+
+    # the particle's density, background plane removed
+    win = resample_windows(od, pos - (size - 1) / 2, (0, 0), (size, size), order=1, frames=idx)
+    win = _filled(bin_frames(win, b) if b > 1 else win)
+    yy, xx = np.mgrid[0:nb, 0:nb].astype(float)
+    c = (nb - 1) / 2
+    apod = np.clip(1 - (np.hypot(yy - c, xx - c) - rad) / taper, 0, 1)
+    outer = apod < 0.5
+    if outer.sum() < 16:
+        return res, ok, ring_res
+    A = np.c_[np.ones(outer.sum()), yy[outer], xx[outer]]
+    coef, *_ = np.linalg.lstsq(A, win[:, outer].T, rcond=None)  # (3, frames)
+    g = win - (coef[0][:, None, None] + coef[1][:, None, None] * yy + coef[2][:, None, None] * xx)
+    g = g * apod
+    g -= g.mean(axis=(1, 2), keepdims=True)
+    g /= np.sqrt((g**2).mean(axis=(1, 2), keepdims=True)) + 1e-12
+    s, good = correlate(g, b)
+    del win, g
+    # its surroundings: the edge image of a ring around the window (0.75 px needs no finer grid)
+    br = 2 * b
+    r_out = (2 * radius + 12) / br
+    r_in = (options.apodisation * radius + options.apodisation_margin) / br
+    t_r = max(options.apodisation_margin / br, 1.0)
+    nr = 2 * int(np.ceil(r_out + t_r + 2)) + 1
+    big = resample_windows(od, pos - (nr * br - 1) / 2, (0, 0), (nr * br, nr * br), order=1, frames=idx)
+    big = _filled(bin_frames(big, br))
+    yy, xx = np.mgrid[0:nr, 0:nr].astype(float)
+    d = np.hypot(yy - (nr - 1) / 2, xx - (nr - 1) / 2)
+    ring = np.clip((d - r_in) / t_r, 0, 1) * np.clip((r_out - d) / t_r, 0, 1)
+    sr, ring_good = correlate(edge_images(big, sigma=max(options.sigma * b / br, 0.5), apodisation=ring), br)
+    del big
+    sr = np.where(ring_good[:, None], _offset_free(np.where(ring_good[:, None], sr, np.nan), ring_good, jr), np.nan)
+    with_it = ring_good & (np.hypot(*sr.T) <= surroundings_px)
+    res[idx[good]] = s[good]
+    ring_res[idx] = sr
+    ok[idx[good & with_it]] = True
+    return res, ok, ring_res

@@ -24,7 +24,7 @@ from scipy import ndimage
 from . import xanes
 from .background import Footprint, matrix_motion, separate_layers
 from .detect import DetectOptions, detect_stack
-from .follow import FollowOptions, follow_particle, shape_weight, window_geometry
+from .follow import FollowOptions, density_residuals, follow_particle, shape_weight, window_geometry
 from .match import MatchOptions, link_detections
 from .motion import common_similarity, compute_motion, peak_ratios
 from .register import (
@@ -144,6 +144,22 @@ class PipelineOptions:
         magnification 0.149 / 0.144 -> 0.113 / 0.086; worse only on stress-crowd seed 1's
         median (0.191 -> 0.211). Default scenes (seeds 1-4): worst 0.054-0.065 ->
         0.032-0.053 px.
+    density_voucher : bool, default True
+        For a particle whose centre of mass confirms the edge estimate in no frame (its
+        outline is no second estimate at all), let a third estimate vouch: the correlation
+        of its optical density (background plane removed, normalised) in windows centred on
+        the edge estimate (:func:`xanestrack.follow.density_residuals`), in the frames where
+        its mask is usable and its surroundings (a ring around its window) move with it
+        within ``MIN_OWN_MOTION / 2``. It is a correlation of the edge estimate's window:
+        texture moving otherwise pulls both alike (given to every frame it vouched for 21
+        frames off by 1.0-1.3 px on stress-drift seed 1), in faint frames both drift alike
+        (4 on stress-all seed 1 with the ring test alone), and a neighbour inside the window
+        fools both (reduced stress-all seed 3: 3-4 frames off by 1.05-1.11 px whose centres
+        of mass disagreed, while the centre of mass confirmed most of that particle's frames).
+        Real frames (SSRL 6-2c, 8324 / 8354 eV): the masks' outlines move across the edge
+        (the centres of mass of 5 particles stray 1.2-6 px from any similarity, the edge
+        estimates 0.01-0.53 px), so no particle was vouched for; with it 4, radius 53-167 px,
+        each within 0.49 px of the common similarity.
     position : {"edges", "com"}, default "edges"
         ``"edges"``: the edge correlation is the position where it measured, vouched by
         the centre of mass; ``"com"``: the reverse (the paper's centre of mass).
@@ -208,6 +224,7 @@ class PipelineOptions:
     cluster_method: str = "kmeans"
     cluster_window: tuple | None = None
     threads: int | None = 1
+    density_voucher: bool = True
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -344,6 +361,13 @@ FOOTPRINT_GROW = 6
 #: noise the separation adds (``stress-counts``), and the two layers cannot be told apart
 MIN_OWN_MOTION = 1.5
 
+#: particles vouched for in most frames below which the common similarity is fitted on every
+#: measured position (robustly) instead of the vouched ones: translation and scale take 3 of
+#: them, and one more moving on its own leaves no redundancy (SSRL 6-2c, classical path: 4
+#: vouched for, one moving 6 px on its own: scale 0.99505, beyond the zone plate's 0.36 %
+#: over those 30 eV; over the 6 measured, 0.99644)
+MIN_VOUCHED_FOR_FIT = 5
+
 #: second-pass iterations: separate the layers at the positions, follow, repeat
 REFINE_PASSES = 2
 
@@ -387,7 +411,9 @@ def _matrix_shifts(located, od, energies, footprints, options):
 def _own_motion_px(own, *, smooth: int = 15) -> float:
     """Amplitude of a particle's own motion (n, 2), noise smoothed away: the 90th percentile
     distance from its median position after a running median over ``smooth`` frames."""
-    sm = ndimage.median_filter(own, size=(min(smooth, len(own)), 1), mode="nearest")
+    k = min(smooth, len(own))
+    k -= 1 - k % 2  # odd: an even window is not centred (of two frames it kept only the larger)
+    sm = ndimage.median_filter(own, size=(k, 1), mode="nearest")
     return float(np.percentile(np.hypot(*(sm - np.median(sm, axis=0)).T), 90))
 
 
@@ -442,12 +468,11 @@ def _refine_one(loc, m, od, footprints, options) -> bool:
     return True
 
 
-def _vouch(loc: _Located, common, options) -> VouchedPositions:
-    """The particle's positions, each vouched for (or not) by the second estimate."""
+def _vouch(loc: _Located, common, od, options) -> VouchedPositions:
+    """The particle's positions, each vouched for (or not) by the second estimate, or
+    where the centre of mass disagrees, by the density correlation (``density_voucher``)."""
     seg = loc.seg
-    return vouch_positions(
-        seg.com,
-        loc.followed,
+    kw = dict(
         edge_measured=loc.measured,
         masks=seg.masks,
         outside=seg.outside,
@@ -459,6 +484,31 @@ def _vouch(loc: _Located, common, options) -> VouchedPositions:
         agreement_px=options.agreement_px,
         position=options.position,
     )
+    v = vouch_positions(seg.com, loc.followed, **kw)
+    # the density correlation is asked only for a particle whose centre of mass confirms the
+    # edge estimate in no frame where both measured (its outline is no second estimate at all,
+    # e.g. real frames whose outlines move across the edge). Where the centre of mass confirms
+    # some frames, its disagreement elsewhere is evidence: the density shares the edge
+    # estimate's window and errs with it (reduced stress-all seed 3: frames off by 1.05-1.11 px,
+    # a neighbour inside the window, whose centres of mass disagreed by 0.9-1.5 px, were vouched
+    # for by the density when it was asked wherever the centre of mass disagreed)
+    both = v.usable & loc.measured
+    ask = both & ((v.flags & FRAME_FLAGS["disagree"]) > 0)
+    if not options.density_voucher or not ask.any() or (both & ~ask).any():
+        return v
+    # only in frames where the particle's surroundings move with it (within half the own
+    # motion from which the pipeline separates a particle from the matrix)
+    density, measured, _ = density_residuals(
+        od,
+        loc.followed,
+        loc.measured,
+        loc.radius,
+        loc.ref_frame,
+        options=options.follow,
+        surroundings_px=0.5 * MIN_OWN_MOTION,
+        frames=ask,
+    )
+    return vouch_positions(seg.com, loc.followed, density=density, density_measured=measured, **kw)
 
 
 def _smooth(vouched: list, common):
@@ -618,7 +668,7 @@ def run_pipeline(
             notes.append(
                 f"{len(refined_ids)} particles moving on their own followed again with the matrix behind them subtracted"
             )
-    vouched = [_vouch(loc, common, options) for loc in located]
+    vouched = [_vouch(loc, common, od, options) for loc in located]
     if options.smooth_tracks and len(vouched) >= 2:
         vouched, st = _smooth(vouched, common)
         if st.smoothed.any():
@@ -663,6 +713,8 @@ def run_pipeline(
                     "edge_y": pr.edge_positions[:, 0],
                     "edge_x": pr.edge_positions[:, 1],
                     "agreement_px": pr.agreement,
+                    "com_agreement_px": vouched[j].com_agreement,
+                    "density_agreement_px": vouched[j].density_agreement,
                     "flags": [flag_names(f) for f in pr.frame_flags],
                 }
             )
@@ -696,20 +748,22 @@ def run_pipeline(
                 "edge_y",
                 "edge_x",
                 "agreement_px",
+                "com_agreement_px",
+                "density_agreement_px",
                 "flags",
             ]
         )
     )
     ny, nx = od.shape[1:]
     fit = table[["particle", "frame", "y", "x"]].copy()
-    # the common motion is fitted on vouched positions; where fewer than three particles
-    # are vouched for in most frames (e.g. real frames whose masks do not confirm the
-    # edge estimate), on every measured position instead (recorded in the similarity)
+    # the common motion is fitted on vouched positions; where fewer than MIN_VOUCHED_FOR_FIT
+    # particles are vouched for in most frames (e.g. real frames whose masks do not confirm
+    # the edge estimate), on every measured position instead (recorded in the similarity)
     unmeasured = FRAME_FLAGS["interpolated"] | FRAME_FLAGS["position_outlier"]
     finite = [np.isfinite(p.positions).all(axis=1) for p in particles]
     vouched = [((p.frame_flags & (unmeasured | FRAME_FLAGS["disagree"])) == 0) & f for p, f in zip(particles, finite)]
     fitted_on = "vouched positions"
-    if sum(v.mean() >= 0.5 for v in vouched) < 3:
+    if sum(v.mean() >= 0.5 for v in vouched) < MIN_VOUCHED_FOR_FIT:
         vouched = [((p.frame_flags & unmeasured) == 0) & f for p, f in zip(particles, finite)]
         fitted_on = "measured positions (too few particles vouched for)"
     fit["reliable"] = np.concatenate(vouched) if particles else np.zeros(0, bool)

@@ -256,7 +256,8 @@ def correlate_shifts(reference, images, *, max_shift=None, whitening: float = 0.
 
     Parameters
     ----------
-    reference : ndarray (h, w)
+    reference : ndarray (h, w) or (n, h, w)
+        One reference for every image, or one per image.
     images : ndarray (n, h, w)
     max_shift : float, optional
         Peaks farther than this from zero are not considered.
@@ -282,7 +283,7 @@ def correlate_shifts(reference, images, *, max_shift=None, whitening: float = 0.
     if whitening:
         fr = fr / (np.abs(fr) + 1e-12) ** whitening
         fk = fk / (np.abs(fk) + 1e-12) ** whitening
-    x = np.conj(fr)[None] * fk
+    x = np.conj(fr) * fk if ref.ndim == 3 else np.conj(fr)[None] * fk
     cc = sfft.irfft2(x, s=(h, w), axes=(1, 2), workers=-1)
     # Parseval: the zero-lag correlation of each (whitened) image with itself
     norm = np.sqrt(_energy(fr, w) * _energy(fk, w)) / (h * w) + 1e-30
@@ -432,6 +433,19 @@ def _edge_agreement(com, edge, both, reference_frame):
 AGREEMENT_WINDOW = 7
 
 
+def _agreeing(agreement, both, agreement_px) -> np.ndarray:
+    """Frames vouched for by an agreement (bool): within ``agreement_px`` and, with at least
+    5 frames, not only loosely where the estimates clearly disagree around them."""
+    ok = both & (agreement <= agreement_px)
+    if both.sum() >= 5:
+        # two noisy estimates agree by chance now and then: a frame whose estimates agree only
+        # loosely (beyond half the threshold) is not vouched for where they clearly disagree
+        # around it (median over +-3 frames beyond 1.5 times the threshold)
+        loose = agreement > 0.5 * agreement_px
+        ok &= ~(loose & ~(_local_median(agreement, both, AGREEMENT_WINDOW) <= 1.5 * agreement_px))
+    return ok
+
+
 def _local_median(values, valid, window: int) -> np.ndarray:
     """Median of ``values`` over ``valid`` frames within ``window // 2`` of each frame (NaN: none)."""
     n = len(values)
@@ -469,8 +483,12 @@ class VouchedPositions:
     flags : ndarray (n_frames,) uint8
         Bits of :data:`~xanestrack.result.FRAME_FLAGS`.
     agreement : ndarray (n_frames,)
-        px: ``|centre of mass - edge estimate|`` displacement (common offset removed), NaN
-        where not both measured.
+        px: distance of the edge estimate's displacement from the second estimate's that
+        vouches for it (common offset removed): the centre of mass's, or where only the
+        density correlation agrees, its (:func:`vouch_positions`); NaN where no second
+        estimate measured.
+    com_agreement, density_agreement : ndarray (n_frames,)
+        px: the same for each second estimate alone (all NaN: not used).
     edge_positions : ndarray (n_frames, 2)
         The edge estimate on the centre of mass's offset (NaN where not measured).
     usable : ndarray (n_frames,) bool
@@ -485,6 +503,8 @@ class VouchedPositions:
     edge_positions: np.ndarray
     usable: np.ndarray
     located: np.ndarray
+    com_agreement: np.ndarray | None = None
+    density_agreement: np.ndarray | None = None
 
 
 def vouch_positions(
@@ -501,6 +521,8 @@ def vouch_positions(
     area_tolerance: float = 0.25,
     agreement_px: float = 0.5,
     position: str = "edges",
+    density=None,
+    density_measured=None,
 ) -> VouchedPositions:
     """Per-frame quality flags and position of one particle from its two independent estimates.
 
@@ -529,6 +551,16 @@ def vouch_positions(
         ``"edges"``: the edge estimate where it measured (contrast-invariant, blind to
         smooth backgrounds, no segmentation), the centre of mass elsewhere; ``"com"``:
         the centre of mass (the paper's), the edge estimate where no usable mask.
+    density : ndarray (n_frames, 2), optional
+        A third estimate, relative to the edge estimate: the residual displacement of the
+        particle's density pattern in windows centred on the edge estimate
+        (:func:`xanestrack.follow.density_residuals`; NaN where not measured). A frame
+        the centre of mass does not vouch for is vouched for where this one agrees (the same
+        rules), if its mask is usable. Give it only where the window's content moves as one (a particle moving with
+        the matrix): both are correlations of the same window, and texture moving differently
+        pulls both alike.
+    density_measured : ndarray (n_frames,) bool, optional
+        Frames where ``density`` measured.
 
     Returns
     -------
@@ -557,7 +589,8 @@ def vouch_positions(
       ``agreement_px`` in the frame or, where they differ by more than half of it there, by
       more than 1.5 times it as a median in the frames around it (+-3: two noisy estimates
       that mostly disagree coincide now and then, which vouches for nothing), or only one
-      of them (or neither) measured the frame;
+      of them (or neither) measured the frame; with ``density``, only where neither the
+      centre of mass nor the density correlation vouches for the edge estimate so;
     - ``interpolated``: neither estimate located the particle: the position is filled
       from the nearest located frame plus the common shift (NaN, and every frame so
       flagged, where it was located in none).
@@ -576,13 +609,21 @@ def vouch_positions(
     # the second, independent estimate vouches for each position
     both = good & edge_measured
     agreement, offset = _edge_agreement(com, edge, both, reference_frame)
-    disagree = good & ~(agreement <= agreement_px)
-    if both.sum() >= 5:
-        # two noisy estimates agree by chance now and then: a frame whose estimates agree only
-        # loosely (beyond half the threshold) is not vouched for where they clearly disagree
-        # around it (median over +-3 frames beyond 1.5 times the threshold)
-        loose = agreement > 0.5 * agreement_px
-        disagree |= good & both & loose & ~(_local_median(agreement, both, AGREEMENT_WINDOW) <= 1.5 * agreement_px)
+    com_agreement = agreement
+    vouched = _agreeing(agreement, both, agreement_px)
+    iagree = np.full(len(com), np.nan)
+    if density is not None:
+        # the density correlation: its residuals are displacements from the edge estimate;
+        # only where the mask is usable (the particle clearly visible: in faint frames whose
+        # masks fail, both correlations drift alike, 1.0-1.2 px on stress-all)
+        iboth = np.asarray(density_measured, bool) & both
+        res = np.asarray(density, float)
+        iagree, _ = _edge_agreement(res, np.zeros_like(res), iboth, reference_frame)
+        ivouched = _agreeing(iagree, iboth, agreement_px)
+        # the agreement is that of the estimate that vouches (the centre of mass's where both do)
+        agreement = np.where(ivouched & ~vouched, iagree, np.where(both, agreement, iagree))
+        vouched |= ivouched
+    disagree = both & ~vouched
     flags[disagree] |= FRAME_FLAGS["disagree"]
     edge_pos = np.where(edge_measured[:, None], edge + offset, np.nan)
     whole = (flags & FRAME_FLAGS["out_of_view"]) == 0
@@ -606,7 +647,14 @@ def vouch_positions(
     else:
         positions = fill_positions(positions, have, common)
     return VouchedPositions(
-        positions=positions, flags=flags, agreement=agreement, edge_positions=edge_pos, usable=good, located=have
+        positions=positions,
+        flags=flags,
+        agreement=agreement,
+        edge_positions=edge_pos,
+        usable=good,
+        located=have,
+        com_agreement=com_agreement,
+        density_agreement=iagree,
     )
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .result import FRAME_FLAGS
 from .svgplot import COLORS, SvgFigure, png_bytes
 
 __all__ = [
@@ -597,7 +598,19 @@ def vouching_table(result) -> pd.DataFrame:
     from .result import particle_summary
 
     s = particle_summary(result)
-    t = s[["particle", "frames_vouched", "frames", "median_agreement_px", "max_agreement_px"]]
+    t = s[["particle", "frames_vouched", "frames", "median_agreement_px", "max_agreement_px"]].copy()
+    tr = result.tracks
+    if "com_agreement_px" in tr.columns and len(t):
+        # vouched for by the density correlation alone: the centre of mass did not agree
+        thr = float(getattr(result.options, "agreement_px", 0.5))
+        flags = {int(p.particle): np.asarray(p.frame_flags) for p in result.particles}
+        bad = FRAME_FLAGS["interpolated"] | FRAME_FLAGS["position_outlier"] | FRAME_FLAGS["disagree"]
+        by = []
+        for pid in t["particle"]:
+            g = tr[tr["particle"] == pid].sort_values("frame")
+            com_ok = g["com_agreement_px"].to_numpy(float) <= thr
+            by.append(int((((flags[int(pid)] & bad) == 0) & ~com_ok).sum()))
+        t.insert(2, "by density", by)
     return t.rename(
         columns={
             "frames_vouched": "vouched frames",
@@ -898,6 +911,13 @@ def write_report(folder, *, result=None) -> Path:
         f"frame and by the centre of mass of its segmented mask. A frame is vouched for when the two agree within {params.get('agreement_px', 0.5)} px; "
         "frames that are not are flagged 'disagree' in tracks.csv and left out of the consensus mask."
     )
+    if params.get("density_voucher", False):
+        vouch_text += (
+            " For a particle whose centre of mass confirms no frame, a third estimate may ('by density'): the correlation "
+            "of its optical density in windows centred on the outline's estimate, in frames where its mask is usable and "
+            "its surroundings move with it (else both correlations are pulled alike); the outlines of masks can move "
+            "across the absorption edge on real frames."
+        )
     bad = vt[vt["vouched frames"] == 0]["particle"].tolist() if len(vt) else []
     if bad:
         vouch_text += (
