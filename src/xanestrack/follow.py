@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .register import bin_frames, correlate_shifts, edge_images, resample_windows, window_half
+from .register import bin_frames, correlate_shifts, edge_images, fill_outside, resample_windows, window_half
 
 __all__ = [
     "FollowOptions",
@@ -76,6 +76,17 @@ class FollowOptions:
     min_quality: float = 0.25
     binning_radius: float = 48.0
     template: bool = True
+
+
+def _disc(nb: int, radius: float, b: int, options: FollowOptions) -> np.ndarray:
+    """The apodisation disc (nb, nb) on a window binned by ``b``: 1 within
+    ``apodisation * radius + apodisation_margin`` px of the centre, a linear taper of
+    ``apodisation_margin`` px (at least one binned pixel) to 0."""
+    yy, xx = np.mgrid[0:nb, 0:nb]
+    c = (nb - 1) / 2
+    rad = (options.apodisation * radius + options.apodisation_margin) / b
+    taper = max(options.apodisation_margin / b, 1.0)
+    return np.clip(1 - (np.hypot(yy - c, xx - c) - rad) / taper, 0, 1)
 
 
 def window_geometry(radius: float, options: FollowOptions = FollowOptions()):
@@ -170,11 +181,7 @@ def follow_particle(
         apod = bin_frames(weight[None], b)[0] if b > 1 else weight
     else:
         # apodisation disc around the particle, on the binned window grid
-        yy, xx = np.mgrid[0:nb, 0:nb]
-        c = (nb - 1) / 2
-        rad = (options.apodisation * radius + options.apodisation_margin) / b
-        taper = max(options.apodisation_margin / b, 1.0)
-        apod = np.clip(1 - (np.hypot(yy - c, xx - c) - rad) / taper, 0, 1).astype(np.float32)
+        apod = _disc(nb, radius, b, options).astype(np.float32)
     idx = np.flatnonzero(np.all(np.isfinite(pos), axis=1))
     jr = int(np.flatnonzero(idx == reference)[0])
     use_template = False
@@ -199,17 +206,6 @@ def follow_particle(
         measured[idx[ok]] = True
         use_template = options.template and ok.sum() >= 3
     return pos, quality, measured
-
-
-def _filled(win):
-    """Windows with NaN pixels (outside the frame) set to the window's median, float64."""
-    win = np.asarray(win, np.float64)
-    for k in range(len(win)):
-        f = win[k]
-        fin = np.isfinite(f)
-        if not fin.all():
-            f[~fin] = np.median(f[fin]) if fin.any() else 0.0
-    return win
 
 
 def _offset_free(shifts, ok, jr):
@@ -284,8 +280,6 @@ def density_residuals(
     in_tmpl = np.isin(idx, tmpl)
     jr = int(np.flatnonzero(idx == reference)[0])
     b, nb, size = window_geometry(radius, options)
-    rad = (options.apodisation * radius + options.apodisation_margin) / b
-    taper = max(options.apodisation_margin / b, 1.0)
 
     def correlate(g, binning):
         if cand.size >= 3:
@@ -300,13 +294,12 @@ def density_residuals(
 
     # the particle's density, background plane removed
     win = resample_windows(od, pos - (size - 1) / 2, (0, 0), (size, size), order=1, frames=idx)
-    win = _filled(bin_frames(win, b) if b > 1 else win)
-    yy, xx = np.mgrid[0:nb, 0:nb].astype(float)
-    c = (nb - 1) / 2
-    apod = np.clip(1 - (np.hypot(yy - c, xx - c) - rad) / taper, 0, 1)
+    win = fill_outside(np.asarray(bin_frames(win, b) if b > 1 else win, np.float64))
+    apod = _disc(nb, radius, b, options)
     outer = apod < 0.5
     if outer.sum() < 16:
         return res, ok, ring_res
+    yy, xx = np.mgrid[0:nb, 0:nb].astype(float)
     A = np.c_[np.ones(outer.sum()), yy[outer], xx[outer]]
     coef, *_ = np.linalg.lstsq(A, win[:, outer].T, rcond=None)  # (3, frames)
     g = win - (coef[0][:, None, None] + coef[1][:, None, None] * yy + coef[2][:, None, None] * xx)
@@ -318,14 +311,13 @@ def density_residuals(
     # its surroundings: the edge image of a ring around the window (0.75 px needs no finer grid)
     br = 2 * b
     r_out = (2 * radius + 12) / br
-    r_in = (options.apodisation * radius + options.apodisation_margin) / br
     t_r = max(options.apodisation_margin / br, 1.0)
     nr = 2 * int(np.ceil(r_out + t_r + 2)) + 1
-    big = resample_windows(od, pos - (nr * br - 1) / 2, (0, 0), (nr * br, nr * br), order=1, frames=idx)
-    big = _filled(bin_frames(big, br))
-    yy, xx = np.mgrid[0:nr, 0:nr].astype(float)
+    big = bin_frames(resample_windows(od, pos - (nr * br - 1) / 2, (0, 0), (nr * br, nr * br), order=1, frames=idx), br)
+    yy, xx = np.mgrid[0:nr, 0:nr]
     d = np.hypot(yy - (nr - 1) / 2, xx - (nr - 1) / 2)
-    ring = np.clip((d - r_in) / t_r, 0, 1) * np.clip((r_out - d) / t_r, 0, 1)
+    # outside the apodisation disc, inside r_out (edge_images fills what lies outside the frame)
+    ring = (1 - _disc(nr, radius, br, options)) * np.clip((r_out - d) / t_r, 0, 1)
     sr, ring_good = correlate(edge_images(big, sigma=max(options.sigma * b / br, 0.5), apodisation=ring), br)
     del big
     sr = np.where(ring_good[:, None], _offset_free(np.where(ring_good[:, None], sr, np.nan), ring_good, jr), np.nan)

@@ -469,8 +469,9 @@ def _refine_one(loc, m, od, footprints, options) -> bool:
 
 
 def _vouch(loc: _Located, common, od, options) -> VouchedPositions:
-    """The particle's positions, each vouched for (or not) by the second estimate, or
-    where the centre of mass disagrees, by the density correlation (``density_voucher``)."""
+    """The particle's positions, each vouched for (or not) by the centre of mass or, for a
+    particle whose centre of mass confirms no frame, by the density correlation
+    (``density_voucher``)."""
     seg = loc.seg
     kw = dict(
         edge_measured=loc.measured,

@@ -41,6 +41,7 @@ __all__ = [
     "shifts_from_positions",
     "correlate_shifts",
     "edge_images",
+    "fill_outside",
     "mask_flags",
     "VouchedPositions",
     "fill_positions",
@@ -324,6 +325,19 @@ def _energy(f, w):
     return full
 
 
+def fill_outside(windows) -> np.ndarray:
+    """Windows (n, h, w) with their NaN pixels (outside the frame) set to the window's median
+    (0 where a window has none); a copy where any is filled, else the windows themselves."""
+    win = windows
+    if not np.isfinite(win).all():
+        win = win.copy()
+        for k in np.flatnonzero(~np.isfinite(win).all(axis=(1, 2))):
+            f = win[k]
+            fin = np.isfinite(f)
+            f[~fin] = np.median(f[fin]) if fin.any() else 0.0
+    return win
+
+
 def edge_images(windows, *, sigma: float = 1.5, apodisation=None):
     """Contrast-invariant images of particle windows for :func:`correlate_shifts`.
 
@@ -333,13 +347,7 @@ def edge_images(windows, *, sigma: float = 1.5, apodisation=None):
     zero-mean and scaled to unit RMS. NaN pixels (outside the frame) count as the window's
     median.
     """
-    win = np.asarray(windows, np.float32)
-    if not np.isfinite(win).all():
-        win = win.copy()
-        for k in np.flatnonzero(~np.isfinite(win).all(axis=(1, 2))):
-            f = win[k]
-            fin = np.isfinite(f)
-            f[~fin] = np.median(f[fin]) if fin.any() else 0.0
+    win = fill_outside(np.asarray(windows, np.float32))
     # Gaussian derivatives (central differences of a smoothed window are faster but
     # noisier: at 600 counts their correlation quality fell under the threshold in many
     # frames and stress-counts lost its edge estimates)
@@ -556,9 +564,10 @@ def vouch_positions(
         particle's density pattern in windows centred on the edge estimate
         (:func:`xanestrack.follow.density_residuals`; NaN where not measured). A frame
         the centre of mass does not vouch for is vouched for where this one agrees (the same
-        rules), if its mask is usable. Give it only where the window's content moves as one (a particle moving with
-        the matrix): both are correlations of the same window, and texture moving differently
-        pulls both alike.
+        rules), if its mask is usable. Both are correlations of one window, so anything in
+        it that moves otherwise pulls both alike: the pipeline gives it only for particles
+        whose centre of mass confirms no frame, and only frames whose surroundings move
+        with the particle (``PipelineOptions.density_voucher``).
     density_measured : ndarray (n_frames,) bool, optional
         Frames where ``density`` measured.
 
@@ -621,7 +630,7 @@ def vouch_positions(
         iagree, _ = _edge_agreement(res, np.zeros_like(res), iboth, reference_frame)
         ivouched = _agreeing(iagree, iboth, agreement_px)
         # the agreement is that of the estimate that vouches (the centre of mass's where both do)
-        agreement = np.where(ivouched & ~vouched, iagree, np.where(both, agreement, iagree))
+        agreement = np.where(ivouched & ~vouched, iagree, agreement)
         vouched |= ivouched
     disagree = both & ~vouched
     flags[disagree] |= FRAME_FLAGS["disagree"]
