@@ -90,14 +90,16 @@ class DetectOptions:
     min_solidity : float, default 0.92
         Below this area / convex-hull area (relaxed by ``0.6 / sqrt(area)`` for small,
         pixelated outlines), or when the largest inscribed disc covers less than 60 % of
-        the area, a component is examined as possibly several touching particles
-        (``not_convex``).
+        the area, a component is examined as possibly several touching particles.
     split_touching : bool, default True
         Separate touching particles and agglomerates at the necks of the distance
-        transform and keep each piece (``touching`` True). A non-convex component with no
-        narrow neck stays rejected (``not_convex``): as non-convex as two overlapping
-        particles, it cannot be told from them by its outline. False: reject every
-        non-convex component.
+        transform and keep each piece (``touching`` True): a neck narrow for the smaller of
+        the two bodies it joins (a small particle on a large one's flank is cut off, as two
+        of equal size are). A non-convex component with no narrow neck is one irregular
+        particle, or particles overlapping so much that they move as one: kept whole if its
+        solidity is at least ``KEEP_SOLIDITY`` (0.8; the two position estimates vouch for it
+        frame by frame), else rejected (``not_convex``). False: reject every non-convex
+        component.
 
     Raises
     ------
@@ -221,6 +223,12 @@ def detect_particles(frame, *, frame_index: int = 0, options: DetectOptions = De
     return regions_table(fg, corr, frame_index=frame_index, binning=options.binning, options=options)
 
 
+#: a non-convex component with no narrow neck is kept whole only this convex: below it, no one
+#: body (SSRL 6-2c, classical, 8324 eV: a component of solidity 0.76 joined a particle and a
+#: piece of its neighbour; kept, it took the place of the particle's track)
+KEEP_SOLIDITY = 0.8
+
+
 def regions_table(
     fg, corr, *, frame_index: int, binning: int, options: DetectOptions = DetectOptions()
 ) -> pd.DataFrame:
@@ -271,6 +279,12 @@ def regions_table(
                 # touching particles and agglomerates: separated at the necks of the
                 # distance transform, each piece tracked on its own ("touching")
                 pieces = _split_touching(reg, min_area, max_area)
+                if not pieces and reason == "not_convex" and solidity >= KEEP_SOLIDITY:
+                    # no narrow neck: one irregular particle (or an agglomerate that moves as
+                    # one), kept whole; non-convex alone is no reason to give up a particle
+                    # (stress-drift seed 1, classical: a 16-px particle was lost, or cut in
+                    # halves at a neck 0.6 times its lobes' radius)
+                    reason = ""
             if pieces:
                 for piece in pieces:
                     pa = int(piece.sum())
@@ -327,10 +341,13 @@ def regions_table(
 def _split_touching(reg, min_area, max_area, *, neck: float = 0.4):
     """Pieces of a component of touching particles (bool masks), or [] if it is one particle.
 
-    Seeds are the maxima of the distance transform that rise at least ``neck`` times the
-    largest inscribed radius above the saddle to their neighbour (a narrow neck between
-    two bodies, not the lobes of one irregular particle); the watershed of the distance
-    transform cuts at the necks. Pieces outside the size range are dropped.
+    Every maximum of the distance transform (1 px of relief) seeds a basin of its watershed;
+    adjacent basins are merged, the shallowest neck first, unless the neck between them is
+    narrow for the *smaller* of the two bodies: its saddle (the largest inscribed radius
+    along their common boundary) at most ``1 - neck`` times that body's inscribed radius.
+    So a small particle or fine on a large one's flank is cut off at its neck, while the
+    lobes of one irregular particle (wide necks) stay one piece. Pieces outside the size
+    range are dropped (a fine cut off a particle is not part of its piece).
     """
     from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
@@ -339,13 +356,54 @@ def _split_touching(reg, min_area, max_area, *, neck: float = 0.4):
     dist = ndimage.distance_transform_edt(pad)
     if dist.max() < 2:
         return []
-    markers, nm = ndimage.label(h_maxima(dist, max(1.0, neck * dist.max())))
+    markers, nm = ndimage.label(h_maxima(dist, 1.0))
     if nm < 2:
         return []
-    ws = watershed(-dist, markers, mask=pad)[1:-1, 1:-1]
+    ws = watershed(-dist, markers, mask=pad)
+    peak = np.asarray(ndimage.maximum(dist, ws, index=np.arange(1, nm + 1)), float)
+    # the saddle between two adjacent basins: the largest min(dist) over neighbouring pixel pairs
+    keys, saddles = [], []
+    for a, b, da, db in (
+        (ws[:, :-1], ws[:, 1:], dist[:, :-1], dist[:, 1:]),
+        (ws[:-1, :], ws[1:, :], dist[:-1, :], dist[1:, :]),
+    ):
+        m = (a != b) & (a > 0) & (b > 0)
+        la, lb = a[m], b[m]
+        keys.append(np.minimum(la, lb).astype(np.int64) * (nm + 1) + np.maximum(la, lb))
+        saddles.append(np.minimum(da[m], db[m]))
+    keys, saddles = np.concatenate(keys), np.concatenate(saddles)
+    if keys.size == 0:
+        return []
+    order = np.lexsort((saddles, keys))
+    keys, saddles = keys[order], saddles[order]
+    last = np.r_[keys[1:] != keys[:-1], True]  # the largest saddle of each pair
+    pairs, sad = keys[last], saddles[last]
+    ia, ib = pairs // (nm + 1) - 1, pairs % (nm + 1) - 1
+    root = np.arange(nm)
+
+    def find(i):
+        while root[i] != i:
+            root[i] = root[root[i]]
+            i = root[i]
+        return i
+
+    # shallowest necks first (highest saddle for the smaller body)
+    for k in np.argsort(-sad / np.minimum(peak[ia], peak[ib]), kind="stable"):
+        ra, rb = find(ia[k]), find(ib[k])
+        if ra == rb:
+            continue
+        if sad[k] > (1.0 - neck) * min(peak[ra], peak[rb]):
+            root[rb] = ra
+            peak[ra] = max(peak[ra], peak[rb])
+    roots = np.array([find(i) for i in range(nm)])
+    if np.unique(roots).size < 2:
+        return []
+    lab = np.zeros(nm + 1, int)
+    lab[1:] = roots + 1
+    merged = lab[ws][1:-1, 1:-1]
     out = []
-    for i in range(1, nm + 1):
-        piece = ws == i
+    for r in np.unique(roots):
+        piece = merged == r + 1
         a = int(piece.sum())
         if min_area <= a <= max_area:
             out.append(piece)
