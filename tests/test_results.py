@@ -136,10 +136,13 @@ def test_a_result_written_before_smoothing_reads_as_not_smoothed(result, tmp_pat
     assert read_results(tmp_path).options.smooth_tracks is True
     with h5py.File(tmp_path / "results.h5", "a") as f:
         opts = json.loads(f.attrs["options"])
-        del opts["smooth_tracks"], opts["density_voucher"]
+        del opts["smooth_tracks"], opts["density_voucher"], opts["shape_apodisation"]
         f.attrs["options"] = json.dumps(opts)
     back = read_results(tmp_path)
     assert back.options.smooth_tracks is False
     assert result.options.density_voucher is True and back.options.density_voucher is False
+    assert result.options.shape_apodisation is True and back.options.shape_apodisation is False
+    assert "own shape" in _positions_text(result.options.to_dict())
+    assert "own shape" not in _positions_text(back.options.to_dict())
     assert "smoothed" not in _positions_text(back.options.to_dict())
     assert "smoothed" in _positions_text(result.options.to_dict())

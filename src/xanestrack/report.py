@@ -782,6 +782,8 @@ def _positions_text(params) -> str:
         if params.get("position", "edges") == "edges"
         else "mask centre of mass, vouched for by the edge correlation"
     )
+    if params.get("shape_apodisation", False):
+        text += " (the correlation apodised by each particle's own shape)"
     if params.get("smooth_tracks", False):
         text += (
             "; each particle's own motion smoothed across the energies (GCV; jumps kept), the motion all "
