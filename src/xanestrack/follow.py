@@ -81,7 +81,10 @@ class FollowOptions:
         isolated particles tracked through every frame 10 -> 6).
     order : int, default 1
         Spline order of the windows' resampling at sub-pixel positions (1: bilinear,
-        3: cubic).
+        3: cubic). Cubic removes most of bilinear's bias on sub-pixel shifts (SSRL 6-2c
+        frames shifted by known fractions, unbinned particles after 4 passes: up to 0.05
+        px, cubic 0.012 px) but keeps the noise that bilinear smooths: on stress-counts
+        seed 1 (600 counts) the worst particle went 0.293 -> 0.314 px. Hence bilinear.
     """
 
     sigma: float = 1.0

@@ -438,8 +438,7 @@ def _refine_on_matrix(located, od, energies, options) -> tuple[list[int], list[i
     """Second pass for the particles that move on their own: follow each again with the
     matrix behind it subtracted (:mod:`xanestrack.background`) and apodised by its own
     shape; those moving on their own by less than ``MIN_OWN_MOTION`` but not with the
-    matrix (or in a scan too short to tell), apodised by their own shape only
-    (``shape_apodisation``). Updates ``located``; returns the ids of the particles
+    matrix, apodised by their own shape only (``shape_apodisation``). Updates ``located``; returns the ids of the particles
     refined and of those followed by their shape."""
     footprints = []
     for loc in located:
@@ -457,12 +456,17 @@ def _refine_on_matrix(located, od, energies, options) -> tuple[list[int], list[i
     )
 
 
+def _own_shape_weight(loc, options) -> np.ndarray:
+    """The apodisation by the particle's own shape, grown by the edge images' reach."""
+    b, _, _ = window_geometry(loc.radius, options.follow)
+    return shape_weight(loc.shape, grow=2.0 + 2.0 * options.follow.sigma * b, taper=max(3.0, 2.0 * b))
+
+
 def _follow_by_shape(loc, od, options) -> bool:
     """Follow a particle again, the correlation apodised by its own shape (updates ``loc``)."""
     if loc.shape is None:
         return False
-    b, _, _ = window_geometry(loc.radius, options.follow)
-    weight = shape_weight(loc.shape, grow=2.0 + 2.0 * options.follow.sigma * b, taper=max(3.0, 2.0 * b))
+    weight = _own_shape_weight(loc, options)
     refined, _, measured = follow_particle(
         od, loc.centres, loc.radius, loc.ref_frame, options=options.follow, weight=weight
     )
@@ -492,8 +496,8 @@ def _refine_one(loc, m, od, footprints, options) -> str | None:
         if options.shape_apodisation and motion >= 0.5 * MIN_OWN_MOTION:
             return "shape" if _follow_by_shape(loc, od, options) else None
         return None
-    b, _, size = window_geometry(loc.radius, options.follow)
-    weight = shape_weight(loc.shape, grow=2.0 + 2.0 * options.follow.sigma * b, taper=max(3.0, 2.0 * b))
+    _, _, size = window_geometry(loc.radius, options.follow)
+    weight = _own_shape_weight(loc, options)
     q = loc.centres - m  # the windows' centres in matrix (frame-0) coordinates
     lo = np.floor(np.nanmin(q, axis=0) - size / 2 - 3).astype(int)
     box = np.ceil(np.nanmax(q, axis=0) + size / 2 + 3).astype(int) - lo + 1
