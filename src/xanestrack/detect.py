@@ -349,6 +349,7 @@ def _split_touching(reg, min_area, max_area, *, neck: float = 0.4):
     lobes of one irregular particle (wide necks) stay one piece. Pieces outside the size
     range are dropped (a fine cut off a particle is not part of its piece).
     """
+    from scipy.cluster.hierarchy import DisjointSet
     from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
@@ -379,30 +380,20 @@ def _split_touching(reg, min_area, max_area, *, neck: float = 0.4):
     last = np.r_[keys[1:] != keys[:-1], True]  # the largest saddle of each pair
     pairs, sad = keys[last], saddles[last]
     ia, ib = pairs // (nm + 1) - 1, pairs % (nm + 1) - 1
-    root = np.arange(nm)
-
-    def find(i):
-        while root[i] != i:
-            root[i] = root[root[i]]
-            i = root[i]
-        return i
-
+    bodies = DisjointSet(range(nm))
     # shallowest necks first (highest saddle for the smaller body)
     for k in np.argsort(-sad / np.minimum(peak[ia], peak[ib]), kind="stable"):
-        ra, rb = find(ia[k]), find(ib[k])
-        if ra == rb:
-            continue
-        if sad[k] > (1.0 - neck) * min(peak[ra], peak[rb]):
-            root[rb] = ra
-            peak[ra] = max(peak[ra], peak[rb])
-    roots = np.array([find(i) for i in range(nm)])
-    if np.unique(roots).size < 2:
+        ra, rb = bodies[int(ia[k])], bodies[int(ib[k])]
+        if ra != rb and sad[k] > (1.0 - neck) * min(peak[ra], peak[rb]):
+            bodies.merge(ra, rb)
+            peak[bodies[ra]] = max(peak[ra], peak[rb])
+    if bodies.n_subsets < 2:
         return []
     lab = np.zeros(nm + 1, int)
-    lab[1:] = roots + 1
+    lab[1:] = [bodies[i] + 1 for i in range(nm)]
     merged = lab[ws][1:-1, 1:-1]
     out = []
-    for r in np.unique(roots):
+    for r in sorted({bodies[i] for i in range(nm)}):
         piece = merged == r + 1
         a = int(piece.sum())
         if min_area <= a <= max_area:

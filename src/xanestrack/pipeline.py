@@ -438,8 +438,9 @@ def _refine_on_matrix(located, od, energies, options) -> tuple[list[int], list[i
     """Second pass for the particles that move on their own: follow each again with the
     matrix behind it subtracted (:mod:`xanestrack.background`) and apodised by its own
     shape; those moving on their own by less than ``MIN_OWN_MOTION`` but not with the
-    matrix, apodised by their own shape only (``shape_apodisation``). Updates ``located``; returns the ids of the particles
-    refined and of those followed by their shape."""
+    matrix, apodised by their own shape only (``shape_apodisation``). Updates
+    ``located``; returns the ids of the particles refined and of those followed by their
+    shape."""
     footprints = []
     for loc in located:
         if loc.shape is not None:
@@ -725,7 +726,7 @@ def run_pipeline(
         if shaped_ids:
             notes.append(
                 f"{len(shaped_ids)} particles followed again apodised by their own shape (moving on their own by "
-                f"less than {MIN_OWN_MOTION:g} px, or in a scan too short to tell)"
+                f"{0.5 * MIN_OWN_MOTION:g}-{MIN_OWN_MOTION:g} px)"
             )
     vouched = [_vouch(loc, common, od, options) for loc in located]
     if options.smooth_tracks and len(vouched) >= 2:
