@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import undocumented_fields
-from xanestrack.detect import DETECTION_COLUMNS, DetectOptions, detect_particles, detect_stack
+from xanestrack.detect import DETECTION_COLUMNS, DetectOptions, detect_particles, detect_stack, regions_table
 from xanestrack.synth import make_synthetic_stack
 
 
@@ -106,3 +106,57 @@ def test_bad_input_messages():
 
 def test_every_option_is_documented():
     assert undocumented_fields(DetectOptions) == []
+
+
+def _faint_scene():
+    """A faint 10-px particle, a bright 3-px fine, a bright 22-px particle; binned 2x, noise 0.01."""
+    yy, xx = np.mgrid[0:100, 0:100]
+    img = np.zeros((100, 100), np.float32)
+    for cy, cx, r, c in ((30, 30, 5, 0.15), (70, 25, 1.5, 0.6), (60, 70, 11, 0.8)):
+        img += c * np.clip(r - np.hypot(yy - cy, xx - cx) + 0.5, 0, 1)
+    img += np.random.default_rng(3).normal(0, 0.01, img.shape).astype(np.float32)
+    # what a detector outlined: a speck of the faint particle, the fine, the big particle and
+    # a speck on its flank
+    fg = np.zeros((100, 100), bool)
+    fg[29:32, 29:32] = True
+    fg[68:72, 23:27] = True
+    fg |= np.hypot(yy - 60, xx - 70) <= 11
+    fg[60, 83] = True
+    return img, fg
+
+
+def test_a_faint_particle_outlined_too_small_is_measured_at_its_own_contrast():
+    img, fg = _faint_scene()
+    opts = DetectOptions(min_radius=7, max_radius=40, rescue_small=True)
+    got = regions_table(fg, img, frame_index=0, binning=2, options=opts, image=img)
+    kept = got[got.isolated].sort_values("x")
+    # the faint particle (true radius 10 px at full resolution) and the big one; the fine stays a fine
+    assert len(kept) == 2
+    assert np.allclose(kept[["y", "x"]].to_numpy() / 2, [[30, 30], [60, 70]], atol=1.0)
+    assert 7 <= kept.iloc[0].radius <= 12
+    assert (got[~got.isolated].reason == "too_small").sum() >= 1  # the fine
+    # without the image (or with the option off) the faint particle is too small
+    off = regions_table(
+        fg, img, frame_index=0, binning=2, options=DetectOptions(min_radius=7, max_radius=40), image=img
+    )
+    assert off.isolated.sum() == 1
+    assert regions_table(fg, img, frame_index=0, binning=2, options=opts).isolated.sum() == 1
+
+
+def test_a_faint_particle_under_the_classical_threshold_is_rescued_in_scans_of_three_frames_or_more():
+    # a bright particle sets the threshold (a quarter of its contrast); a faint, soft one
+    # (peak 0.3, Gaussian profile sigma 7 px: half-maximum radius 8.2 px) only peeks above it
+    yy, xx = np.mgrid[0:200, 0:200]
+    f = np.clip(25 - np.hypot(yy - 120, xx - 120) + 0.5, 0, 1).astype(np.float32)
+    f += 0.3 * np.exp(-0.5 * (np.hypot(yy - 50, xx - 50) / 7.0) ** 2).astype(np.float32)
+    f += np.random.default_rng(0).normal(0, 0.01, f.shape).astype(np.float32)
+    on = DetectOptions(rescue_small=True)
+    det = detect_particles(f, options=on)
+    assert det.isolated.sum() == 2
+    faint = det[det.x < 90].iloc[0]
+    assert abs(faint.y - 50) < 1 and abs(faint.x - 50) < 1 and 7 <= faint.radius <= 11
+    assert detect_particles(f, options=on, rescue=False).isolated.sum() == 1
+    assert detect_particles(f).isolated.sum() == 1  # off by default
+    # a scan of two frames: one detection would make a track, so nothing is rescued
+    assert detect_stack(np.stack([f, f]), options=on).isolated.sum() == 2
+    assert detect_stack(np.stack([f, f, f]), options=on).isolated.sum() == 6

@@ -768,11 +768,16 @@ def _cluster_text(result) -> str:
     )
 
 
-def _detection_text(every) -> str:
+def _detection_text(every, rescue: bool = False) -> str:
     every = int(every)
-    if every <= 1:
-        return "in every frame"
-    return f"on every {every}th frame and the last; the windows of the others placed by each particle's own motion"
+    text = (
+        "in every frame"
+        if every <= 1
+        else f"on every {every}th frame and the last; the windows of the others placed by each particle's own motion"
+    )
+    if rescue:
+        text += "; objects outlined too small to be particles measured again at their own contrast (scans of 3+ frames)"
+    return text
 
 
 def _positions_text(params) -> str:
@@ -884,7 +889,10 @@ def write_report(folder, *, result=None) -> Path:
                     for k in ("detector", "segmenter")
                 ),
             ),
-            ("detection", _detection_text(params.get("detect_every", 1))),
+            (
+                "detection",
+                _detection_text(params.get("detect_every", 1), (params.get("detect") or {}).get("rescue_small", False)),
+            ),
             ("positions", _positions_text(params)),
             ("energy calibration", _calibration_text(run.get("energy_calibration"))),
             (

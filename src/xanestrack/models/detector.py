@@ -728,7 +728,7 @@ class LearnedDetector:
     def __call__(self, od, frames=None, progress=None):
         import pandas as pd
 
-        from ..detect import empty_detections, regions_table
+        from ..detect import RESCUE_MIN_FRAMES, empty_detections, regions_table
 
         od = np.asarray(od)
         if od.ndim != 3:
@@ -742,7 +742,14 @@ class LearnedDetector:
             for k, x, m in zip(sel, binned, self._maps(binned)):
                 corr = x - np.median(x)
                 out.append(
-                    regions_table(_foreground(m), corr, frame_index=k, binning=self.binning, options=self.options)
+                    regions_table(
+                        _foreground(m),
+                        corr,
+                        frame_index=k,
+                        binning=self.binning,
+                        options=self.options,
+                        image=x if len(idx) >= RESCUE_MIN_FRAMES else None,
+                    )
                 )
             if progress is not None:
                 progress(min(s + chunk, len(idx)), len(idx))
