@@ -285,8 +285,6 @@ def regions_table(
             area = int(reg.sum())
             if area < min_area / 4:
                 continue
-            yy, xx = np.nonzero(reg)
-            cy, cx = yy.mean() + sl[0].start, xx.mean() + sl[1].start
             y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
             reason = ""
             solidity = np.nan
@@ -316,56 +314,38 @@ def regions_table(
                     # halves at a neck 0.6 times its lobes' radius)
                     reason = ""
             if pieces:
-                rows += [_piece_row(frame_index, piece, sl, corr, b, touching=True) for piece in pieces]
+                rows += [_region_row(frame_index, piece, sl, corr, b, touching=True) for piece in pieces]
                 continue
-            contrast = float(corr[sl][reg].mean())
-            # back to full-resolution pixel coordinates (bin centres)
-            cy, cx = (cy + 0.5) * b - 0.5, (cx + 0.5) * b - 0.5
-            area_full = area * b * b
-            rows.append(
-                (
-                    frame_index,
-                    cy,
-                    cx,
-                    area_full,
-                    np.sqrt(area_full / np.pi),
-                    y0 * b,
-                    x0 * b,
-                    y1 * b,
-                    x1 * b,
-                    solidity,
-                    contrast,
-                    reason == "",
-                    reason,
-                    False,
-                )
-            )
-        rows += [_piece_row(frame_index, reg, sl, corr, b, touching=False) for sl, reg in rescued]
+            rows.append(_region_row(frame_index, reg, sl, corr, b, solidity=solidity, reason=reason))
+        rows += [_region_row(frame_index, reg, sl, corr, b, solidity=sol) for sl, reg, sol in rescued]
     out = pd.DataFrame(rows, columns=DETECTION_COLUMNS)
     return out.astype(_DTYPES)
 
 
-def _piece_row(frame_index, piece, sl, corr, b, *, touching):
-    """The table row of a kept particle given as a mask ``piece`` over the binned slice ``sl``."""
-    pa = int(piece.sum())
-    py, px = np.nonzero(piece)
-    pcy, pcx = py.mean() + sl[0].start, px.mean() + sl[1].start
-    pcy, pcx = (pcy + 0.5) * b - 0.5, (pcx + 0.5) * b - 0.5
-    pa_full = pa * b * b
+def _region_row(frame_index, region, sl, corr, b, *, solidity=None, reason: str = "", touching: bool = False):
+    """The table row of a component, a piece of one or a rescued particle: the mask ``region``
+    over the binned slice ``sl``; kept (``isolated``) where there is no ``reason``. ``solidity``
+    None: computed (NaN: not examined)."""
+    area = int(region.sum())
+    py, px = np.nonzero(region)
+    cy, cx = py.mean() + sl[0].start, px.mean() + sl[1].start
+    # back to full-resolution pixel coordinates (bin centres)
+    cy, cx = (cy + 0.5) * b - 0.5, (cx + 0.5) * b - 0.5
+    area_full = area * b * b
     return (
         frame_index,
-        pcy,
-        pcx,
-        pa_full,
-        np.sqrt(pa_full / np.pi),
+        cy,
+        cx,
+        area_full,
+        np.sqrt(area_full / np.pi),
         (py.min() + sl[0].start) * b,
         (px.min() + sl[1].start) * b,
         (py.max() + 1 + sl[0].start) * b,
         (px.max() + 1 + sl[1].start) * b,
-        _solidity(piece),
-        float(corr[sl][piece].mean()),
-        True,
-        "",
+        _solidity(region) if solidity is None else solidity,
+        float(corr[sl][region].mean()),
+        reason == "",
+        reason,
         touching,
     )
 
@@ -388,8 +368,8 @@ def rescue_small(lab, image, *, min_area: float, options: DetectOptions, binning
 
     Returns
     -------
-    rescued : list of (slice pair, bool mask)
-        Binned-frame slices and the region inside them, one per particle.
+    rescued : list of (slice pair, bool mask, float)
+        Binned-frame slices, the region inside them and its solidity, one per particle.
     consumed : set of int
         Labels of ``lab`` inside a rescued region (their own rows are replaced).
     """
@@ -453,11 +433,14 @@ def rescue_small(lab, image, *, min_area: float, options: DetectOptions, binning
         ):
             continue
         sl = (slice(y0, y1), slice(x0, x1))
-        if (reg & taken[sl]).any() or _solidity(reg) < options.min_solidity - 0.6 / np.sqrt(area):
+        if (reg & taken[sl]).any():
+            continue
+        solidity = _solidity(reg)
+        if solidity < options.min_solidity - 0.6 / np.sqrt(area):
             continue
         taken[sl] |= reg
         consumed.update(int(v) for v in np.unique(lw[reg]) if v)
-        rescued.append((sl, reg))
+        rescued.append((sl, reg, solidity))
     return rescued, consumed
 
 
