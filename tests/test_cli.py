@@ -236,27 +236,27 @@ def test_train_detector_raw_fine_tunes_a_copy_never_the_package(synth_dir, tmp_p
     assert r.exit_code != 0
 
 
-def test_no_separate_matrix_reaches_the_pipeline(synth_dir, tmp_path):
+def _run_read(synth_dir, out, *extra):
+    """`xanestrack run` on the synthetic scan with ``extra`` options; the result read back."""
     from xanestrack.results import read_results
 
-    out = tmp_path / "nm"
-    r = runner.invoke(app, ["--quiet", "run", str(synth_dir / "stack.h5"), "--out", str(out), "--no-separate-matrix"])
+    r = runner.invoke(app, ["--quiet", "run", str(synth_dir / "stack.h5"), "--out", str(out), *extra])
     assert r.exit_code == 0, r.output
-    res = read_results(out)
+    return read_results(out)
+
+
+def test_no_separate_matrix_reaches_the_pipeline(synth_dir, tmp_path):
+    res = _run_read(synth_dir, tmp_path / "nm", "--no-separate-matrix")
     assert res.options.separate_matrix is False
     assert "matrix" not in res.timings
 
 
 def test_no_smooth_tracks_reaches_the_pipeline(synth_dir, tmp_path):
     """Smoothed by default (a note says so); with --no-smooth-tracks every measured position is the edge estimate."""
-    from xanestrack.results import read_results
-
-    res = {}
-    for name, extra in (("smooth", []), ("raw", ["--no-smooth-tracks"])):
-        out = tmp_path / name
-        r = runner.invoke(app, ["--quiet", "run", str(synth_dir / "stack.h5"), "--out", str(out), *extra])
-        assert r.exit_code == 0, r.output
-        res[name] = read_results(out)
+    res = {
+        name: _run_read(synth_dir, tmp_path / name, *extra)
+        for name, extra in (("smooth", []), ("raw", ["--no-smooth-tracks"]))
+    }
     assert res["smooth"].options.smooth_tracks is True
     assert res["raw"].options.smooth_tracks is False
     assert any("smoothed across the energies" in n for n in res["smooth"].notes)
@@ -269,12 +269,8 @@ def test_no_smooth_tracks_reaches_the_pipeline(synth_dir, tmp_path):
 
 
 def test_no_density_voucher_reaches_the_pipeline(synth_dir, tmp_path):
-    from xanestrack.results import read_results
-
     out = tmp_path / "com_only"
-    r = runner.invoke(app, ["--quiet", "run", str(synth_dir / "stack.h5"), "--out", str(out), "--no-density-voucher"])
-    assert r.exit_code == 0, r.output
-    res = read_results(out)
+    res = _run_read(synth_dir, out, "--no-density-voucher")
     assert res.options.density_voucher is False
     assert res.tracks["density_agreement_px"].isna().all()
     assert "a third estimate may" not in (out / "report.html").read_text()
