@@ -176,9 +176,11 @@ def test_a_chance_agreement_amid_disagreeing_frames_vouches_for_nothing():
     dis = (v.flags & FRAME_FLAGS["disagree"]) != 0
     assert dis[[5, 6, 7, 8, 10, 12, 13, 14, 15]].all()
     assert dis[9]  # 0.45 px apart (< 0.5), but its neighbours disagree (median 1.0 > 1.5 x 0.5 px)
-    assert not dis[11]  # 0.2 px: close enough on its own
+    # 0.2 px, but alone among its +-3 neighbours (0 of 6 agree): once vouched for as close
+    # enough on its own; on stress-drift seed 2 such a frame was 1.07 px off, both estimates alike
+    assert dis[11]
     assert not dis[25]  # 0.3 px, and its neighbours agree
-    assert dis.sum() == 10
+    assert dis.sum() == 11
 
 
 def test_a_particle_located_nowhere_has_no_position_and_is_vouched_for_nowhere():

@@ -566,19 +566,29 @@ def _vouch(loc: _Located, common, od, options) -> VouchedPositions:
     return vouch_positions(seg.com, loc.followed, density=density, density_measured=measured, **kw)
 
 
-def _smooth(vouched: list, common):
+def _smooth(vouched: list, common, agreement_px: float):
     """:func:`smooth_tracks` over every particle's located frames; the frames filled in
-    are filled again from the smoothed ones. Returns the new list and the SmoothedTracks."""
+    are filled again from the smoothed ones. A frame whose smoothed position is more than
+    ``agreement_px`` from the position measured there is not vouched for (``disagree``):
+    the two estimates vouched for the measurement, not for where the smoothing put it.
+    Returns the new list, the SmoothedTracks and the number of frames so flagged."""
     P = np.stack([v.positions for v in vouched])
     located = np.stack([v.located for v in vouched])
     st = smooth_tracks(P, located)
     out = []
+    n_moved = 0
     for j, v in enumerate(vouched):
         if st.smoothed[j]:
             pos = fill_positions(np.where(v.located[:, None], st.positions[j], np.nan), v.located, common)
-            v = dataclasses.replace(v, positions=pos)
+            with np.errstate(invalid="ignore"):
+                moved = v.located & (np.hypot(*(pos - v.positions).T) > agreement_px)
+            fresh = moved & ((v.flags & FRAME_FLAGS["disagree"]) == 0)
+            n_moved += int(fresh.sum())
+            flags = v.flags.copy()
+            flags[moved] |= FRAME_FLAGS["disagree"]
+            v = dataclasses.replace(v, positions=pos, flags=flags)
         out.append(v)
-    return out, st
+    return out, st, n_moved
 
 
 def _finish_particle(loc: _Located, v: VouchedPositions, od, energies, options, references):
@@ -730,13 +740,19 @@ def run_pipeline(
             )
     vouched = [_vouch(loc, common, od, options) for loc in located]
     if options.smooth_tracks and len(vouched) >= 2:
-        vouched, st = _smooth(vouched, common)
+        vouched, st, n_moved = _smooth(vouched, common, options.agreement_px)
         if st.smoothed.any():
             notes.append(
                 f"positions of {int(st.smoothed.sum())} particles smoothed across the energies (their own motion; the "
                 f"motion they share kept frame by frame): measurement noise {np.nanmedian(st.sigma):.3f} px "
                 f"(median over the particles), {np.nanmedian(st.dof):.0f} degrees of freedom of "
                 f"{n_frames} frames per own motion"
+                + (
+                    f"; {n_moved} frames not vouched for where the smoothing moved the position more than "
+                    f"{options.agreement_px:g} px from the one measured"
+                    if n_moved
+                    else ""
+                )
             )
     done = [0]
     lock = threading.Lock()
