@@ -132,7 +132,8 @@ class PipelineOptions:
         correlation apodised by the particle's own shape instead of a disc: the matrix
         texture moves with the common motion and pulls the estimate of a particle
         drifting on its own towards it in the faint pre-edge frames (15-70 % of its own
-        motion on ``stress-drift``).
+        motion on ``stress-drift``). From 0.75 px of own motion (``MIN_OWN_MOTION``; it
+        was 1.5 px): see there for what was measured.
     shape_apodisation : bool, default True
         With ``separate_matrix``: follow a particle that moves on its own by less than
         ``MIN_OWN_MOTION`` but not with the matrix (by ``MIN_OWN_MOTION / 2`` or more) a
@@ -143,8 +144,9 @@ class PipelineOptions:
         surroundings move with it: signal), and so does every particle of a scan of fewer
         than 3 frames (its own motion cannot be told, and a shape averaged from two masks
         is not independent of their centres of mass, which vouch). Measured on the stress
-        family (full size, seeds 1-2, 28 runs): worst particle within 0.25 px in 15 runs
-        where 14, e.g. stress-counts seed 1 0.318 -> 0.278 px (learned), 0.272 -> 0.237
+        family (full size, seeds 1-2, 28 runs; with the separation from 1.5 px, so for own
+        motions of 0.75-1.5 px): worst particle within 0.25 px in 15 runs where 14, e.g.
+        stress-counts seed 1 0.318 -> 0.278 px (learned), 0.272 -> 0.237
         (classical), stress-jitter seed 2 0.370 -> 0.281; 13 runs better, 1 worse
         (stress-all seed 1, classical, 0.460 -> 0.478). Given to every particle:
         stress-magnification, whose particles move with the matrix, 0.086 -> 0.096; given
@@ -166,7 +168,7 @@ class PipelineOptions:
         of its optical density (background plane removed, normalised) in windows centred on
         the edge estimate (:func:`xanestrack.follow.density_residuals`), in the frames where
         its mask is usable and its surroundings (a ring around its window) move with it
-        within ``MIN_OWN_MOTION / 2``. It is a correlation of the edge estimate's window:
+        within ``WITH_MATRIX_PX``. It is a correlation of the edge estimate's window:
         texture moving otherwise pulls both alike (given to every frame it vouched for 21
         frames off by 1.0-1.3 px on stress-drift seed 1), in faint frames both drift alike
         (4 on stress-all seed 1 with the ring test alone), and a neighbour inside the window
@@ -374,9 +376,20 @@ def window_offsets(pid: int, n: int, amplitude: float) -> np.ndarray:
 FOOTPRINT_GROW = 6
 
 #: px. The least own motion (:func:`_own_motion_px`, relative to the matrix) for which a particle
-#: is separated from the matrix behind it: below it the matrix pulls an estimate by less than the
-#: noise the separation adds (``stress-counts``), and the two layers cannot be told apart
-MIN_OWN_MOTION = 1.5
+#: is separated from the matrix behind it. The matrix pulls the estimate of a particle that moves
+#: on its own by a share of that motion in the faint pre-edge frames (15-70 % on ``stress-drift``):
+#: ``stress-jitter`` seed 2, a particle drifting about 1 px, 0.55 px off through the pre-edge with
+#: the 1.5 px this was before. Measured on the stress family (full size, seeds 1-2, 28 runs): runs
+#: with the worst particle within 0.25 px and the median within 0.12 px 11 -> 15 at 0.75 (17 at
+#: 0.4, where a reduced stress-magnification particle that moves only with the matrix came out
+#: non-rigid by 0.61 px: the own motion of a still particle measured through noisy frames reaches
+#: 0.4 px); the separation's own noise costs small, faint particles (stress-counts seed 1: a
+#: 17-px particle 0.27 -> 0.41 px RMS at 600 counts, the row 0.278 -> 0.367 learned)
+MIN_OWN_MOTION = 0.75
+
+#: px. Own motion below which a particle moves with the matrix: the common similarity is the
+#: matrix's motion where two particles do (:func:`_matrix_shifts`)
+WITH_MATRIX_PX = 0.75
 
 #: particles vouched for in most frames below which the common similarity is fitted on every
 #: measured position (robustly) instead of the vouched ones: translation and scale take 3 of
@@ -397,7 +410,7 @@ def _matrix_shifts(located, od, energies, footprints, options):
 
     The common similarity fitted over the first pass's positions
     (:func:`xanestrack.motion.common_similarity`), where at least two particles move with
-    it (their own motion below ``MIN_OWN_MOTION / 2``): the matrix moves with them. Where
+    it (their own motion below ``WITH_MATRIX_PX``): the matrix moves with them. Where
     none does (every particle drifting on its own, as in the default scene model), its
     translation is not the matrix's (1.2 px RMS off on default seed 1): the translation is
     then measured on the matrix's own texture, particles masked out
@@ -412,7 +425,7 @@ def _matrix_shifts(located, od, energies, footprints, options):
     # where particles move with the similarity, it is the matrix's motion; where none does
     # (every particle drifting on its own), the matrix is measured on its own texture
     with_matrix = sum(
-        _own_motion_px((loc.centres - shifts[:, j])[loc.measured]) < 0.5 * MIN_OWN_MOTION
+        _own_motion_px((loc.centres - shifts[:, j])[loc.measured]) < WITH_MATRIX_PX
         for j, loc in enumerate(located)
         if loc.measured.sum() >= 3 and np.isfinite(shifts[:, j]).all()
     )
@@ -551,8 +564,8 @@ def _vouch(loc: _Located, common, od, options) -> VouchedPositions:
     ask = both & ((v.flags & FRAME_FLAGS["disagree"]) > 0)
     if not options.density_voucher or not ask.any() or (both & ~ask).any():
         return v
-    # only in frames where the particle's surroundings move with it (within half the own
-    # motion from which the pipeline separates a particle from the matrix)
+    # only in frames where the particle's surroundings move with it (within the own motion
+    # below which a particle moves with the matrix)
     density, measured, _ = density_residuals(
         od,
         loc.followed,
@@ -560,7 +573,7 @@ def _vouch(loc: _Located, common, od, options) -> VouchedPositions:
         loc.radius,
         loc.ref_frame,
         options=options.follow,
-        surroundings_px=0.5 * MIN_OWN_MOTION,
+        surroundings_px=WITH_MATRIX_PX,
         frames=ask,
     )
     return vouch_positions(seg.com, loc.followed, density=density, density_measured=measured, **kw)
