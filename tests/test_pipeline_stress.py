@@ -246,8 +246,8 @@ def test_particles_moving_a_little_on_their_own_followed_by_their_shape():
 
 def test_particles_drifting_about_a_pixel_separated_from_the_matrix(monkeypatch):
     """The matrix pulls a particle drifting by 0.75-1.5 px on its own as well: separated from
-    it from 0.75 px of own motion (``MIN_OWN_MOTION``; it was 1.5 px), the same scene as above
-    comes out closer to the truth (measured, reduced stress-jitter with 0.25 px/step own drift,
+    it from 0.75 px of own motion (``MIN_OWN_MOTION``, where that stands out of its noise; it
+    was 1.5 px), the same scene as above comes out closer to the truth (measured, reduced stress-jitter with 0.25 px/step own drift,
     classical, worst / median RMS px, 1.5 -> 0.75: seed 1 0.233 / 0.170 -> 0.225 / 0.154, seed 2
     0.309 / 0.268 -> 0.256 / 0.205, seed 3 0.243 / 0.186 -> 0.201 / 0.176)."""
     import xanestrack.pipeline as pipeline

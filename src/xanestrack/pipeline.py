@@ -39,6 +39,7 @@ from .register import (
     window_half,
 )
 from .result import FRAME_FLAGS, ParticleResult, PipelineResult, flag_names
+from .robust import robust_sigma
 from .segment import SegmentOptions, segment_particle, segment_rois
 from .smoothing import smooth_tracks
 from .stack import Stack, sanitize_stack
@@ -126,14 +127,15 @@ class PipelineOptions:
         Cut fines and touching neighbours off every mask
         (:func:`xanestrack.segment.isolate_particle`).
     separate_matrix : bool, default True
-        Follow every particle that moves on its own relative to the matrix (by at least
-        ``MIN_OWN_MOTION`` px) a second time, with the matrix behind it subtracted (two
+        Follow every particle that moves on its own relative to the matrix a second time, with the matrix behind it subtracted (two
         layers separated by their motions, :mod:`xanestrack.background`) and the
         correlation apodised by the particle's own shape instead of a disc: the matrix
         texture moves with the common motion and pulls the estimate of a particle
         drifting on its own towards it in the faint pre-edge frames (15-70 % of its own
-        motion on ``stress-drift``). From 0.75 px of own motion (``MIN_OWN_MOTION``; it
-        was 1.5 px): see there for what was measured.
+        motion on ``stress-drift``). From 1.5 px of own motion (``SEPARATE_PX``), and from
+        0.75 px (``MIN_OWN_MOTION``) where the motion is 4 times the noise of the
+        particle's positions in its noisiest frames (``OWN_MOTION_SNR``): see there for
+        what was measured.
     shape_apodisation : bool, default True
         With ``separate_matrix``: follow a particle that moves on its own by less than
         ``MIN_OWN_MOTION`` but not with the matrix (by ``MIN_OWN_MOTION / 2`` or more) a
@@ -376,16 +378,32 @@ def window_offsets(pid: int, n: int, amplitude: float) -> np.ndarray:
 FOOTPRINT_GROW = 6
 
 #: px. The least own motion (:func:`_own_motion_px`, relative to the matrix) for which a particle
-#: is separated from the matrix behind it. The matrix pulls the estimate of a particle that moves
-#: on its own by a share of that motion in the faint pre-edge frames (15-70 % on ``stress-drift``):
-#: ``stress-jitter`` seed 2, a particle drifting about 1 px, 0.55 px off through the pre-edge with
-#: the 1.5 px this was before. Measured on the stress family (full size, seeds 1-2, 28 runs): runs
-#: with the worst particle within 0.25 px and the median within 0.12 px 11 -> 15 at 0.75 (17 at
-#: 0.4, where a reduced stress-magnification particle that moves only with the matrix came out
-#: non-rigid by 0.61 px: the own motion of a still particle measured through noisy frames reaches
-#: 0.4 px); the separation's own noise costs small, faint particles (stress-counts seed 1: a
-#: 17-px particle 0.27 -> 0.41 px RMS at 600 counts, the row 0.278 -> 0.367 learned)
+#: is separated from the matrix behind it (where it stands out of its noise, see
+#: ``OWN_MOTION_SNR``). The matrix pulls the estimate of a particle that moves on its own by a
+#: share of that motion in the faint pre-edge frames (15-70 % on ``stress-drift``):
+#: ``stress-jitter`` seed 2, a particle drifting about 1 px was 0.55 px off through the pre-edge
+#: when only particles moving 1.5 px or more were separated (with the matrix, ghosts and strands
+#: taken out of that scene, noise-free: every particle within 0.01-0.09 px). Lower, 0.4 px: a
+#: reduced stress-magnification particle that moves only with the matrix came out non-rigid by
+#: 0.61 px (a still particle's own motion measured through noisy frames reaches 0.4 px).
 MIN_OWN_MOTION = 0.75
+
+#: A particle moving on its own by less than ``SEPARATE_PX`` is separated from the matrix only
+#: where its own motion is at least this many times the noise of its positions in its noisiest
+#: frames (:func:`_position_noise_px`): the layers are told apart by that motion. Separated from
+#: 0.75 px without it, stress-counts seed 1 (600 counts) lost most: a 16-px particle moving
+#: 0.83 px, its positions 0.31 px noisy before the edge, 0.27 -> 0.41 px RMS (the row 0.278 ->
+#: 0.367 learned, 0.237 -> 0.264 classical); with it 0.260 and 0.211. Stress family (full size,
+#: seeds 1-2, 28 runs), against separating from 1.5 px only: runs with the worst particle within
+#: 0.25 px 15 -> 19, with the median within 0.12 px 18 -> 19, both 11 -> 16; no run worse by
+#: more than 0.004 px. (Without the test, 0.75 px: 18, 19 and 15, stress-all seed 1 better
+#: (0.476 -> 0.389 learned), stress-counts seed 1 worse.)
+OWN_MOTION_SNR = 4.0
+
+#: px. Own motion from which a particle is separated from the matrix whatever its noise (the
+#: noise test alone lost stress-all seed 2's 9-px particle drifting 3.5 px, 1.5 px noisy before
+#: the edge: the row's worst 0.44 -> 0.80 px)
+SEPARATE_PX = 1.5
 
 #: px. Own motion below which a particle moves with the matrix: the common similarity is the
 #: matrix's motion where two particles do (:func:`_matrix_shifts`)
@@ -447,6 +465,33 @@ def _own_motion_px(own, *, smooth: int = 15) -> float:
     return float(np.percentile(np.hypot(*(sm - np.median(sm, axis=0)).T), 90))
 
 
+def _position_noise_px(own, *, blocks: int = 4) -> float:
+    """px per axis: the noise of a particle's positions (n, 2) in its noisiest stretch.
+
+    The robust standard deviation of the second differences ``x_k - (x_{k-1} + x_{k+1}) / 2``
+    (of white noise: 1.5 times its variance; a smooth motion hardly adds to them) over each of
+    ``blocks`` consecutive stretches of the frames, the largest: in an energy scan, the faint
+    frames before the edge. NaN with fewer than 5 second differences.
+    """
+    own = np.asarray(own, float)
+    d = own[1:-1] - 0.5 * (own[:-2] + own[2:])
+    d = d[np.isfinite(d).all(axis=1)]
+    if len(d) < 5:
+        return float("nan")
+    parts = np.array_split(d, max(1, min(blocks, len(d) // 5)))
+    return float(max(np.hypot(robust_sigma(q[:, 0]), robust_sigma(q[:, 1])) / np.sqrt(3) for q in parts))
+
+
+def _separable(own, motion: float) -> bool:
+    """Whether a particle with own motion ``own`` (n, 2; its amplitude ``motion``, px) is
+    separated from the matrix: the layers are told apart by that motion, so below
+    ``SEPARATE_PX`` it must stand out of the positions' noise (``OWN_MOTION_SNR``), else the
+    separation's own errors cost more than the pull it removes."""
+    if motion >= SEPARATE_PX:
+        return True
+    return motion >= MIN_OWN_MOTION and motion >= OWN_MOTION_SNR * _position_noise_px(own)
+
+
 def _refine_on_matrix(located, od, energies, options) -> tuple[list[int], list[int]]:
     """Second pass for the particles that move on their own: follow each again with the
     matrix behind it subtracted (:mod:`xanestrack.background`) and apodised by its own
@@ -506,7 +551,7 @@ def _refine_one(loc, m, od, footprints, options) -> str | None:
         # 2.4 px off, stress-counts seed 2)
         return None
     motion = _own_motion_px(own)
-    if motion < MIN_OWN_MOTION:
+    if not _separable(own, motion):
         if options.shape_apodisation and motion >= 0.5 * MIN_OWN_MOTION:
             return "shape" if _follow_by_shape(loc, od, options) else None
         return None
@@ -521,11 +566,20 @@ def _refine_one(loc, m, od, footprints, options) -> str | None:
         if np.nanmin(np.hypot(*(f.positions - m - (lo + box / 2)).T)) < np.hypot(*box) / 2 + f.shape.shape[0]
     ]
     centres = loc.centres
+    # subtracting the matrix cannot make the particle appear: a frame where neither the first pass
+    # nor the segmentation found it is not measured now (the separation leaks a faint copy of the
+    # particle into the matrix layer: a frame without the particle, beam lost, was "measured" on
+    # that copy). Measured: only stress-all seed 2 (learned) changes: frames of a faint isolated
+    # particle, measured on the subtraction alone and partly more than 1 px off, are interpolated
+    # instead (frames > 1 px 12 -> 9; that particle no longer tracked through every frame, worst
+    # 0.438 -> 0.526 px)
+    first = loc.measured | (loc.seg.masks.max(axis=(1, 2)) > 0.5)
     for _ in range(REFINE_PASSES):
         background, _, _ = separate_layers(od, centres, m, lo, tuple(box), size, near)
         refined, _, measured = follow_particle(
             od, centres, loc.radius, loc.ref_frame, options=options.follow, weight=weight, background=background
         )
+        measured &= first
         moved = np.hypot(*(refined - centres)[measured & np.isfinite(centres).all(axis=1)].T)
         loc.followed = np.where(measured[:, None], refined, loc.followed)
         loc.measured = loc.measured | measured
