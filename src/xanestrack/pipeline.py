@@ -127,8 +127,9 @@ class PipelineOptions:
         Cut fines and touching neighbours off every mask
         (:func:`xanestrack.segment.isolate_particle`).
     separate_matrix : bool, default True
-        Follow every particle that moves on its own relative to the matrix a second time, with the matrix behind it subtracted (two
-        layers separated by their motions, :mod:`xanestrack.background`) and the
+        Follow every particle that moves on its own relative to the matrix a second time,
+        with the matrix behind it subtracted (two layers separated by their motions,
+        :mod:`xanestrack.background`) and the
         correlation apodised by the particle's own shape instead of a disc: the matrix
         texture moves with the common motion and pulls the estimate of a particle
         drifting on its own towards it in the faint pre-edge frames (15-70 % of its own
@@ -137,10 +138,12 @@ class PipelineOptions:
         particle's positions in its noisiest frames (``OWN_MOTION_SNR``): see there for
         what was measured.
     shape_apodisation : bool, default True
-        With ``separate_matrix``: follow a particle that moves on its own by less than
-        ``MIN_OWN_MOTION`` but not with the matrix (by ``MIN_OWN_MOTION / 2`` or more) a
-        second time, the correlation apodised by its own shape (the consensus of its
-        masks, grown by the edge images' reach) instead of the disc, without subtracting
+        With ``separate_matrix``: follow a particle that moves on its own but is not
+        separated from the matrix (by ``MIN_OWN_MOTION / 2`` or more, and less than
+        ``MIN_OWN_MOTION``, or less than ``SEPARATE_PX`` where its motion does not stand
+        out of its noise, :func:`_separable`) a second time, the correlation apodised by
+        its own shape (the consensus of its masks, grown by the edge images' reach)
+        instead of the disc, without subtracting
         anything: matrix texture, fines and neighbours inside the disc but outside the
         particle no longer pull. A particle moving with the matrix keeps the disc (its
         surroundings move with it: signal), and so does every particle of a scan of fewer
@@ -493,10 +496,11 @@ def _separable(own, motion: float) -> bool:
 
 
 def _refine_on_matrix(located, od, energies, options) -> tuple[list[int], list[int]]:
-    """Second pass for the particles that move on their own: follow each again with the
-    matrix behind it subtracted (:mod:`xanestrack.background`) and apodised by its own
-    shape; those moving on their own by less than ``MIN_OWN_MOTION`` but not with the
-    matrix, apodised by their own shape only (``shape_apodisation``). Updates
+    """Second pass for the particles that move on their own: follow each that
+    :func:`_separable` allows again with the matrix behind it subtracted
+    (:mod:`xanestrack.background`) and apodised by its own shape; the others that move on
+    their own by ``MIN_OWN_MOTION / 2`` or more, apodised by their own shape only
+    (``shape_apodisation``). Updates
     ``located``; returns the ids of the particles refined and of those followed by their
     shape."""
     footprints = []
@@ -803,7 +807,7 @@ def run_pipeline(
         if shaped_ids:
             notes.append(
                 f"{len(shaped_ids)} particles followed again apodised by their own shape (moving on their own by "
-                f"{0.5 * MIN_OWN_MOTION:g}-{MIN_OWN_MOTION:g} px)"
+                f"{0.5 * MIN_OWN_MOTION:g}-{SEPARATE_PX:g} px, not separated from the matrix)"
             )
     vouched = [_vouch(loc, common, od, options) for loc in located]
     if options.smooth_tracks and len(vouched) >= 2:
