@@ -15,6 +15,12 @@ estimator: correlation instead of moments). The pipeline compares the two per fr
 (``agreement_px``) and flags a frame where they disagree. :func:`density_residuals` is a
 third: the particle's optical density correlated in windows centred on the edge estimate,
 which vouches where the mask's outline, not the particle, moved (real frames across the edge).
+
+Caveat, found later and measured (see :func:`xanestrack.register.edge_images`): the "edge
+images" are in fact the windows' optical density less its level, plus a small gradient term
+(scipy's gradient magnitude over the frames axis too keeps the OD in it). The correlation
+weighs the outline through the partial whitening, but it is a density correlation, not
+blind to an OD offset, and it shares the density with the centre of mass.
 """
 
 from __future__ import annotations
@@ -43,7 +49,8 @@ class FollowOptions:
     Attributes
     ----------
     sigma : float, default 1.0
-        Binned px. Gaussian scale of the gradient magnitude (the edge images).
+        Binned px. Gaussian scale of the edge images (see :func:`edge_images
+        <xanestrack.register.edge_images>` for what they are in fact).
     whitening : float, default 0.5
         Partial whitening of the cross-power spectrum (0: cross-correlation, 1: phase
         correlation). 0.5 weighs the particle's sharp outline above the smooth binder
