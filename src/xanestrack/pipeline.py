@@ -145,7 +145,9 @@ class PipelineOptions:
         its own shape (the consensus of its masks, grown by the edge images' reach)
         instead of the disc, without subtracting
         anything: matrix texture, fines and neighbours inside the disc but outside the
-        particle no longer pull. A particle moving with the matrix keeps the disc (its
+        particle no longer pull. Its own motion is then measured again on these positions
+        (less pulled than the first pass's) and, where that makes it separable, it is
+        separated from the matrix after all (``_refine_one``). A particle moving with the matrix keeps the disc (its
         surroundings move with it: signal), and so does every particle of a scan of fewer
         than 3 frames (its own motion cannot be told, and a shape averaged from two masks
         is not independent of their centres of mass, which vouch). Measured on the stress
