@@ -1,26 +1,26 @@
-"""Follow one particle through every frame on its own, by its outline.
+"""Follow one particle through every frame on its own, by its window's correlation.
 
 Detection runs on key frames only; between them, and wherever a detection is missing,
 a particle's window is placed from *its own* positions (the key-frame detections, common
 motion removed, interpolated) and then refined on the particle itself: each frame's
 window, resampled at the predicted sub-pixel position, is cross-correlated with the
-particle's window in a reference frame, on contrast-invariant edge images (Gaussian
-gradient magnitude, apodised by a disc around the particle so that neighbours moving
-differently do not pull). Two passes: the second re-centres every window on the first
+particle's window in a reference frame, on contrast-invariant images (the smoothed
+optical density less its level, apodised by a disc around the particle so that
+neighbours moving differently do not pull). Two passes: the second re-centres every window on the first
 pass's estimate, so the apodisation sits on the particle in every frame.
 
 The result is a second, independent estimate of the particle's displacement beside the
-centre of mass of its segmented mask (different input: edges instead of a mask; different
-estimator: correlation instead of moments). The pipeline compares the two per frame
+centre of mass of its segmented mask (different input: the window's density instead of
+a mask; different estimator: correlation instead of moments). The pipeline compares the two per frame
 (``agreement_px``) and flags a frame where they disagree. :func:`density_residuals` is a
 third: the particle's optical density correlated in windows centred on the edge estimate,
 which vouches where the mask's outline, not the particle, moved (real frames across the edge).
 
-Caveat, found later and measured (see :func:`xanestrack.register.edge_images`): the "edge
-images" are in fact the windows' optical density less its level, plus a small gradient term
-(scipy's gradient magnitude over the frames axis too keeps the OD in it). The correlation
-weighs the outline through the partial whitening, but it is a density correlation, not
-blind to an OD offset, and it shares the density with the centre of mass.
+The "edge estimate" keeps its name from when its images were meant as gradient
+magnitudes (see :func:`xanestrack.register.edge_images`): it correlates the particle's
+density, weighted towards its outline by the partial whitening, and so shares the
+density with the centre of mass; what makes it a second estimate is the estimator
+(a correlation against a reference frame, not the moments of a mask).
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ class FollowOptions:
     Attributes
     ----------
     sigma : float, default 1.0
-        Binned px. Gaussian scale of the edge images (see :func:`edge_images
-        <xanestrack.register.edge_images>` for what they are in fact).
+        Binned px. Gaussian scale of the edge images (:func:`edge_images
+        <xanestrack.register.edge_images>`: the smoothed density less its level).
     whitening : float, default 0.5
         Partial whitening of the cross-power spectrum (0: cross-correlation, 1: phase
         correlation). 0.5 weighs the particle's sharp outline above the smooth binder

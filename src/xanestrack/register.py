@@ -341,42 +341,35 @@ def fill_outside(windows) -> np.ndarray:
 def edge_images(windows, *, sigma: float = 1.5, apodisation=None, floor_scale: float = 0.0):
     """Contrast-invariant images of particle windows for :func:`correlate_shifts`.
 
-    Gaussian gradient magnitude of each window (its outline and texture, blind to the
-    OD offset and, after normalisation, to the contrast scale that changes across the
-    absorption edge), less its floor, multiplied by ``apodisation`` (h, w), made
-    zero-mean and scaled to unit RMS. NaN pixels (outside the frame) count as the window's
-    median.
+    Each window's optical density smoothed by a Gaussian of ``sigma`` (each frame on its
+    own), less its floor, multiplied by ``apodisation`` (h, w), made zero-mean and scaled
+    to unit RMS: blind to an OD offset (the floor) and to the contrast scale that changes
+    across the absorption edge (the normalisation). NaN pixels (outside the frame) count as
+    the window's median. The name is historical: see below.
 
-    The floor is the gradient magnitude's own level, which is positive (noise, texture):
-    with ``floor_scale`` 0 one value per window, measured where the apodisation is low;
-    with ``floor_scale`` > 0 the local level, a Gaussian of ``floor_scale * sigma``. Left
-    in, the level is cut by the apodisation into a pattern fixed to the window that pulls
-    every shift towards zero: where the apodisation cuts textured surroundings (a
-    neighbour, an agglomerate), a single value leaves most of it (SSRL 6-2c, a particle of
-    radius 167 px shifted by 1 px: 0.28 px measured in one pass; 0.90 px with the local
-    level removed at ``floor_scale`` 2).
+    The floor is the image's level where the particle is not: with ``floor_scale`` 0 one
+    value per window, measured where the apodisation is low; with ``floor_scale`` > 0 the
+    local level, a Gaussian of ``floor_scale * sigma``. Left in, the level is cut by the
+    apodisation into a pattern fixed to the window that pulls every shift towards zero:
+    where the apodisation cuts textured surroundings (a neighbour, an agglomerate), a
+    single value leaves most of it (SSRL 6-2c, a particle of radius 167 px shifted by 1 px:
+    0.28 px measured in one pass; 0.90 px with the local level removed at ``floor_scale``
+    2).
 
-    What it computes in fact (found in the session of a55a9df, not changed): scipy's
-    ``gaussian_gradient_magnitude`` takes a derivative along every axis, and with sigma 0
-    along the frames it leaves the OD itself there, so the magnitude is
-    ``sqrt(OD**2 + |grad OD|**2)``. With the OD of our windows far above its gradient, these
-    images are in effect the windows' optical density less its level (plus a small gradient
-    term): a density correlation weighted towards the outline by the partial whitening, not
-    a gradient one, and not invariant to an OD offset (a window less a matrix background
-    changes its character). Every option and threshold of the edge estimate was measured on
-    this. Measured replacements, full stress table seeds 1-2 (worst / median RMS px against
-    the shipped one): the per-frame gradient magnitude lost the low-count cases
-    (``stress-counts`` seed 1 0.26 -> 1.42 px; ``stress-all`` 0.4-0.5 -> 1.2-3.8 px); the density
-    made level-invariant changed little (``stress-all`` seed 2 learned 0.53 -> 0.61); that with
-    the matrix levelled frame by frame in the separation gained on ``stress-drift`` (0.59 / 0.41
-    -> 0.27 / 0.17 learned) and lost elsewhere (``stress-counts`` seed 2 0.19 -> 0.26 learned,
-    0.17 -> 0.31 classical): none shipped.
+    Until this release these were meant as Gaussian gradient magnitudes and computed with
+    scipy's ``gaussian_gradient_magnitude`` over (frames, y, x) with sigma 0 along the
+    frames, which keeps the OD itself along that axis: ``sqrt(OD**2 + |grad OD|**2)``, in
+    effect the same density where the OD stands well above its gradient, but not blind to
+    an offset (a window less a matrix background changed character; where the OD crosses
+    zero it is rectified). Measured, full stress table seeds 1-2 (worst RMS px): a true
+    per-frame gradient magnitude lost the low-count cases (``stress-counts`` seed 1 0.26 ->
+    1.42 px; ``stress-all`` 0.4-0.5 -> 1.2-3.8 px); this density with the matrix levelled
+    frame by frame in the separation (:func:`xanestrack.background.matrix_background`) gained
+    on ``stress-drift`` (learned 0.59 / 0.41 -> 0.26 / 0.16 px; see the README for the
+    whole table).
     """
     win = fill_outside(np.asarray(windows, np.float32))
-    # Gaussian derivatives (central differences of a smoothed window are faster but
-    # noisier: at 600 counts their correlation quality fell under the threshold in many
-    # frames and stress-counts lost its edge estimates)
-    g = ndimage.gaussian_gradient_magnitude(win, (0, sigma, sigma), mode="nearest")
+    g = ndimage.gaussian_filter(win, (0, sigma, sigma), mode="nearest")
     a = np.ones(win.shape[1:], np.float32) if apodisation is None else np.asarray(apodisation, np.float32)
     if floor_scale > 0:
         s = floor_scale * sigma
