@@ -274,8 +274,8 @@ def separate_layers(
         R = np.nan_to_num(R)
         # the particle layer: the best rank-``rank`` approximation of the frames less the
         # matrix (contrast, and the chemistry's change of pattern across the edge)
-        U, S, Vt = np.linalg.svd(R.reshape(len(frames), -1), full_matrices=False)
-        r = max(1, min(int(rank), len(S)))
+        U, S, Vt = _leading_components(R.reshape(len(frames), -1), max(1, min(int(rank), len(frames))))
+        r = len(S)
         recon = ((U[:, :r] * S[:r]) @ Vt[:r]).reshape(R.shape).astype(np.float32)
         sign = np.sign(Vt[0].sum()) or 1.0
         P = (sign * Vt[0] * S[0] / np.sqrt(len(frames))).reshape(size, size)
@@ -294,6 +294,21 @@ def separate_layers(
         M = np.where(np.isfinite(M), M, np.nanmedian(M)).astype(np.float32)
     contrast[frames] = a
     return MatrixBackground(M, bg.origin, shift, bg.seen), P.astype(np.float32), contrast
+
+
+def _leading_components(X, r):
+    """The ``r`` leading singular triplets of a wide matrix ``X`` (n, m), n << m: ``U`` (n, r),
+    ``S`` (r,), ``Vt`` (r, m), from the eigenvectors of the small Gram matrix ``X X^T``.
+    LAPACK's SVD of the whole (48, 151^2) matrix took 0.35 s per call, this 2.4 ms: the
+    separation of a large particle's layers was most of the matrix stage's time; the leading
+    triplets are the same to rounding (their eigenvalues stand well apart from the rest)."""
+    X = np.asarray(X, np.float64)
+    w, V = np.linalg.eigh(X @ X.T)
+    order = np.argsort(w)[::-1][:r]
+    S = np.sqrt(np.clip(w[order], 0.0, None))
+    U = V[:, order]
+    Vt = (U.T @ X) / np.where(S > 0, S, 1.0)[:, None]
+    return U, S, Vt
 
 
 def _place(mask, shape, q):
