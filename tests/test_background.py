@@ -176,3 +176,25 @@ def test_matrix_motion_follows_the_matrix_not_the_particle(scene):
     assert np.sqrt(np.mean(err**2)) < 0.1, err
     assert np.sqrt(np.mean(np.sum((pos - pos[0] - shift) ** 2, axis=1))) > 1.0  # the particle's is not it
     assert quality.min() > 0.3
+
+
+def test_leading_components_match_the_svd():
+    from xanestrack.background import _leading_components
+
+    rng = np.random.default_rng(5)
+    # a wide (frames, pixels) matrix: a scaled pattern, a weaker second one, noise
+    X = (
+        np.outer(rng.normal(1.0, 0.3, 48), rng.random(3000))
+        + 0.2 * np.outer(rng.normal(size=48), rng.random(3000))
+        + 0.01 * rng.normal(size=(48, 3000))
+    ).astype(np.float32)
+    U, S, Vt = np.linalg.svd(X.astype(np.float64), full_matrices=False)
+    u, s, vt = _leading_components(X, 2)
+    assert u.shape == (48, 2) and s.shape == (2,) and vt.shape == (2, 3000)
+    np.testing.assert_allclose(s, S[:2], rtol=1e-6)
+    for i in range(2):  # each triplet up to its sign
+        sign = np.sign(U[:, i] @ u[:, i])
+        np.testing.assert_allclose(sign * u[:, i], U[:, i], atol=1e-6)
+        np.testing.assert_allclose(sign * vt[i], Vt[i], atol=1e-6)
+    rec = (u * s) @ vt
+    np.testing.assert_allclose(rec, (U[:, :2] * S[:2]) @ Vt[:2], atol=1e-5)
