@@ -141,8 +141,15 @@ def matrix_background(od, shift, origin, shape, footprints, *, frames=None, max_
     if frames.size == 0:
         z = np.zeros((h, w), np.float32)
         return MatrixBackground(z, origin, shift, np.zeros((h, w), bool))
+    return _median_matrix(od, shift, origin, frames, _covered(shift, origin, (h, w), footprints, frames))
+
+
+def _median_matrix(od, shift, origin, frames, cover) -> MatrixBackground:
+    """:func:`matrix_background` on ``frames`` (non-empty, finite shifts) with the footprints'
+    ``cover`` of the box (len(frames), h, w) already known."""
+    h, w = cover.shape[1:]
     aligned = resample_windows(od, shift, origin, (h, w), order=1, frames=frames)
-    aligned[_covered(shift, origin, (h, w), footprints, frames)] = np.nan
+    aligned[cover] = np.nan
     # each frame's own level (the matrix and the substrate absorb less as the energy rises): a
     # pixel some frames show uncovered would take the level of just those frames, leaving a
     # rim of the particle's path in the matrix (0.12 OD peak-to-peak behind a drifting
@@ -256,16 +263,19 @@ def separate_layers(
     shift = np.asarray(shift, float)
     frames = np.unique(np.linspace(0, n - 1, min(n, max_frames)).round().astype(int))
     frames = frames[np.isfinite(shift[frames]).all(axis=1) & np.isfinite(positions[frames]).all(axis=1)]
-    bg = matrix_background(od, shift, origin, shape, footprints, frames=frames)
     template = np.zeros((size, size), np.float32)
     contrast = np.full(n, np.nan)
+    if frames.size == 0:
+        return matrix_background(od, shift, origin, shape, footprints, frames=frames), template, contrast
+    cover = _covered(shift, np.asarray(origin, int), shape, footprints, frames)
+    bg = _median_matrix(od, shift, np.asarray(origin, int), frames, cover)
     if frames.size < 3:
         return bg, template, contrast
     c = (size - 1) / 2
     h, w = shape
     Wm = resample_windows(od, shift, origin, shape, order=3, frames=frames)
     # each frame's level where no particle covers the box (as for ``bg``)
-    Wm -= _levels(Wm, ~_covered(shift, origin, shape, footprints, frames))
+    Wm -= _levels(Wm, ~cover)
     Wp = resample_windows(od, positions - c, (0, 0), (size, size), order=3, frames=frames)
     M = bg.image
     for _ in range(max(1, iterations)):
@@ -275,8 +285,7 @@ def separate_layers(
         # the particle layer: the best rank-``rank`` approximation of the frames less the
         # matrix (contrast, and the chemistry's change of pattern across the edge)
         U, S, Vt = _leading_components(R.reshape(len(frames), -1), max(1, min(int(rank), len(frames))))
-        r = len(S)
-        recon = ((U[:, :r] * S[:r]) @ Vt[:r]).reshape(R.shape).astype(np.float32)
+        recon = ((U * S) @ Vt).reshape(R.shape).astype(np.float32)
         sign = np.sign(Vt[0].sum()) or 1.0
         P = (sign * Vt[0] * S[0] / np.sqrt(len(frames))).reshape(size, size)
         a = sign * U[:, 0] * np.sqrt(len(frames))
