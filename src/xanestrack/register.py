@@ -180,13 +180,10 @@ def resample_windows(od, shifts, origin, shape, *, order: int = 3, frames=None) 
     else:
         iy, ix = np.floor(y0).astype(int), np.floor(x0).astype(int)
         fy, fx = y0 - iy, x0 - ix
-    # every frame's crop, rows iy - pad .. iy + h + pad, edge-padded outside the frame
-    pad = 4
-    ry = iy[:, None] + np.arange(-pad, h + pad + 1)[None]
-    rx = ix[:, None] + np.arange(-pad, w + pad + 1)[None]
-    crops = od[sel[:, None, None], np.clip(ry, 0, ny - 1)[:, :, None], np.clip(rx, 0, nx - 1)[:, None, :]].astype(
-        np.float32
-    )
+    # every frame's crop, rows iy - pad .. iy + h + pad, edge-padded outside the frame (the
+    # cubic spline's prefilter needs 4 rows of context, bilinear only the next row)
+    pad = 4 if order == 3 else 0
+    crops = _crops(od, sel, iy, ix, pad, (h + 2 * pad + 1, w + 2 * pad + 1))
     if order == 3:
         # cubic B-spline coefficients (as map_coordinates does), then the 4-tap weights
         crops = ndimage.spline_filter1d(crops, 3, axis=1, mode="nearest", output=np.float32)
@@ -199,8 +196,8 @@ def resample_windows(od, shifts, origin, shape, *, order: int = 3, frames=None) 
     else:
         taps, wy, wx = range(0, 1), np.ones((1, len(sel))), np.ones((1, len(sel)))
     wy, wx = wy.astype(np.float32), wx.astype(np.float32)
-    tmp = sum(wy[j][:, None, None] * crops[:, pad + t : pad + t + h, :] for j, t in enumerate(taps))
-    res = sum(wx[j][:, None, None] * tmp[:, :, pad + t : pad + t + w] for j, t in enumerate(taps))
+    tmp = _weighted_sum(wy, [crops[:, pad + t : pad + t + h, :] for t in taps])
+    res = _weighted_sum(wx, [tmp[:, :, pad + t : pad + t + w] for t in taps])
     # outside the frame: NaN, not invented
     yy = np.arange(h)[None, :] + y0[:, None]
     xx = np.arange(w)[None, :] + x0[:, None]
@@ -208,6 +205,33 @@ def resample_windows(od, shifts, origin, shape, *, order: int = 3, frames=None) 
     out_x = (xx < -0.5) | (xx > nx - 0.5)
     res[out_y[:, :, None] | out_x[:, None, :]] = np.nan
     out[ok] = res
+    return out
+
+
+def _crops(od, frames, iy, ix, pad: int, shape) -> np.ndarray:
+    """float32 crops ``(len(frames), *shape)`` of ``od`` whose pixel [0, 0] is at ``(iy - pad, ix - pad)``,
+    edge-clamped outside the frame: sliced where a crop lies inside the frame, gathered
+    (clipped indices) only where it crosses the border."""
+    ny, nx = od.shape[1:]
+    ch, cw = shape
+    y0, x0 = iy - pad, ix - pad
+    inside = (y0 >= 0) & (x0 >= 0) & (y0 + ch <= ny) & (x0 + cw <= nx)
+    crops = np.empty((len(frames), ch, cw), np.float32)
+    for i in np.flatnonzero(inside):
+        crops[i] = od[frames[i], y0[i] : y0[i] + ch, x0[i] : x0[i] + cw]
+    edge = np.flatnonzero(~inside)
+    if edge.size:
+        ry = np.clip(y0[edge, None] + np.arange(ch)[None], 0, ny - 1)
+        rx = np.clip(x0[edge, None] + np.arange(cw)[None], 0, nx - 1)
+        crops[edge] = od[np.asarray(frames)[edge, None, None], ry[:, :, None], rx[:, None, :]]
+    return crops
+
+
+def _weighted_sum(weights, parts) -> np.ndarray:
+    """``sum(weights[j][:, None, None] * parts[j])`` without the extra pass of ``sum``'s start value."""
+    out = weights[0][:, None, None] * parts[0]
+    for wj, part in zip(weights[1:], parts[1:]):
+        out += wj[:, None, None] * part
     return out
 
 
