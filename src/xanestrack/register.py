@@ -111,8 +111,11 @@ def shifts_from_positions(positions, *, reference: int = 0) -> np.ndarray:
     return p - p[reference]
 
 
-def crop_windows(od, centres, half: int, *, fill=np.nan):
+def crop_windows(od, centres, half: int, *, fill=np.nan, frames=None):
     """Integer-aligned windows ``(n, 2*half+1, 2*half+1)`` around ``centres`` (n, 2).
+
+    ``frames`` (n,) int, optional: the frames of ``od`` the windows are cut from (default
+    ``0 .. n - 1``), so that a few frames' windows need no copy of those frames.
 
     Returns
     -------
@@ -121,7 +124,9 @@ def crop_windows(od, centres, half: int, *, fill=np.nan):
     clipped : ndarray (n,) bool, True where the window crossed the frame border
         (those pixels hold ``fill``)
     """
-    n, ny, nx = od.shape
+    _, ny, nx = od.shape
+    frames = np.arange(od.shape[0]) if frames is None else np.asarray(frames, int)
+    n = len(frames)
     size = 2 * half + 1
     out = np.full((n, size, size), fill, np.float32)
     origins = np.zeros((n, 2), int)
@@ -136,7 +141,7 @@ def crop_windows(od, centres, half: int, *, fill=np.nan):
             clipped[k] = True
             continue
         clipped[k] = (sy0, sx0, sy1, sx1) != (y0, x0, y0 + size, x0 + size)
-        out[k, sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = od[k, sy0:sy1, sx0:sx1]
+        out[k, sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = od[frames[k], sy0:sy1, sx0:sx1]
     return out, origins, clipped
 
 

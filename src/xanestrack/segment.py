@@ -303,9 +303,9 @@ class SegmentedWindows:
     com: np.ndarray
 
 
-def _segment_windows(od, centres, half, segmenter, radius, separate=True, offsets=None):
+def _segment_windows(od, centres, half, segmenter, radius, separate=True, offsets=None, frames=None):
     cut_at = centres if offsets is None else centres + offsets
-    windows, origins, clipped = crop_windows(od, cut_at, half)
+    windows, origins, clipped = crop_windows(od, cut_at, half, frames=frames)
     nanwin = ~np.isfinite(windows)
     if nanwin.any():
         for k in np.flatnonzero(nanwin.any(axis=(1, 2))):
@@ -371,7 +371,7 @@ def segment_particle(
     redo = np.flatnonzero(np.isfinite(off) & (off > max(2.0, 0.15 * half)))
     if redo.size:
         w2, o2, c2, n2, m2 = _segment_windows(
-            od[redo], com[redo], half, segmenter, radius, separate, None if offsets is None else offsets[redo]
+            od, com[redo], half, segmenter, radius, separate, None if offsets is None else offsets[redo], frames=redo
         )
         windows[redo], origins[redo], clipped[redo], nanwin[redo], masks[redo] = w2, o2, c2, n2, m2
         com[redo] = centre_of_mass(m2) + o2
