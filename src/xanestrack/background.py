@@ -20,7 +20,6 @@ moved with the matrix, from each window before it compares outlines.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -156,11 +155,23 @@ def _median_matrix(od, shift, origin, frames, cover) -> MatrixBackground:
     # particle of stress-drift seed 1 drawn with a flat matrix)
     aligned -= _levels(aligned, np.isfinite(aligned))
     seen = np.isfinite(aligned).any(axis=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # pixels no frame shows uncovered: filled below
-        med = np.nanmedian(aligned, axis=0)
+    med = _nanmedian_frames(aligned)  # NaN where no frame shows the pixel uncovered: filled below
     image = _fill(np.nan_to_num(med), seen)
     return MatrixBackground(image.astype(np.float32), origin, shift, seen)
+
+
+def _nanmedian_frames(a) -> np.ndarray:
+    """``np.nanmedian(a, axis=0)`` of a stack (n, h, w), the same numbers (the two middle values'
+    mean for an even count, NaN where a pixel has none), without the warning: sorted along the
+    frames (NaN last) and read at each pixel's middle. numpy takes its masked-array path for
+    fewer than 600 frames, which sorts through masked arrays: 10x slower on a (48, 300, 300)
+    stack."""
+    a = np.asarray(a)
+    s = np.sort(a, axis=0)
+    count = np.isfinite(a).sum(axis=0)
+    low = np.take_along_axis(s, np.maximum((count - 1) // 2, 0)[None], axis=0)[0]
+    high = np.take_along_axis(s, np.minimum(count // 2, a.shape[0] - 1)[None], axis=0)[0]
+    return np.where(count > 0, (low + high) / np.asarray(2, a.dtype), np.nan).astype(a.dtype)
 
 
 def _covered(shift, origin, shape, footprints, frames) -> np.ndarray:
@@ -297,9 +308,7 @@ def separate_layers(
             stack, np.asarray(origin, float) + shift - positions + c + 1, (0, 0), (h, w), order=3, frames=frames
         )
         D = Wm - np.nan_to_num(Pm)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # pixels no frame shows: filled below
-            M = np.nanmedian(D, axis=0).astype(np.float32)
+        M = _nanmedian_frames(D).astype(np.float32)  # NaN where no frame shows the pixel: filled below
         M = np.where(np.isfinite(M), M, np.nanmedian(M)).astype(np.float32)
     contrast[frames] = a
     return MatrixBackground(M, bg.origin, shift, bg.seen), P.astype(np.float32), contrast
