@@ -1,0 +1,177 @@
+"""What the stress family allows: each isolated particle's Cramer-Rao bound beside what the pipeline reaches.
+
+Usage: python benchmarks/bench_stress_limits.py [--cases stress-counts stress-all] [--seeds 1]
+           [--path learned|classical|none] [--out limits.csv]
+
+For every isolated particle of a stress scene (:mod:`xanestrack.synth_stress`):
+
+- ``crlb_frame_px``: the Cramer-Rao bound of its position in one frame, RMS over the frames (2-D: the square
+  root of the trace of the inverse Fisher information ``sum grad(mu) grad(mu)^T / var``), for a known template:
+  ``mu`` the particle's own optical density (the scene drawn again without noise, matrix texture, ghosts, flat-field
+  mismatch or beam changes; the particle's pixels and 3 px around it), ``var`` the Poisson variance of the OD,
+  ``(1 + 1/n_ref) / (counts exp(-OD))`` with the OD of every absorber (vignetting, dark and read noise left out:
+  the bound is optimistic); ``crlb_pre_edge_px`` the same over the frames below 8330 eV;
+- ``crlb_prior_px``: the same with the particle's own motion as a random walk of its true mean squared step
+  (a Rauch-Tung-Striebel smoother per axis; the common motion taken as known): what smoothing across the energies
+  can reach with a perfect motion model;
+- ``own_motion_px``: the 90th percentile of its own motion's distance from its median (the truth);
+- with ``--path``: the pipeline's RMS for the particle (default options; mean removed, as
+  :func:`xanestrack.evaluate.evaluate_tracking`) on the scene as drawn (``rms_px``) and drawn without photon noise
+  (``counts`` 10^6, every other stressor kept: ``rms_noise_free_px``). Where the two agree the error is not noise;
+  where ``rms_px`` is far above ``crlb_prior_px`` the method, not the photons, limits.
+
+Seeds must be below 100 (the models are trained on seeds >= 100).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import sys
+
+import numpy as np
+
+PRE_EDGE_EV = 8330.0
+
+
+def machine() -> str:
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def _rts_variance(sig2, q):
+    """Posterior variance per step of a random walk (step variance ``q``) observed with variances ``sig2``."""
+    m = len(sig2)
+    filt, pred = np.empty(m), np.empty(m)
+    prev = 1e12
+    for k in range(m):
+        pred[k] = prev + (q if k else 0.0)
+        filt[k] = 1.0 / (1.0 / pred[k] + 1.0 / sig2[k])
+        prev = filt[k]
+    smooth = filt.copy()
+    for k in range(m - 2, -1, -1):
+        a = filt[k] / pred[k + 1]
+        smooth[k] = filt[k] + a * a * (smooth[k + 1] - pred[k + 1])
+    return smooth
+
+
+def particle_bounds(case: str, seed: int) -> list[dict]:
+    """The bounds of every isolated particle of one stress scene (see the module docstring)."""
+    from scipy import ndimage
+
+    from xanestrack.synth_stress import STRESS_CASES, make_stress_stack
+
+    p = STRESS_CASES[case]
+    scene = make_stress_stack(case, seed)
+    quiet = dict(counts=1e9, flat_shift_px=0.0, flat_phase_sd=0.0, beam_jitter=0.0, beam_dip_probability=0.0)
+    alone = make_stress_stack(case, seed, matrix_od=0.0, ghost_jump=0.0, **quiet)
+    every = make_stress_stack(case, seed, **quiet)
+    truth = scene.truth
+    for other in (alone, every):  # the noise draws differ, the scene must not
+        if not np.allclose(other.truth.positions[["y", "x"]].to_numpy(), truth.positions[["y", "x"]].to_numpy()):
+            raise RuntimeError("the noise-free scenes moved the particles: the bound would be of another scene")
+    pad = 12
+    od_p = np.pad(alone.optical_density().astype(np.float64), ((0, 0), (pad, pad), (pad, pad)), mode="edge")
+    od_all = np.pad(every.optical_density().astype(np.float64), ((0, 0), (pad, pad), (pad, pad)), mode="edge")
+    n, H, W = od_p.shape[0], od_p.shape[1] - 2 * pad, od_p.shape[2] - 2 * pad
+    g, s = truth.global_shift, truth.scale
+    centre = (np.array([H, W]) - 1) / 2
+    var_per_count = (1.0 + 1.0 / p.n_ref) / p.counts
+    pre = scene.energies_ev < PRE_EDGE_EV
+    rows = []
+    for i in sorted(truth.positions["particle"].unique()):
+        t = truth.positions[truth.positions["particle"] == i].sort_values("frame")
+        if not t["isolated"].all():
+            continue
+        pos = t[["y", "x"]].to_numpy(float)
+        own = (pos - g - centre) / s[:, None]
+        own -= np.median(own, axis=0)
+        q = np.mean(np.diff(own, axis=0) ** 2, axis=0)
+        var = np.empty((n, 2))
+        for k in range(n):
+            m = ndimage.binary_dilation(np.pad(truth.masks[i][k], 3), iterations=3)
+            y0, x0 = truth.mask_origins[i][k] - 3 + pad
+            h, w = m.shape
+            mu = od_p[k, y0 - 1 : y0 + h + 1, x0 - 1 : x0 + w + 1]
+            gy, gx = (d[1:-1, 1:-1] for d in np.gradient(mu))
+            weight = m / (var_per_count * np.exp(od_all[k, y0 : y0 + h, x0 : x0 + w]))
+            fisher = np.array(
+                [
+                    [np.sum(weight * gy * gy), np.sum(weight * gy * gx)],
+                    [np.sum(weight * gy * gx), np.sum(weight * gx * gx)],
+                ]
+            )
+            var[k] = np.diag(np.linalg.inv(fisher))
+        prior = _rts_variance(var[:, 0], max(q[0], 1e-10)) + _rts_variance(var[:, 1], max(q[1], 1e-10))
+        rows.append(
+            dict(
+                case=case,
+                seed=seed,
+                truth_particle=int(i),
+                radius_px=float(truth.radii[i]),
+                own_motion_px=float(np.percentile(np.hypot(*own.T), 90)),
+                crlb_frame_px=float(np.sqrt(np.mean(var.sum(axis=1)))),
+                crlb_pre_edge_px=float(np.sqrt(np.mean(var[pre].sum(axis=1)))) if pre.any() else np.nan,
+                crlb_prior_px=float(np.sqrt(np.mean(prior))),
+            )
+        )
+    return rows
+
+
+def pipeline_rms(case: str, seed: int, path: str, **overrides) -> dict:
+    """``{truth particle: RMS px}`` of the isolated particles the pipeline tracked (default options)."""
+    from xanestrack.evaluate import evaluate_tracking
+    from xanestrack.models import pipeline_models
+    from xanestrack.pipeline import PipelineOptions, run_pipeline
+    from xanestrack.stack import Stack
+    from xanestrack.synth_stress import make_stress_stack
+
+    scene = make_stress_stack(case, seed, **overrides)
+    opts = PipelineOptions()
+    det, seg = pipeline_models(path, path, options=opts)
+    result = run_pipeline(Stack(scene.optical_density(), scene.energies_ev), options=opts, detector=det, segmenter=seg)
+    table, _ = evaluate_tracking(result, scene.truth)
+    found = table[table["isolated"] & table["rms_px"].notna()]
+    return dict(zip(found["truth_particle"].astype(int), found["rms_px"].astype(float)))
+
+
+def main(argv=None) -> int:
+    from xanestrack.synth_stress import STRESS_CASES
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", nargs="+", default=["stress-counts", "stress-all"], choices=list(STRESS_CASES))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1])
+    ap.add_argument("--path", default="learned", choices=["learned", "classical", "none"])
+    ap.add_argument("--out", default=None, help="write the rows as CSV here")
+    a = ap.parse_args(argv)
+    if any(s >= 100 for s in a.seeds):
+        ap.error("seeds must be below 100 (the models are trained on seeds >= 100)")
+    logging.disable(logging.WARNING)
+    print(f"machine: {machine()}")
+    rows = []
+    for case in a.cases:
+        for seed in a.seeds:
+            part = particle_bounds(case, seed)
+            if a.path != "none":
+                drawn = pipeline_rms(case, seed, a.path)
+                clean = pipeline_rms(case, seed, a.path, counts=1e6)
+                for r in part:
+                    r["rms_px"] = drawn.get(r["truth_particle"], np.nan)
+                    r["rms_noise_free_px"] = clean.get(r["truth_particle"], np.nan)
+            rows.extend(part)
+    cols = ["case", "seed", "truth_particle", "radius_px", "own_motion_px", "crlb_frame_px", "crlb_pre_edge_px"]
+    cols += ["crlb_prior_px"] + (["rms_px", "rms_noise_free_px"] if a.path != "none" else [])
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+    if a.out:
+        import pandas as pd
+
+        pd.DataFrame(rows, columns=cols).to_csv(a.out, index=False, float_format="%.4f")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
