@@ -202,7 +202,7 @@ def test_leading_components_match_the_svd():
 
 def test_the_stack_median_is_numpys_nanmedian_exactly():
     """The matrix's median over the frames (a faster path than numpy's for short stacks) gives
-    numpy's numbers, even and odd counts, pixels no frame shows (NaN), float32 and float64."""
+    numpy's numbers, even and odd counts, pixels no frame shows (NaN), infinities, float32 and float64."""
     import warnings
 
     from xanestrack.background import _nanmedian_frames
@@ -212,6 +212,7 @@ def test_the_stack_median_is_numpys_nanmedian_exactly():
         a = rng.normal(size=(n, 13, 17)).astype(dtype)
         a[rng.random(a.shape) < 0.4] = np.nan
         a[:, 0, 0] = np.nan
+        a[0, 1, 1], a[-1, 2, 2] = np.inf, -np.inf
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             ref = np.nanmedian(a, axis=0)

@@ -168,7 +168,7 @@ def _nanmedian_frames(a) -> np.ndarray:
     stack."""
     a = np.asarray(a)
     s = np.sort(a, axis=0)
-    count = np.isfinite(a).sum(axis=0)
+    count = (~np.isnan(a)).sum(axis=0)  # as np.nanmedian: +-inf are values (sorted first / last)
     low = np.take_along_axis(s, np.maximum((count - 1) // 2, 0)[None], axis=0)[0]
     high = np.take_along_axis(s, np.minimum(count // 2, a.shape[0] - 1)[None], axis=0)[0]
     return np.where(count > 0, (low + high) / np.asarray(2, a.dtype), np.nan).astype(a.dtype)
