@@ -425,7 +425,16 @@ def smooth_tracks(positions, measured, *, min_frames: int = 9, iterations: int =
         wsum = w.sum(axis=0)
         D = Pz - ref[:, None] - own
         T_new = np.einsum("jk,jka->ka", w, D) / np.where(wsum > 0, wsum, 1.0)[:, None]
-        T_new[wsum <= 0] = np.nan
+        # a frame where every particle's weight is 0: one particle's wrong position pulled the
+        # unweighted first estimate so far that every residual there became an outlier; the
+        # median over the particles measured there is not pulled so (stress-all seed 2: a faint
+        # 10-px particle 10.6 and 13.0 px off in two frames left both frames unsmoothed for
+        # every particle, that particle's positions there as measured)
+        lost = (wsum <= 0) & (use & part[:, None]).any(axis=0)
+        if lost.any():
+            Dm = np.where((use & part[:, None])[..., None], D, np.nan)[:, lost]
+            T_new[lost] = np.nanmedian(Dm, axis=0)
+        T_new[(wsum <= 0) & ~lost] = np.nan
         change = np.nanmax(np.abs(T_new - T)) if np.isfinite(T_new).any() else 0.0
         T = T_new
         for j in np.flatnonzero(part):
