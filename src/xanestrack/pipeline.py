@@ -338,6 +338,7 @@ class _Located:
     centres: np.ndarray
     seg: object
     shape: np.ndarray | None
+    matrix_note: str = ""
 
 
 def _locate_particle(pid, track, od, segmenter, options) -> _Located:
@@ -515,6 +516,16 @@ def _refine_on_matrix(located, od, energies, options) -> tuple[list[int], list[i
     refined = _map(
         lambda j: _refine_one(located[j], shifts[:, j], od, footprints, options), range(len(located)), _threads(options)
     )
+    for j, (loc, how) in enumerate(zip(located, refined)):
+        if how != "matrix" and loc.measured.sum() >= 3 and np.isfinite(shifts[:, j]).all():
+            pos = np.where(loc.measured[:, None], loc.followed, loc.centres)
+            motion = _own_motion_px((pos - shifts[:, j])[loc.measured])
+            loc.matrix_note = (
+                f"not separated from the matrix behind it (own motion measured {motion:.2f} px; separated from "
+                f"{MIN_OWN_MOTION:g} px): the matrix pulls it towards the common motion, so a sub-pixel motion of "
+                "its own is reported in part only (0.33-0.94 of it on the stress family, README: how much of a "
+                "particle's own motion is reported)"
+            )
     return (
         [loc.pid for loc, how in zip(located, refined) if how == "matrix"],
         [loc.pid for loc, how in zip(located, refined) if how == "shape"],
@@ -682,6 +693,8 @@ def _finish_particle(loc: _Located, v: VouchedPositions, od, energies, options, 
     notes = []
     if not v.located.any():
         notes.append("the particle was measured in no frame: not aligned")
+    if loc.matrix_note:
+        notes.append(loc.matrix_note)
     disagree = (v.flags & FRAME_FLAGS["disagree"]) > 0
     if disagree.any():
         notes.append(
