@@ -338,7 +338,7 @@ class _Located:
     centres: np.ndarray
     seg: object
     shape: np.ndarray | None
-    matrix_note: str = ""
+    unseparated_motion: float | None = None  # px: own motion of a particle not separated from the matrix
 
 
 def _locate_particle(pid, track, od, segmenter, options) -> _Located:
@@ -519,13 +519,7 @@ def _refine_on_matrix(located, od, energies, options) -> tuple[list[int], list[i
     for j, (loc, how) in enumerate(zip(located, refined)):
         if how != "matrix" and loc.measured.sum() >= 3 and np.isfinite(shifts[:, j]).all():
             pos = np.where(loc.measured[:, None], loc.followed, loc.centres)
-            motion = _own_motion_px((pos - shifts[:, j])[loc.measured])
-            loc.matrix_note = (
-                f"not separated from the matrix behind it (own motion measured {motion:.2f} px; separated from "
-                f"{MIN_OWN_MOTION:g} px): the matrix pulls it towards the common motion, so a sub-pixel motion of "
-                "its own is reported in part only (0.33-0.94 of it on the stress family, README: how much of a "
-                "particle's own motion is reported)"
-            )
+            loc.unseparated_motion = _own_motion_px((pos - shifts[:, j])[loc.measured])
     return (
         [loc.pid for loc, how in zip(located, refined) if how == "matrix"],
         [loc.pid for loc, how in zip(located, refined) if how == "shape"],
@@ -693,8 +687,13 @@ def _finish_particle(loc: _Located, v: VouchedPositions, od, energies, options, 
     notes = []
     if not v.located.any():
         notes.append("the particle was measured in no frame: not aligned")
-    if loc.matrix_note:
-        notes.append(loc.matrix_note)
+    if loc.unseparated_motion is not None:
+        notes.append(
+            f"not separated from the matrix behind it (own motion measured {loc.unseparated_motion:.2f} px; separated "
+            f"from {MIN_OWN_MOTION:g} px): the matrix pulls it towards the common motion, so a sub-pixel motion of "
+            "its own is reported in part only (0.33-0.94 of it on the stress family, README: how much of a "
+            "particle's own motion is reported)"
+        )
     disagree = (v.flags & FRAME_FLAGS["disagree"]) > 0
     if disagree.any():
         notes.append(

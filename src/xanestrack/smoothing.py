@@ -416,6 +416,7 @@ def smooth_tracks(positions, measured, *, min_frames: int = 9, iterations: int =
     T = np.zeros((n, 2))
     last_s = np.full((m, 2), np.nan)  # each series' smoothing parameter, searched near it next time
     steps = [() for _ in range(m)]
+    taking = use & part[:, None]  # the positions the shared motion is taken from
     rounds = max(1, iterations)
     for it in range(rounds + 1):
         # the last round lets each own motion jump where its data say so (find_steps): the
@@ -430,10 +431,9 @@ def smooth_tracks(positions, measured, *, min_frames: int = 9, iterations: int =
         # median over the particles measured there is not pulled so (stress-all seed 2: a faint
         # 10-px particle 10.6 and 13.0 px off in two frames left both frames unsmoothed for
         # every particle, that particle's positions there as measured)
-        lost = (wsum <= 0) & (use & part[:, None]).any(axis=0)
+        lost = (wsum <= 0) & taking.any(axis=0)
         if lost.any():
-            Dm = np.where((use & part[:, None])[..., None], D, np.nan)[:, lost]
-            T_new[lost] = np.nanmedian(Dm, axis=0)
+            T_new[lost] = np.nanmedian(np.where(taking[..., None], D, np.nan)[:, lost], axis=0)
         T_new[(wsum <= 0) & ~lost] = np.nan
         change = np.nanmax(np.abs(T_new - T)) if np.isfinite(T_new).any() else 0.0
         T = T_new
