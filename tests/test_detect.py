@@ -137,7 +137,12 @@ def test_a_faint_particle_outlined_too_small_is_measured_at_its_own_contrast():
     assert (got[~got.isolated].reason == "too_small").sum() >= 1  # the fine
     # without the image (or with the option off) the faint particle is too small
     off = regions_table(
-        fg, img, frame_index=0, binning=2, options=DetectOptions(min_radius=7, max_radius=40), image=img
+        fg,
+        img,
+        frame_index=0,
+        binning=2,
+        options=DetectOptions(min_radius=7, max_radius=40, rescue_small=False),
+        image=img,
     )
     assert off.isolated.sum() == 1
     assert regions_table(fg, img, frame_index=0, binning=2, options=opts).isolated.sum() == 1
@@ -156,7 +161,8 @@ def test_a_faint_particle_under_the_classical_threshold_is_rescued_in_scans_of_t
     faint = det[det.x < 90].iloc[0]
     assert abs(faint.y - 50) < 1 and abs(faint.x - 50) < 1 and 7 <= faint.radius <= 11
     assert detect_particles(f, options=on, rescue=False).isolated.sum() == 1
-    assert detect_particles(f).isolated.sum() == 1  # off by default
+    assert detect_particles(f).isolated.sum() == 2  # on by default
+    assert detect_particles(f, options=DetectOptions(rescue_small=False)).isolated.sum() == 1
     # a scan of two frames: one detection would make a track, so nothing is rescued
     assert detect_stack(np.stack([f, f]), options=on).isolated.sum() == 2
     assert detect_stack(np.stack([f, f, f]), options=on).isolated.sum() == 6

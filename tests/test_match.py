@@ -66,6 +66,42 @@ def test_link_detections_keeps_identities_and_lists_gaps():
         assert min(d) < 3.0, (pid, d)
 
 
+def test_a_faint_particle_seen_in_few_frames_is_kept_a_piece_of_a_tracked_one_is_not():
+    """Seen in 5 of 12 frames (a faint particle outlined only after the edge): kept, as nothing
+    else was seen where it was missed. A piece of a particle, seen alone in 4 frames (a touching
+    group split while its contrast is low) and inside its particle's outline in the others: not."""
+    from xanestrack.detect import detect_stack
+
+    s = make_synthetic_stack(
+        "default", seed=9, n_energies=12, shape=(200, 200), n_particles=3, radius_range=(10.0, 16.0)
+    )
+    od = s.optical_density()
+    det = detect_stack(od).reset_index(drop=True)
+    first = det[det["frame"] == 0].sort_values("x")
+    faint = first.iloc[0][["y", "x"]].to_numpy(float)
+    near = lambda d, p: np.hypot(d["y"] - p[0], d["x"] - p[1]) < 8  # noqa: E731
+    # the faint particle: missed in frames 0-6
+    det = det[~(near(det, faint) & (det["frame"] < 7))]
+    # a piece of the right-most particle, seen on its own in frames 0-3
+    whole = first.iloc[-1]
+    piece = whole.copy()
+    piece["x"] = whole["x"] + 0.6 * whole["radius"]
+    piece["radius"], piece["area"] = 0.4 * whole["radius"], np.pi * (0.4 * whole["radius"]) ** 2
+    pieces = pd.DataFrame([piece.to_dict() | {"frame": k} for k in range(4)])
+    det = pd.concat([det, pieces.astype(det.dtypes.to_dict())], ignore_index=True)
+
+    tracks, rejected, _ = link_detections(det, od)
+    assert tracks["particle"].nunique() == 3
+    kept_faint = tracks[near(tracks, faint) & (tracks["frame"] == 0)]
+    assert len(kept_faint) == 1
+    assert tracks[tracks["particle"] == kept_faint["particle"].iloc[0]]["detected"].sum() == 5
+    # the rule is what keeps the one and drops the other
+    old, _, _ = link_detections(det, od, options=MatchOptions(min_faint_fraction=0.5))
+    assert old["particle"].nunique() == 2
+    loose, _, _ = link_detections(det, od, options=MatchOptions(max_covered=1.0))
+    assert loose["particle"].nunique() == 4
+
+
 def test_bad_frames_are_refused():
     det = pd.DataFrame(columns=["frame", "y", "x", "radius", "area", "isolated"])
     with pytest.raises(ValueError, match="frames must be indices"):

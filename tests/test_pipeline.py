@@ -73,6 +73,31 @@ def test_particle_leaving_the_field_of_view_is_flagged():
     assert (flags & (FRAME_FLAGS["undetected"] | FRAME_FLAGS["out_of_view"] | FRAME_FLAGS["interpolated"])).any()
 
 
+def test_a_particle_detected_in_few_frames_is_kept_and_says_so(small_synth):
+    """A particle the detector outlines in only 2 of the 5 key frames (a faint one: before the
+    edge it is missed): its track is kept, it is followed through every frame, and its notes say
+    in how few frames it was seen."""
+    from xanestrack.detect import detect_stack
+
+    od = small_synth.optical_density()
+    t0 = small_synth.truth.positions
+    target = t0[(t0.frame == 0) & (t0.particle == 0)][["y", "x"]].to_numpy(float)[0]
+
+    def detector(od, frames=None):
+        d = detect_stack(od, frames=frames)
+        hide = (np.hypot(d["y"] - target[0], d["x"] - target[1]) < 10) & (d["frame"] < 30)
+        return d[~hide].reset_index(drop=True)
+
+    opts = PipelineOptions(detect_every=12)  # key frames 0, 12, 24, 36, 47
+    r = run_pipeline(Stack(od, small_synth.energies_ev), options=opts, detector=detector)
+    near = [p for p in r.particles if np.hypot(*(p.positions[0] - target)) < 5]
+    assert len(near) == 1 and len(r.particles) == 4
+    assert np.isfinite(near[0].positions).all()
+    assert any("detected in only 2 of the 5 frames examined" in n for n in near[0].notes), near[0].notes
+    others = [p for p in r.particles if p is not near[0]]
+    assert not any("detected in only" in n for p in others for n in p.notes)
+
+
 def test_stack_without_particles_and_single_frame():
     rng = np.random.default_rng(0)
     empty = Stack(rng.normal(0, 0.01, (10, 64, 64)).astype(np.float32), np.linspace(8300, 8400, 10))

@@ -456,6 +456,10 @@ def run(
         True,
         help="For particles that move with the matrix, let the correlation of the particle's optical density vouch for a position where the centre of mass of its mask does not (mask outlines move across the absorption edge on real frames). --no-density-voucher: only the centre of mass vouches.",
     ),
+    rescue_small: bool = typer.Option(
+        True,
+        help="Measure objects the detector outlined too small to be particles again at their own contrast, and keep tracks of particles seen in 30-50 percent of the examined frames where nothing else was seen in their place: small, faint particles seen only after the edge or in low counts (scans of 3+ frames). --no-rescue-small: only what the detector outlines as particles, in half of the examined frames.",
+    ),
     detect_every: int = typer.Option(
         12,
         help="Detect on every n-th frame (and the last); ROIs are propagated in between by chained phase correlation and every frame is still segmented and registered. 1 = detect in every frame (slower).",
@@ -561,10 +565,16 @@ def run(
                 except (ValueError, OSError) as exc:
                     raise XanestrackError(f"--reference {item}: {exc}") from None
         from .detect import DetectOptions  # imported by now in the warm-up thread
+        from .match import MatchOptions
         from .pipeline import PipelineOptions
 
         opts = PipelineOptions(
-            detect=DetectOptions(min_radius=min_radius, max_radius=max_radius, binning=binning),
+            detect=DetectOptions(
+                min_radius=min_radius, max_radius=max_radius, binning=binning, rescue_small=rescue_small
+            ),
+            match=MatchOptions()
+            if rescue_small
+            else MatchOptions(min_faint_fraction=MatchOptions().min_track_fraction),
             reference_particle=reference_particle,
             fuse="all" if save_fused else "ends",
             detect_every=detect_every,

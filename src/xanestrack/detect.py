@@ -100,17 +100,18 @@ class DetectOptions:
         solidity is at least ``KEEP_SOLIDITY`` (0.8; the two position estimates vouch for it
         frame by frame), else rejected (``not_convex``). False: reject every non-convex
         component.
-    rescue_small : bool, default False
+    rescue_small : bool, default True
         A component too small to be a particle is measured again at the frame's own
         contrast (:func:`rescue_small`): where it is the brightest part of a faint
         particle that the detector outlined too small (a small, textured particle before
         the edge or in a frame of low counts), the particle's half-maximum outline is kept
         if it is whole, apart from every larger object, in the size range and convex.
-        Off by default: on the stress family it tracks 23 more isolated particles through
-        every frame (28 runs), but these small, faint particles lean with the contrast
-        across the edge (0.3-0.7 px RMS, their frames mostly not vouched for), and through
-        the smoothing across the energies they pull the other particles' positions (their
-        edge estimates unchanged; stress-all seed 2: 0.12 -> 0.16 px RMS).
+        Scans of ``RESCUE_MIN_FRAMES`` frames or more. On the stress family (seeds 1-2,
+        28 runs, with the linker keeping faint tracks, ``MatchOptions.min_faint_fraction``)
+        the runs with every isolated particle tracked through every frame went from 6 to
+        20, those meeting all of issue 15's tracking goals from 1 to 9, spurious tracks
+        0 -> 0; the particles it brings are the faintest (0.06-0.39 px RMS), so the worst
+        particle of a run is more often above 0.25 px (8 -> 12 runs). README: Rescue.
 
     Raises
     ------
@@ -128,7 +129,7 @@ class DetectOptions:
     border: int = 2
     min_solidity: float = 0.92
     split_touching: bool = True
-    rescue_small: bool = False
+    rescue_small: bool = True
 
     def __post_init__(self):
         if not 0 < self.min_radius < self.max_radius:
@@ -248,8 +249,8 @@ def detect_particles(
 KEEP_SOLIDITY = 0.8
 
 #: faint particles outlined too small are rescued (:func:`rescue_small`) only when the detector
-#: examines at least this many frames: the linker then keeps a track only if it is seen in half
-#: of them, repeated evidence. In a scan of two frames one detection makes a track, and on the
+#: examines at least this many frames: the linker then keeps a track only if it is seen in 2 of
+#: them at least, repeated evidence (:class:`xanestrack.match.MatchOptions`). In a scan of two frames one detection makes a track, and on the
 #: real SSRL 6-2c pair the rescued objects were pieces of larger structures or textured matrix,
 #: or small particles vouched for 1.1-1.5 px off the frames' similarity (classical: its scale fit
 #: moved from 0.99661 to 0.99512)

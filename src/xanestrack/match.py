@@ -53,7 +53,16 @@ class MatchOptions:
         below half the gate).
     min_track_fraction : float, default 0.5
         Tracks seen in fewer than this fraction of the examined frames are rejected
-        (``short_track``).
+        (``short_track``) ...
+    min_faint_fraction : float, default 0.3
+        ... unless seen in at least this fraction of them (and in 2 frames) and, where not seen, nothing
+        else was seen in their place: no other particle kept for tracking covers the
+        track's predicted position in more than ``max_covered`` of those frames. A faint
+        particle that the detectors outline only in some frames (before the edge, in low
+        counts) is kept; a piece of a touching group, seen alone only while the contrast
+        is low and inside its group's outline in the other frames, is not (stress family,
+        both detectors).
+    max_covered : float, default 0.25
     vote_tolerance : float, default 3.0
         px. Agreement distance of the common-displacement vote ...
     vote_fraction : float, default 0.15
@@ -74,6 +83,8 @@ class MatchOptions:
     size_weight: float = 1.0
     min_ssim: float = 0.2
     min_track_fraction: float = 0.5
+    min_faint_fraction: float = 0.3
+    max_covered: float = 0.25
     vote_tolerance: float = 3.0
     vote_fraction: float = 0.15
     max_gap: int = 10_000
@@ -224,7 +235,10 @@ def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = Mat
     kept, rejected = [], []
     for tr in tracks:
         n = len(tr.times)
-        if n >= options.min_track_fraction * examined.size:
+        if n >= options.min_track_fraction * examined.size or (
+            n >= max(2, options.min_faint_fraction * examined.size)
+            and _vacant(tr, objects, examined, common, options.max_covered)
+        ):
             kept.append(tr)
         else:
             arr = np.asarray(tr.positions, float)
@@ -255,6 +269,31 @@ def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = Mat
     rejected += dup
     rejected_df = pd.DataFrame(rejected, columns=["track", "n_frames", "y", "x"])
     return tracks_df, rejected_df, common
+
+
+def _vacant(tr, objects, examined, common, max_covered) -> bool:
+    """Whether a track's predicted position, in the examined frames it was not seen in,
+    is covered (inside the bounding box) by a particle kept for tracking in at most
+    ``max_covered`` of them."""
+    times = np.asarray(tr.times)
+    missed = np.setdiff1d(np.arange(examined.size), times)
+    if missed.size == 0:
+        return True
+    own = np.asarray(tr.positions, float) - common[examined[times]]
+    covered = 0
+    for t in missed:
+        o = objects[t]
+        if not len(o):
+            continue
+        k = examined[t]
+        y = np.interp(k, examined[times], own[:, 0]) + common[k, 0]
+        x = np.interp(k, examined[times], own[:, 1]) + common[k, 1]
+        if "y0" in o:
+            inside = (o["y0"] <= y) & (y < o["y1"]) & (o["x0"] <= x) & (x < o["x1"])
+        else:  # no outlines: within the radius
+            inside = np.hypot(o["y"] - y, o["x"] - x) <= o["radius"]
+        covered += bool(np.any(inside))
+    return covered <= max_covered * missed.size
 
 
 def _drop_duplicates(tracks_df, fraction: float = 0.5):

@@ -694,6 +694,12 @@ def _finish_particle(loc: _Located, v: VouchedPositions, od, energies, options, 
             "its own is reported in part only (0.33-0.94 of it on the stress family, README: how much of a "
             "particle's own motion is reported)"
         )
+    n_examined, n_seen = int(loc.examined.sum()), int((loc.detected & loc.examined).sum())
+    if n_examined and n_seen < options.match.min_track_fraction * n_examined:
+        notes.append(
+            f"detected in only {n_seen} of the {n_examined} frames examined: a faint particle, kept as nothing else was "
+            "seen where it was missed, and followed from where it was seen through the other frames"
+        )
     disagree = (v.flags & FRAME_FLAGS["disagree"]) > 0
     if disagree.any():
         notes.append(

@@ -768,7 +768,7 @@ def _cluster_text(result) -> str:
     )
 
 
-def _detection_text(every, rescue: bool = False) -> str:
+def _detection_text(every, rescue: bool = False, faint_fraction=None) -> str:
     every = int(every)
     text = (
         "in every frame"
@@ -777,6 +777,11 @@ def _detection_text(every, rescue: bool = False) -> str:
     )
     if rescue:
         text += "; objects outlined too small to be particles measured again at their own contrast (scans of 3+ frames)"
+    if faint_fraction is not None and faint_fraction < 0.5:
+        text += (
+            f"; particles seen in {100 * faint_fraction:.0f}-50 % of the examined frames kept where nothing else was "
+            "seen in their place"
+        )
     return text
 
 
@@ -891,7 +896,11 @@ def write_report(folder, *, result=None) -> Path:
             ),
             (
                 "detection",
-                _detection_text(params.get("detect_every", 1), (params.get("detect") or {}).get("rescue_small", False)),
+                _detection_text(
+                    params.get("detect_every", 1),
+                    (params.get("detect") or {}).get("rescue_small", False),
+                    (params.get("match") or {}).get("min_faint_fraction"),
+                ),
             ),
             ("positions", _positions_text(params)),
             ("energy calibration", _calibration_text(run.get("energy_calibration"))),
