@@ -457,7 +457,9 @@ def _matrix_shifts(located, od, energies, footprints, options):
         return shifts
     t = params[["common_dy", "common_dx"]].to_numpy(float)
     scale = params["scale"].to_numpy(float)
-    t, _ = matrix_motion(od, footprints, t - t[0], threads=_threads(options))
+    # the frames are prepared in parallel whatever ``options.threads`` (which bounds the particles
+    # held at once): a frame's filters hold only a few crop-sized arrays (460^2, 2 cores: 1.53 -> 0.82 s)
+    t, _ = matrix_motion(od, footprints, t - t[0], threads=max(_threads(options), min(4, os.cpu_count() or 1)))
     x0 = np.array([np.nanmedian(loc.centres - t, axis=0) for loc in located]) - c  # about the optical axis
     return t[:, None, :] + (scale - scale[0])[:, None, None] * x0[None]
 

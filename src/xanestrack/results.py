@@ -250,7 +250,9 @@ def write_results(result, folder, *, run_info: dict, save_fused: bool = False) -
                 reference_frame=int(p.reference_frame),
                 reference_names=json.dumps(list(p.reference_names)),
             )
-            pg.create_dataset("aligned", data=p.aligned, chunks=(1, *p.aligned.shape[1:]), **comp)
+            # the aligned windows (noisy floats) uncompressed: gzip kept 78 % of their bytes and took 10x the
+            # time of writing them (460^2, 9 particles: 0.41 s for 26 MB against 0.04 s for 33 MB)
+            pg.create_dataset("aligned", data=p.aligned, chunks=(1, *p.aligned.shape[1:]))
             pg.create_dataset("masks", data=p.masks, chunks=(1, *p.masks.shape[1:]), **comp)
             pg.create_dataset("mask", data=p.mask)
             for name, m in p.edge_maps.items():
