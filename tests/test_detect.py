@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 
 from conftest import undocumented_fields
-from xanestrack.detect import DETECTION_COLUMNS, DetectOptions, detect_particles, detect_stack, regions_table
+from xanestrack.detect import (
+    DETECTION_COLUMNS,
+    DetectOptions,
+    detect_particles,
+    detect_stack,
+    foreground_mask,
+    regions_table,
+)
 from xanestrack.synth import make_synthetic_stack
 
 
@@ -146,6 +153,27 @@ def test_a_faint_particle_outlined_too_small_is_measured_at_its_own_contrast():
     )
     assert off.isolated.sum() == 1
     assert regions_table(fg, img, frame_index=0, binning=2, options=opts).isolated.sum() == 1
+
+
+def test_a_faint_particle_wholly_under_the_classical_threshold_is_found_at_half_of_it():
+    """A bright particle sets the threshold (a quarter of its contrast, 0.25); a faint, flat one
+    (radius 10 px, 0.18 OD: the stress family's small particles after the edge) does not reach
+    it anywhere, so no piece of it is a component. What stands above half the threshold is
+    examined by the rescue too; a fine (radius 3 px) at the same contrast stays out."""
+    yy, xx = np.mgrid[0:200, 0:200]
+    f = np.clip(25 - np.hypot(yy - 120, xx - 120) + 0.5, 0, 1).astype(np.float32)
+    f += 0.18 * np.clip(10 - np.hypot(yy - 50, xx - 50) + 0.5, 0, 1).astype(np.float32)
+    f += 0.18 * np.clip(3 - np.hypot(yy - 40, xx - 150) + 0.5, 0, 1).astype(np.float32)
+    f += np.random.default_rng(1).normal(0, 0.01, f.shape).astype(np.float32)
+    fg, corr, thr = foreground_mask(f)
+    assert not fg[20:30, 20:30].any() and corr[23:27, 23:27].max() < thr  # below the threshold everywhere
+    det = detect_particles(f)
+    kept = det[det.isolated].sort_values("x")
+    assert len(kept) == 2
+    faint = kept.iloc[0]
+    assert abs(faint.y - 50) < 1 and abs(faint.x - 50) < 1 and 8 <= faint.radius <= 12
+    assert detect_particles(f, options=DetectOptions(rescue_small=False)).isolated.sum() == 1
+    assert detect_particles(f, rescue=False).isolated.sum() == 1
 
 
 def test_a_faint_particle_under_the_classical_threshold_is_rescued_in_scans_of_three_frames_or_more():
