@@ -263,8 +263,8 @@ KEEP_SOLIDITY = 0.8
 
 #: faint particles outlined too small are rescued (:func:`rescue_small`) only when the detector
 #: examines at least this many frames: the linker then keeps a track only if it is seen in 2 of
-#: them at least, repeated evidence (:class:`xanestrack.match.MatchOptions`). In a scan of two frames one detection makes a track, and on the
-#: real SSRL 6-2c pair the rescued objects were pieces of larger structures or textured matrix,
+#: them at least, repeated evidence (:class:`xanestrack.match.MatchOptions`). In a scan of two
+#: frames one detection makes a track, and on the real SSRL 6-2c pair the rescued objects were pieces of larger structures or textured matrix,
 #: or small particles vouched for 1.1-1.5 px off the frames' similarity (classical: its scale fit
 #: moved from 0.99661 to 0.99512)
 RESCUE_MIN_FRAMES = 3

@@ -248,9 +248,8 @@ def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = Mat
     rows = []
     for pid, tr in enumerate(kept):
         frames_seen = examined[np.asarray(tr.times)]
-        pos_seen = np.asarray(tr.positions, float)
         have = {int(f): (t, r) for f, t, r in zip(frames_seen, tr.times, tr.data["rows"])}
-        own = pos_seen - common[frames_seen]  # the particle's own motion, common motion removed
+        predicted = _predicted(tr, examined, common, np.arange(n_frames))
         for k in range(n_frames):
             if k in have:
                 t, r = have[k]
@@ -259,9 +258,7 @@ def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = Mat
                     (pid, k, r["y"], r["x"], r["area"], r["radius"], True, True, ssim_of.get((tr.id, t, j), np.nan))
                 )
             else:
-                y = np.interp(k, frames_seen, own[:, 0]) + common[k, 0]
-                x = np.interp(k, frames_seen, own[:, 1]) + common[k, 1]
-                rows.append((pid, k, y, x, np.nan, np.nan, False, k in seen, np.nan))
+                rows.append((pid, k, *predicted[k], np.nan, np.nan, False, k in seen, np.nan))
     tracks_df = pd.DataFrame(
         rows, columns=["particle", "frame", "y", "x", "area", "radius", "detected", "examined", "ssim"]
     )
@@ -271,23 +268,27 @@ def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = Mat
     return tracks_df, rejected_df, common
 
 
+def _predicted(tr, examined, common, frames) -> np.ndarray:
+    """``(len(frames), 2)``: a track's position in ``frames``: its own motion (the common
+    motion removed), interpolated between the examined frames it was seen in, plus the
+    common motion."""
+    seen = examined[np.asarray(tr.times)]
+    own = np.asarray(tr.positions, float) - common[seen]
+    return np.stack([np.interp(frames, seen, own[:, a]) for a in range(2)], axis=1) + common[frames]
+
+
 def _vacant(tr, objects, examined, common, max_covered) -> bool:
     """Whether a track's predicted position, in the examined frames it was not seen in,
     is covered (inside the bounding box) by a particle kept for tracking in at most
     ``max_covered`` of them."""
-    times = np.asarray(tr.times)
-    missed = np.setdiff1d(np.arange(examined.size), times)
+    missed = np.setdiff1d(np.arange(examined.size), tr.times)
     if missed.size == 0:
         return True
-    own = np.asarray(tr.positions, float) - common[examined[times]]
     covered = 0
-    for t in missed:
+    for t, (y, x) in zip(missed, _predicted(tr, examined, common, examined[missed])):
         o = objects[t]
         if not len(o):
             continue
-        k = examined[t]
-        y = np.interp(k, examined[times], own[:, 0]) + common[k, 0]
-        x = np.interp(k, examined[times], own[:, 1]) + common[k, 1]
         if "y0" in o:
             inside = (o["y0"] <= y) & (y < o["y1"]) & (o["x0"] <= x) & (x < o["x1"])
         else:  # no outlines: within the radius

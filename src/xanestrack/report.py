@@ -768,7 +768,7 @@ def _cluster_text(result) -> str:
     )
 
 
-def _detection_text(every, rescue: bool = False, faint_fraction=None) -> str:
+def _detection_text(every, rescue: bool = False, match=None) -> str:
     every = int(every)
     text = (
         "in every frame"
@@ -777,10 +777,11 @@ def _detection_text(every, rescue: bool = False, faint_fraction=None) -> str:
     )
     if rescue:
         text += "; objects outlined too small to be particles measured again at their own contrast (scans of 3+ frames)"
-    if faint_fraction is not None and faint_fraction < 0.5:
+    faint, full = (match or {}).get("min_faint_fraction"), (match or {}).get("min_track_fraction", 0.5)
+    if faint is not None and faint < full:
         text += (
-            f"; particles seen in {100 * faint_fraction:.0f}-50 % of the examined frames kept where nothing else was "
-            "seen in their place"
+            f"; particles seen in {100 * faint:.0f}-{100 * full:.0f} % of the examined frames kept where nothing else "
+            "was seen in their place"
         )
     return text
 
@@ -899,7 +900,7 @@ def write_report(folder, *, result=None) -> Path:
                 _detection_text(
                     params.get("detect_every", 1),
                     (params.get("detect") or {}).get("rescue_small", False),
-                    (params.get("match") or {}).get("min_faint_fraction"),
+                    params.get("match"),
                 ),
             ),
             ("positions", _positions_text(params)),
