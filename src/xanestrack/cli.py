@@ -213,8 +213,10 @@ def _run_and_write(
     warmup=None,
     known_edge=None,
 ):
+    from concurrent.futures import ThreadPoolExecutor
+
     from .pipeline import PipelineOptions, run_pipeline
-    from .results import atomic_output_dir, write_results
+    from .results import atomic_output_dir, write_results_h5, write_tables
 
     options = options or PipelineOptions()
     from .models import pipeline_models
@@ -248,13 +250,20 @@ def _run_and_write(
         run_info["quality"] = _quality_record(result)
         if hasattr(run_info.get("input_checksums_sha256"), "result"):  # computed beside the pipeline
             run_info["input_checksums_sha256"] = run_info["input_checksums_sha256"].result()
-        write_results(result, tmp, run_info=run_info, save_fused=save_fused)
-        if make_report:
-            from .report import write_report
-
+        write_tables(result, tmp, run_info=run_info)
+        # results.h5 (its compression) beside the report, which needs only run.json and the result
+        # in memory: 1024^2, 36 particles, 1.9 + 3.1 s one after the other, 3.2 s side by side
+        with ThreadPoolExecutor(1) as pool:
+            h5 = pool.submit(write_results_h5, result, tmp, save_fused=save_fused)
             t = time.perf_counter()
-            write_report(tmp, result=result)
-            result.timings["report"] = time.perf_counter() - t
+            if make_report:
+                from .report import write_report
+
+                write_report(tmp, result=result)
+            t_report = time.perf_counter() - t
+            h5.result()
+        if make_report:  # after results.h5 is written: its timings are the pipeline's
+            result.timings["report"] = t_report
     return result
 
 

@@ -26,6 +26,8 @@ __all__ = [
     "write_marker",
     "add_to_marker",
     "write_results",
+    "write_tables",
+    "write_results_h5",
     "read_results",
     "cluster_table",
 ]
@@ -200,9 +202,16 @@ def write_results(result, folder, *, run_info: dict, save_fused: bool = False) -
     should be the temporary folder of :func:`atomic_output_dir`. The fused stack (as
     large as the input) is stored only with ``save_fused``; its first and last frames
     always are (and are what is read back otherwise).
-    """
-    import h5py
 
+    The same as :func:`write_tables` then :func:`write_results_h5` (the command line runs
+    the second beside the report, which needs only the first).
+    """
+    write_tables(result, folder, run_info=run_info)
+    write_results_h5(result, folder, save_fused=save_fused)
+
+
+def write_tables(result, folder, *, run_info: dict) -> None:
+    """The CSV copies of the result's tables and ``run.json`` (provenance, timings so far)."""
     folder = Path(folder)
     for name, (fname, fmt) in _CSV.items():
         df = getattr(result, name)
@@ -211,13 +220,27 @@ def write_results(result, folder, *, run_info: dict, save_fused: bool = False) -
     ct = cluster_table(result)
     if ct is not None:
         ct.to_csv(folder / "clusters.csv", index=False, float_format="%.4f")
+    info = dict(run_info)
+    info.setdefault("version", __version__)
+    info["timings_s"] = dict(result.timings)
+    info["notes"] = list(result.notes)
+    info["parameters"] = result.options.to_dict()
+    with open(folder / "run.json", "w") as fh:
+        json.dump(info, fh, indent=2, default=_json_default)
+
+
+def write_results_h5(result, folder, *, save_fused: bool = False) -> None:
+    """``results.h5``: everything :func:`read_results` needs to give the same result back."""
+    import h5py
+
+    folder = Path(folder)
     comp = dict(compression="gzip", compression_opts=1, shuffle=True)
     with h5py.File(folder / "results.h5", "w") as f:
         f.attrs["xanestrack_version"] = __version__
         f.attrs["coordinates"] = "pixels (row y, column x); origin_y/origin_x give frame-0 coordinates of pixel [0, 0]"
         f.attrs["frame_shape"] = np.asarray(result.frame_shape, np.int64)
         f.attrs["notes"] = json.dumps(list(result.notes))
-        f.attrs["timings_s"] = json.dumps(result.timings, default=_json_default)
+        f.attrs["timings_s"] = json.dumps(dict(result.timings), default=_json_default)
         f.attrs["options"] = json.dumps(result.options.to_dict(), default=_json_default)
         f.create_dataset("energies_ev", data=result.energies_ev)
         f.create_dataset("common_shift", data=result.common_shift)
@@ -295,13 +318,6 @@ def write_results(result, folder, *, run_info: dict, save_fused: bool = False) -
             if save_fused and result.fused.shape[0] == len(result.energies_ev):
                 d = f.create_dataset("fused", data=result.fused, chunks=(1, *result.fused.shape[1:]), **comp)
                 d.attrs["description"] = desc
-    info = dict(run_info)
-    info.setdefault("version", __version__)
-    info["timings_s"] = result.timings
-    info["notes"] = list(result.notes)
-    info["parameters"] = result.options.to_dict()
-    with open(folder / "run.json", "w") as fh:
-        json.dump(info, fh, indent=2, default=_json_default)
 
 
 def read_run_info(folder) -> dict:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .morph import dilate_cross, label_stats
 from .register import centre_of_mass, crop_windows
 from .robust import robust_sigma
 
@@ -125,18 +126,16 @@ def segment_roi(roi, *, centre=None, options: SegmentOptions = SegmentOptions())
     if n == 0:
         return np.zeros(roi.shape, np.float32)
     if n > 1:
-        idx = np.arange(1, n + 1)
-        coms = np.array(ndimage.center_of_mass(coarse, lab, idx)).reshape(-1, 2)
-        sizes = ndimage.sum(coarse, lab, idx)
+        sizes, coms = label_stats(lab, n)
         d = np.hypot(coms[:, 0] - cy, coms[:, 1] - cx)
         # the particle is the big component near the centre
-        best = idx[np.argmin(d - 0.5 * np.sqrt(sizes / np.pi))]
+        best = 1 + np.argmin(d - 0.5 * np.sqrt(sizes / np.pi))
         comp = lab == best
     else:
         comp = lab == 1
     level = options.level * np.percentile(corr[comp], 90)
     level = max(level, options.noise_factor * noise)
-    region = ndimage.binary_dilation(comp, iterations=4)
+    region = dilate_cross(comp, iterations=4)
     # exclude other components that the dilation reached
     if n > 1:
         region &= ~(coarse & ~comp)
@@ -149,9 +148,9 @@ def segment_roi(roi, *, centre=None, options: SegmentOptions = SegmentOptions())
     lab2, n2 = ndimage.label(inside)
     if n2 > 1:
         # keep the piece overlapping the coarse component most
-        overlap = ndimage.sum(comp, lab2, np.arange(1, n2 + 1))
+        overlap = np.bincount(lab2[comp], minlength=n2 + 1)[1:]
         keep = lab2 == (np.argmax(overlap) + 1)
-        soft[~ndimage.binary_dilation(keep, iterations=1)] = 0.0
+        soft[~dilate_cross(keep)] = 0.0
         inside = keep
     soft = np.where(inside, np.maximum(soft, ndimage.binary_erosion(inside, iterations=1)), soft)
     return soft.astype(np.float32)
@@ -212,10 +211,9 @@ def isolate_particle(masks, *, radius: float, centres=None, max_area_ratio: floa
     if nl == 0:
         return out
     idx = np.arange(1, nl + 1)
-    com = np.array(ndimage.center_of_mass(core, lab, idx)).reshape(-1, 3)
+    area, com = label_stats(lab, nl)
     frame_of = com[:, 0].round().astype(int)  # components never span frames
     com = com[:, 1:]
-    area = ndimage.sum(core, lab, idx)
     expected = np.pi * radius**2
     min_blob = max(6, int(0.5 * np.pi * r_open**2))  # a fine of radius >= ~0.7 r_open; corner slivers are smaller
     # the component at each frame's expected centre (or the nearest big one)
@@ -235,12 +233,12 @@ def isolate_particle(masks, *, radius: float, centres=None, max_area_ratio: floa
         comp[k] = _watershed_piece(comp[k], c[k], radius)
     # keep the particle's own outline as segmented: only blobs that the opening cut off
     # (fines, neighbours' parts) are removed, not the thin slivers of its corners
-    grown = ndimage.binary_dilation(comp, structure=struct)
+    grown = dilate_cross(comp)
     cut = hard & ~grown
     keep = hard.copy()
     if cut.any():
         cl, ncl = ndimage.label(cut, structure=struct)
-        sizes = ndimage.sum(cut, cl, np.arange(1, ncl + 1))
+        sizes = np.bincount(cl.ravel(), minlength=ncl + 1)[1:]
         big = np.zeros(ncl + 1, bool)
         big[1:] = sizes >= min_blob
         keep &= ~big[cl]
@@ -251,9 +249,7 @@ def isolate_particle(masks, *, radius: float, centres=None, max_area_ratio: floa
     hold[0] = False
     keep = hold[kl] | (comp & ~keep.any(axis=(1, 2), keepdims=True))
     removed = hard & ~keep
-    keep = ndimage.binary_dilation(keep, structure=struct) & ~(
-        ndimage.binary_dilation(removed, structure=struct) & ~keep
-    )
+    keep = dilate_cross(keep) & ~(dilate_cross(removed) & ~keep)
     keep[pick == 0] = False
     out = np.where(keep, m, 0.0).astype(np.float32)
     return out

@@ -28,8 +28,12 @@ __all__ = ["SvgFigure", "SvgAxes", "COLORS", "png_bytes"]
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 
 
-def png_bytes(img: np.ndarray, *, compress_level: int = 3) -> bytes:
-    """An RGB (h, w, 3) or RGBA uint8 array as PNG file bytes."""
+def png_bytes(img: np.ndarray, *, compress_level: int = 1) -> bytes:
+    """An RGB (h, w, 3) or RGBA uint8 array as PNG file bytes.
+
+    zlib level 1 by default: the report of a 1024^2 scan with 36 particles took 2.3 s
+    instead of 3.4 s at level 3, for a file 1 % larger (16.7 vs 16.6 MB).
+    """
     from PIL import Image
 
     buf = io.BytesIO()

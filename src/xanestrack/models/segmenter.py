@@ -24,6 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import XanestrackError
+from ..morph import dilate_cross, label_stats
 from ..register import bin_frames, centre_of_mass
 from .loading import check_model_size, load_state, load_weights, read_model_config
 
@@ -453,9 +454,7 @@ def _keep_central(p):
     if n <= 1:
         return p if n == 1 else np.zeros_like(p)
     cy, cx = (p.shape[0] - 1) / 2, (p.shape[1] - 1) / 2
-    idx = np.arange(1, n + 1)
-    coms = np.array(ndimage.center_of_mass(p > 0.5, lab, idx)).reshape(-1, 2)
-    sizes = ndimage.sum(p > 0.5, lab, idx)
-    best = idx[np.argmin(np.hypot(coms[:, 0] - cy, coms[:, 1] - cx) - 0.5 * np.sqrt(sizes / np.pi))]
-    keep = ndimage.binary_dilation(lab == best, iterations=2)
+    sizes, coms = label_stats(lab, n)
+    best = 1 + np.argmin(np.hypot(coms[:, 0] - cy, coms[:, 1] - cx) - 0.5 * np.sqrt(sizes / np.pi))
+    keep = dilate_cross(lab == best, iterations=2)
     return np.where(keep & ~((lab > 0) & (lab != best)), p, 0.0).astype(np.float32)
