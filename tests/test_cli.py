@@ -73,6 +73,27 @@ def test_interrupted_run_leaves_previous_results(synth_dir, tmp_path, monkeypatc
     assert not list(tmp_path.glob(".res.tmp-*"))
 
 
+def test_a_gpu_that_is_not_there_is_said_in_one_line_before_reading(synth_dir, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the refusal cannot be seen here")
+    out = tmp_path / "o"
+    r = runner.invoke(app, ["run", str(synth_dir / "stack.h5"), "--out", str(out), "--device", "cuda"])
+    assert r.exit_code == 2, r.output
+    assert "no CUDA device" in r.output and "leave out --device" in r.output and "Traceback" not in r.output
+    assert "read " not in r.output and not out.exists()  # refused before the stack was read
+    r = runner.invoke(app, ["run", str(synth_dir / "stack.h5"), "--out", str(out), "--device", "gpu0"])
+    assert r.exit_code == 2 and "'cpu' (the default), 'cuda' or 'cuda:N'" in r.output
+    # the classical path uses no model: the option does not stop it
+    r = runner.invoke(
+        app,
+        ["--quiet", "run", str(synth_dir / "stack.h5"), "--out", str(out), "--device", "cuda"]
+        + ["--detector", "classical", "--segmenter", "classical"],
+    )
+    assert r.exit_code == 0, r.output
+
+
 def test_bad_input_is_one_readable_line(tmp_path):
     p = tmp_path / "x.h5"
     p.write_bytes(b"not hdf5 at all")

@@ -160,8 +160,10 @@ class _ModelWarmup:
     needed, as they would have been.
     """
 
-    def __init__(self, detector: str, segmenter: str, segmenter_model=None):
+    def __init__(self, detector: str, segmenter: str, segmenter_model=None, device: str = "cpu"):
         import threading
+
+        self.device = device
 
         self._seg = None
         self._error = None
@@ -183,7 +185,7 @@ class _ModelWarmup:
             from .models import segmenter as _s
 
             if self._build_seg:
-                self._seg = _s.LearnedSegmenter(self._model).segment_rois
+                self._seg = _s.LearnedSegmenter(self._model, device=self.device).segment_rois
         except Exception as exc:  # raised in the main thread, where the model is used
             self._error = exc
 
@@ -224,7 +226,9 @@ def _run_and_write(
     # the output folder is checked, claimed and locked before anything is computed
     with atomic_output_dir(out, overwrite=overwrite, inputs=inputs, kind="run") as tmp:
         if warmup is not None:
-            det_fn, _ = pipeline_models(detector, "classical", options=options, detector_model=detector_model)
+            det_fn, _ = pipeline_models(
+                detector, "classical", options=options, detector_model=detector_model, device=warmup.device
+            )
             seg_fn = warmup.segmenter()
         else:
             det_fn, seg_fn = pipeline_models(
@@ -244,6 +248,9 @@ def _run_and_write(
             if segmenter_model
             else ("shipped" if segmenter == "learned" else None),
             pipeline_s=time.perf_counter() - t0,
+            models_device=(warmup.device if warmup is not None else "cpu")
+            if "learned" in (detector, segmenter)
+            else None,
         )
         if known_edge is not None:
             result, run_info["energy_calibration"] = _calibrate_known_edge(result, *known_edge, references=references)
@@ -452,6 +459,10 @@ def run(
         True,
         help="Follow each particle that drifts on its own (>= 1.5 px, or >= 0.75 px well above its noise) again with the matrix behind it subtracted (corrects the matrix's pull in faint pre-edge frames; costs a few seconds per scan).",
     ),
+    device: str = typer.Option(
+        "cpu",
+        help="Where the learned detector and segmenter run: cpu (default), cuda or cuda:N (a GPU that PyTorch sees). The rest of the pipeline runs on the CPU either way.",
+    ),
     threads: int = typer.Option(
         1,
         min=1,
@@ -542,7 +553,11 @@ def run(
         for name, value in (("detector", detector), ("segmenter", segmenter)):
             if value not in ("classical", "learned"):
                 raise XanestrackError(f"--{name} takes 'classical' or 'learned', got {value!r}")
-        warmup = _ModelWarmup(detector, segmenter, segmenter_model)  # torch is imported while the stack is read
+        if device.strip().lower() != "cpu" and "learned" in (detector, segmenter):
+            from .models.loading import torch_device
+
+            torch_device(device)  # before reading: a GPU that is not there is said at once
+        warmup = _ModelWarmup(detector, segmenter, segmenter_model, device)  # torch imported while reading
         c = _console()
         t = time.perf_counter()
         stack = read_stack(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import XanestrackError
 
-__all__ = ["read_model_config", "load_weights", "check_model_size", "load_state"]
+__all__ = ["read_model_config", "load_weights", "check_model_size", "load_state", "torch_device"]
 
 #: bounds per config key: (smallest, largest); the shipped models sit well inside
 BOUNDS = {
@@ -121,3 +121,31 @@ def load_state(module, state, *, path, kind: str) -> None:
             f"{path}: weights do not fit the network described in config.json ({type(exc).__name__}): "
             f"the two files do not belong together; {_retrain(kind)}"
         ) from None
+
+
+def torch_device(name: str = "cpu"):
+    """The :class:`torch.device` for ``--device``: "cpu" (the default), "cuda" or "cuda:N".
+
+    Raises
+    ------
+    XanestrackError
+        For another name, or "cuda" where PyTorch sees no CUDA device (a CPU-only build, no
+        GPU, or N beyond the devices present): said in one line, with the way back to the CPU.
+    """
+    import torch
+
+    text = str(name).strip().lower()
+    if text != "cpu" and not (text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit())):
+        raise XanestrackError(f"--device {name!r}: give 'cpu' (the default), 'cuda' or 'cuda:N'")
+    if text == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        build = "built without CUDA" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, no GPU visible"
+        raise XanestrackError(
+            f"--device {name}: PyTorch {torch.__version__} ({build}) has no CUDA device here; "
+            "leave out --device to run on the CPU"
+        )
+    dev = torch.device(text)
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise XanestrackError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return dev
