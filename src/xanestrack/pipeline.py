@@ -728,6 +728,11 @@ def _finish_particle(loc: _Located, v: VouchedPositions, od, energies, options, 
         references=references,
         agreement=v.agreement,
         keep_norm=options.clusters > 0,
+        left_out=(
+            "their positions are not vouched for (the edge estimate and the centre of mass disagree by more than "
+            f"{options.agreement_px:g} px, or only one was measured) or not measured, or the window leaves the frame; "
+            "no spectrum is made from them"
+        ),
         **_xanes_settings(options),
     )
     notes += xr.pop("notes")

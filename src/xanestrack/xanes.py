@@ -114,7 +114,7 @@ def _range_idx(e, lo, hi, what, minimum):
     if idx.size < minimum:
         raise ValueError(
             f"{what} range {lo:.1f}-{hi:.1f} eV holds {idx.size} energies, need {minimum}; "
-            f"the scan covers {e[0]:.1f}-{e[-1]:.1f} eV: adjust the range"
+            f"the energies analysed cover {e[0]:.1f}-{e[-1]:.1f} eV"
         )
     return idx
 
@@ -532,6 +532,7 @@ def analyse_particle(
     uncertainty: bool = True,
     edge_jump_threshold: float = 5.0,
     keep_norm: bool = False,
+    left_out: str = "not usable",
 ) -> dict:
     """XANES of one aligned particle sub-stack: edge-energy maps, LCF, mean spectra.
 
@@ -570,6 +571,10 @@ def analyse_particle(
     keep_norm : bool
         Also return ``norm``: the normalised spectra (n_frames, h, w), NaN in frames
         not used and outside the mask (for phase mapping over several particles).
+    left_out : str
+        Why the frames outside ``usable`` were left out: said in the note where the
+        analysis fails for want of them (e.g. a faint particle whose pre-edge positions
+        are not vouched for), so that the note does not blame the scan's energy range.
 
     Returns
     -------
@@ -605,8 +610,16 @@ def analyse_particle(
     e0 = float("nan")
     mean_norm = np.full(n, np.nan)
     pre_c = post_c = np.full(n, np.nan)
+    n_out = int(n - usable.sum())
+    e_all = np.asarray(energies_ev, float)
+    why = (
+        f"; {n_out} of the scan's {n} frames ({np.min(e_all[~usable]):.1f}-{np.max(e_all[~usable]):.1f} eV) "
+        f"were left out of this particle's analysis: {left_out}"
+        if n_out
+        else ""
+    )
     if usable.sum() < min_energies or not mask.any():
-        notes.append(f"XANES skipped: {int(usable.sum())} usable energies (need {min_energies})")
+        notes.append(f"XANES skipped: {int(usable.sum())} usable energies (need {min_energies}){why}")
         for name, _ in _EDGE_METHODS:
             edge_maps[name] = np.full(aligned.shape[1:], np.nan, np.float32)
     else:
@@ -671,7 +684,7 @@ def analyse_particle(
                 )
             )
         except ValueError as exc:
-            notes.append(f"XANES failed: {exc}")
+            notes.append(f"XANES failed: {exc}{why}")
             for name, _ in _EDGE_METHODS:
                 edge_maps.setdefault(name, np.full(aligned.shape[1:], np.nan, np.float32))
     out = dict(
