@@ -85,6 +85,9 @@ def test_a_gpu_that_is_not_there_is_said_in_one_line_before_reading(synth_dir, t
     assert "read " not in r.output and not out.exists()  # refused before the stack was read
     r = runner.invoke(app, ["run", str(synth_dir / "stack.h5"), "--out", str(out), "--device", "gpu0"])
     assert r.exit_code == 2 and "'cpu' (the default), 'cuda' or 'cuda:N'" in r.output
+    # series: refused before any scan is started or the series folder made
+    r = runner.invoke(app, ["series", "--synthetic", "2", "--out", str(tmp_path / "s"), "--device", "cuda"])
+    assert r.exit_code == 2 and "no CUDA device" in r.output and not (tmp_path / "s").exists()
     # the classical path uses no model: the option does not stop it
     r = runner.invoke(
         app,

@@ -889,6 +889,9 @@ def series(
         None,
         help="Largest particle radius to track (px), as for 'run'. Default 60 px, or 8 um when the files give the pixel size.",
     ),
+    device: str = typer.Option(
+        "cpu", help="Where each process runs the learned detector and segmenter: cpu (default), cuda or cuda:N."
+    ),
 ):
     """Process an operando series of scans on Dask and follow every particle through it.
 
@@ -907,6 +910,10 @@ def series(
             sources = series_sources(inputs)
         else:
             raise ValueError("give the scans, or --synthetic N")
+        if device.strip().lower() != "cpu" and "learned" in (detector, segmenter):
+            from .models.loading import torch_device
+
+            torch_device(device)  # a GPU that is not there is said before any scan is started
         _console().print(f"series    {len(sources)} scans -> {out}/")
         t = time.perf_counter()
         table = run_series(
@@ -918,6 +925,7 @@ def series(
             segmenter=segmenter,
             min_radius=min_radius,
             max_radius=max_radius,
+            device=device,
         )
         write_series_report(table, out)
         from .results import add_to_marker

@@ -166,13 +166,13 @@ def _summary_path(out, name):
 _MODELS: dict = {}
 
 
-def _models(detector: str, segmenter: str, options):
-    """The pipeline's model callables, loaded once per worker process."""
-    key = (detector, segmenter, options.detect)
+def _models(detector: str, segmenter: str, options, device: str = "cpu"):
+    """The pipeline's model callables, loaded once per worker process (on ``device``)."""
+    key = (detector, segmenter, options.detect, device)
     if key not in _MODELS:
         from .models import pipeline_models
 
-        _MODELS[key] = pipeline_models(detector, segmenter, options=options)
+        _MODELS[key] = pipeline_models(detector, segmenter, options=options, device=device)
     return _MODELS[key]
 
 
@@ -185,6 +185,7 @@ def process_scan(
     checksum: str | None = None,
     min_radius: float | None = None,
     max_radius: float | None = None,
+    device: str = "cpu",
 ) -> list:
     """Run the pipeline on one scan, write its results, return its per-particle summary.
 
@@ -227,7 +228,7 @@ def process_scan(
         options,
         detect=replace(options.detect, min_radius=sizes.min_radius, max_radius=sizes.max_radius, binning=sizes.binning),
     )
-    det_fn, seg_fn = _models(detector, segmenter, options)
+    det_fn, seg_fn = _models(detector, segmenter, options, device)
     result = run_pipeline(stack, options=options, detector=det_fn, segmenter=seg_fn)
     notes = list(result.notes)
     if stack.n_frames < options.min_xanes_energies:

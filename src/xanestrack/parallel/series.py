@@ -65,6 +65,7 @@ def run_series(
     segmenter: str = "learned",
     min_radius: float | None = None,
     max_radius: float | None = None,
+    device: str = "cpu",
 ) -> pd.DataFrame:
     """Process every scan (in parallel) and link particles across scans.
 
@@ -83,6 +84,8 @@ def run_series(
     detector, segmenter : "learned" (default, the shipped models) or "classical"
     min_radius, max_radius : float, optional
         Particle radius range (px); default from each scan's pixel size, as ``run``.
+    device : "cpu" (default), "cuda" or "cuda:N"
+        Where each process runs the learned models (as ``run --device``).
 
     Returns
     -------
@@ -102,6 +105,7 @@ def run_series(
             detector=detector,
             segmenter=segmenter,
             radii=(min_radius, max_radius),
+            device=device,
         )
 
 
@@ -120,7 +124,7 @@ def _series_folder(out: Path) -> Path:
     return out
 
 
-def _run_series(sources, out, *, options, scheduler, workers, detector, segmenter, radii=(None, None)):
+def _run_series(sources, out, *, options, scheduler, workers, detector, segmenter, radii=(None, None), device="cpu"):
     import dask
 
     from ..errors import one_line
@@ -149,7 +153,7 @@ def _run_series(sources, out, *, options, scheduler, workers, detector, segmente
         ) from None
     checksums = [source_checksum(s) for s in sources]
     tasks = [
-        dask.delayed(process_scan, pure=False)(s, str(out), options, detector, segmenter, c, *radii)
+        dask.delayed(process_scan, pure=False)(s, str(out), options, detector, segmenter, c, *radii, device)
         for s, c in zip(sources, checksums)
     ]
     client = cluster = None
