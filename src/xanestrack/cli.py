@@ -197,6 +197,15 @@ class _ModelWarmup:
         return self._seg
 
 
+def _check_device(device: str, detector: str, segmenter: str) -> None:
+    """Refuse ``--device`` at once where a learned model would need a GPU that is not there
+    (torch is imported only then: the CPU default costs nothing here)."""
+    if device.strip().lower() != "cpu" and "learned" in (detector, segmenter):
+        from .models.loading import torch_device
+
+        torch_device(device)
+
+
 def _run_and_write(
     stack,
     out,
@@ -553,10 +562,7 @@ def run(
         for name, value in (("detector", detector), ("segmenter", segmenter)):
             if value not in ("classical", "learned"):
                 raise XanestrackError(f"--{name} takes 'classical' or 'learned', got {value!r}")
-        if device.strip().lower() != "cpu" and "learned" in (detector, segmenter):
-            from .models.loading import torch_device
-
-            torch_device(device)  # before reading: a GPU that is not there is said at once
+        _check_device(device, detector, segmenter)  # before reading
         warmup = _ModelWarmup(detector, segmenter, segmenter_model, device)  # torch imported while reading
         c = _console()
         t = time.perf_counter()
@@ -910,10 +916,7 @@ def series(
             sources = series_sources(inputs)
         else:
             raise ValueError("give the scans, or --synthetic N")
-        if device.strip().lower() != "cpu" and "learned" in (detector, segmenter):
-            from .models.loading import torch_device
-
-            torch_device(device)  # a GPU that is not there is said before any scan is started
+        _check_device(device, detector, segmenter)  # before any scan is started
         _console().print(f"series    {len(sources)} scans -> {out}/")
         t = time.perf_counter()
         table = run_series(
