@@ -249,3 +249,35 @@ def test_a_particle_is_separated_from_the_matrix_where_its_own_motion_stands_out
     # below MIN_OWN_MOTION never
     own = 0.3 * drift + rng.normal(0, 0.01, (n, 2))
     assert not _separable(own, _own_motion_px(own))
+
+
+def test_a_learned_segmenter_that_leaves_out_part_of_a_particle_is_replaced_for_it(small_synth, small_result):
+    """A segmenter that leaves out the lower part of every particle (as the shipped network
+    leaves out the lobe of an irregular stress-family particle) is not trusted: each particle is
+    outlined by the classical segmenter, says so, and is registered as on the classical path.
+    The classical segmenter handed in as if it were a learned one is left alone."""
+    from xanestrack.segment import segment_rois
+
+    st = Stack(small_synth.optical_density(), small_synth.energies_ev)
+
+    def classical(rois):
+        return segment_rois(rois)
+
+    def without_lower_part(rois):
+        masks = segment_rois(rois)
+        h = masks.shape[1]
+        masks[:, h // 2 + h // 8 :, :] = 0.0
+        return masks
+
+    untouched = run_pipeline(st, segmenter=classical)
+    assert not any("classical segmenter" in n for p in untouched.particles for n in p.notes)
+    guarded = run_pipeline(st, segmenter=without_lower_part)
+    assert len(guarded.particles) == len(small_result.particles) == 4
+    for p, q in zip(guarded.particles, small_result.particles):
+        assert any("outlined by the classical segmenter: the learned one missed" in n for n in p.notes), p.notes
+        np.testing.assert_allclose(p.positions, q.positions, atol=1e-6)
+        np.testing.assert_array_equal(p.mask, q.mask)
+    # without the guard the cut masks stay: the consensus mask loses the lower part
+    off = run_pipeline(st, options=PipelineOptions(mask_guard=False), segmenter=without_lower_part)
+    assert not any("classical segmenter" in n for p in off.particles for n in p.notes)
+    assert sum(p.mask.sum() for p in off.particles) < 0.9 * sum(q.mask.sum() for q in small_result.particles)

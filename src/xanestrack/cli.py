@@ -485,6 +485,10 @@ def run(
         True,
         help="For particles that move with the matrix, let the correlation of the particle's optical density vouch for a position where the centre of mass of its mask does not (mask outlines move across the absorption edge on real frames). --no-density-voucher: only the centre of mass vouches.",
     ),
+    mask_guard: bool = typer.Option(
+        True,
+        help="With the learned segmenter: outline a particle with the classical segmenter instead where the learned masks leave out more than 2 percent of what the particle's mean window shows (a lobe, an outline unlike those it was trained on); the particle's notes say so. --no-mask-guard: the learned masks for every particle.",
+    ),
     rescue_small: bool = typer.Option(
         True,
         help="Measure objects the detector outlined too small to be particles again at their own contrast, and keep tracks of particles seen in 30-50 percent of the examined frames where nothing else was seen in their place: small, faint particles seen only after the edge or in low counts (scans of 3+ frames). --no-rescue-small: only what the detector outlines as particles, in half of the examined frames.",
@@ -611,6 +615,7 @@ def run(
             separate_matrix=separate_matrix,
             smooth_tracks=smooth_tracks,
             density_voucher=density_voucher,
+            mask_guard=mask_guard,
             threads=threads,
             **chem["options"],
         )
