@@ -281,3 +281,35 @@ def test_a_learned_segmenter_that_leaves_out_part_of_a_particle_is_replaced_for_
     off = run_pipeline(st, options=PipelineOptions(mask_guard=False), segmenter=without_lower_part)
     assert not any("classical segmenter" in n for p in off.particles for n in p.notes)
     assert sum(p.mask.sum() for p in off.particles) < 0.9 * sum(q.mask.sum() for q in small_result.particles)
+
+
+@pytest.mark.parametrize("cut", [True, False])
+def test_the_mask_guard_counts_a_lobe_left_out_not_a_touching_neighbour(monkeypatch, cut):
+    """What the guard measures: the share of the particle's classical outline (its mean window)
+    that the learned shape leaves out. A lobe of the particle counts; a particle touching it at a
+    narrow neck is cut off first (SSRL: a 25-px neighbour on a 167-px particle), but only by
+    that cut: without it the neighbour would count as left out."""
+    from xanestrack import pipeline
+    from xanestrack.follow import window_geometry
+
+    if not cut:
+        monkeypatch.setattr(pipeline, "cut_at_necks", lambda *a, **k: [])
+    opts = PipelineOptions()
+    r, track_radius = 30.0, 36.0
+    _, _, size = window_geometry(track_radius, opts.follow)
+    c = (size - 1) / 2
+    yy, xx = np.mgrid[:260, :260]
+    body = np.hypot(yy - 130, xx - 130) <= r
+    learned = np.hypot(*(np.mgrid[:size, :size] - c)) <= r  # a round body: what the network outlines
+    q = 44.78 / np.sqrt(2)  # touching at a neck 10 px wide
+    rng = np.random.default_rng(0)
+
+    def missed(extra):
+        img = 0.5 * (body | extra).astype(np.float32)
+        od = np.stack([img + rng.normal(0, 0.01, img.shape).astype(np.float32) for _ in range(3)])
+        return pipeline._mask_miss(learned, od, np.full((3, 2), 130.0), np.ones(3, bool), track_radius, opts)
+
+    assert missed(np.zeros_like(body)) < 0.005
+    assert missed(np.hypot(yy - 164, xx - 130) <= 16) > 0.1  # a lobe: wide neck
+    neighbour = missed(np.hypot(yy - 130 - q, xx - 130 - q) <= 16)
+    assert (neighbour < pipeline.MASK_MISS) if cut else (neighbour > 0.1)

@@ -322,7 +322,7 @@ def regions_table(
             if reason in ("not_convex", "too_large") and options.split_touching:
                 # touching particles and agglomerates: separated at the necks of the
                 # distance transform, each piece tracked on its own ("touching")
-                pieces = _split_touching(reg, min_area, max_area)
+                pieces = cut_at_necks(reg, min_area, max_area)
                 if not pieces and reason == "not_convex" and solidity >= KEEP_SOLIDITY:
                     # no narrow neck: one irregular particle (or an agglomerate that moves as
                     # one), kept whole; non-convex alone is no reason to give up a particle
@@ -471,7 +471,7 @@ def rescue_small(lab, image, *, min_area: float, options: DetectOptions, binning
     return rescued, consumed
 
 
-def _split_touching(reg, min_area, max_area, *, neck: float = 0.4):
+def cut_at_necks(reg, min_area, max_area, *, neck: float = 0.4):
     """Pieces of a component of touching particles (bool masks), or [] if it is one particle.
 
     Every maximum of the distance transform (1 px of relief) seeds a basin of its watershed;

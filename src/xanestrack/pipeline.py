@@ -23,7 +23,7 @@ from scipy import ndimage
 
 from . import xanes
 from .background import Footprint, matrix_motion, separate_layers
-from .detect import DetectOptions, detect_stack
+from .detect import DetectOptions, cut_at_necks, detect_stack
 from .follow import FollowOptions, density_residuals, follow_particle, shape_weight, window_geometry
 from .match import MatchOptions, link_detections
 from .morph import dilate_cross
@@ -366,8 +366,10 @@ def _mask_miss(shape, od, centres, frames, radius, options) -> float:
 
     The outline is the classical segmenter's on the particle's mean window over ``frames``
     (aligned on ``centres``, the first pass's positions: averaging keeps its noise low),
-    fines and neighbours cut off as in every mask (:func:`isolate_particle`), and only
-    its components that ``shape`` touches. 0 where there is nothing to compare.
+    fines and neighbours cut off as in every mask (:func:`isolate_particle`) and touching
+    particles at their necks (:func:`xanestrack.detect.cut_at_necks`, the piece that
+    ``shape`` covers most), and only its components that ``shape`` touches. 0 where there
+    is nothing to compare.
     """
     _, _, size = window_geometry(radius, options.follow)
     c = (size - 1) / 2
@@ -383,6 +385,12 @@ def _mask_miss(shape, od, centres, frames, radius, options) -> float:
     mean[~seen] = np.median(mean[seen])
     outline = segment_roi(mean, centre=(c, c), options=options.segment)[None]
     outline = isolate_particle(outline, radius=radius, centres=np.array([[c, c]]))[0] > 0.5
+    # a small particle touching this one is cut off at its neck, as the detector cuts touching
+    # particles; the lobes of one irregular particle (wide necks) stay (SSRL 6-2c: a 167-px
+    # particle's outline took a 25-px neighbour in, which its learned masks rightly leave out)
+    pieces = cut_at_necks(outline, 0, np.inf)
+    if pieces:
+        outline = pieces[int(np.argmax([np.count_nonzero(q & shape) for q in pieces]))]
     lab, _ = ndimage.label(outline)
     touched = np.unique(lab[shape & (lab > 0)])
     outline = np.isin(lab, touched[touched > 0])
