@@ -173,3 +173,30 @@ def test_local_background_recovers_each_frame_plane_despite_a_neighbour():
     assert bg.dtype == np.float32 and bg.shape == stack.shape
     assert np.abs(bg[:3] - planes[:3]).max() < 0.005
     assert (bg[3] == 0).all()
+
+
+def test_an_edge_energy_in_a_gap_of_left_out_frames_is_not_measured_but_elsewhere_it_is():
+    # stress family: a particle whose 27 frames across the edge were left out (not vouched for) got an
+    # E50 map 2.2 eV off, interpolated across the gap; with them 0.24 eV
+    e, aligned, mask, _ = _particle_stack(f=0.4)
+    true_e50 = edge_energy_of_fraction(0.4)
+    across = np.abs(e - true_e50) < 6
+    assert across.sum() >= 4
+    r = xanes.analyse_particle(aligned, mask, e, usable=~across, left_out="not vouched for")
+    assert np.isnan(r["edge_maps"]["e50"][mask]).all()
+    assert ((r["pixel_flags"][mask] & xanes.FLAG_GAP) > 0).all()
+    note = next(n for n in r["notes"] if n.startswith("E50 not measured"))
+    assert f"in {int(mask.sum())} of {int(mask.sum())} pixels" in note and "gap of frames left out" in note
+    # without the test, the same frames give an edge energy off by more than the one measured with them all
+    kept = ~across
+    e50, _ = xanes.edge_energy(e[kept], xanes.normalize(e[kept], aligned[kept][:, mask]).norm, e0_ev=true_e50)
+    # frames left out away from the crossing (the pre-edge start) change nothing
+    r2 = xanes.analyse_particle(aligned, mask, e, usable=np.arange(e.size) != 3)
+    assert np.isfinite(r2["edge_maps"]["e50"][mask]).all() and not any("not measured" in n for n in r2["notes"])
+    assert abs(np.nanmean(r2["edge_maps"]["e50"][mask]) - true_e50) < 0.1
+    # a scan's own coarse steps are no gap: every other frame of the scan, none left out
+    sub = np.arange(e.size) % 2 == 0
+    r3 = xanes.analyse_particle(aligned[sub], mask, e[sub])
+    assert not any("not measured" in n for n in r3["notes"])
+    assert np.isfinite(r3["edge_maps"]["e50"][mask]).mean() > 0.95
+    assert abs(np.nanmean(e50) - true_e50) > abs(np.nanmean(r2["edge_maps"]["e50"][mask]) - true_e50)
