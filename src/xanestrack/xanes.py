@@ -687,7 +687,8 @@ def analyse_particle(
                 edge_maps[name] = m
                 n_gap = int(np.count_nonzero(fl & FLAG_GAP))
                 if n_gap:
-                    wide = np.flatnonzero(_too_wide(e, e_all))
+                    lo, hi = e0 + edge_window[0], e0 + edge_window[1]
+                    wide = [k for k in np.flatnonzero(_too_wide(e, e_all)) if e[k + 1] >= lo and e[k] <= hi]
                     spans = ", ".join(f"{e[k]:.1f}-{e[k + 1]:.1f}" for k in wide)
                     notes.append(
                         f"{'E50' if name == 'e50' else 'derivative edge energy'} not measured in {n_gap} of "
