@@ -165,7 +165,7 @@ class PipelineOptions:
         the learned consensus shape, grown by 2 px, misses more than ``MASK_MISS`` of that
         outline (a lobe or an irregular outline the network was not trained on), segment that
         particle with the classical segmenter instead and say so in its notes
-        (:func:`_guard_masks`). The classical segmenter is never guarded.
+        (:func:`_mask_miss`, ``MASK_MISS``). The classical segmenter is never guarded.
     smooth_tracks : bool, default True
         Separate the positions of all particles into the motion they share (kept rough,
         frame by frame: jitter, jumps), each particle's own motion (smoothed across the

@@ -314,10 +314,10 @@ def edge_energy(
         out = ew[i] + np.where(frac >= 0, frac * (ew[i + 1] - ew[i]), frac * (ew[i] - ew[i - 1]))
         has = np.isfinite(y1)
         out[~has] = np.nan
-        wide = _too_wide(ew, scan_energies_ev)
-        gap = has & (wide[i - 1] | wide[i])
-        if method == "whiteline":
-            gap[:] = False  # its peak is fitted elsewhere (chemistry.whiteline)
+        gap = np.zeros_like(has)
+        if method == "derivative":  # the whiteline's peak is fitted elsewhere (chemistry.whiteline)
+            wide = _too_wide(ew, scan_energies_ev)
+            gap = has & (wide[i - 1] | wide[i])
     else:
         raise ValueError(f"method must be 'half', 'derivative' or 'whiteline', got {method!r}")
     flags[~has & (flags == 0)] |= FLAG_NO_CROSSING
