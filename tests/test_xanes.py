@@ -200,3 +200,36 @@ def test_an_edge_energy_in_a_gap_of_left_out_frames_is_not_measured_but_elsewher
     assert not any("not measured" in n for n in r3["notes"])
     assert np.isfinite(r3["edge_maps"]["e50"][mask]).mean() > 0.95
     assert abs(np.nanmean(e50) - true_e50) > abs(np.nanmean(r2["edge_maps"]["e50"][mask]) - true_e50)
+
+
+def test_a_whiteline_next_to_a_gap_of_left_out_frames_is_not_measured_but_away_from_it_is():
+    # the peak model is drawn through the points on either side of a gap: with 6 eV around the
+    # whiteline left out, up to 85 % of a particle's spectra got a maximum 4-5.5 eV off, no flag
+    e, aligned, mask, _ = _particle_stack(f=0.4)
+    peak = float(np.nanmean(xanes.analyse_particle(aligned, mask, e)["edge_maps"]["whiteline"][mask]))
+    out = np.abs(e - (peak + 1)) < 3
+    r = xanes.analyse_particle(aligned, mask, e, usable=~out, left_out="not vouched for")
+    wl = r["edge_maps"]["whiteline"][mask]
+    note = next(n for n in r["notes"] if n.startswith("whiteline not measured"))
+    assert "gap of frames left out" in note and "not vouched for" in note
+    assert np.isfinite(wl).sum() < 0.05 * mask.sum()
+    assert np.all(np.abs(wl[np.isfinite(wl)] - peak) < 1.0)
+    # the fit itself: without the scan's energies (no gap known) a confident wrong maximum
+    from xanestrack.chemistry.whiteline import fit_whiteline
+
+    rng = np.random.default_rng(0)
+    spectrum = xanes.normalize(e, aligned[:, mask].mean(axis=1)).norm
+    spectra = spectrum[:, None] + rng.normal(0, 0.005, (e.size, 200))
+    kept = np.abs(e - (peak - 2.5)) >= 3
+    blind = fit_whiteline(e[kept], spectra[kept], e0_ev=r["e0_ev"])
+    told = fit_whiteline(e[kept], spectra[kept], e0_ev=r["e0_ev"], scan_energies_ev=e)
+    wrong = np.abs(blind.position_ev - peak) > 2.0  # measured: 45 % of them, 4.4 eV off
+    assert wrong.mean() > 0.3
+    assert ((told.flags[wrong] & xanes.FLAG_GAP) > 0).all() and np.isnan(told.position_ev[wrong]).all()
+    assert told.record()["n_gap"] >= wrong.sum()
+    # frames left out 7 eV above the peak: measured, within the fit's noise of the full scan's
+    far = np.abs(e - (peak + 7)) < 3
+    r2 = xanes.analyse_particle(aligned, mask, e, usable=~far)
+    w2 = r2["edge_maps"]["whiteline"][mask]
+    assert np.isfinite(w2).all() and not any(n.startswith("whiteline not measured") for n in r2["notes"])
+    assert abs(np.nanmean(w2) - peak) < 0.3

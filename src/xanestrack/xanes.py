@@ -60,9 +60,10 @@ FLAG_GAP = 16
 MAX_GAP_RATIO = 2.5
 
 
-def _too_wide(e, scan_energies=None) -> np.ndarray:
+def _too_wide(e, scan_energies=None, min_gap_ev: float = 0.0) -> np.ndarray:
     """``(len(e) - 1,)`` bool: intervals of the analysed energies ``e`` that are gaps of
-    left-out frames (:data:`MAX_GAP_RATIO`); none without ``scan_energies``."""
+    left-out frames (:data:`MAX_GAP_RATIO`, and wider than ``min_gap_ev``); none without
+    ``scan_energies``."""
     wide = np.zeros(max(len(e) - 1, 0), bool)
     if scan_energies is None or len(e) < 2:
         return wide
@@ -71,7 +72,7 @@ def _too_wide(e, scan_energies=None) -> np.ndarray:
     for k, (a, b) in enumerate(zip(e[:-1], e[1:])):
         inside = steps[(s[:-1] >= a) & (s[1:] <= b)]
         if inside.size > 1:  # frames of the scan between a and b were left out
-            wide[k] = (b - a) > MAX_GAP_RATIO * inside.max()
+            wide[k] = (b - a) > max(MAX_GAP_RATIO * inside.max(), min_gap_ev)
     return wide
 
 
@@ -492,17 +493,30 @@ def _masked_smooth(stack, mask, sigma):
     return np.where(mask, out, stack).astype(np.float32)
 
 
-def _whiteline_maps(e, norm, mask, e0, notes):
+def _gap_spans(e, e_all, lo, hi, min_gap_ev: float = 0.0) -> str:
+    """The gaps of left-out frames among the analysed energies ``e`` that touch lo..hi eV."""
+    wide = [k for k in np.flatnonzero(_too_wide(e, e_all, min_gap_ev)) if e[k + 1] >= lo and e[k] <= hi]
+    return ", ".join(f"{e[k]:.1f}-{e[k + 1]:.1f}" for k in wide)
+
+
+def _whiteline_maps(e, norm, mask, e0, notes, scan_energies=None, why=""):
     """Fitted whiteline position (eV) and height maps of the mask's normalised spectra (n_e, n_pix)."""
-    from .chemistry.whiteline import fit_whiteline
+    from .chemistry.whiteline import WHITELINE_MIN_GAP_EV, fit_whiteline
 
     pos = np.full(mask.shape, np.nan, np.float32)
     height = np.full(mask.shape, np.nan, np.float32)
     try:
-        wl = fit_whiteline(e, norm, e0_ev=e0)
+        wl = fit_whiteline(e, norm, e0_ev=e0, scan_energies_ev=scan_energies)
     except ValueError as exc:
         notes.append(f"whiteline not fitted: {exc}")
         return pos, height
+    n_gap = int(np.count_nonzero(wl.flags & FLAG_GAP))
+    if n_gap:
+        spans = _gap_spans(e, scan_energies, *wl.window_ev, min_gap_ev=WHITELINE_MIN_GAP_EV)
+        notes.append(
+            f"whiteline not measured in {n_gap} of {wl.flags.size} pixels: its maximum borders a gap of frames "
+            f"left out of the analysis ({spans} eV), across which the peak model is not constrained{why}"
+        )
     pos[mask] = wl.position_ev
     height[mask] = wl.height
     return pos, height
@@ -687,9 +701,7 @@ def analyse_particle(
                 edge_maps[name] = m
                 n_gap = int(np.count_nonzero(fl & FLAG_GAP))
                 if n_gap:
-                    lo, hi = e0 + edge_window[0], e0 + edge_window[1]
-                    wide = [k for k in np.flatnonzero(_too_wide(e, e_all)) if e[k + 1] >= lo and e[k] <= hi]
-                    spans = ", ".join(f"{e[k]:.1f}-{e[k + 1]:.1f}" for k in wide)
+                    spans = _gap_spans(e, e_all, e0 + edge_window[0], e0 + edge_window[1])
                     notes.append(
                         f"{'E50' if name == 'e50' else 'derivative edge energy'} not measured in {n_gap} of "
                         f"{vals.size} pixels: it falls in a gap of frames left out of the analysis ({spans} eV), "
@@ -697,7 +709,9 @@ def analyse_particle(
                     )
                 if name == "e50":
                     pf |= fl
-            edge_maps["whiteline"], maps["whiteline_height"] = _whiteline_maps(e, npix.norm, mask, e0, notes)
+            edge_maps["whiteline"], maps["whiteline_height"] = _whiteline_maps(
+                e, npix.norm, mask, e0, notes, scan_energies=e_all, why=why
+            )
             pix_flags[mask] = pf
             if keep_norm:
                 norm = np.full(aligned.shape, np.nan, np.float32)
