@@ -985,6 +985,13 @@ def train_segmenter_cmd(
         None, help="Model folder to start from (fine-tuning, at a quarter of the learning rate)."
     ),
     stress_fraction: float = _stress_fraction_option("segmenter"),
+    centre_jitter: float = typer.Option(
+        0.0,
+        min=0.0,
+        max=0.5,
+        help="Cut each training ROI up to this many particle radii off the particle's centre (uniform, per axis; "
+        "0: the shipped recipe).",
+    ),
     seed: int = typer.Option(0, help="Random seed (data and weights)."),
 ):
     """Train the Dual U-Net ROI segmenter on generated synthetic ROIs.
@@ -998,7 +1005,7 @@ def train_segmenter_cmd(
 
         from .models.segmenter import SegmenterConfig, default_model_dir, train_segmenter
 
-        cfg = SegmenterConfig(seed=seed, stress_fraction=stress_fraction)
+        cfg = SegmenterConfig(seed=seed, stress_fraction=stress_fraction, centre_jitter=centre_jitter)
         if init:
             cfg = replace(cfg, lr=cfg.lr / 4)
         if quick:

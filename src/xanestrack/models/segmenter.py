@@ -65,6 +65,12 @@ class SegmenterConfig:
         0.82 -> 0.93, but its centres of mass agree with the edge estimate in frames where
         both are off by > 1 px (18 such frames vouched for over the stress cases, against 1):
         not shipped (README, Learned models).
+    centre_jitter : float, default 0.0
+        Each training ROI is cut around the particle's true position moved by 1.5 px (sd)
+        and, with this, by up to ``centre_jitter`` x its radius (uniform, per axis): a
+        segmenter that has seen its particles off-centre has less reason to lean to its
+        window's centre where the image is ambiguous (the pipeline cuts the windows around
+        the edge estimate, whose centre of mass must vouch for it). 0: the shipped recipe.
     epochs : int, default 12
         Passes over the training ROIs.
     batch : int, default 16
@@ -81,6 +87,7 @@ class SegmenterConfig:
     n_train: int = 6000
     n_val: int = 400
     stress_fraction: float = 0.0
+    centre_jitter: float = 0.0
     epochs: int = 12
     batch: int = 16
     lr: float = 2e-3
@@ -102,7 +109,15 @@ def _pad(a, size, value=None):
     return np.pad(a, ((t, py - t), (left, px - left)), constant_values=value), (t, left)
 
 
-def make_training_rois(n: int, *, seed: int, canvas: int = CANVAS, stress_fraction: float = 0.0, progress=None):
+def make_training_rois(
+    n: int,
+    *,
+    seed: int,
+    canvas: int = CANVAS,
+    stress_fraction: float = 0.0,
+    centre_jitter: float = 0.0,
+    progress=None,
+):
     """``n`` ROIs with targets: arrays (n, 1, canvas, canvas) x, clean, coverage.
 
     ``stress_fraction`` of the scans they are cut from come from the stress family with
@@ -138,6 +153,8 @@ def make_training_rois(n: int, *, seed: int, canvas: int = CANVAS, stress_fracti
             r = s.truth.radii[i] * rng.uniform(0.9, 1.1)
             half = window_half(r)
             centre = np.array([row.y, row.x]) + rng.normal(0, 1.5, 2)
+            if centre_jitter > 0:
+                centre = centre + rng.uniform(-centre_jitter, centre_jitter, 2) * s.truth.radii[i]
             win, orig, _ = crop_windows(od[k : k + 1], centre[None], half)
             roi = win[0]
             if not np.all(np.isfinite(roi)):
@@ -209,7 +226,7 @@ def train_segmenter(
     torch.manual_seed(config.seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.perf_counter()
-    mix = dict(canvas=config.canvas, stress_fraction=config.stress_fraction)
+    mix = dict(canvas=config.canvas, stress_fraction=config.stress_fraction, centre_jitter=config.centre_jitter)
     x, c, m = make_training_rois(config.n_train, seed=config.seed, **mix)
     xv, cv, mv = make_training_rois(config.n_val, seed=config.seed + 500, **mix)
     t_data = time.perf_counter() - t0
@@ -279,6 +296,7 @@ def train_segmenter(
         if config.stress_fraction > 0
         else ""
     )
+    jitter_text = f" and up to {config.centre_jitter} radii" if config.centre_jitter > 0 else ""
     if init_dir is not None:
         mix_text = f"(fine-tuned from `{init_dir}`, whose card is that model's training) " + mix_text
     card = (
@@ -287,7 +305,8 @@ def train_segmenter(
 Two U-Nets in series (denoise / background removal, then the particle's partial-coverage mask),
 {n_params} parameters (width {config.width}, depth {config.depth}), trained by `xanestrack train segmenter`
 (seed {config.seed}) on {config.n_train} ROIs cut from {mix_text}`xanestrack.synth` scans (default and hard presets,
-600-8000 counts, all energies; synthetic seeds >= 100 only), {config.epochs} epochs, Adam with one-cycle
+600-8000 counts, all energies; synthetic seeds >= 100 only; ROIs cut 1.5 px (sd){jitter_text} off their particle's
+centre), {config.epochs} epochs, Adam with one-cycle
 learning rate {config.lr}, batch {config.batch}, loss L1(denoised; not on stress ROIs) + BCE(mask) + 0.5 soft Dice, the 8
 symmetries of the square as augmentation. Training time {sum(h["seconds"] for h in history):.0f} s on the CPU
 (+ {t_data:.0f} s to generate the data).
