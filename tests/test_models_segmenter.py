@@ -46,6 +46,22 @@ def test_stress_rois_carry_the_particles_own_outline_and_no_clean_image(tmp_path
     assert "nan" not in logs[-1].split("loss")[1].split(",")[0]
 
 
+def test_centre_jitter_cuts_training_rois_off_their_particles_centre():
+    """``centre_jitter``: the targets' centres of mass spread away from the ROI's centre (the
+    shipped recipe, 0, keeps them within a couple of pixels)."""
+    from scipy import ndimage
+
+    from xanestrack.models.segmenter import make_training_rois
+
+    def offsets(jitter):
+        _, _, m = make_training_rois(24, seed=4, canvas=64, centre_jitter=jitter)
+        com = np.array([ndimage.center_of_mass(a[0]) for a in m])
+        return np.hypot(*(com - 31.5).T)
+
+    plain, cut = offsets(0.0), offsets(0.3)
+    assert np.median(cut) > 2 * np.median(plain) and np.max(cut) > 3.0
+
+
 def test_missing_model_folder_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="xanestrack train segmenter"):
         LearnedSegmenter(tmp_path / "nothing")
