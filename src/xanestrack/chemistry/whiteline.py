@@ -166,6 +166,12 @@ def _fit_groups(e, y, centre, half_width, model, lo, hi):
     return pos, val, curv, rms, inside
 
 
+def _nearest(e, pos):
+    """Index of the energy nearest each position (NaN positions: some valid index)."""
+    j = np.clip(np.searchsorted(e, np.nan_to_num(pos, nan=e[0])), 1, e.size - 1)
+    return np.where(np.abs(e[j - 1] - pos) < np.abs(e[j] - pos), j - 1, j)
+
+
 def _smoother(e, idx, sigma):
     """Rows of a Gaussian smoothing in energy (sigma eV) for the energies idx, over all energies."""
     if sigma <= 0:
@@ -255,10 +261,7 @@ def fit_whiteline(
     on_edge = (centre == iw[0]) | (centre == iw[-1])
     pos, val, curv, rms, ok = _fit_groups(e, yf, centre, half_width_ev, model, lo, hi)
     # re-centre on the grid point nearest the vertex and fit again
-    near = np.where(np.isfinite(pos), np.searchsorted(e, np.nan_to_num(pos, nan=e[0])), centre)
-    near = np.clip(near, 1, e.size - 1)
-    near = np.where(np.abs(e[near - 1] - pos) < np.abs(e[near] - pos), near - 1, near)
-    near = np.clip(near, lo, hi - 1)
+    near = np.clip(np.where(np.isfinite(pos), _nearest(e, pos), centre), lo, hi - 1)
     again = ok & (near != centre)
     if again.any():
         p2, v2, c2, r2, ok2 = _fit_groups(e, yf[:, again], near[again], half_width_ev, model, lo, hi)
@@ -271,12 +274,10 @@ def fit_whiteline(
     wide = _too_wide(e, scan_energies_ev, WHITELINE_MIN_GAP_EV)
     if wide.any():
         # the maximum found (the smoothed spectrum's, or the model's) borders a gap of left-out frames
-        near_v = np.clip(np.searchsorted(e, np.nan_to_num(pos, nan=e[0])), 1, e.size - 1)
-        near_v = np.where(np.abs(e[near_v - 1] - pos) <= np.abs(e[near_v] - pos), near_v - 1, near_v)
         borders = np.zeros(e.size, bool)
         borders[:-1] |= wide
         borders[1:] |= wide
-        gap = trusted & (borders[centre] | borders[near_v])
+        gap = trusted & (borders[centre] | borders[_nearest(e, pos)])
         trusted &= ~gap
     flags = np.zeros(y.shape[1], np.uint8)
     flags[~finite] |= FLAG_NONFINITE
