@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xanestrack.evaluate import detection_f1, evaluate_tracking, f1_by_band, pair_tracks
+from xanestrack.evaluate import detection_f1, edge_map_error, evaluate_tracking, f1_by_band, pair_tracks
 from xanestrack.result import FRAME_FLAGS
 
 
@@ -73,3 +73,22 @@ def test_evaluate_tracking_counts_unflagged_errors_and_spurious_tracks():
     e_bad0 = t0.copy()
     e_bad0[0] += [30, 30]
     assert pair_tracks(np.stack([e_bad0]), np.stack([t0, t1])) == [(0, 0)]
+
+
+def test_edge_map_error_says_how_many_errors_the_standard_errors_cover():
+    """Against the truth on the frame-0 grid (the estimate's window offset from the truth's):
+    errors drawn with a known sigma fall within 1 and 2 of it at the normal rates; a sigma
+    half as large covers far fewer."""
+    rng = np.random.default_rng(0)
+    truth = np.full((60, 60), 8345.0)
+    truth[:, :5] = np.nan  # outside the particle: not compared
+    sigma = np.full((70, 70), 0.3)
+    est = np.full((70, 70), np.nan)
+    est[5:65, 5:65] = truth + rng.normal(0, 0.3, truth.shape)  # the truth's origin is 5 px further in
+    got = edge_map_error(est, (0, 0), truth, (5, 5), rim_px=2, sigma_map=sigma)
+    assert got["within_1_sigma"] == pytest.approx(0.683, abs=0.03)
+    assert got["within_2_sigma"] == pytest.approx(0.954, abs=0.02)
+    assert got["rms_ev"] == pytest.approx(0.3, abs=0.02)
+    half = edge_map_error(est, (0, 0), truth, (5, 5), rim_px=2, sigma_map=sigma / 2)
+    assert half["within_1_sigma"] < 0.45 and half["within_2_sigma"] < 0.75
+    assert "within_1_sigma" not in edge_map_error(est, (0, 0), truth, (5, 5))

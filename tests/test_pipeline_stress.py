@@ -373,3 +373,46 @@ def test_a_particle_not_separated_from_the_matrix_says_its_own_motion_is_reporte
     monkeypatch.setattr(pipeline, "SEPARATE_PX", 200.0)
     r = run_pipeline(st, options=PipelineOptions())
     assert all("reported in part only" in " ".join(p.notes) for p in r.particles), [p.notes for p in r.particles]
+
+
+def test_the_matrix_separated_from_behind_a_drifting_particle_is_kept_out_of_its_chemistry():
+    """A particle drifting on its own slides over the matrix texture, which then moves through its
+    pixels and enters their spectra; the matrix separated from behind it is subtracted before
+    the XANES analysis (``subtract_matrix``). Reduced stress-drift, seed 4, learned path: the
+    separated particles' E50 maps come out closer to the truth with it, the positions and the
+    aligned stack as measured are untouched, and the particles not separated are unchanged."""
+    from dataclasses import replace
+
+    from xanestrack.evaluate import edge_map_error, pair_tracks
+    from xanestrack.models import pipeline_models
+
+    s = make_stress_stack("stress-drift", 4, reduced=True, counts=2e4)
+    st = Stack(s.optical_density(), s.energies_ev)
+    opts = PipelineOptions()
+    det, seg = pipeline_models("learned", "learned", options=opts)
+    on = run_pipeline(st, options=opts, detector=det, segmenter=seg)
+    off = run_pipeline(st, options=replace(opts, subtract_matrix=False), detector=det, segmenter=seg)
+    tp = s.truth.positions.sort_values(["particle", "frame"])
+    true_tracks = np.stack([g[["y", "x"]].to_numpy(float) for _, g in tp.groupby("particle")])
+    rms = {}
+    for p_on, p_off in zip(on.particles, off.particles):
+        np.testing.assert_array_equal(p_on.positions, p_off.positions)
+        np.testing.assert_array_equal(p_on.aligned, p_off.aligned)
+        separated = any("matrix texture separated" in n for n in p_on.notes)
+        if not separated:
+            np.testing.assert_array_equal(p_on.edge_maps["e50"], p_off.edge_maps["e50"])
+            continue
+        paired = pair_tracks(p_on.positions[None], true_tracks, max_distance=10)
+        if not paired or not np.isfinite(p_on.edge_maps["e50"]).any():
+            continue
+        j = paired[0][1]
+        errs = [
+            edge_map_error(p.edge_maps["e50"], p.origin, s.truth.edge_maps[j], s.truth.edge_map_origins[j])
+            for p in (p_on, p_off)
+        ]
+        assert errs[0]["coverage"] >= errs[1]["coverage"] - 0.02, errs
+        rms[p_on.particle] = (errs[0]["rms_ev"], errs[1]["rms_ev"])
+    assert len(rms) >= 2, rms
+    with_, without = np.array(list(rms.values())).T
+    assert np.median(with_) < 0.92 * np.median(without), rms
+    assert (with_ <= without + 0.02).all(), rms

@@ -468,6 +468,10 @@ def run(
         True,
         help="Follow each particle that drifts on its own (>= 1.5 px, or >= 0.75 px well above its noise) again with the matrix behind it subtracted (corrects the matrix's pull in faint pre-edge frames; costs a few seconds per scan).",
     ),
+    subtract_matrix: bool = typer.Option(
+        True,
+        help="Subtract the matrix separated from behind a particle that drifts on its own from its frames before the XANES analysis (its texture would slide through the particle's pixels and enter their spectra); the aligned stack written stays as measured. --no-subtract-matrix: the chemistry of the frames as measured.",
+    ),
     device: str = typer.Option(
         "cpu",
         help="Where the learned detector and segmenter run: cpu (default), cuda or cuda:N (a GPU that PyTorch sees). The rest of the pipeline runs on the CPU either way.",
@@ -613,6 +617,7 @@ def run(
             fuse="all" if save_fused else "ends",
             detect_every=detect_every,
             separate_matrix=separate_matrix,
+            subtract_matrix=subtract_matrix,
             smooth_tracks=smooth_tracks,
             density_voucher=density_voucher,
             mask_guard=mask_guard,

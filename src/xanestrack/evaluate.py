@@ -67,8 +67,13 @@ def registration_error(est_positions, true_positions) -> dict:
     )
 
 
-def edge_map_error(est_map, est_origin, true_map, true_origin, *, rim_px: int = 2) -> dict:
-    """RMS error (eV) of an edge-energy map on the frame-0 grid, rim excluded."""
+def edge_map_error(est_map, est_origin, true_map, true_origin, *, rim_px: int = 2, sigma_map=None) -> dict:
+    """RMS error (eV) of an edge-energy map on the frame-0 grid, rim excluded.
+
+    With ``sigma_map`` (the map's standard errors, on ``est_map``'s grid) also
+    ``within_1_sigma`` and ``within_2_sigma``: the shares of the compared pixels with a finite
+    sigma whose error is within one and two of it (0.68 and 0.95 where sigma is right).
+    """
     est_map = np.asarray(est_map)
     true_map = np.asarray(true_map)
     inside = ndimage.binary_erosion(np.isfinite(true_map), iterations=rim_px)
@@ -80,12 +85,21 @@ def edge_map_error(est_map, est_origin, true_map, true_origin, *, rim_px: int = 
     est[okb] = est_map[gy[okb], gx[okb]]
     diff = est - true_map[ty, tx]
     good = np.isfinite(diff)
-    return dict(
+    out = dict(
         rms_ev=float(np.sqrt(np.mean(diff[good] ** 2))) if good.any() else np.nan,
         bias_ev=float(np.mean(diff[good])) if good.any() else np.nan,
         coverage=float(good.mean()) if good.size else 0.0,
         n_pixels=int(good.sum()),
     )
+    if sigma_map is not None:
+        sig = np.full(ty.size, np.nan)
+        sig[okb] = np.asarray(sigma_map)[gy[okb], gx[okb]]
+        judged = good & np.isfinite(sig)
+        for k in (1, 2):
+            out[f"within_{k}_sigma"] = (
+                float(np.mean(np.abs(diff[judged]) <= k * sig[judged])) if judged.any() else np.nan
+            )
+    return out
 
 
 def evaluate_result(result, truth, *, rim_px: int = 2, max_distance: float = 10.0):

@@ -108,7 +108,13 @@ def _read_table(g):
 
 #: pipeline options added after results were first written, and what a result written before them did
 #: (its options lack the field; the current default would misdescribe it)
-_BEFORE_OPTION = {"smooth_tracks": False, "density_voucher": False, "shape_apodisation": False, "mask_guard": False}
+_BEFORE_OPTION = {
+    "smooth_tracks": False,
+    "density_voucher": False,
+    "shape_apodisation": False,
+    "mask_guard": False,
+    "subtract_matrix": False,
+}
 
 
 def _options_from_dict(cls, d: dict):
