@@ -274,6 +274,25 @@ def test_no_separate_matrix_reaches_the_pipeline(synth_dir, tmp_path):
     assert "matrix" not in res.timings
 
 
+def test_no_subtract_matrix_reaches_the_pipeline(synth_dir, tmp_path):
+    """The positions do not depend on it; only the chemistry of particles separated from the matrix does, and
+    their notes say whether it was subtracted."""
+    res = {
+        name: _run_read(synth_dir, tmp_path / name, *extra)
+        for name, extra in (("on", []), ("off", ["--no-subtract-matrix"]))
+    }
+    assert res["on"].options.subtract_matrix is True
+    assert res["off"].options.subtract_matrix is False
+    np.testing.assert_array_equal(res["on"].tracks[["y", "x"]].to_numpy(), res["off"].tracks[["y", "x"]].to_numpy())
+    said = lambda p: any("matrix texture separated" in n for n in p.notes)  # noqa: E731
+    assert not any(said(p) for p in res["off"].particles)
+    on = [p for p in res["on"].particles if said(p)]
+    assert on, "no particle of this scene was separated from the matrix: the test cannot tell the flag works"
+    for p in on:
+        q = next(q for q in res["off"].particles if q.particle == p.particle)
+        assert not np.array_equal(p.edge_maps["e50"], q.edge_maps["e50"], equal_nan=True)
+
+
 def test_no_smooth_tracks_reaches_the_pipeline(synth_dir, tmp_path):
     """Smoothed by default (a note says so); with --no-smooth-tracks every measured position is the edge estimate."""
     res = {
