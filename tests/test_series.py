@@ -352,3 +352,12 @@ def test_hdf5_series_file_is_read_through_io_with_its_checks(tmp_path):
         f["img_xanes"], f["X_eng"] = counts, e
     with pytest.raises(XanestrackError, match="flat"):
         ScanSource("scan_0000", 0, "hdf5-scan", str(q)).load()
+
+
+def test_the_threaded_scheduler_keeps_one_scan_in_flight_on_two_cores():
+    """Two scans at once gained nothing on two cores and took 1.7x the memory (bench_series.py)."""
+    from xanestrack.parallel.series import scans_in_flight
+
+    assert scans_in_flight(1) == scans_in_flight(2) == 1
+    assert scans_in_flight(4) == scans_in_flight(16) == 2
+    assert scans_in_flight(None) in (1, 2)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -124,6 +125,18 @@ def _series_folder(out: Path) -> Path:
     return out
 
 
+def scans_in_flight(cores: int | None = None) -> int:
+    """Scans the threaded scheduler processes at once: one on a machine of two cores or fewer, else two.
+
+    Each scan's pipeline already keeps two cores busy part of the time (the networks use every
+    core), so on two cores a second scan in flight gains nothing and doubles the memory: measured
+    (``benchmarks/bench_series.py``, 8 scans of 143 x 1024^2, 36 particles), 263 s with two in
+    flight and 263 s one at a time, 2722 against 1629 MiB.
+    """
+    cores = os.cpu_count() if cores is None else cores
+    return 1 if (cores or 1) <= 2 else 2
+
+
 def _run_series(sources, out, *, options, scheduler, workers, detector, segmenter, radii=(None, None), device="cpu"):
     import dask
 
@@ -171,7 +184,7 @@ def _run_series(sources, out, *, options, scheduler, workers, detector, segmente
             parts = dask.compute(*tasks)
         else:
             sched = "sync" if scheduler in ("sync", "synchronous") else "threads"
-            parts = dask.compute(*tasks, scheduler=sched, num_workers=2)
+            parts = dask.compute(*tasks, scheduler=sched, num_workers=scans_in_flight())
     finally:
         if client is not None:
             client.close()
