@@ -5,7 +5,8 @@ beamline writes and ``xanestrack synth`` writes): ``--energies`` x ``--size``^2 
 stage offsets and slow deformation between scans (the series scene model). Then ``xanestrack series FILES --out
 DIR`` runs as a subprocess (reading included, the series report included), once per scheduler:
 
-- ``threads``: Dask's threaded scheduler, two scans in flight (the default);
+- ``threads``: Dask's threaded scheduler (the default; two scans in flight, one on a machine of two cores or fewer:
+  :func:`xanestrack.parallel.series.scans_in_flight`);
 - ``sync``: one scan at a time (``--scheduler sync``);
 - ``distributed``: a local ``dask.distributed`` cluster of two worker processes (``--workers 2``).
 
@@ -175,8 +176,10 @@ def main():
         "| 54 scans (projected) | plain alignment per scan, 54 scans | ratio |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
+    from xanestrack.parallel.series import scans_in_flight
+
     names = {
-        "threads": "threads (2 in flight)",
+        "threads": f"threads ({scans_in_flight()} in flight)",
         "sync": "sync (one at a time)",
         "distributed": "distributed, 2 workers",
     }
