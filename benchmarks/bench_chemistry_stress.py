@@ -128,7 +128,7 @@ def run_case(case, seed, path, models, decompose=False) -> list[dict]:
     parts = _decompose(case, seed, st.od, on, s.truth, on_opts) if decompose else {}
     rows = []
     for j, (p, em) in sorted(m_on.items()):
-        e_off = m_off[j][1]
+        e_off = m_off[j][1] if j in m_off else {"rms_ev": np.nan}  # no map without the subtraction
         row = dict(
             case=case,
             seed=seed,
@@ -152,24 +152,9 @@ def run_case(case, seed, path, models, decompose=False) -> list[dict]:
     return rows
 
 
-def _interior_errors(p, true_map, true_origin, rim_px: int = 2) -> np.ndarray:
-    """E50 minus the truth at every pixel of the true interior (NaN where ``p`` has no E50)."""
-    from scipy import ndimage
-
-    inside = ndimage.binary_erosion(np.isfinite(true_map), iterations=rim_px)
-    ty, tx = np.nonzero(inside)
-    gy = ty + int(true_origin[0]) - int(p.origin[0])
-    gx = tx + int(true_origin[1]) - int(p.origin[1])
-    e = p.edge_maps["e50"]
-    ok = (gy >= 0) & (gy < e.shape[0]) & (gx >= 0) & (gx < e.shape[1])
-    v = np.full(ty.size, np.nan)
-    v[ok] = e[gy[ok], gx[ok]]
-    return v - true_map[ty, tx]
-
-
 def compare_paths(case, seed, models) -> list[dict]:
     """Learned and classical E50 against the truth on the pixels both map, per particle both pair."""
-    from xanestrack.evaluate import pair_tracks
+    from xanestrack.evaluate import edge_map_pixel_errors, pair_tracks
     from xanestrack.pipeline import PipelineOptions, run_pipeline
     from xanestrack.stack import Stack
     from xanestrack.synth_stress import make_stress_stack
@@ -185,8 +170,9 @@ def compare_paths(case, seed, models) -> list[dict]:
     rows = []
     for j in sorted(set(paired["learned"]) & set(paired["classical"])):
         tm, to = s.truth.edge_maps[j], np.round(s.truth.edge_map_origins[j]).astype(int)
-        dl = _interior_errors(paired["learned"][j], tm, to)
-        dc = _interior_errors(paired["classical"][j], tm, to)
+        pl, pc = paired["learned"][j], paired["classical"][j]
+        dl = edge_map_pixel_errors(pl.edge_maps["e50"], pl.origin, tm, to)[0]
+        dc = edge_map_pixel_errors(pc.edge_maps["e50"], pc.origin, tm, to)[0]
         both = np.isfinite(dl) & np.isfinite(dc)
         if both.sum() < 20:
             continue

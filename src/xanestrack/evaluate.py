@@ -21,6 +21,7 @@ __all__ = [
     "pair_tracks",
     "registration_error",
     "edge_map_error",
+    "edge_map_pixel_errors",
     "evaluate_result",
     "evaluate_tracking",
     "UNVOUCHED_FLAGS",
@@ -67,12 +68,11 @@ def registration_error(est_positions, true_positions) -> dict:
     )
 
 
-def edge_map_error(est_map, est_origin, true_map, true_origin, *, rim_px: int = 2, sigma_map=None) -> dict:
-    """RMS error (eV) of an edge-energy map on the frame-0 grid, rim excluded.
+def edge_map_pixel_errors(est_map, est_origin, true_map, true_origin, *, rim_px: int = 2, other_map=None):
+    """Estimated minus true edge energy at every pixel of the true interior (rim excluded), frame-0 grid.
 
-    With ``sigma_map`` (the map's standard errors, on ``est_map``'s grid) also
-    ``within_1_sigma`` and ``within_2_sigma``: the shares of the compared pixels with a finite
-    sigma whose error is within one and two of it (0.68 and 0.95 where sigma is right).
+    Returns the errors (NaN where the estimate has no value) and, with ``other_map`` (a map on
+    ``est_map``'s grid, e.g. its standard errors), that map sampled at the same pixels.
     """
     est_map = np.asarray(est_map)
     true_map = np.asarray(true_map)
@@ -81,9 +81,24 @@ def edge_map_error(est_map, est_origin, true_map, true_origin, *, rim_px: int = 
     gy = ty + int(true_origin[0]) - int(est_origin[0])
     gx = tx + int(true_origin[1]) - int(est_origin[1])
     okb = (gy >= 0) & (gy < est_map.shape[0]) & (gx >= 0) & (gx < est_map.shape[1])
-    est = np.full(ty.size, np.nan)
-    est[okb] = est_map[gy[okb], gx[okb]]
-    diff = est - true_map[ty, tx]
+
+    def sample(m):
+        v = np.full(ty.size, np.nan)
+        v[okb] = np.asarray(m)[gy[okb], gx[okb]]
+        return v
+
+    diff = sample(est_map) - true_map[ty, tx]
+    return diff, (sample(other_map) if other_map is not None else None)
+
+
+def edge_map_error(est_map, est_origin, true_map, true_origin, *, rim_px: int = 2, sigma_map=None) -> dict:
+    """RMS error (eV) of an edge-energy map on the frame-0 grid, rim excluded.
+
+    With ``sigma_map`` (the map's standard errors, on ``est_map``'s grid) also
+    ``within_1_sigma`` and ``within_2_sigma``: the shares of the compared pixels with a finite
+    sigma whose error is within one and two of it (0.68 and 0.95 where sigma is right).
+    """
+    diff, sig = edge_map_pixel_errors(est_map, est_origin, true_map, true_origin, rim_px=rim_px, other_map=sigma_map)
     good = np.isfinite(diff)
     out = dict(
         rms_ev=float(np.sqrt(np.mean(diff[good] ** 2))) if good.any() else np.nan,
@@ -91,9 +106,7 @@ def edge_map_error(est_map, est_origin, true_map, true_origin, *, rim_px: int = 
         coverage=float(good.mean()) if good.size else 0.0,
         n_pixels=int(good.sum()),
     )
-    if sigma_map is not None:
-        sig = np.full(ty.size, np.nan)
-        sig[okb] = np.asarray(sigma_map)[gy[okb], gx[okb]]
+    if sig is not None:
         judged = good & np.isfinite(sig)
         for k in (1, 2):
             out[f"within_{k}_sigma"] = (
