@@ -4,11 +4,13 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from xanestrack.background import Footprint, matrix_background, separate_layers
+from xanestrack.background import Footprint, matrix_background, separate_layers, unmix_layers
 from xanestrack.follow import FollowOptions, follow_particle, shape_weight, window_geometry
 
 
-def _scene(seed=0, n=40, size=128, radius=10.0, faint=0.04, bright=0.3, texture=0.03, noise=0.004, level=0.3):
+def _scene(
+    seed=0, n=40, size=128, radius=10.0, faint=0.04, bright=0.3, texture=0.03, noise=0.004, level=0.3, own_step=0.6
+):
     """A disc drifting on its own over a matrix texture that moves with a common jitter.
 
     The matrix has an OD ``level`` (binder, carbon, the substrate): an estimator that
@@ -21,7 +23,7 @@ def _scene(seed=0, n=40, size=128, radius=10.0, faint=0.04, bright=0.3, texture=
     rng = np.random.default_rng(seed)
     tex = ndimage.gaussian_filter(rng.normal(size=(size + 40, size + 40)), 1.5)
     tex = (texture * tex / tex.std()).astype(np.float32)
-    own = ndimage.gaussian_filter1d(np.cumsum(rng.normal(0, 0.6, (n, 2)), axis=0), 2, axis=0)
+    own = ndimage.gaussian_filter1d(np.cumsum(rng.normal(0, own_step, (n, 2)), axis=0), 2, axis=0)
     own -= own[0]
     jitter = rng.normal(0, 1.0, (n, 2))
     jitter[0] = 0
@@ -45,6 +47,15 @@ def _disc_footprint(size, radius, positions):
     return Footprint(np.hypot(yy - c, xx - c) <= radius, (c, c), positions)
 
 
+def _disc_window(radius, opts):
+    """The follower's window size, a disc of ``radius`` in it and its shape weight."""
+    _, _, size = window_geometry(radius, opts)
+    c = (size - 1) / 2
+    yy, xx = np.mgrid[0:size, 0:size]
+    shape = np.hypot(yy - c, xx - c) <= radius
+    return size, shape, shape_weight(shape, grow=4.0)
+
+
 def _rms(est, truth):
     e = est - truth
     e -= np.median(e, axis=0)
@@ -62,11 +73,8 @@ def test_the_matrix_pulls_a_faint_particle_and_the_layers_remove_the_pull(scene)
     radius = 10.0
     ref = n - 1
     opts = FollowOptions()
-    b, _, size = window_geometry(radius, opts)
+    size, shape, weight = _disc_window(radius, opts)
     c = (size - 1) / 2
-    yy, xx = np.mgrid[0:size, 0:size]
-    shape = np.hypot(yy - c, xx - c) <= radius
-    weight = shape_weight(shape, grow=4.0)
     start = pos + np.random.default_rng(1).normal(0, 0.3, pos.shape)  # a rough first estimate
     plain, _, _ = follow_particle(od, start, radius, ref, options=opts, weight=weight)
     # as the pipeline does: separate the layers at the positions, follow, twice
@@ -219,3 +227,56 @@ def test_the_stack_median_is_numpys_nanmedian_exactly():
         got = _nanmedian_frames(a)
         assert got.dtype == ref.dtype
         assert np.array_equal(got, ref, equal_nan=True), n
+
+
+def test_the_edge_tells_the_matrix_from_a_particle_that_hardly_moves():
+    """A particle moving on its own by about a pixel at most: its motion hardly tells the two
+    layers apart, its contrast (faint before the edge, bright after) does. The matrix under
+    it, which no frame shows uncovered, is recovered by the regression on the contrast
+    without a share of the particle in it, and the faint frames followed on the frames less
+    that matrix are no longer pulled."""
+    n, radius, faint, bright = 40, 10.0, 0.04, 0.3
+    od, pos, shift, tex = _scene(seed=5, own_step=0.08, noise=0.002)
+    q = pos - shift  # the particle's own motion
+    assert np.ptp(q, axis=0).max() < 1.1  # measured 0.42 / 1.04 px
+    opts = FollowOptions()
+    size, shape, weight = _disc_window(radius, opts)
+    c = (size - 1) / 2
+    lo = np.floor(q.min(axis=0) - size / 2 - 3).astype(int)
+    box = np.ceil(q.max(axis=0) + size / 2 + 3).astype(int) - lo + 1
+    fp = Footprint(ndimage.binary_dilation(shape, iterations=6), (c, c), pos)
+    contrast = np.where(np.arange(n) < n * 3 // 4, faint, bright)
+    unmixed = unmix_layers(od, pos, shift, lo, tuple(box), contrast, [fp])
+    separated, _, _ = separate_layers(od, pos, shift, lo, tuple(box), size, [fp])
+    # each estimate less the true matrix, around the particle, as a share of the particle's
+    # faint contrast (its disc profile) plus what is left
+    g = np.mgrid[0 : box[0], 0 : box[1]] + lo[:, None, None] - q.mean(axis=0)[:, None, None]
+    d = np.hypot(*g)
+    disc = np.clip(radius + 0.5 - d, 0, 1) * np.sqrt(np.clip(1 - (d / radius) ** 2, 0, 1) + 0.3)
+    near = d < radius + 6
+    true_m = tex[lo[0] : lo[0] + box[0], lo[1] : lo[1] + box[1]]
+    x = np.c_[np.ones(near.sum()), disc[near]]
+
+    def share(m):
+        e = (m - true_m)[near]
+        coef = np.linalg.lstsq(x, e, rcond=None)[0]
+        return coef[1] / faint, float(np.std(e - x @ coef))
+
+    s_unmixed, rest = share(unmixed.image)
+    s_separated, _ = share(separated.image)
+    assert abs(s_unmixed) < 0.05, s_unmixed  # measured -0.002
+    assert rest < 0.1 * 0.03, rest  # of the texture's 0.03 OD; measured 0.0014
+    assert abs(s_separated) > 0.3, s_separated  # by the motion alone: -0.51 of the particle left in it
+    start = pos + np.random.default_rng(1).normal(0, 0.3, pos.shape)
+    plain, _, _ = follow_particle(od, start, radius, n - 1, options=opts, weight=weight)
+    on_unmixed, _, _ = follow_particle(od, plain, radius, n - 1, options=opts, weight=weight, background=unmixed)
+    fa = np.arange(n) < n * 3 // 4
+    e_plain, e_unmixed = _rms(plain[fa], pos[fa]), _rms(on_unmixed[fa], pos[fa])
+    assert e_unmixed < 0.5 * e_plain, (e_unmixed, e_plain)  # measured 0.045 vs 0.148 px
+
+
+def test_unmix_layers_declines_a_contrast_that_does_not_change():
+    od, pos, shift, _ = _scene(seed=3, n=12, own_step=0.08)
+    fp = _disc_footprint(31, 16, pos)
+    assert unmix_layers(od, pos, shift, (30, 30), (68, 68), np.full(12, 0.3), [fp]) is None
+    assert unmix_layers(od, pos, shift, (30, 30), (68, 68), np.r_[np.full(3, 0.04), np.full(9, np.nan)], [fp]) is None

@@ -274,6 +274,12 @@ def test_no_separate_matrix_reaches_the_pipeline(synth_dir, tmp_path):
     assert "matrix" not in res.timings
 
 
+def test_no_unmix_matrix_reaches_the_pipeline(synth_dir, tmp_path):
+    res = _run_read(synth_dir, tmp_path / "nu", "--no-unmix-matrix")
+    assert res.options.unmix_matrix is False
+    assert not any("absorption edge" in " ".join(p.notes) for p in res.particles)
+
+
 def test_no_subtract_matrix_reaches_the_pipeline(synth_dir, tmp_path):
     """The positions do not depend on it; only the chemistry of particles separated from the matrix does, and
     their notes say whether it was subtracted."""

@@ -444,3 +444,79 @@ def matrix_motion(
     shift = s2 + gi
     shift = shift - shift[0]
     return shift, np.where(bad, 0.0, q)
+
+
+def unmix_layers(od, positions, shift, origin, shape, contrast, footprints, *, iterations: int = 4):
+    """The matrix behind a particle, told apart from it by the particle's absorption edge.
+
+    Model of frame ``k`` in matrix coordinates (the box): ``M(x) + a_k P(x - q_k) + c_k``:
+    the matrix ``M`` holds still, the particle ``P`` (at ``q_k``, its position less the
+    matrix's motion) is scaled by its contrast ``a_k``, which the Ni edge changes three- to
+    fivefold across the scan while the matrix (no Ni) keeps its own. So ``M`` and ``P`` are
+    told apart per pixel by a regression on ``a_k``, whatever the particle's own motion
+    (:func:`separate_layers` tells them apart by that motion: it needs ``q_k`` to move).
+    ``a_k`` must be the particle's whole contrast, its pre-edge absorption included (zero
+    where it is absent); an offset in it is a share of the particle left in the matrix.
+    Each pass moves ``P`` to every frame's position (cubic) and solves the two-term
+    regression again; ``c_k`` is each frame's level where no particle covers the box.
+
+    Parameters
+    ----------
+    od : ndarray (n_frames, rows, cols)
+    positions : ndarray (n_frames, 2)
+        The particle's position per frame.
+    shift : ndarray (n_frames, 2)
+        The matrix's displacement from frame 0 at the particle.
+    origin, shape
+        The box, in matrix (frame-0) coordinates.
+    contrast : ndarray (n_frames,)
+        ``a_k`` (NaN: frame not used).
+    footprints : list of Footprint
+        For the frames' levels.
+    iterations : int
+
+    Returns
+    -------
+    MatrixBackground or None
+        None where fewer than 6 frames can be used or the contrast does not vary (the two
+        layers cannot be told apart).
+    """
+    positions = np.asarray(positions, float)
+    shift = np.asarray(shift, float)
+    a = np.asarray(contrast, float)
+    ok = np.isfinite(shift).all(axis=1) & np.isfinite(positions).all(axis=1) & np.isfinite(a)
+    frames = np.flatnonzero(ok)
+    if frames.size < 6 or not np.std(a[frames]) > 0.1 * abs(np.mean(a[frames])):
+        return None
+    origin = np.asarray(origin, int)
+    h, w = shape
+    cover = _covered(shift, origin, shape, footprints, frames)
+    W = resample_windows(od, shift, origin, shape, order=3, frames=frames)
+    W -= _levels(W, ~cover)
+    fin = np.isfinite(W)
+    Wz = np.where(fin, W, 0.0).astype(np.float64)
+    af = a[frames]
+    q = positions[frames] - shift[frames] - origin  # the particle's place in the box
+    q -= q.mean(axis=0)
+
+    def regress(Y):
+        # per pixel, least squares of Y_k on (1, a_k) over the frames that show the pixel
+        wgt = fin.astype(np.float64)
+        s0, s1, s2 = wgt.sum(0), (wgt * af[:, None, None]).sum(0), (wgt * af[:, None, None] ** 2).sum(0)
+        t0, t1 = (wgt * Y).sum(0), (wgt * af[:, None, None] * Y).sum(0)
+        det = s0 * s2 - s1**2
+        good = det > 1e-9 * np.maximum(s0 * s2, 1e-12)
+        det = np.where(good, det, 1.0)
+        M = np.where(good, (s2 * t0 - s1 * t1) / det, np.nan)
+        P = np.where(good, (s0 * t1 - s1 * t0) / det, 0.0)
+        return M, P
+
+    M, P = regress(Wz)
+    for _ in range(max(0, int(iterations))):
+        # the particle moved to each frame's place, the difference taken out of the frames
+        Pk = resample_windows(np.broadcast_to(P.astype(np.float32), (len(frames), h, w)), -q, (0, 0), (h, w), order=3)
+        Pk = np.nan_to_num(Pk, nan=0.0)
+        M, P = regress(Wz - af[:, None, None] * (Pk - P[None]))
+    known = np.isfinite(M)
+    image = _fill(np.where(known, M, 0.0), known) if not known.all() else M
+    return MatrixBackground(image.astype(np.float32), origin, shift, known)

@@ -468,6 +468,10 @@ def run(
         True,
         help="Follow each particle that drifts on its own (>= 1.5 px, or >= 0.75 px well above its noise) again with the matrix behind it subtracted (corrects the matrix's pull in faint pre-edge frames; costs a few seconds per scan).",
     ),
+    unmix_matrix: bool = typer.Option(
+        True,
+        help="Follow a particle that moves on its own by too little to be separated from the matrix by that motion (0.375-1.5 px, well above its noise) again with the matrix behind it subtracted, told apart from the particle by the particle's absorption edge (its contrast changes across the edge, the matrix's does not). --no-unmix-matrix: such a particle is followed by its own shape only.",
+    ),
     subtract_matrix: bool = typer.Option(
         True,
         help="Subtract the matrix separated from behind a particle that drifts on its own from its frames before the XANES analysis (its texture would slide through the particle's pixels and enter their spectra); the aligned stack written stays as measured. --no-subtract-matrix: the chemistry of the frames as measured.",
@@ -617,6 +621,7 @@ def run(
             fuse="all" if save_fused else "ends",
             detect_every=detect_every,
             separate_matrix=separate_matrix,
+            unmix_matrix=unmix_matrix,
             subtract_matrix=subtract_matrix,
             smooth_tracks=smooth_tracks,
             density_voucher=density_voucher,

@@ -114,6 +114,7 @@ _BEFORE_OPTION = {
     "shape_apodisation": False,
     "mask_guard": False,
     "subtract_matrix": False,
+    "unmix_matrix": False,
 }
 
 
