@@ -280,3 +280,28 @@ def test_unmix_layers_declines_a_contrast_that_does_not_change():
     fp = _disc_footprint(31, 16, pos)
     assert unmix_layers(od, pos, shift, (30, 30), (68, 68), np.full(12, 0.3), [fp]) is None
     assert unmix_layers(od, pos, shift, (30, 30), (68, 68), np.r_[np.full(3, 0.04), np.full(9, np.nan)], [fp]) is None
+
+
+def test_particle_contrast_includes_the_pre_edge_absorption_and_skips_a_lost_frame():
+    """The contrast the edge unmixing regresses on is the particle's whole contrast (zero where it is
+    absent): the disc scene's faint and bright contrasts (0.04, 0.3) come out in that ratio (a large
+    particle on a weak texture: the matrix under a small faint one biases its pre-edge level, 8.55
+    for a 10-px disc on 0.03 OD of texture, hence the pipeline's ratio from its largest particles),
+    and a frame without data (the beam lost) is left out, its neighbours unchanged."""
+    from types import SimpleNamespace
+
+    from xanestrack.pipeline import _particle_contrasts
+
+    n, faint, bright = 40, 0.04, 0.3
+    od, pos, shift, _ = _scene(seed=3, own_step=0.08, texture=0.01, radius=20.0)
+    energies = np.linspace(8200.0, 8600.0, n)  # the edge between frames 29 and 30, as the scene's contrast
+    loc = SimpleNamespace(centres=pos, radius=20.0)
+    a = _particle_contrasts([loc], shift[:, None, :], od, energies)[0]
+    late = np.arange(n) >= n * 3 // 4
+    ratio = np.median(a[late]) / np.median(a[~late])
+    assert abs(ratio - bright / faint) < 0.1 * bright / faint, ratio  # 7.5; measured 7.41
+    lost = od.copy()
+    lost[10] = np.nan
+    b = _particle_contrasts([loc], shift[:, None, :], lost, energies)[0]
+    assert np.isnan(b[10])
+    np.testing.assert_allclose(b[[8, 12, 20]], a[[8, 12, 20]], rtol=0.05)
