@@ -47,16 +47,11 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def _true_tracks(truth) -> np.ndarray:
-    tp = truth.positions.sort_values(["particle", "frame"])
-    return np.stack([g[["y", "x"]].to_numpy(float) for _, g in tp.groupby("particle")])
-
-
 def _maps(result, truth, *, sigma: bool = True) -> dict:
     """Per paired particle (truth id -> (particle, edge_map_error dict))."""
-    from xanestrack.evaluate import edge_map_error, pair_tracks
+    from xanestrack.evaluate import edge_map_error, pair_tracks, true_tracks
 
-    tt = _true_tracks(truth)
+    tt = true_tracks(truth)
     est = np.array([p.positions for p in result.particles], float).reshape(-1, tt.shape[1], 2)
     out = {}
     for i, j in pair_tracks(est, tt, max_distance=10):
@@ -78,16 +73,16 @@ def _maps(result, truth, *, sigma: bool = True) -> dict:
 def _decompose(case, seed, od, result, truth, options) -> dict:
     """E50 RMS (eV) of each paired particle's analysis at the true positions, on the drawn and the cleaned scenes."""
     from xanestrack import xanes
-    from xanestrack.evaluate import edge_map_error
+    from xanestrack.evaluate import edge_map_error, true_tracks
     from xanestrack.pipeline import _xanes_settings
     from xanestrack.register import resample_windows
     from xanestrack.synth_stress import make_stress_stack
 
-    tt = _true_tracks(truth)
+    tt = true_tracks(truth)
     scenes = {"truepos": od}
     for name, over in VARIANTS.items():
         v = make_stress_stack(case, seed, **over)
-        if not np.allclose(_true_tracks(v.truth), tt):
+        if not np.allclose(true_tracks(v.truth), tt):
             raise RuntimeError(f"{name}: the cleaned scene moved the particles")
         scenes[name] = v.optical_density()
     out = {}
@@ -154,14 +149,14 @@ def run_case(case, seed, path, models, decompose=False) -> list[dict]:
 
 def compare_paths(case, seed, models) -> list[dict]:
     """Learned and classical E50 against the truth on the pixels both map, per particle both pair."""
-    from xanestrack.evaluate import edge_map_pixel_errors, pair_tracks
+    from xanestrack.evaluate import edge_map_pixel_errors, pair_tracks, true_tracks
     from xanestrack.pipeline import PipelineOptions, run_pipeline
     from xanestrack.stack import Stack
     from xanestrack.synth_stress import make_stress_stack
 
     s = make_stress_stack(case, seed)
     st = Stack(s.optical_density(), s.energies_ev)
-    tt = _true_tracks(s.truth)
+    tt = true_tracks(s.truth)
     paired = {}
     for path, (det, seg) in (("learned", models), ("classical", (None, None))):
         r = run_pipeline(st, options=PipelineOptions(), detector=det, segmenter=seg)

@@ -25,7 +25,7 @@ from bench_stress import machine
 
 
 def run(case, seed, pair, path, density, models):
-    from xanestrack.evaluate import pair_tracks
+    from xanestrack.evaluate import pair_tracks, true_tracks
     from xanestrack.pipeline import PipelineOptions, run_pipeline
     from xanestrack.result import FRAME_FLAGS
     from xanestrack.stack import Stack
@@ -37,9 +37,7 @@ def run(case, seed, pair, path, density, models):
         run.cache[key] = make_stress_stack(case, seed)
     s = run.cache[key]
     a, b = pair
-    true = np.stack(
-        [g.sort_values("frame")[["y", "x"]].to_numpy(float)[[a, b]] for _, g in s.truth.positions.groupby("particle")]
-    )
+    true = true_tracks(s.truth)[:, [a, b]]
     det, seg = models[path]
     t = time.perf_counter()
     r = run_pipeline(

@@ -92,3 +92,19 @@ def test_edge_map_error_says_how_many_errors_the_standard_errors_cover():
     half = edge_map_error(est, (0, 0), truth, (5, 5), rim_px=2, sigma_map=sigma / 2)
     assert half["within_1_sigma"] < 0.45 and half["within_2_sigma"] < 0.75
     assert "within_1_sigma" not in edge_map_error(est, (0, 0), truth, (5, 5))
+
+
+def test_true_tracks_stacks_the_truth_by_particle_and_frame():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from xanestrack.evaluate import true_tracks
+
+    rows = [(p, k, 10.0 * p + k, -k) for p in (2, 0) for k in (1, 0, 2)]  # out of order
+    truth = SimpleNamespace(positions=pd.DataFrame(rows, columns=["particle", "frame", "y", "x"]))
+    t = true_tracks(truth)
+    assert t.shape == (2, 3, 2)
+    np.testing.assert_array_equal(t[1, :, 0], [20.0, 21.0, 22.0])  # particle 2, frames 0-2
+    np.testing.assert_array_equal(t[0, :, 1], [0.0, -1.0, -2.0])
+    assert true_tracks(SimpleNamespace(positions=truth.positions.iloc[:0])).shape == (0, 0, 2)

@@ -24,6 +24,7 @@ __all__ = [
     "edge_map_pixel_errors",
     "evaluate_result",
     "evaluate_tracking",
+    "true_tracks",
     "UNVOUCHED_FLAGS",
     "detection_f1",
     "f1_by_band",
@@ -201,6 +202,14 @@ def pair_tracks(est_tracks, true_tracks, *, max_distance: float = 10.0):
 UNVOUCHED_FLAGS = FRAME_FLAGS["interpolated"] | FRAME_FLAGS["position_outlier"] | FRAME_FLAGS["disagree"]
 
 
+def true_tracks(truth) -> np.ndarray:
+    """The truth's positions as tracks ``(n_particles, n_frames, 2)`` ``(y, x)``, particles in id order."""
+    tp = truth.positions.sort_values(["particle", "frame"])
+    if not len(tp):
+        return np.zeros((0, 0, 2))
+    return np.stack([g[["y", "x"]].to_numpy(float) for _, g in tp.groupby("particle")])
+
+
 def evaluate_tracking(result, truth, *, max_distance: float = 10.0, wrong_px: float = 1.0):
     """Tracking and vouching scores of a pipeline result against a scene's truth.
 
@@ -230,14 +239,10 @@ def evaluate_tracking(result, truth, *, max_distance: float = 10.0, wrong_px: fl
     tp = truth.positions.sort_values(["particle", "frame"])
     true_ids = np.sort(tp["particle"].unique())
     n_frames = int(tp["frame"].max()) + 1 if len(tp) else 0
-    true_tracks = (
-        np.stack([g[["y", "x"]].to_numpy(float) for _, g in tp.groupby("particle")])
-        if len(tp)
-        else np.zeros((0, n_frames, 2))
-    )
+    tracks = true_tracks(truth)
     iso = tp.groupby("particle")["isolated"].all().reindex(true_ids).to_numpy(bool)
     est_tracks = np.array([p.positions for p in result.particles], float).reshape(-1, n_frames, 2)
-    pairs = dict((j, i) for i, j in pair_tracks(est_tracks, true_tracks, max_distance=max_distance))
+    pairs = dict((j, i) for i, j in pair_tracks(est_tracks, tracks, max_distance=max_distance))
     radii = np.asarray(getattr(truth, "radii", np.full(len(true_ids), np.nan)), float)
     rows = []
     for j, tid in enumerate(true_ids):
@@ -251,8 +256,8 @@ def evaluate_tracking(result, truth, *, max_distance: float = 10.0, wrong_px: fl
             p = result.particles[pairs[j]]
             flags = np.asarray(p.frame_flags, int)
             tracked = (flags & FRAME_FLAGS["interpolated"]) == 0
-            reg = registration_error(p.positions, true_tracks[j])
-            e = p.positions - true_tracks[j]
+            reg = registration_error(p.positions, tracks[j])
+            e = p.positions - tracks[j]
             fin = np.all(np.isfinite(e), axis=1)
             base = fin & tracked if (fin & tracked).any() else fin
             err = np.full(n_frames, np.nan)
