@@ -499,14 +499,17 @@ def unmix_layers(od, positions, shift, origin, shape, contrast, footprints, *, i
     q = positions[frames] - shift[frames] - origin  # the particle's place in the box
     q -= q.mean(axis=0)
 
+    # per pixel, least squares of Y_k on (1, a_k) over the frames that show the pixel: the normal
+    # equations' matrix depends on the pixels shown only, formed once
+    wgt = fin.astype(np.float64)
+    wa = wgt * af[:, None, None]
+    s0, s1, s2 = wgt.sum(0), wa.sum(0), (wa * af[:, None, None]).sum(0)
+    det = s0 * s2 - s1**2
+    good = det > 1e-9 * np.maximum(s0 * s2, 1e-12)
+    det = np.where(good, det, 1.0)
+
     def regress(Y):
-        # per pixel, least squares of Y_k on (1, a_k) over the frames that show the pixel
-        wgt = fin.astype(np.float64)
-        s0, s1, s2 = wgt.sum(0), (wgt * af[:, None, None]).sum(0), (wgt * af[:, None, None] ** 2).sum(0)
-        t0, t1 = (wgt * Y).sum(0), (wgt * af[:, None, None] * Y).sum(0)
-        det = s0 * s2 - s1**2
-        good = det > 1e-9 * np.maximum(s0 * s2, 1e-12)
-        det = np.where(good, det, 1.0)
+        t0, t1 = (wgt * Y).sum(0), (wa * Y).sum(0)
         M = np.where(good, (s2 * t0 - s1 * t1) / det, np.nan)
         P = np.where(good, (s0 * t1 - s1 * t0) / det, 0.0)
         return M, P
