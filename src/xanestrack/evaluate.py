@@ -172,11 +172,11 @@ def evaluate_result(result, truth, *, rim_px: int = 2, max_distance: float = 10.
     return table, summary
 
 
-def pair_tracks(est_tracks, true_tracks, *, max_distance: float = 10.0):
+def pair_tracks(est_tracks, truth_tracks, *, max_distance: float = 10.0):
     """Optimal one-to-one pairing of whole tracks by their median distance over frames.
 
-    ``est_tracks`` (m, n_frames, 2) and ``true_tracks`` (t, n_frames, 2); NaN frames are
-    ignored. Unlike a pairing on frame 0 alone, a track whose first frame is wrong or
+    ``est_tracks`` (m, n_frames, 2) and ``truth_tracks`` (t, n_frames, 2, e.g.
+    :func:`true_tracks`); NaN frames are ignored. Unlike a pairing on frame 0 alone, a track whose first frame is wrong or
     filled still pairs with the particle it follows.
 
     Returns
@@ -186,7 +186,7 @@ def pair_tracks(est_tracks, true_tracks, *, max_distance: float = 10.0):
     from scipy.optimize import linear_sum_assignment
 
     est = np.asarray(est_tracks, float)
-    tru = np.asarray(true_tracks, float)
+    tru = np.asarray(truth_tracks, float)
     if est.size == 0 or tru.size == 0:
         return []
     d = np.hypot(est[:, None, :, 0] - tru[None, :, :, 0], est[:, None, :, 1] - tru[None, :, :, 1])
