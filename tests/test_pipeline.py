@@ -251,6 +251,33 @@ def test_a_particle_is_separated_from_the_matrix_where_its_own_motion_stands_out
     assert not _separable(own, _own_motion_px(own))
 
 
+def test_a_small_own_motion_is_followed_by_the_shape_only_where_it_stands_out_of_the_noise():
+    # a still particle (stress-magnification: 0.02-0.26 px measured, 0.45-2.84 times its noise)
+    # keeps the disc; one moving 0.2-0.375 px on its own, well out of its noise, is followed
+    # by its shape (stress-fines seed 1: 0.108 -> 0.062 px)
+    from xanestrack.pipeline import MIN_OWN_MOTION, SHAPE_MIN_PX, _moves_on_its_own, _own_motion_px
+
+    rng = np.random.default_rng(5)
+    n = 143
+    drift = np.c_[0.3 * np.sin(np.linspace(0, 3, n)), np.linspace(0, 0.3, n)]
+    for sigma, expected in ((0.01, True), (0.15, False)):
+        own = drift + rng.normal(0, sigma, (n, 2))
+        motion = _own_motion_px(own)
+        assert SHAPE_MIN_PX <= motion < 0.5 * MIN_OWN_MOTION, motion
+        assert _moves_on_its_own(own, motion) == expected, (sigma, motion)
+    still = rng.normal(0, 0.4, (n, 2))  # noise alone: a motion above SHAPE_MIN_PX, under its noise
+    assert SHAPE_MIN_PX <= _own_motion_px(still) < 0.5 * MIN_OWN_MOTION
+    assert not _moves_on_its_own(still, _own_motion_px(still))
+    # below SHAPE_MIN_PX never, however quiet
+    own = 0.3 * drift + rng.normal(0, 0.001, (n, 2))
+    assert _own_motion_px(own) < SHAPE_MIN_PX
+    assert not _moves_on_its_own(own, _own_motion_px(own))
+    # from MIN_OWN_MOTION / 2 whatever the noise (as before)
+    own = 2 * drift + rng.normal(0, 0.3, (n, 2))
+    assert _own_motion_px(own) >= 0.5 * MIN_OWN_MOTION
+    assert _moves_on_its_own(own, _own_motion_px(own))
+
+
 def test_a_learned_segmenter_that_leaves_out_part_of_a_particle_is_replaced_for_it(small_synth, small_result):
     """A segmenter that leaves out the lower part of every particle (as the shipped network
     leaves out the lobe of an irregular stress-family particle) is not trusted: each particle is

@@ -151,7 +151,8 @@ class PipelineOptions:
         say so.
     shape_apodisation : bool, default True
         With ``separate_matrix``: follow a particle that moves on its own but is not
-        separated from the matrix (by ``MIN_OWN_MOTION / 2`` or more, and less than
+        separated from the matrix (by ``MIN_OWN_MOTION / 2`` or more, or by ``SHAPE_MIN_PX``
+        or more where that stands out of its noise, :func:`_moves_on_its_own`; and less than
         ``MIN_OWN_MOTION``, or less than ``SEPARATE_PX`` where its motion does not stand
         out of its noise, :func:`_separable`) a second time, the correlation apodised by
         its own shape (the consensus of its masks, grown by the edge images' reach)
@@ -522,6 +523,18 @@ MIN_OWN_MOTION = 0.75
 #: (0.476 -> 0.389 learned), stress-counts seed 1 worse.)
 OWN_MOTION_SNR = 4.0
 
+#: px. A particle moving on its own by less than ``MIN_OWN_MOTION / 2`` is still followed by its
+#: shape (and its matrix told apart by its edge, ``unmix_matrix``) where that motion stands
+#: ``OWN_MOTION_SNR`` times out of its noise and reaches this (:func:`_moves_on_its_own`). The
+#: still particles of stress-magnification (no own motion drawn, seeds 1-2) measure 0.02-0.26
+#: px, 0.45-2.84 times their noise. Measured (bench_stress, both paths, against
+#: ``MIN_OWN_MOTION / 2`` alone): seeds 1-2 medians better in 5 runs (stress-fines seed 1
+#: learned 0.108 -> 0.078 px, its particle 7 0.108 -> 0.062; stress-jitter seed 2 particle 2
+#: 0.151 -> 0.102), worse in 1 (stress-crowd seed 2 learned 0.148 -> 0.154: a 13-px particle
+#: 0.128 -> 0.163); seeds 3-4 (held out) better in 2, worse in none; no worst particle changed
+#: by more than 0.005 px.
+SHAPE_MIN_PX = 0.2
+
 #: px. Own motion from which a particle is separated from the matrix whatever its noise (the
 #: noise test alone lost stress-all seed 2's 9-px particle drifting 3.5 px, 1.5 px noisy before
 #: the edge: the row's worst 0.44 -> 0.80 px)
@@ -606,6 +619,17 @@ def _position_noise_px(own, *, blocks: int = 4) -> float:
     return float(max(np.hypot(robust_sigma(q[:, 0]), robust_sigma(q[:, 1])) / np.sqrt(3) for q in parts))
 
 
+def _moves_on_its_own(own, motion: float) -> bool:
+    """Whether a particle with own motion ``own`` (n, 2; its amplitude ``motion``, px) that is
+    not separable (:func:`_separable`) is followed again by its shape: from ``MIN_OWN_MOTION /
+    2``, or from ``SHAPE_MIN_PX`` where the motion stands ``OWN_MOTION_SNR`` times out of the
+    positions' noise. A particle that moves with the matrix keeps the disc: its surroundings
+    move with it and are signal."""
+    if motion >= 0.5 * MIN_OWN_MOTION:
+        return True
+    return motion >= SHAPE_MIN_PX and motion >= OWN_MOTION_SNR * _position_noise_px(own)
+
+
 def _separable(own, motion: float) -> bool:
     """Whether a particle with own motion ``own`` (n, 2; its amplitude ``motion``, px) is
     separated from the matrix: the layers are told apart by that motion, so below
@@ -620,7 +644,7 @@ def _refine_on_matrix(located, od, energies, options) -> tuple[list[int], list[i
     """Second pass for the particles that move on their own: follow each that
     :func:`_separable` allows again with the matrix behind it subtracted
     (:mod:`xanestrack.background`) and apodised by its own shape; the others that move on
-    their own by ``MIN_OWN_MOTION / 2`` or more, apodised by their own shape
+    their own (:func:`_moves_on_its_own`), apodised by their own shape
     (``shape_apodisation``), and then separated too where the own motion measured on
     those positions, less pulled by the matrix, is separable, or else, with ``unmix_matrix``,
     followed with the matrix told apart by their absorption edge subtracted (:func:`_unmix_one`).
@@ -764,7 +788,7 @@ def _refine_one(loc, m, od, footprints, options, contrast=None) -> str | None:
     motion = _own_motion_px(own)
     centres = loc.centres
     if not _separable(own, motion):
-        if not (options.shape_apodisation and motion >= 0.5 * MIN_OWN_MOTION):
+        if not (options.shape_apodisation and _moves_on_its_own(own, motion)):
             return None
         if not _follow_by_shape(loc, od, options):
             return None
@@ -1128,8 +1152,8 @@ def run_pipeline(
             )
         if shaped_ids:
             notes.append(
-                f"{len(shaped_ids)} particles followed again apodised by their own shape (moving on their own by "
-                f"{0.5 * MIN_OWN_MOTION:g}-{SEPARATE_PX:g} px, not separated from the matrix)"
+                f"{len(shaped_ids)} particles followed again apodised by their own shape (moving on their own, by too "
+                "little to separate them from the matrix)"
             )
     vouched = [_vouch(loc, common, od, options) for loc in located]
     if options.smooth_tracks and len(vouched) >= 2:
