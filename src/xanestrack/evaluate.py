@@ -176,8 +176,8 @@ def pair_tracks(est_tracks, truth_tracks, *, max_distance: float = 10.0):
     """Optimal one-to-one pairing of whole tracks by their median distance over frames.
 
     ``est_tracks`` (m, n_frames, 2) and ``truth_tracks`` (t, n_frames, 2, e.g.
-    :func:`true_tracks`); NaN frames are ignored. Unlike a pairing on frame 0 alone, a track whose first frame is wrong or
-    filled still pairs with the particle it follows.
+    :func:`true_tracks`); NaN frames are ignored. Unlike a pairing on frame 0 alone, a
+    track whose first frame is wrong or filled still pairs with the particle it follows.
 
     Returns
     -------
