@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xanestrack.evaluate import UNVOUCHED_FLAGS, evaluate_tracking
+from xanestrack.evaluate import UNVOUCHED_FLAGS, evaluate_tracking, true_tracks
 from xanestrack.pipeline import PipelineOptions, run_pipeline
 from xanestrack.result import FRAME_FLAGS
 from xanestrack.stack import Stack
@@ -301,6 +301,27 @@ def test_particles_hardly_moving_on_their_own_unmixed_from_the_matrix_by_their_e
     assert summ["isolated_tracked"] == res[False][1]["isolated_tracked"]
 
 
+def _cut_around(case, seed, j, size=200):
+    """A full-size stress scene cut to ``size`` px (less at the frame's edge) from ``size / 2``
+    above and left of truth particle ``j``'s first position: the stack, the truth's tracks
+    (:func:`~xanestrack.evaluate.true_tracks`, frame coordinates) and the cut's corner."""
+    s = make_stress_stack(case, seed)
+    truth = true_tracks(s.truth)
+    corner = np.maximum(np.round(truth[j, 0]).astype(int) - size // 2, 0)
+    (y0, x0) = corner
+    return Stack(s.optical_density()[:, y0 : y0 + size, x0 : x0 + size], s.energies_ev), truth, corner
+
+
+def _errors_of(r, truth, j, corner):
+    """The result's particle paired with truth particle ``j`` in a cut (:func:`_cut_around`):
+    its index and its position errors (n_frames, 2), frame coordinates."""
+    from xanestrack.evaluate import pair_tracks
+
+    est = np.array([p.positions for p in r.particles], float) + corner
+    (i,) = [i for i, k in pair_tracks(est, truth, max_distance=10) if k == j]
+    return i, est[i] - truth[j]
+
+
 def test_own_motion_measured_again_after_the_shape_before_deciding_on_the_separation(monkeypatch):
     """The first pass is pulled toward the matrix, which hides part of a particle's own
     motion: a particle whose first-pass motion is below ``MIN_OWN_MOTION`` is followed by
@@ -311,15 +332,8 @@ def test_own_motion_measured_again_after_the_shape_before_deciding_on_the_separa
     to the OD level: 0.187 / 0.242, 0.312 with neither; whole scene, bench_stress: 0.206 ->
     0.127 px worst, classical, 0.161 now)."""
     import xanestrack.pipeline as pipeline
-    from xanestrack.evaluate import pair_tracks
 
-    s = make_stress_stack("stress-fines", 1)
-    truth = np.stack(
-        [g.sort_values("frame")[["y", "x"]].to_numpy(float) for _, g in s.truth.positions.groupby("particle")]
-    )
-    cy, cx = np.round(truth[8, 0]).astype(int)
-    y0, x0 = max(0, cy - 100), max(0, cx - 100)
-    st = Stack(s.optical_density()[:, y0 : y0 + 200, x0 : x0 + 200], s.energies_ev)
+    st, truth, corner = _cut_around("stress-fines", 1, 8)
     first_pass = {}
     refine = pipeline._refine_one
 
@@ -331,9 +345,7 @@ def test_own_motion_measured_again_after_the_shape_before_deciding_on_the_separa
     monkeypatch.setattr(pipeline, "_refine_one", spy)
 
     def rms_of_particle_8(r):
-        est = np.array([p.positions for p in r.particles], float) + [y0, x0]
-        (i,) = [i for i, j in pair_tracks(est, truth, max_distance=10) if j == 8]
-        e = est[i] - truth[8]
+        i, e = _errors_of(r, truth, 8, corner)
         e -= np.median(e, axis=0)
         return float(np.sqrt(np.mean(np.sum(e**2, axis=1)))), r.particles[i].particle
 
@@ -353,16 +365,8 @@ def test_a_small_own_motion_out_of_its_noise_is_followed_by_the_shape(monkeypatc
     cut to its 17-px particle (truth 7) and its surroundings, classical: measured 0.23 px of
     own motion, RMS 0.109 -> 0.083 px (the whole scene, learned: 0.108 -> 0.062)."""
     import xanestrack.pipeline as pipeline
-    from xanestrack.evaluate import pair_tracks
 
-    s = make_stress_stack("stress-fines", 1)
-    truth = np.stack(
-        [g.sort_values("frame")[["y", "x"]].to_numpy(float) for _, g in s.truth.positions.groupby("particle")]
-    )
-    cy, cx = np.round(truth[7, 0]).astype(int)
-    h, w = s.optical_density().shape[1:]
-    y0, x0 = min(max(0, cy - 100), h - 200), min(max(0, cx - 100), w - 200)
-    st = Stack(s.optical_density()[:, y0 : y0 + 200, x0 : x0 + 200], s.energies_ev)
+    st, truth, corner = _cut_around("stress-fines", 1, 7)
     taken = []
     moves = pipeline._moves_on_its_own
 
@@ -375,10 +379,7 @@ def test_a_small_own_motion_out_of_its_noise_is_followed_by_the_shape(monkeypatc
     monkeypatch.setattr(pipeline, "_moves_on_its_own", spy)
 
     def rms_of_particle_7():
-        r = run_pipeline(st, options=PipelineOptions())
-        est = np.array([p.positions for p in r.particles], float) + [y0, x0]
-        (i,) = [i for i, j in pair_tracks(est, truth, max_distance=10) if j == 7]
-        e = est[i] - truth[7]
+        _, e = _errors_of(run_pipeline(st, options=PipelineOptions()), truth, 7, corner)
         e -= np.mean(e, axis=0)
         return float(np.sqrt(np.mean(np.sum(e**2, axis=1))))
 
@@ -404,12 +405,7 @@ def test_two_frames_across_the_edge_vouched_for_by_the_density_within_a_pixel():
         s = make_stress_stack(case, seed, reduced=True)
         n = s.optical_density().shape[0]
         a, b = 0, n - 1
-        true = np.stack(
-            [
-                g.sort_values("frame")[["y", "x"]].to_numpy(float)[[a, b]]
-                for _, g in s.truth.positions.groupby("particle")
-            ]
-        )
+        true = true_tracks(s.truth)[:, [a, b]]
         vouched = {}
         for density in (False, True):
             r = run_pipeline(
@@ -475,8 +471,7 @@ def test_the_matrix_separated_from_behind_a_drifting_particle_is_kept_out_of_its
     det, seg = pipeline_models("learned", "learned", options=opts)
     on = run_pipeline(st, options=opts, detector=det, segmenter=seg)
     off = run_pipeline(st, options=replace(opts, subtract_matrix=False), detector=det, segmenter=seg)
-    tp = s.truth.positions.sort_values(["particle", "frame"])
-    true_tracks = np.stack([g[["y", "x"]].to_numpy(float) for _, g in tp.groupby("particle")])
+    truth = true_tracks(s.truth)
     rms = {}
     for p_on, p_off in zip(on.particles, off.particles):
         np.testing.assert_array_equal(p_on.positions, p_off.positions)
@@ -485,7 +480,7 @@ def test_the_matrix_separated_from_behind_a_drifting_particle_is_kept_out_of_its
         if not separated:
             np.testing.assert_array_equal(p_on.edge_maps["e50"], p_off.edge_maps["e50"])
             continue
-        paired = pair_tracks(p_on.positions[None], true_tracks, max_distance=10)
+        paired = pair_tracks(p_on.positions[None], truth, max_distance=10)
         if not paired or not np.isfinite(p_on.edge_maps["e50"]).any():
             continue
         j = paired[0][1]
