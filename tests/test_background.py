@@ -305,3 +305,31 @@ def test_particle_contrast_includes_the_pre_edge_absorption_and_skips_a_lost_fra
     b = _particle_contrasts([loc], shift[:, None, :], lost, energies)[0]
     assert np.isnan(b[10])
     np.testing.assert_allclose(b[[8, 12, 20]], a[[8, 12, 20]], rtol=0.05)
+
+
+def test_the_matrix_told_apart_by_the_edge_says_how_far_it_stands_out_of_its_noise():
+    """``MatrixBackground.snr`` of :func:`unmix_layers`: a textured matrix at low noise stands
+    far out of the noise of its estimate; a flat matrix (nothing to estimate but noise), or the
+    same texture under noise like 600 counts', does not (the pipeline subtracts it only from
+    ``UNMIX_MIN_SNR``)."""
+    from xanestrack.pipeline import UNMIX_MIN_SNR
+
+    n, radius, faint, bright = 40, 10.0, 0.04, 0.3
+    snr = {}
+    for name, kw in {
+        "textured": dict(texture=0.03, noise=0.002),
+        "flat": dict(texture=1e-6, noise=0.002),
+        "noisy": dict(texture=0.03, noise=0.12),
+    }.items():
+        od, pos, shift, _ = _scene(seed=5, own_step=0.08, **kw)
+        q = pos - shift
+        size, shape, _ = _disc_window(radius, FollowOptions())
+        c = (size - 1) / 2
+        lo = np.floor(q.min(axis=0) - size / 2 - 3).astype(int)
+        box = np.ceil(q.max(axis=0) + size / 2 + 3).astype(int) - lo + 1
+        fp = Footprint(ndimage.binary_dilation(shape, iterations=6), (c, c), pos)
+        contrast = np.where(np.arange(n) < n * 3 // 4, faint, bright)
+        snr[name] = unmix_layers(od, pos, shift, lo, tuple(box), contrast, [fp]).snr
+    assert snr["textured"] > 4 * UNMIX_MIN_SNR, snr  # measured 4656
+    assert snr["flat"] < 3, snr  # noise alone: measured 2.1
+    assert snr["noisy"] < UNMIX_MIN_SNR, snr  # measured 2.5 (at half that noise, 7.2)

@@ -278,6 +278,27 @@ def test_a_small_own_motion_is_followed_by_the_shape_only_where_it_stands_out_of
     assert _moves_on_its_own(own, _own_motion_px(own))
 
 
+def test_the_matrix_told_apart_by_the_edge_is_kept_only_where_it_moved_the_positions_beyond_their_noise():
+    # the unmixed positions against those before: a change that is noise alone (the matrix did not
+    # bias the particle; the subtraction only added its own noise) is not kept; a change before
+    # the edge of a few times the noise of a 15-frame mean is
+    from xanestrack.pipeline import UNMIX_CHANGE_Z, _changed_beyond_noise
+
+    rng = np.random.default_rng(7)
+    n = 143
+    before = rng.normal(0, 0.3, (n, 2))
+    every = np.ones(n, bool)
+    for sigma in (0.02, 0.1):
+        noise = [_changed_beyond_noise(before, before + rng.normal(0, sigma, (n, 2)), every) for _ in range(20)]
+        assert max(noise) < UNMIX_CHANGE_Z, (sigma, max(noise))
+        step = np.zeros((n, 2))
+        step[:44, 0] = 2.5 * sigma  # the pre-edge frames, moved by a bias of 2.5 times the noise
+        after = before + step + rng.normal(0, sigma, (n, 2))
+        assert _changed_beyond_noise(before, after, every) >= UNMIX_CHANGE_Z
+        # measured in too few frames: not judged
+        assert _changed_beyond_noise(before, after, np.arange(n) < 19) == 0.0
+
+
 def test_a_learned_segmenter_that_leaves_out_part_of_a_particle_is_replaced_for_it(small_synth, small_result):
     """A segmenter that leaves out the lower part of every particle (as the shipped network
     leaves out the lobe of an irregular stress-family particle) is not trusted: each particle is

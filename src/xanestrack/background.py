@@ -63,12 +63,18 @@ class MatrixBackground:
         Where the matrix at frame-0 position ``x`` is in frame ``k``: ``x + shift[k]``.
     seen : ndarray (h, w) bool
         Pixels some frame showed uncovered.
+    snr : float
+        How far the estimate stands out of its own noise (:func:`unmix_layers`): the variance
+        of ``image`` over the pixels solved, over the median variance of each pixel's
+        estimate (the regression's residuals); about 1 where the image is noise. NaN where
+        not measured.
     """
 
     image: np.ndarray
     origin: np.ndarray
     shift: np.ndarray
     seen: np.ndarray
+    snr: float = float("nan")
 
     def windows(self, corners, size: int, frames) -> np.ndarray:
         """The background of windows whose pixel [0, 0] is at ``corners[k]`` in frame ``k`` (n, size, size).
@@ -479,7 +485,10 @@ def unmix_layers(od, positions, shift, origin, shape, contrast, footprints, *, i
     -------
     MatrixBackground or None
         None where fewer than 6 frames can be used or the contrast does not vary (the two
-        layers cannot be told apart).
+        layers cannot be told apart). Its ``snr`` says how far the matrix so estimated
+        stands out of its own noise (at 600 counts, ``stress-counts`` seeds 2-3: 2.0-3.9 for
+        every particle; ``stress-jitter`` and ``stress-all`` seed 1 together: 11.7-24 for
+        most, 1.9-3.6 for four).
     """
     positions = np.asarray(positions, float)
     shift = np.asarray(shift, float)
@@ -515,11 +524,21 @@ def unmix_layers(od, positions, shift, origin, shape, contrast, footprints, *, i
         return M, P
 
     M, P = regress(Wz)
+    Pk = P[None]  # the particle in every frame, as the last regression had it
     for _ in range(max(0, int(iterations))):
         # the particle moved to each frame's place, the difference taken out of the frames
         Pk = resample_windows(np.broadcast_to(P.astype(np.float32), (len(frames), h, w)), -q, (0, 0), (h, w), order=3)
         Pk = np.nan_to_num(Pk, nan=0.0)
         M, P = regress(Wz - af[:, None, None] * (Pk - P[None]))
     known = np.isfinite(M)
+    # how far the matrix image stands out of its own noise: each pixel's intercept has the
+    # variance s2 / det times that of the residuals (ordinary least squares on (1, a_k))
+    residual = np.where(fin, Wz - M[None] - af[:, None, None] * Pk, 0.0)
+    res_var = (residual**2).sum(axis=0) / np.maximum(s0 - 2, 1)
+    solved = known & good & (s0 > 2)
+    snr = float("nan")
+    if solved.sum() > 16:
+        noise = float(np.median((res_var * s2 / det)[solved]))
+        snr = float(np.var(M[solved]) / noise) if noise > 0 else float("inf")
     image = _fill(np.where(known, M, 0.0), known) if not known.all() else M
-    return MatrixBackground(image.astype(np.float32), origin, shift, known)
+    return MatrixBackground(image.astype(np.float32), origin, shift, known, snr)

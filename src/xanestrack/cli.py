@@ -470,7 +470,7 @@ def run(
     ),
     unmix_matrix: bool = typer.Option(
         True,
-        help="Follow a particle that moves on its own by too little to be separated from the matrix by that motion (0.375-1.5 px, well above its noise) again with the matrix behind it subtracted, told apart from the particle by the particle's absorption edge (its contrast changes across the edge, the matrix's does not). --no-unmix-matrix: such a particle is followed by its own shape only.",
+        help="Follow a particle not separated from the matrix by its motion (it moves on its own by too little, or with the matrix) again with the matrix behind it subtracted, told apart from the particle by the particle's absorption edge (its contrast changes across the edge, the matrix's does not): where its own motion stands well out of its noise, or where the matrix so estimated stands out of its own noise and moves the positions beyond theirs. --no-unmix-matrix: such a particle is followed by its own shape only, or by the disc if it moves with the matrix.",
     ),
     subtract_matrix: bool = typer.Option(
         True,

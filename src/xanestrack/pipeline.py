@@ -172,18 +172,26 @@ class PipelineOptions:
         stress-magnification, whose particles move with the matrix, 0.086 -> 0.096; given
         to two-frame scans: frames off by 1.6 and 2.4 px vouched for.
     unmix_matrix : bool, default True
-        With ``shape_apodisation``: a particle followed by its shape whose own motion (measured
-        on those positions) stays too small to separate it from the matrix by that motion, but
-        stands 4 times out of its noise (``OWN_MOTION_SNR``), is followed a third time with the
-        matrix behind it subtracted, the two layers told apart by the particle's absorption
-        edge instead (:func:`xanestrack.background.unmix_layers`; the particle's contrast per
-        frame, pre-edge absorption included, from :func:`_particle_contrasts`). The matrix
-        under a particle that hardly moves is seen by no frame and not told apart by the
-        motion; the particle's contrast changes three- to fivefold across the edge while the
-        matrix's does not. Where the noise test fails (600 counts: the matrix so estimated
-        cost every such particle of ``stress-counts`` seed 1 0.03-0.11 px) the particle keeps
-        its shape's positions. The chemistry is not affected (the matrix so estimated is not
-        subtracted from the spectra). Measured on the stress family: see the README.
+        With ``shape_apodisation``: a particle not separated from the matrix by its motion
+        (one followed by its shape, and one that moves with the matrix) is followed again
+        with the matrix behind it subtracted, the two layers told apart by the particle's
+        absorption edge instead of its motion (:func:`xanestrack.background.unmix_layers`;
+        the particle's contrast per frame, pre-edge absorption included, from
+        :func:`_particle_contrasts`): the particle's contrast changes three- to fivefold
+        across the edge while the matrix's does not. The matrix biases such a particle's
+        faint pre-edge frames: it pulls one moving on its own towards the common motion,
+        and even under one moving with it, the windows' mixture of particle and matrix
+        changes across the edge while the correlation's template keeps one mixture (up to
+        0.3 px between the frames before and after the edge at the true positions,
+        ``docs/HISTORY.md``). It is kept only where the matrix so estimated stands
+        ``UNMIX_MIN_SNR`` times out of its own noise (not at 600 counts: there it cost
+        ``stress-counts`` seed 2's worst particle 0.31 -> 0.50 px) and moved the particle's
+        positions beyond their noise (``UNMIX_CHANGE_Z``; elsewhere it only adds its own
+        noise: ``stress-magnification``'s particles, which move with the matrix, 0.039 ->
+        0.053 px median unmixed every one); else the particle keeps its shape's positions,
+        or the disc if it moves with the matrix. The chemistry is not affected (the matrix
+        so estimated is not subtracted from the spectra). Measured on the stress family:
+        see the README.
     mask_guard : bool, default True
         With a learned segmenter: outline each particle's mean window (its key frames, aligned
         on the first pass) with the classical segmenter too, neighbours cut off alike; where
@@ -378,6 +386,7 @@ class _Located:
     mask_missed: float | None = None  # share of the mean window's outline the learned masks missed (guarded)
     matrix: MatrixBackground | None = None  # the matrix separated from behind it (its own motion), if it was
     unmixed_motion: float | None = None  # px: own motion of a particle whose matrix was told apart by its edge
+    unmixed_still: bool = False  # that particle moves with the matrix (its own motion not told from noise)
 
 
 #: The share of a particle's classical outline in its mean window that a learned segmenter's
@@ -550,6 +559,21 @@ WITH_MATRIX_PX = 0.75
 #: vouched for, one moving 6 px on its own: scale 0.99505, beyond the zone plate's 0.36 %
 #: over those 30 eV; over the 6 measured, 0.99644)
 MIN_VOUCHED_FOR_FIT = 5
+
+#: The matrix told apart by the edge (:func:`xanestrack.background.unmix_layers`) is subtracted
+#: only where it stands this many times out of its own noise (``MatrixBackground.snr``): at 600
+#: counts (``stress-counts`` seed 2) every particle's estimate stood 2.0-3.1 times out of it and,
+#: subtracted, made the worst particle 0.309 -> 0.502 px (a 10-px one 0.244 -> 0.501); on
+#: ``stress-jitter`` seed 1 most stood 11.7-24 times out of it
+UNMIX_MIN_SNR = 5.0
+
+#: ... and kept only where it moved the particle's positions beyond their noise: the change, a
+#: running mean over ``UNMIX_CHANGE_FRAMES`` frames, at least this many times that mean's noise
+#: (:func:`_changed_beyond_noise`). Where it does not, the matrix did not bias the particle
+#: and the subtraction only adds its own noise (``stress-magnification`` seed 1, every particle
+#: unmixed: median 0.039 -> 0.053 px; their changes stood 1.5-3.8 times out of their noise)
+UNMIX_CHANGE_Z = 4.0
+UNMIX_CHANGE_FRAMES = 15
 
 #: second-pass iterations: separate the layers at the positions, follow, repeat
 REFINE_PASSES = 2
@@ -788,9 +812,23 @@ def _refine_one(loc, m, od, footprints, options, contrast=None) -> str | None:
     motion = _own_motion_px(own)
     centres = loc.centres
     if not _separable(own, motion):
-        if not (options.shape_apodisation and _moves_on_its_own(own, motion)):
+        moving = _moves_on_its_own(own, motion)
+        # a particle that moves with the matrix is not pulled by it, but biased by it all the
+        # same: the windows' mixture of particle and matrix changes across the edge, the
+        # template's does not (docs/HISTORY.md: up to 0.3 px between the frames before and after
+        # the edge, measured at the true positions). Its matrix told apart by the edge is kept
+        # where it moves its positions beyond their noise; elsewhere it keeps the disc
+        if not (options.shape_apodisation and (moving or contrast is not None)):
             return None
+        before = (loc.followed.copy(), loc.measured.copy())
         if not _follow_by_shape(loc, od, options):
+            return None
+        if not moving:
+            own = (loc.followed - m)[loc.measured]
+            if _unmix_where_it_tells(loc, m, od, footprints, options, contrast, _own_motion_px(own)):
+                loc.unmixed_still = True
+                return "unmixed"
+            loc.followed, loc.measured = before
             return None
         # the first pass is pulled toward the matrix, which hides part of the own motion: it
         # is measured again on the positions followed by the shape (stress-crowd seed 4: a
@@ -800,12 +838,16 @@ def _refine_one(loc, m, od, footprints, options, contrast=None) -> str | None:
         own = (loc.followed - m)[loc.measured]
         motion = _own_motion_px(own)
         if not _separable(own, motion):
-            if (
-                contrast is not None
-                and motion >= OWN_MOTION_SNR * _position_noise_px(own)
-                and _unmix_one(loc, m, od, footprints, options, contrast)
-            ):
-                loc.unmixed_motion = motion
+            if contrast is None:
+                return "shape"
+            # its own motion standing out of its noise tells that the matrix pulls it (as the
+            # release before: unmixed whatever the matrix estimate's noise; at 600 counts such
+            # particles gained and lost alike); else the estimate and its effect must tell
+            if motion >= OWN_MOTION_SNR * _position_noise_px(own):
+                if _unmix_one(loc, m, od, footprints, options, contrast, min_snr=0.0):
+                    loc.unmixed_motion = motion
+                    return "unmixed"
+            elif _unmix_where_it_tells(loc, m, od, footprints, options, contrast, motion):
                 return "unmixed"
             return "shape"
         centres = np.where(loc.measured[:, None], loc.followed, loc.centres)
@@ -820,17 +862,56 @@ def _refine_one(loc, m, od, footprints, options, contrast=None) -> str | None:
     return "matrix"
 
 
-def _unmix_one(loc, m, od, footprints, options, contrast) -> bool:
+def _unmix_one(loc, m, od, footprints, options, contrast, *, min_snr: float = UNMIX_MIN_SNR) -> bool:
     """Follow a particle not separable by its motion again, the matrix behind it told apart
     by its absorption edge (:func:`xanestrack.background.unmix_layers`) and subtracted
     (not kept for the chemistry: ``loc.matrix`` is the separation's). False where the
-    layers cannot be told apart so."""
+    layers cannot be told apart so, or the matrix so estimated does not stand ``min_snr``
+    times out of its own noise."""
     centres = np.where(loc.measured[:, None], loc.followed, loc.centres)
 
     def unmixed(centres, lo, box, near):
-        return unmix_layers(od, centres, m, lo, box, contrast, near)
+        background = unmix_layers(od, centres, m, lo, box, contrast, near)
+        if background is None or (min_snr > 0 and not background.snr >= min_snr):
+            return None  # (an estimate whose noise was not measured, NaN, is not vouched for)
+        return background
 
     return _follow_on_matrix(loc, m, od, footprints, options, centres, unmixed)
+
+
+def _unmix_where_it_tells(loc, m, od, footprints, options, contrast, motion) -> bool:
+    """:func:`_unmix_one`, kept only where it moved the particle's positions beyond their noise
+    (:func:`_changed_beyond_noise`; else ``loc`` is left as it was). Records ``motion`` (px,
+    the particle's own motion) in ``loc.unmixed_motion`` where kept."""
+    before, measured = loc.followed.copy(), loc.measured.copy()
+    if not _unmix_one(loc, m, od, footprints, options, contrast):
+        loc.followed, loc.measured = before, measured
+        return False
+    if _changed_beyond_noise(before, loc.followed, measured & loc.measured) < UNMIX_CHANGE_Z:
+        loc.followed, loc.measured = before, measured
+        return False
+    loc.unmixed_motion = motion
+    return True
+
+
+def _changed_beyond_noise(before, after, frames, *, window: int = UNMIX_CHANGE_FRAMES) -> float:
+    """How far a change of a particle's positions stands out of the noise: the RMS of its
+    running mean over ``window`` frames, per axis, over the noise of such a mean (the change's
+    noise from its second differences, robustly); the larger axis. 0 with fewer than 20 frames.
+
+    Pure noise gives about 1 (stress family: 1.5-3.8 where the matrix did not bias the particle,
+    a running mean of correlated noise).
+    """
+    both = np.asarray(frames, bool) & np.isfinite(before).all(axis=1) & np.isfinite(after).all(axis=1)
+    if both.sum() < 20:
+        return 0.0
+    d = (np.asarray(after) - np.asarray(before))[both]
+    d = d - np.median(d, axis=0)
+    second = d[2:] - 2 * d[1:-1] + d[:-2]
+    sigma = np.median(np.abs(second), axis=0) / 0.6745 / np.sqrt(6.0)
+    slow = ndimage.uniform_filter1d(d, window, axis=0, mode="nearest")
+    z = np.sqrt(np.mean(slow**2, axis=0)) / (sigma / np.sqrt(window) + 1e-9)
+    return float(np.max(z))
 
 
 def _follow_on_matrix(loc, m, od, footprints, options, centres, layers) -> bool:
@@ -978,7 +1059,14 @@ def _finish_particle(loc: _Located, v: VouchedPositions, od, energies, options, 
             "its own is reported in part only (0.33-0.94 of it on the stress family, README: how much of a "
             "particle's own motion is reported)"
         )
-    if loc.unmixed_motion is not None:
+    if loc.unmixed_motion is not None and loc.unmixed_still:
+        notes.append(
+            f"moving with the matrix behind it (own motion {loc.unmixed_motion:.2f} px, not told from the noise): the "
+            "matrix, whose share of its faint pre-edge frames changes across the edge, biased them; the matrix was told "
+            "apart from it by its absorption edge (the particle's contrast changes across the edge, the matrix's does "
+            "not) and subtracted, which moved the positions beyond their noise, before it was followed again"
+        )
+    elif loc.unmixed_motion is not None:
         notes.append(
             f"moving on its own by {loc.unmixed_motion:.2f} px, too little to tell it from the matrix behind it by that "
             "motion: the matrix was told apart from it by its absorption edge (the particle's contrast changes across "
@@ -1146,9 +1234,9 @@ def run_pipeline(
             )
         if unmixed_ids:
             notes.append(
-                f"{len(unmixed_ids)} particles moving on their own by too little to separate them from the matrix by "
-                "that motion followed again, the matrix behind them told apart from them by their absorption edge and "
-                "taken out"
+                f"{len(unmixed_ids)} particles not separated from the matrix by their motion followed again, the matrix "
+                "behind them told apart from them by their absorption edge and taken out (where it stood out of its "
+                "noise and moved their positions beyond theirs)"
             )
         if shaped_ids:
             notes.append(
