@@ -914,8 +914,8 @@ def _changed_beyond_noise(before, after, frames, *, window: int = UNMIX_CHANGE_F
     running mean over ``window`` frames, per axis, over the noise of such a mean (the change's
     noise from its second differences, robustly); the larger axis. 0 with fewer than 20 frames.
 
-    Pure noise gives about 1 (stress family: 1.5-3.8 where the matrix did not bias the particle,
-    a running mean of correlated noise).
+    Pure white noise gives about 1 (``stress-magnification`` seed 1, whose particles move with
+    the matrix and gain nothing by its subtraction: 1.5-3.8, the noise not quite white).
     """
     both = np.asarray(frames, bool) & np.isfinite(before).all(axis=1) & np.isfinite(after).all(axis=1)
     if both.sum() < 20:
@@ -1257,8 +1257,9 @@ def run_pipeline(
         if unmixed_ids:
             notes.append(
                 f"{len(unmixed_ids)} particles not separated from the matrix by their motion followed again, the matrix "
-                "behind them told apart from them by their absorption edge and taken out (where it stood out of its "
-                "noise and moved their positions beyond theirs)"
+                "behind them told apart from them by their absorption edge and taken out (where their own motion stood "
+                "out of its noise, or the matrix so estimated stood out of its own and moved their positions beyond "
+                "theirs)"
             )
         if shaped_ids:
             notes.append(
