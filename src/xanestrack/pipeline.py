@@ -900,8 +900,7 @@ def _unmix_where_it_tells(loc, m, od, footprints, options, contrast, motion) -> 
     the particle's own motion) in ``loc.unmixed_motion`` where kept."""
     before, measured = loc.followed.copy(), loc.measured.copy()
     if not _unmix_one(loc, m, od, footprints, options, contrast):
-        loc.followed, loc.measured = before, measured
-        return False
+        return False  # no estimate made: ``loc`` untouched
     if _changed_beyond_noise(before, loc.followed, measured & loc.measured) < UNMIX_CHANGE_Z:
         loc.followed, loc.measured = before, measured
         return False
@@ -923,7 +922,7 @@ def _changed_beyond_noise(before, after, frames, *, window: int = UNMIX_CHANGE_F
     d = (np.asarray(after) - np.asarray(before))[both]
     d = d - np.median(d, axis=0)
     second = d[2:] - 2 * d[1:-1] + d[:-2]
-    sigma = np.median(np.abs(second), axis=0) / 0.6745 / np.sqrt(6.0)
+    sigma = np.array([robust_sigma(second[:, a], centre=0.0) for a in (0, 1)]) / np.sqrt(6.0)
     slow = ndimage.uniform_filter1d(d, window, axis=0, mode="nearest")
     z = np.sqrt(np.mean(slow**2, axis=0)) / (sigma / np.sqrt(window) + 1e-9)
     return float(np.max(z))
