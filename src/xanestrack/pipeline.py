@@ -855,7 +855,9 @@ def _refine_one(loc, m, od, footprints, options, contrast=None) -> str | None:
             # the matrix told apart by the edge pulls it less again: its own motion, measured once
             # more, may now tell the layers apart by that motion, which models what the edge
             # cannot (the matrix sliding under it; stress-fines seed 1, learned: a 16-px particle
-            # measured 0.72 px after its shape, 0.84 px unmixed, then separated: 0.220 -> 0.208 px)
+            # measured 0.72 px after its shape, 0.84 px unmixed, then separated: 0.220 -> 0.208 px).
+            # bench_stress seeds 1-4, both paths: 5 particles better by 0.012-0.047 px, 5 worse by
+            # 0.018-0.025; runs' worst better in 2, worse in none (README: Measured again after the edge)
             own = (loc.followed - m)[loc.measured]
             motion = _own_motion_px(own)
             if not _separable(own, motion):
