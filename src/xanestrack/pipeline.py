@@ -793,6 +793,13 @@ def _follow_by_shape(loc, od, options) -> bool:
     return True
 
 
+def _followed_own_motion(loc, m):
+    """``(own, motion)``: a particle's followed positions less the matrix's shifts ``m`` over its
+    measured frames, and their amplitude (:func:`_own_motion_px`)."""
+    own = (loc.followed - m)[loc.measured]
+    return own, _own_motion_px(own)
+
+
 def _refine_one(loc, m, od, footprints, options, contrast=None) -> str | None:
     """:func:`_refine_on_matrix` for one particle (``m``: the matrix's shifts at it; ``contrast``:
     its contrast per frame, :func:`_particle_contrasts`, or None): "matrix" (separated from the
@@ -827,8 +834,8 @@ def _refine_one(loc, m, od, footprints, options, contrast=None) -> str | None:
         if not _follow_by_shape(loc, od, options):
             return None
         if not moving:
-            own = (loc.followed - m)[loc.measured]
-            if _unmix_where_it_tells(loc, m, od, footprints, options, contrast, _own_motion_px(own)):
+            _, motion = _followed_own_motion(loc, m)
+            if _unmix_where_it_tells(loc, m, od, footprints, options, contrast, motion):
                 loc.unmixed_still = True
                 return "unmixed"
             loc.followed, loc.measured = before
@@ -838,8 +845,7 @@ def _refine_one(loc, m, od, footprints, options, contrast=None) -> str | None:
         # faint 10-px particle, own motion 1.45 px, first pass 0.74, after the shape 0.87;
         # separated, frames vouched for off by more than 1 px 5 -> 0; bench_stress seeds
         # 1-4, both paths: frames > 1 px 161 -> 141)
-        own = (loc.followed - m)[loc.measured]
-        motion = _own_motion_px(own)
+        own, motion = _followed_own_motion(loc, m)
         if not _separable(own, motion):
             if contrast is None:
                 return "shape"
@@ -858,8 +864,7 @@ def _refine_one(loc, m, od, footprints, options, contrast=None) -> str | None:
             # measured 0.72 px after its shape, 0.84 px unmixed, then separated: 0.220 -> 0.208 px).
             # bench_stress seeds 1-4, both paths: 5 particles better by 0.012-0.047 px, 5 worse by
             # 0.018-0.025; runs' worst better in 2, worse in none (README: Measured again after the edge)
-            own = (loc.followed - m)[loc.measured]
-            motion = _own_motion_px(own)
+            own, motion = _followed_own_motion(loc, m)
             if not _separable(own, motion):
                 return "unmixed"
             loc.unmixed_motion = None
