@@ -388,6 +388,7 @@ class _Located:
     matrix: MatrixBackground | None = None  # the matrix separated from behind it (its own motion), if it was
     unmixed_motion: float | None = None  # px: own motion of a particle whose matrix was told apart by its edge
     unmixed_still: bool = False  # that particle moves with the matrix (its own motion not told from noise)
+    separation_undone: tuple | None = None  # (px, times the noise): a separation from the matrix undone
 
 
 #: The share of a particle's classical outline in its mean window that a learned segmenter's
@@ -582,6 +583,16 @@ REFINE_PASSES = 2
 #: px. RMS change of a particle's positions below which the separation is not repeated
 SETTLED_PX = 0.05
 
+#: A particle's separation from the matrix is undone where it moved the particle's positions (RMS,
+#: their common offset removed) by more than this many times the noise of its first-pass positions
+#: (:func:`_position_noise_px`). The pull it removes grows as the particle's contrast over the matrix
+#: texture falls, as that noise does: over 245 separations (bench_stress seeds 1-2 and 7-8, both
+#: paths) those that helped moved the positions by at most 6.2 times it; the two that moved them
+#: more (12.9 and 9.1 times) were touching particles whose separation went wrong: stress-all seed 8
+#: (learned), a 32-px particle moved 2.2 px RMS, its positions 0.25 -> 2.3 px off, 16 frames off by
+#: more than 1 px vouched for; stress-crowd seed 2 (learned), a 23-px one 0.34 -> 0.50 px
+SEPARATION_MAX_CHANGE_Z = 8.0
+
 
 def _matrix_shifts(located, od, energies, footprints, options):
     """``(n_frames, n_particles, 2)``: the matrix's displacement from frame 0 at each particle.
@@ -683,6 +694,9 @@ def _refine_on_matrix(located, od, energies, options) -> tuple[list[int], list[i
             footprints.append(Footprint(grown, (c, c), loc.centres))
     shifts = _matrix_shifts(located, od, energies, footprints, options)
     contrasts = _particle_contrasts(located, shifts, od, energies) if options.unmix_matrix else None
+    first = [
+        (loc.followed.copy(), loc.measured.copy(), loc.matrix, loc.unmixed_motion, loc.unmixed_still) for loc in located
+    ]
     refined = _map(
         lambda j: _refine_one(
             located[j], shifts[:, j], od, footprints, options, None if contrasts is None else contrasts[j]
@@ -690,6 +704,13 @@ def _refine_on_matrix(located, od, energies, options) -> tuple[list[int], list[i
         range(len(located)),
         _threads(options),
     )
+    for j, (loc, how) in enumerate(zip(located, refined)):
+        if how == "matrix":
+            z = _separation_change(first[j][0], first[j][1], loc, shifts[:, j])
+            if z is not None and z[1] > SEPARATION_MAX_CHANGE_Z:
+                loc.followed, loc.measured, loc.matrix, loc.unmixed_motion, loc.unmixed_still = first[j]
+                loc.separation_undone = z
+                refined[j] = None
     for j, (loc, how) in enumerate(zip(located, refined)):
         if how not in ("matrix", "unmixed") and loc.measured.sum() >= 3 and np.isfinite(shifts[:, j]).all():
             pos = np.where(loc.measured[:, None], loc.followed, loc.centres)
@@ -699,6 +720,23 @@ def _refine_on_matrix(located, od, energies, options) -> tuple[list[int], list[i
         [loc.pid for loc, how in zip(located, refined) if how == "unmixed"],
         [loc.pid for loc, how in zip(located, refined) if how == "shape"],
     )
+
+
+def _separation_change(followed, measured, loc, m) -> tuple | None:
+    """``(change, z)``: how far a particle's separation from the matrix moved its positions from
+    ``followed`` (measured in ``measured``, the first pass) to ``loc``'s (px RMS over the frames
+    measured in both, their common offset removed), and that in units of the first pass's noise
+    (:func:`_position_noise_px` of its own motion, ``m`` the matrix's shifts). None where it
+    cannot be told (fewer than 5 frames, or no noise measured)."""
+    both = measured & loc.measured & np.isfinite(followed).all(axis=1) & np.isfinite(loc.followed).all(axis=1)
+    if both.sum() < 5:
+        return None
+    noise = _position_noise_px((followed - m)[measured & np.isfinite(m).all(axis=1)])
+    if not np.isfinite(noise) or noise <= 0:
+        return None
+    d = loc.followed[both] - followed[both]
+    change = float(np.sqrt(np.mean(np.sum((d - np.median(d, axis=0)) ** 2, axis=1))))
+    return change, change / noise
 
 
 #: eV. Frames this far below the scan's edge (and ``CONTRAST_POST_EV`` above it) give a
@@ -1109,6 +1147,14 @@ def _finish_particle(loc: _Located, v: VouchedPositions, od, energies, options, 
             "motion: the matrix was told apart from it by its absorption edge (the particle's contrast changes across "
             "the edge, the matrix's does not) and subtracted before it was followed again: its own motion is "
             "reported at 0.64-1.00 of it on the stress family (median 0.93; 0.80 without), read it as a lower bound"
+        )
+    if loc.separation_undone is not None:
+        change, z = loc.separation_undone
+        notes.append(
+            f"its separation from the matrix behind it was undone: it moved the positions by {change:.2f} px RMS, "
+            f"{z:.1f} times their noise (more than {SEPARATION_MAX_CHANGE_Z:g}: no pull of the matrix is that large "
+            "for a particle measured that precisely; a touching neighbour can mislead the separation), so the "
+            "first pass's positions are kept"
         )
     if loc.mask_missed is not None:
         notes.append(
