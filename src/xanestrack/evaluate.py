@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from .result import FRAME_FLAGS
+from .result import FRAME_FLAGS, UNVOUCHED_FLAGS
 
 __all__ = [
     "pair_particles",
@@ -196,10 +196,6 @@ def pair_tracks(est_tracks, truth_tracks, *, max_distance: float = 10.0):
     med = np.where(np.isfinite(med), med, 1e9)
     r, c = linear_sum_assignment(med)
     return [(int(i), int(j)) for i, j in zip(r, c) if med[i, j] <= max_distance]
-
-
-#: flags under which a position is not vouched for (interpolated | position_outlier | disagree)
-UNVOUCHED_FLAGS = FRAME_FLAGS["interpolated"] | FRAME_FLAGS["position_outlier"] | FRAME_FLAGS["disagree"]
 
 
 def true_tracks(truth) -> np.ndarray:

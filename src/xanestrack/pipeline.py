@@ -39,6 +39,7 @@ from .register import (
     resample_windows,
     vouch_positions,
     window_half,
+    withdraw_lone_agreements,
 )
 from .result import FRAME_FLAGS, ParticleResult, PipelineResult, flag_names
 from .robust import robust_sigma
@@ -1343,6 +1344,18 @@ def run_pipeline(
                     else ""
                 )
             )
+    # the rule against a frame agreeing almost alone, applied again once every test has had its say
+    n_lone = 0
+    for j, v in enumerate(vouched):
+        flags, n = withdraw_lone_agreements(v.flags)
+        if n:
+            vouched[j] = dataclasses.replace(v, flags=flags)
+            n_lone += n
+    if n_lone:
+        notes.append(
+            f"{n_lone} frames not vouched for that agreed almost alone among their +-3 neighbours once the other "
+            "tests had withdrawn theirs (an agreement almost alone is chance)"
+        )
     done = [0]
     lock = threading.Lock()
 

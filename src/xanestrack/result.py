@@ -18,7 +18,7 @@ import pandas as pd
 if TYPE_CHECKING:  # pragma: no cover
     from .pipeline import PipelineOptions
 
-__all__ = ["FRAME_FLAGS", "flag_names", "ParticleResult", "PipelineResult", "particle_summary"]
+__all__ = ["FRAME_FLAGS", "UNVOUCHED_FLAGS", "flag_names", "ParticleResult", "PipelineResult", "particle_summary"]
 
 #: per-particle, per-frame flags (bits)
 FRAME_FLAGS = {
@@ -30,6 +30,10 @@ FRAME_FLAGS = {
     "position_outlier": 32,  # measured position inconsistent with its neighbours in time
     "disagree": 64,  # centre of mass and the independent edge correlation disagree (or no second estimate)
 }
+
+
+#: flags under which a position is not vouched for (interpolated | position_outlier | disagree)
+UNVOUCHED_FLAGS = FRAME_FLAGS["interpolated"] | FRAME_FLAGS["position_outlier"] | FRAME_FLAGS["disagree"]
 
 
 def flag_names(value: int) -> str:
