@@ -10,6 +10,7 @@ segmenter are arguments, so the learned models (and any user's own) plug in:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -594,6 +595,9 @@ SETTLED_PX = 0.05
 #: more than 1 px vouched for; stress-crowd seed 2 (learned), a 23-px one 0.34 -> 0.50 px
 SEPARATION_MAX_CHANGE_Z = 8.0
 
+#: the fields of :class:`_Located` that :func:`_refine_one` may change (restored where a separation is undone)
+_REFINED_FIELDS = ("followed", "measured", "matrix", "unmixed_motion", "unmixed_still")
+
 
 def _matrix_shifts(located, od, energies, footprints, options):
     """``(n_frames, n_particles, 2)``: the matrix's displacement from frame 0 at each particle.
@@ -695,9 +699,7 @@ def _refine_on_matrix(located, od, energies, options) -> tuple[list[int], list[i
             footprints.append(Footprint(grown, (c, c), loc.centres))
     shifts = _matrix_shifts(located, od, energies, footprints, options)
     contrasts = _particle_contrasts(located, shifts, od, energies) if options.unmix_matrix else None
-    first = [
-        (loc.followed.copy(), loc.measured.copy(), loc.matrix, loc.unmixed_motion, loc.unmixed_still) for loc in located
-    ]
+    first = [{f: copy.copy(getattr(loc, f)) for f in _REFINED_FIELDS} for loc in located]
     refined = _map(
         lambda j: _refine_one(
             located[j], shifts[:, j], od, footprints, options, None if contrasts is None else contrasts[j]
@@ -707,9 +709,10 @@ def _refine_on_matrix(located, od, energies, options) -> tuple[list[int], list[i
     )
     for j, (loc, how) in enumerate(zip(located, refined)):
         if how == "matrix":
-            z = _separation_change(first[j][0], first[j][1], loc, shifts[:, j])
+            z = _separation_change(first[j]["followed"], first[j]["measured"], loc, shifts[:, j])
             if z is not None and z[1] > SEPARATION_MAX_CHANGE_Z:
-                loc.followed, loc.measured, loc.matrix, loc.unmixed_motion, loc.unmixed_still = first[j]
+                for f, value in first[j].items():
+                    setattr(loc, f, value)
                 loc.separation_undone = z
                 refined[j] = None
     for j, (loc, how) in enumerate(zip(located, refined)):

@@ -502,12 +502,17 @@ def _agreeing(agreement, both, agreement_px) -> np.ndarray:
         # nor is a frame that agrees almost alone among its +-3 neighbours (they disagree, or
         # their masks are not usable): stress-drift seed 2, a faint 13-px particle, both
         # estimates 1.07 px off alike in a frame whose neighbours failed
-        k = np.ones(AGREEMENT_WINDOW)
-        k[AGREEMENT_WINDOW // 2] = 0
-        agree_near = np.convolve(ok.astype(float), k, mode="same")
-        frames_near = np.convolve(np.ones(len(ok)), k, mode="same")
-        ok &= agree_near >= frames_near / 3
+        ok &= ~_almost_alone(ok)
     return ok
+
+
+def _almost_alone(vouched, window: int = AGREEMENT_WINDOW) -> np.ndarray:
+    """Frames vouched for (bool) while fewer than a third of the frames around them (+-``window // 2``) are."""
+    k = np.ones(window)
+    k[window // 2] = 0
+    near = np.convolve(vouched.astype(float), k, mode="same")
+    frames_near = np.convolve(np.ones(len(vouched)), k, mode="same")
+    return vouched & (near < frames_near / 3)
 
 
 def withdraw_lone_agreements(flags, *, window: int = AGREEMENT_WINDOW):
@@ -524,12 +529,7 @@ def withdraw_lone_agreements(flags, *, window: int = AGREEMENT_WINDOW):
     flags = np.asarray(flags).copy()
     if len(flags) < 5:
         return flags, 0
-    vouched = (flags.astype(int) & UNVOUCHED_FLAGS) == 0
-    k = np.ones(window)
-    k[window // 2] = 0
-    near = np.convolve(vouched.astype(float), k, mode="same")
-    frames_near = np.convolve(np.ones(len(flags)), k, mode="same")
-    lone = vouched & (near < frames_near / 3)
+    lone = _almost_alone((flags.astype(int) & UNVOUCHED_FLAGS) == 0, window)
     flags[lone] |= FRAME_FLAGS["disagree"]
     return flags, int(lone.sum())
 
