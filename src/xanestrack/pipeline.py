@@ -845,13 +845,13 @@ def _followed_own_motion(loc, m):
 def _refine_one(loc, m, od, footprints, options, contrast=None) -> str | None:
     """:func:`_refine_on_matrix` for one particle (``m``: the matrix's shifts at it; ``contrast``:
     its contrast per frame, :func:`_particle_contrasts`, or None): "matrix" (separated from the
-    matrix), "unmixed" (the matrix told apart by the edge), "shape" (followed by its shape) or None."""
+    matrix), "unmixed" (the matrix told apart by the edge), "shape" (followed by its shape) or None.
+
+    By its own motion on the first pass, a particle is separated at once (:func:`_separable`),
+    refined as one that moves on its own (:func:`_refine_moving`), or as one that moves with the
+    matrix (:func:`_refine_still`)."""
     if loc.shape is None or not np.isfinite(m).all():
         return None
-    # a particle that moves with the matrix is not pulled by it, and the two layers
-    # cannot be told apart: only a particle with its own motion is separated. One that moves
-    # with it keeps the disc: its surroundings move with it and are signal (stress-
-    # magnification, no own motion: worst particle 0.086 -> 0.096 px followed by its shape)
     own = (loc.centres - m)[loc.measured]
     if own.shape[0] < 3:
         # too few frames to tell its own motion; and its shape would be the average of the
@@ -860,57 +860,78 @@ def _refine_one(loc, m, od, footprints, options, contrast=None) -> str | None:
         # 2.4 px off, stress-counts seed 2)
         return None
     motion = _own_motion_px(own)
-    centres = loc.centres
+    if _separable(own, motion):
+        return _separate(loc, m, od, footprints, options, loc.centres)
+    if _moves_on_its_own(own, motion):
+        return _refine_moving(loc, m, od, footprints, options, contrast)
+    return _refine_still(loc, m, od, footprints, options, contrast)
+
+
+def _refine_still(loc, m, od, footprints, options, contrast) -> str | None:
+    """A particle that moves with the matrix: "unmixed" or None (``loc`` as it was).
+
+    It is not pulled by the matrix, and the two layers cannot be told apart by their motions;
+    but it is biased by it all the same: the windows' mixture of particle and matrix changes
+    across the edge, the template's does not (docs/HISTORY.md: up to 0.3 px between the frames
+    before and after the edge, measured at the true positions). Its matrix told apart by the
+    edge is kept where it moves its positions beyond their noise; elsewhere it keeps the disc:
+    its surroundings move with it and are signal (stress-magnification, no own motion: worst
+    particle 0.086 -> 0.096 px followed by its shape)."""
+    if not options.shape_apodisation or contrast is None:
+        return None
+    if not _matrix_may_tell(loc, m, od, footprints, options, contrast):
+        return None
+    before = (loc.followed.copy(), loc.measured.copy())
+    if not _follow_by_shape(loc, od, options):
+        return None
+    _, motion = _followed_own_motion(loc, m)
+    if _unmix_where_it_tells(loc, m, od, footprints, options, contrast, motion):
+        loc.unmixed_still = True
+        return "unmixed"
+    loc.followed, loc.measured = before
+    return None
+
+
+def _refine_moving(loc, m, od, footprints, options, contrast) -> str | None:
+    """A particle that moves on its own but not enough, on the first pass, to be separated:
+    followed by its shape ("shape"), then with the matrix told apart by the edge ("unmixed"),
+    and separated after all ("matrix") where its own motion, measured again, allows it."""
+    if not (options.shape_apodisation and _follow_by_shape(loc, od, options)):
+        return None
+    # the first pass is pulled toward the matrix, which hides part of the own motion: it
+    # is measured again on the positions followed by the shape (stress-crowd seed 4: a
+    # faint 10-px particle, own motion 1.45 px, first pass 0.74, after the shape 0.87;
+    # separated, frames vouched for off by more than 1 px 5 -> 0; bench_stress seeds
+    # 1-4, both paths: frames > 1 px 161 -> 141)
+    own, motion = _followed_own_motion(loc, m)
     if not _separable(own, motion):
-        moving = _moves_on_its_own(own, motion)
-        # a particle that moves with the matrix is not pulled by it, but biased by it all the
-        # same: the windows' mixture of particle and matrix changes across the edge, the
-        # template's does not (docs/HISTORY.md: up to 0.3 px between the frames before and after
-        # the edge, measured at the true positions). Its matrix told apart by the edge is kept
-        # where it moves its positions beyond their noise; elsewhere it keeps the disc
-        if not (options.shape_apodisation and (moving or contrast is not None)):
-            return None
-        if not moving and not _matrix_may_tell(loc, m, od, footprints, options, contrast):
-            return None
-        before = (loc.followed.copy(), loc.measured.copy())
-        if not _follow_by_shape(loc, od, options):
-            return None
-        if not moving:
-            _, motion = _followed_own_motion(loc, m)
-            if _unmix_where_it_tells(loc, m, od, footprints, options, contrast, motion):
-                loc.unmixed_still = True
-                return "unmixed"
-            loc.followed, loc.measured = before
-            return None
-        # the first pass is pulled toward the matrix, which hides part of the own motion: it
-        # is measured again on the positions followed by the shape (stress-crowd seed 4: a
-        # faint 10-px particle, own motion 1.45 px, first pass 0.74, after the shape 0.87;
-        # separated, frames vouched for off by more than 1 px 5 -> 0; bench_stress seeds
-        # 1-4, both paths: frames > 1 px 161 -> 141)
+        if contrast is None:
+            return "shape"
+        # its own motion standing out of its noise tells that the matrix pulls it (as the
+        # release before: unmixed whatever the matrix estimate's noise; at 600 counts such
+        # particles gained and lost alike); else the estimate and its effect must tell
+        if motion >= OWN_MOTION_SNR * _position_noise_px(own):
+            if not _unmix_one(loc, m, od, footprints, options, contrast, min_snr=0.0):
+                return "shape"
+            loc.unmixed_motion = motion
+        elif not _unmix_where_it_tells(loc, m, od, footprints, options, contrast, motion):
+            return "shape"
+        # the matrix told apart by the edge pulls it less again: its own motion, measured once
+        # more, may now tell the layers apart by that motion, which models what the edge
+        # cannot (the matrix sliding under it; stress-fines seed 1, learned: a 16-px particle
+        # measured 0.72 px after its shape, 0.84 px unmixed, then separated: 0.220 -> 0.208 px).
+        # bench_stress seeds 1-4, both paths: 5 particles better by 0.012-0.047 px, 5 worse by
+        # 0.018-0.025; runs' worst better in 2, worse in none (README: Measured again after the edge)
         own, motion = _followed_own_motion(loc, m)
         if not _separable(own, motion):
-            if contrast is None:
-                return "shape"
-            # its own motion standing out of its noise tells that the matrix pulls it (as the
-            # release before: unmixed whatever the matrix estimate's noise; at 600 counts such
-            # particles gained and lost alike); else the estimate and its effect must tell
-            if motion >= OWN_MOTION_SNR * _position_noise_px(own):
-                if not _unmix_one(loc, m, od, footprints, options, contrast, min_snr=0.0):
-                    return "shape"
-                loc.unmixed_motion = motion
-            elif not _unmix_where_it_tells(loc, m, od, footprints, options, contrast, motion):
-                return "shape"
-            # the matrix told apart by the edge pulls it less again: its own motion, measured once
-            # more, may now tell the layers apart by that motion, which models what the edge
-            # cannot (the matrix sliding under it; stress-fines seed 1, learned: a 16-px particle
-            # measured 0.72 px after its shape, 0.84 px unmixed, then separated: 0.220 -> 0.208 px).
-            # bench_stress seeds 1-4, both paths: 5 particles better by 0.012-0.047 px, 5 worse by
-            # 0.018-0.025; runs' worst better in 2, worse in none (README: Measured again after the edge)
-            own, motion = _followed_own_motion(loc, m)
-            if not _separable(own, motion):
-                return "unmixed"
-            loc.unmixed_motion = None
-        centres = np.where(loc.measured[:, None], loc.followed, loc.centres)
+            return "unmixed"
+        loc.unmixed_motion = None
+    return _separate(loc, m, od, footprints, options, np.where(loc.measured[:, None], loc.followed, loc.centres))
+
+
+def _separate(loc, m, od, footprints, options, centres) -> str:
+    """Separate a particle from the matrix by their different motions, starting at ``centres``,
+    and follow it again on its frames less the matrix (:func:`_follow_on_matrix`): "matrix"."""
     _, _, size = window_geometry(loc.radius, options.follow)
 
     def separated(centres, lo, box, near):
