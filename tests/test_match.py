@@ -102,6 +102,46 @@ def test_a_faint_particle_seen_in_few_frames_is_kept_a_piece_of_a_tracked_one_is
     assert loose["particle"].nunique() == 4
 
 
+def test_a_particle_outlined_as_one_irregular_body_where_it_was_missed_counts_as_seen_there():
+    """Detected in 3 of 12 frames (below both the 50 % and the faint 30 % rule) and, in 5 of the
+    others, rejected as not convex at its place and size (a small lobed particle at the detector's
+    binned resolution): kept, those frames marked ``irregular``. An outline larger than 1.3 times
+    the particle (a touching group's) or off its place does not count."""
+    from xanestrack.detect import detect_stack
+
+    s = make_synthetic_stack(
+        "default", seed=9, n_energies=12, shape=(200, 200), n_particles=3, radius_range=(10.0, 16.0)
+    )
+    od = s.optical_density()
+    det = detect_stack(od).reset_index(drop=True)
+    small = det[det["frame"] == 0].sort_values("x").iloc[0][["y", "x"]].to_numpy(float)
+    near = lambda d, p: np.hypot(d["y"] - p[0], d["x"] - p[1]) < 8  # noqa: E731
+    mine = near(det, small)
+    assert mine.sum() == 12  # seen in every frame to begin with
+    irregular_frames = [1, 2, 4, 6, 8]
+    missed = mine & ~det["frame"].isin([0, 5, 10] + irregular_frames)
+    outlined = mine & det["frame"].isin(irregular_frames)
+
+    def scan(radius_factor=1.0, offset=0.0):
+        d = det.copy()
+        d.loc[outlined, "isolated"] = False
+        d.loc[outlined, "reason"] = "not_convex"
+        d.loc[outlined, "radius"] *= radius_factor
+        d.loc[outlined, "x"] += offset
+        return d[~missed]
+
+    tracks, _, _ = link_detections(scan(), od)
+    assert tracks["particle"].nunique() == 3
+    pid = tracks[near(tracks, small) & (tracks["frame"] == 0)]["particle"].iloc[0]
+    mine_t = tracks[tracks["particle"] == pid].set_index("frame")
+    assert mine_t["detected"].sum() == 3
+    assert sorted(mine_t.index[mine_t["irregular"]]) == irregular_frames
+    # a group's outline (1.6 times the particle) or one off its place is no sighting of it
+    for kw in (dict(radius_factor=1.6), dict(offset=9.0)):
+        other, _, _ = link_detections(scan(**kw), od)
+        assert other["particle"].nunique() == 2 and not other["irregular"].any()
+
+
 def test_bad_frames_are_refused():
     det = pd.DataFrame(columns=["frame", "y", "x", "radius", "area", "isolated"])
     with pytest.raises(ValueError, match="frames must be indices"):

@@ -1187,7 +1187,14 @@ def _finish_particle(loc: _Located, v: VouchedPositions, od, energies, options, 
             "seen in its mean window (a lobe or an outline unlike those it was trained on)"
         )
     n_examined, n_seen = int(loc.examined.sum()), int((loc.detected & loc.examined).sum())
-    if n_examined and n_seen < options.match.min_track_fraction * n_examined:
+    n_irregular = int(loc.track["irregular"].fillna(False).astype(bool).sum()) if "irregular" in loc.track else 0
+    if n_irregular:
+        notes.append(
+            f"detected in only {n_seen} of the {n_examined} frames examined, and outlined in its place as one "
+            f"irregular body (not convex, rejected as a particle) in {n_irregular} more: kept, and followed from "
+            "where it was seen through the other frames"
+        )
+    elif n_examined and n_seen < options.match.min_track_fraction * n_examined:
         notes.append(
             f"detected in only {n_seen} of the {n_examined} frames examined: a faint particle, kept as nothing else was "
             "seen where it was missed, and followed from where it was seen through the other frames"
