@@ -176,6 +176,25 @@ def test_a_faint_particle_wholly_under_the_classical_threshold_is_found_at_half_
     assert detect_particles(f, rescue=False).isolated.sum() == 1
 
 
+def test_a_faint_particle_near_the_frame_border_is_rescued_where_it_keeps_off_it():
+    """The faint particle of the test above, 22-24 px from an edge of the frame (the window the
+    rescue examines it in, 2.5 minimum radii + 4 binned px, is clipped by the frame there): found
+    all the same. One whose outline reaches the border is not whole: not kept."""
+    yy, xx = np.mgrid[0:200, 0:200]
+    for cy, cx in ((176, 60), (60, 178), (24, 60)):
+        f = np.clip(25 - np.hypot(yy - 100, xx - 110) + 0.5, 0, 1).astype(np.float32)
+        f += 0.18 * np.clip(10 - np.hypot(yy - cy, xx - cx) + 0.5, 0, 1).astype(np.float32)
+        f += np.random.default_rng(1).normal(0, 0.01, f.shape).astype(np.float32)
+        kept = detect_particles(f)
+        kept = kept[kept.isolated]
+        near = kept[np.hypot(kept.y - cy, kept.x - cx) < 2]
+        assert len(kept) == 2 and len(near) == 1 and 8 <= near.iloc[0].radius <= 12, (cy, cx)
+    f = np.clip(25 - np.hypot(yy - 100, xx - 110) + 0.5, 0, 1).astype(np.float32)
+    f += 0.18 * np.clip(10 - np.hypot(yy - 191, xx - 60) + 0.5, 0, 1).astype(np.float32)
+    f += np.random.default_rng(1).normal(0, 0.01, f.shape).astype(np.float32)
+    assert detect_particles(f).isolated.sum() == 1
+
+
 def test_a_faint_particle_under_the_classical_threshold_is_rescued_in_scans_of_three_frames_or_more():
     # a bright particle sets the threshold (a quarter of its contrast); a faint, soft one
     # (peak 0.3, Gaussian profile sigma 7 px: half-maximum radius 8.2 px) only peeks above it
