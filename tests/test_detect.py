@@ -176,6 +176,24 @@ def test_a_faint_particle_wholly_under_the_classical_threshold_is_found_at_half_
     assert detect_particles(f, rescue=False).isolated.sum() == 1
 
 
+def test_a_body_too_large_for_one_particle_in_a_cut_group_is_cut_again_at_its_wider_necks():
+    """Two large particles overlapping (a neck 0.66 of their inscribed radius: one body by the
+    standard rule) with a small one on a narrow neck beside them: the group is cut, and the body of
+    the two, larger than any particle, is cut too, not dropped with both of them."""
+    from xanestrack.detect import cut_at_necks
+
+    yy, xx = np.mgrid[0:100, 0:150]
+    reg = (np.hypot(yy - 50, xx - 40) <= 20) | (np.hypot(yy - 50, xx - 70) <= 20) | (np.hypot(yy - 50, xx - 101) <= 10)
+    reg |= (np.abs(yy - 50) <= 2) & (xx >= 85) & (xx <= 95)  # the small one's narrow neck
+    pieces = cut_at_necks(reg, min_area=50, max_area=1500)
+    assert len(pieces) == 3
+    centres = sorted(float(np.mean(np.nonzero(p)[1])) for p in pieces)
+    assert np.allclose(centres, [38, 72, 101], atol=3)
+    # where the two fit one particle's size, they stay one body (a lobed particle)
+    two = cut_at_necks(reg, min_area=50, max_area=3000)
+    assert len(two) == 2 and max(int(p.sum()) for p in two) > 2000
+
+
 def test_a_faint_particle_near_the_frame_border_is_rescued_where_it_keeps_off_it():
     """The faint particle of the test above, 22-24 px from an edge of the frame (the window the
     rescue examines it in, 2.5 minimum radii + 4 binned px, is clipped by the frame there): found
