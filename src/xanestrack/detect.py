@@ -540,19 +540,23 @@ def cut_at_necks(reg, min_area, max_area, *, neck: float = 0.4):
     groups = merged(1.0 - neck)
     if len(groups) < 2:
         return []
+
     # a body too large for any particle, in a group already cut, is several particles whose necks
     # are wide (large particles overlapping): cut it again at stricter necks, the first at which
     # every piece fits (stress-crowd seed 9, learned: three particles of 36-44 px merged into one
     # body of 68 px, which was dropped with them)
-    out_groups = []
-    for g in groups:
-        if basin_area[list(g)].sum() > max_area and len(g) > 1:
-            for narrow in (0.7, 0.8, 0.9):
-                sub = merged(narrow, g)
-                if len(sub) > 1 and all(basin_area[list(q)].sum() <= max_area for q in sub):
-                    g = sub
-                    break
-        out_groups += g if isinstance(g, list) else [g]
+    def fitted(g):
+        """``g`` itself, or where too large for a particle, its pieces at the first stricter necks
+        at which every piece fits."""
+        if basin_area[list(g)].sum() <= max_area or len(g) < 2:
+            return [g]
+        for narrow in (0.7, 0.8, 0.9):
+            sub = merged(narrow, g)
+            if len(sub) > 1 and all(basin_area[list(q)].sum() <= max_area for q in sub):
+                return sub
+        return [g]
+
+    out_groups = [piece for g in groups for piece in fitted(g)]
     lab = np.zeros(nm + 1, int)
     for i, g in enumerate(out_groups, start=1):
         lab[[b + 1 for b in g]] = i

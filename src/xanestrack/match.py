@@ -300,7 +300,10 @@ def _irregular_outlines(detections) -> dict:
     (``not_convex``, not cut at a neck into touching particles)."""
     if not len(detections) or "reason" not in detections:
         return {}
-    irr = detections[(detections["reason"] == "not_convex") & ~detections["touching"].astype(bool)]
+    one_body = detections["reason"] == "not_convex"
+    if "touching" in detections:
+        one_body &= ~detections["touching"].astype(bool)
+    irr = detections[one_body]
     return {int(k): g[["y", "x", "radius"]].to_numpy(float) for k, g in irr.groupby("frame")}
 
 
