@@ -259,7 +259,7 @@ def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = Mat
         frames_seen = examined[np.asarray(tr.times)]
         have = {int(f): (t, r) for f, t, r in zip(frames_seen, tr.times, tr.data["rows"])}
         predicted = _predicted(tr, examined, common, np.arange(n_frames))
-        irregular_frames = set(tr.data.get("irregular", []))
+        irregular_frames = set(tr.data["irregular"])
         for k in range(n_frames):
             if k in have:
                 t, r = have[k]

@@ -595,8 +595,18 @@ SETTLED_PX = 0.05
 #: more than 1 px vouched for; stress-crowd seed 2 (learned), a 23-px one 0.34 -> 0.50 px
 SEPARATION_MAX_CHANGE_Z = 8.0
 
-#: the fields of :class:`_Located` that :func:`_refine_one` may change (restored where a separation is undone)
+#: the fields of :class:`_Located` that :func:`_refine_one` may change (restored where a refinement is undone)
 _REFINED_FIELDS = ("followed", "measured", "matrix", "unmixed_motion", "unmixed_still")
+
+
+def _refined_state(loc) -> dict:
+    """A copy of what :func:`_refine_one` may change in ``loc`` (:func:`_restore` puts it back)."""
+    return {f: copy.copy(getattr(loc, f)) for f in _REFINED_FIELDS}
+
+
+def _restore(loc, state: dict) -> None:
+    for f, value in state.items():
+        setattr(loc, f, value)
 
 
 def _matrix_shifts(located, od, energies, footprints, options):
@@ -699,7 +709,7 @@ def _refine_on_matrix(located, od, energies, options) -> tuple[list[int], list[i
             footprints.append(Footprint(grown, (c, c), loc.centres))
     shifts = _matrix_shifts(located, od, energies, footprints, options)
     contrasts = _particle_contrasts(located, shifts, od, energies) if options.unmix_matrix else None
-    first = [{f: copy.copy(getattr(loc, f)) for f in _REFINED_FIELDS} for loc in located]
+    first = [_refined_state(loc) for loc in located]
     refined = _map(
         lambda j: _refine_one(
             located[j], shifts[:, j], od, footprints, options, None if contrasts is None else contrasts[j]
@@ -711,8 +721,7 @@ def _refine_on_matrix(located, od, energies, options) -> tuple[list[int], list[i
         if how == "matrix":
             z = _separation_change(first[j]["followed"], first[j]["measured"], loc, shifts[:, j])
             if z is not None and z[1] > SEPARATION_MAX_CHANGE_Z:
-                for f, value in first[j].items():
-                    setattr(loc, f, value)
+                _restore(loc, first[j])
                 loc.separation_undone = z
                 refined[j] = None
     for j, (loc, how) in enumerate(zip(located, refined)):
@@ -881,14 +890,14 @@ def _refine_still(loc, m, od, footprints, options, contrast) -> str | None:
         return None
     if not _matrix_may_tell(loc, m, od, footprints, options, contrast):
         return None
-    before = (loc.followed.copy(), loc.measured.copy())
+    before = _refined_state(loc)
     if not _follow_by_shape(loc, od, options):
         return None
     _, motion = _followed_own_motion(loc, m)
     if _unmix_where_it_tells(loc, m, od, footprints, options, contrast, motion):
         loc.unmixed_still = True
         return "unmixed"
-    loc.followed, loc.measured = before
+    _restore(loc, before)
     return None
 
 
@@ -977,11 +986,11 @@ def _unmix_where_it_tells(loc, m, od, footprints, options, contrast, motion) -> 
     """:func:`_unmix_one`, kept only where it moved the particle's positions beyond their noise
     (:func:`_changed_beyond_noise`; else ``loc`` is left as it was). Records ``motion`` (px,
     the particle's own motion) in ``loc.unmixed_motion`` where kept."""
-    before, measured = loc.followed.copy(), loc.measured.copy()
+    before = _refined_state(loc)
     if not _unmix_one(loc, m, od, footprints, options, contrast):
         return False  # no estimate made: ``loc`` untouched
-    if _changed_beyond_noise(before, loc.followed, measured & loc.measured) < UNMIX_CHANGE_Z:
-        loc.followed, loc.measured = before, measured
+    if _changed_beyond_noise(before["followed"], loc.followed, before["measured"] & loc.measured) < UNMIX_CHANGE_Z:
+        _restore(loc, before)
         return False
     loc.unmixed_motion = motion
     return True
