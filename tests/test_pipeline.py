@@ -361,3 +361,25 @@ def test_the_mask_guard_counts_a_lobe_left_out_not_a_touching_neighbour(monkeypa
     assert missed(np.hypot(yy - 164, xx - 130) <= 16) > 0.1  # a lobe: wide neck
     neighbour = missed(np.hypot(yy - 130 - q, xx - 130 - q) <= 16)
     assert (neighbour < pipeline.MASK_MISS) if cut else (neighbour > 0.1)
+
+
+def test_a_particle_near_the_frame_border_keeps_its_chemistry(small_synth, small_result):
+    """A particle whose window's margin leaves the frame (the particle itself stays 5 px inside it) is
+    analysed as it was in the whole frame: the missing margin only narrows its background ring.
+    Before, every frame of it was left out for the window's missing pixels: no XANES at all."""
+    truth = small_synth.truth.positions
+    target = truth[(truth.frame == 0) & (truth.particle == 1)][["y", "x"]].to_numpy(float)[0]
+    bottom = int(truth[truth.particle == 1]["y"].max() + small_synth.truth.radii[1]) + 5
+    od = small_synth.optical_density()[:, :bottom]
+    r = run_pipeline(Stack(od, small_synth.energies_ev))
+    near = [p for p in r.particles if np.hypot(*(p.positions[0] - target)) < 5]
+    whole = [p for p in small_result.particles if np.hypot(*(p.positions[0] - target)) < 5]
+    assert len(near) == 1 and len(whole) == 1
+    p, q = near[0], whole[0]
+    assert p.origin[0] + p.aligned.shape[1] > bottom  # its window leaves the frame
+    assert not any("XANES skipped" in n or "XANES failed" in n for n in p.notes), p.notes
+    assert p.xanes_frames.sum() >= 0.9 * q.xanes_frames.sum()
+    assert np.isfinite(p.mask).all() and p.mask.sum() >= 0.9 * q.mask.sum()
+    e50 = p.edge_maps["e50"][p.mask]
+    assert np.isfinite(e50).mean() > 0.8
+    assert abs(np.nanmedian(e50) - np.nanmedian(q.edge_maps["e50"][q.mask])) < 0.3

@@ -1154,6 +1154,21 @@ def _matrix_windows(matrix: MatrixBackground, origin, shifts, size: int) -> np.n
     return (w - np.float32(np.median(matrix.image))).astype(np.float32)
 
 
+def _chemistry_frames(aligned, masks, candidates):
+    """The frames and the mask of a particle's XANES analysis: ``(use, mask)``.
+
+    A frame is used where its position is vouched for (``candidates``) and every pixel of the
+    particle lies inside the frame; the window's margin may leave it (a particle near the frame's
+    border keeps its chemistry, the ring of its local background is only narrower there). The
+    mask is the consensus of the used frames' masks, less any pixel missing from one of them.
+    """
+    seen = np.isfinite(aligned)
+    use = candidates & seen.any(axis=(1, 2))
+    use &= seen[:, consensus_mask(masks, use)].all(axis=1)
+    mask = consensus_mask(masks, use) & seen[use].all(axis=0)
+    return use, mask
+
+
 def _finish_particle(loc: _Located, v: VouchedPositions, od, energies, options, references):
     n = od.shape[0]
     pid, seg = loc.pid, loc.seg
@@ -1229,8 +1244,7 @@ def _finish_particle(loc: _Located, v: VouchedPositions, od, energies, options, 
             "frames before the XANES analysis: it would move through the particle's pixels and enter their spectra"
         )
     # frames whose position is not measured are kept (interpolated, flagged) but not used
-    use = v.usable & ~disagree & np.all(np.isfinite(aligned), axis=(1, 2))
-    mask = consensus_mask(amasks, use)
+    use, mask = _chemistry_frames(aligned, amasks, v.usable & ~disagree)
     mean_spec = np.array([np.nanmean(a[mask]) if mask.any() else np.nan for a in chem])
 
     xr = xanes.analyse_particle(
@@ -1243,7 +1257,7 @@ def _finish_particle(loc: _Located, v: VouchedPositions, od, energies, options, 
         keep_norm=options.clusters > 0,
         left_out=(
             "their positions are not vouched for (the edge estimate and the centre of mass disagree by more than "
-            f"{options.agreement_px:g} px, or only one was measured) or not measured, or the window leaves the frame; "
+            f"{options.agreement_px:g} px, or only one was measured) or not measured, or the particle leaves the frame; "
             "no spectrum is made from them"
         ),
         **_xanes_settings(options),
