@@ -299,3 +299,58 @@ def test_a_frame_left_agreeing_almost_alone_is_not_vouched_for():
     # too few frames to judge: unchanged
     few = np.array([0, d, d, d], np.uint8)
     np.testing.assert_array_equal(withdraw_lone_agreements(few)[0], few)
+
+
+def _motion_scene(n_particles=5, n=60, seed=0):
+    """Positions of particles sharing a jittery common motion, each with a smooth own drift."""
+    rng = np.random.default_rng(seed)
+    common = np.cumsum(rng.normal(0, 0.8, (n, 2)), axis=0)
+    t = np.linspace(0, 1, n)
+    own = np.stack([np.c_[np.sin(2 * t + i), np.cos(1.5 * t - i)] * 0.8 for i in range(n_particles)])
+    starts = rng.uniform(50, 400, (n_particles, 1, 2))
+    truth = starts + common[None] + own
+    measured = truth + rng.normal(0, 0.05, truth.shape)
+    return truth, measured, np.linspace(8200, 8500, n)
+
+
+def test_frames_the_centre_of_mass_left_are_vouched_for_by_the_motion_where_they_fit_it():
+    from xanestrack.register import vouch_by_motion
+    from xanestrack.result import FRAME_FLAGS, UNVOUCHED_FLAGS
+
+    truth, pos, e = _motion_scene(n_particles=8)  # particles 5-7 vouched for everywhere
+    flags = np.zeros(pos.shape[:2], np.uint8)
+    dis = FRAME_FLAGS["disagree"]
+    flags[0, 20:32] = dis  # a run inside the scan: the edge estimate right
+    flags[1, 20:32] = dis  # the same, but the edge estimate 1 px off in its middle
+    edge = pos.copy()
+    edge[1, 24:28] += (0.0, 1.0)
+    flags[2, :10] = dis  # a run at the start: nothing on one side
+    flags[3, 10:40] = dis  # longer than the run allowed
+    flags[4, 30:33] = dis | FRAME_FLAGS["interpolated"]  # not measured: never
+    out, agreement, n = vouch_by_motion(pos, edge, flags, e, max_run=24)
+    vouched = (out.astype(int) & UNVOUCHED_FLAGS) == 0
+    by = (out & FRAME_FLAGS["by_motion"]) > 0
+    assert vouched[0, 20:32].all() and by[0, 20:32].all() and not by[0, :20].any()
+    assert np.all(agreement[0, 20:32] < 0.3)
+    assert not vouched[1, 24:28].any() and vouched[1, 20:24].all() and vouched[1, 28:32].all()
+    assert not vouched[2, :10].any() and not vouched[3, 10:40].any() and not vouched[4, 30:33].any()
+    assert n == int(by.sum()) == 12 + 8
+    # frames vouched before keep their flags; nothing else changes
+    assert np.array_equal(out[~by], flags[~by])
+    assert np.isnan(agreement[~by]).all()
+
+
+def test_the_motion_vouches_for_nothing_with_fewer_than_two_other_particles_or_when_switched_off():
+    from xanestrack.register import vouch_by_motion
+    from xanestrack.result import FRAME_FLAGS
+
+    truth, pos, e = _motion_scene(n_particles=5)
+    flags = np.zeros(pos.shape[:2], np.uint8)
+    flags[:4, 15:35] = FRAME_FLAGS["disagree"]  # only particle 4 vouched for there: no common motion
+    out, _, n = vouch_by_motion(pos, pos, flags, e)
+    assert n == 0 and np.array_equal(out, flags)
+    out, _, n = vouch_by_motion(pos[:2], pos[:2], flags[:2], e)
+    assert n == 0
+    flags[1:4] = 0
+    assert vouch_by_motion(pos, pos, flags, e, max_run=0)[2] == 0
+    assert vouch_by_motion(pos, pos, flags, e)[2] == 20

@@ -110,9 +110,24 @@ def test_vouching_table_counts_agreeing_frames(result):
         assert row["vouched frames"] == ok.sum()
         # vouched for by the density correlation where the centre of mass did not agree
         g = result.tracks[result.tracks["particle"] == p.particle].sort_values("frame")
-        by_density = ok & ~(g["com_agreement_px"].to_numpy(float) <= result.options.agreement_px)
+        by_motion = (p.frame_flags & 128) > 0
+        by_density = ok & ~by_motion & ~(g["com_agreement_px"].to_numpy(float) <= result.options.agreement_px)
         assert row["by density"] == by_density.sum() <= row["vouched frames"]
         assert (g["density_agreement_px"].to_numpy(float)[by_density] <= result.options.agreement_px).all()
+
+
+def test_vouching_table_counts_the_frames_vouched_for_by_the_motion_apart(result):
+    import dataclasses
+
+    p0 = result.particles[0]
+    flags = p0.frame_flags.copy()
+    flags[5:9] = (flags[5:9] & ~np.uint8(64)) | np.uint8(128)  # as register.vouch_by_motion leaves them
+    r = dataclasses.replace(result, particles=[dataclasses.replace(p0, frame_flags=flags), *result.particles[1:]])
+    t = report.vouching_table(r).set_index("particle")
+    before = report.vouching_table(result).set_index("particle")
+    assert t.loc[p0.particle, "by motion"] == ((flags & 128) > 0).sum() >= 4
+    assert t.loc[p0.particle, "by density"] <= before.loc[p0.particle, "by density"]
+    assert (t.drop(p0.particle)["by motion"] == 0).all()
 
 
 # ----------------------------------------------------------------------------- chemistry figures

@@ -31,6 +31,7 @@ from .match import MatchOptions, link_detections
 from .morph import dilate_cross
 from .motion import common_similarity, compute_motion, peak_ratios
 from .register import (
+    MOTION_RUN_FRAMES,
     WINDOW_MARGIN,
     VouchedPositions,
     consensus_mask,
@@ -38,6 +39,7 @@ from .register import (
     fuse_particles,
     resample_masks,
     resample_windows,
+    vouch_by_motion,
     vouch_positions,
     window_half,
     withdraw_lone_agreements,
@@ -229,6 +231,15 @@ class PipelineOptions:
         (the centres of mass of 5 particles stray 1.2-6 px from any similarity, the edge
         estimates 0.01-0.53 px), so no particle was vouched for; with it 4, radius 53-167 px,
         each within 0.49 px of the common similarity.
+    motion_voucher_frames : int, default ``register.MOTION_RUN_FRAMES`` (24)
+        A frame not vouched for only because its centre of mass disagreed or was missing,
+        inside a run of at most this many such frames with frames vouched for on both sides,
+        is vouched for (``by_motion``) where its edge estimate and its position lie within
+        ``agreement_px`` of the other particles' motion in that frame plus its own motion
+        interpolated from the frames vouched for on either side
+        (:func:`xanestrack.register.vouch_by_motion`; 0: never). Chemically mixed particles
+        are outlined in part across the edge, so their centres of mass stray there while their
+        positions hold, and the frames that carry the edge were left out of their chemistry.
     position : {"edges", "com"}, default "edges"
         ``"edges"``: the edge correlation is the position where it measured, vouched by
         the centre of mass; ``"com"``: the reverse (the paper's centre of mass).
@@ -298,6 +309,7 @@ class PipelineOptions:
     cluster_window: tuple | None = None
     threads: int | None = 1
     density_voucher: bool = True
+    motion_voucher_frames: int = MOTION_RUN_FRAMES
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -1224,6 +1236,14 @@ def _finish_particle(loc: _Located, v: VouchedPositions, od, energies, options, 
             "seen where it was missed, and followed from where it was seen through the other frames"
         )
     disagree = (v.flags & FRAME_FLAGS["disagree"]) > 0
+    by_motion = (v.flags & FRAME_FLAGS["by_motion"]) > 0
+    if by_motion.any():
+        notes.append(
+            f"{int(by_motion.sum())} frames vouched for by the scan's motion where the centre of mass did not (its "
+            "outline strays where its chemistry is mixed, across the edge, or where it is faint): the edge estimate "
+            f"lies within {options.agreement_px:g} px of the other particles' motion plus its own, interpolated "
+            "from the frames vouched for on either side"
+        )
     if disagree.any():
         notes.append(
             f"{int(disagree.sum())} frames not vouched for: the edge correlation and the centre of mass disagree, or only one measured"
@@ -1410,6 +1430,28 @@ def run_pipeline(
             f"{n_lone} frames not vouched for that agreed almost alone among their +-3 neighbours once the other "
             "tests had withdrawn theirs (an agreement almost alone is chance)"
         )
+    if options.motion_voucher_frames > 0 and len(vouched) >= 3:
+        flags, agreement, n_motion = vouch_by_motion(
+            np.stack([v.positions for v in vouched]),
+            np.stack([v.edge_positions for v in vouched]),
+            np.stack([v.flags for v in vouched]),
+            energies,
+            agreement_px=options.agreement_px,
+            max_run=options.motion_voucher_frames,
+            particles=[loc.unseparated_motion is None or loc.unseparated_motion < SHAPE_MIN_PX for loc in located],
+        )
+        if n_motion:
+            for j, v in enumerate(vouched):
+                by = np.isfinite(agreement[j])
+                if by.any():
+                    vouched[j] = dataclasses.replace(
+                        v, flags=flags[j], agreement=np.where(by, agreement[j], v.agreement)
+                    )
+            notes.append(
+                f"{n_motion} frames whose centre of mass did not vouch for them vouched for by the scan's motion "
+                f"(their edge estimate within {options.agreement_px:g} px of the other particles' motion there plus "
+                "their own, interpolated from the frames vouched for on either side; flag by_motion)"
+            )
     done = [0]
     lock = threading.Lock()
 

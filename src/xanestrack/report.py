@@ -600,17 +600,20 @@ def vouching_table(result) -> pd.DataFrame:
     s = particle_summary(result)
     t = s[["particle", "frames_vouched", "frames", "median_agreement_px", "max_agreement_px"]].copy()
     tr = result.tracks
+    flags = {int(p.particle): np.asarray(p.frame_flags) for p in result.particles}
+    motion = FRAME_FLAGS["by_motion"]
     if "com_agreement_px" in tr.columns and len(t):
         # vouched for by the density correlation alone: the centre of mass did not agree
         thr = float(getattr(result.options, "agreement_px", 0.5))
-        flags = {int(p.particle): np.asarray(p.frame_flags) for p in result.particles}
-        bad = FRAME_FLAGS["interpolated"] | FRAME_FLAGS["position_outlier"] | FRAME_FLAGS["disagree"]
+        bad = FRAME_FLAGS["interpolated"] | FRAME_FLAGS["position_outlier"] | FRAME_FLAGS["disagree"] | motion
         by = []
         for pid in t["particle"]:
             g = tr[tr["particle"] == pid].sort_values("frame")
             com_ok = g["com_agreement_px"].to_numpy(float) <= thr
             by.append(int((((flags[int(pid)] & bad) == 0) & ~com_ok).sum()))
         t.insert(2, "by density", by)
+    if len(t) and any((f & motion).any() for f in flags.values()):
+        t.insert(2, "by motion", [int(((flags[int(pid)] & motion) > 0).sum()) for pid in t["particle"]])
     return t.rename(
         columns={
             "frames_vouched": "vouched frames",
@@ -939,6 +942,13 @@ def write_report(folder, *, result=None) -> Path:
             "of its optical density in windows centred on the outline's estimate, in frames where its mask is usable and "
             "its surroundings move with it (else both correlations are pulled alike); the outlines of masks can move "
             "across the absorption edge on real frames."
+        )
+    if "by motion" in vt.columns:
+        vouch_text += (
+            " Where the centre of mass left a short run of frames unvouched between frames it vouched for (a chemically "
+            "mixed particle is outlined in part across the edge), the scan's motion may vouch ('by motion'): the "
+            f"outline's estimate within {params.get('agreement_px', 0.5)} px of the other particles' motion in that frame "
+            "plus the particle's own, interpolated from the frames on either side."
         )
     bad = vt[vt["vouched frames"] == 0]["particle"].tolist() if len(vt) else []
     if bad:

@@ -29,6 +29,7 @@ FRAME_FLAGS = {
     "interpolated": 16,  # position not measured: filled from the common (rigid) motion
     "position_outlier": 32,  # measured position inconsistent with its neighbours in time
     "disagree": 64,  # centre of mass and the independent edge correlation disagree (or no second estimate)
+    "by_motion": 128,  # vouched for by the scan's motion where its centre of mass did not (register.vouch_by_motion)
 }
 
 
