@@ -333,3 +333,26 @@ def test_the_matrix_told_apart_by_the_edge_says_how_far_it_stands_out_of_its_noi
     assert snr["textured"] > 4 * UNMIX_MIN_SNR, snr  # measured 4656
     assert snr["flat"] < 3, snr  # noise alone: measured 2.1
     assert snr["noisy"] < UNMIX_MIN_SNR, snr  # measured 2.5 (at half that noise, 7.2)
+
+
+def test_the_matrix_texture_ratio_tells_a_textured_matrix_from_a_smooth_one():
+    from xanestrack.background import matrix_texture_ratio
+
+    rng = np.random.default_rng(0)
+    n, size = 24, 200
+    yy, xx = np.mgrid[:size, :size]
+    centres = np.array([[60.0, 60.0], [140.0, 130.0]])
+    particles = sum(0.5 * (np.hypot(yy - c[0], xx - c[1]) < 15) for c in centres)
+    smooth = 0.05 * np.sin(yy / 40.0) * np.cos(xx / 50.0)
+    grains = ndimage.gaussian_filter(rng.normal(0, 1, (size, size)), 2.0)
+    textured = smooth + 0.04 * grains / grains.std()
+
+    def scan(matrix):
+        return np.stack([particles + matrix + rng.normal(0, 0.02, (size, size)) for _ in range(n)]).astype(np.float32)
+
+    pos = np.repeat(centres[:, None, :], n, axis=1)
+    faint = matrix_texture_ratio(scan(smooth), pos, [15, 15])
+    strong = matrix_texture_ratio(scan(textured), pos, [15, 15])
+    assert faint < 0.003 < strong
+    # too few frames to measure it: never "faint"
+    assert matrix_texture_ratio(scan(smooth)[:10], pos[:, :10], [15, 15]) == np.inf

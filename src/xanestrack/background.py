@@ -20,6 +20,7 @@ moved with the matrix, from each window before it compares outlines.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -542,3 +543,68 @@ def unmix_layers(od, positions, shift, origin, shape, contrast, footprints, *, i
         snr = float(np.var(M[solved]) / noise) if noise > 0 else float("inf")
     image = _fill(np.where(known, M, 0.0), known) if not known.all() else M
     return MatrixBackground(image.astype(np.float32), origin, shift, known, snr)
+
+
+def matrix_texture_ratio(od, positions, radii, *, frames: int = 8) -> float:
+    """How strongly the matrix is textured against the particles: a ratio of variances.
+
+    The last ``frames`` frames (the particles at their brightest, after the edge) are
+    brought onto one another by the particles' median displacement (whole pixels) and
+    averaged; in that mean, band-passed (Gaussian 1.5 px less Gaussian 8 px: the scales
+    the edge estimate sees), the variance outside every particle (beyond 1.3 radii + 8 px)
+    is divided by the variance inside them (within their radius + 2 px). The noise's share
+    of each, measured on the difference of the even and odd frames' means, is taken off.
+
+    Parameters
+    ----------
+    od : ndarray (n_frames, h, w)
+    positions : ndarray (n_particles, n_frames, 2)
+        The particles' positions (NaN allowed where not measured).
+    radii : sequence of float
+    frames : int
+
+    Returns
+    -------
+    float: the ratio; ``inf`` where it cannot be measured (fewer than ``2 * frames`` frames,
+    no particle, or too little of the frame outside the particles or inside them).
+    """
+    od = np.asarray(od)
+    P = np.asarray(positions, float)
+    n, ny, nx = od.shape
+    if n < 2 * frames or P.shape[0] == 0:
+        return float("inf")
+    sel = np.arange(n - frames, n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        d = np.nanmedian(P[:, sel] - P[:, sel[:1]], axis=0)
+    if not np.isfinite(d).all():
+        return float("inf")
+    d = np.round(d).astype(int)
+    stack = np.stack(
+        [np.roll(np.nan_to_num(od[f].astype(np.float64)), (-d[j, 0], -d[j, 1]), axis=(0, 1)) for j, f in enumerate(sel)]
+    )
+    mean = stack.mean(axis=0)
+    noise = (stack[0::2].mean(axis=0) - stack[1::2].mean(axis=0)) / 2
+
+    def band(a):
+        return ndimage.gaussian_filter(a, 1.5) - ndimage.gaussian_filter(a, 8.0)
+
+    g, gn = band(mean), band(noise)
+    yy, xx = np.mgrid[:ny, :nx]
+    inside = np.zeros((ny, nx), bool)
+    near = np.zeros((ny, nx), bool)
+    for c, r in zip(P[:, sel[0]], radii):
+        if not np.isfinite(c).all():
+            continue
+        dist = np.hypot(yy - c[0], xx - c[1])
+        inside |= dist < r + 2
+        near |= dist < 1.3 * r + 8
+    b = 16 + int(np.abs(d).max())
+    keep = np.zeros((ny, nx), bool)
+    keep[b : ny - b, b : nx - b] = True
+    outside, within = keep & ~near, keep & inside
+    if outside.sum() < 1000 or within.sum() < 100:
+        return float("inf")
+    signal = g[within].var() - gn[within].var()
+    texture = g[outside].var() - gn[outside].var()
+    return float(max(texture, 0.0) / signal) if signal > 0 else float("inf")

@@ -24,7 +24,14 @@ import pandas as pd
 from scipy import ndimage
 
 from . import xanes
-from .background import Footprint, MatrixBackground, matrix_motion, separate_layers, unmix_layers
+from .background import (
+    Footprint,
+    MatrixBackground,
+    matrix_motion,
+    matrix_texture_ratio,
+    separate_layers,
+    unmix_layers,
+)
 from .detect import DetectOptions, cut_at_necks, detect_stack
 from .follow import FollowOptions, density_residuals, follow_particle, shape_weight, window_geometry
 from .match import MatchOptions, link_detections
@@ -145,7 +152,8 @@ class PipelineOptions:
         motion on ``stress-drift``). From 1.5 px of own motion (``SEPARATE_PX``), and from
         0.75 px (``MIN_OWN_MOTION``) where the motion is 4 times the noise of the
         particle's positions in its noisiest frames (``OWN_MOTION_SNR``): see there for
-        what was measured.
+        what was measured. Not where the matrix is too faintly textured to pull any particle
+        (``MATRIX_MIN_TEXTURE``; a run note says so).
     subtract_matrix : bool, default True
         With ``separate_matrix``: subtract the matrix separated from behind a particle (its
         texture, moved by the common motion, :func:`_matrix_windows`) from the particle's aligned
@@ -564,6 +572,15 @@ SHAPE_MIN_PX = 0.2
 #: noise test alone lost stress-all seed 2's 9-px particle drifting 3.5 px, 1.5 px noisy before
 #: the edge: the row's worst 0.44 -> 0.80 px)
 SEPARATE_PX = 1.5
+
+#: The matrix's texture against the particles' contrast (:func:`xanestrack.background.matrix_texture_ratio`)
+#: below which no particle is separated from the matrix: too faint to pull them, the separation costs
+#: time and adds its own noise. Measured (learned path, worst / median RMS px with / without the
+#: separation): default scenes seeds 1-8 ratio 0.0011-0.0019 (seeds 1-2: 0.033 / 0.030, 0.031 / 0.029
+#: px worst; 16.7 / 9.4 s, 13.4 / 8.0 s in-process); stress-drift seed 1 drawn with its matrix thinned,
+#: ratio 0.0041: 0.151 / 0.135, 0.0044: 0.123 / 0.134, 0.0057: 0.124 / 0.274 px; the stress family as
+#: drawn 0.0085-0.037 (seeds 1-2 every case, 7-12 sampled), hard 0.045-0.052: never skipped.
+MATRIX_MIN_TEXTURE = 0.003
 
 #: px. Own motion below which a particle moves with the matrix: the common similarity is the
 #: matrix's motion where two particles do (:func:`_matrix_shifts`)
@@ -1382,7 +1399,19 @@ def run_pipeline(
     # (~100 MB at 460^2 with 9 particles); two at once broke the memory budget (issue 12)
     fallback = _default_segmenter(options.segment) if segmenter is not None else None
     located = [_locate_particle(pid, tracks[tracks["particle"] == pid], od, seg, options, fallback) for pid in pids]
+    texture = float("inf")
     if options.separate_matrix and located:
+        texture = matrix_texture_ratio(
+            od,
+            np.stack([np.where(loc.measured[:, None], loc.followed, loc.centres) for loc in located]),
+            [loc.radius for loc in located],
+        )
+        if texture < MATRIX_MIN_TEXTURE:
+            notes.append(
+                f"the matrix behind the particles is too faintly textured to pull them (its texture {texture:.4f} of the "
+                f"particles' contrast, below {MATRIX_MIN_TEXTURE:g}): not separated from it"
+            )
+    if options.separate_matrix and located and texture >= MATRIX_MIN_TEXTURE:
         t_m = time.perf_counter()
         refined_ids, unmixed_ids, shaped_ids = _refine_on_matrix(located, od, energies, options)
         timings["matrix"] = time.perf_counter() - t_m
