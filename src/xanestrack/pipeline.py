@@ -579,7 +579,7 @@ SEPARATE_PX = 1.5
 #: separation): default scenes seeds 1-8 ratio 0.0011-0.0019 (seeds 1-2: 0.033 / 0.030, 0.031 / 0.029
 #: px worst; 16.7 / 9.4 s, 13.4 / 8.0 s in-process); stress-drift seed 1 drawn with its matrix thinned,
 #: ratio 0.0041: 0.151 / 0.135, 0.0044: 0.123 / 0.134, 0.0057: 0.124 / 0.274 px; the stress family as
-#: drawn 0.0085-0.037 (seeds 1-2 every case, 7-12 sampled), hard 0.045-0.052: never skipped.
+#: drawn 0.0085-0.037 (seeds 1-2 every case, 9 runs of seeds 7-11), hard 0.045-0.052: never skipped.
 MATRIX_MIN_TEXTURE = 0.003
 
 #: px. Own motion below which a particle moves with the matrix: the common similarity is the
