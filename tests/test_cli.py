@@ -280,9 +280,20 @@ def test_no_unmix_matrix_reaches_the_pipeline(synth_dir, tmp_path):
     assert not any("absorption edge" in " ".join(p.notes) for p in res.particles)
 
 
-def test_no_subtract_matrix_reaches_the_pipeline(synth_dir, tmp_path):
+@pytest.fixture(scope="module")
+def textured_synth_dir(tmp_path_factory):
+    """A small scan whose matrix is textured enough to be separated (the default preset's is too faint)."""
+    d = tmp_path_factory.mktemp("h") / "synthetic"
+    args = ["synth", str(d), "--preset", "hard", "--seed", "2", "--n-particles", "3", "--n-energies", "40"]
+    r = runner.invoke(app, [*args, "--size", "260", "--max-radius", "20"])
+    assert r.exit_code == 0, r.output
+    return d
+
+
+def test_no_subtract_matrix_reaches_the_pipeline(textured_synth_dir, tmp_path):
     """The positions do not depend on it; only the chemistry of particles separated from the matrix does, and
     their notes say whether it was subtracted."""
+    synth_dir = textured_synth_dir
     res = {
         name: _run_read(synth_dir, tmp_path / name, *extra)
         for name, extra in (("on", []), ("off", ["--no-subtract-matrix"]))
