@@ -413,6 +413,11 @@ class _Located:
     separation_undone: tuple | None = None  # (px, times the noise): a separation from the matrix undone
 
 
+def _positions(loc: _Located) -> np.ndarray:
+    """(n_frames, 2): the particle's followed positions where measured, its window centres elsewhere."""
+    return np.where(loc.measured[:, None], loc.followed, loc.centres)
+
+
 #: The share of a particle's classical outline in its mean window that a learned segmenter's
 #: consensus shape (grown by 2 px) may miss before that particle is outlined classically
 #: (``PipelineOptions.mask_guard``). Measured (learned path, seed 1): every particle of the
@@ -755,7 +760,7 @@ def _refine_on_matrix(located, od, energies, options) -> tuple[list[int], list[i
                 refined[j] = None
     for j, (loc, how) in enumerate(zip(located, refined)):
         if how not in ("matrix", "unmixed") and loc.measured.sum() >= 3 and np.isfinite(shifts[:, j]).all():
-            pos = np.where(loc.measured[:, None], loc.followed, loc.centres)
+            pos = _positions(loc)
             loc.unseparated_motion = _own_motion_px((pos - shifts[:, j])[loc.measured])
     return (
         [loc.pid for loc, how in zip(located, refined) if how == "matrix"],
@@ -964,7 +969,7 @@ def _refine_moving(loc, m, od, footprints, options, contrast) -> str | None:
         if not _separable(own, motion):
             return "unmixed"
         loc.unmixed_motion = None
-    return _separate(loc, m, od, footprints, options, np.where(loc.measured[:, None], loc.followed, loc.centres))
+    return _separate(loc, m, od, footprints, options, _positions(loc))
 
 
 def _separate(loc, m, od, footprints, options, centres) -> str:
@@ -987,7 +992,7 @@ def _unmix_one(loc, m, od, footprints, options, contrast, *, min_snr: float = UN
     (not kept for the chemistry: ``loc.matrix`` is the separation's). False where the
     layers cannot be told apart so, or the matrix so estimated does not stand ``min_snr``
     times out of its own noise."""
-    centres = np.where(loc.measured[:, None], loc.followed, loc.centres)
+    centres = _positions(loc)
 
     def unmixed(centres, lo, box, near):
         background = unmix_layers(od, centres, m, lo, box, contrast, near)
@@ -1006,7 +1011,7 @@ def _matrix_may_tell(loc, m, od, footprints, options, contrast) -> bool:
     ``stress-all``, 36 particles, in-process: the matrix stage 17.1 -> 14.5 s, 10.4 s where still
     particles are not tried; the stress table's rows, seeds 1-2, both paths, identical)."""
     lo, box, near = _matrix_box(loc, m, footprints, options)
-    centres = np.where(loc.measured[:, None], loc.followed, loc.centres)
+    centres = _positions(loc)
     background = unmix_layers(od, centres, m, lo, box, contrast, near, iterations=0)
     return background is not None and background.snr >= UNMIX_MIN_SNR
 
@@ -1089,7 +1094,7 @@ def _follow_on_matrix(loc, m, od, footprints, options, centres, layers) -> bool:
         moved = np.hypot(*(refined - centres)[measured & np.isfinite(centres).all(axis=1)].T)
         loc.followed = np.where(measured[:, None], refined, loc.followed)
         loc.measured = loc.measured | measured
-        centres = np.where(loc.measured[:, None], loc.followed, loc.centres)
+        centres = _positions(loc)
         if moved.size == 0 or np.sqrt(np.mean(moved**2)) < SETTLED_PX:
             break  # the matrix did not pull this particle: nothing to iterate
     return done
@@ -1162,6 +1167,27 @@ def _smooth(vouched: list, common, agreement_px: float):
             v = dataclasses.replace(v, positions=pos, flags=flags)
         out.append(v)
     return out, st, n_moved
+
+
+def _vouch_by_motion(vouched: list, located: list, energies, options):
+    """:func:`vouch_by_motion` over every particle's vouched positions (not for a particle the matrix
+    pulls: moving on its own, not separated from it). Returns the new list and the frames so vouched for."""
+    flags, agreement, n_motion = vouch_by_motion(
+        np.stack([v.positions for v in vouched]),
+        np.stack([v.edge_positions for v in vouched]),
+        np.stack([v.flags for v in vouched]),
+        energies,
+        agreement_px=options.agreement_px,
+        max_run=options.motion_voucher_frames,
+        particles=[loc.unseparated_motion is None or loc.unseparated_motion < SHAPE_MIN_PX for loc in located],
+    )
+    out = []
+    for j, v in enumerate(vouched):
+        by = np.isfinite(agreement[j])
+        out.append(
+            dataclasses.replace(v, flags=flags[j], agreement=np.where(by, agreement[j], v.agreement)) if by.any() else v
+        )
+    return out, n_motion
 
 
 def _matrix_windows(matrix: MatrixBackground, origin, shifts, size: int) -> np.ndarray:
@@ -1403,7 +1429,7 @@ def run_pipeline(
     if options.separate_matrix and located:
         texture = matrix_texture_ratio(
             od,
-            np.stack([np.where(loc.measured[:, None], loc.followed, loc.centres) for loc in located]),
+            np.stack([_positions(loc) for loc in located]),
             [loc.radius for loc in located],
         )
         if texture < MATRIX_MIN_TEXTURE:
@@ -1460,22 +1486,8 @@ def run_pipeline(
             "tests had withdrawn theirs (an agreement almost alone is chance)"
         )
     if options.motion_voucher_frames > 0 and len(vouched) >= 3:
-        flags, agreement, n_motion = vouch_by_motion(
-            np.stack([v.positions for v in vouched]),
-            np.stack([v.edge_positions for v in vouched]),
-            np.stack([v.flags for v in vouched]),
-            energies,
-            agreement_px=options.agreement_px,
-            max_run=options.motion_voucher_frames,
-            particles=[loc.unseparated_motion is None or loc.unseparated_motion < SHAPE_MIN_PX for loc in located],
-        )
+        vouched, n_motion = _vouch_by_motion(vouched, located, energies, options)
         if n_motion:
-            for j, v in enumerate(vouched):
-                by = np.isfinite(agreement[j])
-                if by.any():
-                    vouched[j] = dataclasses.replace(
-                        v, flags=flags[j], agreement=np.where(by, agreement[j], v.agreement)
-                    )
             notes.append(
                 f"{n_motion} frames whose centre of mass did not vouch for them vouched for by the scan's motion "
                 f"(their edge estimate within {options.agreement_px:g} px of the other particles' motion there plus "
