@@ -15,6 +15,7 @@ import base64
 import functools
 import html
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -808,6 +809,23 @@ def _positions_text(params) -> str:
     return text
 
 
+def _emit_files(figdir: Path, name: str, fig: Figure) -> str | None:
+    """Write a figure's files (``<name>.png`` / ``.svg`` and its tables' CSVs); its data URI for
+    the page (the SVG where it has one), None where it has neither."""
+    uri = None
+    if fig.image is not None:
+        data = png_bytes(fig.image)
+        (figdir / f"{name}.png").write_bytes(data)
+        if fig.svg is None:
+            uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    if fig.svg is not None:
+        data = fig.svg.encode("utf-8")
+        (figdir / f"{name}.svg").write_bytes(data)
+        uri = "data:image/svg+xml;base64," + base64.b64encode(data).decode("ascii")
+    _write_tables(figdir, fig.tables)
+    return uri
+
+
 def write_report(folder, *, result=None) -> Path:
     """Write ``report.html`` and ``figures/`` into an output folder.
 
@@ -835,19 +853,14 @@ def write_report(folder, *, result=None) -> Path:
     figdir = folder / "figures"
     figdir.mkdir(exist_ok=True)
     energies = result.energies_ev
-    b64 = {}
+    # each figure's files (PNG encoding, which releases the GIL, and its tables) are written by
+    # two threads while the next figure is drawn (1024^2 stress-all, 36 particles: the report
+    # 2.6 -> 1.9 s on this 2-core machine; the files the same)
+    pool = ThreadPoolExecutor(2)
+    pending = {}
 
     def emit(name: str, fig: Figure) -> None:
-        if fig.image is not None:
-            data = png_bytes(fig.image)
-            (figdir / f"{name}.png").write_bytes(data)
-            if fig.svg is None:
-                b64[name] = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-        if fig.svg is not None:
-            data = fig.svg.encode("utf-8")
-            (figdir / f"{name}.svg").write_bytes(data)
-            b64[name] = "data:image/svg+xml;base64," + base64.b64encode(data).decode("ascii")
-        _write_tables(figdir, fig.tables)
+        pending[name] = pool.submit(_emit_files, figdir, name, fig)
 
     emit("overview", overview_figure(result))
     emit("chemistry", chemistry_figure(result))
@@ -873,8 +886,8 @@ def write_report(folder, *, result=None) -> Path:
         pblocks.append(
             dict(
                 id=p.particle,
-                fig=b64[name],
-                spectrum=b64.get(f"{name}_spectrum", ""),
+                fig=name,
+                spectrum=f"{name}_spectrum",
                 info=html.escape(info),
                 flags=html.escape(flags),
                 energies=", ".join(f"{energies[k]:.1f}" for k in sel),
@@ -956,6 +969,11 @@ def write_report(folder, *, result=None) -> Path:
             f" Not vouched for in any frame: particle{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))}."
         )
     rej = _visible_rejected(result)
+    with pool:
+        b64 = {name: f.result() for name, f in pending.items()}
+    b64 = {name: uri for name, uri in b64.items() if uri is not None}
+    for block in pblocks:
+        block["fig"], block["spectrum"] = b64[block["fig"]], b64.get(block["spectrum"], "")
     page = (
         Environment(autoescape=False)
         .from_string(_TEMPLATE)
