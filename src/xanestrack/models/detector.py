@@ -36,7 +36,7 @@ from scipy import ndimage
 
 from ..errors import XanestrackError
 from ..register import bin_frames
-from .loading import check_model_size, inference_graph, load_state, load_weights, read_model_config
+from .loading import check_model_size, load_state, load_weights, read_model_config
 
 __all__ = [
     "DetectorConfig",
@@ -701,7 +701,6 @@ class LearnedDetector:
         G = build()
         load_state(G, state.get("G") if isinstance(state, dict) else state, path=d / "weights.pt", kind="detector")
         self._init(G, options or DetectOptions(), binning, precision, device)
-        self.model = inference_graph(self.model)  # the shipped model only: a training run's generator stays a module
 
     @classmethod
     def from_modules(cls, generator, *, options, binning=None, precision: str = "fp32"):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import XanestrackError
 
-__all__ = ["read_model_config", "load_weights", "check_model_size", "load_state", "torch_device", "inference_graph"]
+__all__ = ["read_model_config", "load_weights", "check_model_size", "load_state", "torch_device"]
 
 #: bounds per config key: (smallest, largest); the shipped models sit well inside
 BOUNDS = {
@@ -121,16 +121,6 @@ def load_state(module, state, *, path, kind: str) -> None:
             f"{path}: weights do not fit the network described in config.json ({type(exc).__name__}): "
             f"the two files do not belong together; {_retrain(kind)}"
         ) from None
-
-
-def inference_graph(module):
-    """An eval-mode ``module`` as a :mod:`torch.fx` graph: the same operations on the same
-    parameters, without a Python call per submodule. Outputs identical; measured on this
-    project's 2-core CPU (bf16 autocast): the segmenter's ``segment_rois`` 0.32 -> 0.27 s per
-    256 ROIs, the detector's maps 0.78 -> 0.70 s per 4 frames of 512^2. Pickles (Dask workers)."""
-    import torch.fx
-
-    return torch.fx.symbolic_trace(module.eval())
 
 
 def torch_device(name: str = "cpu"):
