@@ -272,3 +272,27 @@ def test_every_reader_of_the_quality_mask_counts_the_same_pixels(result):
     rec = _quality_record(res)["particles"]
     assert "999" not in rec  # nothing judged, nothing recorded
     assert rec[str(wide.particle)]["kept_pixels"] == n_kept[0] == wide.mask.sum()
+
+
+def test_a_figures_files_and_its_data_uri_are_written_together(tmp_path):
+    """``_emit_files`` (the report's worker threads): an image alone is embedded as PNG, a figure
+    with line work as its SVG (the PNG still written beside it), its tables as CSV; a figure with
+    neither gives no URI."""
+    import base64
+
+    import pandas as pd
+
+    img = np.zeros((4, 6, 3), np.uint8)
+    img[1, 2] = (255, 0, 0)
+    uri = report._emit_files(tmp_path, "raster", report.Figure(None, img, {"raster": pd.DataFrame({"a": [1.0]})}))
+    png = (tmp_path / "raster.png").read_bytes()
+    assert uri == "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    assert (tmp_path / "raster.csv").read_text().splitlines() == ["a", "1.0000"]
+
+    svg = "<svg xmlns='http://www.w3.org/2000/svg'/>"
+    uri = report._emit_files(tmp_path, "both", report.Figure(svg, img, {}))
+    assert uri == "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode("ascii")
+    assert (tmp_path / "both.png").is_file() and (tmp_path / "both.svg").read_text() == svg
+
+    assert report._emit_files(tmp_path, "empty", report.Figure(None, None, {})) is None
+    assert not (tmp_path / "empty.png").exists() and not (tmp_path / "empty.svg").exists()
