@@ -150,3 +150,26 @@ def test_report_renders_in_headless_chromium(report_dir, tmp_path):
     )
     assert r2.returncode == 0 and shot.is_file() and shot.stat().st_size > 10_000
     Path(tmp_path / "screenshot_path.txt").write_text(str(shot))
+
+
+def test_a_figure_that_fails_ends_the_report_and_leaves_no_writer_running(report_dir, tmp_path, monkeypatch):
+    """A figure function that raises: the report fails with that error, report.html is left as it was, and the
+    threads that write the figures' files are gone (none left writing into the folder)."""
+    import threading
+
+    from xanestrack import report
+
+    folder = tmp_path / "run"
+    shutil.copytree(report_dir, folder)
+    html_before = (folder / "report.html").read_bytes()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("figure failed")
+
+    monkeypatch.setattr(report, "spectrum_figure", broken)
+    before = {t.ident for t in threading.enumerate()}
+    with pytest.raises(RuntimeError, match="figure failed"):
+        report.write_report(folder)
+    left = [t for t in threading.enumerate() if t.ident not in before and t.name.startswith("ThreadPoolExecutor")]
+    assert not left
+    assert (folder / "report.html").read_bytes() == html_before
