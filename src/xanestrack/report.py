@@ -856,8 +856,7 @@ def write_report(folder, *, result=None) -> Path:
     # each figure's files (PNG encoding, which releases the GIL, and its tables) are written by
     # two threads while the next figure is drawn (1024^2 stress-all, 36 particles, rebuilt from its
     # folder: 2.5-2.8 -> 1.7-1.9 s on this 2-core machine; report.html and figures/ identical)
-    pool = ThreadPoolExecutor(2)
-    try:
+    with ThreadPoolExecutor(2) as pool:  # on an error, the files under way are finished before it propagates
         pending = {}
 
         def emit(name: str, fig: Figure) -> None:
@@ -894,92 +893,86 @@ def write_report(folder, *, result=None) -> Path:
                     energies=", ".join(f"{energies[k]:.1f}" for k in sel),
                 )
             )
-
-        timings = pd.DataFrame(sorted(run.get("timings_s", result.timings).items()), columns=["stage", "seconds"])
-        inputs = pd.DataFrame(sorted(run.get("input_checksums_sha256", {}).items()), columns=["file", "sha256"])
-        if not len(inputs):
-            inputs = pd.DataFrame({"input": run.get("inputs", [])})
-        e = np.asarray(energies)
-        params = result.options.to_dict()
-        run_table = pd.DataFrame(
-            [
-                ("xanestrack version", run.get("version")),
-                ("command", run.get("command", "")),
-                ("reader", run.get("reader", run.get("inputs", ""))),
-                ("energies", f"{len(e)} from {e.min():.1f} to {e.max():.1f} eV" if len(e) else "none"),
-                (
-                    "detector / segmenter",
-                    " / ".join(
-                        f"{run.get(k, 'classical')}"
-                        + (f" ({run[k + '_model']} model)" if run.get(k + "_model") else "")
-                        for k in ("detector", "segmenter")
-                    ),
-                ),
-                (
-                    "detection",
-                    _detection_text(
-                        params.get("detect_every", 1),
-                        (params.get("detect") or {}).get("rescue_small", False),
-                        params.get("match"),
-                    ),
-                ),
-                ("positions", _positions_text(params)),
-                ("energy calibration", _calibration_text(run.get("energy_calibration"))),
-                (
-                    "quality masks",
-                    f"edge jump > {params.get('edge_jump_threshold', 5.0):g} x pre-edge noise; "
-                    + (run.get("quality", {}).get("residual_rule") or "normalisation residual not an outlier"),
-                ),
-            ],
-            columns=["", "value"],
-        )
-        if result.notes:
-            run_table.loc[len(run_table)] = ("notes", "; ".join(result.notes))
-        maxnr = _max_nonrigid(result)
-        summary = (
-            f"{len(result.particles)} particles tracked through {len(e)} energies ({e.min():.1f}-{e.max():.1f} eV)."
-            if len(e)
-            else "no energies"
-        )
-        if len(maxnr):
-            summary += (
-                f" Particle {int(maxnr.idxmax())} moved most on its own ({maxnr.max():.2f} px beyond the rigid motion)."
-            )
-        vt = vouching_table(result)
-        vouch_text = (
-            "Every position is measured twice, independently: by correlating the particle's outline (edge image) with a reference "
-            f"frame and by the centre of mass of its segmented mask. A frame is vouched for when the two agree within {params.get('agreement_px', 0.5)} px; "
-            "frames that are not are flagged 'disagree' in tracks.csv and left out of the consensus mask."
-        )
-        if params.get("density_voucher", False):
-            vouch_text += (
-                " For a particle whose centre of mass confirms no frame, a third estimate may ('by density'): the correlation "
-                "of its optical density in windows centred on the outline's estimate, in frames where its mask is usable and "
-                "its surroundings move with it (else both correlations are pulled alike); the outlines of masks can move "
-                "across the absorption edge on real frames."
-            )
-        if "by motion" in vt.columns:
-            vouch_text += (
-                " Where the centre of mass left a short run of frames unvouched between frames it vouched for (a chemically "
-                "mixed particle is outlined in part across the edge), the scan's motion may vouch ('by motion'): the "
-                f"outline's estimate within {params.get('agreement_px', 0.5)} px of the other particles' motion in that frame "
-                "plus the particle's own, interpolated from the frames on either side."
-            )
-        bad = vt[vt["vouched frames"] == 0]["particle"].tolist() if len(vt) else []
-        if bad:
-            vouch_text += (
-                f" Not vouched for in any frame: particle{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))}."
-            )
-        rej = _visible_rejected(result)
-    except BaseException:
-        # a figure that fails ends the report: the files already under way are finished, none is started
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    with pool:
-        b64 = {name: f.result() for name, f in pending.items()}
-    b64 = {name: uri for name, uri in b64.items() if uri is not None}
+        uris = {name: f.result() for name, f in pending.items()}
+    b64 = {name: uri for name, uri in uris.items() if uri is not None}
     for block in pblocks:
         block["fig"], block["spectrum"] = b64[block["fig"]], b64.get(block["spectrum"], "")
+
+    timings = pd.DataFrame(sorted(run.get("timings_s", result.timings).items()), columns=["stage", "seconds"])
+    inputs = pd.DataFrame(sorted(run.get("input_checksums_sha256", {}).items()), columns=["file", "sha256"])
+    if not len(inputs):
+        inputs = pd.DataFrame({"input": run.get("inputs", [])})
+    e = np.asarray(energies)
+    params = result.options.to_dict()
+    run_table = pd.DataFrame(
+        [
+            ("xanestrack version", run.get("version")),
+            ("command", run.get("command", "")),
+            ("reader", run.get("reader", run.get("inputs", ""))),
+            ("energies", f"{len(e)} from {e.min():.1f} to {e.max():.1f} eV" if len(e) else "none"),
+            (
+                "detector / segmenter",
+                " / ".join(
+                    f"{run.get(k, 'classical')}" + (f" ({run[k + '_model']} model)" if run.get(k + "_model") else "")
+                    for k in ("detector", "segmenter")
+                ),
+            ),
+            (
+                "detection",
+                _detection_text(
+                    params.get("detect_every", 1),
+                    (params.get("detect") or {}).get("rescue_small", False),
+                    params.get("match"),
+                ),
+            ),
+            ("positions", _positions_text(params)),
+            ("energy calibration", _calibration_text(run.get("energy_calibration"))),
+            (
+                "quality masks",
+                f"edge jump > {params.get('edge_jump_threshold', 5.0):g} x pre-edge noise; "
+                + (run.get("quality", {}).get("residual_rule") or "normalisation residual not an outlier"),
+            ),
+        ],
+        columns=["", "value"],
+    )
+    if result.notes:
+        run_table.loc[len(run_table)] = ("notes", "; ".join(result.notes))
+    maxnr = _max_nonrigid(result)
+    summary = (
+        f"{len(result.particles)} particles tracked through {len(e)} energies ({e.min():.1f}-{e.max():.1f} eV)."
+        if len(e)
+        else "no energies"
+    )
+    if len(maxnr):
+        summary += (
+            f" Particle {int(maxnr.idxmax())} moved most on its own ({maxnr.max():.2f} px beyond the rigid motion)."
+        )
+    vt = vouching_table(result)
+    vouch_text = (
+        "Every position is measured twice, independently: by correlating the particle's outline (edge image) with a reference "
+        f"frame and by the centre of mass of its segmented mask. A frame is vouched for when the two agree within {params.get('agreement_px', 0.5)} px; "
+        "frames that are not are flagged 'disagree' in tracks.csv and left out of the consensus mask."
+    )
+    if params.get("density_voucher", False):
+        vouch_text += (
+            " For a particle whose centre of mass confirms no frame, a third estimate may ('by density'): the correlation "
+            "of its optical density in windows centred on the outline's estimate, in frames where its mask is usable and "
+            "its surroundings move with it (else both correlations are pulled alike); the outlines of masks can move "
+            "across the absorption edge on real frames."
+        )
+    if "by motion" in vt.columns:
+        vouch_text += (
+            " Where the centre of mass left a short run of frames unvouched between frames it vouched for (a chemically "
+            "mixed particle is outlined in part across the edge), the scan's motion may vouch ('by motion'): the "
+            f"outline's estimate within {params.get('agreement_px', 0.5)} px of the other particles' motion in that frame "
+            "plus the particle's own, interpolated from the frames on either side."
+        )
+    bad = vt[vt["vouched frames"] == 0]["particle"].tolist() if len(vt) else []
+    if bad:
+        vouch_text += (
+            f" Not vouched for in any frame: particle{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))}."
+        )
+    rej = _visible_rejected(result)
     page = (
         Environment(autoescape=False)
         .from_string(_TEMPLATE)
