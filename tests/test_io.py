@@ -69,6 +69,26 @@ def test_energy_count_mismatch_duplicates_unsorted(tmp_path):
             read_stack(tmp_path / "s.tif", energies=tmp_path / "e.txt", values="od")
 
 
+def test_a_scan_from_high_to_low_energy_is_read_in_increasing_energy(tmp_path):
+    # a scan acquired downwards: FXI HDF5 (per-frame flats) and TIFF with an energies file
+    counts, flats, dark, od = _raw((5, 24, 40))
+    write_fxi(tmp_path / "up.h5", counts, flats=flats, darks=dark[None], energies_ev=E)
+    write_fxi(tmp_path / "down.h5", counts[::-1], flats=flats[::-1], darks=dark[None], energies_ev=E[::-1])
+    up, down = read_stack(tmp_path / "up.h5"), read_stack(tmp_path / "down.h5")
+    assert np.array_equal(down.energies_ev, up.energies_ev)
+    assert np.array_equal(down.od, up.od)  # frame k is the input's frame n - 1 - k
+    assert down.metadata["frames_reversed"] and "frames_reversed" not in up.metadata
+    assert any("frame k of every output is frame 4 - k of the input" in n for n in down.metadata["notes"])
+    tifffile.imwrite(tmp_path / "s.tif", od[::-1])
+    (tmp_path / "e.txt").write_text("\n".join(f"{e:.1f}" for e in E[::-1]))
+    t = read_stack(tmp_path / "s.tif", energies=tmp_path / "e.txt", values="od")
+    assert np.array_equal(t.energies_ev, E) and np.array_equal(t.od, od) and t.metadata["frames_reversed"]
+    # down and then up again is not one scan: refused as before
+    (tmp_path / "e.txt").write_text("8340\n8330\n8320\n8330\n8340")
+    with pytest.raises(ValueError, match="not increasing"):
+        read_stack(tmp_path / "s.tif", energies=tmp_path / "e.txt", values="od")
+
+
 def test_fxi_hdf5_non_square_round_trip(tmp_path):
     counts, flats, dark, od = _raw((5, 24, 40))
     write_fxi(tmp_path / "fxi.h5", counts, flats=flats, darks=dark[None], energies_ev=E)

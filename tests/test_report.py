@@ -173,3 +173,24 @@ def test_a_figure_that_fails_ends_the_report_and_leaves_no_writer_running(report
     left = [t for t in threading.enumerate() if t.ident not in before and t.name.startswith("ThreadPoolExecutor")]
     assert not left
     assert (folder / "report.html").read_bytes() == html_before
+
+
+def test_a_scan_from_high_to_low_energy_gives_the_upward_scans_tracks_and_says_so(report_dir, tmp_path):
+    """The fixture's scan written last energy first: the same tracks, and run.json and the report
+    say how the frames are numbered."""
+    import h5py
+
+    src = report_dir.parent / "s" / "stack.h5"
+    down = tmp_path / "down.h5"
+    with h5py.File(src, "r") as f, h5py.File(down, "w") as g:
+        for k in f:
+            d = f[k][()]
+            g.create_dataset(k, data=d[::-1] if k in ("X_eng", "img_xanes", "img_bkg") and len(d) > 1 else d)
+    r = CliRunner().invoke(app, ["--quiet", "run", str(down), "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "out"
+    assert (out / "tracks.csv").read_bytes() == (report_dir / "tracks.csv").read_bytes()
+    run = json.loads((out / "run.json").read_text())
+    assert run["frames_reversed"] and not json.loads((report_dir / "run.json").read_text())["frames_reversed"]
+    html = (out / "report.html").read_text()
+    assert "<td>input</td>" in html and "frame k of every output is frame 39 - k of the input" in html

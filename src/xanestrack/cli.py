@@ -304,6 +304,7 @@ def _input_description(stack, inputs):
         frame_shape=list(stack.od.shape[1:]),
         pixel_size_um=stack.pixel_size_um,
         input_notes=stack.metadata.get("notes", []),
+        frames_reversed=bool(stack.metadata.get("frames_reversed", False)),
     )
 
 

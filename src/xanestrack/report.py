@@ -935,6 +935,8 @@ def write_report(folder, *, result=None) -> Path:
         ],
         columns=["", "value"],
     )
+    if run.get("input_notes"):
+        run_table.loc[len(run_table)] = ("input", "; ".join(run["input_notes"]))
     if result.notes:
         run_table.loc[len(run_table)] = ("notes", "; ".join(result.notes))
     maxnr = _max_nonrigid(result)

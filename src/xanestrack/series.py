@@ -230,7 +230,8 @@ def process_scan(
     )
     det_fn, seg_fn = _models(detector, segmenter, options, device)
     result = run_pipeline(stack, options=options, detector=det_fn, segmenter=seg_fn)
-    notes = list(result.notes)
+    input_notes = list(stack.metadata.get("notes", []))
+    notes = input_notes + list(result.notes)
     if stack.n_frames < options.min_xanes_energies:
         notes.append(
             f"{stack.n_frames} frame(s): positions and sizes only, no XANES (needs {options.min_xanes_energies} energies)"
@@ -262,7 +263,12 @@ def process_scan(
             result,
             tmp,
             run_info=dict(
-                source=source.name, scan=source.index, inputs=[source.path or source.name], input_sha256=checksum
+                source=source.name,
+                scan=source.index,
+                inputs=[source.path or source.name],
+                input_sha256=checksum,
+                input_notes=input_notes,
+                frames_reversed=bool(stack.metadata.get("frames_reversed", False)),
             ),
         )
         np.save(tmp / REFERENCE_FILE, reference)

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import XanestrackError
 from ..stack import Stack
-from .checks import energies_in_ev, validated_energies, values_without_flats
+from .checks import energies_in_ev, energy_order, values_without_flats
 from .flatfield import optical_density
 
 __all__ = ["read_stack", "optical_density", "file_checksums"]
@@ -111,7 +111,7 @@ def read_stack(
                 f"{path}: a TIFF stack needs its energies: pass `energies` FILE (one energy per frame)"
             )
         data = read_tiff_frames(path, notes=notes)
-        e = validated_energies(_energies_arg(energies), data.shape[0], source=path)
+        e, reverse = energy_order(_energies_arg(energies), data.shape[0], source=path)
         files = [str(path)]
         if flats is not None:
             fl = read_tiff_frames(flats, notes=notes)
@@ -128,7 +128,7 @@ def read_stack(
             od, kind, more = values_without_flats(data, values, source=path, flats_hint="`flats` (reference images)")
             notes += more
         meta = dict(source=str(path), reader="tiff", values=kind, files=files, notes=notes)
-        return Stack(od, e, None, meta)
+        return Stack(_in_energy_order(od, e, reverse, meta), e, None, meta)
     raise XanestrackError(
         f"{path}: unrecognised input type {suffix!r}; give a .tif/.tiff stack, an HDF5 file "
         "(.h5/.hdf5, FXI or Data Exchange) or .xrm/.txrm files"
@@ -160,7 +160,7 @@ def _hdf5_stack(d, path, energies, values, scan) -> Stack:
     """The Stack of what :func:`xanestrack.io.hdf5.read_hdf5` found."""
     notes = list(d["notes"])
     e = d["energies_ev"] if energies is None else _energies_arg(energies)
-    e = validated_energies(e, d["counts"].shape[0], source=path)
+    e, reverse = energy_order(e, d["counts"].shape[0], source=path)
     flats_, kind = d["flats"], "counts"
     if flats_ is None:
         od, kind, more = values_without_flats(
@@ -180,4 +180,25 @@ def _hdf5_stack(d, path, energies, values, scan) -> Stack:
         files=[str(path)],
         notes=notes,
     )
-    return Stack(od, e, d["pixel_size_um"], meta)
+    return Stack(_in_energy_order(od, e, reverse, meta), e, d["pixel_size_um"], meta)
+
+
+def _in_energy_order(od, energies_ev, reverse: bool, meta: dict):
+    """``od`` with its frames in the order of ``energies_ev`` (increasing): reversed in place
+    (no second stack in memory) where the scan went from high to low energy, which
+    ``meta`` then records (``frames_reversed``, and a note saying how frames are numbered)."""
+    if not reverse:
+        return od
+    n = od.shape[0]
+    if not (isinstance(od, np.ndarray) and od.flags.writeable):
+        od = np.array(od)
+    for i in range(n // 2):
+        first = od[i].copy()
+        od[i] = od[n - 1 - i]
+        od[n - 1 - i] = first
+    meta["frames_reversed"] = True
+    meta["notes"].append(
+        f"energies from high to low ({energies_ev[-1]:.1f} -> {energies_ev[0]:.1f} eV): the frames are taken in "
+        f"increasing energy, so frame k of every output is frame {n - 1} - k of the input"
+    )
+    return od

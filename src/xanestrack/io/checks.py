@@ -21,6 +21,7 @@ __all__ = [
     "check_frame_shape",
     "energies_in_ev",
     "validated_energies",
+    "energy_order",
     "values_without_flats",
 ]
 
@@ -159,6 +160,26 @@ def validated_energies(energies_ev, n_frames: int, *, source) -> np.ndarray:
         raise
     except ValueError as exc:
         raise XanestrackError(str(exc)) from None
+
+
+def energy_order(energies_ev, n_frames: int, *, source) -> tuple[np.ndarray, bool]:
+    """Validated energies in increasing order, and whether the frames must be reversed for it.
+
+    A scan acquired from high to low energy (every energy below the one before) is taken
+    as it is, reversed; any other order that is not increasing is refused, as by
+    :func:`validated_energies` (the frames' order is the energies' order: a scan that goes
+    up and down is two scans).
+
+    Returns
+    -------
+    energies_ev : ndarray (n_frames,), increasing
+    reversed : bool
+        The frames are to be taken last first.
+    """
+    e = np.asarray(energies_ev, dtype=float).ravel()
+    if e.size == n_frames and e.size > 1 and np.all(np.isfinite(e)) and np.all(np.diff(e) < 0):
+        return validated_energies(e[::-1].copy(), n_frames, source=source), True
+    return validated_energies(e, n_frames, source=source), False
 
 
 def values_without_flats(data, values: str, *, source, flats_hint: str):
