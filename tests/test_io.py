@@ -89,6 +89,17 @@ def test_a_scan_from_high_to_low_energy_is_read_in_increasing_energy(tmp_path):
         read_stack(tmp_path / "s.tif", energies=tmp_path / "e.txt", values="od")
 
 
+def test_a_frame_without_beam_is_named_in_the_input_notes(tmp_path):
+    counts, flats, dark, od = _raw((5, 24, 40))
+    counts[3] = dark  # the shutter closed: nothing above the dark
+    counts[1, 0, :5] = dark[0, :5]  # and a few dead pixels elsewhere
+    write_fxi(tmp_path / "fxi.h5", counts, flats=flats, darks=dark[None], energies_ev=E)
+    st_ = read_stack(tmp_path / "fxi.h5")
+    assert np.isfinite(st_.od).all() and np.allclose(st_.od[[0, 2, 4]], od[[0, 2, 4]], atol=1e-4)
+    (note,) = [n for n in st_.metadata["notes"] if "non-finite transmission" in n]
+    assert f"{24 * 40 + 5} pixels in 2 frames" in note and "more than half of input frame 3 (counted from 0)" in note
+
+
 def test_fxi_hdf5_non_square_round_trip(tmp_path):
     counts, flats, dark, od = _raw((5, 24, 40))
     write_fxi(tmp_path / "fxi.h5", counts, flats=flats, darks=dark[None], energies_ev=E)

@@ -147,7 +147,7 @@ def test_every_pipeline_option_is_documented():
     assert undocumented_fields(PipelineOptions) == []
 
 
-def test_all_background_frame_is_flagged_not_fatal(small_synth):
+def test_all_background_frame_is_flagged_not_fatal(small_synth, small_result):
     od = small_synth.optical_density().copy()
     od[20] = np.random.default_rng(0).normal(0, 0.01, od[20].shape)  # beam lost: no particles
     r = run_pipeline(Stack(od, small_synth.energies_ev))
@@ -155,6 +155,11 @@ def test_all_background_frame_is_flagged_not_fatal(small_synth):
     for p in r.particles:
         assert p.frame_flags[20] & FRAME_FLAGS["interpolated"]  # position not measured there: interpolated and flagged
         assert ((p.frame_flags & FRAME_FLAGS["interpolated"]) == 0).sum() >= 46
+        assert not p.xanes_frames[20]
+    # and the run says which frame it was, once, not only per particle
+    (note,) = [n for n in r.notes if n.startswith("no particle measured")]
+    assert f"1 frame: 20 ({small_synth.energies_ev[20]:.1f} eV)" in note and "in no particle's XANES" in note
+    assert not any(n.startswith("no particle measured") for n in small_result.notes)
 
 
 def test_key_frame_detection_propagates_rois_through_stage_jumps():
@@ -383,3 +388,38 @@ def test_a_particle_near_the_frame_border_keeps_its_chemistry(small_synth, small
     e50 = p.edge_maps["e50"][p.mask]
     assert np.isfinite(e50).mean() > 0.8
     assert abs(np.nanmedian(e50) - np.nanmedian(q.edge_maps["e50"][q.mask])) < 0.3
+
+
+def test_a_turning_image_is_the_frames_motion_with_rotation_and_every_particles_without():
+    from scipy import ndimage
+
+    s = make_synthetic_stack(
+        "default",
+        seed=4,
+        n_energies=30,
+        shape=(200, 200),
+        n_particles=5,
+        radius_range=(10, 14),
+        drift_range=(0, 0),
+        jitter_step=0.0,
+        jump_probability=0.0,
+    )
+    od = s.optical_density()
+    c = (np.array(od.shape[1:]) - 1) / 2
+    angles = np.deg2rad(np.linspace(0, 2.0, len(od)))  # the image turns by 2 degrees across the scan
+    for k, a in enumerate(angles):
+        inv = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]])
+        od[k] = ndimage.affine_transform(od[k], inv, offset=c - inv @ c, order=3, mode="nearest")
+    stack = Stack(od, s.energies_ev)
+    fixed = run_pipeline(stack, options=PipelineOptions(rotation=False))
+    turning = run_pipeline(stack, options=PipelineOptions(rotation=True))
+    assert len(fixed.particles) == len(turning.particles) >= 4
+
+    def largest_own_motion(r):
+        t = r.tracks
+        return float(np.nanmax(np.hypot(t["nonrigid_dy"], t["nonrigid_dx"])))
+
+    assert largest_own_motion(fixed) > 1.0  # the turn, 2 degrees at 35-95 px from the centre, is everyone's own
+    assert largest_own_motion(turning) < 0.3
+    assert abs(np.rad2deg(turning.similarity["rotation_rad"].iloc[-1]) - 2.0) < 0.15
+    assert (fixed.similarity["rotation_rad"] == 0).all()

@@ -490,6 +490,10 @@ def run(
         True,
         help="Smooth each particle's own motion across the energies (the motion all particles share stays frame by frame; how smooth, and where a particle jumps, is found from its data). --no-smooth-tracks: every frame's position as measured.",
     ),
+    rotation: bool = typer.Option(
+        False,
+        help="Fit a rotation of each frame in the motion all particles share (with three particles or more), for scans whose image turns between energies; without it, a turn of the image is every particle's own (non-rigid) motion. Off by default: nothing turns the image in a TXM energy scan.",
+    ),
     density_voucher: bool = typer.Option(
         True,
         help="For particles that move with the matrix, let the correlation of the particle's optical density vouch for a position where the centre of mass of its mask does not (mask outlines move across the absorption edge on real frames). --no-density-voucher: only the centre of mass vouches.",
@@ -625,6 +629,7 @@ def run(
             unmix_matrix=unmix_matrix,
             subtract_matrix=subtract_matrix,
             smooth_tracks=smooth_tracks,
+            rotation=rotation,
             density_voucher=density_voucher,
             mask_guard=mask_guard,
             threads=threads,

@@ -254,6 +254,12 @@ class PipelineOptions:
     scale_model : {"energy", "frame"}, default "energy"
         Common magnification: linear in the photon energy (a zone plate's focal length
         follows the energy), or one scale per frame.
+    rotation : bool, default False
+        Fit a rotation of each frame in the common similarity as well (with three particles
+        or more in the frame), for scans whose image turns (a sample stage that turns
+        between energies): without it such a rotation is reported as every particle's own
+        (non-rigid) motion, with it a particle cluster turning on its own is taken for the
+        frame's. Off by default: nothing turns the image in a TXM energy scan.
     uncertainty : bool, default True
         Per-pixel standard errors of E50 (from the frames' noise and from the
         particle's registration uncertainty, its per-frame ``agreement_px``) and of the
@@ -310,6 +316,7 @@ class PipelineOptions:
     smooth_tracks: bool = True
     position: str = "edges"
     scale_model: str = "energy"
+    rotation: bool = False
     uncertainty: bool = True
     edge_jump_threshold: float = 5.0
     clusters: int = 0
@@ -658,7 +665,9 @@ def _matrix_shifts(located, od, energies, footprints, options):
     P = np.stack([np.where(loc.measured[:, None], loc.followed, np.nan) for loc in located], axis=1)
     ny, nx = od.shape[1:]
     c = np.array([(ny - 1) / 2, (nx - 1) / 2])
-    params, rigid = common_similarity(P, centre=c, scale_axis=energies if options.scale_model == "energy" else None)
+    params, rigid = common_similarity(
+        P, centre=c, rotation=options.rotation, scale_axis=energies if options.scale_model == "energy" else None
+    )
     shifts = rigid - rigid[:1]
     # where particles move with the similarity, it is the matrix's motion; where none does
     # (every particle drifting on its own), the matrix is measured on its own texture
@@ -1535,6 +1544,9 @@ def run_pipeline(
             )
         )
     timings["segment_register_xanes"] = time.perf_counter() - t
+    blank = _frames_without_particles(particles, energies)
+    if blank:
+        notes.append(blank)
     chemistry = None
     if options.clusters > 0 and particles:
         t = time.perf_counter()
@@ -1587,6 +1599,7 @@ def run_pipeline(
         reference_particle=options.reference_particle,
         centre=((ny - 1) / 2, (nx - 1) / 2),
         scale_axis=energies if options.scale_model == "energy" else None,
+        rotation=options.rotation,
     )
     similarity = motion.attrs.get("similarity")
     if similarity is not None:
@@ -1624,6 +1637,27 @@ def run_pipeline(
         notes=tuple(notes),
         similarity=similarity,
         chemistry=chemistry,
+    )
+
+
+def _frames_without_particles(particles, energies) -> str:
+    """A note naming the frames in which no particle was measured (every one interpolated there),
+    with two particles or more: a frame without an image (no beam, the shutter closed, the sample
+    out of the beam) rather than a particle lost. Empty where there is none."""
+    if len(particles) < 2:
+        return ""
+    flags = np.array([np.asarray(p.frame_flags) for p in particles])
+    frames = np.flatnonzero(((flags & FRAME_FLAGS["interpolated"]) > 0).all(axis=0))
+    if not frames.size:
+        return ""
+    used = [np.asarray(p.xanes_frames, bool)[frames] for p in particles if p.xanes_frames is not None]
+    left_out = bool(used) and not np.any(used)
+    where = ", ".join(f"{k} ({energies[k]:.1f} eV)" for k in frames[:10]) + (" ..." if frames.size > 10 else "")
+    return (
+        f"no particle measured in {frames.size} frame{'s' if frames.size > 1 else ''}: {where}; every particle's "
+        "position there is interpolated"
+        + (", and the frame is in no particle's XANES" if left_out else "")
+        + " (a frame without an image: no beam, the shutter closed, the sample out of the beam?)"
     )
 
 

@@ -120,7 +120,7 @@ def read_stack(
             fl = _match_flats(fl, data.shape[0], source=flats, notes=notes)
             if dk is None:
                 notes.append(f"{path}: no dark images (`darks`): dark taken as 0")
-            od = optical_density(data, flats=fl, darks=dk, source=str(path))
+            od = optical_density(data, flats=fl, darks=dk, source=str(path), notes=notes)
             kind = "counts"
         else:
             if darks is not None:
@@ -172,7 +172,7 @@ def _hdf5_stack(d, path, energies, values, scan) -> Stack:
         notes += more
     else:
         flats_ = _match_flats(flats_, d["counts"].shape[0], source=path, notes=notes)
-        od = optical_density(d["counts"], flats=flats_, darks=d["darks"], source=str(path))
+        od = optical_density(d["counts"], flats=flats_, darks=d["darks"], source=str(path), notes=notes)
     meta = dict(
         source=str(path) if scan is None else f"{path}[scan {scan}]",
         reader=f"hdf5-{d['layout']}" + ("" if scan is None else "-series"),

@@ -226,4 +226,4 @@ def values_without_flats(data, values: str, *, source, flats_hint: str):
         values = "od"
     if values == "od":
         return np.asarray(data, dtype=np.float32), "od", notes
-    return optical_density(data, source=str(source)), "transmission", notes
+    return optical_density(data, source=str(source), notes=notes), "transmission", notes

@@ -10,7 +10,7 @@ import numpy as np
 from ..errors import XanestrackError
 from .checks import check_pixel_dtype
 
-__all__ = ["optical_density", "transmission_to_od"]
+__all__ = ["optical_density", "transmission_to_od", "repair_note"]
 
 
 def transmission_to_od(t) -> int:
@@ -45,7 +45,7 @@ def _frame_indexable(a) -> bool:
     )
 
 
-def optical_density(counts, *, flats=None, darks=None, source: str = "input") -> np.ndarray:
+def optical_density(counts, *, flats=None, darks=None, source: str = "input", notes=None) -> np.ndarray:
     """Optical density ``OD = -ln((I - dark) / (flat - dark))``, float32.
 
     Parameters
@@ -57,6 +57,8 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input") ->
         ``None`` the counts are taken to be already normalised transmission.
     darks : array (rows, cols) or (n, rows, cols) or None
         Dark images; several are averaged.
+    notes : list, optional
+        What was repaired is appended here as well as logged (see :func:`repair_note`).
 
     Returns
     -------
@@ -161,18 +163,38 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input") ->
     workers = min(4, os.cpu_count() or 1, counts.shape[0])
     if workers > 1:
         with ThreadPoolExecutor(workers) as ex:
-            n_bad = sum(ex.map(frame, range(counts.shape[0])))
+            per_frame = list(ex.map(frame, range(counts.shape[0])))
     else:
-        n_bad = sum(frame(k) for k in range(counts.shape[0]))
+        per_frame = [frame(k) for k in range(counts.shape[0])]
+    n_bad = sum(per_frame)
     if problems:
         raise XanestrackError(problems[min(problems)])
     if n_sat[0]:
         logger.warning("%s: %d saturated pixels (value %d) set to NaN", source, n_sat[0], saturation)
     if n_bad:
-        logger.warning(
-            "%s: %d pixels had zero/negative or non-finite transmission after dark subtraction; "
-            "set to the frame's strongest absorption",
-            source,
-            n_bad,
-        )
+        note = repair_note(per_frame, shape, source=source, what="after dark subtraction")
+        if notes is not None:  # the caller shows it (the CLI prints the input's notes)
+            notes.append(note)
+        else:
+            logger.warning("%s", note)
     return out
+
+
+def repair_note(bad_per_frame, frame_shape, *, source, what: str = "") -> str:
+    """The note on pixels whose transmission was zero, negative or not finite (set to their
+    frame's strongest absorption by :func:`transmission_to_od`), naming the frames where they are
+    more than half the frame: such a frame carries no image (no beam, the shutter closed)."""
+    per = np.asarray(bad_per_frame, int)
+    n_pix = int(np.prod(frame_shape))
+    blank = np.flatnonzero(per > n_pix / 2)
+    note = (
+        f"{source}: {int(per.sum())} pixels in {int((per > 0).sum())} frames had zero/negative or non-finite "
+        f"transmission{' ' + what if what else ''}; set to their frame's strongest absorption"
+    )
+    if blank.size:
+        listed = ", ".join(map(str, blank[:10])) + (" ..." if blank.size > 10 else "")
+        note += (
+            f"; more than half of input frame{'s' if blank.size > 1 else ''} {listed} (counted from 0): "
+            "no image there (no beam, the shutter closed?)"
+        )
+    return note

@@ -24,7 +24,6 @@ reference of the same energy (or the reference stored in the file). Pass your ow
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,6 @@ from .checks import MAX_ENERGY_EV, MIN_ENERGY_EV, check_frame_shape, check_memor
 
 __all__ = ["XrmFile", "read_xrm", "read_xrm_scan", "default_grouping", "energy_from_name"]
 
-logger = logging.getLogger(__name__)
 
 _DTYPES = {
     5: np.dtype("<u2"),
@@ -366,13 +364,11 @@ def read_xrm_scan(paths, *, energies=None, grouping=None) -> Stack:
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max(1, min(2, len(jobs)))) as ex:
-        n_bad = sum(ex.map(one, jobs))
-    if n_bad:
-        logger.warning(
-            "%s: %d pixels with zero/negative transmission set to the frame's strongest absorption",
-            files[0].parent,
-            n_bad,
-        )
+        per_frame = list(ex.map(one, jobs))
+    if sum(per_frame):
+        from .flatfield import repair_note
+
+        notes.append(repair_note(per_frame, shape, source=files[0].parent))  # jobs in frame order
     e = np.array(keys, float) if energies is None else np.asarray(energies, float).ravel()
     e = validated_energies(e, len(keys), source=files[0].parent if energies is None else "energies given")
     meta = dict(
