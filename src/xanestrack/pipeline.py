@@ -1469,18 +1469,25 @@ def run_pipeline(
     vouched = [_vouch(loc, common, od, options) for loc in located]
     if options.smooth_tracks and len(vouched) >= 2:
         vouched, st, n_moved = _smooth(vouched, common, options.agreement_px)
-        if st.smoothed.any():
+        moved = (
+            f"; {n_moved} frames not vouched for where the smoothing moved the position more than "
+            f"{options.agreement_px:g} px from the one measured"
+            if n_moved
+            else ""
+        )
+        if st.smoothed.any() and np.nanmedian(st.dof) >= 0.75 * n_frames:
+            # the residuals of a smooth that keeps almost every frame measure no noise: none is quoted
+            notes.append(
+                f"positions of {int(st.smoothed.sum())} particles hardly smoothed across the energies: their own "
+                f"motion wanders more from frame to frame than their positions are noisy ({np.nanmedian(st.dof):.0f} "
+                f"degrees of freedom of {n_frames} frames per own motion, median over the particles)" + moved
+            )
+        elif st.smoothed.any():
             notes.append(
                 f"positions of {int(st.smoothed.sum())} particles smoothed across the energies (their own motion; the "
                 f"motion they share kept frame by frame): measurement noise {np.nanmedian(st.sigma):.3f} px "
                 f"(median over the particles), {np.nanmedian(st.dof):.0f} degrees of freedom of "
-                f"{n_frames} frames per own motion"
-                + (
-                    f"; {n_moved} frames not vouched for where the smoothing moved the position more than "
-                    f"{options.agreement_px:g} px from the one measured"
-                    if n_moved
-                    else ""
-                )
+                f"{n_frames} frames per own motion" + moved
             )
     # the rule against a frame agreeing almost alone, applied again once every test has had its say
     n_lone = 0

@@ -48,6 +48,10 @@ S_GRID = 10.0 ** np.arange(-2.0, 6.01, 0.25)
 #: bisquare tuning constant (95 % efficiency for Gaussian errors)
 BISQUARE = 4.685
 
+#: residual degrees of freedom (points less the smooth's) below which (or below a quarter of the
+#: points) the residuals do not tell outliers: no robust reweighting
+MIN_RESIDUAL_DOF = 4
+
 
 @lru_cache(maxsize=32)
 def _penalty(n: int, breaks: tuple = ()):
@@ -84,7 +88,8 @@ class SmoothedSeries:
     weights : ndarray (n,)
         Final weights (the given ones times the bisquare weights).
     sigma : float
-        Robust standard deviation of the residual (NaN with fewer than 3 weighted points).
+        The noise of a point: the residual's robust standard deviation, divided by how much
+        of white noise the smooth leaves in the residual (NaN with fewer than 3 weighted points).
     steps : tuple of int
         Where the series was let jump (:func:`find_steps`).
     """
@@ -284,12 +289,12 @@ def _smooth_series(y, w0, robust, iterations, near, breaks) -> SmoothedSeries:
     def dof_of(s):
         return float((1.0 / (1.0 + s * eig)).sum())
 
-    def search(grid, w):
+    def search(grid, w, max_dof=np.inf):
         nw = w.sum()
         best = None
         for s in grid:
             dof = dof_of(s)
-            if dof >= nw - 1:
+            if dof >= nw - 1 or dof > max_dof:
                 continue
             z = _fit(yf, w, s, ab)
             gcv = (np.sum(w * (yf - z) ** 2) / nw) / (1 - dof / nw) ** 2
@@ -297,31 +302,71 @@ def _smooth_series(y, w0, robust, iterations, near, breaks) -> SmoothedSeries:
                 best = (gcv, s, dof, z)
         return best
 
-    w = w0.copy()
-    for it in range(max(1, iterations + 1) if robust else 1):
+    def best_fit(w, near):
+        best = None
         if near is not None and np.isfinite(near) and near > 0:
             best = search(near * 10.0 ** np.arange(-0.5, 0.51, 0.125), w)
-        else:  # the grid in half decades, then quarter and eighth decades around its best
+        if best is None:  # the grid in half decades, then quarter and eighth decades around its best
             best = search(S_GRID[::2], w)
             if best is not None:
                 best = min(
                     (b for b in (best, search(best[1] * 10.0 ** np.array([-0.25, -0.125, 0.125, 0.25]), w)) if b),
                     key=lambda b: b[0],
                 )
-        if best is None:  # too few points for any smoothing: the straightest line
-            s = S_GRID[-1]
-            dof = dof_of(s)
-            z = _fit(yf, w, s, ab)
-        else:
-            _, s, dof, z = best
-        near = s
+        return best
+
+    def bisquare(z):
+        # sigma is the residuals' own robust spread, already as small as the smooth leaves them:
+        # no leverage factor on top (dividing by sqrt(1 - mean leverage) as well, as Garcia 2010
+        # does, counts it twice, which matters where the smooth keeps most of the points)
         r = (yf - z)[w0 > 0]
-        sigma = robust_sigma(r) if r.size >= 3 else np.nan
-        if not robust or it == iterations or not (sigma > 0):
+        sig = robust_sigma(r) if r.size >= 3 else np.nan
+        if not (sig > 0):
+            return None
+        u = (yf - z) / (BISQUARE * sig)
+        return w0 * np.where(np.abs(u) < 1, (1 - u**2) ** 2, 0.0)
+
+    def rough(dof, w):
+        # GCV keeps (almost) every point: the data support hardly any smoothing
+        return w.sum() - dof < max(MIN_RESIDUAL_DOF, 0.25 * w.sum())
+
+    w = w0.copy()
+    best = best_fit(w, near)
+    if best is None:  # too few points for any smoothing: the straightest line
+        s = S_GRID[-1]
+        z, dof = _fit(yf, w, s, ab), dof_of(s)
+    else:
+        _, s, dof, z = best
+    if robust and best is not None and rough(dof, w):
+        # a motion that bends from frame to frame more than it is noisy (few energies), or a few
+        # frames far off that the smooth follows (a run of mis-measured frames)? Outliers of a
+        # smooth with at most half the degrees of freedom are left out once: if the rest is then
+        # smooth, they were outliers and the robust iterations go on from there; if not, the
+        # motion bends and stands as measured (a bisquare would take its bends for outliers and
+        # smooth through them: 22 frames measured to 0.02-0.06 px came out 0.8 px off)
+        start = search(S_GRID[::2], w, max_dof=0.5 * w.sum())
+        w_try = bisquare(start[3]) if start is not None else None
+        trial = best_fit(w_try, None) if w_try is not None and (w_try == 0).any() else None
+        if trial is not None and not rough(trial[2], w_try):
+            w, (_, s, dof, z) = w_try, trial
+        else:
+            robust = False
+    for _ in range(max(0, iterations) if robust else 0):
+        w_new = bisquare(z)
+        if w_new is None:
             break
-        h = min(dof / max(n, 1), 0.95)  # the mean leverage
-        u = (yf - z) / (BISQUARE * sigma * np.sqrt(1 - h))
-        w = w0 * np.where(np.abs(u) < 1, (1 - u**2) ** 2, 0.0)
+        best = best_fit(w_new, s)
+        if best is None or rough(best[2], w_new):
+            break  # the weights leave too little to smooth: the last smooth stands
+        w, (_, s, dof, z) = w_new, best
+    r = (yf - z)[w0 > 0]
+    sigma = robust_sigma(r) if r.size >= 3 else np.nan
+    if np.isfinite(sigma):
+        # the residuals are the noise less what the smooth follows of it: for white noise their
+        # spread is the noise's times sqrt(mean((1 - lambda)^2)) over the penalty's eigenvalues
+        # (lambda = 1 / (1 + s mu)); undone, so that a smooth keeping almost every frame does not
+        # report its frames as almost noiseless (smooth_tracks weighs the particles by it)
+        sigma = sigma / max(float(np.sqrt(np.mean((s * eig / (1.0 + s * eig)) ** 2))), 1e-3)
     return SmoothedSeries(values=z, s=float(s), dof=float(dof), weights=w, sigma=float(sigma), steps=tuple(breaks))
 
 
@@ -338,8 +383,8 @@ class SmoothedTracks:
         ``T``: the motion the particles share, relative to their median positions (NaN in
         frames no smoothed particle was measured in).
     sigma : ndarray (m,)
-        px: robust standard deviation of each particle's measurement error (the residual
-        from ``r + T + o``); NaN where not smoothed.
+        px: each particle's measurement error, from its residual from ``r + T + o`` (see
+        :attr:`SmoothedSeries.sigma`); NaN where not smoothed.
     dof : ndarray (m, 2)
         Effective degrees of freedom of each particle's own motion per axis (``n``: not
         smoothed at all); NaN where not smoothed.
@@ -441,7 +486,7 @@ def smooth_tracks(positions, measured, *, min_frames: int = 9, iterations: int =
             ok = use[j] & np.isfinite(T).all(axis=1)
             y = P[j] - ref[j] - T
             wj = np.ones(n)
-            res = []
+            noise = []
             for a in range(2):
                 sm = smooth_series(
                     np.where(ok, y[:, a], np.nan), weights=ok.astype(float), near=last_s[j, a], steps=last
@@ -451,9 +496,9 @@ def smooth_tracks(positions, measured, *, min_frames: int = 9, iterations: int =
                 own[j, :, a] = sm.values
                 wj *= sm.weights
                 dof[j, a] = sm.dof
-                res.append((y[:, a] - sm.values)[ok])
+                noise.append(sm.sigma)
             rw[j] = wj * ok
-            sigma[j] = float(np.hypot(robust_sigma(res[0]), robust_sigma(res[1])) / np.sqrt(2))
+            sigma[j] = float(np.hypot(*noise) / np.sqrt(2))
             sig[j] = max(sigma[j], 0.01) if np.isfinite(sigma[j]) else 1.0
         if last:
             break
