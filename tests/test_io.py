@@ -258,7 +258,7 @@ def test_ole_reader_agrees_with_olefile_on_every_real_file():
 def test_xrm_scan_averaging_matches_independent_oracle():
     """Mean of exposure-normalised samples over mean of references, per energy (float64 oracle)."""
     folder = shared_data("real_txm", "ssrl_6-2c_nca")
-    st_ = read_stack(folder)
+    st_ = read_stack(folder, zingers=False)  # the averaging alone (the zinger pass changes 10 pixels of the last rows)
     for k, e in enumerate(("08324.0", "08354.0")):
         rate = lambda f: read_xrm(f).images[0] / read_xrm(f).exposure_s[0]  # noqa: E731
         s = np.mean([rate(f) for f in sorted(folder.glob(f"rep01_2016*_{e}_eV_*.xrm"))], axis=0)

@@ -490,6 +490,10 @@ def run(
         True,
         help="Smooth each particle's own motion across the energies (the motion all particles share stays frame by frame; how smooth, and where a particle jumps, is found from its data). --no-smooth-tracks: every frame's position as measured.",
     ),
+    zingers: bool = typer.Option(
+        True,
+        help="Replace zingers (single pixels far brighter or darker than the 3 x 3 around them: cosmic rays on the detector) by the median around them, and say how many in the notes. --no-zingers: the images as read.",
+    ),
     rotation: bool = typer.Option(
         False,
         help="Fit a rotation of each frame in the motion all particles share (with three particles or more), for scans whose image turns between energies; without it, a turn of the image is every particle's own (non-rigid) motion. Off by default: nothing turns the image in a TXM energy scan.",
@@ -584,7 +588,12 @@ def run(
         c = _console()
         t = time.perf_counter()
         stack = read_stack(
-            inputs if len(inputs) > 1 else inputs[0], energies=energies, flats=flats, darks=darks, values=values
+            inputs if len(inputs) > 1 else inputs[0],
+            energies=energies,
+            flats=flats,
+            darks=darks,
+            values=values,
+            zingers=zingers,
         )
         c.print(
             f"read      {stack.od.shape[0]} frames of {stack.od.shape[1]} x {stack.od.shape[2]}, {stack.energies_ev[0]:.1f}-{stack.energies_ev[-1]:.1f} eV ({time.perf_counter() - t:.2f} s)"

@@ -49,7 +49,15 @@ def _as_paths(inputs):
 
 
 def read_stack(
-    inputs, *, energies=None, flats=None, darks=None, values: str = "auto", grouping=None, scan: int | None = None
+    inputs,
+    *,
+    energies=None,
+    flats=None,
+    darks=None,
+    values: str = "auto",
+    grouping=None,
+    scan: int | None = None,
+    zingers: bool = True,
 ) -> Stack:
     """Read an energy scan from files into a Stack (optical density).
 
@@ -71,6 +79,10 @@ def read_stack(
     scan : int, optional
         For an HDF5 file whose images have a scan axis (an operando series in one file):
         the scan to read.
+    zingers : bool
+        Replace zingers (single pixels far brighter, or darker, than their neighbourhood:
+        cosmic rays on the CCD) by their 3 x 3 median (:func:`xanestrack.io.zingers.remove_zingers`),
+        noted in ``metadata["notes"]``.
 
     Raises
     ------
@@ -78,6 +90,23 @@ def read_stack(
         With the file and the problem for anything unreadable, implausible or
         inconsistent (one line, saying what to do).
     """
+    stack = _read(inputs, energies, flats, darks, values, grouping, scan)
+    if zingers:
+        from .zingers import remove_zingers
+
+        per_frame = remove_zingers(stack.od)
+        if per_frame.sum():
+            k = int(np.argmax(per_frame))
+            stack.metadata.setdefault("notes", []).append(
+                f"{int(per_frame.sum())} zingers (pixels far brighter or darker than the 3 x 3 around them: cosmic "
+                f"rays on the detector) replaced by the median around them, in {int((per_frame > 0).sum())} of "
+                f"{len(per_frame)} frames, most in frame {k} ({int(per_frame[k])})"
+            )
+    return stack
+
+
+def _read(inputs, energies, flats, darks, values, grouping, scan) -> Stack:
+    """:func:`read_stack` but for the zingers."""
     if values not in ("auto", "od", "transmission", "counts"):
         raise XanestrackError(f"`values` must be auto, od or transmission, got {values!r}")
     paths = _as_paths(inputs)
