@@ -162,6 +162,16 @@ def test_all_background_frame_is_flagged_not_fatal(small_synth, small_result):
     assert not any(n.startswith("no particle measured") for n in small_result.notes)
 
 
+def test_a_frame_of_nan_is_carried_as_a_frame_without_an_image(small_synth):
+    od = small_synth.optical_density().copy()
+    od[30] = np.nan  # a frame the detector lost: the scan is not refused for it
+    r = run_pipeline(Stack(od, small_synth.energies_ev))
+    assert len(r.particles) == 4
+    for p in r.particles:
+        assert p.frame_flags[30] & FRAME_FLAGS["interpolated"] and not p.xanes_frames[30]
+    assert any(n.startswith("1 frame more than half NaN/inf") and "30 (" in n for n in r.notes)
+
+
 def test_key_frame_detection_propagates_rois_through_stage_jumps():
     """Detect on every 6th frame only: the jumps in between are found by phase correlation
     (:func:`xanestrack.match.propagate_common`, tested on the same scan in test_match.py)."""

@@ -16,6 +16,19 @@ def test_nan_pixels_are_repaired_and_hopeless_frames_refused():
         sanitize_stack(od)
 
 
+def test_hopeless_frames_can_be_carried_blank_while_most_frames_are_usable():
+    od = np.ones((4, 32, 32), np.float32)
+    od[1, :20] = np.nan
+    od[2, 3, 3] = np.inf
+    blank = []
+    clean, n = sanitize_stack(od, blank=blank)
+    assert blank == [1] and n == 1
+    assert np.all(clean[1] == 1.0) and np.isfinite(clean).all() and np.isnan(od[1, 0, 0])
+    od[3] = np.nan  # two of four frames hopeless: refused as before
+    with pytest.raises(ValueError, match=r"frames \[1, 3\]"):
+        sanitize_stack(od, blank=[])
+
+
 def test_stack_validation_messages():
     with pytest.raises(ValueError, match="3-D array"):
         Stack(np.zeros((10, 10)), np.arange(10.0) + 8000)

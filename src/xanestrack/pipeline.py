@@ -1393,10 +1393,17 @@ def run_pipeline(
         raise TypeError(f"stack must be a xanestrack Stack, got {type(stack).__name__}")
     timings = {}
     notes = []
-    od, n_fixed = sanitize_stack(stack.od, source=stack.metadata.get("source", "stack"))
+    blank = []
+    od, n_fixed = sanitize_stack(stack.od, source=stack.metadata.get("source", "stack"), blank=blank)
+    energies = np.asarray(stack.energies_ev, float)
     if n_fixed:
         notes.append(f"{n_fixed} NaN/inf pixels replaced by their local median")
-    energies = np.asarray(stack.energies_ev, float)
+    if blank:
+        where = ", ".join(f"{k} ({energies[k]:.1f} eV)" for k in blank[:10]) + (" ..." if len(blank) > 10 else "")
+        notes.append(
+            f"{len(blank)} frame{'s' if len(blank) > 1 else ''} more than half NaN/inf, carried as frames without an "
+            f"image (no particle measured there): {where}"
+        )
     if references is None:
         references = _default_references(energies)
 

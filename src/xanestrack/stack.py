@@ -82,8 +82,8 @@ class Stack:
         return self.od.shape[0]
 
 
-def sanitize_stack(od, *, source: str = "stack"):
-    """Replace isolated NaN/inf pixels by their local median; refuse hopeless frames.
+def sanitize_stack(od, *, source: str = "stack", blank=None):
+    """Replace isolated NaN/inf pixels by their local median; refuse hopeless frames, or blank them.
 
     Parameters
     ----------
@@ -91,6 +91,11 @@ def sanitize_stack(od, *, source: str = "stack"):
         Optical density; not modified.
     source : str
         Named in the message and the warning (a file name).
+    blank : list, optional
+        Given, a frame more than half NaN/inf is carried as a frame without an image (every
+        pixel the median of its finite ones, 0 without any) and its index appended here,
+        instead of refusing the stack (the pipeline then measures no particle in it and leaves it
+        out of every XANES); the stack is still refused where half its frames or more are so.
 
     Returns
     -------
@@ -101,7 +106,8 @@ def sanitize_stack(od, *, source: str = "stack"):
     Raises
     ------
     ValueError
-        If a frame is more than half non-finite (name the frames).
+        If a frame is more than half non-finite (name the frames), and ``blank`` is not given or
+        half the frames or more are so.
 
     Notes
     -----
@@ -114,7 +120,7 @@ def sanitize_stack(od, *, source: str = "stack"):
         return od.astype(np.float32, copy=False), 0
     frac = 1 - finite.mean(axis=(1, 2))
     bad = np.flatnonzero(frac > 0.5)
-    if bad.size:
+    if bad.size and (blank is None or 2 * bad.size >= od.shape[0]):
         raise ValueError(
             f"{source}: frames {bad.tolist()[:10]} are more than half NaN/inf; remove them "
             "(and their energies) or fix the input"
@@ -122,12 +128,17 @@ def sanitize_stack(od, *, source: str = "stack"):
     from scipy import ndimage  # here, not at import: `xanestrack run` starts reading before scipy is loaded
 
     clean = od.astype(np.float32, copy=True)
-    for k in np.flatnonzero(frac > 0):
+    for k in bad:
+        f = clean[k]
+        f[:] = np.median(f[np.isfinite(f)]) if np.isfinite(f).any() else 0.0
+        blank.append(int(k))
+    for k in np.setdiff1d(np.flatnonzero(frac > 0), bad):
         f = clean[k]
         m = ~np.isfinite(f)
         fill = np.where(m, np.nanmedian(f), f)
         med = ndimage.median_filter(fill, size=5)
         f[m] = med[m]
-    n = int((~finite).sum())
-    logger.warning("%s: replaced %d NaN/inf pixels by their local median", source, n)
+    n = int((~finite[np.setdiff1d(np.arange(od.shape[0]), bad)]).sum())
+    if n:
+        logger.warning("%s: replaced %d NaN/inf pixels by their local median", source, n)
     return clean, n
