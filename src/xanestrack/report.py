@@ -809,6 +809,11 @@ def _positions_text(params) -> str:
     return text
 
 
+def _data_uri(data: bytes, mime: str) -> str:
+    """``data:`` URI of ``data`` (base64), for an image embedded in a page."""
+    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
+
+
 def _emit_files(figdir: Path, name: str, fig: Figure) -> str | None:
     """Write a figure's files (``<name>.png`` / ``.svg`` and its tables' CSVs); its data URI for
     the page (the SVG where it has one), None where it has neither."""
@@ -817,11 +822,11 @@ def _emit_files(figdir: Path, name: str, fig: Figure) -> str | None:
         data = png_bytes(fig.image)
         (figdir / f"{name}.png").write_bytes(data)
         if fig.svg is None:
-            uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+            uri = _data_uri(data, "image/png")
     if fig.svg is not None:
         data = fig.svg.encode("utf-8")
         (figdir / f"{name}.svg").write_bytes(data)
-        uri = "data:image/svg+xml;base64," + base64.b64encode(data).decode("ascii")
+        uri = _data_uri(data, "image/svg+xml")
     _write_tables(figdir, fig.tables)
     return uri
 
@@ -1092,7 +1097,7 @@ def write_series_report(table: pd.DataFrame, out_dir) -> Path:
             n_scans=table["scan"].nunique(),
             n_particles=table["particle"].nunique(),
             remarks=remarks,
-            fig="data:image/svg+xml;base64," + base64.b64encode(svg).decode("ascii"),
+            fig=_data_uri(svg, "image/svg+xml"),
             pivot=_Markup(piv.to_html(float_format=lambda v: f"{v:.2f}")),
         )
     )
