@@ -156,6 +156,12 @@ def test_all_background_frame_is_flagged_not_fatal(small_synth, small_result):
         assert p.frame_flags[20] & FRAME_FLAGS["interpolated"]  # position not measured there: interpolated and flagged
         assert ((p.frame_flags & FRAME_FLAGS["interpolated"]) == 0).sum() >= 46
         assert not p.xanes_frames[20]
+    # the common motion there comes from the frames around it (no particle measured it): the
+    # interpolated positions are no particle's own motion
+    assert r.similarity.loc[20, "n_particles"] == 0
+    for _, g in r.tracks.groupby("particle"):
+        nr = g.set_index("frame")[["nonrigid_dy", "nonrigid_dx"]]
+        assert np.abs(nr.loc[20] - (nr.loc[19] + nr.loc[21]) / 2).max() < 0.5  # no jump of its own there
     # and the run says which frame it was, once, not only per particle
     (note,) = [n for n in r.notes if n.startswith("no particle measured")]
     assert f"1 frame: 20 ({small_synth.energies_ev[20]:.1f} eV)" in note and "in no particle's XANES" in note

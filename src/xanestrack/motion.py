@@ -237,6 +237,17 @@ def common_similarity(
                     r = np.hypot(*(dst - _apply(src, t, sk, th, c)).T)
                     rows[k] = (*t, sk, th, ok.sum(), float(np.sqrt(np.average(r**2, weights=w))))
                     rigid[k, have_ref] = _apply(ref[have_ref], t, sk, th, c)
+    empty = rows[:, 4] == 0
+    if empty.any() and (~empty).any():
+        # a frame in which no particle was measured (no beam, the sample out): its similarity
+        # interpolated from the frames on either side, not the identity (which made every
+        # particle's interpolated position there its own motion: 7-11 px on the default scene);
+        # n_particles says 0
+        f = np.arange(n)
+        for col in range(4):
+            rows[empty, col] = np.interp(f[empty], f[~empty], rows[~empty, col])
+        for k in np.flatnonzero(empty):
+            rigid[k, have_ref] = _apply(ref[have_ref], rows[k, :2], rows[k, 2], rows[k, 3], c)
     params = pd.DataFrame(rows, columns=SIMILARITY_COLUMNS[1:])
     params.insert(0, "frame", np.arange(n))
     params["n_particles"] = params["n_particles"].astype(int)
