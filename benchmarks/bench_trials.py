@@ -1,0 +1,255 @@
+"""Scans the tool was not built on: one thing changed at a time about a default scene, run as the user runs it.
+
+Usage: python benchmarks/bench_trials.py [--seed 1] [--trials zingers few_energies ...] [--keep DIR]
+
+A default scene (143 x 460^2, 9 particles; ``xanestrack synth``) is written once; each trial makes a changed copy
+(HDF5 counts, or a TIFF of optical density with its energies file), runs ``xanestrack run`` on it as a subprocess, and
+compares the positions in tracks.csv with the truth moved the same way (RMS per particle, each particle's mean offset
+removed), beside the same for the unchanged scene:
+
+- ``zingers``: 30-80 zingers per frame (1-2 px, 3-20 times the counts), and the same with ``--no-zingers``;
+- ``few_energies``: 22 of the 143 energies (every 5th-10th frame, a quick scan of the same motion), and the same with
+  ``--no-smooth-tracks``;
+- ``descending``: the scan written from high to low energy (tracks.csv compared with the unchanged run's);
+- ``no_beam``: frame 70 at the dark level; ``nan_frame``: frame 50 all NaN (TIFF of OD);
+- ``stage_jump``: the field moved by (+37, -29) px from frame 80 on;
+- ``rotation``: the image turned by 0.8 degrees across the scan, with and without ``--rotation``;
+- ``magnification``: a 3 % magnification change across the scan.
+
+Printed per trial: the particles found, their RMS (min-max), the frames flagged, the largest own (non-rigid) motion
+and the run's notes that name the trial's change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+TRIALS = ["zingers", "few_energies", "descending", "no_beam", "nan_frame", "stage_jump", "rotation", "magnification"]
+
+
+def _cli(*args):
+    t = time.perf_counter()
+    r = subprocess.run(
+        [sys.executable, "-c", "from xanestrack.cli import main; main()", *map(str, args)],
+        capture_output=True,
+        text=True,
+    )
+    if r.returncode != 0:
+        raise SystemExit(f"xanestrack {' '.join(map(str, args[:3]))} failed:\n{r.stderr[-3000:]}")
+    return time.perf_counter() - t
+
+
+def _score(out: Path, truth, frames=None, move=None):
+    """Per-particle RMS of tracks.csv against the truth (moved by ``move(frame, y, x)``), matched at the first frame."""
+    import pandas as pd
+
+    t = pd.read_csv(out / "tracks.csv")
+    tr = truth.copy()
+    if frames is not None:
+        tr = tr[tr["frame"].isin(frames)].copy()
+        tr["frame"] = tr["frame"].map({k: i for i, k in enumerate(frames)})
+    if move is not None:
+        tr["y"], tr["x"] = move(tr["frame"].to_numpy(), tr["y"].to_numpy(), tr["x"].to_numpy())
+    rms = []
+    first = tr[tr["frame"] == 0]
+    for _, g in t.groupby("particle"):
+        g = g.sort_values("frame")
+        j = ((first["y"] - g["y"].iloc[0]) ** 2 + (first["x"] - g["x"].iloc[0]) ** 2).idxmin()
+        gt = tr[tr["particle"] == first.loc[j, "particle"]].set_index("frame").loc[g["frame"]]
+        e = np.c_[g["y"].to_numpy() - gt["y"].to_numpy(), g["x"].to_numpy() - gt["x"].to_numpy()]
+        e -= np.nanmean(e, axis=0)
+        rms.append(float(np.sqrt(np.nanmean((e**2).sum(axis=1)))))
+    own = float(np.nanmax(np.hypot(t["nonrigid_dy"], t["nonrigid_dx"]))) if len(t) else np.nan
+    run = json.loads((out / "run.json").read_text())
+    return dict(
+        n=len(rms),
+        rms=rms,
+        flagged=int(t["flags"].notna().sum()),
+        own=own,
+        notes=run.get("input_notes", []) + run.get("notes", []),
+    )
+
+
+def _line(name, s, keys=()):
+    notes = [n for n in s["notes"] if any(k in n for k in keys)]
+    return (
+        f"| {name} | {s['n']} | {min(s['rms']):.3f}-{max(s['rms']):.3f} | {s['flagged']} | {s['own']:.2f} | "
+        + ("; ".join(n[:110] for n in notes) or "-")
+        + " |"
+    )
+
+
+def _write_fxi(path, counts, flats, dark, energies_kev):
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f["img_xanes"], f["img_bkg"], f["img_dark"], f["X_eng"] = counts, flats, dark, energies_kev
+
+
+def _write_od_tiff(folder, name, od, energies):
+    import tifffile
+
+    tifffile.imwrite(folder / f"{name}.tif", od.astype(np.float32))
+    np.savetxt(folder / f"{name}_e.txt", energies)
+    return [folder / f"{name}.tif", "--energies", folder / f"{name}_e.txt", "--values", "od"]
+
+
+def _transform(od, matrices):
+    """Each frame moved by ``out(p) = in(M_k (p - c) + c)`` (about the frame centre), cubic."""
+    from scipy import ndimage
+
+    c = (np.array(od.shape[1:]) - 1) / 2
+    out = np.empty_like(od)
+    for k, m in enumerate(matrices):
+        out[k] = ndimage.affine_transform(od[k], m, offset=c - m @ c, order=3, mode="nearest")
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--trials", nargs="+", default=TRIALS, choices=TRIALS)
+    ap.add_argument("--keep", default=None, help="keep the scans and runs in this folder")
+    a = ap.parse_args(argv)
+    import h5py
+    import pandas as pd
+
+    from xanestrack.io import read_stack
+
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(a.keep) if a.keep else Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        _cli("synth", root / "scene", "--seed", a.seed)
+        src = root / "scene" / "stack.h5"
+        truth = pd.read_csv(root / "scene" / "truth_positions.csv")
+        with h5py.File(src, "r") as f:
+            raw = {k: f[k][()] for k in f}
+        clean = read_stack(src, zingers=False)
+        od, e = clean.od, clean.energies_ev
+        c = (np.array(od.shape[1:]) - 1) / 2
+        t = _cli("run", src, "--out", root / "r_clean")
+        base = _score(root / "r_clean", truth)
+        print(
+            f"\nthe unchanged scene: {base['n']} particles, {min(base['rms']):.3f}-{max(base['rms']):.3f} px, run {t:.1f} s\n"
+        )
+        print(
+            "| trial | particles | RMS px | frames flagged | largest own motion px | notes on it |\n|---|---|---|---|---|---|"
+        )
+        print(_line("unchanged", base))
+        rng = np.random.default_rng(0)
+        for trial in a.trials:
+            d = root / trial
+            d.mkdir(exist_ok=True)
+            if trial == "zingers":
+                counts = raw["img_xanes"].astype(np.float64)
+                for k in range(len(counts)):
+                    for _ in range(rng.integers(30, 80)):
+                        y, x, s = (
+                            rng.integers(0, counts.shape[1] - 1),
+                            rng.integers(0, counts.shape[2] - 1),
+                            rng.integers(1, 3),
+                        )
+                        counts[k, y : y + s, x : x + s] *= rng.uniform(3, 20)
+                _write_fxi(
+                    d / "s.h5",
+                    np.clip(counts, 0, 65534).astype(np.uint16),
+                    raw["img_bkg"],
+                    raw["img_dark"],
+                    raw["X_eng"],
+                )
+                for flag in ([], ["--no-zingers"]):
+                    _cli("run", d / "s.h5", "--out", d / f"r{len(flag)}", *flag)
+                    print(
+                        _line(
+                            "zingers" + (" --no-zingers" if flag else ""),
+                            _score(d / f"r{len(flag)}", truth),
+                            ["zinger"],
+                        )
+                    )
+            elif trial == "few_energies":
+                idx = np.r_[0:40:8, 40:100:5, 100:143:10]
+                args = _write_od_tiff(d, "s", od[idx], e[idx])
+                for flag in ([], ["--no-smooth-tracks"]):
+                    _cli("run", *args, "--out", d / f"r{len(flag)}", *flag)
+                    print(
+                        _line(
+                            f"{len(idx)} energies" + (" --no-smooth-tracks" if flag else ""),
+                            _score(d / f"r{len(flag)}", truth, frames=idx),
+                            ["smoothed"],
+                        )
+                    )
+            elif trial == "descending":
+                _write_fxi(
+                    d / "s.h5", raw["img_xanes"][::-1], raw["img_bkg"][::-1], raw["img_dark"], raw["X_eng"][::-1]
+                )
+                _cli("run", d / "s.h5", "--out", d / "r")
+                same = (d / "r" / "tracks.csv").read_bytes() == (root / "r_clean" / "tracks.csv").read_bytes()
+                print(
+                    _line(
+                        f"descending (tracks.csv {'identical' if same else 'DIFFERENT'})",
+                        _score(d / "r", truth),
+                        ["high to low"],
+                    )
+                )
+            elif trial == "no_beam":
+                counts = raw["img_xanes"].copy()
+                counts[70] = 0
+                _write_fxi(d / "s.h5", counts, raw["img_bkg"], raw["img_dark"], raw["X_eng"])
+                _cli("run", d / "s.h5", "--out", d / "r")
+                print(_line("no beam in frame 70", _score(d / "r", truth), ["no particle measured", "transmission"]))
+            elif trial == "nan_frame":
+                bad = od.copy()
+                bad[50] = np.nan
+                _cli("run", *_write_od_tiff(d, "s", bad, e), "--out", d / "r")
+                print(_line("frame 50 all NaN", _score(d / "r", truth), ["NaN"]))
+            elif trial == "stage_jump":
+                dy, dx = 37, -29
+                moved = od.copy()
+                for k in range(80, len(od)):
+                    g = np.full_like(od[k], np.median(od[k]))
+                    g[dy:, :dx] = od[k, :-dy, -dx:]
+                    moved[k] = g
+                _cli("run", *_write_od_tiff(d, "s", moved, e), "--out", d / "r")
+                shift = lambda f, y, x, dy=dy, dx=dx: (y + dy * (f >= 80), x + dx * (f >= 80))  # noqa: E731
+                print(_line("stage jump (37, -29) px at frame 80", _score(d / "r", truth, move=shift)))
+            elif trial == "rotation":
+                ang = np.deg2rad(np.linspace(0, 0.8, len(od)))
+                turned = _transform(od, [np.array([[np.cos(t_), np.sin(t_)], [-np.sin(t_), np.cos(t_)]]) for t_ in ang])
+                args = _write_od_tiff(d, "s", turned, e)
+
+                def turn(f, y, x, ang=ang):
+                    a_ = ang[f]
+                    py, px = y - c[0], x - c[1]
+                    return np.cos(a_) * py - np.sin(a_) * px + c[0], np.sin(a_) * py + np.cos(a_) * px + c[1]
+
+                for flag in ([], ["--rotation"]):
+                    _cli("run", *args, "--out", d / f"r{len(flag)}", *flag)
+                    print(
+                        _line(
+                            "turned 0.8 deg" + (" --rotation" if flag else ""),
+                            _score(d / f"r{len(flag)}", truth, move=turn),
+                        )
+                    )
+            elif trial == "magnification":
+                sc = 1 - 0.03 * (e - e[0]) / (e[-1] - e[0])
+                args = _write_od_tiff(d, "s", _transform(od, [np.eye(2) / s for s in sc]), e)
+                _cli("run", *args, "--out", d / "r")
+                grow = lambda f, y, x, sc=sc: ((y - c[0]) * sc[f] + c[0], (x - c[1]) * sc[f] + c[1])  # noqa: E731
+                print(_line("magnification -3 %", _score(d / "r", truth, move=grow)))
+
+
+if __name__ == "__main__":
+    main()
