@@ -12,12 +12,15 @@ removed), beside the same for the unchanged scene:
   ``--no-smooth-tracks``;
 - ``descending``: the scan written from high to low energy (tracks.csv compared with the unchanged run's);
 - ``no_beam``: frame 70 at the dark level; ``nan_frame``: frame 50 all NaN (TIFF of OD);
+- ``beam_changes``: every frame's optical density offset by its own constant (sd 0.03: the beam's intensity changing
+  where the flats do not see it);
 - ``stage_jump``: the field moved by (+37, -29) px from frame 80 on;
 - ``rotation``: the image turned by 0.8 degrees across the scan, with and without ``--rotation``;
 - ``magnification``: a 3 % magnification change across the scan.
 
-Printed per trial: the particles found, their RMS (min-max), the frames flagged, the largest own (non-rigid) motion
-and the run's notes that name the trial's change.
+Printed per trial: the particles found, their RMS (min-max), the frames flagged, the largest own (non-rigid) motion,
+the largest change of a particle's mean E50 against the unchanged scene's, and the run's notes that name the
+trial's change.
 """
 
 from __future__ import annotations
@@ -34,7 +37,17 @@ from pathlib import Path
 
 import numpy as np
 
-TRIALS = ["zingers", "few_energies", "descending", "no_beam", "nan_frame", "stage_jump", "rotation", "magnification"]
+TRIALS = [
+    "zingers",
+    "few_energies",
+    "descending",
+    "no_beam",
+    "nan_frame",
+    "beam_changes",
+    "stage_jump",
+    "rotation",
+    "magnification",
+]
 
 
 def _cli(*args):
@@ -71,19 +84,36 @@ def _score(out: Path, truth, frames=None, move=None):
         rms.append(float(np.sqrt(np.nanmean((e**2).sum(axis=1)))))
     own = float(np.nanmax(np.hypot(t["nonrigid_dy"], t["nonrigid_dx"]))) if len(t) else np.nan
     run = json.loads((out / "run.json").read_text())
+    from xanestrack.result import particle_summary
+    from xanestrack.results import read_results
+
+    e50 = particle_summary(read_results(out))[["y0", "x0", "mean_e50_ev"]].to_numpy()
     return dict(
         n=len(rms),
         rms=rms,
         flagged=int(t["flags"].notna().sum()),
         own=own,
+        e50=e50,
         notes=run.get("input_notes", []) + run.get("notes", []),
     )
 
 
+def _e50_change(s, base) -> float:
+    """Largest |mean E50 - the unchanged scene's| over the particles (paired by their first position; the
+    scenes moved from their first frame on move their particles by less than their spacing)."""
+    b = base["e50"]
+    d = [abs(e - b[np.argmin(np.hypot(b[:, 0] - y, b[:, 1] - x)), 2]) for y, x, e in s["e50"]]
+    return float(np.nanmax(d)) if d else np.nan
+
+
+BASE = {}
+
+
 def _line(name, s, keys=()):
     notes = [n for n in s["notes"] if any(k in n for k in keys)]
+    de = _e50_change(s, BASE["clean"]) if "clean" in BASE else 0.0
     return (
-        f"| {name} | {s['n']} | {min(s['rms']):.3f}-{max(s['rms']):.3f} | {s['flagged']} | {s['own']:.2f} | "
+        f"| {name} | {s['n']} | {min(s['rms']):.3f}-{max(s['rms']):.3f} | {s['flagged']} | {s['own']:.2f} | {de:.2f} | "
         + ("; ".join(n[:110] for n in notes) or "-")
         + " |"
     )
@@ -146,9 +176,11 @@ def main(argv=None):
             f"\nthe unchanged scene: {base['n']} particles, {min(base['rms']):.3f}-{max(base['rms']):.3f} px, run {t:.1f} s\n"
         )
         print(
-            "| trial | particles | RMS px | frames flagged | largest own motion px | notes on it |\n|---|---|---|---|---|---|"
+            "| trial | particles | RMS px | frames flagged | largest own motion px | largest E50 change eV | notes on it |\n"
+            "|---|---|---|---|---|---|---|"
         )
         print(_line("unchanged", base))
+        BASE["clean"] = base
         rng = np.random.default_rng(0)
         for trial in a.trials:
             d = root / trial
@@ -215,6 +247,12 @@ def main(argv=None):
                 bad[50] = np.nan
                 _cli("run", *_write_od_tiff(d, "s", bad, e), "--out", d / "r")
                 print(_line("frame 50 all NaN", _score(d / "r", truth), ["NaN"]))
+            elif trial == "beam_changes":
+                # the beam's intensity changing from frame to frame where the flats do not see it: every
+                # frame's optical density offset by its own constant (sd 0.03)
+                drift = od + rng.normal(0, 0.03, len(od)).astype(np.float32)[:, None, None]
+                _cli("run", *_write_od_tiff(d, "s", drift, e), "--out", d / "r")
+                print(_line("beam changes not in the flats (OD offsets, sd 0.03)", _score(d / "r", truth)))
             elif trial == "stage_jump":
                 dy, dx = 37, -29
                 moved = od.copy()
