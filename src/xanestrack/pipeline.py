@@ -1399,10 +1399,9 @@ def run_pipeline(
     if n_fixed:
         notes.append(f"{n_fixed} NaN/inf pixels replaced by their local median")
     if blank:
-        where = ", ".join(f"{k} ({energies[k]:.1f} eV)" for k in blank[:10]) + (" ..." if len(blank) > 10 else "")
         notes.append(
             f"{len(blank)} frame{'s' if len(blank) > 1 else ''} more than half NaN/inf, carried as frames without an "
-            f"image (no particle measured there): {where}"
+            f"image (no particle measured there): {_frame_list(blank, energies)}"
         )
     if references is None:
         references = _default_references(energies)
@@ -1558,9 +1557,9 @@ def run_pipeline(
             )
         )
     timings["segment_register_xanes"] = time.perf_counter() - t
-    blank = _frames_without_particles(particles, energies)
-    if blank:
-        notes.append(blank)
+    unmeasured_note = _frames_without_particles(particles, energies)
+    if unmeasured_note:
+        notes.append(unmeasured_note)
     chemistry = None
     if options.clusters > 0 and particles:
         t = time.perf_counter()
@@ -1654,6 +1653,11 @@ def run_pipeline(
     )
 
 
+def _frame_list(frames, energies) -> str:
+    """``"20 (8330.0 eV), 31 (8341.5 eV)"``: up to ten frames with their energies, `` ...`` after."""
+    return ", ".join(f"{k} ({energies[k]:.1f} eV)" for k in frames[:10]) + (" ..." if len(frames) > 10 else "")
+
+
 def _frames_without_particles(particles, energies) -> str:
     """A note naming the frames in which no particle was measured (every one interpolated there),
     with two particles or more: a frame without an image (no beam, the shutter closed, the sample
@@ -1666,9 +1670,8 @@ def _frames_without_particles(particles, energies) -> str:
         return ""
     used = [np.asarray(p.xanes_frames, bool)[frames] for p in particles if p.xanes_frames is not None]
     left_out = bool(used) and not np.any(used)
-    where = ", ".join(f"{k} ({energies[k]:.1f} eV)" for k in frames[:10]) + (" ..." if frames.size > 10 else "")
     return (
-        f"no particle measured in {frames.size} frame{'s' if frames.size > 1 else ''}: {where}; every particle's "
+        f"no particle measured in {frames.size} frame{'s' if frames.size > 1 else ''}: {_frame_list(frames, energies)}; every particle's "
         "position there is interpolated"
         + (", and the frame is in no particle's XANES" if left_out else "")
         + " (a frame without an image: no beam, the shutter closed, the sample out of the beam?)"

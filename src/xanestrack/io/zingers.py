@@ -7,13 +7,14 @@ its centre of mass by pixels (the default scene with 30-80 zingers of 3-20 times
 per frame: registration 0.9-9.5 px RMS instead of 0.015-0.03 px).
 
 A pixel is a zinger where it stands out of the median of its 3 x 3 neighbourhood by more
-than ``threshold`` times the frame's noise there, on either side: the robust standard
-deviation of the pixels' differences from that median, scaled by exp(OD / 2) (photon noise:
-the transmitted counts fall as exp(-OD)). The median is taken only around candidates
-(pixels standing out of the mean of their four neighbours), so a frame costs a few array
-passes; the median of 9 pixels is not moved by a cluster of up to four, and an edge or a
-corner of a particle blurred over a pixel or more is not taken for one (none replaced on the
-default and stress scenes without zingers).
+than ``threshold`` times the noise there, on either side: the robust standard deviation of
+the pixels' differences from their neighbours in blocks of :data:`NOISE_BLOCK` px (the beam
+falls off towards a frame's corners), scaled by exp(OD / 2) (photon noise: the transmitted
+counts fall as exp(-OD)). The median is taken only around candidates (pixels standing out of
+the mean of their four neighbours), so a frame costs a few array passes; the median of 9
+pixels is not moved by a cluster of up to four, and an edge or a corner of a particle blurred
+over a pixel or more is not taken for one (on the default and stress scenes without zingers,
+7-12 pixels of 30-150 million replaced, positions moved by 0.002 px at most).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import os
 
 import numpy as np
 
+from ..robust import MAD_TO_SIGMA, robust_sigma
+
 __all__ = ["remove_zingers", "ZINGER_THRESHOLD"]
 
 #: times the frame's noise (robust standard deviation of the differences from the 3 x 3 median)
@@ -29,11 +32,9 @@ ZINGER_THRESHOLD = 8.0
 
 
 def _robust_sigma(x) -> float:
+    """:func:`xanestrack.robust.robust_sigma` of the finite values; 0 for fewer than 16."""
     x = x[np.isfinite(x)]
-    if x.size < 16:
-        return 0.0
-    med = np.median(x)
-    return float(1.4826 * np.median(np.abs(x - med)))
+    return float(robust_sigma(x)) if x.size >= 16 else 0.0
 
 
 def _photon_scale(od):
@@ -140,18 +141,13 @@ def _frame(f, threshold: float) -> int:
     # noisier than measured: left as it is
     med = _median3(f, cy, cx)
     out = np.abs(f[cy, cx] - med) * _photon_scale(med) > limit_at(cy, cx)
-    blk = (cy // NOISE_BLOCK) * (nx // NOISE_BLOCK + 1) + cx // NOISE_BLOCK
-    ids, counts = np.unique(blk[out], return_counts=True)
-    dense = ids[counts > MAX_BLOCK_SHARE * NOISE_BLOCK**2]
-    if dense.size:
-        keep = ~np.isin(blk, dense)
+    counts = np.zeros((ny // NOISE_BLOCK + 1, nx // NOISE_BLOCK + 1), int)
+    np.add.at(counts, (cy[out] // NOISE_BLOCK, cx[out] // NOISE_BLOCK), 1)
+    dense = counts > MAX_BLOCK_SHARE * NOISE_BLOCK**2
+    skip = dense.any()
+    if skip:
+        keep = ~dense[cy // NOISE_BLOCK, cx // NOISE_BLOCK]
         cy, cx = cy[keep], cx[keep]
-        skip = np.zeros((ny, nx), bool)
-        for i in dense:
-            iy, ix = divmod(int(i), nx // NOISE_BLOCK + 1)
-            skip[iy * NOISE_BLOCK : (iy + 1) * NOISE_BLOCK, ix * NOISE_BLOCK : (ix + 1) * NOISE_BLOCK] = True
-    else:
-        skip = None
     taken_y, taken_x = [], []
     # the clear ones first (twice the threshold), then the rest judged without them beside them
     # (an edge pixel next to a cluster has it in its median); then twice more around what was taken
@@ -175,8 +171,8 @@ def _frame(f, threshold: float) -> int:
             + np.clip(tx[:, None] + np.tile([-1, 0, 1], 3), 1, nx - 2)
         )
         cy, cx = near // nx, near % nx
-        if skip is not None:
-            keep = ~skip[cy, cx]
+        if skip:
+            keep = ~dense[cy // NOISE_BLOCK, cx // NOISE_BLOCK]
             cy, cx = cy[keep], cx[keep]
     replaced = np.unique(np.concatenate(taken_y) * nx + np.concatenate(taken_x)).size
     return replaced
@@ -191,11 +187,11 @@ def _block_noise(lap, scale=None):
     if scale is not None:
         sub = sub * scale[: sub.shape[0], : sub.shape[1]]
     if sub.shape[0] < b or sub.shape[1] < b:
-        sig = np.full((1, 1), 1.4826 * np.median(sub))
+        sig = np.full((1, 1), MAD_TO_SIGMA * np.median(sub))
         return sig if sig[0, 0] > 0 else None
     ny, nx = sub.shape[0] // b, sub.shape[1] // b
     blocks = sub[: ny * b, : nx * b].reshape(ny, b, nx, b).transpose(0, 2, 1, 3).reshape(ny, nx, b * b)
-    sig = 1.4826 * np.median(blocks, axis=2)
+    sig = MAD_TO_SIGMA * np.median(blocks, axis=2)
     good = sig > 0
     if not good.any():
         return None
