@@ -8,6 +8,10 @@ compares the positions in tracks.csv with the truth moved the same way (RMS per 
 removed), beside the same for the unchanged scene:
 
 - ``zingers``: 30-80 zingers per frame (1-2 px, 3-20 times the counts), and the same with ``--no-zingers``;
+- ``defects``: the detector's defects, the same in every frame: a dead column (no counts, in the flats too), a hot
+  row (+30 % counts, not in the flats), 200 hot pixels (+500-5000 counts), and the same with ``--no-zingers``;
+- ``flat_pattern``: a fixed pattern of the beam that the flats do not hold (5 %, grains of 4 px), the same in every
+  frame, as dust on the optics or a flat-field taken before the beam moved;
 - ``few_energies``: 22 of the 143 energies (every 5th-10th frame, a quick scan of the same motion), and the same with
   ``--no-smooth-tracks``;
 - ``descending``: the scan written from high to low energy (tracks.csv compared with the unchanged run's);
@@ -39,6 +43,8 @@ import numpy as np
 
 TRIALS = [
     "zingers",
+    "defects",
+    "flat_pattern",
     "few_energies",
     "descending",
     "no_beam",
@@ -209,6 +215,55 @@ def main(argv=None):
                             "zingers" + (" --no-zingers" if flag else ""),
                             _score(d / f"r{len(flag)}", truth),
                             ["zinger"],
+                        )
+                    )
+            elif trial == "defects":
+                counts = raw["img_xanes"].astype(np.float64)
+                flats = raw["img_bkg"].astype(np.float64)
+                dark = float(np.mean(raw["img_dark"]))
+                counts[:, :, 200] = flats[:, :, 200] = dark  # a dead column: dead in the flats as well
+                counts[:, 300, :] = dark + 1.3 * (counts[:, 300, :] - dark)  # a hot row
+                hot = rng.integers(2, np.array(counts.shape[1:]) - 2, (200, 2))
+                counts[:, hot[:, 0], hot[:, 1]] += rng.uniform(500, 5000, 200)
+                _write_fxi(
+                    d / "s.h5",
+                    np.clip(counts, 0, 65534).astype(np.uint16),
+                    np.clip(flats, 0, 65534).astype(np.uint16),
+                    raw["img_dark"],
+                    raw["X_eng"],
+                )
+                for flag in ([], ["--no-zingers"]):
+                    _cli("run", d / "s.h5", "--out", d / f"r{len(flag)}", *flag)
+                    print(
+                        _line(
+                            "dead column, hot row, 200 hot pixels" + (" --no-zingers" if flag else ""),
+                            _score(d / f"r{len(flag)}", truth),
+                            ["defective", "dead detector"],
+                        )
+                    )
+            elif trial == "flat_pattern":
+                from scipy import ndimage
+
+                for draw in (5, 6):  # two patterns, each of its own generator
+                    pattern = ndimage.gaussian_filter(
+                        np.random.default_rng(draw).normal(size=raw["img_xanes"].shape[1:]), 4.0
+                    )
+                    pattern *= 0.05 / pattern.std()
+                    dark = float(np.mean(raw["img_dark"]))
+                    counts = (raw["img_xanes"] - dark) * (1 + pattern) + dark
+                    _write_fxi(
+                        d / f"s{draw}.h5",
+                        np.clip(counts, 0, 65534).astype(np.uint16),
+                        raw["img_bkg"],
+                        raw["img_dark"],
+                        raw["X_eng"],
+                    )
+                    _cli("run", d / f"s{draw}.h5", "--out", d / f"r{draw}")
+                    print(
+                        _line(
+                            f"a fixed 5 % pattern not in the flats (draw {draw})",
+                            _score(d / f"r{draw}", truth),
+                            ["stayed put"],
                         )
                     )
             elif trial == "few_energies":

@@ -29,9 +29,17 @@ def test_optical_density_known_answer():
     assert np.allclose(optical_density(counts, flats=flats, darks=dark), od, atol=1e-4)
 
 
-def test_zero_or_negative_flat_is_refused():
-    counts, flats, dark, _ = _raw()
-    flats[2, 3, 4] = 50.0  # equals the dark
+def test_zero_or_negative_flat_is_refused_beyond_a_few_dead_pixels():
+    counts, flats, dark, od = _raw()
+    flats[2, 3, 4] = 50.0  # equals the dark: a dead pixel, no transmission measured there
+    notes = []
+    got = optical_density(counts, flats=flats, darks=dark, notes=notes)
+    assert any("zero or negative at 1 pixels (dead detector pixels)" in n for n in notes)
+    assert got[2, 3, 4] == got[2].max()  # the frame's strongest absorption, until the defect pass fills it
+    keep = np.ones(od.shape, bool)
+    keep[2, 3, 4] = False
+    assert np.allclose(got[keep], od[keep], atol=1e-4)
+    flats[2, :2] = 40.0  # 2 % of the frame: the reference is unusable
     with pytest.raises(ValueError, match="flat minus dark is zero or negative"):
         optical_density(counts, flats=flats, darks=dark)
 

@@ -1,9 +1,10 @@
 import numpy as np
+import pytest
 from scipy import ndimage
 
 from xanestrack.io import read_stack
 from xanestrack.io.hdf5 import write_fxi
-from xanestrack.io.zingers import remove_zingers
+from xanestrack.io.zingers import MIN_DEFECT_FRAMES, remove_defects, remove_zingers
 
 
 def _scene(seed=0, n=4, shape=(160, 200), counts=3000.0):
@@ -81,3 +82,79 @@ def test_the_reader_removes_zingers_and_says_how_many(tmp_path):
     (note,) = [n for n in st.metadata["notes"] if "zingers" in n]
     assert note.startswith("5 zingers") and "in 2 of 3 frames, most in frame 2 (4)" in note
     assert not any("zingers" in n for n in raw.metadata["notes"])
+
+
+def _moving(n=20, shape=(120, 150), counts=3000.0, seed=0):
+    """Raw counts of blurred particles drifting by up to 6 px over ``n`` frames; flats; the truth's OD."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    od0 = np.zeros(shape)
+    for cy, cx, r, c in ((35, 40, 12, 1.5), (80, 60, 8, 1.0), (60, 110, 18, 0.8)):
+        od0 += c * (np.hypot(yy - cy, xx - cx) < r)
+    od0 = ndimage.gaussian_filter(od0, 1.2) + 0.05
+    beam = counts * np.exp(-(((yy - 60) / 100) ** 2 + ((xx - 75) / 120) ** 2))
+    od = np.stack([ndimage.shift(od0, (0.3 * k, -0.2 * k), order=1, mode="nearest") for k in range(n)])
+    frames = rng.poisson(beam * np.exp(-od)).astype(np.float64)
+    flats = rng.poisson(beam, (n, *shape)).astype(np.float64)
+    return frames, flats, od
+
+
+def test_detector_defects_are_found_and_replaced_in_every_frame():
+    frames, flats, truth = _moving()
+    clean = _od(frames, flats)
+    bad = frames.copy()
+    bad[:, :, 70] = 1  # a dead column: no counts
+    bad[:, 40, :] *= 3  # a hot row
+    bad[:, 90, 20] = 0.4 * bad[:, 90, 20].mean()  # a pixel stuck at a value of its own
+    bad[:, 100:102, 120:122] *= 5  # a hot 2 x 2 cluster
+    od = _od(bad, flats)
+    assert remove_zingers(_od(bad, flats)).sum() < 0.2 * (bad != frames).sum()  # zingers per frame do not do it
+    found = remove_defects(od)
+    expected = set(zip(*np.nonzero((bad != frames).any(axis=0))))
+    # every defect found, nothing else (the pixels of the lines at the frame's border included)
+    assert set(map(tuple, found)) == expected
+    # each back within the noise of the clean frame, in every frame
+    assert np.abs(od - clean)[:, found[:, 0], found[:, 1]].max() < 0.35
+    assert np.array_equal(od[:, ~(bad != frames).any(axis=0)], clean[:, ~(bad != frames).any(axis=0)])
+
+
+def test_nothing_is_taken_for_a_defect_on_clean_scans():
+    for counts in (600.0, 3000.0, 30000.0):
+        frames, flats, _ = _moving(counts=counts, seed=1)
+        assert len(remove_defects(_od(frames, flats))) == 0
+    # particles that do not move at all, blurred by 1 px: their corners are no defects either
+    frames, flats, _ = _scene(n=20)
+    assert len(remove_defects(_od(frames, flats))) == 0
+    # fewer frames than MIN_DEFECT_FRAMES: left to the zinger pass
+    frames, flats, _ = _moving()
+    bad = frames.copy()
+    bad[:, 40, :] *= 3
+    assert len(remove_defects(_od(bad, flats)[: MIN_DEFECT_FRAMES - 1])) == 0
+
+
+def test_a_dead_reference_pixel_is_filled_not_refused(tmp_path):
+    frames, flats, truth = _moving(n=8)
+    dark = np.full((1, *frames.shape[1:]), 100, np.uint16)
+    counts, refs = frames + 100, flats + 100
+    refs[:, 30, 50], refs[:, 60:62, 90] = 100, 90  # dead in the reference: flat minus dark <= 0
+    counts[:, 30, 50], counts[:, 60:62, 90] = 100, 100
+
+    def write(name):
+        write_fxi(
+            tmp_path / name,
+            np.round(counts).astype(np.uint16),
+            flats=np.round(refs).astype(np.uint16),
+            darks=dark,
+            energies_ev=np.linspace(8300, 8400, 8),
+        )
+        return tmp_path / name
+
+    st = read_stack(write("s.h5"))
+    notes = " ".join(st.metadata["notes"])
+    assert "zero or negative at 3 pixels (dead detector pixels)" in notes and "3 defective detector pixels" in notes
+    for y, x in ((30, 50), (60, 90), (61, 90)):
+        assert np.abs(st.od[:, y, x] - truth[:, y, x]).max() < 0.3
+    # a reference dead over more than MAX_DEAD_SHARE of the frame is refused (flats and darks swapped?)
+    refs[:, :20, :] = 90
+    with pytest.raises(ValueError, match="flat minus dark is zero or negative"):
+        read_stack(write("t.h5"))

@@ -492,7 +492,7 @@ def run(
     ),
     zingers: bool = typer.Option(
         True,
-        help="Replace zingers (single pixels far brighter or darker than the 3 x 3 around them: cosmic rays on the detector) by the median around them, and say how many in the notes. --no-zingers: the images as read.",
+        help="Replace zingers (single pixels far brighter or darker than the 3 x 3 around them: cosmic rays on the detector) by the median around them, and the detector's defective pixels (dead, hot or stuck pixels, rows and columns: standing out at the same place in most frames) in every frame, and say how many in the notes. --no-zingers: the images as read.",
     ),
     rotation: bool = typer.Option(
         False,

@@ -92,8 +92,11 @@ def read_stack(
     """
     stack = _read(inputs, energies, flats, darks, values, grouping, scan)
     if zingers:
-        from .zingers import remove_zingers
+        from .zingers import remove_defects, remove_zingers
 
+        defects = remove_defects(stack.od)
+        if len(defects):
+            stack.metadata.setdefault("notes", []).append(_defects_note(defects, stack.od.shape[1:]))
         per_frame = remove_zingers(stack.od)
         if per_frame.sum():
             k = int(np.argmax(per_frame))
@@ -103,6 +106,18 @@ def read_stack(
                 f"{len(per_frame)} frames, most in frame {k} ({int(per_frame[k])})"
             )
     return stack
+
+
+def _defects_note(defects, shape) -> str:
+    """The note on the detector's defective pixels replaced, naming the rows and columns they line."""
+    rows, nr = np.unique(defects[:, 0], return_counts=True)
+    cols, nc = np.unique(defects[:, 1], return_counts=True)
+    lines = [f"row {r}" for r in rows[nr > shape[1] / 4]] + [f"column {c}" for c in cols[nc > shape[0] / 4]]
+    return (
+        f"{len(defects)} defective detector pixels (standing out of the 3 x 3 around them at the same place in most "
+        "frames: dead, hot or stuck pixels) replaced in every frame by the median of their good neighbours"
+        + (f"; most along {', '.join(lines[:6])}{' ...' if len(lines) > 6 else ''}" if lines else "")
+    )
 
 
 def _read(inputs, energies, flats, darks, values, grouping, scan) -> Stack:

@@ -70,7 +70,8 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
     ------
     ValueError
         On shape mismatches, NaN/inf in flats or darks, or a flat that is zero or
-        negative after dark subtraction anywhere (the reference is unusable there).
+        negative after dark subtraction at more than :data:`MAX_DEAD_SHARE` of the pixels
+        (the reference is unusable; fewer are dead pixels, NaN here).
     """
     if not _frame_indexable(counts):
         counts = np.asarray(counts)
@@ -111,11 +112,11 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
         return np.subtract(flat[k], dark, dtype=np.float32)
 
     def check(k, r):
-        """Why frame k's reference is unusable, or None."""
+        """Why frame k's reference is unusable, or None (a few dead pixels are not a reason)."""
         if flats is not None and not np.all(np.isfinite(r)):
             return f"{source}: flat (reference) images contain NaN/inf"
         bad = r <= 0
-        if np.any(bad):
+        if bad.sum() > MAX_DEAD_SHARE * bad.size:
             idx = (k if flat.shape[0] > 1 else 0, *np.argwhere(bad)[0])
             return (
                 f"{source}: flat minus dark is zero or negative at {int(bad.sum())} pixels "
@@ -133,6 +134,7 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
     out = np.empty(counts.shape, np.float32)
     saturation = np.iinfo(counts.dtype).max if np.issubdtype(counts.dtype, np.integer) else None
     n_sat = [0]
+    n_dead = [0]
     problems = {}
 
     def frame(k):
@@ -147,6 +149,11 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
         np.subtract(c, dark, out=t, dtype=np.float32, casting="unsafe")
         with np.errstate(divide="ignore", invalid="ignore"):
             np.divide(t, r, out=t)
+        # a dead pixel of the reference measured no transmission (the defect pass fills it)
+        dead = r <= 0
+        if dead.any():
+            t[dead] = np.nan
+            n_dead[0] = max(n_dead[0], int(dead.sum()))
         # a saturated detector pixel has no valid count: NaN (repaired downstream)
         sat = (c == saturation) if saturation is not None else None
         if sat is not None and sat.any():
@@ -169,6 +176,12 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
     n_bad = sum(per_frame)
     if problems:
         raise XanestrackError(problems[min(problems)])
+    if n_dead[0]:
+        note = dead_note(n_dead[0], source)
+        if notes is not None:
+            notes.append(note)
+        else:
+            logger.warning("%s", note)
     if n_sat[0]:
         logger.warning("%s: %d saturated pixels (value %d) set to NaN", source, n_sat[0], saturation)
     if n_bad:
@@ -178,6 +191,21 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
         else:
             logger.warning("%s", note)
     return out
+
+
+#: the share of a reference's pixels that may be zero or negative after dark subtraction (dead
+#: detector pixels: no transmission measured there, filled from their neighbours by the defect
+#: pass of :func:`xanestrack.io.read_stack`); beyond it the reference is refused as unusable
+#: (flats and darks swapped, the beam off while the flats were taken)
+MAX_DEAD_SHARE = 0.01
+
+
+def dead_note(n: int, source) -> str:
+    """The note on a reference's dead pixels."""
+    return (
+        f"{source}: the flat (reference) minus the dark is zero or negative at {n} pixels (dead detector pixels): "
+        "no transmission measured there; filled from their neighbours"
+    )
 
 
 def repair_note(bad_per_frame, frame_shape, *, source, what: str = "") -> str:

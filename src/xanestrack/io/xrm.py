@@ -325,7 +325,7 @@ def read_xrm_scan(paths, *, energies=None, grouping=None) -> Stack:
         e_arr = np.asarray(energies, float).ravel()
         if e_arr.size != len(keys):
             raise XanestrackError(f"{len(keys)} sample energies found in the files but {e_arr.size} energies given")
-    from .flatfield import transmission_to_od
+    from .flatfield import MAX_DEAD_SHARE, dead_note, transmission_to_od
 
     od = np.empty((len(keys), *shape), np.float32)
     groups = []
@@ -347,17 +347,24 @@ def read_xrm_scan(paths, *, energies=None, grouping=None) -> Stack:
         groups.append(dict(energy_ev=k, samples=[str(p) for p in sfiles], references=src))
     notes += _exposure_assumption(jobs, groups)
 
+    n_dead = [0]
+
     def one(job):
         j, k, sent, rent, src = job
         rsum = _mean_rate(rent, np.empty(shape, np.float32))
-        if np.any(rsum <= 0):
+        dead = rsum <= 0
+        if dead.sum() > MAX_DEAD_SHARE * dead.size:
             raise XanestrackError(
                 f"reference images for {k:.2f} eV ({[Path(p).name for p in src][:3]}) are zero or negative at "
                 f"{int((rsum <= 0).sum())} pixels: the reference is unusable there"
             )
         # mean sample rate / mean reference rate, in place
         t = _mean_rate(sent, od[j])
-        t /= rsum
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t /= rsum
+        if dead.any():  # dead pixels: no transmission measured (the defect pass fills them)
+            t[dead] = np.nan
+            n_dead[0] = max(n_dead[0], int(dead.sum()))
         return transmission_to_od(t)
 
     # energies are independent and numpy releases the GIL: two threads
@@ -365,6 +372,8 @@ def read_xrm_scan(paths, *, energies=None, grouping=None) -> Stack:
 
     with ThreadPoolExecutor(max(1, min(2, len(jobs)))) as ex:
         per_frame = list(ex.map(one, jobs))
+    if n_dead[0]:
+        notes.append(dead_note(n_dead[0], files[0].parent))
     if sum(per_frame):
         from .flatfield import repair_note
 

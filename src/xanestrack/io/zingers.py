@@ -25,7 +25,7 @@ import numpy as np
 
 from ..robust import MAD_TO_SIGMA, robust_sigma
 
-__all__ = ["remove_zingers", "ZINGER_THRESHOLD"]
+__all__ = ["remove_zingers", "remove_defects", "ZINGER_THRESHOLD", "DEFECT_SHARE"]
 
 #: times the frame's noise (robust standard deviation of the differences from the 3 x 3 median)
 ZINGER_THRESHOLD = 8.0
@@ -104,13 +104,38 @@ def _median3(f, cy, cx):
     return np.median(np.stack([f[cy + dy, cx + dx] for dy, dx in _OFFSETS]), axis=0)
 
 
+def _lap(f):
+    """Each inner pixel of frame ``f`` less the mean of its four neighbours."""
+    return f[1:-1, 1:-1] - 0.25 * (f[:-2, 1:-1] + f[2:, 1:-1] + f[1:-1, :-2] + f[1:-1, 2:])
+
+
+def _median_noise(f, lap):
+    """The noise of frame ``f``'s differences from their 3 x 3 median, in units of photon noise
+    (:func:`_photon_scale`), per block of :data:`NOISE_BLOCK` px: a function of (rows, cols), or
+    None where it cannot be measured. The blocks' noise is measured on ``lap`` (cheap), scaled by
+    the ratio of the two kinds of difference over a sample of the frame's pixels (the difference
+    from the median is less noisy than the one from the mean of four)."""
+    ny, nx = f.shape
+    scaled = _block_noise(lap, _photon_scale(f[1:-1:2, 1:-1:2]))
+    sy = np.arange(1, ny - 1, max(1, (ny - 2) // 64))
+    sx = np.arange(1, nx - 1, max(1, (nx - 2) // 64))
+    gy, gx = (a.ravel() for a in np.meshgrid(sy, sx, indexing="ij"))
+    s_med = _robust_sigma((f[gy, gx] - (m := _median3(f, gy, gx))) * _photon_scale(m))
+    s_lap = _robust_sigma(lap[gy - 1, gx - 1] * _photon_scale(f[gy, gx]))
+    if not (s_med > 0 and s_lap > 0 and scaled is not None):
+        return None
+    by = np.minimum(np.arange(ny) // NOISE_BLOCK, scaled.shape[0] - 1)
+    bx = np.minimum(np.arange(nx) // NOISE_BLOCK, scaled.shape[1] - 1)
+    block = (s_med / s_lap) * scaled
+    return lambda yy, xx: block[by[yy], bx[xx]]
+
+
 def _frame(f, threshold: float) -> int:
     ny, nx = f.shape
-    inner = f[1:-1, 1:-1]
     # each pixel less the mean of its four neighbours: a cheap first look at every inner pixel,
     # against the noise of its block (which holds the beam's fall-off towards the corners and,
     # roughly, the particles' photon noise)
-    lap = inner - 0.25 * (f[:-2, 1:-1] + f[2:, 1:-1] + f[1:-1, :-2] + f[1:-1, 2:])
+    lap = _lap(f)
     raw = _block_noise(lap)
     if raw is None:
         return 0
@@ -119,22 +144,12 @@ def _frame(f, threshold: float) -> int:
     cy, cx = np.nonzero(np.abs(lap) > 0.5 * threshold * _spread(raw, lap.shape))
     if not cy.size:
         return 0
-    scaled = _block_noise(lap, _photon_scale(inner[::2, ::2]))
-    # the difference from the median is less noisy than the one from the mean of four: their ratio,
-    # from a sample of the frame's pixels
-    sy = np.arange(1, ny - 1, max(1, (ny - 2) // 64))
-    sx = np.arange(1, nx - 1, max(1, (nx - 2) // 64))
-    gy, gx = (a.ravel() for a in np.meshgrid(sy, sx, indexing="ij"))
-    s_med = _robust_sigma((f[gy, gx] - (m := _median3(f, gy, gx))) * _photon_scale(m))
-    s_lap = _robust_sigma(lap[gy - 1, gx - 1] * _photon_scale(f[gy, gx]))
-    if not (s_med > 0 and s_lap > 0 and scaled is not None):
+    noise = _median_noise(f, lap)
+    if noise is None:
         return 0
-    by = np.minimum(np.arange(ny) // NOISE_BLOCK, scaled.shape[0] - 1)
-    bx = np.minimum(np.arange(nx) // NOISE_BLOCK, scaled.shape[1] - 1)
-    block_limit = threshold * (s_med / s_lap) * scaled
 
     def limit_at(yy, xx):
-        return block_limit[by[yy], bx[xx]]
+        return threshold * noise(yy, xx)
 
     cy, cx = cy + 1, cx + 1
     # zingers are sparse; a block where more than MAX_BLOCK_SHARE of the pixels stand out is
@@ -206,3 +221,159 @@ def _spread(sig, shape):
     rx = np.full(sig.shape[1], NOISE_BLOCK)
     rx[-1] = shape[1] - NOISE_BLOCK * (sig.shape[1] - 1)
     return np.repeat(np.repeat(sig.astype(np.float32), ry, axis=0), rx, axis=1)
+
+
+#: the share of the frames in which a pixel must stand out of its 3 x 3 median to be taken for a
+#: defect of the detector (a zinger hits one frame; the sample moves)
+DEFECT_SHARE = 0.8
+
+#: times the noise a defective pixel stands out of its 3 x 3 median in those frames (a zinger's bar: at 5 the corners of particles that do not move at all, blurred by 1 px, are taken
+#: for defects where the noise is as low as at 30,000 counts; at 8, from about 100,000 counts)
+DEFECT_THRESHOLD = ZINGER_THRESHOLD
+
+#: frames looked at to find the defects (spread over the scan)
+DEFECT_SAMPLE = 15
+
+#: fewer frames than this are left to the zinger pass
+MIN_DEFECT_FRAMES = 5
+
+
+def remove_defects(od, *, threshold: float = DEFECT_THRESHOLD, share: float = DEFECT_SHARE, exclude=()):
+    """Find the detector's defective pixels and replace them in every frame, in place.
+
+    A dead, hot or stuck pixel (or a dead row or column of the CCD) stands out of its 3 x 3
+    neighbourhood at the same place in every frame, while the sample moves and a zinger hits one
+    frame. Left in, a line of them crossing a particle pulls its centre of mass by pixels (the
+    default scene with a dead column and a hot row: one particle 2.9 px RMS, 196 frames flagged).
+    A pixel is defective where, in at least ``share`` of :data:`DEFECT_SAMPLE` frames spread over
+    the scan, it stands out of the median of its 3 x 3 neighbourhood by more than ``threshold``
+    times the noise there (as :func:`remove_zingers` measures it), on either side (a pixel whose
+    reference is all but dead comes out at random). Each is
+    replaced, in every frame, by the median of its neighbours that are not defective (3 x 3, else
+    5 x 5).
+
+    Parameters
+    ----------
+    od : ndarray (n_frames, rows, cols), float
+        Optical density; modified in place.
+    threshold, share : float
+        See above (``threshold`` 0: nothing done).
+    exclude : iterable of int
+        Frames not looked at to find the defects (frames without an image), still repaired.
+
+    Returns
+    -------
+    defects : ndarray (n, 2) int
+        Rows and columns of the pixels replaced.
+    """
+    od = np.asarray(od)
+    if od.ndim != 3:
+        raise ValueError(f"od must be (n_frames, rows, cols), got shape {od.shape}")
+    n, ny, nx = od.shape
+    none = np.zeros((0, 2), int)
+    usable = np.setdiff1d(np.arange(n), np.asarray(list(exclude), int))
+    # a few frames cannot tell a defect from noise the blocks' noise understates (the two frames of
+    # the SSRL scan: 295 pixels of its noisiest last rows stand out in both, on the same side)
+    if threshold <= 0 or ny < 5 or nx < 5 or usable.size < MIN_DEFECT_FRAMES:
+        return none
+    pick = usable[np.unique(np.linspace(0, usable.size - 1, min(usable.size, DEFECT_SAMPLE)).round().astype(int))]
+    need = share * pick.size
+    # candidates: pixels standing out of the mean of their four neighbours (by half the threshold,
+    # as zinger candidates) in enough of the frames; then, in each frame, the difference of each
+    # from its 3 x 3 median, in units of the noise there
+    hits = np.zeros((ny - 2, nx - 2), np.uint8)
+    noises = {}
+    lines = [np.zeros(ny, int), np.zeros(nx, int)]
+    for k in pick:
+        _line_hits(od[k], threshold, lines)
+        lap = _lap(od[k])
+        raw = _block_noise(lap)
+        if raw is None:
+            continue
+        hits += np.abs(lap) > 0.5 * threshold * _spread(raw, lap.shape)
+        noises[k] = _median_noise(od[k], lap)
+    cy, cx = np.nonzero(hits >= need)
+    cy, cx = cy + 1, cx + 1
+    # a dead row or column off by little in the background still cuts each particle it crosses:
+    # every pixel of a line that stands out as a whole
+    line_rows, line_cols = (np.flatnonzero(h >= need) for h in lines)
+    line = [(np.repeat(line_rows, nx), np.tile(np.arange(nx), line_rows.size))]
+    line += [(np.tile(np.arange(ny), line_cols.size), np.repeat(line_cols, ny))]
+    ly = np.concatenate([a for a, _ in line])
+    lx = np.concatenate([b for _, b in line])
+    out = np.zeros(cy.size, int)
+    for k, noise in noises.items():
+        if noise is None:
+            continue
+        f = od[k]
+        med = _median3(f, cy, cx)
+        # either side: a pixel whose reference is all but dead comes out at random, far each time
+        out += np.abs(f[cy, cx] - med) * _photon_scale(med) > threshold * noise(cy, cx)
+    bad = out >= need
+    yy, xx = cy[bad], cx[bad]
+    # as for zingers, a block where more than MAX_BLOCK_SHARE of the pixels stand out is noisier
+    # than measured (a real frame's last rows), but for the rows and columns of the detector that
+    # are dead along a quarter of the frame or more (no noise lines up so)
+    counts = np.zeros((ny // NOISE_BLOCK + 1, nx // NOISE_BLOCK + 1), int)
+    np.add.at(counts, (yy // NOISE_BLOCK, xx // NOISE_BLOCK), 1)
+    dense = counts > MAX_BLOCK_SHARE * NOISE_BLOCK**2
+    if dense.any():
+        row = np.bincount(yy, minlength=ny)[yy] > ny / 4
+        col = np.bincount(xx, minlength=nx)[xx] > nx / 4
+        keep = ~dense[yy // NOISE_BLOCK, xx // NOISE_BLOCK] | row | col
+        yy, xx = yy[keep], xx[keep]
+    if ly.size:
+        both = np.unique(np.r_[yy * nx + xx, ly * nx + lx])
+        yy, xx = both // nx, both % nx
+    if not yy.size:
+        return none
+    _fill(od, yy, xx)
+    return np.c_[yy, xx]
+
+
+def _line_hits(f, threshold, lines):
+    """Count, in ``lines`` (per row, per column), the rows and columns of frame ``f`` that stand out
+    of the two beside them as a whole: the median along the line of each pixel's difference from
+    the mean of its two neighbours across it, beyond ``threshold`` times the robust spread of that
+    median over the lines (a dead line off by 0.05 OD where the noise is 0.015 stands out by
+    dozens; a natural image, smooth along any line, does not)."""
+    for axis, count in ((0, lines[0]), (1, lines[1])):
+        g = f if axis == 0 else f.T
+        step = max(1, g.shape[1] // 256)  # a few hundred pixels along each line are enough
+        d = np.median(g[1:-1, ::step] - 0.5 * (g[:-2, ::step] + g[2:, ::step]), axis=1)
+        s = _robust_sigma(d)
+        if s > 0:
+            a = np.abs(d)
+            # the lines beside a dead one stand out by half as much, the other way: only the peaks
+            peak = a >= np.maximum(np.r_[0.0, a[:-1]], np.r_[a[1:], 0.0])
+            count[1:-1] += (a > threshold * s) & peak
+
+
+def _fill(od, yy, xx):
+    """Each pixel (yy, xx) of every frame by the median of its neighbours not among them (3 x 3,
+    else 5 x 5), a few frames at a time."""
+    n, ny, nx = od.shape
+    mask = np.zeros((ny, nx), bool)
+    mask[yy, xx] = True
+    for r in (1, 2):
+        offs = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if (dy, dx) != (0, 0)]
+        ny_ = np.clip(yy[:, None] + np.array([o[0] for o in offs]), 0, ny - 1)
+        nx_ = np.clip(xx[:, None] + np.array([o[1] for o in offs]), 0, nx - 1)
+        good = ~mask[ny_, nx_]
+        ok = good.any(axis=1)
+        if not ok.any():
+            continue
+        py, px, gy, gx, gd = yy[ok], xx[ok], ny_[ok], nx_[ok], good[ok]
+        step = max(1, int(2e7 // max(1, gy.size)))
+        for k0 in range(0, n, step):
+            v = od[k0 : k0 + step][:, gy, gx].astype(np.float32)
+            v[:, ~gd] = np.nan
+            with np.errstate(all="ignore"):
+                import warnings
+
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    od[k0 : k0 + step, py, px] = np.nanmedian(v, axis=2)
+        yy, xx = yy[~ok], xx[~ok]
+        if not yy.size:
+            break
