@@ -150,3 +150,45 @@ def test_bad_frames_are_refused():
 
 def test_every_option_is_documented():
     assert undocumented_fields(MatchOptions) == []
+
+
+def test_an_object_that_stays_put_on_the_detector_is_left_out():
+    """Dust on the scintillator (or a blob of flat-field pattern) does not move with the sample:
+    where the sample moves by pixels, a track that follows none of it is no particle."""
+    from xanestrack.detect import detect_stack
+
+    s = make_synthetic_stack(
+        "default", seed=9, n_energies=24, shape=(200, 200), n_particles=3, radius_range=(10.0, 16.0)
+    )
+    od = s.optical_density()
+    g = s.truth.global_shift
+    assert np.sqrt(((g - g.mean(axis=0)) ** 2).sum(axis=1).mean()) > 2.0  # the sample moves
+    tp = s.truth.positions
+    # a dark speck fixed on the detector, away from every particle
+    yy, xx = np.mgrid[0:200, 0:200]
+    free = [(y, x) for y in range(25, 176, 10) for x in range(25, 176, 10)]
+    y0, x0 = max(free, key=lambda p: np.hypot(tp["y"] - p[0], tp["x"] - p[1]).min())
+    speck = 0.8 * np.exp(-((yy - y0) ** 2 + (xx - x0) ** 2) / (2 * 6.0**2))
+    tracks, rejected, _ = link_detections(detect_stack(od + speck), od + speck)
+    assert tracks["particle"].nunique() == 3
+    still = rejected[rejected["reason"] == "still_on_detector"]
+    assert len(still) == 1 and np.hypot(still["y"].iloc[0] - y0, still["x"].iloc[0] - x0).max() < 3
+    # the same speck where the sample does not move is a particle as far as anyone can tell
+    od0 = np.stack([od[0]] * 24)
+    tracks0, rejected0, _ = link_detections(detect_stack(od0 + speck), od0 + speck)
+    assert tracks0["particle"].nunique() == 4 and not (rejected0["reason"] == "still_on_detector").any()
+
+
+def test_a_particle_drifting_against_the_common_motion_is_not_taken_for_dust():
+    from xanestrack.match import _still_on_detector
+
+    t = np.linspace(0, 1, 13)[:, None]
+    common = np.c_[3.0 * t, 8.0 * t]  # the sample moves 8.5 px
+    # own drift against it: the particle moves by 0.28 of the common motion, following 0.08 of it (the
+    # least on the stress family)
+    assert not _still_on_detector(0.08 * common + 0.27 * np.c_[-8.0 * t, 3.0 * t], common)
+    # dust: still, but for its measurement noise
+    rng = np.random.default_rng(0)
+    assert _still_on_detector(rng.normal(0, 0.15, common.shape), common)
+    # a sample that hardly moves tells nothing
+    assert not _still_on_detector(rng.normal(0, 0.05, common.shape), common * 0.1)

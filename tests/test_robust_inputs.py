@@ -533,3 +533,17 @@ def test_failures_leave_a_previous_output_intact(scan, tmp_path):
         _one_line_error(_cli(*args, "--out", prev, "--overwrite"))
         assert _digest(prev) == before
         assert sorted(p.name for p in tmp_path.iterdir()) == ["my_segmenter", "prev", "x.h5"]
+
+
+def test_xrm_reference_dead_at_a_few_pixels_is_noted_not_refused(tmp_path):
+    import olefile
+
+    d = _xrm_folder(tmp_path, {})
+    for p in d.glob("*_ref_*.xrm"):  # two pixels of every reference read no counts
+        with olefile.OleFileIO(str(p), write_mode=True) as o:
+            img = np.frombuffer(o.openstream("ImageData1/Image1").read(), "<u2").copy()
+            img[[1000, 5000]] = 0
+            o.write_stream("ImageData1/Image1", img.tobytes())
+    st = read_stack(d)
+    assert any("zero or negative at 2 pixels (dead detector pixels)" in n for n in st.metadata["notes"])
+    assert np.isfinite(st.od).all()

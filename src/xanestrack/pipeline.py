@@ -1427,6 +1427,14 @@ def run_pipeline(
     t = time.perf_counter()
     tracks, rejected_tracks, common = link_detections(detections, od, options=options.match, frames=key)
     timings["match"] = time.perf_counter() - t
+    still = rejected_tracks[rejected_tracks["reason"] == "still_on_detector"]
+    if len(still):
+        where = ", ".join(f"({y:.0f}, {x:.0f})" for y, x in still[["y", "x"]].to_numpy()[:6])
+        notes.append(
+            f"{len(still)} objects left out that stayed put on the detector while the sample moved under them (dust on "
+            f"the scintillator or the optics, or flat-field pattern the flats did not take out), at (y, x) {where}"
+            + (" ..." if len(still) > 6 else "")
+        )
 
     t = time.perf_counter()
     seg = segmenter if segmenter is not None else _default_segmenter(options.segment)
@@ -1687,7 +1695,7 @@ def _summarise_rejected(rejected_dets, rejected_tracks):
         for (_, _, reason), g in r.groupby("key"):
             rows.append((g["y"].mean(), g["x"].mean(), reason, len(g), g["radius"].mean()))
     for _, t in rejected_tracks.iterrows():
-        rows.append((t["y"], t["x"], "short_track", int(t["n_frames"]), np.nan))
+        rows.append((t["y"], t["x"], t.get("reason", "short_track"), int(t["n_frames"]), np.nan))
     return pd.DataFrame(rows, columns=["y", "x", "reason", "n_frames", "radius"])
 
 
