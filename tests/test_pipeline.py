@@ -222,6 +222,25 @@ def test_threads_change_nothing_but_the_time(small_synth, small_result):
         run_pipeline(st, options=PipelineOptions(threads=0))
 
 
+def test_the_own_motion_of_a_lone_particle_is_not_given_as_zero():
+    s = make_synthetic_stack(
+        "default", seed=9, n_energies=24, shape=(160, 160), n_particles=1, radius_range=(14.0, 18.0)
+    )
+    r = run_pipeline(Stack(s.optical_density(), s.energies_ev))
+    assert len(r.particles) == 1 and np.isfinite(r.tracks["y"]).all()
+    # all its motion is the common motion: its own cannot be told (NaN, not 0), and a note says so
+    assert r.tracks["nonrigid_dy"].isna().all() and r.tracks["nonrigid_dx"].isna().all()
+    assert any(n.startswith("one particle: ") for n in r.notes)
+    from xanestrack.motion import compute_motion
+
+    two = pd.DataFrame(
+        {"particle": [0, 0, 1, 1], "frame": [0, 1, 0, 1], "y": [10.0, 12, 50, 50], "x": [10.0, 10, 60, 60]}
+    )
+    m = compute_motion(two)
+    # two particles: the shared motion is their mean translation, each moving half their relative motion
+    assert np.allclose(m[m.frame == 1].sort_values("particle")["nonrigid_dy"], [1.0, -1.0])
+
+
 def test_own_motion_of_two_frames_does_not_depend_on_the_direction():
     # an even running-median window is not centred: of two frames it kept the larger
     # coordinate in both, so a particle moving towards smaller coordinates had no motion

@@ -327,13 +327,16 @@ def test_own_motion_measured_again_after_the_shape_before_deciding_on_the_separa
     motion: a particle whose first-pass motion is below ``MIN_OWN_MOTION`` is followed by
     its shape, its motion measured again there and, where that now suffices, separated.
     Full-size stress-fines seed 1, cut to the 16-px particle (truth 8) and its surroundings,
-    classical: first pass 0.64 px of own motion, separated after the shape; RMS measured
-    0.208 px separated, 0.244 followed by its shape alone (before the edge images were blind
+    classical: first pass 0.65 px of own motion, separated after the shape; RMS measured
+    0.191 px separated, 0.230 followed by its shape alone (a 200-px cut, two particles, before
+    the shared motion of two was their mean: 0.64 px, 0.208 / 0.244; before the edge images were blind
     to the OD level: 0.187 / 0.242, 0.312 with neither; whole scene, bench_stress: 0.206 ->
     0.127 px worst, classical, 0.161 now)."""
     import xanestrack.pipeline as pipeline
 
-    st, truth, corner = _cut_around("stress-fines", 1, 8)
+    # 260 px: four particles, so that the motion they share is a similarity (of two it is their mean,
+    # and each one's own motion half their relative motion: 0.31 px each here, below MIN_OWN_MOTION)
+    st, truth, corner = _cut_around("stress-fines", 1, 8, size=260)
     first_pass = {}
     refine = pipeline._refine_one
 

@@ -304,11 +304,16 @@ def _magnification_is_shared(P, ref, have_ref, c, x, kappa, *, min_lever: float 
 
 
 def _weighted_median(d, w):
+    """Per column of ``d`` (n, 2), the weighted median; where the weights below one value make
+    exactly half, the mean of it and the next (of two particles, their mean: not the lower one,
+    a choice that moved each axis to whichever particle lay lower on it)."""
     out = np.zeros(2)
     for a in range(2):
         o = np.argsort(d[:, a])
         cw = np.cumsum(w[o])
-        out[a] = d[o, a][np.searchsorted(cw, 0.5 * cw[-1])]
+        i = int(np.searchsorted(cw, 0.5 * cw[-1]))
+        v = d[o, a]
+        out[a] = 0.5 * (v[i] + v[i + 1]) if i + 1 < len(v) and np.isclose(cw[i], 0.5 * cw[-1]) else v[i]
     return out
 
 
@@ -386,6 +391,9 @@ def compute_motion(
     sim["frame"] = frames
     RIG = rigid_pos - first[None]  # each particle's displacement by the common similarity
     NR = D - RIG
+    if P.shape[1] < 2:
+        # one particle: the common motion is its motion; its own cannot be told (not 0)
+        NR = np.full_like(NR, np.nan)
     if reference_particle is None:
         with np.errstate(invalid="ignore"):
             spread = np.array(

@@ -1625,6 +1625,17 @@ def run_pipeline(
     similarity = motion.attrs.get("similarity")
     if similarity is not None:
         similarity.attrs["fitted_on"] = fitted_on
+    if len(particles) == 1:
+        notes.append(
+            "one particle: the motion all particles share is its motion; its own (non-rigid) motion cannot be told "
+            "from it and is not given"
+        )
+    elif len(particles) == 2:
+        notes.append(
+            "two particles: the motion they share is a translation, their mean; each one's own (non-rigid) motion is "
+            "half their motion relative to each other (from three particles the shared motion is a similarity fitted "
+            "robustly)"
+        )
     if len(table):
         table = table.merge(motion.drop(columns=["y", "x"]), on=["particle", "frame"], how="left")
         sim = similarity[["frame", "common_dy", "common_dx", "scale"]].rename(columns={"scale": "common_scale"})
