@@ -121,6 +121,7 @@ def _stage_summary(result):
 
 
 def _particle_table(result, title="particles"):
+    import numpy as np
     from rich.table import Table
 
     from .result import particle_summary
@@ -144,8 +145,8 @@ def _particle_table(result, title="particles"):
             f"{r['radius_px']:.1f}",
             f"{int(r['frames_measured'])}/{n}",
             f"{int(r['frames_vouched'])}/{n}",
-            f"{r['max_nonrigid_px']:.2f}",
-            f"{r['mean_e50_ev']:.2f}",
+            f"{r['max_nonrigid_px']:.2f}" if np.isfinite(r["max_nonrigid_px"]) else "-",  # not given: a lone particle
+            f"{r['mean_e50_ev']:.2f}" if np.isfinite(r["mean_e50_ev"]) else "-",
             f"{nflag} frames" if nflag else "",
         )
     return tab
