@@ -284,3 +284,17 @@ def test_saturated_pixels_become_nan_then_repaired(tmp_path):
     assert np.isnan(out[2, 3, 4]) and np.isfinite(np.delete(out.ravel(), 2 * 24 * 40 + 3 * 40 + 4)).all()
     clean, n = sanitize_stack(out)
     assert n == 1 and np.isfinite(clean).all()
+
+
+def test_saturated_pixels_are_noted_for_the_user():
+    counts, flats, dark, od = _raw()
+    raw = np.round(counts).astype(np.uint16)
+    raw[1, 5:7, 8] = 65535  # the detector's full scale: no count measured
+    notes = []
+    got = optical_density(raw, flats=flats, darks=dark, notes=notes)
+    assert (
+        np.isnan(got[1, 5:7, 8]).all()
+        and np.isfinite(np.delete(got.ravel(), [1 * 24 * 40 + 5 * 40 + 8, 1 * 24 * 40 + 6 * 40 + 8])).all()
+    )
+    (note,) = [n for n in notes if "saturated" in n]
+    assert "2 saturated detector pixels (value 65535) in 1 frames" in note

@@ -134,6 +134,7 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
     out = np.empty(counts.shape, np.float32)
     saturation = np.iinfo(counts.dtype).max if np.issubdtype(counts.dtype, np.integer) else None
     n_sat = [0]
+    sat_frames = []
     n_dead = [0]
     problems = {}
 
@@ -158,6 +159,7 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
         sat = (c == saturation) if saturation is not None else None
         if sat is not None and sat.any():
             n_sat[0] += int(sat.sum())
+            sat_frames.append(k)
             t[sat] = 1.0
         n_bad = transmission_to_od(t)
         if sat is not None and sat.any():
@@ -183,7 +185,15 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
         else:
             logger.warning("%s", note)
     if n_sat[0]:
-        logger.warning("%s: %d saturated pixels (value %d) set to NaN", source, n_sat[0], saturation)
+        note = (
+            f"{source}: {n_sat[0]} saturated detector pixels (value {saturation}) in {len(sat_frames)} frames: no count "
+            "measured there; filled from the pixels around them (a particle's position or spectrum taken there is less "
+            "sure: lower the exposure)"
+        )
+        if notes is not None:
+            notes.append(note)
+        else:
+            logger.warning("%s", note)
     if n_bad:
         note = repair_note(per_frame, shape, source=source, what="after dark subtraction")
         if notes is not None:  # the caller shows it (the CLI prints the input's notes)
