@@ -222,6 +222,24 @@ def test_threads_change_nothing_but_the_time(small_synth, small_result):
         run_pipeline(st, options=PipelineOptions(threads=0))
 
 
+def test_particles_larger_than_the_radius_range_are_named_with_the_radius_that_keeps_them():
+    import re
+
+    from xanestrack.detect import DetectOptions
+
+    s = make_synthetic_stack(
+        "default", seed=9, n_energies=24, shape=(200, 200), n_particles=3, radius_range=(16.0, 22.0)
+    )
+    st = Stack(s.optical_density(), s.energies_ev)
+    r = run_pipeline(st, options=PipelineOptions(detect=DetectOptions(min_radius=4.0, max_radius=12.0)))
+    assert len(r.particles) == 0
+    (note,) = [n for n in r.notes if "larger than the largest particle radius (12 px)" in n]
+    assert note.startswith("3 objects left out")
+    suggest = float(re.search(r"--max-radius (\d+)", note).group(1))
+    kept = run_pipeline(st, options=PipelineOptions(detect=DetectOptions(min_radius=4.0, max_radius=suggest)))
+    assert len(kept.particles) == 3 and not any("larger than the largest" in n for n in kept.notes)
+
+
 def test_the_own_motion_of_a_lone_particle_is_not_given_as_zero():
     s = make_synthetic_stack(
         "default", seed=9, n_energies=24, shape=(160, 160), n_particles=1, radius_range=(14.0, 18.0)

@@ -674,6 +674,10 @@ def run(
             from rich.console import Console
 
             Console().print(_particle_table(result))
+        # the run notes that ask the user to act are printed too (all of them are in run.json and the report)
+        for note in result.notes:
+            if "run again with" in note or note.startswith("no isolated particle"):
+                c.print(f"note      {note}")
         c.print(f"results in {out}/ (tracks.csv, results.h5, report.html, run.json)")
     except Exception as exc:
         _fail(exc, ", ".join(map(str, inputs)))

@@ -1653,6 +1653,9 @@ def run_pipeline(
     if not particles:
         notes.append("no isolated particle was tracked through enough frames")
     rej = detections[~detections["isolated"]] if len(detections) else detections
+    large = _too_large_note(rej, options.detect.max_radius)
+    if large:
+        notes.append(large)
     return PipelineResult(
         energies_ev=energies,
         frame_shape=tuple(od.shape[1:]),
@@ -1694,6 +1697,38 @@ def _frames_without_particles(particles, energies) -> str:
         "position there is interpolated"
         + (", and the frame is in no particle's XANES" if left_out else "")
         + " (a frame without an image: no beam, the shutter closed, the sample out of the beam?)"
+    )
+
+
+def _too_large_note(rejected_dets, max_radius: float) -> str | None:
+    """The note on objects left out as larger than the largest particle radius in two frames or more (each
+    object: the detections within its radius of one another), with the ``--max-radius`` that would keep
+    them; None where there are none. The radius range comes from the pixel size, or is a default: a user
+    whose particles are larger is told, not left to find the largest of them missing."""
+    if not len(rejected_dets) or "reason" not in rejected_dets:
+        return None
+    big = rejected_dets[rejected_dets["reason"] == "too_large"]
+    if not len(big):
+        return None
+    pts = big[["y", "x", "radius", "frame"]].to_numpy(float)
+    objects = []  # [y, x, radius, frames]
+    for y, x, r, k in pts[np.argsort(-pts[:, 2])]:
+        for o in objects:
+            if np.hypot(o[0] - y, o[1] - x) < max(o[2], r):
+                o[3].add(int(k))
+                break
+        else:
+            objects.append([y, x, r, {int(k)}])
+    seen = [o for o in objects if len(o[3]) >= 2]
+    if not seen:
+        return None
+    radii = [o[2] for o in seen]
+    where = ", ".join(f"({o[0]:.0f}, {o[1]:.0f})" for o in seen[:6]) + (" ..." if len(seen) > 6 else "")
+    suggest = int(np.ceil(1.2 * max(radii) / 10.0) * 10)
+    return (
+        f"{len(seen)} objects left out as larger than the largest particle radius ({max_radius:.0f} px) in every frame "
+        f"they were seen (radius {min(radii):.0f}-{max(radii):.0f} px, at (y, x) {where}): if they are particles, run "
+        f"again with --max-radius {suggest}"
     )
 
 
