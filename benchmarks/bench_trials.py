@@ -125,6 +125,14 @@ def _line(name, s, keys=()):
     )
 
 
+def _with_and_without(d, args, flag, name, truth, keys=(), **score):
+    """``xanestrack run`` on ``args`` as it is and with ``flag``; a table line for each."""
+    for extra in ([], [flag]):
+        out = d / f"r{len(extra)}"
+        _cli("run", *args, "--out", out, *extra)
+        print(_line(name + (f" {flag}" if extra else ""), _score(out, truth, **score), keys))
+
+
 def _write_fxi(path, counts, flats, dark, energies_kev):
     import h5py
 
@@ -208,15 +216,7 @@ def main(argv=None):
                     raw["img_dark"],
                     raw["X_eng"],
                 )
-                for flag in ([], ["--no-zingers"]):
-                    _cli("run", d / "s.h5", "--out", d / f"r{len(flag)}", *flag)
-                    print(
-                        _line(
-                            "zingers" + (" --no-zingers" if flag else ""),
-                            _score(d / f"r{len(flag)}", truth),
-                            ["zinger"],
-                        )
-                    )
+                _with_and_without(d, [d / "s.h5"], "--no-zingers", "zingers", truth, ["zinger"])
             elif trial == "defects":
                 counts = raw["img_xanes"].astype(np.float64)
                 flats = raw["img_bkg"].astype(np.float64)
@@ -232,15 +232,14 @@ def main(argv=None):
                     raw["img_dark"],
                     raw["X_eng"],
                 )
-                for flag in ([], ["--no-zingers"]):
-                    _cli("run", d / "s.h5", "--out", d / f"r{len(flag)}", *flag)
-                    print(
-                        _line(
-                            "dead column, hot row, 200 hot pixels" + (" --no-zingers" if flag else ""),
-                            _score(d / f"r{len(flag)}", truth),
-                            ["defective", "dead detector"],
-                        )
-                    )
+                _with_and_without(
+                    d,
+                    [d / "s.h5"],
+                    "--no-zingers",
+                    "dead column, hot row, 200 hot pixels",
+                    truth,
+                    ["defective", "dead detector"],
+                )
             elif trial == "flat_pattern":
                 from scipy import ndimage
 
@@ -269,15 +268,9 @@ def main(argv=None):
             elif trial == "few_energies":
                 idx = np.r_[0:40:8, 40:100:5, 100:143:10]
                 args = _write_od_tiff(d, "s", od[idx], e[idx])
-                for flag in ([], ["--no-smooth-tracks"]):
-                    _cli("run", *args, "--out", d / f"r{len(flag)}", *flag)
-                    print(
-                        _line(
-                            f"{len(idx)} energies" + (" --no-smooth-tracks" if flag else ""),
-                            _score(d / f"r{len(flag)}", truth, frames=idx),
-                            ["smoothed"],
-                        )
-                    )
+                _with_and_without(
+                    d, args, "--no-smooth-tracks", f"{len(idx)} energies", truth, ["smoothed"], frames=idx
+                )
             elif trial == "descending":
                 _write_fxi(
                     d / "s.h5", raw["img_xanes"][::-1], raw["img_bkg"][::-1], raw["img_dark"], raw["X_eng"][::-1]
@@ -328,14 +321,7 @@ def main(argv=None):
                     py, px = y - c[0], x - c[1]
                     return np.cos(a_) * py - np.sin(a_) * px + c[0], np.sin(a_) * py + np.cos(a_) * px + c[1]
 
-                for flag in ([], ["--rotation"]):
-                    _cli("run", *args, "--out", d / f"r{len(flag)}", *flag)
-                    print(
-                        _line(
-                            "turned 0.8 deg" + (" --rotation" if flag else ""),
-                            _score(d / f"r{len(flag)}", truth, move=turn),
-                        )
-                    )
+                _with_and_without(d, args, "--rotation", "turned 0.8 deg", truth, move=turn)
             elif trial == "magnification":
                 sc = 1 - 0.03 * (e - e[0]) / (e[-1] - e[0])
                 args = _write_od_tiff(d, "s", _transform(od, [np.eye(2) / s for s in sc]), e)
