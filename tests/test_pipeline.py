@@ -240,6 +240,19 @@ def test_particles_larger_than_the_radius_range_are_named_with_the_radius_that_k
     assert len(kept.particles) == 3 and not any("larger than the largest" in n for n in kept.notes)
 
 
+def test_objects_seen_in_only_part_of_the_scan_are_named():
+    from xanestrack.pipeline import _short_tracks_note
+
+    rejected = pd.DataFrame(
+        [(0, 3, 256.2, 312.0, "short_track"), (1, 1, 20.0, 30.0, "short_track"), (2, 9, 50.0, 60.0, "duplicate")],
+        columns=["track", "n_frames", "y", "x", "reason"],
+    )
+    note = _short_tracks_note(rejected, 13)
+    assert note.startswith("1 objects seen in only part of the scan (3 of the 13 frames examined)")
+    assert "(256, 312)" in note and "(20, 30)" not in note  # one sighting is noise; a duplicate is a particle's piece
+    assert _short_tracks_note(rejected[rejected["n_frames"] < 2], 13) is None
+
+
 def test_the_own_motion_of_a_lone_particle_is_not_given_as_zero():
     s = make_synthetic_stack(
         "default", seed=9, n_energies=24, shape=(160, 160), n_particles=1, radius_range=(14.0, 18.0)

@@ -418,7 +418,7 @@ def _drop_duplicates(tracks_df, fraction: float = 0.5):
     if not drop:
         return tracks_df, []
     gone = [
-        (int(p), int(ndet[p]), float(pos[p][:, 0].mean()), float(pos[p][:, 1].mean()), "short_track")
+        (int(p), int(ndet[p]), float(pos[p][:, 0].mean()), float(pos[p][:, 1].mean()), "duplicate")
         for p in sorted(drop)
     ]
     out = tracks_df[~tracks_df["particle"].isin(drop)].copy()

@@ -1435,6 +1435,9 @@ def run_pipeline(
             f"the scintillator or the optics, or flat-field pattern the flats did not take out), at (y, x) {where}"
             + (" ..." if len(still) > 6 else "")
         )
+    short = _short_tracks_note(rejected_tracks, n_frames if key is None else len(key))
+    if short:
+        notes.append(short)
 
     t = time.perf_counter()
     seg = segmenter if segmenter is not None else _default_segmenter(options.segment)
@@ -1697,6 +1700,24 @@ def _frames_without_particles(particles, energies) -> str:
         "position there is interpolated"
         + (", and the frame is in no particle's XANES" if left_out else "")
         + " (a frame without an image: no beam, the shutter closed, the sample out of the beam?)"
+    )
+
+
+def _short_tracks_note(rejected_tracks, n_examined: int) -> str | None:
+    """The note on tracks left out as seen in too few of the frames examined (in two at least: one sighting
+    is noise): a particle entering the field late in the scan is one (the default scene seen through a
+    window drifting 90 px: one particle entering in the last 3 of 13 key frames, left out without a word
+    before this note)."""
+    short = rejected_tracks[(rejected_tracks["reason"] == "short_track") & (rejected_tracks["n_frames"] >= 2)]
+    if not len(short):
+        return None
+    lo, hi = int(short["n_frames"].min()), int(short["n_frames"].max())
+    where = ", ".join(f"({y:.0f}, {x:.0f})" for y, x in short[["y", "x"]].to_numpy()[:6])
+    return (
+        f"{len(short)} objects seen in only part of the scan ({lo if lo == hi else f'{lo}-{hi}'} of the {n_examined} "
+        f"frames examined) left out, at (y, x) {where}"
+        + (" ..." if len(short) > 6 else "")
+        + ": particles entering or leaving the field, faint particles, or debris"
     )
 
 
