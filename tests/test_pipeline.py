@@ -240,6 +240,22 @@ def test_particles_larger_than_the_radius_range_are_named_with_the_radius_that_k
     assert len(kept.particles) == 3 and not any("larger than the largest" in n for n in kept.notes)
 
 
+def test_particles_smaller_than_the_radius_range_are_named_with_the_radius_that_keeps_them():
+    import re
+
+    from xanestrack.detect import DetectOptions
+
+    s = make_synthetic_stack("default", seed=9, n_energies=24, shape=(160, 160), n_particles=3, radius_range=(4.0, 5.0))
+    st = Stack(s.optical_density(), s.energies_ev)
+    r = run_pipeline(st, options=PipelineOptions(detect=DetectOptions(min_radius=7.0)))
+    assert len(r.particles) == 0
+    (note,) = [n for n in r.notes if "smaller than the smallest particle radius (7 px)" in n]
+    suggest = float(re.search(r"--min-radius (\d+)", note).group(1))
+    kept = run_pipeline(st, options=PipelineOptions(detect=DetectOptions(min_radius=suggest)))
+    # the note names what it saw often enough (here one of the three); the radius it gives keeps all three
+    assert len(kept.particles) == 3 and not any("smaller than the smallest" in n for n in kept.notes)
+
+
 def test_objects_seen_in_only_part_of_the_scan_are_named():
     from xanestrack.pipeline import _short_tracks_note
 
