@@ -675,8 +675,10 @@ def run(
 
             Console().print(_particle_table(result))
         # the run notes that ask the user to act are printed too (all of them are in run.json and the report)
+        from .pipeline import RERUN
+
         for note in result.notes:
-            if "run again with" in note or note.startswith("no isolated particle"):
+            if RERUN in note or note.startswith("no isolated particle"):
                 c.print(f"note      {note}")
         c.print(f"results in {out}/ (tracks.csv, results.h5, report.html, run.json)")
     except Exception as exc:

@@ -1427,17 +1427,8 @@ def run_pipeline(
     t = time.perf_counter()
     tracks, rejected_tracks, common = link_detections(detections, od, options=options.match, frames=key)
     timings["match"] = time.perf_counter() - t
-    still = rejected_tracks[rejected_tracks["reason"] == "still_on_detector"]
-    if len(still):
-        where = ", ".join(f"({y:.0f}, {x:.0f})" for y, x in still[["y", "x"]].to_numpy()[:6])
-        notes.append(
-            f"{len(still)} objects left out that stayed put on the detector while the sample moved under them (dust on "
-            f"the scintillator or the optics, or flat-field pattern the flats did not take out), at (y, x) {where}"
-            + (" ..." if len(still) > 6 else "")
-        )
-    short = _short_tracks_note(rejected_tracks, n_frames if key is None else len(key))
-    if short:
-        notes.append(short)
+    n_examined = n_frames if key is None else len(key)
+    notes += [n for n in (_still_note(rejected_tracks), _short_tracks_note(rejected_tracks, n_examined)) if n]
 
     t = time.perf_counter()
     seg = segmenter if segmenter is not None else _default_segmenter(options.segment)
@@ -1656,12 +1647,14 @@ def run_pipeline(
     if not particles:
         notes.append("no isolated particle was tracked through enough frames")
     rej = detections[~detections["isolated"]] if len(detections) else detections
-    for size_note in (
-        _too_large_note(rej, options.detect.max_radius),
-        _too_small_note(rej, options.detect.min_radius, n_frames if key is None else len(key)),
-    ):
-        if size_note:
-            notes.append(size_note)
+    notes += [
+        n
+        for n in (
+            _too_large_note(rej, options.detect.max_radius),
+            _too_small_note(rej, options.detect.min_radius, n_examined),
+        )
+        if n
+    ]
     return PipelineResult(
         energies_ev=energies,
         frame_shape=tuple(od.shape[1:]),
@@ -1706,6 +1699,29 @@ def _frames_without_particles(particles, energies) -> str:
     )
 
 
+#: the words of a run note that asks the user to run again with another option (the CLI prints
+#: such notes beside the table; every note is in run.json and the report)
+RERUN = "run again with"
+
+
+def _where(points) -> str:
+    """``"(y, x), ..."`` of up to six positions (n, 2), `` ...`` after."""
+    points = np.asarray(points, float)
+    return ", ".join(f"({y:.0f}, {x:.0f})" for y, x in points[:6]) + (" ..." if len(points) > 6 else "")
+
+
+def _still_note(rejected_tracks) -> str | None:
+    """The note on tracks left out as still on the detector (:func:`xanestrack.match._still_on_detector`)."""
+    still = rejected_tracks[rejected_tracks["reason"] == "still_on_detector"]
+    if not len(still):
+        return None
+    return (
+        f"{len(still)} objects left out that stayed put on the detector while the sample moved under them (dust on "
+        f"the scintillator or the optics, or flat-field pattern the flats did not take out), at (y, x) "
+        f"{_where(still[['y', 'x']].to_numpy())}"
+    )
+
+
 def _short_tracks_note(rejected_tracks, n_examined: int) -> str | None:
     """The note on tracks left out as seen in too few of the frames examined (in two at least: one sighting
     is noise): a particle entering the field late in the scan is one (the default scene seen through a
@@ -1715,12 +1731,10 @@ def _short_tracks_note(rejected_tracks, n_examined: int) -> str | None:
     if not len(short):
         return None
     lo, hi = int(short["n_frames"].min()), int(short["n_frames"].max())
-    where = ", ".join(f"({y:.0f}, {x:.0f})" for y, x in short[["y", "x"]].to_numpy()[:6])
     return (
         f"{len(short)} objects seen in only part of the scan ({lo if lo == hi else f'{lo}-{hi}'} of the {n_examined} "
-        f"frames examined) left out, at (y, x) {where}"
-        + (" ..." if len(short) > 6 else "")
-        + ": particles entering or leaving the field, faint particles, or debris"
+        f"frames examined) left out, at (y, x) {_where(short[['y', 'x']].to_numpy())}: particles entering or leaving "
+        "the field, faint particles, or debris"
     )
 
 
@@ -1744,10 +1758,6 @@ def _span(values) -> str:
     return f"{lo:.1f}" if round(lo, 1) == round(hi, 1) else f"{lo:.1f}-{hi:.1f}"
 
 
-def _where(objects) -> str:
-    return ", ".join(f"({o[0]:.0f}, {o[1]:.0f})" for o in objects[:6]) + (" ..." if len(objects) > 6 else "")
-
-
 def _too_large_note(rejected_dets, max_radius: float) -> str | None:
     """The note on objects left out as larger than the largest particle radius in two frames or more,
     with the ``--max-radius`` that would keep them; None where there are none. The radius range comes
@@ -1762,8 +1772,8 @@ def _too_large_note(rejected_dets, max_radius: float) -> str | None:
     suggest = int(np.ceil(1.2 * max(radii) / 10.0) * 10)
     return (
         f"{len(seen)} objects left out as larger than the largest particle radius ({max_radius:.0f} px) in every frame "
-        f"they were seen (radius {min(radii):.0f}-{max(radii):.0f} px, at (y, x) {_where(seen)}): if they are "
-        f"particles, run again with --max-radius {suggest}"
+        f"they were seen (radius {min(radii):.0f}-{max(radii):.0f} px, at (y, x) {_where([o[:2] for o in seen])}): if "
+        f"they are particles, {RERUN} --max-radius {suggest}"
     )
 
 
@@ -1789,8 +1799,8 @@ def _too_small_note(rejected_dets, min_radius: float, n_examined: int) -> str | 
     return (
         f"{len(seen)} objects left out as smaller than the smallest particle radius ({min_radius:g} px) in every frame "
         f"they were seen, seen in {SMALL_SEEN_SHARE:.0%} of the {n_examined} frames examined or more (radius "
-        f"{_span(radii)} px, at (y, x) {_where(seen)}): fines, or particles of a binned scan; if "
-        f"they are particles, run again with --min-radius {suggest}"
+        f"{_span(radii)} px, at (y, x) {_where([o[:2] for o in seen])}): fines, or particles of a binned scan; if "
+        f"they are particles, {RERUN} --min-radius {suggest}"
     )
 
 
@@ -1803,7 +1813,7 @@ def _summarise_rejected(rejected_dets, rejected_tracks):
         for (_, _, reason), g in r.groupby("key"):
             rows.append((g["y"].mean(), g["x"].mean(), reason, len(g), g["radius"].mean()))
     for _, t in rejected_tracks.iterrows():
-        rows.append((t["y"], t["x"], t.get("reason", "short_track"), int(t["n_frames"]), np.nan))
+        rows.append((t["y"], t["x"], t["reason"], int(t["n_frames"]), np.nan))
     return pd.DataFrame(rows, columns=["y", "x", "reason", "n_frames", "radius"])
 
 

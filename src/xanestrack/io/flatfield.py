@@ -178,25 +178,19 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
     n_bad = sum(per_frame)
     if problems:
         raise XanestrackError(problems[min(problems)])
+    said = []
     if n_dead[0]:
-        note = dead_note(n_dead[0], source)
-        if notes is not None:
-            notes.append(note)
-        else:
-            logger.warning("%s", note)
+        said.append(dead_note(n_dead[0], source))
     if n_sat[0]:
-        note = (
+        said.append(
             f"{source}: {n_sat[0]} saturated detector pixels (value {saturation}) in {len(sat_frames)} frames: no count "
             "measured there; filled from the pixels around them (a particle's position or spectrum taken there is less "
             "sure: lower the exposure)"
         )
-        if notes is not None:
-            notes.append(note)
-        else:
-            logger.warning("%s", note)
     if n_bad:
-        note = repair_note(per_frame, shape, source=source, what="after dark subtraction")
-        if notes is not None:  # the caller shows it (the CLI prints the input's notes)
+        said.append(repair_note(per_frame, shape, source=source, what="after dark subtraction"))
+    for note in said:
+        if notes is not None:  # the caller shows them (the CLI prints the input's notes)
             notes.append(note)
         else:
             logger.warning("%s", note)

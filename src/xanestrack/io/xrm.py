@@ -356,7 +356,7 @@ def read_xrm_scan(paths, *, energies=None, grouping=None) -> Stack:
         if dead.sum() > MAX_DEAD_SHARE * dead.size:
             raise XanestrackError(
                 f"reference images for {k:.2f} eV ({[Path(p).name for p in src][:3]}) are zero or negative at "
-                f"{int((rsum <= 0).sum())} pixels: the reference is unusable there"
+                f"{int(dead.sum())} pixels: the reference is unusable there"
             )
         # mean sample rate / mean reference rate, in place
         t = _mean_rate(sent, od[j])

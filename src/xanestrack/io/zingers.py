@@ -20,6 +20,7 @@ over a pixel or more is not taken for one (on the default and stress scenes with
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
@@ -130,18 +131,34 @@ def _median_noise(f, lap):
     return lambda yy, xx: block[by[yy], bx[xx]]
 
 
-def _frame(f, threshold: float) -> int:
-    ny, nx = f.shape
-    # each pixel less the mean of its four neighbours: a cheap first look at every inner pixel,
-    # against the noise of its block (which holds the beam's fall-off towards the corners and,
-    # roughly, the particles' photon noise)
-    lap = _lap(f)
+def _candidates(lap, threshold: float):
+    """Inner pixels (of ``lap``'s grid) standing out of the mean of their four neighbours by half
+    ``threshold`` times the noise of their block (which holds the beam's fall-off towards the
+    corners and, roughly, the particles' photon noise): a boolean image, or None where the noise
+    cannot be measured. Half: a cluster of up to four zingers lowers each one's difference from
+    its neighbours' mean; candidates are decided on the median, in units of photon noise."""
     raw = _block_noise(lap)
     if raw is None:
+        return None
+    return np.abs(lap) > 0.5 * threshold * _spread(raw, lap.shape)
+
+
+def _dense(yy, xx, shape):
+    """Per block of :data:`NOISE_BLOCK` px, whether more than :data:`MAX_BLOCK_SHARE` of its pixels
+    are among (yy, xx): noisier than its measured noise says (a real frame's last rows)."""
+    counts = np.zeros((shape[0] // NOISE_BLOCK + 1, shape[1] // NOISE_BLOCK + 1), int)
+    np.add.at(counts, (yy // NOISE_BLOCK, xx // NOISE_BLOCK), 1)
+    return counts > MAX_BLOCK_SHARE * NOISE_BLOCK**2
+
+
+def _frame(f, threshold: float) -> int:
+    ny, nx = f.shape
+    # each pixel less the mean of its four neighbours: a cheap first look at every inner pixel
+    lap = _lap(f)
+    cand = _candidates(lap, threshold)
+    if cand is None:
         return 0
-    # a cluster of up to four zingers lowers each one's difference from its neighbours' mean:
-    # candidates from half the threshold, decided on the median, in units of photon noise
-    cy, cx = np.nonzero(np.abs(lap) > 0.5 * threshold * _spread(raw, lap.shape))
+    cy, cx = np.nonzero(cand)
     if not cy.size:
         return 0
     noise = _median_noise(f, lap)
@@ -156,9 +173,7 @@ def _frame(f, threshold: float) -> int:
     # noisier than measured: left as it is
     med = _median3(f, cy, cx)
     out = np.abs(f[cy, cx] - med) * _photon_scale(med) > limit_at(cy, cx)
-    counts = np.zeros((ny // NOISE_BLOCK + 1, nx // NOISE_BLOCK + 1), int)
-    np.add.at(counts, (cy[out] // NOISE_BLOCK, cx[out] // NOISE_BLOCK), 1)
-    dense = counts > MAX_BLOCK_SHARE * NOISE_BLOCK**2
+    dense = _dense(cy[out], cx[out], f.shape)
     skip = dense.any()
     if skip:
         keep = ~dense[cy // NOISE_BLOCK, cx // NOISE_BLOCK]
@@ -238,7 +253,7 @@ DEFECT_SAMPLE = 15
 MIN_DEFECT_FRAMES = 5
 
 
-def remove_defects(od, *, threshold: float = DEFECT_THRESHOLD, share: float = DEFECT_SHARE, exclude=()):
+def remove_defects(od, *, threshold: float = DEFECT_THRESHOLD, share: float = DEFECT_SHARE):
     """Find the detector's defective pixels and replace them in every frame, in place.
 
     A dead, hot or stuck pixel (or a dead row or column of the CCD) stands out of its 3 x 3
@@ -258,8 +273,6 @@ def remove_defects(od, *, threshold: float = DEFECT_THRESHOLD, share: float = DE
         Optical density; modified in place.
     threshold, share : float
         See above (``threshold`` 0: nothing done).
-    exclude : iterable of int
-        Frames not looked at to find the defects (frames without an image), still repaired.
 
     Returns
     -------
@@ -271,36 +284,27 @@ def remove_defects(od, *, threshold: float = DEFECT_THRESHOLD, share: float = DE
         raise ValueError(f"od must be (n_frames, rows, cols), got shape {od.shape}")
     n, ny, nx = od.shape
     none = np.zeros((0, 2), int)
-    usable = np.setdiff1d(np.arange(n), np.asarray(list(exclude), int))
     # a few frames cannot tell a defect from noise the blocks' noise understates (the two frames of
     # the SSRL scan: 295 pixels of its noisiest last rows stand out in both, on the same side)
-    if threshold <= 0 or ny < 5 or nx < 5 or usable.size < MIN_DEFECT_FRAMES:
+    if threshold <= 0 or ny < 5 or nx < 5 or n < MIN_DEFECT_FRAMES:
         return none
-    pick = usable[np.unique(np.linspace(0, usable.size - 1, min(usable.size, DEFECT_SAMPLE)).round().astype(int))]
+    pick = np.unique(np.linspace(0, n - 1, min(n, DEFECT_SAMPLE)).round().astype(int))
     need = share * pick.size
-    # candidates: pixels standing out of the mean of their four neighbours (by half the threshold,
-    # as zinger candidates) in enough of the frames; then, in each frame, the difference of each
-    # from its 3 x 3 median, in units of the noise there
+    # candidates: pixels that are zinger candidates (:func:`_candidates`) in enough of the frames;
+    # then, in each frame, the difference of each from its 3 x 3 median, in units of the noise there
     hits = np.zeros((ny - 2, nx - 2), np.uint8)
     noises = {}
     lines = [np.zeros(ny, int), np.zeros(nx, int)]
     for k in pick:
         _line_hits(od[k], threshold, lines)
         lap = _lap(od[k])
-        raw = _block_noise(lap)
-        if raw is None:
+        cand = _candidates(lap, threshold)
+        if cand is None:
             continue
-        hits += np.abs(lap) > 0.5 * threshold * _spread(raw, lap.shape)
+        hits += cand
         noises[k] = _median_noise(od[k], lap)
     cy, cx = np.nonzero(hits >= need)
     cy, cx = cy + 1, cx + 1
-    # a dead row or column off by little in the background still cuts each particle it crosses:
-    # every pixel of a line that stands out as a whole
-    line_rows, line_cols = (np.flatnonzero(h >= need) for h in lines)
-    line = [(np.repeat(line_rows, nx), np.tile(np.arange(nx), line_rows.size))]
-    line += [(np.tile(np.arange(ny), line_cols.size), np.repeat(line_cols, ny))]
-    ly = np.concatenate([a for a, _ in line])
-    lx = np.concatenate([b for _, b in line])
     out = np.zeros(cy.size, int)
     for k, noise in noises.items():
         if noise is None:
@@ -314,17 +318,19 @@ def remove_defects(od, *, threshold: float = DEFECT_THRESHOLD, share: float = DE
     # as for zingers, a block where more than MAX_BLOCK_SHARE of the pixels stand out is noisier
     # than measured (a real frame's last rows), but for the rows and columns of the detector that
     # are dead along a quarter of the frame or more (no noise lines up so)
-    counts = np.zeros((ny // NOISE_BLOCK + 1, nx // NOISE_BLOCK + 1), int)
-    np.add.at(counts, (yy // NOISE_BLOCK, xx // NOISE_BLOCK), 1)
-    dense = counts > MAX_BLOCK_SHARE * NOISE_BLOCK**2
+    dense = _dense(yy, xx, od.shape[1:])
     if dense.any():
         row = np.bincount(yy, minlength=ny)[yy] > ny / 4
         col = np.bincount(xx, minlength=nx)[xx] > nx / 4
         keep = ~dense[yy // NOISE_BLOCK, xx // NOISE_BLOCK] | row | col
         yy, xx = yy[keep], xx[keep]
-    if ly.size:
-        both = np.unique(np.r_[yy * nx + xx, ly * nx + lx])
-        yy, xx = both // nx, both % nx
+    defective = np.zeros((ny, nx), bool)
+    defective[yy, xx] = True
+    # a dead row or column off by little in the background still cuts each particle it crosses:
+    # every pixel of a line that stands out as a whole
+    defective[np.flatnonzero(lines[0] >= need), :] = True
+    defective[:, np.flatnonzero(lines[1] >= need)] = True
+    yy, xx = np.nonzero(defective)
     if not yy.size:
         return none
     _fill(od, yy, xx)
@@ -337,8 +343,7 @@ def _line_hits(f, threshold, lines):
     the mean of its two neighbours across it, beyond ``threshold`` times the robust spread of that
     median over the lines (a dead line off by 0.05 OD where the noise is 0.015 stands out by
     dozens; a natural image, smooth along any line, does not)."""
-    for axis, count in ((0, lines[0]), (1, lines[1])):
-        g = f if axis == 0 else f.T
+    for g, count in ((f, lines[0]), (f.T, lines[1])):
         step = max(1, g.shape[1] // 256)  # a few hundred pixels along each line are enough
         d = np.median(g[1:-1, ::step] - 0.5 * (g[:-2, ::step] + g[2:, ::step]), axis=1)
         s = _robust_sigma(d)
@@ -368,12 +373,9 @@ def _fill(od, yy, xx):
         for k0 in range(0, n, step):
             v = od[k0 : k0 + step][:, gy, gx].astype(np.float32)
             v[:, ~gd] = np.nan
-            with np.errstate(all="ignore"):
-                import warnings
-
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    od[k0 : k0 + step, py, px] = np.nanmedian(v, axis=2)
+            with warnings.catch_warnings():  # an all-NaN neighbourhood (NaN pixels of the scan) stays NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
+                od[k0 : k0 + step, py, px] = np.nanmedian(v, axis=2)
         yy, xx = yy[~ok], xx[~ok]
         if not yy.size:
             break
