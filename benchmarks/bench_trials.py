@@ -19,6 +19,9 @@ removed), beside the same for the unchanged scene:
 - ``beam_changes``: every frame's optical density offset by its own constant (sd 0.03: the beam's intensity changing
   where the flats do not see it);
 - ``stage_jump``: the field moved by (+37, -29) px from frame 80 on;
+- ``drift``: the field creeping by (+50, -70) px across the scan, a straight line (the stage or the sample holder
+  drifting; the bare field comes in behind it; two particles leave the field: their RMS over the frames measured),
+  and the same in whole pixels (frames aligned upstream to the nearest pixel);
 - ``rotation``: the image turned by 0.8 degrees across the scan, with and without ``--rotation``;
 - ``magnification``: a 3 % magnification change across the scan.
 
@@ -51,6 +54,7 @@ TRIALS = [
     "nan_frame",
     "beam_changes",
     "stage_jump",
+    "drift",
     "rotation",
     "magnification",
 ]
@@ -68,8 +72,9 @@ def _cli(*args):
     return time.perf_counter() - t
 
 
-def _score(out: Path, truth, frames=None, move=None):
-    """Per-particle RMS of tracks.csv against the truth (moved by ``move(frame, y, x)``), matched at the first frame."""
+def _score(out: Path, truth, frames=None, move=None, measured_only=False):
+    """Per-particle RMS of tracks.csv against the truth (moved by ``move(frame, y, x)``), matched at the first frame;
+    ``measured_only``: over the frames not flagged ``interpolated`` (a particle out of the field is not measured)."""
     import pandas as pd
 
     t = pd.read_csv(out / "tracks.csv")
@@ -86,6 +91,8 @@ def _score(out: Path, truth, frames=None, move=None):
         j = ((first["y"] - g["y"].iloc[0]) ** 2 + (first["x"] - g["x"].iloc[0]) ** 2).idxmin()
         gt = tr[tr["particle"] == first.loc[j, "particle"]].set_index("frame").loc[g["frame"]]
         e = np.c_[g["y"].to_numpy() - gt["y"].to_numpy(), g["x"].to_numpy() - gt["x"].to_numpy()]
+        if measured_only:
+            e[g["flags"].fillna("").str.contains("interpolated").to_numpy()] = np.nan
         e -= np.nanmean(e, axis=0)
         rms.append(float(np.sqrt(np.nanmean((e**2).sum(axis=1)))))
     own = float(np.nanmax(np.hypot(t["nonrigid_dy"], t["nonrigid_dx"]))) if len(t) else np.nan
@@ -311,6 +318,24 @@ def main(argv=None):
                 _cli("run", *_write_od_tiff(d, "s", moved, e), "--out", d / "r")
                 shift = lambda f, y, x, dy=dy, dx=dx: (y + dy * (f >= 80), x + dx * (f >= 80))  # noqa: E731
                 print(_line("stage jump (37, -29) px at frame 80", _score(d / "r", truth, move=shift)))
+            elif trial == "drift":
+                from scipy import ndimage
+
+                for whole in (False, True):
+                    dy, dx = np.linspace(0, 50, len(od)), np.linspace(0, -70, len(od))
+                    if whole:  # as frames arrive from an upstream alignment in whole pixels
+                        dy, dx = np.round(dy), np.round(dx)
+                    moved = np.stack(
+                        [
+                            ndimage.shift(od[k], (dy[k], dx[k]), order=3, mode="constant", cval=float(np.median(od[k])))
+                            for k in range(len(od))
+                        ]
+                    )
+                    out = d / f"r{int(whole)}"
+                    _cli("run", *_write_od_tiff(d, "s", moved, e), "--out", out)
+                    creep = lambda f, y, x, dy=dy, dx=dx: (y + dy[f], x + dx[f])  # noqa: E731
+                    name = "drift (+50, -70) px across the scan" + (", in whole pixels" if whole else "")
+                    print(_line(name, _score(out, truth, move=creep, measured_only=True)))
             elif trial == "rotation":
                 ang = np.deg2rad(np.linspace(0, 0.8, len(od)))
                 turned = _transform(od, [np.array([[np.cos(t_), np.sin(t_)], [-np.sin(t_), np.cos(t_)]]) for t_ in ang])
