@@ -205,6 +205,24 @@ def test_a_chance_agreement_amid_disagreeing_frames_vouches_for_nothing():
     assert dis.sum() == 11
 
 
+def test_with_two_frames_a_loose_agreement_does_not_vouch_for_a_particle_far_off_the_common_motion():
+    # two frames, the common motion (10, 5) px: no neighbours to tell a chance agreement, so a
+    # particle moving 7 px on its own is vouched for only where its two estimates agree closely
+    # (SSRL 6-2c: a 31-px particle 7 px off, estimates 0.496 px apart)
+    common = np.array([[0.0, 0.0], [10.0, 5.0]])
+
+    def flagged(own, apart):
+        com = np.array([[50.0, 40.0], [60.0 + own, 45.0]])
+        edge = com + np.array([[0.0, 0.0], [apart, 0.0]])
+        v = _vouch(com, edge, common=common, reference_frame=0)
+        return bool(v.flags[1] & FRAME_FLAGS["disagree"])
+
+    assert flagged(7.0, 0.45) and flagged(7.0, 0.6)
+    assert not flagged(7.0, 0.2)  # both estimates agree closely on the own motion
+    assert not flagged(1.0, 0.45)  # moving with the rest: the loose agreement vouches, as with more frames
+    assert not flagged(0.0, 0.45)
+
+
 def test_a_particle_located_nowhere_has_no_position_and_is_vouched_for_nowhere():
     # (its frames once carried only ``no_mask``: with no disagree bit, the pipeline counted
     # it as a vouched-for particle and fitted the common motion on the one real one left)

@@ -490,10 +490,23 @@ def _edge_agreement(com, edge, both, reference_frame):
 AGREEMENT_WINDOW = 7
 
 
-def _agreeing(agreement, both, agreement_px) -> np.ndarray:
+#: px: with fewer than 5 frames (no neighbours to vouch as well), an agreement beyond half the
+#: threshold does not vouch for a position that departs from the common motion by more than this
+FEW_FRAMES_DEPARTURE_PX = 4.0
+
+
+def _agreeing(agreement, both, agreement_px, departure=None) -> np.ndarray:
     """Frames vouched for by an agreement (bool): within ``agreement_px`` and, with at least
-    5 frames, not only loosely where the estimates clearly disagree around them."""
+    5 frames, not only loosely where the estimates clearly disagree around them; with fewer,
+    not only loosely where the position departs from the common motion by more than
+    :data:`FEW_FRAMES_DEPARTURE_PX` (``departure`` (n,), px; NaN: unknown)."""
     ok = both & (agreement <= agreement_px)
+    if both.sum() < 5 and departure is not None:
+        # no neighbours to tell a chance agreement: a particle that moves far from what the others
+        # do needs its estimates to agree closely (SSRL 6-2c, two frames: a 31-px particle 7 px off
+        # the others' motion, its centre of mass and edge estimate 0.496 px apart, 0.50-0.72 px
+        # with other library versions; the particles moving with the rest agree to 0.05-0.21 px)
+        ok &= ~((agreement > 0.5 * agreement_px) & (np.asarray(departure, float) > FEW_FRAMES_DEPARTURE_PX))
     if both.sum() >= 5:
         # two noisy estimates agree by chance now and then: a frame whose estimates agree only
         # loosely (beyond half the threshold) is not vouched for where they clearly disagree
@@ -822,7 +835,10 @@ def vouch_positions(
     both = good & edge_measured
     agreement, offset = _edge_agreement(com, edge, both, reference_frame)
     com_agreement = agreement
-    vouched = _agreeing(agreement, both, agreement_px)
+    # each frame's displacement from the reference frame less the common motion's (few frames)
+    with np.errstate(invalid="ignore"):
+        departure = np.hypot(*((edge - edge[reference_frame]) - (common - common[reference_frame])).T)
+    vouched = _agreeing(agreement, both, agreement_px, departure)
     iagree = np.full(len(com), np.nan)
     if density is not None:
         # the density correlation: its residuals are displacements from the edge estimate;
@@ -831,7 +847,7 @@ def vouch_positions(
         iboth = np.asarray(density_measured, bool) & both
         res = np.asarray(density, float)
         iagree, _ = _edge_agreement(res, np.zeros_like(res), iboth, reference_frame)
-        ivouched = _agreeing(iagree, iboth, agreement_px)
+        ivouched = _agreeing(iagree, iboth, agreement_px, departure)
         # the agreement is that of the estimate that vouches (the centre of mass's where both do)
         agreement = np.where(ivouched & ~vouched, iagree, agreement)
         vouched |= ivouched
