@@ -239,3 +239,19 @@ def test_particles_measured_in_part_of_a_drifting_scan_do_not_pull_the_shared_mo
         assert _rms(r.positions[j] - true[j]) < 0.04, j
     for j in range(2):
         assert _rms(r.positions[j, M[j]] - true[j, M[j]]) < 0.04, j
+
+
+def test_the_chained_start_follows_tracks_measured_in_turns():
+    # no track is measured in two consecutive frames: each frame's step comes from the tracks'
+    # own last frames, not from one track's position against another's
+    from xanestrack.smoothing import _chained_steps
+
+    n = 20
+    shared = np.cumsum(np.r_[[[0.0, 0.0]], np.full((n - 1, 2), [1.5, -2.0])], axis=0)
+    P = np.array([[100.0, 50.0], [300.0, 400.0], [20.0, 250.0]])[:, None] + shared[None]
+    use = np.zeros((3, n), bool)
+    use[:2, ::2] = True
+    use[2, 1::2] = True
+    T = _chained_steps(P, use)
+    assert np.allclose(T[::2], shared[::2] - shared[0])
+    assert np.isfinite(T).all()

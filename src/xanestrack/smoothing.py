@@ -405,26 +405,28 @@ class SmoothedTracks:
 
 
 def _chained_steps(P, use) -> np.ndarray:
-    """The motion tracks share, as the sum of its frame-to-frame steps: each step the median over
-    the tracks measured in both frames (a frame with none measured: NaN, the chain goes on from
-    the last frame with any; no track in both: the step of the tracks' medians). ``P`` (m, n, 2),
-    ``use`` (m, n) bool; relative to the first frame with a track."""
-    n = P.shape[1]
+    """The motion tracks share, chained from frame to frame: in each frame, the median over the
+    tracks measured there of where each puts it, its position less its position in the last frame
+    it was measured in, plus the shared motion there (NaN in a frame with no track measured; where
+    none of them was measured before, the last frame's value). ``P`` (m, n, 2), ``use`` (m, n)
+    bool; relative to the first frame with a track."""
+    m, n = use.shape
     T = np.full((n, 2), np.nan)
-    last = -1
+    seen = np.full(m, -1)  # the last frame each track was measured in
+    last = -1  # the last frame with any track
     for k in range(n):
-        now = use[:, k]
-        if not now.any():
+        now = np.flatnonzero(use[:, k])
+        if now.size == 0:
             continue
+        before = now[seen[now] >= 0]
         if last < 0:
             T[k] = 0.0
+        elif before.size:
+            prev = seen[before]
+            T[k] = np.median(T[prev] + P[before, k] - P[before, prev], axis=0)
         else:
-            both = now & use[:, last]
-            if both.any():
-                step = np.median(P[both, k] - P[both, last], axis=0)
-            else:
-                step = np.median(P[now, k], axis=0) - np.median(P[use[:, last], last], axis=0)
-            T[k] = T[last] + step
+            T[k] = T[last]
+        seen[now] = k
         last = k
     return T
 
