@@ -485,7 +485,7 @@ def smooth_tracks(positions, measured, *, min_frames: int = 9, iterations: int =
     # of their own smooth motions and the shared motion followed the few particles present (the
     # default scene drifting (+50, -70) px in whole pixels, one particle leaving: every particle
     # 0.19 px RMS, its frames measured to 0.01 px); there it is chained from the frame-to-frame
-    # steps of the particles measured in both frames
+    # steps of the particles (each from the last frame it was measured in)
     take = use & part[:, None]
     ref = np.zeros((m, 2))
     if take[part].all():
