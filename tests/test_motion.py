@@ -125,3 +125,26 @@ def test_particles_drifting_on_their_own_fake_no_magnification():
     # the per-frame fit does absorb part of the drift as a scale: the energy model's test is what stops it
     per_frame = compute_motion(_table(P), centre=centre).attrs["similarity"]["scale"]
     assert np.abs(per_frame - 1).max() > 1e-3
+
+
+def test_a_particle_entering_late_is_not_given_its_filled_in_first_position_as_reference():
+    # the field drifts by 1.5 px per frame; particle 3 enters at frame 20: its positions before are
+    # filled in (held at its first measured one, not vouched for). Its own motion is 0: it must come
+    # out 0 where it is vouched for, and the summary must not count the filled-in frames
+    n = 40
+    k = np.arange(n)
+    rigid = np.c_[1.5 * k, -1.0 * k]
+    own = np.zeros((n, 4, 2))
+    t = _tracks(rigid, own)
+    t["reliable"] = True
+    late = (t.particle == 3) & (t.frame < 20)
+    first = t[(t.particle == 3) & (t.frame == 20)][["y", "x"]].to_numpy()[0]
+    t.loc[late, ["y", "x"]] = first
+    t.loc[late, "reliable"] = False
+    m = compute_motion(t)
+    g3 = m[(m.particle == 3) & (m.frame >= 20)]
+    assert np.abs(g3[["nonrigid_dy", "nonrigid_dx"]].to_numpy()).max() < 0.01
+    assert np.allclose(m[m.particle == 0][["rigid_dy", "rigid_dx"]], rigid, atol=0.01)
+    pr = peak_ratios(m, reliable=t[["particle", "frame", "reliable"]]).set_index("particle")
+    assert pr.loc[3, "max_nonrigid_displacement"] < 0.01
+    assert peak_ratios(m).set_index("particle").loc[3, "max_nonrigid_displacement"] > 10  # the filled-in frames

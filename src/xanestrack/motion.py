@@ -380,14 +380,37 @@ def compute_motion(
             for j in range(P.shape[1])
         ]
     )
-    D = P - first[None]
     P_fit = P
+    late = np.zeros(P.shape[1], bool)
+    k_first = np.zeros(P.shape[1], int)
     if "reliable" in tracks:
         # only positions measured and vouched for drive the common motion
         rel = tracks.pivot(index="frame", columns="particle", values="reliable").sort_index().to_numpy()
-        P_fit = np.where(rel.astype(bool)[..., None], P, np.nan)
+        rel = rel.astype(bool) & np.isfinite(P).all(axis=2)
+        P_fit = np.where(rel[..., None], P, np.nan)
+        # a particle first vouched for after its first position (one entering the field, faint
+        # early frames): that first position is filled in, not measured
+        for j in range(P.shape[1]):
+            k = np.flatnonzero(rel[:, j])
+            known = np.flatnonzero(np.isfinite(P[:, j]).all(axis=1))
+            if k.size and known.size and k[0] > known[0]:
+                late[j], k_first[j] = True, k[0]
     axis = None if scale_axis is None else np.asarray(scale_axis, float)[frames]
     sim, rigid_pos = common_similarity(P_fit, reference=first, rotation=rotation, centre=centre, scale_axis=axis)
+    if late.any():
+        # such a particle's reference is where the common motion puts it in the first frame from its
+        # first position vouched for, not its filled-in first position: the default scene drifting
+        # (-50, +70) px back to the unchanged field, a particle entering at frame 41 was reported
+        # moving 9.8-10.1 px on its own in every frame vouched for (truly at most 1.3 px)
+        c = np.asarray(sim.attrs["centre"], float)
+        for j in np.flatnonzero(late):
+            t, sc, th = (
+                sim.loc[k_first[j], ["common_dy", "common_dx"]].to_numpy(float),
+                *sim.loc[k_first[j], ["scale", "rotation_rad"]].to_numpy(float),
+            )
+            first[j] = c + (P[k_first[j], j] - c - t) @ _rot(-th).T / sc
+        sim, rigid_pos = common_similarity(P_fit, reference=first, rotation=rotation, centre=centre, scale_axis=axis)
+    D = P - first[None]
     sim["frame"] = frames
     RIG = rigid_pos - first[None]  # each particle's displacement by the common similarity
     NR = D - RIG
@@ -441,14 +464,28 @@ def compute_motion(
     return out
 
 
-def peak_ratios(motion: pd.DataFrame) -> pd.DataFrame:
+def peak_ratios(motion: pd.DataFrame, reliable: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per particle: peak |non-rigid velocity| / peak |rigid velocity|, per component.
+
+    Parameters
+    ----------
+    motion : DataFrame
+        :func:`compute_motion`'s table.
+    reliable : DataFrame, optional
+        ``particle, frame, reliable``: only the frames marked reliable (positions vouched for)
+        count; a particle's filled-in positions (before it entered the field, say) do not.
 
     Returns
     -------
     DataFrame ``particle, peak_nonrigid_vy, peak_nonrigid_vx, peak_rigid_vy,
     peak_rigid_vx, ratio_v, ratio_h, max_nonrigid_displacement``.
     """
+    if reliable is not None and len(motion):
+        keep = motion[["particle", "frame"]].merge(reliable, on=["particle", "frame"], how="left")["reliable"]
+        keep = keep.fillna(False).astype(bool).to_numpy()
+        motion = motion.copy()
+        cols = ["rigid_dy", "rigid_dx", "nonrigid_dy", "nonrigid_dx"]
+        motion.loc[~keep, cols] = np.nan
     rows = []
     for pid, g in motion.groupby("particle"):
         g = g.sort_values("frame")
@@ -463,7 +500,8 @@ def peak_ratios(motion: pd.DataFrame) -> pd.DataFrame:
         pn = np.nanmax(np.abs(nv), axis=0)
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = pn / pr
-        disp = np.nanmax(np.hypot(g["nonrigid_dy"], g["nonrigid_dx"]))
+        with np.errstate(invalid="ignore"):
+            disp = np.nanmax(np.hypot(g["nonrigid_dy"], g["nonrigid_dx"]))
         rows.append((pid, pn[0], pn[1], pr[0], pr[1], ratio[0], ratio[1], disp))
     return pd.DataFrame(
         rows,

@@ -1634,7 +1634,9 @@ def run_pipeline(
         table = table.merge(motion.drop(columns=["y", "x"]), on=["particle", "frame"], how="left")
         sim = similarity[["frame", "common_dy", "common_dx", "scale"]].rename(columns={"scale": "common_scale"})
         table = table.merge(sim, on="frame", how="left")
-    ratios = peak_ratios(motion) if len(motion) else pd.DataFrame()
+    # the summary of each particle's own motion over its frames vouched for (the fit's), not over
+    # positions filled in (a particle entering the field late: 9.8 px of own motion that was not there)
+    ratios = peak_ratios(motion, reliable=fit[["particle", "frame", "reliable"]]) if len(motion) else pd.DataFrame()
     timings["motion"] = time.perf_counter() - t
 
     fused = None
