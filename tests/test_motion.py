@@ -129,8 +129,8 @@ def test_particles_drifting_on_their_own_fake_no_magnification():
 
 def test_a_particle_entering_late_is_not_given_its_filled_in_first_position_as_reference():
     # the field drifts by 1.5 px per frame; particle 3 enters at frame 20: its positions before are
-    # filled in (held at its first measured one, not vouched for). Its own motion is 0: it must come
-    # out 0 where it is vouched for, and the summary must not count the filled-in frames
+    # filled in (held at its first measured one, not measured). Its own motion is 0: it must come
+    # out 0 where it is measured, and the summary must not count the filled-in frames
     n = 40
     k = np.arange(n)
     rigid = np.c_[1.5 * k, -1.0 * k]
@@ -141,6 +141,7 @@ def test_a_particle_entering_late_is_not_given_its_filled_in_first_position_as_r
     first = t[(t.particle == 3) & (t.frame == 20)][["y", "x"]].to_numpy()[0]
     t.loc[late, ["y", "x"]] = first
     t.loc[late, "reliable"] = False
+    t["measured"] = t["reliable"]
     m = compute_motion(t)
     g3 = m[(m.particle == 3) & (m.frame >= 20)]
     assert np.abs(g3[["nonrigid_dy", "nonrigid_dx"]].to_numpy()).max() < 0.01
