@@ -337,30 +337,27 @@ def main(argv=None):
             elif trial == "drift":
                 from scipy import ndimage
 
-                for whole in (False, True):
-                    dy, dx = np.linspace(0, 50, len(od)), np.linspace(0, -70, len(od))
-                    if whole:  # as frames arrive from an upstream alignment in whole pixels
-                        dy, dx = np.round(dy), np.round(dx)
-                    moved = np.stack(
+                def creeping(dy, dx):
+                    """Each frame moved by (dy, dx)[k], cubic; the bare field (the frame's median) comes in behind."""
+                    return np.stack(
                         [
                             ndimage.shift(od[k], (dy[k], dx[k]), order=3, mode="constant", cval=float(np.median(od[k])))
                             for k in range(len(od))
                         ]
                     )
+
+                for whole in (False, True):
+                    dy, dx = np.linspace(0, 50, len(od)), np.linspace(0, -70, len(od))
+                    if whole:  # as frames arrive from an upstream alignment in whole pixels
+                        dy, dx = np.round(dy), np.round(dx)
                     out = d / f"r{int(whole)}"
-                    _cli("run", *_write_od_tiff(d, "s", moved, e), "--out", out)
+                    _cli("run", *_write_od_tiff(d, "s", creeping(dy, dx), e), "--out", out)
                     creep = lambda f, y, x, dy=dy, dx=dx: (y + dy[f], x + dx[f])  # noqa: E731
                     name = "drift (+50, -70) px across the scan" + (", in whole pixels" if whole else "")
                     print(_line(name, _score(out, truth, move=creep, measured_only=True)))
                 # the other way: the scan ends where the unchanged one is, particles enter the field
                 dy, dx = np.linspace(-50, 0, len(od)), np.linspace(70, 0, len(od))
-                moved = np.stack(
-                    [
-                        ndimage.shift(od[k], (dy[k], dx[k]), order=3, mode="constant", cval=float(np.median(od[k])))
-                        for k in range(len(od))
-                    ]
-                )
-                _cli("run", *_write_od_tiff(d, "s", moved, e), "--out", d / "r2")
+                _cli("run", *_write_od_tiff(d, "s", creeping(dy, dx), e), "--out", d / "r2")
                 creep = lambda f, y, x, dy=dy, dx=dx: (y + dy[f], x + dx[f])  # noqa: E731
                 s = _score(d / "r2", truth, move=creep, vouched_only=True)
                 # first positions back on the unchanged field's, to pair the E50s

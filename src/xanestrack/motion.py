@@ -116,6 +116,11 @@ def _apply(points, t, scale, theta, centre):
     return centre + t + scale * (np.asarray(points, float) - centre) @ _rot(theta).T
 
 
+def _unapply(points, t, scale, theta, centre):
+    """The inverse of :func:`_apply`: where the similarity takes these points from."""
+    return centre + (np.asarray(points, float) - centre - t) @ _rot(-theta).T / scale
+
+
 def common_similarity(
     P,
     *,
@@ -413,11 +418,8 @@ def compute_motion(
         # moving 9.8-10.1 px on its own in every frame vouched for (truly at most 1.3 px)
         c = np.asarray(sim.attrs["centre"], float)
         for j in np.flatnonzero(late):
-            t, sc, th = (
-                sim.loc[k_first[j], ["common_dy", "common_dx"]].to_numpy(float),
-                *sim.loc[k_first[j], ["scale", "rotation_rad"]].to_numpy(float),
-            )
-            first[j] = c + (P[k_first[j], j] - c - t) @ _rot(-th).T / sc
+            dy, dx, sc, th = sim.loc[k_first[j], ["common_dy", "common_dx", "scale", "rotation_rad"]].to_numpy(float)
+            first[j] = _unapply(P[k_first[j], j], np.array([dy, dx]), sc, th, c)
         sim, rigid_pos = common_similarity(P_fit, reference=first, rotation=rotation, centre=centre, scale_axis=axis)
     D = P - first[None]
     sim["frame"] = frames

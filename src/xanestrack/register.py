@@ -501,22 +501,22 @@ def _agreeing(agreement, both, agreement_px, departure=None) -> np.ndarray:
     not only loosely where the position departs from the common motion by more than
     :data:`FEW_FRAMES_DEPARTURE_PX` (``departure`` (n,), px; NaN: unknown)."""
     ok = both & (agreement <= agreement_px)
-    if both.sum() < 5 and departure is not None:
-        # no neighbours to tell a chance agreement: a particle that moves far from what the others
-        # do needs its estimates to agree closely (SSRL 6-2c, two frames: a 31-px particle 7 px off
-        # the others' motion, its centre of mass and edge estimate 0.496 px apart, 0.50-0.72 px
-        # with other library versions; the particles moving with the rest agree to 0.05-0.21 px)
-        ok &= ~((agreement > 0.5 * agreement_px) & (np.asarray(departure, float) > FEW_FRAMES_DEPARTURE_PX))
+    loose = agreement > 0.5 * agreement_px
     if both.sum() >= 5:
         # two noisy estimates agree by chance now and then: a frame whose estimates agree only
         # loosely (beyond half the threshold) is not vouched for where they clearly disagree
         # around it (median over +-3 frames beyond 1.5 times the threshold)
-        loose = agreement > 0.5 * agreement_px
         ok &= ~(loose & ~(_local_median(agreement, both, AGREEMENT_WINDOW) <= 1.5 * agreement_px))
         # nor is a frame that agrees almost alone among its +-3 neighbours (they disagree, or
         # their masks are not usable): stress-drift seed 2, a faint 13-px particle, both
         # estimates 1.07 px off alike in a frame whose neighbours failed
         ok &= ~_almost_alone(ok)
+    elif departure is not None:
+        # no neighbours to tell a chance agreement: a particle that moves far from what the others
+        # do needs its estimates to agree closely (SSRL 6-2c, two frames: a 31-px particle 7 px off
+        # the others' motion, its centre of mass and edge estimate 0.496 px apart, 0.50-0.72 px
+        # with other library versions; the particles moving with the rest agree to 0.05-0.21 px)
+        ok &= ~(loose & (np.asarray(departure, float) > FEW_FRAMES_DEPARTURE_PX))
     return ok
 
 

@@ -487,15 +487,10 @@ def smooth_tracks(positions, measured, *, min_frames: int = 9, iterations: int =
     # 0.19 px RMS, its frames measured to 0.01 px); there it is chained from the frame-to-frame
     # steps of the particles (each from the last frame it was measured in)
     take = use & part[:, None]
+    T0 = None if take[part].all() else _chained_steps(P, take)
     ref = np.zeros((m, 2))
-    if take[part].all():
-        T0 = None
-        for j in np.flatnonzero(part):
-            ref[j] = np.median(P[j], axis=0)
-    else:
-        T0 = _chained_steps(P, take)
-        for j in np.flatnonzero(part):
-            ref[j] = np.nanmedian(P[j, use[j]] - T0[use[j]], axis=0)
+    for j in np.flatnonzero(part):
+        ref[j] = np.median(P[j, use[j]] - (0.0 if T0 is None else T0[use[j]]), axis=0)
     own = np.zeros((m, n, 2))
     rw = use.astype(float)  # bisquare weights per particle and frame (both axes' product)
     sig = np.ones(m)
