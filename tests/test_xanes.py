@@ -5,6 +5,7 @@ from conftest import shared_data
 from xanestrack import xanes
 from xanestrack.spectra import ni_references, read_spectrum
 from xanestrack.synth import edge_energy_of_fraction, ni_energy_grid
+from xanestrack.synth_stress import stress_edge_energy, stress_reference
 
 
 def _e50(e, mu, **kw):
@@ -233,3 +234,35 @@ def test_a_whiteline_next_to_a_gap_of_left_out_frames_is_not_measured_but_away_f
     w2 = r2["edge_maps"]["whiteline"][mask]
     assert np.isfinite(w2).all() and not any(n.startswith("whiteline not measured") for n in r2["notes"])
     assert abs(np.nanmean(w2) - peak) < 0.3
+
+
+def test_frames_used_that_start_on_the_edge_do_not_give_an_edge_energy():
+    # stress-all at 1024^2: a 10-px particle whose frames vouched for start at 8352.5 eV, 8 eV above its E50,
+    # had E0 found on the whiteline (8385.8 eV), the pre-edge line fitted to the edge's top and an E50 map
+    # 30 eV off (8373.6 against about 8344), without a note. Its spectrum over every frame measured shows
+    # where the edge is, and the frames used hold nothing below it: declined, with a note.
+    rng = np.random.default_rng(5)
+    e = ni_energy_grid()
+    mu = stress_reference()(e) + 0.25 * (e / 8333.0) ** -3
+    yy, xx = np.mgrid[0:33, 0:33]
+    mask = np.hypot(yy - 16, xx - 16) < 9
+    offs = rng.normal(0, 0.05, e.size)
+    aligned = 0.8 * mu[:, None, None] * mask + 0.1 + offs[:, None, None] + rng.normal(0, 0.01, (e.size, 33, 33))
+    aligned = aligned.astype(np.float32)
+    true_e50 = float(stress_edge_energy(0.0))
+    for above in (6, 8, 10):
+        used = e >= true_e50 + above
+        r = xanes.analyse_particle(aligned, mask, e, usable=used, left_out="not vouched for")
+        assert all(np.isnan(m).all() for m in r["edge_maps"].values()) and np.isnan(r["e0_ev"])
+        (note,) = r["notes"]
+        assert note.startswith("XANES failed: the frames used hold 0 energies in the pre-edge range")
+        e0_whole = float(note.split("(E0 ")[1].split(" eV")[0])
+        assert abs(e0_whole - true_e50) < 5
+        assert note.endswith("were left out of this particle's analysis: not vouched for")
+        # the edge found on the frames used alone lies far up the edge: what gave the wrong map
+        assert xanes.find_e0(e[used], aligned[used][:, mask]) > true_e50 + 25
+    # frames left out elsewhere (the first pre-edge frames, a few across the post-edge) change nothing
+    used = (np.arange(e.size) > 3) & ~((e > 8400) & (e < 8450))
+    r = xanes.analyse_particle(aligned, mask, e, usable=used)
+    assert not any("failed" in n for n in r["notes"])
+    assert abs(np.nanmean(r["edge_maps"]["e50"][mask]) - true_e50) < 0.3

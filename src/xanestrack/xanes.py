@@ -55,6 +55,9 @@ FLAG_NONFINITE, FLAG_LOW_STEP, FLAG_NO_CROSSING, FLAG_FIT = 1, 2, 4, 8
 #: the edge energy falls in a gap of left-out frames (:func:`edge_energy`): not measured
 FLAG_GAP = 16
 
+#: eV relative to E0: the pre-edge range of :func:`normalize`
+PRE_EDGE_RANGE = (-150.0, -30.0)
+
 #: an interval between two analysed frames is a gap when it is more than this many times the
 #: scan's own widest step inside it (frames left out between them)
 MAX_GAP_RATIO = 2.5
@@ -147,7 +150,7 @@ def normalize(
     mu,
     *,
     e0_ev: float | None = None,
-    pre_range=(-150.0, -30.0),
+    pre_range=PRE_EDGE_RANGE,
     post_range=(100.0, None),
     post_order: int | str = "auto",
 ) -> Normalization:
@@ -568,6 +571,42 @@ def _chemistry_maps(
 _EDGE_METHODS = (("e50", "half"), ("derivative", "derivative"), ("whiteline", "whiteline"))
 
 
+def _check_pre_edge_seen(aligned, mask, energies_ev, usable, e0_used, subtract_background) -> None:
+    """Raise ``ValueError`` where the frames used miss the pre-edge of the particle's own edge.
+
+    Where frames are left out (positions not vouched for: a faint particle before the edge),
+    the frames used may start on the edge's rise. Their own E0 then moves up the edge and the
+    pre-edge range follows it onto the edge (stress-all at 1024^2, a 10-px particle whose
+    frames vouched for start at 8352.5 eV: E0 8385.8 eV, E50 8373.6 eV everywhere, truly
+    about 8344). The edge is found instead on the particle's spectrum over every frame where
+    it was measured (vouched for or not: a position a pixel or two off moves the mean over
+    the mask little), and the frames used must hold two energies in the pre-edge range of
+    that edge.
+    """
+    e_all = np.asarray(energies_ev, float)
+    whole = np.isfinite(aligned[:, mask]).all(axis=1)
+    if not (whole & ~usable).any() or whole.sum() < 8:
+        return
+    w = aligned[whole]
+    if subtract_background:
+        w = w - local_background(w, mask)
+    try:
+        e0_whole = find_e0(e_all[whole], w[:, mask].mean(axis=1))
+    except ValueError:
+        return
+    lo, hi = e0_whole + PRE_EDGE_RANGE[0], e0_whole + PRE_EDGE_RANGE[1]
+    in_pre = (e_all >= lo) & (e_all <= hi)
+    n_pre = int(np.count_nonzero(in_pre & usable))
+    # only an edge found lower, with a pre-edge the scan measured: a glitch in a frame left out
+    # that puts the whole spectrum's E0 elsewhere declines nothing
+    if n_pre < 2 and e0_whole < e0_used and np.count_nonzero(in_pre & whole) >= 2:
+        raise ValueError(
+            f"the frames used hold {n_pre} energies in the pre-edge range {lo:.1f}-{hi:.1f} eV of the particle's "
+            f"edge (E0 {e0_whole:.1f} eV in its spectrum over every frame measured; {e0_used:.1f} eV over the frames "
+            "used alone, which start on the edge)"
+        )
+
+
 def analyse_particle(
     aligned,
     mask,
@@ -683,6 +722,7 @@ def analyse_particle(
         mu = sub[:, mask]  # (n_e, n_pix)
         try:
             nm = normalize(e, mu.mean(axis=1))
+            _check_pre_edge_seen(aligned, mask, e_all, usable, nm.e0_ev, subtract_background)
             e0 = nm.e0_ev
             mean_norm[usable] = nm.norm
             pre_c = np.full(n, np.nan)
