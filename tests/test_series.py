@@ -1,3 +1,5 @@
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -21,12 +23,21 @@ def test_series_identity_and_chemistry_trend(sequential):
     assert ev["max_abs_e50_error_ev"] < 0.2
 
 
-def test_threads_and_local_cluster_equal_sequential(sequential, tmp_path):
+def test_threads_and_local_cluster_equal_sequential(sequential, tmp_path, caplog):
     cols = ["particle", "scan", "scan_particle", "y0", "x0", "mean_e50", "oxidised_fraction"]
     thr = run_series(synthetic_sources(3, seed=3, **KW), tmp_path / "thr")
     pd.testing.assert_frame_equal(thr[cols], sequential[cols])
+    caplog.set_level(logging.INFO)
+    before = logging.getLogger("distributed").level
     dist = run_series(synthetic_sources(3, seed=3, **KW), tmp_path / "dist", workers=2)
     pd.testing.assert_frame_equal(dist[cols], sequential[cols])
+    # the cluster's own chatter (every worker registered, removed, closed; tracebacks of comms closed
+    # at shutdown, logged at INFO) is not the user's: none of it reaches the log, and the level is restored
+    chatter = [
+        r for r in caplog.records if r.name.startswith("distributed") and (r.levelno < logging.WARNING or r.exc_info)
+    ]
+    assert chatter == [], [r.getMessage()[:80] for r in chatter[:5]]
+    assert logging.getLogger("distributed").level == before
 
 
 def test_interrupted_series_resumes_without_redoing(tmp_path, monkeypatch):

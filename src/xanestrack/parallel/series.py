@@ -137,6 +137,28 @@ def scans_in_flight(cores: int | None = None) -> int:
     return 1 if (cores or 1) <= 2 else 2
 
 
+class _DistributedLogs:
+    """Raise the level of ``distributed``'s loggers in this process for a series, then restore it.
+
+    ``distributed`` logs its scheduler's and nannies' every step at INFO (176 lines for 16 scans on
+    16 workers), and while a local cluster closes, comms closed under a worker print a traceback
+    at INFO: a user saw a traceback at the end of a series that had succeeded. Its warnings while
+    the scans run (a worker restarted for memory) are kept. Nothing changes under ``--debug``
+    (the root logger at DEBUG).
+    """
+
+    def __init__(self):
+        self.logger = logging.getLogger("distributed")
+        self.old = self.logger.level
+
+    def set(self, level: int):
+        if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+            self.logger.setLevel(max(level, self.old))
+
+    def restore(self):
+        self.logger.setLevel(self.old)
+
+
 def _run_series(sources, out, *, options, scheduler, workers, detector, segmenter, radii=(None, None), device="cpu"):
     import dask
 
@@ -170,26 +192,41 @@ def _run_series(sources, out, *, options, scheduler, workers, detector, segmente
         for s, c in zip(sources, checksums)
     ]
     client = cluster = None
+    quiet = _DistributedLogs()
     try:
         if workers:
             from distributed import Client, LocalCluster
 
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+            quiet.set(logging.WARNING)
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.WARNING,
+            )
             client = Client(cluster)
             parts = dask.compute(*tasks)
         elif scheduler and scheduler not in ("threads", "sync", "synchronous"):
             from distributed import Client
 
+            quiet.set(logging.WARNING)
             client = Client(scheduler)
             parts = dask.compute(*tasks)
         else:
             sched = "sync" if scheduler in ("sync", "synchronous") else "threads"
             parts = dask.compute(*tasks, scheduler=sched, num_workers=scans_in_flight())
     finally:
-        if client is not None:
-            client.close()
-        if cluster is not None:
-            cluster.close()
+        # closing: workers that outlast the scheduler's comms log tracebacks at INFO and
+        # "still alive, killing" warnings (16 workers on a loaded machine) about nothing lost
+        quiet.set(logging.ERROR)
+        try:
+            if client is not None:
+                client.close()
+            if cluster is not None:
+                cluster.close()
+        finally:
+            quiet.restore()
     rows = [r for p in parts for r in p]
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     if len(summary):
