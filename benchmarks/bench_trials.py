@@ -24,6 +24,8 @@ removed), beside the same for the unchanged scene:
   and the same in whole pixels (frames aligned upstream to the nearest pixel), and the other way (the scan ends where
   the unchanged one is: particles enter the field; RMS over the frames vouched for, and the count of those more than
   1 px off);
+- ``prealigned``: the frames aligned upstream (another tool's global alignment, to the nearest pixel), the bands
+  shifted in filled with zeros (as TXM-Sandbox writes them) and, again, with NaN;
 - ``rotation``: the image turned by 0.8 degrees across the scan, with and without ``--rotation``;
 - ``magnification``: a 3 % magnification change across the scan.
 
@@ -57,6 +59,7 @@ TRIALS = [
     "beam_changes",
     "stage_jump",
     "drift",
+    "prealigned",
     "rotation",
     "magnification",
 ]
@@ -102,7 +105,7 @@ def _score(out: Path, truth, frames=None, move=None, measured_only=False, vouche
             j = ((first["y"] - g["y"].iloc[0]) ** 2 + (first["x"] - g["x"].iloc[0]) ** 2).idxmin()
             gt = tr[tr["particle"] == first.loc[j, "particle"]].set_index("frame").loc[g["frame"]]
         e = np.c_[g["y"].to_numpy() - gt["y"].to_numpy(), g["x"].to_numpy() - gt["x"].to_numpy()]
-        flags = g["flags"].fillna("")
+        flags = g["flags"].astype(object).fillna("").astype(str)
         if measured_only:
             e[flags.str.contains("interpolated").to_numpy()] = np.nan
         if vouched_only:
@@ -334,6 +337,27 @@ def main(argv=None):
                 _cli("run", *_write_od_tiff(d, "s", moved, e), "--out", d / "r")
                 shift = lambda f, y, x, dy=dy, dx=dx: (y + dy * (f >= 80), x + dx * (f >= 80))  # noqa: E731
                 print(_line("stage jump (37, -29) px at frame 80", _score(d / "r", truth, move=shift)))
+            elif trial == "prealigned":
+                # the scan as another tool aligned it: every frame moved back by its common shift to the
+                # nearest pixel (the median of the particles' true displacements), what it shifted in filled
+                sh = np.round(truth.groupby("frame")[["dy", "dx"]].median().to_numpy()).astype(int)
+                for fill in (0.0, np.nan):
+                    moved = np.full_like(od, fill)
+                    for k, (dy, dx) in enumerate(-sh):
+                        ny, nx = od.shape[1:]
+                        moved[k, max(dy, 0) : ny + min(dy, 0), max(dx, 0) : nx + min(dx, 0)] = od[
+                            k, max(-dy, 0) : ny + min(-dy, 0), max(-dx, 0) : nx + min(-dx, 0)
+                        ]
+                    name = "zeros" if fill == 0 else "nan"
+                    _cli("run", *_write_od_tiff(d, name, moved, e), "--out", d / f"r_{name}")
+                    back = lambda f, y, x, sh=sh: (y - sh[f, 0], x - sh[f, 1])  # noqa: E731
+                    print(
+                        _line(
+                            f"aligned upstream to whole pixels, shifted-in bands {name}",
+                            _score(d / f"r_{name}", truth, move=back),
+                            ["NaN", "zinger"],
+                        )
+                    )
             elif trial == "drift":
                 from scipy import ndimage
 
