@@ -266,3 +266,10 @@ def test_frames_used_that_start_on_the_edge_do_not_give_an_edge_energy():
     r = xanes.analyse_particle(aligned, mask, e, usable=used)
     assert not any("failed" in n for n in r["notes"])
     assert abs(np.nanmean(r["edge_maps"]["e50"][mask]) - true_e50) < 0.3
+    # nor does a frame left out because the particle alone is far off in it (brighter than the edge step)
+    spiked = aligned.copy()
+    spiked[10][mask] += 1.0
+    used[10] = False
+    r = xanes.analyse_particle(spiked, mask, e, usable=used)
+    assert not any("failed" in n for n in r["notes"])
+    assert abs(np.nanmean(r["edge_maps"]["e50"][mask]) - true_e50) < 0.3
