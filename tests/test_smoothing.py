@@ -270,3 +270,38 @@ def test_the_chained_start_follows_tracks_measured_in_turns():
     T = _chained_steps(P, use)
     assert np.allclose(T[::2], shared[::2] - shared[0])
     assert np.isfinite(T).all()
+
+
+def test_short_gaps_inside_a_track_are_bridged_for_the_first_shared_motion():
+    from xanestrack.smoothing import SHORT_GAP, _bridged
+
+    n = 20
+    P = np.stack([np.c_[np.arange(n), 2.0 * np.arange(n)], np.c_[np.ones(n), -np.arange(n, dtype=float)]]).astype(float)
+    use = np.ones((2, n), bool)
+    use[0, 5:7] = False  # two frames missing inside the track: interpolated from its own positions
+    b = _bridged(np.where(use[..., None], P, np.nan), use, SHORT_GAP)
+    assert np.allclose(b, P)
+    use[1, 10 : 10 + SHORT_GAP + 1] = False  # a longer gap: chained instead
+    assert _bridged(P, use, SHORT_GAP) is None
+    use[1] = True
+    use[1, -1] = False  # missing at an end (leaving the field): chained
+    assert _bridged(P, use, SHORT_GAP) is None
+    # in smooth_tracks: a particle missing one frame leaves the others as they were within noise
+    rng = np.random.default_rng(4)
+    m, n = 6, 143
+    T = np.cumsum(rng.normal(0, 1.0, (n, 2)), axis=0)
+    own = np.stack([np.c_[np.sin(np.arange(n) / (20 + 5 * j)), np.cos(np.arange(n) / (25 + 3 * j))] for j in range(m)])
+    truth = 50.0 * np.arange(m)[:, None, None] + T[None] + own
+    P = truth + rng.normal(0, 0.05, truth.shape)
+    full = smooth_tracks(P, np.ones((m, n), bool)).positions
+    measured = np.ones((m, n), bool)
+    measured[0, 70] = False
+    gap = smooth_tracks(P, measured).positions
+
+    def rms(A, j):
+        e = A[j] - truth[j]
+        e -= e.mean(axis=0)
+        return float(np.sqrt(np.mean((e**2).sum(axis=1))))
+
+    for j in range(1, m):
+        assert rms(gap, j) < rms(full, j) + 0.005

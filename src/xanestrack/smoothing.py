@@ -413,6 +413,32 @@ class SmoothedTracks:
     steps: tuple = ()
 
 
+#: frames: a gap this short inside a particle's track is bridged for the smoothing's first shared
+#: motion (:func:`smooth_tracks`); longer ones, or frames missing at either end (a particle leaving
+#: or entering the field), have it chained
+SHORT_GAP = 3
+
+
+def _bridged(P, use, max_gap: int):
+    """``P`` (m, n, 2) with each track's frames outside ``use`` interpolated from its own, or None
+    where a track misses a frame at either end or more than ``max_gap`` frames in a row."""
+    out = P.copy()
+    frames = np.arange(P.shape[1])
+    for j in range(P.shape[0]):
+        miss = ~use[j]
+        if not miss.any():
+            continue
+        k = np.flatnonzero(use[j])
+        if k.size < 2 or miss[: k[0]].any() or miss[k[-1] + 1 :].any():
+            return None
+        edges = np.diff(np.r_[0, miss.astype(np.int8), 0])
+        if (np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)).max() > max_gap:
+            return None
+        for a in range(2):
+            out[j, miss, a] = np.interp(frames[miss], k, P[j, k, a])
+    return out
+
+
 def _chained_steps(P, use) -> np.ndarray:
     """The motion tracks share, chained from frame to frame: in each frame, the median over the
     tracks measured there of where each puts it, its position less its position in the last frame
@@ -494,9 +520,19 @@ def smooth_tracks(positions, measured, *, min_frames: int = 9, iterations: int =
     # of their own smooth motions and the shared motion followed the few particles present (the
     # default scene drifting (+50, -70) px in whole pixels, one particle leaving: every particle
     # 0.19 px RMS, its frames measured to 0.01 px); there it is chained from the frame-to-frame
-    # steps of the particles (each from the last frame it was measured in)
+    # steps of the particles (each from the last frame it was measured in). A particle missing
+    # only in a few frames inside its track has them bridged for that mean instead (its own
+    # positions interpolated): chained steps are a median of a few particles' steps, noisier than
+    # their mean (stress-all seed 2, learned: one particle not located in one frame, the chained
+    # start 0.578 / 0.396 px worst / median over the smoothing's output, bridged 0.565 / 0.373)
     take = use & part[:, None]
-    T0 = None if take[part].all() else _chained_steps(P, take)
+    T0 = None
+    if not take[part].all():
+        bridged = _bridged(P[part], take[part], SHORT_GAP)
+        if bridged is None:
+            T0 = _chained_steps(P, take)
+        else:
+            T0 = np.mean(bridged - np.median(bridged, axis=1, keepdims=True), axis=0)
     ref = np.zeros((m, 2))
     for j in np.flatnonzero(part):
         ref[j] = np.median(P[j, use[j]] - (0.0 if T0 is None else T0[use[j]]), axis=0)
