@@ -198,13 +198,7 @@ def _run_series(sources, out, *, options, scheduler, workers, detector, segmente
             from distributed import Client, LocalCluster
 
             quiet.set(logging.WARNING)
-            cluster = LocalCluster(
-                n_workers=workers,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                silence_logs=logging.WARNING,
-            )
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
             client = Client(cluster)
             parts = dask.compute(*tasks)
         elif scheduler and scheduler not in ("threads", "sync", "synchronous"):
