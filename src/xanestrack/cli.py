@@ -199,9 +199,9 @@ class _ModelWarmup:
 
 
 def _check_device(device: str, detector: str, segmenter: str) -> None:
-    """Refuse ``--device`` at once where a learned model would need a GPU that is not there
-    (torch is imported only then: the CPU default costs nothing here)."""
-    if device.strip().lower() != "cpu" and "learned" in (detector, segmenter):
+    """Refuse ``--device`` at once where it names a GPU that is not there (the learned models and the
+    per-particle array work would run there; torch is imported only then: the CPU default costs nothing here)."""
+    if device.strip().lower() != "cpu":
         from .models.loading import torch_device
 
         torch_device(device)
@@ -227,6 +227,7 @@ def _run_and_write(
 ):
     from concurrent.futures import ThreadPoolExecutor
 
+    from .accel import arrays_on
     from .pipeline import PipelineOptions, run_pipeline
     from .results import atomic_output_dir, write_results_h5, write_tables
 
@@ -245,7 +246,8 @@ def _run_and_write(
                 detector, segmenter, options=options, detector_model=detector_model, segmenter_model=segmenter_model
             )
         t0 = time.perf_counter()
-        with _Progress(_STATE["quiet"]) as prog:
+        device = warmup.device if warmup is not None else "cpu"
+        with _Progress(_STATE["quiet"]) as prog, arrays_on(device):
             result = run_pipeline(
                 stack, options=options, detector=det_fn, segmenter=seg_fn, references=references, progress=prog
             )
@@ -258,9 +260,8 @@ def _run_and_write(
             if segmenter_model
             else ("shipped" if segmenter == "learned" else None),
             pipeline_s=time.perf_counter() - t0,
-            models_device=(warmup.device if warmup is not None else "cpu")
-            if "learned" in (detector, segmenter)
-            else None,
+            models_device=device if "learned" in (detector, segmenter) else None,
+            arrays_device=device,
         )
         if known_edge is not None:
             result, run_info["energy_calibration"] = _calibrate_known_edge(result, *known_edge, references=references)
@@ -480,7 +481,7 @@ def run(
     ),
     device: str = typer.Option(
         "cpu",
-        help="Where the learned detector and segmenter run: cpu (default), cuda or cuda:N (a GPU that PyTorch sees). The rest of the pipeline runs on the CPU either way.",
+        help="Where the learned detector and segmenter and the per-particle array work (resampling, smoothing, correlation) run: cpu (default), cuda or cuda:N (a GPU that PyTorch sees). Everything else runs on the CPU either way.",
     ),
     threads: int = typer.Option(
         1,
@@ -933,7 +934,8 @@ def series(
         help="Largest particle radius to track (px), as for 'run'. Default 60 px, or 8 um when the files give the pixel size.",
     ),
     device: str = typer.Option(
-        "cpu", help="Where each process runs the learned detector and segmenter: cpu (default), cuda or cuda:N."
+        "cpu",
+        help="Where each process runs the learned detector and segmenter and the per-particle array work: cpu (default), cuda or cuda:N.",
     ),
 ):
     """Process an operando series of scans on Dask and follow every particle through it.

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from . import accel
 from .result import FRAME_FLAGS, UNVOUCHED_FLAGS
 from .robust import robust_sigma
 
@@ -189,21 +190,25 @@ def resample_windows(od, shifts, origin, shape, *, order: int = 3, frames=None) 
     # every frame's crop, rows iy - pad .. iy + h + pad, edge-padded outside the frame (the
     # cubic spline's prefilter needs 4 rows of context, bilinear only the next row)
     pad = 4 if order == 3 else 0
+    on_device = accel.array_device() is not None
+    if on_device and order == 3:  # the prefilter's impulse response needs its own reach of context
+        pad = accel.SPLINE_TAPS + 2
     crops = _crops(od, sel, iy, ix, pad, (h + 2 * pad + 1, w + 2 * pad + 1))
     if order == 3:
-        # cubic B-spline coefficients (as map_coordinates does), then the 4-tap weights
-        crops = ndimage.spline_filter1d(crops, 3, axis=1, mode="nearest", output=np.float32)
-        crops = ndimage.spline_filter1d(crops, 3, axis=2, mode="nearest", output=np.float32)
-        taps = range(-1, 3)
-        wy, wx = _bspline3_weights(fy), _bspline3_weights(fx)
+        taps, wy, wx = range(-1, 3), _bspline3_weights(fy), _bspline3_weights(fx)
     elif order == 1:
-        taps = range(0, 2)
-        wy, wx = np.stack([1 - fy, fy]), np.stack([1 - fx, fx])
+        taps, wy, wx = range(0, 2), np.stack([1 - fy, fy]), np.stack([1 - fx, fx])
     else:
         taps, wy, wx = range(0, 1), np.ones((1, len(sel))), np.ones((1, len(sel)))
-    wy, wx = wy.astype(np.float32), wx.astype(np.float32)
-    tmp = _weighted_sum(wy, [crops[:, pad + t : pad + t + h, :] for t in taps])
-    res = _weighted_sum(wx, [tmp[:, :, pad + t : pad + t + w] for t in taps])
+    if on_device:
+        res = accel.interpolate(crops, wy, wx, taps, pad, (h, w), prefilter=order == 3)
+    else:
+        if order == 3:  # cubic B-spline coefficients (as map_coordinates does) for the 4-tap weights
+            crops = ndimage.spline_filter1d(crops, 3, axis=1, mode="nearest", output=np.float32)
+            crops = ndimage.spline_filter1d(crops, 3, axis=2, mode="nearest", output=np.float32)
+        wy, wx = wy.astype(np.float32), wx.astype(np.float32)
+        tmp = _weighted_sum(wy, [crops[:, pad + t : pad + t + h, :] for t in taps])
+        res = _weighted_sum(wx, [tmp[:, :, pad + t : pad + t + w] for t in taps])
     # outside the frame: NaN, not invented
     yy = np.arange(h)[None, :] + y0[:, None]
     xx = np.arange(w)[None, :] + x0[:, None]
@@ -307,6 +312,8 @@ def correlate_shifts(reference, images, *, max_shift=None, whitening: float = 0.
     ref = np.asarray(reference, np.float32)
     imgs = np.asarray(images, np.float32)
     n, h, w = imgs.shape
+    if accel.array_device() is not None:
+        return _subpixel_peaks(*accel.correlate(ref, imgs, max_shift=max_shift, whitening=whitening))
     from scipy import fft as sfft
 
     fr = sfft.rfft2(ref)
@@ -326,7 +333,21 @@ def correlate_shifts(reference, images, *, max_shift=None, whitening: float = 0.
     flat = cc.reshape(n, -1).argmax(axis=1)
     iy, ix = np.unravel_index(flat, (h, w))
     rows = np.arange(n)
-    peak = cc[rows, iy, ix]
+    pick = np.stack(
+        [
+            cc[rows, iy, ix],
+            cc[rows, (iy - 1) % h, ix],
+            cc[rows, (iy + 1) % h, ix],
+            cc[rows, iy, (ix - 1) % w],
+            cc[rows, iy, (ix + 1) % w],
+        ]
+    )
+    return _subpixel_peaks(pick, iy, ix, norm, yy, xx)
+
+
+def _subpixel_peaks(pick, iy, ix, norm, yy, xx):
+    """Shifts and quality from each correlation's integer peak and its four neighbours ``pick`` (5, n)."""
+    peak = pick[0]
 
     def fit(c_m, c_0, c_p):
         # Gaussian three-point interpolation (log-parabola); parabola where not all positive
@@ -338,8 +359,8 @@ def correlate_shifts(reference, images, *, max_shift=None, whitening: float = 0.
             d = np.where(pos, g, p)
         return np.clip(np.nan_to_num(d, nan=0.0), -0.5, 0.5)
 
-    dy = fit(cc[rows, (iy - 1) % h, ix], peak, cc[rows, (iy + 1) % h, ix])
-    dx = fit(cc[rows, iy, (ix - 1) % w], peak, cc[rows, iy, (ix + 1) % w])
+    dy = fit(pick[1], peak, pick[2])
+    dx = fit(pick[3], peak, pick[4])
     shifts = np.c_[yy[iy] + dy, xx[ix] + dx]
     quality = peak / norm
     shifts[~np.isfinite(peak)] = np.nan
@@ -399,8 +420,10 @@ def edge_images(windows, *, sigma: float = 1.5, apodisation=None, floor_scale: f
     whole table).
     """
     win = fill_outside(np.asarray(windows, np.float32))
-    g = ndimage.gaussian_filter(win, (0, sigma, sigma), mode="nearest")
     a = np.ones(win.shape[1:], np.float32) if apodisation is None else np.asarray(apodisation, np.float32)
+    if accel.array_device() is not None:
+        return accel.edge_images(win, a, sigma=sigma, floor_scale=floor_scale)
+    g = ndimage.gaussian_filter(win, (0, sigma, sigma), mode="nearest")
     if floor_scale > 0:
         s = floor_scale * sigma
         g = g - ndimage.gaussian_filter(g, (0, s, s), mode="nearest")

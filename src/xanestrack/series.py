@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .accel import arrays_on
 from .errors import XanestrackError
 
 __all__ = [
@@ -229,7 +230,8 @@ def process_scan(
         detect=replace(options.detect, min_radius=sizes.min_radius, max_radius=sizes.max_radius, binning=sizes.binning),
     )
     det_fn, seg_fn = _models(detector, segmenter, options, device)
-    result = run_pipeline(stack, options=options, detector=det_fn, segmenter=seg_fn)
+    with arrays_on(device):
+        result = run_pipeline(stack, options=options, detector=det_fn, segmenter=seg_fn)
     input_notes = list(stack.metadata.get("notes", []))
     notes = input_notes + list(result.notes)
     if stack.n_frames < options.min_xanes_energies:

@@ -86,7 +86,7 @@ def run_series(
     min_radius, max_radius : float, optional
         Particle radius range (px); default from each scan's pixel size, as ``run``.
     device : "cpu" (default), "cuda" or "cuda:N"
-        Where each process runs the learned models (as ``run --device``).
+        Where each process runs the learned models and the per-particle array work (as ``run --device``).
 
     Returns
     -------
