@@ -27,7 +27,11 @@ removed), beside the same for the unchanged scene:
 - ``prealigned``: the frames aligned upstream (another tool's global alignment, to the nearest pixel), the bands
   shifted in filled with zeros (as TXM-Sandbox writes them) and, again, with NaN;
 - ``rotation``: the image turned by 0.8 degrees across the scan, with and without ``--rotation``;
-- ``magnification``: a 3 % magnification change across the scan.
+- ``magnification``: a 3 % magnification change across the scan;
+- ``focus``: the images blurred more and more across the scan (a Gaussian of 0 to 2.5 px sd: the zone plate's focus
+  drifting with the energy, not refocused);
+- ``non_square``: every frame cut to 460 x 300 px (a detector region of interest): the particles the cut crosses
+  leave the run, those inside it are compared.
 
 Printed per trial: the particles found, their RMS (min-max), the frames flagged, the largest own (non-rigid) motion,
 the largest change of a particle's mean E50 against the unchanged scene's, and the run's notes that name the
@@ -62,6 +66,8 @@ TRIALS = [
     "prealigned",
     "rotation",
     "magnification",
+    "focus",
+    "non_square",
 ]
 
 
@@ -402,6 +408,20 @@ def main(argv=None):
                     return np.cos(a_) * py - np.sin(a_) * px + c[0], np.sin(a_) * py + np.cos(a_) * px + c[1]
 
                 _with_and_without(d, args, "--rotation", "turned 0.8 deg", truth, move=turn)
+            elif trial == "focus":
+                from scipy import ndimage
+
+                sd = np.linspace(0, 2.5, len(od))
+                blurred = np.stack([ndimage.gaussian_filter(od[k], sd[k]) for k in range(len(od))])
+                _cli("run", *_write_od_tiff(d, "s", blurred, e), "--out", d / "r")
+                print(_line("blurred by 0 -> 2.5 px sd across the scan", _score(d / "r", truth)))
+            elif trial == "non_square":
+                x0 = 80
+                _cli("run", *_write_od_tiff(d, "s", od[:, :, x0 : x0 + 300], e), "--out", d / "r")
+                cut = lambda f, y, x, x0=x0: (y, x - x0)  # noqa: E731
+                s = _score(d / "r", truth, move=cut, vouched_only=True)
+                s["e50"] = s["e50"] + np.array([0.0, x0, 0.0])  # back on the unchanged field, to pair the E50s
+                print(_line("cut to 460 x 300 px", s), "frames vouched for > 1 px:", s["wrong"])
             elif trial == "magnification":
                 sc = 1 - 0.03 * (e - e[0]) / (e[-1] - e[0])
                 args = _write_od_tiff(d, "s", _transform(od, [np.eye(2) / s for s in sc]), e)
