@@ -168,6 +168,8 @@ def correlate(ref, imgs, *, max_shift, whitening: float):
     """:func:`register.correlate_shifts <xanestrack.register.correlate_shifts>` on the device; numpy out."""
     import torch
 
+    from .register import _peak_and_neighbours
+
     dev = array_device()
     r = torch.as_tensor(np.ascontiguousarray(ref), device=dev)
     k = torch.as_tensor(np.ascontiguousarray(imgs), device=dev)
@@ -195,17 +197,7 @@ def correlate(ref, imgs, *, max_shift, whitening: float):
         cc[:, torch.as_tensor(far, device=dev)] = -float("inf")
     flat = cc.reshape(n, -1).argmax(dim=1)
     iy, ix = flat // w, flat % w
-    rows = torch.arange(n, device=dev)
     # the peak and its four neighbours to the host: the fit is a few numbers per image
-    pick = torch.stack(
-        [
-            cc[rows, iy, ix],
-            cc[rows, (iy - 1) % h, ix],
-            cc[rows, (iy + 1) % h, ix],
-            cc[rows, iy, (ix - 1) % w],
-            cc[rows, iy, (ix + 1) % w],
-        ]
-    )
-    pick = pick.double().cpu().numpy()
+    pick = _peak_and_neighbours(cc, iy, ix, torch.arange(n, device=dev), torch.stack).double().cpu().numpy()
     iy, ix = iy.cpu().numpy(), ix.cpu().numpy()
     return pick, iy, ix, norm.cpu().numpy(), yy, xx

@@ -332,8 +332,15 @@ def correlate_shifts(reference, images, *, max_shift=None, whitening: float = 0.
         cc[:, far] = -np.inf
     flat = cc.reshape(n, -1).argmax(axis=1)
     iy, ix = np.unravel_index(flat, (h, w))
-    rows = np.arange(n)
-    pick = np.stack(
+    pick = _peak_and_neighbours(cc, iy, ix, np.arange(n), np.stack)
+    return _subpixel_peaks(pick, iy, ix, norm, yy, xx)
+
+
+def _peak_and_neighbours(cc, iy, ix, rows, stack):
+    """(5, n): each correlation ``cc`` (n, h, w) at its peak ``(iy, ix)`` and the four pixels beside it
+    (wrapping around); numpy arrays or torch tensors, with the matching ``stack``."""
+    h, w = cc.shape[-2:]
+    return stack(
         [
             cc[rows, iy, ix],
             cc[rows, (iy - 1) % h, ix],
@@ -342,7 +349,6 @@ def correlate_shifts(reference, images, *, max_shift=None, whitening: float = 0.
             cc[rows, iy, (ix + 1) % w],
         ]
     )
-    return _subpixel_peaks(pick, iy, ix, norm, yy, xx)
 
 
 def _subpixel_peaks(pick, iy, ix, norm, yy, xx):
