@@ -523,3 +523,19 @@ def test_a_scan_of_few_energies_keeps_its_particles_bends_when_smoothed():
     _, summary = evaluate_result(r, truth)
     assert summary["n_found"] == 4 and summary["max_rms_px"] < 0.1
     assert any("hardly smoothed" in n for n in r.notes)
+
+
+def test_a_resolution_that_changes_across_the_scan_is_noted(small_synth, small_result):
+    from scipy import ndimage
+
+    # the focus drifting with the energy: each frame blurred more than the one before (0 -> 2.5 px sd)
+    od = small_synth.optical_density()
+    sd = np.linspace(0, 2.5, len(od))
+    blurred = np.stack([ndimage.gaussian_filter(od[k], sd[k]) for k in range(len(od))]).astype(np.float32)
+    result = run_pipeline(Stack(blurred, small_synth.energies_ev))
+    note = [n for n in result.notes if "edges blur across the scan" in n]
+    assert len(note) == 1, result.notes
+    change = float(note[0].split("changes by ")[1].split(" px")[0])
+    assert 0.9 < change < 2.0  # the default scene at 143 energies: +1.5 px
+    # the unchanged scan says nothing of it
+    assert not [n for n in small_result.notes if "across the scan:" in n and "edges" in n]

@@ -372,3 +372,19 @@ def test_the_motion_vouches_for_nothing_with_fewer_than_two_other_particles_or_w
     flags[1:4] = 0
     assert vouch_by_motion(pos, pos, flags, e, max_run=0)[2] == 0
     assert vouch_by_motion(pos, pos, flags, e)[2] == 20
+
+
+def test_edge_widths_measure_the_blur_of_an_outline_whatever_its_contrast():
+    from scipy import ndimage
+
+    from xanestrack.register import edge_widths
+
+    yy, xx = np.mgrid[:80, :80]
+    disc = ((yy - 40.0) ** 2 + (xx - 39.5) ** 2 <= 20**2).astype(float)
+    blur = [0.5, 1.0, 1.5, 2.5]
+    windows = np.stack([0.1 + c * ndimage.gaussian_filter(disc, s) for s, c in zip(blur, [1.0, 0.3, 1.0, 0.5])])
+    windows[1, :5] = np.nan  # pixels outside the frame are left out
+    w = edge_widths(windows, disc > 0.5)
+    assert np.all(np.abs(w - blur) <= 0.25), w
+    assert np.all(np.diff(w) > 0)
+    assert np.isnan(edge_widths(windows, np.zeros((80, 80), bool))).all()

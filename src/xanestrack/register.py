@@ -40,6 +40,7 @@ __all__ = [
     "resample_windows",
     "resample_masks",
     "consensus_mask",
+    "edge_widths",
     "shifts_from_positions",
     "correlate_shifts",
     "edge_images",
@@ -275,6 +276,67 @@ def consensus_mask(masks, frames) -> np.ndarray:
     """
     mask = (masks[frames].mean(axis=0) >= 0.5) if frames.any() else np.zeros(masks.shape[1:], bool)
     return ndimage.binary_fill_holes(mask)
+
+
+EDGE_REACH_PX = 8.0  # the profile across a particle's outline: this far inside and outside it
+EDGE_WIDTHS_PX = np.round(np.arange(0.3, 6.01, 0.1), 1)  # the widths tried
+
+
+def edge_widths(windows, mask) -> np.ndarray:
+    """How sharp each window shows its particle's outline: the width (px, a Gaussian's sd) of its edge.
+
+    Each window's mean optical density against the signed distance from the outline of
+    ``mask`` (the particle's pixels; half-pixel bins, ``EDGE_REACH_PX`` either side) is fitted
+    by ``a + b (1 - erf(d / (sqrt(2) s))) / 2`` for every ``s`` of ``EDGE_WIDTHS_PX``, the level
+    ``a`` and contrast ``b`` by least squares; the ``s`` of the smallest residual is the width.
+    The blur of the optics and of the detector, and that of the outline itself (a mask a pixel
+    off the true outline widens it), add up in it, so it is a particle's *change* from frame to
+    frame that tells a change of resolution (a focus that drifts with the energy), not its value.
+
+    Parameters
+    ----------
+    windows : ndarray (n, h, w)
+        Aligned windows of one particle (NaN pixels ignored).
+    mask : ndarray (h, w) bool
+
+    Returns
+    -------
+    ndarray (n,): NaN where the mask is empty or whole, or a window has too few pixels.
+    """
+    from scipy.special import erf
+
+    windows = np.asarray(windows, np.float64)
+    mask = np.asarray(mask, bool)
+    out = np.full(len(windows), np.nan)
+    if not mask.any() or mask.all():
+        return out
+    d = np.where(mask, 0.5 - ndimage.distance_transform_edt(mask), ndimage.distance_transform_edt(~mask) - 0.5)
+    sel = np.abs(d) <= EDGE_REACH_PX
+    nb = int(4 * EDGE_REACH_PX) + 1
+    b = np.clip(np.round((d[sel] + EDGE_REACH_PX) * 2).astype(int), 0, nb - 1)
+    a = windows[:, sel]
+    ok = np.isfinite(a)
+    onehot = np.zeros((b.size, nb))
+    onehot[np.arange(b.size), b] = 1.0
+    sums = np.where(ok, a, 0.0) @ onehot
+    counts = ok.astype(float) @ onehot
+    prof = sums / np.maximum(counts, 1.0)
+    full = counts.min(axis=0) > 0  # bins every window sees
+    if full.sum() < 8:
+        return out
+    x = (np.arange(nb) / 2 - EDGE_REACH_PX)[full]
+    wt = np.sqrt(counts[:, full].mean(axis=0))
+    y = (prof[:, full] * wt).T  # (bins, n)
+    best = np.full(len(windows), np.inf)
+    for s_ in EDGE_WIDTHS_PX:
+        X = np.c_[np.ones(x.size), 0.5 * (1 - erf(x / (np.sqrt(2) * s_)))] * wt[:, None]
+        coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+        r = ((y - X @ coef) ** 2).sum(axis=0)
+        better = r < best
+        best[better] = r[better]
+        out[better] = s_
+    out[ok.sum(axis=1) < 50] = np.nan
+    return out
 
 
 def _bspline3_weights(f):
