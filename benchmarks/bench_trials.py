@@ -414,7 +414,7 @@ def main(argv=None):
                 sd = np.linspace(0, 2.5, len(od))
                 blurred = np.stack([ndimage.gaussian_filter(od[k], sd[k]) for k in range(len(od))])
                 _cli("run", *_write_od_tiff(d, "s", blurred, e), "--out", d / "r")
-                print(_line("blurred by 0 -> 2.5 px sd across the scan", _score(d / "r", truth)))
+                print(_line("blurred by 0 -> 2.5 px sd across the scan", _score(d / "r", truth), ["edges blur"]))
             elif trial == "non_square":
                 x0 = 80
                 _cli("run", *_write_od_tiff(d, "s", od[:, :, x0 : x0 + 300], e), "--out", d / "r")
