@@ -539,3 +539,16 @@ def test_a_resolution_that_changes_across_the_scan_is_noted(small_synth, small_r
     assert 0.9 < change < 2.0  # the default scene at 143 energies: +1.5 px
     # the unchanged scan says nothing of it
     assert not [n for n in small_result.notes if "across the scan:" in n and "edges" in n]
+
+
+def test_a_scan_of_another_edge_says_why_it_has_no_oxidised_fraction(small_synth, small_result):
+    # the same scan labelled as a Co K-edge scan (7709 eV): the shipped references are of the Ni K-edge
+    co = run_pipeline(Stack(small_synth.optical_density(), small_synth.energies_ev - 624.0))
+    note = [n for n in co.notes if "no linear-combination fit" in n]
+    assert len(note) == 1 and "--reference" in note[0]
+    assert all(p.fractions is None or not np.isfinite(p.fractions).any() for p in co.particles)
+    # its edge energies are measured as on the Ni scan, 624 eV lower
+    e_co = np.nanmedian(co.particles[0].edge_maps["e50"])
+    e_ni = np.nanmedian(small_result.particles[0].edge_maps["e50"])
+    assert abs((e_ni - e_co) - 624.0) < 0.05
+    assert not [n for n in small_result.notes if "no linear-combination fit" in n]

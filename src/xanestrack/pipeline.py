@@ -1446,6 +1446,12 @@ def run_pipeline(
         )
     if references is None:
         references = _default_references(energies)
+        if not references and len(energies) >= options.min_xanes_energies:
+            notes.append(
+                f"no linear-combination fit (no oxidised fraction): the shipped reference spectra (NiO, LiNiO2) are of "
+                f"the Ni K-edge (8333 eV), which this scan ({energies[0]:.1f}-{energies[-1]:.1f} eV) does not cross; "
+                "give the phases of its edge with --reference NAME=FILE (edge energies are measured either way)"
+            )
 
     def prog(stage):
         if progress is None:
