@@ -313,6 +313,10 @@ def test_transmission_tiff_is_not_taken_for_optical_density(tmp_path):
     tifffile.imwrite(tmp_path / "od.tif", st.od)
     st2 = read_stack(tmp_path / "od.tif", energies=tmp_path / "e.txt")
     assert np.array_equal(st2.od, st.od) and any("taken as optical density" in n for n in st2.metadata["notes"])
+    # said to be optical density, they are taken as such, and the note says what they look like
+    st3 = read_stack(tmp_path / "t.tif", energies=tmp_path / "e.txt", values="od")
+    assert np.array_equal(st3.od, t) and any("look like transmission" in n for n in st3.metadata["notes"])
+    assert not any("look like transmission" in n for n in st2.metadata["notes"])
     # float counts are refused whatever --values says, except od
     tifffile.imwrite(tmp_path / "fc.tif", np.full((5, 16, 16), 900.0, np.float32))
     with pytest.raises(XanestrackError, match="look like raw counts"):

@@ -213,8 +213,14 @@ def values_without_flats(data, values: str, *, source, flats_hint: str):
             f"give {flats_hint}"
         )
     notes = []
+    like_transmission = lo >= 0 and hi <= 1.5 and med >= 0.5
+    if values == "od" and like_transmission:
+        notes.append(
+            f"{source}: {rng} look like transmission I/I0 (background near 1), taken as optical density as asked; "
+            "if they are I/I0, every particle is measured inverted: pass `values` transmission"
+        )
     if values == "auto":
-        if lo >= 0 and hi <= 1.5 and med >= 0.5:
+        if like_transmission:
             raise XanestrackError(
                 f"{source}: {rng} look like transmission I/I0 (background near 1), not optical density; "
                 "pass `values` transmission, or `values` od if they really are optical density"
