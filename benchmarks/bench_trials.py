@@ -31,7 +31,11 @@ removed), beside the same for the unchanged scene:
 - ``focus``: the images blurred more and more across the scan (a Gaussian of 0 to 2.5 px sd: the zone plate's focus
   drifting with the energy, not refocused);
 - ``non_square``: every frame cut to 460 x 300 px (a detector region of interest): the particles the cut crosses
-  leave the run, those inside it are compared.
+  leave the run, those inside it are compared;
+- ``od_ramp``: an optical density growing from 0 to 1 across the frame, the same at every energy (a thick matrix on
+  one side);
+- ``other_edge``: the scan labelled 624 eV lower, as a Co K-edge scan (the E50 change printed is the largest
+  departure from -624 eV).
 
 Printed per trial: the particles found, their RMS (min-max), the frames flagged, the largest own (non-rigid) motion,
 the largest change of a particle's mean E50 against the unchanged scene's, and the run's notes that name the
@@ -68,6 +72,8 @@ TRIALS = [
     "magnification",
     "focus",
     "non_square",
+    "od_ramp",
+    "other_edge",
 ]
 
 
@@ -422,6 +428,15 @@ def main(argv=None):
                 s = _score(d / "r", truth, move=cut, vouched_only=True)
                 s["e50"] = s["e50"] + np.array([0.0, x0, 0.0])  # back on the unchanged field, to pair the E50s
                 print(_line("cut to 460 x 300 px", s), "frames vouched for > 1 px:", s["wrong"])
+            elif trial == "od_ramp":
+                ramp = np.linspace(0, 1, od.shape[2], dtype=np.float32)[None, None, :]
+                _cli("run", *_write_od_tiff(d, "s", od + ramp, e), "--out", d / "r")
+                print(_line("OD growing 0 -> 1 across the frame", _score(d / "r", truth)))
+            elif trial == "other_edge":
+                _cli("run", *_write_od_tiff(d, "s", od, e - 624.0), "--out", d / "r")
+                s = _score(d / "r", truth)
+                s["e50"] = s["e50"] + np.array([0.0, 0.0, 624.0])  # the departure from the relabelling
+                print(_line("labelled 624 eV lower (a Co K-edge scan)", s, ["linear-combination"]))
             elif trial == "magnification":
                 sc = 1 - 0.03 * (e - e[0]) / (e[-1] - e[0])
                 args = _write_od_tiff(d, "s", _transform(od, [np.eye(2) / s for s in sc]), e)
