@@ -431,11 +431,13 @@ def _quality_record(result) -> dict:
 @app.command()
 def run(
     inputs: List[Path] = typer.Argument(
-        ..., help="A TIFF stack, an HDF5 file (FXI or Data Exchange), or .xrm/.txrm files or a folder of them."
+        ...,
+        help="A TIFF stack, an HDF5 file (FXI or Data Exchange), .xrm/.txrm files or a folder of them, or single-frame TIFF files (one per energy) or a folder of them.",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (must not exist unless --overwrite)."),
     energies: Optional[Path] = typer.Option(
-        None, help="Energies file for TIFF input: one energy per frame, eV or keV."
+        None,
+        help="Energies file for TIFF input: one energy per frame, eV or keV (TIFF files one per energy: in their order; without it, from their names, e.g. scan_8333.5eV.tif).",
     ),
     flats: Optional[Path] = typer.Option(None, help="TIFF of flat-field (reference) images for TIFF input."),
     darks: Optional[Path] = typer.Option(None, help="TIFF of dark images for TIFF input."),

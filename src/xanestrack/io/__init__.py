@@ -3,6 +3,9 @@
 ``read_stack`` recognises, from its input:
 
 - a TIFF stack (``.tif``/``.tiff``) with an energies file, optional flats and darks;
+- a folder, or a list, of single-frame TIFF files, one per energy: the energies from an energies
+  file (in the order of the files; a folder's in the natural order of their names) or, without
+  one, from the files' names (``..._8333.5eV.tif``, ``..._08324.0_eV...``), sorted by them;
 - an HDF5 file in the NSLS-II FXI layout (``/img_xanes``, ``/img_bkg``, ``/img_dark``,
   ``/X_eng`` in keV) or the APS Data Exchange layout (``/exchange/data``,
   ``data_white``, ``data_dark``, ``energy``);
@@ -12,6 +15,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +134,10 @@ def _read(inputs, energies, flats, darks, values, grouping, scan) -> Stack:
     for p in paths:
         if not p.exists():
             raise XanestrackError(f"{p}: no such file or folder")
+    tiff_files = _tiff_files(paths)
+    if tiff_files is not None:
+        data, e, reverse, notes = _tiff_frames(tiff_files, energies)
+        return _tiff_stack(data, e, reverse, notes, paths[0], tiff_files, flats, darks, values)
     if len(paths) > 1 or paths[0].is_dir() or paths[0].suffix.lower() in _XRM:
         from .xrm import read_xrm_scan
 
@@ -156,27 +164,112 @@ def _read(inputs, energies, flats, darks, values, grouping, scan) -> Stack:
             )
         data = read_tiff_frames(path, notes=notes)
         e, reverse = energy_order(_energies_arg(energies), data.shape[0], source=path)
-        files = [str(path)]
-        if flats is not None:
-            fl = read_tiff_frames(flats, notes=notes)
-            dk = read_tiff_frames(darks, notes=notes) if darks is not None else None
-            files += [str(flats)] + ([str(darks)] if darks is not None else [])
-            fl = _match_flats(fl, data.shape[0], source=flats, notes=notes)
-            if dk is None:
-                notes.append(f"{path}: no dark images (`darks`): dark taken as 0")
-            od = optical_density(data, flats=fl, darks=dk, source=str(path), notes=notes)
-            kind = "counts"
-        else:
-            if darks is not None:
-                raise XanestrackError(f"{darks}: darks given without `flats`; give the flats too, or neither")
-            od, kind, more = values_without_flats(data, values, source=path, flats_hint="`flats` (reference images)")
-            notes += more
-        meta = dict(source=str(path), reader="tiff", values=kind, files=files, notes=notes)
-        return Stack(_in_energy_order(od, e, reverse, meta), e, None, meta)
+        return _tiff_stack(data, e, reverse, notes, path, [path], flats, darks, values)
     raise XanestrackError(
         f"{path}: unrecognised input type {suffix!r}; give a .tif/.tiff stack, an HDF5 file "
         "(.h5/.hdf5, FXI or Data Exchange) or .xrm/.txrm files"
     )
+
+
+def _tiff_stack(data, e, reverse, notes, path, files, flats, darks, values) -> Stack:
+    """The Stack of TIFF frames ``data`` (one file's stack, or one frame per file) with their energies."""
+    from .tiff import read_tiff_frames
+
+    files = [str(f) for f in files]
+    if flats is not None:
+        fl = read_tiff_frames(flats, notes=notes)
+        dk = read_tiff_frames(darks, notes=notes) if darks is not None else None
+        files += [str(flats)] + ([str(darks)] if darks is not None else [])
+        fl = _match_flats(fl, data.shape[0], source=flats, notes=notes)
+        if dk is None:
+            notes.append(f"{path}: no dark images (`darks`): dark taken as 0")
+        od = optical_density(data, flats=fl, darks=dk, source=str(path), notes=notes)
+        kind = "counts"
+    else:
+        if darks is not None:
+            raise XanestrackError(f"{darks}: darks given without `flats`; give the flats too, or neither")
+        od, kind, more = values_without_flats(data, values, source=path, flats_hint="`flats` (reference images)")
+        notes += more
+    meta = dict(source=str(path), reader="tiff", values=kind, files=files, notes=notes)
+    return Stack(_in_energy_order(od, e, reverse, meta), e, None, meta)
+
+
+#: an energy in a file name: a number, then eV or keV (``frame_8333.5eV``, ``..._08324.0_eV_001of003``)
+_ENERGY_IN_NAME = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)[ _-]?(k?ev)(?![a-z])", re.IGNORECASE)
+
+
+def _natural_key(path: Path):
+    """``frame_2`` before ``frame_10``."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
+
+
+def _tiff_files(paths) -> list | None:
+    """The TIFF files of a folder or a list of two or more, in order; None where the inputs are something else."""
+    if len(paths) == 1 and not paths[0].is_dir():
+        return None
+    files = []
+    for p in paths:
+        if p.is_dir():
+            inside = [q for q in p.iterdir() if q.is_file()]
+            tiffs = [q for q in inside if q.suffix.lower() in _TIFF]
+            if not tiffs or any(q.suffix.lower() in _XRM for q in inside):
+                return None  # a Zeiss folder, or neither: the .xrm reader says what it found
+            files += sorted(tiffs, key=_natural_key)
+        elif p.suffix.lower() in _TIFF:
+            files.append(p)
+        else:
+            return None
+    return files
+
+
+def _tiff_frames(files, energies):
+    """(frames, energies in increasing order, reversed?, notes) of single-frame TIFF files."""
+    from .checks import check_memory
+    from .tiff import read_tiff_frames
+
+    notes = []
+    if energies is None:
+        found = [_ENERGY_IN_NAME.findall(f.stem) for f in files]
+        bad = [f for f, m in zip(files, found) if len(m) != 1]
+        if bad:
+            raise XanestrackError(
+                f"{bad[0]}: {'no' if not found[files.index(bad[0])] else 'more than one'} energy in its name "
+                f"(as in frame_8333.5eV.tif); pass `energies` FILE, one energy per file in the order of the files"
+                + (" (a folder's: the natural order of their names)" if len(files) > 1 else "")
+            )
+        values = np.array([float(v) * (1000.0 if unit.lower() == "kev" else 1.0) for ((v, unit),) in found])
+        order = np.argsort(values, kind="stable")
+        files = [files[i] for i in order]
+        values = values[order]
+        notes.append(f"{len(files)} TIFF files, one frame each, energies from their names, taken in energy order")
+    else:
+        values = _energies_arg(energies)
+        notes.append(
+            f"{len(files)} TIFF files, one frame each, in the order given (a folder's: the natural order of their names), "
+            f"energies from {energies if isinstance(energies, (str, Path)) else 'the values given'} in that order"
+        )
+    e, reverse = energy_order(values, len(files), source=f"{files[0].parent}")
+    first = read_tiff_frames(files[0], notes=notes)
+    check_memory(
+        len(files) * first[0].nbytes * 2,
+        source=files[0].parent,
+        what=f"reading {len(files)} frames of {first.shape[1:]}",
+    )
+    data = np.empty((len(files), *first.shape[1:]), first.dtype)
+    for k, f in enumerate(files):
+        frame = first if k == 0 else read_tiff_frames(f, notes=notes)
+        if frame.shape[0] != 1:
+            raise XanestrackError(
+                f"{f}: holds {frame.shape[0]} frames; a list of TIFF files must give one frame each (or give one "
+                "TIFF stack with an energies file)"
+            )
+        if frame.shape[1:] != data.shape[1:] or frame.dtype != data.dtype:
+            raise XanestrackError(
+                f"{f}: a frame of {frame.shape[1:]} {frame.dtype}, where {files[0].name} has {data.shape[1:]} "
+                f"{data.dtype}; the frames of a scan must match"
+            )
+        data[k] = frame[0]
+    return data, e, reverse, notes
 
 
 def _match_flats(flats, n_frames: int, *, source, notes):

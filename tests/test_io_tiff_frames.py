@@ -1,0 +1,92 @@
+"""A scan written as one TIFF file per energy (a folder, or a list of files)."""
+
+import numpy as np
+import pytest
+import tifffile
+from typer.testing import CliRunner
+
+from xanestrack.cli import app
+from xanestrack.errors import XanestrackError
+from xanestrack.io import read_stack
+
+E = np.array([8300.0, 8320.0, 8333.5, 8345.0, 8360.0, 8400.0])
+
+
+def _frames(n=6, shape=(24, 20)):
+    rng = np.random.default_rng(4)
+    return rng.uniform(0.0, 1.0, (n, *shape)).astype(np.float32)
+
+
+def _write(folder, names, frames):
+    folder.mkdir(exist_ok=True)
+    for name, f in zip(names, frames):
+        tifffile.imwrite(folder / name, f)
+    return folder
+
+
+def test_a_folder_of_frames_named_by_their_energies_is_read_in_energy_order(tmp_path):
+    od = _frames()
+    # names in three spellings, written in an order that is neither the energies' nor the names'
+    names = [f"scan_{e:.1f}eV.tif" for e in E[:2]] + [f"rep01_0{e:.1f}_eV_001of003.tiff" for e in E[2:4]]
+    names += [f"img {e / 1000:.4f} keV.tif" for e in E[4:]]
+    order = [3, 0, 5, 1, 4, 2]
+    _write(tmp_path / "f", [names[i] for i in order], od[order])
+    st = read_stack(tmp_path / "f", values="od", zingers=False)
+    assert np.allclose(st.energies_ev, E) and np.array_equal(st.od, od)
+    assert any("energies from their names" in n for n in st.metadata["notes"])
+    # the same files listed one by one
+    st2 = read_stack(sorted((tmp_path / "f").iterdir()), values="od", zingers=False)
+    assert np.array_equal(st2.od, od)
+
+
+def test_frames_with_an_energies_file_are_taken_in_the_natural_order_of_their_names(tmp_path):
+    od = _frames()
+    _write(tmp_path / "f", [f"frame_{k}.tif" for k in range(len(E))], od)  # frame_10 would follow frame_9
+    (tmp_path / "e.txt").write_text("\n".join(map(str, E)))
+    st = read_stack(tmp_path / "f", energies=tmp_path / "e.txt", values="od", zingers=False)
+    assert np.array_equal(st.od, od) and np.allclose(st.energies_ev, E)
+    # a scan from high to low energy: the energies file decides, the frames follow it
+    (tmp_path / "d.txt").write_text("\n".join(map(str, E[::-1])))
+    st = read_stack(tmp_path / "f", energies=tmp_path / "d.txt", values="od", zingers=False)
+    assert np.array_equal(st.od, od[::-1]) and np.allclose(st.energies_ev, E)
+
+
+@pytest.mark.parametrize(
+    "case, fragment",
+    [
+        ("unnamed", "no energy in its name"),
+        ("two_energies", "more than one energy in its name"),
+        ("shape", "the frames of a scan must match"),
+        ("stack", "must give one frame each"),
+        ("count", "6 frames but 5 energies"),
+        ("duplicate", "duplicate energy"),
+    ],
+)
+def test_a_folder_of_frames_that_does_not_make_a_scan_is_one_line(tmp_path, case, fragment):
+    od = _frames()
+    names = [f"f_{e:.1f}eV.tif" for e in E]
+    args = []
+    if case == "unnamed":
+        names[2] = "f_2.tif"
+    elif case == "two_energies":
+        names[2] = "f_8333.5eV_to_8340eV.tif"
+    elif case == "duplicate":
+        names[2] = "f_8320.0_eV_b.tif"
+    f = _write(tmp_path / "f", names, od)
+    if case == "shape":
+        tifffile.imwrite(f / names[4], od[4, :20])
+    elif case == "stack":
+        tifffile.imwrite(f / names[4], od[:2])
+    elif case == "count":
+        (tmp_path / "e.txt").write_text("\n".join(map(str, E[:5])))
+        args = ["--energies", str(tmp_path / "e.txt")]
+    r = CliRunner().invoke(app, ["run", str(f), "--values", "od", "--out", str(tmp_path / "o"), *args])
+    assert r.exit_code == 2 and fragment in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_folder_with_neither_frames_nor_zeiss_files_says_so(tmp_path):
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "notes.txt").write_text("nothing")
+    with pytest.raises(XanestrackError, match="folder holds no .xrm/.txrm files"):
+        read_stack(tmp_path / "f")
