@@ -90,3 +90,13 @@ def test_a_folder_with_neither_frames_nor_zeiss_files_says_so(tmp_path):
     (tmp_path / "f" / "notes.txt").write_text("nothing")
     with pytest.raises(XanestrackError, match="folder holds no .xrm/.txrm files"):
         read_stack(tmp_path / "f")
+
+
+def test_a_series_sees_a_frame_of_a_tiff_folder_replaced(tmp_path):
+    from xanestrack.series import ScanSource, source_checksum
+
+    folder = _write(tmp_path / "f", [f"f_{e:.1f}eV.tif" for e in E], _frames())
+    src = ScanSource("f", 0, "input", path=str(folder))
+    before = source_checksum(src)
+    tifffile.imwrite(folder / "f_8345.0eV.tif", _frames()[3] + 0.01)
+    assert source_checksum(src) != before

@@ -76,7 +76,7 @@ class ScanSource:
 
     name: str
     index: int
-    kind: str  # "input" (file or .xrm folder), "hdf5-scan" (4-D file), "synthetic"
+    kind: str  # "input" (file, .xrm or TIFF folder), "hdf5-scan" (4-D file), "synthetic"
     path: str | None = None
     synthetic: dict | None = None
 
@@ -133,7 +133,7 @@ def _normalised(path) -> str:
 
 
 def source_checksum(source: ScanSource) -> str:
-    """SHA-256 of what a scan is read from: its file(s) (a folder: its .xrm/.txrm files), or its synthetic recipe."""
+    """SHA-256 of what a scan is read from: its file(s) (a folder: its .xrm/.txrm or TIFF files), or its synthetic recipe."""
     import hashlib
 
     h = hashlib.sha256()
@@ -142,7 +142,9 @@ def source_checksum(source: ScanSource) -> str:
         return h.hexdigest()
     p = Path(source.path)
     files = (
-        sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in (".xrm", ".txrm")) if p.is_dir() else [p]
+        sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in (".xrm", ".txrm", ".tif", ".tiff"))
+        if p.is_dir()
+        else [p]
     )
     for q in files:
         h.update(q.name.encode() + b"\0")
