@@ -198,7 +198,7 @@ class _ModelWarmup:
         return self._seg
 
 
-def _check_device(device: str, detector: str, segmenter: str) -> None:
+def _check_device(device: str) -> None:
     """Refuse ``--device`` at once where it names a GPU that is not there (the learned models and the
     per-particle array work would run there; torch is imported only then: the CPU default costs nothing here)."""
     if device.strip().lower() != "cpu":
@@ -587,7 +587,7 @@ def run(
         for name, value in (("detector", detector), ("segmenter", segmenter)):
             if value not in ("classical", "learned"):
                 raise XanestrackError(f"--{name} takes 'classical' or 'learned', got {value!r}")
-        _check_device(device, detector, segmenter)  # before reading
+        _check_device(device)  # before reading
         warmup = _ModelWarmup(detector, segmenter, segmenter_model, device)  # torch imported while reading
         c = _console()
         t = time.perf_counter()
@@ -957,7 +957,7 @@ def series(
             sources = series_sources(inputs)
         else:
             raise ValueError("give the scans, or --synthetic N")
-        _check_device(device, detector, segmenter)  # before any scan is started
+        _check_device(device)  # before any scan is started
         _console().print(f"series    {len(sources)} scans -> {out}/")
         t = time.perf_counter()
         table = run_series(

@@ -140,13 +140,9 @@ def source_checksum(source: ScanSource) -> str:
     if source.kind == "synthetic":
         h.update(json.dumps(dict(source.synthetic, index=source.index), sort_keys=True, default=str).encode())
         return h.hexdigest()
-    p = Path(source.path)
-    files = (
-        sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in (".xrm", ".txrm", ".tif", ".tiff"))
-        if p.is_dir()
-        else [p]
-    )
-    for q in files:
+    from .io import input_files
+
+    for q in input_files(source.path):
         h.update(q.name.encode() + b"\0")
         with open(q, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -25,7 +25,7 @@ from ..stack import Stack
 from .checks import energies_in_ev, energy_order, values_without_flats
 from .flatfield import optical_density
 
-__all__ = ["read_stack", "optical_density", "file_checksums"]
+__all__ = ["read_stack", "optical_density", "file_checksums", "input_files"]
 
 _TIFF = {".tif", ".tiff"}
 _HDF = {".h5", ".hdf5", ".hdf", ".nxs"}
@@ -44,6 +44,17 @@ def file_checksums(paths) -> dict:
                     h.update(chunk)
             out[str(p)] = h.hexdigest()
     return out
+
+
+def input_files(path) -> list:
+    """The files a scan given as ``path`` is read from: a folder's .xrm/.txrm files, else its TIFF files (one
+    frame per energy), in name order; a file itself. What a series checksums to tell a scan changed."""
+    p = Path(path)
+    if not p.is_dir():
+        return [p]
+    inside = sorted(q for q in p.iterdir() if q.is_file())
+    xrm = [q for q in inside if q.suffix.lower() in _XRM]
+    return xrm or [q for q in inside if q.suffix.lower() in _TIFF]
 
 
 def _as_paths(inputs):
@@ -210,11 +221,10 @@ def _tiff_files(paths) -> list | None:
     files = []
     for p in paths:
         if p.is_dir():
-            inside = [q for q in p.iterdir() if q.is_file()]
-            tiffs = [q for q in inside if q.suffix.lower() in _TIFF]
-            if not tiffs or any(q.suffix.lower() in _XRM for q in inside):
+            inside = input_files(p)
+            if not inside or inside[0].suffix.lower() not in _TIFF:
                 return None  # a Zeiss folder, or neither: the .xrm reader says what it found
-            files += sorted(tiffs, key=_natural_key)
+            files += sorted(inside, key=_natural_key)
         elif p.suffix.lower() in _TIFF:
             files.append(p)
         else:
