@@ -28,8 +28,10 @@ removed), beside the same for the unchanged scene:
   shifted in filled with zeros (as TXM-Sandbox writes them) and, again, with NaN;
 - ``rotation``: the image turned by 0.8 degrees across the scan, with and without ``--rotation``;
 - ``magnification``: a 3 % magnification change across the scan;
-- ``focus``: the images blurred more and more across the scan (a Gaussian of 0 to 2.5 px sd: the zone plate's focus
-  drifting with the energy, not refocused);
+- ``focus``: the images blurred more and more across the scan (a Gaussian of 0 to 1.0 and to 2.5 px sd: the zone
+  plate's focus drifting with the energy, not refocused), as run and with ``--no-match-resolution``, beside every
+  frame blurred alike by the largest (what matching the frames' resolution can at best reach); each particle's mean
+  E50 less the unchanged scene's;
 - ``non_square``: every frame cut to 460 x 300 px (a detector region of interest): the particles the cut crosses
   leave the run, those inside it are compared;
 - ``od_ramp``: an optical density growing from 0 to 1 across the frame, the same at every energy (a thick matrix on
@@ -148,6 +150,13 @@ def _e50_change(s, base) -> float:
     b = base["e50"]
     d = [abs(e - b[np.argmin(np.hypot(b[:, 0] - y, b[:, 1] - x)), 2]) for y, x, e in s["e50"]]
     return float(np.nanmax(d)) if d else np.nan
+
+
+def _e50_changes(s, base) -> str:
+    """Each particle's mean E50 less the unchanged scene's (paired as in :func:`_e50_change`), by radius."""
+    b = base["e50"]
+    d = [e - b[np.argmin(np.hypot(b[:, 0] - y, b[:, 1] - x)), 2] for y, x, e in s["e50"]]
+    return " ".join(f"{v:+.2f}" for v in d)
 
 
 BASE = {}
@@ -417,10 +426,22 @@ def main(argv=None):
             elif trial == "focus":
                 from scipy import ndimage
 
-                sd = np.linspace(0, 2.5, len(od))
-                blurred = np.stack([ndimage.gaussian_filter(od[k], sd[k]) for k in range(len(od))])
-                _cli("run", *_write_od_tiff(d, "s", blurred, e), "--out", d / "r")
-                print(_line("blurred by 0 -> 2.5 px sd across the scan", _score(d / "r", truth), ["edges blur"]))
+                for top in (1.0, 2.5):
+                    sd = np.linspace(0, top, len(od))
+                    blurred = np.stack([ndimage.gaussian_filter(od[k], sd[k]) for k in range(len(od))])
+                    args = _write_od_tiff(d, "s", blurred, e)
+                    for extra in ([], ["--no-match-resolution"]):
+                        out = d / f"r{top:g}_{len(extra)}"
+                        _cli("run", *args, "--out", out, *extra)
+                        s = _score(out, truth)
+                        print(_line(f"blurred by 0 -> {top:g} px sd across the scan {' '.join(extra)}", s, ["edges"]))
+                        print("  mean E50 - the unchanged scene's, per particle (eV):", _e50_changes(s, BASE["clean"]))
+                # what the correction can at best reach: every frame at the coarsest resolution
+                blurred = np.stack([ndimage.gaussian_filter(f, top) for f in od])
+                _cli("run", *_write_od_tiff(d, "s", blurred, e), "--out", d / f"u{top:g}")
+                s = _score(d / f"u{top:g}", truth)
+                print(_line(f"every frame blurred by {top:g} px sd", s, ["edges"]))
+                print("  mean E50 - the unchanged scene's, per particle (eV):", _e50_changes(s, BASE["clean"]))
             elif trial == "non_square":
                 x0 = 80
                 _cli("run", *_write_od_tiff(d, "s", od[:, :, x0 : x0 + 300], e), "--out", d / "r")

@@ -5,7 +5,7 @@ import pytest
 from conftest import pair_by_position
 from xanestrack.evaluate import evaluate_result
 from xanestrack.pipeline import PipelineOptions, run_pipeline
-from xanestrack.result import FRAME_FLAGS
+from xanestrack.result import FRAME_FLAGS, particle_summary
 from xanestrack.stack import Stack
 from xanestrack.synth import make_synthetic_stack
 
@@ -525,7 +525,7 @@ def test_a_scan_of_few_energies_keeps_its_particles_bends_when_smoothed():
     assert any("hardly smoothed" in n for n in r.notes)
 
 
-def test_a_resolution_that_changes_across_the_scan_is_noted(small_synth, small_result):
+def test_a_resolution_that_changes_across_the_scan_is_noted_and_matched(small_synth, small_result):
     from scipy import ndimage
 
     # the focus drifting with the energy: each frame blurred more than the one before (0 -> 2.5 px sd)
@@ -533,12 +533,38 @@ def test_a_resolution_that_changes_across_the_scan_is_noted(small_synth, small_r
     sd = np.linspace(0, 2.5, len(od))
     blurred = np.stack([ndimage.gaussian_filter(od[k], sd[k]) for k in range(len(od))]).astype(np.float32)
     result = run_pipeline(Stack(blurred, small_synth.energies_ev))
-    note = [n for n in result.notes if "edges blur across the scan" in n]
+    note = [n for n in result.notes if "the resolution changes across the scan" in n]
     assert len(note) == 1, result.notes
-    change = float(note[0].split("changes by ")[1].split(" px")[0])
-    assert 0.9 < change < 2.0  # the default scene at 143 energies: +1.5 px
+    change = float(note[0].split("edges are ")[1].split(" px wider in ")[0])
+    assert 0.9 < change < 2.0  # widths 0.9 -> 2.4 px
+    assert "px wider in the last quarter of the frames" in note[0] and "than in the first quarter" in note[0]
+    assert "blurred to the scan's coarsest resolution" in note[0]
     # the unchanged scan says nothing of it
-    assert not [n for n in small_result.notes if "across the scan:" in n and "edges" in n]
+    assert not [n for n in small_result.notes if "resolution changes across the scan" in n]
+    # the mean edge energies: the frames matched in resolution are as the unchanged scan's, those left as measured
+    # come out lower (the blurred frames at high energy mix the surroundings into the particle's pixels)
+    as_measured = run_pipeline(Stack(blurred, small_synth.energies_ev), options=PipelineOptions(match_resolution=False))
+    assert "not corrected" in [n for n in as_measured.notes if "resolution changes across the scan" in n][0]
+    base = particle_summary(small_result)
+
+    def bias(res):
+        s = particle_summary(res)
+        j = [int(np.argmin(np.hypot(base["y0"] - y, base["x0"] - x))) for y, x in zip(s["y0"], s["x0"])]
+        return s["mean_e50_ev"].to_numpy() - base["mean_e50_ev"].to_numpy()[j]
+
+    matched, left = bias(result), bias(as_measured)
+    assert np.nanmax(left) < -0.05 and np.nanmin(left) < -0.1, left
+    assert np.nanmax(np.abs(matched)) < 0.5 * np.nanmax(np.abs(left)), (matched, left)
+    # the aligned frames written stay as measured
+    assert np.array_equal(result.particles[0].aligned, as_measured.particles[0].aligned, equal_nan=True)
+
+    # a focus set in the middle of the scan, drifting out both ways: both ends blurred, seen and matched too
+    sd = 2.0 * np.abs(np.linspace(-1, 1, len(od)))
+    blurred = np.stack([ndimage.gaussian_filter(od[k], sd[k]) for k in range(len(od))]).astype(np.float32)
+    v = run_pipeline(Stack(blurred, small_synth.energies_ev))
+    note = [n for n in v.notes if "the resolution changes across the scan" in n]
+    assert len(note) == 1 and "blurred to the scan's coarsest resolution" in note[0], v.notes
+    assert "than in the second quarter" in note[0] or "than in the third quarter" in note[0], note[0]
 
 
 def test_a_scan_of_another_edge_says_why_it_has_no_oxidised_fraction(small_synth, small_result):

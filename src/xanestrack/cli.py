@@ -481,6 +481,10 @@ def run(
         True,
         help="Subtract the matrix separated from behind a particle that drifts on its own from its frames before the XANES analysis (its texture would slide through the particle's pixels and enter their spectra); the aligned stack written stays as measured. --no-subtract-matrix: the chemistry of the frames as measured.",
     ),
+    match_resolution: bool = typer.Option(
+        True,
+        help="Where the particles' edges blur or sharpen across the scan (a focus drifting with the energy; a run note says so), blur each frame's particle windows to the scan's coarsest resolution before the XANES analysis, so that the edge energies are not biased by it; the aligned stack written stays as measured. --no-match-resolution: the chemistry of the frames as measured (the note still says the edges blur).",
+    ),
     device: str = typer.Option(
         "cpu",
         help="Where the learned detector and segmenter and the per-particle array work (resampling, smoothing, correlation) run: cpu (default), cuda or cuda:N (a GPU that PyTorch sees). Everything else runs on the CPU either way.",
@@ -641,6 +645,7 @@ def run(
             separate_matrix=separate_matrix,
             unmix_matrix=unmix_matrix,
             subtract_matrix=subtract_matrix,
+            match_resolution=match_resolution,
             smooth_tracks=smooth_tracks,
             rotation=rotation,
             density_voucher=density_voucher,

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from scipy import ndimage
+from scipy.signal import savgol_filter
 
 from . import xanes
 from .background import (
@@ -124,6 +125,14 @@ class PipelineOptions:
     xanes_smoothing : float, default 1.0
         px. Gaussian sigma of the smoothing inside the particle's mask before the XANES
         analysis (0: none).
+    match_resolution : bool, default True
+        Where the particles' edges blur or sharpen across the scan (a focus drifting with the
+        energy: the run note of :func:`_resolution_change`), blur each frame's particle windows
+        to the scan's coarsest resolution before the XANES analysis (a Gaussian per frame
+        from the particles' edge widths, :func:`_resolution_blur`), so that the share of the
+        surroundings mixed into a pixel no longer changes with the energy and biases its edge
+        energy. The aligned stack written stays as measured. Scans whose focus holds are not
+        touched.
     follow : FollowOptions
         The edge-correlation estimate of each particle's position.
     agreement_px : float, default 0.5
@@ -305,6 +314,7 @@ class PipelineOptions:
     edge_window: tuple = (-15.0, 20.0)
     local_background: bool = True
     xanes_smoothing: float = 1.0
+    match_resolution: bool = True
     follow: FollowOptions = field(default_factory=FollowOptions)
     agreement_px: float = 0.5
     window_offset_px: float = 0.0
@@ -606,43 +616,167 @@ WITH_MATRIX_PX = 0.75
 #: over those 30 eV; over the 6 measured, 0.99644)
 MIN_VOUCHED_FOR_FIT = 5
 
-#: px. A change of the particles' edge width (:func:`register.edge_widths
-#: <xanestrack.register.edge_widths>`) from the first quarter of the frames a particle's XANES
-#: uses to the last, median over the particles, from which the run notes that the resolution
-#: changed across the scan (a focus drifting with the energy). The default scene blurred by a
-#: Gaussian growing to 1.0 / 1.5 / 2.5 px sd over the scan: +0.4 / +0.8 / +1.5 px, mean E50s
-#: 0.07 / 0.13 / 0.37 eV lower at most; scans whose focus holds (default scene, the stress
-#: family's drift, counts and all, both paths; cut, saturated): -0.10 to +0.10 px
+#: px. The range of the particles' edge width across the scan (:func:`_resolution_change`) from
+#: which the run notes that the resolution changed (a focus drifting with the energy) and, with
+#: ``match_resolution``, brings every frame to the coarsest. Measured: see the README (**When
+#: something is wrong**)
 RESOLUTION_CHANGE_PX = 0.3
 #: particles measured, and frames each, from which the edge widths are compared
 RESOLUTION_MIN_PARTICLES = 3
 RESOLUTION_MIN_FRAMES = 16
+#: frames. A per-frame profile of the edge widths (:func:`_width_profile`) is a running median
+#: over this many frames, then a quadratic Savitzky-Golay fit over as many (which keeps a trend
+#: to the scan's ends, where the coarsest frame often is): a focus drifts smoothly with the
+#: energy, while one particle's width in one frame scatters by +-0.3 px
+RESOLUTION_SMOOTH_FRAMES = 15
+#: rounds of :func:`_resolution_blur` (the frames blurred so far measured again)
+RESOLUTION_ROUNDS = 3
 
 
-def _resolution_note(particles) -> str | None:
-    """A note where the particles' edges blur or sharpen across the scan, else None."""
-    changes = []
+@dataclass
+class _Resolution:
+    """The particles' edge widths across a scan (:func:`_resolution_change`)."""
+
+    change: float  # px: the widest quarter of the frames less the sharpest
+    n: int  # particles measured
+    sharpest: int  # quarter (0-3)
+    coarsest: int  # quarter
+    measured: list  # (aligned windows of the frames used, mask, those frames) per particle
+    widths: np.ndarray  # (particles, frames) px, NaN where not measured
+
+
+def _edge_width_rows(measured, n_frames: int, blur=None) -> np.ndarray:
+    """Each measured particle's edge width per frame (px; NaN where not measured), its windows blurred by ``blur``."""
+    rows = np.full((len(measured), n_frames), np.nan)
+    for i, (windows, mask, used) in enumerate(measured):
+        rows[i, used] = edge_widths(windows if blur is None else _blur_frames(windows, blur[used]), mask)
+    return rows
+
+
+def _width_profile(rows) -> np.ndarray | None:
+    """Per frame, the median over the particles of their value less its median over the frames, smoothed.
+
+    Interpolated over frames where fewer than ``RESOLUTION_MIN_PARTICLES`` are measured, then
+    smoothed across the energies (``RESOLUTION_SMOOTH_FRAMES``). None where fewer than
+    ``RESOLUTION_MIN_PARTICLES`` particles have ``RESOLUTION_MIN_FRAMES`` values or fewer than
+    ``RESOLUTION_MIN_FRAMES`` frames are measured for enough of them.
+    """
+    rows = rows[np.isfinite(rows).sum(axis=1) >= RESOLUTION_MIN_FRAMES]
+    if len(rows) < RESOLUTION_MIN_PARTICLES:
+        return None
+    seen = np.isfinite(rows).sum(axis=0) >= RESOLUTION_MIN_PARTICLES
+    if seen.sum() < max(RESOLUTION_MIN_FRAMES, RESOLUTION_SMOOTH_FRAMES):
+        return None
+    frames = np.arange(rows.shape[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # frames measured for no particle
+        prof = np.nanmedian(rows - np.nanmedian(rows, axis=1, keepdims=True), axis=0)
+    prof = np.interp(frames, frames[seen], prof[seen])
+    prof = ndimage.median_filter(prof, RESOLUTION_SMOOTH_FRAMES, mode="nearest")
+    return savgol_filter(prof, RESOLUTION_SMOOTH_FRAMES, 2, mode="interp")  # a trend kept to the ends
+
+
+def _resolution_change(particles, n_frames: int) -> _Resolution | None:
+    """How much the particles' edges blur or sharpen across the scan, or None where too few are measured.
+
+    Each particle's edge width (:func:`register.edge_widths <xanestrack.register.edge_widths>`)
+    in every frame its XANES uses (``RESOLUTION_MIN_FRAMES`` or more); per particle, the median
+    of each quarter of those frames less their mean; per quarter, the median over the
+    particles; the change is the largest less the smallest. A focus set at the edge and
+    drifting both ways blurs both ends of the scan: four quarters see it where the first and
+    last alone would not. A quarter's median over some 36 frames is what keeps this steady
+    where the focus holds (a profile frame by frame, smoothed over 15, ranged 0.05-0.54 px on
+    the stress family).
+    """
+    measured = []
     for p in particles:
         if p.aligned is None or p.mask is None or not p.mask.any():
             continue
         used = np.flatnonzero(p.xanes_frames) if p.xanes_frames is not None else np.arange(len(p.aligned))
-        if used.size < RESOLUTION_MIN_FRAMES:
+        if used.size >= RESOLUTION_MIN_FRAMES:
+            measured.append((p.aligned[used], p.mask, used))
+    if len(measured) < RESOLUTION_MIN_PARTICLES:
+        return None
+    rows = _edge_width_rows(measured, n_frames)
+    quarters = []
+    for row, (_, _, used) in zip(rows, measured):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a quarter with no width measured
+            q = np.array([np.nanmedian(row[part]) for part in np.array_split(used, 4)])
+        if np.isfinite(q).all():
+            quarters.append(q - q.mean())
+    if len(quarters) < RESOLUTION_MIN_PARTICLES:
+        return None
+    per_quarter = np.median(quarters, axis=0)
+    lo, hi = int(np.argmin(per_quarter)), int(np.argmax(per_quarter))
+    return _Resolution(float(per_quarter[hi] - per_quarter[lo]), len(quarters), lo, hi, measured, rows)
+
+
+def _resolution_blur(res: _Resolution) -> np.ndarray | None:
+    """Per frame, the Gaussian sd (px) that brings it to the scan's coarsest resolution.
+
+    An outline of width ``w0`` seen through a Gaussian blur of sd ``s`` has the width
+    ``sqrt(w0**2 + s**2)``: each particle's squared edge width less its median over the
+    frames is the frame's squared blur less the particle's typical one, whatever the
+    particle's own outline. Their profile across the frames (:func:`_width_profile`) is each
+    frame's excess ``D``; the frame is blurred by ``sqrt(D[c] - D)``, ``c`` the frame where it
+    is largest. The fitted widths of a curved outline seen within ``EDGE_REACH_PX`` grow more
+    slowly than the blur (the default scene blurred by 0 -> 2.5 px: widths 0.9 -> 2.4 px, not
+    2.7), so the frames so blurred are measured again and their remaining difference to frame
+    ``c`` added (signed, none below zero: the widths' noise does not pile up),
+    ``RESOLUTION_ROUNDS`` rounds in all.
+    """
+    n_frames = res.widths.shape[1]
+    blur2 = np.zeros(n_frames)
+    rows = res.widths
+    coarsest = None
+    for _ in range(RESOLUTION_ROUNDS):
+        excess = _width_profile(rows**2)
+        if excess is None:
+            return None
+        if coarsest is None:
+            coarsest = int(np.argmax(excess))
+        blur2 = np.maximum(blur2 + excess[coarsest] - excess, 0.0)
+        rows = _edge_width_rows(res.measured, n_frames, np.sqrt(blur2))
+    return np.sqrt(blur2)
+
+
+def _blur_frames(windows, sd) -> np.ndarray:
+    """Each window blurred by a Gaussian of its own sd (px; NaN pixels ignored and kept NaN)."""
+    out = np.array(windows, dtype=np.float64)
+    for k, s_ in enumerate(sd):
+        if s_ < 0.05:
             continue
-        q = used.size // 4
-        w = edge_widths(p.aligned[np.r_[used[:q], used[-q:]]], p.mask)
-        if np.isfinite(w[:q]).any() and np.isfinite(w[q:]).any():
-            changes.append(float(np.nanmedian(w[q:]) - np.nanmedian(w[:q])))
-    if len(changes) < RESOLUTION_MIN_PARTICLES:
-        return None
-    change = float(np.median(changes))
-    if abs(change) < RESOLUTION_CHANGE_PX:
-        return None
-    return (
-        f"the particles' edges {'blur' if change > 0 else 'sharpen'} across the scan: their width (the sd of an erf "
-        f"fitted across each outline) changes by {change:+.1f} px from the first quarter of the frames to the last "
-        f"(median over {len(changes)} particles; within 0.1 px where the focus holds): the resolution changed with the "
-        "energy (a focus that drifts). Mean edge energies are biased by it, most for small particles, and are not "
-        "corrected (measured: 0.07 / 0.13 / 0.37 eV at most for +0.4 / +0.8 / +1.5 px on the default scene)"
+        finite = np.isfinite(out[k])
+        num = ndimage.gaussian_filter(np.where(finite, out[k], 0.0), s_, mode="nearest")
+        den = ndimage.gaussian_filter(finite.astype(float), s_, mode="nearest")
+        out[k] = np.where(finite, num / np.maximum(den, 1e-12), np.nan)
+    return out.astype(np.asarray(windows).dtype, copy=False)
+
+
+def _resolution_note(res: _Resolution, energies, blur: np.ndarray | None) -> str:
+    """The run note of a resolution that changes across the scan (and of its correction, if made)."""
+    names = ("first", "second", "third", "last")
+
+    def span(k):
+        part = np.array_split(np.arange(len(energies)), 4)[k]
+        return f"the {names[k]} quarter of the frames ({energies[part[0]]:.0f}-{energies[part[-1]]:.0f} eV)"
+
+    said = (
+        f"the resolution changes across the scan: the particles' edges are {res.change:.1f} px wider in "
+        f"{span(res.coarsest)} than in {span(res.sharpest)} (the sd of an erf fitted across each outline, median over "
+        f"{res.n} particles; 0.2 px at most where the focus holds): a focus that drifts with the energy. "
+    )
+    if blur is None:
+        return said + (
+            "Mean edge energies are biased by it, most for small particles, and are not corrected (measured on the "
+            "default scene: 0.07 / 0.37 eV at most for blurs growing to 1.0 / 2.5 px)"
+        )
+    return said + (
+        f"Each frame's particle windows were blurred to the scan's coarsest resolution before the XANES analysis (a "
+        f"Gaussian of up to {blur.max():.1f} px sd, from the edge widths; the aligned stack written stays as measured): "
+        "the share of the surroundings mixed into a pixel no longer changes with the energy. Maps are that much "
+        "coarser; --no-match-resolution leaves the frames as measured"
     )
 
 
@@ -1274,7 +1408,7 @@ def _chemistry_frames(aligned, masks, candidates):
     return use, mask
 
 
-def _finish_particle(loc: _Located, v: VouchedPositions, od, energies, options, references):
+def _finish_particle(loc: _Located, v: VouchedPositions, od, energies, options, references, blur=None):
     n = od.shape[0]
     pid, seg = loc.pid, loc.seg
     radius, half, ref_frame = loc.radius, loc.half, loc.ref_frame
@@ -1356,6 +1490,8 @@ def _finish_particle(loc: _Located, v: VouchedPositions, od, energies, options, 
             "the matrix texture separated from behind it (it moves on its own over the matrix) is subtracted from its "
             "frames before the XANES analysis: it would move through the particle's pixels and enter their spectra"
         )
+    if blur is not None:
+        chem = _blur_frames(chem, blur)  # each frame to the scan's coarsest resolution (_resolution_blur)
     # frames whose position is not measured are kept (interpolated, flagged) but not used
     use, mask = _chemistry_frames(aligned, amasks, v.usable & ~disagree)
     mean_spec = np.array([np.nanmean(a[mask]) if mask.any() else np.nan for a in chem])
@@ -1576,6 +1712,19 @@ def run_pipeline(
         return out
 
     finished = _map(finish, range(len(located)), threads)
+    resolution = _resolution_change([f[0] for f in finished], len(energies))
+    resolution_blur = None
+    if resolution is not None and resolution.change >= RESOLUTION_CHANGE_PX:
+        if options.match_resolution:
+            resolution_blur = _resolution_blur(resolution)
+        if resolution_blur is not None:
+            finished = _map(
+                lambda j: _finish_particle(
+                    located[j], vouched[j], od, energies, options, references, blur=resolution_blur
+                ),
+                range(len(located)),
+                threads,
+            )
     for j, loc in enumerate(located):
         pr, com_raw, norm = finished[j]
         tr = loc.track
@@ -1609,9 +1758,8 @@ def run_pipeline(
     unmeasured_note = _frames_without_particles(particles, energies)
     if unmeasured_note:
         notes.append(unmeasured_note)
-    resolution_note = _resolution_note(particles)
-    if resolution_note:
-        notes.append(resolution_note)
+    if resolution is not None and resolution.change >= RESOLUTION_CHANGE_PX:
+        notes.append(_resolution_note(resolution, energies, resolution_blur))
     chemistry = None
     if options.clusters > 0 and particles:
         t = time.perf_counter()

@@ -288,7 +288,9 @@ def edge_widths(windows, mask) -> np.ndarray:
     Each window's mean optical density against the signed distance from the outline of
     ``mask`` (the particle's pixels; half-pixel bins, ``EDGE_REACH_PX`` either side) is fitted
     by ``a + b (1 - erf(d / (sqrt(2) s))) / 2`` for every ``s`` of ``EDGE_WIDTHS_PX``, the level
-    ``a`` and contrast ``b`` by least squares; the ``s`` of the smallest residual is the width.
+    ``a`` and contrast ``b`` by least squares; the width is the ``s`` of the smallest residual,
+    placed between the widths tried by the vertex of the parabola through it and its neighbours
+    (steps of 0.1 px would hide a change of resolution of a few tenths across a scan).
     The blur of the optics and of the detector, and that of the outline itself (a mask a pixel
     off the true outline widens it), add up in it, so it is a particle's *change* from frame to
     frame that tells a change of resolution (a focus that drifts with the energy), not its value.
@@ -327,14 +329,20 @@ def edge_widths(windows, mask) -> np.ndarray:
     x = (np.arange(nb) / 2 - EDGE_REACH_PX)[full]
     wt = np.sqrt(counts[:, full].mean(axis=0))
     y = (prof[:, full] * wt).T  # (bins, n)
-    best = np.full(len(windows), np.inf)
-    for s_ in EDGE_WIDTHS_PX:
+    res = np.empty((EDGE_WIDTHS_PX.size, len(windows)))
+    for i, s_ in enumerate(EDGE_WIDTHS_PX):
         X = np.c_[np.ones(x.size), 0.5 * (1 - erf(x / (np.sqrt(2) * s_)))] * wt[:, None]
         coef, *_ = np.linalg.lstsq(X, y, rcond=None)
-        r = ((y - X @ coef) ** 2).sum(axis=0)
-        better = r < best
-        best[better] = r[better]
-        out[better] = s_
+        res[i] = ((y - X @ coef) ** 2).sum(axis=0)
+    k = np.argmin(res, axis=0)
+    out = EDGE_WIDTHS_PX[k].astype(float)
+    # between the widths tried: the vertex of the parabola through the smallest residual and its neighbours
+    inner = (k > 0) & (k < EDGE_WIDTHS_PX.size - 1)
+    cols = np.flatnonzero(inner)
+    r0, r1, r2 = res[k[cols] - 1, cols], res[k[cols], cols], res[k[cols] + 1, cols]
+    curv = r0 - 2 * r1 + r2
+    step = EDGE_WIDTHS_PX[1] - EDGE_WIDTHS_PX[0]
+    out[cols] += np.where(curv > 0, 0.5 * (r0 - r2) / np.where(curv > 0, curv, 1.0), 0.0).clip(-0.5, 0.5) * step
     out[ok.sum(axis=1) < 50] = np.nan
     return out
 
