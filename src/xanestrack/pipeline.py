@@ -1585,7 +1585,8 @@ def run_pipeline(
         if not references and len(energies) >= options.min_xanes_energies:
             notes.append(
                 f"no linear-combination fit (no oxidised fraction): the shipped reference spectra (NiO, LiNiO2) are of "
-                f"the Ni K-edge (8333 eV), which this scan ({energies[0]:.1f}-{energies[-1]:.1f} eV) does not cross; "
+                f"the Ni K-edge, their edges near {NI_REFERENCE_EDGE_EV:.0f} eV, which this scan ({energies[0]:.1f}-"
+                f"{energies[-1]:.1f} eV) does not cross; "
                 "give the phases of its edge with --reference NAME=FILE (edge energies are measured either way)"
             )
 
@@ -2139,10 +2140,15 @@ def phase_mapping(particles, norms, energies_ev, *, options: PipelineOptions = P
     return out, chem
 
 
+#: eV. The shipped Ni references (NiO, LiNiO2: half-step energies 8340.0 / 8341.8 eV) are fitted
+#: by default to scans whose energies span this
+NI_REFERENCE_EDGE_EV = 8340.0
+
+
 def _default_references(energies):
     from .spectra import ni_references
 
-    return ni_references() if (energies[0] < 8340 < energies[-1]) else {}
+    return ni_references() if (energies[0] < NI_REFERENCE_EDGE_EV < energies[-1]) else {}
 
 
 def redo_xanes(result: PipelineResult, *, energies_ev, references=None) -> PipelineResult:
