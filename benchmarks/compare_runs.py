@@ -95,19 +95,13 @@ def main(a, b, truth_csv):
 
 
 def _pairs(ta, tb) -> dict:
-    """Particle of ``ta`` -> particle of ``tb`` whose median positions lie within ``PAIR_PX`` (nearest first;
-    the two folders may number their particles differently)."""
+    """Particle of ``ta`` -> particle of ``tb`` whose median positions lie within ``PAIR_PX`` (one to one, the
+    pairing of :func:`xanestrack.evaluate.pair_particles`; the two folders may number their particles differently)."""
+    from xanestrack.evaluate import pair_particles
+
     ma = ta.groupby("particle")[["y", "x"]].median()
     mb = tb.groupby("particle")[["y", "x"]].median()
-    dist = np.hypot(ma.y.to_numpy()[:, None] - mb.y.to_numpy()[None], ma.x.to_numpy()[:, None] - mb.x.to_numpy()[None])
-    pairs, used = {}, set()
-    for i, j in zip(*np.unravel_index(np.argsort(dist, axis=None), dist.shape)):
-        if dist[i, j] > PAIR_PX:
-            break
-        if ma.index[i] not in pairs and j not in used:
-            pairs[ma.index[i]] = mb.index[j]
-            used.add(j)
-    return pairs
+    return {ma.index[i]: mb.index[j] for i, j in pair_particles(ma.to_numpy(), mb.to_numpy(), max_distance=PAIR_PX)}
 
 
 if __name__ == "__main__":
