@@ -296,3 +296,25 @@ def test_a_figures_files_and_its_data_uri_are_written_together(tmp_path):
 
     assert report._emit_files(tmp_path, "empty", report.Figure(None, None, {})) is None
     assert not (tmp_path / "empty.png").exists() and not (tmp_path / "empty.svg").exists()
+
+
+def test_edge_width_figure_shows_the_widths_and_the_blur_matched(result, small_synth):
+    import dataclasses
+
+    from scipy import ndimage
+
+    # where the focus holds: the widths flat within 0.2 px, no blur
+    fig = report.edge_width_figure(result)
+    _svg_ok(fig.svg)
+    t = fig.tables["edge_widths"]
+    assert list(t.columns) == ["frame", "energy_ev", "width_change_px", "blur_px"] and len(t) == len(result.energies_ev)
+    assert np.ptp(t["width_change_px"]) < 0.2 and (t["blur_px"] == 0).all()
+    # blurred more and more across the scan: the widths grow, and the sharp frames were blurred to the last one's
+    od = small_synth.optical_density()
+    sd = np.linspace(0, 2.5, len(od))
+    blurred = np.stack([ndimage.gaussian_filter(od[k], sd[k]) for k in range(len(od))]).astype(np.float32)
+    t = report.edge_width_figure(run_pipeline(Stack(blurred, small_synth.energies_ev))).tables["edge_widths"]
+    assert t["width_change_px"].iloc[-1] - t["width_change_px"].iloc[0] > 1.0
+    np.testing.assert_allclose(t["blur_px"].to_numpy(), np.sqrt(2.5**2 - sd**2), atol=0.3)
+    # a result without the table (fewer particles measured, or written before it): no figure
+    assert report.edge_width_figure(dataclasses.replace(result, edge_widths=None)).svg is None

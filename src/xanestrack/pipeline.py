@@ -1759,8 +1759,20 @@ def run_pipeline(
     unmeasured_note = _frames_without_particles(particles, energies)
     if unmeasured_note:
         notes.append(unmeasured_note)
-    if resolution is not None and resolution.change >= RESOLUTION_CHANGE_PX:
-        notes.append(_resolution_note(resolution, energies, resolution_blur))
+    edge_width_table = None
+    if resolution is not None:
+        if resolution.change >= RESOLUTION_CHANGE_PX:
+            notes.append(_resolution_note(resolution, energies, resolution_blur))
+        profile = _width_profile(resolution.widths)
+        if profile is not None:
+            edge_width_table = pd.DataFrame(
+                {
+                    "frame": np.arange(len(energies)),
+                    "energy_ev": energies,
+                    "width_change_px": profile,
+                    "blur_px": resolution_blur if resolution_blur is not None else np.zeros(len(energies)),
+                }
+            )
     chemistry = None
     if options.clusters > 0 and particles:
         t = time.perf_counter()
@@ -1875,6 +1887,7 @@ def run_pipeline(
         notes=tuple(notes),
         similarity=similarity,
         chemistry=chemistry,
+        edge_widths=edge_width_table,
     )
 
 

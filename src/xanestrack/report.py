@@ -30,6 +30,7 @@ __all__ = [
     "overview_figure",
     "chemistry_figure",
     "whiteline_figure",
+    "edge_width_figure",
     "uncertainty_figure",
     "resolution_figure",
     "quality_table",
@@ -379,6 +380,28 @@ def resolution_figure(result, *, k: float = 2.0) -> Figure:
     return Figure(draw(t, pairs, k=k), None, {"resolution": t, "resolved_pairs": pairs})
 
 
+def edge_width_figure(result) -> Figure:
+    """The sharpness of the particles' outlines across the scan, and the blur that matched it.
+
+    Per frame, the particles' edge width less its median over the frames (median over the
+    particles, smoothed across the energies: ``PipelineResult.edge_widths``), and the sd of the
+    Gaussian each frame's particle windows got before the chemistry where the resolution changed
+    (``PipelineOptions.match_resolution``). Table ``edge_widths``. No figure for a result without
+    the table (fewer than 3 particles with 16 frames each, or written before it).
+    """
+    t = result.edge_widths
+    if t is None or not len(t):
+        return Figure(None, None, {})
+    fig = SvgFigure(900, 250)
+    ax = fig.axes(70, 22, 780, 185)
+    ax.xlabel, ax.ylabel = "energy (eV)", "px"
+    e = t["energy_ev"].to_numpy(float)
+    ax.line(e, t["width_change_px"].to_numpy(float), color=COLORS[0], width=2, label="edge width less its median")
+    ax.line(e, t["blur_px"].to_numpy(float), color=COLORS[1], width=2, dash="5,3", label="blur matched (sd)")
+    ax.legend()
+    return Figure(fig.to_svg(), None, {"edge_widths": t})
+
+
 def quality_table(result) -> pd.DataFrame:
     """Per particle: pixels of the mask, pixels the quality masks keep, and their share."""
     rows = []
@@ -663,6 +686,12 @@ synthetic scans with strong ones: up to 0.5 eV RMS for single particles, README:
 {% if resolved %}<figure><img alt="resolved differences" src="{{ figs.resolution }}">
 <figcaption>Mean edge energy of each particle (trusted core pixels) with its standard error (thick: 1&sigma;, thin: 2&sigma;),
 and which particle-to-particle differences exceed 2&sigma; (dots).</figcaption></figure>{% endif %}
+{% if figs.edge_widths %}<figure><img alt="edge widths" src="{{ figs.edge_widths }}">
+<figcaption>Sharpness of the particles' outlines across the scan: each particle's edge width (the sd of an erf fitted across
+its outline) less its median, median over the particles, smoothed across the energies; within about 0.2 px where the focus
+holds. Where it changes by {{ width_limit }} px or more between quarters of the frames (a focus that drifts with the energy)
+each frame's particle windows are blurred before the XANES analysis to the coarsest frame's resolution by the Gaussian drawn
+dashed (its sd), so that the share of the surroundings mixed into a pixel does not change with the energy.</figcaption></figure>{% endif %}
 <h3>Quality masks</h3>
 <p class="note">Pixels trusted for statistics: edge jump above the threshold and normalisation/LCF residual not an outlier
 (TXM-Sandbox's rules; the maps keep every value, the mask is stored beside them in results.h5).</p>
@@ -848,6 +877,7 @@ def write_report(folder, *, result=None) -> Path:
     """
     from jinja2 import Environment
 
+    from .pipeline import RESOLUTION_CHANGE_PX
     from .result import particle_summary
     from .results import read_results, read_run_info
 
@@ -874,6 +904,9 @@ def write_report(folder, *, result=None) -> Path:
         res_fig = resolution_figure(result)
         if res_fig.svg is not None:
             emit("resolution", res_fig)
+        widths_fig = edge_width_figure(result)
+        if widths_fig.svg is not None:
+            emit("edge_widths", widths_fig)
         clustered = bool(result.chemistry and "cluster_mean_spectra" in result.chemistry)
         if clustered:
             emit("clusters", cluster_map_figure(result))
@@ -988,6 +1021,7 @@ def write_report(folder, *, result=None) -> Path:
             summary=html.escape(summary),
             figs=b64,
             traj_scale=TRAJ_SCALE,
+            width_limit=f"{RESOLUTION_CHANGE_PX:g}",
             elo=f"{limits[0]:.1f}",
             ehi=f"{limits[1]:.1f}",
             rejected=_table_html(rej, "{:.1f}") if len(rej) else "",

@@ -164,6 +164,9 @@ class PipelineResult:
     notes: tuple = ()
     similarity: pd.DataFrame | None = None  # per frame: common translation, scale, rotation (motion.SIMILARITY_COLUMNS)
     chemistry: dict | None = None  # phase mapping of all particles together (see above)
+    #: per frame: the particles' edge width less its median (px, smoothed; pipeline._width_profile)
+    #: and the Gaussian blur the frame's particle windows got before the chemistry (px; 0 where none)
+    edge_widths: pd.DataFrame | None = None
 
 
 def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFrame:

@@ -48,7 +48,7 @@ def _json_default(o):
 
 
 #: tables of a PipelineResult kept exactly in results.h5 (/tables/<name>) and as CSV beside it
-TABLES = ("tracks", "detections", "rejected", "motion", "peak_ratios", "similarity")
+TABLES = ("tracks", "detections", "rejected", "motion", "peak_ratios", "similarity", "edge_widths")
 _CSV = {
     "tracks": ("tracks.csv", "%.4f"),
     "detections": ("detections.csv", "%.3f"),
@@ -115,6 +115,7 @@ _BEFORE_OPTION = {
     "mask_guard": False,
     "subtract_matrix": False,
     "unmix_matrix": False,
+    "match_resolution": False,
 }
 
 
@@ -518,6 +519,7 @@ def read_results(folder):
                 notes=tuple(json.loads(attrs["notes"])) if "notes" in attrs else tuple(run.get("notes", ())),
                 similarity=similarity,
                 chemistry=_read_chemistry(f["chemistry"]) if "chemistry" in f else None,
+                edge_widths=tables.get("edge_widths"),
             )
     except XanestrackError:
         raise
