@@ -10,6 +10,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import List, Optional
 
 import typer
@@ -248,8 +249,17 @@ def _run_and_write(
         t0 = time.perf_counter()
         device = warmup.device if warmup is not None else "cpu"
         with _Progress(_STATE["quiet"]) as prog, arrays_on(device):
+            recalibrate, calibration = (
+                _known_edge_calibration(*known_edge, options) if known_edge is not None else (None, None)
+            )
             result = run_pipeline(
-                stack, options=options, detector=det_fn, segmenter=seg_fn, references=references, progress=prog
+                stack,
+                options=options,
+                detector=det_fn,
+                segmenter=seg_fn,
+                references=references,
+                progress=prog,
+                recalibrate=recalibrate,
             )
         run_info = dict(
             run_info,
@@ -263,8 +273,11 @@ def _run_and_write(
             models_device=device if "learned" in (detector, segmenter) else None,
             arrays_device=device,
         )
-        if known_edge is not None:
-            result, run_info["energy_calibration"] = _calibrate_known_edge(result, *known_edge, references=references)
+        if calibration is not None:
+            from .result import particle_summary
+
+            check = particle_summary(result).set_index("particle").loc[known_edge[0], "mean_e50_ev"]
+            run_info["energy_calibration"] = dict(calibration, check_mean_e50_ev=float(check))
         run_info["quality"] = _quality_record(result)
         if hasattr(run_info.get("input_checksums_sha256"), "result"):  # computed beside the pipeline
             run_info["input_checksums_sha256"] = run_info["input_checksums_sha256"].result()
@@ -384,34 +397,48 @@ def _calibrate_stack(stack, path, known_e0, standard_path):
     return replace(stack, energies_ev=cal.apply(stack.energies_ev)), rec
 
 
-def _calibrate_known_edge(result, particle, known_ev, *, references=None):
-    """Shift the energy axis so that ``particle``'s mean E50 is ``known_ev``; the XANES analysis redone."""
+def _known_edge_calibration(particle, known_ev, options):
+    """A ``recalibrate`` hook of :func:`~xanestrack.pipeline.run_pipeline` for ``--known-edge``, and its record.
+
+    Once every particle is analysed, ``particle``'s mean E50 over its trusted core pixels is
+    measured and the axis shifted so that it becomes ``known_ev``; the pipeline then analyses
+    every particle's XANES again on that axis from the same windows (the matrix subtracted and
+    the resolution matched as in the first analysis). The record (``run.json``
+    ``energy_calibration``) is filled when the hook runs.
+    """
     import numpy as np
+    import pandas as pd
 
     from .chemistry.calibration import calibrate_from_region
     from .errors import XanestrackError
-    from .pipeline import redo_xanes
     from .result import particle_summary
 
-    summ = particle_summary(result).set_index("particle")
-    if particle not in summ.index:
-        ids = ", ".join(map(str, summ.index)) or "none"
-        raise XanestrackError(
-            f"--known-edge {particle}={known_ev}: no particle {particle} was tracked (particles: {ids})"
+    record = {}
+
+    def hook(particles, energies):
+        view = SimpleNamespace(particles=particles, peak_ratios=pd.DataFrame(), options=options)
+        summ = particle_summary(view).set_index("particle")
+        if particle not in summ.index:
+            ids = ", ".join(map(str, summ.index)) or "none"
+            raise XanestrackError(
+                f"--known-edge {particle}={known_ev}: no particle {particle} was tracked (particles: {ids})"
+            )
+        measured = float(summ.loc[particle, "mean_e50_ev"])
+        if not np.isfinite(measured):
+            raise XanestrackError(
+                f"--known-edge {particle}={known_ev}: particle {particle} has no edge energy to measure"
+            )
+        cal = calibrate_from_region(
+            measured, known_e0_ev=known_ev, source=f"particle {particle}: mean E50 over its trusted core pixels"
         )
-    measured = float(summ.loc[particle, "mean_e50_ev"])
-    if not np.isfinite(measured):
-        raise XanestrackError(f"--known-edge {particle}={known_ev}: particle {particle} has no edge energy to measure")
-    cal = calibrate_from_region(
-        measured, known_e0_ev=known_ev, source=f"particle {particle}: mean E50 over its trusted core pixels"
-    )
-    new = redo_xanes(result, energies_ev=cal.apply(result.energies_ev), references=references)
-    rec = dict(
-        cal.record(),
-        applied="measured on the first analysis; energies shifted and the XANES analysis redone (registration unchanged)",
-        check_mean_e50_ev=float(particle_summary(new).set_index("particle").loc[particle, "mean_e50_ev"]),
-    )
-    return new, rec
+        record.update(
+            cal.record(),
+            applied="measured on the first analysis; energies shifted and every particle's XANES analysed again from "
+            "the same windows (registration unchanged)",
+        )
+        return cal.apply(energies)
+
+    return hook, record
 
 
 def _quality_record(result) -> dict:

@@ -1545,6 +1545,7 @@ def run_pipeline(
     segmenter=None,
     references=None,
     progress=None,
+    recalibrate=None,
 ) -> PipelineResult:
     """Find, track, align and analyse every isolated particle of an energy scan.
 
@@ -1561,6 +1562,12 @@ def run_pipeline(
         For the linear combination fit; default the shipped Ni references when the
         scan covers the Ni K-edge, else none.
     progress : callable(stage: str, done: int, total: int), optional
+    recalibrate : callable(particles, energies_ev) -> ndarray or None, optional
+        Called once every particle is analysed, with their :class:`ParticleResult` s and
+        the energies: a new energy axis (e.g. from a particle whose edge energy is known,
+        ``run --known-edge``), on which every particle's XANES is analysed again from the
+        same windows (matrix subtracted, resolution matched, frames and masks as before;
+        registration does not depend on the energies' values), or None to keep the axis.
 
     Returns
     -------
@@ -1580,15 +1587,11 @@ def run_pipeline(
             f"{len(blank)} frame{'s' if len(blank) > 1 else ''} more than half NaN/inf, carried as frames without an "
             f"image (no particle measured there): {_frame_list(blank, energies)}"
         )
-    if references is None:
+    default_references = references is None
+    if default_references:
         references = _default_references(energies)
         if not references and len(energies) >= options.min_xanes_energies:
-            notes.append(
-                f"no linear-combination fit (no oxidised fraction): the shipped reference spectra (NiO, LiNiO2) are of "
-                f"the Ni K-edge, their edges near {NI_REFERENCE_EDGE_EV:.0f} eV, which this scan ({energies[0]:.1f}-"
-                f"{energies[-1]:.1f} eV) does not cross; "
-                "give the phases of its edge with --reference NAME=FILE (edge energies are measured either way)"
-            )
+            notes.append(_no_references_note(energies))
 
     def prog(stage):
         if progress is None:
@@ -1719,6 +1722,25 @@ def run_pipeline(
         if options.match_resolution:
             resolution_blur = _resolution_blur(resolution)
         if resolution_blur is not None:
+            finished = _map(
+                lambda j: _finish_particle(
+                    located[j], vouched[j], od, energies, options, references, blur=resolution_blur
+                ),
+                range(len(located)),
+                threads,
+            )
+    if recalibrate is not None:
+        calibrated = recalibrate([f[0] for f in finished], energies)
+        if calibrated is not None:
+            calibrated = np.asarray(calibrated, float)
+            if calibrated.shape != energies.shape or not (np.diff(calibrated) > 0).all():
+                raise ValueError(f"recalibrate: expected {len(energies)} increasing energies, got {calibrated}")
+            energies = calibrated
+            if default_references:  # the scan may now cross the references' edge, or no longer
+                references = _default_references(energies)
+                notes[:] = [n for n in notes if not n.startswith("no linear-combination fit")]
+                if not references and len(energies) >= options.min_xanes_energies:
+                    notes.append(_no_references_note(energies))
             finished = _map(
                 lambda j: _finish_particle(
                     located[j], vouched[j], od, energies, options, references, blur=resolution_blur
@@ -2158,6 +2180,15 @@ def phase_mapping(particles, norms, energies_ev, *, options: PipelineOptions = P
 NI_REFERENCE_EDGE_EV = 8340.0
 
 
+def _no_references_note(energies) -> str:
+    return (
+        f"no linear-combination fit (no oxidised fraction): the shipped reference spectra (NiO, LiNiO2) are of "
+        f"the Ni K-edge, their edges near {NI_REFERENCE_EDGE_EV:.0f} eV, which this scan ({energies[0]:.1f}-"
+        f"{energies[-1]:.1f} eV) does not cross; "
+        "give the phases of its edge with --reference NAME=FILE (edge energies are measured either way)"
+    )
+
+
 def _default_references(energies):
     from .spectra import ni_references
 
@@ -2170,7 +2201,11 @@ def redo_xanes(result: PipelineResult, *, energies_ev, references=None) -> Pipel
     Registration, tracking and motion are kept as they are (they do not depend on the
     energies' values); every particle's aligned stack is analysed again with the same
     frames, mask and options, the phase mapping is redone, and ``energies_ev`` and the
-    tracks' ``energy_ev`` become the new energies.
+    tracks' ``energy_ev`` become the new energies. The resolution matching of the run
+    (``result.edge_widths``) is repeated; the matrix texture subtracted from a drifting
+    particle's frames is not kept in the result, so such a particle is analysed from its
+    frames as measured, and its notes say so. ``run --known-edge`` does not use this: it
+    calibrates inside :func:`run_pipeline` (``recalibrate``), from the same windows.
 
     Parameters
     ----------
@@ -2187,9 +2222,18 @@ def redo_xanes(result: PipelineResult, *, energies_ev, references=None) -> Pipel
     if references is None:
         references = _default_references(e)
     particles, norms = [], []
+    blur = None
+    if result.edge_widths is not None and (result.edge_widths["blur_px"] > 0).any():
+        blur = result.edge_widths["blur_px"].to_numpy(float)
     for p in result.particles:
+        extra = []
+        if any(n.startswith("the matrix texture separated from behind it") for n in p.notes):
+            extra.append(
+                "its XANES analysed again from its aligned frames as measured: the matrix texture subtracted in the "
+                "run is not kept in the result (pipeline.redo_xanes)"
+            )
         xr = xanes.analyse_particle(
-            p.aligned,
+            p.aligned if blur is None else _blur_frames(p.aligned, blur),
             p.mask,
             e,
             usable=p.xanes_frames,
@@ -2198,7 +2242,7 @@ def redo_xanes(result: PipelineResult, *, energies_ev, references=None) -> Pipel
             keep_norm=options.clusters > 0,
             **_xanes_settings(options),
         )
-        new_notes = [n for n in xr.pop("notes") if n not in p.notes]
+        new_notes = [n for n in xr.pop("notes") if n not in p.notes] + extra
         norms.append(xr.pop("norm", None))
         particles.append(dataclasses.replace(p, **xr, notes=tuple(p.notes) + tuple(new_notes)))
     chemistry = result.chemistry
