@@ -641,14 +641,15 @@ class _Resolution:
     n: int  # particles measured
     sharpest: int  # quarter (0-3)
     coarsest: int  # quarter
-    measured: list  # (aligned windows of the frames used, mask, those frames) per particle
+    measured: list  # (aligned windows, mask, the frames used) per particle
     widths: np.ndarray  # (particles, frames) px, NaN where not measured
 
 
 def _edge_width_rows(measured, n_frames: int, blur=None) -> np.ndarray:
     """Each measured particle's edge width per frame (px; NaN where not measured), its windows blurred by ``blur``."""
     rows = np.full((len(measured), n_frames), np.nan)
-    for i, (windows, mask, used) in enumerate(measured):
+    for i, (aligned, mask, used) in enumerate(measured):
+        windows = aligned[used]
         rows[i, used] = edge_widths(windows if blur is None else _blur_frames(windows, blur[used]), mask)
     return rows
 
@@ -694,7 +695,7 @@ def _resolution_change(particles, n_frames: int) -> _Resolution | None:
             continue
         used = np.flatnonzero(p.xanes_frames) if p.xanes_frames is not None else np.arange(len(p.aligned))
         if used.size >= RESOLUTION_MIN_FRAMES:
-            measured.append((p.aligned[used], p.mask, used))
+            measured.append((p.aligned, p.mask, used))  # the frames used are taken one particle at a time
     if len(measured) < RESOLUTION_MIN_PARTICLES:
         return None
     rows = _edge_width_rows(measured, n_frames)

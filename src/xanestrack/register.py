@@ -307,7 +307,7 @@ def edge_widths(windows, mask) -> np.ndarray:
     """
     from scipy.special import erf
 
-    windows = np.asarray(windows, np.float64)
+    windows = np.asarray(windows)
     mask = np.asarray(mask, bool)
     out = np.full(len(windows), np.nan)
     if not mask.any() or mask.all():
@@ -316,7 +316,7 @@ def edge_widths(windows, mask) -> np.ndarray:
     sel = np.abs(d) <= EDGE_REACH_PX
     nb = int(4 * EDGE_REACH_PX) + 1
     b = np.clip(np.round((d[sel] + EDGE_REACH_PX) * 2).astype(int), 0, nb - 1)
-    a = windows[:, sel]
+    a = windows[:, sel].astype(np.float64)  # the pixels near the outline only
     ok = np.isfinite(a)
     onehot = np.zeros((b.size, nb))
     onehot[np.arange(b.size), b] = 1.0
