@@ -29,7 +29,8 @@ removed), beside the same for the unchanged scene:
 - ``rotation``: the image turned by 0.8 degrees across the scan, with and without ``--rotation``;
 - ``magnification``: a 3 % magnification change across the scan;
 - ``focus``: the images blurred more and more across the scan (a Gaussian of 0 to 1.0 and to 2.5 px sd: the zone
-  plate's focus drifting with the energy, not refocused), as run and with ``--no-match-resolution``, beside every
+  plate's focus drifting with the energy, not refocused; and 2 px at both ends, none mid-scan: a focus set at the
+  edge), as run and with ``--no-match-resolution``, beside every
   frame blurred alike by the largest (what matching the frames' resolution can at best reach); each particle's mean
   E50 less the unchanged scene's;
 - ``non_square``: every frame cut to 460 x 300 px (a detector region of interest): the particles the cut crosses
@@ -426,22 +427,25 @@ def main(argv=None):
             elif trial == "focus":
                 from scipy import ndimage
 
-                for top in (1.0, 2.5):
-                    sd = np.linspace(0, top, len(od))
+                for top in (1.0, 2.5, "V"):
+                    # "V": a focus set mid-scan, drifting out both ways (2 px sd at both ends, none in the middle)
+                    sd = 2.0 * np.abs(np.linspace(-1, 1, len(od))) if top == "V" else np.linspace(0, top, len(od))
                     blurred = np.stack([ndimage.gaussian_filter(od[k], sd[k]) for k in range(len(od))])
                     args = _write_od_tiff(d, "s", blurred, e)
                     for extra in ([], ["--no-match-resolution"]):
-                        out = d / f"r{top:g}_{len(extra)}"
+                        out = d / f"r{top}_{len(extra)}"
                         _cli("run", *args, "--out", out, *extra)
                         s = _score(out, truth)
-                        print(_line(f"blurred by 0 -> {top:g} px sd across the scan {' '.join(extra)}", s, ["edges"]))
+                        what = "2 -> 0 -> 2 px sd" if top == "V" else f"0 -> {top:g} px sd"
+                        print(_line(f"blurred by {what} across the scan {' '.join(extra)}", s, ["resolution"]))
                         print("  mean E50 - the unchanged scene's, per particle (eV):", _e50_changes(s, BASE["clean"]))
                 # what the correction can at best reach: every frame at the coarsest resolution
-                blurred = np.stack([ndimage.gaussian_filter(f, top) for f in od])
-                _cli("run", *_write_od_tiff(d, "s", blurred, e), "--out", d / f"u{top:g}")
-                s = _score(d / f"u{top:g}", truth)
-                print(_line(f"every frame blurred by {top:g} px sd", s, ["edges"]))
-                print("  mean E50 - the unchanged scene's, per particle (eV):", _e50_changes(s, BASE["clean"]))
+                for top in (2.5, 2.0):
+                    blurred = np.stack([ndimage.gaussian_filter(f, top) for f in od])
+                    _cli("run", *_write_od_tiff(d, "s", blurred, e), "--out", d / f"u{top:g}")
+                    s = _score(d / f"u{top:g}", truth)
+                    print(_line(f"every frame blurred by {top:g} px sd", s, ["resolution"]))
+                    print("  mean E50 - the unchanged scene's, per particle (eV):", _e50_changes(s, BASE["clean"]))
             elif trial == "non_square":
                 x0 = 80
                 _cli("run", *_write_od_tiff(d, "s", od[:, :, x0 : x0 + 300], e), "--out", d / "r")
