@@ -1409,6 +1409,14 @@ def _chemistry_frames(aligned, masks, candidates):
     return use, mask
 
 
+#: a particle's note where the matrix separated from behind it is subtracted before its XANES
+#: (:func:`_finish_particle`; :func:`redo_xanes` cannot subtract it again)
+MATRIX_SUBTRACTED_NOTE = (
+    "the matrix texture separated from behind it (it moves on its own over the matrix) is subtracted from its "
+    "frames before the XANES analysis: it would move through the particle's pixels and enter their spectra"
+)
+
+
 def _finish_particle(loc: _Located, v: VouchedPositions, od, energies, options, references, blur=None):
     n = od.shape[0]
     pid, seg = loc.pid, loc.seg
@@ -1487,10 +1495,7 @@ def _finish_particle(loc: _Located, v: VouchedPositions, od, energies, options, 
     chem = aligned
     if loc.matrix is not None and options.subtract_matrix:
         chem = aligned - _matrix_windows(loc.matrix, origin, shifts, size)
-        notes.append(
-            "the matrix texture separated from behind it (it moves on its own over the matrix) is subtracted from its "
-            "frames before the XANES analysis: it would move through the particle's pixels and enter their spectra"
-        )
+        notes.append(MATRIX_SUBTRACTED_NOTE)
     if blur is not None:
         chem = _blur_frames(chem, blur)  # each frame to the scan's coarsest resolution (_resolution_blur)
     # frames whose position is not measured are kept (interpolated, flagged) but not used
@@ -1589,10 +1594,12 @@ def run_pipeline(
             f"image (no particle measured there): {_frame_list(blank, energies)}"
         )
     default_references = references is None
+    no_references = None
     if default_references:
         references = _default_references(energies)
         if not references and len(energies) >= options.min_xanes_energies:
-            notes.append(_no_references_note(energies))
+            no_references = _no_references_note(energies)
+            notes.append(no_references)
 
     def prog(stage):
         if progress is None:
@@ -1716,6 +1723,14 @@ def run_pipeline(
                 progress("particles", done[0], len(pids))
         return out
 
+    def finish_again():
+        """Every particle's XANES analysed again (the frames matched in resolution, or a new energy axis)."""
+        return _map(
+            lambda j: _finish_particle(located[j], vouched[j], od, energies, options, references, blur=resolution_blur),
+            range(len(located)),
+            threads,
+        )
+
     finished = _map(finish, range(len(located)), threads)
     resolution = _resolution_change([f[0] for f in finished], len(energies))
     resolution_blur = None
@@ -1723,13 +1738,7 @@ def run_pipeline(
         if options.match_resolution:
             resolution_blur = _resolution_blur(resolution)
         if resolution_blur is not None:
-            finished = _map(
-                lambda j: _finish_particle(
-                    located[j], vouched[j], od, energies, options, references, blur=resolution_blur
-                ),
-                range(len(located)),
-                threads,
-            )
+            finished = finish_again()
     if recalibrate is not None:
         calibrated = recalibrate([f[0] for f in finished], energies)
         if calibrated is not None:
@@ -1739,16 +1748,11 @@ def run_pipeline(
             energies = calibrated
             if default_references:  # the scan may now cross the references' edge, or no longer
                 references = _default_references(energies)
-                notes[:] = [n for n in notes if not n.startswith("no linear-combination fit")]
+                if no_references is not None:
+                    notes.remove(no_references)
                 if not references and len(energies) >= options.min_xanes_energies:
                     notes.append(_no_references_note(energies))
-            finished = _map(
-                lambda j: _finish_particle(
-                    located[j], vouched[j], od, energies, options, references, blur=resolution_blur
-                ),
-                range(len(located)),
-                threads,
-            )
+            finished = finish_again()
     for j, loc in enumerate(located):
         pr, com_raw, norm = finished[j]
         tr = loc.track
@@ -2228,7 +2232,7 @@ def redo_xanes(result: PipelineResult, *, energies_ev, references=None) -> Pipel
         blur = result.edge_widths["blur_px"].to_numpy(float)
     for p in result.particles:
         extra = []
-        if any(n.startswith("the matrix texture separated from behind it") for n in p.notes):
+        if MATRIX_SUBTRACTED_NOTE in p.notes:
             extra.append(
                 "its XANES analysed again from its aligned frames as measured: the matrix texture subtracted in the "
                 "run is not kept in the result (pipeline.redo_xanes)"
