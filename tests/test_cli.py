@@ -116,6 +116,15 @@ def test_help_is_fast_and_explains():
     assert r.stdout.strip() == "False False"
 
 
+def test_the_pipeline_imports_no_scipy_signal_or_stats():
+    # importing them (scipy.signal pulls scipy.stats) cost every run 0.55 s on the 2-core machine, in
+    # the thread that competes with reading the stack; the run needs neither
+    code = "import xanestrack.pipeline, xanestrack.report, sys; print(sorted(m for m in ('scipy.signal', 'scipy.stats') if m in sys.modules))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
 def test_run_with_user_references(synth_dir, tmp_path):
     import h5py
     import numpy as np

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from xanestrack.smoothing import find_steps, smooth_series, smooth_tracks
+from xanestrack.smoothing import find_steps, local_quadratic, smooth_series, smooth_tracks
 
 
 def _rms(e):
@@ -305,3 +305,19 @@ def test_short_gaps_inside_a_track_are_bridged_for_the_first_shared_motion():
 
     for j in range(1, m):
         assert rms(gap, j) < rms(full, j) + 0.005
+
+
+@pytest.mark.parametrize(("n", "window"), [(143, 15), (15, 15), (20, 5), (3, 3)])
+def test_local_quadratic_is_scipys_savitzky_golay_of_order_two(n, window):
+    from scipy.signal import savgol_filter
+
+    y = np.random.default_rng(n).normal(size=n).cumsum()
+    np.testing.assert_allclose(local_quadratic(y, window), savgol_filter(y, window, 2, mode="interp"), atol=1e-10)
+    trend = 0.01 * np.arange(n) ** 2  # a quadratic is kept whole, ends included
+    np.testing.assert_allclose(local_quadratic(trend, window), trend, atol=1e-10)
+
+
+@pytest.mark.parametrize("window", [4, 1, 21])
+def test_local_quadratic_refuses_a_window_it_cannot_fit(window):
+    with pytest.raises(ValueError, match="window must be odd"):
+        local_quadratic(np.arange(20.0), window)

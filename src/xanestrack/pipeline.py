@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from scipy import ndimage
-from scipy.signal import savgol_filter
 
 from . import xanes
 from .background import (
@@ -56,7 +55,7 @@ from .register import (
 from .result import FRAME_FLAGS, ParticleResult, PipelineResult, flag_names
 from .robust import robust_sigma
 from .segment import SegmentOptions, isolate_particle, segment_particle, segment_roi, segment_rois
-from .smoothing import smooth_tracks
+from .smoothing import local_quadratic, smooth_tracks
 from .stack import Stack, sanitize_stack
 from .xanes import (
     find_e0,
@@ -674,7 +673,7 @@ def _width_profile(rows) -> np.ndarray | None:
         prof = np.nanmedian(rows - np.nanmedian(rows, axis=1, keepdims=True), axis=0)
     prof = np.interp(frames, frames[seen], prof[seen])
     prof = ndimage.median_filter(prof, RESOLUTION_SMOOTH_FRAMES, mode="nearest")
-    return savgol_filter(prof, RESOLUTION_SMOOTH_FRAMES, 2, mode="interp")  # a trend kept to the ends
+    return local_quadratic(prof, RESOLUTION_SMOOTH_FRAMES)  # a trend kept to the ends
 
 
 def _resolution_change(particles, n_frames: int) -> _Resolution | None:

@@ -40,7 +40,7 @@ from scipy.linalg.lapack import dpbsv as _pbsv
 
 from .robust import robust_sigma
 
-__all__ = ["SmoothedSeries", "smooth_series", "find_steps", "SmoothedTracks", "smooth_tracks"]
+__all__ = ["SmoothedSeries", "smooth_series", "find_steps", "SmoothedTracks", "smooth_tracks", "local_quadratic"]
 
 #: smoothing parameters tried by GCV (the penalty weight of the squared second differences)
 S_GRID = 10.0 ** np.arange(-2.0, 6.01, 0.25)
@@ -60,6 +60,35 @@ MIN_RESIDUAL_DOF = 4
 #: 0.123 px RMS in all, 0.053 without robust weights). 0.25 before; 0.35-0.4 change none of 12
 #: stress runs (counts and all seeds 1-2, drift and crowd seed 1, both paths) by a thousandth of a pixel
 ROUGH_SHARE = 0.4
+
+
+def local_quadratic(y, window: int) -> np.ndarray:
+    """``y`` smoothed by a quadratic fitted over ``window`` points about each (Savitzky-Golay, order 2);
+    the first and last ``window // 2`` points from the fit over the first and last ``window`` points, so a
+    trend is kept to the ends.
+
+    The same numbers as ``scipy.signal.savgol_filter(y, window, 2, mode="interp")``, written here because
+    importing ``scipy.signal`` (which imports ``scipy.stats``) costs every run 0.55 s on a 2-core machine,
+    for the one 143-point series a scan smooths with it.
+
+    Parameters
+    ----------
+    y : array_like (n,)
+    window : int
+        Odd, 3 <= window <= n.
+    """
+    y = np.asarray(y, float)
+    window = int(window)
+    if window % 2 == 0 or window < 3 or window > y.size:
+        raise ValueError(f"window must be odd, at least 3 and at most {y.size} (the points), got {window}")
+    half = window // 2
+    design = np.vander(np.arange(-half, half + 1, dtype=float), 3, increasing=True)
+    coef = np.linalg.pinv(design)  # (3, window): the least-squares quadratic's coefficients
+    out = np.empty_like(y)
+    out[half : y.size - half] = np.correlate(y, coef[0], mode="valid")  # its value at the centre
+    out[:half] = design[:half] @ (coef @ y[:window])
+    out[y.size - half :] = design[half + 1 :] @ (coef @ y[-window:])
+    return out
 
 
 @lru_cache(maxsize=32)
