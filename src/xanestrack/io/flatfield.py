@@ -33,6 +33,9 @@ def transmission_to_od(t) -> int:
 
 logger = logging.getLogger(__name__)
 
+#: frames converted to OD per numpy call (8 x 1024^2 float32: 32 MiB of temporaries per thread)
+OD_BLOCK_FRAMES = 8
+
 
 def _frame_indexable(a) -> bool:
     """A lazily read stack (e.g. :class:`xanestrack.io.hdf5.FrameReader`): ``a[k]`` reads frame k."""
@@ -138,43 +141,58 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
     n_dead = [0]
     problems = {}
 
-    def frame(k):
-        t = out[k]
-        c = np.asarray(counts[k])
-        r = reference(k)
-        if flat.shape[0] > 1:
-            problem = check(k, r)
-            if problem:
-                problems[k] = problem
-                return 0
+    def block(k0, k1):
+        """Frames k0..k1-1 to OD in ``out``; their counts of replaced pixels. A block of frames per
+        numpy call: each call takes the GIL again, and while the pipeline's libraries are imported in
+        another thread (a shared library's loading holds it for long) a frame at a time waited 2.2 s
+        for what takes 0.23 s (143 x 460^2)."""
+        t = out[k0:k1]
+        c = np.asarray(counts[k0:k1])
+        if one_ref is not None:
+            r = one_ref
+        else:
+            r = np.subtract(flat[k0:k1], dark, dtype=np.float32)
+            for i in range(k1 - k0):
+                problem = check(k0 + i, r[i])
+                if problem:
+                    problems[k0 + i] = problem
+                    return [0] * (k1 - k0)
         np.subtract(c, dark, out=t, dtype=np.float32, casting="unsafe")
         with np.errstate(divide="ignore", invalid="ignore"):
             np.divide(t, r, out=t)
         # a dead pixel of the reference measured no transmission (the defect pass fills it)
         dead = r <= 0
         if dead.any():
-            t[dead] = np.nan
-            n_dead[0] = max(n_dead[0], int(dead.sum()))
+            t[np.broadcast_to(dead, t.shape)] = np.nan
+            n_dead[0] = max(n_dead[0], int(dead.reshape(-1, *shape).sum(axis=(1, 2)).max()))
         # a saturated detector pixel has no valid count: NaN (repaired downstream)
         sat = (c == saturation) if saturation is not None else None
         if sat is not None and sat.any():
             n_sat[0] += int(sat.sum())
-            sat_frames.append(k)
+            sat_frames.extend(k0 + i for i in np.flatnonzero(sat.any(axis=(1, 2))))
             t[sat] = 1.0
-        n_bad = transmission_to_od(t)
+        if t.min() > 0 and np.isfinite(t.sum()):  # nothing to replace: the whole block at once
+            np.log(t, out=t)
+            np.negative(t, out=t)
+            n_bad = [0] * (k1 - k0)
+        else:
+            n_bad = [transmission_to_od(t[i]) for i in range(k1 - k0)]
         if sat is not None and sat.any():
             t[sat] = np.nan
         return n_bad
 
-    # numpy releases the GIL in these ufuncs: frames in parallel threads
+    # numpy releases the GIL in these ufuncs: blocks of frames in parallel threads
     from concurrent.futures import ThreadPoolExecutor
 
-    workers = min(4, os.cpu_count() or 1, counts.shape[0])
+    n = counts.shape[0]
+    step = max(1, min(OD_BLOCK_FRAMES, -(-n // 4)))  # at least 4 blocks: every thread has work
+    blocks = [(k, min(k + step, n)) for k in range(0, n, step)]
+    workers = min(4, os.cpu_count() or 1, len(blocks))
     if workers > 1:
         with ThreadPoolExecutor(workers) as ex:
-            per_frame = list(ex.map(frame, range(counts.shape[0])))
+            per_frame = [b for part in ex.map(lambda kk: block(*kk), blocks) for b in part]
     else:
-        per_frame = [frame(k) for k in range(counts.shape[0])]
+        per_frame = [b for kk in blocks for b in block(*kk)]
     n_bad = sum(per_frame)
     if problems:
         raise XanestrackError(problems[min(problems)])

@@ -146,7 +146,8 @@ def read_hdf5(path, *, scan: int | None = None, lazy: bool = False) -> dict:
 
 
 class FrameReader:
-    """Frames of an HDF5 image dataset read one at a time (``reader[k]``), file kept open until :meth:`close`."""
+    """Frames of an HDF5 image dataset read one at a time (``reader[k]``) or a block at a time (``reader[k0:k1]``),
+    file kept open until :meth:`close`."""
 
     def __init__(self, path, name: str, scan, shape, dtype):
         self.path, self.name, self.scan = Path(path), name, scan
@@ -160,7 +161,8 @@ class FrameReader:
             if self._f is None:
                 self._f = h5py.File(self.path, "r")
             d = self._f[self.name]
-            return np.asarray(d[self.scan, int(k)] if self.scan is not None else d[int(k)])
+            k = k if isinstance(k, slice) else int(k)  # a frame, or a block of frames
+            return np.asarray(d[self.scan, k] if self.scan is not None else d[k])
         except MemoryError:
             raise XanestrackError(f"{self.path}: not enough memory to read a frame of /{self.name}") from None
         except Exception as exc:  # truncated chunks, missing filters, checksum errors
