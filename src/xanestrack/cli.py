@@ -229,6 +229,7 @@ def _run_and_write(
     from concurrent.futures import ThreadPoolExecutor
 
     from .accel import arrays_on
+    from .io.checks import release_freed_memory
     from .pipeline import PipelineOptions, run_pipeline
     from .results import atomic_output_dir, write_results_h5, write_tables
 
@@ -261,6 +262,7 @@ def _run_and_write(
                 progress=prog,
                 recalibrate=recalibrate,
             )
+        release_freed_memory()  # what the pipeline freed, before the outputs and the report allocate
         run_info = dict(
             run_info,
             detector=detector,
@@ -600,6 +602,7 @@ def run(
     try:
         from .errors import XanestrackError, for_cli
         from .io import read_stack
+        from .io.checks import release_freed_memory
         from .results import check_output_dir
         from .sizes import particle_radius_range
 
@@ -630,6 +633,7 @@ def run(
             values=values,
             zingers=zingers,
         )
+        release_freed_memory()  # the raw counts and the reading's temporaries (glibc keeps them otherwise)
         c.print(
             f"read      {stack.od.shape[0]} frames of {stack.od.shape[1]} x {stack.od.shape[2]}, {stack.energies_ev[0]:.1f}-{stack.energies_ev[-1]:.1f} eV ({time.perf_counter() - t:.2f} s)"
         )

@@ -203,6 +203,7 @@ def process_scan(
     """
     from dataclasses import replace
 
+    from .io.checks import release_freed_memory
     from .pipeline import PipelineOptions, run_pipeline
     from .results import atomic_output_dir, write_results
     from .sizes import particle_radius_range
@@ -222,6 +223,7 @@ def process_scan(
         )
     options = options or PipelineOptions(fuse="ends")
     stack = source.load()
+    release_freed_memory()  # the reading's temporaries (glibc keeps freed blocks otherwise)
     sizes = particle_radius_range(stack, min_radius, max_radius, detector=detector)
     options = replace(
         options,
@@ -230,6 +232,7 @@ def process_scan(
     det_fn, seg_fn = _models(detector, segmenter, options, device)
     with arrays_on(device):
         result = run_pipeline(stack, options=options, detector=det_fn, segmenter=seg_fn)
+    release_freed_memory()  # what the pipeline freed, before the outputs are written
     input_notes = list(stack.metadata.get("notes", []))
     notes = input_notes + list(result.notes)
     if stack.n_frames < options.min_xanes_energies:
