@@ -186,9 +186,8 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
     from concurrent.futures import ThreadPoolExecutor
 
     n = counts.shape[0]
-    step = max(
-        1, min(OD_BLOCK_PIXELS // max(shape[0] * shape[1], 1), -(-n // 4))
-    )  # 4 blocks at least: work for every thread
+    per_block = OD_BLOCK_PIXELS // max(shape[0] * shape[1], 1)
+    step = max(1, min(per_block, -(-n // 4)))  # 4 blocks at least: work for every thread
     blocks = [(k, min(k + step, n)) for k in range(0, n, step)]
     workers = min(4, os.cpu_count() or 1, len(blocks))
     if workers > 1:
