@@ -10,7 +10,6 @@ import logging
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import List, Optional
 
 import typer
@@ -250,9 +249,7 @@ def _run_and_write(
         t0 = time.perf_counter()
         device = warmup.device if warmup is not None else "cpu"
         with _Progress(_STATE["quiet"]) as prog, arrays_on(device):
-            recalibrate, calibration = (
-                _known_edge_calibration(*known_edge, options) if known_edge is not None else (None, None)
-            )
+            recalibrate, calibration = _known_edge_calibration(*known_edge) if known_edge is not None else (None, None)
             result = run_pipeline(
                 stack,
                 options=options,
@@ -399,7 +396,7 @@ def _calibrate_stack(stack, path, known_e0, standard_path):
     return replace(stack, energies_ev=cal.apply(stack.energies_ev)), rec
 
 
-def _known_edge_calibration(particle, known_ev, options):
+def _known_edge_calibration(particle, known_ev):
     """A ``recalibrate`` hook of :func:`~xanestrack.pipeline.run_pipeline` for ``--known-edge``, and its record.
 
     Once every particle is analysed, ``particle``'s mean E50 over its trusted core pixels is
@@ -409,23 +406,23 @@ def _known_edge_calibration(particle, known_ev, options):
     ``energy_calibration``) is filled when the hook runs.
     """
     import numpy as np
-    import pandas as pd
 
     from .chemistry.calibration import calibrate_from_region
     from .errors import XanestrackError
-    from .result import particle_summary
+    from .result import core_pixels
 
     record = {}
 
     def hook(particles, energies):
-        view = SimpleNamespace(particles=particles, peak_ratios=pd.DataFrame(), options=options)
-        summ = particle_summary(view).set_index("particle")
-        if particle not in summ.index:
-            ids = ", ".join(map(str, summ.index)) or "none"
+        found = [p for p in particles if p.particle == particle]
+        if not found:
+            ids = ", ".join(str(p.particle) for p in particles) or "none"
             raise XanestrackError(
                 f"--known-edge {particle}={known_ev}: no particle {particle} was tracked (particles: {ids})"
             )
-        measured = float(summ.loc[particle, "mean_e50_ev"])
+        e50 = found[0].edge_maps["e50"][core_pixels(found[0])]  # as particle_summary's mean_e50_ev
+        e50 = e50[np.isfinite(e50)]
+        measured = float(e50.mean()) if e50.size else float("nan")
         if not np.isfinite(measured):
             raise XanestrackError(
                 f"--known-edge {particle}={known_ev}: particle {particle} has no edge energy to measure"

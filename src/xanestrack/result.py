@@ -169,6 +169,20 @@ class PipelineResult:
     edge_widths: pd.DataFrame | None = None
 
 
+def core_pixels(p: ParticleResult, core_px: int = 2) -> np.ndarray:
+    """The pixels a particle's means are taken over (:func:`particle_summary`): its mask eroded by
+    ``core_px`` (the whole mask if nothing is left), of those the ones the quality masks keep (all
+    where they keep none)."""
+    from scipy import ndimage
+
+    core = ndimage.binary_erosion(p.mask, iterations=core_px) if core_px > 0 else p.mask
+    if not core.any():
+        core = p.mask
+    if (core & p.kept).any():
+        core = core & p.kept
+    return core
+
+
 def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFrame:
     """One row per particle: where, how large, how well measured, its chemistry and motion.
 
@@ -203,8 +217,6 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
     statistical error: the bias of the normalisation model, which depends on the
     chemistry (+0.10 eV for NiO to -0.07 eV for LiNiO2 on noise-free synthetic spectra, docs/CHEMISTRY.md), is not in it.
     """
-    from scipy import ndimage
-
     ratios = result.peak_ratios.set_index("particle") if len(result.peak_ratios) else None
     options = getattr(result, "options", None)
     smoothing_px = float(getattr(options, "xanes_smoothing", 1.0))
@@ -213,11 +225,7 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
     rows = []
     for p in result.particles:
         flags = np.asarray(p.frame_flags)
-        core = ndimage.binary_erosion(p.mask, iterations=core_px) if core_px > 0 else p.mask
-        if not core.any():
-            core = p.mask
-        if (core & p.kept).any():
-            core = core & p.kept
+        core = core_pixels(p, core_px)
         e50 = p.edge_maps["e50"][core]
         fin_e50 = np.isfinite(e50)
         e50 = e50[fin_e50]
