@@ -123,21 +123,65 @@ def test_overwrite_refuses_our_output_once_the_user_added_a_file(tmp_path):
     assert _digest(out) != before and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def _legacy_run_folder(folder, *, ours=True):
+    """A run folder as releases before markers wrote it: run.json, results.h5 (with the
+    ``xanestrack_version`` attribute every release wrote), the report and its figures."""
+    import h5py
+
+    folder.mkdir()
+    (folder / "run.json").write_text(json.dumps({"version": "0.1.0"}))
+    with h5py.File(folder / "results.h5", "w") as f:
+        if ours:
+            f.attrs["xanestrack_version"] = "0.1.0"
+        f["x"] = [1, 2, 3]
+    (folder / "tracks.csv").write_text("x")
+    (folder / "report.html").write_text("<html></html>")
+    (folder / "figures").mkdir()
+    for name in ("overview.png", "particle_000.png", "particle_000_spectrum.csv", "resolution.svg"):
+        (folder / "figures" / name).write_text("x")
+    return folder
+
+
 def test_overwrite_of_a_run_folder_from_before_markers(tmp_path):
-    out = tmp_path / "old"
-    out.mkdir()
-    for name in ("tracks.csv", "results.h5", "report.html"):
-        (out / name).write_text("x")
-    (out / "run.json").write_text(json.dumps({"version": "0.1.0"}))
+    out = _legacy_run_folder(tmp_path / "old")
     with atomic_output_dir(out, overwrite=True) as tmp:
         (tmp / "new.txt").write_text("new")
     assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, "new.txt"])
     (tmp_path / "old2").mkdir()
     for name in ("run.json", "results.h5", "thesis.tex"):
         (tmp_path / "old2" / name).write_text(json.dumps({"version": "0.1.0"}))
-    with pytest.raises(XanestrackError, match="thesis.tex"):
+    with pytest.raises(XanestrackError, match="not a xanestrack output"):  # results.h5 not ours (not even HDF5)
         with atomic_output_dir(tmp_path / "old2", overwrite=True):
             pass
+    assert sorted(p.name for p in (tmp_path / "old2").iterdir()) == ["results.h5", "run.json", "thesis.tex"]
+
+
+def test_overwrite_keeps_what_we_cannot_tell_we_wrote_in_a_folder_from_before_markers(tmp_path):
+    # the user's own figure beside ours, a folder of notes: refused, both kept (they were deleted)
+    out = _legacy_run_folder(tmp_path / "old")
+    (out / "figures" / "paper_fig1.png").write_text("the user's")
+    (out / "figures" / "mine").mkdir()
+    (out / "figures" / "mine" / "notes.txt").write_text("the user's")
+    before = _digest(out)
+    with pytest.raises(XanestrackError, match="paper_fig1.png"):
+        with atomic_output_dir(out, overwrite=True):
+            pass
+    assert _digest(out) == before
+    # another tool's folder with a run.json that has a version and a results.h5: not ours
+    other = _legacy_run_folder(tmp_path / "other", ours=False)
+    before = _digest(other)
+    with pytest.raises(XanestrackError, match="not a xanestrack output"):
+        with atomic_output_dir(other, overwrite=True):
+            pass
+    assert _digest(other) == before
+
+
+def test_overwrite_refuses_an_empty_folder_the_user_made_in_our_output(tmp_path):
+    out = tmp_path / "res"
+    assert _synth(out).exit_code == 0
+    (out / "keep_me").mkdir()
+    _error_line(_synth(out, "--overwrite", "--seed", "2"), "did not write", "keep_me/")
+    assert (out / "keep_me").is_dir()
 
 
 def test_run_overwrite_replaces_only_its_own_output(scan, tmp_path):
@@ -146,6 +190,11 @@ def test_run_overwrite_replaces_only_its_own_output(scan, tmp_path):
     assert runner.invoke(app, args).exit_code == 0
     assert json.loads((out / MARKER).read_text())["kind"] == "run"
     assert runner.invoke(app, ["--quiet", "report", str(out)]).exit_code == 0  # what the report writes stays ours
+    # and would be known as ours in a folder from before markers (the names the legacy rule accepts)
+    from xanestrack.outdir import _LATER
+
+    written = [p.relative_to(out).as_posix() for p in (out / "figures").iterdir()] + ["report.html"]
+    assert [f for f in written if not _LATER.match(f)] == []
     (out / "figures" / "mine.png").write_bytes(b"a figure of the user's")
     _error_line(runner.invoke(app, args + ["--overwrite"]), "did not write", "figures/mine.png")
     (out / "figures" / "mine.png").unlink()

@@ -33,8 +33,13 @@ MARKER = ".xanestrack-output"
 #: inside a temporary folder while a run writes into it (pid and host of the writer)
 TMP_MARKER = ".xanestrack-tmp"
 #: written into a finished output later, by 'report', 'demo' (accuracy) and 'series --synthetic': added to
-#: the marker by :func:`add_to_marker`; a run folder from before markers may hold any of them
-_LATER = ("report.html", ".report.html.tmp", "figures", "accuracy.csv")
+#: the marker by :func:`add_to_marker`; a run folder from before markers may hold these (only these names:
+#: ``figures/paper_fig1.png`` there is the user's, and is never deleted)
+_LATER = re.compile(
+    r"^(report\.html|\.report\.html\.tmp|accuracy\.csv|figures/(overview|chemistry|motion|common_motion|relative_motion"
+    r"|resolution|resolved_pairs|edge_widths|whiteline|uncertainty|clusters|cluster_fractions|cluster_spectra|pca_scree"
+    r"|particle_\d{3,}(_edge_e50|_spectrum)?)\.(png|svg|csv))$"
+)
 #: what a run, demo or series scan wrote before output folders had a marker (version 0.1.0)
 _LEGACY = {
     "tracks.csv",
@@ -94,31 +99,47 @@ def _read_marker(folder: Path, name: str = MARKER):
 
 
 def _legacy_marker(folder: Path):
-    """A folder of a run from before markers: run.json with a version and results.h5."""
+    """A folder of a run from before markers: run.json with a version and a results.h5 that
+    xanestrack wrote (its ``xanestrack_version`` attribute, which every release has written;
+    another tool's ``run.json`` and ``results.h5`` are not ours)."""
     try:
         info = json.loads((folder / "run.json").read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(info, dict) or "version" not in info or not (folder / "results.h5").is_file():
         return None
-    return dict(tool="xanestrack", kind="legacy", files=sorted(_LEGACY))
+    try:
+        import h5py
+
+        with h5py.File(folder / "results.h5", "r") as f:
+            ours = "xanestrack_version" in f.attrs
+    except Exception:  # not HDF5, truncated, unreadable: not known to be ours
+        return None
+    return dict(tool="xanestrack", kind="legacy", files=sorted(_LEGACY)) if ours else None
 
 
 def _files_of(folder: Path) -> list:
-    """Every file under ``folder`` (relative paths, '/'-separated); symlinks count as files."""
+    """Every file under ``folder`` (relative paths, '/'-separated); symlinks count as files, and an
+    empty folder as one (``name/``: somebody made it, and it goes only with what we wrote)."""
     out = []
     for root, dirs, files in os.walk(folder):
         rel = Path(root).relative_to(folder)
         for name in files + [d for d in dirs if (Path(root) / d).is_symlink()]:
             out.append((rel / name).as_posix())
+        if rel != Path(".") and not dirs and not files:
+            out.append(rel.as_posix() + "/")
     return sorted(out)
 
 
 def _foreign(folder: Path, info: dict) -> list:
     """Files in ``folder`` that xanestrack did not write (per its marker)."""
     ours = set(info.get("files", [])) | {MARKER}
-    later = _LATER if info.get("kind") == "legacy" else (".report.html.tmp",)
-    return [f for f in _files_of(folder) if f not in ours and f.split("/")[0] not in later]
+    legacy = info.get("kind") == "legacy"
+    return [
+        f
+        for f in _files_of(folder)
+        if f not in ours and f != ".report.html.tmp" and not (legacy and _LATER.match(f))
+    ]
 
 
 def write_marker(folder, *, kind: str, extra: dict | None = None) -> None:
