@@ -362,6 +362,64 @@ def test_fewer_flats_than_frames_is_a_recorded_assumption(tmp_path):
     assert _digest(*ins) == before
 
 
+def test_flats_for_input_that_has_its_own_are_refused_not_ignored(tmp_path):
+    """--flats and --darks were ignored without a word for HDF5 and Zeiss input (an all-zero flat
+    given with an FXI file: a run as if it had not been given)."""
+    counts, flats, od = _counts()
+    write_fxi(tmp_path / "s.h5", counts, flats=flats, darks=np.zeros((1, 64, 64)), energies_ev=E20)
+    tifffile.imwrite(tmp_path / "zero.tif", np.zeros((64, 64), np.float32))
+    _refused(
+        tmp_path,
+        [tmp_path / "s.h5", tmp_path / "zero.tif"],
+        ["run", tmp_path / "s.h5", "--flats", tmp_path / "zero.tif"],
+        "s.h5",
+        "--flats not used",
+        "/img_bkg",
+    )
+    with pytest.raises(XanestrackError, match="darks"):
+        read_stack(tmp_path / "s.h5", darks=tmp_path / "zero.tif")
+    # an HDF5 file without flats of its own takes them from TIFF (they were ignored, the counts taken for OD)
+    with h5py.File(tmp_path / "nobkg.h5", "w") as f:
+        f["img_xanes"] = counts
+        f["X_eng"] = E20 / 1000
+    tifffile.imwrite(tmp_path / "flats.tif", flats)
+    st = read_stack(tmp_path / "nobkg.h5", flats=tmp_path / "flats.tif")
+    assert np.allclose(st.od, od, atol=1e-2) and st.metadata["values"] == "counts"
+    assert str(tmp_path / "flats.tif") in st.metadata["files"]
+    with pytest.raises(XanestrackError, match="without `flats`"):
+        read_stack(tmp_path / "nobkg.h5", darks=tmp_path / "zero.tif")
+
+
+def test_energies_given_for_a_file_that_stores_its_own_are_noted(tmp_path):
+    """--energies replaced an HDF5 file's /X_eng (and a Zeiss scan's energies) without a note."""
+    counts, flats, _ = _counts()
+    write_fxi(tmp_path / "s.h5", counts, flats=flats, darks=np.zeros((1, 64, 64)), energies_ev=E20)
+    (tmp_path / "e.txt").write_text("\n".join(f"{v:.2f}" for v in E20 + 0.5))
+    st = read_stack(tmp_path / "s.h5", energies=tmp_path / "e.txt")
+    assert np.allclose(st.energies_ev, E20 + 0.5)
+    note = [n for n in st.metadata["notes"] if "replace" in n]
+    assert len(note) == 1 and "/X_eng" in note[0] and "up to 0.50 eV" in note[0], st.metadata["notes"]
+    # a file without energies takes them from the file given (it was refused whatever was given)
+    with h5py.File(tmp_path / "noeng.h5", "w") as f:
+        f["img_xanes"] = counts
+        f["img_bkg"] = flats
+    st = read_stack(tmp_path / "noeng.h5", energies=tmp_path / "e.txt")
+    assert np.allclose(st.energies_ev, E20 + 0.5) and not [n for n in st.metadata["notes"] if "replace" in n]
+    _refused(tmp_path, [tmp_path / "noeng.h5"], ["run", tmp_path / "noeng.h5"], "no energy dataset", "--energies")
+
+
+def test_zeiss_scan_refuses_tiff_options_and_notes_energies_given(tmp_path):
+    src = shared_data("real_txm", "ssrl_6-2c_nca")
+    tifffile.imwrite(tmp_path / "zero.tif", np.zeros((8, 8), np.float32))
+    _refused(tmp_path, [src], ["run", src, "--flats", tmp_path / "zero.tif"], "--flats not used", "Zeiss")
+    _refused(tmp_path, [src], ["run", src, "--values", "od"], "--values", "Zeiss")
+    d = _xrm_folder(tmp_path, {})  # one energy, 8324 eV in the names
+    (tmp_path / "e.txt").write_text("8330.0\n")
+    st = read_stack(d, energies=tmp_path / "e.txt")
+    assert st.energies_ev.tolist() == [8330.0]
+    assert any("replace the 1 the files carry" in n and "6.00 eV" in n for n in st.metadata["notes"])
+
+
 def _xrm_folder(tmp_path, exptimes):
     """One energy of the SSRL scan (3 samples, 10 references) with ExpTimes rewritten per file."""
     import olefile

@@ -463,10 +463,12 @@ def run(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (must not exist unless --overwrite)."),
     energies: Optional[Path] = typer.Option(
         None,
-        help="Energies file for TIFF input: one energy per frame, eV or keV (TIFF files one per energy: in their order; without it, from their names, e.g. scan_8333.5eV.tif).",
+        help="Energies file: one energy per frame, eV or keV. Needed for a TIFF stack (TIFF files one per energy: in their order; without it, from their names, e.g. scan_8333.5eV.tif); for HDF5 or Zeiss input it replaces the energies the files carry (a note says so).",
     ),
-    flats: Optional[Path] = typer.Option(None, help="TIFF of flat-field (reference) images for TIFF input."),
-    darks: Optional[Path] = typer.Option(None, help="TIFF of dark images for TIFF input."),
+    flats: Optional[Path] = typer.Option(
+        None, help="TIFF of flat-field (reference) images for TIFF input, or for an HDF5 file without its own."
+    ),
+    darks: Optional[Path] = typer.Option(None, help="TIFF of dark images, with --flats."),
     values: str = typer.Option(
         "auto",
         help="TIFF or HDF5 without flats: 'od' or 'transmission' (integer data need flats; 'auto' refuses floats that look like transmission).",

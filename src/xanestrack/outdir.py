@@ -136,9 +136,7 @@ def _foreign(folder: Path, info: dict) -> list:
     ours = set(info.get("files", [])) | {MARKER}
     legacy = info.get("kind") == "legacy"
     return [
-        f
-        for f in _files_of(folder)
-        if f not in ours and f != ".report.html.tmp" and not (legacy and _LATER.match(f))
+        f for f in _files_of(folder) if f not in ours and f != ".report.html.tmp" and not (legacy and _LATER.match(f))
     ]
 
 

@@ -81,9 +81,11 @@ def read_stack(
     inputs : path or list of paths
         One TIFF or HDF5 file, or a folder/list of .xrm/.txrm files.
     energies : path or array, optional
-        Energies file (TIFF input; eV or keV) or values; overrides file metadata.
+        Energies file (eV or keV) or values: needed for a TIFF stack; for HDF5 and Zeiss
+        input they replace the energies the files carry (a note says so).
     flats, darks : path, optional
-        TIFF flats/darks for TIFF input.
+        TIFF flats/darks for TIFF input, or for an HDF5 file without flat-field images;
+        refused for input that has its own (they would be ignored).
     values : {"auto", "transmission", "od"}
         What the pixel values of a TIFF or HDF5 file without flats are: under "auto",
         integers are raw counts (refused: they need flats) and floats optical density,
@@ -152,15 +154,24 @@ def _read(inputs, energies, flats, darks, values, grouping, scan) -> Stack:
     if len(paths) > 1 or paths[0].is_dir() or paths[0].suffix.lower() in _XRM:
         from .xrm import read_xrm_scan
 
+        _no_tiff_options(
+            paths[0], "Zeiss .xrm/.txrm scans (their reference images are files of the scan)", flats, darks
+        )
+        if values != "auto":
+            raise XanestrackError(
+                f"{paths[0]}: `values` is for TIFF or HDF5 data without flats; a Zeiss scan's counts are divided by "
+                "its reference images"
+            )
         return read_xrm_scan(paths, energies=None if energies is None else _energies_arg(energies), grouping=grouping)
     path = paths[0]
     suffix = path.suffix.lower()
     if suffix in _HDF:
         from .hdf5 import read_hdf5
 
-        d = read_hdf5(path, scan=scan, lazy=True)  # frames read one at a time while the OD is formed
+        # frames read one at a time while the OD is formed
+        d = read_hdf5(path, scan=scan, lazy=True, need_energies=energies is None)
         try:
-            return _hdf5_stack(d, path, energies, values, scan)
+            return _hdf5_stack(d, path, energies, values, scan, flats, darks)
         finally:
             for k in ("counts", "flats"):
                 if hasattr(d[k], "close"):
@@ -303,12 +314,45 @@ def _energies_arg(energies):
     return energies_in_ev(energies, source="energies given")
 
 
-def _hdf5_stack(d, path, energies, values, scan) -> Stack:
-    """The Stack of what :func:`xanestrack.io.hdf5.read_hdf5` found."""
+def _no_tiff_options(path, what: str, flats, darks) -> None:
+    """Refuse TIFF flats or darks for an input that brings its own: they would be ignored."""
+    given = [name for name, v in (("flats", flats), ("darks", darks)) if v is not None]
+    if given:
+        raise XanestrackError(
+            f"{path}: {' and '.join(f'`{g}`' for g in given)} not used for {what}; leave "
+            f"{'them' if len(given) > 1 else 'it'} out"
+        )
+
+
+def _hdf5_stack(d, path, energies, values, scan, flats=None, darks=None) -> Stack:
+    """The Stack of what :func:`xanestrack.io.hdf5.read_hdf5` found; TIFF ``flats`` (and
+    ``darks``) only for a file without flat-field images of its own."""
     notes = list(d["notes"])
-    e = d["energies_ev"] if energies is None else _energies_arg(energies)
+    flat_name = f"/{'img_bkg' if d['layout'] == 'fxi' else 'exchange/data_white'}"
+    if d["flats"] is not None:
+        _no_tiff_options(path, f"an HDF5 file with its own flat-field images ({flat_name})", flats, darks)
+    elif darks is not None and flats is None:
+        raise XanestrackError(f"{darks}: darks given without `flats`; give the flats too, or neither")
+    if energies is None:
+        e = d["energies_ev"]
+    else:
+        e = _energies_arg(energies)
+        if d["energies_ev"] is not None:
+            notes.append(
+                _replaced_energies_note(
+                    energies, d["energies_ev"], e, f"{path} /{'X_eng' if d['layout'] == 'fxi' else 'exchange/energy'}"
+                )
+            )
     e, reverse = energy_order(e, d["counts"].shape[0], source=path)
     flats_, kind = d["flats"], "counts"
+    if flats_ is None and flats is not None:
+        from .tiff import read_tiff_frames
+
+        flats_ = read_tiff_frames(flats, notes=notes)
+        darks_ = read_tiff_frames(darks, notes=notes) if darks is not None else None
+        if darks_ is None:
+            notes.append(f"{path}: no dark images (`darks`): dark taken as 0")
+        d = dict(d, darks=darks_)
     if flats_ is None:
         od, kind, more = values_without_flats(
             d["counts"],
@@ -324,10 +368,26 @@ def _hdf5_stack(d, path, energies, values, scan) -> Stack:
         source=str(path) if scan is None else f"{path}[scan {scan}]",
         reader=f"hdf5-{d['layout']}" + ("" if scan is None else "-series"),
         values=kind,
-        files=[str(path)],
+        files=[str(path)] + [str(p) for p in (flats, darks) if p is not None and d["flats"] is None],
         notes=notes,
     )
     return Stack(_in_energy_order(od, e, reverse, meta), e, d["pixel_size_um"], meta)
+
+
+def _replaced_energies_note(given, stored, e, source) -> str:
+    """The note that the energies given replace those a file stores (and by how much they differ)."""
+    name = given if isinstance(given, (str, Path)) else "the energies given"
+    stored = np.asarray(stored, float).ravel()
+    diff = ""
+    if stored.size == e.size:  # frame by frame, as the file lists them
+        d = np.abs(np.asarray(e, float).ravel() - stored)
+        diff = (
+            f"; they differ from them by up to {np.nanmax(d):.2f} eV" if np.nanmax(d) > 0.005 else "; the same values"
+        )
+    return (
+        f"energies from {name} replace the {stored.size} stored in {source} ({np.nanmin(stored):.1f}-"
+        f"{np.nanmax(stored):.1f} eV){diff}"
+    )
 
 
 def _in_energy_order(od, energies_ev, reverse: bool, meta: dict):

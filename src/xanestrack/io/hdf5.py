@@ -20,7 +20,7 @@ DXCHANGE = {
 }
 
 
-def read_hdf5(path, *, scan: int | None = None, lazy: bool = False) -> dict:
+def read_hdf5(path, *, scan: int | None = None, lazy: bool = False, need_energies: bool = True) -> dict:
     """Read raw frames, flats, darks and energies from an FXI or Data Exchange file.
 
     Every dataset's shape and type is checked before it is read (sizes against the
@@ -39,7 +39,7 @@ def read_hdf5(path, *, scan: int | None = None, lazy: bool = False) -> dict:
     Returns
     -------
     dict with ``counts`` (n, rows, cols), ``flats`` (m, rows, cols) or None, ``darks``
-    or None, ``energies_ev`` (n,), ``layout`` ("fxi" or "dxchange"), ``pixel_size_um``
+    or None, ``energies_ev`` (n,) (None where the file has none and ``need_energies`` is False), ``layout`` ("fxi" or "dxchange"), ``pixel_size_um``
     and ``notes`` (assumptions made, for run.json).
 
     Raises
@@ -117,13 +117,19 @@ def read_hdf5(path, *, scan: int | None = None, lazy: bool = False) -> dict:
             counts = _read(data, path, keys["data"])
             flats = _read(dsets["flat"], path, keys["flat"])
         darks = _read(dsets["dark"], path, keys["dark"])
+        if dsets["energy"] is None and need_energies:
+            raise XanestrackError(
+                f"{path}: no energy dataset /{keys['energy']}; cannot do XANES without energies: pass `energies` FILE "
+                "(one energy per frame)"
+            )
         if dsets["energy"] is None:
-            raise XanestrackError(f"{path}: no energy dataset /{keys['energy']}; cannot do XANES without energies")
-        if dsets["energy"].size > MAX_FRAMES or dsets["energy"].dtype.kind not in "iuf":
+            energy = None
+        elif dsets["energy"].size > MAX_FRAMES or dsets["energy"].dtype.kind not in "iuf":
             raise XanestrackError(
                 f"{path}: /{keys['energy']} is not a list of energies ({dsets['energy'].shape} {dsets['energy'].dtype})"
             )
-        energy = energies_in_ev(_read(dsets["energy"], path, keys["energy"]), source=f"{path} /{keys['energy']}")
+        else:
+            energy = energies_in_ev(_read(dsets["energy"], path, keys["energy"]), source=f"{path} /{keys['energy']}")
         pixel = None
         for cand in ("pixel_size_um", "exchange/pixel_size_um"):
             d = _dataset(f, cand, path, must_exist=False)

@@ -295,6 +295,7 @@ def read_xrm_scan(paths, *, energies=None, grouping=None) -> Stack:
     pixel = None
     notes = []
     order = []
+    carried = True  # every image's energy in the files (metadata or name)
     for f in files:
         x = read_xrm(f)
         if shape is None:
@@ -312,6 +313,7 @@ def read_xrm_scan(paths, *, energies=None, grouping=None) -> Stack:
                     f"{f}: no energy in the metadata (ImageInfo/Energy is 0) nor in the file name; "
                     "rename the file with '<energy>_eV' or pass the energies explicitly"
                 )
+            carried = carried and e is not None and bool(np.isfinite(e))
             key = round(float(e), 3) if e is not None and np.isfinite(e) else float(len(order))
             _accumulate(samples if role == "sample" else refs, key, x.images[i], x.exposure_s[i], f)
             if role == "sample":
@@ -380,6 +382,13 @@ def read_xrm_scan(paths, *, energies=None, grouping=None) -> Stack:
         notes.append(repair_note(per_frame, shape, source=files[0].parent))  # jobs in frame order
     e = np.array(keys, float) if energies is None else np.asarray(energies, float).ravel()
     e = validated_energies(e, len(keys), source=files[0].parent if energies is None else "energies given")
+    if energies is not None and carried:
+        d = np.max(np.abs(e - np.array(keys, float)))
+        notes.append(
+            f"the energies given replace the {len(keys)} the files carry ({keys[0]:.1f}-{keys[-1]:.1f} eV, in their "
+            "metadata or names; the frames in that order)"
+            + (f"; they differ from them by up to {d:.2f} eV" if d > 0.005 else "; the same values")
+        )
     meta = dict(
         source=str(files[0].parent if len(set(p.parent for p in files)) == 1 else files[0]),
         reader="xrm",
