@@ -260,6 +260,8 @@ def test_debug_shows_the_traceback_of_a_user_error(tmp_path):
         ("8300\n8310\n8320\n8330\nabc", ["line 5", "'abc'"]),
         ("\x00\x01binary", ["binary"]),
         ("0\n1\n2\n3\n4", ["line 1", "positive"]),
+        # a decimal comma was read as two columns: 8300,250 -> 8300 eV, without a word
+        ("8300,250\n8310,250\n8320,250\n8330,250\n8340,250", ["line 1", "'8300,250'", "decimal comma"]),
     ],
 )
 def test_implausible_energies_file(tmp_path, text, fragments):
@@ -272,6 +274,18 @@ def test_implausible_energies_file(tmp_path, text, fragments):
         "e.txt",
         *fragments,
     )
+
+
+def test_energies_file_with_a_byte_order_mark_or_on_one_line(tmp_path):
+    """A BOM made the first energy a header (one energy short); all energies on one line read as one."""
+    from xanestrack.io.tiff import read_energies_file
+
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbf" + "\n".join(f"{v:.2f}" for v in E20).encode())
+    assert np.allclose(read_energies_file(tmp_path / "bom.txt"), E20)
+    (tmp_path / "row.txt").write_text(" ".join(f"{v:.2f}" for v in E20) + "\n")
+    assert np.allclose(read_energies_file(tmp_path / "row.txt"), E20)
+    (tmp_path / "named.csv").write_text("energy,i0\n" + "\n".join(f"{int(v)},1000" for v in E20))
+    assert np.allclose(read_energies_file(tmp_path / "named.csv"), np.floor(E20))  # integer columns, named: fine
 
 
 def test_energies_csv_header_selects_the_energy_column(tmp_path):

@@ -76,12 +76,16 @@ _SEP = re.compile(r"[,;\t]")
 _MAX_HEADER_LINES = 5
 
 
+#: a line of two integers joined by a comma and nothing else: a decimal comma, or two columns?
+_DECIMAL_COMMA = re.compile(r"^\d+,\d+$")
+
+
 def _fields(line: str):
     return [t.strip() for t in _SEP.split(line)] if _SEP.search(line) else line.split()
 
 
 def read_energies_file(path) -> np.ndarray:
-    """Energies from a text file: one per line, or a column of a CSV (eV or keV).
+    """Energies from a text file: one per line (or all on one line), or a column of a CSV (eV or keV).
 
     Lines starting with ``#`` are skipped, as are up to five header lines before the
     first number; a header naming a column "energy" (or "eV"/"keV") selects that
@@ -104,9 +108,11 @@ def read_energies_file(path) -> np.ndarray:
     raw = path.read_bytes()
     if b"\x00" in raw:
         raise XanestrackError(f"{src}: binary data, not text; give a text file with one energy per line")
+    text = raw.decode("utf-8-sig", errors="replace")  # a byte-order mark (Windows editors) is no header
     values, lines = [], []
-    col, n_header = 0, 0
-    for n, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
+    col, n_header, named, comma_pairs = 0, 0, False, 0
+    row = None  # all energies on one line
+    for n, line in enumerate(text.splitlines(), 1):
         s = line.strip()
         if not s or s.startswith("#"):
             continue
@@ -126,11 +132,28 @@ def read_energies_file(path) -> np.ndarray:
             names = [t.lower() for t in toks]
             for k, t in enumerate(names):
                 if "energ" in t or t.strip("()[]") in ("ev", "kev", "e"):
-                    col = k
+                    col, named = k, True
                     break
             continue
         values.append(v)
         lines.append(n)
+        comma_pairs += bool(_DECIMAL_COMMA.match(s))
+        if len(values) == 1 and not named and len(toks) >= 3:
+            try:
+                row = [float(t) for t in toks]
+            except ValueError:
+                row = None
     if not values:
         raise XanestrackError(f"{src}: no numbers found; give one energy per line (eV or keV)")
+    if row is not None and len(values) == 1:
+        return energies_in_ev(row, source=src, lines=[lines[0]] * len(row))
+    if comma_pairs == len(values) and not named:
+        # "8230,870" on every line: a decimal comma (8230.870 eV), or two integer columns? was read
+        # as 8230 without a word
+        n = lines[0]
+        raise XanestrackError(
+            f"{src}: line {n} {one_line(text.splitlines()[n - 1].strip(), 40)!r} is "
+            "one number with a decimal comma or two columns; write the energies with a decimal point (8230.870), "
+            "or name the energy column in a header line"
+        )
     return energies_in_ev(values, source=src, lines=lines)
