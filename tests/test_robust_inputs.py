@@ -203,6 +203,34 @@ def test_bad_model_config_through_the_cli(scan, tmp_path):
     )
 
 
+def test_missing_detector_model_is_a_clean_exit_not_an_abort(scan, tmp_path):
+    """The refusal came while the warm-up thread imported PyTorch; the interpreter exited under it and
+    the C++ runtime aborted the process ("terminate called without an active exception", exit 134)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "empty_model").mkdir()
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "xanestrack.cli",
+            "-q",
+            "run",
+            str(scan),
+            "--detector-model",
+            str(tmp_path / "empty_model"),
+        ]
+        + ["--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "terminate called" not in r.stderr and "no trained detector" in r.stderr + r.stdout
+    assert not (tmp_path / "out").exists()
+
+
 def _fake_output(folder, *, columns=("particle", "frame", "energy_ev", "y", "x", "flags"), particles=True):
     folder.mkdir()
     (folder / "tracks.csv").write_text(",".join(columns) + "\n" + ",".join("0" for _ in columns) + "\n")

@@ -171,7 +171,9 @@ class _ModelWarmup:
         self._wanted = detector == "learned" or segmenter == "learned"
         self._build_seg = segmenter == "learned"
         self._model = segmenter_model
-        self._thread = threading.Thread(target=self._work, name="xanestrack-model-warmup", daemon=True)
+        # not a daemon: a run refused while the thread imports PyTorch (a bad --detector-model) must
+        # wait for it before the interpreter exits, or the C++ runtime aborts the process (exit 134)
+        self._thread = threading.Thread(target=self._work, name="xanestrack-model-warmup", daemon=False)
         self._thread.start()
 
     def _work(self):
