@@ -338,6 +338,22 @@ def test_complex_or_bool_pixels(tmp_path, dtype, fragment):
     _refused(tmp_path, [tmp_path / "c.h5"], ["run", tmp_path / "c.h5"], "c.h5", "/img_xanes", fragment)
 
 
+@pytest.mark.parametrize("planar", ["contig", "separate"])
+def test_rgb_tiff_is_refused_whatever_its_sample_layout(tmp_path, planar):
+    """An RGB TIFF saved with its colours in planes (axes SYX) was read as three frames of a scan."""
+    rgb = np.random.default_rng(0).integers(0, 255, (3, 32, 32) if planar == "separate" else (32, 32, 3), np.uint8)
+    tifffile.imwrite(tmp_path / "s.tif", rgb, photometric="rgb", planarconfig=planar)
+    tifffile.imwrite(tmp_path / "f.tif", np.full((32, 32), 1000, np.uint16))
+    (tmp_path / "e.txt").write_text("8300\n8330\n8360\n")
+    _refused(
+        tmp_path,
+        [tmp_path / "s.tif"],
+        ["run", tmp_path / "s.tif", "--energies", tmp_path / "e.txt", "--flats", tmp_path / "f.tif"],
+        "s.tif",
+        "colour (RGB)",
+    )
+
+
 def test_transmission_tiff_is_not_taken_for_optical_density(tmp_path):
     t = np.exp(-np.random.default_rng(2).uniform(0, 0.6, (5, 32, 32))).astype(np.float32)
     tifffile.imwrite(tmp_path / "t.tif", t)

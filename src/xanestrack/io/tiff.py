@@ -42,7 +42,13 @@ def read_tiff_frames(path, *, notes=None) -> np.ndarray:
             shape, dtype, axes = tuple(s.shape), np.dtype(s.dtype), str(s.axes)
         except Exception as exc:
             raise XanestrackError(f"{path}: not a readable TIFF ({type(exc).__name__}: {one_line(exc)})") from None
-        if "S" in axes and len(shape) >= 3 and shape[-1] in (3, 4):
+        try:
+            photometric = getattr(tf.pages[0].photometric, "name", "")
+        except Exception:
+            photometric = ""
+        # colour samples contiguous (YXS) or planar (SYX: three planes that would pass for three frames)
+        colour = "S" in axes and len(shape) >= 3 and shape[axes.index("S")] in (3, 4)
+        if colour or photometric in ("RGB", "YCBCR", "SEPARATED"):
             raise XanestrackError(f"{path}: a colour (RGB) image {shape}; give grey-level frames (one value per pixel)")
         if len(shape) > 3:
             shape = tuple(d for d in shape if d != 1) or (1, 1)
