@@ -372,3 +372,34 @@ def test_the_threaded_scheduler_keeps_one_scan_in_flight_on_two_cores():
     assert scans_in_flight(1) == scans_in_flight(2) == 1
     assert scans_in_flight(4) == scans_in_flight(16) == 2
     assert scans_in_flight(None) in (1, 2)
+
+
+def test_a_refused_series_leaves_no_folder_behind(fxi_scans, tmp_path):
+    """A series refused for its options or inputs wrote its manifest and marker first: the folder stayed, and a
+    later series with other scans was refused there ("holds something other than this series")."""
+    import tifffile
+    from typer.testing import CliRunner
+
+    from xanestrack.cli import app
+
+    paths, _ = fxi_scans
+    out = tmp_path / "series"
+    runner = CliRunner()
+    for args in (["--min-radius", "-3"], ["--detector", "foo"]):
+        r = runner.invoke(app, ["-q", "series", str(paths[1]), "--scheduler", "sync", "--out", str(out), *args])
+        assert r.exit_code == 2 and r.output.startswith("error: "), r.output
+        assert not out.exists(), (args, list(out.iterdir()))
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((3, 32, 32), np.float32))
+    r = runner.invoke(app, ["-q", "series", str(tmp_path / "stack.tif"), "--out", str(out)])
+    assert r.exit_code == 2 and "takes no energies file" in r.output and not out.exists(), r.output
+    out.mkdir()  # the user's empty folder is kept, emptied of what the refused series wrote
+    r = runner.invoke(
+        app, ["-q", "series", str(paths[1]), "--scheduler", "sync", "--out", str(out), "--min-radius", "-3"]
+    )
+    assert r.exit_code == 2 and out.is_dir() and not any(out.iterdir())
+    r = runner.invoke(
+        app,
+        ["-q", "series", str(paths[1]), "--scheduler", "sync", "--out", str(out), "--detector", "classical"]
+        + ["--segmenter", "classical"],
+    )
+    assert r.exit_code == 0, r.output

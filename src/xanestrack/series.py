@@ -121,6 +121,13 @@ def series_sources(inputs) -> list:
             n = None
         if n is not None:
             return [ScanSource(f"scan_{i:04d}", i, "hdf5-scan", _normalised(paths[0])) for i in range(n)]
+    for p in paths:
+        if p.is_file() and p.suffix.lower() in (".tif", ".tiff"):
+            raise XanestrackError(
+                f"{p}: a TIFF stack holds no energies, and `series` takes no energies file; give HDF5 files, "
+                "Zeiss folders, or folders of single-frame TIFFs named with their energies (scan_8333.5eV.tif), or "
+                "run `xanestrack run` on each scan with --energies"
+            )
     names = [p.stem if p.is_file() else p.name for p in paths]
     if len(set(names)) != len(names):
         names = [f"scan_{i:04d}_{n}" for i, n in enumerate(names)]

@@ -96,18 +96,48 @@ def run_series(
     from ..outdir import output_lock
 
     out = Path(out_dir)
+    for name, value in (("detector", detector), ("segmenter", segmenter)):
+        if value not in ("classical", "learned"):
+            raise XanestrackError(f"`{name}` takes 'classical' or 'learned', got {value!r}")
     with output_lock(_series_folder(out)):  # a second series into this folder is refused while this one runs
-        return _run_series(
-            sources,
-            out,
-            options=options,
-            scheduler=scheduler,
-            workers=workers,
-            detector=detector,
-            segmenter=segmenter,
-            radii=(min_radius, max_radius),
-            device=device,
-        )
+        existed = out.exists()
+        fresh = not existed or not any(out.iterdir())
+        try:
+            return _run_series(
+                sources,
+                out,
+                options=options,
+                scheduler=scheduler,
+                workers=workers,
+                detector=detector,
+                segmenter=segmenter,
+                radii=(min_radius, max_radius),
+                device=device,
+            )
+        except BaseException:
+            if fresh:
+                _undo_fresh(out, sources, remove=not existed)
+            raise
+
+
+def _undo_fresh(out: Path, sources, *, remove: bool) -> None:
+    """After a series refused or failed before any scan was done: take away what it wrote into a folder
+    that was new or empty (its manifest and marker; a later series with other scans was refused there),
+    and the folder itself where it made it (``remove``)."""
+    import shutil
+
+    if not out.is_dir() or any(_summary_path(out, s.name).is_file() for s in sources):
+        return  # scans done: kept, to resume
+    for entry in out.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    if remove:
+        try:
+            out.rmdir()
+        except OSError:
+            pass
 
 
 def _series_folder(out: Path) -> Path:
