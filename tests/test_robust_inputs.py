@@ -91,6 +91,28 @@ def test_values_transmission_without_flats_is_minus_log(tmp_path):
     assert np.allclose(st.od, -np.log(t), atol=1e-6) and st.metadata["values"] == "transmission"
 
 
+def test_a_frame_of_one_count_everywhere_is_a_frame_without_an_image(scan, tmp_path):
+    """Its OD is the flat field's pattern: particles were placed there 4 px off (flagged, not interpolated)."""
+    import pandas as pd
+
+    with h5py.File(scan) as f:
+        parts = {k: f[k][()] for k in ("img_xanes", "img_bkg", "img_dark", "X_eng")}
+    parts["img_xanes"][5] = 1000
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        for k, v in parts.items():
+            f[k] = v
+    st = read_stack(tmp_path / "c.h5")
+    assert any(
+        "input frame 5 (1000) (counted from 0) holds one count in every pixel" in n for n in st.metadata["notes"]
+    )
+    assert np.isnan(st.od[5]).all() and np.isfinite(np.delete(st.od, 5, axis=0)).all()  # not the flat's pattern
+    r = _cli("run", tmp_path / "c.h5", "--out", tmp_path / "out", "--detector", "classical", "--segmenter", "classical")
+    assert r.exit_code == 0, r.output
+    tracks = pd.read_csv(tmp_path / "out" / "tracks.csv", keep_default_na=False)
+    at5 = tracks[tracks["frame"] == 5]
+    assert len(at5) >= 1 and at5["flags"].str.contains("interpolated").all(), at5
+
+
 def test_fxi_without_flats_or_darks(tmp_path):
     counts, flats, od = _counts()
     with h5py.File(tmp_path / "nobkg.h5", "w") as f:

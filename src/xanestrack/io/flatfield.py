@@ -139,6 +139,7 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
     saturation = np.iinfo(counts.dtype).max if np.issubdtype(counts.dtype, np.integer) else None
     n_sat = [0]
     sat_frames = []
+    constant = []  # (frame, count) of frames of one count everywhere
     n_dead = [0]
     problems = {}
 
@@ -180,6 +181,15 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
             n_bad = [transmission_to_od(t[i]) for i in range(k1 - k0)]
         if sat is not None and sat.any():
             t[sat] = np.nan
+        # a frame of one count everywhere (a readout fault, a frame the software filled) holds no image;
+        # its OD would be the flat field's pattern, where particles were placed 4 px off (vouched for by
+        # nothing, but measured): NaN, carried as a frame without an image (its positions interpolated)
+        flat_c = c.reshape(c.shape[0], -1)
+        probe = flat_c[:, :: max(1, flat_c.shape[1] // 4096)]
+        for i in np.flatnonzero(probe.min(axis=1) == probe.max(axis=1)):
+            if flat_c[i].min() == flat_c[i].max():
+                t[i] = np.nan
+                constant.append((k0 + int(i), float(flat_c[i, 0])))
         return n_bad
 
     # numpy releases the GIL in these ufuncs: blocks of frames in parallel threads
@@ -209,6 +219,14 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
         )
     if n_bad:
         said.append(repair_note(per_frame, shape, source=source, what="after dark subtraction"))
+    if constant:
+        constant.sort()
+        listed = ", ".join(f"{k} ({v:g})" for k, v in constant[:10]) + (" ..." if len(constant) > 10 else "")
+        said.append(
+            f"{source}: input frame{'s' if len(constant) > 1 else ''} {listed} (counted from 0) "
+            f"{'hold' if len(constant) > 1 else 'holds'} one count in every pixel: no image there (a readout fault?); "
+            "carried as frames without an image"
+        )
     for note in said:
         if notes is not None:  # the caller shows them (the CLI prints the input's notes)
             notes.append(note)
