@@ -616,6 +616,7 @@ def test_group_where_a_dataset_belongs_and_empty_stacks(tmp_path):
         (["--detect-every", "0"], ["--detect-every 0"]),
         (["--reference", "bad"], ["--reference takes NAME=FILE"]),
         (["--reference", "X=nothere.txt"], ["--reference X=nothere.txt", "not found"]),
+        (["--min-radius", "0"], ["--min-radius 0.0", "positive"]),  # was a generic message from deep inside
     ],
 )
 def test_bad_options_are_one_line(scan, tmp_path, args, fragments):
@@ -689,3 +690,27 @@ def test_xrm_reference_dead_at_a_few_pixels_is_noted_not_refused(tmp_path):
     st = read_stack(d)
     assert any("zero or negative at 2 pixels (dead detector pixels)" in n for n in st.metadata["notes"])
     assert np.isfinite(st.od).all()
+
+
+def test_folders_and_links_that_are_not_what_they_seem(tmp_path):
+    """macOS's ._name.tif beside the frames was taken for a frame (a duplicate energy); a folder of HDF5
+    files was said to hold no .xrm files; a broken external link read as no image dataset at all."""
+    od = np.random.default_rng(0).uniform(0.1, 1.0, (4, 32, 32)).astype(np.float32)
+    d = tmp_path / "frames"
+    d.mkdir()
+    for k, e in enumerate(E20[:4]):
+        tifffile.imwrite(d / f"scan_{e:.1f}eV.tif", od[k])
+    (d / f"._scan_{E20[0]:.1f}eV.tif").write_bytes(b"\x00\x05\x16\x07" + b"\x00" * 80)
+    (d / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    st = read_stack(d, values="od")
+    assert st.od.shape == (4, 32, 32) and np.allclose(st.energies_ev, E20[:4], atol=0.05)
+    h = tmp_path / "h5s"
+    h.mkdir()
+    (h / "a.h5").write_bytes(b"x")
+    _refused(tmp_path, [h], ["run", h], "no .xrm/.txrm files nor single-frame TIFFs", "found .h5", "not its folder")
+    with h5py.File(tmp_path / "ext.h5", "w") as f:
+        f["img_xanes"] = h5py.ExternalLink("missing.h5", "/img_xanes")
+        f["X_eng"] = E20 / 1000
+    _refused(
+        tmp_path, [tmp_path / "ext.h5"], ["run", tmp_path / "ext.h5"], "/img_xanes is a link to missing.h5", "broken"
+    )

@@ -53,7 +53,7 @@ def particle_radius_range(stack, min_radius=None, max_radius=None, *, detector: 
     px = stack.pixel_size_um
     given = (min_radius is not None, max_radius is not None)
     for name, v in (("`min_radius`", min_radius), ("`max_radius`", max_radius)):
-        if v is not None and not (np.isfinite(v) and v >= 0):
+        if v is not None and not (np.isfinite(v) and v > 0):
             raise XanestrackError(f"{name} {v}: give a radius in pixels (a positive number)")
     if min_radius is None:
         min_radius = RADIUS_UM[0] / px if px else RADIUS_PX[0]

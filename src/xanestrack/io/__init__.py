@@ -52,7 +52,8 @@ def input_files(path) -> list:
     p = Path(path)
     if not p.is_dir():
         return [p]
-    inside = sorted(q for q in p.iterdir() if q.is_file())
+    # hidden files are not frames: macOS's ._name.tif (AppleDouble) and .DS_Store
+    inside = sorted(q for q in p.iterdir() if q.is_file() and not q.name.startswith("."))
     xrm = [q for q in inside if q.suffix.lower() in _XRM]
     return xrm or [q for q in inside if q.suffix.lower() in _TIFF]
 

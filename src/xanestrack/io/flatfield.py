@@ -140,6 +140,7 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
     n_sat = [0]
     sat_frames = []
     constant = []  # (frame, count) of frames of one count everywhere
+    dark_max = float(np.max(dark))
     n_dead = [0]
     problems = {}
 
@@ -186,8 +187,9 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
         # nothing, but measured): NaN, carried as a frame without an image (its positions interpolated)
         flat_c = c.reshape(c.shape[0], -1)
         probe = flat_c[:, :: max(1, flat_c.shape[1] // 4096)]
+        # (one at or below the dark is the shutter closed, said by repair_note)
         for i in np.flatnonzero(probe.min(axis=1) == probe.max(axis=1)):
-            if flat_c[i].min() == flat_c[i].max():
+            if flat_c[i].min() == flat_c[i].max() and flat_c[i, 0] > dark_max:
                 t[i] = np.nan
                 constant.append((k0 + int(i), float(flat_c[i, 0])))
         return n_bad

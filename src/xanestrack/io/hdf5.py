@@ -213,6 +213,16 @@ def _dataset(f, name, path, *, must_exist=False):
             "fix or re-export the file"
         ) from None
     if obj is None:
+        try:
+            link = f.get(name, getlink=True)
+        except Exception:
+            link = None
+        if isinstance(link, (h5py.ExternalLink, h5py.SoftLink)):  # the link is there, what it names is not
+            target = f"{link.filename}:{link.path}" if isinstance(link, h5py.ExternalLink) else link.path
+            raise XanestrackError(
+                f"{path}: /{name} is a link to {target}, which cannot be opened: a broken link in the file; "
+                "fix or re-export the file"
+            )
         if must_exist:
             raise XanestrackError(f"{path}: no dataset /{name}")
         return None

@@ -211,9 +211,18 @@ def _collect(paths):
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.suffix.lower() in (".xrm", ".txrm") and q.is_file())
+            found = sorted(
+                q
+                for q in p.iterdir()
+                if q.suffix.lower() in (".xrm", ".txrm") and q.is_file() and not q.name.startswith(".")
+            )
             if not found:
-                raise XanestrackError(f"{p}: folder holds no .xrm/.txrm files")
+                kinds = sorted({q.suffix.lower() or q.name for q in p.iterdir() if not q.name.startswith(".")})
+                raise XanestrackError(
+                    f"{p}: folder holds no .xrm/.txrm files nor single-frame TIFFs"
+                    + (f" (found {', '.join(kinds[:5])})" if kinds else " (it is empty)")
+                    + "; give an HDF5 file or a TIFF stack itself, not its folder"
+                )
             files += found
         else:
             files.append(p)
