@@ -714,3 +714,43 @@ def test_folders_and_links_that_are_not_what_they_seem(tmp_path):
     _refused(
         tmp_path, [tmp_path / "ext.h5"], ["run", tmp_path / "ext.h5"], "/img_xanes is a link to missing.h5", "broken"
     )
+
+
+def test_options_and_layouts_that_would_be_ignored_or_doubtful(scan, tmp_path):
+    """A model for the classical path, transmission asked for OD-like values, two layouts in one file: each
+    was taken without a word."""
+    d = tmp_path / "m"
+    d.mkdir()
+    _refused(
+        tmp_path,
+        [scan],
+        ["run", scan, "--detector", "classical", "--detector-model", d],
+        "--detector-model",
+        "learned",
+    )
+    od = np.random.default_rng(0).uniform(0.0, 3.0, (5, 32, 32)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "od.tif", od)
+    (tmp_path / "e.txt").write_text("\n".join(map(str, E20[:5])))
+    st = read_stack(tmp_path / "od.tif", energies=tmp_path / "e.txt", values="transmission")
+    assert any("do not look like transmission" in n for n in st.metadata["notes"])
+    counts, flats, _ = _counts()
+    with h5py.File(tmp_path / "both.h5", "w") as f:
+        f["img_xanes"], f["img_bkg"], f["X_eng"] = counts, flats, E20 / 1000
+        f["exchange/data"] = counts
+    st = read_stack(tmp_path / "both.h5")
+    assert any("holds both /img_xanes" in n for n in st.metadata["notes"])
+
+
+def test_a_scan_too_short_for_xanes_says_so_in_the_run_notes(scan, tmp_path):
+    """Two frames: the run succeeded with no XANES, said only in each particle's notes in results.h5."""
+    with h5py.File(scan) as f:
+        parts = {k: f[k][()] for k in ("img_xanes", "img_bkg", "img_dark", "X_eng")}
+    with h5py.File(tmp_path / "two.h5", "w") as f:
+        for k, v in parts.items():
+            f[k] = v[:2] if k != "img_dark" else v
+    r = _cli(
+        "run", tmp_path / "two.h5", "--out", tmp_path / "out", "--detector", "classical", "--segmenter", "classical"
+    )
+    assert r.exit_code == 0, r.output
+    notes = json.loads((tmp_path / "out" / "run.json").read_text())["notes"]
+    assert any("2 frame(s): positions and sizes only, no XANES" in n for n in notes), notes

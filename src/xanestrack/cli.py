@@ -619,9 +619,11 @@ def run(
             known_edge,
         )
         check_output_dir(out, overwrite=overwrite, inputs=given)  # before reading: refuse early
-        for name, value in (("detector", detector), ("segmenter", segmenter)):
+        for name, value, model in (("detector", detector, detector_model), ("segmenter", segmenter, segmenter_model)):
             if value not in ("classical", "learned"):
                 raise XanestrackError(f"--{name} takes 'classical' or 'learned', got {value!r}")
+            if model is not None and value != "learned":  # it would be ignored
+                raise XanestrackError(f"--{name}-model {model} is for --{name} learned, not {value}")
         _check_device(device)  # before reading
         warmup = _ModelWarmup(detector, segmenter, segmenter_model, device)  # torch imported while reading
         c = _console()

@@ -1592,6 +1592,10 @@ def run_pipeline(
             f"{len(blank)} frame{'s' if len(blank) > 1 else ''} more than half NaN/inf, carried as frames without an "
             f"image (no particle measured there): {_frame_list(blank, energies)}"
         )
+    if len(energies) < options.min_xanes_energies:
+        notes.append(
+            f"{len(energies)} frame(s): positions and sizes only, no XANES (needs {options.min_xanes_energies} energies)"
+        )
     default_references = references is None
     no_references = None
     if default_references:

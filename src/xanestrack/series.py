@@ -241,11 +241,7 @@ def process_scan(
         result = run_pipeline(stack, options=options, detector=det_fn, segmenter=seg_fn)
     release_freed_memory()  # what the pipeline freed, before the outputs are written
     input_notes = list(stack.metadata.get("notes", []))
-    notes = input_notes + list(result.notes)
-    if stack.n_frames < options.min_xanes_energies:
-        notes.append(
-            f"{stack.n_frames} frame(s): positions and sizes only, no XANES (needs {options.min_xanes_energies} energies)"
-        )
+    notes = input_notes + list(result.notes)  # the pipeline's say where there are too few energies for XANES
     reference, ref_binning = _reference_image(stack.od, result)
     from .result import particle_summary
 

@@ -26,6 +26,7 @@ B. Ravel and M. Newville, J. Synchrotron Rad. 12 (2005) 537, doi:10.1107/S090904
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -286,7 +287,9 @@ def edge_energy(
         with np.errstate(divide="ignore", invalid="ignore"):
             ec = ew[:-1, None] + (level - a) / (b - a) * np.diff(ew)[:, None]
         ec = np.where(cross, ec, np.nan)
-        mean = np.nanmean(y[:, finite_cols], axis=1) if finite_cols.any() else np.nanmean(y, axis=1)
+        with warnings.catch_warnings():  # energies where no pixel has a value: NaN, as meant
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(y[:, finite_cols], axis=1) if finite_cols.any() else np.nanmean(y, axis=1)
         ma, mb = mean[iw][:-1], mean[iw][1:]
         mc = np.flatnonzero((ma < level) & (mb >= level))
         ref = (

@@ -243,6 +243,11 @@ def values_without_flats(data, values: str, *, source, flats_hint: str):
             f"{source}: {rng} look like transmission I/I0 (background near 1), taken as optical density as asked; "
             "if they are I/I0, every particle is measured inverted: pass `values` transmission"
         )
+    if values == "transmission" and not like_transmission:
+        notes.append(
+            f"{source}: {rng} do not look like transmission I/I0 (background near 1), taken as transmission as asked; "
+            "if they are optical density, every particle is measured inverted: pass `values` od"
+        )
     if values == "auto":
         if like_transmission:
             raise XanestrackError(

@@ -61,6 +61,11 @@ def read_hdf5(path, *, scan: int | None = None, lazy: bool = False, need_energie
     with f:
         if _dataset(f, FXI["data"], path, must_exist=False) is not None:
             layout, keys = "fxi", FXI
+            if _dataset(f, DXCHANGE["data"], path, must_exist=False) is not None:
+                notes.append(
+                    f"{path}: holds both /{FXI['data']} (NSLS-II FXI) and /{DXCHANGE['data']} (Data Exchange); the "
+                    "FXI images read, the Data Exchange ones left alone"
+                )
         elif _dataset(f, DXCHANGE["data"], path, must_exist=False) is not None:
             layout, keys = "dxchange", DXCHANGE
         else:
