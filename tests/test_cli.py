@@ -160,6 +160,46 @@ def test_run_with_user_references(synth_dir, tmp_path):
     r = runner.invoke(app, ["run", str(synth_dir / "stack.h5"), "--out", str(tmp_path / "x"), "--reference", "nofile"])
     assert r.exit_code == 2 and "NAME=FILE" in r.output
 
+    def mean_fractions(folder):
+        with h5py.File(folder / "results.h5") as f:
+            out = []
+            for p in f["particles"]:
+                fr = f["particles"][p]["fractions"][()]
+                ok = np.isfinite(fr).all(axis=0)
+                out.append(fr[0][ok].mean())
+            return np.array(out)
+
+    # the same references as measured (ln(i0/itrans): an offset, a step of 2, a slope): normalised before the
+    # fit, said in a note; they were fitted as given (every particle 0.01-0.03 of the first one)
+    for name, ref in refs.items():
+        raw = 2 * ref.mu + 0.5 + 1e-3 * (ref.energies_ev - 8300)
+        np.savetxt(tmp_path / f"{name}_raw.txt", np.c_[ref.energies_ev, raw])
+    args = ["--quiet", "run", str(synth_dir / "stack.h5"), "--reference", f"Ni2={tmp_path / 'NiO_raw.txt'}"]
+    args += ["--reference", f"Ni3={tmp_path / 'LiNiO2_raw.txt'}"]
+    r = runner.invoke(app, args + ["--out", str(tmp_path / "raw")])
+    assert r.exit_code == 0, r.output
+    notes = json.loads((tmp_path / "raw" / "run.json").read_text())["input_notes"]
+    assert sum("reference Ni2 normalised" in n or "reference Ni3 normalised" in n for n in notes) == 2, notes
+    given, raw = mean_fractions(out), mean_fractions(tmp_path / "raw")
+    assert np.all(np.abs(given - raw) < 0.1), (given, raw)
+    # the same name twice (the second replaced the first, fitted under its name); an edge outside the scan
+    r = runner.invoke(app, args[:-1] + [f"Ni2={tmp_path / 'LiNiO2.txt'}", "--out", str(tmp_path / "y")])
+    assert r.exit_code == 2 and "--reference Ni2 given twice" in r.output, r.output
+    ref = refs["NiO"]
+    np.savetxt(tmp_path / "other_edge.txt", np.c_[ref.energies_ev - 630, ref.mu])  # a Co K edge's place
+    r = runner.invoke(
+        app,
+        [
+            "run",
+            str(synth_dir / "stack.h5"),
+            "--reference",
+            f"Co={tmp_path / 'other_edge.txt'}",
+            "--out",
+            str(tmp_path / "z"),
+        ],
+    )
+    assert r.exit_code == 2 and "outside the scan's" in r.output, r.output
+
 
 def test_inputs_are_never_modified(synth_dir, tmp_path):
     import hashlib

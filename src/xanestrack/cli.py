@@ -554,7 +554,7 @@ def run(
     ),
     reference: Optional[List[str]] = typer.Option(
         None,
-        help="Reference spectrum for the linear combination fit, as NAME=FILE (XDI or text: energy, normalised mu); repeat for each. Default: the shipped NiO and LiNiO2 for Ni K-edge scans.",
+        help="Reference spectrum for the linear combination fit, as NAME=FILE (XDI or text: energy, mu; normalised here as the particles' spectra are where it is not already, with a note); repeat for each, each its own NAME. Default: the shipped NiO and LiNiO2 for Ni K-edge scans.",
     ),
     clusters: int = typer.Option(
         0, help="Phase mapping: cluster the normalised pixel spectra of all particles together into K phases (0: none)."
@@ -651,17 +651,24 @@ def run(
         )
         refs = None
         if reference:
-            from .spectra import read_spectrum
+            from .spectra import prepare_reference, read_spectrum
 
             refs = {}
             for item in reference:
                 if "=" not in item:
                     raise XanestrackError(f"--reference takes NAME=FILE, got {item!r}")
                 name, path = item.split("=", 1)
+                if not name.strip():
+                    raise XanestrackError(f"--reference {item}: give the reference a name (NAME=FILE)")
+                if name in refs:  # the second replaced the first, and the fit was labelled with the wrong name
+                    raise XanestrackError(f"--reference {name} given twice; give each reference its own name")
                 try:
-                    refs[name] = read_spectrum(path, name=name)
+                    refs[name], note = prepare_reference(read_spectrum(path, name=name), stack.energies_ev)
                 except (ValueError, OSError) as exc:
                     raise XanestrackError(f"--reference {item}: {exc}") from None
+                if note:
+                    stack.metadata.setdefault("notes", []).append(note)
+                    c.print(f"note      {for_cli(note)}", highlight=False, markup=False, soft_wrap=True)
         from .detect import DetectOptions  # imported by now in the warm-up thread
         from .match import MatchOptions
         from .pipeline import PipelineOptions

@@ -46,6 +46,63 @@ def ni_references() -> dict[str, ReferenceSpectrum]:
     return {name: ReferenceSpectrum(name, table[:, 0].copy(), table[:, i + 1].copy()) for i, name in enumerate(names)}
 
 
+#: a reference is taken as normalised as given where its pre-edge line is within this of 0 and its edge
+#: step within this of 1 (else it is normalised as the particles' spectra are)
+NORMALISED_TOLERANCE = 0.05
+
+
+def prepare_reference(ref: ReferenceSpectrum, scan_energies_ev) -> tuple[ReferenceSpectrum, str | None]:
+    """A user's reference spectrum made ready for the linear-combination fit, and a note where it was changed.
+
+    The fit compares *normalised* spectra (pre-edge 0, edge step 1). A spectrum given as measured
+    (an XDI file's ``ln(i0/itrans)``) was fitted as it was: every particle came out about half and half
+    whatever its chemistry. It is normalised here like the particles' spectra
+    (:func:`xanestrack.xanes.normalize`: pre-edge line, post-edge polynomial, step at E0), unless it
+    is normalised already (within :data:`NORMALISED_TOLERANCE`).
+
+    Raises
+    ------
+    ValueError
+        Where its edge lies outside the scan's energies (another element's edge, another
+        energy calibration), or it cannot be normalised (too few energies, no pre-edge or
+        post-edge range) and is not normalised as given.
+    """
+    from .xanes import PRE_EDGE_RANGE, find_e0, normalize
+
+    e = np.asarray(scan_energies_ev, float)
+    if ref.energies_ev.size < 8:
+        raise ValueError(f"{ref.energies_ev.size} energies; a reference spectrum needs at least 8")
+    e0 = find_e0(ref.energies_ev, ref.mu)
+    if not e[0] <= e0 <= e[-1]:
+        raise ValueError(
+            f"its edge (the derivative's maximum) is at {e0:.1f} eV, outside the scan's {e[0]:.1f}-{e[-1]:.1f} eV: "
+            "not a reference for this edge, or its energies are calibrated otherwise"
+        )
+    try:
+        n = normalize(ref.energies_ev, ref.mu, e0_ev=e0)
+    except ValueError as exc:
+        lo, hi = ref.mu[0], ref.mu[-1]
+        if abs(lo) <= NORMALISED_TOLERANCE and abs(hi - 1) <= 2 * NORMALISED_TOLERANCE:
+            return ref, None  # too short to normalise, and normalised as given: as it is
+        raise ValueError(
+            f"cannot normalise it ({exc}) and it is not normalised as given (it runs from {lo:.3g} to {hi:.3g}); "
+            f"give a normalised spectrum (pre-edge 0, edge step 1) or one from {PRE_EDGE_RANGE[0]:g} eV below its "
+            "edge to 100 eV above it"
+        ) from None
+    pre_at_e0 = float(np.interp(e0, ref.energies_ev, n.pre_edge))
+    step = float(n.edge_step)
+    if abs(pre_at_e0) <= NORMALISED_TOLERANCE and abs(step - 1) <= NORMALISED_TOLERANCE:
+        return ref, None
+    if not step > 0:
+        raise ValueError(f"no rising edge (edge step {step:.3g} at {e0:.1f} eV): is it inverted, or not a spectrum?")
+    note = (
+        f"reference {ref.name} normalised as the particles' spectra are (pre-edge line, post-edge polynomial; as "
+        f"given its pre-edge was {pre_at_e0:.3g} and its edge step {step:.3g} at E0 {e0:.1f} eV): the fit compares "
+        "normalised spectra"
+    )
+    return ReferenceSpectrum(ref.name, ref.energies_ev.copy(), np.asarray(n.norm, float)), note
+
+
 def read_spectrum(path, *, name: str | None = None) -> ReferenceSpectrum:
     """Read a reference spectrum from an XDI or plain text file.
 
