@@ -308,6 +308,52 @@ def test_energy_reference_shifts_the_axis_back(small_scan):
     assert "energy calibration" in (root / "out_ref" / "report.html").read_text()
 
 
+def _refused(root, out, *args):
+    r = runner.invoke(
+        app,
+        ["--quiet", "run", str(root / "s" / "stack.h5"), "--out", str(out), "--detector", "classical"]
+        + ["--segmenter", "classical", *args],
+    )
+    assert r.exit_code == 2 and r.output.startswith("error: "), r.output
+    assert not out.exists()
+    return r.output
+
+
+def test_energy_calibrations_no_monochromator_needs_are_refused(small_scan):
+    """Each was applied without a word: a foil 1000 eV off (-1000 eV), a foil on the scan's own coarse grid
+    (-10.5 eV where the truth was 0), a foil against an oxide standard (scale 0.26, 4.2 eV off), a foil
+    matched inverted to the standard's EXAFS (scale -59), a known edge of 2000 eV (-6341 eV)."""
+    s, root = small_scan
+    foil = np.loadtxt(root / "foil.txt")
+    np.savetxt(root / "far.txt", np.c_[foil[:, 0] + 1000, foil[:, 1]])
+    assert "outside the scan's" in _refused(root, root / "o1", "--energy-reference", str(root / "far.txt"))
+    np.savetxt(root / "shifted.txt", foil)  # its edge inside the scan, but 70 eV from the known E0
+    out = _refused(root, root / "o2", "--energy-reference", str(root / "shifted.txt"), "--reference-e0", "8263")
+    assert "more than any energy calibration needs" in out
+    e = np.arange(8200.0, 8700.0, 5.0)  # a coarse axis (a 24-energy scan's own: 3 eV near the edge, -10.5 eV off)
+    np.savetxt(root / "grid.txt", np.c_[e, np.interp(e, foil[:, 0], foil[:, 1])])
+    assert "too coarse" in _refused(root, root / "o3", "--energy-reference", str(root / "grid.txt"))
+    from xanestrack.spectra import ni_references
+
+    nio = ni_references()["NiO"]
+    np.savetxt(root / "nio.txt", np.c_[nio.energies_ev, nio.mu])
+    out = _refused(
+        root, root / "o4", "--energy-reference", str(root / "foil.txt"), "--reference-standard", str(root / "nio.txt")
+    )
+    assert "does not match the standard's" in out
+    np.savetxt(root / "inverted.txt", np.c_[foil[:, 0], 2 - foil[:, 1]])
+    out = _refused(
+        root,
+        root / "o5",
+        "--energy-reference",
+        str(root / "inverted.txt"),
+        "--reference-standard",
+        str(root / "foil.txt"),
+    )
+    assert "inverted" in out or "does not match" in out or "edge of search_ev" in out
+    assert "outside the scan's" in _refused(root, root / "o6", "--known-edge", "0=2000")
+
+
 def test_known_edge_of_a_particle_shifts_and_redoes_the_analysis(small_scan):
     from xanestrack.results import read_results
 

@@ -373,14 +373,44 @@ def _chemistry_options(
     )
 
 
+#: eV. An energy calibration that would shift the axis further is refused: a monochromator is off by a few
+#: eV, not by the 600-1800 eV between another element's edge and this one, or a keV/eV mix-up
+MAX_CALIBRATION_SHIFT_EV = 50.0
+
+#: eV. The derivative maximum of a reference measured on a coarser grid than this near its edge is
+#: refused (a Ni foil on the scan's own 20-eV pre-edge grid: -10.5 eV where the truth was 0); from
+#: ``COARSE_REFERENCE_EV / 2`` it is kept with a note
+COARSE_REFERENCE_EV = 2.0
+
+#: The share of a measured reference's edge derivative (RMS) that the best match with the standard may leave
+#: unexplained: beyond it the two are not the same material (a Ni foil against a NiO standard: 0.71-0.78,
+#: matched at a third of its amplitude and 1.6-4.2 eV off); from half of it the shift is kept with a note
+XCORR_MISMATCH = 0.6
+
+
+def _check_shift(shift_ev: float, what: str, scan_ev) -> None:
+    """Refuse a calibration shift no monochromator needs, or a reference whose edge is not in the scan."""
+    from .errors import XanestrackError
+
+    if not abs(shift_ev) <= MAX_CALIBRATION_SHIFT_EV:
+        raise XanestrackError(
+            f"{what}: it would shift the energies by {shift_ev:+.1f} eV, more than any energy calibration needs "
+            f"({MAX_CALIBRATION_SHIFT_EV:g} eV): is it of this edge, in eV, and is the known energy right? "
+            f"(the scan: {scan_ev[0]:.1f}-{scan_ev[-1]:.1f} eV)"
+        )
+
+
 def _calibrate_stack(stack, path, known_e0, standard_path):
-    """The stack on the calibrated energy axis and the calibration's record (for run.json)."""
+    """The stack on the calibrated energy axis, the calibration's record (for run.json) and a note or None."""
     from dataclasses import replace
+
+    import numpy as np
 
     from .chemistry.calibration import calibrate_from_reference
     from .errors import XanestrackError
     from .spectra import read_spectrum
 
+    scan = np.asarray(stack.energies_ev, float)
     try:
         ref = read_spectrum(path)
         standard = read_spectrum(standard_path) if standard_path is not None else None
@@ -389,13 +419,50 @@ def _calibrate_stack(stack, path, known_e0, standard_path):
         )
     except (ValueError, OSError) as exc:
         raise XanestrackError(f"--energy-reference {path}: {exc}") from None
+    measured = dict(cal.details).get("derivative_maximum_ev", cal.measured_e0_ev)
+    if not scan[0] <= measured <= scan[-1]:
+        raise XanestrackError(
+            f"--energy-reference {path}: its edge (the derivative's maximum) is at {measured:.1f} eV, outside the "
+            f"scan's {scan[0]:.1f}-{scan[-1]:.1f} eV: it was measured on another axis, or is of another edge"
+        )
+    _check_shift(cal.shift_ev, f"--energy-reference {path}", scan)
+    note = None
+    rel = dict(cal.details).get("derivative_rms_relative", 0.0)
+    if rel > XCORR_MISMATCH:
+        raise XanestrackError(
+            f"--energy-reference {path}: its edge does not match the standard's ({standard_path.name}): the best "
+            f"match leaves {100 * rel:.0f} % of its derivative unexplained (a foil against an oxide standard: 71-78 %); "
+            "give a standard of the same material"
+        )
+    if rel > XCORR_MISMATCH / 2:
+        note = (
+            f"--energy-reference {path.name}: its edge matches the standard's ({standard_path.name}) loosely: "
+            f"{100 * rel:.0f} % of its derivative unexplained by the best match (noise, or not quite the same "
+            "material); the shift is less sure"
+        )
+    if cal.method == "derivative":
+        near = ref.energies_ev[np.abs(ref.energies_ev - measured) <= 10.0]
+        step = float(np.median(np.diff(near))) if near.size >= 2 else float("inf")
+        advice = "give --reference-standard (the same material on a calibrated axis), which matches the whole edge"
+        if step > COARSE_REFERENCE_EV:
+            raise XanestrackError(
+                f"--energy-reference {path}: measured every {step:.2g} eV near its edge, too coarse for its "
+                f"derivative's maximum (it can land on another feature of the edge, 10 eV or more off); {advice}"
+            )
+        if step > COARSE_REFERENCE_EV / 2:
+            note = (
+                f"--energy-reference {path.name}: measured every {step:.2g} eV near its edge; its derivative's "
+                f"maximum is good to about that step, and can land on another feature of the edge; {advice}"
+            )
     rec = dict(
         cal.record(),
         applied="the energy axis was shifted before the analysis (run.json energies_ev: as read; results.h5: shifted)",
     )
+    if note:
+        rec["note"] = note
     if standard_path is not None:
         rec["standard"] = str(standard_path)
-    return replace(stack, energies_ev=cal.apply(stack.energies_ev)), rec
+    return replace(stack, energies_ev=cal.apply(stack.energies_ev)), rec, note
 
 
 def _known_edge_calibration(particle, known_ev):
@@ -432,6 +499,7 @@ def _known_edge_calibration(particle, known_ev):
         cal = calibrate_from_region(
             measured, known_e0_ev=known_ev, source=f"particle {particle}: mean E50 over its trusted core pixels"
         )
+        _check_shift(cal.shift_ev, f"--known-edge {particle}={known_ev}", energies)
         record.update(
             cal.record(),
             applied="measured on the first analysis; energies shifted and every particle's XANES analysed again from "
@@ -696,12 +764,22 @@ def run(
         )
         run_info = _input_description(stack, inputs)
         if energy_reference is not None:
-            stack, cal = _calibrate_stack(stack, energy_reference, reference_e0, reference_standard)
+            stack, cal, cal_note = _calibrate_stack(stack, energy_reference, reference_e0, reference_standard)
             run_info["energy_calibration"] = cal
+            if cal_note:
+                stack.metadata.setdefault("notes", []).append(cal_note)
+                c.print(f"note      {for_cli(cal_note)}", highlight=False, markup=False, soft_wrap=True)
             c.print(
                 f"energy    shifted by {cal['shift_ev']:+.3f} eV ({cal['method']}, {energy_reference.name}: E0 {cal['measured_e0_ev']:.2f} -> {cal['known_e0_ev']:.2f} eV)",
                 highlight=False,
             )
+        if chem["known_edge"] is not None:
+            ke = chem["known_edge"]
+            if not stack.energies_ev[0] <= ke[1] <= stack.energies_ev[-1]:
+                raise XanestrackError(
+                    f"--known-edge {ke[0]}={ke[1]:g}: {ke[1]:g} eV is outside the scan's {stack.energies_ev[0]:.1f}-"
+                    f"{stack.energies_ev[-1]:.1f} eV; give the particle's known edge energy (E50) in eV"
+                )
         result = _run_and_write(
             stack,
             out,

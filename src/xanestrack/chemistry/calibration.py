@@ -132,7 +132,8 @@ def _derivative(e, m, sigma_ev):
 
 
 def _xcorr_shift(e, m, standard_e, standard_mu, window, search_ev, smoothing_ev):
-    """Shift s (eV) minimising || D_meas(E) - a D_std(E + s) ||^2 over E in window; (s, a, rms)."""
+    """Shift s (eV) minimising || D_meas(E) - a D_std(E + s) ||^2 over E in window; (s, a, rms, the measured
+    derivative's own rms there)."""
     sel = (e >= window[0]) & (e <= window[1])
     if sel.sum() < 5:
         raise ValueError(
@@ -169,7 +170,7 @@ def _xcorr_shift(e, m, standard_e, standard_mu, window, search_ev, smoothing_ev)
     frac = 0.5 * (c0 - c2) / den if den > 0 else 0.0
     s = float(grid[i] + np.clip(frac, -1, 1) * step)
     c, a = cost(s)
-    return s, a, float(np.sqrt(c / sel.sum()))
+    return s, a, float(np.sqrt(c / sel.sum())), float(np.sqrt(np.mean(d_meas**2)))
 
 
 def calibrate_from_reference(
@@ -260,7 +261,16 @@ def calibrate_from_reference(
         se, sm = _spectrum(se, sm, "standard spectrum")
         if search_ev[0] >= search_ev[1]:
             raise ValueError(f"search_ev must be (low, high) with low < high, got {search_ev}")
-        s, a, rms = _xcorr_shift(e, m, se, sm, (measured + window[0], measured + window[1]), search_ev, smoothing_ev)
+        s, a, rms, own = _xcorr_shift(
+            e, m, se, sm, (measured + window[0], measured + window[1]), search_ev, smoothing_ev
+        )
+        if not a > 0:
+            # the derivatives match best turned upside down: not the same edge (a foil far from the scan was
+            # matched to the standard's EXAFS wiggles at scale -59)
+            raise ValueError(
+                f"the measured reference's edge matches the standard's only inverted (scale {a:.3g}): it is not the "
+                "standard's material or edge, or lies outside the standard's range"
+            )
         known = find_e0(se, sm) if known_e0_ev is None else float(known_e0_ev)
         return EnergyCalibration(
             shift_ev=s,
@@ -272,6 +282,7 @@ def calibrate_from_reference(
                 ("window_ev", [float(measured + window[0]), float(measured + window[1])]),
                 ("scale", float(a)),
                 ("derivative_rms", rms),
+                ("derivative_rms_relative", rms / own if own > 0 else float("nan")),
                 ("derivative_maximum_ev", float(measured)),
             ),
         )
