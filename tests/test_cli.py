@@ -405,3 +405,15 @@ def test_memory_freed_between_stages_goes_back_to_the_system():
     assert r.returncode == 0, r.stderr
     done, freed = r.stdout.split()
     assert done == "True" and float(freed) > 100
+
+
+def test_means_over_untrusted_pixels_are_said_to_be_so(synth_dir, tmp_path):
+    """With a quality mask that keeps nothing, the means fell back to every core pixel without a word: the report
+    still called them the mean of the trusted core pixels."""
+    out = tmp_path / "res"
+    args = ["--quiet", "run", str(synth_dir / "stack.h5"), "--out", str(out), "--edge-jump-threshold", "1e9"]
+    r = runner.invoke(app, args + ["--detector", "classical", "--segmenter", "classical"])
+    assert r.exit_code == 0, r.output
+    notes = json.loads((out / "run.json").read_text())["notes"]
+    assert any("no pixel of" in n and "none of them trusted" in n for n in notes), notes
+    assert "none of them trusted" in (out / "report.html").read_text()

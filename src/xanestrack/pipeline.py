@@ -1892,6 +1892,15 @@ def run_pipeline(
         timings["fuse"] = time.perf_counter() - t
     if not particles:
         notes.append("no isolated particle was tracked through enough frames")
+    untrusted = [p.particle for p in particles if _means_untrusted(p)]
+    if untrusted:
+        # result.core_pixels then averages every core pixel: said, so that no mean passes for a trusted one
+        notes.append(
+            f"particle{'s' if len(untrusted) > 1 else ''} {', '.join(map(str, untrusted[:20]))}"
+            f"{' ...' if len(untrusted) > 20 else ''}: no pixel of {'their' if len(untrusted) > 1 else 'its'} core "
+            "passed the quality masks (edge jump, fit), so the mean edge energy and fractions are over every core "
+            "pixel, none of them trusted"
+        )
     rej = detections[~detections["isolated"]] if len(detections) else detections
     notes += [
         n
@@ -1919,6 +1928,17 @@ def run_pipeline(
         chemistry=chemistry,
         edge_widths=edge_width_table,
     )
+
+
+def _means_untrusted(p) -> bool:
+    """Whether a particle has edge energies but the quality masks keep no pixel of its core
+    (:func:`xanestrack.result.core_pixels` then falls back to every core pixel)."""
+    from .result import core_pixels
+
+    if not p.quality_assessed or p.kept is None or not np.isfinite(p.edge_maps["e50"]).any():
+        return False
+    core = core_pixels(p)
+    return bool(core.any() and not (core & p.kept).any())
 
 
 def _frame_list(frames, energies) -> str:
