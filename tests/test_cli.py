@@ -417,3 +417,14 @@ def test_means_over_untrusted_pixels_are_said_to_be_so(synth_dir, tmp_path):
     notes = json.loads((out / "run.json").read_text())["notes"]
     assert any("no pixel of" in n and "none of them trusted" in n for n in notes), notes
     assert "none of them trusted" in (out / "report.html").read_text()
+
+
+def test_synth_of_no_particle_writes_a_blank_scan_and_its_truth(tmp_path):
+    """Refused with "Object dtype dtype('O') has no native HDF5 equivalent" (the truth's empty table)."""
+    from xanestrack.truth_io import read_truth
+
+    d = tmp_path / "blank"
+    r = runner.invoke(app, ["--quiet", "synth", str(d), "--n-particles", "0", "--n-energies", "12", "--size", "96"])
+    assert r.exit_code == 0, r.output
+    truth = read_truth(d / "truth.h5")
+    assert len(truth.positions) == 0 and len(truth.radii) == 0

@@ -40,8 +40,9 @@ def write_synthetic(s: SynthStack, folder, *, preset: str = "custom") -> None:
         if t.scale is not None:
             f.create_dataset("scale", data=t.scale)
         f.attrs["patterns"] = json.dumps(list(t.patterns))
+        types = dict(particle=np.int64, frame=np.int64, isolated=bool)  # typed: a scene of no particle too
         for name in ("particle", "frame", "energy_ev", "y", "x", "dy", "dx", "isolated"):
-            f.create_dataset(f"positions/{name}", data=t.positions[name].to_numpy())
+            f.create_dataset(f"positions/{name}", data=t.positions[name].to_numpy(types.get(name, np.float64)))
         for i in range(len(t.radii)):
             g = f.create_group(f"particles/{i:03d}")
             g.create_dataset("masks", data=t.masks[i], compression="gzip")
@@ -59,7 +60,7 @@ def read_truth(path) -> SynthTruth:
         raise ValueError(f"{path}: ground-truth file not found")
     with h5py.File(path, "r") as f:
         pos = pd.DataFrame({k: f["positions"][k][()] for k in f["positions"]})
-        n = len(f["particles"])
+        n = len(f["particles"]) if "particles" in f else 0  # a scene of no particle has none
         masks, origins, maps, morig = [], [], [], []
         for i in range(n):
             g = f["particles"][f"{i:03d}"]
