@@ -428,3 +428,14 @@ def test_synth_of_no_particle_writes_a_blank_scan_and_its_truth(tmp_path):
     assert r.exit_code == 0, r.output
     truth = read_truth(d / "truth.h5")
     assert len(truth.positions) == 0 and len(truth.radii) == 0
+
+
+@pytest.mark.parametrize(
+    "args", [["segmenter", "--epochs", "0"], ["segmenter", "--n-train", "-5"], ["detector", "--iterations", "-1"]]
+)
+def test_train_counts_below_one_are_refused_before_anything_is_made(tmp_path, args):
+    """0 meant the default and -1 started a training; --n-train -5 failed inside numpy."""
+    out = tmp_path / "model"
+    r = runner.invoke(app, ["--quiet", "train", *args, "--out", str(out)])
+    assert r.exit_code == 2 and r.output.startswith(f"error: {args[1]} {args[2]}: give 1 or more"), r.output
+    assert not out.exists()

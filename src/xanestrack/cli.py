@@ -1133,6 +1133,15 @@ def _stress_fraction_option(model: str):
     )
 
 
+def _at_least_one(*options) -> None:
+    """Refuse counts below 1 before any data is made (0 meant the default, -1 started a training)."""
+    from .errors import XanestrackError
+
+    for name, v in options:
+        if v is not None and v < 1:
+            raise XanestrackError(f"{name} {v}: give 1 or more")
+
+
 @train_app.command("segmenter")
 def train_segmenter_cmd(
     out: Optional[Path] = typer.Option(
@@ -1165,14 +1174,15 @@ def train_segmenter_cmd(
 
         from .models.segmenter import SegmenterConfig, default_model_dir, train_segmenter
 
+        _at_least_one(("--epochs", epochs), ("--n-train", n_train))
         cfg = SegmenterConfig(seed=seed, stress_fraction=stress_fraction, centre_jitter=centre_jitter)
         if init:
             cfg = replace(cfg, lr=cfg.lr / 4)
         if quick:
             cfg = replace(cfg, n_train=160, n_val=48, epochs=1, width=8)
-        if epochs:
+        if epochs is not None:
             cfg = replace(cfg, epochs=epochs)
-        if n_train:
+        if n_train is not None:
             cfg = replace(cfg, n_train=n_train)
         target = out or default_model_dir()
         if out is not None:
@@ -1227,6 +1237,7 @@ def train_detector_cmd(
 
         from .models.detector import DetectorConfig, default_detector_dir, detector_binning, raw_frames, train_detector
 
+        _at_least_one(("--iterations", iterations))
         cfg = DetectorConfig(seed=seed, stress_fraction=stress_fraction, cut_contacts=cut_contacts)
         frames = None
         if quick:
@@ -1247,7 +1258,7 @@ def train_detector_cmd(
             frames = raw_frames(raw, binning_for=binning_for, log=_console().print)
         elif init:
             cfg = replace(cfg, lr=1e-4)  # fine-tuning on generated scans: half the learning rate
-        if iterations:
+        if iterations is not None:
             cfg = replace(cfg, iterations=iterations)
         target = out or default_detector_dir()
         if out is not None:
