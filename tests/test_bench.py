@@ -90,3 +90,23 @@ def test_bench_command_on_a_dataset_folder(tmp_path):
     assert set(t.preset) == {"ds"} and set(t.method) == {"template_absolute", "centre_of_mass"}
     assert len(t) == 2 * 2  # 2 methods x 2 particles
     assert "### preset `ds`" in (tmp_path / "b" / "bench_summary.md").read_text()
+
+
+def test_two_datasets_of_one_folder_name_are_kept_apart(tmp_path):
+    """Both were labelled by the folder's name: their particles pooled into one row, figures written once."""
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from xanestrack.cli import app
+
+    r = CliRunner()
+    for parent, n in (("a", 2), ("b", 1)):
+        args = ["--quiet", "synth", str(tmp_path / parent / "x"), "--seed", "1", "--n-particles", str(n)]
+        assert r.invoke(app, args + ["--n-energies", "20", "--size", "140", "--max-radius", "14"]).exit_code == 0
+    args = ["--quiet", "bench", "--method", "centre_of_mass", "--dataset", str(tmp_path / "a" / "x")]
+    res = r.invoke(app, args + ["--dataset", str(tmp_path / "b" / "x"), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    t = pd.read_csv(tmp_path / "o" / "bench_particles.csv")
+    assert t.groupby("preset").size().to_dict() == {"a_x": 2, "b_x": 1}
+    res = r.invoke(app, args + ["--dataset", str(tmp_path / "a" / "x"), "--out", str(tmp_path / "o2")])
+    assert res.exit_code == 2 and "the same folder given twice" in res.output

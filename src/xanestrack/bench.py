@@ -206,14 +206,24 @@ def run_benchmark(presets, seeds, *, methods=None, progress=None, datasets=()):
 
     Returns (per-particle table, results by (preset or folder name, seed)).
     """
-    tables, results = [], {}
-    for folder in datasets:
-        from pathlib import Path
+    from pathlib import Path
 
+    from .errors import XanestrackError
+
+    tables, results = [], {}
+    names = [Path(folder).name for folder in datasets]
+    if len(set(names)) < len(names):
+        # two folders of one name were pooled into one row, their figures written once
+        if len({Path(folder).resolve() for folder in datasets}) < len(names):
+            raise XanestrackError(f"--dataset: the same folder given twice ({[str(d) for d in datasets]})")
+        names = [f"{Path(folder).resolve().parent.name}_{name}" for folder, name in zip(datasets, names)]
+        if len(set(names)) < len(names):
+            names = [f"{name}_{i}" for i, name in enumerate(names)]
+    for folder, name in zip(datasets, names):
         ds = _Dataset(folder)
-        t, r, pos = benchmark_stack(ds, methods=methods, preset=Path(folder).name, seed=0, progress=progress)
+        t, r, pos = benchmark_stack(ds, methods=methods, preset=name, seed=0, progress=progress)
         tables.append(t)
-        results[(Path(folder).name, 0)] = (ds, r, pos)
+        results[(name, 0)] = (ds, r, pos)
     for preset in presets:
         for seed in seeds:
             s = make_scene(preset, seed=seed)
