@@ -143,6 +143,17 @@ def test_mask_flags_known_answers():
     assert f[3] == FRAME_FLAGS["area_outlier"]
     outside[0, 15, 15] = True  # mask pixels outside the frame
     assert mask_flags(m, outside=outside, clipped=np.zeros(4, bool))[0] == FRAME_FLAGS["out_of_view"]
+    # what the segmenter does at the frame's border: the pixels beyond it are background to it, so the mask
+    # stops at the border instead of crossing it; it was never flagged (frames 2-4 px across it vouched for)
+    cut = _disc_masks(1)[0]
+    outside = np.zeros((1, *cut.shape), bool)
+    cols = np.flatnonzero(cut.any(axis=0))
+    outside[0, :, : cols[0] + 3] = True  # the frame's border 3 px inside the particle's disc
+    cut[:, : cols[0] + 3] = 0
+    assert mask_flags(cut[None], outside=outside, clipped=np.ones(1, bool))[0] & FRAME_FLAGS["out_of_view"]
+    far = np.zeros_like(outside)
+    far[0, :, :1] = True  # the border beyond the window's first column: the particle whole, not flagged
+    assert mask_flags(_disc_masks(1), outside=far, clipped=np.ones(1, bool))[0] == 0
 
 
 def test_agreeing_estimates_are_vouched_for_and_the_edge_positions_used():
