@@ -383,6 +383,7 @@ def test_known_edge_of_a_particle_shifts_and_redoes_the_analysis(small_scan):
         (["--cluster-method", "pca"], "--cluster-method takes 'kmeans' or 'nmf'"),
         (["--cluster-window", "8330"], "--cluster-window takes LO,HI"),
         (["--cluster-window", "8370,8330"], "LO < HI"),
+        (["--cluster-window", "8330,8370"], "give --clusters N too"),  # was ignored without a word
         (["--edge-jump-threshold", "0"], "--edge-jump-threshold 0.0"),
         (["--known-edge", "x"], "--known-edge takes PARTICLE=EV"),
         (["--known-edge", "0=8.34"], "must be in eV"),

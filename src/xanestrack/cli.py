@@ -347,6 +347,8 @@ def _chemistry_options(
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
             raise XanestrackError(f"--cluster-window {cluster_window}: give LO,HI with LO < HI (eV)")
         window = (lo, hi)
+        if not clusters:  # it was ignored without a word
+            raise XanestrackError(f"--cluster-window {cluster_window}: give --clusters N too (it sets their window)")
     if not (math.isfinite(edge_jump_threshold) and edge_jump_threshold > 0):
         raise XanestrackError(f"--edge-jump-threshold {edge_jump_threshold}: give a positive number (5 is usual)")
     if reference_standard is not None and energy_reference is None:

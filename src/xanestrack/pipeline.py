@@ -1499,7 +1499,9 @@ def _finish_particle(loc: _Located, v: VouchedPositions, od, energies, options, 
         chem = _blur_frames(chem, blur)  # each frame to the scan's coarsest resolution (_resolution_blur)
     # frames whose position is not measured are kept (interpolated, flagged) but not used
     use, mask = _chemistry_frames(aligned, amasks, v.usable & ~disagree)
-    mean_spec = np.array([np.nanmean(a[mask]) if mask.any() else np.nan for a in chem])
+    with warnings.catch_warnings():  # a frame with no finite pixel in the mask: NaN, as meant
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean_spec = np.array([np.nanmean(a[mask]) if mask.any() else np.nan for a in chem])
 
     xr = xanes.analyse_particle(
         chem,

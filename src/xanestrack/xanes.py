@@ -773,7 +773,16 @@ def analyse_particle(
                     lcf_residual = np.full(mask.shape, np.nan)
                     lcf_residual[mask] = lcf.residual
                 else:
-                    notes.append(f"LCF skipped: references cover {lo:.0f}-{hi:.0f} eV, edge at {e0:.0f} eV")
+                    short = [
+                        f"{name} {r.energies_ev[0]:.0f}-{r.energies_ev[-1]:.0f} eV"
+                        for name, r in references.items()
+                        if hasattr(r, "energies_ev")
+                        and not (r.energies_ev[0] <= e0 + lcf_window[0] and e0 + lcf_window[1] <= r.energies_ev[-1])
+                    ]
+                    notes.append(
+                        f"LCF skipped: the fit needs {e0 + lcf_window[0]:.0f}-{e0 + lcf_window[1]:.0f} eV (edge at "
+                        f"{e0:.0f} eV), not covered by {', '.join(short) or 'the references together'}"
+                    )
             maps.update(
                 _chemistry_maps(
                     e,
