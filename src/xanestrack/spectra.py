@@ -86,7 +86,7 @@ def prepare_reference(ref: ReferenceSpectrum, scan_energies_ev) -> tuple[Referen
             return ref, None  # too short to normalise, and normalised as given: as it is
         raise ValueError(
             f"cannot normalise it ({exc}) and it is not normalised as given (it runs from {lo:.3g} to {hi:.3g}); "
-            f"give a normalised spectrum (pre-edge 0, edge step 1) or one from {PRE_EDGE_RANGE[0]:g} eV below its "
+            f"give a normalised spectrum (pre-edge 0, edge step 1) or one from {-PRE_EDGE_RANGE[0]:g} eV below its "
             "edge to 100 eV above it"
         ) from None
     pre_at_e0 = float(np.interp(e0, ref.energies_ev, n.pre_edge))
