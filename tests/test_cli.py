@@ -439,3 +439,34 @@ def test_train_counts_below_one_are_refused_before_anything_is_made(tmp_path, ar
     r = runner.invoke(app, ["--quiet", "train", *args, "--out", str(out)])
     assert r.exit_code == 2 and r.output.startswith(f"error: {args[1]} {args[2]}: give 1 or more"), r.output
     assert not out.exists()
+
+
+def test_training_into_the_shipped_model_folder_replaces_it_only_when_done(tmp_path, monkeypatch):
+    """Without --out a training wrote into the package's model folder as it went: killed or failed, the shipped
+    model was left half-written."""
+    from xanestrack.models import segmenter as seg_mod
+
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "weights.pt").write_bytes(b"old weights")
+    (shipped / "config.json").write_text("{}")
+    monkeypatch.setattr(seg_mod, "default_model_dir", lambda: shipped)
+
+    def failing(folder, **kw):
+        (folder / "weights.pt").write_bytes(b"half")
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(seg_mod, "train_segmenter", failing)
+    r = runner.invoke(app, ["--quiet", "train", "segmenter", "--quick"])
+    assert r.exit_code != 0 and (shipped / "weights.pt").read_bytes() == b"old weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shipped"]  # nothing left beside it
+
+    def done(folder, **kw):
+        (folder / "weights.pt").write_bytes(b"new weights")
+        (folder / "card.md").write_text("card")
+
+    monkeypatch.setattr(seg_mod, "train_segmenter", done)
+    r = runner.invoke(app, ["--quiet", "train", "segmenter", "--quick"])
+    assert r.exit_code == 0, r.output
+    assert (shipped / "weights.pt").read_bytes() == b"new weights" and (shipped / "card.md").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shipped"]

@@ -6,6 +6,7 @@ one readable line (``--debug`` shows the traceback).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -1135,6 +1136,26 @@ def _stress_fraction_option(model: str):
     )
 
 
+@contextlib.contextmanager
+def _model_in_place(target: Path):
+    """Train into a folder beside ``target`` (the package's shipped model), then move its files in: a training
+    killed or failed on the way leaves the shipped model as it was (it was written in place)."""
+    import os
+    import shutil
+
+    target = Path(target)
+    tmp = target.parent / f".{target.name}.train-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        target.mkdir(parents=True, exist_ok=True)
+        for f in sorted(tmp.iterdir(), key=lambda f: f.name == "weights.pt"):  # the weights last
+            os.replace(f, target / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _at_least_one(*options) -> None:
     """Refuse counts below 1 before any data is made (0 meant the default, -1 started a training)."""
     from .errors import XanestrackError
@@ -1195,7 +1216,8 @@ def train_segmenter_cmd(
             ) as tmp:  # a folder that exists is refused; nothing half-written is left
                 train_segmenter(tmp, config=cfg, init_dir=init, log=_console().print)
         else:
-            train_segmenter(target, config=cfg, init_dir=init, log=_console().print)
+            with _model_in_place(target) as tmp:
+                train_segmenter(tmp, config=cfg, init_dir=init, log=_console().print)
         _console().print(f"model written to {target}/ (config.json, weights.pt, card.md)")
     except Exception as exc:
         _fail(exc)
@@ -1271,7 +1293,8 @@ def train_detector_cmd(
             ) as tmp:  # a folder that exists is refused
                 res = train_detector(tmp, config=cfg, raw=frames, init_dir=init, log=_console().print)
         else:
-            res = train_detector(target, config=cfg, raw=frames, init_dir=init, log=_console().print)
+            with _model_in_place(target) as tmp:
+                res = train_detector(tmp, config=cfg, raw=frames, init_dir=init, log=_console().print)
         _console().print("validation F1 (synthetic): " + ", ".join(f"{k} {v:.3f}" for k, v in res["f1"].items()))
         _console().print(f"model written to {target}/ (config.json, weights.pt, card.md)")
     except Exception as exc:
