@@ -755,9 +755,15 @@ def _particle_text(p, summ_row, tracks) -> tuple:
     if len(flagged):
         counts = flagged["flags"].astype(str).str.split("|").explode().value_counts()
         flags = "quality flags: " + ", ".join(f"{k} in {v} frames" for k, v in counts.items())
-    e50 = p.edge_maps["e50"]
-    if np.isfinite(e50).any():
-        info = f"radius {p.radius:.1f} px; E0 {p.e0_ev:.1f} eV; mean edge energy {np.nanmean(e50):.2f} eV (spread {np.nanstd(e50):.2f} eV)"
+    if np.isfinite(summ_row["mean_e50_ev"]):
+        # particle_summary's mean over the trusted core pixels, as the figures and series.csv (it was the whole
+        # map's here: up to 0.2 eV apart from the same report's figures)
+        info = (
+            f"radius {p.radius:.1f} px; E0 {p.e0_ev:.1f} eV; mean edge energy {summ_row['mean_e50_ev']:.2f} eV "
+            f"(spread {summ_row['e50_spread_ev']:.2f} eV, trusted core pixels)"
+        )
+    elif np.isfinite(p.edge_maps["e50"]).any():
+        info = f"radius {p.radius:.1f} px; E0 {p.e0_ev:.1f} eV; no edge energy in its core pixels"
     else:
         info = "no edge-energy map"
     if p.notes:
