@@ -754,3 +754,18 @@ def test_a_scan_too_short_for_xanes_says_so_in_the_run_notes(scan, tmp_path):
     assert r.exit_code == 0, r.output
     notes = json.loads((tmp_path / "out" / "run.json").read_text())["notes"]
     assert any("2 frame(s): positions and sizes only, no XANES" in n for n in notes), notes
+
+
+def test_unlike_images_of_one_energy_averaged_as_repeats_are_said_to_be(tmp_path):
+    """A tomography's 7 projections (.txrm, the energy written for image 1 only) were averaged into one frame with
+    no word beyond the energy quirk; the SSRL scan's repeated exposures are not said to differ."""
+    src = shared_data("zeiss", "txrm_test_chip_tomo.txrm")
+    d = tmp_path / "tomo"
+    d.mkdir()
+    (d / "chip_tomo.txrm").symlink_to(src)
+    (d / "chip_ref_tomo.txrm").symlink_to(src)
+    st = read_stack(d)
+    assert st.od.shape[0] == 1
+    assert any("7 sample images" in n and "averaged as repeated exposures" in n for n in st.metadata["notes"])
+    ssrl = read_stack(shared_data("real_txm", "ssrl_6-2c_nca"))
+    assert not any("averaged as repeated exposures" in n for n in ssrl.metadata["notes"])

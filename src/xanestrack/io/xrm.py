@@ -238,6 +238,28 @@ def _accumulate(table, key, image, t_exp, path):
     table[key][1].append(path)
 
 
+#: repeated exposures of one energy whose mean count rates spread more than this (relative to their median)
+#: are not repeats of one image: said in a note (a tomography's 7 projections were averaged into one frame)
+UNLIKE_EXPOSURES = 0.1
+
+
+def _unlike_exposures(jobs) -> list:
+    """Notes for energies whose sample images, averaged as repeated exposures, differ more than repeats do."""
+    notes = []
+    for _, k, sent, _, _ in jobs:
+        if len(sent) < 2:
+            continue
+        rates = np.array([float(img.mean()) * (float(sc) if np.isfinite(sc) else 1.0) for img, sc in sent])
+        med = float(np.median(rates))
+        if med > 0 and (rates.max() - rates.min()) / med > UNLIKE_EXPOSURES:
+            notes.append(
+                f"the {len(sent)} sample images at {k:.2f} eV were averaged as repeated exposures, but their mean "
+                f"count rates differ by {100 * (rates.max() - rates.min()) / med:.0f} % ({rates.min():.3g}-"
+                f"{rates.max():.3g}): are they one image repeated, or several (a tomography, a time series)?"
+            )
+    return notes
+
+
 def _exposure_assumption(jobs, groups):
     """Count rates need exposure times: all known, or all unknown (then taken equal, noted).
 
@@ -357,6 +379,7 @@ def read_xrm_scan(paths, *, energies=None, grouping=None) -> Stack:
         jobs.append((j, k, sent, rent, src))
         groups.append(dict(energy_ev=k, samples=[str(p) for p in sfiles], references=src))
     notes += _exposure_assumption(jobs, groups)
+    notes += _unlike_exposures(jobs)
 
     n_dead = [0]
 
