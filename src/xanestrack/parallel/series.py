@@ -126,9 +126,13 @@ def _undo_fresh(out: Path, sources, *, remove: bool) -> None:
     and the folder itself where it made it (``remove``)."""
     import shutil
 
+    from ..outdir import MARKER
+
     if not out.is_dir() or any(_summary_path(out, s.name).is_file() for s in sources):
         return  # scans done: kept, to resume
     for entry in out.iterdir():
+        if entry.name not in ("series.json", MARKER, "scans"):
+            continue  # not the series' own: left alone
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
         else:
