@@ -75,7 +75,13 @@ class Stack:
             )
         if od.shape[0] < 1 or od.shape[1] < 8 or od.shape[2] < 8:
             raise ValueError(f"Stack.od shape {od.shape} is too small (need >=1 frame of >=8 x 8)")
-        validate_energies(self.energies_ev, od.shape[0], source=self.metadata.get("source", "stack"))
+        if od.dtype.kind not in "iuf":  # as read_stack refuses them (complex, bool, objects...)
+            raise ValueError(f"Stack.od must hold real numbers (optical density), got dtype {od.dtype}")
+        metadata = {} if self.metadata is None else self.metadata
+        e = validate_energies(self.energies_ev, od.shape[0], source=metadata.get("source", "stack"))
+        # the validated 1-D float64 energies are kept, not what was given ((n, 1) failed later inside pandas)
+        object.__setattr__(self, "energies_ev", e)
+        object.__setattr__(self, "metadata", metadata)
 
     @property
     def n_frames(self) -> int:

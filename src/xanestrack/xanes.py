@@ -111,6 +111,8 @@ def _check(energies_ev, mu):
         raise ValueError(f"spectra must have the energy axis first: energies {e.shape}, spectra {mu.shape}")
     if e.size < 8:
         raise ValueError(f"XANES analysis needs at least 8 energies, got {e.size}")
+    if not np.all(np.isfinite(e)):  # NaN passed the order test below, and find_e0 returned NaN
+        raise ValueError("energies contain NaN/inf values")
     if np.any(np.diff(e) <= 0):
         raise ValueError("energies must be strictly increasing")
     return e, mu
@@ -377,7 +379,17 @@ def linear_combination_fit(
         e0_ev = find_e0(e, y[:, finite]) if finite.any() else float(np.mean(e))
     iw = _range_idx(e, e0_ev + window[0], e0_ev + window[1], "LCF window", len(references) + 1)
     names = tuple(references)
+    for n in names:  # held flat outside its range, a reference fitted there gave confident nonsense (keV energies)
+        r = references[n]
+        if hasattr(r, "energies_ev") and not (r.energies_ev[0] <= e[iw[0]] and e[iw[-1]] <= r.energies_ev[-1]):
+            raise ValueError(
+                f"reference {n} covers {r.energies_ev[0]:.1f}-{r.energies_ev[-1]:.1f} eV, the fit needs "
+                f"{e[iw[0]]:.1f}-{e[iw[-1]]:.1f} eV (energies in eV?)"
+            )
     A = np.stack([np.asarray(references[n](e[iw]), dtype=float) for n in names], axis=1)
+    if not np.all(np.isfinite(A)):
+        bad = [n for j, n in enumerate(names) if not np.all(np.isfinite(A[:, j]))]
+        raise ValueError(f"reference {bad[0]}: NaN/inf values in the fit window")
     Y = np.where(np.isfinite(y[iw]), y[iw], 0.0)
     npix, nref = Y.shape[1], len(names)
     best = np.full((nref, npix), np.nan)

@@ -105,11 +105,20 @@ def _spectrum(energies_ev, mu, what):
         raise ValueError(f"{what}: energies {e.shape} and mu {m.shape} must be 1-D of the same length")
     if e.size < 8:
         raise ValueError(f"{what}: need at least 8 energies, got {e.size}")
+    if not np.all(np.isfinite(e)):  # a NaN energy gave a NaN shift
+        raise ValueError(f"{what}: energies contain NaN/inf values")
+    _ev(e.max(), f"{what}: energies")
     if np.any(np.diff(e) <= 0):
         raise ValueError(f"{what}: energies must be strictly increasing")
     if not np.all(np.isfinite(m)):
         raise ValueError(f"{what}: mu has NaN/inf values")
     return e, m
+
+
+def _ev(value: float, what: str) -> None:
+    """Refuse an energy in keV where eV are meant (keV energies against an eV known E0: a shift of +8325 eV)."""
+    if np.isfinite(value) and 0 < value < 100:
+        raise ValueError(f"{what} {value:g} look like keV; give eV (e.g. 8333.0 for the Ni K edge)")
 
 
 def reference_e0(energies_ev, mu) -> float:
@@ -241,6 +250,7 @@ def calibrate_from_reference(
     if method == "derivative":
         if known_e0_ev is None or not np.isfinite(known_e0_ev):
             raise ValueError("known_e0_ev: give the reference's true E0 in eV (e.g. 8333.0 for a Ni foil)")
+        _ev(float(known_e0_ev), "known_e0_ev")
         return EnergyCalibration(
             shift_ev=float(known_e0_ev) - measured,
             measured_e0_ev=measured,
@@ -305,8 +315,16 @@ def calibrate_from_region(measured_e0_ev: float, *, known_e0_ev: float, source: 
     -------
     EnergyCalibration
     """
+    try:
+        measured_e0_ev, known_e0_ev = float(measured_e0_ev), float(known_e0_ev)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"measured_e0_ev and known_e0_ev must be numbers, got {measured_e0_ev!r} and {known_e0_ev!r}"
+        ) from None
     if not (np.isfinite(measured_e0_ev) and np.isfinite(known_e0_ev)):
         raise ValueError(f"measured_e0_ev and known_e0_ev must be finite, got {measured_e0_ev} and {known_e0_ev}")
+    _ev(measured_e0_ev, "measured_e0_ev")
+    _ev(known_e0_ev, "known_e0_ev")
     return EnergyCalibration(
         shift_ev=float(known_e0_ev) - float(measured_e0_ev),
         measured_e0_ev=float(measured_e0_ev),
