@@ -1582,6 +1582,7 @@ def run_pipeline(
     """
     if not isinstance(stack, Stack):
         raise TypeError(f"stack must be a xanestrack Stack, got {type(stack).__name__}")
+    _check_options(options, stack.energies_ev)
     timings = {}
     notes = []
     blank = []
@@ -1603,6 +1604,7 @@ def run_pipeline(
     if not default_references:
         references, more = _user_references(references, energies)
         notes += more
+    if default_references:
         references = _default_references(energies)
         if not references and len(energies) >= options.min_xanes_energies:
             no_references = _no_references_note(energies)
@@ -2137,6 +2139,29 @@ def _check_chemistry_options(options: PipelineOptions) -> None:
         raise ValueError(f"options.cluster_window must be (low, high) in eV with low < high, or None; got {w!r}")
     if not options.edge_jump_threshold > 0:
         raise ValueError(f"options.edge_jump_threshold must be positive, got {options.edge_jump_threshold!r}")
+
+
+def _check_options(options: PipelineOptions, energies) -> None:
+    """Refuse options that cannot work before anything is computed (some were refused only after the whole scan
+    was processed, others were taken for another value: ``scale_model="bogus"`` ran as "frame")."""
+    if not isinstance(options, PipelineOptions):
+        raise TypeError(f"options must be a PipelineOptions, got {type(options).__name__}")
+    for name, allowed in (("fuse", ("ends", "all", "none")), ("scale_model", ("energy", "frame"))):
+        if getattr(options, name) not in allowed:
+            raise ValueError(f"options.{name} must be one of {allowed}, got {getattr(options, name)!r}")
+    if options.interpolation_order not in (0, 1, 3):
+        raise ValueError(f"options.interpolation_order must be 0, 1 or 3, got {options.interpolation_order!r}")
+    for name in ("agreement_px", "area_tolerance"):
+        v = getattr(options, name)
+        if not (isinstance(v, (int, float, np.number)) and np.isfinite(v) and v > 0):
+            raise ValueError(f"options.{name} must be a positive number, got {v!r}")
+    if not (isinstance(options.margin, (int, np.integer)) and 0 <= options.margin <= 64):
+        raise ValueError(f"options.margin must be an integer number of pixels, 0-64, got {options.margin!r}")
+    _check_chemistry_options(options)
+    w = options.cluster_window
+    e = np.asarray(energies, float)
+    if options.clusters and w is not None and (w[1] < e[0] or w[0] > e[-1]):
+        raise ValueError(f"options.cluster_window {tuple(w)} eV lies outside the scan's {e[0]:.1f}-{e[-1]:.1f} eV")
 
 
 def phase_mapping(particles, norms, energies_ev, *, options: PipelineOptions = PipelineOptions()):
