@@ -81,3 +81,25 @@ def test_run_pipeline_prepares_references_as_the_cli_does():
         fa = np.nanmean(pa.fractions.reshape(2, -1), axis=1)
         fb = np.nanmean(pb.fractions.reshape(2, -1), axis=1)
         assert np.allclose(fa, fb, atol=0.1), (fa, fb)  # the two normalisations differ by up to 0.05
+
+
+def test_motion_refuses_frame_times_that_do_not_run_forward_and_read_stack_an_array():
+    import pandas as pd
+
+    from xanestrack.io import read_stack
+    from xanestrack.motion import compute_motion
+
+    rows = [(p, k, 50.0 + 10 * p + 0.1 * k, 40.0 + k * 0.2) for p in range(3) for k in range(6)]
+    tracks = pd.DataFrame(rows, columns=["particle", "frame", "y", "x"])
+    assert len(compute_motion(tracks, frame_times_s=np.arange(6.0)))
+    for times, fragment in (
+        (np.arange(6.0)[::-1], "increase"),
+        (np.ones(6), "increase"),
+        (np.arange(4.0), "per frame"),
+    ):
+        with pytest.raises(ValueError, match=fragment):  # flipped velocities, inf, an IndexError
+            compute_motion(tracks, frame_times_s=times)
+    with pytest.raises(ValueError, match="scale_axis"):
+        compute_motion(tracks, scale_axis=np.arange(3.0))
+    with pytest.raises(TypeError, match="read_stack reads files"):
+        read_stack(np.zeros((4, 16, 16)))

@@ -370,6 +370,16 @@ def compute_motion(
     piv_y = tracks.pivot(index="frame", columns="particle", values="y").sort_index()
     piv_x = tracks.pivot(index="frame", columns="particle", values="x").sort_index()
     frames = piv_y.index.to_numpy()
+    for name, v, increasing in (("frame_times_s", frame_times_s, True), ("scale_axis", scale_axis, False)):
+        if v is None:
+            continue
+        a = np.asarray(v, float)
+        if a.ndim != 1 or a.size <= int(frames.max(initial=-1)) or not np.all(np.isfinite(a)):
+            raise ValueError(
+                f"{name} must be a finite value per frame ({int(frames.max(initial=-1)) + 1}), got {a.shape}"
+            )
+        if increasing and np.any(np.diff(a) <= 0):  # decreasing times flipped every velocity's sign
+            raise ValueError(f"{name} must increase strictly from frame to frame")
     pids = piv_y.columns.to_numpy()
     P = np.stack([piv_y.to_numpy(), piv_x.to_numpy()], axis=-1)  # (n_frames, n_particles, 2)
     # fill unknown positions by interpolation for the derivatives (flags live in tracks)

@@ -61,6 +61,11 @@ def input_files(path) -> list:
 def _as_paths(inputs):
     if isinstance(inputs, (str, Path)):
         return [Path(inputs)]
+    if isinstance(inputs, np.ndarray) and inputs.dtype.kind not in "US":
+        # an array of images is not a path: build a Stack from it (pathlib's TypeError said nothing of that)
+        raise TypeError(
+            "read_stack reads files: give a path (or paths); for an array of OD build a xanestrack.stack.Stack"
+        )
     return [Path(p) for p in inputs]
 
 
