@@ -103,3 +103,12 @@ def test_motion_refuses_frame_times_that_do_not_run_forward_and_read_stack_an_ar
         compute_motion(tracks, scale_axis=np.arange(3.0))
     with pytest.raises(TypeError, match="read_stack reads files"):
         read_stack(np.zeros((4, 16, 16)))
+
+
+def test_a_spectrum_without_an_edge_is_flagged_not_normalised():
+    """A flat spectrum passed with a step of 1e-15, flags 0 and a normalised spectrum of 0.25."""
+    e = np.linspace(8200.0, 8700.0, 60)
+    n = xanes.normalize(e, np.ones((60, 3)))
+    assert np.all(n.flags & xanes.FLAG_LOW_STEP) and np.all(np.isnan(n.norm))
+    edge = 1 / (1 + np.exp(-(e - 8340.0) / 2.0))
+    assert not (xanes.normalize(e, edge).flags & xanes.FLAG_LOW_STEP)  # a noise-free edge is one

@@ -211,7 +211,9 @@ def normalize(
     step = post_c[0] - pre_c[0]  # x = 0 at E0
     resid = y[ip] - pre[ip]
     noise = np.sqrt((resid**2).sum(axis=0) / max(ip.size - 2, 1))
-    low = ~(step > 3 * noise) | ~(step > 0)
+    # a step lost in the noise, or none (a flat spectrum has no noise either: a step of 1e-15 passed as an edge)
+    level = np.abs(y).max(axis=0) if y.size else np.zeros(y.shape[1])
+    low = ~(step > 3 * noise) | ~(step > 1e-6 * np.maximum(level, 1e-12))
     flags[low] |= FLAG_LOW_STEP
     with np.errstate(divide="ignore", invalid="ignore"):
         norm = (y - pre) / step
