@@ -497,7 +497,9 @@ def test_zeiss_scan_refuses_tiff_options_and_notes_energies_given(tmp_path):
     (tmp_path / "e.txt").write_text("8330.0\n")
     st = read_stack(d, energies=tmp_path / "e.txt")
     assert st.energies_ev.tolist() == [8330.0]
-    assert any("replace the 1 the files carry" in n and "6.00 eV" in n for n in st.metadata["notes"])
+    assert any(
+        "replace the 1 stored in the files' metadata or names" in n and "6.00 eV" in n for n in st.metadata["notes"]
+    )
 
 
 def _xrm_folder(tmp_path, exptimes):

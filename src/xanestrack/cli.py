@@ -392,7 +392,7 @@ XCORR_MISMATCH = 0.6
 
 
 def _check_shift(shift_ev: float, what: str, scan_ev) -> None:
-    """Refuse a calibration shift no monochromator needs, or a reference whose edge is not in the scan."""
+    """Refuse a calibration shift no monochromator needs (more than ``MAX_CALIBRATION_SHIFT_EV``)."""
     from .errors import XanestrackError
 
     if not abs(shift_ev) <= MAX_CALIBRATION_SHIFT_EV:
@@ -422,7 +422,8 @@ def _calibrate_stack(stack, path, known_e0, standard_path):
         )
     except (ValueError, OSError) as exc:
         raise XanestrackError(f"--energy-reference {path}: {exc}") from None
-    measured = dict(cal.details).get("derivative_maximum_ev", cal.measured_e0_ev)
+    details = dict(cal.details)
+    measured = details.get("derivative_maximum_ev", cal.measured_e0_ev)
     if not scan[0] <= measured <= scan[-1]:
         raise XanestrackError(
             f"--energy-reference {path}: its edge (the derivative's maximum) is at {measured:.1f} eV, outside the "
@@ -430,7 +431,7 @@ def _calibrate_stack(stack, path, known_e0, standard_path):
         )
     _check_shift(cal.shift_ev, f"--energy-reference {path}", scan)
     note = None
-    rel = dict(cal.details).get("derivative_rms_relative", 0.0)
+    rel = details.get("derivative_rms_relative", 0.0)
     if rel > XCORR_MISMATCH:
         raise XanestrackError(
             f"--energy-reference {path}: its edge does not match the standard's ({standard_path.name}): the best "

@@ -1604,7 +1604,7 @@ def run_pipeline(
     if not default_references:
         references, more = _user_references(references, energies)
         notes += more
-    if default_references:
+    else:
         references = _default_references(energies)
         if not references and len(energies) >= options.min_xanes_energies:
             no_references = _no_references_note(energies)
@@ -1636,7 +1636,6 @@ def run_pipeline(
 
     t = time.perf_counter()
     seg = segmenter if segmenter is not None else _default_segmenter(options.segment)
-    _check_chemistry_options(options)
     particles = []
     norms = []
     com_rows = []
@@ -1890,8 +1889,6 @@ def run_pipeline(
     timings["motion"] = time.perf_counter() - t
 
     fused = None
-    if options.fuse not in ("ends", "all", "none"):
-        raise ValueError(f"options.fuse must be 'ends', 'all' or 'none', got {options.fuse!r}")
     if options.fuse != "none" and particles:
         t = time.perf_counter()
         fused = fuse_particles(od, particles, common, frames=None if options.fuse == "all" else [0, od.shape[0] - 1])

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import XanestrackError
 from ..stack import Stack
-from .checks import energies_in_ev, energy_order, values_without_flats
+from .checks import energies_in_ev, energy_order, replaced_energies_note, values_without_flats
 from .flatfield import optical_density
 
 __all__ = ["read_stack", "optical_density", "file_checksums", "input_files"]
@@ -344,11 +344,9 @@ def _hdf5_stack(d, path, energies, values, scan, flats=None, darks=None) -> Stac
     else:
         e = _energies_arg(energies)
         if d["energies_ev"] is not None:
-            notes.append(
-                _replaced_energies_note(
-                    energies, d["energies_ev"], e, f"{path} /{'X_eng' if d['layout'] == 'fxi' else 'exchange/energy'}"
-                )
-            )
+            name = energies if isinstance(energies, (str, Path)) else "the energies given"
+            where = f"{path} /{'X_eng' if d['layout'] == 'fxi' else 'exchange/energy'}"
+            notes.append(replaced_energies_note(name, d["energies_ev"], e, where))
     e, reverse = energy_order(e, d["counts"].shape[0], source=path)
     flats_, kind = d["flats"], "counts"
     if flats_ is None and flats is not None:
@@ -378,22 +376,6 @@ def _hdf5_stack(d, path, energies, values, scan, flats=None, darks=None) -> Stac
         notes=notes,
     )
     return Stack(_in_energy_order(od, e, reverse, meta), e, d["pixel_size_um"], meta)
-
-
-def _replaced_energies_note(given, stored, e, source) -> str:
-    """The note that the energies given replace those a file stores (and by how much they differ)."""
-    name = given if isinstance(given, (str, Path)) else "the energies given"
-    stored = np.asarray(stored, float).ravel()
-    diff = ""
-    if stored.size == e.size:  # frame by frame, as the file lists them
-        d = np.abs(np.asarray(e, float).ravel() - stored)
-        diff = (
-            f"; they differ from them by up to {np.nanmax(d):.2f} eV" if np.nanmax(d) > 0.005 else "; the same values"
-        )
-    return (
-        f"energies from {name} replace the {stored.size} stored in {source} ({np.nanmin(stored):.1f}-"
-        f"{np.nanmax(stored):.1f} eV){diff}"
-    )
 
 
 def _in_energy_order(od, energies_ev, reverse: bool, meta: dict):

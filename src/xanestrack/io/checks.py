@@ -24,6 +24,7 @@ __all__ = [
     "validated_energies",
     "energy_order",
     "values_without_flats",
+    "replaced_energies_note",
 ]
 
 #: sane bounds on what a file may declare, whatever the memory: a frame of at most
@@ -262,3 +263,18 @@ def values_without_flats(data, values: str, *, source, flats_hint: str):
     if values == "od":
         return np.asarray(data, dtype=np.float32), "od", notes
     return optical_density(data, source=str(source), notes=notes), "transmission", notes
+
+
+def replaced_energies_note(given: str, stored, e, source: str) -> str:
+    """The note that the energies ``given`` (a name) replace the ones ``source`` stores, and by how much they
+    differ frame by frame (the given ones in the order the file lists its frames)."""
+    stored = np.asarray(stored, float).ravel()
+    e = np.asarray(e, float).ravel()
+    diff = ""
+    if stored.size == e.size:
+        d = float(np.nanmax(np.abs(e - stored)))
+        diff = f"; they differ from them by up to {d:.2f} eV" if d > 0.005 else "; the same values"
+    return (
+        f"energies from {given} replace the {stored.size} stored in {source} ({np.nanmin(stored):.1f}-"
+        f"{np.nanmax(stored):.1f} eV){diff}"
+    )

@@ -32,7 +32,14 @@ import numpy as np
 
 from ..errors import XanestrackError
 from ..stack import Stack
-from .checks import MAX_ENERGY_EV, MIN_ENERGY_EV, check_frame_shape, check_memory, validated_energies
+from .checks import (
+    MAX_ENERGY_EV,
+    MIN_ENERGY_EV,
+    check_frame_shape,
+    check_memory,
+    replaced_energies_note,
+    validated_energies,
+)
 
 __all__ = ["XrmFile", "read_xrm", "read_xrm_scan", "default_grouping", "energy_from_name"]
 
@@ -415,12 +422,7 @@ def read_xrm_scan(paths, *, energies=None, grouping=None) -> Stack:
     e = np.array(keys, float) if energies is None else np.asarray(energies, float).ravel()
     e = validated_energies(e, len(keys), source=files[0].parent if energies is None else "energies given")
     if energies is not None and carried:
-        d = np.max(np.abs(e - np.array(keys, float)))
-        notes.append(
-            f"the energies given replace the {len(keys)} the files carry ({keys[0]:.1f}-{keys[-1]:.1f} eV, in their "
-            "metadata or names; the frames in that order)"
-            + (f"; they differ from them by up to {d:.2f} eV" if d > 0.005 else "; the same values")
-        )
+        notes.append(replaced_energies_note("the energies given", keys, e, "the files' metadata or names"))
     meta = dict(
         source=str(files[0].parent if len(set(p.parent for p in files)) == 1 else files[0]),
         reader="xrm",
