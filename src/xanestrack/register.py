@@ -29,6 +29,7 @@ import numpy as np
 from scipy import ndimage
 
 from . import accel
+from .morph import dilate_cross
 from .result import FRAME_FLAGS, UNVOUCHED_FLAGS
 from .robust import robust_sigma
 
@@ -550,14 +551,10 @@ def mask_flags(masks, *, outside, clipped, area_tolerance: float = 0.25) -> np.n
     # border rather than crossing it: one that reaches the border is cut by it (was never flagged:
     # frames 2-4 px across the border were vouched for, 0.10-0.26 px off)
     at_border = np.zeros(n, bool)
-    for k in np.flatnonzero(outside.reshape(n, -1).any(axis=1)):
-        o = outside[k]
-        near = o.copy()
-        near[1:] |= o[:-1]
-        near[:-1] |= o[1:]
-        near[:, 1:] |= o[:, :-1]
-        near[:, :-1] |= o[:, 1:]
-        at_border[k] = bool(((masks[k] > 0.5) & near & ~o).any())
+    cut = np.flatnonzero(outside.reshape(n, -1).any(axis=1))
+    if cut.size:
+        o = outside[cut]
+        at_border[cut] = ((masks[cut] > 0.5) & dilate_cross(o) & ~o).any(axis=(1, 2))
     flags[out_of_frame | at_border | (edge_touch & clipped)] |= FRAME_FLAGS["out_of_view"]
     med_area = np.median(area[area > 0]) if (area > 0).any() else 0.0
     with np.errstate(divide="ignore", invalid="ignore"):
