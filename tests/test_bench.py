@@ -110,3 +110,34 @@ def test_two_datasets_of_one_folder_name_are_kept_apart(tmp_path):
     assert t.groupby("preset").size().to_dict() == {"a_x": 2, "b_x": 1}
     res = r.invoke(app, args + ["--dataset", str(tmp_path / "a" / "x"), "--out", str(tmp_path / "o2")])
     assert res.exit_code == 2 and "the same folder given twice" in res.output
+
+
+def test_seed_without_a_preset_is_refused(tmp_path):
+    from typer.testing import CliRunner
+
+    from xanestrack.cli import app
+
+    args = ["--quiet", "bench", "--dataset", str(tmp_path), "--seed", "3", "--out", str(tmp_path / "o")]
+    res = CliRunner().invoke(app, args)  # the seed was ignored without a word
+    assert res.exit_code == 2 and "--seed draws the --preset scans" in res.output
+
+
+def test_a_method_without_estimates_is_not_the_best():
+    # SIFT finding no matches in the second of two frames scored 0.000 px ("infx lower" than ours)
+    import pandas as pd
+
+    from xanestrack.bench import summarise
+    from xanestrack.evaluate import registration_error
+
+    truth = np.array([[10.0, 10.0], [11.0, 12.0]])
+    failed = registration_error(np.array([[10.0, 10.0], [np.nan, np.nan]]), truth)
+    assert np.isnan(failed["rms"]) and failed["frac_missing"] == 0.5
+    good = registration_error(truth + 0.1, truth)
+    assert good["rms"] < 1e-9 and good["frac_missing"] == 0.0
+    rows = [
+        dict(preset="p", method=m, scope="global", rms_px=r, frac_over_1px=0.0, frac_missing=0.0, worst_px=r)
+        for m, r in (("sift", np.nan), ("sift", 0.2), ("template", 0.3))
+    ]
+    t = pd.DataFrame(rows).assign(ssim_mean=0.5, ssim_var=0.0, diff_residual=0.1, edge_rms_ev=0.1, ms_per_frame=1.0)
+    summ = summarise(t).set_index("method")
+    assert np.isnan(summ.loc["sift", "max_rms_px"]) and summ.loc["template", "max_rms_px"] == 0.3

@@ -117,6 +117,18 @@ def test_help_is_fast_and_explains():
     assert r.stdout.strip() == "False False"
 
 
+def test_quiet_prints_no_warnings():
+    # the chemistry's counts of NaN pixels printed under --quiet (a fuzz round); errors still print
+    code = (
+        "import logging; from xanestrack.cli import _main; _main(debug=False, quiet={q}); "
+        "log = logging.getLogger('xanestrack.xanes'); log.warning('W1'); log.error('E1')"
+    )
+    for quiet, expect in ((True, ["E1"]), (False, ["W1", "E1"])):
+        r = subprocess.run([sys.executable, "-c", code.format(q=quiet)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert [w for w in ("W1", "E1") if w in r.stderr] == expect
+
+
 def test_the_pipeline_imports_no_scipy_signal_or_stats():
     # importing them (scipy.signal pulls scipy.stats) cost every run 0.55 s on the 2-core machine, in
     # the thread that competes with reading the stack; the run needs neither

@@ -438,3 +438,14 @@ def test_files_added_after_completion_count_as_ours_only_when_recorded(tmp_path)
     with atomic_output_dir(out, overwrite=True) as tmp:
         (tmp / "tracks.csv").write_text("y")
     assert (out / "tracks.csv").read_text() == "y" and not (out / "accuracy.csv").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no file can be made")
+def test_an_output_where_no_file_can_be_made_is_one_line(tmp_path):
+    from xanestrack.errors import XanestrackError
+    from xanestrack.outdir import atomic_output_dir
+
+    # os.access says /proc is writable for root; the lock file cannot be made there (a raw errno before)
+    with pytest.raises(XanestrackError, match="cannot write in /proc"):
+        with atomic_output_dir("/proc/xanestrack-test-out"):
+            pass

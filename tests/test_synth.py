@@ -64,6 +64,28 @@ def test_bad_parameters_name_the_field():
         make_synthetic_stack("nonsense")
     with pytest.raises(ValueError, match="cannot place"):
         make_synthetic_stack("default", shape=(200, 200), n_particles=40, n_energies=2)
+    # a frame too small for one particle: the same message (numpy's "high - low < 0" before)
+    for kw in (dict(shape=(64, 64)), dict(radius_range=(10.0, 500.0))):
+        with pytest.raises(ValueError, match="cannot place"):
+            make_synthetic_stack("default", n_energies=2, **kw)
+    with pytest.raises(ValueError, match="counts"):
+        SynthParams(counts=float("nan"))
+
+
+def test_synth_command_refuses_a_negative_seed_and_fits_the_groups_to_few_particles(tmp_path):
+    from typer.testing import CliRunner
+
+    from xanestrack.cli import app
+    from xanestrack.truth_io import read_truth
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["synth", str(tmp_path / "a"), "--seed", "-1"])
+    assert r.exit_code == 2 and "--seed must be 0 or more" in r.output
+    args = ["synth", str(tmp_path / "b"), "--preset", "stress-crowd", "--n-particles", "5"]
+    r = runner.invoke(app, [*args, "--size", "200", "--n-energies", "4"])
+    assert r.exit_code == 0, r.output
+    assert "2 of the stress-crowd preset's 4 groups" in r.output
+    assert len(read_truth(tmp_path / "b" / "truth.h5").radii) == 5
 
 
 def test_every_parameter_is_documented():

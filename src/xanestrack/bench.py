@@ -146,6 +146,7 @@ def benchmark_stack(s, *, methods=None, preset="", seed=0, progress=None):
                     radius=float(truth.radii[i_true]),
                     rms_px=reg["rms"],
                     frac_over_1px=reg["frac_over_1px"],
+                    frac_missing=reg["frac_missing"],
                     worst_px=reg["worst"],
                     worst_frame=reg["worst_frame"],
                     ssim_mean=ssim_m,
@@ -165,9 +166,10 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     g = table.groupby(["preset", "method"], sort=False)
     out = g.agg(
         scope=("scope", "first"),
-        max_rms_px=("rms_px", "max"),
-        median_rms_px=("rms_px", "median"),
+        max_rms_px=("rms_px", lambda v: v.max(skipna=False)),  # a particle not measured is not hidden
+        median_rms_px=("rms_px", lambda v: v.median(skipna=False)),
         frac_over_1px=("frac_over_1px", "mean"),
+        frac_missing=("frac_missing", "mean"),
         worst_px=("worst_px", "max"),
         ssim_mean=("ssim_mean", "mean"),
         ssim_var=("ssim_var", "mean"),
@@ -252,24 +254,27 @@ def write_benchmark(table, results, out_dir) -> str:
         seeds = sorted(table[table.preset == preset]["seed"].unique())
         lines.append(f"### preset `{preset}` (seeds {', '.join(map(str, seeds))})\n")
         lines.append(
-            "| method | scope | max RMS px | median RMS px | frames > 1 px | worst px | SSIM adj. mean | SSIM var | diff. residual | max edge RMS eV | median edge RMS eV | ms/frame |"
+            "| method | scope | max RMS px | median RMS px | frames > 1 px | frames without estimate | worst px | SSIM adj. mean | SSIM var | diff. residual | max edge RMS eV | median edge RMS eV | ms/frame |"
         )
-        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in g.itertuples():
             lines.append(
-                f"| {r.method} | {r.scope} | {r.max_rms_px:.3f} | {r.median_rms_px:.3f} | {100 * r.frac_over_1px:.1f} % | {r.worst_px:.2f} | "
+                f"| {r.method} | {r.scope} | {r.max_rms_px:.3f} | {r.median_rms_px:.3f} | {100 * r.frac_over_1px:.1f} % | {100 * r.frac_missing:.1f} % | {r.worst_px:.2f} | "
                 f"{r.ssim_mean:.3f} | {r.ssim_var:.4f} | {r.diff_residual:.3f} | {r.max_edge_rms_ev:.2f} | {r.median_edge_rms_ev:.2f} | {r.ms_per_frame:.1f} |"
             )
-        glob = g[g.scope == "global"]
-        ours = g[g.method == "centre_of_mass"]
+        glob = g[(g.scope == "global") & np.isfinite(g.median_rms_px)]
+        ours = g[(g.method == "centre_of_mass") & np.isfinite(g.median_rms_px)]
         if len(glob) and len(ours):
             best = glob.loc[glob.median_rms_px.idxmin()]
-            ratio = best.median_rms_px / float(ours.median_rms_px.iloc[0])
-            verdict = (
-                f"{ratio:.1f}x lower with centre of mass"
-                if ratio >= 1
-                else f"{1 / ratio:.1f}x lower with {best.method}: the global method wins here"
-            )
+            mine = float(ours.median_rms_px.iloc[0])
+            ratio = best.median_rms_px / mine if mine > 0 else np.inf
+            if not np.isfinite(ratio):
+                verdict = "centre of mass exact"
+            elif ratio >= 1:
+                verdict = f"{ratio:.1f}x lower with centre of mass"
+            else:
+                verdict = f"{1 / ratio:.1f}x lower with {best.method}: the global method wins here"
+
             lines.append(
                 f"\nBest global method: {best.method}, median RMS {best.median_rms_px:.3f} px; centre of mass: "
                 f"{float(ours.median_rms_px.iloc[0]):.3f} px ({verdict}); "

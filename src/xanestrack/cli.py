@@ -97,10 +97,16 @@ class _Progress:
 @app.callback()
 def _main(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or stage summaries."),
+    quiet: bool = typer.Option(
+        False,
+        "--quiet",
+        "-q",
+        help="No progress bars, stage summaries, notes or warnings: errors only (notes stay in run.json).",
+    ),
 ):
     _STATE["debug"], _STATE["quiet"] = debug, quiet
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.DEBUG if debug else (logging.ERROR if quiet else logging.WARNING)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
 def _stage_summary(result):
@@ -847,12 +853,26 @@ def synth(
     """
     try:
         from .results import atomic_output_dir
-        from .synth_stress import make_scene
+        from .synth_stress import STRESS_CASES, make_scene
         from .truth_io import write_synthetic
 
+        if seed < 0:
+            raise ValueError(f"--seed must be 0 or more, got {seed}")
         kw = {}
         if n_particles is not None:
             kw["n_particles"] = n_particles
+            groups = STRESS_CASES[preset].cluster_sizes if preset in STRESS_CASES else ()
+            if sum(groups) > n_particles >= 0:
+                # as many of the preset's groups of touching particles as the particles allow, smallest first
+                kept = []
+                for g in sorted(groups):
+                    if sum(kept) + g <= n_particles:
+                        kept.append(g)
+                kw["cluster_sizes"] = tuple(kept)
+                _console().print(
+                    f"note: {len(kept)} of the {preset} preset's {len(groups)} groups of touching particles "
+                    f"({', '.join(map(str, kept)) or 'none'} particles) fit in --n-particles {n_particles}"
+                )
         if n_energies is not None:
             kw["n_energies"] = n_energies
         if size is not None:
@@ -873,8 +893,6 @@ def synth(
                 raise ValueError(
                     f"--patterns: unknown {bad or patterns!r}; choose from {', '.join(PATTERNS + PHASE_PATTERNS)}"
                 )
-            from .synth_stress import STRESS_CASES
-
             if preset in STRESS_CASES:
                 raise ValueError(f"--patterns applies to the default scene model (default, hard, rigid), not {preset}")
             kw["patterns"] = names
@@ -996,7 +1014,9 @@ def bench(
         "--preset",
         help="Synthetic presets (repeat); default: default, hard and rigid, unless --dataset is given.",
     ),
-    seeds: List[int] = typer.Option([1, 2], "--seed", help="Seeds (repeat)."),
+    seeds: Optional[List[int]] = typer.Option(
+        None, "--seed", help="Seeds of the --preset scans (repeat); default 1 and 2. A --dataset is one scan as it is."
+    ),
     methods: Optional[List[str]] = typer.Option(
         None, "--method", help="Aligners to compare (repeat); default all installed."
     ),
@@ -1022,10 +1042,13 @@ def bench(
             bad = [m for m in methods if m not in known]
             if bad:
                 raise ValueError(f"unknown or unavailable aligner(s) {bad}; choose from {sorted(known)}")
+        if seeds and dataset and not presets:
+            raise ValueError("--seed draws the --preset scans; a --dataset folder is one scan, run as it is")
+        seeds = seeds or [1, 2]
+        if presets is None:
+            presets = [] if dataset else ["default", "hard", "rigid"]
         with atomic_output_dir(out, overwrite=overwrite, inputs=dataset or (), kind="bench") as tmp:
             with _Progress(_STATE["quiet"]) as prog:
-                if presets is None:
-                    presets = [] if dataset else ["default", "hard", "rigid"]
                 table, results = run_benchmark(presets, seeds, methods=methods, progress=prog, datasets=dataset or ())
             md = write_benchmark(table, results, tmp)
         from rich.console import Console

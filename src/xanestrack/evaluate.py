@@ -53,11 +53,17 @@ def pair_particles(est_yx, true_yx, *, max_distance: float = 10.0):
 
 
 def registration_error(est_positions, true_positions) -> dict:
-    """RMS (mean removed), worst frame, and fraction of frames off by more than 1 px."""
+    """RMS (mean removed), worst frame, and fraction of frames off by more than 1 px.
+
+    Over the frames with an estimate; ``frac_missing`` is the fraction without one. With
+    fewer than two, nothing is measured (NaN): one frame less its mean is 0 px whatever
+    the method did (a method that failed in every other frame scored best before).
+    """
     e = np.asarray(est_positions, float) - np.asarray(true_positions, float)
     ok = np.all(np.isfinite(e), axis=1)
-    if not ok.any():
-        return dict(rms=np.nan, worst=np.nan, worst_frame=-1, frac_over_1px=np.nan)
+    missing = float(1.0 - ok.mean()) if ok.size else np.nan
+    if ok.sum() < 2:
+        return dict(rms=np.nan, worst=np.nan, worst_frame=-1, frac_over_1px=np.nan, frac_missing=missing)
     e = e - e[ok].mean(axis=0)
     r = np.hypot(e[:, 0], e[:, 1])
     r[~ok] = np.nan
@@ -65,7 +71,8 @@ def registration_error(est_positions, true_positions) -> dict:
         rms=float(np.sqrt(np.nanmean(r**2))),
         worst=float(np.nanmax(r)),
         worst_frame=int(np.nanargmax(r)),
-        frac_over_1px=float(np.nanmean(r > 1.0)),
+        frac_over_1px=float(np.mean(r[ok] > 1.0)),
+        frac_missing=missing,
     )
 
 

@@ -275,6 +275,17 @@ class output_lock:
             "or choose another output folder (`out`)"
         )
 
+    def _open(self, flags):
+        try:
+            return os.open(self.path, flags, 0o666)
+        except FileExistsError:
+            raise
+        except OSError as exc:  # a folder no file can be made in (/proc, a read-only mount)
+            raise XanestrackError(
+                f"cannot write in {self.path.parent} ({one_line(exc.strerror or exc)}); "
+                "choose another output folder (`out`)"
+            ) from None
+
     def __enter__(self):
         try:
             import fcntl
@@ -284,7 +295,7 @@ class output_lock:
         for _ in range(20):
             if fcntl is None:
                 try:
-                    fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+                    fd = self._open(os.O_RDWR | os.O_CREAT | os.O_EXCL)
                 except FileExistsError:
                     info = _read_marker(self.path.parent, self.path.name) or {}
                     try:
@@ -303,7 +314,7 @@ class output_lock:
                         continue
                     raise self._busy() from None
             else:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+                fd = self._open(os.O_RDWR | os.O_CREAT)
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:

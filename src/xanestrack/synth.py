@@ -148,8 +148,8 @@ class SynthParams:
             raise ValueError("n_particles must be >= 0 and n_energies >= 1")
         if self.radius_range[0] <= 2 or self.radius_range[1] < self.radius_range[0]:
             raise ValueError(f"radius_range must be (min > 2, max >= min), got {self.radius_range}")
-        if self.counts <= 0:
-            raise ValueError(f"counts must be positive, got {self.counts}")
+        if not (np.isfinite(self.counts) and self.counts > 0):
+            raise ValueError(f"counts must be positive and finite, got {self.counts}")
 
 
 PRESETS: dict[str, SynthParams] = {
@@ -380,19 +380,22 @@ def _layout(rng, p: SynthParams, border_margin, drift_max):
     placed: list[_Particle] = []
     margin = border_margin + 6
     order = np.argsort(-radii)
+    crowded = ValueError(
+        f"cannot place {n} particles of radius {r_lo}-{r_hi} px in a {ny} x {nx} frame with "
+        f"min_gap={p.min_gap}, drift up to {drift_max:.1f} px and jitter up to {border_margin:.1f} px: "
+        "use fewer or smaller particles, or a larger frame"
+    )
     for idx, i in enumerate(order):
         r = radii[i]
         ext = r * 1.15 + 2
+        if min(ny, nx) - 2 * (ext + margin) <= 0:  # the particle cannot lie inside the frame at all
+            raise crowded
         for _ in range(5000):
             c = rng.uniform([ext + margin, ext + margin], [ny - ext - margin, nx - ext - margin])
             if all(np.hypot(*(c - q.centre)) > ext + q.extent + p.min_gap + 2 * drift_max for q in placed):
                 break
         else:
-            raise ValueError(
-                f"cannot place {n} particles of radius {r_lo}-{r_hi} px in a {ny} x {nx} frame with "
-                f"min_gap={p.min_gap}, drift up to {drift_max:.1f} px and jitter up to {border_margin:.1f} px: "
-                "use fewer or smaller particles"
-            )
+            raise crowded
         placed.append(_random_particle(rng, c, r, PATTERNS[idx % len(PATTERNS)]))
     return placed
 

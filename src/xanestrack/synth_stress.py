@@ -267,8 +267,8 @@ class StressParams:
                 f"n_touching_fines must be in 0..n_fines={self.n_fines} and needs particles to touch "
                 f"(n_particles={self.n_particles}), got {self.n_touching_fines}"
             )
-        if self.counts <= 0 or self.n_ref < 1:
-            raise ValueError(f"counts must be positive and n_ref >= 1, got {self.counts}, {self.n_ref}")
+        if not (np.isfinite(self.counts) and self.counts > 0) or self.n_ref < 1:
+            raise ValueError(f"counts must be positive and finite and n_ref >= 1, got {self.counts}, {self.n_ref}")
         if not 0.0 <= self.fixed_fraction <= 1.0:
             raise ValueError(f"fixed_fraction must be in [0, 1], got {self.fixed_fraction}")
         if self.drift_step_sd < 0 or self.jitter_sd < 0 or self.jitter_walk_sd < 0:
