@@ -112,3 +112,17 @@ def test_a_spectrum_without_an_edge_is_flagged_not_normalised():
     assert np.all(n.flags & xanes.FLAG_LOW_STEP) and np.all(np.isnan(n.norm))
     edge = 1 / (1 + np.exp(-(e - 8340.0) / 2.0))
     assert not (xanes.normalize(e, edge).flags & xanes.FLAG_LOW_STEP)  # a noise-free edge is one
+
+
+def test_a_reference_with_an_energy_twice_at_two_values_is_refused(tmp_path):
+    # two spectra in one file (an energy twice, other values): the first of each pair was kept, sorted
+    from xanestrack.spectra import read_spectrum
+
+    e = np.linspace(8300, 8400, 21)
+    mu = 1 / (1 + np.exp(-(e - 8345) / 3))
+    p = tmp_path / "two.txt"
+    np.savetxt(p, np.r_[np.c_[e, mu], np.c_[e[::4], mu[::4] + 0.2]])
+    with pytest.raises(ValueError, match="appear twice with different values"):
+        read_spectrum(p)
+    np.savetxt(p, np.r_[np.c_[e, mu], np.c_[e[::4], mu[::4]]])  # repeated rows: one kept
+    assert np.array_equal(read_spectrum(p).energies_ev, e)

@@ -163,6 +163,12 @@ def test_run_with_user_references(synth_dir, tmp_path):
         ],
     )
     assert r.exit_code == 0, r.output
+    import hashlib
+
+    sums = json.loads((out / "run.json").read_text())["input_checksums_sha256"]
+    for name in ("NiO", "LiNiO2"):  # the references' files are inputs too (only the scan's were recorded)
+        f = tmp_path / f"{name}.txt"
+        assert sums[str(f)] == hashlib.sha256(f.read_bytes()).hexdigest()
     with h5py.File(out / "results.h5") as f:
         d = f["particles/000/fractions"]
         assert json.loads(d.attrs["references"]) == ["Ni2", "Ni3"]

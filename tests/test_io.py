@@ -196,6 +196,17 @@ def test_ssrl_folder_grouping():
     assert np.percentile(st_.od[1], 99) > np.percentile(st_.od[0], 99) + 0.2
 
 
+def test_tiffs_beside_xrm_files_are_named_in_a_note(tmp_path):
+    folder = shared_data("real_txm", "ssrl_6-2c_nca")
+    for f in folder.glob("*.xrm"):
+        (tmp_path / f.name).symlink_to(f)
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "exported_8324eV.tif", np.zeros((8, 8), np.float32))  # ignored without a word before
+    notes = read_stack(tmp_path).metadata["notes"]
+    assert any("1 TIFF file(s) beside the .xrm/.txrm files not read" in n for n in notes)
+
+
 def test_grouping_rule():
     assert default_grouping("rep01_000051_ref_x_08324.0_eV_001of010.xrm", 0.0) == ("reference", 8324.0)
     assert default_grouping("rep01_x_08354.0_eV_001of003.xrm", np.nan) == ("sample", 8354.0)

@@ -306,14 +306,17 @@ def _run_and_write(
     return result
 
 
-def _input_description(stack, inputs):
-    """What the run's record says of its input; the files' checksums are computed in a
-    thread beside the pipeline (hashlib releases the GIL) and collected by :func:`_run_and_write`."""
+def _input_description(stack, inputs, others=()):
+    """What the run's record says of its input; the files' checksums (the scan's, and those of
+    ``others``: energies, flats, darks, references, models' files) are computed in a thread beside
+    the pipeline (hashlib releases the GIL) and collected by :func:`_run_and_write`."""
     from concurrent.futures import ThreadPoolExecutor
 
     from .io import file_checksums
 
-    files = stack.metadata.get("files", [str(p) for p in inputs])
+    files = list(stack.metadata.get("files", [str(p) for p in inputs]))
+    for p in map(Path, others):
+        files += sorted(q for q in p.iterdir() if q.is_file() and not q.name.startswith(".")) if p.is_dir() else [p]
     ex = ThreadPoolExecutor(1)
     checksums = ex.submit(file_checksums, files)
     ex.shutdown(wait=False)  # returns at once; the checksums are collected when the results are written
@@ -772,7 +775,7 @@ def run(
             threads=threads,
             **chem["options"],
         )
-        run_info = _input_description(stack, inputs)
+        run_info = _input_description(stack, inputs, others=given[len(inputs) :])
         if energy_reference is not None:
             stack, cal, cal_note = _calibrate_stack(stack, energy_reference, reference_e0, reference_standard)
             run_info["energy_calibration"] = cal

@@ -117,12 +117,13 @@ def read_spectrum(path, *, name: str | None = None) -> ReferenceSpectrum:
     Returns
     -------
     ReferenceSpectrum
-        Energies in eV, sorted ascending, duplicates removed.
+        Energies in eV, sorted ascending, repeated rows removed.
 
     Raises
     ------
     ValueError
-        If the file has no numeric table, fewer than 2 columns, or non-finite values.
+        If the file has no numeric table, fewer than 2 columns, non-finite values, or an
+        energy twice with values that differ by more than 1 % of the spectrum's range.
     """
     path = Path(path)
     if not path.is_file():
@@ -156,7 +157,17 @@ def read_spectrum(path, *, name: str | None = None) -> ReferenceSpectrum:
     energy = to_ev(energy)
     if not (np.all(np.isfinite(energy)) and np.all(np.isfinite(mu))):
         raise ValueError(f"reference spectrum {path}: contains NaN/inf values or non-positive intensities")
-    order = np.argsort(energy)
+    order = np.argsort(energy, kind="stable")
     energy, mu = energy[order], mu[order]
     keep = np.r_[True, np.diff(energy) > 0]
+    starts = np.flatnonzero(keep)
+    spread = np.maximum.reduceat(mu, starts) - np.minimum.reduceat(mu, starts)
+    span = float(np.ptp(mu)) if mu.size else 0.0
+    bad = np.flatnonzero(spread > 0.01 * span)
+    if bad.size:  # which of two values is the spectrum's cannot be told (two scans in one file?)
+        e = energy[starts[bad]]
+        raise ValueError(
+            f"reference spectrum {path}: {bad.size} energies appear twice with different values "
+            f"(e.g. {e[0]:.2f} eV); give one spectrum per file"
+        )
     return ReferenceSpectrum(name or path.stem, energy[keep], mu[keep])

@@ -168,7 +168,16 @@ def _read(inputs, energies, flats, darks, values, grouping, scan) -> Stack:
                 f"{paths[0]}: `values` is for TIFF or HDF5 data without flats; a Zeiss scan's counts are divided by "
                 "its reference images"
             )
-        return read_xrm_scan(paths, energies=None if energies is None else _energies_arg(energies), grouping=grouping)
+        st = read_xrm_scan(paths, energies=None if energies is None else _energies_arg(energies), grouping=grouping)
+        for p in paths:  # a folder's TIFFs beside its .xrm files (exported frames?) are not read: say so
+            inside = sorted(p.iterdir()) if p.is_dir() else []
+            tiffs = [q for q in inside if q.is_file() and q.suffix.lower() in _TIFF and not q.name.startswith(".")]
+            if tiffs:
+                st.metadata.setdefault("notes", []).append(
+                    f"{p}: {len(tiffs)} TIFF file(s) beside the .xrm/.txrm files not read (e.g. {tiffs[0].name}): "
+                    "the folder is read as a Zeiss scan; give the TIFFs as their own input to read them"
+                )
+        return st
     path = paths[0]
     suffix = path.suffix.lower()
     if suffix in _HDF:
