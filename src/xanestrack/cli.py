@@ -631,7 +631,7 @@ def run(
     ),
     detect_every: int = typer.Option(
         12,
-        help="Detect on every n-th frame (and the last); ROIs are propagated in between by chained phase correlation and every frame is still segmented and registered. 1 = detect in every frame (slower).",
+        help="Detect on every n-th frame (and the last; a short scan on 8 frames at least); ROIs are propagated in between by chained phase correlation and every frame is still segmented and registered. 1 = detect in every frame (slower).",
     ),
     reference: Optional[List[str]] = typer.Option(
         None,
