@@ -458,6 +458,8 @@ def test_flats_for_input_that_has_its_own_are_refused_not_ignored(tmp_path):
     )
     with pytest.raises(XanestrackError, match="darks"):
         read_stack(tmp_path / "s.h5", darks=tmp_path / "zero.tif")
+    # --values od / transmission on counts the flats normalise: ignored without a word before (a docs audit)
+    _refused(tmp_path, [tmp_path / "s.h5"], ["run", tmp_path / "s.h5", "--values", "od"], "--values od not used")
     # an HDF5 file without flats of its own takes them from TIFF (they were ignored, the counts taken for OD)
     with h5py.File(tmp_path / "nobkg.h5", "w") as f:
         f["img_xanes"] = counts
@@ -466,6 +468,8 @@ def test_flats_for_input_that_has_its_own_are_refused_not_ignored(tmp_path):
     st = read_stack(tmp_path / "nobkg.h5", flats=tmp_path / "flats.tif")
     assert np.allclose(st.od, od, atol=1e-2) and st.metadata["values"] == "counts"
     assert str(tmp_path / "flats.tif") in st.metadata["files"]
+    with pytest.raises(XanestrackError, match="`values` transmission not used"):
+        read_stack(tmp_path / "nobkg.h5", flats=tmp_path / "flats.tif", values="transmission")
     with pytest.raises(XanestrackError, match="without `flats`"):
         read_stack(tmp_path / "nobkg.h5", darks=tmp_path / "zero.tif")
 

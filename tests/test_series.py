@@ -226,6 +226,12 @@ def test_link_scans_closes_tracks_across_an_unknown_offset():
     s2 = [(*p, r) for p, r in zip(BASE + [70.0, 0.0], RADII)]  # scan 0's field, moved 70 px from scan 0
     t = link_scans(_summary([s0, s1, s2]), frame_shape=FRAME)
     assert not set(t[t.scan == 2].particle) & set(t[t.scan == 0].particle)
+    # its offset is not given from scan 0 as if it were none (the previous scan's was copied): the chain
+    # starts again from it
+    one = t[t.scan == 1].iloc[0]
+    assert one.link_method in ("ambiguous", "prior contradicted") and one.offset_from_scan == 1
+    assert one.common_dy == 0 and one.common_dx == 0
+    assert (t[t.scan == 0].offset_from_scan == 0).all() and (t[t.scan == 2].offset_from_scan != 0).all()
 
 
 def test_phase_offset_and_image_prior(tmp_path):
@@ -330,6 +336,12 @@ def test_series_of_a_scan_and_a_one_frame_scan_60px_apart(fxi_scans, tmp_path):
     assert b[["common_dy", "common_dx"]].iloc[0].to_numpy() == pytest.approx([-60, 0], abs=1.5)
     html = write_series_report(t, tmp_path / "ser").read_text()
     assert "no XANES" in html
+    # each scan's notes (only in its run.json before): in the report, and the ones to act on printed by `series`
+    from xanestrack.series import ACTIONABLE_NOTE, scan_notes
+
+    notes = dict(scan_notes(tmp_path / "ser"))
+    assert any(w in n for n in notes["b"] for w in ACTIONABLE_NOTE)
+    assert "Notes of each scan" in html and "<h3>b</h3>" in html
 
 
 def test_hdf5_series_file_is_read_through_io_with_its_checks(tmp_path):
@@ -403,3 +415,22 @@ def test_a_refused_series_leaves_no_folder_behind(fxi_scans, tmp_path):
         + ["--segmenter", "classical"],
     )
     assert r.exit_code == 0, r.output
+
+
+def test_scheduler_with_workers_or_nowhere_is_refused_naming_the_option(fxi_scans, tmp_path):
+    """--scheduler was ignored without a word beside --workers, and an address without a scheduler was
+    reported as an error of the input files."""
+    from typer.testing import CliRunner
+
+    from xanestrack.cli import app
+
+    paths, _ = fxi_scans
+    runner = CliRunner()
+    for args, expect in (
+        (["--scheduler", "sync", "--workers", "2"], "--workers 2 starts a local cluster and --scheduler sync"),
+        (["--scheduler", "bogus"], "--scheduler bogus: no dask scheduler reached there"),
+    ):
+        out = tmp_path / args[1]
+        r = runner.invoke(app, ["-q", "series", str(paths[1]), "--out", str(out), *args])
+        assert r.exit_code == 2 and expect in r.output, r.output
+        assert not out.exists()

@@ -1126,7 +1126,15 @@ def series(
             device=device,
         )
         write_series_report(table, out)
+        from .errors import for_cli
         from .results import add_to_marker
+        from .series import ACTIONABLE_NOTE, scan_notes
+
+        c = _console()
+        for name, notes in scan_notes(out):  # the scans' notes were only in their run.json
+            for note in notes:
+                if any(w in note for w in ACTIONABLE_NOTE):
+                    c.print(f"note      {name}: {for_cli(note)}", highlight=False, markup=False, soft_wrap=True)
 
         add_to_marker(out, ["series.csv", "series_report.html", "series.svg", "series_own_displacement.csv"])
         _console().print(

@@ -1098,6 +1098,9 @@ _SERIES_TEMPLATE = """<!DOCTYPE html>
 linear combination fit, and its own displacement (less the scan's common offset) since its first scan.</figcaption></figure>
 <h2>Mean edge energy (eV) per particle and scan</h2>
 {{ pivot }}
+{% if scan_notes %}<h2>Notes of each scan</h2>
+{% for name, notes in scan_notes %}<h3>{{ name }}</h3><ul>{% for n in notes %}<li>{{ n }}</li>{% endfor %}</ul>
+{% endfor %}{% endif %}
 </body></html>
 """
 
@@ -1128,6 +1131,8 @@ def write_series_report(table: pd.DataFrame, out_dir) -> Path:
             remarks.append(
                 f"Scans {', '.join(map(str, few))} have fewer than {need} energies: positions and sizes only, no XANES."
             )
+    from .series import scan_notes
+
     piv = table.pivot_table(index="particle", columns="scan", values="mean_e50")
     page = (
         Environment(autoescape=True)
@@ -1137,6 +1142,7 @@ def write_series_report(table: pd.DataFrame, out_dir) -> Path:
             n_scans=table["scan"].nunique(),
             n_particles=table["particle"].nunique(),
             remarks=remarks,
+            scan_notes=scan_notes(out),
             fig=_data_uri(svg, "image/svg+xml"),
             pivot=_Markup(piv.to_html(float_format=lambda v: f"{v:.2f}")),
         )

@@ -310,6 +310,30 @@ def _reference_image(od, result):
     return (bin_frames(img, b) if b > 1 else img).astype(np.float32), b
 
 
+#: words of a scan's note the user should act on (``series`` prints those; the series report has every note)
+ACTIONABLE_NOTE = ("left out", "run again", "not computed", "no XANES")
+
+
+def scan_notes(out_dir) -> list[tuple[str, list[str]]]:
+    """``(scan name, its notes)`` for each scan of the series in ``out_dir`` that has notes (in the
+    manifest's order): the input notes and the run notes of each scan's ``run.json``."""
+    out = Path(out_dir)
+    try:
+        names = [s["name"] for s in json.loads((out / "series.json").read_text())["sources"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        names = sorted(p.name for p in (out / "scans").iterdir()) if (out / "scans").is_dir() else []
+    rows = []
+    for name in names:
+        try:
+            info = json.loads((out / "scans" / name / "run.json").read_text())
+        except (OSError, ValueError):
+            continue
+        notes = [str(n) for n in [*info.get("input_notes", []), *info.get("notes", [])]]
+        if notes:
+            rows.append((name, notes))
+    return rows
+
+
 def link_scans(
     summary: pd.DataFrame,
     *,
@@ -365,8 +389,9 @@ def link_scans(
     Returns
     -------
     DataFrame: ``summary`` sorted by scan with ``particle`` (series id) first and
-    ``common_dy, common_dx`` (offset of the scan relative to the first, continuing from
-    the previous scan where the offset could not be told), ``link_method`` (how the scan
+    ``common_dy, common_dx`` (offset of the scan relative to ``offset_from_scan``: the first
+    scan, or the last scan whose offset from the one before could not be told, where the
+    chain starts again; such a scan's offset is 0), ``link_method`` (how the scan
     was joined to the previous one: "first", "vote", "vote+prior", "prior",
     "vote over prior", "empty"; "ambiguous" or "prior contradicted": not joined, new
     ids) and ``link_support`` (tracks agreeing with the offset).
@@ -422,8 +447,16 @@ def link_scans(
     t = summary["scan"].map(t_of).to_numpy()
     out = summary.copy()
     out.insert(0, "particle", ids)
-    out["common_dy"] = common[t, 0]
-    out["common_dx"] = common[t, 1]
+    # where an offset cannot be told, the chain starts again: that scan's and the later scans' offsets are
+    # from it (`offset_from_scan`); they were given from the first scan, the unknown offset taken as none
+    origin = np.zeros(len(scans), int)
+    for k in range(1, len(scans)):
+        restart = method.get(k, ("none", 0))[0] in ("ambiguous", "prior contradicted")
+        origin[k] = k if restart else origin[k - 1]
+    rel = common - common[origin]
+    out["common_dy"] = rel[t, 0]
+    out["common_dx"] = rel[t, 1]
+    out["offset_from_scan"] = [scans[origin[k]] for k in t]
     out["link_method"] = [method.get(k, ("none", 0))[0] for k in t]
     out["link_support"] = [int(method.get(k, ("none", 0))[1]) for k in t]
     for k, s in enumerate(scans):

@@ -214,6 +214,7 @@ def _tiff_stack(data, e, reverse, notes, path, files, flats, darks, values) -> S
 
     files = [str(f) for f in files]
     if flats is not None:
+        _no_values_with_flats(path, values, "TIFF frames with `flats`")
         fl = read_tiff_frames(flats, notes=notes)
         dk = read_tiff_frames(darks, notes=notes) if darks is not None else None
         files += [str(flats)] + ([str(darks)] if darks is not None else [])
@@ -329,6 +330,15 @@ def _energies_arg(energies):
     return energies_in_ev(energies, source="energies given")
 
 
+def _no_values_with_flats(path, values, what: str) -> None:
+    """Refuse ``values`` od / transmission for counts that flats turn into transmission: it would be ignored."""
+    if values in ("od", "transmission"):
+        raise XanestrackError(
+            f"{path}: `values` {values} not used for {what}: its counts are divided by the flats; "
+            "leave `values` out (it is for data without flats)"
+        )
+
+
 def _no_tiff_options(path, what: str, flats, darks) -> None:
     """Refuse TIFF flats or darks for an input that brings its own: they would be ignored."""
     given = [name for name, v in (("flats", flats), ("darks", darks)) if v is not None]
@@ -346,6 +356,9 @@ def _hdf5_stack(d, path, energies, values, scan, flats=None, darks=None) -> Stac
     flat_name = f"/{'img_bkg' if d['layout'] == 'fxi' else 'exchange/data_white'}"
     if d["flats"] is not None:
         _no_tiff_options(path, f"an HDF5 file with its own flat-field images ({flat_name})", flats, darks)
+        _no_values_with_flats(path, values, f"an HDF5 file with its own flat-field images ({flat_name})")
+    elif flats is not None:
+        _no_values_with_flats(path, values, "an HDF5 file with `flats`")
     elif darks is not None and flats is None:
         raise XanestrackError(f"{darks}: darks given without `flats`; give the flats too, or neither")
     if energies is None:

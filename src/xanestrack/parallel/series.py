@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import XanestrackError
+from ..errors import XanestrackError, one_line
 from ..evaluate import evaluate_series  # noqa: F401 (re-exported)
 from ..report import write_series_report  # noqa: F401 (re-exported)
 from ..series import (  # noqa: F401 (re-exported: the series API in one place)
@@ -99,6 +99,12 @@ def run_series(
     for name, value in (("detector", detector), ("segmenter", segmenter)):
         if value not in ("classical", "learned"):
             raise XanestrackError(f"`{name}` takes 'classical' or 'learned', got {value!r}")
+    if workers is not None and scheduler is not None:  # the scheduler was ignored without a word
+        raise XanestrackError(
+            f"`workers` {workers} starts a local cluster and `scheduler` {scheduler} names another: give one of them"
+        )
+    if workers is not None and workers < 1:
+        raise XanestrackError(f"`workers` must be 1 or more, got {workers}")
     with output_lock(_series_folder(out)):  # a second series into this folder is refused while this one runs
         existed = out.exists()
         fresh = not existed or not any(out.iterdir())
@@ -146,7 +152,6 @@ def _undo_fresh(out: Path, sources, *, remove: bool) -> None:
 
 def _series_folder(out: Path) -> Path:
     """Create (or check) the series folder before anything is computed."""
-    from ..errors import one_line
 
     if out.exists() and not out.is_dir():
         raise XanestrackError(f"output {out} exists and is not a folder; choose another --out")
@@ -239,7 +244,13 @@ def _run_series(sources, out, *, options, scheduler, workers, detector, segmente
             from distributed import Client
 
             quiet.set(logging.WARNING)
-            client = Client(scheduler)
+            try:
+                client = Client(scheduler, timeout="20s")
+            except (OSError, ValueError, TypeError) as exc:  # named the inputs, not the option, before
+                raise XanestrackError(
+                    f"`scheduler` {scheduler}: no dask scheduler reached there ({one_line(exc)}); give a running "
+                    "scheduler's address (tcp://host:8786), 'threads' or 'sync', or `workers` N for a local cluster"
+                ) from None
             parts = dask.compute(*tasks)
         else:
             sched = "sync" if scheduler in ("sync", "synchronous") else "threads"
