@@ -48,6 +48,11 @@ def test_run_writes_results_and_refuses_to_overwrite(synth_dir, tmp_path):
     assert t["particle"].nunique() == 3 and len(t) == 3 * 40
     info = json.loads((out / "run.json").read_text())
     assert info["version"] and str(synth_dir / "stack.h5") in info["input_checksums_sha256"]
+    # every stage the user waits for is timed (read and report were printed only), and the read options kept
+    assert {"read", "detect", "match", "report"} <= set(info["timings_s"]) and info["zingers"] is True
+    html = (out / "report.html").read_text()
+    assert runner.invoke(app, ["--quiet", "report", str(out)]).exit_code == 0
+    assert (out / "report.html").read_text() == html  # the report's own time is not in its table
     before = (out / "tracks.csv").read_bytes()
     r = runner.invoke(app, ["run", str(synth_dir / "stack.h5"), "--out", str(out)])
     assert r.exit_code == 2 and "--overwrite" in r.output

@@ -233,13 +233,14 @@ def _run_and_write(
     inputs=(),
     warmup=None,
     known_edge=None,
+    read_s=None,
 ):
     from concurrent.futures import ThreadPoolExecutor
 
     from .accel import arrays_on
     from .io.checks import release_freed_memory
     from .pipeline import PipelineOptions, run_pipeline
-    from .results import atomic_output_dir, write_results_h5, write_tables
+    from .results import add_timing, atomic_output_dir, write_results_h5, write_tables
 
     options = options or PipelineOptions()
     from .models import pipeline_models
@@ -268,6 +269,10 @@ def _run_and_write(
                 progress=prog,
                 recalibrate=recalibrate,
             )
+        if read_s is not None:  # the stage the user waits for first (it was printed, not recorded)
+            stages = dict(result.timings)
+            result.timings.clear()
+            result.timings.update(read=float(read_s), **stages)
         release_freed_memory()  # what the pipeline freed, before the outputs and the report allocate
         run_info = dict(
             run_info,
@@ -303,6 +308,7 @@ def _run_and_write(
             h5.result()
         if make_report:  # after results.h5 is written: its timings are the pipeline's
             result.timings["report"] = t_report
+            add_timing(tmp, "report", t_report)  # recorded too (the report's own table cannot show it)
     return result
 
 
@@ -718,8 +724,9 @@ def run(
             zingers=zingers,
         )
         release_freed_memory()  # the raw counts and the reading's temporaries (glibc keeps them otherwise)
+        read_s = time.perf_counter() - t
         c.print(
-            f"read      {stack.od.shape[0]} frames of {stack.od.shape[1]} x {stack.od.shape[2]}, {stack.energies_ev[0]:.1f}-{stack.energies_ev[-1]:.1f} eV ({time.perf_counter() - t:.2f} s)"
+            f"read      {stack.od.shape[0]} frames of {stack.od.shape[1]} x {stack.od.shape[2]}, {stack.energies_ev[0]:.1f}-{stack.energies_ev[-1]:.1f} eV ({read_s:.2f} s)"
         )
         for note in stack.metadata.get("notes", []):
             c.print(f"note      {for_cli(note)}", highlight=False, markup=False, soft_wrap=True)
@@ -776,6 +783,8 @@ def run(
             **chem["options"],
         )
         run_info = _input_description(stack, inputs, others=given[len(inputs) :])
+        # read and chemistry options that are not the pipeline's (its `parameters`): in the command only before
+        run_info.update(zingers=bool(zingers), references=list(reference or []))
         if energy_reference is not None:
             stack, cal, cal_note = _calibrate_stack(stack, energy_reference, reference_e0, reference_standard)
             run_info["energy_calibration"] = cal
@@ -798,6 +807,7 @@ def run(
             out,
             overwrite=overwrite,
             run_info=run_info,
+            read_s=read_s,
             known_edge=chem["known_edge"],
             options=opts,
             save_fused=save_fused,

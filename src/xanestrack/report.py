@@ -942,7 +942,9 @@ def write_report(folder, *, result=None) -> Path:
     for block in pblocks:
         block["fig"], block["spectrum"] = b64[block["fig"]], b64.get(block["spectrum"], "")
 
-    timings = pd.DataFrame(sorted(run.get("timings_s", result.timings).items()), columns=["stage", "seconds"])
+    # the report's own time is recorded after it is written: a report rebuilt from the folder leaves it out too
+    stages = {k: v for k, v in run.get("timings_s", result.timings).items() if k != "report"}
+    timings = pd.DataFrame(sorted(stages.items()), columns=["stage", "seconds"])
     inputs = pd.DataFrame(sorted(run.get("input_checksums_sha256", {}).items()), columns=["file", "sha256"])
     if not len(inputs):
         inputs = pd.DataFrame({"input": run.get("inputs", [])})

@@ -237,6 +237,15 @@ def write_tables(result, folder, *, run_info: dict) -> None:
         json.dump(info, fh, indent=2, default=_json_default)
 
 
+def add_timing(folder, stage: str, seconds: float) -> None:
+    """Add a stage's time to ``run.json`` in ``folder`` (one timed after it was written: the report)."""
+    path = Path(folder) / "run.json"
+    info = json.loads(path.read_text())
+    info["timings_s"] = dict(info.get("timings_s", {}), **{stage: float(seconds)})
+    with open(path, "w") as fh:
+        json.dump(info, fh, indent=2, default=_json_default)
+
+
 def write_results_h5(result, folder, *, save_fused: bool = False) -> None:
     """``results.h5``: everything :func:`read_results` needs to give the same result back."""
     import h5py
