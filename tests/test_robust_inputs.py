@@ -775,3 +775,20 @@ def test_unlike_images_of_one_energy_averaged_as_repeats_are_said_to_be(tmp_path
     assert any("7 sample images" in n and "averaged as repeated exposures" in n for n in st.metadata["notes"])
     ssrl = read_stack(shared_data("real_txm", "ssrl_6-2c_nca"))
     assert not any("averaged as repeated exposures" in n for n in ssrl.metadata["notes"])
+
+
+def test_a_frame_written_twice_under_two_energies_is_refused():
+    """Frame 56 replaced by frame 50's image (the default scene): four particles' mean edge energies 0.6-0.8 eV
+    off, no flag, no note (a physics probe). Two measured frames are never the same image."""
+    from xanestrack.pipeline import run_pipeline
+    from xanestrack.stack import Stack, duplicate_frames
+    from xanestrack.synth import make_synthetic_stack
+
+    s = make_synthetic_stack("default", seed=2, n_energies=12, shape=(96, 96), n_particles=1, radius_range=(10, 12))
+    od = s.optical_density()
+    assert duplicate_frames(od) == []
+    od[7] = od[3]
+    od[1] = od[2] = 0.25  # constant frames (blanked) are not copies of one another
+    assert duplicate_frames(od) == [(3, 7)]
+    with pytest.raises(ValueError, match=r"frames 3 and 7 \(.* eV\) are the same image pixel for pixel"):
+        run_pipeline(Stack(od, s.energies_ev))
