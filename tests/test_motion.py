@@ -149,3 +149,47 @@ def test_a_particle_entering_late_is_not_given_its_filled_in_first_position_as_r
     pr = peak_ratios(m, reliable=t[["particle", "frame", "reliable"]]).set_index("particle")
     assert pr.loc[3, "max_nonrigid_displacement"] < 0.01
     assert peak_ratios(m).set_index("particle").loc[3, "max_nonrigid_displacement"] > 10  # the filled-in frames
+
+
+def test_a_turning_field_or_a_magnification_step_is_told_from_own_motions():
+    # a field turning by up to 1 degree, fitted without rotation: every particle's "own" motion is the turn
+    from xanestrack.motion import compute_motion, field_rotation
+    from xanestrack.pipeline import PipelineOptions, _field_motion_notes
+
+    rng = np.random.default_rng(5)
+    base = rng.uniform(40, 420, (9, 2))
+    c = np.array([229.5, 229.5])
+    n = 40
+    energies = np.linspace(8300, 8400, n)
+    opts = PipelineOptions()
+
+    def tracks_of(turn_deg, scale):
+        rows = []
+        for k in range(n):
+            th = np.radians(turn_deg) * k / (n - 1)
+            rot = np.array([[np.cos(th), np.sin(th)], [-np.sin(th), np.cos(th)]])  # (y, x) turned about c
+            p = scale[k] * (base - c) @ rot.T + c + [0.3 * k, -0.2 * k]
+            rows += [(j, k, *p[j]) for j in range(9)]
+        return pd.DataFrame(rows, columns=["particle", "frame", "y", "x"])
+
+    turned = tracks_of(1.0, np.ones(n))
+    m = compute_motion(turned, centre=c, scale_axis=energies)
+    theta, share = field_rotation(m, c)
+    assert share > 0.9 and abs(abs(np.degrees(theta[-1])) - 1.0) < 0.1
+    (note,) = _field_motion_notes(m, c, energies, opts)
+    assert "a turn of the whole field" in note and "--rotation" in note
+    m_rot = compute_motion(turned, centre=c, rotation=True, scale_axis=energies)
+    assert _field_motion_notes(m_rot, c, energies, PipelineOptions(rotation=True)) == []
+    # a magnification step of 1 % at mid-scan (optics refocused), the scale fitted as a line in the energy
+    stepped = tracks_of(0.0, np.where(np.arange(n) < n // 2, 1.0, 1.01))
+    m = compute_motion(stepped, centre=c, scale_axis=energies)
+    (note,) = _field_motion_notes(m, c, energies, opts)
+    assert "magnification off one straight line" in note and "--scale-model frame" in note
+    m = compute_motion(stepped, centre=c)  # one scale per frame: nothing left over
+    assert _field_motion_notes(m, c, energies, PipelineOptions(scale_model="frame")) == []
+    # own motions in random directions: neither
+    drift = np.cumsum(rng.normal(0, 0.3, (n, 9, 2)), axis=0)
+    own = turned.copy()
+    own[["y", "x"]] = np.repeat(base[None], n, axis=0).reshape(-1, 2) + drift.reshape(-1, 2)
+    m2 = compute_motion(own, centre=c, scale_axis=energies)
+    assert field_rotation(m2, c)[1] < 0.5 and _field_motion_notes(m2, c, energies, opts) == []

@@ -619,6 +619,10 @@ def run(
         True,
         help="Replace zingers (single pixels far brighter or darker than the 3 x 3 around them: cosmic rays on the detector) by the median around them, and the detector's defective pixels (dead, hot or stuck pixels, rows and columns: standing out at the same place in most frames) in every frame, and say how many in the notes. --no-zingers: the images as read.",
     ),
+    scale_model: str = typer.Option(
+        "energy",
+        help="The magnification all particles share: 'energy' (default), one straight line in the photon energy (a zone plate's focal length follows it); 'frame', one scale per frame (optics refocused during the scan: a run note says when the particles' own motions look like it).",
+    ),
     rotation: bool = typer.Option(
         False,
         help="Fit a rotation of each frame in the motion all particles share (with three particles or more), for scans whose image turns between energies; without it, a turn of the image is every particle's own (non-rigid) motion. Off by default: nothing turns the image in a TXM energy scan.",
@@ -777,6 +781,7 @@ def run(
             match_resolution=match_resolution,
             smooth_tracks=smooth_tracks,
             rotation=rotation,
+            scale_model=scale_model,
             density_voucher=density_voucher,
             mask_guard=mask_guard,
             threads=threads,

@@ -1890,6 +1890,9 @@ def run_pipeline(
     similarity = motion.attrs.get("similarity")
     if similarity is not None:
         similarity.attrs["fitted_on"] = fitted_on
+    if len(particles) >= 3:
+        c = ((ny - 1) / 2, (nx - 1) / 2)
+        notes += _field_motion_notes(motion, c, energies, options)
     if len(particles) == 1:
         notes.append(
             "one particle: the motion all particles share is its motion; its own (non-rigid) motion cannot be told "
@@ -2036,6 +2039,51 @@ def _coarse_edge_note(particles, energies) -> str:
         "and come out low (the default scene sampled 1.5, 2.5 and 5 eV apart there: 0.3-0.7, 0.3-1.1 and 0.3-1.6 eV "
         "low; 0.5 eV apart, within 0.1 eV): compare them between scans of one energy grid only"
     )
+
+
+#: a turn of the field (rotation not fitted), or a change of its scale off the straight line in the energy
+#: (scale model "energy"), explaining at least this share of the particles' own motion and moving them by
+#: FIELD_NOTE_PX or more, is named in a run note. The rigid default scene turned by 0.5-3 degrees across the
+#: scan: turn 0.96-0.97 of the own motion, 1.3-7.9 px; magnified by a 1 % step at mid-scan: scale 0.97, 0.84
+#: px; 34 runs of other probes (default, drifting, cracked, touching, sparse, real frames): turn 0.00-0.27,
+#: scale 0.00-0.57 (0.57: three particles of a small drifting scene)
+FIELD_NOTE_SHARE = 0.8
+FIELD_NOTE_PX = 0.5
+
+
+def _field_motion_notes(motion, centre, energies, options) -> list[str]:
+    """Notes where the particles' own (non-rigid) motions are mostly a turn of the whole field (rotation not
+    fitted) or a magnification off the scale model's straight line: either is the common motion, not theirs."""
+    from .motion import field_rotation
+
+    ref = motion.groupby("particle")[["y", "dy", "x", "dx"]].median()
+    lever = float(np.nanmedian(np.hypot(ref.y - ref.dy - centre[0], ref.x - ref.dx - centre[1])))
+    kinds = (["rotation"] if not options.rotation else []) + (["scale"] if options.scale_model == "energy" else [])
+    notes = []
+    for kind in kinds:
+        theta, share = field_rotation(motion, centre, kind=kind)
+        if not theta.size or share < FIELD_NOTE_SHARE:
+            continue
+        k = int(np.argmax(np.abs(theta)))
+        if not abs(theta[k]) * lever >= FIELD_NOTE_PX:
+            continue
+        where = (
+            f"(frame {k}, {energies[k]:.1f} eV; {abs(theta[k]) * lever:.1f} px at the particles' median distance from "
+            "the centre)"
+        )
+        if kind == "rotation":
+            notes.append(
+                f"the particles' own (non-rigid) motions are mostly ({100 * share:.0f} %) a turn of the whole field, up "
+                f"to {np.degrees(theta[k]):+.2f} degrees {where}: the rotation is not fitted by default; if the image "
+                "turns, run again with --rotation"
+            )
+        else:
+            notes.append(
+                f"the particles' own (non-rigid) motions are mostly ({100 * share:.0f} %) a change of the field's "
+                f"magnification off one straight line in the energy, up to {100 * theta[k]:+.2f} % {where}: if the "
+                "optics were refocused during the scan, run again with --scale-model frame"
+            )
+    return notes
 
 
 def _frame_list(frames, energies) -> str:
