@@ -291,6 +291,13 @@ def _run_and_write(
 
             check = particle_summary(result).set_index("particle").loc[known_edge[0], "mean_e50_ev"]
             run_info["energy_calibration"] = dict(calibration, check_mean_e50_ev=float(check))
+            if "shift_ev" in calibration:  # printed as --energy-reference's is (only in run.json before)
+                _console().print(
+                    f"energy    shifted by {calibration['shift_ev']:+.3f} eV (--known-edge: particle {known_edge[0]}'s "
+                    f"mean E50 {calibration.get('measured_e0_ev', float('nan')):.2f} -> {known_edge[1]:.2f} eV)",
+                    highlight=False,
+                    soft_wrap=True,
+                )
         run_info["quality"] = _quality_record(result)
         if hasattr(run_info.get("input_checksums_sha256"), "result"):  # computed beside the pipeline
             run_info["input_checksums_sha256"] = run_info["input_checksums_sha256"].result()

@@ -450,7 +450,7 @@ def compute_motion(
     else:
         if reference_particle not in set(pids.tolist()):
             raise ValueError(
-                f"reference_particle {reference_particle} is not among the tracked particles {pids.tolist()}"
+                f"`reference_particle` {reference_particle} is not among the tracked particles {pids.tolist()}"
             )
         ref_j = int(np.flatnonzero(pids == reference_particle)[0])
     t = frames.astype(float) if frame_times_s is None else np.asarray(frame_times_s, float)[frames]

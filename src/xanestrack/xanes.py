@@ -141,10 +141,12 @@ def find_e0(energies_ev, mu) -> float:
 def _range_idx(e, lo, hi, what, minimum):
     idx = np.flatnonzero((e >= lo) & (e <= hi))
     if idx.size < minimum:
-        raise ValueError(
-            f"{what} range {lo:.1f}-{hi:.1f} eV holds {idx.size} energies, need {minimum}; "
-            f"the energies analysed cover {e[0]:.1f}-{e[-1]:.1f} eV"
-        )
+        where = (
+            f"range {lo:.1f}-{hi:.1f} eV holds {idx.size} energies"
+            if lo <= hi
+            else f"range would start at {lo:.1f} eV, beyond the last energy analysed"
+        )  # "8443.4-8397.7 eV holds 0 energies" before
+        raise ValueError(f"{what} {where}, need {minimum}; the energies analysed cover {e[0]:.1f}-{e[-1]:.1f} eV")
     return idx
 
 
