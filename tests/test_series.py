@@ -65,6 +65,23 @@ def test_interrupted_series_resumes_without_redoing(tmp_path, monkeypatch):
     assert table["scan"].nunique() == 3
 
 
+def test_a_series_resumed_with_other_options_processes_its_scans_again(tmp_path, monkeypatch):
+    """A series rerun into its folder with another --min-radius read back the scans done with the first (their
+    particles as before, in 1.4 s): the options are part of what a scan's results are checked against."""
+    from xanestrack.parallel import series as ser
+
+    (s,) = synthetic_sources(1, seed=3, **KW)
+    kw = dict(detector="classical", segmenter="classical")
+    first = process_scan(s, tmp_path, **kw)
+    loads = []
+    orig = ser.ScanSource.load
+    monkeypatch.setattr(ser.ScanSource, "load", lambda self: loads.append(self.index) or orig(self))
+    assert process_scan(s, tmp_path, **kw) == first and loads == []  # the same settings: read back
+    small = min(r["radius"] for r in first)
+    again = process_scan(s, tmp_path, min_radius=small + 1.0, **kw)
+    assert loads == [0] and len(again) < len(first)
+
+
 def test_other_series_in_folder_is_refused(sequential, tmp_path):
     out = tmp_path / "x"
     run_series(synthetic_sources(1, seed=5, **KW), out, scheduler="sync")

@@ -197,8 +197,8 @@ def process_scan(
 
     If the scan's folder is already complete (a previous, interrupted series) and was
     made from the same input content (``checksum``, SHA-256 of the source, computed
-    when not given), its summary is read back instead; a scan whose input changed is
-    processed again. ``detector`` / ``segmenter``: "learned" (the shipped models,
+    when not given) with the same settings (options, models, radii, device, version), its
+    summary is read back instead; a scan whose input or settings changed is processed again. ``detector`` / ``segmenter``: "learned" (the shipped models,
     loaded once per worker) or "classical".
 
     The particle radius range and detection binning (``options.detect``) follow the
@@ -210,25 +210,46 @@ def process_scan(
     """
     from dataclasses import replace
 
+    from . import __version__
     from .io.checks import release_freed_memory
     from .pipeline import PipelineOptions, run_pipeline
     from .results import atomic_output_dir, write_results
     from .sizes import particle_radius_range
 
     checksum = checksum or source_checksum(source)
+    options = options or PipelineOptions(fuse="ends")
+    # what the scan's results depend on besides its input: a series resumed with other options (another
+    # --min-radius) read back the scans done with the first ones, their particles as before
+    settings = json.loads(
+        json.dumps(
+            dict(
+                options=options.to_dict(),
+                detector=detector,
+                segmenter=segmenter,
+                min_radius=min_radius,
+                max_radius=max_radius,
+                device=device,
+                version=__version__,
+            ),
+            default=str,
+        )
+    )
     sp = _summary_path(out_dir, source.name)
     if sp.is_file():
         try:
             done = json.loads(sp.read_text())
         except ValueError:
             done = {}
-        if done.get("input_sha256") == checksum and "particles" in done:
+        same_input = done.get("input_sha256") == checksum and "particles" in done
+        if same_input and done.get("settings") == settings:
             return done["particles"]
         logger.warning(
-            "%s: its input changed since it was processed (or its summary is unreadable): processing it again",
+            "%s: %s since it was processed: processing it again",
             source.name,
+            "the options (or the version) changed"
+            if same_input
+            else "its input changed (or its summary is unreadable)",
         )
-    options = options or PipelineOptions(fuse="ends")
     stack = source.load()
     release_freed_memory()  # the reading's temporaries (glibc keeps freed blocks otherwise)
     sizes = particle_radius_range(stack, min_radius, max_radius, detector=detector)
@@ -286,6 +307,7 @@ def process_scan(
             frame_shape=list(stack.od.shape[1:]),
             pixel_size_um=stack.pixel_size_um,
             radius_range_px=[sizes.min_radius, sizes.max_radius],
+            settings=settings,
             detection_binning=sizes.binning,
             reference_binning=ref_binning,
             notes=notes,
