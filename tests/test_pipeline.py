@@ -273,7 +273,7 @@ def test_objects_seen_in_only_part_of_the_scan_are_named():
         columns=["track", "n_frames", "y", "x", "reason"],
     )
     note = _short_tracks_note(rejected, 13)
-    assert note.startswith("1 objects seen in only part of the scan (3 of the 13 frames examined)")
+    assert note.startswith("1 object seen in only part of the scan (3 of the 13 frames examined)")
     assert "(256, 312)" in note and "(20, 30)" not in note  # one sighting is noise; a duplicate is a particle's piece
     assert _short_tracks_note(rejected[rejected["n_frames"] < 2], 13) is None
 

@@ -1686,7 +1686,7 @@ def run_pipeline(
         timings["matrix"] = time.perf_counter() - t_m
         if refined_ids:
             notes.append(
-                f"{len(refined_ids)} particles moving on their own followed again with the matrix behind them subtracted"
+                f"{_count(len(refined_ids), 'particle')} moving on their own followed again with the matrix behind them subtracted"
             )
         if unmixed_ids:
             notes.append(
@@ -1697,7 +1697,7 @@ def run_pipeline(
             )
         if shaped_ids:
             notes.append(
-                f"{len(shaped_ids)} particles followed again apodised by their own shape (moving on their own, by too "
+                f"{_count(len(shaped_ids), 'particle')} followed again apodised by their own shape (moving on their own, by too "
                 "little to separate them from the matrix)"
             )
     vouched = [_vouch(loc, common, od, options) for loc in located]
@@ -2086,6 +2086,11 @@ def _field_motion_notes(motion, centre, energies, options) -> list[str]:
     return notes
 
 
+def _count(n: int, noun: str) -> str:
+    """``"1 object"``, ``"3 objects"`` (notes said "1 objects")."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _frame_list(frames, energies) -> str:
     """``"20 (8330.0 eV), 31 (8341.5 eV)"``: up to ten frames with their energies, `` ...`` after."""
     return ", ".join(f"{k} ({energies[k]:.1f} eV)" for k in frames[:10]) + (" ..." if len(frames) > 10 else "")
@@ -2128,7 +2133,7 @@ def _still_note(rejected_tracks) -> str | None:
     if not len(still):
         return None
     return (
-        f"{len(still)} objects left out that stayed put on the detector while the sample moved under them (dust on "
+        f"{_count(len(still), 'object')} left out that stayed put on the detector while the sample moved under them (dust on "
         f"the scintillator or the optics, or flat-field pattern the flats did not take out), at (y, x) "
         f"{_where(still[['y', 'x']].to_numpy())}"
     )
@@ -2144,7 +2149,7 @@ def _short_tracks_note(rejected_tracks, n_examined: int) -> str | None:
         return None
     lo, hi = int(short["n_frames"].min()), int(short["n_frames"].max())
     return (
-        f"{len(short)} objects seen in only part of the scan ({lo if lo == hi else f'{lo}-{hi}'} of the {n_examined} "
+        f"{_count(len(short), 'object')} seen in only part of the scan ({lo if lo == hi else f'{lo}-{hi}'} of the {n_examined} "
         f"frames examined) left out, at (y, x) {_where(short[['y', 'x']].to_numpy())}: particles entering or leaving "
         "the field, faint particles, or debris"
     )
@@ -2183,7 +2188,7 @@ def _too_large_note(rejected_dets, max_radius: float) -> str | None:
     radii = [o[2] for o in seen]
     suggest = int(np.ceil(1.2 * max(radii) / 10.0) * 10)
     return (
-        f"{len(seen)} objects left out as larger than the largest particle radius ({max_radius:.0f} px) in every frame "
+        f"{_count(len(seen), 'object')} left out as larger than the largest particle radius ({max_radius:.0f} px) in every frame "
         f"they were seen (radius {min(radii):.0f}-{max(radii):.0f} px, at (y, x) {_where([o[:2] for o in seen])}): if "
         f"they are particles, {RERUN} --max-radius {suggest}"
     )
@@ -2209,7 +2214,7 @@ def _too_small_note(rejected_dets, min_radius: float, n_examined: int) -> str | 
     radii = [o[2] for o in seen]
     suggest = max(1, int(np.floor(0.8 * min(radii))))
     return (
-        f"{len(seen)} objects left out as smaller than the smallest particle radius ({min_radius:g} px) in every frame "
+        f"{_count(len(seen), 'object')} left out as smaller than the smallest particle radius ({min_radius:g} px) in every frame "
         f"they were seen, seen in {SMALL_SEEN_SHARE:.0%} of the {n_examined} frames examined or more (radius "
         f"{_span(radii)} px, at (y, x) {_where([o[:2] for o in seen])}): fines, or particles of a binned scan; if "
         f"they are particles, {RERUN} --min-radius {suggest}"
