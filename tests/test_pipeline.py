@@ -640,3 +640,38 @@ def test_edge_energies_between_frames_far_apart_are_said_to_be_biased():
     note = _coarse_edge_note(parts, np.arange(8300, 8400, 5.0))
     assert note.startswith("the scan's energies are up to 5.0 eV apart") and "8341.2-8343.9 eV" in note
     assert _coarse_edge_note([SimpleNamespace(edge_maps={"e50": np.full((2, 2), np.nan)})], fine) == ""
+
+
+def test_frames_blurred_on_their_own_are_found_and_a_drifting_focus_is_not():
+    # every 10th frame of the default scene blurred by 1.5-3 px: every particle's mean E50 up to 0.9 eV off,
+    # unflagged; the particles' edges there 0.9-2.2 px wider than around
+    from xanestrack.pipeline import _blurred_frames, _blurred_frames_note, _Resolution
+
+    rng = np.random.default_rng(1)
+    n = 60
+    widths = 1.0 + np.linspace(0, 0.6, n)[None] + rng.normal(0, 0.05, (5, n))  # a focus drifting smoothly
+    res = _Resolution(0.6, 5, 0, 3, [None] * 5, widths.copy())
+    assert _blurred_frames(res).size == 0
+    widths[:, [0, 10, 30]] += 1.0
+    widths[0, 20] += 3.0  # one particle's outlier is not the frame's
+    res = _Resolution(0.6, 5, 0, 3, [None] * 5, widths)
+    assert _blurred_frames(res).tolist() == [0, 10, 30]
+    note = _blurred_frames_note(res, np.array([0, 10, 30]), np.linspace(8300, 8400, n))
+    assert note.startswith("3 frames blurred on their own") and "10 (8316.9 eV)" in note
+
+
+def test_particles_rarely_vouched_for_are_named():
+    # an empty field's texture taken for 35 particles, each vouched for in at most 1 of 143 frames: no note before
+    from types import SimpleNamespace
+
+    from xanestrack.pipeline import _rarely_vouched_note
+
+    bad = FRAME_FLAGS["disagree"]
+    parts = [
+        SimpleNamespace(particle=0, frame_flags=np.zeros(50, int)),
+        SimpleNamespace(particle=1, frame_flags=np.r_[0, np.full(49, bad)]),
+        SimpleNamespace(particle=2, frame_flags=np.r_[np.zeros(5, int), np.full(45, bad)]),
+    ]
+    note = _rarely_vouched_note(parts)
+    assert note.startswith("1 particle of 3 vouched for in fewer than 10 % of its frames (1)")
+    assert _rarely_vouched_note(parts[:1]) == ""
