@@ -347,6 +347,37 @@ def test_energies_csv_header_selects_the_energy_column(tmp_path):
     assert np.allclose(read_energies_file(tmp_path / "e.csv"), E20[:5], atol=0.05)
 
 
+@pytest.mark.parametrize(
+    "head,row",
+    [
+        ("No.,E [keV],exposure [s]", "{i},{k:.7f},2.0"),  # the frame numbers were read as keV, silently
+        ("index,E(eV)", "{i},{e:.6f}"),  # refused: "energy at line 2 is 0"
+        ("Photon energy (eV)", "{e:.6f}"),  # refused: "no number in its first 6 lines"
+        ("mono energy", "{e:.6f}"),
+        ("% energies", "{e:.6f}"),
+        ("frame;energy", "{i};{c}"),  # decimal commas in a semicolon CSV: cut to whole eV, silently
+        ('"frame","energy"', '{i},"{e:.6f}"'),
+    ],
+)
+def test_energies_files_as_beamline_software_writes_them(tmp_path, head, row):
+    from xanestrack.io.tiff import read_energies_file
+
+    e = E20[:6] + 0.205128
+    lines = [row.format(i=i, e=v, k=v / 1000, c=f"{v:.6f}".replace(".", ",")) for i, v in enumerate(e)]
+    (tmp_path / "e.txt").write_text("\n".join([head, *lines]) + "\n")
+    assert np.allclose(read_energies_file(tmp_path / "e.txt"), e, atol=1e-3)
+
+
+def test_an_energies_file_whose_first_column_counts_the_lines_is_refused(tmp_path):
+    from xanestrack.io.tiff import read_energies_file
+
+    (tmp_path / "e.txt").write_text("\n".join(f"{i}\t{v:.3f}" for i, v in enumerate(E20)))  # read as 0, 1, 2 ... eV
+    with pytest.raises(XanestrackError, match="first column counts the lines"):
+        read_energies_file(tmp_path / "e.txt")
+    (tmp_path / "e.txt").write_text("\n".join(f"{v:.3f}\t{i}" for i, v in enumerate(E20)))  # energy first: read
+    assert np.allclose(read_energies_file(tmp_path / "e.txt"), E20, atol=1e-3)
+
+
 @pytest.mark.parametrize("dtype,fragment", [(np.complex64, "complex"), (np.bool_, "booleans")])
 def test_complex_or_bool_pixels(tmp_path, dtype, fragment):
     tifffile.imwrite(tmp_path / "s.tif", np.ones((5, 16, 16), dtype))

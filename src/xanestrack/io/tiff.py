@@ -78,24 +78,46 @@ def read_tiff_frames(path, *, notes=None) -> np.ndarray:
     return data.reshape(frames)
 
 
-_SEP = re.compile(r"[,;\t]")
+_SEP = re.compile(r"[,\t]")
 _MAX_HEADER_LINES = 5
 
 
 #: a line of two integers joined by a comma and nothing else: a decimal comma, or two columns?
 _DECIMAL_COMMA = re.compile(r"^\d+,\d+$")
+#: a number written with a decimal comma (a field of a semicolon-separated file)
+_COMMA_NUMBER = re.compile(r"^[+-]?\d+,\d+([eE][+-]?\d+)?$")
 
 
 def _fields(line: str):
-    return [t.strip() for t in _SEP.split(line)] if _SEP.search(line) else line.split()
+    """A line's fields, unquoted ("8200.0" as spreadsheets quote them)."""
+    if ";" in line:  # semicolons between fields (Excel's CSV where the comma is the decimal mark)
+        toks = [t.strip().strip("\"'") for t in line.split(";")]
+        return [t.replace(",", ".") if _COMMA_NUMBER.match(t) else t for t in toks]
+    toks = _SEP.split(line) if _SEP.search(line) else line.split()
+    return [t.strip().strip("\"'") for t in toks]
+
+
+def _names_energy(field: str) -> bool:
+    """Whether a header field names the energy column: "energy", "E [keV]", "E(eV)", "eV", "mono energy"."""
+    t = field.lower()
+    words = re.findall(r"[a-z]+", t)
+    return "energ" in t or "mono" in t or bool({"ev", "kev"} & set(words)) or words[:1] in (["e"], ["eng"])
+
+
+def _counts_lines(values) -> bool:
+    """Whether values are a line counter: 0, 1, 2 ... or 1, 2, 3 ..."""
+    v = np.asarray(values, float)
+    return v.size >= 2 and v[0] in (0.0, 1.0) and bool(np.all(np.diff(v) == 1))
 
 
 def read_energies_file(path) -> np.ndarray:
     """Energies from a text file: one per line (or all on one line), or a column of a CSV (eV or keV).
 
-    Lines starting with ``#`` are skipped, as are up to five header lines before the
-    first number; a header naming a column "energy" (or "eV"/"keV") selects that
-    column, else the first is used. Energies below 100 are keV and converted to eV.
+    Lines starting with ``#`` or ``%`` are skipped, as are up to five header lines before the
+    first number; a header naming a column "energy" (or "E [keV]", "E(eV)", "eV", "mono")
+    selects that column, else the first is used, unless it counts the lines (0, 1, 2 ...:
+    refused). Fields are separated by commas, tabs or spaces, or by semicolons, in which case
+    a decimal comma is read as the decimal mark. Energies below 100 are keV and converted to eV.
 
     Raises
     ------
@@ -115,16 +137,19 @@ def read_energies_file(path) -> np.ndarray:
     if b"\x00" in raw:
         raise XanestrackError(f"{src}: binary data, not text; give a text file with one energy per line")
     text = raw.decode("utf-8-sig", errors="replace")  # a byte-order mark (Windows editors) is no header
-    values, lines = [], []
-    col, n_header, named, comma_pairs = 0, 0, False, 0
+    values, lines, first_column = [], [], []
+    col, n_header, named, comma_pairs, n_fields = 0, 0, False, 0, None
+    header = None
     row = None  # all energies on one line
     for n, line in enumerate(text.splitlines(), 1):
         s = line.strip()
-        if not s or s.startswith("#"):
+        if not s or s.startswith(("#", "%")):  # comments (% as Matlab and Origin write them)
             continue
         toks = _fields(s)
+        # a data line of one field is that field, whatever a header split on its spaces said
+        c = 0 if len(toks) == 1 else col
         try:
-            v = float(toks[col])
+            v = float(toks[c])
         except (ValueError, IndexError):
             if values:
                 raise XanestrackError(
@@ -135,14 +160,20 @@ def read_energies_file(path) -> np.ndarray:
                 raise XanestrackError(
                     f"{src}: no number in its first {n} lines; give one energy per line (eV or keV)"
                 ) from None
-            names = [t.lower() for t in toks]
-            for k, t in enumerate(names):
-                if "energ" in t or t.strip("()[]") in ("ev", "kev", "e"):
+            header = s
+            for k, t in enumerate(toks):
+                if _names_energy(t):
                     col, named = k, True
                     break
             continue
+        if n_fields is None:
+            n_fields = len(toks)
         values.append(v)
         lines.append(n)
+        try:
+            first_column.append(float(toks[0]))
+        except ValueError:
+            first_column.append(np.nan)
         comma_pairs += bool(_DECIMAL_COMMA.match(s))
         if len(values) == 1 and not named and len(toks) >= 3:
             try:
@@ -153,6 +184,13 @@ def read_energies_file(path) -> np.ndarray:
         raise XanestrackError(f"{src}: no numbers found; give one energy per line (eV or keV)")
     if row is not None and len(values) == 1:
         return energies_in_ev(row, source=src, lines=[lines[0]] * len(row))
+    if not named and (n_fields or 1) >= 2 and _counts_lines(values):
+        # "No.,E [keV]" (a header not understood) or an index column: the frame numbers were read as keV
+        raise XanestrackError(
+            f"{src}: its first column counts the lines ({values[0]:g}, {values[1]:g}, ...)"
+            + (f" and its header {one_line(header, 50)!r} names no energy column" if header else "")
+            + "; name the energy column in a header line (energy, E [eV], E [keV]) or give one energy per line"
+        )
     if comma_pairs == len(values) and not named:
         # "8230,870" on every line: a decimal comma (8230.870 eV), or two integer columns? was read
         # as 8230 without a word
