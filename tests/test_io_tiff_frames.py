@@ -100,3 +100,17 @@ def test_a_series_sees_a_frame_of_a_tiff_folder_replaced(tmp_path):
     before = source_checksum(src)
     tifffile.imwrite(folder / "f_8345.0eV.tif", _frames()[3] + 0.01)
     assert source_checksum(src) != before
+
+
+def test_flats_one_per_file_follow_their_files_when_the_names_give_the_order(tmp_path):
+    # a descending scan's files with their flats in the files' order: paired by position in energy order before
+    rng = np.random.default_rng(2)
+    flats = rng.uniform(900, 1100, (6, 24, 20)).astype(np.float32)
+    counts = (flats * np.exp(-_frames())).astype(np.float32)
+    names = [f"frame_{k:03d}_{e:.1f}eV.tif" for k, e in enumerate(E[::-1])]  # file k holds energy E[5 - k]
+    _write(tmp_path / "f", names, counts[::-1])
+    tifffile.imwrite(tmp_path / "flats.tif", flats[::-1])  # one per file, in the files' order
+    st = read_stack(tmp_path / "f", flats=tmp_path / "flats.tif", zingers=False)
+    assert np.allclose(st.energies_ev, E)
+    assert np.allclose(st.od, _frames(), atol=1e-4)
+    assert any("each paired with its file's frame" in n for n in st.metadata["notes"])

@@ -155,8 +155,8 @@ def _read(inputs, energies, flats, darks, values, grouping, scan) -> Stack:
             raise XanestrackError(f"{p}: no such file or folder")
     tiff_files = _tiff_files(paths)
     if tiff_files is not None:
-        data, e, reverse, notes = _tiff_frames(tiff_files, energies)
-        return _tiff_stack(data, e, reverse, notes, paths[0], tiff_files, flats, darks, values)
+        data, e, reverse, notes, order = _tiff_frames(tiff_files, energies)
+        return _tiff_stack(data, e, reverse, notes, paths[0], tiff_files, flats, darks, values, order=order)
     if len(paths) > 1 or paths[0].is_dir() or paths[0].suffix.lower() in _XRM:
         from .xrm import read_xrm_scan
 
@@ -208,8 +208,10 @@ def _read(inputs, energies, flats, darks, values, grouping, scan) -> Stack:
     )
 
 
-def _tiff_stack(data, e, reverse, notes, path, files, flats, darks, values) -> Stack:
-    """The Stack of TIFF frames ``data`` (one file's stack, or one frame per file) with their energies."""
+def _tiff_stack(data, e, reverse, notes, path, files, flats, darks, values, order=None) -> Stack:
+    """The Stack of TIFF frames ``data`` (one file's stack, or one frame per file) with their energies;
+    ``order``: the files' order that put ``data`` in energy order (energies from their names), which
+    flats and darks of one per frame, given in the files' order, follow too."""
     from .tiff import read_tiff_frames
 
     files = [str(f) for f in files]
@@ -219,6 +221,13 @@ def _tiff_stack(data, e, reverse, notes, path, files, flats, darks, values) -> S
         dk = read_tiff_frames(darks, notes=notes) if darks is not None else None
         files += [str(flats)] + ([str(darks)] if darks is not None else [])
         fl = _match_flats(fl, data.shape[0], source=flats, notes=notes)
+        if order is not None and data.shape[0] > 1 and not np.array_equal(order, np.arange(data.shape[0])):
+            # one per file, in the files' order: paired with each file's frame, not by position in energy order
+            # (a descending scan's flats were paired in reverse, without a word)
+            fl = fl[order] if fl.shape[0] == data.shape[0] else fl
+            if dk is not None and dk.ndim == 3 and dk.shape[0] == data.shape[0]:
+                dk = dk[order]
+            notes.append(f"{flats}: one flat-field image per file, each paired with its file's frame")
         if dk is None:
             notes.append(f"{path}: no dark images (`darks`): dark taken as 0")
         od = optical_density(data, flats=fl, darks=dk, source=str(path), notes=notes)
@@ -260,7 +269,7 @@ def _tiff_files(paths) -> list | None:
 
 
 def _tiff_frames(files, energies):
-    """(frames, energies in increasing order, reversed?, notes) of single-frame TIFF files."""
+    """(frames, energies in increasing order, reversed?, notes, the files' order taken or None) of single-frame TIFF files."""
     from .checks import check_memory
     from .tiff import read_tiff_frames
 
@@ -280,6 +289,7 @@ def _tiff_frames(files, energies):
         values = values[order]
         notes.append(f"{len(files)} TIFF files, one frame each, energies from their names, taken in energy order")
     else:
+        order = None
         values = _energies_arg(energies)
         notes.append(
             f"{len(files)} TIFF files, one frame each, in the order given (a folder's: the natural order of their names), "
@@ -306,7 +316,7 @@ def _tiff_frames(files, energies):
                 f"{data.dtype}; the frames of a scan must match"
             )
         data[k] = frame[0]
-    return data, e, reverse, notes
+    return data, e, reverse, notes, order
 
 
 def _match_flats(flats, n_frames: int, *, source, notes):
