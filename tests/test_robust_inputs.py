@@ -490,7 +490,7 @@ def test_flats_for_input_that_has_its_own_are_refused_not_ignored(tmp_path):
     with pytest.raises(XanestrackError, match="darks"):
         read_stack(tmp_path / "s.h5", darks=tmp_path / "zero.tif")
     # --values od / transmission on counts the flats normalise: ignored without a word before (a docs audit)
-    _refused(tmp_path, [tmp_path / "s.h5"], ["run", tmp_path / "s.h5", "--values", "od"], "--values od not used")
+    _refused(tmp_path, [tmp_path / "s.h5"], ["run", tmp_path / "s.h5", "--values", "od"], "look like raw counts")
     # an HDF5 file without flats of its own takes them from TIFF (they were ignored, the counts taken for OD)
     with h5py.File(tmp_path / "nobkg.h5", "w") as f:
         f["img_xanes"] = counts
@@ -823,3 +823,26 @@ def test_a_frame_written_twice_under_two_energies_is_refused():
     assert duplicate_frames(od) == [(3, 7)]
     with pytest.raises(ValueError, match=r"frames 3 and 7 \(.* eV\) are the same image pixel for pixel"):
         run_pipeline(Stack(od, s.energies_ev))
+
+
+def test_an_fxi_export_normalised_already_is_read_as_transmission(tmp_path):
+    """FXI's export writes img_xanes as I/I0 beside the flats and darks it used: divided by them again, every pixel
+    was "zero transmission", no particle was found, and --values was refused (a formats probe)."""
+    _, flats, od = _counts()
+    with h5py.File(tmp_path / "norm.h5", "w") as f:
+        f["img_xanes"] = np.exp(-od).astype(np.float32)
+        f["img_bkg"] = flats
+        f["img_dark"] = np.full((1, 64, 64), 100.0, np.float32)
+        f["X_eng"] = E20 / 1000
+    for values in ("auto", "transmission"):
+        st = read_stack(tmp_path / "norm.h5", values=values, zingers=False)
+        assert np.allclose(st.od, od, atol=1e-5)
+        assert any("flat-field images (/img_bkg) not used" in n for n in st.metadata["notes"])
+    # flats of one value (FXI's 'img_only' export): no flats, said so (it was "flats and darks swapped?")
+    with h5py.File(tmp_path / "ones.h5", "w") as f:
+        f["img_xanes"] = (flats * np.exp(-od)).astype(np.float32)
+        f["img_bkg"] = np.ones((1, 64, 64), np.float32)
+        f["img_dark"] = np.full((1, 64, 64), 100.0, np.float32)
+        f["X_eng"] = E20 / 1000
+    with pytest.raises(XanestrackError, match="one value everywhere: no flats"):
+        read_stack(tmp_path / "ones.h5")

@@ -340,6 +340,30 @@ def _energies_arg(energies):
     return energies_in_ev(energies, source="energies given")
 
 
+def _sample(a, n: int = 4):
+    """Up to ``n`` frames of a (lazy) stack, every 4th pixel of every 4th row, as float32."""
+    idx = np.unique(np.linspace(0, a.shape[0] - 1, min(n, a.shape[0])).astype(int))
+    return np.stack([np.asarray(a[int(k)], np.float32)[::4, ::4] for k in idx])
+
+
+def _normalised_already(counts, flats) -> bool:
+    """Whether float images beside flats of counts are transmission already (values within 0-1.5, median
+    0.2 or more, the flats' median 20 times theirs or more)."""
+    if not np.issubdtype(np.dtype(counts.dtype), np.floating):
+        return False
+    c, f = _sample(counts), _sample(flats)
+    c, f = c[np.isfinite(c)], f[np.isfinite(f)]
+    if not c.size or not f.size:
+        return False
+    lo, med, hi = np.percentile(c, [0.1, 50, 99.9])
+    return bool(lo >= 0 and hi <= 1.5 and med >= 0.2 and np.median(f) >= 20 * med)
+
+
+def _constant(flats) -> bool:
+    f = _sample(flats)
+    return bool(np.isfinite(f).all() and np.ptp(f) == 0)
+
+
 def _no_values_with_flats(path, values, what: str) -> None:
     """Refuse ``values`` od / transmission for counts that flats turn into transmission: it would be ignored."""
     if values in ("od", "transmission"):
@@ -366,7 +390,36 @@ def _hdf5_stack(d, path, energies, values, scan, flats=None, darks=None) -> Stac
     flat_name = f"/{'img_bkg' if d['layout'] == 'fxi' else 'exchange/data_white'}"
     if d["flats"] is not None:
         _no_tiff_options(path, f"an HDF5 file with its own flat-field images ({flat_name})", flats, darks)
-        _no_values_with_flats(path, values, f"an HDF5 file with its own flat-field images ({flat_name})")
+        given = values in ("od", "transmission")
+        normalised = not given and values == "auto" and _normalised_already(d["counts"], d["flats"])
+        if given and np.median(_sample(d["counts"])) > 50:  # counts to be divided by the flats: `values` ignored before
+            raise XanestrackError(
+                f"{path}: `values` {values}, but its images look like raw counts (median "
+                f"{np.median(_sample(d['counts'])):.3g}) and it has flat-field images ({flat_name}); leave `values` "
+                "out to divide them by the flats"
+            )
+        if given or normalised:
+            # FXI's export writes img_xanes as I/I0 beside the flats it was divided by: divided again, every
+            # pixel was "zero transmission" and no particle was found (and `values` was refused)
+            notes.append(
+                f"{path}: the images taken as {values if given else 'transmission'} "
+                + (
+                    "as asked"
+                    if given
+                    else "(values 0-1.5 beside flats of counts: normalised already, as FXI exports them)"
+                )
+                + f"; the file's flat-field images ({flat_name}) not used"
+            )
+            counts = d["counts"]
+            if not isinstance(counts, np.ndarray):  # read frame by frame beside the flats: now read whole
+                counts = np.asarray(counts[0 : counts.shape[0]])
+            d = dict(d, counts=counts, flats=None, darks=None)
+            values = values if given else "transmission"
+        elif _constant(d["flats"]):
+            raise XanestrackError(
+                f"{path}: its flat-field images ({flat_name}) are one value everywhere: no flats (FXI's 'img_only' "
+                "export?); give `flats` from TIFF, or `values` od|transmission if the images are normalised"
+            )
     elif flats is not None:
         _no_values_with_flats(path, values, "an HDF5 file with `flats`")
     elif darks is not None and flats is None:
