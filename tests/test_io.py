@@ -309,3 +309,30 @@ def test_saturated_pixels_are_noted_for_the_user():
     )
     (note,) = [n for n in notes if "saturated" in n]
     assert "2 saturated detector pixels (value 65535) in 1 frames" in note
+
+
+@pytest.mark.parametrize("compression", ["lzw", "zstd"])
+def test_compressed_tiff_stacks_are_read(tmp_path, compression):
+    # refused before: "<COMPRESSION.LZW: 5> requires the 'imagecodecs' package" (a formats probe)
+    import tifffile
+
+    od = np.random.default_rng(0).uniform(0, 1, (4, 32, 32)).astype(np.float32)
+    kw = dict(predictor=True) if compression == "lzw" else {}
+    tifffile.imwrite(tmp_path / "s.tif", od, compression=compression, photometric="minisblack", **kw)
+    st = read_stack(tmp_path / "s.tif", energies=[8300.0, 8330.0, 8340.0, 8400.0], values="od", zingers=False)
+    assert np.array_equal(st.od, od)
+
+
+def test_a_tiff_stack_written_one_page_at_a_time_is_read(tmp_path):
+    # tifffile's append=True makes a series per page: refused before as "frames split over 4 image series"
+    import tifffile
+
+    od = np.random.default_rng(1).uniform(0, 1, (4, 24, 20)).astype(np.float32)
+    for f in od:
+        tifffile.imwrite(tmp_path / "s.tif", f, append=True)
+    st = read_stack(tmp_path / "s.tif", energies=[8300.0, 8330.0, 8340.0, 8400.0], values="od", zingers=False)
+    assert np.array_equal(st.od, od)
+    tifffile.imwrite(tmp_path / "m.tif", od[0], append=True)
+    tifffile.imwrite(tmp_path / "m.tif", od[1].astype(np.float64), append=True)  # frames of two types
+    with pytest.raises(ValueError, match="split over 2 image series of different shapes or types"):
+        read_stack(tmp_path / "m.tif", energies=[8300.0, 8330.0], values="od")

@@ -58,9 +58,23 @@ def read_tiff_frames(path, *, notes=None) -> np.ndarray:
                 f"{path}: expected a 2-D image or 3-D stack, got shape {tuple(s.shape)} (axes {axes})"
             )
         others = [t for t in series[1:] if tuple(t.shape)[-2:] == frames[1:]]
+        pages = [s, *others]
+        if (
+            others
+            and all(tuple(t.shape) == tuple(s.shape) and np.dtype(t.dtype) == dtype for t in pages)
+            and (len(frames) == 3 and frames[0] == 1)
+        ):
+            # one frame per series, all alike: pages written one at a time (tifffile's append=True)
+            check_pixel_dtype(dtype, source=path)
+            check_frame_shape((len(pages), *frames[1:]), source=path)
+            check_memory(len(pages) * int(np.prod(frames)) * (dtype.itemsize + 4), source=path, what="reading")
+            try:
+                return np.stack([np.asarray(t.asarray()).reshape(frames[1:]) for t in pages])
+            except Exception as exc:
+                raise XanestrackError(f"{path}: not a readable TIFF ({type(exc).__name__}: {one_line(exc)})") from None
         if others:
             raise XanestrackError(
-                f"{path}: frames are split over {len(others) + 1} image series (pages of different types?); "
+                f"{path}: frames are split over {len(others) + 1} image series of different shapes or types; "
                 "save the stack as one series of equal frames"
             )
         if len(series) > 1 and notes is not None:
