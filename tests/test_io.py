@@ -336,3 +336,36 @@ def test_a_tiff_stack_written_one_page_at_a_time_is_read(tmp_path):
     tifffile.imwrite(tmp_path / "m.tif", od[1].astype(np.float64), append=True)  # frames of two types
     with pytest.raises(ValueError, match="split over 2 image series of different shapes or types"):
         read_stack(tmp_path / "m.tif", energies=[8300.0, 8330.0], values="od")
+
+
+def test_the_pixel_size_fxi_writes_is_read_where_it_names_its_unit(tmp_path):
+    # FXI's /Pixel Size "21.3nm" was ignored (the radius range fell back to pixels, without a word)
+    import h5py
+
+    from xanestrack.io.hdf5 import read_hdf5, write_fxi
+
+    counts = np.full((2, 16, 16), 500, np.uint16)
+    for text, expect in ((b"21.3nm", 0.0213), (b"0.5 um", 0.5), (b"21.3", None)):
+        p = tmp_path / f"s{len(text)}.h5"
+        write_fxi(p, counts, flats=np.full((2, 16, 16), 1000.0), darks=np.zeros((16, 16)), energies_ev=[8300.0, 8400.0])
+        with h5py.File(p, "a") as f:
+            f["Pixel Size"] = text
+        d = read_hdf5(p)
+        assert d["pixel_size_um"] == (pytest.approx(expect) if expect else None)
+        assert expect or any("names no unit" in n for n in d["notes"])
+
+
+def test_data_exchange_energies_in_the_measurement_group_are_read(tmp_path):
+    # /measurement/instrument/monochromator/energy, where /exchange/energy is missing: refused before
+    import h5py
+
+    from xanestrack.io.hdf5 import read_hdf5
+
+    with h5py.File(tmp_path / "dx.h5", "w") as f:
+        f["exchange/data"] = np.full((3, 16, 16), 500, np.uint16)
+        f["exchange/data_white"] = np.full((3, 16, 16), 1000, np.uint16)
+        f["measurement/instrument/monochromator/energy"] = [8.30, 8.34, 8.40]
+        f["measurement/instrument/detector/x_pixel_size"] = 6.5
+    d = read_hdf5(tmp_path / "dx.h5")
+    assert np.allclose(d["energies_ev"], [8300.0, 8340.0, 8400.0]) and d["pixel_size_um"] is None
+    assert any("x_pixel_size not read as the pixel size" in n for n in d["notes"])

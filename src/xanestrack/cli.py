@@ -325,6 +325,7 @@ def _input_description(stack, inputs, others=()):
     the pipeline (hashlib releases the GIL) and collected by :func:`_run_and_write`."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from .errors import for_cli
     from .io import file_checksums
 
     files = list(stack.metadata.get("files", [str(p) for p in inputs]))
@@ -342,7 +343,7 @@ def _input_description(stack, inputs, others=()):
         energies_ev=[float(e) for e in stack.energies_ev],
         frame_shape=list(stack.od.shape[1:]),
         pixel_size_um=stack.pixel_size_um,
-        input_notes=stack.metadata.get("notes", []),
+        input_notes=[for_cli(n) for n in stack.metadata.get("notes", [])],  # as printed: flags, not parameters
         frames_reversed=bool(stack.metadata.get("frames_reversed", False)),
     )
 

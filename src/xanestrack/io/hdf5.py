@@ -12,6 +12,8 @@ from .checks import MAX_FRAMES, check_frame_shape, check_memory, check_pixel_dty
 __all__ = ["read_hdf5", "write_fxi"]
 
 FXI = {"data": "img_xanes", "flat": "img_bkg", "dark": "img_dark", "energy": "X_eng"}
+#: Data Exchange's energies where /exchange/energy is missing
+DX_MONO_ENERGY = "measurement/instrument/monochromator/energy"
 DXCHANGE = {
     "data": "exchange/data",
     "flat": "exchange/data_white",
@@ -74,6 +76,11 @@ def read_hdf5(path, *, scan: int | None = None, lazy: bool = False, need_energie
                 f"/{DXCHANGE['data']} (APS Data Exchange); found {sorted(f.keys())[:20]}"
             )
         dsets = {name: _dataset(f, keys[name], path) for name in ("data", "flat", "dark", "energy")}
+        if layout == "dxchange" and dsets["energy"] is None:
+            # where Data Exchange's measurement group keeps the monochromator's energies (refused before)
+            mono = _dataset(f, DX_MONO_ENERGY, path, must_exist=False)
+            if mono is not None and mono.size > 1:
+                dsets["energy"], keys = mono, dict(keys, energy=DX_MONO_ENERGY)
         data = dsets["data"]
         if data.ndim == 4 and scan is None:
             raise XanestrackError(
@@ -147,6 +154,8 @@ def read_hdf5(path, *, scan: int | None = None, lazy: bool = False, need_energie
                     pixel = v
                 else:
                     notes.append(f"{path}: /{cand} is not a positive number; pixel size unknown")
+        if pixel is None:
+            pixel = _fxi_pixel_size(f, path, notes)
     if counts.ndim == 2:
         counts = counts[None]
     if flats is not None and darks is None:
@@ -276,6 +285,41 @@ def _read(d, path, name):
         raise XanestrackError(
             f"{path}: dataset /{name} unreadable (truncated or damaged file?): {one_line(exc)}"
         ) from None
+
+
+_UNIT_UM = {"nm": 1e-3, "um": 1.0, "µm": 1.0, "micron": 1.0, "microns": 1.0, "mm": 1e3}
+#: where other writers keep a pixel size that is not read (its meaning or unit unknown): said in a note
+_OTHER_PIXEL_SIZES = (
+    "measurement/instrument/detector/x_pixel_size",
+    "measurement/instrument/detection_system/objective/resolution",
+)
+
+
+def _fxi_pixel_size(f, path, notes):
+    """The pixel size (um) of FXI's ``Pixel Size`` ("21.3nm"), where it names its unit; else None, with a note
+    where the file holds a pixel size that is not read (the radius range then falls back to pixels)."""
+    import re
+
+    import h5py
+
+    if "Pixel Size" in f and isinstance(f["Pixel Size"], h5py.Dataset):
+        raw = f["Pixel Size"][()]
+        text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(np.asarray(raw).ravel()[0])
+        m = re.fullmatch(r"\s*([0-9.]+(?:[eE][+-]?\d+)?)\s*(nm|um|µm|microns?|mm)\s*", text)
+        if m and float(m.group(1)) > 0:
+            return float(m.group(1)) * _UNIT_UM[m.group(2)]
+        notes.append(
+            f"{path}: /Pixel Size {text!r} names no unit (nm, um): not used, the pixel size unknown; the particle "
+            "radius range is 7-60 px unless `min_radius` / `max_radius` are given"
+        )
+        return None
+    found = [name for name in _OTHER_PIXEL_SIZES if name in f]
+    if found:
+        notes.append(
+            f"{path}: /{found[0]} not read as the pixel size (a detector's pixel, or its unit, cannot be told); the "
+            "particle radius range is 7-60 px unless `min_radius` / `max_radius` are given"
+        )
+    return None
 
 
 def write_fxi(path, counts, *, flats, darks, energies_ev, pixel_size_um=None) -> None:
