@@ -1939,7 +1939,7 @@ def run_pipeline(
     similarity = motion.attrs.get("similarity")
     if similarity is not None:
         similarity.attrs["fitted_on"] = fitted_on
-    if len(particles) >= 3:
+    if len(particles) >= 3 and len(energies) >= 3:
         c = ((ny - 1) / 2, (nx - 1) / 2)
         notes += _field_motion_notes(motion, c, energies, options)
     if len(particles) == 1:
@@ -2109,7 +2109,10 @@ def _field_motion_notes(motion, centre, energies, options) -> list[str]:
     from .motion import field_rotation
 
     ref = motion.groupby("particle")[["y", "dy", "x", "dx"]].median()
-    lever = float(np.nanmedian(np.hypot(ref.y - ref.dy - centre[0], ref.x - ref.dx - centre[1])))
+    arms = np.hypot(ref.y - ref.dy - centre[0], ref.x - ref.dx - centre[1]).to_numpy(float)
+    if not np.isfinite(arms).any():
+        return []
+    lever = float(np.nanmedian(arms))
     kinds = (["rotation"] if not options.rotation else []) + (["scale"] if options.scale_model == "energy" else [])
     notes = []
     for kind in kinds:

@@ -380,7 +380,8 @@ def read_xrm_scan(paths, *, energies=None, grouping=None) -> Stack:
             src = ["(inside the sample file)"]
         else:
             raise XanestrackError(
-                f"no reference (flat) images for {k:.2f} eV: samples {[p.name for p in sfiles]}; "
+                f"no reference (flat) images for {k:.2f} eV: samples {sorted({p.name for p in sfiles})}"
+                f"{f' ({len(sfiles)} images)' if len(sfiles) > 1 else ''}; "
                 "add reference files for that energy (name containing '_ref_') or remove the energy"
             )
         jobs.append((j, k, sent, rent, src))
@@ -426,6 +427,7 @@ def read_xrm_scan(paths, *, energies=None, grouping=None) -> Stack:
     meta = dict(
         source=str(files[0].parent if len(set(p.parent for p in files)) == 1 else files[0]),
         reader="xrm",
+        values="counts",  # divided by their reference images (null in run.json before)
         files=[str(p) for p in files],
         groups=groups,
         notes=notes + ["no dark images in .xrm scans: dark taken as 0"],
