@@ -36,7 +36,7 @@ def test_rigid_and_nonrigid_split_known_answer():
 
 def test_unknown_reference_particle_is_refused():
     t = _tracks(np.zeros((5, 2)), np.zeros((5, 2, 2)))
-    with pytest.raises(ValueError, match="reference_particle 7"):
+    with pytest.raises(ValueError, match="`reference_particle` 7"):
         compute_motion(t, reference_particle=7)
 
 
