@@ -451,3 +451,18 @@ def test_scheduler_with_workers_or_nowhere_is_refused_naming_the_option(fxi_scan
         r = runner.invoke(app, ["-q", "series", str(paths[1]), "--out", str(out), *args])
         assert r.exit_code == 2 and expect in r.output, r.output
         assert not out.exists()
+
+
+def test_link_scans_keeps_a_particle_that_moved_on_its_own_between_scans():
+    # `series --synthetic 2`: nine particles, each moving up to ~6 px on its own between the scans; a 17-px one
+    # 8.3 px from where the voted offset put it was given a new id (gate 8 px)
+    s0 = [
+        (101.4, 344.2, 24.8), (133.0, 216.4, 38.5), (159.7, 97.7, 28.8), (193.6, 362.2, 8.8), (260.2, 156.9, 35.1),
+        (283.6, 327.1, 30.2), (364.5, 102.3, 17.3), (371.4, 232.7, 20.7), (380.1, 373.3, 13.4),
+    ]  # fmt: skip
+    s1 = [
+        (77.6, 321.8, 25.0), (115.4, 198.9, 38.4), (137.4, 74.4, 28.8), (170.8, 337.2, 8.9), (233.7, 137.8, 35.1),
+        (259.9, 304.0, 30.4), (346.5, 85.2, 17.4), (352.2, 213.4, 20.5), (354.1, 353.0, 13.4),
+    ]  # fmt: skip
+    t = link_scans(_summary([s0, s1]), frame_shape=FRAME)
+    assert t[t.scan == 1].particle.tolist() == t[t.scan == 0].particle.tolist()
