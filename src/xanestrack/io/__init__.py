@@ -323,6 +323,8 @@ def _match_flats(flats, n_frames: int, *, source, notes):
     """Flats as one per frame or one for all; any other number is averaged, and that is noted."""
     if flats.ndim == 2:
         flats = flats[None]
+    if flats.shape[0] == 0:
+        raise XanestrackError(f"{source}: the flat-field images hold no image (an empty dataset); give flats")
     if flats.shape[0] in (1, n_frames):
         return flats
     notes.append(
@@ -342,6 +344,10 @@ def _energies_arg(energies):
 
 def _sample(a, n: int = 4):
     """Up to ``n`` frames of a (lazy) stack, every 4th pixel of every 4th row, as float32."""
+    if a.ndim == 2:
+        return np.asarray(a, np.float32)[None, ::4, ::4]
+    if not a.shape[0]:  # no images (an empty dataset): nothing to sample
+        return np.zeros((0, 1, 1), np.float32)
     idx = np.unique(np.linspace(0, a.shape[0] - 1, min(n, a.shape[0])).astype(int))
     return np.stack([np.asarray(a[int(k)], np.float32)[::4, ::4] for k in idx])
 
@@ -361,7 +367,7 @@ def _normalised_already(counts, flats) -> bool:
 
 def _constant(flats) -> bool:
     f = _sample(flats)
-    return bool(np.isfinite(f).all() and np.ptp(f) == 0)
+    return bool(f.size and np.isfinite(f).all() and np.ptp(f) == 0)
 
 
 def _no_values_with_flats(path, values, what: str) -> None:
@@ -392,7 +398,7 @@ def _hdf5_stack(d, path, energies, values, scan, flats=None, darks=None) -> Stac
         _no_tiff_options(path, f"an HDF5 file with its own flat-field images ({flat_name})", flats, darks)
         given = values in ("od", "transmission")
         normalised = not given and values == "auto" and _normalised_already(d["counts"], d["flats"])
-        if given and np.median(_sample(d["counts"])) > 50:  # counts to be divided by the flats: `values` ignored before
+        if given and _sample(d["counts"]).size and np.median(_sample(d["counts"])) > 50:  # `values` ignored before
             raise XanestrackError(
                 f"{path}: `values` {values}, but its images look like raw counts (median "
                 f"{np.median(_sample(d['counts'])):.3g}) and it has flat-field images ({flat_name}); leave `values` "
