@@ -7,6 +7,7 @@ import pytest
 from xanestrack.parallel.series import evaluate_series, link_scans, process_scan, run_series, synthetic_sources
 from xanestrack.synth import make_synthetic_series
 
+CLASSICAL = dict(detector="classical", segmenter="classical")
 KW = dict(shape=(260, 260), n_particles=4, radius_range=(12.0, 22.0), stage_offset=12.0, deformation=4.0)
 
 
@@ -466,3 +467,46 @@ def test_link_scans_keeps_a_particle_that_moved_on_its_own_between_scans():
     ]  # fmt: skip
     t = link_scans(_summary([s0, s1]), frame_shape=FRAME)
     assert t[t.scan == 1].particle.tolist() == t[t.scan == 0].particle.tolist()
+
+
+def test_a_scan_given_twice_or_with_synthetic_is_refused_and_an_empty_series_keeps_its_columns(fxi_scans, tmp_path):
+    from typer.testing import CliRunner
+
+    from xanestrack.cli import app
+    from xanestrack.io.hdf5 import write_fxi
+    from xanestrack.parallel.series import series_sources
+
+    paths, _ = fxi_scans
+    with pytest.raises(ValueError, match="given twice"):  # processed as two scans, linked at offset 0, before
+        series_sources([paths[0], paths[1], paths[0]])
+    r = CliRunner().invoke(app, ["-q", "series", str(paths[0]), "--synthetic", "2", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "not both" in r.output and not (tmp_path / "x").exists()  # inputs ignored before
+    rng = np.random.default_rng(0)
+    flat = np.full((10, 64, 64), 1000.0)
+    counts = rng.poisson(flat).astype(np.uint16)  # nothing but the beam
+    write_fxi(
+        tmp_path / "blank.h5", counts, flats=flat, darks=np.zeros((64, 64)), energies_ev=np.linspace(8300, 8400, 10)
+    )
+    t = run_series(series_sources([tmp_path / "blank.h5"]), tmp_path / "s", scheduler="sync", **CLASSICAL)
+    assert len(t) == 0 and list(t.columns) == list(pd.read_csv(tmp_path / "s" / "series.csv").columns)
+    assert t.columns[0] == "particle" and "link_method" in t.columns  # particle last, linking columns missing before
+
+
+def test_a_scan_that_cannot_be_read_is_named_and_the_others_are_processed(fxi_scans, tmp_path):
+    """One scan without flat-field images stopped the whole series: no series.csv, no report (a series probe)."""
+    import h5py
+    from typer.testing import CliRunner
+
+    from xanestrack.cli import app
+
+    paths, _ = fxi_scans
+    with h5py.File(paths[1]) as f, h5py.File(tmp_path / "noflats.h5", "w") as g:
+        g["img_xanes"] = f["img_xanes"][()]
+        g["X_eng"] = f["X_eng"][()]
+    out = tmp_path / "s"
+    args = ["-q", "series", str(paths[0]), str(tmp_path / "noflats.h5"), str(paths[1]), "--out", str(out)]
+    r = CliRunner().invoke(app, [*args, "--detector", "classical", "--segmenter", "classical", "--scheduler", "sync"])
+    assert r.exit_code == 2 and "scan noflats not processed" in r.output, r.output
+    t = pd.read_csv(out / "series.csv")
+    assert set(t.scan_name) == {"a", "b"}
+    assert "Scan noflats was not processed" in (out / "series_report.html").read_text()

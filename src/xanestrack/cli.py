@@ -1125,9 +1125,12 @@ def series(
 
         xanestrack series --synthetic 8 --out series_demo/
     """
+    failed = []
     try:
         from .parallel.series import evaluate_series, run_series, series_sources, synthetic_sources, write_series_report
 
+        if synthetic and inputs:  # the inputs were ignored without a word
+            raise ValueError("--synthetic N makes its own scans: give either the scans or --synthetic, not both")
         if synthetic:
             sources = synthetic_sources(synthetic, preset=preset, seed=seed)
         elif inputs:
@@ -1158,10 +1161,13 @@ def series(
             for note in notes:
                 if any(w in note for w in ACTIONABLE_NOTE):
                     c.print(f"note      {name}: {for_cli(note)}", highlight=False, markup=False, soft_wrap=True)
+        failed = table.attrs.get("failed", [])
+        scans_done = f"{len(sources) - len(failed)} of {len(sources)}" if failed else f"{len(sources)}"
 
         add_to_marker(out, ["series.csv", "series_report.html", "series.svg", "series_own_displacement.csv"])
         _console().print(
-            f"done      {table['particle'].nunique() if len(table) else 0} particles through {len(sources)} scans ({time.perf_counter() - t:.1f} s); series.csv, series_report.html"
+            f"done      {table['particle'].nunique() if len(table) else 0} particles through {scans_done} scans "
+            f"({time.perf_counter() - t:.1f} s); series.csv, series_report.html"
         )
         if synthetic:
             from .synth import make_synthetic_series
@@ -1177,6 +1183,22 @@ def series(
             )
     except Exception as exc:
         _fail(exc, ", ".join(map(str, inputs or [])) or None)
+    if failed:  # the others were processed, linked and reported; each refused scan named (exit status 2)
+        from rich.console import Console
+        from rich.markup import escape
+
+        from .errors import for_cli
+
+        err = Console(stderr=True, soft_wrap=True)
+        for name, msg in failed:
+            hint = (
+                " (series takes no --values: run that scan with `xanestrack run`)" if "--values" in for_cli(msg) else ""
+            )
+            err.print(
+                f"[bold red]error:[/] scan {escape(name)} not processed: {escape(for_cli(msg))}{escape(hint)}",
+                highlight=False,
+            )
+        raise typer.Exit(2)
 
 
 train_app = typer.Typer(no_args_is_help=True, help="Train the learned models on data the package generates.")

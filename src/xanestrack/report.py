@@ -1124,6 +1124,8 @@ def write_series_report(table: pd.DataFrame, out_dir) -> Path:
                 f"Scans {', '.join(map(str, broken))}: the offset from the previous scan could not be told (too few particles "
                 "in common, and the images did not confirm it); their particles were given new ids, not linked."
             )
+    for name, msg in table.attrs.get("failed", []):
+        remarks.append(f"Scan {name} was not processed: {msg}")
     if "n_frames" in table:
         from .pipeline import PipelineOptions
 

@@ -109,6 +109,12 @@ def series_sources(inputs) -> list:
     for p in paths:
         if not p.exists():
             raise XanestrackError(f"{p}: no such file or folder")
+    seen = {}
+    for p in paths:  # one file given twice was processed as two scans, linked at offset 0
+        key = p.resolve()
+        if key in seen:
+            raise XanestrackError(f"{p}: given twice (as {seen[key]} too); give each scan once")
+        seen[key] = p
     if len(paths) == 1 and paths[0].suffix.lower() in (".h5", ".hdf5") and paths[0].is_file():
         import h5py
 
@@ -333,7 +339,7 @@ def _reference_image(od, result):
 
 
 #: words of a scan's note the user should act on (``series`` prints those; the series report has every note)
-ACTIONABLE_NOTE = ("left out", "run again", "not computed", "no XANES")
+ACTIONABLE_NOTE = ("left out", "run again", "not computed", "no XANES", "no isolated particle", "no image there")
 
 
 def scan_notes(out_dir) -> list[tuple[str, list[str]]]:

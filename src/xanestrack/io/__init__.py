@@ -366,8 +366,9 @@ def _normalised_already(counts, flats) -> bool:
 
 
 def _constant(flats) -> bool:
+    """Flats that are a placeholder: one value, 1 or less, everywhere (FXI's 'img_only' export writes ones)."""
     f = _sample(flats)
-    return bool(f.size and np.isfinite(f).all() and np.ptp(f) == 0)
+    return bool(f.size and np.isfinite(f).all() and np.ptp(f) == 0 and f.flat[0] <= 1)
 
 
 def _no_values_with_flats(path, values, what: str) -> None:
@@ -423,7 +424,7 @@ def _hdf5_stack(d, path, energies, values, scan, flats=None, darks=None) -> Stac
             values = values if given else "transmission"
         elif _constant(d["flats"]):
             raise XanestrackError(
-                f"{path}: its flat-field images ({flat_name}) are one value everywhere: no flats (FXI's 'img_only' "
+                f"{path}: its flat-field images ({flat_name}) are ones (or zeros) everywhere: no flats (FXI's 'img_only' "
                 "export?); give `flats` from TIFF, or `values` od|transmission if the images are normalised"
             )
     elif flats is not None:

@@ -227,7 +227,7 @@ def _run_series(sources, out, *, options, scheduler, workers, detector, segmente
         ) from None
     checksums = [source_checksum(s) for s in sources]
     tasks = [
-        dask.delayed(process_scan, pure=False)(s, str(out), options, detector, segmenter, c, *radii, device)
+        dask.delayed(_scan_or_failure, pure=False)(s, str(out), options, detector, segmenter, c, *radii, device)
         for s, c in zip(sources, checksums)
     ]
     client = cluster = None
@@ -266,7 +266,8 @@ def _run_series(sources, out, *, options, scheduler, workers, detector, segmente
                 cluster.close()
         finally:
             quiet.restore()
-    rows = [r for p in parts for r in p]
+    failed = [p for p in parts if isinstance(p, dict)]
+    rows = [r for p in parts if not isinstance(p, dict) for r in p]
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     if len(summary):
         table = link_scans(
@@ -274,7 +275,20 @@ def _run_series(sources, out, *, options, scheduler, workers, detector, segmente
             prior=scan_image_prior(out, {s.index: s.name for s in sources}),
             frame_shape=_frame_shape(out, sources),
         )
-    else:
-        table = summary.assign(particle=[])
+    else:  # the same columns as a series with particles (particle first, the linking's columns after)
+        table = summary.assign(common_dy=[], common_dx=[], offset_from_scan=[], link_method=[], link_support=[])
+        table.insert(0, "particle", pd.Series([], dtype=int))
     table.to_csv(out / "series.csv", index=False, float_format="%.4f")
+    table.attrs["failed"] = [(f["scan"], f["error"]) for f in failed]
     return table
+
+
+def _scan_or_failure(source, out_dir, *args):
+    """:func:`process_scan`, or ``{"scan", "error"}`` where the scan is refused (a damaged or unfit input):
+    one bad scan stopped the whole series before, the others' results unwritten (and, on a cluster, the
+    scans in flight cancelled)."""
+    try:
+        return process_scan(source, out_dir, *args)
+    except (XanestrackError, ValueError, OSError) as exc:
+        logger.debug("scan %s failed", source.name, exc_info=True)
+        return {"scan": source.name, "error": one_line(exc)}
