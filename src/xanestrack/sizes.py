@@ -29,6 +29,17 @@ class RadiusRange(NamedTuple):
     binning: int
 
 
+def check_radii(min_radius=None, max_radius=None) -> None:
+    """Refuse radii given that no particle can have, before any data is read (a series checks them once)."""
+    from .errors import XanestrackError
+
+    for name, v in (("`min_radius`", min_radius), ("`max_radius`", max_radius)):
+        if v is not None and not (np.isfinite(v) and v > 0):
+            raise XanestrackError(f"{name} {v}: give a radius in pixels (a positive number)")
+    if min_radius is not None and max_radius is not None and not min_radius < max_radius:
+        raise XanestrackError(f"`min_radius` {min_radius} is not below `max_radius` {max_radius}")
+
+
 def particle_radius_range(stack, min_radius=None, max_radius=None, *, detector: str = "classical") -> RadiusRange:
     """Particle radius range (px) and detection binning of ``stack``.
 
@@ -52,9 +63,7 @@ def particle_radius_range(stack, min_radius=None, max_radius=None, *, detector: 
 
     px = stack.pixel_size_um
     given = (min_radius is not None, max_radius is not None)
-    for name, v in (("`min_radius`", min_radius), ("`max_radius`", max_radius)):
-        if v is not None and not (np.isfinite(v) and v > 0):
-            raise XanestrackError(f"{name} {v}: give a radius in pixels (a positive number)")
+    check_radii(min_radius, max_radius)
     if min_radius is None:
         min_radius = RADIUS_UM[0] / px if px else RADIUS_PX[0]
     if max_radius is None:

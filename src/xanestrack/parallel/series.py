@@ -105,6 +105,9 @@ def run_series(
         )
     if workers is not None and workers < 1:
         raise XanestrackError(f"`workers` must be 1 or more, got {workers}")
+    from ..sizes import check_radii
+
+    check_radii(min_radius, max_radius)  # before any scan: refused once, not scan by scan
     with output_lock(_series_folder(out)):  # a second series into this folder is refused while this one runs
         existed = out.exists()
         fresh = not existed or not any(out.iterdir())
