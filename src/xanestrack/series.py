@@ -490,11 +490,14 @@ def link_scans(
     out["offset_from_scan"] = [scans[origin[k]] for k in t]
     out["link_method"] = [method.get(k, ("none", 0))[0] for k in t]
     out["link_support"] = [int(method.get(k, ("none", 0))[1]) for k in t]
+    names = dict(zip(summary["scan"], summary["scan_name"])) if "scan_name" in summary else {}
     for k, s in enumerate(scans):
         how = method.get(k, ("none", 0))[0]
         if how in ("ambiguous", "prior contradicted"):
-            logger.warning(
-                "scan %s: its offset from the previous scan cannot be told (%s): its particles get new ids", s, how
+            logger.warning(  # named as its folder and the notes name it (it was "scan 1")
+                "scan %s: its offset from the previous scan cannot be told (%s): its particles get new ids",
+                names.get(s, s),
+                how,
             )
     return out
 
