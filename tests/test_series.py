@@ -86,8 +86,13 @@ def test_a_series_resumed_with_other_options_processes_its_scans_again(tmp_path,
 def test_other_series_in_folder_is_refused(sequential, tmp_path):
     out = tmp_path / "x"
     run_series(synthetic_sources(1, seed=5, **KW), out, scheduler="sync")
-    with pytest.raises(ValueError, match="something other than this series"):
+    with pytest.raises(ValueError, match="holds a series of other scans"):  # what differs said ("something other")
         run_series(synthetic_sources(1, seed=6, **KW), out, scheduler="sync")
+    from xanestrack.parallel.series import _how_other
+
+    a, b = (dict(name=n, index=i, kind="input", path=f"/d/{n}.h5", synthetic=None) for i, n in enumerate("ab"))
+    assert _how_other([a], [a, b], out).startswith("holds a series of 1 scans; this one adds 1 (/d/b.h5")
+    assert _how_other([a, b], [b, a], out) == "holds the same scans in another order"
 
 
 def test_link_scans_follows_a_large_common_jump():

@@ -201,6 +201,27 @@ class _DistributedLogs:
         self.logger.setLevel(self.old)
 
 
+def _how_other(old, new, out) -> str:
+    """What differs between the series in a folder (its manifest's sources, or None) and this one."""
+    if old is None:
+        return "holds something other than a series (no readable series.json)"
+
+    def key(src):
+        return json.dumps({k: v for k, v in src.items() if k != "index"}, sort_keys=True, default=str)
+
+    def name(src):
+        return src.get("path") or src.get("name")
+
+    before, now = [key(s) for s in old], [key(s) for s in new]
+    added = [name(s) for s in new if key(s) not in before]
+    gone = [name(s) for s in old if key(s) not in now]
+    if added and not gone and now[: len(before)] == before:
+        return f"holds a series of {len(before)} scans; this one adds {len(added)} ({added[0]} ...): a longer series is a new one"
+    if added or gone:
+        return f"holds a series of other scans ({(added or gone)[0]} is in {'this one' if added else 'that one'} only)"
+    return "holds the same scans in another order"
+
+
 def _run_series(sources, out, *, options, scheduler, workers, detector, segmenter, radii=(None, None), device="cpu"):
     import dask
 
@@ -216,7 +237,9 @@ def _run_series(sources, out, *, options, scheduler, workers, detector, segmente
         except (ValueError, TypeError, AttributeError):
             old = None
         if old != manifest["sources"]:
-            raise XanestrackError(f"output folder {out} holds something other than this series; choose another --out")
+            raise XanestrackError(
+                f"output folder {out} {_how_other(old, manifest['sources'], out)}; choose another --out"
+            )
         done = sum(_summary_path(out, s.name).is_file() for s in sources)
         logger.info("resuming series in %s: %d of %d scans already done", out, done, len(sources))
     try:
