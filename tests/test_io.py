@@ -369,3 +369,20 @@ def test_data_exchange_energies_in_the_measurement_group_are_read(tmp_path):
     d = read_hdf5(tmp_path / "dx.h5")
     assert np.allclose(d["energies_ev"], [8300.0, 8340.0, 8400.0]) and d["pixel_size_um"] is None
     assert any("x_pixel_size not read as the pixel size" in n for n in d["notes"])
+
+
+def test_the_pixel_size_an_imagej_or_ome_tiff_states_is_read(tmp_path):
+    # ignored before, without a word (the radius range fell back to 7-60 px)
+    import tifffile
+
+    from xanestrack.io.tiff import tiff_pixel_size
+
+    od = np.random.default_rng(0).uniform(0, 1, (4, 32, 32)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "ij.tif", od, imagej=True, resolution=(1 / 0.05, 1 / 0.05), metadata={"unit": "um"})
+    tifffile.imwrite(tmp_path / "ome.ome.tif", od, metadata={"axes": "TYX", "PhysicalSizeX": 0.04})
+    tifffile.imwrite(tmp_path / "px.tif", od, imagej=True, resolution=(2.0, 2.0), metadata={"unit": "pixel"})
+    assert tiff_pixel_size(tmp_path / "ij.tif") == pytest.approx(0.05)
+    assert tiff_pixel_size(tmp_path / "ome.ome.tif") == pytest.approx(0.04)
+    assert tiff_pixel_size(tmp_path / "px.tif") is None  # no length unit
+    st = read_stack(tmp_path / "ij.tif", energies=[8300.0, 8330.0, 8340.0, 8400.0], values="od", zingers=False)
+    assert st.pixel_size_um == pytest.approx(0.05) and any("pixel size 0.05 um" in n for n in st.metadata["notes"])

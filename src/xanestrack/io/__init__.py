@@ -238,7 +238,12 @@ def _tiff_stack(data, e, reverse, notes, path, files, flats, darks, values, orde
         od, kind, more = values_without_flats(data, values, source=path, flats_hint="`flats` (reference images)")
         notes += more
     meta = dict(source=str(path), reader="tiff", values=kind, files=files, notes=notes)
-    return Stack(_in_energy_order(od, e, reverse, meta), e, None, meta)
+    from .tiff import tiff_pixel_size
+
+    pixel = tiff_pixel_size(files[0])  # an ImageJ or OME TIFF's, with its unit (ignored before, without a word)
+    if pixel is not None:
+        notes.append(f"{files[0]}: pixel size {pixel:.4g} um, as the file's ImageJ/OME metadata state it")
+    return Stack(_in_energy_order(od, e, reverse, meta), e, pixel, meta)
 
 
 #: an energy in a file name: a number, then eV or keV (``frame_8333.5eV``, ``..._08324.0_eV_001of003``)

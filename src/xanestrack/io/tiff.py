@@ -92,6 +92,33 @@ def read_tiff_frames(path, *, notes=None) -> np.ndarray:
     return data.reshape(frames)
 
 
+_UM_PER = {"um": 1.0, "\u00b5m": 1.0, "\u03bcm": 1.0, "micron": 1.0, "microns": 1.0, "nm": 1e-3, "mm": 1e3}
+
+
+def tiff_pixel_size(path) -> float | None:
+    """The pixel size (um) an ImageJ or OME TIFF states with its unit (ImageJ's ``unit`` and X resolution,
+    OME's ``PhysicalSizeX``); None where the file states none, or none in a length unit."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            if tf.is_imagej:
+                unit = str((tf.imagej_metadata or {}).get("unit", "")).strip().lower()
+                res = tf.pages[0].tags.get("XResolution")
+                if unit in _UM_PER and res is not None:
+                    num, den = res.value
+                    return float(den) / float(num) * _UM_PER[unit] if num and den else None
+            if tf.is_ome and tf.ome_metadata:
+                m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tf.ome_metadata)
+                u = re.search(r'PhysicalSizeXUnit="([^"]+)"', tf.ome_metadata)
+                unit = u.group(1).strip().lower() if u else "um"  # OME's default unit: um
+                if m and unit in _UM_PER and float(m.group(1)) > 0:
+                    return float(m.group(1)) * _UM_PER[unit]
+    except Exception:  # the frames' reader says what is wrong with a file
+        return None
+    return None
+
+
 _SEP = re.compile(r"[,\t]")
 _MAX_HEADER_LINES = 5
 
