@@ -515,3 +515,31 @@ def test_a_scan_that_cannot_be_read_is_named_and_the_others_are_processed(fxi_sc
     t = pd.read_csv(out / "series.csv")
     assert set(t.scan_name) == {"a", "b"}
     assert "Scan noflats was not processed" in (out / "series_report.html").read_text()
+
+
+def test_a_series_interrupted_while_a_scan_runs_can_be_resumed(tmp_path, monkeypatch):
+    """Ctrl-C within seconds of a new series took its manifest away while a scan in flight still finished:
+    the rerun was refused ("holds something other than this series")."""
+    from xanestrack.parallel import series as ser
+
+    src = synthetic_sources(2, seed=3, **KW)
+    orig = ser.process_scan
+
+    done = []
+
+    def interrupted(source, *a, **k):  # Ctrl-C during the second scan, whichever runs second
+        if done:
+            raise KeyboardInterrupt
+        done.append(source.name)
+        return orig(source, *a, **k)
+
+    monkeypatch.setattr(ser, "process_scan", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_series(src, tmp_path / "s", scheduler="sync", **CLASSICAL)
+    # the manifest and the scan done stay (they were taken away, and a scan still in flight then wrote a folder
+    # the rerun refused)
+    assert (tmp_path / "s" / "series.json").is_file()
+    assert (tmp_path / "s" / "scans" / done[0] / "summary.json").is_file()
+    monkeypatch.setattr(ser, "process_scan", orig)
+    t = run_series(src, tmp_path / "s", scheduler="sync", **CLASSICAL)
+    assert t["scan"].nunique() == 2

@@ -111,6 +111,7 @@ def run_series(
     with output_lock(_series_folder(out)):  # a second series into this folder is refused while this one runs
         existed = out.exists()
         fresh = not existed or not any(out.iterdir())
+        state = {"started": False}
         try:
             return _run_series(
                 sources,
@@ -122,9 +123,12 @@ def run_series(
                 segmenter=segmenter,
                 radii=(min_radius, max_radius),
                 device=device,
+                state=state,
             )
         except BaseException:
-            if fresh:
+            # once scans are under way (Ctrl-C while one runs), its manifest stays, so that a rerun resumes: the
+            # scan in flight finished after the manifest was taken away, and the rerun was refused
+            if fresh and not state["started"]:
                 _undo_fresh(out, sources, remove=not existed)
             raise
 
@@ -222,7 +226,9 @@ def _how_other(old, new, out) -> str:
     return "holds the same scans in another order"
 
 
-def _run_series(sources, out, *, options, scheduler, workers, detector, segmenter, radii=(None, None), device="cpu"):
+def _run_series(
+    sources, out, *, options, scheduler, workers, detector, segmenter, radii=(None, None), device="cpu", state=None
+):
     import dask
 
     from ..errors import one_line
@@ -258,6 +264,7 @@ def _run_series(sources, out, *, options, scheduler, workers, detector, segmente
     ]
     client = cluster = None
     quiet = _DistributedLogs()
+    state = {} if state is None else state
     try:
         if workers:
             from distributed import Client, LocalCluster
@@ -265,6 +272,7 @@ def _run_series(sources, out, *, options, scheduler, workers, detector, segmente
             quiet.set(logging.WARNING)
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
             client = Client(cluster)
+            state["started"] = True  # scans under way from here on
             parts = dask.compute(*tasks)
         elif scheduler and scheduler not in ("threads", "sync", "synchronous"):
             from distributed import Client
@@ -277,9 +285,11 @@ def _run_series(sources, out, *, options, scheduler, workers, detector, segmente
                     f"`scheduler` {scheduler}: no dask scheduler reached there ({one_line(exc)}); give a running "
                     "scheduler's address (tcp://host:8786), 'threads' or 'sync', or `workers` N for a local cluster"
                 ) from None
+            state["started"] = True  # scans under way from here on
             parts = dask.compute(*tasks)
         else:
             sched = "sync" if scheduler in ("sync", "synchronous") else "threads"
+            state["started"] = True
             parts = dask.compute(*tasks, scheduler=sched, num_workers=scans_in_flight())
     finally:
         # closing: workers that outlast the scheduler's comms log tracebacks at INFO and
