@@ -91,8 +91,8 @@ def test_other_series_in_folder_is_refused(sequential, tmp_path):
     from xanestrack.parallel.series import _how_other
 
     a, b = (dict(name=n, index=i, kind="input", path=f"/d/{n}.h5", synthetic=None) for i, n in enumerate("ab"))
-    assert _how_other([a], [a, b], out).startswith("holds a series of 1 scans; this one adds 1 (/d/b.h5")
-    assert _how_other([a, b], [b, a], out) == "holds the same scans in another order"
+    assert _how_other([a], [a, b]).startswith("holds a series of 1 scans; this one adds 1 (/d/b.h5")
+    assert _how_other([a, b], [b, a]) == "holds the same scans in another order"
 
 
 def test_link_scans_follows_a_large_common_jump():

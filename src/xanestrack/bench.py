@@ -274,7 +274,6 @@ def write_benchmark(table, results, out_dir) -> str:
                 verdict = f"{ratio:.1f}x lower with centre of mass"
             else:
                 verdict = f"{1 / ratio:.1f}x lower with {best.method}: the global method wins here"
-
             lines.append(
                 f"\nBest global method: {best.method}, median RMS {best.median_rms_px:.3f} px; centre of mass: "
                 f"{float(ours.median_rms_px.iloc[0]):.3f} px ({verdict}); "

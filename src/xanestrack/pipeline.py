@@ -1807,14 +1807,11 @@ def run_pipeline(
     finished = _map(finish, range(len(located)), threads)
     resolution = _resolution_change([f[0] for f in finished], len(energies))
     resolution_blur = None
-    blurred = None
     if resolution is not None and resolution.change >= RESOLUTION_CHANGE_PX:
         if options.match_resolution:
             resolution_blur = _resolution_blur(resolution)
     blurred_frames = _blurred_frames(resolution) if resolution is not None else np.zeros(0, int)
-    if blurred_frames.size:
-        blurred = np.zeros(len(energies), bool)
-        blurred[blurred_frames] = True
+    blurred = np.isin(np.arange(len(energies)), blurred_frames) if blurred_frames.size else None
     if resolution_blur is not None or blurred is not None:
         finished = finish_again()
     if recalibrate is not None:
@@ -1979,12 +1976,7 @@ def run_pipeline(
             "passed the quality masks (edge jump, fit), so the mean edge energy and fractions are over every core "
             "pixel, none of them trusted"
         )
-    coarse = _coarse_edge_note(particles, energies)
-    if coarse:
-        notes.append(coarse)
-    rarely = _rarely_vouched_note(particles)
-    if rarely:
-        notes.append(rarely)
+    notes += [n for n in (_coarse_edge_note(particles, energies), _rarely_vouched_note(particles)) if n]
     rej = detections[~detections["isolated"]] if len(detections) else detections
     notes += [
         n

@@ -233,17 +233,19 @@ def write_tables(result, folder, *, run_info: dict) -> None:
     info["timings_s"] = dict(result.timings)
     info["notes"] = list(result.notes)
     info["parameters"] = result.options.to_dict()
-    with open(folder / "run.json", "w") as fh:
+    _write_run_json(folder, info)
+
+
+def _write_run_json(folder, info: dict) -> None:
+    with open(Path(folder) / "run.json", "w") as fh:
         json.dump(info, fh, indent=2, default=_json_default)
 
 
 def add_timing(folder, stage: str, seconds: float) -> None:
     """Add a stage's time to ``run.json`` in ``folder`` (one timed after it was written: the report)."""
-    path = Path(folder) / "run.json"
-    info = json.loads(path.read_text())
+    info = json.loads((Path(folder) / "run.json").read_text())
     info["timings_s"] = dict(info.get("timings_s", {}), **{stage: float(seconds)})
-    with open(path, "w") as fh:
-        json.dump(info, fh, indent=2, default=_json_default)
+    _write_run_json(folder, info)
 
 
 def write_results_h5(result, folder, *, save_fused: bool = False) -> None:

@@ -357,13 +357,13 @@ def _sample(a, n: int = 4):
     return np.stack([np.asarray(a[int(k)], np.float32)[::4, ::4] for k in idx])
 
 
-def _normalised_already(counts, flats) -> bool:
-    """Whether float images beside flats of counts are transmission already (values within 0-1.5, median
-    0.2 or more, the flats' median 20 times theirs or more)."""
+def _normalised_already(counts, sample, flats) -> bool:
+    """Whether float images (``sample``: :func:`_sample` of ``counts``) beside flats of counts are transmission
+    already (values within 0-1.5, median 0.2 or more, the flats' median 20 times theirs or more)."""
     if not np.issubdtype(np.dtype(counts.dtype), np.floating):
         return False
-    c, f = _sample(counts), _sample(flats)
-    c, f = c[np.isfinite(c)], f[np.isfinite(f)]
+    f = _sample(flats)
+    c, f = sample[np.isfinite(sample)], f[np.isfinite(f)]
     if not c.size or not f.size:
         return False
     lo, med, hi = np.percentile(c, [0.1, 50, 99.9])
@@ -403,12 +403,12 @@ def _hdf5_stack(d, path, energies, values, scan, flats=None, darks=None) -> Stac
     if d["flats"] is not None:
         _no_tiff_options(path, f"an HDF5 file with its own flat-field images ({flat_name})", flats, darks)
         given = values in ("od", "transmission")
-        normalised = not given and values == "auto" and _normalised_already(d["counts"], d["flats"])
-        if given and _sample(d["counts"]).size and np.median(_sample(d["counts"])) > 50:  # `values` ignored before
+        sample = _sample(d["counts"])  # a few frames, read once (lazily read files: from disk)
+        normalised = not given and values == "auto" and _normalised_already(d["counts"], sample, d["flats"])
+        if given and sample.size and np.median(sample) > 50:  # `values` ignored before
             raise XanestrackError(
-                f"{path}: `values` {values}, but its images look like raw counts (median "
-                f"{np.median(_sample(d['counts'])):.3g}) and it has flat-field images ({flat_name}); leave `values` "
-                "out to divide them by the flats"
+                f"{path}: `values` {values}, but its images look like raw counts (median {np.median(sample):.3g}) "
+                f"and it has flat-field images ({flat_name}); leave `values` out to divide them by the flats"
             )
         if given or normalised:
             # FXI's export writes img_xanes as I/I0 beside the flats it was divided by: divided again, every

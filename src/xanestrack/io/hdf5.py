@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import XanestrackError, one_line
+from ..units import UM_PER_UNIT
 from .checks import MAX_FRAMES, check_frame_shape, check_memory, check_pixel_dtype, energies_in_ev
 
 __all__ = ["read_hdf5", "write_fxi"]
@@ -287,7 +288,6 @@ def _read(d, path, name):
         ) from None
 
 
-_UNIT_UM = {"nm": 1e-3, "um": 1.0, "µm": 1.0, "micron": 1.0, "microns": 1.0, "mm": 1e3}
 #: where other writers keep a pixel size that is not read (its meaning or unit unknown): said in a note
 _OTHER_PIXEL_SIZES = (
     "measurement/instrument/detector/x_pixel_size",
@@ -305,9 +305,9 @@ def _fxi_pixel_size(f, path, notes):
     if "Pixel Size" in f and isinstance(f["Pixel Size"], h5py.Dataset):
         raw = f["Pixel Size"][()]
         text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(np.asarray(raw).ravel()[0])
-        m = re.fullmatch(r"\s*([0-9.]+(?:[eE][+-]?\d+)?)\s*(nm|um|µm|microns?|mm)\s*", text)
-        if m and float(m.group(1)) > 0:
-            return float(m.group(1)) * _UNIT_UM[m.group(2)]
+        m = re.fullmatch(r"\s*([0-9.]+(?:[eE][+-]?\d+)?)\s*([^\s\d.]+)\s*", text)
+        if m and m.group(2) in UM_PER_UNIT and float(m.group(1)) > 0:
+            return float(m.group(1)) * UM_PER_UNIT[m.group(2)]
         notes.append(
             f"{path}: /Pixel Size {text!r} names no unit (nm, um): not used, the pixel size unknown; the particle "
             "radius range is 7-60 px unless `min_radius` / `max_radius` are given"

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import XanestrackError, one_line
+from ..units import UM_PER_UNIT
 from .checks import check_frame_shape, check_memory, check_pixel_dtype, energies_in_ev
 
 __all__ = ["read_tiff_frames", "read_energies_file"]
@@ -92,9 +93,6 @@ def read_tiff_frames(path, *, notes=None) -> np.ndarray:
     return data.reshape(frames)
 
 
-_UM_PER = {"um": 1.0, "\u00b5m": 1.0, "\u03bcm": 1.0, "micron": 1.0, "microns": 1.0, "nm": 1e-3, "mm": 1e3}
-
-
 def tiff_pixel_size(path) -> float | None:
     """The pixel size (um) an ImageJ or OME TIFF states with its unit (ImageJ's ``unit`` and X resolution,
     OME's ``PhysicalSizeX``); None where the file states none, or none in a length unit."""
@@ -105,15 +103,15 @@ def tiff_pixel_size(path) -> float | None:
             if tf.is_imagej:
                 unit = str((tf.imagej_metadata or {}).get("unit", "")).strip().lower()
                 res = tf.pages[0].tags.get("XResolution")
-                if unit in _UM_PER and res is not None:
+                if unit in UM_PER_UNIT and res is not None:
                     num, den = res.value
-                    return float(den) / float(num) * _UM_PER[unit] if num and den else None
+                    return float(den) / float(num) * UM_PER_UNIT[unit] if num and den else None
             if tf.is_ome and tf.ome_metadata:
                 m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tf.ome_metadata)
                 u = re.search(r'PhysicalSizeXUnit="([^"]+)"', tf.ome_metadata)
                 unit = u.group(1).strip().lower() if u else "um"  # OME's default unit: um
-                if m and unit in _UM_PER and float(m.group(1)) > 0:
-                    return float(m.group(1)) * _UM_PER[unit]
+                if m and unit in UM_PER_UNIT and float(m.group(1)) > 0:
+                    return float(m.group(1)) * UM_PER_UNIT[unit]
     except Exception:  # the frames' reader says what is wrong with a file
         return None
     return None
@@ -178,7 +176,7 @@ def read_energies_file(path) -> np.ndarray:
     if b"\x00" in raw:
         raise XanestrackError(f"{src}: binary data, not text; give a text file with one energy per line")
     text = raw.decode("utf-8-sig", errors="replace")  # a byte-order mark (Windows editors) is no header
-    values, lines, first_column = [], [], []
+    values, lines = [], []
     col, n_header, named, comma_pairs, n_fields = 0, 0, False, 0, None
     header = None
     row = None  # all energies on one line
@@ -211,10 +209,6 @@ def read_energies_file(path) -> np.ndarray:
             n_fields = len(toks)
         values.append(v)
         lines.append(n)
-        try:
-            first_column.append(float(toks[0]))
-        except ValueError:
-            first_column.append(np.nan)
         comma_pairs += bool(_DECIMAL_COMMA.match(s))
         if len(values) == 1 and not named and len(toks) >= 3:
             try:

@@ -159,7 +159,6 @@ def _undo_fresh(out: Path, sources, *, remove: bool) -> None:
 
 def _series_folder(out: Path) -> Path:
     """Create (or check) the series folder before anything is computed."""
-
     if out.exists() and not out.is_dir():
         raise XanestrackError(f"output {out} exists and is not a folder; choose another --out")
     try:
@@ -205,7 +204,7 @@ class _DistributedLogs:
         self.logger.setLevel(self.old)
 
 
-def _how_other(old, new, out) -> str:
+def _how_other(old, new) -> str:
     """What differs between the series in a folder (its manifest's sources, or None) and this one."""
     if old is None:
         return "holds something other than a series (no readable series.json)"
@@ -243,9 +242,7 @@ def _run_series(
         except (ValueError, TypeError, AttributeError):
             old = None
         if old != manifest["sources"]:
-            raise XanestrackError(
-                f"output folder {out} {_how_other(old, manifest['sources'], out)}; choose another --out"
-            )
+            raise XanestrackError(f"output folder {out} {_how_other(old, manifest['sources'])}; choose another --out")
         done = sum(_summary_path(out, s.name).is_file() for s in sources)
         logger.info("resuming series in %s: %d of %d scans already done", out, done, len(sources))
     try:
