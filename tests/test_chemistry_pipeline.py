@@ -185,11 +185,13 @@ def _convention_e50(energies, e0):
 def test_sigma_e50_covers_the_true_error_at_its_nominal_rate(default_scene):
     """Coverage of the stated 1-sigma over the kept core pixels of the default scene (seed 1, 9 particles).
 
-    Measured: 68.0 % within 1 sigma and 94.0 % within 2 sigma of the E50 that the pipeline's own
-    normalisation gives for each pixel's true chemistry; 62.1 % / 90.5 % against the generator's E50
+    Measured: 65.7 % within 1 sigma and 92.6 % within 2 sigma of the E50 that the pipeline's own
+    normalisation gives for each pixel's true chemistry; 43.0 % / 76.9 % against the generator's E50
     (the references' normalisation). The difference is a deterministic bias of the normalisation model
-    (+0.10 eV for pure NiO to -0.07 eV for pure LiNiO2; measured below on noise-free spectra), which a
-    statistical error does not contain.
+    (+0.11 eV for pure NiO to +0.003 eV for pure LiNiO2; measured below on noise-free spectra), which a
+    statistical error does not contain. (With the post-edge parabola of releases before: 67.6 / 94.0 %
+    and 61.9 / 90.4 %, the bias -0.07 to +0.10 eV; the line is a convention 0.06 eV off the references'
+    on average and far steadier where the post-edge is sampled sparsely: test_xanes.)
     """
     s, result = default_scene
     z_conv, z_raw = [], []
@@ -206,11 +208,11 @@ def test_sigma_e50_covers_the_true_error_at_its_nominal_rate(default_scene):
     within1, within2 = np.mean(np.abs(z_conv) < 1), np.mean(np.abs(z_conv) < 2)
     assert 0.63 <= within1 <= 0.73, within1
     assert 0.92 <= within2 <= 0.98, within2
-    assert np.mean(np.abs(z_raw) < 1) >= 0.58
+    assert np.mean(np.abs(z_raw) < 1) >= 0.38
     # the bias that separates the two: the normalisation model on noise-free spectra
     fs, conv, gen = _convention_e50(result.energies_ev, result.particles[0].e0_ev)
     bias = conv - gen
-    assert -0.08 < bias.min() < 0 < bias.max() < 0.13
+    assert -0.02 < bias.min() < 0.03 and 0.08 < bias.max() < 0.13
 
 
 def test_particle_summary_uses_kept_pixels_and_states_the_standard_error(default_scene):

@@ -629,7 +629,7 @@ def test_a_short_scan_is_examined_on_eight_frames_at_least():
 
 
 def test_edge_energies_between_frames_far_apart_are_said_to_be_biased():
-    # 15 energies of the default scene (5 eV apart at the edge): every particle's E50 0.3-1.7 eV low, no note
+    # 15 energies of the default scene (5 eV apart at the edge): every particle's E50 0.2-0.7 eV low, no note
     from types import SimpleNamespace
 
     from xanestrack.pipeline import _coarse_edge_note
@@ -637,6 +637,7 @@ def test_edge_energies_between_frames_far_apart_are_said_to_be_biased():
     parts = [SimpleNamespace(edge_maps={"e50": np.full((3, 3), v)}) for v in (8341.2, 8343.9)]
     fine = np.r_[np.arange(8300, 8330, 2.0), np.arange(8330, 8360, 0.5), np.arange(8360, 8400, 2.0)]
     assert _coarse_edge_note(parts, fine) == ""
+    assert _coarse_edge_note(parts, np.arange(8300, 8400, 2.5)) == ""  # within 0.13 eV (the post-edge a line)
     note = _coarse_edge_note(parts, np.arange(8300, 8400, 5.0))
     assert note.startswith("the scan's energies are up to 5.0 eV apart") and "8341.2-8343.9 eV" in note
     assert _coarse_edge_note([SimpleNamespace(edge_maps={"e50": np.full((2, 2), np.nan)})], fine) == ""

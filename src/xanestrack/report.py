@@ -679,8 +679,9 @@ noisy point); pixels the quality masks reject are not shown.</figcaption></figur
 <figure><img alt="edge-energy uncertainty" src="{{ figs.uncertainty }}">
 <figcaption>Standard error of E(&mu;<sub>norm</sub> = 0.5) per pixel: the frames' photon noise and each particle's registration
 uncertainty (from the agreement of its two position estimates), propagated through the normalisation and the interpolation.
-It is a statistical error: the normalisation model (pre-edge line, post-edge polynomial) adds a bias that depends on the
-chemistry (measured on noise-free synthetic spectra: +0.10 eV for NiO to &minus;0.07 eV for LiNiO<sub>2</sub>) which it does not contain,
+It is a statistical error: the normalisation convention (pre-edge line, post-edge line from E0 + 100 eV) differs from other
+normalisations by a bias that depends on the chemistry (against the reference spectra's provider, measured on noise-free synthetic
+spectra: +0.11 eV for NiO to +0.003 eV for LiNiO<sub>2</sub>) which it does not contain,
 nor the flat field's changes from frame to frame or the texture of a matrix under a particle that moves with it (measured on
 synthetic scans with strong ones: up to 0.5 eV RMS for single particles, README: what sigma(E50) does not contain).</figcaption></figure>
 {% if resolved %}<figure><img alt="resolved differences" src="{{ figs.resolution }}">

@@ -53,7 +53,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..robust import MAD_TO_SIGMA as _MAD_TO_SIGMA
-from ..xanes import FLAG_NO_CROSSING, edge_energy, find_e0, normalize
+from ..xanes import FLAG_NO_CROSSING, auto_post_order, edge_energy, find_e0, normalize
 
 __all__ = [
     "EdgeEnergySigma",
@@ -208,16 +208,6 @@ def _local_quadratic(e, half=2, degree=2):
     return H, D
 
 
-def _post_order(e, e0, post_range, post_order):
-    """The post-edge degree :func:`xanestrack.xanes.normalize` uses (its "auto" rule)."""
-    if post_order != "auto":
-        return int(post_order)
-    lo = e0 + post_range[0]
-    hi = e[-1] if post_range[1] is None else e0 + post_range[1]
-    span = min(hi, e[-1]) - lo
-    return 2 if span >= 200 else (1 if span >= 80 else 0)
-
-
 def _gradient(frames, sigma, mask):
     """Spatial gradient (n, 2, npix) of every frame at the ``mask`` pixels, Gaussian derivative
     of width sigma (px). One axis at a time, only the mask kept: the whole frames' two
@@ -327,7 +317,7 @@ def _linearise(
     iq = np.flatnonzero((e >= nm.post_range_ev[0]) & (e <= nm.post_range_ev[1]))
     x = (e - e0_ev) / 100.0
     m_pre = np.linalg.pinv(np.c_[np.ones(ip.size), x[ip]])
-    order = _post_order(e, e0_ev, post_range, post_order)
+    order = int(auto_post_order(e, e0_ev, post_range, post_order))
     w_post = np.linalg.pinv(np.vander(x[iq], order + 1, increasing=True))[0]
     H, _ = _local_quadratic(e)
     smooth_norm = H @ np.where(np.isfinite(norm), norm, 0.0)
