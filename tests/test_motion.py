@@ -111,6 +111,43 @@ def test_scale_linear_in_energy_is_not_fooled_by_a_few_drifting_particles():
     assert err_linear < 2e-3
 
 
+@pytest.mark.parametrize(
+    "mag, movers",
+    [
+        (0.01, {5: (-0.8, 0.0)}),
+        (0.01, {0: (1.6, 1.5)}),
+        (-0.008, {0: (1.6, 1.5)}),
+        (-0.008, {0: (1.5, -1.6), 5: (-0.8, 0.0)}),
+    ],
+)
+def test_a_magnification_is_kept_when_a_particle_or_two_move_on_their_own(mag, movers):
+    # The rigid scene (6 particles, 256 px, 40 energies) magnified linearly in the energy, one or two
+    # particles drifting on their own: the magnification was dropped (its test took each frame's median
+    # translation, pulled by the movers and the magnification, and left the movers in by a spread they
+    # inflated): the static particles reported up to 1.1 px of own motion, nothing said (on the pipeline's
+    # own runs of that scene: one mover of 0.8 px at +1 %, two at -0.8 %; here the mover of 2.2 px, 9 of 32
+    # such cases of noise, seed and magnification before)
+    rng = np.random.default_rng(5)
+    n = 40
+    energies = np.linspace(8200, 8680, n)
+    centre = np.array([127.5, 127.5])
+    src = np.array([[65.3, 80.2], [67.5, 223.6], [112.6, 157.0], [159.0, 214.9], [192.0, 80.6], [201.4, 164.0]])
+    scale = 1 + mag * (energies - energies[0]) / (energies[-1] - energies[0])
+    drift = np.c_[np.linspace(0, -8, n), np.linspace(0, 2, n)]
+    own = np.zeros((n, 6, 2))
+    for j, d in movers.items():
+        own[:, j] = np.linspace(0, 1, n)[:, None] * np.array(d)
+    P = centre + drift[:, None] + scale[:, None, None] * (src[None] - centre) + own + rng.normal(0, 0.02, (n, 6, 2))
+    motion = compute_motion(_table(P), centre=centre, scale_axis=energies)
+    sim = motion.attrs["similarity"]
+    assert np.abs(sim["scale"].to_numpy() - scale).max() < 1e-3
+    nr = np.hypot(motion["nonrigid_dy"], motion["nonrigid_dx"]).to_numpy().reshape(6, n)
+    static = [j for j in range(6) if j not in movers]
+    assert nr[static].max() < 0.15, nr[static].max(axis=1)
+    for j, d in movers.items():
+        assert abs(nr[j, -1] - np.hypot(*d)) < 0.15
+
+
 def test_particles_drifting_on_their_own_fake_no_magnification():
     rng = np.random.default_rng(4)
     n, m = 100, 9
@@ -193,3 +230,24 @@ def test_a_turning_field_or_a_magnification_step_is_told_from_own_motions():
     own[["y", "x"]] = np.repeat(base[None], n, axis=0).reshape(-1, 2) + drift.reshape(-1, 2)
     m2 = compute_motion(own, centre=c, scale_axis=energies)
     assert field_rotation(m2, c)[1] < 0.5 and _field_motion_notes(m2, c, energies, opts) == []
+
+
+def test_the_shared_translation_does_not_jump_where_no_particle_does():
+    # Four particles drifting on their own, no magnification (the scale line dropped): each frame's translation
+    # was refitted with the weights of the frame's free-scale fit, made for other residuals: it jumped by up to
+    # 3.9 px more than any particle moved between two frames (median over 20 scenes 1.0 px; the probe's scene:
+    # 0.87 px where the four moved by less than 0.2). The weights are now found again for the fixed scale.
+    excess = []
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        n, m = 40, 4
+        src = rng.uniform(40, 215, (m, 2))
+        own = np.cumsum(rng.normal(0, 0.4, (n, m, 2)), axis=0)
+        own -= own[0]
+        P = src[None] + own + np.linspace(0, 1, n)[:, None, None] * np.array([6.0, -10.0])
+        sim = compute_motion(_table(P), centre=(127.5, 127.5), scale_axis=np.linspace(8200, 8680, n)).attrs[
+            "similarity"
+        ]
+        t = sim[["common_dy", "common_dx"]].to_numpy()
+        excess.append((np.abs(np.diff(t, axis=0)) - np.abs(np.diff(P, axis=0)).max(axis=1)).max())
+    assert np.median(excess) < 0.6 and np.max(excess) < 2.0, np.round(excess, 2)
