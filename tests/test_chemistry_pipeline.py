@@ -335,6 +335,12 @@ def test_energy_calibrations_no_monochromator_needs_are_refused(small_scan):
     e = np.arange(8200.0, 8700.0, 5.0)  # a coarse axis (a 24-energy scan's own: 3 eV near the edge, -10.5 eV off)
     np.savetxt(root / "grid.txt", np.c_[e, np.interp(e, foil[:, 0], foil[:, 1])])
     assert "too coarse" in _refused(root, root / "o3", "--energy-reference", str(root / "grid.txt"))
+    # every 1.8 eV (a 40-energy scan's own grid), 2 eV off: -13.9 eV was applied, with a note that its maximum "is
+    # good to about that step"
+    e = np.r_[np.arange(8200.0, 8300.0, 10.0), np.arange(8300.0, 8380.0, 1.8), np.arange(8380.0, 8700.0, 20.0)]
+    np.savetxt(root / "grid18.txt", np.c_[e, np.interp(e - 2.0, foil[:, 0], foil[:, 1])])
+    out = _refused(root, root / "o3b", "--energy-reference", str(root / "grid18.txt"))
+    assert "can land on another feature" in out and "would shift the energies by" in out
     from xanestrack.spectra import ni_references
 
     nio = ni_references()["NiO"]

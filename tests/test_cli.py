@@ -53,6 +53,29 @@ def test_run_writes_results_and_refuses_to_overwrite(synth_dir, tmp_path):
     html = (out / "report.html").read_text()
     assert runner.invoke(app, ["--quiet", "report", str(out)]).exit_code == 0
     assert (out / "report.html").read_text() == html  # the report's own time is not in its table
+    # the table printed names each flag with its frames (it counted frames vouched for by the motion as flagged:
+    # "22 frames" beside 21 of 40 vouched for)
+    import dataclasses
+
+    from rich.console import Console
+
+    from xanestrack.cli import _particle_table
+    from xanestrack.result import FRAME_FLAGS, flag_names
+    from xanestrack.results import read_results
+
+    res = read_results(out)
+    flags = np.zeros(40, np.uint8)
+    flags[:3] = FRAME_FLAGS["by_motion"] | FRAME_FLAGS["undetected"]
+    flags[3:5] = FRAME_FLAGS["disagree"]
+    res.particles[0] = dataclasses.replace(res.particles[0], frame_flags=flags)
+    con = Console(record=True, width=220)
+    con.print(_particle_table(res))
+    text = con.export_text()
+    assert "flags (frames)" in text and "undetected 3, by_motion 3, disagree 2" in text
+    assert "38/40" in text  # vouched for: the frames vouched for by the motion count
+    for p in res.particles[1:]:
+        for name in {n for f in p.frame_flags for n in flag_names(f).split("|") if n}:
+            assert f"{name} {sum(name in flag_names(f).split('|') for f in p.frame_flags)}" in text
     before = (out / "tracks.csv").read_bytes()
     r = runner.invoke(app, ["run", str(synth_dir / "stack.h5"), "--out", str(out)])
     assert r.exit_code == 2 and "--overwrite" in r.output

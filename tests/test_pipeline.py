@@ -676,3 +676,67 @@ def test_particles_rarely_vouched_for_are_named():
     note = _rarely_vouched_note(parts)
     assert note.startswith("1 particle of 3 vouched for in fewer than 10 % of its frames (1)")
     assert _rarely_vouched_note(parts[:1]) == ""
+
+
+def test_a_reference_particle_never_measured_is_said():
+    from xanestrack.pipeline import _reference_note
+
+    motion = pd.DataFrame({"particle": [0, 0, 5, 5], "frame": [0, 1, 0, 1], "dy": [0.0, 0.3, np.nan, np.nan]})
+    note = _reference_note(motion, 5, 2)
+    assert note.startswith("reference particle 5 was measured in none of the 2 frames")
+    assert _reference_note(motion, 0, 2) is None and _reference_note(motion, None, 2) is None
+
+
+def test_pieces_of_a_tracked_particle_are_not_named_as_objects_seen_in_part_of_the_scan():
+    # a faint particle outlined in pieces in some frames: the pieces were named as "objects seen in only part of
+    # the scan ... particles entering or leaving the field, faint particles, or debris"
+    from xanestrack.pipeline import _short_tracks_note
+
+    rejected = pd.DataFrame({"y": [89.0, 20.0], "x": [173.0, 30.0], "reason": ["short_track"] * 2, "n_frames": [3, 4]})
+    tracks = pd.DataFrame({"particle": [2, 2], "frame": [0, 1], "y": [91.0, 91.5], "x": [170.0, 170.2], "radius": 12.0})
+    note = _short_tracks_note(rejected, 9, tracks)
+    assert "1 object seen in only part of the scan" in note and "(20, 30)" in note and "(89, 173)" not in note
+    assert "2 objects" in _short_tracks_note(rejected, 9)
+
+
+def test_clusters_that_are_one_spread_of_pixels_cut_in_two_are_said_not_to_be_phases():
+    # k-means cuts any cloud into k: a one-phase scene was given 2 and 5 "phases" 0.1 eV apart, nothing said
+    from types import SimpleNamespace
+
+    from xanestrack.pipeline import CLUSTER_MIN_SEPARATION, _cluster_note, _cluster_separation
+
+    rng = np.random.default_rng(0)
+    e = np.linspace(8300, 8400, 30)
+    shape = 1 / (1 + np.exp(-(e - 8345) / 2))
+    one = shape[:, None] + rng.normal(0, 0.02, (30, 2000))
+    labels = (one[15] > np.median(one[15])).astype(int)  # one cloud cut in two
+    means = np.stack([one[:, labels == j].mean(axis=1) for j in range(2)])
+    sep, pair = _cluster_separation(one, labels, means, e, None)
+    assert sep < CLUSTER_MIN_SEPARATION and pair == (0, 1)
+    parts = [SimpleNamespace(e0_ev=8345.0)]
+    assert "are not distinct phases" in _cluster_note(one, labels, means, e, None, parts)
+    two = np.c_[one[:, :1000], (1 / (1 + np.exp(-(e - 8347) / 2)))[:, None] + rng.normal(0, 0.02, (30, 1000))]
+    labels = np.r_[np.zeros(1000, int), np.ones(1000, int)]
+    means = np.stack([two[:, labels == j].mean(axis=1) for j in range(2)])
+    assert _cluster_separation(two, labels, means, e, None)[0] > 2 * CLUSTER_MIN_SEPARATION
+    assert _cluster_note(two, labels, means, e, None, parts) == ""
+    note = _cluster_note(two, labels, means, e, (8370.0, 8400.0), parts)
+    assert note.startswith("the window 8370-8400 eV holds no particle's edge")
+
+
+def test_particles_without_xanes_or_described_by_no_reference_are_said_in_the_run_notes():
+    # said only in each particle's notes before (the console showed a "-" under the mean E50)
+    from types import SimpleNamespace
+
+    from xanestrack.pipeline import CONSOLE_NOTE_WORDS, _particle_chemistry_notes
+
+    parts = [
+        SimpleNamespace(particle=0, notes=("XANES failed: post-edge range would start at 8443.4 eV, beyond ...",)),
+        SimpleNamespace(particle=1, notes=("the references (NiO) do not describe this particle's spectra: ...",)),
+        SimpleNamespace(particle=2, notes=()),
+    ]
+    notes = _particle_chemistry_notes(parts)
+    assert notes[0].startswith("no XANES for 1 of 3 particles (0): XANES failed: post-edge range")
+    assert notes[1].startswith("the references do not describe the spectra of 1 of 3 particles (1)")
+    assert all(any(w in n for w in CONSOLE_NOTE_WORDS) for n in notes)  # printed by run and series
+    assert _particle_chemistry_notes(parts[2:]) == []

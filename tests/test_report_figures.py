@@ -1,5 +1,6 @@
 """Each report figure alone: built from the result model, it shows what it says and returns its data."""
 
+import dataclasses
 import re
 import xml.etree.ElementTree as ET
 
@@ -74,6 +75,22 @@ def test_motion_figure_has_eight_panels_and_its_tables(result):
     assert set(fig.tables) == {"motion", "common_motion"}
     assert len(fig.tables["motion"]) == len(result.tracks)
     assert len(fig.tables["common_motion"]) == len(result.energies_ev)
+
+
+def test_motion_figure_marks_the_frames_not_vouched_for(result):
+    # drawn alike before, and motion.csv could not tell them apart
+    tracks = result.tracks.copy()
+    rows = np.flatnonzero(tracks["particle"] == result.particles[0].particle)[[2, 5, 7]]
+    tracks.loc[tracks.index[rows], "flags"] = "undetected|disagree"
+    fig = report.motion_figure(dataclasses.replace(result, tracks=tracks))
+    m = fig.tables["motion"]
+    assert "vouched" in m and not m["vouched"].iloc[rows].any()
+    assert m["vouched"].sum() == len(m) - 3 - (~report.motion_figure(result).tables["motion"]["vouched"]).sum()
+
+    def crosses(svg):
+        return sum(d.count("L") // 2 for d in re.findall(r'<path d="([^"]*)" stroke="[^"]*" stroke-width="1.5"', svg))
+
+    assert crosses(fig.svg) == crosses(report.motion_figure(result).svg) + 3 * 6  # a cross in 6 panels per frame
 
 
 def test_particle_figure_is_the_aligned_stack_and_maps(result):

@@ -308,3 +308,41 @@ def test_frames_used_that_start_on_the_edge_do_not_give_an_edge_energy():
     r = xanes.analyse_particle(spiked, mask, e, usable=used)
     assert not any("failed" in n for n in r["notes"])
     assert abs(np.nanmean(r["edge_maps"]["e50"][mask]) - true_e50) < 0.3
+
+
+def _core_shell(e):
+    """A LiNiO2 core in a NiO shell (OD with photon noise), its mask and its true E50 map."""
+    from chemistry_synth import disc, dome, pixel_od
+
+    refs = ni_references()
+    mask = disc((41, 41), 18)
+    core = disc((41, 41), 10)
+    w = np.stack([~core, core]).astype(float) * mask
+    od, _ = pixel_od(e, np.stack([refs["NiO"](e), refs["LiNiO2"](e)]), w, dome((41, 41), 18, 0.6))
+    return od, mask, core
+
+
+def test_the_references_given_do_not_choose_the_pixels_of_the_edge_energy_statistics():
+    # The fit's residual was in the quality mask (median + 5 MAD of the particle's pixels): with the NiO reference
+    # alone, the LiNiO2 core was cut and the particle's mean E50 moved by -0.43 eV (25 sigma), nothing said
+    e = ni_energy_grid()
+    od, mask, core = _core_shell(e)
+    refs = ni_references()
+    both = xanes.analyse_particle(od, mask, e, references={"NiO": refs["NiO"], "LiNiO2": refs["LiNiO2"]})
+    one = xanes.analyse_particle(od, mask, e, references={"NiO": refs["NiO"]})
+    np.testing.assert_array_equal(both["maps"]["quality_keep"], one["maps"]["quality_keep"])
+    assert (both["maps"]["quality_keep"] & core).sum() > 0.8 * core.sum()
+    assert not any("do not describe" in n for n in both["notes"])
+    # ... and the fractions that cannot be the chemistry are said to be so
+    assert any("do not describe this particle's spectra" in n for n in one["notes"]), one["notes"]
+
+
+def test_a_post_edge_of_one_energy_is_said():
+    e = ni_energy_grid()
+    e = e[e <= 8451.0]  # one energy from E0 + 100 eV on
+    od, mask, _ = _core_shell(e)
+    notes = xanes.analyse_particle(od, mask, e, uncertainty=False)["notes"]
+    assert any(n.startswith("the post-edge is normalised from 1 energy") for n in notes), notes
+    full = ni_energy_grid()
+    od, mask, _ = _core_shell(full)
+    assert not any("post-edge is normalised" in n for n in xanes.analyse_particle(od, mask, full)["notes"])

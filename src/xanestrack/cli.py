@@ -131,7 +131,19 @@ def _particle_table(result, title="particles"):
     import numpy as np
     from rich.table import Table
 
-    from .result import particle_summary
+    from .result import FRAME_FLAGS, particle_summary
+
+    def flag_counts(pid):
+        """``disagree 12, undetected 3``: each flag's frames, the most frequent first (the count of flagged
+        frames shown before took frames vouched for by the motion as flagged: "22 frames" beside 21 of 40
+        vouched for)."""
+        p = next((q for q in result.particles if q.particle == pid), None)
+        if p is None:
+            return ""
+        f = np.asarray(p.frame_flags, int)
+        counts = [(int(((f & bit) > 0).sum()), name) for name, bit in FRAME_FLAGS.items()]
+        counts = sorted((c for c in counts if c[0]), key=lambda c: -c[0])
+        return ", ".join(f"{name} {c}" for c, name in counts[:3]) + (" ..." if len(counts) > 3 else "")
 
     tab = Table(title=title)
     for col in (
@@ -141,12 +153,11 @@ def _particle_table(result, title="particles"):
         "vouched for",
         "max |non-rigid| px",
         "mean E50 eV",
-        "flags",
+        "flags (frames)",
     ):
         tab.add_column(col, justify="right")
     for _, r in particle_summary(result).iterrows():
         n = int(r["frames"])
-        nflag = int(r["flagged_frames"])
         tab.add_row(
             str(int(r["particle"])),
             f"{r['radius_px']:.1f}",
@@ -154,7 +165,7 @@ def _particle_table(result, title="particles"):
             f"{int(r['frames_vouched'])}/{n}",
             f"{r['max_nonrigid_px']:.2f}" if np.isfinite(r["max_nonrigid_px"]) else "-",  # not given: a lone particle
             f"{r['mean_e50_ev']:.2f}" if np.isfinite(r["mean_e50_ev"]) else "-",
-            f"{nflag} frames" if nflag else "",
+            flag_counts(int(r["particle"])),
         )
     return tab
 
@@ -408,6 +419,11 @@ MAX_CALIBRATION_SHIFT_EV = 50.0
 #: ``COARSE_REFERENCE_EV / 2`` it is kept with a note
 COARSE_REFERENCE_EV = 2.0
 
+#: eV. A shift from the derivative's maximum of a reference measured every COARSE_REFERENCE_EV / 2 or coarser
+#: beyond this is refused: the maximum may have jumped to another feature of the edge (a monochromator is
+#: rarely that far off; a dense reference or --reference-standard measures it)
+COARSE_REFERENCE_MAX_SHIFT_EV = 5.0
+
 #: The share of a measured reference's edge derivative (RMS) that the best match with the standard may leave
 #: unexplained: beyond it the two are not the same material (a Ni foil against a NiO standard: 0.71-0.78,
 #: matched at a third of its amplitude and 1.6-4.2 eV off); from half of it the shift is kept with a note
@@ -475,6 +491,14 @@ def _calibrate_stack(stack, path, known_e0, standard_path):
             raise XanestrackError(
                 f"--energy-reference {path}: measured every {step:.2g} eV near its edge, too coarse for its "
                 f"derivative's maximum (it can land on another feature of the edge, 10 eV or more off); {advice}"
+            )
+        if step > COARSE_REFERENCE_EV / 2 and abs(cal.shift_ev) > COARSE_REFERENCE_MAX_SHIFT_EV:
+            # a Ni foil sampled every 1.8 eV on the scan's own grid, the scan 2 eV off: shifted by -13.9 eV (its
+            # derivative's maximum on the second rise), every E50 12 eV low, with only the note below
+            raise XanestrackError(
+                f"--energy-reference {path}: measured every {step:.2g} eV near its edge, it would shift the energies "
+                f"by {cal.shift_ev:+.1f} eV: on so coarse a grid its derivative's maximum can land on another feature "
+                f"of the edge (a Ni foil's second rise, 12 eV above its first inflection); {advice}"
             )
         if step > COARSE_REFERENCE_EV / 2:
             note = (
@@ -838,10 +862,10 @@ def run(
 
             Console().print(_particle_table(result))
         # the run notes that ask the user to act are printed too (all of them are in run.json and the report)
-        from .pipeline import RERUN
+        from .pipeline import CONSOLE_NOTE_WORDS
 
         for note in result.notes:
-            if RERUN in note or note.startswith("no isolated particle"):
+            if any(w in note for w in CONSOLE_NOTE_WORDS):
                 c.print(f"note      {note}")
         c.print(f"results in {out}/ (tracks.csv, results.h5, report.html, run.json)")
     except Exception as exc:

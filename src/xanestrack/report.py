@@ -109,7 +109,7 @@ def _limits(values, lo=1.0, hi=99.5, default=(0.0, 1.0)):
 def _table_html(df, floatfmt="{:.3f}") -> str:
     if df is None or len(df) == 0:
         return "<p class='note'>none</p>"
-    return df.to_html(index=False, float_format=lambda v: floatfmt.format(v), border=0, escape=True)
+    return df.to_html(index=False, float_format=lambda v: floatfmt.format(v), border=0, escape=True, na_rep="–")
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
@@ -476,10 +476,21 @@ def motion_figure(result) -> Figure:
     (a, b) cumulative displacement y, x per particle with the common translation;
     (c, d) velocity; (e) magnification change and (f) common translation of the fitted
     similarity; (g) non-rigid path of each particle; (h) displacement relative to the
-    reference particle. Tables ``motion`` (per particle and frame) and
-    ``common_motion`` (per frame).
+    reference particle. Frames not vouched for are marked with a cross on every
+    particle panel (drawn alike before: a particle vouched for in 7 of 40 frames
+    looked as sure as one in 32). Tables ``motion`` (per particle and frame, with
+    ``vouched``) and ``common_motion`` (per frame).
     """
     tracks = result.tracks
+    if len(tracks) and "flags" in tracks:
+        from .result import UNVOUCHED_FLAGS
+
+        unvouched_names = {n for n, bit in FRAME_FLAGS.items() if bit & UNVOUCHED_FLAGS}
+        tracks = tracks.assign(
+            vouched=[
+                not (set(str(f).split("|")) & unvouched_names) if isinstance(f, str) else True for f in tracks["flags"]
+            ]
+        )
     W, H = 900, 1000
     pw, ph = 360, 185
     fig = SvgFigure(W, H)
@@ -505,6 +516,7 @@ def motion_figure(result) -> Figure:
         if c in tracks:
             for pid, g in by:
                 ax.line(g["frame"].to_numpy(), g[c].to_numpy(), color=colour[pid], width=1, label=str(pid))
+                _mark_unvouched(ax, g, g["frame"].to_numpy(), g[c].to_numpy(), colour[pid])
             if rig is not None:
                 comp = rig[rc[0] if c in ("dy", "vy") else rc[1]].to_numpy()
                 if c in ("vy", "vx"):
@@ -528,21 +540,27 @@ def motion_figure(result) -> Figure:
     for pid, g in by:
         if "nonrigid_dy" in g:
             g_ax.line(g["nonrigid_dx"].to_numpy(), g["nonrigid_dy"].to_numpy(), color=colour[pid], width=1)
-            h_ax.line(
-                g["frame"].to_numpy(),
-                np.hypot(g["rel_dy"], g["rel_dx"]).to_numpy(),
-                color=colour[pid],
-                width=1,
-                label=str(pid),
-            )
+            _mark_unvouched(g_ax, g, g["nonrigid_dx"].to_numpy(), g["nonrigid_dy"].to_numpy(), colour[pid])
+            rel = np.hypot(g["rel_dy"], g["rel_dx"]).to_numpy()
+            h_ax.line(g["frame"].to_numpy(), rel, color=colour[pid], width=1, label=str(pid))
+            _mark_unvouched(h_ax, g, g["frame"].to_numpy(), rel, colour[pid])
     from .motion import MOTION_COLUMNS
 
-    cols = MOTION_COLUMNS[:2] + ["energy_ev"] + MOTION_COLUMNS[2:]
+    cols = MOTION_COLUMNS[:2] + ["energy_ev"] + MOTION_COLUMNS[2:] + ["vouched"]
     keep = [c for c in cols if c in tracks]
     tables = {"motion": tracks[keep]}
     if len(common):
         tables["common_motion"] = common
     return Figure(fig.to_svg(), None, tables)
+
+
+def _mark_unvouched(ax, g, x, y, color) -> None:
+    """A cross at each frame of ``g`` (one particle's rows) not vouched for."""
+    if "vouched" not in g:
+        return
+    bad = ~g["vouched"].to_numpy(bool)
+    if bad.any():
+        ax.points(np.asarray(x)[bad], np.asarray(y)[bad], color=color, r=2.2, marker="x")
 
 
 def _energy_selection(n_energies: int, n: int = 8) -> np.ndarray:
@@ -694,8 +712,9 @@ holds. Where it changes by {{ width_limit }} px or more between quarters of the 
 each frame's particle windows are blurred before the XANES analysis to the coarsest frame's resolution by the Gaussian drawn
 dashed (its sd), so that the share of the surroundings mixed into a pixel does not change with the energy.</figcaption></figure>{% endif %}
 <h3>Quality masks</h3>
-<p class="note">Pixels trusted for statistics: edge jump above the threshold and normalisation/LCF residual not an outlier
-(TXM-Sandbox's rules; the maps keep every value, the mask is stored beside them in results.h5).</p>
+<p class="note">Pixels trusted for statistics: edge jump above the threshold and normalisation residual not an outlier
+(TXM-Sandbox's rules; the fit of the references does not choose the pixels; the maps keep every value, the mask is stored
+beside them in results.h5).</p>
 {{ quality_table }}
 {% if clustered %}<h3>Phase mapping</h3>
 <p class="note">{{ cluster_note }}</p>
@@ -708,9 +727,10 @@ dashed (its sd), so that the share of the surroundings mixed into a pixel does n
 <figure><img alt="motion" src="{{ figs.motion }}">
 <figcaption>(a, b) Cumulative displacement per particle, vertical (y) and horizontal (x), and (c, d) velocity, with the common
 translation in thick black. (e, f) Common motion of each frame: a similarity (translation + isotropic scale) fitted robustly
-over the particles' vouched positions; the scale is the magnification relative to the first frame (a zone plate's changes
+over the particles' {{ fitted_on }}; the scale is the magnification relative to the first frame (a zone plate's changes
 with the energy), it moves every particle radially and is removed before non-rigid motion is measured. (g) Non-rigid motion
-of each particle (its displacement less the common one); (h) motion relative to the reference particle {{ ref_particle }}.</figcaption></figure>
+of each particle (its displacement less the common one); (h) motion relative to the reference particle {{ ref_particle }}.
+Crosses: frames not vouched for (the particle's two position estimates disagree, or its position was not measured there).</figcaption></figure>
 {{ ratios }}
 <h2>Particles</h2>
 <p>{{ vouch_text }}</p>
@@ -1039,6 +1059,11 @@ def write_report(folder, *, result=None) -> Path:
             vouch_text=html.escape(vouch_text),
             vouch_table=_table_html(vt, "{:.2f}") if len(vt) else "",
             ref_particle=result.motion.attrs.get("reference_particle", ""),
+            fitted_on=(
+                result.similarity.attrs.get("fitted_on", "vouched positions")
+                if result.similarity is not None
+                else "vouched positions"
+            ),
             run_table=run_table.to_html(index=False, border=0),
             timings=_table_html(timings, "{:.2f}"),
             inputs=inputs.to_html(index=False, border=0),

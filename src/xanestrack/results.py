@@ -262,7 +262,12 @@ def write_results_h5(result, folder, *, save_fused: bool = False) -> None:
         f.attrs["timings_s"] = json.dumps(dict(result.timings), default=_json_default)
         f.attrs["options"] = json.dumps(result.options.to_dict(), default=_json_default)
         f.create_dataset("energies_ev", data=result.energies_ev)
-        f.create_dataset("common_shift", data=result.common_shift)
+        d = f.create_dataset("common_shift", data=result.common_shift)
+        d.attrs["description"] = (
+            "per frame (dy, dx) px: the linker's rough shift of the frame from the first, from the detections (where "
+            "each particle's search window was placed); not the common motion: that is common_similarity (the "
+            "translation, scale and rotation fitted over the particles' positions, as in tracks.csv common_dy, common_dx)"
+        )
         sim = result.similarity
         if sim is not None and len(sim):
             cols = ["common_dy", "common_dx", "scale", "rotation_rad", "n_particles", "residual_px"]
@@ -270,8 +275,10 @@ def write_results_h5(result, folder, *, save_fused: bool = False) -> None:
             d.attrs["columns"] = json.dumps(cols)
             d.attrs["description"] = (
                 "per frame: translation of the scale centre, isotropic scale (magnification relative to the first frame), "
-                "rotation, particles fitted, RMS residual; fitted robustly over the particles' vouched positions"
+                "rotation, particles fitted, RMS residual; fitted robustly over the particles' "
+                + sim.attrs.get("fitted_on", "vouched positions")
             )
+            d.attrs["fitted_on"] = sim.attrs.get("fitted_on", "vouched positions")
             d.attrs["centre_yx"] = sim.attrs.get("centre", [np.nan, np.nan])
         tg = f.create_group("tables")
         tg.attrs["description"] = "the result's tables, exactly (tracks.csv etc. are rounded copies)"
@@ -468,9 +475,13 @@ def read_results(folder):
                     raise XanestrackError(f"{h5}: no /{name}; not a complete xanestrack results file: {rerun}")
             energies = f["energies_ev"][()]
             if "tables" in f:
+                # the tables exactly, from results.h5 (tracks.csv etc. are rounded copies for the user: the report
+                # is built from these, whatever was done to the CSV files)
                 tables = {name: _read_table(f["tables"][name]) for name in TABLES if name in f["tables"]}
+                where = f"{h5} /tables/tracks"
             else:
                 tables = _read_csv_tables(folder, rerun)
+                where = str(folder / "tracks.csv")
             tracks = tables.get("tracks")
             missing = [c for c in TRACK_COLUMNS if tracks is None or c not in tracks]
             for cols in (
@@ -480,13 +491,15 @@ def read_results(folder):
                 if tracks is not None and any(c in tracks for c in cols):
                     missing += [c for c in cols if c not in tracks]
             if missing:
-                raise XanestrackError(f"{folder / 'tracks.csv'}: no column(s) {', '.join(missing)}; {rerun}")
+                raise XanestrackError(f"{where}: no column(s) {', '.join(missing)}; {rerun}")
             similarity = tables.get("similarity")
             if similarity is None and "common_similarity" in f:
                 d = f["common_similarity"]
                 similarity = pd.DataFrame(d[()], columns=json.loads(d.attrs["columns"]))
                 similarity.insert(0, "frame", np.arange(len(similarity)))
                 similarity.attrs["centre"] = list(d.attrs.get("centre_yx", [np.nan, np.nan]))
+            if similarity is not None and "common_similarity" in f and "fitted_on" in f["common_similarity"].attrs:
+                similarity.attrs["fitted_on"] = str(f["common_similarity"].attrs["fitted_on"])
             motion = tables.get("motion", pd.DataFrame())
             if similarity is not None:
                 motion.attrs["similarity"] = similarity

@@ -36,6 +36,7 @@ import pandas as pd
 
 from .accel import arrays_on
 from .errors import XanestrackError
+from .pipeline import CONSOLE_NOTE_WORDS
 
 __all__ = [
     "ScanSource",
@@ -339,7 +340,7 @@ def _reference_image(od, result):
 
 
 #: words of a scan's note the user should act on (``series`` prints those; the series report has every note)
-ACTIONABLE_NOTE = ("left out", "run again", "not computed", "no XANES", "no isolated particle", "no image there")
+ACTIONABLE_NOTE = CONSOLE_NOTE_WORDS
 
 
 def scan_notes(out_dir) -> list[tuple[str, list[str]]]:
