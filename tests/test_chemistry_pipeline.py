@@ -341,6 +341,10 @@ def test_energy_calibrations_no_monochromator_needs_are_refused(small_scan):
     np.savetxt(root / "grid18.txt", np.c_[e, np.interp(e - 2.0, foil[:, 0], foil[:, 1])])
     out = _refused(root, root / "o3b", "--energy-reference", str(root / "grid18.txt"))
     assert "can land on another feature" in out and "would shift the energies by" in out
+    # every 1.0 eV (FXI's own step over the edge), no offset: -12.3 eV applied without a word
+    e = np.r_[np.arange(8200.0, 8300.0, 10.0), np.arange(8300.0, 8380.0, 1.0), np.arange(8380.0, 8700.0, 20.0)]
+    np.savetxt(root / "grid10.txt", np.c_[e, np.interp(e, foil[:, 0], foil[:, 1])])
+    assert "too coarse" in _refused(root, root / "o3c", "--energy-reference", str(root / "grid10.txt"))
     from xanestrack.spectra import ni_references
 
     nio = ni_references()["NiO"]

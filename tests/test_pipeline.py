@@ -740,3 +740,20 @@ def test_particles_without_xanes_or_described_by_no_reference_are_said_in_the_ru
     assert notes[1].startswith("the references do not describe the spectra of 1 of 3 particles (1)")
     assert all(any(w in n for w in CONSOLE_NOTE_WORDS) for n in notes)  # printed by run and series
     assert _particle_chemistry_notes(parts[2:]) == []
+
+
+def test_the_note_on_objects_too_small_never_suggests_a_radius_below_two_pixels():
+    # fines of radius 2-4 px, listed since objects down to a 16th of the smallest area are: "--min-radius 1"
+    from xanestrack.pipeline import _too_small_note
+
+    rej = pd.DataFrame(
+        {
+            "frame": np.repeat(np.arange(9), 2),
+            "y": np.tile([50.0, 200.0], 9),
+            "x": np.tile([60.0, 300.0], 9),
+            "radius": np.tile([2.1, 3.4], 9),
+            "reason": "too_small",
+        }
+    )
+    note = _too_small_note(rej, 7.0, 9)
+    assert note.startswith("2 objects left out as smaller") and note.endswith("--min-radius 2")

@@ -346,3 +346,18 @@ def test_a_post_edge_of_one_energy_is_said():
     full = ni_energy_grid()
     od, mask, _ = _core_shell(full)
     assert not any("post-edge is normalised" in n for n in xanes.analyse_particle(od, mask, full)["notes"])
+
+
+def test_a_lone_post_edge_energy_far_above_the_edge_is_a_constant_not_a_failure():
+    # one energy 240 eV past the edge asked for a line ("post-edge range ... holds 1 energies, need 2"): every
+    # particle's XANES failed. Now a constant, said; and from three energies far apart (+0.34 eV on the default
+    # scene) the post-edge is still said to rest on too few, and the references' misfit (the normalisation's) is not
+    e = ni_energy_grid()
+    for keep in ([8680.0], [8500.0, 8600.0, 8680.0]):
+        sel = e[(e <= 8440) | np.isin(e, keep)]
+        od, mask, _ = _core_shell(sel)
+        refs = ni_references()
+        out = xanes.analyse_particle(od, mask, sel, references={"NiO": refs["NiO"], "LiNiO2": refs["LiNiO2"]})
+        assert np.isfinite(out["edge_maps"]["e50"][mask]).mean() > 0.9, out["notes"]
+        assert any(n.startswith(f"the post-edge is normalised from {len(keep)} energ") for n in out["notes"])
+        assert not any("do not describe" in n for n in out["notes"])

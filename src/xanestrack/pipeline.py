@@ -2356,6 +2356,9 @@ def _too_large_note(rejected_dets, max_radius: float) -> str | None:
     )
 
 
+#: px: the smallest --min-radius the note on objects too small to be particles suggests
+MIN_SUGGESTED_RADIUS = 2
+
 #: an object left out as too small is named where seen in at least this share of the frames examined:
 #: a fine fixed to the matrix or a particle of a binned scan is, a blob of noise is not (stress-counts
 #: seed 1: 18 such detections, none of them an object seen in 40 % of the key frames)
@@ -2374,7 +2377,9 @@ def _too_small_note(rejected_dets, min_radius: float, n_examined: int) -> str | 
     if not seen:
         return None
     radii = [o[2] for o in seen]
-    suggest = max(1, int(np.floor(0.8 * min(radii))))
+    # never below 2 px: fines of a matrix (radius 2-4 px, now listed down to a 16th of the smallest area) made
+    # it suggest --min-radius 1, which tracks noise
+    suggest = max(MIN_SUGGESTED_RADIUS, int(np.floor(0.8 * min(radii))))
     return (
         f"{_count(len(seen), 'object')} left out as smaller than the smallest particle radius ({min_radius:g} px) in every frame "
         f"they were seen, seen in {SMALL_SEEN_SHARE:.0%} of the {n_examined} frames examined or more (radius "
