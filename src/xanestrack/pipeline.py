@@ -58,6 +58,8 @@ from .segment import SegmentOptions, isolate_particle, segment_particle, segment
 from .smoothing import local_quadratic, smooth_tracks
 from .stack import Stack, duplicate_frames, sanitize_stack
 from .xanes import (
+    MISFIT_NOTE,
+    SPARSE_POST_EDGE_NOTE,
     find_e0,
     local_background,  # noqa: F401 (re-exported: it lived here)
 )
@@ -2266,11 +2268,11 @@ def _particle_chemistry_notes(particles) -> list:
                 else ""
             )
         )
-    few = [p.particle for p in particles if any(n.startswith("the post-edge is normalised from") for n in p.notes)]
+    few = [p.particle for p in particles if any(n.startswith(SPARSE_POST_EDGE_NOTE) for n in p.notes)]
     if few:
-        first = next(n for p in particles for n in p.notes if n.startswith("the post-edge is normalised from"))
+        first = next(n for p in particles for n in p.notes if n.startswith(SPARSE_POST_EDGE_NOTE))
         out.append(f"{first} (particles {ids(few)})")
-    misfit = [p.particle for p in particles if any("do not describe this particle's spectra" in n for n in p.notes)]
+    misfit = [p.particle for p in particles if any(MISFIT_NOTE in n for n in p.notes)]
     if misfit:
         out.append(
             f"the references do not describe the spectra of {len(misfit)} of {len(particles)} particles "

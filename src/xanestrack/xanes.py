@@ -66,6 +66,10 @@ PRE_EDGE_RANGE = (-150.0, -30.0)
 #: scan +0.05), sigma 0.01-0.03
 MIN_POST_EDGE_ENERGIES = 5
 
+#: how the particle notes on a sparse post-edge and on references that do not describe the spectra begin
+#: (the run notes gather them: :func:`xanestrack.pipeline._particle_chemistry_notes`)
+SPARSE_POST_EDGE_NOTE, MISFIT_NOTE = "the post-edge is normalised from", "do not describe this particle's spectra"
+
 
 def _count_energies(n: int) -> str:
     return f"{n} energy" if n == 1 else f"{n} energies"
@@ -611,7 +615,7 @@ def _chemistry_maps(
     q = quality_masks(e, sub, mask=mask, e0_ev=e0, edge_jump_threshold=edge_jump_threshold)
     out["quality_keep"] = q.keep
     out["edge_jump_od"] = q.edge_jump_od
-    if lcf_residual is not None and not any(n.startswith("the post-edge is normalised from") for n in notes):
+    if lcf_residual is not None and not any(n.startswith(SPARSE_POST_EDGE_NOTE) for n in notes):
         note = _lcf_misfit_note(lcf_residual, q, references)
         if note:
             notes.append(note)
@@ -664,7 +668,7 @@ def _lcf_misfit_note(lcf_residual, q, references) -> str:
         else f"a tenth of its pixels or more are fitted {p90 / noise:.1f} x worse than the spectra's noise"
     )
     return (
-        f"the references ({', '.join(references)}) do not describe this particle's spectra: {where}: its fractions "
+        f"the references ({', '.join(references)}) {MISFIT_NOTE}: {where}: its fractions "
         "are not its chemistry (a phase the references do not hold, the energy axis off theirs: calibrate it, or a "
         "normalisation the scan's energies cannot support)"
     )
@@ -831,7 +835,7 @@ def analyse_particle(
                 # a scan ending 120 eV past the edge: its one post-edge energy set every edge step, E50 0.1-0.2 eV
                 # lower than with the scan's full post-edge (40x its stated sigma), nothing said
                 notes.append(
-                    f"the post-edge is normalised from {_count_energies(n_post)} ({nm.post_range_ev[0]:.1f}-"
+                    f"{SPARSE_POST_EDGE_NOTE} {_count_energies(n_post)} ({nm.post_range_ev[0]:.1f}-"
                     f"{nm.post_range_ev[1]:.1f} eV, from E0 + 100 eV): their noise and the EXAFS wiggles they catch set "
                     f"every edge step, and E50 and the fractions with it (a scan should hold {MIN_POST_EDGE_ENERGIES} "
                     "energies or more from E0 + 100 eV on)"
