@@ -714,13 +714,13 @@ def test_clusters_that_are_one_spread_of_pixels_cut_in_two_are_said_not_to_be_ph
     sep, pair = _cluster_separation(one, labels, means, e, None)
     assert sep < CLUSTER_MIN_SEPARATION and pair == (0, 1)
     parts = [SimpleNamespace(e0_ev=8345.0)]
-    assert "are not distinct phases" in _cluster_note(one, labels, means, e, None, parts)
+    assert "are not distinct phases" in _cluster_note(sep, pair, None, parts)
     two = np.c_[one[:, :1000], (1 / (1 + np.exp(-(e - 8347) / 2)))[:, None] + rng.normal(0, 0.02, (30, 1000))]
     labels = np.r_[np.zeros(1000, int), np.ones(1000, int)]
     means = np.stack([two[:, labels == j].mean(axis=1) for j in range(2)])
-    assert _cluster_separation(two, labels, means, e, None)[0] > 2 * CLUSTER_MIN_SEPARATION
-    assert _cluster_note(two, labels, means, e, None, parts) == ""
-    note = _cluster_note(two, labels, means, e, (8370.0, 8400.0), parts)
+    sep, pair = _cluster_separation(two, labels, means, e, None)
+    assert sep > 2 * CLUSTER_MIN_SEPARATION and _cluster_note(sep, pair, None, parts) == ""
+    note = _cluster_note(*_cluster_separation(two, labels, means, e, (8370.0, 8400.0)), (8370.0, 8400.0), parts)
     assert note.startswith("the window 8370-8400 eV holds no particle's edge")
 
 

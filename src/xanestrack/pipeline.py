@@ -2527,8 +2527,9 @@ def phase_mapping(particles, norms, energies_ev, *, options: PipelineOptions = P
     means = np.stack(
         [spectra[:, labels == j].mean(axis=1) if (labels == j).any() else np.full(ec.size, np.nan) for j in range(k)]
     )
-    settings["note"] = _cluster_note(spectra, labels, means, ec, window, [particles[i] for i in usable])
-    settings["separation"] = _cluster_separation(spectra, labels, means, ec, window)[0]
+    sep, pair = _cluster_separation(spectra, labels, means, ec, window)
+    settings["separation"] = sep if np.isfinite(sep) else None
+    settings["note"] = _cluster_note(sep, pair, window, [particles[i] for i in usable])
     maps = phases.to_maps(labels.astype(np.int16), ps, fill=np.int16(-1))
     out = []
     for p in particles:
@@ -2581,8 +2582,9 @@ def _cluster_separation(spectra, labels, means, energies, window):
     return float(best), pair
 
 
-def _cluster_note(spectra, labels, means, energies, window, particles) -> str:
-    """What the clusters cannot be: phases, where two of them are one spread of pixels cut in two
+def _cluster_note(sep, pair, window, particles) -> str:
+    """What the clusters cannot be (``sep, pair``: :func:`_cluster_separation`): phases, where two of them
+    are one spread of pixels cut in two
     (k-means splits any cloud into k: a one-phase scene gave 2 and 5 "phases" 0.1 eV apart, nothing said), or
     where the window holds no edge (a post-edge window: a NiO particle 65/35)."""
     out = []
@@ -2592,7 +2594,6 @@ def _cluster_note(spectra, labels, means, energies, window, particles) -> str:
             f"the window {window[0]:g}-{window[1]:g} eV holds no particle's edge (E0 {min(e0):.1f}-{max(e0):.1f} eV): "
             "the clusters sort the spectra's shape there and their noise, not their oxidation state"
         )
-    sep, pair = _cluster_separation(spectra, labels, means, energies, window)
     if pair is not None and sep < CLUSTER_MIN_SEPARATION:
         out.append(
             f"clusters {pair[0]} and {pair[1]} are not distinct phases: their centroids lie {sep:.1f} x their pixels' "
