@@ -51,6 +51,24 @@ def test_frames_with_an_energies_file_are_taken_in_the_natural_order_of_their_na
     assert np.array_equal(st.od, od[::-1]) and np.allclose(st.energies_ev, E)
 
 
+def test_frames_given_in_a_shells_alphabetical_order_are_taken_in_their_natural_order(tmp_path):
+    # `frames/*.tif --energies e.txt`: the shell lists frame_10 before frame_2; taken as given, every frame after
+    # frame_1 got another's energy (every particle's E50 NaN), nothing said
+    n = 12
+    od = _frames(n)
+    e = np.linspace(8300.0, 8410.0, n)
+    _write(tmp_path / "f", [f"frame_{k}.tif" for k in range(n)], od)
+    (tmp_path / "e.txt").write_text("\n".join(map(str, e)))
+    glob = sorted((tmp_path / "f").glob("*.tif"))  # frame_0, frame_1, frame_10, frame_11, frame_2, ...
+    st = read_stack(glob, energies=tmp_path / "e.txt", values="od", zingers=False)
+    assert np.array_equal(st.od, od) and np.allclose(st.energies_ev, e)
+    assert any("given in alphabetical order" in x for x in st.metadata["notes"])
+    # an order of the user's own is kept
+    mine = [tmp_path / "f" / f"frame_{k}.tif" for k in [1, 0, *range(2, n)]]
+    st = read_stack(mine, energies=tmp_path / "e.txt", values="od", zingers=False)
+    assert np.array_equal(st.od[:2], od[[1, 0]]) and not any("alphabetical" in x for x in st.metadata["notes"])
+
+
 @pytest.mark.parametrize(
     "case, fragment",
     [

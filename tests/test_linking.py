@@ -26,3 +26,28 @@ def test_vote_falls_back_on_the_prior_without_agreement():
 
 def test_every_option_is_documented():
     assert undocumented_fields(LinkOptions) == []
+
+
+def test_a_prior_that_the_particles_in_view_do_not_confirm_links_nothing():
+    # two unrelated fields of few particles: the image correlation put the largest particle of one on the other's
+    # and that one pair of similar size agreed, while the others, in view, did not: one id for two particles
+    # (7 of 7 such pairs of synthetic scans), nothing said
+    from xanestrack.linking import decide_displacement
+
+    prev = np.array([[60.0, 60.0], [60.0, 180.0], [180.0, 60.0], [180.0, 180.0]])
+    cur = np.array([[70.0, 75.0], [120.0, 140.0], [200.0, 100.0], [30.0, 220.0]])
+    r = np.array([38.0, 9.0, 19.0, 28.0])
+    prior = cur[0] - prev[0]  # (10, 15): prev 0 onto cur 0, nothing else
+    kw = dict(prior=prior, prev_radius=r, cur_radius=r[[0, 2, 3, 1]], prior_tolerance=10.0)
+    d, n, how = decide_displacement(prev, cur, 150.0, 4.0, **kw)
+    assert how == "prior" and n == 1  # without the frame: taken
+    d, n, how = decide_displacement(prev, cur, 150.0, 4.0, field=(256, 256), **kw)
+    assert d is None and how == "prior unconfirmed"
+    # the same field moved by (10, 15): every particle in view agrees
+    d, n, how = decide_displacement(prev, prev + prior, 150.0, 4.0, field=(256, 256), **{**kw, "cur_radius": r})
+    assert how == "vote+prior" and n == 4 and np.allclose(d, prior)
+    # one particle in view of the other scan (the rest moved out): the one-common-particle case still links
+    far = prev + np.array([0.0, 190.0])
+    kw1 = {**kw, "prior": [0.0, 190.0], "cur_radius": r[:1]}
+    d, n, how = decide_displacement(prev, far[:1], 250.0, 4.0, field=(256, 256), **kw1)
+    assert how == "prior" and n == 1

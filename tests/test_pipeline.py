@@ -740,6 +740,8 @@ def test_particles_without_xanes_or_described_by_no_reference_are_said_in_the_ru
     assert notes[1].startswith("the references do not describe the spectra of 1 of 3 particles (1)")
     assert all(any(w in n for w in CONSOLE_NOTE_WORDS) for n in notes)  # printed by run and series
     assert _particle_chemistry_notes(parts[2:]) == []
+    # a scan of two energies: said so, not blamed on each particle's frames
+    assert _particle_chemistry_notes(parts[:1], 2, 8)[0] == "no XANES: the scan has 2 energies (the analysis needs 8)"
 
 
 def test_the_note_on_objects_too_small_never_suggests_a_radius_below_two_pixels():

@@ -559,7 +559,10 @@ def _quality_record(result) -> dict:
             rows[str(p.particle)] = dict(mask_pixels=int(p.mask.sum()), kept_pixels=int(p.kept.sum()))
     return dict(
         edge_jump_threshold=float(getattr(opts, "edge_jump_threshold", 5.0)),
-        residual_rule="normalisation and LCF residual <= median + 5 x 1.4826 MAD of the particle's pixels with an edge jump",
+        residual_rule=(
+            "normalisation residual <= median + 5 x 1.4826 MAD of the particle's pixels with an edge jump (the LCF "
+            "residual does not choose the pixels)"
+        ),
         particles=rows,
     )
 

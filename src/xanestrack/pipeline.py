@@ -2005,7 +2005,7 @@ def run_pipeline(
             "pixel, none of them trusted"
         )
     notes += [n for n in (_coarse_edge_note(particles, energies), _rarely_vouched_note(particles)) if n]
-    notes += _particle_chemistry_notes(particles)
+    notes += _particle_chemistry_notes(particles, len(energies), options.min_xanes_energies)
     rej = detections[~detections["isolated"]] if len(detections) else detections
     notes += [
         n
@@ -2251,14 +2251,18 @@ def _still_note(rejected_tracks) -> str | None:
     )
 
 
-def _particle_chemistry_notes(particles) -> list:
+def _particle_chemistry_notes(particles, n_energies: int | None = None, min_energies: int = 8) -> list:
     """Run notes gathering the particles whose XANES failed or was skipped, and those the references do not
     describe (each said only in the particle's own notes before, in the report: on the console a "-" under
-    the mean E50, or fractions given as they were)."""
+    the mean E50, or fractions given as they were). A scan of fewer energies than the XANES needs is said so
+    (the first particle's reason blamed frames not vouched for on the two-frame SSRL scan)."""
     out = []
     ids = lambda ps: ", ".join(str(p) for p in ps[:12]) + (" ..." if len(ps) > 12 else "")  # noqa: E731
     failed = [(p.particle, n) for p in particles for n in p.notes if n.startswith(("XANES failed", "XANES skipped"))]
-    if failed:
+    if failed and n_energies is not None and n_energies < min_energies:
+        n = f"{n_energies} energy" if n_energies == 1 else f"{n_energies} energies"
+        out.append(f"no XANES: the scan has {n} (the analysis needs {min_energies})")
+    elif failed:
         who = sorted({pid for pid, _ in failed})
         out.append(
             f"no XANES for {len(who)} of {len(particles)} particles ({ids(who)}): {failed[0][1]}"

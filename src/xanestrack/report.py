@@ -1144,7 +1144,9 @@ def write_series_report(table: pd.DataFrame, out_dir) -> Path:
     _write_tables(out, fig.tables)
     remarks = []
     if "link_method" in table:
-        broken = sorted(table.loc[table["link_method"].isin(["ambiguous", "prior contradicted"]), "scan"].unique())
+        from .linking import NOT_JOINED
+
+        broken = sorted(table.loc[table["link_method"].isin(NOT_JOINED), "scan"].unique())
         if broken:
             remarks.append(
                 f"Scans {', '.join(map(str, broken))}: the offset from the previous scan could not be told (too few particles "

@@ -425,10 +425,10 @@ def link_scans(
     scan, or the last scan whose offset from the one before could not be told, where the
     chain starts again; such a scan's offset is 0), ``link_method`` (how the scan
     was joined to the previous one: "first", "vote", "vote+prior", "prior",
-    "vote over prior", "empty"; "ambiguous" or "prior contradicted": not joined, new
-    ids) and ``link_support`` (tracks agreeing with the offset).
+    "vote over prior", "empty"; "ambiguous", "prior contradicted" or "prior unconfirmed": not
+    joined, new ids) and ``link_support`` (tracks agreeing with the offset).
     """
-    from .linking import LinkOptions, link
+    from .linking import NOT_JOINED, LinkOptions, link
 
     summary = summary.sort_values(["scan", "scan_particle"]).reset_index(drop=True)
     scans = sorted(summary["scan"].unique())
@@ -454,6 +454,7 @@ def link_scans(
         prior_tolerance=prior_tolerance,
         field_area=float(np.prod(frame_shape)) if frame_shape is not None else None,
         max_chance=max_chance,
+        field_shape=tuple(frame_shape) if frame_shape is not None else None,
     )
     if isinstance(prior, dict):
         table = {k: v for k, v in prior.items()}
@@ -483,7 +484,7 @@ def link_scans(
     # from it (`offset_from_scan`); they were given from the first scan, the unknown offset taken as none
     origin = np.zeros(len(scans), int)
     for k in range(1, len(scans)):
-        restart = method.get(k, ("none", 0))[0] in ("ambiguous", "prior contradicted")
+        restart = method.get(k, ("none", 0))[0] in NOT_JOINED
         origin[k] = k if restart else origin[k - 1]
     rel = common - common[origin]
     out["common_dy"] = rel[t, 0]
@@ -494,7 +495,7 @@ def link_scans(
     names = dict(zip(summary["scan"], summary["scan_name"])) if "scan_name" in summary else {}
     for k, s in enumerate(scans):
         how = method.get(k, ("none", 0))[0]
-        if how in ("ambiguous", "prior contradicted"):
+        if how in NOT_JOINED:
             logger.warning(  # named as its folder and the notes name it (it was "scan 1")
                 "scan %s: its offset from the previous scan cannot be told (%s): its particles get new ids",
                 names.get(s, s),

@@ -273,6 +273,23 @@ def _tiff_files(paths) -> list | None:
     return files
 
 
+def _shell_order_note(files) -> tuple[list, str | None]:
+    """Files given in the alphabetical order a shell's ``*`` gives, where their names' numbers are not
+    zero-padded: put in the natural order (``frame_2`` before ``frame_10``, as a folder's are), with a note.
+    (``frames/*.tif --energies energies.txt`` gave frame_10 the second energy: every frame after frame_1 the
+    wrong one, every particle's E50 NaN, nothing said.) Any other order is kept as given."""
+    names = [f.name for f in files]
+    natural = sorted(files, key=_natural_key)
+    if len(files) < 3 or names != sorted(names) or natural == list(files):
+        return list(files), None
+    shown = ", ".join(f.name for f in files[:3])
+    return natural, (
+        f"{len(files)} TIFF files given in alphabetical order ({shown}, ...: a shell's *), their numbers not "
+        f"zero-padded: taken in the natural order of their names ({', '.join(f.name for f in natural[:3])}, ...), "
+        "as a folder's are; give them in the order you mean otherwise"
+    )
+
+
 def _tiff_frames(files, energies):
     """(frames, energies in increasing order, reversed?, notes, the files' order taken or None) of single-frame TIFF files."""
     from .checks import check_memory
@@ -296,6 +313,9 @@ def _tiff_frames(files, energies):
     else:
         order = None
         values = _energies_arg(energies)
+        files, shell_note = _shell_order_note(files)
+        if shell_note:
+            notes.append(shell_note)
         notes.append(
             f"{len(files)} TIFF files, one frame each, in the order given (a folder's: the natural order of their names), "
             f"energies from {energies if isinstance(energies, (str, Path)) else 'the values given'} in that order"
