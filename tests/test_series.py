@@ -543,3 +543,24 @@ def test_a_series_interrupted_while_a_scan_runs_can_be_resumed(tmp_path, monkeyp
     monkeypatch.setattr(ser, "process_scan", orig)
     t = run_series(src, tmp_path / "s", scheduler="sync", **CLASSICAL)
     assert t["scan"].nunique() == 2
+
+
+def test_a_scan_whose_particles_all_moved_alike_in_energy_or_another_grid_is_said():
+    # a scan's axis 0.5-1 eV off read as every particle oxidised alike (fraction 0.46 -> 0.85 at +1 eV), unsaid;
+    # a scan of 20 energies among scans of 40 mixed the grids' bias into the trend, said only in that scan's notes
+    from xanestrack.series import series_notes
+
+    rows = []
+    for scan, shift, n in ((0, 0.0, 40), (1, 0.5, 40), (2, 0.0, 20)):
+        for pid, e in enumerate((8340.6, 8340.7, 8340.2, 8340.3)):
+            rows.append(dict(particle=pid, scan=scan, scan_name=f"s{scan}", mean_e50=e + shift, n_frames=n))
+    notes = series_notes(pd.DataFrame(rows))
+    assert notes[0].startswith("the scans are on different energy grids (energies: 20 (s2); 40 (s0, s1))")
+    assert notes[1].startswith(
+        "scan s1: the mean edge energy of all 4 particles it shares with scan s0 moved by +0.50 eV"
+    )
+    assert notes[2].startswith("scan s2:") and "-0.50 eV" in notes[2]
+    # chemistry that moves the particles differently is not an axis
+    t = pd.DataFrame(rows)
+    t.loc[t.scan == 1, "mean_e50"] += np.array([0.0, 0.2, 0.4, 0.1])
+    assert not any(n.startswith("scan s1") for n in series_notes(t[t.scan < 2]))

@@ -1170,9 +1170,11 @@ def series(
         write_series_report(table, out)
         from .errors import for_cli
         from .results import add_to_marker
-        from .series import ACTIONABLE_NOTE, scan_notes
+        from .series import ACTIONABLE_NOTE, scan_notes, series_notes
 
         c = _console()
+        for note in series_notes(table):
+            c.print(f"note      {note}", highlight=False, markup=False, soft_wrap=True)
         for name, notes in scan_notes(out):  # the scans' notes were only in their run.json
             for note in notes:
                 if any(w in note for w in ACTIONABLE_NOTE):

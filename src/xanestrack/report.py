@@ -1163,8 +1163,9 @@ def write_series_report(table: pd.DataFrame, out_dir) -> Path:
             remarks.append(
                 f"Scans {', '.join(map(str, few))} have fewer than {need} energies: positions and sizes only, no XANES."
             )
-    from .series import scan_notes
+    from .series import scan_notes, series_notes
 
+    remarks += [n[0].upper() + n[1:] + "." for n in series_notes(table)]
     piv = table.pivot_table(index="particle", columns="scan", values="mean_e50")
     page = (
         Environment(autoescape=True)

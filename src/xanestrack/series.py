@@ -343,6 +343,47 @@ def _reference_image(od, result):
 ACTIONABLE_NOTE = CONSOLE_NOTE_WORDS
 
 
+#: eV. Between two scans, every common particle's mean E50 moving by at least this much, all within
+#: :data:`UNIFORM_SHIFT_SPREAD_EV` of one another, is said to look like an energy-axis offset: a scan whose axis was
+#: 0.5-2 eV off read as every particle oxidised alike (0.46 -> 0.85 at +1 eV), unsaid (the references' misfit
+#: note fires from about 2 eV)
+UNIFORM_SHIFT_EV, UNIFORM_SHIFT_SPREAD_EV = 0.25, 0.05
+
+
+def series_notes(table: pd.DataFrame) -> list[str]:
+    """What the series as a whole should say: scans on different energy grids, and scans whose particles' mean
+    E50 all moved alike from the scan before (:data:`UNIFORM_SHIFT_EV`)."""
+    out = []
+    if not len(table) or not {"scan", "n_frames", "mean_e50", "particle"} <= set(table.columns):
+        return out
+    names = dict(zip(table["scan"], table["scan_name"])) if "scan_name" in table else {}
+    name = lambda s: str(names.get(s, s))  # noqa: E731
+    grids = table.groupby("scan")["n_frames"].max()
+    if grids.nunique() > 1:
+        parts = [
+            f"{int(n)} ({', '.join(name(s) for s in grids.index[grids == n][:6])})" for n in sorted(grids.unique())
+        ]
+        out.append(
+            "the scans are on different energy grids (energies: " + "; ".join(parts) + "): their edge energies carry "
+            "each grid's interpolation and normalisation bias (every 2nd energy of the same scan: 0.1-0.2 eV), so a "
+            "trend across grids is not all chemistry"
+        )
+    scans = sorted(table["scan"].unique())
+    e50 = table.pivot_table(index="particle", columns="scan", values="mean_e50")
+    for a, b in zip(scans, scans[1:]):
+        if a not in e50 or b not in e50:
+            continue
+        d = (e50[b] - e50[a]).dropna().to_numpy(float)
+        if d.size >= 3 and abs(np.median(d)) >= UNIFORM_SHIFT_EV and np.ptp(d) <= 2 * UNIFORM_SHIFT_SPREAD_EV:
+            out.append(
+                f"scan {name(b)}: the mean edge energy of all {d.size} particles it shares with scan {name(a)} moved by "
+                f"{np.median(d):+.2f} eV, within {np.ptp(d):.2f} eV of one another: a shift this uniform is what an "
+                "energy axis off by as much gives, not chemistry alike in every particle; check that scan's "
+                "calibration (xanestrack run it with --energy-reference or --known-edge)"
+            )
+    return out
+
+
 def scan_notes(out_dir) -> list[tuple[str, list[str]]]:
     """``(scan name, its notes)`` for each scan of the series in ``out_dir`` that has notes (in the
     manifest's order): the input notes and the run notes of each scan's ``run.json``."""
