@@ -564,3 +564,42 @@ def test_a_scan_whose_particles_all_moved_alike_in_energy_or_another_grid_is_sai
     t = pd.DataFrame(rows)
     t.loc[t.scan == 1, "mean_e50"] += np.array([0.0, 0.2, 0.4, 0.1])
     assert not any(n.startswith("scan s1") for n in series_notes(t[t.scan < 2]))
+
+
+def test_a_copy_of_a_scan_under_another_name_is_said(tmp_path, caplog):
+    # processed as a second scan (linked at offset 0, every particle's trend flat) without a word
+    import shutil
+
+    from xanestrack.io.hdf5 import write_fxi
+    from xanestrack.parallel.series import series_sources
+
+    rng = np.random.default_rng(0)
+    flat = np.full((10, 64, 64), 1000.0)
+    write_fxi(
+        tmp_path / "a.h5",
+        rng.poisson(flat).astype(np.uint16),
+        flats=flat,
+        darks=np.zeros((64, 64)),
+        energies_ev=np.linspace(8300, 8400, 10),
+    )
+    shutil.copy(tmp_path / "a.h5", tmp_path / "a_copy.h5")
+    with caplog.at_level("WARNING"):
+        run_series(
+            series_sources([tmp_path / "a.h5", tmp_path / "a_copy.h5"]), tmp_path / "s", scheduler="sync", **CLASSICAL
+        )
+    assert any("holds the same data as scan" in r.getMessage() for r in caplog.records)
+
+
+def test_a_series_interrupted_on_the_command_line_says_how_to_resume(tmp_path, monkeypatch):
+    # it ended with status 130 and not a word
+    from typer.testing import CliRunner
+
+    from xanestrack.cli import app
+    from xanestrack.parallel import series as ser
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ser, "process_scan", interrupted)
+    r = CliRunner().invoke(app, ["series", "--synthetic", "2", "--out", str(tmp_path / "s"), "--scheduler", "sync"])
+    assert r.exit_code == 130 and "run the same command again to resume" in r.output

@@ -1199,6 +1199,14 @@ def series(
                 f"accuracy  identities kept: {ev['all_identities_kept']} ({ev['n_particles']} particles); "
                 f"mean edge energy per scan: max |error| {ev['max_abs_e50_error_ev']:.3f} eV, RMS {ev['rms_e50_error_ev']:.3f} eV"
             )
+    except KeyboardInterrupt:
+        # (it ended with status 130 and not a word)
+        from rich.console import Console
+
+        Console(stderr=True, soft_wrap=True).print(
+            f"interrupted: the scans done are kept in {out}; run the same command again to resume", highlight=False
+        )
+        raise typer.Exit(130) from None
     except Exception as exc:
         _fail(exc, ", ".join(map(str, inputs or [])) or None)
     if failed:  # the others were processed, linked and reported; each refused scan named (exit status 2)

@@ -43,6 +43,7 @@ __all__ = [
     "series_sources",
     "synthetic_sources",
     "source_checksum",
+    "source_checksums",
     "process_scan",
     "link_scans",
     "scan_image_prior",
@@ -148,12 +149,18 @@ def _normalised(path) -> str:
 
 def source_checksum(source: ScanSource) -> str:
     """SHA-256 of what a scan is read from: its file(s) (a folder: its .xrm/.txrm or TIFF files), or its synthetic recipe."""
+    return source_checksums(source)[0]
+
+
+def source_checksums(source: ScanSource) -> tuple[str, str]:
+    """:func:`source_checksum`, and the SHA-256 of the data alone (the files' bytes without their names), read once:
+    two scans with the same data under other names are one scan given twice."""
     import hashlib
 
-    h = hashlib.sha256()
+    h, data = hashlib.sha256(), hashlib.sha256()
     if source.kind == "synthetic":
         h.update(json.dumps(dict(source.synthetic, index=source.index), sort_keys=True, default=str).encode())
-        return h.hexdigest()
+        return h.hexdigest(), h.hexdigest()
     from .io import input_files
 
     for q in input_files(source.path):
@@ -161,9 +168,11 @@ def source_checksum(source: ScanSource) -> str:
         with open(q, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
+                data.update(chunk)
     if source.kind == "hdf5-scan":
         h.update(f"scan {source.index}".encode())
-    return h.hexdigest()
+        data.update(f"scan {source.index}".encode())
+    return h.hexdigest(), data.hexdigest()
 
 
 def synthetic_sources(n_scans: int, *, preset="default", seed=0, **params) -> list:

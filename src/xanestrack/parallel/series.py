@@ -36,7 +36,7 @@ from ..series import (  # noqa: F401 (re-exported: the series API in one place)
     process_scan,
     scan_image_prior,
     series_sources,
-    source_checksum,
+    source_checksums,
     synthetic_sources,
 )
 
@@ -254,7 +254,15 @@ def _run_series(
         raise XanestrackError(
             f"cannot write in {out} ({one_line(exc.strerror or exc)}); choose another --out"
         ) from None
-    checksums = [source_checksum(s) for s in sources]
+    both = [source_checksums(s) for s in sources]
+    checksums = [b[0] for b in both]
+    seen: dict = {}
+    for s, (_, c) in zip(sources, both):  # a copy under another name was processed as a second scan, unsaid
+        if c in seen:
+            logger.warning(
+                "scan %s holds the same data as scan %s (identical SHA-256): processed as two scans", s.name, seen[c]
+            )
+        seen.setdefault(c, s.name)
     tasks = [
         dask.delayed(_scan_or_failure, pure=False)(s, str(out), options, detector, segmenter, c, *radii, device)
         for s, c in zip(sources, checksums)
