@@ -516,3 +516,18 @@ def test_training_into_the_shipped_model_folder_replaces_it_only_when_done(tmp_p
     assert r.exit_code == 0, r.output
     assert (shipped / "weights.pt").read_bytes() == b"new weights" and (shipped / "card.md").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shipped"]
+
+
+def test_an_error_from_inside_numpy_is_called_unexpected_not_the_inputs_fault():
+    # a scan of 5 frames met "operands could not be broadcast together" and the CLI printed it as the file's fault
+    from xanestrack.cli import _message
+
+    try:
+        np.ones(5) & np.ones(7, bool)
+    except (ValueError, TypeError) as exc:
+        msg = _message(exc, "s5.tif")
+    assert "unexpected" in msg and "report the traceback" in msg
+    try:
+        raise ValueError("energies must increase")
+    except ValueError as exc:
+        assert _message(exc, "s5.tif") == "s5.tif: energies must increase (--debug shows where)"

@@ -40,12 +40,22 @@ def _message(exc: BaseException, context=None) -> str:
     where = f"{context}: " if context and str(context) not in text else ""
     if isinstance(exc, MemoryError):
         return f"{where}not enough memory ({text}); crop or bin the data, or use a machine with more memory"
-    if isinstance(exc, (ValueError, TypeError, OSError)):
+    if isinstance(exc, (ValueError, TypeError, OSError)) and _raised_on_purpose(exc):
         return f"{where}{text} (--debug shows where)"
     return (
         f"{where}unexpected {type(exc).__name__}: {text}; this is a bug or an input we do not handle: "
         "rerun with --debug and report the traceback"
     )
+
+
+def _raised_on_purpose(exc: BaseException) -> bool:
+    """Whether ``exc`` came from a ``raise`` statement (ours or a reader's, about the input), not from an operation
+    that failed inside numpy: a scan of 5 frames met "operands could not be broadcast together with shapes (5,) (7,)",
+    and the CLI put it as the input file's fault."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    return not frames or (frames[-1].line or "").lstrip().startswith("raise") or isinstance(exc, OSError)
 
 
 def _fail(exc: BaseException, context=None):

@@ -630,10 +630,14 @@ def _agreeing(agreement, both, agreement_px, departure=None) -> np.ndarray:
 
 def _almost_alone(vouched, window: int = AGREEMENT_WINDOW) -> np.ndarray:
     """Frames vouched for (bool) while fewer than a third of the frames around them (+-``window // 2``) are."""
+    from scipy import ndimage
+
     k = np.ones(window)
     k[window // 2] = 0
-    near = np.convolve(vouched.astype(float), k, mode="same")
-    frames_near = np.convolve(np.ones(len(vouched)), k, mode="same")
+    # (np.convolve's "same" is as long as the longer input: a scan of 5 or 6 frames, shorter than the window,
+    # failed here with "operands could not be broadcast together with shapes (5,) (7,)")
+    near = ndimage.correlate1d(vouched.astype(float), k, mode="constant", cval=0.0)
+    frames_near = ndimage.correlate1d(np.ones(len(vouched)), k, mode="constant", cval=0.0)
     return vouched & (near < frames_near / 3)
 
 
