@@ -69,6 +69,19 @@ def test_frames_given_in_a_shells_alphabetical_order_are_taken_in_their_natural_
     assert np.array_equal(st.od[:2], od[[1, 0]]) and not any("alphabetical" in x for x in st.metadata["notes"])
 
 
+def test_an_energies_file_that_contradicts_the_files_names_is_refused_or_said(tmp_path):
+    # names low to high, the file high to low: every frame's energy reversed, every E50 NaN, nothing said
+    od = _frames()
+    _write(tmp_path / "f", [f"s{k + 1}_{e:.1f}eV.tif" for k, e in enumerate(E)], od)
+    (tmp_path / "down.txt").write_text("\n".join(map(str, E[::-1])))
+    with pytest.raises(XanestrackError, match="orders the frames otherwise than the energies in the files' names"):
+        read_stack(tmp_path / "f", energies=tmp_path / "down.txt", values="od", zingers=False)
+    (tmp_path / "off.txt").write_text("\n".join(map(str, E + 3.0)))  # a calibrated axis beside nominal names
+    st = read_stack(tmp_path / "f", energies=tmp_path / "off.txt", values="od", zingers=False)
+    assert np.allclose(st.energies_ev, E + 3.0)
+    assert any("differs from the energies in the files' names by up to 3.0 eV" in n for n in st.metadata["notes"])
+
+
 @pytest.mark.parametrize(
     "case, fragment",
     [

@@ -772,3 +772,22 @@ def test_scans_of_five_or_six_energies_give_positions():
         idx = np.round(np.linspace(0, 39, n)).astype(int)
         r = run_pipeline(Stack(od[idx], s.energies_ev[idx]), options=PipelineOptions())
         assert len(r.particles) >= 2 and all(np.isfinite(p.positions).any() for p in r.particles)
+
+
+def test_two_tracks_followed_onto_one_particle_report_it_once():
+    # a two-frame scan whose particle drifted 6 px more than the rest: not linked across the frames, both tracks
+    # were followed onto it and it was reported twice, vouched for in 2 of 2 frames each
+    from types import SimpleNamespace
+
+    from xanestrack.pipeline import _distinct_particles
+
+    def loc(y, x, r, n_detected):
+        c = np.array([[y, x], [y + 20.0, x + 8.0]])
+        return SimpleNamespace(
+            radius=r, detected=np.arange(2) < n_detected, measured=np.ones(2, bool), followed=c, centres=c
+        )
+
+    located = [loc(71.4, 39.9, 19.0, 1), loc(100.0, 200.0, 25.0, 2), loc(71.5, 39.9, 19.0, 2)]
+    assert _distinct_particles(located) == [1, 2]  # the one detected in fewer frames goes
+    located[2] = loc(71.4 + 25.0, 39.9, 19.0, 2)  # a neighbour touching it is another particle
+    assert _distinct_particles(located) == [0, 1, 2]

@@ -433,6 +433,27 @@ class _Located:
     separation_undone: tuple | None = None  # (px, times the noise): a separation from the matrix undone
 
 
+def _distinct_particles(located) -> list:
+    """Indices of ``located`` to keep: of two tracks followed onto one particle (their positions within half the
+    smaller radius of each other, median over the frames), the one detected in fewer frames goes. (A two-frame
+    scan whose particle drifted 6 px more than the rest was not linked across the frames; both tracks were then
+    followed onto it, and the particle was reported twice, vouched for in 2 of 2 frames each, unsaid.)"""
+    keep = list(range(len(located)))
+    pos = [_positions(loc) for loc in located]
+    for i in range(len(located)):
+        for j in range(i + 1, len(located)):
+            if i not in keep or j not in keep:
+                continue
+            with np.errstate(invalid="ignore"):
+                d = np.hypot(*(pos[i] - pos[j]).T)
+            if not np.isfinite(d).any():
+                continue
+            if np.nanmedian(d) < 0.5 * min(located[i].radius, located[j].radius):
+                a, b = located[i], located[j]
+                keep.remove(j if int(np.sum(b.detected)) <= int(np.sum(a.detected)) else i)
+    return keep
+
+
 def _positions(loc: _Located) -> np.ndarray:
     """(n_frames, 2): the particle's followed positions where measured, its window centres elsewhere."""
     return np.where(loc.measured[:, None], loc.followed, loc.centres)
@@ -1793,6 +1814,14 @@ def run_pipeline(
                 f"(their edge estimate within {options.agreement_px:g} px of the other particles' motion there plus "
                 "their own, interpolated from the frames vouched for on either side; flag by_motion)"
             )
+    keep = _distinct_particles(located)
+    if len(keep) < len(located):
+        gone = [located[j].pid for j in range(len(located)) if j not in keep]
+        located, vouched = [located[j] for j in keep], [vouched[j] for j in keep]
+        notes.append(
+            f"{_count(len(gone), 'track')} ({', '.join(map(str, gone))}) followed onto a particle another track follows: "
+            "left out, the particle reported once"
+        )
     done = [0]
     lock = threading.Lock()
 

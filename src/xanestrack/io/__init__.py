@@ -290,6 +290,35 @@ def _shell_order_note(files) -> tuple[list, str | None]:
     )
 
 
+#: eV. Energies in the files' names and in the energies file further apart than this are said (the file's are used)
+NAMES_ENERGY_TOLERANCE_EV = 1.0
+
+
+def _names_against_energies(files, values) -> str | None:
+    """Where every file's name holds an energy and an energies file is given too: refused where the two order the
+    frames differently (a file listing them high to low beside names low to high reversed every frame's energy:
+    every E50 NaN, nothing said), a note where they differ by more than :data:`NAMES_ENERGY_TOLERANCE_EV`."""
+    found = [_ENERGY_IN_NAME.findall(f.stem) for f in files]
+    values = np.asarray(values, float).ravel()
+    if len(files) < 2 or values.size != len(files) or any(len(m) != 1 for m in found):
+        return None
+    named = np.array([float(v) * (1000.0 if unit.lower() == "kev" else 1.0) for ((v, unit),) in found])
+    if not np.array_equal(np.argsort(named, kind="stable"), np.argsort(values, kind="stable")):
+        raise XanestrackError(
+            f"{files[0].parent}: the energies file orders the frames otherwise than the energies in the files' names "
+            f"({files[0].name}: {named[0]:.1f} eV in its name, {values[0]:.1f} eV in the file; {files[-1].name}: "
+            f"{named[-1]:.1f} / {values[-1]:.1f} eV): give the files in the energies file's order, or leave the "
+            "energies file out to use the names"
+        )
+    diff = float(np.max(np.abs(named - values)))
+    if diff > NAMES_ENERGY_TOLERANCE_EV:
+        return (
+            f"the energies file differs from the energies in the files' names by up to {diff:.1f} eV (the same order): "
+            "the file's are used"
+        )
+    return None
+
+
 def _tiff_frames(files, energies):
     """(frames, energies in increasing order, reversed?, notes, the files' order taken or None) of single-frame TIFF files."""
     from .checks import check_memory
@@ -316,6 +345,9 @@ def _tiff_frames(files, energies):
         files, shell_note = _shell_order_note(files)
         if shell_note:
             notes.append(shell_note)
+        named = _names_against_energies(files, values)
+        if named:
+            notes.append(named)
         notes.append(
             f"{len(files)} TIFF files, one frame each, in the order given (a folder's: the natural order of their names), "
             f"energies from {energies if isinstance(energies, (str, Path)) else 'the values given'} in that order"
