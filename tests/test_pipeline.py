@@ -791,3 +791,23 @@ def test_two_tracks_followed_onto_one_particle_report_it_once():
     assert _distinct_particles(located) == [1, 2]  # the one detected in fewer frames goes
     located[2] = loc(71.4 + 25.0, 39.9, 19.0, 2)  # a neighbour touching it is another particle
     assert _distinct_particles(located) == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(xanes_smoothing=-1.0),
+        dict(xanes_smoothing=float("nan")),
+        dict(edge_window=(20.0, -15.0)),
+        dict(lcf_window=(40.0, -20.0)),
+        dict(uncertainty="bogus"),
+        dict(detect_every=2.5),
+        dict(motion_voucher_frames=-1),
+    ],
+)
+def test_options_that_cannot_work_are_refused_before_anything_is_computed(kw):
+    # each was accepted: a negative smoothing ran as none, a reversed window failed every particle's XANES with a
+    # message about the scan's range, a string ran as True
+    od = np.zeros((10, 32, 32), np.float32)
+    with pytest.raises(ValueError, match=f"options.{next(iter(kw))} must be"):
+        run_pipeline(Stack(od, np.linspace(8300, 8400, 10)), options=PipelineOptions(**kw))

@@ -63,3 +63,18 @@ def test_validate_energies_messages():
     ):
         with pytest.raises(ValueError, match=msg):
             validate_energies(e, 2, source="e.txt")
+
+
+def test_a_stack_of_another_array_type_or_a_pixel_size_that_is_none_says_so():
+    import pytest
+
+    from xanestrack.stack import Stack
+
+    class Lazy:  # a dask array or a tensor: 3-D, not numpy
+        ndim, shape = 3, (4, 16, 16)
+
+    with pytest.raises(ValueError, match="must be a numpy array, got a .*Lazy of shape \\(4, 16, 16\\)"):
+        Stack(Lazy(), np.linspace(8300, 8400, 4))
+    for bad in (0.0, -0.02, float("nan")):
+        with pytest.raises(ValueError, match="pixel_size_um must be a positive number"):
+            Stack(np.zeros((4, 16, 16), np.float32), np.linspace(8300, 8400, 4), pixel_size_um=bad)

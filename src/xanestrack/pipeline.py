@@ -2448,6 +2448,17 @@ def _check_chemistry_options(options: PipelineOptions) -> None:
         raise ValueError(f"options.cluster_window must be (low, high) in eV with low < high, or None; got {w!r}")
     if not options.edge_jump_threshold > 0:
         raise ValueError(f"options.edge_jump_threshold must be positive, got {options.edge_jump_threshold!r}")
+    # accepted before: a negative or NaN smoothing ran as none, a reversed window failed every particle's XANES
+    # with a message about the scan's range, a string for `uncertainty` ran as True
+    s = options.xanes_smoothing
+    if not (isinstance(s, (int, float, np.number)) and not isinstance(s, bool) and np.isfinite(s) and s >= 0):
+        raise ValueError(f"options.xanes_smoothing must be a number of pixels >= 0, got {s!r}")
+    for name in ("edge_window", "lcf_window"):
+        w = getattr(options, name)
+        if len(w) != 2 or not np.all(np.isfinite(w)) or not w[0] < w[1]:
+            raise ValueError(f"options.{name} must be (low, high) in eV relative to E0 with low < high, got {w!r}")
+    if not isinstance(options.uncertainty, (bool, np.bool_)):
+        raise ValueError(f"options.uncertainty must be True or False, got {options.uncertainty!r}")
 
 
 def _check_options(options: PipelineOptions, energies) -> None:
@@ -2464,6 +2475,11 @@ def _check_options(options: PipelineOptions, energies) -> None:
         v = getattr(options, name)
         if not (isinstance(v, (int, float, np.number)) and np.isfinite(v) and v > 0):
             raise ValueError(f"options.{name} must be a positive number, got {v!r}")
+    for name in ("detect_every", "motion_voucher_frames"):
+        v = getattr(options, name)
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < (1 if name == "detect_every" else 0):
+            low = 1 if name == "detect_every" else 0
+            raise ValueError(f"options.{name} must be an integer >= {low}, got {v!r}")
     if not (isinstance(options.margin, (int, np.integer)) and 0 <= options.margin <= 64):
         raise ValueError(f"options.margin must be an integer number of pixels, 0-64, got {options.margin!r}")
     _check_chemistry_options(options)

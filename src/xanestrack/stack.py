@@ -69,10 +69,19 @@ class Stack:
 
     def __post_init__(self):
         od = self.od
+        if not isinstance(od, np.ndarray) and getattr(od, "ndim", None) == 3:
+            # (a dask array or a tensor was refused as "must be a 3-D array ... got (40, 256, 256)")
+            raise ValueError(
+                f"Stack.od must be a numpy array, got a {type(od).__module__}.{type(od).__name__} of shape "
+                f"{tuple(od.shape)}: pass np.asarray(...) of it (a Stack is held in memory)"
+            )
         if not isinstance(od, np.ndarray) or od.ndim != 3:
             raise ValueError(
                 f"Stack.od must be a 3-D array (n_frames, rows, cols), got {getattr(od, 'shape', type(od).__name__)}"
             )
+        p = self.pixel_size_um
+        if p is not None and not (np.isfinite(p) and p > 0):  # accepted, and the radius rules took it
+            raise ValueError(f"Stack.pixel_size_um must be a positive number of um, or None; got {p!r}")
         if od.shape[0] < 1 or od.shape[1] < 8 or od.shape[2] < 8:
             raise ValueError(f"Stack.od shape {od.shape} is too small (need >=1 frame of >=8 x 8)")
         if od.dtype.kind not in "iuf":  # as read_stack refuses them (complex, bool, objects...)
