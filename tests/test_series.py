@@ -360,10 +360,11 @@ def test_series_of_a_scan_and_a_one_frame_scan_60px_apart(fxi_scans, tmp_path):
     html = write_series_report(t, tmp_path / "ser").read_text()
     assert "no XANES" in html
     # each scan's notes (only in its run.json before): in the report, and the ones to act on printed by `series`
-    from xanestrack.series import ACTIONABLE_NOTE, scan_notes
+    from xanestrack.pipeline import CONSOLE_NOTE_WORDS
+    from xanestrack.series import scan_notes
 
     notes = dict(scan_notes(tmp_path / "ser"))
-    assert any(w in n for n in notes["b"] for w in ACTIONABLE_NOTE)
+    assert any(w in n for n in notes["b"] for w in CONSOLE_NOTE_WORDS)
     assert "Notes of each scan" in html and "<h3>b</h3>" in html
 
 

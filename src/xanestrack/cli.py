@@ -1179,15 +1179,16 @@ def series(
         )
         write_series_report(table, out)
         from .errors import for_cli
+        from .pipeline import CONSOLE_NOTE_WORDS
         from .results import add_to_marker
-        from .series import ACTIONABLE_NOTE, scan_notes, series_notes
+        from .series import scan_notes, series_notes
 
         c = _console()
         for note in series_notes(table):
             c.print(f"note      {note}", highlight=False, markup=False, soft_wrap=True)
         for name, notes in scan_notes(out):  # the scans' notes were only in their run.json
             for note in notes:
-                if any(w in note for w in ACTIONABLE_NOTE):
+                if any(w in note for w in CONSOLE_NOTE_WORDS):
                     c.print(f"note      {name}: {for_cli(note)}", highlight=False, markup=False, soft_wrap=True)
         failed = table.attrs.get("failed", [])
         scans_done = f"{len(sources) - len(failed)} of {len(sources)}" if failed else f"{len(sources)}"

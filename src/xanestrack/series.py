@@ -36,7 +36,6 @@ import pandas as pd
 
 from .accel import arrays_on
 from .errors import XanestrackError
-from .pipeline import CONSOLE_NOTE_WORDS
 
 __all__ = [
     "ScanSource",
@@ -346,10 +345,6 @@ def _reference_image(od, result):
     img = np.nan_to_num(np.asarray(img, np.float32), nan=float(np.nanmedian(img)) if np.isfinite(img).any() else 0.0)
     b = max(1, int(np.ceil(max(img.shape) / REFERENCE_SIZE)))
     return (bin_frames(img, b) if b > 1 else img).astype(np.float32), b
-
-
-#: words of a scan's note the user should act on (``series`` prints those; the series report has every note)
-ACTIONABLE_NOTE = CONSOLE_NOTE_WORDS
 
 
 #: eV. Between two scans, every common particle's mean E50 moving by at least this much, all within

@@ -273,6 +273,15 @@ def _tiff_files(paths) -> list | None:
     return files
 
 
+def _name_energies(files) -> tuple[list, np.ndarray | None]:
+    """Each file's energies found in its name (:data:`_ENERGY_IN_NAME`), and the energy (eV) of each where every
+    name holds exactly one (else None)."""
+    found = [_ENERGY_IN_NAME.findall(f.stem) for f in files]
+    if any(len(m) != 1 for m in found):
+        return found, None
+    return found, np.array([float(v) * (1000.0 if unit.lower() == "kev" else 1.0) for ((v, unit),) in found])
+
+
 def _shell_order_note(files) -> tuple[list, str | None]:
     """Files given in the alphabetical order a shell's ``*`` gives, where their names' numbers are not
     zero-padded: put in the natural order (``frame_2`` before ``frame_10``, as a folder's are), with a note.
@@ -298,11 +307,10 @@ def _names_against_energies(files, values) -> str | None:
     """Where every file's name holds an energy and an energies file is given too: refused where the two order the
     frames differently (a file listing them high to low beside names low to high reversed every frame's energy:
     every E50 NaN, nothing said), a note where they differ by more than :data:`NAMES_ENERGY_TOLERANCE_EV`."""
-    found = [_ENERGY_IN_NAME.findall(f.stem) for f in files]
     values = np.asarray(values, float).ravel()
-    if len(files) < 2 or values.size != len(files) or any(len(m) != 1 for m in found):
+    named = _name_energies(files)[1]
+    if len(files) < 2 or values.size != len(files) or named is None:
         return None
-    named = np.array([float(v) * (1000.0 if unit.lower() == "kev" else 1.0) for ((v, unit),) in found])
     if not np.array_equal(np.argsort(named, kind="stable"), np.argsort(values, kind="stable")):
         raise XanestrackError(
             f"{files[0].parent}: the energies file orders the frames otherwise than the energies in the files' names "
@@ -326,15 +334,14 @@ def _tiff_frames(files, energies):
 
     notes = []
     if energies is None:
-        found = [_ENERGY_IN_NAME.findall(f.stem) for f in files]
-        bad = [f for f, m in zip(files, found) if len(m) != 1]
-        if bad:
+        found, values = _name_energies(files)
+        if values is None:
+            bad = next(f for f, m in zip(files, found) if len(m) != 1)
             raise XanestrackError(
-                f"{bad[0]}: {'no' if not found[files.index(bad[0])] else 'more than one'} energy in its name "
+                f"{bad}: {'no' if not found[files.index(bad)] else 'more than one'} energy in its name "
                 f"(as in frame_8333.5eV.tif); pass `energies` FILE, one energy per file in the order of the files"
                 + (" (a folder's: the natural order of their names)" if len(files) > 1 else "")
             )
-        values = np.array([float(v) * (1000.0 if unit.lower() == "kev" else 1.0) for ((v, unit),) in found])
         order = np.argsort(values, kind="stable")
         files = [files[i] for i in order]
         values = values[order]
@@ -409,22 +416,22 @@ def _sample(a, n: int = 4):
     return np.stack([np.asarray(a[int(k)], np.float32)[::4, ::4] for k in idx])
 
 
-def _normalised_already(counts, sample, flats) -> bool:
-    """Whether float images (``sample``: :func:`_sample` of ``counts``) beside flats of counts are transmission
-    already (values within 0-1.5, median 0.2 or more, the flats' median 20 times theirs or more)."""
+def _normalised_already(counts, sample, flat_sample) -> bool:
+    """Whether float images (``sample``: :func:`_sample` of ``counts``) beside flats of counts (``flat_sample``: of
+    the flats) are transmission already (values within 0-1.5, median 0.2 or more, the flats' median 20 times theirs
+    or more)."""
     if not np.issubdtype(np.dtype(counts.dtype), np.floating):
         return False
-    f = _sample(flats)
-    c, f = sample[np.isfinite(sample)], f[np.isfinite(f)]
+    c, f = sample[np.isfinite(sample)], flat_sample[np.isfinite(flat_sample)]
     if not c.size or not f.size:
         return False
     lo, med, hi = np.percentile(c, [0.1, 50, 99.9])
     return bool(lo >= 0 and hi <= 1.5 and med >= 0.2 and np.median(f) >= 20 * med)
 
 
-def _constant(flats) -> bool:
-    """Flats that are a placeholder: one value, 1 or less, everywhere (FXI's 'img_only' export writes ones)."""
-    f = _sample(flats)
+def _constant(f) -> bool:
+    """Flats (``f``: :func:`_sample` of them) that are a placeholder: one value, 1 or less, everywhere (FXI's
+    'img_only' export writes ones)."""
     return bool(f.size and np.isfinite(f).all() and np.ptp(f) == 0 and f.flat[0] <= 1)
 
 
@@ -456,7 +463,8 @@ def _hdf5_stack(d, path, energies, values, scan, flats=None, darks=None) -> Stac
         _no_tiff_options(path, f"an HDF5 file with its own flat-field images ({flat_name})", flats, darks)
         given = values in ("od", "transmission")
         sample = _sample(d["counts"])  # a few frames, read once (lazily read files: from disk)
-        normalised = not given and values == "auto" and _normalised_already(d["counts"], sample, d["flats"])
+        flat_sample = _sample(d["flats"])
+        normalised = not given and values == "auto" and _normalised_already(d["counts"], sample, flat_sample)
         if given and sample.size and np.median(sample) > 50:  # `values` ignored before
             raise XanestrackError(
                 f"{path}: `values` {values}, but its images look like raw counts (median {np.median(sample):.3g}) "
@@ -479,7 +487,7 @@ def _hdf5_stack(d, path, energies, values, scan, flats=None, darks=None) -> Stac
                 counts = np.asarray(counts[0 : counts.shape[0]])
             d = dict(d, counts=counts, flats=None, darks=None)
             values = values if given else "transmission"
-        elif _constant(d["flats"]):
+        elif _constant(flat_sample):
             raise XanestrackError(
                 f"{path}: its flat-field images ({flat_name}) are ones (or zeros) everywhere: no flats (FXI's 'img_only' "
                 "export?); give `flats` from TIFF, or `values` od|transmission if the images are normalised"
