@@ -846,3 +846,25 @@ def test_an_fxi_export_normalised_already_is_read_as_transmission(tmp_path):
         f["X_eng"] = E20 / 1000
     with pytest.raises(XanestrackError, match="ones \\(or zeros\\) everywhere: no flats"):
         read_stack(tmp_path / "ones.h5")
+
+
+def test_an_energies_file_of_two_unnamed_columns_is_read_only_where_the_energy_is_plain(tmp_path):
+    """Elapsed seconds beside the energies in keV, no header: the seconds were read as 300-5298 eV without a word
+    (every particle then 'XANES failed', tracks.csv's energies wrong). Two columns that could be the energies, or a
+    first column that cannot, are refused; the energy beside a monitor, or in eV and keV, is read."""
+    from xanestrack.errors import XanestrackError
+    from xanestrack.io.tiff import read_energies_file
+
+    e = np.linspace(8.2, 8.68, 143)
+    np.savetxt(tmp_path / "time.txt", np.c_[300 + 35.2 * np.arange(143), e], delimiter="\t")
+    with pytest.raises(XanestrackError, match="column 1 .*column 2 .* could be the energies; name the energy column"):
+        read_energies_file(tmp_path / "time.txt")
+    np.savetxt(tmp_path / "second.txt", np.c_[np.full(143, 2.0), e])
+    with pytest.raises(XanestrackError, match="first column .* does not look like energies; column 2"):
+        read_energies_file(tmp_path / "second.txt")
+    np.savetxt(tmp_path / "i0.txt", np.c_[e * 1000, 1e5 + np.arange(143) % 7])
+    np.savetxt(tmp_path / "both.txt", np.c_[e * 1000, e])
+    for name in ("i0.txt", "both.txt"):
+        assert np.allclose(read_energies_file(tmp_path / name), e * 1000)
+    (tmp_path / "named.txt").write_text("t_s\tenergy_keV\n" + "".join(f"{300 + k}\t{v}\n" for k, v in enumerate(e)))
+    assert np.allclose(read_energies_file(tmp_path / "named.txt"), e * 1000)

@@ -20,9 +20,10 @@ def validate_energies(energies_ev, n_frames: int, *, source: str = "input") -> n
     Raises
     ------
     ValueError
-        On a count mismatch, non-finite values, duplicates, or energies that are not
+        On a count mismatch, non-finite values, duplicates, energies that are not
         strictly increasing (the order of the frames must be the order of the energies;
-        sort your frames and energies together).
+        sort your frames and energies together), or one step of more than
+        :data:`LONE_STEP_EV` that is longer than the rest of the scan (a mistyped energy).
     """
     e = np.asarray(energies_ev, dtype=float).ravel()
     if e.size != n_frames:
@@ -43,9 +44,24 @@ def validate_energies(energies_ev, n_frames: int, *, source: str = "input") -> n
                 f"{source}: energies are not increasing ({e[i]:.2f} eV at frame {i}, then "
                 f"{e[i + 1]:.2f} eV); sort frames and energies together"
             )
+        i = int(np.argmax(d))
+        rest = float(e[-1] - e[0] - d[i])
+        if d[i] > LONE_STEP_EV and d[i] > rest:
+            # an energy mistyped at either end keeps them increasing: 8680 eV written as 86800 was taken, and a
+            # magnification fitted as a line in the energy put the whole 1 % on the last frame
+            raise ValueError(
+                f"{source}: the step from frame {i} ({e[i]:.1f} eV) to frame {i + 1} ({e[i + 1]:.1f} eV) is "
+                f"{d[i]:.0f} eV, more than the rest of the scan spans ({rest:.0f} eV): a mistyped energy? (A scan "
+                "is one absorption edge: give another edge's frames as a scan of their own)"
+            )
     if in_kev(e):
         raise ValueError(f"{source}: energies look like keV (max {np.nanmax(e):.4g}); give them in eV")
     return e
+
+
+#: eV: a step between two energies larger than this and than the rest of the scan spans is refused as a mistyped
+#: energy (XANES scans span 100-1000 eV in steps of 0.2-40 eV; the SSRL pair is 30 eV apart)
+LONE_STEP_EV = 500.0
 
 
 @dataclass(frozen=True)

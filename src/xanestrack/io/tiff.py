@@ -176,7 +176,7 @@ def read_energies_file(path) -> np.ndarray:
     if b"\x00" in raw:
         raise XanestrackError(f"{src}: binary data, not text; give a text file with one energy per line")
     text = raw.decode("utf-8-sig", errors="replace")  # a byte-order mark (Windows editors) is no header
-    values, lines = [], []
+    values, lines, fields = [], [], []
     col, n_header, named, comma_pairs, n_fields = 0, 0, False, 0, None
     header = None
     row = None  # all energies on one line
@@ -207,6 +207,7 @@ def read_energies_file(path) -> np.ndarray:
             continue
         if n_fields is None:
             n_fields = len(toks)
+        fields.append(toks)
         values.append(v)
         lines.append(n)
         comma_pairs += bool(_DECIMAL_COMMA.match(s))
@@ -235,4 +236,47 @@ def read_energies_file(path) -> np.ndarray:
             "one number with a decimal comma or two columns; write the energies with a decimal point (8230.870), "
             "or name the energy column in a header line"
         )
+    if not named and (n_fields or 1) >= 2:
+        _one_energy_column(src, fields, header)
     return energies_in_ev(values, source=src, lines=lines)
+
+
+def _looks_like_a_scan(v) -> bool:
+    """Whether values could be a XANES scan's energies: all eV or all keV, within 100 eV - 200 keV, strictly
+    monotonic, spanning at most 5 keV."""
+    v = np.asarray(v, float)
+    if v.size < 2 or not np.isfinite(v).all() or np.any(v <= 0):
+        return False
+    kev = v < 100
+    if kev.any() and not kev.all():
+        return False
+    e = v * 1000 if kev.all() else v
+    d = np.diff(e)
+    return bool(e.min() >= 100 and e.max() <= 200e3 and (np.all(d > 0) or np.all(d < 0)) and np.ptp(e) <= 5000)
+
+
+def _ev(v) -> np.ndarray:
+    return v * 1000 if np.all(v < 100) else v
+
+
+def _one_energy_column(src, fields, header) -> None:
+    """Refuse a file of several columns, none named, where the first does not look like a scan's energies and another
+    does, or where two columns do: the first was taken without a word (elapsed seconds read as 300-5298 eV beside the
+    energies in keV)."""
+    width = min(len(t) for t in fields)
+    cols = []
+    for k in range(width):
+        try:
+            cols.append(np.array([float(t[k]) for t in fields]))
+        except ValueError:
+            cols.append(None)
+    like = [k for k, c in enumerate(cols) if c is not None and _looks_like_a_scan(c)]
+    if not like or (like[0] == 0 and all(np.allclose(_ev(cols[k]), _ev(cols[0]), atol=0.5) for k in like)):
+        return  # the first column, or the same energies in eV and keV
+    shown = ", ".join(f"column {k + 1} ({cols[k][0]:g} ... {cols[k][-1]:g})" for k in like)
+    first = "" if 0 in like else f"its first column ({cols[0][0]:g} ... {cols[0][-1]:g}) does not look like energies; "
+    raise XanestrackError(
+        f"{src}: {first}{shown} could be the energies"
+        + (f" and its header {one_line(header, 50)!r} names no energy column" if header else "")
+        + "; name the energy column in a header line (energy, E [eV], E [keV]) or give one energy per line"
+    )
