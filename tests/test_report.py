@@ -209,3 +209,13 @@ def test_a_scan_from_high_to_low_energy_gives_the_upward_scans_tracks_and_says_s
     assert run["frames_reversed"] and not json.loads((report_dir / "run.json").read_text())["frames_reversed"]
     html = (out / "report.html").read_text()
     assert "<td>input</td>" in html and "frame k of every output is frame 39 - k of the input" in html
+
+
+def test_the_chemistry_caption_names_the_element_of_the_edge_it_maps():
+    """ "higher energy = more oxidised Ni" was written under a Co K-edge scan's map (7716-7718 eV)."""
+    from xanestrack.report import _k_edge_element
+
+    assert _k_edge_element((8339.5, 8343.1)) == " Ni"
+    assert _k_edge_element((7716.2, 7717.5)) == " Co"
+    assert _k_edge_element((6540.0, 6552.0)) == " Mn"
+    assert _k_edge_element((8000.0, 8100.0)) == "" and _k_edge_element((float("nan"), 8340.0)) == ""

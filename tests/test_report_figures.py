@@ -204,11 +204,34 @@ def test_resolution_figure_lists_every_pair_once(result):
     t, pairs = fig.tables["resolution"], fig.tables["resolved_pairs"]
     n = len(t)
     assert n == len(result.particles) and len(pairs) == n * (n - 1) // 2
-    a, b = pairs.iloc[0][["a", "b"]].astype(int)
-    d = t.loc[b, "e50_ev"] - t.loc[a, "e50_ev"]
-    s = np.hypot(t.loc[a, "sigma_ev"], t.loc[b, "sigma_ev"])
-    assert pairs.iloc[0]["z"] == pytest.approx(abs(d) / s) and pairs.iloc[0]["resolved"] == (abs(d) / s > 2)
+    by = t.set_index("particle")
+    from xanestrack.result import core_pixels
+
+    for p in result.particles:  # n_pixels: the pixels the mean is over (it said every kept pixel)
+        px = core_pixels(p) & np.isfinite(p.edge_maps["e50"])
+        assert by.loc[p.particle, "n_pixels"] == px.sum()
+        assert by.loc[p.particle, "e50_ev"] == pytest.approx(p.edge_maps["e50"][px].mean())
+    for _, row in pairs.iterrows():
+        a, b = int(row["particle_a"]), int(row["particle_b"])
+        d = by.loc[b, "e50_ev"] - by.loc[a, "e50_ev"]
+        s = np.hypot(by.loc[a, "sigma_ev"], by.loc[b, "sigma_ev"])
+        assert row["delta_ev"] == pytest.approx(d) and row["z"] == pytest.approx(abs(d) / s)
+        assert row["resolved"] == (abs(d) / s > 2)
     assert "E50 (eV)" in [x.text for x in root.iter("{http://www.w3.org/2000/svg}text")]
+
+
+def test_resolved_pairs_name_particles_where_one_has_no_edge_energy(result):
+    """resolved_pairs.csv is read by particle: a particle without a mean E50 is no row of the resolution table, and
+    the pairs after it named the particles by row (``a, b``: particle 7 written as 6)."""
+    first = result.particles[0]
+    maps = dict(first.edge_maps)
+    maps["e50"] = np.full_like(maps["e50"], np.nan)
+    r = dataclasses.replace(result, particles=[dataclasses.replace(first, edge_maps=maps), *result.particles[1:]])
+    fig = report.resolution_figure(r)
+    t, pairs = fig.tables["resolution"], fig.tables["resolved_pairs"]
+    assert first.particle not in set(t["particle"])
+    assert set(pairs["particle_a"]) | set(pairs["particle_b"]) == set(t["particle"])
+    assert "a" not in pairs and "label_a" not in pairs
 
 
 def test_quality_table_counts_the_kept_pixels(result):

@@ -358,17 +358,21 @@ def resolution_figure(result, *, k: float = 2.0) -> Figure:
     (:func:`xanestrack.result.particle_summary`), and every pair's ``|delta| / sigma``,
     resolved above ``k`` (:func:`xanestrack.chemistry.uncertainty.resolved_differences`,
     drawn by :func:`xanestrack.chemistry.figures.resolution_figure`). Tables
-    ``resolution`` (per particle) and ``resolved_pairs``.
+    ``resolution`` (per particle) and ``resolved_pairs`` (``particle_a, particle_b, delta_ev`` (b - a),
+    ``sigma_delta_ev, z, resolved``).
     """
     from .chemistry.figures import resolution_figure as draw
     from .chemistry.uncertainty import resolved_differences
-    from .result import particle_summary
+    from .result import core_pixels, particle_summary
 
     s = particle_summary(result)
     t = pd.DataFrame(
         {
             "particle": s["particle"].to_numpy(int),
-            "n_pixels": np.array([int(p.kept.sum()) for p in result.particles], int),
+            # the pixels the mean is over (the kept core: particle_summary's), not every kept pixel
+            "n_pixels": np.array(
+                [int((core_pixels(p) & np.isfinite(p.edge_maps["e50"])).sum()) for p in result.particles], int
+            ),
             "e50_ev": s["mean_e50_ev"].to_numpy(float),
             "sigma_ev": s["mean_e50_sigma_ev"].to_numpy(float),
         }
@@ -377,7 +381,11 @@ def resolution_figure(result, *, k: float = 2.0) -> Figure:
     if len(t) < 2:
         return Figure(None, None, {"resolution": t})
     pairs = resolved_differences(t, k=k)
-    return Figure(draw(t, pairs, k=k), None, {"resolution": t, "resolved_pairs": pairs})
+    # the table written names the particles (``a, b`` are rows of ``t``: a particle without a mean E50 is no row)
+    ids = t["particle"].to_numpy(int)
+    named = pd.DataFrame({"particle_a": ids[pairs["a"].to_numpy(int)], "particle_b": ids[pairs["b"].to_numpy(int)]})
+    named = pd.concat([named, pairs[["delta_ev", "sigma_delta_ev", "z", "resolved"]]], axis=1)
+    return Figure(draw(t, pairs, k=k), None, {"resolution": t, "resolved_pairs": named})
 
 
 def edge_width_figure(result) -> Figure:
@@ -665,6 +673,21 @@ def vouching_table(result) -> pd.DataFrame:
     )
 
 
+#: eV: K-edges of the transition metals of cathodes (metal foil); a scan's edge energies within K_EDGE_NEAR_EV of one
+#: name it in the captions ("more oxidised Ni" was written under a Co scan's map)
+K_EDGES_EV = {"Mn": 6539.0, "Fe": 7112.0, "Co": 7709.0, "Ni": 8333.0, "Cu": 8979.0}
+K_EDGE_NEAR_EV = 40.0
+
+
+def _k_edge_element(limits) -> str:
+    """`` Ni`` (with its space) where the edge energies ``limits`` lie near one element's K-edge, else ``""``."""
+    lo, hi = (float(v) for v in limits)
+    for name, e in K_EDGES_EV.items():
+        if np.isfinite(lo) and np.isfinite(hi) and e - K_EDGE_NEAR_EV <= lo and hi <= e + K_EDGE_NEAR_EV:
+            return f" {name}"
+    return ""
+
+
 # ---------------------------------------------------------------- the page
 _STYLE = """body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
@@ -688,7 +711,7 @@ through the scan drawn magnified x{{ traj_scale }} and coloured by its largest n
 (see the colour bar); rejected objects are marked with the reason they were not tracked.</figcaption></figure>
 <figure><img alt="chemistry overview" src="{{ figs.chemistry }}">
 <figcaption>Edge energy E(&mu;<sub>norm</sub> = 0.5) of every particle on one colour scale ({{ elo }}&ndash;{{ ehi }} eV, viridis):
-higher energy = more oxidised Ni.</figcaption></figure>
+higher energy = more oxidised{{ element }}.</figcaption></figure>
 {% if rejected %}<h3>Rejected objects</h3>{{ rejected }}{% endif %}
 <h2>Chemistry</h2>
 <figure><img alt="whiteline" src="{{ figs.whiteline }}">
@@ -1018,7 +1041,8 @@ def write_report(folder, *, result=None) -> Path:
         )
     vt = vouching_table(result)
     vouch_text = (
-        "Every position is measured twice, independently: by correlating the particle's outline (edge image) with a reference "
+        "Every position is measured twice, independently: by correlating the particle's window (its optical density, "
+        "smoothed and less its level: the edge estimate) with a reference "
         f"frame and by the centre of mass of its segmented mask. A frame is vouched for when the two agree within {params.get('agreement_px', 0.5)} px; "
         "frames that are not are flagged 'disagree' in tracks.csv and left out of the consensus mask."
     )
@@ -1053,6 +1077,7 @@ def write_report(folder, *, result=None) -> Path:
             width_limit=f"{RESOLUTION_CHANGE_PX:g}",
             elo=f"{limits[0]:.1f}",
             ehi=f"{limits[1]:.1f}",
+            element=_k_edge_element(limits),
             rejected=_table_html(rej, "{:.1f}") if len(rej) else "",
             ratios=_table_html(result.peak_ratios),
             particles=pblocks,
