@@ -449,3 +449,130 @@ def test_an_output_where_no_file_can_be_made_is_one_line(tmp_path):
     with pytest.raises(XanestrackError, match="cannot write in /proc"):
         with atomic_output_dir("/proc/xanestrack-test-out"):
             pass
+
+
+# ---- writing fails (the disk full, a file-size limit) --------------------------------------------
+
+
+def test_a_write_that_fails_names_the_output_and_leaves_nothing(scan, tmp_path, monkeypatch):
+    """The disk filling while the tables were written was put as the input's fault ("error: s/stack.h5: [Errno 28]
+    No space left on device"); it names the output, and nothing is left of it."""
+    import xanestrack.results
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(xanestrack.results, "write_tables", full)
+    out = tmp_path / "o"
+    r = runner.invoke(
+        app, ["--quiet", "run", str(scan), "--out", str(out), "--detector", "classical", "--segmenter", "classical"]
+    )
+    _error_line(r, f"cannot write the output {out}", "No space left on device")
+    assert str(scan) not in r.output
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".o.")]
+
+
+def test_results_h5_is_refused_beyond_the_file_size_limit_and_a_failed_one_removed(tmp_path, monkeypatch):
+    """ulimit -f below what results.h5 takes: refused before writing. A write failing part-way (the disk filled
+    meanwhile) left HDF5 handles that crashed the interpreter at exit (status 139 after the error): the partial
+    file is removed, the error names it, and the command line knows to end the process at once."""
+    import resource
+
+    import xanestrack.results as xr
+    from xanestrack.pipeline import PipelineOptions, run_pipeline
+    from xanestrack.stack import Stack
+    from xanestrack.synth import make_synthetic_stack
+
+    s = make_synthetic_stack(
+        "default", seed=1, shape=(140, 140), n_particles=2, n_energies=12, radius_range=(8.0, 14.0)
+    )
+    result = run_pipeline(Stack(s.optical_density(), s.energies_ev), options=PipelineOptions(detect_every=4))
+    monkeypatch.setattr(xr, "HDF5_LEFT_OPEN", False)
+    monkeypatch.setattr(resource, "getrlimit", lambda what: (4096, resource.RLIM_INFINITY))
+    with pytest.raises(XanestrackError, match="files are limited to 0.0 MiB here \\(ulimit -f\\)"):
+        xr.write_results_h5(result, tmp_path)
+    assert not (tmp_path / "results.h5").exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(xr, "HDF5_LEFT_OPEN", False)
+
+    def part_way(f, *a):
+        f.create_dataset("x", data=np.zeros(1000))
+        raise OSError(27, "File too large")
+
+    monkeypatch.setattr(xr, "_write_h5", part_way)
+    with pytest.raises(OSError, match="results.h5: File too large"):
+        xr.write_results_h5(result, tmp_path)
+    assert not (tmp_path / "results.h5").exists()
+
+
+# ---- what --overwrite and report leave alone ------------------------------------------------------
+
+_RUN = ["--quiet", "run", "--detector", "classical", "--segmenter", "classical"]
+
+
+def test_overwrite_never_replaces_a_synthetic_scan_or_a_hard_link_to_the_input(scan, tmp_path):
+    """`demo --out SCAN_FOLDER --overwrite` deleted a synthetic scan (stack.h5, truth.h5: another run's input), and a
+    hard link to the input in the output folder was not known as the input."""
+    d = tmp_path / "scan"
+    assert _synth(d).exit_code == 0
+    before = _digest(d / "stack.h5")
+    _error_line(runner.invoke(app, [*_RUN, str(scan), "--out", str(d), "--overwrite"]), "output of xanestrack synth")
+    assert _digest(d / "stack.h5") == before
+    out = tmp_path / "res"
+    assert runner.invoke(app, [*_RUN, str(scan), "--out", str(out)]).exit_code == 0
+    os.link(scan, tmp_path / "linked.h5")  # the input under another name, as it lies in the output
+    os.link(scan, out / "stack.h5")
+    info = json.loads((out / MARKER).read_text())
+    (out / MARKER).write_text(json.dumps({**info, "files": [*info["files"], "stack.h5"]}))  # as if we wrote it
+    scan_before = _digest(scan)
+    r = runner.invoke(app, [*_RUN, str(tmp_path / "linked.h5"), "--out", str(out), "--overwrite"])
+    _error_line(r, "holds the input", "stack.h5 is the same file")
+    assert (out / "stack.h5").is_file() and _digest(scan) == scan_before
+
+
+def test_overwrite_and_report_leave_an_edited_report_and_a_protected_output(scan, tmp_path):
+    """`run --overwrite` and `report` replaced a report.html the user had edited, `report` did so in a folder of copied
+    results without our marker, and a write-protected output (chmod -R a-w) was replaced (as root, or where its
+    parent is writable)."""
+    import stat
+
+    out = tmp_path / "res"
+    args = [*_RUN, str(scan), "--out", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    page = out / "report.html"
+    page.write_text(page.read_text() + "<!-- my notes -->")
+    _error_line(
+        runner.invoke(app, ["--quiet", "report", str(out)]), "report.html was changed since xanestrack wrote it"
+    )
+    _error_line(runner.invoke(app, args + ["--overwrite"]), "report.html changed since xanestrack wrote it")
+    assert page.read_text().endswith("<!-- my notes -->")
+    page.unlink()
+    assert runner.invoke(app, ["--quiet", "report", str(out)]).exit_code == 0  # rebuilt, and ours again
+    assert runner.invoke(app, ["--quiet", "report", str(out)]).exit_code == 0
+    # a folder of copied results beside the user's own report
+    paper = tmp_path / "paper"
+    paper.mkdir()
+    for name in ("results.h5", "run.json", "tracks.csv"):
+        (paper / name).write_bytes((out / name).read_bytes())
+    (paper / "report.html").write_text("my report")
+    _error_line(runner.invoke(app, ["--quiet", "report", str(paper)]), "is not a xanestrack output", "report.html")
+    assert (paper / "report.html").read_text() == "my report"
+    # write-protected
+    for p in [out, *out.rglob("*")]:
+        p.chmod(p.stat().st_mode & ~0o222)
+    try:
+        _error_line(runner.invoke(app, args + ["--overwrite"]), "is write-protected")
+    finally:
+        for p in [out, *out.rglob("*")]:
+            p.chmod(p.stat().st_mode | stat.S_IWUSR)
+    assert runner.invoke(app, args + ["--overwrite"]).exit_code == 0
+
+
+def test_a_replaced_output_keeps_its_permissions(scan, tmp_path):
+    """A shared output folder (mode 2770, a group's) came back 755 after --overwrite."""
+    out = tmp_path / "res"
+    args = [*_RUN, str(scan), "--out", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    out.chmod(0o2770)
+    assert runner.invoke(app, args + ["--overwrite"]).exit_code == 0
+    assert out.stat().st_mode & 0o7777 == 0o2770

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -66,6 +67,11 @@ def _fail(exc: BaseException, context=None):
     from rich.markup import escape
 
     Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(_message(exc, context))}", highlight=False)
+    if getattr(sys.modules.get("xanestrack.results"), "HDF5_LEFT_OPEN", False):
+        # HDF5 would flush a file it could not write at exit and crash (exit 139): end here, output cleaned up
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(2)
     raise typer.Exit(2)
 
 
@@ -322,21 +328,29 @@ def _run_and_write(
         run_info["quality"] = _quality_record(result)
         if hasattr(run_info.get("input_checksums_sha256"), "result"):  # computed beside the pipeline
             run_info["input_checksums_sha256"] = run_info["input_checksums_sha256"].result()
-        write_tables(result, tmp, run_info=run_info)
-        # results.h5 (its compression) beside the report, which needs only run.json and the result
-        # in memory: 1024^2, 36 particles, 1.9 + 3.1 s one after the other, 3.2 s side by side
-        with ThreadPoolExecutor(1) as pool:
-            h5 = pool.submit(write_results_h5, result, tmp, save_fused=save_fused)
-            t = time.perf_counter()
-            if make_report:
-                from .report import write_report
+        try:
+            write_tables(result, tmp, run_info=run_info)
+            # results.h5 (its compression) beside the report, which needs only run.json and the result
+            # in memory: 1024^2, 36 particles, 1.9 + 3.1 s one after the other, 3.2 s side by side
+            with ThreadPoolExecutor(1) as pool:
+                h5 = pool.submit(write_results_h5, result, tmp, save_fused=save_fused)
+                t = time.perf_counter()
+                if make_report:
+                    from .report import write_report
 
-                write_report(tmp, result=result)
-            t_report = time.perf_counter() - t
-            h5.result()
-        if make_report:  # after results.h5 is written: its timings are the pipeline's
-            result.timings["report"] = t_report
-            add_timing(tmp, "report", t_report)  # recorded too (the report's own table cannot show it)
+                    write_report(tmp, result=result)
+                t_report = time.perf_counter() - t
+                h5.result()
+            if make_report:  # after results.h5 is written: its timings are the pipeline's
+                result.timings["report"] = t_report
+                add_timing(tmp, "report", t_report)  # recorded too (the report's own table cannot show it)
+        except OSError as exc:  # the disk full, a file-size limit: the output's fault, not the input's
+            from .errors import XanestrackError, one_line
+
+            raise XanestrackError(
+                f"cannot write the output {out} ({one_line(exc)}); nothing was changed there: free space, "
+                "or choose another output folder (`out`)"
+            ) from None
     return result
 
 
@@ -743,7 +757,7 @@ def run(
             reference_standard,
             known_edge,
         )
-        check_output_dir(out, overwrite=overwrite, inputs=given)  # before reading: refuse early
+        check_output_dir(out, overwrite=overwrite, inputs=given, kind="run")  # before reading: refuse early
         for name, value, model in (("detector", detector, detector_model), ("segmenter", segmenter, segmenter_model)):
             if value not in ("classical", "learned"):
                 raise XanestrackError(f"--{name} takes 'classical' or 'learned', got {value!r}")
@@ -988,7 +1002,7 @@ def demo(
         from .synth import params_dict
         from .synth_stress import make_scene
 
-        check_output_dir(out, overwrite=overwrite)  # before synthesising: refuse early
+        check_output_dir(out, overwrite=overwrite, kind="run")  # before synthesising: refuse early
         c = _console()
         t = time.perf_counter()
         s = make_scene(preset, seed=seed)
@@ -1427,9 +1441,11 @@ def report(folder: Path = typer.Argument(..., help="An output folder of 'xanestr
         xanestrack report results/
     """
     try:
+        from .outdir import check_rewrite, report_files
         from .report import write_report
         from .results import add_to_marker
 
+        check_rewrite(folder, report_files(folder))  # a report.html the user edited is not overwritten
         t0 = time.time()
         write_report(folder)
         figures = [f for f in Path(folder).glob("figures/*") if f.is_file() and f.stat().st_mtime >= t0 - 1]

@@ -24,7 +24,7 @@ from pathlib import Path
 from . import __version__
 from .errors import XanestrackError, one_line
 
-__all__ = ["atomic_output_dir", "check_output_dir", "output_lock", "write_marker", "add_to_marker"]
+__all__ = ["atomic_output_dir", "check_output_dir", "check_rewrite", "output_lock", "write_marker", "add_to_marker"]
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +153,85 @@ def write_marker(folder, *, kind: str, extra: dict | None = None) -> None:
         **(extra or {}),
     )
     info["files"] = [f for f in _files_of(folder) if f not in (MARKER, TMP_MARKER)]
+    info["stat"] = _stats(folder, info["files"])
     (folder / MARKER).write_text(json.dumps(info, indent=1))
+
+
+def _stats(folder: Path, files) -> dict:
+    """Size and modification time (ns) of each of ``files`` that is a plain file: what tells a file edited since."""
+    out = {}
+    for f in files:
+        p = folder / f
+        if not f.endswith("/") and p.is_file() and not p.is_symlink():
+            st = p.stat()
+            out[f] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def _edited(folder: Path, info: dict, files=None) -> list:
+    """Files the marker recorded (size, time) that changed since: edited by somebody (or another program)."""
+    stat = info.get("stat") or {}
+    out = []
+    for f, (size, mtime) in stat.items():
+        if files is not None and f not in files:
+            continue
+        try:
+            st = (folder / f).stat()
+        except OSError:
+            continue  # gone: nothing of the user's to lose
+        if st.st_size != size or st.st_mtime_ns != mtime:
+            out.append(f)
+    return sorted(out)
+
+
+def _protected(folder: Path) -> str | None:
+    """The first file or folder under ``folder`` (itself included) without its owner's write permission: the user
+    protected it (``chmod -R a-w``), and it is not ours to replace (as root every permission is bypassed, so the
+    mode is read, not tried)."""
+    import stat as st_
+
+    for root, dirs, files in os.walk(folder):
+        for name in [None, *dirs, *files]:
+            p = Path(root) if name is None else Path(root) / name
+            try:
+                mode = p.lstat().st_mode
+            except OSError:
+                continue
+            if not st_.S_ISLNK(mode) and not mode & st_.S_IWUSR:
+                return str(p)
+    return None
+
+
+def report_files(folder) -> list:
+    """The files of ``folder`` that rebuilding its report writes over: report.html and the figures under our names."""
+    folder = Path(folder)
+    return [f for f in _files_of(folder) if _LATER.match(f) and f not in ("accuracy.csv", ".report.html.tmp")]
+
+
+def check_rewrite(folder, names) -> None:
+    """Refuse to write ``names`` (relative paths) into the finished output ``folder`` where one exists that is not
+    known to be ours as we wrote it: a report.html the user edited, a figure of their own under our name, or any of
+    them in a folder without our marker (a folder of copied results beside the user's own report)."""
+    folder = Path(folder)
+    info = _read_marker(folder)
+    present = [n for n in names if (folder / n).exists() or (folder / n).is_symlink()]
+    if not present:
+        return
+    if info is None:
+        raise XanestrackError(
+            f"{folder} is not a xanestrack output (no {MARKER} marker) and holds {', '.join(present[:3])}: not "
+            "overwritten; move them out, or rebuild the report in the output folder xanestrack wrote"
+        )
+    ours = set(info.get("files", []))
+    foreign = [n for n in present if n not in ours]
+    edited = _edited(folder, info, set(present))
+    if foreign or edited:
+        bad = foreign + edited
+        raise XanestrackError(
+            f"{folder}: {', '.join(bad[:3])}{' and more' if len(bad) > 3 else ''} "
+            f"{'was' if len(bad) == 1 else 'were'} {'not written by xanestrack' if foreign else 'changed since xanestrack wrote it'}"
+            " and would be overwritten; move it out (or rename it) first"
+        )
 
 
 def add_to_marker(folder, files) -> None:
@@ -164,12 +242,37 @@ def add_to_marker(folder, files) -> None:
         return
     new = {Path(f).relative_to(folder).as_posix() if Path(f).is_absolute() else Path(f).as_posix() for f in files}
     info["files"] = sorted(set(info.get("files", [])) | new)
+    info["stat"] = {**(info.get("stat") or {}), **_stats(folder, new)}
     tmp = folder / f".{MARKER}.tmp"
     tmp.write_text(json.dumps(info, indent=1))
     os.replace(tmp, folder / MARKER)
 
 
-def check_output_dir(out_dir, *, overwrite: bool, inputs=()) -> Path:
+#: kinds of output that may replace each other with ``overwrite`` (a run and a demo write the same); any other
+#: only its own kind: a synthetic scan (stack.h5, truth.h5) is never replaced by a run's results
+_RUN_KINDS = {"run", "legacy", "output"}
+
+
+def _same_kind(old, new) -> bool:
+    return old is None or new is None or old == new or {old, new} <= _RUN_KINDS
+
+
+def _input_ids(inputs) -> set:
+    """(device, inode) of the input files (and the files in input folders): a hard link to one is the input too."""
+    ids = set()
+    for p in inputs:
+        p = Path(p)
+        paths = [p] if p.is_file() else [q for q in p.rglob("*") if q.is_file()][:10000] if p.is_dir() else []
+        for q in paths:
+            try:
+                st = q.stat()
+            except OSError:
+                continue
+            ids.add((st.st_dev, st.st_ino))
+    return ids
+
+
+def check_output_dir(out_dir, *, overwrite: bool, inputs=(), kind: str | None = None) -> Path:
     """Refuse an output folder we may not write.
 
     A new or empty folder is fine. An existing one needs ``overwrite``, and then must
@@ -199,17 +302,52 @@ def check_output_dir(out_dir, *, overwrite: bool, inputs=()) -> Path:
             raise XanestrackError(
                 f"`overwrite`: {out} holds the input {p}; it is never replaced: choose another output folder (`out`)"
             )
+    ids = _input_ids(inputs)
+    if ids:
+        for f in _files_of(out):
+            try:
+                st = (out / f).stat()
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in ids:
+                raise XanestrackError(
+                    f"`overwrite`: {out} holds the input ({out / f} is the same file, a link to it); it is never "
+                    "replaced: choose another output folder (`out`)"
+                )
     info = _read_marker(out) or _legacy_marker(out)
     if info is None:
         raise XanestrackError(
             f"`overwrite`: {out} is not a xanestrack output (no {MARKER} marker) and is not replaced; "
             "choose another output folder (`out`), or empty the folder yourself"
         )
+    if not _same_kind(info.get("kind"), kind):
+        raise XanestrackError(
+            f"`overwrite`: {out} is the output of xanestrack {info.get('kind')}, not of {kind}"
+            + (
+                " (a synthetic scan: its stack.h5 may be the input of other runs)"
+                if info.get("kind") == "synth"
+                else ""
+            )
+            + "; it is not replaced: choose another output folder (`out`)"
+        )
     extra = _foreign(out, info)
     if extra:
         shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
         raise XanestrackError(
             f"`overwrite`: {out} holds files xanestrack did not write ({shown}); move them out or choose another output folder (`out`)"
+        )
+    edited = _edited(out, info)
+    if edited:
+        shown = ", ".join(edited[:3]) + (f" and {len(edited) - 3} more" if len(edited) > 3 else "")
+        raise XanestrackError(
+            f"`overwrite`: in {out}, {shown} changed since xanestrack wrote {'it' if len(edited) == 1 else 'them'}; "
+            "move out what you want to keep (or delete it), or choose another output folder (`out`)"
+        )
+    locked = _protected(out)
+    if locked:
+        raise XanestrackError(
+            f"`overwrite`: {out} is write-protected ({locked}); it is not replaced: make it writable, or choose "
+            "another output folder (`out`)"
         )
     return out
 
@@ -249,7 +387,10 @@ def _clean_stale(parent: Path) -> None:
             if info is None or _foreign(e, info):
                 continue
         shutil.rmtree(e, ignore_errors=True)
-        logger.warning("removed %s, left by an interrupted xanestrack run (process %s)", e, m["pid"])
+        if e.exists():  # write-protected inside, say: left, and said so once per run
+            logger.warning("could not remove %s, left by an interrupted xanestrack run (process %s)", e, m["pid"])
+        else:
+            logger.warning("removed %s, left by an interrupted xanestrack run (process %s)", e, m["pid"])
 
 
 class output_lock:
@@ -370,13 +511,13 @@ def atomic_output_dir(out_dir, *, overwrite: bool = False, inputs=(), kind: str 
     marker and replaces ``out_dir``; a replaced folder is deleted only if it still
     holds nothing but what xanestrack wrote.
     """
-    check_output_dir(out_dir, overwrite=overwrite, inputs=inputs)
+    check_output_dir(out_dir, overwrite=overwrite, inputs=inputs, kind=kind)
     out = Path(out_dir).resolve()
     parent = _prepare_parent(out)
     _clean_stale(parent)
     host, pid = _host(), os.getpid()
     with output_lock(out):
-        check_output_dir(out, overwrite=overwrite, inputs=inputs)  # again, now that it is ours
+        check_output_dir(out, overwrite=overwrite, inputs=inputs, kind=kind)  # again, now that it is ours
         for _ in range(100):
             tmp = parent / f".{out.name}.tmp-{host}-{pid}-{secrets.token_hex(4)}"
             try:
@@ -393,7 +534,7 @@ def atomic_output_dir(out_dir, *, overwrite: bool = False, inputs=(), kind: str 
             yield tmp
             (tmp / TMP_MARKER).unlink()
             write_marker(tmp, kind=kind)
-            check_output_dir(out, overwrite=overwrite, inputs=inputs)
+            check_output_dir(out, overwrite=overwrite, inputs=inputs, kind=kind)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -410,7 +551,13 @@ def atomic_output_dir(out_dir, *, overwrite: bool = False, inputs=(), kind: str 
             return
         if out.exists():
             old = parent / f".{out.name}.old-{host}-{pid}"
+            mode = out.stat()
             os.replace(out, old)
+            try:  # the replaced folder's permissions and group (a folder shared with colleagues stays shared)
+                os.chmod(tmp, mode.st_mode & 0o7777)
+                os.chown(tmp, -1, mode.st_gid)
+            except OSError:
+                pass
         os.replace(tmp, out)
         if old is not None:
             info = _read_marker(old) or _legacy_marker(old) or dict(files=[])

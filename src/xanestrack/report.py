@@ -1209,6 +1209,11 @@ def write_series_report(table: pd.DataFrame, out_dir) -> Path:
     tmp = out / ".series_report.html.tmp"
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(path)
+    from .outdir import add_to_marker
+
+    add_to_marker(
+        out, [n for n in ("series_report.html", "series.svg", "series_own_displacement.csv") if (out / n).exists()]
+    )
     return path
 
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -248,102 +251,183 @@ def add_timing(folder, stage: str, seconds: float) -> None:
     _write_run_json(folder, info)
 
 
+#: True after a results.h5 that could not be written (the disk full) left HDF5 handles it cannot close: the
+#: library's own clean-up at exit then crashes the interpreter (exit 139 after the error), so the command line
+#: ends such a process at once (:func:`xanestrack.cli._fail`), its output folder already cleaned up
+HDF5_LEFT_OPEN = False
+
+
 def write_results_h5(result, folder, *, save_fused: bool = False) -> None:
-    """``results.h5``: everything :func:`read_results` needs to give the same result back."""
+    """``results.h5``: everything :func:`read_results` needs to give the same result back.
+
+    Refused before writing where the file-size limit (``ulimit -f``) or the free space of the disk is below what
+    the particles' aligned windows and masks alone take; a failed write (the disk filled meanwhile) is a
+    :class:`~xanestrack.errors.XanestrackError` naming the file, the partial file removed (see
+    :data:`HDF5_LEFT_OPEN`)."""
+    import gc
+
     import h5py
 
     folder = Path(folder)
-    comp = dict(compression="gzip", compression_opts=1, shuffle=True)
-    with h5py.File(folder / "results.h5", "w") as f:
-        f.attrs["xanestrack_version"] = __version__
-        f.attrs["coordinates"] = "pixels (row y, column x); origin_y/origin_x give frame-0 coordinates of pixel [0, 0]"
-        f.attrs["frame_shape"] = np.asarray(result.frame_shape, np.int64)
-        f.attrs["notes"] = json.dumps(list(result.notes))
-        f.attrs["timings_s"] = json.dumps(dict(result.timings), default=_json_default)
-        f.attrs["options"] = json.dumps(result.options.to_dict(), default=_json_default)
-        f.create_dataset("energies_ev", data=result.energies_ev)
-        d = f.create_dataset("common_shift", data=result.common_shift)
-        d.attrs["description"] = (
-            "per frame (dy, dx) px: the linker's rough shift of the frame from the first, from the detections (where "
-            "each particle's search window was placed); not the common motion: that is common_similarity (the "
-            "translation, scale and rotation fitted over the particles' positions, as in tracks.csv common_dy, common_dx)"
+    path = folder / "results.h5"
+    need = sum(int(p.aligned.nbytes) + int(p.masks.nbytes) for p in result.particles) + (1 << 20)
+    _check_room(path, need)
+    _quiet_h5py_dealloc()
+    f = None
+    try:
+        f = h5py.File(path, "w")
+        _write_h5(f, result, save_fused)
+        f.close()
+    except BaseException as exc:
+        if f is not None:
+            global HDF5_LEFT_OPEN
+            HDF5_LEFT_OPEN = True  # whether HDF5 still holds it cannot be told from here (h5py marks it closed)
+            try:
+                f.close()
+            except Exception:  # its buffers cannot be written either: closed as far as HDF5 can
+                pass
+            del f
+            if isinstance(exc, OSError):  # its datasets, held by the traceback's frames: freed now
+                exc.__traceback__ = None
+                gc.collect()
+        try:
+            path.unlink()
+        except OSError:
+            pass
+        if isinstance(exc, OSError):  # the caller names the output folder
+            raise OSError(exc.errno, f"results.h5: {os.strerror(exc.errno) if exc.errno else one_line(exc)}") from None
+        raise
+
+
+def _quiet_h5py_dealloc() -> None:
+    """From now on, h5py's handles do not print their failure to close when freed: once a file could not be
+    written, each of its datasets printed "Exception ignored in ... __dealloc__" with HDF5's whole message (900 lines
+    above the error of a small scan)."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_xanestrack", False):
+        return
+
+    def hook(unraisable):
+        if "h5py" in repr(getattr(unraisable, "object", "")):
+            return
+        previous(unraisable)
+
+    hook._xanestrack = True
+    sys.unraisablehook = hook
+
+
+def _check_room(path: Path, need: int) -> None:
+    """Refuse writing ``need`` bytes at ``path`` beyond the file-size limit or the disk's free space."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY and need > soft:
+        raise XanestrackError(
+            f"cannot write {path}: it takes about {need / 2**20:.0f} MiB and files are limited to {soft / 2**20:.1f} "
+            "MiB here (ulimit -f); raise the limit"
         )
-        sim = result.similarity
-        if sim is not None and len(sim):
-            cols = ["common_dy", "common_dx", "scale", "rotation_rad", "n_particles", "residual_px"]
-            d = f.create_dataset("common_similarity", data=sim[cols].to_numpy(float))
-            d.attrs["columns"] = json.dumps(cols)
-            d.attrs["description"] = (
-                "per frame: translation of the scale centre, isotropic scale (magnification relative to the first frame), "
-                "rotation, particles fitted, RMS residual; fitted robustly over the particles' "
-                + sim.attrs.get("fitted_on", "vouched positions")
-            )
-            d.attrs["fitted_on"] = sim.attrs.get("fitted_on", "vouched positions")
-            d.attrs["centre_yx"] = sim.attrs.get("centre", [np.nan, np.nan])
-        tg = f.create_group("tables")
-        tg.attrs["description"] = "the result's tables, exactly (tracks.csv etc. are rounded copies)"
-        for name in TABLES:
-            df = getattr(result, name)
-            if df is not None:
-                _write_table(tg, name, df)
-        g = f.create_group("particles")
-        for p in result.particles:
-            pg = g.create_group(f"{p.particle:03d}")
-            pg.attrs.update(
-                particle=p.particle,
-                origin_y=int(p.origin[0]),
-                origin_x=int(p.origin[1]),
-                e0_ev=p.e0_ev,
-                radius_px=p.radius,
-                notes=json.dumps(list(p.notes)),
-                reference_frame=int(p.reference_frame),
-                reference_names=json.dumps(list(p.reference_names)),
-            )
-            # the aligned windows (noisy floats) uncompressed: gzip kept 78 % of their bytes and took 10x the
-            # time of writing them (460^2, 9 particles: 0.41 s for 26 MB against 0.04 s for 33 MB)
-            pg.create_dataset("aligned", data=p.aligned, chunks=(1, *p.aligned.shape[1:]))
-            pg.create_dataset("masks", data=p.masks, chunks=(1, *p.masks.shape[1:]), **comp)
-            pg.create_dataset("mask", data=p.mask)
-            for name, m in p.edge_maps.items():
-                d = pg.create_dataset(f"edge_{name}", data=m, **comp)
-                d.attrs.update(units="eV", origin_y=int(p.origin[0]), origin_x=int(p.origin[1]))
-            pg.create_dataset("pixel_flags", data=p.pixel_flags, **comp)
-            if p.fractions is not None:
-                d = pg.create_dataset("fractions", data=p.fractions, **comp)
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return
+    if need > free:
+        raise XanestrackError(
+            f"cannot write {path}: it takes about {need / 2**20:.0f} MiB and {free / 2**20:.0f} MiB are free there; "
+            "free space, or choose another output folder (`out`)"
+        )
+
+
+def _write_h5(f, result, save_fused: bool) -> None:
+    comp = dict(compression="gzip", compression_opts=1, shuffle=True)
+    f.attrs["xanestrack_version"] = __version__
+    f.attrs["coordinates"] = "pixels (row y, column x); origin_y/origin_x give frame-0 coordinates of pixel [0, 0]"
+    f.attrs["frame_shape"] = np.asarray(result.frame_shape, np.int64)
+    f.attrs["notes"] = json.dumps(list(result.notes))
+    f.attrs["timings_s"] = json.dumps(dict(result.timings), default=_json_default)
+    f.attrs["options"] = json.dumps(result.options.to_dict(), default=_json_default)
+    f.create_dataset("energies_ev", data=result.energies_ev)
+    d = f.create_dataset("common_shift", data=result.common_shift)
+    d.attrs["description"] = (
+        "per frame (dy, dx) px: the linker's rough shift of the frame from the first, from the detections (where "
+        "each particle's search window was placed); not the common motion: that is common_similarity (the "
+        "translation, scale and rotation fitted over the particles' positions, as in tracks.csv common_dy, common_dx)"
+    )
+    sim = result.similarity
+    if sim is not None and len(sim):
+        cols = ["common_dy", "common_dx", "scale", "rotation_rad", "n_particles", "residual_px"]
+        d = f.create_dataset("common_similarity", data=sim[cols].to_numpy(float))
+        d.attrs["columns"] = json.dumps(cols)
+        d.attrs["description"] = (
+            "per frame: translation of the scale centre, isotropic scale (magnification relative to the first frame), "
+            "rotation, particles fitted, RMS residual; fitted robustly over the particles' "
+            + sim.attrs.get("fitted_on", "vouched positions")
+        )
+        d.attrs["fitted_on"] = sim.attrs.get("fitted_on", "vouched positions")
+        d.attrs["centre_yx"] = sim.attrs.get("centre", [np.nan, np.nan])
+    tg = f.create_group("tables")
+    tg.attrs["description"] = "the result's tables, exactly (tracks.csv etc. are rounded copies)"
+    for name in TABLES:
+        df = getattr(result, name)
+        if df is not None:
+            _write_table(tg, name, df)
+    g = f.create_group("particles")
+    for p in result.particles:
+        pg = g.create_group(f"{p.particle:03d}")
+        pg.attrs.update(
+            particle=p.particle,
+            origin_y=int(p.origin[0]),
+            origin_x=int(p.origin[1]),
+            e0_ev=p.e0_ev,
+            radius_px=p.radius,
+            notes=json.dumps(list(p.notes)),
+            reference_frame=int(p.reference_frame),
+            reference_names=json.dumps(list(p.reference_names)),
+        )
+        # the aligned windows (noisy floats) uncompressed: gzip kept 78 % of their bytes and took 10x the
+        # time of writing them (460^2, 9 particles: 0.41 s for 26 MB against 0.04 s for 33 MB)
+        pg.create_dataset("aligned", data=p.aligned, chunks=(1, *p.aligned.shape[1:]))
+        pg.create_dataset("masks", data=p.masks, chunks=(1, *p.masks.shape[1:]), **comp)
+        pg.create_dataset("mask", data=p.mask)
+        for name, m in p.edge_maps.items():
+            d = pg.create_dataset(f"edge_{name}", data=m, **comp)
+            d.attrs.update(units="eV", origin_y=int(p.origin[0]), origin_x=int(p.origin[1]))
+        pg.create_dataset("pixel_flags", data=p.pixel_flags, **comp)
+        if p.fractions is not None:
+            d = pg.create_dataset("fractions", data=p.fractions, **comp)
+            d.attrs["references"] = json.dumps(list(p.reference_names))
+            d.attrs.update(origin_y=int(p.origin[0]), origin_x=int(p.origin[1]))
+        pg.create_dataset("positions", data=p.positions)
+        pg.create_dataset("shifts", data=p.shifts)
+        pg.create_dataset("frame_flags", data=p.frame_flags)
+        if p.agreement is not None:
+            d = pg.create_dataset("agreement_px", data=p.agreement)
+            d.attrs["reference_frame"] = int(p.reference_frame)
+        if p.edge_positions is not None:
+            pg.create_dataset("edge_positions", data=p.edge_positions)
+        pg.create_dataset("mean_spectrum", data=p.mean_spectrum)
+        pg.create_dataset("mean_norm", data=p.mean_norm)
+        pg.create_dataset("pre_edge", data=p.pre_edge)
+        pg.create_dataset("post_edge", data=p.post_edge)
+        if p.unaligned_ends is not None:
+            pg.create_dataset("unaligned_ends", data=p.unaligned_ends, **comp)
+        if p.xanes_frames is not None:
+            pg.create_dataset("xanes_frames", data=np.asarray(p.xanes_frames))
+        for name, m in p.maps.items():
+            d = pg.create_dataset(f"map_{name}", data=m, **comp)
+            d.attrs.update(origin_y=int(p.origin[0]), origin_x=int(p.origin[1]))
+            if name in _MAP_UNITS:
+                d.attrs["units"] = _MAP_UNITS[name]
+            if name == "fraction_sigma":
                 d.attrs["references"] = json.dumps(list(p.reference_names))
-                d.attrs.update(origin_y=int(p.origin[0]), origin_x=int(p.origin[1]))
-            pg.create_dataset("positions", data=p.positions)
-            pg.create_dataset("shifts", data=p.shifts)
-            pg.create_dataset("frame_flags", data=p.frame_flags)
-            if p.agreement is not None:
-                d = pg.create_dataset("agreement_px", data=p.agreement)
-                d.attrs["reference_frame"] = int(p.reference_frame)
-            if p.edge_positions is not None:
-                pg.create_dataset("edge_positions", data=p.edge_positions)
-            pg.create_dataset("mean_spectrum", data=p.mean_spectrum)
-            pg.create_dataset("mean_norm", data=p.mean_norm)
-            pg.create_dataset("pre_edge", data=p.pre_edge)
-            pg.create_dataset("post_edge", data=p.post_edge)
-            if p.unaligned_ends is not None:
-                pg.create_dataset("unaligned_ends", data=p.unaligned_ends, **comp)
-            if p.xanes_frames is not None:
-                pg.create_dataset("xanes_frames", data=np.asarray(p.xanes_frames))
-            for name, m in p.maps.items():
-                d = pg.create_dataset(f"map_{name}", data=m, **comp)
-                d.attrs.update(origin_y=int(p.origin[0]), origin_x=int(p.origin[1]))
-                if name in _MAP_UNITS:
-                    d.attrs["units"] = _MAP_UNITS[name]
-                if name == "fraction_sigma":
-                    d.attrs["references"] = json.dumps(list(p.reference_names))
-        if result.chemistry is not None:
-            _write_chemistry(f.create_group("chemistry"), result.chemistry)
-        if result.fused is not None:
-            desc = "frame-0 grid: frames rigidly aligned, each particle pasted aligned"
-            for name, img in (("fused_first", result.fused[0]), ("fused_last", result.fused[-1])):
-                f.create_dataset(name, data=img, **comp).attrs["description"] = desc
-            if save_fused and result.fused.shape[0] == len(result.energies_ev):
-                d = f.create_dataset("fused", data=result.fused, chunks=(1, *result.fused.shape[1:]), **comp)
-                d.attrs["description"] = desc
+    if result.chemistry is not None:
+        _write_chemistry(f.create_group("chemistry"), result.chemistry)
+    if result.fused is not None:
+        desc = "frame-0 grid: frames rigidly aligned, each particle pasted aligned"
+        for name, img in (("fused_first", result.fused[0]), ("fused_last", result.fused[-1])):
+            f.create_dataset(name, data=img, **comp).attrs["description"] = desc
+        if save_fused and result.fused.shape[0] == len(result.energies_ev):
+            d = f.create_dataset("fused", data=result.fused, chunks=(1, *result.fused.shape[1:]), **comp)
+            d.attrs["description"] = desc
 
 
 def read_run_info(folder) -> dict:

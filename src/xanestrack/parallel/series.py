@@ -243,6 +243,10 @@ def _run_series(
             old = None
         if old != manifest["sources"]:
             raise XanestrackError(f"output folder {out} {_how_other(old, manifest['sources'])}; choose another --out")
+        from ..outdir import check_rewrite
+
+        # what the series writes last (its table and report): not over a copy the user edited
+        check_rewrite(out, ["series.csv", "series_report.html", "series.svg", "series_own_displacement.csv"])
         done = sum(_summary_path(out, s.name).is_file() for s in sources)
         logger.info("resuming series in %s: %d of %d scans already done", out, done, len(sources))
     try:
@@ -320,6 +324,9 @@ def _run_series(
         table = summary.assign(common_dy=[], common_dx=[], offset_from_scan=[], link_method=[], link_support=[])
         table.insert(0, "particle", pd.Series([], dtype=int))
     table.to_csv(out / "series.csv", index=False, float_format="%.4f")
+    from ..outdir import add_to_marker
+
+    add_to_marker(out, ["series.csv"])  # ours to write again on a later run, as long as nobody edits it
     table.attrs["failed"] = [(f["scan"], f["error"]) for f in failed]
     return table
 
