@@ -56,6 +56,7 @@ MOTION_COLUMNS = [
     "nonrigid_dx",
     "rel_dy",
     "rel_dx",
+    "rel_to",
 ]
 
 
@@ -371,8 +372,8 @@ def compute_motion(
         Columns ``particle, frame, y, x`` (centre of mass per frame; NaN where unknown),
         optionally ``reliable`` (bool): only those positions drive the common motion.
     reference_particle : int, optional
-        Particle whose motion the ``rel_*`` columns are relative to; default the particle
-        with the smallest non-rigid motion (the one that moves with the electrode).
+        Particle whose motion the ``rel_*`` columns are relative to (its id in column ``rel_to``);
+        default the particle with the smallest non-rigid motion (the one that moves with the electrode).
     frame_times_s : ndarray (n_frames,), optional
         Acquisition time of each frame; velocities are then in px/s (column names keep
         ``v``/``a``; the unit is recorded in ``attrs["velocity_unit"]``).
@@ -508,6 +509,7 @@ def compute_motion(
                     "nonrigid_dx": NR[:, j, 1],
                     "rel_dy": REL[:, j, 0],
                     "rel_dx": REL[:, j, 1],
+                    "rel_to": reference_particle,
                 }
             )
         )
@@ -517,15 +519,33 @@ def compute_motion(
     return out
 
 
-def field_rotation(motion: pd.DataFrame, centre, *, kind: str = "rotation") -> tuple[np.ndarray, float]:
+def _own_motions(motion: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The particles' own (non-rigid) displacements ``(frames, particles, 2)`` and their first positions
+    ``(particles, 2)`` (median over the frames of position less displacement), ``(y, x)``."""
+
+    def table(col):
+        return motion.pivot(index="frame", columns="particle", values=col).sort_index().to_numpy(float)
+
+    NR = np.stack([table("nonrigid_dy"), table("nonrigid_dx")], axis=-1)
+    with warnings.catch_warnings():  # a particle without a position: NaN, left out by the callers
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ref = np.stack(
+            [np.nanmedian(table("y") - table("dy"), axis=0), np.nanmedian(table("x") - table("dx"), axis=0)], -1
+        )
+    return NR, ref
+
+
+def field_rotation(motion: pd.DataFrame, *, kind: str = "rotation") -> tuple[np.ndarray, float]:
     """How much of the particles' own motion a turn (or a change of scale) of the whole field explains.
 
-    Per frame, the angle (rad) of the rotation about ``centre`` (``kind="scale"``: the change
-    of scale, 1 less the frame's scale) that best explains the particles' own (non-rigid)
-    displacements, least squares; and the share of their sum of squares it explains over the
-    scan (0 where there is nothing to explain). Where the common similarity was fitted
-    without rotation, a turning field shows as every particle's own motion, at right angles to
-    its lever arm (the rigid default scene turned by up to 3 degrees: own motions up to 12.9
+    Per frame, the angle (rad) of the rotation (``kind="scale"``: the change of scale, 1 less the
+    frame's scale) that best explains the particles' own (non-rigid) displacements, least squares
+    with a free translation (the common similarity's translation took the part of a turn that its
+    centre sees, wherever that is: the lever arms are from the particles' centroid, not the image's
+    centre, whatever point the field turns about); and the share of their sum of squares it
+    explains over the scan (0 where there is nothing to explain). Where the common similarity was
+    fitted without rotation, a turning field shows as every particle's own motion, at right angles
+    to its lever arm (the rigid default scene turned by up to 3 degrees: own motions up to 12.9
     px, none reported as a rotation); where its scale is one straight line in the energy, a
     magnification that does not follow one shows along the lever arms (a 1 % step at
     mid-scan: every particle's own motion 0.3-1.4 px).
@@ -534,31 +554,59 @@ def field_rotation(motion: pd.DataFrame, centre, *, kind: str = "rotation") -> t
         raise ValueError(f"kind must be 'rotation' or 'scale', got {kind!r}")
     if not len(motion):
         return np.zeros(0), 0.0
-    ny = motion.pivot(index="frame", columns="particle", values="nonrigid_dy").sort_index()
-    nx = motion.pivot(index="frame", columns="particle", values="nonrigid_dx").sort_index()
-    ry = (
-        motion.pivot(index="frame", columns="particle", values="y").sort_index()
-        - motion.pivot(index="frame", columns="particle", values="dy").sort_index()
-    )
-    rx = (
-        motion.pivot(index="frame", columns="particle", values="x").sort_index()
-        - motion.pivot(index="frame", columns="particle", values="dx").sort_index()
-    )
-    NR = np.stack([ny.to_numpy(float), nx.to_numpy(float)], axis=-1)
-    with warnings.catch_warnings():  # a particle without a position: NaN, left out below
-        warnings.simplefilter("ignore", RuntimeWarning)
-        ref = np.stack([np.nanmedian(ry.to_numpy(float), axis=0), np.nanmedian(rx.to_numpy(float), axis=0)], -1)
-    lever = ref - np.asarray(centre, float)
-    # the displacement of a small turn, per radian, in the similarity's sense (``rotation_rad``); of a scale
-    perp = np.stack([-lever[:, 1], lever[:, 0]], axis=-1) if kind == "rotation" else lever
-    ok = np.isfinite(NR).all(axis=2) & np.isfinite(perp).all(axis=1)[None]
-    num = np.where(ok, (NR * perp[None]).sum(axis=2), 0.0).sum(axis=1)
-    den = np.where(ok, (perp[None] ** 2).sum(axis=2), 0.0).sum(axis=1)
-    theta = np.where((ok.sum(axis=1) >= 3) & (den > 0), num / np.where(den > 0, den, 1.0), 0.0)
-    total = float(np.where(ok, (NR**2).sum(axis=2), 0.0).sum())
-    rest = NR - theta[:, None, None] * perp[None]
-    left = float(np.where(ok, (rest**2).sum(axis=2), 0.0).sum())
+    NR, ref = _own_motions(motion)
+    ok = np.isfinite(NR).all(axis=2) & np.isfinite(ref).all(axis=1)[None]
+    theta = np.zeros(NR.shape[0])
+    total = left = 0.0
+    for k in range(NR.shape[0]):
+        o = ok[k]
+        if o.sum() < 3:
+            continue
+        lever = ref[o] - ref[o].mean(axis=0)
+        d = NR[k, o] - NR[k, o].mean(axis=0)
+        # the displacement of a small turn, per radian, in the similarity's sense (``rotation_rad``); of a scale
+        g = np.stack([-lever[:, 1], lever[:, 0]], axis=-1) if kind == "rotation" else lever
+        den = float((g**2).sum())
+        theta[k] = float((d * g).sum()) / den if den > 0 else 0.0
+        total += float((NR[k, o] ** 2).sum())
+        left += float(((d - theta[k] * g) ** 2).sum())
     return theta, (1.0 - left / total) if total > 0 else 0.0
+
+
+#: particles a frame needs for :func:`field_strain` (an affine field has 6 parameters: with fewer
+#: particles the own motions' random part is explained by chance, 3 / (2 n - 3) of it on average)
+STRAIN_MIN_PARTICLES = 6
+
+
+def field_strain(motion: pd.DataFrame) -> tuple[np.ndarray, float]:
+    """How much of the particles' own motion one uniform deformation of the whole field explains.
+
+    Per frame with :data:`STRAIN_MIN_PARTICLES` or more particles, the 2 x 2 displacement gradient
+    ``A`` (``(y, x)`` in rows and columns: ``A[0, 0]`` the strain along y, ``A[1, 1]`` along x, the
+    off-diagonal the shear and turn) that with a free translation best explains the particles'
+    own (non-rigid) displacements about their centroid, least squares; and the share of their sum
+    of squares it explains over the scan. What a similarity cannot represent (a stretch along one
+    axis, a shear; a turn where rotation is not fitted) shows as every particle's own motion, a
+    smooth pattern across the field: a uniform strain or shear of 1 % on the rigid scene explains
+    99.8-99.9 % of them.
+    """
+    if not len(motion):
+        return np.zeros((0, 2, 2)), 0.0
+    NR, ref = _own_motions(motion)
+    ok = np.isfinite(NR).all(axis=2) & np.isfinite(ref).all(axis=1)[None]
+    A = np.zeros((NR.shape[0], 2, 2))
+    total = left = 0.0
+    for k in range(NR.shape[0]):
+        o = ok[k]
+        if o.sum() < STRAIN_MIN_PARTICLES:
+            continue
+        lever = ref[o] - ref[o].mean(axis=0)
+        d = NR[k, o] - NR[k, o].mean(axis=0)
+        sol, *_ = np.linalg.lstsq(lever, d, rcond=None)  # d ~ lever @ sol
+        A[k] = sol.T
+        total += float((NR[k, o] ** 2).sum())
+        left += float(((d - lever @ sol) ** 2).sum())
+    return A, (1.0 - left / total) if total > 0 else 0.0
 
 
 def peak_ratios(motion: pd.DataFrame, reliable: pd.DataFrame | None = None) -> pd.DataFrame:

@@ -1991,8 +1991,7 @@ def run_pipeline(
     if ref_note:
         notes.append(ref_note)
     if len(particles) >= 3 and len(energies) >= 3:
-        c = ((ny - 1) / 2, (nx - 1) / 2)
-        notes += _field_motion_notes(motion, c, energies, options)
+        notes += _field_motion_notes(motion, energies, options)
     if len(particles) == 1:
         notes.append(
             "one particle: the motion all particles share is its motion; its own (non-rigid) motion cannot be told "
@@ -2155,20 +2154,21 @@ FIELD_NOTE_SHARE = 0.8
 FIELD_NOTE_PX = 0.5
 
 
-def _field_motion_notes(motion, centre, energies, options) -> list[str]:
+def _field_motion_notes(motion, energies, options) -> list[str]:
     """Notes where the particles' own (non-rigid) motions are mostly a turn of the whole field (rotation not
-    fitted) or a magnification off the scale model's straight line: either is the common motion, not theirs."""
-    from .motion import field_rotation
+    fitted), a magnification off the scale model's straight line, or one uniform strain or shear of the field:
+    each is a motion of the whole field, not of the particles one by one."""
+    from .motion import _own_motions, field_rotation, field_strain
 
-    ref = motion.groupby("particle")[["y", "dy", "x", "dx"]].median()
-    arms = np.hypot(ref.y - ref.dy - centre[0], ref.x - ref.dx - centre[1]).to_numpy(float)
-    if not np.isfinite(arms).any():
+    _, ref = _own_motions(motion)
+    ref = ref[np.isfinite(ref).all(axis=1)]
+    if not len(ref):
         return []
-    lever = float(np.nanmedian(arms))
+    lever = float(np.median(np.hypot(*(ref - ref.mean(axis=0)).T)))
     kinds = (["rotation"] if not options.rotation else []) + (["scale"] if options.scale_model == "energy" else [])
     notes = []
     for kind in kinds:
-        theta, share = field_rotation(motion, centre, kind=kind)
+        theta, share = field_rotation(motion, kind=kind)
         if not theta.size or share < FIELD_NOTE_SHARE:
             continue
         k = int(np.argmax(np.abs(theta)))
@@ -2176,7 +2176,7 @@ def _field_motion_notes(motion, centre, energies, options) -> list[str]:
             continue
         where = (
             f"(frame {k}, {energies[k]:.1f} eV; {abs(theta[k]) * lever:.1f} px at the particles' median distance from "
-            "the centre)"
+            "their centroid)"
         )
         if kind == "rotation":
             notes.append(
@@ -2190,6 +2190,26 @@ def _field_motion_notes(motion, centre, energies, options) -> list[str]:
                 f"magnification off one straight line in the energy, up to {100 * theta[k]:+.2f} % {where}: if the "
                 "optics were refocused during the scan, run again with --scale-model frame"
             )
+    if notes:
+        return notes
+    A, share = field_strain(motion)
+    if not A.size or share < FIELD_NOTE_SHARE:
+        return notes
+    size = np.abs(A).max(axis=(1, 2))
+    k = int(np.argmax(size))
+    if not size[k] * lever >= FIELD_NOTE_PX:
+        return notes
+    a = A[k]
+    notes.append(
+        f"the particles' own (non-rigid) motions are mostly ({100 * share:.0f} %) one uniform deformation of the "
+        f"whole field, which the common motion (translation, scale{', rotation' if options.rotation else ''}) "
+        f"does not take: up to {100 * a[0, 0]:+.2f} % strain along y, {100 * a[1, 1]:+.2f} % along x, "
+        f"{100 * (a[0, 1] + a[1, 0]) / 2:+.2f} % shear"
+        + ("" if options.rotation else f", {np.degrees((a[1, 0] - a[0, 1]) / 2):+.2f} degrees of turn")
+        + f" (frame {k}, {energies[k]:.1f} eV; "
+        f"{size[k] * lever:.1f} px at the particles' median distance from their centroid): a strain of the "
+        "electrode as a whole or of the image (optics, detector); the particles' own motions are relative to it"
+    )
     return notes
 
 
@@ -2259,6 +2279,7 @@ CONSOLE_NOTE_WORDS = (
     "no isolated particle",
     "no image there",
     "do not describe",
+    "uniform deformation",
 )
 
 
