@@ -101,6 +101,14 @@ def test_interrupted_run_leaves_previous_results(synth_dir, tmp_path, monkeypatc
     assert (out / "results.h5").is_file() and (out / "report.html").is_file()
     assert not list(tmp_path.glob(".res.tmp-*"))
 
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(results, "write_results_h5", ctrl_c)  # Ctrl-C: it printed a blank line
+    r = runner.invoke(app, ["--quiet", "run", str(synth_dir / "stack.h5"), "--out", str(out), "--overwrite"])
+    assert r.exit_code == 130 and "interrupted: nothing was written to" in r.output
+    assert (out / "tracks.csv").read_bytes() == before and not list(tmp_path.glob(".res.tmp-*"))
+
 
 def test_a_gpu_that_is_not_there_is_said_in_one_line_before_reading(synth_dir, tmp_path):
     import torch

@@ -884,6 +884,14 @@ def run(
             if any(w in note for w in CONSOLE_NOTE_WORDS):
                 c.print(f"note      {note}")
         c.print(f"results in {out}/ (tracks.csv, results.h5, report.html, run.json)")
+    except KeyboardInterrupt:
+        # (Ctrl-C printed a blank line and ended with status 130)
+        from rich.console import Console
+
+        Console(stderr=True, soft_wrap=True).print(
+            f"interrupted: nothing was written to {out} (a previous output there is as it was)", highlight=False
+        )
+        raise typer.Exit(130) from None
     except Exception as exc:
         _fail(exc, ", ".join(map(str, inputs)))
 
