@@ -868,3 +868,19 @@ def test_an_energies_file_of_two_unnamed_columns_is_read_only_where_the_energy_i
         assert np.allclose(read_energies_file(tmp_path / name), e * 1000)
     (tmp_path / "named.txt").write_text("t_s\tenergy_keV\n" + "".join(f"{300 + k}\t{v}\n" for k, v in enumerate(e)))
     assert np.allclose(read_energies_file(tmp_path / "named.txt"), e * 1000)
+
+
+def test_free_memory_counts_the_process_limit():
+    """Under `ulimit -v 3 GB` the memory check saw the machine's 21 GiB and passed a scan that then failed 33 s into
+    the run; the process's own limit now counts (checked in a child process: the limit cannot be raised again)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource\n"
+        "from xanestrack.io.checks import available_memory\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (3 << 30, resource.RLIM_INFINITY))\n"
+        "print(available_memory())\n"
+    )
+    avail = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 0 < avail < 3 << 30

@@ -36,7 +36,7 @@ MIN_ENERGY_EV, MAX_ENERGY_EV = 100.0, 200_000.0
 
 
 def available_memory() -> int:
-    """Bytes of memory this process can still use (system and cgroup limit)."""
+    """Bytes of memory this process can still use (the system's, a cgroup's limit, the process's ``ulimit -v``)."""
     avail = None
     try:
         import psutil
@@ -54,6 +54,16 @@ def available_memory() -> int:
             room = int(lim) - used
             avail = room if avail is None else min(avail, room)
     except (OSError, ValueError):
+        pass
+    try:  # this process's own address-space limit (ulimit -v): passed by the check, the run failed 33 s later
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/statm") as fh:
+                used = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            avail = soft - used if avail is None else min(avail, soft - used)
+    except (ImportError, OSError, ValueError, AttributeError):
         pass
     return int(avail) if avail is not None else 1 << 62
 
