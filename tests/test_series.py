@@ -366,6 +366,13 @@ def test_series_of_a_scan_and_a_one_frame_scan_60px_apart(fxi_scans, tmp_path):
     notes = dict(scan_notes(tmp_path / "ser"))
     assert any(w in n for n in notes["b"] for w in CONSOLE_NOTE_WORDS)
     assert "Notes of each scan" in html and "<h3>b</h3>" in html
+    # a scan not joined says why in its own words: "the images did not confirm it" was said where they had, and the
+    # particles had not (each moving 4-6 px on its own, or the offset beyond their search)
+    t2 = t.copy()
+    t2.loc[t2.scan == 1, "link_method"] = "prior unconfirmed"
+    html = write_series_report(t2, tmp_path / "ser").read_text()
+    assert "Scan 1 (prior unconfirmed)" in html and "the images gave an offset, but too few of the particles" in html
+    assert "the images did not confirm it" not in html
 
 
 def test_hdf5_series_file_is_read_through_io_with_its_checks(tmp_path):
@@ -604,3 +611,34 @@ def test_a_series_interrupted_on_the_command_line_says_how_to_resume(tmp_path, m
     monkeypatch.setattr(ser, "process_scan", interrupted)
     r = CliRunner().invoke(app, ["series", "--synthetic", "2", "--out", str(tmp_path / "s"), "--scheduler", "sync"])
     assert r.exit_code == 130 and "run the same command again to resume" in r.output
+
+
+def test_a_particle_missing_from_up_to_max_gap_scans_keeps_its_id():
+    """The docstring promises a particle missing from up to 3 scans keeps its id; one absent from 3 was given a new
+    one (the linker counts the steps since it was seen: 4)."""
+    import pandas as pd
+
+    from xanestrack.series import link_scans
+
+    for missing, kept in ((1, True), (3, True), (4, False)):
+        rows = []
+        n = missing + 2
+        for s in range(n):
+            pts = [(50, 50, 20), (200, 60, 15), (120, 300, 25)] + ([(300, 250, 18)] if s in (0, n - 1) else [])
+            for j, (y, x, r) in enumerate(pts):
+                rows.append(dict(scan=s, scan_name=f"s{s}", scan_particle=j, y0=y + 60 * s, x0=x, radius=r))
+        t = link_scans(pd.DataFrame(rows), frame_shape=(800, 400))
+        assert (t[t.x0 == 250].particle.nunique() == 1) == kept, missing
+
+
+def test_a_synthetic_series_of_a_preset_that_cannot_be_drawn_is_refused_before_writing(tmp_path):
+    """`series --synthetic 2 --preset hard` failed every scan ("cannot place 10 particles"), printed "done 0 particles
+    through 0 of 2 scans" and left an empty series.csv and report."""
+    from typer.testing import CliRunner
+
+    from xanestrack.cli import app
+
+    out = tmp_path / "s"
+    r = CliRunner().invoke(app, ["series", "--synthetic", "2", "--preset", "hard", "--out", str(out)])
+    assert r.exit_code == 2 and "cannot place" in r.output and "use --preset default or rigid" in r.output
+    assert not out.exists()

@@ -1175,11 +1175,21 @@ def series(
     """
     failed = []
     try:
+        from .errors import XanestrackError, one_line
         from .parallel.series import evaluate_series, run_series, series_sources, synthetic_sources, write_series_report
 
         if synthetic and inputs:  # the inputs were ignored without a word
             raise ValueError("--synthetic N makes its own scans: give either the scans or --synthetic, not both")
         if synthetic:
+            from .synth import make_synthetic_series
+
+            try:  # a preset whose scans cannot be drawn fails here, before anything is written (each scan failed)
+                make_synthetic_series(preset, n_scans=synthetic, seed=seed)
+            except ValueError as exc:
+                raise XanestrackError(
+                    f"series --synthetic --preset {preset}: {one_line(exc)} (the series moves its stage between scans "
+                    "as well); use --preset default or rigid"
+                ) from None
             sources = synthetic_sources(synthetic, preset=preset, seed=seed)
         elif inputs:
             sources = series_sources(inputs)

@@ -1171,11 +1171,20 @@ def write_series_report(table: pd.DataFrame, out_dir) -> Path:
     if "link_method" in table:
         from .linking import NOT_JOINED
 
-        broken = sorted(table.loc[table["link_method"].isin(NOT_JOINED), "scan"].unique())
-        if broken:
+        why = {
+            "ambiguous": "the particles agree on more than one offset, or on none, and the images did not single one "
+            "out",
+            "prior contradicted": "the offset the images gave was contradicted by the particles",
+            "prior unconfirmed": "the images gave an offset, but too few of the particles it brings into view agree "
+            "with it (within a few px: particles moving on their own by more than that between scans, or few in "
+            "common, or an offset beyond the particles' search of 150 px or a quarter of the frame)",
+        }
+        bad = table.loc[table["link_method"].isin(NOT_JOINED), ["scan", "link_method"]].drop_duplicates()
+        for how, g in bad.groupby("link_method", sort=False):
+            scans = sorted(g["scan"].unique())
             remarks.append(
-                f"Scans {', '.join(map(str, broken))}: the offset from the previous scan could not be told (too few particles "
-                "in common, and the images did not confirm it); their particles were given new ids, not linked."
+                f"Scan{'s' if len(scans) > 1 else ''} {', '.join(map(str, scans))} ({how}): the offset from the "
+                f"previous scan could not be told: {why.get(how, how)}; their particles were given new ids, not linked."
             )
     for name, msg in table.attrs.get("failed", []):
         remarks.append(f"Scan {name} was not processed: {msg}")

@@ -491,7 +491,9 @@ def link_scans(
         max_jump=max_jump,
         gate=gate,
         gate_fraction=gate_fraction,
-        max_gap=max_gap,
+        # missing from max_gap scans = not seen for max_gap + 1 steps (the linker's count): a particle absent from
+        # 3 scans was given a new id where the docstring promises it keeps its own
+        max_gap=max_gap + 1,
         max_size_ratio=max_size_ratio,
         vote_tolerance=vote_tolerance,
         velocity_damping=0.5,
