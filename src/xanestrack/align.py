@@ -37,7 +37,8 @@ def _prep(frame, sigma=1.0):
 def _pcc(ref, mov, normalization):
     from skimage.registration import phase_cross_correlation
 
-    shift, _, _ = phase_cross_correlation(ref, mov, upsample_factor=20, normalization=normalization)
+    # upsampled to 1/100 px, as a careful user would (1/20 px steps alone left 0.02 px RMS on the rigid preset)
+    shift, _, _ = phase_cross_correlation(ref, mov, upsample_factor=100, normalization=normalization)
     return -np.asarray(shift)  # skimage returns the shift that registers mov onto ref
 
 
@@ -58,10 +59,39 @@ def template_relative(frames, *, masks=None):
     return out
 
 
+def _hann(shape):
+    from skimage.filters import window
+
+    return window("hann", shape)
+
+
 def phase_correlation(frames, *, masks=None):
-    """Upsampled phase correlation (phase-normalised spectrum) against the first frame."""
-    ref = _prep(frames[0])
-    return np.array([[0.0, 0.0]] + [_pcc(ref, _prep(f), "phase") for f in frames[1:]])
+    """Upsampled phase correlation (phase-normalised spectrum) against the first frame, each frame Hann-windowed
+    (unwindowed, the frame's border dominates the phase-normalised spectrum: on the rigid preset 0.28-0.51 px RMS
+    where cross-correlation gives 0.04-0.07)."""
+    w = _hann(np.shape(frames)[1:])
+    ref = _prep(frames[0]) * w
+    return np.array([[0.0, 0.0]] + [_pcc(ref, _prep(f) * w, "phase") for f in frames[1:]])
+
+
+def _gradient(frame, sigma):
+    f = np.asarray(frame, np.float64)
+    f = np.where(np.isfinite(f), f, np.nanmedian(f))
+    g = ndimage.gaussian_gradient_magnitude(f, sigma)
+    return g - g.mean()
+
+
+def gradient_correlation(frames, *, masks=None, sigma: float = 2.0):
+    """Cross-correlation of gradient-magnitude images (Gaussian derivatives, ``sigma`` px), Hann-windowed, against
+    the frame of most edge contrast (a post-edge frame): the global alignment a careful user runs across an edge.
+    The intensity-based aligners against the faint pre-edge frame 0 carry the contrast change into their shifts
+    (on the rigid preset 0.08 px apart before and after the edge); the particles' outlines do not change."""
+    w = _hann(np.shape(frames)[1:])
+    contrast = [float(np.std(_gradient(f, sigma))) for f in frames]
+    r = int(np.argmax(contrast))
+    ref = _gradient(frames[r], sigma) * w
+    s = np.array([_pcc(ref, _gradient(f, sigma) * w, None) if k != r else (0.0, 0.0) for k, f in enumerate(frames)])
+    return s - s[0]
 
 
 def _sift_points(img):
@@ -177,6 +207,7 @@ ALIGNERS = {
     "template_absolute": (template_absolute, "global"),
     "template_relative": (template_relative, "global"),
     "phase_correlation": (phase_correlation, "global"),
+    "gradient_correlation": (gradient_correlation, "global"),
     "sift_ransac": (sift_ransac, "global"),
     "optical_flow": (optical_flow, "global"),
     "stackreg": (stackreg_translation, "global"),
