@@ -260,7 +260,9 @@ def smooth_series(
     y : ndarray (n,)
         The series (NaN where ``weights`` is 0).
     weights : ndarray (n,), optional
-        In [0, 1]; 0 for points that are missing. Default all 1 (NaN points 0).
+        Each point's precision (1 / its noise's variance, on any scale), 0 for points that are missing; the
+        residuals are standardised by them (relative to their mean) for the bisquare and the noise. Default all 1
+        (NaN points 0).
     robust : bool
         Bisquare weights from the residuals, ``iterations`` times: a point far off the
         smooth (a mis-measured frame) does not pull it.
