@@ -576,3 +576,23 @@ def test_a_replaced_output_keeps_its_permissions(scan, tmp_path):
     out.chmod(0o2770)
     assert runner.invoke(app, args + ["--overwrite"]).exit_code == 0
     assert out.stat().st_mode & 0o7777 == 0o2770
+
+
+def test_a_report_that_cannot_be_written_leaves_the_old_one_and_no_temporary(scan, tmp_path, monkeypatch):
+    """A failed `report` left `.report.html.tmp` beside the old report."""
+    import pathlib
+
+    out = tmp_path / "res"
+    assert runner.invoke(app, [*_RUN, str(scan), "--out", str(out)]).exit_code == 0
+    before = (out / "report.html").read_bytes()
+    real = pathlib.Path.replace
+
+    def full(self, target):
+        if self.name == ".report.html.tmp":
+            raise OSError(28, "No space left on device")
+        return real(self, target)
+
+    monkeypatch.setattr(pathlib.Path, "replace", full)
+    r = runner.invoke(app, ["--quiet", "report", str(out)])
+    assert r.exit_code == 2 and "No space left" in r.output
+    assert (out / "report.html").read_bytes() == before and not (out / ".report.html.tmp").exists()

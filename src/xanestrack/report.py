@@ -1102,8 +1102,12 @@ def write_report(folder, *, result=None) -> Path:
     )
     out = folder / "report.html"
     tmp = folder / ".report.html.tmp"
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        tmp.replace(out)
+    except BaseException:  # the disk full, say: the old report stays, and no half-written copy beside it
+        tmp.unlink(missing_ok=True)
+        raise
     return out
 
 
