@@ -333,10 +333,17 @@ def test_unwritable_output_is_refused_before_the_pipeline(scan, tmp_path, monkey
     if os.geteuid() == 0:  # root writes anywhere: let the access check see what an ordinary user would
         real = os.access
         monkeypatch.setattr(os, "access", lambda p, mode: real(p, mode) and Path(p).resolve() != ro.resolve())
+    import xanestrack.io
+
+    def no_reading(*a, **k):
+        raise AssertionError("the stack was read before the output folder was checked")
+
+    monkeypatch.setattr(xanestrack.io, "read_stack", no_reading)  # it was read (and demo synthesised) first
     try:
         _error_line(
             runner.invoke(app, ["--quiet", "run", str(scan), "--out", str(ro / "res")]), "cannot write in", "ro"
         )
+        _error_line(runner.invoke(app, ["--quiet", "demo", "--out", str(ro / "d" / "demo")]), "cannot write in")
     finally:
         ro.chmod(0o755)
 

@@ -272,6 +272,16 @@ def _input_ids(inputs) -> set:
     return ids
 
 
+def _check_parent(out: Path) -> None:
+    """Refuse an output whose nearest existing folder above cannot be written in (checked before the scan is read:
+    `run` read the whole stack, `demo` synthesised for 7 s, before the refusal)."""
+    p = Path(os.path.abspath(out)).parent
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if p.is_dir() and not os.access(p, os.W_OK | os.X_OK):
+        raise XanestrackError(f"cannot write in {p} (permission denied); choose another output folder (`out`)")
+
+
 def check_output_dir(out_dir, *, overwrite: bool, inputs=(), kind: str | None = None) -> Path:
     """Refuse an output folder we may not write.
 
@@ -284,7 +294,10 @@ def check_output_dir(out_dir, *, overwrite: bool, inputs=(), kind: str | None = 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise XanestrackError(f"output {out} exists and is not a folder; choose another output folder (`out`)")
-    if not out.exists() or not any(out.iterdir()):
+    if not out.exists():
+        _check_parent(out)
+        return out
+    if not any(out.iterdir()):
         return out
     if not overwrite:
         raise XanestrackError(
