@@ -562,7 +562,9 @@ def test_overwrite_and_report_leave_an_edited_report_and_a_protected_output(scan
     for name in ("results.h5", "run.json", "tracks.csv"):
         (paper / name).write_bytes((out / name).read_bytes())
     (paper / "report.html").write_text("my report")
-    _error_line(runner.invoke(app, ["--quiet", "report", str(paper)]), "is not a xanestrack output", "report.html")
+    _error_line(
+        runner.invoke(app, ["--quiet", "report", str(paper)]), "has no .xanestrack-output marker", "report.html"
+    )
     assert (paper / "report.html").read_text() == "my report"
     # write-protected
     for p in [out, *out.rglob("*")]:
@@ -603,3 +605,37 @@ def test_a_report_that_cannot_be_written_leaves_the_old_one_and_no_temporary(sca
     r = runner.invoke(app, ["--quiet", "report", str(out)])
     assert r.exit_code == 2 and "No space left" in r.output
     assert (out / "report.html").read_bytes() == before and not (out / ".report.html.tmp").exists()
+
+
+def test_ordinary_workflows_are_not_refused(scan, tmp_path, monkeypatch):
+    """`report v1` (a relative path) recorded its figures under wrong names, and every later report and --overwrite
+    was refused as 'changed since xanestrack wrote them'; a copy that does not keep modification times (cp -r, tar)
+    was refused likewise; an output inside the input's folder could not be overwritten ('holds the input')."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    args = [*_RUN, str(scan), "--out", "v1"]
+    assert runner.invoke(app, args).exit_code == 0
+    for _ in range(2):
+        assert runner.invoke(app, ["--quiet", "report", "v1"]).exit_code == 0
+    assert runner.invoke(app, args + ["--overwrite"]).exit_code == 0
+    shutil.copytree("v1", "copy", copy_function=shutil.copy)  # contents, not times
+    for p in Path("copy").rglob("*"):
+        if p.is_file():
+            os.utime(p, (1e9, 1e9))
+    assert runner.invoke(app, ["--quiet", "report", "copy"]).exit_code == 0
+    page = Path("copy/report.html")
+    page.write_text(page.read_text() + "<!-- mine -->")
+    _error_line(runner.invoke(app, ["--quiet", "report", "copy"]), "report.html was changed since xanestrack wrote it")
+    # an output folder inside the folder given as input
+    folder = tmp_path / "scanfolder"
+    folder.mkdir()
+    shutil.copy(scan, folder / "stack.h5")
+    monkeypatch.chdir(folder)
+    nested = [*_RUN, "stack.h5", "--out", "results"]
+    assert runner.invoke(app, nested).exit_code == 0
+    assert runner.invoke(app, nested + ["--overwrite"]).exit_code == 0
+    from xanestrack.outdir import check_output_dir
+
+    # the folder itself as the input (a folder of .xrm or TIFF files): its files include the output's own
+    assert check_output_dir(folder / "results", overwrite=True, inputs=[folder], kind="run") == folder / "results"

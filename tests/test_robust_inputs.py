@@ -850,37 +850,29 @@ def test_an_fxi_export_normalised_already_is_read_as_transmission(tmp_path):
 
 def test_an_energies_file_of_two_unnamed_columns_is_read_only_where_the_energy_is_plain(tmp_path):
     """Elapsed seconds beside the energies in keV, no header: the seconds were read as 300-5298 eV without a word
-    (every particle then 'XANES failed', tracks.csv's energies wrong). Two columns that could be the energies, or a
-    first column that cannot, are refused; the energy beside a monitor, or in eV and keV, is read."""
+    (every particle then 'XANES failed', tracks.csv's energies wrong). A first column that cannot be a scan's energies
+    beside one that can is refused; a first column of energies is read whatever the others hold (a monitor decaying
+    with the ring current, a readback, the same energies in keV; two frames)."""
     from xanestrack.errors import XanestrackError
     from xanestrack.io.tiff import read_energies_file
 
     e = np.linspace(8.2, 8.68, 143)
     np.savetxt(tmp_path / "time.txt", np.c_[300 + 35.2 * np.arange(143), e], delimiter="\t")
-    with pytest.raises(XanestrackError, match="column 1 .*column 2 .* could be the energies; name the energy column"):
+    with pytest.raises(XanestrackError, match="first column .* does not look like a scan's energies; column 2"):
         read_energies_file(tmp_path / "time.txt")
     np.savetxt(tmp_path / "second.txt", np.c_[np.full(143, 2.0), e])
-    with pytest.raises(XanestrackError, match="first column .* does not look like energies; column 2"):
+    with pytest.raises(XanestrackError, match="first column .* does not look like a scan's energies; column 2"):
         read_energies_file(tmp_path / "second.txt")
-    np.savetxt(tmp_path / "i0.txt", np.c_[e * 1000, 1e5 + np.arange(143) % 7])
-    np.savetxt(tmp_path / "both.txt", np.c_[e * 1000, e])
-    for name in ("i0.txt", "both.txt"):
-        assert np.allclose(read_energies_file(tmp_path / name), e * 1000)
+    for name, other in (
+        ("i0.txt", 1e5 + np.arange(143) % 7),
+        ("decaying_i0.txt", np.linspace(1.2345, 1.10, 143)),  # nA, falling with the ring: it looked like keV
+        ("ring.txt", np.linspace(250.3, 248.1, 143)),  # mA
+        ("kev.txt", e),
+        ("readback.txt", e * 1000 + 0.8),
+    ):
+        np.savetxt(tmp_path / name, np.c_[e * 1000, other])
+        assert np.allclose(read_energies_file(tmp_path / name), e * 1000), name
+    (tmp_path / "two.txt").write_text("8324 75585\n8354 75401\n")  # two frames and a monitor
+    assert np.allclose(read_energies_file(tmp_path / "two.txt"), [8324, 8354])
     (tmp_path / "named.txt").write_text("t_s\tenergy_keV\n" + "".join(f"{300 + k}\t{v}\n" for k, v in enumerate(e)))
     assert np.allclose(read_energies_file(tmp_path / "named.txt"), e * 1000)
-
-
-def test_free_memory_counts_the_process_limit():
-    """Under `ulimit -v 3 GB` the memory check saw the machine's 21 GiB and passed a scan that then failed 33 s into
-    the run; the process's own limit now counts (checked in a child process: the limit cannot be raised again)."""
-    import subprocess
-    import sys
-
-    code = (
-        "import resource\n"
-        "from xanestrack.io.checks import available_memory\n"
-        "resource.setrlimit(resource.RLIMIT_AS, (3 << 30, resource.RLIM_INFINITY))\n"
-        "print(available_memory())\n"
-    )
-    avail = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
-    assert 0 < avail < 3 << 30

@@ -1466,7 +1466,9 @@ def report(folder: Path = typer.Argument(..., help="An output folder of 'xanestr
         check_rewrite(folder, report_files(folder))  # a report.html the user edited is not overwritten
         t0 = time.time()
         write_report(folder)
-        figures = [f for f in Path(folder).glob("figures/*") if f.is_file() and f.stat().st_mtime >= t0 - 1]
+        figures = [
+            f.relative_to(folder) for f in Path(folder).glob("figures/*") if f.is_file() and f.stat().st_mtime >= t0 - 1
+        ]
         add_to_marker(folder, ["report.html", *figures])  # what the report wrote is ours to replace later
         _console().print(f"wrote {folder}/report.html")
     except Exception as exc:

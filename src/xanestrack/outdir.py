@@ -157,29 +157,50 @@ def write_marker(folder, *, kind: str, extra: dict | None = None) -> None:
     (folder / MARKER).write_text(json.dumps(info, indent=1))
 
 
+#: files up to this size have their content's SHA-256 in the marker: a copy that does not keep modification times
+#: (cp -r, tar, scp, a download) is not taken as edited where its content is ours
+HASH_BELOW = 16 << 20
+
+
+def _sha256(p: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(p, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _stats(folder: Path, files) -> dict:
-    """Size and modification time (ns) of each of ``files`` that is a plain file: what tells a file edited since."""
+    """Size, modification time (ns) and, up to :data:`HASH_BELOW`, the SHA-256 of each of ``files`` that is a plain
+    file: what tells a file edited since."""
     out = {}
     for f in files:
         p = folder / f
         if not f.endswith("/") and p.is_file() and not p.is_symlink():
             st = p.stat()
-            out[f] = [st.st_size, st.st_mtime_ns]
+            out[f] = [st.st_size, st.st_mtime_ns] + ([_sha256(p)] if st.st_size <= HASH_BELOW else [])
     return out
 
 
 def _edited(folder: Path, info: dict, files=None) -> list:
-    """Files the marker recorded (size, time) that changed since: edited by somebody (or another program)."""
+    """Files the marker recorded that changed since: another size, or another time and (where recorded) another
+    content. A file of the same size whose time alone changed (copied, touched) and whose content was not recorded
+    (larger than :data:`HASH_BELOW`) counts as ours."""
     stat = info.get("stat") or {}
     out = []
-    for f, (size, mtime) in stat.items():
+    for f, rec in stat.items():
         if files is not None and f not in files:
             continue
         try:
             st = (folder / f).stat()
         except OSError:
             continue  # gone: nothing of the user's to lose
-        if st.st_size != size or st.st_mtime_ns != mtime:
+        size, mtime = rec[0], rec[1]
+        if st.st_size != size:
+            out.append(f)
+        elif st.st_mtime_ns != mtime and len(rec) > 2 and _sha256(folder / f) != rec[2]:
             out.append(f)
     return sorted(out)
 
@@ -219,8 +240,9 @@ def check_rewrite(folder, names) -> None:
         return
     if info is None:
         raise XanestrackError(
-            f"{folder} is not a xanestrack output (no {MARKER} marker) and holds {', '.join(present[:3])}: not "
-            "overwritten; move them out, or rebuild the report in the output folder xanestrack wrote"
+            f"{folder} has no {MARKER} marker (copied results, or a run from before markers) and holds "
+            f"{', '.join(present[:3])}{' and more' if len(present) > 3 else ''}: not known to be xanestrack's, so "
+            "not overwritten; move them out (or delete them if they are xanestrack's), then run report again"
         )
     ours = set(info.get("files", []))
     foreign = [n for n in present if n not in ours]
@@ -229,9 +251,22 @@ def check_rewrite(folder, names) -> None:
         bad = foreign + edited
         raise XanestrackError(
             f"{folder}: {', '.join(bad[:3])}{' and more' if len(bad) > 3 else ''} "
-            f"{'was' if len(bad) == 1 else 'were'} {'not written by xanestrack' if foreign else 'changed since xanestrack wrote it'}"
+            f"{'was' if len(bad) == 1 else 'were'} {'not written by xanestrack' if foreign else 'changed since xanestrack wrote ' + ('it' if len(bad) == 1 else 'them')}"
             " and would be overwritten; move it out (or rename it) first"
         )
+
+
+def _relative(folder: Path, f) -> str:
+    """``f`` as a path inside ``folder``: an absolute path, one relative to the current folder that lies in
+    ``folder`` (``report v1`` globbed ``v1/figures/...``: recorded under that name, its new size and time never
+    were, and every later report and --overwrite was refused), or a name inside it."""
+    p = Path(f)
+    if not p.is_absolute() and (folder / p).exists():
+        return p.as_posix()
+    try:
+        return Path(os.path.abspath(p)).relative_to(Path(os.path.abspath(folder))).as_posix()
+    except ValueError:
+        return p.as_posix()
 
 
 def add_to_marker(folder, files) -> None:
@@ -240,7 +275,7 @@ def add_to_marker(folder, files) -> None:
     info = _read_marker(folder)
     if info is None:
         return
-    new = {Path(f).relative_to(folder).as_posix() if Path(f).is_absolute() else Path(f).as_posix() for f in files}
+    new = {_relative(folder, f) for f in files}
     info["files"] = sorted(set(info.get("files", [])) | new)
     info["stat"] = {**(info.get("stat") or {}), **_stats(folder, new)}
     tmp = folder / f".{MARKER}.tmp"
@@ -257,12 +292,24 @@ def _same_kind(old, new) -> bool:
     return old is None or new is None or old == new or {old, new} <= _RUN_KINDS
 
 
-def _input_ids(inputs) -> set:
-    """(device, inode) of the input files (and the files in input folders): a hard link to one is the input too."""
+def _input_ids(inputs, out=None) -> set:
+    """(device, inode) of the input files (and the files in input folders, but those of the output ``out`` itself,
+    which may lie inside an input folder): a hard link to one is the input too."""
     ids = set()
+    skip = Path(os.path.abspath(out)) if out is not None else None
     for p in inputs:
         p = Path(p)
-        paths = [p] if p.is_file() else [q for q in p.rglob("*") if q.is_file()][:10000] if p.is_dir() else []
+        paths = (
+            [p]
+            if p.is_file()
+            else [
+                q
+                for q in p.rglob("*")
+                if q.is_file() and not (skip is not None and skip in Path(os.path.abspath(q)).parents)
+            ][:10000]
+            if p.is_dir()
+            else []
+        )
         for q in paths:
             try:
                 st = q.stat()
@@ -315,7 +362,7 @@ def check_output_dir(out_dir, *, overwrite: bool, inputs=(), kind: str | None = 
             raise XanestrackError(
                 f"`overwrite`: {out} holds the input {p}; it is never replaced: choose another output folder (`out`)"
             )
-    ids = _input_ids(inputs)
+    ids = _input_ids(inputs, out)
     if ids:
         for f in _files_of(out):
             try:

@@ -241,9 +241,14 @@ def read_energies_file(path) -> np.ndarray:
     return energies_in_ev(values, source=src, lines=lines)
 
 
+#: eV: the widest span taken for one scan's energies when telling which column of a file holds them (XANES and
+#: EXAFS to k = 20 per angstrom span up to about 1.5 keV; a column of elapsed seconds 300-5298 does not pass)
+SCAN_SPAN_EV = 2500.0
+
+
 def _looks_like_a_scan(v) -> bool:
     """Whether values could be a XANES scan's energies: all eV or all keV, within 100 eV - 200 keV, strictly
-    monotonic, spanning at most 5 keV."""
+    monotonic, spanning at most :data:`SCAN_SPAN_EV`."""
     v = np.asarray(v, float)
     if v.size < 2 or not np.isfinite(v).all() or np.any(v <= 0):
         return False
@@ -252,17 +257,13 @@ def _looks_like_a_scan(v) -> bool:
         return False
     e = v * 1000 if kev.all() else v
     d = np.diff(e)
-    return bool(e.min() >= 100 and e.max() <= 200e3 and (np.all(d > 0) or np.all(d < 0)) and np.ptp(e) <= 5000)
-
-
-def _ev(v) -> np.ndarray:
-    return v * 1000 if np.all(v < 100) else v
+    return bool(e.min() >= 100 and e.max() <= 200e3 and (np.all(d > 0) or np.all(d < 0)) and np.ptp(e) <= SCAN_SPAN_EV)
 
 
 def _one_energy_column(src, fields, header) -> None:
-    """Refuse a file of several columns, none named, where the first does not look like a scan's energies and another
-    does, or where two columns do: the first was taken without a word (elapsed seconds read as 300-5298 eV beside the
-    energies in keV)."""
+    """Refuse a file of several columns, none named, whose first column does not look like a scan's energies while
+    another does: the first was taken without a word (elapsed seconds read as 300-5298 eV beside the energies in
+    keV). Where the first looks like energies it is taken, whatever the others hold (a monitor, a readback)."""
     width = min(len(t) for t in fields)
     cols = []
     for k in range(width):
@@ -270,13 +271,15 @@ def _one_energy_column(src, fields, header) -> None:
             cols.append(np.array([float(t[k]) for t in fields]))
         except ValueError:
             cols.append(None)
-    like = [k for k, c in enumerate(cols) if c is not None and _looks_like_a_scan(c)]
-    if not like or (like[0] == 0 and all(np.allclose(_ev(cols[k]), _ev(cols[0]), atol=0.5) for k in like)):
-        return  # the first column, or the same energies in eV and keV
+    if cols[0] is not None and _looks_like_a_scan(cols[0]):
+        return
+    like = [k for k, c in enumerate(cols) if k and c is not None and _looks_like_a_scan(c)]
+    if not like:
+        return
     shown = ", ".join(f"column {k + 1} ({cols[k][0]:g} ... {cols[k][-1]:g})" for k in like)
-    first = "" if 0 in like else f"its first column ({cols[0][0]:g} ... {cols[0][-1]:g}) does not look like energies; "
+    first = f"({cols[0][0]:g} ... {cols[0][-1]:g}) " if cols[0] is not None else ""
     raise XanestrackError(
-        f"{src}: {first}{shown} could be the energies"
-        + (f" and its header {one_line(header, 50)!r} names no energy column" if header else "")
+        f"{src}: its first column {first}does not look like a scan's energies; {shown} could be"
+        + (f", and its header {one_line(header, 50)!r} names no energy column" if header else "")
         + "; name the energy column in a header line (energy, E [eV], E [keV]) or give one energy per line"
     )
