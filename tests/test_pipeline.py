@@ -811,3 +811,16 @@ def test_options_that_cannot_work_are_refused_before_anything_is_computed(kw):
     od = np.zeros((10, 32, 32), np.float32)
     with pytest.raises(ValueError, match=f"options.{next(iter(kw))} must be"):
         run_pipeline(Stack(od, np.linspace(8300, 8400, 10)), options=PipelineOptions(**kw))
+
+
+def test_a_lone_frame_far_from_the_rest_of_the_scan_is_named(small_synth):
+    """A first energy mistyped 1 keV low (7200 for 8200 eV) keeps them increasing and was taken without a word."""
+    from xanestrack.pipeline import CONSOLE_NOTE_WORDS, PipelineOptions, run_pipeline
+    from xanestrack.stack import Stack
+
+    e = small_synth.energies_ev.copy()
+    e[0] -= 1000.0
+    r = run_pipeline(Stack(small_synth.optical_density(), e), options=PipelineOptions(detect_every=6))
+    (note,) = [n for n in r.notes if "a mistyped energy?" in n]
+    assert "frame 0 (7200.0 eV)" in note and "--scale-model frame" in note
+    assert any(w in note for w in CONSOLE_NOTE_WORDS)  # printed

@@ -80,13 +80,18 @@ def test_a_stack_of_another_array_type_or_a_pixel_size_that_is_none_says_so():
             Stack(np.zeros((4, 16, 16), np.float32), np.linspace(8300, 8400, 4), pixel_size_um=bad)
 
 
-def test_an_energy_mistyped_at_either_end_is_refused():
+def test_an_energy_mistyped_at_either_end_is_refused_or_named():
     """A typo in the first or last energy keeps them increasing: 86800 eV for 8680 was taken without a word (and a
-    magnification fitted as a line in the energy put the whole 1 % on the last frame)."""
+    magnification fitted as a line in the energy put the whole 1 % on the last frame). Beyond 2.5 keV it is refused;
+    a lone frame 0.5-2.5 keV away (a typo of 7200 for 8200, or a far pre-edge frame) is named, not refused."""
+    from xanestrack.stack import lone_step
+
     e = np.linspace(8200, 8680, 143)
-    for bad, frames in ((np.r_[e[:-1], 86800.0], "frame 141 .* to frame 142"), (np.r_[7200.0, e[1:]], "frame 0 ")):
+    for bad, frames in ((np.r_[e[:-1], 86800.0], "frame 141 .* to frame 142"), (np.r_[820.0, e[1:]], "frame 0 ")):
         with pytest.raises(ValueError, match=f"{frames}.*mistyped energy"):
             validate_energies(bad, 143, source="X_eng")
-    assert validate_energies(e, 143).size == 143
-    assert validate_energies([8324.0, 8354.0], 2).size == 2  # two frames 30 eV apart (the SSRL pair)
-    assert validate_energies(np.r_[np.linspace(8300, 8400, 30), 8900.0], 31).size == 31  # a long last step, not lone
+    near = np.r_[7200.0, e[1:]]
+    assert validate_energies(near, 143).size == 143 and lone_step(near)[:1] == (0,)
+    assert validate_energies([7700.0, 8330.0, 8345.0], 3).size == 3  # one pre-edge frame 630 eV below
+    assert lone_step(e) is None and lone_step([8324.0, 8354.0]) is None
+    assert lone_step(np.r_[np.linspace(8300, 8400, 30), 8900.0]) is None  # a long last step, not longer than the rest

@@ -1987,6 +1987,22 @@ def run_pipeline(
     similarity = motion.attrs.get("similarity")
     if similarity is not None:
         similarity.attrs["fitted_on"] = fitted_on
+    from .stack import lone_step
+
+    lone = lone_step(energies)
+    if lone is not None:
+        i, step, rest = lone
+        notes.append(
+            f"the step from frame {i} ({energies[i]:.1f} eV) to frame {i + 1} ({energies[i + 1]:.1f} eV) is {step:.0f} "
+            f"eV, more than the rest of the scan spans ({rest:.0f} eV): a mistyped energy? The frames are used as "
+            "given"
+            + (
+                "; the magnification, fitted as one straight line in the energy, leans on that frame (a typo put a "
+                "whole 1 % on one frame): --scale-model frame fits each frame's own"
+                if options.scale_model == "energy"
+                else ""
+            )
+        )
     ref_note = _reference_note(motion, options.reference_particle, len(energies))
     if ref_note:
         notes.append(ref_note)
@@ -2280,6 +2296,7 @@ CONSOLE_NOTE_WORDS = (
     "no image there",
     "do not describe",
     "uniform deformation",
+    "mistyped energy",
 )
 
 

@@ -23,7 +23,7 @@ def validate_energies(energies_ev, n_frames: int, *, source: str = "input") -> n
         On a count mismatch, non-finite values, duplicates, energies that are not
         strictly increasing (the order of the frames must be the order of the energies;
         sort your frames and energies together), or one step of more than
-        :data:`LONE_STEP_EV` that is longer than the rest of the scan (a mistyped energy).
+        :data:`ANOTHER_EDGE_EV` that is longer than the rest of the scan (a mistyped energy, or another edge).
     """
     e = np.asarray(energies_ev, dtype=float).ravel()
     if e.size != n_frames:
@@ -46,7 +46,7 @@ def validate_energies(energies_ev, n_frames: int, *, source: str = "input") -> n
             )
         i = int(np.argmax(d))
         rest = float(e[-1] - e[0] - d[i])
-        if d[i] > LONE_STEP_EV and d[i] > rest:
+        if d[i] > ANOTHER_EDGE_EV and d[i] > rest:
             # an energy mistyped at either end keeps them increasing: 8680 eV written as 86800 was taken, and a
             # magnification fitted as a line in the energy put the whole 1 % on the last frame
             raise ValueError(
@@ -59,9 +59,25 @@ def validate_energies(energies_ev, n_frames: int, *, source: str = "input") -> n
     return e
 
 
-#: eV: a step between two energies larger than this and than the rest of the scan spans is refused as a mistyped
-#: energy (XANES scans span 100-1000 eV in steps of 0.2-40 eV; the SSRL pair is 30 eV apart)
+#: eV: a step between two energies larger than this and than the rest of the scan spans is named in a run note as a
+#: possibly mistyped energy (XANES scans span 100-1000 eV in steps of 0.2-40 eV; the SSRL pair is 30 eV apart; a
+#: lone pre- or post-edge frame 600 eV away is legitimate), and refused beyond :data:`ANOTHER_EDGE_EV`
 LONE_STEP_EV = 500.0
+
+#: eV: ... a step this far is another edge, or a typo (86800 for 8680 eV; 820 for 8200)
+ANOTHER_EDGE_EV = 2500.0
+
+
+def lone_step(energies_ev):
+    """``(i, step, rest)`` where one step between energies ``i`` and ``i + 1`` exceeds :data:`LONE_STEP_EV` and the
+    span of the rest of the scan, else None."""
+    e = np.asarray(energies_ev, float)
+    if e.size < 2:
+        return None
+    d = np.diff(e)
+    i = int(np.argmax(d))
+    rest = float(e[-1] - e[0] - d[i])
+    return (i, float(d[i]), rest) if d[i] > LONE_STEP_EV and d[i] > rest else None
 
 
 @dataclass(frozen=True)
