@@ -642,3 +642,44 @@ def test_a_synthetic_series_of_a_preset_that_cannot_be_drawn_is_refused_before_w
     r = CliRunner().invoke(app, ["series", "--synthetic", "2", "--preset", "hard", "--out", str(out)])
     assert r.exit_code == 2 and "cannot place" in r.output and "use --preset default or rigid" in r.output
     assert not out.exists()
+
+
+def test_scans_far_apart_or_whose_particles_moved_on_their_own_are_linked_by_the_images_offset():
+    """The images measured an offset of 155 px exactly, but the particles looked for one within 150 px only: every id
+    was reset ('prior unconfirmed'). Particles each moving 4-5 px on their own between scans did not confirm a right
+    offset within the vote's 4 px: every id reset too. Two unrelated fields still link nothing."""
+    import pandas as pd
+
+    from xanestrack.series import link_scans
+
+    rng = np.random.default_rng(2)
+    base = np.c_[rng.uniform(40, 460, 6), rng.uniform(40, 300, 6)]  # in view of a 500 x 500 frame after 155 px
+    radii = rng.uniform(14, 30, 6)
+
+    def table(offsets, own):
+        rows = []
+        for s, off in enumerate(offsets):
+            p = base + off + own * s * np.c_[np.cos(np.arange(6) * 2.1), np.sin(np.arange(6) * 2.1)]
+            for j in range(6):
+                rows.append(dict(scan=s, scan_name=f"s{s}", scan_particle=j, y0=p[j, 0], x0=p[j, 1], radius=radii[j]))
+        return pd.DataFrame(rows)
+
+    for offsets, own in (([(0, 0), (0, 155)], 0.0), ([(0, 0), (40, 30)], 4.5)):
+        d = np.subtract(offsets[1], offsets[0]) + 0.0
+        t = link_scans(table(offsets, own), prior=lambda a, b, d=d: d, frame_shape=(500, 500))
+        assert t[t.scan == 1].link_method.iloc[0] not in ("ambiguous", "prior contradicted", "prior unconfirmed")
+        assert (
+            t[t.scan == 0].sort_values("scan_particle").particle.to_numpy()
+            == t[t.scan == 1].sort_values("scan_particle").particle.to_numpy()
+        ).all()
+    # an unrelated second field with the images' chance offset: nothing linked
+    other = pd.DataFrame(
+        [
+            dict(scan=1, scan_name="s1", scan_particle=j, y0=y, x0=x, radius=r)
+            for j, (y, x, r) in enumerate(zip(*rng.uniform(40, 460, (2, 6)), rng.uniform(14, 30, 6), strict=True))
+        ]
+    )
+    t = link_scans(
+        pd.concat([table([(0, 0)], 0.0), other]), prior=lambda a, b: np.array([12.0, -7.0]), frame_shape=(1000, 1000)
+    )
+    assert not set(t[t.scan == 0].particle) & set(t[t.scan == 1].particle)
