@@ -200,9 +200,9 @@ def vote_displacement(prev, cur, max_jump, tol, *, prior=None, prev_radius=None,
 
 
 def _vote_support(prev, cur, max_jump, tol, prev_radius, cur_radius, max_size_ratio, prior=None):
-    """Candidate displacements (every size-compatible pairing within ``max_jump``, or within ``max_jump`` of the
-    ``prior``: an offset the images measured beyond the particles' own search, 155 px, was otherwise never
-    confirmed by them) and their support.
+    """Candidate displacements (every size-compatible pairing within ``max_jump``, and, where the ``prior`` lies
+    beyond it, within ``max_jump`` of the prior: an offset the images measured beyond the particles' own search,
+    155 px, was otherwise never confirmed by them) and their support.
 
     Returns ``cand`` (n_cand, 2), ``support`` (n_cand,): points of ``prev`` that land within
     ``tol`` of a compatible point of ``cur`` when moved by the candidate, and the
@@ -217,7 +217,9 @@ def _vote_support(prev, cur, max_jump, tol, prev_radius, cur_radius, max_size_ra
         compatible = ~(ratio > np.log(max_size_ratio))  # NaN sizes stay compatible
     d = cur[None, :, :] - prev[:, None, :]  # (n_prev, n_cur, 2)
     near = np.hypot(d[..., 0], d[..., 1]) <= max_jump
-    if prior is not None:
+    if (
+        prior is not None and np.hypot(*prior) > max_jump
+    ):  # (within it, the search is as it was: frames' votes unchanged)
         near |= np.hypot(d[..., 0] - prior[0], d[..., 1] - prior[1]) <= max_jump
     cand = d[near & compatible]
     if cand.size == 0:
