@@ -639,3 +639,15 @@ def test_ordinary_workflows_are_not_refused(scan, tmp_path, monkeypatch):
 
     # the folder itself as the input (a folder of .xrm or TIFF files): its files include the output's own
     assert check_output_dir(folder / "results", overwrite=True, inputs=[folder], kind="run") == folder / "results"
+
+
+def test_a_refused_synth_leaves_no_folder_it_made(tmp_path):
+    """`synth scn/a/b` refused for its geometry left `scn/a` behind (the folders made for the output)."""
+    r = runner.invoke(
+        app, ["--quiet", "synth", str(tmp_path / "scn" / "a" / "b"), "--size", "200", "--n-particles", "12"]
+    )
+    _error_line(r, "cannot place 12 particles")
+    assert not (tmp_path / "scn").exists()
+    (tmp_path / "mine").mkdir()  # a folder that was there stays
+    r = runner.invoke(app, ["--quiet", "synth", str(tmp_path / "mine" / "b"), "--size", "200", "--n-particles", "12"])
+    assert r.exit_code == 2 and (tmp_path / "mine").is_dir()

@@ -548,6 +548,10 @@ def _prepare_parent(out: Path) -> Path:
     parent = out.parent
     if parent == out:
         raise XanestrackError(f"output {out}: give a folder, not the file-system root")
+    first = parent
+    while not first.parent.exists() and first.parent != first:
+        first = first.parent
+    _CREATED[out] = None if parent.exists() else first  # removed again (if empty) when the run fails
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -557,6 +561,26 @@ def _prepare_parent(out: Path) -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise XanestrackError(f"cannot write in {parent} (permission denied); choose another output folder (`out`)")
     return parent
+
+
+#: per output, the first folder above it that its run created (a refused `synth` left `scn/` behind)
+_CREATED: dict = {}
+
+
+def _remove_created(out: Path) -> None:
+    """Remove the folders above ``out`` that its run created, where they are still empty."""
+    first = _CREATED.pop(out, None)
+    if first is None:
+        return
+    p = out.parent
+    while True:
+        try:
+            p.rmdir()  # only an empty folder
+        except OSError:
+            return
+        if p == first:
+            return
+        p = p.parent
 
 
 @contextmanager
@@ -576,55 +600,61 @@ def atomic_output_dir(out_dir, *, overwrite: bool = False, inputs=(), kind: str 
     parent = _prepare_parent(out)
     _clean_stale(parent)
     host, pid = _host(), os.getpid()
-    with output_lock(out):
-        check_output_dir(out, overwrite=overwrite, inputs=inputs, kind=kind)  # again, now that it is ours
-        for _ in range(100):
-            tmp = parent / f".{out.name}.tmp-{host}-{pid}-{secrets.token_hex(4)}"
-            try:
-                os.mkdir(tmp, 0o777)  # the umask applies, unlike mkdtemp's 0700
-                break
-            except FileExistsError:
-                continue
-            except OSError as exc:
-                raise XanestrackError(
-                    f"cannot write in {parent} ({one_line(exc.strerror or exc)}); choose another output folder (`out`)"
-                ) from None
-        try:
-            (tmp / TMP_MARKER).write_text(json.dumps(dict(tool="xanestrack", pid=pid, host=host, out=str(out))))
-            yield tmp
-            (tmp / TMP_MARKER).unlink()
-            write_marker(tmp, kind=kind)
-            check_output_dir(out, overwrite=overwrite, inputs=inputs, kind=kind)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        old = None
-        if out.is_dir() and not any(out.iterdir()):
-            # an empty folder the user made (perhaps the current one): keep it, move our files in, marker last
-            for entry in sorted(tmp.iterdir(), key=lambda e: e.name == MARKER):
-                if (out / entry.name).exists():
+    try:
+        with output_lock(out):
+            check_output_dir(out, overwrite=overwrite, inputs=inputs, kind=kind)  # again, now that it is ours
+            for _ in range(100):
+                tmp = parent / f".{out.name}.tmp-{host}-{pid}-{secrets.token_hex(4)}"
+                try:
+                    os.mkdir(tmp, 0o777)  # the umask applies, unlike mkdtemp's 0700
+                    break
+                except FileExistsError:
+                    continue
+                except OSError as exc:
                     raise XanestrackError(
-                        f"{out / entry.name} appeared while the run was writing; it is left alone: rerun"
+                        f"cannot write in {parent} ({one_line(exc.strerror or exc)}); choose another output folder (`out`)"
+                    ) from None
+            try:
+                (tmp / TMP_MARKER).write_text(json.dumps(dict(tool="xanestrack", pid=pid, host=host, out=str(out))))
+                yield tmp
+                (tmp / TMP_MARKER).unlink()
+                write_marker(tmp, kind=kind)
+                check_output_dir(out, overwrite=overwrite, inputs=inputs, kind=kind)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            old = None
+            if out.is_dir() and not any(out.iterdir()):
+                # an empty folder the user made (perhaps the current one): keep it, move our files in, marker last
+                for entry in sorted(tmp.iterdir(), key=lambda e: e.name == MARKER):
+                    if (out / entry.name).exists():
+                        raise XanestrackError(
+                            f"{out / entry.name} appeared while the run was writing; it is left alone: rerun"
+                        )
+                    os.replace(entry, out / entry.name)
+                tmp.rmdir()
+                return
+            if out.exists():
+                old = parent / f".{out.name}.old-{host}-{pid}"
+                mode = out.stat()
+                os.replace(out, old)
+                try:  # the replaced folder's permissions and group (a folder shared with colleagues stays shared)
+                    os.chmod(tmp, mode.st_mode & 0o7777)
+                    os.chown(tmp, -1, mode.st_gid)
+                except OSError:
+                    pass
+            os.replace(tmp, out)
+            if old is not None:
+                info = _read_marker(old) or _legacy_marker(old) or dict(files=[])
+                left = _foreign(old, info)
+                if left:  # something appeared in it meanwhile: keep it
+                    logger.warning(
+                        "the replaced output was kept as %s: it holds files xanestrack did not write (%s)", old, left[0]
                     )
-                os.replace(entry, out / entry.name)
-            tmp.rmdir()
-            return
-        if out.exists():
-            old = parent / f".{out.name}.old-{host}-{pid}"
-            mode = out.stat()
-            os.replace(out, old)
-            try:  # the replaced folder's permissions and group (a folder shared with colleagues stays shared)
-                os.chmod(tmp, mode.st_mode & 0o7777)
-                os.chown(tmp, -1, mode.st_gid)
-            except OSError:
-                pass
-        os.replace(tmp, out)
-        if old is not None:
-            info = _read_marker(old) or _legacy_marker(old) or dict(files=[])
-            left = _foreign(old, info)
-            if left:  # something appeared in it meanwhile: keep it
-                logger.warning(
-                    "the replaced output was kept as %s: it holds files xanestrack did not write (%s)", old, left[0]
-                )
-            else:
-                shutil.rmtree(old, ignore_errors=True)
+                else:
+                    shutil.rmtree(old, ignore_errors=True)
+
+    except BaseException:  # the folders above that this run created go again (a lock in them is gone by now)
+        _remove_created(out)
+        raise
+    _CREATED.pop(out, None)
