@@ -199,6 +199,16 @@ def vote_displacement(prev, cur, max_jump, tol, *, prior=None, prev_radius=None,
     return _refine(prev, cur, best, tol, compatible), best_n
 
 
+def _size_compatible(n_prev, n_cur, prev_radius, cur_radius, max_size_ratio) -> np.ndarray:
+    """(n_prev, n_cur): pairs whose radii are within ``max_size_ratio`` of each other (NaN sizes stay compatible)."""
+    compatible = np.ones((n_prev, n_cur), bool)
+    if n_prev and n_cur and prev_radius is not None and cur_radius is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.abs(np.log(np.asarray(cur_radius, float)[None, :] / np.asarray(prev_radius, float)[:, None]))
+        compatible = ~(ratio > np.log(max_size_ratio))
+    return compatible
+
+
 def _vote_support(prev, cur, max_jump, tol, prev_radius, cur_radius, max_size_ratio, prior=None):
     """Candidate displacements (every size-compatible pairing within ``max_jump``, and, where the ``prior`` lies
     beyond it, within ``max_jump`` of the prior: an offset the images measured beyond the particles' own search,
@@ -208,18 +218,13 @@ def _vote_support(prev, cur, max_jump, tol, prev_radius, cur_radius, max_size_ra
     ``tol`` of a compatible point of ``cur`` when moved by the candidate, and the
     ``compatible`` (n_prev, n_cur) size mask.
     """
-    compatible = np.ones((len(prev), len(cur)), bool)
+    compatible = _size_compatible(len(prev), len(cur), prev_radius, cur_radius, max_size_ratio)
     if len(prev) == 0 or len(cur) == 0:
         return np.zeros((0, 2)), np.zeros(0, int), compatible
-    if prev_radius is not None and cur_radius is not None:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.abs(np.log(np.asarray(cur_radius, float)[None, :] / np.asarray(prev_radius, float)[:, None]))
-        compatible = ~(ratio > np.log(max_size_ratio))  # NaN sizes stay compatible
     d = cur[None, :, :] - prev[:, None, :]  # (n_prev, n_cur, 2)
     near = np.hypot(d[..., 0], d[..., 1]) <= max_jump
-    if (
-        prior is not None and np.hypot(*prior) > max_jump
-    ):  # (within it, the search is as it was: frames' votes unchanged)
+    # around a prior beyond it too (within it, the search is as it was: frames' votes unchanged)
+    if prior is not None and np.hypot(*prior) > max_jump:
         near |= np.hypot(d[..., 0] - prior[0], d[..., 1] - prior[1]) <= max_jump
     cand = d[near & compatible]
     if cand.size == 0:
@@ -340,11 +345,7 @@ def _landing(prev, cur, disp, tol, prev_radius, cur_radius, max_size_ratio) -> i
     cur = np.asarray(cur, float).reshape(-1, 2)
     if not len(prev) or not len(cur):
         return 0
-    compatible = np.ones((len(prev), len(cur)), bool)
-    if prev_radius is not None and cur_radius is not None:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.abs(np.log(np.asarray(cur_radius, float)[None, :] / np.asarray(prev_radius, float)[:, None]))
-        compatible = ~(ratio > np.log(max_size_ratio))
+    compatible = _size_compatible(len(prev), len(cur), prev_radius, cur_radius, max_size_ratio)
     moved = prev + np.asarray(disp, float)
     dist = np.hypot(moved[:, None, 0] - cur[None, :, 0], moved[:, None, 1] - cur[None, :, 1])
     return int((np.where(compatible, dist, np.inf).min(axis=1) <= tol).sum())

@@ -556,21 +556,40 @@ def field_rotation(motion: pd.DataFrame, *, kind: str = "rotation") -> tuple[np.
         return np.zeros(0), 0.0
     NR, ref = _own_motions(motion)
     ok = np.isfinite(NR).all(axis=2) & np.isfinite(ref).all(axis=1)[None]
-    theta = np.zeros(NR.shape[0])
+    # the displacement of a small turn, per radian, in the similarity's sense (``rotation_rad``); of a scale
+    if kind == "rotation":
+        theta, total, left = _field_fit(NR, ref, ok, lambda lv: np.stack([-lv[:, 1], lv[:, 0]], -1).reshape(-1, 1), 3)
+    else:
+        theta, total, left = _field_fit(NR, ref, ok, lambda lv: lv.reshape(-1, 1), 3)
+    return theta[:, 0], (1.0 - left / total) if total > 0 else 0.0
+
+
+def _field_fit(NR, ref, ok, design, min_particles: int):
+    """Per frame with ``min_particles`` or more particles ``ok``, the least-squares fit of their own displacements
+    ``NR`` about their centroid (a free translation) on the columns of ``design(lever)`` ((2 n, p), the lever arms
+    from the centroid of their first positions ``ref``): the parameters (frames, p), and the sums of squares of the
+    own motions and of what the fits leave."""
+    p = design(np.zeros((1, 2))).shape[1]
+    params = np.zeros((NR.shape[0], p))
     total = left = 0.0
     for k in range(NR.shape[0]):
         o = ok[k]
-        if o.sum() < 3:
+        if o.sum() < min_particles:
             continue
-        lever = ref[o] - ref[o].mean(axis=0)
-        d = NR[k, o] - NR[k, o].mean(axis=0)
-        # the displacement of a small turn, per radian, in the similarity's sense (``rotation_rad``); of a scale
-        g = np.stack([-lever[:, 1], lever[:, 0]], axis=-1) if kind == "rotation" else lever
-        den = float((g**2).sum())
-        theta[k] = float((d * g).sum()) / den if den > 0 else 0.0
+        G = design(ref[o] - ref[o].mean(axis=0))
+        d = (NR[k, o] - NR[k, o].mean(axis=0)).reshape(-1)
+        params[k], *_ = np.linalg.lstsq(G, d, rcond=None)
         total += float((NR[k, o] ** 2).sum())
-        left += float(((d - theta[k] * g) ** 2).sum())
-    return theta, (1.0 - left / total) if total > 0 else 0.0
+        left += float(((d - G @ params[k]) ** 2).sum())
+    return params, total, left
+
+
+def _gradient_design(lever):
+    """Rows (dy, dx) of each point against the displacement gradient's entries A[0, 0], A[0, 1], A[1, 0], A[1, 1]."""
+    G = np.zeros((2 * len(lever), 4))
+    G[0::2, 0:2] = lever
+    G[1::2, 2:4] = lever
+    return G
 
 
 #: particles a frame needs for :func:`field_strain` (an affine field has 6 parameters: with fewer
@@ -581,19 +600,8 @@ STRAIN_MIN_PARTICLES = 6
 def _strain_fit(NR, ref, ok):
     """Per frame the displacement gradient of :func:`field_strain` over the particles ``ok``, and the sums of squares
     of the own motions and of what it leaves."""
-    A = np.zeros((NR.shape[0], 2, 2))
-    total = left = 0.0
-    for k in range(NR.shape[0]):
-        o = ok[k]
-        if o.sum() < STRAIN_MIN_PARTICLES:
-            continue
-        lever = ref[o] - ref[o].mean(axis=0)
-        d = NR[k, o] - NR[k, o].mean(axis=0)
-        sol, *_ = np.linalg.lstsq(lever, d, rcond=None)  # d ~ lever @ sol
-        A[k] = sol.T
-        total += float((NR[k, o] ** 2).sum())
-        left += float(((d - lever @ sol) ** 2).sum())
-    return A, total, left
+    params, total, left = _field_fit(NR, ref, ok, _gradient_design, STRAIN_MIN_PARTICLES)
+    return params.reshape(-1, 2, 2), total, left
 
 
 def field_strain(motion: pd.DataFrame) -> tuple[np.ndarray, float]:

@@ -297,19 +297,12 @@ def _input_ids(inputs, out=None) -> set:
     which may lie inside an input folder): a hard link to one is the input too."""
     ids = set()
     skip = Path(os.path.abspath(out)) if out is not None else None
-    for p in inputs:
-        p = Path(p)
-        paths = (
-            [p]
-            if p.is_file()
-            else [
-                q
-                for q in p.rglob("*")
-                if q.is_file() and not (skip is not None and skip in Path(os.path.abspath(q)).parents)
-            ][:10000]
-            if p.is_dir()
-            else []
-        )
+    for p in map(Path, inputs):
+        if p.is_dir():
+            inside = (q for q in p.rglob("*") if q.is_file())
+            paths = [q for q in inside if skip is None or skip not in Path(os.path.abspath(q)).parents][:10000]
+        else:
+            paths = [p] if p.is_file() else []
         for q in paths:
             try:
                 st = q.stat()
@@ -323,8 +316,8 @@ def _check_parent(out: Path) -> None:
     """Refuse an output whose nearest existing folder above cannot be written in (checked before the scan is read:
     `run` read the whole stack, `demo` synthesised for 7 s, before the refusal)."""
     p = Path(os.path.abspath(out)).parent
-    while not p.exists() and p != p.parent:
-        p = p.parent
+    if not p.exists():
+        p = _first_missing(p).parent
     if p.is_dir() and not os.access(p, os.W_OK | os.X_OK):
         raise XanestrackError(f"cannot write in {p} (permission denied); choose another output folder (`out`)")
 
@@ -544,14 +537,19 @@ class output_lock:
         return False
 
 
-def _prepare_parent(out: Path) -> Path:
+def _first_missing(folder: Path) -> Path:
+    """The highest folder of ``folder``'s path that does not exist (``folder`` itself if its parent does)."""
+    while not folder.parent.exists() and folder.parent != folder:
+        folder = folder.parent
+    return folder
+
+
+def _prepare_parent(out: Path) -> tuple[Path, Path | None]:
+    """``out``'s parent, created and writable, and the highest folder this created (None if none)."""
     parent = out.parent
     if parent == out:
         raise XanestrackError(f"output {out}: give a folder, not the file-system root")
-    first = parent
-    while not first.parent.exists() and first.parent != first:
-        first = first.parent
-    _CREATED[out] = None if parent.exists() else first  # removed again (if empty) when the run fails
+    first = None if parent.exists() else _first_missing(parent)  # removed again (if empty) when the run fails
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -560,16 +558,12 @@ def _prepare_parent(out: Path) -> Path:
         ) from None
     if not os.access(parent, os.W_OK | os.X_OK):
         raise XanestrackError(f"cannot write in {parent} (permission denied); choose another output folder (`out`)")
-    return parent
+    return parent, first
 
 
-#: per output, the first folder above it that its run created (a refused `synth` left `scn/` behind)
-_CREATED: dict = {}
-
-
-def _remove_created(out: Path) -> None:
-    """Remove the folders above ``out`` that its run created, where they are still empty."""
-    first = _CREATED.pop(out, None)
+def _remove_created(out: Path, first: Path | None) -> None:
+    """Remove the folders above ``out`` up to ``first``, which its run created, where they are still empty (a refused
+    `synth` left `scn/` behind)."""
     if first is None:
         return
     p = out.parent
@@ -597,7 +591,7 @@ def atomic_output_dir(out_dir, *, overwrite: bool = False, inputs=(), kind: str 
     """
     check_output_dir(out_dir, overwrite=overwrite, inputs=inputs, kind=kind)
     out = Path(out_dir).resolve()
-    parent = _prepare_parent(out)
+    parent, created = _prepare_parent(out)
     _clean_stale(parent)
     host, pid = _host(), os.getpid()
     try:
@@ -655,6 +649,5 @@ def atomic_output_dir(out_dir, *, overwrite: bool = False, inputs=(), kind: str 
                     shutil.rmtree(old, ignore_errors=True)
 
     except BaseException:  # the folders above that this run created go again (a lock in them is gone by now)
-        _remove_created(out)
+        _remove_created(out, created)
         raise
-    _CREATED.pop(out, None)
