@@ -56,7 +56,7 @@ from .result import FRAME_FLAGS, ParticleResult, PipelineResult, flag_names
 from .robust import robust_sigma
 from .segment import SegmentOptions, isolate_particle, segment_particle, segment_roi, segment_rois
 from .smoothing import local_quadratic, smooth_tracks
-from .stack import Stack, duplicate_frames, sanitize_stack
+from .stack import Stack, duplicate_frames, lone_step, lone_step_words, sanitize_stack
 from .xanes import (
     MISFIT_NOTE,
     SPARSE_POST_EDGE_NOTE,
@@ -1987,15 +1987,10 @@ def run_pipeline(
     similarity = motion.attrs.get("similarity")
     if similarity is not None:
         similarity.attrs["fitted_on"] = fitted_on
-    from .stack import lone_step
-
     lone = lone_step(energies)
     if lone is not None:
-        i, step, rest = lone
         notes.append(
-            f"the step from frame {i} ({energies[i]:.1f} eV) to frame {i + 1} ({energies[i + 1]:.1f} eV) is {step:.0f} "
-            f"eV, more than the rest of the scan spans ({rest:.0f} eV): a mistyped energy? The frames are used as "
-            "given"
+            f"{lone_step_words(energies, lone)} The frames are used as given"
             + (
                 "; the magnification, fitted as one straight line in the energy, leans on that frame (a typo put a "
                 "whole 1 % on one frame): --scale-model frame fits each frame's own"

@@ -44,15 +44,13 @@ def validate_energies(energies_ev, n_frames: int, *, source: str = "input") -> n
                 f"{source}: energies are not increasing ({e[i]:.2f} eV at frame {i}, then "
                 f"{e[i + 1]:.2f} eV); sort frames and energies together"
             )
-        i = int(np.argmax(d))
-        rest = float(e[-1] - e[0] - d[i])
-        if d[i] > ANOTHER_EDGE_EV and d[i] > rest:
+        lone = lone_step(e)
+        if lone is not None and lone[1] > ANOTHER_EDGE_EV:
             # an energy mistyped at either end keeps them increasing: 8680 eV written as 86800 was taken, and a
             # magnification fitted as a line in the energy put the whole 1 % on the last frame
             raise ValueError(
-                f"{source}: the step from frame {i} ({e[i]:.1f} eV) to frame {i + 1} ({e[i + 1]:.1f} eV) is "
-                f"{d[i]:.0f} eV, more than the rest of the scan spans ({rest:.0f} eV): a mistyped energy? (A scan "
-                "is one absorption edge: give another edge's frames as a scan of their own)"
+                f"{source}: {lone_step_words(e, lone)} (A scan is one absorption edge: give another edge's frames as "
+                "a scan of their own)"
             )
     if in_kev(e):
         raise ValueError(f"{source}: energies look like keV (max {np.nanmax(e):.4g}); give them in eV")
@@ -78,6 +76,15 @@ def lone_step(energies_ev):
     i = int(np.argmax(d))
     rest = float(e[-1] - e[0] - d[i])
     return (i, float(d[i]), rest) if d[i] > LONE_STEP_EV and d[i] > rest else None
+
+
+def lone_step_words(energies_ev, lone) -> str:
+    """What :func:`lone_step` found, in words (refusals and run notes say it alike)."""
+    i, step, rest = lone
+    return (
+        f"the step from frame {i} ({energies_ev[i]:.1f} eV) to frame {i + 1} ({energies_ev[i + 1]:.1f} eV) is "
+        f"{step:.0f} eV, more than the rest of the scan spans ({rest:.0f} eV): a mistyped energy?"
+    )
 
 
 @dataclass(frozen=True)
