@@ -340,3 +340,41 @@ def test_frames_noisier_than_others_weigh_less():
         same.append(np.allclose(a.positions, b.positions))
     assert np.mean(gain) < 0.9 and max(gain) < 1.0
     assert sum(same) >= 5
+
+
+def test_a_particle_entering_late_is_filled_in_by_the_motion_the_particles_share():
+    """Before a particle enters the field its positions are filled in from its first measured one.
+    They followed the linker's rough common shift (from key frames: 2-3 px off after 30 frames on a
+    cropped default scene), so its displacement from frame 0 carried that error in every frame; the
+    motion the measured particles share is known to a few hundredths there."""
+    from xanestrack.pipeline import _smooth
+    from xanestrack.register import VouchedPositions, fill_positions
+
+    rng = np.random.default_rng(3)
+    n, m = 60, 5
+    true_common = np.cumsum(rng.normal(0, 0.8, (n, 2)), axis=0)
+    P = 80 + 60 * np.arange(m)[:, None, None] + true_common + rng.normal(0, 0.03, (m, n, 2))
+    rough = true_common + np.c_[np.linspace(0, 3, n), np.linspace(0, -2, n)]  # the linker's, drifting off
+    late = np.arange(n) >= 30
+    vouched = []
+    for j in range(m):
+        located = late if j == m - 1 else np.ones(n, bool)
+        pos = P[j].copy()
+        pos[~located] = np.nan
+        vouched.append(
+            VouchedPositions(
+                positions=fill_positions(pos, located, rough),
+                flags=np.zeros(n, np.uint8),
+                agreement=np.zeros(n),
+                edge_positions=pos,
+                usable=located,
+                located=located,
+            )
+        )
+    out, st, _ = _smooth(vouched, rough, 0.5)
+    # the particle's displacement from frame 0 to where it is measured is the shared motion's
+    d = out[-1].positions[30:] - out[-1].positions[0]
+    assert np.abs(d - (true_common[30:] - true_common[0])).max() < 0.15
+    # with the linker's shift it was 1.5-3 px off (the test's own check that it can fail)
+    d_rough = vouched[-1].positions[30:] - vouched[-1].positions[0]
+    assert np.abs(d_rough - (true_common[30:] - true_common[0])).max() > 1.0
