@@ -332,6 +332,8 @@ def _pixel_iou(model, frames, masks):
 #: batches of 16; 512^2 frames (a 1024^2 scan binned 2x) 77 ms alone, 135 ms in batches of 4
 #: (the same maps to the bit)
 BATCH_PIXELS = 4 * 232 * 232
+#: binned pixels per chunk of frames in :meth:`LearnedDetector.__call__` (16 frames of a 460^2 scan binned 2x)
+CHUNK_PIXELS = 16 * 232 * 232
 
 
 def _predict_maps(model, frames, batch: int | None = None, precision: str = "fp32", device=None):
@@ -754,7 +756,10 @@ class LearnedDetector:
             raise ValueError(f"od must be (n_frames, rows, cols), got shape {od.shape}")
         idx = list(range(od.shape[0])) if frames is None else [int(k) for k in frames]
         out = []
-        chunk = 16
+        # frames binned at a time: 16, fewer where they are large (their copies and maps add up: 16 binned
+        # 2048^2 frames held 3 x 64 MiB beside the generator's activations)
+        h, w = (-(-s // self.binning) for s in od.shape[1:])
+        chunk = int(np.clip(CHUNK_PIXELS // max(h * w, 1), 1, 16))
         for s in range(0, len(idx), chunk):
             sel = idx[s : s + chunk]
             binned = [bin_frames(od[k], self.binning) for k in sel]
