@@ -791,6 +791,14 @@ def test_two_tracks_followed_onto_one_particle_report_it_once():
     assert _distinct_particles(located) == [1, 2]  # the one detected in fewer frames goes
     located[2] = loc(71.4 + 25.0, 39.9, 19.0, 2)  # a neighbour touching it is another particle
     assert _distinct_particles(located) == [0, 1, 2]
+    # a faint track whose outline's centre of mass lay 18 px off (a blob of matrix texture) while its edge
+    # estimate, the positions reported, locked onto the particle beside it: reported twice (matrix OD 0.8 scene)
+    blob = loc(71.4 + 18.0, 39.9, 10.0, 1)
+    located = [loc(71.4, 39.9, 10.0, 2), loc(100.0, 200.0, 25.0, 2), blob]
+    reported = [SimpleNamespace(positions=x.followed + [0.0, 0.3 * k]) for k, x in enumerate(located)]
+    reported[2] = SimpleNamespace(positions=located[0].followed + [0.4, 0.7])
+    assert _distinct_particles(located) == [0, 1, 2]  # the positions followed alone tell them apart
+    assert _distinct_particles(located, reported) == [0, 1]
 
 
 @pytest.mark.parametrize(
