@@ -146,3 +146,114 @@ def test_a_result_written_before_smoothing_reads_as_not_smoothed(result, tmp_pat
     assert "own shape" not in _positions_text(back.options.to_dict())
     assert "smoothed" not in _positions_text(back.options.to_dict())
     assert "smoothed" in _positions_text(result.options.to_dict())
+
+
+#: the datasets a user probe found without attributes; every one must now say its units and what it is
+_ONCE_UNDOCUMENTED = (
+    "energies_ev",
+    "aligned",
+    "masks",
+    "mask",
+    "positions",
+    "shifts",
+    "edge_positions",
+    "agreement_px",
+    "frame_flags",
+    "pixel_flags",
+    "mean_spectrum",
+    "mean_norm",
+    "pre_edge",
+    "post_edge",
+    "xanes_frames",
+    "unaligned_ends",
+)
+
+
+@pytest.mark.parametrize("which", ["result", "result_clusters"])
+def test_every_dataset_says_its_units_and_what_it_is(which, request, tmp_path):
+    """Every dataset of results.h5 (particles, tables' columns, chemistry) has non-empty ``units`` and
+    ``description``, none left as the writer's placeholder; the flag datasets spell out their bits."""
+    import json
+
+    import h5py
+
+    from xanestrack import xanes
+    from xanestrack.result import FRAME_FLAGS
+    from xanestrack.results import UNDOCUMENTED
+
+    result = request.getfixturevalue(which)
+    write_results(result, tmp_path, run_info={"pixel_size_um": 0.0213})
+    seen, bare = set(), []
+
+    def visit(name, obj):
+        if not isinstance(obj, h5py.Dataset):
+            return
+        seen.add(name.rsplit("/", 1)[-1])
+        units, desc = obj.attrs.get("units"), obj.attrs.get("description")
+        if not (isinstance(units, str) and units.strip() and isinstance(desc, str) and desc.strip()):
+            bare.append(f"{name}: units={units!r}, description={desc!r}")
+        elif UNDOCUMENTED in (units, desc):
+            bare.append(f"{name}: not in the writer's tables of units and descriptions")
+
+    with h5py.File(tmp_path / "results.h5", "r") as f:
+        f.visititems(visit)
+        assert not bare, "\n".join(bare)
+        assert set(_ONCE_UNDOCUMENTED) <= seen
+        assert "c000" in seen and (which == "result" or "cluster_mean_spectra" in seen)  # columns, chemistry visited
+        assert f.attrs["pixel_size_um"] == 0.0213
+        # pixel sizes go with units and the frame axis with the energies
+        p = f["particles"][sorted(f["particles"])[0]]
+        assert p["positions"].attrs["units"] == "px" and f["energies_ev"].attrs["units"] == "eV"
+        assert p["mean_spectrum"].attrs["units"] == "OD"
+        # the flag bits round-trip to the package's own definitions
+        for g in f["particles"].values():
+            fa, pa = g["frame_flags"].attrs, g["pixel_flags"].attrs
+            assert json.loads(fa["flag_bits"]) == FRAME_FLAGS
+            assert fa["flag_meanings"].split() == list(FRAME_FLAGS)
+            assert list(fa["flag_masks"]) == list(FRAME_FLAGS.values())
+            assert json.loads(pa["flag_bits"]) == {
+                "nonfinite": xanes.FLAG_NONFINITE,
+                "low_step": xanes.FLAG_LOW_STEP,
+                "no_crossing": xanes.FLAG_NO_CROSSING,
+                "fit": xanes.FLAG_FIT,
+                "gap": xanes.FLAG_GAP,
+            }
+            assert dict(zip(pa["flag_meanings"].split(), pa["flag_masks"])) == json.loads(pa["flag_bits"])
+        # velocities carry the motion table's unit
+        cols = json.loads(f["tables/motion"].attrs["columns"])
+        vy = f["tables/motion"][f"c{cols.index('vy'):03d}"]
+        assert vy.attrs["units"] == result.motion.attrs["velocity_unit"] == "px/frame"
+        assert f["tables/motion"][f"c{cols.index('ay'):03d}"].attrs["units"] == "px/frame^2"
+    # the attributes change nothing that is read back
+    back = read_results(tmp_path)
+    np.testing.assert_array_equal(back.particles[0].frame_flags, result.particles[0].frame_flags)
+
+
+def test_pixel_size_where_known_nan_where_not(result, tmp_path):
+    """results.h5's root ``pixel_size_um``: given, else run.json's (the command line writes run.json first), else NaN."""
+    import h5py
+
+    from xanestrack.results import write_results_h5, write_tables
+
+    def pixel(folder):
+        with h5py.File(folder / "results.h5", "r") as f:
+            return float(f.attrs["pixel_size_um"])
+
+    (tmp_path / "a").mkdir()
+    write_results(result, tmp_path / "a", run_info={"pixel_size_um": None})  # a synthetic scan: unknown
+    assert np.isnan(pixel(tmp_path / "a"))
+    (tmp_path / "b").mkdir()
+    write_tables(result, tmp_path / "b", run_info={"pixel_size_um": 0.03})
+    write_results_h5(result, tmp_path / "b")  # as the command line calls it
+    assert pixel(tmp_path / "b") == 0.03
+    write_results_h5(result, tmp_path / "b", pixel_size_um=0.01)
+    assert pixel(tmp_path / "b") == 0.01
+
+
+@pytest.mark.parametrize("bad", [0, -0.03, float("nan"), "tiny"])
+def test_bad_pixel_size_is_refused(result, tmp_path, bad):
+    from xanestrack.results import write_results_h5
+
+    with pytest.raises(ValueError, match=r"pixel_size_um must be a positive number of micrometres.*got"):
+        write_results_h5(result, tmp_path, pixel_size_um=bad)
+    assert not (tmp_path / "results.h5").exists()

@@ -71,8 +71,11 @@ def _json_attrs(attrs: dict) -> str:
     return json.dumps({k: v for k, v in attrs.items() if not isinstance(v, pd.DataFrame)}, default=_json_default)
 
 
-def _write_table(parent, name: str, df) -> None:
-    """A DataFrame as one dataset per column (strings as UTF-8), exactly; dtypes and attrs kept."""
+def _write_table(parent, name: str, df, *, velocity_unit: str = "px/frame") -> None:
+    """A DataFrame as one dataset per column (strings as UTF-8), exactly; dtypes and attrs kept.
+
+    Each column's dataset carries its ``units`` and ``description`` (:data:`_COLUMN_DOC`; velocities in
+    ``velocity_unit``), the group the table's ``description``."""
     import h5py
 
     g = parent.create_group(name)
@@ -81,13 +84,15 @@ def _write_table(parent, name: str, df) -> None:
         v = df[c].to_numpy()
         key = f"c{j:03d}"
         if v.dtype.kind in "biuf":
-            g.create_dataset(key, data=v)
+            d = g.create_dataset(key, data=v)
         else:  # strings, None, mixed objects
             txt = ["" if x is None or (isinstance(x, float) and np.isnan(x)) else str(x) for x in v]
-            g.create_dataset(key, data=np.array(txt, dtype=object), dtype=h5py.string_dtype())
+            d = g.create_dataset(key, data=np.array(txt, dtype=object), dtype=h5py.string_dtype())
+        _documented(d, *_column_doc(name, str(c), velocity_unit))
         cols.append(str(c))
         dtypes.append(str(df[c].dtype))
     g.attrs.update(columns=json.dumps(cols), dtypes=json.dumps(dtypes), attrs=_json_attrs(df.attrs), n_rows=len(df))
+    g.attrs["description"] = _TABLE_DOC.get(name, f"the table {name}") + "; one dataset per column, named in columns"
 
 
 def _read_table(g):
@@ -154,6 +159,286 @@ _MAP_UNITS = {
     "cluster": "cluster index, -1 where not clustered",
 }
 
+#: every dataset of results.h5 gets ``units`` and ``description`` from the tables below (``units`` of a count, a
+#: ratio or an index say what its numbers are); a dataset they lack (a map, a column or a chemistry array added
+#: later without its entry) gets this as its units, and tests/test_results.py fails on it
+UNDOCUMENTED = "undocumented: see the xanestrack docs"
+
+_WINDOW = (
+    "on the particle's window of the frame-0 grid: pixel [0, 0] is at frame-0 coordinates (origin_y, origin_x), "
+    "attributes of this particle's group"
+)
+_PER_FRAME = "one value per frame, in the order of /energies_ev"
+
+#: the frame axis of results.h5
+_ENERGIES_DOC = (
+    "the X-ray energy of each frame, in the order of the frames: the frame axis of every per-frame dataset in this "
+    "file (positions, shifts, spectra, flags, the first axis of aligned and masks)"
+)
+
+#: units and description of each particle's datasets (/particles/NNN/<name>)
+_PARTICLE_DOC = {
+    "aligned": (
+        "OD",
+        "the particle's aligned sub-stack (n_frames, h, w): the input optical density of each frame resampled so the "
+        "particle stays put, " + _WINDOW + "; the measured OD (no matrix subtracted, no blur: those are "
+        "applied to the spectra only, see mean_spectrum)",
+    ),
+    "masks": (
+        "0-1 (soft mask weight)",
+        "each frame's soft mask of the particle (n_frames, h, w), aligned as aligned, " + _WINDOW,
+    ),
+    "mask": (
+        "bool",
+        "the consensus mask (h, w): the aligned masks of the frames used by the XANES analysis, averaged, >= 0.5, "
+        "less any pixel missing from one of them; the pixels the spectra and the summaries are taken over; " + _WINDOW,
+    ),
+    "positions": (
+        "px",
+        "the particle's reported position (y, x) in each frame (n_frames, 2): the edge estimate smoothed across the "
+        "energies, in that frame's own input pixels (row, column; not corrected for the drift); filled from the "
+        "common motion where not measured (frame_flags); as tracks.csv y, x",
+    ),
+    "shifts": (
+        "px",
+        "(dy, dx) per frame (n_frames, 2): positions less positions[0], the particle's displacement from its "
+        "position in the first frame, which was undone to align it (aligned is on the frame-0 grid)",
+    ),
+    "edge_positions": (
+        "px",
+        "(y, x) per frame (n_frames, 2): the edge-correlation estimate as measured, before the smoothing across "
+        "energies (its displacement from the reference_frame placed at the centre of mass there), in that frame's "
+        "own input pixels; NaN where not measured; as tracks.csv edge_y, edge_x",
+    ),
+    "agreement_px": (
+        "px",
+        _PER_FRAME + ": distance between the edge-correlation estimate and the second estimate that vouches for it "
+        "(centre of mass, or density correlation); NaN where not measured; the attribute reference_frame is the "
+        "frame the edge correlation is relative to",
+    ),
+    "frame_flags": (
+        "bit flags",
+        _PER_FRAME + ": bits of xanestrack.result.FRAME_FLAGS (attributes flag_bits: name -> bit, as JSON; "
+        "flag_masks, flag_meanings: the same, CF convention); 0 = position measured and vouched for",
+    ),
+    "pixel_flags": (
+        "bit flags",
+        "per pixel (h, w): why the XANES analysis of the pixel failed or was not measured, bits of "
+        "xanestrack.xanes FLAG_* (attributes flag_bits: name -> bit, as JSON; flag_masks, flag_meanings: the same, "
+        "CF convention); 0 = measured; " + _WINDOW,
+    ),
+    "mean_spectrum": (
+        "OD",
+        _PER_FRAME + ": mean optical density over the consensus mask of the particle's aligned sub-stack, after the "
+        "matrix behind it is subtracted (where it was separated and subtract_matrix is on: the particle's notes say "
+        "so) and each frame blurred to the scan's coarsest resolution (only where the resolution-change note fired); "
+        "NaN in a frame with no finite pixel in the mask",
+    ),
+    "mean_norm": (
+        "normalised absorption",
+        _PER_FRAME + ": the normalised mean spectrum (pre-edge line 0, post-edge 1 at E0 = the group's e0_ev), "
+        "of the same OD after the local background and the smoothing inside the mask of the XANES analysis; NaN in "
+        "frames the analysis did not use (xanes_frames) and where the normalisation failed",
+    ),
+    "pre_edge": (
+        "OD",
+        _PER_FRAME + ": the pre-edge line fitted to the mean spectrum the normalisation used (see mean_norm), at "
+        "each frame's energy; NaN in frames the analysis did not use",
+    ),
+    "post_edge": (
+        "OD",
+        _PER_FRAME + ": the post-edge polynomial fitted to the mean spectrum the normalisation used (see mean_norm), "
+        "at each frame's energy; NaN in frames the analysis did not use",
+    ),
+    "xanes_frames": (
+        "bool",
+        _PER_FRAME + ": the frames the XANES analysis used (position vouched for, the particle whole in the frame, "
+        "not left out of every particle)",
+    ),
+    "unaligned_ends": (
+        "OD",
+        "the first and last frames (2, h, w) of the input optical density at the pixels of the particle's window, "
+        "not aligned (what the alignment undid: compare with aligned[0], aligned[-1]); window pixel [0, 0] at "
+        "(origin_y, origin_x) of each frame's own grid",
+    ),
+    "fractions": (
+        "fraction",
+        "linear-combination fractions (n_refs, h, w) of the references named in the attribute references, "
+        "per pixel; " + _WINDOW,
+    ),
+}
+
+#: description of each particle's edge-energy maps (/particles/NNN/edge_<name>, eV)
+_EDGE_DOC = {
+    "e50": "edge energy E50: where the normalised absorption crosses 0.5",
+    "derivative": "edge energy at the maximum of the derivative of the normalised absorption",
+    "whiteline": "whiteline position: the maximum of a cubic fitted within 5 eV of the smoothed maximum",
+}
+
+#: description of the per-particle maps (``ParticleResult.maps``, /particles/NNN/map_<name>)
+_MAP_DOC = {
+    "e50_sigma": "standard error of edge_e50 (noise and registration in quadrature)",
+    "e50_sigma_noise": "standard error of edge_e50 from the noise of the spectra",
+    "e50_sigma_registration": "standard error of edge_e50 from the registration (the position's agreement)",
+    "whiteline_height": "height of the fitted whiteline, whose position is edge_whiteline",
+    "fraction_sigma": "standard errors (n_refs, h, w) of fractions, for the references named in the attribute "
+    "references",
+    "edge_jump_od": "the edge jump of the pixel's spectrum (post-edge less pre-edge at E0)",
+    "quality_keep": "the pixels the quality masks trust (edge jump and fit quality); the other maps keep their "
+    "values where this is False",
+    "cluster": "the phase (cluster) of the pixel from the phase mapping of all particles together (/chemistry)",
+}
+
+#: units and description of the arrays of the phase mapping (/chemistry/<name>)
+_CHEMISTRY_DOC = {
+    "energies_ev": ("eV", "the frames usable in every particle, which the phase mapping is done on"),
+    "cluster_mean_spectra": (
+        "normalised absorption",
+        "mean normalised spectrum of each cluster (k, n) at /chemistry/energies_ev",
+    ),
+    "pca_energies_ev": ("eV", "the energies of the PCA and NMF (the cluster window, where one was given)"),
+    "pca_components": ("normalised absorption", "principal components (n_components, n) at pca_energies_ev"),
+    "pca_explained_variance_ratio": (
+        "fraction",
+        "the share of the variance each principal component explains: the scree",
+    ),
+    "nmf_components": ("normalised absorption", "NMF component spectra (k, n) at pca_energies_ev"),
+}
+
+#: description of each table (/tables/<name>, /chemistry/tables/<name>)
+_TABLE_DOC = {
+    "tracks": "one row per particle per frame: positions, the estimates that vouch for them, flags and motion "
+    "(tracks.csv is a rounded copy)",
+    "detections": "every object found in the frames examined (detections.csv is a rounded copy)",
+    "rejected": "objects left out, with the reason (rejected.csv is a rounded copy)",
+    "motion": "per particle per frame: displacement, velocity, acceleration, rigid and own (non-rigid) motion",
+    "peak_ratios": "per particle: peak own (non-rigid) and rigid velocities and their ratios, over the frames "
+    "vouched for (motion_summary.csv is a rounded copy)",
+    "similarity": "per frame: the common motion (translation, scale, rotation) fitted over the particles",
+    "edge_widths": "per frame: the particles' edge width less its median and the blur applied before the chemistry",
+    "cluster_fractions": "per particle and cluster: the particle's clustered pixels in the cluster",
+}
+
+#: units and description of the tables' columns (one dataset each); (table, column) before column alone
+_COLUMN_DOC = {
+    "particle": ("particle ID", "the particle's number (its group /particles/NNN)"),
+    "frame": ("frame index", "the frame, 0-based (its energy: /energies_ev[frame])"),
+    "energy_ev": ("eV", "the X-ray energy of the frame"),
+    "y": ("px", "row of the position in the frame's own input pixels"),
+    "x": ("px", "column of the position in the frame's own input pixels"),
+    ("tracks", "y"): (
+        "px",
+        "row of the reported position (the edge estimate smoothed across the energies) in the "
+        "frame's own input pixels; as /particles/NNN/positions",
+    ),
+    ("tracks", "x"): ("px", "column of the reported position, as y"),
+    ("detections", "y"): ("px", "row of the object's centroid in the frame's own input pixels"),
+    ("detections", "x"): ("px", "column of the object's centroid in the frame's own input pixels"),
+    ("rejected", "y"): ("px", "row of the rejected object's mean position (input pixels)"),
+    ("rejected", "x"): ("px", "column of the rejected object's mean position (input pixels)"),
+    "measured_y": ("px", "row of the centre of mass of the particle's mask in its window: the second estimate"),
+    "measured_x": ("px", "column of the centre of mass of the particle's mask in its window: the second estimate"),
+    "detected": ("bool", "whether the detector found the particle as an isolated object in the frame"),
+    "area": ("px^2 (pixels)", "the object's area"),
+    "radius": ("px", "radius of the disc of the same area (NaN for a track too short)"),
+    "ssim": (
+        "1 (-1 to 1)",
+        "structural similarity of the particle's window with the one it was last linked in: "
+        "the linker's match score; NaN where not scored",
+    ),
+    "edge_y": ("px", "row of the edge-correlation estimate as measured (before the smoothing across energies)"),
+    "edge_x": ("px", "column of the edge-correlation estimate as measured (before the smoothing across energies)"),
+    "agreement_px": ("px", "distance between the edge estimate and the second estimate that vouches for it"),
+    "com_agreement_px": ("px", "distance between the edge estimate and the centre of mass"),
+    "density_agreement_px": ("px", "distance between the edge estimate and the density correlation"),
+    "flags": ("text", "the frame's flags by name, |-separated (bits: /particles/NNN/frame_flags); empty = vouched for"),
+    "dy": ("px", "displacement (rows) from the particle's position in the first frame"),
+    "dx": ("px", "displacement (columns) from the particle's position in the first frame"),
+    "vy": ("velocity", "velocity along the rows (central differences)"),
+    "vx": ("velocity", "velocity along the columns (central differences)"),
+    "ay": ("acceleration", "acceleration along the rows (central differences)"),
+    "ax": ("acceleration", "acceleration along the columns (central differences)"),
+    "rigid_dy": ("px", "the common motion's displacement of the particle's first position (rows)"),
+    "rigid_dx": ("px", "the common motion's displacement of the particle's first position (columns)"),
+    "nonrigid_dy": ("px", "the particle's own motion: dy less rigid_dy"),
+    "nonrigid_dx": ("px", "the particle's own motion: dx less rigid_dx"),
+    "rel_dy": ("px", "displacement (rows) relative to the particle rel_to"),
+    "rel_dx": ("px", "displacement (columns) relative to the particle rel_to"),
+    "rel_to": ("particle ID", "the particle rel_dy, rel_dx are relative to"),
+    "common_dy": ("px", "the common translation (rows, of the scale centre) from the first frame"),
+    "common_dx": ("px", "the common translation (columns, of the scale centre) from the first frame"),
+    "common_scale": ("1 (ratio)", "the common isotropic scale: magnification relative to the first frame"),
+    "scale": ("1 (ratio)", "the common isotropic scale: magnification relative to the first frame"),
+    "rotation_rad": ("rad", "the common rotation from the first frame (0 where not fitted)"),
+    "n_particles": ("count", "the particles the frame's common motion was fitted over"),
+    "residual_px": ("px", "RMS residual of the particles' positions about the fitted common motion"),
+    "y0": ("px", "bounding box: first row"),
+    "x0": ("px", "bounding box: first column"),
+    "y1": ("px", "bounding box: end row (exclusive)"),
+    "x1": ("px", "bounding box: end column (exclusive)"),
+    "solidity": ("1 (0-1)", "the object's area over that of its convex hull"),
+    "contrast": ("OD", "mean background-corrected optical density of the object"),
+    "isolated": ("bool", "kept for tracking as an isolated particle"),
+    "reason": (
+        "text",
+        "why the object was left out (border, too_small, too_large, not_convex, short_track...); empty where kept",
+    ),
+    "touching": ("bool", "one of several touching particles split apart at a neck"),
+    "n_frames": ("count", "the frames the object was seen in"),
+    "peak_nonrigid_vy": ("px/frame", "largest own (non-rigid) velocity along the rows"),
+    "peak_nonrigid_vx": ("px/frame", "largest own (non-rigid) velocity along the columns"),
+    "peak_rigid_vy": ("px/frame", "largest rigid (common-motion) velocity along the rows"),
+    "peak_rigid_vx": ("px/frame", "largest rigid (common-motion) velocity along the columns"),
+    "ratio_v": ("1 (ratio)", "peak_nonrigid_vy / peak_rigid_vy (vertical)"),
+    "ratio_h": ("1 (ratio)", "peak_nonrigid_vx / peak_rigid_vx (horizontal)"),
+    "max_nonrigid_displacement": ("px", "largest own (non-rigid) displacement"),
+    "width_change_px": ("px", "the particles' edge width in the frame less its median (smoothed): its blur"),
+    "blur_px": ("px", "sigma of the Gaussian blur of the frame's particle windows before the chemistry (0: none)"),
+    "cluster": ("cluster index", "the cluster"),
+    "n_pixels": ("count", "the particle's clustered pixels in this cluster"),
+    "fraction": ("fraction", "n_pixels over the particle's clustered pixels"),
+}
+
+
+def _put(group, name: str, data, **kw):
+    """A particle's dataset ``name``, documented from :data:`_PARTICLE_DOC`."""
+    return _documented(group.create_dataset(name, data=data, **kw), *_PARTICLE_DOC[name])
+
+
+def _documented(d, units: str, description: str):
+    """``d`` (an h5py dataset) with its ``units`` and ``description`` attributes."""
+    d.attrs.update(units=units, description=description)
+    return d
+
+
+def _column_doc(table: str, column: str, velocity_unit: str) -> tuple:
+    """``(units, description)`` of a table's column (:data:`_COLUMN_DOC`)."""
+    units, desc = _COLUMN_DOC.get((table, column)) or _COLUMN_DOC.get(column) or (UNDOCUMENTED, "")
+    if units == "velocity":
+        units = velocity_unit
+    elif units == "acceleration":
+        units = f"{velocity_unit}^2"
+    return units, f"column {column!r} of the {table} table" + (f": {desc}" if desc else "")
+
+
+def _flag_attributes(bits: dict) -> dict:
+    """The attributes that spell out a flag dataset's bits: ``flag_bits`` (JSON ``{name: bit}``, read back with
+    ``json.loads``) and the same as the CF convention's ``flag_masks`` (uint8) and ``flag_meanings`` (names,
+    space-separated), which netCDF/xarray tools read."""
+    return dict(
+        flag_bits=json.dumps({str(k): int(v) for k, v in bits.items()}),
+        flag_masks=np.array([int(v) for v in bits.values()], np.uint8),
+        flag_meanings=" ".join(bits),
+    )
+
+
+def _pixel_flag_bits() -> dict:
+    """``{name: bit}`` of the per-pixel XANES flags (``pixel_flags``): the ``FLAG_*`` constants of
+    :mod:`xanestrack.xanes`, named without the prefix in lower case (``nonfinite``, ``low_step``...)."""
+    from . import xanes
+
+    return {n[5:].lower(): int(getattr(xanes, n)) for n in xanes.__all__ if n.startswith("FLAG_")}
+
 
 def _write_chemistry(g, chem: dict) -> None:
     """``PipelineResult.chemistry``: arrays as datasets, tables as tables, the rest as JSON attributes."""
@@ -165,7 +450,8 @@ def _write_chemistry(g, chem: dict) -> None:
         if isinstance(v, pd.DataFrame):
             _write_table(tables, k, v)
         elif isinstance(v, np.ndarray):
-            g.create_dataset(k, data=v)
+            units, desc = _CHEMISTRY_DOC.get(k, (UNDOCUMENTED, f"{k} of the phase mapping"))
+            _documented(g.create_dataset(k, data=v), units, desc)
         else:
             other[k] = v
     g.attrs["values"] = json.dumps(other, default=_json_default)
@@ -218,7 +504,7 @@ def write_results(result, folder, *, run_info: dict, save_fused: bool = False) -
     the second beside the report, which needs only the first).
     """
     write_tables(result, folder, run_info=run_info)
-    write_results_h5(result, folder, save_fused=save_fused)
+    write_results_h5(result, folder, save_fused=save_fused, pixel_size_um=run_info.get("pixel_size_um"))
 
 
 def write_tables(result, folder, *, run_info: dict) -> None:
@@ -257,26 +543,38 @@ def add_timing(folder, stage: str, seconds: float) -> None:
 HDF5_LEFT_OPEN = False
 
 
-def write_results_h5(result, folder, *, save_fused: bool = False) -> None:
+def write_results_h5(result, folder, *, save_fused: bool = False, pixel_size_um: float | None = None) -> None:
     """``results.h5``: everything :func:`read_results` needs to give the same result back.
+
+    Every dataset carries ``units`` and ``description`` attributes (the tables' columns too); ``frame_flags`` and
+    ``pixel_flags`` spell out their bits (``flag_bits``, ``flag_masks``, ``flag_meanings``). The root attribute
+    ``pixel_size_um`` is the input's pixel size in micrometres: ``pixel_size_um`` where given, else the
+    ``pixel_size_um`` of the ``run.json`` already in ``folder`` (:func:`write_tables` writes it first), and NaN
+    where neither knows it (a synthetic scan, a TIFF without one).
 
     Refused before writing where the file-size limit (``ulimit -f``) or the free space of the disk is below what
     the particles' aligned windows and masks alone take; a failed write (the disk filled meanwhile) is a
     :class:`~xanestrack.errors.XanestrackError` naming the file, the partial file removed (see
-    :data:`HDF5_LEFT_OPEN`)."""
+    :data:`HDF5_LEFT_OPEN`).
+
+    Raises
+    ------
+    ValueError
+        If ``pixel_size_um`` is given and not a positive number."""
     import gc
 
     import h5py
 
     folder = Path(folder)
     path = folder / "results.h5"
+    pixel_size_um = _pixel_size(pixel_size_um, folder)
     need = sum(int(p.aligned.nbytes) + int(p.masks.nbytes) for p in result.particles) + (1 << 20)
     _check_room(path, need)
     _quiet_h5py_dealloc()
     f = None
     try:
         f = h5py.File(path, "w")
-        _write_h5(f, result, save_fused)
+        _write_h5(f, result, save_fused, pixel_size_um)
         f.close()
     except BaseException as exc:
         if f is not None:
@@ -297,6 +595,26 @@ def write_results_h5(result, folder, *, save_fused: bool = False) -> None:
         if isinstance(exc, OSError):  # the caller names the output folder
             raise OSError(exc.errno, f"results.h5: {os.strerror(exc.errno) if exc.errno else one_line(exc)}") from None
         raise
+
+
+def _pixel_size(pixel_size_um, folder: Path) -> float:
+    """The pixel size (um) for results.h5: the one given, else run.json's in ``folder``, else NaN."""
+    if pixel_size_um is not None:
+        try:
+            px = float(pixel_size_um)
+        except (TypeError, ValueError):
+            px = float("nan")
+        if not (np.isfinite(px) and px > 0):
+            raise ValueError(
+                f"pixel_size_um must be a positive number of micrometres, or None where unknown; got {pixel_size_um!r}"
+            )
+        return px
+    try:
+        px = json.loads((folder / "run.json").read_text()).get("pixel_size_um")
+        px = float(px)
+    except (OSError, ValueError, TypeError, AttributeError):  # no run.json (yet), or no pixel size in it
+        return float("nan")
+    return px if np.isfinite(px) and px > 0 else float("nan")
 
 
 def _quiet_h5py_dealloc() -> None:
@@ -337,39 +655,48 @@ def _check_room(path: Path, need: int) -> None:
         )
 
 
-def _write_h5(f, result, save_fused: bool) -> None:
+def _write_h5(f, result, save_fused: bool, pixel_size_um: float = float("nan")) -> None:
+    from .result import FRAME_FLAGS
+
     comp = dict(compression="gzip", compression_opts=1, shuffle=True)
     f.attrs["xanestrack_version"] = __version__
     f.attrs["coordinates"] = "pixels (row y, column x); origin_y/origin_x give frame-0 coordinates of pixel [0, 0]"
     f.attrs["frame_shape"] = np.asarray(result.frame_shape, np.int64)
+    f.attrs["pixel_size_um"] = float(pixel_size_um)
     f.attrs["notes"] = json.dumps(list(result.notes))
     f.attrs["timings_s"] = json.dumps(dict(result.timings), default=_json_default)
     f.attrs["options"] = json.dumps(result.options.to_dict(), default=_json_default)
-    f.create_dataset("energies_ev", data=result.energies_ev)
+    _documented(f.create_dataset("energies_ev", data=result.energies_ev), "eV", _ENERGIES_DOC)
     d = f.create_dataset("common_shift", data=result.common_shift)
-    d.attrs["description"] = (
+    _documented(
+        d,
+        "px",
         "per frame (dy, dx) px: the linker's rough shift of the frame from the first, from the detections (where "
         "each particle's search window was placed); not the common motion: that is common_similarity (the "
-        "translation, scale and rotation fitted over the particles' positions, as in tracks.csv common_dy, common_dx)"
+        "translation, scale and rotation fitted over the particles' positions, as in tracks.csv common_dy, common_dx)",
     )
     sim = result.similarity
     if sim is not None and len(sim):
         cols = ["common_dy", "common_dx", "scale", "rotation_rad", "n_particles", "residual_px"]
         d = f.create_dataset("common_similarity", data=sim[cols].to_numpy(float))
         d.attrs["columns"] = json.dumps(cols)
-        d.attrs["description"] = (
+        _documented(
+            d,
+            "per column: px, px, 1 (ratio), rad, count, px",
             "per frame: translation of the scale centre, isotropic scale (magnification relative to the first frame), "
             "rotation, particles fitted, RMS residual; fitted robustly over the particles' "
-            + sim.attrs.get("fitted_on", "vouched positions")
+            + sim.attrs.get("fitted_on", "vouched positions"),
         )
         d.attrs["fitted_on"] = sim.attrs.get("fitted_on", "vouched positions")
         d.attrs["centre_yx"] = sim.attrs.get("centre", [np.nan, np.nan])
     tg = f.create_group("tables")
     tg.attrs["description"] = "the result's tables, exactly (tracks.csv etc. are rounded copies)"
+    velocity_unit = str(result.motion.attrs.get("velocity_unit", "px/frame"))
     for name in TABLES:
         df = getattr(result, name)
         if df is not None:
-            _write_table(tg, name, df)
+            _write_table(tg, name, df, velocity_unit=velocity_unit)
+    frame_flags, pixel_flags = _flag_attributes(FRAME_FLAGS), _flag_attributes(_pixel_flag_bits())
     g = f.create_group("particles")
     for p in result.particles:
         pg = g.create_group(f"{p.particle:03d}")
@@ -383,51 +710,58 @@ def _write_h5(f, result, save_fused: bool) -> None:
             reference_frame=int(p.reference_frame),
             reference_names=json.dumps(list(p.reference_names)),
         )
+        origin = dict(origin_y=int(p.origin[0]), origin_x=int(p.origin[1]))
+
         # the aligned windows (noisy floats) uncompressed: gzip kept 78 % of their bytes and took 10x the
         # time of writing them (460^2, 9 particles: 0.41 s for 26 MB against 0.04 s for 33 MB)
-        pg.create_dataset("aligned", data=p.aligned, chunks=(1, *p.aligned.shape[1:]))
-        pg.create_dataset("masks", data=p.masks, chunks=(1, *p.masks.shape[1:]), **comp)
-        pg.create_dataset("mask", data=p.mask)
+        _put(pg, "aligned", p.aligned, chunks=(1, *p.aligned.shape[1:]))
+        _put(pg, "masks", p.masks, chunks=(1, *p.masks.shape[1:]), **comp)
+        _put(pg, "mask", p.mask)
         for name, m in p.edge_maps.items():
             d = pg.create_dataset(f"edge_{name}", data=m, **comp)
-            d.attrs.update(units="eV", origin_y=int(p.origin[0]), origin_x=int(p.origin[1]))
-        pg.create_dataset("pixel_flags", data=p.pixel_flags, **comp)
+            desc = _EDGE_DOC.get(name, f"edge energy ({name})")
+            _documented(d, "eV", f"{desc}, per pixel; NaN outside the particle or where the fit failed; {_WINDOW}")
+            d.attrs.update(origin)
+        _put(pg, "pixel_flags", p.pixel_flags, **comp).attrs.update(pixel_flags)
         if p.fractions is not None:
-            d = pg.create_dataset("fractions", data=p.fractions, **comp)
+            d = _put(pg, "fractions", p.fractions, **comp)
             d.attrs["references"] = json.dumps(list(p.reference_names))
-            d.attrs.update(origin_y=int(p.origin[0]), origin_x=int(p.origin[1]))
-        pg.create_dataset("positions", data=p.positions)
-        pg.create_dataset("shifts", data=p.shifts)
-        pg.create_dataset("frame_flags", data=p.frame_flags)
+            d.attrs.update(origin)
+        _put(pg, "positions", p.positions)
+        _put(pg, "shifts", p.shifts)
+        _put(pg, "frame_flags", p.frame_flags).attrs.update(frame_flags)
         if p.agreement is not None:
-            d = pg.create_dataset("agreement_px", data=p.agreement)
-            d.attrs["reference_frame"] = int(p.reference_frame)
+            _put(pg, "agreement_px", p.agreement).attrs["reference_frame"] = int(p.reference_frame)
         if p.edge_positions is not None:
-            pg.create_dataset("edge_positions", data=p.edge_positions)
-        pg.create_dataset("mean_spectrum", data=p.mean_spectrum)
-        pg.create_dataset("mean_norm", data=p.mean_norm)
-        pg.create_dataset("pre_edge", data=p.pre_edge)
-        pg.create_dataset("post_edge", data=p.post_edge)
+            _put(pg, "edge_positions", p.edge_positions)
+        _put(pg, "mean_spectrum", p.mean_spectrum)
+        _put(pg, "mean_norm", p.mean_norm)
+        _put(pg, "pre_edge", p.pre_edge)
+        _put(pg, "post_edge", p.post_edge)
         if p.unaligned_ends is not None:
-            pg.create_dataset("unaligned_ends", data=p.unaligned_ends, **comp)
+            _put(pg, "unaligned_ends", p.unaligned_ends, **comp).attrs.update(origin)
         if p.xanes_frames is not None:
-            pg.create_dataset("xanes_frames", data=np.asarray(p.xanes_frames))
+            _put(pg, "xanes_frames", np.asarray(p.xanes_frames))
         for name, m in p.maps.items():
             d = pg.create_dataset(f"map_{name}", data=m, **comp)
-            d.attrs.update(origin_y=int(p.origin[0]), origin_x=int(p.origin[1]))
-            if name in _MAP_UNITS:
-                d.attrs["units"] = _MAP_UNITS[name]
+            desc = _MAP_DOC.get(name, f"per-pixel map {name} of the XANES analysis")
+            _documented(d, _MAP_UNITS.get(name, UNDOCUMENTED), f"{desc}; {_WINDOW}")
+            d.attrs.update(origin)
             if name == "fraction_sigma":
                 d.attrs["references"] = json.dumps(list(p.reference_names))
     if result.chemistry is not None:
         _write_chemistry(f.create_group("chemistry"), result.chemistry)
     if result.fused is not None:
-        desc = "frame-0 grid: frames rigidly aligned, each particle pasted aligned"
+        desc = (
+            "the input optical density on the frame-0 grid: frames rigidly aligned to the first, "
+            "each particle pasted aligned"
+        )
         for name, img in (("fused_first", result.fused[0]), ("fused_last", result.fused[-1])):
-            f.create_dataset(name, data=img, **comp).attrs["description"] = desc
+            which = "first" if name == "fused_first" else "last"
+            _documented(f.create_dataset(name, data=img, **comp), "OD", f"the {which} frame of the fused stack: {desc}")
         if save_fused and result.fused.shape[0] == len(result.energies_ev):
             d = f.create_dataset("fused", data=result.fused, chunks=(1, *result.fused.shape[1:]), **comp)
-            d.attrs["description"] = desc
+            _documented(d, "OD", f"every frame of the fused stack: {desc}")
 
 
 def read_run_info(folder) -> dict:

@@ -311,6 +311,7 @@ def process_scan(
                 input_sha256=checksum,
                 input_notes=input_notes,
                 frames_reversed=bool(stack.metadata.get("frames_reversed", False)),
+                pixel_size_um=stack.pixel_size_um,
             ),
         )
         np.save(tmp / REFERENCE_FILE, reference)
