@@ -361,3 +361,17 @@ def test_a_lone_post_edge_energy_far_above_the_edge_is_a_constant_not_a_failure(
         assert np.isfinite(out["edge_maps"]["e50"][mask]).mean() > 0.9, out["notes"]
         assert any(n.startswith(f"the post-edge is normalised from {len(keep)} energ") for n in out["notes"])
         assert not any("do not describe" in n for n in out["notes"])
+
+
+def test_a_pre_edge_line_through_energies_close_together_is_not_carried_to_a_far_edge():
+    # a scan starting at 8315 eV, the particle's E0 at 8346.5: two pre-edge energies 1 eV apart, a line
+    # through them carried 30 eV to the edge, per-pixel E50 1.4-1.6 eV off (0.1 usual), nothing said
+    e = np.r_[8315.0, 8316.0, np.arange(8320.0, 8500.0, 1.0)]
+    mu = 0.3 + 0.7 / (1 + np.exp(-(e - 8346.5) / 2.0))
+    with pytest.raises(ValueError, match="span 1.0 eV, 31.5 eV below E0"):
+        xanes.normalize(e, mu, e0_ev=8346.5)
+    # starting 16 eV lower, the energies in the pre-edge range span enough of their distance
+    e2 = np.r_[np.arange(8300.0, 8317.0, 1.0), np.arange(8320.0, 8500.0, 1.0)]
+    mu2 = 0.3 + 0.7 / (1 + np.exp(-(e2 - 8346.5) / 2.0))
+    nm = xanes.normalize(e2, mu2, e0_ev=8346.5)
+    assert abs(float(nm.edge_step) - 0.7) < 0.02
