@@ -219,3 +219,65 @@ def test_the_chemistry_caption_names_the_element_of_the_edge_it_maps():
     assert _k_edge_element((7716.2, 7717.5)) == " Co"
     assert _k_edge_element((6540.0, 6552.0)) == " Mn"
     assert _k_edge_element((8000.0, 8100.0)) == "" and _k_edge_element((float("nan"), 8340.0)) == ""
+
+
+def test_the_motion_table_names_its_columns_with_units_and_says_which_frames_count(report_dir):
+    """The table read 'peak_nonrigid_vy ... max_nonrigid_displacement', counted over the frames vouched for alone
+    without a word; its columns have readable names with units, the caption defines them and ratio_v / ratio_h.
+    motion_summary.csv keeps its column names (users' scripts read them)."""
+    import re
+
+    import pandas as pd
+
+    html = (report_dir / "report.html").read_text()
+    motion = html[html.index("<h2>Motion</h2>") : html.index("<h2>Particles</h2>")]
+    heads = re.findall(r"<th>([^<]*)</th>", motion)
+    for name in (
+        "peak |non-rigid vy| (px/frame)",
+        "peak |non-rigid vx| (px/frame)",
+        "peak |common vy| (px/frame)",
+        "peak |common vx| (px/frame)",
+        "ratio_v (y)",
+        "ratio_h (x)",
+        "max |non-rigid| (px), frames vouched for",
+    ):
+        assert name in heads, (name, heads)
+    assert "peak_nonrigid_vy" not in heads and "max_nonrigid_displacement" not in heads
+    assert "over its frames vouched for only" in motion
+    assert "ratio_v = peak |non-rigid vy| / peak |common vy|" in motion
+    assert "ratio_h = peak |non-rigid vx| / peak |common vx|" in motion
+    assert list(pd.read_csv(report_dir / "motion_summary.csv").columns) == [
+        "particle",
+        "peak_nonrigid_vy",
+        "peak_nonrigid_vx",
+        "peak_rigid_vy",
+        "peak_rigid_vx",
+        "ratio_v",
+        "ratio_h",
+        "max_nonrigid_displacement",
+    ]
+
+
+def test_the_pixel_size_gives_scale_bars_and_is_stated_once(report_dir, tmp_path):
+    """Without a pixel size (a synthetic scan): no scale bar, 'pixel size unknown' once. With run.json's
+    pixel_size_um: a scale bar on the overview and every map, and the pixel size in the run table."""
+    from xanestrack.report import write_report
+
+    html = (report_dir / "report.html").read_text()
+    assert html.count("pixel size unknown") == 1
+    for name in ("overview", "chemistry", "whiteline", "uncertainty"):
+        assert "µm" not in (report_dir / "figures" / f"{name}.svg").read_text(), name
+    copy = tmp_path / "copy"
+    shutil.copytree(report_dir, copy)
+    run = json.loads((copy / "run.json").read_text())
+    run["pixel_size_um"] = 0.05
+    (copy / "run.json").write_text(json.dumps(run))
+    html = write_report(copy).read_text()
+    assert "pixel size unknown" not in html
+    assert "<td>0.05 µm (from the input; scale bars on the images)</td>" in html
+    for name in ("overview", "chemistry", "whiteline", "uncertainty"):
+        # 200 px of 0.05 um: a 2 um bar (1/5 of the width)
+        assert ">2 µm</text>" in (copy / "figures" / f"{name}.svg").read_text(), name
+    assert html.count("Scale bar 2 µm (40 px of 0.05 µm).") == 4
+    # the particles' tiles: their width in um
+    assert html.count(" µm) wide.") == html.count('<div class="particle">') > 0

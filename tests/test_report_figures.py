@@ -116,7 +116,14 @@ def test_spectrum_figure_plots_the_spectrum_and_its_fits(result):
     circles = root.findall(".//{http://www.w3.org/2000/svg}circle")
     assert len(circles) >= np.isfinite(p.mean_spectrum).sum()  # one dot per energy (+ legend)
     labels = [t.text for t in root.iter("{http://www.w3.org/2000/svg}text")]
-    for label in ("mean OD", "pre-edge fit", "post-edge fit", "normalised (right)", "energy (eV)"):
+    for label in (
+        "mean OD less background",
+        "mean OD before background",
+        "pre-edge fit",
+        "post-edge fit",
+        "normalised (right)",
+        "energy (eV)",
+    ):
         assert label in labels
 
 
@@ -358,3 +365,202 @@ def test_edge_width_figure_shows_the_widths_and_the_blur_matched(result, small_s
     np.testing.assert_allclose(t["blur_px"].to_numpy(), np.sqrt(2.5**2 - sd**2), atol=0.3)
     # a result without the table (fewer particles measured, or written before it): no figure
     assert report.edge_width_figure(dataclasses.replace(result, edge_widths=None)).svg is None
+
+
+# ---------------------------------------------------------------- numbers, colour bars, spectra, scale bars
+_SVG = "{http://www.w3.org/2000/svg}"
+
+
+def _crowded(result):
+    """The result's first particle copied onto a crowded 200 x 200 scene: a small particle touching a large one
+    at its top-right, the others touching or nearly so around them (y, x, radius px)."""
+    layout = [
+        (100, 100, 30),
+        (72.4, 127.6, 8),
+        (100, 44, 25),
+        (150, 100, 18),
+        (58, 68, 12),
+        (110, 150, 15),
+        (150, 145, 14),
+        (155, 50, 20),
+        (40, 110, 14),
+        (30, 170, 12),
+    ]
+    p0 = result.particles[0]
+    half = np.array(p0.mask.shape) // 2
+    ps = []
+    for k, (y, x, r) in enumerate(layout):
+        c = np.array([y, x], float)
+        ps.append(
+            dataclasses.replace(
+                p0,
+                particle=k,
+                positions=p0.positions - p0.positions[0] + c,
+                origin=np.round(c).astype(int) - half,
+                radius=float(r),
+            )
+        )
+    return dataclasses.replace(result, particles=ps)
+
+
+def _number_centres(svg: str, frame_width: int) -> dict:
+    """particle -> (y, x) in frame pixels of the centre of its number drawn on a frame figure."""
+    img = re.search(r'<image x="([-\d.]+)" y="([-\d.]+)" width="([\d.]+)"', svg)
+    x0, y0, width = (float(v) for v in img.groups())
+    scale = width / frame_width
+    out = {}
+    pattern = (
+        r'<text x="([-\d.]+)" y="([-\d.]+)" fill="(?:yellow|black)" font-size="(\d+)" font-weight="bold" '
+        r'text-anchor="(\w+)">(\d+)</text>'
+    )
+    for x, y, size, anchor, t in re.findall(pattern, svg):
+        size = float(size)
+        cx = float(x) + (0.3 * size * len(t) if anchor == "start" else 0.0)  # a number's glyphs are ~0.6 em wide
+        cy = float(y) - 0.35 * size
+        out[int(t)] = ((cy - y0) / scale - 0.5, (cx - x0) / scale - 0.5)
+    return out
+
+
+def test_particle_numbers_sit_nearest_their_own_particle_on_a_crowded_scene(result):
+    """The maps' numbers were drawn at the top-right corner of each particle's window: on a crowded scene half of
+    them nearer another particle than their own. Every figure over the frame places them as the overview does,
+    from the particle's centre; on this scene each is nearer its own centre than any other's (by 1.5x)."""
+    crowded = _crowded(result)
+    centres = {p.particle: p.positions[0] for p in crowded.particles}
+    width = report._base_image(crowded).shape[1]
+    figures = {
+        "overview": report.overview_figure(crowded),
+        "chemistry": report.chemistry_figure(crowded),
+        "whiteline": report.whiteline_figure(crowded),
+        "uncertainty": report.uncertainty_figure(crowded),
+        "clusters": report.cluster_map_figure(crowded),
+    }
+    where = {}
+    for name, fig in figures.items():
+        labels = _number_centres(fig.svg, width)
+        assert sorted(labels) == sorted(centres), name
+        for pid, yx in labels.items():
+            d = {q: float(np.hypot(*(np.asarray(yx) - c))) for q, c in centres.items()}
+            other = min(v for q, v in d.items() if q != pid)
+            assert d[pid] * 1.5 <= other + 1.0, (name, pid, d[pid], other)
+        where[name] = labels
+    # one place per particle, in every figure
+    for name in figures:
+        for pid in centres:
+            np.testing.assert_allclose(where[name][pid], where["overview"][pid], atol=0.2, err_msg=name)
+
+
+def test_spectrum_points_lie_on_their_pre_and_post_edge_lines(result):
+    """The mean OD was plotted before the local background was subtracted, the lines fitted after it (0.07 OD off
+    on the default scene). The points drawn through the lines are the spectrum they were fitted to:
+    (OD - pre) / (post - pre) of the points is 0 before the edge and 1 past it (in the SVG's own coordinates, where
+    that ratio is the data's)."""
+    from xanestrack.svgplot import COLORS
+
+    for p in result.particles:
+        fig = report.spectrum_figure(result, p.particle)
+        root = _svg_ok(fig.svg)
+        group = next(g for g in root.iter(f"{_SVG}g") if g.get("fill") == COLORS[0])
+        px = np.array([float(c.get("cx")) for c in group.iter(f"{_SVG}circle")])
+        py = np.array([float(c.get("cy")) for c in group.iter(f"{_SVG}circle")])
+
+        def polyline(colour, root=root):
+            pts = [
+                tuple(map(float, xy.split(",")))
+                for line in root.iter(f"{_SVG}polyline")
+                if line.get("stroke") == colour
+                for xy in line.get("points").split()
+            ]
+            return np.array(pts)
+
+        pre, post = polyline(COLORS[1]), polyline(COLORS[2])
+        # the screen's x is affine in the energy: the pre-edge line runs over the frames it was fitted on
+        e_fit = np.asarray(result.energies_ev, float)[np.isfinite(p.pre_edge)]
+        energy = e_fit[0] + (px - pre[0, 0]) * (e_fit[-1] - e_fit[0]) / (pre[-1, 0] - pre[0, 0])
+        assert len(px) == np.isfinite(p.mean_norm).sum()  # the frames normalised, one point each
+        ratio = (py - np.interp(px, pre[:, 0], pre[:, 1])) / (
+            np.interp(px, post[:, 0], post[:, 1]) - np.interp(px, pre[:, 0], pre[:, 1])
+        )
+        before, after = energy < p.e0_ev - 15, energy > p.e0_ev + 60
+        assert before.sum() > 5 and after.sum() > 5
+        assert abs(np.median(ratio[before])) < 0.02, (p.particle, np.median(ratio[before]))
+        assert abs(np.median(ratio[after]) - 1) < 0.05, (p.particle, np.median(ratio[after]))
+        # the spectrum as measured is drawn beside it and the caption says how far apart they are
+        grey = next(g for g in root.iter(f"{_SVG}g") if g.get("fill") == "#aaaaaa")
+        assert len(list(grey.iter(f"{_SVG}circle"))) == np.isfinite(p.mean_spectrum).sum()
+        assert "local background" in fig.caption and "OD from it on average before the edge" in fig.caption
+        spec = report.particle_figure(result, p.particle).tables[f"particle_{p.particle:03d}_spectrum"]
+        np.testing.assert_array_equal(spec["mean_od"], p.mean_spectrum)  # the CSV's columns kept, one added
+        norm = (spec["mean_od_analysed"] - spec["pre_edge"]) / (spec["post_edge"] - spec["pre_edge"])
+        e = spec["energy_ev"]
+        assert abs(np.nanmedian(norm[e < p.e0_ev - 15])) < 0.02
+
+
+def test_clipped_colour_bars_mark_their_ends_and_count_the_pixels_beyond(result):
+    """The maps' colour ranges are percentiles: the ends of each colour bar say '≤ lo' / '≥ hi' (triangles) and the
+    caption which percentiles, and how many pixels lie beyond, counted here from the maps."""
+    fig = report.chemistry_figure(result)
+    lo, hi = report._e50_limits(result)
+    v = np.concatenate([p.edge_maps["e50"][np.isfinite(p.edge_maps["e50"])] for p in result.particles]).astype(float)
+    n_lo, n_hi = int((v < lo).sum()), int((v > hi).sum())
+    assert n_lo > 0 and n_hi > 0
+    assert "2nd-98th percentiles" in fig.caption
+    assert (
+        f"of the {v.size} pixels drawn, {n_lo} lie below it (down to {report._value_text(v.min(), hi - lo)})"
+        in fig.caption
+    )
+    assert f"and {n_hi} above it (up to {report._value_text(v.max(), hi - lo)})" in fig.caption
+    texts = [t.text for t in _svg_ok(fig.svg).iter(f"{_SVG}text")]
+    assert f"≤ {report._value_text(lo, hi - lo)}" in texts and f"≥ {report._value_text(hi, hi - lo)}" in texts
+    assert len(re.findall(r'<path d="M[^"]*Z" fill="#', fig.svg)) == 2
+    # the standard error from 0: only its top is clipped
+    fig = report.uncertainty_figure(result)
+    texts = [t.text for t in _svg_ok(fig.svg).iter(f"{_SVG}text")]
+    assert any(t and t.startswith("≥ ") for t in texts) and not any(t and t.startswith("≤ ") for t in texts)
+    assert "0 lie below it" in fig.caption and "98th percentile" in fig.caption
+    # |delta| / sigma capped at 2k: the top tick says so where pairs lie beyond it (here every pair)
+    fig = report.resolution_figure(result)
+    z = fig.tables["resolved_pairs"]["z"].to_numpy()
+    assert (z > 4).sum() > 0
+    texts = [t.text for t in _svg_ok(fig.svg).iter(f"{_SVG}text")]
+    assert "≥ 4.0" in texts
+    assert f"{(z > 4).sum()} of the {len(z)} pairs lie above (up to {z.max():.1f})" in fig.caption
+    # one edge energy everywhere: no pair beyond, nothing marked
+    flat = dataclasses.replace(
+        result,
+        particles=[
+            dataclasses.replace(p, edge_maps={**p.edge_maps, "e50": np.where(p.mask, 8340.0, np.nan)})
+            for p in result.particles
+        ],
+    )
+    fig = report.resolution_figure(flat)
+    assert "no pair lies above" in fig.caption
+    assert not any(t and t.startswith("≥") for t in (t.text for t in _svg_ok(fig.svg).iter(f"{_SVG}text")))
+
+
+def test_frame_figures_draw_a_scale_bar_only_with_a_pixel_size(result):
+    """A scale bar of a round length near 1/5 of the frame (200 px of 0.05 um: 2 um, 40 px) on the overview and
+    every map; none without the pixel size."""
+    width = report._base_image(result).shape[1]
+    for f in (
+        report.overview_figure,
+        report.chemistry_figure,
+        report.whiteline_figure,
+        report.uncertainty_figure,
+        report.cluster_map_figure,
+    ):
+        assert "µm" not in f(result).svg and "Scale bar" not in f(result).caption
+        fig = f(result, pixel_size_um=0.05)
+        root = _svg_ok(fig.svg)
+        assert "2 µm" in [t.text for t in root.iter(f"{_SVG}text")], f.__name__
+        img = next(root.iter(f"{_SVG}image"))
+        scale = float(img.get("width")) / width
+        bar = [
+            line.get("points").split()
+            for line in root.iter(f"{_SVG}polyline")
+            if line.get("stroke") == "black" and line.get("stroke-width") == "3"
+        ]
+        assert len(bar) == 1
+        (x0, _), (x1, _) = (map(float, xy.split(",")) for xy in bar[0])
+        assert abs(x1 - x0) / scale == pytest.approx(40, abs=0.3), f.__name__
+        assert "Scale bar 2 µm (40 px of 0.05 µm)" in fig.caption

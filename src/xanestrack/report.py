@@ -62,11 +62,16 @@ class Figure:
         a figure without ``svg`` is this image alone.
     tables : dict of str -> DataFrame
         The data behind it; written as ``figures/<name>.csv``.
+    caption : str
+        What the figure says of itself in the report, after its fixed caption: where its
+        colour scale is clipped and how many pixels lie beyond, its scale bar, how its data
+        differ from the stored arrays (plain text, escaped on the page).
     """
 
     svg: str | None = None
     image: np.ndarray | None = None
     tables: dict = field(default_factory=dict)
+    caption: str = ""
 
 
 # ---------------------------------------------------------------- rendering helpers
@@ -182,12 +187,158 @@ def _frame_panel(rgb: np.ndarray, *, width: float = 640.0):
     return fig, ax, (50 + pw + 14, 8 + ph * 0.15, 14, ph * 0.7)
 
 
+#: where a particle's number goes, relative to its centre, in units of its radius (y, x): top-right first
+#: (the overview's place), then the other diagonals, then the sides; the same nearer the centre where
+#: neighbours crowd round (:func:`_label_positions`)
+_LABEL_OFFSETS = (
+    (-0.8, 0.8),
+    (-0.8, -0.8),
+    (0.8, 0.8),
+    (0.8, -0.8),
+    (-1.13, 0.0),
+    (0.0, 1.13),
+    (1.13, 0.0),
+    (0.0, -1.13),
+)
+_LABEL_SHRINK = (1.0, 0.6, 0.3)
+#: a number's distance to the nearest other centre over its distance to its own, at least
+LABEL_CLEARANCE = 1.5
+
+
+def _label_positions(result) -> dict:
+    """particle -> (y, x) frame-0 data coordinates of the centre of its number on the frame figures.
+
+    From the particle's centre in the first frame, offset by about 0.8 of its radius up and
+    right (:data:`_LABEL_OFFSETS`); where that place is not :data:`LABEL_CLEARANCE` times
+    nearer its own centre than any other particle's, or lies outside the frame, the next
+    offset, then the offsets shrunk towards the centre (:data:`_LABEL_SHRINK`), and last the
+    centre itself. The numbers were drawn at each window's top-right corner: on a crowded
+    scene half of them nearer another particle than their own. Every figure over the frame
+    places the numbers here.
+    """
+    ps = result.particles
+    if not ps:
+        return {}
+    centres = np.array(
+        [
+            p.positions[0] if np.isfinite(p.positions[0]).all() else np.asarray(p.origin) + np.array(p.mask.shape) / 2
+            for p in ps
+        ],
+        float,
+    )
+    h, w = _base_image(result).shape[:2]
+    out = {}
+    for i, p in enumerate(ps):
+        r = max(float(p.radius), 1.0) if np.isfinite(p.radius) else 5.0
+        others = np.delete(centres, i, axis=0)
+        place = centres[i]
+        for shrink in _LABEL_SHRINK:
+            for oy, ox in _LABEL_OFFSETS:
+                pos = centres[i] + shrink * r * np.array([oy, ox])
+                own = shrink * r * float(np.hypot(oy, ox))
+                near = float(np.hypot(*(others - pos).T).min()) if len(others) else np.inf
+                if -0.5 <= pos[0] <= h - 0.5 and -0.5 <= pos[1] <= w - 0.5 and near >= LABEL_CLEARANCE * own:
+                    place = pos
+                    break
+            else:
+                continue
+            break
+        out[p.particle] = (float(place[0]), float(place[1]))
+    return out
+
+
+def _draw_labels(ax, result, *, color: str, size: int) -> None:
+    """Each particle's number centred at :func:`_label_positions` (an axes over the frame, y down)."""
+    xl = ax.xlim
+    scale = ax.box[2] / (xl[1] - xl[0])  # screen px per data px
+    pos = _label_positions(result)
+    for p in result.particles:
+        y, x = pos[p.particle]
+        # the baseline 0.35 em below the centre (text-anchor middle centres it across)
+        ax.text(x, y + 0.35 * size / scale, str(p.particle), color=color, size=size, weight="bold", anchor="middle")
+
+
+def _value_text(v: float, span: float) -> str:
+    """``v`` with as many decimals as a colour scale of ``span`` needs (1/50 of it)."""
+    digits = max(0, int(np.ceil(-np.log10(span / 50.0)))) if span > 0 and np.isfinite(span) else 2
+    return f"{v:.{digits}f}"
+
+
+def _clip_marks(box, *, cmap: str, vmin: float, vmax: float, below: bool, above: bool) -> str:
+    """SVG of the ends of a clipped colour bar ``box`` (x, y, w, h): a triangle in the end colour past
+    each end that values lie beyond, labelled ``≤ vmin`` / ``≥ vmax``."""
+    x, y, w, h = (float(v) for v in box)
+    lo_text, hi_text = _value_text(vmin, vmax - vmin), _value_text(vmax, vmax - vmin)
+    t = 8.0  # triangle height, screen px
+    out = []
+    if above:
+        out.append(
+            f'<path d="M{x:.1f},{y:.1f}L{x + w:.1f},{y:.1f}L{x + w / 2:.1f},{y - t:.1f}Z" fill="{_hex(cmap, 1.0)}" '
+            f'stroke="#444"/><text x="{x:.1f}" y="{y - t - 3:.1f}" font-size="9">\u2265 {html.escape(hi_text)}</text>'
+        )
+    if below:
+        out.append(
+            f'<path d="M{x:.1f},{y + h:.1f}L{x + w:.1f},{y + h:.1f}L{x + w / 2:.1f},{y + h + t:.1f}Z" '
+            f'fill="{_hex(cmap, 0.0)}" stroke="#444"/><text x="{x:.1f}" y="{y + h + t + 10:.1f}" '
+            f'font-size="9">\u2264 {html.escape(lo_text)}</text>'
+        )
+    return "".join(out)
+
+
+def _clipped_colorbar(fig, box, values, *, cmap: str, vmin: float, vmax: float, label: str, what: str) -> str:
+    """A colour bar of ``cmap`` over ``[vmin, vmax]`` with its clipped ends marked; the caption's sentence.
+
+    ``values`` are the pixels drawn (NaN ignored); ``what`` says how the range was chosen
+    ("the 2nd-98th percentiles of the kept pixels").
+    """
+    fig.colorbar(*box, cmap=cmap, vmin=vmin, vmax=vmax, label=label)
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    n_lo, n_hi = int((v < vmin).sum()), int((v > vmax).sum())
+    fig.extra.append(_clip_marks(box, cmap=cmap, vmin=vmin, vmax=vmax, below=n_lo > 0, above=n_hi > 0))
+    span = vmax - vmin
+    lo_t, hi_t = _value_text(vmin, span), _value_text(vmax, span)
+    below = f"{n_lo} lie below it" + (f" (down to {_value_text(v.min(), span)})" if n_lo else "")
+    above = f"{n_hi} above it" + (f" (up to {_value_text(v.max(), span)})" if n_hi else "")
+    ends = ", drawn in the end colours (the triangles on the colour bar)" if n_lo or n_hi else ""
+    return f"Colour scale {lo_t} to {hi_t}: {what}; of the {v.size} pixels drawn, {below} and {above}{ends}."
+
+
+def _nice_length(target: float) -> float:
+    """The 1, 2 or 5 x 10^k nearest ``target`` (> 0) on a log scale."""
+    k = np.floor(np.log10(target))
+    cands = np.array([1.0, 2.0, 5.0, 10.0]) * 10**k
+    return float(cands[np.argmin(np.abs(np.log(cands / target)))])
+
+
+def _scale_bar(ax, shape, pixel_size_um) -> str:
+    """A scale bar of a round length near 1/5 of the frame's width, bottom right of an axes over a frame
+    of ``shape`` (rows, cols); the caption's sentence. Nothing (and "") without a pixel size."""
+    if pixel_size_um is None:
+        return ""
+    h, w = shape[:2]
+    length_um = _nice_length(w * pixel_size_um / 5)
+    n_px = length_um / pixel_size_um
+    scale = ax.box[2] / (ax.xlim[1] - ax.xlim[0])
+    margin = 0.04 * w
+    x1 = w - 0.5 - margin
+    x0, y = x1 - n_px, h - 0.5 - margin
+    pad = 5 / scale
+    # a white ground under the bar and its length, over any image
+    ax.line([x0 - pad, x1 + pad], [y - 7 / scale] * 2, color="white", width=24)
+    ax.line([x0, x1], [y, y], color="black", width=3)
+    ax.text((x0 + x1) / 2, y - 5 / scale, f"{length_um:g} \u00b5m", color="black", size=10, anchor="middle")
+    return f"Scale bar {length_um:g} \u00b5m ({n_px:.0f} px of {pixel_size_um:g} \u00b5m)."
+
+
 # ---------------------------------------------------------------- figures
-def overview_figure(result) -> Figure:
+def overview_figure(result, *, pixel_size_um: float | None = None) -> Figure:
     """First frame (rigidly aligned) with every particle outlined, numbered, and its trajectory.
 
     Trajectories are magnified :data:`TRAJ_SCALE` times and coloured by the particle's
-    largest non-rigid excursion; rejected objects are marked with their reason.
+    largest non-rigid excursion (over its frames vouched for); rejected objects are marked
+    with their reason. With ``pixel_size_um`` (um per px) a scale bar. Numbers are placed
+    by :func:`_label_positions`, as on every figure over the frame.
     Table ``overview``: particle, y, x, radius_px, max_nonrigid_px.
     """
     base = _base_image(result)
@@ -205,21 +356,25 @@ def overview_figure(result) -> Figure:
         traj = c0 + TRAJ_SCALE * (p.positions - c0)
         nr = float(maxnr.get(p.particle, np.nan))
         ax.line(traj[:, 1], traj[:, 0], color=_hex("plasma", (0 if np.isnan(nr) else nr) / vmax), width=1.2)
-        ax.text(c0[1] + p.radius * 0.8, c0[0] - p.radius * 0.8, str(p.particle), color="yellow", size=13, weight="bold")
         rows.append((p.particle, c0[0], c0[1], p.radius, nr))
+    _draw_labels(ax, result, color="yellow", size=13)
     rej = _visible_rejected(result)
     if len(rej):
         ax.points(rej["x"], rej["y"], color="red", r=3, marker="x")
         for _, r in rej.iterrows():
             ax.text(r["x"] + 4, r["y"] + 8, str(r["reason"]).replace("_", " "), color="red", size=8)
     fig.colorbar(*cbar, cmap="plasma", vmin=0, vmax=vmax, label="max non-rigid displacement (px)")
+    caption = _scale_bar(ax, rgb.shape, pixel_size_um)
     table = pd.DataFrame(rows, columns=["particle", "y", "x", "radius_px", "max_nonrigid_px"])
-    return Figure(fig.to_svg(), rgb, {"overview": table})
+    return Figure(fig.to_svg(), rgb, {"overview": table}, caption)
 
 
-def chemistry_figure(result) -> Figure:
+def chemistry_figure(result, *, pixel_size_um: float | None = None) -> Figure:
     """Edge energy E(mu_norm = 0.5) of every particle on one colour scale, over the first frame.
 
+    The scale is the 2nd-98th percentiles of every particle's pixels (:func:`_e50_limits`);
+    its clipped ends are marked on the colour bar and counted in the caption. With
+    ``pixel_size_um`` a scale bar.
     Table ``chemistry``: per particle its origin and the 2/50/98 percentiles of its map.
     The maps themselves are the ``particle_NNN_edge_e50`` tables of :func:`particle_figure`.
     """
@@ -227,47 +382,72 @@ def chemistry_figure(result) -> Figure:
     lo, hi = _limits(base)
     rgb = (_colormap(base, "gray", lo, hi, bad=(0, 0, 0)).astype(np.float32) * 0.6 + 255 * 0.4).astype(np.uint8)
     elo, ehi = _e50_limits(result)
-    rows = []
+    rows, drawn = [], []
     for p in result.particles:
         m = p.edge_maps["e50"]
         fin = np.isfinite(m)
         _paste(rgb, _colormap(m, "viridis", elo, ehi), p.origin, where=fin)
+        drawn.append(m[fin])
         q = np.percentile(m[fin], [2, 50, 98]) if fin.any() else [np.nan] * 3
         rows.append((p.particle, int(p.origin[0]), int(p.origin[1]), *q))
     fig, ax, cbar = _frame_panel(rgb)
-    for p in result.particles:
-        ax.text(p.origin[1] + p.mask.shape[1], p.origin[0], str(p.particle), color="black", size=12, weight="bold")
-    fig.colorbar(*cbar, cmap="viridis", vmin=elo, vmax=ehi, label="edge energy E(mu_norm = 0.5) (eV)")
+    _draw_labels(ax, result, color="black", size=12)
+    caption = _clipped_colorbar(
+        fig,
+        cbar,
+        np.concatenate(drawn) if drawn else [],
+        cmap="viridis",
+        vmin=elo,
+        vmax=ehi,
+        label="edge energy E(mu_norm = 0.5) (eV)",
+        what="the 2nd-98th percentiles of every particle's E50 pixels (eV)",
+    )
+    caption = " ".join(c for c in (caption, _scale_bar(ax, rgb.shape, pixel_size_um)) if c)
     table = pd.DataFrame(rows, columns=["particle", "origin_y", "origin_x", "e50_p2_ev", "e50_median_ev", "e50_p98_ev"])
-    return Figure(fig.to_svg(), rgb, {"chemistry": table})
+    return Figure(fig.to_svg(), rgb, {"chemistry": table}, caption)
 
 
-def _map_overview(result, maps: dict, cmap: str, lo: float, hi: float, label: str, *, pastel: bool = True):
+def _map_overview(
+    result,
+    maps: dict,
+    cmap: str,
+    lo: float,
+    hi: float,
+    label: str,
+    *,
+    what: str,
+    pixel_size_um: float | None = None,
+    pastel: bool = True,
+):
     """Per-particle maps (particle -> (h, w) array) pasted over the first frame, with a colour bar.
 
-    Returns the :class:`SvgFigure`'s text and the raster. Integer maps use ``cmap`` on their
-    values as they are (``lo``/``hi`` as given); NaN pixels are left as the frame.
+    Returns the :class:`SvgFigure`, the raster and the caption's sentences (the colour bar's
+    clipped ends, ``what`` saying how ``lo``/``hi`` were chosen; the scale bar). NaN pixels
+    are left as the frame.
     """
     base = _base_image(result)
     blo, bhi = _limits(base)
     rgb = _colormap(base, "gray", blo, bhi, bad=(0, 0, 0))
     if pastel:
         rgb = (rgb.astype(np.float32) * 0.6 + 255 * 0.4).astype(np.uint8)
+    drawn = []
     for p in result.particles:
         m = maps.get(p.particle)
         if m is None:
             continue
         m = np.asarray(m, float)
-        _paste(rgb, _colormap(m, cmap, lo, hi), p.origin, where=np.isfinite(m) & p.mask)
+        where = np.isfinite(m) & p.mask
+        _paste(rgb, _colormap(m, cmap, lo, hi), p.origin, where=where)
+        drawn.append(m[where])
     fig, ax, cbar = _frame_panel(rgb)
-    for p in result.particles:
-        ax.text(p.origin[1] + p.mask.shape[1], p.origin[0], str(p.particle), color="black", size=12, weight="bold")
-    if cmap != "tab10":
-        fig.colorbar(*cbar, cmap=cmap, vmin=lo, vmax=hi, label=label)
-    return fig, rgb
+    _draw_labels(ax, result, color="black", size=12)
+    values = np.concatenate(drawn) if drawn else np.array([])
+    caption = _clipped_colorbar(fig, cbar, values, cmap=cmap, vmin=lo, vmax=hi, label=label, what=what)
+    caption = " ".join(c for c in (caption, _scale_bar(ax, rgb.shape, pixel_size_um)) if c)
+    return fig, rgb, caption
 
 
-def whiteline_figure(result) -> Figure:
+def whiteline_figure(result, *, pixel_size_um: float | None = None) -> Figure:
     """Fitted whiteline position of every particle on one colour scale, over the first frame.
 
     The position is the maximum of a peak model fitted per pixel
@@ -295,12 +475,21 @@ def whiteline_figure(result) -> Figure:
         )
     allv = np.concatenate([m[np.isfinite(m)] for m in maps.values()]) if maps else np.array([])
     lo, hi = _limits(allv, 2, 98, default=(8345.0, 8355.0))
-    fig, rgb = _map_overview(result, maps, "cividis", lo, hi, "whiteline position, fitted (eV)")
+    fig, rgb, caption = _map_overview(
+        result,
+        maps,
+        "cividis",
+        lo,
+        hi,
+        "whiteline position, fitted (eV)",
+        what="the 2nd-98th percentiles of the kept pixels (eV)",
+        pixel_size_um=pixel_size_um,
+    )
     table = pd.DataFrame(rows, columns=["particle", "n_pixels", "whiteline_median_ev", "whiteline_height_median"])
-    return Figure(fig.to_svg(), rgb, {"whiteline": table})
+    return Figure(fig.to_svg(), rgb, {"whiteline": table}, caption)
 
 
-def uncertainty_figure(result) -> Figure:
+def uncertainty_figure(result, *, pixel_size_um: float | None = None) -> Figure:
     """Standard error of E50 per pixel (noise and registration combined), over the first frame.
 
     Table ``uncertainty``: per particle the median sigma over its kept pixels, total and
@@ -336,7 +525,16 @@ def uncertainty_figure(result) -> Figure:
         )
     allv = np.concatenate([m[np.isfinite(m)] for m in maps.values()]) if maps else np.array([])
     lo, hi = _limits(allv, 2, 98, default=(0.0, 0.5))
-    fig, rgb = _map_overview(result, maps, "magma", 0.0, hi, "standard error of E50 (eV)")
+    fig, rgb, caption = _map_overview(
+        result,
+        maps,
+        "magma",
+        0.0,
+        hi,
+        "standard error of E50 (eV)",
+        what="from 0 to the 98th percentile of the kept pixels (eV)",
+        pixel_size_um=pixel_size_um,
+    )
     table = pd.DataFrame(
         rows,
         columns=[
@@ -348,7 +546,7 @@ def uncertainty_figure(result) -> Figure:
             "mean_e50_sigma_ev",
         ],
     )
-    return Figure(fig.to_svg(), rgb, {"uncertainty": table})
+    return Figure(fig.to_svg(), rgb, {"uncertainty": table}, caption)
 
 
 def resolution_figure(result, *, k: float = 2.0) -> Figure:
@@ -385,7 +583,34 @@ def resolution_figure(result, *, k: float = 2.0) -> Figure:
     ids = t["particle"].to_numpy(int)
     named = pd.DataFrame({"particle_a": ids[pairs["a"].to_numpy(int)], "particle_b": ids[pairs["b"].to_numpy(int)]})
     named = pd.concat([named, pairs[["delta_ev", "sigma_delta_ev", "z", "resolved"]]], axis=1)
-    return Figure(draw(t, pairs, k=k), None, {"resolution": t, "resolved_pairs": named})
+    svg, caption = _mark_capped_z(draw(t, pairs, k=k), pairs["z"].to_numpy(float), cap=2 * k)
+    return Figure(svg, None, {"resolution": t, "resolved_pairs": named}, caption)
+
+
+def _mark_capped_z(svg: str, z: np.ndarray, *, cap: float) -> tuple:
+    """The resolution figure with the top of its z colour bar marked where pairs lie beyond ``cap``
+    (:func:`xanestrack.chemistry.figures.resolution_figure` caps the colours at ``2 k``), and the
+    caption's sentence."""
+    import re
+
+    z = z[np.isfinite(z)]
+    n_hi = int((z > cap).sum())
+    text = (
+        f"Colours of |delta| / sigma capped at {cap:g} (2 x the threshold): {n_hi} of the {z.size} pairs lie above "
+        f"(up to {z.max():.1f}), drawn in the top colour (\u2265 {cap:g} on the colour bar)."
+        if n_hi
+        else f"Colours of |delta| / sigma from 0 to {cap:g} (2 x the threshold); no pair lies above."
+    )
+    bar = re.search(
+        r'<rect x="([-\d.]+)" y="([-\d.]+)" width="([-\d.]+)" height="([-\d.]+)" fill="url\(#g\d+_viridis\)"', svg
+    )
+    if n_hi and bar is not None:
+        # the bar's top tick label (at ``cap``) becomes "≥ cap": the figure's title runs above the bar, no room
+        # for a triangle there
+        x, y, w, _ = (float(v) for v in bar.groups())
+        top = re.compile(rf'(<text x="{x + w + 6:.1f}" y="{y + 3:.1f}" font-size="9">)([^<]*)(</text>)')
+        svg = top.sub(lambda m: m.group(1) + "\u2265 " + m.group(2) + m.group(3), svg, count=1)
+    return svg, text
 
 
 def edge_width_figure(result) -> Figure:
@@ -420,7 +645,7 @@ def quality_table(result) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["particle", "mask pixels", "kept pixels", "kept %"])
 
 
-def cluster_map_figure(result) -> Figure:
+def cluster_map_figure(result, *, pixel_size_um: float | None = None) -> Figure:
     """The cluster of every clustered pixel of every particle, over the first frame.
 
     Colours are those of :data:`xanestrack.svgplot.COLORS` in cluster order (lowest edge
@@ -442,14 +667,14 @@ def cluster_map_figure(result) -> Figure:
         tile = palette[np.clip(cl, 0, None) % len(palette)]
         _paste(rgb, tile, p.origin, where=(cl >= 0) & p.mask)
     fig, ax, _ = _frame_panel(rgb)
-    for p in result.particles:
-        ax.text(p.origin[1] + p.mask.shape[1], p.origin[0], str(p.particle), color="black", size=12, weight="bold")
+    _draw_labels(ax, result, color="black", size=12)
+    caption = _scale_bar(ax, rgb.shape, pixel_size_um)
     for j in range(k):
         ax.legend_items.append((f"cluster {j}", COLORS[j % len(COLORS)], "line"))
     if k:
         ax.legend(title="cluster")
     table = cluster_table(result)
-    return Figure(fig.to_svg(), rgb, {"cluster_fractions": table} if table is not None else {})
+    return Figure(fig.to_svg(), rgb, {"cluster_fractions": table} if table is not None else {}, caption)
 
 
 def cluster_spectra_figure(result) -> Figure:
@@ -579,13 +804,14 @@ def _tile(a: np.ndarray, zoom: int) -> np.ndarray:
     return np.repeat(np.repeat(a, zoom, axis=0), zoom, axis=1) if zoom > 1 else a
 
 
-def particle_figure(result, particle: int, *, e50_limits=None) -> Figure:
+def particle_figure(result, particle: int, *, e50_limits=None, pixel_size_um: float | None = None) -> Figure:
     """One particle's panels, rendered straight from its arrays (an image, no SVG).
 
     Top row: the aligned sub-stack at up to 8 energies (one grey scale). Bottom row:
     last minus first frame before and after alignment (one diverging scale), and the
     edge-energy map (the colour scale of :func:`chemistry_figure`). Tables
-    ``particle_NNN_edge_e50`` (the map) and ``particle_NNN_spectrum``.
+    ``particle_NNN_edge_e50`` (the map) and ``particle_NNN_spectrum`` (with ``mean_od_analysed``,
+    :func:`_analysed_spectrum`). With ``pixel_size_um`` the caption gives the tiles' width in um.
     """
     p = next(q for q in result.particles if q.particle == particle)
     energies = result.energies_ev
@@ -621,26 +847,72 @@ def particle_figure(result, particle: int, *, e50_limits=None) -> Figure:
             mean_norm=p.mean_norm,
             pre_edge=p.pre_edge,
             post_edge=p.post_edge,
+            mean_od_analysed=_analysed_spectrum(p, energies),
         )
     )
     e50 = pd.DataFrame(p.edge_maps["e50"])
     e50.attrs["header"] = f"E50 map (eV), pixel [0,0] at frame-0 (y, x) = ({int(p.origin[0])}, {int(p.origin[1])})"
-    return Figure(None, img, {f"particle_{particle:03d}_edge_e50": e50, f"particle_{particle:03d}_spectrum": spectrum})
+    caption = f"Each tile {w} px ({w * pixel_size_um:.3g} \u00b5m) wide." if pixel_size_um is not None else ""
+    tables = {f"particle_{particle:03d}_edge_e50": e50, f"particle_{particle:03d}_spectrum": spectrum}
+    return Figure(None, img, tables, caption)
+
+
+def _analysed_spectrum(p, energies_ev) -> np.ndarray:
+    """The mean OD the pre- and post-edge lines were fitted to (n_frames,), NaN where not analysed.
+
+    :func:`xanestrack.xanes.analyse_particle` normalises the mask's mean of the particle's stack
+    less each frame's local background (and smoothed inside the mask); ``mean_spectrum`` is the
+    mean before that subtraction (0.07 OD above the lines on the default scene). It is not stored,
+    but ``mean_norm = (mu - pre_edge) / step`` with ``step = post_edge(E0) - pre_edge(E0)`` gives
+    it back exactly: ``mu = pre_edge + mean_norm * step`` (the pre-edge a line, the post-edge a
+    polynomial of degree 3 at most, both in ``(E - E0) / 100``).
+    """
+    e = np.asarray(energies_ev, float)
+    pre, post = np.asarray(p.pre_edge, float), np.asarray(p.post_edge, float)
+    norm = np.asarray(p.mean_norm, float)
+    fin = np.isfinite(pre) & np.isfinite(post)
+    if fin.sum() < 4 or not np.isfinite(p.e0_ev):
+        return np.full(e.shape, np.nan)
+    x = (e[fin] - float(p.e0_ev)) / 100.0
+    step = np.polyfit(x, post[fin], 3)[-1] - np.polyfit(x, pre[fin], 1)[-1]
+    return pre + norm * step
 
 
 def spectrum_figure(result, particle: int) -> Figure:
-    """One particle's mean spectrum: mean OD with its pre- and post-edge fits, and normalised (right axis)."""
+    """One particle's mean spectrum: mean OD with its pre- and post-edge fits, and normalised (right axis).
+
+    The points the lines are drawn through are the spectrum they were fitted to: the mean OD
+    less each frame's local background (:func:`_analysed_spectrum`); the mean OD as measured
+    (``mean_spectrum``: before that subtraction, every frame) is drawn small and grey beside it,
+    and the caption gives the difference over the pre-edge.
+    """
     p = next(q for q in result.particles if q.particle == particle)
-    e = result.energies_ev
+    e = np.asarray(result.energies_ev, float)
     fig = SvgFigure(430, 270)
     ax = fig.axes(58, 22, 300, 200, xlabel="energy (eV)", ylabel="OD", title=f"particle {particle}")
-    ax.points(e, p.mean_spectrum, color=COLORS[0], label="mean OD")
-    if np.isfinite(p.pre_edge).any():
+    analysed = _analysed_spectrum(p, e)
+    caption = ""
+    if np.isfinite(analysed).any():
+        ax.points(e, p.mean_spectrum, color="#aaaaaa", r=1.2, label="mean OD before background")
+        ax.points(e, analysed, color=COLORS[0], label="mean OD less background")
         ax.line(e, p.pre_edge, color=COLORS[1], dash="4,3", width=1, label="pre-edge fit")
         ax.line(e, p.post_edge, color=COLORS[2], dash="4,3", width=1, label="post-edge fit")
         ax.right_axis(ylabel="normalised").line(e, p.mean_norm, color="black", width=1, label="normalised (right)")
+        below = np.isfinite(analysed) & np.isfinite(p.mean_spectrum) & (e < float(p.e0_ev))
+        if below.any():
+            diff = float(np.mean(np.asarray(p.mean_spectrum, float)[below] - analysed[below]))
+            caption = (
+                "Blue: the mean OD in the mask less each frame's local background (a plane fitted to a ring around "
+                "the particle), the spectrum the pre- and post-edge lines were fitted to and normalised; grey: the "
+                f"mean OD in the mask before that subtraction, {diff:+.3f} OD from it on average before the edge (mean_od and "
+                "mean_od_analysed in the spectrum's CSV)."
+            )
+    else:
+        # not normalised (too few energies, no edge step): no fit to draw
+        ax.points(e, p.mean_spectrum, color=COLORS[0], label="mean OD")
+        caption = "Mean OD in the mask: not normalised, no pre- or post-edge fit."
     ax.legend()
-    return Figure(fig.to_svg(), None, {})
+    return Figure(fig.to_svg(), None, {}, caption)
 
 
 def vouching_table(result) -> pd.DataFrame:
@@ -707,16 +979,16 @@ _TEMPLATE = """<!DOCTYPE html>
 <h2>Overview</h2>
 <figure><img alt="overview" src="{{ figs.overview }}">
 <figcaption>First frame (rigidly aligned) with every tracked particle outlined and numbered; its trajectory
-through the scan drawn magnified x{{ traj_scale }} and coloured by its largest non-rigid excursion
-(see the colour bar); rejected objects are marked with the reason they were not tracked.</figcaption></figure>
+through the scan drawn magnified x{{ traj_scale }} and coloured by its largest non-rigid excursion over its frames
+vouched for (see the colour bar); rejected objects are marked with the reason they were not tracked. {{ caps.overview }}</figcaption></figure>
 <figure><img alt="chemistry overview" src="{{ figs.chemistry }}">
 <figcaption>Edge energy E(&mu;<sub>norm</sub> = 0.5) of every particle on one colour scale ({{ elo }}&ndash;{{ ehi }} eV, viridis):
-higher energy = more oxidised{{ element }}.</figcaption></figure>
+higher energy = more oxidised{{ element }}. {{ caps.chemistry }}</figcaption></figure>
 {% if rejected %}<h3>Rejected objects</h3>{{ rejected }}{% endif %}
 <h2>Chemistry</h2>
 <figure><img alt="whiteline" src="{{ figs.whiteline }}">
 <figcaption>Whiteline position per pixel: the maximum of a cubic fitted to the top of the whiteline (not the highest
-noisy point); pixels the quality masks reject are not shown.</figcaption></figure>
+noisy point); pixels the quality masks reject are not shown. {{ caps.whiteline }}</figcaption></figure>
 <figure><img alt="edge-energy uncertainty" src="{{ figs.uncertainty }}">
 <figcaption>Standard error of E(&mu;<sub>norm</sub> = 0.5) per pixel: the frames' photon noise and each particle's registration
 uncertainty (from the agreement of its two position estimates), propagated through the normalisation and the interpolation.
@@ -724,10 +996,11 @@ It is a statistical error: the normalisation convention (pre-edge line, post-edg
 normalisations by a bias that depends on the chemistry (against the reference spectra's provider, measured on noise-free synthetic
 spectra: +0.11 eV for NiO to +0.003 eV for LiNiO<sub>2</sub>) which it does not contain,
 nor the flat field's changes from frame to frame or the texture of a matrix under a particle that moves with it (measured on
-synthetic scans with strong ones: up to 0.5 eV RMS for single particles, README: what sigma(E50) does not contain).</figcaption></figure>
+synthetic scans with strong ones: up to 0.5 eV RMS for single particles, README: what sigma(E50) does not contain).
+{{ caps.uncertainty }}</figcaption></figure>
 {% if resolved %}<figure><img alt="resolved differences" src="{{ figs.resolution }}">
 <figcaption>Mean edge energy of each particle (trusted core pixels) with its standard error (thick: 1&sigma;, thin: 2&sigma;),
-and which particle-to-particle differences exceed 2&sigma; (dots).</figcaption></figure>{% endif %}
+and which particle-to-particle differences exceed 2&sigma; (dots). {{ caps.resolution }}</figcaption></figure>{% endif %}
 {% if figs.edge_widths %}<figure><img alt="edge widths" src="{{ figs.edge_widths }}">
 <figcaption>Sharpness of the particles' outlines across the scan: each particle's edge width (the sd of an erf fitted across
 its outline) less its median, median over the particles, smoothed across the energies; within about 0.2 px where the focus
@@ -742,7 +1015,7 @@ beside them in results.h5).</p>
 {% if clustered %}<h3>Phase mapping</h3>
 <p class="note">{{ cluster_note }}</p>
 <figure><img alt="cluster maps" src="{{ figs.clusters }}">
-<figcaption>Cluster of every clustered pixel (clusters ordered by edge position, lowest first).</figcaption></figure>
+<figcaption>Cluster of every clustered pixel (clusters ordered by edge position, lowest first). {{ caps.clusters }}</figcaption></figure>
 <figure><img alt="cluster spectra" src="{{ figs.cluster_spectra }}">
 <figcaption>Mean normalised spectrum of each cluster, and the PCA scree of the clustered spectra (explained variance per component).</figcaption></figure>
 {{ cluster_table }}{% endif %}
@@ -754,6 +1027,7 @@ over the particles' {{ fitted_on }}; the scale is the magnification relative to 
 with the energy), it moves every particle radially and is removed before non-rigid motion is measured. (g) Non-rigid motion
 of each particle (its displacement less the common one); (h) motion relative to the reference particle {{ ref_particle }}.
 Crosses: frames not vouched for (the particle's two position estimates disagree, or its position was not measured there).</figcaption></figure>
+{% if ratios_note %}<p class="note">{{ ratios_note }}</p>{% endif %}
 {{ ratios }}
 <h2>Particles</h2>
 <p>{{ vouch_text }}</p>
@@ -762,9 +1036,9 @@ Crosses: frames not vouched for (the particle's two position estimates disagree,
 <div class="particle"><h3>Particle {{ p.id }}</h3>
 <div class="row"><figure><img alt="particle {{ p.id }}" src="{{ p.fig }}">
 <figcaption>Top: aligned sub-stack at {{ p.energies }} eV. Bottom: last minus first frame before and after alignment
-(red = more absorbing), and the edge-energy map (scale as in the chemistry overview).</figcaption></figure>
+(red = more absorbing), and the edge-energy map (scale as in the chemistry overview). {{ p.fig_caption }}</figcaption></figure>
 <figure><img alt="particle {{ p.id }} spectrum" src="{{ p.spectrum }}">
-<figcaption>Mean spectrum with pre-/post-edge fits, and normalised.</figcaption></figure></div>
+<figcaption>Mean spectrum with pre-/post-edge fits, and normalised. {{ p.spectrum_caption }}</figcaption></figure></div>
 <p class="note">{{ p.info }}</p>
 {% if p.flags %}<p class="flag">{{ p.flags }}</p>{% endif %}
 </div>
@@ -910,6 +1184,59 @@ def _emit_files(figdir: Path, name: str, fig: Figure) -> str | None:
     return uri
 
 
+def _pixel_size(run: dict, result) -> float | None:
+    """The input's pixel size in um (``run.json``'s ``pixel_size_um``, else the result's), None where unknown."""
+    for v in (run.get("pixel_size_um"), getattr(result, "pixel_size_um", None)):
+        try:
+            px = float(v)
+        except (TypeError, ValueError):
+            continue
+        if np.isfinite(px) and px > 0:
+            return px
+    return None
+
+
+#: the report's names (with units) of the columns of ``peak_ratios`` (motion_summary.csv keeps its own)
+MOTION_TABLE_NAMES = {
+    "peak_nonrigid_vy": "peak |non-rigid vy| ({v})",
+    "peak_nonrigid_vx": "peak |non-rigid vx| ({v})",
+    "peak_rigid_vy": "peak |common vy| ({v})",
+    "peak_rigid_vx": "peak |common vx| ({v})",
+    "ratio_v": "ratio_v (y)",
+    "ratio_h": "ratio_h (x)",
+    "max_nonrigid_displacement": "max |non-rigid| (px), frames vouched for",
+}
+
+
+def _velocity_unit(result) -> str:
+    return str(getattr(result.motion, "attrs", {}).get("velocity_unit", "px/frame"))
+
+
+def _motion_table(result) -> pd.DataFrame:
+    """``peak_ratios`` with readable column names and their units (the report's table)."""
+    v = _velocity_unit(result)
+    t = result.peak_ratios
+    if t is None or not len(t):
+        return t
+    return t.rename(columns={k: name.format(v=v) for k, name in MOTION_TABLE_NAMES.items()})
+
+
+def _motion_table_note(result) -> str:
+    """The motion table's caption: what each column is (:func:`xanestrack.motion.peak_ratios`)."""
+    v = _velocity_unit(result)
+    return (
+        "Each particle's motion over its frames vouched for only: frames not vouched for (flagged: its two position "
+        "estimates disagree, or its position was filled in) do not count. Non-rigid: its displacement less the common "
+        "one (the similarity fitted over the particles, at the particle's place); common: the displacement the common "
+        f"motion gives it. Velocities are their derivatives across the frames ({v}); peak: the largest |value| over "
+        "those frames, vertical (vy) and horizontal (vx). ratio_v = peak |non-rigid vy| / peak |common vy|, ratio_h = "
+        "peak |non-rigid vx| / peak |common vx|: how fast the particle moves on its own against the field's motion "
+        "(about 0: it moves with the electrode). max |non-rigid|: the largest non-rigid displacement, sqrt(dy^2 + "
+        "dx^2), in px. In motion_summary.csv: peak_nonrigid_vy, peak_nonrigid_vx, peak_rigid_vy, peak_rigid_vx, "
+        "ratio_v, ratio_h, max_nonrigid_displacement."
+    )
+
+
 def write_report(folder, *, result=None) -> Path:
     """Write ``report.html`` and ``figures/`` into an output folder.
 
@@ -938,6 +1265,8 @@ def write_report(folder, *, result=None) -> Path:
     figdir = folder / "figures"
     figdir.mkdir(exist_ok=True)
     energies = result.energies_ev
+    pixel_size_um = _pixel_size(run, result)
+    captions = {}
     # each figure's files (PNG encoding, which releases the GIL, and its tables) are written by
     # two threads while the next figure is drawn (1024^2 stress-all, 36 particles, rebuilt from its
     # folder: 2.5-2.8 -> 1.7-1.9 s on this 2-core machine; report.html and figures/ identical)
@@ -945,12 +1274,13 @@ def write_report(folder, *, result=None) -> Path:
         pending = {}
 
         def emit(name: str, fig: Figure) -> None:
+            captions[name] = html.escape(fig.caption)
             pending[name] = pool.submit(_emit_files, figdir, name, fig)
 
-        emit("overview", overview_figure(result))
-        emit("chemistry", chemistry_figure(result))
-        emit("whiteline", whiteline_figure(result))
-        emit("uncertainty", uncertainty_figure(result))
+        emit("overview", overview_figure(result, pixel_size_um=pixel_size_um))
+        emit("chemistry", chemistry_figure(result, pixel_size_um=pixel_size_um))
+        emit("whiteline", whiteline_figure(result, pixel_size_um=pixel_size_um))
+        emit("uncertainty", uncertainty_figure(result, pixel_size_um=pixel_size_um))
         res_fig = resolution_figure(result)
         if res_fig.svg is not None:
             emit("resolution", res_fig)
@@ -959,7 +1289,7 @@ def write_report(folder, *, result=None) -> Path:
             emit("edge_widths", widths_fig)
         clustered = bool(result.chemistry and "cluster_mean_spectra" in result.chemistry)
         if clustered:
-            emit("clusters", cluster_map_figure(result))
+            emit("clusters", cluster_map_figure(result, pixel_size_um=pixel_size_um))
             emit("cluster_spectra", cluster_spectra_figure(result))
         emit("motion", motion_figure(result))
         limits = _e50_limits(result)
@@ -968,7 +1298,7 @@ def write_report(folder, *, result=None) -> Path:
         pblocks = []
         for p in result.particles:
             name = f"particle_{p.particle:03d}"
-            emit(name, particle_figure(result, p.particle, e50_limits=limits))
+            emit(name, particle_figure(result, p.particle, e50_limits=limits, pixel_size_um=pixel_size_um))
             emit(f"{name}_spectrum", spectrum_figure(result, p.particle))
             info, flags = _particle_text(p, summ.loc[p.particle], result.tracks)
             pblocks.append(
@@ -976,6 +1306,8 @@ def write_report(folder, *, result=None) -> Path:
                     id=p.particle,
                     fig=name,
                     spectrum=f"{name}_spectrum",
+                    fig_caption=captions[name],
+                    spectrum_caption=captions[f"{name}_spectrum"],
                     info=html.escape(info),
                     flags=html.escape(flags),
                     energies=", ".join(f"{energies[k]:.1f}" for k in sel),
@@ -1025,6 +1357,12 @@ def write_report(folder, *, result=None) -> Path:
         ],
         columns=["", "value"],
     )
+    run_table.loc[len(run_table)] = (
+        "pixel size",
+        f"{pixel_size_um:g} \u00b5m (from the input; scale bars on the images)"
+        if pixel_size_um is not None
+        else "pixel size unknown (the input gives none): no scale bar, lengths in px",
+    )
     if run.get("input_notes"):
         run_table.loc[len(run_table)] = ("input", "; ".join(run["input_notes"]))
     if result.notes:
@@ -1037,7 +1375,8 @@ def write_report(folder, *, result=None) -> Path:
     )
     if len(maxnr):
         summary += (
-            f" Particle {int(maxnr.idxmax())} moved most on its own ({maxnr.max():.2f} px beyond the rigid motion)."
+            f" Particle {int(maxnr.idxmax())} moved most on its own ({maxnr.max():.2f} px beyond the rigid motion, "
+            "over its frames vouched for)."
         )
     vt = vouching_table(result)
     vouch_text = (
@@ -1079,7 +1418,9 @@ def write_report(folder, *, result=None) -> Path:
             ehi=f"{limits[1]:.1f}",
             element=_k_edge_element(limits),
             rejected=_table_html(rej, "{:.1f}") if len(rej) else "",
-            ratios=_table_html(result.peak_ratios),
+            ratios=_table_html(_motion_table(result)),
+            ratios_note=html.escape(_motion_table_note(result)) if len(result.peak_ratios) else "",
+            caps=captions,
             particles=pblocks,
             vouch_text=html.escape(vouch_text),
             vouch_table=_table_html(vt, "{:.2f}") if len(vt) else "",
