@@ -245,3 +245,35 @@ def test_an_object_far_below_the_smallest_radius_is_still_listed_as_too_small():
     got = regions_table(fg, fg.astype(float), frame_index=0, binning=2, options=DetectOptions(min_radius=7.0))
     assert len(got) == 1 and got["reason"].iloc[0] == "too_small"
     assert abs(got["y"].iloc[0] - 63.0) < 1.5 and abs(got["x"].iloc[0] - 63.0) < 1.5
+
+
+def test_touching_particles_joined_by_a_closing_are_split_where_a_finer_map_holds_them_apart():
+    # the learned detector closes its map (notches of particles with inner contrast), which also filled the
+    # neck between touching particles: pairs reported as one isolated particle each, their chemistry mixed
+    from scipy import ndimage
+
+    from xanestrack.detect import DetectOptions, regions_table, split_by
+
+    yy, xx = np.mgrid[0:80, 0:120]
+    a = np.hypot(yy - 40, xx - 40) < 9
+    b = np.hypot(yy - 40, xx - 66.5) < 16
+    finer = a | b  # a small and a large particle 1.5 px apart at their closest
+    closed = finer | ((np.abs(yy - 40) < 6) & (xx > 40) & (xx < 66))  # the neck filled
+    assert ndimage.label(closed)[1] == 1 and ndimage.label(finer)[1] == 2
+    pieces = split_by(closed, finer, min_area=100, max_area=5000)
+    assert len(pieces) == 2
+    assert sum(int(p.sum()) for p in pieces) == int(closed.sum())  # the pieces cover the component
+    for p, disc in zip(sorted(pieces, key=lambda p: np.argwhere(p)[:, 1].mean()), (a, b)):
+        assert (p & disc).sum() / disc.sum() > 0.97
+    opts = DetectOptions(min_radius=5, max_radius=40)
+    corr = closed.astype(float)
+    t = regions_table(closed, corr, frame_index=0, binning=1, options=opts)
+    assert len(t) == 1 and t.isolated.all()  # without the finer map: one isolated particle
+    t = regions_table(closed, corr, frame_index=0, binning=1, options=opts, split=finer)
+    assert len(t) == 2 and t.touching.all()
+    assert np.allclose(np.sort(t.x.to_numpy()), [40, 66.5], atol=1.5)
+    # a notched particle (the closing's reason) whose finer map holds one part of a particle's size: kept whole
+    notched = np.hypot(yy - 40, xx - 60) < 20
+    finer_n = notched & ~((np.abs(yy - 40) < 2) & (xx > 60))  # a slit into it
+    t = regions_table(notched, notched.astype(float), frame_index=0, binning=1, options=opts, split=finer_n)
+    assert len(t) == 1 and t.isolated.all() and not t.touching.any()
