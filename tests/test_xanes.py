@@ -375,3 +375,16 @@ def test_a_pre_edge_line_through_energies_close_together_is_not_carried_to_a_far
     mu2 = 0.3 + 0.7 / (1 + np.exp(-(e2 - 8346.5) / 2.0))
     nm = xanes.normalize(e2, mu2, e0_ev=8346.5)
     assert abs(float(nm.edge_step) - 0.7) < 0.02
+
+
+def test_frames_left_out_are_named_as_the_runs_they_form():
+    # "64 of the scan's 143 frames (8200.0-8680.0 eV) were left out": 34 pre-edge frames and 30 scattered ones,
+    # read as the whole scan
+    e = np.linspace(8200.0, 8680.0, 143)
+    out = np.zeros(143, bool)
+    out[:34] = True
+    out[[60, 61, 62, 90, 100, 120, 121]] = True
+    text = xanes._frame_runs(e, out)
+    assert text.startswith("8200.0-8311.5 eV (34 frames), 8402.8-8409.6 eV (3 frames), 8504.2 eV")
+    assert text.endswith("and 2 more runs of frames")
+    assert xanes._frame_runs(e, np.arange(143) < 34) == "8200.0-8311.5 eV"

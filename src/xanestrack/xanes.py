@@ -188,6 +188,25 @@ def auto_post_order(energies_ev, e0_ev, post_range=(100.0, None), post_order="au
     return max(0, min(order, n - 1))
 
 
+def _frame_runs(energies, which, most: int = 3) -> str:
+    """The energies of the frames ``which`` as runs of consecutive frames: ``"8200.0-8329.0 eV, 8400.5 eV"``
+    (the first ``most`` runs, then how many more). A note said "8200.0-8680.0 eV" of 34 pre-edge frames and 30
+    scattered over the scan: it read as the whole scan left out."""
+    k = np.flatnonzero(which)
+    if not k.size:
+        return ""
+    starts = np.r_[0, np.flatnonzero(np.diff(k) > 1) + 1]
+    ends = np.r_[starts[1:] - 1, k.size - 1]
+    runs = [
+        f"{energies[k[a]]:.1f} eV" if a == b else f"{energies[k[a]]:.1f}-{energies[k[b]]:.1f} eV ({b - a + 1} frames)"
+        for a, b in zip(starts, ends)
+    ]
+    if len(runs) == 1 and starts[0] != ends[0]:
+        return f"{energies[k[0]]:.1f}-{energies[k[-1]]:.1f} eV"
+    more = len(runs) - most
+    return ", ".join(runs[:most]) + (f" and {more} more run{'s' if more > 1 else ''} of frames" if more > 0 else "")
+
+
 class _ShortPreEdge(ValueError):
     """:func:`normalize`'s pre-edge energies span too little of their distance below E0."""
 
@@ -827,7 +846,7 @@ def analyse_particle(
     n_out = int(n - usable.sum())
     e_all = np.asarray(energies_ev, float)
     why = (
-        f"; {n_out} of the scan's {n} frames ({np.min(e_all[~usable]):.1f}-{np.max(e_all[~usable]):.1f} eV) "
+        f"; {n_out} of the scan's {n} frames ({_frame_runs(e_all, ~usable)}) "
         f"were left out of this particle's analysis: {left_out}"
         if n_out
         else ""
