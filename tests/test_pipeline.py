@@ -832,3 +832,43 @@ def test_a_lone_frame_far_from_the_rest_of_the_scan_is_named(small_synth):
     (note,) = [n for n in r.notes if "a mistyped energy?" in n]
     assert "frame 0 (7200.0 eV)" in note and "--scale-model frame" in note
     assert any(w in note for w in CONSOLE_NOTE_WORDS)  # printed
+
+
+def test_a_faint_track_without_an_absorption_edge_is_left_out():
+    # a scene without pre-edge contrast on a textured matrix: 17 blobs of matrix texture, each detected in 2-3
+    # of 9 frames examined, kept as faint particles (some vouched for in 45 of 60 frames); their spectra have no
+    # edge (-0.04 to +0.01 OD, 0-1 standard errors), the particles' 10-29 standard errors
+    from types import SimpleNamespace
+
+    from xanestrack.pipeline import PipelineOptions, _edge_step_z, _edgeless_faint_tracks, _edgeless_note
+
+    rng = np.random.default_rng(0)
+    e = np.linspace(8200, 8680, 60)
+    edge = 1 / (1 + np.exp(-(e - 8340) / 3))
+    n = len(e)
+
+    def track(step, seen, measured=True):
+        spec = 0.5 + step * edge + rng.normal(0, 0.03, n)
+        aligned = np.repeat(spec[:, None, None], 9, axis=1).repeat(9, axis=2).astype(np.float32)
+        mask = np.zeros((9, 9), bool)
+        mask[2:7, 2:7] = True
+        pos = np.full((n, 2), 50.0) if measured else np.full((n, 2), np.nan)
+        loc = SimpleNamespace(
+            examined=np.arange(n) % 7 == 0, detected=np.arange(n) < (seen * n), centres=np.full((n, 2), 50.0)
+        )
+        res = SimpleNamespace(e0_ev=8340.0, aligned=aligned, mask=mask, radius=5.0, positions=pos)
+        return loc, res
+
+    made = [track(0.6, 1.0), track(0.5, 1.0), track(0.0, 0.2), track(0.3, 0.2), track(0.0, 1.0), track(0.4, 0.2, False)]
+    located, results = [m[0] for m in made], [m[1] for m in made]
+    assert (
+        _edge_step_z(results[2].aligned[:, 4, 4], e, 8340.0) < 3 < _edge_step_z(results[3].aligned[:, 4, 4], e, 8340.0)
+    )
+    # the faint edgeless one and the faint one measured nowhere go; a faint particle with its edge stays, and a
+    # track detected in every frame examined stays whatever its spectrum (an inactive particle is a particle)
+    out = _edgeless_faint_tracks(located, results, e, PipelineOptions())
+    assert out == [2, 5]
+    note = _edgeless_note([located[j] for j in out], [results[j] for j in out])
+    assert note.startswith("2 faint tracks left out") and "measured in none (1)" in note
+    # every track edgeless: a scan across another edge than the particles': nothing left out
+    assert _edgeless_faint_tracks(located[2:3] + located[4:5], results[2:3] + results[4:5], e, PipelineOptions()) == []
