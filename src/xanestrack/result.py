@@ -183,6 +183,16 @@ def core_pixels(p: ParticleResult, core_px: int = 2) -> np.ndarray:
     return core
 
 
+def gap_share(p) -> float:
+    """The share of a particle's mask pixels whose E50 falls in a gap of frames left out (pixel flag ``gap``)."""
+    from .xanes import FLAG_GAP
+
+    flags = getattr(p, "pixel_flags", None)
+    if flags is None or p.mask is None or not p.mask.any():
+        return 0.0
+    return float(np.count_nonzero((np.asarray(flags)[p.mask] & FLAG_GAP) > 0) / np.count_nonzero(p.mask))
+
+
 def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFrame:
     """One row per particle: where, how large, how well measured, its chemistry and motion.
 
@@ -221,6 +231,8 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
     options = getattr(result, "options", None)
     smoothing_px = float(getattr(options, "xanes_smoothing", 1.0))
     clusters = int(getattr(options, "clusters", 0) or 0)
+    from .xanes import MAX_GAP_SHARE as max_gap
+
     unmeasured = FRAME_FLAGS["interpolated"] | FRAME_FLAGS["position_outlier"]
     rows = []
     for p in result.particles:
@@ -229,6 +241,10 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
         e50 = p.edge_maps["e50"][core]
         fin_e50 = np.isfinite(e50)
         e50 = e50[fin_e50]
+        if gap_share(p) > max_gap:
+            # the pixels measured are those whose E50 lies outside the gap: their mean is biased (xanes.MAX_GAP_SHARE)
+            e50 = e50[:0]
+            fin_e50 = np.zeros_like(fin_e50)
         ox = np.nan
         if p.fractions is not None and len(p.reference_names) and core.any():
             v = p.fractions[-1][core]
