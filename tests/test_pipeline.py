@@ -909,7 +909,6 @@ def test_outlines_that_change_only_across_the_edge_are_chemistry_not_focus():
     from scipy.special import erf
 
     from xanestrack.pipeline import RESOLUTION_CHANGE_PX, _resolution_change
-
     from xanestrack.synth import ni_energy_grid
 
     e = ni_energy_grid(143)  # fine steps across the edge: a quarter of the frames lies there
