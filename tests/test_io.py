@@ -386,3 +386,43 @@ def test_the_pixel_size_an_imagej_or_ome_tiff_states_is_read(tmp_path):
     assert tiff_pixel_size(tmp_path / "px.tif") is None  # no length unit
     st = read_stack(tmp_path / "ij.tif", energies=[8300.0, 8330.0, 8340.0, 8400.0], values="od", zingers=False)
     assert st.pixel_size_um == pytest.approx(0.05) and any("pixel size 0.05 um" in n for n in st.metadata["notes"])
+
+
+def _patterned_scan(rng, n=6, size=128):
+    """Counts of a few discs moving across the frames under a flat with a pattern (mottle and dust), and the flat."""
+    from scipy import ndimage
+
+    yy, xx = np.mgrid[0:size, 0:size]
+    flat = 5000 * (1 + 0.03 * ndimage.gaussian_filter(rng.normal(0, 1, (size, size)), 2) / 0.14)
+    for _ in range(30):  # dust
+        cy, cx = rng.uniform(0, size, 2)
+        flat *= 1 - 0.2 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 4)
+    frames = []
+    for k in range(n):
+        od = sum(0.8 * (np.hypot(yy - cy - 2 * k, xx - cx + k) < 12) for cy, cx in ((40, 40), (80, 90)))
+        frames.append(rng.poisson(flat * np.exp(-od)).astype(np.float32))
+    return np.stack(frames), flat.astype(np.float32)
+
+
+def test_flats_turned_against_the_images_are_refused_and_shifted_ones_noted():
+    # the real SSRL frames saved flipped against their flats: the OD was the flats' pattern, its blobs taken for
+    # particles standing still (the sample moved 22 px), vouched for, nothing said
+    from xanestrack.errors import XanestrackError
+
+    rng = np.random.default_rng(0)
+    counts, flat = _patterned_scan(rng)
+    notes = []
+    optical_density(counts, flats=flat, notes=notes)
+    assert not [n for n in notes if "flats' pattern" in n]
+    with pytest.raises(XanestrackError, match="only flipped up-down"):
+        optical_density(counts[:, ::-1], flats=flat)
+    with pytest.raises(XanestrackError, match="only turned by 90 degrees"):
+        optical_density(np.rot90(counts, 1, axes=(1, 2)), flats=flat)
+    # flats taken after the beam moved by (3, 2) px: the OD carries both patterns
+    notes = []
+    optical_density(counts, flats=np.roll(flat, (3, 2), axis=(0, 1)), notes=notes)
+    (note,) = [n for n in notes if "flats' pattern" in n]
+    assert "lies (+3, +2) px" in note and "shift them by (-3, -2) px" in note
+    # flats without a pattern (a synthetic scan's) are not judged
+    plain = np.full_like(flat, 5000.0)
+    optical_density(rng.poisson(np.broadcast_to(plain, counts.shape)).astype(np.float32)[:, ::-1], flats=plain)
