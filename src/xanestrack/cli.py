@@ -234,6 +234,27 @@ class _ModelWarmup:
         return self._seg
 
 
+def _check_pixel_size(pixel_size: float) -> None:
+    import math
+
+    from .errors import XanestrackError
+
+    if not (math.isfinite(pixel_size) and 0 < pixel_size <= 100):
+        raise XanestrackError(f"--pixel-size {pixel_size:g}: give the pixel size in um, a number above 0 (at most 100)")
+
+
+def _with_pixel_size(stack, pixel_size: float):
+    """``stack`` with the pixel size ``--pixel-size`` gives (um), a note where it replaces the files' own."""
+    import dataclasses
+
+    _check_pixel_size(pixel_size)
+    own = stack.pixel_size_um
+    notes = list(stack.metadata.get("notes", []))
+    if own and abs(own - pixel_size) > 1e-6 * own:
+        notes.append(f"pixel size {pixel_size:g} um (--pixel-size) used, not the files' {own:g} um")
+    return dataclasses.replace(stack, pixel_size_um=float(pixel_size), metadata={**stack.metadata, "notes": notes})
+
+
 def _check_device(device: str) -> None:
     """Refuse ``--device`` at once where it names a GPU that is not there (the learned models and the
     per-particle array work would run there; torch is imported only then: the CPU default costs nothing here)."""
@@ -617,6 +638,10 @@ def run(
     max_radius: Optional[float] = typer.Option(
         None, help="Largest particle radius to track (px). Default 60 px, or 8 um when the files give the pixel size."
     ),
+    pixel_size: Optional[float] = typer.Option(
+        None,
+        help="Pixel size (um) where the files do not give it (a TIFF or HDF5 export), or to replace theirs: sets the default particle radii (0.4-8 um) and the report's scale bars.",
+    ),
     reference_particle: Optional[int] = typer.Option(None, help="Particle the relative motion is measured against."),
     overwrite: bool = typer.Option(
         False, help="Replace an existing output folder (only once the new results are complete)."
@@ -748,6 +773,8 @@ def run(
 
         if detect_every < 1:
             raise XanestrackError(f"--detect-every {detect_every}: give 1 (every frame) or more")
+        if pixel_size is not None:
+            _check_pixel_size(pixel_size)  # before reading
         chem = _chemistry_options(
             clusters,
             cluster_method,
@@ -780,6 +807,8 @@ def run(
         c.print(
             f"read      {stack.od.shape[0]} frames of {stack.od.shape[1]} x {stack.od.shape[2]}, {stack.energies_ev[0]:.1f}-{stack.energies_ev[-1]:.1f} eV ({read_s:.2f} s)"
         )
+        if pixel_size is not None:
+            stack = _with_pixel_size(stack, pixel_size)
         for note in stack.metadata.get("notes", []):
             c.print(f"note      {for_cli(note)}", highlight=False, markup=False, soft_wrap=True)
         px = stack.pixel_size_um
