@@ -152,3 +152,35 @@ def test_every_config_field_is_documented():
     from conftest import undocumented_fields
 
     assert undocumented_fields(DetectorConfig) == []
+
+
+def test_a_particle_far_thicker_than_the_rest_does_not_hide_them():
+    # every frame is scaled by its brightest objects: one particle with an edge step of 3 beside eight of 0.5
+    # scaled them down to the background, and only the thick one was found (either detector), nothing said
+    from scipy import ndimage
+
+    from xanestrack import detect as DD
+    from xanestrack.detect import DetectOptions, detect_stack
+
+    det = _shipped()
+    rng = np.random.default_rng(4)
+    yy, xx = np.mgrid[0:256, 0:256]
+    centres = [(50 + 78 * i, 50 + 78 * j) for i in range(3) for j in range(3)]
+    od = np.zeros((256, 256))
+    for n, (cy, cx) in enumerate(centres):
+        od += (3.0 if n == 4 else 0.5) * np.clip(1 - np.hypot(yy - cy, xx - cx) / 22, 0, None) ** 0.5
+    od = ndimage.gaussian_filter(od, 1.0) + 0.05
+    frames = np.stack([od + rng.normal(0, 0.01, od.shape) for _ in range(2)]).astype(np.float32)
+
+    def found(t):
+        iso = t[t.isolated & (t.frame == 0)]
+        return sum(np.hypot(iso.y - cy, iso.x - cx).min() < 4 for cy, cx in centres) if len(iso) else 0
+
+    classical = lambda: detect_stack(frames, options=DetectOptions(binning=2))  # noqa: E731
+    assert found(det(frames)) == 9 and found(classical()) == 9
+    level = DD.SECOND_LOOK_LEVEL
+    try:  # without the second look (the test's own check that it can fail)
+        DD.SECOND_LOOK_LEVEL = np.inf
+        assert found(det(frames)) < 9 and found(classical()) < 9
+    finally:
+        DD.SECOND_LOOK_LEVEL = level
