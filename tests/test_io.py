@@ -369,6 +369,15 @@ def test_data_exchange_energies_in_the_measurement_group_are_read(tmp_path):
     d = read_hdf5(tmp_path / "dx.h5")
     assert np.allclose(d["energies_ev"], [8300.0, 8340.0, 8400.0]) and d["pixel_size_um"] is None
     assert any("x_pixel_size not read as the pixel size" in n for n in d["notes"])
+    # one energy there (the monochromator's at one moment): the refusal says what it found
+    from xanestrack.errors import XanestrackError
+
+    with h5py.File(tmp_path / "one.h5", "w") as f:
+        f["exchange/data"] = np.full((3, 16, 16), 500, np.uint16)
+        f["exchange/data_white"] = np.full((3, 16, 16), 1000, np.uint16)
+        f["measurement/instrument/monochromator/energy"] = 8.324
+    with pytest.raises(XanestrackError, match="monochromator/energy holds one energy, 8.324"):
+        read_stack(tmp_path / "one.h5")
 
 
 def test_the_pixel_size_an_imagej_or_ome_tiff_states_is_read(tmp_path):

@@ -77,11 +77,14 @@ def read_hdf5(path, *, scan: int | None = None, lazy: bool = False, need_energie
                 f"/{DXCHANGE['data']} (APS Data Exchange); found {sorted(f.keys())[:20]}"
             )
         dsets = {name: _dataset(f, keys[name], path) for name in ("data", "flat", "dark", "energy")}
+        one_energy = None
         if layout == "dxchange" and dsets["energy"] is None:
             # where Data Exchange's measurement group keeps the monochromator's energies (refused before)
             mono = _dataset(f, DX_MONO_ENERGY, path, must_exist=False)
             if mono is not None and mono.size > 1:
                 dsets["energy"], keys = mono, dict(keys, energy=DX_MONO_ENERGY)
+            elif mono is not None and mono.size == 1 and mono.dtype.kind in "iuf":
+                one_energy = float(np.asarray(mono[()]).ravel()[0])  # said in the refusal below
         data = dsets["data"]
         if data.ndim == 4 and scan is None:
             raise XanestrackError(
@@ -131,9 +134,15 @@ def read_hdf5(path, *, scan: int | None = None, lazy: bool = False, need_energie
             flats = _read(dsets["flat"], path, keys["flat"])
         darks = _read(dsets["dark"], path, keys["dark"])
         if dsets["energy"] is None and need_energies:
+            found = (
+                f" (/{DX_MONO_ENERGY} holds one energy, {one_energy:g}: the monochromator's at one moment, not the "
+                "scan's)"
+                if one_energy is not None
+                else ""
+            )
             raise XanestrackError(
-                f"{path}: no energy dataset /{keys['energy']}; cannot do XANES without energies: pass `energies` FILE "
-                "(one energy per frame)"
+                f"{path}: no energy dataset /{keys['energy']}{found}; cannot do XANES without energies: pass `energies` "
+                "FILE (one energy per frame)"
             )
         if dsets["energy"] is None:
             energy = None
