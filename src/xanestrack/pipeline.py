@@ -472,41 +472,48 @@ def _core_spectrum(r) -> np.ndarray:
 
 
 def _edgeless_faint_tracks(located, results, energies, options) -> list:
-    """Indices of the faint tracks whose mean spectrum shows no absorption edge (:data:`EDGELESS_Z`)."""
+    """Indices of the tracks measured in no frame (nothing of them to report: a one-frame Zeiss image of a test
+    chip listed 20 such as particles, every position NaN) and of the faint ones whose mean spectrum shows no
+    absorption edge (:data:`EDGELESS_Z`)."""
+    nowhere = [j for j, r in enumerate(results) if not np.isfinite(r.positions).any()]
     e0s = [r.e0_ev for r in results if np.isfinite(r.e0_ev)]
     if not e0s or len(located) < 2:
-        return []
+        return nowhere
     e0 = float(np.median(e0s))
     z = [
         _edge_step_z(_core_spectrum(r), energies, e0) if np.isfinite(r.positions).any() else float("nan")
         for r in results
     ]
     if not any(v >= EDGELESS_Z for v in z):  # no track shows the edge: the scan is not across the particles'
-        return []
-    out = []
+        return nowhere
+    out = list(nowhere)
     for j, loc in enumerate(located):
         n_examined, n_seen = int(loc.examined.sum()), int((loc.detected & loc.examined).sum())
-        if not (n_examined and n_seen < options.match.min_track_fraction * n_examined):
+        if j in nowhere or not (n_examined and n_seen < options.match.min_track_fraction * n_examined):
             continue
-        # measured in no frame (nothing of it to report), or without an edge
-        if not np.isfinite(results[j].positions).any() or z[j] < EDGELESS_Z:
+        if z[j] < EDGELESS_Z:  # faint, and without an edge
             out.append(j)
-    return out
+    return sorted(out)
 
 
 def _edgeless_note(gone, results) -> str:
-    where = _where(np.array([loc.centres[0] for loc in gone]))
-    nowhere = sum(not np.isfinite(r.positions).any() for r in results)
-    return (
-        f"{_count(len(gone), 'faint track')} left out at (y, x) {where} (frame 0): detected in few of the frames "
-        + (
-            f"examined and measured in none ({nowhere}) or showing no absorption edge in its mean spectrum (a step "
-            if nowhere
-            else "examined and showing no absorption edge in its mean spectrum (a step "
+    nowhere = [loc for loc, r in zip(gone, results) if not np.isfinite(r.positions).any()]
+    edgeless = [loc for loc, r in zip(gone, results) if np.isfinite(r.positions).any()]
+    said = []
+    if nowhere:
+        said.append(
+            f"{_count(len(nowhere), 'track')} left out at (y, x) {_where(np.array([loc.centres[0] for loc in nowhere]))} "
+            "(frame 0): measured in no frame (no outline of a particle in its window), nothing of it to report"
         )
-        + f"within {EDGELESS_Z:g} standard errors of nil, where the particles' stand out): texture of the matrix, not "
-        "a particle of the element scanned"
-    )
+    if edgeless:
+        said.append(
+            f"{_count(len(edgeless), 'faint track')} left out at (y, x) "
+            f"{_where(np.array([loc.centres[0] for loc in edgeless]))} (frame 0): detected in few of the frames "
+            f"examined and showing no absorption edge in its mean spectrum (a step within {EDGELESS_Z:g} standard "
+            "errors of nil, where the particles' stand out): texture of the matrix, not a particle of the element "
+            "scanned"
+        )
+    return "; ".join(said)
 
 
 def _distinct_particles(located, vouched=None) -> list:
