@@ -887,7 +887,7 @@ def test_a_mean_e50_from_the_pixels_outside_a_gap_of_frames_is_not_given(small_r
     base = particle_summary(small_result).set_index("particle").loc[p.particle]
     assert np.isfinite(base["mean_e50_ev"]) and np.isfinite(base["mean_e50_sigma_ev"])
     ys, xs = np.nonzero(p.mask)
-    for share, given in ((0.05, True), (0.3, False)):
+    for share, given in ((0.3, True), (0.7, False)):
         flags = np.asarray(p.pixel_flags).copy()
         k = int(share * ys.size)
         flags[ys[:k], xs[:k]] |= FLAG_GAP

@@ -80,12 +80,16 @@ def _check_flat_pattern(counts, flat, dark, source: str) -> str:
     22 px (the real SSRL frames flipped: the high-passed log images correlate with the flats 0.025, as given
     0.948). Flats shifted against the images by a few pixels (the beam, the scintillator moved) leave both
     patterns in the OD, fixed to the detector, taken for the matrix behind the particles: E50 13 sigma off.
-    Judged on the median of up to 5 frames (the sample moves, the pattern stays) against the first flat.
+    Judged on the median of up to 5 frames (the sample moves, the pattern stays) against the median of their
+    flats (of the first flat where there is one for all frames).
     """
     n = counts.shape[0]
     ks = np.unique(np.linspace(0, n - 1, min(5, n)).round().astype(int))
     img = np.median(np.stack([np.asarray(counts[k], np.float32) for k in ks]), axis=0) - dark
-    ref = np.asarray(flat[0], np.float32) - dark
+    # flats per frame: those of the same frames (a beam whose pattern moves with the energy, each frame's flat
+    # right for it, was said to be shifted when the frames were set against the first flat alone)
+    refs = [flat[k] for k in ks] if flat.shape[0] == n and n > 1 else [flat[0]]
+    ref = np.median(np.stack([np.asarray(r, np.float32) for r in refs]), axis=0) - dark
     a, b = _high_pass(img), _high_pass(ref)
     turns = {
         "flipped up-down": lambda x: x[::-1],
