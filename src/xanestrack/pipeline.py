@@ -449,7 +449,7 @@ def _edge_step_z(spectrum, energies, e0) -> float:
     a, b = s[(e < e0 - 20) & np.isfinite(s)], s[(e > e0 + 30) & np.isfinite(s)]
     if a.size < 3 or b.size < 3:
         return float("nan")
-    noise = float(np.median(np.abs(np.diff(a)))) / 0.6745 / np.sqrt(2)
+    noise = robust_sigma(np.diff(a), centre=0.0) / np.sqrt(2)
     if not noise > 0:
         return float("nan")
     return float((b.mean() - a.mean()) / (noise * np.sqrt(1 / a.size + 1 / b.size)))

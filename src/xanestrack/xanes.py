@@ -871,13 +871,14 @@ def analyse_particle(
         sub = _masked_smooth(sub, mask, smoothing)
         mu = sub[:, mask]  # (n_e, n_pix)
         try:
-            found = find_e0(e, mu.mean(axis=1))
+            spectrum = mu.mean(axis=1)
+            found = find_e0(e, spectrum)
             try:
-                nm = normalize(e, mu.mean(axis=1), e0_ev=found)
+                nm = normalize(e, spectrum, e0_ev=found)
             except _ShortPreEdge:  # where the frames used start on the edge, that is said rather
                 _check_pre_edge_seen(aligned, mask, e_all, usable, found, subtract_background)
                 raise
-            _check_pre_edge_seen(aligned, mask, e_all, usable, nm.e0_ev, subtract_background)
+            _check_pre_edge_seen(aligned, mask, e_all, usable, found, subtract_background)
             e0 = nm.e0_ev
             n_post = int(np.count_nonzero((e >= nm.post_range_ev[0]) & (e <= nm.post_range_ev[1])))
             if n_post < MIN_POST_EDGE_ENERGIES:
