@@ -1501,6 +1501,13 @@ def report(folder: Path = typer.Argument(..., help="An output folder of 'xanestr
         add_to_marker(folder, ["report.html", *figures])  # what the report wrote is ours to replace later
         _console().print(f"wrote {folder}/report.html")
     except Exception as exc:
+        if "unable to lock file" in str(exc):  # HDF5's lock: the file is fine, a rerun is not what it needs
+            from .errors import XanestrackError
+
+            exc = XanestrackError(
+                f"{Path(folder) / 'results.h5'}: open in another program (HDF5 file lock held); close it there, "
+                "or set HDF5_USE_FILE_LOCKING=FALSE, and run report again"
+            )
         _fail(exc, folder)
 
 

@@ -223,6 +223,34 @@ def _protected(folder: Path) -> str | None:
     return None
 
 
+def _write_protected(folder: Path) -> bool:
+    """Whether the folder ``folder`` lacks its owner's write permission, the rule of :func:`_protected` for one
+    folder: the user protected it (``chmod a-w``), and as root, whom no permission stops, only the mode tells.
+    Not on Windows, where a folder's read-only attribute marks a customised folder (Documents) and protects nothing."""
+    import stat as st_
+
+    if os.name == "nt":
+        return False
+    try:
+        return not folder.stat().st_mode & st_.S_IWUSR
+    except OSError:
+        return False
+
+
+def _check_writable(folder: Path) -> None:
+    """Refuse to write in ``folder`` (an output's parent, or an empty output filled in place): not permitted, or
+    write-protected (:func:`_write_protected`; root was let write in a folder of mode 555)."""
+    if not folder.is_dir():
+        return
+    if not os.access(folder, os.W_OK | os.X_OK):
+        why = "permission denied"
+    elif _write_protected(folder):
+        why = "write-protected: its owner has no write permission"
+    else:
+        return
+    raise XanestrackError(f"cannot write in {folder} ({why}); choose another output folder (`out`)")
+
+
 def report_files(folder) -> list:
     """The files of ``folder`` that rebuilding its report writes over: report.html and the figures under our names."""
     folder = Path(folder)
@@ -318,26 +346,53 @@ def _check_parent(out: Path) -> None:
     p = Path(os.path.abspath(out)).parent
     if not p.exists():
         p = _first_missing(p).parent
-    if p.is_dir() and not os.access(p, os.W_OK | os.X_OK):
-        raise XanestrackError(f"cannot write in {p} (permission denied); choose another output folder (`out`)")
+    _check_writable(p)
+
+
+def _check_name_length(out) -> None:
+    """Refuse an output whose temporary folder beside it, ``.NAME.tmp-HOST-PID-XXXXXXXX`` (the longest name made
+    there: the lock and the replaced folder's names are shorter), or a folder to be made for it, would have a longer
+    name than the file system allows (checked before the scan is read: `run` read the stack, then failed)."""
+    out = Path(out).resolve()  # named as atomic_output_dir names it
+    base = out.parent
+    while not os.path.isdir(base) and base != base.parent:  # not Path.exists: it raises on a name too long
+        base = base.parent
+    try:
+        limit = os.pathconf(base, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):  # no pathconf (Windows), or a file system that does not say
+        limit = 255
+    names = [f".{out.name}.tmp-{_host()}-{os.getpid()}-{'0' * 8}"]
+    names += [p.name for p in (out, *out.parents) if base in p.parents]
+    for name in names:
+        n = len(os.fsencode(name))
+        if n > limit:  # the names shortened: the line would be cut before it says what to do
+            what = "its temporary folder's name" if name == names[0] else f"the name {name[:40]}..."
+            raise XanestrackError(
+                f"output {out.name[:40]}{'...' if len(out.name) > 40 else ''}: name too long ({what} would be {n} "
+                f"bytes, the file system allows {limit}); choose a shorter output folder name (`out`)"
+            )
 
 
 def check_output_dir(out_dir, *, overwrite: bool, inputs=(), kind: str | None = None) -> Path:
     """Refuse an output folder we may not write.
 
-    A new or empty folder is fine. An existing one needs ``overwrite``, and then must
+    A new or empty folder is fine where it and its parent may be written (as root too: not
+    write-protected) and the temporary folder's name beside it fits the file system's limit.
+    An existing one needs ``overwrite``, and then must
     be a previous xanestrack output (its ``.xanestrack-output`` marker, or a run folder
     from before markers) holding only files xanestrack wrote and none of ``inputs``,
     and must not be (or contain) the current folder. Anything else is refused: nothing
     we did not write is ever deleted.
     """
     out = Path(out_dir)
+    _check_name_length(out)  # first: Path.exists raises on a name longer than the file system allows
     if out.exists() and not out.is_dir():
         raise XanestrackError(f"output {out} exists and is not a folder; choose another output folder (`out`)")
+    _check_parent(out)  # the temporary folder and the lock are made there, whether or not ``out`` exists
     if not out.exists():
-        _check_parent(out)
         return out
     if not any(out.iterdir()):
+        _check_writable(out)  # filled in place
         return out
     if not overwrite:
         raise XanestrackError(
@@ -405,18 +460,62 @@ def check_output_dir(out_dir, *, overwrite: bool, inputs=(), kind: str | None = 
     return out
 
 
+def _restore_replaced(old: Path, pid: str, host: str) -> bool:
+    """Rename ``old`` (``.NAME.old-HOST-PID``, a previous output that process ``pid`` moved aside) back to NAME where
+    that process was killed between its two renames: NAME is missing and its finished temporary folder is beside
+    ``old`` (it moves NAME aside only once that is complete). Removing both deleted the user's previous results.
+    Without that folder, NAME was replaced and then removed by the user, and ``old`` goes as before.
+
+    Returns
+    -------
+    bool
+        True if ``old`` is NAME again, or is to be kept (NAME's lock is held: another run is restoring it now).
+    """
+    name = old.name[1 : -len(f".old-{host}-{pid}")]
+    target = old.with_name(name)
+    prefix = f".{name}.tmp-{host}-{pid}-"  # not a glob: a name may hold [ or *
+    finished = [
+        t
+        for t in old.parent.iterdir()
+        if t.name.startswith(prefix)
+        and re.fullmatch(r"[0-9a-f]{8}", t.name[len(prefix) :])
+        and _read_marker(t) is not None
+        and not (t / TMP_MARKER).exists()
+    ]
+    if not finished or os.path.lexists(target):
+        return False
+    try:
+        with output_lock(target):  # no run into NAME may start meanwhile
+            if os.path.lexists(target):
+                return False
+            os.rename(old, target)
+    except (XanestrackError, OSError):
+        return True
+    logger.warning(
+        "restored %s: the previous results, moved aside as %s by a xanestrack run (process %s) killed before its new "
+        "results were in place",
+        target,
+        old.name,
+        pid,
+    )
+    return True
+
+
 def _clean_stale(parent: Path) -> None:
     """Remove temporary / replaced folders and lock files that killed runs of ours left in ``parent``.
 
     Only entries named as we name them, holding our marker, written on this host by a
-    process that is no longer running.
+    process that is no longer running. A replaced folder whose run was killed before the
+    new one took its place is renamed back instead (:func:`_restore_replaced`), and the
+    new one removed: an interrupted run leaves the previous results as they were.
     """
     try:
         entries = list(parent.iterdir())
     except OSError:
         return
     host = _host()
-    for e in entries:
+    # replaced folders first: whether one is restored depends on its run's temporary folder, removed below
+    for e in sorted(entries, key=lambda e: not _STALE[1].match(e.name)):
         name = e.name
         if not name.startswith("."):
             continue
@@ -437,7 +536,7 @@ def _clean_stale(parent: Path) -> None:
                 continue
         else:
             info = _read_marker(e) or _legacy_marker(e)
-            if info is None or _foreign(e, info):
+            if info is None or _foreign(e, info) or _restore_replaced(e, m["pid"], host):
                 continue
         shutil.rmtree(e, ignore_errors=True)
         if e.exists():  # write-protected inside, say: left, and said so once per run
