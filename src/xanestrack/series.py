@@ -21,7 +21,15 @@ in its strict mode (see :func:`link_scans`): the stage offset between consecutiv
 and checked against an independent estimate, the phase correlation of the two scans'
 frame-0 images; each particle is then predicted from its own motion and assigned within a
 gate. Where the offset cannot be told (a single common particle and no image estimate,
-or the two disagree), the scan's particles get new ids rather than a guessed link.
+or the two disagree), the scan's particles get new ids rather than a guessed link. Scans
+whose files give another pixel size are linked in the series' common pixels
+(:func:`pixel_scales`).
+
+What the series as a whole should say (:func:`series_notes`, in ``series.json``, the report
+and on the console): scans given out of the order of the numbers in their names, a scan's
+data given twice, scans of another pixel size, scans on other energy grids (their energies
+compared), and a scan whose particles' edge energies all lie off their trends by one offset
+(:func:`energy_offset_scans`: its energy axis).
 """
 
 from __future__ import annotations
@@ -47,6 +55,10 @@ __all__ = [
     "link_scans",
     "scan_image_prior",
     "phase_offset",
+    "series_notes",
+    "energy_offset_scans",
+    "order_note",
+    "pixel_scales",
     "SUMMARY_COLUMNS",
 ]
 
@@ -320,6 +332,9 @@ def process_scan(
             name=source.name,
             input_sha256=checksum,
             n_frames=int(stack.n_frames),
+            # the grid itself, for the series' comparison of grids (:func:`series_notes`): the number of energies
+            # alone told nothing of a scan whose 40 energies all lay 2 eV above the others'
+            energies_ev=[float(e) for e in np.asarray(stack.energies_ev, float).ravel()],
             frame_shape=list(stack.od.shape[1:]),
             pixel_size_um=stack.pixel_size_um,
             radius_range_px=[sizes.min_radius, sizes.max_radius],
@@ -348,45 +363,354 @@ def _reference_image(od, result):
     return (bin_frames(img, b) if b > 1 else img).astype(np.float32), b
 
 
-#: eV. Between two scans, every common particle's mean E50 moving by at least this much, all within
-#: :data:`UNIFORM_SHIFT_SPREAD_EV` of one another, is said to look like an energy-axis offset: a scan whose axis was
-#: 0.5-2 eV off read as every particle oxidised alike (0.46 -> 0.85 at +1 eV), unsaid (the references' misfit
-#: note fires from about 2 eV)
-UNIFORM_SHIFT_EV, UNIFORM_SHIFT_SPREAD_EV = 0.25, 0.05
+#: eV. A scan whose particles' mean E50 all lie this far or further off their trend through the other scans, alike
+#: (:data:`OFFSET_FACTOR`), is said to look like an energy-axis offset: a scan whose axis was 0.5-2 eV off read as
+#: every particle oxidised alike (0.46 -> 0.85 at +1 eV), unsaid (the references' misfit note fires from about 2 eV).
+#: A floor, however alike: 4x the largest spread of the residuals in the probe's correct series (0.06 eV).
+UNIFORM_SHIFT_EV = 0.25
+#: How many times the spread a scan's common offset must stand out by: the spread of its own particles' residuals
+#: (one offset common to all of them) and the typical spread of the other scans' residuals (how well the trend
+#: predicts a scan at all). Measured on the probe's series (5 scans of 460 x 460, 5-9 particles per scan judged, whose
+#: chemistry moves with the state of charge, each particle at its own rate): residual spreads 0.02-0.06 eV in every
+#: scan of the correct series, largest |median| 0.02 eV; its middle scan 0.5 / 1 eV off stood out by +0.50 / +1.00 eV
+#: at spread 0.04 eV (12x / 24x the larger spread), the same on the series whose chemistry does not move. On 300
+#: simulated series (4-8 scans, 5-15 particles, a quarter of them missing from each scan, 0.03 eV noise) whose
+#: particles change along sigmoids of their own: none named; one scan moved by 0.5-1 eV named alone in 280 of 300
+#: (sigmoids 0.7-2.5 scans wide) and 78 of 300 (0.2-0.6 scans wide: the particles' own jumps hide it).
+OFFSET_FACTOR = 4.0
+#: Scans whose offset, taken away, takes away at least (1 - this) of the most residual any one takes away explain the
+#: series as well (:func:`energy_offset_scans`): in the probe's series of 5 scans the next best took away 28-30 % of
+#: what the scan off took away; in a series of 3 scans all tie
+OFFSET_TIE_FRACTION = 0.05
+#: particles of a scan that a trend through the other scans must predict for its offset to be judged
+MIN_OFFSET_PARTICLES = 3
+#: eV. A series of two scans has no trend to judge either against: there every common particle moving by
+#: :data:`UNIFORM_SHIFT_EV` or more between them, all within twice this of one another, is said instead
+UNIFORM_SHIFT_SPREAD_EV = 0.05
+#: Two scans' energies within this fraction of the grid's finest step (its 10th-percentile step: the edge region) of
+#: one another, energy by energy, are one grid. Chosen so that a monochromator's readback differing by a few
+#: hundredths of an eV between scans of one nominal grid is one grid, while a grid moved by 0.5 eV on the probe's
+#: 1.82-eV edge step (tolerance 0.46 eV) is named; the number of energies alone missed a grid moved by 2 eV.
+GRID_TOLERANCE_STEP = 0.25
+
+
+def _trend_residuals(e50: np.ndarray) -> np.ndarray:
+    """Each value of ``e50`` (particles x scans in scan order, NaN where a particle is not seen) less its
+    particle's trend through the other scans at that scan.
+
+    The trend is the line through the particle's nearest values before and after the scan (interpolated); where it
+    is seen on one side only (the first and last scans), the line through its two nearest values on that side
+    (extrapolated). NaN where a particle has fewer values than that.
+    """
+    v = np.asarray(e50, float)
+    n_p, n_s = v.shape
+    seen = np.isfinite(v)
+    col = np.broadcast_to(np.arange(n_s), v.shape)
+    last = np.maximum.accumulate(np.where(seen, col, -1), axis=1)  # last seen at or before each scan
+    first = np.minimum.accumulate(np.where(seen, col, n_s)[:, ::-1], axis=1)[:, ::-1]  # first at or after
+    before = np.concatenate([np.full((n_p, 1), -1), last[:, :-1]], axis=1)
+    after = np.concatenate([first[:, 1:], np.full((n_p, 1), n_s)], axis=1)
+
+    def at(a, i):
+        return np.take_along_axis(a, np.clip(i, 0, n_s - 1), axis=1)
+
+    before2 = np.where(before >= 0, at(before, before), -1)
+    after2 = np.where(after < n_s, at(after, after), n_s)
+    vz = np.nan_to_num(v)
+
+    def line(a, b):  # at each scan, the line through the particle's values at scans a and b
+        va, vb = at(vz, a), at(vz, b)
+        return va + (vb - va) * (col - a) / np.where(b != a, b - a, 1)
+
+    trend = np.where(
+        (before >= 0) & (after < n_s),
+        line(before, after),
+        np.where(before2 >= 0, line(before2, before), np.where(after2 < n_s, line(after, after2), np.nan)),
+    )
+    return np.where(seen, v - trend, np.nan)
+
+
+def energy_offset_scans(table: pd.DataFrame) -> list[dict]:
+    """Scans that stand apart from the others by one energy offset common to all their particles.
+
+    Each particle's mean edge energy (``mean_e50``) is taken to follow a trend of its own, locally linear in the
+    scan order (:func:`_trend_residuals`), plus an offset common to every particle of a scan whose energy axis is
+    off. The offset of a scan is the median of its particles' residuals from their trends through the other scans;
+    chemistry that moves the particles differently scatters them, an axis moves them alike. A scan off by ``o``
+    pulls the trends through it, and so its neighbours' residuals (by ``-o/2``) as well: of the scans, the one whose
+    offset, taken away, leaves the least residual (sum of absolute values) in the whole series is the one judged, and
+    named where its offset is at least :data:`UNIFORM_SHIFT_EV` and :data:`OFFSET_FACTOR` times both the spread
+    (standard deviation) of its particles' residuals and the median spread of the other scans' (the offset taken
+    away). Then the next, with that offset taken away, until one is not named. The first and last scans are judged
+    on the trend of the two scans after (before) them, extrapolated. A series of two scans cannot be judged so
+    (see :func:`series_notes`).
+
+    Returns
+    -------
+    list of dict
+        In scan order: ``scan``, ``offset_ev``, ``spread_ev`` (its particles'), ``others_spread_ev`` (the median of
+        the other scans'), ``n`` (its particles judged), ``end`` ("first", "last" or None), ``or_else`` (``(scan,
+        offset)`` of the scans whose offset explains the series as well, :data:`OFFSET_TIE_FRACTION`: the scan
+        judged from both sides is named first, then the smaller offset).
+    """
+    if not len(table) or not {"scan", "particle", "mean_e50"} <= set(table.columns):
+        return []
+    scans = sorted(table["scan"].unique())
+    if len(scans) < 3:
+        return []
+    v = (
+        table.pivot_table(index="particle", columns="scan", values="mean_e50", dropna=False)
+        .reindex(columns=scans)
+        .to_numpy(float)
+    )
+
+    def spread(r, k):
+        x = r[:, k][np.isfinite(r[:, k])]
+        return float(np.std(x, ddof=1)) if x.size >= MIN_OFFSET_PARTICLES else None
+
+    found, done = [], set()
+    for _ in range(len(scans)):
+        r = _trend_residuals(v)
+        misfit = np.nansum(np.abs(r))
+        tried = []  # (gain, scan position, offset, particles, the series with that offset taken away)
+        for k in range(len(scans)):
+            x = r[:, k][np.isfinite(r[:, k])]
+            if k in done or x.size < MIN_OFFSET_PARTICLES:
+                continue
+            w = v.copy()
+            w[:, k] -= np.median(x)
+            tried.append((misfit - np.nansum(np.abs(_trend_residuals(w))), k, float(np.median(x)), int(x.size), w))
+        if not tried:
+            break
+        # scans that explain it as well: in three scans each particle's trend is a line through the other two, and
+        # any one of them taken away leaves none (s1 off by +0.5 eV is s0 or s2 off by -1 eV); the scan judged from
+        # both sides is taken, the smaller offset first, and the others are said
+        top = max(t[0] for t in tried)
+        if top <= 0:  # no offset of one scan brings the series nearer its trends
+            break
+        ties = [t for t in tried if t[0] >= (1 - OFFSET_TIE_FRACTION) * top]
+        _, k, offset, n, w = min(ties, key=lambda t: (t[1] in (0, len(scans) - 1), abs(t[2])))
+        rw = _trend_residuals(w)
+        own = spread(rw, k)
+        others = [s for i in range(len(scans)) if i != k and (s := spread(rw, i)) is not None]
+        ref = float(np.median(others)) if others else 0.0
+        if abs(offset) < UNIFORM_SHIFT_EV or abs(offset) < OFFSET_FACTOR * max(own, ref):
+            break
+        end = "first" if k == 0 else "last" if k == len(scans) - 1 else None
+        found.append(
+            dict(
+                scan=scans[k],
+                offset_ev=offset,
+                spread_ev=own,
+                others_spread_ev=ref,
+                n=n,
+                end=end,
+                or_else=[(scans[t[1]], t[2]) for t in ties if t[1] != k],
+            )
+        )
+        v, done = w, done | {k}
+    return sorted(found, key=lambda f: scans.index(f["scan"]))
+
+
+def _fine_step(e) -> float:
+    d = np.diff(e)
+    d = d[d > 0]
+    return float(np.percentile(d, 10)) if d.size else 0.0
+
+
+def _same_grid(a, b) -> bool:
+    tol = GRID_TOLERANCE_STEP * min(_fine_step(a), _fine_step(b))
+    return len(a) == len(b) and float(np.max(np.abs(a - b))) <= tol
+
+
+def _grid_note(grids: dict, name) -> str | None:
+    """The note on scans whose energies differ from the grid of most scans (:data:`GRID_TOLERANCE_STEP`), or None.
+
+    ``grids``: scan -> its energies (eV), in scan order. Scans of fewer than two energies (no XANES) are left out.
+    """
+    grids = {s: np.sort(np.asarray(e, float).ravel()) for s, e in grids.items() if np.size(e) >= 2}
+    groups: list[list] = []  # the scans of each grid, the first one's energies standing for it
+    for s, e in grids.items():
+        for g in groups:
+            if _same_grid(grids[g[0]], e):
+                g.append(s)
+                break
+        else:
+            groups.append([s])
+    if len(groups) < 2:
+        return None
+    ref = max(groups, key=len)  # the grid of most scans (the earliest such on a tie)
+    r = grids[ref[0]]
+
+    def grid(e):
+        return f"{len(e)} energies {e[0]:.1f}-{e[-1]:.1f} eV, finest step {_fine_step(e):.2f} eV"
+
+    parts, moved = [], False
+    for s, e in grids.items():
+        if s in ref:
+            continue
+        d = e - r if len(e) == len(r) else None
+        if d is not None and np.ptp(d) <= GRID_TOLERANCE_STEP * _fine_step(r):
+            parts.append(f"{name(s)} on that grid moved by {np.median(d):+.2f} eV")
+            moved = True
+        else:
+            parts.append(f"{name(s)} {grid(e)}")
+    others = ", ".join(name(s) for s in ref[:6]) + (", ..." if len(ref) > 6 else "")
+    return (
+        f"the scans are on different energy grids: {others} on {grid(r)}; {'; '.join(parts)}: their edge "
+        "energies carry each grid's interpolation and normalisation bias (every 2nd energy of the same scan: "
+        "0.1-0.2 eV), so a trend across grids is not all chemistry"
+        + (
+            "; a grid moved as a whole is also what a monochromator calibrated otherwise records: check that those "
+            "scans' edge energies match the others' (xanestrack run them with --energy-reference or --known-edge)"
+            if moved
+            else ""
+        )
+    )
 
 
 def series_notes(table: pd.DataFrame) -> list[str]:
-    """What the series as a whole should say: scans on different energy grids, and scans whose particles' mean
-    E50 all moved alike from the scan before (:data:`UNIFORM_SHIFT_EV`)."""
-    out = []
+    """What the series as a whole should say.
+
+    The notes on its inputs that :func:`xanestrack.parallel.run_series` left in ``table.attrs["input_notes"]``
+    (scans given out of the order of the numbers in their names, one scan's data given twice, scans of another
+    pixel size); scans on different energy grids: their energies compared (``table.attrs["energy_grids"]``,
+    scan name -> energies in scan order, :data:`GRID_TOLERANCE_STEP`), or where those are not known (a table read
+    back from ``series.csv``) the number of energies; and scans whose particles' mean E50 all lie off their trend alike
+    (:func:`energy_offset_scans`; in a series of two scans, all moved alike between them).
+    """
+    out = [str(n) for n in table.attrs.get("input_notes", [])]
     if not len(table) or not {"scan", "n_frames", "mean_e50", "particle"} <= set(table.columns):
         return out
     names = dict(zip(table["scan"], table["scan_name"])) if "scan_name" in table else {}
     name = lambda s: str(names.get(s, s))  # noqa: E731
-    grids = table.groupby("scan")["n_frames"].max()
-    if grids.nunique() > 1:
-        parts = [
-            f"{int(n)} ({', '.join(name(s) for s in grids.index[grids == n][:6])})" for n in sorted(grids.unique())
-        ]
-        out.append(
-            "the scans are on different energy grids (energies: " + "; ".join(parts) + "): their edge energies carry "
-            "each grid's interpolation and normalisation bias (every 2nd energy of the same scan: 0.1-0.2 eV), so a "
-            "trend across grids is not all chemistry"
-        )
+    if "energy_grids" in table.attrs:
+        note = _grid_note(table.attrs["energy_grids"], str)
+        if note:
+            out.append(note)
+    else:
+        grids = table.groupby("scan")["n_frames"].max()
+        if grids.nunique() > 1:
+            parts = [
+                f"{int(n)} ({', '.join(name(s) for s in grids.index[grids == n][:6])})" for n in sorted(grids.unique())
+            ]
+            out.append(
+                "the scans are on different energy grids (energies: "
+                + "; ".join(parts)
+                + "): their edge energies carry each grid's interpolation and normalisation bias (every 2nd energy of "
+                "the same scan: 0.1-0.2 eV), so a trend across grids is not all chemistry"
+            )
     scans = sorted(table["scan"].unique())
-    e50 = table.pivot_table(index="particle", columns="scan", values="mean_e50")
-    for a, b in zip(scans, scans[1:]):
-        if a not in e50 or b not in e50:
-            continue
-        d = (e50[b] - e50[a]).dropna().to_numpy(float)
+    if len(scans) == 2:
+        e50 = table.pivot_table(index="particle", columns="scan", values="mean_e50")
+        a, b = scans
+        d = (e50[b] - e50[a]).dropna().to_numpy(float) if a in e50 and b in e50 else np.array([])
         if d.size >= 3 and abs(np.median(d)) >= UNIFORM_SHIFT_EV and np.ptp(d) <= 2 * UNIFORM_SHIFT_SPREAD_EV:
             out.append(
                 f"scan {name(b)}: the mean edge energy of all {d.size} particles it shares with scan {name(a)} moved by "
                 f"{np.median(d):+.2f} eV, within {np.ptp(d):.2f} eV of one another: a shift this uniform is what an "
-                "energy axis off by as much gives, not chemistry alike in every particle; check that scan's "
-                "calibration (xanestrack run it with --energy-reference or --known-edge)"
+                "energy axis off by as much in one of the two scans gives (two scans cannot tell which), not "
+                "chemistry alike in every particle; check their calibration (xanestrack run them with "
+                "--energy-reference or --known-edge)"
             )
+    for f in energy_offset_scans(table):
+        trend = {
+            "first": "the trend of the two scans after it (the first scan: extrapolated)",
+            "last": "the trend of the two scans before it (the last scan: extrapolated)",
+        }.get(f["end"], "their trend through the scans before and after it")
+        out.append(
+            f"scan {name(f['scan'])}: the mean edge energy of its {f['n']} particles lies {f['offset_ev']:+.2f} eV off "
+            f"{trend}, all alike (spread {f['spread_ev']:.2f} eV; {f['others_spread_ev']:.2f} eV in the other scans): "
+            "one offset common to every particle is what an energy axis off by as much gives (the monochromator's "
+            "calibration), not chemistry"
+            + (
+                " (or "
+                + ", or ".join(f"scan {name(s)} off by {o:+.2f} eV" for s, o in f["or_else"])
+                + ": too few scans to tell which)"
+                if f["or_else"]
+                else ""
+            )
+            + "; check that scan's calibration (xanestrack run it with --energy-reference or --known-edge)"
+        )
     return out
+
+
+def order_note(sources) -> str | None:
+    """A note where the scans were given out of the order of the numbers in their file names, or None.
+
+    Names are compared among those that differ only in their numbers (``scan_2``, ``scan_10``; ``pristine`` is
+    compared with none), as tuples of numbers (``cell1_scan2`` < ``cell1_scan10``). The scans are not reordered: the
+    order given is the order of the series (a shell sorts ``scan_10`` before ``scan_2``).
+    """
+    import re
+
+    paths = [Path(s.path) for s in sources if s.kind == "input" and s.path]
+    if len(paths) < 2 or len(paths) != len(sources):
+        return None
+    names = [
+        p.stem if p.suffix.lower() in (".h5", ".hdf5", ".xrm", ".txrm", ".tif", ".tiff") else p.name for p in paths
+    ]
+    groups: dict = {}
+    for i, n in enumerate(names):
+        parts = re.split(r"(\d+)", n)
+        if len(parts) > 1:
+            groups.setdefault(tuple(parts[0::2]), []).append((tuple(int(x) for x in parts[1::2]), i))
+    # equal numbers (scan_1.h5 of two folders) tell no order
+    bad = [g for g in groups.values() if len(g) > 1 and any(a[0] > b[0] for a, b in zip(g, g[1:]))]
+    if not bad:
+        return None
+    g = max(bad, key=len)
+    given = [sources[i].name for _, i in g]
+    by_number = [sources[i].name for _, i in sorted(g)]
+
+    def short(x):
+        return ", ".join(x[:8]) + (", ..." if len(x) > 8 else "")
+
+    return (
+        f"the scans were not given in the order of the numbers in their names: {short(given)} (by number: "
+        f"{short(by_number)}); the series follows the order given (a shell sorts scan_10 before scan_2), so its "
+        "trend and the linking of its particles are in that order: if the numbers count time, give the scans in "
+        "their order (ls -v, or names padded with zeros)"
+    )
+
+
+#: relative difference above which two scans' pixel sizes (from their files) are taken as different
+PIXEL_SIZE_TOLERANCE = 0.01
+
+
+def pixel_scales(pixel_sizes: dict) -> tuple[float | None, dict]:
+    """The series' common pixel size (um) and, for each scan whose pixel size differs from it, the factor that
+    brings its pixel coordinates to it (its pixel size over the common one).
+
+    ``pixel_sizes``: scan -> pixel size in um from its files, or None. The common pixel size is that of most scans
+    (the earliest's on a tie), within :data:`PIXEL_SIZE_TOLERANCE`; scans without one are taken at it.
+    """
+    known = {s: float(p) for s, p in sorted(pixel_sizes.items()) if p is not None and np.isfinite(p) and p > 0}
+    if not known:
+        return None, {}
+
+    def same(a, b):
+        return abs(a / b - 1) <= PIXEL_SIZE_TOLERANCE
+
+    common = max(known.values(), key=lambda p: sum(same(p, q) for q in known.values()))
+    return common, {s: p / common for s, p in known.items() if not same(p, common)}
+
+
+def pixel_note(pixel_sizes: dict, names: dict) -> str | None:
+    """The note on scans of another pixel size (:func:`pixel_scales`), or None."""
+    common, scale = pixel_scales(pixel_sizes)
+    if not scale:
+        return None
+    name = lambda s: str(names.get(s, s))  # noqa: E731
+    parts = ", ".join(f"{name(s)} {pixel_sizes[s]:g} um" for s in scale)
+    unknown = [name(s) for s, p in sorted(pixel_sizes.items()) if p is None or not np.isfinite(p) or p <= 0]
+    return (
+        f"the scans are not all of one pixel size ({parts}; the others {common:g} um, as their files say): the "
+        f"positions and sizes of {'that scan' if len(scale) == 1 else 'those scans'} were scaled to {common:g}-um "
+        "pixels to link their particles to the others' (series.csv keeps each scan's own pixels; common_dy and "
+        f"common_dx are in pixels of {common:g} um)"
+        + (f"; {', '.join(unknown)} give no pixel size: taken at {common:g} um" if unknown else "")
+    )
 
 
 def scan_notes(out_dir) -> list[tuple[str, list[str]]]:
@@ -422,6 +746,7 @@ def link_scans(
     vote_tolerance: float = 4.0,
     prior_tolerance: float = 10.0,
     max_chance: float = 0.1,
+    scale: dict | None = None,
 ) -> pd.DataFrame:
     """Give each particle one id through the series (column ``particle``).
 
@@ -462,7 +787,14 @@ def link_scans(
         Offset of scan ``scan_b`` relative to ``scan_a`` (a position in ``scan_a`` plus
         it is the position in ``scan_b``) measured independently of the particles.
     frame_shape : (rows, cols), optional
-        Sets the default ``max_jump``; without it the extent of the positions does.
+        Sets the default ``max_jump``; without it the extent of the positions does (in common pixels where
+        ``scale`` is given).
+    scale : dict {scan: factor}, optional
+        For scans whose pixel size differs from the series' common one (:func:`pixel_scales`): its pixel size over
+        the common one. Their positions and radii are brought to common pixels (pixel centres:
+        ``(y + 0.5) * factor - 0.5``) before they are linked: in pixels of their own, the particles of a scan binned
+        2x lay at half the distances of the others' and no offset brought them together (29 ids for 13 particles).
+        The offsets (``common_dy``, ``common_dx``) are in common pixels; ``y0, x0, radius`` stay each scan's own.
 
     Returns
     -------
@@ -478,7 +810,9 @@ def link_scans(
 
     summary = summary.sort_values(["scan", "scan_particle"]).reset_index(drop=True)
     scans = sorted(summary["scan"].unique())
-    pos = summary[["y0", "x0"]].to_numpy(float)
+    factor = summary["scan"].map(scale or {}).fillna(1.0).to_numpy(float)
+    pos = (summary[["y0", "x0"]].to_numpy(float) + 0.5) * factor[:, None] - 0.5
+    radius = summary["radius"].to_numpy(float) * factor
     known = np.all(np.isfinite(pos), axis=1)
     if max_jump is None:
         size = max(frame_shape) if frame_shape is not None else (float(np.max(pos[known])) if known.any() else 0.0)
@@ -487,7 +821,7 @@ def link_scans(
     for s in scans:
         idx = np.flatnonzero((summary["scan"].to_numpy() == s) & known)
         rows_of.append(idx)
-        objects.append(pd.DataFrame(dict(y=pos[idx, 0], x=pos[idx, 1], radius=summary["radius"].to_numpy(float)[idx])))
+        objects.append(pd.DataFrame(dict(y=pos[idx, 0], x=pos[idx, 1], radius=radius[idx])))
     opts = LinkOptions(
         max_jump=max_jump,
         gate=gate,
@@ -593,7 +927,12 @@ MIN_PRIOR_UNIQUENESS = 1.25
 
 
 def scan_image_prior(
-    out_dir, names: dict, *, min_quality: float = MIN_PRIOR_QUALITY, min_uniqueness: float = MIN_PRIOR_UNIQUENESS
+    out_dir,
+    names: dict,
+    *,
+    min_quality: float = MIN_PRIOR_QUALITY,
+    min_uniqueness: float = MIN_PRIOR_UNIQUENESS,
+    scale: dict | None = None,
 ):
     """The offset between two scans measured on their frame-0 images (for :func:`link_scans`).
 
@@ -603,8 +942,13 @@ def scan_image_prior(
     binning, or the correlation does not single out one offset (quality below
     ``min_quality`` or uniqueness below ``min_uniqueness``, see :func:`phase_offset`):
     an image offset taken on weak evidence could confirm a chance pairing of particles.
+
+    ``scale`` (scan -> its pixel size over the common one, :func:`pixel_scales`): the offset is in common pixels,
+    and the image of the scan of finer pixels is binned (or resampled) to the other's pixels before the two are
+    correlated (a scan binned 2x had no image offset: its frames are of another shape).
     """
     cache: dict = {}
+    scale = scale or {}
 
     def image(s):
         if s not in cache:
@@ -618,13 +962,32 @@ def scan_image_prior(
 
     def prior(a, b):
         ia, ib = image(a), image(b)
-        if ia is None or ib is None or ia[0].shape != ib[0].shape or ia[1] != ib[1]:
+        if ia is None or ib is None:
             return None
-        off, q, u = phase_offset(ia[0], ib[0], max_shift=0.45 * max(ia[0].shape))
-        logger.debug("image offset scan %s -> %s: %s px (quality %.1f, uniqueness %.2f)", a, b, off * ia[1], q, u)
-        return off * ia[1] if q >= min_quality and u >= min_uniqueness else None
+        (fa, ga), (fb, gb) = (ia[0], ia[1] * scale.get(a, 1.0)), (ib[0], ib[1] * scale.get(b, 1.0))  # common px
+        if abs(ga / gb - 1) > PIXEL_SIZE_TOLERANCE:  # the finer image onto the coarser one's pixels
+            fa, fb = (_resampled(fa, ga / gb), fb) if ga < gb else (fa, _resampled(fb, gb / ga))
+        if fa.shape != fb.shape:
+            return None
+        px = max(ga, gb)
+        off, q, u = phase_offset(fa, fb, max_shift=0.45 * max(fa.shape))
+        logger.debug("image offset scan %s -> %s: %s px (quality %.1f, uniqueness %.2f)", a, b, off * px, q, u)
+        return off * px if q >= min_quality and u >= min_uniqueness else None
 
     return prior
+
+
+def _resampled(img, zoom: float):
+    """``img`` on pixels ``1 / zoom`` times its own (``zoom`` < 1): binned where that is a whole number, else
+    interpolated."""
+    from scipy import ndimage
+
+    from .register import bin_frames
+
+    b = 1 / zoom
+    if abs(b - round(b)) < 0.01:
+        return bin_frames(img, int(round(b)))
+    return ndimage.zoom(np.asarray(img, np.float32), zoom, order=1)
 
 
 def _manifest_sources(sources) -> list:
@@ -640,12 +1003,39 @@ def _manifest_sources(sources) -> list:
     ]
 
 
-def _frame_shape(out, sources):
-    """The largest frame shape recorded in the scans' summaries (None if none is)."""
+def _scan_records(out, sources) -> dict:
+    """``index -> dict(name, energies_ev, pixel_size_um)`` of each scan done in ``out`` (its ``summary.json``; the
+    energies from its ``results.h5`` where a summary of an earlier version holds none)."""
+    records = {}
+    for src in sources:
+        try:
+            info = json.loads(_summary_path(out, src.name).read_text())
+        except (OSError, ValueError):
+            continue
+        energies = info.get("energies_ev")
+        if energies is None:
+            try:
+                import h5py
+
+                with h5py.File(_summary_path(out, src.name).with_name("results.h5"), "r") as f:
+                    energies = f["energies_ev"][()]
+            except (OSError, KeyError, ValueError):
+                energies = []
+        records[src.index] = dict(
+            name=src.name, energies_ev=np.asarray(energies, float).ravel(), pixel_size_um=info.get("pixel_size_um")
+        )
+    return records
+
+
+def _frame_shape(out, sources, scale=None):
+    """The largest frame shape recorded in the scans' summaries (None if none is), in common pixels where ``scale``
+    (scan -> factor, :func:`pixel_scales`) is given."""
     shapes = []
     for src in sources:
         try:
-            shapes.append(tuple(json.loads(_summary_path(out, src.name).read_text())["frame_shape"]))
+            f = (scale or {}).get(src.index, 1.0)
+            shape = json.loads(_summary_path(out, src.name).read_text())["frame_shape"]
+            shapes.append(tuple(int(round(n * f)) for n in shape))
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return max(shapes, key=max) if shapes else None

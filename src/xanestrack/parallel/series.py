@@ -30,11 +30,16 @@ from ..series import (  # noqa: F401 (re-exported: the series API in one place)
     _frame_shape,
     _manifest_sources,
     _normalised,
+    _scan_records,
     _summary_path,
     link_scans,
+    order_note,
     phase_offset,
+    pixel_note,
+    pixel_scales,
     process_scan,
     scan_image_prior,
+    series_notes,
     series_sources,
     source_checksums,
     synthetic_sources,
@@ -91,7 +96,12 @@ def run_series(
     Returns
     -------
     DataFrame: one row per particle per scan (``particle`` is the series id; see
-    :func:`link_scans` for the columns it adds).
+    :func:`link_scans` for the columns it adds). Its ``attrs`` hold ``failed`` (the scans
+    refused), ``input_notes`` (scans given out of the order of the numbers in their names,
+    one scan's data given twice, scans of another pixel size: their positions scaled to the
+    common pixel size to link them) and ``energy_grids`` (each scan's energies), which
+    :func:`xanestrack.series.series_notes` reads; ``series.json`` holds the series notes
+    (``notes``) and each scan's grid and pixel size (``scans``) as well.
     """
     from ..outdir import output_lock
 
@@ -261,10 +271,22 @@ def _run_series(
     both = [source_checksums(s) for s in sources]
     checksums = [b[0] for b in both]
     seen: dict = {}
+    # the notes on the inputs, among the series notes (series.json, the report, the console): a copy of a scan
+    # was said in one WARNING line on the console only, and scans given as a shell sorts them (scan_10 before
+    # scan_2) were processed in that order without a word
+    order = order_note(sources)
+    if order:  # said before the scans run as well, to stop a long series
+        logger.warning("%s", order)
+    input_notes = [order] if order else []
     for s, (_, c) in zip(sources, both):  # a copy under another name was processed as a second scan, unsaid
         if c in seen:
             logger.warning(
                 "scan %s holds the same data as scan %s (identical SHA-256): processed as two scans", s.name, seen[c]
+            )
+            input_notes.append(
+                f"scan {s.name} holds the same data as scan {seen[c]} (identical SHA-256 of their files): processed "
+                "as two scans, its particles linked to themselves and their chemistry unchanged between the two; "
+                "give each scan once"
             )
         seen.setdefault(c, s.name)
     tasks = [
@@ -314,11 +336,17 @@ def _run_series(
     failed = [p for p in parts if isinstance(p, dict)]
     rows = [r for p in parts if not isinstance(p, dict) for r in p]
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    records = _scan_records(out, sources)
+    pixel_sizes = {i: r["pixel_size_um"] for i, r in records.items()}
+    common_px, scale = pixel_scales(pixel_sizes)  # a scan binned 2x split every identity from it on, unsaid
+    note = pixel_note(pixel_sizes, {i: r["name"] for i, r in records.items()})
+    input_notes += [note] if note else []
     if len(summary):
         table = link_scans(
             summary,
-            prior=scan_image_prior(out, {s.index: s.name for s in sources}),
-            frame_shape=_frame_shape(out, sources),
+            prior=scan_image_prior(out, {s.index: s.name for s in sources}, scale=scale),
+            frame_shape=_frame_shape(out, sources, scale),
+            scale=scale,
         )
     else:  # the same columns as a series with particles (particle first, the linking's columns after)
         table = summary.assign(common_dy=[], common_dx=[], offset_from_scan=[], link_method=[], link_support=[])
@@ -328,6 +356,26 @@ def _run_series(
 
     add_to_marker(out, ["series.csv"])  # ours to write again on a later run, as long as nobody edits it
     table.attrs["failed"] = [(f["scan"], f["error"]) for f in failed]
+    table.attrs["input_notes"] = input_notes
+    # lists, not arrays: pandas compares the attrs of frames it concatenates, which arrays make ambiguous
+    table.attrs["energy_grids"] = {r["name"]: r["energies_ev"].tolist() for r in records.values()}
+    manifest.update(
+        notes=series_notes(table),
+        pixel_size_um=common_px,
+        scans=[
+            dict(
+                name=r["name"],
+                n_energies=len(r["energies_ev"]),
+                energy_range_ev=[float(r["energies_ev"].min()), float(r["energies_ev"].max())]
+                if len(r["energies_ev"])
+                else None,
+                pixel_size_um=r["pixel_size_um"],
+                to_common_pixels=scale.get(i, 1.0),
+            )
+            for i, r in records.items()
+        ],
+    )
+    mpath.write_text(json.dumps(manifest, indent=1))  # its sources as before (what a rerun is checked against)
     return table
 
 
