@@ -395,7 +395,13 @@ def _match_flats(flats, n_frames: int, *, source, notes):
         f"{source}: {flats.shape[0]} flat-field images for {n_frames} frames: not one per frame, so their mean "
         "is used for every frame (give one flat per frame if the beam changed with energy)"
     )
-    return flats.mean(axis=0, keepdims=True, dtype=np.float32)
+    mean = flats.mean(axis=0, keepdims=True, dtype=np.float32)
+    if np.issubdtype(flats.dtype, np.integer):
+        # a pixel saturated in any of them averages to below the full scale, where it would pass for measured: kept
+        # at the full scale, which optical_density takes for saturated (a uint16's as float: 65535)
+        top = np.iinfo(flats.dtype).max
+        mean[(flats == top).any(axis=0, keepdims=True)] = top
+    return mean
 
 
 def _energies_arg(energies):

@@ -223,7 +223,8 @@ def values_without_flats(data, values: str, *, source, flats_hint: str):
     Returns ``(od float32, kind, notes)``. Integers under ``"auto"`` are raw counts and
     refused (they need flats); floats under ``"auto"`` are optical density unless they
     look like transmission (background near 1) or raw counts (large values): then
-    refused, asking the user to say which.
+    refused, asking the user to say which. Said to be ``"od"``, values that look like
+    transmission or raw counts are taken as asked, with a note.
     """
     from .flatfield import optical_density
 
@@ -249,6 +250,12 @@ def values_without_flats(data, values: str, *, source, flats_hint: str):
         )
     notes = []
     like_transmission = lo >= 0 and hi <= 1.5 and med >= 0.5
+    if values == "od" and med > 50:
+        # raw uint16 counts (median 5000) taken as optical density, as asked, gave 1 particle and no XANES, unsaid
+        notes.append(
+            f"{source}: {rng} look like raw counts, not optical density (that of a TXM sample is about -0.5 to 5), "
+            f"taken as optical density as asked; if they are counts, give {flats_hint}"
+        )
     if values == "od" and like_transmission:
         notes.append(
             f"{source}: {rng} look like transmission I/I0 (background near 1), taken as optical density as asked; "

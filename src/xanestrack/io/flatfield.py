@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import warnings
 
 import numpy as np
 
 from ..errors import XanestrackError
 from .checks import check_pixel_dtype
 
-__all__ = ["optical_density", "transmission_to_od", "repair_note"]
+__all__ = ["optical_density", "transmission_to_od", "repair_note", "no_image_refusal"]
 
 
 def transmission_to_od(t) -> int:
@@ -54,6 +56,130 @@ def _frame_indexable(a) -> bool:
 FLAT_PATTERN_MIN = 0.2
 #: px: how far the images' pattern is sought off the flats'
 FLAT_SHIFT_SEARCH = 16
+
+#: the full scale of a 16-bit detector: counts saved as float (or flats averaged) that stop at it, nothing above,
+#: saturated there. Flats of uint16 clipped at 65535 (38 of 40 frames, up to 78 % of a frame) were divided as
+#: measured: particles' mean E50 0.13 eV (20 sigma) off, without a word; as float32 they were not even looked at
+FULL_SCALE_16BIT = 65535.0
+#: a flat (reference) image saturated at more than this share of its pixels is refused: the beam's intensity is
+#: unknown over most of its frame (a frame more than half without an image is one, see ``repair_note``)
+MAX_SATURATED_FLAT_SHARE = 0.5
+#: flats whose median is above this are counts (the bound above which
+#: :func:`xanestrack.io.checks.values_without_flats` takes images for raw counts) ...
+FLAT_COUNTS_MIN = 50.0
+#: ... and images beside them whose values all stay within this share of the flats' median are no counts of
+#: the same detector: transmission (0-1.1) or optical density (-0.1-2.2) beside flats of 5400 counts reached
+#: 2e-4 of them, and were divided: OD 8.8 where 0.27 was measured (an opaque sample's counts are dark-level,
+#: 100 or more, and its holes reach the flats')
+NOT_COUNTS_SHARE = 0.01
+#: px: the median frame is judged against its flats in blocks of this size (photon noise averaged out)
+ABOVE_FLAT_BIN = 8
+#: optical density below which a block of the median frame is brighter than its flat (transmission above 1.05).
+#: A matrix absorbs: the synthetic scenes' blocks (default and hard presets, 3 seeds each, 2-4 % beam jitter
+#: between flat and image) were no lower than +0.026, the SSRL NCA frames +0.6; flats of the probe 0.85 times
+#: too dark over a band gave -0.095 there (0.5 times: -0.65 everywhere), unremarked
+OD_BELOW_FLAT = -0.05
+#: ... over more than this share of the field is said (a particle's bright phase-contrast rim is not)
+ABOVE_FLAT_SHARE = 0.05
+
+
+def _saturated(a):
+    """``(mask, value)`` of the saturated detector pixels of ``a`` (a block of frames, or flats): at the
+    integer type's largest value, or, stored as float, at :data:`FULL_SCALE_16BIT` where nothing is above it
+    (counts saved as float, flats averaged); ``(None, None)`` where there are none."""
+    a = np.asarray(a)
+    if np.issubdtype(a.dtype, np.integer):
+        top = np.iinfo(a.dtype).max
+    elif a.dtype.kind == "f" and a.dtype.itemsize >= 4:  # a float16 cannot hold 65535
+        top = FULL_SCALE_16BIT
+    else:
+        return None, None
+    sat = a == top
+    if not sat.any():
+        return None, None
+    if a.dtype.kind == "f" and np.nanmax(a) > top:  # counts above it: 65535 was not the detector's full scale
+        return None, None
+    return sat, top
+
+
+def _check_counts_beside_flats(counts, flat, source: str) -> None:
+    """Refuse images that are transmission or optical density already, given with flats of counts.
+
+    Divided by flats of ~5400 counts, transmission images (0-1.1) gave an OD of 8.8 where 0.27 was measured,
+    with no more than a note that the dark was taken as 0. Judged on every 4th pixel of up to 4 frames and their
+    flats (see :data:`NOT_COUNTS_SHARE`).
+    """
+    n = counts.shape[0]
+    ks = np.unique(np.linspace(0, n - 1, min(4, n)).round().astype(int))
+    img = np.stack([np.asarray(counts[k], np.float32)[::4, ::4] for k in ks])
+    ref = np.stack([np.asarray(flat[k if flat.shape[0] > 1 else 0], np.float32)[::4, ::4] for k in ks])
+    img, ref = img[np.isfinite(img)], ref[np.isfinite(ref)]
+    if not img.size or not ref.size:
+        return
+    f_med = float(np.median(ref))
+    lo, med, hi = (float(v) for v in np.percentile(img, [0.1, 50, 99.9]))
+    if not (f_med > FLAT_COUNTS_MIN and max(abs(lo), abs(hi)) < NOT_COUNTS_SHARE * f_med):
+        return
+    if lo >= 0 and hi <= 1.5 and med >= 0.2:
+        like, values = "transmission I/I0 (background near 1)", "transmission"
+    elif lo >= -1 and hi <= 10:
+        like, values = "optical density", "od"
+    else:
+        like, values = "values normalised already", "od|transmission"
+    raise XanestrackError(
+        f"{source}: images of values {lo:.3g} to {hi:.3g} (median {med:.3g}) beside flats of {f_med:.3g} counts look "
+        f"like {like}, not raw counts to divide by the flats; read them with `values` {values} and without "
+        "`flats` or `darks` (an HDF5 file's own flat-field images are then not used)"
+    )
+
+
+def _brighter_than_flats(od, source: str) -> str:
+    """A note where a share of the field is brighter than its flats (:data:`OD_BELOW_FLAT`), naming where.
+
+    Flats 0.85 times too dark over a band of rows, or 0.5 times over the field (another exposure, beam current
+    or scan), gave an OD 0.16-0.69 too low there, unremarked. Judged on the median of up to 5 frames (the
+    particles move, the flats' mismatch stays) in blocks of :data:`ABOVE_FLAT_BIN` px.
+    """
+    n, rows, cols = od.shape
+    b = ABOVE_FLAT_BIN
+    r, c = rows // b * b, cols // b * b
+    if not r or not c:  # a frame smaller than a block
+        return ""
+    ks = np.unique(np.linspace(0, n - 1, min(5, n)).round().astype(int))
+    with warnings.catch_warnings():  # a block of saturated (NaN) pixels only: NaN, not below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        blocks = [np.nanmean(od[k, :r, :c].reshape(r // b, b, c // b, b), axis=(1, 3)) for k in ks]
+        med = np.nanmedian(np.stack(blocks), axis=0)
+    low = med < OD_BELOW_FLAT
+    if low.mean() <= ABOVE_FLAT_SHARE:
+        return ""
+    ys, xs = np.flatnonzero(low.any(axis=1)), np.flatnonzero(low.any(axis=0))
+    return (
+        f"{source}: the images are brighter than their flats (optical density below {OD_BELOW_FLAT:g}, transmission "
+        f"above {np.exp(-OD_BELOW_FLAT):.2f}) over {low.mean():.0%} of the field, within rows {ys[0] * b}-"
+        f"{min((ys[-1] + 1) * b, rows) - 1}, columns {xs[0] * b}-{min((xs[-1] + 1) * b, cols) - 1} (median optical "
+        f"density there {float(np.median(med[low])):.2f}): the flats do not belong to these images (another scan, "
+        "exposure or beam current?); every optical density there is off by as much: give the flats taken with them"
+    )
+
+
+def no_image_refusal(blank, n_frames: int, *, source, cause) -> str | None:
+    """The refusal where half the frames or more (``blank``: their indices) hold no image, else None;
+    ``cause``: the likely cause (a str, or a callable giving it, asked only when refusing).
+
+    The stack's own rule (:func:`xanestrack.stack.sanitize_stack` refuses half its frames or more NaN) came
+    too late for frames whose transmission was non-positive: set to their frame's strongest absorption, they
+    passed it, and optical density given with flats, or int16 counts wrapped negative, ran to an empty output
+    folder that looked complete, exit 0, the note saying every frame had "no beam, the shutter closed?".
+    """
+    blank = sorted(set(int(k) for k in blank))
+    if not blank or 2 * len(blank) < n_frames:
+        return None
+    listed = ", ".join(map(str, blank[:10])) + (" ..." if len(blank) > 10 else "")
+    return (
+        f"{source}: {len(blank)} of {n_frames} frames hold no image (more than half their pixels at or below the dark, "
+        f"zero/negative or not finite; frames {listed}, counted from 0): {cause() if callable(cause) else cause}"
+    )
 
 
 def _high_pass(img):
@@ -152,14 +278,19 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
     -------
     ndarray (n_frames, rows, cols) float32. Pixels whose corrected sample intensity is
     <= 0 get the OD of the smallest positive transmission of their frame (a saturated
-    absorber) and are counted in one warning.
+    absorber) and are counted in one warning. Pixels saturated in the images or in their
+    flat (see :func:`_saturated`) are NaN, counted in a note. Where a share of the field
+    is brighter than its flats (:data:`OD_BELOW_FLAT`) a note says where.
 
     Raises
     ------
     ValueError
         On shape mismatches, NaN/inf in flats or darks, or a flat that is zero or
         negative after dark subtraction at more than :data:`MAX_DEAD_SHARE` of the pixels
-        (the reference is unusable; fewer are dead pixels, NaN here).
+        (the reference is unusable; fewer are dead pixels, NaN here); a flat saturated at
+        more than :data:`MAX_SATURATED_FLAT_SHARE` of its pixels; images that are
+        transmission or optical density beside flats of counts (:data:`NOT_COUNTS_SHARE`);
+        half the frames or more without an image (:func:`no_image_refusal`).
     """
     if not _frame_indexable(counts):
         counts = np.asarray(counts)
@@ -190,6 +321,7 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
                 f"{source}: flats of shape {flat.shape} do not match {counts.shape[0]} frames of {shape}; "
                 "give one flat for all frames or one per frame"
             )
+        _check_counts_beside_flats(counts, flat, source)
 
     one_ref = None  # one reference for every frame: formed once
 
@@ -213,11 +345,35 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
             )
         return None
 
+    def saturated_flat(k, f):
+        """The saturated pixels of frame k's flat ``f`` (or None), and why it is unusable (or None)."""
+        sat, top = _saturated(f) if flats is not None else (None, None)
+        if sat is None:
+            return None, None
+        n_pix = int(sat.sum())
+        with tally:
+            flat_sat[0] += n_pix
+            flat_sat[1] += 1
+            flat_sat[2] = top
+        if sat.mean() > MAX_SATURATED_FLAT_SHARE:
+            return sat, (
+                f"{source}: the flat (reference) image{f' of frame {k}' if flat.shape[0] > 1 else ''} is saturated "
+                f"(value {top:g}) at {sat.mean():.0%} of its pixels: the beam's intensity is unknown there; take the "
+                "flats again with a shorter exposure"
+            )
+        return sat, None
+
+    flat_sat = [0, 0, None]  # saturated pixels in the flats, flats with any, the value
+    # the counts are added to from the threads of the blocks below: `n[0] += a.sum()` reads n, releases the GIL in
+    # the sum and can write n back over what another thread added meanwhile
+    tally = threading.Lock()
+    one_sat = None  # the saturated pixels of the one reference for every frame
     if flat.shape[0] == 1:  # one reference for every frame: formed and checked once
         one_ref = np.subtract(flat[0], dark, dtype=np.float32)
         problem = check(0, one_ref)
-        if problem:
-            raise XanestrackError(problem)
+        one_sat, sat_problem = saturated_flat(0, np.asarray(flat[0]))
+        if problem or sat_problem:
+            raise XanestrackError(problem or sat_problem)
     if flats is not None:
         offset_note = _check_flat_pattern(counts, flat, dark, source)
         if offset_note:
@@ -227,7 +383,7 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
                 logger.warning("%s", offset_note)
 
     out = np.empty(counts.shape, np.float32)
-    saturation = np.iinfo(counts.dtype).max if np.issubdtype(counts.dtype, np.integer) else None
+    saturation = [None]  # the value at which the images saturated
     n_sat = [0]
     sat_frames = []
     constant = []  # (frame, count) of frames of one count everywhere
@@ -243,14 +399,20 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
         t = out[k0:k1]
         c = np.asarray(counts[k0:k1])
         if one_ref is not None:
-            r = one_ref
+            r, f_sat = one_ref, one_sat
         else:
-            r = np.subtract(flat[k0:k1], dark, dtype=np.float32)
+            f = np.asarray(flat[k0:k1])
+            r = np.subtract(f, dark, dtype=np.float32)
+            f_sat = None
             for i in range(k1 - k0):
-                problem = check(k0 + i, r[i])
+                sat_i, sat_problem = saturated_flat(k0 + i, f[i])
+                problem = check(k0 + i, r[i]) or sat_problem
                 if problem:
                     problems[k0 + i] = problem
                     return [0] * (k1 - k0)
+                if sat_i is not None:
+                    f_sat = np.zeros(f.shape, bool) if f_sat is None else f_sat
+                    f_sat[i] = sat_i
         np.subtract(c, dark, out=t, dtype=np.float32, casting="unsafe")
         with np.errstate(divide="ignore", invalid="ignore"):
             np.divide(t, r, out=t)
@@ -258,12 +420,21 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
         dead = r <= 0
         if dead.any():
             t[np.broadcast_to(dead, t.shape)] = np.nan
-            n_dead[0] = max(n_dead[0], int(dead.reshape(-1, *shape).sum(axis=(1, 2)).max()))
-        # a saturated detector pixel has no valid count: NaN (repaired downstream)
-        sat = (c == saturation) if saturation is not None else None
-        if sat is not None and sat.any():
-            n_sat[0] += int(sat.sum())
+            most = int(dead.reshape(-1, *shape).sum(axis=(1, 2)).max())
+            with tally:
+                n_dead[0] = max(n_dead[0], most)
+        # a saturated detector pixel has no valid count: NaN (repaired downstream); one of the flat's leaves the
+        # transmission there unknown as well
+        sat, top = _saturated(c)
+        if sat is not None:
+            n_pix = int(sat.sum())
+            with tally:
+                n_sat[0] += n_pix
+            saturation[0] = top
             sat_frames.extend(k0 + i for i in np.flatnonzero(sat.any(axis=(1, 2))))
+        if f_sat is not None:
+            sat = np.broadcast_to(f_sat, t.shape) | (False if sat is None else sat)
+        if sat is not None:
             t[sat] = 1.0
         if t.min() > 0 and np.isfinite(t.sum()):  # nothing to replace: the whole block at once
             np.log(t, out=t)
@@ -271,7 +442,7 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
             n_bad = [0] * (k1 - k0)
         else:
             n_bad = [transmission_to_od(t[i]) for i in range(k1 - k0)]
-        if sat is not None and sat.any():
+        if sat is not None:
             t[sat] = np.nan
         # a frame of one count everywhere (a readout fault, a frame the software filled) holds no image;
         # its OD would be the flat field's pattern, where particles were placed 4 px off (vouched for by
@@ -301,14 +472,26 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
     n_bad = sum(per_frame)
     if problems:
         raise XanestrackError(problems[min(problems)])
+    blank = [k for k, b in enumerate(per_frame) if b > shape[0] * shape[1] / 2] + [k for k, _ in constant]
+    refusal = no_image_refusal(blank, n, source=source, cause=lambda: _no_image_cause(counts, flats is not None, blank))
+    if refusal:
+        raise XanestrackError(refusal)
     said = []
     if n_dead[0]:
         said.append(dead_note(n_dead[0], source))
     if n_sat[0]:
         said.append(
-            f"{source}: {n_sat[0]} saturated detector pixels (value {saturation}) in {len(sat_frames)} frames: no count "
-            "measured there; filled from the pixels around them (a particle's position or spectrum taken there is less "
-            "sure: lower the exposure)"
+            f"{source}: {n_sat[0]} saturated detector pixels (value {saturation[0]:g}) in {len(sat_frames)} frames: no "
+            "count measured there; filled from the pixels around them (a particle's position or spectrum taken there is "
+            "less sure: lower the exposure)"
+        )
+    if flat_sat[0]:
+        n_flats = flat.shape[0]
+        said.append(
+            f"{source}: {flat_sat[0]} saturated detector pixels (value {flat_sat[2]:g}) in "
+            f"{f'{flat_sat[1]} of the {n_flats} flat (reference) images' if n_flats > 1 else 'the flat (reference) image'}: "
+            "the beam's intensity, so the transmission, unknown there; filled from the pixels around them (a particle's "
+            "position or spectrum taken there is less sure: lower the exposure of the flats)"
         )
     if n_bad:
         said.append(repair_note(per_frame, shape, source=source, what="after dark subtraction"))
@@ -320,6 +503,10 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
             f"{'hold' if len(constant) > 1 else 'holds'} one count in every pixel: no image there (a readout fault?); "
             "carried as frames without an image"
         )
+    if flats is not None:
+        brighter = _brighter_than_flats(out, source)
+        if brighter:
+            said.append(brighter)
     for note in said:
         if notes is not None:  # the caller shows them (the CLI prints the input's notes)
             notes.append(note)
@@ -333,6 +520,25 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
 #: pass of :func:`xanestrack.io.read_stack`); beyond it the reference is refused as unusable
 #: (flats and darks swapped, the beam off while the flats were taken)
 MAX_DEAD_SHARE = 0.01
+
+
+def _no_image_cause(counts, flats_given: bool, blank) -> str:
+    """The likely cause of frames without an image, for :func:`no_image_refusal`: counts of a signed integer type
+    that went negative wrapped around; else what the values may be."""
+    if np.issubdtype(counts.dtype, np.signedinteger):
+        low = min(int(np.asarray(counts[k]).min()) for k in blank[:3])
+        if low < 0:
+            return (
+                f"its {np.dtype(counts.dtype)} counts go down to {low}: counts above {np.iinfo(counts.dtype).max} "
+                "wrapped around to negative values (an integer overflow when they were saved); save them unsigned "
+                "(uint16) or wider and run again"
+            )
+    if not flats_given:
+        return "the values are not transmission I/I0 (optical density?); say what they are with `values`"
+    return (
+        "are the values optical density or transmission rather than counts (then read them with `values` without "
+        "`flats`), the darks swapped with the images, or the beam off?"
+    )
 
 
 def dead_note(n: int, source) -> str:

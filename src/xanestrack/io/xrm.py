@@ -365,7 +365,7 @@ def read_xrm_scan(paths, *, energies=None, grouping=None) -> Stack:
         e_arr = np.asarray(energies, float).ravel()
         if e_arr.size != len(keys):
             raise XanestrackError(f"{len(keys)} sample energies found in the files but {e_arr.size} energies given")
-    from .flatfield import MAX_DEAD_SHARE, dead_note, transmission_to_od
+    from .flatfield import MAX_DEAD_SHARE, dead_note, no_image_refusal, transmission_to_od
 
     od = np.empty((len(keys), *shape), np.float32)
     groups = []
@@ -416,6 +416,15 @@ def read_xrm_scan(paths, *, energies=None, grouping=None) -> Stack:
         per_frame = list(ex.map(one, jobs))
     if n_dead[0]:
         notes.append(dead_note(n_dead[0], files[0].parent))
+    blank = [j for j, b in enumerate(per_frame) if b > shape[0] * shape[1] / 2]
+    refusal = no_image_refusal(
+        blank,
+        len(per_frame),
+        source=files[0].parent,
+        cause="the beam off, or the shutter closed, while they were taken?",
+    )
+    if refusal:
+        raise XanestrackError(refusal)
     if sum(per_frame):
         from .flatfield import repair_note
 
