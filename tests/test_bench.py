@@ -34,11 +34,16 @@ def test_benchmark_ranks_methods_on_a_small_deforming_scan():
     s = make_synthetic_stack(
         "default", seed=2, n_energies=40, shape=(220, 220), n_particles=3, radius_range=(12, 22), drift_range=(3, 6)
     )
-    t, r, _ = benchmark_stack(
-        s, methods=["template_absolute", "centre_of_mass", "particle_template"], preset="t", seed=2
+    t, r, pos = benchmark_stack(
+        s, methods=["template_absolute", "centre_of_mass", "particle_template", "xanestrack"], preset="t", seed=2
     )
     med = t.groupby("method")["rms_px"].median()
     assert med["centre_of_mass"] < med["template_absolute"] / 3
+    assert med["xanestrack"] < med["template_absolute"] / 3
+    # the row named centre_of_mass was the pipeline's own (edge correlation, smoothed), credited to the paper's method
+    for p in r.particles:
+        assert np.array_equal(pos[("xanestrack", p.particle)], p.positions, equal_nan=True)
+        assert np.nanmax(np.abs(pos[("centre_of_mass", p.particle)] - p.positions)) > 0.01
     assert set(t.columns) >= {"ssim_mean", "ssim_var", "diff_residual", "edge_rms_ev", "ms_per_frame", "frac_over_1px"}
 
 
@@ -77,6 +82,8 @@ def test_bench_command_on_a_dataset_folder(tmp_path):
             "template_absolute",
             "--method",
             "centre_of_mass",
+            "--method",
+            "xanestrack",
             "--dataset",
             str(tmp_path / "ds"),
             "--out",
@@ -87,9 +94,13 @@ def test_bench_command_on_a_dataset_folder(tmp_path):
     import pandas as pd
 
     t = pd.read_csv(tmp_path / "b" / "bench_particles.csv")
-    assert set(t.preset) == {"ds"} and set(t.method) == {"template_absolute", "centre_of_mass"}
-    assert len(t) == 2 * 2  # 2 methods x 2 particles
-    assert "### preset `ds`" in (tmp_path / "b" / "bench_summary.md").read_text()
+    assert set(t.preset) == {"ds"} and set(t.method) == {"template_absolute", "centre_of_mass", "xanestrack"}
+    assert len(t) == 3 * 2  # 3 methods x 2 particles
+    md = (tmp_path / "b" / "bench_summary.md").read_text()
+    # what the scan was: a dataset was headed "preset `ds` (seeds 0)", drawn with seed 7, its size not said
+    assert "### dataset `ds` (30 x 160 x 160, 2 particles, drawn as preset default seed 7)" in md, md
+    assert "xanestrack (edge correlation vouched for by the centre of mass" in md
+    assert "The centre of mass of each frame's mask alone (the paper's method, not smoothed)" in md
 
 
 def test_two_datasets_of_one_folder_name_are_kept_apart(tmp_path):

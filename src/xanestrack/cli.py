@@ -1121,7 +1121,9 @@ def bench(
         None, "--seed", help="Seeds of the --preset scans (repeat); default 1 and 2. A --dataset is one scan as it is."
     ),
     methods: Optional[List[str]] = typer.Option(
-        None, "--method", help="Aligners to compare (repeat); default all installed."
+        None,
+        "--method",
+        help="Methods to compare (repeat): 'xanestrack' (the pipeline's own positions, smoothed across the energies) and the installed aligners ('centre_of_mass': the paper's centre of mass of each frame's mask); default all.",
     ),
     dataset: Optional[List[Path]] = typer.Option(
         None, "--dataset", help="Also a folder with stack.h5 + truth.h5 (from 'xanestrack synth'); repeat."
@@ -1136,11 +1138,11 @@ def bench(
     """
     try:
         from .align import available_aligners
-        from .bench import run_benchmark, write_benchmark
+        from .bench import PIPELINE_METHOD, run_benchmark, write_benchmark
         from .results import atomic_output_dir
 
         logging.getLogger("xanestrack.xanes").setLevel(logging.ERROR)
-        known = available_aligners()
+        known = [PIPELINE_METHOD, *available_aligners()]
         if methods:
             bad = [m for m in methods if m not in known]
             if bad:
