@@ -110,7 +110,9 @@ def fit_similarity(src, dst, *, weights=None, rotation: bool = False, centre=Non
 
 
 def _rot(theta):
-    # acting on (y, x) vectors: x' = x cos - y sin, y' = x sin + y cos
+    # acting on (y, x) row vectors (``points @ _rot(theta).T``): y' = y cos - x sin, x' = x cos + y sin; with
+    # rows downwards as an image is shown, a positive theta turns the field counter-clockwise on the screen
+    # (the comment here said the reverse, x' = x cos - y sin, y' = x sin + y cos)
     cs, sn = np.cos(theta), np.sin(theta)
     return np.array([[cs, sn], [-sn, cs]]).T
 
