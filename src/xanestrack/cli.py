@@ -547,7 +547,11 @@ def _calibrate_stack(stack, path, known_e0, standard_path):
         rec["note"] = note
     if standard_path is not None:
         rec["standard"] = str(standard_path)
-    return replace(stack, energies_ev=cal.apply(stack.energies_ev)), rec, note
+    # the record travels with the stack: the pipeline's note that the fractions' axis was not calibrated reads it
+    calibrated = replace(
+        stack, energies_ev=cal.apply(stack.energies_ev), metadata={**stack.metadata, "energy_calibration": rec}
+    )
+    return calibrated, rec, note
 
 
 def _known_edge_calibration(particle, known_ev):

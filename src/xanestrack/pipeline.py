@@ -360,7 +360,13 @@ def _map(fn, items, threads: int) -> list:
         return [fn(x) for x in items]
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(min(threads, len(items))) as ex:
+    from threadpoolctl import threadpool_limits
+
+    # the particles are the parallel work: BLAS's own threads inside each of them (OpenBLAS starts one per
+    # core, and they spin-wait for the next call) took the cores from the other particles' numpy work.
+    # PyTorch's threads are left as they are: the segmenter's batches gain from them (limited to one too,
+    # the 1024^2 stress-all scan took 27.4 s against 21.9 s)
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(min(threads, len(items))) as ex:
         return list(ex.map(fn, items))
 
 
@@ -1791,6 +1797,15 @@ def run_pipeline(
     Returns
     -------
     PipelineResult
+
+    Notes
+    -----
+    Where the shipped references fit the fractions and the axis is not calibrated (no
+    ``recalibrate``, and no ``stack.metadata["energy_calibration"]``: the record of a
+    calibration applied to ``stack.energies_ev`` before the run, as ``run --energy-reference``
+    does), a run note says how far each 0.5 eV of calibration error moves the fractions
+    (:func:`_uncalibrated_note`). The rim of a particle whose own size changes across the
+    scan is flagged and left out of its means (:func:`_flag_moving_rims`).
     """
     if not isinstance(stack, Stack):
         raise TypeError(f"stack must be a xanestrack Stack, got {type(stack).__name__}")
@@ -1980,6 +1995,8 @@ def run_pipeline(
     blurred = np.isin(np.arange(len(energies)), blurred_frames) if blurred_frames.size else None
     if resolution_blur is not None or blurred is not None:
         finished = finish_again()
+    # before a --known-edge calibration measures its particle's mean, so that it is over the pixels trusted
+    finished = _with_moving_rims(finished, energies)
     if recalibrate is not None:
         calibrated = recalibrate([f[0] for f in finished], energies)
         if calibrated is not None:
@@ -1993,7 +2010,7 @@ def run_pipeline(
                     notes.remove(no_references)
                 if not references and len(energies) >= options.min_xanes_energies:
                     notes.append(_no_references_note(energies))
-            finished = finish_again()
+            finished = _with_moving_rims(finish_again(), energies)
     edgeless = _edgeless_faint_tracks(located, [f[0] for f in finished], energies, options)
     if edgeless:
         gone = [located[j] for j in edgeless]
@@ -2181,6 +2198,9 @@ def run_pipeline(
         )
     notes += [n for n in (_coarse_edge_note(particles, energies), _rarely_vouched_note(particles)) if n]
     notes += _particle_chemistry_notes(particles, len(energies), options.min_xanes_energies)
+    notes += [n for n in (_moving_rim_run_note(particles),) if n]
+    if default_references and references and recalibrate is None and not stack.metadata.get("energy_calibration"):
+        notes += [n for n in (_uncalibrated_note(particles, energies, references, options.lcf_window),) if n]
     rej = detections[~detections["isolated"]] if len(detections) else detections
     notes += [
         n
@@ -2245,6 +2265,167 @@ def _user_references(references, energies) -> tuple[dict, list]:
             )
         out[name] = ref
     return out, notes
+
+
+#: eV relative to a particle's E0: its size across the scan is measured on the frames at or below E0 + the first
+#: and at or above E0 + the second, each side with a level of its own (:func:`_outline_change`): the segmented
+#: outline follows the particle's contrast, which rises across the edge (particles of one size throughout, on
+#: the stress scenes, outlined 0.3-0.9 px larger past the edge than before it); only the trend within the two
+#: sides counts. From E0 - 20 eV the pre-edge's rise towards the edge still showed (stress-drift seed 1, a
+#: 21-px particle: +0.36 px across the scan; +0.15 from E0 - 30 eV)
+OUTLINE_SIZE_EV = (-30.0, 40.0)
+#: frames on either side of the edge (:data:`OUTLINE_SIZE_EV`, among those the XANES used) needed to measure a
+#: particle's size change: with four pre-edge frames, a 12-px hard-scene particle of fixed size measured +1.3 px
+OUTLINE_MIN_FRAMES = 5
+#: px, and standard errors: a particle whose own outline moves by both this much or more across the scan (its
+#: equivalent radius's trend, less the change the particles share) has its rim flagged. Measured, particles of
+#: fixed size (the others' changes taken out): the default scene (seeds 1-5, 45 particles) within 0.10 px and
+#: 2.8 standard errors; the hard (seeds 1-4, 44) 0.30 px, 2.5; the stress scenes (drift, counts, jitter,
+#: magnification, crowd, all; 14 scans, 119 particles measured, 69 with too few frames on a side) 0.50 px, 4.9
+#: (stress-drift seed 3: -0.32 +- 0.06 px). The probe's swelling particle (radius 27 px): +4 % +1.11 +- 0.03 px
+#: (38 standard errors), +2 % +0.43 +- 0.04 (11), -3 % -0.94 +- 0.04 (22). Its rim's E50 at +2 %: +0.50 / +0.29 /
+#: +0.12 eV at 0-1 / 1-2 / 2-3 px inside the outline beyond a fixed particle's; 0.25 px is about half of that
+OUTLINE_CHANGE_PX = 0.25
+OUTLINE_CHANGE_Z = 7.0
+#: px inside the outline flagged beyond half the outline's movement (the outline sweeps the consensus mask's
+#: edge by half its change either way): the smoothing inside the mask (1 px) and the image's blur carry the
+#: mixed spectra further in. Measured on the probe's +4 %, +2 % and -3 % particles (outline movement 1.12, 0.44,
+#: -0.93 px), E50 beyond a fixed particle's by depth inside the consensus mask: 0-1 px +0.86 / +0.50 / -0.84 eV,
+#: 2-3 px +0.23 / +0.12 / -0.19 eV, 3-4 px +0.12 / +0.04 / -0.09 eV, 4-5 px +0.09 / +0.03 / -0.05 eV (the pixels'
+#: standard error 0.07-0.08 eV there): 3 px flagged for a movement under 1 px, 4 px up to 3 px
+RIM_REACH_PX = 2.5
+#: how a particle's note on its moving rim begins (the run note gathers them: :func:`_moving_rim_run_note`)
+MOVING_RIM_NOTE = "its outline moves across the scan"
+
+
+def _equivalent_radii(p, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """A particle's equivalent radius ``sqrt(area / pi)`` of each frame's aligned soft mask (px) and the frames
+    it is measured on: those its XANES used, with a mask."""
+    masks = getattr(p, "masks", None)
+    frames = getattr(p, "xanes_frames", None)
+    if masks is None or frames is None or len(masks) != n_frames:
+        return np.full(n_frames, np.nan), np.zeros(n_frames, bool)
+    area = np.nansum(np.asarray(masks, float), axis=(1, 2))
+    return np.sqrt(area / np.pi), np.asarray(frames, bool) & (area > 0)
+
+
+def _shared_change(changes, radii) -> float:
+    """The size change the particles share, relative to their size: the median over the particles measured
+    (three or more; 0 with fewer) of their change across the scan over their radius.
+
+    The field's magnification changes every particle's size alike, and so does this. The scale the common
+    motion fits to the particles' positions (``PipelineResult.similarity``) is not taken: on stress-all (1 %
+    magnified, its particles drifting on their own) it fitted none, and the particles measured then grew on
+    their own by 0.2-1.4 px (1.0-3.7 %, up to 8.8 standard errors; seeds 1-2). The median of the particles'
+    changes, not of their sizes frame by frame: the sizes' levels differ from particle to particle (each
+    outline steps with its own contrast across the edge), and with four particles one swelling moved the
+    frames' median with it. A swelling that every particle shares is taken out with it, as a uniform
+    swelling of the electrode is taken into the field's scale.
+    """
+    rel = np.asarray(changes, float) / np.asarray(radii, float)
+    rel = rel[np.isfinite(rel)]
+    return float(np.median(rel)) if rel.size >= 3 else 0.0
+
+
+def _outline_change(radius, used, energies, e0_ev: float) -> tuple[float, float, float]:
+    """A particle's own size change across the scan: ``(change_px, sigma_px, radius_px)``, NaN where not measured.
+
+    The equivalent radius's trend with the frame (the scan's time), measured within the frames before the edge
+    and within those past it (:data:`OUTLINE_SIZE_EV`), each with its own level: the Theil-Sen slope over the
+    pairs of frames on one side, times the frames from the first used to the last. Its standard error is
+    the residuals' robust spread over the frames' spread in time on both sides.
+    """
+    nan = float("nan")
+    e = np.asarray(energies, float)
+    r = np.asarray(radius, float)
+    used = np.asarray(used, bool) & np.isfinite(r)
+    if not np.isfinite(e0_ev) or used.sum() < 2 * OUTLINE_MIN_FRAMES:
+        return nan, nan, nan
+    t = np.arange(e.size, dtype=float)
+    sides = [used & (e <= e0_ev + OUTLINE_SIZE_EV[0]), used & (e >= e0_ev + OUTLINE_SIZE_EV[1])]
+    if any(s.sum() < OUTLINE_MIN_FRAMES for s in sides):
+        return nan, nan, nan
+    slopes = []
+    for s in sides:
+        k = np.flatnonzero(s)
+        k = k[np.linspace(0, k.size - 1, min(k.size, 300)).astype(int)]  # 300 frames a side: 45 000 pairs at most
+        i, j = np.triu_indices(k.size, 1)
+        slopes.append((r[k[j]] - r[k[i]]) / (t[k[j]] - t[k[i]]))
+    b = float(np.median(np.concatenate(slopes)))
+    res, spread = [], 0.0
+    for s in sides:
+        rs = r[s] - b * t[s]
+        res.append(rs - np.median(rs))
+        spread += float(np.sum((t[s] - t[s].mean()) ** 2))
+    span = float(np.ptp(np.flatnonzero(used)))
+    sigma = robust_sigma(np.concatenate(res), centre=0.0) / np.sqrt(spread) * span
+    return b * span, float(sigma), float(np.median(r[used]))
+
+
+def _moving_rim_note(change: float, radius: float, depth: int, n_px: int, n_mask: int) -> str:
+    pct = 100 * change / radius
+    return (
+        f"{MOVING_RIM_NOTE}: it {'grows' if change > 0 else 'shrinks'} by {abs(pct):.1f} % ({change:+.2f} px in "
+        f"radius; its own, the size change the particles share taken out), which the registration (a translation "
+        "per frame) does not follow: the outline sweeps through its rim as the energy crosses the edge, and the "
+        f"rim's spectra mix the particle and its surroundings: its E50 within {depth} px of the outline is biased "
+        "(a particle grown by 4 %: +0.69 / +0.41 / +0.26 eV at 0-1 / 1-2 / 2-3 px in, 7-10 times their standard "
+        f"error), and so are its fractions there: those {n_px} of its {n_mask} pixels are flagged moving_rim and "
+        "left out of its means"
+    )
+
+
+def _flag_moving_rims(particles: list, energies) -> list:
+    """The particles with the rim of each one whose own size changes across the scan flagged.
+
+    Each particle's equivalent radius per frame (:func:`_equivalent_radii`) gives its change across the scan
+    (:func:`_outline_change`), less the change the particles share (:func:`_shared_change`); where it reaches
+    :data:`OUTLINE_CHANGE_PX` and :data:`OUTLINE_CHANGE_Z` standard errors, the mask's pixels within half the
+    change plus :data:`RIM_REACH_PX` of its outline are flagged (:func:`xanestrack.xanes.flag_moving_rim`: out
+    of the quality mask) and a note says so. A note of an earlier pass (:func:`redo_xanes`) is replaced.
+    """
+    n = len(energies)
+    if not particles or n < 2 * OUTLINE_MIN_FRAMES:
+        return list(particles)
+    measured = [_outline_change(*_equivalent_radii(p, n), energies, float(p.e0_ev)) for p in particles]
+    shared = _shared_change([m[0] for m in measured], [m[2] for m in measured])
+    out = []
+    for p, (change, sigma, radius) in zip(particles, measured):
+        notes = tuple(x for x in p.notes if not x.startswith(MOVING_RIM_NOTE))
+        change = change - shared * radius
+        if not (
+            p.quality_assessed
+            and abs(change) >= OUTLINE_CHANGE_PX
+            and abs(change) >= OUTLINE_CHANGE_Z * sigma
+            and radius > 0
+        ):
+            out.append(p if notes == tuple(p.notes) else dataclasses.replace(p, notes=notes))
+            continue
+        depth = int(np.ceil(abs(change) / 2 + RIM_REACH_PX))
+        flags, maps, n_px = xanes.flag_moving_rim(p.pixel_flags, p.maps, p.mask, depth)
+        note = _moving_rim_note(change, radius, depth, n_px, int(np.count_nonzero(p.mask)))
+        out.append(dataclasses.replace(p, pixel_flags=flags, maps=maps, notes=notes + (note,)))
+    return out
+
+
+def _with_moving_rims(finished: list, energies) -> list:
+    """:func:`_flag_moving_rims` on the ``(ParticleResult, ...)`` tuples of :func:`_finish_particle`."""
+    flagged = _flag_moving_rims([f[0] for f in finished], energies)
+    return [(p, *f[1:]) for p, f in zip(flagged, finished)]
+
+
+def _moving_rim_run_note(particles) -> str:
+    """The run note gathering the particles whose rim was flagged (:func:`_flag_moving_rims`)."""
+    ids = [p.particle for p in particles if any(n.startswith(MOVING_RIM_NOTE) for n in p.notes)]
+    if not ids:
+        return ""
+    return (
+        f"the outlines of {len(ids)} of {len(particles)} particles ({', '.join(map(str, ids[:12]))}"
+        f"{' ...' if len(ids) > 12 else ''}) grow or shrink across the scan, which the registration (a translation "
+        "per frame) does not follow: their rims' E50 and fractions are biased (the rim's spectra mix the particle "
+        "and its surroundings), flagged moving_rim and left out of their means; each particle's note says by how "
+        "much"
+    )
 
 
 def _means_untrusted(p) -> bool:
@@ -2855,6 +3036,57 @@ def _cluster_note(sep, pair, window, particles) -> str:
 NI_REFERENCE_EDGE_EV = 8340.0
 
 
+#: eV: the calibration error the note on an uncalibrated axis quotes the fractions' change for
+#: (:func:`_uncalibrated_note`; a monochromator is off by 0.5-3 eV between beamtimes)
+CALIBRATION_STEP_EV = 0.5
+#: how the run note on fractions fitted on an uncalibrated axis begins
+UNCALIBRATED_NOTE = "the oxidised fractions are fitted with the shipped references"
+
+
+def _uncalibrated_note(particles, energies, references, lcf_window) -> str:
+    """The run note where the fractions come from the shipped references on an energy axis not calibrated.
+
+    The references were measured on another (calibrated) axis; a scan's axis is off by its monochromator's
+    offset. A +1 eV offset moved the default scene's oxidised fractions by 0.35-0.40, 7 of its 9 particles with
+    no note (the references still describe their spectra, shifted; --known-edge recovered them). The change
+    per :data:`CALIBRATION_STEP_EV` is computed from each particle's mean normalised spectrum and the
+    references used (:func:`xanestrack.chemistry.calibration.fraction_shift_sensitivity`), not assumed.
+    Empty where no particle has fractions.
+    """
+    from .chemistry.calibration import fraction_shift_sensitivity, half_step_energies
+
+    e = np.asarray(energies, float)
+    moves = []
+    for p in particles:
+        if p.fractions is None or not len(p.reference_names) or p.xanes_frames is None:
+            continue
+        norm = np.asarray(p.mean_norm, float)
+        use = np.asarray(p.xanes_frames, bool) & np.isfinite(norm)
+        try:
+            s = fraction_shift_sensitivity(
+                e[use], norm[use], references, e0_ev=float(p.e0_ev), window=lcf_window, shift_ev=CALIBRATION_STEP_EV
+            )
+        except ValueError:
+            continue
+        if np.isfinite(s[-1]):
+            moves.append(abs(float(s[-1])))
+    if not moves:
+        return ""
+    names = list(references)
+    half = half_step_energies(references)
+    apart = max(half.values()) - min(half.values()) if len(half) > 1 else float("nan")
+    spread = f" ({min(moves):.2f}-{max(moves):.2f} over {len(moves)} particles)" if len(moves) > 1 else ""
+    return (
+        f"{UNCALIBRATED_NOTE} ({', '.join(names)}"
+        + (f": their edges {apart:.1f} eV apart at half step" if np.isfinite(apart) else "")
+        + "), measured on a calibrated axis, on this scan's energies as given (not calibrated): each "
+        f"{CALIBRATION_STEP_EV:g} eV that the scan's axis is off theirs moves a particle's oxidised fraction ("
+        f"{names[-1]}) by {np.median(moves):.2f}{spread}, and its E50 by those {CALIBRATION_STEP_EV:g} eV: "
+        "run again with --energy-reference FILE (a Ni foil measured with the scan) or --known-edge PARTICLE=EV (a "
+        "particle whose E50 is known) to calibrate it"
+    )
+
+
 def _no_references_note(energies) -> str:
     return (
         f"no linear-combination fit (no oxidised fraction): the shipped reference spectra (NiO, LiNiO2) are of "
@@ -2880,7 +3112,9 @@ def redo_xanes(result: PipelineResult, *, energies_ev, references=None) -> Pipel
     (``result.edge_widths``) is repeated; the matrix texture subtracted from a drifting
     particle's frames is not kept in the result, so such a particle is analysed from its
     frames as measured, and its notes say so. ``run --known-edge`` does not use this: it
-    calibrates inside :func:`run_pipeline` (``recalibrate``), from the same windows.
+    calibrates inside :func:`run_pipeline` (``recalibrate``), from the same windows. The rims
+    of particles whose outline moves are flagged again (:func:`_flag_moving_rims`); the new
+    axis is taken as calibrated: the run's note on an axis not calibrated is dropped.
 
     Parameters
     ----------
@@ -2920,10 +3154,17 @@ def redo_xanes(result: PipelineResult, *, energies_ev, references=None) -> Pipel
         new_notes = [n for n in xr.pop("notes") if n not in p.notes] + extra
         norms.append(xr.pop("norm", None))
         particles.append(dataclasses.replace(p, **xr, notes=tuple(p.notes) + tuple(new_notes)))
+    # the new analysis's flags and quality masks hold no moving rim: flagged again (the note replaced)
+    particles = _flag_moving_rims(particles, e)
     chemistry = result.chemistry
     if options.clusters > 0 and particles:
         particles, chemistry = phase_mapping(particles, norms, e, options=options)
     tracks = result.tracks.copy()
     if len(tracks) and "energy_ev" in tracks:
         tracks["energy_ev"] = e[tracks["frame"].to_numpy(int)]
-    return dataclasses.replace(result, energies_ev=e, particles=particles, chemistry=chemistry, tracks=tracks)
+    # the new axis is taken as calibrated (what the function is for): the run's note on fractions fitted on an
+    # axis not calibrated, and its numbers, are dropped
+    notes = tuple(n for n in result.notes if not n.startswith(UNCALIBRATED_NOTE))
+    return dataclasses.replace(
+        result, energies_ev=e, particles=particles, chemistry=chemistry, tracks=tracks, notes=notes
+    )

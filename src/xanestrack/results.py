@@ -223,9 +223,12 @@ _PARTICLE_DOC = {
     ),
     "pixel_flags": (
         "bit flags",
-        "per pixel (h, w): why the XANES analysis of the pixel failed or was not measured, bits of "
+        "per pixel (h, w): why the XANES analysis of the pixel failed, was not measured or is not trusted, bits of "
         "xanestrack.xanes FLAG_* (attributes flag_bits: name -> bit, as JSON; flag_masks, flag_meanings: the same, "
-        "CF convention); 0 = measured; " + _WINDOW,
+        "CF convention); 0 = measured; moving_rim (32): measured, but within a few px of the outline of a particle "
+        "whose own size changes across the scan (its note says by how much): the outline sweeps through the pixel "
+        "as the energy crosses the edge, its spectrum mixes the particle and its surroundings, its E50 and fractions "
+        "are biased; left out of map_quality_keep; " + _WINDOW,
     ),
     "mean_spectrum": (
         "OD",
@@ -284,8 +287,8 @@ _MAP_DOC = {
     "fraction_sigma": "standard errors (n_refs, h, w) of fractions, for the references named in the attribute "
     "references",
     "edge_jump_od": "the edge jump of the pixel's spectrum (post-edge less pre-edge at E0)",
-    "quality_keep": "the pixels the quality masks trust (edge jump and fit quality); the other maps keep their "
-    "values where this is False",
+    "quality_keep": "the pixels the quality masks trust (edge jump and fit quality, and not on a moving rim: "
+    "pixel_flags moving_rim); the other maps keep their values where this is False",
     "cluster": "the phase (cluster) of the pixel from the phase mapping of all particles together (/chemistry)",
 }
 
@@ -369,7 +372,11 @@ _COLUMN_DOC = {
     "common_dx": ("px", "the common translation (columns, of the scale centre) from the first frame"),
     "common_scale": ("1 (ratio)", "the common isotropic scale: magnification relative to the first frame"),
     "scale": ("1 (ratio)", "the common isotropic scale: magnification relative to the first frame"),
-    "rotation_rad": ("rad", "the common rotation from the first frame (0 where not fitted)"),
+    "rotation_rad": (
+        "rad",
+        "the common rotation from the first frame, positive counter-clockwise as the image is shown (row 0 at the "
+        "top): y' = y cos - x sin, x' = x cos + y sin about the frame's centre, the optical axis (0 where not fitted)",
+    ),
     "n_particles": ("count", "the particles the frame's common motion was fitted over"),
     "residual_px": ("px", "RMS residual of the particles' positions about the fitted common motion"),
     "y0": ("px", "bounding box: first row"),
