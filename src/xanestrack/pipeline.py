@@ -363,9 +363,11 @@ def _map(fn, items, threads: int) -> list:
     from threadpoolctl import threadpool_limits
 
     # the particles are the parallel work: BLAS's own threads inside each of them (OpenBLAS starts one per
-    # core, and they spin-wait for the next call) took the cores from the other particles' numpy work.
-    # PyTorch's threads are left as they are: the segmenter's batches gain from them (limited to one too,
-    # the 1024^2 stress-all scan took 27.4 s against 21.9 s)
+    # core, and they spin-wait for the next call) took the cores from the other particles' numpy work. The
+    # 1024^2 stress-all scan (36 particles, 2 cores) in-process: quiet, 19.5 / 20.0 s -> 19.1 / 19.3 s (the 460^2
+    # default scene unchanged, 3.4-3.6 s); with other work on the machine, 38.5 -> 20.1 s, the matrix
+    # separation's small eigenproblems 3.9 s -> 0.06 s. PyTorch's threads are left as they are: the segmenter's
+    # batches gain from them (limited to one too, 27.4 s against 21.9 s)
     with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(min(threads, len(items))) as ex:
         return list(ex.map(fn, items))
 
