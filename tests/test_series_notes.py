@@ -128,6 +128,8 @@ def test_scans_on_grids_moved_or_of_other_energies_are_named_by_their_energies()
     t.attrs["energy_grids"]["t3"] = _grid()[::2]
     (grid,) = [n for n in series_notes(t) if "energy grids" in n]
     assert "t3 " in grid and "moved" not in grid
+    # how large the grids' bias can be: 0.1-0.2 eV alone was said, where a probe's 20 energies among 40 read 0.16-0.33
+    assert "0.16-0.33 eV at 40" in grid
     # a table read back from series.csv (no energies): the number of energies, as before
     t2 = _table(PROBE_E50)
     t2.loc[t2.scan == 4, "n_frames"] = 20
