@@ -1253,8 +1253,19 @@ def series(
         c = _console()
         for note in series_notes(table):
             c.print(f"note      {note}", highlight=False, markup=False, soft_wrap=True)
-        for name, notes in scan_notes(out):  # the scans' notes were only in their run.json
+        from .pipeline import UNCALIBRATED_NOTE
+
+        per_scan = scan_notes(out)
+        # the note that the fractions' axis was not calibrated is one for the series: printed once, for the first
+        # scan, with how many say it (it was printed for every scan)
+        uncalibrated = [name for name, notes in per_scan if any(n.startswith(UNCALIBRATED_NOTE) for n in notes)]
+        for name, notes in per_scan:  # the scans' notes were only in their run.json
             for note in notes:
+                if note.startswith(UNCALIBRATED_NOTE):
+                    if name != uncalibrated[0]:
+                        continue
+                    if len(uncalibrated) > 1:
+                        note = f"{note} (the same for {len(uncalibrated) - 1} more scans)"
                 if any(w in note for w in CONSOLE_NOTE_WORDS):
                     c.print(f"note      {name}: {for_cli(note)}", highlight=False, markup=False, soft_wrap=True)
         failed = table.attrs.get("failed", [])

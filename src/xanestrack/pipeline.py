@@ -3080,12 +3080,10 @@ def _uncalibrated_note(particles, energies, references, lcf_window) -> str:
     spread = f" ({min(moves):.2f}-{max(moves):.2f} over {len(moves)} particles)" if len(moves) > 1 else ""
     return (
         f"{UNCALIBRATED_NOTE} ({', '.join(names)}"
-        + (f": their edges {apart:.1f} eV apart at half step" if np.isfinite(apart) else "")
-        + "), measured on a calibrated axis, on this scan's energies as given (not calibrated): each "
-        f"{CALIBRATION_STEP_EV:g} eV that the scan's axis is off theirs moves a particle's oxidised fraction ("
-        f"{names[-1]}) by {np.median(moves):.2f}{spread}, and its E50 by those {CALIBRATION_STEP_EV:g} eV: "
-        "run again with --energy-reference FILE (a Ni foil measured with the scan) or --known-edge PARTICLE=EV (a "
-        "particle whose E50 is known) to calibrate it"
+        + (f", {apart:.1f} eV apart at half step" if np.isfinite(apart) else "")
+        + f") on an energy axis not calibrated: each {CALIBRATION_STEP_EV:g} eV it is off moves the "
+        f"{names[-1]} fraction by {np.median(moves):.2f}{spread}; calibrate: run again with --energy-reference FILE "
+        "or --known-edge PARTICLE=EV"
     )
 
 
