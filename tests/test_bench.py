@@ -101,6 +101,7 @@ def test_bench_command_on_a_dataset_folder(tmp_path):
     assert "### dataset `ds` (30 x 160 x 160, 2 particles, drawn as preset default seed 7)" in md, md
     assert "xanestrack (edge correlation vouched for by the centre of mass" in md
     assert "The centre of mass of each frame's mask alone (the paper's method, not smoothed)" in md
+    assert set(t.seed) == {7} and (tmp_path / "b" / "peak_ratios_ds_7.csv").is_file()  # its seed, not 0
 
 
 def test_two_datasets_of_one_folder_name_are_kept_apart(tmp_path):

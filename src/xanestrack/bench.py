@@ -233,11 +233,13 @@ class _Dataset:
         self.truth = read_truth(folder / "truth.h5")
         self.energies_ev = self._stack.energies_ev
         self.drawn = ""  # the preset and seed ``synth`` drew it with, where its truth.h5 says
+        self.seed = 0  # its seed in the tables and file names (0 where unknown)
         import h5py
 
         with h5py.File(folder / "truth.h5", "r") as f:
             if "preset" in f.attrs and "seed" in f.attrs:
-                self.drawn = f"drawn as preset {f.attrs['preset']} seed {int(f.attrs['seed'])}"
+                self.seed = int(f.attrs["seed"])
+                self.drawn = f"drawn as preset {f.attrs['preset']} seed {self.seed}"
 
     def optical_density(self):
         return self._stack.od
@@ -263,9 +265,10 @@ def run_benchmark(presets, seeds, *, methods=None, progress=None, datasets=()):
             names = [f"{name}_{i}" for i, name in enumerate(names)]
     for folder, name in zip(datasets, names):
         ds = _Dataset(folder)
-        t, r, pos = benchmark_stack(ds, methods=methods, preset=name, seed=0, progress=progress)
+        # its own seed (0 was written for every dataset: "seed 0" in the tables and peak_ratios_NAME_0.csv)
+        t, r, pos = benchmark_stack(ds, methods=methods, preset=name, seed=ds.seed, progress=progress)
         tables.append(t)
-        results[(name, 0)] = (ds, r, pos)
+        results[(name, ds.seed)] = (ds, r, pos)
     for preset in presets:
         for seed in seeds:
             s = make_scene(preset, seed=seed)
@@ -294,7 +297,7 @@ def write_benchmark(table, results, out_dir) -> str:
         mine_rows = table[table.preset == preset]
         seeds = sorted(mine_rows["seed"].unique())
         scenes = sorted(mine_rows["scene"].unique()) if "scene" in mine_rows else []
-        if (preset, 0) in results and isinstance(results[(preset, 0)][0], _Dataset):
+        if any(k[0] == preset and isinstance(v[0], _Dataset) for k, v in results.items()):
             head = f"### dataset `{preset}` ({'; '.join(scenes)})\n"
         else:
             head = f"### preset `{preset}` (seeds {', '.join(map(str, seeds))}; {'; '.join(scenes)})\n"
