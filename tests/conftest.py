@@ -56,3 +56,13 @@ def undocumented_fields(cls) -> list:
 
     doc = cls.__doc__ or ""
     return [f.name for f in fields(cls) if not re.search(rf"^\s*{re.escape(f.name)} : ", doc, re.M)]
+
+
+def error_line(r, *fragments):
+    """The one line a refused command printed (``error: ...``, exit status 2, no traceback), holding ``fragments``."""
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.output, r.output
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+    return lines[0]

@@ -12,20 +12,12 @@ import textwrap
 import pytest
 from typer.testing import CliRunner
 
+from conftest import error_line as _error_line
 from xanestrack.cli import app
 from xanestrack.errors import XanestrackError
 from xanestrack.outdir import MARKER, atomic_output_dir, check_output_dir
 
 runner = CliRunner()
-
-
-def _error_line(r, *fragments):
-    assert r.exit_code == 2, r.output
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.output, r.output
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
-    return lines[0]
 
 
 def _no_reading(monkeypatch):
