@@ -232,7 +232,7 @@ _PARTICLE_DOC = {
         "per pixel (h, w): why the XANES analysis of the pixel failed, was not measured or is not trusted, bits of "
         "xanestrack.xanes FLAG_* (attributes flag_bits: name -> bit, as JSON; flag_masks, flag_meanings: the same, "
         "CF convention); 0 = measured; moving_rim (32): measured, but within a few px of the outline of a particle "
-        "whose own size changes across the scan (its note says by how much): the outline sweeps through the pixel "
+        "whose own size or shape changes across the scan (it swells, shrinks or turns; its note says by how much): the outline sweeps through the pixel "
         "as the energy crosses the edge, its spectrum mixes the particle and its surroundings, its E50 and fractions "
         "are biased; left out of map_quality_keep; " + _WINDOW,
     ),

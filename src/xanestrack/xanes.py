@@ -15,8 +15,9 @@ bit in ``flags``:
 - ``FLAG_FIT`` (8): the linear combination fit failed or is outside its constraints;
 - ``FLAG_GAP`` (16): the edge energy falls in a gap of left-out frames: not measured;
 - ``FLAG_MOVING_RIM`` (32): measured, but within a few pixels of the outline of a particle whose size
-  changes across the scan (:func:`flag_moving_rim`): the outline moves through the pixel across the
-  edge's energies, so its spectrum mixes the particle's and its surroundings'; not kept by the quality mask.
+  or shape (a turn, a crack opening) changes across the scan (:func:`flag_moving_rim`): the outline moves
+  through the pixel across the edge's energies, so its spectrum mixes the particle's and its surroundings';
+  not kept by the quality mask.
 
 :func:`analyse_particle` runs the whole analysis on one particle's aligned sub-stack:
 local background (:func:`local_background`), smoothing inside the mask, normalisation,
@@ -62,8 +63,9 @@ logger = logging.getLogger(__name__)
 FLAG_NONFINITE, FLAG_LOW_STEP, FLAG_NO_CROSSING, FLAG_FIT = 1, 2, 4, 8
 #: the edge energy falls in a gap of left-out frames (:func:`edge_energy`): not measured
 FLAG_GAP = 16
-#: the pixel lies within a few pixels of the outline of a particle whose own size changes across the scan
-#: (:func:`flag_moving_rim`): its E50 and fractions are measured but biased, and the quality mask drops it
+#: the pixel lies within a few pixels of the outline of a particle whose own size or shape (a turn, a crack
+#: opening) changes across the scan (:func:`flag_moving_rim`): its E50 and fractions are measured but biased,
+#: and the quality mask drops it
 FLAG_MOVING_RIM = 32
 #: a particle whose E50 falls in a gap of frames left out in more than this share of its mask's pixels has no
 #: mean E50 (nor spread, nor sigma; :func:`xanestrack.result.particle_summary`): the pixels measured are those
@@ -618,9 +620,9 @@ def moving_rim(mask, depth_px: float) -> np.ndarray:
 def flag_moving_rim(pixel_flags, maps: dict, mask, depth_px: float) -> tuple[np.ndarray, dict, int]:
     """Flag the rim of a particle whose outline moves across the scan: ``(pixel_flags, maps, n_pixels)``.
 
-    The registration moves each frame by a translation only; where the particle itself grows or
-    shrinks across the scan, its outline sweeps through the pixels of its rim as the energy crosses
-    the edge, and their spectra mix the particle's absorption with its surroundings' (a particle
+    The registration moves each frame by a translation only; where the particle itself grows,
+    shrinks, turns or cracks across the scan, its outline sweeps through the pixels of its rim as
+    the energy crosses the edge, and their spectra mix the particle's absorption with its surroundings' (a particle
     grown by 4 %: E50 +0.69 / +0.41 / +0.26 eV at 0-1 / 1-2 / 2-3 px inside its outline, 7-10
     times their standard error, every pixel kept). The pixels of :func:`moving_rim` get
     :data:`FLAG_MOVING_RIM` and are dropped from ``maps["quality_keep"]`` (so from the particle's
