@@ -181,3 +181,14 @@ def test_flats_darker_than_the_images_are_noted_with_where(scale, said):
     else:
         (note,) = brighter
         assert said in note and "the flats do not belong to these images" in note
+
+
+def test_frames_saturated_over_most_of_their_pixels_are_refused_as_saturated():
+    # images 99.97 % at 65535 beside float flats were refused as "OD or transmission ..., darks swapped, or the beam
+    # off?": the saturation was not named
+    counts, flats, dark, od = _scan()
+    c = np.round(counts).astype(np.uint16)
+    c[:12] = 65535
+    with pytest.raises(XanestrackError, match="12 of 20 frames hold no image") as err:
+        optical_density(c, flats=flats, darks=dark)
+    assert "saturated over 100% of its pixels" in str(err.value) and "lower the exposure" in str(err.value)

@@ -533,6 +533,15 @@ def _no_image_cause(counts, flats_given: bool, blank) -> str:
                 "wrapped around to negative values (an integer overflow when they were saved); save them unsigned "
                 "(uint16) or wider and run again"
             )
+    # frames saturated over most of their pixels (an exposure far too long) were refused naming OD, transmission,
+    # swapped darks or the beam off, not the saturation (the false-alarm probe: images 99.97 % at 65535)
+    for k in blank[:3]:
+        sat, top = _saturated(np.asarray(counts[k]))
+        if sat is not None and sat.mean() > 0.5:
+            return (
+                f"frame {k} is saturated over {sat.mean():.0%} of its pixels (at the detector's full scale, {top:g}): "
+                "lower the exposure (or the beam's intensity) and measure again"
+            )
     if not flats_given:
         return "the values are not transmission I/I0 (optical density?); say what they are with `values`"
     return (
