@@ -192,3 +192,16 @@ def test_frames_saturated_over_most_of_their_pixels_are_refused_as_saturated():
     with pytest.raises(XanestrackError, match="12 of 20 frames hold no image") as err:
         optical_density(c, flats=flats, darks=dark)
     assert "saturated over 100% of its pixels" in str(err.value) and "lower the exposure" in str(err.value)
+
+
+def test_the_same_pixels_at_full_scale_in_every_flat_are_stuck_pixels_not_an_exposure():
+    # four stuck pixels in all 60 flats were "240 saturated detector pixels ...: lower the exposure of the flats"
+    counts, flats, dark, od = _scan()
+    flats = np.round(flats).astype(np.uint16)
+    flats[:, 10:12, 30:32] = 65535
+    notes = []
+    got = optical_density(np.round(counts).astype(np.uint16), flats=flats, darks=dark, notes=notes)
+    assert np.isnan(got[:, 10:12, 30:32]).all()
+    (note,) = [n for n in notes if "flat (reference) image" in n]
+    assert "4 pixels at the detector's full scale (65535) in every flat" in note and "stuck or hot" in note
+    assert "lower the exposure" not in note

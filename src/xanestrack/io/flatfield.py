@@ -355,6 +355,11 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
             flat_sat[0] += n_pix
             flat_sat[1] += 1
             flat_sat[2] = top
+            # the same pixels in every flat: stuck or hot detector pixels, not an exposure too long
+            if flat_sat[3] is None:
+                flat_sat[3] = sat.copy()
+            elif flat_sat[4] and not np.array_equal(sat, flat_sat[3]):
+                flat_sat[4] = False
         if sat.mean() > MAX_SATURATED_FLAT_SHARE:
             return sat, (
                 f"{source}: the flat (reference) image{f' of frame {k}' if flat.shape[0] > 1 else ''} is saturated "
@@ -363,7 +368,8 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
             )
         return sat, None
 
-    flat_sat = [0, 0, None]  # saturated pixels in the flats, flats with any, the value
+    # saturated pixels in the flats, flats with any, the value, the first such flat's pixels, all flats alike so far
+    flat_sat = [0, 0, None, None, True]
     # the counts are added to from the threads of the blocks below: `n[0] += a.sum()` reads n, releases the GIL in
     # the sum and can write n back over what another thread added meanwhile
     tally = threading.Lock()
@@ -485,7 +491,14 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
             "count measured there; filled from the pixels around them (a particle's position or spectrum taken there is "
             "less sure: lower the exposure)"
         )
-    if flat_sat[0]:
+    if flat_sat[0] and flat.shape[0] > 1 and flat_sat[1] == flat.shape[0] and flat_sat[4]:
+        # four stuck pixels in all 60 flats were "240 saturated detector pixels ...: lower the exposure of the flats"
+        said.append(
+            f"{source}: {int(flat_sat[3].sum())} pixels at the detector's full scale ({flat_sat[2]:g}) in every flat "
+            "(reference) image, the same ones: stuck or hot detector pixels, not an exposure too long; the "
+            "transmission there is unknown, filled from the pixels around them"
+        )
+    elif flat_sat[0]:
         n_flats = flat.shape[0]
         said.append(
             f"{source}: {flat_sat[0]} saturated detector pixels (value {flat_sat[2]:g}) in "
