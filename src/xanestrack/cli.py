@@ -1246,15 +1246,13 @@ def series(
         )
         write_series_report(table, out)
         from .errors import for_cli
-        from .pipeline import CONSOLE_NOTE_WORDS
+        from .pipeline import CONSOLE_NOTE_WORDS, UNCALIBRATED_NOTE
         from .results import add_to_marker
         from .series import scan_notes, series_notes
 
         c = _console()
         for note in series_notes(table):
             c.print(f"note      {note}", highlight=False, markup=False, soft_wrap=True)
-        from .pipeline import UNCALIBRATED_NOTE
-
         per_scan = scan_notes(out)
         # the note that the fractions' axis was not calibrated is one for the series: printed once, for the first
         # scan, with how many say it (it was printed for every scan)
