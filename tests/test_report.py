@@ -104,6 +104,25 @@ def test_report_rebuild_command_gives_the_same_file(report_dir):
     assert digest(report_dir / "report.html", report_dir / "figures") == before
 
 
+def test_report_writes_again_the_table_copies_deleted_since_the_run(report_dir, tmp_path):
+    """The report links tracks.csv and motion_summary.csv: deleted, `report` wrote report.html with dead links and
+    said nothing. They are written again from results.h5, the same bytes; a copy still there is left as it is."""
+    folder = tmp_path / "out"
+    shutil.copytree(report_dir, folder)
+    kept = {n: (folder / n).read_bytes() for n in ("tracks.csv", "motion_summary.csv")}
+    (folder / "tracks.csv").unlink()
+    (folder / "motion_summary.csv").unlink()
+    (folder / "detections.csv").write_text("particle\nmine\n")  # the user's own edit stays
+    r = CliRunner().invoke(app, ["report", str(folder)])
+    assert r.exit_code == 0, r.output
+    assert "tracks.csv" in r.output and "motion_summary.csv" in r.output
+    for n, b in kept.items():
+        assert (folder / n).read_bytes() == b, n
+    assert (folder / "detections.csv").read_text() == "particle\nmine\n"
+    marker = json.loads((folder / ".xanestrack-output").read_text())
+    assert {"tracks.csv", "motion_summary.csv"} <= set(marker["files"])
+
+
 def _chromium():
     for name in ("chromium", "chromium-browser", "google-chrome"):
         p = shutil.which(name)

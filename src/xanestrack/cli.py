@@ -1505,16 +1505,19 @@ def report(folder: Path = typer.Argument(..., help="An output folder of 'xanestr
     try:
         from .outdir import check_rewrite, report_files
         from .report import write_report
-        from .results import add_to_marker
+        from .results import add_to_marker, read_results, write_missing_tables
 
         check_rewrite(folder, report_files(folder))  # a report.html the user edited is not overwritten
         t0 = time.time()
-        write_report(folder)
+        result = read_results(folder)
+        write_report(folder, result=result)
         figures = [
             f.relative_to(folder) for f in Path(folder).glob("figures/*") if f.is_file() and f.stat().st_mtime >= t0 - 1
         ]
-        add_to_marker(folder, ["report.html", *figures])  # what the report wrote is ours to replace later
-        _console().print(f"wrote {folder}/report.html")
+        # the report links the CSV copies: one deleted since the run is written again from results.h5
+        tables = write_missing_tables(result, folder) if (Path(folder) / "results.h5").is_file() else []
+        add_to_marker(folder, ["report.html", *figures, *tables])  # what the report wrote is ours to replace later
+        _console().print(f"wrote {folder}/report.html" + (f" and, missing, {', '.join(tables)}" if tables else ""))
     except Exception as exc:
         if "unable to lock file" in str(exc):  # HDF5's lock: the file is fine, a rerun is not what it needs
             from .errors import XanestrackError

@@ -538,6 +538,23 @@ def write_tables(result, folder, *, run_info: dict) -> None:
     _write_run_json(folder, info)
 
 
+def write_missing_tables(result, folder) -> list:
+    """Write again the CSV copies of ``result``'s tables that are missing from ``folder`` (deleted since the run);
+    a copy that is there is left as it is. Returns the names written."""
+    folder = Path(folder)
+    written = []
+    for name, (fname, fmt) in _CSV.items():
+        df = getattr(result, name)
+        if not (folder / fname).exists() and (name != "peak_ratios" or len(df)):
+            df.to_csv(folder / fname, index=False, float_format=fmt)
+            written.append(fname)
+    ct = cluster_table(result)
+    if ct is not None and not (folder / "clusters.csv").exists():
+        ct.to_csv(folder / "clusters.csv", index=False, float_format="%.4f")
+        written.append("clusters.csv")
+    return written
+
+
 def _write_run_json(folder, info: dict) -> None:
     with open(Path(folder) / "run.json", "w") as fh:
         json.dump(info, fh, indent=2, default=_json_default)
@@ -893,9 +910,8 @@ def read_results(folder):
         raise XanestrackError(f"{folder}: not a folder; give an output folder of 'xanestrack run'")
     if not (folder / "results.h5").is_file():
         raise XanestrackError(f"{folder}: no results.h5 here; is this a xanestrack output folder?")
-    for name in ("tracks.csv", "run.json"):
-        if not (folder / name).is_file():
-            raise XanestrackError(f"{folder / name}: missing; {rerun}")
+    if not (folder / "run.json").is_file():
+        raise XanestrackError(f"{folder / 'run.json'}: missing; {rerun}")
     run = read_run_info(folder)
     h5 = folder / "results.h5"
     try:
@@ -913,7 +929,9 @@ def read_results(folder):
                 # is built from these, whatever was done to the CSV files)
                 tables = {name: _read_table(f["tables"][name]) for name in TABLES if name in f["tables"]}
                 where = f"{h5} /tables/tracks"
-            else:
+            else:  # a folder from before results.h5 held the tables: tracks.csv is the only copy
+                if not (folder / "tracks.csv").is_file():
+                    raise XanestrackError(f"{folder / 'tracks.csv'}: missing; {rerun}")
                 tables = _read_csv_tables(folder, rerun)
                 where = str(folder / "tracks.csv")
             tracks = tables.get("tracks")
