@@ -83,6 +83,35 @@ def test_flats_averaged_from_uint16_keep_their_saturated_pixels(tmp_path):
     )
 
 
+@pytest.mark.parametrize("dtype,top", [(np.uint16, 4095), (np.float32, 4095), (np.float32, 16383)])
+def test_flats_of_12_and_14_bit_cameras_are_saturated_at_their_full_scale(dtype, top):
+    """A 12-bit camera's counts come as uint16 or float and stop at 4095 (a 14-bit's at 16383): clipped flats were
+    divided as measured, as 65535's were before."""
+    counts, flats, dark, od = _scan(level=0.7 * top)
+    flats = np.round(flats).astype(dtype)
+    flats[[2, 5, 7], 10:12, 30] = top
+    notes = []
+    got = optical_density(np.round(counts).astype(dtype), flats=flats, darks=dark, notes=notes)
+    sat = np.zeros(od.shape, bool)
+    sat[[2, 5, 7], 10:12, 30] = True
+    assert np.isnan(got[sat]).all() and np.allclose(got[~sat], od[~sat], atol=3e-3)
+    assert any(f"6 saturated detector pixels (value {top}) in 3 of the 20 flat" in n for n in notes), notes
+    # the averaged flats keep them at the full scale
+    from xanestrack.io import _match_flats
+
+    fl = flats[:3].copy()
+    fl[1, 8, 8:10] = top
+    notes = []
+    got = optical_density(counts, flats=_match_flats(fl, N, source="f", notes=notes), darks=dark, notes=notes)
+    assert np.isnan(got[:, 8, 8:10]).all()
+    # control: the counts' largest value at 4095 once, no pile-up there: a count, not a full scale
+    flats = np.round(_scan(level=0.7 * top)[1]).astype(dtype)
+    flats[3, 5, 5] = top
+    notes = []
+    got = optical_density(counts, flats=flats, darks=dark, notes=notes)
+    assert np.isfinite(got).all() and not any("saturated" in n for n in notes)
+
+
 def test_a_flat_saturated_over_most_of_its_pixels_is_refused():
     counts, flats, dark, od = _scan()
     flats = np.round(flats).astype(np.uint16)

@@ -396,11 +396,13 @@ def _match_flats(flats, n_frames: int, *, source, notes):
         "is used for every frame (give one flat per frame if the beam changed with energy)"
     )
     mean = flats.mean(axis=0, keepdims=True, dtype=np.float32)
-    if np.issubdtype(flats.dtype, np.integer):
-        # a pixel saturated in any of them averages to below the full scale, where it would pass for measured: kept
-        # at the full scale, which optical_density takes for saturated (a uint16's as float: 65535)
-        top = np.iinfo(flats.dtype).max
-        mean[(flats == top).any(axis=0, keepdims=True)] = top
+    # a pixel saturated in any of them averages to below the full scale, where it would pass for measured: kept
+    # at the full scale, which optical_density takes for saturated (a uint16's as float: 65535; a 12-bit camera's 4095)
+    from .flatfield import _saturated
+
+    sat, top = _saturated(flats)
+    if sat is not None:
+        mean[sat.any(axis=0, keepdims=True)] = top
     return mean
 
 

@@ -83,10 +83,21 @@ OD_BELOW_FLAT = -0.05
 ABOVE_FLAT_SHARE = 0.05
 
 
+#: the full scales of 12- and 14-bit cameras, whose counts come as uint16 or float: flats of a 12-bit camera clipped
+#: at 4095 were divided as measured, as 65535's were before (:data:`FULL_SCALE_16BIT`) ...
+SMALLER_FULL_SCALES = (4095.0, 16383.0)
+#: ... taken for where the counts saturated only where they pile up there, as clipped counts do: the largest value,
+#: at least this many pixels at it ...
+PILE_UP_MIN = 2
+#: ... and this many times as many as within one count below it (unclipped counts thin out towards their largest)
+PILE_UP_RATIO = 4.0
+
+
 def _saturated(a):
     """``(mask, value)`` of the saturated detector pixels of ``a`` (a block of frames, or flats): at the
     integer type's largest value, or, stored as float, at :data:`FULL_SCALE_16BIT` where nothing is above it
-    (counts saved as float, flats averaged); ``(None, None)`` where there are none."""
+    (counts saved as float, flats averaged); else at a 12- or 14-bit camera's full scale
+    (:data:`SMALLER_FULL_SCALES`) where the largest values pile up there; ``(None, None)`` where there are none."""
     a = np.asarray(a)
     if np.issubdtype(a.dtype, np.integer):
         top = np.iinfo(a.dtype).max
@@ -95,11 +106,22 @@ def _saturated(a):
     else:
         return None, None
     sat = a == top
-    if not sat.any():
+    if sat.any():
+        if a.dtype.kind == "f" and np.nanmax(a) > top:  # counts above it: 65535 was not the detector's full scale
+            return None, None
+        return sat, top
+    if not a.size or (a.dtype.kind in "iu" and a.dtype.itemsize < 2):
         return None, None
-    if a.dtype.kind == "f" and np.nanmax(a) > top:  # counts above it: 65535 was not the detector's full scale
+    with np.errstate(invalid="ignore"):
+        mx = float(np.nanmax(a)) if a.dtype.kind == "f" else float(a.max())
+    if mx not in SMALLER_FULL_SCALES:
         return None, None
-    return sat, top
+    sat = a == mx
+    n_top = int(np.count_nonzero(sat))
+    n_below = int(np.count_nonzero((a >= mx - 1) & (a < mx)))
+    if n_top < PILE_UP_MIN or n_top < PILE_UP_RATIO * n_below:
+        return None, None
+    return sat, mx
 
 
 def _check_counts_beside_flats(counts, flat, source: str) -> None:
