@@ -1163,7 +1163,11 @@ def bench(
         from rich.console import Console
         from rich.markdown import Markdown
 
-        Console().print(Markdown(md))
+        con = Console()
+        if max(map(len, md.splitlines()), default=0) <= con.width:
+            con.print(Markdown(md))
+        else:  # Rich would cut the numbers of a table wider than the console (80 columns, or a pipe): the text as written
+            con.print(md, markup=False, highlight=False, soft_wrap=True)
         _console().print(f"tables and figures in {out}/")
     except Exception as exc:
         _fail(exc)
