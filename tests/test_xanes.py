@@ -389,3 +389,22 @@ def test_frames_left_out_are_named_as_the_runs_they_form():
     assert text.startswith("8200.0-8311.5 eV (34 frames), 8402.8-8409.6 eV (3 frames), 8504.2 eV")
     assert text.endswith("and 2 more runs of frames")
     assert xanes._frame_runs(e, np.arange(143) < 34) == "8200.0-8311.5 eV"
+
+
+@pytest.mark.parametrize("n_energies", [143, 60])
+def test_an_edge_on_a_shoulder_is_said_to_hang_on_the_normalisation(n_energies):
+    """A Ni-metal particle (edge on a shoulder, no white line) read 0.56 eV below its densely measured E50 on a
+    scan of 60 energies, its sigma 0.018 eV, nothing said. NiO-like particles (and Ni(OH)2, NiS) get no note."""
+    from chemistry_synth import disc, dome, pixel_od
+
+    d = shared_data("spectra", "xasdatalibrary", "Ni")
+    e = ni_energy_grid(n_energies)
+    mask = disc((41, 41), 18)
+    for name, said in (("Ni_metal_rt_01.xdi", True), ("NiOH2_rt_01.xdi", False), ("NiS_rt_01.xdi", False)):
+        r = read_spectrum(d / name)
+        mu = np.interp(e, r.energies_ev, r.mu)
+        od, _ = pixel_od(e, mu[None], mask[None].astype(float), dome((41, 41), 18, 0.6))
+        notes = xanes.analyse_particle(od, mask, e, uncertainty=False)["notes"]
+        assert any(n.startswith(xanes.SHOULDER_NOTE) for n in notes) == said, (name, notes)
+    od, mask, _ = _core_shell(e)
+    assert not any(n.startswith(xanes.SHOULDER_NOTE) for n in xanes.analyse_particle(od, mask, e)["notes"])

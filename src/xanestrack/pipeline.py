@@ -59,6 +59,7 @@ from .smoothing import local_quadratic, smooth_tracks
 from .stack import Stack, duplicate_frames, lone_step, lone_step_words, sanitize_stack
 from .xanes import (
     MISFIT_NOTE,
+    SHOULDER_NOTE,
     SPARSE_POST_EDGE_NOTE,
     find_e0,
     local_background,  # noqa: F401 (re-exported: it lived here)
@@ -2826,6 +2827,13 @@ def _particle_chemistry_notes(particles, n_energies: int | None = None, min_ener
     if few:
         first = next(n for p in particles for n in p.notes if n.startswith(SPARSE_POST_EDGE_NOTE))
         out.append(f"{first} (particles {ids(few)})")
+    shoulder = [p.particle for p in particles if any(n.startswith(SHOULDER_NOTE) for n in p.notes)]
+    if shoulder:
+        out.append(
+            f"the edges of {len(shoulder)} of {len(particles)} particles ({ids(shoulder)}) cross half their step on "
+            "a shoulder (metal-like): their E50 hangs on the edge step the normalisation sets, by more than their "
+            "sigma says; each particle's note says by how much"
+        )
     misfit = [p.particle for p in particles if any(MISFIT_NOTE in n for n in p.notes)]
     if misfit:
         out.append(
