@@ -300,3 +300,19 @@ def test_the_pixel_size_gives_scale_bars_and_is_stated_once(report_dir, tmp_path
     assert html.count("Scale bar 2 µm (40 px of 0.05 µm).") == 4
     # the particles' tiles: their width in um
     assert html.count(" µm) wide.") == html.count('<div class="particle">') > 0
+
+
+def test_the_normalisation_bias_is_quoted_for_the_shipped_references_alone(report_dir, tmp_path):
+    """The sigma caption quoted '+0.11 eV for NiO to +0.003 eV for LiNiO2' under any references (a Mn scan's,
+    a Ni-metal's -0.56 eV). The fixture's run fits the shipped ones; the same folder with the user's references
+    in run.json is said without them."""
+    from xanestrack.report import write_report
+
+    assert "+0.11 eV for NiO to +0.003 eV for LiNiO<sub>2</sub>" in (report_dir / "report.html").read_text()
+    copy = tmp_path / "copy"
+    shutil.copytree(report_dir, copy)
+    run = json.loads((copy / "run.json").read_text())
+    run["references"] = ["NiO=my_nio.txt", "LiNiO2=my_linio2.txt"]
+    (copy / "run.json").write_text(json.dumps(run))
+    html = write_report(copy).read_text()
+    assert "eV for NiO" not in html and "measured for the shipped Ni references only, not for this run's" in html

@@ -405,7 +405,14 @@ def _input_description(stack, inputs, others=()):
 
 
 def _chemistry_options(
-    clusters, cluster_method, cluster_window, edge_jump_threshold, energy_reference, reference_standard, known_edge
+    clusters,
+    cluster_method,
+    cluster_window,
+    edge_jump_threshold,
+    energy_reference,
+    reference_standard,
+    known_edge,
+    reference_e0=None,
 ) -> dict:
     """Check the chemistry options of ``run``: ``{"options": PipelineOptions fields, "known_edge": (p, ev) or None}``."""
     import math
@@ -414,7 +421,7 @@ def _chemistry_options(
 
     if clusters < 0 or clusters == 1:
         raise XanestrackError(f"--clusters {clusters}: give 0 (no phase mapping) or 2 or more phases")
-    if cluster_method not in ("kmeans", "nmf"):
+    if cluster_method not in (None, "kmeans", "nmf"):
         raise XanestrackError(f"--cluster-method takes 'kmeans' or 'nmf', got {cluster_method!r}")
     window = None
     if cluster_window is not None:
@@ -433,6 +440,14 @@ def _chemistry_options(
         raise XanestrackError(f"--edge-jump-threshold {edge_jump_threshold}: give a positive number (5 is usual)")
     if reference_standard is not None and energy_reference is None:
         raise XanestrackError("--reference-standard needs --energy-reference (the reference measured with the scan)")
+    # these two were ignored without a word without the option they qualify (None: not given)
+    if reference_e0 is not None and energy_reference is None:
+        raise XanestrackError(
+            "--reference-e0 needs --energy-reference (it is the known E0 of that reference; it sets no edge itself)"
+        )
+    if cluster_method is not None and not clusters:
+        raise XanestrackError(f"--cluster-method {cluster_method}: give --clusters N too (it sets how they are found)")
+    cluster_method = cluster_method or "kmeans"
     edge = None
     if known_edge is not None:
         if energy_reference is not None:
@@ -727,8 +742,8 @@ def run(
     clusters: int = typer.Option(
         0, help="Phase mapping: cluster the normalised pixel spectra of all particles together into K phases (0: none)."
     ),
-    cluster_method: str = typer.Option(
-        "kmeans", help="Phase mapping method: 'kmeans' or 'nmf' (started from k-means)."
+    cluster_method: Optional[str] = typer.Option(
+        None, help="Phase mapping method (with --clusters): 'kmeans' (the default) or 'nmf' (started from k-means)."
     ),
     cluster_window: Optional[str] = typer.Option(
         None,
@@ -738,8 +753,9 @@ def run(
         None,
         help="Energy calibration: a foil or standard spectrum (XDI or text: energy, mu) measured on the scan's energy axis; its E0 (derivative maximum) is shifted to --reference-e0.",
     ),
-    reference_e0: float = typer.Option(
-        8333.0, help="Known E0 (eV) of --energy-reference (8333.0: Ni foil, first inflection point)."
+    reference_e0: Optional[float] = typer.Option(
+        None,
+        help="Known E0 (eV) of --energy-reference; default 8333.0 (Ni foil, first inflection point).",
     ),
     reference_standard: Optional[Path] = typer.Option(
         None,
@@ -787,6 +803,7 @@ def run(
             energy_reference,
             reference_standard,
             known_edge,
+            reference_e0,
         )
         check_output_dir(out, overwrite=overwrite, inputs=given, kind="run")  # before reading: refuse early
         for name, value, model in (("detector", detector, detector_model), ("segmenter", segmenter, segmenter_model)):
@@ -872,7 +889,9 @@ def run(
         # read and chemistry options that are not the pipeline's (its `parameters`): in the command only before
         run_info.update(zingers=bool(zingers), references=list(reference or []))
         if energy_reference is not None:
-            stack, cal, cal_note = _calibrate_stack(stack, energy_reference, reference_e0, reference_standard)
+            stack, cal, cal_note = _calibrate_stack(
+                stack, energy_reference, 8333.0 if reference_e0 is None else reference_e0, reference_standard
+            )
             run_info["energy_calibration"] = cal
             if cal_note:
                 stack.metadata.setdefault("notes", []).append(cal_note)

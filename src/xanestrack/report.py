@@ -951,6 +951,27 @@ K_EDGES_EV = {"Mn": 6539.0, "Fe": 7112.0, "Co": 7709.0, "Ni": 8333.0, "Cu": 8979
 K_EDGE_NEAR_EV = 40.0
 
 
+def _normalisation_bias(run: dict, result) -> str:
+    """The uncertainty caption's words on the normalisation's bias: measured for the shipped Ni references only.
+
+    The numbers are those of the shipped NiO and LiNiO2 (against pyxas's normalisation); they were quoted under
+    Mn scans and users' own references, where the bias is another (a Ni-metal-like edge: -0.56 eV). The run's
+    ``references`` (the ``--reference`` NAME=FILE given; none: the shipped ones) and the particles' fitted
+    reference names tell which were used: the same from the run's memory and from its folder.
+    """
+    shipped = ("NiO", "LiNiO2")
+    fitted = any(tuple(p.reference_names) == shipped for p in result.particles)
+    if fitted and not run.get("references"):
+        return (
+            " (against the reference spectra's provider, measured on noise-free synthetic spectra: +0.11 eV for NiO "
+            "to +0.003 eV for LiNiO<sub>2</sub>)"
+        )
+    return (
+        " and on the energies sampled (measured for the shipped Ni references only, not for this run's; larger "
+        "for an edge without a white line sampled coarsely)"
+    )
+
+
 def _k_edge_element(limits) -> str:
     """`` Ni`` (with its space) where the edge energies ``limits`` lie near one element's K-edge, else ``""``."""
     lo, hi = (float(v) for v in limits)
@@ -993,8 +1014,7 @@ noisy point); pixels the quality masks reject are not shown. {{ caps.whiteline }
 <figcaption>Standard error of E(&mu;<sub>norm</sub> = 0.5) per pixel: the frames' photon noise and each particle's registration
 uncertainty (from the agreement of its two position estimates), propagated through the normalisation and the interpolation.
 It is a statistical error: the normalisation convention (pre-edge line, post-edge line from E0 + 100 eV) differs from other
-normalisations by a bias that depends on the chemistry (against the reference spectra's provider, measured on noise-free synthetic
-spectra: +0.11 eV for NiO to +0.003 eV for LiNiO<sub>2</sub>) which it does not contain,
+normalisations by a bias that depends on the chemistry{{ norm_bias }} which it does not contain,
 nor the flat field's changes from frame to frame or the texture of a matrix under a particle that moves with it (measured on
 synthetic scans with strong ones: up to 0.5 eV RMS for single particles, README: what sigma(E50) does not contain).
 {{ caps.uncertainty }}</figcaption></figure>
@@ -1417,6 +1437,7 @@ def write_report(folder, *, result=None) -> Path:
             elo=f"{limits[0]:.1f}",
             ehi=f"{limits[1]:.1f}",
             element=_k_edge_element(limits),
+            norm_bias=_normalisation_bias(run, result),
             rejected=_table_html(rej, "{:.1f}") if len(rej) else "",
             ratios=_table_html(_motion_table(result)),
             ratios_note=html.escape(_motion_table_note(result)) if len(result.peak_ratios) else "",

@@ -2,13 +2,15 @@
 
 The shipped references are the normalised NiO (Ni2+) and LiNiO2 (Ni3+) spectra of
 pyxas (BSD-3), resampled and converted to eV. ``read_spectrum`` reads the common
-text formats of reference spectra: XDI (raw ``i0``/``itrans`` give
-``mu = ln(i0/itrans)``), two- or three-column text (energy, mu[, stddev]) with the
+text formats of reference spectra: XDI (a named ``mu`` column; else raw ``i0``/``itrans`` give
+``mu = ln(i0/itrans)``, raw ``i0``/``ifluor`` give ``mu = ifluor/i0``), two- or three-column text (energy,
+mu[, stddev]; separated by spaces, tabs, commas or semicolons, or with decimal commas) with the
 energy in eV or keV (keV is recognised when every energy is below 100: :func:`xanestrack.units.in_kev`).
 """
 
 from __future__ import annotations
 
+import gzip
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -103,14 +105,109 @@ def prepare_reference(ref: ReferenceSpectrum, scan_energies_ev) -> tuple[Referen
     return ReferenceSpectrum(ref.name, ref.energies_ev.copy(), np.asarray(n.norm, float)), note
 
 
+#: XDI column names (the XDI dictionary's, and Athena's and Larch's exports') that hold mu(E) itself, in the
+#: order preferred where several are named
+MU_COLUMNS = ("mu", "xmu", "mutrans", "mufluor", "normtrans", "normfluor", "norm", "flat")
+#: XDI names of a fluorescence detector's intensity: ``mu = ifluor / i0``
+FLUOR_COLUMNS = ("ifluor", "if")
+
+_NUMBERS_ONLY = re.compile(r"[0-9eE+\-.,;\s]+")
+
+
+def _refuse_project_file(path: Path) -> None:
+    """Refuse an Athena project (``.prj``, gzip-compressed Perl) or another compressed file: it holds no table."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    compressed = head[:2] == b"\x1f\x8b"
+    if compressed:
+        try:
+            with gzip.open(path, "rb") as f:
+                head = f.read(64)
+        except (OSError, EOFError):
+            head = b""
+    if path.suffix.lower() == ".prj" or head.lstrip().startswith(b"# Athena project file"):
+        raise ValueError(
+            f"reference spectrum {path}: an Athena project file, not a spectrum; export the group's mu(E) (or "
+            "normalised mu(E)) as a text file (columns energy, mu) from Athena, or from Larch (read_athena, then "
+            "write_ascii), and give that"
+        )
+    if compressed:
+        raise ValueError(f"reference spectrum {path}: gzip-compressed; decompress it (gunzip) and give the text file")
+
+
+def _numeric_rows(lines: list[str], path: Path) -> list[list[float]]:
+    """The numeric rows of a spectrum's data ``lines`` (comment lines left out before).
+
+    Columns are separated by spaces, tabs, commas or semicolons. Decimal commas ("8330,50<TAB>0,123", a European
+    spreadsheet's export) are read where no number has a decimal point and the columns are separated otherwise
+    (tabs, semicolons, spaces); where commas would be both the decimal mark and the separator they are refused.
+    """
+    numeric = [s for s in lines if _NUMBERS_ONLY.fullmatch(s) and any(c.isdigit() for c in s)]
+    if numeric and not any("." in s for s in numeric) and any(re.search(r"\d,\d", s) for s in numeric):
+        fields = [re.split(r"[;\s]+", s) for s in numeric]
+        if all(len(f) >= 2 and all(v.count(",") <= 1 for v in f) for f in fields):
+            rows = []
+            for s in lines:
+                try:
+                    rows.append([float(v.replace(",", ".")) for v in re.split(r"[;\s]+", s) if v])
+                except ValueError:
+                    continue  # a header line without '#'
+            return rows
+        odd = next((s for s in numeric if s.count(",") >= 3), None)
+        if odd is not None:  # "8330,50,0,123": 8330.50 and 0.123, or four columns?
+            raise ValueError(
+                f"reference spectrum {path}: decimal commas that are also the column separator (e.g. {odd!r}); "
+                "save it with decimal points, or with tabs or semicolons between the columns"
+            )
+    rows = []
+    for s in lines:
+        try:
+            rows.append([float(v) for v in re.split(r"[,;\s]+", s) if v])
+        except ValueError:
+            continue  # a header line without '#'
+    return rows
+
+
+def _energy_and_mu(table: np.ndarray, columns: dict[int, str], path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The energy and mu columns of ``table``, by the names XDI gives them (``columns``: index -> name) where it does.
+
+    Without names: energy, mu. With names: a ``mu`` column (:data:`MU_COLUMNS`), else ``ln(i0/itrans)``
+    (transmission), else ``ifluor/i0`` (fluorescence); named columns with none of them are refused.
+    """
+    if not columns:
+        return table[:, 0], table[:, 1]
+    at: dict[str, int] = {}
+    for k, v in sorted(columns.items()):
+        if k < table.shape[1]:
+            at.setdefault(v, k)
+    energy = table[:, at.get("energy", 0)]
+    mu_name = next((c for c in MU_COLUMNS if c in at), None)
+    fluor = next((c for c in FLUOR_COLUMNS if c in at), None)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if mu_name is not None:
+            return energy, table[:, at[mu_name]]
+        if "itrans" in at and "i0" in at:
+            return energy, np.log(table[:, at["i0"]] / table[:, at["itrans"]])
+        if fluor is not None and "i0" in at:
+            return energy, table[:, at[fluor]] / table[:, at["i0"]]
+    names = ", ".join(f"{k + 1}: {v}" for k, v in sorted(columns.items()))
+    raise ValueError(
+        f"reference spectrum {path}: its named columns ({names}) hold neither mu(E) ({', '.join(MU_COLUMNS)}) nor "
+        "the intensities it is computed from (i0 with itrans, or i0 with ifluor); name its columns so in the "
+        "'# Column.N:' lines, or give a text file with the columns energy, mu"
+    )
+
+
 def read_spectrum(path, *, name: str | None = None) -> ReferenceSpectrum:
     """Read a reference spectrum from an XDI or plain text file.
 
     Parameters
     ----------
     path : str or Path
-        XDI file (columns named in ``# Column.N:`` lines; ``mu = ln(i0/itrans)`` when
-        no ``mu`` column exists) or text with columns energy, mu[, ...].
+        XDI file (columns named in ``# Column.N:`` lines: a ``mu`` column (:data:`MU_COLUMNS`), else
+        ``mu = ln(i0/itrans)`` for transmission, else ``mu = ifluor/i0`` for fluorescence) or text with
+        columns energy, mu[, ...] (separated by spaces, tabs, commas or semicolons; decimal commas are read
+        where the columns are separated otherwise).
     name : str, optional
         Name of the reference; default: the file stem.
 
@@ -123,37 +220,30 @@ def read_spectrum(path, *, name: str | None = None) -> ReferenceSpectrum:
     ------
     ValueError
         If the file has no numeric table, fewer than 2 columns, non-finite values, or an
-        energy twice with values that differ by more than 1 % of the spectrum's range.
+        energy twice with values that differ by more than 1 % of the spectrum's range; if XDI
+        names its columns and none is mu or the intensities it is computed from; if its decimal
+        commas are also its separator; if it is an Athena project or compressed.
     """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"reference spectrum {path}: file not found")
+    _refuse_project_file(path)
     columns: dict[int, str] = {}
-    rows = []
+    lines = []
     for line in path.read_text(errors="replace").splitlines():
         s = line.strip()
-        if not s:
-            continue
         if s.startswith("#"):
             m = re.match(r"#\s*Column\.(\d+)\s*:\s*(\S+)", s)
             if m:
                 columns[int(m.group(1)) - 1] = m.group(2).lower()
-            continue
-        try:
-            rows.append([float(v) for v in s.replace(",", " ").split()])
-        except ValueError:
-            continue  # a header line without '#'
+        elif s:
+            lines.append(s)
+    rows = _numeric_rows(lines, path)
     if not rows or min(len(r) for r in rows) < 2:
         raise ValueError(f"reference spectrum {path}: no table of at least 2 numeric columns found")
     ncol = min(len(r) for r in rows)
     table = np.array([r[:ncol] for r in rows])
-    energy = table[:, 0]
-    if "itrans" in columns.values() and "i0" in columns.values() and "mu" not in columns.values():
-        inv = {v: k for k, v in columns.items()}
-        with np.errstate(divide="ignore", invalid="ignore"):
-            mu = np.log(table[:, inv["i0"]] / table[:, inv["itrans"]])
-    else:
-        mu = table[:, 1]
+    energy, mu = _energy_and_mu(table, columns, path)
     energy = to_ev(energy)
     if not (np.all(np.isfinite(energy)) and np.all(np.isfinite(mu))):
         raise ValueError(f"reference spectrum {path}: contains NaN/inf values or non-positive intensities")
