@@ -33,7 +33,7 @@ def test_lcf_outside_the_references_or_with_nan_is_refused():
     norm = 0.3 * refs["NiO"](e) + 0.7 * refs["LiNiO2"](e)
     fit = xanes.linear_combination_fit(e, norm, refs)
     assert np.allclose(fit.fractions.ravel(), [0.3, 0.7], atol=0.02)
-    with pytest.raises(ValueError, match="energies in eV"):  # keV: the references held flat, [0, 1] with flags 0
+    with pytest.raises(ValueError, match="look like keV"):  # keV: the references held flat, [0, 1] with flags 0
         xanes.linear_combination_fit(e / 1000, norm, refs)
     bad = dict(refs, NiO=ReferenceSpectrum("NiO", refs["NiO"].energies_ev, np.where(refs["NiO"].mu > 0.5, np.nan, 0)))
     with pytest.raises(ValueError, match="reference NiO: NaN"):  # it was silently given fraction 0

@@ -548,10 +548,70 @@ def test_the_pixel_size_can_be_given_where_the_files_lose_it(synth_dir, tmp_path
 
     r = runner.invoke(app, ["run", str(synth_dir / "stack.h5"), "--out", str(tmp_path / "px"), "--pixel-size", "0.05"])
     assert r.exit_code == 0, r.output
-    assert "(0.40-8.00 um)" in r.output  # the radii from the pixel size
+    # the radii from the pixel size: 0.4-8 um, the largest clipped to what 180 x 180 frames hold whole (89.5 px)
+    assert "radius 8.0-89.5 px (0.40-4.4" in r.output
     run = json.loads((tmp_path / "px" / "run.json").read_text())
     assert run["pixel_size_um"] == 0.05
     assert " px of 0.05 \u00b5m" in (tmp_path / "px" / "report.html").read_text(encoding="utf-8")  # scale bars
     # refused before anything is read or written
     r = runner.invoke(app, ["run", str(synth_dir / "stack.h5"), "--out", str(tmp_path / "bad"), "--pixel-size", "0"])
     assert r.exit_code == 2 and "--pixel-size 0" in r.output and not (tmp_path / "bad").exists()
+
+
+def test_an_interrupted_run_whose_warm_up_thread_is_stuck_ends_at_once(monkeypatch):
+    """Ctrl-C inside PyTorch's import left the warm-up thread (not a daemon) waiting on the import lock for ever:
+    "interrupted" was printed and the process never ended. A thread of ours still running is not waited for."""
+    import threading
+
+    import xanestrack.cli as cli
+
+    exits = []
+    monkeypatch.setattr(cli.os, "_exit", exits.append)
+    release = threading.Event()
+    t = threading.Thread(target=release.wait, name="xanestrack-model-warmup", daemon=False)
+    t.start()
+    try:
+        cli._exit_if_threads_stuck(130, wait_s=0.2)
+        assert exits == [130]
+    finally:
+        release.set()
+        t.join()
+    cli._exit_if_threads_stuck(130, wait_s=0.2)  # nothing stuck: the process ends as usual
+    assert exits == [130]
+
+
+def test_synth_and_report_interrupted_say_what_they_left(tmp_path, monkeypatch):
+    """Both ended with status 130 and not a word."""
+    import xanestrack.results
+    import xanestrack.synth_stress
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(xanestrack.synth_stress, "make_scene", ctrl_c)
+    r = CliRunner().invoke(app, ["synth", str(tmp_path / "s")])
+    assert r.exit_code == 130 and "interrupted: nothing was written to" in r.output
+    assert not (tmp_path / "s").exists()
+    monkeypatch.setattr(xanestrack.results, "read_results", ctrl_c)
+    (tmp_path / "o").mkdir()
+    r = CliRunner().invoke(app, ["report", str(tmp_path / "o")])
+    assert r.exit_code == 130 and "report.html was not rewritten" in r.output
+
+
+def test_known_edge_refuses_a_particle_measured_in_a_few_core_pixels():
+    """--known-edge took the mean of any core pixels with an E50: an entering particle's 18 of 2484 (33 eV high)."""
+    from types import SimpleNamespace
+
+    from xanestrack.cli import _known_edge_calibration
+    from xanestrack.errors import XanestrackError
+
+    mask = np.zeros((40, 40), bool)
+    mask[5:35, 5:35] = True
+    e50 = np.full(mask.shape, np.nan)
+    e50[10:13, 10:13] = 8374.0  # 9 of 676 core pixels
+    p = SimpleNamespace(particle=3, mask=mask, kept=mask, edge_maps={"e50": e50})
+    hook, _ = _known_edge_calibration(3, 8340.0)
+    with pytest.raises(XanestrackError, match="edge energy in only 9 of its 676 core pixels"):
+        hook([p], np.linspace(8300, 8400, 50))
+    e50[mask] = 8341.0  # every core pixel: calibrated (-1 eV)
+    assert np.allclose(hook([p], np.linspace(8300, 8400, 50)), np.linspace(8300, 8400, 50) - 1.0)

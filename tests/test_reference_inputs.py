@@ -145,3 +145,17 @@ def test_the_sigma_caption_quotes_the_bias_only_for_the_shipped_references():
     ):
         text = _normalisation_bias(run, res)
         assert "NiO" not in text and "eV for" not in text and "energies sampled" in text, (run, text)
+
+
+def test_references_given_most_oxidised_first_are_said_since_oxidised_fraction_is_the_last():
+    """oxidised_fraction is the last reference's fraction: LiNiO2 then NiO turned 0.70 into 0.30, without a word."""
+    from xanestrack.pipeline import _user_references
+    from xanestrack.spectra import ni_references
+    from xanestrack.synth import ni_energy_grid
+
+    refs, e = ni_references(), ni_energy_grid()
+    _, notes = _user_references({"LiNiO2": refs["LiNiO2"], "NiO": refs["NiO"]}, e)
+    (note,) = [n for n in notes if n.startswith("oxidised_fraction")]
+    assert "last reference given, NiO" in note and "LiNiO2's edge lies higher" in note, note
+    _, notes = _user_references({"NiO": refs["NiO"], "LiNiO2": refs["LiNiO2"]}, e)
+    assert not any(n.startswith("oxidised_fraction") for n in notes)

@@ -876,3 +876,21 @@ def test_an_energies_file_of_two_unnamed_columns_is_read_only_where_the_energy_i
     assert np.allclose(read_energies_file(tmp_path / "two.txt"), [8324, 8354])
     (tmp_path / "named.txt").write_text("t_s\tenergy_keV\n" + "".join(f"{300 + k}\t{v}\n" for k, v in enumerate(e)))
     assert np.allclose(read_energies_file(tmp_path / "named.txt"), e * 1000)
+
+
+def test_optical_density_of_a_thick_electrode_is_not_taken_for_transmission():
+    """OD 0.55-1.43, median 0.80 (stress-all's): between 0 and 1.5 with a median above 0.5, taken for I/I0
+    (refused without `values`, a false note with `values od`); its particles are the high tail, as OD's are."""
+    from xanestrack.io.checks import values_without_flats
+    from xanestrack.synth_stress import make_scene
+
+    od = make_scene("stress-all", seed=1, n_energies=8).optical_density().astype(np.float32)
+    base = np.percentile(od, 0.1)
+    od = base + 0.6 * (od - base)  # its contrast within 0-1.5 (the reduced test scene's was)
+    lo, med, hi = np.percentile(od, [0.1, 50, 99.9])
+    assert lo >= 0 and hi <= 1.5 and med >= 0.5, (lo, med, hi)  # the old rule's transmission
+    _, kind, notes = values_without_flats(od, "od", source="s", flats_hint="flats")
+    assert not any("look like transmission" in n for n in notes), notes
+    t = np.exp(-(od - base))  # a thinner electrode's transmission still is
+    _, _, notes = values_without_flats(t, "od", source="s", flats_hint="flats")
+    assert any("look like transmission" in n for n in notes)

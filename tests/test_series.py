@@ -323,8 +323,9 @@ def test_one_frame_scan_and_pixel_size_rules(fxi_scans, tmp_path):
     assert info["n_frames"] == 1 and len(rows) >= 3
     assert all(np.isfinite([r["y0"], r["x0"], r["radius"]]).all() and np.isnan(r["mean_e50"]) for r in rows)
     assert any("no XANES" in n for n in info["notes"])
-    # the radius range is run's rule: 0.4-8 um at 0.05 um per pixel
-    assert info["pixel_size_um"] == pytest.approx(0.05) and info["radius_range_px"] == pytest.approx([8.0, 160.0])
+    # the radius range is run's rule: 0.4-8 um at 0.05 um per pixel, the largest clipped to what 260 x 260 frames
+    # hold whole (129.5 px)
+    assert info["pixel_size_um"] == pytest.approx(0.05) and info["radius_range_px"] == pytest.approx([8.0, 129.5])
     assert tuple(info["radius_range_px"]) == particle_radius_range(read_stack(paths[1]))[:2]
     rows2 = process_scan(
         src, tmp_path / "given", detector="classical", segmenter="classical", min_radius=5.0, max_radius=40.0

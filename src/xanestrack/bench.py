@@ -279,13 +279,11 @@ def run_benchmark(presets, seeds, *, methods=None, progress=None, datasets=()):
 
 
 def write_benchmark(table, results, out_dir) -> str:
-    """Write CSVs, a Markdown summary and the figures; return the Markdown text."""
-    import matplotlib
+    """Write CSVs, a Markdown summary and the figures; return the Markdown text.
 
-    matplotlib.use("Agg")
+    The figures are drawn on their own Agg canvases: the caller's matplotlib backend and pyplot figures are left
+    as they were (a notebook's inline backend was switched to Agg)."""
     from pathlib import Path
-
-    import matplotlib.pyplot as plt
 
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -347,21 +345,30 @@ def write_benchmark(table, results, out_dir) -> str:
             f"\nNon-rigid/rigid peak velocity ratios, `{preset}` seed {seed} (vertical, horizontal): "
             + ", ".join(f"p{int(x.particle)} {x.ratio_v:.2f}/{x.ratio_h:.2f}" for x in r.peak_ratios.itertuples())
         )
-        _figures(plt, table, preset, seed, s, r, positions, out / "figures")
+        _figures(table, preset, seed, s, r, positions, out / "figures")
     md = "\n".join(lines) + "\n"
     (out / "bench_summary.md").write_text(md)
     return md
 
 
-def _figures(plt, table, preset, seed, s, r, positions, figdir):
+def _new_figure(**kw):
+    """A matplotlib Figure on an Agg canvas of its own, outside pyplot (no backend switched, nothing to close)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(**kw)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _figures(table, preset, seed, s, r, positions, figdir):
     from .register import resample_windows
 
     methods = list(table[(table.preset == preset) & (table.seed == seed)]["method"].unique())
     parts = r.particles
     od = s.optical_density()
-    fig, axes = plt.subplots(
-        len(parts), len(methods) + 1, figsize=(1.5 * (len(methods) + 1), 1.5 * len(parts)), squeeze=False
-    )
+    fig = _new_figure(figsize=(1.5 * (len(methods) + 1), 1.5 * len(parts)))
+    axes = fig.subplots(len(parts), len(methods) + 1, squeeze=False)
 
     def ndiff(a, mask):
         sel = mask & np.isfinite(a[0]) & np.isfinite(a[1])
@@ -389,9 +396,9 @@ def _figures(plt, table, preset, seed, s, r, positions, figdir):
         axes[0, j + 1].set_title(m.replace("_", "\n"), fontsize=6)
     fig.suptitle(f"differential maps: last / mean - first / mean inside the particle, {preset} seed {seed}", fontsize=9)
     fig.savefig(figdir / f"differential_{preset}_{seed}.png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
     t = r.tracks
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+    fig = _new_figure(figsize=(13, 3.5))
+    axes = fig.subplots(1, 3)
     for pid, g in t.groupby("particle"):
         axes[0].plot(g.frame, np.hypot(g.dy, g.dx), lw=1, label=f"p{pid}")
         axes[1].plot(g.frame, g.vy, lw=0.8)
@@ -408,4 +415,3 @@ def _figures(plt, table, preset, seed, s, r, positions, figdir):
     axes[0].legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(figdir / f"motion_{preset}_{seed}.png", dpi=100)
-    plt.close(fig)

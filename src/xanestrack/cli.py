@@ -186,6 +186,32 @@ def _particle_table(result, title="particles"):
     return tab
 
 
+def _interrupted(message: str):
+    """Say what an interrupted command left, and end with status 130 (Ctrl-C)."""
+    from rich.console import Console
+
+    Console(stderr=True, soft_wrap=True).print(message, highlight=False)
+    raise typer.Exit(130) from None
+
+
+def _exit_if_threads_stuck(code: int, wait_s: float = 2.0) -> None:
+    """End the process at once with ``code`` where a thread of ours is still running ``wait_s`` after an interrupt.
+
+    Ctrl-C landing while the warm-up thread imported PyTorch left the import lock held (a CPython race): that
+    thread, not a daemon, then waited forever and so did the interpreter's shutdown, after "interrupted" was
+    printed (8 of 24 tries, one still waiting after 10 minutes). The output folder is cleaned up by then."""
+    import threading
+
+    deadline = time.monotonic() + wait_s
+    for t in threading.enumerate():
+        if t is not threading.main_thread() and not t.daemon and t.name.startswith("xanestrack"):
+            t.join(max(0.0, deadline - time.monotonic()))
+            if t.is_alive():
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+
+
 class _ModelWarmup:
     """Import the pipeline's libraries (pandas, scipy, scikit-image; PyTorch and the learned
     segmenter where asked for) in a thread while the stack is read.
@@ -583,6 +609,7 @@ def _known_edge_calibration(particle, known_ev):
     from .chemistry.calibration import calibrate_from_region
     from .errors import XanestrackError
     from .result import core_pixels
+    from .xanes import MIN_E50_SHARE
 
     record = {}
 
@@ -594,11 +621,17 @@ def _known_edge_calibration(particle, known_ev):
                 f"--known-edge {particle}={known_ev}: no particle {particle} was tracked (particles: {ids})"
             )
         e50 = found[0].edge_maps["e50"][core_pixels(found[0])]  # as particle_summary's mean_e50_ev
+        n_core = e50.size
         e50 = e50[np.isfinite(e50)]
         measured = float(e50.mean()) if e50.size else float("nan")
         if not np.isfinite(measured):
             raise XanestrackError(
                 f"--known-edge {particle}={known_ev}: particle {particle} has no edge energy to measure"
+            )
+        if e50.size < MIN_E50_SHARE * n_core:  # a mean of a few pixels is not the particle's (particle_summary)
+            raise XanestrackError(
+                f"--known-edge {particle}={known_ev}: particle {particle} has an edge energy in only {e50.size} of its "
+                f"{n_core} core pixels, too few to calibrate on (its note says why); name another particle"
             )
         cal = calibrate_from_region(
             measured, known_e0_ev=known_ev, source=f"particle {particle}: mean E50 over its trusted core pixels"
@@ -833,7 +866,13 @@ def run(
         for note in stack.metadata.get("notes", []):
             c.print(f"note      {for_cli(note)}", highlight=False, markup=False, soft_wrap=True)
         px = stack.pixel_size_um
-        min_radius, max_radius, binning = particle_radius_range(stack, min_radius, max_radius, detector=detector)
+        clipped = []  # a crop: its note recorded with the input's notes (run.json, the report)
+        min_radius, max_radius, binning = particle_radius_range(
+            stack, min_radius, max_radius, detector=detector, notes=clipped
+        )
+        for note in clipped:
+            stack.metadata.setdefault("notes", []).append(note)
+            c.print(f"note      {for_cli(note)}", highlight=False, markup=False, soft_wrap=True)
         c.print(
             f"particles radius {min_radius:.1f}-{max_radius:.1f} px"
             + (f" ({min_radius * px:.2f}-{max_radius * px:.2f} um)" if px else "")
@@ -940,9 +979,10 @@ def run(
         # (Ctrl-C printed a blank line and ended with status 130)
         from rich.console import Console
 
-        Console(stderr=True, soft_wrap=True).print(
-            f"interrupted: nothing was written to {out} (a previous output there is as it was)", highlight=False
-        )
+        from .outdir import interrupted_message
+
+        Console(stderr=True, soft_wrap=True).print(interrupted_message(out), highlight=False)
+        _exit_if_threads_stuck(130)
         raise typer.Exit(130) from None
     except Exception as exc:
         _fail(exc, ", ".join(map(str, inputs)))
@@ -1028,6 +1068,10 @@ def synth(
         _console().print(
             f"wrote {out}/stack.h5 ({s.counts.shape[0]} x {s.counts.shape[1]} x {s.counts.shape[2]}) and truth.h5, {len(s.truth.radii)} particles"
         )
+    except KeyboardInterrupt:  # (it ended with status 130 and not a word)
+        from .outdir import interrupted_message
+
+        _interrupted(interrupted_message(out, what="scan"))
     except Exception as exc:
         _fail(exc)
 
@@ -1541,6 +1585,8 @@ def report(folder: Path = typer.Argument(..., help="An output folder of 'xanestr
         tables = write_missing_tables(result, folder) if (Path(folder) / "results.h5").is_file() else []
         add_to_marker(folder, ["report.html", *figures, *tables])  # what the report wrote is ours to replace later
         _console().print(f"wrote {folder}/report.html" + (f" and, missing, {', '.join(tables)}" if tables else ""))
+    except KeyboardInterrupt:  # (it ended with status 130 and not a word)
+        _interrupted(f"interrupted: {folder}/report.html was not rewritten (figures may have been); run report again")
     except Exception as exc:
         if "unable to lock file" in str(exc):  # HDF5's lock: the file is fine, a rerun is not what it needs
             from .errors import XanestrackError

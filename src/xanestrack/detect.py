@@ -25,6 +25,7 @@ __all__ = [
     "DetectOptions",
     "detect_particles",
     "detect_stack",
+    "detector_with_options",
     "DETECTION_COLUMNS",
     "foreground_mask",
     "regions_table",
@@ -701,6 +702,45 @@ def detect_stack(od, *, options: DetectOptions = DetectOptions(), frames=None, p
     if not out:
         return empty_detections()
     return pd.concat(out, ignore_index=True)
+
+
+def detector_with_options(detector, options: DetectOptions):
+    """``detector`` as it runs with ``options``.
+
+    A detector that carries :class:`DetectOptions` of its own (``detector.options``, as
+    :class:`xanestrack.models.detector.LearnedDetector` does) made for other ones is copied (its model
+    shared) with ``options``; its ``binning``, where it followed the old options (an explicit
+    ``binning`` is kept), follows the new ones. Any other callable is returned as it is.
+
+    A learned detector made once (:func:`xanestrack.models.pipeline_models`) and run with other
+    ``options.detect`` kept its own size tests and binning, while the result recorded the new ones
+    (a 9.6 px particle kept with ``min_radius`` 12).
+
+    Raises
+    ------
+    ValueError
+        Where such a detector cannot be copied with other options: build it again with them.
+    """
+    own = getattr(detector, "options", None)
+    if not isinstance(own, DetectOptions) or own == options:
+        return detector
+    import copy
+
+    try:
+        new = copy.copy(detector)
+        new.options = options
+        binning = getattr(detector, "binning", None)
+        if binning is not None:
+            from .models.detector import detector_binning
+
+            if binning == detector_binning(own.max_radius, own.binning):
+                new.binning = detector_binning(options.max_radius, options.binning)
+    except (AttributeError, TypeError) as exc:
+        raise ValueError(
+            f"the detector was made with other DetectOptions than options.detect and cannot be given these "
+            f"({exc}): make it again with the options you run (pipeline_models(..., options=options))"
+        ) from None
+    return new
 
 
 def empty_detections() -> pd.DataFrame:

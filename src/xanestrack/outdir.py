@@ -24,7 +24,17 @@ from pathlib import Path
 from . import __version__
 from .errors import XanestrackError, one_line
 
-__all__ = ["atomic_output_dir", "check_output_dir", "check_rewrite", "output_lock", "write_marker", "add_to_marker"]
+__all__ = [
+    "atomic_output_dir",
+    "check_output_dir",
+    "check_rewrite",
+    "output_lock",
+    "write_marker",
+    "add_to_marker",
+    "committed",
+    "interrupted_message",
+    "remove_ours",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -386,6 +396,7 @@ def check_output_dir(out_dir, *, overwrite: bool, inputs=(), kind: str | None = 
     """
     out = Path(out_dir)
     _check_name_length(out)  # first: Path.exists raises on a name longer than the file system allows
+    _COMMITTED.pop(_key(out), None)  # a new run into ``out``: what an earlier one of this process did is past
     if out.exists() and not out.is_dir():
         raise XanestrackError(f"output {out} exists and is not a folder; choose another output folder (`out`)")
     _check_parent(out)  # the temporary folder and the lock are made there, whether or not ``out`` exists
@@ -676,6 +687,170 @@ def _remove_created(out: Path, first: Path | None) -> None:
         p = p.parent
 
 
+#: what became of each output folder this process put in place (:func:`atomic_output_dir`), by its real path:
+#: ``old`` the folder it replaced (or None), ``left`` that folder where it was not removed (``kept``: it holds
+#: files of the user's), read by :func:`interrupted_message` (a Ctrl-C after the new results were in place said
+#: "nothing was written", the old results then hidden beside them and removed by the next run)
+_COMMITTED: dict = {}
+
+
+def _key(out) -> str:
+    return os.path.realpath(out)
+
+
+def committed(out) -> bool:
+    """Whether the latest :func:`atomic_output_dir` of this process into ``out`` has put its new results in place
+    (from the rename that does so on; forgotten when a new one, or :func:`check_output_dir`, starts on ``out``)."""
+    return _key(out) in _COMMITTED
+
+
+def interrupted_message(out, *, what: str = "output") -> str:
+    """The line that says what an interrupted (Ctrl-C) command left in ``out``, its output folder.
+
+    ``out`` as the user gave it (printed as given); ``what`` names a previous output there ("output", "scan").
+    Before :func:`atomic_output_dir` put the new results in place, nothing was written (the previous output
+    is as it was); from then on, ``out`` holds the new results, complete, and the line says what became of the
+    folder they replaced: removed, or (a second Ctrl-C while it was removed) what is left of it, removed by
+    the next run into the same parent folder, or kept because it holds files xanestrack did not write.
+    """
+    state = _COMMITTED.get(_key(out))
+    if state is None:
+        return f"interrupted: nothing was written to {out} (a previous {what} there is as it was)"
+    line = f"interrupted: the new results are complete in {out}"
+    old = state.get("old")
+    if old is None:
+        return line
+    if state.get("kept"):
+        return f"{line}; the previous {what} there was moved to {old} (it holds files xanestrack did not write)"
+    if state.get("left"):
+        return (
+            f"{line}; the previous {what} there was replaced and was being deleted: what is left of it, {old}, is "
+            "removed by the next xanestrack run into the same folder"
+        )
+    return f"{line}; the previous {what} there was replaced by them"
+
+
+@contextmanager
+def _ctrl_c_held():
+    """Hold a Ctrl-C (SIGINT) until the block is done, then raise it: the renames that put new results in place
+    and the removal of the folder they replaced are not cut in half. A second Ctrl-C meanwhile interrupts at once.
+
+    Only in the main thread (the one Python runs signal handlers in) and where SIGINT has a Python handler (the
+    default one raises KeyboardInterrupt); elsewhere the block runs as it is.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous):  # ignored (SIG_IGN), the default action (SIG_DFL), or not set from Python
+        yield
+        return
+    held = []
+
+    def hold(signum, frame):
+        if held:  # the second: now
+            previous(signum, frame)
+            return
+        held.append((signum, frame))
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        previous(*held[0])
+
+
+def _remove_replaced(old: Path) -> bool:
+    """Delete ``old``, a replaced output of ours, its marker last (and a folder from before markers its run.json
+    and results.h5 last): cut short, what is left is still known as ours, and the next run removes it
+    (:func:`_clean_stale`). Returns whether it is gone."""
+    last = {MARKER: 2, "run.json": 1, "results.h5": 1}
+    try:
+        entries = sorted(old.iterdir(), key=lambda e: last.get(e.name, 0))
+    except OSError:
+        entries = []
+    for e in entries:
+        try:
+            if e.is_dir() and not e.is_symlink():
+                shutil.rmtree(e, ignore_errors=True)
+            else:
+                e.unlink()
+        except OSError:
+            pass
+    try:
+        old.rmdir()
+    except OSError:
+        pass
+    return not os.path.lexists(old)
+
+
+def remove_ours(folder, names) -> list:
+    """Delete those of ``names`` (paths relative to ``folder``) that ``folder``'s marker records and that are as
+    xanestrack wrote them (another size or content: the user's, kept), and drop them from the marker.
+
+    Returns the names removed.
+    """
+    folder = Path(folder)
+    info = _read_marker(folder)
+    if info is None:
+        return []
+    ours = set(info.get("files", []))
+    present = [n for n in names if n in ours and (folder / n).is_file() and not (folder / n).is_symlink()]
+    edited = set(_edited(folder, info, set(present)))
+    gone = []
+    for n in present:
+        if n in edited:
+            continue
+        try:
+            (folder / n).unlink()
+        except OSError:
+            continue
+        gone.append(n)
+    if gone:
+        info["files"] = [f for f in info.get("files", []) if f not in gone]
+        info["stat"] = {f: v for f, v in (info.get("stat") or {}).items() if f not in gone}
+        tmp = folder / f".{MARKER}.tmp"
+        tmp.write_text(json.dumps(info, indent=1))
+        os.replace(tmp, folder / MARKER)
+    return gone
+
+
+def _swap(tmp: Path, out: Path, old: Path) -> Path | None:
+    """Put the finished ``tmp`` in place of ``out``, which (where it exists) is moved to ``old`` first; recorded
+    in :data:`_COMMITTED` once ``tmp`` is ``out``. Interrupted before that, the previous ``out`` is put back and
+    ``tmp`` removed. Returns ``old`` where ``out`` existed, else None."""
+    moved = False
+    try:
+        if out.exists():
+            mode = out.stat()
+            os.replace(out, old)
+            moved = True
+            try:  # the replaced folder's permissions and group (a folder shared with colleagues stays shared)
+                os.chmod(tmp, mode.st_mode & 0o7777)
+                os.chown(tmp, -1, mode.st_gid)
+            except OSError:
+                pass
+        os.replace(tmp, out)
+    except BaseException:
+        if not os.path.lexists(tmp):  # in place after all (interrupted just after the rename)
+            _COMMITTED[_key(out)] = dict(old=str(old) if moved else None, left=moved)
+            raise
+        if moved and not os.path.lexists(out):
+            try:
+                os.replace(old, out)
+            except OSError:  # left as .NAME.old-HOST-PID: the next run puts it back (_restore_replaced)
+                pass
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _COMMITTED[_key(out)] = dict(old=str(old) if moved else None)
+    return old if moved else None
+
+
 @contextmanager
 def atomic_output_dir(out_dir, *, overwrite: bool = False, inputs=(), kind: str = "output"):
     """Yield a temporary folder; on success it replaces ``out_dir``.
@@ -716,36 +891,36 @@ def atomic_output_dir(out_dir, *, overwrite: bool = False, inputs=(), kind: str 
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            old = None
-            if out.is_dir() and not any(out.iterdir()):
-                # an empty folder the user made (perhaps the current one): keep it, move our files in, marker last
-                for entry in sorted(tmp.iterdir(), key=lambda e: e.name == MARKER):
-                    if (out / entry.name).exists():
-                        raise XanestrackError(
-                            f"{out / entry.name} appeared while the run was writing; it is left alone: rerun"
+            # a Ctrl-C from here on is held until the new results are in place and the folder they replace is
+            # gone (a second one interrupts at once): what is left then is said by interrupted_message
+            with _ctrl_c_held():
+                if out.is_dir() and not any(out.iterdir()):
+                    # an empty folder the user made (perhaps the current one): keep it, move our files in, marker last
+                    for entry in sorted(tmp.iterdir(), key=lambda e: e.name == MARKER):
+                        if (out / entry.name).exists():
+                            raise XanestrackError(
+                                f"{out / entry.name} appeared while the run was writing; it is left alone: rerun"
+                            )
+                        os.replace(entry, out / entry.name)
+                    _COMMITTED[_key(out)] = dict(old=None)
+                    tmp.rmdir()
+                    return
+                old = _swap(tmp, out, parent / f".{out.name}.old-{host}-{pid}")
+                state = _COMMITTED[_key(out)]
+                if old is not None:
+                    info = _read_marker(old) or _legacy_marker(old) or dict(files=[])
+                    left = _foreign(old, info)
+                    if left:  # something appeared in it meanwhile: keep it
+                        state["kept"] = True
+                        logger.warning(
+                            "the replaced output was kept as %s: it holds files xanestrack did not write (%s)",
+                            old,
+                            left[0],
                         )
-                    os.replace(entry, out / entry.name)
-                tmp.rmdir()
-                return
-            if out.exists():
-                old = parent / f".{out.name}.old-{host}-{pid}"
-                mode = out.stat()
-                os.replace(out, old)
-                try:  # the replaced folder's permissions and group (a folder shared with colleagues stays shared)
-                    os.chmod(tmp, mode.st_mode & 0o7777)
-                    os.chown(tmp, -1, mode.st_gid)
-                except OSError:
-                    pass
-            os.replace(tmp, out)
-            if old is not None:
-                info = _read_marker(old) or _legacy_marker(old) or dict(files=[])
-                left = _foreign(old, info)
-                if left:  # something appeared in it meanwhile: keep it
-                    logger.warning(
-                        "the replaced output was kept as %s: it holds files xanestrack did not write (%s)", old, left[0]
-                    )
-                else:
-                    shutil.rmtree(old, ignore_errors=True)
+                    else:
+                        state["left"] = True  # until it is gone
+                        if _remove_replaced(old):
+                            state["left"] = False
 
     except BaseException:  # the folders above that this run created go again (a lock in them is gone by now)
         _remove_created(out, created)

@@ -1783,7 +1783,9 @@ def run_pipeline(
     options : PipelineOptions
     detector : callable(od[, frames=...]) -> DataFrame, optional
         Default: the classical detector with ``options.detect``. With
-        ``options.detect_every > 1`` it is called with ``frames=`` the key frames.
+        ``options.detect_every > 1`` it is called with ``frames=`` the key frames. One
+        made with other DetectOptions (a LearnedDetector) runs with ``options.detect``
+        (:func:`xanestrack.detect.detector_with_options`).
     segmenter : callable(rois) -> masks, optional
         Default: the classical segmenter with ``options.segment``.
     references : dict of name -> ReferenceSpectrum, optional
@@ -1864,6 +1866,9 @@ def run_pipeline(
     if detector is None:
         detections = detect_stack(od, options=options.detect, frames=key, progress=prog("detect"))
     else:
+        from .detect import detector_with_options
+
+        detector = detector_with_options(detector, options.detect)  # the options result.options records
         detections = detector(od) if key is None else detector(od, frames=key)
     timings["detect"] = time.perf_counter() - t
 
@@ -2159,6 +2164,8 @@ def run_pipeline(
         scale_note = _large_scale_note(similarity)
         if scale_note:
             notes.append(scale_note)
+    elif len(particles) >= 3 and len(energies) == 2:
+        notes += [n for n in (_two_frame_scale_note(motion, similarity),) if n]
     if len(particles) == 1:
         notes.append(
             "one particle: the motion all particles share is its motion; its own (non-rigid) motion cannot be told "
@@ -2267,7 +2274,39 @@ def _user_references(references, energies) -> tuple[dict, list]:
                 f"energies, got {type(ref).__name__}"
             )
         out[name] = ref
+    order = _oxidised_order_note(out, energies)
+    if order:
+        notes.append(order)
     return out, notes
+
+
+def _oxidised_order_note(references: dict, energies) -> str:
+    """The note where the last reference, whose fraction is the particles' ``oxidised_fraction`` (their table,
+    ``series.csv``, the series report), has not the highest edge: references given as LiNiO2 then NiO made every
+    particle's "oxidised" fraction its NiO fraction (0.70 became 0.30), without a word. Empty otherwise."""
+    if len(references) < 2:
+        return ""
+    e = np.asarray(energies, float)
+    grid = np.arange(e.min(), e.max(), 0.05)
+    half = {}
+    for name, ref in references.items():
+        try:
+            mu = np.asarray(ref(grid), float)
+        except Exception:  # a callable that cannot be evaluated off the scan's energies: not judged
+            return ""
+        up = np.flatnonzero((mu[:-1] < 0.5) & (mu[1:] >= 0.5))
+        if not up.size:
+            return ""
+        half[name] = float(grid[up[0] + 1])
+    last = list(references)[-1]
+    top = max(half, key=half.get)
+    if half[top] - half[last] <= 0.1:
+        return ""
+    return (
+        f"oxidised_fraction (the particles' table, series.csv) is the fraction of the last reference given, {last} "
+        f"(half its step at {half[last]:.1f} eV), but {top}'s edge lies higher ({half[top]:.1f} eV): give the "
+        "references in the order of their oxidation state, the most oxidised last"
+    )
 
 
 #: eV relative to a particle's E0: its size across the scan is measured on the frames at or below E0 + the first
@@ -2653,6 +2692,37 @@ def _large_scale_note(similarity) -> str:
     )
 
 
+def _two_frame_scale_note(motion, similarity) -> str:
+    """The note on the scale of a scan of two frames, where it moves the particles by :data:`FIELD_NOTE_PX` or
+    more at their median distance from the field's centre: one pair of frames fits it freely, with no straight
+    line in the energy and no test that the particles share it (both need three frames), so particles drifting
+    outward or inward together are taken for a magnification (the default scene's four particles, three drifting
+    4-6 px the same way: scale 1.029, the one still particle reported moving 3.4 px on its own, nothing said).
+    A translation alone would make a true magnification every particle's own motion (the zone plate's 0.4 %
+    between SSRL's two energies: 1.4 px at the particles' median distance from the axis), so the scale is kept
+    and said."""
+    if similarity is None or "scale" not in similarity or len(similarity) != 2 or not len(motion):
+        return ""
+    scale = float(similarity["scale"].iloc[1])
+    first = motion[motion["frame"] == motion["frame"].min()]
+    centre = np.asarray(similarity.attrs.get("centre", (np.nan, np.nan)), float)
+    lever = np.hypot(first["y"].to_numpy(float) - centre[0], first["x"].to_numpy(float) - centre[1])
+    lever = lever[np.isfinite(lever)]
+    if not (np.isfinite(scale) and lever.size):
+        return ""
+    moved = abs(scale - 1.0) * float(np.median(lever))
+    if not moved >= FIELD_NOTE_PX:
+        return ""
+    return (
+        f"two energies: the motion all particles share is a similarity fitted on one pair of frames, its scale "
+        f"{scale:.4f} ({100 * (scale - 1):+.1f} %, {moved:.1f} px at the particles' median distance from the field's "
+        "centre), neither checked against one straight line in the energy nor tested on the particles (both need three "
+        "energies or more): particles drifting outward or inward together cannot be told from a change of "
+        "magnification and are counted in it; each particle's own (non-rigid) motion is relative to this scale (the "
+        "displacement as measured is dy, dx in tracks.csv)"
+    )
+
+
 def _field_motion_notes(motion, energies, options) -> list[str]:
     """Notes where the particles' own (non-rigid) motions are mostly a turn of the whole field (rotation not
     fitted), a magnification off the scale model's straight line, or one uniform strain or shear of the field:
@@ -2995,7 +3065,11 @@ def _check_options(options: PipelineOptions, energies) -> None:
     was processed, others were taken for another value: ``scale_model="bogus"`` ran as "frame")."""
     if not isinstance(options, PipelineOptions):
         raise TypeError(f"options must be a PipelineOptions, got {type(options).__name__}")
-    for name, allowed in (("fuse", ("ends", "all", "none")), ("scale_model", ("energy", "frame"))):
+    for name, allowed in (
+        ("fuse", ("ends", "all", "none")),
+        ("scale_model", ("energy", "frame")),
+        ("position", ("edges", "com")),  # refused only after detection and tracking before
+    ):
         if getattr(options, name) not in allowed:
             raise ValueError(f"options.{name} must be one of {allowed}, got {getattr(options, name)!r}")
     if options.interpolation_order not in (0, 1, 3):
@@ -3004,6 +3078,9 @@ def _check_options(options: PipelineOptions, energies) -> None:
         v = getattr(options, name)
         if not (isinstance(v, (int, float, np.number)) and np.isfinite(v) and v > 0):
             raise ValueError(f"options.{name} must be a positive number, got {v!r}")
+    v = options.window_offset_px  # NaN failed inside numpy's random generator (OverflowError)
+    if not (isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and np.isfinite(v) and v >= 0):
+        raise ValueError(f"options.window_offset_px must be a number of pixels >= 0, got {v!r}")
     for name in ("detect_every", "motion_voucher_frames"):
         v = getattr(options, name)
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < (1 if name == "detect_every" else 0):

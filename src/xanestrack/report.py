@@ -1101,7 +1101,7 @@ def _particle_text(p, summ_row, tracks) -> tuple:
             f"(spread {summ_row['e50_spread_ev']:.2f} eV, trusted core pixels)"
         )
     elif np.isfinite(p.edge_maps["e50"]).any():
-        info = f"radius {p.radius:.1f} px; E0 {p.e0_ev:.1f} eV; no edge energy in its core pixels"
+        info = f"radius {p.radius:.1f} px; E0 {p.e0_ev:.1f} eV; no mean edge energy (its notes say why)"
     else:
         info = "no edge-energy map"
     if p.notes:

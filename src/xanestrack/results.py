@@ -361,17 +361,21 @@ _COLUMN_DOC = {
     "com_agreement_px": ("px", "distance between the edge estimate and the centre of mass"),
     "density_agreement_px": ("px", "distance between the edge estimate and the density correlation"),
     "flags": ("text", "the frame's flags by name, |-separated (bits: /particles/NNN/frame_flags); empty = vouched for"),
-    "dy": ("px", "displacement (rows) from the particle's position in the first frame"),
-    "dx": ("px", "displacement (columns) from the particle's position in the first frame"),
+    "dy": (
+        "px",
+        "displacement (rows) from the particle's position in the first frame (a particle entering the field later: "
+        "in its first frame vouched for, its own motion before unseen)",
+    ),
+    "dx": ("px", "displacement (columns) from the particle's position in the first frame (or as dy)"),
     "vy": ("velocity", "velocity along the rows (central differences)"),
     "vx": ("velocity", "velocity along the columns (central differences)"),
     "ay": ("acceleration", "acceleration along the rows (central differences)"),
     "ax": ("acceleration", "acceleration along the columns (central differences)"),
-    "rigid_dy": ("px", "the common motion's displacement of the particle's first position (rows)"),
+    "rigid_dy": ("px", "the common motion's displacement of the particle's first position (rows; from dy's frame)"),
     "rigid_dx": ("px", "the common motion's displacement of the particle's first position (columns)"),
     "nonrigid_dy": ("px", "the particle's own motion: dy less rigid_dy"),
     "nonrigid_dx": ("px", "the particle's own motion: dx less rigid_dx"),
-    "rel_dy": ("px", "displacement (rows) relative to the particle rel_to"),
+    "rel_dy": ("px", "displacement (rows) relative to the particle rel_to (from the later of their dy's frames)"),
     "rel_dx": ("px", "displacement (columns) relative to the particle rel_to"),
     "rel_to": ("particle ID", "the particle rel_dy, rel_dx are relative to"),
     "common_dy": ("px", "the common translation (rows, of the scale centre) from the first frame"),
@@ -503,21 +507,59 @@ def cluster_table(result):
     return pd.DataFrame(rows, columns=["particle", "n_clustered"] + [f"cluster_{j}_fraction" for j in range(k)])
 
 
-def write_results(result, folder, *, run_info: dict, save_fused: bool = False) -> None:
+def write_results(result, folder, *, run_info: dict | None = None, save_fused: bool = False, stack=None) -> None:
     """Write a :class:`~xanestrack.result.PipelineResult` into ``folder``.
 
     ``results.h5`` holds everything :func:`read_results` needs to give the same result
     back; ``tracks.csv``, ``detections.csv``, ``rejected.csv``, ``motion_summary.csv``
     are copies for people and spreadsheets; ``run.json`` the provenance. ``folder``
-    should be the temporary folder of :func:`atomic_output_dir`. The fused stack (as
-    large as the input) is stored only with ``save_fused``; its first and last frames
-    always are (and are what is read back otherwise).
+    should be the temporary folder of :func:`atomic_output_dir`; it is created where it
+    does not exist. The fused stack (as large as the input) is stored only with
+    ``save_fused``; its first and last frames always are (and are what is read back otherwise).
+
+    ``stack`` (optional) is the :class:`~xanestrack.stack.Stack` the result was run on: what
+    ``run_info`` lacks of the input's description is taken from it as the command line records it
+    (``pixel_size_um`` for results.h5 and run.json, ``input_notes`` from ``stack.metadata["notes"]``,
+    ``reader``, ``values``, ``energies_ev``, ``frame_shape``, ``frames_reversed``,
+    ``energy_calibration``). Without either, the pixel size is unknown (NaN in results.h5, no scale
+    bars in the report; logged).
 
     The same as :func:`write_tables` then :func:`write_results_h5` (the command line runs
     the second beside the report, which needs only the first).
     """
-    write_tables(result, folder, run_info=run_info)
-    write_results_h5(result, folder, save_fused=save_fused, pixel_size_um=run_info.get("pixel_size_um"))
+    info = _input_info(dict(run_info or {}), stack)
+    if info.get("pixel_size_um") is None and "pixel_size_um" not in (run_info or {}):
+        logger.warning(
+            "write_results: the pixel size is unknown (NaN in results.h5): pass stack= (the Stack the result was run "
+            "on) or run_info={'pixel_size_um': ...}"
+        )
+    # a folder that did not exist failed inside pandas (OSError: Cannot save file into a non-existent directory)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    write_tables(result, folder, run_info=info)
+    write_results_h5(result, folder, save_fused=save_fused, pixel_size_um=info.get("pixel_size_um"))
+
+
+def _input_info(info: dict, stack) -> dict:
+    """``info`` with what it lacks of the input's description taken from ``stack`` (as ``xanestrack run`` records
+    it; the Stack's pixel size and input notes were lost from Python)."""
+    if stack is None:
+        return info
+    meta = getattr(stack, "metadata", None) or {}
+    given = dict(
+        reader=meta.get("reader"),
+        values=meta.get("values"),
+        energies_ev=[float(e) for e in stack.energies_ev],
+        frame_shape=list(stack.od.shape[1:]),
+        pixel_size_um=stack.pixel_size_um,
+        input_notes=[str(n) for n in meta.get("notes", [])],
+        frames_reversed=bool(meta.get("frames_reversed", False)),
+    )
+    if meta.get("energy_calibration") is not None:
+        given["energy_calibration"] = meta["energy_calibration"]
+    for k, v in given.items():
+        if info.get(k) is None:
+            info[k] = v
+    return info
 
 
 def write_tables(result, folder, *, run_info: dict) -> None:
@@ -532,10 +574,86 @@ def write_tables(result, folder, *, run_info: dict) -> None:
         ct.to_csv(folder / "clusters.csv", index=False, float_format="%.4f")
     info = dict(run_info)
     info.setdefault("version", __version__)
+    for k, v in _provenance(info, result).items():
+        info.setdefault(k, v)
     info["timings_s"] = dict(result.timings)
     info["notes"] = list(result.notes)
     info["parameters"] = result.options.to_dict()
     _write_run_json(folder, info)
+
+
+#: the libraries the numbers depend on, as run.json names them: (name, module)
+_LIBRARIES = (("numpy", "numpy"), ("scipy", "scipy"), ("scikit-image", "skimage"), ("torch", "torch"))
+
+
+def _provenance(info: dict, result) -> dict:
+    """When and with what software ``result`` was made, for run.json (a paper's numbers reproduced later).
+
+    ``created``: the time it is written (UTC, ISO 8601); ``python``, ``platform`` (operating system and
+    machine type, not the host's name) and ``libraries``: the versions of those of numpy, scipy, scikit-image
+    and torch this process imported (torch only where something used it: not imported for this);
+    ``models_sha256``: the SHA-256 of ``weights.pt`` and ``config.json`` of each learned model the run used
+    (``info``'s ``detector`` / ``segmenter`` "learned"; the shipped one, or the folder ``*_model`` names);
+    ``references_sha256``: the SHA-256 of the shipped ``ni_references.csv`` where the linear-combination fit
+    used the shipped references (no ``references`` of the user's in ``info``).
+    """
+    import datetime
+    import platform
+
+    libraries = {}
+    for name, module in _LIBRARIES:
+        version = getattr(sys.modules.get(module), "__version__", None)
+        if version is not None:
+            libraries[name] = str(version)
+    out = dict(
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        python=platform.python_version(),
+        platform=platform.platform(),
+        libraries=libraries,
+    )
+    models = {}
+    for kind in ("detector", "segmenter"):
+        if info.get(kind) != "learned":
+            continue
+        given = info.get(f"{kind}_model")
+        folder = Path(__file__).resolve().parent / "models" / kind if given in (None, "shipped") else Path(given)
+        sums = {n: _file_sha256(folder / n) for n in ("weights.pt", "config.json") if (folder / n).is_file()}
+        if sums:
+            models[kind] = sums
+    if models:
+        out["models_sha256"] = models
+    table = Path(__file__).resolve().parent / "data" / "ni_references.csv"
+    used = {str(n) for p in getattr(result, "particles", ()) for n in (getattr(p, "reference_names", None) or ())}
+    if used and not info.get("references") and table.is_file() and used <= set(_shipped_reference_names(table)):
+        out["references_sha256"] = {"ni_references.csv": _file_sha256(table)}
+    return out
+
+
+def _shipped_reference_names(table: Path) -> list:
+    """The phase names of the shipped reference table (its header after ``energy_ev``)."""
+    for line in table.read_text().splitlines():
+        if line and not line.startswith("#"):
+            return line.split(",")[1:]
+    return []
+
+
+_SHA256_CACHE: dict = {}
+
+
+def _file_sha256(path: Path) -> str:
+    """SHA-256 of ``path``'s content, kept per process while its size and time are the same (a series hashes
+    the same model once)."""
+    import hashlib
+
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _SHA256_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        _SHA256_CACHE[key] = h.hexdigest()
+    return _SHA256_CACHE[key]
 
 
 def write_missing_tables(result, folder) -> list:

@@ -279,7 +279,10 @@ def process_scan(
         )
     stack = source.load()
     release_freed_memory()  # the reading's temporaries (glibc keeps freed blocks otherwise)
-    sizes = particle_radius_range(stack, min_radius, max_radius, detector=detector)
+    # a crop: the clipped radius's note among the scan's input notes (its summary, the series notes)
+    sizes = particle_radius_range(
+        stack, min_radius, max_radius, detector=detector, notes=stack.metadata.setdefault("notes", [])
+    )
     options = replace(
         options,
         detect=replace(options.detect, min_radius=sizes.min_radius, max_radius=sizes.max_radius, binning=sizes.binning),
@@ -324,6 +327,8 @@ def process_scan(
                 input_notes=input_notes,
                 frames_reversed=bool(stack.metadata.get("frames_reversed", False)),
                 pixel_size_um=stack.pixel_size_um,
+                detector=detector,  # run.json's models_sha256 (the learned models used)
+                segmenter=segmenter,
             ),
         )
         np.save(tmp / REFERENCE_FILE, reference)

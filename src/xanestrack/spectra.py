@@ -25,11 +25,36 @@ __all__ = ["ReferenceSpectrum", "ni_references", "read_spectrum"]
 
 @dataclass(frozen=True)
 class ReferenceSpectrum:
-    """One reference spectrum: ``mu`` sampled at ``energies_ev``."""
+    """One reference spectrum: ``mu`` sampled at ``energies_ev``.
+
+    ``energies_ev`` (eV) and ``mu`` are kept as float arrays (lists are converted).
+
+    Raises
+    ------
+    ValueError
+        If they are not numbers, or not 1-D of the same length.
+    """
 
     name: str
     energies_ev: np.ndarray
     mu: np.ndarray
+
+    def __post_init__(self):
+        # lists were kept as given, and the fit failed deep inside (AttributeError: 'list' object has no attribute 'size')
+        try:
+            e = np.asarray(self.energies_ev, dtype=float)
+            mu = np.asarray(self.mu, dtype=float)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"reference {self.name}: energies_ev and mu must be numbers, got {type(self.energies_ev).__name__} "
+                f"and {type(self.mu).__name__}"
+            ) from None
+        if e.ndim != 1 or mu.shape != e.shape:
+            raise ValueError(
+                f"reference {self.name}: energies_ev {e.shape} and mu {mu.shape} must be 1-D of the same length"
+            )
+        object.__setattr__(self, "energies_ev", e)
+        object.__setattr__(self, "mu", mu)
 
     def __call__(self, energies_ev) -> np.ndarray:
         """Linear interpolation of the spectrum at ``energies_ev`` (flat outside)."""

@@ -94,11 +94,15 @@ class Stack:
     Attributes
     ----------
     od : ndarray, shape (n_frames, rows, cols), float32
-        Optical density ``-ln((I - dark) / (flat - dark))``.
+        Optical density ``-ln((I - dark) / (flat - dark))``. A masked array is kept with NaN
+        under its mask (the pipeline replaces such pixels by their local median, and says so).
     energies_ev : ndarray, shape (n_frames,)
     pixel_size_um : float or None
     metadata : dict
-        Provenance: source files, reader, notes.
+        Provenance: source files, reader, notes. Without ``"values"`` (a Stack not made by a
+        reader, which judges them), values that look like transmission or raw counts rather
+        than optical density (:func:`xanestrack.io.checks.values_without_flats`) are noted in
+        ``metadata["notes"]`` (a copy of the dict given) and logged.
     """
 
     od: np.ndarray
@@ -108,6 +112,14 @@ class Stack:
 
     def __post_init__(self):
         od = self.od
+        masked = 0
+        if isinstance(od, np.ma.MaskedArray):
+            # np.asarray dropped the mask, and the values under it were analysed (-0.06 eV on a particle)
+            masked = int(np.ma.count_masked(od))
+            if masked and od.dtype.kind in "iu":  # integers hold no NaN
+                od = od.astype(np.float32 if od.dtype.itemsize <= 2 else np.float64)
+            od = np.asarray(od.filled(np.nan) if masked and od.dtype.kind == "f" else od.data)
+            object.__setattr__(self, "od", od)
         if not isinstance(od, np.ndarray) and getattr(od, "ndim", None) == 3:
             # (a dask array or a tensor was refused as "must be a 3-D array ... got (40, 256, 256)")
             raise ValueError(
@@ -129,11 +141,47 @@ class Stack:
         e = validate_energies(self.energies_ev, od.shape[0], source=metadata.get("source", "stack"))
         # the validated 1-D float64 energies are kept, not what was given ((n, 1) failed later inside pandas)
         object.__setattr__(self, "energies_ev", e)
+        more = _values_notes(od, metadata, masked)
+        if more:
+            metadata = {**metadata, "notes": list(metadata.get("notes", [])) + more}
         object.__setattr__(self, "metadata", metadata)
 
     @property
     def n_frames(self) -> int:
         return self.od.shape[0]
+
+
+def _values_notes(od, metadata: dict, masked: int) -> list[str]:
+    """Notes on a Stack's values not yet in ``metadata["notes"]``: masked pixels taken as NaN, and where no reader
+    judged the values (no ``metadata["values"]``), what :func:`xanestrack.io.checks.values_without_flats` says of
+    values said to be optical density (transmission or raw counts ran as OD without a word: 4 fake particles)."""
+    from .errors import XanestrackError
+    from .io.checks import values_without_flats
+
+    source = metadata.get("source", "Stack.od")
+    notes = []
+    if masked:
+        notes.append(f"{source}: {masked} masked pixels taken as NaN")
+    if "values" not in metadata:
+        try:
+            # the frames the reader's check samples (every ~n/8-th), as a view
+            _, _, said = values_without_flats(
+                od[:: max(1, od.shape[0] // 8)],
+                "od",
+                source=source,
+                flats_hint="their optical density (xanestrack.io.optical_density with the flats)",
+            )
+        except XanestrackError:  # no finite value sampled: the NaN frames are refused or blanked by the pipeline
+            said = []
+        notes += [
+            n.replace("pass `values` transmission", "give Stack.od = -ln(I/I0) (xanestrack.io.optical_density)")
+            for n in said
+        ]
+    old = list(metadata.get("notes", []))
+    notes = [n for n in notes if n not in old]
+    for n in notes:
+        logger.warning("%s", n)
+    return notes
 
 
 def duplicate_frames(od) -> list[tuple[int, int]]:

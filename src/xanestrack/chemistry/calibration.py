@@ -93,11 +93,14 @@ def apply_energy_shift(energies_ev, shift_ev: float) -> np.ndarray:
     Raises
     ------
     ValueError
-        If the shift is not finite.
+        If the shift is not finite, or the energies look like keV (every one between 0 and 100).
     """
     if not np.isfinite(shift_ev):
         raise ValueError(f"shift_ev must be finite, got {shift_ev}")
-    return np.asarray(energies_ev, dtype=float) + float(shift_ev)
+    e = np.asarray(energies_ev, dtype=float)
+    # keV energies took a shift in eV as keV (+1 eV made 8.34 keV 9.34), nothing said
+    _ev_axis(e, "energies_ev")
+    return e + float(shift_ev)
 
 
 def _spectrum(energies_ev, mu, what):
@@ -121,6 +124,15 @@ def _ev(value: float, what: str) -> None:
     """Refuse an energy in keV where eV are meant (keV energies against an eV known E0: a shift of +8325 eV)."""
     if np.isfinite(value) and 0 < value < 100:
         raise ValueError(f"{what} {value:g} look like keV; give eV (e.g. 8333.0 for the Ni K edge)")
+
+
+def _ev_axis(e, what: str) -> None:
+    """Refuse an energy axis in keV: every finite value between 0 and 100 (an axis relative to an edge, partly
+    negative, is let through)."""
+    e = np.asarray(e, dtype=float)
+    fin = e[np.isfinite(e)]
+    if fin.size and fin.min() > 0:
+        _ev(float(fin.max()), what)
 
 
 def reference_e0(energies_ev, mu) -> float:

@@ -249,7 +249,9 @@ def values_without_flats(data, values: str, *, source, flats_hint: str):
             f"give {flats_hint}"
         )
     notes = []
-    like_transmission = lo >= 0 and hi <= 1.5 and med >= 0.5
+    # unless the particles are clearly the high tail (optical density: they absorb; in I/I0 they are the low tail):
+    # the OD of a thick electrode (stress-all: 0.547 to 1.43, median 0.798) was taken for I/I0
+    like_transmission = lo >= 0 and hi <= 1.5 and med >= 0.5 and not hi - med > 2 * (med - lo)
     if values == "od" and med > 50:
         # raw uint16 counts (median 5000) taken as optical density, as asked, gave 1 particle and no XANES, unsaid
         notes.append(

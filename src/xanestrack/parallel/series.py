@@ -58,6 +58,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: the series' own files, written from every scan at its end (:func:`run_series`, then the command line's
+#: :func:`write_series_report` and, for a synthetic series, its accuracy table); a rerun removes them first
+SERIES_FILES = ("series.csv", "series_report.html", "series.svg", "series_own_displacement.csv", "accuracy.csv")
+
 
 def run_series(
     sources,
@@ -82,8 +86,10 @@ def run_series(
         Series folder: ``scans/`` per-scan results, ``series.csv``, ``series.json``.
         A folder holding an earlier run of the *same* sources (paths compared as
         absolute paths) is resumed: a scan whose input content (SHA-256) is unchanged
-        is read back, a changed one processed again. A second series into the same
-        folder is refused while one runs (a lock beside it).
+        is read back, a changed one processed again. The series' own files of the earlier
+        run (:data:`SERIES_FILES`: ``series.csv``, the report) are removed first, so that an
+        interrupted rerun leaves none that looks complete; they are written again at the end.
+        A second series into the same folder is refused while one runs (a lock beside it).
     scheduler : None, "threads", "sync", or a dask.distributed address
     workers : int, optional
         Start a local dask.distributed cluster with this many worker processes.
@@ -256,9 +262,17 @@ def _run_series(
         from ..outdir import check_rewrite
 
         # what the series writes last (its table and report): not over a copy the user edited
-        check_rewrite(out, ["series.csv", "series_report.html", "series.svg", "series_own_displacement.csv"])
+        check_rewrite(out, list(SERIES_FILES[:4]))
         done = sum(_summary_path(out, s.name).is_file() for s in sources)
         logger.info("resuming series in %s: %d of %d scans already done", out, done, len(sources))
+        # the series' own files go before any scan is processed again: interrupted, the rerun left the table and
+        # report of the scans as they were, complete to the eye, beside a scan redone with other values; they are
+        # written anew at the end, from every scan (the same bytes as a series done at once)
+        from ..outdir import remove_ours
+
+        gone = remove_ours(out, SERIES_FILES)
+        if gone:
+            logger.info("series in %s: %s removed until the series is done again", out, ", ".join(gone))
     try:
         out.mkdir(parents=True, exist_ok=True)
         mpath.write_text(json.dumps(manifest, indent=1))
