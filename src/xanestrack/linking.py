@@ -13,9 +13,14 @@ series) and gives each one a track id. Between a time and the tracks built so fa
    since then *and the particle's own recent velocity relative to it* (a particle drifting
    on its own is followed, not only the frame);
 3. track-object pairs within a gate (growing with the radius and with the gap since the
-   track was last seen) are scored by their residual distance, by the size ratio and by
-   an optional extra score (the SSIM of the two ROIs within a scan); the optimal
-   assignment (Hungarian) links them, unlinked objects start tracks.
+   track was last seen, the growth stopping short of the place another track is predicted
+   at) are scored by their residual distance, by the size ratio and by an optional extra
+   score (the SSIM of the two ROIs within a scan); the optimal assignment (Hungarian) links
+   them, unlinked objects start tracks.
+
+A particle moving on its own by more than the gate from one time to the next leaves a track
+of its own at each sighting; :func:`chain_pieces` joins such pieces where they step evenly, at
+one size, and nothing else could continue them (used within a scan).
 
 In **strict** mode (``LinkOptions.strict``, used across the scans of a series) the
 common displacement is never guessed (:func:`decide_displacement`): a vote must be
@@ -39,6 +44,7 @@ __all__ = [
     "LinkOptions",
     "Track",
     "link",
+    "chain_pieces",
     "vote_displacement",
     "decide_displacement",
     "chance_support",
@@ -62,7 +68,15 @@ class LinkOptions:
     gate_fraction : float, default 0.25
         The search radius is at least this fraction of the track's particle radius.
     gap_gate_growth : float, default 0.5
-        The search radius grows by this fraction per time step the track was not seen.
+        The search radius grows by this fraction per time step the track was not seen ...
+    gap_gate_share : float, default 0.5
+        ... up to this share of the distance from the track's predicted position to the
+        nearest other track's beyond the search radius of a track without a gap (never below
+        that radius; a track predicted within it may be a piece of the same particle):
+        after a gap, a track is not linked where another track is nearly as likely to be
+        (two alike particles passing each other 36 px apart at 2-3 px per frame, each lost
+        after its first sighting: the grown radius reached the other one, and each track was
+        vouched for on both). ``inf``: no limit.
     max_gap : int, default 10000
         A track not seen for more than this many time steps is closed.
     vote_tolerance : float, default 3.0
@@ -108,6 +122,7 @@ class LinkOptions:
     gate: float = 8.0
     gate_fraction: float = 0.25
     gap_gate_growth: float = 0.5
+    gap_gate_share: float = 0.5
     max_gap: int = 10_000
     vote_tolerance: float = 3.0
     vote_fraction: float = 0.15
@@ -499,16 +514,29 @@ def link(
         these = np.full(len(cur), -1, int)
         if len(cur) and alive:
             cost = np.full((len(alive), len(cur)), np.inf)
+            preds = np.array(
+                [predictor(tr, t, common, damping=options.velocity_damping) for tr in alive], float
+            ).reshape(-1, 2)
             for i, tr in enumerate(alive):
-                pred = np.asarray(predictor(tr, t, common, damping=options.velocity_damping), float)
+                pred = preds[i]
                 gap = t - tr.last_time - 1
                 r = tr.radius if np.isfinite(tr.radius) else med_r
-                gate = max(options.gate, options.gate_fraction * r) * (1 + options.gap_gate_growth * gap)
+                base = max(options.gate, options.gate_fraction * r)
+                gate = base * (1 + options.gap_gate_growth * gap)
+                reach = gate
+                if gap > 0 and len(alive) > 1:
+                    # the grown gate stops short of the place another track is predicted at (one predicted
+                    # within the gate may be this very particle: a piece of it, seen while this track was
+                    # not); the costs stay those of the grown gate
+                    near = np.hypot(*(np.delete(preds, i, axis=0) - pred).T)
+                    near = near[np.isfinite(near) & (near > base)]
+                    if near.size:
+                        reach = min(gate, max(base, options.gap_gate_share * float(near.min())))
                 dist = np.hypot(cur[:, 0] - pred[0], cur[:, 1] - pred[1])
                 with np.errstate(divide="ignore", invalid="ignore"):
                     size = np.abs(np.log(cur_r / r))
                 size = np.where(np.isfinite(size), size, 0.0)
-                for j in np.flatnonzero((dist <= gate) & (size <= np.log(options.max_size_ratio))):
+                for j in np.flatnonzero((dist <= reach) & (size <= np.log(options.max_size_ratio))):
                     c = dist[j] / gate + options.size_weight * size[j]
                     if score is not None:
                         s = float(score(tr, t, j))
@@ -535,3 +563,131 @@ def link(
                 on_link(tr, t, j)
         ids.append(these)
     return ids, common, tracks
+
+
+#: pieces whose radii differ by more than this factor are not one particle (:func:`chain_pieces`)
+CHAIN_SIZE_RATIO = 1.25
+#: share of a chain's velocity by which a step from piece to piece may differ from it (and the gate's
+#: vote tolerance over the step's time, for the positions' own noise)
+CHAIN_SPEED_TOLERANCE = 0.25
+
+
+def chain_pieces(tracks, common, *, pieces, options: LinkOptions = LinkOptions(), clock=None, min_sightings: int = 3):
+    """Chains of tracks that one particle, moving faster than the gate, left in pieces.
+
+    A particle that moves on its own by more than the gate from one time to the next is lost
+    after each sighting (its own velocity is known only from two sightings in one track): each
+    sighting starts a track of its own (twins passing each other at 1.7 px per frame, 13.5 px per
+    key frame against a gate of 13.4: one of them never reported, 9 tracks of one sighting). Two
+    ``pieces`` are joined, the later starting one or two times after the earlier ends, where
+
+    - their radii are within :data:`CHAIN_SIZE_RATIO` of each other;
+    - the own displacement between them (the ``common`` one taken out) is longer than the gate of
+      the earlier one, grown with the time skipped (``options.gate``, ``options.gate_fraction``,
+      ``options.gap_gate_growth``: nearer, the linker would have joined them, and something else
+      kept them apart) and at most ``options.max_jump``;
+    - it steps evenly: its velocity (per unit of ``clock``) is within :data:`CHAIN_SPEED_TOLERANCE` of
+      the chain's so far (plus the vote tolerance over the step's time), and a piece of more than one
+      sighting moves with the chain within as much (or half its gate: within a piece, the common
+      displacement's own errors weigh on a short time);
+    - nothing else continues the chain so, and the piece joined continues no other piece so.
+
+    A chain holds ``min_sightings`` sightings at least; a piece found in two chains is in neither.
+
+    Parameters
+    ----------
+    tracks : list of Track
+        As :func:`link` returns them.
+    common : ndarray (n_times, 2)
+        The common displacement of every time (:func:`link`).
+    pieces : iterable of int
+        The ids of the tracks that may be joined (e.g. those too short to keep).
+    options : LinkOptions
+        The linker's options (``gate``, ``gate_fraction``, ``vote_tolerance``, ``max_jump``).
+    clock : ndarray (n_times,), optional
+        The time of every time index (e.g. the frame numbers of the key frames): velocities are per
+        unit of it. Default: the indices.
+    min_sightings : int
+
+    Returns
+    -------
+    list of list of int
+        The chains, each the ids of its pieces in time order.
+    """
+    common = np.asarray(common, float)
+    clock = np.arange(len(common), dtype=float) if clock is None else np.asarray(clock, float)
+    by_id = {tr.id: tr for tr in tracks}
+    ids = [i for i in dict.fromkeys(pieces) if i in by_id and by_id[i].times]
+    if len(ids) < 2:
+        return []
+    own = {i: np.asarray(by_id[i].positions, float) - common[np.asarray(by_id[i].times)] for i in ids}
+    radius = {i: by_id[i].radius for i in ids}
+    max_jump = 40.0 if options.max_jump is None else float(options.max_jump)
+    tol = options.vote_tolerance
+
+    def agree(v, w, dt):
+        return np.hypot(*(v - w)) <= tol / dt + CHAIN_SPEED_TOLERANCE * max(np.hypot(*v), np.hypot(*w))
+
+    def span(i, j):  # own displacement and time from the end of piece i to the start of piece j
+        a, b = by_id[i].times[-1], by_id[j].times[0]
+        return own[j][0] - own[i][-1], clock[b] - clock[a]
+
+    starts = {}
+    for i in ids:
+        starts.setdefault(by_id[i].times[0], []).append(i)
+    succ = {i: [] for i in ids}
+    pred = {i: [] for i in ids}
+    for i in ids:
+        end = by_id[i].times[-1]
+        for j in starts.get(end + 1, []) + starts.get(end + 2, []):
+            ri, rj = radius[i], radius[j]
+            if np.isfinite(ri) and np.isfinite(rj) and abs(np.log(rj / ri)) > np.log(CHAIN_SIZE_RATIO):
+                continue
+            d, dt = span(i, j)
+            step = np.hypot(*d)
+            gate = max(options.gate, options.gate_fraction * (ri if np.isfinite(ri) else 0.0))
+            gate *= 1 + options.gap_gate_growth * (by_id[j].times[0] - end - 1)
+            if dt > 0 and gate < step <= max_jump:
+                succ[i].append((j, d / dt, dt))
+                pred[j].append((i, d / dt, dt))
+
+    def inner(i, v):  # a piece of several sightings moves with the chain, within half its gate
+        tr = by_id[i]
+        dt = clock[tr.times[-1]] - clock[tr.times[0]]
+        miss = np.hypot(*(own[i][-1] - own[i][0] - v * dt))
+        gate = max(options.gate, options.gate_fraction * (radius[i] if np.isfinite(radius[i]) else 0.0))
+        return miss <= max(tol, 0.5 * gate) + CHAIN_SPEED_TOLERANCE * np.hypot(*v) * dt
+
+    def velocity(chain):
+        a, b = by_id[chain[0]].times[0], by_id[chain[-1]].times[-1]
+        return (own[chain[-1]][-1] - own[chain[0]][0]) / (clock[b] - clock[a])
+
+    chains = []
+    for i in ids:
+        for j, v, dt in succ[i]:
+            if not (inner(i, v) and inner(j, v)):
+                continue
+            if any(agree(w, v, min(dt, dw)) for _, w, dw in pred[i]):
+                continue  # not the chain's first piece: it is reached from the one before
+            if any(agree(w, v, min(dt, dw)) for _, w, dw in succ[i] if dw < dt):
+                continue  # a piece sooner continues it
+            chain = [i, j]
+            while True:
+                vel = velocity(chain)
+                nxt = [(k, dw) for k, w, dw in succ[chain[-1]] if agree(w, vel, dw) and inner(k, vel)]
+                soonest = min((dw for _, dw in nxt), default=None)
+                nxt = [k for k, dw in nxt if dw == soonest]
+                if len(nxt) != 1:
+                    break  # nothing, or more than one piece, continues it
+                k = nxt[0]
+                _, dk = span(chain[-1], k)
+                if sum(agree(w, vel, dw) for _, w, dw in pred[k] if dw <= dk) != 1:
+                    break  # another piece as near before continues into it as well
+                chain.append(k)
+            if sum(len(by_id[c].times) for c in chain) >= min_sightings:
+                chains.append(chain)
+    count = {}
+    for chain in chains:
+        for c in chain:
+            count[c] = count.get(c, 0) + 1
+    return [chain for chain in chains if all(count[c] == 1 for c in chain)]

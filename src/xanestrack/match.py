@@ -14,6 +14,7 @@ dropped or filled with another particle.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -21,6 +22,8 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["MatchOptions", "link_detections", "roi_ssim", "propagate_common"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,9 @@ class MatchOptions:
     gate_fraction : float, default 0.25
         The search radius is at least this fraction of the particle's radius.
     gap_gate_growth : float, default 0.5
-        Relative growth of the search radius per examined frame the particle was missed.
+        Relative growth of the search radius per examined frame the particle was missed (up
+        to half the distance to the place another track is predicted at,
+        :attr:`xanestrack.linking.LinkOptions.gap_gate_share`).
     ssim_weight : float, default 1.0
         Weight of ``1 - SSIM`` (of the two ROIs, contrast-normalised) in the assignment
         cost.
@@ -171,7 +176,12 @@ def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = Mat
         shift, interpolated between the frames where it was seen, plus the common shift)
         and ``detected`` is False; ``irregular`` where, not detected there, the particle was
         outlined in its place as one irregular body (``not_convex``), which counts as seen when
-        a track's length is judged (``min_track_fraction``, ``min_faint_fraction``).
+        a track's length is judged (``min_track_fraction``, ``min_faint_fraction``);
+        ``common_ambiguous`` in frames between key frames whose common shift could not be
+        told (:func:`propagate_common`: a step that matched as well at another shift, e.g. a
+        lattice of alike particles moved by one spacing, decided neither by the matrix texture
+        nor by the key frames): the windows placed there may lie on a neighbour, and the
+        positions measured there are not vouched for by the linking.
     rejected : DataFrame
         Tracks too short to keep: ``track, n_frames, y, x`` (mean position).
     common_shift : ndarray (n_frames, 2)
@@ -225,14 +235,27 @@ def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = Mat
     def prior(ta, tb):
         ka, kb = examined[ta], examined[tb]
         jump = max_jump * np.sqrt(kb - ka)
-        st, quality = _frame_step(_pc_prep(od[ka]), _pc_prep(od[kb]), jump / PC_BINNING)
-        return st * PC_BINNING if quality >= MIN_STEP_QUALITY else None
+        cands, quality = _frame_step(_pc_prep(od[ka]), _pc_prep(od[kb]), jump / PC_BINNING)
+        if quality < MIN_STEP_QUALITY:
+            return None
+        cands = _decided(od[ka], od[kb], cands * PC_BINNING)
+        return cands[0] if len(cands) == 1 else None  # an ambiguous offset is no prior
 
     ids, common_ex, tracks = link(objects, options=lopt, score=score, prior=prior, on_link=on_link)
+    tracks = _join_pieces(tracks, ids, common_ex, examined, lopt, options.min_track_fraction * examined.size)
     common = np.zeros((n_frames, 2))
     common[examined] = common_ex
+    ambiguous = np.zeros(n_frames, bool)
     if examined.size < n_frames:
-        common = propagate_common(od, common, examined, max_jump=max_jump)
+        motion = _propagate_common(od, common, examined, max_jump=max_jump)
+        common, ambiguous = motion.shift, motion.ambiguous
+        if ambiguous.any():
+            logger.warning(
+                "the common shift of %d frames (%s) is ambiguous: a step there matched as well at another shift "
+                "(alike particles in a lattice?) and neither the matrix texture nor the key frames told which",
+                int(ambiguous.sum()),
+                ", ".join(map(str, np.flatnonzero(ambiguous)[:10])),
+            )
     seen = set(examined.tolist())
     irregular = _irregular_outlines(detections)
     kept, rejected = [], []
@@ -285,10 +308,38 @@ def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = Mat
     tracks_df = pd.DataFrame(
         rows, columns=["particle", "frame", "y", "x", "area", "radius", "detected", "examined", "ssim", "irregular"]
     )
+    tracks_df["common_ambiguous"] = ambiguous[tracks_df["frame"].to_numpy(int)] if len(tracks_df) else []
     tracks_df, dup = _drop_duplicates(tracks_df)
     rejected += dup
     rejected_df = pd.DataFrame(rejected, columns=["track", "n_frames", "y", "x", "reason"])
     return tracks_df, rejected_df, common
+
+
+def _join_pieces(tracks, ids, common, examined, link_options, short) -> list:
+    """The tracks, those too ``short`` to keep that one fast particle left in pieces joined into one
+    (:func:`xanestrack.linking.chain_pieces`, velocities per frame); ``ids`` follow (updated in place)."""
+    from .linking import chain_pieces
+
+    pieces = [tr.id for tr in tracks if len(tr.times) < short]
+    chains = chain_pieces(tracks, common, pieces=pieces, options=link_options, clock=examined)
+    if not chains:
+        return tracks
+    by_id = {tr.id: tr for tr in tracks}
+    gone = set()
+    for chain in chains:
+        head = by_id[chain[0]]
+        for c in chain[1:]:
+            tr = by_id[c]
+            head.times += tr.times
+            head.positions += tr.positions
+            head.data.setdefault("rows", []).extend(tr.data.get("rows", []))
+            if np.isfinite(tr.radius):
+                head.radius = tr.radius
+            for t in tr.times:
+                ids[t][ids[t] == c] = head.id
+            gone.add(c)
+    logger.info("%d particles moving faster than the gate joined from %d pieces", len(chains), sum(map(len, chains)))
+    return [tr for tr in tracks if tr.id not in gone]
 
 
 #: px: the RMS of the scan's common motion (over a track's frames) from which an object that does
@@ -429,12 +480,19 @@ def _drop_duplicates(tracks_df, fraction: float = 0.5):
 
 
 def _frame_step(a, b, max_shift):
-    """Integer shift of frame ``b`` relative to ``a`` by phase correlation (binned frames).
+    """Integer shift of frame ``b`` relative to ``a`` by phase correlation (binned frames), with the
+    shifts it cannot be told from.
 
-    Returns ``(shift, quality)``: quality is the correlation peak over the spread of the
-    correlation surface (measured ~30-80 between consecutive frames of a scan, ~5 when
-    one of them holds no particles).
+    Returns ``(candidates, quality)``: ``candidates`` (m, 2) holds the highest peak of the
+    correlation within ``max_shift`` first, then every other local maximum, further than
+    :data:`STEP_PEAK_EXCLUSION` from a higher one, that reaches :data:`AMBIGUOUS_STEP_RATIO` of it
+    (at most :data:`MAX_STEP_CANDIDATES`), and then, where there are such, no step at all: more
+    than one row is an ambiguous step (a lattice of alike particles matches itself moved by one
+    spacing). ``quality`` is the highest peak over the spread of the correlation surface
+    (measured ~30-80 between consecutive frames of a scan, ~5 when one of them holds no particles).
     """
+    from scipy import ndimage
+
     fa, fb = np.fft.rfft2(a), np.fft.rfft2(b)
     x = fb * np.conj(fa)
     r = np.fft.irfft2(x / (np.abs(x) + 1e-12), s=a.shape)
@@ -445,11 +503,150 @@ def _frame_step(a, b, max_shift):
     quality = float(r.max() / (r.std() + 1e-12))
     r[far] = -np.inf
     i = np.unravel_index(np.argmax(r), r.shape)
-    return np.array([yy[i[0]], xx[i[1]]]), quality
+    peaks = [i]
+    top = r[i]
+
+    def distinct(j):
+        dy = np.abs((np.array([p[0] for p in peaks]) - j[0] + ny // 2) % ny - ny // 2)
+        dx = np.abs((np.array([p[1] for p in peaks]) - j[1] + nx // 2) % nx - nx // 2)
+        return bool(np.all((dy > STEP_PEAK_EXCLUSION) | (dx > STEP_PEAK_EXCLUSION)))
+
+    if top > 0:
+        local = (r >= ndimage.maximum_filter(r, size=3, mode="wrap")) & (r >= AMBIGUOUS_STEP_RATIO * top)
+        for j in sorted(zip(*np.nonzero(local)), key=lambda j: -r[j]):
+            if len(peaks) >= MAX_STEP_CANDIDATES:
+                break
+            if distinct(j):
+                peaks.append(j)
+        if len(peaks) > 1 and distinct((0, 0)):
+            # no step at all is a candidate of an ambiguous step: two alike particles passing each other
+            # peak at their distance apart, either side of the true, zero, step (probe ``cross``)
+            peaks.append((0, 0))
+    return np.array([[yy[p[0]], xx[p[1]]] for p in peaks]), quality
 
 
 #: phase-correlation quality below which a frame-to-frame step is not trusted
 MIN_STEP_QUALITY = 12.0
+
+#: a step whose phase correlation has a second peak (a local maximum further than
+#: :data:`STEP_PEAK_EXCLUSION` binned px from the highest) of this share of the highest or more is
+#: ambiguous. Consecutive frames of the default, hard, rigid and stress scenes (seed 1, 1420 steps)
+#: reach 0.25 at most (stress-all; 0.06 on the default scene); a lattice of 20 alike particles
+#: moved by one spacing in one frame (probe ``chemlat``): 0.82 and 0.85, the zero shift the highest;
+#: a lattice of 16 without texture 0.39 (the frames' window favours the zero shift). An ambiguous
+#: step of a scene without a lattice keeps its highest peak: the texture and the key frames confirm it
+AMBIGUOUS_STEP_RATIO = 0.3
+#: binned px: peaks this close to a higher one are its shoulders, not another shift
+STEP_PEAK_EXCLUSION = 2
+#: the most candidate shifts of an ambiguous step that are weighed
+MAX_STEP_CANDIDATES = 6
+
+#: The matrix texture behind the particles (:func:`_texture_choice`): band-pass of the frame between
+#: these scales (px; the synthetic matrix's texture correlates from frame to frame at 0.6-0.8 so, the
+#: lattice's particles at 0.0-0.5 once masked)
+TEXTURE_SIGMA = (1.0, 8.0)
+#: the particles masked out of it: deviating by this many robust sigma (smoothed at 2 px) ...
+TEXTURE_MASK_Z = 4.0
+#: ... grown by this many px
+TEXTURE_MASK_GROW = 8
+#: A candidate shift of an ambiguous step is chosen by the texture where its normalised correlation
+#: (the particles masked out of both frames) is at least this ...
+TEXTURE_MIN_NCC = 0.25
+#: ... and exceeds every other candidate's by this much. Probe ``chemlat`` (a lattice of 20 alike
+#: particles, 36 px apart): the true shift 0.58-0.80, the lattice's other shifts up to 0.48 (pre-edge,
+#: the particles faint and partly unmasked) and 0.04-0.11 (past the edge)
+TEXTURE_MARGIN = 0.15
+#: px: the texture is compared over the middle of the frames, at most this wide (the cost of a large
+#: frame's ambiguous step stays that of a 768-px one)
+TEXTURE_MAX_SIDE = 768
+
+
+def _matrix_texture(frame):
+    """``(band, objects)``: the frame's texture (a band-pass, :data:`TEXTURE_SIGMA`) and the pixels of
+    its objects, the particles, that stand out of it (:data:`TEXTURE_MASK_Z`, grown)."""
+    from scipy import ndimage
+
+    f = np.nan_to_num(np.asarray(frame, np.float32))
+    low = ndimage.gaussian_filter(f, TEXTURE_SIGMA[1])
+    band = ndimage.gaussian_filter(f, TEXTURE_SIGMA[0]) - low
+    s = ndimage.gaussian_filter(f, 2.0) - low
+    dev = np.abs(s - np.median(s))
+    objects = dev > TEXTURE_MASK_Z * 1.4826 * max(float(np.median(dev)), 1e-12)
+    return band, ndimage.binary_dilation(objects, iterations=TEXTURE_MASK_GROW)
+
+
+def _middle(frame, side: int):
+    """The middle of a frame, at most ``side`` px wide and high."""
+    frame = np.asarray(frame)
+    return frame[tuple(slice(max(0, (n - side) // 2), max(0, (n - side) // 2) + side) for n in frame.shape)]
+
+
+def _masked_ncc(a, ma, b, mb, shift) -> float:
+    """Normalised correlation of ``b`` moved by ``shift`` (int, px) with ``a`` over the pixels masked in
+    neither (NaN where fewer than 5 % of the frame remain)."""
+    dy, dx = int(shift[0]), int(shift[1])
+    ny, nx = a.shape
+    sa = (slice(max(0, -dy), min(ny, ny - dy)), slice(max(0, -dx), min(nx, nx - dx)))
+    sb = (slice(max(0, dy), min(ny, ny + dy)), slice(max(0, dx), min(nx, nx + dx)))
+    keep = ~ma[sa] & ~mb[sb]
+    if keep.sum() < 0.05 * a.size:
+        return np.nan
+    u, v = a[sa][keep], b[sb][keep]
+    u, v = u - u.mean(), v - v.mean()
+    return float((u * v).sum() / (np.sqrt((u * u).sum() * (v * v).sum()) + 1e-12))
+
+
+def _texture_choice(frame_a, frame_b, candidates, *, search: int = PC_BINNING // 2):
+    """Which of the ``candidates`` (m, 2) shifts (px) of ``frame_b`` relative to ``frame_a`` the matrix
+    texture behind the particles takes: its index, or None where the texture does not single one out.
+
+    The matrix moves with the stage; a lattice of alike particles matches itself at more than one
+    shift, its texture only at the true one. Each candidate is scored by the best normalised
+    correlation of the two frames' textures, their particles masked out, within ``search`` px of it
+    (the candidates are binned shifts), over the middle of the frames (:data:`TEXTURE_MAX_SIDE`); it
+    is taken where it reaches :data:`TEXTURE_MIN_NCC` and exceeds every other candidate's by
+    :data:`TEXTURE_MARGIN`.
+    """
+    a, ma = _matrix_texture(_middle(frame_a, TEXTURE_MAX_SIDE))
+    b, mb = _matrix_texture(_middle(frame_b, TEXTURE_MAX_SIDE))
+    off = range(-search, search + 1)
+    scores = []
+    for c in np.rint(np.asarray(candidates, float)).astype(int):
+        v = [_masked_ncc(a, ma, b, mb, (c[0] + i, c[1] + j)) for i in off for j in off]
+        scores.append(np.nanmax(v) if np.isfinite(v).any() else np.nan)
+    scores = np.asarray(scores)
+    if not np.isfinite(scores).any():
+        return None
+    best = int(np.nanargmax(scores))
+    others = np.delete(scores, best)
+    others = others[np.isfinite(others)]
+    runner_up = float(others.max()) if others.size else -1.0
+    if scores[best] >= TEXTURE_MIN_NCC and scores[best] - runner_up >= TEXTURE_MARGIN:
+        return best
+    return None
+
+
+def _decided(frame_a, frame_b, candidates, binning=PC_BINNING):
+    """An ambiguous step's ``candidates`` (m, 2) px from ``frame_a`` to ``frame_b`` reduced to the one the
+    matrix texture takes, where it takes one (:func:`_texture_choice`); a step of one candidate as it is."""
+    if len(candidates) > 1:
+        pick = _texture_choice(frame_a, frame_b, candidates, search=binning // 2)
+        if pick is not None:
+            return candidates[pick : pick + 1]
+    return candidates
+
+
+@dataclass(frozen=True)
+class _CommonMotion:
+    """The common shift of every frame (:func:`propagate_common`) and the frames where it is not known.
+
+    ``ambiguous`` (n_frames,) bool: frames between key frames whose common shift is not vouched for:
+    a step there matched as well at another shift (:func:`_frame_step`; a lattice of alike particles)
+    and neither the matrix texture nor the key frames' common shift told which.
+    """
+
+    shift: np.ndarray
+    ambiguous: np.ndarray
 
 
 def propagate_common(od, common, examined, *, max_jump: float = 40.0, binning: int = PC_BINNING):
@@ -460,29 +657,96 @@ def propagate_common(od, common, examined, *, max_jump: float = 40.0, binning: i
     corrected linearly so that it ends on the key frames' voted common shift. Jumps
     of the stage between key frames are thus placed in the right frame, and the ROI
     windows of the frames without detection land on their particles.
+
+    A step whose correlation peaks as high (:data:`AMBIGUOUS_STEP_RATIO`) at another shift (a
+    lattice of alike particles: a stage jump of one spacing matches the unmoved lattice too) is
+    decided by the matrix texture behind the particles (:func:`_texture_choice`), else by the
+    key frames: the candidates whose chain ends on the next key frame's common shift (within two
+    binned px). Frames that neither decides are left with the highest peak's shift and counted as
+    ambiguous (:func:`link_detections` marks them, ``common_ambiguous``).
     """
-    out = common.copy()
+    return _propagate_common(od, common, examined, max_jump=max_jump, binning=binning).shift
+
+
+def _propagate_common(od, common, examined, *, max_jump: float = 40.0, binning: int = PC_BINNING) -> _CommonMotion:
+    out = np.asarray(common, float).copy()
+    ambiguous = np.zeros(len(out), bool)
     for ka, kb in zip(examined[:-1], examined[1:]):
         if kb - ka < 2:
             continue
         # chain from the last frame that registered well (a frame without particles,
         # e.g. beam lost, breaks no chain: it is skipped and filled in afterwards)
         ref, ref_frame = ka, _pc_prep(od[ka], binning)
-        chain = {ka: common[ka].astype(float)}
+        steps = {}  # frame -> (the frame it is registered on, candidate shifts (m, 2) px)
         for k in range(ka + 1, kb + 1):
             f = _pc_prep(od[k], binning)
-            step, q = _frame_step(ref_frame, f, max_jump / binning * np.sqrt(k - ref))
+            cands, q = _frame_step(ref_frame, f, max_jump / binning * np.sqrt(k - ref))
             if q >= MIN_STEP_QUALITY:
-                chain[k] = chain[ref] + step * binning
+                steps[k] = (ref, _decided(od[ref], od[k], cands * binning, binning))
                 ref, ref_frame = k, f
-        if kb not in chain:  # no usable step to the next key frame: plain interpolation
-            chain = {ka: common[ka], kb: common[kb]}
-        miss = common[kb] - chain[kb]
-        good = np.array(sorted(chain))
-        vals = np.array([chain[k] + miss * (k - ka) / (kb - ka) for k in good])
-        for k in range(ka + 1, kb):
-            out[k] = [np.interp(k, good, vals[:, d]) for d in range(2)]
+        if kb not in steps:  # no usable step to the next key frame: plain interpolation
+            out[ka + 1 : kb] = _fill({ka: common[ka], kb: common[kb]}, common, ka, kb)
+            continue
+        vals, unknown = _resolve_steps(steps, common, ka, kb, tol=2.0 * binning)
+        out[ka + 1 : kb] = vals
+        ambiguous[ka + 1 : kb] = unknown
     # before the first / after the last key frame: hold
     out[: examined[0]] = common[examined[0]]
     out[examined[-1] + 1 :] = common[examined[-1]]
-    return out
+    return _CommonMotion(out, ambiguous)
+
+
+def _fill(chain, common, ka, kb) -> np.ndarray:
+    """``(kb - ka - 1, 2)``: the frames between key frames ``ka`` and ``kb`` from the ``chain`` of
+    registered frames, corrected linearly so that it ends on ``common[kb]``, interpolated between them."""
+    miss = common[kb] - chain[kb]
+    good = np.array(sorted(chain))
+    vals = np.array([chain[k] + miss * (k - ka) / (kb - ka) for k in good])
+    between = np.arange(ka + 1, kb)
+    return np.stack([np.interp(between, good, vals[:, d]) for d in range(2)], axis=1)
+
+
+#: ambiguous steps between two key frames beyond which their combinations are not weighed
+MAX_AMBIGUOUS_STEPS = 4
+
+
+def _resolve_steps(steps, common, ka, kb, *, tol):
+    """The frames between key frames ``ka`` and ``kb`` from the chained ``steps``, each ambiguous one
+    decided by the key frames where they can: ``(values (kb - ka - 1, 2), ambiguous (kb - ka - 1,))``.
+
+    Every combination of the ambiguous steps' candidates is chained; those ending within ``tol`` of
+    ``common[kb]`` are consistent with the key frames. The consistent one with the smallest miss is
+    taken (the highest peaks first among equals); frames where the consistent combinations differ by
+    more than ``tol / 2`` are ambiguous. Where none is consistent (or the steps are too many to weigh),
+    the highest peaks are taken and every frame from the first ambiguous step on is ambiguous.
+    """
+    import itertools
+
+    open_steps = [k for k in sorted(steps) if len(steps[k][1]) > 1]
+
+    def chain_of(choice):
+        chain = {ka: np.asarray(common[ka], float)}
+        for k in sorted(steps):
+            r, cands = steps[k]
+            chain[k] = chain[r] + cands[choice.get(k, 0)]
+        return chain
+
+    first = _fill(chain_of({}), common, ka, kb)
+    none = np.zeros(kb - ka - 1, bool)
+    if not open_steps:
+        return first, none
+    between = np.arange(ka + 1, kb)
+    if len(open_steps) > MAX_AMBIGUOUS_STEPS:
+        return first, between >= open_steps[0]
+    fits = []
+    for idx in itertools.product(*[range(len(steps[k][1])) for k in open_steps]):
+        chain = chain_of(dict(zip(open_steps, idx)))
+        miss = float(np.hypot(*(common[kb] - chain[kb])))
+        if miss <= tol:
+            fits.append((miss, sum(idx), _fill(chain, common, ka, kb)))
+    if not fits:
+        return first, between >= open_steps[0]
+    fits.sort(key=lambda f: (f[0], f[1]))
+    vals = fits[0][2]
+    spread = np.max([np.hypot(*(f[2] - vals).T) for f in fits], axis=0)
+    return vals, spread > tol / 2
