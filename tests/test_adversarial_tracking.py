@@ -200,3 +200,28 @@ def test_pieces_are_joined_only_where_they_step_evenly_and_nothing_else_continue
     # two pieces that could continue it at one time: neither is joined to it
     fork = even[:3] + [(3, (50.0, 65.0), 10.0), (3, (53.0, 66.0), 10.0)]
     assert all(len(c) <= 3 for c in chain_pieces(pieces(fork), common, pieces=range(5), options=opts))
+
+
+def test_frames_of_an_ambiguous_step_are_not_vouched_for_by_the_pipeline():
+    """The linker marks them; the pipeline vouched for them as any other (the window possibly on a neighbour, both
+    estimates agreeing there), and the scan's motion could vouch again (the other particles err alike)."""
+    from xanestrack.pipeline import _ambiguous_unvouched
+    from xanestrack.register import VouchedPositions
+    from xanestrack.result import FRAME_FLAGS
+
+    n = 6
+    v = VouchedPositions(
+        positions=np.zeros((n, 2)),
+        flags=np.zeros(n, np.uint8),
+        agreement=np.zeros(n),
+        com_agreement=np.zeros(n),
+        density_agreement=np.full(n, np.nan),
+        edge_positions=np.zeros((n, 2)),
+        usable=np.ones(n, bool),
+        located=np.ones(n, bool),
+    )
+    track = pd.DataFrame(dict(frame=np.arange(n)[::-1], common_ambiguous=[False, False, True, False, False, False]))
+    out = _ambiguous_unvouched(v, track)  # frame 3 (rows in any order)
+    bad = FRAME_FLAGS["position_outlier"] | FRAME_FLAGS["disagree"]
+    assert (out.flags[3] & bad) == bad and not out.usable[3]
+    assert not np.delete(out.flags, 3).any() and np.delete(out.usable, 3).all()

@@ -1484,7 +1484,29 @@ def _follow_on_matrix(loc, m, od, footprints, options, centres, layers) -> bool:
 def _vouch(loc: _Located, common, od, options) -> VouchedPositions:
     """The particle's positions, each vouched for (or not) by the centre of mass or, for a
     particle whose centre of mass confirms no frame, by the density correlation
-    (``density_voucher``)."""
+    (``density_voucher``); none in frames whose common step the linking could not tell
+    (:func:`_ambiguous_unvouched`)."""
+    return _ambiguous_unvouched(_vouch_estimates(loc, common, od, options), loc.track)
+
+
+def _ambiguous_unvouched(v: VouchedPositions, track) -> VouchedPositions:
+    """``v`` with the frames whose common step between key frames the linking could not tell
+    (``common_ambiguous``: a lattice of alike particles moved by one spacing, no matrix texture to
+    tell it) flagged ``position_outlier`` and ``disagree``: the window may sit on a neighbour there,
+    where both estimates agree (16 of 20 particles vouched for 36 px off before the linking looked
+    for a second peak); not vouched for by the scan's motion either (the others err alike)."""
+    if "common_ambiguous" not in track:
+        return v
+    amb = track.sort_values("frame")["common_ambiguous"].fillna(False).to_numpy(bool)
+    if amb.shape != v.flags.shape or not amb.any():
+        return v
+    v.flags[amb] |= FRAME_FLAGS["position_outlier"] | FRAME_FLAGS["disagree"]
+    v.usable[amb] = False
+    return v
+
+
+def _vouch_estimates(loc: _Located, common, od, options) -> VouchedPositions:
+    """:func:`_vouch` before the frames of an ambiguous common step are taken out."""
     seg = loc.seg
     kw = dict(
         edge_measured=loc.measured,
@@ -1613,6 +1635,192 @@ def _chemistry_frames(aligned, masks, candidates):
     return use, mask
 
 
+def _aligned_masks(loc: _Located, v: VouchedPositions):
+    """The particle's aligned grid and its masks on it: ``(origin, shifts, masks)``.
+
+    ``origin`` is the frame-0 pixel of the grid's ``[0, 0]`` (the window around its first located
+    position), ``shifts`` ``(n_frames, 2)`` its displacement from frame 0, ``masks`` each frame's
+    soft mask resampled onto the grid (:func:`resample_masks`).
+    """
+    seg, half = loc.seg, loc.half
+    positions = v.positions
+    size = 2 * half + 1
+    if v.located.any():
+        ref = int(np.flatnonzero(v.located)[0])
+        origin = np.round(positions[ref]).astype(int) - half
+    else:
+        origin = seg.origins[0]
+    # the aligned grid is frame-0's (positions are filled for every frame, or all NaN)
+    shifts = positions - positions[0]
+    return origin, shifts, resample_masks(seg.masks, seg.origins, shifts, origin, (size, size))
+
+
+#: px: a particle's mask is grown by this much before asking how much of it another particle covers
+#: (:func:`_overlapping_frames`): the XANES smooths inside the mask by 1 px (``xanes_smoothing``) and the
+#: image's blur carries a neighbour's optical density a pixel or two beyond its outline
+OVERLAP_GROW_PX = 2
+
+#: share of the smaller particle's area (its mask's pixels) that another particle must cover of a particle's
+#: grown mask, more than it covers in the particle's reference frame, for the frame to be left out of the
+#: particle's XANES (:func:`_overlapping_frames`). A touching pair drifting 0.6 px towards each other adds at most
+#: 0.067 of the smaller one's area (discs of 7-40 px radius, touching or 1 px apart or interpenetrating by 1 px;
+#: 0.018-0.025 for 10-30 px pairs); a 12-px particle passing over a still 22-px one covers up to its whole area
+#: (1.0): the probe's crossing, outlines overlapping in frames 51-118, was flagged in frames 54-115
+OVERLAP_SHARE = 0.10
+
+#: the baseline of what another particle covers of a particle (:func:`_overlapping_frames`) is what it covers in
+#: the particle's reference frame, or in this share of the frames where it covers least if that is less: not the
+#: least of all frames, which one frame's stray position would set (the 40-px neighbour of a 7-px particle, the two
+#: interpenetrating by 2 px, covers 20 % of its area grown by 2 px: every frame but that one would be flagged;
+#: touching, 6 %)
+OVERLAP_BASE_QUANTILE = 0.1
+
+
+def _overlapping_frames(
+    masks, origins, shifts, reference_frames, *, grow_px: int = OVERLAP_GROW_PX, share: float = OVERLAP_SHARE
+) -> np.ndarray:
+    """Where one tracked particle lies over another: ``covered[i, j, k]`` (bool, ``(n, n, n_frames)``).
+
+    Particle ``j``'s mask, placed at its own position in frame ``k`` (its grid moved by its displacement),
+    covers particle ``i``'s mask grown by ``grow_px`` by more than ``share`` times the smaller of the two masks'
+    areas beyond what it covers in particle ``i``'s reference frame, or in the tenth of the frames where it covers
+    least if that is less (:data:`OVERLAP_BASE_QUANTILE`: a particle that came to rest on another one by its
+    reference frame is not its baseline). The baseline keeps a touching pair that stays put (cut apart by the
+    segmentation, :func:`xanestrack.segment.separate_neighbours`) out of it: only a particle that comes over
+    another one counts, not a neighbour that was there all along.
+
+    Parameters
+    ----------
+    masks : list of ndarray (h_i, w_i) bool
+        Each particle's mask on its aligned (frame-0) grid; an empty one is left out (never covered, covers nothing).
+    origins : list of ndarray (2,)
+        Frame-0 pixel of each grid's ``[0, 0]``.
+    shifts : list of ndarray (n_frames, 2)
+        Each particle's displacement from frame 0 (px, ``(y, x)``); NaN rows are frames not compared.
+    reference_frames : list of int
+        Each particle's reference frame (the baseline of what its neighbours cover of it).
+
+    Notes
+    -----
+    Grid pixel ``[p, q]`` of particle ``j`` lies in frame ``k`` at ``origins[j] + (p, q) + shifts[j][k]``, which is
+    grid pixel ``d + (p, q)`` of particle ``i`` with ``d = origins[j] - origins[i] + shifts[j][k] - shifts[i][k]``.
+    The covered area at every integer ``d`` is the correlation of the two masks (one FFT per pair that comes near);
+    between integers it is interpolated bilinearly, which is the area covered by ``j``'s mask shifted bilinearly.
+    """
+    from scipy.signal import fftconvolve
+
+    n_p = len(masks)
+    n_frames = len(shifts[0]) if n_p else 0
+    covered = np.zeros((n_p, n_p, n_frames), bool)
+    masks = [np.asarray(m, bool) for m in masks]
+    areas = np.array([float(m.sum()) for m in masks])
+    grown = [
+        ndimage.binary_dilation(np.pad(m, grow_px), iterations=grow_px) if grow_px > 0 else m for m in masks
+    ]  # on a grid widened by grow_px each side: its [0, 0] is at origin - grow_px
+    for i in range(n_p):
+        if areas[i] == 0:
+            continue
+        gi = grown[i].astype(np.float64)
+        hi, wi = gi.shape
+        for j in range(n_p):
+            if j == i or areas[j] == 0:
+                continue
+            hj, wj = masks[j].shape
+            d = (
+                np.asarray(origins[j], float)
+                - (np.asarray(origins[i], float) - grow_px)
+                + np.asarray(shifts[j], float)
+                - np.asarray(shifts[i], float)
+            )
+            near = np.isfinite(d).all(axis=1)
+            near[near] &= (d[near, 0] > -hj) & (d[near, 0] < hi) & (d[near, 1] > -wj) & (d[near, 1] < wi)
+            if not near.any():
+                continue
+            area = fftconvolve(gi, masks[j][::-1, ::-1].astype(np.float64), mode="full")
+            cover = np.zeros(n_frames)
+            cover[near] = ndimage.map_coordinates(
+                area, (d[near] + [hj - 1, wj - 1]).T, order=1, mode="constant", cval=0.0
+            )
+            cover = np.clip(cover, 0.0, None)
+            compared = np.isfinite(d).all(axis=1)
+            base = min(cover[reference_frames[i]], np.quantile(cover[compared], OVERLAP_BASE_QUANTILE))
+            covered[i, j] = near & (cover - base > share * min(areas[i], areas[j]))
+    return covered
+
+
+def _frame_runs_text(frames, energies, most: int = 3) -> str:
+    """``"frames 51-118 (8338.5-8440.0 eV), 125 (8450.0 eV)"``: runs of consecutive frames with their energies."""
+    k = np.flatnonzero(frames)
+    if not k.size:
+        return ""
+    starts = np.r_[0, np.flatnonzero(np.diff(k) > 1) + 1]
+    ends = np.r_[starts[1:] - 1, k.size - 1]
+    runs = [
+        f"{k[a]} ({energies[k[a]]:.1f} eV)"
+        if a == b
+        else f"{k[a]}-{k[b]} ({energies[k[a]]:.1f}-{energies[k[b]]:.1f} eV)"
+        for a, b in zip(starts, ends)
+    ]
+    more = len(runs) - most
+    return (
+        ("frame " if k.size == 1 else "frames ")
+        + ", ".join(runs[:most])
+        + (f" and {more} more run{'s' if more > 1 else ''}" if more > 0 else "")
+    )
+
+
+def _overlaps(located: list, vouched: list, options, threads: int = 1) -> tuple[list, list]:
+    """Every particle's frames another tracked particle lies over (:func:`_overlapping_frames`), flagged
+    ``overlap``: ``(vouched, overlaps)``, the list with those flags set (every particle's flags as uint16) and per
+    particle a dict ``{other particle's id: frames (n_frames,) bool}`` (empty where none)."""
+
+    def footprint(j):
+        loc, v = located[j], vouched[j]
+        origin, shifts, amasks = _aligned_masks(loc, v)
+        # the frames its XANES would use (its mask there is its own), else every frame it was located in
+        frames = v.usable & ((v.flags & FRAME_FLAGS["disagree"]) == 0)
+        if not frames.any():
+            frames = v.located
+        return consensus_mask(amasks, frames), origin, shifts
+
+    n_p = len(located)
+    covered = np.zeros((n_p, n_p, 0), bool)
+    if n_p >= 2:
+        prints = _map(footprint, range(n_p), threads)
+        refs = [loc.ref_frame for loc in located]
+        covered = _overlapping_frames([f[0] for f in prints], [f[1] for f in prints], [f[2] for f in prints], refs)
+    out_v, out_o = [], []
+    for i, v in enumerate(vouched):
+        flags = np.asarray(v.flags).astype(np.uint16)
+        others = {located[j].pid: covered[i, j] for j in range(n_p) if covered.size and covered[i, j].any()}
+        if others:
+            flags[np.any(list(others.values()), axis=0)] |= FRAME_FLAGS["overlap"]
+        out_v.append(dataclasses.replace(v, flags=flags))
+        out_o.append(others)
+    return out_v, out_o
+
+
+def _overlap_note(overlaps: dict, energies, left_out=()) -> str:
+    """A particle's note naming the particles that lay over it and the frames left out of its XANES for it;
+    ``left_out``: those of them left out of the results afterwards (faint tracks without an edge of their own)."""
+    if not overlaps:
+        return ""
+    parts = [
+        f"particle {pid}"
+        + (" (a faint track, left out of the results later: no absorption edge of its own)" if pid in left_out else "")
+        + f" in {_frame_runs_text(frames, energies)}"
+        for pid, frames in sorted(overlaps.items())
+    ]
+    n = int(np.any(list(overlaps.values()), axis=0).sum())
+    return (
+        f"another tracked particle lies over it in {_count(n, 'frame')} ({'; '.join(parts)}): its spectra there are "
+        "those of both, so these frames are left out of its XANES (flag overlap: the other particle, placed where it "
+        f"was in the frame, covered its mask grown by {OVERLAP_GROW_PX} px by more than {100 * OVERLAP_SHARE:.0f} % "
+        "of the smaller particle's area beyond what it covers in its reference frame). Its positions there are "
+        "vouched for as they are"
+    )
+
+
 #: a particle's note where the matrix separated from behind it is subtracted before its XANES
 #: (:func:`_finish_particle`; :func:`redo_xanes` cannot subtract it again)
 MATRIX_SUBTRACTED_NOTE = (
@@ -1621,7 +1829,14 @@ MATRIX_SUBTRACTED_NOTE = (
 )
 
 
-def _finish_particle(loc: _Located, v: VouchedPositions, od, energies, options, references, blur=None, exclude=None):
+def _finish_particle(
+    loc: _Located, v: VouchedPositions, od, energies, options, references, blur=None, exclude=None, overlaps=None
+):
+    """A particle's :class:`ParticleResult`: aligned, its mask, its XANES (``(result, centres of mass, norm)``).
+
+    ``exclude``: frames left out of every particle's XANES; ``overlaps``: ``{other particle: frames}`` where
+    another tracked particle lies over this one (:func:`_overlaps`, flagged ``overlap``), named in its notes.
+    """
     n = od.shape[0]
     pid, seg = loc.pid, loc.seg
     radius, half, ref_frame = loc.radius, loc.half, loc.ref_frame
@@ -1688,22 +1903,22 @@ def _finish_particle(loc: _Located, v: VouchedPositions, od, energies, options, 
         notes.append(
             f"{int(disagree.sum())} frames not vouched for: the edge correlation and the centre of mass disagree, or only one measured"
         )
+    overlapped = (np.asarray(v.flags).astype(np.uint16) & FRAME_FLAGS["overlap"]) > 0
+    if overlaps:
+        notes.append(_overlap_note(overlaps, energies))
     positions = v.positions
-    ref = int(np.flatnonzero(v.located)[0]) if v.located.any() else 0
     size = 2 * half + 1
-    origin = np.round(positions[ref]).astype(int) - half if v.located.any() else seg.origins[0]
-    # the aligned grid is frame-0's (positions are filled for every frame, or all NaN)
-    shifts = positions - positions[0]
+    origin, shifts, amasks = _aligned_masks(loc, v)
     aligned = resample_windows(od, shifts, origin, (size, size), order=options.interpolation_order)
-    amasks = resample_masks(seg.masks, seg.origins, shifts, origin, (size, size))
     chem = aligned
     if loc.matrix is not None and options.subtract_matrix:
         chem = aligned - _matrix_windows(loc.matrix, origin, shifts, size)
         notes.append(MATRIX_SUBTRACTED_NOTE)
     if blur is not None:
         chem = _blur_frames(chem, blur)  # each frame to the scan's coarsest resolution (_resolution_blur)
-    # frames whose position is not measured are kept (interpolated, flagged) but not used
-    candidates = v.usable & ~disagree
+    # frames whose position is not measured are kept (interpolated, flagged) but not used; nor those another
+    # particle lies over (their positions are vouched for, by_motion included, but not their spectra)
+    candidates = v.usable & ~disagree & ~overlapped
     if exclude is not None:  # frames left out of every particle's XANES (blurred: _blurred_frames)
         candidates = candidates & ~exclude
     use, mask = _chemistry_frames(aligned, amasks, candidates)
@@ -1721,8 +1936,9 @@ def _finish_particle(loc: _Located, v: VouchedPositions, od, energies, options, 
         keep_norm=options.clusters > 0,
         left_out=(
             "their positions are not vouched for (the edge estimate and the centre of mass disagree by more than "
-            f"{options.agreement_px:g} px, or only one was measured) or not measured, or the particle leaves the frame; "
-            "no spectrum is made from them"
+            f"{options.agreement_px:g} px, or only one was measured) or not measured, or the particle leaves the frame"
+            + (", or another tracked particle lies over it (flag overlap)" if (overlapped & v.usable).any() else "")
+            + "; no spectrum is made from them"
         ),
         **_xanes_settings(options),
     )
@@ -1737,7 +1953,7 @@ def _finish_particle(loc: _Located, v: VouchedPositions, od, energies, options, 
             aligned=aligned,
             masks=amasks,
             mask=mask,
-            frame_flags=v.flags,
+            frame_flags=np.asarray(v.flags).astype(np.uint16),
             mean_spectrum=mean_spec,
             radius=radius,
             **xr,
@@ -1922,6 +2138,14 @@ def run_pipeline(
                 "little to separate them from the matrix)"
             )
     vouched = [_vouch(loc, common, od, options) for loc in located]
+    if "common_ambiguous" in tracks and tracks["common_ambiguous"].fillna(False).astype(bool).any():
+        amb = np.unique(tracks.loc[tracks["common_ambiguous"].fillna(False).astype(bool), "frame"].to_numpy(int))
+        notes.append(
+            f"the common step between key frames could not be told in {_count(len(amb), 'frame')} "
+            f"({_frame_list(amb, energies)}): the field shows the same pattern at two shifts (alike particles one "
+            "spacing apart, no matrix texture to tell them); no position is vouched for there (flagged "
+            "position_outlier and disagree); detect in more frames (--detect-every) to measure them"
+        )
     if options.smooth_tracks and len(vouched) >= 2:
         vouched, st, n_moved = _smooth(vouched, common, options.agreement_px)
         moved = (
@@ -1972,11 +2196,15 @@ def run_pipeline(
             f"{_count(len(gone), 'track')} ({', '.join(map(str, gone))}) followed onto a particle another track follows: "
             "left out, the particle reported once"
         )
+    # frames another tracked particle lies over: their positions stand, their spectra are both particles'
+    # (a 12-px particle passing over a still 22-px one: the still one's E50 +0.91 eV median, 73 % of its pixels
+    # more than 0.5 eV off, unflagged); left out of its XANES after every voucher has had its say
+    vouched, overlaps = _overlaps(located, vouched, options, threads)
     done = [0]
     lock = threading.Lock()
 
     def finish(j):
-        out = _finish_particle(located[j], vouched[j], od, energies, options, references)
+        out = _finish_particle(located[j], vouched[j], od, energies, options, references, overlaps=overlaps[j])
         if progress is not None:
             with lock:
                 done[0] += 1
@@ -1987,7 +2215,15 @@ def run_pipeline(
         """Every particle's XANES analysed again (the frames matched in resolution, or a new energy axis)."""
         return _map(
             lambda j: _finish_particle(
-                located[j], vouched[j], od, energies, options, references, blur=resolution_blur, exclude=blurred
+                located[j],
+                vouched[j],
+                od,
+                energies,
+                options,
+                references,
+                blur=resolution_blur,
+                exclude=blurred,
+                overlaps=overlaps[j],
             ),
             range(len(located)),
             threads,
@@ -2025,6 +2261,26 @@ def run_pipeline(
         notes.append(_edgeless_note(gone, [finished[j][0] for j in edgeless]))
         keep = [j for j in range(len(located)) if j not in edgeless]
         located, vouched, finished = [located[j] for j in keep], [vouched[j] for j in keep], [finished[j] for j in keep]
+        overlaps = [overlaps[j] for j in keep]
+        # a particle's note names the tracks that lay over it; a faint track left out just now is said to be
+        # (its frames stay left out: what lay over the particle there was seen, whatever it was)
+        gone_ids = {loc.pid for loc in gone}
+        for j, others in enumerate(overlaps):
+            if gone_ids & set(others):
+                pr, com_raw, norm = finished[j]
+                said, now = _overlap_note(others, energies), _overlap_note(others, energies, gone_ids)
+                notes_j = tuple(now if n == said else n for n in pr.notes)
+                finished[j] = (dataclasses.replace(pr, notes=notes_j), com_raw, norm)
+    if any(overlaps):
+        ids = [located[j].pid for j in range(len(located)) if overlaps[j]]
+        vouched_for = FRAME_FLAGS["overlap"] | FRAME_FLAGS["disagree"]
+        n_left = sum(int((((v.flags & vouched_for) == FRAME_FLAGS["overlap"]) & v.usable).sum()) for v in vouched)
+        notes.append(
+            f"{_count(len(ids), 'particle')} ({', '.join(map(str, ids[:20]))}{' ...' if len(ids) > 20 else ''}) "
+            f"overlapped by another tracked particle in some frames: {n_left} frames vouched for left out of their "
+            "XANES, where their spectra are those of both (flag overlap; each particle's note names the other and "
+            "the frames)"
+        )
     for j, loc in enumerate(located):
         pr, com_raw, norm = finished[j]
         tr = loc.track

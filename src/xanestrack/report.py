@@ -1419,6 +1419,12 @@ def write_report(folder, *, result=None) -> Path:
             f"outline's estimate within {params.get('agreement_px', 0.5)} px of the other particles' motion in that frame "
             "plus the particle's own, interpolated from the frames on either side."
         )
+    if any((np.asarray(p.frame_flags).astype(int) & FRAME_FLAGS["overlap"]).any() for p in result.particles):
+        vouch_text += (
+            " Frames flagged 'overlap' are vouched for, but another tracked particle lies over the particle there "
+            "(its outline, placed where that particle was in the frame, covers more of this one's, grown by 2 px, "
+            "than in its reference frame): their spectra are both particles', and they are left out of its XANES."
+        )
     bad = vt[vt["vouched frames"] == 0]["particle"].tolist() if len(vt) else []
     if bad:
         vouch_text += (

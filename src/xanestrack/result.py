@@ -30,6 +30,7 @@ FRAME_FLAGS = {
     "position_outlier": 32,  # measured position inconsistent with its neighbours in time
     "disagree": 64,  # centre of mass and the independent edge correlation disagree (or no second estimate)
     "by_motion": 128,  # vouched for by the scan's motion where its centre of mass did not (register.vouch_by_motion)
+    "overlap": 256,  # another tracked particle lies over it (position vouched for; left out of its XANES)
 }
 
 
@@ -64,8 +65,8 @@ class ParticleResult:
         Each frame's soft mask, aligned the same way.
     mask : ndarray (h, w) bool
         Consensus mask (aligned masks averaged over frames, >= 0.5).
-    frame_flags : ndarray (n_frames,) uint8
-        Bits of :data:`FRAME_FLAGS`.
+    frame_flags : ndarray (n_frames,) uint16
+        Bits of :data:`FRAME_FLAGS` (uint8 in files written before the ``overlap`` bit, 256).
     edge_maps : dict of str -> ndarray (h, w)
         ``e50`` (E at mu_norm = 0.5), ``derivative``, ``whiteline`` in eV, NaN outside
         the particle or where the fit failed.

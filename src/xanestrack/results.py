@@ -225,7 +225,9 @@ _PARTICLE_DOC = {
     "frame_flags": (
         "bit flags",
         _PER_FRAME + ": bits of xanestrack.result.FRAME_FLAGS (attributes flag_bits: name -> bit, as JSON; "
-        "flag_masks, flag_meanings: the same, CF convention); 0 = position measured and vouched for",
+        "flag_masks, flag_meanings: the same, CF convention); 0 = position measured and vouched for; by_motion "
+        "(128) and overlap (256) are vouched for too, overlap: another tracked particle lies over the particle there, "
+        "the frame is left out of its XANES (xanes_frames)",
     ),
     "pixel_flags": (
         "bit flags",
@@ -360,7 +362,11 @@ _COLUMN_DOC = {
     "agreement_px": ("px", "distance between the edge estimate and the second estimate that vouches for it"),
     "com_agreement_px": ("px", "distance between the edge estimate and the centre of mass"),
     "density_agreement_px": ("px", "distance between the edge estimate and the density correlation"),
-    "flags": ("text", "the frame's flags by name, |-separated (bits: /particles/NNN/frame_flags); empty = vouched for"),
+    "flags": (
+        "text",
+        "the frame's flags by name, |-separated (bits: /particles/NNN/frame_flags); empty = vouched for (so are "
+        "by_motion and overlap: another tracked particle lies over it there, the frame left out of its XANES)",
+    ),
     "dy": (
         "px",
         "displacement (rows) from the particle's position in the first frame (a particle entering the field later: "
@@ -440,11 +446,12 @@ def _column_doc(table: str, column: str, velocity_unit: str) -> tuple:
 
 def _flag_attributes(bits: dict) -> dict:
     """The attributes that spell out a flag dataset's bits: ``flag_bits`` (JSON ``{name: bit}``, read back with
-    ``json.loads``) and the same as the CF convention's ``flag_masks`` (uint8) and ``flag_meanings`` (names,
-    space-separated), which netCDF/xarray tools read."""
+    ``json.loads``) and the same as the CF convention's ``flag_masks`` (uint8, uint16 from bit 256: the frame
+    flags' ``overlap``) and ``flag_meanings`` (names, space-separated), which netCDF/xarray tools read."""
+    masks = [int(v) for v in bits.values()]
     return dict(
         flag_bits=json.dumps({str(k): int(v) for k, v in bits.items()}),
-        flag_masks=np.array([int(v) for v in bits.values()], np.uint8),
+        flag_masks=np.array(masks, np.uint8 if max(masks, default=0) < 256 else np.uint16),
         flag_meanings=" ".join(bits),
     )
 
