@@ -226,8 +226,13 @@ def test_second_run_into_the_same_new_folder_is_refused(scan, tmp_path, monkeypa
     p = _holder(tmp_path, out)
     try:
         _no_pipeline(monkeypatch)
+        import xanestrack.io
+
+        read = []  # refused before the scan is read (it read the whole scan first, minutes on a large one)
+        monkeypatch.setattr(xanestrack.io, "read_stack", lambda *a, **k: read.append(1) or 1 / 0)
         r = runner.invoke(app, ["--quiet", "run", str(scan), "--out", str(out)])
         _error_line(r, "another xanestrack run", f"process {p.pid}")
+        assert not read
         _error_line(_synth(out), "another xanestrack run")
         with pytest.raises(XanestrackError, match="another xanestrack run"):
             from xanestrack.parallel.series import run_series, synthetic_sources

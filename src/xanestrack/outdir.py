@@ -397,6 +397,7 @@ def check_output_dir(out_dir, *, overwrite: bool, inputs=(), kind: str | None = 
     out = Path(out_dir)
     _check_name_length(out)  # first: Path.exists raises on a name longer than the file system allows
     _COMMITTED.pop(_key(out), None)  # a new run into ``out``: what an earlier one of this process did is past
+    output_lock(out).check_free()  # another run writing it now: refused before this one reads its input
     if out.exists() and not out.is_dir():
         raise XanestrackError(f"output {out} exists and is not a folder; choose another output folder (`out`)")
     _check_parent(out)  # the temporary folder and the lock are made there, whether or not ``out`` exists
@@ -556,6 +557,10 @@ def _clean_stale(parent: Path) -> None:
             logger.warning("removed %s, left by an interrupted xanestrack run (process %s)", e, m["pid"])
 
 
+#: the lock files this process holds (:class:`output_lock`)
+_HELD: set = set()
+
+
 class output_lock:
     """Hold ``.NAME.lock`` beside ``out`` while a run writes it; a second run is refused.
 
@@ -634,10 +639,38 @@ class output_lock:
             os.ftruncate(fd, 0)
             os.write(fd, content)
             self.fd = fd
+            _HELD.add(self.path)
             return self
         raise self._busy()
 
+    def check_free(self) -> None:
+        """Raise where another run holds the lock now (nothing is created or taken): a second run into the same
+        output read its whole scan first, and was refused only when it came to write (minutes on a large scan)."""
+        if self.path in _HELD:  # this process's own (atomic_output_dir checks the folder again under it)
+            return
+        try:
+            import fcntl
+        except ImportError:
+            fcntl = None
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:  # no lock file (or none readable): nobody holds it
+            return
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except OSError:
+                    raise self._busy() from None
+            else:
+                info = _read_marker(self.path.parent, self.path.name) or {}
+                if info.get("host") == _host() and _pid_alive(_int(info.get("pid"))):
+                    raise self._busy()
+        finally:
+            os.close(fd)
+
     def __exit__(self, *exc):
+        _HELD.discard(self.path)
         try:
             os.unlink(self.path)  # while still holding it: a waiting run sees a new file
         except OSError:
