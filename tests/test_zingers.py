@@ -80,8 +80,19 @@ def test_the_reader_removes_zingers_and_says_how_many(tmp_path):
     assert np.array_equal(st.od != raw.od, np.isin(np.arange(3), [1, 2])[:, None, None] & (st.od != raw.od))
     assert (st.od != raw.od).sum() == 5
     (note,) = [n for n in st.metadata["notes"] if "zingers" in n]
-    assert note.startswith("5 zingers") and "in 2 of 3 frames, most in frame 2 (4)" in note
+    assert note.startswith("5 zingers") and "in 2 of 3 frames, most in the frame at 8380.0 eV (4; frame 2" in note
     assert not any("zingers" in n for n in raw.metadata["notes"])
+    # a scan written from high to low energy: the frame named by its energy (its number was in energy order, the
+    # zinger's frame 0 of the file called "frame 2")
+    write_fxi(
+        tmp_path / "r.h5",
+        np.round(frames[::-1]).astype(np.uint16),
+        flats=np.round(flats[::-1]).astype(np.uint16),
+        darks=np.zeros((1, *frames.shape[1:]), np.uint16),
+        energies_ev=[8380.0, 8340.0, 8300.0],
+    )
+    (note,) = [n for n in read_stack(tmp_path / "r.h5").metadata["notes"] if "zingers" in n]
+    assert "most in the frame at 8380.0 eV" in note
 
 
 def _moving(n=20, shape=(120, 150), counts=3000.0, seed=0):

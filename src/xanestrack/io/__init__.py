@@ -126,7 +126,8 @@ def read_stack(
             stack.metadata.setdefault("notes", []).append(
                 f"{int(per_frame.sum())} zingers (pixels far brighter or darker than the 3 x 3 around them: cosmic "
                 f"rays on the detector) replaced by the median around them, in {int((per_frame > 0).sum())} of "
-                f"{len(per_frame)} frames, most in frame {k} ({int(per_frame[k])})"
+                f"{len(per_frame)} frames, most in the frame at {stack.energies_ev[k]:.1f} eV ({int(per_frame[k])}; "
+                f"frame {k} in energy order)"
             )
     return stack
 
