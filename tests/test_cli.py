@@ -615,3 +615,43 @@ def test_known_edge_refuses_a_particle_measured_in_a_few_core_pixels():
         hook([p], np.linspace(8300, 8400, 50))
     e50[mask] = 8341.0  # every core pixel: calibrated (-1 eV)
     assert np.allclose(hook([p], np.linspace(8300, 8400, 50)), np.linspace(8300, 8400, 50) - 1.0)
+
+
+def test_sigterm_cleans_up_as_ctrl_c_does(tmp_path):
+    """A batch job's time limit (SIGTERM) ended a run silently, its temporary folder and lock left behind."""
+    import signal
+    import time
+
+    s = tmp_path / "s"
+    assert (
+        CliRunner()
+        .invoke(
+            app,
+            ["--quiet", "synth", str(s), "--seed", "2", "--size", "200", "--n-particles", "3", "--max-radius", "20"],
+        )
+        .exit_code
+        == 0
+    )
+    out = tmp_path / "o"
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from xanestrack.cli import main; main()",
+            "run",
+            str(s / "stack.h5"),
+            "--out",
+            str(out),
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    for _ in range(600):  # until the run has made its temporary folder
+        if list(tmp_path.glob(".o.tmp-*")) or p.poll() is not None:
+            break
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    err = p.communicate(timeout=120)[1]
+    assert p.returncode == 130 and "interrupted" in err, (p.returncode, err[-500:])
+    assert not list(tmp_path.glob(".o.*")) and not out.exists()

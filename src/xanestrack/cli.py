@@ -1598,7 +1598,17 @@ def report(folder: Path = typer.Argument(..., help="An output folder of 'xanestr
         _fail(exc, folder)
 
 
+def _terminated(signum, frame):
+    """SIGTERM (a batch system's time limit, ``kill``) ends a command as Ctrl-C does: its temporary folder and its lock
+    removed, what it left said. It ended silently, both left behind (the next run beside them cleaned them up)."""
+    raise KeyboardInterrupt
+
+
 def main():
+    import signal
+
+    if hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, _terminated)
     app()
 
 
