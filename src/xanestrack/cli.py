@@ -878,26 +878,6 @@ def run(
             + (f" ({min_radius * px:.2f}-{max_radius * px:.2f} um)" if px else "")
             + f", {detector} detection binned {binning}x"
         )
-        refs = None
-        if reference:
-            from .spectra import prepare_reference, read_spectrum
-
-            refs = {}
-            for item in reference:
-                if "=" not in item:
-                    raise XanestrackError(f"--reference takes NAME=FILE, got {item!r}")
-                name, path = item.split("=", 1)
-                if not name.strip():
-                    raise XanestrackError(f"--reference {item}: give the reference a name (NAME=FILE)")
-                if name in refs:  # the second replaced the first, and the fit was labelled with the wrong name
-                    raise XanestrackError(f"--reference {name} given twice; give each reference its own name")
-                try:
-                    refs[name], note = prepare_reference(read_spectrum(path, name=name), stack.energies_ev)
-                except (ValueError, OSError) as exc:
-                    raise XanestrackError(f"--reference {item}: {exc}") from None
-                if note:
-                    stack.metadata.setdefault("notes", []).append(note)
-                    c.print(f"note      {for_cli(note)}", highlight=False, markup=False, soft_wrap=True)
         from .detect import DetectOptions  # imported by now in the warm-up thread
         from .match import MatchOptions
         from .pipeline import PipelineOptions
@@ -939,6 +919,26 @@ def run(
                 f"energy    shifted by {cal['shift_ev']:+.3f} eV ({cal['method']}, {energy_reference.name}: E0 {cal['measured_e0_ev']:.2f} -> {cal['known_e0_ev']:.2f} eV)",
                 highlight=False,
             )
+        refs = None
+        if reference:  # on the calibrated axis (they were checked against the scan's as read)
+            from .spectra import prepare_reference, read_spectrum
+
+            refs = {}
+            for item in reference:
+                if "=" not in item:
+                    raise XanestrackError(f"--reference takes NAME=FILE, got {item!r}")
+                name, path = item.split("=", 1)
+                if not name.strip():
+                    raise XanestrackError(f"--reference {item}: give the reference a name (NAME=FILE)")
+                if name in refs:  # the second replaced the first, and the fit was labelled with the wrong name
+                    raise XanestrackError(f"--reference {name} given twice; give each reference its own name")
+                try:
+                    refs[name], note = prepare_reference(read_spectrum(path, name=name), stack.energies_ev)
+                except (ValueError, OSError) as exc:
+                    raise XanestrackError(f"--reference {item}: {exc}") from None
+                if note:
+                    stack.metadata.setdefault("notes", []).append(note)
+                    c.print(f"note      {for_cli(note)}", highlight=False, markup=False, soft_wrap=True)
         if chem["known_edge"] is not None:
             ke = chem["known_edge"]
             if not stack.energies_ev[0] <= ke[1] <= stack.energies_ev[-1]:
