@@ -159,3 +159,21 @@ def test_references_given_most_oxidised_first_are_said_since_oxidised_fraction_i
     assert "last reference given, NiO" in note and "LiNiO2's edge lies higher" in note, note
     _, notes = _user_references({"NiO": refs["NiO"], "LiNiO2": refs["LiNiO2"]}, e)
     assert not any(n.startswith("oxidised_fraction") for n in notes)
+
+
+def test_references_sampled_more_coarsely_than_the_scan_are_noted():
+    """Mn references every 3 eV against a scan every 1 eV: the fractions right, yet the particles said not described
+    by them and the axis to be calibrated; the sampling is now named."""
+    from xanestrack.pipeline import _user_references
+    from xanestrack.spectra import ReferenceSpectrum, ni_references
+    from xanestrack.synth import ni_energy_grid
+
+    refs, e = ni_references(), ni_energy_grid()
+    fine = {n: ReferenceSpectrum(n, r.energies_ev, r.mu) for n, r in refs.items()}
+    _, notes = _user_references(fine, e)
+    assert not any("sampled every" in n for n in notes), notes
+    grid = np.arange(8200.0, 8700.0, 3.0)
+    coarse = {n: ReferenceSpectrum(n, grid, r(grid)) for n, r in refs.items()}
+    _, notes = _user_references(coarse, e)
+    said = [n for n in notes if "sampled every" in n]
+    assert len(said) == 2 and "every 3 eV across its edge" in said[0], notes
