@@ -284,3 +284,20 @@ def test_write_benchmark_leaves_the_callers_matplotlib_backend(scene, tmp_path):
         plt.switch_backend(before)
     assert (tmp_path / "figures" / "differential_t_1.png").stat().st_size > 0
     assert (tmp_path / "figures" / "motion_t_1.png").stat().st_size > 0
+
+
+def test_an_unknown_reference_particle_is_refused_before_the_particles_are_analysed(small_synth, monkeypatch):
+    """`reference_particle=99` was refused by the motion, after every particle's registration and chemistry."""
+    import pytest
+
+    from xanestrack import pipeline
+    from xanestrack.pipeline import PipelineOptions, run_pipeline
+    from xanestrack.stack import Stack
+
+    def not_now(*a, **k):
+        raise AssertionError("a particle was analysed")
+
+    monkeypatch.setattr(pipeline, "_locate_particle", not_now)
+    st = Stack(small_synth.optical_density(), small_synth.energies_ev)
+    with pytest.raises(ValueError, match="`reference_particle` 99 is not among the tracked particles"):
+        run_pipeline(st, options=PipelineOptions(reference_particle=99))

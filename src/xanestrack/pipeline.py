@@ -2091,6 +2091,12 @@ def run_pipeline(
     t = time.perf_counter()
     tracks, rejected_tracks, common = link_detections(detections, od, options=options.match, frames=key)
     timings["match"] = time.perf_counter() - t
+    if options.reference_particle is not None and len(tracks):
+        ids = sorted(int(v) for v in tracks["particle"].unique())
+        if int(options.reference_particle) not in ids:  # refused after every particle was analysed, before
+            raise ValueError(
+                f"`reference_particle` {options.reference_particle} is not among the tracked particles {ids}"
+            )
     n_examined = n_frames if key is None else len(key)
     notes += [n for n in (_still_note(rejected_tracks), _short_tracks_note(rejected_tracks, n_examined, tracks)) if n]
 
