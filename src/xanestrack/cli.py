@@ -939,6 +939,8 @@ def run(
                 if note:
                     stack.metadata.setdefault("notes", []).append(note)
                     c.print(f"note      {for_cli(note)}", highlight=False, markup=False, soft_wrap=True)
+        # the notes of the calibration and of the references, made after run_info, are input notes too
+        run_info["input_notes"] = [for_cli(n) for n in stack.metadata.get("notes", [])]
         if chem["known_edge"] is not None:
             ke = chem["known_edge"]
             if not stack.energies_ev[0] <= ke[1] <= stack.energies_ev[-1]:
