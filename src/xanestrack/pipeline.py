@@ -1750,11 +1750,11 @@ def _overlapping_frames(
 
 def _frame_runs_text(frames, energies, most: int = 3) -> str:
     """``"frames 51-118 (8338.5-8440.0 eV), 125 (8450.0 eV)"``: runs of consecutive frames with their energies."""
-    k = np.flatnonzero(frames)
+    from .xanes import frame_runs
+
+    k, starts, ends = frame_runs(frames)
     if not k.size:
         return ""
-    starts = np.r_[0, np.flatnonzero(np.diff(k) > 1) + 1]
-    ends = np.r_[starts[1:] - 1, k.size - 1]
     runs = [
         f"{k[a]} ({energies[k[a]]:.1f} eV)"
         if a == b

@@ -279,15 +279,23 @@ def auto_post_order(energies_ev, e0_ev, post_range=(100.0, None), post_order="au
     return max(0, min(order, n - 1))
 
 
+def frame_runs(which) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(k, starts, ends)``: the frames ``which`` (bool, per frame) as indices ``k`` and the runs of consecutive
+    ones among them, ``k[starts[i]]..k[ends[i]]``."""
+    k = np.flatnonzero(which)
+    if not k.size:
+        return k, k, k
+    starts = np.r_[0, np.flatnonzero(np.diff(k) > 1) + 1]
+    return k, starts, np.r_[starts[1:] - 1, k.size - 1]
+
+
 def _frame_runs(energies, which, most: int = 3) -> str:
     """The energies of the frames ``which`` as runs of consecutive frames: ``"8200.0-8329.0 eV, 8400.5 eV"``
     (the first ``most`` runs, then how many more). A note said "8200.0-8680.0 eV" of 34 pre-edge frames and 30
     scattered over the scan: it read as the whole scan left out."""
-    k = np.flatnonzero(which)
+    k, starts, ends = frame_runs(which)
     if not k.size:
         return ""
-    starts = np.r_[0, np.flatnonzero(np.diff(k) > 1) + 1]
-    ends = np.r_[starts[1:] - 1, k.size - 1]
     runs = [
         f"{energies[k[a]]:.1f} eV" if a == b else f"{energies[k[a]]:.1f}-{energies[k[b]]:.1f} eV ({b - a + 1} frames)"
         for a, b in zip(starts, ends)
