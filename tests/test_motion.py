@@ -327,3 +327,20 @@ def test_a_scale_change_beyond_the_optics_is_named_as_possibly_swelling():
         assert bool(note) is fires, (grow, note)
         if fires:
             assert "3.0 %" in note and "swelling" in note
+
+
+def test_two_particles_share_their_mean_motion_in_every_frame():
+    """Reweighted, one of two particles always lost: the shared motion followed one or the other from frame to
+    frame, the other taking the whole relative motion (own motions summing to 1.58 px, not 0)."""
+    n = 40
+    k = np.arange(n)
+    rng = np.random.default_rng(5)
+    rigid = np.c_[0.3 * k, -0.25 * k] + rng.normal(0, 0.5, (n, 2))
+    own = np.zeros((n, 2, 2))
+    own[:, 1] = np.c_[0.04 * k, -0.02 * k] + rng.normal(0, 0.01, (n, 2))  # particle 1 drifts off particle 0
+    m = compute_motion(_tracks(rigid, own))
+    a, b = (m[m.particle == p].sort_values("frame") for p in (0, 1))
+    mean = (a[["dy", "dx"]].to_numpy() + b[["dy", "dx"]].to_numpy()) / 2
+    assert np.allclose(a[["rigid_dy", "rigid_dx"]].to_numpy(), mean, atol=1e-9)
+    own_sum = a[["nonrigid_dy", "nonrigid_dx"]].to_numpy() + b[["nonrigid_dy", "nonrigid_dx"]].to_numpy()
+    assert np.abs(own_sum).max() < 1e-9

@@ -199,7 +199,16 @@ def common_similarity(
     for k in range(n):
         ok = np.isfinite(P[k]).all(axis=1) & have_ref
         t, s, th, res = np.zeros(2), 1.0, 0.0, np.nan
-        if ok.sum() >= 1:
+        if ok.sum() == 2:
+            # two particles: their mean translation, each keeping half their relative motion. Reweighted, one of two
+            # always loses: the shared motion followed one particle or the other from frame to frame (weights [1,
+            # 1 - eps] missed the tie of the weighted median), and the other took the whole relative motion
+            src, dst = ref[ok], P[k, ok]
+            w = np.ones(2)
+            t = (dst - src).mean(axis=0)
+            r = np.hypot(*(dst - _apply(src, t, s, th, c)).T)
+            res = float(np.sqrt(np.mean(r**2)))
+        elif ok.sum() >= 1:
             src, dst = ref[ok], P[k, ok]
             w = np.ones(ok.sum())
             # start from the median translation, so that one drifting particle cannot

@@ -3151,6 +3151,8 @@ CONSOLE_NOTE_WORDS = (
     "uniform deformation",
     "mistyped energy",
     "cannot be told from a change of magnification",
+    "oxidised_fraction (the particles' table",  # the references given most oxidised first: every fraction inverted
+    "common step between key frames could not be told",
 )
 
 
