@@ -234,3 +234,17 @@ def test_the_same_pixels_at_full_scale_in_every_flat_are_stuck_pixels_not_an_exp
     (note,) = [n for n in notes if "flat (reference) image" in n]
     assert "4 pixels at the detector's full scale (65535) in every flat" in note and "stuck or hot" in note
     assert "lower the exposure" not in note
+
+
+def test_nan_counts_are_unknown_not_the_strongest_absorption():
+    """NaN counts (a masked region) with flats were given the frame's strongest absorption and called zero
+    transmission; they are NaN (filled from their neighbours downstream, as NaN OD is)."""
+    counts, flats, dark, od = _scan()
+    counts[4, 19:22, 19:22] = np.nan  # inside a particle
+    notes = []
+    got = optical_density(counts, flats=flats, darks=dark, notes=notes)
+    assert np.isnan(got[4, 19:22, 19:22]).all()
+    nan = np.zeros(od.shape, bool)
+    nan[4, 19:22, 19:22] = True
+    assert np.allclose(got[~nan], od[~nan], atol=2e-3)
+    assert not any("strongest absorption" in n or "zero transmission" in n for n in notes), notes

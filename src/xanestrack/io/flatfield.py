@@ -462,6 +462,13 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
             sat_frames.extend(k0 + i for i in np.flatnonzero(sat.any(axis=(1, 2))))
         if f_sat is not None:
             sat = np.broadcast_to(f_sat, t.shape) | (False if sat is None else sat)
+        if c.dtype.kind == "f":
+            # NaN / inf counts (a masked region) are unknown as well: NaN, filled from their neighbours downstream.
+            # They were given the frame's strongest absorption and called zero transmission (a 3 x 3 block inside
+            # a particle: its E50 0.2-0.4 eV high, kept by the quality mask)
+            nonfinite = ~np.isfinite(c)
+            if nonfinite.any():
+                sat = nonfinite if sat is None else (sat | nonfinite)
         if sat is not None:
             t[sat] = 1.0
         if t.min() > 0 and np.isfinite(t.sum()):  # nothing to replace: the whole block at once
