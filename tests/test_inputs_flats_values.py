@@ -234,6 +234,12 @@ def test_the_same_pixels_at_full_scale_in_every_flat_are_stuck_pixels_not_an_exp
     (note,) = [n for n in notes if "flat (reference) image" in n]
     assert "4 pixels at the detector's full scale (65535) in every flat" in note and "stuck or hot" in note
     assert "lower the exposure" not in note
+    # a band of them (15 % of the field) in every flat is an exposure too long, not stuck pixels
+    flats[:, :, 50:60] = 65535
+    notes = []
+    optical_density(np.round(counts).astype(np.uint16), flats=flats, darks=dark, notes=notes)
+    (note,) = [n for n in notes if "flat (reference) image" in n]
+    assert "stuck or hot" not in note and "lower the exposure of the flats" in note, note
 
 
 def test_nan_counts_are_unknown_not_the_strongest_absorption():

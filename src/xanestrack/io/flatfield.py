@@ -93,6 +93,12 @@ PILE_UP_MIN = 2
 PILE_UP_RATIO = 4.0
 
 
+#: the same pixels at full scale in every flat are named stuck or hot detector pixels only where they are few: at
+#: most this many, or this share of the frame (a band of 6000 pixels, 15 % of the field, saturated in all 40 flats
+#: was called "stuck or hot detector pixels, not an exposure too long")
+STUCK_MAX, STUCK_MAX_SHARE = 16, 0.001
+
+
 def _saturated(a):
     """``(mask, value)`` of the saturated detector pixels of ``a`` (a block of frames, or flats): at the
     integer type's largest value, or, stored as float, at :data:`FULL_SCALE_16BIT` where nothing is above it
@@ -520,7 +526,8 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
             "count measured there; filled from the pixels around them (a particle's position or spectrum taken there is "
             "less sure: lower the exposure)"
         )
-    if flat_sat[0] and flat.shape[0] > 1 and flat_sat[1] == flat.shape[0] and flat_sat[4]:
+    few = flat_sat[3] is not None and flat_sat[3].sum() <= max(STUCK_MAX, STUCK_MAX_SHARE * flat_sat[3].size)
+    if flat_sat[0] and flat.shape[0] > 1 and flat_sat[1] == flat.shape[0] and flat_sat[4] and few:
         # four stuck pixels in all 60 flats were "240 saturated detector pixels ...: lower the exposure of the flats"
         said.append(
             f"{source}: {int(flat_sat[3].sum())} pixels at the detector's full scale ({flat_sat[2]:g}) in every flat "
