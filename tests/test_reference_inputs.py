@@ -177,3 +177,16 @@ def test_references_sampled_more_coarsely_than_the_scan_are_noted():
     _, notes = _user_references(coarse, e)
     said = [n for n in notes if "sampled every" in n]
     assert len(said) == 2 and "every 3 eV across its edge" in said[0], notes
+
+
+def test_a_reference_holding_only_its_post_edge_is_refused_naming_its_energies():
+    """A file cut to 8501-9000 eV was refused as "is it inverted, or not a spectrum?"."""
+    from xanestrack.spectra import ReferenceSpectrum, ni_references, prepare_reference
+    from xanestrack.synth import ni_energy_grid
+
+    r = ni_references()["NiO"]
+    keep = r.energies_ev >= 8501.0
+    with pytest.raises(ValueError) as e:
+        prepare_reference(ReferenceSpectrum("NiO", r.energies_ev[keep], 2 * r.mu[keep] + 0.3), ni_energy_grid())
+    msg = str(e.value)
+    assert "8501" in msg and ("start above its edge" in msg or "eV below its edge" in msg), msg

@@ -121,7 +121,10 @@ def prepare_reference(ref: ReferenceSpectrum, scan_energies_ev) -> tuple[Referen
     if abs(pre_at_e0) <= NORMALISED_TOLERANCE and abs(step - 1) <= NORMALISED_TOLERANCE:
         return ref, None
     if not step > 0:
-        raise ValueError(f"no rising edge (edge step {step:.3g} at {e0:.1f} eV): is it inverted, or not a spectrum?")
+        raise ValueError(
+            f"no rising edge (edge step {step:.3g} at {e0:.1f} eV; its energies run {ref.energies_ev[0]:.1f}-"
+            f"{ref.energies_ev[-1]:.1f} eV): does it start above its edge, is it inverted, or is it not a spectrum?"
+        )
     note = (
         f"reference {ref.name} normalised as the particles' spectra are (pre-edge line, post-edge polynomial; as "
         f"given its pre-edge was {pre_at_e0:.3g} and its edge step {step:.3g} at E0 {e0:.1f} eV): the fit compares "
