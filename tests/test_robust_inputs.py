@@ -894,3 +894,22 @@ def test_optical_density_of_a_thick_electrode_is_not_taken_for_transmission():
     t = np.exp(-(od - base))  # a thinner electrode's transmission still is
     _, _, notes = values_without_flats(t, "od", source="s", flats_hint="flats")
     assert any("look like transmission" in n for n in notes)
+
+
+def test_messages_for_an_external_link_and_a_three_frame_tiff_say_what_to_do(tmp_path):
+    """Both were right but left the user without the way out: "a broken link in the file; re-export", and "a colour
+    (RGB) image" for 3 grey frames that tifffile.imwrite tags RGB."""
+    import h5py
+    import tifffile
+
+    from xanestrack.errors import XanestrackError
+    from xanestrack.io import read_stack
+
+    with h5py.File(tmp_path / "s.h5", "w") as f:
+        f["img_xanes"] = h5py.ExternalLink("frames.h5", "/img_xanes")
+        f["X_eng"] = np.linspace(8.3, 8.4, 5)
+    with pytest.raises(XanestrackError, match="put frames.h5 where the link looks for it"):
+        read_stack(tmp_path / "s.h5")
+    tifffile.imwrite(tmp_path / "t.tif", np.ones((3, 16, 16), np.float32))
+    with pytest.raises(XanestrackError, match="photometric='minisblack'"):
+        read_stack(tmp_path / "t.tif", energies=[8300.0, 8340.0, 8380.0])

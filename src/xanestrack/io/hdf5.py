@@ -243,9 +243,14 @@ def _dataset(f, name, path, *, must_exist=False):
             link = None
         if isinstance(link, (h5py.ExternalLink, h5py.SoftLink)):  # the link is there, what it names is not
             target = f"{link.filename}:{link.path}" if isinstance(link, h5py.ExternalLink) else link.path
+            where = (
+                f"put {link.filename} where the link looks for it (beside {Path(path).name}, or at that path), or "
+                "re-export the file with its data inside"
+                if isinstance(link, h5py.ExternalLink)
+                else "fix or re-export the file"
+            )
             raise XanestrackError(
-                f"{path}: /{name} is a link to {target}, which cannot be opened: a broken link in the file; "
-                "fix or re-export the file"
+                f"{path}: /{name} is a link to {target}, which cannot be opened (a broken link): {where}"
             )
         if must_exist:
             raise XanestrackError(f"{path}: no dataset /{name}")

@@ -50,7 +50,10 @@ def read_tiff_frames(path, *, notes=None) -> np.ndarray:
         # colour samples contiguous (YXS) or planar (SYX: three planes that would pass for three frames)
         colour = "S" in axes and len(shape) >= 3 and shape[axes.index("S")] in (3, 4)
         if colour or photometric in ("RGB", "YCBCR", "SEPARATED"):
-            raise XanestrackError(f"{path}: a colour (RGB) image {shape}; give grey-level frames (one value per pixel)")
+            raise XanestrackError(
+                f"{path}: a colour (RGB) image {shape}; give grey-level frames (one value per pixel); a stack of 3 or "
+                "4 frames written by tifffile.imwrite is tagged RGB unless written with photometric='minisblack'"
+            )
         if len(shape) > 3:
             shape = tuple(d for d in shape if d != 1) or (1, 1)
         frames = (1, *shape) if len(shape) == 2 else shape
