@@ -221,6 +221,8 @@ def test_frames_saturated_over_most_of_their_pixels_are_refused_as_saturated():
     with pytest.raises(XanestrackError, match="12 of 20 frames hold no image") as err:
         optical_density(c, flats=flats, darks=dark)
     assert "saturated over 100% of its pixels" in str(err.value) and "lower the exposure" in str(err.value)
+    # its first words: they said "more than half their pixels at or below the dark", then that they were saturated
+    assert "hold no image (more than half their pixels saturated, " in str(err.value)
 
 
 def test_the_same_pixels_at_full_scale_in_every_flat_are_stuck_pixels_not_an_exposure():

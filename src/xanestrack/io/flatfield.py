@@ -205,8 +205,9 @@ def no_image_refusal(blank, n_frames: int, *, source, cause) -> str | None:
         return None
     listed = ", ".join(map(str, blank[:10])) + (" ..." if len(blank) > 10 else "")
     return (
-        f"{source}: {len(blank)} of {n_frames} frames hold no image (more than half their pixels at or below the dark, "
-        f"zero/negative or not finite; frames {listed}, counted from 0): {cause() if callable(cause) else cause}"
+        f"{source}: {len(blank)} of {n_frames} frames hold no image (more than half their pixels saturated, at or "
+        f"below the dark, zero/negative or not finite; frames {listed}, counted from 0): "
+        f"{cause() if callable(cause) else cause}"
     )
 
 
