@@ -416,18 +416,12 @@ def _input_description(stack, inputs, others=()):
     ex = ThreadPoolExecutor(1)
     checksums = ex.submit(file_checksums, files)
     ex.shutdown(wait=False)  # returns at once; the checksums are collected when the results are written
-    return dict(
-        command=" ".join(sys.argv),
-        inputs=[str(p) for p in inputs],
-        input_checksums_sha256=checksums,
-        reader=stack.metadata.get("reader"),
-        values=stack.metadata.get("values"),
-        energies_ev=[float(e) for e in stack.energies_ev],
-        frame_shape=list(stack.od.shape[1:]),
-        pixel_size_um=stack.pixel_size_um,
-        input_notes=[for_cli(n) for n in stack.metadata.get("notes", [])],  # as printed: flags, not parameters
-        frames_reversed=bool(stack.metadata.get("frames_reversed", False)),
-    )
+    from .results import stack_description
+
+    info = dict(command=" ".join(sys.argv), inputs=[str(p) for p in inputs], input_checksums_sha256=checksums)
+    info.update(stack_description(stack))
+    info["input_notes"] = [for_cli(n) for n in info["input_notes"]]  # as printed: flags, not parameters
+    return info
 
 
 def _chemistry_options(

@@ -521,7 +521,7 @@ def link(
                 pred = preds[i]
                 gap = t - tr.last_time - 1
                 r = tr.radius if np.isfinite(tr.radius) else med_r
-                base = max(options.gate, options.gate_fraction * r)
+                base = _base_gate(options, r)
                 gate = base * (1 + options.gap_gate_growth * gap)
                 reach = gate
                 if gap > 0 and len(alive) > 1:
@@ -563,6 +563,12 @@ def link(
                 on_link(tr, t, j)
         ids.append(these)
     return ids, common, tracks
+
+
+def _base_gate(options: LinkOptions, radius: float) -> float:
+    """px: the search radius of a track of particle ``radius`` seen at the time before (``gate``, or
+    ``gate_fraction`` of the radius; an unknown radius counts as none)."""
+    return max(options.gate, options.gate_fraction * (radius if np.isfinite(radius) else 0.0))
 
 
 #: pieces whose radii differ by more than this factor are not one particle (:func:`chain_pieces`)
@@ -645,8 +651,7 @@ def chain_pieces(tracks, common, *, pieces, options: LinkOptions = LinkOptions()
                 continue
             d, dt = span(i, j)
             step = np.hypot(*d)
-            gate = max(options.gate, options.gate_fraction * (ri if np.isfinite(ri) else 0.0))
-            gate *= 1 + options.gap_gate_growth * (by_id[j].times[0] - end - 1)
+            gate = _base_gate(options, ri) * (1 + options.gap_gate_growth * (by_id[j].times[0] - end - 1))
             if dt > 0 and gate < step <= max_jump:
                 succ[i].append((j, d / dt, dt))
                 pred[j].append((i, d / dt, dt))
@@ -655,8 +660,7 @@ def chain_pieces(tracks, common, *, pieces, options: LinkOptions = LinkOptions()
         tr = by_id[i]
         dt = clock[tr.times[-1]] - clock[tr.times[0]]
         miss = np.hypot(*(own[i][-1] - own[i][0] - v * dt))
-        gate = max(options.gate, options.gate_fraction * (radius[i] if np.isfinite(radius[i]) else 0.0))
-        return miss <= max(tol, 0.5 * gate) + CHAIN_SPEED_TOLERANCE * np.hypot(*v) * dt
+        return miss <= max(tol, 0.5 * _base_gate(options, radius[i])) + CHAIN_SPEED_TOLERANCE * np.hypot(*v) * dt
 
     def velocity(chain):
         a, b = by_id[chain[0]].times[0], by_id[chain[-1]].times[-1]

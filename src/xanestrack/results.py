@@ -546,13 +546,11 @@ def write_results(result, folder, *, run_info: dict | None = None, save_fused: b
     write_results_h5(result, folder, save_fused=save_fused, pixel_size_um=info.get("pixel_size_um"))
 
 
-def _input_info(info: dict, stack) -> dict:
-    """``info`` with what it lacks of the input's description taken from ``stack`` (as ``xanestrack run`` records
-    it; the Stack's pixel size and input notes were lost from Python)."""
-    if stack is None:
-        return info
+def stack_description(stack) -> dict:
+    """What run.json says of a :class:`~xanestrack.stack.Stack`: ``reader``, ``values``, ``energies_ev``,
+    ``frame_shape``, ``pixel_size_um``, ``input_notes`` (its notes as they are), ``frames_reversed``."""
     meta = getattr(stack, "metadata", None) or {}
-    given = dict(
+    return dict(
         reader=meta.get("reader"),
         values=meta.get("values"),
         energies_ev=[float(e) for e in stack.energies_ev],
@@ -561,6 +559,15 @@ def _input_info(info: dict, stack) -> dict:
         input_notes=[str(n) for n in meta.get("notes", [])],
         frames_reversed=bool(meta.get("frames_reversed", False)),
     )
+
+
+def _input_info(info: dict, stack) -> dict:
+    """``info`` with what it lacks of the input's description taken from ``stack`` (as ``xanestrack run`` records
+    it; the Stack's pixel size and input notes were lost from Python)."""
+    if stack is None:
+        return info
+    meta = getattr(stack, "metadata", None) or {}
+    given = stack_description(stack)
     if meta.get("energy_calibration") is not None:
         given["energy_calibration"] = meta["energy_calibration"]
     for k, v in given.items():
