@@ -190,3 +190,42 @@ def test_a_reference_holding_only_its_post_edge_is_refused_naming_its_energies()
         prepare_reference(ReferenceSpectrum("NiO", r.energies_ev[keep], 2 * r.mu[keep] + 0.3), ni_energy_grid())
     msg = str(e.value)
     assert "8501" in msg and ("start above its edge" in msg or "eV below its edge" in msg), msg
+
+
+def test_a_raw_text_file_is_read_by_the_names_its_header_gives_its_columns():
+    """larch's NiO scan exported as 'columns: energy_eV i0 it mu=ln(i0/it)' (no XDI tags): i0 (75,000 counts)
+    was read as mu, normalised without a word, and fitted."""
+    path = shared_data("spectra", "larch_nio", "NiO_scan000_raw.txt")
+    raw = np.loadtxt(path)
+    r = read_spectrum(path)
+    np.testing.assert_allclose(r.mu, np.log(raw[:, 1] / raw[:, 2]), atol=1e-5)  # its mu column, rounded
+
+
+@pytest.mark.parametrize("header", ["energy i0 it", "# E(eV)\tI0\tIt", "Energy_eV,i0,itrans"])
+def test_a_header_line_naming_i0_and_it_gives_ln_i0_over_it(tmp_path, header):
+    i0 = 7.5e4 * (1 + 0.05 * np.cos(E / 11.0))
+    sep = "," if "," in header else " "
+    table = np.c_[E, i0, i0 * np.exp(-MU)]
+    p = tmp_path / "raw.txt"
+    p.write_text(header + "\n" + "\n".join(sep.join(f"{v:.6f}" for v in row) for row in table) + "\n")
+    np.testing.assert_allclose(read_spectrum(p).mu, MU, rtol=1e-5)
+
+
+def test_columns_of_counts_without_names_are_refused():
+    """energy, i0, it with no header: column 2 was taken for mu."""
+    i0 = 7.5e4 * np.ones_like(E)
+    table = np.c_[E, i0, i0 * np.exp(-MU)]
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "counts.txt"
+        np.savetxt(p, table)
+        with pytest.raises(ValueError, match="counts"):
+            read_spectrum(p)
+
+
+def test_a_header_naming_energy_mu_and_stddev_reads_mu(tmp_path):
+    p = tmp_path / "mu.txt"
+    p.write_text("# energy mu stddev\n" + "\n".join(f"{e} {m} 0.003" for e, m in zip(E, MU)) + "\n")
+    np.testing.assert_allclose(read_spectrum(p).mu, MU)

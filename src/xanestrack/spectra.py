@@ -3,7 +3,8 @@
 The shipped references are the normalised NiO (Ni2+) and LiNiO2 (Ni3+) spectra of
 pyxas (BSD-3), resampled and converted to eV. ``read_spectrum`` reads the common
 text formats of reference spectra: XDI (a named ``mu`` column; else raw ``i0``/``itrans`` give
-``mu = ln(i0/itrans)``, raw ``i0``/``ifluor`` give ``mu = ifluor/i0``), two- or three-column text (energy,
+``mu = ln(i0/itrans)``, raw ``i0``/``ifluor`` give ``mu = ifluor/i0``; the same names in a plain header line),
+two- or three-column text (energy,
 mu[, stddev]; separated by spaces, tabs, commas or semicolons, or with decimal commas) with the
 energy in eV or keV (keV is recognised when every energy is below 100: :func:`xanestrack.units.in_kev`).
 """
@@ -141,6 +142,32 @@ FLUOR_COLUMNS = ("ifluor", "if")
 
 _NUMBERS_ONLY = re.compile(r"[0-9eE+\-.,;\s]+")
 
+#: a header's names for the columns read (lower case, units and ``=...`` left out), as :func:`_energy_and_mu`
+#: names them
+HEADER_NAMES = {
+    "energy": "energy", "e": "energy", "en": "energy", "ev": "energy", "enc": "energy",
+    "i0": "i0", "io": "i0", "i_0": "i0",
+    "it": "itrans", "itrans": "itrans", "i1": "itrans", "i_t": "itrans", "itr": "itrans",
+}  # fmt: skip
+
+
+def _header_names(header: str, ncol: int) -> dict[int, str]:
+    """The columns named by a header line (``energy_eV i0 it mu=ln(i0/it)``; text after ``columns:`` where
+    it says so), where it names exactly ``ncol`` columns and one of them holds mu or the intensities it is
+    computed from; else none."""
+    m = re.search(r"columns?\s*:\s*(.*)$", header, flags=re.IGNORECASE)
+    text = m.group(1) if m else header.lstrip("#")
+    names = [t for t in re.split(r"[,;\s]+", text.strip()) if t]
+    if len(names) != ncol:
+        return {}
+    out = {}
+    for k, t in enumerate(names):
+        t = re.split(r"[=(\[]", t.lower(), maxsplit=1)[0]
+        t = re.sub(r"_?(ev|kev)$", "", t) or t
+        out[k] = HEADER_NAMES.get(t, t)
+    known = set(MU_COLUMNS) | set(FLUOR_COLUMNS) | {"i0", "itrans"}
+    return out if known & set(out.values()) - {"energy"} else {}
+
 
 def _refuse_project_file(path: Path) -> None:
     """Refuse an Athena project (``.prj``, gzip-compressed Perl) or another compressed file: it holds no table."""
@@ -233,9 +260,10 @@ def read_spectrum(path, *, name: str | None = None) -> ReferenceSpectrum:
     ----------
     path : str or Path
         XDI file (columns named in ``# Column.N:`` lines: a ``mu`` column (:data:`MU_COLUMNS`), else
-        ``mu = ln(i0/itrans)`` for transmission, else ``mu = ifluor/i0`` for fluorescence) or text with
-        columns energy, mu[, ...] (separated by spaces, tabs, commas or semicolons; decimal commas are read
-        where the columns are separated otherwise).
+        ``mu = ln(i0/itrans)`` for transmission, else ``mu = ifluor/i0`` for fluorescence), text whose
+        header line names its columns so (``energy i0 it``, ``# columns: energy_eV i0 it mu=ln(i0/it)``:
+        :data:`HEADER_NAMES`), or text with columns energy, mu[, ...] (separated by spaces, tabs, commas or
+        semicolons; decimal commas are read where the columns are separated otherwise).
     name : str, optional
         Name of the reference; default: the file stem.
 
@@ -250,7 +278,8 @@ def read_spectrum(path, *, name: str | None = None) -> ReferenceSpectrum:
         If the file has no numeric table, fewer than 2 columns, non-finite values, or an
         energy twice with values that differ by more than 1 % of the spectrum's range; if XDI
         names its columns and none is mu or the intensities it is computed from; if its decimal
-        commas are also its separator; if it is an Athena project or compressed.
+        commas are also its separator; if it is an Athena project or compressed; if its columns 2 and 3
+        hold counts (above 100 throughout) and no header names them.
     """
     path = Path(path)
     if not path.is_file():
@@ -258,19 +287,34 @@ def read_spectrum(path, *, name: str | None = None) -> ReferenceSpectrum:
     _refuse_project_file(path)
     columns: dict[int, str] = {}
     lines = []
+    header, numbers = "", False  # the last comment or text line before the first number: it may name the columns
     for line in path.read_text(errors="replace").splitlines():
         s = line.strip()
         if s.startswith("#"):
             m = re.match(r"#\s*Column\.(\d+)\s*:\s*(\S+)", s)
             if m:
                 columns[int(m.group(1)) - 1] = m.group(2).lower()
+            if not numbers and s.strip("#-= "):
+                header = s
         elif s:
+            numbers = numbers or bool(_NUMBERS_ONLY.fullmatch(s))
+            if not numbers:
+                header = s
             lines.append(s)
     rows = _numeric_rows(lines, path)
     if not rows or min(len(r) for r in rows) < 2:
         raise ValueError(f"reference spectrum {path}: no table of at least 2 numeric columns found")
     ncol = min(len(r) for r in rows)
     table = np.array([r[:ncol] for r in rows])
+    if not columns:
+        columns = _header_names(header, ncol)
+    if not columns and ncol >= 3 and np.all(table[:, 1:3] > 100.0):
+        # two columns of counts (i0, itrans?): a mu column never holds such values throughout
+        raise ValueError(
+            f"reference spectrum {path}: its columns 2 and 3 hold counts ({table[0, 1]:.6g}, {table[0, 2]:.6g}, ...), "
+            "not mu(E); name its columns in a header line (e.g. 'energy i0 itrans', or XDI '# Column.N:' lines) "
+            "or give a text file with the columns energy, mu"
+        )
     energy, mu = _energy_and_mu(table, columns, path)
     energy = to_ev(energy)
     if not (np.all(np.isfinite(energy)) and np.all(np.isfinite(mu))):
