@@ -136,8 +136,11 @@ def test_the_sigma_caption_quotes_the_bias_only_for_the_shipped_references():
         return SimpleNamespace(particles=[SimpleNamespace(reference_names=n) for n in names])
 
     shipped = ("NiO", "LiNiO2")
-    assert "+0.11 eV for NiO" in _normalisation_bias({"references": []}, result((), shipped))
-    assert "+0.11 eV for NiO" in _normalisation_bias({}, result(shipped))  # a folder written from Python
+    # the run's own numbers (run.json), whichever references they are of; none, words only
+    measured = {"references": [], "normalisation_bias_ev": {"NiO": 0.38, "LiNiO2": -0.072}}
+    assert "+0.38 eV for NiO, -0.07 eV for LiNiO<sub>2</sub>" in _normalisation_bias(measured, result((), shipped))
+    theirs = {"references": ["MnO=a.txt"], "normalisation_bias_ev": {"MnO": -0.25}}
+    assert "-0.25 eV for MnO" in _normalisation_bias(theirs, result(("MnO",)))
     for run, res in (
         ({"references": ["NiO=mine.txt", "LiNiO2=mine2.txt"]}, result(shipped)),  # the user's, named alike
         ({"references": ["MnO=a.txt", "MnO2=b.txt"]}, result(("MnO", "MnO2"))),

@@ -304,15 +304,19 @@ def test_the_pixel_size_gives_scale_bars_and_is_stated_once(report_dir, tmp_path
 
 def test_the_normalisation_bias_is_quoted_for_the_shipped_references_alone(report_dir, tmp_path):
     """The sigma caption quoted '+0.11 eV for NiO to +0.003 eV for LiNiO2' under any references (a Mn scan's,
-    a Ni-metal's -0.56 eV). The fixture's run fits the shipped ones; the same folder with the user's references
-    in run.json is said without them."""
+    a Ni-metal's -0.56 eV) and any energies (those of synth's 143-energy grid). The fixture's run (40 energies)
+    fits the shipped ones: their numbers on its energies (run.json); the same folder with the user's references
+    and theirs in run.json is said with theirs."""
     from xanestrack.report import write_report
 
-    assert "+0.11 eV for NiO to +0.003 eV for LiNiO<sub>2</sub>" in (report_dir / "report.html").read_text()
+    bias = json.loads((report_dir / "run.json").read_text())["normalisation_bias_ev"]
+    text = (report_dir / "report.html").read_text()
+    assert f"{bias['NiO']:+.2f} eV for NiO" in text and "+0.003 eV" not in text
     copy = tmp_path / "copy"
     shutil.copytree(report_dir, copy)
     run = json.loads((copy / "run.json").read_text())
-    run["references"] = ["NiO=my_nio.txt", "LiNiO2=my_linio2.txt"]
+    run["references"] = ["my_nio=my_nio.txt", "my_linio2=my_linio2.txt"]
+    run["normalisation_bias_ev"] = {"my_nio": 0.21, "my_linio2": -0.02}
     (copy / "run.json").write_text(json.dumps(run))
     html = write_report(copy).read_text()
-    assert "eV for NiO" not in html and "measured for the shipped Ni references only, not for this run's" in html
+    assert "eV for NiO" not in html and "+0.21 eV for my_nio, -0.02 eV for my_linio2" in html

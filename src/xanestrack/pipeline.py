@@ -2473,6 +2473,12 @@ def run_pipeline(
     notes += [n for n in (_moving_rim_run_note(particles),) if n]
     if default_references and references and recalibrate is None and not stack.metadata.get("energy_calibration"):
         notes += [n for n in (_uncalibrated_note(particles, energies, references, options.lcf_window),) if n]
+    # on the final energies (after a --known-edge calibration), beside the references' own notes
+    norm_bias = _normalisation_bias(references, energies, default_references, options)
+    if norm_bias and particles:
+        from .chemistry.normbias import normalisation_bias_note
+
+        notes += [n for n in (normalisation_bias_note(norm_bias),) if n]
     rej = detections[~detections["isolated"]] if len(detections) else detections
     notes += [
         n
@@ -2499,7 +2505,26 @@ def run_pipeline(
         similarity=similarity,
         chemistry=chemistry,
         edge_widths=edge_width_table,
+        normalisation_bias=norm_bias,
     )
+
+
+def _normalisation_bias(references, energies, default_references: bool, options) -> dict | None:
+    """eV per reference: the bias of E50 from the normalisation on the scan's energies
+    (:func:`xanestrack.chemistry.normbias.normalisation_bias`; the shipped references against their provider's
+    normalisation, a user's against the same normalisation on its own energies), the references whose bias could
+    be measured; None without references or XANES."""
+    from .chemistry.normbias import normalisation_bias
+
+    if not references or len(energies) < options.min_xanes_energies:
+        return None
+    bias = normalisation_bias(
+        energies,
+        references,
+        dense="given" if default_references else "normalised",
+        edge_window=options.edge_window,
+    )
+    return {k: v for k, v in bias.items() if np.isfinite(v)}
 
 
 def _user_references(references, energies) -> tuple[dict, list]:
@@ -3153,6 +3178,7 @@ CONSOLE_NOTE_WORDS = (
     "cannot be told from a change of magnification",
     "oxidised_fraction (the particles' table",  # the references given most oxidised first: every fraction inverted
     "common step between key frames could not be told",
+    "the normalisation's bias on this scan's energies",  # E50 moved by how the post-edge is sampled (normbias)
 )
 
 

@@ -952,23 +952,42 @@ K_EDGE_NEAR_EV = 40.0
 
 
 def _normalisation_bias(run: dict, result) -> str:
-    """The uncertainty caption's words on the normalisation's bias: measured for the shipped Ni references only.
+    """The uncertainty caption's words on the normalisation's bias: the numbers measured for this run.
 
-    The numbers are those of the shipped NiO and LiNiO2 (against pyxas's normalisation); they were quoted under
-    Mn scans and users' own references, where the bias is another (a Ni-metal-like edge: -0.56 eV). The run's
-    ``references`` (the ``--reference`` NAME=FILE given; none: the shipped ones) and the particles' fitted
-    reference names tell which were used: the same from the run's memory and from its folder.
+    ``run["normalisation_bias_ev"]`` (run.json; else ``result.normalisation_bias``): each reference's E50 on the
+    run's energies less its densely measured one (:func:`xanestrack.chemistry.normbias.normalisation_bias`). Fixed
+    numbers, those of the shipped references on synth's 143-energy grid (+0.11 / +0.003 eV), were quoted before
+    whatever the energies: on its 50-energy grid the bias is +0.38 / -0.07 eV, on its 60-energy grid -0.18 / +0.03.
+    A folder without them (written before they were measured, or a run without references) gets words only.
     """
-    shipped = ("NiO", "LiNiO2")
-    fitted = any(tuple(p.reference_names) == shipped for p in result.particles)
-    if fitted and not run.get("references"):
+    bias = run.get("normalisation_bias_ev")
+    if bias is None:
+        bias = getattr(result, "normalisation_bias", None)
+    bias = {str(k): float(v) for k, v in (bias or {}).items() if np.isfinite(float(v))}
+    if not bias:
         return (
-            " (against the reference spectra's provider, measured on noise-free synthetic spectra: +0.11 eV for NiO "
-            "to +0.003 eV for LiNiO<sub>2</sub>)"
+            " and on the energies sampled (not measured for this run; larger where the post-edge is sampled sparsely "
+            "or the edge has no white line)"
         )
+
+    def name(k: str) -> str:
+        return "LiNiO<sub>2</sub>" if k == "LiNiO2" else html.escape(k)
+
+    def ev(v: float) -> str:
+        return f"{v:+.2f}" if abs(v) >= 0.01 else f"{v:+.3f}"
+
+    words = ", ".join(f"{ev(v)} eV for {name(k)}" for k, v in bias.items())
+    spread = max(bias.values()) - min(bias.values())
     return (
-        " and on the energies sampled (measured for the shipped Ni references only, not for this run's; larger "
-        "for an edge without a white line sampled coarsely)"
+        f" and on the energies sampled (measured for this run's references on its energies, noise-free, against "
+        f"each one's densely measured E50: {words}"
+        + (
+            f"; a difference between particles of {'the two' if len(bias) == 2 else 'different'} chemistries is "
+            f"compressed or stretched by up to {spread:.2f} eV"
+            if len(bias) > 1
+            else ""
+        )
+        + ")"
     )
 
 
@@ -1020,7 +1039,10 @@ synthetic scans with strong ones: up to 0.5 eV RMS for single particles, README:
 {{ caps.uncertainty }}</figcaption></figure>
 {% if resolved %}<figure><img alt="resolved differences" src="{{ figs.resolution }}">
 <figcaption>Mean edge energy of each particle (trusted core pixels) with its standard error (thick: 1&sigma;, thin: 2&sigma;),
-and which particle-to-particle differences exceed 2&sigma; (dots). {{ caps.resolution }}</figcaption></figure>{% endif %}
+and which particle-to-particle differences exceed 2&sigma; (dots). The test weighs &sigma; alone: the systematic errors
+&sigma; does not contain are not part of it (the normalisation's bias, which differs between chemistries: above; the flat
+field's changes and a matrix moving with a particle: README, what sigma(E50) does not contain), so a difference resolved
+here may still be theirs. {{ caps.resolution }}</figcaption></figure>{% endif %}
 {% if figs.edge_widths %}<figure><img alt="edge widths" src="{{ figs.edge_widths }}">
 <figcaption>Sharpness of the particles' outlines across the scan: each particle's edge width (the sd of an erf fitted across
 its outline) less its median, median over the particles, smoothed across the energies; within about 0.2 px where the focus

@@ -170,6 +170,9 @@ class PipelineResult:
     #: per frame: the particles' edge width less its median (px, smoothed; pipeline._width_profile)
     #: and the Gaussian blur the frame's particle windows got before the chemistry (px; 0 where none)
     edge_widths: pd.DataFrame | None = None
+    #: eV per reference: its E50 measured as the particles' are on the scan's energies less its densely measured
+    #: E50 (:func:`xanestrack.chemistry.normbias.normalisation_bias`); None where no reference was used
+    normalisation_bias: dict | None = None
 
 
 def core_pixels(p: ParticleResult, core_px: int = 2) -> np.ndarray:
@@ -239,7 +242,9 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
     taken as common to every pixel (the mean of the pixels' registration sigmas: a
     frame's misregistration moves the whole particle, an upper bound). It is a
     statistical error: the bias of the normalisation model, which depends on the
-    chemistry (+0.10 eV for NiO to -0.07 eV for LiNiO2 on noise-free synthetic spectra, docs/CHEMISTRY.md), is not in it.
+    chemistry and on the scan's energies (the run's own numbers per reference: ``result.normalisation_bias``,
+    :func:`xanestrack.chemistry.normbias.normalisation_bias`; for the shipped NiO / LiNiO2 on synth's grids
+    +0.11 / +0.004 eV at 143 energies, +0.38 / -0.07 eV at 50), is not in it.
     """
     ratios = result.peak_ratios.set_index("particle") if len(result.peak_ratios) else None
     options = getattr(result, "options", None)

@@ -592,6 +592,8 @@ def write_tables(result, folder, *, run_info: dict) -> None:
         info.setdefault(k, v)
     info["timings_s"] = dict(result.timings)
     info["notes"] = list(result.notes)
+    if getattr(result, "normalisation_bias", None) is not None:  # the report's caption quotes them
+        info["normalisation_bias_ev"] = {str(k): float(v) for k, v in result.normalisation_bias.items()}
     info["parameters"] = result.options.to_dict()
     _write_run_json(folder, info)
 
@@ -1128,6 +1130,7 @@ def read_results(folder):
                 similarity=similarity,
                 chemistry=_read_chemistry(f["chemistry"]) if "chemistry" in f else None,
                 edge_widths=tables.get("edge_widths"),
+                normalisation_bias=run.get("normalisation_bias_ev"),
             )
     except XanestrackError:
         raise
