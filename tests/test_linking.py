@@ -51,3 +51,36 @@ def test_a_prior_that_the_particles_in_view_do_not_confirm_links_nothing():
     kw1 = {**kw, "prior": [0.0, 190.0], "cur_radius": r[:1]}
     d, n, how = decide_displacement(prev, far[:1], 250.0, 4.0, field=(256, 256), **kw1)
     assert how == "prior" and n == 1
+
+
+def _support_brute(prev, cur, cand, tol, compatible):
+    moved = prev[None, :, :] + cand[:, None, :]
+    dist = np.hypot(moved[:, :, None, 0] - cur[None, None, :, 0], moved[:, :, None, 1] - cur[None, None, :, 1])
+    return (np.where(compatible[None], dist, np.inf).min(axis=2) <= tol).sum(axis=1)
+
+
+def test_the_vote_counts_support_as_every_distance_would_without_holding_them_all():
+    """The vote's support was counted over every candidate x point x point distance at once: 150 particles in a
+    frame took 2.4 GB, 300 fines 6.2 GB. Counted through a k-d tree: the same counts, in a few MB."""
+    import tracemalloc
+
+    from xanestrack.linking import _vote_support
+
+    rng = np.random.default_rng(3)
+    for t in range(60):
+        n, m = rng.integers(1, 30, 2)
+        prev = rng.uniform(0, 200, (n, 2))
+        cur = np.r_[prev[:m] + rng.normal(0, 0.5, (min(m, n), 2)) + 7, rng.uniform(0, 200, (max(0, m - n), 2))]
+        if t % 2:  # integer positions: distances exactly at the tolerance
+            prev, cur = np.round(prev), np.round(cur)
+        pr, cr = rng.uniform(5, 30, len(prev)), rng.uniform(5, 30, len(cur))
+        cand, support, compatible = _vote_support(prev, cur, 40, 1.0 + t % 3, pr, cr, 1.6)
+        np.testing.assert_array_equal(support, _support_brute(prev, cur, cand, 1.0 + t % 3, compatible))
+    prev = rng.uniform(0, 600, (200, 2))
+    cur = prev + 3 + rng.normal(0, 0.3, (200, 2))
+    tracemalloc.start()
+    cand, support, _ = _vote_support(prev, cur, 60, 2.0, None, None, 1.6)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(cand) > 500 and support.max() == 200
+    assert peak < 50 * 2**20, peak / 2**20  # the distances at once: 2.2 GB here

@@ -244,11 +244,28 @@ def _vote_support(prev, cur, max_jump, tol, prev_radius, cur_radius, max_size_ra
     cand = d[near & compatible]
     if cand.size == 0:
         return np.zeros((0, 2)), np.zeros(0, int), compatible
-    # support of every candidate at once: (n_cand, n_prev, n_cur) distances
-    moved = prev[None, :, :] + cand[:, None, :]
-    dist = np.hypot(moved[:, :, None, 0] - cur[None, None, :, 0], moved[:, :, None, 1] - cur[None, None, :, 1])
-    dist = np.where(compatible[None], dist, np.inf)
-    return cand, (dist.min(axis=2) <= tol).sum(axis=1), compatible
+    return cand, _support(d, compatible, cand, tol), compatible
+
+
+def _support(d, compatible, cand, tol) -> np.ndarray:
+    """For each candidate displacement, the number of points ``i`` of the first set with a compatible pairing
+    ``d[i, j]`` within ``tol`` of it (a point moved by it lands within ``tol`` of a compatible point).
+
+    Counted among the compatible pairings near each candidate (a k-d tree of the pairings' displacements): the
+    distances of every candidate to every pairing, (n_cand, n_prev, n_cur) at once, grew with the fourth power of
+    the objects per frame (150 particles: 2.4 GB; 300 fines kept by ``--min-radius 2``: 6.2 GB, 90 s).
+    """
+    from scipy.spatial import cKDTree
+
+    owner = np.nonzero(compatible)[0]
+    tree = cKDTree(d[compatible])
+    hits = tree.query_ball_point(cand, r=tol * (1 + 1e-12), return_sorted=False)
+    lengths = np.fromiter((len(h) for h in hits), int, len(hits))
+    if not lengths.sum():
+        return np.zeros(len(cand), int)
+    which = np.repeat(np.arange(len(cand)), lengths)
+    pairs = np.unique(which * np.int64(compatible.shape[0]) + owner[np.concatenate(hits).astype(np.intp)])
+    return np.bincount(pairs // compatible.shape[0], minlength=len(cand)).astype(int)
 
 
 def _refine(prev, cur, best, tol, compatible):
