@@ -126,12 +126,21 @@ def _main(
 
 
 def _stage_summary(result):
+    from .pipeline import key_frame_step
+
     c = _console()
     t = result.timings
     n_frames = len(result.energies_ev)
     det = result.detections
+    # the detector runs on key frames only (9 of 60 at --detect-every 12): "in 60 frames" said otherwise
+    step = key_frame_step(n_frames, result.options.detect_every) if n_frames else 1
+    n_key = n_frames if step == 1 else len(set(range(0, n_frames, step)) | {n_frames - 1})
+    frames = (
+        f"all {n_frames} frames" if n_key == n_frames else f"the {n_key} of {n_frames} frames it ran in (one in {step})"
+    )
     c.print(
-        f"detect    {int(det['isolated'].sum()) if len(det) else 0} isolated particles in {n_frames} frames ({t.get('detect', 0):.2f} s)"
+        f"detect    {int(det['isolated'].sum()) if len(det) else 0} isolated particles in {frames} "
+        f"({t.get('detect', 0):.2f} s)"
     )
     c.print(
         f"match     {len(result.particles)} tracks, {len(result.rejected)} rejected objects ({t.get('match', 0):.2f} s)"
@@ -260,13 +269,25 @@ class _ModelWarmup:
         return self._seg
 
 
+#: um: the largest ``--pixel-size`` taken. A TXM's pixels are 10-100 nm (FXI 21.3 nm, the SSRL frames 31.2 nm), binned
+#: up to about 1 um; at 8 um the default particles (0.4-8 um in radius) are below a pixel. 100 um was taken, and
+#: FXI's 21.3 nm given as 21.3 was refused naming `--min-radius 0.0187793 / --max-radius 0.375587`, never the pixel size
+MAX_PIXEL_SIZE_UM = 10.0
+
+
 def _check_pixel_size(pixel_size: float) -> None:
     import math
 
     from .errors import XanestrackError
 
-    if not (math.isfinite(pixel_size) and 0 < pixel_size <= 100):
-        raise XanestrackError(f"--pixel-size {pixel_size:g}: give the pixel size in um, a number above 0 (at most 100)")
+    if not (math.isfinite(pixel_size) and pixel_size > 0):
+        raise XanestrackError(f"--pixel-size {pixel_size:g}: give the pixel size in um, a number above 0")
+    if pixel_size > MAX_PIXEL_SIZE_UM:
+        raise XanestrackError(
+            f"--pixel-size {pixel_size:g}: the pixel size is in micrometres, and {pixel_size:g} um per pixel is no "
+            f"TXM's (10-100 nm, binned up to about 1 um; at most {MAX_PIXEL_SIZE_UM:g} um taken): nanometres given? "
+            f"{pixel_size:g} nm is --pixel-size {pixel_size / 1000:g}"
+        )
 
 
 def _with_pixel_size(stack, pixel_size: float):

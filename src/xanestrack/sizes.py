@@ -79,7 +79,8 @@ def particle_radius_range(
         A radius that is not a positive number, or a range no particle of these frames
         can have: a given radius above the frame, the minimum not below the maximum, or
         a smallest default radius (from the pixel size in the file) that no particle
-        lying whole in the frame has.
+        lying whole in the frame has, or a pixel size that makes the default largest
+        radius less than a pixel (nanometres given as micrometres), naming it.
 
     Notes
     -----
@@ -108,12 +109,25 @@ def particle_radius_range(
         return f"{r:.3g} px (the default where the files give no pixel size)"
 
     source = stack.metadata.get("source", "input")
+    if px and not hi_given and max_radius < 1.0:
+        # `--pixel-size 21.3` (FXI's 21.3 nm as um) was refused naming `--min-radius 0.0187793 / --max-radius
+        # 0.375587`, two options not given, and never the pixel size
+        raise XanestrackError(
+            f"{source}: at the pixel size {px:g} um (`pixel_size`, or the files'), particles of {RADIUS_UM[0]:g}-"
+            f"{RADIUS_UM[1]:g} um in radius are {RADIUS_UM[0] / px:.3g}-{max_radius:.3g} px, less than a pixel: "
+            f"the pixel size is in micrometres ({px:g} um per pixel: nanometres given? {px:g} nm is "
+            f"{px / 1000:g} um); give it in um, or `min_radius` and `max_radius` in pixels"
+        )
     clip_note = ""
     if not lo_given and min_radius >= fits:
         raise XanestrackError(
             f"{source}: particles of the smallest radius, {default(0, min_radius)}, do not fit whole in frames of "
             f"{ny} x {nx} (a radius of at most {fits:.3g} px): give `min_radius` and `max_radius` in pixels"
-            + (" (or check the pixel size: a wrong one gives this too)" if px else "")
+            + (
+                f" (or check the pixel size, {px:g} um (`pixel_size`, or the files'): a wrong one gives this too)"
+                if px
+                else ""
+            )
         )
     if not hi_given and max_radius > fits:
         if min_radius >= fits:

@@ -22,7 +22,13 @@ import numpy as np
 
 from ..errors import XanestrackError
 from ..stack import Stack
-from .checks import energies_in_ev, energy_order, replaced_energies_note, values_without_flats
+from .checks import (
+    energies_in_ev,
+    energy_order,
+    replaced_energies_note,
+    rounded_energies_note,
+    values_without_flats,
+)
 from .flatfield import optical_density
 
 __all__ = ["read_stack", "optical_density", "file_checksums", "input_files"]
@@ -201,7 +207,7 @@ def _read(inputs, energies, flats, darks, values, grouping, scan) -> Stack:
                 f"{path}: a TIFF stack needs its energies: pass `energies` FILE (one energy per frame)"
             )
         data = read_tiff_frames(path, notes=notes)
-        e, reverse = energy_order(_energies_arg(energies), data.shape[0], source=path)
+        e, reverse = energy_order(_energies_arg(energies), data.shape[0], source=path, frame_shape=data.shape[1:])
         return _tiff_stack(data, e, reverse, notes, path, [path], flats, darks, values)
     raise XanestrackError(
         f"{path}: unrecognised input type {suffix!r}; give a .tif/.tiff stack, an HDF5 file "
@@ -238,6 +244,9 @@ def _tiff_stack(data, e, reverse, notes, path, files, flats, darks, values, orde
             raise XanestrackError(f"{darks}: darks given without `flats`; give the flats too, or neither")
         od, kind, more = values_without_flats(data, values, source=path, flats_hint="`flats` (reference images)")
         notes += more
+    rounded = rounded_energies_note(e, source=path)
+    if rounded:
+        notes.append(rounded)
     meta = dict(source=str(path), reader="tiff", values=kind, files=files, notes=notes)
     from .tiff import tiff_pixel_size
 
@@ -513,7 +522,10 @@ def _hdf5_stack(d, path, energies, values, scan, flats=None, darks=None) -> Stac
             name = energies if isinstance(energies, (str, Path)) else "the energies given"
             where = f"{path} /{'X_eng' if d['layout'] == 'fxi' else 'exchange/energy'}"
             notes.append(replaced_energies_note(name, d["energies_ev"], e, where))
-    e, reverse = energy_order(e, d["counts"].shape[0], source=path)
+    e, reverse = energy_order(e, d["counts"].shape[0], source=path, frame_shape=d["counts"].shape[1:])
+    rounded = rounded_energies_note(e, source=path)
+    if rounded:
+        notes.append(rounded)
     flats_, kind = d["flats"], "counts"
     if flats_ is None and flats is not None:
         from .tiff import read_tiff_frames

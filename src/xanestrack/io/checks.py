@@ -25,6 +25,7 @@ __all__ = [
     "energy_order",
     "values_without_flats",
     "replaced_energies_note",
+    "rounded_energies_note",
 ]
 
 #: sane bounds on what a file may declare, whatever the memory: a frame of at most
@@ -185,8 +186,11 @@ def energies_in_ev(values, *, source, lines=None) -> np.ndarray:
     return e
 
 
-def validated_energies(energies_ev, n_frames: int, *, source) -> np.ndarray:
-    """:func:`~xanestrack.stack.validate_energies` (count, order, duplicates), its complaints as user errors."""
+def validated_energies(energies_ev, n_frames: int, *, source, frame_shape=None) -> np.ndarray:
+    """:func:`~xanestrack.stack.validate_energies` (count, order, duplicates), its complaints as user errors.
+
+    ``frame_shape``: the frames' (rows, cols), for a count that disagrees: where a side of the frames is as long as
+    the energies are many, the message asks whether the energy axis is last."""
     from ..stack import validate_energies
 
     try:
@@ -194,16 +198,25 @@ def validated_energies(energies_ev, n_frames: int, *, source) -> np.ndarray:
     except XanestrackError:
         raise
     except ValueError as exc:
+        n_e = np.asarray(energies_ev).size
+        if frame_shape is not None and n_e != n_frames and n_e > 1 and n_e in tuple(frame_shape)[-2:]:
+            # (256, 256, 60) read as 256 frames of 256 x 60: "256 frames but 60 energies"
+            rows, cols = tuple(frame_shape)[-2:]
+            raise XanestrackError(
+                f"{exc} (frames of {rows} x {cols} pixels, a side as long as the {n_e} energies: is the energy "
+                "axis last? It must be first: energies, rows, cols)"
+            ) from None
         raise XanestrackError(str(exc)) from None
 
 
-def energy_order(energies_ev, n_frames: int, *, source) -> tuple[np.ndarray, bool]:
+def energy_order(energies_ev, n_frames: int, *, source, frame_shape=None) -> tuple[np.ndarray, bool]:
     """Validated energies in increasing order, and whether the frames must be reversed for it.
 
     A scan acquired from high to low energy (every energy below the one before) is taken
     as it is, reversed; any other order that is not increasing is refused, as by
     :func:`validated_energies` (the frames' order is the energies' order: a scan that goes
-    up and down is two scans).
+    up and down is two scans). ``frame_shape``: the frames' (rows, cols), for the message on a count
+    that disagrees (:func:`validated_energies`).
 
     Returns
     -------
@@ -214,7 +227,28 @@ def energy_order(energies_ev, n_frames: int, *, source) -> tuple[np.ndarray, boo
     e = np.asarray(energies_ev, dtype=float).ravel()
     if e.size == n_frames and e.size > 1 and np.all(np.isfinite(e)) and np.all(np.diff(e) < 0):
         return validated_energies(e[::-1].copy(), n_frames, source=source), True
-    return validated_energies(e, n_frames, source=source), False
+    return validated_energies(e, n_frames, source=source, frame_shape=frame_shape), False
+
+
+#: optical density whose low tail reaches further below its median than this many times its high tail above it
+#: (0.1 and 99.9 percentiles) has its absorbers as the low tail: its sign flipped, ln(I/I0). The mirror of the
+#: rule that keeps a thick electrode's OD from being taken for I/I0 (particles the high tail). ln(I/I0) of the
+#: probe's scene (synth seed 5, 5 particles): -1.22 to 0.0259, median -0.0434 (17 times); its OD: 1/17 ...
+FLIPPED_TAIL_RATIO = 2.0
+#: ... where that low tail lies this far (optical density) below the median at least: absorbers, not noise or a
+#: few zingers (the probe's: 1.18)
+FLIPPED_MIN_DEPTH = 0.1
+
+
+def _sign_flipped(sample, lo: float, med: float, hi: float) -> bool:
+    """Whether finite values ``sample`` (0.1, 50, 99.9 percentiles ``lo, med, hi``) look like optical density
+    of the wrong sign: mostly near a background, the absorbers far below it (:data:`FLIPPED_TAIL_RATIO`,
+    :data:`FLIPPED_MIN_DEPTH`), some values negative (I/I0, whose particles are a low tail too, is not), and the
+    1 and 99 percentiles not saying otherwise (a few bright zingers cannot make the low tail)."""
+    if not (lo < 0 and med < 0.5 and med - lo > FLIPPED_MIN_DEPTH and med - lo > FLIPPED_TAIL_RATIO * (hi - med)):
+        return False
+    p1, p99 = (float(v) for v in np.percentile(sample, [1, 99]))
+    return med - p1 > p99 - med
 
 
 def values_without_flats(data, values: str, *, source, flats_hint: str):
@@ -252,6 +286,15 @@ def values_without_flats(data, values: str, *, source, flats_hint: str):
     # unless the particles are clearly the high tail (optical density: they absorb; in I/I0 they are the low tail):
     # the OD of a thick electrode (stress-all: 0.547 to 1.43, median 0.798) was taken for I/I0
     like_transmission = lo >= 0 and hi <= 1.5 and med >= 0.5 and not hi - med > 2 * (med - lo)
+    if values in ("auto", "od") and _sign_flipped(sample, lo, med, hi):
+        # ln(I/I0) (values -1.22 to 0.0259, median -0.0434) was taken as OD: the gaps between the particles
+        # were tracked as 6 "particles", no XANES; the same data said to be OD cannot be measured either
+        raise XanestrackError(
+            f"{source}: {rng}: optical density whose absorbers are its low tail, far below the background, "
+            "as if its sign were flipped (ln(I/I0) instead of -ln(I/I0)); the particles cannot be found in it"
+            f"{' (even as `values` od)' if values == 'od' else ''}: give -ln(I/I0) (the values negated), "
+            f"or I/I0 with `values` transmission, or the raw counts with {flats_hint}"
+        )
     if values == "od" and med > 50:
         # raw uint16 counts (median 5000) taken as optical density, as asked, gave 1 particle and no XANES, unsaid
         notes.append(
@@ -282,6 +325,66 @@ def values_without_flats(data, values: str, *, source, flats_hint: str):
     if values == "od":
         return np.asarray(data, dtype=np.float32), "od", notes
     return optical_density(data, source=str(source), notes=notes), "transmission", notes
+
+
+#: eV: the roundings energies are looked at for (keV with 2, 3 and 4 decimals, eV with 1), largest first
+ROUNDING_UNITS_EV = (10.0, 1.0, 0.1)
+#: an energy within this share of the unit of a multiple of it is on it (keV stored as float32: half a step is
+#: 0.0005 eV at 8.3 keV; FXI's Ni energy list, a monochromator's readback, is 0.0002-0.0046 eV off whole eV)
+ROUNDING_TOLERANCE = 0.01
+#: the steps between energies all on a unit change by exactly one unit at least this many times, over stretches
+#: the energies follow a straight line within :data:`ROUNDED_LINE_UNITS` units: rounded from an even grid. Keyed
+#: in keV with 3 decimals, the probe's 1.2-eV grid (60 energies) changed 19 times (steps 1, 1, 1, 1, 2, ...;
+#: 2, 3, 2, 3; 5, 4, 5, 5, 5, 5, 4, 5), and moved mean E50s by -0.16 to +0.23 eV unsaid (one particle's to 0.34 eV
+#: from the truth, 15 sigma); a grid going from 2-eV to 1-eV steps and back changes twice, one frame left out of a
+#: whole-eV grid twice
+ROUNDED_MIN_CHANGES = 6
+#: ... (an energy rounded is at most half a unit off its grid)
+ROUNDED_LINE_UNITS = 0.75
+
+
+def rounded_energies_note(energies_ev, *, source) -> str | None:
+    """A note where the energies look rounded from an even grid (to whole eV: keV with 3 decimals), else None.
+
+    Every energy a multiple of a unit (:data:`ROUNDING_UNITS_EV`), and the steps between them changing by one
+    unit back and forth (1, 1, 2, 1, 1, 2 eV where the grid is 1.2 eV) over stretches the energies follow a
+    straight line within :data:`ROUNDED_LINE_UNITS` units, at least :data:`ROUNDED_MIN_CHANGES` times: each
+    energy may be off by half a unit, which no uncertainty of the run includes.
+    """
+    e = np.asarray(energies_ev, float).ravel()
+    if e.size < ROUNDED_MIN_CHANGES + 2 or not np.all(np.isfinite(e)):
+        return None
+    for unit in ROUNDING_UNITS_EV:
+        k = e / unit
+        if np.all(np.abs(k - np.round(k)) <= ROUNDING_TOLERANCE):
+            break
+    else:
+        return None
+    steps = np.round(np.diff(e) / unit).astype(int)
+    changes, seen, i = 0, [], 0
+    while i < steps.size:
+        j = i + 1  # the longest stretch from step i whose steps take two values one unit apart, or one
+        while j < steps.size and steps[i : j + 1].max() - steps[i : j + 1].min() <= 1:
+            j += 1
+        part = steps[i:j]
+        n = int(np.count_nonzero(np.diff(part)))
+        if n >= 2 and part.min() >= 1:
+            x = np.arange(j - i + 1)
+            fit = np.polyval(np.polyfit(x, e[i : j + 1], 1), x)
+            if np.max(np.abs(e[i : j + 1] - fit)) <= ROUNDED_LINE_UNITS * unit:
+                changes += n
+                seen.append((part.min(), part.max(), (e[j] - e[i]) / (j - i)))
+        i = j
+    if changes < ROUNDED_MIN_CHANGES:
+        return None
+    a, b, mean = min(seen, key=lambda s: s[0])  # the stretch of the smallest steps: the edge's
+    return (
+        f"{source}: the energies all lie on {'whole eV' if unit == 1 else f'multiples of {unit:g} eV'} and the steps between them change by {unit:g} eV "
+        f"{changes} times ({a * unit:g} and {b * unit:g} eV in turn where the grid is about {mean:.3g} eV): they look "
+        f"rounded to {unit:g} eV ({'keV with 3 decimals' if unit == 1 else 'too few decimals'}?), each up to "
+        f"{unit / 2:g} eV off, which the E50s' uncertainties do not include; give the energies with all their "
+        "decimals (the scan's own), unless frames were left out of an even grid"
+    )
 
 
 def replaced_energies_note(given: str, stored, e, source: str) -> str:

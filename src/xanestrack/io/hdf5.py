@@ -111,7 +111,16 @@ def read_hdf5(path, *, scan: int | None = None, lazy: bool = False, need_energie
                 continue
             check_pixel_dtype(d.dtype, source=path, what=f"/{keys[name]}")
             if name != "data" and (d.ndim not in (2, 3) or d.shape[-2:] != shape[1:]):
-                raise XanestrackError(f"{path}: /{keys[name]} images {d.shape} differ from the data images {shape[1:]}")
+                n_e = dsets["energy"].size if dsets["energy"] is not None else None
+                last = tuple(d.shape[-2:]) == tuple(shape[:2]) or (n_e is not None and n_e > 1 and shape[-1] == n_e)
+                raise XanestrackError(
+                    f"{path}: /{keys[name]} images {d.shape} differ from the data images {shape[1:]}"
+                    + (
+                        f" (/{keys['data']} {shape}: is the energy axis last? It must be first: energies, rows, cols)"
+                        if last
+                        else ""
+                    )
+                )
             _check_written(d, path, keys[name])
             need += d.size * (d.dtype.itemsize + 4)  # as stored, then as float32
         check_memory(need + int(np.prod(shape)) * 4, source=path, what=f"reading /{keys['data']} {shape} {data.dtype}")

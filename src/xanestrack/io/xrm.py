@@ -38,6 +38,7 @@ from .checks import (
     check_frame_shape,
     check_memory,
     replaced_energies_note,
+    rounded_energies_note,
     validated_energies,
 )
 
@@ -433,6 +434,9 @@ def read_xrm_scan(paths, *, energies=None, grouping=None) -> Stack:
     e = validated_energies(e, len(keys), source=files[0].parent if energies is None else "energies given")
     if energies is not None and carried:
         notes.append(replaced_energies_note("the energies given", keys, e, "the files' metadata or names"))
+    rounded = rounded_energies_note(e, source=files[0].parent if energies is None else "energies given")
+    if rounded:
+        notes.append(rounded)
     meta = dict(
         source=str(files[0].parent if len(set(p.parent for p in files)) == 1 else files[0]),
         reader="xrm",
