@@ -126,3 +126,14 @@ def test_a_reference_with_an_energy_twice_at_two_values_is_refused(tmp_path):
         read_spectrum(p)
     np.savetxt(p, np.r_[np.c_[e, mu], np.c_[e[::4], mu[::4]]])  # repeated rows: one kept
     assert np.array_equal(read_spectrum(p).energies_ev, e)
+
+
+def test_a_stack_of_od_with_its_sign_flipped_is_said_from_python():
+    """The command line refuses ln(I/I0) given as OD; a Stack made of it from Python ran without a word."""
+    from xanestrack.synth import make_synthetic_stack
+
+    s = make_synthetic_stack("default", seed=1, n_energies=12, shape=(128, 128), n_particles=2, radius_range=(8, 12))
+    od = np.asarray(s.optical_density(), np.float32)
+    e = np.asarray(s.energies_ev, float)
+    assert not any("flipped" in n for n in Stack(od, e).metadata.get("notes", []))
+    assert any("sign were flipped" in n for n in Stack(-od, e).metadata.get("notes", []))

@@ -171,8 +171,10 @@ def _values_notes(od, metadata: dict, masked: int) -> list[str]:
                 source=source,
                 flats_hint="their optical density (xanestrack.io.optical_density with the flats)",
             )
-        except XanestrackError:  # no finite value sampled: the NaN frames are refused or blanked by the pipeline
-            said = []
+        except XanestrackError as exc:
+            # no finite value sampled: the NaN frames are refused or blanked by the pipeline; OD whose sign looks
+            # flipped (the command line refuses it) is said: from Python it was dropped with the rest
+            said = [str(exc)] if "sign were flipped" in str(exc) else []
         notes += [
             n.replace("pass `values` transmission", "give Stack.od = -ln(I/I0) (xanestrack.io.optical_density)")
             for n in said
