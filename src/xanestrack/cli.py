@@ -528,14 +528,15 @@ COARSE_REFERENCE_EV = 0.75
 XCORR_MISMATCH = 0.6
 
 
-def _check_shift(shift_ev: float, what: str, scan_ev) -> None:
-    """Refuse a calibration shift no monochromator needs (more than ``MAX_CALIBRATION_SHIFT_EV``)."""
+def _check_shift(shift_ev: float, what: str, scan_ev, known: str = "the known energy right") -> None:
+    """Refuse a calibration shift no monochromator needs (more than ``MAX_CALIBRATION_SHIFT_EV``); ``known``
+    asks after the energy it shifts to (naming the option that sets it)."""
     from .errors import XanestrackError
 
     if not abs(shift_ev) <= MAX_CALIBRATION_SHIFT_EV:
         raise XanestrackError(
             f"{what}: it would shift the energies by {shift_ev:+.1f} eV, more than any energy calibration needs "
-            f"({MAX_CALIBRATION_SHIFT_EV:g} eV): is it of this edge, in eV, and is the known energy right? "
+            f"({MAX_CALIBRATION_SHIFT_EV:g} eV): is it of this edge, in eV, and is {known}? "
             f"(the scan: {scan_ev[0]:.1f}-{scan_ev[-1]:.1f} eV)"
         )
 
@@ -566,7 +567,15 @@ def _calibrate_stack(stack, path, known_e0, standard_path):
             f"--energy-reference {path}: its edge (the derivative's maximum) is at {measured:.1f} eV, outside the "
             f"scan's {scan[0]:.1f}-{scan[-1]:.1f} eV: it was measured on another axis, or is of another edge"
         )
-    _check_shift(cal.shift_ev, f"--energy-reference {path}", scan)
+    # a Co foil on a Co scan was refused asking whether "the known energy" was right, never naming the option that
+    # sets it: --reference-e0, left at the Ni foil's 8333 eV
+    default = "; the default, a Ni foil's: give --reference-e0 for another foil" if known_e0 == 8333.0 else ""
+    _check_shift(
+        cal.shift_ev,
+        f"--energy-reference {path}",
+        scan,
+        known=f"--reference-e0 right ({known_e0:g} eV, where its E0 at {cal.measured_e0_ev:.1f} eV is shifted to{default})",
+    )
     note = None
     rel = details.get("derivative_rms_relative", 0.0)
     if rel > XCORR_MISMATCH:

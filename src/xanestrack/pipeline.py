@@ -2055,6 +2055,7 @@ def run_pipeline(
         notes.append(
             f"{len(energies)} frame(s): positions and sizes only, no XANES (needs {options.min_xanes_energies} energies)"
         )
+    notes += [n for n in (_frame_means_note(od),) if n]
     default_references = references is None
     no_references = None
     if not default_references:
@@ -2459,15 +2460,10 @@ def run_pipeline(
         timings["fuse"] = time.perf_counter() - t
     if not particles:
         notes.append("no isolated particle was tracked through enough frames")
-    untrusted = [p.particle for p in particles if _means_untrusted(p)]
+    untrusted = [p for p in particles if _means_untrusted(p)]
     if untrusted:
         # result.core_pixels then averages every core pixel: said, so that no mean passes for a trusted one
-        notes.append(
-            f"particle{'s' if len(untrusted) > 1 else ''} {', '.join(map(str, untrusted[:20]))}"
-            f"{' ...' if len(untrusted) > 20 else ''}: no pixel of {'their' if len(untrusted) > 1 else 'its'} core "
-            "passed the quality masks (edge jump, fit), so the mean edge energy and fractions are over every core "
-            "pixel, none of them trusted"
-        )
+        notes.append(_untrusted_note(untrusted))
     notes += [n for n in (_coarse_edge_note(particles, energies), _rarely_vouched_note(particles)) if n]
     notes += _particle_chemistry_notes(particles, len(energies), options.min_xanes_energies)
     notes += [n for n in (_moving_rim_run_note(particles),) if n]
@@ -2946,6 +2942,69 @@ def _means_untrusted(p) -> bool:
     return bool(core.any() and not (core & p.kept).any())
 
 
+#: frames whose means differ by less than this share of their mean are said to be normalised one by one
+#: (:func:`_frame_means_note`). OD divided by each frame's mean by an earlier tool: 2e-7 (float32), 8e-5 on the
+#: probe's scene once a zinger was replaced; the frames as measured: 1.1 and 1.5 (two default scenes), 0.15 (a
+#: reduced stress-drift scene)
+SAME_FRAME_MEAN = 1e-3
+
+
+def _frame_means_note(od) -> str:
+    """The note where every frame's mean is the same (within :data:`SAME_FRAME_MEAN`): the frames were divided by
+    their own means (or so scaled) before, which divides the particles' edge out of their spectra: no E50 anywhere,
+    or spectra no sample has, and nothing said of why. Empty otherwise."""
+    if od.shape[0] < 3:
+        return ""
+    means = np.array([np.nanmean(f, dtype=np.float64) for f in od])
+    mid = float(np.median(np.abs(means)))
+    if not (np.all(np.isfinite(means)) and mid > 0):
+        return ""
+    spread = float(means.max() - means.min()) / mid
+    if spread >= SAME_FRAME_MEAN:
+        return ""
+    return (
+        f"every frame has the same mean ({mid:.4g}, within {spread:.1e} of it): were the frames divided by their own "
+        "means before (normalised frame by frame)? That divides the particles' edge out of their spectra: their "
+        "edge energies and fractions are not the particles'; give the optical density as measured"
+    )
+
+
+def _untrusted_note(untrusted) -> str:
+    """The run note on particles whose core no quality mask keeps (:func:`_means_untrusted`): their means are
+    over every core pixel, none trusted; it names the means given, not a mean E50 withheld (the particle's note
+    says why: "the mean edge energy ... over every core pixel" was said where no mean E50 was given)."""
+    from .result import core_pixels
+
+    ids = lambda ps: ", ".join(str(p.particle) for p in ps[:20]) + (" ..." if len(ps) > 20 else "")  # noqa: E731
+    withheld = [p for p in untrusted if any("its mean E50 is not given" in n for n in p.notes)]
+    with_fractions = [
+        p for p in untrusted if p.fractions is not None and np.isfinite(p.fractions[:, core_pixels(p)]).any()
+    ]
+    given = [
+        what
+        for what, has in (
+            ("the mean edge energy", len(withheld) < len(untrusted)),
+            ("the fractions", bool(with_fractions)),
+        )
+        if has
+    ]
+    many = len(untrusted) > 1
+    text = (
+        f"particle{'s' if many else ''} {ids(untrusted)}: no pixel of {'their' if many else 'its'} core passed the "
+        "quality masks (edge jump, fit)"
+    )
+    if given:
+        text += f", so {' and '.join(given)} given are over every core pixel, none of them trusted"
+    else:
+        text += " (none of them trusted)"
+    if withheld:
+        text += (
+            f"; no mean edge energy is given for {ids(withheld) if len(withheld) < len(untrusted) else 'any'}"
+            " (each particle's note says why)"
+        )
+    return text
+
+
 #: eV: the scan's step where the edge crosses half its height beyond which its edge energies are said to be
 #: biased. The default scene's pixel spectra (noise-free, every pixel's E50 against the truth), its energies
 #: taken every k-th: 0.5-2.5 eV apart there -0.13 to +0.11 eV; 3-5 eV apart -0.75 to +0.17 eV (the linear
@@ -3205,13 +3264,27 @@ def _particle_chemistry_notes(particles, n_energies: int | None = None, min_ener
     describe (each said only in the particle's own notes before, in the report: on the console a "-" under
     the mean E50, or fractions given as they were). A scan of fewer energies than the XANES needs is said so
     (the first particle's reason blamed frames not vouched for on the two-frame SSRL scan)."""
+    from .xanes import FALL_BACK_NOTE, NEGATIVE_STEP_NOTE
+
     out = []
     ids = lambda ps: ", ".join(str(p) for p in ps[:12]) + (" ..." if len(ps) > 12 else "")  # noqa: E731
     failed = [(p.particle, n) for p in particles for n in p.notes if n.startswith(("XANES failed", "XANES skipped"))]
     if failed and n_energies is not None and n_energies < min_energies:
         n = f"{n_energies} energy" if n_energies == 1 else f"{n_energies} energies"
         out.append(f"no XANES: the scan has {n} (the analysis needs {min_energies})")
-    elif failed:
+        failed = []
+    # spectra no sample has (frames in another order than the energies, or reversed): said on their own, whatever
+    # the first particle failed on (the XANES of every particle declined for the same cause reads as one note)
+    for marker in (FALL_BACK_NOTE, NEGATIVE_STEP_NOTE):
+        own = [(pid, n) for pid, n in failed if marker in n]
+        if own:
+            who = sorted({pid for pid, _ in own})
+            out.append(
+                f"no XANES for {len(who)} of {len(particles)} particles ({ids(who)}): {own[0][1]}"
+                + (" (likewise for the others: each particle's note in the report)" if len(who) > 1 else "")
+            )
+            failed = [(pid, n) for pid, n in failed if pid not in who]
+    if failed:
         who = sorted({pid for pid, _ in failed})
         out.append(
             f"no XANES for {len(who)} of {len(particles)} particles ({ids(who)}): {failed[0][1]}"
@@ -3596,6 +3669,15 @@ NI_REFERENCE_EDGE_EV = 8340.0
 CALIBRATION_STEP_EV = 0.5
 #: how the run note on fractions fitted on an uncalibrated axis begins
 UNCALIBRATED_NOTE = "the oxidised fractions are fitted with the shipped references"
+#: a particle's mean spectrum fitted with a fraction within this of 0 (another's of 1) sits at the fit's bounds:
+#: left out of :func:`_uncalibrated_note`'s change per 0.5 eV (0 there: the axis 3-15 eV off read "0.00")
+BOUND_FRACTION = 1e-3
+#: eV: the particles' E50 (the median of their medians) further than this outside the references' half-step
+#: energies is said in :func:`_uncalibrated_note` (the axis off, or a phase beyond the references). A five-particle
+#: default scene: 8340.8 eV, within NiO / LiNiO2's 8340.0-8341.8; its axis 3 eV high / low: 2.0 eV above / 2.2 eV
+#: below (every fraction at 0 or 1, "0.00 per 0.5 eV" said before); 15 eV high: 14.0 eV above. Reduced stress-drift
+#: and -crowd scenes (Ni(OH)2 and that shifted 2.5 eV: a phase the references do not hold) 1.7 / 1.8 eV above
+UNCALIBRATED_E50_OUTSIDE_EV = 1.0
 
 
 def _uncalibrated_note(particles, energies, references, lcf_window) -> str:
@@ -3609,35 +3691,61 @@ def _uncalibrated_note(particles, energies, references, lcf_window) -> str:
     Empty where no particle has fractions.
     """
     from .chemistry.calibration import fraction_shift_sensitivity, half_step_energies
+    from .xanes import linear_combination_fit
 
     e = np.asarray(energies, float)
-    moves = []
+    moves, bound, e50 = [], 0, []
     for p in particles:
         if p.fractions is None or not len(p.reference_names) or p.xanes_frames is None:
             continue
         norm = np.asarray(p.mean_norm, float)
         use = np.asarray(p.xanes_frames, bool) & np.isfinite(norm)
         try:
+            fit = linear_combination_fit(e[use], norm[use], references, e0_ev=float(p.e0_ev), window=lcf_window)
             s = fraction_shift_sensitivity(
                 e[use], norm[use], references, e0_ev=float(p.e0_ev), window=lcf_window, shift_ev=CALIBRATION_STEP_EV
             )
         except ValueError:
             continue
-        if np.isfinite(s[-1]):
+        m = p.edge_maps.get("e50") if p.edge_maps else None
+        if m is not None and np.isfinite(m).any():
+            e50.append(float(np.nanmedian(m)))
+        # a fit held at 0 or 1 by its constraints moves little or not at all: its "0.00 per 0.5 eV" reassured
+        # beside the note that the references do not describe the spectra (the axis 3-15 eV off)
+        if np.nanmin(fit.fractions) <= BOUND_FRACTION:
+            bound += 1
+        elif np.isfinite(s[-1]):
             moves.append(abs(float(s[-1])))
-    if not moves:
+    if not moves and not bound:
         return ""
     names = list(references)
     half = half_step_energies(references)
     apart = max(half.values()) - min(half.values()) if len(half) > 1 else float("nan")
-    spread = f" ({min(moves):.2f}-{max(moves):.2f} over {len(moves)} particles)" if len(moves) > 1 else ""
-    return (
+    text = (
         f"{UNCALIBRATED_NOTE} ({', '.join(names)}"
         + (f", {apart:.1f} eV apart at half step" if np.isfinite(apart) else "")
-        + f") on an energy axis not calibrated: each {CALIBRATION_STEP_EV:g} eV it is off moves the "
-        f"{names[-1]} fraction by {np.median(moves):.2f}{spread}; calibrate: run again with --energy-reference FILE "
-        "or --known-edge PARTICLE=EV"
+        + ") on an energy axis not calibrated: "
     )
+    if moves:
+        spread = f" ({min(moves):.2f}-{max(moves):.2f} over {len(moves)} particles)" if len(moves) > 1 else ""
+        text += f"each {CALIBRATION_STEP_EV:g} eV it is off moves the {names[-1]} fraction by {np.median(moves):.2f}{spread}"
+    if bound:
+        text += (
+            f"{'; ' if moves else ''}the fractions of {bound} of {bound + len(moves)} particles sit at 0 or 1 (the "
+            "fit's bounds), where an offset moves them little or not at all"
+            + (" (left out of these numbers)" if moves else "")
+        )
+    lo, hi = min(half.values(), default=np.nan), max(half.values(), default=np.nan)
+    if e50 and np.isfinite(lo):
+        mid = float(np.median(e50))
+        off = mid - hi if mid > hi else mid - lo if mid < lo else 0.0
+        if abs(off) > UNCALIBRATED_E50_OUTSIDE_EV:
+            text += (
+                f"; the particles' E50 (median {mid:.1f} eV, {min(e50):.1f}-{max(e50):.1f}) lie {abs(off):.1f} eV "
+                f"{'above' if off > 0 else 'below'} the references' half-step energies ({lo:.1f}-{hi:.1f} eV): the "
+                f"axis is off by about that much, or the particles hold a phase the references do not"
+            )
+    return text + "; calibrate: run again with --energy-reference FILE or --known-edge PARTICLE=EV"
 
 
 def _no_references_note(energies) -> str:

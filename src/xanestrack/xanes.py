@@ -108,6 +108,63 @@ SHOULDER_EV_PER_PERCENT = 0.1
 #: how the particle note of :func:`_shoulder_note` begins (the run notes gather it)
 SHOULDER_NOTE = "its edge crosses half its step on a shoulder"
 
+#: share of the edge step: a particle's mean normalised spectrum that falls back below it at
+#: :data:`FALL_BACK_MIN_ENERGIES` energies or more after first crossing half its step has no XANES
+#: (:func:`_fall_back_note`): no sample's spectrum returns to its pre-edge level above its edge. Frames taken in two
+#: passes (even-numbered energies, then odd) given with the energies sorted: five particles' mean spectra that climb
+#: to 1.76-1.91, fall back to -0.05 to -0.03 at 8349-8364 eV and rise again; every mean E50 17.3-17.5 eV low with a
+#: sigma of 0.01-0.03 eV, nothing said. Correct order: their lowest after the crossing 0.69-0.82 (three particles
+#: of a smaller default scene 0.84-0.85)
+FALL_BACK_LEVEL = 0.2
+FALL_BACK_MIN_ENERGIES = 2
+#: how the particle note of :func:`_fall_back_note` begins (the run notes gather it)
+FALL_BACK_NOTE = "its mean normalised spectrum falls back to its pre-edge level above its edge"
+#: a particle whose edge step is negative beyond 3 times its pre-edge noise in more than this share of its pixels
+#: has no XANES (:func:`_negative_step_note`): its absorption falls across the edge. A scan taken from high to low
+#: energies, its frames given with the energies ascending: the step negative in every pixel of the 5 particles
+NEGATIVE_STEP_SHARE = 0.5
+#: how the particle note of :func:`_negative_step_note` begins (the run notes gather it)
+NEGATIVE_STEP_NOTE = "the edge step is negative"
+
+
+def _fall_back_note(e, norm) -> str:
+    """The reason a particle's mean normalised spectrum ``norm`` (n,) at the energies ``e`` is not a spectrum:
+    it falls back below :data:`FALL_BACK_LEVEL` of its step at :data:`FALL_BACK_MIN_ENERGIES` energies or more
+    after first crossing half of it (frames in another order than the energies given). Empty otherwise."""
+    norm = np.asarray(norm, float)
+    up = np.flatnonzero(norm >= 0.5)
+    if not up.size:
+        return ""
+    back = np.flatnonzero((np.arange(norm.size) > up[0]) & (norm < FALL_BACK_LEVEL))
+    if back.size < FALL_BACK_MIN_ENERGIES:
+        return ""
+    return (
+        f"{FALL_BACK_NOTE} ({_frame_runs(e, np.isin(np.arange(e.size), back))}: below {FALL_BACK_LEVEL:g} of its "
+        f"step, down to {norm[back].min():.2f}, after crossing half of it at {e[up[0]]:.1f} eV and reaching "
+        f"{np.nanmax(norm):.2f}): no sample's spectrum does; are the frames in the order of the energies given "
+        "(an energies file sorted while the frames were taken in two passes or in another order), and as measured "
+        "(not each divided by its own mean)? Its E50 and fractions would be of a spectrum that is not the particle's"
+    )
+
+
+def _negative_step_note(e, mu, nm) -> str:
+    """The reason a particle's pixels' spectra ``mu`` (n, n_pix), normalised as ``nm``, have no edge: their edge
+    step is negative beyond 3 times their pre-edge noise in more than :data:`NEGATIVE_STEP_SHARE` of them (the
+    absorption falls across the edge). Empty otherwise."""
+    y = np.asarray(mu, float).reshape(e.size, -1)
+    ip = (e >= nm.pre_range_ev[0]) & (e <= nm.pre_range_ev[1])
+    resid = y[ip] - np.asarray(nm.pre_edge, float).reshape(e.size, -1)[ip]
+    noise = np.sqrt((resid**2).sum(axis=0) / max(int(ip.sum()) - 2, 1))
+    neg = np.asarray(nm.edge_step, float).ravel() < -3 * noise
+    if not neg.mean() > NEGATIVE_STEP_SHARE:
+        return ""
+    return (
+        f"{NEGATIVE_STEP_NOTE} in {int(neg.sum())} of its {neg.size} pixels (their absorption falls across the edge "
+        f"at {nm.e0_ev:.1f} eV, by more than 3 times their pre-edge noise): the frames are in the reverse order of "
+        "the energies (a scan taken from high to low energies, its energies given ascending), or the values are "
+        "transmission, not optical density"
+    )
+
 
 def _shoulder_note(e, norm, e0: float) -> str:
     """The note where the mean normalised spectrum ``norm`` crosses 0.5 (nearest ``e0``) so slowly that its E50
@@ -400,7 +457,18 @@ def normalize(
         norm = (y - pre) / step
     norm[:, (flags & (FLAG_LOW_STEP | FLAG_NONFINITE)) > 0] = np.nan
     if low.any() and low.mean() > 0.01:
-        logger.warning("%d of %d spectra have no usable edge step (NaN)", int(low.sum()), low.size)
+        # a negative step is not a small one: the absorption falls across the edge (frames in the reverse order of
+        # the energies, transmission given as OD); lumped with the small ones, it was blamed on the frames used
+        neg = int(np.count_nonzero(step < -3 * noise))
+        logger.warning(
+            "%d of %d spectra have no usable edge step (NaN)%s",
+            int(low.sum()),
+            low.size,
+            f"; {neg} of them a negative one (the absorption falls across the edge: frames in the reverse order of "
+            "the energies, or transmission, not OD?)"
+            if neg
+            else "",
+        )
     r = lambda a: a.reshape(a.shape[:1] + shape) if a.ndim == 2 else a.reshape(shape)  # noqa: E731
     return Normalization(
         norm=r(norm).astype(np.float32),
@@ -878,6 +946,9 @@ def _few_e50_note(e50, pix_flags, mask, keep) -> str:
     if not n or fin.mean() >= MIN_E50_SHARE:
         return ""
     fl = pix_flags[core][~fin]
+    # normalize sets the spectra of a step too low to NaN: those are not also spectra that "hold non-finite values"
+    # (193 pixels counted twice, the input without a NaN)
+    fl = np.where(fl & FLAG_LOW_STEP, fl & ~np.uint8(FLAG_NONFINITE), fl)
     names = (
         (FLAG_NO_CROSSING, "never cross half the edge step in the edge window"),
         (FLAG_LOW_STEP, "have too low an edge step"),
@@ -1008,7 +1079,10 @@ def analyse_particle(
     -----
     E0 is found on the mean spectrum of the mask and then used for every pixel. A
     ``ValueError`` of the analysis (e.g. a scan that does not reach the post-edge) is
-    not raised: it becomes a note and NaN maps.
+    not raised: it becomes a note and NaN maps. So do spectra no sample has: a mean
+    normalised spectrum that falls back to its pre-edge level above its edge
+    (:func:`_fall_back_note`: frames in another order than the energies), and edge steps
+    negative in most pixels (:func:`_negative_step_note`: frames in the reverse order).
 
     ``edge_maps["whiteline"]`` is the position of a peak model fitted to the top of the
     whiteline (:func:`xanestrack.chemistry.whiteline.fit_whiteline`: a cubic within 5 eV
@@ -1093,7 +1167,15 @@ def analyse_particle(
             pre_c = np.full(n, np.nan)
             post_c = np.full(n, np.nan)
             pre_c[usable], post_c[usable] = nm.pre_edge, nm.post_edge
+            # a spectrum no sample has (frames in another order than the energies): no E50, no fractions, rather
+            # than numbers 17 eV off with a sigma of 0.02 eV (the mean spectrum is kept: it shows why)
+            fall_back = _fall_back_note(e, nm.norm)
+            if fall_back:
+                raise ValueError(fall_back)
             npix = normalize(e, mu, e0_ev=e0)
+            negative = _negative_step_note(e, mu, npix)
+            if negative:
+                raise ValueError(negative)
             pf = npix.flags.copy()
             for name, method in _EDGE_METHODS:
                 if name == "whiteline":
