@@ -142,3 +142,17 @@ def test_run_prints_the_note_on_synths_50_energy_grid(tmp_path):
     assert "note the normalisation's bias on this scan's energies moves E50: NiO +0.38 eV, LiNiO2 -0.07 eV" in said
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert run["normalisation_bias_ev"]["NiO"] == pytest.approx(0.380, abs=0.002)
+
+
+def test_redo_xanes_measures_the_bias_on_its_new_axis(scene_run):
+    """redo_xanes kept the run's numbers (and note) after it moved the energy axis."""
+    from xanestrack.pipeline import redo_xanes
+
+    n, _, r = scene_run
+    if n != 50:
+        pytest.skip("the 50-energy grid only")
+    again = redo_xanes(r, energies_ev=r.energies_ev + 7.0)  # a new axis: its own numbers
+    assert again.normalisation_bias is not None
+    assert sum(note.startswith("the normalisation's bias") for note in again.notes) == 1
+    same = redo_xanes(r, energies_ev=r.energies_ev)
+    assert same.normalisation_bias == pytest.approx(r.normalisation_bias)

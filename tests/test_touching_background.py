@@ -132,3 +132,8 @@ def test_the_pipeline_places_a_touching_neighbour_in_the_ring(small_synth, monke
     assert left_out[there].mean() > 0.95  # 1.0 seen
     ring, model, n_ring, n_free = xanes._background_ring(p.mask, left_out)
     assert model == "plane" and n_free > 0.6 * n_ring, (model, n_free, n_ring)  # 820 of 1022 seen
+    # the result keeps what was left out, and redo_xanes (the same energies) measures as the run did
+    assert p.background_exclude is not None and np.array_equal(p.background_exclude, left_out)
+    again = pipeline.redo_xanes(r, energies_ev=r.energies_ev)
+    q = again.particles[i]
+    np.testing.assert_allclose(q.edge_maps["e50"], p.edge_maps["e50"], equal_nan=True, atol=1e-9)

@@ -2044,6 +2044,7 @@ def _finish_particle(
             agreement=v.agreement,
             reference_frame=ref_frame,
             edge_positions=v.edge_positions,
+            background_exclude=neighbours,
         ),
         seg.com,
         norm,
@@ -3875,6 +3876,7 @@ def redo_xanes(result: PipelineResult, *, energies_ev, references=None) -> Pipel
     if e.shape != np.asarray(result.energies_ev).shape:
         raise ValueError(f"energies_ev: expected {len(result.energies_ev)} energies, got shape {e.shape}")
     options = result.options
+    shipped = references is None
     if references is None:
         references = _default_references(e)
     particles, norms = [], []
@@ -3896,6 +3898,7 @@ def redo_xanes(result: PipelineResult, *, energies_ev, references=None) -> Pipel
             references=references,
             agreement=p.agreement,
             keep_norm=options.clusters > 0,
+            background_exclude=p.background_exclude,
             **_xanes_settings(options),
         )
         new_notes = [n for n in xr.pop("notes") if n not in p.notes] + extra
@@ -3912,6 +3915,19 @@ def redo_xanes(result: PipelineResult, *, energies_ev, references=None) -> Pipel
     # the new axis is taken as calibrated (what the function is for): the run's note on fractions fitted on an
     # axis not calibrated, and its numbers, are dropped
     notes = tuple(n for n in result.notes if not n.startswith(UNCALIBRATED_NOTE))
+    # the normalisation's bias is the energies' (chemistry/normbias): measured again on the new axis
+    norm_bias = _normalisation_bias(references, e, shipped, options)
+    from .chemistry.normbias import NOTE_START, normalisation_bias_note
+
+    notes = tuple(n for n in notes if not n.startswith(NOTE_START))
+    if norm_bias and particles:
+        notes += tuple(n for n in (normalisation_bias_note(norm_bias),) if n)
     return dataclasses.replace(
-        result, energies_ev=e, particles=particles, chemistry=chemistry, tracks=tracks, notes=notes
+        result,
+        energies_ev=e,
+        particles=particles,
+        chemistry=chemistry,
+        tracks=tracks,
+        notes=notes,
+        normalisation_bias=norm_bias,
     )

@@ -91,6 +91,10 @@ class ParticleResult:
         clustered). Empty when the analysis was skipped.
     xanes_frames : ndarray (n_frames,) bool or None
         The frames the XANES analysis used.
+    background_exclude : ndarray (h, w) bool or None
+        The pixels of its aligned window where other tracked particles lie, left out of the ring of its
+        local background (:func:`xanestrack.xanes.local_background`); None where none comes near (and in
+        results read back from a folder: not written there).
     """
 
     particle: int
@@ -120,6 +124,7 @@ class ParticleResult:
     )
     maps: dict = field(default_factory=dict)
     xanes_frames: np.ndarray | None = None
+    background_exclude: np.ndarray | None = None
 
     @property
     def quality_assessed(self) -> bool:

@@ -30,6 +30,8 @@ NOTE_BIAS_EV = 0.2
 #: chemistries are compressed or stretched by as much); the shipped NiO and LiNiO2 differ by 0.106 eV on synth's
 #: default 143-energy grid, 0.207 eV on its 60-energy grid and 0.452 eV on its 50-energy grid
 NOTE_SPREAD_EV = 0.15
+#: the words :func:`normalisation_bias_note` begins with
+NOTE_START = "the normalisation's bias on this scan's energies"
 
 
 def normalisation_bias(
@@ -120,7 +122,7 @@ def normalisation_bias_note(bias: dict) -> str:
         return ""
     words = ", ".join(f"{k} {v:+.2f} eV" for k, v in b.items())
     return (
-        f"the normalisation's bias on this scan's energies moves E50: {words} (each reference sampled on the scan's "
+        f"{NOTE_START} moves E50: {words} (each reference sampled on the scan's "
         "energies and normalised as the particles are, against its densely measured E50); it comes of how the "
         "post-edge is sampled (the line fitted from E0 + 100 eV follows the EXAFS wiggles its energies catch), is "
         "the same for every particle of a chemistry and is not in sigma"
