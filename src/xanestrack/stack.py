@@ -44,6 +44,18 @@ def validate_energies(energies_ev, n_frames: int, *, source: str = "input") -> n
                 f"{source}: energies are not increasing ({e[i]:.2f} eV at frame {i}, then "
                 f"{e[i + 1]:.2f} eV); sort frames and energies together"
             )
+        short = np.flatnonzero(repeat_steps(e))
+        if short.size:
+            # kept (they are measurements), and said: find_e0 takes each such pair as one energy
+            logger.warning(
+                "%s: %d energies only %s eV from the one before, a small share of the steps around them (%s): "
+                "repeated setpoints read back a little differently? They are taken as one in finding the edge (E0); "
+                "average such repeated exposures before, or remove them",
+                source,
+                short.size,
+                "-".join(f"{v:.2f}" for v in sorted({float(d[short].min()), float(d[short].max())})),
+                ", ".join(f"{e[i]:.2f}/{e[i + 1]:.2f}" for i in short[:5]) + (" ..." if short.size > 5 else ""),
+            )
         lone = lone_step(e)
         if lone is not None and lone[1] > ANOTHER_EDGE_EV:
             # an energy mistyped at either end keeps them increasing: 8680 eV written as 86800 was taken, and a
@@ -55,6 +67,26 @@ def validate_energies(energies_ev, n_frames: int, *, source: str = "input") -> n
     if in_kev(e):
         raise ValueError(f"{source}: energies look like keV (max {np.nanmax(e):.4g}); give them in eV")
     return e
+
+
+#: a step between two energies shorter than this share of the steps on both sides of it (of the one side, at the
+#: scan's ends) is a repeated setpoint read back a little differently (:func:`repeat_steps`): the default 60-energy
+#: grid (steps 1.2-24 eV) with one more energy 0.02-0.3 eV above 8388.6 eV, 4.8 eV from its neighbours, had the
+#: noise over that step taken for the edge (E0 8389.9 eV, every particle's E50 and fractions lost); this package's
+#: grids (25-143 energies), a grid 0.5 eV apart at the edge and 10 eV far from it, and the FXI Ni list hold none
+#: (no step shorter than 0.99 of the shorter of its neighbours)
+REPEAT_STEP_RATIO = 0.1
+
+
+def repeat_steps(energies_ev) -> np.ndarray:
+    """``(n - 1,)`` bool: the steps of the increasing ``energies_ev`` shorter than :data:`REPEAT_STEP_RATIO` times
+    the steps on both sides of them."""
+    d = np.diff(np.asarray(energies_ev, float))
+    if d.size < 2:
+        return np.zeros(d.size, bool)
+    left = np.r_[np.inf, d[:-1]]
+    right = np.r_[d[1:], np.inf]
+    return d < REPEAT_STEP_RATIO * np.minimum(left, right)
 
 
 #: eV: a step between two energies larger than this and than the rest of the scan spans is named in a run note as a

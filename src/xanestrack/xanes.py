@@ -202,14 +202,21 @@ def _count_energies(n: int) -> str:
 POST_EDGE_LINE_SPAN_EV, POST_EDGE_PARABOLA_SPAN_EV = 80.0, 600.0
 
 #: an interval between two analysed frames is a gap when it is more than this many times the
-#: scan's own widest step inside it (frames left out between them)
+#: scan's own widest step inside it (frames left out between them), or, a hole in the scan's energies
+#: themselves, more than this many times the scan's steps on both sides of it (the frames of 8336.5-8344.5 eV
+#: absent from a 143-energy file, 0.5 eV apart around the hole: every mean E50 1.39-1.48 eV low with a sigma of
+#: 0.004-0.027 eV, where the same frames left out for want of beam were declined)
 MAX_GAP_RATIO = 2.5
 
 
 def _too_wide(e, scan_energies=None, min_gap_ev: float = 0.0) -> np.ndarray:
-    """``(len(e) - 1,)`` bool: intervals of the analysed energies ``e`` that are gaps of
-    left-out frames (:data:`MAX_GAP_RATIO`, and wider than ``min_gap_ev``); none without
-    ``scan_energies``."""
+    """``(len(e) - 1,)`` bool: intervals of the analysed energies ``e`` that are gaps (wider than ``min_gap_ev``
+    and :data:`MAX_GAP_RATIO` times the scan's own step there); none without ``scan_energies``.
+
+    The scan's own step is the widest of the scan's steps inside the interval where frames of the scan were left
+    out there, and the wider of the scan's steps on either side of it: a hole in the scan's energies is a gap as
+    frames left out are. A scan equally coarse everywhere has none, nor a change from a fine step to a coarse one
+    (the interval is within the ratio of the coarse side)."""
     wide = np.zeros(max(len(e) - 1, 0), bool)
     if scan_energies is None or len(e) < 2:
         return wide
@@ -219,6 +226,9 @@ def _too_wide(e, scan_energies=None, min_gap_ev: float = 0.0) -> np.ndarray:
         inside = steps[(s[:-1] >= a) & (s[1:] <= b)]
         if inside.size > 1:  # frames of the scan between a and b were left out
             wide[k] = (b - a) > max(MAX_GAP_RATIO * inside.max(), min_gap_ev)
+        below, above = steps[s[1:] <= a], steps[s[:-1] >= b]
+        if not wide[k] and below.size and above.size:  # a hole in the scan's own energies
+            wide[k] = (b - a) > max(MAX_GAP_RATIO * max(below[-1], above[0]), min_gap_ev)
     return wide
 
 
@@ -300,12 +310,17 @@ def find_e0(energies_ev, mu) -> float:
     """E0 (eV) of a spectrum, or of the mean of many: the maximum of the derivative.
 
     The derivative is taken on a lightly smoothed spectrum (3-point running mean) and
-    the maximum refined by a parabola through its three highest points.
+    the maximum refined by a parabola through its three highest points. Energies a step
+    far shorter than the steps on both sides apart (a repeated setpoint read back a little
+    differently: :data:`xanestrack.stack.REPEAT_STEP_RATIO`) are taken as one, their mean
+    (:func:`_merge_repeats`): their noise over so short a step was the scan's largest
+    "derivative".
     """
     e, mu = _check(energies_ev, mu)
     m = np.nanmean(mu.reshape(e.size, -1), axis=1)
     if not np.all(np.isfinite(m)):
         raise ValueError("cannot find E0: the mean spectrum has NaN values")
+    e, m = _merge_repeats(e, m)
     sm = np.convolve(np.pad(m, 1, mode="edge"), np.ones(3) / 3, mode="valid")
     d = np.gradient(sm, e)
     i = int(np.argmax(d[1:-1])) + 1
@@ -314,6 +329,20 @@ def find_e0(energies_ev, mu) -> float:
     frac = 0.5 * (y0 - y2) / denom if denom != 0 else 0.0
     frac = float(np.clip(frac, -0.5, 0.5))
     return float(e[i] + frac * (e[i + 1] - e[i - 1]) / 2)
+
+
+def _merge_repeats(e, m):
+    """``(e, m)`` with runs of energies joined by steps shorter than :data:`xanestrack.stack.REPEAT_STEP_RATIO`
+    times the steps on both sides of them (:func:`xanestrack.stack.repeat_steps`) replaced by their means."""
+    from .stack import repeat_steps
+
+    short = repeat_steps(e)
+    if not short.any():
+        return e, m
+    group = np.concatenate([[0], np.cumsum(~short)])  # a short step keeps the next energy in the group
+    n = group[-1] + 1
+    count = np.bincount(group, minlength=n)
+    return np.bincount(group, e, n) / count, np.bincount(group, m, n) / count
 
 
 def auto_post_order(energies_ev, e0_ev, post_range=(100.0, None), post_order="auto") -> int:
@@ -1271,7 +1300,8 @@ def analyse_particle(
                     biased = name == "e50" and n_gap > MAX_GAP_SHARE * vals.size
                     notes.append(
                         f"{'E50' if name == 'e50' else 'derivative edge energy'} not measured in {n_gap} of "
-                        f"{vals.size} pixels: it falls in a gap of frames left out of the analysis ({spans} eV), "
+                        f"{vals.size} pixels: it falls in a gap of frames left out of the analysis or absent from "
+                        f"the scan ({spans} eV), "
                         "across which interpolation is biased"
                         + (
                             "; its mean E50 is not given (the pixels measured are those whose E50 lies outside the "
