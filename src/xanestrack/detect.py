@@ -376,11 +376,14 @@ def regions_table(
                 inscribed = np.pi * ndimage.distance_transform_edt(np.pad(reg, 1)).max() ** 2 / area
                 if solidity < min_sol or inscribed < 0.6:
                     reason = "not_convex"
-            pieces = []
+            pieces, small = [], []
             if reason in ("not_convex", "too_large") and options.split_touching:
                 # touching particles and agglomerates: separated at the necks of the
-                # distance transform, each piece tracked on its own ("touching")
-                pieces = cut_at_necks(reg, min_area, max_area)
+                # distance transform, each piece tracked on its own ("touching"); the pieces
+                # too small for a particle are listed as such (min_area plays no part in the cut)
+                cut = cut_at_necks(reg, 0, max_area)
+                pieces = [q for q in cut if q.sum() >= min_area]
+                small = [q for q in cut if q.sum() < min_area] if pieces else []
                 if not pieces and reason == "not_convex" and solidity >= KEEP_SOLIDITY:
                     # no narrow neck: one irregular particle (or an agglomerate that moves as
                     # one), kept whole; non-convex alone is no reason to give up a particle
@@ -396,11 +399,33 @@ def regions_table(
                 )
             if pieces:
                 rows += [_region_row(frame_index, piece, sl, corr, b, touching=True) for piece in pieces]
+                rows += _dropped_piece_rows(frame_index, reg, pieces, small, sl, corr, b, min_area)
                 continue
             rows.append(_region_row(frame_index, reg, sl, corr, b, solidity=solidity, reason=reason))
         rows += [_region_row(frame_index, reg, sl, corr, b, solidity=sol) for sl, reg, sol in rescued]
     out = pd.DataFrame(rows, columns=DETECTION_COLUMNS)
     return out.astype(_DTYPES)
+
+
+def _dropped_piece_rows(frame_index, reg, pieces, small, sl, corr, b, min_area) -> list:
+    """Rows (not isolated, ``touching``) for what a cut of the component ``reg`` into ``pieces`` left out:
+    ``small`` (pieces below ``min_area``: ``piece_too_small``) and the rest of ``reg`` outside every piece
+    (pieces larger than a particle: ``piece_too_large``); specks are not listed (as in
+    :func:`regions_table`). Without them such a piece left no row in any table, nothing said of it."""
+    rows = []
+    speck = max(SPECK_AREA, min_area / 16)
+    taken = np.zeros_like(reg)
+    for q in list(pieces) + list(small):
+        taken |= q
+        if q.sum() < min_area and q.sum() >= speck:
+            rows.append(_region_row(frame_index, q, sl, corr, b, reason="piece_too_small", touching=True))
+    rest, n = ndimage.label(reg & ~taken)
+    for i in range(1, n + 1):
+        q = rest == i
+        if q.sum() >= speck:
+            reason = "piece_too_small" if q.sum() < min_area else "piece_too_large"
+            rows.append(_region_row(frame_index, q, sl, corr, b, reason=reason, touching=True))
+    return rows
 
 
 def _region_row(frame_index, region, sl, corr, b, *, solidity=None, reason: str = "", touching: bool = False):

@@ -505,14 +505,151 @@ def _edgeless_faint_tracks(located, results, energies, options) -> list:
     return sorted(out)
 
 
-def _edgeless_note(gone, results) -> str:
+#: a track measured in no frame is said to have run into a tracked particle in a frame where at least this share
+#: of the smaller of its mask and that particle's disc (at its position there) lies in both. Seen: the probe's
+#: cracked r 55 particle, cut by the learned detector into pieces of r 34 and 42: the r 34 piece's masks that
+#: took in the whole particle (5580-7777 px, 48 of 68 frames) 0.54-0.83, those of the piece alone (1225-2894
+#: px, the 20 pre-edge frames) 0.24-0.28 (the other piece's disc, r 42, reaches over it); the real SSRL pair,
+#: learned: a touching pair's masks 0.67-1.00, the lone particles at (944, 761) and (935, 362) at most 0.02;
+#: classical: a 7261-px mask of an r 34 particle (its disc 3718 px) reaching into the 163-px one held 0.27 of
+#: itself in that one's disc (said to run out of its window instead)
+TAKEN_SHARE = 0.4
+
+
+def _mask_failures(loc, located, area_tolerance: float = 0.25) -> dict:
+    """What the window of a track measured in no frame gave, frame by frame: the number of frames its mask was
+    ``empty``, cut by the frame's ``border``, ``joined`` (it ran into a tracked particle: at least
+    :data:`TAKEN_SHARE` of the smaller of its mask and that particle's disc lie in both; ``taken``: that
+    particle's index in ``located``), ran out of its window
+    (``beyond``: joined to something larger), or had an area too far from its median (``area``: by more than
+    ``area_tolerance`` in log, the test :func:`~xanestrack.register.mask_flags` makes; ``areas`` the areas of
+    those frames and ``median`` that of every mask) where nothing else is wrong (``other``: none of these,
+    e.g. a position outlier). Empty dict for a track without its windows' masks."""
+    from .register import mask_flags
+
+    seg = getattr(loc, "seg", None)
+    if seg is None:
+        return {}
+    soft = np.asarray(seg.masks, np.float32)
+    hard = soft > 0.5
+    n, h, w = hard.shape
+    area = soft.sum(axis=(1, 2))
+    flags = mask_flags(soft, outside=seg.outside, clipped=seg.clipped, area_tolerance=area_tolerance)
+    border = (flags & FRAME_FLAGS["out_of_view"]) > 0
+    edge = hard[:, 0, :].any(1) | hard[:, -1, :].any(1) | hard[:, :, 0].any(1) | hard[:, :, -1].any(1)
+    beyond = edge & ~np.asarray(seg.clipped, bool)
+    # how much this track's mask and each other track's disc share, frame by frame: of the smaller of the two
+    # (a mask that took in a touching particle as large, or ran into a larger one)
+    share = np.zeros((len(located), n))
+    yy, xx = np.mgrid[0:h, 0:w]
+    for i, other in enumerate(located):
+        if other is loc or getattr(other, "centres", None) is None:
+            continue
+        pos = _positions(other)
+        with np.errstate(invalid="ignore"):  # only the others whose disc reaches into the window
+            near = np.hypot(*(pos - np.asarray(seg.origins, float) - [(h - 1) / 2, (w - 1) / 2]).T)
+            near = near < other.radius + np.hypot(h, w) / 2
+        for k in np.flatnonzero(hard.any(axis=(1, 2)) & near):
+            dy, dx = yy + seg.origins[k][0] - pos[k, 0], xx + seg.origins[k][1] - pos[k, 1]
+            disc = dy * dy + dx * dx <= other.radius**2
+            if disc.any():
+                both = np.count_nonzero(disc & hard[k])
+                share[i, k] = both / max(min(np.pi * other.radius**2, np.count_nonzero(hard[k])), 1.0)
+    empty = area <= 0
+    joined = ~empty & ~border & (share.max(axis=0, initial=0.0) >= TAKEN_SHARE)
+    beyond &= ~empty & ~border & ~joined
+    rest = ~empty & ~border & ~joined & ~beyond
+    med = float(np.median(area[area > 0])) if (area > 0).any() else 0.0
+    off_median = rest & ((flags & FRAME_FLAGS["area_outlier"]) > 0)
+    taken = int(np.argmax(share[:, joined].max(axis=1))) if joined.any() else None
+    return {
+        "empty": int(empty.sum()),
+        "border": int(border.sum()),
+        "joined": int(joined.sum()),
+        "taken": taken,
+        "beyond": int(beyond.sum()),
+        "area": int(off_median.sum()),
+        "areas": area[off_median],
+        "median": med,
+        "other": int((rest & ~off_median).sum()),
+    }
+
+
+def _unmeasured(loc, located, gone_ids=(), area_tolerance: float = 0.25) -> tuple[str, str]:
+    """``(reason, words)``: why a track was measured in no frame, as its window's segmentation tells
+    (:func:`_mask_failures`): ``reason`` for ``rejected.csv`` (the failure of most frames), ``words`` for the
+    run note. A track followed, and detected in some frames, is not one without an outline in its window: on
+    the real SSRL pair a particle detected isolated (r 34) was said to have "no outline of a particle in its
+    window" where its masks held 2241 and 4109 px, too far apart to trust either of two frames; the probe's
+    r 34 piece of a cracked particle, detected in 6 of 9 key frames, where its masks took in the other piece."""
+    n_ex = int(np.sum(loc.examined))
+    n_det = int(np.sum(np.asarray(loc.detected) & np.asarray(loc.examined)))
+    seen = f"detected in {n_det} of the {n_ex} frames examined"
+    f = _mask_failures(loc, located, area_tolerance)
+    if not f:
+        return "no_usable_mask", f"{seen}, no usable mask of it in any frame"
+    said, counts = [], []  # the reason: that of most frames, the first said of those as many
+    if f["joined"]:
+        other = located[f["taken"]]
+        who = f"track {other.pid} (left out too)" if other.pid in gone_ids else f"particle {other.pid}"
+        said.append(f"its mask ran into the touching {who} in {_count(f['joined'], 'frame')}")
+        kind = "track" if other.pid in gone_ids else "particle"
+        counts.append((f["joined"], f"mask_joined_to_{kind}_{other.pid}"))
+    if f["empty"]:
+        said.append(f"its mask in its window was empty in {_count(f['empty'], 'frame')}")
+        counts.append((f["empty"], "mask_empty"))
+    if f["beyond"]:
+        said.append(
+            f"its mask ran out of its window (joined to something larger beside it) in {_count(f['beyond'], 'frame')}"
+        )
+        counts.append((f["beyond"], "mask_runs_out_of_window"))
+    if f["area"]:
+        a = f["areas"]
+        said.append(
+            f"its mask's area was too far from its median to trust ({a.min():.0f}"
+            + (f"-{a.max():.0f}" if round(a.max()) != round(a.min()) else "")
+            + f" px against {f['median']:.0f}) in "
+            f"{_count(f['area'], 'frame')}"
+        )
+        counts.append((f["area"], "mask_area_unsteady"))
+    if f["border"]:
+        said.append(f"its mask was cut by the frame's border in {_count(f['border'], 'frame')}")
+        counts.append((f["border"], "mask_at_border"))
+    if f["other"]:
+        said.append(f"its mask was not usable otherwise (a position outlier) in {_count(f['other'], 'frame')}")
+        counts.append((f["other"], "no_usable_mask"))
+    if not counts:
+        return "no_usable_mask", f"{seen}, no usable mask of it in any frame"
+    reason = max(counts, key=lambda c: c[0])[1]
+    return reason, f"{seen}: " + ", ".join(said)
+
+
+#: the tracks measured in no frame that the run note describes one by one (a one-frame Zeiss image of a test
+#: chip had 20); rejected.csv has a row for each
+MAX_NAMED_UNMEASURED = 8
+
+
+def _edgeless_note(gone, results, located=None, area_tolerance: float = 0.25) -> str:
+    """The run note on the tracks :func:`_edgeless_faint_tracks` left out: those measured in no frame, each with
+    what its window's segmentation gave (:func:`_unmeasured`; ``located``: every track, to name the one a mask
+    took in; ``area_tolerance``: the pipeline's), and the faint ones without an absorption edge."""
     nowhere = [loc for loc, r in zip(gone, results) if not np.isfinite(r.positions).any()]
     edgeless = [loc for loc, r in zip(gone, results) if np.isfinite(r.positions).any()]
+    located = list(gone) if located is None else list(located)
+    gone_ids = {getattr(loc, "pid", None) for loc in gone}
     said = []
     if nowhere:
+        each = [
+            f"at (y, x) {_where(np.array([loc.centres[0]]))}, {_unmeasured(loc, located, gone_ids, area_tolerance)[1]}"
+            for loc in nowhere[:MAX_NAMED_UNMEASURED]
+        ]
+        more = len(nowhere) - MAX_NAMED_UNMEASURED
         said.append(
-            f"{_count(len(nowhere), 'track')} left out at (y, x) {_where(np.array([loc.centres[0] for loc in nowhere]))} "
-            "(frame 0): measured in no frame (no outline of a particle in its window), nothing of it to report"
+            f"{_count(len(nowhere), 'track')} left out, measured in no frame (no usable mask in any frame: nothing "
+            "to report). Where each was (frame 0) and what its window gave: "
+            + "; ".join(each)
+            + (f"; and {more} more" if more > 0 else "")
+            + " (rejected.csv names each with the failure of most of its frames)"
         )
     if edgeless:
         said.append(
@@ -523,6 +660,22 @@ def _edgeless_note(gone, results) -> str:
             "scanned"
         )
     return "; ".join(said)
+
+
+def _left_out_rows(gone, results, located, area_tolerance: float = 0.25) -> list:
+    """``rejected.csv`` rows ``(y, x, reason, n_frames, radius)`` of the tracks :func:`_edgeless_faint_tracks`
+    left out (frame 0's position; the frames they were detected in): ``no_absorption_edge`` for a faint one,
+    for one measured in no frame the failure of its window's masks in most frames (:func:`_unmeasured`)."""
+    gone_ids = {loc.pid for loc in gone}
+    rows = []
+    for loc, r in zip(gone, results):
+        if np.isfinite(r.positions).any():
+            reason = "no_absorption_edge"
+        else:
+            reason = _unmeasured(loc, located, gone_ids, area_tolerance)[0]
+        y, x = np.asarray(loc.centres, float)[0]
+        rows.append((y, x, reason, int(np.sum(np.asarray(loc.detected) & np.asarray(loc.examined))), float(loc.radius)))
+    return rows
 
 
 def _distinct_particles(located, vouched=None) -> list:
@@ -2350,9 +2503,12 @@ def run_pipeline(
                     notes.append(_no_references_note(energies))
             finished = _with_moving_rims(finish_again(), energies)
     edgeless = _edgeless_faint_tracks(located, [f[0] for f in finished], energies, options)
+    left_out = []
     if edgeless:
         gone = [located[j] for j in edgeless]
-        notes.append(_edgeless_note(gone, [finished[j][0] for j in edgeless]))
+        gone_results = [finished[j][0] for j in edgeless]
+        notes.append(_edgeless_note(gone, gone_results, located, options.area_tolerance))
+        left_out = _left_out_rows(gone, gone_results, located, options.area_tolerance)
         keep = [j for j in range(len(located)) if j not in edgeless]
         located, vouched, finished = [located[j] for j in keep], [vouched[j] for j in keep], [finished[j] for j in keep]
         overlaps = [overlaps[j] for j in keep]
@@ -2579,7 +2735,7 @@ def run_pipeline(
         frame_shape=tuple(od.shape[1:]),
         detections=detections,
         tracks=table,
-        rejected=_summarise_rejected(rej, rejected_tracks),
+        rejected=_summarise_rejected(rej, rejected_tracks, left_out),
         particles=particles,
         motion=motion,
         peak_ratios=ratios,
@@ -3649,8 +3805,9 @@ def _too_small_note(rejected_dets, min_radius: float, n_examined: int) -> str | 
     )
 
 
-def _summarise_rejected(rejected_dets, rejected_tracks):
-    """One row per rejected object (grouped by position): ``y, x, reason, n_frames``."""
+def _summarise_rejected(rejected_dets, rejected_tracks, left_out=()):
+    """One row per rejected object (grouped by position): ``y, x, reason, n_frames``; ``left_out``: rows of the
+    tracks left out after they were followed (:func:`_left_out_rows`)."""
     rows = []
     if len(rejected_dets):
         r = rejected_dets.copy()
@@ -3659,6 +3816,7 @@ def _summarise_rejected(rejected_dets, rejected_tracks):
             rows.append((g["y"].mean(), g["x"].mean(), reason, len(g), g["radius"].mean()))
     for _, t in rejected_tracks.iterrows():
         rows.append((t["y"], t["x"], t["reason"], int(t["n_frames"]), np.nan))
+    rows += list(left_out)
     return pd.DataFrame(rows, columns=["y", "x", "reason", "n_frames", "radius"])
 
 
