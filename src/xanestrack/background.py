@@ -222,7 +222,9 @@ def _border_median(a, width: int = 3):
     """Median of each frame's outer ``width``-pixel border (n,)."""
     m = np.zeros(a.shape[1:], bool)
     m[:width], m[-width:], m[:, :width], m[:, -width:] = True, True, True, True
-    return np.nanmedian(a[:, m], axis=1)
+    with warnings.catch_warnings():  # a frame whose border is all NaN: NaN ("All-NaN slice" printed to the user)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(a[:, m], axis=1)
 
 
 def separate_layers(

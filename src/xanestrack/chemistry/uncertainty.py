@@ -223,8 +223,11 @@ def _gradient(frames, sigma, mask):
         y0, y1 = max(rows[0] - reach, 0), min(rows[-1] + reach + 1, mask.shape[0])
         x0, x1 = max(cols[0] - reach, 0), min(cols[-1] + reach + 1, mask.shape[1])
         frames, mask = frames[:, y0:y1, x0:x1], mask[y0:y1, x0:x1]
-    f = np.nan_to_num(np.asarray(frames, dtype=np.float64))
-    out = np.empty((f.shape[0], 2, int(np.count_nonzero(mask))))
+    # float32, as the frames are (the filter sums in float64 along each line): float64 copies were half the
+    # peak memory of a large particle's uncertainty. With sigma_k in float32 too, every sigma map of the default
+    # scene (seed 1) moved by at most 3.2e-6 relative
+    f = np.nan_to_num(np.asarray(frames, dtype=np.float32))
+    out = np.empty((f.shape[0], 2, int(np.count_nonzero(mask))), np.float32)
     for i, order in enumerate(((0, 1, 0), (0, 0, 1))):
         if sigma > 0:
             g = ndimage.gaussian_filter(f, (0, sigma, sigma), order=order)
@@ -311,10 +314,12 @@ def _linearise(
             raise ValueError("every spectrum in the mask has NaN/inf values")
         e0_ev = find_e0(e, y[:, fin].mean(axis=1))
     nm = normalize(e, y, e0_ev=e0_ev, pre_range=pre_range, post_range=post_range, post_order=post_order)
-    norm = nm.norm.astype(np.float64)
+    # the float32 the normalisation returns, not a float64 copy of it (the same values; every use promotes it)
+    norm, flags = nm.norm, nm.flags
     step = nm.edge_step.astype(np.float64)
     ip = np.flatnonzero((e >= nm.pre_range_ev[0]) & (e <= nm.pre_range_ev[1]))
     iq = np.flatnonzero((e >= nm.post_range_ev[0]) & (e <= nm.post_range_ev[1]))
+    del nm  # its pre- and post-edge lines, (n, npix) each
     x = (e - e0_ev) / 100.0
     m_pre = np.linalg.pinv(np.c_[np.ones(ip.size), x[ip]])
     order = int(auto_post_order(e, e0_ev, post_range, post_order))
@@ -322,27 +327,40 @@ def _linearise(
     H, _ = _local_quadratic(e)
     smooth_norm = H @ np.where(np.isfinite(norm), norm, 0.0)
 
-    # per-pixel OD noise from local-quadratic residuals over the pre-edge and the edge region
-    yf = np.where(np.isfinite(y), y, 0.0)
-    smooth = H @ yf
-    resid = yf - smooth
-    usable = nm.flags == 0
+    # per-pixel OD noise from local-quadratic residuals over the pre-edge and the edge region; in place, and
+    # freed before the gradients: ~15 (n, npix) float64 arrays were alive at once, a particle of radius 81 px at
+    # 200 energies 470 MiB (tracemalloc) for its 25 MiB of frames, twice the run's memory budget (report 3)
+    resid = np.where(np.isfinite(y), y, 0.0)
+    smooth = H @ resid
+    resid -= smooth
+    usable = flags == 0
     if usable.sum() >= _MIN_PIXELS_COMMON:
         # the structure the local quadratic cannot follow (sharp features on a coarse grid) is
         # common to the pixels, in proportion to their edge step: remove it, keep the noise
         ref = resid[:, usable].mean(axis=1) / step[usable].mean()
-        resid = resid - ref[:, None] * np.where(np.isfinite(step), step, 0.0)[None, :]
+        resid -= ref[:, None] * np.where(np.isfinite(step), step, 0.0)[None, :]
     lev = np.clip(1.0 - np.diag(H), 1e-3, None)
-    scale = np.exp(np.clip(smooth, -5, 10) / 2) if noise_model == "photon" else np.ones_like(smooth)
+    if noise_model == "photon":
+        scale = np.exp(np.clip(smooth, -5, 10, out=smooth) / 2, out=smooth)  # smooth's buffer: not used again
+    else:
+        scale = np.ones_like(smooth)
+    del smooth
     band = np.zeros(e.size, bool)
     band[ip] = True
     band |= (e >= e0_ev + noise_band[0]) & (e <= e0_ev + noise_band[1])
     z = np.abs(resid[band]) / np.sqrt(lev[band])[:, None] / scale[band]
+    del resid
     sigma0 = _MAD_TO_SIGMA * np.median(z, axis=0)
+    del z
+    sigma_k = scale.astype(np.float32)  # the OD noise per energy (a standard error: float32 is ample)
+    sigma_k *= sigma0[None, :]
+    del scale
+    y = np.asarray(mu[:, mask], dtype=np.float32)  # what is kept: the OD as given (float32 in the pipeline)
     grad = grad_sq = None
     if s_k is not None:
-        grad = _gradient(mu, gradient_sigma_px, mask)  # (n, 2, npix)
-        grad_sq = (grad**2).sum(axis=1)
+        grad = _gradient(mu, gradient_sigma_px, mask)  # (n, 2, npix) float32
+        grad_sq = np.square(grad[:, 0])
+        grad_sq += np.square(grad[:, 1])
     return _Linearised(
         e=e,
         mask=mask,
@@ -351,7 +369,7 @@ def _linearise(
         norm=norm,
         smooth_norm=smooth_norm,
         step=step,
-        flags=nm.flags,
+        flags=flags,
         e0_ev=float(e0_ev),
         ip=ip,
         iq=iq,
@@ -359,7 +377,7 @@ def _linearise(
         m_pre=m_pre,
         w_post=w_post,
         sigma0=sigma0,
-        sigma_k=sigma0[None, :] * scale,
+        sigma_k=sigma_k,
         grad_sq=grad_sq,
         grad=grad,
         s_k=s_k,

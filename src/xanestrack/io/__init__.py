@@ -31,7 +31,14 @@ from .checks import (
 )
 from .flatfield import optical_density
 
-__all__ = ["read_stack", "optical_density", "file_checksums", "input_files"]
+__all__ = ["read_stack", "optical_density", "file_checksums", "input_files", "check_run_memory"]
+
+#: the working memory ``xanestrack run`` needs beyond twice its frames as float32 (the README's budget,
+#: "2 x input + 500 MiB"), bytes
+RUN_WORKING_BYTES = 500 * 2**20
+#: the resident memory PyTorch and the learned detector and segmenter add once loaded, bytes: 202 MiB measured
+#: (RSS 102 -> 304 MiB, address space 255 -> 742 MiB, `pipeline_models("learned", "learned")`, CPU, in .venv)
+LEARNED_MODELS_BYTES = 200 * 2**20
 
 _TIFF = {".tif", ".tiff"}
 _HDF = {".h5", ".hdf5", ".hdf", ".nxs"}
@@ -335,6 +342,96 @@ def _names_against_energies(files, values) -> str | None:
             "the file's are used"
         )
     return None
+
+
+def check_run_memory(inputs, *, learned_models: bool = True, scan: int | None = None) -> int | None:
+    """Refuse, before anything is read, a run the memory cannot hold.
+
+    The readers check only what reading needs (the frames as stored and as float32); a
+    run that passed that check failed later (loading PyTorch: "failed to map segment", or
+    mid-read), or was killed. This checks the run's documented need: twice the frames as
+    float32 plus :data:`RUN_WORKING_BYTES`, plus :data:`LEARNED_MODELS_BYTES` where the
+    learned models are used, against the memory this process may still use.
+
+    Parameters
+    ----------
+    inputs : path or list of paths
+        As :func:`read_stack`.
+    learned_models : bool
+        Whether the learned detector or segmenter will be loaded.
+    scan : int, optional
+        The scan of an HDF5 file with a scan axis.
+
+    Returns
+    -------
+    int or None
+        The frames' size as float32 (bytes), or None where it cannot be told without reading
+        (Zeiss files, an input the reader will refuse): nothing is checked then.
+
+    Raises
+    ------
+    XanestrackError
+        Where the run needs more than 90 % of the memory available, with both numbers.
+    """
+    from .checks import check_memory
+
+    paths = _as_paths(inputs)
+    shape = _frames_shape(paths, scan)
+    if shape is None:
+        return None
+    frames = int(np.prod(shape)) * 4
+    models = LEARNED_MODELS_BYTES if learned_models else 0
+    check_memory(
+        2 * frames + RUN_WORKING_BYTES + models,
+        source=paths[0] if len(paths) == 1 else paths[0].parent,
+        what=f"the run on the frames {shape} (twice them as float32, "
+        f"{RUN_WORKING_BYTES / 2**30:.1f} GiB of working memory"
+        + (f", {models / 2**30:.1f} GiB for the learned models)" if models else ")"),
+    )
+    return frames
+
+
+def _frames_shape(paths, scan) -> tuple | None:
+    """(frames, rows, cols) of the input from its files' headers, without reading the images; None where
+    that cannot be told (a Zeiss scan, an input the readers will refuse with their own message)."""
+    try:
+        if not paths or not all(p.exists() for p in paths):
+            return None
+        files = _tiff_files(paths)
+        if files is not None:
+            import tifffile
+
+            with tifffile.TiffFile(files[0]) as t:
+                page = t.pages[0].shape
+            return (len(files), *page[-2:]) if len(page) >= 2 else None
+        path = paths[0]
+        suffix = path.suffix.lower()
+        if len(paths) > 1 or path.is_dir() or suffix in _XRM:
+            return None
+        if suffix in _TIFF:
+            import tifffile
+
+            with tifffile.TiffFile(path) as t:
+                shape = tuple(int(v) for v in t.series[0].shape)
+        elif suffix in _HDF:
+            import h5py
+
+            from .hdf5 import DXCHANGE, FXI
+
+            with h5py.File(path, "r") as f:
+                key = next((k["data"] for k in (FXI, DXCHANGE) if isinstance(f.get(k["data"]), h5py.Dataset)), None)
+                if key is None:
+                    return None
+                shape = tuple(int(v) for v in f[key].shape)
+            if len(shape) == 4 and scan is not None:
+                shape = shape[1:]
+        else:
+            return None
+    except Exception:  # an unreadable header: the reader refuses it with its own message
+        return None
+    if len(shape) == 2:
+        shape = (1, *shape)
+    return shape if len(shape) == 3 else None
 
 
 def _tiff_frames(files, energies):

@@ -98,6 +98,9 @@ def run_series(
         Particle radius range (px); default from each scan's pixel size, as ``run``.
     device : "cpu" (default), "cuda" or "cuda:N"
         Where each process runs the learned models and the per-particle array work (as ``run --device``).
+    progress : callable(stage: str, done: int, total: int), optional
+        Called as ``progress("scans", done, n_scans)`` as each scan ends (scans read back from an
+        earlier run included), on every scheduler: a series of 8 scans said nothing for 30 s before.
 
     Returns
     -------
@@ -140,6 +143,7 @@ def run_series(
                 radii=(min_radius, max_radius),
                 device=device,
                 state=state,
+                progress=progress,
             )
         except BaseException:
             # once scans are under way (Ctrl-C while one runs), its manifest stays, so that a rerun resumes: the
@@ -242,7 +246,18 @@ def _how_other(old, new) -> str:
 
 
 def _run_series(
-    sources, out, *, options, scheduler, workers, detector, segmenter, radii=(None, None), device="cpu", state=None
+    sources,
+    out,
+    *,
+    options,
+    scheduler,
+    workers,
+    detector,
+    segmenter,
+    radii=(None, None),
+    device="cpu",
+    state=None,
+    progress=None,
 ):
     import dask
 
@@ -318,7 +333,7 @@ def _run_series(
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
             client = Client(cluster)
             state["started"] = True  # scans under way from here on
-            parts = dask.compute(*tasks)
+            parts = _compute_on_cluster(client, tasks, progress)
         elif scheduler and scheduler not in ("threads", "sync", "synchronous"):
             from distributed import Client
 
@@ -331,11 +346,12 @@ def _run_series(
                     "scheduler's address (tcp://host:8786), 'threads' or 'sync', or `workers` N for a local cluster"
                 ) from None
             state["started"] = True  # scans under way from here on
-            parts = dask.compute(*tasks)
+            parts = _compute_on_cluster(client, tasks, progress)
         else:
             sched = "sync" if scheduler in ("sync", "synchronous") else "threads"
             state["started"] = True
-            parts = dask.compute(*tasks, scheduler=sched, num_workers=scans_in_flight())
+            with _scans_done(tasks, progress):
+                parts = dask.compute(*tasks, scheduler=sched, num_workers=scans_in_flight())
     finally:
         # closing: workers that outlast the scheduler's comms log tracebacks at INFO and
         # "still alive, killing" warnings (16 workers on a loaded machine) about nothing lost
@@ -391,6 +407,44 @@ def _run_series(
     )
     mpath.write_text(json.dumps(manifest, indent=1))  # its sources as before (what a rerun is checked against)
     return table
+
+
+def _compute_on_cluster(client, tasks, progress) -> tuple:
+    """``dask.compute(*tasks)`` on a dask.distributed ``client``, ``progress("scans", done, n)`` as each scan ends."""
+    import dask
+
+    if progress is None:
+        return dask.compute(*tasks)
+    from distributed import as_completed
+
+    futures = client.compute(tasks)
+    for done, _ in enumerate(as_completed(futures), 1):
+        progress("scans", done, len(futures))
+    return tuple(client.gather(futures))
+
+
+def _scans_done(tasks, progress):
+    """A dask callback (threads or sync scheduler) calling ``progress("scans", done, n)`` as each scan ends;
+    a context that does nothing without ``progress``."""
+    import contextlib
+    import threading
+
+    from dask.callbacks import Callback
+
+    if progress is None:
+        return contextlib.nullcontext()
+    keys = {t.key for t in tasks}
+    count = [0]
+    lock = threading.Lock()
+
+    class Done(Callback):
+        def _posttask(self, key, result, dsk, state, worker_id):
+            if key in keys:
+                with lock:
+                    count[0] += 1
+                    progress("scans", count[0], len(keys))
+
+    return Done()
 
 
 def _scan_or_failure(source, out_dir, *args):
