@@ -892,8 +892,10 @@ def vouch_positions(
         the centre of mass does not vouch for is vouched for where this one agrees (the same
         rules), if its mask is usable. Both are correlations of one window, so anything in
         it that moves otherwise pulls both alike: the pipeline gives it only for particles
-        whose centre of mass confirms no frame, and only frames whose surroundings move
-        with the particle (``PipelineOptions.density_voucher``).
+        whose centre of mass confirms no frame, or in the frames of one contrast regime where
+        the centre of mass is off by a steady offset (a textured particle's outline:
+        :func:`xanestrack.pipeline._steady_offset_frames`), and only frames whose surroundings
+        move with the particle (``PipelineOptions.density_voucher``).
     density_measured : ndarray (n_frames,) bool, optional
         Frames where ``density`` measured.
 
