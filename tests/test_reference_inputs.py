@@ -232,3 +232,14 @@ def test_a_header_naming_energy_mu_and_stddev_reads_mu(tmp_path):
     p = tmp_path / "mu.txt"
     p.write_text("# energy mu stddev\n" + "\n".join(f"{e} {m} 0.003" for e, m in zip(E, MU)) + "\n")
     np.testing.assert_allclose(read_spectrum(p).mu, MU)
+
+
+@pytest.mark.parametrize(
+    "header", ["# energy mu_norm i0", "# Energy(eV) norm_mu I0", "# energy absorption i0", "energy xmu_sm i0"]
+)
+def test_a_header_from_which_mu_cannot_be_had_leaves_the_columns_read_by_position(tmp_path, header):
+    """energy, mu, i0 under names that do not say mu: read as energy, mu (they were refused for a day)."""
+    p = tmp_path / "mu_i0.txt"
+    i0 = 7.5e4 * np.ones_like(E)
+    p.write_text(header + "\n" + "\n".join(f"{e} {m} {i}" for e, m, i in zip(E, MU, i0)) + "\n")
+    np.testing.assert_allclose(read_spectrum(p).mu, MU)

@@ -153,8 +153,9 @@ HEADER_NAMES = {
 
 def _header_names(header: str, ncol: int) -> dict[int, str]:
     """The columns named by a header line (``energy_eV i0 it mu=ln(i0/it)``; text after ``columns:`` where
-    it says so), where it names exactly ``ncol`` columns and one of them holds mu or the intensities it is
-    computed from; else none."""
+    it says so), where it names exactly ``ncol`` columns and mu can be had from them (a mu column, or i0 with
+    itrans or a fluorescence intensity); else none (the columns read as energy, mu by position: ``energy
+    mu_norm i0`` was refused as named columns holding no mu)."""
     m = re.search(r"columns?\s*:\s*(.*)$", header, flags=re.IGNORECASE)
     text = m.group(1) if m else header.lstrip("#")
     names = [t for t in re.split(r"[,;\s]+", text.strip()) if t]
@@ -165,8 +166,9 @@ def _header_names(header: str, ncol: int) -> dict[int, str]:
         t = re.split(r"[=(\[]", t.lower(), maxsplit=1)[0]
         t = re.sub(r"_?(ev|kev)$", "", t) or t
         out[k] = HEADER_NAMES.get(t, t)
-    known = set(MU_COLUMNS) | set(FLUOR_COLUMNS) | {"i0", "itrans"}
-    return out if known & set(out.values()) - {"energy"} else {}
+    named = set(out.values())
+    usable = named & set(MU_COLUMNS) or ("i0" in named and named & ({"itrans"} | set(FLUOR_COLUMNS)))
+    return out if usable else {}
 
 
 def _refuse_project_file(path: Path) -> None:

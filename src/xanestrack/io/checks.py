@@ -383,7 +383,8 @@ def rounded_energies_note(energies_ev, *, source) -> str | None:
         f"{changes} times ({a * unit:g} and {b * unit:g} eV in turn where the grid is about {mean:.3g} eV): they look "
         f"rounded to {unit:g} eV ({'keV with 3 decimals' if unit == 1 else 'too few decimals'}?), each up to "
         f"{unit / 2:g} eV off, which the E50s' uncertainties do not include; give the energies with all their "
-        "decimals (the scan's own), unless frames were left out of an even grid"
+        "decimals (the scan's own), unless frames were left out of an even grid or the monochromator was set to "
+        "these values themselves (then nothing is off)"
     )
 
 
