@@ -160,6 +160,7 @@ def test_an_axis_far_off_says_where_the_e50_lie_not_a_change_of_zero(small):
     result = run_pipeline(Stack(od, e + 15.0))
     (note,) = [n for n in result.notes if n.startswith(UNCALIBRATED_NOTE)]
     assert "0.00" not in note and "sit at 0 or 1" in note
+    assert "may hide it" in note and "either way leaves them there" in note  # 15 eV off: neither way moves them
     assert "above the references' half-step energies" in note
     # the control: the axis as given
     (note,) = [n for n in run_pipeline(Stack(od, e)).notes if n.startswith(UNCALIBRATED_NOTE)]

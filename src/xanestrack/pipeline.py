@@ -4187,7 +4187,7 @@ def _uncalibrated_note(particles, energies, references, lcf_window) -> str:
     from .xanes import linear_combination_fit
 
     e = np.asarray(energies, float)
-    moves, bound, e50 = [], 0, []
+    moves, bound, e50 = [], [], []
     for p in particles:
         if p.fractions is None or not len(p.reference_names) or p.xanes_frames is None:
             continue
@@ -4203,10 +4203,22 @@ def _uncalibrated_note(particles, energies, references, lcf_window) -> str:
         m = p.edge_maps.get("e50") if p.edge_maps else None
         if m is not None and np.isfinite(m).any():
             e50.append(float(np.nanmedian(m)))
-        # a fit held at 0 or 1 by its constraints moves little or not at all: its "0.00 per 0.5 eV" reassured
-        # beside the note that the references do not describe the spectra (the axis 3-15 eV off)
+        # a fit held at 0 or 1 by its constraints does not move one way, and moves the other: its "0.00 per
+        # 0.5 eV" reassured (the axis 3-15 eV off), and "moves them little or not at all" hid that pure NiO on
+        # an axis 0.5 eV high fits as 0.20 LiNiO2: the change the other way is said for them
         if np.nanmin(fit.fractions) <= BOUND_FRACTION:
-            bound += 1
+            try:
+                s2 = fraction_shift_sensitivity(
+                    e[use],
+                    norm[use],
+                    references,
+                    e0_ev=float(p.e0_ev),
+                    window=lcf_window,
+                    shift_ev=-CALIBRATION_STEP_EV,
+                )
+            except ValueError:
+                s2 = np.full_like(np.asarray(s, float), np.nan)
+            bound.append(float(np.nanmax(np.abs([s[-1], s2[-1]]))) if np.isfinite([s[-1], s2[-1]]).any() else np.nan)
         elif np.isfinite(s[-1]):
             moves.append(abs(float(s[-1])))
     if not moves and not bound:
@@ -4223,10 +4235,19 @@ def _uncalibrated_note(particles, energies, references, lcf_window) -> str:
         spread = f" ({min(moves):.2f}-{max(moves):.2f} over {len(moves)} particles)" if len(moves) > 1 else ""
         text += f"each {CALIBRATION_STEP_EV:g} eV it is off moves the {names[-1]} fraction by {np.median(moves):.2f}{spread}"
     if bound:
+        one_way = [b for b in bound if np.isfinite(b) and b >= 0.01]
         text += (
-            f"{'; ' if moves else ''}the fractions of {bound} of {bound + len(moves)} particles sit at 0 or 1 (the "
-            "fit's bounds), where an offset moves them little or not at all"
-            + (" (left out of these numbers)" if moves else "")
+            f"{'; ' if moves else ''}the fractions of {len(bound)} of {len(bound) + len(moves)} particles sit at 0 or 1 "
+            f"(the fit's bounds){' (left out of these numbers)' if moves else ''}: an offset one way leaves them "
+            "there, which may hide it"
+            + (
+                f", the other way each {CALIBRATION_STEP_EV:g} eV moves "
+                + (f"{len(one_way)} of them" if len(one_way) < len(bound) else "them")
+                + f" by {np.median(one_way):.2f}"
+                + (f" ({min(one_way):.2f}-{max(one_way):.2f})" if len(one_way) > 1 else "")
+                if one_way
+                else f"; {CALIBRATION_STEP_EV:g} eV either way leaves them there"
+            )
         )
     lo, hi = min(half.values(), default=np.nan), max(half.values(), default=np.nan)
     if e50 and np.isfinite(lo):
