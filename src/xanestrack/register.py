@@ -519,6 +519,10 @@ def edge_images(windows, *, sigma: float = 1.5, apodisation=None, floor_scale: f
 def mask_flags(masks, *, outside, clipped, area_tolerance: float = 0.25) -> np.ndarray:
     """The flags of each frame that its particle mask tells: ``no_mask``, ``out_of_view``, ``area_outlier``.
 
+    ``out_of_view``: the mask reaches pixels outside the frame or is cut by its border, or it touches the edge
+    of a window that crossed the border, or the window's centre (the particle's expected position) lies outside
+    the frame.
+
     Parameters
     ----------
     masks : ndarray (n_frames, h, w)
@@ -555,7 +559,22 @@ def mask_flags(masks, *, outside, clipped, area_tolerance: float = 0.25) -> np.n
     if cut.size:
         o = outside[cut]
         at_border[cut] = ((masks[cut] > 0.5) & dilate_cross(o) & ~o).any(axis=(1, 2))
-    flags[out_of_frame | at_border | (edge_touch & clipped)] |= FRAME_FLAGS["out_of_view"]
+    # the window is centred on the particle's expected position: one whose centre lies outside the frame has
+    # the particle out of view whatever its mask holds (a particle entering the field, its centre 12 px beyond
+    # the border with nothing of it in the frame, had an empty mask and was flagged no_mask alone, then counted
+    # as measured); the whole column or row through the centre outside (the window crossed the border there),
+    # not one NaN pixel in the frame. An empty mask where the particle's disc (the radius of its masks' median
+    # area) around the centre reaches beyond the border is out of view too (the same scene: a 16-px particle
+    # leaving the field, the window's centre 1 px inside the border, was flagged no_mask alone)
+    beyond = np.asarray(outside, bool)
+    h, w = masks.shape[1:]
+    centre_out = np.asarray(clipped, bool) & (beyond[:, :, w // 2].all(axis=1) | beyond[:, h // 2, :].all(axis=1))
+    empty_cut = np.flatnonzero((area <= 0) & np.asarray(clipped, bool) & ~centre_out)
+    if empty_cut.size and (area > 0).any():
+        yy, xx = np.ogrid[:h, :w]
+        disc = (yy - h // 2) ** 2 + (xx - w // 2) ** 2 <= np.median(area[area > 0]) / np.pi
+        centre_out[empty_cut] = (beyond[empty_cut] & disc).any(axis=(1, 2))
+    flags[out_of_frame | at_border | (edge_touch & clipped) | centre_out] |= FRAME_FLAGS["out_of_view"]
     med_area = np.median(area[area > 0]) if (area > 0).any() else 0.0
     with np.errstate(divide="ignore", invalid="ignore"):
         outlier = np.abs(np.log(area / med_area)) > area_tolerance if med_area > 0 else np.zeros(n, bool)
@@ -916,7 +935,8 @@ def vouch_positions(
       isolated there (its window was placed from the prediction);
     - ``no_mask``: the segmentation found no particle in the window;
     - ``out_of_view``: the mask reaches pixels outside the frame, or the edge of a
-      window that crossed the frame border: the particle is not whole;
+      window that crossed the frame border, or the window's centre lies outside the frame:
+      the particle is not whole;
     - ``area_outlier``: the mask area is far from the particle's median area (a
       neighbour merged, a piece lost), or the mask touches the window edge inside the frame;
     - ``position_outlier``: the centre of mass jumps away from the common motion far

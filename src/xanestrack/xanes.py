@@ -30,6 +30,7 @@ B. Ravel and M. Newville, J. Synchrotron Rad. 12 (2005) 537, doi:10.1107/S090904
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import warnings
 from dataclasses import dataclass
@@ -59,6 +60,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+#: the spectra whose "no usable edge step" warning :func:`normalize` gave last (a key of their low steps), so that
+#: the quality masks and the standard errors, which normalise the same spectra again, do not repeat it: stress-all
+#: printed each such warning three times, word for word. :func:`analyse_particle` clears it for each particle
+_EDGE_STEP_WARNED: contextvars.ContextVar = contextvars.ContextVar("xanestrack_edge_step_warned", default=None)
 
 FLAG_NONFINITE, FLAG_LOW_STEP, FLAG_NO_CROSSING, FLAG_FIT = 1, 2, 4, 8
 #: the edge energy falls in a gap of left-out frames (:func:`edge_energy`): not measured
@@ -489,15 +494,18 @@ def normalize(
         # a negative step is not a small one: the absorption falls across the edge (frames in the reverse order of
         # the energies, transmission given as OD); lumped with the small ones, it was blamed on the frames used
         neg = int(np.count_nonzero(step < -3 * noise))
-        logger.warning(
-            "%d of %d spectra have no usable edge step (NaN)%s",
-            int(low.sum()),
-            low.size,
-            f"; {neg} of them a negative one (the absorption falls across the edge: frames in the reverse order of "
-            "the energies, or transmission, not OD?)"
-            if neg
-            else "",
-        )
+        key = (round(float(e0_ev), 6), e.size, neg, np.packbits(low).tobytes())
+        if _EDGE_STEP_WARNED.get() != key:  # the same spectra normalised again: said once
+            _EDGE_STEP_WARNED.set(key)
+            logger.warning(
+                "%d of %d spectra have no usable edge step (NaN)%s",
+                int(low.sum()),
+                low.size,
+                f"; {neg} of them a negative one (the absorption falls across the edge: frames in the reverse order "
+                "of the energies, or transmission, not OD?)"
+                if neg
+                else "",
+            )
     r = lambda a: a.reshape(a.shape[:1] + shape) if a.ndim == 2 else a.reshape(shape)  # noqa: E731
     return Normalization(
         norm=r(norm).astype(np.float32),
@@ -1280,6 +1288,7 @@ def analyse_particle(
             fall_back = _fall_back_note(e, nm.norm)
             if fall_back:
                 raise ValueError(fall_back)
+            _EDGE_STEP_WARNED.set(None)  # this particle's spectra: their warning is given here, not again below
             npix = normalize(e, mu, e0_ev=e0)
             negative = _negative_step_note(e, mu, npix)
             if negative:
