@@ -116,7 +116,7 @@ def test_the_caption_quotes_the_runs_numbers(scene_run, tmp_path):
     }[n]
     for w in want:
         assert w in page, w
-    assert "compressed or stretched by up to" in page
+    assert "compressed or stretched by" in page and "a mix's bias need not lie between theirs" in page
     assert "+0.003 eV" not in page  # the fixed number of before
     assert "systematic errors" in page and "not part of it" in page
     # an older folder: run.json without the numbers

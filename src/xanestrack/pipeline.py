@@ -2841,16 +2841,21 @@ def run_pipeline(
         # result.core_pixels then averages every core pixel: said, so that no mean passes for a trusted one
         notes.append(_untrusted_note(untrusted))
     notes += [n for n in (_coarse_edge_note(particles, energies), _rarely_vouched_note(particles)) if n]
-    notes += _particle_chemistry_notes(particles, len(energies), options.min_xanes_energies)
+    notes += _particle_chemistry_notes(
+        particles,
+        len(energies),
+        options.min_xanes_energies,
+        calibrated=recalibrate is not None or bool(stack.metadata.get("energy_calibration")),
+    )
     notes += [n for n in (_moving_rim_run_note(particles),) if n]
     if default_references and references and recalibrate is None and not stack.metadata.get("energy_calibration"):
         notes += [n for n in (_uncalibrated_note(particles, energies, references, options.lcf_window),) if n]
     # on the final energies (after a --known-edge calibration), beside the references' own notes
     norm_bias = _normalisation_bias(references, energies, default_references, options)
     if norm_bias and particles:
-        from .chemistry.normbias import normalisation_bias_note
-
-        notes += [n for n in (normalisation_bias_note(norm_bias),) if n]
+        notes += [
+            n for n in (_normalisation_bias_note(norm_bias, references, energies, default_references, options),) if n
+        ]
     rej = detections[~detections["isolated"]] if len(detections) else detections
     notes += [
         n
@@ -2897,6 +2902,19 @@ def _normalisation_bias(references, energies, default_references: bool, options)
         edge_window=options.edge_window,
     )
     return {k: v for k, v in bias.items() if np.isfinite(v)}
+
+
+def _normalisation_bias_note(norm_bias: dict, references, energies, default_references: bool, options) -> str:
+    """The run's note on the normalisation's bias (:func:`xanestrack.chemistry.normbias.normalisation_bias_note`),
+    over the references' biases (``norm_bias``, :func:`_normalisation_bias`) and those of their mixes
+    (:func:`~xanestrack.chemistry.normbias.mixture_bias`: on synth's 30-energy grid the 50:50 mix of the shipped
+    references -0.188 eV, NiO -0.056 and LiNiO2 -0.161 eV); ``""`` where it does not matter."""
+    from .chemistry.normbias import mixture_bias, normalisation_bias_note
+
+    mixes = mixture_bias(
+        energies, references, dense="given" if default_references else "normalised", edge_window=options.edge_window
+    )
+    return normalisation_bias_note(norm_bias, mixes)
 
 
 def _user_references(references, energies) -> tuple[dict, list]:
@@ -3762,7 +3780,12 @@ CONSOLE_NOTE_WORDS = (
     "oxidised_fraction (the particles' table",  # the references given most oxidised first: every fraction inverted
     "common step between key frames could not be told",
     "the normalisation's bias on this scan's energies",  # E50 moved by how the post-edge is sampled (normbias)
+    "mean E50 not given",  # a "-" under the mean E50: a gap of frames across its edge, few pixels measured
 )
+
+#: the words of a particle's note where its mean E50 is withheld (:mod:`xanestrack.xanes`), and of the run note
+#: that gathers those particles (:func:`_particle_chemistry_notes`)
+MEAN_E50_WITHHELD, MEAN_E50_NOT_GIVEN = "its mean E50 is not given", "mean E50 not given"
 
 
 def _where(points) -> str:
@@ -3783,11 +3806,15 @@ def _still_note(rejected_tracks) -> str | None:
     )
 
 
-def _particle_chemistry_notes(particles, n_energies: int | None = None, min_energies: int = 8) -> list:
-    """Run notes gathering the particles whose XANES failed or was skipped, and those the references do not
-    describe (each said only in the particle's own notes before, in the report: on the console a "-" under
-    the mean E50, or fractions given as they were). A scan of fewer energies than the XANES needs is said so
-    (the first particle's reason blamed frames not vouched for on the two-frame SSRL scan)."""
+def _particle_chemistry_notes(
+    particles, n_energies: int | None = None, min_energies: int = 8, *, calibrated: bool = False
+) -> list:
+    """Run notes gathering the particles whose XANES failed or was skipped, those whose mean E50 is not given,
+    and those the references do not describe (each said only in the particle's own notes before, in the report:
+    on the console a "-" under the mean E50, or fractions given as they were). A scan of fewer energies than the
+    XANES needs is said so (the first particle's reason blamed frames not vouched for on the two-frame SSRL scan).
+    With ``calibrated`` (the axis calibrated for this run: ``--energy-reference``, ``--known-edge``) the misfit
+    note does not advise calibrating it."""
     from .xanes import FALL_BACK_NOTE, NEGATIVE_STEP_NOTE
 
     out = []
@@ -3818,6 +3845,19 @@ def _particle_chemistry_notes(particles, n_energies: int | None = None, min_ener
                 else ""
             )
         )
+    # a "-" under every mean E50 with no word printed: frames missing across the edge (every E50 in the gap), or a
+    # particle whose frames not vouched for cut gaps across its edge (stress-crowd seed 1, particle 1)
+    no_xanes = {p.particle for p in particles if any(n.startswith(("XANES failed", "XANES skipped")) for n in p.notes)}
+    withheld = [
+        (p.particle, n) for p in particles if p.particle not in no_xanes for n in p.notes if MEAN_E50_WITHHELD in n
+    ]
+    if withheld:
+        who = sorted({pid for pid, _ in withheld})
+        out.append(
+            f"{MEAN_E50_NOT_GIVEN} for {len(who)} of {len(particles)} particles ({ids(who)}): "
+            f"particle {withheld[0][0]}: {withheld[0][1]}"
+            + (" (likewise or otherwise for the others: each particle's note in the report)" if len(who) > 1 else "")
+        )
     few = [p.particle for p in particles if any(n.startswith(SPARSE_POST_EDGE_NOTE) for n in p.notes)]
     if few:
         first = next(n for p in particles for n in p.notes if n.startswith(SPARSE_POST_EDGE_NOTE))
@@ -3833,9 +3873,14 @@ def _particle_chemistry_notes(particles, n_energies: int | None = None, min_ener
     if misfit:
         out.append(
             f"the references do not describe the spectra of {len(misfit)} of {len(particles)} particles "
-            f"({ids(misfit)}): their fractions are not their chemistry (a phase the references do not hold, the "
-            "energy axis off theirs: calibrate it with --energy-reference or --known-edge, or spectra the scan's energies "
-            "cannot normalise: see the other notes); each particle's note says by how much"
+            f"({ids(misfit)}): their fractions may not be their chemistry (a phase the references do not hold, the "
+            + (
+                "energy axis off theirs even as calibrated for this run"
+                if calibrated
+                else "energy axis off theirs: calibrate it with --energy-reference or --known-edge"
+            )
+            + ", or spectra the scan's energies cannot normalise: see the other notes); each particle's note says by "
+            "how much"
         )
     return out
 
@@ -4385,11 +4430,11 @@ def redo_xanes(result: PipelineResult, *, energies_ev, references=None) -> Pipel
     notes = tuple(n for n in result.notes if not n.startswith(UNCALIBRATED_NOTE))
     # the normalisation's bias is the energies' (chemistry/normbias): measured again on the new axis
     norm_bias = _normalisation_bias(references, e, shipped, options)
-    from .chemistry.normbias import NOTE_START, normalisation_bias_note
+    from .chemistry.normbias import NOTE_START
 
     notes = tuple(n for n in notes if not n.startswith(NOTE_START))
     if norm_bias and particles:
-        notes += tuple(n for n in (normalisation_bias_note(norm_bias),) if n)
+        notes += tuple(n for n in (_normalisation_bias_note(norm_bias, references, e, shipped, options),) if n)
     return dataclasses.replace(
         result,
         energies_ev=e,

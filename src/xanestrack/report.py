@@ -289,11 +289,18 @@ def _clipped_colorbar(fig, box, values, *, cmap: str, vmin: float, vmax: float, 
     """A colour bar of ``cmap`` over ``[vmin, vmax]`` with its clipped ends marked; the caption's sentence.
 
     ``values`` are the pixels drawn (NaN ignored); ``what`` says how the range was chosen
-    ("the 2nd-98th percentiles of the kept pixels").
+    ("the 2nd-98th percentiles of the kept pixels"). Where no pixel is drawn the range is a default, and the
+    caption says so (it quoted "the 2nd-98th percentiles ... of the 0 pixels drawn" for a scan with no E50).
     """
     fig.colorbar(*box, cmap=cmap, vmin=vmin, vmax=vmax, label=label)
     v = np.asarray(values, float)
     v = v[np.isfinite(v)]
+    if not v.size:
+        span = vmax - vmin
+        return (
+            f"Nothing drawn: no pixel has a value (no particle's was measured: see the notes); the colour scale "
+            f"{_value_text(vmin, span)} to {_value_text(vmax, span)} is a default."
+        )
     n_lo, n_hi = int((v < vmin).sum()), int((v > vmax).sum())
     fig.extra.append(_clip_marks(box, cmap=cmap, vmin=vmin, vmax=vmax, below=n_lo > 0, above=n_hi > 0))
     span = vmax - vmin
@@ -958,7 +965,9 @@ def _normalisation_bias(run: dict, result) -> str:
     run's energies less its densely measured one (:func:`xanestrack.chemistry.normbias.normalisation_bias`). Fixed
     numbers, those of the shipped references on synth's 143-energy grid (+0.11 / +0.003 eV), were quoted before
     whatever the energies: on its 50-energy grid the bias is +0.38 / -0.07 eV, on its 60-energy grid -0.18 / +0.03.
-    A folder without them (written before they were measured, or a run without references) gets words only.
+    A folder without them (written before they were measured, or a run without references) gets words only. The
+    references' numbers do not bound a mix's (:func:`xanestrack.chemistry.normbias.mixture_bias`: on synth's
+    30-energy grid NiO -0.056, LiNiO2 -0.161, their 50:50 mix -0.188 eV): the words do not say they do.
     """
     bias = run.get("normalisation_bias_ev")
     if bias is None:
@@ -983,7 +992,8 @@ def _normalisation_bias(run: dict, result) -> str:
         f"each one's densely measured E50: {words}"
         + (
             f"; a difference between particles of {'the two' if len(bias) == 2 else 'different'} chemistries is "
-            f"compressed or stretched by up to {spread:.2f} eV"
+            f"compressed or stretched by {spread:.2f} eV between the pure references, and a mix's bias need not lie "
+            "between theirs (the run note, where there is one, gives their mixes')"
             if len(bias) > 1
             else ""
         )
