@@ -61,9 +61,12 @@ def test_a_users_reference_on_its_own_energies_has_no_bias():
 
 def test_the_note_says_the_numbers_where_they_matter():
     assert normalisation_bias_note({"NiO": 0.110, "LiNiO2": 0.004}) == ""  # synth's default grid
-    assert normalisation_bias_note({"NiO": 0.19}) == ""
-    one = normalisation_bias_note({"NiO": -0.21})
-    assert one.startswith(NOTE_START) and "NiO -0.21 eV" in one and "compressed" not in one
+    assert normalisation_bias_note({"NiO": 0.14}) == ""
+    one = normalisation_bias_note({"NiO": -0.16})
+    assert one.startswith(NOTE_START) and "NiO -0.16 eV" in one and "compressed" not in one
+    # synth's 30-energy grid: the references under both thresholds, their 50:50 mix not (the particles 0.12-0.25 eV low)
+    mixed = normalisation_bias_note({"NiO": -0.056, "LiNiO2": -0.161 + 0.02}, {"50 % NiO + 50 % LiNiO2": -0.188})
+    assert mixed.startswith(NOTE_START) and "-0.19" in mixed
     spread = normalisation_bias_note({"NiO": 0.10, "LiNiO2": -0.06, "bad": float("nan")})
     assert "up to 0.16 eV" in spread and "bad" not in spread
     assert "post-edge" in spread and "like chemistry" in spread
@@ -87,7 +90,11 @@ def test_the_run_notes_the_bias_on_coarse_grids_only(scene_run):
     assert len(result.particles) == 3
     bias = result.normalisation_bias
     assert set(bias) == {"NiO", "LiNiO2"}
-    assert bias == pytest.approx(normalisation_bias(result.energies_ev, ni_references()))
+    from xanestrack.pipeline import _particles_background
+
+    background = _particles_background(result.particles, result.energies_ev)  # the scene's own: 0.25-0.26
+    assert 0.2 < background < 0.3
+    assert bias == pytest.approx(normalisation_bias(result.energies_ev, ni_references(), background=background))
     noted = [x for x in result.notes if x.startswith(NOTE_START)]
     if n == 143:
         assert not noted, noted
@@ -156,3 +163,21 @@ def test_redo_xanes_measures_the_bias_on_its_new_axis(scene_run):
     assert sum(note.startswith("the normalisation's bias") for note in again.notes) == 1
     same = redo_xanes(r, energies_ev=r.energies_ev)
     assert same.normalisation_bias == pytest.approx(r.normalisation_bias)
+
+
+def test_a_users_reference_is_measured_over_the_scans_range_and_the_scenes_background():
+    """larch's Ni foil, measured to 9570 eV, read -0.317 eV "biased" on a dense 0.5-eV grid to 9000 eV: its post-edge
+    line over its own range is another than over the scan's. And a matrix under the particles 6.7 times their step
+    changes the bias the note quotes (it assumed 0.25)."""
+    from conftest import shared_data
+    from xanestrack.spectra import read_spectrum
+
+    foil = read_spectrum(shared_data("spectra", "larch_nio", "Ni_foil_reference_merged_mu.txt"))
+    dense = np.arange(8200.0, 9000.01, 0.5)
+    b = normalisation_bias(dense, {"foil": foil}, dense="normalised")["foil"]
+    assert abs(b) < 0.1, b
+    refs = ni_references()
+    e = ni_energy_grid(143)
+    low = normalisation_bias(e, refs, background=0.25)
+    high = normalisation_bias(e, refs, background=6.7)
+    assert abs(high["LiNiO2"] - low["LiNiO2"]) > 0.05, (low, high)

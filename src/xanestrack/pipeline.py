@@ -2851,10 +2851,15 @@ def run_pipeline(
     if default_references and references and recalibrate is None and not stack.metadata.get("energy_calibration"):
         notes += [n for n in (_uncalibrated_note(particles, energies, references, options.lcf_window),) if n]
     # on the final energies (after a --known-edge calibration), beside the references' own notes
-    norm_bias = _normalisation_bias(references, energies, default_references, options)
+    background = _particles_background(particles, energies)  # the scene's own pre-edge under its step
+    norm_bias = _normalisation_bias(references, energies, default_references, options, background)
     if norm_bias and particles:
         notes += [
-            n for n in (_normalisation_bias_note(norm_bias, references, energies, default_references, options),) if n
+            n
+            for n in (
+                _normalisation_bias_note(norm_bias, references, energies, default_references, options, background),
+            )
+            if n
         ]
     rej = detections[~detections["isolated"]] if len(detections) else detections
     notes += [
@@ -2886,7 +2891,25 @@ def run_pipeline(
     )
 
 
-def _normalisation_bias(references, energies, default_references: bool, options) -> dict | None:
+def _particles_background(particles, energies) -> float | None:
+    """The particles' pre-edge absorbance under their edge step, as a share of it at E0 (the median over the particles
+    whose mean spectrum's pre- and post-edge lines are known there): the background
+    :func:`xanestrack.chemistry.normbias.normalisation_bias` puts under each reference. None where no particle has
+    them."""
+    e = np.asarray(energies, float)
+    shares = []
+    for p in particles:
+        pre, post = np.asarray(p.pre_edge, float), np.asarray(p.post_edge, float)
+        ok = np.isfinite(pre) & np.isfinite(post)
+        if ok.sum() < 2 or not np.isfinite(p.e0_ev):
+            continue
+        a, b = np.interp(p.e0_ev, e[ok], pre[ok]), np.interp(p.e0_ev, e[ok], post[ok])
+        if b - a > 0:
+            shares.append(a / (b - a))
+    return float(np.clip(np.median(shares), 0.0, 50.0)) if shares else None
+
+
+def _normalisation_bias(references, energies, default_references: bool, options, background=None) -> dict | None:
     """eV per reference: the bias of E50 from the normalisation on the scan's energies
     (:func:`xanestrack.chemistry.normbias.normalisation_bias`; the shipped references against their provider's
     normalisation, a user's against the same normalisation on its own energies), the references whose bias could
@@ -2900,11 +2923,14 @@ def _normalisation_bias(references, energies, default_references: bool, options)
         references,
         dense="given" if default_references else "normalised",
         edge_window=options.edge_window,
+        background=background,
     )
     return {k: v for k, v in bias.items() if np.isfinite(v)}
 
 
-def _normalisation_bias_note(norm_bias: dict, references, energies, default_references: bool, options) -> str:
+def _normalisation_bias_note(
+    norm_bias: dict, references, energies, default_references: bool, options, background=None
+) -> str:
     """The run's note on the normalisation's bias (:func:`xanestrack.chemistry.normbias.normalisation_bias_note`),
     over the references' biases (``norm_bias``, :func:`_normalisation_bias`) and those of their mixes
     (:func:`~xanestrack.chemistry.normbias.mixture_bias`: on synth's 30-energy grid the 50:50 mix of the shipped
@@ -2912,7 +2938,11 @@ def _normalisation_bias_note(norm_bias: dict, references, energies, default_refe
     from .chemistry.normbias import mixture_bias, normalisation_bias_note
 
     mixes = mixture_bias(
-        energies, references, dense="given" if default_references else "normalised", edge_window=options.edge_window
+        energies,
+        references,
+        dense="given" if default_references else "normalised",
+        edge_window=options.edge_window,
+        background=background,
     )
     return normalisation_bias_note(norm_bias, mixes)
 
@@ -4429,12 +4459,15 @@ def redo_xanes(result: PipelineResult, *, energies_ev, references=None) -> Pipel
     # axis not calibrated, and its numbers, are dropped
     notes = tuple(n for n in result.notes if not n.startswith(UNCALIBRATED_NOTE))
     # the normalisation's bias is the energies' (chemistry/normbias): measured again on the new axis
-    norm_bias = _normalisation_bias(references, e, shipped, options)
+    background = _particles_background(particles, e)
+    norm_bias = _normalisation_bias(references, e, shipped, options, background)
     from .chemistry.normbias import NOTE_START
 
     notes = tuple(n for n in notes if not n.startswith(NOTE_START))
     if norm_bias and particles:
-        notes += tuple(n for n in (_normalisation_bias_note(norm_bias, references, e, shipped, options),) if n)
+        notes += tuple(
+            n for n in (_normalisation_bias_note(norm_bias, references, e, shipped, options, background),) if n
+        )
     return dataclasses.replace(
         result,
         energies_ev=e,
