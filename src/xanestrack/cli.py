@@ -1317,7 +1317,11 @@ def bench(
         from .bench import PIPELINE_METHOD, run_benchmark, write_benchmark
         from .results import atomic_output_dir
 
-        logging.getLogger("xanestrack.xanes").setLevel(logging.ERROR)
+        # the per-scan XANES warnings of many scans are not the bench's; the level is restored after (it stayed
+        # lowered for the process: a later run in the same interpreter logged no XANES warning)
+        xanes_log = logging.getLogger("xanestrack.xanes")
+        old_level = xanes_log.level
+        xanes_log.setLevel(logging.ERROR)
         known = [PIPELINE_METHOD, *available_aligners()]
         if methods:
             bad = [m for m in methods if m not in known]
@@ -1343,6 +1347,9 @@ def bench(
         _console().print(f"tables and figures in {out}/")
     except Exception as exc:
         _fail(exc)
+    finally:
+        if "xanes_log" in locals():
+            xanes_log.setLevel(old_level)
 
 
 @app.command()
