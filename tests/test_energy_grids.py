@@ -163,6 +163,9 @@ def test_an_energy_a_fraction_of_an_ev_from_another_is_not_taken_for_the_edge(ca
             caplog.clear()
             validate_energies(e, e.size, source="x.txt")
         assert f"1 energies only {dup:.2f} eV from the one before" in caplog.text and "8388.61/" in caplog.text
+        with caplog.at_level(logging.WARNING, logger="xanestrack.stack"):
+            validate_energies(e, e.size, source="x.txt")  # the Stack validates the reader's energies again
+        assert caplog.text.count("energies only") == 1  # said twice in every run before
     # controls: E0 unchanged (no repeats), nothing said
     for name, grid in _controls().items():
         y = _mix(grid)

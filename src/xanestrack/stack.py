@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from dataclasses import dataclass, field
 
@@ -12,6 +13,11 @@ from .units import in_kev
 __all__ = ["Stack", "validate_energies", "sanitize_stack"]
 
 logger = logging.getLogger(__name__)
+
+
+#: the energies whose near-repeats :func:`validate_energies` warned of last (their bytes): the reader and the
+#: :class:`Stack` validate the same energies, and the warning was printed twice
+_REPEATS_SAID: contextvars.ContextVar = contextvars.ContextVar("xanestrack_repeats_said", default=None)
 
 
 def validate_energies(energies_ev, n_frames: int, *, source: str = "input") -> np.ndarray:
@@ -45,7 +51,9 @@ def validate_energies(energies_ev, n_frames: int, *, source: str = "input") -> n
                 f"{e[i + 1]:.2f} eV); sort frames and energies together"
             )
         short = np.flatnonzero(repeat_steps(e))
-        if short.size:
+        said = _REPEATS_SAID.get() == e.tobytes()  # the reader validates them, then the Stack: said once
+        if short.size and not said:
+            _REPEATS_SAID.set(e.tobytes())
             # kept (they are measurements), and said: find_e0 takes each such pair as one energy
             logger.warning(
                 "%s: %d energies only %s eV from the one before, a small share of the steps around them (%s): "
