@@ -151,13 +151,13 @@ def test_run_prints_the_note_on_synths_50_energy_grid(tmp_path):
     assert run["normalisation_bias_ev"]["NiO"] == pytest.approx(0.380, abs=0.002)
 
 
+@pytest.mark.parametrize("scene_run", [50], indirect=True)
 def test_redo_xanes_measures_the_bias_on_its_new_axis(scene_run):
     """redo_xanes kept the run's numbers (and note) after it moved the energy axis."""
     from xanestrack.pipeline import redo_xanes
 
     n, _, r = scene_run
-    if n != 50:
-        pytest.skip("the 50-energy grid only")
+    assert n == 50
     again = redo_xanes(r, energies_ev=r.energies_ev + 7.0)  # a new axis: its own numbers
     assert again.normalisation_bias is not None
     assert sum(note.startswith("the normalisation's bias") for note in again.notes) == 1
