@@ -675,7 +675,15 @@ def test_particles_rarely_vouched_for_are_named():
     ]
     note = _rarely_vouched_note(parts)
     assert note.startswith("1 particle of 3 vouched for in fewer than 10 % of its frames (1)")
+    assert "perhaps not particles" in note
     assert _rarely_vouched_note(parts[:1]) == ""
+    # a real particle the drift carried out of the field was "perhaps not a particle at all"
+    away = FRAME_FLAGS["out_of_view"] | bad
+    parts.append(SimpleNamespace(particle=3, frame_flags=np.r_[np.zeros(2, int), np.full(48, away)]))
+    note = _rarely_vouched_note(parts)
+    assert "(1, 3)" in note and "3 out of the field or cut by its border" in note
+    note = _rarely_vouched_note([parts[0], parts[3]])
+    assert "out of the field or cut by its border" in note and "perhaps not particles" not in note
 
 
 def test_a_reference_particle_never_measured_is_said():

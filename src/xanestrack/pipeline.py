@@ -3747,16 +3747,22 @@ def _rarely_vouched_note(particles) -> str:
     """A note naming the particles vouched for in fewer than ``RARELY_VOUCHED`` of their frames."""
     from .result import UNVOUCHED_FLAGS
 
-    ids = [
-        p.particle for p in particles if np.mean((np.asarray(p.frame_flags) & UNVOUCHED_FLAGS) == 0) < RARELY_VOUCHED
-    ]
-    if not ids:
+    rare = [p for p in particles if np.mean((np.asarray(p.frame_flags) & UNVOUCHED_FLAGS) == 0) < RARELY_VOUCHED]
+    if not rare:
         return ""
+    # a real particle out of the field, or cut by its border, in most of its frames was called "perhaps not a
+    # particle at all" (a probe's particle that the drift carried onto the border)
+    away = [p.particle for p in rare if np.mean((np.asarray(p.frame_flags) & FRAME_FLAGS["out_of_view"]) > 0) > 0.5]
+    ids = [p.particle for p in rare]
+    why = "not followed reliably; perhaps not particles at all (texture of the matrix, debris, noise), or too faint to follow"
+    if len(away) == len(ids):
+        why = "out of the field or cut by its border in most of their frames"
+    elif away:
+        why += f"; {', '.join(map(str, away))} out of the field or cut by its border in most of {'its' if len(away) == 1 else 'their'} frames"
     return (
         f"{_count(len(ids), 'particle')} of {len(particles)} vouched for in fewer than {100 * RARELY_VOUCHED:.0f} % of "
         f"{'its' if len(ids) == 1 else 'their'} frames ({', '.join(map(str, ids[:20]))}{' ...' if len(ids) > 20 else ''}): "
-        "not followed reliably; perhaps not particles at all (texture of the matrix, debris, noise), or too faint "
-        "to follow: read their positions, motions and chemistry as not measured"
+        f"{why}: read their positions, motions and chemistry as not measured"
     )
 
 
