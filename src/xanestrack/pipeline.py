@@ -1997,24 +1997,33 @@ def _frame_runs_text(frames, energies, most: int = 3) -> str:
     )
 
 
-def _overlaps(located: list, vouched: list, options, threads: int = 1) -> tuple[list, list]:
-    """Every particle's frames another tracked particle lies over (:func:`_overlapping_frames`), flagged
-    ``overlap``: ``(vouched, overlaps)``, the list with those flags set (every particle's flags as uint16) and per
-    particle a dict ``{other particle's id: frames (n_frames,) bool}`` (empty where none)."""
+def _footprints(located: list, vouched: list, threads: int = 1) -> list:
+    """Per particle ``(mask, origin, shifts)``: its mask on its aligned grid (the consensus over the frames its XANES
+    would use, where its mask is its own, else every frame it was located in), the grid's origin and its shifts
+    (float), as :func:`_overlaps` and :func:`_neighbour_pixels` place it beside the others. None with fewer than two
+    particles (nothing to place)."""
+    if len(located) < 2:
+        return None
 
     def footprint(j):
         loc, v = located[j], vouched[j]
         origin, shifts, amasks = _aligned_masks(loc, v)
-        # the frames its XANES would use (its mask there is its own), else every frame it was located in
-        frames = v.usable & ((v.flags & FRAME_FLAGS["disagree"]) == 0)
+        frames = v.usable & ((np.asarray(v.flags).astype(np.uint16) & FRAME_FLAGS["disagree"]) == 0)
         if not frames.any():
             frames = v.located
-        return consensus_mask(amasks, frames), origin, shifts
+        return consensus_mask(amasks, frames), np.asarray(origin, float), np.asarray(shifts, float)
 
+    return _map(footprint, range(len(located)), threads)
+
+
+def _overlaps(located: list, vouched: list, prints) -> tuple[list, list]:
+    """Every particle's frames another tracked particle lies over (:func:`_overlapping_frames`), flagged
+    ``overlap``: ``(vouched, overlaps)``, the list with those flags set (every particle's flags as uint16) and per
+    particle a dict ``{other particle's id: frames (n_frames,) bool}`` (empty where none). ``prints``: the
+    particles' :func:`_footprints`."""
     n_p = len(located)
     covered = np.zeros((n_p, n_p, 0), bool)
-    if n_p >= 2:
-        prints = _map(footprint, range(n_p), threads)
+    if prints is not None:
         refs = [loc.ref_frame for loc in located]
         covered = _overlapping_frames([f[0] for f in prints], [f[1] for f in prints], [f[2] for f in prints], refs)
     out_v, out_o = [], []
@@ -2064,7 +2073,7 @@ MATRIX_SUBTRACTED_NOTE = (
 NEIGHBOUR_GROW_PX = 3
 
 
-def _neighbour_pixels(located: list, vouched: list, threads: int = 1) -> list:
+def _neighbour_pixels(located: list, vouched: list, prints) -> list:
     """Per particle, the pixels of its aligned window where another tracked particle lies (bool ``(size, size)``, or
     None where none comes near): left out of the ring of its local background (:func:`xanestrack.xanes.local_background`).
 
@@ -2075,22 +2084,13 @@ def _neighbour_pixels(located: list, vouched: list, threads: int = 1) -> list:
     neighbours left out -0.003, +0.023 and +0.048 eV, 0.1, 0.9 and 1.1 sigma, 0.113, 0.120 and 0.114, the isolated
     ones 0.109-0.117). Each other particle's mask (its consensus over the frames its XANES would use) is placed where it lies, relative
     to this particle, in every frame this particle's XANES may use (at the integer offsets either side of its
-    displacement), the union grown by :data:`NEIGHBOUR_GROW_PX`.
+    displacement), the union grown by :data:`NEIGHBOUR_GROW_PX`. ``prints``: the particles' :func:`_footprints`
+    (the masks placed for the ``overlap`` flag: resampled once for both).
     """
     n_p = len(located)
-    if n_p < 2:
+    if prints is None:
         return [None] * n_p
     overlap_or_disagree = FRAME_FLAGS["disagree"] | FRAME_FLAGS["overlap"]
-
-    def footprint(j):
-        loc, v = located[j], vouched[j]
-        origin, shifts, amasks = _aligned_masks(loc, v)
-        frames = v.usable & ((np.asarray(v.flags).astype(np.uint16) & FRAME_FLAGS["disagree"]) == 0)
-        if not frames.any():
-            frames = v.located
-        return consensus_mask(amasks, frames), np.asarray(origin, float), np.asarray(shifts, float)
-
-    prints = _map(footprint, range(n_p), threads)
     out = []
     for i in range(n_p):
         mi, oi, si = prints[i]
@@ -2564,8 +2564,9 @@ def run_pipeline(
     # frames another tracked particle lies over: their positions stand, their spectra are both particles'
     # (a 12-px particle passing over a still 22-px one: the still one's E50 +0.91 eV median, 73 % of its pixels
     # more than 0.5 eV off, unflagged); left out of its XANES after every voucher has had its say
-    vouched, overlaps = _overlaps(located, vouched, options, threads)
-    neighbours = _neighbour_pixels(located, vouched, threads)  # left out of their local backgrounds' rings
+    prints = _footprints(located, vouched, threads)  # each particle's mask placed once, for both below
+    vouched, overlaps = _overlaps(located, vouched, prints)
+    neighbours = _neighbour_pixels(located, vouched, prints)  # left out of their local backgrounds' rings
     if vouched:
         tell("vouch", len(vouched) + 1, len(vouched) + 1)
     done = [0]
@@ -2851,16 +2852,8 @@ def run_pipeline(
     if default_references and references and recalibrate is None and not stack.metadata.get("energy_calibration"):
         notes += [n for n in (_uncalibrated_note(particles, energies, references, options.lcf_window),) if n]
     # on the final energies (after a --known-edge calibration), beside the references' own notes
-    background = _particles_background(particles, energies)  # the scene's own pre-edge under its step
-    norm_bias = _normalisation_bias(references, energies, default_references, options, background)
-    if norm_bias and particles:
-        notes += [
-            n
-            for n in (
-                _normalisation_bias_note(norm_bias, references, energies, default_references, options, background),
-            )
-            if n
-        ]
+    norm_bias, bias_note = _normalisation_bias(particles, references, energies, default_references, options)
+    notes += [bias_note] if bias_note else []
     rej = detections[~detections["isolated"]] if len(detections) else detections
     notes += [
         n
@@ -2909,42 +2902,28 @@ def _particles_background(particles, energies) -> float | None:
     return float(np.clip(np.median(shares), 0.0, 50.0)) if shares else None
 
 
-def _normalisation_bias(references, energies, default_references: bool, options, background=None) -> dict | None:
-    """eV per reference: the bias of E50 from the normalisation on the scan's energies
+def _normalisation_bias(particles, references, energies, default_references: bool, options) -> tuple[dict | None, str]:
+    """``(bias, note)``: eV per reference, the bias of E50 from the normalisation on the scan's energies
     (:func:`xanestrack.chemistry.normbias.normalisation_bias`; the shipped references against their provider's
-    normalisation, a user's against the same normalisation on its own energies), the references whose bias could
-    be measured; None without references or XANES."""
-    from .chemistry.normbias import normalisation_bias
+    normalisation, a user's against the same normalisation on its own energies, with the particles' own pre-edge
+    under the step, :func:`_particles_background`), the references whose bias could be measured (None without
+    references or XANES); and the run's note on it (:func:`xanestrack.chemistry.normbias.normalisation_bias_note`),
+    over the references' biases and those of their mixes (:func:`~xanestrack.chemistry.normbias.mixture_bias`: on
+    synth's 30-energy grid the 50:50 mix of the shipped references -0.188 eV, NiO -0.056 and LiNiO2 -0.161 eV),
+    ``""`` where it does not matter or there are no particles."""
+    from .chemistry.normbias import mixture_bias, normalisation_bias, normalisation_bias_note
 
     if not references or len(energies) < options.min_xanes_energies:
-        return None
-    bias = normalisation_bias(
-        energies,
-        references,
+        return None, ""
+    kw = dict(
         dense="given" if default_references else "normalised",
         edge_window=options.edge_window,
-        background=background,
+        background=_particles_background(particles, energies),  # the scene's own pre-edge under its step
     )
-    return {k: v for k, v in bias.items() if np.isfinite(v)}
-
-
-def _normalisation_bias_note(
-    norm_bias: dict, references, energies, default_references: bool, options, background=None
-) -> str:
-    """The run's note on the normalisation's bias (:func:`xanestrack.chemistry.normbias.normalisation_bias_note`),
-    over the references' biases (``norm_bias``, :func:`_normalisation_bias`) and those of their mixes
-    (:func:`~xanestrack.chemistry.normbias.mixture_bias`: on synth's 30-energy grid the 50:50 mix of the shipped
-    references -0.188 eV, NiO -0.056 and LiNiO2 -0.161 eV); ``""`` where it does not matter."""
-    from .chemistry.normbias import mixture_bias, normalisation_bias_note
-
-    mixes = mixture_bias(
-        energies,
-        references,
-        dense="given" if default_references else "normalised",
-        edge_window=options.edge_window,
-        background=background,
-    )
-    return normalisation_bias_note(norm_bias, mixes)
+    bias = {k: v for k, v in normalisation_bias(energies, references, **kw).items() if np.isfinite(v)}
+    if not bias or not particles:
+        return bias, ""
+    return bias, normalisation_bias_note(bias, mixture_bias(energies, references, **kw))
 
 
 def _user_references(references, energies) -> tuple[dict, list]:
@@ -4465,15 +4444,10 @@ def redo_xanes(result: PipelineResult, *, energies_ev, references=None) -> Pipel
     # axis not calibrated, and its numbers, are dropped
     notes = tuple(n for n in result.notes if not n.startswith(UNCALIBRATED_NOTE))
     # the normalisation's bias is the energies' (chemistry/normbias): measured again on the new axis
-    background = _particles_background(particles, e)
-    norm_bias = _normalisation_bias(references, e, shipped, options, background)
     from .chemistry.normbias import NOTE_START
 
-    notes = tuple(n for n in notes if not n.startswith(NOTE_START))
-    if norm_bias and particles:
-        notes += tuple(
-            n for n in (_normalisation_bias_note(norm_bias, references, e, shipped, options, background),) if n
-        )
+    norm_bias, bias_note = _normalisation_bias(particles, references, e, shipped, options)
+    notes = tuple(n for n in notes if not n.startswith(NOTE_START)) + ((bias_note,) if bias_note else ())
     return dataclasses.replace(
         result,
         energies_ev=e,
