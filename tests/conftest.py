@@ -66,3 +66,19 @@ def error_line(r, *fragments):
     for f in fragments:
         assert f in lines[0], (f, lines[0])
     return lines[0]
+
+
+def stress_disc(seed: int = 5):
+    """A 33 x 33 window over synth's grid: a disc of the stress family's reference spectrum (radius 9 px) on an
+    offset that changes from frame to frame, with noise. ``(energies, mask, aligned float32, true E50)``."""
+    from xanestrack.synth import ni_energy_grid
+    from xanestrack.synth_stress import stress_edge_energy, stress_reference
+
+    rng = np.random.default_rng(seed)
+    e = ni_energy_grid()
+    mu = stress_reference()(e) + 0.25 * (e / 8333.0) ** -3
+    yy, xx = np.mgrid[0:33, 0:33]
+    mask = np.hypot(yy - 16, xx - 16) < 9
+    offs = rng.normal(0, 0.05, e.size)
+    aligned = 0.8 * mu[:, None, None] * mask + 0.1 + offs[:, None, None] + rng.normal(0, 0.01, (e.size, 33, 33))
+    return e, mask, aligned.astype(np.float32), float(stress_edge_energy(0.0))

@@ -12,13 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import stress_disc
 from xanestrack import xanes
 from xanestrack.pipeline import run_pipeline
 from xanestrack.result import FRAME_FLAGS, ParticleResult, PipelineResult, core_pixels, particle_summary
 from xanestrack.spectra import ni_references
 from xanestrack.stack import Stack
 from xanestrack.synth import make_synthetic_stack, ni_energy_grid
-from xanestrack.synth_stress import stress_edge_energy, stress_reference
 
 
 @pytest.fixture(scope="module")
@@ -93,15 +93,7 @@ def test_an_entering_particle_is_displaced_from_its_first_frame_vouched_for(ente
 def test_the_pre_edge_check_counts_frames_the_particle_is_partly_out_of():
     # the check of the frames used against the particle's own edge took only frames with every mask pixel
     # finite: a particle cut by the border in every frame left out was never checked
-    rng = np.random.default_rng(5)
-    e = ni_energy_grid()
-    mu = stress_reference()(e) + 0.25 * (e / 8333.0) ** -3
-    yy, xx = np.mgrid[0:33, 0:33]
-    mask = np.hypot(yy - 16, xx - 16) < 9
-    offs = rng.normal(0, 0.05, e.size)
-    aligned = 0.8 * mu[:, None, None] * mask + 0.1 + offs[:, None, None] + rng.normal(0, 0.01, (e.size, 33, 33))
-    aligned = aligned.astype(np.float32)
-    true_e50 = float(stress_edge_energy(0.0))
+    e, mask, aligned, true_e50 = stress_disc(5)
     for above in (6, 7):  # the frames used alone gave E50 maps 31-33 eV high, nothing said
         used = e >= true_e50 + above
         cut = aligned.copy()

@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
 
-from conftest import shared_data
+from conftest import shared_data, stress_disc
 from xanestrack import xanes
 from xanestrack.spectra import ni_references, read_spectrum
 from xanestrack.synth import edge_energy_of_fraction, ni_energy_grid
-from xanestrack.synth_stress import stress_edge_energy, stress_reference
 
 
 def _e50(e, mu, **kw):
@@ -276,15 +275,7 @@ def test_frames_used_that_start_on_the_edge_do_not_give_an_edge_energy():
     # had E0 found on the whiteline (8385.8 eV), the pre-edge line fitted to the edge's top and an E50 map
     # 30 eV off (8373.6 against about 8344), without a note. Its spectrum over every frame measured shows
     # where the edge is, and the frames used hold nothing below it: declined, with a note.
-    rng = np.random.default_rng(5)
-    e = ni_energy_grid()
-    mu = stress_reference()(e) + 0.25 * (e / 8333.0) ** -3
-    yy, xx = np.mgrid[0:33, 0:33]
-    mask = np.hypot(yy - 16, xx - 16) < 9
-    offs = rng.normal(0, 0.05, e.size)
-    aligned = 0.8 * mu[:, None, None] * mask + 0.1 + offs[:, None, None] + rng.normal(0, 0.01, (e.size, 33, 33))
-    aligned = aligned.astype(np.float32)
-    true_e50 = float(stress_edge_energy(0.0))
+    e, mask, aligned, true_e50 = stress_disc(5)
     for above in (6, 8, 10):
         used = e >= true_e50 + above
         r = xanes.analyse_particle(aligned, mask, e, usable=used, left_out="not vouched for")
