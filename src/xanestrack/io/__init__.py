@@ -534,9 +534,19 @@ def _sample(a, n: int = 4):
 def _normalised_already(counts, sample, flat_sample) -> bool:
     """Whether float images (``sample``: :func:`_sample` of ``counts``) beside flats of counts (``flat_sample``: of
     the flats) are transmission already (values within 0-1.5, median 0.2 or more, the flats' median 20 times theirs
-    or more)."""
+    or more), judged where the flats are lit (above their 0.1 percentile, the dark where part of the frame is unlit,
+    by :data:`~xanestrack.io.flatfield.UNLIT_SHARE` of their range up to the 90th): a round field's corners, 0 +- 0.02
+    in FXI's export (0.1 percentile -0.053), made it "optical density"."""
+    from .flatfield import UNLIT_SHARE
+
     if not np.issubdtype(np.dtype(counts.dtype), np.floating):
         return False
+    if sample.shape[1:] == flat_sample.shape[1:] and np.isfinite(flat_sample).any():
+        base, top = np.nanpercentile(flat_sample, [0.1, 90])
+        with np.errstate(invalid="ignore"):
+            lit = (flat_sample - base > UNLIT_SHARE * (top - base)).all(axis=0)
+        if lit.any():
+            sample, flat_sample = sample[:, lit], flat_sample[:, lit]
     c, f = sample[np.isfinite(sample)], flat_sample[np.isfinite(flat_sample)]
     if not c.size or not f.size:
         return False

@@ -259,8 +259,17 @@ def values_without_flats(data, values: str, *, source, flats_hint: str):
     look like transmission (background near 1) or raw counts (large values): then
     refused, asking the user to say which. Said to be ``"od"``, values that look like
     transmission or raw counts are taken as asked, with a note.
+
+    A region near 0 touching the frame's border in every frame, beside values that look like transmission
+    (:func:`xanestrack.io.flatfield.outside_field` of up to 4 frames, each the lower of itself and its 3 x 3
+    median), is outside the lit field (a round field's corners, 0 +- 0.02 in FXI's export): the values are judged
+    without it, and as transmission it is set to the lit field's median optical density, said in a note. The
+    probe's round field (31 % of the frame) was called optical density, and as transmission its 406,769 corner
+    pixels were given their frame's strongest absorption: no particle was tracked.
     """
-    from .flatfield import optical_density
+    from scipy import ndimage
+
+    from .flatfield import optical_density, outside_field, unlit_note
 
     if values not in ("auto", "od", "transmission", "counts"):
         raise XanestrackError(f"`values` must be auto, od or transmission, got {values!r}")
@@ -272,6 +281,15 @@ def values_without_flats(data, values: str, *, source, flats_hint: str):
             "say so with `values` od|transmission"
         )
     sample = np.asarray(data[:: max(1, data.shape[0] // 8), ::2, ::2], dtype=np.float32)  # ~8 frames, every 4th pixel
+    ks = np.unique(np.linspace(0, data.shape[0] - 1, min(4, data.shape[0])).round().astype(int))
+    # the noise of unlit pixels is taken out by a median (3 x 3), which also spreads the lit field by a pixel: the
+    # lower of the two
+    frames = (np.nan_to_num(np.asarray(data[k], np.float32)) for k in ks)
+    outside = outside_field(np.minimum(f, ndimage.median_filter(f, 3)) for f in frames)
+    if outside is not None and np.nanmedian(sample[:, ~outside[::2, ::2]]) >= 0.5:  # beside transmission
+        sample = sample[:, ~outside[::2, ::2]]
+    else:
+        outside = None
     sample = sample[np.isfinite(sample)]
     if sample.size == 0:
         raise XanestrackError(f"{source}: every sampled pixel is NaN or inf; the images hold no data")
@@ -324,7 +342,9 @@ def values_without_flats(data, values: str, *, source, flats_hint: str):
         values = "od"
     if values == "od":
         return np.asarray(data, dtype=np.float32), "od", notes
-    return optical_density(data, source=str(source), notes=notes), "transmission", notes
+    if outside is not None:
+        notes.append(unlit_note(outside, source, "in every frame (transmission near 0)"))
+    return optical_density(data, source=str(source), notes=notes, outside=outside), "transmission", notes
 
 
 #: eV: the roundings energies are looked at for (keV with 2, 3 and 4 decimals, eV with 1), largest first
