@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import XanestrackError
 from ..stack import Stack
 from .checks import (
+    MIN_ENERGY_EV,
     energies_in_ev,
     energy_order,
     replaced_energies_note,
@@ -257,14 +258,19 @@ def _tiff_stack(data, e, reverse, notes, path, files, flats, darks, values, orde
     meta = dict(source=str(path), reader="tiff", values=kind, files=files, notes=notes)
     from .tiff import tiff_pixel_size
 
-    pixel = tiff_pixel_size(files[0])  # an ImageJ or OME TIFF's, with its unit (ignored before, without a word)
+    # an ImageJ or OME TIFF's, with its unit (ignored before, without a word)
+    pixel = tiff_pixel_size(files[0], notes=notes)
     if pixel is not None:
         notes.append(f"{files[0]}: pixel size {pixel:.4g} um, as the file's ImageJ/OME metadata state it")
     return Stack(_in_energy_order(od, e, reverse, meta), e, pixel, meta)
 
 
-#: an energy in a file name: a number, then eV or keV (``frame_8333.5eV``, ``..._08324.0_eV_001of003``)
-_ENERGY_IN_NAME = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)[ _-]?(k?ev)(?![a-z])", re.IGNORECASE)
+#: an energy in a file name: a number, then eV or keV (``frame_8333.5eV``, ``..._08324.0_eV_001of003``); its decimal
+#: mark a point or a ``p`` (``8333p5eV``, ``8p3335keV``: a ``p`` between digits just before the unit is no separator)
+_ENERGY_IN_NAME = re.compile(r"(?<![\d.])(\d+(?:[.p]\d+)?)[ _-]?(k?ev)(?![a-z])", re.IGNORECASE)
+#: ``8200_0eV``: digits, ``_``, digits, then the unit, where the digits before ``_`` alone would be an energy: the
+#: ``_`` may be the name's decimal mark (said where the energy read is below 100 eV)
+_UNDERSCORE_DECIMAL = re.compile(r"(?<![\d.])(\d{3,})_(\d+)[ -]?(k?ev)(?![a-z])", re.IGNORECASE)
 
 
 def _natural_key(path: Path):
@@ -296,7 +302,37 @@ def _name_energies(files) -> tuple[list, np.ndarray | None]:
     found = [_ENERGY_IN_NAME.findall(f.stem) for f in files]
     if any(len(m) != 1 for m in found):
         return found, None
-    return found, np.array([float(v) * (1000.0 if unit.lower() == "kev" else 1.0) for ((v, unit),) in found])
+    values = np.array(
+        [float(v.replace("p", ".")) * (1000.0 if unit.lower() == "kev" else 1.0) for ((v, unit),) in found]
+    )
+    if np.any(values < MIN_ENERGY_EV):  # not an energy any scan has: said by _low_name_energy where the names are used
+        return found, None
+    return found, values
+
+
+def _low_name_energy(files, found) -> str | None:
+    """The refusal of an energy below 100 eV read from a file's name (``scan_8200_0eV.tif``: 0 eV, the digits after
+    a ``_`` used as the decimal mark), naming the file and what was read; None where there is none."""
+    for f, m in zip(files, found):
+        if len(m) != 1:
+            continue
+        ((v, unit),) = m
+        ev = float(v.replace("p", ".")) * (1000.0 if unit.lower() == "kev" else 1.0)
+        if ev >= MIN_ENERGY_EV:
+            continue
+        u = _UNDERSCORE_DECIMAL.search(f.stem)
+        guess = (
+            f" (is `_` its decimal mark, {u.group(1)}.{u.group(2)} {u.group(3)}? write it with a point: "
+            f"{u.group(1)}.{u.group(2)}{u.group(3)})"
+            if u
+            else ""
+        )
+        return (
+            f"{f}: energy read as {ev:g} eV from its name ({v!r} before {unit!r}), below any absorption edge a scan "
+            f"studies{guess}; rename the files (as in frame_8333.5eV.tif, or 8333p5eV), or pass `energies` FILE, one "
+            "energy per file in the order of the files (a folder's: the natural order of their names)"
+        )
+    return None
 
 
 def _shell_order_note(files) -> tuple[list, str | None]:
@@ -442,6 +478,9 @@ def _tiff_frames(files, energies):
     notes = []
     if energies is None:
         found, values = _name_energies(files)
+        low = _low_name_energy(files, found) if values is None else None
+        if low:
+            raise XanestrackError(low)
         if values is None:
             bad = next(f for f, m in zip(files, found) if len(m) != 1)
             raise XanestrackError(

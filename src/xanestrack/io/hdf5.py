@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import XanestrackError, one_line
-from ..units import UM_PER_UNIT
+from ..units import um_per_unit
 from .checks import MAX_FRAMES, check_frame_shape, check_memory, check_pixel_dtype, energies_in_ev
 
 __all__ = ["read_hdf5", "write_fxi"]
@@ -29,6 +29,10 @@ def read_hdf5(path, *, scan: int | None = None, lazy: bool = False, need_energie
     Every dataset's shape and type is checked before it is read (sizes against the
     free memory, chunks actually written), so a damaged or hostile file is refused
     with one line instead of exhausting memory.
+
+    Without ``scan``, a 4-D dataset with an axis of length 1 among its first two
+    (``/img_xanes`` (40, 1, rows, cols), ``/img_dark`` (1, 1, rows, cols)) has it dropped, as
+    the TIFF reader does, and is read as one scan (a note says so for the images).
 
     ``scan``: for a file whose images have a scan axis ``(n_scans, n_energies, rows,
     cols)`` (an operando series), the scan to read; its flats are the scan's own where
@@ -85,6 +89,18 @@ def read_hdf5(path, *, scan: int | None = None, lazy: bool = False, need_energie
                 dsets["energy"], keys = mono, dict(keys, energy=DX_MONO_ENERGY)
             elif mono is not None and mono.size == 1 and mono.dtype.kind in "iuf":
                 one_energy = float(np.asarray(mono[()]).ravel()[0])  # said in the refusal below
+        if scan is None:
+            # (40, 1, rows, cols): an axis of length 1 is no scan axis; dropped as the TIFF reader drops it (the file
+            # was sent to `series`, which failed once per frame); flats and darks alike ((1, 1, rows, cols) darks)
+            for name in ("data", "flat", "dark"):
+                d = dsets[name]
+                if d is not None and d.ndim == 4 and 1 in d.shape[:2]:
+                    dsets[name] = _Squeezed(d)
+                    if name == "data":
+                        notes.append(
+                            f"{path}: /{keys['data']} {d.shape} read as one scan {dsets['data'].shape} (its axis of "
+                            "length 1 dropped)"
+                        )
         data = dsets["data"]
         if data.ndim == 4 and scan is None:
             raise XanestrackError(
@@ -124,7 +140,8 @@ def read_hdf5(path, *, scan: int | None = None, lazy: bool = False, need_energie
             _check_written(d, path, keys[name])
             need += d.size * (d.dtype.itemsize + 4)  # as stored, then as float32
         check_memory(need + int(np.prod(shape)) * 4, source=path, what=f"reading /{keys['data']} {shape} {data.dtype}")
-        if lazy and dsets["flat"] is not None and len(shape) == 3 and data.ndim == 3:
+        whole = isinstance(data, _Squeezed)  # a squeezed dataset is read whole: its frames are not d[k]
+        if lazy and dsets["flat"] is not None and len(shape) == 3 and data.ndim == 3 and not whole:
             counts = FrameReader(path, keys["data"], scan, shape, data.dtype)
             fd = dsets["flat"]
             flats = (
@@ -135,7 +152,7 @@ def read_hdf5(path, *, scan: int | None = None, lazy: bool = False, need_energie
                     tuple(fd.shape),
                     fd.dtype,
                 )
-                if fd.ndim == 3 and fd.shape[0] == shape[0]
+                if fd.ndim == 3 and fd.shape[0] == shape[0] and not isinstance(fd, _Squeezed)
                 else _read(fd, path, keys["flat"])
             )
         else:
@@ -149,6 +166,12 @@ def read_hdf5(path, *, scan: int | None = None, lazy: bool = False, need_energie
                 if one_energy is not None
                 else ""
             )
+            attrs = _attributes(f, keys["data"], r"energ|(?:^|[_ ])eng(?:$|[_ ])")  # X_eng, energy; not "length"
+            if attrs:  # energies kept as an attribute (img_xanes.attrs['X_eng']) are not read: say where they are
+                found += (
+                    f" (energies stored as an attribute are not read: {attrs[0]}; write them as the dataset "
+                    f"/{keys['energy']}, or give them as a file)"
+                )
             raise XanestrackError(
                 f"{path}: no energy dataset /{keys['energy']}{found}; cannot do XANES without energies: pass `energies` "
                 "FILE (one energy per frame)"
@@ -175,6 +198,8 @@ def read_hdf5(path, *, scan: int | None = None, lazy: bool = False, need_energie
                     notes.append(f"{path}: /{cand} is not a positive number; pixel size unknown")
         if pixel is None:
             pixel = _fxi_pixel_size(f, path, notes)
+        if pixel is None:
+            pixel = _attribute_pixel_size(f, keys["data"], path, notes)
     if counts.ndim == 2:
         counts = counts[None]
     if flats is not None and darks is None:
@@ -234,6 +259,26 @@ class _ScanView:
         return self._d
 
 
+class _Squeezed:
+    """A 4-D dataset with its leading axes of length 1 dropped ((40, 1, rows, cols) read as (40, rows, cols)), with
+    the dataset's checks and reads."""
+
+    def __init__(self, d):
+        self._d = d
+        self.shape = (*(n for n in d.shape[:-2] if n != 1), *d.shape[-2:])
+        self.ndim = len(self.shape)
+        self.dtype = d.dtype
+        self.size = int(np.prod(self.shape))
+
+    def __getitem__(self, key):
+        if key == ():
+            return np.asarray(self._d[()]).reshape(self.shape)
+        raise TypeError("a squeezed dataset reads whole")
+
+    def checked(self):
+        return self._d
+
+
 def _dataset(f, name, path, *, must_exist=False):
     """The dataset ``name`` of ``f``, None if absent; refuses groups, loops and broken links."""
     import h5py
@@ -274,7 +319,7 @@ def _dataset(f, name, path, *, must_exist=False):
 
 def _check_written(d, path, name):
     """Refuse a dataset whose storage was never (fully) written: it would read as fill values."""
-    if isinstance(d, _ScanView):
+    if isinstance(d, (_ScanView, _Squeezed)):
         d = d.checked()
     try:
         if d.is_virtual or d.external:  # stored elsewhere: the read below checks it
@@ -329,8 +374,9 @@ def _fxi_pixel_size(f, path, notes):
         raw = f["Pixel Size"][()]
         text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(np.asarray(raw).ravel()[0])
         m = re.fullmatch(r"\s*([0-9.]+(?:[eE][+-]?\d+)?)\s*([^\s\d.]+)\s*", text)
-        if m and m.group(2) in UM_PER_UNIT and float(m.group(1)) > 0:
-            return float(m.group(1)) * UM_PER_UNIT[m.group(2)]
+        scale = um_per_unit(m.group(2)) if m else None  # "21.3 NM" too: case ignored
+        if scale is not None and float(m.group(1)) > 0:
+            return float(m.group(1)) * scale
         notes.append(
             f"{path}: /Pixel Size {text!r} names no unit (nm, um): not used, the pixel size unknown; the particle "
             "radius range is 7-60 px unless `min_radius` / `max_radius` are given"
@@ -341,6 +387,69 @@ def _fxi_pixel_size(f, path, notes):
         notes.append(
             f"{path}: /{found[0]} not read as the pixel size (a detector's pixel, or its unit, cannot be told); the "
             "particle radius range is 7-60 px unless `min_radius` / `max_radius` are given"
+        )
+    return None
+
+
+def _attributes(f, data_name, pattern) -> list:
+    """The attributes of the file's root and of its image dataset whose name matches ``pattern`` (case ignored), as
+    ``/img_xanes attribute 'X_eng' (40 values)``, each with the object and name: for notes and refusals."""
+    import re
+
+    out = []
+    for obj_name in ("", data_name):
+        try:
+            attrs = (f if not obj_name else f[obj_name]).attrs
+            names = list(attrs.keys())
+        except Exception:  # an unreadable attribute table: nothing to say of it
+            continue
+        for name in names:
+            if not re.search(pattern, name, re.IGNORECASE):
+                continue
+            try:
+                n = int(np.asarray(attrs[name]).size)
+            except Exception:
+                n = 0
+            out.append(f"/{obj_name} attribute {name!r} ({n} value{'s' if n != 1 else ''})")
+    return out
+
+
+#: an attribute naming a pixel size, and the unit its name may end with (``pixel_size_um``, ``PixelSize(nm)``)
+_PIXEL_ATTRIBUTE = r"^(?:x_?)?pix(?:el)?[ _]?size(?:[ _(\[]+([a-z\u00b5\u03bc]+)[)\]]?)?$"
+
+
+def _attribute_pixel_size(f, data_name, path, notes):
+    """The pixel size (um) an attribute of the root or of the image dataset gives where its name states the unit
+    (``pixel_size_um``, ``pixel_size_nm``) and its value is one positive number; else None, with a note where such an
+    attribute exists but is not used (``pixel_size`` = 0.0213: its unit cannot be told; a ``units`` attribute beside it
+    may be the images' own)."""
+    import re
+
+    seen = []
+    for obj_name in ("", data_name):
+        try:
+            attrs = (f if not obj_name else f[obj_name]).attrs
+            names = list(attrs.keys())
+        except Exception:  # an unreadable attribute table: nothing to read
+            continue
+        for name in names:
+            m = re.match(_PIXEL_ATTRIBUTE, name, re.IGNORECASE)
+            if not m:
+                continue
+            try:
+                v = np.asarray(attrs[name], dtype=float).ravel()
+            except Exception:  # text or compound: not a number
+                v = np.array([np.nan])
+            scale = um_per_unit(m.group(1)) if m.group(1) else None
+            if scale is not None and v.size == 1 and np.isfinite(v[0]) and v[0] > 0:
+                notes.append(f"{path}: pixel size {v[0] * scale:.4g} um, from the attribute {name!r} of /{obj_name}")
+                return float(v[0] * scale)
+            seen.append(f"/{obj_name} attribute {name!r}" + (f" = {v[0]:g}" if v.size == 1 else ""))
+    if seen:
+        notes.append(
+            f"{path}: {seen[0]} not read as the pixel size (its unit is not in its name, as in pixel_size_um): the "
+            "pixel size unknown; the particle radius range is 7-60 px unless `pixel_size` (or `min_radius` / "
+            "`max_radius`) is given"
         )
     return None
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import XanestrackError, one_line
-from ..units import UM_PER_UNIT
+from ..units import um_per_unit
 from .checks import check_frame_shape, check_memory, check_pixel_dtype, energies_in_ev
 
 __all__ = ["read_tiff_frames", "read_energies_file"]
@@ -21,15 +21,21 @@ def read_tiff_frames(path, *, notes=None) -> np.ndarray:
     against the free memory). Further image series of other frame sizes (thumbnails)
     are ignored, with a note appended to ``notes`` when a list is given.
 
+    ``path`` may be a folder of TIFF files of one frame each (flats or darks saved one per energy, as a scan's
+    frames are): they are read in the natural order of their names (``flat_2`` before ``flat_10``), the order a
+    folder of frames is read in, so that one flat per file pairs with the frame of the same place; a note says so.
+
     Raises
     ------
     XanestrackError (a ValueError)
         If the file is missing, not a readable TIFF, not 2-D/3-D grey images, or too
-        large for the memory.
+        large for the memory; a folder holding no TIFF, or TIFFs of more than one frame or of unlike frames.
     """
     import tifffile
 
     path = Path(path)
+    if path.is_dir():
+        return _tiff_folder(path, notes)
     if not path.is_file():
         raise XanestrackError(f"{path}: file not found")
     try:
@@ -96,25 +102,88 @@ def read_tiff_frames(path, *, notes=None) -> np.ndarray:
     return data.reshape(frames)
 
 
-def tiff_pixel_size(path) -> float | None:
+#: ImageJ's units that state no length: an image not calibrated (``pixel``), or calibrated in none (an empty unit)
+_NO_LENGTH_UNITS = ("", "pixel", "pixels")
+
+
+def _tiff_folder(path: Path, notes) -> np.ndarray:
+    """The frames of a folder of single-frame TIFF files, in the natural order of their names."""
+    from . import _natural_key
+
+    # hidden files are not frames (macOS's ._name.tif), as in a folder of the scan's frames
+    files = sorted(
+        (q for q in path.iterdir() if q.is_file() and q.suffix.lower() in (".tif", ".tiff") and q.name[0] != "."),
+        key=_natural_key,
+    )
+    if not files:
+        raise XanestrackError(
+            f"{path}: a folder holding no TIFF file; give one TIFF stack of the images, or a folder of TIFF files of "
+            "one image each"
+        )
+    first = read_tiff_frames(files[0], notes=notes)
+    what = f"reading {len(files)} frames of {first.shape[1:]}"
+    check_memory(len(files) * first[0].nbytes * 2, source=path, what=what)
+    out = np.empty((len(files), *first.shape[1:]), first.dtype)
+    for k, f in enumerate(files):
+        frame = first if k == 0 else read_tiff_frames(f, notes=notes)
+        if frame.shape[0] != 1:
+            raise XanestrackError(
+                f"{f}: holds {frame.shape[0]} images; a folder given for flats or darks must hold one image per file "
+                "(or give the stack itself)"
+            )
+        if frame.shape[1:] != out.shape[1:] or frame.dtype != out.dtype:
+            raise XanestrackError(
+                f"{f}: an image of {frame.shape[1:]} {frame.dtype}, where {files[0].name} has {out.shape[1:]} "
+                f"{out.dtype}; the images of one folder must match"
+            )
+        out[k] = frame[0]
+    if notes is not None:
+        notes.append(
+            f"{path}: a folder of {len(files)} TIFF files, one image each, read in the natural order of their names "
+            f"({', '.join(f.name for f in files[:2])}{', ...' if len(files) > 2 else ''})"
+        )
+    return out
+
+
+def tiff_pixel_size(path, *, notes=None) -> float | None:
     """The pixel size (um) an ImageJ or OME TIFF states with its unit (ImageJ's ``unit`` and X resolution,
-    OME's ``PhysicalSizeX``); None where the file states none, or none in a length unit."""
+    OME's ``PhysicalSizeX``); None where the file states none, or none in a length unit.
+
+    The unit is read by :func:`~xanestrack.units.um_per_unit` (ImageJ's ``unit=\\u00B5m``, as it writes "µm", and
+    any case). Where the file states a unit that is not understood (``inch``, ``furlong``), a note saying so is
+    appended to ``notes`` when a list is given (the particle radius range then falls back to pixels; it was
+    dropped without a word).
+    """
     import tifffile
+
+    def not_understood(unit, where):
+        if notes is not None:
+            notes.append(
+                f"{path}: {where} states the pixel size in {unit!r}, a unit not understood (nm, um, micron, mm): not "
+                "used, the pixel size unknown; the particle radius range is 7-60 px unless `pixel_size` (or "
+                "`min_radius` / `max_radius`) is given"
+            )
 
     try:
         with tifffile.TiffFile(path) as tf:
             if tf.is_imagej:
-                unit = str((tf.imagej_metadata or {}).get("unit", "")).strip().lower()
+                unit = str((tf.imagej_metadata or {}).get("unit", "")).strip()
                 res = tf.pages[0].tags.get("XResolution")
-                if unit in UM_PER_UNIT and res is not None:
+                scale = um_per_unit(unit)
+                if scale is not None and res is not None:
                     num, den = res.value
-                    return float(den) / float(num) * UM_PER_UNIT[unit] if num and den else None
+                    return float(den) / float(num) * scale if num and den else None
+                if scale is None and unit.lower() not in _NO_LENGTH_UNITS:
+                    not_understood(unit, "its ImageJ metadata")
             if tf.is_ome and tf.ome_metadata:
                 m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tf.ome_metadata)
                 u = re.search(r'PhysicalSizeXUnit="([^"]+)"', tf.ome_metadata)
-                unit = u.group(1).strip().lower() if u else "um"  # OME's default unit: um
-                if m and unit in UM_PER_UNIT and float(m.group(1)) > 0:
-                    return float(m.group(1)) * UM_PER_UNIT[unit]
+                unit = u.group(1).strip() if u else "um"  # OME's default unit: um
+                scale = um_per_unit(unit)
+                if m and scale is not None and float(m.group(1)) > 0:
+                    return float(m.group(1)) * scale
+                if m and scale is None:
+                    not_understood(unit, "its OME metadata")
     except Exception:  # the frames' reader says what is wrong with a file
         return None
     return None

@@ -18,7 +18,9 @@ The default grouping rule (:func:`default_grouping`): a file is a *reference* wh
 *sample*; its energy is ``ImageInfo/Energy`` when that is non-zero, else the number
 before ``eV`` in the name. Repeated exposures at one energy are averaged after
 dividing by their exposure times; each sample energy is divided by the mean
-reference of the same energy (or the reference stored in the file). Pass your own
+reference of the same energy (or the reference stored in the file). Images whose
+energies lie within :data:`ENERGY_TOLERANCE_EV` of one another (a monochromator's
+readback in ``ImageInfo/Energy``) are one energy, with a note. Pass your own
 ``grouping(path, energy_from_metadata) -> (role, energy_ev)`` to override.
 """
 
@@ -306,6 +308,47 @@ def _mean_rate(entries, out):
     return out
 
 
+#: eV: images whose energies lie within this of one another are one energy. A monochromator's readback, where
+#: ImageInfo/Energy records it, scatters about the energy set (the probe's copy of the SSRL 6-2C files, readbacks
+#: written as N(0, 0.03 eV): the 13 images of each energy spread over 0.079 and 0.101 eV, neighbours at most 0.032 eV
+#: apart); a scan's steps are far coarser (the SSRL 6-2C scan's 62 energies, its XANES.txt: 1 eV at the finest)
+ENERGY_TOLERANCE_EV = 0.1
+
+
+def _one_energy_within_tolerance(samples, refs, inner_refs) -> str | None:
+    """Merge, in place, the entries of ``samples``, ``refs`` and ``inner_refs`` (keyed by energy) whose energies are
+    chained within :data:`ENERGY_TOLERANCE_EV` of one another into one energy: the mean of its sample images'
+    energies (or of its references', where it has no sample). A note says so where any was merged; nothing is
+    merged where a chain spans more than twice the tolerance (a scan whose steps are as fine as the tolerance: its
+    energies are then matched exactly, as before)."""
+    energies = sorted(set(samples) | set(refs) | set(inner_refs))
+    chains = [[energies[0]]]
+    for e in energies[1:]:
+        if e - chains[-1][-1] <= ENERGY_TOLERANCE_EV:
+            chains[-1].append(e)
+        else:
+            chains.append([e])
+    if all(len(c) == 1 for c in chains) or any(c[-1] - c[0] > 2 * ENERGY_TOLERANCE_EV for c in chains):
+        return None
+    spread = max(c[-1] - c[0] for c in chains)
+    n_merged = sum(len(c) > 1 for c in chains)
+    for c in chains:
+        if len(c) == 1:
+            continue
+        weights = [(e, len(samples[e][0])) for e in c if e in samples] or [(e, len(refs.get(e, [[]])[0])) for e in c]
+        total = sum(w for _, w in weights)
+        key = round(sum(e * w for e, w in weights) / total, 3) if total else round(float(np.mean(c)), 3)
+        for table in (samples, refs, inner_refs):
+            parts = [table.pop(e) for e in c if e in table]
+            if parts:
+                table[key] = [[x for part in parts for x in part[0]], [x for part in parts for x in part[1]]]
+    return (
+        f"the images' energies (ImageInfo/Energy: the monochromator's readback?) spread over up to {spread:.3f} eV at "
+        f"{n_merged} of the {len(chains)} energies: images within {ENERGY_TOLERANCE_EV:g} eV of one another taken as "
+        "one energy, each the mean of its sample images' energies"
+    )
+
+
 def read_xrm_scan(paths, *, energies=None, grouping=None) -> Stack:
     """Read a XANES scan from .xrm/.txrm files into a Stack (optical density).
 
@@ -361,6 +404,12 @@ def read_xrm_scan(paths, *, energies=None, grouping=None) -> Stack:
                     _accumulate(inner_refs, key, x.reference, x.reference_exposure_s or np.nan, f)
     if not samples:
         raise XanestrackError(f"no sample images among {len(files)} files (all recognised as references)")
+    if energies is None or carried:
+        # one energy's images whose ImageInfo/Energy is the monochromator's readback (8323.98, 8324.03 eV for 8324):
+        # the samples were refused as having no reference, or read as several energies a few 0.01 eV apart
+        readback = _one_energy_within_tolerance(samples, refs, inner_refs)
+        if readback:
+            notes.append(readback)
     keys = sorted(samples)
     if energies is not None:
         e_arr = np.asarray(energies, float).ravel()
@@ -380,10 +429,17 @@ def read_xrm_scan(paths, *, energies=None, grouping=None) -> Stack:
             rent, rfiles = inner_refs.pop(k)
             src = ["(inside the sample file)"]
         else:
+            near = sorted(refs, key=lambda r: abs(r - k))
             raise XanestrackError(
-                f"no reference (flat) images for {k:.2f} eV: samples {sorted({p.name for p in sfiles})}"
-                f"{f' ({len(sfiles)} images)' if len(sfiles) > 1 else ''}; "
-                "add reference files for that energy (name containing '_ref_') or remove the energy"
+                f"no reference (flat) images within {ENERGY_TOLERANCE_EV:g} eV of {k:.2f} eV: samples "
+                f"{sorted({p.name for p in sfiles})}{f' ({len(sfiles)} images)' if len(sfiles) > 1 else ''}; "
+                + (
+                    f"the references are at {', '.join(f'{r:.2f}' for r in sorted(near[:5]))}"
+                    f"{' ...' if len(near) > 5 else ''} eV (the nearest {abs(near[0] - k):.2f} eV away); "
+                    if near
+                    else ""
+                )
+                + "add reference files for that energy (name containing '_ref_') or remove the energy"
             )
         jobs.append((j, k, sent, rent, src))
         groups.append(dict(energy_ev=k, samples=[str(p) for p in sfiles], references=src))
