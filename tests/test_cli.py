@@ -248,6 +248,8 @@ def test_run_with_user_references(synth_dir, tmp_path):
             str(synth_dir / "stack.h5"),
             "--reference",
             f"Co={tmp_path / 'other_edge.txt'}",
+            "--reference",  # two: one alone is refused before anything is read
+            f"Ni3={tmp_path / 'LiNiO2.txt'}",
             "--out",
             str(tmp_path / "z"),
         ],

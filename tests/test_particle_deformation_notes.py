@@ -280,14 +280,13 @@ def _tiny_stack(**metadata):
     return Stack(s.optical_density(), s.energies_ev, metadata=metadata)
 
 
-@pytest.mark.parametrize("how", ["recalibrate", "calibrated stack", "own references"])
-def test_no_note_where_the_axis_is_calibrated_or_the_references_are_the_users(how):
+@pytest.mark.parametrize("how", ["recalibrate", "calibrated stack"])
+def test_no_note_where_the_axis_is_calibrated(how):
+    # a user's references on an axis not calibrated are noted too (tests/test_user_reference_notes.py)
     stack = _tiny_stack(**({"energy_calibration": {"shift_ev": 0.0}} if how == "calibrated stack" else {}))
     kw = {}
     if how == "recalibrate":
         kw["recalibrate"] = lambda particles, energies: energies + 0.0
-    if how == "own references":
-        kw["references"] = ni_references()
     result = run_pipeline(stack, **kw)
     assert any(p.fractions is not None for p in result.particles)
     assert not any(n.startswith(UNCALIBRATED_NOTE) for n in result.notes)

@@ -939,6 +939,11 @@ def run(
             reference_e0,
         )
         check_output_dir(out, overwrite=overwrite, inputs=given, kind="run")  # before reading: refuse early
+        # one reference: refused before the reading (a NAME=FILE mistyped or not found is said after it, as before)
+        if reference and len(reference) == 1 and "=" in reference[0] and Path(reference[0].split("=", 1)[1]).is_file():
+            from .pipeline import ONE_REFERENCE
+
+            raise XanestrackError(ONE_REFERENCE.format(given=f"--reference {reference[0]} alone"))
         for name, value, model in (("detector", detector, detector_model), ("segmenter", segmenter, segmenter_model)):
             if value not in ("classical", "learned"):
                 raise XanestrackError(f"--{name} takes 'classical' or 'learned', got {value!r}")

@@ -2337,8 +2337,8 @@ def run_pipeline(
     segmenter : callable(rois) -> masks, optional
         Default: the classical segmenter with ``options.segment``.
     references : dict of name -> ReferenceSpectrum, optional
-        For the linear combination fit; default the shipped Ni references when the
-        scan covers the Ni K-edge, else none.
+        For the linear combination fit, two or more (one is refused: the fractions sum to
+        one); default the shipped Ni references when the scan covers the Ni K-edge, else none.
     progress : callable(stage: str, done: int, total: int), optional
     recalibrate : callable(particles, energies_ev) -> ndarray or None, optional
         Called once every particle is analysed, with their :class:`ParticleResult` s and
@@ -2353,7 +2353,7 @@ def run_pipeline(
 
     Notes
     -----
-    Where the shipped references fit the fractions and the axis is not calibrated (no
+    Where references (the shipped or the caller's) fit the fractions and the axis is not calibrated (no
     ``recalibrate``, and no ``stack.metadata["energy_calibration"]``: the record of a
     calibration applied to ``stack.energies_ev`` before the run, as ``run --energy-reference``
     does), a run note says how far each 0.5 eV of calibration error moves the fractions
@@ -2849,8 +2849,16 @@ def run_pipeline(
         calibrated=recalibrate is not None or bool(stack.metadata.get("energy_calibration")),
     )
     notes += [n for n in (_moving_rim_run_note(particles),) if n]
-    if default_references and references and recalibrate is None and not stack.metadata.get("energy_calibration"):
-        notes += [n for n in (_uncalibrated_note(particles, energies, references, options.lcf_window),) if n]
+    # a user's references too (they were left out: the same spectra as the shipped, given with --reference, lost the
+    # note, though an offset of the scan's axis against theirs moves the fractions as much)
+    if references and recalibrate is None and not stack.metadata.get("energy_calibration"):
+        notes += [
+            n
+            for n in (
+                _uncalibrated_note(particles, energies, references, options.lcf_window, shipped=default_references),
+            )
+            if n
+        ]
     # on the final energies (after a --known-edge calibration), beside the references' own notes
     norm_bias, bias_note = _normalisation_bias(particles, references, energies, default_references, options)
     notes += [bias_note] if bias_note else []
@@ -2902,35 +2910,93 @@ def _particles_background(particles, energies) -> float | None:
     return float(np.clip(np.median(shares), 0.0, 50.0)) if shares else None
 
 
+#: a user's reference that xanestrack's own normalisation (:func:`xanestrack.xanes.normalize`, at its E0) changes
+#: by less than this anywhere is one xanestrack normalised itself (:func:`xanestrack.spectra.prepare_reference`,
+#: in the CLI or :func:`_user_references`): measured 2.4e-7 at most on the real Ni and Co references so normalised
+#: (xasdatalibrary Ni foil, Ni(OH)2, "Ni2O3", NiS, Co foil; larch's NiO and Ni foil), against 0.028 / 0.024 for the
+#: pyxas NiO / LiNiO2 (their provider's normalisation, fitted as given) (:func:`_reference_used_as_given`)
+SELF_NORMALISED_TOLERANCE = 1e-4
+
+
+def _reference_used_as_given(ref, energies) -> bool:
+    """Whether the fit uses a user's reference with its values as given, normalised by its provider
+    (:func:`xanestrack.spectra.prepare_reference` left it as it was, and it is not xanestrack's own normalisation:
+    :data:`SELF_NORMALISED_TOLERANCE`). False for one xanestrack normalised (or would normalise: as measured), and
+    for callables and references it cannot judge."""
+    from .spectra import ReferenceSpectrum, prepare_reference
+    from .xanes import find_e0, normalize
+
+    if not isinstance(ref, ReferenceSpectrum) or ref.energies_ev.size < 8:
+        return False
+    try:
+        prepared, _ = prepare_reference(ref, energies)
+    except ValueError:
+        return False
+    if prepared is not ref:  # as measured: the fit gets it normalised as the particles are
+        return False
+    try:
+        again = normalize(ref.energies_ev, ref.mu, e0_ev=find_e0(ref.energies_ev, ref.mu)).norm
+    except ValueError:  # too short to normalise, and normalised as given: fitted as it is
+        return True
+    return float(np.max(np.abs(np.asarray(again, float) - ref.mu))) > SELF_NORMALISED_TOLERANCE
+
+
 def _normalisation_bias(particles, references, energies, default_references: bool, options) -> tuple[dict | None, str]:
     """``(bias, note)``: eV per reference, the bias of E50 from the normalisation on the scan's energies
-    (:func:`xanestrack.chemistry.normbias.normalisation_bias`; the shipped references against their provider's
-    normalisation, a user's against the same normalisation on its own energies, with the particles' own pre-edge
-    under the step, :func:`_particles_background`), the references whose bias could be measured (None without
-    references or XANES); and the run's note on it (:func:`xanestrack.chemistry.normbias.normalisation_bias_note`),
-    over the references' biases and those of their mixes (:func:`~xanestrack.chemistry.normbias.mixture_bias`: on
-    synth's 30-energy grid the 50:50 mix of the shipped references -0.188 eV, NiO -0.056 and LiNiO2 -0.161 eV),
-    ``""`` where it does not matter or there are no particles."""
+    (:func:`xanestrack.chemistry.normbias.normalisation_bias`, with the particles' own pre-edge under the step,
+    :func:`_particles_background`), the references whose bias could be measured (None without references or XANES);
+    and the run's note on it (:func:`xanestrack.chemistry.normbias.normalisation_bias_note`), over the references'
+    biases and those of their mixes (:func:`~xanestrack.chemistry.normbias.mixture_bias`: on synth's 30-energy grid
+    the 50:50 mix of the shipped references -0.188 eV, NiO -0.056 and LiNiO2 -0.161 eV), ``""`` where it does not
+    matter or there are no particles.
+
+    Each reference is measured against its E50 as the fit uses it: the shipped references and a user's normalised
+    by its provider (:func:`_reference_used_as_given`) where their values cross 0.5 (``dense="given"``); a user's
+    that xanestrack normalised against the same normalisation on its own energies (``"normalised"``), and a mix
+    so where either of its two is. The pyxas NiO / LiNiO2 given with ``--reference`` had all been measured the
+    second way: on a 60-energy synth scan NiO -0.29 / LiNiO2 +0.04 eV, spread 0.34 eV, where the same spectra
+    shipped read -0.18 / +0.03 eV, 0.21 (its NiO particle measured -0.147 eV from the truth, LiNiO2 -0.003)."""
     from .chemistry.normbias import mixture_bias, normalisation_bias, normalisation_bias_note
 
     if not references or len(energies) < options.min_xanes_energies:
         return None, ""
     kw = dict(
-        dense="given" if default_references else "normalised",
         edge_window=options.edge_window,
         background=_particles_background(particles, energies),  # the scene's own pre-edge under its step
     )
-    bias = {k: v for k, v in normalisation_bias(energies, references, **kw).items() if np.isfinite(v)}
+    given = {k: default_references or _reference_used_as_given(r, energies) for k, r in references.items()}
+    raw = {}
+    for how in ("given", "normalised"):
+        part = {k: r for k, r in references.items() if given[k] == (how == "given")}
+        raw.update(normalisation_bias(energies, part, dense=how, **kw) if part else {})
+    bias = {k: raw[k] for k in references if k in raw and np.isfinite(raw[k])}  # in the order given
     if not bias or not particles:
         return bias, ""
-    return bias, normalisation_bias_note(bias, mixture_bias(energies, references, **kw))
+    from .spectra import ReferenceSpectrum
+
+    mixes = {}
+    names = [k for k, r in references.items() if isinstance(r, ReferenceSpectrum) and r.energies_ev.size >= 8]
+    for a, b in zip(names[:-1], names[1:]):  # as mixture_bias pairs them, each pair as its references are measured
+        pair = {a: references[a], b: references[b]}
+        mixes.update(mixture_bias(energies, pair, dense="given" if given[a] and given[b] else "normalised", **kw))
+    return bias, normalisation_bias_note(bias, mixes)
+
+
+#: the refusal of a single reference (``{given}``: what was given), by :func:`_user_references` and ``run
+#: --reference``: the fit's fractions sum to one, so one reference gave every pixel 1.000 +- 0.000 and every
+#: particle an oxidised_fraction of 1.0 (a 60-energy synth scan, NiO, core-shell and gradient particles alike)
+ONE_REFERENCE = (
+    "{given}: the fractions need two or more references (they sum to one: with one, every fraction is 1); give "
+    "another, or none for the edge-energy maps alone (E50, whiteline: they need no reference; a Ni K-edge scan is "
+    "then fitted with the shipped NiO and LiNiO2)"
+)
 
 
 def _user_references(references, energies) -> tuple[dict, list]:
     """The references a caller gave, checked before anything is computed, and notes: each
     :class:`~xanestrack.spectra.ReferenceSpectrum` made ready for the fit
     (:func:`~xanestrack.spectra.prepare_reference`: normalised where it is not, refused where its edge is
-    not in the scan). Spectra as measured were fitted as given from Python (the CLI prepared them):
+    not in the scan); a single reference is refused (:data:`ONE_REFERENCE`). Spectra as measured were fitted as given from Python (the CLI prepared them):
     pure NiO particles 0.39 NiO against 0.90 with the normalised references, without a word."""
     from collections.abc import Mapping
 
@@ -2943,6 +3009,8 @@ def _user_references(references, energies) -> tuple[dict, list]:
         )
     if len(references) > 6:
         raise ValueError(f"references: at most 6 references supported, got {len(references)}")
+    if len(references) == 1:  # every fraction 1.000 +- 0.000 and oxidised_fraction 1.0, by the sum to one alone
+        raise ValueError(ONE_REFERENCE.format(given=f"references: one given ({next(iter(references))})"))
     out, notes = {}, []
     for name, ref in references.items():
         if isinstance(ref, ReferenceSpectrum):
@@ -3004,32 +3072,48 @@ def _coarse_reference_notes(references: dict, energies) -> list:
     return out
 
 
+#: the share of its edge step where a reference's edge is placed (its first crossing) to tell its oxidation state
+#: from the others' (:func:`_oxidised_order_note`). Measured on the real references of ../shared/data (SOURCES.md),
+#: the first crossing of 0.2 / 0.3 / 0.5: Ni foil (larch) 8333.4 / 8334.8 / 8341.1 eV, Ni metal (xasdatalibrary)
+#: 8331.9 / 8333.2 / 8339.5, NiO (pyxas) 8337.3 / 8338.2 / 8340.1, LiNiO2 (pyxas) 8338.7 / 8339.6 / 8341.9; MnO
+#: 6542.2 / 6543.0 / 6544.0, Mn3O4 6542.8 / 6544.4 / 6546.1, Mn2O3 6546.6 / 6547.7 / 6549.7, MnO2 6542.3 / 6550.0 /
+#: 6551.7 (the Mn files span 6520-6630 eV only: normalised by a pre-edge line to 6532 eV and the mean from 6590 eV).
+#: At 0.5 (E50) the metal's shoulder and slow rise put the foil above NiO (the note told the user to give the metal
+#: last); at 0.2 MnO2's pre-edge peak put it below Mn2O3, and so did the derivative's maximum (E0: 6551.9 against
+#: 6552.8 eV). At 0.3 each set is in the order of its oxidation state
+ORDER_EDGE_LEVEL = 0.3
+
+
 def _oxidised_order_note(references: dict, energies) -> str:
     """The note where the last reference, whose fraction is the particles' ``oxidised_fraction`` (their table,
     ``series.csv``, the series report), has not the highest edge: references given as LiNiO2 then NiO made every
-    particle's "oxidised" fraction its NiO fraction (0.70 became 0.30), without a word. Empty otherwise."""
+    particle's "oxidised" fraction its NiO fraction (0.70 became 0.30), without a word. Empty otherwise.
+
+    The edge is where the reference first reaches :data:`ORDER_EDGE_LEVEL` of its step (E50 put a Ni foil's
+    edge above NiO's, and the note asked for the metal last)."""
     if len(references) < 2:
         return ""
     e = np.asarray(energies, float)
     grid = np.arange(e.min(), e.max(), 0.05)
-    half = {}
+    edge = {}
     for name, ref in references.items():
         try:
             mu = np.asarray(ref(grid), float)
         except Exception:  # a callable that cannot be evaluated off the scan's energies: not judged
             return ""
-        up = np.flatnonzero((mu[:-1] < 0.5) & (mu[1:] >= 0.5))
+        up = np.flatnonzero((mu[:-1] < ORDER_EDGE_LEVEL) & (mu[1:] >= ORDER_EDGE_LEVEL))
         if not up.size:
             return ""
-        half[name] = float(grid[up[0] + 1])
+        edge[name] = float(grid[up[0] + 1])
     last = list(references)[-1]
-    top = max(half, key=half.get)
-    if half[top] - half[last] <= 0.1:
+    top = max(edge, key=edge.get)
+    if edge[top] - edge[last] <= 0.1:
         return ""
     return (
         f"oxidised_fraction (the particles' table, series.csv) is the fraction of the last reference given, {last} "
-        f"(half its step at {half[last]:.1f} eV), but {top}'s edge lies higher ({half[top]:.1f} eV): give the "
-        "references in the order of their oxidation state, the most oxidised last"
+        f"(its edge, where it first reaches {ORDER_EDGE_LEVEL:g} of its step, at {edge[last]:.1f} eV), but {top}'s "
+        f"edge lies higher ({edge[top]:.1f} eV): give the references in the order of their oxidation state, the most "
+        "oxidised last"
     )
 
 
@@ -4253,8 +4337,8 @@ NI_REFERENCE_EDGE_EV = 8340.0
 #: eV: the calibration error the note on an uncalibrated axis quotes the fractions' change for
 #: (:func:`_uncalibrated_note`; a monochromator is off by 0.5-3 eV between beamtimes)
 CALIBRATION_STEP_EV = 0.5
-#: how the run note on fractions fitted on an uncalibrated axis begins
-UNCALIBRATED_NOTE = "the oxidised fractions are fitted with the shipped references"
+#: how the run note on fractions fitted on an uncalibrated axis begins (with the shipped references or a user's)
+UNCALIBRATED_NOTE = "the oxidised fractions are fitted on an energy axis not calibrated"
 #: a particle's mean spectrum fitted with a fraction within this of 0 (another's of 1) sits at the fit's bounds:
 #: left out of :func:`_uncalibrated_note`'s change per 0.5 eV (0 there: the axis 3-15 eV off read "0.00")
 BOUND_FRACTION = 1e-3
@@ -4266,11 +4350,13 @@ BOUND_FRACTION = 1e-3
 UNCALIBRATED_E50_OUTSIDE_EV = 1.0
 
 
-def _uncalibrated_note(particles, energies, references, lcf_window) -> str:
-    """The run note where the fractions come from the shipped references on an energy axis not calibrated.
+def _uncalibrated_note(particles, energies, references, lcf_window, *, shipped: bool = True) -> str:
+    """The run note where the fractions are fitted on an energy axis not calibrated (``shipped``: with the shipped
+    references; else with the caller's, which the note asks to be on the scan's own axis).
 
     The references were measured on another (calibrated) axis; a scan's axis is off by its monochromator's
-    offset. A +1 eV offset moved the default scene's oxidised fractions by 0.35-0.40, 7 of its 9 particles with
+    offset. A user's references are as sensitive to it (the shipped NiO / LiNiO2 given with ``--reference``: the
+    same 0.19 per 0.5 eV on a 60-energy synth scan), unless they were measured on the scan's own axis. A +1 eV offset moved the default scene's oxidised fractions by 0.35-0.40, 7 of its 9 particles with
     no note (the references still describe their spectra, shifted; --known-edge recovered them). The change
     per :data:`CALIBRATION_STEP_EV` is computed from each particle's mean normalised spectrum and the
     references used (:func:`xanestrack.chemistry.calibration.fraction_shift_sensitivity`), not assumed.
@@ -4320,9 +4406,9 @@ def _uncalibrated_note(particles, energies, references, lcf_window) -> str:
     half = half_step_energies(references)
     apart = max(half.values()) - min(half.values()) if len(half) > 1 else float("nan")
     text = (
-        f"{UNCALIBRATED_NOTE} ({', '.join(names)}"
+        f"{UNCALIBRATED_NOTE}, with the {'shipped references' if shipped else 'references given'} ({', '.join(names)}"
         + (f", {apart:.1f} eV apart at half step" if np.isfinite(apart) else "")
-        + ") on an energy axis not calibrated: "
+        + ("): " if shipped else "), unless these were measured on the scan's own axis: ")
     )
     if moves:
         spread = f" ({min(moves):.2f}-{max(moves):.2f} over {len(moves)} particles)" if len(moves) > 1 else ""
