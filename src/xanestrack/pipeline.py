@@ -2801,7 +2801,7 @@ def run_pipeline(
         notes.append(ref_note)
     if len(particles) >= 3 and len(energies) >= 3:
         notes += _field_motion_notes(motion, energies, options)
-        scale_note = _large_scale_note(similarity)
+        scale_note = _large_scale_note(similarity, motion)
         if scale_note:
             notes.append(scale_note)
     elif len(particles) >= 3 and len(energies) == 2:
@@ -2820,6 +2820,9 @@ def run_pipeline(
     if len(table):
         table = table.merge(motion.drop(columns=["y", "x"]), on=["particle", "frame"], how="left")
         sim = similarity[["frame", "common_dy", "common_dx", "scale"]].rename(columns={"scale": "common_scale"})
+        if options.rotation:
+            # the fitted turn (--rotation) was in results.h5 alone; positive counter-clockwise as the image is shown
+            sim["common_rotation_deg"] = np.degrees(similarity["rotation_rad"].to_numpy(float))
         table = table.merge(sim, on="frame", how="left")
     # the summary of each particle's own motion over its frames vouched for, not over positions filled
     # in or measured wrong (a particle entering the field late, cut by the border: 9.1-9.8 px of own
@@ -2827,7 +2830,10 @@ def run_pipeline(
     # (over the frames vouched for even where the shared motion had to be fitted on every measured position:
     # stress-all seed 2, a particle's largest own motion 3.81 px from a frame flagged disagree, 3.30 over its
     # frames vouched for)
-    ratios = peak_ratios(motion, reliable=summary_frames) if len(motion) else pd.DataFrame()
+    ratios = (
+        peak_ratios(motion, reliable=summary_frames, noise_px=_position_noise(table)) if len(motion) else pd.DataFrame()
+    )
+    notes += [n for n in (_still_field_note(ratios),) if n]
     timings["motion"] = time.perf_counter() - t
 
     fused = None
@@ -3683,17 +3689,22 @@ FIELD_NOTE_SHARE = 0.8
 FIELD_NOTE_PX = 0.5
 
 
-#: a change of the field's fitted scale across the scan beyond this share is named in a run note: a zone plate
+#: a change of the field's fitted scale across the scan beyond this share is said to be more than the optics give
+#: (the note itself is given from FIELD_NOTE_PX at the particles' median distance from the centre): a zone plate
 #: refocused on the energy changes the magnification by 0.3-1 % across a XANES scan (issue 15's range); stress-all,
 #: its particles drifting on their own and 1 % magnified, was fitted 4.3 % (its own drift outward taken for it);
 #: the default scene of seed 23, its particles drifting 1-6 px each way, 1.5 %
 LARGE_SCALE_CHANGE = 0.02
 
 
-def _large_scale_note(similarity) -> str:
-    """A note where the common motion's scale changes by more than :data:`LARGE_SCALE_CHANGE` across the scan:
-    a uniform swelling or shrinking of the electrode, or particles drifting outward together, is a change of
-    scale as well, and is taken into it rather than into the particles' own motions."""
+def _large_scale_note(similarity, motion=None) -> str:
+    """A note where the common motion's change of scale across the scan moves the particles by
+    :data:`FIELD_NOTE_PX` or more at their median distance from the field's centre (as the two-frame note's; without
+    ``motion``, where it changes by more than :data:`LARGE_SCALE_CHANGE`): a uniform swelling or shrinking of the
+    electrode, or particles drifting outward together, is a change of scale as well, and is taken into it rather
+    than into the particles' own motions. The default scene of seed 5 (256 px, 60 energies, 6 particles, no
+    magnification in the truth) was fitted a scale of 0.9872 (-1.28 %, under the 2 % that alone gave the note), its
+    particles' own motions off by up to 1.09 px, nothing said."""
     if similarity is None or "scale" not in similarity or not len(similarity):
         return ""
     scale = np.asarray(similarity["scale"], float)
@@ -3701,13 +3712,76 @@ def _large_scale_note(similarity) -> str:
     if not scale.size:
         return ""
     change = float(scale.max() - scale.min())
-    if not change > LARGE_SCALE_CHANGE:
+    moved = lever = np.nan
+    if motion is not None and len(motion):
+        from .motion import _own_motions
+
+        _, ref = _own_motions(motion)
+        centre = np.asarray(similarity.attrs.get("centre", (np.nan, np.nan)), float)
+        d = np.hypot(*(ref - centre).T)
+        d = d[np.isfinite(d)]
+        if d.size:
+            lever = float(np.median(d))
+            moved = change * lever
+    if not (moved >= FIELD_NOTE_PX if np.isfinite(moved) else change > LARGE_SCALE_CHANGE):
         return ""
+    how_far = (
+        f", moving the particles by {moved:.1f} px at their median distance from the field's centre ({lever:.0f} px)"
+        if np.isfinite(moved)
+        else ""
+    )
+    optics = (
+        "more than a zone plate refocused on the energy gives (0.3-1 %)"
+        if change > LARGE_SCALE_CHANGE
+        else "taken as a change of the optics' magnification (a zone plate refocused on the energy: 0.3-1 %)"
+    )
     return (
-        f"the field's scale (magnification) fitted to the particles changes by {100 * change:.1f} % across the scan, "
-        f"more than a zone plate refocused on the energy gives (0.3-1 %): a uniform swelling or shrinking of the "
-        "electrode, or particles drifting outward or inward together, cannot be told from a change of magnification "
-        "and is counted in it, not in the particles' own motions; where the optics' magnification is known, compare"
+        f"the field's scale (magnification) fitted to the particles changes by {100 * change:.1f} % across the scan "
+        f"(common_scale {scale.min():.4f} to {scale.max():.4f}){how_far}, {optics}: a uniform swelling or shrinking of "
+        "the electrode, or particles drifting outward or inward together, cannot be told from a change of "
+        "magnification and is counted in it, not in the particles' own motions; where the optics' magnification is "
+        "known, compare"
+    )
+
+
+def _position_noise(table) -> float:
+    """The positions' noise, px per frame and component: the 90th percentile over the frames of the RMS over the
+    particles of the raw edge estimates (``edge_y, edge_x``) about the positions reported (smoothed across the
+    energies); NaN where there is none to measure (no edge estimates, or positions not smoothed:
+    ``--no-smooth-tracks``). The noisiest frames, not the median: a still field's peak common velocity comes of them
+    (the rigid scene with no stage motion: 0.009 px median, 0.039 at the 90th percentile, in its pre-edge frames,
+    where its common translation erred by up to 0.043 px)."""
+    if not len(table) or not {"edge_y", "edge_x", "y", "x", "frame"} <= set(table):
+        return np.nan
+    r2 = (table["edge_y"] - table["y"]) ** 2 + (table["edge_x"] - table["x"]) ** 2
+    per_frame = np.sqrt(r2.groupby(table["frame"]).mean() / 2.0).to_numpy(float)  # per component
+    per_frame = per_frame[np.isfinite(per_frame)]
+    noise = float(np.percentile(per_frame, 90)) if per_frame.size else np.nan
+    return noise if noise > 0 else np.nan
+
+
+def _still_field_note(ratios) -> str:
+    """The note where a particle's ratio of peak velocities is not defined: the field's common motion is within
+    the fit's noise (:data:`xanestrack.motion.STILL_FIELD_NOISE`), as on frames aligned upstream."""
+    from .motion import STILL_FIELD_NOISE
+
+    if not len(ratios) or not {"ratio_v", "ratio_h", "peak_rigid_vy", "peak_rigid_vx"} <= set(ratios):
+        return ""
+    undefined = [
+        c
+        for c, r in (("ratio_v", "peak_rigid_vy"), ("ratio_h", "peak_rigid_vx"))
+        if (ratios[c].isna() & ratios[r].notna()).any()
+    ]
+    if not undefined:
+        return ""
+    least = float(ratios.attrs.get("least_common_velocity", np.nan))
+    return (
+        f"the field hardly moves: its peak common velocity, {ratios['peak_rigid_vy'].max():.3f} px/frame along y "
+        f"and {ratios['peak_rigid_vx'].max():.3f} along x, is within the positions' noise (below {least:.3f}, "
+        f"{STILL_FIELD_NOISE:g} times their {least / STILL_FIELD_NOISE:.3f} px per frame: the raw edge estimates "
+        f"about the positions reported), so {' and '.join(undefined)} (own against common "
+        "velocity) are not defined and are left NaN in motion_summary.csv; each particle's own motion "
+        "(peak_nonrigid_vy, peak_nonrigid_vx, max_nonrigid_displacement) is given as measured"
     )
 
 
@@ -3783,20 +3857,38 @@ def _field_motion_notes(motion, energies, options) -> list[str]:
     A, share = field_strain(motion)
     if not A.size or share < FIELD_NOTE_SHARE:
         return notes
-    size = np.abs(A).max(axis=(1, 2))
-    k = int(np.argmax(size))
-    if not size[k] * lever >= FIELD_NOTE_PX:
+    left = np.abs(A).max(axis=(1, 2))  # what the common motion left in the particles' own motions
+    if not left.max() * lever >= FIELD_NOTE_PX:
         return notes
-    a = A[k]
+    # the field's deformation is A and the fitted scale change together: the scale took the isotropic part of a
+    # stretch (the rigid scene stretched by 1 % along x only, 8 particles: -0.22 % along y, +0.59 % along x quoted at
+    # frame 47, where the remainder was largest; with the scale, +0.00 / +0.81 % there, the truth 0 / +0.80 %, and
+    # +0.00 / +1.01 % at the last frame, where the stretch is largest)
+    sim = motion.attrs.get("similarity")
+    scale = np.ones(len(A))
+    if sim is not None and len(sim) and "scale" in sim:
+        frames = np.sort(motion["frame"].unique())
+        scale = sim.set_index("frame")["scale"].reindex(frames).to_numpy(float)
+        scale = np.where(np.isfinite(scale), scale, 1.0)
+    total = A + (scale - 1.0)[:, None, None] * np.eye(2)
+    size = np.abs(total).max(axis=(1, 2))
+    k = int(np.argmax(size))
+    a = total[k]
+
+    def pct(v):  # a percentage to two decimals, "+0.00" rather than "-0.00" for a stretch along x alone
+        return float(np.round(100 * v, 2)) + 0.0
+
     notes.append(
         f"the particles' own (non-rigid) motions are mostly ({100 * share:.0f} %) one uniform deformation of the "
         f"whole field, which the common motion (translation, scale{', rotation' if options.rotation else ''}) "
-        f"does not take: up to {100 * a[0, 0]:+.2f} % strain along y, {100 * a[1, 1]:+.2f} % along x, "
-        f"{100 * (a[0, 1] + a[1, 0]) / 2:+.2f} % shear"
+        f"does not take whole: with the fitted magnification, up to {pct(a[0, 0]):+.2f} % strain along y, "
+        f"{pct(a[1, 1]):+.2f} % along x, {pct((a[0, 1] + a[1, 0]) / 2):+.2f} % shear"
         + ("" if options.rotation else f", {np.degrees((a[1, 0] - a[0, 1]) / 2):+.2f} degrees of turn")
-        + f" (frame {k}, {energies[k]:.1f} eV; "
-        f"{size[k] * lever:.1f} px at the particles' median distance from their centroid): a strain of the "
-        "electrode as a whole or of the image (optics, detector); the particles' own motions are relative to it"
+        + f" (frame {k}, {energies[k]:.1f} eV; {size[k] * lever:.1f} px at the particles' median distance from "
+        f"their centroid), of which the common scale took {100 * (scale[k] - 1):+.2f} % along both (common_scale: "
+        f"not all of it a magnification of the optics) and the own motions keep up to {left.max() * lever:.1f} px: "
+        "a strain of the electrode as a whole or of the image (optics, detector); the particles' own motions are "
+        "relative to it"
     )
     return notes
 
@@ -3880,6 +3972,9 @@ CONSOLE_NOTE_WORDS = (
     "common step between key frames could not be told",
     "the normalisation's bias on this scan's energies",  # E50 moved by how the post-edge is sampled (normbias)
     "mean E50 not given",  # a "-" under the mean E50: a gap of frames across its edge, few pixels measured
+    # the clusters asked for are not phases (_cluster_note: one spread of pixels cut in two, a window without the
+    # edge) or were not made (too few frames or pixels): said in the report alone before, clusters.csv silent
+    "phase mapping: ",
 )
 
 #: the words of a particle's note where its mean E50 is withheld (:mod:`xanestrack.xanes`), and of the run note
@@ -4131,6 +4226,12 @@ def _check_chemistry_options(options: PipelineOptions) -> None:
         raise ValueError(f"options.uncertainty must be True or False, got {options.uncertainty!r}")
 
 
+#: the fewest of the scan's energies a cluster window may hold (:func:`_check_options`): what the clustering
+#: itself refuses below (:mod:`xanestrack.chemistry.phases`: its PCA, k-means and NMF on a window need 2). The
+#: clustering uses only the frames every particle used, so a window may still hold too few of those there
+CLUSTER_WINDOW_MIN_ENERGIES = 2
+
+
 def _check_options(options: PipelineOptions, energies) -> None:
     """Refuse options that cannot work before anything is computed (some were refused only after the whole scan
     was processed, others were taken for another value: ``scale_model="bogus"`` ran as "frame")."""
@@ -4164,6 +4265,17 @@ def _check_options(options: PipelineOptions, energies) -> None:
     e = np.asarray(energies, float)
     if options.clusters and w is not None and (w[1] < e[0] or w[0] > e[-1]):
         raise ValueError(f"options.cluster_window {tuple(w)} eV lies outside the scan's {e[0]:.1f}-{e[-1]:.1f} eV")
+    if options.clusters and w is not None:
+        # a window of too few energies was refused by the clustering, after the whole scan was processed
+        inside = e[(e >= w[0]) & (e <= w[1])]
+        if inside.size < CLUSTER_WINDOW_MIN_ENERGIES:
+            near = np.sort(e[np.argsort(np.abs(e - 0.5 * (w[0] + w[1])))[:4]])
+            raise ValueError(
+                f"options.cluster_window {tuple(float(v) for v in w)} eV holds {inside.size} of the scan's energies"
+                + (f" ({', '.join(f'{v:.1f}' for v in inside)} eV)" if inside.size else "")
+                + f"; the clustering needs {CLUSTER_WINDOW_MIN_ENERGIES} or more: widen it (the scan's energies "
+                f"nearest it: {', '.join(f'{v:.1f}' for v in near)} eV)"
+            )
 
 
 def phase_mapping(particles, norms, energies_ev, *, options: PipelineOptions = PipelineOptions()):

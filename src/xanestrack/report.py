@@ -154,9 +154,19 @@ def _max_nonrigid(result) -> pd.Series:
 
 
 def _e50_limits(result):
-    vals = [p.edge_maps["e50"][np.isfinite(p.edge_maps["e50"])] for p in result.particles if "e50" in p.edge_maps]
+    """The E50 colour scale of the report: the 2nd-98th percentiles of every particle's kept E50 pixels
+    (:func:`_kept_e50`, as drawn)."""
+    vals = [m[np.isfinite(m)] for m in (_kept_e50(p) for p in result.particles if "e50" in p.edge_maps)]
     allv = np.concatenate(vals) if vals else np.array([])
     return _limits(allv, 2, 98, default=(8330.0, 8350.0))
+
+
+def _kept_e50(p) -> np.ndarray:
+    """A particle's E50 map where its quality masks keep the pixel (``p.kept``), NaN elsewhere: what the E50
+    figures draw and chemistry.csv's percentiles are over, as the whiteline and sigma figures. The rejected pixels
+    were drawn and counted (a scene at 800 counts: 122 pixels with |E50 error| 0.35-0.82 eV in median, against
+    0.19-0.26 eV kept; "of the 8684 pixels drawn" where the sigma figure drew 8562)."""
+    return np.where(p.kept, p.edge_maps["e50"], np.nan)
 
 
 def _visible_rejected(result) -> pd.DataFrame:
@@ -379,10 +389,11 @@ def overview_figure(result, *, pixel_size_um: float | None = None) -> Figure:
 def chemistry_figure(result, *, pixel_size_um: float | None = None) -> Figure:
     """Edge energy E(mu_norm = 0.5) of every particle on one colour scale, over the first frame.
 
-    The scale is the 2nd-98th percentiles of every particle's pixels (:func:`_e50_limits`);
-    its clipped ends are marked on the colour bar and counted in the caption. With
-    ``pixel_size_um`` a scale bar.
-    Table ``chemistry``: per particle its origin and the 2/50/98 percentiles of its map.
+    Only the pixels the quality masks keep are drawn (:func:`_kept_e50`). The scale is the 2nd-98th
+    percentiles of every particle's kept pixels (:func:`_e50_limits`); its clipped ends are marked on the
+    colour bar and counted in the caption. With ``pixel_size_um`` a scale bar.
+    Table ``chemistry``: per particle its origin, the number of kept pixels with an E50 and their 2/50/98
+    percentiles.
     The maps themselves are the ``particle_NNN_edge_e50`` tables of :func:`particle_figure`.
     """
     base = _base_image(result)
@@ -391,12 +402,12 @@ def chemistry_figure(result, *, pixel_size_um: float | None = None) -> Figure:
     elo, ehi = _e50_limits(result)
     rows, drawn = [], []
     for p in result.particles:
-        m = p.edge_maps["e50"]
+        m = _kept_e50(p)
         fin = np.isfinite(m)
         _paste(rgb, _colormap(m, "viridis", elo, ehi), p.origin, where=fin)
         drawn.append(m[fin])
         q = np.percentile(m[fin], [2, 50, 98]) if fin.any() else [np.nan] * 3
-        rows.append((p.particle, int(p.origin[0]), int(p.origin[1]), *q))
+        rows.append((p.particle, int(p.origin[0]), int(p.origin[1]), int(fin.sum()), *q))
     fig, ax, cbar = _frame_panel(rgb)
     _draw_labels(ax, result, color="black", size=12)
     caption = _clipped_colorbar(
@@ -407,10 +418,12 @@ def chemistry_figure(result, *, pixel_size_um: float | None = None) -> Figure:
         vmin=elo,
         vmax=ehi,
         label="edge energy E(mu_norm = 0.5) (eV)",
-        what="the 2nd-98th percentiles of every particle's E50 pixels (eV)",
+        what="the 2nd-98th percentiles of every particle's E50 pixels that the quality masks keep (eV)",
     )
     caption = " ".join(c for c in (caption, _scale_bar(ax, rgb.shape, pixel_size_um)) if c)
-    table = pd.DataFrame(rows, columns=["particle", "origin_y", "origin_x", "e50_p2_ev", "e50_median_ev", "e50_p98_ev"])
+    table = pd.DataFrame(
+        rows, columns=["particle", "origin_y", "origin_x", "n_pixels", "e50_p2_ev", "e50_median_ev", "e50_p98_ev"]
+    )
     return Figure(fig.to_svg(), rgb, {"chemistry": table}, caption)
 
 
@@ -714,8 +727,8 @@ def motion_figure(result) -> Figure:
     """Every line plot of motion in one figure.
 
     (a, b) cumulative displacement y, x per particle with the common translation;
-    (c, d) velocity; (e) magnification change and (f) common translation of the fitted
-    similarity; (g) non-rigid path of each particle; (h) displacement relative to the
+    (c, d) velocity; (e) magnification change (and rotation, degrees, where it was fitted)
+    and (f) common translation of the fitted similarity; (g) non-rigid path of each particle; (h) displacement relative to the
     reference particle. Frames not vouched for are marked with a cross on every
     particle panel (drawn alike before: a particle vouched for in 7 of 40 frames
     looked as sure as one in 32). Tables ``motion`` (per particle and frame, with
@@ -766,11 +779,26 @@ def motion_figure(result) -> Figure:
     common = pd.DataFrame()
     e, f = grid[2]
     e.xlabel, e.ylabel, f.xlabel, f.ylabel = "frame", "magnification change (%)", "frame", "common translation (px)"
+    # the rotation, where it was fitted (--rotation), beside the scale in (e): it was in results.h5 alone (the field
+    # turned 1.5 degrees clockwise, fitted -1.499 degrees: not in the figure, its table or its caption)
+    turned = "common_rotation_deg" in tracks
+    caption = (
+        "Rotation fitted (--rotation): the similarity is translation + isotropic scale + rotation, and (e) shows the "
+        "rotation too (degrees, common_rotation_deg), positive counter-clockwise as the image is shown (row 0 at the "
+        "top)."
+        if turned
+        else "Rotation not fitted: the similarity is translation + isotropic scale."
+    )
     if "common_scale" in tracks and len(tracks):
-        common = tracks.groupby("frame")[["energy_ev", "common_dy", "common_dx", "common_scale"]].first().reset_index()
+        cols = ["energy_ev", "common_dy", "common_dx", "common_scale"] + (["common_rotation_deg"] if turned else [])
+        common = tracks.groupby("frame")[cols].first().reset_index()
         fr = common["frame"].to_numpy()
-        e.line(fr, (common["common_scale"].to_numpy() - 1) * 100, color="black")
+        e.line(fr, (common["common_scale"].to_numpy() - 1) * 100, color="black", label="scale (%)" if turned else None)
         e.points(fr, (common["common_scale"].to_numpy() - 1) * 100, color="black", r=1.2)
+        if turned:
+            e.ylabel = "magnification change (%), rotation (deg)"
+            e.line(fr, common["common_rotation_deg"].to_numpy(), color=COLORS[2], label="rotation (deg)")
+            e.legend()
         f.line(fr, common["common_dy"].to_numpy(), color=COLORS[0], label="dy")
         f.line(fr, common["common_dx"].to_numpy(), color=COLORS[1], label="dx")
         f.legend()
@@ -791,7 +819,7 @@ def motion_figure(result) -> Figure:
     tables = {"motion": tracks[keep]}
     if len(common):
         tables["common_motion"] = common
-    return Figure(fig.to_svg(), None, tables)
+    return Figure(fig.to_svg(), None, tables, caption=caption)
 
 
 def _mark_unvouched(ax, g, x, y, color) -> None:
@@ -816,8 +844,9 @@ def particle_figure(result, particle: int, *, e50_limits=None, pixel_size_um: fl
 
     Top row: the aligned sub-stack at up to 8 energies (one grey scale). Bottom row:
     last minus first frame before and after alignment (one diverging scale), and the
-    edge-energy map (the colour scale of :func:`chemistry_figure`). Tables
-    ``particle_NNN_edge_e50`` (the map) and ``particle_NNN_spectrum`` (with ``mean_od_analysed``,
+    edge-energy map over the pixels the quality masks keep (the colour scale of :func:`chemistry_figure`).
+    Tables ``particle_NNN_edge_e50`` (the map, every pixel measured: results.h5's ``edge_e50``) and
+    ``particle_NNN_spectrum`` (with ``mean_od_analysed``,
     :func:`_analysed_spectrum`). With ``pixel_size_um`` the caption gives the tiles' width in um.
     """
     p = next(q for q in result.particles if q.particle == particle)
@@ -838,7 +867,7 @@ def particle_figure(result, particle: int, *, e50_limits=None, pixel_size_um: fl
     bottom = [
         _colormap(before, "RdBu_r", -dl, dl),
         _colormap(after, "RdBu_r", -dl, dl),
-        _colormap(p.edge_maps["e50"], "viridis", elo, ehi),
+        _colormap(_kept_e50(p), "viridis", elo, ehi),
     ]
     th, tw = h * zoom, w * zoom
     ncol = max(len(top), len(bottom))
@@ -1033,7 +1062,7 @@ through the scan drawn magnified x{{ traj_scale }} and coloured by its largest n
 vouched for (see the colour bar); rejected objects are marked with the reason they were not tracked. {{ caps.overview }}</figcaption></figure>
 <figure><img alt="chemistry overview" src="{{ figs.chemistry }}">
 <figcaption>Edge energy E(&mu;<sub>norm</sub> = 0.5) of every particle on one colour scale ({{ elo }}&ndash;{{ ehi }} eV, viridis):
-higher energy = more oxidised{{ element }}. {{ caps.chemistry }}</figcaption></figure>
+higher energy = more oxidised{{ element }}; pixels the quality masks reject are not shown. {{ caps.chemistry }}</figcaption></figure>
 {% if rejected %}<h3>Rejected objects</h3>{{ rejected }}{% endif %}
 <h2>Chemistry</h2>
 <figure><img alt="whiteline" src="{{ figs.whiteline }}">
@@ -1074,11 +1103,11 @@ beside them in results.h5).</p>
 <h2>Motion</h2>
 <figure><img alt="motion" src="{{ figs.motion }}">
 <figcaption>(a, b) Cumulative displacement per particle, vertical (y) and horizontal (x), and (c, d) velocity, with the common
-translation in thick black. (e, f) Common motion of each frame: a similarity (translation + isotropic scale) fitted robustly
+translation in thick black. (e, f) Common motion of each frame: a similarity (translation + isotropic scale, + rotation with --rotation) fitted robustly
 over the particles' {{ fitted_on }}; the scale is the magnification relative to the first frame (a zone plate's changes
 with the energy), it moves every particle radially and is removed before non-rigid motion is measured. (g) Non-rigid motion
 of each particle (its displacement less the common one); (h) motion relative to the reference particle {{ ref_particle }}.
-Crosses: frames not vouched for (the particle's two position estimates disagree, or its position was not measured there).</figcaption></figure>
+Crosses: frames not vouched for (the particle's two position estimates disagree, or its position was not measured there). {{ caps.motion }}</figcaption></figure>
 {% if ratios_note %}<p class="note">{{ ratios_note }}</p>{% endif %}
 {{ ratios }}
 <h2>Particles</h2>
@@ -1088,7 +1117,8 @@ Crosses: frames not vouched for (the particle's two position estimates disagree,
 <div class="particle"><h3>Particle {{ p.id }}</h3>
 <div class="row"><figure><img alt="particle {{ p.id }}" src="{{ p.fig }}">
 <figcaption>Top: aligned sub-stack at {{ p.energies }} eV. Bottom: last minus first frame before and after alignment
-(red = more absorbing), and the edge-energy map (scale as in the chemistry overview). {{ p.fig_caption }}</figcaption></figure>
+(red = more absorbing), and the edge-energy map (scale as in the chemistry overview; pixels the quality masks reject are
+not shown). {{ p.fig_caption }}</figcaption></figure>
 <figure><img alt="particle {{ p.id }} spectrum" src="{{ p.spectrum }}">
 <figcaption>Mean spectrum with pre-/post-edge fits, and normalised. {{ p.spectrum_caption }}</figcaption></figure></div>
 <p class="note">{{ p.info }}</p>

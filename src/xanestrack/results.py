@@ -233,10 +233,14 @@ _PARTICLE_DOC = {
         "bit flags",
         "per pixel (h, w): why the XANES analysis of the pixel failed, was not measured or is not trusted, bits of "
         "xanestrack.xanes FLAG_* (attributes flag_bits: name -> bit, as JSON; flag_masks, flag_meanings: the same, "
-        "CF convention); 0 = measured; moving_rim (32): measured, but within a few px of the outline of a particle "
+        "CF convention); 0 = measured, no bit set; these are not the quality masks: a pixel they reject for its edge "
+        "jump or its normalisation residual has no bit of its own and may read 0 here, map_quality_keep gives the "
+        "pixels trusted (the means, the report's maps and chemistry.csv use those); moving_rim (32): measured, but within a few px of the outline of a particle "
         "whose own size or shape changes across the scan (it swells, shrinks or turns; its note says by how much): the outline sweeps through the pixel "
         "as the energy crosses the edge, its spectrum mixes the particle and its surroundings, its E50 and fractions "
-        "are biased; left out of map_quality_keep; " + _WINDOW,
+        "are biased; left out of map_quality_keep; filled (64): in a frame its XANES used, the pixel lay in a wide "
+        "patch of input pixels without a value (flats saturated over the beam's hot spot), filled from the patch's "
+        "rim: not measured there, left out of map_quality_keep; " + _WINDOW,
     ),
     "mean_spectrum": (
         "OD",
@@ -387,6 +391,11 @@ _COLUMN_DOC = {
     "common_dy": ("px", "the common translation (rows, of the scale centre) from the first frame"),
     "common_dx": ("px", "the common translation (columns, of the scale centre) from the first frame"),
     "common_scale": ("1 (ratio)", "the common isotropic scale: magnification relative to the first frame"),
+    "common_rotation_deg": (
+        "deg",
+        "the common rotation from the first frame (only with --rotation), positive counter-clockwise as the image is "
+        "shown (row 0 at the top), about the frame's centre",
+    ),
     "scale": ("1 (ratio)", "the common isotropic scale: magnification relative to the first frame"),
     "rotation_rad": (
         "rad",
@@ -494,7 +503,11 @@ def cluster_table(result):
     """Per-particle cluster fractions as one row per particle (``clusters.csv``), or None without clusters.
 
     Columns ``particle, n_clustered, cluster_0_fraction, ...`` (fractions of the
-    particle's clustered, quality-kept pixels).
+    particle's clustered, quality-kept pixels) and ``separation``: the clustering's smallest separation of two
+    clusters (:func:`xanestrack.pipeline._cluster_separation`, the same in every row, as run.json and
+    ``/chemistry``'s settings hold it; NaN where fewer than two clusters hold pixels). Below
+    :data:`xanestrack.pipeline.CLUSTER_MIN_SEPARATION` (4) two clusters are not distinct phases and a
+    printed run note says which (the report alone said so before).
     """
     import pandas as pd
 
@@ -502,7 +515,9 @@ def cluster_table(result):
     cf = chem.get("cluster_fractions")
     if cf is None:
         return None
-    k = int(chem.get("settings", {}).get("clusters", 0))
+    settings = chem.get("settings", {})
+    k = int(settings.get("clusters", 0))
+    sep = settings.get("separation")
     rows = []
     for p in result.particles:
         g = cf[cf["particle"] == p.particle].set_index("cluster")
@@ -511,7 +526,9 @@ def cluster_table(result):
             [int(p.particle), n]
             + [float(g.loc[j, "fraction"]) if (len(g) and j in g.index and n) else np.nan for j in range(k)]
         )
-    return pd.DataFrame(rows, columns=["particle", "n_clustered"] + [f"cluster_{j}_fraction" for j in range(k)])
+    table = pd.DataFrame(rows, columns=["particle", "n_clustered"] + [f"cluster_{j}_fraction" for j in range(k)])
+    table["separation"] = float(sep) if sep is not None else np.nan
+    return table
 
 
 def write_results(result, folder, *, run_info: dict | None = None, save_fused: bool = False, stack=None) -> None:
@@ -848,7 +865,8 @@ def _write_h5(f, result, save_fused: bool, pixel_size_um: float = float("nan")) 
             d,
             "per column: px, px, 1 (ratio), rad, count, px",
             "per frame: translation of the scale centre, isotropic scale (magnification relative to the first frame), "
-            "rotation, particles fitted, RMS residual; fitted robustly over the particles' "
+            "rotation (positive counter-clockwise as the image is shown, row 0 at the top; 0 where not fitted), "
+            "particles fitted, RMS residual; fitted robustly over the particles' "
             + sim.attrs.get("fitted_on", "vouched positions"),
         )
         d.attrs["fitted_on"] = sim.attrs.get("fitted_on", "vouched positions")
