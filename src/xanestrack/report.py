@@ -1608,6 +1608,12 @@ def write_series_report(table: pd.DataFrame, out_dir) -> Path:
         why = {
             "ambiguous": "the particles agree on more than one offset, or on none, and the images did not single one "
             "out",
+            "images not compared": "the particles agree on more than one offset, or on none, and the images could "
+            "not be compared (a scan's reference image, frame0_binned.npy in its folder under scans/, is missing or "
+            "unreadable: process that scan again)",
+            "vote unconfirmed": "particles agree on an offset, but most of those it brings where the two frames "
+            "overlap find no partner there (particles of one size agreeing by chance), and the images did not single "
+            "one out",
             "prior contradicted": "the offset the images gave was contradicted by the particles",
             "prior unconfirmed": "the images gave an offset, but too few of the particles it brings into view agree "
             "with it (within a few px: particles moving on their own by more than that between scans, or few in "
@@ -1626,10 +1632,14 @@ def write_series_report(table: pd.DataFrame, out_dir) -> Path:
         from .pipeline import PipelineOptions
 
         need = PipelineOptions().min_xanes_energies
-        few = sorted(table.loc[table["n_frames"] < need, "scan"].unique())
-        if few:
+        few = table.loc[table["n_frames"] < need].groupby("scan")["n_frames"].max()
+        if len(few):
+            # "Scans 2 have fewer than 8 energies" read for one scan, by its number alone
+            names = dict(zip(table["scan"], table["scan_name"])) if "scan_name" in table else {}
+            label = lambda s, n: f"{names.get(s, s)} ({int(n)} energ{'y' if n == 1 else 'ies'})"  # noqa: E731
             remarks.append(
-                f"Scans {', '.join(map(str, few))} have fewer than {need} energies: positions and sizes only, no XANES."
+                f"Scan{'s' if len(few) > 1 else ''} {', '.join(label(s, n) for s, n in few.items())} "
+                f"ha{'ve' if len(few) > 1 else 's'} fewer than {need} energies: positions and sizes only, no XANES."
             )
     from .series import scan_notes, series_notes
 

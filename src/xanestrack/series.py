@@ -407,20 +407,23 @@ GRID_BIAS_TEXT = (
 )
 
 
-def _trend_residuals(e50: np.ndarray) -> np.ndarray:
+def _trend_residuals(e50: np.ndarray, anchor=None) -> np.ndarray:
     """Each value of ``e50`` (particles x scans in scan order, NaN where a particle is not seen) less its
     particle's trend through the other scans at that scan.
 
     The trend is the line through the particle's nearest values before and after the scan (interpolated); where it
     is seen on one side only (the first and last scans), the line through its two nearest values on that side
-    (extrapolated). NaN where a particle has fewer values than that.
+    (extrapolated). NaN where a particle has fewer values than that. ``anchor`` (bool per scan, default all): the
+    scans whose values the trends of others may pass through; the others are judged against the trend but do not
+    carry it (their residuals are still given).
     """
     v = np.asarray(e50, float)
     n_p, n_s = v.shape
     seen = np.isfinite(v)
+    usable = seen if anchor is None else seen & np.asarray(anchor, bool)[None, :]
     col = np.broadcast_to(np.arange(n_s), v.shape)
-    last = np.maximum.accumulate(np.where(seen, col, -1), axis=1)  # last seen at or before each scan
-    first = np.minimum.accumulate(np.where(seen, col, n_s)[:, ::-1], axis=1)[:, ::-1]  # first at or after
+    last = np.maximum.accumulate(np.where(usable, col, -1), axis=1)  # last anchor seen at or before each scan
+    first = np.minimum.accumulate(np.where(usable, col, n_s)[:, ::-1], axis=1)[:, ::-1]  # first at or after
     before = np.concatenate([np.full((n_p, 1), -1), last[:, :-1]], axis=1)
     after = np.concatenate([first[:, 1:], np.full((n_p, 1), n_s)], axis=1)
 
@@ -443,7 +446,7 @@ def _trend_residuals(e50: np.ndarray) -> np.ndarray:
     return np.where(seen, v - trend, np.nan)
 
 
-def energy_offset_scans(table: pd.DataFrame) -> list[dict]:
+def energy_offset_scans(table: pd.DataFrame, *, grids: dict | None = None) -> list[dict]:
     """Scans that stand apart from the others by one energy offset common to all their particles.
 
     Each particle's mean edge energy (``mean_e50``) is taken to follow a trend of its own, locally linear in the
@@ -457,6 +460,20 @@ def energy_offset_scans(table: pd.DataFrame) -> list[dict]:
     away). Then the next, with that offset taken away, until one is not named. The first and last scans are judged
     on the trend of the two scans after (before) them, extrapolated. A series of two scans cannot be judged so
     (see :func:`series_notes`).
+
+    Only the scans on the grid of most scans (``grids``, scan -> its energies in eV; the same energies, or all
+    moved by one amount: an axis off is what is sought) and not yet named carry the trends the others are judged
+    on; the others are judged, but skipped as anchors. A scan of every 2nd energy reads its E50 0.16-0.33 eV apart
+    (:data:`GRID_BIAS_TEXT`), and a named scan keeps the error of its offset: as anchors, extrapolated to the last
+    scan, they doubled it (the probe's series: its last scan, correct, named as -0.35 eV off, after its middle scan
+    +1.00 eV off was named at +0.91 eV beside a scan of every 2nd energy).
+
+    Parameters
+    ----------
+    table : DataFrame
+        ``scan``, ``particle``, ``mean_e50`` (eV).
+    grids : dict, optional
+        Scan (as in ``table["scan"]``) -> its energies (eV). Without it every scan is on one grid.
 
     Returns
     -------
@@ -481,9 +498,29 @@ def energy_offset_scans(table: pd.DataFrame) -> list[dict]:
         x = r[:, k][np.isfinite(r[:, k])]
         return float(np.std(x, ddof=1)) if x.size >= MIN_OFFSET_PARTICLES else None
 
+    # the grid of most scans, by its steps (a grid moved as a whole is on it: its E50 moves by as much, which is
+    # what is sought); scans of other steps carry another interpolation bias and anchor no trend
+    steps = {
+        s: np.sort(np.asarray(e, float).ravel()) for s, e in (grids or {}).items() if s in scans and np.size(e) >= 2
+    }
+
+    def same_steps(a, b):
+        return len(a) == len(b) and np.ptp(a - b) <= GRID_TOLERANCE_STEP * min(_fine_step(a), _fine_step(b))
+
+    groups: list[list] = []
+    for s, e in steps.items():
+        g = next((g for g in groups if same_steps(steps[g[0]], e)), None)
+        if g is None:
+            groups.append([s])
+        else:
+            g.append(s)
+    main = max(groups, key=len) if groups else []
+    on_grid = np.array([not groups or s in main or s not in steps for s in scans])
+
     found, done = [], set()
     for _ in range(len(scans)):
-        r = _trend_residuals(v)
+        anchor = on_grid & ~np.isin(np.arange(len(scans)), list(done))
+        r = _trend_residuals(v, anchor)
         misfit = np.nansum(np.abs(r))
         tried = []  # (gain, scan position, offset, particles, the series with that offset taken away)
         for k in range(len(scans)):
@@ -492,7 +529,8 @@ def energy_offset_scans(table: pd.DataFrame) -> list[dict]:
                 continue
             w = v.copy()
             w[:, k] -= np.median(x)
-            tried.append((misfit - np.nansum(np.abs(_trend_residuals(w))), k, float(np.median(x)), int(x.size), w))
+            gain = misfit - np.nansum(np.abs(_trend_residuals(w, anchor)))
+            tried.append((gain, k, float(np.median(x)), int(x.size), w))
         if not tried:
             break
         # scans that explain it as well: in three scans each particle's trend is a line through the other two, and
@@ -503,7 +541,7 @@ def energy_offset_scans(table: pd.DataFrame) -> list[dict]:
             break
         ties = [t for t in tried if t[0] >= (1 - OFFSET_TIE_FRACTION) * top]
         _, k, offset, n, w = min(ties, key=lambda t: (t[1] in (0, len(scans) - 1), abs(t[2])))
-        rw = _trend_residuals(w)
+        rw = _trend_residuals(w, anchor)
         own = spread(rw, k)
         others = [s for i in range(len(scans)) if i != k and (s := spread(rw, i)) is not None]
         ref = float(np.median(others)) if others else 0.0
@@ -596,9 +634,11 @@ def series_notes(table: pd.DataFrame) -> list[str]:
     pixel size); scans on different energy grids: their energies compared (``table.attrs["energy_grids"]``,
     scan name -> energies in scan order, :data:`GRID_TOLERANCE_STEP`), or where those are not known (a table read
     back from ``series.csv``) the number of energies; and scans whose particles' mean E50 all lie off their trend alike
-    (:func:`energy_offset_scans`; in a series of two scans, all moved alike between them).
+    (:func:`energy_offset_scans`; in a series of two scans, all moved alike between them); and scans joined to the
+    one before by two particles alone, no image offset confirming it (:func:`link_scans`).
     """
     out = [str(n) for n in table.attrs.get("input_notes", [])]
+    out += [n for n in [_weak_link_note(table)] if n]
     if not len(table) or not {"scan", "n_frames", "mean_e50", "particle"} <= set(table.columns):
         return out
     names = dict(zip(table["scan"], table["scan_name"])) if "scan_name" in table else {}
@@ -635,7 +675,10 @@ def series_notes(table: pd.DataFrame) -> list[str]:
                 "of the chemistry every particle made alike; check their calibration (xanestrack run them with "
                 "--energy-reference or --known-edge)"
             )
-    for f in energy_offset_scans(table):
+    # the grids by scan (they are kept by scan name), for the offset judgement's anchors
+    by_name = {name(s): s for s in table["scan"].unique()}
+    grids = {by_name[str(n)]: e for n, e in table.attrs.get("energy_grids", {}).items() if str(n) in by_name}
+    for f in energy_offset_scans(table, grids=grids):
         trend = {
             "first": "the trend of the two scans after it (the first scan: extrapolated)",
             "last": "the trend of the two scans before it (the last scan: extrapolated)",
@@ -727,20 +770,77 @@ def pixel_scales(pixel_sizes: dict) -> tuple[float | None, dict]:
     return common, {s: p / common for s, p in known.items() if not same(p, common)}
 
 
-def pixel_note(pixel_sizes: dict, names: dict) -> str | None:
-    """The note on scans of another pixel size (:func:`pixel_scales`), or None."""
+#: frames this close (relative, in both rows and columns) to a whole multiple (2-4) of another scan's are said to look
+#: binned so against it in :func:`pixel_note`: the probe's scan binned 2x, 160 x 160 against 320 x 320 pixels
+BINNING_SHAPE_TOLERANCE = 0.02
+
+
+def pixel_note(pixel_sizes: dict, names: dict, *, frame_shapes: dict | None = None) -> str | None:
+    """The note on scans of another pixel size (:func:`pixel_scales`), and on scans whose files give none while
+    others' do, or None.
+
+    A scan without a pixel size is taken at the common one (:func:`pixel_scales`): a file that lost it (a TIFF
+    export among HDF5 files of one microscope) is the likely case, and no other size can be known. That is said
+    whenever it is done (it was said only where two given sizes differed: a series whose one scan binned 2x gave
+    0.08 um and four gave none had its particles split into 16 ids for 10, the cause unsaid). ``frame_shapes``
+    (scan -> (rows, cols)): where a scan without a pixel size has frames a whole multiple (2-4,
+    :data:`BINNING_SHAPE_TOLERANCE`) of a given scan's, or that share of them, the note says which binning and
+    pixel size that would mean; nothing is scaled on that guess (a region of interest cut to half is as likely).
+    """
     common, scale = pixel_scales(pixel_sizes)
-    if not scale:
-        return None
     name = lambda s: str(names.get(s, s))  # noqa: E731
+    missing = [s for s, p in sorted(pixel_sizes.items()) if p is None or not np.isfinite(p) or p <= 0]
+    unknown = [name(s) for s in missing]
+    if common is None or (not scale and not missing):
+        return None
+    shapes = {s: tuple(int(n) for n in v) for s, v in (frame_shapes or {}).items() if v is not None and len(v) == 2}
+    binned = []  # (scan without a size, scan with one, factor of the first's pixels over the second's)
+    for u in missing:
+        for k in (s for s in sorted(pixel_sizes) if s not in missing):
+            if u not in shapes or k not in shapes or min(shapes[k] + shapes[u]) <= 0:
+                continue
+            ratio = np.array(shapes[u], float) / np.array(shapes[k], float)
+            for f in (2, 3, 4, 1 / 2, 1 / 3, 1 / 4):
+                if np.all(np.abs(ratio / f - 1) <= BINNING_SHAPE_TOLERANCE):
+                    binned.append((u, k, 1 / f))
+                    break
+            else:
+                continue
+            break
+    hint = ""
+    if binned:
+        u, k, f = binned[0]
+        like = [name(b[0]) for b in binned if b[1:] == (k, f) and shapes[b[0]] == shapes[u]]
+        shape = lambda s: " x ".join(map(str, shapes[s]))  # noqa: E731
+        hint = (
+            f"; the frames of {', '.join(like[:8])}{', ...' if len(like) > 8 else ''} are {shape(u)} pixels against "
+            f"{shape(k)} of {name(k)} ({pixel_sizes[k]:g} um): if that is a binning, not a smaller region, "
+            f"{'its' if len(like) == 1 else 'their'} pixels are {pixel_sizes[k] * f:g} um"
+        )
+    unknown_text = (
+        f"{', '.join(unknown[:8])}{', ...' if len(unknown) > 8 else ''} "
+        f"{'gives' if len(unknown) == 1 else 'give'} no pixel size in {'its file' if len(unknown) == 1 else 'their files'}"
+    )
+    advice = (
+        "; where their pixels are of another size, their particles are not linked to the others' (links "
+        "'ambiguous', new ids for the same particles): write each scan's pixel size into its file (series reads it "
+        "from the files) or bin the scans alike"
+    )
+    if not scale:
+        given = [name(s) for s in sorted(pixel_sizes) if s not in missing]
+        return (
+            f"{unknown_text}: taken at {common:g} um, the pixel size of {'the scan' if len(given) == 1 else 'the scans'}"
+            f" that {'gives' if len(given) == 1 else 'give'} one ({', '.join(given[:8])}{', ...' if len(given) > 8 else ''})"
+            + hint
+            + advice
+        )
     parts = ", ".join(f"{name(s)} {pixel_sizes[s]:g} um" for s in scale)
-    unknown = [name(s) for s, p in sorted(pixel_sizes.items()) if p is None or not np.isfinite(p) or p <= 0]
     return (
         f"the scans are not all of one pixel size ({parts}; the others {common:g} um, as their files say): the "
         f"positions and sizes of {'that scan' if len(scale) == 1 else 'those scans'} were scaled to {common:g}-um "
         "pixels to link their particles to the others' (series.csv keeps each scan's own pixels; common_dy and "
         f"common_dx are in pixels of {common:g} um)"
-        + (f"; {', '.join(unknown)} give no pixel size: taken at {common:g} um" if unknown else "")
+        + (f"; {', '.join(unknown)} give no pixel size: taken at {common:g} um" + hint + advice if unknown else "")
     )
 
 
@@ -762,6 +862,25 @@ def scan_notes(out_dir) -> list[tuple[str, list[str]]]:
         if notes:
             rows.append((name, notes))
     return rows
+
+
+def _weak_link_note(table: pd.DataFrame) -> str | None:
+    """The scans joined to the one before by a vote of two particles and no image offset (``link_method`` "vote",
+    ``link_support`` 2), named: two chance pairs of similar size had joined unrelated scans so (:func:`link_scans`)."""
+    if not len(table) or not {"scan", "link_method", "link_support"} <= set(table.columns):
+        return None
+    steps = table.drop_duplicates("scan")
+    weak = steps[(steps["link_method"] == "vote") & (steps["link_support"] <= 2)]
+    if not len(weak):
+        return None
+    names = weak["scan_name"] if "scan_name" in weak else weak["scan"]
+    many = len(weak) > 1
+    return (
+        f"scan{'s' if many else ''} {', '.join(map(str, names))} {'were' if many else 'was'} joined to the scan "
+        "before by two particles alone, with no offset from the images to confirm it: two particles of one size "
+        "agreeing by chance can join unrelated fields so (2 of 600 pairs of unrelated synthetic scans of 5-6 "
+        "particles); check those ids (their positions in series.csv) before trusting a trend across that step"
+    )
 
 
 def link_scans(
@@ -806,8 +925,12 @@ def link_scans(
     particle within ``prior_tolerance`` of where the prior puts a track keeps its id,
     unless two or more other pairs agree on a different offset (then nothing is linked:
     new ids rather than a possibly wrong link). Without a prior, two pairs agreeing by
-    chance on a wrong offset (more likely the more particles per scan) cannot be told
-    from two common particles; the image prior guards against it.
+    chance on a wrong offset (more likely the more particles per scan) are told from two
+    common particles only by the particles the offset brings where the two frames
+    overlap: most of them without a partner, it is not taken ("vote unconfirmed",
+    :func:`xanestrack.linking.decide_displacement`). Unrelated scans of 5-6 particles
+    (320 x 320) were linked so in 6 of 600 draws, now in 2 of 600; a link that rests on two
+    particles and no image offset is therefore said (a warning, and :func:`series_notes`).
 
     Parameters
     ----------
@@ -834,8 +957,10 @@ def link_scans(
     scan, or the last scan whose offset from the one before could not be told, where the
     chain starts again; such a scan's offset is 0), ``link_method`` (how the scan
     was joined to the previous one: "first", "vote", "vote+prior", "prior",
-    "vote over prior", "empty"; "ambiguous", "prior contradicted" or "prior unconfirmed": not
-    joined, new ids) and ``link_support`` (tracks agreeing with the offset).
+    "vote over prior", "empty"; "ambiguous", "images not compared" (ambiguous, and the
+    prior's ``not_compared(scan_a, scan_b)``, as :func:`scan_image_prior` gives it, says the
+    images could not be compared), "prior contradicted", "prior unconfirmed" or "vote
+    unconfirmed": not joined, new ids) and ``link_support`` (tracks agreeing with the offset).
     """
     from .linking import NOT_JOINED, LinkOptions, link
 
@@ -883,6 +1008,10 @@ def link_scans(
     ids_t, common, _ = link(
         objects, options=opts, prior=link_prior, on_step=lambda t, d, n, how: method.__setitem__(t, (how, n))
     )
+    not_compared = getattr(prior, "not_compared", None)
+    for k, (how, n) in list(method.items()):
+        if how == "ambiguous" and not_compared is not None and not_compared(scans[k - 1], scans[k]):
+            method[k] = ("images not compared", n)
     ids = np.full(len(summary), -1)
     for idx, these in zip(rows_of, ids_t):
         ids[idx] = these
@@ -914,6 +1043,13 @@ def link_scans(
                 names.get(s, s),
                 how,
             )
+        elif how == "vote" and method[k][1] <= 2:
+            logger.warning(
+                "scan %s: joined to the previous scan by %d particles alone, the images giving no offset to confirm "
+                "it: check its ids",
+                names.get(s, s),
+                method[k][1],
+            )
     return out
 
 
@@ -926,18 +1062,35 @@ def phase_offset(a, b, max_shift=None):
     Measured on synthetic scans of 5 particles (460 x 460): two scans of one field
     quality 11-83, unrelated fields up to 19 (uniqueness up to 2.0): sparse particles
     on a smooth background coincide by chance; a textured matrix singles the offset out.
+
+    Images of different shapes (a detector region of interest changed between two scans)
+    are compared too, on the larger rows and columns of the two: each is placed at the
+    top left (the offset is of the top-left corners, as the particles' positions are) and
+    the rest filled with its own mean, which the high-pass takes to about zero, and both
+    are windowed alike on that common frame. (They were not compared at all: a scan
+    sharing one particle with the one before, 320 x 320 then 300 x 340, got new ids for
+    all.) On 300 pairs of windows of one synthetic field (two scans of it), 320 x 320
+    against 260-380 px a side: offset used and within 8 px of the particles' 256 times,
+    used 8-13 px off it 3 times (its background moves apart from them); each image
+    windowed on its own frame and padded with zeros instead: 248 and 1. The second
+    window turned by 90 degrees (unrelated): used 25 times (padded with zeros: 52; the
+    same pairs at 320 x 320 both: 41).
     """
     from scipy import ndimage
 
+    shape = (max(a.shape[0], b.shape[0]), max(a.shape[1], b.shape[1]))
+
     def prep(f):
         f = np.asarray(f, np.float32)
+        if f.shape != shape:
+            f = np.pad(f, [(0, shape[0] - f.shape[0]), (0, shape[1] - f.shape[1])], constant_values=f.mean())
         f = f - ndimage.gaussian_filter(f, 8)
         return (f - f.mean()) * np.outer(np.hanning(f.shape[0]), np.hanning(f.shape[1])).astype(np.float32)
 
     fa, fb = np.fft.rfft2(prep(a)), np.fft.rfft2(prep(b))
     x = fb * np.conj(fa)
-    r = np.fft.irfft2(x / (np.abs(x) + 1e-12), s=a.shape)
-    ny, nx = a.shape
+    r = np.fft.irfft2(x / (np.abs(x) + 1e-12), s=shape)
+    ny, nx = shape
     yy = np.fft.fftfreq(ny, 1 / ny)
     xx = np.fft.fftfreq(nx, 1 / nx)
     quality = float(r.max() / (r.std() + 1e-12))
@@ -969,10 +1122,12 @@ def scan_image_prior(
 
     ``names`` maps scan index to scan folder name under ``OUT/scans``. Returns a
     callable ``prior(scan_a, scan_b)``: the offset in pixels, or None where an image is
-    missing (a scan processed by an older version), the frames differ in shape or
-    binning, or the correlation does not single out one offset (quality below
-    ``min_quality`` or uniqueness below ``min_uniqueness``, see :func:`phase_offset`):
-    an image offset taken on weak evidence could confirm a chance pairing of particles.
+    missing (a scan processed by an older version) or the correlation does not single
+    out one offset (quality below ``min_quality`` or uniqueness below ``min_uniqueness``,
+    see :func:`phase_offset`): an image offset taken on weak evidence could confirm a
+    chance pairing of particles. Frames of different shapes are compared (see
+    :func:`phase_offset`). ``prior.not_compared(scan_a, scan_b)`` says why the two images
+    could not be compared at all (None where they were), for :func:`link_scans` to say so.
 
     ``scale`` (scan -> its pixel size over the common one, :func:`pixel_scales`): the offset is in common pixels,
     and the image of the scan of finer pixels is binned (or resampled) to the other's pixels before the two are
@@ -998,13 +1153,18 @@ def scan_image_prior(
         (fa, ga), (fb, gb) = (ia[0], ia[1] * scale.get(a, 1.0)), (ib[0], ib[1] * scale.get(b, 1.0))  # common px
         if abs(ga / gb - 1) > PIXEL_SIZE_TOLERANCE:  # the finer image onto the coarser one's pixels
             fa, fb = (_resampled(fa, ga / gb), fb) if ga < gb else (fa, _resampled(fb, gb / ga))
-        if fa.shape != fb.shape:
-            return None
         px = max(ga, gb)
-        off, q, u = phase_offset(fa, fb, max_shift=0.45 * max(fa.shape))
+        off, q, u = phase_offset(fa, fb, max_shift=0.45 * max(fa.shape + fb.shape))
         logger.debug("image offset scan %s -> %s: %s px (quality %.1f, uniqueness %.2f)", a, b, off * px, q, u)
         return off * px if q >= min_quality and u >= min_uniqueness else None
 
+    def not_compared(a, b):
+        missing = [str(names.get(s, s)) for s in (a, b) if s not in names or image(s) is None]
+        if missing:
+            return f"no reference image of {' and '.join(missing)} (a scan processed by an earlier version?)"
+        return None
+
+    prior.not_compared = not_compared
     return prior
 
 
@@ -1035,7 +1195,7 @@ def _manifest_sources(sources) -> list:
 
 
 def _scan_records(out, sources) -> dict:
-    """``index -> dict(name, energies_ev, pixel_size_um)`` of each scan done in ``out`` (its ``summary.json``; the
+    """``index -> dict(name, energies_ev, pixel_size_um, frame_shape)`` of each scan done in ``out`` (its ``summary.json``; the
     energies from its ``results.h5`` where a summary of an earlier version holds none)."""
     records = {}
     for src in sources:
@@ -1053,7 +1213,10 @@ def _scan_records(out, sources) -> dict:
             except (OSError, KeyError, ValueError):
                 energies = []
         records[src.index] = dict(
-            name=src.name, energies_ev=np.asarray(energies, float).ravel(), pixel_size_um=info.get("pixel_size_um")
+            name=src.name,
+            energies_ev=np.asarray(energies, float).ravel(),
+            pixel_size_um=info.get("pixel_size_um"),
+            frame_shape=info.get("frame_shape"),
         )
     return records
 
