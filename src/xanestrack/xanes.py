@@ -18,6 +18,9 @@ bit in ``flags``:
   or shape (a turn, a crack opening) changes across the scan (:func:`flag_moving_rim`): the outline moves
   through the pixel across the edge's energies, so its spectrum mixes the particle's and its surroundings';
   not kept by the quality mask.
+- ``FLAG_FILLED`` (64): in a frame its XANES used, the pixel lay in a wide patch of input pixels without a value
+  (flats saturated over the beam's hot spot), filled from the patch's rim
+  (:func:`xanestrack.stack.sanitize_stack`): its spectrum there is not measured; not kept by the quality mask.
 
 :func:`analyse_particle` runs the whole analysis on one particle's aligned sub-stack:
 local background (:func:`local_background`), smoothing inside the mask, normalisation,
@@ -55,6 +58,7 @@ __all__ = [
     "FLAG_FIT",
     "FLAG_GAP",
     "FLAG_MOVING_RIM",
+    "FLAG_FILLED",
     "moving_rim",
     "flag_moving_rim",
 ]
@@ -72,6 +76,10 @@ FLAG_GAP = 16
 #: opening) changes across the scan (:func:`flag_moving_rim`): its E50 and fractions are measured but biased,
 #: and the quality mask drops it
 FLAG_MOVING_RIM = 32
+#: in a frame the pixel's XANES used it lay in a wide patch of input pixels without a value (saturated flat pixels
+#: over the beam's hot spot), filled from the patch's rim (:func:`xanestrack.stack.sanitize_stack`): its spectrum
+#: there is not measured, and the quality mask drops it (set by the pipeline)
+FLAG_FILLED = 64
 #: a particle whose E50 falls in a gap of frames left out in more than this share of its mask's pixels has no
 #: mean E50 (nor spread, nor sigma; :func:`xanestrack.result.particle_summary`): the pixels measured are those
 #: whose E50 lies outside the gap, a choice by the value measured (three frames lost at 8339.5-8340.5 eV to a

@@ -122,6 +122,17 @@ PILE_UP_RATIO = 4.0
 STUCK_MAX, STUCK_MAX_SHARE = 16, 0.001
 
 
+def _saturated_flats_where(counts, most: float) -> str:
+    """`` (up to 8.0% of one flat, centred near row 153, column 151)``: where the flats saturate (``counts``: per
+    pixel, the flats saturated there), weighted by how often; empty without any."""
+    if counts is None or not counts.any():
+        return ""
+    w = counts.astype(np.float64)
+    rows, cols = np.indices(w.shape)
+    y, x = (rows * w).sum() / w.sum(), (cols * w).sum() / w.sum()
+    return f" (up to {most:.1%} of one flat, centred near row {y:.0f}, column {x:.0f})"
+
+
 def _saturated(a):
     """``(mask, value)`` of the saturated detector pixels of ``a`` (a block of frames, or flats): at the
     integer type's largest value, or, stored as float, at :data:`FULL_SCALE_16BIT` where nothing is above it
@@ -534,6 +545,8 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
             flat_sat[0] += n_pix
             flat_sat[1] += 1
             flat_sat[2] = top
+            flat_sat[5] = max(flat_sat[5], float(sat.mean()))
+            flat_sat[6] = sat.astype(np.int32) if flat_sat[6] is None else flat_sat[6] + sat
             # the same pixels in every flat: stuck or hot detector pixels, not an exposure too long
             if flat_sat[3] is None:
                 flat_sat[3] = sat.copy()
@@ -548,7 +561,8 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
         return sat, None
 
     # saturated pixels in the flats, flats with any, the value, the first such flat's pixels, all flats alike so far
-    flat_sat = [0, 0, None, None, True]
+    # ..., the largest share of one flat saturated, how many flats each pixel is saturated in
+    flat_sat = [0, 0, None, None, True, 0.0, None]
     # the counts are added to from the threads of the blocks below: `n[0] += a.sum()` reads n, releases the GIL in
     # the sum and can write n back over what another thread added meanwhile
     tally = threading.Lock()
@@ -700,7 +714,9 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
         said.append(
             f"{source}: {flat_sat[0]} saturated detector pixels (value {flat_sat[2]:g}) in "
             f"{f'{flat_sat[1]} of the {n_flats} flat (reference) images' if n_flats > 1 else 'the flat (reference) image'}: "
-            "the beam's intensity, so the transmission, unknown there; filled from the pixels around them (a particle's "
+            f"the beam's intensity, so the transmission, unknown there{_saturated_flats_where(flat_sat[6], flat_sat[5])}; "
+            "filled from the pixels around them, a wide "
+            "patch from its rim, and a particle's pixels that lay in such a patch are flagged filled (a particle's "
             "position or spectrum taken there is less sure: lower the exposure of the flats)"
         )
     if n_bad:
