@@ -138,6 +138,11 @@ def test_hdf5_frames_with_a_singleton_axis_are_one_scan(tmp_path):
     # control: a real scan axis (2 scans) is still a series
     with pytest.raises(XanestrackError, match="has a scan axis"):
         read_stack(_fxi(tmp_path / "two.h5", np.stack([c, c]), f, d))
+    # and `series` takes the singleton file as one scan, not as one scan per frame
+    from xanestrack.series import series_sources
+
+    assert len(series_sources([tmp_path / "one.h5"])) == 1
+    assert len(series_sources([tmp_path / "two.h5"])) == 2
 
 
 def test_the_default_scene_in_fxi_gets_none_of_the_new_notes(tmp_path):

@@ -134,7 +134,9 @@ def series_sources(inputs) -> list:
         try:
             with h5py.File(paths[0], "r") as f:
                 d = f.get("img_xanes")
-                n = d.shape[0] if isinstance(d, h5py.Dataset) and d.ndim == 4 else None
+                # (40, 1, rows, cols) is one scan of 40 frames, its axis of length 1 dropped by the reader (it was
+                # taken as 40 scans of one frame, each failing: "1 frames but 40 energies")
+                n = d.shape[0] if isinstance(d, h5py.Dataset) and d.ndim == 4 and d.shape[1] > 1 else None
         except Exception as exc:  # not HDF5, a looping link...: read_stack says what is wrong, in its task
             logger.debug("%s: %s", paths[0], exc)
             n = None
