@@ -160,16 +160,19 @@ def _fall_back_note(e, norm) -> str:
     )
 
 
-def _negative_step_note(e, mu, nm) -> str:
+def _negative_step_note(e, mu, nm, measured=None) -> str:
     """The reason a particle's pixels' spectra ``mu`` (n, n_pix), normalised as ``nm``, have no edge: their edge
     step is negative beyond 3 times their pre-edge noise in more than :data:`NEGATIVE_STEP_SHARE` of them (the
-    absorption falls across the edge). Empty otherwise."""
+    absorption falls across the edge). Empty otherwise. ``measured`` (n_pix,) bool: the pixels counted (default
+    all; those filled from a patch's rim in some frame say nothing of the frames' order)."""
     y = np.asarray(mu, float).reshape(e.size, -1)
     ip = (e >= nm.pre_range_ev[0]) & (e <= nm.pre_range_ev[1])
     resid = y[ip] - np.asarray(nm.pre_edge, float).reshape(e.size, -1)[ip]
     noise = np.sqrt((resid**2).sum(axis=0) / max(int(ip.sum()) - 2, 1))
     neg = np.asarray(nm.edge_step, float).ravel() < -3 * noise
-    if not neg.mean() > NEGATIVE_STEP_SHARE:
+    if measured is not None:
+        neg = neg[np.asarray(measured, bool).ravel()]
+    if not neg.size or not neg.mean() > NEGATIVE_STEP_SHARE:
         return ""
     return (
         f"{NEGATIVE_STEP_NOTE} in {int(neg.sum())} of its {neg.size} pixels (their absorption falls across the edge "
@@ -429,6 +432,7 @@ def normalize(
     pre_range=PRE_EDGE_RANGE,
     post_range=(100.0, None),
     post_order: int | str = "auto",
+    measured=None,
 ) -> Normalization:
     """Normalise spectra: pre-edge line, post-edge polynomial, edge step at E0.
 
@@ -444,6 +448,11 @@ def normalize(
     post_order : int or "auto"
         Degree of the post-edge polynomial (0-3). ``"auto"``: :func:`auto_post_order`
         (a line over a XANES post-edge; a parabola only from 600 eV).
+    measured : ndarray (...) bool, optional
+        The spectra measured in every frame (``mu``'s shape less its first axis; default all). The console's
+        warning on spectra without an edge step, and its hint that the frames may be reversed, count these
+        only: a spectrum filled from a patch's rim in some frames (``FLAG_FILLED``) says nothing of the frames'
+        order. Every spectrum is normalised and flagged alike.
 
     Returns
     -------
@@ -498,17 +507,23 @@ def normalize(
     with np.errstate(divide="ignore", invalid="ignore"):
         norm = (y - pre) / step
     norm[:, (flags & (FLAG_LOW_STEP | FLAG_NONFINITE)) > 0] = np.nan
-    if low.any() and low.mean() > 0.01:
+    seen = np.ones(low.size, bool) if measured is None else np.asarray(measured, bool).reshape(-1)
+    if low.any():
         # a negative step is not a small one: the absorption falls across the edge (frames in the reverse order of
         # the energies, transmission given as OD); lumped with the small ones, it was blamed on the frames used
-        neg = int(np.count_nonzero(step < -3 * noise))
-        key = (round(float(e0_ev), 6), e.size, neg, np.packbits(low).tobytes())
-        if _EDGE_STEP_WARNED.get() != key:  # the same spectra normalised again: said once
-            _EDGE_STEP_WARNED.set(key)
+        negative = step < -3 * noise
+        key = (round(float(e0_ev), 6), e.size, int(np.count_nonzero(negative)), np.packbits(low).tobytes())
+        neg = int(np.count_nonzero(negative & seen))
+        # the same spectra normalised again (``measured`` given or not): said once, or not at all where the spectra
+        # measured do not call for it (pixels filled from a patch's rim, counted, made 16 of a particle's 1175
+        # negative, and the frames were said to be perhaps reversed)
+        said = _EDGE_STEP_WARNED.get() == key
+        _EDGE_STEP_WARNED.set(key)
+        if not said and (low & seen).sum() > 0.01 * seen.sum():
             logger.warning(
                 "%d of %d spectra have no usable edge step (NaN)%s",
-                int(low.sum()),
-                low.size,
+                int((low & seen).sum()),
+                int(seen.sum()),
                 f"; {neg} of them a negative one (the absorption falls across the edge: frames in the reverse order "
                 "of the energies, or transmission, not OD?)"
                 if neg
@@ -1154,6 +1169,7 @@ def analyse_particle(
     keep_norm: bool = False,
     left_out: str = "not usable",
     background_exclude=None,
+    filled=None,
 ) -> dict:
     """XANES of one aligned particle sub-stack: edge-energy maps, LCF, mean spectra.
 
@@ -1202,6 +1218,11 @@ def analyse_particle(
         Pixels left out of the ring of the local background (``exclude`` of :func:`local_background`:
         the other tracked particles about it). Where too little of the ring is left for a tilted plane,
         the background is a constant per frame, and a note says so.
+    filled : ndarray (h, w) bool, optional
+        Pixels that lay, in a frame used, in a wide patch of input pixels filled from its rim (not measured
+        there: flagged ``FLAG_FILLED`` by the pipeline). Analysed as the others, but left out of the check that
+        the frames are in the order of the energies (:func:`_negative_step_note`) and of the console's count
+        of spectra without an edge step (:func:`normalize`'s ``measured``).
 
     Returns
     -------
@@ -1321,8 +1342,9 @@ def analyse_particle(
             if fall_back:
                 raise ValueError(fall_back)
             _EDGE_STEP_WARNED.set(None)  # this particle's spectra: their warning is given here, not again below
-            npix = normalize(e, mu, e0_ev=e0)
-            negative = _negative_step_note(e, mu, npix)
+            measured = None if filled is None else ~np.asarray(filled, bool)[mask]
+            npix = normalize(e, mu, e0_ev=e0, measured=measured)
+            negative = _negative_step_note(e, mu, npix, measured)
             if negative:
                 raise ValueError(negative)
             pf = npix.flags.copy()
