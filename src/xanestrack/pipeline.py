@@ -4741,8 +4741,99 @@ def _default_references(energies):
     return ni_references() if (energies[0] < NI_REFERENCE_EDGE_EV < energies[-1]) else {}
 
 
+#: how the notes :func:`xanestrack.xanes.analyse_particle` gives a particle begin (the misfit note holds
+#: :data:`~xanestrack.xanes.MISFIT_NOTE`): :func:`redo_xanes` drops them before it adds its own analysis's, and
+#: keeps the notes of the registration and tracking. It only added before: a scan run on an axis 6 eV low and
+#: calibrated by a redo kept "the references (NiO, LiNiO2) do not describe this particle's spectra: the fit leaves
+#: 17.5 x the spectra's noise" on each of its 4 particles (15.9-17.5 x), which a fresh run on that axis does not give
+XANES_NOTE_STARTS = (
+    "XANES skipped",
+    "XANES failed",
+    "other particles fill most of the ring",
+    SPARSE_POST_EDGE_NOTE,
+    SHOULDER_NOTE,
+    "E50 not measured in",
+    "derivative edge energy not measured in",
+    "whiteline not fitted",
+    "whiteline not measured in",
+    "LCF skipped",
+    "no registration uncertainty",
+    "E50 measured in ",
+)
+#: the particle note of :func:`redo_xanes` on a particle whose matrix texture was subtracted in the run
+REDO_MEASURED_NOTE = (
+    "its XANES analysed again from its aligned frames as measured: the matrix texture subtracted in the run is not "
+    "kept in the result (pipeline.redo_xanes)"
+)
+#: how the run note of :func:`redo_xanes` begins (what it changed); ``run.json`` lists these notes under
+#: ``xanes_redone`` (:func:`xanestrack.results.write_results`) and the report's run table says so
+REDONE_NOTE = "XANES analysed again after the run (pipeline.redo_xanes)"
+
+
+def _is_xanes_note(note: str) -> bool:
+    """Whether a particle note is one :func:`xanestrack.xanes.analyse_particle` (or :func:`redo_xanes`) gave."""
+    return note.startswith(XANES_NOTE_STARTS) or MISFIT_NOTE in note or note == REDO_MEASURED_NOTE
+
+
+def _is_reference_note(note: str) -> bool:
+    """Whether a run note is one on the references used (:func:`_user_references`, :func:`_no_references_note`)."""
+    return (
+        (
+            note.startswith("reference ")
+            and ("normalised as the particles' spectra are" in note or " is sampled every " in note)
+        )
+        or note.startswith("oxidised_fraction (the particles' table")
+        or note.startswith("no linear-combination fit (no oxidised fraction)")
+    )
+
+
+def _redone_note(before, after, references: dict, shipped: bool) -> str:
+    """The run note of :func:`redo_xanes`: the energy axis it used against the run's, and the references."""
+    before, after = np.asarray(before, float), np.asarray(after, float)
+    span = lambda e: f"{e[0]:.1f}-{e[-1]:.1f} eV"  # noqa: E731
+    d = after - before
+    if not d.any():
+        axis = f"on the run's energy axis ({span(after)})"
+    elif np.ptp(d) < 1e-6:
+        axis = f"on an energy axis moved by {d[0]:+.2f} eV ({span(before)} -> {span(after)}), taken as calibrated"
+    else:
+        axis = (
+            f"on another energy axis ({span(before)} -> {span(after)}, each energy moved by {d.min():+.2f} to "
+            f"{d.max():+.2f} eV), taken as calibrated"
+        )
+    if not references:
+        refs = "without references (no oxidised fraction)"
+    else:
+        refs = f"with the {'shipped references' if shipped else 'references given'} ({', '.join(references)})"
+    return f"{REDONE_NOTE}: {axis}, {refs}"
+
+
+#: the words of :func:`xanestrack.xanes.analyse_particle`'s notes before the reason frames were left out of a
+#: particle's analysis (its ``left_out``): :func:`_left_out_words` reads the run's reason back from them
+LEFT_OUT_WORDS = "were left out of this particle's analysis: "
+
+
+def _left_out_words(p, options) -> str:
+    """Why frames were left out of particle ``p``'s XANES, as :func:`_finish_particle` said it (``left_out`` of
+    :func:`xanestrack.xanes.analyse_particle`): read from its notes where one says it (the frames a redo uses are
+    the run's), else said again from its frame flags. A redo said "not usable" where the run gave the reason."""
+    from .result import UNVOUCHED_FLAGS
+
+    for note in p.notes:
+        if LEFT_OUT_WORDS in note:
+            return note.split(LEFT_OUT_WORDS, 1)[1]
+    flags = np.asarray(p.frame_flags).astype(np.uint16)
+    overlapped = ((flags & FRAME_FLAGS["overlap"]) > 0) & ((flags & UNVOUCHED_FLAGS) == 0)
+    return (
+        "their positions are not vouched for (the edge estimate and the centre of mass disagree by more than "
+        f"{options.agreement_px:g} px, or only one was measured) or not measured, or the particle leaves the frame"
+        + (", or another tracked particle lies over it (flag overlap)" if overlapped.any() else "")
+        + "; no spectrum is made from them"
+    )
+
+
 def redo_xanes(result: PipelineResult, *, energies_ev, references=None) -> PipelineResult:
-    """The result with its XANES part analysed again on another energy axis (e.g. calibrated).
+    """The result with its XANES part analysed again on another energy axis (e.g. calibrated), or with other references.
 
     Registration, tracking and motion are kept as they are (they do not depend on the
     energies' values); every particle's aligned stack is analysed again with the same
@@ -4752,35 +4843,59 @@ def redo_xanes(result: PipelineResult, *, energies_ev, references=None) -> Pipel
     particle's frames is not kept in the result, so such a particle is analysed from its
     frames as measured, and its notes say so. ``run --known-edge`` does not use this: it
     calibrates inside :func:`run_pipeline` (``recalibrate``), from the same windows. The rims
-    of particles whose outline moves are flagged again (:func:`_flag_moving_rims`); the new
-    axis is taken as calibrated: the run's note on an axis not calibrated is dropped.
+    of particles whose outline moves are flagged again (:func:`_flag_moving_rims`).
+
+    Each particle's notes of the earlier analysis (:data:`XANES_NOTE_STARTS`) are replaced by the new
+    analysis's; those of its registration and tracking are kept. The run notes on the references, on the
+    normalisation's bias and on an axis not calibrated are replaced, and a run note (:data:`REDONE_NOTE`) says
+    what was redone: :func:`xanestrack.results.write_results` puts it in ``run.json`` (``xanes_redone``).
 
     Parameters
     ----------
     result : PipelineResult
-    energies_ev : ndarray (n_frames,)
-        The new energy axis (strictly increasing, one per frame).
+        From :func:`run_pipeline`, or read back from its folder
+        (:func:`xanestrack.results.read_results`: the same redo).
+    energies_ev : array (n_frames,)
+        The new energy axis in eV, checked as a :class:`~xanestrack.stack.Stack`'s are
+        (:func:`xanestrack.stack.validate_energies`: one per frame, finite, strictly increasing).
+        An axis other than the run's is taken as calibrated: the run's note on an axis not
+        calibrated is dropped. On the run's own axis (other references) it is kept, computed again.
     references : dict of name -> ReferenceSpectrum, optional
-        As for :func:`run_pipeline` (default: the shipped Ni references for the Ni K-edge).
+        As for :func:`run_pipeline`: normalised where they are not, two or more
+        (:func:`_user_references`); default the shipped Ni references where the new axis
+        crosses the Ni K-edge, else none (a note says so).
+
+    Raises
+    ------
+    ValueError
+        For energies that are not one per frame, not finite, not strictly increasing, or look like keV;
+        a single reference, or one that cannot be normalised or whose edge the scan does not cross.
+    TypeError
+        For references that are not a mapping of names to spectra.
     """
-    e = np.asarray(energies_ev, float)
-    if e.shape != np.asarray(result.energies_ev).shape:
-        raise ValueError(f"energies_ev: expected {len(result.energies_ev)} energies, got shape {e.shape}")
+    from .stack import validate_energies
+
+    before = np.asarray(result.energies_ev, float)
+    e = validate_energies(energies_ev, len(before), source="redo_xanes: energies_ev")
     options = result.options
     shipped = references is None
-    if references is None:
+    # the run's notes on its references, and the caller's references checked and normalised as run_pipeline does
+    # (they were fitted as given: measured NiO / LiNiO2 read 0.301 / 0.114 / 0.563 / 0.000, normalised 0.463 / 0.322
+    # / 0.580 / 0.120; one reference gave every particle 1.0)
+    notes = tuple(n for n in result.notes if not _is_reference_note(n))
+    if shipped:
         references = _default_references(e)
+        if not references and len(e) >= options.min_xanes_energies:
+            notes += (_no_references_note(e),)
+    else:
+        references, more = _user_references(references, e)
+        notes += tuple(more)
     particles, norms = [], []
     blur = None
     if result.edge_widths is not None and (result.edge_widths["blur_px"] > 0).any():
         blur = result.edge_widths["blur_px"].to_numpy(float)
     for p in result.particles:
-        extra = []
-        if MATRIX_SUBTRACTED_NOTE in p.notes:
-            extra.append(
-                "its XANES analysed again from its aligned frames as measured: the matrix texture subtracted in the "
-                "run is not kept in the result (pipeline.redo_xanes)"
-            )
+        extra = [REDO_MEASURED_NOTE] if MATRIX_SUBTRACTED_NOTE in p.notes else []
         xr = xanes.analyse_particle(
             p.aligned if blur is None else _blur_frames(p.aligned, blur),
             p.mask,
@@ -4789,12 +4904,18 @@ def redo_xanes(result: PipelineResult, *, energies_ev, references=None) -> Pipel
             references=references,
             agreement=p.agreement,
             keep_norm=options.clusters > 0,
+            left_out=_left_out_words(p, options),
             background_exclude=p.background_exclude,
             **_xanes_settings(options),
         )
-        new_notes = [n for n in xr.pop("notes") if n not in p.notes] + extra
+        # the earlier analysis's notes replaced by this one's, where they stood (after the registration's)
+        old = tuple(p.notes)
+        at = next((i for i, n in enumerate(old) if _is_xanes_note(n)), len(old))
+        kept = [n for n in old[:at] if not _is_xanes_note(n)]
+        rest = [n for n in old[at:] if not _is_xanes_note(n)]
+        new_notes = tuple(kept) + tuple(xr.pop("notes")) + tuple(extra) + tuple(rest)
         norms.append(xr.pop("norm", None))
-        particles.append(dataclasses.replace(p, **xr, notes=tuple(p.notes) + tuple(new_notes)))
+        particles.append(dataclasses.replace(p, **xr, notes=new_notes))
     # the new analysis's flags and quality masks hold no moving rim: flagged again (the note replaced)
     particles = _flag_moving_rims(particles, e)
     chemistry = result.chemistry
@@ -4803,14 +4924,22 @@ def redo_xanes(result: PipelineResult, *, energies_ev, references=None) -> Pipel
     tracks = result.tracks.copy()
     if len(tracks) and "energy_ev" in tracks:
         tracks["energy_ev"] = e[tracks["frame"].to_numpy(int)]
-    # the new axis is taken as calibrated (what the function is for): the run's note on fractions fitted on an
-    # axis not calibrated, and its numbers, are dropped
-    notes = tuple(n for n in result.notes if not n.startswith(UNCALIBRATED_NOTE))
+    # another axis is taken as calibrated (what the function is for): the run's note on fractions fitted on an axis
+    # not calibrated is dropped; on the run's own axis (other references only) it stays, its numbers computed again
+    # with the references now used (it was dropped there too, though nothing was calibrated)
+    moved = not np.array_equal(e, before)
+    uncalibrated = any(n.startswith(UNCALIBRATED_NOTE) for n in notes)
+    notes = tuple(n for n in notes if not n.startswith(UNCALIBRATED_NOTE))
+    if uncalibrated and not moved and references:
+        notes += tuple(
+            n for n in (_uncalibrated_note(particles, e, references, options.lcf_window, shipped=shipped),) if n
+        )
     # the normalisation's bias is the energies' (chemistry/normbias): measured again on the new axis
     from .chemistry.normbias import NOTE_START
 
     norm_bias, bias_note = _normalisation_bias(particles, references, e, shipped, options)
     notes = tuple(n for n in notes if not n.startswith(NOTE_START)) + ((bias_note,) if bias_note else ())
+    notes += (_redone_note(before, e, references, shipped),)
     return dataclasses.replace(
         result,
         energies_ev=e,

@@ -1181,6 +1181,15 @@ def _particle_text(p, summ_row, tracks) -> tuple:
     return info, flags
 
 
+def _redone_rows(result) -> list:
+    """The run table's row saying the result's XANES was analysed again after the run (its run notes of
+    :func:`xanestrack.pipeline.redo_xanes`: the axis and references used); none for a result as run."""
+    from .pipeline import REDONE_NOTE
+
+    redone = [n[len(REDONE_NOTE) :].lstrip(": ") for n in result.notes if n.startswith(REDONE_NOTE)]
+    return [("re-analysed", "XANES analysed again after the run: " + "; then ".join(redone))] if redone else []
+
+
 def _calibration_text(cal) -> str:
     if not cal:
         return "none (energies as read)"
@@ -1431,6 +1440,7 @@ def write_report(folder, *, result=None) -> Path:
             ),
             ("positions", _positions_text(params)),
             ("energy calibration", _calibration_text(run.get("energy_calibration"))),
+            *_redone_rows(result),
             (
                 "quality masks",
                 f"edge jump > {params.get('edge_jump_threshold', 5.0):g} x pre-edge noise; "
