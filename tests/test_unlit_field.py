@@ -83,6 +83,7 @@ def test_the_normalised_export_of_a_round_field_is_transmission(scene, tmp_path)
     st = read_stack(p)
     notes = " | ".join(st.metadata["notes"])
     assert "normalised already" in notes and "unlit in every frame (transmission near 0)" in notes
+    assert "or sample too thick to transmit" in notes  # without flats, unlit and opaque look alike
     assert "do not look like transmission" not in notes
     _check_run(s, out, st)
     # said to be optical density, it is said to look like transmission (it was silent: 1 "particle", 48.7 px off)

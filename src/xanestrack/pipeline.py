@@ -3898,7 +3898,10 @@ def _large_scale_note(similarity, motion=None) -> str:
     optics = (
         "more than a zone plate refocused on the energy gives (0.3-1 %)"
         if change > LARGE_SCALE_CHANGE
-        else "taken as a change of the optics' magnification (a zone plate refocused on the energy: 0.3-1 %)"
+        else "taken as a change of the optics' magnification (a zone plate refocused on the energy gives 0.3-1 %)"
+        if change <= 0.01
+        else "taken as a change of the optics' magnification, though more than a zone plate refocused on the "
+        "energy usually gives (0.3-1 %)"
     )
     return (
         f"the field's scale (magnification) fitted to the particles changes by {100 * change:.1f} % across the scan "

@@ -343,7 +343,7 @@ def values_without_flats(data, values: str, *, source, flats_hint: str):
     if values == "od":
         return np.asarray(data, dtype=np.float32), "od", notes
     if outside is not None:
-        notes.append(unlit_note(outside, source, "in every frame (transmission near 0)"))
+        notes.append(unlit_note(outside, source, "in every frame (transmission near 0)", flats=False))
     return optical_density(data, source=str(source), notes=notes, outside=outside), "transmission", notes
 
 

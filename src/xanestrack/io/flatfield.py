@@ -776,11 +776,19 @@ def _no_image_cause(counts, flats_given: bool, blank) -> str:
     )
 
 
-def unlit_note(outside, source, where: str) -> str:
-    """The note on the pixels outside the lit field (:func:`outside_field`), set to the lit field's median."""
+def unlit_note(outside, source, where: str, *, flats: bool = True) -> str:
+    """The note on the pixels outside the lit field (:func:`outside_field`), set to the lit field's median.
+    Without flats (``flats`` False) a region transmitting nothing may be unlit or opaque: said so (a piece of
+    sample at OD 5 touching the border was called "outside the beam's field of view")."""
+    cause = (
+        "outside the beam's field of view (a round field, a beam smaller than the detector)"
+        if flats
+        else "outside the beam's field of view (a round field, a beam smaller than the detector), or sample too thick "
+        "to transmit (without flats the two cannot be told apart)"
+    )
     return (
         f"{source}: {outside.mean():.0%} of the frame ({int(outside.sum())} pixels, touching its border) unlit {where}: "
-        "outside the beam's field of view (a round field, a beam smaller than the detector); left out, set to the lit "
+        f"{cause}; left out, set to the lit "
         "field's median optical density in every frame. A particle there is not seen; one the field's edge cuts is "
         "measured cut (not flagged out of view)"
     )
