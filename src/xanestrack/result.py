@@ -95,6 +95,10 @@ class ParticleResult:
         The pixels of its aligned window where other tracked particles lie, left out of the ring of its
         local background (:func:`xanestrack.xanes.local_background`); None where none comes near (and in
         results read back from a folder: not written there).
+    filled_frames : ndarray (n_frames,) bool or None
+        The frames in which its mask lay in a wide patch of input pixels without a value, filled from the patch's
+        rim (:func:`xanestrack.pipeline._filled_frames`): left out of its size and shape trends, also by
+        :func:`xanestrack.pipeline.redo_xanes`, which has no patches; None where it lay in none.
     """
 
     particle: int
@@ -125,6 +129,7 @@ class ParticleResult:
     maps: dict = field(default_factory=dict)
     xanes_frames: np.ndarray | None = None
     background_exclude: np.ndarray | None = None
+    filled_frames: np.ndarray | None = None
 
     @property
     def quality_assessed(self) -> bool:
