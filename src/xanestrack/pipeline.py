@@ -3570,24 +3570,37 @@ def _with_filled_pixels(finished: list, gaps: list, energies) -> list:
 
 
 def _filled_run_note(particles, gaps: list, energies) -> str:
-    """The run note saying where the input had wide patches without a value and which particles lay in them."""
+    """The run note saying where the input had wide patches without a value and which particles lay in them.
+
+    Each patch (8-connected over the frames' patches together, the largest three) is located by its own pixels,
+    weighted by the frames it was missing in: located by all of them at once, four patches in the frame's corners
+    were said to be centred near row 126, column 126 of 256, where no pixel was missing. The cause is named as
+    possible ones only: the same note came from flats saturated over the beam's hot spot and from optical density
+    masked with NaN."""
     if not gaps:
         return ""
+    from scipy import ndimage
+
     frames = sorted(k for k, _ in gaps)
     often = np.sum([g for _, g in gaps], axis=0, dtype=np.float64)
-    rows, cols = np.indices(often.shape)
-    y, x = (rows * often).sum() / often.sum(), (cols * often).sum() / often.sum()
+    labels, n_patches = ndimage.label(often > 0, structure=np.ones((3, 3), bool))
+    index = np.arange(1, n_patches + 1)
+    weight = ndimage.sum(often, labels, index)
+    centres = ndimage.center_of_mass(often, labels, index)
+    where = "; ".join(f"row {centres[i][0]:.0f}, column {centres[i][1]:.0f}" for i in np.argsort(-weight)[:3])
     ids = [p.particle for p in particles if any(n.startswith(FILLED_NOTE) for n in p.notes)]
     return (
-        f"wide patches of input pixels without a value (saturated flat pixels over the beam's hot spot, or saturated "
-        f"or dead detector pixels: see the input's notes) in {_count(len(frames), 'frame')} "
-        f"({_frame_list(frames, energies)}), up to {max(int(g.sum()) for _, g in gaps)} pixels in one, centred near "
-        f"row {y:.0f}, column {x:.0f}: filled from their rim (the frame's median there would be background inside a "
-        "particle); "
+        f"wide patches of input pixels without a value (saturated flat pixels, a masked region, saturated or dead "
+        f"detector pixels: see the input's notes) in {_count(len(frames), 'frame')} "
+        f"({_frame_list(frames, energies)}), up to {max(int(g.sum()) for _, g in gaps)} pixels in one, "
+        f"{_count(n_patches, 'patch').replace('patchs', 'patches')} centred near {where}"
+        f"{' ...' if n_patches > 3 else ''}: filled from their rim (the frame's median there would be background "
+        "inside a particle); "
         + (
             f"the pixels of {_count(len(ids), 'particle')} ({', '.join(map(str, ids[:20]))}"
             f"{' ...' if len(ids) > 20 else ''}) that lay in them are flagged filled and left out of their means "
-            "(each particle's note says how many and in which frames); lower the exposure of the flats"
+            "(each particle's note says how many and in which frames); where they are saturated flat pixels, lower "
+            "the exposure of the flats"
             if ids
             else "no particle's pixels lay in them"
         )

@@ -261,9 +261,10 @@ def sanitize_stack(od, *, source: str = "stack", blank=None, gaps=None):
         instead of refusing the stack (the pipeline then measures no particle in it and leaves it
         out of every XANES); the stack is still refused where half its frames or more are so.
     gaps : list, optional
-        Given, ``(frame, mask)`` is appended for every frame with a wide gap (see Notes): ``mask`` (rows, cols)
-        bool, the gap's pixels with more than :data:`WIDE_GAP_SHARE` of their 5 x 5 missing, filled from pixels
-        that are not theirs (the pipeline flags the particle pixels that lay there).
+        Given, ``(frame, mask)`` is appended for every frame with a wide gap inside the field (see Notes):
+        ``mask`` (rows, cols) bool, the gap's pixels with more than :data:`WIDE_GAP_SHARE` of their 5 x 5 missing,
+        filled from pixels that are not theirs (the pipeline flags the particle pixels that lay there). A wide gap
+        touching the frame's border is outside the field and not appended.
 
     Returns
     -------
@@ -286,7 +287,11 @@ def sanitize_stack(od, *, source: str = "stack", blank=None, gaps=None):
     neighbours (:func:`_fill_from_rim`): the frame's median there made background of a particle under the
     patch (flats saturated over the beam's hot spot, 11.5x the default scene's exposure, up to 8 % of a
     flat: a particle's E50 lost in all of its 732 core pixels, 12 of its frames not vouched for, positions up to
-    0.77 px off).
+    0.77 px off). A wide gap touching the frame's border is outside the field (a round field given as optical
+    density with NaN outside it), not a hole in the sample: its pixels keep the 5 x 5 median, the frame's median
+    (background) away from the field's edge, and a warning says how much of the frame it is. Filled from its rim,
+    it carried a particle beside it out to the frame's border (the default scene, seed 2, as OD with NaN outside a
+    circle of radius 128 px of 256: 21 % of the frame; a particle rejected as cut by the border, 5 of 6 tracked).
     """
     od = np.asarray(od)
     finite = np.isfinite(od)
@@ -306,14 +311,17 @@ def sanitize_stack(od, *, source: str = "stack", blank=None, gaps=None):
         f = clean[k]
         f[:] = np.median(f[np.isfinite(f)]) if np.isfinite(f).any() else 0.0
         blank.append(int(k))
+    border = []  # (frame, share of the frame) of the wide gaps touching the frame's border: outside the field
     for k in np.setdiff1d(np.flatnonzero(frac > 0), bad):
         f = clean[k]
         m = ~np.isfinite(f)
-        wide, deep = _wide_gaps(m)
+        wide, deep, outside = _wide_gaps(m)
         fill = np.where(m, np.nanmedian(f), f)
         med = ndimage.median_filter(fill, size=5)
-        few = m & ~wide
+        few = m & ~wide  # the gaps outside the field too: the frame's median there, background
         f[few] = med[few]
+        if outside.any():
+            border.append((int(k), float(outside.mean())))
         if wide.any():
             _fill_from_rim(f, wide)
             if gaps is not None:
@@ -321,6 +329,14 @@ def sanitize_stack(od, *, source: str = "stack", blank=None, gaps=None):
     n = int((~finite[np.setdiff1d(np.arange(od.shape[0]), bad)]).sum())
     if n:
         logger.warning("%s: replaced %d NaN/inf pixels by their local median", source, n)
+    if border:
+        logger.warning(
+            "%s: up to %.0f %% of the frame (in %d frames) has no value at the frame's border: outside the field "
+            "(a round field masked with NaN), set to the frame's median (background)",
+            source,
+            100 * max(s for _, s in border),
+            len(border),
+        )
     return clean, n
 
 
@@ -335,39 +351,55 @@ WIDE_GAP_SHARE = 0.9
 
 
 def _wide_gaps(missing):
-    """``(wide, deep)``, bool (rows, cols): the connected patches (8-connected) of ``missing`` in which some pixel
-    has more than :data:`WIDE_GAP_SHARE` of its 5 x 5 neighbourhood missing, and those pixels."""
+    """``(wide, deep, outside)``, bool (rows, cols): the connected patches (8-connected) of ``missing`` in which some
+    pixel has more than :data:`WIDE_GAP_SHARE` of its 5 x 5 neighbourhood missing and which do not touch the frame's
+    border (holes in the field: ``wide``), those pixels of them (``deep``), and the patches of that kind that touch
+    the border (``outside``: outside the field, a round field masked with NaN; not filled from their rim, which
+    spread a particle beside them out to the frame's border, where it was rejected as cut by the border)."""
     from scipy import ndimage
 
     share = ndimage.uniform_filter(missing.astype(np.float32), size=5, mode="constant")
     deep = missing & (share > WIDE_GAP_SHARE + 1e-6)
     if not deep.any():
-        return deep, deep
+        return deep, deep, deep
     labels, _ = ndimage.label(missing, structure=np.ones((3, 3), bool))
-    return np.isin(labels, np.unique(labels[deep])), deep
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    found = np.unique(labels[deep])
+    wide = np.isin(labels, np.setdiff1d(found, edge))
+    return wide, deep & wide, np.isin(labels, np.intersect1d(found, edge))
 
 
 def _fill_from_rim(frame, gap):
     """Fill ``frame``'s pixels in ``gap`` (bool) in place, ring by ring from the gap's rim: each pixel next to a
     known one (measured, or filled in an earlier ring) gets the mean of its known 3 x 3 neighbours. Never the
-    frame's median: a gap inside a particle is filled from the particle around it."""
+    frame's median: a gap inside a particle is filled from the particle around it.
+
+    Each ring is computed at its own pixels (their 8 neighbours by index), so the cost grows with the gap's area,
+    not with its depth times its bounding box: a disc of radius 300 px in a 1024 x 1024 frame took 1.02 s with a
+    filter over the whole box per ring, 0.06 s so (the same values to 1e-13)."""
     from scipy import ndimage
 
     rows, cols = np.nonzero(gap)
     y0, y1 = max(rows.min() - 1, 0), min(rows.max() + 2, frame.shape[0])
     x0, x1 = max(cols.min() - 1, 0), min(cols.max() + 2, frame.shape[1])
-    f = frame[y0:y1, x0:x1].astype(np.float64)
-    todo = gap[y0:y1, x0:x1].copy()
-    known = ~todo & np.isfinite(f)
+    # padded by one pixel, never known: every neighbour of a pixel of the crop has a flat index
+    f = np.pad(frame[y0:y1, x0:x1].astype(np.float64), 1)
+    todo = np.pad(gap[y0:y1, x0:x1], 1)
+    known = ~todo & np.pad(np.isfinite(frame[y0:y1, x0:x1]), 1)
     todo &= ~known
-    while todo.any():
-        val = ndimage.uniform_filter(np.where(known, f, 0.0), size=3, mode="constant")
-        cnt = ndimage.uniform_filter(known.astype(np.float64), size=3, mode="constant")
-        ring = todo & (cnt > 1e-9)
-        if not ring.any():  # nothing known around it (a frame without one measured pixel there): its median
-            f[todo] = np.nanmedian(frame) if np.isfinite(frame).any() else 0.0
-            break
-        f[ring] = val[ring] / cnt[ring]
-        known |= ring
-        todo &= ~ring
-    frame[y0:y1, x0:x1] = np.where(gap[y0:y1, x0:x1], f, frame[y0:y1, x0:x1])
+    f[~known] = 0.0
+    w = f.shape[1]
+    steps = np.array([dy * w + dx for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx])
+    ring = np.flatnonzero(todo & ndimage.binary_dilation(known, structure=np.ones((3, 3), bool)))
+    fv, kv, tv = f.ravel(), known.ravel(), todo.ravel()
+    while ring.size:
+        near = ring[:, None] + steps
+        k = kv[near]
+        fv[ring] = (fv[near] * k).sum(axis=1) / k.sum(axis=1)
+        kv[ring] = True
+        tv[ring] = False
+        near = near.ravel()
+        ring = np.unique(near[tv[near]])
+    if tv.any():  # nothing known around it (a frame without one measured pixel there): its median
+        fv[tv] = np.nanmedian(frame) if np.isfinite(frame).any() else 0.0
+    frame[y0:y1, x0:x1] = np.where(gap[y0:y1, x0:x1], f[1:-1, 1:-1], frame[y0:y1, x0:x1])
