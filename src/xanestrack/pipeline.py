@@ -2849,7 +2849,9 @@ def run_pipeline(
     # stress-all seed 2, a particle's largest own motion 3.81 px from a frame flagged disagree, 3.30 over its
     # frames vouched for)
     ratios = (
-        peak_ratios(motion, reliable=summary_frames, noise_px=_position_noise(table)) if len(motion) else pd.DataFrame()
+        peak_ratios(motion, reliable=summary_frames, noise_px=_position_noise(table, per_frame=True))
+        if len(motion)
+        else pd.DataFrame()
     )
     notes += [n for n in (_still_field_note(ratios),) if n]
     timings["motion"] = time.perf_counter() - t
@@ -3934,44 +3936,49 @@ def _large_scale_note(similarity, motion=None) -> str:
     )
 
 
-def _position_noise(table) -> float:
-    """The positions' noise, px per frame and component: the 90th percentile over the frames of the RMS over the
-    particles of the raw edge estimates (``edge_y, edge_x``) about the positions reported (smoothed across the
-    energies); NaN where there is none to measure (no edge estimates, or positions not smoothed:
-    ``--no-smooth-tracks``). The noisiest frames, not the median: a still field's peak common velocity comes of them
-    (the rigid scene with no stage motion: 0.009 px median, 0.039 at the 90th percentile, in its pre-edge frames,
-    where its common translation erred by up to 0.043 px)."""
+def _position_noise(table, *, per_frame: bool = False):
+    """The positions' noise, px per component: the RMS over the particles of the raw edge estimates (``edge_y,
+    edge_x``) about the positions reported (smoothed across the energies), per frame (``per_frame``: a Series indexed
+    by frame, what :func:`xanestrack.motion.peak_ratios` tests the field's common velocity against), else its 90th
+    percentile over the frames; NaN where there is none to measure (no edge estimates, or positions not smoothed:
+    ``--no-smooth-tracks``). The rigid scene with no stage motion: 0.009 px median over the frames, 0.039 at the 90th
+    percentile, in its pre-edge frames."""
     if not len(table) or not {"edge_y", "edge_x", "y", "x", "frame"} <= set(table):
-        return np.nan
+        return pd.Series(dtype=float) if per_frame else np.nan
     r2 = (table["edge_y"] - table["y"]) ** 2 + (table["edge_x"] - table["x"]) ** 2
-    per_frame = np.sqrt(r2.groupby(table["frame"]).mean() / 2.0).to_numpy(float)  # per component
+    frames = np.sqrt(r2.groupby(table["frame"]).mean() / 2.0)  # per component
+    if per_frame:
+        return frames.where(frames > 0)
+    per_frame = frames.to_numpy(float)
     per_frame = per_frame[np.isfinite(per_frame)]
     noise = float(np.percentile(per_frame, 90)) if per_frame.size else np.nan
     return noise if noise > 0 else np.nan
 
 
 def _still_field_note(ratios) -> str:
-    """The note where a particle's ratio of peak velocities is not defined: the field's common motion is within
-    the fit's noise (:data:`xanestrack.motion.STILL_FIELD_NOISE`), as on frames aligned upstream."""
+    """The note where the ratios of peak velocities are not defined: the field's common velocity stays within
+    :data:`xanestrack.motion.STILL_FIELD_NOISE` times the positions' noise in every frame (``attrs["still_field"]`` of
+    :func:`xanestrack.motion.peak_ratios`), as on frames aligned upstream. It quotes the values compared: the frame
+    where the common velocity is largest against the noise."""
     from .motion import STILL_FIELD_NOISE
 
-    if not len(ratios) or not {"ratio_v", "ratio_h", "peak_rigid_vy", "peak_rigid_vx"} <= set(ratios):
-        return ""
-    undefined = [
-        c
-        for c, r in (("ratio_v", "peak_rigid_vy"), ("ratio_h", "peak_rigid_vx"))
-        if (ratios[c].isna() & ratios[r].notna()).any()
-    ]
+    still = ratios.attrs.get("still_field", {}) if len(ratios) else {}
+    undefined = [(c, still[c]) for c in ("y", "x") if c in still and not still[c]["moves"]]
     if not undefined:
         return ""
-    least = float(ratios.attrs.get("least_common_velocity", np.nan))
+    names = " and ".join({"y": "ratio_v", "x": "ratio_h"}[c] for c, _ in undefined)
+    said = " and ".join(
+        f"along {c} at most {d['velocity'] / d['noise']:.2f} times it (frame {d['frame']}: {d['velocity']:.3f} "
+        f"px/frame, noise {d['noise']:.3f} px)"
+        for c, d in undefined
+    )
     return (
-        f"the field hardly moves: its peak common velocity, {ratios['peak_rigid_vy'].max():.3f} px/frame along y "
-        f"and {ratios['peak_rigid_vx'].max():.3f} along x, is within the positions' noise (below {least:.3f}, "
-        f"{STILL_FIELD_NOISE:g} times their {least / STILL_FIELD_NOISE:.3f} px per frame: the raw edge estimates "
-        f"about the positions reported), so {' and '.join(undefined)} (own against common "
-        "velocity) are not defined and are left NaN in motion_summary.csv; each particle's own motion "
-        "(peak_nonrigid_vy, peak_nonrigid_vx, max_nonrigid_displacement) is given as measured"
+        f"the field hardly moves: its common velocity (the particles' rigid motion) stays within "
+        f"{STILL_FIELD_NOISE:g} times the positions' noise (the raw edge estimates about the positions reported) in "
+        f"every frame, {said}, so {names} (own against common velocity) "
+        f"{'are' if len(undefined) > 1 else 'is'} not defined and left NaN for every particle in motion_summary.csv; "
+        "each particle's own motion (peak_nonrigid_vy, peak_nonrigid_vx, max_nonrigid_displacement) is given as "
+        "measured"
     )
 
 
