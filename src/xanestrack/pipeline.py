@@ -377,6 +377,7 @@ def _default_segmenter(options):
     def seg(rois):
         return segment_rois(rois, options=options)
 
+    seg.fits_background = True  # its own plane per window: segment._level_windows is not needed
     return seg
 
 
