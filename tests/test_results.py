@@ -219,6 +219,7 @@ def test_every_dataset_says_its_units_and_what_it_is(which, request, tmp_path):
                 "gap": xanes.FLAG_GAP,
                 "moving_rim": xanes.FLAG_MOVING_RIM,
                 "filled": xanes.FLAG_FILLED,
+                "thick": xanes.FLAG_THICK,
             }
             assert dict(zip(pa["flag_meanings"].split(), pa["flag_masks"])) == json.loads(pa["flag_bits"])
         # velocities carry the motion table's unit

@@ -2813,6 +2813,14 @@ def run_pipeline(
     particles, two_edges = _two_edges(particles, energies)
     if two_edges:
         notes.append(two_edges)
+    # light not absorbed (harmonics, stray light) bends thick pixels' edges low: measured from the particles' own
+    # pre- to post-edge OD against their thickness; its thick pixels flagged (chemistry/stray)
+    from .chemistry.stray import flag_stray_light
+
+    particles, stray_note, _ = flag_stray_light(
+        particles, energies, references, background=_particles_background(particles, energies)
+    )
+    notes += [stray_note] if stray_note else []
     unmeasured_note = _frames_without_particles(particles, energies)
     if unmeasured_note:
         notes.append(unmeasured_note)

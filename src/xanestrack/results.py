@@ -240,7 +240,9 @@ _PARTICLE_DOC = {
         "as the energy crosses the edge, its spectrum mixes the particle and its surroundings, its E50 and fractions "
         "are biased; left out of map_quality_keep; filled (64): in a frame its XANES used, the pixel lay in a wide "
         "patch of input pixels without a value (flats saturated over the beam's hot spot), filled from the patch's "
-        "rim: not measured there, left out of map_quality_keep; " + _WINDOW,
+        "rim: not measured there, left out of map_quality_keep; thick (128): the run measured light that the sample "
+        "does not absorb (harmonics, stray light; its run note says how much) and the pixel is thick enough for it to "
+        "move its E50 by 0.1 eV or more: measured but biased low, left out of map_quality_keep; " + _WINDOW,
     ),
     "mean_spectrum": (
         "OD",

@@ -21,6 +21,9 @@ bit in ``flags``:
 - ``FLAG_FILLED`` (64): in a frame its XANES used, the pixel lay in a wide patch of input pixels without a value
   (flats saturated over the beam's hot spot), filled from the patch's rim
   (:func:`xanestrack.stack.sanitize_stack`): its spectrum there is not measured; not kept by the quality mask.
+- ``FLAG_THICK`` (128): the run measured light that the sample does not absorb, and the pixel is thick enough for
+  it to move its E50 by 0.1 eV or more (:func:`xanestrack.chemistry.stray.flag_stray_light`); not kept by the
+  quality mask.
 
 :func:`analyse_particle` runs the whole analysis on one particle's aligned sub-stack:
 local background (:func:`local_background`), smoothing inside the mask, normalisation,
@@ -59,6 +62,7 @@ __all__ = [
     "FLAG_GAP",
     "FLAG_MOVING_RIM",
     "FLAG_FILLED",
+    "FLAG_THICK",
     "moving_rim",
     "flag_moving_rim",
 ]
@@ -80,6 +84,10 @@ FLAG_MOVING_RIM = 32
 #: over the beam's hot spot), filled from the patch's rim (:func:`xanestrack.stack.sanitize_stack`): its spectrum
 #: there is not measured, and the quality mask drops it (set by the pipeline)
 FLAG_FILLED = 64
+#: the run measured light that the sample does not absorb (harmonics, stray light), and the pixel is thick enough
+#: for it to move its E50 by 0.1 eV or more (:func:`xanestrack.chemistry.stray.flag_stray_light`): measured but
+#: biased low, and the quality mask drops it (set by the pipeline)
+FLAG_THICK = 128
 #: a particle whose E50 falls in a gap of frames left out in more than this share of its mask's pixels has no
 #: mean E50 (nor spread, nor sigma; :func:`xanestrack.result.particle_summary`): the pixels measured are those
 #: whose E50 lies outside the gap, a choice by the value measured (three frames lost at 8339.5-8340.5 eV to a
