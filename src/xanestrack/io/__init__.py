@@ -472,8 +472,7 @@ def _frames_shape(paths, scan) -> tuple | None:
 
 def _tiff_frames(files, energies):
     """(frames, energies in increasing order, reversed?, notes, the files' order taken or None) of single-frame TIFF files."""
-    from .checks import check_memory
-    from .tiff import read_tiff_frames
+    from .tiff import stack_single_images
 
     notes = []
     if energies is None:
@@ -506,26 +505,14 @@ def _tiff_frames(files, energies):
             f"energies from {energies if isinstance(energies, (str, Path)) else 'the values given'} in that order"
         )
     e, reverse = energy_order(values, len(files), source=f"{files[0].parent}")
-    first = read_tiff_frames(files[0], notes=notes)
-    check_memory(
-        len(files) * first[0].nbytes * 2,
+    data = stack_single_images(
+        files,
+        notes=notes,
         source=files[0].parent,
-        what=f"reading {len(files)} frames of {first.shape[1:]}",
+        noun="frame",
+        one_each="a list of TIFF files must give one frame each (or give one TIFF stack with an energies file)",
+        match="the frames of a scan must match",
     )
-    data = np.empty((len(files), *first.shape[1:]), first.dtype)
-    for k, f in enumerate(files):
-        frame = first if k == 0 else read_tiff_frames(f, notes=notes)
-        if frame.shape[0] != 1:
-            raise XanestrackError(
-                f"{f}: holds {frame.shape[0]} frames; a list of TIFF files must give one frame each (or give one "
-                "TIFF stack with an energies file)"
-            )
-        if frame.shape[1:] != data.shape[1:] or frame.dtype != data.dtype:
-            raise XanestrackError(
-                f"{f}: a frame of {frame.shape[1:]} {frame.dtype}, where {files[0].name} has {data.shape[1:]} "
-                f"{data.dtype}; the frames of a scan must match"
-            )
-        data[k] = frame[0]
     return data, e, reverse, notes, order
 
 

@@ -106,6 +106,28 @@ def read_tiff_frames(path, *, notes=None) -> np.ndarray:
 _NO_LENGTH_UNITS = ("", "pixel", "pixels")
 
 
+def stack_single_images(files, *, notes, source, noun: str, one_each: str, match: str) -> np.ndarray:
+    """The one image of each TIFF file of ``files``, stacked (n, rows, cols) in their order; refused in one line,
+    naming the file, where a file holds more than one ``noun`` (``one_each`` says what was expected) or its image's
+    size or type differs from the first's (``match``). The memory the stack needs is checked first."""
+    first = read_tiff_frames(files[0], notes=notes)
+    check_memory(
+        len(files) * first[0].nbytes * 2, source=source, what=f"reading {len(files)} frames of {first.shape[1:]}"
+    )
+    out = np.empty((len(files), *first.shape[1:]), first.dtype)
+    for k, f in enumerate(files):
+        frame = first if k == 0 else read_tiff_frames(f, notes=notes)
+        if frame.shape[0] != 1:
+            raise XanestrackError(f"{f}: holds {frame.shape[0]} {noun}s; {one_each}")
+        if frame.shape[1:] != out.shape[1:] or frame.dtype != out.dtype:
+            raise XanestrackError(
+                f"{f}: {'an' if noun[0] in 'aeiou' else 'a'} {noun} of {frame.shape[1:]} {frame.dtype}, where "
+                f"{files[0].name} has {out.shape[1:]} {out.dtype}; {match}"
+            )
+        out[k] = frame[0]
+    return out
+
+
 def _tiff_folder(path: Path, notes) -> np.ndarray:
     """The frames of a folder of single-frame TIFF files, in the natural order of their names."""
     from . import _natural_key
@@ -120,23 +142,14 @@ def _tiff_folder(path: Path, notes) -> np.ndarray:
             f"{path}: a folder holding no TIFF file; give one TIFF stack of the images, or a folder of TIFF files of "
             "one image each"
         )
-    first = read_tiff_frames(files[0], notes=notes)
-    what = f"reading {len(files)} frames of {first.shape[1:]}"
-    check_memory(len(files) * first[0].nbytes * 2, source=path, what=what)
-    out = np.empty((len(files), *first.shape[1:]), first.dtype)
-    for k, f in enumerate(files):
-        frame = first if k == 0 else read_tiff_frames(f, notes=notes)
-        if frame.shape[0] != 1:
-            raise XanestrackError(
-                f"{f}: holds {frame.shape[0]} images; a folder given for flats or darks must hold one image per file "
-                "(or give the stack itself)"
-            )
-        if frame.shape[1:] != out.shape[1:] or frame.dtype != out.dtype:
-            raise XanestrackError(
-                f"{f}: an image of {frame.shape[1:]} {frame.dtype}, where {files[0].name} has {out.shape[1:]} "
-                f"{out.dtype}; the images of one folder must match"
-            )
-        out[k] = frame[0]
+    out = stack_single_images(
+        files,
+        notes=notes,
+        source=path,
+        noun="image",
+        one_each="a folder given for flats or darks must hold one image per file (or give the stack itself)",
+        match="the images of one folder must match",
+    )
     if notes is not None:
         notes.append(
             f"{path}: a folder of {len(files)} TIFF files, one image each, read in the natural order of their names "
