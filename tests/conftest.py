@@ -82,3 +82,43 @@ def stress_disc(seed: int = 5):
     offs = rng.normal(0, 0.05, e.size)
     aligned = 0.8 * mu[:, None, None] * mask + 0.1 + offs[:, None, None] + rng.normal(0, 0.01, (e.size, 33, 33))
     return e, mask, aligned.astype(np.float32), float(stress_edge_energy(0.0))
+
+
+#: the probe's NaN patch (frames, rows, columns) over the scene of :func:`nan_patch_scene`
+NAN_PATCH = (slice(None), slice(100, 140), slice(100, 140))
+
+
+def nan_patch_scene():
+    """The API probe's scene (``xanestrack synth --seed 5 --size 256 --n-energies 40 --n-particles 4 --max-radius
+    25``): ``(optical density, energies)``; its particle 2 drifts across :data:`NAN_PATCH`."""
+    from xanestrack.synth import PRESETS, make_synthetic_stack
+
+    s = make_synthetic_stack(
+        "default",
+        seed=5,
+        n_energies=40,
+        shape=(256, 256),
+        n_particles=4,
+        radius_range=(min(PRESETS["default"].radius_range[0], 25.0), 25.0),
+    )
+    return s.optical_density(), np.asarray(s.energies_ev, float)
+
+
+class CollectWarnings:
+    """The messages of the warnings logged by ``xanestrack`` inside the ``with`` block (``.messages``): for
+    module-scoped fixtures, where pytest's ``caplog`` cannot be used."""
+
+    def __enter__(self):
+        import logging
+
+        self.messages = []
+        self._handler = logging.Handler(logging.WARNING)
+        self._handler.emit = lambda record: self.messages.append(record.getMessage())
+        logging.getLogger("xanestrack").addHandler(self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        import logging
+
+        logging.getLogger("xanestrack").removeHandler(self._handler)
+        return False

@@ -10,7 +10,6 @@ order (16 of its filled pixels had a negative edge step). The frames where a par
 now left out of its size and shape trends, and its filled pixels out of the check of the frames' order.
 """
 
-import logging
 import re
 
 import numpy as np
@@ -18,13 +17,14 @@ import pytest
 from test_particle_deformation_notes import _fake
 
 import xanestrack.synth as synth
+from conftest import NAN_PATCH, CollectWarnings, nan_patch_scene
 from xanestrack import xanes
 from xanestrack.pipeline import MOVING_RIM_NOTE, PipelineOptions, _filled_frames, _flag_moving_rims, run_pipeline
 from xanestrack.result import particle_summary
 from xanestrack.stack import Stack, sanitize_stack
-from xanestrack.synth import PRESETS, make_synthetic_stack
+from xanestrack.synth import make_synthetic_stack
 
-PATCH = (slice(None), slice(100, 140), slice(100, 140))
+PATCH = NAN_PATCH
 
 
 def _rim_notes(p):
@@ -33,38 +33,16 @@ def _rim_notes(p):
 
 @pytest.fixture(scope="module")
 def probe():
-    """The probe's scene (``xanestrack synth --seed 5 --size 256 --n-energies 40 --n-particles 4 --max-radius
-    25``) run as given and with the NaN patch, and the console's warnings of the patched run."""
-    s = make_synthetic_stack(
-        "default",
-        seed=5,
-        n_energies=40,
-        shape=(256, 256),
-        n_particles=4,
-        radius_range=(min(PRESETS["default"].radius_range[0], 25.0), 25.0),
-    )
-    od = s.optical_density()
-    e = np.asarray(s.energies_ev, float)
+    """The probe's scene (:func:`conftest.nan_patch_scene`) run as given and with the NaN patch, and the console's
+    warnings of the patched run."""
+    od, e = nan_patch_scene()
     patched = od.copy()
     patched[PATCH] = np.nan
     opts = PipelineOptions(threads=1)
     clean = run_pipeline(Stack(od, e), options=opts)
-    handler = _Collect()
-    logging.getLogger("xanestrack").addHandler(handler)
-    try:
+    with CollectWarnings() as said:
         result = run_pipeline(Stack(patched, e), options=opts)
-    finally:
-        logging.getLogger("xanestrack").removeHandler(handler)
-    return clean, result, handler.messages
-
-
-class _Collect(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
+    return clean, result, said.messages
 
 
 def _under_patch(result):

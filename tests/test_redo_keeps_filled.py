@@ -10,29 +10,19 @@ console again suggested the frames were reversed. The run now keeps those frames
 results.h5); the redo flags the filled pixels again and leaves the frames out.
 """
 
-import logging
-
 import numpy as np
 import pytest
 
+from conftest import NAN_PATCH, CollectWarnings, nan_patch_scene
 from xanestrack import xanes
 from xanestrack.pipeline import FILLED_NOTE, MOVING_RIM_NOTE, PipelineOptions, redo_xanes, run_pipeline
 from xanestrack.result import particle_summary
 from xanestrack.results import read_results, write_results
 from xanestrack.stack import Stack
-from xanestrack.synth import PRESETS, make_synthetic_stack
+from xanestrack.synth import make_synthetic_stack
 
 #: the redo's axis: the run's shifted by this (eV); every E50 moves by it
 SHIFT_EV = 0.5
-
-
-class _Collect(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
 
 
 def _redone(stack, tmp_path_factory, name):
@@ -42,30 +32,18 @@ def _redone(stack, tmp_path_factory, name):
     out = tmp_path_factory.mktemp(name)
     write_results(result, out, stack=stack)
     e = np.asarray(result.energies_ev, float) + SHIFT_EV
-    handler = _Collect()
-    logging.getLogger("xanestrack").addHandler(handler)
-    try:
+    with CollectWarnings() as said:
         mem = redo_xanes(result, energies_ev=e)
         folder = redo_xanes(read_results(out), energies_ev=e)
-    finally:
-        logging.getLogger("xanestrack").removeHandler(handler)
-    return result, mem, folder, out, handler.messages
+    return result, mem, folder, out, said.messages
 
 
 @pytest.fixture(scope="module")
 def patched(tmp_path_factory):
-    """The probe's scene (as tests/test_filled_patch_no_fake_shrink.py) with its NaN patch."""
-    s = make_synthetic_stack(
-        "default",
-        seed=5,
-        n_energies=40,
-        shape=(256, 256),
-        n_particles=4,
-        radius_range=(min(PRESETS["default"].radius_range[0], 25.0), 25.0),
-    )
-    od = s.optical_density()
-    od[:, 100:140, 100:140] = np.nan
-    return _redone(Stack(od, np.asarray(s.energies_ev, float)), tmp_path_factory, "patched")
+    """The probe's scene (:func:`conftest.nan_patch_scene`) with its NaN patch."""
+    od, e = nan_patch_scene()
+    od[NAN_PATCH] = np.nan
+    return _redone(Stack(od, e), tmp_path_factory, "patched")
 
 
 @pytest.fixture(scope="module")
