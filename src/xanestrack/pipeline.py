@@ -2358,10 +2358,7 @@ def _finish_particle(
     with warnings.catch_warnings():  # a frame with no finite pixel in the mask: NaN, as meant
         warnings.simplefilter("ignore", RuntimeWarning)
         mean_spec = np.array([np.nanmean(a[mask]) if mask.any() else np.nan for a in chem])
-    filled = np.zeros(mask.shape, bool)
-    for k, patch in gaps:
-        if use[k]:
-            filled |= _patch_on_grid(origin, shifts[k], mask.shape, patch)
+    filled, _ = _filled_on_grid(origin, shifts, mask.shape, gaps, use)
 
     xr = xanes.analyse_particle(
         chem,
@@ -3589,6 +3586,25 @@ def _patch_on_grid(origin, shift, shape, patch) -> np.ndarray:
     return here
 
 
+def _filled_on_grid(origin, shifts, shape, gaps, used, within=None) -> tuple[np.ndarray, list]:
+    """``(pixels, frames)``: the pixels of a particle's grid (``shape``, at ``origin`` and ``shifts``) that took from
+    a filled patch (:func:`_patch_on_grid`) in a frame it ``used`` (bool per frame), within ``within`` where given
+    (its mask), and those frames in order; for the XANES's filled pixels (:func:`_finish_particle`) and their flags
+    (:func:`_flag_filled_pixels`)."""
+    hit = np.zeros(shape, bool)
+    frames = []
+    for k, patch in gaps:
+        if not used[k]:
+            continue
+        here = _patch_on_grid(origin, shifts[k], shape, patch)
+        if within is not None:
+            here &= within
+        if here.any():
+            hit |= here
+            frames.append(k)
+    return hit, sorted(frames)
+
+
 def _filled_frames(p, gaps, n_frames: int) -> np.ndarray:
     """``(n_frames,)`` bool: the frames in which particle ``p``'s mask (its consensus mask, or that frame's aligned
     mask) lay in a wide patch of input pixels without a value (``gaps``, :func:`_flag_filled_pixels`). Its outline
@@ -3631,15 +3647,7 @@ def _flag_filled_pixels(particles: list, gaps: list, energies) -> list:
         notes = tuple(x for x in p.notes if not x.startswith(FILLED_NOTE))
         mask = np.asarray(p.mask, bool)
         used = np.ones(n, bool) if p.xanes_frames is None else np.asarray(p.xanes_frames, bool)
-        hit = np.zeros(mask.shape, bool)
-        frames = []
-        for k, patch in patches.items():
-            if not used[k]:
-                continue
-            here = _patch_on_grid(p.origin, p.shifts[k], mask.shape, patch) & mask
-            if here.any():
-                hit |= here
-                frames.append(k)
+        hit, frames = _filled_on_grid(p.origin, p.shifts, mask.shape, patches.items(), used, within=mask)
         if not hit.any():
             out.append(p if notes == tuple(p.notes) else dataclasses.replace(p, notes=notes))
             continue
@@ -3649,7 +3657,6 @@ def _flag_filled_pixels(particles: list, gaps: list, energies) -> list:
         if "quality_keep" in maps:
             maps["quality_keep"] = np.asarray(maps["quality_keep"], bool) & ~hit
         n_hit, n_mask = int(hit.sum()), int(mask.sum())
-        frames.sort()
         note = (
             f"{FILLED_NOTE}: {n_hit} of its {n_mask} pixels lay in a wide patch of input pixels without a value "
             f"(saturated flat or detector pixels: see the input's notes) in {_count(len(frames), 'frame')} its XANES "
