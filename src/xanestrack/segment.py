@@ -333,9 +333,9 @@ class SegmentedWindows:
     origins : ndarray (n_frames, 2) int
         Frame coordinates of each window's pixel [0, 0].
     clipped : ndarray (n_frames,) bool
-        Windows that crossed the frame border.
+        Windows that crossed the frame border (or hold pixels outside the beam's lit field).
     outside : ndarray (n_frames, h, w) bool
-        Window pixels outside the frame (or NaN in it).
+        Window pixels outside the frame (or NaN in it, or outside the beam's lit field).
     masks : ndarray (n_frames, h, w) float32
         Soft masks of the particle.
     com : ndarray (n_frames, 2)
@@ -388,10 +388,16 @@ def _level_windows(windows, ring: int = 3):
     return out
 
 
-def _segment_windows(od, centres, half, segmenter, radius, separate=True, offsets=None, frames=None):
+def _segment_windows(od, centres, half, segmenter, radius, separate=True, offsets=None, frames=None, unlit=None):
     cut_at = centres if offsets is None else centres + offsets
     windows, origins, clipped = crop_windows(od, cut_at, half, frames=frames)
     nanwin = ~np.isfinite(windows)
+    if unlit is not None:
+        # outside the beam's lit field is outside the frame: a mask it cuts is not whole
+        dark, _, _ = crop_windows(unlit[None], cut_at, half, fill=0.0, frames=np.zeros(len(cut_at), int))
+        dark = dark > 0.5
+        clipped = clipped | dark.any(axis=(1, 2))
+        nanwin |= dark
     if nanwin.any():
         for k in np.flatnonzero(nanwin.any(axis=(1, 2))):
             w = windows[k]
@@ -408,7 +414,7 @@ def _segment_windows(od, centres, half, segmenter, radius, separate=True, offset
 
 
 def segment_particle(
-    od, centres, half: int, *, segmenter, radius: float, separate: bool = True, offsets=None
+    od, centres, half: int, *, segmenter, radius: float, separate: bool = True, offsets=None, unlit=None
 ) -> SegmentedWindows:
     """Segment one particle in its window of every frame.
 
@@ -433,6 +439,10 @@ def segment_particle(
         their particle); windows centred on another estimate of the particle's position
         would lean the centre of mass towards that estimate, and the two would agree
         because of it. Offset windows keep the centre of mass independent of it.
+    unlit : ndarray (rows, cols) bool, optional
+        The pixels outside the beam's lit field (``Stack.metadata["unlit"]``): taken as outside the frame
+        (``outside``; a window holding any is ``clipped``), so a mask the field's edge cuts is flagged
+        ``out_of_view`` as one the frame's border cuts (:func:`xanestrack.register.mask_flags`).
 
     Returns
     -------
@@ -451,13 +461,30 @@ def segment_particle(
     """
     centres = np.asarray(centres, float)
     offsets = None if offsets is None else np.asarray(offsets, float)
-    windows, origins, clipped, nanwin, masks = _segment_windows(od, centres, half, segmenter, radius, separate, offsets)
+    if unlit is not None:
+        unlit = np.asarray(unlit, bool)
+        if unlit.shape != od.shape[1:]:
+            raise ValueError(
+                f"unlit must be a (rows, cols) mask of the frames' shape {od.shape[1:]}, got {unlit.shape}"
+            )
+        unlit = unlit if unlit.any() else None
+    windows, origins, clipped, nanwin, masks = _segment_windows(
+        od, centres, half, segmenter, radius, separate, offsets, unlit=unlit
+    )
     com = centre_of_mass(masks) + origins
     off = np.hypot(*(com - centres).T)
     redo = np.flatnonzero(np.isfinite(off) & (off > max(2.0, 0.15 * half)))
     if redo.size:
         w2, o2, c2, n2, m2 = _segment_windows(
-            od, com[redo], half, segmenter, radius, separate, None if offsets is None else offsets[redo], frames=redo
+            od,
+            com[redo],
+            half,
+            segmenter,
+            radius,
+            separate,
+            None if offsets is None else offsets[redo],
+            frames=redo,
+            unlit=unlit,
         )
         windows[redo], origins[redo], clipped[redo], nanwin[redo], masks[redo] = w2, o2, c2, n2, m2
         com[redo] = centre_of_mass(m2) + o2

@@ -142,7 +142,10 @@ class Stack:
         Provenance: source files, reader, notes. Without ``"values"`` (a Stack not made by a
         reader, which judges them), values that look like transmission or raw counts rather
         than optical density (:func:`xanestrack.io.checks.values_without_flats`) are noted in
-        ``metadata["notes"]`` (a copy of the dict given) and logged.
+        ``metadata["notes"]`` (a copy of the dict given) and logged. ``metadata["unlit"]`` (bool
+        (rows, cols), set by the readers where the beam lit part of the frame only): the pixels outside
+        the lit field, taken by the pipeline as outside the frame (a particle they cut is flagged
+        ``out_of_view``); crop or bin it with the frames, or leave it out.
     """
 
     od: np.ndarray

@@ -230,6 +230,7 @@ def _tiff_stack(data, e, reverse, notes, path, files, flats, darks, values, orde
     from .tiff import read_tiff_frames
 
     files = [str(f) for f in files]
+    unlit = []  # the pixels outside the beam's lit field, where optical_density finds any
     if flats is not None:
         _no_values_with_flats(path, values, "TIFF frames with `flats`")
         fl = read_tiff_frames(flats, notes=notes)
@@ -245,17 +246,21 @@ def _tiff_stack(data, e, reverse, notes, path, files, flats, darks, values, orde
             notes.append(f"{flats}: one flat-field image per file, each paired with its file's frame")
         if dk is None:
             notes.append(f"{path}: no dark images (`darks`): dark taken as 0")
-        od = optical_density(data, flats=fl, darks=dk, source=str(path), notes=notes)
+        od = optical_density(data, flats=fl, darks=dk, source=str(path), notes=notes, unlit=unlit)
         kind = "counts"
     else:
         if darks is not None:
             raise XanestrackError(f"{darks}: darks given without `flats`; give the flats too, or neither")
-        od, kind, more = values_without_flats(data, values, source=path, flats_hint="`flats` (reference images)")
+        od, kind, more = values_without_flats(
+            data, values, source=path, flats_hint="`flats` (reference images)", unlit=unlit
+        )
         notes += more
     rounded = rounded_energies_note(e, source=path)
     if rounded:
         notes.append(rounded)
     meta = dict(source=str(path), reader="tiff", values=kind, files=files, notes=notes)
+    if unlit:  # the pipeline flags a particle the field's edge cuts as out of view
+        meta["unlit"] = unlit[0]
     from .tiff import tiff_pixel_size
 
     # an ImageJ or OME TIFF's, with its unit (ignored before, without a word)
@@ -668,17 +673,19 @@ def _hdf5_stack(d, path, energies, values, scan, flats=None, darks=None) -> Stac
         if darks_ is None:
             notes.append(f"{path}: no dark images (`darks`): dark taken as 0")
         d = dict(d, darks=darks_)
+    unlit = []  # the pixels outside the beam's lit field, where optical_density finds any
     if flats_ is None:
         od, kind, more = values_without_flats(
             d["counts"],
             values,
             source=path,
             flats_hint=f"flat-field images (/{'img_bkg' if d['layout'] == 'fxi' else 'exchange/data_white'})",
+            unlit=unlit,
         )
         notes += more
     else:
         flats_ = _match_flats(flats_, d["counts"].shape[0], source=path, notes=notes)
-        od = optical_density(d["counts"], flats=flats_, darks=d["darks"], source=str(path), notes=notes)
+        od = optical_density(d["counts"], flats=flats_, darks=d["darks"], source=str(path), notes=notes, unlit=unlit)
     meta = dict(
         source=str(path) if scan is None else f"{path}[scan {scan}]",
         reader=f"hdf5-{d['layout']}" + ("" if scan is None else "-series"),
@@ -686,6 +693,8 @@ def _hdf5_stack(d, path, energies, values, scan, flats=None, darks=None) -> Stac
         files=[str(path)] + [str(p) for p in (flats, darks) if p is not None and d["flats"] is None],
         notes=notes,
     )
+    if unlit:  # the pipeline flags a particle the field's edge cuts as out of view
+        meta["unlit"] = unlit[0]
     return Stack(_in_energy_order(od, e, reverse, meta), e, d["pixel_size_um"], meta)
 
 

@@ -251,7 +251,7 @@ def _sign_flipped(sample, lo: float, med: float, hi: float) -> bool:
     return med - p1 > p99 - med
 
 
-def values_without_flats(data, values: str, *, source, flats_hint: str):
+def values_without_flats(data, values: str, *, source, flats_hint: str, unlit=None):
     """Optical density from images given without flats, as ``values`` says or as they look.
 
     Returns ``(od float32, kind, notes)``. Integers under ``"auto"`` are raw counts and
@@ -265,7 +265,9 @@ def values_without_flats(data, values: str, *, source, flats_hint: str):
     median), is outside the lit field (a round field's corners, 0 +- 0.02 in FXI's export): the values are judged
     without it, and as transmission it is set to the lit field's median optical density, said in a note. The
     probe's round field (31 % of the frame) was called optical density, and as transmission its 406,769 corner
-    pixels were given their frame's strongest absorption: no particle was tracked.
+    pixels were given their frame's strongest absorption: no particle was tracked. Those pixels (bool (rows, cols))
+    are appended to ``unlit`` (a list, optional) where it is given (see
+    :func:`xanestrack.io.flatfield.optical_density`).
     """
     from scipy import ndimage
 
@@ -344,7 +346,8 @@ def values_without_flats(data, values: str, *, source, flats_hint: str):
         return np.asarray(data, dtype=np.float32), "od", notes
     if outside is not None:
         notes.append(unlit_note(outside, source, "in every frame (transmission near 0)", flats=False))
-    return optical_density(data, source=str(source), notes=notes, outside=outside), "transmission", notes
+    od = optical_density(data, source=str(source), notes=notes, outside=outside, unlit=unlit)
+    return od, "transmission", notes
 
 
 #: eV: the roundings energies are looked at for (keV with 2, 3 and 4 decimals, eV with 1), largest first

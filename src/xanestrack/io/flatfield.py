@@ -433,7 +433,9 @@ def _check_flat_pattern(counts, flat, dark, source: str) -> str:
     return ""
 
 
-def optical_density(counts, *, flats=None, darks=None, source: str = "input", notes=None, outside=None) -> np.ndarray:
+def optical_density(
+    counts, *, flats=None, darks=None, source: str = "input", notes=None, outside=None, unlit=None
+) -> np.ndarray:
     """Optical density ``OD = -ln((I - dark) / (flat - dark))``, float32.
 
     Parameters
@@ -452,6 +454,10 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
         the lit field's median optical density in every frame. With flats they are those unlit in every flat
         (:data:`UNLIT_SHARE`), found here and said in a note (:func:`unlit_note`); the value checks judge the lit
         pixels only.
+    unlit : list, optional
+        The pixels outside the lit field (bool (rows, cols), as ``outside`` above), where there are any, are
+        appended here: the readers keep them as ``Stack.metadata["unlit"]``, where the pipeline flags a particle
+        they cut ``out_of_view`` as the frame's border does.
 
     Returns
     -------
@@ -695,6 +701,8 @@ def optical_density(counts, *, flats=None, darks=None, source: str = "input", no
     refusal = no_image_refusal(blank, n, source=source, cause=lambda: _no_image_cause(counts, flats is not None, blank))
     if refusal:
         raise XanestrackError(refusal)
+    if outside is not None and unlit is not None:
+        unlit.append(np.array(outside, bool))
     said = []
     if outside is not None and flats is not None:  # without flats the caller says it
         said.append(unlit_note(outside, source, "in every flat (reference) image"))
@@ -812,7 +820,7 @@ def unlit_note(outside, source, where: str, *, flats: bool = True) -> str:
         f"{source}: {outside.mean():.0%} of the frame ({int(outside.sum())} pixels, touching its border) unlit {where}: "
         f"{cause}; left out, set to the lit "
         "field's median optical density in every frame. A particle there is not seen; one the field's edge cuts is "
-        "measured cut (not flagged out of view)"
+        "flagged out of view in those frames, as at the frame's border"
     )
 
 
