@@ -188,6 +188,7 @@ class _Progress:
 
 @app.callback()
 def _main(
+    ctx: typer.Context = None,  # None where called as a function, not as the app's callback
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
     quiet: bool = typer.Option(
         False,
@@ -199,6 +200,25 @@ def _main(
     _STATE["debug"], _STATE["quiet"] = debug, quiet
     level = logging.DEBUG if debug else (logging.ERROR if quiet else logging.WARNING)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    _term_as_ctrl_c(ctx)
+
+
+def _term_as_ctrl_c(ctx) -> None:
+    """Make SIGTERM end the command being run as Ctrl-C does (:func:`_terminated`), until it is done; the previous
+    handler is put back then. Called in the app's callback, which every command goes through: installed in
+    :func:`main` only, a command started through ``app()`` (from Python, or an entry point calling it) died silently
+    on SIGTERM, its ``.NAME.lock`` and ``.NAME.tmp-...`` left beside the output. Only within a command (``ctx``, its
+    context, puts the handler back when it closes) and in the main thread (the only one a handler can be set from).
+    """
+    import signal
+    import threading
+
+    if ctx is None or not hasattr(signal, "SIGTERM") or threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _terminated)
+    # None: a handler set outside Python, which cannot be put back; the default action is the nearest
+    ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous))
 
 
 def _stage_summary(result):
@@ -1728,11 +1748,7 @@ def _terminated(signum, frame):
 
 
 def main():
-    import signal
-
-    if hasattr(signal, "SIGTERM"):
-        signal.signal(signal.SIGTERM, _terminated)
-    app()
+    app()  # SIGTERM is handled in the app's callback (_term_as_ctrl_c), for app() called from Python as well
 
 
 if __name__ == "__main__":

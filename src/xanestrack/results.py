@@ -836,23 +836,35 @@ def _quiet_h5py_dealloc() -> None:
     sys.unraisablehook = hook
 
 
+def _mib_pair(need: int, have: int, *, digits: int = 0) -> tuple[str, str]:
+    """``need`` and ``have`` bytes in MiB, with ``digits`` decimals or as many more (up to 6) as tell them apart: both
+    rounded to whole MiB, a refusal read "it takes about 13 MiB and 13 MiB are free" (13.4 and 12.9 MiB)."""
+    for n in range(digits, 7):
+        a, b = f"{need / 2**20:.{n}f}", f"{have / 2**20:.{n}f}"
+        if a != b:
+            break
+    return a, b
+
+
 def _check_room(path: Path, need: int) -> None:
     """Refuse writing ``need`` bytes at ``path`` beyond the file-size limit or the disk's free space."""
     import resource
 
     soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
     if soft != resource.RLIM_INFINITY and need > soft:
+        a, b = _mib_pair(need, soft, digits=1)
         raise XanestrackError(
-            f"cannot write {path}: it takes about {need / 2**20:.0f} MiB and files are limited to {soft / 2**20:.1f} "
-            "MiB here (ulimit -f); raise the limit"
+            f"cannot write {path}: it takes about {a} MiB and files are limited to {b} MiB here (ulimit -f); raise "
+            "the limit"
         )
     try:
         free = shutil.disk_usage(path.parent).free
     except OSError:
         return
     if need > free:
+        a, b = _mib_pair(need, free)
         raise XanestrackError(
-            f"cannot write {path}: it takes about {need / 2**20:.0f} MiB and {free / 2**20:.0f} MiB are free there; "
+            f"cannot write {path}: it takes about {a} MiB and {b} MiB are free there; "
             "free space, or choose another output folder (`out`)"
         )
 
