@@ -25,6 +25,7 @@ from ..stack import Stack
 from .checks import (
     MIN_ENERGY_EV,
     energies_in_ev,
+    energy_axis_last_refusal,
     energy_order,
     replaced_energies_note,
     rounded_energies_note,
@@ -259,6 +260,9 @@ def _tiff_stack(data, e, reverse, notes, path, files, flats, darks, values, orde
     if rounded:
         notes.append(rounded)
     meta = dict(source=str(path), reader="tiff", values=kind, files=files, notes=notes)
+    refusal = energy_axis_last_refusal(od, source=path)  # a cube saved (rows, cols, energies)
+    if refusal:
+        raise XanestrackError(refusal)
     if unlit:  # the pipeline flags a particle the field's edge cuts as out of view
         meta["unlit"] = unlit[0]
     from .tiff import tiff_pixel_size
@@ -693,6 +697,9 @@ def _hdf5_stack(d, path, energies, values, scan, flats=None, darks=None) -> Stac
         files=[str(path)] + [str(p) for p in (flats, darks) if p is not None and d["flats"] is None],
         notes=notes,
     )
+    refusal = energy_axis_last_refusal(od, source=path)  # a cube saved (rows, cols, energies)
+    if refusal:
+        raise XanestrackError(refusal)
     if unlit:  # the pipeline flags a particle the field's edge cuts as out of view
         meta["unlit"] = unlit[0]
     return Stack(_in_energy_order(od, e, reverse, meta), e, d["pixel_size_um"], meta)

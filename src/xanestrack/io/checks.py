@@ -23,6 +23,7 @@ __all__ = [
     "energies_in_ev",
     "validated_energies",
     "energy_order",
+    "energy_axis_last_refusal",
     "values_without_flats",
     "replaced_energies_note",
     "rounded_energies_note",
@@ -209,6 +210,56 @@ def validated_energies(energies_ev, n_frames: int, *, source, frame_shape=None) 
         raise XanestrackError(str(exc)) from None
 
 
+#: a stack whose frames' side is as long as the energies are many (a cube) is refused as having its energy axis last
+#: where that axis is this many times more alike along its length than the first: the share of the stack's variation
+#: (each axis's mean profile taken out: a frame's offset, a gradient) left in its mean along an axis (a particle is
+#: one along the energies). Normal 160^3 scans (synth 3 particles: default, rigid, stress-drift, -jitter, -crowd,
+#: -counts, -all; optical density, every 2nd value): the larger of the other two axes 0.07-0.22 times the energy
+#: axis, 0.72 for stress-all; the same saved (rows, cols, energies) or (rows, energies, cols): 1.83 (stress-all) to
+#: 15.6. The probe's 160^3 saved (rows, cols, energies): 6.9 (ran to one "particle", 0 of 160 frames vouched for)
+ENERGY_LAST_RATIO = 1.2
+#: the fewest energies the check is made for (fewer hold too little to judge)
+ENERGY_LAST_MIN_FRAMES = 16
+
+
+def energy_axis_last_refusal(od, *, source) -> str | None:
+    """The refusal for a stack ``od`` (frames, rows, cols) with a side as long as its frames are many that varies
+    along that side as an energy scan does along its energies, not along its first axis (:data:`ENERGY_LAST_RATIO`):
+    saved (rows, cols, energies), its frames read across the energies; else None.
+
+    Judged on every 2nd value along each axis, non-finite values set to the median: for each axis, the variance of
+    the mean along it over the whole variance, each axis's mean profile taken out first. A particle is the same along
+    the energies (its mean over them keeps it), not along the rows or columns.
+    """
+    n = od.shape[0]
+    sides = [a for a in (1, 2) if od.shape[a] == n]
+    if n < ENERGY_LAST_MIN_FRAMES or not sides:
+        return None
+    x = np.array(od[::2, ::2, ::2], dtype=np.float64)
+    bad = ~np.isfinite(x)
+    if bad.all():
+        return None
+    if bad.any():
+        x[bad] = np.median(x[~bad])
+    for a in ((1, 2), (0, 2), (0, 1)):
+        x -= x.mean(axis=a, keepdims=True)
+    v = x.var()
+    if not v > 0:
+        return None
+    alike = [float(x.mean(axis=a).var() / v) for a in (0, 1, 2)]
+    a = max(sides, key=lambda k: alike[k])
+    if not alike[a] > ENERGY_LAST_RATIO * alike[0]:
+        return None
+    rows, cols = od.shape[1:]
+    name = "last" if a == 2 else "second"
+    return (
+        f"{source}: {n} frames of {rows} x {cols} pixels, and the images along its {name} axis are alike "
+        f"({alike[a]:.2f} of its variation the same in all), along its first unlike ({alike[0]:.2f}): is the energy "
+        f"axis {name}? It must be first (energies, rows, cols): save it, and its flats, as np.moveaxis(a, {a}, 0) "
+        "(e.g. with tifffile.imwrite) and run again"
+    )
+
+
 def energy_order(energies_ev, n_frames: int, *, source, frame_shape=None) -> tuple[np.ndarray, bool]:
     """Validated energies in increasing order, and whether the frames must be reversed for it.
 
@@ -271,15 +322,25 @@ def values_without_flats(data, values: str, *, source, flats_hint: str, unlit=No
     """
     from scipy import ndimage
 
-    from .flatfield import optical_density, outside_field, unlit_note
+    from .flatfield import WRAPPED_BELOW, WRAPPED_SHARE, optical_density, outside_field, unlit_note
 
     if values not in ("auto", "od", "transmission", "counts"):
         raise XanestrackError(f"`values` must be auto, od or transmission, got {values!r}")
     integer = np.issubdtype(data.dtype, np.integer)
     if values == "counts" or (values == "auto" and integer):
+        wrapped = ""
+        if np.issubdtype(data.dtype, np.signedinteger):  # int16 counts wrapped negative: said before the flats
+            some = np.asarray(data[:: max(1, data.shape[0] // 8), ::2, ::2])
+            neg = some[some < 0]
+            if neg.size > WRAPPED_SHARE * some.size and neg.min() <= WRAPPED_BELOW:
+                wrapped = (
+                    f" ({neg.size / some.size:.2%} of its {data.dtype} values are negative, {int(neg.min())} to "
+                    f"{int(neg.max())}: as counts, 16-bit counts above 32767 stored as signed, wrapped around; save "
+                    "them as uint16)"
+                )
         raise XanestrackError(
             f"{source}: {'integer pixel values look like' if values == 'auto' else 'pixel values are'} raw counts, "
-            f"which need {flats_hint}; if they are already optical density or transmission, "
+            f"which need {flats_hint}{wrapped}; if they are already optical density or transmission, "
             "say so with `values` od|transmission"
         )
     sample = np.asarray(data[:: max(1, data.shape[0] // 8), ::2, ::2], dtype=np.float32)  # ~8 frames, every 4th pixel

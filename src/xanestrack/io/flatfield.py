@@ -476,7 +476,8 @@ def optical_density(
         (the reference is unusable; fewer are dead pixels, NaN here); a flat saturated at
         more than :data:`MAX_SATURATED_FLAT_SHARE` of its pixels; images that are
         transmission or optical density beside flats of counts (:data:`NOT_COUNTS_SHARE`);
-        half the frames or more without an image (:func:`no_image_refusal`).
+        half the frames or more without an image (:func:`no_image_refusal`); raw counts of a signed integer type
+        (beside flats or darks), or flats, wrapped negative (:func:`wrapped_counts_refusal`).
     """
     if not _frame_indexable(counts):
         counts = np.asarray(counts)
@@ -511,6 +512,21 @@ def optical_density(
             )
         # the pixels unlit in every flat (up to 5 of them): outside the beam's field, left out
         ks = np.unique(np.linspace(0, flat.shape[0] - 1, min(5, flat.shape[0])).round().astype(int))
+        if np.issubdtype(flat.dtype, np.signedinteger):  # wrapped flats were "flats and darks swapped?"
+            f = np.stack([np.asarray(flat[k]) for k in ks])
+            neg = f[f < 0]
+            if neg.size:
+                refusal = wrapped_counts_refusal(
+                    neg.size,
+                    f.size,
+                    int(neg.min()),
+                    int(neg.max()),
+                    flat.dtype,
+                    source=source,
+                    what="flat (reference) images",
+                )
+                if refusal:
+                    raise XanestrackError(refusal)
         outside = outside_field(np.subtract(np.asarray(flat[k]), dark, dtype=np.float32) for k in ks)
         if outside is not None and not _unlit_in_images(counts, dark, outside):
             outside = None  # lit in the images, dark in the flats alone: the flats are at fault (refused below)
@@ -595,6 +611,9 @@ def optical_density(
     dark_max = float(np.max(dark))
     n_dead = [0]
     problems = {}
+    # raw counts of a signed type below 0 (unsigned counts wrapped around): how many, the lowest, the highest
+    signed = np.issubdtype(counts.dtype, np.signedinteger) and (flats is not None or darks is not None)
+    wrapped = [0, 0, -(1 << 62)]
 
     def block(k0, k1):
         """Frames k0..k1-1 to OD in ``out``; their counts of replaced pixels. A block of frames per
@@ -618,6 +637,13 @@ def optical_density(
                 if sat_i is not None:
                     f_sat = np.zeros(f.shape, bool) if f_sat is None else f_sat
                     f_sat[i] = sat_i
+        if signed:
+            neg = c[c < 0]
+            if neg.size:
+                with tally:
+                    wrapped[0] += neg.size
+                    wrapped[1] = min(wrapped[1], int(neg.min()))
+                    wrapped[2] = max(wrapped[2], int(neg.max()))
         np.subtract(c, dark, out=t, dtype=np.float32, casting="unsafe")
         with np.errstate(divide="ignore", invalid="ignore"):
             np.divide(t, r, out=t)
@@ -701,6 +727,18 @@ def optical_density(
     refusal = no_image_refusal(blank, n, source=source, cause=lambda: _no_image_cause(counts, flats is not None, blank))
     if refusal:
         raise XanestrackError(refusal)
+    # fewer frames without an image (the 6.8 % wrapped of the probe's ran to the end): the wrap said all the same
+    refusal = wrapped[0] and wrapped_counts_refusal(
+        wrapped[0],
+        int(np.prod(counts.shape)),
+        wrapped[1],
+        wrapped[2],
+        counts.dtype,
+        source=source,
+        flat_top=None if flats is None else max(float(np.asarray(flat[k]).max()) for k in ks),
+    )
+    if refusal:
+        raise XanestrackError(refusal)
     if outside is not None and unlit is not None:
         unlit.append(np.array(outside, bool))
     said = []
@@ -752,6 +790,42 @@ def optical_density(
         else:
             logger.warning("%s", note)
     return out
+
+
+#: the share of the raw counts of a signed integer type (int16, int32) that may be negative before the images are
+#: refused as unsigned counts stored signed, wrapped around (a count is never negative: a few, from a camera that
+#: subtracts its own offset, pass). A 16-bit camera at up to ~35,000 counts saved as int16 (synth seed 5, 256^2,
+#: 60 energies) had 6.8 % of its pixels wrapped: run to the end with notes of "zero/negative transmission", "no
+#: beam, the shutter closed?" and 4298 "zingers", 3 of 4 mean E50s withheld
+WRAPPED_SHARE = 1e-4
+#: ... and the lowest of them at or below this: a 16-bit count just above 32767 stored as int16 is -32768 and up, and
+#: counts that cross 32767 wrap to near -32768 (the probe's: -32764); a camera's noise about its own subtracted
+#: offset never goes so low, nor does optical density x 1000 as int16 (synth seed 1, 128^2, against its background:
+#: -95 to 975, 49 % negative)
+WRAPPED_BELOW = -16384
+
+
+def wrapped_counts_refusal(
+    n_negative: int, n_values: int, low: int, high: int, dtype, *, source, what: str = "images", flat_top=None
+) -> str | None:
+    """The refusal for raw counts of a signed integer ``dtype`` of which ``n_negative`` of ``n_values`` are negative
+    (from ``low`` to ``high``), more than :data:`WRAPPED_SHARE`: unsigned 16-bit counts stored as signed, their values
+    above 32767 wrapped around (the lowest at or below :data:`WRAPPED_BELOW`); else None. ``flat_top``: the flats'
+    largest count, said where it is above 32767."""
+    dtype = np.dtype(dtype)
+    if not np.issubdtype(dtype, np.signedinteger) or n_negative <= WRAPPED_SHARE * max(n_values, 1):
+        return None
+    if low > WRAPPED_BELOW:
+        return None
+    seen = f"{source}: {n_negative} of the {dtype} counts of its {what} ({n_negative / n_values:.2%}) are negative"
+    if low < -32768:  # not 16-bit counts wrapped
+        return f"{seen} ({low} to {high}): a count never is; save the detector's counts unsigned and run again"
+    top = f"; the flats reach {flat_top:.0f}" if flat_top is not None and flat_top > 32767 else ""
+    return (
+        f"{seen} ({low} to {high}): 16-bit counts above 32767 stored as signed wrap around (as uint16 these are "
+        f"{low + 65536} to {high + 65536}{top}); save the {what} as uint16 (numpy: a.astype(np.uint16) restores "
+        "them) and run again"
+    )
 
 
 #: the share of a reference's pixels that may be zero or negative after dark subtraction (dead
