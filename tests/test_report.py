@@ -290,6 +290,7 @@ def test_the_pixel_size_gives_scale_bars_and_is_stated_once(report_dir, tmp_path
     shutil.copytree(report_dir, copy)
     run = json.loads((copy / "run.json").read_text())
     run["pixel_size_um"] = 0.05
+    run["pixel_size_source"] = "input"  # the files gave it (run.json says where it came from)
     (copy / "run.json").write_text(json.dumps(run))
     html = write_report(copy).read_text()
     assert "pixel size unknown" not in html

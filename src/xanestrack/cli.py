@@ -387,7 +387,10 @@ def _check_pixel_size(pixel_size: float) -> None:
 
 
 def _with_pixel_size(stack, pixel_size: float):
-    """``stack`` with the pixel size ``--pixel-size`` gives (um), a note where it replaces the files' own."""
+    """``stack`` with the pixel size ``--pixel-size`` gives (um), a note where it replaces the files' own.
+
+    Its metadata say where it came from (``pixel_size_source`` "--pixel-size", and ``input_pixel_size_um``, the
+    files' own, where they give one), for run.json and the report's row (which said "from the input")."""
     import dataclasses
 
     _check_pixel_size(pixel_size)
@@ -395,7 +398,10 @@ def _with_pixel_size(stack, pixel_size: float):
     notes = list(stack.metadata.get("notes", []))
     if own and abs(own - pixel_size) > 1e-6 * own:
         notes.append(f"pixel size {pixel_size:g} um (--pixel-size) used, not the files' {own:g} um")
-    return dataclasses.replace(stack, pixel_size_um=float(pixel_size), metadata={**stack.metadata, "notes": notes})
+    meta = {**stack.metadata, "notes": notes, "pixel_size_source": "--pixel-size"}
+    if own:
+        meta["input_pixel_size_um"] = float(own)
+    return dataclasses.replace(stack, pixel_size_um=float(pixel_size), metadata=meta)
 
 
 def _check_device(device: str) -> None:

@@ -2353,7 +2353,7 @@ def _finish_particle(
     by_motion = (v.flags & FRAME_FLAGS["by_motion"]) > 0
     if by_motion.any():
         notes.append(
-            f"{int(by_motion.sum())} frames vouched for by the scan's motion where the centre of mass did not (its "
+            f"{_count(int(by_motion.sum()), 'frame')} vouched for by the scan's motion where the centre of mass did not (its "
             "outline strays where its chemistry is mixed, across the edge, or where it is faint): the edge estimate "
             f"lies within {options.agreement_px:g} px of the other particles' motion plus its own, interpolated "
             "from the frames vouched for on either side"
@@ -2368,7 +2368,7 @@ def _finish_particle(
                 f"by its border ({_frame_runs_text(away, energies)}: it enters or leaves the field, or lies at its edge)"
                 + (f"; in the other {rest} {why}" if rest else "")
             )
-        notes.append(f"{int(disagree.sum())} frames not vouched for: {why}")
+        notes.append(f"{_count(int(disagree.sum()), 'frame')} not vouched for: {why}")
     overlapped = (np.asarray(v.flags).astype(np.uint16) & FRAME_FLAGS["overlap"]) > 0
     if overlaps:
         notes.append(_overlap_note(overlaps, energies))
@@ -3250,8 +3250,8 @@ ORDER_EDGE_LEVEL = 0.3
 
 
 def _oxidised_order_note(references: dict, energies) -> str:
-    """The note where the last reference, whose fraction is the particles' ``oxidised_fraction`` (their table,
-    ``series.csv``, the series report), has not the highest edge: references given as LiNiO2 then NiO made every
+    """The note where the last reference, whose fraction is the particles' ``oxidised_fraction`` (their table
+    ``figures/uncertainty.csv``, ``series.csv``, the series report), has not the highest edge: references given as LiNiO2 then NiO made every
     particle's "oxidised" fraction its NiO fraction (0.70 became 0.30), without a word. Empty otherwise.
 
     The edge is where the reference first reaches :data:`ORDER_EDGE_LEVEL` of its step (E50 put a Ni foil's
@@ -3275,7 +3275,8 @@ def _oxidised_order_note(references: dict, energies) -> str:
     if edge[top] - edge[last] <= 0.1:
         return ""
     return (
-        f"oxidised_fraction (the particles' table, series.csv) is the fraction of the last reference given, {last} "
+        f"oxidised_fraction (the particles' table figures/uncertainty.csv, series.csv) is the fraction of the last "
+        f"reference given, {last} "
         f"(its edge, where it first reaches {ORDER_EDGE_LEVEL:g} of its step, at {edge[last]:.1f} eV), but {top}'s "
         f"edge lies higher ({edge[top]:.1f} eV): give the references in the order of their oxidation state, the most "
         "oxidised last"
@@ -4877,9 +4878,9 @@ def _uncalibrated_note(particles, energies, references, lcf_window, *, shipped: 
         # run note's "4 of 9 particles" (stress-all: 5 of its 9 particles without XANES) read as a contradiction
         n_fit = len(bound) + len(moves)
         of = (
-            f"{'all ' if len(bound) == n_fit else ''}{len(bound)}"
+            f"{('all ' if n_fit > 1 else 'the ') if len(bound) == n_fit else ''}{len(bound)}"
             + ("" if len(bound) == n_fit else f" of the {n_fit}")
-            + f" particles fitted{f' (of {len(particles)} tracked; the others have no fractions)' if n_fit < len(particles) else ''}"
+            + f" particle{'s' if n_fit > 1 else ''} fitted{f' (of {len(particles)} tracked; the others have no fractions)' if n_fit < len(particles) else ''}"
         )
         text += (
             f"{'; ' if moves else ''}the fractions of {of} sit at 0 or 1 "

@@ -165,8 +165,33 @@ def _kept_e50(p) -> np.ndarray:
     """A particle's E50 map where its quality masks keep the pixel (``p.kept``), NaN elsewhere: what the E50
     figures draw and chemistry.csv's percentiles are over, as the whiteline and sigma figures. The rejected pixels
     were drawn and counted (a scene at 800 counts: 122 pixels with |E50 error| 0.35-0.82 eV in median, against
-    0.19-0.26 eV kept; "of the 8684 pixels drawn" where the sigma figure drew 8562)."""
+    0.19-0.26 eV kept; "of the 8684 pixels drawn" where the sigma figure drew 8562).
+
+    All NaN for a particle whose mean E50 is withheld (:func:`xanestrack.result.e50_withheld`): its pixels
+    measured are a biased choice, not the particle, so they are not drawn and do not set the colour scale (a
+    stress-all scene, seed 2, 256 px, 60 energies, 5 particles: about 290 pixels of one of them, 88 % of its mask in a
+    gap of frames left out, were drawn and gave chemistry.csv a median 1.25 eV below its true one).
+    """
+    if _withheld(p):
+        return np.full(np.shape(p.edge_maps["e50"]), np.nan)
     return np.where(p.kept, p.edge_maps["e50"], np.nan)
+
+
+def _withheld(p) -> str:
+    """Why the particle's mean E50 is withheld, ``""`` where it is not (:func:`xanestrack.result.e50_withheld`)."""
+    from .result import e50_withheld
+
+    return e50_withheld(p)
+
+
+def _withheld_sentence(particles) -> str:
+    """The caption's sentence naming the particles whose E50 is not drawn, and why; ``""`` where none."""
+    why = [(p.particle, _withheld(p)) for p in particles]
+    why = [(pid, w) for pid, w in why if w]
+    if not why:
+        return ""
+    who = "; ".join(f"particle {pid} ({w})" for pid, w in why)
+    return f"Not drawn, {'their' if len(why) > 1 else 'its'} mean E50 withheld as in the particles' table: {who}."
 
 
 def _visible_rejected(result) -> pd.DataFrame:
@@ -356,7 +381,8 @@ def overview_figure(result, *, pixel_size_um: float | None = None) -> Figure:
     largest non-rigid excursion (over its frames vouched for); rejected objects are marked
     with their reason. With ``pixel_size_um`` (um per px) a scale bar. Numbers are placed
     by :func:`_label_positions`, as on every figure over the frame.
-    Table ``overview``: particle, y, x, radius_px, max_nonrigid_px.
+    Table ``overview``: particle, y, x, radius_px (its size: the equivalent radius of its masks,
+    :attr:`xanestrack.result.ParticleResult.size_radius`), max_nonrigid_px.
     """
     base = _base_image(result)
     lo, hi = _limits(base)
@@ -373,7 +399,7 @@ def overview_figure(result, *, pixel_size_um: float | None = None) -> Figure:
         traj = c0 + TRAJ_SCALE * (p.positions - c0)
         nr = float(maxnr.get(p.particle, np.nan))
         ax.line(traj[:, 1], traj[:, 0], color=_hex("plasma", (0 if np.isnan(nr) else nr) / vmax), width=1.2)
-        rows.append((p.particle, c0[0], c0[1], p.radius, nr))
+        rows.append((p.particle, c0[0], c0[1], p.size_radius, nr))
     _draw_labels(ax, result, color="yellow", size=13)
     rej = _visible_rejected(result)
     if len(rej):
@@ -391,9 +417,13 @@ def chemistry_figure(result, *, pixel_size_um: float | None = None) -> Figure:
 
     Only the pixels the quality masks keep are drawn (:func:`_kept_e50`). The scale is the 2nd-98th
     percentiles of every particle's kept pixels (:func:`_e50_limits`); its clipped ends are marked on the
-    colour bar and counted in the caption. With ``pixel_size_um`` a scale bar.
+    colour bar and counted in the caption. With ``pixel_size_um`` a scale bar. A particle whose mean E50 is
+    withheld (:func:`xanestrack.result.e50_withheld`) is not drawn (the frame shows there) and the caption
+    names it and why: a figure taken into a paper without its caption then shows no E50 for it, where hatched or
+    greyed colours would still read as values on the scale.
     Table ``chemistry``: per particle its origin, the number of kept pixels with an E50 and their 2/50/98
-    percentiles.
+    percentiles, and ``withheld``: why its mean E50 is withheld (its percentiles then empty; ``n_pixels`` still
+    counts the pixels measured), empty where it is not.
     The maps themselves are the ``particle_NNN_edge_e50`` tables of :func:`particle_figure`.
     """
     base = _base_image(result)
@@ -407,7 +437,9 @@ def chemistry_figure(result, *, pixel_size_um: float | None = None) -> Figure:
         _paste(rgb, _colormap(m, "viridis", elo, ehi), p.origin, where=fin)
         drawn.append(m[fin])
         q = np.percentile(m[fin], [2, 50, 98]) if fin.any() else [np.nan] * 3
-        rows.append((p.particle, int(p.origin[0]), int(p.origin[1]), int(fin.sum()), *q))
+        why = _withheld(p)
+        n = int(np.count_nonzero(p.kept & np.isfinite(p.edge_maps["e50"]))) if why else int(fin.sum())
+        rows.append((p.particle, int(p.origin[0]), int(p.origin[1]), n, *q, why))
     fig, ax, cbar = _frame_panel(rgb)
     _draw_labels(ax, result, color="black", size=12)
     caption = _clipped_colorbar(
@@ -420,9 +452,21 @@ def chemistry_figure(result, *, pixel_size_um: float | None = None) -> Figure:
         label="edge energy E(mu_norm = 0.5) (eV)",
         what="the 2nd-98th percentiles of every particle's E50 pixels that the quality masks keep (eV)",
     )
-    caption = " ".join(c for c in (caption, _scale_bar(ax, rgb.shape, pixel_size_um)) if c)
+    caption = " ".join(
+        c for c in (caption, _withheld_sentence(result.particles), _scale_bar(ax, rgb.shape, pixel_size_um)) if c
+    )
     table = pd.DataFrame(
-        rows, columns=["particle", "origin_y", "origin_x", "n_pixels", "e50_p2_ev", "e50_median_ev", "e50_p98_ev"]
+        rows,
+        columns=[
+            "particle",
+            "origin_y",
+            "origin_x",
+            "n_pixels",
+            "e50_p2_ev",
+            "e50_median_ev",
+            "e50_p98_ev",
+            "withheld",
+        ],
     )
     return Figure(fig.to_svg(), rgb, {"chemistry": table}, caption)
 
@@ -509,11 +553,82 @@ def whiteline_figure(result, *, pixel_size_um: float | None = None) -> Figure:
     return Figure(fig.to_svg(), rgb, {"whiteline": table}, caption)
 
 
+#: a particle's mean fraction of a reference within this many times its pixels' median standard error
+#: (``fraction_sigma``) of 0 or 1 sits at the fit's bounds (flag ``at_bound`` of :func:`_fraction_means`): the
+#: pixels' fits are held in [0, 1], so a pure phase's noise is cut on one side and its mean lies about 0.4 standard
+#: errors inside (a normal cut at its mean: sigma / sqrt(2 pi)). Measured on a reduced two-phase scene (seed 4,
+#: NiO and LiNiO2, 48 energies): the LiNiO2 particles' NiO fraction 0.006 against a median standard error of 0.015,
+#: the NiO particles' LiNiO2 fraction 0.000 (the run note's fit of each mean spectrum, held to
+#: :data:`xanestrack.pipeline.BOUND_FRACTION`, put 3 of the 4 at the bounds, the fourth at 0.0012); a core-shell
+#: particle 0.431 (0.019) and the default scene (seed 1) 0.167-0.458 (0.015-0.021) are not flagged
+FRACTION_BOUND_SIGMAS = 1.0
+
+
+def _fraction_means(result) -> pd.DataFrame:
+    """Each particle's mean reference fractions over the pixels its mean E50 is taken over, with flags.
+
+    Returns
+    -------
+    DataFrame, one row per particle: ``particle``, ``fraction_<reference>`` (the mean over
+    :func:`xanestrack.result.core_pixels`, the trusted core pixels of ``mean_e50_ev``; the references as the run
+    fitted them, shipped or given), ``fraction_<reference>_sigma_median`` (the median over the same pixels of the
+    pixels' standard errors, ``maps["fraction_sigma"]``: a pixel's, not the mean's, which is smaller, the noise
+    averaging over the pixels), ``oxidised_fraction`` (that of the last reference, as
+    :func:`xanestrack.result.particle_summary`) and ``fraction_flags``: ``|``-joined ``no_fit`` (no fraction: no
+    references, or no XANES), ``at_bound`` (a mean within :data:`FRACTION_BOUND_SIGMAS` of its
+    ``sigma_median``, or :data:`xanestrack.pipeline.BOUND_FRACTION` without one, of 0 or 1: the fit sits at its
+    bounds, its standard error is one-sided there) and ``misfit`` (the particle's note says the references do not
+    describe its spectra, :data:`xanestrack.xanes.MISFIT_NOTE`). The fractions of a particle without any are
+    NaN (empty in a CSV), not 0.
+    """
+    from .pipeline import BOUND_FRACTION
+    from .result import core_pixels
+    from .xanes import MISFIT_NOTE
+
+    names = list(dict.fromkeys(str(n) for p in result.particles for n in (p.reference_names or ())))
+    rows = []
+    for p in result.particles:
+        row = {"particle": int(p.particle), "oxidised_fraction": np.nan}
+        fr = None if p.fractions is None or not len(p.reference_names) else np.asarray(p.fractions, float)
+        sig = p.maps.get("fraction_sigma")
+        sig = None if sig is None or fr is None or np.shape(sig) != fr.shape else np.asarray(sig, float)
+        core = core_pixels(p)
+        at_bound = False
+        for j, name in enumerate(p.reference_names if fr is not None else ()):
+            v = fr[j][core]
+            mean = float(np.nanmean(v)) if np.isfinite(v).any() else np.nan
+            s = sig[j][core] if sig is not None else np.array([])
+            s = float(np.median(s[np.isfinite(s)])) if np.isfinite(s).any() else np.nan
+            row[f"fraction_{name}"], row[f"fraction_{name}_sigma_median"] = mean, s
+            tol = max(BOUND_FRACTION, FRACTION_BOUND_SIGMAS * s) if np.isfinite(s) else BOUND_FRACTION
+            at_bound |= bool(np.isfinite(mean) and min(mean, 1.0 - mean) <= tol)
+        if fr is not None:  # as particle_summary's: the last reference's mean over the same pixels
+            row["oxidised_fraction"] = row[f"fraction_{p.reference_names[-1]}"]
+        flags = []
+        if not np.isfinite([row.get(f"fraction_{n}", np.nan) for n in names]).any():
+            flags.append("no_fit")
+        if at_bound:
+            flags.append("at_bound")
+        if any(MISFIT_NOTE in n for n in p.notes):
+            flags.append("misfit")
+        rows.append({**row, "fraction_flags": "|".join(flags)})
+    cols = (
+        ["particle"]
+        + [f"fraction_{n}" for n in names]
+        + [f"fraction_{n}_sigma_median" for n in names]
+        + ["oxidised_fraction", "fraction_flags"]
+    )
+    return pd.DataFrame(rows, columns=cols)
+
+
 def uncertainty_figure(result, *, pixel_size_um: float | None = None) -> Figure:
     """Standard error of E50 per pixel (noise and registration combined), over the first frame.
 
-    Table ``uncertainty``: per particle the median sigma over its kept pixels, total and
-    its noise and registration parts, and the particle's mean E50 with its standard error.
+    Table ``uncertainty``, one row per particle (empty where nothing was measured): the median sigma over its
+    kept pixels, total and its noise and registration parts, the particle's mean E50 with its standard error,
+    and its mean reference fractions over the same pixels as its mean E50 with their flags
+    (:func:`_fraction_means`: ``fraction_<reference>``, ``fraction_<reference>_sigma_median``,
+    ``oxidised_fraction``, ``fraction_flags``).
     """
     from .result import particle_summary
 
@@ -521,10 +636,9 @@ def uncertainty_figure(result, *, pixel_size_um: float | None = None) -> Figure:
     maps, rows = {}, []
     for p in result.particles:
         s = p.maps.get("e50_sigma")
-        if s is None:
-            continue
         keep = p.kept
-        maps[p.particle] = np.where(keep, s, np.nan)
+        if s is not None:  # a row either way: the particle's fractions (a stress run's failed XANES: empty)
+            maps[p.particle] = np.where(keep, s, np.nan)
 
         def med(name, keep=keep, p=p):
             v = p.maps.get(name)
@@ -566,6 +680,8 @@ def uncertainty_figure(result, *, pixel_size_um: float | None = None) -> Figure:
             "mean_e50_sigma_ev",
         ],
     )
+    # the fractions over the pixels of mean_e50_ev (they were in no CSV: only particle_summary and series.csv)
+    table = table.merge(_fraction_means(result), on="particle", how="left")
     return Figure(fig.to_svg(), rgb, {"uncertainty": table}, caption)
 
 
@@ -656,13 +772,26 @@ def edge_width_figure(result) -> Figure:
 
 
 def quality_table(result) -> pd.DataFrame:
-    """Per particle: pixels of the mask, pixels the quality masks keep, and their share."""
-    rows = []
+    """Per particle: pixels of the mask, pixels the quality masks keep, and their share.
+
+    A particle whose pixels were not judged (no ``quality_keep``: its XANES failed or was skipped, or a result
+    written without it) or that has no edge energy in any pixel keeps none: its kept pixels and share are "–" and
+    a ``note`` column says it was not analysed, and why (:attr:`xanestrack.result.ParticleResult.kept` is its whole mask there, which showed as "kept 100.0 %":
+    3 particles of the stress-all scene, seed 4, whose XANES failed, above the one measured, 98.0 %).
+    """
+    rows, skipped = [], False
     for p in result.particles:
         n = int(p.mask.sum())
-        k = int(p.kept.sum())
-        rows.append((p.particle, n, k, 100.0 * k / n if n else np.nan))
-    return pd.DataFrame(rows, columns=["particle", "mask pixels", "kept pixels", "kept %"])
+        measured = np.isfinite(p.edge_maps["e50"]).any()
+        if p.quality_assessed and measured:
+            k = int(p.kept.sum())
+            rows.append((p.particle, n, k, 100.0 * k / n if n else np.nan, ""))
+        else:
+            skipped = True
+            why = "pixels not judged (no quality mask stored)" if measured else "no edge energy (its notes say why)"
+            rows.append((p.particle, n, "–", np.nan, f"not analysed: {why}"))
+    table = pd.DataFrame(rows, columns=["particle", "mask pixels", "kept pixels", "kept %", "note"])
+    return table if skipped else table.drop(columns="note")
 
 
 def cluster_map_figure(result, *, pixel_size_um: float | None = None) -> Figure:
@@ -844,7 +973,8 @@ def particle_figure(result, particle: int, *, e50_limits=None, pixel_size_um: fl
 
     Top row: the aligned sub-stack at up to 8 energies (one grey scale). Bottom row:
     last minus first frame before and after alignment (one diverging scale), and the
-    edge-energy map over the pixels the quality masks keep (the colour scale of :func:`chemistry_figure`).
+    edge-energy map over the pixels the quality masks keep (the colour scale of :func:`chemistry_figure`;
+    blank, and the caption says why, where the particle's mean E50 is withheld: :func:`_kept_e50`).
     Tables ``particle_NNN_edge_e50`` (the map, every pixel measured: results.h5's ``edge_e50``) and
     ``particle_NNN_spectrum`` (with ``mean_od_analysed``,
     :func:`_analysed_spectrum`). With ``pixel_size_um`` the caption gives the tiles' width in um.
@@ -889,6 +1019,9 @@ def particle_figure(result, particle: int, *, e50_limits=None, pixel_size_um: fl
     e50 = pd.DataFrame(p.edge_maps["e50"])
     e50.attrs["header"] = f"E50 map (eV), pixel [0,0] at frame-0 (y, x) = ({int(p.origin[0])}, {int(p.origin[1])})"
     caption = f"Each tile {w} px ({w * pixel_size_um:.3g} \u00b5m) wide." if pixel_size_um is not None else ""
+    why = _withheld(p)
+    if why:  # its E50 tile is left blank, as on the overview (_kept_e50)
+        caption = " ".join(c for c in (f"The E50 tile is blank: its mean E50 is withheld ({why}).", caption) if c)
     tables = {f"particle_{particle:03d}_edge_e50": e50, f"particle_{particle:03d}_spectrum": spectrum}
     return Figure(None, img, tables, caption)
 
@@ -1099,7 +1232,8 @@ beside them in results.h5).</p>
 <figcaption>Cluster of every clustered pixel (clusters ordered by edge position, lowest first). {{ caps.clusters }}</figcaption></figure>
 <figure><img alt="cluster spectra" src="{{ figs.cluster_spectra }}">
 <figcaption>Mean normalised spectrum of each cluster, and the PCA scree of the clustered spectra (explained variance per component).</figcaption></figure>
-{{ cluster_table }}{% endif %}
+{{ cluster_table }}
+<p class="note">{{ separation_note }}</p>{% endif %}
 <h2>Motion</h2>
 <figure><img alt="motion" src="{{ figs.motion }}">
 <figcaption>(a, b) Cumulative displacement per particle, vertical (y) and horizontal (x), and (c, d) velocity, with the common
@@ -1148,24 +1282,51 @@ def _write_tables(figdir: Path, tables: dict) -> None:
             )
 
 
-def _particle_text(p, summ_row, tracks) -> tuple:
+def _fraction_text(row) -> str:
+    """The report's words on a particle's mean reference fractions (a row of :func:`_fraction_means`); empty
+    without any."""
+    names = [
+        c[len("fraction_") :] for c in row.index if c.startswith("fraction_") and not c.endswith(("_median", "_flags"))
+    ]
+    if not np.isfinite([row[f"fraction_{n}"] for n in names]).any():
+        return ""
+    parts = []
+    for n in names:
+        v, s = row[f"fraction_{n}"], row[f"fraction_{n}_sigma_median"]
+        if np.isfinite(v):
+            parts.append(f"{n} {v:.3f}" + (f" \u00b1 {s:.3f}" if np.isfinite(s) else ""))
+    text = (
+        "reference fractions " + ", ".join(parts) + " (trusted core pixels; \u00b1 the pixels' median standard error)"
+    )
+    flags = str(row["fraction_flags"]).split("|")
+    if "at_bound" in flags:
+        text += ": at 0 or 1, the fit's bounds (its error is one-sided there)"
+    if "misfit" in flags:
+        text += "; the references may not describe its spectra (its note says why)"
+    return text
+
+
+def _particle_text(p, summ_row, tracks, fractions=None) -> tuple:
+    """The report's lines on one particle (``info``, ``flags``); ``fractions`` its row of :func:`_fraction_means`."""
     g = tracks[tracks["particle"] == p.particle]
     flags = ""
     flagged = g[g["flags"].astype(str) != ""]
     if len(flagged):
         counts = flagged["flags"].astype(str).str.split("|").explode().value_counts()
-        flags = "quality flags: " + ", ".join(f"{k} in {v} frames" for k, v in counts.items())
+        flags = "quality flags: " + ", ".join(f"{k} in {v} frame{'' if v == 1 else 's'}" for k, v in counts.items())
     if np.isfinite(summ_row["mean_e50_ev"]):
         # particle_summary's mean over the trusted core pixels, as the figures and series.csv (it was the whole
         # map's here: up to 0.2 eV apart from the same report's figures)
         info = (
-            f"radius {p.radius:.1f} px; E0 {p.e0_ev:.1f} eV; mean edge energy {summ_row['mean_e50_ev']:.2f} eV "
+            f"radius {p.size_radius:.1f} px; E0 {p.e0_ev:.1f} eV; mean edge energy {summ_row['mean_e50_ev']:.2f} eV "
             f"(spread {summ_row['e50_spread_ev']:.2f} eV, trusted core pixels)"
         )
     elif np.isfinite(p.edge_maps["e50"]).any():
-        info = f"radius {p.radius:.1f} px; E0 {p.e0_ev:.1f} eV; no mean edge energy (its notes say why)"
+        info = f"radius {p.size_radius:.1f} px; E0 {p.e0_ev:.1f} eV; no mean edge energy (its notes say why)"
     else:
         info = "no edge-energy map"
+    if fractions is not None and _fraction_text(fractions):
+        info += "; " + _fraction_text(fractions)
     if p.notes:
         info += "; " + "; ".join(p.notes)
     if p.agreement is not None:
@@ -1203,6 +1364,19 @@ def _cluster_table(result):
     from .results import cluster_table
 
     return cluster_table(result)
+
+
+def _separation_text() -> str:
+    """What the cluster table's ``separation`` column is (:func:`xanestrack.pipeline._cluster_separation`)."""
+    from .pipeline import CLUSTER_MIN_SEPARATION
+
+    return (
+        "separation: how far apart the two closest clusters lie, the same in every row: the distance between their "
+        "centroids (mean spectra over the clustering's energies) over the spread of their pixels' spectra along the "
+        "line joining them (pooled sd), a ratio without a unit. Below "
+        f"{CLUSTER_MIN_SEPARATION:g} the two are not distinct phases (one spread of pixels cut in two lies about "
+        "2.7 apart): a run note then says which."
+    )
 
 
 def _cluster_text(result) -> str:
@@ -1273,6 +1447,22 @@ def _emit_files(figdir: Path, name: str, fig: Figure) -> str | None:
         uri = _data_uri(data, "image/svg+xml")
     _write_tables(figdir, fig.tables)
     return uri
+
+
+def _pixel_size_origin(run: dict) -> str:
+    """Where the pixel size came from, as the report's row says it (run.json's ``pixel_size_source``; the row said
+    "from the input" for one given with ``--pixel-size``, the input giving none)."""
+    source = run.get("pixel_size_source")
+    if source == "--pixel-size":
+        own = run.get("input_pixel_size_um")
+        if own and abs(float(own) - float(run.get("pixel_size_um") or 0)) <= 1e-6 * float(own):
+            return "given with --pixel-size, as the input gives it"
+        return "given with --pixel-size" + (f", replacing the input's {float(own):g} \u00b5m" if own else "")
+    if source == "input":
+        return "from the input"
+    if source == "run_info":
+        return "given to write_results (run_info)"
+    return "its source not recorded"
 
 
 def _pixel_size(run: dict, result) -> float | None:
@@ -1385,13 +1575,14 @@ def write_report(folder, *, result=None) -> Path:
         emit("motion", motion_figure(result))
         limits = _e50_limits(result)
         summ = particle_summary(result).set_index("particle")
+        fracs = _fraction_means(result).set_index("particle", drop=False)
         sel = _energy_selection(len(energies))
         pblocks = []
         for p in result.particles:
             name = f"particle_{p.particle:03d}"
             emit(name, particle_figure(result, p.particle, e50_limits=limits, pixel_size_um=pixel_size_um))
             emit(f"{name}_spectrum", spectrum_figure(result, p.particle))
-            info, flags = _particle_text(p, summ.loc[p.particle], result.tracks)
+            info, flags = _particle_text(p, summ.loc[p.particle], result.tracks, fracs.loc[p.particle])
             pblocks.append(
                 dict(
                     id=p.particle,
@@ -1451,7 +1642,7 @@ def write_report(folder, *, result=None) -> Path:
     )
     run_table.loc[len(run_table)] = (
         "pixel size",
-        f"{pixel_size_um:g} \u00b5m (from the input; scale bars on the images)"
+        f"{pixel_size_um:g} \u00b5m ({_pixel_size_origin(run)}; scale bars on the images)"
         if pixel_size_um is not None
         else "pixel size unknown (the input gives none): no scale bar, lengths in px",
     )
@@ -1538,6 +1729,7 @@ def write_report(folder, *, result=None) -> Path:
             clustered=clustered,
             cluster_table=_table_html(_cluster_table(result), "{:.3f}") if clustered else "",
             cluster_note=html.escape(_cluster_text(result)) if clustered else "",
+            separation_note=html.escape(_separation_text()) if clustered else "",
         )
     )
     out = folder / "report.html"

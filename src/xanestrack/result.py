@@ -37,6 +37,16 @@ FRAME_FLAGS = {
 #: flags under which a position is not vouched for (interpolated | position_outlier | disagree)
 UNVOUCHED_FLAGS = FRAME_FLAGS["interpolated"] | FRAME_FLAGS["position_outlier"] | FRAME_FLAGS["disagree"]
 
+#: flags of the frames left out of a particle's size (:attr:`ParticleResult.size_radius`): its position not
+#: vouched for, or its mask not whole (none, cut by the frame's border, merged with or lying under another)
+SIZE_LEFT_OUT_FLAGS = (
+    UNVOUCHED_FLAGS
+    | FRAME_FLAGS["no_mask"]
+    | FRAME_FLAGS["out_of_view"]
+    | FRAME_FLAGS["area_outlier"]
+    | FRAME_FLAGS["overlap"]
+)
+
 
 def flag_names(value: int) -> str:
     """``"undetected|interpolated"`` for a flag value (empty string for 0)."""
@@ -79,6 +89,9 @@ class ParticleResult:
     mean_norm : ndarray (n_frames,)
         Normalised mean spectrum (NaN if normalisation impossible).
     e0_ev : float
+    radius : float
+        The largest equivalent radius of its detections (px, at the detector's binning, which follows the pixel
+        size): what its windows are sized by. Not its size, which :attr:`size_radius` gives.
     notes : tuple of str
     maps : dict of str -> ndarray
         Further per-pixel maps of the XANES analysis (:func:`xanestrack.xanes.analyse_particle`),
@@ -130,6 +143,31 @@ class ParticleResult:
     xanes_frames: np.ndarray | None = None
     background_exclude: np.ndarray | None = None
     filled_frames: np.ndarray | None = None
+
+    @property
+    def size_radius(self) -> float:
+        """The particle's size: the equivalent radius ``sqrt(area / pi)`` of its masks (px), NaN without a mask.
+
+        The median over the frames whose position is vouched for and whose mask is whole (none of
+        :data:`SIZE_LEFT_OUT_FLAGS`) of the area of each frame's aligned soft mask (the sum of its weights); where no
+        such frame has a mask, over the frames whose mask is whole (a scan of one frame: its position not vouched
+        for, nothing to compare with), then the consensus mask's. This is what the report, ``particle_summary``'s
+        ``radius_px``, the CLI and ``results.h5``'s ``radius_px`` give. Unlike :attr:`radius` (the largest
+        detection's, at the detector's binning) it does not change with the pixel size: the probe's scene (seed 5,
+        256 px, 5 particles) gave 9.75 / 12.92 / 24.33 / 16.17 / 19.83 px without one and the same within 0.01 px
+        with ``--pixel-size 0.05`` (truth 9.76 / 12.94 / 24.38 / 16.20 / 19.90; the largest detection's 9.51 /
+        13.11 / 24.38 / 16.27 / 19.90 px, and 9.03 / 12.57 / 24.93 / 17.33 / 20.31 px with it).
+        """
+        masks = None if self.masks is None else np.asarray(self.masks, float)
+        flags = np.asarray(self.frame_flags).astype(np.int64)  # uint8 in files written before the overlap bit
+        if masks is not None and masks.ndim == 3 and len(masks) == len(flags):
+            area = np.nansum(masks, axis=(1, 2))
+            for left_out in (SIZE_LEFT_OUT_FLAGS, SIZE_LEFT_OUT_FLAGS & ~UNVOUCHED_FLAGS):
+                use = ((flags & left_out) == 0) & (area > 0)
+                if use.any():
+                    return float(np.sqrt(np.median(area[use]) / np.pi))
+        n = int(np.count_nonzero(self.mask)) if self.mask is not None else 0
+        return float(np.sqrt(n / np.pi)) if n else float("nan")
 
     @property
     def quality_assessed(self) -> bool:
@@ -215,6 +253,37 @@ def gap_share(p) -> float:
     return float(np.count_nonzero((np.asarray(flags)[p.mask] & FLAG_GAP) > 0) / np.count_nonzero(p.mask))
 
 
+def e50_withheld(p, core_px: int = 2) -> str:
+    """Why a particle's mean E50 is not given, in a few plain words; ``""`` where it is given.
+
+    The one decision that :func:`particle_summary` (an empty ``mean_e50_ev``) and the report's E50 outputs
+    (:mod:`xanestrack.report`: chemistry.csv, the E50 overview, the particle's E50 panel) share. A particle's
+    pixels measured are not the particle where its E50 falls in a gap of frames left out in more than
+    :data:`xanestrack.xanes.MAX_GAP_SHARE` of its mask (they are those whose E50 lies outside the gap), or where
+    fewer than :data:`xanestrack.xanes.MIN_E50_SHARE` of its core pixels (:func:`core_pixels`), but some, have an
+    E50. Its own note says the same at more length ("its mean E50 is not given"). Where no pixel has an E50 (its
+    XANES failed or was skipped) nothing is withheld: there is no number to give.
+    """
+    from .xanes import MAX_GAP_SHARE, MIN_E50_SHARE
+
+    share = gap_share(p)
+    if share > MAX_GAP_SHARE:
+        return (
+            f"E50 in a gap of frames left out in {100 * share:.0f} % of its pixels: those measured are the ones "
+            "whose E50 lies outside the gap, a biased choice"
+        )
+    e50 = p.edge_maps.get("e50")
+    if e50 is None or p.mask is None:
+        return ""
+    fin = np.isfinite(np.asarray(e50)[core_pixels(p, core_px)])
+    if fin.any() and fin.mean() < MIN_E50_SHARE:  # none: nothing withheld (no XANES, or no pixel crossed)
+        return (
+            f"E50 measured in {int(fin.sum())} of its {fin.size} core pixels only: those are the spectra that cross "
+            "half the step, not the particle"
+        )
+    return ""
+
+
 def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFrame:
     """One row per particle: where, how large, how well measured, its chemistry and motion.
 
@@ -232,9 +301,9 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
     DataFrame with columns ``particle, y0, x0, radius_px, frames, frames_measured,
     frames_vouched, flagged_frames, median_agreement_px, max_agreement_px,
     max_nonrigid_px, mean_e50_ev, e50_spread_ev, e0_ev, oxidised_fraction``
-    (``oxidised_fraction``: mean fraction of the last reference of the linear
-    combination fit, NaN without one: give the references with the most oxidised last,
-    a run note says where its edge is not the highest), then ``mean_e50_sigma_ev`` (standard error of
+    (``radius_px``: its size, :attr:`ParticleResult.size_radius`; ``oxidised_fraction``: mean
+    fraction of the last reference of the linear combination fit, NaN without one: give the
+    references with the most oxidised last, a run note says where its edge is not the highest), then ``mean_e50_sigma_ev`` (standard error of
     ``mean_e50_ev``), ``whiteline_ev``, ``whiteline_height`` (means of the fitted
     whiteline), ``kept_fraction`` (the share of the mask's pixels the quality masks
     keep) and, when clusters were asked, ``cluster_<j>_fraction`` (of the particle's
@@ -260,9 +329,6 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
     options = getattr(result, "options", None)
     smoothing_px = float(getattr(options, "xanes_smoothing", 1.0))
     clusters = int(getattr(options, "clusters", 0) or 0)
-    from .xanes import MAX_GAP_SHARE as max_gap
-    from .xanes import MIN_E50_SHARE as min_e50
-
     unmeasured = FRAME_FLAGS["interpolated"] | FRAME_FLAGS["position_outlier"]
     rows = []
     for p in result.particles:
@@ -274,7 +340,7 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
         # the pixels measured are those whose E50 lies outside the gap: their mean is biased (xanes.MAX_GAP_SHARE);
         # those with an E50 a few of the core: not the particle's (an entering particle's frames used starting past
         # its edge's rise: 18 of 2484 core pixels crossed half the step, a mean 33 eV high, its sigma 0.19 eV)
-        if gap_share(p) > max_gap or (fin_e50.size and fin_e50.mean() < min_e50):
+        if e50_withheld(p, core_px):  # the one decision, shared with the report's E50 outputs
             e50 = e50[:0]
             fin_e50 = np.zeros_like(fin_e50)
         ox = np.nan
@@ -292,7 +358,7 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
                 particle=int(p.particle),
                 y0=float(p.positions[0, 0]),
                 x0=float(p.positions[0, 1]),
-                radius_px=float(p.radius),
+                radius_px=p.size_radius,
                 frames=int(len(flags)),
                 frames_measured=int(((flags & unmeasured) == 0).sum()),
                 frames_vouched=int(((flags & (unmeasured | FRAME_FLAGS["disagree"])) == 0).sum()),

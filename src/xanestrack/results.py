@@ -571,17 +571,31 @@ def write_results(result, folder, *, run_info: dict | None = None, save_fused: b
 
 def stack_description(stack) -> dict:
     """What run.json says of a :class:`~xanestrack.stack.Stack`: ``reader``, ``values``, ``energies_ev``,
-    ``frame_shape``, ``pixel_size_um``, ``input_notes`` (its notes as they are), ``frames_reversed``."""
+    ``frame_shape``, ``pixel_size_um``, ``pixel_size_source`` (:func:`pixel_size_source`), ``input_pixel_size_um``
+    (the files' own where ``--pixel-size`` replaced it), ``input_notes`` (its notes as they are),
+    ``frames_reversed``."""
     meta = getattr(stack, "metadata", None) or {}
-    return dict(
+    out = dict(
         reader=meta.get("reader"),
         values=meta.get("values"),
         energies_ev=[float(e) for e in stack.energies_ev],
         frame_shape=list(stack.od.shape[1:]),
         pixel_size_um=stack.pixel_size_um,
+        pixel_size_source=pixel_size_source(stack),
         input_notes=[str(n) for n in meta.get("notes", [])],
         frames_reversed=bool(meta.get("frames_reversed", False)),
     )
+    if meta.get("input_pixel_size_um") is not None:
+        out["input_pixel_size_um"] = float(meta["input_pixel_size_um"])
+    return out
+
+
+def pixel_size_source(stack) -> str | None:
+    """Where a :class:`~xanestrack.stack.Stack`'s pixel size came from: ``"--pixel-size"`` (the command line's,
+    recorded in its metadata as ``pixel_size_source``), ``"input"`` (the files'), None where it has none."""
+    if stack.pixel_size_um is None:
+        return None
+    return str((getattr(stack, "metadata", None) or {}).get("pixel_size_source", "input"))
 
 
 def _input_info(info: dict, stack, result=None) -> dict:
@@ -593,6 +607,8 @@ def _input_info(info: dict, stack, result=None) -> dict:
     ``input_energies_ev``, and the redo's run notes (what it changed) to ``xanes_redone``. A redo moved 3 eV
     wrote the Stack's 8200.0 eV as the first energy in run.json, beside 8203.0 eV in results.h5 and tracks.csv,
     and nothing of the redo."""
+    if info.get("pixel_size_um") is not None and info.get("pixel_size_source") is None:
+        info["pixel_size_source"] = "run_info"  # the caller's, not the Stack's
     if stack is not None:
         meta = getattr(stack, "metadata", None) or {}
         given = stack_description(stack)
@@ -920,7 +936,10 @@ def _write_h5(f, result, save_fused: bool, pixel_size_um: float = float("nan")) 
             origin_y=int(p.origin[0]),
             origin_x=int(p.origin[1]),
             e0_ev=p.e0_ev,
-            radius_px=p.radius,
+            # its size (the equivalent radius of its masks); the largest detection's, which sized its windows and
+            # follows the detector's binning, beside it (folders written before it hold that one as radius_px)
+            radius_px=p.size_radius,
+            detection_radius_px=p.radius,
             notes=json.dumps(list(p.notes)),
             reference_frame=int(p.reference_frame),
             reference_names=json.dumps(list(p.reference_names)),
@@ -1079,7 +1098,7 @@ def _read_particle(g, n_frames: int):
         pre_edge=d["pre_edge"],
         post_edge=d["post_edge"],
         e0_ev=float(a["e0_ev"]),
-        radius=float(a["radius_px"]),
+        radius=float(a.get("detection_radius_px", a["radius_px"])),
         unaligned_ends=d.get("unaligned_ends"),
         notes=tuple(json.loads(a["notes"])) if "notes" in a else (),
         agreement=d.get("agreement_px"),

@@ -71,6 +71,7 @@ SUMMARY_COLUMNS = [
     "y0",
     "x0",
     "radius",
+    "detection_radius",
     "mean_e50",
     "oxidised_fraction",
     "max_nonrigid_px",
@@ -242,7 +243,7 @@ def process_scan(
     from . import __version__
     from .io.checks import release_freed_memory
     from .pipeline import PipelineOptions, run_pipeline
-    from .results import atomic_output_dir, write_results
+    from .results import atomic_output_dir, pixel_size_source, write_results
     from .sizes import particle_radius_range
 
     checksum = checksum or source_checksum(source)
@@ -299,6 +300,7 @@ def process_scan(
     from .result import particle_summary
 
     summ = particle_summary(result)
+    detection_radius = {int(p.particle): float(p.radius) for p in result.particles}
     rows = [
         dict(
             scan=source.index,
@@ -306,7 +308,8 @@ def process_scan(
             scan_particle=int(r["particle"]),
             y0=float(r["y0"]),
             x0=float(r["x0"]),
-            radius=float(r["radius_px"]),
+            radius=float(r["radius_px"]),  # its size (the equivalent radius of its masks)
+            detection_radius=detection_radius.get(int(r["particle"]), float("nan")),  # what link_scans sizes by
             mean_e50=float(r["mean_e50_ev"]),
             oxidised_fraction=float(r["oxidised_fraction"]),
             max_nonrigid_px=float(r["max_nonrigid_px"]),
@@ -329,6 +332,7 @@ def process_scan(
                 input_notes=input_notes,
                 frames_reversed=bool(stack.metadata.get("frames_reversed", False)),
                 pixel_size_um=stack.pixel_size_um,
+                pixel_size_source=pixel_size_source(stack),
                 detector=detector,  # run.json's models_sha256 (the learned models used)
                 segmenter=segmenter,
             ),
@@ -903,8 +907,8 @@ def link_scans(
     """Give each particle one id through the series (column ``particle``).
 
     The objects of each scan are its summary rows (``y0, x0``: position in the scan's
-    first frame; ``radius``), linked scan to scan by :func:`xanestrack.linking.link`
-    in strict mode:
+    first frame; ``detection_radius``, the largest detection's, or ``radius`` where not given),
+    linked scan to scan by :func:`xanestrack.linking.link` in strict mode:
 
     1. the stage offset between consecutive scans is voted by pairs of particles of
        similar size (radii within ``max_size_ratio``) up to ``max_jump`` (default 25 %
@@ -970,7 +974,13 @@ def link_scans(
     scans = sorted(summary["scan"].unique())
     factor = summary["scan"].map(scale or {}).fillna(1.0).to_numpy(float)
     pos = (summary[["y0", "x0"]].to_numpy(float) + 0.5) * factor[:, None] - 0.5
-    radius = summary["radius"].to_numpy(float) * factor
+    # the largest detection's radius, as the linking was measured with (rows of scans done before it was kept: their
+    # radius is that one)
+    radius = summary["radius"].to_numpy(float)
+    if "detection_radius" in summary:
+        given = summary["detection_radius"].to_numpy(float)
+        radius = np.where(np.isfinite(given), given, radius)
+    radius = radius * factor
     known = np.all(np.isfinite(pos), axis=1)
     if max_jump is None:
         size = max(frame_shape) if frame_shape is not None else (float(np.max(pos[known])) if known.any() else 0.0)

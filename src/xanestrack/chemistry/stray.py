@@ -502,7 +502,8 @@ def _sensitivity_note(particles, energies_ev, references, background) -> str:
         worst = np.nanmax(np.abs(table), axis=0)
     n_part = sum(1 for o in ods if np.any(o >= SENSITIVITY_OD))
     return (
-        f"{STRAY_NOTE_START} was not measured, but {n_part} particles are thick ({n_thick} pixels with a post-edge OD "
+        f"{STRAY_NOTE_START} was not measured, but {n_part} particle{' is' if n_part == 1 else 's are'} thick "
+        f"({n_thick} pixels with a post-edge OD "
         f"of {SENSITIVITY_OD:.0f} or more, up to {top:.1f}, the surroundings included), where E50 is sensitive to it: "
         f"{100 * SENSITIVITY_FRACTION:.0f} % of the beam not absorbed (harmonics, stray light), too little to be "
         f"measured here, would move E50 down by {worst[0]:.2f} eV at a post-edge OD of {SENSITIVITY_OD:.0f} and "

@@ -1,0 +1,126 @@
+"""What the outputs say of a particle's size, of a particle without XANES, and of the pixel size's source.
+
+The report probe (findings 1-3): the radius reported was the largest detection's, which moved with
+``--pixel-size`` (the detector's binning: 16.27 -> 17.33 px for a particle of 16.20 px); the quality table
+said "kept 100.0 %" of particles whose XANES failed; the run table said a pixel size typed on the command line
+came "from the input".
+"""
+
+import dataclasses
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from xanestrack.cli import app
+from xanestrack.report import _pixel_size_origin, quality_table
+from xanestrack.result import particle_summary
+from xanestrack.results import read_results
+from xanestrack.truth_io import read_truth
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A reduced default scene run without a pixel size (``a``) and with ``--pixel-size 0.05`` (``b``): the
+    detector bins it 2x, then 4x (its largest detection's radius moved by up to 0.46 px: 9.57 -> 9.11)."""
+    d = tmp_path_factory.mktemp("sizes")
+    args = ["--seed", "5", "--size", "200", "--n-energies", "40", "--n-particles", "4", "--max-radius", "25"]
+    r = runner.invoke(app, ["synth", str(d / "s"), *args])
+    assert r.exit_code == 0, r.output
+    for name, extra in (("a", []), ("b", ["--pixel-size", "0.05"])):
+        r = runner.invoke(app, ["--quiet", "run", str(d / "s" / "stack.h5"), "--out", str(d / name), *extra])
+        assert r.exit_code == 0, r.output
+    return d
+
+
+def _true_radius(truth, p) -> float:
+    """The truth's radius of the particle nearest ``p``'s first position (ids are not the truth's)."""
+    t0 = truth.positions[truth.positions["frame"] == 0]
+    k = int(np.argmin(np.hypot(t0["y"] - p.positions[0, 0], t0["x"] - p.positions[0, 1]).to_numpy()))
+    return float(truth.radii[int(t0["particle"].iloc[k])])
+
+
+def test_the_radius_reported_is_the_masks_size_and_does_not_move_with_the_pixel_size(runs):
+    truth = read_truth(runs / "s" / "truth.h5")
+    reported = {"a": [], "b": []}
+    for name in "ab":
+        res = read_results(runs / name)
+        summ = particle_summary(res).set_index("particle")
+        overview = pd.read_csv(runs / name / "figures" / "overview.csv").set_index("particle")
+        with h5py.File(runs / name / "results.h5", "r") as f:
+            attrs = {int(k): float(g.attrs["radius_px"]) for k, g in f["particles"].items()}
+        html = (runs / name / "report.html").read_text(encoding="utf-8")
+        assert len(res.particles) == 4
+        for p in res.particles:
+            size = float(summ.loc[p.particle, "radius_px"])
+            # every output gives the one size: overview.csv, results.h5, the report's line
+            assert overview.loc[p.particle, "radius_px"] == pytest.approx(size, abs=1e-4)
+            assert attrs[p.particle] == pytest.approx(size, abs=1e-9)
+            assert f"radius {size:.1f} px; E0" in html
+            # the particle's own mask says as much (an oracle apart from the frames' median), and so does the truth
+            assert size == pytest.approx(np.sqrt(p.mask.sum() / np.pi), abs=0.1)
+            assert size == pytest.approx(_true_radius(truth, p), abs=0.3)
+            reported[name].append((p.positions[0], size))
+    pairs = [(size, min(reported["b"], key=lambda q: np.hypot(*(q[0] - yx)))[1]) for yx, size in reported["a"]]
+    # the detector's binning (2x, then 4x with the pixel size) no longer moves it (the largest detection's: 0.46 px)
+    assert max(abs(x - y) for x, y in pairs) <= 0.2
+
+
+def test_the_detection_radius_still_sizes_the_windows_and_older_folders_read_back(runs, tmp_path):
+    # control: the largest detection's radius, which sizes the windows, is kept as it was (results.h5 round trip)
+    res = read_results(runs / "b")
+    with h5py.File(runs / "b" / "results.h5", "r") as f:
+        det = {int(k): float(g.attrs["detection_radius_px"]) for k, g in f["particles"].items()}
+    assert {p.particle: p.radius for p in res.particles} == det
+    assert max(abs(p.radius - p.size_radius) for p in res.particles) > 0.2  # two radii, told apart
+    # a folder written before detection_radius_px: its radius_px was the detection's, read back as such; the size
+    # comes from its masks
+    old = tmp_path / "old"
+    shutil.copytree(runs / "b", old)
+    with h5py.File(old / "results.h5", "r+") as f:
+        for g in f["particles"].values():
+            g.attrs["radius_px"] = g.attrs["detection_radius_px"]
+            del g.attrs["detection_radius_px"]
+    back = read_results(old)
+    assert [p.radius for p in back.particles] == [p.radius for p in res.particles]
+    assert [p.size_radius for p in back.particles] == [p.size_radius for p in res.particles]
+
+
+def test_a_particle_without_xanes_is_not_said_to_keep_its_pixels(runs):
+    res = read_results(runs / "a")
+    # control: every particle analysed, the table as it was (no note column; the kept pixels counted)
+    table = quality_table(res)
+    assert "note" not in table.columns
+    for p, (_, row) in zip(res.particles, table.iterrows()):
+        assert row["kept pixels"] == int(p.kept.sum()) and row["kept %"] < 100.0 + 1e-9
+    # a particle whose XANES failed: no quality mask, no edge energy (the stress run's "kept 100.0 %")
+    p0 = res.particles[0]
+    failed = dataclasses.replace(p0, maps={}, edge_maps={k: np.full_like(v, np.nan) for k, v in p0.edge_maps.items()})
+    table = quality_table(dataclasses.replace(res, particles=[failed, *res.particles[1:]])).set_index("particle")
+    row = table.loc[p0.particle]
+    assert row["kept pixels"] == "\u2013" and np.isnan(row["kept %"]) and row["note"].startswith("not analysed")
+    assert row["mask pixels"] == int(p0.mask.sum())
+    assert (table.drop(index=p0.particle)["note"] == "").all()
+
+
+def test_the_report_says_where_the_pixel_size_came_from(runs):
+    run = json.loads((runs / "b" / "run.json").read_text())
+    assert run["pixel_size_um"] == 0.05 and run["pixel_size_source"] == "--pixel-size"
+    html = (runs / "b" / "report.html").read_text(encoding="utf-8")
+    assert "0.05 \u00b5m (given with --pixel-size; scale bars on the images)" in html
+    assert "from the input" not in html
+    # control: no pixel size, none said to come from anywhere
+    run = json.loads((runs / "a" / "run.json").read_text())
+    assert run["pixel_size_um"] is None and run["pixel_size_source"] is None
+    assert "pixel size unknown (the input gives none)" in (runs / "a" / "report.html").read_text(encoding="utf-8")
+    # the files' own, and the files' replaced by the command line's
+    assert _pixel_size_origin({"pixel_size_um": 0.03, "pixel_size_source": "input"}) == "from the input"
+    replaced = {"pixel_size_um": 0.05, "pixel_size_source": "--pixel-size", "input_pixel_size_um": 0.03}
+    assert _pixel_size_origin(replaced) == "given with --pixel-size, replacing the input's 0.03 \u00b5m"
+    assert _pixel_size_origin({"pixel_size_um": 0.05}) == "its source not recorded"  # an older run.json
