@@ -235,7 +235,8 @@ class PipelineOptions:
         stress-all 0.925 / 2.362, 0.654 / 0.524 -> 0.346 / 1.631, 0.258 / 0.371;
         magnification 0.149 / 0.144 -> 0.113 / 0.086; worse only on stress-crowd seed 1's
         median (0.191 -> 0.211). Default scenes (seeds 1-4): worst 0.054-0.065 ->
-        0.032-0.053 px.
+        0.032-0.053 px. Frames whose positions alternate from frame to frame (two passes over the
+        energies sorted by energy) are not smoothed across; a note names them.
     density_voucher : bool, default True
         For a particle whose centre of mass confirms the edge estimate in no frame (its
         outline is no second estimate at all), let a third estimate vouch: the correlation
@@ -2659,19 +2660,34 @@ def run_pipeline(
             if n_moved
             else ""
         )
-        if st.smoothed.any() and np.nanmedian(st.dof) >= 0.75 * n_frames:
+        alt = np.flatnonzero(st.alternating) if st.alternating is not None else np.zeros(0, int)
+        n_own = n_frames - alt.size  # the frames each own motion is smoothed over
+        if st.smoothed.any() and np.nanmedian(st.dof) >= 0.75 * n_own:
             # the residuals of a smooth that keeps almost every frame measure no noise: none is quoted
             notes.append(
                 f"positions of {int(st.smoothed.sum())} particles hardly smoothed across the energies: their own "
                 f"motion wanders more from frame to frame than their positions are noisy ({np.nanmedian(st.dof):.0f} "
-                f"degrees of freedom of {n_frames} frames per own motion, median over the particles)" + moved
+                f"degrees of freedom of {n_own} frames per own motion, median over the particles)" + moved
             )
         elif st.smoothed.any():
             notes.append(
                 f"positions of {int(st.smoothed.sum())} particles smoothed across the energies (their own motion; the "
                 f"motion they share kept frame by frame): measurement noise {np.nanmedian(st.sigma):.3f} px "
                 f"(median over the particles), {np.nanmedian(st.dof):.0f} degrees of freedom of "
-                f"{n_frames} frames per own motion" + moved
+                f"{n_own} frames per own motion" + moved
+            )
+        if alt.size:
+            # two passes over the energies sorted by energy: the frame order is not the time order there, and a
+            # smooth across the frames put every particle halfway between its two passes' positions
+            sizes = st.alternation_px[np.isfinite(st.alternation_px)]
+            apart = f"{_span(sizes)} px apart (median over those frames; over the particles)" if sizes.size else "apart"
+            notes.append(
+                f"the particles' positions alternate from frame to frame in {_frame_runs_text(st.alternating, energies)}: "
+                f"consecutive frames {apart}, as the "
+                "frames of two passes over the energies sorted by energy would be (each particle moved on between "
+                "the passes): the positions were not smoothed across the energies there and stand as measured. "
+                "Frames taken at different times: the XANES mixes whatever changed in the sample between the "
+                "passes (charging, beam damage); to tell, run each pass on its own"
             )
     # the rule against a frame agreeing almost alone, applied again once every test has had its say
     n_lone = 0

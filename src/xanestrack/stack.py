@@ -41,8 +41,10 @@ def validate_energies(energies_ev, n_frames: int, *, source: str = "input") -> n
         if np.any(d == 0):
             i = int(np.flatnonzero(d == 0)[0])
             raise ValueError(
-                f"{source}: duplicate energy {e[i]:.2f} eV at frames {i} and {i + 1}; "
-                "average repeated exposures before, or remove the duplicate"
+                f"{source}: duplicate energy {e[i]:.2f} eV at frames {i} and {i + 1}; if they are exposures "
+                "taken one right after the other, average them first; frames of one energy taken at different times "
+                "(two passes over the energies) must not be averaged, as the particles moved between them: keep one "
+                "of the two, or run each pass on its own"
             )
         if np.any(d < 0):
             i = int(np.flatnonzero(d < 0)[0])
