@@ -484,10 +484,20 @@ def _run_and_write(
             arrays_device=device,
         )
         if calibration is not None:
+            import math
+
             from .result import particle_summary
 
-            check = particle_summary(result).set_index("particle").loc[known_edge[0], "mean_e50_ev"]
-            run_info["energy_calibration"] = dict(calibration, check_mean_e50_ev=float(check))
+            check = float(particle_summary(result).set_index("particle")["mean_e50_ev"].get(known_edge[0], math.nan))
+            if not math.isfinite(check):  # the axis shifted on a mean the run then does not give: no record of a NaN
+                from .errors import XanestrackError
+
+                raise XanestrackError(
+                    f"--known-edge {known_edge[0]}={known_edge[1]}: after the shift particle {known_edge[0]} has no E50 "
+                    "(its note says why), so the calibration it gave cannot be checked and nothing was written; name "
+                    "a particle with an E50 (particles.csv mean_e50_ev), or calibrate with --energy-reference and a foil"
+                )
+            run_info["energy_calibration"] = dict(calibration, check_mean_e50_ev=check)
             if "shift_ev" in calibration:  # printed as --energy-reference's is (only in run.json before)
                 _console().print(
                     f"energy    shifted by {calibration['shift_ev']:+.3f} eV (--known-edge: particle {known_edge[0]}'s "
@@ -621,7 +631,10 @@ MAX_CALIBRATION_SHIFT_EV = 50.0
 #: foil on the scan's own 20-eV pre-edge grid: -10.5 eV where the truth was 0; every 1.0 eV (FXI's own step across
 #: the edge), at any phase of the grid: -12.3 eV where the truth was 0 (its second rise, 12 eV above its first
 #: inflection); every 0.5 eV with offsets of -8..+8 eV: within 0.13 eV. (Refused from 2 eV before, with a note
-#: from 1 eV: the 1-eV case passed without a word)
+#: from 1 eV: the 1-eV case passed without a word). Also refused where the largest step from where the reference
+#: begins to rise up to its maximum is this or more (the median near the maximum passed a foil every 2 eV to 8336,
+#: every 0.5 eV after: -12.6 eV, its second rise); larch's Ni foil with 1.5-5 eV steps below 8334-8338 eV and 0.5 eV
+#: above has its maximum on its second rise at every offset, with 1-eV steps at 9 of 12 (8333.4 eV at the others)
 COARSE_REFERENCE_EV = 0.75
 
 #: The share of a measured reference's edge derivative (RMS) that the best match with the standard may leave
@@ -706,6 +719,17 @@ def _calibrate_stack(stack, path, known_e0, standard_path):
                 f"land on another feature of the edge: a Ni foil's second rise, 12 eV above its first inflection, "
                 f"at 1 eV steps); {advice}"
             )
+        # the median step near the maximum passed a foil measured every 2 eV to 8336 eV, every 0.5 eV from there: its
+        # maximum on its second rise (8345.58 eV), its first inflection in the 2-eV steps, every E50 12.5 eV low
+        largest = details.get("rise_largest_step_ev", 0.0)
+        if largest >= COARSE_REFERENCE_EV:
+            a, b = details["rise_largest_step_at_ev"]
+            raise XanestrackError(
+                f"--energy-reference {path}: too coarse where its edge rises: {largest:.2g} eV from {a:.1f} to {b:.1f} "
+                f"eV (it rises over {details['rise_ev'][0]:.1f}-{measured:.2f} eV); such steps can put the maximum on "
+                f"another feature (a Ni foil's second rise, 12 eV up); it would shift the energies by "
+                f"{cal.shift_ev:+.1f} eV; measure it every 0.5 eV from its pre-edge, or give --reference-standard"
+            )
     rec = dict(
         cal.record(),
         applied="the energy axis was shifted before the analysis (run.json energies_ev: as read; results.h5: shifted)",
@@ -734,8 +758,9 @@ def _known_edge_calibration(particle, known_ev):
 
     from .chemistry.calibration import calibrate_from_region
     from .errors import XanestrackError
-    from .result import core_pixels
-    from .xanes import MIN_E50_SHARE
+    from .pipeline import _two_edges
+    from .result import core_pixels, gap_share
+    from .xanes import MAX_GAP_SHARE, MIN_E50_SHARE
 
     record = {}
 
@@ -746,14 +771,25 @@ def _known_edge_calibration(particle, known_ev):
             raise XanestrackError(
                 f"--known-edge {particle}={known_ev}: no particle {particle} was tracked (particles: {ids})"
             )
+        # the E50 the run gives it (pipeline._two_edges withholds, after this hook, the E50 of a particle normalised
+        # across another edge's step: a Co+Ni scan's Co-rich particle read 2.25 eV high, and every Ni particle
+        # calibrated on it moved 2.2 eV and its LiNiO2 fraction from 1.00 to 0.08)
+        seen = found[0]
+        if all(hasattr(p, "e0_ev") for p in particles):  # ParticleResults (a stub of E50 maps alone: those judged)
+            (seen,) = [p for p in _two_edges(particles, energies)[0] if p.particle == particle]
+        what = f"--known-edge {particle}={known_ev}: particle {particle}"
+        do = "name a particle with an E50 (particles.csv mean_e50_ev), or calibrate with --energy-reference and a foil"
         e50 = found[0].edge_maps["e50"][core_pixels(found[0])]  # as particle_summary's mean_e50_ev
+        if np.isfinite(e50).any() and not np.isfinite(seen.edge_maps["e50"]).any():
+            raise XanestrackError(
+                f"{what}'s spectrum crosses two absorption edges (its own near {found[0].e0_ev:.0f} eV): the run gives "
+                f"it no E50, normalised across the other edge's step, so it cannot calibrate the axis; {do}"
+            )
         n_core = e50.size
         e50 = e50[np.isfinite(e50)]
         measured = float(e50.mean()) if e50.size else float("nan")
-        if not np.isfinite(measured):
-            raise XanestrackError(
-                f"--known-edge {particle}={known_ev}: particle {particle} has no edge energy to measure"
-            )
+        if not np.isfinite(measured) or gap_share(found[0]) > MAX_GAP_SHARE:
+            raise XanestrackError(f"{what} has no E50 (its note says why), so it cannot calibrate the axis; {do}")
         if e50.size < MIN_E50_SHARE * n_core:  # a mean of a few pixels is not the particle's (particle_summary)
             raise XanestrackError(
                 f"--known-edge {particle}={known_ev}: particle {particle} has an edge energy in only {e50.size} of its "

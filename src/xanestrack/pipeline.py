@@ -59,6 +59,8 @@ from .smoothing import local_quadratic, smooth_tracks
 from .stack import Stack, duplicate_frames, lone_step, lone_step_words, sanitize_stack
 from .xanes import (
     MISFIT_NOTE,
+    OTHER_EDGE_EV,
+    OTHER_EDGE_NOTE,
     SHOULDER_NOTE,
     SPARSE_POST_EDGE_NOTE,
     find_e0,
@@ -2860,14 +2862,29 @@ def run_pipeline(
     particles, two_edges = _two_edges(particles, energies)
     if two_edges:
         notes.append(two_edges)
+    # the shipped references only where a particle's edge is at theirs (a Co-only scan crossing 8340 eV took them by
+    # its span); the stray-light, coarse-step and bias numbers only from references at the particles' edge, and
+    # only for particles with edge energies (a withheld particle's shoulder note is of E50s it no longer has)
+    if default_references and references:
+        references = _default_references(energies, particles)
+        if not references:
+            notes.append(_no_references_note(energies, particles))
+    measured = [p for p in particles if not _withheld(p)]
+    at_edge = _references_at_particles_edge(references, measured)
+    particles = [
+        dataclasses.replace(p, notes=tuple(n for n in p.notes if not n.startswith(SHOULDER_NOTE)))
+        if _withheld(p)
+        else p
+        for p in particles
+    ]
     # light not absorbed (harmonics, stray light) bends thick pixels' edges low: measured from the particles' own
     # pre- to post-edge OD against their thickness; its thick pixels flagged (chemistry/stray)
     from .chemistry.stray import flag_stray_light
 
     particles, stray_note, _ = flag_stray_light(
-        particles, energies, references, background=_particles_background(particles, energies)
+        particles, energies, at_edge, background=_particles_background(particles, energies)
     )
-    notes += [stray_note] if stray_note else []
+    notes += [stray_note] if stray_note and measured else []
     unmeasured_note = _frames_without_particles(particles, energies)
     if unmeasured_note:
         notes.append(unmeasured_note)
@@ -3022,7 +3039,16 @@ def run_pipeline(
     if untrusted:
         # result.core_pixels then averages every core pixel: said, so that no mean passes for a trusted one
         notes.append(_untrusted_note(untrusted))
-    notes += [n for n in (_coarse_edge_note(particles, energies), _rarely_vouched_note(particles)) if n]
+    notes += [
+        n
+        for n in (
+            _coarse_edge_note(
+                particles, energies, at_edge, shipped=default_references, edge_window=options.edge_window
+            ),
+            _rarely_vouched_note(particles),
+        )
+        if n
+    ]
     notes += _particle_chemistry_notes(
         particles,
         len(energies),
@@ -3036,12 +3062,37 @@ def run_pipeline(
         notes += [
             n
             for n in (
-                _uncalibrated_note(particles, energies, references, options.lcf_window, shipped=default_references),
+                _uncalibrated_note(
+                    particles,
+                    energies,
+                    references,
+                    options.lcf_window,
+                    shipped=default_references,
+                    edge_window=options.edge_window,
+                ),
             )
             if n
         ]
+    elif references and recalibrate is None:  # calibrated from a reference: the E50 check is still made
+        notes += [
+            n
+            for n in (
+                _calibrated_e50_note(
+                    particles,
+                    references,
+                    stack.metadata["energy_calibration"],
+                    energies,
+                    edge_window=options.edge_window,
+                ),
+            )
+            if n
+        ]
+    other_edge = _other_edge_references_note(particles, references)
+    notes += [other_edge] if other_edge else []
     # on the final energies (after a --known-edge calibration), beside the references' own notes
-    norm_bias, bias_note = _normalisation_bias(particles, references, energies, default_references, options)
+    norm_bias, bias_note = _normalisation_bias(
+        [p for p in particles if not _withheld(p)], at_edge, energies, default_references, options
+    )
     notes += [bias_note] if bias_note else []
     rej = detections[~detections["isolated"]] if len(detections) else detections
     notes += [
@@ -3160,7 +3211,8 @@ def _normalisation_bias(particles, references, energies, default_references: boo
     for a, b in zip(names[:-1], names[1:]):  # as mixture_bias pairs them, each pair as its references are measured
         pair = {a: references[a], b: references[b]}
         mixes.update(mixture_bias(energies, pair, dense="given" if given[a] and given[b] else "normalised", **kw))
-    return bias, normalisation_bias_note(bias, mixes)
+    edges = [float(p.e0_ev) for p in particles if np.isfinite(p.e0_ev)]
+    return bias, normalisation_bias_note(bias, mixes, edge_ev=float(np.median(edges)) if edges else None)
 
 
 #: the refusal of a single reference (``{given}``: what was given), by :func:`_user_references` and ``run
@@ -3875,7 +3927,10 @@ COARSE_EDGE_STEP_EV = 2.5
 #: 0-1 by 0.1) sampled on uniform grids of that step over 8200-8680 eV (10 grid phases each), normalised and
 #: measured as the particles are, against their densely computed E50. The bias grows with the step, mostly low
 #: (medians -0.04 / -0.22 / -0.62 / -1.00 / -1.50 eV at 2.5 / 5 / 8 / 10 / 12 eV); at 15 eV the edge window
-#: holds one energy. :func:`_coarse_edge_note` quotes it at the scan's step (interpolated)
+#: holds one energy. :func:`_coarse_edge_note` quotes it at the scan's step (interpolated), where no references of
+#: the particles' edge measure the bias for the run and the particles' edges lie at the Ni K-edge only (within
+#: :data:`TWO_EDGES_EV` of :data:`NI_REFERENCE_EDGE_EV`): MnO / Mn2O3 mixtures sampled so read two-sided, up to
+#: +0.69 eV at 5 eV apart, and a Co foil and that foil +4 eV -0.46 eV at 2.5 eV apart
 COARSE_EDGE_BIAS_EV = (
     (2.5, -0.16, 0.10),
     (3.0, -0.21, 0.10),
@@ -3886,6 +3941,45 @@ COARSE_EDGE_BIAS_EV = (
     (10.0, -2.24, 0.13),
     (12.0, -3.20, 0.56),
 )
+
+
+#: eV: with references of the particles' edge, the coarse-step note is given where their mixtures' E50 sampled at
+#: the scan's step is biased this much or more (:func:`_coarse_edge_range`), so that a sharp edge's note waits for a
+#: coarser step than a metal-like edge's. Just above the shipped pair's at 2.5 eV apart (-0.166 to +0.099 eV; 3 eV
+#: -0.212, synth's 30-energy grid, 2.45 eV there, -0.163), so that Ni scans keep :data:`COARSE_EDGE_STEP_EV`;
+#: a Co foil pair reaches -0.46 eV and MnO / Mn2O3 +0.32 eV at 2.5 eV apart
+COARSE_EDGE_NOTE_EV = 0.17
+#: eV: steps up to this are not measured (:func:`_coarse_edge_range`, 0.1-0.3 s a run): the shipped pair read within
+#: 0.11 eV on synth's 143- and 60-energy grids (0.5 and 1.2 eV apart at their edge)
+COARSE_EDGE_MEASURED_FROM_EV = 1.0
+#: the grid offsets (a share of the step each) and shares of the second reference of each adjacent pair that
+#: :func:`_coarse_edge_range` samples, as :data:`COARSE_EDGE_BIAS_EV` was measured
+COARSE_EDGE_PHASES = tuple(np.arange(10) / 10)
+COARSE_EDGE_FRACTIONS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
+
+
+def _coarse_edge_range(references, energies, step: float, *, shipped: bool, background, edge_window):
+    """``(lowest, highest)`` eV: the bias of E50 of the mixtures of each adjacent pair of ``references``
+    (:data:`COARSE_EDGE_FRACTIONS`, :func:`xanestrack.chemistry.normbias.mixture_bias`, measured as
+    :func:`_normalisation_bias` measures them) sampled on uniform grids ``step`` eV apart over the scan's span, at
+    :data:`COARSE_EDGE_PHASES` offsets; NaNs where none could be measured (fewer than two spectra)."""
+    from .chemistry.normbias import mixture_bias
+
+    e = np.asarray(energies, float)
+    given = shipped or all(_reference_used_as_given(r, e) for r in references.values())
+    vals = []
+    for ph in COARSE_EDGE_PHASES:
+        grid = np.arange(e[0] + ph * step, e[-1] + 1e-9, step)
+        b = mixture_bias(
+            grid,
+            references,
+            dense="given" if given else "normalised",
+            edge_window=edge_window,
+            fractions=COARSE_EDGE_FRACTIONS,
+            background=background,
+        )
+        vals += [v for v in b.values() if np.isfinite(v)]
+    return (min(vals), max(vals)) if vals else (float("nan"), float("nan"))
 
 
 def _coarse_edge_bias(step: float) -> str:
@@ -3902,11 +3996,15 @@ def _coarse_edge_bias(step: float) -> str:
     )
 
 
-def _coarse_edge_note(particles, energies) -> str:
+def _coarse_edge_note(particles, energies, references=None, *, shipped: bool = False, edge_window=(-15.0, 20.0)) -> str:
     """A note where the scan's energies are far apart where the particles' edges cross half their step:
-    E50 is interpolated linearly between frames, and across a coarse step the edge's curvature biases it
-    (measured in :data:`COARSE_EDGE_STEP_EV`, its size at that step in :data:`COARSE_EDGE_BIAS_EV`). Empty where
-    the step there is fine."""
+    E50 is interpolated linearly between frames, and across a coarse step the edge's curvature biases it, by an
+    amount and in a direction the edge's shape sets. With ``references`` of the particles' edge
+    (:func:`_references_at_particles_edge`) the bias is measured for this run (:func:`_coarse_edge_range`) and said
+    where it reaches :data:`COARSE_EDGE_NOTE_EV`; without, where the step is over :data:`COARSE_EDGE_STEP_EV`,
+    with the Ni table (:data:`COARSE_EDGE_BIAS_EV`) at the Ni K-edge and no numbers elsewhere (a Mn scan 5 eV
+    apart was told "mostly low, -0.49 to +0.06 eV"; its particles read 0.16-0.35 eV high). Empty where the step
+    there is fine."""
     e50 = []
     for p in particles:
         m = p.edge_maps.get("e50") if p.edge_maps else None
@@ -3918,13 +4016,46 @@ def _coarse_edge_note(particles, energies) -> str:
     if not inside.any():
         return ""
     step = float(np.max(e[i[inside]] - e[i[inside] - 1]))
-    if step <= COARSE_EDGE_STEP_EV:
-        return ""
-    return (
+    e50 = np.asarray(e50)[inside]
+    start = (
         f"the scan's energies are up to {step:.1f} eV apart where the particles' edges cross half their step "
         f"({min(e50):.1f}-{max(e50):.1f} eV): edge energies (E50) are interpolated between frames that far apart "
-        f"and are biased, mostly low ({_coarse_edge_bias(step)}): compare them between scans of one energy grid "
-        "only"
+    )
+    end = ": compare them between scans of one energy grid only"
+    from .spectra import ReferenceSpectrum
+
+    pair = {k: r for k, r in (references or {}).items() if isinstance(r, ReferenceSpectrum) and r.energies_ev.size >= 8}
+    if len(pair) >= 2 and step > COARSE_EDGE_MEASURED_FROM_EV:
+        lo, hi = _coarse_edge_range(
+            pair,
+            e,
+            step,
+            shipped=shipped,
+            background=_particles_background(particles, e),
+            edge_window=edge_window,
+        )
+        if np.isfinite(lo):
+            if max(-lo, hi) < COARSE_EDGE_NOTE_EV:
+                return ""
+            return (
+                start + f"and are biased by {lo:+.2f} to {hi:+.2f} eV (noise-free mixtures of the references "
+                f"{', '.join(pair)} sampled {step:.1f} eV apart at {len(COARSE_EDGE_PHASES)} offsets, normalised and "
+                "measured as the particles are, against their densely measured E50)" + end
+            )
+    if step <= COARSE_EDGE_STEP_EV:
+        return ""
+    if abs(float(np.median(e50)) - NI_REFERENCE_EDGE_EV) <= TWO_EDGES_EV:
+        return start + f"and are biased, mostly low ({_coarse_edge_bias(step)})" + end
+    at, lo, hi = (np.asarray(c, float) for c in zip(*COARSE_EDGE_BIAS_EV))
+    ni = (
+        f"more than {lo[-1]:+.2f} to {hi[-1]:+.2f} eV"
+        if step > at[-1]
+        else f"{np.interp(step, at, lo):+.2f} to {np.interp(step, at, hi):+.2f} eV"
+    )
+    return (
+        start + "and are biased by an amount and in a direction the edge's shape sets, not measured here: no "
+        "references of this edge (give them with --reference NAME=FILE for its numbers; at the Ni K-edge noise-free "
+        f"NiO / LiNiO2 mixtures sampled so read {ni}, other edges' shapes otherwise, higher or lower)" + end
     )
 
 
@@ -4821,11 +4952,35 @@ BOUND_FRACTION = 1e-3
 #: energies is said in :func:`_uncalibrated_note` (the axis off, or a phase beyond the references). A five-particle
 #: default scene: 8340.8 eV, within NiO / LiNiO2's 8340.0-8341.8; its axis 3 eV high / low: 2.0 eV above / 2.2 eV
 #: below (every fraction at 0 or 1, "0.00 per 0.5 eV" said before); 15 eV high: 14.0 eV above. Reduced stress-drift
-#: and -crowd scenes (Ni(OH)2 and that shifted 2.5 eV: a phase the references do not hold) 1.7 / 1.8 eV above
+#: and -crowd scenes (Ni(OH)2 and that shifted 2.5 eV: a phase the references do not hold) 1.7 / 1.8 eV above. Synth
+#: seed 5 on 8 energies (against the references' E50 on them, 8338.2-8340.2 eV): 8338.6 eV, not said; 3 eV high,
+#: 1.3 eV above
 UNCALIBRATED_E50_OUTSIDE_EV = 1.0
 
 
-def _uncalibrated_note(particles, energies, references, lcf_window, *, shipped: bool = True) -> str:
+def _references_e50_on_scan(references, energies, *, background=None, edge_window=(-15.0, 20.0)) -> dict:
+    """``{name: eV}``: each reference's E50 as the particles' are measured on the scan's ``energies`` (sampled
+    there, with ``background`` under its step, normalised as a particle's spectrum is: its half-step energy plus
+    :func:`xanestrack.chemistry.normbias.normalisation_bias`), where that moves it by
+    :data:`~xanestrack.chemistry.normbias.NOTE_BIAS_EV` or more (where the run's note on the normalisation's bias
+    speaks); else, and where the scan's energies cannot measure it (NaN there), its half-step energy on its own
+    energies (:func:`xanestrack.chemistry.calibration.half_step_energies`; NaN for a callable)."""
+    from .chemistry.calibration import half_step_energies
+    from .chemistry.normbias import NOTE_BIAS_EV, normalisation_bias
+
+    half = half_step_energies(references)
+    # "given": against the values the fit uses (a user's reference as prepare_reference made it ready, too), so
+    # that half-step + bias is the E50 measured on the scan's energies
+    bias = normalisation_bias(energies, references, dense="given", edge_window=edge_window, background=background)
+    return {
+        k: v + bias[k] if np.isfinite(bias.get(k, np.nan)) and abs(bias[k]) >= NOTE_BIAS_EV else v
+        for k, v in half.items()
+    }
+
+
+def _uncalibrated_note(
+    particles, energies, references, lcf_window, *, shipped: bool = True, edge_window=(-15.0, 20.0)
+) -> str:
     """The run note where the fractions are fitted on an energy axis not calibrated (``shipped``: with the shipped
     references; else with the caller's, which the note asks to be on the scan's own axis).
 
@@ -4836,12 +4991,21 @@ def _uncalibrated_note(particles, energies, references, lcf_window, *, shipped: 
     per :data:`CALIBRATION_STEP_EV` is computed from each particle's mean normalised spectrum and the
     references used (:func:`xanestrack.chemistry.calibration.fraction_shift_sensitivity`), not assumed.
     Empty where no particle has fractions.
+
+    The particles' E50 (the median of their medians) is said where it lies more than
+    :data:`UNCALIBRATED_E50_OUTSIDE_EV` outside the references' E50 as the scan's energies measure them
+    (:func:`_references_e50_on_scan`, ``edge_window`` as the particles'), over the particles whose mean E50 is
+    given (:func:`xanestrack.result.e50_withheld`). Against the references' dense half-step energies, 8 energies
+    (synth seed 5) read "1.4 eV below ... the axis is off" on an exact axis, the sampling's own -1.66 to -1.91 eV;
+    and a particle whose mean E50 was withheld (its E50 in a gap of frames left out: 8351.1 eV, the other's 8341.3)
+    made it "4.4 eV above" on an exact axis.
     """
     from .chemistry.calibration import fraction_shift_sensitivity, half_step_energies
+    from .result import e50_withheld
     from .xanes import linear_combination_fit
 
     e = np.asarray(energies, float)
-    moves, bound, e50 = [], [], []
+    moves, bound, e50, withheld = [], [], [], 0
     for p in particles:
         if p.fractions is None or not len(p.reference_names) or p.xanes_frames is None:
             continue
@@ -4856,7 +5020,10 @@ def _uncalibrated_note(particles, energies, references, lcf_window, *, shipped: 
             continue
         m = p.edge_maps.get("e50") if p.edge_maps else None
         if m is not None and np.isfinite(m).any():
-            e50.append(float(np.nanmedian(m)))
+            if e50_withheld(p):  # the pixels measured are a biased choice: its E50 is not the particle's
+                withheld += 1
+            else:
+                e50.append(float(np.nanmedian(m)))
         # a fit held at 0 or 1 by its constraints does not move one way, and moves the other: its "0.00 per
         # 0.5 eV" reassured (the axis 3-15 eV off), and "moves them little or not at all" hid that pure NiO on
         # an axis 0.5 eV high fits as 0.20 LiNiO2: the change the other way is said for them
@@ -4911,32 +5078,175 @@ def _uncalibrated_note(particles, energies, references, lcf_window, *, shipped: 
                 else f"; {CALIBRATION_STEP_EV:g} eV either way leaves them there"
             )
         )
-    lo, hi = min(half.values(), default=np.nan), max(half.values(), default=np.nan)
+    # the references' E50 as this scan's energies measure them: 8 energies move E50 by -1.66 to -1.91 eV, which
+    # the dense half-step energies called an axis offset
+    scan = _references_e50_on_scan(
+        references, e, background=_particles_background(particles, e), edge_window=edge_window
+    )
+    lo, hi = min(scan.values(), default=np.nan), max(scan.values(), default=np.nan)
+    moved = any(abs(scan[k] - half[k]) > 0 for k in half if np.isfinite(half[k]))
+    where = (
+        f"({lo:.1f}-{hi:.1f} eV on this scan's energies, sampled and normalised as the particles are; "
+        f"{min(half.values()):.1f}-{max(half.values()):.1f} eV measured densely)"
+        if moved
+        else f"({lo:.1f}-{hi:.1f} eV)"
+    )
+    left_out = (
+        f", over {_count(len(e50), 'particle')}: {withheld} whose mean E50 is withheld left out" if withheld else ""
+    )
     if e50 and np.isfinite(lo):
         mid = float(np.median(e50))
         off = mid - hi if mid > hi else mid - lo if mid < lo else 0.0
-        if abs(off) > UNCALIBRATED_E50_OUTSIDE_EV:
+        if abs(off) > OTHER_EDGE_EV:  # not an axis offset (a callable's edge is not judged per particle)
             text += (
-                f"; the particles' E50 (median {mid:.1f} eV, {min(e50):.1f}-{max(e50):.1f}) lie {abs(off):.1f} eV "
-                f"{'above' if off > 0 else 'below'} the references' half-step energies ({lo:.1f}-{hi:.1f} eV): the "
+                f"; the particles' E50 (median {mid:.1f} eV{left_out}) lie {abs(off):.1f} eV "
+                f"{'above' if off > 0 else 'below'} the references' half-step energies {where}: the references are of "
+                "another absorption edge"
+            )
+        elif abs(off) > UNCALIBRATED_E50_OUTSIDE_EV:
+            text += (
+                f"; the particles' E50 (median {mid:.1f} eV, {min(e50):.1f}-{max(e50):.1f}{left_out}) lie {abs(off):.1f} "
+                f"eV {'above' if off > 0 else 'below'} the references' half-step energies {where}: the "
                 f"axis is off by about that much, or the particles hold a phase the references do not"
             )
     return text + "; calibrate: run again with --energy-reference FILE or --known-edge PARTICLE=EV"
 
 
-def _no_references_note(energies) -> str:
+def _calibrated_e50_note(particles, references, calibration, energies, *, edge_window=(-15.0, 20.0)) -> str:
+    """The run note where, on an axis calibrated from a reference (``calibration``: its run.json record), the median
+    of the particles' E50s lies more than :data:`UNCALIBRATED_E50_OUTSIDE_EV` outside the references' half-step
+    energies, else "".
+
+    :func:`_uncalibrated_note` says it of an axis not calibrated; a calibration can be as far off: a Ni foil measured
+    every 2 eV to 8336 eV had its derivative's maximum on its second rise, the axis shifted by -12.6 eV and every
+    E50 12.4-12.6 eV low, with no word but that the references do not describe the particles' spectra. As there,
+    over the particles whose mean E50 is given (:func:`xanestrack.result.e50_withheld`), against the references'
+    E50 as the scan's ``energies`` measure them (:func:`_references_e50_on_scan`)."""
+    from .result import e50_withheld
+
+    e50 = []
+    for p in particles:
+        m = p.edge_maps.get("e50") if p.edge_maps else None
+        usable = p.fractions is not None and len(p.reference_names) and m is not None and np.isfinite(m).any()
+        if usable and not e50_withheld(p):
+            e50.append(float(np.nanmedian(m)))
+    if not e50:
+        return ""
+    e = np.asarray(energies, float)
+    scan = _references_e50_on_scan(
+        references, e, background=_particles_background(particles, e), edge_window=edge_window
+    )
+    half = {k: v for k, v in scan.items() if np.isfinite(v)}
+    if not half:
+        return ""
+    lo, hi = min(half.values()), max(half.values())
+    mid = float(np.median(e50))
+    off = mid - hi if mid > hi else mid - lo if mid < lo else 0.0
+    # beyond 50 eV (what an energy calibration may shift, cli.MAX_CALIBRATION_SHIFT_EV) the references are of another
+    # edge, which other notes say
+    if not UNCALIBRATED_E50_OUTSIDE_EV < abs(off) <= 50.0:
+        return ""
+    return (
+        f"the particles' E50 (median {mid:.1f} eV, {min(e50):.1f}-{max(e50):.1f}) lie {abs(off):.1f} eV "
+        f"{'above' if off > 0 else 'below'} the references' half-step energies ({lo:.1f}-{hi:.1f} eV) on the axis "
+        f"calibrated from {calibration.get('source') or 'a reference'} (shifted by "
+        f"{float(calibration.get('shift_ev', np.nan)):+.2f} eV): the calibration is off by about that much (a "
+        "reference measured too coarsely where its edge rises, its derivative's maximum on another feature; a wrong "
+        "--reference-e0), or the particles hold a phase the references do not"
+    )
+
+
+#: what the run note of :func:`_other_edge_references_note` says (:func:`redo_xanes` replaces it)
+OTHER_EDGE_RUN_NOTE = "are of another absorption edge than the particles'"
+
+
+def _other_edge_references_note(particles, references) -> str:
+    """The run note where particles' fits were skipped for references of another absorption edge
+    (:data:`~xanestrack.xanes.OTHER_EDGE_NOTE`, :data:`~xanestrack.xanes.OTHER_EDGE_EV`): both edges' energies, and
+    that this is not an axis offset. Co references on a Co+Ni scan's Ni particles were fitted at the Ni edge (every
+    fraction 0.000, truth 0.13-0.66) and the only word was the uncalibrated-axis note's "620.0 eV above the
+    references' half-step energies: the axis is off by about that much"."""
+    from .xanes import _other_edge_references
+
+    skipped = [p for p in particles if any(n.startswith(OTHER_EDGE_NOTE) for n in p.notes)]
+    if not skipped:
+        return ""
+    e0 = [float(p.e0_ev) for p in skipped]
+    far = _other_edge_references(references, float(np.median(e0)))
+    gap = min((abs(v - np.median(e0)) for v in far.values()), default=float("nan"))
+    ids = [p.particle for p in skipped]
+    return (
+        f"no fractions for {_count(len(ids), 'particle')} ({', '.join(map(str, ids[:20]))}{' ...' if len(ids) > 20 else ''}"
+        f"): the references {', '.join(f'{n} (edge at {v:.0f} eV)' for n, v in far.items()) or 'given'} "
+        f"{OTHER_EDGE_RUN_NOTE} (E0 {min(e0):.0f}-{max(e0):.0f} eV"
+        + (f", {gap:.0f} eV away" if np.isfinite(gap) else "")
+        + f"), not an axis offset (those are a few eV; over {OTHER_EDGE_EV:.0f} eV is another edge): give references "
+        "of the particles' edge with --reference NAME=FILE"
+    )
+
+
+def _no_references_note(energies, particles=None) -> str:
+    """The run's note where the shipped references are not fitted: the scan does not cross their edge, or (given
+    ``particles``) no particle's edge lies at theirs (:func:`_default_references`)."""
+    edges = _particle_edges(particles or [])
+    where = (
+        f"which this scan ({energies[0]:.1f}-{energies[-1]:.1f} eV) crosses, but no particle's edge lies near "
+        f"(E0 and E50 {min(edges):.0f}-{max(edges):.0f} eV; not used for the stray-light, coarse-step or "
+        "normalisation-bias numbers either)"
+        if edges and energies[0] < NI_REFERENCE_EDGE_EV < energies[-1]
+        else f"which this scan ({energies[0]:.1f}-{energies[-1]:.1f} eV) does not cross"
+    )
     return (
         f"no linear-combination fit (no oxidised fraction): the shipped reference spectra (NiO, LiNiO2) are of "
-        f"the Ni K-edge, their edges near {NI_REFERENCE_EDGE_EV:.0f} eV, which this scan ({energies[0]:.1f}-"
-        f"{energies[-1]:.1f} eV) does not cross; "
+        f"the Ni K-edge, their edges near {NI_REFERENCE_EDGE_EV:.0f} eV, {where}; "
         "give the phases of its edge with --reference NAME=FILE (edge energies are measured either way)"
     )
 
 
-def _default_references(energies):
+def _default_references(energies, particles=None):
+    """The shipped Ni references where the scan crosses their edge (:data:`NI_REFERENCE_EDGE_EV`), else ``{}``;
+    given the analysed ``particles``, only where some particle's edge lies at theirs
+    (:func:`_references_at_particles_edge`): a Co-only scan over 7650-8450 eV took them by its span alone, and its
+    stray-light and normalisation-bias notes quoted them (0.07 / 0.32 eV for 1 % of stray light, where the Co
+    particles' own spectra read 0.30 / 0.76 eV), though no particle was fitted with them."""
     from .spectra import ni_references
 
-    return ni_references() if (energies[0] < NI_REFERENCE_EDGE_EV < energies[-1]) else {}
+    refs = ni_references() if (energies[0] < NI_REFERENCE_EDGE_EV < energies[-1]) else {}
+    return refs if particles is None else _references_at_particles_edge(refs, particles)
+
+
+def _particle_edges(particles) -> list:
+    """eV: the particles' E0s and mean E50s (those measured), the energies their edges are at."""
+    out = []
+    for p in particles:
+        out += [float(p.e0_ev)] if np.isfinite(p.e0_ev) else []
+        m = p.edge_maps.get("e50") if p.edge_maps else None
+        if m is not None and np.isfinite(m).any():
+            out.append(float(np.nanmedian(m)))
+    return out
+
+
+def _references_at_particles_edge(references, particles) -> dict:
+    """The references whose edge (:func:`xanestrack.xanes.find_e0` of their spectrum) lies within
+    :data:`TWO_EDGES_EV` of some particle's E0 or mean E50 (:func:`_particle_edges`): those the stray-light,
+    coarse-step and normalisation-bias numbers may come from. A callable (no spectrum) is kept; ``{}`` without
+    particles' edges."""
+    from .xanes import _other_edge_references
+
+    edges = _particle_edges(particles)
+    if not references or not edges:
+        return {}
+    far = [set(_other_edge_references(references, x)) for x in edges]
+    return {k: r for k, r in references.items() if not all(k in f for f in far)}
+
+
+#: words of the particle note of :func:`_two_edges` on a particle whose edge energies it withholds
+TWO_EDGES_WITHHELD = "across another absorption edge's step"
+
+
+def _withheld(p) -> bool:
+    """Whether :func:`_two_edges` withheld a particle's edge energies (normalised across another edge's step)."""
+    return any(TWO_EDGES_WITHHELD in n for n in p.notes)
 
 
 #: how the notes :func:`xanestrack.xanes.analyse_particle` gives a particle begin (the misfit note holds
@@ -5141,13 +5451,30 @@ def redo_xanes(result: PipelineResult, *, energies_ev, references=None) -> Pipel
     notes = tuple(n for n in notes if not n.startswith(UNCALIBRATED_NOTE))
     if uncalibrated and not moved and references:
         notes += tuple(
-            n for n in (_uncalibrated_note(particles, e, references, options.lcf_window, shipped=shipped),) if n
+            n
+            for n in (
+                _uncalibrated_note(
+                    particles, e, references, options.lcf_window, shipped=shipped, edge_window=options.edge_window
+                ),
+            )
+            if n
         )
     # the normalisation's bias is the energies' (chemistry/normbias): measured again on the new axis
     from .chemistry.normbias import NOTE_START
 
-    norm_bias, bias_note = _normalisation_bias(particles, references, e, shipped, options)
+    if shipped and references:  # as run_pipeline: the shipped references only where a particle's edge is at theirs
+        references = _default_references(e, particles)
+        notes += () if references else (_no_references_note(e, particles),)
+    norm_bias, bias_note = _normalisation_bias(
+        [p for p in particles if not _withheld(p)],
+        _references_at_particles_edge(references, particles),
+        e,
+        shipped,
+        options,
+    )
     notes = tuple(n for n in notes if not n.startswith(NOTE_START)) + ((bias_note,) if bias_note else ())
+    other_edge = _other_edge_references_note(particles, references)  # again: the references may be others
+    notes = tuple(n for n in notes if OTHER_EDGE_RUN_NOTE not in n) + ((other_edge,) if other_edge else ())
     notes += (_redone_note(before, e, references, shipped),)
     return dataclasses.replace(
         result,

@@ -119,6 +119,17 @@ MIN_POST_EDGE_ENERGIES = 5
 #: (the run notes gather them: :func:`xanestrack.pipeline._particle_chemistry_notes`)
 SPARSE_POST_EDGE_NOTE, MISFIT_NOTE = "the post-edge is normalised from", "do not describe this particle's spectra"
 
+#: eV: a reference whose edge (its E0, :func:`find_e0`) lies further than this from a particle's is of another
+#: absorption edge, and no fractions are fitted with it (:func:`analyse_particle`). The notes on an axis off the
+#: references' are built for 0.5-15 eV (pipeline.UNCALIBRATED_E50_OUTSIDE_EV: an axis 3-15 eV off), and one edge's
+#: E0 moves with the phase by 13 eV (a Co foil mixed with that foil +4 eV, every 0.5 eV: 7708.9-7721.9 eV); Co
+#: references on a Co+Ni scan's Ni particles: 7709-7713 against 8343-8346 eV, every fraction 0.000 (truth
+#: 0.13-0.66). As pipeline.TWO_EDGES_EV
+OTHER_EDGE_EV = 100.0
+#: how the particle note of a fit skipped for references of another edge begins (the run note gathers them:
+#: :func:`xanestrack.pipeline._other_edge_references_note`)
+OTHER_EDGE_NOTE = "LCF skipped: references of another absorption edge"
+
 
 #: eV per 1 % of the edge step: a particle whose mean spectrum crosses half its step so slowly that 1 % of the step
 #: moves its E50 by more than this is noted (:func:`_shoulder_note`). Its E50 hangs on the normalisation: Ni foil
@@ -190,6 +201,15 @@ def _negative_step_note(e, mu, nm, measured=None) -> str:
     )
 
 
+def _edge_element(e0_ev: float) -> str:
+    """The element whose K-edge lies within :data:`xanestrack.report.K_EDGE_NEAR_EV` of ``e0_ev`` (eV), as the
+    report's captions name it (:data:`xanestrack.report.K_EDGES_EV`), else ``""``."""
+    from .report import K_EDGE_NEAR_EV, K_EDGES_EV
+
+    near = [k for k, v in K_EDGES_EV.items() if np.isfinite(e0_ev) and abs(float(e0_ev) - v) <= K_EDGE_NEAR_EV]
+    return near[0] if near else ""
+
+
 def _shoulder_note(e, norm, e0: float) -> str:
     """The note where the mean normalised spectrum ``norm`` crosses 0.5 (nearest ``e0``) so slowly that its E50
     depends on the edge step far more than an oxide's (:data:`SHOULDER_EV_PER_PERCENT`); empty otherwise."""
@@ -202,11 +222,19 @@ def _shoulder_note(e, norm, e0: float) -> str:
     per = 0.005 / slope if slope > 0 else np.inf
     if per <= SHOULDER_EV_PER_PERCENT:
         return ""
+    element = _edge_element(e0)
     return (
         f"{SHOULDER_NOTE} (a metal-like edge, {slope:.3f} of the step per eV there): each 1 % of the edge step "
-        f"the normalisation sets moves its E50 by {per:.2f} eV, which its sigma does not hold; a Ni foil read so "
-        "0.07-0.56 eV below its densely measured E50 on scans of 40-143 energies (oxides 0.04-0.06 eV per 1 %, "
-        "within 0.21 eV): compare its E50 with scans of the same energy grid only"
+        f"the normalisation sets moves its E50 by {per:.2f} eV, which its sigma does not hold; "
+        + (
+            "a Ni foil read so 0.07-0.56 eV below its densely measured E50 on scans of 40-143 energies (oxides "
+            "0.04-0.06 eV per 1 %, within 0.21 eV)"
+            if element == "Ni"
+            else f"at the Ni K-edge a Ni foil read so 0.07-0.56 eV below its densely measured E50 on scans of 40-143 "
+            f"energies (oxides 0.04-0.06 eV per 1 %, within 0.21 eV), not measured at this "
+            f"{f'{element} K-edge' if element else f'edge ({e0:.0f} eV)'}"
+        )
+        + ": compare its E50 with scans of the same energy grid only"
     )
 
 
@@ -338,21 +366,55 @@ def find_e0(energies_ev, mu) -> float:
     far shorter than the steps on both sides apart (a repeated setpoint read back a little
     differently: :data:`xanestrack.stack.REPEAT_STEP_RATIO`) are taken as one, their mean
     (:func:`_merge_repeats`): their noise over so short a step was the scan's largest
-    "derivative".
+    "derivative". Where the step changes, the running mean is a straight line fitted
+    through each energy and its two neighbours, taken at that energy (the mean on equal
+    steps), and the parabola is the one through the three unequally spaced points
+    (:func:`_smooth3`, :func:`_vertex`): the mean of a coarse and a fine neighbour made a jump
+    where the step changes, and E0 sat there (0.5 eV to 8339 eV, then 4 eV: every particle's
+    E0 8338.5-8338.6 eV, the derivative's maximum 8342-8347 eV).
     """
     e, mu = _check(energies_ev, mu)
     m = np.nanmean(mu.reshape(e.size, -1), axis=1)
     if not np.all(np.isfinite(m)):
         raise ValueError("cannot find E0: the mean spectrum has NaN values")
     e, m = _merge_repeats(e, m)
-    sm = np.convolve(np.pad(m, 1, mode="edge"), np.ones(3) / 3, mode="valid")
-    d = np.gradient(sm, e)
+    d = np.gradient(_smooth3(e, m), e)
     i = int(np.argmax(d[1:-1])) + 1
-    y0, y1, y2 = d[i - 1], d[i], d[i + 1]
-    denom = y0 - 2 * y1 + y2
-    frac = 0.5 * (y0 - y2) / denom if denom != 0 else 0.0
-    frac = float(np.clip(frac, -0.5, 0.5))
-    return float(e[i] + frac * (e[i + 1] - e[i - 1]) / 2)
+    return _vertex(e[i - 1 : i + 2], d[i - 1 : i + 2])
+
+
+def _smooth3(e, m):
+    """``m`` smoothed over each energy and its two neighbours: the straight line fitted through the three, at the
+    middle one (their mean where the two steps are equal); the ends as a 3-point running mean with the end repeated.
+
+    The running mean itself counted points, not eV: across a change of step (0.5 eV, then 4 eV) it added the coarse
+    neighbour's rise to a fine point, a jump whose derivative was the spectrum's largest. The line is exact for a
+    straight spectrum on any spacing and smooths a lone outlier as the mean does (a pre-edge frame 1.0 above the
+    rest, 5 eV from its neighbours, is not taken for the edge)."""
+    out = np.convolve(np.pad(m, 1, mode="edge"), np.ones(3) / 3, mode="valid")
+    if m.size < 3:
+        return out
+    x = np.stack([e[:-2] - e[1:-1], np.zeros(e.size - 2), e[2:] - e[1:-1]])
+    y = np.stack([m[:-2], m[1:-1], m[2:]])
+    xm, ym = x.mean(axis=0), y.mean(axis=0)
+    slope = ((x - xm) * (y - ym)).sum(axis=0) / ((x - xm) ** 2).sum(axis=0)
+    # equal steps keep the running mean to the last bit (a sum's rounding flipped the maximum between equal
+    # derivatives of a reference interpolated on a 0.02-eV grid by 0.36 eV)
+    equal = np.abs(x[0] + x[2]) <= 1e-9 * (x[2] - x[0])
+    out[1:-1] = np.where(equal, out[1:-1], ym - slope * xm)
+    return out
+
+
+def _vertex(x, y) -> float:
+    """The abscissa of the parabola's vertex through the three points ``(x, y)`` (``x`` increasing, steps equal or
+    not), kept within half a step of the middle one; the middle one where the three lie on a line."""
+    a, b = x[0] - x[1], x[2] - x[1]
+    ya, yb = y[0] - y[1], y[2] - y[1]
+    curv = b * ya - a * yb  # the parabola's x^2 coefficient times a * b * (a - b)
+    if curv == 0:
+        return float(x[1])
+    v = 0.5 * (b * b * ya - a * a * yb) / curv
+    return float(x[1] + np.clip(v, a / 2, b / 2))
 
 
 def _merge_repeats(e, m):
@@ -1159,6 +1221,23 @@ def _check_pre_edge_seen(aligned, mask, energies_ev, usable, e0_used, subtract_b
         )
 
 
+def _other_edge_references(references, e0: float) -> dict:
+    """``{name: eV}``: the references whose edge (:func:`find_e0` of their spectrum) lies more than
+    :data:`OTHER_EDGE_EV` from ``e0`` (eV), a particle's edge: those of another absorption edge. A reference without
+    a spectrum (a callable) is not judged."""
+    far = {}
+    for name, r in references.items():
+        if not hasattr(r, "energies_ev"):
+            continue
+        try:
+            at = find_e0(r.energies_ev, r.mu)
+        except ValueError:
+            continue
+        if abs(at - e0) > OTHER_EDGE_EV:
+            far[name] = float(at)
+    return far
+
+
 def analyse_particle(
     aligned,
     mask,
@@ -1332,8 +1411,13 @@ def analyse_particle(
                 # a scan ending 120 eV past the edge: its one post-edge energy set every edge step, E50 0.1-0.2 eV
                 # lower than with the scan's full post-edge (40x its stated sigma), nothing said
                 notes.append(
-                    f"{SPARSE_POST_EDGE_NOTE} {_count_energies(n_post)} ({nm.post_range_ev[0]:.1f}-"
-                    f"{nm.post_range_ev[1]:.1f} eV, from E0 + 100 eV): their noise and the EXAFS wiggles they catch set "
+                    f"{SPARSE_POST_EDGE_NOTE} {_count_energies(n_post)} ("
+                    + (
+                        f"at {nm.post_range_ev[0]:.1f} eV"
+                        if n_post == 1
+                        else f"{nm.post_range_ev[0]:.1f}-{nm.post_range_ev[1]:.1f} eV"
+                    )
+                    + ", from E0 + 100 eV): their noise and the EXAFS wiggles they catch set "
                     f"every edge step, and E50 and the fractions with it (a scan should hold {MIN_POST_EDGE_ENERGIES} "
                     "energies or more from E0 + 100 eV on)"
                 )
@@ -1396,7 +1480,13 @@ def analyse_particle(
             if references:
                 lo = max(r.energies_ev[0] if hasattr(r, "energies_ev") else -np.inf for r in references.values())
                 hi = min(r.energies_ev[-1] if hasattr(r, "energies_ev") else np.inf for r in references.values())
-                if lo <= e0 + lcf_window[0] and e0 + lcf_window[1] <= hi:
+                far = _other_edge_references(references, e0)
+                if far and lo <= e0 + lcf_window[0] and e0 + lcf_window[1] <= hi:
+                    notes.append(
+                        f"{OTHER_EDGE_NOTE} ({', '.join(f'{n} at {v:.0f} eV' for n, v in far.items())}), not this "
+                        f"particle's edge at {e0:.0f} eV: no fractions (give references of its edge)"
+                    )
+                elif lo <= e0 + lcf_window[0] and e0 + lcf_window[1] <= hi:
                     lcf = linear_combination_fit(e, npix.norm, references, e0_ev=e0, window=lcf_window)
                     fr = np.full((len(lcf.names), *aligned.shape[1:]), np.nan, np.float32)
                     fr[:, mask] = lcf.fractions

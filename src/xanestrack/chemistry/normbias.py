@@ -178,13 +178,16 @@ def mixture_bias(
     return normalisation_bias(energies_ev, mixes, dense=dense, edge_window=edge_window, background=background)
 
 
-def normalisation_bias_note(bias: dict, mixtures: dict | None = None) -> str:
+def normalisation_bias_note(bias: dict, mixtures: dict | None = None, *, edge_ev: float | None = None) -> str:
     """The run's note where the normalisation's bias on the scan's energies matters, else ``""``.
 
     Where a reference's bias (:func:`normalisation_bias`), or a mix's of them (``mixtures``: :func:`mixture_bias`),
     is :data:`NOTE_BIAS_EV` or more, or two of them differ by :data:`NOTE_SPREAD_EV` or more: the extremes over the
     references and their mixes (a mix's bias need not lie between its references'). NaN values are left out (a
-    reference whose E50 falls in a hole in the scan's energies: the pipeline measures none there).
+    reference whose E50 falls in a hole in the scan's energies: the pipeline measures none there). ``edge_ev``
+    (eV, the particles' edge): the advice quotes what a denser post-edge did for the shipped Ni references as
+    measured at the Ni K-edge where the edge is elsewhere (a Mn or Co run read "left the shipped Ni references
+    within 0.11 eV" as if of its own).
     """
     b = {k: float(v) for k, v in bias.items() if np.isfinite(v)}
     if not b:
@@ -195,6 +198,9 @@ def normalisation_bias_note(bias: dict, mixtures: dict | None = None) -> str:
     spread = max(both) - min(both)
     if not large and spread < NOTE_SPREAD_EV:
         return ""
+    from ..xanes import _edge_element
+
+    element = None if edge_ev is None or not np.isfinite(edge_ev) else _edge_element(edge_ev)
     words = ", ".join(f"{k} {v:+.2f} eV" for k, v in b.items())
     beyond = {k: v for k, v in m.items() if v < min(b.values()) - 0.005 or v > max(b.values()) + 0.005}
     if beyond:
@@ -215,6 +221,9 @@ def normalisation_bias_note(bias: dict, mixtures: dict | None = None) -> str:
             if len(b) > 1
             else ""
         )
-        + ": scan more post-edge energies (every 10 eV from E0 + 100 eV on left the shipped Ni references within "
-        "0.11 eV) and finer across the edge, or compare only particles of like chemistry"
+        + ": scan more post-edge energies ("
+        + ("" if element in ("Ni", None) else "at the Ni K-edge, ")
+        + "every 10 eV from E0 + 100 eV on left the shipped Ni references within 0.11 eV"
+        + ("" if element in ("Ni", None) else f"; not measured at this {element + ' K-' if element else ''}edge")
+        + ") and finer across the edge, or compare only particles of like chemistry"
     )

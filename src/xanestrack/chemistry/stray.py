@@ -13,7 +13,8 @@ pre-edge is the other shells' and elements' absorption; far above the edge the a
 oxidation state). :func:`stray_light_fraction` finds the ``f`` whose correction ``OD = -ln((exp(-OD_meas) - f) /
 (1 - f))`` leaves that share the same in thin and thick pixels of every particle (the curvature of the pre-edge OD
 against the post-edge OD, over the kept pixels); :func:`flag_stray_light` flags, where ``f`` is measured, the
-pixels thick enough for their E50 to move (:func:`stray_e50_bias`, from the references on the scan's energies),
+pixels thick enough for their E50 to move (:func:`stray_e50_bias`, on the scan's energies from the references of
+the particles' edge, else from the particles' own mean spectra),
 and gives the run's note.
 
 What it can tell apart, measured: the probe's thick scenes (post-edge OD up to 3.9) read -0.002 +- 0.0005 without
@@ -294,6 +295,16 @@ def _shapes(energies, references, particles) -> dict:
     return out
 
 
+def _source(bias: dict) -> str:
+    """What :func:`stray_e50_bias`'s numbers ``bias`` were computed from, in the notes' words (:func:`_shapes`): the
+    references, else the particles' own mean spectra (a Co-only run's note said "from the references" where the
+    particles' own were used)."""
+    names = list(bias)
+    if names and all(n.startswith("particle ") for n in names):
+        return "the particles' own mean spectra on this scan's energies, no references being of their edge"
+    return "the references on this scan's energies"
+
+
 def _e50(e, od, *, scan_energies_ev):
     """E50 of one OD spectrum as the pipeline measures it."""
     from ..xanes import edge_energy, find_e0, normalize
@@ -456,7 +467,7 @@ def flag_stray_light(particles, energies_ev, references=None, *, background=None
         "monochromator, light scattered past the zone plate's central stop, the detector's stray light) compresses "
         "the OD where the sample is thick, more above the edge than below: E50 reads low, more the thicker the pixel, "
         "so a uniform particle shows a core-to-rim 'gradient' and like particles of different thickness differ. From "
-        f"the references on this scan's energies with that share, E50 moves by up to {words or 'an unmeasured amount'} "
+        f"{_source(bias)} with that share, E50 moves by up to {words or 'an unmeasured amount'} "
         f"(the thickest pixel's post-edge OD is {thickest:.1f}); {where}. The thinner pixels' E50 and fractions are "
         "moved less, and not corrected. Check the harmonic rejection (detune the monochromator, use a mirror), the "
         "order-sorting aperture and the dark frames, or image thinner regions (post-edge OD below 1.5)"
@@ -507,6 +518,6 @@ def _sensitivity_note(particles, energies_ev, references, background) -> str:
         f"of {SENSITIVITY_OD:.0f} or more, up to {top:.1f}, the surroundings included), where E50 is sensitive to it: "
         f"{100 * SENSITIVITY_FRACTION:.0f} % of the beam not absorbed (harmonics, stray light), too little to be "
         f"measured here, would move E50 down by {worst[0]:.2f} eV at a post-edge OD of {SENSITIVITY_OD:.0f} and "
-        f"{worst[1]:.2f} eV at {top:.1f} (from the references on this scan's energies), more the thicker the pixel. "
+        f"{worst[1]:.2f} eV at {top:.1f} (from {_source(bias)}), more the thicker the pixel. "
         "Compare like particles of like thickness, or image thinner regions (post-edge OD below 1.5)"
     )
