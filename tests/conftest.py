@@ -122,3 +122,18 @@ class CollectWarnings:
 
         logging.getLogger("xanestrack").removeHandler(self._handler)
         return False
+
+
+#: eV: a Co-like K edge made from the Ni references shifted down by this much (the other-edge tests' scenes: no Co
+#: spectrum needed)
+CO_BELOW_NI_EV = 624.0
+#: eV: the Co+Ni user's grid of those tests: 5 eV below the Co edge, 1 eV across it, 10 eV between, 1-2 eV across
+#: the Ni edge
+CO_NI_GRID = np.r_[
+    np.arange(7650, 7700, 5.0),
+    np.arange(7700, 7730, 1.0),
+    np.arange(7730, 8320, 10.0),
+    np.arange(8320, 8330, 2.0),
+    np.arange(8330, 8360, 1.0),
+    np.arange(8360, 8451, 6.0),
+]

@@ -17,7 +17,7 @@ NOTE_START = "the normalisation's bias on this scan's energies moves E50"
 
 
 def _oracle(energies):
-    """The bias as /tmp/r43/sigma/grid_cause.py measured it (the probe's script): each shipped reference on the
+    """The bias as the probe of the sigma measured it: each shipped reference on the
     grid under the synthetic scenes' background, normalised as the pipeline does, against synth's truth."""
     refs = ni_references()
     out = {}

@@ -1,7 +1,7 @@
 """Run notes at other edges than Ni's: the shipped Ni references on a Co-only scan that crosses 8340 eV, the coarse-step
 note's numbers, and the notes' wording by the edge the scan is at.
 
-The scenes are the probe's (/tmp/r45/edges/gen.py) at reduced size: synth's default scene with its energy grid and
+The scenes are those of the probe of other edges, at reduced size: synth's default scene with its energy grid and
 its two end members swapped; a Co-like edge is the shipped Ni pair 624 eV lower (no Co spectrum needed). Real Mn and Co
 spectra (../shared/data) are used where the edge's shape is the point."""
 
@@ -9,25 +9,14 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from conftest import shared_data
+from conftest import CO_BELOW_NI_EV, shared_data
+from conftest import CO_NI_GRID as COWIDE
 from xanestrack import pipeline, synth
 from xanestrack.chemistry.normbias import NOTE_START, normalisation_bias_note
 from xanestrack.chemistry.stray import STRAY_NOTE_START
 from xanestrack.pipeline import PipelineOptions, _coarse_edge_note, _normalisation_bias, run_pipeline
 from xanestrack.spectra import ReferenceSpectrum, ni_references
 from xanestrack.xanes import SHOULDER_NOTE, _shoulder_note, find_e0, normalize
-
-#: eV: the Co K edge of the scene, as the Ni references shifted down by this much (gen.py's "co": 7576-8056 eV)
-CO_BELOW_NI_EV = 624.0
-#: the probe's Co-only scan over the Co+Ni user's grid (gen.py "cowide"): it crosses the Ni references' edge
-COWIDE = np.r_[
-    np.arange(7650, 7700, 5.0),
-    np.arange(7700, 7730, 1.0),
-    np.arange(7730, 8320, 10.0),
-    np.arange(8320, 8330, 2.0),
-    np.arange(8330, 8360, 1.0),
-    np.arange(8360, 8451, 6.0),
-]
 
 
 def _scene(monkeypatch, refs, grid, *, n_particles=3, seed=5, shape=(160, 160)):

@@ -1,26 +1,16 @@
 """Scans over two absorption edges (the Co K and Ni K edges of NMC-like particles, 7650-8450 eV): a --known-edge
 calibration on a particle whose E50 the run withholds, and references of the other edge than the particles'.
 
-The scenes are the probe's (/tmp/r45/edges/gen.py) at reduced size: synth's default scene with its energy grid and
+The scenes are those of the probe of other edges, at reduced size: synth's default scene with its energy grid and
 its two end members swapped, a Co-like step being the Ni references 624 eV lower (no Co spectrum needed)."""
 
 import numpy as np
 import pytest
 
+from conftest import CO_BELOW_NI_EV
+from conftest import CO_NI_GRID as GRID
 from xanestrack import synth
 from xanestrack.spectra import ReferenceSpectrum, ni_references
-
-#: eV: the Co K edge of the scene, as the Ni references shifted down by this much
-CO_BELOW_NI_EV = 624.0
-#: the probe's Co+Ni grid: 5 eV below the Co edge, 1 eV across it, 10 eV between, 1-2 eV across the Ni edge
-GRID = np.r_[
-    np.arange(7650, 7700, 5.0),
-    np.arange(7700, 7730, 1.0),
-    np.arange(7730, 8320, 10.0),
-    np.arange(8320, 8330, 2.0),
-    np.arange(8330, 8360, 1.0),
-    np.arange(8360, 8451, 6.0),
-]
 
 
 def _refs(co_nio: float, co_linio2: float) -> dict:
