@@ -46,7 +46,7 @@ def _true_radius(truth, p) -> float:
     return float(truth.radii[int(t0["particle"].iloc[k])])
 
 
-def test_the_radius_reported_is_the_masks_size_and_does_not_move_with_the_pixel_size(runs):
+def test_the_radius_reported_is_the_outlines_size_and_does_not_move_with_the_pixel_size(runs):
     truth = read_truth(runs / "s" / "truth.h5")
     reported = {"a": [], "b": []}
     for name in "ab":
@@ -63,8 +63,9 @@ def test_the_radius_reported_is_the_masks_size_and_does_not_move_with_the_pixel_
             assert overview.loc[p.particle, "radius_px"] == pytest.approx(size, abs=1e-4)
             assert attrs[p.particle] == pytest.approx(size, abs=1e-9)
             assert f"radius {size:.1f} px; E0" in html
-            # the particle's own mask says as much (an oracle apart from the frames' median), and so does the truth
-            assert size == pytest.approx(np.sqrt(p.mask.sum() / np.pi), abs=0.1)
+            # the particle's own mask says as much (an oracle apart from the frames' median), and so does the truth;
+            # the size is the outline at its edge's foot, 0.17-0.28 px beyond the consensus mask here
+            assert 0.0 <= size - np.sqrt(p.mask.sum() / np.pi) <= 0.3
             assert size == pytest.approx(_true_radius(truth, p), abs=0.3)
             reported[name].append((p.positions[0], size))
     pairs = [(size, min(reported["b"], key=lambda q: np.hypot(*(q[0] - yx)))[1]) for yx, size in reported["a"]]
@@ -124,3 +125,51 @@ def test_the_report_says_where_the_pixel_size_came_from(runs):
     replaced = {"pixel_size_um": 0.05, "pixel_size_source": "--pixel-size", "input_pixel_size_um": 0.03}
     assert _pixel_size_origin(replaced) == "given with --pixel-size, replacing the input's 0.03 \u00b5m"
     assert _pixel_size_origin({"pixel_size_um": 0.05}) == "its source not recorded"  # an older run.json
+
+
+def _sizes_against_truth(tmp_path, name, args):
+    """``[(size, truth's equivalent radius)]`` per particle of a reduced scene run, largest truth first: the truth's
+    median mask area as a disc (its masks' outline), paired by first position; the sizes as read back from the
+    folder, checked equal to the ``radius_px`` the run wrote."""
+    r = runner.invoke(app, ["synth", str(tmp_path / name), *args])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["--quiet", "run", str(tmp_path / name / "stack.h5"), "--out", str(tmp_path / f"{name}o")])
+    assert r.exit_code == 0, r.output
+    res = read_results(tmp_path / f"{name}o")
+    with h5py.File(tmp_path / name / "truth.h5", "r") as t, h5py.File(tmp_path / f"{name}o" / "results.h5") as f:
+        pos = t["positions"]
+        first = pos["frame"][:] == 0
+        ids, ys, xs = pos["particle"][:][first], pos["y"][:][first], pos["x"][:][first]
+        eq = {
+            int(k): float(np.sqrt(np.median(g["masks"][:].sum(axis=(1, 2))) / np.pi)) for k, g in t["particles"].items()
+        }
+        written = {int(k): float(g.attrs["radius_px"]) for k, g in f["particles"].items()}
+    out = []
+    for p in res.particles:
+        assert p.size_radius == pytest.approx(written[p.particle], abs=1e-9)  # read back, the number the run wrote
+        k = int(np.argmin(np.hypot(ys - p.positions[0, 0], xs - p.positions[0, 1])))
+        out.append((p.size_radius, eq[int(ids[k])]))
+    return sorted(out, key=lambda st: -st[1])
+
+
+def test_a_blurred_haloed_particle_is_sized_to_its_outline(tmp_path):
+    # the stress renderer's tapered rims, detector blur and phase-contrast halo: the soft masks' median area read its
+    # large particle 5 % small (24.48 px, truth 25.80: regress probe finding 3); its outline at the edge's foot: 25.87
+    sizes = _sizes_against_truth(
+        tmp_path,
+        "st",
+        ["--preset", "stress-all", "--seed", "1", "--size", "256", "--n-energies", "30", "--n-particles", "2"],
+    )
+    size, true = sizes[0]
+    assert true > 20.0
+    assert abs(size / true - 1) <= 0.02
+
+
+def test_a_sharp_edged_particle_keeps_its_size(tmp_path):
+    # control: the default scene's sharp rims (seed 1, reduced): every size within 0.3 px of the truth's outline
+    sizes = _sizes_against_truth(
+        tmp_path, "d", ["--seed", "1", "--size", "256", "--n-energies", "30", "--n-particles", "4"]
+    )
+    assert len(sizes) == 4
+    for size, true in sizes:
+        assert size == pytest.approx(true, abs=0.3)
