@@ -141,17 +141,37 @@ def _ilk_flow(ref, mov):
     return optical_flow_ilk(ref, mov, radius=7)  # (2, h, w): mov(r + v) ~ ref(r)
 
 
-def optical_flow(frames, *, masks=None, binning: int = 2):
-    """iLK optical flow against the first frame, reduced to one shift (median flow).
+def _zscore(frame, sigma=1.0):
+    """A frame smoothed and scaled to zero mean and unit variance: optical flow assumes brightness constancy, and
+    a particle's optical density rises across the edge (read as motion on raw OD)."""
+    g = _prep(frame, sigma)
+    return g / (g.std() + 1e-12)
 
-    Runs on 2x binned frames (0.6 s per full 460 x 460 frame otherwise).
+
+#: Share of the reference frame's pixels (those of strongest gradient) over which the global optical flow is
+#: reduced to one shift: the flow over flat background is noise. The top 10 %, as a careful user would pick them;
+#: with them, on z-scored frames, the rigid preset (seeds 1, 2, 143 x 460 x 460) gives 0.070 / 0.071 px median / worst.
+OPTICAL_FLOW_TEXTURED_QUANTILE = 0.9
+
+
+def optical_flow(frames, *, masks=None, binning: int = 2):
+    """iLK optical flow against the first frame, reduced to one shift: the median flow over the textured pixels.
+
+    Each frame is z-scored on its own (smoothed, zero mean, unit variance) so that the rise of optical density
+    across the edge is not read as motion, and the flow is reduced over the reference's pixels of strongest
+    gradient (:data:`OPTICAL_FLOW_TEXTURED_QUANTILE`), not over the flat background. On the rigid preset (seeds 1, 2,
+    143 x 460 x 460) 0.070 / 0.071 px median / worst RMS; on raw optical density over the whole frame it gave 3.525
+    / 3.852 px, against 5.652 / 7.663 without alignment. Runs on 2x binned frames (0.6 s per full 460 x 460 frame
+    otherwise).
     """
-    prep = (lambda f: bin_frames(_prep(f), 2, dtype=np.float64)) if binning == 2 else _prep
+    prep = (lambda f: bin_frames(_zscore(f), 2, dtype=np.float64)) if binning == 2 else _zscore
     ref = prep(frames[0])
+    grad = ndimage.gaussian_gradient_magnitude(ref, 1.5)
+    sel = grad >= np.quantile(grad, OPTICAL_FLOW_TEXTURED_QUANTILE)
     out = np.zeros((len(frames), 2))
     for k in range(1, len(frames)):
         flow = _ilk_flow(ref, prep(frames[k]))
-        out[k] = np.median(flow.reshape(2, -1), axis=1) * binning
+        out[k] = np.median(flow[:, sel], axis=1) * binning
     return out
 
 
@@ -169,19 +189,30 @@ def stackreg_translation(frames, *, masks=None):
 
 
 def particle_template(windows, *, masks=None):
-    """Per-particle cross-correlation: each ROI against the particle's first ROI."""
+    """Per-particle cross-correlation of intensities: each ROI against the particle's first (pre-edge) ROI, what
+    many users do. :func:`particle_gradient_correlation` is the careful setup on the same windows."""
     return template_absolute(windows)
 
 
+def particle_gradient_correlation(windows, *, masks=None):
+    """Per-particle gradient correlation: :func:`gradient_correlation` (gradient magnitudes, Hann window, the
+    window of most edge contrast as reference) on each particle's ROI windows, the careful per-ROI alignment a
+    TXM-Sandbox or TXM-Wizard user can run. On the default preset (seeds 1, 2, the bench's windows) 0.061 / 0.112 px
+    median / worst RMS, against 0.082 / 0.202 for :func:`particle_template`."""
+    return gradient_correlation(windows)
+
+
 def particle_optical_flow(windows, *, masks=None):
-    """Per-particle optical flow: median iLK flow over the particle's first-frame mask."""
-    ref = _prep(windows[0])
+    """Per-particle optical flow: median iLK flow over the particle's first-frame mask, each window z-scored on its
+    own (on raw optical density the edge's rise was read as motion: on the default preset, seeds 1, 2, 4.879 / 9.270
+    px median / worst RMS, against 5.622 / 8.591 without alignment; z-scored 0.195 / 0.528)."""
+    ref = _zscore(windows[0])
     sel = (masks[0] > 0.5) if masks is not None else np.ones(ref.shape, bool)
     if not sel.any():
         sel = np.ones(ref.shape, bool)
     out = np.zeros((len(windows), 2))
     for k in range(1, len(windows)):
-        flow = _ilk_flow(ref, _prep(windows[k]))
+        flow = _ilk_flow(ref, _zscore(windows[k]))
         out[k] = np.median(flow[:, sel], axis=1)
     return out
 
@@ -212,6 +243,7 @@ ALIGNERS = {
     "optical_flow": (optical_flow, "global"),
     "stackreg": (stackreg_translation, "global"),
     "particle_template": (particle_template, "particle"),
+    "particle_gradient_correlation": (particle_gradient_correlation, "particle"),
     "particle_optical_flow": (particle_optical_flow, "particle"),
     "centre_of_mass": (centre_of_mass_aligner, "particle"),
     "centre_of_mass_learned": (centre_of_mass_learned, "particle"),
