@@ -2409,6 +2409,11 @@ def _finish_particle(
             f"{options.agreement_px:g} px, or only one was measured) or not measured, or the particle leaves the frame"
             + (", or another tracked particle lies over it (flag overlap)" if (overlapped & v.usable).any() else "")
             + "; no spectrum is made from them"
+            if mask.any()
+            # an empty mask leaves every frame out whatever its position: the real SSRL pair's particle 13 was said
+            # to be left out as "not vouched for", then "vouched for in every frame"
+            else "the particle's mask over the frames is empty (no outline of it agreed between its frames' windows): "
+            "no pixel to make a spectrum of"
         ),
         background_exclude=neighbours,
         filled=filled if filled.any() else None,
