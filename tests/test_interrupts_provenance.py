@@ -80,7 +80,16 @@ def test_ctrl_c_before_the_results_are_in_place_says_nothing_was_written(tmp_pat
 
 def test_a_real_ctrl_c_at_the_rename_is_held_until_the_replaced_folder_is_gone(tmp_path, monkeypatch):
     """SIGINT just after os.replace(tmp, out): the replaced results were left in a hidden .out.old-HOST-PID folder,
-    half deleted or whole, which the next run removed as a leftover."""
+    half deleted or whole, which the next run removed as a leftover. Python's own Ctrl-C handler is set for the
+    test: a shell's background job starts with SIGINT ignored (`make test &`), and the test failed there."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _held_at_the_rename(tmp_path, monkeypatch)
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def _held_at_the_rename(tmp_path, monkeypatch):
     out = tmp_path / "out"
     _output(out, "old")
     real = os.replace
