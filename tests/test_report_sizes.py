@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from xanestrack.cli import app
 from xanestrack.report import _pixel_size_origin, quality_table
-from xanestrack.result import particle_summary
+from xanestrack.result import SIZE_COM_PX, SIZE_COM_SHARE, SIZE_LEFT_OUT_FLAGS, particle_summary
 from xanestrack.results import read_results
 from xanestrack.truth_io import read_truth
 
@@ -173,3 +173,87 @@ def test_a_sharp_edged_particle_keeps_its_size(tmp_path):
     assert len(sizes) == 4
     for size, true in sizes:
         assert size == pytest.approx(true, abs=0.3)
+
+
+def _masks_size(p, frames) -> float:
+    """The masks' size over ``frames``: the equivalent radius of the median of their aligned soft masks' areas."""
+    return float(np.sqrt(np.median(np.nansum(np.asarray(p.masks, float)[frames], axis=(1, 2))) / np.pi))
+
+
+def test_a_frame_mask_of_another_object_does_not_enter_the_size(runs):
+    # the real probe's finding 1 (SSRL particle 13): an empty consensus mask, so no outline; its frame-0 mask was
+    # another object 184 px away and its area went into the size (54.6 px, half of it that object's)
+    p = read_results(runs / "a").particles[0]
+    n = len(p.frame_flags)
+    vouched = (np.asarray(p.frame_flags).astype(np.int64) & SIZE_LEFT_OUT_FLAGS) == 0
+    assert vouched.sum() > n // 2
+    no_mask = np.zeros_like(np.asarray(p.mask, bool))
+    # control: the masks of the particle itself all enter (the rule does not fire on them)
+    own = dataclasses.replace(p, mask=no_mask)
+    assert own.size_radius == pytest.approx(_masks_size(p, vouched), abs=1e-9)
+    # another object's disc in the corner of the window farthest from the particle, in two thirds of the frames
+    h, w = no_mask.shape
+    centre = np.asarray(p.positions[0], float) - np.asarray(p.origin, float)
+    rad = min(h, w) / 5
+    cy = rad + 1 if centre[0] > h / 2 else h - rad - 2
+    cx = rad + 1 if centre[1] > w / 2 else w - rad - 2
+    yy, xx = np.indices((h, w))
+    disc = (np.hypot(yy - cy, xx - cx) <= rad).astype(np.float32)
+    assert np.hypot(cy - centre[0], cx - centre[1]) > max(SIZE_COM_PX, SIZE_COM_SHARE * p.radius)
+    foreign = np.arange(n) < 2 * n // 3
+    masks = np.where(foreign[:, None, None], disc[None], np.asarray(p.masks, np.float32))
+    mixed = dataclasses.replace(p, mask=no_mask, masks=masks)
+    # its size is its own masks' (14.66 px here), not the other object's (before: its disc's, 10.54 px)
+    assert mixed.size_radius == pytest.approx(_masks_size(p, vouched & ~foreign), abs=1e-9)
+    assert abs(mixed.size_radius - own.size_radius) < 0.5
+    assert abs(mixed.size_radius - np.sqrt(disc.sum() / np.pi)) > 2.0
+    # one frame's own mask beside another object's in the others (the SSRL pair's two frames: 66.0 px from an
+    # irregular patch of an agglomerate): not enough to give a size
+    first = int(np.flatnonzero(vouched & (np.asarray(p.masks).sum(axis=(1, 2)) > 0))[0])
+    lone = np.where((np.arange(n) == first)[:, None, None], np.asarray(p.masks, np.float32), disc[None])
+    assert np.isnan(dataclasses.replace(p, mask=no_mask, masks=lone).size_radius)
+    # every frame's mask another object's: no size, and the summary says none (NaN, not 0)
+    alien = dataclasses.replace(p, mask=no_mask, masks=np.broadcast_to(disc, masks.shape).copy())
+    assert np.isnan(alien.size_radius)
+    res = read_results(runs / "a")
+    summ = particle_summary(dataclasses.replace(res, particles=[alien, *res.particles[1:]])).set_index("particle")
+    assert np.isnan(summ.loc[p.particle, "radius_px"])
+
+
+def _large_particle(p, *, mask_radius):
+    """``p`` (any particle of a run) replaced by a large one drawn by hand: an ellipsoid of radius 100 px (OD 1.0
+    thick at its centre) on a background of OD 1.0, blurred by 2 px, in 6
+    frames past the edge; its consensus and frame masks discs of ``mask_radius`` (a segmenter drawing it small)."""
+    from scipy import ndimage
+
+    yy, xx = np.indices((321, 321))
+    r = np.hypot(yy - 160.0, xx - 160.0)
+    img = 1.0 + np.sqrt(np.clip(1 - (r / 100.0) ** 2, 0, None))
+    img = ndimage.gaussian_filter(img, 2.0)
+    disc = r <= mask_radius
+    n = 6
+    return dataclasses.replace(
+        p,
+        aligned=np.repeat(img[None].astype(np.float32), n, axis=0),
+        masks=np.repeat(disc[None].astype(np.float32), n, axis=0),
+        mask=disc,
+        frame_flags=np.zeros(n, np.uint16),
+        positions=np.full((n, 2), 160.0),
+        shifts=np.zeros((n, 2)),
+        origin=np.zeros(2, int),
+        mean_norm=np.ones(n),
+        mean_spectrum=np.full(n, 1.5),
+        filled_frames=None,
+        background_exclude=None,
+        radius=100.0,
+    )
+
+
+def test_a_large_particle_drawn_small_by_its_mask_is_sized_to_its_outline(runs):
+    # the real probe's finding 4: a large particle's outline could reach only 3 px past its mask and took its
+    # background 3-8 px past it, on its own rim where the mask was small (SSRL 131.5 / 126.2 px on the two paths)
+    p = read_results(runs / "a").particles[0]
+    whole = _large_particle(p, mask_radius=99.0).size_radius
+    small = _large_particle(p, mask_radius=95.0).size_radius
+    assert whole == pytest.approx(100.0, abs=1.5)
+    assert small == pytest.approx(whole, abs=1.0)

@@ -281,7 +281,7 @@ def _particle_table(result, title="particles"):
         n = int(r["frames"])
         tab.add_row(
             str(int(r["particle"])),
-            f"{r['radius_px']:.1f}",
+            f"{r['radius_px']:.1f}" if np.isfinite(r["radius_px"]) else "-",  # no size measured (result.size_radius)
             f"{int(r['frames_measured'])}/{n}",
             f"{int(r['frames_vouched'])}/{n}",
             f"{r['max_nonrigid_px']:.2f}" if np.isfinite(r["max_nonrigid_px"]) else "-",  # not given: a lone particle

@@ -1282,6 +1282,13 @@ def _write_tables(figdir: Path, tables: dict) -> None:
             )
 
 
+def _size_words(p) -> str:
+    """The report's words on a particle's size (:attr:`xanestrack.result.ParticleResult.size_radius`), and where none
+    was measured (its frames' masks disagree, one of them another object's) that it was not: it read "radius nan px"."""
+    r = p.size_radius
+    return f"radius {r:.1f} px" if np.isfinite(r) else "size not measured (its masks disagree between frames)"
+
+
 def _fraction_text(row) -> str:
     """The report's words on a particle's mean reference fractions (a row of :func:`_fraction_means`); empty
     without any."""
@@ -1318,11 +1325,11 @@ def _particle_text(p, summ_row, tracks, fractions=None) -> tuple:
         # particle_summary's mean over the trusted core pixels, as the figures and series.csv (it was the whole
         # map's here: up to 0.2 eV apart from the same report's figures)
         info = (
-            f"radius {p.size_radius:.1f} px; E0 {p.e0_ev:.1f} eV; mean edge energy {summ_row['mean_e50_ev']:.2f} eV "
+            f"{_size_words(p)}; E0 {p.e0_ev:.1f} eV; mean edge energy {summ_row['mean_e50_ev']:.2f} eV "
             f"(spread {summ_row['e50_spread_ev']:.2f} eV, trusted core pixels)"
         )
     elif np.isfinite(p.edge_maps["e50"]).any():
-        info = f"radius {p.size_radius:.1f} px; E0 {p.e0_ev:.1f} eV; no mean edge energy (its notes say why)"
+        info = f"{_size_words(p)}; E0 {p.e0_ev:.1f} eV; no mean edge energy (its notes say why)"
     else:
         info = "no edge-energy map"
     if fractions is not None and _fraction_text(fractions):

@@ -61,14 +61,30 @@ SIZE_LEFT_OUT_FLAGS = (
 SIZE_FOOT_SHARE = 0.1
 #: px: the particle's core (its level) is its consensus mask eroded by this much
 SIZE_CORE_PX = 3
-#: px: the ring of its local background lies this far beyond its consensus mask (inner, outer), other tracked
-#: particles' pixels (grown by 2 px) left out
+#: px: the ring of its local background lies at least this far beyond its outline (inner, outer; first beyond its
+#: reach past the consensus mask, see :func:`_outline_area`), other tracked particles' pixels (grown by 2 px) left out
 SIZE_RING_PX = (3, 8)
-#: px: its outline is looked for within its consensus mask grown by this much, so that neighbours and fines
+#: px: its outline is looked for within its consensus mask grown by this much at least, so that neighbours and fines
 #: beyond do not enter
 SIZE_GROW_PX = 3
+#: how far beyond its consensus mask its outline may reach, and how far beyond its outline (and how wide) the ring
+#: of its local background lies, as a share of the mask's equivalent radius (at least :data:`SIZE_GROW_PX` and
+#: :data:`SIZE_RING_PX`): a fixed 3 px could not reach the foot of a large particle whose mask lies inside its rim.
+#: On the real SSRL NCA pair, one particle on the default / classical path: 3 px 131.5 / 126.2 px, 0.06 134.0 / 131.6,
+#: 0.1 134.6 / 134.2 (its profile's foot 132 px), and another 158.8, 161.9, 163.6 px on the default path (foot 162,
+#: 0.1 takes in a touching fine); below 50 px of radius (all the synthetic particles) the 3 px stand
+SIZE_REACH_SHARE = 0.06
 #: the fewest background-ring pixels (after leaving other particles out) its outline is measured with
 SIZE_RING_MIN = 20
+#: px, and share of its detection radius (:attr:`ParticleResult.radius`), whichever is larger: how far a frame's
+#: mask's centre of mass (on the aligned grid) may lie from the particle's position for the mask's area to enter
+#: its size where the outline cannot be measured. On the real SSRL NCA pair (both paths) the masks of the particle
+#: itself lay 0-10.9 px from it (particle 14 of the default run: 10.9 px, detection radius 15.8; 9.2 px of 37.0;
+#: 9.1 of 30.8; tracks.csv's ``com_agreement_px`` of the frames vouched for: 1.2-9.2 px); particle 13's frame-0
+#: mask, another object, 138.8 px (detection radius 97.4: 184.4 px in tracks.csv, on the whole frame)
+SIZE_COM_PX = 12.0
+#: the share of its detection radius in that rule (:data:`SIZE_COM_PX`)
+SIZE_COM_SHARE = 0.5
 
 
 def _outline_area(p) -> float:
@@ -77,11 +93,16 @@ def _outline_area(p) -> float:
     The mean of the aligned frames of ``p`` (a :class:`ParticleResult`) that :attr:`ParticleResult.size_radius`
     may use and that lie past the edge (normalised mean spectrum >= 0.75; where the normalisation failed, the half
     of those frames of highest mean OD), its level the median over its consensus mask eroded by
-    :data:`SIZE_CORE_PX`, its background the median over the ring :data:`SIZE_RING_PX` beyond the mask; the pixels
-    above background + :data:`SIZE_FOOT_SHARE` x (level - background) within the mask grown by
-    :data:`SIZE_GROW_PX`, in the connected regions that meet the mask, holes filled. NaN without an aligned stack,
-    without such frames, with fewer than :data:`SIZE_RING_MIN` ring pixels clear of other particles, or where the
-    level does not stand above the background.
+    :data:`SIZE_CORE_PX`. The outline is looked for within the mask grown by its reach (:data:`SIZE_REACH_SHARE` of
+    the mask's equivalent radius, at least :data:`SIZE_GROW_PX`), other tracked particles' pixels left out: the
+    pixels above background + :data:`SIZE_FOOT_SHARE` x (level - background), in the connected regions that meet the
+    mask, holes filled. Its background is measured twice: first as the median over a ring just beyond that reach
+    (as wide as the reach, at least ``SIZE_RING_PX[1] - SIZE_RING_PX[0]``), which a mask drawn inside the
+    particle's rim cannot put on the rim, then, with the outline so found, over a ring as far beyond that outline
+    as the reach (at least ``SIZE_RING_PX[0]``) and as wide, and the outline is drawn again. Other tracked
+    particles' pixels (grown by 2 px) are left out of the rings. NaN without an aligned stack, without such
+    frames, with fewer than :data:`SIZE_RING_MIN` ring pixels clear of other particles in the first ring, or where
+    the level does not stand above the background (the first outline is kept where the second ring is too small).
     """
     from scipy import ndimage
 
@@ -110,24 +131,44 @@ def _outline_area(p) -> float:
     core = ndimage.binary_erosion(mask, iterations=SIZE_CORE_PX)
     if not core.any():
         core = mask
-    ring = ndimage.binary_dilation(mask, iterations=SIZE_RING_PX[1]) & ~ndimage.binary_dilation(
-        mask, iterations=SIZE_RING_PX[0]
-    )
+    if not np.isfinite(img[core]).any():
+        return float("nan")
+    level = float(np.nanmedian(img[core]))
+    share = SIZE_REACH_SHARE * np.sqrt(np.count_nonzero(mask) / np.pi)
+    reach = max(float(SIZE_GROW_PX), share)
+    gap, width = max(float(SIZE_RING_PX[0]), share), max(float(SIZE_RING_PX[1] - SIZE_RING_PX[0]), share)
+    clear = np.isfinite(img)
+    others = None
     if p.background_exclude is not None:
-        ring &= ~ndimage.binary_dilation(np.asarray(p.background_exclude, bool), iterations=2)
-    ring &= np.isfinite(img)
-    if np.count_nonzero(ring) < SIZE_RING_MIN or not np.isfinite(img[core]).any():
+        others = np.asarray(p.background_exclude, bool)
+        clear &= ~ndimage.binary_dilation(others, iterations=2)
+    beyond = ndimage.distance_transform_edt(~mask)
+    region = beyond <= reach
+    if others is not None:
+        region &= mask | ~others
+
+    def outline(ring):
+        background = float(np.median(img[ring]))
+        if not level > background:
+            return None
+        with np.errstate(invalid="ignore"):
+            above = (img > background + SIZE_FOOT_SHARE * (level - background)) & region
+        labels, _ = ndimage.label(above)
+        hit = np.unique(labels[mask & above])
+        return ndimage.binary_fill_holes(np.isin(labels, hit[hit > 0]))
+
+    ring = (beyond > reach) & (beyond <= reach + width) & clear
+    if np.count_nonzero(ring) < SIZE_RING_MIN:
         return float("nan")
-    level, background = float(np.nanmedian(img[core])), float(np.median(img[ring]))
-    if not level > background:
+    inside = outline(ring)
+    if inside is None:
         return float("nan")
-    with np.errstate(invalid="ignore"):
-        above = (img > background + SIZE_FOOT_SHARE * (level - background)) & ndimage.binary_dilation(
-            mask, iterations=SIZE_GROW_PX
-        )
-    labels, _ = ndimage.label(above)
-    hit = np.unique(labels[mask & above])
-    inside = ndimage.binary_fill_holes(np.isin(labels, hit[hit > 0]))
+    if inside.any():
+        past = ndimage.distance_transform_edt(~inside)
+        ring = (past > gap) & (past <= gap + width) & clear
+        if np.count_nonzero(ring) >= SIZE_RING_MIN:
+            again = outline(ring)
+            inside = inside if again is None else again
     n = int(np.count_nonzero(inside))
     return float(n) if n else float("nan")
 
@@ -236,17 +277,32 @@ class ParticleResult:
         edge, vouched for and whole (none of :data:`SIZE_LEFT_OUT_FLAGS`, not filled), where the OD rises above its
         local background by :data:`SIZE_FOOT_SHARE` of its level. Not at half height: a particle's thickness tapers
         to its rim and the optics blur it, so the half-height contour lies inside the outline (8-10 % small on the
-        stress presets' large particles). Where that cannot be measured (no aligned stack, no such frame, a
-        background ring all other particles, a level not above the background) it falls back to its masks: the
-        median over those frames of the area of each frame's aligned soft mask (the sum of its weights); where no
-        such frame has a mask, over the frames whose mask is whole (a scan of one frame: its position not vouched
-        for, nothing to compare with), then the consensus mask's. The masks miss the blurred rim of tapered edges:
-        on the probe's reduced stress scenes (256 px, 60 energies, 4 particles) they read the large particles
-        3.6-6.5 % small (stress-all s1 p0 35.84 px, stress-crowd s2 p0 41.58, stress-fines s1 p0 35.86 px; truth's
-        equivalent radius 37.76 / 43.13 / 37.67), the outline 0.5-1.9 % small (37.17 / 42.67 / 36.95 px); on the
-        default scenes (seeds 1-2) and hard seed 1, where the masks were within 0.08 px, the outline reads
-        0.14-0.23 px large (seed 1: 28.55 / 40.18 / 18.63 / 10.12 px, truth 28.34 / 40.03 / 18.45 / 9.92; hard
-        seed 1's two particles merged with a neighbour read 4-8 px large either way).
+        stress presets' large particles). The outline may reach past the consensus mask by a share of its radius
+        and its background is taken beyond the outline found (:func:`_outline_area`), so a mask drawn inside the
+        rim does not hold it there: on the real SSRL NCA pair the same particles read 131.5 / 126.2 px (default /
+        classical path) and 158.8 / 164.9 px with a fixed 3 px reach and a ring 3-8 px past the mask (the
+        classical path's ring on the first one's own rim, OD 1.27 against 1.08 at 200-230 px from its centre; now
+        1.08), now 134.0 / 131.6 px and 161.9 / 169.2 px (the classical mask of the second takes in a touching
+        fine; a third, 59.6 -> 59.9 px on the default path); azimuthal profiles of the raw post-edge frame put
+        their foot (a tenth of the centre's level) at 132, 162 and 61 px.
+
+        Where that cannot be measured (no aligned stack, no such frame, a background ring all other particles, a
+        level not above the background, an empty consensus mask) it falls back to its masks: the median over those
+        frames of the area of each frame's aligned soft mask (the sum of its weights); where no such frame has a
+        mask, over the frames whose mask is whole (a scan of one frame: its position not vouched for, nothing to
+        compare with), then the consensus mask's; NaN where none has one. Only the frames whose mask's centre of
+        mass lies within :data:`SIZE_COM_PX` or :data:`SIZE_COM_SHARE` of its detection radius of its position count:
+        on the SSRL pair particle 13's frame-0 mask was another object 138.8 px away, and its size (54.6 px) half
+        that object's; now its frame-1 mask's, 66.0 px. The masks' size is another definition: they lie about at
+        half height, inside the foot, and miss the blurred rim of tapered edges: on the SSRL pair's small
+        particles, whose consensus mask is empty, about 20 % small against the foot (particles 0 and 10: 35.2 /
+        35.0 px, their azimuthal profiles' half height at 36-37 px and foot at 44-45 px); on the probe's reduced
+        stress scenes (256 px, 60 energies, 4 particles) they read the large particles 3.6-6.5 % small (stress-all s1 p0 35.84 px,
+        stress-crowd s2 p0 41.58, stress-fines s1 p0 35.86 px; truth's equivalent radius 37.76 / 43.13 / 37.67),
+        the outline 1.1-1.9 % small (37.17 / 42.64 / 36.94 px; the smaller particles of those scenes 3.1 % small to
+        1.7 % large); on the default scenes (seeds 1-2), where the masks were within 0.08 px, the outline reads
+        0.15-0.23 px large (seed 1: 28.55 / 40.18 / 18.63 / 10.12 px, truth 28.34 / 40.03 / 18.45 / 9.92; hard
+        seed 1's two particles merged with a neighbour read 4-8 px large either way, not rerun since).
 
         This is what the report, ``particle_summary``'s ``radius_px``, the CLI and ``results.h5``'s ``radius_px``
         give; a folder read back gives the same number (its aligned stack, masks, flags, spectra and the other
@@ -255,18 +311,31 @@ class ParticleResult:
         24.33 / 16.17 / 19.83 px from the masks without one and the same within 0.01 px with ``--pixel-size 0.05``
         (truth 9.76 / 12.94 / 24.38 / 16.20 / 19.90; the largest detection's 9.51 / 13.11 / 24.38 / 16.27 / 19.90
         px, and 9.03 / 12.57 / 24.93 / 17.33 / 20.31 px with it); the test's (seed 5, 200 px, 4 particles) gives
-        the outline's within 0.02 px of each other with and without it. Computed once per result (0-9 ms a
-        particle; the report, the tables and results.h5 each ask for it).
+        the outline's within 0.02 px of each other with and without it. Computed once per result (1-6 ms a
+        particle on the reduced synthetic scenes, up to 34 ms on the SSRL pair's 447 px windows; the report, the
+        tables and results.h5 each ask for it).
         """
         area = _outline_area(self)
         if np.isfinite(area):
             return float(np.sqrt(area / np.pi))
-        masks = None if self.masks is None else np.asarray(self.masks, float)
+        masks = None if self.masks is None else np.nan_to_num(np.asarray(self.masks, float))
         flags = np.asarray(self.frame_flags).astype(np.int64)  # uint8 in files written before the overlap bit
         if masks is not None and masks.ndim == 3 and len(masks) == len(flags):
-            area = np.nansum(masks, axis=(1, 2))
+            area = masks.sum(axis=(1, 2))
+            # only the frames whose mask is centred on the particle: not another object's (SSRL particle 13)
+            yy, xx = np.indices(masks.shape[1:], dtype=float)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                com = np.stack([(masks * yy).sum(axis=(1, 2)), (masks * xx).sum(axis=(1, 2))], axis=1) / area[:, None]
+                off = np.hypot(*(com - (np.asarray(self.positions, float)[0] - np.asarray(self.origin, float))).T)
+            near = off <= max(SIZE_COM_PX, SIZE_COM_SHARE * float(self.radius))  # NaN (no position): not near
+            if self.mask is not None and not np.asarray(self.mask).any() and ((area > 0) & ~near).any():
+                # no consensus of its frames' masks, and some of them another object's: one frame's own mask
+                # alone is not enough to give a size (the SSRL pair's particle 13, two frames: 54.6 px from
+                # another object's mask and its own, 66.0 from its own, an irregular patch of an agglomerate)
+                if np.count_nonzero((area > 0) & near) < 2:
+                    return float("nan")
             for left_out in (SIZE_LEFT_OUT_FLAGS, SIZE_LEFT_OUT_FLAGS & ~UNVOUCHED_FLAGS):
-                use = ((flags & left_out) == 0) & (area > 0)
+                use = ((flags & left_out) == 0) & (area > 0) & near
                 if use.any():
                     return float(np.sqrt(np.median(area[use]) / np.pi))
         n = int(np.count_nonzero(self.mask)) if self.mask is not None else 0
