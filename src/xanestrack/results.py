@@ -405,7 +405,12 @@ _COLUMN_DOC = {
         "top): y' = y cos - x sin, x' = x cos + y sin about the frame's centre, the optical axis (0 where not fitted)",
     ),
     "n_particles": ("count", "the particles the frame's common motion was fitted over"),
-    "residual_px": ("px", "RMS residual of the particles' positions about the fitted common motion"),
+    "residual_px": (
+        "px",
+        "the plain (unweighted) RMS of the fitted particles' distances from the fitted common motion; in folders "
+        "whose description here does not say unweighted, the RMS weighted as the robust fit weighs them (~1/r), "
+        "which all but drops the far-off ones (the SSRL pair: 0.13 px where the plain RMS is 0.59)",
+    ),
     "y0": ("px", "bounding box: first row"),
     "x0": ("px", "bounding box: first column"),
     "y1": ("px", "bounding box: end row (exclusive)"),
@@ -915,7 +920,7 @@ def _write_h5(f, result, save_fused: bool, pixel_size_um: float = float("nan")) 
             "per column: px, px, 1 (ratio), rad, count, px",
             "per frame: translation of the scale centre, isotropic scale (magnification relative to the first frame), "
             "rotation (positive counter-clockwise as the image is shown, row 0 at the top; 0 where not fitted), "
-            "particles fitted, RMS residual; fitted robustly over the particles' "
+            "particles fitted, the plain (unweighted) RMS of their residuals; fitted robustly over the particles' "
             + sim.attrs.get("fitted_on", "vouched positions"),
         )
         d.attrs["fitted_on"] = sim.attrs.get("fitted_on", "vouched positions")
