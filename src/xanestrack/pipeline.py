@@ -781,16 +781,20 @@ def _locate_particle(pid, track, od, segmenter, options, fallback=None, unlit=No
     # the windows the centre of mass is measured in, centred on the edge estimate it must
     # vouch for unless offset (window_offset_px; off by default, see its docstring)
     offsets = window_offsets(pid, n, options.window_offset_px)
-    seg = segment_particle(
-        od,
-        centres,
-        half,
-        segmenter=segmenter,
-        radius=radius,
-        separate=options.separate_neighbours,
-        offsets=offsets,
-        unlit=unlit,
-    )
+
+    def segmented(by):
+        return segment_particle(
+            od,
+            centres,
+            half,
+            segmenter=by,
+            radius=radius,
+            separate=options.separate_neighbours,
+            offsets=offsets,
+            unlit=unlit,
+        )
+
+    seg = segmented(segmenter)
     # the shape from the frames the particle was detected in (key frames, where its
     # contrast sufficed), not from faint pre-edge frames whose masks come out partial
     best = measured & detected if (measured & detected).any() else measured
@@ -803,16 +807,7 @@ def _locate_particle(pid, track, od, segmenter, options, fallback=None, unlit=No
         miss = _mask_miss(shape, od, centres, best, radius, options)
         if miss > MASK_MISS:
             missed = miss
-            seg = segment_particle(
-                od,
-                centres,
-                half,
-                segmenter=fallback,
-                radius=radius,
-                separate=options.separate_neighbours,
-                offsets=offsets,
-                unlit=unlit,
-            )
+            seg = segmented(fallback)
             shape = _consensus_shape(seg, centres, best, radius, options.follow)
     return _Located(
         int(pid),
