@@ -128,6 +128,17 @@ def test_a_duplicate_energy_is_refused_saying_frames_of_two_passes_are_not_avera
     assert "keep one of the two, or run each pass on its own" in msg
 
 
+def test_energies_out_of_order_are_refused_saying_what_sorting_two_passes_gives():
+    """The refusal of energies out of order told the user to sort, which interleaves two passes: it now says what the
+    tool does with them, and that each pass can be run on its own."""
+    e = np.r_[np.arange(8300.0, 8341.0, 2.0), np.arange(8301.0, 8340.0, 2.0)]
+    with pytest.raises(ValueError) as err:
+        validate_energies(e, e.size, source="scan.h5")
+    msg = str(err.value)
+    assert "not increasing" in msg and "sort frames and energies together" in msg
+    assert "two passes" in msg and "run each pass on its own" in msg
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_smooth_tracks_outliers_close_together_are_not_an_alternation(seed):
     # 8 % of every particle's frames 3 px off (30 times the noise): one particle's outliers close together can line

@@ -50,7 +50,9 @@ def validate_energies(energies_ev, n_frames: int, *, source: str = "input") -> n
             i = int(np.flatnonzero(d < 0)[0])
             raise ValueError(
                 f"{source}: energies are not increasing ({e[i]:.2f} eV at frame {i}, then "
-                f"{e[i + 1]:.2f} eV); sort frames and energies together"
+                f"{e[i + 1]:.2f} eV); sort frames and energies together (frames of two passes over the energies so "
+                "sorted alternate between the passes: the tool then keeps their positions as measured and says so; or "
+                "run each pass on its own)"
             )
         short = np.flatnonzero(repeat_steps(e))
         said = _REPEATS_SAID.get() == e.tobytes()  # the reader validates them, then the Stack: said once
@@ -60,7 +62,8 @@ def validate_energies(energies_ev, n_frames: int, *, source: str = "input") -> n
             logger.warning(
                 "%s: %d energies only %s eV from the one before, a small share of the steps around them (%s): "
                 "repeated setpoints read back a little differently? They are taken as one in finding the edge (E0); "
-                "average such repeated exposures before, or remove them",
+                "average such repeated exposures before (where they were taken one right after the other; not frames of "
+                "two passes, taken at different times), or remove them",
                 source,
                 short.size,
                 "-".join(f"{v:.2f}" for v in sorted({float(d[short].min()), float(d[short].max())})),
