@@ -2066,7 +2066,6 @@ def _overlapping_frames(
     The covered area at every integer ``d`` is the correlation of the two masks (one FFT per pair that comes near);
     between integers it is interpolated bilinearly, which is the area covered by ``j``'s mask shifted bilinearly.
     """
-    from scipy.signal import fftconvolve
 
     n_p = len(masks)
     n_frames = len(shifts[0]) if n_p else 0
@@ -2080,31 +2079,45 @@ def _overlapping_frames(
         if areas[i] == 0:
             continue
         gi = grown[i].astype(np.float64)
-        hi, wi = gi.shape
         for j in range(n_p):
             if j == i or areas[j] == 0:
                 continue
-            hj, wj = masks[j].shape
-            d = (
-                np.asarray(origins[j], float)
-                - (np.asarray(origins[i], float) - grow_px)
-                + np.asarray(shifts[j], float)
-                - np.asarray(shifts[i], float)
-            )
-            near = np.isfinite(d).all(axis=1)
-            near[near] &= (d[near, 0] > -hj) & (d[near, 0] < hi) & (d[near, 1] > -wj) & (d[near, 1] < wi)
-            if not near.any():
+            compared = np.isfinite(shifts[i]).all(axis=1) & np.isfinite(shifts[j]).all(axis=1)
+            placed = _covered_areas(gi, np.asarray(origins[i], float) - grow_px, masks[j], origins[j], shifts, i, j)
+            if placed is None:
                 continue
-            area = fftconvolve(gi, masks[j][::-1, ::-1].astype(np.float64), mode="full")
-            cover = np.zeros(n_frames)
-            cover[near] = ndimage.map_coordinates(
-                area, (d[near] + [hj - 1, wj - 1]).T, order=1, mode="constant", cval=0.0
-            )
-            cover = np.clip(cover, 0.0, None)
-            compared = np.isfinite(d).all(axis=1)
+            cover, near = placed
             base = min(cover[reference_frames[i]], np.quantile(cover[compared], OVERLAP_BASE_QUANTILE))
             covered[i, j] = near & (cover - base > share * min(areas[i], areas[j]))
     return covered
+
+
+def _covered_areas(grid_i, origin_i, mask_j, origin_j, shifts, i: int, j: int, use=None):
+    """``(cover, near)``: per frame, the area of ``grid_i`` (float, its ``[0, 0]`` at frame-0 pixel ``origin_i``)
+    that particle ``j``'s mask covers, each placed where it is in the frame (``shifts[i]``, ``shifts[j]``); 0 in the
+    frames where they do not come near, or not among ``use`` (bool, optional). None where they never come near.
+
+    The covered area at every integer offset is the correlation of the two grids (one FFT); between integers it is
+    interpolated bilinearly (:func:`_overlapping_frames`' notes). Shared by :func:`_overlapping_frames` and
+    :func:`_inside_shares`."""
+    from scipy.signal import fftconvolve
+
+    hi, wi = grid_i.shape
+    hj, wj = mask_j.shape
+    d = (
+        np.asarray(origin_j, float)
+        - np.asarray(origin_i, float)
+        + np.asarray(shifts[j], float)
+        - np.asarray(shifts[i], float)
+    )
+    near = np.isfinite(d).all(axis=1) & (True if use is None else np.asarray(use, bool))
+    near[near] &= (d[near, 0] > -hj) & (d[near, 0] < hi) & (d[near, 1] > -wj) & (d[near, 1] < wi)
+    if not near.any():
+        return None
+    area = fftconvolve(grid_i, mask_j[::-1, ::-1].astype(np.float64), mode="full")
+    cover = np.zeros(len(d))
+    cover[near] = ndimage.map_coordinates(area, (d[near] + [hj - 1, wj - 1]).T, order=1, mode="constant", cval=0.0)
+    return np.clip(cover, 0.0, None), near
 
 
 def _frame_runs_text(frames, energies, most: int = 3) -> str:
@@ -2206,8 +2219,6 @@ def _inside_shares(masks, origins, shifts, frames) -> np.ndarray:
 
     ``masks``, ``origins``, ``shifts`` as :func:`_overlapping_frames` takes them; ``frames``: per particle the frames
     it was located in (bool ``(n_frames,)``)."""
-    from scipy.signal import fftconvolve
-
     n_p = len(masks)
     shares = np.zeros((n_p, n_p))
     masks = [np.asarray(m, bool) for m in masks]
@@ -2215,26 +2226,16 @@ def _inside_shares(masks, origins, shifts, frames) -> np.ndarray:
     for i in range(n_p):
         if areas[i] == 0:
             continue
-        hi, wi = masks[i].shape
+        gi = masks[i].astype(np.float64)
         for j in range(n_p):
             if j == i or areas[j] == 0:
                 continue
-            hj, wj = masks[j].shape
-            d = (
-                np.asarray(origins[j], float)
-                - np.asarray(origins[i], float)
-                + np.asarray(shifts[j], float)
-                - np.asarray(shifts[i], float)
-            )
-            both = np.isfinite(d).all(axis=1) & np.asarray(frames[i], bool) & np.asarray(frames[j], bool)
-            if not both.any():
+            both = np.isfinite(shifts[i]).all(axis=1) & np.isfinite(shifts[j]).all(axis=1)
+            both &= np.asarray(frames[i], bool) & np.asarray(frames[j], bool)
+            placed = _covered_areas(gi, origins[i], masks[j], origins[j], shifts, i, j, use=both)
+            if placed is None:
                 continue
-            dk = d[both]
-            if not ((dk[:, 0] > -hj) & (dk[:, 0] < hi) & (dk[:, 1] > -wj) & (dk[:, 1] < wi)).any():
-                continue
-            area = fftconvolve(masks[i].astype(np.float64), masks[j][::-1, ::-1].astype(np.float64), mode="full")
-            cover = ndimage.map_coordinates(area, (dk + [hj - 1, wj - 1]).T, order=1, mode="constant", cval=0.0)
-            shares[i, j] = float(np.quantile(np.clip(cover, 0.0, None), OVERLAP_BASE_QUANTILE)) / areas[i]
+            shares[i, j] = float(np.quantile(placed[0][both], OVERLAP_BASE_QUANTILE)) / areas[i]
     return shares
 
 
