@@ -2972,11 +2972,11 @@ def run_pipeline(
         references = _default_references(energies, particles)
         if not references:
             notes.append(_no_references_note(energies, particles))
-    measured = [p for p in particles if not _withheld(p)]
+    measured = [p for p in particles if not _across_two_edges(p)]
     at_edge = _references_at_particles_edge(references, measured)
     particles = [
         dataclasses.replace(p, notes=tuple(n for n in p.notes if not n.startswith(SHOULDER_NOTE)))
-        if _withheld(p)
+        if _across_two_edges(p)
         else p
         for p in particles
     ]
@@ -3194,7 +3194,7 @@ def run_pipeline(
     notes += [other_edge] if other_edge else []
     # on the final energies (after a --known-edge calibration), beside the references' own notes
     norm_bias, bias_note = _normalisation_bias(
-        [p for p in particles if not _withheld(p)], at_edge, energies, default_references, options
+        [p for p in particles if not _across_two_edges(p)], at_edge, energies, default_references, options
     )
     notes += [bias_note] if bias_note else []
     rej = detections[~detections["isolated"]] if len(detections) else detections
@@ -5360,7 +5360,7 @@ def _references_at_particles_edge(references, particles) -> dict:
 TWO_EDGES_WITHHELD = "across another absorption edge's step"
 
 
-def _withheld(p) -> bool:
+def _across_two_edges(p) -> bool:
     """Whether :func:`_two_edges` withheld a particle's edge energies (normalised across another edge's step)."""
     return any(TWO_EDGES_WITHHELD in n for n in p.notes)
 
@@ -5582,7 +5582,7 @@ def redo_xanes(result: PipelineResult, *, energies_ev, references=None) -> Pipel
         references = _default_references(e, particles)
         notes += () if references else (_no_references_note(e, particles),)
     norm_bias, bias_note = _normalisation_bias(
-        [p for p in particles if not _withheld(p)],
+        [p for p in particles if not _across_two_edges(p)],
         _references_at_particles_edge(references, particles),
         e,
         shipped,

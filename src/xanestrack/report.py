@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .result import FRAME_FLAGS
+from .result import FRAME_FLAGS, e50_withheld
 from .svgplot import COLORS, SvgFigure, png_bytes
 
 __all__ = [
@@ -172,21 +172,14 @@ def _kept_e50(p) -> np.ndarray:
     stress-all scene, seed 2, 256 px, 60 energies, 5 particles: about 290 pixels of one of them, 88 % of its mask in a
     gap of frames left out, were drawn and gave chemistry.csv a median 1.25 eV below its true one).
     """
-    if _withheld(p):
+    if e50_withheld(p):
         return np.full(np.shape(p.edge_maps["e50"]), np.nan)
     return np.where(p.kept, p.edge_maps["e50"], np.nan)
 
 
-def _withheld(p) -> str:
-    """Why the particle's mean E50 is withheld, ``""`` where it is not (:func:`xanestrack.result.e50_withheld`)."""
-    from .result import e50_withheld
-
-    return e50_withheld(p)
-
-
 def _withheld_sentence(particles) -> str:
     """The caption's sentence naming the particles whose E50 is not drawn, and why; ``""`` where none."""
-    why = [(p.particle, _withheld(p)) for p in particles]
+    why = [(p.particle, e50_withheld(p)) for p in particles]
     why = [(pid, w) for pid, w in why if w]
     if not why:
         return ""
@@ -437,7 +430,7 @@ def chemistry_figure(result, *, pixel_size_um: float | None = None) -> Figure:
         _paste(rgb, _colormap(m, "viridis", elo, ehi), p.origin, where=fin)
         drawn.append(m[fin])
         q = np.percentile(m[fin], [2, 50, 98]) if fin.any() else [np.nan] * 3
-        why = _withheld(p)
+        why = e50_withheld(p)
         n = int(np.count_nonzero(p.kept & np.isfinite(p.edge_maps["e50"]))) if why else int(fin.sum())
         rows.append((p.particle, int(p.origin[0]), int(p.origin[1]), n, *q, why))
     fig, ax, cbar = _frame_panel(rgb)
@@ -1019,7 +1012,7 @@ def particle_figure(result, particle: int, *, e50_limits=None, pixel_size_um: fl
     e50 = pd.DataFrame(p.edge_maps["e50"])
     e50.attrs["header"] = f"E50 map (eV), pixel [0,0] at frame-0 (y, x) = ({int(p.origin[0])}, {int(p.origin[1])})"
     caption = f"Each tile {w} px ({w * pixel_size_um:.3g} \u00b5m) wide." if pixel_size_um is not None else ""
-    why = _withheld(p)
+    why = e50_withheld(p)
     if why:  # its E50 tile is left blank, as on the overview (_kept_e50)
         caption = " ".join(c for c in (f"The E50 tile is blank: its mean E50 is withheld ({why}).", caption) if c)
     tables = {f"particle_{particle:03d}_edge_e50": e50, f"particle_{particle:03d}_spectrum": spectrum}
