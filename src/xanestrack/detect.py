@@ -377,6 +377,20 @@ def regions_table(
                 if solidity < min_sol or inscribed < 0.6:
                     reason = "not_convex"
             pieces, small = [], []
+            if reason == "border" and options.split_touching:
+                # touching particles at the frame's border: those of them whole inside the frame are
+                # particles like any other (a field full of particles: the real SSRL 6-2c frames' bottom
+                # right agglomerate, two particles of radius 45-55 px inside the frame joined to two the
+                # border cuts, all left out as one "border" component)
+                pieces = [
+                    q for q in cut_at_necks(reg, min_area, max_area) if not _touches_border(q, sl, fg.shape, border)
+                ]
+                if pieces:
+                    rows += [_region_row(frame_index, piece, sl, corr, b, touching=True) for piece in pieces]
+                    rows += _dropped_piece_rows(
+                        frame_index, reg, pieces, [], sl, corr, b, min_area, rest_reason="border"
+                    )
+                    continue
             if reason in ("not_convex", "too_large") and options.split_touching:
                 # touching particles and agglomerates: separated at the necks of the
                 # distance transform, each piece tracked on its own ("touching"); the pieces
@@ -407,10 +421,11 @@ def regions_table(
     return out.astype(_DTYPES)
 
 
-def _dropped_piece_rows(frame_index, reg, pieces, small, sl, corr, b, min_area) -> list:
+def _dropped_piece_rows(frame_index, reg, pieces, small, sl, corr, b, min_area, *, rest_reason=None) -> list:
     """Rows (not isolated, ``touching``) for what a cut of the component ``reg`` into ``pieces`` left out:
     ``small`` (pieces below ``min_area``: ``piece_too_small``) and the rest of ``reg`` outside every piece
-    (pieces larger than a particle: ``piece_too_large``); specks are not listed (as in
+    (pieces larger than a particle: ``piece_too_large``; ``rest_reason``, where given, is the reason of each
+    rest piece of a particle's size or larger); specks are not listed (as in
     :func:`regions_table`). Without them such a piece left no row in any table, nothing said of it."""
     rows = []
     speck = max(SPECK_AREA, min_area / 16)
@@ -423,9 +438,18 @@ def _dropped_piece_rows(frame_index, reg, pieces, small, sl, corr, b, min_area) 
     for i in range(1, n + 1):
         q = rest == i
         if q.sum() >= speck:
-            reason = "piece_too_small" if q.sum() < min_area else "piece_too_large"
+            reason = "piece_too_small" if q.sum() < min_area else (rest_reason or "piece_too_large")
             rows.append(_region_row(frame_index, q, sl, corr, b, reason=reason, touching=True))
     return rows
+
+
+def _touches_border(piece, sl, shape, border: int) -> bool:
+    """Whether the mask ``piece`` over the slice ``sl`` of a frame of ``shape`` comes within ``border``
+    px of the frame's edge (the border test of :func:`regions_table`)."""
+    rows, cols = np.flatnonzero(piece.any(axis=1)), np.flatnonzero(piece.any(axis=0))
+    y0, y1 = sl[0].start + rows[0], sl[0].start + rows[-1] + 1
+    x0, x1 = sl[1].start + cols[0], sl[1].start + cols[-1] + 1
+    return y0 < border or x0 < border or y1 > shape[0] - border or x1 > shape[1] - border
 
 
 def _region_row(frame_index, region, sl, corr, b, *, solidity=None, reason: str = "", touching: bool = False):

@@ -465,7 +465,10 @@ def _drop_duplicates(tracks_df, fraction: float = 0.5):
             d = np.nanmedian(np.hypot(*(pos[a] - pos[b]).T))
             r = np.nanmax([rad.get(a, np.nan), rad.get(b, np.nan)])
             if np.isfinite(d) and np.isfinite(r) and d < fraction * r:
-                drop.add(a if ndet[a] < ndet[b] else b)
+                if ndet[a] != ndet[b]:
+                    drop.add(a if ndet[a] < ndet[b] else b)
+                else:  # as often: the piece goes, the whole particle stays
+                    drop.add(a if rad.get(a, np.nan) < rad.get(b, np.nan) else b)
     if not drop:
         return tracks_df, []
     gone = [

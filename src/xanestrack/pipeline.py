@@ -764,6 +764,21 @@ def _mask_miss(shape, od, centres, frames, radius, options) -> float:
     return float((outline & ~dilate_cross(shape, 2)).sum() / outline.sum())
 
 
+def _mask_trouble(seg, frames, options) -> int:
+    """How many of ``frames`` (bool) have a mask of ``seg`` that runs out of its window (touches the window's
+    edge where the window lies inside the frame: joined to something beside the particle) or whose area is an
+    ``area_outlier`` (:func:`~xanestrack.register.mask_flags`)."""
+    from .register import mask_flags
+
+    soft = np.asarray(seg.masks, np.float32)
+    hard = soft > 0.5
+    edge = hard[:, 0, :].any(1) | hard[:, -1, :].any(1) | hard[:, :, 0].any(1) | hard[:, :, -1].any(1)
+    beyond = edge & ~np.asarray(seg.clipped, bool)
+    flags = mask_flags(soft, outside=seg.outside, clipped=seg.clipped, area_tolerance=options.area_tolerance)
+    bad = beyond | ((flags & FRAME_FLAGS["area_outlier"]) > 0)
+    return int((bad & np.asarray(frames, bool)).sum())
+
+
 def _locate_particle(pid, track, od, segmenter, options, fallback=None, unlit=None) -> _Located:
     n = od.shape[0]
     track = track.sort_values("frame")
@@ -806,9 +821,15 @@ def _locate_particle(pid, track, od, segmenter, options, fallback=None, unlit=No
         # one) is not trusted with this particle: the classical segmenter outlines it
         miss = _mask_miss(shape, od, centres, best, radius, options)
         if miss > MASK_MISS:
-            missed = miss
-            seg = segmented(fallback)
-            shape = _consensus_shape(seg, centres, best, radius, options.follow)
+            classical = segmented(fallback)
+            # unless the classical masks fail where the learned ones hold: a particle touching larger ones
+            # that the mean window's outline takes in (SSRL 6-2c: a 45-px particle joined to two the
+            # frame's border cuts, learned masks of 7072 / 7005 px, classical 4657 / 10895 px, running out
+            # of their window into the neighbours: the track was left out, measured in no frame)
+            if _mask_trouble(classical, best, options) <= _mask_trouble(seg, best, options):
+                missed = miss
+                seg = classical
+                shape = _consensus_shape(seg, centres, best, radius, options.follow)
     return _Located(
         int(pid),
         track,
