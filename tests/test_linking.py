@@ -1,6 +1,7 @@
 """The one linker of particles (xanestrack.linking): the common displacement vote."""
 
 import numpy as np
+import pandas as pd
 
 from conftest import undocumented_fields
 from xanestrack.linking import LinkOptions, vote_displacement
@@ -84,3 +85,49 @@ def test_the_vote_counts_support_as_every_distance_would_without_holding_them_al
     tracemalloc.stop()
     assert len(cand) > 500 and support.max() == 200
     assert peak < 50 * 2**20, peak / 2**20  # the distances at once: 2.2 GB here
+
+
+def _lattice_step():
+    """Two times of a 2 x 2 lattice of particles 115 px apart whose faint pair (found at the first time a few px
+    off) agrees with no step: two particles agree on no motion, the same two on one spacing up (the chemistry
+    probe's scene: a track followed its neighbour 115 px away through the rest of the scan, E50 5.2 eV low, the
+    note blaming the energy axis)."""
+    a, b = np.array([185.0, 70.0]), np.array([185.0, 185.0])
+    up = np.array([-115.0, 0.0])
+    c1, d1 = a + up + [0.3, -0.4], b + up + [-0.5, 0.2]  # the faint pair at the second time
+    c0, d0 = c1 + [4.5, 0.0], d1 + [0.0, 5.0]  # ... and at the first, off by more than the tolerance
+    t0 = pd.DataFrame({"y": [a[0], b[0], c0[0], d0[0]], "x": [a[1], b[1], c0[1], d0[1]], "radius": 26.0})
+    t1 = pd.DataFrame({"y": [c1[0], d1[0], a[0] + 1, b[0] - 1], "x": [c1[1], d1[1], a[1], b[1]], "radius": 26.0})
+    return [t0, t1]
+
+
+def test_a_tie_between_no_motion_and_one_lattice_spacing_is_not_won_by_the_spacing():
+    prev = _lattice_step()[0][["y", "x"]].to_numpy()
+    cur = _lattice_step()[1][["y", "x"]].to_numpy()
+    d, n = vote_displacement(prev, cur, max_jump=150.0, tol=3.0)
+    assert n == 2 and np.hypot(*d) < 2, d  # the shortest of the tied steps
+    # with a prior: the prior's (a true jump of one spacing is the images' to tell)
+    d, n = vote_displacement(prev, cur, max_jump=150.0, tol=3.0, prior=np.array([-114.0, 0.0]))
+    assert np.allclose(d, [-115, 0], atol=1.5), d
+
+
+def test_the_linker_asks_the_images_where_the_particles_tie():
+    from xanestrack.linking import link
+
+    opts = LinkOptions(max_jump=150.0, vote_tolerance=3.0, vote_fraction=0.0)
+    asked = []
+
+    def prior(ta, tb):
+        asked.append((ta, tb))
+        return np.array([0.5, 0.0])
+
+    ids, common, tracks = link(_lattice_step(), options=opts, prior=prior)
+    assert asked == [(0, 1)]
+    assert np.hypot(*common[1]) < 2, common
+    # the bright pair keeps its ids (each linked to itself, not to the neighbour a spacing up)
+    assert list(ids[1][2:]) == [0, 1], ids
+    # a clear vote (every particle agrees) does not ask
+    asked.clear()
+    t0 = _lattice_step()[0]
+    link([t0, t0.assign(y=t0.y + 1.0)], options=opts, prior=prior)
+    assert asked == []

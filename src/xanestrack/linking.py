@@ -190,7 +190,8 @@ def vote_displacement(prev, cur, max_jump, tol, *, prior=None, prev_radius=None,
     prior : (2,) array, optional
         Breaks ties between equally supported candidates (the nearest wins) and replaces
         a vote that no two points agree on (with one point common to both sets, any
-        pairing "agrees" with itself).
+        pairing "agrees" with itself). Without it the shortest displacement wins a tie
+        (``prev`` are predictions: no new common motion is the likeliest).
     prev_radius, cur_radius : ndarray, optional
         Sizes: only pairs within ``max_size_ratio`` propose or agree.
 
@@ -200,18 +201,26 @@ def vote_displacement(prev, cur, max_jump, tol, *, prior=None, prev_radius=None,
     n_agree : int
         Points of ``prev`` that agree with it (0 when nothing could be voted).
     """
+    disp, n, _ = _vote(prev, cur, max_jump, tol, prior, prev_radius, cur_radius, max_size_ratio)
+    return disp, n
+
+
+def _vote(prev, cur, max_jump, tol, prior, prev_radius, cur_radius, max_size_ratio):
+    """:func:`vote_displacement`, and whether a candidate more than ``2 tol`` from the one chosen had as much
+    support (``tied``: two particles of a lattice agree on a step of one spacing as well as on the true one)."""
     prev = np.asarray(prev, float).reshape(-1, 2)
     cur = np.asarray(cur, float).reshape(-1, 2)
-    nothing = (np.zeros(2) if prior is None else np.asarray(prior, float)), 0
+    nothing = (np.zeros(2) if prior is None else np.asarray(prior, float)), 0, False
     cand, support, compatible = _vote_support(prev, cur, max_jump, tol, prev_radius, cur_radius, max_size_ratio)
     if cand.size == 0:
         return nothing
-    gap = np.hypot(*(cand - prior).T) if prior is not None else np.zeros(len(cand))
+    gap = np.hypot(*(cand - prior).T) if prior is not None else np.hypot(*cand.T)
     order = np.lexsort((gap, -support))
     best, best_n, best_gap = cand[order[0]], int(support[order[0]]), float(gap[order[0]])
+    tied = bool(((support == best_n) & (np.hypot(*(cand - best).T) > 2 * tol)).any())
     if prior is not None and best_n < 2 and best_gap > tol:
-        return np.asarray(prior, float), best_n  # a lone pairing that the prior does not support
-    return _refine(prev, cur, best, tol, compatible), best_n
+        return np.asarray(prior, float), best_n, tied  # a lone pairing that the prior does not support
+    return _refine(prev, cur, best, tol, compatible), best_n, tied
 
 
 def _size_compatible(n_prev, n_cur, prev_radius, cur_radius, max_size_ratio) -> np.ndarray:
@@ -539,13 +548,17 @@ def link(
                 else:
                     common[t] = common[prev_t] + disp
             else:
-                disp, n_agree = vote_displacement(prev, cur, max_jump, vote_tol, **kw)
+                disp, n_agree, tied = _vote(prev, cur, max_jump, vote_tol, None, prev_r, cur_r, options.max_size_ratio)
                 pr = None
-                if n_agree < 2 and prior is not None:
+                # the images' offset decides where fewer than two particles agree, or where as many agree on
+                # another step (a 2 x 2 lattice of particles 115 px apart, two of them too faint to be found at
+                # first: two agreed on no motion, two on one spacing; the shortest step wins that tie without a
+                # prior, but a true jump of one spacing is the images' to tell)
+                if (n_agree < 2 or tied) and prior is not None:
                     pr = prior(prev_t, t)
                     if pr is not None:
                         disp, n_agree = vote_displacement(prev, cur, max_jump, vote_tol, prior=pr, **kw)
-                how = "prior" if (pr is not None and n_agree < 2) else ("vote" if n_agree else "none")
+                how = "prior" if (pr is not None and (n_agree < 2 or tied)) else ("vote" if n_agree else "none")
                 common[t] = common[prev_t] + (disp if (n_agree > 0 or pr is not None) else 0)
             if on_step is not None:
                 on_step(t, None if disp is None else common[t] - common[prev_t], n_agree, how)
