@@ -524,8 +524,8 @@ def _mask_failures(loc, located, area_tolerance: float = 0.25) -> dict:
     """What the window of a track measured in no frame gave, frame by frame: the number of frames its mask was
     ``empty``, cut by the frame's ``border``, ``joined`` (it ran into a tracked particle: at least
     :data:`TAKEN_SHARE` of the smaller of its mask and that particle's disc lie in both; ``taken``: that
-    particle's index in ``located``), ran out of its window
-    (``beyond``: joined to something larger), or had an area too far from its median (``area``: by more than
+    particle's index in ``located``), ran out of its window (``beyond``: joined to something beside it that no neck
+    parts from it, a touching neighbour or the matrix), or had an area too far from its median (``area``: by more than
     ``area_tolerance`` in log, the test :func:`~xanestrack.register.mask_flags` makes; ``areas`` the areas of
     those frames and ``median`` that of every mask) where nothing else is wrong (``other``: none of these,
     e.g. a position outlier). Empty dict for a track without its windows' masks."""
@@ -604,7 +604,8 @@ def _unmeasured(loc, located, gone_ids=(), area_tolerance: float = 0.25) -> tupl
         counts.append((f["empty"], "mask_empty"))
     if f["beyond"]:
         said.append(
-            f"its mask ran out of its window (joined to something larger beside it) in {_count(f['beyond'], 'frame')}"
+            "its mask ran out of its window (joined to something beside it: a touching neighbour or the matrix) in "
+            + _count(f["beyond"], "frame")
         )
         counts.append((f["beyond"], "mask_runs_out_of_window"))
     if f["area"]:
