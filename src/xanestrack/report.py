@@ -1748,15 +1748,25 @@ def series_figure(table: pd.DataFrame) -> Figure:
     """Chemistry and position of every particle through an operando series (one panel each).
 
     ``table`` is the series table (``run_series``): per scan and particle ``mean_e50``,
-    ``oxidised_fraction``, ``y0, x0`` and the scan's ``common_dy, common_dx``.
-    Table ``series_own_displacement``: each particle's displacement since its first scan,
-    less the common one.
+    ``oxidised_fraction`` and ``own_dy, own_dx``
+    (:func:`xanestrack.series.series_own_displacement`: in the series' common pixels, less the scan's common motion,
+    its scale against the first scan included), or where those are missing ``y0, x0`` and the scan's
+    ``common_dy, common_dx`` (each scan's pixels then taken as the common ones). Table
+    ``series_own_displacement``: each particle's displacement since its first scan, less the common one, in common
+    pixels (``own_displacement_common_px``) and, where ``table.attrs["pixel_size_um"]`` gives their size, in um.
     """
+    if "own_dy" not in table or "own_dx" not in table:
+        from .series import series_own_displacement
+
+        table = series_own_displacement(table)
+    px_um = table.attrs.get("pixel_size_um")
+    px_um = float(px_um) if px_um is not None and np.isfinite(px_um) and px_um > 0 else None
+    unit = f"common px, {px_um:g} um" if px_um else "common px"
     fig = SvgFigure(1200, 300)
     panels = [
         fig.axes(60 + k * 400, 14, 320, 230, xlabel="scan", ylabel=label)
         for k, label in enumerate(
-            ("mean edge energy (eV)", "oxidised (Ni3+) fraction", "own displacement since first scan (px)")
+            ("mean edge energy (eV)", "oxidised (Ni3+) fraction", f"own displacement since first scan ({unit})")
         )
     ]
     rows = []
@@ -1764,16 +1774,15 @@ def series_figure(table: pd.DataFrame) -> Figure:
         g = g.sort_values("scan")
         c = COLORS[k % len(COLORS)]
         sc = g["scan"].to_numpy(float)
-        nr = np.hypot(
-            g["y0"] - g["common_dy"] - (g["y0"].iloc[0] - g["common_dy"].iloc[0]),
-            g["x0"] - g["common_dx"] - (g["x0"].iloc[0] - g["common_dx"].iloc[0]),
-        ).to_numpy(float)
+        nr = np.hypot(g["own_dy"], g["own_dx"]).to_numpy(float)
         for ax, v in zip(panels, (g["mean_e50"].to_numpy(float), g["oxidised_fraction"].to_numpy(float), nr)):
             ax.line(sc, v, color=c, width=1, label=f"p{pid}" if ax is panels[0] else None)
             ax.points(sc, v, color=c, r=2)
         rows += [(int(pid), int(s_), float(d)) for s_, d in zip(sc, nr)]
     panels[0].legend(ncol=max(1, int(np.ceil(table["particle"].nunique() / 10))))
-    t = pd.DataFrame(rows, columns=["particle", "scan", "own_displacement_px"])
+    t = pd.DataFrame(rows, columns=["particle", "scan", "own_displacement_common_px"])
+    if px_um:
+        t["own_displacement_um"] = t["own_displacement_common_px"] * px_um
     return Figure(fig.to_svg(), None, {"series_own_displacement": t})
 
 
@@ -1784,7 +1793,8 @@ _SERIES_TEMPLATE = """<!DOCTYPE html>
 <p>{{ n_scans }} scans, {{ n_particles }} particles followed through the series.</p>
 {% for r in remarks %}<p>{{ r }}</p>{% endfor %}
 <figure><img alt="series" src="{{ fig }}"><figcaption>Per particle through the scans: mean edge energy, oxidised fraction of the
-linear combination fit, and its own displacement (less the scan's common offset) since its first scan.</figcaption></figure>
+linear combination fit, and its own displacement since its first scan, in the series' common pixels (less the scan's common
+motion: its offset and, where its particles share one, its scale against the first scan, scale_vs_first in series.csv).</figcaption></figure>
 <h2>Mean edge energy (eV) per particle and scan</h2>
 {{ pivot }}
 {% if scan_notes %}<h2>Notes of each scan</h2>

@@ -40,6 +40,7 @@ from ..series import (  # noqa: F401 (re-exported: the series API in one place)
     process_scan,
     scan_image_prior,
     series_notes,
+    series_own_displacement,
     series_sources,
     source_checksums,
     synthetic_sources,
@@ -375,16 +376,20 @@ def _run_series(
         frame_shapes={i: r["frame_shape"] for i, r in records.items()},
     )
     input_notes += [note] if note else []
+    frame_shape = _frame_shape(out, sources, scale) if len(summary) else None
     if len(summary):
         table = link_scans(
             summary,
             prior=scan_image_prior(out, {s.index: s.name for s in sources}, scale=scale),
-            frame_shape=_frame_shape(out, sources, scale),
+            frame_shape=frame_shape,
             scale=scale,
         )
     else:  # the same columns as a series with particles (particle first, the linking's columns after)
         table = summary.assign(common_dy=[], common_dx=[], offset_from_scan=[], link_method=[], link_support=[])
         table.insert(0, "particle", pd.Series([], dtype=int))
+    # each scan's scale against the first and the particles' own displacements, in common pixels
+    table = series_own_displacement(table, scale=scale, frame_shape=frame_shape)
+    table.attrs["pixel_size_um"] = common_px
     table.to_csv(out / "series.csv", index=False, float_format="%.4f")
     from ..outdir import add_to_marker
 
