@@ -124,6 +124,9 @@ _BEFORE_OPTION = {
     "subtract_matrix": False,
     "unmix_matrix": False,
     "match_resolution": False,
+    # an option from the start, not on the command line before --xanes-smoothing: every CLI run did 1 px
+    # (pinned here should the default change)
+    "xanes_smoothing": 1.0,
 }
 
 
@@ -948,6 +951,9 @@ def _write_h5(f, result, save_fused: bool, pixel_size_um: float = float("nan")) 
             notes=json.dumps(list(p.notes)),
             reference_frame=int(p.reference_frame),
             reference_names=json.dumps(list(p.reference_names)),
+            # its maps (edge_*, fractions, map_*) were computed after a Gaussian of this sigma inside the mask
+            # (0: none): a chemistry front is blurred over its FWHM, and map_e50_sigma is the smoothed map's noise
+            xanes_smoothing_px=float(result.options.xanes_smoothing),
         )
         origin = dict(origin_y=int(p.origin[0]), origin_x=int(p.origin[1]))
 
@@ -1197,9 +1203,10 @@ def read_results(folder):
             motion = tables.get("motion", pd.DataFrame())
             if similarity is not None:
                 motion.attrs["similarity"] = similarity
-            parts = []
+            parts, smoothing = [], None
             for key in sorted(f["particles"]):
                 g = f["particles"][key]
+                smoothing = g.attrs.get("xanes_smoothing_px", smoothing)  # its maps' smoothing, where options lack it
                 gone = [f"/particles/{key}/{k}" for k in PARTICLE_DATASETS if k not in g]
                 gone += [f"attribute {k} of /particles/{key}" for k in PARTICLE_ATTRS if k not in g.attrs]
                 if gone:
@@ -1219,6 +1226,8 @@ def read_results(folder):
             )
             options = json.loads(attrs["options"]) if "options" in attrs else run.get("parameters", {})
             options = dict(options) if isinstance(options, dict) else {}
+            if smoothing is not None:
+                options.setdefault("xanes_smoothing", float(smoothing))
             for name, then in _BEFORE_OPTION.items():
                 options.setdefault(name, then)  # a result written before the option: what was done then
             result = PipelineResult(
