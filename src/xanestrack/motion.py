@@ -167,7 +167,7 @@ def common_similarity(
         scale is 1: particles drifting on their own fake no magnification either. The
         line dropped is kept in ``attrs["dropped_scale"]`` (its scale at the two ends of
         ``scale_axis``) and ``attrs["dropped_scale_t"]`` (how far the particles leaned towards it: the
-        test's t-statistic, NaN where no majority was left to test), on record only: no run note says it (the
+        test's t-statistic; absent where no majority was left to test), on record only: no run note says it (the
         default scenes' particles, drifting on their own with no magnification, lean towards lines of -0.5 to
         +1.6 % at t 0.3-2.4; the crowded scene whose true +0.5 % was dropped, at t 0.4).
     refit_weights : bool
@@ -310,7 +310,8 @@ def common_similarity(
     params.attrs["centre"] = c.tolist()
     if params_dropped is not None:
         params.attrs["dropped_scale"] = params_dropped
-        params.attrs["dropped_scale_t"] = dropped_t
+        if np.isfinite(dropped_t):  # (a NaN attribute does not round-trip through results.h5 as equal)
+            params.attrs["dropped_scale_t"] = dropped_t
     return params, rigid
 
 
