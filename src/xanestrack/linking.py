@@ -214,10 +214,15 @@ def _vote(prev, cur, max_jump, tol, prior, prev_radius, cur_radius, max_size_rat
     cand, support, compatible = _vote_support(prev, cur, max_jump, tol, prev_radius, cur_radius, max_size_ratio)
     if cand.size == 0:
         return nothing
-    gap = np.hypot(*(cand - prior).T) if prior is not None else np.hypot(*cand.T)
+    gap = np.hypot(*(cand - prior).T) if prior is not None else np.zeros(len(cand))
     order = np.lexsort((gap, -support))
     best, best_n, best_gap = cand[order[0]], int(support[order[0]]), float(gap[order[0]])
     tied = bool(((support == best_n) & (np.hypot(*(cand - best).T) > 2 * tol)).any())
+    if tied and prior is None:
+        # steps far apart, as well supported: the shortest (else the first pairing found won; candidates close
+        # together, one step measured through different pairs, are left in that order)
+        top = np.flatnonzero(support == best_n)
+        best = cand[top[np.argmin(np.hypot(*cand[top].T))]]
     if prior is not None and best_n < 2 and best_gap > tol:
         return np.asarray(prior, float), best_n, tied  # a lone pairing that the prior does not support
     return _refine(prev, cur, best, tol, compatible), best_n, tied
