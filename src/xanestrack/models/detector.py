@@ -362,14 +362,35 @@ def _pieces(x, fg, *, min_area: float, max_area: float):
     heights = np.asarray(ndimage.median(s, lab, np.arange(1, n + 1)), float) - bg
     sizes = np.bincount(lab.ravel(), minlength=n + 1)
     speck = max(SPECK_AREA, min_area / 16)
+    slices = ndimage.find_objects(lab)
+    # each body is sought around its component only, out to twice the radius of the largest body examined: one
+    # that reaches that far is no particle's (the whole frame, labelled and filled for each component, cost 1.9 s
+    # of the 4.4 s the detector took at 143 x 1024^2, stress-all, 13 key frames; the detections the same)
+    reach = 2 * int(np.ceil(np.sqrt(PIECE_BODY_MAX * max_area / np.pi))) + 2
+    rows, cols = fg.shape
     for i in np.flatnonzero(heights > 5 * noise) + 1:
-        if sizes[i] < speck or pieces[lab == i].any():
+        if sizes[i] < speck:
             continue
-        above, _ = ndimage.label(s > bg + 0.5 * heights[i - 1])
-        ids = np.unique(above[lab == i])
-        body = ndimage.binary_fill_holes(np.isin(above, ids[ids > 0]))
+        sl = slices[i - 1]
+        y0, y1 = max(0, sl[0].start - reach), min(rows, sl[0].stop + reach)
+        x0, x1 = max(0, sl[1].start - reach), min(cols, sl[1].stop + reach)
+        win = (slice(y0, y1), slice(x0, x1))
+        own = lab[win] == i
+        if pieces[win][own].any():
+            continue
+        above, _ = ndimage.label(s[win] > bg + 0.5 * heights[i - 1])
+        ids = np.unique(above[own])
+        region = np.isin(above, ids[ids > 0])
+        if (
+            (y0 > 0 and region[0].any())
+            or (y1 < rows and region[-1].any())
+            or (x0 > 0 and region[:, 0].any())
+            or (x1 < cols and region[:, -1].any())
+        ):
+            continue  # reaches beyond its window inside the frame: larger than a particle's body
+        body = ndimage.binary_fill_holes(region)
         area = int(body.sum())
-        inside = np.unique(lab[body & fg])
+        inside = np.unique(lab[win][body & fg[win]])
         inside = inside[inside > 0]
         # specks, which no table lists, are not parts (a particle of the stress family with three 1-px specks
         # in its body was looked at again)
@@ -378,10 +399,10 @@ def _pieces(x, fg, *, min_area: float, max_area: float):
         if (
             (parts.size >= 2 or sizes[i] < min_area)
             and PIECE_BODY_MIN * min_area <= area <= PIECE_BODY_MAX * max_area
-            and (fg & body).sum() < PIECE_COVERAGE * area
+            and (fg[win] & body).sum() < PIECE_COVERAGE * area
         ):
             pieces |= np.isin(lab, inside)
-            bodies |= body
+            bodies[win] |= body
     return pieces, bodies
 
 
