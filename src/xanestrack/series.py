@@ -634,6 +634,20 @@ def _grid_note(grids: dict, name) -> str | None:
     )
 
 
+def _scan_words(table: pd.DataFrame):
+    """Two functions of a scan index for the series' notes: its name (``scan_name`` where the table has it) and how a
+    note names it, "scan {name}" ("scan scan_1" was read where the name says it already)."""
+    names = dict(zip(table["scan"], table["scan_name"])) if "scan_name" in table else {}
+
+    def name(s) -> str:
+        return str(names.get(s, s))
+
+    def scan_of(s) -> str:
+        return name(s) if name(s).lower().startswith("scan") else f"scan {name(s)}"
+
+    return name, scan_of
+
+
 def series_notes(table: pd.DataFrame) -> list[str]:
     """What the series as a whole should say.
 
@@ -651,10 +665,7 @@ def series_notes(table: pd.DataFrame) -> list[str]:
     out += [str(n) for n in table.attrs.get("scale_notes", [])]  # scans magnified against the first
     if not len(table) or not {"scan", "n_frames", "mean_e50", "particle"} <= set(table.columns):
         return out
-    names = dict(zip(table["scan"], table["scan_name"])) if "scan_name" in table else {}
-    name = lambda s: str(names.get(s, s))  # noqa: E731
-    # "scan {name}" read "scan scan_1" where the name says it already
-    scan_of = lambda s: name(s) if name(s).lower().startswith("scan") else f"scan {name(s)}"  # noqa: E731
+    name, scan_of = _scan_words(table)
     if "energy_grids" in table.attrs:
         note = _grid_note(table.attrs["energy_grids"], str)
         if note:
@@ -1157,9 +1168,7 @@ def series_own_displacement(table: pd.DataFrame, *, scale=None, frame_shape=None
     origin = {s: (out["offset_from_scan"].iloc[first[s]] if "offset_from_scan" in out else scans[0]) for s in scans}
     at = {s: {pid[i]: pos[i] for i in np.flatnonzero(scan == s) if np.all(np.isfinite(pos[i]))} for s in scans}
     centre = None if frame_shape is None else (np.asarray(frame_shape, float) - 1) / 2
-    names = dict(zip(out["scan"], out["scan_name"])) if "scan_name" in out else {}
-    name = lambda s: str(names.get(s, s))  # noqa: E731
-    scan_of = lambda s: name(s) if name(s).lower().startswith("scan") else f"scan {name(s)}"  # noqa: E731
+    _, scan_of = _scan_words(out)
     # each scan's scale against the first scan of its chain: 1 where the particles do not share one
     scale_of = {s: 1.0 for s in scans}
     for k in scans:
