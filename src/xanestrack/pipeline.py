@@ -520,6 +520,13 @@ def _edgeless_faint_tracks(located, results, energies, options) -> list:
 TAKEN_SHARE = 0.4
 
 
+def _runs_out_of_window(hard, clipped) -> np.ndarray:
+    """Per frame: the mask (bool ``(n_frames, h, w)``) touches its window's edge where the window lies inside the
+    frame (not ``clipped``): joined to something beside the particle."""
+    edge = hard[:, 0, :].any(1) | hard[:, -1, :].any(1) | hard[:, :, 0].any(1) | hard[:, :, -1].any(1)
+    return edge & ~np.asarray(clipped, bool)
+
+
 def _mask_failures(loc, located, area_tolerance: float = 0.25) -> dict:
     """What the window of a track measured in no frame gave, frame by frame: the number of frames its mask was
     ``empty``, cut by the frame's ``border``, ``joined`` (it ran into a tracked particle: at least
@@ -540,8 +547,7 @@ def _mask_failures(loc, located, area_tolerance: float = 0.25) -> dict:
     area = soft.sum(axis=(1, 2))
     flags = mask_flags(soft, outside=seg.outside, clipped=seg.clipped, area_tolerance=area_tolerance)
     border = (flags & FRAME_FLAGS["out_of_view"]) > 0
-    edge = hard[:, 0, :].any(1) | hard[:, -1, :].any(1) | hard[:, :, 0].any(1) | hard[:, :, -1].any(1)
-    beyond = edge & ~np.asarray(seg.clipped, bool)
+    beyond = _runs_out_of_window(hard, seg.clipped)
     # how much this track's mask and each other track's disc share, frame by frame: of the smaller of the two
     # (a mask that took in a touching particle as large, or ran into a larger one)
     share = np.zeros((len(located), n))
@@ -773,8 +779,7 @@ def _mask_trouble(seg, frames, options) -> int:
 
     soft = np.asarray(seg.masks, np.float32)
     hard = soft > 0.5
-    edge = hard[:, 0, :].any(1) | hard[:, -1, :].any(1) | hard[:, :, 0].any(1) | hard[:, :, -1].any(1)
-    beyond = edge & ~np.asarray(seg.clipped, bool)
+    beyond = _runs_out_of_window(hard, seg.clipped)
     flags = mask_flags(soft, outside=seg.outside, clipped=seg.clipped, area_tolerance=options.area_tolerance)
     bad = beyond | ((flags & FRAME_FLAGS["area_outlier"]) > 0)
     return int((bad & np.asarray(frames, bool)).sum())
