@@ -1820,9 +1820,8 @@ def _terminated(signum, frame):
 
 
 def main():
-    _STATE["process"] = (
-        True  # the command owns the process: an interrupted run ends it at once (_end_interrupted_process)
-    )
+    # the command owns the process: an interrupted run ends it at once (_end_interrupted_process)
+    _STATE["process"] = True
     app()  # SIGTERM is handled in the app's callback (_term_as_ctrl_c), for app() called from Python as well
 
 

@@ -862,10 +862,16 @@ class LearnedDetector:
         if found is None:
             return fg, finer
         hidden, near = found
+        keep, keep_finer = self._look_again(x, near, hidden)
+        return fg | keep, finer | keep_finer
+
+    def _look_again(self, x, near, on):
+        """The foregrounds (plain, and split as ``finer`` is) of the binned frame ``x`` mapped again with the
+        pixels ``near`` set to its median, kept where they lie on ``on`` (:func:`_on`)."""
         x2 = np.where(near, np.float32(np.median(x)), x).astype(x.dtype)
         m2 = self._maps([x2])[0]
-        keep = _on(_foreground(m2), hidden, near)
-        return fg | keep, finer | (_foreground(m2, closing=SPLIT_CLOSING_RADIUS) & keep)
+        keep = _on(_foreground(m2), on, near)
+        return keep, _foreground(m2, closing=SPLIT_CLOSING_RADIUS) & keep
 
     def _look_at_pieces(self, x, fg, finer):
         """``fg``, ``finer`` with the pieces of particles the map covered in part (:func:`_pieces`) looked at again.
@@ -889,13 +895,10 @@ class LearnedDetector:
         )
         if not pieces.any():
             return fg, finer
-        near = ndimage.binary_dilation(fg & ~pieces, iterations=1)
-        x2 = np.where(near, np.float32(np.median(x)), x).astype(x.dtype)
-        m2 = self._maps([x2])[0]
-        keep = _on(_foreground(m2), bodies, near)
+        keep, keep_finer = self._look_again(x, ndimage.binary_dilation(fg & ~pieces, iterations=1), bodies)
         if not keep.any():
             return fg, finer
-        return (fg & ~pieces) | keep, (finer & ~pieces) | (_foreground(m2, closing=SPLIT_CLOSING_RADIUS) & keep)
+        return (fg & ~pieces) | keep, (finer & ~pieces) | keep_finer
 
     def __call__(self, od, frames=None, progress=None):
         import pandas as pd
