@@ -681,15 +681,18 @@ def _propagate_common(od, common, examined, *, max_jump: float = 40.0, binning: 
         # e.g. beam lost, breaks no chain: it is skipped and filled in afterwards)
         ref, ref_frame = ka, _pc_prep(od[ka], binning)
         steps = {}  # frame -> (the frame it is registered on, candidate shifts (m, 2) px)
+        prepared = {ka: ref_frame}
         for k in range(ka + 1, kb + 1):
             f = _pc_prep(od[k], binning)
             cands, q = _frame_step(ref_frame, f, max_jump / binning * np.sqrt(k - ref))
             if q >= MIN_STEP_QUALITY:
                 steps[k] = (ref, _decided(od[ref], od[k], cands * binning, binning))
+                prepared[k] = f
                 ref, ref_frame = k, f
         if kb not in steps:  # no usable step to the next key frame: plain interpolation
             out[ka + 1 : kb] = _fill({ka: common[ka], kb: common[kb]}, common, ka, kb)
             continue
+        steps = _jump_beyond_search(steps, prepared, common, ka, kb, max_jump=max_jump, binning=binning)
         vals, unknown = _resolve_steps(steps, common, ka, kb, tol=2.0 * binning)
         out[ka + 1 : kb] = vals
         ambiguous[ka + 1 : kb] = unknown
@@ -697,6 +700,50 @@ def _propagate_common(od, common, examined, *, max_jump: float = 40.0, binning: 
     out[: examined[0]] = common[examined[0]]
     out[examined[-1] + 1 :] = common[examined[-1]]
     return _CommonMotion(out, ambiguous)
+
+
+def _jump_beyond_search(steps, prepared, common, ka, kb, *, max_jump, binning) -> dict:
+    """``steps`` (frame -> (frame registered on, candidate shifts (m, 2) px)) between key frames ``ka``
+    and ``kb``, the one step that a stage jump beyond the steps' search took searched again.
+
+    A jump longer than the search of one step (``max_jump``) is not among its candidates: in a lattice of
+    alike particles its highest peak within the search is the lattice moved by the jump less one spacing,
+    elsewhere some other peak, and the chain of the highest peaks misses ``common[kb]`` by about a
+    spacing. Spread linearly over the frames between (:func:`_fill`), that miss put the windows of
+    three frames on the neighbours, where both position estimates agree and vouched for one of them
+    (a 3 x 3 lattice 70 px apart, a 67.5-px jump: 69.9 px off, unflagged). Where the chain misses by
+    more than two binned px, each step is searched again out to the shift that would close the chain
+    (its highest candidate plus the miss); where that shift is a candidate of exactly one step's wider
+    search (a peak of :data:`AMBIGUOUS_STEP_RATIO` of the highest at least: in a 300-px field the jump's
+    peak was below that of the lattice moved by the jump less one spacing), that step's candidates are
+    those of the wider search, for :func:`_resolve_steps` to choose among by the key frames. Otherwise
+    the steps are returned as they were.
+    """
+    tol = 2.0 * binning
+    order = sorted(steps)
+    chain = {ka: np.asarray(common[ka], float)}
+    for k in order:
+        chain[k] = chain[steps[k][0]] + steps[k][1][0]
+    miss = np.asarray(common[kb], float) - chain[kb]
+    if not np.isfinite(miss).all() or np.hypot(*miss) <= tol:
+        return steps
+    half = (min(prepared[ka].shape) - 1) // 2  # binned px: the correlation wraps beyond
+    found = []
+    for k in order:
+        r, cands = steps[k]
+        implied = cands[0] + miss
+        reach = max(max_jump * np.sqrt(k - r), float(np.abs(implied).max()) + tol) / binning
+        if reach > half:
+            continue
+        wide, q = _frame_step(prepared[r], prepared[k], reach)
+        if q >= MIN_STEP_QUALITY and (np.hypot(*(wide * binning - implied).T) <= tol).any():
+            found.append((k, wide * binning))
+    if len(found) != 1:
+        return steps
+    k, wide = found[0]
+    out = dict(steps)
+    out[k] = (steps[k][0], wide)  # the key frames choose among them, not the highest peak
+    return out
 
 
 def _fill(chain, common, ka, kb) -> np.ndarray:
@@ -721,7 +768,8 @@ def _resolve_steps(steps, common, ka, kb, *, tol):
     ``common[kb]`` are consistent with the key frames. The consistent one with the smallest miss is
     taken (the highest peaks first among equals); frames where the consistent combinations differ by
     more than ``tol / 2`` are ambiguous. Where none is consistent (or the steps are too many to weigh),
-    the highest peaks are taken and every frame from the first ambiguous step on is ambiguous.
+    the highest peaks are taken and every frame from the first ambiguous step on is ambiguous, as is
+    every frame before it that the miss of that chain, spread over the frames, moved by more than ``tol / 2``.
     """
     import itertools
 
@@ -739,8 +787,13 @@ def _resolve_steps(steps, common, ka, kb, *, tol):
     if not open_steps:
         return first, none
     between = np.arange(ka + 1, kb)
+    # the miss of the highest peaks' chain, spread over the frames between (:func:`_fill`), moved the frames
+    # before the first open step too (the open step last before the key frame: none of those between was
+    # marked, each moved by up to 61 px of a 70-px miss)
+    first_miss = float(np.hypot(*(np.asarray(common[kb], float) - chain_of({})[kb])))
+    unresolved = (between >= open_steps[0]) | (first_miss * (between - ka) / (kb - ka) > tol / 2)
     if len(open_steps) > MAX_AMBIGUOUS_STEPS:
-        return first, between >= open_steps[0]
+        return first, unresolved
     fits = []
     for idx in itertools.product(*[range(len(steps[k][1])) for k in open_steps]):
         chain = chain_of(dict(zip(open_steps, idx)))
@@ -748,7 +801,7 @@ def _resolve_steps(steps, common, ka, kb, *, tol):
         if miss <= tol:
             fits.append((miss, sum(idx), _fill(chain, common, ka, kb)))
     if not fits:
-        return first, between >= open_steps[0]
+        return first, unresolved
     fits.sort(key=lambda f: (f[0], f[1]))
     vals = fits[0][2]
     spread = np.max([np.hypot(*(f[2] - vals).T) for f in fits], axis=0)
