@@ -224,9 +224,11 @@ class PipelineOptions:
         With a learned segmenter: outline each particle's mean window (its key frames, aligned
         on the first pass) with the classical segmenter too, neighbours cut off alike; where
         the learned consensus shape, grown by 2 px, misses more than ``MASK_MISS`` of that
-        outline (a lobe or an irregular outline the network was not trained on), segment that
+        outline (a lobe or an irregular outline the network was not trained on), or where its
+        centre of mass lies more than ``MASK_OFF_CENTRE_PX`` off that outline's (a strip left out
+        on one side; over at least ``MASK_OFF_CENTRE_FRAMES`` key frames), segment that
         particle with the classical segmenter instead and say so in its notes
-        (:func:`_mask_miss`, ``MASK_MISS``). The classical segmenter is never guarded.
+        (:func:`_mask_miss`, :func:`_mask_off_centre`). The classical segmenter is never guarded.
     smooth_tracks : bool, default True
         Separate the positions of all particles into the motion they share (kept rough,
         frame by frame: jitter, jumps), each particle's own motion (smoothed across the
@@ -440,6 +442,7 @@ class _Located:
     shape: np.ndarray | None
     unseparated_motion: float | None = None  # px: own motion of a particle not separated from the matrix
     mask_missed: float | None = None  # share of the mean window's outline the learned masks missed (guarded)
+    mask_off_centre: float | None = None  # px: the learned shape's centre of mass off that outline's (guarded)
     matrix: MatrixBackground | None = None  # the matrix separated from behind it (its own motion), if it was
     unmixed_motion: float | None = None  # px: own motion of a particle whose matrix was told apart by its edge
     unmixed_still: bool = False  # that particle moves with the matrix (its own motion not told from noise)
@@ -733,25 +736,67 @@ def _positions(loc: _Located) -> np.ndarray:
 MASK_MISS = 0.02
 
 
-def _mask_miss(shape, od, centres, frames, radius, options) -> float:
+def _mask_miss(shape, od, centres, frames, radius, options, outline=None) -> float:
     """Share of the particle's outline that ``shape`` (grown by 2 px) misses.
+
+    The outline is :func:`_mean_outline`'s (``outline``, if it was already drawn). 0 where
+    there is nothing to compare.
+    """
+    if outline is None:
+        outline = _mean_outline(shape, od, centres, frames, radius, options)
+    if outline is None:
+        return 0.0
+    return float((outline & ~dilate_cross(shape, 2)).sum() / outline.sum())
+
+
+#: px. How far the centre of mass of a learned segmenter's consensus shape may lie from that of
+#: the particle's classical outline in its mean window (:func:`_mask_off_centre`) before that
+#: particle is outlined classically (``PipelineOptions.mask_guard``). A strip about 2 px wide left
+#: out on one side passes ``MASK_MISS`` yet moves the centre of mass, on which the absolute
+#: positions are anchored, by about 1 px. Measured (learned path): stress-jitter seed 1 (256 px,
+#: 60 energies, 5 particles), a 12-px particle 1.35 px off (vouched 1.07 px off the truth, median);
+#: seed 2 transposed / flipped up-down, a 20-px particle 0.54 / 0.71 px off (1.15 / 1.12 px). Every
+#: other particle of seed 1 (as given, transposed, turned) and seed 2 (as given, transposed,
+#: flipped up-down): 0.06-0.48 px. Default scenes seeds 1-2 (256 px, 24 energies): 0.04-0.16 px.
+#: Reduced stress family seeds 1-2: three particles fall back, each closer to the truth (median):
+#: stress-fines seed 2 (0.50 px off) 0.32 -> 0.18 px, stress-crowd seed 1 (0.57, 0.87 px off)
+#: 0.70 -> 0.21 px and 1.47 -> 0.84 px.
+MASK_OFF_CENTRE_PX = 0.5
+
+#: The least number of key frames (detected and measured) whose mean window's outline the learned shape's centre
+#: is compared with (:func:`_mask_off_centre`). A mean of a few frames across the edge is no reference for the
+#: centre: on the real SSRL 6-2c pair (2 frames, outlines moving 1-7 px across the edge) the learned shapes of the
+#: particles vouched for lay 0.40-36 px off it.
+MASK_OFF_CENTRE_FRAMES = 5
+
+
+def _mask_off_centre(shape, outline) -> float:
+    """px: how far the centre of mass of ``shape`` lies from that of ``outline`` (:func:`_mean_outline`); 0 where
+    there is nothing to compare."""
+    if outline is None or shape is None or not shape.any():
+        return 0.0
+    return float(np.hypot(*(np.array(ndimage.center_of_mass(shape)) - np.array(ndimage.center_of_mass(outline)))))
+
+
+def _mean_outline(shape, od, centres, frames, radius, options):
+    """The classical outline of the particle seen in its mean window (bool, ``shape``'s window), or None.
 
     The outline is the classical segmenter's on the particle's mean window over ``frames``
     (aligned on ``centres``, the first pass's positions: averaging keeps its noise low),
     fines and neighbours cut off as in every mask (:func:`isolate_particle`) and touching
     particles at their necks (:func:`xanestrack.detect.cut_at_necks`, the piece that
-    ``shape`` covers most), and only its components that ``shape`` touches. 0 where there
-    is nothing to compare.
+    ``shape`` covers most), and only its components that ``shape`` touches. None where
+    there is nothing to compare.
     """
     _, _, size = window_geometry(radius, options.follow)
     c = (size - 1) / 2
     k = np.flatnonzero(frames & np.isfinite(centres).all(axis=1))
     if k.size == 0 or not shape.any():
-        return 0.0
+        return None
     win = resample_windows(od, centres - c, (0, 0), (size, size), order=1, frames=k)
     seen = np.isfinite(win).any(axis=0)
     if not seen.any():
-        return 0.0
+        return None
     mean = np.zeros((size, size), np.float32)
     mean[seen] = np.nanmean(win[:, seen], axis=0)
     mean[~seen] = np.median(mean[seen])
@@ -766,9 +811,7 @@ def _mask_miss(shape, od, centres, frames, radius, options) -> float:
     lab, _ = ndimage.label(outline)
     touched = np.unique(lab[shape & (lab > 0)])
     outline = np.isin(lab, touched[touched > 0])
-    if not outline.any():
-        return 0.0
-    return float((outline & ~dilate_cross(shape, 2)).sum() / outline.sum())
+    return outline if outline.any() else None
 
 
 def _mask_trouble(seg, frames, options) -> int:
@@ -835,20 +878,24 @@ def _locate_particle(pid, track, od, segmenter, options, fallback=None, unlit=No
     # contrast sufficed), not from faint pre-edge frames whose masks come out partial
     best = measured & detected if (measured & detected).any() else measured
     shape = _consensus_shape(seg, centres, best, radius, options.follow) if best.any() else None
-    missed = None
+    missed = off_centre = None
     if fallback is not None and options.mask_guard and shape is not None:
         # a learned segmenter that leaves out part of what the particle's mean window shows
         # (a lobe: stress family, 41-px particle, its masks' centre of mass 4 px off the true
-        # one) is not trusted with this particle: the classical segmenter outlines it
-        miss = _mask_miss(shape, od, centres, best, radius, options)
-        if miss > MASK_MISS:
+        # one), or whose shape lies off that outline's centre (a strip left out on one side),
+        # is not trusted with this particle: the classical segmenter outlines it
+        outline = _mean_outline(shape, od, centres, best, radius, options)
+        miss = _mask_miss(shape, od, centres, best, radius, options, outline=outline)
+        off = _mask_off_centre(shape, outline) if best.sum() >= MASK_OFF_CENTRE_FRAMES else 0.0
+        if miss > MASK_MISS or off > MASK_OFF_CENTRE_PX:
             classical = segmented(fallback)
             # unless the classical masks fail where the learned ones hold (:func:`_mask_score`): a particle
             # touching larger ones that the mean window's outline takes in (SSRL 6-2c: a 45-px particle joined
             # to two the frame's border cuts, learned masks of 7072 / 7005 px, classical 4657 / 10895 px,
             # running out of their window into the neighbours: the track was left out, measured in no frame)
             if _mask_score(classical, centres, best, options) >= _mask_score(seg, centres, best, options):
-                missed = miss
+                missed = miss if miss > MASK_MISS else None
+                off_centre = off if off > MASK_OFF_CENTRE_PX else None
                 seg = classical
                 shape = _consensus_shape(seg, centres, best, radius, options.follow)
     return _Located(
@@ -865,6 +912,7 @@ def _locate_particle(pid, track, od, segmenter, options, fallback=None, unlit=No
         seg,
         shape,
         mask_missed=missed,
+        mask_off_centre=off_centre,
     )
 
 
@@ -2450,6 +2498,12 @@ def _finish_particle(
         notes.append(
             f"outlined by the classical segmenter: the learned one missed {100 * loc.mask_missed:.1f} % of the particle "
             "seen in its mean window (a lobe or an outline unlike those it was trained on)"
+        )
+    if loc.mask_off_centre is not None:
+        notes.append(
+            f"outlined by the classical segmenter: the learned one's outline lay {loc.mask_off_centre:.2f} px off the "
+            "centre of the particle seen in its mean window (a strip left out on one side), which would have moved "
+            "its positions by about as much"
         )
     n_examined, n_seen = int(loc.examined.sum()), int((loc.detected & loc.examined).sum())
     n_irregular = int(loc.track["irregular"].fillna(False).astype(bool).sum()) if "irregular" in loc.track else 0
