@@ -371,10 +371,16 @@ def no_image_refusal(blank, n_frames: int, *, source, cause) -> str | None:
     )
 
 
-def _high_pass(img):
+def _high_pass(img, *, lines_out: bool = False):
     from scipy import ndimage
 
     x = np.log(np.clip(np.asarray(img, np.float64), 1e-3, None))
+    if lines_out:
+        # a detector line (a stuck or dead column or row, in the images and the flats alike) correlates with itself
+        # at any shift along it, and so does the halo the smoothing below draws beside it: the log image's rows'
+        # and columns' medians out first (two stuck columns read 8-10 px "moving" from frame to frame)
+        x = x - np.median(x, axis=0, keepdims=True)
+        x = x - np.median(x, axis=1, keepdims=True)
     x = x - ndimage.gaussian_filter(x, 6.0)
     # a zinger, a dead pixel or a particle's edge does not set the correlation
     mad = float(np.median(np.abs(x - np.median(x)))) or 1e-12
@@ -419,7 +425,7 @@ def _frame_pattern_shifts(counts, flat, dark):
     r = min(FLAT_SHIFT_SEARCH, (side - 1) // 2 - 1)
 
     def pattern(img):
-        x = _high_pass(np.asarray(img)[crop].astype(np.float32) - d)
+        x = _high_pass(np.asarray(img)[crop].astype(np.float32) - d, lines_out=True)
         x -= x.mean()
         return np.fft.rfft2(x), float(np.sqrt((x * x).sum()))
 
