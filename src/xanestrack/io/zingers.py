@@ -519,9 +519,15 @@ def remove_defects(od, *, threshold: float = DEFECT_THRESHOLD, share: float = DE
     A pixel is defective where, in at least ``share`` of :data:`DEFECT_SAMPLE` frames spread over
     the scan, it stands out of the median of its 3 x 3 neighbourhood by more than ``threshold``
     times the noise there (as :func:`remove_zingers` measures it), on either side (a pixel whose
-    reference is all but dead comes out at random). Each is
+    reference is all but dead comes out at random). A row or column is defective as a whole where
+    it stands out of the lines beyond it in as many frames, alone or in a run of up to
+    :data:`MAX_LINE_RUN` adjacent ones (:func:`_line_runs`: CCD lines often go bad in pairs; judged
+    line by line, a pair's two good neighbours stood out as far, and were taken and filled from the
+    pair: a stuck pair through a particle of the seed-5 default scene split it into two tracks 12.7
+    and 9.3 px off its centre), and the other pixels are judged on the median of their neighbours
+    off such lines. Each is
     replaced, in every frame, by the median of its neighbours that are not defective (3 x 3, else
-    5 x 5).
+    5 x 5): a run's lines from the good lines beyond it.
 
     Parameters
     ----------
@@ -559,14 +565,27 @@ def remove_defects(od, *, threshold: float = DEFECT_THRESHOLD, share: float = DE
             continue
         hits += cand
         noises[k] = _median_noise(od[k], lap)
+    bad_rows, bad_cols = np.flatnonzero(lines[0] >= need), np.flatnonzero(lines[1] >= need)
     cy, cx = np.nonzero(hits >= need)
     cy, cx = cy + 1, cx + 1
+    # the pixels of a bad line are taken with it; the others are judged on the median of their neighbours
+    # off the bad lines (a good line between two bad ones, one apart, stands out of a median of theirs)
+    off = ~np.isin(cy, bad_rows) & ~np.isin(cx, bad_cols)
+    cy, cx = cy[off], cx[off]
     out = np.zeros(cy.size, int)
     for k, noise in noises.items():
         if noise is None:
             continue
         f = od[k]
-        med = _median3(f, cy, cx)
+        if bad_rows.size or bad_cols.size:
+            f = f.astype(np.float32)  # a copy
+            f[bad_rows, :] = np.nan
+            f[:, bad_cols] = np.nan
+            with warnings.catch_warnings():  # a pixel among bad lines only: no median, not judged
+                warnings.simplefilter("ignore", RuntimeWarning)
+                med = np.nanmedian(np.stack([f[cy + dy, cx + dx] for dy, dx in _OFFSETS]), axis=0)
+        else:
+            med = _median3(f, cy, cx)
         # either side: a pixel whose reference is all but dead comes out at random, far each time
         out += np.abs(f[cy, cx] - med) * _photon_scale(med) > threshold * noise(cy, cx)
     bad = out >= need
@@ -584,8 +603,8 @@ def remove_defects(od, *, threshold: float = DEFECT_THRESHOLD, share: float = DE
     defective[yy, xx] = True
     # a dead row or column off by little in the background still cuts each particle it crosses:
     # every pixel of a line that stands out as a whole
-    defective[np.flatnonzero(lines[0] >= need), :] = True
-    defective[:, np.flatnonzero(lines[1] >= need)] = True
+    defective[bad_rows, :] = True
+    defective[:, bad_cols] = True
     yy, xx = np.nonzero(defective)
     if not yy.size:
         return none
@@ -593,21 +612,97 @@ def remove_defects(od, *, threshold: float = DEFECT_THRESHOLD, share: float = DE
     return np.c_[yy, xx]
 
 
+#: the longest run of adjacent bad rows (or columns) judged as one (:func:`_line_runs`): the lines of
+#: a run stand out of the lines beyond it, not of each other
+MAX_LINE_RUN = 3
+
+
 def _line_hits(f, threshold, lines):
     """Count, in ``lines`` (per row, per column), the rows and columns of frame ``f`` that stand out
-    of the two beside them as a whole: the median along the line of each pixel's difference from
-    the mean of its two neighbours across it, beyond ``threshold`` times the robust spread of that
-    median over the lines (a dead line off by 0.05 OD where the noise is 0.015 stands out by
-    dozens; a natural image, smooth along any line, does not)."""
+    as a whole, alone or in a run of up to :data:`MAX_LINE_RUN` adjacent ones (:func:`_line_runs`)."""
     for g, count in ((f, lines[0]), (f.T, lines[1])):
         step = max(1, g.shape[1] // 256)  # a few hundred pixels along each line are enough
-        d = np.median(g[1:-1, ::step] - 0.5 * (g[:-2, ::step] + g[2:, ::step]), axis=1)
-        s = _robust_sigma(d)
-        if s > 0:
-            a = np.abs(d)
-            # the lines beside a dead one stand out by half as much, the other way: only the peaks
-            peak = a >= np.maximum(np.r_[0.0, a[:-1]], np.r_[a[1:], 0.0])
-            count[1:-1] += (a > threshold * s) & peak
+        for i0, i1 in _line_runs(g[:, ::step], threshold):
+            count[i0:i1] += 1
+
+
+def _line_runs(g, threshold):
+    """The runs of adjacent lines (rows of ``g``) that stand out of the lines beyond them as a whole:
+    a list of (first, last + 1).
+
+    A line's offset is the median along it of each pixel's difference from the mean of the two
+    lines beside its run (a dead line off by 0.05 OD where the noise is 0.015 stands out by dozens;
+    a natural image, smooth along any line, does not). A run of up to :data:`MAX_LINE_RUN` lines
+    stands out where each of its lines is offset to the same side by more than ``threshold`` times
+    the robust spread over the lines of the single lines' offsets; its score is the least of them.
+    Judged against its own neighbours, each line of a pair of bad lines stands out by half its
+    offset, and so do the two good lines beside the pair, the other way (taken for the pair before):
+    the pair as a run stands out by all of it. The runs are taken strongest first; one beside a run
+    taken is judged again against the line beyond that run (the good line beside a bad one, its
+    echo, then stands out by nothing; a bad one still does) and one overlapping it is dropped.
+    """
+    import heapq
+
+    n = g.shape[0]
+    if n < 3:
+        return []
+    s = _robust_sigma(np.median(g[1:-1] - 0.5 * (g[:-2] + g[2:]), axis=1))
+    if not s > 0:
+        return []
+    bar = threshold * s
+
+    def score(e):
+        """Per column of ``e`` (a run's lines' offsets): the least offset where all are on one side."""
+        same = np.all(e > 0, axis=0) | np.all(e < 0, axis=0)
+        return np.where(same, np.abs(e).min(axis=0), 0.0)
+
+    # (-score, first, last + 1, the two lines it was judged against)
+    heap = []
+    for length in range(1, MAX_LINE_RUN + 1):
+        starts = np.arange(1, n - length)
+        if not starts.size:
+            continue
+        ref = 0.5 * (g[starts - 1] + g[starts + length])
+        sc = score(np.stack([np.median(g[starts + t] - ref, axis=1) for t in range(length)]))
+        for j in np.flatnonzero(sc > bar):
+            i0 = int(starts[j])
+            heapq.heappush(heap, (-float(sc[j]), i0, i0 + length, i0 - 1, i0 + length))
+    taken = np.zeros(n, bool)
+    while heap:
+        _, i0, i1, ref_lo, ref_hi = heapq.heappop(heap)
+        if taken[i0:i1].any():
+            continue
+        lo, hi = i0 - 1, i1
+        while lo >= 0 and taken[lo]:
+            lo -= 1
+        while hi < n and taken[hi]:
+            hi += 1
+        if (lo, hi) != (ref_lo, ref_hi):
+            # beside a run taken: judged again against the line beyond it
+            if lo >= 0 and hi < n:
+                ref = 0.5 * (g[lo] + g[hi])
+                again = float(score(np.median(g[i0:i1] - ref, axis=1)[:, None])[0])
+                if again > bar:
+                    heapq.heappush(heap, (-again, i0, i1, lo, hi))
+            continue
+        taken[i0:i1] = True
+    # each line taken judged again against the nearest lines not taken, the weakest dropped first while
+    # one does not stand out so: two bad lines one apart make the good line between them stand out of its
+    # neighbours by as much (the other way), and taken first it brought them in beside it
+    while taken.any():
+        idx = np.flatnonzero(taken)
+        free = np.flatnonzero(~taken)
+        at = np.searchsorted(free, idx)
+        inner = (at > 0) & (at < free.size)
+        e = np.zeros(idx.size)
+        lo, hi = free[np.maximum(at - 1, 0)[inner]], free[np.minimum(at, free.size - 1)[inner]]
+        e[inner] = np.abs(np.median(g[idx[inner]] - 0.5 * (g[lo] + g[hi]), axis=1))
+        weakest = int(np.argmin(np.where(inner, e, np.inf)))
+        if not (inner[weakest] and e[weakest] <= bar):
+            break
+        taken[idx[weakest]] = False
+    edges = np.flatnonzero(np.diff(np.r_[0, taken.astype(np.int8), 0]))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
 
 
 def _fill(od, yy, xx):
