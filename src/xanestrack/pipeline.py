@@ -2984,7 +2984,7 @@ def run_pipeline(
     if resolution_blur is not None or blurred is not None:
         finished = finish_again()
     # before a --known-edge calibration measures its particle's mean, so that it is over the pixels trusted
-    finished = _with_filled_pixels(_with_moving_rims(finished, energies, gaps), gaps, energies)
+    finished = _with_filled_pixels(_with_moving_rims(finished, energies, gaps, resolution_blur), gaps, energies)
     if recalibrate is not None:
         calibrated = recalibrate([f[0] for f in finished], energies)
         if calibrated is not None:
@@ -2998,7 +2998,8 @@ def run_pipeline(
                     notes.remove(no_references)
                 if not references and len(energies) >= options.min_xanes_energies:
                     notes.append(_no_references_note(energies))
-            finished = _with_filled_pixels(_with_moving_rims(finish_again(), energies, gaps), gaps, energies)
+            finished = _with_moving_rims(finish_again(), energies, gaps, resolution_blur)
+            finished = _with_filled_pixels(finished, gaps, energies)
     edgeless = _edgeless_faint_tracks(located, [f[0] for f in finished], energies, options)
     left_out = list(inside_rows)
     if edgeless:
@@ -3686,9 +3687,44 @@ TURN_MIN_ELONGATION = 0.08
 #: particles (at least) elongated as :data:`TURN_MIN_ELONGATION` whose median turn and stretch is taken as the
 #: one the particles share (the field turned or magnified; :func:`_shared_shape_factor`)
 SHARED_SHAPE_MIN_PARTICLES = 3
+#: px: where the frames are blurred to the scan's coarsest resolution (:func:`_resolution_blur`), a particle's
+#: shape is measured on its aligned windows so blurred (:func:`_matched_outline_weights`): each frame's window
+#: scaled from its level in a ring outside its mask (from the first to the second of these distances beyond it)
+#: to its level in the mask's core (this far inside it), clipped to 0-1, kept within the ring's outer
+#: distance. The learned segmenter's soft masks, measured as they are, follow the blur: the default scene (seed 5,
+#: 256 px, 4 particles) blurred 0 -> 2.5 px across the scan read shape changes of 1.51 / 0.51 / 1.08 / 0.31 px (two
+#: rims flagged; 0.11-0.30 px unblurred), these weights on the matched windows 0.25 / 0.12 / 0.09 / 0.06 px
+#: (0.04-0.25 px unblurred); a particle 1.4 times as long as wide turning by 8 degrees under the same blur was not
+#: flagged on the masks, and is on these weights (8.3 degrees read)
+MATCHED_OUTLINE_RING_PX = (4, 6)
+MATCHED_OUTLINE_CORE_PX = 2
 
 
-def _outline_shapes(p, n_frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _matched_outline_weights(p, blur) -> np.ndarray | None:
+    """A particle's soft weights per frame for its shape (:func:`_outline_shapes`), from its aligned windows
+    brought to the scan's coarsest resolution (``blur``: each frame's Gaussian sd, :func:`_resolution_blur`):
+    each window scaled from its median in a ring outside the particle's mask to its median in the mask's core
+    and clipped to 0-1 (:data:`MATCHED_OUTLINE_RING_PX`, :data:`MATCHED_OUTLINE_CORE_PX`). None without windows
+    or a mask."""
+    aligned, mask = getattr(p, "aligned", None), getattr(p, "mask", None)
+    if aligned is None or mask is None or not np.any(mask) or len(aligned) != len(blur):
+        return None
+    mask = np.asarray(mask, bool)
+    windows = _blur_frames(np.asarray(aligned, float), blur)
+    core = ndimage.binary_erosion(mask, iterations=MATCHED_OUTLINE_CORE_PX)
+    core = core if core.sum() >= 10 else mask  # a particle too small to erode
+    reach = ndimage.binary_dilation(mask, iterations=MATCHED_OUTLINE_RING_PX[1])
+    ring = reach & ~ndimage.binary_dilation(mask, iterations=MATCHED_OUTLINE_RING_PX[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a frame without a value in the ring or the core
+        lo = np.nanmedian(windows[:, ring], axis=1)[:, None, None]
+        hi = np.nanmedian(windows[:, core], axis=1)[:, None, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            w = np.clip((windows - lo) / (hi - lo), 0.0, 1.0)
+    return np.where(reach & np.isfinite(w) & (hi > lo), w, 0.0)
+
+
+def _outline_shapes(p, n_frames: int, blur=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A particle's shape in each frame from its aligned soft mask's second moments: ``(q, semi_major, used)``.
 
     ``q`` (complex, px) is ``(a - b) / 2 * exp(2 i theta)``, ``a`` and ``b`` the semi-axes of the ellipse of the
@@ -3700,13 +3736,20 @@ def _outline_shapes(p, n_frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
     to the axes; the ends slide along the outline by ``a alpha``); two halves parted by ``g`` (a crack) by
     about ``g / 5`` (a disc; the parted ends move by ``g / 2``). ``used``: the frames its XANES used, with a
     mask.
+
+    With ``blur`` (each frame's Gaussian sd bringing it to the scan's coarsest resolution, :func:`_resolution_blur`;
+    None or all 0 where the resolution holds) the moments are those of :func:`_matched_outline_weights`, so that a
+    focus drifting with the energy does not read as a change of shape (:data:`MATCHED_OUTLINE_RING_PX`).
     """
     masks = getattr(p, "masks", None)
     frames = getattr(p, "xanes_frames", None)
     none = np.full(n_frames, np.nan + 0j), np.full(n_frames, np.nan), np.zeros(n_frames, bool)
     if masks is None or frames is None or len(masks) != n_frames:
         return none
-    w = np.nan_to_num(np.asarray(masks, float))
+    matched = None
+    if blur is not None and np.any(np.asarray(blur) > 0) and len(blur) == n_frames:
+        matched = _matched_outline_weights(p, np.asarray(blur, float))
+    w = np.nan_to_num(np.asarray(masks, float)) if matched is None else matched
     h, wd = w.shape[1:]
     y, x = -np.arange(h, dtype=float), np.arange(wd, dtype=float)  # y up: angles counter-clockwise as shown
     wy, wx = w.sum(axis=2), w.sum(axis=1)  # (n, h), (n, w)
@@ -3764,6 +3807,29 @@ def _shared_shape_factor(changes, befores, radii) -> complex:
     return complex(np.median(np.abs(ratio)) * np.exp(1j * np.median(np.angle(ratio))))
 
 
+def _shared_stretch(changes, radii) -> complex:
+    """The stretch of the particles' outlines they share, in px times their radius: the median (each component)
+    over the particles measured (:data:`SHARED_SHAPE_MIN_PARTICLES` or more; 0 with fewer) of their shape change
+    across the scan (:func:`_outline_shape_change`) times their radius.
+
+    A resolution that changes more along one direction than across it (an astigmatic focus drift) stretches
+    every outline alike in its second moments: by as much in ``(a - b) / 2`` times the radius, round particles
+    as elongated ones, where :func:`_shared_shape_factor` takes a ratio of the elongated ones alone. Taken out
+    where the frames are brought to a common resolution (isotropically, :func:`_resolution_blur`), which leaves
+    such a stretch in them: the probe's focus drifting from 0 at the edge to 3 px sd in y and 0.6 px in x at the
+    scan's ends (the default scene, seed 5, 256 px) read changes of shape of 1.12 / 0.40 / 1.73 / 0.78 px on
+    the windows so matched (10-17 px times the radius, along 88-92 degrees), 0.09 / 0.22 / 0.10 / 0.03 px less
+    this; the same scene blurred alike in both directions (0 -> 2.5 px) 0.25 / 0.12 / 0.09 / 0.06 px, 0.27 / 0.10
+    / 0.14 / 0.04 less it.
+    """
+    c, r = np.asarray(changes, complex), np.asarray(radii, float)
+    ok = np.isfinite(c) & np.isfinite(r) & (r > 0)
+    if ok.sum() < SHARED_SHAPE_MIN_PARTICLES:
+        return 0j
+    cr = c[ok] * r[ok]
+    return complex(np.median(cr.real), np.median(cr.imag))
+
+
 def _turn_clause(change: complex, before: complex, semi_major: float, radius: float) -> str:
     """How a particle's shape changes across the scan (:func:`_outline_shape_change`), in words: a turn by an
     angle where it is elongated and keeps its elongation, else a change of shape along an angle."""
@@ -3796,7 +3862,7 @@ def _moving_rim_note(clauses: list, depth: int, n_px: int, n_mask: int) -> str:
     )
 
 
-def _flag_moving_rims(particles: list, energies, gaps=()) -> list:
+def _flag_moving_rims(particles: list, energies, gaps=(), blur=None) -> list:
     """The particles with the rim of each one whose own outline moves across the scan flagged.
 
     Its size: each particle's equivalent radius per frame (:func:`_equivalent_radii`) gives its change across
@@ -3805,7 +3871,11 @@ def _flag_moving_rims(particles: list, energies, gaps=()) -> list:
     turn, a crack widening): its elongation's trend across the scan (:func:`_outline_shapes`,
     :func:`_outline_shape_change`), less the turn and stretch the particles share
     (:func:`_shared_shape_factor`), flagged where it reaches :data:`OUTLINE_SHAPE_PX` and
-    :data:`OUTLINE_SHAPE_Z` standard errors. The mask's pixels within half the changes flagged plus
+    :data:`OUTLINE_SHAPE_Z` standard errors; where the frames were brought to the scan's coarsest resolution
+    (``blur``, each frame's Gaussian sd, :func:`_resolution_blur`), measured on the windows so blurred (a focus
+    drifting from 0 to 2.5 px across the scan read as a change of shape of 1.51 px on the segmented masks), the
+    stretch the particles share there taken out first (:func:`_shared_stretch`). The mask's pixels within half
+    the changes flagged plus
     :data:`RIM_REACH_PX` of its outline are flagged (:func:`xanestrack.xanes.flag_moving_rim`: out of the
     quality mask) and a note says so. A note of an earlier pass (:func:`redo_xanes`) is replaced.
 
@@ -3827,8 +3897,13 @@ def _flag_moving_rims(particles: list, energies, gaps=()) -> list:
         _outline_change(r, used & c, energies, float(p.e0_ev)) for p, (r, used), c in zip(particles, radii, clear)
     ]
     shared = _shared_change([m[0] for m in measured], [m[2] for m in measured])
-    shapes = [(q, semi, used & c) for (q, semi, used), c in zip((_outline_shapes(p, n) for p in particles), clear)]
+    shapes = [
+        (q, semi, used & c) for (q, semi, used), c in zip((_outline_shapes(p, n, blur) for p in particles), clear)
+    ]
     shaped = [_outline_shape_change(q, used, energies, float(p.e0_ev)) for p, (q, _, used) in zip(particles, shapes)]
+    if blur is not None and np.any(np.asarray(blur) > 0):  # the stretch an astigmatic focus drift leaves
+        stretch = _shared_stretch([m[0] for m in shaped], [m[2] for m in measured])
+        shaped = [(dq - stretch / r if r > 0 else dq, s, b) for (dq, s, b), (_, _, r) in zip(shaped, measured)]
     factor = _shared_shape_factor([m[0] for m in shaped], [m[2] for m in shaped], [m[2] for m in measured])
     if gaps:  # the frames left out, kept for redo_xanes (which has no gaps: _filled_frames reads them back)
         particles = [dataclasses.replace(p, filled_frames=None if c.all() else ~c) for p, c in zip(particles, clear)]
@@ -3858,9 +3933,9 @@ def _flag_moving_rims(particles: list, energies, gaps=()) -> list:
     return out
 
 
-def _with_moving_rims(finished: list, energies, gaps=()) -> list:
+def _with_moving_rims(finished: list, energies, gaps=(), blur=None) -> list:
     """:func:`_flag_moving_rims` on the ``(ParticleResult, ...)`` tuples of :func:`_finish_particle`."""
-    flagged = _flag_moving_rims([f[0] for f in finished], energies, gaps)
+    flagged = _flag_moving_rims([f[0] for f in finished], energies, gaps, blur)
     return [(p, *f[1:]) for p, f in zip(flagged, finished)]
 
 
@@ -5663,7 +5738,7 @@ def redo_xanes(result: PipelineResult, *, energies_ev, references=None) -> Pipel
         norms.append(xr.pop("norm", None))
         particles.append(dataclasses.replace(p, **xr, notes=new_notes))
     # the new analysis's flags and quality masks hold no moving rim: flagged again (the note replaced)
-    particles = _flag_moving_rims(particles, e)
+    particles = _flag_moving_rims(particles, e, blur=blur)
     chemistry = result.chemistry
     if options.clusters > 0 and particles:
         particles, chemistry = phase_mapping(particles, norms, e, options=options)
