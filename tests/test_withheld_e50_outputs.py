@@ -14,6 +14,7 @@ reduced size.
 """
 
 import dataclasses
+import re
 
 import numpy as np
 import pandas as pd
@@ -68,7 +69,10 @@ def test_withheld_particle_has_empty_e50_numbers_and_the_reason(gap_run):
     assert np.isnan(unc.loc[4, "mean_e50_ev"])  # the particles' table withholds it: the same decision
     row = chem.set_index("particle").loc[4]
     assert row[PERCENTILES].isna().all(), row  # was 8338.66 / 8341.86 / 8346.95 eV
-    assert "gap of frames left out" in row["withheld"] and "88 %" in row["withheld"]
+    assert "gap of frames left out" in row["withheld"]
+    # 88 % with its learned masks, 89 % since the mask guard outlines it classically (its learned shape off centre)
+    share = int(re.search(r"left out in (\d+) % of its pixels", row["withheld"]).group(1))
+    assert 85 <= share <= 92, row["withheld"]
     p = next(q for q in result.particles if q.particle == 4)
     assert row["n_pixels"] == _kept_percentiles(p)[0] > 0  # the pixels measured still counted (289-290)
     # the others' rows as before, and not marked
