@@ -4859,7 +4859,31 @@ def _particle_chemistry_notes(
             + ", or spectra the scan's energies cannot normalise: see the other notes); each particle's note says by "
             "how much"
         )
+    out += [n for n in (_shared_noise_run_note(particles),) if n]
     return out
+
+
+def _shared_noise_run_note(particles) -> str:
+    """The run note gathering the particles whose mean E50's sigma was widened for noise their pixels share along
+    rows or columns of a frame (:data:`xanestrack.xanes.SHARED_NOISE_NOTE`); empty where none was."""
+    import re
+
+    from .xanes import SHARED_NOISE_NOTE
+
+    seen = [(p.particle, n) for p in particles for n in p.notes if n.startswith(SHARED_NOISE_NOTE)]
+    if not seen:
+        return ""
+    x = [float(m.group(1)) for _, n in seen for m in [re.search(r"widened ([0-9.]+) x", n)] if m]
+    along = [w for w in ("rows", "columns") if any(f"{SHARED_NOISE_NOTE} {w}" in n or f"and {w}" in n for _, n in seen)]
+    who = sorted({pid for pid, _ in seen})
+    return (
+        f"{SHARED_NOISE_NOTE} {' and '.join(along)} of the frames (readout stripes, or a detector's correlated "
+        f"noise), measured in the background around {len(who)} of {len(particles)} particles "
+        f"({', '.join(str(p) for p in who[:12])}{' ...' if len(who) > 12 else ''}): a mean over a particle's pixels "
+        "averages that part away only across rows (columns), so the standard errors of their mean E50 were widened "
+        + (f"{min(x):.1f}-{max(x):.1f} x" if x and min(x) != max(x) else f"{x[0]:.1f} x" if x else "")
+        + " (each particle's note); removing the stripes from the frames before the run would narrow them"
+    )
 
 
 def _reference_note(motion, reference_particle, n_frames: int) -> str | None:

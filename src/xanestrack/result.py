@@ -495,7 +495,9 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
     of its mask.
     ``mean_e50_sigma_ev`` combines the noise part of the pixels' standard errors
     (independent pixels, the variance of a mean of pixels smoothed with a Gaussian of
-    ``xanes_smoothing`` px multiplied by ``4 pi sigma^2``) with the registration part
+    ``xanes_smoothing`` px multiplied by ``4 pi sigma^2``; widened where the background's
+    noise is common to rows or columns of a frame, readout stripes: ``maps["noise_shared"]``,
+    :func:`xanestrack.chemistry.uncertainty.mean_noise_sigma`) with the registration part
     taken as common to every pixel (the mean of the pixels' registration sigmas: a
     frame's misregistration moves the whole particle, an upper bound). It is a
     statistical error: the bias of the normalisation model, which depends on the
@@ -587,11 +589,13 @@ def _chemistry_columns(p, core, fin_e50, smoothing_px, clusters) -> dict:
 
     sigma = nan
     if "e50_sigma_noise" in m and fin_e50.any():
-        sn = np.asarray(m["e50_sigma_noise"], float)[core][fin_e50]
-        sn = sn[np.isfinite(sn)]
-        if sn.size:
-            factor = max(1.0, 4 * np.pi * smoothing_px**2)
-            sigma = float(np.sqrt(factor * np.sum(sn**2)) / sn.size)
+        from .chemistry.uncertainty import mean_noise_sigma
+
+        sel = np.zeros(core.shape, bool)
+        sel[core] = fin_e50  # the core pixels with an E50
+        if np.isfinite(np.asarray(m["e50_sigma_noise"], float)[sel]).any():
+            # pixels independent before the smoothing, or sharing the noise of a row (column): readout stripes
+            sigma = mean_noise_sigma(m["e50_sigma_noise"], sel, smoothing_px=smoothing_px, shared=m.get("noise_shared"))
             sr = np.asarray(m.get("e50_sigma_registration", np.full(core.shape, nan)), float)[core]
             sr = sr[np.isfinite(sr)]
             if sr.size:

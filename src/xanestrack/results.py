@@ -160,6 +160,7 @@ _MAP_UNITS = {
     "edge_jump_od": "OD",
     "quality_keep": "bool: pixel trusted (edge jump and fit quality)",
     "cluster": "cluster index, -1 where not clustered",
+    "noise_shared": "OD (0), weight (1, 2), fraction of variance (3, 4)",
 }
 
 #: every dataset of results.h5 gets ``units`` and ``description`` from the tables below (``units`` of a count, a
@@ -307,6 +308,11 @@ _MAP_DOC = {
     "quality_keep": "the pixels the quality masks trust (edge jump and fit quality, and not on a moving rim: "
     "pixel_flags moving_rim); the other maps keep their values where this is False",
     "cluster": "the phase (cluster) of the pixel from the phase mapping of all particles together (/chemistry)",
+    "noise_shared": "(5, h, w): the pixel's OD above its local background (mean over the frames analysed), the "
+    "weight of its row (1) and of its column (2) in the local background subtracted from the particle's mean, and "
+    "the shares of the background's noise variance common to a row (3) and to a column (4) of a frame (readout "
+    "stripes; 0 where not told from none): what widens the sigma of the mean E50 "
+    "(xanestrack.chemistry.uncertainty.mean_noise_sigma)",
 }
 
 #: units and description of the arrays of the phase mapping (/chemistry/<name>)

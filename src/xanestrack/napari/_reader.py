@@ -55,6 +55,8 @@ _NOT_MAPS = {
     "pre_edge",
     "post_edge",
     "xanes_frames",
+    # what the mean E50's standard error needs of the noise shared along rows and columns (5 channels), not a map
+    "map_noise_shared",
 }
 #: maps shown at first; the rest are added hidden
 _VISIBLE = {"edge_e50"}
