@@ -565,7 +565,12 @@ def compute_motion(
                 kv = np.flatnonzero(vouch[km[0] :, j])
                 late[j], k_first[j] = True, km[0] + kv[0] if kv.size else km[0]
     axis = None if scale_axis is None else np.asarray(scale_axis, float)[frames]
-    sim, rigid_pos = common_similarity(P_fit, reference=first, rotation=rotation, centre=centre, scale_axis=axis)
+    # the first fit without the late particles where enough others are left: their reference (their filled-in
+    # first position) is what it is there to find. With it, a particle deposited at frame 5 and first vouched for
+    # at frame 12 kept a 3.2 % magnification in the common motion (truly none) and 1.65 px of own motion on a
+    # particle truly still (the default scene, seed 5, 4 particles and the deposit)
+    P_first = np.where(late[None, :, None], np.nan, P_fit) if late.any() and (~late).sum() >= 3 else P_fit
+    sim, rigid_pos = common_similarity(P_first, reference=first, rotation=rotation, centre=centre, scale_axis=axis)
     if late.any():
         # such a particle's reference is where the common motion puts it in the first frame from that
         # position, not its filled-in first position: the default scene drifting
