@@ -224,11 +224,12 @@ class PipelineOptions:
         With a learned segmenter: outline each particle's mean window (its key frames, aligned
         on the first pass) with the classical segmenter too, neighbours cut off alike; where
         the learned consensus shape, grown by 2 px, misses more than ``MASK_MISS`` of that
-        outline (a lobe or an irregular outline the network was not trained on), or where its
-        centre of mass lies more than ``MASK_OFF_CENTRE_PX`` off that outline's (a strip left out
-        on one side; over at least ``MASK_OFF_CENTRE_FRAMES`` key frames), segment that
-        particle with the classical segmenter instead and say so in its notes
-        (:func:`_mask_miss`, :func:`_mask_off_centre`). The classical segmenter is never guarded.
+        outline (a lobe or an irregular outline the network was not trained on), segment that
+        particle with the classical segmenter instead and say so in its notes (:func:`_mask_miss`).
+        Likewise where the learned outline of the mean window moves with the window's orientation
+        (its centre of mass more than ``MASK_ORIENTATION_PX`` from the mean over the square's 8
+        orientations: a strip left out on one side; :func:`_orientation_spread`). The classical
+        segmenter is never guarded.
     smooth_tracks : bool, default True
         Separate the positions of all particles into the motion they share (kept rough,
         frame by frame: jitter, jumps), each particle's own motion (smoothed across the
@@ -442,7 +443,7 @@ class _Located:
     shape: np.ndarray | None
     unseparated_motion: float | None = None  # px: own motion of a particle not separated from the matrix
     mask_missed: float | None = None  # share of the mean window's outline the learned masks missed (guarded)
-    mask_off_centre: float | None = None  # px: the learned shape's centre of mass off that outline's (guarded)
+    mask_turned: tuple | None = None  # (px, n): the learned outline's spread over n orientations (guarded)
     matrix: MatrixBackground | None = None  # the matrix separated from behind it (its own motion), if it was
     unmixed_motion: float | None = None  # px: own motion of a particle whose matrix was told apart by its edge
     unmixed_still: bool = False  # that particle moves with the matrix (its own motion not told from noise)
@@ -749,33 +750,84 @@ def _mask_miss(shape, od, centres, frames, radius, options, outline=None) -> flo
     return float((outline & ~dilate_cross(shape, 2)).sum() / outline.sum())
 
 
-#: px. How far the centre of mass of a learned segmenter's consensus shape may lie from that of
-#: the particle's classical outline in its mean window (:func:`_mask_off_centre`) before that
-#: particle is outlined classically (``PipelineOptions.mask_guard``). A strip about 2 px wide left
-#: out on one side passes ``MASK_MISS`` yet moves the centre of mass, on which the absolute
-#: positions are anchored, by about 1 px. Measured (learned path): stress-jitter seed 1 (256 px,
-#: 60 energies, 5 particles), a 12-px particle 1.35 px off (vouched 1.07 px off the truth, median);
-#: seed 2 transposed / flipped up-down, a 20-px particle 0.54 / 0.71 px off (1.15 / 1.12 px). Every
-#: other particle of seed 1 (as given, transposed, turned) and seed 2 (as given, transposed,
-#: flipped up-down): 0.06-0.48 px. Default scenes seeds 1-2 (256 px, 24 energies): 0.04-0.16 px.
-#: Reduced stress family seeds 1-2: three particles fall back, each closer to the truth (median):
-#: stress-fines seed 2 (0.50 px off) 0.32 -> 0.18 px, stress-crowd seed 1 (0.57, 0.87 px off)
-#: 0.70 -> 0.21 px and 1.47 -> 0.84 px.
-MASK_OFF_CENTRE_PX = 0.5
-
-#: The least number of key frames (detected and measured) whose mean window's outline the learned shape's centre
-#: is compared with (:func:`_mask_off_centre`). A mean of a few frames across the edge is no reference for the
-#: centre: on the real SSRL 6-2c pair (2 frames, outlines moving 1-7 px across the edge) the learned shapes of the
-#: particles vouched for lay 0.40-36 px off it.
-MASK_OFF_CENTRE_FRAMES = 5
+#: px. How far the centres of mass of the learned segmenter's outlines of a particle's mean window,
+#: segmented in each of the square's 8 orientations (:func:`_orientation_spread`), may lie from their
+#: mean before that particle is outlined classically (``PipelineOptions.mask_guard``). The network is
+#: not orientation-invariant: on some particles it leaves out a strip on one side, which moves the
+#: centre of mass, on which the absolute positions are anchored, by about 1 px. Measured (learned
+#: path): stress-jitter seed 1 (256 px, 60 energies, 5 particles) as given, the 12-px particle vouched
+#: 1.07 px off the truth: 0.72 px; seed 2 (as given, transposed, flipped up-down), a 20-px particle
+#: vouched 0.21 / 1.15 / 1.12 px off: 0.90 / 0.97 / 0.84 px; every other particle 0.08-0.47 px.
+#: Default scenes seeds 1-2 (256 px, 24 energies, 5 particles): 0.02-0.11 px. Stress family seed 1
+#: (320 px, 60 energies): fines / drift 0.04-0.88 (the 0.88 px particle was outlined classically
+#: before too), crowd 0.08-0.59, crowd2 0.10-2.87, jitter 0.16-0.98, magnification 0.15-1.21 px.
+#: Unlike the classical outline's centre (which takes attached fines in or cuts a dim rim tighter
+#: on one side), this spread leaves stress-fines / stress-drift's 22-px particle and stress-crowd's
+#: 14-px one with their learned masks.
+MASK_ORIENTATION_PX = 0.65
 
 
-def _mask_off_centre(shape, outline) -> float:
-    """px: how far the centre of mass of ``shape`` lies from that of ``outline`` (:func:`_mean_outline`); 0 where
-    there is nothing to compare."""
-    if outline is None or shape is None or not shape.any():
-        return 0.0
-    return float(np.hypot(*(np.array(ndimage.center_of_mass(shape)) - np.array(ndimage.center_of_mass(outline)))))
+def _oriented(x, t, inverse: bool = False):
+    """The stack ``x`` (n, h, w) in orientation ``t`` = (transpose, flip rows, flip columns) of the square, or
+    (``inverse``) back from it."""
+    transpose, flip_rows, flip_cols = t
+    if transpose and not inverse:
+        x = np.swapaxes(x, 1, 2)
+    if flip_rows:
+        x = x[:, ::-1]
+    if flip_cols:
+        x = x[:, :, ::-1]
+    if transpose and inverse:
+        x = np.swapaxes(x, 1, 2)
+    return x
+
+
+def _orientations(h: int, w: int) -> list:
+    """The orientations of an ``h`` x ``w`` window (:func:`_oriented`): the square's 8, a rectangle's 4 flips."""
+    return [(t, r, c) for t in ((False, True) if h == w else (False,)) for r in (False, True) for c in (False, True)]
+
+
+def _mean_window(od, centres, frames, size):
+    """The particle's mean window (``size`` px square, float32) over ``frames``, aligned on ``centres`` (its
+    centre at ``(size - 1) / 2``; pixels outside the frame given the median), or None."""
+    c = (size - 1) / 2
+    k = np.flatnonzero(frames & np.isfinite(centres).all(axis=1))
+    if k.size == 0:
+        return None
+    win = resample_windows(od, centres - c, (0, 0), (size, size), order=1, frames=k)
+    seen = np.isfinite(win).any(axis=0)
+    if not seen.any():
+        return None
+    mean = np.zeros((size, size), np.float32)
+    mean[seen] = np.nanmean(win[:, seen], axis=0)
+    mean[~seen] = np.median(mean[seen])
+    return mean
+
+
+def _orientation_spread(segmenter, od, centres, frames, radius, half) -> tuple[float, int]:
+    """px: how far the centres of mass of ``segmenter``'s outlines of the particle's mean window lie from their
+    mean (the largest), the window segmented in each orientation of the square and each outline turned back;
+    and the number of orientations. 0 where there is nothing to compare.
+
+    The mean window (:func:`_mean_window`, over ``frames``) is the segmentation window (``2 * half + 1`` px),
+    levelled as every window is (:func:`xanestrack.segment._level_windows`), the outlines cut off from fines
+    and neighbours as every mask (:func:`isolate_particle`).
+    """
+    from .segment import _level_windows
+
+    size = 2 * half + 1
+    ts = _orientations(size, size)
+    mean = _mean_window(od, centres, frames, size)
+    if mean is None:
+        return 0.0, len(ts)
+    roi = mean[None] if getattr(segmenter, "fits_background", False) else _level_windows(mean[None])
+    prob = np.asarray(segmenter(np.ascontiguousarray(np.concatenate([_oriented(roi, t) for t in ts]))), np.float32)
+    masks = np.concatenate([_oriented(prob[i : i + 1], t, inverse=True) for i, t in enumerate(ts)])
+    masks = isolate_particle(masks, radius=radius, centres=np.full((len(ts), 2), float(half))) > 0.5
+    com = np.array([ndimage.center_of_mass(m) for m in masks if m.any()])
+    if len(com) < 2:
+        return 0.0, len(ts)
+    return float(np.hypot(*(com - com.mean(axis=0)).T).max()), len(ts)
 
 
 def _mean_outline(shape, od, centres, frames, radius, options):
@@ -790,16 +842,9 @@ def _mean_outline(shape, od, centres, frames, radius, options):
     """
     _, _, size = window_geometry(radius, options.follow)
     c = (size - 1) / 2
-    k = np.flatnonzero(frames & np.isfinite(centres).all(axis=1))
-    if k.size == 0 or not shape.any():
+    mean = _mean_window(od, centres, frames, size) if shape.any() else None
+    if mean is None:
         return None
-    win = resample_windows(od, centres - c, (0, 0), (size, size), order=1, frames=k)
-    seen = np.isfinite(win).any(axis=0)
-    if not seen.any():
-        return None
-    mean = np.zeros((size, size), np.float32)
-    mean[seen] = np.nanmean(win[:, seen], axis=0)
-    mean[~seen] = np.median(mean[seen])
     outline = segment_roi(mean, centre=(c, c), options=options.segment)[None]
     outline = isolate_particle(outline, radius=radius, centres=np.array([[c, c]]))[0] > 0.5
     # a small particle touching this one is cut off at its neck, as the detector cuts touching
@@ -878,16 +923,19 @@ def _locate_particle(pid, track, od, segmenter, options, fallback=None, unlit=No
     # contrast sufficed), not from faint pre-edge frames whose masks come out partial
     best = measured & detected if (measured & detected).any() else measured
     shape = _consensus_shape(seg, centres, best, radius, options.follow) if best.any() else None
-    missed = off_centre = None
+    missed = turned = None
     if fallback is not None and options.mask_guard and shape is not None:
         # a learned segmenter that leaves out part of what the particle's mean window shows
         # (a lobe: stress family, 41-px particle, its masks' centre of mass 4 px off the true
-        # one), or whose shape lies off that outline's centre (a strip left out on one side),
-        # is not trusted with this particle: the classical segmenter outlines it
-        outline = _mean_outline(shape, od, centres, best, radius, options)
-        miss = _mask_miss(shape, od, centres, best, radius, options, outline=outline)
-        off = _mask_off_centre(shape, outline) if best.sum() >= MASK_OFF_CENTRE_FRAMES else 0.0
-        if miss > MASK_MISS or off > MASK_OFF_CENTRE_PX:
+        # one), or whose outline of it moves with the window's orientation (a strip left out on
+        # one side: stress-jitter, a 12-px particle vouched 1.07 px off the truth, 0.20 px with
+        # the frames transposed), is not trusted with this particle: the classical segmenter
+        # outlines it
+        miss = _mask_miss(shape, od, centres, best, radius, options)
+        spread, n_turns = (
+            (0.0, 0) if miss > MASK_MISS else _orientation_spread(segmenter, od, centres, best, radius, half)
+        )
+        if miss > MASK_MISS or spread > MASK_ORIENTATION_PX:
             classical = segmented(fallback)
             # unless the classical masks fail where the learned ones hold (:func:`_mask_score`): a particle
             # touching larger ones that the mean window's outline takes in (SSRL 6-2c: a 45-px particle joined
@@ -895,7 +943,7 @@ def _locate_particle(pid, track, od, segmenter, options, fallback=None, unlit=No
             # running out of their window into the neighbours: the track was left out, measured in no frame)
             if _mask_score(classical, centres, best, options) >= _mask_score(seg, centres, best, options):
                 missed = miss if miss > MASK_MISS else None
-                off_centre = off if off > MASK_OFF_CENTRE_PX else None
+                turned = (spread, n_turns) if missed is None else None
                 seg = classical
                 shape = _consensus_shape(seg, centres, best, radius, options.follow)
     return _Located(
@@ -912,7 +960,7 @@ def _locate_particle(pid, track, od, segmenter, options, fallback=None, unlit=No
         seg,
         shape,
         mask_missed=missed,
-        mask_off_centre=off_centre,
+        mask_turned=turned,
     )
 
 
@@ -2499,11 +2547,11 @@ def _finish_particle(
             f"outlined by the classical segmenter: the learned one missed {100 * loc.mask_missed:.1f} % of the particle "
             "seen in its mean window (a lobe or an outline unlike those it was trained on)"
         )
-    if loc.mask_off_centre is not None:
+    if loc.mask_turned is not None:
         notes.append(
-            f"outlined by the classical segmenter: the learned one's outline lay {loc.mask_off_centre:.2f} px off the "
-            "centre of the particle seen in its mean window (a strip left out on one side), which would have moved "
-            "its positions by about as much"
+            f"outlined by the classical segmenter: the learned one's outline of the particle moved by "
+            f"{loc.mask_turned[0]:.2f} px with the window's orientation (over {loc.mask_turned[1]} flipped and "
+            "transposed windows), which would have moved its positions by about as much"
         )
     n_examined, n_seen = int(loc.examined.sum()), int((loc.detected & loc.examined).sum())
     n_irregular = int(loc.track["irregular"].fillna(False).astype(bool).sum()) if "irregular" in loc.track else 0
