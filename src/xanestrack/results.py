@@ -161,7 +161,6 @@ _MAP_UNITS = {
     "quality_keep": "bool: pixel trusted (edge jump and fit quality)",
     "cluster": "cluster index, -1 where not clustered",
     "noise_shared": "OD (0), weight (1, 2), fraction of variance (3, 4)",
-    "cell_change": "bool: under an absorption change that does not follow the energy",
 }
 
 #: every dataset of results.h5 gets ``units`` and ``description`` from the tables below (``units`` of a count, a
@@ -314,9 +313,6 @@ _MAP_DOC = {
     "the shares of the background's noise variance common to a row (3) and to a column (4) of a frame (readout "
     "stripes; 0 where not told from none): what widens the sigma of the mean E50 "
     "(xanestrack.chemistry.uncertainty.mean_noise_sigma)",
-    "cell_change": "the pixels under an absorption change that does not follow the energy in some frames (a gas "
-    "bubble, the electrolyte or the cell's window moving over the particle; xanestrack.xanes.cell_change): their "
-    "E50 and fractions are biased; only part of the pixels it covered may be marked; present only where found",
 }
 
 #: units and description of the arrays of the phase mapping (/chemistry/<name>)

@@ -65,7 +65,6 @@ __all__ = [
     "FLAG_THICK",
     "moving_rim",
     "flag_moving_rim",
-    "cell_change",
 ]
 
 logger = logging.getLogger(__name__)
@@ -942,145 +941,6 @@ def local_background(aligned, mask, *, inner: int = 3, outer: int = 10, exclude=
     return out
 
 
-#: a region of a particle's window whose absorption departs from what the energy explains by this many times the
-#: noise of the residual (:func:`cell_change`: smoothed over 1.5 px), in one sign, in two neighbouring frames or more,
-#: is a change of absorption that does not follow the energy. Outside the particles, with no change, the 40th largest
-#: of a frame's residuals, in two neighbouring frames, reached 2.6 x its noise on synth's default scene (seed 5,
-#: 4 particles, 256 px, 60 energies), 2.9 on a core-shell scene (seed 4, 5 particles), 5.5 on ``stress-drift`` (seed
-#: 3) and on ``stress-all`` (seed 1; both 256 px, 5 particles); with a gas bubble of OD 0.12 drifting over part of a particle 27, with a
-#: window's wrinkle of OD 0.1 moving 6 px 13 (one of OD 0.08 moving 3 px, 7.5, is not found)
-CELL_CHANGE_Z = 7.0
-
-#: ... and it must hold this many pixels of the window outside the particle (beyond the mask dilated by 2 px) in
-#: each of those frames: a change confined to the particle's own pixels may be its chemistry
-CELL_CHANGE_MIN_PX = 40
-
-#: the start of a particle's note where :func:`cell_change` found such a change
-CELL_CHANGE_NOTE = "an absorption change that does not follow the energy"
-
-
-def cell_change(sub, mask, energies_ev, exclude=None, *, outer: int = 10):
-    """Find, in a particle's background-subtracted window, a change of absorption that does not follow the energy.
-
-    Each pixel's spectrum is fitted by a model smooth in energy: outside the particle (beyond the mask dilated by
-    2 px, out to ``outer`` px) a line in energy, inside the mask a line plus the particle's mean spectrum and its
-    derivative in energy (its own edge step and a shift of its edge). What is left, smoothed over 1.5 px in each
-    frame, is the part of the window that changes from frame to frame in a way the energy does not explain (its
-    noise: the spread of its differences between neighbouring frames outside the particle). A connected region of one
-    sign beyond :data:`CELL_CHANGE_Z` times the noise, holding :data:`CELL_CHANGE_MIN_PX` pixels or more outside the
-    particle, found again in the next or the previous frame, is such a change: a gas bubble, the electrolyte or the
-    cell's window moving over the particle. Inside the mask the fit takes up much of such a change, and the
-    particle's own chemistry leaves a residual about its edge: the mask's pixels under it are those within the convex
-    hull of each region found outside in that frame, or within 3 px of one.
-
-    Parameters
-    ----------
-    sub : ndarray (n, h, w)
-        The window's OD in the frames analysed, less :func:`local_background`.
-    mask : ndarray (h, w) bool
-    energies_ev : ndarray (n,)
-    exclude : ndarray (h, w) bool, optional
-        Other particles' pixels (left out, with 3 px about them).
-    outer : int
-        px about the mask looked at.
-
-    Returns
-    -------
-    pixels : ndarray (h, w) bool
-        The mask's pixels under such a change in one frame or more.
-    frames : ndarray (n,) bool
-        The frames holding one. Where the change lasts through most of the scan, the frames without it may be
-        those that stand out: the change is between these frames and the others.
-    """
-    from skimage.morphology import convex_hull_image
-
-    n, h, w = sub.shape
-    mask = np.asarray(mask, bool)
-    none = np.zeros((h, w), bool), np.zeros(n, bool)
-    if n < 8 or not mask.any():
-        return none
-    region = ndimage.binary_dilation(mask, iterations=outer)
-    if exclude is not None:
-        region &= ~ndimage.binary_dilation(np.asarray(exclude, bool) & ~mask, iterations=3)
-    region &= np.all(np.isfinite(sub), axis=0)
-    if not region.any():
-        return none
-    # the box holding the region: the window can be much larger than the mask and its 10 px
-    (y0, x0), (y1, x1) = np.argwhere(region).min(axis=0), np.argwhere(region).max(axis=0) + 1
-    box = (slice(y0, y1), slice(x0, x1))
-    sub, mask, region = sub[(slice(None), *box)], mask[box], region[box]
-    inside = region & mask
-    outside = region & ~ndimage.binary_dilation(mask, iterations=2)
-    if not inside.any() or outside.sum() < CELL_CHANGE_MIN_PX:
-        return none
-    e = np.asarray(energies_ev, float)
-    t = (e - e.mean()) / (np.ptp(e) or 1.0)
-    m = sub[:, mask].mean(axis=1)
-    dm = np.gradient(m, e) * (np.ptp(e) / n)
-    res = np.zeros(sub.shape, np.float32)
-    for where, cols in ((outside, [np.ones(n), t]), (inside, [np.ones(n), t, m, dm])):
-        basis = np.stack(cols, axis=1)
-        y = sub[:, where].astype(np.float64)
-        res[:, where] = y - basis @ (np.linalg.pinv(basis) @ y)
-    used = inside | outside
-    wgt = np.maximum(ndimage.gaussian_filter(used.astype(np.float32), 1.5, truncate=2.0), 1e-6)
-    z = ndimage.gaussian_filter(res, (0, 1.5, 1.5), truncate=2.0) / wgt
-    zo = z[:, outside]
-    sd = MAD_TO_SIGMA * np.median(np.abs(np.diff(zo, axis=0))) / np.sqrt(2)
-    if not sd > 0:
-        return none
-    z /= sd
-    hot = np.zeros((2, *z.shape), bool)
-    labels = np.zeros((2, *z.shape), np.int32)
-    zo = z[:, outside]
-    for j, sign in enumerate((1.0, -1.0)):
-        for k in np.flatnonzero((sign * zo > CELL_CHANGE_Z).sum(axis=1) >= CELL_CHANGE_MIN_PX):
-            out_k = outside & (sign * z[k] > CELL_CHANGE_Z)
-            lab, nl = ndimage.label(out_k, structure=np.ones((3, 3)))
-            big = np.bincount(lab.ravel(), minlength=nl + 1) >= CELL_CHANGE_MIN_PX
-            big[0] = False
-            hot[j, k] = big[lab]
-            labels[j, k] = np.where(big[lab], lab, 0)
-    pixels, frames = np.zeros(mask.shape, bool), np.zeros(n, bool)
-    for j in range(2):
-        for k in range(n):
-            if not hot[j, k].any():
-                continue
-            again = [q for q in (k - 1, k + 1) if 0 <= q < n and (hot[j, q] & hot[j, k]).sum() >= CELL_CHANGE_MIN_PX]
-            if not again:
-                continue  # one frame only: a frame's own defect, or a textured matrix that moved
-            frames[k] = True
-            # each region's hull: the hull of two on either side of the particle would take in all between them
-            for c in np.unique(labels[j, k])[1:]:
-                pixels |= convex_hull_image(labels[j, k] == c) & mask
-            pixels |= ndimage.binary_dilation(hot[j, k], iterations=3) & mask
-    out = np.zeros((h, w), bool)
-    out[box] = pixels
-    return out, frames
-
-
-def _cell_change_note(changed, frames, usable, energies_ev, mask) -> str:
-    """The particle's note where :func:`cell_change` found a change of absorption that does not follow the energy
-    (``frames`` over the frames analysed, ``usable`` over the scan's)."""
-    which = np.zeros(np.asarray(usable).size, bool)
-    which[np.flatnonzero(usable)[np.asarray(frames, bool)]] = True
-    k = np.flatnonzero(which)
-    n_pix, n_mask = int(np.count_nonzero(changed)), int(np.count_nonzero(mask))
-    where = (
-        f"over {n_pix} of its {n_mask} pixels"
-        if n_pix
-        else f"beside it (within 10 px; none of its {n_mask} pixels found under it)"
-    )
-    return (
-        f"{CELL_CHANGE_NOTE} (a gas bubble, the electrolyte or the cell's window moving over it) in frames "
-        f"{k[0]}-{k[-1]} ({k.size} frames: {_frame_runs(energies_ev, which)}) {where}: "
-        "part of its window and its surroundings absorbs more or less there than in the other frames, by far more "
-        "than the noise: the E50 and fractions of the pixels it covered are biased, and its mean with them (the map "
-        "cell_change marks the pixels found, not all it covered; look at those frames, leave them out, or measure "
-        "a cell without the bubble)"
-    )
-
-
 def moving_rim(mask, depth_px: float) -> np.ndarray:
     """The pixels of ``mask`` within ``depth_px`` of its outline (bool, the shape of ``mask``).
 
@@ -1554,11 +1414,6 @@ def analyse_particle(
     (edge jump, normalisation and LCF residual) are stored beside the maps
     (``quality_keep``); the maps keep their values.
 
-    With ``subtract_background``, :func:`cell_change` looks in the window about the particle for a change of
-    absorption that does not follow the energy in some frames (a gas bubble, the electrolyte or the cell's window
-    moving over it): where it finds one, a note (:data:`CELL_CHANGE_NOTE`) names its frames, and
-    ``maps["cell_change"]`` marks the pixels found under it (left in ``quality_keep``: only part of them is found).
-
     Raises
     ------
     ValueError
@@ -1617,7 +1472,6 @@ def analyse_particle(
                             "constant per frame, not a tilted plane; a tilt of the field across it stays in its E50"
                         )
                     )
-        changed, change_frames = cell_change(sub, mask, e, background_exclude) if subtract_background else (None, None)
         sub = _masked_smooth(sub, mask, smoothing)
         mu = sub[:, mask]  # (n_e, n_pix)
         try:
@@ -1761,13 +1615,6 @@ def analyse_particle(
                 note = _shared_noise_note(maps, edge_maps["e50"], mask, shared, smoothing)
                 if note:
                     notes.append(note)
-            if changed is not None and change_frames.any():
-                # not left out of quality_keep: the pixels found are only part of those it covered (a bubble of OD
-                # 0.12 drifting over up to 48 % of a particle: 106 of its 2166 pixels marked), and leaving out even
-                # more of them (637, the hull of all found in a frame) moved the mean of the rest further from the
-                # scene without the bubble, +0.13 -> +0.36 eV
-                maps["cell_change"] = changed
-                notes.append(_cell_change_note(changed, change_frames, usable, e_all, mask))
             few = _few_e50_note(edge_maps["e50"], pix_flags, mask, maps.get("quality_keep"))
             if few and not any("its mean E50 is not given" in n for n in notes):
                 notes.append(few + why)
