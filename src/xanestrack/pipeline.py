@@ -2485,6 +2485,13 @@ def _neighbour_pixels(located: list, vouched: list, prints) -> list:
     return out
 
 
+#: Stands in a particle's note on its own motion measured against the matrix's (:func:`_finish_particle`) where
+#: :func:`_quote_reported_own_motion` puts the own motion the run reports (tracks.csv, motion_summary.csv), known
+#: only once every particle is followed: the two differ (a window wrinkle taken for the matrix, reduced default
+#: scene: measured 1.00 px, reported 0.22 px for a particle truly still).
+OWN_MOTION_REPORTED = "its own motion as reported: motion_summary.csv"
+
+
 def _finish_particle(
     loc: _Located,
     v: VouchedPositions,
@@ -2515,22 +2522,23 @@ def _finish_particle(
         notes.append("the particle was measured in no frame: not aligned")
     if loc.unseparated_motion is not None:
         notes.append(
-            f"not separated from the matrix behind it (own motion measured {loc.unseparated_motion:.2f} px; separated "
-            f"from {MIN_OWN_MOTION:g} px): the matrix pulls it towards the common motion, so a sub-pixel motion of "
+            f"not separated from the matrix behind it (its motion against the matrix's measured "
+            f"{loc.unseparated_motion:.2f} px, separated from {MIN_OWN_MOTION:g} px; {OWN_MOTION_REPORTED}): the matrix pulls it towards the common motion, so a sub-pixel motion of "
             "its own is reported in part only (0.33-0.94 of it on the stress family, README: how much of a "
             "particle's own motion is reported)"
         )
     if loc.unmixed_motion is not None and loc.unmixed_still:
         notes.append(
-            f"moving with the matrix behind it (own motion {loc.unmixed_motion:.2f} px, not told from the noise): the "
+            f"moving with the matrix behind it (its motion against the matrix's {loc.unmixed_motion:.2f} px before the "
+            f"matrix was subtracted, not told from the noise; {OWN_MOTION_REPORTED}): the "
             "matrix, whose share of its faint pre-edge frames changes across the edge, biased them; the matrix was told "
             "apart from it by its absorption edge (the particle's contrast changes across the edge, the matrix's does "
             "not) and subtracted, which moved the positions beyond their noise, before it was followed again"
         )
     elif loc.unmixed_motion is not None:
         notes.append(
-            f"moving on its own by {loc.unmixed_motion:.2f} px, too little to tell it from the matrix behind it by that "
-            "motion: the matrix was told apart from it by its absorption edge (the particle's contrast changes across "
+            f"moving on its own by {loc.unmixed_motion:.2f} px against the matrix before the matrix was subtracted "
+            f"({OWN_MOTION_REPORTED}), too little to tell it from the matrix behind it by that motion: the matrix was told apart from it by its absorption edge (the particle's contrast changes across "
             "the edge, the matrix's does not) and subtracted before it was followed again: its own motion is "
             "reported at 0.64-1.00 of it on the stress family (median 0.93; 0.80 without), read it as a lower bound"
         )
@@ -3286,6 +3294,7 @@ def run_pipeline(
         else pd.DataFrame()
     )
     notes += [n for n in (_still_field_note(ratios),) if n]
+    particles = _quote_reported_own_motion(particles, ratios)
     timings["motion"] = time.perf_counter() - t
 
     fused = None
@@ -3382,6 +3391,29 @@ def run_pipeline(
         edge_widths=edge_width_table,
         normalisation_bias=norm_bias,
     )
+
+
+def _quote_reported_own_motion(particles, ratios) -> list:
+    """``particles`` with :data:`OWN_MOTION_REPORTED` in their notes replaced by the own motion the run reports for
+    each: its largest over its frames vouched for (``max_nonrigid_displacement`` of ``ratios``, motion_summary.csv),
+    against the motion the particles share. The notes' own number is measured against the matrix's motion, before
+    the matrix was subtracted where it was: a moving wrinkle or bubble taken for the matrix parts the two (reduced
+    default scene, a particle truly still: 1.00 px against 0.22 px reported)."""
+    reported = {}
+    if len(ratios) and "max_nonrigid_displacement" in ratios:
+        reported = dict(zip(ratios["particle"], ratios["max_nonrigid_displacement"]))
+    out = []
+    for p in particles:
+        y = reported.get(p.particle, np.nan)
+        words = (
+            f"its own motion as reported in tracks.csv, against the motion the particles share: up to {y:.2f} px "
+            "over its frames vouched for"
+            if np.isfinite(y)
+            else "its own motion is not reported"
+        )
+        notes = tuple(n.replace(OWN_MOTION_REPORTED, words) for n in p.notes)
+        out.append(p if notes == tuple(p.notes) else dataclasses.replace(p, notes=notes))
+    return out
 
 
 def _particles_background(particles, energies) -> float | None:
