@@ -136,8 +136,13 @@ def test_ssrl_tracks_measured_in_no_frame_are_said_with_their_masks():
     assert "no outline" not in note and "detected in 1 of the 2 frames examined" in note
     rej = res.rejected
     left = rej[rej["reason"].astype(str).str.startswith(MASK_REASONS)]
-    assert len(left) >= 3 and (left["n_frames"] >= 1).all()
-    # the particle at (944, 761) (965, 770 at 8354 eV), detected isolated in that frame: its two masks' areas
-    lone = left[np.hypot(left["y"] - 944, left["x"] - 761) < 15]
-    assert list(lone["reason"]) == ["mask_area_unsteady"]
-    assert "(944, 761), detected in 1 of the 2 frames examined: its mask's area was too far from its median" in note
+    # 2 since the orientation guard (the learned outlines of most of the pair's particles move 0.9-11.9 px with the
+    # window's orientation: outlined classically), 3-5 before
+    assert len(left) >= 2 and (left["n_frames"] >= 1).all()
+    for _, row in left.iterrows():
+        assert f"at (y, x) ({row['y']:.0f}, {row['x']:.0f}), detected in" in note
+    assert note.count("its mask in its window was") == len(left)
+    # the particle at (944, 761) (965, 770 at 8354 eV), detected isolated in that frame, was left out for its two
+    # learned masks' areas (2241 and 4109 px); outlined classically, it is tracked now (not vouched for)
+    assert left[np.hypot(left["y"] - 944, left["x"] - 761) < 15].empty
+    assert sum(np.hypot(*(np.asarray(p.positions[0]) - (944, 761))) < 15 for p in res.particles) == 1
