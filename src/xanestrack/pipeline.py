@@ -737,14 +737,10 @@ def _positions(loc: _Located) -> np.ndarray:
 MASK_MISS = 0.02
 
 
-def _mask_miss(shape, od, centres, frames, radius, options, outline=None) -> float:
-    """Share of the particle's outline that ``shape`` (grown by 2 px) misses.
-
-    The outline is :func:`_mean_outline`'s (``outline``, if it was already drawn). 0 where
-    there is nothing to compare.
-    """
-    if outline is None:
-        outline = _mean_outline(shape, od, centres, frames, radius, options)
+def _mask_miss(shape, od, centres, frames, radius, options) -> float:
+    """Share of the particle's outline (:func:`_mean_outline`) that ``shape`` (grown by 2 px)
+    misses; 0 where there is nothing to compare."""
+    outline = _mean_outline(shape, od, centres, frames, radius, options)
     if outline is None:
         return 0.0
     return float((outline & ~dilate_cross(shape, 2)).sum() / outline.sum())
@@ -5012,10 +5008,8 @@ def _first_seen(p: ParticleResult, others: list, od: np.ndarray) -> int:
     from .result import UNVOUCHED_FLAGS
 
     f = np.asarray(p.frame_flags, int)
-    unvouched = (f & UNVOUCHED_FLAGS) > 0
-    run = int(np.argmin(unvouched)) if not unvouched.all() else int(f.size)
     vouched = np.flatnonzero((f & UNVOUCHED_FLAGS) == 0)
-    vouched = vouched[vouched >= run]
+    run = int(vouched[0]) if vouched.size else int(f.size)  # the leading frames not vouched for
     if run == 0 or not vouched.size or not others:
         return 0
     kv = int(vouched[0])
