@@ -204,7 +204,7 @@ def _read(inputs, energies, flats, darks, values, grouping, scan) -> Stack:
         try:
             return _hdf5_stack(d, path, energies, values, scan, flats, darks)
         finally:
-            for k in ("counts", "flats"):
+            for k in ("counts", "flats", "darks"):
                 if hasattr(d[k], "close"):
                     d[k].close()
     if suffix in _TIFF:
@@ -242,9 +242,11 @@ def _tiff_stack(data, e, reverse, notes, path, files, flats, darks, values, orde
             # one per file, in the files' order: paired with each file's frame, not by position in energy order
             # (a descending scan's flats were paired in reverse, without a word)
             fl = fl[order] if fl.shape[0] == data.shape[0] else fl
+            both = ""
             if dk is not None and dk.ndim == 3 and dk.shape[0] == data.shape[0]:
-                dk = dk[order]
-            notes.append(f"{flats}: one flat-field image per file, each paired with its file's frame")
+                dk = dk[order]  # one dark per file too: each frame less its own (optical_density pairs them)
+                both = f" (and {darks}: one dark per file)"
+            notes.append(f"{flats}: one flat-field image per file{both}, each paired with its file's frame")
         if dk is None:
             notes.append(f"{path}: no dark images (`darks`): dark taken as 0")
         od = optical_density(data, flats=fl, darks=dk, source=str(path), notes=notes, unlit=unlit)

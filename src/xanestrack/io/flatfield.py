@@ -137,6 +137,84 @@ PILE_UP_RATIO = 4.0
 STUCK_MAX, STUCK_MAX_SHARE = 16, 0.001
 
 
+#: darks not one per frame are averaged into one dark for every frame and flat; said where their levels (the mean of
+#: each dark's every 4th pixel about the darks' mean) spread by more than this many times the noise of such a level
+#: ...
+DARK_DRIFT_NOISE = 5.0
+#: ... and by more than this share of the flats' level (flat minus dark): a camera's dark a few tenths of a count
+#: apart over a million pixels is far beyond its noise and harmless. A dark drifting 3 % of the flats' level (150
+#: counts of 5000) over a scan, averaged, moved every particle's E50 by -0.08 to -0.10 eV (7-11 sigma), 0.8 % (40
+#: counts) by -0.02 to -0.03 eV; 0.2 % is about 0.006 eV
+DARK_DRIFT_SHARE = 0.002
+
+
+def _per_frame(dark) -> bool:
+    """Whether ``dark`` holds one dark per frame (n_frames, rows, cols), in memory or read lazily."""
+    return getattr(dark, "ndim", 0) == 3
+
+
+def _dark_at(dark, k):
+    """Frame k's dark: ``dark`` itself where it is one for every frame (a number or one (rows, cols) frame), its
+    frame k as float32 where it holds one per frame (:func:`_per_frame`)."""
+    return np.asarray(dark[k], np.float32) if _per_frame(dark) else dark
+
+
+def _per_frame_darks(darks, *, source, mean: bool):
+    """Check darks of one per frame (``darks``: (n, rows, cols), in memory or read lazily) frame by frame, never
+    converting the whole stack at once; with ``mean``, their mean (float32 (rows, cols)), else None.
+
+    Raises
+    ------
+    XanestrackError
+        Where a dark holds NaN/inf.
+    """
+    floating = np.dtype(darks.dtype).kind in "fc"
+    if not (floating or mean):  # integer counts are finite: nothing to read here
+        return None
+    total = np.zeros(darks.shape[1:], np.float64) if mean else None
+    for k in range(darks.shape[0]):
+        d = np.asarray(darks[k])
+        if floating and not np.all(np.isfinite(d)):
+            raise XanestrackError(f"{source}: dark images contain NaN/inf (first in dark {k}, counted from 0)")
+        if mean:
+            total += d
+    return (total / darks.shape[0]).astype(np.float32) if mean else None
+
+
+def _averaged_darks_note(darks, n_frames: int, flat_level, source) -> str:
+    """A note where darks not one per frame (``darks``: (m, rows, cols) float32, averaged into one for every frame)
+    differ by more than their noise (:data:`DARK_DRIFT_NOISE`) and by a share of the flats' level that matters
+    (:data:`DARK_DRIFT_SHARE`; ``flat_level``: the flats' median flat minus dark, None without flats: the noise
+    alone decides); "" where they do not.
+
+    Darks drifting 150 counts over a scan of flats of 5000 counts were averaged without a word: every particle's E50
+    0.08-0.10 eV low, 7-11 times its sigma, the fractions up to 0.03 low.
+    """
+    m = darks.shape[0]
+    if m < 2:
+        return ""
+    sample = darks[:, ::4, ::4].reshape(m, -1).astype(np.float64)
+    dev = sample - sample.mean(axis=0)
+    levels = dev.mean(axis=1)
+    noise = float(np.median(dev.std(axis=1))) / np.sqrt(sample.shape[1])  # of one dark's level
+    spread = float(levels.max() - levels.min())
+    if not spread > DARK_DRIFT_NOISE * max(noise, 1e-12):
+        return ""
+    if flat_level is not None and not spread > DARK_DRIFT_SHARE * flat_level:
+        return ""
+    lo, hi = int(np.argmin(levels)), int(np.argmax(levels))
+    share = f", {spread / flat_level:.1%} of the flats' level ({flat_level:.0f})" if flat_level else ""
+    return (
+        f"{source}: {m} dark images for {n_frames} frames: not one per frame, so their mean is subtracted from every "
+        f"frame and flat; but they differ by {spread:.3g} counts{share}, far beyond their noise ({spread / noise:.0f} "
+        f"times; dark {lo} {levels[lo]:+.3g}, dark {hi} {levels[hi]:+.3g} about their mean, counted from 0): the "
+        "camera's dark drifted while they were taken. A frame whose own dark was another leaves its transmission off "
+        "by as much against its flat, changing over the scan (a dark drifting 3 % of the flats' level moved every "
+        "particle's edge energy by about -0.1 eV): give one dark per frame (each is then subtracted from its own "
+        "frame and flat)"
+    )
+
+
 def _saturated_flats_where(counts, most: float) -> str:
     """`` (up to 8.0% of one flat, centred near row 153, column 151)``: where the flats saturate (``counts``: per
     pixel, the flats saturated there), weighted by how often; empty without any."""
@@ -230,11 +308,12 @@ UNLIT_IN_IMAGES = 0.9
 
 def _unlit_in_images(counts, dark, outside) -> bool:
     """Whether the pixels outside the field by the flats (``outside``) are unlit in up to 3 of the images too
-    (:data:`UNLIT_IN_IMAGES`): the beam's field is the same in the flats and the images."""
+    (:data:`UNLIT_IN_IMAGES`): the beam's field is the same in the flats and the images. ``dark``: one for every
+    frame, or one per frame (:func:`_dark_at`)."""
     n = counts.shape[0]
     share = []
     for k in np.unique(np.linspace(0, n - 1, min(3, n)).round().astype(int)):
-        img = np.subtract(np.asarray(counts[k]), dark, dtype=np.float32)
+        img = np.subtract(np.asarray(counts[k]), _dark_at(dark, k), dtype=np.float32)
         lit = img[~outside]
         lit = lit[np.isfinite(lit)]
         level = float(np.percentile(lit, 90)) if lit.size else 0.0
@@ -393,7 +472,7 @@ def _ncc(a, b) -> float:
     return float((a * b).sum() / den) if den > 0 else 0.0
 
 
-def _frame_pattern_shifts(counts, flat, dark):
+def _frame_pattern_shifts(counts, flat, dark, flat_dark=None):
     """Where each of up to :data:`FLAT_MOVE_FRAMES` frames' pattern lies against its own flat.
 
     Parameters
@@ -402,8 +481,10 @@ def _frame_pattern_shifts(counts, flat, dark):
         Raw counts (read a frame at a time).
     flat : array (1 or n_frames, rows, cols)
         Flats: one for every frame, or one per frame.
-    dark : float or ndarray (rows, cols)
-        The dark, subtracted from both.
+    dark : float, ndarray (rows, cols) or (n_frames, rows, cols)
+        The images' dark: one for every frame, or one per frame (:func:`_dark_at`).
+    flat_dark : as ``dark``, optional
+        The flats' dark (one per frame only beside flats of one per frame); ``dark`` where None.
 
     Returns
     -------
@@ -421,20 +502,21 @@ def _frame_pattern_shifts(counts, flat, dark):
     ks = np.unique(np.linspace(0, n - 1, min(FLAT_MOVE_FRAMES, n)).round().astype(int))
     side = min(FLAT_MOVE_CROP, rows, cols)
     crop = np.s_[(rows - side) // 2 : (rows - side) // 2 + side, (cols - side) // 2 : (cols - side) // 2 + side]
-    d = dark[crop] if np.ndim(dark) == 2 else dark
+    flat_dark = dark if flat_dark is None else flat_dark
     r = min(FLAT_SHIFT_SEARCH, (side - 1) // 2 - 1)
 
-    def pattern(img):
+    def pattern(img, d):
+        d = d[crop] if np.ndim(d) == 2 else d
         x = _high_pass(np.asarray(img)[crop].astype(np.float32) - d, lines_out=True)
         x -= x.mean()
         return np.fft.rfft2(x), float(np.sqrt((x * x).sum()))
 
-    one = pattern(flat[0]) if flat.shape[0] == 1 else None
+    one = pattern(flat[0], _dark_at(flat_dark, 0)) if flat.shape[0] == 1 else None
     shifts = np.zeros((ks.size, 2))
     corr = np.zeros(ks.size)
     for i, k in enumerate(ks):
-        fa, na = pattern(counts[k])
-        fb, nb = one if one is not None else pattern(flat[k])
+        fa, na = pattern(counts[k], _dark_at(dark, k))
+        fb, nb = one if one is not None else pattern(flat[k], _dark_at(flat_dark, k))
         cc = np.fft.irfft2(fa * np.conj(fb), s=(side, side))
         near = np.roll(cc, (r, r), axis=(0, 1))[: 2 * r + 1, : 2 * r + 1]
         py, px = np.unravel_index(int(np.argmax(near)), near.shape)
@@ -451,10 +533,10 @@ def _frame_pattern_shifts(counts, flat, dark):
     return ks, shifts, corr
 
 
-def _moving_pattern_note(counts, flat, dark, source: str) -> str:
+def _moving_pattern_note(counts, flat, dark, source: str, flat_dark=None) -> str:
     """A note where the flats' pattern lies off the images' frame by frame (:func:`_frame_pattern_shifts`), at
     least :data:`FLAT_MOVE_MIN` px in :data:`FLAT_MOVE_MIN_FRAMES` of the frames measured; "" where it does not."""
-    ks, shifts, corr = _frame_pattern_shifts(counts, flat, dark)
+    ks, shifts, corr = _frame_pattern_shifts(counts, flat, dark, flat_dark)
     judged = corr >= FLAT_PATTERN_MIN
     off = np.hypot(shifts[:, 0], shifts[:, 1])
     far = judged & (off >= FLAT_MOVE_MIN)
@@ -489,7 +571,7 @@ def _moving_pattern_note(counts, flat, dark, source: str) -> str:
     )
 
 
-def _check_flat_pattern(counts, flat, dark, source: str) -> str:
+def _check_flat_pattern(counts, flat, dark, source: str, flat_dark=None) -> str:
     """Refuse flats whose pattern matches the images only turned or flipped; a note where it lies shifted.
 
     A stack saved rotated or flipped against its flats (or the flats against it) gave an OD that was the flat
@@ -501,15 +583,21 @@ def _check_flat_pattern(counts, flat, dark, source: str) -> str:
     flats (of the first flat where there is one for all frames). A pattern that moves from frame to frame (the
     beam's profile or the condenser drifting during the scan) has its median at the flats' place: where that finds
     no shift, up to :data:`FLAT_MOVE_FRAMES` frames are set one by one against their own flat
-    (:func:`_moving_pattern_note`).
+    (:func:`_moving_pattern_note`). ``dark``, ``flat_dark``: the images' and the flats' darks, as for
+    :func:`_frame_pattern_shifts`.
     """
     n = counts.shape[0]
+    flat_dark = dark if flat_dark is None else flat_dark
     ks = np.unique(np.linspace(0, n - 1, min(5, n)).round().astype(int))
-    img = np.median(np.stack([np.asarray(counts[k], np.float32) for k in ks]), axis=0) - dark
     # flats per frame: those of the same frames (a beam whose pattern moves with the energy, each frame's flat
     # right for it, was said to be shifted when the frames were set against the first flat alone)
-    refs = [flat[k] for k in ks] if flat.shape[0] == n and n > 1 else [flat[0]]
-    ref = np.median(np.stack([np.asarray(r, np.float32) for r in refs]), axis=0) - dark
+    fks = ks if flat.shape[0] == n and n > 1 else np.zeros(1, int)
+    if _per_frame(dark) or _per_frame(flat_dark):  # each frame less its own dark before their median
+        img = np.median(np.stack([np.asarray(counts[k], np.float32) - _dark_at(dark, k) for k in ks]), axis=0)
+        ref = np.median(np.stack([np.asarray(flat[k], np.float32) - _dark_at(flat_dark, k) for k in fks]), axis=0)
+    else:
+        img = np.median(np.stack([np.asarray(counts[k], np.float32) for k in ks]), axis=0) - dark
+        ref = np.median(np.stack([np.asarray(flat[k], np.float32) for k in fks]), axis=0) - dark
     a, b = _high_pass(img), _high_pass(ref)
     turns = {
         "flipped up-down": lambda x: x[::-1],
@@ -549,7 +637,7 @@ def _check_flat_pattern(counts, flat, dark, source: str) -> str:
             f"particles, it biases their edge energies): take flats again, or shift them by ({dy:+d}, {dx:+d}) px to the images"
         )
     # a pattern moving back and forth between frames has its median at the flats' place: frame by frame
-    return _moving_pattern_note(counts, flat, dark, source)
+    return _moving_pattern_note(counts, flat, dark, source, flat_dark)
 
 
 def optical_density(
@@ -565,7 +653,10 @@ def optical_density(
         Reference (sample-out) images; several per frame must be averaged before. With
         ``None`` the counts are taken to be already normalised transmission.
     darks : array (rows, cols) or (n, rows, cols) or None
-        Dark images; several are averaged.
+        Dark images. One per frame (n = n_frames, in memory or read lazily as ``counts``) are paired with their
+        frames: frame k and its flat less dark k (one flat for all frames less their mean); any other number is
+        averaged into one for every frame and flat, with a note where they differ by more than their noise
+        (:func:`_averaged_darks_note`).
     notes : list, optional
         What was repaired is appended here as well as logged (see :func:`repair_note`).
     outside : ndarray (rows, cols) bool, optional
@@ -606,16 +697,36 @@ def optical_density(
     if counts.ndim != 3:
         raise XanestrackError(f"{source}: counts must be (n_frames, rows, cols), got shape {counts.shape}")
     shape = counts.shape[1:]
-    dark = np.float32(0.0)
+    dark = np.float32(0.0)  # the images' dark: one for every frame, or (n_frames, rows, cols) one per frame
+    averaged = None  # darks not one per frame, averaged into ``dark``: judged for a drift once the flats are known
+    single_flat = flats is not None and (np.ndim(flats) == 2 or np.shape(flats)[0] == 1)
+    mean = None  # the mean of darks of one per frame, the dark of one flat for every frame
     if darks is not None:
-        darks = np.asarray(darks, dtype=np.float32)
+        darks = darks if _frame_indexable(darks) else np.asarray(darks)
         if darks.shape[-2:] != shape:
             raise XanestrackError(f"{source}: dark shape {darks.shape} does not match frames {shape}")
-        if not np.all(np.isfinite(darks)):
-            raise XanestrackError(f"{source}: dark images contain NaN/inf")
-        dark = darks.reshape(-1, *shape).mean(axis=0)
+        if darks.ndim == 3 and darks.shape[0] == 0:
+            raise XanestrackError(f"{source}: the dark images hold no image (an empty dataset); give darks, or none")
+        if darks.ndim == 3 and darks.shape[0] == counts.shape[0] > 1:
+            # one per frame: each frame less its own dark, as flats of one per frame are paired with their frames. A
+            # camera's dark drifting 150 counts over the scan (flats of 5000), averaged, moved every particle's E50
+            # by -0.08 to -0.10 eV (7-11 sigma), unsaid. Used a block of frames at a time, never converted whole (a
+            # 143 x 1024^2 stack as float32 is 572 MiB)
+            mean = _per_frame_darks(darks, source=source, mean=single_flat)
+            dark = darks
+        else:
+            darks = np.asarray(darks, dtype=np.float32)
+            if not np.all(np.isfinite(darks)):
+                raise XanestrackError(f"{source}: dark images contain NaN/inf")
+            averaged = darks.reshape(-1, *shape)
+            dark = averaged.mean(axis=0)
+    # the flats' dark: a flat of one per frame less its frame's dark; one flat for every frame (its time unknown)
+    # less the darks' mean, which is off its own dark by the same in every frame (an optical density constant over
+    # the scan, taken out with the pre-edge)
+    flat_dark = mean if _per_frame(dark) and single_flat else dark
     if flats is None:
-        flat = np.broadcast_to(np.float32(1.0) + dark, (1, *shape))
+        flat = np.broadcast_to(np.float32(1.0) + (0.0 if _per_frame(dark) else dark), (1, *shape))
+        flat_dark = np.float32(0.0) if _per_frame(dark) else dark
         if outside is not None and (outside.shape != shape or not outside.any()):
             outside = None
     else:
@@ -646,18 +757,25 @@ def optical_density(
                 )
                 if refusal:
                     raise XanestrackError(refusal)
-        outside = outside_field(np.subtract(np.asarray(flat[k]), dark, dtype=np.float32) for k in ks)
+        outside = outside_field(np.subtract(np.asarray(flat[k]), _dark_at(flat_dark, k), dtype=np.float32) for k in ks)
         if outside is not None and not _unlit_in_images(counts, dark, outside):
             outside = None  # lit in the images, dark in the flats alone: the flats are at fault (refused below)
         _check_counts_beside_flats(counts, flat, source, outside)
+    if averaged is not None:
+        level = None
+        if flats is not None:
+            lit = np.subtract(np.asarray(flat[0]), flat_dark, dtype=np.float32)[::4, ::4]
+            lit = lit[np.isfinite(lit)] if outside is None else lit[~outside[::4, ::4] & np.isfinite(lit)]
+            level = float(np.median(lit)) if lit.size else None
+        drift = _averaged_darks_note(averaged, counts.shape[0], level, source)
+        if drift:
+            if notes is not None:
+                notes.append(drift)
+            else:
+                logger.warning("%s", drift)
+        averaged = None
 
     one_ref = None  # one reference for every frame: formed once
-
-    def reference(k):
-        """Flat minus dark of frame k, float32: formed (and checked) a frame at a time, never a full copy."""
-        if one_ref is not None:
-            return one_ref
-        return np.subtract(flat[k], dark, dtype=np.float32)
 
     def check(k, r):
         """Why frame k's reference is unusable, or None (a few dead pixels are not a reason)."""
@@ -709,13 +827,13 @@ def optical_density(
     tally = threading.Lock()
     one_sat = None  # the saturated pixels of the one reference for every frame
     if flat.shape[0] == 1:  # one reference for every frame: formed and checked once
-        one_ref = np.subtract(flat[0], dark, dtype=np.float32)
+        one_ref = np.subtract(flat[0], flat_dark, dtype=np.float32)
         problem = check(0, one_ref)
         one_sat, sat_problem = saturated_flat(0, np.asarray(flat[0]))
         if problem or sat_problem:
             raise XanestrackError(problem or sat_problem)
     if flats is not None:
-        offset_note = _check_flat_pattern(counts, flat, dark, source)
+        offset_note = _check_flat_pattern(counts, flat, dark, source, flat_dark)
         if offset_note:
             if notes is not None:
                 notes.append(offset_note)
@@ -727,7 +845,7 @@ def optical_density(
     n_sat = [0]
     sat_frames = []
     constant = []  # (frame, count) of frames of one count everywhere
-    dark_max = float(np.max(dark))
+    dark_max = None if _per_frame(dark) else float(np.max(dark))  # one per frame: each frame's own, where asked
     n_dead = [0]
     problems = {}
     # raw counts of a signed type below 0 (unsigned counts wrapped around): how many, the lowest, the highest
@@ -741,11 +859,12 @@ def optical_density(
         for what takes 0.23 s (143 x 460^2)."""
         t = out[k0:k1]
         c = np.asarray(counts[k0:k1])
+        d = np.asarray(dark[k0:k1]) if _per_frame(dark) else dark  # as stored: converted in the subtraction
         if one_ref is not None:
             r, f_sat = one_ref, one_sat
         else:
             f = np.asarray(flat[k0:k1])
-            r = np.subtract(f, dark, dtype=np.float32)
+            r = np.subtract(f, d if _per_frame(flat_dark) else flat_dark, dtype=np.float32)
             f_sat = None
             for i in range(k1 - k0):
                 sat_i, sat_problem = saturated_flat(k0 + i, f[i])
@@ -763,7 +882,7 @@ def optical_density(
                     wrapped[0] += neg.size
                     wrapped[1] = min(wrapped[1], int(neg.min()))
                     wrapped[2] = max(wrapped[2], int(neg.max()))
-        np.subtract(c, dark, out=t, dtype=np.float32, casting="unsafe")
+        np.subtract(c, d, out=t, dtype=np.float32, casting="unsafe")
         with np.errstate(divide="ignore", invalid="ignore"):
             np.divide(t, r, out=t)
         # a dead pixel of the reference measured no transmission (the defect pass fills it)
@@ -821,7 +940,9 @@ def optical_density(
         probe = flat_c[:, :: max(1, flat_c.shape[1] // 4096)]
         # (one at or below the dark is the shutter closed, said by repair_note)
         for i in np.flatnonzero(probe.min(axis=1) == probe.max(axis=1)):
-            if flat_c[i].min() == flat_c[i].max() and flat_c[i, 0] > dark_max:
+            if flat_c[i].min() == flat_c[i].max() and flat_c[i, 0] > (
+                float(np.max(d[i])) if dark_max is None else dark_max
+            ):
                 t[i] = np.nan
                 constant.append((k0 + int(i), float(flat_c[i, 0])))
         return n_bad
