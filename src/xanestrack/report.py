@@ -1776,7 +1776,7 @@ def series_figure(table: pd.DataFrame) -> Figure:
     ``table`` is the series table (``run_series``): per scan and particle ``mean_e50``,
     ``oxidised_fraction`` and ``own_dy, own_dx``
     (:func:`xanestrack.series.series_own_displacement`: in the series' common pixels, less the scan's common motion,
-    its scale against the first scan included), or where those are missing ``y0, x0`` and the scan's
+    its scale and rotation against the first scan included), or where those are missing ``y0, x0`` and the scan's
     ``common_dy, common_dx`` (each scan's pixels then taken as the common ones). Table
     ``series_own_displacement``: each particle's displacement since its first scan, less the common one, in common
     pixels (``own_displacement_common_px``) and, where ``table.attrs["pixel_size_um"]`` gives their size, in um.
@@ -1820,7 +1820,8 @@ _SERIES_TEMPLATE = """<!DOCTYPE html>
 {% for r in remarks %}<p>{{ r }}</p>{% endfor %}
 <figure><img alt="series" src="{{ fig }}"><figcaption>Per particle through the scans: mean edge energy, oxidised fraction of the
 linear combination fit, and its own displacement since its first scan, in the series' common pixels (less the scan's common
-motion: its offset and, where its particles share one, its scale against the first scan, scale_vs_first in series.csv).</figcaption></figure>
+motion: its offset and, where its particles share them, its scale and rotation against the first scan, scale_vs_first and
+rotation_vs_first_deg in series.csv).</figcaption></figure>
 <h2>Mean edge energy (eV) per particle and scan</h2>
 {{ pivot }}
 {% if scan_notes %}<h2>Notes of each scan</h2>

@@ -28,8 +28,10 @@ whose files give another pixel size are linked in the series' common pixels
 What the series as a whole should say (:func:`series_notes`, in ``series.json``, the report
 and on the console): scans given out of the order of the numbers in their names, a scan's
 data given twice, scans of another pixel size, scans on other energy grids (their energies
-compared), and a scan whose particles' edge energies all lie off their trends by one offset
-(:func:`energy_offset_scans`: its energy axis).
+compared), a scan whose particles' edge energies all lie off their trends by one offset
+(:func:`energy_offset_scans`: its energy axis), a scan magnified or turned against the first
+(:func:`series_own_displacement`), and links that the positions alone would make and the rest
+does not bear (:func:`doubtful_links`: a merge, a different particle where one left).
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ __all__ = [
     "pixel_scales",
     "to_common_pixels",
     "series_own_displacement",
+    "shared_rotation",
+    "doubtful_links",
     "SUMMARY_COLUMNS",
 ]
 
@@ -657,11 +661,14 @@ def series_notes(table: pd.DataFrame) -> list[str]:
     scan name -> energies in scan order, :data:`GRID_TOLERANCE_STEP`), or where those are not known (a table read
     back from ``series.csv``) the number of energies; and scans whose particles' mean E50 all lie off their trend alike
     (:func:`energy_offset_scans`; in a series of two scans, all moved alike between them); and scans joined to the
-    one before by two particles alone, no image offset confirming it (:func:`link_scans`); and scans whose particles
-    lie as if magnified against the first scan (``table.attrs["scale_notes"]``, :func:`series_own_displacement`).
+    one before by two particles alone, no image offset confirming it (:func:`link_scans`); links that position alone
+    makes and the rest does not bear, made or not (``link_doubt``, ``unlinked_from``, :func:`doubtful_links`); and
+    scans whose particles lie as if magnified or turned against the first scan (``table.attrs["scale_notes"]``,
+    :func:`series_own_displacement`).
     """
     out = [str(n) for n in table.attrs.get("input_notes", [])]
     out += [n for n in [_weak_link_note(table)] if n]
+    out += _doubtful_link_note(table)  # links position alone makes and the rest does not bear
     out += [str(n) for n in table.attrs.get("scale_notes", [])]  # scans magnified against the first
     if not len(table) or not {"scan", "n_frames", "mean_e50", "particle"} <= set(table.columns):
         return out
@@ -915,6 +922,247 @@ def _weak_link_note(table: pd.DataFrame) -> str | None:
     )
 
 
+#: px (common). A link between two scans is doubted where the particle's own step (its displacement less the motion
+#: the scan pair's other links share, :func:`doubtful_links`) exceeds the larger of this and
+#: :data:`LINK_OUTLIER_FACTOR` times the robust spread of the links' own steps. On the probe's series (six particles,
+#: none moving on its own between scans; stage offsets up to 182 px, magnification 1-3 %, rotation 0.5-2 degrees,
+#: swelling 2-13 %, a particle hidden, one cracked) the links' own steps were at most 0.38 px; on reduced synthetic
+#: series whose particles move on their own (default, rigid and hard presets, walks of up to 7.7 px over 6 scans) at
+#: most 1.2-2.6 px, none standing out of their spread. A particle merged with its neighbour stepped 7.6 px, a
+#: different particle appearing 5 px from where one left 5.0 px (both given the old ids, silently)
+LINK_STEP_FLOOR_PX = 1.0
+#: times the robust spread (MAD) of a scan pair's links an own step or a change of size must stand out by to be doubted.
+#: Each link's own step is taken from the similarity of the others (itself left out): on simulated scan pairs of 4-10
+#: links moving 0.1-2 px at random, at most 0.2 % of the links stood out (a fit over all of them, 1-4 % of 4-6 links);
+#: a 5 px step among links moving 0.1 px stood out in every draw of 4 links or more (with 3, never: each of the others
+#: is then fitted on the step)
+LINK_OUTLIER_FACTOR = 5.0
+#: A link is not made where the particle's size (the equivalent radius of its masks) changes by this much (log of the
+#: radii's ratio, about the same fraction) or more beyond the change the scan pair's links share (the median:
+#: swelling, a magnification). The probe's series and the synthetic ones above: at most 0.01 beyond the common change
+#: (swelling of 2-13 % taken by it); the merged particle +0.205, the different particle +0.066, two particles of one
+#: size swapping places 0.08-0.09; the piece of a touching pair segmented otherwise in one scan (hard preset) 0.11
+LINK_SIZE_FLOOR = 0.05
+#: links a scan pair needs for its own steps and size changes to be judged against one another
+MIN_LINK_CHECK = 3
+#: A track that ends (seen in the scan before, not in this one) where it overlaps a particle linked on (its predicted
+#: centre within the sum of the two radii), that particle having grown beyond the common change by at least this share
+#: of what taking it in would give (``log(sqrt(r**2 + r_ended**2) / r)``), is said to have merged into it: the probe's
+#: merge grew by 0.205 for an expected 0.207
+LINK_MERGE_GROWTH = 0.5
+
+
+def doubtful_links(table: pd.DataFrame, pos, radius, *, frame_shape=None) -> tuple[np.ndarray, list, np.ndarray]:
+    """The links across scans that the particles' positions alone assert and the rest of the evidence does not bear.
+
+    :func:`link_scans` links by position: a particle is given the id of the track predicted nearest it within the gate
+    (10 px or 0.3 of its radius). A particle merged with its neighbour (its centroid moved 7.6 px towards it, its
+    radius +23 %, its edge energy the two's mixture) or a different particle appearing a few pixels from where one
+    left (5.0 px, its E50 2.2 eV off the departed one's trend) was given the old id, nothing said. Per scan, each
+    link (a row whose id was seen in an earlier scan) is judged against the scan's other links:
+
+    - its own step: its position less where the motion the other links share takes the track's last position (a
+      robust similarity over them, the link itself left out: translation and scale, and rotation with
+      :data:`xanestrack.motion.ROTATION_MIN_PARTICLES` links or more), or less that and the track's own step before (a
+      particle moving on at its pace), whichever is less. Beyond the larger of :data:`LINK_STEP_FLOOR_PX` and :data:`LINK_OUTLIER_FACTOR` times the robust spread
+      of the links' own steps (:data:`MIN_LINK_CHECK` links or more), the link is doubted but kept: a particle can
+      move on its own;
+    - its size (``radius``): changed beyond the links' common change (their median) by more than the larger of
+      :data:`LINK_SIZE_FLOOR` and :data:`LINK_OUTLIER_FACTOR` times their robust spread, it is not what it was;
+    - a track seen in the scan before and not in this one ends where it overlaps it, and it grew as by taking that one
+      in (:data:`LINK_MERGE_GROWTH`): the two merged.
+
+    Where its size changed or it merged, the link is not made: the particle gets a new id from that scan on (the scans
+    are judged in order, the new track's history its own), and the earlier track ends before it. A link whose particle
+    reaches the frame's border (``frame_shape``; within 1 px) in either scan is not judged: the part of it in view, its
+    size and centroid, changes with the stage.
+
+    Parameters
+    ----------
+    table : DataFrame
+        ``particle, scan, common_dy, common_dx`` (common px, as :func:`link_scans` gives them), one row per object.
+    pos : ndarray (n, 2)
+        Each row's position in common pixels (NaN: not judged).
+    radius : ndarray (n,)
+        Each row's size (common px): the equivalent radius of its masks.
+    frame_shape : (rows, cols), optional
+        In common pixels. The similarity's scale and rotation act about its centre (without it, about the links'
+        centroid), and particles reaching its border are not judged.
+
+    Returns
+    -------
+    ids : ndarray (n,)
+        The ids, the links not made undone.
+    doubt : list of str
+        Per row, why its link is doubted ('' where it is not, or the row starts a track).
+    unlinked_from : ndarray (n,)
+        Per row whose link was not made, the id position alone gave it (the track that ends before it); -1 elsewhere
+        (a link doubted for its own step alone is kept: ``doubt`` says it).
+    """
+    from .motion import ROTATION_MIN_PARTICLES, _apply, common_similarity
+    from .robust import robust_sigma
+
+    n = len(table)
+    pid = table["particle"].to_numpy().copy()
+    doubt, unlinked = [""] * n, np.full(n, -1)
+    if not n:
+        return pid, doubt, unlinked
+    next_id = int(pid.max()) + 1
+    scan = table["scan"].to_numpy()
+    common = table[["common_dy", "common_dx"]].to_numpy(float)
+    pos = np.asarray(pos, float)
+    size = np.log(np.where(np.asarray(radius, float) > 0, radius, np.nan))
+    scans = sorted(np.unique(scan))
+    t_of = {s: i for i, s in enumerate(scans)}
+    centre = None if frame_shape is None else (np.asarray(frame_shape, float) - 1) / 2
+    known = np.all(np.isfinite(pos), axis=1)
+    edge = np.zeros(n, bool)  # the particle reaches the frame's border (within 1 px): in view in part
+    if frame_shape is not None:
+        h, w = float(frame_shape[0]), float(frame_shape[1])
+        inside = np.stack([pos[:, 0], pos[:, 1], h - 1 - pos[:, 0], w - 1 - pos[:, 1]], axis=1).min(axis=1)
+        edge = inside - np.exp(size) < 1.0
+    own_step = np.full((n, 2), np.nan)  # each link's own step, for the next scan's (a particle moving on)
+    seen: dict = {}  # id -> its rows so far, in scan order
+    for k in scans:
+        rows = np.flatnonzero((scan == k) & known)
+        links = [i for i in rows if pid[i] in seen]
+        last = [seen[pid[i]][-1] for i in links]
+        split = []
+        if links:
+            here = common[links[0]]
+            src = np.array([pos[j] + here - common[j] for j in last])
+            dst = pos[links]
+            grew = size[links] - size[last]
+            common_growth = 0.0
+            if len(links) >= MIN_LINK_CHECK:
+                about = src.mean(axis=0) if centre is None else centre
+                # each link's own step from the similarity of the others (left out of its own fit: with as few as
+                # four or six links a robust fit over all of them took up their own motion, whose spread then read
+                # too small, and 1-4 % of links moving 0.5-2 px at random stood out)
+                res = np.zeros_like(dst)
+                for a in range(len(links)):
+                    o = np.arange(len(links)) != a
+                    params, _ = common_similarity(
+                        dst[o][None], reference=src[o], centre=about, rotation=o.sum() >= ROTATION_MIN_PARTICLES
+                    )
+                    dy, dx, sc, th = params[["common_dy", "common_dx", "scale", "rotation_rad"]].to_numpy(float)[0]
+                    res[a] = dst[a] - _apply(src[a], np.array([dy, dx]), sc, th, np.asarray(about, float))
+                # the track's own step into its last scan (none known: 0): a particle moving on at its pace
+                moving = np.nan_to_num(own_step[last])
+                step = np.minimum(np.hypot(*res.T), np.hypot(*(res - moving).T))
+                step_limit = max(LINK_STEP_FLOOR_PX, LINK_OUTLIER_FACTOR * robust_sigma(np.hypot(*res.T), centre=0.0))
+                ok = np.isfinite(grew)
+                if ok.sum() >= MIN_LINK_CHECK:
+                    common_growth = float(np.median(grew[ok]))
+                    size_limit = max(LINK_SIZE_FLOOR, LINK_OUTLIER_FACTOR * robust_sigma(grew[ok]))
+                else:
+                    size_limit = np.inf
+                out_step = step > step_limit
+                own_step[links] = res
+                out_size = np.abs(grew - common_growth) > size_limit
+                calm = ~out_step
+                for a, i in enumerate(links):
+                    why = []
+                    if edge[i] or edge[last[a]]:  # in view in part: its size and centroid are the part's
+                        continue
+                    if out_step[a]:
+                        why.append(
+                            f"its own step {step[a]:.2f} px, where the scan's other {int(calm.sum())} particles linked "
+                            f"moved at most {np.max(step[calm], initial=0.0):.2f} px on their own"
+                        )
+                    if out_size[a]:
+                        others = np.abs(grew - common_growth)[~out_size & np.isfinite(grew)]
+                        why.append(
+                            f"its size {100 * np.expm1(grew[a] - common_growth):+.0f} % beyond the change the scan's "
+                            f"particles share ({100 * np.expm1(common_growth):+.1f} %; the others within "
+                            f"{100 * np.max(others, initial=0.0):.1f} %)"
+                        )
+                        split.append(i)
+                    doubt[i] = "; ".join(why)
+            # tracks seen in the scan before and not in this one, ending where a particle that grew as by taking
+            # them in lies: a merge (the probe's merged particle kept one of the two ids, the other's just ended)
+            before_scan = scans[t_of[k] - 1] if t_of[k] > 0 else None
+            here_ids = set(pid[rows])
+            gone = [v[-1] for q, v in seen.items() if q not in here_ids and scan[v[-1]] == before_scan]
+            for g in gone:
+                p_g = pos[g] + here - common[g]
+                for a, (i, j) in enumerate(zip(links, last)):
+                    if edge[i] or edge[j] or not (np.hypot(*(p_g - pos[i])) < np.exp(size[i]) + np.exp(size[g])):
+                        continue
+                    expect = 0.5 * np.log1p(np.exp(2 * (size[g] - size[j])))  # log(sqrt(r**2 + r_g**2) / r)
+                    if grew[a] - common_growth >= LINK_MERGE_GROWTH * expect:
+                        doubt[i] = "; ".join(
+                            [w for w in [doubt[i]] if w]
+                            + [
+                                f"particle {pid[g]}'s track ends where it overlaps it, and it grew by "
+                                f"{100 * np.expm1(grew[a] - common_growth):+.0f} % beyond the common change, as by "
+                                f"taking that one in ({100 * np.expm1(expect):+.0f} %): the two merged"
+                            ]
+                        )
+                        split.append(i)
+        for i in dict.fromkeys(split):  # not linked: a track of its own from here on
+            unlinked[i] = pid[i]
+            pid[(pid == pid[i]) & (scan >= k)] = next_id
+            own_step[i] = np.nan
+            next_id += 1
+        for i in rows:
+            seen.setdefault(pid[i], []).append(i)
+    return pid, doubt, unlinked
+
+
+def _doubtful_link_note(table: pd.DataFrame) -> list[str]:
+    """The links :func:`link_scans` doubted (``link_doubt``, :func:`doubtful_links`), named: which particle of which
+    scan, the id position alone gives it, and why; those not made (``unlinked_from``) apart from those kept."""
+    if not len(table) or not {"link_doubt", "unlinked_from", "particle", "scan"} <= set(table.columns):
+        return []
+    said = table["link_doubt"].map(lambda v: isinstance(v, str) and bool(v))  # read back from series.csv: NaN
+    doubted = table[said].sort_values("scan")
+    if not len(doubted):
+        return []
+    _, scan_of = _scan_words(table)
+    scan = table["scan"].to_numpy()
+
+    def where(r):
+        return f"particle {int(r['particle'])} of {scan_of(r['scan'])} (at y {r['y0']:.0f}, x {r['x0']:.0f})"
+
+    def listed(rows, say):
+        parts = [say(r) for _, r in rows.head(8).iterrows()]
+        return "; ".join(parts) + (f"; and {len(rows) - 8} more (link_doubt in series.csv)" if len(rows) > 8 else "")
+
+    def was(r, old):
+        before = table[(table["particle"] == old) & (scan < r["scan"])]["scan"]
+        return scan_of(before.max()) if len(before) else "an earlier scan"
+
+    notes = []
+    cut = doubted[doubted["unlinked_from"] >= 0]
+    if len(cut):
+        notes.append(
+            "not linked, though position alone links them: "
+            + listed(
+                cut,
+                lambda r: (
+                    f"{where(r)} to particle {int(r['unlinked_from'])} of {was(r, int(r['unlinked_from']))}: "
+                    f"{r['link_doubt']}"
+                ),
+            )
+            + ". Each was given a new id, and the earlier track ends before it (a merge, or a different particle "
+            "where one left): its edge energies from there on may not be the earlier particle's; if it is the same "
+            "particle, its rows continue the earlier id (unlinked_from in series.csv)"
+        )
+    kept = doubted[doubted["unlinked_from"] < 0]
+    if len(kept):
+        notes.append(
+            "linked by position, but moved on their own far more than the others: "
+            + listed(
+                kept, lambda r: f"{where(r)}, kept as that id from {was(r, int(r['particle']))}: {r['link_doubt']}"
+            )
+            + ". Each kept its id (its size is as before): a particle that moved on its own, or a different particle "
+            "of its size where one left; check its position and edge energy against the scan before "
+            "(link_doubt in series.csv)"
+        )
+    return notes
+
+
 def link_scans(
     summary: pd.DataFrame,
     *,
@@ -992,7 +1240,16 @@ def link_scans(
     "vote over prior", "empty"; "ambiguous", "images not compared" (ambiguous, and the
     prior's ``not_compared(scan_a, scan_b)``, as :func:`scan_image_prior` gives it, says the
     images could not be compared), "prior contradicted", "prior unconfirmed" or "vote
-    unconfirmed": not joined, new ids) and ``link_support`` (tracks agreeing with the offset).
+    unconfirmed": not joined, new ids) and ``link_support`` (tracks agreeing with the offset), ``link_doubt`` (why a
+    particle's link from its earlier scan is doubted, '' where it is not) and ``unlinked_from`` (the id position alone
+    gave it where the link was not made, -1 elsewhere): :func:`doubtful_links`.
+
+    **Links that position alone makes.** A particle within the gate of a track is linked to it; a particle merged with
+    its neighbour, or a different particle appearing a few pixels from where one left, was so given the old id and
+    its edge energy read as the old particle's (+0.9 eV in one step, or -2.2 eV mid-charge), nothing said. Each link
+    is judged against the scan's others (:func:`doubtful_links`): one whose size changed beyond their common change,
+    or into which a neighbour's ending track merged, is not made (a new id, a warning and a series note); one whose
+    own step alone stands out is kept, and said.
     """
     from .linking import NOT_JOINED, LinkOptions, link
 
@@ -1073,6 +1330,25 @@ def link_scans(
     out["link_method"] = [method.get(k, ("none", 0))[0] for k in t]
     out["link_support"] = [int(method.get(k, ("none", 0))[1]) for k in t]
     names = dict(zip(summary["scan"], summary["scan_name"])) if "scan_name" in summary else {}
+    # a link the positions alone make and the rest does not bear (a merge, another particle where one left) is not
+    # made: a new id from that scan on, the id it would have continued in unlinked_from (the merged particle had kept
+    # its id, its edge energy the mixture's, nothing said)
+    pid, doubt, unlinked = doubtful_links(out, pos, summary["radius"].to_numpy(float) * factor, frame_shape=frame_shape)
+    out["particle"] = pid
+    out["link_doubt"] = doubt
+    out["unlinked_from"] = unlinked
+    for i in np.flatnonzero([bool(d) for d in doubt]):
+        name = names.get(summary["scan"].iloc[i], summary["scan"].iloc[i])
+        if unlinked[i] >= 0:
+            logger.warning(
+                "scan %s: particle %d is not linked to particle %d, which position alone gives it: %s; a new id",
+                name,
+                pid[i],
+                unlinked[i],
+                doubt[i],
+            )
+        else:
+            logger.warning("scan %s: particle %d is linked by position, but: %s; check it", name, pid[i], doubt[i])
     for k, s in enumerate(scans):
         how = method.get(k, ("none", 0))[0]
         if how in NOT_JOINED:
@@ -1105,10 +1381,59 @@ SCALE_NOTE_PX = 0.5
 #: particles a scan must share with the first scan of its chain for its scale to be fitted; with fewer, a translation
 #: alone (two particles' scale would be their own motion)
 MIN_SCALE_PARTICLES = 3
+#: px (common). A kept rotation (:func:`shared_rotation`) that moves a scan's particle farthest from their centroid by
+#: this much or more is said in a series note: half a degree turned the probe's particles (25-60 px from the centre)
+#: by 0.15-0.58 px, read as each one's own displacement, unsaid, where a series without it reads at most 0.13-0.18 px
+ROTATION_NOTE_PX = 0.25
+
+
+def shared_rotation(src, dst, centre) -> tuple[float, float]:
+    """The rotation (rad) that the particles at ``src`` share on their way to ``dst``, or 0 where it is not measured.
+
+    A robust similarity with rotation (:func:`xanestrack.motion.common_similarity`) of ``dst`` against ``src`` about
+    ``centre``, over :data:`xanestrack.motion.ROTATION_MIN_PARTICLES` particles or more (as ``run`` needs to say a
+    turn of the field). The rotation is kept where it lies :data:`SCALE_SIGNIFICANCE` standard errors or more from 0
+    (standard error: the RMS distance of the particles from where the similarity puts them over the root sum of their
+    squared distances from their centroid, as for the scale), with every particle and with each one left out, alike
+    in sign (the rule of :func:`xanestrack.motion.field_rotation`): a particle moving on its own far from the others'
+    centroid reads as a turn too. Without the rotation, a series whose field turned by 0.5-2 degrees between scans
+    reported 0.15-2.21 px of own displacement for particles that had not moved, and said nothing.
+
+    Returns
+    -------
+    theta : float
+        rad, in :func:`xanestrack.motion.fit_similarity`'s sense (positive counter-clockwise as the image is shown);
+        0 where not kept.
+    t : float
+        How many standard errors the rotation fitted over every particle lies from 0 (0 where too few particles).
+    """
+    from .motion import ROTATION_MIN_PARTICLES, common_similarity
+
+    src, dst = np.asarray(src, float), np.asarray(dst, float)
+    if len(src) < ROTATION_MIN_PARTICLES:
+        return 0.0, 0.0
+
+    def fit(keep):
+        params, _ = common_similarity(dst[keep][None], reference=src[keep], centre=centre, rotation=True)
+        spread = float(np.sqrt(((src[keep] - src[keep].mean(axis=0)) ** 2).sum()))
+        se = float(params["residual_px"].iloc[0]) / spread if spread > 0 else np.inf
+        theta = float(params["rotation_rad"].iloc[0])
+        return theta, (abs(theta) / se if se > 0 else np.inf)
+
+    theta, t = fit(np.ones(len(src), bool))
+    if not t >= SCALE_SIGNIFICANCE:
+        return 0.0, t
+    for j in range(len(src)):
+        keep = np.arange(len(src)) != j
+        th, tj = fit(keep)
+        if not (tj >= SCALE_SIGNIFICANCE and np.sign(th) == np.sign(theta)):
+            return 0.0, t
+    return theta, t
 
 
 def series_own_displacement(table: pd.DataFrame, *, scale=None, frame_shape=None) -> pd.DataFrame:
-    """Each scan's scale against the first scan of its chain, and each particle's own displacement through the series.
+    """Each scan's scale and rotation against the first scan of its chain, and each particle's own displacement through
+    the series.
 
     Parameters
     ----------
@@ -1127,9 +1452,11 @@ def series_own_displacement(table: pd.DataFrame, *, scale=None, frame_shape=None
     -------
     DataFrame
         ``table`` with ``scale_vs_first`` (the scan's scale against the first scan of its chain, ``offset_from_scan``;
-        1 where none was told from the particles' own motion) and ``own_dy, own_dx`` (common px: the particle's
-        displacement since its first scan, less the common motion); ``attrs["scale_notes"]``, the notes on scans whose
-        scale moves their particles by :data:`SCALE_NOTE_PX` or more (:func:`series_notes` says them).
+        1 where none was told from the particles' own motion), ``rotation_vs_first_deg`` (its rotation against that
+        scan, degrees, positive counter-clockwise as the image is shown; 0 where none was told, :func:`shared_rotation`)
+        and ``own_dy, own_dx`` (common px: the particle's displacement since its first scan, less the common motion);
+        ``attrs["scale_notes"]``, the notes on scans whose scale moves their particles by :data:`SCALE_NOTE_PX` or
+        more, or whose rotation by :data:`ROTATION_NOTE_PX` (:func:`series_notes` says them).
 
     Notes
     -----
@@ -1147,12 +1474,19 @@ def series_own_displacement(table: pd.DataFrame, *, scale=None, frame_shape=None
     magnified scan is a plain median of the displacements, the linking's one from the particles' predicted places;
     the magnified scan's own: 2.4-3.3 px, now 0.08-0.43 px; 20 draws); its scale read 1.0133-1.0173. Identities and
     ``common_dy, common_dx`` are not changed.
+
+    A rotation the particles share (:func:`shared_rotation`: four particles or more, kept where it stands out from
+    their own motion with each one left out) is fitted with the scale and taken away alike: a probe's series turned by
+    0.5-2 degrees about the frame centre between scans (six particles 25-60 px from it, none moving on its own between
+    scans) read 0.15-2.21 px of own displacement, nothing said; now the rotation reads within 0.04 degrees and the own
+    displacements at most 0.16 px (0.19 px in the same series without a turn).
     """
     from .motion import common_similarity
 
     out = table.copy()
     out.attrs = dict(table.attrs)
     out["scale_vs_first"] = 1.0
+    out["rotation_vs_first_deg"] = 0.0
     out["own_dy"] = np.nan
     out["own_dx"] = np.nan
     notes = []
@@ -1169,8 +1503,9 @@ def series_own_displacement(table: pd.DataFrame, *, scale=None, frame_shape=None
     at = {s: {pid[i]: pos[i] for i in np.flatnonzero(scan == s) if np.all(np.isfinite(pos[i]))} for s in scans}
     centre = None if frame_shape is None else (np.asarray(frame_shape, float) - 1) / 2
     _, scan_of = _scan_words(out)
-    # each scan's scale against the first scan of its chain: 1 where the particles do not share one
+    # each scan's scale and rotation against the first scan of its chain: 1 and 0 where the particles do not share one
     scale_of = {s: 1.0 for s in scans}
+    turn_of = {s: 0.0 for s in scans}
     for k in scans:
         r = origin[k]
         ids = [p for p in at[k] if p in at.get(r, {})] if k != r else []
@@ -1178,10 +1513,26 @@ def series_own_displacement(table: pd.DataFrame, *, scale=None, frame_shape=None
             continue
         src = np.array([at[r][p] for p in ids])
         dst = np.array([at[k][p] for p in ids])
-        params, _ = common_similarity(dst[None], reference=src, centre=src.mean(axis=0) if centre is None else centre)
+        about = src.mean(axis=0) if centre is None else centre
+        # a turn of the field between scans (the sample or the stage rotated) was every particle's own displacement
+        theta, t_turn = shared_rotation(src, dst, about)
+        params, _ = common_similarity(dst[None], reference=src, centre=about, rotation=theta != 0.0)
         s_ = float(params["scale"].iloc[0])
         spread = float(np.sqrt(((src - src.mean(axis=0)) ** 2).sum()))
         se = float(params["residual_px"].iloc[0]) / spread if spread > 0 else np.inf
+        if theta != 0.0:
+            turn_of[k] = theta
+            lever = np.hypot(*(dst - dst.mean(axis=0)).T)  # a turn about any point: the offset takes the rest
+            moved = abs(theta) * float(lever.max())
+            if moved >= ROTATION_NOTE_PX:
+                notes.append(
+                    f"{scan_of(k)}: its particles lie as if turned by {abs(np.degrees(theta)):.2f} degrees "
+                    f"{'counter-clockwise' if theta > 0 else 'clockwise'} (as the image is shown, row 0 at the top) "
+                    f"against {scan_of(r)} ({t_turn:.0f} times its standard "
+                    f"error; {moved:.2f} px at the particle farthest from their centroid, {len(ids)} particles in "
+                    "common): a rotation of the sample or the stage between the scans, not the particles' own motion; "
+                    "their own displacements are measured with it taken away (rotation_vs_first_deg in series.csv)"
+                )
         if not abs(s_ - 1) >= SCALE_SIGNIFICANCE * se:
             continue
         scale_of[k] = s_
@@ -1200,7 +1551,15 @@ def series_own_displacement(table: pd.DataFrame, *, scale=None, frame_shape=None
     # translation, which the offsets take), then each scan's offset from the one before: the linking's between two
     # scans without a scale, else the median displacement of the particles the two share, as the linking measures it
     c = np.nanmean(pos, axis=0) if centre is None else centre
-    flat = c + (pos - c) / out["scan"].map(scale_of).to_numpy(float)[:, None]
+    d = pos - c
+    turn = out["scan"].map(turn_of).to_numpy(float)
+    cs, sn = np.cos(turn), np.sin(turn)
+    # the rotation taken away too (the inverse of motion.fit_similarity's: y = y' cos + x' sin, x = x' cos - y' sin)
+    flat = (
+        c
+        + np.stack([cs * d[:, 0] + sn * d[:, 1], cs * d[:, 1] - sn * d[:, 0]], axis=1)
+        / out["scan"].map(scale_of).to_numpy(float)[:, None]
+    )
     offset = {}
     for i, k in enumerate(scans):
         before = [s for s in scans[:i] if origin[s] == origin[k]]
@@ -1209,7 +1568,7 @@ def series_own_displacement(table: pd.DataFrame, *, scale=None, frame_shape=None
             continue
         prev = before[-1]
         step = link[k] - link[prev]
-        if scale_of[k] != 1.0 or scale_of[prev] != 1.0:
+        if scale_of[k] != 1.0 or scale_of[prev] != 1.0 or turn_of[k] != 0.0 or turn_of[prev] != 0.0:
             a, b = (np.flatnonzero((scan == s) & np.all(np.isfinite(flat), axis=1)) for s in (prev, k))
             shared, ia, ib = np.intersect1d(pid[a], pid[b], return_indices=True)
             if shared.size:
@@ -1217,6 +1576,7 @@ def series_own_displacement(table: pd.DataFrame, *, scale=None, frame_shape=None
         offset[k] = offset[prev] + step
     back = flat - np.array([offset[s] for s in scan]).reshape(-1, 2)  # each position in its chain's first scan
     out["scale_vs_first"] = out["scan"].map(scale_of).to_numpy(float)
+    out["rotation_vs_first_deg"] = np.degrees(turn)
     own = np.full_like(pos, np.nan)
     for p in np.unique(pid):
         rows = np.flatnonzero(pid == p)
