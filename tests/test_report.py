@@ -259,6 +259,9 @@ def test_the_motion_table_names_its_columns_with_units_and_says_which_frames_cou
         "ratio_v (y)",
         "ratio_h (x)",
         "max |non-rigid| (px), frames vouched for",
+        "position noise (px per axis)",
+        "max |non-rigid| from noise alone (px)",
+        "own motion within noise",
     ):
         assert name in heads, (name, heads)
     assert "peak_nonrigid_vy" not in heads and "max_nonrigid_displacement" not in heads
@@ -274,6 +277,11 @@ def test_the_motion_table_names_its_columns_with_units_and_says_which_frames_cou
         "ratio_v",
         "ratio_h",
         "max_nonrigid_displacement",
+        # their uncertainty, after them (tests/test_own_motion_noise.py)
+        "position_noise_px",
+        "max_nonrigid_noise_px",
+        "nonrigid_at_noise",
+        "peak_nonrigid_v_noise",
     ]
 
 

@@ -31,6 +31,8 @@ from .robust import MAD_TO_SIGMA, robust_sigma
 __all__ = [
     "compute_motion",
     "peak_ratios",
+    "noise_maximum",
+    "OWN_MOTION_NOISE_COLUMNS",
     "MOTION_COLUMNS",
     "fit_similarity",
     "common_similarity",
@@ -797,8 +799,83 @@ def field_strain(motion: pd.DataFrame) -> tuple[np.ndarray, float]:
 STILL_FIELD_NOISE = 3.0
 
 
+#: the share of noise-only scans whose largest own displacement (or peak own velocity) stays below the floor
+#: :func:`peak_ratios` gives it (``max_nonrigid_noise_px``, ``peak_nonrigid_v_noise``)
+OWN_MOTION_NOISE_QUANTILE = 0.95
+
+#: the columns :func:`peak_ratios` adds with ``position_noise``: the particle's positions' noise (px per axis), the
+#: largest own displacement and the largest |own velocity| per axis that noise alone reaches over its frames
+#: (:data:`OWN_MOTION_NOISE_QUANTILE`), and whether its largest own displacement is not above that
+OWN_MOTION_NOISE_COLUMNS = ["position_noise_px", "max_nonrigid_noise_px", "nonrigid_at_noise", "peak_nonrigid_v_noise"]
+
+
+def noise_maximum(n, *, dims: int = 2, quantile: float = OWN_MOTION_NOISE_QUANTILE) -> np.ndarray:
+    """The ``quantile`` of the largest length of ``n`` independent ``dims``-D normal vectors of unit standard
+    deviation per axis: how far noise alone reaches over ``n`` frames, in units of its standard deviation.
+
+    ``dims=2``: the largest of ``n`` Rayleigh values, ``sqrt(-2 ln(1 - q^(1/n)))`` (3.76 for 60 frames at 95 %);
+    ``dims=1``: the largest of ``n`` absolute normal values, ``Phi^-1((1 + q^(1/n)) / 2)`` (3.33 for 60). NaN for
+    ``n`` below 1.
+    """
+    from statistics import NormalDist
+
+    if dims not in (1, 2):
+        raise ValueError(f"dims must be 1 or 2, got {dims!r}")
+    if not 0 < quantile < 1:
+        raise ValueError(f"quantile must lie between 0 and 1, got {quantile!r}")
+    n = np.asarray(n, float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        each = quantile ** (1.0 / np.where(n >= 1, n, np.nan))  # every one of the n below it
+    if dims == 2:
+        return np.sqrt(-2.0 * np.log1p(-each))
+    inv = np.vectorize(lambda p: NormalDist().inv_cdf(p) if np.isfinite(p) else np.nan, otypes=[float])
+    return inv((1.0 + each) / 2.0)
+
+
+#: a particle's own displacement is the difference of two positions, the frame's and its first (the reference its
+#: displacements are from), each with the particle's noise: its noise per axis is sqrt(2) times the positions'.
+#: Checked on the calibration probe's noise-only redraws (12-20 per scene, 256-320 px, 60 energies, 116 runs):
+#: the default model's own motions (0.33-5.7 px; 5 scenes at 5000 and 600 counts) were marked in none of 300
+#: particle-draws, the nearest at 1.5 times its floor; stress-counts' particles read 0.24 and 0.28 px (median; truly
+#: 0.37 and 0.16 px) were marked in 92 and 82 % of draws, its 1.03 px (truly 1.29) in none of 11; stress-drift's
+#: (1.6-9.2 px) in none. Errors of the positions that wander slower than a frame (a touching neighbour, the matrix)
+#: are not in the noise measured frame to frame: over the draws the own motion spread 0.6-3.5 times it (median 1.7),
+#: so a value just above its floor is not sure to be motion (stress-crowd's and -fines' near-still particles, truly
+#: 0.10-0.16 px and read 0.25-0.46, were marked in 25-75 % of draws)
+OWN_DISPLACEMENT_NOISE = float(np.sqrt(2.0))
+
+
+def _own_motion_noise(out: pd.DataFrame, counts: dict, position_noise) -> pd.DataFrame:
+    """``out`` (:func:`peak_ratios`'s table) with :data:`OWN_MOTION_NOISE_COLUMNS`: per particle, its positions'
+    noise (``position_noise``: a Series by particle, px per axis; NaN where not given), the largest own displacement
+    that noise reaches over its ``counts[particle][0]`` frames (:data:`OWN_DISPLACEMENT_NOISE` times it, times
+    :func:`noise_maximum` in 2-D), the largest |own velocity| per axis over its ``counts[particle][1]`` velocities
+    (central differences of two positions two frames apart: 1 / sqrt(2) of the noise, times :func:`noise_maximum`
+    in 1-D), and ``nonrigid_at_noise``: its largest own displacement is not above that floor (False where no
+    floor is known)."""
+    pids = out["particle"].to_numpy()
+    sigma = (
+        pd.Series(position_noise, dtype=float).reindex(pids).to_numpy(float)
+        if isinstance(position_noise, pd.Series)
+        else np.full(len(pids), float(position_noise))
+    )
+    sigma = np.where(sigma > 0, sigma, np.nan)
+    n_disp = np.array([counts.get(p, (0, 0))[0] for p in pids], float)
+    n_vel = np.array([counts.get(p, (0, 0))[1] for p in pids], float)
+    out["position_noise_px"] = sigma
+    out["max_nonrigid_noise_px"] = OWN_DISPLACEMENT_NOISE * sigma * noise_maximum(n_disp, dims=2)
+    with np.errstate(invalid="ignore"):
+        out["nonrigid_at_noise"] = (out["max_nonrigid_displacement"] <= out["max_nonrigid_noise_px"]).astype(bool)
+    out["peak_nonrigid_v_noise"] = sigma / np.sqrt(2.0) * noise_maximum(n_vel, dims=1)
+    return out
+
+
 def peak_ratios(
-    motion: pd.DataFrame, reliable: pd.DataFrame | None = None, *, noise_px: float | pd.Series | None = None
+    motion: pd.DataFrame,
+    reliable: pd.DataFrame | None = None,
+    *,
+    noise_px: float | pd.Series | None = None,
+    position_noise: float | pd.Series | None = None,
 ) -> pd.DataFrame:
     """Per particle: peak |non-rigid velocity| / peak |rigid velocity|, per component.
 
@@ -817,11 +894,18 @@ def peak_ratios(
         :data:`STILL_FIELD_NOISE` times the frame's noise in every frame, the field hardly moves
         (frames aligned upstream), its common velocity is the positions' error, and the ratio would
         be noise over noise: it is NaN for every particle. Default: no such test.
+    position_noise : float or Series, optional
+        Each particle's positions' noise, px per axis (a Series indexed by particle; the pipeline's is
+        :func:`xanestrack.pipeline._particle_position_noise`): the table then says how far noise alone takes its
+        own motion over its frames (:data:`OWN_MOTION_NOISE_COLUMNS`, :func:`_own_motion_noise`): a largest own
+        displacement of a faint particle read 0.33 px where it truly moved 0.16 px, with nothing saying that this
+        is what its noise gives. Default: no such columns.
 
     Returns
     -------
     DataFrame ``particle, peak_nonrigid_vy, peak_nonrigid_vx, peak_rigid_vy,
-    peak_rigid_vx, ratio_v, ratio_h, max_nonrigid_displacement``; ``attrs["still_field"]``
+    peak_rigid_vx, ratio_v, ratio_h, max_nonrigid_displacement`` (with ``position_noise``, then
+    :data:`OWN_MOTION_NOISE_COLUMNS`); ``attrs["still_field"]``
     (with ``noise_px``) holds per component (``"y"``, ``"x"``) ``moves`` and the frame where the
     common velocity is largest against the noise: ``frame``, ``velocity`` (px/frame), ``noise``
     (px); ``attrs["least_common_velocity"]`` (px/frame) is the least common velocity that counts
@@ -833,7 +917,7 @@ def peak_ratios(
         motion = motion.copy()
         cols = ["rigid_dy", "rigid_dx", "nonrigid_dy", "nonrigid_dx"]
         motion.loc[~keep, cols] = np.nan
-    rows, common = [], []
+    rows, common, counts = [], [], {}
     for pid, g in motion.groupby("particle"):
         g = g.sort_values("frame")
         f = g["frame"].to_numpy(float)
@@ -850,6 +934,9 @@ def peak_ratios(
         with np.errstate(invalid="ignore"):
             disp = np.nanmax(np.hypot(g["nonrigid_dy"], g["nonrigid_dx"]))
         rows.append([pid, pn[0], pn[1], pr[0], pr[1], ratio[0], ratio[1], disp])
+        # the frames the largest own displacement and the peak own velocities were taken over
+        nr = g[["nonrigid_dy", "nonrigid_dx"]].to_numpy(float)
+        counts[pid] = (int(np.isfinite(nr).all(axis=1).sum()), int(np.isfinite(nv).sum(axis=0).max()))
         common.append(pd.DataFrame({"frame": g["frame"].to_numpy(), "vy": np.abs(rv[:, 0]), "vx": np.abs(rv[:, 1])}))
     out = pd.DataFrame(
         rows,
@@ -864,6 +951,8 @@ def peak_ratios(
             "max_nonrigid_displacement",
         ],
     )
+    if position_noise is not None:
+        out = _own_motion_noise(out, counts, position_noise)
     out.attrs["least_common_velocity"] = np.nan
     if noise_px is None or not common:
         return out

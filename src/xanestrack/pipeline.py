@@ -3285,11 +3285,16 @@ def run_pipeline(
     # stress-all seed 2, a particle's largest own motion 3.81 px from a frame flagged disagree, 3.30 over its
     # frames vouched for)
     ratios = (
-        peak_ratios(motion, reliable=summary_frames, noise_px=_position_noise(table, per_frame=True))
+        peak_ratios(
+            motion,
+            reliable=summary_frames,
+            noise_px=_position_noise(table, per_frame=True),
+            position_noise=_particle_position_noise(table, summary_frames),
+        )
         if len(motion)
         else pd.DataFrame()
     )
-    notes += [n for n in (_still_field_note(ratios),) if n]
+    notes += [n for n in (_still_field_note(ratios), _own_motion_noise_note(ratios)) if n]
     particles = _quote_reported_own_motion(particles, ratios)
     timings["motion"] = time.perf_counter() - t
 
@@ -3395,15 +3400,23 @@ def _quote_reported_own_motion(particles, ratios) -> list:
     against the motion the particles share. The notes' own number is measured against the matrix's motion, before
     the matrix was subtracted where it was: a moving wrinkle or bubble taken for the matrix parts the two (reduced
     default scene, a particle truly still: 1.00 px against 0.22 px reported)."""
-    reported = {}
+    reported, floor = {}, {}
     if len(ratios) and "max_nonrigid_displacement" in ratios:
         reported = dict(zip(ratios["particle"], ratios["max_nonrigid_displacement"]))
+    if len(ratios) and "nonrigid_at_noise" in ratios:  # where noise alone reaches it (_own_motion_noise_note)
+        at = ratios[ratios["nonrigid_at_noise"].astype(bool)]
+        floor = dict(zip(at["particle"], at["max_nonrigid_noise_px"]))
     out = []
     for p in particles:
         y = reported.get(p.particle, np.nan)
         words = (
             f"its own motion as reported in tracks.csv, against the motion the particles share: up to {y:.2f} px "
             "over its frames vouched for"
+            + (
+                f", within its positions' noise (noise alone reaches {floor[p.particle]:.2f} px)"
+                if p.particle in floor
+                else ""
+            )
             if np.isfinite(y)
             else "its own motion is not reported"
         )
@@ -4616,6 +4629,61 @@ def _position_noise(table, *, per_frame: bool = False):
     return noise if noise > 0 else np.nan
 
 
+#: second differences of frames vouched for a particle needs for its positions' noise
+#: (:func:`_particle_position_noise`); fewer: NaN, its own motion not judged against its noise
+MIN_NOISE_DIFFERENCES = 5
+
+#: frames: the longest span of the three frames vouched for that one second difference takes (next to each other
+#: among the frames vouched for, those between not). Three in a row only, a faint particle vouched for in 24
+#: scattered frames of 60 (reduced stress-counts seed 1) had 3 and went unjudged at 0.22 px of own motion; over 6
+#: frames a smooth own motion of the default scenes (up to 0.2 px/frame) bends by a few hundredths of a pixel
+NOISE_SPAN_FRAMES = 6
+
+
+def _particle_position_noise(table, reliable) -> pd.Series:
+    """Per particle (a Series by particle), its positions' noise, px per axis, over its frames vouched for
+    (``reliable``: ``particle, frame, reliable``): the RMS of the second differences of its own motion as measured
+    (``nonrigid`` plus the raw edge estimate less the position reported, ``edge - y``: the edge estimates less the
+    motion the particles share; the position where the frame has no edge estimate), each frame vouched for against
+    the straight line through its neighbours vouched for (``x_k - (x_{k-1} + x_{k+1}) / 2`` for three in a row; at
+    most :data:`NOISE_SPAN_FRAMES` apart), each divided by its standard deviation for white noise of one
+    (``sqrt(1 + a^2 + b^2)``, a and b the line's weights: sqrt(1.5) for three in a row); a smooth own motion hardly
+    adds to them. NaN with fewer than :data:`MIN_NOISE_DIFFERENCES` of them.
+
+    What the still-field rule's noise (:func:`_position_noise`: the raw estimates about the positions reported) is per
+    particle: on the calibration probe's 116 runs the two agree (median ratio 1.01-1.08 per scene), and this one
+    needs no smoothing (``--no-smooth-tracks``: positions as estimated, no residual) and is not shrunk where the
+    smooth keeps almost every frame. Its RMS, not a robust spread: the occasional far frame is what a largest own
+    displacement picks (a robust one read 0.5-0.9 times it on the stress scenes, and their noise-level own motions
+    went unmarked)."""
+    need = {"particle", "frame", "y", "x", "nonrigid_dy", "nonrigid_dx"}
+    if not len(table) or not need <= set(table):
+        return pd.Series(dtype=float)
+    t = table.merge(reliable, on=["particle", "frame"], how="left") if reliable is not None else table.copy()
+    use = t["reliable"].fillna(False).astype(bool) if "reliable" in t else pd.Series(True, index=t.index)
+    own = t[["nonrigid_dy", "nonrigid_dx"]].to_numpy(float, copy=True)
+    if {"edge_y", "edge_x"} <= set(t):
+        raw = t[["edge_y", "edge_x"]].to_numpy(float) - t[["y", "x"]].to_numpy(float)
+        own = own + np.where(np.isfinite(raw), raw, 0.0)
+    own[~use.to_numpy()] = np.nan
+    out = {}
+    frames = t["frame"].to_numpy(float)
+    for pid, idx in t.groupby("particle").indices.items():
+        ok = idx[np.isfinite(own[idx]).all(axis=1)]
+        ok = ok[np.argsort(frames[ok])]
+        f, o = frames[ok], own[ok]
+        if len(f) < 3:
+            out[pid] = np.nan
+            continue
+        span = f[2:] - f[:-2]
+        a = (f[2:] - f[1:-1]) / np.where(span > 0, span, 1.0)  # the weight of the frame before, 1 / 2 in a row
+        b = 1.0 - a
+        d = (o[1:-1] - a[:, None] * o[:-2] - b[:, None] * o[2:]) / np.sqrt(1.0 + a**2 + b**2)[:, None]
+        d = d[(span > 0) & (span <= NOISE_SPAN_FRAMES)]
+        out[pid] = float(np.sqrt(np.mean(d**2))) if len(d) >= MIN_NOISE_DIFFERENCES else np.nan
+    return pd.Series(out, dtype=float)
+
+
 def _still_field_note(ratios) -> str:
     """The note where the ratios of peak velocities are not defined: the field's common velocity stays within
     :data:`xanestrack.motion.STILL_FIELD_NOISE` times the positions' noise in every frame (``attrs["still_field"]`` of
@@ -4640,6 +4708,41 @@ def _still_field_note(ratios) -> str:
         f"{'are' if len(undefined) > 1 else 'is'} not defined and left NaN for every particle in motion_summary.csv; "
         "each particle's own motion (peak_nonrigid_vy, peak_nonrigid_vx, max_nonrigid_displacement) is given as "
         "measured"
+    )
+
+
+#: particles an own-motion noise note names one by one (:func:`_own_motion_noise_note`); more are counted
+NOISE_NOTE_MOST = 8
+
+
+def _own_motion_noise_note(ratios) -> str:
+    """The note naming the particles whose own motion is within their positions' noise (``nonrigid_at_noise`` of
+    :func:`xanestrack.motion.peak_ratios`): their largest own displacement over their frames vouched for is not above
+    what that noise alone reaches over as many frames (``max_nonrigid_noise_px``). Such a number is the noise's
+    largest excursion, biased upward (a faint particle truly moving 0.16 px on its own read 0.33 +- 0.24 px over
+    noise-only redraws), not a measured own motion. Quotes each one's numbers; empty where none is."""
+    from .motion import OWN_MOTION_NOISE_QUANTILE
+
+    if not len(ratios) or "nonrigid_at_noise" not in ratios:
+        return ""
+    at = ratios[ratios["nonrigid_at_noise"].astype(bool)].sort_values("particle")
+    if not len(at):
+        return ""
+    shown = at.iloc[:NOISE_NOTE_MOST]
+    each = ", ".join(
+        f"particle {int(r.particle)} {r.max_nonrigid_displacement:.2f} px (noise alone: up to "
+        f"{r.max_nonrigid_noise_px:.2f} px; {r.position_noise_px:.3f} px per axis)"
+        for r in shown.itertuples()
+    )
+    more = f" and {len(at) - len(shown)} more" if len(at) > len(shown) else ""
+    many = len(at) > 1
+    return (
+        f"{len(at)} of {len(ratios)} particles' own motion is within {'their' if many else 'its'} "
+        f"positions' noise: {'their' if many else 'its'} largest own (non-rigid) displacement over "
+        f"{'their' if many else 'its'} frames vouched for is not above what that noise alone reaches over as many "
+        f"frames (of white noise that size, {OWN_MOTION_NOISE_QUANTILE:.0%} of scans stay below it): {each}{more}; "
+        f"read {'these' if many else 'it'} as no own motion measured, not as how far "
+        f"{'they' if many else 'it'} moved (motion_summary.csv: nonrigid_at_noise, max_nonrigid_noise_px)"
     )
 
 

@@ -153,6 +153,35 @@ def _max_nonrigid(result) -> pd.Series:
     return pr.set_index("particle")["max_nonrigid_displacement"]
 
 
+def _own_motion_summary(result, maxnr: pd.Series) -> str:
+    """The report summary's sentence on the particle that moved most on its own, saying where that is within its
+    positions' noise (``nonrigid_at_noise`` of :func:`xanestrack.motion.peak_ratios`), or that no particle's own
+    motion stands above its noise: "moved most on its own (0.33 px)" read as a measured motion on a faint scan."""
+    pr = result.peak_ratios
+    maxnr = maxnr.dropna()
+    if not len(maxnr):
+        return ""
+    at = pd.Series(False, index=maxnr.index)
+    if "nonrigid_at_noise" in pr:  # (folders written before it: every particle's own motion as measured)
+        at = pr.set_index("particle")["nonrigid_at_noise"].reindex(maxnr.index).fillna(False).astype(bool)
+    if at.all():
+        return (
+            " No particle's own motion stands above its positions' noise (largest own displacements up to "
+            f"{maxnr.max():.2f} px, each within what that noise alone reaches: the motion table)."
+        )
+    above = maxnr[~at]
+    return (
+        f" Particle {int(above.idxmax())} moved most on its own ({above.max():.2f} px beyond the rigid motion, "
+        "over its frames vouched for"
+        + (
+            f"; left out, within their positions' noise: {', '.join(str(int(p)) for p in at[at].index)}"
+            if at.any()
+            else ""
+        )
+        + ")."
+    )
+
+
 def _e50_limits(result):
     """The E50 colour scale of the report: the 2nd-98th percentiles of every particle's kept E50 pixels
     (:func:`_kept_e50`, as drawn)."""
@@ -1512,6 +1541,10 @@ MOTION_TABLE_NAMES = {
     "ratio_v": "ratio_v (y)",
     "ratio_h": "ratio_h (x)",
     "max_nonrigid_displacement": "max |non-rigid| (px), frames vouched for",
+    "position_noise_px": "position noise (px per axis)",
+    "max_nonrigid_noise_px": "max |non-rigid| from noise alone (px)",
+    "nonrigid_at_noise": "own motion within noise",
+    "peak_nonrigid_v_noise": "peak |non-rigid v| from noise alone, at most ({v})",
 }
 
 
@@ -1525,6 +1558,8 @@ def _motion_table(result) -> pd.DataFrame:
     t = result.peak_ratios
     if t is None or not len(t):
         return t
+    if "nonrigid_at_noise" in t:  # read as words, not a Python bool
+        t = t.assign(nonrigid_at_noise=np.where(t["nonrigid_at_noise"].astype(bool), "yes", "no"))
     return t.rename(columns={k: name.format(v=v) for k, name in MOTION_TABLE_NAMES.items()})
 
 
@@ -1541,6 +1576,18 @@ def _motion_table_note(result) -> str:
         "(about 0: it moves with the electrode). max |non-rigid|: the largest non-rigid displacement, sqrt(dy^2 + "
         "dx^2), in px. In motion_summary.csv: peak_nonrigid_vy, peak_nonrigid_vx, peak_rigid_vy, peak_rigid_vx, "
         "ratio_v, ratio_h, max_nonrigid_displacement."
+        + (
+            " Their uncertainty: position noise, the particle's positions' noise per axis over its frames vouched for "
+            "(from its own motion as measured, frame to frame); max |non-rigid| from noise alone, the largest own "
+            "displacement that noise alone reaches over as many frames (of white noise that size, 95 % of scans stay "
+            "below it); 'own motion within noise' where max |non-rigid| is not above it: that number is the noise's "
+            "largest excursion, not a measured own motion. Errors that wander slowly (a touching neighbour, the "
+            "matrix) are not counted: near the floor, read it as uncertain. Peak |non-rigid v| from noise alone is an "
+            "upper bound (the positions' noise unsmoothed): a peak above it is not noise. In motion_summary.csv: "
+            "position_noise_px, max_nonrigid_noise_px, nonrigid_at_noise, peak_nonrigid_v_noise."
+            if "max_nonrigid_noise_px" in result.peak_ratios
+            else ""
+        )
     )
 
 
@@ -1683,10 +1730,7 @@ def write_report(folder, *, result=None) -> Path:
         else "no energies"
     )
     if len(maxnr):
-        summary += (
-            f" Particle {int(maxnr.idxmax())} moved most on its own ({maxnr.max():.2f} px beyond the rigid motion, "
-            "over its frames vouched for)."
-        )
+        summary += _own_motion_summary(result, maxnr)
     vt = vouching_table(result)
     vouch_text = (
         "Every position is measured twice, independently: by correlating the particle's window (its optical density, "

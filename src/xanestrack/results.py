@@ -338,8 +338,9 @@ _TABLE_DOC = {
     "detections": "every object found in the frames examined (detections.csv is a rounded copy)",
     "rejected": "objects left out, with the reason (rejected.csv is a rounded copy)",
     "motion": "per particle per frame: displacement, velocity, acceleration, rigid and own (non-rigid) motion",
-    "peak_ratios": "per particle: peak own (non-rigid) and rigid velocities and their ratios, over the frames "
-    "vouched for (motion_summary.csv is a rounded copy)",
+    "peak_ratios": "per particle: peak own (non-rigid) and rigid velocities and their ratios, the largest own "
+    "displacement, over the frames vouched for, and how far its positions' noise alone takes them (folders written "
+    "before these noise columns lack them; motion_summary.csv is a rounded copy)",
     "similarity": "per frame: the common motion (translation, scale, rotation) fitted over the particles",
     "edge_widths": "per frame: the particles' edge width less its median and the blur applied before the chemistry",
     "cluster_fractions": "per particle and cluster: the particle's clustered pixels in the cluster",
@@ -440,6 +441,28 @@ _COLUMN_DOC = {
     "ratio_v": ("1 (ratio)", "peak_nonrigid_vy / peak_rigid_vy (vertical)"),
     "ratio_h": ("1 (ratio)", "peak_nonrigid_vx / peak_rigid_vx (horizontal)"),
     "max_nonrigid_displacement": ("px", "largest own (non-rigid) displacement"),
+    "position_noise_px": (
+        "px",
+        "the particle's positions' noise per axis over its frames vouched for: the RMS of the second differences of "
+        "its own motion as measured (raw edge estimates), scaled to one frame's noise; NaN where too few frames "
+        "vouched for lie close enough (a scan of 2 frames)",
+    ),
+    "max_nonrigid_noise_px": (
+        "px",
+        "the largest own displacement its positions' noise alone reaches over as many frames (of white noise that "
+        "size, 95 % of scans below it): sqrt(2) x position_noise_px x the 95 % point of the largest of n Rayleigh "
+        "values. Errors that wander slowly (a touching neighbour, the matrix) are not in it",
+    ),
+    "nonrigid_at_noise": (
+        "bool",
+        "max_nonrigid_displacement is not above max_nonrigid_noise_px: the noise's largest excursion (biased "
+        "upward), no own motion measured; False also where no noise is known",
+    ),
+    "peak_nonrigid_v_noise": (
+        "px/frame",
+        "the largest |own velocity| per axis its positions' noise, unsmoothed, reaches over as many frames (95 %): "
+        "an upper bound, the smoothing across the energies leaves less; a peak above it is not noise",
+    ),
     "width_change_px": ("px", "the particles' edge width in the frame less its median (smoothed): its blur"),
     "blur_px": ("px", "sigma of the Gaussian blur of the frame's particle windows before the chemistry (0: none)"),
     "cluster": ("cluster index", "the cluster"),
