@@ -81,10 +81,10 @@ def test_a_step_too_low_is_not_also_counted_non_finite():
     e50 = np.full(mask.shape, np.nan, np.float32)
     flags = np.zeros(mask.shape, np.uint8)
     flags[mask] = xanes.FLAG_LOW_STEP | xanes.FLAG_NONFINITE
-    note = xanes._few_e50_note(e50, flags, mask, None)
+    note = xanes._few_e50_note(e50, flags, mask)
     assert "have too low an edge step" in note and "non-finite" not in note
     flags[mask] = xanes.FLAG_NONFINITE  # the control: spectra that hold NaN are said to
-    assert "hold non-finite values" in xanes._few_e50_note(e50, flags, mask, None)
+    assert "hold non-finite values" in xanes._few_e50_note(e50, flags, mask)
 
 
 @pytest.fixture(scope="module")

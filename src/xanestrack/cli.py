@@ -772,7 +772,7 @@ def _known_edge_calibration(particle, known_ev):
     from .chemistry.calibration import calibrate_from_region
     from .errors import XanestrackError
     from .pipeline import _two_edges
-    from .result import core_pixels, gap_share
+    from .result import core_pixels, e50_share, gap_share
     from .xanes import MAX_GAP_SHARE, MIN_E50_SHARE
 
     record = {}
@@ -798,14 +798,15 @@ def _known_edge_calibration(particle, known_ev):
                 f"{what}'s spectrum crosses two absorption edges (its own near {found[0].e0_ev:.0f} eV): the run gives "
                 f"it no E50, normalised across the other edge's step, so it cannot calibrate the axis; {do}"
             )
-        n_core = e50.size
         e50 = e50[np.isfinite(e50)]
         measured = float(e50.mean()) if e50.size else float("nan")
         if not np.isfinite(measured) or gap_share(found[0]) > MAX_GAP_SHARE:
             raise XanestrackError(f"{what} has no E50 (its note says why), so it cannot calibrate the axis; {do}")
-        if e50.size < MIN_E50_SHARE * n_core:  # a mean of a few pixels is not the particle's (particle_summary)
+        # a mean of a few pixels is not the particle's: the share of its whole core (particle_summary's decision)
+        n, n_core = e50_share(found[0].edge_maps["e50"], found[0].mask)
+        if n < MIN_E50_SHARE * n_core:
             raise XanestrackError(
-                f"--known-edge {particle}={known_ev}: particle {particle} has an edge energy in only {e50.size} of its "
+                f"--known-edge {particle}={known_ev}: particle {particle} has an edge energy in only {n} of its "
                 f"{n_core} core pixels, too few to calibrate on (its note says why); name another particle"
             )
         cal = calibrate_from_region(

@@ -4258,12 +4258,14 @@ def _untrusted_note(untrusted) -> str:
     """The run note on particles whose core no quality mask keeps (:func:`_means_untrusted`): their means are
     over every core pixel, none trusted; it names the means given, not a mean E50 withheld (the particle's note
     says why: "the mean edge energy ... over every core pixel" was said where no mean E50 was given)."""
-    from .result import core_pixels
+    from .result import core_pixels, fractions_withheld
 
     ids = lambda ps: ", ".join(str(p.particle) for p in ps[:20]) + (" ..." if len(ps) > 20 else "")  # noqa: E731
     withheld = [p for p in untrusted if any("its mean E50 is not given" in n for n in p.notes)]
     with_fractions = [
-        p for p in untrusted if p.fractions is not None and np.isfinite(p.fractions[:, core_pixels(p)]).any()
+        p
+        for p in untrusted
+        if p.fractions is not None and np.isfinite(p.fractions[:, core_pixels(p)]).any() and not fractions_withheld(p)
     ]
     given = [
         what
@@ -4983,7 +4985,7 @@ def _particle_chemistry_notes(
     XANES needs is said so (the first particle's reason blamed frames not vouched for on the two-frame SSRL scan).
     With ``calibrated`` (the axis calibrated for this run: ``--energy-reference``, ``--known-edge``) the misfit
     note does not advise calibrating it."""
-    from .xanes import FALL_BACK_NOTE, NEGATIVE_STEP_NOTE
+    from .xanes import EDGE_ABSENT_NOTE, FALL_BACK_NOTE, NEGATIVE_STEP_NOTE
 
     out = []
     ids = lambda ps: ", ".join(str(p) for p in ps[:12]) + (" ..." if len(ps) > 12 else "")  # noqa: E731
@@ -4992,9 +4994,10 @@ def _particle_chemistry_notes(
         n = f"{n_energies} energy" if n_energies == 1 else f"{n_energies} energies"
         out.append(f"no XANES: the scan has {n} (the analysis needs {min_energies})")
         failed = []
-    # spectra no sample has (frames in another order than the energies, or reversed): said on their own, whatever
-    # the first particle failed on (the XANES of every particle declined for the same cause reads as one note)
-    for marker in (FALL_BACK_NOTE, NEGATIVE_STEP_NOTE):
+    # spectra no sample has (frames in another order than the energies, or reversed), and particles without the
+    # scan's edge (binder, an Al flake): said on their own, whatever the first particle failed on (the XANES of
+    # every particle declined for the same cause reads as one note)
+    for marker in (FALL_BACK_NOTE, NEGATIVE_STEP_NOTE, EDGE_ABSENT_NOTE):
         own = [(pid, n) for pid, n in failed if marker in n]
         if own:
             who = sorted({pid for pid, _ in own})
@@ -5602,7 +5605,7 @@ def _uncalibrated_note(
     made it "4.4 eV above" on an exact axis.
     """
     from .chemistry.calibration import fraction_shift_sensitivity, half_step_energies
-    from .result import e50_withheld
+    from .result import e50_withheld, fractions_withheld
     from .xanes import linear_combination_fit
 
     e = np.asarray(energies, float)
@@ -5625,6 +5628,8 @@ def _uncalibrated_note(
                 withheld += 1
             else:
                 e50.append(float(np.nanmedian(m)))
+        if fractions_withheld(p):  # its fractions are not given: not among "the particles fitted"
+            continue
         # a fit held at 0 or 1 by its constraints does not move one way, and moves the other: its "0.00 per
         # 0.5 eV" reassured (the axis 3-15 eV off), and "moves them little or not at all" hid that pure NiO on
         # an axis 0.5 eV high fits as 0.20 LiNiO2: the change the other way is said for them

@@ -623,14 +623,15 @@ def _fraction_means(result) -> pd.DataFrame:
     pixels' standard errors, ``maps["fraction_sigma"]``: a pixel's, not the mean's, which is smaller, the noise
     averaging over the pixels), ``oxidised_fraction`` (that of the last reference, as
     :func:`xanestrack.result.particle_summary`) and ``fraction_flags``: ``|``-joined ``no_fit`` (no fraction: no
-    references, or no XANES), ``at_bound`` (a mean within :data:`FRACTION_BOUND_SIGMAS` of its
-    ``sigma_median``, or :data:`xanestrack.pipeline.BOUND_FRACTION` without one, of 0 or 1: the fit sits at its
-    bounds, its standard error is one-sided there) and ``misfit`` (the particle's note says the references do not
-    describe its spectra, :data:`xanestrack.xanes.MISFIT_NOTE`). The fractions of a particle without any are
-    NaN (empty in a CSV), not 0.
+    references, or no XANES), ``withheld`` (fitted, but its E50 measured in too few of its core pixels: the
+    means are NaN, :func:`xanestrack.result.fractions_withheld`), ``at_bound`` (a mean within
+    :data:`FRACTION_BOUND_SIGMAS` of its ``sigma_median``, or :data:`xanestrack.pipeline.BOUND_FRACTION` without
+    one, of 0 or 1: the fit sits at its bounds, its standard error is one-sided there) and ``misfit`` (the
+    particle's note says the references do not describe its spectra, :data:`xanestrack.xanes.MISFIT_NOTE`). The
+    fractions of a particle without any are NaN (empty in a CSV), not 0.
     """
     from .pipeline import BOUND_FRACTION
-    from .result import core_pixels
+    from .result import core_pixels, fractions_withheld
     from .xanes import MISFIT_NOTE
 
     names = list(dict.fromkeys(str(n) for p in result.particles for n in (p.reference_names or ())))
@@ -642,6 +643,10 @@ def _fraction_means(result) -> pd.DataFrame:
         sig = None if sig is None or fr is None or np.shape(sig) != fr.shape else np.asarray(sig, float)
         core = core_pixels(p)
         at_bound = False
+        # fitted over a few noisy pixels of its core, not the particle (an edgeless flake's 1.000): not given
+        withheld = fr is not None and bool(fractions_withheld(p))
+        if withheld:
+            fr, sig = np.full_like(fr, np.nan), None
         for j, name in enumerate(p.reference_names if fr is not None else ()):
             v = fr[j][core]
             mean = float(np.nanmean(v)) if np.isfinite(v).any() else np.nan
@@ -653,7 +658,9 @@ def _fraction_means(result) -> pd.DataFrame:
         if fr is not None:  # as particle_summary's: the last reference's mean over the same pixels
             row["oxidised_fraction"] = row[f"fraction_{p.reference_names[-1]}"]
         flags = []
-        if not np.isfinite([row.get(f"fraction_{n}", np.nan) for n in names]).any():
+        if withheld:
+            flags.append("withheld")
+        elif not np.isfinite([row.get(f"fraction_{n}", np.nan) for n in names]).any():
             flags.append("no_fit")
         if at_bound:
             flags.append("at_bound")
@@ -1343,6 +1350,8 @@ def _fraction_text(row) -> str:
     names = [
         c[len("fraction_") :] for c in row.index if c.startswith("fraction_") and not c.endswith(("_median", "_flags"))
     ]
+    if "withheld" in str(row["fraction_flags"]).split("|"):
+        return "reference fractions not given (its E50 measured in too few of its core pixels: its note says why)"
     if not np.isfinite([row[f"fraction_{n}"] for n in names]).any():
         return ""
     parts = []

@@ -438,11 +438,12 @@ def e50_withheld(p, core_px: int = 2) -> str:
     (:mod:`xanestrack.report`: chemistry.csv, the E50 overview, the particle's E50 panel) share. A particle's
     pixels measured are not the particle where its E50 falls in a gap of frames left out in more than
     :data:`xanestrack.xanes.MAX_GAP_SHARE` of its mask (they are those whose E50 lies outside the gap), or where
-    fewer than :data:`xanestrack.xanes.MIN_E50_SHARE` of its core pixels (:func:`core_pixels`), but some, have an
-    E50. Its own note says the same at more length ("its mean E50 is not given"). Where no pixel has an E50 (its
-    XANES failed or was skipped) nothing is withheld: there is no number to give.
+    fewer than :data:`xanestrack.xanes.MIN_E50_SHARE` of its whole core (:func:`e50_share`), but some of its
+    pixels, have an E50 (:func:`few_e50_measured`; its fractions are then withheld too). Its own note says the
+    same at more length ("its mean E50 is not given"). Where no pixel has an E50 (its XANES failed or was skipped)
+    nothing is withheld: there is no number to give.
     """
-    from .xanes import MAX_GAP_SHARE, MIN_E50_SHARE
+    from .xanes import MAX_GAP_SHARE
 
     share = gap_share(p)
     if share > MAX_GAP_SHARE:
@@ -450,16 +451,54 @@ def e50_withheld(p, core_px: int = 2) -> str:
             f"E50 in a gap of frames left out in {100 * share:.0f} % of its pixels: those measured are the ones "
             "whose E50 lies outside the gap, a biased choice"
         )
-    e50 = p.edge_maps.get("e50")
+    return few_e50_measured(p, core_px)
+
+
+def e50_share(e50, mask, core_px: int = 2) -> tuple[int, int]:
+    """``(n, n_core)``: the pixels of a particle's whole core that have an E50, and that core: ``mask`` eroded by
+    ``core_px`` (:func:`core_mask`), before the quality masks.
+
+    The share is judged against the whole core, not against the pixels the quality masks keep (which
+    :func:`core_mask` narrows the core to): one kept pixel of 437 (an Al flake or binder clump, no Ni edge: the E50
+    of a noisy pixel) passed as "1 of 1 core pixels", and the flake was given a mean E50 and an oxidised fraction of
+    1.000. Nor does a faint particle whose quality masks keep a quarter of its core lose its mean: its pixels
+    measured are those whose spectra cross half the step, whichever the masks keep."""
+    mask = np.asarray(mask, bool)
+    core = core_mask(mask, mask, core_px)
+    return int(np.count_nonzero(np.isfinite(np.asarray(e50, float)[core]))), int(np.count_nonzero(core))
+
+
+def few_e50_measured(p, core_px: int = 2) -> str:
+    """Why a particle's mean E50 and mean fractions are not given for want of pixels measured, in a few plain
+    words; ``""`` where enough are (or none at all: no XANES, nothing to withhold).
+
+    Fewer than :data:`xanestrack.xanes.MIN_E50_SHARE` of its whole core have an E50 (:func:`e50_share`): those are
+    the spectra that cross half the step, not the particle. Its fractions go with it (:func:`fractions_withheld`):
+    fitted over the same noisy spectra, an edgeless flake's were 1.000."""
+    from .xanes import MIN_E50_SHARE
+
+    maps = getattr(p, "edge_maps", None)
+    e50 = maps.get("e50") if maps else None
     if e50 is None or p.mask is None:
         return ""
-    fin = np.isfinite(np.asarray(e50)[core_pixels(p, core_px)])
-    if fin.any() and fin.mean() < MIN_E50_SHARE:  # none: nothing withheld (no XANES, or no pixel crossed)
+    mask = np.asarray(p.mask, bool)
+    if not np.isfinite(np.asarray(e50, float)[mask]).any():  # none: nothing withheld (no XANES, or no pixel crossed)
+        return ""
+    n, n_core = e50_share(e50, mask, core_px)
+    if n < MIN_E50_SHARE * n_core:
         return (
-            f"E50 measured in {int(fin.sum())} of its {fin.size} core pixels only: those are the spectra that cross "
-            "half the step, not the particle"
+            f"E50 measured in {n} of its {n_core} core pixels only: those are the spectra that cross half the step, "
+            "not the particle"
         )
     return ""
+
+
+def fractions_withheld(p, core_px: int = 2) -> str:
+    """Why a particle's mean reference fractions are not given (``""`` where they are): its E50 measured in too
+    few of its core pixels (:func:`few_e50_measured`), the pixels fitted being the same few noisy spectra. The
+    one decision that :func:`particle_summary` (``oxidised_fraction``) and the report (uncertainty.csv's
+    fractions, flag ``withheld``) share."""
+    return few_e50_measured(p, core_px)
 
 
 def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFrame:
@@ -489,10 +528,11 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
 
     Means are taken over the core pixels that the quality masks keep
     (``maps["quality_keep"]``; every core pixel for results without one). No mean E50 (nor
-    spread, nor sigma) is given where fewer than :data:`xanestrack.xanes.MIN_E50_SHARE` of those
-    pixels have an E50 (the particle's note says why: their mean is not the particle's), nor where
-    its E50 falls in a gap of frames left out in more than :data:`xanestrack.xanes.MAX_GAP_SHARE`
-    of its mask.
+    spread, nor sigma) nor ``oxidised_fraction`` is given where fewer than
+    :data:`xanestrack.xanes.MIN_E50_SHARE` of its whole core (the mask eroded, before the quality
+    masks: :func:`e50_share`) have an E50 (the particle's note says why: their mean is not the
+    particle's), nor a mean E50 where its E50 falls in a gap of frames left out in more than
+    :data:`xanestrack.xanes.MAX_GAP_SHARE` of its mask.
     ``mean_e50_sigma_ev`` combines the noise part of the pixels' standard errors
     (independent pixels, the variance of a mean of pixels smoothed with a Gaussian of
     ``xanes_smoothing`` px multiplied by ``4 pi sigma^2``; widened where the background's
@@ -524,7 +564,7 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
             e50 = e50[:0]
             fin_e50 = np.zeros_like(fin_e50)
         ox = np.nan
-        if p.fractions is not None and len(p.reference_names) and core.any():
+        if p.fractions is not None and len(p.reference_names) and core.any() and not fractions_withheld(p, core_px):
             v = p.fractions[-1][core]
             ox = float(np.nanmean(v)) if np.isfinite(v).any() else np.nan
         extra = _chemistry_columns(p, core, fin_e50, smoothing_px, clusters)

@@ -94,10 +94,11 @@ FLAG_THICK = 128
 #: beam dump: a mean 0.82 eV high, its sigma 0.010, from 424 of 4805 pixels; at 10 %, a stress-all particle
 #: with 44 % in a gap lost a mean 0.17 eV off)
 MAX_GAP_SHARE = 0.5
-#: a particle with an E50 in fewer than this share of its core pixels (:func:`xanestrack.result.core_pixels`) has
-#: no mean E50 (nor spread, nor sigma; :func:`xanestrack.result.particle_summary`) and a note saying so: the pixels
-#: whose spectra cross half the step are a choice by the spectrum, not the particle (an entering particle's frames
-#: used starting past its edge's rise: 18 of 2484 core pixels, a mean 33 eV high, its sigma 0.19 eV)
+#: a particle with an E50 in fewer than this share of its whole core (its mask eroded, before the quality masks:
+#: :func:`xanestrack.result.e50_share`) has no mean E50 (nor spread, nor sigma), no mean fractions
+#: (:func:`xanestrack.result.particle_summary`) and a note saying so: the pixels whose spectra cross half the step
+#: are a choice by the spectrum, not the particle (an entering particle's frames used starting past its edge's rise:
+#: 18 of 2484 core pixels, a mean 33 eV high, its sigma 0.19 eV)
 MIN_E50_SHARE = 0.5
 
 #: eV relative to E0: the pre-edge range of :func:`normalize`
@@ -198,6 +199,117 @@ def _negative_step_note(e, mu, nm, measured=None) -> str:
         f"at {nm.e0_ev:.1f} eV, by more than 3 times their pre-edge noise): the frames are in the reverse order of "
         "the energies (a scan taken from high to low energies, its energies given ascending), or the values are "
         "transmission, not optical density"
+    )
+
+
+#: a particle whose mean spectrum's edge step (:func:`mean_edge_step`) is not above this many standard errors, or not
+#: above :data:`EDGE_ABSENT_RATIO` of its pre-edge OD at E0, shows no absorption edge of the scan's element
+#: (:func:`_no_edge_note`): a binder or carbon clump, an Al flake, a particle of another element. The few noisy
+#: crossings of its pixels were given as its E50 and its fractions as its chemistry (an absorber whose OD falls as
+#: E^-3, post-edge OD 2: E50 8326.69 +- 6.61 eV and oxidised_fraction 1.000 from the one pixel of 437 the quality masks
+#: kept). 3 as the faint tracks' rule (:data:`xanestrack.pipeline.EDGELESS_Z`). Measured (60 and 143 energies): 6 such
+#: absorbers of the probe's scenes (post-edge OD 0.3-2) -4.3 to +0.4; 62 Ni particles of the default scenes (seeds
+#: 1-3), the stress presets (reduced, seed 1) and the probe's scenes, faint ones (a step of 0.19 OD at 1500 counts)
+#: included, 19.8 to 70.5 (a thin synthetic disc, a step of 0.008 OD at 5000 counts: 10)
+EDGE_ABSENT_Z = 3.0
+#: the share of its pre-edge OD (at E0) below which a mean spectrum's edge step is no edge of the scan's element,
+#: however many standard errors it holds (a thick absorber's smooth fall, its noise averaged over thousands of
+#: pixels). Physics: Ni K-edge steps are 0.5 (NMC111, LiNi0.5Mn1.5O4: Mn and Co absorb below the Ni edge) to about
+#: 7 (Ni, NiO) times the absorption just below the edge; 0.02 is about 1 wt % Ni in a Co oxide. A Ni-free absorber
+#: (OD ~ E^-3) normalised as the particles are: -0.003 (noise-free, 20-143 energies). Measured: the 6 absorbers
+#: -0.0096 to +0.0007; the 63 Ni particles 3.1 to 4.3 (synthetic: a pre-edge OD a quarter of the step)
+EDGE_ABSENT_RATIO = 0.02
+#: how the particle note of :func:`_no_edge_note` begins (the run notes gather it)
+EDGE_ABSENT_NOTE = "its mean spectrum shows no"
+
+
+def mean_edge_step(e, spectrum, nm) -> tuple[float, float, float]:
+    """``(step, sigma, pre_od)`` of a mean spectrum ``spectrum`` (n,) at the energies ``e``, normalised as ``nm``
+    (:func:`normalize`): its edge step at E0 (OD), the step's standard error (the scatter of the spectrum about its
+    pre-edge line and post-edge polynomial, carried to E0 by their fits) and the pre-edge line's OD at E0. The
+    standard error is NaN where a side holds no more energies than its fit has terms (no scatter to measure)."""
+    e, y = np.asarray(e, float), np.asarray(spectrum, float).ravel()
+    e0 = float(nm.e0_ev)
+    x = (e - e0) / 100.0  # as normalize's fits
+    pre, post = np.asarray(nm.pre_edge, float).ravel(), np.asarray(nm.post_edge, float).ravel()
+    var = 0.0
+    for (lo, hi), curve, order in (
+        (nm.pre_range_ev, pre, 1),
+        (nm.post_range_ev, post, auto_post_order(e, e0)),
+    ):
+        i = np.flatnonzero((e >= lo) & (e <= hi) & np.isfinite(y))
+        if i.size <= order + 1:
+            var = float("nan")
+            continue
+        a = np.vander(x[i], order + 1, increasing=True)
+        s2 = float(((y[i] - curve[i]) ** 2).sum()) / (i.size - order - 1)
+        var += s2 * float(np.linalg.pinv(a.T @ a)[0, 0])  # the fit's variance at x = 0 (E0)
+    pre_od = float(np.interp(e0, e, pre))  # a line: exact between any two energies
+    return float(nm.edge_step), float(np.sqrt(var)), pre_od
+
+
+def _edge_shown(step, sigma, pre_od, sign: int = 1) -> bool:
+    """Whether a mean spectrum's edge step ``step`` (its standard error ``sigma``, its pre-edge OD ``pre_od`` at E0:
+    :func:`mean_edge_step`) times ``sign`` is an edge: positive, above :data:`EDGE_ABSENT_Z` standard errors
+    (where they are measured) and above :data:`EDGE_ABSENT_RATIO` of its pre-edge OD (where that is positive).
+    ``sign=-1`` asks whether it is an edge falling across E0 (frames in the reverse order of the energies)."""
+    step = sign * step
+    z = step / sigma if sigma > 0 else float("nan")
+    ratio = step / pre_od if pre_od > 0 else float("nan")
+    return bool(step > 0 and not z <= EDGE_ABSENT_Z and not ratio <= EDGE_ABSENT_RATIO)
+
+
+def _no_edge_note(e, spectrum, nm) -> str:
+    """The reason a particle's mean spectrum ``spectrum`` (n,) at the energies ``e``, normalised as ``nm``, shows no
+    absorption edge of the scan's element (:func:`_edge_shown`: a step within :data:`EDGE_ABSENT_Z` standard
+    errors of nil or below :data:`EDGE_ABSENT_RATIO` of its pre-edge OD). Empty where it shows one.
+
+    The per-pixel E50 of such a particle are a few noise crossings, its fractions a fit to noise: no E50 and no
+    fractions rather than a binder clump or an Al flake given as fully charged Ni (the share of its core measured,
+    :func:`xanestrack.result.few_e50_measured`, caught the thinner ones only where no pixel passed the quality
+    masks)."""
+    step, sigma, pre_od = mean_edge_step(e, spectrum, nm)
+    if _edge_shown(step, sigma, pre_od):
+        return ""
+    z = step / sigma if sigma > 0 else float("nan")
+    ratio = step / pre_od if pre_od > 0 else float("nan")
+    element = _scan_element(e, nm.e0_ev)
+    return (
+        f"{EDGE_ABSENT_NOTE} {f'{element} K-' if element else 'absorption '}edge: its step across "
+        f"{nm.e0_ev:.1f} eV is {step:+.4f} OD"
+        + (f", {z:+.1f} standard errors" if np.isfinite(z) else "")
+        + (f", {100 * ratio:+.1f} % of its OD below the edge ({pre_od:.3f})" if np.isfinite(ratio) else "")
+        + f" (an edge needs more than {EDGE_ABSENT_Z:g} standard errors and {100 * EDGE_ABSENT_RATIO:g} %): "
+        f"not a particle of {element or 'the element scanned'} (a binder or carbon clump, an Al flake, a particle of "
+        "another element), or one too thin for its edge to show; no E50 and no fractions are given"
+    )
+
+
+def _scan_element(e, e0_ev: float) -> str:
+    """The element whose K-edge (:data:`xanestrack.report.K_EDGES_EV`) the energies ``e`` span, the one nearest
+    ``e0_ev`` where they span several; else :func:`_edge_element` of ``e0_ev`` (a particle without an edge has no
+    E0 of its own: its derivative's maximum is noise)."""
+    from .report import K_EDGES_EV
+
+    e = np.asarray(e, float)
+    inside = {k: v for k, v in K_EDGES_EV.items() if e.size and e.min() < v < e.max()}
+    if inside:
+        return min(inside, key=lambda k: abs(inside[k] - float(e0_ev)) if np.isfinite(e0_ev) else 0.0)
+    return _edge_element(e0_ev)
+
+
+def _falling_mean_note(e0_ev: float, mean_step) -> str:
+    """The reason a particle's mean spectrum falls across its edge at ``e0_ev`` (``mean_step``: its
+    :func:`mean_edge_step`, an edge by :func:`_edge_shown` with ``sign=-1``) where its pixels are too noisy for
+    :func:`_negative_step_note`: a faint particle's frames in the reverse order of the energies."""
+    step, sigma, _ = mean_step
+    return (
+        f"{NEGATIVE_STEP_NOTE} in its mean spectrum (its absorption falls across the edge at {e0_ev:.1f} eV by "
+        f"{-step:.4f} OD"
+        + (f", {-step / sigma:.1f} standard errors" if sigma > 0 else "")
+        + "; its pixels too noisy to say so one by one): the frames are in the reverse order of the energies (a scan "
+        "taken from high to low energies, its energies given ascending), or the values are transmission, not optical "
+        "density"
     )
 
 
@@ -1227,18 +1339,19 @@ _EDGE_METHODS = (("e50", "half"), ("derivative", "derivative"), ("whiteline", "w
 PRE_EDGE_SEEN_SHARE = 0.5
 
 
-def _few_e50_note(e50, pix_flags, mask, keep) -> str:
-    """The note where fewer than :data:`MIN_E50_SHARE` of the particle's core pixels have an E50 (empty otherwise),
-    naming what the others' spectra failed on: its mean E50 is not given (:func:`xanestrack.result.particle_summary`)."""
-    from .result import core_mask
+def _few_e50_note(e50, pix_flags, mask) -> str:
+    """The note where fewer than :data:`MIN_E50_SHARE` of the particle's whole core pixels (the mask eroded, before
+    the quality masks: :func:`xanestrack.result.e50_share`) have an E50 (empty otherwise), naming what the others'
+    spectra failed on: its mean E50 is not given, nor its mean fractions
+    (:func:`xanestrack.result.particle_summary`)."""
+    from .result import core_mask, e50_share
 
-    kept = mask if keep is None else np.asarray(keep, bool) & mask
-    core = core_mask(mask, kept)
-    n = int(np.count_nonzero(core))
-    fin = np.isfinite(e50[core])
-    if not n or fin.mean() >= MIN_E50_SHARE:
+    mask = np.asarray(mask, bool)
+    n_fin, n = e50_share(e50, mask)
+    if not n or n_fin >= MIN_E50_SHARE * n:
         return ""
-    fl = pix_flags[core][~fin]
+    core = core_mask(mask, mask)
+    fl = pix_flags[core][~np.isfinite(e50[core])]
     # normalize sets the spectra of a step too low to NaN: those are not also spectra that "hold non-finite values"
     # (193 pixels counted twice, the input without a NaN)
     fl = np.where(fl & FLAG_LOW_STEP, fl & ~np.uint8(FLAG_NONFINITE), fl)
@@ -1250,9 +1363,9 @@ def _few_e50_note(e50, pix_flags, mask, keep) -> str:
     )
     why = ", ".join(f"{int(np.count_nonzero(fl & bit))} {text}" for bit, text in names if (fl & bit).any())
     return (
-        f"E50 measured in {int(fin.sum())} of its {n} core pixels only (the others' spectra: {why or 'no E50'}): "
-        "its mean E50 is not given (the few pixels measured are not the particle; frames used that start on the "
-        "edge or past it, or an edge E0 did not find, leave most spectra without a crossing)"
+        f"E50 measured in {n_fin} of its {n} core pixels only (the others' spectra: {why or 'no E50'}): "
+        "its mean E50 is not given, nor its mean fractions (the few pixels measured are not the particle; frames "
+        "used that start on the edge or past it, or an edge E0 did not find, leave most spectra without a crossing)"
     )
 
 
@@ -1484,6 +1597,15 @@ def analyse_particle(
                 raise
             _check_pre_edge_seen(aligned, mask, e_all, usable, found, subtract_background)
             e0 = nm.e0_ev
+            # a particle without the scan's edge (binder, carbon, an Al flake): no E50, no fractions, rather than
+            # the few noisy crossings of its pixels (said before the notes on its edge's shape, which it has not);
+            # an edge falling across E0 is left to the pixels' own steps below (frames in the reverse order)
+            mean_step = mean_edge_step(e, spectrum, nm)
+            falls = _edge_shown(*mean_step, sign=-1)
+            no_edge = "" if falls else _no_edge_note(e, spectrum, nm)
+            if no_edge:
+                e0 = float("nan")  # its derivative's maximum is noise, no edge (the two-edge check reads the E0s)
+                raise ValueError(no_edge)
             n_post = int(np.count_nonzero((e >= nm.post_range_ev[0]) & (e <= nm.post_range_ev[1])))
             if n_post < MIN_POST_EDGE_ENERGIES:
                 # a scan ending 120 eV past the edge: its one post-edge energy set every edge step, E50 0.1-0.2 eV
@@ -1517,6 +1639,8 @@ def analyse_particle(
             negative = _negative_step_note(e, mu, npix, measured)
             if negative:
                 raise ValueError(negative)
+            if falls:  # its mean falls across E0 beyond its noise, its pixels too noisy to say so one by one
+                raise ValueError(_falling_mean_note(e0, mean_step))
             pf = npix.flags.copy()
             for name, method in _EDGE_METHODS:
                 if name == "whiteline":
@@ -1615,7 +1739,7 @@ def analyse_particle(
                 note = _shared_noise_note(maps, edge_maps["e50"], mask, shared, smoothing)
                 if note:
                     notes.append(note)
-            few = _few_e50_note(edge_maps["e50"], pix_flags, mask, maps.get("quality_keep"))
+            few = _few_e50_note(edge_maps["e50"], pix_flags, mask)
             if few and not any("its mean E50 is not given" in n for n in notes):
                 notes.append(few + why)
         except ValueError as exc:
