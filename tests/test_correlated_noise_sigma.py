@@ -88,14 +88,18 @@ def _run(od, energies):
 
 
 def _independent_sigma(result):
-    """The particles' mean E50 sigma taking the pixels as independent (the sigma stated before the fix)."""
+    """The particles' mean E50 sigma taking the pixels as independent (the sigma stated before the fix; with the local
+    background's noise, which the stripes do not change)."""
     out = {}
     for p in result.particles:
         s = particle_summary(result).set_index("particle")
         if not np.isfinite(s.loc[p.particle, "mean_e50_sigma_ev"]):
             continue
         sel = core_mask(p.mask, p.kept) & np.isfinite(p.edge_maps["e50"])
-        sn = mean_noise_sigma(p.maps["e50_sigma_noise"], sel, smoothing_px=1.0)
+        # the local background's noise, common to the pixels, counted as the table does (not a stripe)
+        sn = mean_noise_sigma(
+            p.maps["e50_sigma_noise"], sel, smoothing_px=1.0, background=p.maps.get("noise_background")
+        )
         sr = np.asarray(p.maps["e50_sigma_registration"], float)[core_mask(p.mask, p.kept)]
         sr = sr[np.isfinite(sr)]
         out[p.particle] = float(np.hypot(sn, sr.mean())) if sr.size else sn

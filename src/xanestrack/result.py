@@ -537,7 +537,8 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
     (independent pixels, the variance of a mean of pixels smoothed with a Gaussian of
     ``xanes_smoothing`` px multiplied by ``4 pi sigma^2``; widened where the background's
     noise is common to rows or columns of a frame, readout stripes: ``maps["noise_shared"]``,
-    :func:`xanestrack.chemistry.uncertainty.mean_noise_sigma`) with the registration part
+    :func:`xanestrack.chemistry.uncertainty.mean_noise_sigma`; with the noise of the local background subtracted
+    per frame, common to every pixel: ``maps["noise_background"]``) with the registration part
     taken as common to every pixel (the mean of the pixels' registration sigmas: a
     frame's misregistration moves the whole particle, an upper bound). It is a
     statistical error: the bias of the normalisation model, which depends on the
@@ -635,7 +636,13 @@ def _chemistry_columns(p, core, fin_e50, smoothing_px, clusters) -> dict:
         sel[core] = fin_e50  # the core pixels with an E50
         if np.isfinite(np.asarray(m["e50_sigma_noise"], float)[sel]).any():
             # pixels independent before the smoothing, or sharing the noise of a row (column): readout stripes
-            sigma = mean_noise_sigma(m["e50_sigma_noise"], sel, smoothing_px=smoothing_px, shared=m.get("noise_shared"))
+            sigma = mean_noise_sigma(
+                m["e50_sigma_noise"],
+                sel,
+                smoothing_px=smoothing_px,
+                shared=m.get("noise_shared"),
+                background=m.get("noise_background"),  # the local background's noise, common to the pixels
+            )
             sr = np.asarray(m.get("e50_sigma_registration", np.full(core.shape, nan)), float)[core]
             sr = sr[np.isfinite(sr)]
             if sr.size:

@@ -161,6 +161,7 @@ _MAP_UNITS = {
     "quality_keep": "bool: pixel trusted (edge jump and fit quality)",
     "cluster": "cluster index, -1 where not clustered",
     "noise_shared": "OD (0), weight (1, 2), fraction of variance (3, 4)",
+    "noise_background": "frame index (0), eV (1, 2, 3), 1 (4, 5, 6)",
 }
 
 #: every dataset of results.h5 gets ``units`` and ``description`` from the tables below (``units`` of a count, a
@@ -313,6 +314,11 @@ _MAP_DOC = {
     "the shares of the background's noise variance common to a row (3) and to a column (4) of a frame (readout "
     "stripes; 0 where not told from none): what widens the sigma of the mean E50 "
     "(xanestrack.chemistry.uncertainty.mean_noise_sigma)",
+    "noise_background": "(7, h, w): how the noise of the local background subtracted per frame, common to every pixel "
+    "of the particle, enters its E50: the analysed frame below the pixel's E50 crossing (0; NaN where none), the "
+    "E50's change per standard deviation of the background's noise in that frame (1) and the next (2), the same over "
+    "the other frames in quadrature (3), and the pixel's weights in the background plane (4-6): what widens the sigma "
+    "of the mean E50 (xanestrack.chemistry.uncertainty.mean_noise_sigma, background_noise)",
 }
 
 #: units and description of the arrays of the phase mapping (/chemistry/<name>)

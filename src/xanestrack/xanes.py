@@ -1167,8 +1167,9 @@ def _shared_noise_note(maps, e50, mask, shared, smoothing) -> str:
     keep = np.asarray(maps.get("quality_keep", mask), bool)
     core = core_mask(mask, keep) & np.isfinite(np.asarray(e50, float))
     sn = maps["e50_sigma_noise"]
-    before = mean_noise_sigma(sn, core, smoothing_px=smoothing)
-    after = mean_noise_sigma(sn, core, smoothing_px=smoothing, shared=maps["noise_shared"])
+    common = maps.get("noise_background")  # the local background's noise: in both, as in the particles table
+    before = mean_noise_sigma(sn, core, smoothing_px=smoothing, background=common)
+    after = mean_noise_sigma(sn, core, smoothing_px=smoothing, shared=maps["noise_shared"], background=common)
     if not (before > 0 and after >= SHARED_NOISE_NOTE_RATIO * before):
         return ""
     along = " and ".join(w for w, v in (("rows", shared.row), ("columns", shared.col)) if v > 0)
@@ -1236,10 +1237,12 @@ def _chemistry_maps(
     edge_jump_threshold,
     lcf_residual,
     notes,
+    background_ring=None,
 ) -> dict:
-    """Quality masks and standard errors of one particle's analysed OD ``sub`` (n_e, h, w)."""
+    """Quality masks and standard errors of one particle's analysed OD ``sub`` (n_e, h, w); ``background_ring``:
+    ``(ring, model)`` of the local background subtracted from it (:func:`_background_ring`), None without one."""
     from .chemistry.quality import quality_masks
-    from .chemistry.uncertainty import edge_energy_sigma, fraction_sigma, registration_sigma_px
+    from .chemistry.uncertainty import background_noise, edge_energy_sigma, fraction_sigma, registration_sigma_px
 
     out = {}
     # the fit of the references is not a quality of the pixel: with it in the mask (in quadrature with the
@@ -1261,10 +1264,18 @@ def _chemistry_maps(
     elif agreement is not None:
         notes.append("no registration uncertainty: the position was measured only one way")
     shared = {}  # the normalisation, noise and gradients both propagations need: computed once
-    s = edge_energy_sigma(e, sub, mask=mask, e0_ev=e0, window=edge_window, shift_sigma_px=shift_sigma, shared=shared)
+    # the background's own noise, common to the particle's pixels in a frame, is measured on its ring (outside the
+    # mask ``sub`` is not smoothed): the mean E50 of a large particle at low counts was stated 1.3-1.4 x too narrow
+    ring = background_ring if background_ring is not None and background_ring[1] != "none" else None
+    bg = background_noise(sub, ring[0], model=ring[1]) if ring is not None else None
+    s = edge_energy_sigma(
+        e, sub, mask=mask, e0_ev=e0, window=edge_window, shift_sigma_px=shift_sigma, shared=shared, background=bg
+    )
     out["e50_sigma"] = s.sigma_ev
     out["e50_sigma_noise"] = s.sigma_noise_ev
     out["e50_sigma_registration"] = s.sigma_registration_ev
+    if s.background is not None:
+        out["noise_background"] = s.background
     if references:
         fs = fraction_sigma(
             e, sub, references, mask=mask, e0_ev=e0, window=lcf_window, shift_sigma_px=shift_sigma, shared=shared
@@ -1721,6 +1732,7 @@ def analyse_particle(
                     edge_jump_threshold=edge_jump_threshold,
                     lcf_residual=lcf_residual,
                     notes=notes,
+                    background_ring=_background_ring(mask, background_exclude)[:2] if subtract_background else None,
                 )
             )
             # no standard error of a value not measured: edge_energy_sigma works out E50 itself, with no gap test

@@ -31,8 +31,9 @@ a local quadratic, not from the two noisy points). Then
 Both are maps; :func:`region_edge_energies` averages them over regions (the noise of
 neighbouring pixels is correlated by the spatial smoothing; the registration error of a
 frame is common to every pixel of the particle, so it is summed as vectors, not
-variances) and :func:`resolved_differences` says which differences of regions (or
-particles) exceed ``k`` standard deviations.
+variances; so is the noise of the local background subtracted per frame, measured on its
+ring by :func:`background_noise`) and :func:`resolved_differences` says which differences
+of regions (or particles) exceed ``k`` standard deviations.
 
 :func:`fraction_sigma` propagates the same noise (and registration) into the fractions
 of the linear combination fit, which are linear in the normalised spectrum.
@@ -64,6 +65,8 @@ __all__ = [
     "region_edge_energies",
     "SharedNoise",
     "shared_noise",
+    "BackgroundNoise",
+    "background_noise",
     "mean_noise_sigma",
     "resolved_differences",
     "difference_resolved",
@@ -109,6 +112,9 @@ class EdgeEnergySigma:
         The per-frame registration uncertainty used (per axis).
     e0_ev, level, noise_model, registration : the settings (``registration``: how the
         registration part was computed, None without one).
+    background : ndarray (7, ...) float32 or None
+        With ``background=`` (:func:`background_noise`): how the noise of the local background's estimate, common
+        to every pixel of a frame, enters E50 (:data:`BACKGROUND_CHANNELS`), for :func:`mean_noise_sigma`.
     """
 
     e50_ev: np.ndarray
@@ -125,6 +131,7 @@ class EdgeEnergySigma:
     level: float
     noise_model: str
     registration: str | None = None
+    background: np.ndarray | None = None
 
     def record(self) -> dict:
         """Method, settings and median sigmas, JSON-serialisable (for run.json)."""
@@ -438,6 +445,7 @@ def edge_energy_sigma(
     n_draws: int = 64,
     seed: int = 0,
     shared: dict | None = None,
+    background: BackgroundNoise | None = None,
 ) -> EdgeEnergySigma:
     """Per-pixel E50 and its standard error from noise and from registration.
 
@@ -481,6 +489,10 @@ def edge_energy_sigma(
         :func:`fraction_sigma` of one particle: the normalisation, the noise estimate and
         the frames' gradients, which both need, are then computed once (the second call
         must pass the same ``mu``, ``mask`` and settings).
+    background : BackgroundNoise, optional
+        The noise of the local background subtracted from ``mu`` (:func:`background_noise`, one value per frame of
+        ``mu``): its part common to the pixels is kept, per pixel, in ``background`` of the result, for the standard
+        error of a mean over pixels (:func:`mean_noise_sigma`). The per-pixel maps do not change.
 
     Returns
     -------
@@ -573,6 +585,9 @@ def edge_energy_sigma(
     # the slope at the crossing is almost flat, first order says more (up to 1500 eV on stress-all's
     # faintest pixels): that is where it fails, and such a pixel dominated its particle's mean's error
     bound = (window[1] - window[0]) / np.sqrt(12.0)
+    common = None
+    if background is not None:
+        common = _background_channels(lin, g, i, good, np.minimum(sig_noise, bound) / sig_noise, background)
     sig_noise = np.minimum(sig_noise, bound)
     sig_reg = np.minimum(sig_reg, bound)
     total = np.minimum(np.sqrt(sig_noise**2 + np.nan_to_num(sig_reg) ** 2), bound)
@@ -604,6 +619,7 @@ def edge_energy_sigma(
             if registration == "montecarlo"
             else "first order: gradients of the analysed frames"
         ),
+        background=common,
     )
 
 
@@ -837,7 +853,241 @@ def shared_noise(frames, background, *, lags=SHARED_NOISE_LAGS_PX) -> SharedNois
     return SharedNoise(counted(row, row_se), counted(col, col_se), row, col, row_se, col_se, int(bg.sum()))
 
 
-def mean_noise_sigma(sigma_noise, selection, *, smoothing_px: float = 0.0, shared=None) -> float:
+#: the channels of :attr:`EdgeEnergySigma.background` (``maps["noise_background"]``), per pixel: the analysed frame
+#: below its E50 crossing (NaN where it has none), the change of its E50 per standard deviation of the local
+#: background's noise in that frame and in the next (eV), the same summed in quadrature over the other frames (the
+#: normalisation's pre- and post-edge frames: the same direction in every pixel, so taken as fully correlated between
+#: pixels), and the pixel's weights in the background's plane (:attr:`BackgroundNoise.plane`)
+BACKGROUND_CHANNELS = ("frame", "crossing_lo_ev", "crossing_hi_ev", "normalisation_ev", "plane_0", "plane_1", "plane_2")
+
+#: the noise correlation of neighbouring background pixels is summed out to this lag (px) along each axis, and the
+#: two sums multiplied (a separable correlation, as a shift's interpolation along rows and columns gives): a plane
+#: fitted to many pixels keeps the noise's power at zero spatial frequency, not a pixel's variance. The cubic
+#: spline's shifts of the probe's 600-count scenes: +0.10 to +0.15, -0.06 to -0.09, +0.02 to +0.04, -0.02 to +0.01 at
+#: lags 1-4 along each axis (the off-axis lags' products, 0.00-0.02, are left out: many, they mostly add noise);
+#: the ring pixels' variance times 1.3-1.4
+BACKGROUND_CORRELATION_LAG_PX = 4
+
+#: the frames (spread over the scan) :func:`background_noise` measures the pixels' correlation in; every frame's
+#: standard deviation is measured
+BACKGROUND_CORRELATION_FRAMES = 40
+
+
+@dataclass(frozen=True)
+class BackgroundNoise:
+    """Result of :func:`background_noise`: the noise of a particle's local-background estimate, per frame.
+
+    Attributes
+    ----------
+    sigma_od : ndarray (n,)
+        Per frame, a ring pixel's noise standard deviation as a sum over many of them keeps it (OD): the pixels'
+        own standard deviation times the square root of ``correlation``.
+    plane : ndarray (3, h, w) float32
+        ``psi``: the background fitted to the ring in frame ``k`` has, at a pixel, the noise variance
+        ``sigma_od[k]^2 |psi|^2``, and at two pixels the covariance ``sigma_od[k]^2 psi_a . psi_b`` (the channels a
+        constant background does not use are zeros).
+    correlation : float
+        The ring pixels' noise correlation summed over their neighbours along rows and along columns within
+        :data:`BACKGROUND_CORRELATION_LAG_PX`, the two sums multiplied (1 for independent pixels).
+    n_ring : int
+        The ring's pixels.
+    model : str
+        ``"plane"`` or ``"constant"``.
+    stripes : (float, float)
+        The shares of the ring pixels' noise variance common to a whole column and to a whole row of a frame
+        (readout stripes: the correlation at lags :data:`SHARED_NOISE_LAGS_PX`), left out of ``sigma_od`` where
+        above :data:`MIN_SHARED_NOISE` (0 otherwise): :func:`mean_noise_sigma` counts them with the rows and columns.
+    """
+
+    sigma_od: np.ndarray
+    plane: np.ndarray
+    correlation: float
+    n_ring: int
+    model: str
+    stripes: tuple = (0.0, 0.0)
+
+
+def background_noise(frames, ring, *, model: str = "plane") -> BackgroundNoise | None:
+    """The noise of a local background fitted per frame to a ring of pixels (:func:`xanestrack.xanes.local_background`).
+
+    The background subtracted from a particle is estimated in every frame from the ring's pixels: their photon noise
+    enters every pixel of the particle alike in that frame. A mean over ``n`` pixels averages its own pixels' noise
+    down with ``n`` but not that one (a particle of radius 45 px at 600 counts: the spread of its mean E50 over noise
+    draws 1.4 x what the pixels alone account for, 1.0 x with the background's noise removed).
+
+    Parameters
+    ----------
+    frames : ndarray (n, h, w)
+        The particle's window over the frames analysed, as the background was fitted to (or less it: a plane per
+        frame changes nothing here).
+    ring : ndarray (h, w) bool
+        The pixels the background was fitted to.
+    model : {"plane", "constant"}
+        What was fitted: a tilted plane per frame, or a constant.
+
+    Returns
+    -------
+    BackgroundNoise, or None with fewer than 12 ring pixels or 3 frames (nothing measured).
+
+    Notes
+    -----
+    The noise is measured in the ring itself: each frame less the mean of its two neighbours (what the sample, a
+    matrix's texture and the absorption do smoothly over the frames cancels; the noise stays, 1.5 times its
+    variance), less a plane per frame (the beam's and the flat-field's offsets), a robust (MAD) standard deviation
+    per frame, values beyond 5 of it left out. Neighbouring pixels' correlation (a shift's interpolation, a blur)
+    is measured in up to :data:`BACKGROUND_CORRELATION_FRAMES` frames and summed over lags within
+    :data:`BACKGROUND_CORRELATION_LAG_PX` along rows and columns; a correlation that stays at long lags (6-16 px:
+    readout stripes, ``stripes``) is left out, with its share of the variance. The plane's least squares is taken
+    for the robust fit of :func:`~xanestrack.xanes.local_background` (its clipping drops few pixels of noise alone).
+    Measured against the spread over noise draws of the background fitted to the probe's 600-count particles
+    (radius 28-45 px, 20 draws): the variance of the plane's mean over the core 1.02-1.06 x what this gives
+    (1.32-1.42 x taking the ring pixels as independent: their correlation reads 1.29-1.34).
+    """
+    x = np.asarray(frames)
+    ring = np.asarray(ring, bool)
+    if x.ndim != 3 or ring.shape != x.shape[1:]:
+        raise ValueError(f"frames (n, h, w) and a ring of shape (h, w) are needed, got {x.shape}, {ring.shape}")
+    if model not in ("plane", "constant"):
+        raise ValueError(f"model must be 'plane' or 'constant', got {model!r}")
+    n, h, w = x.shape
+    yy, xx = np.nonzero(ring)
+    if yy.size < 12 or n < 3:
+        return None
+    k = 3 if model == "plane" else 1
+    # the design of local_background: the plane in the window's centred, scaled coordinates
+    A = np.c_[np.ones(yy.size), (yy - h / 2) / h, (xx - w / 2) / w][:, :k]
+    gy, gx = np.mgrid[0:h, 0:w]
+    phi = np.stack([np.ones((h, w)), (gy - h / 2) / h, (gx - w / 2) / w])[:k]
+    # psi = L^T phi, L L^T = (A^T A)^-1: the fitted plane's covariance at two pixels is sigma^2 phi_a^T (A^T A)^-1 phi_b
+    chol = np.linalg.cholesky(np.linalg.inv(A.T @ A))
+    plane = np.zeros((3, h, w), np.float32)
+    plane[:k] = np.einsum("ij,ihw->jhw", chol, phi)
+
+    v = x[:, yy, xx].astype(np.float64)
+    z = v[1:-1] - 0.5 * (v[:-2] + v[2:])  # (n - 2, m)
+    # each frame less its least-squares plane (all frames at once: normal equations over each one's finite pixels)
+    fin = np.isfinite(z)
+    usable = fin.sum(axis=1) >= 12
+    if not usable.any():
+        return None
+    ata = (fin.astype(np.float64) @ (A[:, :, None] * A[:, None, :]).reshape(-1, k * k)).reshape(-1, k, k)
+    ata[~usable] = np.eye(k)
+    beta = np.linalg.solve(ata, (np.where(fin, z, 0.0) @ A)[..., None])[..., 0]
+    z -= beta @ A.T
+    z[~usable] = np.nan
+    with np.errstate(invalid="ignore"):
+        sd = _MAD_TO_SIGMA * np.nanmedian(np.abs(z), axis=1)
+        z[~(np.abs(z) <= 5 * sd[:, None])] = np.nan
+    good = np.isfinite(sd) & (sd > 0)
+    if not good.any():
+        return None
+    # the neighbours' correlation, pooled over frames spread over the scan (each in units of its own sd)
+    f = np.flatnonzero(good)
+    f = f[np.unique(np.linspace(0, f.size - 1, min(f.size, BACKGROUND_CORRELATION_FRAMES)).round().astype(int))]
+    u = z[f] / sd[f, None]
+    fin = np.isfinite(u)
+    u0 = np.where(fin, u, 0.0)
+    f1 = fin.astype(np.float64)
+    c0 = float(np.einsum("fm,fm->", u0, u0) / max(fin.sum(), 1))
+    index = np.full((h, w), -1)
+    index[yy, xx] = np.arange(yy.size)
+    # the fitted plane takes from two pixels' residuals the covariance S psi_a . psi_b (S the noise's zero-frequency
+    # power, the correlation times a pixel's variance), from each one's variance S |psi|^2 (k / m on average, for k
+    # parameters and m pixels): added back, the correlation solved for as it appears on both sides
+    psi = plane[:k, yy, xx].astype(np.float64)
+    h_aa = float(np.einsum("im,im->", psi, psi) / yy.size)
+
+    def lag(axis, d):
+        """The measured correlation of ring pixels ``d`` apart along ``axis`` and their mean psi_a . psi_b."""
+        py, px = (yy + d, xx) if axis == 0 else (yy, xx + d)
+        inside = (py < h) & (px < w)
+        a = np.flatnonzero(inside)
+        b = index[py[inside], px[inside]]
+        a, b = a[b >= 0], b[b >= 0]
+        pairs = np.einsum("fm,fm->", f1[:, a], f1[:, b]) if a.size else 0.0
+        if not pairs > 0:
+            return None
+        rho = np.einsum("fm,fm->", u0[:, a], u0[:, b]) / pairs / c0
+        return rho, np.einsum("im,im->", psi[:, a], psi[:, b]) / a.size
+
+    near = np.zeros((2, 3))  # per axis: the correlations summed over the lags, psi_a . psi_b summed, the lags
+    stripes = np.zeros(2)
+    for axis in (0, 1):
+        for d in range(1, BACKGROUND_CORRELATION_LAG_PX + 1):
+            got = lag(axis, d)
+            if got is not None:
+                near[axis] += (got[0], got[1], 1)
+        far = [lag(axis, d) for d in range(SHARED_NOISE_LAGS_PX[0], SHARED_NOISE_LAGS_PX[1] + 1, 2)]
+        far = [got[0] for got in far if got is not None]
+        stripes[axis] = float(np.mean(far)) if far else 0.0
+    # a share of the noise common to a whole column (axis 0) or row (axis 1) of a frame, readout stripes, correlates
+    # pixels at every lag: left out here (its part through the background is mean_noise_sigma's row and column part,
+    # where shared_noise counts it), above the same floor
+    stripes = np.where(stripes > MIN_SHARED_NOISE, stripes, 0.0)
+    own = max(1.0 - float(stripes.sum()), 0.1)  # the pixels' own share of their variance
+    correlation = kept = 1.0
+    for _ in range(5):
+        kept = max(1.0 - correlation * h_aa, 0.5)
+        # a negative sum (pixels anti-correlated, or noise in the estimate) is not let to take the term away
+        fy, fx = (
+            max(1.0 + 2.0 * ((r - m * st) / own * kept + correlation * q), 0.5)
+            for (r, q, m), st in zip(near, stripes, strict=True)
+        )
+        correlation = fy * fx
+    sd[~good] = np.median(sd[good])
+    sigma = np.sqrt(own * correlation / 1.5 / kept) * sd
+    return BackgroundNoise(
+        np.r_[sigma[0], sigma, sigma[-1]], plane, float(correlation), int(yy.size), model, tuple(stripes.tolist())
+    )
+
+
+def _background_channels(lin, g, i, good, clamp, background: BackgroundNoise) -> np.ndarray:
+    """:attr:`EdgeEnergySigma.background` (7, ...) from the pixels' E50 sensitivities ``g`` (n, npix; 0 where not
+    ``good``), the frames below their crossings ``i`` and the factor their noise sigma was bounded by (``clamp``)."""
+    s = np.asarray(background.sigma_od, float)
+    if s.shape != lin.e.shape:
+        raise ValueError(f"background: {s.size} frames' noise for {lin.e.size} frames analysed")
+    plane = np.asarray(background.plane)
+    if plane.shape[1:] != lin.shape:
+        raise ValueError(f"background: a plane of shape {plane.shape[1:]} for maps of shape {lin.shape}")
+    cols = np.arange(g.shape[1])
+    c = np.where(good, clamp, 0.0)
+    lo = g[i, cols] * s[i] * c
+    hi = g[i + 1, cols] * s[i + 1] * c
+    rest = np.einsum("kp,kp,k->p", g, g, s**2) * c**2 - lo**2 - hi**2  # no (n, npix) temporary
+    out = np.empty((len(BACKGROUND_CHANNELS), g.shape[1]))
+    out[0] = np.where(good, i, np.nan)
+    out[1], out[2], out[3] = lo, hi, np.sqrt(np.clip(rest, 0.0, None))
+    out[4:] = plane[:, lin.mask]
+    return _full(lin, out)
+
+
+def _background_variance(background, selection) -> float:
+    """The variance of the mean E50 over ``selection`` from the local background's noise, common to its pixels.
+
+    Per frame ``k``: the sum over the pixels of their E50's sensitivity to the frame's background, weighted by the
+    plane's ``psi``, squared (``sigma_k^2 c_k^T (A^T A)^-1 c_k``); the frames of the crossings exactly, those of the
+    normalisation (the same direction in every pixel) summed as one."""
+    b = np.asarray(background, float)
+    sel = np.asarray(selection, bool)
+    if b.shape != (len(BACKGROUND_CHANNELS), *sel.shape):
+        raise ValueError(f"background {b.shape} must be ({len(BACKGROUND_CHANNELS)}, {sel.shape[0]}, {sel.shape[1]})")
+    n = int(sel.sum())
+    v = b[:, sel]
+    ok = np.all(np.isfinite(v), axis=0)
+    if n == 0 or not ok.any():
+        return 0.0
+    j = v[0, ok].astype(np.intp)
+    lo, hi, rest = v[1, ok], v[2, ok], v[3, ok]
+    var = 0.0
+    for psi in v[4:, ok]:
+        frames = np.bincount(j, weights=lo * psi, minlength=j.max() + 2)
+        frames[1:] += np.bincount(j, weights=hi * psi, minlength=j.max() + 1)
+        var += float(np.sum(frames**2) + np.sum(rest * psi) ** 2)
+    return var / n**2
+
+
+def mean_noise_sigma(sigma_noise, selection, *, smoothing_px: float = 0.0, shared=None, background=None) -> float:
     """Standard error from noise of the mean edge energy over ``selection``'s pixels.
 
     Parameters
@@ -856,6 +1106,10 @@ def mean_noise_sigma(sigma_noise, selection, *, smoothing_px: float = 0.0, share
         background, the weight of its row and of its column in the local background subtracted from the mean,
         and the shares of the background's noise common to a row and to a column (:func:`shared_noise`). None
         (or no share measured): the pixels' noise is taken as independent before the smoothing.
+    background : ndarray (7, h, w), optional
+        ``maps["noise_background"]`` (:attr:`EdgeEnergySigma.background`): the noise of the local background
+        subtracted from the frames, common to every pixel of a frame, which a mean over pixels does not average
+        away; added in quadrature. None (results written without it): not counted.
 
     Returns
     -------
@@ -870,20 +1124,28 @@ def mean_noise_sigma(sigma_noise, selection, *, smoothing_px: float = 0.0, share
     ``sum_rows (a_row - k Q_row)^2`` times the row's variance, ``a_row`` the row's pixels' sum of
     ``k_i exp(mu_i) / n`` (``k_i`` the pixel's sensitivity, eV per background OD), ``Q_row`` the row's weight in
     the local background's plane (subtracted from every pixel, it takes out part of the rows' offsets).
+
+    The local background's own noise (``background``) enters frame ``k`` of every pixel alike: its variance in the
+    mean is, per frame, the square of the pixels' summed E50 sensitivities to that frame (each pixel's through its
+    own crossing's frames, and through the normalisation's) times the variance of the background plane there
+    (:func:`background_noise`). A large particle at low counts has as much of it in its mean as of its pixels' own
+    noise: the probe's particles of radius 28-45 px at 600 counts (20 noise draws) spread 1.31 / 0.84 / 1.37 x the
+    sigmas stated without it.
     """
     sn = np.asarray(sigma_noise, float)
     sel = np.asarray(selection, bool) & np.isfinite(sn)
     n = int(sel.sum())
     if n == 0:
         return float("nan")
+    common = 0.0 if background is None else _background_variance(background, sel)
     f = max(1.0, 4 * np.pi * smoothing_px**2)
     v = sn[sel] ** 2
     if shared is None:
-        return float(np.sqrt(f * v.sum()) / n)
+        return float(np.sqrt(f * v.sum() / n**2 + common))
     sh = np.asarray(shared, float)
     r, c = float(np.nanmax(sh[3])), float(np.nanmax(sh[4]))
     if not (r > 0 or c > 0):
-        return float(np.sqrt(f * v.sum()) / n)
+        return float(np.sqrt(f * v.sum() / n**2 + common))
     g = 1.0 / max(1.0, 2 * np.sqrt(np.pi) * smoothing_px)
     mu = np.nan_to_num(sh[0][sel])
     em = np.exp(np.clip(mu, -3.0, 3.0))
@@ -896,7 +1158,7 @@ def mean_noise_sigma(sigma_noise, selection, *, smoothing_px: float = 0.0, share
         if share > 0:
             a = np.bincount(idx, weights=k * em / n, minlength=q.size)
             var += share * np.sum((a - kbar * np.nan_to_num(q)) ** 2)
-    return float(np.sqrt(var))
+    return float(np.sqrt(var + common))
 
 
 def region_edge_energies(result: EdgeEnergySigma, labels, *, smoothing_px: float = 0.0, particle=None, shared=None):
@@ -926,8 +1188,9 @@ def region_edge_energies(result: EdgeEnergySigma, labels, *, smoothing_px: float
         ``particle, region, n_pixels, e50_ev, sigma_noise_ev, sigma_registration_ev,
         sigma_ev``: the mean over the region's pixels with a finite E50, the standard
         error of that mean from noise (independent pixels, corrected for the smoothing and,
-        with ``shared``, for noise common to rows or columns) and from registration (the region's mean sensitivity per frame, so that errors of
-        opposite sign on both sides of the particle cancel as they do in the mean).
+        with ``shared``, for noise common to rows or columns; with the local background's noise where ``result``
+        holds it, :attr:`EdgeEnergySigma.background`) and from registration (the region's mean sensitivity per
+        frame, so that errors of opposite sign on both sides of the particle cancel as they do in the mean).
     """
     import pandas as pd
 
@@ -941,7 +1204,9 @@ def region_edge_energies(result: EdgeEnergySigma, labels, *, smoothing_px: float
         if n == 0:
             continue
         mean = float(result.e50_ev[sel].mean())
-        sn = mean_noise_sigma(result.sigma_noise_ev, sel, smoothing_px=smoothing_px, shared=shared)
+        sn = mean_noise_sigma(
+            result.sigma_noise_ev, sel, smoothing_px=smoothing_px, shared=shared, background=result.background
+        )
         sr = float("nan")
         if result.sensitivity is not None and result.shift_sigma_px is not None:
             s_mean = result.sensitivity[:, :, sel].astype(float).mean(axis=2)  # (n_frames, 2)
@@ -984,7 +1249,7 @@ def resolved_differences(table, *, k: float = 2.0):
     -----
     The errors of the rows are taken as independent: right for different particles
     (each has its own registration); for two regions of one particle the common frame
-    displacements are correlated, which this ignores.
+    displacements, and the noise of their common local background, are correlated, which this ignores.
     """
     import pandas as pd
 

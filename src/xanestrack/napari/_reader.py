@@ -57,6 +57,8 @@ _NOT_MAPS = {
     "xanes_frames",
     # what the mean E50's standard error needs of the noise shared along rows and columns (5 channels), not a map
     "map_noise_shared",
+    # the same for the noise of the local background (7 channels), not a map
+    "map_noise_background",
 }
 #: maps shown at first; the rest are added hidden
 _VISIBLE = {"edge_e50"}
