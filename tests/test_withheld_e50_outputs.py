@@ -49,35 +49,77 @@ def _kept_percentiles(p):
     return v.size, (list(np.percentile(v, [2, 50, 98])) if v.size else [np.nan] * 3)
 
 
+def _gap_for(result):
+    """``(particle, frames)``: the particle and the two frames above one of its analysed frames whose leaving out puts
+    its E50 in a gap in most of its pixels (those above that frame, up to the next analysed one) while some stay
+    measured (those below it): the one whose share measured so would be nearest 10 %, from the run's own E50 map."""
+    e = np.asarray(result.energies_ev, float)
+    best = None
+    for p in result.particles:
+        v = np.asarray(p.edge_maps["e50"], float)[p.mask]
+        v = v[np.isfinite(v)]
+        if v.size < 100:
+            continue
+        for k in range(1, e.size - 3):
+            below = float(np.mean(v < e[k]))
+            inside = float(np.mean((v > e[k]) & (v < e[k + 3])))
+            if inside >= 0.8 and 0.03 <= below <= 0.2 and (best is None or abs(below - 0.1) < best[0]):
+                best = (abs(below - 0.1), p.particle, [k + 1, k + 2])
+    assert best is not None, "no particle of the scene spreads its E50 so"
+    return best[1], best[2]
+
+
 @pytest.fixture(scope="module")
 def gap_run(tmp_path_factory):
-    """The probe's scene: particle 4's E50 falls in a gap of frames left out in 88 % of its mask."""
+    """A particle whose E50 falls in a gap of frames left out in most of its mask.
+
+    The probe's scene (stress-all seed 2) had its frames across particle 4's edge left out as not vouched for; which
+    frames are vouched for there turned on the last digits of the arithmetic (another machine: none left out). Here
+    the run of the reduced default scene is analysed again (:func:`~xanestrack.pipeline.redo_xanes`) with two frames
+    just above one of a particle's analysed frames left out of its XANES, as frames not vouched for are: the same
+    outputs are then written and the report built from the folder, as the command line does.
+    """
+    from xanestrack.pipeline import redo_xanes
+    from xanestrack.results import write_results
+
     folder = _run(
         tmp_path_factory,
         "gap",
-        *("--preset", "stress-all", "--seed", "2", "--size", "256", "--n-energies", "60", "--n-particles", "5"),
+        *("--seed", "1", "--size", "200", "--n-energies", "48", "--n-particles", "4", "--max-radius", "22"),
     )
-    return folder, _chemistry(folder), read_results(folder)
+    run = read_results(folder)
+    pid, frames = _gap_for(run)
+    parts = []
+    for p in run.particles:
+        if p.particle == pid:
+            use = np.asarray(p.xanes_frames, bool).copy()
+            use[frames] = False
+            p = dataclasses.replace(p, xanes_frames=use)
+        parts.append(p)
+    redone = redo_xanes(dataclasses.replace(run, particles=parts), energies_ev=run.energies_ev)
+    write_results(redone, folder, run_info={"pixel_size_um": None})
+    r = CliRunner().invoke(app, ["report", str(folder)])
+    assert r.exit_code == 0, r.output
+    return folder, _chemistry(folder), read_results(folder), pid
 
 
 def test_withheld_particle_has_empty_e50_numbers_and_the_reason(gap_run):
-    folder, chem, result = gap_run
+    folder, chem, result, pid = gap_run
     why = {p.particle: e50_withheld(p) for p in result.particles}
-    withheld = [pid for pid, w in why.items() if w]
-    assert withheld == [4], why
+    withheld = [q for q, w in why.items() if w]
+    assert withheld == [pid], why
     unc = pd.read_csv(folder / "figures" / "uncertainty.csv").set_index("particle")
-    assert np.isnan(unc.loc[4, "mean_e50_ev"])  # the particles' table withholds it: the same decision
-    row = chem.set_index("particle").loc[4]
-    assert row[PERCENTILES].isna().all(), row  # was 8338.66 / 8341.86 / 8346.95 eV
+    assert np.isnan(unc.loc[pid, "mean_e50_ev"])  # the particles' table withholds it: the same decision
+    row = chem.set_index("particle").loc[pid]
+    assert row[PERCENTILES].isna().all(), row  # the probe's scene: was 8338.66 / 8341.86 / 8346.95 eV
     assert "gap of frames left out" in row["withheld"]
-    # 88 % with its learned masks, 89 % since the mask guard outlines it classically (its learned shape off centre)
     share = int(re.search(r"left out in (\d+) % of its pixels", row["withheld"]).group(1))
-    assert 85 <= share <= 92, row["withheld"]
-    p = next(q for q in result.particles if q.particle == 4)
-    assert row["n_pixels"] == _kept_percentiles(p)[0] > 0  # the pixels measured still counted (289-290)
+    assert 50 < share < 100, row["withheld"]
+    p = next(q for q in result.particles if q.particle == pid)
+    assert row["n_pixels"] == _kept_percentiles(p)[0] > 0  # the pixels measured still counted
     # the others' rows as before, and not marked
     for q in result.particles:
-        if q.particle == 4:
+        if q.particle == pid:
             continue
         r = chem.set_index("particle").loc[q.particle]
         n, pct = _kept_percentiles(q)
@@ -90,9 +132,9 @@ def test_withheld_particle_has_empty_e50_numbers_and_the_reason(gap_run):
     ys, xs = np.nonzero(m)
     oy, ox = int(p.origin[0]), int(p.origin[1])
     np.testing.assert_array_equal(fig.image[oy + ys, ox + xs], base.image[oy + ys, ox + xs])
-    assert "Not drawn, its mean E50 withheld" in fig.caption and "particle 4 (E50 in a gap" in fig.caption
+    assert "Not drawn, its mean E50 withheld" in fig.caption and f"particle {pid} (E50 in a gap" in fig.caption
     assert np.isfinite(report._kept_e50(p)).sum() == 0
-    tile = report.particle_figure(result, 4)
+    tile = report.particle_figure(result, pid)
     assert "The E50 tile is blank: its mean E50 is withheld (E50 in a gap" in tile.caption
     # nor do its pixels set the colour scale
     lo, hi = report._e50_limits(result)
@@ -101,7 +143,7 @@ def test_withheld_particle_has_empty_e50_numbers_and_the_reason(gap_run):
 
 
 def test_report_rebuilt_from_the_folder_gives_the_same_chemistry_csv(gap_run):
-    folder, chem, _ = gap_run
+    folder, chem, _, _ = gap_run
     before = (folder / "figures" / "chemistry.csv").read_bytes()
     r = CliRunner().invoke(app, ["report", str(folder)])
     assert r.exit_code == 0, r.output
