@@ -137,3 +137,41 @@ CO_NI_GRID = np.r_[
     np.arange(8330, 8360, 1.0),
     np.arange(8360, 8451, 6.0),
 ]
+
+
+def one_particle_result(xr, aligned, mask, energies, radius: float):
+    """A ``PipelineResult`` of one still particle (id 0) at the origin: its aligned frames ``aligned`` (n, h, w), its
+    mask and ``xr``, what :func:`xanestrack.xanes.analyse_particle` gave for it; the tables empty."""
+    import pandas as pd
+
+    from xanestrack.result import ParticleResult, PipelineResult
+
+    n = np.asarray(energies).size
+    p = ParticleResult(
+        particle=0,
+        positions=np.zeros((n, 2)),
+        shifts=np.zeros((n, 2)),
+        origin=np.zeros(2, int),
+        aligned=aligned,
+        masks=np.repeat(mask[None].astype(np.float32), n, axis=0),
+        mask=mask,
+        frame_flags=np.zeros(n, np.uint8),
+        mean_spectrum=np.nanmean(aligned[:, mask], axis=1),
+        radius=radius,
+        **xr,
+    )
+    empty = pd.DataFrame()
+    return PipelineResult(
+        energies_ev=energies,
+        frame_shape=mask.shape,
+        detections=empty,
+        tracks=empty,
+        rejected=empty,
+        particles=[p],
+        motion=empty,
+        peak_ratios=empty,
+        common_shift=np.zeros((n, 2)),
+        fused=None,
+        timings={},
+        options=None,
+    )

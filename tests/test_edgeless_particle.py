@@ -15,14 +15,14 @@ element.
 import dataclasses
 
 import numpy as np
-import pandas as pd
 import pytest
 from chemistry_synth import disc, dome, pixel_od
 
+from conftest import one_particle_result
 from xanestrack import synth, xanes
 from xanestrack.pipeline import run_pipeline
 from xanestrack.report import _fraction_means
-from xanestrack.result import ParticleResult, PipelineResult, core_mask, e50_withheld, particle_summary
+from xanestrack.result import core_mask, e50_withheld, particle_summary
 from xanestrack.spectra import ni_references
 from xanestrack.stack import Stack
 
@@ -88,42 +88,10 @@ def test_frames_in_the_reverse_order_are_still_said_so(peak):
     assert not np.isfinite(out["edge_maps"]["e50"]).any()
 
 
-def _result(xr, aligned, mask) -> PipelineResult:
-    n = E.size
-    p = ParticleResult(
-        particle=0,
-        positions=np.zeros((n, 2)),
-        shifts=np.zeros((n, 2)),
-        origin=np.zeros(2, int),
-        aligned=aligned,
-        masks=np.repeat(mask[None].astype(np.float32), n, axis=0),
-        mask=mask,
-        frame_flags=np.zeros(n, np.uint8),
-        mean_spectrum=np.nanmean(aligned[:, mask], axis=1),
-        radius=13.0,
-        **xr,
-    )
-    empty = pd.DataFrame()
-    return PipelineResult(
-        energies_ev=E,
-        frame_shape=mask.shape,
-        detections=empty,
-        tracks=empty,
-        rejected=empty,
-        particles=[p],
-        motion=empty,
-        peak_ratios=empty,
-        common_shift=np.zeros((n, 2)),
-        fused=None,
-        timings={},
-        options=None,
-    )
-
-
 def test_the_share_measured_is_of_the_whole_core_and_the_fractions_go_with_the_e50():
     od, mask = _window(_mix(), 1.0)
     xr = xanes.analyse_particle(od, mask, E, references=ni_references())
-    good = _result(xr, od, mask)
+    good = one_particle_result(xr, od, mask, E, 13.0)
     # the control: every core pixel kept and measured, its mean E50 and fractions given
     row = particle_summary(good).iloc[0]
     assert not e50_withheld(good.particles[0]) and np.isfinite(row["mean_e50_ev"])
@@ -160,19 +128,11 @@ def test_the_share_measured_is_of_the_whole_core_and_the_fractions_go_with_the_e
 
 
 @pytest.fixture(scope="module")
-def scenes():
-    """synth's small scene (4 particles, 48 energies, 200 x 200) with a disc added where none is, moving with the
-    scene: an absorber without the Ni edge (OD 1.2 (E/8333)^-3 at its thickest), and, the control, the same disc
-    with a Ni spectrum."""
-    s = synth.make_synthetic_stack(
-        "default",
-        seed=11,
-        n_energies=48,
-        shape=(200, 200),
-        n_particles=4,
-        radius_range=(10.0, 22.0),
-        drift_range=(1.0, 3.0),
-    )
+def scenes(small_synth):
+    """synth's small scene (conftest's ``small_synth``: 4 particles, 48 energies, 200 x 200) with a disc added where
+    none is, moving with the scene: an absorber without the Ni edge (OD 1.2 (E/8333)^-3 at its thickest), and, the
+    control, the same disc with a Ni spectrum."""
+    s = small_synth
     od, e = s.optical_density(), s.energies_ev
     yy, xx = np.mgrid[0:200, 0:200]
     out = {}

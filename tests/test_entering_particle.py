@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import stress_disc
+from conftest import one_particle_result, stress_disc
 from xanestrack import xanes
 from xanestrack.pipeline import run_pipeline
-from xanestrack.result import FRAME_FLAGS, ParticleResult, PipelineResult, core_mask, core_pixels, particle_summary
+from xanestrack.result import FRAME_FLAGS, core_mask, core_pixels, particle_summary
 from xanestrack.spectra import ni_references
 from xanestrack.stack import Stack
 from xanestrack.synth import make_synthetic_stack, ni_energy_grid
@@ -114,38 +114,6 @@ def test_the_pre_edge_check_counts_frames_the_particle_is_partly_out_of():
     assert abs(np.nanmean(r["edge_maps"]["e50"][mask]) - true_e50) < 0.3
 
 
-def _as_result(xr, aligned, mask, e) -> PipelineResult:
-    n = e.size
-    p = ParticleResult(
-        particle=0,
-        positions=np.zeros((n, 2)),
-        shifts=np.zeros((n, 2)),
-        origin=np.zeros(2, int),
-        aligned=aligned,
-        masks=np.repeat(mask[None].astype(np.float32), n, axis=0),
-        mask=mask,
-        frame_flags=np.zeros(n, np.uint8),
-        mean_spectrum=np.nanmean(aligned[:, mask], axis=1),
-        radius=12.0,
-        **xr,
-    )
-    empty = pd.DataFrame()
-    return PipelineResult(
-        energies_ev=e,
-        frame_shape=mask.shape,
-        detections=empty,
-        tracks=empty,
-        rejected=empty,
-        particles=[p],
-        motion=empty,
-        peak_ratios=empty,
-        common_shift=np.zeros((n, 2)),
-        fused=None,
-        timings={},
-        options=None,
-    )
-
-
 def test_no_mean_e50_from_a_few_of_the_core_pixels():
     # a scan that starts past the edge's rise (8349 eV) on a LiNiO2 particle whose small centre's edge lies 40 eV
     # higher: E0 is found on the whiteline's fall and only the centre's pixels cross half the step in the edge
@@ -160,7 +128,7 @@ def test_no_mean_e50_from_a_few_of_the_core_pixels():
     aligned = (0.5 * spec * mask + 0.1 + rng.normal(0, 0.01, (e.size, 40, 40))).astype(np.float32)
     used = e >= 8349
     xr = xanes.analyse_particle(aligned[used], mask, e[used])
-    result = _as_result(xr, aligned[used], mask, e[used])
+    result = one_particle_result(xr, aligned[used], mask, e[used], 12.0)
     p = result.particles[0]
     core = core_pixels(p)
     share = np.isfinite(p.edge_maps["e50"][core]).mean()
