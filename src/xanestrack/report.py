@@ -216,6 +216,24 @@ def _withheld_sentence(particles) -> str:
     return f"Not drawn, {'their' if len(why) > 1 else 'its'} mean E50 withheld as in the particles' table: {who}."
 
 
+def _unmapped_sentence(particles) -> str:
+    """The caption's sentence naming the particles numbered on the overview with no E50 drawn for want of a map (no
+    XANES, or no pixel the quality masks keep), not withheld (:func:`_withheld_sentence` names those); ``""`` where
+    none. A probe's crowded scene drew particle 6 grey under its number, the caption saying "every particle"."""
+    ids = [
+        p.particle
+        for p in particles
+        if "e50" not in (p.edge_maps or {}) or (not e50_withheld(p) and not np.isfinite(_kept_e50(p)).any())
+    ]
+    if not ids:
+        return ""
+    who = ", ".join(str(i) for i in ids)
+    return (
+        f"No edge-energy map for particle{'s' if len(ids) > 1 else ''} {who} (no XANES, or no pixel the quality masks "
+        "keep: each particle's notes say why); numbered, not coloured."
+    )
+
+
 #: FWHM of a Gaussian in units of its sigma (2 sqrt(2 ln 2)): how far the in-mask smoothing spreads a sharp front
 _FWHM_PER_SIGMA = 2.3548
 
@@ -498,6 +516,7 @@ def chemistry_figure(result, *, pixel_size_um: float | None = None) -> Figure:
         for c in (
             caption,
             _withheld_sentence(result.particles),
+            _unmapped_sentence(result.particles),
             _smoothing_sentence(result.options),
             _scale_bar(ax, rgb.shape, pixel_size_um),
         )
