@@ -3488,22 +3488,31 @@ def _normalisation_bias(particles, references, energies, default_references: boo
     that xanestrack normalised against the same normalisation on its own energies (``"normalised"``), and a mix
     so where either of its two is. The pyxas NiO / LiNiO2 given with ``--reference`` had all been measured the
     second way: on a 60-energy synth scan NiO -0.29 / LiNiO2 +0.04 eV, spread 0.34 eV, where the same spectra
-    shipped read -0.18 / +0.03 eV, 0.21 (its NiO particle measured -0.147 eV from the truth, LiNiO2 -0.003)."""
-    from .chemistry.normbias import mixture_bias, normalisation_bias, normalisation_bias_note
+    shipped read -0.18 / +0.03 eV, 0.21 (its NiO particle measured -0.147 eV from the truth, LiNiO2 -0.003).
 
-    if not references or len(energies) < options.min_xanes_energies:
+    Where no reference measures it (none of the particles' edge, or none reaching the ranges they are normalised
+    over), the note says so, with the part the particles' own mean spectra hold and what it is elsewhere
+    (:func:`xanestrack.chemistry.normbias.unmeasured_bias_note`): a Mn scan with standards over 6520-6630 eV and a
+    Co scan without references were silent, their particles 0.1-0.47 eV off their references' provider's E50."""
+    from .chemistry.normbias import mixture_bias, normalisation_bias, normalisation_bias_note, unmeasured_bias_note
+
+    if len(energies) < options.min_xanes_energies:
         return None, ""
     kw = dict(
         edge_window=options.edge_window,
         background=_particles_background(particles, energies),  # the scene's own pre-edge under its step
     )
+    if not references:
+        return None, unmeasured_bias_note(energies, particles, **kw)
     given = {k: default_references or _reference_used_as_given(r, energies) for k, r in references.items()}
     raw = {}
     for how in ("given", "normalised"):
         part = {k: r for k, r in references.items() if given[k] == (how == "given")}
         raw.update(normalisation_bias(energies, part, dense=how, **kw) if part else {})
     bias = {k: raw[k] for k in references if k in raw and np.isfinite(raw[k])}  # in the order given
-    if not bias or not particles:
+    if not bias:  # not measured: said (run.json's bias stays the references', none)
+        return bias, unmeasured_bias_note(energies, particles, references, **kw)
+    if not particles:
         return bias, ""
     from .spectra import ReferenceSpectrum
 
