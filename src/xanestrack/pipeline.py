@@ -1212,6 +1212,21 @@ def _width_profile(rows) -> np.ndarray | None:
     return local_quadratic(prof, RESOLUTION_SMOOTH_FRAMES)  # a trend kept to the ends
 
 
+def _measured_frames(p):
+    """The frames of a particle's XANES (``xanes_frames``, None where not set) whose position is vouched for: those
+    its shape, size and edge width are measured on. A faint particle's pre-edge frames not vouched for may stand in
+    for its pre-edge (:func:`xanestrack.xanes._pre_edge_from_unvouched`), a pixel or two off: its outline there is
+    blurred by that, and the scan's resolution change measured with them moved every particle's E50 (stress-drift
+    seed 1: up to 0.036 eV, particles whose own frames had not changed)."""
+    from .result import UNVOUCHED_FLAGS
+
+    frames = getattr(p, "xanes_frames", None)
+    flags = getattr(p, "frame_flags", None)
+    if frames is None or flags is None:
+        return frames
+    return np.asarray(frames, bool) & ((np.asarray(flags).astype(np.uint16) & UNVOUCHED_FLAGS) == 0)
+
+
 def _resolution_change(particles, n_frames: int, energies=None) -> _Resolution | None:
     """How much the particles' edges blur or sharpen across the scan, or None where too few are measured.
 
@@ -1228,7 +1243,8 @@ def _resolution_change(particles, n_frames: int, energies=None) -> _Resolution |
     for p in particles:
         if p.aligned is None or p.mask is None or not p.mask.any():
             continue
-        used = np.flatnonzero(p.xanes_frames) if p.xanes_frames is not None else np.arange(len(p.aligned))
+        frames = _measured_frames(p)
+        used = np.flatnonzero(frames) if frames is not None else np.arange(len(p.aligned))
         if used.size >= RESOLUTION_MIN_FRAMES:
             measured.append((p.aligned, p.mask, used))  # the frames used are taken one particle at a time
     if len(measured) < RESOLUTION_MIN_PARTICLES:
@@ -2627,6 +2643,15 @@ def _finish_particle(
         warnings.simplefilter("ignore", RuntimeWarning)
         mean_spec = np.array([np.nanmean(a[mask]) if mask.any() else np.nan for a in chem])
     filled, _ = _filled_on_grid(origin, shifts, mask.shape, gaps, use)
+    # frames not vouched for but measured (by the edge estimate or the centre of mass, in the field, not an outlier
+    # in time, nothing over it, not excluded): they may stand in for the pre-edge alone where the frames vouched for
+    # hold too few pre-edge energies (a faint particle's stray centre of mass, or no mask of it in its faintest
+    # frames: xanes._pre_edge_from_unvouched). Their own masks are not used (the particle's mask over its frames
+    # used is), nor are they in its shape, size or edge width (_measured_frames)
+    unmeasured = FRAME_FLAGS["interpolated"] | FRAME_FLAGS["position_outlier"] | FRAME_FLAGS["out_of_view"]
+    measured_only = v.located & disagree & ~overlapped & ((v.flags & unmeasured) == 0)
+    if exclude is not None:
+        measured_only = measured_only & ~exclude
 
     xr = xanes.analyse_particle(
         chem,
@@ -2649,6 +2674,7 @@ def _finish_particle(
         ),
         background_exclude=neighbours,
         filled=filled if filled.any() else None,
+        pre_usable=measured_only & np.isfinite(mean_spec),
         **_xanes_settings(options),
     )
     notes += xr.pop("notes")
@@ -3700,7 +3726,7 @@ def _equivalent_radii(p, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
     """A particle's equivalent radius ``sqrt(area / pi)`` of each frame's aligned soft mask (px) and the frames
     it is measured on: those its XANES used, with a mask."""
     masks = getattr(p, "masks", None)
-    frames = getattr(p, "xanes_frames", None)
+    frames = _measured_frames(p)
     if masks is None or frames is None or len(masks) != n_frames:
         return np.full(n_frames, np.nan), np.zeros(n_frames, bool)
     area = np.nansum(np.asarray(masks, float), axis=(1, 2))
@@ -3852,7 +3878,7 @@ def _outline_shapes(p, n_frames: int, blur=None) -> tuple[np.ndarray, np.ndarray
     focus drifting with the energy does not read as a change of shape (:data:`MATCHED_OUTLINE_RING_PX`).
     """
     masks = getattr(p, "masks", None)
-    frames = getattr(p, "xanes_frames", None)
+    frames = _measured_frames(p)
     none = np.full(n_frames, np.nan + 0j), np.full(n_frames, np.nan), np.zeros(n_frames, bool)
     if masks is None or frames is None or len(masks) != n_frames:
         return none
