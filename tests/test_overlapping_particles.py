@@ -216,3 +216,35 @@ def test_a_particle_that_stays_over_another_all_along_is_not_flagged():
     origins[1] = origins[1] + (0, 15)
     shifts = [np.zeros((n, 2)), np.zeros((n, 2))]
     assert not _overlapping_frames(masks, origins, shifts, [0, 0]).any()
+
+
+def test_pairs_whose_masks_never_meet_skip_the_correlation_with_the_same_answer(monkeypatch):
+    """:func:`xanestrack.pipeline._covered_areas` skips the FFT where the two masks' bounding boxes never meet
+    (their grids' wide margins do): random fields of discs on margins, random walks, gaps. Every ``overlap`` frame
+    and every inside share is what the full correlation of every pair gives."""
+    from xanestrack import pipeline
+
+    rng = np.random.default_rng(7)
+    full = lambda m, axis: (0, m.shape[0 if axis == 1 else 1])  # noqa: E731 (the boxes: the whole grids)
+    met = 0
+    for _ in range(20):
+        n, n_frames = int(rng.integers(2, 6)), 30
+        masks, origins, shifts = [], [], []
+        for _ in range(n):
+            h, w = rng.integers(30, 70, 2)
+            r = int(rng.integers(4, min(h, w) // 2 - 2))
+            masks.append(_disc(r, (rng.integers(r, h - r), rng.integers(r, w - r)), (h, w)))
+            origins.append(rng.uniform(0, 90, 2).round())
+            walk = np.cumsum(rng.normal(0, 0.8, (n_frames, 2)), axis=0)
+            walk[rng.random(n_frames) < 0.05] = np.nan
+            shifts.append(walk)
+        refs = [int(rng.integers(0, n_frames)) for _ in range(n)]
+        frames = [np.isfinite(s).all(axis=1) for s in shifts]
+        pruned = _overlapping_frames(masks, origins, shifts, refs)
+        shares = pipeline._inside_shares(masks, origins, shifts, frames)
+        with monkeypatch.context() as m:
+            m.setattr(pipeline, "_extent", full)
+            assert np.array_equal(pruned, _overlapping_frames(masks, origins, shifts, refs))
+            np.testing.assert_allclose(shares, pipeline._inside_shares(masks, origins, shifts, frames), atol=1e-12)
+        met += int((shares > 0).sum())
+    assert met > 10  # pairs that do come near were compared too

@@ -2242,6 +2242,13 @@ def _overlapping_frames(
     return covered
 
 
+def _extent(mask, axis: int) -> tuple[int, int]:
+    """``(first, last + 1)`` of the rows (``axis=1``) or columns (``axis=0``) where ``mask`` holds a pixel;
+    ``(0, 0)`` where it holds none."""
+    hit = np.flatnonzero(np.any(mask, axis=axis))
+    return (int(hit[0]), int(hit[-1]) + 1) if hit.size else (0, 0)
+
+
 def _covered_areas(grid_i, origin_i, mask_j, origin_j, shifts, i: int, j: int, use=None):
     """``(cover, near)``: per frame, the area of ``grid_i`` (float, its ``[0, 0]`` at frame-0 pixel ``origin_i``)
     that particle ``j``'s mask covers, each placed where it is in the frame (``shifts[i]``, ``shifts[j]``); 0 in the
@@ -2250,8 +2257,6 @@ def _covered_areas(grid_i, origin_i, mask_j, origin_j, shifts, i: int, j: int, u
     The covered area at every integer offset is the correlation of the two grids (one FFT); between integers it is
     interpolated bilinearly (:func:`_overlapping_frames`' notes). Shared by :func:`_overlapping_frames` and
     :func:`_inside_shares`."""
-    from scipy.signal import fftconvolve
-
     hi, wi = grid_i.shape
     hj, wj = mask_j.shape
     d = (
@@ -2262,8 +2267,18 @@ def _covered_areas(grid_i, origin_i, mask_j, origin_j, shifts, i: int, j: int, u
     )
     near = np.isfinite(d).all(axis=1) & (True if use is None else np.asarray(use, bool))
     near[near] &= (d[near, 0] > -hj) & (d[near, 0] < hi) & (d[near, 1] > -wj) & (d[near, 1] < wi)
+    # where the two masks' bounding boxes do not meet (the bilinear weights' pixel beside included), the area is
+    # nil: no FFT for a pair that never comes near (most pairs: the grids' margins are wide)
+    (yi0, yi1), (xi0, xi1) = _extent(grid_i > 0, 1), _extent(grid_i > 0, 0)
+    (yj0, yj1), (xj0, xj1) = _extent(mask_j, 1), _extent(mask_j, 0)
+    if yi1 == yi0 or yj1 == yj0:
+        return None
+    near[near] &= (d[near, 0] > yi0 - yj1 - 1) & (d[near, 0] < yi1 - yj0)
+    near[near] &= (d[near, 1] > xi0 - xj1 - 1) & (d[near, 1] < xi1 - xj0)
     if not near.any():
         return None
+    from scipy.signal import fftconvolve  # a heavy import (about 0.7 s): only for a pair that comes near
+
     area = fftconvolve(grid_i, mask_j[::-1, ::-1].astype(np.float64), mode="full")
     cover = np.zeros(len(d))
     cover[near] = ndimage.map_coordinates(area, (d[near] + [hj - 1, wj - 1]).T, order=1, mode="constant", cval=0.0)
