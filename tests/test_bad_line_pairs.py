@@ -127,3 +127,24 @@ def test_fines_and_textured_particles_get_no_line_repaired(case):
     od = make_scene(case, seed=1, **{k: getattr(p, k) for k in knobs}).optical_density()
     before = od.copy()
     assert len(remove_defects(od)) == 0 and np.array_equal(od, before)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_a_line_bad_in_just_enough_of_the_frames_looked_at_late_is_repaired(axis):
+    """The pass stops looking at lines once none can stand out in ``DEFECT_SHARE`` of the frames it samples: a
+    column (row) that goes bad late in the scan, in exactly as many of the sampled frames as needed (the last 12 of
+    15), is still repaired; one frame fewer and it is a line gone bad mid-scan, not the detector's, and is left."""
+    from xanestrack.io.zingers import DEFECT_SAMPLE, DEFECT_SHARE
+
+    _, clean, _ = _scene()
+    n = clean.shape[0]
+    pick = np.unique(np.linspace(0, n - 1, min(n, DEFECT_SAMPLE)).round().astype(int))
+    need = int(np.ceil(DEFECT_SHARE * pick.size))
+    for late, repaired in ((need, True), (need - 1, False)):
+        od = clean.copy()
+        first = pick[-late]  # bad from this sampled frame on (and in the frames between)
+        view = od if axis == 0 else od.transpose(0, 2, 1)
+        view[first:, 60, :] += 0.22  # another gain
+        defects = remove_defects(od)
+        line = defects[:, axis] == 60
+        assert bool(line.sum() >= clean.shape[2 - axis] - 2) is repaired, (late, int(line.sum()))
