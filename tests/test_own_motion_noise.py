@@ -10,7 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xanestrack.motion import OWN_MOTION_NOISE_COLUMNS, compute_motion, noise_maximum, peak_ratios
+from xanestrack.motion import (
+    OWN_MOTION_NOISE_COLUMNS,
+    compute_motion,
+    noise_maximum,
+    peak_ratios,
+    velocity_noise_maximum,
+    velocity_noise_scales,
+)
 from xanestrack.pipeline import _own_motion_noise_note, _particle_position_noise
 
 N_FRAMES = 60
@@ -89,9 +96,11 @@ def test_still_particles_are_within_their_noise_and_the_mover_is_not():
     assert r["nonrigid_at_noise"].dtype == bool
     assert not r.loc[0, "nonrigid_at_noise"] and r.loc[0, "max_nonrigid_displacement"] > 1.9
     assert r.drop(0)["nonrigid_at_noise"].all(), r
-    # the velocity floor: the noise of a central difference (1 / sqrt(2) of it) over the frames, 1-D
+    # the velocity floor: np.gradient's velocities, central differences inside (1 / sqrt(2) of the noise) and
+    # one-sided at the two ends (sqrt(2) of it), over the frames, 1-D (tests/test_velocity_noise_bound.py)
+    scales = velocity_noise_scales(np.arange(N_FRAMES))
     assert r["peak_nonrigid_v_noise"].to_numpy() == pytest.approx(
-        noise.reindex(r.index).to_numpy() / np.sqrt(2) * noise_maximum(N_FRAMES, dims=1)
+        noise.reindex(r.index).to_numpy() * velocity_noise_maximum(scales)
     )
     # control: the same tracks without position noise give the same 8 columns, the same numbers
     m = compute_motion(_tracks()[["particle", "frame", "y", "x"]], centre=(127.5, 127.5))

@@ -845,14 +845,68 @@ def noise_maximum(n, *, dims: int = 2, quantile: float = OWN_MOTION_NOISE_QUANTI
 OWN_DISPLACEMENT_NOISE = float(np.sqrt(2.0))
 
 
+def velocity_noise_scales(frames) -> np.ndarray:
+    """Per frame, the standard deviation of the velocity :func:`numpy.gradient` gives there from positions of unit
+    noise per axis (independent frame to frame), with ``frames`` as its coordinates (sorted, distinct).
+
+    Inside, the second-order difference over the neighbours ``h1`` before and ``h2`` after:
+    ``sqrt(a^2 + b^2 + c^2)`` with ``a = -h2 / (h1 (h1 + h2))``, ``b = (h2 - h1) / (h1 h2)``,
+    ``c = h1 / (h2 (h1 + h2))`` (1 / sqrt(2) for frames 1 apart); at the first and last frame the one-sided
+    difference, ``sqrt(2) / h``: twice a central one's. NaN for fewer than 2 frames.
+    """
+    f = np.asarray(frames, float)
+    out = np.full(len(f), np.nan)
+    if len(f) < 2:
+        return out
+    h = np.diff(f)
+    out[0], out[-1] = np.sqrt(2.0) / h[0], np.sqrt(2.0) / h[-1]
+    h1, h2 = h[:-1], h[1:]
+    a = -h2 / (h1 * (h1 + h2))
+    b = (h2 - h1) / (h1 * h2)
+    c = h1 / (h2 * (h1 + h2))
+    out[1:-1] = np.sqrt(a * a + b * b + c * c)
+    return out
+
+
+def velocity_noise_maximum(scales, *, quantile: float = OWN_MOTION_NOISE_QUANTILE) -> float:
+    """The ``quantile`` of the largest absolute value of independent normal values of standard deviations
+    ``scales``: the ``B`` with ``prod_i P(|N(0, scales_i)| <= B) = quantile``, found by bisection (NaN where no
+    scale is finite and positive).
+
+    Equal scales ``s`` give ``s`` times :func:`noise_maximum` of their number in 1-D; a few larger ones (the
+    one-sided velocities at a track's ends, :func:`velocity_noise_scales`) raise it to what they reach.
+    """
+    if not 0 < quantile < 1:
+        raise ValueError(f"quantile must lie between 0 and 1, got {quantile!r}")
+    from math import erf, log, sqrt
+
+    s = np.asarray(scales, float).ravel()
+    s = s[np.isfinite(s) & (s > 0)]
+    if not len(s):
+        return np.nan
+    vals, counts = np.unique(np.round(s, 12), return_counts=True)
+    each = float(noise_maximum(len(s), dims=1))
+    lo, hi = float(vals[0]) * each, float(vals[-1]) * each  # every value at the least (the largest) scale
+    target = log(quantile)
+
+    def log_below(b):  # log P(every |value| <= b)
+        return sum(int(k) * log(max(erf(b / (float(v) * sqrt(2.0))), 1e-300)) for v, k in zip(vals, counts))
+
+    for _ in range(200):
+        if hi - lo <= 1e-12 * hi:
+            break
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if log_below(mid) < target else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
 def _own_motion_noise(out: pd.DataFrame, counts: dict, position_noise) -> pd.DataFrame:
     """``out`` (:func:`peak_ratios`'s table) with :data:`OWN_MOTION_NOISE_COLUMNS`: per particle, its positions'
     noise (``position_noise``: a Series by particle, px per axis; NaN where not given), the largest own displacement
     that noise reaches over its ``counts[particle][0]`` frames (:data:`OWN_DISPLACEMENT_NOISE` times it, times
-    :func:`noise_maximum` in 2-D), the largest |own velocity| per axis over its ``counts[particle][1]`` velocities
-    (central differences of two positions two frames apart: 1 / sqrt(2) of the noise, times :func:`noise_maximum`
-    in 1-D), and ``nonrigid_at_noise``: its largest own displacement is not above that floor (False where no
-    floor is known)."""
+    :func:`noise_maximum` in 2-D), the largest |own velocity| per axis over its velocities, whose noise is
+    ``counts[particle][1]`` (:func:`velocity_noise_scales`) times it (:func:`velocity_noise_maximum`), and
+    ``nonrigid_at_noise``: its largest own displacement is not above that floor (False where no floor is known)."""
     pids = out["particle"].to_numpy()
     sigma = (
         pd.Series(position_noise, dtype=float).reindex(pids).to_numpy(float)
@@ -860,13 +914,16 @@ def _own_motion_noise(out: pd.DataFrame, counts: dict, position_noise) -> pd.Dat
         else np.full(len(pids), float(position_noise))
     )
     sigma = np.where(sigma > 0, sigma, np.nan)
-    n_disp = np.array([counts.get(p, (0, 0))[0] for p in pids], float)
-    n_vel = np.array([counts.get(p, (0, 0))[1] for p in pids], float)
+    n_disp = np.array([counts.get(p, (0, ()))[0] for p in pids], float)
+    # the velocities are np.gradient's: central differences inside (1 / sqrt(2) of the noise), one-sided at the
+    # track's ends (sqrt(2) of it, twice as noisy): a floor for central ones alone was exceeded by white noise of
+    # that size in 41 % of particles (two axes), its ends' velocities above it
+    v_max = np.array([velocity_noise_maximum(counts.get(p, (0, ()))[1]) for p in pids], float)
     out["position_noise_px"] = sigma
     out["max_nonrigid_noise_px"] = OWN_DISPLACEMENT_NOISE * sigma * noise_maximum(n_disp, dims=2)
     with np.errstate(invalid="ignore"):
         out["nonrigid_at_noise"] = (out["max_nonrigid_displacement"] <= out["max_nonrigid_noise_px"]).astype(bool)
-    out["peak_nonrigid_v_noise"] = sigma / np.sqrt(2.0) * noise_maximum(n_vel, dims=1)
+    out["peak_nonrigid_v_noise"] = sigma * v_max
     return out
 
 
@@ -936,7 +993,8 @@ def peak_ratios(
         rows.append([pid, pn[0], pn[1], pr[0], pr[1], ratio[0], ratio[1], disp])
         # the frames the largest own displacement and the peak own velocities were taken over
         nr = g[["nonrigid_dy", "nonrigid_dx"]].to_numpy(float)
-        counts[pid] = (int(np.isfinite(nr).all(axis=1).sum()), int(np.isfinite(nv).sum(axis=0).max()))
+        axis = int(np.argmax(np.isfinite(nv).sum(axis=0)))  # the axis with the most velocities
+        counts[pid] = (int(np.isfinite(nr).all(axis=1).sum()), velocity_noise_scales(f)[np.isfinite(nv[:, axis])])
         common.append(pd.DataFrame({"frame": g["frame"].to_numpy(), "vy": np.abs(rv[:, 0]), "vx": np.abs(rv[:, 1])}))
     out = pd.DataFrame(
         rows,

@@ -1611,7 +1611,9 @@ def _motion_table_note(result) -> str:
             "below it); 'own motion within noise' where max |non-rigid| is not above it: that number is the noise's "
             "largest excursion, not a measured own motion. Errors that wander slowly (a touching neighbour, the "
             "matrix) are not counted: near the floor, read it as uncertain. Peak |non-rigid v| from noise alone is an "
-            "upper bound (the positions' noise unsmoothed): a peak above it is not noise. In motion_summary.csv: "
+            "upper bound per axis (the positions' noise unsmoothed, 95 % of scans stay below it; the first and last "
+            "frame's velocities, one-sided, twice as noisy as the central ones, counted as such): a peak above it is "
+            "not noise. In motion_summary.csv: "
             "position_noise_px, max_nonrigid_noise_px, nonrigid_at_noise, peak_nonrigid_v_noise."
             if "max_nonrigid_noise_px" in result.peak_ratios
             else ""

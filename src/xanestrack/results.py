@@ -466,8 +466,10 @@ _COLUMN_DOC = {
     ),
     "peak_nonrigid_v_noise": (
         "px/frame",
-        "the largest |own velocity| per axis its positions' noise, unsmoothed, reaches over as many frames (95 %): "
-        "an upper bound, the smoothing across the energies leaves less; a peak above it is not noise",
+        "the largest |own velocity| per axis its positions' noise, unsmoothed, reaches over as many frames (95 % of "
+        "scans below it, per axis), each velocity with its own noise: central differences 1/sqrt(2) x "
+        "position_noise_px, the first and last frame's one-sided sqrt(2) x: an upper bound, the smoothing across the "
+        "energies leaves less; a peak above it is not noise",
     ),
     "width_change_px": ("px", "the particles' edge width in the frame less its median (smoothed): its blur"),
     "blur_px": ("px", "sigma of the Gaussian blur of the frame's particle windows before the chemistry (0: none)"),

@@ -931,7 +931,9 @@ def _weak_link_note(table: pd.DataFrame) -> str | None:
 #: most 1.2-2.6 px, none standing out of their spread. A particle merged with its neighbour stepped 7.6 px, a
 #: different particle appearing 5 px from where one left 5.0 px (both given the old ids, silently)
 LINK_STEP_FLOOR_PX = 1.0
-#: times the robust spread (MAD) of a scan pair's links an own step or a change of size must stand out by to be doubted.
+#: times the robust spread (:func:`xanestrack.robust.robust_sigma`: 1.4826 x the median absolute deviation, the
+#: standard deviation of normal values) of a scan pair's links an own step or a change of size must stand out by to be
+#: doubted.
 #: Each link's own step is taken from the similarity of the others (itself left out): on simulated scan pairs of 4-10
 #: links moving 0.1-2 px at random, at most 0.2 % of the links stood out (a fit over all of them, 1-4 % of 4-6 links);
 #: a 5 px step among links moving 0.1 px stood out in every draw of 4 links or more (with 3, never: each of the others
@@ -943,6 +945,12 @@ LINK_OUTLIER_FACTOR = 5.0
 #: (swelling of 2-13 % taken by it); the merged particle +0.205, the different particle +0.066, two particles of one
 #: size swapping places 0.08-0.09; the piece of a touching pair segmented otherwise in one scan (hard preset) 0.11
 LINK_SIZE_FLOOR = 0.05
+#: px (common). Nor is a link undone on size, or a merge read from a growth, where the particle's equivalent radius
+#: changes by less than this beyond the common change (``r1 - r0 exp(common)``): one ring of its mask's pixels, what
+#: a threshold at another scan's counts or energies moves its edge by. The relative floor alone took a particle of
+#: radius 5 px reading 5.6 px (+12 %) for another particle (new id, its series cut in two); below a radius of 20 px
+#: this floor is the larger. The probe's merged particle grew by 2.5 px or more (+0.205 of radii from 12 px)
+LINK_SIZE_FLOOR_PX = 1.0
 #: links a scan pair needs for its own steps and size changes to be judged against one another
 MIN_LINK_CHECK = 3
 #: A track that ends (seen in the scan before, not in this one) where it overlaps a particle linked on (its predicted
@@ -968,9 +976,10 @@ def doubtful_links(table: pd.DataFrame, pos, radius, *, frame_shape=None) -> tup
       of the links' own steps (:data:`MIN_LINK_CHECK` links or more), the link is doubted but kept: a particle can
       move on its own;
     - its size (``radius``): changed beyond the links' common change (their median) by more than the larger of
-      :data:`LINK_SIZE_FLOOR` and :data:`LINK_OUTLIER_FACTOR` times their robust spread, it is not what it was;
+      :data:`LINK_SIZE_FLOOR` and :data:`LINK_OUTLIER_FACTOR` times their robust spread, and by more than
+      :data:`LINK_SIZE_FLOOR_PX` in radius (its measurement's error), it is not what it was;
     - a track seen in the scan before and not in this one ends where it overlaps it, and it grew as by taking that one
-      in (:data:`LINK_MERGE_GROWTH`): the two merged.
+      in (:data:`LINK_MERGE_GROWTH`), by more than :data:`LINK_SIZE_FLOOR_PX` in radius: the two merged.
 
     Where its size changed or it merged, the link is not made: the particle gets a new id from that scan on (the scans
     are judged in order, the new track's history its own), and the earlier track ends before it. A link whose particle
@@ -1034,6 +1043,7 @@ def doubtful_links(table: pd.DataFrame, pos, radius, *, frame_shape=None) -> tup
             dst = pos[links]
             grew = size[links] - size[last]
             common_growth = 0.0
+            grew_px = np.exp(size[links]) - np.exp(size[last])  # the radius's change beyond the common one, px
             if len(links) >= MIN_LINK_CHECK:
                 about = src.mean(axis=0) if centre is None else centre
                 # each link's own step from the similarity of the others (left out of its own fit: with as few as
@@ -1054,12 +1064,15 @@ def doubtful_links(table: pd.DataFrame, pos, radius, *, frame_shape=None) -> tup
                 ok = np.isfinite(grew)
                 if ok.sum() >= MIN_LINK_CHECK:
                     common_growth = float(np.median(grew[ok]))
+                    grew_px = np.exp(size[links]) - np.exp(size[last] + common_growth)
                     size_limit = max(LINK_SIZE_FLOOR, LINK_OUTLIER_FACTOR * robust_sigma(grew[ok]))
                 else:
                     size_limit = np.inf
                 out_step = step > step_limit
                 own_step[links] = res
-                out_size = np.abs(grew - common_growth) > size_limit
+                # and beyond the radius's measurement error in px (one ring of the mask): a relative floor alone
+                # took a small particle's sub-pixel change (5 px reading 5.6) for another particle
+                out_size = (np.abs(grew - common_growth) > size_limit) & (np.abs(grew_px) > LINK_SIZE_FLOOR_PX)
                 calm = ~out_step
                 for a, i in enumerate(links):
                     why = []
@@ -1090,7 +1103,7 @@ def doubtful_links(table: pd.DataFrame, pos, radius, *, frame_shape=None) -> tup
                     if edge[i] or edge[j] or not (np.hypot(*(p_g - pos[i])) < np.exp(size[i]) + np.exp(size[g])):
                         continue
                     expect = 0.5 * np.log1p(np.exp(2 * (size[g] - size[j])))  # log(sqrt(r**2 + r_g**2) / r)
-                    if grew[a] - common_growth >= LINK_MERGE_GROWTH * expect:
+                    if grew[a] - common_growth >= LINK_MERGE_GROWTH * expect and grew_px[a] > LINK_SIZE_FLOOR_PX:
                         doubt[i] = "; ".join(
                             [w for w in [doubt[i]] if w]
                             + [

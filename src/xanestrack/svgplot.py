@@ -58,24 +58,40 @@ def ticks(lo: float, hi: float, n: int = 5) -> np.ndarray:
     return t[(t >= lo - eps) & (t <= hi + eps)]
 
 
-#: the most decimals a tick label is given (:func:`_tick_decimals`)
+#: the most decimals a tick label is given beyond the step's first significant digit (:func:`_tick_decimals`)
 MAX_TICK_DECIMALS = 10
+#: relative tolerance within which ``step x 10^d`` counts as a whole number (:func:`_tick_decimals`): the locator's
+#: steps carry float error (1.4999999999 is 1.5)
+TICK_STEP_TOLERANCE = 1e-6
 
 
 def _tick_decimals(step: float) -> int:
-    """The fewest decimals that write every multiple of ``step`` exactly (0.25: 2, 1.5: 1, 2: 0).
+    """The fewest decimals that write every multiple of ``step`` exactly (0.25: 2, 1.5: 1, 2: 0, 1e-7: 7).
 
     ``MaxNLocator`` steps by 1, 1.5, 2, 2.5, 5 (x 10^k) and its ticks are multiples of the step: a label rounded to
     the step's order alone printed ticks at 8339.5 / 8341.0 / 8342.5 eV as 8340 / 8341 / 8342, evenly spaced, the
-    whole scale off by 1.5 x (a 3.54 eV gap between two particles' mean E50 read as 2.36 eV)."""
+    whole scale off by 1.5 x (a 3.54 eV gap between two particles' mean E50 read as 2.36 eV). The search starts at the
+    step's first significant digit and the tolerance is relative to ``step x 10^d``: one absolute below 1 took any
+    step under 1e-6 as written by 0 decimals, every tick of such an axis labelled alike ("0")."""
     step = abs(float(step))
     if not np.isfinite(step) or step == 0:
         return 0
-    for d in range(MAX_TICK_DECIMALS + 1):
+    # step x 10^first lies in [1, 10); one decimal fewer where it is 1 less a float error (0.99999999)
+    first = max(0, -int(np.floor(np.log10(step))))
+    for d in range(max(0, first - 1), min(first + MAX_TICK_DECIMALS + 1, 308)):  # 10.0**309 overflows
         v = step * 10.0**d
-        if abs(v - round(v)) <= 1e-6 * max(v, 1.0):
+        if round(v) != 0 and abs(v - round(v)) <= TICK_STEP_TOLERANCE * v:
             return d
-    return MAX_TICK_DECIMALS
+    return first + MAX_TICK_DECIMALS
+
+
+def _label_step(t) -> float:
+    """The step the labels of ticks ``t`` are written to: their least spacing, or a lone tick's own value (a step
+    of 1 wrote a lone tick at 8339.5 as "8340")."""
+    t = np.asarray(t, float)
+    if len(t) > 1:
+        return float(np.diff(t).min())
+    return float(abs(t[0])) if len(t) and np.isfinite(t[0]) and t[0] != 0 else 1.0
 
 
 def _tick_label(t: float, step: float) -> str:
@@ -252,7 +268,7 @@ class SvgAxes:
                 f'<rect x="{_fmt(x0)}" y="{_fmt(y0)}" width="{_fmt(w)}" height="{_fmt(h)}" fill="none" stroke="#444"/>'
             )
             t = ticks(*xl, self.nticks)
-            step = float(np.diff(t).min()) if len(t) > 1 else 1.0
+            step = _label_step(t)
             for v in t:
                 px = float(X(v))
                 out.append(
@@ -264,7 +280,7 @@ class SvgAxes:
                     f'<text x="{_fmt(x0 + w / 2)}" y="{_fmt(y0 + h + 28)}" text-anchor="middle">{_esc(self.xlabel)}</text>'
                 )
         t = ticks(*yl, self.nticks if not right else 4)
-        step = float(np.diff(t).min()) if len(t) > 1 else 1.0
+        step = _label_step(t)
         ax_x, sign, anchor = (x0 + w, 1, "start") if right else (x0, -1, "end")
         labels_w = 0
         for v in t:
@@ -336,7 +352,7 @@ class SvgFigure:
         ]
         hi = vmax if vmax > vmin else vmin + 1
         t = ticks(vmin, hi, 5)
-        step = float(np.diff(t).min()) if len(t) > 1 else 1.0
+        step = _label_step(t)
         for v in t:
             py = y + (1 - (v - vmin) / (hi - vmin)) * h
             out.append(
