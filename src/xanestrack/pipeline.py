@@ -4000,32 +4000,9 @@ def _turn_clause(change: complex, before: complex, semi_major: float, radius: fl
     )
 
 
-def _shared_rim_moves(change: float, sigma: float) -> bool:
-    """Whether a particle's outline, its size change across the scan ``change`` (px in radius, the change the
-    particles share left in) with its standard error ``sigma``, moves through its rim as far as an own change is
-    flagged for (:data:`OUTLINE_CHANGE_PX`, :data:`OUTLINE_CHANGE_Z`).
-
-    The registration moves each particle's window by a translation, never scales it: whether every particle swells
-    together or the field is magnified, each outline sweeps through its rim in its window as its own swelling's
-    would, and biases the rim's E50 as much. Taking the shared change out, as the note on its own change does, left
-    that bias unflagged where it is shared: six particles swelling by 4 % together (the field not magnified, its
-    common scale 1.0000), the pixels 0-1 px inside their outlines +0.49 to +0.79 eV (3-5 times their standard error),
-    1-2 px in +0.25 to +0.38 eV, none flagged, nothing said (a probe of the tenth round)."""
-    return bool(np.isfinite(change) and abs(change) >= OUTLINE_CHANGE_PX and abs(change) >= OUTLINE_CHANGE_Z * sigma)
-
-
-def _shared_size_clause(change: float, radius: float, shared: float) -> str:
-    """The moving-rim note's clause for a size change the particles share (:func:`_shared_rim_moves`)."""
-    return (
-        f"{'grows' if change > 0 else 'shrinks'} by {abs(100 * change / radius):.1f} % ({change:+.2f} px in radius) "
-        f"across the scan, as the particles do together (their shared change {100 * shared:+.1f} %: the field's "
-        "magnification, or a swelling of them all; not its own)"
-    )
-
-
 def _moving_rim_note(clauses: list, depth: int, n_px: int, n_mask: int) -> str:
     return (
-        f"{MOVING_RIM_NOTE}: it {' and '.join(clauses)}, "
+        f"{MOVING_RIM_NOTE}: it {' and '.join(clauses)} (its own, the change the particles share taken out), "
         "which the registration (a translation per frame) does not follow: the outline sweeps through its rim as "
         "the energy crosses the edge, and the rim's spectra mix the particle and its surroundings: its E50 within "
         f"{depth} px of the outline is biased (a particle grown by 4 %: +0.69 / +0.41 / +0.26 eV at 0-1 / 1-2 / 2-3 "
@@ -4041,11 +4018,7 @@ def _flag_moving_rims(particles: list, energies, gaps=(), blur=None) -> list:
 
     Its size: each particle's equivalent radius per frame (:func:`_equivalent_radii`) gives its change across
     the scan (:func:`_outline_change`), less the change the particles share (:func:`_shared_change`), flagged
-    where it reaches :data:`OUTLINE_CHANGE_PX` and :data:`OUTLINE_CHANGE_Z` standard errors; where the change with
-    the shared part left in reaches them (:func:`_shared_rim_moves`: the windows are never scaled, so a shared
-    swelling or the field's magnification sweeps the rim as much), the rim is flagged as well and the note says the
-    change is shared, not the particle's own (not where the frames were brought to a common resolution, ``blur``:
-    there the shared change is the focus's). Its shape (a
+    where it reaches :data:`OUTLINE_CHANGE_PX` and :data:`OUTLINE_CHANGE_Z` standard errors. Its shape (a
     turn, a crack widening): its elongation's trend across the scan (:func:`_outline_shapes`,
     :func:`_outline_shape_change`), less the turn and stretch the particles share
     (:func:`_shared_shape_factor`), flagged where it reaches :data:`OUTLINE_SHAPE_PX` and
@@ -4083,27 +4056,20 @@ def _flag_moving_rims(particles: list, energies, gaps=(), blur=None) -> list:
         stretch = _shared_stretch([m[0] for m in shaped], [m[2] for m in measured])
         shaped = [(dq - stretch / r if r > 0 else dq, s, b) for (dq, s, b), (_, _, r) in zip(shaped, measured)]
     factor = _shared_shape_factor([m[0] for m in shaped], [m[2] for m in shaped], [m[2] for m in measured])
-    # frames brought to the scan's coarsest resolution: the masks' shared size change is the focus's, not the
-    # outline's (a focus drifting from 0 to 2.5 px: 2 of 4 particles "grew" by 0.9-1.0 px together), and the frames
-    # the XANES uses are blurred alike, so no rim is flagged for a change shared
-    blurred = blur is not None and bool(np.any(np.asarray(blur) > 0))
     if gaps:  # the frames left out, kept for redo_xanes (which has no gaps: _filled_frames reads them back)
         particles = [dataclasses.replace(p, filled_frames=None if c.all() else ~c) for p, c in zip(particles, clear)]
     out = []
     for p, (change, sigma, radius), (dq, dq_sigma, before), (_, semi, used) in zip(particles, measured, shaped, shapes):
         notes = tuple(x for x in p.notes if not x.startswith(MOVING_RIM_NOTE))
-        own = change - shared * radius
+        change = change - shared * radius
         dq = before + dq - factor * before  # its own: the shape the shared turn and stretch made of it taken out
         clauses, moved = [], 0.0
         if p.quality_assessed and radius > 0:
-            if abs(own) >= OUTLINE_CHANGE_PX and abs(own) >= OUTLINE_CHANGE_Z * sigma:
+            if abs(change) >= OUTLINE_CHANGE_PX and abs(change) >= OUTLINE_CHANGE_Z * sigma:
                 clauses.append(
-                    f"{'grows' if own > 0 else 'shrinks'} by {abs(100 * own / radius):.1f} % ({own:+.2f} px in "
-                    "radius) on its own (the change the particles share taken out)"
+                    f"{'grows' if change > 0 else 'shrinks'} by {abs(100 * change / radius):.1f} % ({change:+.2f} px "
+                    "in radius)"
                 )
-                moved += max(abs(own), abs(change) if np.isfinite(change) else 0.0)
-            elif not blurred and _shared_rim_moves(change, sigma):
-                clauses.append(_shared_size_clause(change, radius, shared))
                 moved += abs(change)
             if abs(dq) >= OUTLINE_SHAPE_PX and abs(dq) >= OUTLINE_SHAPE_Z * dq_sigma:
                 clauses.append(_turn_clause(dq, factor * before, float(np.nanmedian(semi[used])), radius))
