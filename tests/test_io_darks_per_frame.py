@@ -2,6 +2,9 @@
 averaged, with a note where they drift. A camera dark drifting 150 counts over a scan (flats of 5000 counts), given
 one per frame and averaged, moved every particle's E50 by -0.08 to -0.10 eV (7-11 sigma), unsaid."""
 
+import re
+import warnings
+
 import numpy as np
 import pytest
 import tifffile
@@ -158,3 +161,24 @@ def test_darks_of_one_per_file_follow_their_files_in_a_descending_folder(tmp_pat
     assert np.allclose(st.energies_ev, e)
     assert np.allclose(st.od, -np.log((counts - darks) / (flats - darks)), atol=1e-5)
     assert any("one dark per file), each paired with its file's frame" in n for n in st.metadata["notes"])
+
+
+def test_darks_without_pixel_noise_are_not_said_to_drift_inf_times_their_noise():
+    """Darks of constant images at different levels (synthetic, or clipped) have no pixel noise: the note divided
+    their spread by it, "far beyond their noise (inf times ...)", with a RuntimeWarning. Now it says they hold no
+    pixel noise; the drifting darks with noise (control) keep their ratio."""
+    counts, flats, darks, _, _ = _scan(drift=150.0)
+    flat = np.stack([np.full(SHAPE, 100.0 + 150.0 * k / 4, np.float32) for k in range(5)])
+    notes = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        optical_density(counts, flats=flats, darks=flat, notes=notes)
+    (drift,) = [n for n in notes if "dark images for" in n]
+    assert (
+        "inf" not in drift and "differ by 150 counts" in drift and "and they hold no pixel noise (dark 0 -75" in drift
+    )
+    notes = []
+    five = np.linspace(0, E.size - 1, 5).round().astype(int)
+    optical_density(counts, flats=flats, darks=darks[five], notes=notes)
+    (drift,) = [n for n in notes if "dark images for" in n]
+    assert re.search(r"far beyond their noise \(\d+ times; dark 0 ", drift)

@@ -157,3 +157,51 @@ def test_the_shipped_references_are_placed_about_the_particles_edge():
     assert max(nio) - min(nio) > 0.1
     assert shipped_bias_at_edge(e, float("nan")) == {}
     assert normalisation_bias_note({}) == ""
+
+
+def _particle(e, norm, e0, i, e50_px):
+    """A particle of a 21 x 21 disc (r 8) with ``norm`` as its mean spectrum and an E50 in ``e50_px`` of its pixels
+    (0: its XANES failed after its mean spectrum was normalised)."""
+    yy, xx = np.mgrid[:21, :21]
+    mask = (yy - 10) ** 2 + (xx - 10) ** 2 <= 64
+    e50 = np.full(mask.shape, np.nan, np.float32)
+    e50[tuple(a[:e50_px] for a in np.nonzero(mask))] = e0
+    return SimpleNamespace(
+        particle=i, mean_norm=np.asarray(norm, float), e0_ev=float(e0), edge_maps={"e50": e50}, mask=mask
+    )
+
+
+def test_only_particles_whose_mean_e50_is_given_are_quoted():
+    """The review's repro: a particle whose XANES failed after its mean spectrum was normalised (frames out of the
+    energies' order, no E50 in any pixel) keeps a finite E0 and mean spectrum; its "own bias" was quoted, and the
+    note given for it alone ("none to bias": ""). So was a particle whose mean E50 is withheld (E50 in 3 of its
+    core pixels). Now only those with a mean E50 given; the control, every pixel measured, is quoted as before."""
+    e = synth.ni_energy_grid(60)
+    nm = normalize(e, ni_references()["NiO"](e))
+    failed = _particle(e, nm.norm, nm.e0_ev, 1, 0)
+    withheld = _particle(e, nm.norm, nm.e0_ev, 2, 3)
+    given = _particle(e, nm.norm, nm.e0_ev, 3, 10_000)
+    assert own_spectra_bias(e, [failed, withheld]) == {}
+    assert unmeasured_bias_note(e, [failed, withheld]) == ""
+    own = own_spectra_bias(e, [failed, withheld, given])
+    assert set(own) == {"particle 3"}
+    assert own["particle 3"] == own_spectra_bias(e, [_stand_in(e, nm.norm, nm.e0_ev, 3)])["particle 3"]
+    note = unmeasured_bias_note(e, [failed, withheld, given])
+    assert "particle 3" in note and "particle 1" not in note and "particle 2" not in note
+
+
+def test_the_shipped_references_are_named_so_where_they_cannot_measure_it(runs):
+    """References that cannot measure the bias on the scan's energies were called "the references given" though the
+    user gave none (the shipped ones, default_references). Now "the shipped references"; a user's still "given"."""
+    r = runs["ni"]
+    short = {}
+    for k, ref in ni_references().items():
+        e0 = find_e0(ref.energies_ev, ref.mu)
+        keep = (ref.energies_ev >= e0 - 25) & (ref.energies_ev <= e0 + 90)
+        short[k] = ReferenceSpectrum(k, ref.energies_ev[keep], ref.mu[keep])
+    _, shipped = _normalisation_bias(r.particles, short, r.energies_ev, True, PipelineOptions())
+    assert "the shipped references (NiO 83" in shipped and "references given" not in shipped
+    _, given = _normalisation_bias(r.particles, short, r.energies_ev, False, PipelineOptions())
+    assert "the references given (NiO 83" in given and given == shipped.replace(
+        "shipped references", "references given"
+    )

@@ -2657,7 +2657,6 @@ def _finish_particle(
     with warnings.catch_warnings():  # a frame with no finite pixel in the mask: NaN, as meant
         warnings.simplefilter("ignore", RuntimeWarning)
         mean_spec = np.array([np.nanmean(a[mask]) if mask.any() else np.nan for a in chem])
-    filled, _ = _filled_on_grid(origin, shifts, mask.shape, gaps, use)
     # frames not vouched for but measured (by the edge estimate or the centre of mass, in the field, not an outlier
     # in time, nothing over it, not excluded): they may stand in for the pre-edge alone where the frames vouched for
     # hold too few pre-edge energies (a faint particle's stray centre of mass, or no mask of it in its faintest
@@ -2667,6 +2666,11 @@ def _finish_particle(
     measured_only = v.located & disagree & ~overlapped & ((v.flags & unmeasured) == 0)
     if exclude is not None:
         measured_only = measured_only & ~exclude
+    stand_in = measured_only & np.isfinite(mean_spec)
+    # the pixels filled from a patch's rim in any frame the analysis may use, those standing in for the pre-edge
+    # included: over the frames vouched for alone, a patch in a stand-in frame was not filled to the analysis (its
+    # pixels counted in the check that the frames are in the order of the energies)
+    filled, _ = _filled_on_grid(origin, shifts, mask.shape, gaps, use | stand_in)
 
     xr = xanes.analyse_particle(
         chem,
@@ -2689,7 +2693,7 @@ def _finish_particle(
         ),
         background_exclude=neighbours,
         filled=filled if filled.any() else None,
-        pre_usable=measured_only & np.isfinite(mean_spec),
+        pre_usable=stand_in,
         **_xanes_settings(options),
     )
     notes += xr.pop("notes")
@@ -3552,7 +3556,7 @@ def _normalisation_bias(particles, references, energies, default_references: boo
         raw.update(normalisation_bias(energies, part, dense=how, **kw) if part else {})
     bias = {k: raw[k] for k in references if k in raw and np.isfinite(raw[k])}  # in the order given
     if not bias:  # not measured: said (run.json's bias stays the references', none)
-        return bias, unmeasured_bias_note(energies, particles, references, **kw)
+        return bias, unmeasured_bias_note(energies, particles, references, shipped=default_references, **kw)
     if not particles:
         return bias, ""
     from .spectra import ReferenceSpectrum
@@ -5928,6 +5932,8 @@ XANES_NOTE_STARTS = (
     "LCF skipped",
     "no registration uncertainty",
     "E50 measured in ",
+    xanes.PRE_UNVOUCHED_NOTE,
+    xanes.PRE_UNVOUCHED_REFUSED_NOTE,
 )
 #: the particle note of :func:`redo_xanes` on a particle whose matrix texture was subtracted in the run
 REDO_MEASURED_NOTE = (
@@ -6001,6 +6007,19 @@ def _left_out_words(p, options) -> str:
     )
 
 
+def _redo_frames(p) -> tuple:
+    """``(usable, pre_usable)`` of particle ``p``'s analysis again (:func:`redo_xanes`): the frames its XANES used
+    (``xanes_frames``) whose positions are vouched for, and those not vouched for (flag ``disagree``) that stood in
+    for its pre-edge (:func:`xanestrack.xanes._pre_edge_from_unvouched`; None where none did). Given as usable
+    alone, they were analysed as frames vouched for, and the run's note naming them kept the run's energies."""
+    used = p.xanes_frames
+    if used is None or p.frame_flags is None or len(p.frame_flags) != len(used):
+        return used, None
+    used = np.asarray(used, bool)
+    stand_in = used & ((np.asarray(p.frame_flags).astype(np.uint16) & FRAME_FLAGS["disagree"]) > 0)
+    return (used & ~stand_in, stand_in) if stand_in.any() else (used, None)
+
+
 def redo_xanes(result: PipelineResult, *, energies_ev, references=None) -> PipelineResult:
     """The result with its XANES part analysed again on another energy axis (e.g. calibrated), or with other references.
 
@@ -6071,17 +6090,19 @@ def redo_xanes(result: PipelineResult, *, energies_ev, references=None) -> Pipel
         # its pixels filled from a patch's rim in the run (_flag_filled_pixels): analysed as the run did, and flagged
         # and left out of its means again (the redo lost them: 0 of 515 flagged, kept 0.536 against 0.560)
         filled = (np.asarray(p.pixel_flags) & xanes.FLAG_FILLED) > 0
+        used, stand_in = _redo_frames(p)
         xr = xanes.analyse_particle(
             p.aligned if blur is None else _blur_frames(p.aligned, blur),
             p.mask,
             e,
-            usable=p.xanes_frames,
+            usable=used,
             references=references,
             agreement=p.agreement,
             keep_norm=options.clusters > 0,
             left_out=_left_out_words(p, options),
             background_exclude=p.background_exclude,
             filled=filled if filled.any() else None,
+            pre_usable=stand_in,
             **_xanes_settings(options),
         )
         if filled.any():

@@ -275,7 +275,9 @@ _PARTICLE_DOC = {
     "xanes_frames": (
         "bool",
         _PER_FRAME + ": the frames the XANES analysis used (position vouched for, the particle whole in the frame, "
-        "not left out of every particle)",
+        "not left out of every particle; and, where those hold too few pre-edge energies to normalise, measured "
+        "frames not vouched for (frame flag disagree) standing in for the pre-edge line alone: see the particle's "
+        "notes, 'pre-edge taken from')",
     ),
     "unaligned_ends": (
         "OD",

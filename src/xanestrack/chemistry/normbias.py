@@ -261,6 +261,22 @@ def _bias_words(b: dict, m: dict) -> str:
     return words
 
 
+def _e50_given(p) -> bool:
+    """Whether particle ``p``'s mean E50 is given: its E50 map has a pixel measured (its XANES neither failed nor was
+    skipped) and it is not withheld (:func:`xanestrack.result.e50_withheld`). A particle whose mean spectrum fell back
+    to its pre-edge level, or fell across its edge, keeps its normalised mean spectrum and E0 but has no E50: its
+    "own bias" was quoted all the same. A bare spectrum (no ``edge_maps``: a caller's own) is taken as given."""
+    from ..result import e50_withheld
+
+    maps = getattr(p, "edge_maps", None)
+    if maps is None:
+        return True
+    e50 = maps.get("e50")
+    if e50 is None or not np.isfinite(np.asarray(e50, float)).any():
+        return False
+    return getattr(p, "mask", None) is None or not e50_withheld(p)
+
+
 def own_spectra_bias(energies_ev, particles, *, edge_window=(-15.0, 20.0)) -> dict[str, float]:
     """The part of each particle's E50 bias its own mean spectrum holds: E50 interpolated linearly between the scan's
     energies, less E50 on a smooth curve through the same normalised values.
@@ -290,9 +306,10 @@ def own_spectra_bias(energies_ev, particles, *, edge_window=(-15.0, 20.0)) -> di
     Returns
     -------
     dict of str -> float
-        ``"particle N"`` -> eV (positive: the scan's E50 lies higher), for the particles whose mean spectrum crosses
-        half its step on the scan's energies, not across a hole in them (:data:`~xanestrack.xanes.MAX_GAP_RATIO`:
-        the pipeline measures no E50 there), on :data:`MIN_OWN_ENERGIES` energies or more.
+        ``"particle N"`` -> eV (positive: the scan's E50 lies higher), for the particles whose mean E50 is given
+        (:func:`_e50_given`) and whose mean spectrum crosses half its step on the scan's energies, not across a hole
+        in them (:data:`~xanestrack.xanes.MAX_GAP_RATIO`: the pipeline measures no E50 there), on
+        :data:`MIN_OWN_ENERGIES` energies or more.
     """
     from scipy.interpolate import PchipInterpolator
 
@@ -303,7 +320,7 @@ def own_spectra_bias(energies_ev, particles, *, edge_window=(-15.0, 20.0)) -> di
     for p in particles:
         m = np.asarray(getattr(p, "mean_norm", np.full(e.shape, np.nan)), float)
         e0 = float(getattr(p, "e0_ev", np.nan))
-        if m.shape != e.shape or not np.isfinite(e0):
+        if m.shape != e.shape or not np.isfinite(e0) or not _e50_given(p):
             continue
         ok = np.isfinite(m)
         if ok.sum() < MIN_OWN_ENERGIES or np.any(np.diff(e[ok]) <= 0):
@@ -362,10 +379,12 @@ def shipped_bias_at_edge(
     return out
 
 
-def unmeasured_bias_note(energies_ev, particles, references=None, *, edge_window=(-15.0, 20.0), background=None) -> str:
+def unmeasured_bias_note(
+    energies_ev, particles, references=None, *, edge_window=(-15.0, 20.0), background=None, shipped: bool = False
+) -> str:
     """The run's note where no reference measured the normalisation's bias (:func:`normalisation_bias` gave none:
     no reference of the particles' edge, or references that do not reach the ranges the particles are normalised
-    over), ``""`` where no particle's mean spectrum has an E50 on the scan's energies (none to bias).
+    over), ``""`` where no particle's mean E50 is given (:func:`_e50_given`) on the scan's energies (none to bias).
 
     It says that the bias was not measured and why, gives the part the particles' own mean spectra measure
     (:func:`own_spectra_bias`), and for the rest the range the shipped Ni references and their mixes read on this
@@ -386,6 +405,8 @@ def unmeasured_bias_note(energies_ev, particles, references=None, *, edge_window
     background : float, optional
         The particles' pre-edge absorbance under their edge step, as a share of it at E0
         (:func:`normalisation_bias`).
+    shipped : bool
+        ``references`` are the shipped ones (no ``--reference`` given): named so, not as "the references given".
     """
     from ..spectra import ReferenceSpectrum
     from ..xanes import PRE_EDGE_RANGE, _edge_element
@@ -394,7 +415,8 @@ def unmeasured_bias_note(energies_ev, particles, references=None, *, edge_window
     own = {k: v for k, v in own_spectra_bias(e, particles, edge_window=edge_window).items() if np.isfinite(v)}
     if not own:
         return ""
-    e0s = [float(p.e0_ev) for p in particles if np.isfinite(getattr(p, "e0_ev", np.nan))]
+    # the edge of the particles quoted (own_spectra_bias: those whose mean E50 is given)
+    e0s = [float(p.e0_ev) for p in particles if np.isfinite(getattr(p, "e0_ev", np.nan)) and _e50_given(p)]
     edge = float(np.median(e0s))
     element = _edge_element(edge)
     if references:
@@ -409,12 +431,13 @@ def unmeasured_bias_note(energies_ev, particles, references=None, *, edge_window
             isinstance(r, ReferenceSpectrum) and (r.energies_ev[0] > pre[1] or r.energies_ev[-1] < edge + 100.0)
             for r in references.values()
         )
+        named = f"the shipped references ({spans})" if shipped else f"the references given ({spans})"
         why = (
-            f"the references given ({spans}) do not reach the ranges the particles are normalised over on this "
+            f"{named} do not reach the ranges the particles are normalised over on this "
             f"scan's energies (the pre-edge line from E0 - {-PRE_EDGE_RANGE[0]:.0f} to E0 - {-PRE_EDGE_RANGE[1]:.0f} "
             f"eV, the post-edge from E0 + 100 eV: {pre[0]:.0f}-{pre[1]:.0f} and {edge + 100:.0f}-{e[-1]:.0f} eV here)"
             if short
-            else f"the references given ({spans}) cannot be measured on this scan's energies as the particles are (too "
+            else f"{named} cannot be measured on this scan's energies as the particles are (too "
             "few of its energies in their pre-edge, post-edge or edge ranges, or their E50 in a gap of them)"
         )
     else:

@@ -204,10 +204,13 @@ def _averaged_darks_note(darks, n_frames: int, flat_level, source) -> str:
         return ""
     lo, hi = int(np.argmin(levels)), int(np.argmax(levels))
     share = f", {spread / flat_level:.1%} of the flats' level ({flat_level:.0f})" if flat_level else ""
+    # darks without pixel noise (constant images, synthetic or clipped): "far beyond their noise (inf times" and a
+    # RuntimeWarning of the division
+    beyond = f"far beyond their noise ({spread / noise:.0f} times; " if noise > 0 else "and they hold no pixel noise ("
     return (
         f"{source}: {m} dark images for {n_frames} frames: not one per frame, so their mean is subtracted from every "
-        f"frame and flat; but they differ by {spread:.3g} counts{share}, far beyond their noise ({spread / noise:.0f} "
-        f"times; dark {lo} {levels[lo]:+.3g}, dark {hi} {levels[hi]:+.3g} about their mean, counted from 0): the "
+        f"frame and flat; but they differ by {spread:.3g} counts{share}, {beyond}"
+        f"dark {lo} {levels[lo]:+.3g}, dark {hi} {levels[hi]:+.3g} about their mean, counted from 0): the "
         "camera's dark drifted while they were taken. A frame whose own dark was another leaves its transmission off "
         "by as much against its flat, changing over the scan (a dark drifting 3 % of the flats' level moved every "
         "particle's edge energy by about -0.1 eV): give one dark per frame (each is then subtracted from its own "
