@@ -220,7 +220,9 @@ def test_every_dataset_says_its_units_and_what_it_is(which, request, tmp_path):
                 "moving_rim": xanes.FLAG_MOVING_RIM,
                 "filled": xanes.FLAG_FILLED,
                 "thick": xanes.FLAG_THICK,
+                "misfit": xanes.FLAG_MISFIT,
             }
+            assert g["pixel_flags"].dtype == np.uint16  # the misfit bit (256) is past uint8
             assert dict(zip(pa["flag_meanings"].split(), pa["flag_masks"])) == json.loads(pa["flag_bits"])
         # velocities carry the motion table's unit
         cols = json.loads(f["tables/motion"].attrs["columns"])

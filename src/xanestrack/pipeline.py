@@ -59,6 +59,7 @@ from .smoothing import local_quadratic, smooth_tracks
 from .stack import Stack, duplicate_frames, lone_step, lone_step_words, sanitize_stack
 from .xanes import (
     MISFIT_NOTE,
+    MISFIT_REGION_NOTE,
     OTHER_EDGE_EV,
     OTHER_EDGE_NOTE,
     SHOULDER_NOTE,
@@ -4183,7 +4184,7 @@ def _flag_filled_pixels(particles: list, gaps: list, energies) -> list:
         if not hit.any():
             out.append(p if notes == tuple(p.notes) else dataclasses.replace(p, notes=notes))
             continue
-        flags = np.array(p.pixel_flags, dtype=np.uint8, copy=True)
+        flags = np.array(p.pixel_flags, dtype=np.uint16, copy=True)  # uint16: the misfit bit (256) survives
         flags[hit] |= xanes.FLAG_FILLED
         maps = dict(p.maps)
         if "quality_keep" in maps:
@@ -5107,6 +5108,15 @@ def _particle_chemistry_notes(
             + ", or spectra the scan's energies cannot normalise: see the other notes); each particle's note says by "
             "how much"
         )
+    region = [p.particle for p in particles if any(n.startswith(MISFIT_REGION_NOTE) for n in p.notes)]
+    if region:
+        # a phase the references lack in part of a particle: its fractions there read as the nearest reference's
+        out.append(
+            f"the references do not describe a region of {len(region)} of {len(particles)} particles "
+            f"({ids(region)}): a phase they do not hold (or spectra distorted there), fitted as the nearest of them; "
+            "those pixels are flagged misfit in pixel_flags and left out of the particles' mean fractions (not of "
+            "their mean E50); each particle's note says how much"
+        )
     out += [n for n in (_shared_noise_run_note(particles),) if n]
     return out
 
@@ -5934,6 +5944,7 @@ XANES_NOTE_STARTS = (
     "E50 measured in ",
     xanes.PRE_UNVOUCHED_NOTE,
     xanes.PRE_UNVOUCHED_REFUSED_NOTE,
+    MISFIT_REGION_NOTE,
 )
 #: the particle note of :func:`redo_xanes` on a particle whose matrix texture was subtracted in the run
 REDO_MEASURED_NOTE = (

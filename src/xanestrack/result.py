@@ -19,7 +19,16 @@ import pandas as pd
 if TYPE_CHECKING:  # pragma: no cover
     from .pipeline import PipelineOptions
 
-__all__ = ["FRAME_FLAGS", "UNVOUCHED_FLAGS", "flag_names", "ParticleResult", "PipelineResult", "particle_summary"]
+__all__ = [
+    "FRAME_FLAGS",
+    "UNVOUCHED_FLAGS",
+    "flag_names",
+    "ParticleResult",
+    "PipelineResult",
+    "particle_summary",
+    "fraction_pixels",
+    "spread_beyond_noise",
+]
 
 #: per-particle, per-frame flags (bits)
 FRAME_FLAGS = {
@@ -211,8 +220,8 @@ class ParticleResult:
     edge_maps : dict of str -> ndarray (h, w)
         ``e50`` (E at mu_norm = 0.5), ``derivative``, ``whiteline`` in eV, NaN outside
         the particle or where the fit failed.
-    pixel_flags : ndarray (h, w) uint8
-        XANES flags (see :mod:`xanestrack.xanes`), per pixel.
+    pixel_flags : ndarray (h, w) uint16
+        XANES flags (see :mod:`xanestrack.xanes`), per pixel (uint8 in files written before ``misfit``, 256).
     fractions : ndarray (n_refs, h, w) or None
         Linear-combination fractions of ``reference_names``.
     mean_spectrum : ndarray (n_frames,)
@@ -230,7 +239,8 @@ class ParticleResult:
         (``quality_keep`` beside them says which are trusted): ``whiteline_height``
         (normalised units of the fitted whiteline, whose position is ``edge_maps["whiteline"]``),
         ``e50_sigma``, ``e50_sigma_noise``, ``e50_sigma_registration`` (eV, standard errors
-        of ``edge_maps["e50"]``), ``fraction_sigma`` (n_refs, h, w), ``edge_jump_od``,
+        of ``edge_maps["e50"]``), ``fraction_sigma`` (n_refs, h, w), ``lcf_misfit`` (the fit's RMS residual over
+        the spectra's local noise: :func:`xanestrack.xanes.lcf_misfit_map`), ``edge_jump_od``,
         ``quality_keep`` (bool), and with phase mapping ``cluster`` (int, -1 where not
         clustered). Empty when the analysis was skipped.
     xanes_frames : ndarray (n_frames,) bool or None
@@ -421,6 +431,45 @@ def core_mask(mask, kept, core_px: int = 2) -> np.ndarray:
     return core
 
 
+def fraction_pixels(p, core_px: int = 2) -> np.ndarray:
+    """The pixels a particle's mean reference fractions are taken over: its :func:`core_pixels` less those flagged
+    ``misfit`` in ``pixel_flags`` (:func:`xanestrack.xanes.misfit_region`: a region whose spectra the references do
+    not describe, where the fractions are not its chemistry); the whole core where every pixel of it is (the
+    particle's note says the references fail it).
+
+    Its mean E50 keeps them (:func:`core_pixels`): the E50 of a phase the references lack is measured as any other.
+    A particle half in a phase not in the references (NiO +3 eV, read LiNiO2 1.000) and half a 50/50 mix read a
+    mean LiNiO2 fraction of 0.751, its note silent.
+    """
+    from .xanes import FLAG_MISFIT
+
+    core = core_pixels(p, core_px)
+    flags = getattr(p, "pixel_flags", None)
+    if flags is None or np.shape(flags) != core.shape:
+        return core
+    fitted = core & ((np.asarray(flags).astype(np.int64) & FLAG_MISFIT) == 0)
+    return fitted if fitted.any() else core
+
+
+def spread_beyond_noise(e50, sigma_noise) -> float:
+    """eV: the standard deviation of a particle's pixel E50s less their own noise, ``sqrt(max(0, var(e50) -
+    mean(sigma_noise ** 2)))`` over the pixels where both are finite; NaN where none is.
+
+    The spread of the pixels (``e50_spread_ev``, chemistry.csv's percentiles) is that of noisy pixels: a uniform
+    particle (truth SD 0.084 eV) read 0.117 eV at 5000 counts and 0.184 eV at 800, its 2nd-98th percentile width 2.8
+    and 4.9 times the truth's. ``sigma_noise`` is each pixel's standard error from the spectra's noise
+    (``maps["e50_sigma_noise"]``, of the smoothed map the E50s are of), so what is left is the spread the noise does
+    not explain, comparable across scans of different counts. 0 where the noise explains it all; not the truth's
+    spread where the smoothing blurs chemistry fronts (it lowers both) or the stated sigmas are off.
+    """
+    e = np.asarray(e50, float).ravel()
+    s = np.asarray(sigma_noise, float).ravel()
+    ok = np.isfinite(e) & np.isfinite(s)
+    if not ok.any():
+        return float("nan")
+    return float(np.sqrt(max(0.0, float(np.var(e[ok])) - float(np.mean(s[ok] ** 2)))))
+
+
 def gap_share(p) -> float:
     """The share of a particle's mask pixels whose E50 falls in a gap of frames left out (pixel flag ``gap``)."""
     from .xanes import FLAG_GAP
@@ -517,8 +566,11 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
     -------
     DataFrame with columns ``particle, y0, x0, radius_px, frames, frames_measured,
     frames_vouched, flagged_frames, median_agreement_px, max_agreement_px,
-    max_nonrigid_px, mean_e50_ev, e50_spread_ev, e0_ev, oxidised_fraction``
-    (``radius_px``: its size, :attr:`ParticleResult.size_radius`; ``oxidised_fraction``: mean
+    max_nonrigid_px, mean_e50_ev, e50_spread_ev, e50_spread_beyond_noise_ev, e0_ev, oxidised_fraction``
+    (``radius_px``: its size, :attr:`ParticleResult.size_radius`; ``e50_spread_ev``: the standard deviation of
+    the E50 of the pixels of ``mean_e50_ev``, noise included; ``e50_spread_beyond_noise_ev``: the same less the
+    pixels' own noise, :func:`spread_beyond_noise`, what compares across scans of different counts;
+    ``oxidised_fraction``: mean
     fraction of the last reference of the linear combination fit, NaN without one: give the
     references with the most oxidised last, a run note says where its edge is not the highest), then ``mean_e50_sigma_ev`` (standard error of
     ``mean_e50_ev``), ``whiteline_ev``, ``whiteline_height`` (means of the fitted
@@ -566,7 +618,7 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
             fin_e50 = np.zeros_like(fin_e50)
         ox = np.nan
         if p.fractions is not None and len(p.reference_names) and core.any() and not fractions_withheld(p, core_px):
-            v = p.fractions[-1][core]
+            v = p.fractions[-1][fraction_pixels(p, core_px)]  # not over a region the references do not describe
             ox = float(np.nanmean(v)) if np.isfinite(v).any() else np.nan
         extra = _chemistry_columns(p, core, fin_e50, smoothing_px, clusters)
         a = np.asarray(p.agreement, float) if p.agreement is not None else np.full(len(flags), np.nan)
@@ -589,6 +641,7 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
                 max_nonrigid_px=nr,
                 mean_e50_ev=float(e50.mean()) if e50.size else np.nan,
                 e50_spread_ev=float(e50.std()) if e50.size else np.nan,
+                e50_spread_beyond_noise_ev=_spread_beyond_noise(p, core, fin_e50),
                 e0_ev=float(p.e0_ev),
                 oxidised_fraction=ox,
                 **extra,
@@ -608,6 +661,7 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
         "max_nonrigid_px",
         "mean_e50_ev",
         "e50_spread_ev",
+        "e50_spread_beyond_noise_ev",
         "e0_ev",
         "oxidised_fraction",
         "mean_e50_sigma_ev",
@@ -616,6 +670,16 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
         "kept_fraction",
     ] + [f"cluster_{j}_fraction" for j in range(clusters)]
     return pd.DataFrame(rows, columns=cols)
+
+
+def _spread_beyond_noise(p, core, fin_e50) -> float:
+    """:func:`spread_beyond_noise` of a particle's E50 over the pixels of its mean (``core`` with an E50, as
+    ``fin_e50`` selects them; NaN where it is withheld or has no noise map)."""
+    sig = p.maps.get("e50_sigma_noise")
+    if sig is None or not np.any(fin_e50):
+        return float("nan")
+    e50 = np.asarray(p.edge_maps["e50"], float)[core][fin_e50]
+    return spread_beyond_noise(e50, np.asarray(sig, float)[core][fin_e50])
 
 
 def _chemistry_columns(p, core, fin_e50, smoothing_px, clusters) -> dict:

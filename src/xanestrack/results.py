@@ -162,6 +162,7 @@ _MAP_UNITS = {
     "cluster": "cluster index, -1 where not clustered",
     "noise_shared": "OD (0), weight (1, 2), fraction of variance (3, 4)",
     "noise_background": "frame index (0), eV (1, 2, 3), 1 (4, 5, 6)",
+    "lcf_misfit": "ratio (RMS residual of the fit over the spectra's noise, both normalised absorption)",
 }
 
 #: every dataset of results.h5 gets ``units`` and ``description`` from the tables below (``units`` of a count, a
@@ -247,7 +248,10 @@ _PARTICLE_DOC = {
         "patch of input pixels without a value (flats saturated over the beam's hot spot), filled from the patch's "
         "rim: not measured there, left out of map_quality_keep; thick (128): the run measured light that the sample "
         "does not absorb (harmonics, stray light; its run note says how much) and the pixel is thick enough for it to "
-        "move its E50 by 0.1 eV or more: measured but biased low, left out of map_quality_keep; " + _WINDOW,
+        "move its E50 by 0.1 eV or more: measured but biased low, left out of map_quality_keep; misfit (256): in a "
+        "region whose spectra the references do not describe (map_lcf_misfit; a phase they do not hold, the "
+        "particle's note says how much): its E50 is measured and kept, its fractions are not its chemistry and are "
+        "left out of the particle's mean fractions; uint16 (uint8 in files written before the misfit bit); " + _WINDOW,
     ),
     "mean_spectrum": (
         "OD",
@@ -311,6 +315,12 @@ _MAP_DOC = {
     "quality_keep": "the pixels the quality masks trust (edge jump and fit quality, and not on a moving rim: "
     "pixel_flags moving_rim); the other maps keep their values where this is False",
     "cluster": "the phase (cluster) of the pixel from the phase mapping of all particles together (/chemistry)",
+    "lcf_misfit": "the RMS residual of the pixel's linear combination fit (fractions) over the spectra's local noise "
+    "(the normalisation's residual of the kept pixels about it, averaged inside the mask over 3 px): about 1 where "
+    "the references describe the spectra, 3-5 for a phase they do not hold; where its RMS over a Gaussian of 1.5 px "
+    "exceeds 3 over 20 connected pixels or more inside the outer 2 px, 2.5 times the rest of the particle's or more, "
+    "those pixels (and the ones connected to them above 2) are flagged misfit in pixel_flags "
+    "(xanestrack.xanes.misfit_region); NaN where no fraction was fitted",
     "noise_shared": "(5, h, w): the pixel's OD above its local background (mean over the frames analysed), the "
     "weight of its row (1) and of its column (2) in the local background subtracted from the particle's mean, and "
     "the shares of the background's noise variance common to a row (3) and to a column (4) of a frame (readout "
@@ -1140,7 +1150,7 @@ def _read_particle(g, n_frames: int):
         mask=d["mask"],
         frame_flags=d.get("frame_flags", np.zeros(n_frames, np.uint8)),
         edge_maps=edge_maps,
-        pixel_flags=d.get("pixel_flags", np.zeros(d["mask"].shape, np.uint8)),
+        pixel_flags=d.get("pixel_flags", np.zeros(d["mask"].shape, np.uint16)),
         fractions=d.get("fractions"),
         reference_names=names,
         mean_spectrum=d["mean_spectrum"],

@@ -24,6 +24,10 @@ bit in ``flags``:
 - ``FLAG_THICK`` (128): the run measured light that the sample does not absorb, and the pixel is thick enough for
   it to move its E50 by 0.1 eV or more (:func:`xanestrack.chemistry.stray.flag_stray_light`); not kept by the
   quality mask.
+- ``FLAG_MISFIT`` (256): measured, but in a region of the particle whose spectra the references do not describe
+  (:func:`misfit_region`: a phase they do not hold); its E50 stands, its fractions are left out of the particle's
+  mean fractions (kept by the quality mask). Pixel flags are uint16 from this bit on (uint8 in files written
+  before it).
 
 :func:`analyse_particle` runs the whole analysis on one particle's aligned sub-stack:
 local background (:func:`local_background`), smoothing inside the mask, normalisation,
@@ -63,6 +67,9 @@ __all__ = [
     "FLAG_MOVING_RIM",
     "FLAG_FILLED",
     "FLAG_THICK",
+    "FLAG_MISFIT",
+    "lcf_misfit_map",
+    "misfit_region",
     "moving_rim",
     "flag_moving_rim",
 ]
@@ -88,6 +95,13 @@ FLAG_FILLED = 64
 #: for it to move its E50 by 0.1 eV or more (:func:`xanestrack.chemistry.stray.flag_stray_light`): measured but
 #: biased low, and the quality mask drops it (set by the pipeline)
 FLAG_THICK = 128
+#: the pixel lies in a region of the particle whose spectra the references do not describe (:func:`misfit_region`:
+#: the fit leaves several times the spectra's noise over a connected patch, a phase the references do not hold):
+#: its E50 is measured, its fractions are not its chemistry and are left out of the particle's mean fractions
+#: (:func:`xanestrack.result.fraction_pixels`); the quality mask keeps it (its E50 is the particle's: cutting the
+#: pixels the references describe worse moved a core-shell particle's mean E50 by -0.43 eV). The first bit past
+#: uint8: pixel flags are uint16
+FLAG_MISFIT = 256
 #: a particle whose E50 falls in a gap of frames left out in more than this share of its mask's pixels has no
 #: mean E50 (nor spread, nor sigma; :func:`xanestrack.result.particle_summary`): the pixels measured are those
 #: whose E50 lies outside the gap, a choice by the value measured (three frames lost at 8339.5-8340.5 eV to a
@@ -1080,7 +1094,7 @@ def flag_moving_rim(pixel_flags, maps: dict, mask, depth_px: float) -> tuple[np.
 
     Parameters
     ----------
-    pixel_flags : ndarray (h, w) uint8
+    pixel_flags : ndarray (h, w) uint16 (uint8 read back from older files)
     maps : dict
         The particle's maps (:func:`analyse_particle`); returned as a new dict.
     mask : ndarray (h, w) bool
@@ -1089,13 +1103,13 @@ def flag_moving_rim(pixel_flags, maps: dict, mask, depth_px: float) -> tuple[np.
 
     Returns
     -------
-    pixel_flags : ndarray (h, w) uint8 (a new array)
+    pixel_flags : ndarray (h, w) uint16 (a new array)
     maps : dict (a new dict, ``quality_keep`` a new array where present)
     n_pixels : int
         The pixels flagged.
     """
     rim = moving_rim(mask, depth_px)
-    flags = np.array(pixel_flags, dtype=np.uint8, copy=True)
+    flags = np.array(pixel_flags, dtype=np.uint16, copy=True)  # uint16: FLAG_MISFIT (256) survives
     flags[rim] |= FLAG_MOVING_RIM
     maps = dict(maps)
     if "quality_keep" in maps:
@@ -1252,6 +1266,10 @@ def _chemistry_maps(
     q = quality_masks(e, sub, mask=mask, e0_ev=e0, edge_jump_threshold=edge_jump_threshold)
     out["quality_keep"] = q.keep
     out["edge_jump_od"] = q.edge_jump_od
+    if lcf_residual is not None:
+        # kept per pixel (the particle note below judges only its median and 90th percentile): a third phase in part
+        # of a particle was fitted as the nearest reference, pixel by pixel, with nothing to show it
+        out["lcf_misfit"] = lcf_misfit_map(lcf_residual, q.residual, q.keep, mask)
     if lcf_residual is not None and not any(n.startswith(SPARSE_POST_EDGE_NOTE) for n in notes):
         note = _lcf_misfit_note(lcf_residual, q, references)
         if note:
@@ -1343,6 +1361,168 @@ def _lcf_misfit_note(lcf_residual, q, references) -> str:
     )
 
 
+#: px: the spectra's noise a pixel's LCF residual is judged against (:func:`lcf_misfit_map`) is the normalisation's
+#: residual (its pre- and post-edge lines) of the kept pixels about it, averaged inside the mask with a Gaussian of
+#: this sigma: thin rims and smoothing near the outline make it 1.1-1.7 x the particle's median there, and a rim of
+#: fitted pixels read 3-4.5 x the particle's median noise (a two-phase domains particle described by its references)
+MISFIT_NOISE_SIGMA_PX = 3.0
+#: px: :func:`misfit_region` judges the RMS of the misfit map over a Gaussian of this sigma inside the mask, not single
+#: pixels (the controls' single pixels reach 2.6-10 x, their smoothed RMS inside the rim at most 2.7 x)
+MISFIT_SMOOTH_PX = 1.5
+#: a pixel whose smoothed misfit (:data:`MISFIT_SMOOTH_PX`) exceeds this many times the spectra's local noise seeds a
+#: region the references do not describe (:func:`misfit_region`). Measured inside the rim (:data:`MISFIT_RIM_PX`),
+#: the references the particles are drawn from: default scenes (seeds 1-3, 256 px, 60 energies, 15 particles) at most
+#: 1.6-2.6 x, the probe's scenes (5000 and 800 counts, a PSF, own motion) 1.6-3.3 x (no patch of 20 px above 3); a
+#: third phase (NiO +3 eV, fitted with NiO and LiNiO2) 3.3-4.0 x over it
+MISFIT_PIXEL_RATIO = 3.0
+#: pixels: the smallest connected region of :func:`misfit_region` (a disc of radius about 2.5 px), counted deeper
+#: than :data:`MISFIT_RIM_PX` inside the particle's outline
+MISFIT_MIN_PX = 20
+#: px: the outer rim a region of :func:`misfit_region` may not lie in alone (the particle's means leave it out too:
+#: :func:`xanestrack.result.core_mask`): there the spectra mix with the surroundings and the local background (the
+#: default scenes' rims: patches of 8-17 px, 3-5 x, half of their pixels rejected by the quality masks)
+MISFIT_RIM_PX = 2
+#: a region of :func:`misfit_region` takes in the pixels connected to it whose smoothed misfit exceeds this
+#: (hysteresis: where the phase mixes with its neighbours' in the blur, e.g. a 4 px shell's inner ring at 2.5 x)
+MISFIT_GROW_RATIO = 2.0
+#: a region of :func:`misfit_region` must also be fitted this many times worse than the rest of the particle (the
+#: medians of :func:`lcf_misfit_map`): spectra the references describe only roughly everywhere are not a phase they
+#: lack. The stress scenes fitted with the very phases they are drawn from (stress-counts, -crowd, -all, seed 1) leave
+#: 1.7-2.7 x over their pixels and patches of 22-167 px at 3.4-3.8 x, 1.4-2.0 times the rest; the probe's third
+#: phase 3.8-5.2 times the rest (a 4 px shell, half a particle)
+MISFIT_REGION_CONTRAST = 2.5
+#: how the particle note of :func:`_misfit_region_note` begins (the run notes gather it)
+MISFIT_REGION_NOTE = "the references do not describe a region of"
+
+
+def lcf_misfit_map(lcf_residual, noise_residual, keep, mask) -> np.ndarray:
+    """Per pixel, the RMS residual of the linear combination fit over the spectra's local noise (float32, NaN outside
+    ``mask`` and where the fit failed).
+
+    The noise is the normalisation's residual ``noise_residual`` (its pre- and post-edge lines, normalised units:
+    :attr:`xanestrack.chemistry.quality.QualityMasks.residual`) of the pixels ``keep`` about the pixel, averaged
+    inside the mask with a Gaussian of :data:`MISFIT_NOISE_SIGMA_PX` (the particle's median where none is near):
+    the spectra's noise grows towards a thin rim, which one number for the particle read as misfit. About 1 where
+    the references describe the spectra (1.0 median, 1.5-1.8 at the 90th percentile on the probe's particles
+    drawn from them); a phase they do not hold reads 3-5 (NiO shifted +3 eV, fitted with NiO and LiNiO2).
+    """
+    mask = np.asarray(mask, bool)
+    lcf = np.asarray(lcf_residual, float)
+    res = np.asarray(noise_residual, float)
+    good = mask & np.asarray(keep, bool) & np.isfinite(res) & np.isfinite(lcf)
+    out = np.full(mask.shape, np.nan, np.float32)
+    if not good.any():
+        return out
+    median = float(np.median(res[good]))
+    w = ndimage.gaussian_filter(good.astype(float), MISFIT_NOISE_SIGMA_PX)
+    v = ndimage.gaussian_filter(np.where(good, res, 0.0), MISFIT_NOISE_SIGMA_PX)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        noise = np.where(w > 0.05, v / w, median)  # hardly any kept pixel about it: the particle's median
+        ratio = lcf / noise
+    fin = mask & np.isfinite(ratio) & (noise > 0)
+    out[fin] = ratio[fin]
+    return out
+
+
+def misfit_region(misfit, mask, keep=None) -> np.ndarray:
+    """The pixels of ``mask`` (h, w bool) in a region whose spectra the references do not describe (bool).
+
+    ``misfit`` is :func:`lcf_misfit_map`; only the pixels ``keep`` (the quality masks', all of ``mask`` without it)
+    are judged. Its square is averaged inside them with a Gaussian of :data:`MISFIT_SMOOTH_PX` (a single pixel's
+    residual is noisy: the controls' single pixels reach 2.6-10 x); a region is seeded by a connected patch where
+    the root of it exceeds :data:`MISFIT_PIXEL_RATIO`, holding :data:`MISFIT_MIN_PX` pixels or more deeper than
+    :data:`MISFIT_RIM_PX` inside the outline, whose median misfit there is :data:`MISFIT_REGION_CONTRAST` times
+    that of the rest of the particle inside its rim or more; it takes in the pixels connected to it above
+    :data:`MISFIT_GROW_RATIO`.
+
+    A part of a particle in a phase the references do not hold (a 4 px shell, half the particle) left the
+    particle's median and 90th percentile below the particle note's thresholds (:data:`LCF_MISFIT_RATIO`) and its
+    fractions read as the nearest reference's (a NiO shifted +3 eV as LiNiO2 1.000 +- 0.012-0.017), nothing said.
+    """
+    mask = np.asarray(mask, bool)
+    m = np.asarray(misfit, float)
+    fin = mask & np.isfinite(m)
+    if keep is not None:
+        fin &= np.asarray(keep, bool)
+    if not fin.any():
+        return np.zeros(mask.shape, bool)
+
+    def smoothed(sel):  # the RMS of the misfit over a Gaussian, inside ``sel``
+        w = ndimage.gaussian_filter(sel.astype(float), MISFIT_SMOOTH_PX)
+        v = ndimage.gaussian_filter(np.where(sel, m * m, 0.0), MISFIT_SMOOTH_PX)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(sel, np.sqrt(v / w), np.nan)
+
+    smooth = smoothed(fin)
+    with np.errstate(invalid="ignore"):
+        high = fin & (smooth > MISFIT_PIXEL_RATIO)
+    if not high.any():
+        return high
+    lab, n = ndimage.label(high)
+    # counted inside the outer rim: there the spectra mix with the surroundings and the local background (the
+    # default scenes' rims: patches of 8-17 px at 1-2 px deep, 3-5 x, half of them rejected by the quality masks)
+    inner = fin & ndimage.binary_erosion(np.pad(mask, 1), iterations=MISFIT_RIM_PX)[1:-1, 1:-1]
+    big = np.bincount(lab[inner].ravel(), minlength=n + 1) >= MISFIT_MIN_PX
+    big[0] = False
+    # against the rest of the particle inside its rim; a particle fitted this badly everywhere is its own note
+    # (LCF_MISFIT_RATIO)
+    rest = inner & ~big[lab]
+    base = float(np.median(m[rest])) if np.count_nonzero(rest) >= MISFIT_MIN_PX else 0.0
+    for k in np.flatnonzero(big):
+        big[k] = float(np.median(m[inner & (lab == k)])) >= MISFIT_REGION_CONTRAST * base
+    region = big[lab]
+    if region.any() and MISFIT_GROW_RATIO < MISFIT_PIXEL_RATIO:
+        # hysteresis, over every pixel judged (the rim too): a region's edge, where the phase mixes with its
+        # neighbour's in the blur, is fitted less badly (a 4 px shell's inner ring: 2.5 x, its E50 0.67 eV above the
+        # bound reference's at a fraction of 1.000)
+        with np.errstate(invalid="ignore"):
+            grow, _ = ndimage.label(fin & (smooth > MISFIT_GROW_RATIO))
+        region = np.isin(grow, np.unique(grow[region])) & (grow > 0)
+    return region
+
+
+def _misfit_region_note(region, misfit, e50, fractions, names, mask) -> str:
+    """The particle note on its :func:`misfit_region` (empty where there is none): how much of its core it covers,
+    how badly it is fitted, its E50 against the rest's and what the fractions read there (not its chemistry)."""
+    from .result import core_mask
+
+    region = np.asarray(region, bool)
+    if not region.any():
+        return ""
+    mask = np.asarray(mask, bool)
+    core = core_mask(mask, mask)
+    n_core = int(np.count_nonzero(core))
+    n_in = int(np.count_nonzero(region & core))
+    e50 = np.asarray(e50, float)
+    inside, rest = region & mask & np.isfinite(e50), ~region & mask & np.isfinite(e50)
+    where = (
+        f"{n_in} of its {n_core} core pixels ({100 * n_in / max(n_core, 1):.0f} %)"
+        if n_in
+        else f"{int(region.sum())} pixels of its rim"
+    )
+    misfit = np.asarray(misfit, float)
+    others = ~region & mask & np.isfinite(misfit)
+    text = (
+        f"{MISFIT_REGION_NOTE} this particle: in {where}, {int(region.sum())} pixels in all, the fit leaves "
+        f"{float(np.nanmedian(misfit[region])):.1f} x the spectra's local noise (median"
+        + (f"; {float(np.median(misfit[others])):.1f} x over the rest" if others.any() else "")
+        + f"), a phase the references ({', '.join(names)}) do not hold (or spectra distorted there)"
+    )
+    if inside.any():
+        text += f"; its E50 there {np.mean(e50[inside]):.2f} eV" + (
+            f" against {np.mean(e50[rest]):.2f} eV over the rest" if rest.any() else ""
+        )
+    fr = None if fractions is None else np.asarray(fractions, float)
+    if fr is not None and len(names) and fr.shape[1:] == mask.shape:
+        read = [f"{n} {np.nanmean(fr[j][region]):.2f}" for j, n in enumerate(names) if np.isfinite(fr[j][region]).any()]
+        if read:
+            text += f"; the fractions there read {', '.join(read)}, not its chemistry"
+    return (
+        text + ": flagged misfit in pixel_flags (map_lcf_misfit: the fit's residual over the noise per pixel) and "
+        "left out of its mean fractions, not of its mean E50"
+    )
+
+
 _EDGE_METHODS = (("e50", "half"), ("derivative", "derivative"), ("whiteline", "whiteline"))
 
 #: a frame enters :func:`_check_pre_edge_seen`'s spectrum where at least this share of the particle's mask lies
@@ -1365,7 +1545,7 @@ def _few_e50_note(e50, pix_flags, mask) -> str:
     fl = pix_flags[core][~np.isfinite(e50[core])]
     # normalize sets the spectra of a step too low to NaN: those are not also spectra that "hold non-finite values"
     # (193 pixels counted twice, the input without a NaN)
-    fl = np.where(fl & FLAG_LOW_STEP, fl & ~np.uint8(FLAG_NONFINITE), fl)
+    fl = np.where(fl & FLAG_LOW_STEP, fl & ~np.uint16(FLAG_NONFINITE), fl)
     names = (
         (FLAG_NO_CROSSING, "never cross half the edge step in the edge window"),
         (FLAG_LOW_STEP, "have too low an edge step"),
@@ -1647,8 +1827,8 @@ def analyse_particle(
     filled : ndarray (h, w) bool, optional
         Pixels that lay, in a frame used, in a wide patch of input pixels filled from its rim (not measured
         there: flagged ``FLAG_FILLED`` by the pipeline). Analysed as the others, but left out of the check that
-        the frames are in the order of the energies (:func:`_negative_step_note`) and of the console's count
-        of spectra without an edge step (:func:`normalize`'s ``measured``).
+        the frames are in the order of the energies (:func:`_negative_step_note`), of the console's count
+        of spectra without an edge step (:func:`normalize`'s ``measured``) and of :func:`misfit_region`.
     pre_usable : ndarray (n_frames,) bool, optional
         Frames outside ``usable`` that may stand in for its pre-edge alone (positions measured but not vouched
         for): where the frames of ``usable`` leave the pre-edge range too few energies to normalise, those of them
@@ -1720,7 +1900,7 @@ def analyse_particle(
         usable = np.all(np.isfinite(aligned), axis=(1, 2))
     usable = np.asarray(usable, bool).copy()
     edge_maps = {}
-    pix_flags = np.zeros(aligned.shape[1:], np.uint8)
+    pix_flags = np.zeros(aligned.shape[1:], np.uint16)  # uint16: FLAG_MISFIT is bit 256
     fractions, ref_names = None, ()
     maps, norm, lcf_residual = {}, None, None
     e0 = float("nan")
@@ -1899,6 +2079,24 @@ def analyse_particle(
             # (a scan missing its frames across the edge: every E50 NaN, yet sigma 0.06-0.13 eV over 1719 pixels,
             # and the report drew that map)
             _drop_sigma_of_unmeasured(maps, edge_maps["e50"], fractions)
+            if "lcf_misfit" in maps and not any(n.startswith(SPARSE_POST_EDGE_NOTE) for n in notes):
+                # a region of a phase the references lack, per pixel (not where the post-edge is too sparse to
+                # normalise: the misfit is the normalisation's, as for the note above). Not over pixels filled from a
+                # patch's rim, nor those the smoothing mixes them into: their spectra are not measured, not a phase
+                # (a particle under a probe's NaN patch: 239 of its 249 pixels so flagged were filled, and on an axis
+                # 0.5 eV off 85 of their neighbours within 2 px)
+                measured = mask
+                if filled is not None and np.any(filled):
+                    reach = max(1, int(np.ceil(3 * smoothing)))
+                    measured = mask & ~ndimage.binary_dilation(np.asarray(filled, bool), iterations=reach)
+                region = misfit_region(maps["lcf_misfit"], measured, maps.get("quality_keep"))
+                pix_flags[region] |= FLAG_MISFIT
+                # a particle the references fail as a whole has its note already (the stress scenes' Ni(OH)2 with
+                # the shipped NiO / LiNiO2: every pixel 4-7 x): the region's would say it again
+                if region.any() and not any(MISFIT_NOTE in n for n in notes):
+                    notes.append(
+                        _misfit_region_note(region, maps["lcf_misfit"], edge_maps["e50"], fractions, ref_names, mask)
+                    )
             if "e50_sigma_noise" in maps:
                 # readout stripes: the pixels of a row share part of their noise, which a mean over them keeps (row
                 # stripes of 0.8 % on synth's scene: the mean E50s spread 1.9-2.4 x their stated sigmas)

@@ -446,7 +446,7 @@ def flag_stray_light(particles, energies_ev, references=None, *, background=None
             out.append(p)
             continue
         n_flag += int(hit.sum())
-        flags = np.array(p.pixel_flags, dtype=np.uint8, copy=True)
+        flags = np.array(p.pixel_flags, dtype=np.uint16, copy=True)  # uint16: the misfit bit (256) survives
         flags[hit] |= FLAG_THICK
         maps = dict(p.maps)
         maps["quality_keep"] = np.asarray(keep, bool) & ~hit
