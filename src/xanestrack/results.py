@@ -279,8 +279,8 @@ _PARTICLE_DOC = {
     "xanes_frames": (
         "bool",
         _PER_FRAME + ": the frames the XANES analysis used (position vouched for, the particle whole in the frame, "
-        "not left out of every particle; and, where those hold too few pre-edge energies to normalise, measured "
-        "frames not vouched for (frame flag disagree) standing in for the pre-edge line alone: see the particle's "
+        "not left out of every particle; and, where those hold too few pre-edge energies to normalise (or span too "
+        "little for its pre-edge line to be carried across the scan), measured frames not vouched for (frame flag disagree) standing in for the pre-edge line alone: see the particle's "
         "notes, 'pre-edge taken from')",
     ),
     "unaligned_ends": (

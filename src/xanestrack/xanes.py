@@ -166,6 +166,16 @@ FALL_BACK_LEVEL = 0.2
 FALL_BACK_MIN_ENERGIES = 2
 #: how the particle note of :func:`_fall_back_note` begins (the run notes gather it)
 FALL_BACK_NOTE = "its mean normalised spectrum falls back to its pre-edge level above its edge"
+#: what :func:`_fall_back_note` says (instead of asking whether the frames are in the order of the energies) where
+#: every energy of the fall lies beyond the reach of the pre-edge line: further from the line's first energy than
+#: 1 / :data:`MIN_PRE_SPAN` times its span, where the error of its slope, grown as many times, sets the level. A
+#: faint particle whose pre-edge frames vouched for were three, 8200-8224 eV (the others not vouched for): its line
+#: carried to 8680 eV (20 times its span) took its post-edge from 0.98 down to 0.15 of its step at 8656-8680 eV, and
+#: the particle was refused as if its frames were out of order (stress-fines seed 2, 256 px, 60 energies; padded or
+#: transposed, its pre-edge frames 8200-8308 eV stood in, its E50 within 0.04 eV of the truth). The fall of frames
+#: out of order lies just above the edge (8349-8364 eV), well within reach (:func:`_pre_edge_from_unvouched` then
+#: lengthens the line with the frames not vouched for)
+FALL_BEYOND_LINE = "beyond the reach of its pre-edge line"
 #: a particle whose edge step is negative beyond 3 times its pre-edge noise in more than this share of its pixels
 #: has no XANES (:func:`_negative_step_note`): its absorption falls across the edge. A scan taken from high to low
 #: energies, its frames given with the energies ascending: the step negative in every pixel of the 5 particles
@@ -174,10 +184,15 @@ NEGATIVE_STEP_SHARE = 0.5
 NEGATIVE_STEP_NOTE = "the edge step is negative"
 
 
-def _fall_back_note(e, norm) -> str:
+def _fall_back_note(e, norm, pre_range_ev=None) -> str:
     """The reason a particle's mean normalised spectrum ``norm`` (n,) at the energies ``e`` is not a spectrum:
     it falls back below :data:`FALL_BACK_LEVEL` of its step at :data:`FALL_BACK_MIN_ENERGIES` energies or more
-    after first crossing half of it (frames in another order than the energies given). Empty otherwise."""
+    after first crossing half of it (frames in another order than the energies given). Empty otherwise.
+
+    ``pre_range_ev`` (first, last eV): the pre-edge energies its line was fitted through (``Normalization``'s
+    ``pre_range_ev``). Where every energy of the fall lies beyond that line's reach (further from its first energy
+    than 1 / :data:`MIN_PRE_SPAN` times its span), the note says so (:data:`FALL_BEYOND_LINE`) and does not ask
+    about the frames' order: the level there is set by the error of the line's slope carried that far."""
     norm = np.asarray(norm, float)
     up = np.flatnonzero(norm >= 0.5)
     if not up.size:
@@ -185,10 +200,26 @@ def _fall_back_note(e, norm) -> str:
     back = np.flatnonzero((np.arange(norm.size) > up[0]) & (norm < FALL_BACK_LEVEL))
     if back.size < FALL_BACK_MIN_ENERGIES:
         return ""
-    return (
+    what = (
         f"{FALL_BACK_NOTE} ({_frame_runs(e, np.isin(np.arange(e.size), back))}: below {FALL_BACK_LEVEL:g} of its "
         f"step, down to {norm[back].min():.2f}, after crossing half of it at {e[up[0]]:.1f} eV and reaching "
-        f"{np.nanmax(norm):.2f}): no sample's spectrum does; are the frames in the order of the energies given "
+        f"{np.nanmax(norm):.2f})"
+    )
+    if pre_range_ev is not None:
+        lo, hi = (float(v) for v in pre_range_ev)
+        far = float(np.max(e[back])) - lo
+        # a fall confined to where the pre-edge line is carried beyond its reach is that line's slope, not the
+        # frames' order (whose fall lies just above the edge): asking about the order misled
+        if hi > lo and (e[back] - lo > (hi - lo) / MIN_PRE_SPAN).all():
+            return (
+                f"{what} {FALL_BEYOND_LINE}: the line is fitted through its pre-edge energies {lo:.1f}-{hi:.1f} eV "
+                f"(a span of {hi - lo:.1f} eV) and carried to {lo + far:.1f} eV, {far / (hi - lo):.0f} times that "
+                f"span (more than {1 / MIN_PRE_SPAN:g}): the error of its slope, grown as many times, sets the level "
+                "there. Its E50 and fractions would rest on that line; pre-edge frames left out (not vouched for) "
+                "would lengthen it"
+            )
+    return (
+        f"{what}: no sample's spectrum does; are the frames in the order of the energies given "
         "(an energies file sorted while the frames were taken in two passes or in another order), and as measured "
         "(not each divided by its own mean)? Its E50 and fractions would be of a spectrum that is not the particle's"
     )
@@ -1695,8 +1726,10 @@ def _stand_in_misfit(e, mean_norm, used, extra, e0: float, edge_start: float) ->
 
 def _pre_edge_from_unvouched(aligned, mask, energies_ev, usable, pre_usable, kw) -> dict:
     """:func:`analyse_particle` of the frames ``usable``; where it fails as they hold too few energies in the
-    pre-edge range, again with the frames of ``pre_usable`` in the pre-edge range of the edge found on ``usable``
-    added (placed at their reported positions), and a note naming them.
+    pre-edge range, or as its mean spectrum falls back to the level of a pre-edge line carried beyond its reach
+    (:data:`FALL_BEYOND_LINE`: those energies too close together for the scan), again with the frames of
+    ``pre_usable`` in the pre-edge range of the edge found on ``usable`` added (placed at their reported positions),
+    and a note naming them.
 
     A faint particle's pre-edge frames are often not vouched for (its mask's centre of mass strays 0.6-2 px while
     the edge estimate holds) and were left out: with no pre-edge frame left, no XANES at all ("pre-edge range ...
@@ -1710,9 +1743,12 @@ def _pre_edge_from_unvouched(aligned, mask, energies_ev, usable, pre_usable, kw)
     first = analyse_particle(aligned, mask, energies_ev, usable=usable, **kw)
     # normalize's own failures for want of pre-edge energies only (not _check_pre_edge_seen's frames used that start
     # on the edge: their E0 lies up the edge, and a pre-edge range below it would take in the edge's frames)
-    if not any(
-        t.startswith(("XANES failed: pre-edge range", "XANES failed: pre-edge energies")) for t in first["notes"]
-    ):
+    few = any(t.startswith(("XANES failed: pre-edge range", "XANES failed: pre-edge energies")) for t in first["notes"])
+    # or a pre-edge line too short for the scan: the frames vouched for there, close together, carry it so far that
+    # its slope's error took the post-edge back to the pre-edge level (_fall_back_note, FALL_BEYOND_LINE; the frames
+    # not vouched for between them and the edge lengthen it). Only on that failure: a particle analysed is not changed
+    short = any(t.startswith(f"XANES failed: {FALL_BACK_NOTE}") and FALL_BEYOND_LINE in t for t in first["notes"])
+    if not (few or short):
         return first
     e_all = np.asarray(energies_ev, float).ravel()
     use = np.ones(e_all.size, bool) if usable is None else np.asarray(usable, bool)
@@ -1750,7 +1786,14 @@ def _pre_edge_from_unvouched(aligned, mask, energies_ev, usable, pre_usable, kw)
     again["notes"].insert(
         0,
         f"{PRE_UNVOUCHED_NOTE} {int(extra.sum())} frames not vouched for ({_frame_runs(e_all, extra)}), placed at "
-        "their reported positions: the frames vouched for hold too few pre-edge energies to normalise. They set "
+        "their reported positions: the frames vouched for "
+        + (
+            "hold too few pre-edge energies to normalise"
+            if few
+            else "span too little of the pre-edge for its line to be carried across the scan (carried there alone, "
+            "it took the mean normalised spectrum back to its pre-edge level, beyond its reach)"
+        )
+        + ". They set "
         "its pre-edge line only (the edge and its E50 and fractions come from the frames vouched for); " + tested,
     )
     return again
@@ -1981,7 +2024,7 @@ def analyse_particle(
             pre_c[usable], post_c[usable] = nm.pre_edge, nm.post_edge
             # a spectrum no sample has (frames in another order than the energies): no E50, no fractions, rather
             # than numbers 17 eV off with a sigma of 0.02 eV (the mean spectrum is kept: it shows why)
-            fall_back = _fall_back_note(e, nm.norm)
+            fall_back = _fall_back_note(e, nm.norm, nm.pre_range_ev)
             if fall_back:
                 raise ValueError(fall_back)
             _EDGE_STEP_WARNED.set(None)  # this particle's spectra: their warning is given here, not again below
