@@ -12,6 +12,7 @@ import pytest
 
 from xanestrack.motion import (
     OWN_MOTION_NOISE_COLUMNS,
+    OWN_MOTION_SPLIT_COLUMNS,
     compute_motion,
     noise_maximum,
     peak_ratios,
@@ -88,7 +89,8 @@ def test_still_particles_are_within_their_noise_and_the_mover_is_not():
     sqrt(2) x noise x 3.76 (0.41-0.61 px over 60 frames); the mover's 2 px is not. Without position noise the table
     is as before (its 8 columns)."""
     r, noise = _summary(_tracks())
-    assert list(r.columns[-4:]) == OWN_MOTION_NOISE_COLUMNS
+    # (then the split's columns, tests/test_motion_split.py)
+    assert list(r.columns[-6:]) == OWN_MOTION_NOISE_COLUMNS + OWN_MOTION_SPLIT_COLUMNS
     assert r["position_noise_px"].to_numpy() == pytest.approx(noise.reindex(r.index).to_numpy())
     assert r["max_nonrigid_noise_px"].to_numpy() == pytest.approx(
         np.sqrt(2) * noise.reindex(r.index).to_numpy() * noise_maximum(N_FRAMES)
@@ -102,8 +104,9 @@ def test_still_particles_are_within_their_noise_and_the_mover_is_not():
     assert r["peak_nonrigid_v_noise"].to_numpy() == pytest.approx(
         noise.reindex(r.index).to_numpy() * velocity_noise_maximum(scales)
     )
-    # control: the same tracks without position noise give the same 8 columns, the same numbers
-    m = compute_motion(_tracks()[["particle", "frame", "y", "x"]], centre=(127.5, 127.5))
+    # control: the same tracks without position noise (nor the split measured) give the same 8 columns, the same
+    # numbers
+    m = compute_motion(_tracks()[["particle", "frame", "y", "x"]], centre=(127.5, 127.5), split=False)
     plain = peak_ratios(m).set_index("particle")
     assert not set(OWN_MOTION_NOISE_COLUMNS) & set(plain.columns) and len(plain.columns) == 7
     pd.testing.assert_frame_equal(plain, r[plain.columns])
@@ -167,7 +170,7 @@ def test_a_faint_scan_marks_its_noise_level_own_motions_and_round_trips(faint_ru
 
     s, r = faint_run
     pr = r.peak_ratios
-    assert list(pr.columns[-4:]) == OWN_MOTION_NOISE_COLUMNS
+    assert list(pr.columns[-6:]) == OWN_MOTION_NOISE_COLUMNS + OWN_MOTION_SPLIT_COLUMNS
     at = pr[pr["nonrigid_at_noise"]]
     assert len(at) >= 2 and (at["max_nonrigid_displacement"] < 0.3).all(), pr
     moved = pr[pr["max_nonrigid_displacement"] > 1.0]
@@ -180,17 +183,19 @@ def test_a_faint_scan_marks_its_noise_level_own_motions_and_round_trips(faint_ru
     back = read_results(out)
     pd.testing.assert_frame_equal(back.peak_ratios, pr)
     csv = pd.read_csv(out / "motion_summary.csv")
-    assert list(csv.columns[-4:]) == OWN_MOTION_NOISE_COLUMNS and csv["nonrigid_at_noise"].dtype == bool
+    assert list(csv.columns[-6:]) == OWN_MOTION_NOISE_COLUMNS + OWN_MOTION_SPLIT_COLUMNS
+    assert csv["nonrigid_at_noise"].dtype == bool and csv["nonrigid_within_split"].dtype == bool
     html = write_report(out).read_text()
     assert "own motion within noise" in html and "from noise alone" in html
     assert "within their positions&#x27; noise" in html or "No particle&#x27;s own motion stands above" in html
     # a folder written before the columns: read back without them, its report as before
-    old = dataclasses.replace(r, peak_ratios=pr.drop(columns=OWN_MOTION_NOISE_COLUMNS))
+    old = dataclasses.replace(r, peak_ratios=pr.drop(columns=OWN_MOTION_NOISE_COLUMNS + OWN_MOTION_SPLIT_COLUMNS))
     write_results(old, tmp_path / "old")
     back = read_results(tmp_path / "old")
-    assert not set(OWN_MOTION_NOISE_COLUMNS) & set(back.peak_ratios.columns)
+    assert not set(OWN_MOTION_NOISE_COLUMNS + OWN_MOTION_SPLIT_COLUMNS) & set(back.peak_ratios.columns)
     html = write_report(tmp_path / "old").read_text()
     assert "own motion within noise" not in html and "moved most on its own" in html
+    assert "moved by the split" not in html
 
 
 def test_a_bright_scan_marks_no_own_motion(small_synth):

@@ -262,6 +262,8 @@ def test_the_motion_table_names_its_columns_with_units_and_says_which_frames_cou
         "position noise (px per axis)",
         "max |non-rigid| from noise alone (px)",
         "own motion within noise",
+        "non-rigid moved by the split, up to (px)",
+        "own motion within split and noise",
     ):
         assert name in heads, (name, heads)
     assert "peak_nonrigid_vy" not in heads and "max_nonrigid_displacement" not in heads
@@ -282,6 +284,9 @@ def test_the_motion_table_names_its_columns_with_units_and_says_which_frames_cou
         "max_nonrigid_noise_px",
         "nonrigid_at_noise",
         "peak_nonrigid_v_noise",
+        # how far the split into common and own motion moves them (tests/test_motion_split.py)
+        "own_motion_split_px",
+        "nonrigid_within_split",
     ]
 
 

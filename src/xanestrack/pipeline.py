@@ -3341,6 +3341,7 @@ def run_pipeline(
         else pd.DataFrame()
     )
     notes += [n for n in (_still_field_note(ratios), _own_motion_noise_note(ratios)) if n]
+    notes += _split_notes(similarity, ratios, motion)
     particles = _quote_reported_own_motion(particles, ratios)
     timings["motion"] = time.perf_counter() - t
 
@@ -3445,13 +3446,21 @@ def _quote_reported_own_motion(particles, ratios) -> list:
     each: its largest over its frames vouched for (``max_nonrigid_displacement`` of ``ratios``, motion_summary.csv),
     against the motion the particles share. The notes' own number is measured against the matrix's motion, before
     the matrix was subtracted where it was: a moving wrinkle or bubble taken for the matrix parts the two (reduced
-    default scene, a particle truly still: 1.00 px against 0.22 px reported)."""
+    default scene, a particle truly still: 1.00 px against 0.22 px reported). Where the particles do not determine
+    the split into common and own motion (:func:`xanestrack.motion.undetermined_split_px`), with how far it moves
+    (``own_motion_split_px``)."""
     reported, floor = {}, {}
     if len(ratios) and "max_nonrigid_displacement" in ratios:
         reported = dict(zip(ratios["particle"], ratios["max_nonrigid_displacement"]))
     if len(ratios) and "nonrigid_at_noise" in ratios:  # where noise alone reaches it (_own_motion_noise_note)
         at = ratios[ratios["nonrigid_at_noise"].astype(bool)]
         floor = dict(zip(at["particle"], at["max_nonrigid_noise_px"]))
+    from .motion import undetermined_split_px
+
+    # where the particles do not determine the split into common and own motion (_split_notes), by how much
+    split = {}
+    if np.isfinite(undetermined_split_px(ratios)):
+        split = dict(zip(ratios["particle"], ratios["own_motion_split_px"]))
     out = []
     for p in particles:
         y = reported.get(p.particle, np.nan)
@@ -3461,6 +3470,12 @@ def _quote_reported_own_motion(particles, ratios) -> list:
             + (
                 f", within its positions' noise (noise alone reaches {floor[p.particle]:.2f} px)"
                 if p.particle in floor
+                else ""
+            )
+            + (
+                f", uncertain by {split[p.particle]:.2f} px or more as the split into common and own motion is not "
+                "determined by the particles (run notes)"
+                if np.isfinite(split.get(p.particle, np.nan))
                 else ""
             )
             if np.isfinite(y)
@@ -4801,6 +4816,118 @@ def _own_motion_noise_note(ratios) -> str:
         f"read {'these' if many else 'it'} as no own motion measured, not as how far "
         f"{'they' if many else 'it'} moved (motion_summary.csv: nonrigid_at_noise, max_nonrigid_noise_px)"
     )
+
+
+#: particles the split note names one by one (those whose leaving out moves the common motion most; whose own motion
+#: may be the split's); more are counted
+SPLIT_NOTE_MOST = 6
+
+
+def _split_notes(similarity, ratios, motion) -> list[str]:
+    """Notes where the positions do not determine the split into common and own motion
+    (:func:`xanestrack.motion.common_motion_split`, ``own_motion_split_px`` of
+    :func:`xanestrack.motion.peak_ratios`, :func:`xanestrack.motion.undetermined_split_px`).
+
+    The common motion is what most particles share; where most move on their own and no majority moves together,
+    the robust fit follows whichever particles win a near-tie in each frame: reduced stress-drift seed 1 reported a
+    particle fixed to the cell moving 2.42 px on its own (its noise bound 0.72 px), 0.55 px with the frames
+    transposed, nothing said. One note where leaving one particle out moves the common motion (its scale as
+    fitted) by :data:`xanestrack.motion.SPLIT_NOTE_PX` or more and some particle's own motion as much over its
+    frames vouched for: how far, which particles carry the fit, which particles' own motion is within that
+    (``nonrigid_within_split``), and what is determined (motion relative to one particle). One note where a kept
+    magnification (the scale line in the energy) moves, with one particle left out and the line refitted, by
+    :data:`FIELD_NOTE_PX` or more at the particles' median distance from the field's centre (or is dropped then),
+    or moves an own motion by :data:`xanestrack.motion.SPLIT_NOTE_PX` where the translation did not: reduced
+    stress-crowd seed 1 (6 particles) kept +0.65 % where the truth is +0.2 %; an empty margin cropped, or the
+    frames transposed, dropped it; stress-counts seed 1 kept +1.65 % (one particle left out: dropped, the own
+    motions 1.65 px apart)."""
+    from .motion import SPLIT_NOTE_PX, _own_motions, undetermined_split_px
+
+    notes = []
+    if similarity is None or not len(ratios) or "own_motion_split_px" not in ratios:
+        return notes
+    worst = undetermined_split_px(ratios)
+    shared = similarity["split_px"].to_numpy(float) if "split_px" in similarity else np.zeros(0)
+    shared_worst = float(np.nanmax(shared)) if np.isfinite(shared).any() else 0.0
+    within = ratios[ratios["nonrigid_within_split"].astype(bool)].sort_values("particle")
+    shown = within.iloc[:SPLIT_NOTE_MOST]
+    may = (
+        "; the own motion of particle "
+        + ", ".join(f"{int(r.particle)} ({r.max_nonrigid_displacement:.2f} px)" for r in shown.itertuples())
+        + (f" and {len(within) - len(shown)} more" if len(within) > len(shown) else "")
+        + " is within that and its noise: "
+        + ("it" if len(within) == 1 else "they")
+        + " may not have moved on "
+        + ("its" if len(within) == 1 else "their")
+        + " own at all (nonrigid_within_split)"
+        if len(within)
+        else ""
+    )
+    said = False
+    if np.isfinite(worst) and shared_worst >= SPLIT_NOTE_PX:
+        noise = (
+            float(np.nanmedian(ratios["max_nonrigid_noise_px"]))
+            if "max_nonrigid_noise_px" in ratios and np.isfinite(ratios["max_nonrigid_noise_px"]).any()
+            else 0.0
+        )
+        k = int(np.nanargmax(shared))
+        by = sorted(similarity.attrs.get("split_by_particle", []), key=lambda pv: -pv[1])
+        carriers = [(p, v) for p, v in by if v >= SPLIT_NOTE_PX][:SPLIT_NOTE_MOST]
+        carry = (
+            "; leaving out particle "
+            + ", ".join(
+                f"{int(p)} moves it by {v:.2f} px" if i == 0 else f"{int(p)} by {v:.2f}"
+                for i, (p, v) in enumerate(carriers)
+            )
+            + (
+                f" ({len(by) - len(carriers)} more left out: less than {SPLIT_NOTE_PX:.1f} px)"
+                if len(by) > len(carriers)
+                else ""
+            )
+            if carriers
+            else ""
+        )
+        notes.append(
+            "the motion the particles share is not determined by them: most of them move on their own and no "
+            "majority moves together, so the common motion (common_dy, common_dx) follows whichever particles win a "
+            f"near-tie, frame by frame; fitted again with any one particle left out, it moves by up to "
+            f"{shared_worst:.2f} px (frame {int(similarity['frame'].iloc[k])}), and a particle's own motion over its "
+            f"frames vouched for by up to {worst:.2f} px, beyond the positions' noise (the own motions' noise bound, "
+            f"median {noise:.2f} px){carry}. Every particle's own (non-rigid) motion and the ratios of own to common "
+            f"velocity are relative to a common motion uncertain by that much or more (motion_summary.csv: "
+            f"own_motion_split_px){may}. The motion relative to one particle is determined: where one is known to "
+            "stay with the cell, --reference-particle gives every particle's motion relative to it (rel_dy, rel_dx "
+            "in tracks.csv)"
+        )
+        said = True
+    ends = similarity.attrs.get("split_scale_ends")
+    if ends is not None and "scale" in similarity and len(similarity) and len(motion):
+        scale = similarity["scale"].to_numpy(float)
+        far = int(np.nanargmax(np.abs(scale - 1.0)))
+        _, ref = _own_motions(motion)
+        centre = np.asarray(similarity.attrs.get("centre", (np.nan, np.nan)), float)
+        lever = np.hypot(*(ref - centre).T)
+        lever = float(np.median(lever[np.isfinite(lever)])) if np.isfinite(lever).any() else np.nan
+        lo, hi = float(ends[0]), float(ends[1])
+        moved = max(abs(hi - scale[far]), abs(scale[far] - lo)) * lever
+        own = np.isfinite(worst) and not said
+        if moved >= FIELD_NOTE_PX or own:
+            dropped = " (1: the particles left do not share one, and it is dropped)" if 1.0 in (lo, hi) else ""
+            notes.append(
+                f"the magnification fitted to the particles (common_scale {scale[0]:.4f} to {scale[far]:.4f} across "
+                f"the scan) is not determined by them: fitted again with any one particle left out it reads "
+                f"{lo:.4f} to {hi:.4f} there{dropped}, moving the particles by up to {moved:.2f} px at their median "
+                f"distance from the field's centre ({lever:.0f} px)"
+                + (
+                    f", and a particle's own motion over its frames vouched for by up to {worst:.2f} px: every "
+                    f"particle's own (non-rigid) motion is uncertain by that much or more (motion_summary.csv: "
+                    f"own_motion_split_px){may}"
+                    if own
+                    else "; the particles' own motions carry that (motion_summary.csv: own_motion_split_px)"
+                )
+                + "; where the optics' magnification is known, compare"
+            )
+    return notes
 
 
 def _two_frame_scale_note(motion, similarity) -> str:

@@ -170,12 +170,23 @@ def _own_motion_summary(result, maxnr: pd.Series) -> str:
             f"{maxnr.max():.2f} px, each within what that noise alone reaches: the motion table)."
         )
     above = maxnr[~at]
+    # where the positions do not determine the split into common and own motion (motion.common_motion_split), the
+    # "moved most on its own" is relative to a common motion that one particle left out moves by that much
+    from .motion import undetermined_split_px
+
+    worst = undetermined_split_px(pr)
     return (
         f" Particle {int(above.idxmax())} moved most on its own ({above.max():.2f} px beyond the rigid motion, "
         "over its frames vouched for"
         + (
             f"; left out, within their positions' noise: {', '.join(str(int(p)) for p in at[at].index)}"
             if at.any()
+            else ""
+        )
+        + (
+            f"; the split into common and own motion is not determined by the particles: every own motion is "
+            f"uncertain by {worst:.2f} px or more (the run notes)"
+            if np.isfinite(worst)
             else ""
         )
         + ")."
@@ -1602,6 +1613,8 @@ MOTION_TABLE_NAMES = {
     "max_nonrigid_noise_px": "max |non-rigid| from noise alone (px)",
     "nonrigid_at_noise": "own motion within noise",
     "peak_nonrigid_v_noise": "peak |non-rigid v| from noise alone, at most ({v})",
+    "own_motion_split_px": "non-rigid moved by the split, up to (px)",
+    "nonrigid_within_split": "own motion within split and noise",
 }
 
 
@@ -1615,8 +1628,9 @@ def _motion_table(result) -> pd.DataFrame:
     t = result.peak_ratios
     if t is None or not len(t):
         return t
-    if "nonrigid_at_noise" in t:  # read as words, not a Python bool
-        t = t.assign(nonrigid_at_noise=np.where(t["nonrigid_at_noise"].astype(bool), "yes", "no"))
+    for flag in ("nonrigid_at_noise", "nonrigid_within_split"):  # read as words, not a Python bool
+        if flag in t:
+            t = t.assign(**{flag: np.where(t[flag].astype(bool), "yes", "no")})
     return t.rename(columns={k: name.format(v=v) for k, name in MOTION_TABLE_NAMES.items()})
 
 
@@ -1645,6 +1659,17 @@ def _motion_table_note(result) -> str:
             "not noise. In motion_summary.csv: "
             "position_noise_px, max_nonrigid_noise_px, nonrigid_at_noise, peak_nonrigid_v_noise."
             if "max_nonrigid_noise_px" in result.peak_ratios
+            else ""
+        )
+        + (
+            " The split into common and own motion: non-rigid moved by the split, how far the particle's non-rigid "
+            "motion moves over those frames when the common motion is fitted again with any one particle left out "
+            "(where most particles move on their own and no majority moves together, the positions do not decide "
+            "what is common); 'own motion within split and noise' where max |non-rigid| is not above that plus the "
+            "noise's floor: it may not have moved on its own at all. The motion relative to one particle (rel_dy, "
+            "rel_dx in tracks.csv) does not depend on it. In motion_summary.csv: own_motion_split_px, "
+            "nonrigid_within_split."
+            if "own_motion_split_px" in result.peak_ratios
             else ""
         )
     )

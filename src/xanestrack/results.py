@@ -483,6 +483,25 @@ _COLUMN_DOC = {
         "position_noise_px, the first and last frame's one-sided sqrt(2) x: an upper bound, the smoothing across the "
         "energies leaves less; a peak above it is not noise",
     ),
+    "own_motion_split_px": (
+        "px",
+        "how far the particle's own motion moves, over its frames vouched for, when the common motion is fitted again "
+        "with any one particle left out (xanestrack.motion.common_motion_split): where no majority of particles moves "
+        "together, the split into common and own motion is not determined by the positions, and every own motion "
+        "is uncertain by this much or more (leaving one out shows a lower bound: reduced default seed 2, 1.09 px "
+        "here, its common motion 2.70 px off the truth); NaN with fewer than 3 particles",
+    ),
+    "nonrigid_within_split": (
+        "bool",
+        "max_nonrigid_displacement is not above own_motion_split_px plus max_nonrigid_noise_px (0 where not known): "
+        "the positions cannot tell it from a particle that did not move on its own",
+    ),
+    "split_px": (
+        "px",
+        "the most any particle's own motion moves in this frame when the common motion is fitted again with any one "
+        "particle left out, its scale as the whole fit found it (xanestrack.motion.common_motion_split); NaN with "
+        "fewer than 3 particles",
+    ),
     "width_change_px": ("px", "the particles' edge width in the frame less its median (smoothed): its blur"),
     "blur_px": ("px", "sigma of the Gaussian blur of the frame's particle windows before the chemistry (0: none)"),
     "cluster": ("cluster index", "the cluster"),
