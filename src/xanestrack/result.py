@@ -503,6 +503,37 @@ def e50_withheld(p, core_px: int = 2) -> str:
     return few_e50_measured(p, core_px)
 
 
+def gap_counted(result, p, core) -> tuple[float, float, int] | None:
+    """``(centre, width, n)``: the gap of frames left out that ``n`` pixels of ``core`` have their E50 in (pixel
+    flag ``gap``; :func:`xanestrack.xanes.e50_gap_span`: from its lower to its upper energy, eV), or None where
+    none has.
+
+    :func:`particle_summary` counts those pixels in the mean E50 at the gap's centre and holds in its sigma their
+    spread over the gap (uniform over ``width``: ``width / sqrt(12)``, times their share): the pixels measured
+    are those whose E50 lies outside the gap, not a random sample of the particle, and their mean alone was the
+    mean of that choice, its sigma blind to it (stress-counts seed 2, reduced: 43 % of a particle in a gap at
+    8339.5-8343.1 eV, below its E50s: +0.32 +- 0.083 eV off its true mean, 3.9 sigma; counted, -0.88 +- 0.47 eV,
+    1.9 sigma: the most its pixels at one end of the gap can give is 1.73). Stress scenes with two frames near
+    the edge left out: 7 particles with 4-43 % in a gap were 2.7-11.6 sigma off, counted 0.2-1.9; three with
+    1.4-3.8 %, 0.2-0.65 eV low before (the normalisation's bias), moved by -0.15 to +0.03 eV."""
+    from .xanes import FLAG_GAP, e50_gap_span
+
+    flags = getattr(p, "pixel_flags", None)
+    if flags is None:
+        return None
+    n = int(np.count_nonzero((np.asarray(flags)[core] & FLAG_GAP) > 0))
+    if not n:
+        return None
+    energies = np.asarray(result.energies_ev, float)
+    used = getattr(p, "xanes_frames", None)
+    e = energies[np.asarray(used, bool)] if used is not None and len(used) == energies.size else energies
+    window = getattr(getattr(result, "options", None), "edge_window", (-15.0, 20.0))
+    span = e50_gap_span(np.sort(e), energies, float(p.e0_ev), window)
+    if span is None:
+        return None
+    return 0.5 * (span[0] + span[1]), span[1] - span[0], n
+
+
 def e50_share(e50, mask, core_px: int = 2) -> tuple[int, int]:
     """``(n, n_core)``: the pixels of a particle's whole core that have an E50, and that core: ``mask`` eroded by
     ``core_px`` (:func:`core_mask`), before the quality masks.
@@ -584,7 +615,9 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
     :data:`xanestrack.xanes.MIN_E50_SHARE` of its whole core (the mask eroded, before the quality
     masks: :func:`e50_share`) have an E50 (the particle's note says why: their mean is not the
     particle's), nor a mean E50 where its E50 falls in a gap of frames left out in more than
-    :data:`xanestrack.xanes.MAX_GAP_SHARE` of its mask.
+    :data:`xanestrack.xanes.MAX_GAP_SHARE` of its mask; in up to that share, the core pixels in the gap are
+    counted in ``mean_e50_ev`` at the gap's centre, and ``mean_e50_sigma_ev`` holds their spread over it
+    (:func:`gap_counted`; ``e50_spread_ev`` is of the pixels measured).
     ``mean_e50_sigma_ev`` combines the noise part of the pixels' standard errors
     (independent pixels, the variance of a mean of pixels smoothed with a Gaussian of
     ``xanes_smoothing`` px multiplied by ``4 pi sigma^2``; widened where the background's
@@ -621,6 +654,15 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
             v = p.fractions[-1][fraction_pixels(p, core_px)]  # not over a region the references do not describe
             ox = float(np.nanmean(v)) if np.isfinite(v).any() else np.nan
         extra = _chemistry_columns(p, core, fin_e50, smoothing_px, clusters)
+        mean_e50 = float(e50.mean()) if e50.size else np.nan
+        gap = gap_counted(result, p, core) if e50.size else None
+        if gap is not None:
+            # the pixels whose E50 lies in a gap of frames left out, counted at its centre, their spread over it
+            # in the sigma: the pixels measured alone are a choice by the value (gap_counted)
+            centre, width, n_gap = gap
+            share = n_gap / (n_gap + e50.size)
+            mean_e50 = (float(e50.sum()) + n_gap * centre) / (n_gap + e50.size)
+            extra["mean_e50_sigma_ev"] = float(np.hypot(extra["mean_e50_sigma_ev"], share * width / np.sqrt(12.0)))
         a = np.asarray(p.agreement, float) if p.agreement is not None else np.full(len(flags), np.nan)
         fin = np.isfinite(a)
         nr = np.nan
@@ -639,7 +681,7 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
                 median_agreement_px=float(np.median(a[fin])) if fin.any() else np.nan,
                 max_agreement_px=float(a[fin].max()) if fin.any() else np.nan,
                 max_nonrigid_px=nr,
-                mean_e50_ev=float(e50.mean()) if e50.size else np.nan,
+                mean_e50_ev=mean_e50,
                 e50_spread_ev=float(e50.std()) if e50.size else np.nan,
                 e50_spread_beyond_noise_ev=_spread_beyond_noise(p, core, fin_e50),
                 e0_ev=float(p.e0_ev),
