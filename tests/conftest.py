@@ -139,16 +139,14 @@ CO_NI_GRID = np.r_[
 ]
 
 
-def one_particle_result(xr, aligned, mask, energies, radius: float):
-    """A ``PipelineResult`` of one still particle (id 0) at the origin: its aligned frames ``aligned`` (n, h, w), its
-    mask and ``xr``, what :func:`xanestrack.xanes.analyse_particle` gave for it; the tables empty."""
-    import pandas as pd
-
-    from xanestrack.result import ParticleResult, PipelineResult
+def still_particle(xr, aligned, mask, energies, radius: float, pid: int = 0):
+    """A ``ParticleResult`` of one still particle ``pid`` at the origin: its aligned frames ``aligned`` (n, h, w), its
+    mask and ``xr``, what :func:`xanestrack.xanes.analyse_particle` gave for it."""
+    from xanestrack.result import ParticleResult
 
     n = np.asarray(energies).size
-    p = ParticleResult(
-        particle=0,
+    return ParticleResult(
+        particle=pid,
         positions=np.zeros((n, 2)),
         shifts=np.zeros((n, 2)),
         origin=np.zeros(2, int),
@@ -160,6 +158,16 @@ def one_particle_result(xr, aligned, mask, energies, radius: float):
         radius=radius,
         **xr,
     )
+
+
+def one_particle_result(xr, aligned, mask, energies, radius: float):
+    """A ``PipelineResult`` of one still particle (id 0) at the origin (:func:`still_particle`); the tables empty."""
+    import pandas as pd
+
+    from xanestrack.result import PipelineResult
+
+    n = np.asarray(energies).size
+    p = still_particle(xr, aligned, mask, energies, radius)
     empty = pd.DataFrame()
     return PipelineResult(
         energies_ev=energies,

@@ -7,9 +7,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from conftest import shared_data
+from conftest import shared_data, still_particle
 from xanestrack import xanes
-from xanestrack.result import ParticleResult
 from xanestrack.synth import edge_energy_of_fraction, ni_energy_grid, ni_references
 
 REFS = ni_references()
@@ -36,30 +35,7 @@ def _controls():
 def _particle(aligned, mask, e, pid):
     """A ParticleResult of :func:`xanestrack.xanes.analyse_particle` on a small window (for the run-note helpers)."""
     xr = xanes.analyse_particle(aligned, mask, e, references=REFS, subtract_background=False)
-    n = e.size
-    return ParticleResult(
-        particle=pid,
-        positions=np.zeros((n, 2)),
-        shifts=np.zeros((n, 2)),
-        origin=np.zeros(2, int),
-        aligned=aligned,
-        masks=np.repeat(mask[None].astype(np.float32), n, axis=0),
-        mask=mask,
-        frame_flags=np.zeros(n, np.uint8),
-        edge_maps=xr["edge_maps"],
-        pixel_flags=xr["pixel_flags"],
-        fractions=xr["fractions"],
-        reference_names=xr["reference_names"],
-        mean_spectrum=np.zeros(n),
-        mean_norm=xr["mean_norm"],
-        pre_edge=xr["pre_edge"],
-        post_edge=xr["post_edge"],
-        e0_ev=xr["e0_ev"],
-        radius=3.0,
-        maps=xr["maps"],
-        xanes_frames=xr["xanes_frames"],
-        notes=tuple(xr["notes"]),
-    )
+    return still_particle(xr, aligned, mask, e, radius=3.0, pid=pid)
 
 
 def _window(e, mu, seed, noise=0.003, size=9):

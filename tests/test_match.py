@@ -102,11 +102,9 @@ def test_a_faint_particle_seen_in_few_frames_is_kept_a_piece_of_a_tracked_one_is
     assert loose["particle"].nunique() == 4
 
 
-def test_a_particle_outlined_as_one_irregular_body_where_it_was_missed_counts_as_seen_there():
-    """Detected in 3 of 12 frames (below both the 50 % and the faint 30 % rule) and, in 5 of the
-    others, rejected as not convex at its place and size (a small lobed particle at the detector's
-    binned resolution): kept, those frames marked ``irregular``. An outline larger than 1.3 times
-    the particle (a touching group's) or off its place does not count."""
+def _three_particle_scene():
+    """``(od, detections, the smallest particle's frame-0 place, near(d, p))``: three particles of 10-16 px, 12
+    energies, detected in every frame; ``near`` marks the rows of ``d`` within 8 px of ``p``."""
     from xanestrack.detect import detect_stack
 
     s = make_synthetic_stack(
@@ -115,7 +113,16 @@ def test_a_particle_outlined_as_one_irregular_body_where_it_was_missed_counts_as
     od = s.optical_density()
     det = detect_stack(od).reset_index(drop=True)
     small = det[det["frame"] == 0].sort_values("x").iloc[0][["y", "x"]].to_numpy(float)
-    near = lambda d, p: np.hypot(d["y"] - p[0], d["x"] - p[1]) < 8  # noqa: E731
+    return od, det, small, lambda d, p: np.hypot(d["y"] - p[0], d["x"] - p[1]) < 8
+
+
+def test_a_particle_outlined_as_one_irregular_body_where_it_was_missed_counts_as_seen_there():
+    """Detected in 3 of 12 frames (below both the 50 % and the faint 30 % rule) and, in 5 of the
+    others, rejected as not convex at its place and size (a small lobed particle at the detector's
+    binned resolution): kept, those frames marked ``irregular``. An outline larger than 1.3 times
+    the particle (a touching group's) or off its place does not count."""
+
+    od, det, small, near = _three_particle_scene()
     mine = near(det, small)
     assert mine.sum() == 12  # seen in every frame to begin with
     irregular_frames = [1, 2, 4, 6, 8]
@@ -149,16 +156,9 @@ def test_a_particle_detected_once_and_outlined_as_one_irregular_body_in_most_fra
     vanished from every output, nothing said. Seen so in most frames it is kept; in too few, it is left out
     with its irregular sightings counted (``n_irregular``), which the run note and rejected.csv name. Detected
     once with nothing at its place elsewhere: one sighting, noise, as before."""
-    from xanestrack.detect import detect_stack
     from xanestrack.pipeline import _short_tracks_note, _summarise_rejected
 
-    s = make_synthetic_stack(
-        "default", seed=9, n_energies=12, shape=(200, 200), n_particles=3, radius_range=(10.0, 16.0)
-    )
-    od = s.optical_density()
-    det = detect_stack(od).reset_index(drop=True)
-    small = det[det["frame"] == 0].sort_values("x").iloc[0][["y", "x"]].to_numpy(float)
-    near = lambda d, p: np.hypot(d["y"] - p[0], d["x"] - p[1]) < 8  # noqa: E731
+    od, det, small, near = _three_particle_scene()
     mine = near(det, small)
     assert mine.sum() == 12
 
