@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .result import FRAME_FLAGS, e50_withheld, spread_beyond_noise
+from .result import FRAME_FLAGS, e50_noise_and_spread, e50_withheld
 from .svgplot import COLORS, SvgFigure, png_bytes
 
 __all__ = [
@@ -492,9 +492,10 @@ def chemistry_figure(result, *, pixel_size_um: float | None = None) -> Figure:
     names it and why: a figure taken into a paper without its caption then shows no E50 for it, where hatched or
     greyed colours would still read as values on the scale.
     Table ``chemistry``: per particle its origin, the number of kept pixels with an E50 and their 2/50/98
-    percentiles (of the pixels as measured, each with its noise: they spread wider than the chemistry), their noise
-    ``e50_noise_sigma_ev`` (the RMS of their standard errors from the spectra's noise, ``maps["e50_sigma_noise"]``)
-    and ``e50_spread_beyond_noise_ev`` (their standard deviation less that noise,
+    percentiles (of the pixels as measured, each with its noise: they spread wider than the chemistry), and over
+    the pixels of its mean E50 (its core pixels, as in the particles' table: :func:`xanestrack.result.e50_noise_and_spread`)
+    their noise ``e50_noise_sigma_ev`` (the RMS of their standard errors from the spectra's noise,
+    ``maps["e50_sigma_noise"]``) and ``e50_spread_beyond_noise_ev`` (their standard deviation less that noise,
     :func:`xanestrack.result.spread_beyond_noise`: what compares across scans of different counts), and
     ``withheld``: why its mean E50 is withheld (its percentiles and spreads then empty; ``n_pixels`` still counts
     the pixels measured), empty where it is not.
@@ -512,12 +513,9 @@ def chemistry_figure(result, *, pixel_size_um: float | None = None) -> Figure:
         drawn.append(m[fin])
         q = np.percentile(m[fin], [2, 50, 98]) if fin.any() else [np.nan] * 3
         # the percentiles are of noisy pixels (a uniform particle's 2nd-98th width 2.8 x the truth's at 5000 counts,
-        # 4.9 x at 800): the pixels' noise and the spread beyond it beside them, to compare scans of other counts
-        sig = p.maps.get("e50_sigma_noise")
-        sig = np.asarray(sig, float)[fin] if sig is not None and fin.any() else np.array([])
-        ok = np.isfinite(sig)
-        noise = float(np.sqrt(np.mean(sig[ok] ** 2))) if ok.any() else np.nan
-        beyond = spread_beyond_noise(m[fin], sig) if ok.any() else np.nan
+        # 4.9 x at 800): the pixels' noise and the spread beyond it beside them, to compare scans of other counts,
+        # over the pixels of its mean E50 as in the particles' table (the rim's noise is 2-3 x the core's)
+        noise, beyond = e50_noise_and_spread(p)
         why = e50_withheld(p)
         n = int(np.count_nonzero(p.kept & np.isfinite(p.edge_maps["e50"]))) if why else int(fin.sum())
         rows.append((p.particle, int(p.origin[0]), int(p.origin[1]), n, *q, noise, beyond, why))
