@@ -231,9 +231,10 @@ _PARTICLE_DOC = {
     "frame_flags": (
         "bit flags",
         _PER_FRAME + ": bits of xanestrack.result.FRAME_FLAGS (attributes flag_bits: name -> bit, as JSON; "
-        "flag_masks, flag_meanings: the same, CF convention); 0 = position measured and vouched for; by_motion "
-        "(128) and overlap (256) are vouched for too, overlap: another tracked particle lies over the particle there, "
-        "the frame is left out of its XANES (xanes_frames)",
+        "flag_masks, flag_meanings: the same, CF convention); the position is vouched for unless interpolated (16), "
+        "position_outlier (32) or disagree (64) is set (xanestrack.result.UNVOUCHED_FLAGS): the other bits, "
+        "undetected (1) included, describe the frame and its mask; overlap: another tracked particle lies over the "
+        "particle there, the frame is left out of its XANES (xanes_frames)",
     ),
     "pixel_flags": (
         "bit flags",
@@ -398,8 +399,10 @@ _COLUMN_DOC = {
     "density_agreement_px": ("px", "distance between the edge estimate and the density correlation"),
     "flags": (
         "text",
-        "the frame's flags by name, |-separated (bits: /particles/NNN/frame_flags); empty = vouched for (so are "
-        "by_motion and overlap: another tracked particle lies over it there, the frame left out of its XANES)",
+        "the frame's flags by name, |-separated (bits: /particles/NNN/frame_flags); the position is vouched for "
+        "unless interpolated, position_outlier or disagree is among them (undetected, no_mask, out_of_view, "
+        "area_outlier, by_motion and overlap describe the frame: overlap, another tracked particle lies over it "
+        "there, the frame left out of its XANES)",
     ),
     "dy": (
         "px",
