@@ -255,6 +255,33 @@ def test_pixel_size_where_known_nan_where_not(result, tmp_path):
     assert pixel(tmp_path / "b") == 0.01
 
 
+def test_the_inputs_notes_are_in_results_h5(result, tmp_path):
+    """The notes on the input (frames given from high to low energy, reversed; darks taken as 0) were in run.json
+    and the report, not in results.h5: its reader did not learn that frame k was the input's frame n - 1 - k."""
+    import json
+
+    import h5py
+
+    from xanestrack.results import write_results_h5, write_tables
+
+    said = "energies from high to low: frame k of every output is frame 59 - k of the input"
+
+    def notes(folder):
+        with h5py.File(folder / "results.h5", "r") as f:
+            return json.loads(f.attrs["input_notes"]), json.loads(f.attrs["notes"])
+
+    (tmp_path / "a").mkdir()
+    write_tables(result, tmp_path / "a", run_info={"pixel_size_um": None, "input_notes": [said]})
+    write_results_h5(result, tmp_path / "a")  # as the command line calls it: run.json's
+    assert notes(tmp_path / "a") == ([said], list(result.notes))
+    (tmp_path / "b").mkdir()
+    write_results(result, tmp_path / "b", run_info={"pixel_size_um": None, "input_notes": [said]})
+    assert notes(tmp_path / "b")[0] == [said]
+    (tmp_path / "c").mkdir()
+    write_results(result, tmp_path / "c", run_info={"pixel_size_um": None})  # none: an empty list
+    assert notes(tmp_path / "c")[0] == []
+
+
 @pytest.mark.parametrize("bad", [0, -0.03, float("nan"), "tiny"])
 def test_bad_pixel_size_is_refused(result, tmp_path, bad):
     from xanestrack.results import write_results_h5

@@ -645,7 +645,13 @@ def write_results(result, folder, *, run_info: dict | None = None, save_fused: b
     # a folder that did not exist failed inside pandas (OSError: Cannot save file into a non-existent directory)
     Path(folder).mkdir(parents=True, exist_ok=True)
     write_tables(result, folder, run_info=info)
-    write_results_h5(result, folder, save_fused=save_fused, pixel_size_um=info.get("pixel_size_um"))
+    write_results_h5(
+        result,
+        folder,
+        save_fused=save_fused,
+        pixel_size_um=info.get("pixel_size_um"),
+        input_notes=info.get("input_notes", []),
+    )
 
 
 def stack_description(stack) -> dict:
@@ -840,14 +846,19 @@ def add_timing(folder, stage: str, seconds: float) -> None:
 HDF5_LEFT_OPEN = False
 
 
-def write_results_h5(result, folder, *, save_fused: bool = False, pixel_size_um: float | None = None) -> None:
+def write_results_h5(
+    result, folder, *, save_fused: bool = False, pixel_size_um: float | None = None, input_notes=None
+) -> None:
     """``results.h5``: everything :func:`read_results` needs to give the same result back.
 
     Every dataset carries ``units`` and ``description`` attributes (the tables' columns too); ``frame_flags`` and
     ``pixel_flags`` spell out their bits (``flag_bits``, ``flag_masks``, ``flag_meanings``). The root attribute
     ``pixel_size_um`` is the input's pixel size in micrometres: ``pixel_size_um`` where given, else the
     ``pixel_size_um`` of the ``run.json`` already in ``folder`` (:func:`write_tables` writes it first), and NaN
-    where neither knows it (a synthetic scan, a TIFF without one).
+    where neither knows it (a synthetic scan, a TIFF without one). The root attribute ``input_notes`` (JSON) holds
+    the notes on the input (frames given from high to low energy and reversed, darks taken as 0, zingers replaced:
+    ``input_notes`` where given, else run.json's), beside ``notes``, the pipeline's: a reader of results.h5 alone
+    did not learn that frame k was the input's frame n - 1 - k.
 
     Refused before writing where the file-size limit (``ulimit -f``) or the free space of the disk is below what
     the particles' aligned windows and masks alone take; a failed write (the disk filled meanwhile) is a
@@ -865,6 +876,7 @@ def write_results_h5(result, folder, *, save_fused: bool = False, pixel_size_um:
     folder = Path(folder)
     path = folder / "results.h5"
     pixel_size_um = _pixel_size(pixel_size_um, folder)
+    input_notes = _run_json_input_notes(folder) if input_notes is None else [str(n) for n in input_notes]
     need = sum(int(p.aligned.nbytes) + int(p.masks.nbytes) for p in result.particles) + (1 << 20)
     _check_room(path, need)
     _quiet_h5py_dealloc()
@@ -872,6 +884,7 @@ def write_results_h5(result, folder, *, save_fused: bool = False, pixel_size_um:
     try:
         f = h5py.File(path, "w")
         _write_h5(f, result, save_fused, pixel_size_um)
+        f.attrs["input_notes"] = json.dumps(input_notes)
         f.close()
     except BaseException as exc:
         if f is not None:
@@ -912,6 +925,15 @@ def _pixel_size(pixel_size_um, folder: Path) -> float:
     except (OSError, ValueError, TypeError, AttributeError):  # no run.json (yet), or no pixel size in it
         return float("nan")
     return px if np.isfinite(px) and px > 0 else float("nan")
+
+
+def _run_json_input_notes(folder: Path) -> list:
+    """The input's notes from run.json in ``folder`` (:func:`write_tables` writes it first), ``[]`` where none."""
+    try:
+        notes = json.loads((folder / "run.json").read_text()).get("input_notes") or []
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [str(n) for n in notes] if isinstance(notes, list) else []
 
 
 def _quiet_h5py_dealloc() -> None:
