@@ -138,12 +138,18 @@ def series_sources(inputs) -> list:
     if len(paths) == 1 and paths[0].suffix.lower() in (".h5", ".hdf5") and paths[0].is_file():
         import h5py
 
+        from .io.checks import MIN_FRAME_SIDE
+        from .io.hdf5 import image_shape
+
         try:
             with h5py.File(paths[0], "r") as f:
                 d = f.get("img_xanes")
                 # (40, 1, rows, cols) is one scan of 40 frames, its axis of length 1 dropped by the reader (it was
-                # taken as 40 scans of one frame, each failing: "1 frames but 40 energies")
-                n = d.shape[0] if isinstance(d, h5py.Dataset) and d.ndim == 4 and d.shape[1] > 1 else None
+                # taken as 40 scans of one frame, each failing: "1 frames but 40 energies"); so is (40, rows, cols, 1)
+                # (taken as 40 scans of frames of rows x 1 pixels), and (40, rows, cols, 3) no scans (colour: the
+                # reader refuses it saying so)
+                shape = image_shape(d.shape) if isinstance(d, h5py.Dataset) else ()
+                n = shape[0] if len(shape) == 4 and shape[1] > 1 and shape[-1] >= MIN_FRAME_SIDE else None
         except Exception as exc:  # not HDF5, a looping link...: read_stack says what is wrong, in its task
             logger.debug("%s: %s", paths[0], exc)
             n = None

@@ -463,15 +463,18 @@ def _frames_shape(paths, scan) -> tuple | None:
         elif suffix in _HDF:
             import h5py
 
-            from .hdf5 import DXCHANGE, FXI
+            from .hdf5 import DXCHANGE, FXI, image_shape
 
             with h5py.File(path, "r") as f:
                 key = next((k["data"] for k in (FXI, DXCHANGE) if isinstance(f.get(k["data"]), h5py.Dataset)), None)
                 if key is None:
                     return None
-                shape = tuple(int(v) for v in f[key].shape)
+                # the axes of length 1 the reader drops ((40, rows, cols, 1); (40, 1, rows, cols) without a scan)
+                shape = image_shape(f[key].shape)
             if len(shape) == 4 and scan is not None:
                 shape = shape[1:]
+            elif len(shape) == 4 and 1 in shape[:2]:
+                shape = (*(n for n in shape[:-2] if n != 1), *shape[-2:])
         else:
             return None
     except Exception:  # an unreadable header: the reader refuses it with its own message

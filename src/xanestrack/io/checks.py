@@ -27,12 +27,18 @@ __all__ = [
     "values_without_flats",
     "replaced_energies_note",
     "rounded_energies_note",
+    "square_pixel_size",
 ]
 
 #: sane bounds on what a file may declare, whatever the memory: a frame of at most
 #: 16384 x 16384 pixels (as for .xrm), at most a million frames
 MAX_FRAME_PIXELS = 1 << 28
 MAX_FRAMES = 1_000_000
+#: a frame's least number of rows or columns: fewer is no image the pipeline can use
+MIN_FRAME_SIDE = 8
+#: a pixel's two sides (x, y) stated by a file and this share apart or less are one square pixel's (rounding in the
+#: file); further apart the pixels are not square, which the analysis (every size in um, the radius range) assumes
+SQUARE_PIXEL_TOLERANCE = 0.01
 #: energies (eV) a TXM-XANES scan can have: soft X-ray L-edges to hard X-ray K-edges
 MIN_ENERGY_EV, MAX_ENERGY_EV = 100.0, 200_000.0
 
@@ -136,15 +142,44 @@ def check_frame_shape(shape, *, source, what: str = "the images") -> None:
     n, r, c = shape
     if n < 1:
         raise XanestrackError(f"{source}: no frames in {what} (shape {shape}); the file is empty or was not written")
-    if r < 8 or c < 8:
+    if r < MIN_FRAME_SIDE or c < MIN_FRAME_SIDE:
         raise XanestrackError(
-            f"{source}: frames of {r} x {c} pixels in {what} are too small (at least 8 x 8); is this the right dataset?"
+            f"{source}: frames of {r} x {c} pixels in {what} are too small (at least {MIN_FRAME_SIDE} x "
+            f"{MIN_FRAME_SIDE}); is this the right dataset?"
         )
     if r * c > MAX_FRAME_PIXELS or n > MAX_FRAMES:
         raise XanestrackError(
             f"{source}: {what} of shape {shape} means more than {MAX_FRAMES} frames or frames larger than "
             "16384 x 16384 pixels; the file is damaged or not an energy scan"
         )
+
+
+def square_pixel_size(sizes_um, *, source, where: str, notes=None) -> float | None:
+    """The pixel size (um) of a file that states one per axis (``sizes_um``: ``{"x": 0.0213, "y": 0.0213}``, or the
+    values of a vector in their order, ``{"first": .., "second": ..}``): the first where they agree within
+    :data:`SQUARE_PIXEL_TOLERANCE`; None where they do not, with a note appended to ``notes`` (a list) naming both.
+
+    Only the x size was read: ImageJ's X resolution, OME's ``PhysicalSizeX``, an HDF5 attribute ``x_pixel_size_um``
+    or the first value of ``pixel_size_um = [0.0426, 0.0213]``, the y size dropped without a word, so every size
+    along y in um and the report's scale bars were 2x off and the radius range in pixels taken along x (the probe's
+    r = 9.85 px particle fell below the 0.4 um least radius). The pipeline takes pixels to be square; with pixels that
+    are not, no size in um is right along both axes, so none is given: the results stay in pixels (right along both),
+    as for a file without a pixel size. Not refused: a refusal would stop a run whose results in pixels are right,
+    and `--pixel-size` could not rescue it (the files are read first).
+    """
+    values = [float(v) for v in sizes_um.values()]
+    lo, hi = min(values), max(values)
+    if hi <= lo * (1 + SQUARE_PIXEL_TOLERANCE):
+        return values[0]
+    if notes is not None:
+        stated = ", ".join(f"{v:.4g} um ({k})" for k, v in sizes_um.items())
+        notes.append(
+            f"{source}: pixels that are not square, {stated} ({where}), {hi / lo:.3g} times apart; the analysis "
+            "takes pixels to be square, so the pixel size is not used (any size in um would be off along one "
+            "axis): results in pixels, the particle radius range 7-60 px unless `min_radius` / `max_radius` are "
+            "given; resample the frames to square pixels, then give `pixel_size`, to have sizes in um"
+        )
+    return None
 
 
 def energies_in_ev(values, *, source, lines=None) -> np.ndarray:

@@ -146,6 +146,12 @@ DARK_DRIFT_NOISE = 5.0
 #: counts of 5000) over a scan, averaged, moved every particle's E50 by -0.08 to -0.10 eV (7-11 sigma), 0.8 % (40
 #: counts) by -0.02 to -0.03 eV; 0.2 % is about 0.006 eV
 DARK_DRIFT_SHARE = 0.002
+#: darks of one value everywhere, this or less (zeros, as an export writes where it has no dark; ones), are a
+#: placeholder, no measured dark (which holds the camera's offset and read noise): said as darks left out are ("dark
+#: taken as 0"). A file whose /img_dark was all zeros passed unsaid (every mean E50 -0.02 to -0.04 eV, up to 7 sigma,
+#: against its dark of ~100 counts), where the same file without /img_dark got that note. One value above it is kept
+#: unsaid: it can be a real dark quantised (an 8-bit export of a dark of 100 +- 2 counts / 32 is 3 everywhere)
+PLACEHOLDER_DARK_MAX = 1.0
 
 
 def _per_frame(dark) -> bool:
@@ -179,6 +185,22 @@ def _per_frame_darks(darks, *, source, mean: bool):
         if mean:
             total += d
     return (total / darks.shape[0]).astype(np.float32) if mean else None
+
+
+def _placeholder_dark(darks) -> float | None:
+    """The one value, :data:`PLACEHOLDER_DARK_MAX` or less, every pixel of every dark holds (``darks``: (rows, cols)
+    or (n, rows, cols), in memory or read lazily); None where they hold another or more than one. Lazily read darks
+    are read a frame at a time, the rest only where the first is such a placeholder."""
+    first = np.asarray(darks[0] if darks.ndim == 3 else darks)
+    if not first.size:
+        return None
+    v = first.flat[0]
+    if not (np.isfinite(v) and v <= PLACEHOLDER_DARK_MAX) or np.any(first != v):
+        return None
+    for k in range(1, darks.shape[0] if darks.ndim == 3 else 1):
+        if np.any(np.asarray(darks[k]) != v):
+            return None
+    return float(v)
 
 
 def _averaged_darks_note(darks, n_frames: int, flat_level, source) -> str:
@@ -710,6 +732,17 @@ def optical_density(
             raise XanestrackError(f"{source}: dark shape {darks.shape} does not match frames {shape}")
         if darks.ndim == 3 and darks.shape[0] == 0:
             raise XanestrackError(f"{source}: the dark images hold no image (an empty dataset); give darks, or none")
+        placeholder = _placeholder_dark(darks)
+        if placeholder is not None:
+            said = (
+                f"{source}: its dark images are {placeholder:g} everywhere, a placeholder rather than a measured dark "
+                f"(which holds the camera's offset and read noise): dark taken as {placeholder:g} (right only where "
+                "the images and flats were dark-subtracted already)"
+            )
+            if notes is not None:
+                notes.append(said)
+            else:
+                logger.warning("%s", said)
         if darks.ndim == 3 and darks.shape[0] == counts.shape[0] > 1:
             # one per frame: each frame less its own dark, as flats of one per frame are paired with their frames. A
             # camera's dark drifting 150 counts over the scan (flats of 5000), averaged, moved every particle's E50

@@ -8,9 +8,17 @@ import numpy as np
 
 from ..errors import XanestrackError, one_line
 from ..units import um_per_unit
-from .checks import MAX_FRAMES, check_frame_shape, check_memory, check_pixel_dtype, energies_in_ev
+from .checks import (
+    MAX_FRAMES,
+    MIN_FRAME_SIDE,
+    check_frame_shape,
+    check_memory,
+    check_pixel_dtype,
+    energies_in_ev,
+    square_pixel_size,
+)
 
-__all__ = ["read_hdf5", "write_fxi"]
+__all__ = ["read_hdf5", "write_fxi", "image_shape"]
 
 FXI = {"data": "img_xanes", "flat": "img_bkg", "dark": "img_dark", "energy": "X_eng"}
 #: Data Exchange's energies where /exchange/energy is missing
@@ -30,9 +38,11 @@ def read_hdf5(path, *, scan: int | None = None, lazy: bool = False, need_energie
     free memory, chunks actually written), so a damaged or hostile file is refused
     with one line instead of exhausting memory.
 
-    Without ``scan``, a 4-D dataset with an axis of length 1 among its first two
-    (``/img_xanes`` (40, 1, rows, cols), ``/img_dark`` (1, 1, rows, cols)) has it dropped, as
-    the TIFF reader does, and is read as one scan (a note says so for the images).
+    Axes of length 1 after the rows and columns (``/img_xanes`` (40, rows, cols, 1): one value per pixel) are
+    dropped (:func:`image_shape`), as the TIFF reader drops them. Without ``scan``, a 4-D dataset with an axis
+    of length 1 among its first two (``/img_xanes`` (40, 1, rows, cols), ``/img_dark`` (1, 1, rows, cols)) has it
+    dropped too, and is read as one scan (a note says so for the images). A 4-D image dataset whose last axis is
+    shorter than a frame's least side (``(40, rows, cols, 3)``: colour channels) is refused as such.
 
     ``scan``: for a file whose images have a scan axis ``(n_scans, n_energies, rows,
     cols)`` (an operando series), the scan to read; its flats are the scan's own where
@@ -89,19 +99,35 @@ def read_hdf5(path, *, scan: int | None = None, lazy: bool = False, need_energie
                 dsets["energy"], keys = mono, dict(keys, energy=DX_MONO_ENERGY)
             elif mono is not None and mono.size == 1 and mono.dtype.kind in "iuf":
                 one_energy = float(np.asarray(mono[()]).ravel()[0])  # said in the refusal below
-        if scan is None:
-            # (40, 1, rows, cols): an axis of length 1 is no scan axis; dropped as the TIFF reader drops it (the file
-            # was sent to `series`, which failed once per frame); flats and darks alike ((1, 1, rows, cols) darks)
-            for name in ("data", "flat", "dark"):
-                d = dsets[name]
-                if d is not None and d.ndim == 4 and 1 in d.shape[:2]:
-                    dsets[name] = _Squeezed(d)
-                    if name == "data":
-                        notes.append(
-                            f"{path}: /{keys['data']} {d.shape} read as one scan {dsets['data'].shape} (its axis of "
-                            "length 1 dropped)"
-                        )
+        for name in ("data", "flat", "dark"):
+            # (40, rows, cols, 1): a last axis of length 1 is one value per pixel, dropped as the TIFF reader drops
+            # it (the file was sent to `series`, which refused it as frames of 256 x 1 pixels; the same stack as a
+            # TIFF was read). (40, 1, rows, cols), without ``scan``: an axis of length 1 is no scan axis, dropped
+            # too (the file was sent to `series`, which failed once per frame); flats and darks alike ((1, 1, rows,
+            # cols) darks)
+            d = dsets[name]
+            if d is None or d.ndim < 4:
+                continue
+            shape = image_shape(d.shape)
+            lead = scan is None and len(shape) == 4 and 1 in shape[:2]
+            if lead:
+                shape = (*(n for n in shape[:-2] if n != 1), *shape[-2:])
+            if shape == tuple(d.shape):
+                continue
+            dsets[name] = _Squeezed(d, shape)
+            if name == "data":
+                notes.append(
+                    f"{path}: /{keys['data']} {d.shape} read as "
+                    + (f"one scan {shape}" if lead else f"{shape}")
+                    + f" (its ax{'es' if d.ndim - len(shape) > 1 else 'is'} of length 1 dropped)"
+                )
         data = dsets["data"]
+        if data.ndim == 4 and data.shape[-1] < MIN_FRAME_SIDE:
+            # (40, rows, cols, 3) is no scan of 40 scans: `series` read it so, frames of rows x 3 pixels
+            raise XanestrackError(
+                f"{path}: /{keys['data']} {data.shape} holds {data.shape[-1]} values per pixel along its last axis "
+                "(colour channels?), not a scan axis; give one grey value per pixel: (energies, rows, cols)"
+            )
         if data.ndim == 4 and scan is None:
             raise XanestrackError(
                 f"{path}: /{keys['data']} has a scan axis {data.shape}; process it with 'xanestrack series {path.name}'"
@@ -140,7 +166,7 @@ def read_hdf5(path, *, scan: int | None = None, lazy: bool = False, need_energie
             _check_written(d, path, keys[name])
             need += d.size * (d.dtype.itemsize + 4)  # as stored, then as float32
         check_memory(need + int(np.prod(shape)) * 4, source=path, what=f"reading /{keys['data']} {shape} {data.dtype}")
-        whole = isinstance(data, _Squeezed)  # a squeezed dataset is read whole: its frames are not d[k]
+        whole = _reads_whole(data)  # a squeezed dataset is read whole: its frames are not d[k]
         if lazy and dsets["flat"] is not None and len(shape) == 3 and data.ndim == 3 and not whole:
             counts = FrameReader(path, keys["data"], scan, shape, data.dtype)
             fd = dsets["flat"]
@@ -152,7 +178,7 @@ def read_hdf5(path, *, scan: int | None = None, lazy: bool = False, need_energie
                     tuple(fd.shape),
                     fd.dtype,
                 )
-                if fd.ndim == 3 and fd.shape[0] == shape[0] and not isinstance(fd, _Squeezed)
+                if fd.ndim == 3 and fd.shape[0] == shape[0] and not _reads_whole(fd)
                 else _read(fd, path, keys["flat"])
             )
         else:
@@ -164,7 +190,7 @@ def read_hdf5(path, *, scan: int | None = None, lazy: bool = False, need_energie
             and dd is not None
             and dd.ndim == 3
             and dd.shape[0] == shape[0] > 1
-            and not isinstance(dd, _Squeezed)
+            and not _reads_whole(dd)
         ):
             # one dark per frame, as the flats: read a frame at a time while each frame less its own dark is formed
             # (read whole, 143 float32 darks of 1024^2 raised the reading's peak from 849 to 1308 MiB; so read, 854)
@@ -198,22 +224,38 @@ def read_hdf5(path, *, scan: int | None = None, lazy: bool = False, need_energie
             )
         else:
             energy = energies_in_ev(_read(dsets["energy"], path, keys["energy"]), source=f"{path} /{keys['energy']}")
-        pixel = None
+        pixel, unsquare = None, False  # unsquare: sizes per axis that differ, said; no other size then taken
         for cand in ("pixel_size_um", "exchange/pixel_size_um"):
             d = _dataset(f, cand, path, must_exist=False)
             if d is not None:
                 try:
-                    v = float(np.asarray(d[()], dtype=float).ravel()[0])
+                    v = np.asarray(d[()], dtype=float).ravel()
                 except Exception:  # text, empty or compound: not a number
-                    v = float("nan")
-                if np.isfinite(v) and v > 0:
-                    pixel = v
+                    v = np.array([np.nan])
+                if v.size and np.all(np.isfinite(v)) and np.all(v > 0):
+                    # [0.0426, 0.0213]: one size per axis (its first was taken, the other dropped unsaid)
+                    pixel = (
+                        float(v[0])
+                        if v.size == 1
+                        else square_pixel_size(
+                            {
+                                ("first", "second", "third")[i] if i < 3 else f"value {i + 1}": x
+                                for i, x in enumerate(v)
+                            },
+                            source=path,
+                            where=f"/{cand}",
+                            notes=notes,
+                        )
+                    )
+                    unsquare |= pixel is None
                 else:
                     notes.append(f"{path}: /{cand} is not a positive number; pixel size unknown")
-        if pixel is None:
+        if pixel is None and not unsquare:
             pixel = _fxi_pixel_size(f, path, notes)
-        if pixel is None:
+        if pixel is None and not unsquare:
             pixel = _attribute_pixel_size(f, keys["data"], path, notes)
+        if pixel is None and not unsquare:
+            _unread_pixel_dataset(f, path, notes)
     if counts.ndim == 2:
         counts = counts[None]
     if flats is not None and darks is None:
@@ -274,12 +316,13 @@ class _ScanView:
 
 
 class _Squeezed:
-    """A 4-D dataset with its leading axes of length 1 dropped ((40, 1, rows, cols) read as (40, rows, cols)), with
-    the dataset's checks and reads."""
+    """A dataset with axes of length 1 dropped (``shape``: (40, 1, rows, cols) or (40, rows, cols, 1) read as (40,
+    rows, cols)), with the dataset's checks and reads: whole, or one index of its first axis where that axis is
+    kept (a scan of (scans, 40, rows, cols, 1))."""
 
-    def __init__(self, d):
+    def __init__(self, d, shape):
         self._d = d
-        self.shape = (*(n for n in d.shape[:-2] if n != 1), *d.shape[-2:])
+        self.shape = tuple(shape)
         self.ndim = len(self.shape)
         self.dtype = d.dtype
         self.size = int(np.prod(self.shape))
@@ -287,10 +330,26 @@ class _Squeezed:
     def __getitem__(self, key):
         if key == ():
             return np.asarray(self._d[()]).reshape(self.shape)
+        if isinstance(key, (int, np.integer)) and self.shape[0] == self._d.shape[0]:
+            return np.asarray(self._d[key]).reshape(self.shape[1:])
         raise TypeError("a squeezed dataset reads whole")
 
     def checked(self):
         return self._d
+
+
+def image_shape(shape) -> tuple:
+    """An image dataset's shape with its axes of length 1 after the rows and columns dropped, down to three axes:
+    (40, rows, cols, 1), one value per pixel, is (40, rows, cols), as the TIFF reader reads such a stack."""
+    shape = tuple(int(n) for n in shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape
+
+
+def _reads_whole(d) -> bool:
+    """Whether ``d`` (a dataset, or a view of one) is read whole, not a frame at a time by :class:`FrameReader`."""
+    return isinstance(d, _Squeezed) or (isinstance(d, _ScanView) and isinstance(d.checked(), _Squeezed))
 
 
 def _dataset(f, name, path, *, must_exist=False):
@@ -333,7 +392,7 @@ def _dataset(f, name, path, *, must_exist=False):
 
 def _check_written(d, path, name):
     """Refuse a dataset whose storage was never (fully) written: it would read as fill values."""
-    if isinstance(d, (_ScanView, _Squeezed)):
+    while isinstance(d, (_ScanView, _Squeezed)):
         d = d.checked()
     try:
         if d.is_virtual or d.external:  # stored elsewhere: the read below checks it
@@ -391,8 +450,10 @@ def _fxi_pixel_size(f, path, notes):
         scale = um_per_unit(m.group(2)) if m else None  # "21.3 NM" too: case ignored
         if scale is not None and float(m.group(1)) > 0:
             return float(m.group(1)) * scale
+        # "2.13e-8 m" names a unit, one not understood: it was said to name none
+        named = f"names the unit {m.group(2)!r}, not one understood" if m and scale is None else "names no unit"
         notes.append(
-            f"{path}: /Pixel Size {text!r} names no unit (nm, um): not used, the pixel size unknown; the particle "
+            f"{path}: /Pixel Size {text!r} {named} (nm, um): not used, the pixel size unknown; the particle "
             "radius range is 7-60 px unless `min_radius` / `max_radius` are given"
         )
         return None
@@ -428,15 +489,21 @@ def _attributes(f, data_name, pattern) -> list:
     return out
 
 
-#: an attribute naming a pixel size, and the unit its name may end with (``pixel_size_um``, ``PixelSize(nm)``)
-_PIXEL_ATTRIBUTE = r"^(?:x_?)?pix(?:el)?[ _]?size(?:[ _(\[]+([a-z\u00b5\u03bc]+)[)\]]?)?$"
+#: an attribute naming a pixel size, the axis it may begin with and the unit its name may end with
+#: (``pixel_size_um``, ``PixelSize(nm)``, ``x_pixel_size_um``, ``y_pixel_size_um``)
+_PIXEL_ATTRIBUTE = r"^(?:([xy])_?)?pix(?:el)?[ _]?size(?:[ _(\[]+([a-z\u00b5\u03bc]+)[)\]]?)?$"
 
 
 def _attribute_pixel_size(f, data_name, path, notes):
     """The pixel size (um) an attribute of the root or of the image dataset gives where its name states the unit
-    (``pixel_size_um``, ``pixel_size_nm``) and its value is one positive number; else None, with a note where such an
-    attribute exists but is not used (``pixel_size`` = 0.0213: its unit cannot be told; a ``units`` attribute beside it
-    may be the images' own)."""
+    (``pixel_size_um``, ``pixel_size_nm``, ``x_pixel_size_um``) and its value is one positive number; else None, with
+    a note where such an attribute exists but is not used (``pixel_size`` = 0.0213: its unit cannot be told; a
+    ``units`` attribute beside it may be the images' own).
+
+    Where one object states the size along x and along y (``x_pixel_size_um``, ``y_pixel_size_um``), or one
+    attribute gives two values (``pixel_size_um = [0.0426, 0.0213]``), both are read: the size where they agree, else
+    None with a note (:func:`~xanestrack.io.checks.square_pixel_size`); the x size alone was taken, the y size
+    dropped without a word."""
     import re
 
     seen = []
@@ -446,6 +513,7 @@ def _attribute_pixel_size(f, data_name, path, notes):
             names = list(attrs.keys())
         except Exception:  # an unreadable attribute table: nothing to read
             continue
+        axes = {}  # axis ("x", "y", or "" for both) -> (the attribute's name, its size(s) in um)
         for name in names:
             m = re.match(_PIXEL_ATTRIBUTE, name, re.IGNORECASE)
             if not m:
@@ -454,11 +522,24 @@ def _attribute_pixel_size(f, data_name, path, notes):
                 v = np.asarray(attrs[name], dtype=float).ravel()
             except Exception:  # text or compound: not a number
                 v = np.array([np.nan])
-            scale = um_per_unit(m.group(1)) if m.group(1) else None
-            if scale is not None and v.size == 1 and np.isfinite(v[0]) and v[0] > 0:
-                notes.append(f"{path}: pixel size {v[0] * scale:.4g} um, from the attribute {name!r} of /{obj_name}")
-                return float(v[0] * scale)
+            scale = um_per_unit(m.group(2)) if m.group(2) else None
+            axis = (m.group(1) or "").lower()
+            if scale is not None and v.size in (1, 2 - bool(axis)) and np.all(np.isfinite(v)) and np.all(v > 0):
+                axes.setdefault(axis, (name, v * scale))
+                continue
             seen.append(f"/{obj_name} attribute {name!r}" + (f" = {v[0]:g}" if v.size == 1 else ""))
+        if not axes:
+            continue
+        if "x" in axes and "y" in axes:  # one size per axis: both read
+            (xn, x), (yn, y) = axes["x"], axes["y"]
+            sizes, what = {"x": x[0], "y": y[0]}, f"the attributes {xn!r}, {yn!r}"
+        else:  # one size for both, or for one axis alone; two values in one attribute are one per axis
+            name, v = axes.get("") or next(iter(axes.values()))
+            sizes, what = dict(zip(("first", "second"), v)), f"the attribute {name!r}"
+        size = square_pixel_size(sizes, source=path, where=f"{what} of /{obj_name}", notes=notes)
+        if size is not None:
+            notes.append(f"{path}: pixel size {size:.4g} um, from {what} of /{obj_name}")
+        return size
     if seen:
         notes.append(
             f"{path}: {seen[0]} not read as the pixel size (its unit is not in its name, as in pixel_size_um): the "
@@ -466,6 +547,34 @@ def _attribute_pixel_size(f, data_name, path, notes):
             "`max_radius`) is given"
         )
     return None
+
+
+#: datasets a pixel size is often kept in whose name gives no unit: not read, said in a note
+_UNITLESS_PIXEL_DATASETS = ("pixel_size", "exchange/pixel_size")
+
+
+def _unread_pixel_dataset(f, path, notes) -> None:
+    """A note where the file holds a dataset ``/pixel_size`` (no unit in its name), which is not read: an attribute
+    of that name was said, the dataset ignored without a word."""
+    import h5py
+
+    for name in _UNITLESS_PIXEL_DATASETS:
+        try:
+            d = f.get(name)
+        except Exception:  # a broken link: nothing to say of it here
+            continue
+        if isinstance(d, h5py.Dataset):
+            try:
+                v = np.asarray(d[()], dtype=float).ravel()
+                shown = f" = {v[0]:g}" if v.size == 1 else ""
+            except Exception:  # text or compound
+                shown = ""
+            notes.append(
+                f"{path}: /{name}{shown} not read as the pixel size (its unit is not in its name, as in "
+                "pixel_size_um): the pixel size unknown; the particle radius range is 7-60 px unless `pixel_size` "
+                "(or `min_radius` / `max_radius`) is given"
+            )
+            return
 
 
 def write_fxi(path, counts, *, flats, darks, energies_ev, pixel_size_um=None) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import XanestrackError, one_line
 from ..units import um_per_unit
-from .checks import check_frame_shape, check_memory, check_pixel_dtype, energies_in_ev
+from .checks import check_frame_shape, check_memory, check_pixel_dtype, energies_in_ev, square_pixel_size
 
 __all__ = ["read_tiff_frames", "read_energies_file"]
 
@@ -162,6 +162,10 @@ def tiff_pixel_size(path, *, notes=None) -> float | None:
     """The pixel size (um) an ImageJ or OME TIFF states with its unit (ImageJ's ``unit`` and X resolution,
     OME's ``PhysicalSizeX``); None where the file states none, or none in a length unit.
 
+    Where it states the y size too (ImageJ's Y resolution, OME's ``PhysicalSizeY``), both are read: the size where
+    they agree, else None with a note (:func:`~xanestrack.io.checks.square_pixel_size`: the pixels are not square;
+    the x size alone was taken, the y size dropped without a word).
+
     The unit is read by :func:`~xanestrack.units.um_per_unit` (ImageJ's ``unit=\\u00B5m``, as it writes "µm", and
     any case). Where the file states a unit that is not understood (``inch``, ``furlong``), a note saying so is
     appended to ``notes`` when a list is given (the particle radius range then falls back to pixels; it was
@@ -182,10 +186,16 @@ def tiff_pixel_size(path, *, notes=None) -> float | None:
             if tf.is_imagej:
                 unit = str((tf.imagej_metadata or {}).get("unit", "")).strip()
                 res = tf.pages[0].tags.get("XResolution")
+                yres = tf.pages[0].tags.get("YResolution")
                 scale = um_per_unit(unit)
                 if scale is not None and res is not None:
                     num, den = res.value
-                    return float(den) / float(num) * scale if num and den else None
+                    if not (num and den):
+                        return None
+                    sizes = {"x": float(den) / float(num) * scale}
+                    if yres is not None and all(yres.value):
+                        sizes["y"] = float(yres.value[1]) / float(yres.value[0]) * scale
+                    return square_pixel_size(sizes, source=path, where="its ImageJ X and Y resolution", notes=notes)
                 if scale is None and unit.lower() not in _NO_LENGTH_UNITS:
                     not_understood(unit, "its ImageJ metadata")
             if tf.is_ome and tf.ome_metadata:
@@ -194,7 +204,15 @@ def tiff_pixel_size(path, *, notes=None) -> float | None:
                 unit = u.group(1).strip() if u else "um"  # OME's default unit: um
                 scale = um_per_unit(unit)
                 if m and scale is not None and float(m.group(1)) > 0:
-                    return float(m.group(1)) * scale
+                    sizes = {"x": float(m.group(1)) * scale}
+                    my = re.search(r'PhysicalSizeY="([0-9.eE+-]+)"', tf.ome_metadata)
+                    uy = re.search(r'PhysicalSizeYUnit="([^"]+)"', tf.ome_metadata)
+                    yscale = um_per_unit(uy.group(1).strip() if uy else "um")
+                    if my and yscale is not None and float(my.group(1)) > 0:
+                        sizes["y"] = float(my.group(1)) * yscale
+                    return square_pixel_size(
+                        sizes, source=path, where="its OME PhysicalSizeX, PhysicalSizeY", notes=notes
+                    )
                 if m and scale is None:
                     not_understood(unit, "its OME metadata")
     except Exception:  # the frames' reader says what is wrong with a file
