@@ -38,6 +38,7 @@ from .match import MatchOptions, link_detections
 from .morph import dilate_cross
 from .motion import common_similarity, compute_motion, peak_ratios
 from .register import (
+    MEDIAN_OFFSET_FRAMES,
     MOTION_RUN_FRAMES,
     WINDOW_MARGIN,
     VouchedPositions,
@@ -2628,6 +2629,29 @@ def _finish_particle(
     if disagree.any():
         away = disagree & ((v.flags & FRAME_FLAGS["out_of_view"]) > 0)  # nothing whole to measure there
         why = "the edge correlation and the centre of mass disagree, or only one measured"
+        # frames measured both ways where no other frame was: the two estimates' offset is set by the frame
+        # itself, so it is compared with nothing (NaN agreement, register._edge_agreement), not "0 px"
+        both = v.usable & loc.measured
+        agreement = np.asarray(v.agreement, float)
+        alone = disagree & both & ~np.isfinite(agreement)
+        if alone.any():
+            why += (
+                f", or both measured in {_frame_runs_text(alone, energies)} but in no other frame: their offset "
+                "there is compared with nothing (agreement not compared)"
+            )
+        # with few frames the reference frame is compared with the others alone, its agreement theirs: within
+        # the threshold yet not vouched for where they are not (register._agreeing), which "disagree" does not say
+        if (
+            both.sum() < MEDIAN_OFFSET_FRAMES
+            and disagree[ref_frame]
+            and both[ref_frame]
+            and agreement[ref_frame] <= options.agreement_px
+        ):
+            why += (
+                f"; {_frame_runs_text(np.arange(n) == ref_frame, energies)}, the frame the edge estimate is relative "
+                f"to, has no agreement of its own (its {agreement[ref_frame]:.2f} px is the other frames' with it) and "
+                "is not vouched for where they are not"
+            )
         if away.any():
             rest = int((disagree & ~away).sum())
             why = (

@@ -593,23 +593,47 @@ def _position_outliers(com, common, good) -> np.ndarray:
     return good & (jump > 8 * scale) & (jump > 1.0)
 
 
+#: frames measured by both estimates from which their common offset is their median over those frames; with
+#: fewer, a frame's agreement compares it with the others alone (:func:`_edge_agreement`)
+MEDIAN_OFFSET_FRAMES = 5
+
+
 def _edge_agreement(com, edge, both, reference_frame):
     """``(agreement (n,), offset (2,))``: |centre of mass - edge estimate - offset| where ``both`` measured.
 
-    Both estimates are displacements up to one constant offset: the median over the
-    frames, or the reference frame's when there are few frames.
+    Both estimates are displacements up to one constant offset: the median over the frames
+    (at least :data:`MEDIAN_OFFSET_FRAMES`). With fewer, each frame is compared with the others
+    alone: with the reference frame's offset where it measured both (the reference frame's own
+    agreement is then the largest of theirs, and :func:`_agreeing` vouches for it only with all of
+    them), else with the median of the other frames' offsets (leave one out). A frame measured both
+    ways in no other frame is compared with nothing: its agreement is NaN, and it is not vouched for.
+    ``offset`` is the one the edge estimate is placed on (the median, or the reference frame's).
     """
     agreement = np.full(len(com), np.nan)
     offset = np.full(2, np.nan)
-    if both.sum() >= 5 or (both.any() and not both[reference_frame]):
-        offset = np.nanmedian(com[both] - edge[both], axis=0)
-    elif both.any():
+    idx = np.flatnonzero(both)
+    if idx.size == 0:
+        return agreement, offset
+    resid = np.asarray(com, float)[idx] - np.asarray(edge, float)[idx]
+    if idx.size >= MEDIAN_OFFSET_FRAMES:
+        offset = np.nanmedian(resid, axis=0)
+        agreement[idx] = np.hypot(*(resid - offset).T)
+    elif both[reference_frame]:
         offset = com[reference_frame] - edge[reference_frame]
-    agreement[both] = np.hypot(*(com[both] - edge[both] - offset).T)
-    if both.sum() < 5 and both.any() and both[reference_frame]:
+        agreement[idx] = np.hypot(*(resid - offset).T)
         # anchored on the reference frame, whose agreement is 0 by construction: it is only
         # as vouched for as the frames compared with it
-        agreement[reference_frame] = np.nanmax(agreement[both]) if both.sum() > 1 else np.nan
+        others = idx[idx != reference_frame]
+        agreement[reference_frame] = np.max(agreement[others]) if others.size else np.nan
+    else:
+        offset = np.nanmedian(resid, axis=0)
+        # leave one out: an offset taken with the frame itself is set in part (one frame: wholly) by the
+        # frame it is compared with (the real SSRL pair's particle 11, measured both ways in its frame 0
+        # alone, agreed to 0.0000 px there and was vouched for; two frames agreed to half their distance)
+        for i, k in enumerate(idx):
+            rest = np.delete(resid, i, axis=0)
+            if len(rest):
+                agreement[k] = np.hypot(*(resid[i] - np.nanmedian(rest, axis=0)))
     return agreement, offset
 
 
@@ -622,14 +646,16 @@ AGREEMENT_WINDOW = 7
 FEW_FRAMES_DEPARTURE_PX = 4.0
 
 
-def _agreeing(agreement, both, agreement_px, departure=None) -> np.ndarray:
+def _agreeing(agreement, both, agreement_px, departure=None, reference_frame=None) -> np.ndarray:
     """Frames vouched for by an agreement (bool): within ``agreement_px`` and, with at least
-    5 frames, not only loosely where the estimates clearly disagree around them; with fewer,
-    not only loosely where the position departs from the common motion by more than
-    :data:`FEW_FRAMES_DEPARTURE_PX` (``departure`` (n,), px; NaN: unknown)."""
+    :data:`MEDIAN_OFFSET_FRAMES` frames, not only loosely where the estimates clearly disagree
+    around them; with fewer, not only loosely where the position departs from the common motion
+    by more than :data:`FEW_FRAMES_DEPARTURE_PX` (``departure`` (n,), px; NaN: unknown), and the
+    ``reference_frame`` (where the agreement is anchored on it: :func:`_edge_agreement`) only where
+    every frame compared with it is vouched for. A NaN agreement (nothing compared) vouches for nothing."""
     ok = both & (agreement <= agreement_px)
     loose = agreement > 0.5 * agreement_px
-    if both.sum() >= 5:
+    if both.sum() >= MEDIAN_OFFSET_FRAMES:
         # two noisy estimates agree by chance now and then: a frame whose estimates agree only
         # loosely (beyond half the threshold) is not vouched for where they clearly disagree
         # around it (median over +-3 frames beyond 1.5 times the threshold)
@@ -644,6 +670,13 @@ def _agreeing(agreement, both, agreement_px, departure=None) -> np.ndarray:
         # the others' motion, its centre of mass and edge estimate 0.496 px apart, 0.50-0.72 px
         # with other library versions; the particles moving with the rest agree to 0.05-0.21 px)
         ok &= ~(loose & (np.asarray(departure, float) > FEW_FRAMES_DEPARTURE_PX))
+    if reference_frame is not None and both.sum() < MEDIAN_OFFSET_FRAMES and both[reference_frame]:
+        # the reference frame's agreement is the comparison of the others with it: where that does not vouch
+        # for them it vouches for it no more (the real SSRL pair's particle 10: frame 1, 0.46 px apart and 6 px
+        # off the others' motion, not vouched for; frame 0, by the same 0.46 px, was)
+        others = both.copy()
+        others[reference_frame] = False
+        ok[reference_frame] &= bool(ok[others].all())
     return ok
 
 
@@ -839,7 +872,8 @@ class VouchedPositions:
         px: distance of the edge estimate's displacement from the second estimate's that
         vouches for it (common offset removed): the centre of mass's, or where only the
         density correlation agrees, its (:func:`vouch_positions`); NaN where no second
-        estimate measured.
+        estimate measured, or where both measured in this frame alone (nothing to compare:
+        :func:`_edge_agreement`).
     com_agreement, density_agreement : ndarray (n_frames,)
         px: the same for each second estimate alone (all NaN: not used).
     edge_positions : ndarray (n_frames, 2)
@@ -948,8 +982,11 @@ def vouch_positions(
       that mostly disagree coincide now and then, which vouches for nothing), or where fewer
       than a third of the frames around it (+-3) agree (they disagree, or their masks are not
       usable: an agreement almost alone is chance, or a bias both share), or only one
-      of them (or neither) measured the frame; with ``density``, only where neither the
-      centre of mass nor the density correlation vouches for the edge estimate so;
+      of them (or neither) measured the frame, or both measured it but no other frame (their
+      offset compared with nothing; with fewer than :data:`MEDIAN_OFFSET_FRAMES` such frames,
+      also the reference frame where a frame compared with it is not vouched for); with
+      ``density``, only where neither the centre of mass nor the density correlation vouches
+      for the edge estimate so;
     - ``interpolated``: neither estimate located the particle: the position is filled
       from the nearest located frame plus the common shift (NaN, and every frame so
       flagged, where it was located in none).
@@ -972,7 +1009,7 @@ def vouch_positions(
     # each frame's displacement from the reference frame less the common motion's (few frames)
     with np.errstate(invalid="ignore"):
         departure = np.hypot(*((edge - edge[reference_frame]) - (common - common[reference_frame])).T)
-    vouched = _agreeing(agreement, both, agreement_px, departure)
+    vouched = _agreeing(agreement, both, agreement_px, departure, reference_frame)
     iagree = np.full(len(com), np.nan)
     if density is not None:
         # the density correlation: its residuals are displacements from the edge estimate;
@@ -981,7 +1018,7 @@ def vouch_positions(
         iboth = np.asarray(density_measured, bool) & both
         res = np.asarray(density, float)
         iagree, _ = _edge_agreement(res, np.zeros_like(res), iboth, reference_frame)
-        ivouched = _agreeing(iagree, iboth, agreement_px, departure)
+        ivouched = _agreeing(iagree, iboth, agreement_px, departure, reference_frame)
         # the agreement is that of the estimate that vouches (the centre of mass's where both do)
         agreement = np.where(ivouched & ~vouched, iagree, agreement)
         vouched |= ivouched

@@ -1453,9 +1453,16 @@ def _particle_text(p, summ_row, tracks, fractions=None) -> tuple:
     if p.agreement is not None:
         v, n, med = int(summ_row["frames_vouched"]), int(summ_row["frames"]), summ_row["median_agreement_px"]
         if v == 0:
-            flags = (
-                flags + "; " if flags else ""
-            ) + "not vouched for in any frame: the edge correlation and the centre of mass never agree"
+            # a particle whose estimates were never compared (measured both ways in one frame at most) did not
+            # "never agree": its agreement is NaN in every frame (register._edge_agreement)
+            never = (
+                "never agree"
+                if np.isfinite(np.asarray(p.agreement, float)).any()
+                else "were never compared (both measured in one frame at most)"
+            )
+            flags = (flags + "; " if flags else "") + (
+                f"not vouched for in any frame: the edge correlation and the centre of mass {never}"
+            )
         elif v < n:
             info += f"; vouched for in {v} of {n} frames (median agreement {med:.2f} px)"
         else:
