@@ -154,3 +154,36 @@ def test_two_particles_are_not_measured():
     assert not np.isfinite(undetermined_split_px(ratios))
     moves, left_out, line_moves, ends = common_motion_split(P, P[0], motion.attrs["similarity"], P, np.ones((40, 2)))
     assert moves.shape[0] == 0 and left_out.size == 0 and line_moves is None and ends is None
+
+
+@pytest.mark.parametrize("seed", [2, 3])
+def test_three_particles_a_kept_magnification_is_taken_as_given_with_one_left_out(seed):
+    # 3 particles magnified by exactly 1 % across the scan, none moving on its own: with one left out (2 a frame) the
+    # slope given was applied only in frames of 3 particles or more, so the left-out fits took scale 1: the
+    # magnification read as 1.0-1.7 px of each particle's own motion (own_motion_split_px), all "within the split",
+    # a note that "most of them move on their own", and the line refitted with 2 particles read 1 as if dropped
+    # (seeds 2 / 3: 1.70 / 1.38 px; now 0.09 / 0.12, as without the magnification)
+    from xanestrack.motion import _common_similarity
+
+    P = _magnified_scene(seed, m=3, mag=0.01, scatter=0.0)
+    motion, ratios = _run(P)
+    sim = motion.attrs["similarity"]
+    assert sim["scale"].iloc[-1] == pytest.approx(1.01, abs=1e-3)  # kept by the whole fit
+    assert sim["split_px"].max() < 0.3 and ratios["own_motion_split_px"].max() < 0.3
+    assert "split_scale_ends" not in sim.attrs  # 2 particles left cannot fit nor test a line: not "dropped"
+    assert _split_notes(sim, ratios, motion) == []
+    # the slope given is applied however many particles a frame has: 2, or 1
+    x = ENERGIES - ENERGIES[0]
+    for left in ([0], [0, 1]):
+        Q = P.copy()
+        Q[:, left] = np.nan
+        params, _, _ = _common_similarity(
+            Q, reference=P[0], centre=CENTRE, scale_axis=ENERGIES, scale_slope=0.01 / x[-1]
+        )
+        assert params["scale"].to_numpy() == pytest.approx(1 + 0.01 * x / x[-1], abs=1e-12)
+    # controls: 4 particles still test the line with one left out; 3 without a magnification, as before
+    motion, ratios = _run(_magnified_scene(seed, m=4, mag=0.01, scatter=0.0))
+    lo, hi = motion.attrs["similarity"].attrs["split_scale_ends"]
+    assert 1.008 < lo <= hi < 1.012 and _split_notes(motion.attrs["similarity"], ratios, motion) == []
+    motion, ratios = _run(_magnified_scene(seed, m=3, mag=0.0, scatter=0.0))
+    assert ratios["own_motion_split_px"].max() < 0.3 and _split_notes(motion.attrs["similarity"], ratios, motion) == []

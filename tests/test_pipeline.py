@@ -965,6 +965,81 @@ def test_a_mean_e50_with_pixels_in_a_gap_of_frames_counts_them_and_holds_their_s
     assert np.isfinite(base["mean_e50_ev"]).all()  # small_result itself has no gap: given as before
 
 
+def _gap_scene():
+    """A 14 x 14 px still particle on synth's 60 energies, its LiNiO2 fraction 0-0.7 across its columns (E50
+    8340.0-8341.6 eV), and its summary with the frames ``drop`` left out (:func:`_gap_summary`)."""
+    from xanestrack.synth import ni_energy_grid, ni_references
+
+    refs = ni_references()
+    e = ni_energy_grid(60)
+    f = np.tile(np.linspace(0.0, 0.7, 14), (14, 1))
+    mu = (1 - f)[None] * refs["NiO"](e)[:, None, None] + f[None] * refs["LiNiO2"](e)[:, None, None]
+    aligned = (mu + np.random.default_rng(0).normal(0, 0.002, mu.shape)).astype(np.float32)
+    return e, aligned, np.ones(f.shape, bool)
+
+
+def _gap_summary(scene, drop, own_gaps=True):
+    from conftest import one_particle_result
+    from xanestrack import xanes
+    from xanestrack.result import core_pixels, gap_counted
+
+    e, aligned, mask = scene
+    usable = np.ones(e.size, bool)
+    usable[drop] = False
+    xr = xanes.analyse_particle(aligned, mask, e, usable=usable, subtract_background=False)
+    if not own_gaps:  # as results written before each pixel's own gap was kept
+        xr["maps"].pop(xanes.E50_GAP_MAP, None)
+    res = one_particle_result(xr, aligned, mask, e, radius=7.0)
+    p = res.particles[0]
+    return res, particle_summary(res).iloc[0], gap_counted(res, p, core_pixels(p))
+
+
+def test_a_mean_e50_counts_each_pixel_in_a_gap_at_its_own_gap_not_at_a_span_over_every_gap():
+    # frames left out at 8341.9-8343.1 eV (a third of the pixels have their E50 in that gap) and at 8355.1-8357.5 eV
+    # (no E50 there, still in the edge window): counted at the centre of one span from the first gap to the last
+    # (8349.7 eV), the mean E50 moved by +2.2 eV here, +3.67 eV on a reduced default scene's particle (sigma 2.40)
+    import dataclasses
+
+    from xanestrack import xanes
+    from xanestrack.result import gap_counted
+
+    scene = _gap_scene()
+    e = scene[0]
+    _, all_frames, no_gap = _gap_summary(scene, [])
+    _, one, gap_one = _gap_summary(scene, [24, 25])
+    res, two, gap_two = _gap_summary(scene, [24, 25, 35, 36, 37])
+    assert no_gap is None
+    lo, hi = e[23], e[26]  # the analysed energies either side of the first gap
+    assert gap_one == (0.5 * (lo + hi), hi - lo, gap_one[2]) and 0.2 < gap_one[2] / 144 < 0.5  # the one-gap numbers
+    _, one_span, gap_one_span = _gap_summary(scene, [24, 25], own_gaps=False)  # one gap: as the span gave it
+    assert gap_one_span == gap_one and one_span["mean_e50_ev"] == one["mean_e50_ev"]
+    assert one_span["mean_e50_sigma_ev"] == one["mean_e50_sigma_ev"]
+    assert gap_two == gap_one  # the second gap holds no E50: nothing changes
+    assert two["mean_e50_ev"] == one["mean_e50_ev"]
+    assert two["mean_e50_sigma_ev"] == pytest.approx(one["mean_e50_sigma_ev"], rel=1e-3)
+    assert abs(two["mean_e50_ev"] - all_frames["mean_e50_ev"]) < 2 * two["mean_e50_sigma_ev"] < 1.0
+    # the span over both gaps, as before (results without each pixel's own gap still take it): 2 eV higher
+    _, span, gap_span = _gap_summary(scene, [24, 25, 35, 36, 37], own_gaps=False)
+    assert gap_span[0] == pytest.approx(0.5 * (lo + e[38])) and span["mean_e50_ev"] - one["mean_e50_ev"] > 2.0
+    # control: the second gap alone holds no E50: every pixel measured, as with all frames
+    _, alone, gap_alone = _gap_summary(scene, [35, 36, 37])
+    assert gap_alone is None and alone["mean_e50_ev"] == all_frames["mean_e50_ev"]
+    # pixels in two gaps: each counted at its own gap's centre, its own width in the sigma
+    p = res.particles[0]
+    own = np.array(p.maps[xanes.E50_GAP_MAP])
+    inside = np.isfinite(own[0])
+    assert inside.any() and (own[0][inside] == lo).all() and (own[1][inside] == hi).all()
+    half = inside & (np.cumsum(inside).reshape(inside.shape) % 2 == 0)
+    own[:, half] = np.array([e[33], e[38]])[:, None]
+    q = dataclasses.replace(p, maps={**p.maps, xanes.E50_GAP_MAP: own})
+    core = np.ones(inside.shape, bool)
+    centre, width, n = gap_counted(dataclasses.replace(res, particles=[q]), q, core)
+    k = int(np.count_nonzero(half))
+    assert n == int(inside.sum())
+    assert centre == pytest.approx(((n - k) * 0.5 * (lo + hi) + k * 0.5 * (e[33] + e[38])) / n)
+    assert width == pytest.approx(((n - k) * (hi - lo) + k * (e[38] - e[33])) / n)
+
+
 def test_outlines_that_change_only_across_the_edge_are_chemistry_not_focus():
     # a real rim 3 px thick, 1.3 eV above its core, on five of nine particles: their outlines widen across the
     # edge only (where rim and core absorb differently); taken for a focus change, every window was blurred to

@@ -281,11 +281,14 @@ def _common_similarity(
         rows[k] = (*t, s, th, ok.sum(), res)
         rigid[k, have_ref] = _apply(ref[have_ref], t, s, th, c)
         weights[k, np.flatnonzero(ok)] = w if ok.sum() >= 1 else 0.0
-    if scale_axis is not None and n >= 3:
+    if scale_axis is not None and (n >= 3 or scale_slope is not None):
         e = np.asarray(scale_axis, float)
         fitted = rows[:, 4] >= max(min_particles, 2)  # frames whose own scale was fitted
         wf = np.where(fitted, np.sqrt(weights.sum(axis=1)), 0.0)
-        if (wf > 0).sum() >= 3:
+        # a slope given is applied whatever the particles in each frame: with one of 3 left out (2 a frame, no scale
+        # of their own) it was skipped, the translations fitted at scale 1, and a kept 1 % magnification read as
+        # 1.0-1.7 px of every particle's own motion and a common motion "not determined" (common_motion_split)
+        if scale_slope is not None or (wf > 0).sum() >= SCALE_LINE_MIN_FRAMES:
             x = e - e[0]
             kappa = 0.0
             wk = wf.copy()
@@ -361,6 +364,9 @@ def _common_similarity(
 #: scenes, 9 particles, give the same largest with 6 left out as with all 9). Each costs one more fit of the common
 #: motion, two where a scale line was kept (0.1 s for 5 particles over 60 frames, 0.35 s for 9 over 143)
 SPLIT_MAX_LEFT_OUT = 6
+#: frames with a scale of their own (``max(min_particles, 2)`` particles or more) that the straight scale line in the
+#: energy (:func:`common_similarity`) needs to be fitted and tested; with fewer, no line (scale 1)
+SCALE_LINE_MIN_FRAMES = 3
 #: frames :func:`common_motion_split` fits with each particle left out, at most, spread over the scan, where the
 #: scale is taken as the whole fit found it (each frame then fitted on its own; the frames between take their
 #: nearest one's move)
@@ -420,7 +426,9 @@ def common_motion_split(
         Where the scale line was kept: as ``moves``, with the line refitted and tested again; else None.
     scale_ends : ndarray (n_left_out,) or None
         Where the scale line was kept: its scale at the scan's far end (the largest ``|E - E_0|``) with each left
-        out, 1 where the test drops the line then; else None.
+        out, 1 where the test drops the line then, NaN where the particles left cannot fit and test one (fewer
+        than :data:`SCALE_LINE_MIN_FRAMES` frames with ``max(min_particles, 2)`` of them: 3 particles, one left
+        out; their ``line_moves`` 0); else None.
     """
     P = np.asarray(P, float)
     ref = np.asarray(reference, float)
@@ -452,7 +460,13 @@ def common_motion_split(
     for i, j in enumerate(left_out):
         Q = P.copy()
         Q[:, j] = np.nan
-        for refit in (False, True) if kept else (False,):
+        # the line refitted and tested needs frames with a scale of their own: with 2 particles left it is not
+        # fitted and reads 1, as if the test had dropped it (3 particles, a true 1 % magnification: every
+        # particle's own motion "uncertain by" 1.0-1.7 px and the line "dropped"); not tested, it is not counted
+        testable = _scale_line_frames(Q, ref, min_particles) >= SCALE_LINE_MIN_FRAMES
+        if kept and not testable:
+            ends[i] = np.nan
+        for refit in (False, True) if kept and testable else (False,):
             frames = slice(None) if refit or slope is None else sub
             p_j, r_j, _ = _common_similarity(
                 Q[frames],
@@ -472,6 +486,14 @@ def common_motion_split(
                 moves[i] = r_j[at] - rigid[nearest]  # each frame its nearest fitted frame's shift
                 moves[i][~np.isfinite(rigid)] = np.nan
     return moves, left_out, line_moves, ends
+
+
+def _scale_line_frames(P, reference, min_particles: int = 3) -> int:
+    """The frames of ``P`` (n_frames, n_particles, 2) in which :func:`_common_similarity` fits a scale of their own
+    (``max(min_particles, 2)`` particles or more measured, with a reference position), which its scale line is
+    fitted through."""
+    have = np.isfinite(np.asarray(P, float)).all(axis=2) & np.isfinite(np.asarray(reference, float)).all(axis=1)
+    return int(np.count_nonzero(have.sum(axis=1) >= max(min_particles, 2)))
 
 
 def _settled(w_new, w) -> bool:
@@ -680,7 +702,8 @@ def compute_motion(
     takes its largest over the frames counted), ``similarity.attrs["split_by_particle"]`` (``[particle, px]`` per
     particle left out: the most it moved any particle's own motion, the scale as fitted) and, where a scale line
     was kept, ``similarity.attrs["split_scale_ends"]`` (the least and largest scale at the scan's far end with one
-    particle left out, the line refitted and tested: 1 where it was dropped then).
+    particle left out, the line refitted and tested: 1 where it was dropped then; of the particles left out whose
+    others can fit and test a line, absent where none can: 3 particles, 2 left in every frame).
 
     Notes
     -----
@@ -807,8 +830,8 @@ def compute_motion(
             sim.attrs["split_by_particle"] = [
                 [int(pids[j]), float(v)] for j, v in zip(left_out, most) if np.isfinite(v)
             ]
-            if ends is not None:
-                sim.attrs["split_scale_ends"] = [float(ends.min()), float(ends.max())]
+            if ends is not None and np.isfinite(ends).any():  # those tested (3 particles: none, no line refitted)
+                sim.attrs["split_scale_ends"] = [float(np.nanmin(ends)), float(np.nanmax(ends))]
         else:
             sim["split_px"] = np.nan
     if P.shape[1] < 2:

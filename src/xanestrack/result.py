@@ -505,26 +505,44 @@ def e50_withheld(p, core_px: int = 2) -> str:
 
 
 def gap_counted(result, p, core) -> tuple[float, float, int] | None:
-    """``(centre, width, n)``: the gap of frames left out that ``n`` pixels of ``core`` have their E50 in (pixel
-    flag ``gap``; :func:`xanestrack.xanes.e50_gap_span`: from its lower to its upper energy, eV), or None where
-    none has.
+    """``(centre, width, n)``: where the ``n`` pixels of ``core`` whose E50 lies in a gap of frames left out (pixel
+    flag ``gap``) have it: the mean of the centres of their own gaps and the mean of those gaps' widths (eV; one
+    gap: its centre and width), or None where none has.
 
-    :func:`particle_summary` counts those pixels in the mean E50 at the gap's centre and holds in its sigma their
-    spread over the gap (uniform over ``width``: ``width / sqrt(12)``, times their share): the pixels measured
-    are those whose E50 lies outside the gap, not a random sample of the particle, and their mean alone was the
-    mean of that choice, its sigma blind to it (stress-counts seed 2, reduced: 43 % of a particle in a gap at
-    8339.5-8343.1 eV, below its E50s: +0.32 +- 0.083 eV off its true mean, 3.9 sigma; counted, -0.88 +- 0.47 eV,
-    1.9 sigma: the most its pixels at one end of the gap can give is 1.73). Stress scenes with two frames near
-    the edge left out: 7 particles with 4-43 % in a gap were 2.7-11.6 sigma off, counted 0.2-1.9; three with
-    1.4-3.8 %, 0.2-0.65 eV low before (the normalisation's bias), moved by -0.15 to +0.03 eV."""
-    from .xanes import FLAG_GAP, e50_gap_span
+    Each pixel's own gap is the interval between the two analysed energies its normalised spectrum crosses half its
+    step between (``p.maps["e50_gap"]``, :data:`xanestrack.xanes.E50_GAP_MAP`, recorded by
+    :func:`xanestrack.xanes.analyse_particle`). Results without that map (written before it, or a pixel flagged
+    without it) take the span of :func:`xanestrack.xanes.e50_gap_span`, from the edge window's first gap to its last:
+    with two gaps there, one of which holds no E50 (frames left out at 8341.9-8343.1 and 8355.1-8357.5 eV), every
+    pixel was counted at 8349.7 eV and the mean E50 moved by +3.67 eV (sigma 2.40); each at its own gap's centre,
+    +0.35 +- 0.48 eV, as with the first gap alone.
+
+    :func:`particle_summary` counts those pixels in the mean E50 at their gaps' centres and holds in its sigma their
+    spread over their gaps (uniform over each width: ``width / sqrt(12)``, times their share, the pixels' parts
+    added as if they moved together): the pixels measured are those whose E50 lies outside the gap, not a random
+    sample of the particle, and their mean alone was the mean of that choice, its sigma blind to it (stress-counts
+    seed 2, reduced: 43 % of a particle in a gap at 8339.5-8343.1 eV, below its E50s: +0.32 +- 0.083 eV off its
+    true mean, 3.9 sigma; counted, -0.88 +- 0.47 eV, 1.9 sigma: the most its pixels at one end of the gap can give
+    is 1.73). Stress scenes with two frames near the edge left out: 7 particles with 4-43 % in a gap were 2.7-11.6
+    sigma off, counted 0.2-1.9; three with 1.4-3.8 %, 0.2-0.65 eV low before (the normalisation's bias), moved by
+    -0.15 to +0.03 eV."""
+    from .xanes import E50_GAP_MAP, FLAG_GAP, e50_gap_span
 
     flags = getattr(p, "pixel_flags", None)
     if flags is None:
         return None
-    n = int(np.count_nonzero((np.asarray(flags)[core] & FLAG_GAP) > 0))
+    in_gap = np.asarray(core, bool) & ((np.asarray(flags) & FLAG_GAP) > 0)
+    n = int(np.count_nonzero(in_gap))
     if not n:
         return None
+    own = (getattr(p, "maps", None) or {}).get(E50_GAP_MAP)
+    if own is not None and np.shape(own) == (2, *in_gap.shape):
+        lo, hi = (np.asarray(own, float)[k][in_gap] for k in (0, 1))
+        if np.isfinite(lo).all() and np.isfinite(hi).all():
+            gaps, count = np.unique(np.c_[lo, hi], axis=0, return_counts=True)
+            if len(gaps) == 1:  # one gap: its centre and width as they are
+                return float(0.5 * (gaps[0, 0] + gaps[0, 1])), float(gaps[0, 1] - gaps[0, 0]), n
+            return float(count @ (0.5 * (gaps[:, 0] + gaps[:, 1])) / n), float(count @ (gaps[:, 1] - gaps[:, 0]) / n), n
     energies = np.asarray(result.energies_ev, float)
     used = getattr(p, "xanes_frames", None)
     e = energies[np.asarray(used, bool)] if used is not None and len(used) == energies.size else energies
@@ -617,8 +635,8 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
     masks: :func:`e50_share`) have an E50 (the particle's note says why: their mean is not the
     particle's), nor a mean E50 where its E50 falls in a gap of frames left out in more than
     :data:`xanestrack.xanes.MAX_GAP_SHARE` of its mask; in up to that share, the core pixels in the gap are
-    counted in ``mean_e50_ev`` at the gap's centre, and ``mean_e50_sigma_ev`` holds their spread over it
-    (:func:`gap_counted`; ``e50_spread_ev`` is of the pixels measured).
+    counted in ``mean_e50_ev`` each at the centre of its own gap, and ``mean_e50_sigma_ev`` holds their spread over
+    it (:func:`gap_counted`; ``e50_spread_ev`` is of the pixels measured).
     ``mean_e50_sigma_ev`` combines the noise part of the pixels' standard errors
     (independent pixels, the variance of a mean of pixels smoothed with a Gaussian of
     ``xanes_smoothing`` px multiplied by ``4 pi sigma^2``; widened where the background's
@@ -658,8 +676,8 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
         mean_e50 = float(e50.mean()) if e50.size else np.nan
         gap = gap_counted(result, p, core) if e50.size else None
         if gap is not None:
-            # the pixels whose E50 lies in a gap of frames left out, counted at its centre, their spread over it
-            # in the sigma: the pixels measured alone are a choice by the value (gap_counted)
+            # the pixels whose E50 lies in a gap of frames left out, each counted at its own gap's centre, their
+            # spread over it in the sigma: the pixels measured alone are a choice by the value (gap_counted)
             centre, width, n_gap = gap
             share = n_gap / (n_gap + e50.size)
             mean_e50 = (float(e50.sum()) + n_gap * centre) / (n_gap + e50.size)

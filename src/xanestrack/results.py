@@ -163,6 +163,7 @@ _MAP_UNITS = {
     "noise_shared": "OD (0), weight (1, 2), fraction of variance (3, 4)",
     "noise_background": "frame index (0), eV (1, 2, 3), 1 (4, 5, 6)",
     "lcf_misfit": "ratio (RMS residual of the fit over the spectra's noise, both normalised absorption)",
+    "e50_gap": "eV",
 }
 
 #: every dataset of results.h5 gets ``units`` and ``description`` from the tables below (``units`` of a count, a
@@ -327,6 +328,10 @@ _MAP_DOC = {
     "the shares of the background's noise variance common to a row (3) and to a column (4) of a frame (readout "
     "stripes; 0 where not told from none): what widens the sigma of the mean E50 "
     "(xanestrack.chemistry.uncertainty.mean_noise_sigma)",
+    "e50_gap": "(2, h, w): where the E50 of a pixel flagged gap in pixel_flags lies: the analysed energies either "
+    "side of the gap of frames left out that its normalised spectrum crosses half its step in (0: below, 1: above), "
+    "NaN elsewhere; the particle's mean E50 counts the pixel at that gap's centre (xanestrack.result.gap_counted). "
+    "Written only for a particle with such a pixel",
     "noise_background": "(7, h, w): how the noise of the local background subtracted per frame, common to every pixel "
     "of the particle, enters its E50: the analysed frame below the pixel's E50 crossing (0; NaN where none), the "
     "E50's change per standard deviation of the background's noise in that frame (1) and the next (2), the same over "

@@ -106,12 +106,15 @@ FLAG_MISFIT = 256
 #: mean E50 (nor spread, nor sigma; :func:`xanestrack.result.particle_summary`): the pixels measured are those
 #: whose E50 lies outside the gap, a choice by the value measured (three frames lost at 8339.5-8340.5 eV to a
 #: beam dump: a mean 0.82 eV high, its sigma 0.010, from 424 of 4805 pixels; at 10 %, a stress-all particle
-#: with 44 % in a gap lost a mean 0.17 eV off). Up to this share the mean counts the pixels in the gap at its
-#: centre and its sigma holds their spread over it (:func:`xanestrack.result.gap_counted`): the mean of the
+#: with 44 % in a gap lost a mean 0.17 eV off). Up to this share the mean counts each pixel in a gap at its own
+#: gap's centre and its sigma holds their spread over it (:func:`xanestrack.result.gap_counted`): the mean of the
 #: pixels measured alone is the mean of that choice (stress-counts seed 2, reduced: 43 % of a particle in a gap
 #: at 8339.5-8343.1 eV, below its E50s: +0.32 +- 0.083 eV off its true mean, 3.9 sigma; counted, -0.88 +- 0.47
 #: eV, 1.9 sigma)
 MAX_GAP_SHARE = 0.5
+#: the per-pixel map (``ParticleResult.maps``) of where the E50 of a pixel flagged ``FLAG_GAP`` lies: ``(2, h, w)``,
+#: the analysed energies either side of its own gap (eV), NaN elsewhere; made where a pixel of the particle has one
+E50_GAP_MAP = "e50_gap"
 #: a particle with an E50 in fewer than this share of its whole core (its mask eroded, before the quality masks:
 #: :func:`xanestrack.result.e50_share`) has no mean E50 (nor spread, nor sigma), no mean fractions
 #: (:func:`xanestrack.result.particle_summary`) and a note saying so: the pixels whose spectra cross half the step
@@ -782,6 +785,7 @@ def edge_energy(
     window=(-15.0, 20.0),
     level: float = 0.5,
     scan_energies_ev=None,
+    return_gap: bool = False,
 ):
     """Edge-energy (or whiteline) map from normalised spectra.
 
@@ -809,11 +813,18 @@ def edge_energy(
         interpolation across a gap in the edge is biased by the edge's curvature: 2.2 eV
         on a stress-family particle whose 27 frames across the edge, 8338-8358 eV, were
         left out; 0.24 eV with them).
+    return_gap : bool
+        Return also where each pixel flagged ``FLAG_GAP`` has its edge energy.
 
     Returns
     -------
     values : ndarray (...), eV, NaN where not found
     flags : ndarray (...) uint8
+    gap : ndarray (2, ...) float64, eV (only with ``return_gap``)
+        The analysed energies either side of the gap a pixel flagged ``FLAG_GAP`` has its edge energy in (the
+        interval its spectrum crosses ``level`` in; ``derivative``: the gap, or the two, its maximum borders),
+        NaN elsewhere: each pixel's own gap, where a window holds several
+        (:func:`xanestrack.result.gap_counted` counts the pixel at its centre).
     """
     e, norm = _check(energies_ev, norm)
     shape = norm.shape[1:]
@@ -847,6 +858,7 @@ def edge_energy(
         out = ec[pick, np.arange(ec.shape[1])]
         out[~has] = np.nan
         gap = has & _too_wide(ew, scan_energies_ev)[pick]
+        lo, hi = ew[pick], ew[pick + 1]  # the interval each pixel crosses level in
     elif method in ("derivative", "whiteline"):
         if method == "derivative":
             iw = _range_idx(e, e0_ev + window[0], e0_ev + window[1], "edge window", 3)
@@ -866,14 +878,19 @@ def edge_energy(
         has = np.isfinite(y1)
         out[~has] = np.nan
         gap = np.zeros_like(has)
+        lo = hi = ew[i]
         if method == "derivative":  # the whiteline's peak is fitted elsewhere (chemistry.whiteline)
             wide = _too_wide(ew, scan_energies_ev)
             gap = has & (wide[i - 1] | wide[i])
+            lo, hi = np.where(wide[i - 1], ew[i - 1], ew[i]), np.where(wide[i], ew[i + 1], ew[i])
     else:
         raise ValueError(f"method must be 'half', 'derivative' or 'whiteline', got {method!r}")
     flags[~has & (flags == 0)] |= FLAG_NO_CROSSING
     out[gap] = np.nan
     flags[gap] |= FLAG_GAP
+    if return_gap:
+        span = np.where(gap, np.stack([lo, hi]), np.nan).astype(np.float64)
+        return out.reshape(shape).astype(np.float32), flags.reshape(shape), span.reshape((2, *shape))
     return out.reshape(shape).astype(np.float32), flags.reshape(shape)
 
 
@@ -1249,7 +1266,8 @@ def e50_gap_span(energies_ev, scan_energies_ev, e0_ev: float, window=(-15.0, 20.
     :func:`edge_energy` (``half``) leaves a pixel's E50 unmeasured where it crosses half its step between two
     analysed energies of its edge window (``e0_ev + window``) with frames left out between them (or a hole in
     the scan, ``scan_energies_ev``); its E50 lies between those two energies. With several such gaps in the
-    window, from the first's lower end to the last's upper end (a pixel's own gap is not recorded).
+    window, from the first's lower end to the last's upper end: a bound for results that lack each pixel's own gap
+    (:data:`E50_GAP_MAP`, which :func:`xanestrack.result.gap_counted` takes where it is).
     """
     e = np.asarray(energies_ev, float)
     if not np.isfinite(e0_ev) or e.size < 2:
@@ -2062,13 +2080,20 @@ def analyse_particle(
             for name, method in _EDGE_METHODS:
                 if name == "whiteline":
                     continue  # fitted below
-                vals, fl = edge_energy(
-                    e, npix.norm, method=method, e0_ev=e0, window=edge_window, scan_energies_ev=e_all
+                vals, fl, in_gap = edge_energy(
+                    e, npix.norm, method=method, e0_ev=e0, window=edge_window, scan_energies_ev=e_all, return_gap=True
                 )
                 m = np.full(aligned.shape[1:], np.nan, np.float32)
                 m[mask] = vals
                 edge_maps[name] = m
                 n_gap = int(np.count_nonzero(fl & FLAG_GAP))
+                if n_gap and name == "e50":
+                    # each pixel's own gap: with two gaps in the edge window, one span from the first to the last
+                    # counted every pixel at its centre (a second gap 8353.9-8358.7 eV that holds no E50 moved a
+                    # particle's mean E50 by +3.67 eV; xanestrack.result.gap_counted)
+                    g = np.full((2, *aligned.shape[1:]), np.nan)
+                    g[:, mask] = in_gap
+                    maps[E50_GAP_MAP] = g
                 if n_gap:
                     spans = _gap_spans(e, e_all, e0 + edge_window[0], e0 + edge_window[1])
                     biased = name == "e50" and n_gap > MAX_GAP_SHARE * vals.size
@@ -2082,9 +2107,10 @@ def analyse_particle(
                             "gap: their mean is biased)"
                             if biased
                             else (
-                                "; its mean E50 counts them at the gap's centre and its sigma holds their E50's "
-                                "spread over the gap (its width / sqrt(12), times their share of the pixels): the "
-                                "pixels measured are those whose E50 lies outside the gap, a choice by the value"
+                                "; its mean E50 counts each at the centre of the gap its E50 lies in and its sigma "
+                                "holds their E50's spread over it (its width / sqrt(12), times their share of the "
+                                "pixels): the pixels measured are those whose E50 lies outside the gap, a choice by "
+                                "the value"
                                 if name == "e50"
                                 else ""
                             )
