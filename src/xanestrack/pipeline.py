@@ -32,6 +32,7 @@ from .background import (
     separate_layers,
     unmix_layers,
 )
+from .chemistry.normbias import FRAMES_NOTE_START
 from .detect import DetectOptions, cut_at_necks, detect_stack
 from .follow import FollowOptions, density_residuals, follow_particle, shape_weight, window_geometry
 from .match import MatchOptions, link_detections
@@ -3435,6 +3436,9 @@ def run_pipeline(
         [p for p in particles if not _across_two_edges(p)], at_edge, energies, default_references, options
     )
     notes += [bias_note] if bias_note else []
+    # that bias is the scan's energies': a particle normalised on fewer of them is moved otherwise (said, measured)
+    particles, frames_note = _frames_bias(particles, at_edge, energies, options)
+    notes += [frames_note] if frames_note else []
     rej = detections[~detections["isolated"]] if len(detections) else detections
     notes += [
         n
@@ -3608,6 +3612,212 @@ def _normalisation_bias(particles, references, energies, default_references: boo
         mixes.update(mixture_bias(energies, pair, dense="given" if given[a] and given[b] else "normalised", **kw))
     edges = [float(p.e0_ev) for p in particles if np.isfinite(p.e0_ev)]
     return bias, normalisation_bias_note(bias, mixes, edge_ev=float(np.median(edges)) if edges else None)
+
+
+#: how the run note on the particles whose XANES left out energies that move their mean E50 or fractions begins
+#: (:func:`_frames_bias`); "left out" puts it on the console (:data:`CONSOLE_NOTE_WORDS`)
+FRAMES_RUN_NOTE_START = "the energies left out of their XANES move the mean E50"
+
+
+def _frames_bias(particles, references, energies, options) -> tuple[list, str]:
+    """``(particles, note)``: each particle with ``e50_normalisation_shift_ev`` measured (how far the energies its
+    XANES used, fewer than the scan's, move its E50 against a particle of its chemistry measured on all of them), and
+    a note where that is :data:`~xanestrack.chemistry.normbias.FRAMES_SHIFT_FLOOR_EV` or more and
+    :data:`~xanestrack.chemistry.normbias.FRAMES_SHIFT_SIGMAS` times its mean E50's sigma, or where its last
+    reference's fraction moves by :data:`~xanestrack.chemistry.normbias.FRAMES_FRACTION_FLOOR` or more; the run note
+    gathering them, ``""`` where none.
+
+    Where the references describe its normalised mean spectrum (their fit with a free scale,
+    :func:`~xanestrack.chemistry.normbias.scale_free_fractions`, leaves
+    :data:`~xanestrack.chemistry.normbias.FRAMES_DESCRIBED_RMS` or less), from them mixed at that chemistry
+    (:func:`~xanestrack.chemistry.normbias.frames_bias_shift`); else from the particle measured on every energy whose
+    spectrum is most like its own (its analysed mean spectrum on the particle's energies,
+    :func:`~xanestrack.chemistry.normbias.spectrum_frames_shift`); NaN where neither is there.
+
+    The run's note on the normalisation's bias (:func:`_normalisation_bias`) is of the scan's energies: a particle
+    cut by the border in the last 5 of synth's 60 frames was normalised on 5 post-edge energies where the others had
+    10, its mean E50 -0.39 eV (16 sigma) off the same particle's measured on all of them, its fractions at the bound
+    and said misfit, and nothing said of its E50 (now: -0.41 eV measured, its note and the column). Not applied to
+    its mean E50: an estimate from other spectra (within 0.025 eV of the moves of synth's particles, made of the
+    references; 0.01-0.10 eV from the stress family's by their neighbours).
+
+    ``references``: those at the particles' edge (:func:`_references_at_particles_edge`); none: every particle NaN.
+    A particle whose mean E50 is not given, or that spans two edges, NaN."""
+    from types import SimpleNamespace
+
+    from .chemistry.normbias import (
+        FRAMES_DESCRIBED_RMS,
+        FRAMES_FRACTION_FLOOR,
+        FRAMES_SHIFT_FLOOR_EV,
+        FRAMES_SHIFT_SIGMAS,
+        _e50_given,
+        frames_bias_shift,
+        scale_free_fractions,
+        spectrum_frames_shift,
+    )
+    from .result import fractions_withheld, particle_summary
+
+    e = np.asarray(energies, float)
+    nan = float("nan")
+    # the sigma of each one's mean E50, as the particles' table gives it (before this column is set)
+    stand_in = SimpleNamespace(particles=particles, peak_ratios=pd.DataFrame(), options=options, energies_ev=e)
+    summ = particle_summary(stand_in) if particles and references else None
+    sigma = dict(zip(summ["particle"], summ["mean_e50_sigma_ev"])) if summ is not None else {}
+    background = _particles_background(particles, e) if references else None
+
+    def measurable(p):
+        used = None if p.xanes_frames is None else np.asarray(p.xanes_frames, bool)
+        return used is not None and used.shape == e.shape and not _across_two_edges(p) and _e50_given(p)
+
+    # the particles measured on every energy: their analysed mean spectra, for those the references do not describe
+    whole = {
+        p.particle: (np.asarray(p.pre_edge, float) + np.asarray(p.mean_norm, float) * (p.post_edge - p.pre_edge))
+        for p in particles
+        if measurable(p) and np.asarray(p.xanes_frames, bool).all()
+    }
+    norms = {p.particle: np.asarray(p.mean_norm, float) for p in particles if p.particle in whole}
+    reads = {}
+    out, said = [], []
+    for p in particles:
+        notes = tuple(n for n in p.notes if not n.startswith(FRAMES_NOTE_START))
+        shift, how = nan, None
+        if references and measurable(p):
+            used = np.asarray(p.xanes_frames, bool)
+            shares, rms = scale_free_fractions(e, p.mean_norm, p.e0_ev, references, lcf_window=options.lcf_window)
+            described = shares is not None and rms <= FRAMES_DESCRIBED_RMS
+            if used.all():
+                shift = 0.0
+            elif described:
+                fs = frames_bias_shift(
+                    e,
+                    used,
+                    references,
+                    fractions=shares,
+                    edge_window=options.edge_window,
+                    lcf_window=options.lcf_window,
+                    background=background,
+                )
+                if fs is not None:
+                    shift, how = fs.e50_ev, dict(shares=shares, fraction=fs.fraction)
+            else:
+                alike = _most_alike(p, norms, used, e, options.lcf_window)
+                if alike:
+                    # each of the most alike read on this one's energies (the same frames left out: read once)
+                    read = {}
+                    for q in alike:
+                        key = (q, used.tobytes())
+                        if key not in reads:
+                            reads[key] = spectrum_frames_shift(e, used, whole[q], edge_window=options.edge_window)
+                        read[q] = reads[key]
+                    near = alike[0]
+                    shift = read[near]
+                    fin = [v for v in read.values() if np.isfinite(v)]
+                    how = dict(near=near, rms=rms, low=min(fin, default=nan), high=max(fin, default=nan), n=len(fin))
+        if how is not None and np.isfinite(shift):
+            s = float(sigma.get(p.particle, nan))
+            bar = max(FRAMES_SHIFT_FLOOR_EV, FRAMES_SHIFT_SIGMAS * s) if np.isfinite(s) else FRAMES_SHIFT_FLOOR_EV
+            moved = abs(shift) >= bar
+            fitted = bool(p.fractions is not None and len(p.reference_names) and not fractions_withheld(p))
+            # its fractions are fitted to the same spectra: moved as the references predict, and where its E50 moved,
+            # a misfit said of it may be the normalisation's (the probe's particle 3 without its last 5 of 60 frames:
+            # -0.014 predicted, a misfit region flagged and its mean LiNiO2 fraction +0.25); where the references do
+            # not describe it, by as much as its E50 says, not measured
+            misfit = moved and any(MISFIT_NOTE in n or n.startswith(MISFIT_REGION_NOTE) for n in p.notes)
+            df = how.get("fraction", nan)
+            fraction_moved = fitted and (
+                (np.isfinite(df) and (abs(df) >= FRAMES_FRACTION_FLOOR or misfit)) or ("near" in how and moved)
+            )
+            if moved or fraction_moved:
+                last = p.reference_names[-1] if fraction_moved else ""
+                notes += (_frames_bias_words(shift, how, used, e, s, last, misfit),)
+                said.append(
+                    f"{p.particle}: {shift:+.2f} eV" + (f", {last} {df:+.3f}" if last and np.isfinite(df) else "")
+                )
+        out.append(dataclasses.replace(p, e50_normalisation_shift_ev=shift, notes=notes))
+    if not said:
+        return out, ""
+    return out, (
+        f"{FRAMES_RUN_NOTE_START} (or the fractions) of {_count(len(said), 'particle')} ({'; '.join(said[:12])}"
+        + (" ..." if len(said) > 12 else "")
+        + ") against particles of their chemistry measured on all the scan's energies: their XANES was normalised on "
+        "fewer of them (frames not vouched for, out of the field, under another particle), the post-edge line from "
+        "E0 + 100 eV following the EXAFS wiggles their own energies catch. The note on the normalisation's bias on "
+        "this scan's energies does not hold for them, and their mean E50s are not comparable with the others' by as "
+        "much; each one's note says more (e50_normalisation_shift_ev in figures/uncertainty.csv)"
+    )
+
+
+#: how many of the particles measured on every energy, the most alike first, a particle the references do not describe
+#: is read from (:func:`_most_alike`): the most alike gives its move, the others' range is said beside it
+MOST_ALIKE = 5
+
+
+def _most_alike(p, norms: dict, used, energies, lcf_window, most: int = MOST_ALIKE) -> list:
+    """Up to ``most`` particles of ``norms`` (id -> normalised mean spectrum over every energy), those whose spectrum
+    is most like particle ``p``'s first: the least RMS difference over its fit window on the energies ``used``, each
+    scaled to it (its own normalisation, on fewer energies, sets another step); ``p`` itself left out."""
+    e = np.asarray(energies, float)
+    m = np.asarray(p.mean_norm, float)
+    w = used & np.isfinite(m) & (e >= p.e0_ev + lcf_window[0]) & (e <= p.e0_ev + lcf_window[1])
+    mm = float(m[w] @ m[w])
+    if w.sum() < 2 or mm <= 0:
+        return []
+    far = {}
+    for q, n in norms.items():
+        if q == p.particle or not np.isfinite(n[w]).all():
+            continue
+        far[q] = float(np.sqrt(np.mean((n[w] - float(m[w] @ n[w]) / mm * m[w]) ** 2)))
+    return sorted(far, key=far.get)[:most]
+
+
+def _frames_bias_words(shift: float, how: dict, used, energies, sigma: float, fraction_of: str, misfit: bool) -> str:
+    """A particle's note on the energies its XANES used (:func:`_frames_bias`): ``shift`` (eV) and ``how`` it was
+    measured (``shares``, ``fraction``: from the references at its chemistry; ``near``, ``rms``, ``low``, ``high``,
+    ``n``: from the particle most like it measured on every energy); ``fraction_of`` the reference whose fraction to
+    say moved (``""``: not said); ``misfit``: a misfit is said of its spectra, which may come of it."""
+    from .chemistry.normbias import FRAMES_FRACTIONS_WORDS
+    from .xanes import _frame_runs
+
+    n, k = used.size, int(used.sum())
+    if "shares" in how:
+        source = (
+            "its chemistry read from its normalised mean spectrum fitted with a free scale: "
+            + ", ".join(f"{100 * v:.0f} % {name}" for name, v in how["shares"].items() if v >= 0.005)
+            + "; the references so mixed sampled on both sets of energies and normalised as the particles are"
+        )
+    else:
+        source = (
+            f"the references do not describe its spectra (their fit leaves {how['rms']:.3f}): read from particle "
+            f"{how['near']}, the one most like it measured on every energy, its mean spectrum normalised on this "
+            "one's energies and on all"
+            + (
+                f" (the {how['n']} most like it so read {how['low']:+.2f} to {how['high']:+.2f} eV)"
+                if how["n"] > 1
+                else ""
+            )
+        )
+    times = f" ({abs(shift) / sigma:.0f} x its sigma)" if np.isfinite(sigma) and sigma > 0 else ""
+    df = how.get("fraction", float("nan"))
+    return (
+        f"{FRAMES_NOTE_START} ({k} of {n}; {_frame_runs(energies, ~used)} left out): its mean E50 is moved by "
+        f"{shift:+.2f} eV{times} against a particle of its chemistry measured on all of them ({source}). Its "
+        "post-edge line from E0 + 100 eV follows the EXAFS wiggles its own energies catch, so the run's note on the "
+        "normalisation's bias on this scan's energies does not hold for it, and its mean E50 is not comparable with "
+        "the other particles' by that much (e50_normalisation_shift_ev in uncertainty.csv; an estimate from other "
+        "spectra, not applied)"
+        + (
+            f"; {FRAMES_FRACTIONS_WORDS}"
+            + (
+                f": its {fraction_of} fraction by {df:+.3f} as the references predict"
+                if np.isfinite(df)
+                else f", its {fraction_of} fraction fitted to the same spectra (by how much not measured)"
+            )
+            + (", and the misfit said of its spectra may come of it" if misfit and np.isfinite(df) else "")
+            + " (fraction_flags frames_left_out)"
+            if fraction_of
+            else ""
+        )
+    )
 
 
 #: the refusal of a single reference (``{given}``: what was given), by :func:`_user_references` and ``run
@@ -6125,6 +6335,7 @@ XANES_NOTE_STARTS = (
     xanes.PRE_UNVOUCHED_NOTE,
     xanes.PRE_UNVOUCHED_REFUSED_NOTE,
     MISFIT_REGION_NOTE,
+    FRAMES_NOTE_START,  # _frames_bias: measured again on the new analysis
 )
 #: the particle note of :func:`redo_xanes` on a particle whose matrix texture was subtracted in the run
 REDO_MEASURED_NOTE = (
@@ -6346,6 +6557,9 @@ def redo_xanes(result: PipelineResult, *, energies_ev, references=None) -> Pipel
         options,
     )
     notes = tuple(n for n in notes if not n.startswith(NOTE_START)) + ((bias_note,) if bias_note else ())
+    # and each particle's own energies' move against the scan's, measured again (its old note dropped above)
+    particles, frames_note = _frames_bias(particles, _references_at_particles_edge(references, particles), e, options)
+    notes = tuple(n for n in notes if not n.startswith(FRAMES_RUN_NOTE_START)) + ((frames_note,) if frames_note else ())
     other_edge = _other_edge_references_note(particles, references)  # again: the references may be others
     notes = tuple(n for n in notes if OTHER_EDGE_RUN_NOTE not in n) + ((other_edge,) if other_edge else ())
     notes += (_redone_note(before, e, references, shipped),)

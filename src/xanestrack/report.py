@@ -671,9 +671,12 @@ def _fraction_means(result) -> pd.DataFrame:
     one, of 0 or 1: the fit sits at its bounds, its standard error is one-sided there), ``misfit`` (the
     particle's note says the references do not describe its spectra, :data:`xanestrack.xanes.MISFIT_NOTE`) and
     ``misfit_region`` (the means leave out its core pixels flagged misfit: a region the references do not describe,
-    :func:`xanestrack.result.fraction_pixels`; its note says how much). The fractions of a particle without any are
-    NaN (empty in a CSV), not 0.
+    :func:`xanestrack.result.fraction_pixels`; its note says how much) and ``frames_left_out`` (its XANES was
+    normalised on fewer of the scan's energies, which move its fractions against a particle of its chemistry measured
+    on all of them: its note says by how much, :data:`xanestrack.chemistry.normbias.FRAMES_FRACTIONS_WORDS`). The
+    fractions of a particle without any are NaN (empty in a CSV), not 0.
     """
+    from .chemistry.normbias import FRAMES_FRACTIONS_WORDS, FRAMES_NOTE_START
     from .pipeline import BOUND_FRACTION
     from .result import core_pixels, fraction_pixels, fractions_withheld
     from .xanes import MISFIT_NOTE
@@ -715,6 +718,9 @@ def _fraction_means(result) -> pd.DataFrame:
             flags.append("misfit")
         if left_out and fr is not None:
             flags.append("misfit_region")
+        # normalised on fewer of the scan's energies, which moved its fractions too (frames_bias_shift)
+        if fr is not None and any(n.startswith(FRAMES_NOTE_START) and FRAMES_FRACTIONS_WORDS in n for n in p.notes):
+            flags.append("frames_left_out")
         rows.append({**row, "fraction_flags": "|".join(flags)})
     cols = (
         ["particle"]
@@ -729,9 +735,10 @@ def uncertainty_figure(result, *, pixel_size_um: float | None = None) -> Figure:
     """Standard error of E50 per pixel (noise and registration combined), over the first frame.
 
     Table ``uncertainty``, one row per particle (empty where nothing was measured): the median sigma over its
-    kept pixels, total and its noise and registration parts, the particle's mean E50 with its standard error,
-    and its mean reference fractions over the same pixels as its mean E50 with their flags
-    (:func:`_fraction_means`: ``fraction_<reference>``, ``fraction_<reference>_sigma_median``,
+    kept pixels, total and its noise and registration parts, the particle's mean E50 with its standard error
+    and ``e50_normalisation_shift_ev`` (how far the energies its XANES used, fewer than the scan's, move its E50:
+    :func:`xanestrack.result.particle_summary`), and its mean reference fractions over the same pixels as its mean
+    E50 with their flags (:func:`_fraction_means`: ``fraction_<reference>``, ``fraction_<reference>_sigma_median``,
     ``oxidised_fraction``, ``fraction_flags``).
     """
     from .result import particle_summary
@@ -759,6 +766,7 @@ def uncertainty_figure(result, *, pixel_size_um: float | None = None) -> Figure:
                 med("e50_sigma_registration"),
                 float(summ.loc[p.particle, "mean_e50_ev"]),
                 float(summ.loc[p.particle, "mean_e50_sigma_ev"]),
+                float(summ.loc[p.particle, "e50_normalisation_shift_ev"]),
             )
         )
     allv = np.concatenate([m[np.isfinite(m)] for m in maps.values()]) if maps else np.array([])
@@ -782,6 +790,7 @@ def uncertainty_figure(result, *, pixel_size_um: float | None = None) -> Figure:
             "sigma_registration_median_ev",
             "mean_e50_ev",
             "mean_e50_sigma_ev",
+            "e50_normalisation_shift_ev",
         ],
     )
     # the fractions over the pixels of mean_e50_ev (they were in no CSV: only particle_summary and series.csv)
@@ -1418,6 +1427,8 @@ def _fraction_text(row) -> str:
         text += "; the references may not describe its spectra (its note says why)"
     if "misfit_region" in flags:
         text += "; over the pixels the references describe (a region they do not is left out: its note says how much)"
+    if "frames_left_out" in flags:
+        text += "; moved by the energies its XANES left out (its note says by how much)"
     return text
 
 

@@ -254,6 +254,16 @@ class ParticleResult:
         The frames in which its mask lay in a wide patch of input pixels without a value, filled from the patch's
         rim (:func:`xanestrack.pipeline._filled_frames`): left out of its size and shape trends, also by
         :func:`xanestrack.pipeline.redo_xanes`, which has no patches; None where it lay in none.
+    e50_normalisation_shift_ev : float
+        eV: how far the energies its XANES used (``xanes_frames``) move its E50 against a particle of its chemistry
+        measured on all the scan's energies, set by :func:`xanestrack.pipeline.run_pipeline` and
+        :func:`~xanestrack.pipeline.redo_xanes` (:func:`xanestrack.pipeline._frames_bias`): from the references mixed
+        at its chemistry (:func:`xanestrack.chemistry.normbias.frames_bias_shift`), or where they do not describe its
+        spectrum from the particle most like it measured on every energy
+        (:func:`~xanestrack.chemistry.normbias.spectrum_frames_shift`); 0 where it used them all, NaN where not
+        measured (no mean E50, no reference of its edge, its E50 in a gap of them, or neither source there). The
+        run's note on the normalisation's bias is of the scan's energies and does not hold for a particle
+        normalised on fewer.
     """
 
     particle: int
@@ -285,6 +295,7 @@ class ParticleResult:
     xanes_frames: np.ndarray | None = None
     background_exclude: np.ndarray | None = None
     filled_frames: np.ndarray | None = None
+    e50_normalisation_shift_ev: float = float("nan")
 
     @functools.cached_property
     def size_radius(self) -> float:
@@ -623,7 +634,10 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
     ``oxidised_fraction``: mean
     fraction of the last reference of the linear combination fit, NaN without one: give the
     references with the most oxidised last, a run note says where its edge is not the highest), then ``mean_e50_sigma_ev`` (standard error of
-    ``mean_e50_ev``), ``whiteline_ev``, ``whiteline_height`` (means of the fitted
+    ``mean_e50_ev``), ``e50_normalisation_shift_ev`` (eV, how far the energies its XANES used, fewer than the scan's,
+    move its E50 against a particle of its chemistry measured on all of them:
+    :attr:`ParticleResult.e50_normalisation_shift_ev`; 0 where it used them all, NaN where not measured or its mean
+    E50 is not given), ``whiteline_ev``, ``whiteline_height`` (means of the fitted
     whiteline), ``kept_fraction`` (the share of the mask's pixels the quality masks
     keep) and, when clusters were asked, ``cluster_<j>_fraction`` (of the particle's
     clustered pixels).
@@ -706,6 +720,10 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
                 e0_ev=float(p.e0_ev),
                 oxidised_fraction=ox,
                 **extra,
+                # where its energies are fewer than the scan's, how far they move its E50 (run_pipeline measured it)
+                e50_normalisation_shift_ev=float(getattr(p, "e50_normalisation_shift_ev", np.nan))
+                if e50.size
+                else np.nan,
             )
         )
     cols = [
@@ -726,6 +744,7 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
         "e0_ev",
         "oxidised_fraction",
         "mean_e50_sigma_ev",
+        "e50_normalisation_shift_ev",
         "whiteline_ev",
         "whiteline_height",
         "kept_fraction",

@@ -1052,6 +1052,10 @@ def _write_h5(f, result, save_fused: bool, pixel_size_um: float = float("nan")) 
             # its maps (edge_*, fractions, map_*) were computed after a Gaussian of this sigma inside the mask
             # (0: none): a chemistry front is blurred over its FWHM, and map_e50_sigma is the smoothed map's noise
             xanes_smoothing_px=float(result.options.xanes_smoothing),
+            # eV: how far the energies its XANES used (xanes_frames, fewer than the scan's) move its E50 against a
+            # particle of its chemistry measured on all of them (0: it used them all; NaN: not measured): the
+            # particles' table and uncertainty.csv read it back from here (chemistry.normbias.frames_bias_shift)
+            e50_normalisation_shift_ev=float(getattr(p, "e50_normalisation_shift_ev", np.nan)),
         )
         origin = dict(origin_y=int(p.origin[0]), origin_x=int(p.origin[1]))
 
@@ -1219,6 +1223,8 @@ def _read_particle(g, n_frames: int):
         xanes_frames=d.get("xanes_frames"),
         background_exclude=_exclude_mask(d.get("background_exclude"), d["mask"].shape),
         filled_frames=d.get("filled_frames"),
+        # folders written before it was measured: not measured (NaN)
+        e50_normalisation_shift_ev=float(a.get("e50_normalisation_shift_ev", np.nan)),
     )
 
 

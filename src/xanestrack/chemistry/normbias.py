@@ -23,9 +23,19 @@ reference), nor is another normalisation (the probe's Mn and Co scenes: -0.43 to
 their references' provider's came of the normalisation on dense spectra, -0.10 to +0.12 of the sampling). For the
 rest the note quotes what the shipped Ni references read on the scan's energies with their E0 placed about the
 particles' (:func:`shipped_bias_at_edge`): the size of the bias on such a grid, not this edge's numbers.
+
+That bias is the scan's energies'. A particle whose XANES left out frames (not vouched for, out of the field, under
+another particle) is normalised on fewer of them, and its own bias is another: cut by the border in the last 5 of
+synth's 60 frames, its mean E50 moved -0.39 eV (16 sigma) against the same particle measured on all of them.
+:func:`frames_bias_shift` measures that move for its chemistry (the references mixed at its shares, read with a free
+scale by :func:`scale_free_fractions`), :func:`spectrum_frames_shift` from a spectrum measured on every energy where
+the references do not describe it; the pipeline puts it in the particles' table (``e50_normalisation_shift_ev``) and
+says it where it matters (:data:`FRAMES_SHIFT_FLOOR_EV`, :data:`FRAMES_SHIFT_SIGMAS`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -140,19 +150,33 @@ def normalisation_bias(
             else:
                 nm = normalize(r_e, r_mu + bg * (r_e / e0_dense) ** -3, e0_ev=e0_dense)
                 truth = edge_energy(r_e, nm.norm[:, None], e0_ev=e0_dense, window=edge_window)[0][0]
-            s = e[(e >= r_e[0]) & (e <= r_e[-1])]  # the reference is flat beyond its energies: not a spectrum there
-            mu = ref(s) + bg * (s / e0_dense) ** -3
-            e0 = find_e0(s, mu)
-            nm = normalize(s, mu, e0_ev=e0)
-            # the pipeline's own gap test on the scan's energies: an E50 interpolated across a hole in them is not
-            # measured there (a scan without its 8 frames of 8337-8345 eV: NiO -1.45 / LiNiO2 -1.70 eV, blamed on
-            # the post-edge, where the pipeline measured no E50 at all)
-            seen = edge_energy(s, nm.norm[:, None], e0_ev=e0, window=edge_window, scan_energies_ev=e)[0][0]
+            seen = _as_particles(e, ref, e0_dense, bg, edge_window, e)[0]
         except ValueError:  # too few energies for a pre-edge, post-edge or edge window
             out[name] = float("nan")
             continue
         out[name] = float(seen - truth)
     return out
+
+
+def _as_particles(energies_ev, ref, e0_dense: float, background: float, edge_window, scan_energies_ev):
+    """``(e50, energies, normalised, e0)``: reference ``ref`` (with ``background`` times its step at ``e0_dense``
+    under it, falling as E^-3) sampled on ``energies_ev`` (those within its own energies: it is flat beyond them, not a
+    spectrum there), its E0 found, normalised and its E50 measured as a particle's spectrum is
+    (:func:`~xanestrack.xanes.find_e0`, :func:`~xanestrack.xanes.normalize`, :func:`~xanestrack.xanes.edge_energy`).
+
+    ``scan_energies_ev``: the scan's energies, for the pipeline's own gap test (an E50 interpolated across a hole in
+    them is not measured there: a scan without its 8 frames of 8337-8345 eV read NiO -1.45 / LiNiO2 -1.70 eV, blamed
+    on the post-edge, where the pipeline measured no E50 at all). Raises ValueError where the energies are too few
+    for a pre-edge, post-edge or edge window."""
+    from ..xanes import edge_energy, find_e0, normalize
+
+    e = np.asarray(energies_ev, float)
+    s = e[(e >= ref.energies_ev[0]) & (e <= ref.energies_ev[-1])]
+    mu = ref(s) + background * (s / e0_dense) ** -3
+    e0 = find_e0(s, mu)
+    nm = normalize(s, mu, e0_ev=e0)
+    seen = edge_energy(s, nm.norm[:, None], e0_ev=e0, window=edge_window, scan_energies_ev=scan_energies_ev)[0][0]
+    return float(seen), s, nm.norm, e0
 
 
 #: the shares of the second reference in the mixes of each adjacent pair of references that :func:`mixture_bias`
@@ -201,6 +225,247 @@ def mixture_bias(
             name = f"{100 * (1 - f):.0f} % {na} + {100 * f:.0f} % {nb}"
             mixes[name] = ReferenceSpectrum(name, grid, (1 - f) * a(grid) + f * b(grid))
     return normalisation_bias(energies_ev, mixes, dense=dense, edge_window=edge_window, background=background)
+
+
+#: eV: a particle whose XANES used fewer of the scan's energies (its ``xanes_frames``: frames not vouched for, out of
+#: the field, under another particle) is noted where they move its E50, against a particle of its chemistry measured
+#: on all of them (:func:`frames_bias_shift`), by this much or more and by :data:`FRAMES_SHIFT_SIGMAS` times its mean
+#: E50's sigma: a particle cut by the border in the last 5 of synth's 60 frames read -0.39 eV (16 sigma), the
+#: probe's particles of default seed 1 without their last 3 / 5 / 8 frames -0.06 to +0.01 / -0.43 to -0.03 / -0.12 to
+#: -0.06 eV, nothing said
+FRAMES_SHIFT_FLOOR_EV = 0.05
+#: a particle's E50 moved by its energies (:data:`FRAMES_SHIFT_FLOOR_EV`) by fewer of its mean E50's sigmas than this
+#: is within its noise: not noted
+FRAMES_SHIFT_SIGMAS = 2.0
+#: a particle's last reference's fraction (``oxidised_fraction``) moved by its energies by this much or more is noted
+#: and flagged (uncertainty.csv ``fraction_flags`` ``frames_left_out``): the same normalisation sets the spectra the
+#: fractions are fitted to (the probe's particles without their last 3 or 8 of 60 frames: -0.012 to +0.001, with
+#: their E50 -0.06 to -0.12 eV; without their last 5, its misfit region flagged, up to +0.45)
+FRAMES_FRACTION_FLOOR = 0.02
+#: the words a particle's note on the energies its XANES used begins with (:func:`frames_bias_shift`)
+FRAMES_NOTE_START = "normalised on fewer of the scan's energies"
+#: the words of that note where its fractions move too (uncertainty.csv ``fraction_flags`` ``frames_left_out``)
+FRAMES_FRACTIONS_WORDS = "its fractions move too"
+#: normalised absorption: the references describe a particle's normalised mean spectrum where the RMS residual of
+#: their fit with a free scale (:func:`scale_free_fractions`) is this or less, and :func:`frames_bias_shift` measures
+#: its chemistry's move from them; the default scenes' particles (seeds 1-3, and the one cut by the border) read
+#: 0.001-0.005, the stress family's (a chemistry the shipped references do not hold) 0.08-0.21, where the references'
+#: move missed the particles' by up to 0.16 eV, of the other sign (their last 8 of 60 frames out: -0.11 eV against
+#: +0.005 to +0.043 measured)
+FRAMES_DESCRIBED_RMS = 0.02
+#: the share below which a reference is not part of a particle's chemistry (:func:`scale_free_fractions`): a mix of
+#: the references needs energies of its own for each one in it (a callable has none)
+MIN_CHEMISTRY_SHARE = 0.01
+
+
+@dataclass(frozen=True)
+class FramesShift:
+    """What the energies a particle's XANES used (fewer than the scan's) do to it (:func:`frames_bias_shift`).
+
+    Attributes
+    ----------
+    e50_ev : float
+        eV, its E50 on its own energies less its E50 on the scan's, for its chemistry (the references mixed at
+        ``fractions``) or, without one, the largest (in size) over the references and their mixes; 0 where it used
+        all of them, NaN where not measured.
+    fraction : float
+        Its last reference's fraction fitted (sum to one, as the pipeline's) on its own energies less on the scan's,
+        for its chemistry; NaN without one.
+    fractions : dict of str -> float or None
+        The chemistry measured (:func:`scale_free_fractions`), None where none was.
+    low_ev, high_ev : float
+        eV, the extremes of the shift over the references and their mixes (NaN where none was measured).
+    """
+
+    e50_ev: float
+    fraction: float
+    fractions: dict | None
+    low_ev: float
+    high_ev: float
+
+
+def scale_free_fractions(
+    energies_ev, mean_norm, e0_ev: float, references: dict, *, lcf_window=(-20.0, 40.0)
+) -> tuple[dict | None, float]:
+    """A particle's chemistry as the references' shares in its normalised mean spectrum, fitted with a free scale,
+    and how well they describe it.
+
+    The linear-combination fit without its sum-to-one constraint (:func:`~xanestrack.xanes.linear_combination_fit`,
+    non-negative, over ``lcf_window`` about ``e0_ev``), its fractions divided by their sum: a post-edge line fitted
+    on other energies sets another edge step, which scales the normalised spectrum over the fit's window, and the
+    free scale takes that up where the pipeline's fractions (summing to one) take it for chemistry. On the probe's
+    particles of default seed 1 without their last 5 of 60 frames the pipeline's LiNiO2 fractions moved from
+    0.349 / 0.609 / 0.223 to 0.711 / 0.855 / 0.676; these read 0.362 / 0.615 / 0.213 with and without them (within
+    0.02 of the run's on all frames, 0.000-0.020).
+
+    Returns
+    -------
+    (dict of str -> float, or None; float)
+        Share of each reference (summing to one), None where the fit cannot be made (too few energies in the
+        window, references short of it, no positive share); and the fit's RMS residual (normalised absorption, NaN
+        without a fit): :data:`FRAMES_DESCRIBED_RMS` or less where the references describe the spectrum.
+    """
+    from ..xanes import linear_combination_fit
+
+    nan = float("nan")
+    e = np.asarray(energies_ev, float)
+    m = np.asarray(mean_norm, float)
+    ok = np.isfinite(m)
+    if m.shape != e.shape or not np.isfinite(e0_ev) or ok.sum() < MIN_OWN_ENERGIES or not references:
+        return None, nan
+    try:
+        fit = linear_combination_fit(
+            e[ok], m[ok][:, None], references, e0_ev=e0_ev, window=lcf_window, sum_to_one=False
+        )
+    except ValueError:
+        return None, nan
+    f = np.asarray(fit.fractions, float)[:, 0]
+    if not np.all(np.isfinite(f)) or f.sum() <= 0:
+        return None, nan
+    return {str(k): float(v) for k, v in zip(fit.names, f / f.sum())}, float(np.asarray(fit.residual)[0])
+
+
+def spectrum_frames_shift(energies_ev, used, spectrum, *, edge_window=(-15.0, 20.0)) -> float:
+    """eV: a measured spectrum's E50 on the energies ``used`` less its E50 on all ``energies_ev``, each found, normalised
+    and measured as a particle's (:func:`~xanestrack.xanes.find_e0`, :func:`~xanestrack.xanes.normalize`,
+    :func:`~xanestrack.xanes.edge_energy` with the pipeline's gap test on the scan's energies); NaN where either
+    cannot be measured.
+
+    What a particle measured on every energy (its analysed mean spectrum) reads on another particle's fewer energies:
+    the move of a real spectrum, where the references do not describe that particle (:func:`frames_bias_shift` is
+    theirs). On the stress family's particles (a chemistry the shipped references do not hold) without their last 5
+    of 60 frames: +0.13 to +0.18 eV read this way against +0.14 to +0.17 measured, the references' +0.08."""
+    from ..xanes import edge_energy, find_e0, normalize
+
+    e = np.asarray(energies_ev, float)
+    mu = np.asarray(spectrum, float)
+    use = np.asarray(used, bool)
+    if mu.shape != e.shape or use.shape != e.shape or not np.isfinite(mu).all() or use.sum() < MIN_OWN_ENERGIES:
+        return float("nan")
+    out = []
+    for sel in (use, np.ones(e.size, bool)):
+        es, ms = e[sel], mu[sel]
+        try:
+            e0 = find_e0(es, ms)
+            nm = normalize(es, ms, e0_ev=e0)
+            out.append(float(edge_energy(es, nm.norm[:, None], e0_ev=e0, window=edge_window, scan_energies_ev=e)[0][0]))
+        except ValueError:  # too few energies for a pre-edge, post-edge or edge window
+            return float("nan")
+    return out[0] - out[1]
+
+
+def frames_bias_shift(
+    energies_ev,
+    used,
+    references: dict,
+    *,
+    fractions: dict | None = None,
+    edge_window=(-15.0, 20.0),
+    lcf_window=(-20.0, 40.0),
+    background=None,
+) -> FramesShift | None:
+    """How far the energies a particle's XANES used move its E50 (and fractions) against a particle of its chemistry
+    measured on all the scan's energies.
+
+    A particle whose XANES leaves out frames (not vouched for, out of the field, under another particle) is normalised
+    on fewer energies: its post-edge line from E0 + 100 eV follows the EXAFS wiggles its own energies catch, its E50
+    is interpolated between its own energies across the edge, and its bias (:func:`normalisation_bias`) is not the
+    scan's, which the run's note quotes. Its chemistry (the references mixed at ``fractions``; without them each
+    reference and each mix of :data:`MIX_FRACTIONS` of adjacent ones) is sampled on its energies and on the scan's,
+    each normalised and measured as the particles are (:func:`_as_particles`, the pipeline's gap test on the scan's
+    energies), and the two E50s are compared; the densely measured E50 is the same for both and does not enter.
+
+    Against the probe's particles (default seed 1, 60 energies, their last 3 / 5 / 8 frames left out, redone; each
+    at its scale-free chemistry, :func:`scale_free_fractions`): within 0.025 eV of the mean E50's move at every K
+    (-0.427 eV predicted -0.413; -0.230 / -0.240), and 0.004 of the LiNiO2 fraction's where no misfit region was
+    flagged; the particle cut by the border in its last 5 frames moved -0.389 eV, predicted -0.413 (its LiNiO2
+    fraction -0.066, predicted -0.065). Only where the references describe the particle's spectrum: the stress
+    family's (a chemistry they do not hold) without their last 8 frames moved +0.005 to +0.043 eV, the references
+    read -0.11 (:func:`spectrum_frames_shift` reads such a particle's move from one measured on every energy).
+
+    Parameters
+    ----------
+    energies_ev : ndarray (n,)
+        The scan's energies, increasing.
+    used : ndarray (n,) bool
+        The frames the particle's XANES used (``xanes_frames``).
+    references : dict of name -> ReferenceSpectrum or callable
+        As the fit used them; those without energies of their own cannot be mixed or sampled (left out).
+    fractions : dict of str -> float, optional
+        Its chemistry: each reference's share (:func:`scale_free_fractions`); a share of
+        :data:`MIN_CHEMISTRY_SHARE` or more of a reference that cannot be sampled, or none given: the references and
+        their mixes instead.
+    edge_window, lcf_window : (float, float)
+        eV about E0, as the pipeline's.
+    background : float, optional
+        The pre-edge absorbance under the particles' edge step, as a share of it at E0 (:func:`normalisation_bias`).
+
+    Returns
+    -------
+    FramesShift or None
+        None where no reference can be sampled (none has energies of its own, 8 or more).
+    """
+    from ..spectra import ReferenceSpectrum
+    from ..xanes import find_e0, linear_combination_fit
+
+    e = np.asarray(energies_ev, float)
+    use = np.asarray(used, bool)
+    if use.shape != e.shape:
+        raise ValueError(f"used must hold one value per energy ({e.size}), got shape {use.shape}")
+    refs = {k: r for k, r in references.items() if isinstance(r, ReferenceSpectrum) and r.energies_ev.size >= 8}
+    if not refs:
+        return None
+    nan = float("nan")
+    if use.all():  # measured on every energy of the scan: nothing moved
+        return FramesShift(0.0, 0.0 if fractions else nan, fractions, 0.0, 0.0)
+    bg = BACKGROUND_AT_EDGE if background is None or not np.isfinite(background) else float(background)
+
+    def measured(ref):
+        """``(shift eV, fraction shift)`` of one spectrum, NaN where either set of energies does not measure it."""
+        e0_dense = find_e0(ref.energies_ev, ref.mu)
+        out = []
+        for energies in (e[use], e):
+            try:
+                seen, s, norm, e0 = _as_particles(energies, ref, e0_dense, bg, edge_window, e)
+            except ValueError:  # too few energies for a pre-edge, post-edge or edge window
+                return nan, nan
+            try:
+                fit = linear_combination_fit(s, norm[:, None], references, e0_ev=e0, window=lcf_window)
+                last = float(np.asarray(fit.fractions, float)[-1, 0])
+            except ValueError:  # the fit's window not covered: no fraction (as the pipeline's)
+                last = nan
+            out.append((seen, last))
+        return out[0][0] - out[1][0], out[0][1] - out[1][1]
+
+    spectra = dict(refs)
+    names = list(refs)
+    for na, nb in zip(names[:-1], names[1:]):  # as mixture_bias pairs them
+        for f in MIX_FRACTIONS:
+            spectra[f"{100 * (1 - f):.0f} % {na} + {100 * f:.0f} % {nb}"] = _mix({na: 1 - f, nb: f}, refs)
+    each = {k: measured(r)[0] for k, r in spectra.items()}
+    fin = [v for v in each.values() if np.isfinite(v)]
+    low, high = (min(fin), max(fin)) if fin else (nan, nan)
+    shares = {k: float(v) for k, v in (fractions or {}).items() if np.isfinite(v) and v >= MIN_CHEMISTRY_SHARE}
+    if shares and set(shares) <= set(refs):
+        shift, fraction = measured(_mix(shares, refs))
+        return FramesShift(float(shift), float(fraction), dict(fractions), low, high)
+    worst = max(fin, key=abs) if fin else nan
+    return FramesShift(float(worst), nan, None, low, high)
+
+
+def _mix(shares: dict, refs: dict):
+    """The mix ``sum_k shares[k] refs[k]`` (shares divided by their sum) as a reference spectrum, over the energies
+    all of them hold."""
+    from ..spectra import ReferenceSpectrum
+
+    names = list(shares)
+    w = np.array([shares[k] for k in names], float)
+    w = w / w.sum()
+    grid = np.unique(np.concatenate([refs[k].energies_ev for k in names]))
+    lo, hi = max(refs[k].energies_ev[0] for k in names), min(refs[k].energies_ev[-1] for k in names)
+    grid = grid[(grid >= lo) & (grid <= hi)]
+    name = " + ".join(f"{100 * x:.0f} % {k}" for k, x in zip(names, w))
+    return ReferenceSpectrum(name, grid, sum(x * refs[k](grid) for k, x in zip(names, w)))
 
 
 def normalisation_bias_note(bias: dict, mixtures: dict | None = None, *, edge_ev: float | None = None) -> str:
