@@ -544,7 +544,8 @@ def _match_flats(flats, n_frames: int, *, source, notes):
     )
     mean = flats.mean(axis=0, keepdims=True, dtype=np.float32)
     # a pixel saturated in any of them averages to below the full scale, where it would pass for measured: kept
-    # at the full scale, which optical_density takes for saturated (a uint16's as float: 65535; a 12-bit camera's 4095)
+    # at the full scale, which optical_density takes for saturated (a uint16's as float: 65535; a 12-bit camera's 4095;
+    # wherever else the flats' counts piled up, a full well's 60000)
     from .flatfield import _saturated
 
     sat, top = _saturated(flats)

@@ -129,6 +129,30 @@ SMALLER_FULL_SCALES = (4095.0, 16383.0)
 PILE_UP_MIN = 2
 #: ... and this many times as many as within one count below it (unclipped counts thin out towards their largest)
 PILE_UP_RATIO = 4.0
+#: the counts' own full scale, wherever it lies (:func:`_pile_up`): clipped counts pile up at their largest value
+#: whatever the type that stores them. The same counts clipped at 65535 refused as uint16 were divided as measured as
+#: int32, uint32 or dark-subtracted float32 (87 % of a flat clipped: particles' mean E50 up to 0.67 eV, 72 sigma,
+#: off), and so were 12-bit counts shifted into 16 bits (full scale 65520) and a camera whose full well clips at 60000
+#: (mean E50 0.3-0.6 eV off, positions 0.3-0.7 px), with no word of saturation. A pile at a value that is no known
+#: full scale counts only with at least this many pixels in it (a few zingers at one value are none) ...
+PILE_UP_ANY_MIN = 16
+#: ... within a band below the largest value of at most this many times its square root: dark-subtracted counts clip
+#: at the full scale less each pixel's dark, spread by the dark's pattern (17 counts in the probe's); a count's photon
+#: noise, its square root, spreads unclipped counts far wider, so that they do not crowd so close to their largest ...
+PILE_UP_BAND = 0.25
+#: ... holding at least this many values (or, within fewer counts, every count), each pixel counted: the same few
+#: extreme values repeated (a frame tiled 2 x 2, one flat given for every frame) were a pile of 16 pixels over 4 values
+#: with one below, where a pile spread by the dark's pattern holds many (17 counts in the probe's)
+PILE_UP_ANY_DISTINCT = 8
+#: ... against the mean of this many bands as wide just below it: one band's few pixels are noisy (flats uniform over
+#: +-10 %, with a sharp upper edge, had 19 pixels at their two largest counts against 4 at the next)
+PILE_UP_WIDTHS = 3
+#: ... with at least this share of the values more than four bands (a square root) below: the counts the clip
+#: spared. A flat of one value everywhere (a hand-built stack's) is no pile-up, nor a distribution narrower than
+#: photon noise allows; a field clipped all over is found from its images (82 % clipped, the rest absorbed below)
+PILE_UP_SPARED = 0.01
+#: ... and only where the values are counts (their largest at least this): not transmission or optical density
+PILE_UP_COUNTS = 50.0
 
 
 #: the same pixels at full scale in every flat are named stuck or hot detector pixels only where they are few: at
@@ -251,35 +275,129 @@ def _saturated_flats_where(counts, most: float) -> str:
     return f" (up to {most:.1%} of one flat, centred near row {y:.0f}, column {x:.0f})"
 
 
-def _saturated(a):
+def _pile_up(arrays, mx=None):
+    """``(value, band)`` where the values of ``arrays`` (one array, or a sample of frames pooled) pile up at their
+    largest value as clipped counts do, or None: at :data:`FULL_SCALE_16BIT` or a 12- or 14-bit camera's full scale
+    (:data:`SMALLER_FULL_SCALES`) :data:`PILE_UP_MIN` pixels or more at it; at any other largest value
+    :data:`PILE_UP_ANY_MIN` or more, exactly at it or within a band below it (dark-subtracted counts:
+    :data:`PILE_UP_BAND`, :data:`PILE_UP_ANY_DISTINCT`), with the counts the clip spared further below
+    (:data:`PILE_UP_SPARED`), and :data:`PILE_UP_RATIO` times as many as in a band as wide just below, on the mean
+    of :data:`PILE_UP_WIDTHS` (at a known full scale: within one count below), or at the next value present where
+    those hold none. The saturated pixels are those at ``value`` (``band`` 0) or within ``band`` below it. ``mx``:
+    their largest value, where known."""
+    arrays = [np.asarray(a) for a in (arrays if isinstance(arrays, (list, tuple)) else [arrays])]
+    # counts only: not 8-bit (its 255 is :func:`_saturated`'s), nor float16 (it holds no count of thousands exactly)
+    arrays = [a for a in arrays if a.size and a.dtype.kind in "iuf" and a.itemsize >= (2 if a.dtype.kind != "f" else 4)]
+    if not arrays:
+        return None
+    mx = max(_largest(a) for a in arrays) if mx is None else mx
+    if mx < PILE_UP_COUNTS:
+        return None
+    cap = PILE_UP_BAND * np.sqrt(mx)
+    integer = all(a.dtype.kind in "iu" for a in arrays)
+    low = mx - 4 * (cap + 1)  # the widest band and three as wide below it
+
+    def above(a, v):  # a >= v in a's own type: an integer array against a float converts it whole (2.5x the time)
+        return a >= (a.dtype.type(np.ceil(v)) if a.dtype.kind in "iu" else a.dtype.type(v))
+
+    with np.errstate(invalid="ignore"):
+        near = np.sort(np.concatenate([a[above(a, low)].astype(np.float64) for a in arrays]))
+    near = near[: np.searchsorted(near, mx, side="right")]  # not inf (a masked region)
+    n_near = near.size
+    further = []  # the number of pixels at the largest value below ``near``: found once, where asked
+
+    def pile(band):
+        """The pixels within ``band`` of the largest value; those in :data:`PILE_UP_WIDTHS` bands as wide just below
+        it, per band (at the next value present where none); how many values the former hold. As wide: as many
+        counts for integers (a band of 1 holds two), at least one count."""
+        width = band + 1 if integer else max(band, 1.0)
+        i = int(np.searchsorted(near, mx - band, side="left"))
+        j = int(np.searchsorted(near, mx - band - PILE_UP_WIDTHS * width, side="left"))
+        if n_near - i < PILE_UP_ANY_MIN:  # too few to be a pile (a zinger far above the rest): not looked below
+            n_below = 0
+        elif j < i:
+            n_below = (i - j) / PILE_UP_WIDTHS
+        elif i:  # down to the next value present (12-bit counts shifted into 16 bits: 16 apart)
+            n_below = i - int(np.searchsorted(near, near[i - 1], side="left"))
+        else:  # further down: the same frame tiled 4 x 4 had its largest value 16 times, 71 counts above the rest
+            if not further:
+                tops = []
+                for a in arrays:
+                    with np.errstate(invalid="ignore"):
+                        r = ~above(a, low) & (a == a)  # a == a: not NaN
+                    lowest = np.iinfo(a.dtype).min if a.dtype.kind in "iu" else -np.inf
+                    if r.any():
+                        tops.append(float(np.max(a, where=r, initial=lowest)))
+                nxt = max(tops, default=None)
+                further.append(0 if nxt is None else sum(int(np.count_nonzero(a == nxt)) for a in arrays))
+            n_below = further[0]
+        return n_near - i, n_below, 1 + int(np.count_nonzero(np.diff(near[i:])))
+
+    if mx in (FULL_SCALE_16BIT, *SMALLER_FULL_SCALES):  # a known full scale: two pixels at it (a zinger clipped)
+        n_top = n_near - int(np.searchsorted(near, mx, side="left"))
+        n_below = int(np.searchsorted(near, mx, side="left") - np.searchsorted(near, mx - 1, side="left"))
+        if n_top >= PILE_UP_MIN and n_top >= PILE_UP_RATIO * n_below:
+            return mx, 0.0
+    band = 0.0
+    while band <= cap:
+        n_top, n_below, n_values = pile(band)
+        # a band holds many values (each count within it, for integers over a few counts) where the dark spread the pile
+        many = not band or n_values >= (min(PILE_UP_ANY_DISTINCT, band + 1) if integer else PILE_UP_ANY_DISTINCT)
+        if many and n_top >= PILE_UP_ANY_MIN and n_top >= PILE_UP_RATIO * n_below:
+            size = sum(int(np.count_nonzero(np.isfinite(a))) if a.dtype.kind == "f" else a.size for a in arrays)
+            with np.errstate(invalid="ignore"):
+                spared = sum(int(np.count_nonzero(a < mx - 4 * cap - 1)) for a in arrays)
+            if spared < PILE_UP_SPARED * size:
+                return None
+            # the pile's lower edge is the dark's spread: down to two bands (nearly full-well counts with it)
+            return mx, 2.0 * band
+        band = 1.0 if not band else 2.0 * band
+    return None
+
+
+def _largest(a) -> float:
+    """The largest finite value of ``a`` (-inf where none): its maximum, or that of its finite values where it holds
+    NaN or inf (a masked region) or none."""
+    m = float(a.max()) if a.size else -np.inf
+    if not np.isfinite(m) and a.dtype.kind == "f":
+        finite = a[np.isfinite(a)]
+        m = float(finite.max()) if finite.size else -np.inf
+    return m
+
+
+def _saturated(a, scale=None):
     """``(mask, value)`` of the saturated detector pixels of ``a`` (a block of frames, or flats): at the
     integer type's largest value, or, stored as float, at :data:`FULL_SCALE_16BIT` where nothing is above it
-    (counts saved as float, flats averaged); else at a 12- or 14-bit camera's full scale
-    (:data:`SMALLER_FULL_SCALES`) where the largest values pile up there; ``(None, None)`` where there are none."""
+    (counts saved as float, flats averaged); else where the largest values pile up as clipped counts do
+    (:func:`_pile_up`), or at ``scale`` (``(value, band)``: the pile-up of a sample of the flats or images,
+    :func:`_full_scale`) where ``a`` reaches it and goes no higher; ``(None, None)`` where there are none."""
     a = np.asarray(a)
-    if np.issubdtype(a.dtype, np.integer):
-        top = np.iinfo(a.dtype).max
-    elif a.dtype.kind == "f" and a.dtype.itemsize >= 4:  # a float16 cannot hold 65535
-        top = FULL_SCALE_16BIT
-    else:
+    if a.dtype.kind not in "iuf" or (a.dtype.kind == "f" and a.dtype.itemsize < 4) or not a.size:
+        return None, None  # a float16 cannot hold 65535
+    mx = _largest(a)
+    top = np.iinfo(a.dtype).max if a.dtype.kind in "iu" else FULL_SCALE_16BIT
+    if mx == top:  # as float, nothing above it (counts above 65535: it was not the detector's full scale)
+        return a == top, top
+    found = _pile_up(a, mx)
+    if found is None and scale is not None and mx <= scale[0] + scale[1] / 2:  # higher: no full scale here
+        found = scale
+    if found is None:
         return None, None
-    sat = a == top
-    if sat.any():
-        if a.dtype.kind == "f" and np.nanmax(a) > top:  # counts above it: 65535 was not the detector's full scale
-            return None, None
-        return sat, top
-    if not a.size or (a.dtype.kind in "iu" and a.dtype.itemsize < 2):
-        return None, None
+    top, band = found
     with np.errstate(invalid="ignore"):
-        mx = float(np.nanmax(a)) if a.dtype.kind == "f" else float(a.max())
-    if mx not in SMALLER_FULL_SCALES:
+        sat = a == top if not band else a >= top - band
+    if not sat.any():
         return None, None
-    sat = a == mx
-    n_top = int(np.count_nonzero(sat))
-    n_below = int(np.count_nonzero((a >= mx - 1) & (a < mx)))
-    if n_top < PILE_UP_MIN or n_top < PILE_UP_RATIO * n_below:
-        return None, None
-    return sat, mx
+    return sat, top
+
+
+def _full_scale(flats, images):
+    """``(value, band)``: where a sample of the flats (``flats``, a list of frames), else of the images, piles up
+    (:func:`_pile_up`), or None. Every flat and block of frames is then saturated there where it reaches it: a flat
+    clipped all over (one value everywhere) is no pile-up alone, nor a hot spot of a few pixels clipped, yet they are
+    where the other frames clipped (a camera whose full well stops at 60000: the flats at 60000 in every pixel, the
+    images over 82 % of theirs)."""
+    return _pile_up(flats) or _pile_up(images)
 
 
 def outside_field(refs):
@@ -797,6 +915,12 @@ def optical_density(
         if outside is not None and not _unlit_in_images(counts, dark, outside):
             outside = None  # lit in the images, dark in the flats alone: the flats are at fault (refused below)
         _check_counts_beside_flats(counts, flat, source, outside)
+    # the counts' full scale where it is not the type's (int32, dark-subtracted float, a full well below 65535): from
+    # a sample of the flats and images, so that a flat or frame clipped at it over a few pixels, or over all, is too
+    full_scale = None
+    if flats is not None:
+        kc = np.unique(np.linspace(0, counts.shape[0] - 1, min(5, counts.shape[0])).round().astype(int))
+        full_scale = _full_scale([np.asarray(flat[k]) for k in ks], [np.asarray(counts[k]) for k in kc])
     if averaged is not None:
         level = None
         if flats is not None:
@@ -832,7 +956,7 @@ def optical_density(
 
     def saturated_flat(k, f):
         """The saturated pixels of frame k's flat ``f`` (or None), and why it is unusable (or None)."""
-        sat, top = _saturated(f) if flats is not None else (None, None)
+        sat, top = _saturated(f, full_scale) if flats is not None else (None, None)
         if sat is None:
             return None, None
         n_pix = int(sat.sum())
@@ -932,7 +1056,7 @@ def optical_density(
                 n_dead[0] = max(n_dead[0], most)
         # a saturated detector pixel has no valid count: NaN (repaired downstream); one of the flat's leaves the
         # transmission there unknown as well
-        sat, top = _saturated(c)
+        sat, top = _saturated(c, full_scale)
         clipped = None  # clipped in the image, not in its flat
         if sat is not None:
             n_pix = int(sat.sum())
