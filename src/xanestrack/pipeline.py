@@ -5478,6 +5478,15 @@ def _particle_chemistry_notes(
             "those pixels are flagged misfit in pixel_flags and left out of the particles' mean fractions (not of "
             "their mean E50); each particle's note says how much"
         )
+    given = [(p.particle, n) for p in particles for n in p.notes if n.startswith(xanes.AS_GIVEN_NOTE)]
+    if given:
+        # the references not normalised as the particles' spectra are (xanes.references_on_scan): their fractions
+        # carry the bias of the two normalisations, said on the particles only
+        who = sorted({pid for pid, _ in given})
+        out.append(
+            f"{len(who)} of {len(particles)} particles ({ids(who)}): {given[0][1]}"
+            + (" (likewise for the others: each particle's note in the report)" if len(who) > 1 else "")
+        )
     out += [n for n in (_shared_noise_run_note(particles),) if n]
     return out
 
@@ -6070,7 +6079,14 @@ def _uncalibrated_note(
         norm = np.asarray(p.mean_norm, float)
         use = np.asarray(p.xanes_frames, bool) & np.isfinite(norm)
         try:
-            fit = linear_combination_fit(e[use], norm[use], references, e0_ev=float(p.e0_ev), window=lcf_window)
+            # whether it sits at a bound: fitted as its pixels are, against the references normalised as its
+            # spectra (xanes.references_on_scan; as given, a pure NiO particle read 0.023 on 143 energies)
+            bg = xanes.particle_background(e[use], np.asarray(p.pre_edge)[use], np.asarray(p.post_edge)[use], p.e0_ev)
+            on_scan = xanes.references_on_scan(references, e[use], float(p.e0_ev), background=bg)
+            fit_refs, steps = on_scan if on_scan is not None else (references, None)
+            fit = linear_combination_fit(
+                e[use], norm[use], fit_refs, e0_ev=float(p.e0_ev), window=lcf_window, edge_steps=steps
+            )
             s = fraction_shift_sensitivity(
                 e[use], norm[use], references, e0_ev=float(p.e0_ev), window=lcf_window, shift_ev=CALIBRATION_STEP_EV
             )
@@ -6336,6 +6352,7 @@ XANES_NOTE_STARTS = (
     xanes.PRE_UNVOUCHED_REFUSED_NOTE,
     MISFIT_REGION_NOTE,
     FRAMES_NOTE_START,  # _frames_bias: measured again on the new analysis
+    xanes.AS_GIVEN_NOTE,
 )
 #: the particle note of :func:`redo_xanes` on a particle whose matrix texture was subtracted in the run
 REDO_MEASURED_NOTE = (

@@ -294,7 +294,10 @@ _PARTICLE_DOC = {
     "fractions": (
         "fraction",
         "linear-combination fractions (n_refs, h, w) of the references named in the attribute references, "
-        "per pixel; " + _WINDOW,
+        "per pixel: the shares of the absorber in each phase, fitted against the references normalised as the "
+        "particle's spectra are (sampled on its energies analysed, normalised at its E0 with its pre-edge and "
+        "post-edge lines' ranges) and converted back by their edge steps there (xanestrack.xanes.references_on_scan; "
+        "as given where its note says 'fractions fitted against the references as given'); " + _WINDOW,
     ),
 }
 
@@ -312,7 +315,8 @@ _MAP_DOC = {
     "e50_sigma_registration": "standard error of edge_e50 from the registration (the position's agreement)",
     "whiteline_height": "height of the fitted whiteline, whose position is edge_whiteline",
     "fraction_sigma": "standard errors (n_refs, h, w) of fractions, for the references named in the attribute "
-    "references",
+    "references: the noise of the spectra (and the registration) through the particle's normalisation and the fit; "
+    "not the offset of the energy axis from the references'",
     "edge_jump_od": "the edge jump of the pixel's spectrum (post-edge less pre-edge at E0)",
     "quality_keep": "the pixels the quality masks trust (edge jump and fit quality, and not on a moving rim: "
     "pixel_flags moving_rim); the other maps keep their values where this is False",

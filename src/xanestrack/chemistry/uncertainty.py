@@ -649,6 +649,8 @@ def fraction_sigma(
     shift_sigma_px=None,
     gradient_sigma_px: float = 1.0,
     shared: dict | None = None,
+    edge_steps=None,
+    fractions=None,
 ) -> FractionSigma:
     """Standard errors of the linear-combination fractions, propagated from the frames' noise.
 
@@ -671,6 +673,11 @@ def fraction_sigma(
         The fit window relative to E0 (eV), as in the fit.
     sum_to_one : bool
         Whether the fit constrained the fractions to sum to 1.
+    edge_steps : array-like (n_refs,), optional
+        As given to the fit (:func:`xanestrack.xanes.references_on_scan`): its weights were converted to the
+        fractions, whose errors are carried through that conversion at each pixel's ``fractions``.
+    fractions : ndarray (n_refs, ...), optional
+        The fractions fitted (``mu``'s maps' shape), with ``edge_steps``; required with it.
 
     Returns
     -------
@@ -720,12 +727,31 @@ def fraction_sigma(
     b = J @ np.c_[np.ones(iw.size), lin.x[iw]]  # (n_refs, 2): J applied to the pre-edge line
     out_n = np.full((len(names), npix), np.nan)
     out_r = np.full((len(names), npix), np.nan)
-    for j in range(len(names)):
+    n_refs = len(names)
+    jac = None
+    if edge_steps is not None:
+        # the fit's weights of references normalised on the scan were converted to fractions (c_j / s_j, scaled):
+        # each pixel's fraction is a combination of the weights through that conversion's Jacobian at its fractions
+        from ..xanes import _edge_steps, fraction_jacobian
+
+        if fractions is None:
+            raise ValueError("edge_steps needs the fractions fitted (fractions=)")
+        f = np.asarray(fractions, float)
+        if f.shape != (n_refs,) + lin.shape:
+            raise ValueError(f"fractions {f.shape} must be (n_refs, ...) of the maps' shape {(n_refs,) + lin.shape}")
+        jac = fraction_jacobian(f[:, lin.mask], _edge_steps(edge_steps, n_refs))  # (n_refs, n_refs, npix)
+        jac = np.where(np.isfinite(jac), jac, np.eye(n_refs)[:, :, None])  # no fraction: its sigma is dropped after
+    for j in range(n_refs):
         g = np.zeros((e.size, npix))
-        g[iw] = J[j][:, None]
+        if jac is None:
+            g[iw] = J[j][:, None]
+            aj, bj = a[j], np.outer(b[j], np.ones(npix))
+        else:  # the row j of (Jacobian @ J), (Jacobian @ a), (Jacobian @ b) per pixel
+            g[iw] = J.T @ jac[j]
+            aj, bj = (jac[j] * a).sum(axis=0), b.T @ jac[j]
         # d norm_k = (d mu_k - d pre(E_k) - norm_k d step) / step, d step = d post(E0) - d pre(E0)
-        g[lin.ip] -= lin.m_pre.T @ (np.outer(b[j], np.ones(npix)) - np.outer([1.0, 0.0], a[j]))
-        g[lin.iq] -= np.outer(lin.w_post, a[j])
+        g[lin.ip] -= lin.m_pre.T @ (bj - np.outer([1.0, 0.0], aj))
+        g[lin.iq] -= np.outer(lin.w_post, aj)
         with np.errstate(divide="ignore", invalid="ignore"):
             g = g / np.where(ok, lin.step, np.nan)[None, :]
             out_n[j] = np.sqrt(np.sum((g * lin.sigma_k) ** 2, axis=0))
