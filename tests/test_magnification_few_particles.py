@@ -6,6 +6,12 @@ is set by the two closest, and the outlier cut dropped the third as drifting on 
 scale was set to 1, and the still particles reported 0.6-0.9 px of own motion. The same scene turned by 0.3 degrees
 (rotation not fitted): 98 % of the own motions were a turn, but at the particles' median distance from their centroid
 it moved them by 0.47 px, under the note's 0.5 px, while five of six reported 0.42-0.52 px; nothing was said.
+Two of three particles close together (21 px apart, on one side of the centre; the third across it), +1 %: each
+frame's robust fit started from the median translation, dropped the far particle once the magnification had moved it
+0.5 px from it, and with two particles left fitted a translation only: the particle was dropped in most frames, taken
+for drifting on its own, and the scale line dropped with it; that particle reported 1.45-1.55 px of own motion,
+nothing said. With a fourth particle, leaving one out did the same: a false note that the magnification is not
+determined, own motions "uncertain by" 1.47-1.54 px.
 Here scenes built from positions: the rigid scene's particles, the stage's random walk, a small bias per particle
 growing across the scan (as the edge estimates' contrast bias) and white noise.
 """
@@ -15,8 +21,8 @@ import pandas as pd
 import pytest
 
 from xanestrack import motion as motion_module
-from xanestrack.motion import compute_motion
-from xanestrack.pipeline import PipelineOptions, _field_motion_notes
+from xanestrack.motion import compute_motion, peak_ratios
+from xanestrack.pipeline import PipelineOptions, _field_motion_notes, _split_notes
 
 CENTRE = np.array([127.5, 127.5])
 ENERGIES = np.linspace(8200, 8680, 60)
@@ -24,6 +30,10 @@ ENERGIES = np.linspace(8200, 8680, 60)
 SIX = np.array([[109.6, 163.0], [62.1, 77.4], [161.9, 82.5], [206.8, 210.6], [223.3, 123.4], [42.0, 203.1]])
 THREE = np.array([[95.1, 176.2], [207.9, 153.1], [166.7, 195.4]])
 FOUR = np.array([[142.1, 168.8], [168.8, 58.5], [76.2, 95.5], [210.1, 209.7]])
+#: two particles 21 px apart on one side of the centre, one across it (a magnification moves the two 0.2 px apart
+#: across the scan, the third 1.5 px from them); with a fourth off both
+CLOSE_THREE = CENTRE + np.array([[-22.4, 60.0], [-6.4, -90.1], [-11.7, 78.0]])
+CLOSE_FOUR = np.r_[CLOSE_THREE, CENTRE + np.array([[70.0, -30.0]])]
 
 
 def _scene(src, seed, *, mag=0.0, turn_deg=0.0, bias=0.02, noise=0.02):
@@ -39,6 +49,15 @@ def _scene(src, seed, *, mag=0.0, turn_deg=0.0, bias=0.02, noise=0.02):
     P = CENTRE + walk[:, None] + scale[:, None, None] * np.einsum("kab,jb->kja", rot, src - CENTRE)
     P += f[:, None, None] * rng.normal(0, bias, (1, m, 2)) + rng.normal(0, noise, (n, m, 2))
     return P, scale
+
+
+def _drifting_last(P, amplitude, seed):
+    """``P`` with its last particle drifting on its own, straight and growing across the scan to ``amplitude`` px."""
+    f = (ENERGIES - ENERGIES[0]) / (ENERGIES[-1] - ENERGIES[0])
+    a = np.random.default_rng(100 + seed).uniform(0, 2 * np.pi)
+    P = P.copy()
+    P[:, -1] += f[:, None] * amplitude * np.array([np.sin(a), np.cos(a)])
+    return P
 
 
 def _table(P):
@@ -75,6 +94,53 @@ def test_no_magnification_is_invented_for_three_or_four_still_particles(src, see
     assert np.all(sim["scale"] == 1.0)
     assert _largest_own_motion(motion) < 0.2
     assert _field_motion_notes(motion, ENERGIES, PipelineOptions()) == []
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_magnification_is_kept_where_two_of_three_particles_lie_close_together(seed):
+    # before: the far particle dropped by the frames' fits, the line dropped (seed 3: 1.0065 kept), that particle
+    # 1.45-1.55 px of own motion, nothing said
+    P, scale = _scene(CLOSE_THREE, seed, mag=0.01)
+    motion = compute_motion(_table(P), centre=CENTRE, scale_axis=ENERGIES)
+    sim = motion.attrs["similarity"]
+    assert np.abs(sim["scale"].to_numpy() - scale).max() < 1e-3, sim["scale"].iloc[-1]
+    assert "dropped_scale" not in sim.attrs
+    assert _largest_own_motion(motion) < 0.2
+    assert _field_motion_notes(motion, ENERGIES, PipelineOptions()) == []
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_leaving_one_of_four_out_keeps_the_magnification_two_close_particles_share(seed):
+    # before: one left out, the line dropped (split_scale_ends 1.0), the own motions "uncertain by" 1.47 / 1.54 px,
+    # and a note that the magnification is not determined by the particles
+    P, scale = _scene(CLOSE_FOUR, seed, mag=0.01)
+    motion = compute_motion(_table(P), centre=CENTRE, scale_axis=ENERGIES)
+    sim = motion.attrs["similarity"]
+    ratios = peak_ratios(motion, position_noise=0.02)
+    assert np.abs(sim["scale"].to_numpy() - scale).max() < 1e-3
+    assert np.abs(np.asarray(sim.attrs["split_scale_ends"]) - scale[-1]).max() < 1e-3
+    assert ratios["own_motion_split_px"].max() < 0.2
+    assert _split_notes(sim, ratios, motion) == []
+
+
+@pytest.mark.parametrize("src", [CLOSE_THREE, CLOSE_FOUR], ids=["3 particles", "4 particles"])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_no_magnification_is_invented_for_close_particles_still_or_one_drifting(src, seed):
+    """Controls: the same scenes unmagnified, the particles still, or the last drifting 1.5 px on its own (what the
+    frames' fits drop a particle for): scale 1, and the drifting particle carries its own motion."""
+    for amplitude in (0.0, 1.5):
+        P, _ = _scene(src, seed)
+        P = _drifting_last(P, amplitude, seed)
+        motion = compute_motion(_table(P), centre=CENTRE, scale_axis=ENERGIES)
+        sim = motion.attrs["similarity"]
+        assert np.all(sim["scale"] == 1.0)
+        own = np.hypot(motion["nonrigid_dy"], motion["nonrigid_dx"]).groupby(motion["particle"]).max()
+        if amplitude:
+            assert own.iloc[-1] > 1.2
+        else:
+            assert own.max() < 0.2
+        if len(src) == 4:
+            assert _split_notes(sim, peak_ratios(motion, position_noise=0.02), motion) == []
 
 
 def test_a_magnification_line_dropped_is_not_called_off_one_straight_line(monkeypatch):
