@@ -181,11 +181,16 @@ def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = Mat
         told (:func:`propagate_common`: a step that matched as well at another shift, e.g. a
         lattice of alike particles moved by one spacing, decided neither by the matrix texture
         nor by the key frames): the windows placed there may lie on a neighbour, and the
-        positions measured there are not vouched for by the linking.
+        positions measured there are not vouched for by the linking; ``pieces`` (int) where,
+        not detected whole there, the particle's outline was found cut into that many pieces of a
+        particle's size (0 elsewhere) and ``pieces_at`` where they lay, ``"y,x,radius;..."``
+        (:func:`_seen_in_pieces`: touching particles with a long contact kept whole as one).
     rejected : DataFrame
-        Tracks too short to keep: ``track, n_frames, y, x`` (mean position), ``reason`` and
+        Tracks too short to keep: ``track, n_frames, y, x`` (mean position), ``reason``,
         ``n_irregular``: the frames examined where a ``short_track``, missed, was outlined in its
-        place as one irregular body (as ``irregular`` above; 0 for other reasons).
+        place as one irregular body (as ``irregular`` above; 0 for other reasons), and ``piece_of``:
+        the particle (of ``tracks``) whose outline a ``short_track`` was a piece of (``pieces``
+        above; -1: none).
     common_shift : ndarray (n_frames, 2)
         The voted common displacement of each frame relative to frame 0.
     """
@@ -288,11 +293,17 @@ def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = Mat
     # order particles by their first position (top-left first) for stable ids
     kept.sort(key=lambda tr: (round(tr.positions[0][0] / 20), tr.positions[0][1]))
     rows = []
+    piece_of = {}  # track id of a piece -> the kept particle (pid before duplicates are dropped) it is a piece of
     for pid, tr in enumerate(kept):
         frames_seen = examined[np.asarray(tr.times)]
         have = {int(f): (t, r) for f, t, r in zip(frames_seen, tr.times, tr.data["rows"])}
         predicted = _predicted(tr, examined, common, np.arange(n_frames))
         irregular_frames = set(tr.data["irregular"])
+        cut = _seen_in_pieces(tr, objects, ids, examined, common)
+        for found in cut.values():
+            for *_, other in found:
+                if other != tr.id:
+                    piece_of.setdefault(other, pid)
         for k in range(n_frames):
             if k in have:
                 t, r = have[k]
@@ -309,12 +320,40 @@ def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = Mat
                         True,
                         ssim_of.get((tr.id, t, j), np.nan),
                         False,
+                        *_pieces_columns(cut.get(k)),
                     )
                 )
             else:
-                rows.append((pid, k, *predicted[k], np.nan, np.nan, False, k in seen, np.nan, k in irregular_frames))
+                rows.append(
+                    (
+                        pid,
+                        k,
+                        *predicted[k],
+                        np.nan,
+                        np.nan,
+                        False,
+                        k in seen,
+                        np.nan,
+                        k in irregular_frames,
+                        *_pieces_columns(cut.get(k)),
+                    )
+                )
     tracks_df = pd.DataFrame(
-        rows, columns=["particle", "frame", "y", "x", "area", "radius", "detected", "examined", "ssim", "irregular"]
+        rows,
+        columns=[
+            "particle",
+            "frame",
+            "y",
+            "x",
+            "area",
+            "radius",
+            "detected",
+            "examined",
+            "ssim",
+            "irregular",
+            "pieces",
+            "pieces_at",
+        ],
     )
     tracks_df["common_ambiguous"] = ambiguous[tracks_df["frame"].to_numpy(int)] if len(tracks_df) else []
     tracks_df, dup = _drop_duplicates(tracks_df)
@@ -322,6 +361,11 @@ def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = Mat
     rejected_df = pd.DataFrame(rejected, columns=["track", "n_frames", "y", "x", "reason"])
     short = (rejected_df["reason"] == "short_track").to_numpy(bool)
     rejected_df["n_irregular"] = np.where(short, rejected_df["track"].map(irregular_of).fillna(0), 0).astype(int)
+    # the particle whose outline a short track was a piece of (-1: none), its id as in ``tracks`` (after duplicates)
+    gone = {int(r[0]) for r in dup}
+    final = {p: i for i, p in enumerate(q for q in range(len(kept)) if q not in gone)}
+    owner = rejected_df["track"].map(lambda t: final.get(piece_of.get(int(t), -1), -1)).to_numpy(int)
+    rejected_df["piece_of"] = np.where(short, owner, -1).astype(int)
     return tracks_df, rejected_df, common
 
 
@@ -432,6 +476,93 @@ def _predicted(tr, examined, common, frames) -> np.ndarray:
     seen = examined[np.asarray(tr.times)]
     own = np.asarray(tr.positions, float) - common[seen]
     return np.stack([np.interp(frames, seen, own[:, a]) for a in range(2)], axis=1) + common[frames]
+
+
+#: :func:`_seen_in_pieces`: a detection of at most this share of a track's area (its median over the frames it
+#: was detected in) is a piece of it, not the whole ...
+PIECE_MAX_SHARE = 0.8
+#: ... and the pieces, two or more, together cover this range of its area ...
+PIECES_AREA_RANGE = (0.7, 1.3)
+#: ... their joint centre (weighted by area) within this share of its radius of its own ...
+PIECES_CENTRE_SHARE = 0.2
+#: ... each inside its outline's bounding box grown by this share of its radius. Only a track that the detector
+#: kept whole while examining it as possibly several touching particles (its median solidity below the detector's
+#: default convexity test, :attr:`xanestrack.detect.DetectOptions.min_solidity`) is looked at
+PIECES_BOX_MARGIN = 0.15
+PIECES_MAX_SOLIDITY = 0.92
+
+
+def _seen_in_pieces(tr, objects, ids, examined, common) -> dict:
+    """The frames in which a track's particle was found in pieces: ``{frame: [(y, x, radius, track id), ...]}``.
+
+    Touching particles with long contacts (tens of px, not necks) are one body to the detector's necks rule: kept
+    whole as one irregular particle where its solidity passes (:data:`xanestrack.detect.KEEP_SOLIDITY`), but cut
+    into its particles in some frames, whose pieces then lasted too short to be tracked (``short_track``): a trio
+    of particles of radius 94, 65 and 57 px, their E50s 0.57 eV apart and sliding by up to 3.5 px, was reported as
+    one 128-px particle vouched for in 50 of 50 frames, cut into two pieces in 1 of its 8 key frames. For a track
+    the detector kept whole as not convex (median solidity below :data:`PIECES_MAX_SOLIDITY`), an examined frame
+    counts where, not detected there whole (missed, or detected as a piece of at most :data:`PIECE_MAX_SHARE` of
+    its area), two or more particles kept for tracking, each at most that share of its area, lie inside its
+    outline's box there (:data:`PIECES_BOX_MARGIN`), together cover :data:`PIECES_AREA_RANGE` of its area and
+    have their joint centre within :data:`PIECES_CENTRE_SHARE` of its radius of its own (its own motion
+    interpolated between the frames it was seen whole in): the pieces make up the whole. ``track id``: the
+    track each piece was linked into (``ids``).
+    """
+    rows = tr.data.get("rows", [])
+    if not rows or "y0" not in rows[0] or "solidity" not in rows[0]:
+        return {}
+    area = np.array([float(r["area"]) for r in rows])
+    solidity = np.array([float(r["solidity"]) for r in rows])
+    whole_area = float(np.median(area))
+    if not np.isfinite(whole_area) or not np.nanmedian(solidity) < PIECES_MAX_SOLIDITY:
+        return {}
+    whole = area > PIECE_MAX_SHARE * whole_area
+    times = np.asarray(tr.times)
+    radius = np.sqrt(whole_area / np.pi)
+    # the outline's box about its centre, from the frames it was seen whole in
+    box = np.median(
+        [[r["y0"] - r["y"], r["x0"] - r["x"], r["y1"] - r["y"], r["x1"] - r["x"]] for r, w in zip(rows, whole) if w],
+        axis=0,
+    ) + PIECES_BOX_MARGIN * radius * np.array([-1, -1, 1, 1])
+    seen = examined[times[whole]]
+    own = np.asarray(tr.positions, float)[whole] - common[seen]
+    out = {}
+    for t in np.setdiff1d(np.arange(examined.size), times[whole]):
+        k = int(examined[t])
+        o = objects[t]
+        if len(o) < 2:
+            continue
+        y, x = (np.interp(k, seen, own[:, a]) + common[k, a] for a in range(2))
+        inside = (
+            (o["area"] <= PIECE_MAX_SHARE * whole_area)
+            & (o["y0"] >= y + box[0])
+            & (o["x0"] >= x + box[1])
+            & (o["y1"] <= y + box[2])
+            & (o["x1"] <= x + box[3])
+        ).to_numpy(bool)
+        if inside.sum() < 2:
+            continue
+        a = o["area"].to_numpy(float)[inside]
+        cy = float(np.sum(a * o["y"].to_numpy(float)[inside]) / a.sum())
+        cx = float(np.sum(a * o["x"].to_numpy(float)[inside]) / a.sum())
+        low, high = PIECES_AREA_RANGE
+        if (
+            low * whole_area <= a.sum() <= high * whole_area
+            and np.hypot(cy - y, cx - x) <= PIECES_CENTRE_SHARE * radius
+        ):
+            j = np.flatnonzero(inside)
+            out[k] = [
+                (float(o["y"].iloc[i]), float(o["x"].iloc[i]), float(o["radius"].iloc[i]), int(ids[t][i])) for i in j
+            ]
+    return out
+
+
+def _pieces_columns(found) -> tuple:
+    """``(pieces, pieces_at)`` of a frame of a track: how many pieces it was found in there (0: not in pieces) and
+    where, ``"y,x,radius;..."`` (px; empty where not)."""
+    if not found:
+        return 0, ""
+    return len(found), ";".join(f"{y:.1f},{x:.1f},{r:.1f}" for y, x, r, _ in found)
 
 
 def _vacant(tr, objects, examined, common, max_covered) -> bool:

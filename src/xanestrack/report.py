@@ -737,7 +737,9 @@ def uncertainty_figure(result, *, pixel_size_um: float | None = None) -> Figure:
     Table ``uncertainty``, one row per particle (empty where nothing was measured): the median sigma over its
     kept pixels, total and its noise and registration parts, the particle's mean E50 with its standard error
     and ``e50_normalisation_shift_ev`` (how far the energies its XANES used, fewer than the scan's, move its E50:
-    :func:`xanestrack.result.particle_summary`), and its mean reference fractions over the same pixels as its mean
+    :func:`xanestrack.result.particle_summary`), ``touching_pieces`` and ``touching_pieces_frames`` (its outline cut
+    into that many pieces of a particle's size in so many frames examined: it may be touching particles reported as
+    one; 0 where never), and its mean reference fractions over the same pixels as its mean
     E50 with their flags (:func:`_fraction_means`: ``fraction_<reference>``, ``fraction_<reference>_sigma_median``,
     ``oxidised_fraction``, ``fraction_flags``).
     """
@@ -767,6 +769,8 @@ def uncertainty_figure(result, *, pixel_size_um: float | None = None) -> Figure:
                 float(summ.loc[p.particle, "mean_e50_ev"]),
                 float(summ.loc[p.particle, "mean_e50_sigma_ev"]),
                 float(summ.loc[p.particle, "e50_normalisation_shift_ev"]),
+                int(summ.loc[p.particle, "touching_pieces"]),
+                int(summ.loc[p.particle, "touching_pieces_frames"]),
             )
         )
     allv = np.concatenate([m[np.isfinite(m)] for m in maps.values()]) if maps else np.array([])
@@ -791,6 +795,8 @@ def uncertainty_figure(result, *, pixel_size_um: float | None = None) -> Figure:
             "mean_e50_ev",
             "mean_e50_sigma_ev",
             "e50_normalisation_shift_ev",
+            "touching_pieces",
+            "touching_pieces_frames",
         ],
     )
     # the fractions over the pixels of mean_e50_ev (they were in no CSV: only particle_summary and series.csv)

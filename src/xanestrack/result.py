@@ -264,6 +264,12 @@ class ParticleResult:
         measured (no mean E50, no reference of its edge, its E50 in a gap of them, or neither source there). The
         run's note on the normalisation's bias is of the scan's energies and does not hold for a particle
         normalised on fewer.
+    touching_pieces : int
+        The most pieces of a particle's size the detector cut its outline into in one of the frames it examined,
+        where it kept it whole in the others (:func:`xanestrack.pipeline._pieces_note`): it may be that many
+        touching particles or more, reported as one; 0 where never cut so.
+    touching_pieces_frames : int
+        The frames examined in which it was so cut (0: none).
     """
 
     particle: int
@@ -296,6 +302,8 @@ class ParticleResult:
     background_exclude: np.ndarray | None = None
     filled_frames: np.ndarray | None = None
     e50_normalisation_shift_ev: float = float("nan")
+    touching_pieces: int = 0
+    touching_pieces_frames: int = 0
 
     @functools.cached_property
     def size_radius(self) -> float:
@@ -637,7 +645,9 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
     ``mean_e50_ev``), ``e50_normalisation_shift_ev`` (eV, how far the energies its XANES used, fewer than the scan's,
     move its E50 against a particle of its chemistry measured on all of them:
     :attr:`ParticleResult.e50_normalisation_shift_ev`; 0 where it used them all, NaN where not measured or its mean
-    E50 is not given), ``whiteline_ev``, ``whiteline_height`` (means of the fitted
+    E50 is not given), ``touching_pieces`` and ``touching_pieces_frames`` (the most pieces of a particle's size its
+    outline was cut into in a frame examined, and in how many: it may be touching particles reported as one,
+    :attr:`ParticleResult.touching_pieces`; 0 where never), ``whiteline_ev``, ``whiteline_height`` (means of the fitted
     whiteline), ``kept_fraction`` (the share of the mask's pixels the quality masks
     keep) and, when clusters were asked, ``cluster_<j>_fraction`` (of the particle's
     clustered pixels).
@@ -724,6 +734,10 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
                 e50_normalisation_shift_ev=float(getattr(p, "e50_normalisation_shift_ev", np.nan))
                 if e50.size
                 else np.nan,
+                # its outline cut into this many pieces of a particle's size in so many frames examined: it may be
+                # touching particles reported as one (pipeline._pieces_note)
+                touching_pieces=int(getattr(p, "touching_pieces", 0) or 0),
+                touching_pieces_frames=int(getattr(p, "touching_pieces_frames", 0) or 0),
             )
         )
     cols = [
@@ -745,6 +759,8 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
         "oxidised_fraction",
         "mean_e50_sigma_ev",
         "e50_normalisation_shift_ev",
+        "touching_pieces",
+        "touching_pieces_frames",
         "whiteline_ev",
         "whiteline_height",
         "kept_fraction",

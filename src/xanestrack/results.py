@@ -1060,6 +1060,10 @@ def _write_h5(f, result, save_fused: bool, pixel_size_um: float = float("nan")) 
             # particle of its chemistry measured on all of them (0: it used them all; NaN: not measured): the
             # particles' table and uncertainty.csv read it back from here (chemistry.normbias.frames_bias_shift)
             e50_normalisation_shift_ev=float(getattr(p, "e50_normalisation_shift_ev", np.nan)),
+            # its outline cut into this many pieces of a particle's size in so many of the frames examined (0: never):
+            # it may be touching particles reported as one (pipeline._pieces_note); the particles' table reads them
+            touching_pieces=int(getattr(p, "touching_pieces", 0) or 0),
+            touching_pieces_frames=int(getattr(p, "touching_pieces_frames", 0) or 0),
         )
         origin = dict(origin_y=int(p.origin[0]), origin_x=int(p.origin[1]))
 
@@ -1229,6 +1233,9 @@ def _read_particle(g, n_frames: int):
         filled_frames=d.get("filled_frames"),
         # folders written before it was measured: not measured (NaN)
         e50_normalisation_shift_ev=float(a.get("e50_normalisation_shift_ev", np.nan)),
+        # folders written before it was looked for: not looked for (0)
+        touching_pieces=int(a.get("touching_pieces", 0)),
+        touching_pieces_frames=int(a.get("touching_pieces_frames", 0)),
     )
 
 
