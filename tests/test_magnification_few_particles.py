@@ -71,17 +71,21 @@ def _largest_own_motion(motion):
     return float(np.hypot(motion["nonrigid_dy"], motion["nonrigid_dx"]).max())
 
 
-@pytest.mark.parametrize("src", [THREE, FOUR], ids=["3 particles", "4 particles"])
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_a_magnification_shared_by_three_or_four_particles_is_kept(src, seed):
-    # before: scale 1.0000 in every frame, the still particles 0.6-0.9 px of own motion (the line dropped)
-    P, scale = _scene(src, seed, mag=0.01)
+def _assert_magnification_kept(P, scale):
+    """The scale line of positions ``P`` kept as drawn (``scale`` per frame), no own motion left, no note."""
     motion = compute_motion(_table(P), centre=CENTRE, scale_axis=ENERGIES)
     sim = motion.attrs["similarity"]
     assert np.abs(sim["scale"].to_numpy() - scale).max() < 1e-3, sim["scale"].iloc[-1]
     assert "dropped_scale" not in sim.attrs
     assert _largest_own_motion(motion) < 0.2
     assert _field_motion_notes(motion, ENERGIES, PipelineOptions()) == []
+
+
+@pytest.mark.parametrize("src", [THREE, FOUR], ids=["3 particles", "4 particles"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_magnification_shared_by_three_or_four_particles_is_kept(src, seed):
+    # before: scale 1.0000 in every frame, the still particles 0.6-0.9 px of own motion (the line dropped)
+    _assert_magnification_kept(*_scene(src, seed, mag=0.01))
 
 
 @pytest.mark.parametrize("src", [THREE, FOUR], ids=["3 particles", "4 particles"])
@@ -100,13 +104,7 @@ def test_no_magnification_is_invented_for_three_or_four_still_particles(src, see
 def test_a_magnification_is_kept_where_two_of_three_particles_lie_close_together(seed):
     # before: the far particle dropped by the frames' fits, the line dropped (seed 3: 1.0065 kept), that particle
     # 1.45-1.55 px of own motion, nothing said
-    P, scale = _scene(CLOSE_THREE, seed, mag=0.01)
-    motion = compute_motion(_table(P), centre=CENTRE, scale_axis=ENERGIES)
-    sim = motion.attrs["similarity"]
-    assert np.abs(sim["scale"].to_numpy() - scale).max() < 1e-3, sim["scale"].iloc[-1]
-    assert "dropped_scale" not in sim.attrs
-    assert _largest_own_motion(motion) < 0.2
-    assert _field_motion_notes(motion, ENERGIES, PipelineOptions()) == []
+    _assert_magnification_kept(*_scene(CLOSE_THREE, seed, mag=0.01))
 
 
 @pytest.mark.parametrize("seed", [1, 2])
