@@ -13,7 +13,11 @@ Two layers: in frame ``k`` a particle's window holds the particle, displaced by 
 motion, on the matrix, displaced by the common motion. Aligning the frames on the matrix
 (the common similarity at the particle), every matrix pixel that some frames show
 uncovered by any particle is the median of those frames; what no frame shows uncovered
-(under the particle's core, where its own motion never uncovers it) is filled smoothly.
+(under the particle's core, where its own motion never uncovers it) is filled smoothly. An
+absorber that no particle's footprint holds (a neighbour the detector lost, a track too
+short) is no matrix either: found by its change over the frames and left out likewise
+(:func:`untracked_absorbers`; taken for matrix, a lost neighbour moved a particle's mean E50
+0.47 eV).
 :func:`follow_particle <xanestrack.follow.follow_particle>` subtracts this background,
 moved with the matrix, from each window before it compares outlines.
 """
@@ -27,8 +31,41 @@ import numpy as np
 from scipy import ndimage
 
 from .register import correlate_shifts, resample_windows
+from .robust import robust_sigma
 
 __all__ = ["Footprint", "MatrixBackground", "matrix_background"]
+
+#: Pixels of a matrix box (matrix coordinates) whose OD changes over the frames (the 90th less the
+#: 10th percentile, where no footprint covers them) by more than this many robust standard
+#: deviations above the box's median change are taken for an absorber no footprint holds (a
+#: neighbour not tracked: lost by the detector, a track too short, a piece left out), not for
+#: matrix: the matrix has no absorption edge and holds still in these coordinates, an absorber
+#: changes by its edge step and by its own motion. Measured on the probe's 1024^2 scene (a particle
+#: of an agglomerate whose two touching neighbours were lost): the matrix 0.029 +- 0.006 OD, the
+#: neighbours 0.5-1.6 OD; taken into the matrix, their median (OD ~1) slid through the particle's
+#: pixels with its own motion: its mean E50 0.47 eV (13 sigma) low.
+ABSORBER_Z = 8.0
+
+#: ... and by more than this share of the change of the tracked particles' own pixels (their 90th
+#: percentile), above that median: a weak Ni edge that moves with the matrix (an out-of-focus
+#: "ghost" of the stress scenes, an edge of 0.08 OD at most) stays matrix beside particles whose
+#: edge is ten times that; a neighbour like the particle is far above it.
+ABSORBER_SHARE = 0.25
+
+#: px. Those pixels are opened by a disc of this radius (an absorber is compact: the texture's
+#: thin rims where the matrix's shift is a fraction of a pixel off, a footprint's rim, a hot
+#: pixel are not) and grown by ``ABSORBER_GROW_PX`` (its blurred rim, its halo)
+ABSORBER_OPEN_PX = 2
+ABSORBER_GROW_PX = 3
+
+#: the least number of frames that must show a pixel uncovered for its change to be measured
+ABSORBER_MIN_FRAMES = 6
+
+#: px. An absorber whose centroid moves less than this over the matrix (:func:`_absorber_drift_px`) holds
+#: still on it and stays in the matrix. Measured: the probe's two lost neighbours 1.3 and 1.6 px (their
+#: own motion 7.6 px over the scan, seen through the pixels every bright frame shows); fines fixed to
+#: the matrix of the reduced stress scenes 0.01-0.03 px
+ABSORBER_STILL_PX = 0.5
 
 
 @dataclass(frozen=True)
@@ -63,12 +100,15 @@ class MatrixBackground:
     shift : ndarray (n_frames, 2)
         Where the matrix at frame-0 position ``x`` is in frame ``k``: ``x + shift[k]``.
     seen : ndarray (h, w) bool
-        Pixels some frame showed uncovered.
+        Pixels some frame showed uncovered (less the ``excluded``).
     snr : float
         How far the estimate stands out of its own noise (:func:`unmix_layers`): the variance
         of ``image`` over the pixels solved, over the median variance of each pixel's
         estimate (the regression's residuals); about 1 where the image is noise. NaN where
         not measured.
+    excluded : ndarray (h, w) bool or None
+        Pixels of an absorber no footprint holds (:func:`untracked_absorbers`), left out of the
+        estimate and filled like those no frame shows (None: not looked for).
     """
 
     image: np.ndarray
@@ -76,6 +116,7 @@ class MatrixBackground:
     shift: np.ndarray
     seen: np.ndarray
     snr: float = float("nan")
+    excluded: np.ndarray | None = None
 
     def windows(self, corners, size: int, frames) -> np.ndarray:
         """The background of windows whose pixel [0, 0] is at ``corners[k]`` in frame ``k`` (n, size, size).
@@ -114,7 +155,8 @@ def matrix_background(od, shift, origin, shape, footprints, *, frames=None, max_
 
     Per pixel (matrix coordinates), the median of the frames that show it uncovered, each
     frame first brought to the frames' mean level (its own level: the median of its
-    uncovered pixels).
+    uncovered pixels). Absorbers that no footprint holds (a neighbour not tracked) are
+    found by their change over the frames and left out (:func:`untracked_absorbers`).
 
     Parameters
     ----------
@@ -154,27 +196,175 @@ def _median_matrix(od, shift, origin, frames, cover) -> MatrixBackground:
     """:func:`matrix_background` on ``frames`` (non-empty, finite shifts) with the footprints'
     ``cover`` of the box (len(frames), h, w) already known."""
     h, w = cover.shape[1:]
-    aligned = resample_windows(od, shift, origin, (h, w), order=1, frames=frames)
-    aligned[cover] = np.nan
+    raw = resample_windows(od, shift, origin, (h, w), order=1, frames=frames)
+    aligned = np.where(cover, np.float32(np.nan), raw)
     # each frame's own level (the matrix and the substrate absorb less as the energy rises): a
     # pixel some frames show uncovered would take the level of just those frames, leaving a
     # rim of the particle's path in the matrix (0.12 OD peak-to-peak behind a drifting
     # particle of stress-drift seed 1 drawn with a flat matrix)
     aligned -= _levels(aligned, np.isfinite(aligned))
+    ordered = np.sort(aligned, axis=0)  # NaN last: the median and the change over the frames from one sort
+    excluded = untracked_absorbers(aligned, cover, raw, ordered=ordered)
+    if excluded.any():
+        # the frames' levels without the absorbers (the median of the matrix alone), sorted again
+        aligned = np.where(cover | excluded[None], np.float32(np.nan), raw)
+        aligned -= _levels(aligned, np.isfinite(aligned))
+        ordered = None
     seen = np.isfinite(aligned).any(axis=0)
-    med = _nanmedian_frames(aligned)  # NaN where no frame shows the pixel uncovered: filled below
+    med = _nanmedian_frames(aligned, ordered=ordered)  # NaN where no frame shows the pixel uncovered: filled below
     image = _fill(np.nan_to_num(med), seen)
-    return MatrixBackground(image.astype(np.float32), origin, shift, seen)
+    return MatrixBackground(image.astype(np.float32), origin, shift, seen, excluded=excluded)
 
 
-def _nanmedian_frames(a) -> np.ndarray:
+def _frame_quantile(ordered, count, q: float, *, upper: bool) -> np.ndarray:
+    """Per pixel the ``q`` quantile (the order statistic below or, ``upper``, above it) of a stack
+    sorted along the frames with NaN last (``ordered``), ``count`` finite values per pixel."""
+    at = (count - 1) * q
+    idx = np.ceil(at) if upper else np.floor(at)
+    idx = np.clip(idx, 0, ordered.shape[0] - 1).astype(int)
+    return np.take_along_axis(ordered, idx[None], axis=0)[0]
+
+
+def _frame_change(a, *, ordered=None, min_frames: int = ABSORBER_MIN_FRAMES) -> np.ndarray:
+    """(h, w): how much each pixel of a stack ``a`` (n, h, w; NaN: not shown) changes over the
+    frames: its 90th less its 10th percentile (robust to a frame or two of another kind); NaN
+    where fewer than ``min_frames`` frames show it. ``ordered``: ``a`` already sorted along the
+    frames (NaN last)."""
+    if ordered is None:
+        ordered = np.sort(a, axis=0)
+    count = np.isfinite(a).sum(axis=0)
+    change = _frame_quantile(ordered, count, 0.9, upper=True) - _frame_quantile(ordered, count, 0.1, upper=False)
+    return np.where(count >= min_frames, change, np.nan)
+
+
+def untracked_absorbers(
+    aligned,
+    cover,
+    raw=None,
+    *,
+    ordered=None,
+    z: float = ABSORBER_Z,
+    share: float = ABSORBER_SHARE,
+) -> np.ndarray:
+    """(h, w) bool: the pixels of a matrix box that an absorber no footprint holds covers in some frame.
+
+    The matrix holds still in matrix coordinates and has no absorption edge: where no
+    footprint covers a pixel, its OD changes over the frames by the noise alone. An absorber
+    that is not among the footprints (a neighbour not tracked: lost by the detector, a track
+    too short, a piece left out) changes it by its edge step, and by its own motion where it
+    moves over the matrix: taken for matrix, its median over the frames (half-way up its edge)
+    would be subtracted from the particles it touches, sliding through their pixels with their
+    own motion. A pixel whose change (:func:`_frame_change`) stands ``z`` robust standard
+    deviations above the box's median change, and by ``share`` of the tracked particles' own
+    change (the 90th percentile over the pixels their footprints cover, less that median),
+    is such an absorber's; those pixels, opened by a disc of ``ABSORBER_OPEN_PX`` (an absorber
+    is compact), joined by the pixels beside them whose level (their median over the frames that
+    show them) stands ``z`` robust standard deviations above the matrix's (a contact the
+    footprints show in a few frames only), kept where the absorber does not hold still on the
+    matrix (its centroid moves by ``ABSORBER_STILL_PX`` or more over the frames after the edge,
+    :func:`_absorber_drift_px`: a fine fixed to the matrix is the matrix's) and grown by
+    ``ABSORBER_GROW_PX``, are returned (none where the box holds fewer than 16 pixels measured).
+
+    Parameters
+    ----------
+    aligned : ndarray (n, h, w)
+        The frames in matrix coordinates, each less its level, NaN where a footprint covers them.
+    cover : ndarray (n, h, w) bool
+        Where a footprint covers the box.
+    raw : ndarray (n, h, w), optional
+        The frames with the covered pixels too (for the tracked particles' own change; without
+        it only ``z`` applies).
+    ordered : ndarray, optional
+        ``aligned`` sorted along the frames (NaN last), where already made.
+    z, share : float
+
+    Returns
+    -------
+    ndarray (h, w) bool
+    """
+    if ordered is None:
+        ordered = np.sort(aligned, axis=0)
+    change = _frame_change(aligned, ordered=ordered)
+    ok = np.isfinite(change)
+    if ok.sum() < 16:
+        return np.zeros(change.shape, bool)
+    base = float(np.median(change[ok]))
+    found = ok & (change > base + z * float(robust_sigma(change[ok])))
+    covered = np.asarray(cover, bool).any(axis=0)
+    if found.any() and raw is not None and covered.any():
+        own = _frame_change(np.asarray(raw)[:, covered])
+        own = own[np.isfinite(own)]
+        if own.size:
+            found &= change > base + share * (float(np.percentile(own, 90)) - base)
+    if not found.any():
+        return found
+    r = ABSORBER_OPEN_PX
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    found = ndimage.binary_opening(found, structure=yy**2 + xx**2 <= r * r)
+    if not found.any():
+        return found
+    # beside it, the pixels the footprints show in too few frames to measure a change, or in frames
+    # all on one side of the edge (where a particle's own motion sweeps next to the absorber: its
+    # contact), show the absorber by their level: above the matrix's by ``z`` of its spread, joined
+    # to the absorber, they are its (left in, their few frames' median was the absorber's OD: the
+    # probe's particle still 0.26 eV low)
+    count = np.isfinite(aligned).sum(axis=0)
+    level = _frame_quantile(ordered, count, 0.5, upper=False)
+    matrix = ok & ~found
+    lvl = level[matrix]
+    high = (count > 0) & (level > float(np.median(lvl)) + z * float(robust_sigma(lvl)))
+    found = ndimage.binary_propagation(found, mask=found | high)
+    # an absorber that holds still on the matrix (a fine fixed to it) is the matrix's: its median over the
+    # frames stays where it is and is closer to it frame by frame than a fill (left out, the reduced
+    # stress-all seed 1's particle beside such a fine: 0.251 -> 0.255 px, its mean E50 0.009 eV farther off)
+    lab, n = ndimage.label(found)
+    for i in range(1, n + 1):
+        drift = _absorber_drift_px(aligned, lab == i)
+        if drift < ABSORBER_STILL_PX:
+            found[lab == i] = False
+    if ABSORBER_GROW_PX > 0 and found.any():
+        found = ndimage.binary_dilation(found, iterations=ABSORBER_GROW_PX)
+    return found
+
+
+def _absorber_drift_px(aligned, region) -> float:
+    """px: how far an absorber moves over the matrix in the frames where it is brightest (those at or
+    above its median level, after the edge): the straight-line trend over those frames of the centroid
+    of its OD above the matrix level, over the pixels of ``region`` (h, w) that every one of them shows
+    (``aligned``: (n, h, w) in matrix coordinates, each frame less its level, NaN where a footprint
+    covers it). ``inf`` where it cannot be measured (fewer than 3 such frames or 9 such pixels): not
+    shown to hold still."""
+    a = aligned[:, region]
+    with warnings.catch_warnings():  # a frame that shows none of it: NaN, left out
+        warnings.simplefilter("ignore", RuntimeWarning)
+        level = np.nanmedian(a, axis=1)
+    ok = np.isfinite(level)
+    if ok.sum() < 3:
+        return float("inf")
+    bright = np.flatnonzero(ok & (level >= np.median(level[ok])))
+    a = a[bright]
+    shown = np.isfinite(a).all(axis=0)
+    if bright.size < 3 or shown.sum() < 9:
+        return float("inf")
+    w = np.clip(a[:, shown], 0.0, None)
+    total = w.sum(axis=1)
+    if not (total > 0).all():
+        return float("inf")
+    yx = np.argwhere(region)[shown].astype(float)
+    centroid = (w @ yx) / total[:, None]
+    t = bright.astype(float)
+    slope = np.polyfit(t - t.mean(), centroid, 1)[0]
+    return float(np.hypot(*slope) * np.ptp(t))
+
+
+def _nanmedian_frames(a, *, ordered=None) -> np.ndarray:
     """``np.nanmedian(a, axis=0)`` of a stack (n, h, w), the same numbers (the two middle values'
     mean for an even count, NaN where a pixel has none), without the warning: sorted along the
     frames (NaN last) and read at each pixel's middle. numpy takes its masked-array path for
     fewer than 600 frames, which sorts through masked arrays: 10x slower on a (48, 300, 300)
-    stack."""
+    stack. ``ordered``: ``a`` already so sorted."""
     a = np.asarray(a)
-    s = np.sort(a, axis=0)
+    s = np.sort(a, axis=0) if ordered is None else ordered
     count = (~np.isnan(a)).sum(axis=0)  # as np.nanmedian: +-inf are values (sorted first / last)
     low = np.take_along_axis(s, np.maximum((count - 1) // 2, 0)[None], axis=0)[0]
     high = np.take_along_axis(s, np.minimum(count // 2, a.shape[0] - 1)[None], axis=0)[0]
@@ -294,8 +484,9 @@ def separate_layers(
     c = (size - 1) / 2
     h, w = shape
     Wm = resample_windows(od, shift, origin, shape, order=3, frames=frames)
-    # each frame's level where no particle covers the box (as for ``bg``)
-    Wm -= _levels(Wm, ~cover)
+    # each frame's level where no particle covers the box (as for ``bg``), nor an absorber no footprint holds
+    excluded = bg.excluded if bg.excluded is not None and bg.excluded.any() else None
+    Wm -= _levels(Wm, ~cover if excluded is None else ~(cover | excluded[None]))
     Wp = resample_windows(od, positions - c, (0, 0), (size, size), order=3, frames=frames)
     M = bg.image
     for _ in range(max(1, iterations)):
@@ -318,9 +509,13 @@ def separate_layers(
         )
         D = Wm - np.nan_to_num(Pm)
         M = _nanmedian_frames(D).astype(np.float32)  # NaN where no frame shows the pixel: filled below
+        if excluded is not None:
+            # an absorber no footprint holds stays out of the matrix here too (what moves with the particle
+            # is in its layer, what does not would be the frames' median): the first estimate's fill there
+            M = np.where(excluded, bg.image, M)
         M = np.where(np.isfinite(M), M, np.nanmedian(M)).astype(np.float32)
     contrast[frames] = a
-    return MatrixBackground(M, bg.origin, shift, bg.seen), P.astype(np.float32), contrast
+    return MatrixBackground(M, bg.origin, shift, bg.seen, excluded=bg.excluded), P.astype(np.float32), contrast
 
 
 def _leading_components(X, r):
