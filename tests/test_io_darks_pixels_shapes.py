@@ -142,6 +142,47 @@ def test_hdf5_pixel_sizes_per_axis_within_one_percent_are_square(tmp_path):
         assert "not square" not in _notes(st) and "pixel size 0.0213 um, from the attribute" in _notes(st), name
 
 
+def _with_image_attrs(path, **attrs):
+    with h5py.File(path, "a") as h:
+        for k, v in attrs.items():
+            h["img_xanes"].attrs[k] = v
+    return path
+
+
+def test_hdf5_pixel_sizes_split_between_the_root_and_the_images_are_read_together(tmp_path):
+    # x on the root, y on /img_xanes: the root's x size alone was taken (0.0426), the y size never read
+    c, f, d = _counts()
+    for name, root, image in (
+        ("x_root", {"x_pixel_size_um": 0.0426}, {"y_pixel_size_um": 0.0213}),
+        ("y_root", {"y_pixel_size_um": 0.0213}, {"x_pixel_size_um": 0.0426}),
+    ):
+        path = _with_image_attrs(_fxi(tmp_path / f"{name}.h5", c, f, d, root_attrs=root), **image)
+        st = read_stack(path, zingers=False)
+        assert st.pixel_size_um is None, name
+        (note,) = [n for n in st.metadata["notes"] if "not square" in n]
+        assert "0.0426 um (x), 0.0213 um (y)" in note and " of /, " in note and "of /img_xanes" in note, name
+    # control: the same size split so is read, naming both
+    path = _fxi(tmp_path / "same.h5", c, f, d, root_attrs={"x_pixel_size_um": 0.0213})
+    st = read_stack(_with_image_attrs(path, y_pixel_size_um=0.0213), zingers=False)
+    assert st.pixel_size_um == pytest.approx(0.0213) and "not square" not in _notes(st)
+    assert "from the attributes 'x_pixel_size_um' of /, 'y_pixel_size_um' of /img_xanes" in _notes(st)
+
+
+def test_hdf5_pixel_size_of_three_values_is_a_voxels_z_y_x(tmp_path):
+    # [1.0, 0.0213, 0.0213]: a voxel's size, z first; called "not square, 47 times apart" and dropped
+    c, f, d = _counts()
+    for name, kw in (
+        ("dataset", dict(pixel_size_um=np.array([1.0, 0.0213, 0.0213]))),
+        ("attribute", dict(root_attrs={"pixel_size_um": np.array([1.0, 0.0213, 0.0213])})),
+    ):
+        st = read_stack(_fxi(tmp_path / f"{name}.h5", c, f, d, **kw), zingers=False)
+        assert st.pixel_size_um == pytest.approx(0.0213) and "square" not in _notes(st), name
+    # the image's two sizes that differ are said as before, as x and y
+    st = read_stack(_fxi(tmp_path / "xy.h5", c, f, d, pixel_size_um=np.array([1.0, 0.0213, 0.0426])), zingers=False)
+    assert st.pixel_size_um is None
+    assert "not square, 0.0426 um (x), 0.0213 um (y) (the last two of the 3 values of /pixel_size_um" in _notes(st)
+
+
 def test_imagej_and_ome_tiffs_with_pixels_not_square(tmp_path):
     import tifffile
 

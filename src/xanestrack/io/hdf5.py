@@ -238,13 +238,7 @@ def read_hdf5(path, *, scan: int | None = None, lazy: bool = False, need_energie
                         float(v[0])
                         if v.size == 1
                         else square_pixel_size(
-                            {
-                                ("first", "second", "third")[i] if i < 3 else f"value {i + 1}": x
-                                for i, x in enumerate(v)
-                            },
-                            source=path,
-                            where=f"/{cand}",
-                            notes=notes,
+                            _sizes_per_axis(v), source=path, where=_sizes_where(v, f"/{cand}"), notes=notes
                         )
                     )
                     unsquare |= pixel is None
@@ -494,19 +488,36 @@ def _attributes(f, data_name, pattern) -> list:
 _PIXEL_ATTRIBUTE = r"^(?:([xy])_?)?pix(?:el)?[ _]?size(?:[ _(\[]+([a-z\u00b5\u03bc]+)[)\]]?)?$"
 
 
+def _sizes_per_axis(v) -> dict:
+    """The pixel sizes of a vector ``v`` (2 values or more) per axis, for
+    :func:`~xanestrack.io.checks.square_pixel_size`: three values are a voxel's, (z, y, x), of which the last two are
+    the images' pixel, x and y (``[1.0, 0.02, 0.02]`` was called "not square, 50 times apart" and its pixel size
+    dropped); else one per value in their order (``first``, ``second``, ...)."""
+    if len(v) == 3:
+        return {"x": float(v[2]), "y": float(v[1])}
+    return {("first", "second", "third")[i] if i < 3 else f"value {i + 1}": float(x) for i, x in enumerate(v)}
+
+
+def _sizes_where(v, where: str) -> str:
+    """Where :func:`_sizes_per_axis` took the sizes of ``v`` from, for a note (``where``: the dataset or attribute)."""
+    return f"the last two of the 3 values of {where}, a voxel's (z, y, x)" if len(v) == 3 else where
+
+
 def _attribute_pixel_size(f, data_name, path, notes):
     """The pixel size (um) an attribute of the root or of the image dataset gives where its name states the unit
     (``pixel_size_um``, ``pixel_size_nm``, ``x_pixel_size_um``) and its value is one positive number; else None, with
     a note where such an attribute exists but is not used (``pixel_size`` = 0.0213: its unit cannot be told; a
     ``units`` attribute beside it may be the images' own).
 
-    Where one object states the size along x and along y (``x_pixel_size_um``, ``y_pixel_size_um``), or one
-    attribute gives two values (``pixel_size_um = [0.0426, 0.0213]``), both are read: the size where they agree, else
-    None with a note (:func:`~xanestrack.io.checks.square_pixel_size`); the x size alone was taken, the y size
-    dropped without a word."""
+    Where the size along x and along y are stated (``x_pixel_size_um``, ``y_pixel_size_um``), on one object or one
+    on each (x on the root, y on the images), or one attribute gives two values (``pixel_size_um = [0.0426,
+    0.0213]``), both are read: the size where they agree, else None with a note
+    (:func:`~xanestrack.io.checks.square_pixel_size`); the x size alone was taken, the y size dropped without a word.
+    Three values are a voxel's, (z, y, x): the last two are read (:func:`_sizes_per_axis`)."""
     import re
 
     seen = []
+    found = []  # (object, its axes) for each object stating a size
     for obj_name in ("", data_name):
         try:
             attrs = (f if not obj_name else f[obj_name]).attrs
@@ -524,21 +535,38 @@ def _attribute_pixel_size(f, data_name, path, notes):
                 v = np.array([np.nan])
             scale = um_per_unit(m.group(2)) if m.group(2) else None
             axis = (m.group(1) or "").lower()
-            if scale is not None and v.size in (1, 2 - bool(axis)) and np.all(np.isfinite(v)) and np.all(v > 0):
+            ok = v.size == 1 or (not axis and v.size in (2, 3))  # a size per axis (or a voxel's, z, y, x) in one
+            if scale is not None and ok and np.all(np.isfinite(v)) and np.all(v > 0):
                 axes.setdefault(axis, (name, v * scale))
                 continue
             seen.append(f"/{obj_name} attribute {name!r}" + (f" = {v[0]:g}" if v.size == 1 else ""))
-        if not axes:
-            continue
+        if axes:
+            found.append((obj_name, axes))
+    if found:
+        obj_name, axes = found[0]
+        if "" not in axes and len(axes) == 1:
+            # one axis alone: the other may be stated on the other object (x on the root, y on the images), and
+            # is read with it (the x size alone was taken, the y size dropped without a word)
+            other = "y" if "x" in axes else "x"
+            more = [(o, ax[other]) for o, ax in found[1:] if other in ax]
+            if more:
+                (axis, (name, v)), (o2, (name2, v2)) = next(iter(axes.items())), more[0]
+                sizes = {axis: v[0], other: v2[0]}
+                what = f"the attributes {name!r} of /{obj_name}, {name2!r} of /{o2}"
+                size = square_pixel_size(dict(sorted(sizes.items())), source=path, where=what, notes=notes)
+                if size is not None:
+                    notes.append(f"{path}: pixel size {size:.4g} um, from {what}")
+                return size
         if "x" in axes and "y" in axes:  # one size per axis: both read
             (xn, x), (yn, y) = axes["x"], axes["y"]
-            sizes, what = {"x": x[0], "y": y[0]}, f"the attributes {xn!r}, {yn!r}"
-        else:  # one size for both, or for one axis alone; two values in one attribute are one per axis
+            sizes, what = {"x": x[0], "y": y[0]}, f"the attributes {xn!r}, {yn!r} of /{obj_name}"
+        else:  # one size for both, or for one axis alone; values in one attribute are one per axis
             name, v = axes.get("") or next(iter(axes.values()))
-            sizes, what = dict(zip(("first", "second"), v)), f"the attribute {name!r}"
-        size = square_pixel_size(sizes, source=path, where=f"{what} of /{obj_name}", notes=notes)
+            sizes = _sizes_per_axis(v) if v.size > 1 else {"first": v[0]}
+            what = _sizes_where(v, f"the attribute {name!r} of /{obj_name}")
+        size = square_pixel_size(sizes, source=path, where=what, notes=notes)
         if size is not None:
-            notes.append(f"{path}: pixel size {size:.4g} um, from {what} of /{obj_name}")
+            notes.append(f"{path}: pixel size {size:.4g} um, from {what}")
         return size
     if seen:
         notes.append(
