@@ -752,7 +752,8 @@ def compute_motion(
     particle left out: the most it moved any particle's own motion, the scale as fitted) and, where a scale line
     was kept, ``similarity.attrs["split_scale_ends"]`` (the least and largest scale at the scan's far end with one
     particle left out, the line refitted and tested: 1 where it was dropped then; of the particles left out whose
-    others can fit and test a line, absent where none can: 3 particles, 2 left in every frame).
+    others can fit and test a line, absent where none can: 3 particles, 2 left in every frame; then
+    ``similarity.attrs["split_scale_untested"]`` is True).
 
     Notes
     -----
@@ -881,6 +882,10 @@ def compute_motion(
             ]
             if ends is not None and np.isfinite(ends).any():  # those tested (3 particles: none, no line refitted)
                 sim.attrs["split_scale_ends"] = [float(np.nanmin(ends)), float(np.nanmax(ends))]
+            elif ends is not None:
+                # a kept line no particles left can test: said (pipeline._split_notes), as a particle drifting
+                # radially on its own and a magnification read alike with three particles, two close together
+                sim.attrs["split_scale_untested"] = True
         else:
             sim["split_px"] = np.nan
     if P.shape[1] < 2:

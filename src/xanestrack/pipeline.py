@@ -5253,6 +5253,26 @@ def _split_notes(similarity, ratios, motion) -> list[str]:
                 )
                 + "; where the optics' magnification is known, compare"
             )
+    elif similarity.attrs.get("split_scale_untested") and "scale" in similarity and len(similarity) and len(motion):
+        # three particles: one left out leaves two, which fit no line to test it. A review's scene (two of three
+        # particles close together, the third drifting 1-1.5 px outward on its own, no magnification) kept a line
+        # of +0.6-0.9 %, its own motion read as none; the truth's 1 % magnification on the same layout was dropped
+        # before the frames' start took the similarity (motion._start_or_similarity): either way unsaid
+        scale = similarity["scale"].to_numpy(float)
+        far = int(np.nanargmax(np.abs(scale - 1.0)))
+        _, ref = _own_motions(motion)
+        centre = np.asarray(similarity.attrs.get("centre", (np.nan, np.nan)), float)
+        lever = np.hypot(*(ref - centre).T)
+        lever = float(np.median(lever[np.isfinite(lever)])) if np.isfinite(lever).any() else np.nan
+        moved = abs(scale[far] - 1.0) * lever
+        if np.isfinite(moved) and moved >= FIELD_NOTE_PX:
+            notes.append(
+                f"the magnification fitted to the particles (common_scale {scale[0]:.4f} to {scale[far]:.4f} across "
+                f"the scan, {moved:.2f} px at their median distance from the field's centre, {lever:.0f} px) rests on "
+                "too few particles to be tested with one left out: one particle drifting toward or away from the "
+                "centre on its own reads as a magnification, and a magnification as that particle's own motion; "
+                "where the optics' magnification is known, compare, or give --reference-particle"
+            )
     return notes
 
 
