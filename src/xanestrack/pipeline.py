@@ -3816,8 +3816,15 @@ def _frames_bias(particles, references, energies, options) -> tuple[list, str]:
             # not describe it, by as much as its E50 says, not measured
             misfit = moved and any(MISFIT_NOTE in n or n.startswith(MISFIT_REGION_NOTE) for n in p.notes)
             df = how.get("fraction", nan)
-            fraction_moved = fitted and (
-                (np.isfinite(df) and (abs(df) >= FRAMES_FRACTION_FLOOR or misfit)) or ("near" in how and moved)
+            # only where the fit took the references as given: normalised on the particle's own energies
+            # (xanes.references_on_scan) they are normalised as its spectra on the same energies, and its fractions do
+            # not move with the frames left out (a review: 0.6 NiO + 0.4 LiNiO2 without its last 5 of 60 frames,
+            # +0.0001 fitted where this said -0.037)
+            as_given = any(n.startswith(xanes.AS_GIVEN_NOTE) for n in p.notes)
+            fraction_moved = (
+                fitted
+                and as_given
+                and ((np.isfinite(df) and (abs(df) >= FRAMES_FRACTION_FLOOR or misfit)) or ("near" in how and moved))
             )
             if moved or fraction_moved:
                 last = p.reference_names[-1] if fraction_moved else ""
