@@ -5156,6 +5156,20 @@ def _own_motion_noise_note(ratios) -> str:
 SPLIT_NOTE_MOST = 6
 
 
+def _scale_at_far_end(similarity, motion) -> tuple:
+    """``(scale, far, lever)``: the common scale per frame, the frame where it lies furthest from 1, and the
+    particles' median distance (px) from the field's centre at their reference positions (NaN where none)."""
+    from .motion import _own_motions
+
+    scale = similarity["scale"].to_numpy(float)
+    far = int(np.nanargmax(np.abs(scale - 1.0)))
+    _, ref = _own_motions(motion)
+    centre = np.asarray(similarity.attrs.get("centre", (np.nan, np.nan)), float)
+    lever = np.hypot(*(ref - centre).T)
+    lever = float(np.median(lever[np.isfinite(lever)])) if np.isfinite(lever).any() else np.nan
+    return scale, far, lever
+
+
 def _split_notes(similarity, ratios, motion) -> list[str]:
     """Notes where the positions do not determine the split into common and own motion
     (:func:`xanestrack.motion.common_motion_split`, ``own_motion_split_px`` of
@@ -5174,7 +5188,7 @@ def _split_notes(similarity, ratios, motion) -> list[str]:
     stress-crowd seed 1 (6 particles) kept +0.65 % where the truth is +0.2 %; an empty margin cropped, or the
     frames transposed, dropped it; stress-counts seed 1 kept +1.65 % (one particle left out: dropped, the own
     motions 1.65 px apart)."""
-    from .motion import SPLIT_NOTE_PX, _own_motions, undetermined_split_px
+    from .motion import SPLIT_NOTE_PX, undetermined_split_px
 
     notes = []
     if similarity is None or not len(ratios) or "own_motion_split_px" not in ratios:
@@ -5235,12 +5249,7 @@ def _split_notes(similarity, ratios, motion) -> list[str]:
         said = True
     ends = similarity.attrs.get("split_scale_ends")
     if ends is not None and "scale" in similarity and len(similarity) and len(motion):
-        scale = similarity["scale"].to_numpy(float)
-        far = int(np.nanargmax(np.abs(scale - 1.0)))
-        _, ref = _own_motions(motion)
-        centre = np.asarray(similarity.attrs.get("centre", (np.nan, np.nan)), float)
-        lever = np.hypot(*(ref - centre).T)
-        lever = float(np.median(lever[np.isfinite(lever)])) if np.isfinite(lever).any() else np.nan
+        scale, far, lever = _scale_at_far_end(similarity, motion)
         lo, hi = float(ends[0]), float(ends[1])
         moved = max(abs(hi - scale[far]), abs(scale[far] - lo)) * lever
         own = np.isfinite(worst) and not said
@@ -5265,12 +5274,7 @@ def _split_notes(similarity, ratios, motion) -> list[str]:
         # particles close together, the third drifting 1-1.5 px outward on its own, no magnification) kept a line
         # of +0.6-0.9 %, its own motion read as none; the truth's 1 % magnification on the same layout was dropped
         # before the frames' start took the similarity (motion._start_or_similarity): either way unsaid
-        scale = similarity["scale"].to_numpy(float)
-        far = int(np.nanargmax(np.abs(scale - 1.0)))
-        _, ref = _own_motions(motion)
-        centre = np.asarray(similarity.attrs.get("centre", (np.nan, np.nan)), float)
-        lever = np.hypot(*(ref - centre).T)
-        lever = float(np.median(lever[np.isfinite(lever)])) if np.isfinite(lever).any() else np.nan
+        scale, far, lever = _scale_at_far_end(similarity, motion)
         moved = abs(scale[far] - 1.0) * lever
         if np.isfinite(moved) and moved >= FIELD_NOTE_PX:
             notes.append(
