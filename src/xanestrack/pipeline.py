@@ -3751,15 +3751,18 @@ def _frames_bias(particles, references, energies, options) -> tuple[list, str]:
 
     e = np.asarray(energies, float)
     nan = float("nan")
-    # the sigma of each one's mean E50, as the particles' table gives it (before this column is set)
-    stand_in = SimpleNamespace(particles=particles, peak_ratios=pd.DataFrame(), options=options, energies_ev=e)
-    summ = particle_summary(stand_in) if particles and references else None
-    sigma = dict(zip(summ["particle"], summ["mean_e50_sigma_ev"])) if summ is not None else {}
-    background = _particles_background(particles, e) if references else None
 
+    # the sigma of each one's mean E50, as the particles' table gives it (before this column is set)
     def measurable(p):
         used = None if p.xanes_frames is None else np.asarray(p.xanes_frames, bool)
         return used is not None and used.shape == e.shape and not _across_two_edges(p) and _e50_given(p)
+
+    # only where a particle left frames out (a scan whose particles used every frame: each 0, nothing to measure)
+    fewer = bool(references) and any(measurable(p) and not np.asarray(p.xanes_frames, bool).all() for p in particles)
+    stand_in = SimpleNamespace(particles=particles, peak_ratios=pd.DataFrame(), options=options, energies_ev=e)
+    summ = particle_summary(stand_in) if particles and fewer else None
+    sigma = dict(zip(summ["particle"], summ["mean_e50_sigma_ev"])) if summ is not None else {}
+    background = _particles_background(particles, e) if fewer else None
 
     # the particles measured on every energy: their analysed mean spectra, for those the references do not describe
     whole = {
@@ -3773,13 +3776,13 @@ def _frames_bias(particles, references, energies, options) -> tuple[list, str]:
     for p in particles:
         notes = tuple(n for n in p.notes if not n.startswith(FRAMES_NOTE_START))
         shift, how = nan, None
-        if references and measurable(p):
+        if references and measurable(p) and np.asarray(p.xanes_frames, bool).all():
+            shift = 0.0
+        elif references and measurable(p):
             used = np.asarray(p.xanes_frames, bool)
             shares, rms = scale_free_fractions(e, p.mean_norm, p.e0_ev, references, lcf_window=options.lcf_window)
             described = shares is not None and rms <= FRAMES_DESCRIBED_RMS
-            if used.all():
-                shift = 0.0
-            elif described:
+            if described:
                 fs = frames_bias_shift(
                     e,
                     used,
