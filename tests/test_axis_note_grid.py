@@ -15,7 +15,8 @@ import pytest
 
 from xanestrack import synth
 from xanestrack.chemistry.calibration import half_step_energies
-from xanestrack.pipeline import UNCALIBRATED_NOTE, PipelineOptions, _uncalibrated_note, run_pipeline
+from xanestrack.chemistry.runnotes import UNCALIBRATED_NOTE, _uncalibrated_note
+from xanestrack.pipeline import PipelineOptions, run_pipeline
 from xanestrack.result import core_pixels, e50_withheld
 from xanestrack.spectra import ni_references
 from xanestrack.stack import Stack

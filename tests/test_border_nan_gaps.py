@@ -11,7 +11,8 @@ import pytest
 
 from xanestrack import stack as stack_module
 from xanestrack import xanes
-from xanestrack.pipeline import PipelineOptions, _filled_run_note, run_pipeline
+from xanestrack.outlines import _filled_run_note
+from xanestrack.pipeline import PipelineOptions, run_pipeline
 from xanestrack.stack import Stack, sanitize_stack
 
 

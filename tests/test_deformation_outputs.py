@@ -8,14 +8,8 @@ import pandas as pd
 import pytest
 
 from xanestrack.motion import compute_motion, field_strain, peak_ratios
-from xanestrack.pipeline import (
-    PipelineOptions,
-    _field_motion_notes,
-    _large_scale_note,
-    _position_noise,
-    _still_field_note,
-    run_pipeline,
-)
+from xanestrack.motion_notes import _field_motion_notes, _large_scale_note, _position_noise, _still_field_note
+from xanestrack.pipeline import PipelineOptions, run_pipeline
 from xanestrack.stack import Stack
 from xanestrack.synth import make_synthetic_stack
 

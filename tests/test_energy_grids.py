@@ -70,7 +70,7 @@ def test_a_hole_in_the_grid_across_the_edge_is_a_gap_as_left_out_frames_are():
 def test_the_coarse_step_note_states_the_bias_measured_at_that_step():
     from types import SimpleNamespace
 
-    from xanestrack.pipeline import _coarse_edge_note
+    from xanestrack.chemistry.runnotes import _coarse_edge_note
 
     parts = [SimpleNamespace(edge_maps={"e50": np.full((3, 3), v)}) for v in (8340.2, 8341.0)]
     n5 = _coarse_edge_note(parts, np.arange(8300, 8400, 5.0))
@@ -85,7 +85,7 @@ def test_a_scan_over_two_edges_is_said_and_no_edge_is_compared_with_another():
     """A scan over a Co-like edge (the Ni references 624 eV lower) and the Ni K edge: particles whose Co step is 3 times
     their Ni step were measured at Co (their post-edge across the Ni edge), another at Ni, in one table, with
     "resolved" differences of 624.7 eV."""
-    from xanestrack.pipeline import _two_edges
+    from xanestrack.chemistry.runnotes import _two_edges
 
     g = ni_energy_grid(60)
     e = np.r_[g - 624.0, g]
@@ -171,7 +171,8 @@ def test_a_turn_of_the_field_is_not_said_of_three_particles_drifting_on_their_ow
     """Three particles drifting on their own (no turn) read as a turn explaining 95 % of their own motion, and the
     note said so (a default scene of 3 particles starting at 8300 eV: 81 %, -1.33 degrees)."""
     from xanestrack.motion import compute_motion, field_rotation
-    from xanestrack.pipeline import PipelineOptions, _field_motion_notes
+    from xanestrack.motion_notes import _field_motion_notes
+    from xanestrack.pipeline import PipelineOptions
 
     e = np.linspace(8300, 8400, 40)
     c = np.array([128.0, 128.0])

@@ -19,7 +19,8 @@ from test_particle_deformation_notes import _fake
 import xanestrack.synth as synth
 from conftest import NAN_PATCH, CollectWarnings, nan_patch_scene
 from xanestrack import xanes
-from xanestrack.pipeline import MOVING_RIM_NOTE, PipelineOptions, _filled_frames, _flag_moving_rims, run_pipeline
+from xanestrack.outlines import MOVING_RIM_NOTE, _filled_frames, _flag_moving_rims
+from xanestrack.pipeline import PipelineOptions, run_pipeline
 from xanestrack.result import particle_summary
 from xanestrack.stack import Stack, sanitize_stack
 from xanestrack.synth import make_synthetic_stack

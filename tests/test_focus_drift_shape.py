@@ -19,7 +19,8 @@ import xanestrack.synth as synth
 from xanestrack import xanes
 from xanestrack.evaluate import pair_particles
 from xanestrack.models import pipeline_models
-from xanestrack.pipeline import MOVING_RIM_NOTE, PipelineOptions, run_pipeline
+from xanestrack.outlines import MOVING_RIM_NOTE
+from xanestrack.pipeline import PipelineOptions, run_pipeline
 from xanestrack.stack import Stack
 
 #: the probe's scene, reduced: default preset, seed 5, 4 particles of 10-28 px, 60 energies

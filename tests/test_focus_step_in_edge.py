@@ -15,13 +15,13 @@ import pytest
 from scipy import ndimage
 from scipy.special import erf
 
-from xanestrack.pipeline import (
+from xanestrack.pipeline import run_pipeline
+from xanestrack.resolution import (
     RESOLUTION_CHANGE_PX,
     _edge_step,
     _resolution_blur,
     _resolution_change,
     _resolution_note,
-    run_pipeline,
 )
 from xanestrack.result import particle_summary
 from xanestrack.stack import Stack

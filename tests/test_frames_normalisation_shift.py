@@ -22,7 +22,8 @@ from xanestrack.chemistry.normbias import (
     scale_free_fractions,
     spectrum_frames_shift,
 )
-from xanestrack.pipeline import FRAMES_RUN_NOTE_START, redo_xanes, run_pipeline
+from xanestrack.chemistry.runnotes import FRAMES_RUN_NOTE_START
+from xanestrack.pipeline import redo_xanes, run_pipeline
 from xanestrack.report import uncertainty_figure
 from xanestrack.result import particle_summary
 from xanestrack.results import read_results, write_results
@@ -253,7 +254,7 @@ def test_where_the_references_do_not_describe_it_the_particles_on_every_energy_r
     particle most like it that used every energy (its mean spectrum normalised on the first one's energies), and its
     note says so; the particles on every energy stay 0."""
     from xanestrack import chemistry
-    from xanestrack.pipeline import _most_alike
+    from xanestrack.chemistry.runnotes import _most_alike
 
     _, r = scene
     monkeypatch.setattr(chemistry.normbias, "FRAMES_DESCRIBED_RMS", -1.0)

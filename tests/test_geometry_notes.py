@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 
 import xanestrack.synth as synth
 from xanestrack.cli import app
-from xanestrack.pipeline import MOVING_RIM_NOTE, _flag_moving_rims
+from xanestrack.outlines import MOVING_RIM_NOTE, _flag_moving_rims
 from xanestrack.register import mask_flags
 from xanestrack.result import FRAME_FLAGS
 

@@ -22,7 +22,8 @@ import pytest
 
 from xanestrack import motion as motion_module
 from xanestrack.motion import compute_motion, peak_ratios
-from xanestrack.pipeline import PipelineOptions, _field_motion_notes, _split_notes
+from xanestrack.motion_notes import _field_motion_notes, _split_notes
+from xanestrack.pipeline import PipelineOptions
 
 CENTRE = np.array([127.5, 127.5])
 ENERGIES = np.linspace(8200, 8680, 60)

@@ -191,7 +191,8 @@ def test_a_particle_entering_late_is_not_given_its_filled_in_first_position_as_r
 def test_a_turning_field_or_a_magnification_step_is_told_from_own_motions():
     # a field turning by up to 1 degree, fitted without rotation: every particle's "own" motion is the turn
     from xanestrack.motion import compute_motion, field_rotation
-    from xanestrack.pipeline import PipelineOptions, _field_motion_notes
+    from xanestrack.motion_notes import _field_motion_notes
+    from xanestrack.pipeline import PipelineOptions
 
     rng = np.random.default_rng(5)
     # the particles in one part of the field: the turn is about the image's centre, far from their centroid
@@ -259,7 +260,8 @@ def test_a_uniform_strain_or_shear_of_the_field_is_told_from_own_motions():
     """A stretch along one axis or a shear is no similarity: every particle's own motion is one pattern across the
     field. A note says so (with the strain), and own motions in random directions give none."""
     from xanestrack.motion import compute_motion, field_strain
-    from xanestrack.pipeline import PipelineOptions, _field_motion_notes
+    from xanestrack.motion_notes import _field_motion_notes
+    from xanestrack.pipeline import PipelineOptions
 
     rng = np.random.default_rng(8)
     base = rng.uniform(40, 420, (9, 2))
@@ -313,7 +315,7 @@ def test_a_scale_change_beyond_the_optics_is_named_as_possibly_swelling():
     # stress-all: particles drifting outward on their own and 1 % magnified were fitted 4.3 % magnification,
     # one particle fixed in the truth then "moved" 8 px on its own; the two cannot be told apart, but a scale
     # change beyond what a zone plate gives across a XANES scan is said
-    from xanestrack.pipeline import _large_scale_note
+    from xanestrack.motion_notes import _large_scale_note
 
     rng = np.random.default_rng(2)
     n, m = 60, 8

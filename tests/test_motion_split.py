@@ -20,7 +20,7 @@ from xanestrack.motion import (
     peak_ratios,
     undetermined_split_px,
 )
-from xanestrack.pipeline import _split_notes
+from xanestrack.motion_notes import _split_notes
 
 N_FRAMES = 40
 CENTRE = np.array([127.5, 127.5])

@@ -90,7 +90,7 @@ def test_the_run_notes_the_bias_on_coarse_grids_only(scene_run):
     assert len(result.particles) == 3
     bias = result.normalisation_bias
     assert set(bias) == {"NiO", "LiNiO2"}
-    from xanestrack.pipeline import _particles_background
+    from xanestrack.chemistry.runnotes import _particles_background
 
     background = _particles_background(result.particles, result.energies_ev)  # the scene's own: 0.25-0.26
     assert 0.2 < background < 0.3

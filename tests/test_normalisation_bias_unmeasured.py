@@ -19,7 +19,8 @@ from xanestrack.chemistry.normbias import (
     shipped_bias_at_edge,
     unmeasured_bias_note,
 )
-from xanestrack.pipeline import PipelineOptions, _normalisation_bias, _particles_background, run_pipeline
+from xanestrack.chemistry.runnotes import _normalisation_bias, _particles_background
+from xanestrack.pipeline import PipelineOptions, run_pipeline
 from xanestrack.spectra import ReferenceSpectrum, ni_references
 from xanestrack.stack import Stack
 from xanestrack.xanes import edge_energy, find_e0, normalize

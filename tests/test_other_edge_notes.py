@@ -11,10 +11,12 @@ import numpy as np
 
 from conftest import CO_BELOW_NI_EV, shared_data
 from conftest import CO_NI_GRID as COWIDE
-from xanestrack import pipeline, synth
+from xanestrack import synth
+from xanestrack.chemistry import runnotes
 from xanestrack.chemistry.normbias import NOTE_START, normalisation_bias_note
+from xanestrack.chemistry.runnotes import _coarse_edge_note, _normalisation_bias
 from xanestrack.chemistry.stray import STRAY_NOTE_START
-from xanestrack.pipeline import PipelineOptions, _coarse_edge_note, _normalisation_bias, run_pipeline
+from xanestrack.pipeline import PipelineOptions, run_pipeline
 from xanestrack.spectra import ReferenceSpectrum, ni_references
 from xanestrack.xanes import SHOULDER_NOTE, _shoulder_note, find_e0, normalize
 
@@ -150,17 +152,17 @@ def test_coarse_note_follows_the_edge_shape():
     2.5 eV apart, where the shipped Ni pair gives no note (the threshold follows the edge's sharpness)."""
     d = "spectra", "xasdatalibrary"
     mn = _xdi_pair(shared_data(*d, "Mn", "MnO_rt_01.xdi"), other=shared_data(*d, "Mn", "Mn2O3_rt_01.xdi"))
-    lo, hi = pipeline._coarse_edge_range(
+    lo, hi = runnotes._coarse_edge_range(
         mn, np.arange(6407.0, 6887.0, 1.0), 5.0, shipped=False, background=None, edge_window=(-15.0, 20.0)
     )
     assert hi > 0.3  # two-sided, up to well above 0: not "mostly low"
     note = _coarse_edge_note(_particles_at(6545.0), np.arange(6402.0, 6890.0, 5.0), mn)
     assert f"to {hi:+.2f} eV" in note and "mostly low" not in note
     co = _xdi_pair(shared_data(*d, "Co", "co_metal_rt.xdi"), shift=4.0)
-    lo, hi = pipeline._coarse_edge_range(
+    lo, hi = runnotes._coarse_edge_range(
         co, np.arange(7576.0, 8056.0, 1.0), 2.5, shipped=False, background=None, edge_window=(-15.0, 20.0)
     )
-    assert max(-lo, hi) > pipeline.COARSE_EDGE_NOTE_EV
+    assert max(-lo, hi) > runnotes.COARSE_EDGE_NOTE_EV
     assert "biased by" in _coarse_edge_note(_particles_at(7716.0), np.arange(7576.0, 8056.0, 2.5), co)
 
 

@@ -92,7 +92,8 @@ def test_references_of_another_edge_are_not_fitted_at_the_particles_edge(monkeyp
     """NMC-like particles (their edge at Ni, a Co step 0.25 beneath) fitted with Co references: every fraction 0.000
     (truth 0.13-0.66), no particle note, and a run note calling 620 eV an axis offset. No fractions now (NaN, not 0),
     a note on each particle and a run note naming both edges."""
-    from xanestrack.pipeline import UNCALIBRATED_NOTE, run_pipeline
+    from xanestrack.chemistry.runnotes import UNCALIBRATED_NOTE
+    from xanestrack.pipeline import run_pipeline
     from xanestrack.xanes import OTHER_EDGE_NOTE
 
     stack = _scene(monkeypatch, _refs(0.25, 0.25))

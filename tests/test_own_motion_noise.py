@@ -19,7 +19,7 @@ from xanestrack.motion import (
     velocity_noise_maximum,
     velocity_noise_scales,
 )
-from xanestrack.pipeline import _own_motion_noise_note, _particle_position_noise
+from xanestrack.motion_notes import _own_motion_noise_note, _particle_position_noise
 
 N_FRAMES = 60
 SIGMA = 0.1  # px per axis

@@ -25,15 +25,10 @@ import pytest
 import xanestrack.synth as synth
 from xanestrack import xanes
 from xanestrack.chemistry.calibration import fraction_shift_sensitivity, half_step_energies
+from xanestrack.chemistry.runnotes import UNCALIBRATED_NOTE
 from xanestrack.evaluate import pair_particles
-from xanestrack.pipeline import (
-    CONSOLE_NOTE_WORDS,
-    MOVING_RIM_NOTE,
-    UNCALIBRATED_NOTE,
-    _flag_moving_rims,
-    redo_xanes,
-    run_pipeline,
-)
+from xanestrack.outlines import MOVING_RIM_NOTE, _flag_moving_rims
+from xanestrack.pipeline import CONSOLE_NOTE_WORDS, redo_xanes, run_pipeline
 from xanestrack.result import ParticleResult, particle_summary
 from xanestrack.results import read_results, write_results, write_tables
 from xanestrack.spectra import ni_references

@@ -632,7 +632,7 @@ def test_edge_energies_between_frames_far_apart_are_said_to_be_biased():
     # 15 energies of the default scene (5 eV apart at the edge): every particle's E50 0.2-0.7 eV low, no note
     from types import SimpleNamespace
 
-    from xanestrack.pipeline import _coarse_edge_note
+    from xanestrack.chemistry.runnotes import _coarse_edge_note
 
     parts = [SimpleNamespace(edge_maps={"e50": np.full((3, 3), v)}) for v in (8341.2, 8343.9)]
     fine = np.r_[np.arange(8300, 8330, 2.0), np.arange(8330, 8360, 0.5), np.arange(8360, 8400, 2.0)]
@@ -646,7 +646,7 @@ def test_edge_energies_between_frames_far_apart_are_said_to_be_biased():
 def test_frames_blurred_on_their_own_are_found_and_a_drifting_focus_is_not():
     # every 10th frame of the default scene blurred by 1.5-3 px: every particle's mean E50 up to 0.9 eV off,
     # unflagged; the particles' edges there 0.9-2.2 px wider than around
-    from xanestrack.pipeline import _blurred_frames, _blurred_frames_note, _Resolution
+    from xanestrack.resolution import _blurred_frames, _blurred_frames_note, _Resolution
 
     rng = np.random.default_rng(1)
     n = 60
@@ -665,7 +665,7 @@ def test_particles_rarely_vouched_for_are_named():
     # an empty field's texture taken for 35 particles, each vouched for in at most 1 of 143 frames: no note before
     from types import SimpleNamespace
 
-    from xanestrack.pipeline import _rarely_vouched_note
+    from xanestrack.motion_notes import _rarely_vouched_note
 
     bad = FRAME_FLAGS["disagree"]
     parts = [
@@ -1048,7 +1048,7 @@ def test_outlines_that_change_only_across_the_edge_are_chemistry_not_focus():
 
     from scipy.special import erf
 
-    from xanestrack.pipeline import RESOLUTION_CHANGE_PX, _resolution_change
+    from xanestrack.resolution import RESOLUTION_CHANGE_PX, _resolution_change
     from xanestrack.synth import ni_energy_grid
 
     e = ni_energy_grid(143)  # fine steps across the edge: a quarter of the frames lies there

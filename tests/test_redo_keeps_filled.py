@@ -15,7 +15,8 @@ import pytest
 
 from conftest import NAN_PATCH, CollectWarnings, nan_patch_scene
 from xanestrack import xanes
-from xanestrack.pipeline import FILLED_NOTE, MOVING_RIM_NOTE, PipelineOptions, redo_xanes, run_pipeline
+from xanestrack.outlines import FILLED_NOTE, MOVING_RIM_NOTE
+from xanestrack.pipeline import PipelineOptions, redo_xanes, run_pipeline
 from xanestrack.result import particle_summary
 from xanestrack.results import read_results, write_results
 from xanestrack.stack import Stack

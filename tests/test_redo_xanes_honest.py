@@ -14,13 +14,8 @@ import h5py
 import numpy as np
 import pytest
 
-from xanestrack.pipeline import (
-    ONE_REFERENCE,
-    REDONE_NOTE,
-    UNCALIBRATED_NOTE,
-    redo_xanes,
-    run_pipeline,
-)
+from xanestrack.chemistry.runnotes import ONE_REFERENCE, UNCALIBRATED_NOTE
+from xanestrack.pipeline import REDONE_NOTE, redo_xanes, run_pipeline
 from xanestrack.result import particle_summary
 from xanestrack.results import read_results, write_results
 from xanestrack.spectra import ReferenceSpectrum, ni_references

@@ -152,7 +152,7 @@ def test_the_sigma_caption_quotes_the_bias_only_for_the_shipped_references():
 
 def test_references_given_most_oxidised_first_are_said_since_oxidised_fraction_is_the_last():
     """oxidised_fraction is the last reference's fraction: LiNiO2 then NiO turned 0.70 into 0.30, without a word."""
-    from xanestrack.pipeline import _user_references
+    from xanestrack.chemistry.runnotes import _user_references
     from xanestrack.spectra import ni_references
     from xanestrack.synth import ni_energy_grid
 
@@ -167,7 +167,7 @@ def test_references_given_most_oxidised_first_are_said_since_oxidised_fraction_i
 def test_references_sampled_more_coarsely_than_the_scan_are_noted():
     """Mn references every 3 eV against a scan every 1 eV: the fractions right, yet the particles said not described
     by them and the axis to be calibrated; the sampling is now named."""
-    from xanestrack.pipeline import _user_references
+    from xanestrack.chemistry.runnotes import _user_references
     from xanestrack.spectra import ReferenceSpectrum, ni_references
     from xanestrack.synth import ni_energy_grid
 

@@ -12,7 +12,8 @@ import pytest
 
 from xanestrack import xanes
 from xanestrack.io.flatfield import optical_density
-from xanestrack.pipeline import FILLED_NOTE, PipelineOptions, run_pipeline
+from xanestrack.outlines import FILLED_NOTE
+from xanestrack.pipeline import PipelineOptions, run_pipeline
 from xanestrack.stack import Stack, sanitize_stack
 
 

@@ -116,7 +116,7 @@ def test_series_takes_the_same_clipped_range(tmp_path):
 
 
 def _two_frame_motion(scale, lever=100.0):
-    from xanestrack.pipeline import _two_frame_scale_note
+    from xanestrack.motion_notes import _two_frame_scale_note
 
     c = (127.5, 127.5)
     ang = np.linspace(0, 2 * np.pi, 4, endpoint=False)

@@ -13,7 +13,8 @@ import pytest
 from chemistry_synth import disc, dome, pixel_od
 
 from xanestrack import synth, xanes
-from xanestrack.pipeline import UNCALIBRATED_NOTE, _untrusted_note, run_pipeline
+from xanestrack.chemistry.runnotes import UNCALIBRATED_NOTE
+from xanestrack.pipeline import _untrusted_note, run_pipeline
 from xanestrack.spectra import ni_references
 from xanestrack.stack import Stack
 from xanestrack.synth_stress import make_stress_stack

@@ -9,7 +9,8 @@ import pytest
 import xanestrack.synth as synth
 from xanestrack.models import pipeline_models
 from xanestrack.motion import STILL_FIELD_NOISE, compute_motion, peak_ratios
-from xanestrack.pipeline import PipelineOptions, _position_noise, _still_field_note, run_pipeline
+from xanestrack.motion_notes import _position_noise, _still_field_note
+from xanestrack.pipeline import PipelineOptions, run_pipeline
 from xanestrack.stack import Stack
 from xanestrack.synth_stress import make_stress_stack
 

@@ -13,8 +13,9 @@ import pytest
 
 from xanestrack import synth, xanes
 from xanestrack.chemistry.calibration import calibrate_from_reference
+from xanestrack.chemistry.runnotes import UNCALIBRATED_NOTE
 from xanestrack.errors import XanestrackError
-from xanestrack.pipeline import UNCALIBRATED_NOTE, run_pipeline
+from xanestrack.pipeline import run_pipeline
 from xanestrack.spectra import ni_references
 from xanestrack.stack import Stack
 

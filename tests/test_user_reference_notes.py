@@ -20,17 +20,16 @@ from typer.testing import CliRunner
 
 from xanestrack import synth
 from xanestrack.chemistry.normbias import NOTE_START, normalisation_bias
-from xanestrack.cli import app
-from xanestrack.io import Stack
-from xanestrack.pipeline import (
+from xanestrack.chemistry.runnotes import (
     ONE_REFERENCE,
     UNCALIBRATED_NOTE,
-    PipelineOptions,
     _normalisation_bias,
     _oxidised_order_note,
     _reference_used_as_given,
-    run_pipeline,
 )
+from xanestrack.cli import app
+from xanestrack.io import Stack
+from xanestrack.pipeline import PipelineOptions, run_pipeline
 from xanestrack.spectra import ReferenceSpectrum, ni_references, prepare_reference, read_spectrum
 
 SPECTRA = Path(__file__).resolve().parents[2] / "shared" / "data" / "spectra"

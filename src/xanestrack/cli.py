@@ -770,8 +770,8 @@ def _known_edge_calibration(particle, known_ev):
     import numpy as np
 
     from .chemistry.calibration import calibrate_from_region
+    from .chemistry.runnotes import _two_edges
     from .errors import XanestrackError
-    from .pipeline import _two_edges
     from .result import core_pixels, e50_share, gap_share
     from .xanes import MAX_GAP_SHARE, MIN_E50_SHARE
 
@@ -1031,7 +1031,7 @@ def run(
         check_output_dir(out, overwrite=overwrite, inputs=given, kind="run")  # before reading: refuse early
         # one reference: refused before the reading (a NAME=FILE mistyped or not found is said after it, as before)
         if reference and len(reference) == 1 and "=" in reference[0] and Path(reference[0].split("=", 1)[1]).is_file():
-            from .pipeline import ONE_REFERENCE
+            from .chemistry.runnotes import ONE_REFERENCE
 
             raise XanestrackError(ONE_REFERENCE.format(given=f"--reference {reference[0]} alone"))
         for name, value, model in (("detector", detector, detector_model), ("segmenter", segmenter, segmenter_model)):
@@ -1527,8 +1527,9 @@ def series(
                 device=device,
             )
         write_series_report(table, out)
+        from .chemistry.runnotes import UNCALIBRATED_NOTE
         from .errors import for_cli
-        from .pipeline import CONSOLE_NOTE_WORDS, UNCALIBRATED_NOTE
+        from .pipeline import CONSOLE_NOTE_WORDS
         from .results import add_to_marker
         from .series import scan_notes, series_notes
 

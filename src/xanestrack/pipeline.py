@@ -33,18 +33,56 @@ from .background import (
     unmix_layers,
 )
 from .chemistry.normbias import FRAMES_NOTE_START
+from .chemistry.runnotes import (
+    FRAMES_RUN_NOTE_START,
+    OTHER_EDGE_RUN_NOTE,
+    UNCALIBRATED_NOTE,
+    _across_two_edges,
+    _calibrated_e50_note,
+    _coarse_edge_note,
+    _default_references,
+    _frames_bias,
+    _no_references_note,
+    _normalisation_bias,
+    _other_edge_references_note,
+    _particles_background,
+    _references_at_particles_edge,
+    _two_edges,
+    _uncalibrated_note,
+    _user_references,
+)
 from .detect import DetectOptions, cut_at_necks, detect_stack
 from .follow import FollowOptions, density_residuals, follow_particle, shape_weight, window_geometry
 from .match import MatchOptions, link_detections
 from .morph import dilate_cross
 from .motion import common_similarity, compute_motion, peak_ratios
+from .motion_notes import (
+    _field_motion_notes,
+    _large_scale_note,
+    _own_motion_noise_note,
+    _particle_position_noise,
+    _position_noise,
+    _rarely_vouched_note,
+    _split_notes,
+    _still_field_note,
+    _two_frame_scale_note,
+)
+from .outlines import (
+    FILLED_NOTE,
+    _filled_on_grid,
+    _filled_run_note,
+    _flag_moving_rims,
+    _has_note,
+    _moving_rim_run_note,
+    _with_filled_pixels,
+    _with_moving_rims,
+)
 from .register import (
     MEDIAN_OFFSET_FRAMES,
     MOTION_RUN_FRAMES,
     WINDOW_MARGIN,
     VouchedPositions,
     consensus_mask,
-    edge_widths,
     fill_positions,
     fuse_particles,
     resample_masks,
@@ -54,16 +92,25 @@ from .register import (
     window_half,
     withdraw_lone_agreements,
 )
+from .resolution import (
+    RESOLUTION_CHANGE_PX,
+    _blur_frames,
+    _blurred_frames,
+    _blurred_frames_note,
+    _resolution_blur,
+    _resolution_change,
+    _resolution_note,
+    _trend,
+)
 from .result import FRAME_FLAGS, ParticleResult, PipelineResult, flag_names
 from .robust import robust_sigma
 from .segment import SegmentOptions, isolate_particle, segment_particle, segment_roi, segment_rois
-from .smoothing import local_quadratic, smooth_tracks
+from .smoothing import smooth_tracks
 from .stack import Stack, duplicate_frames, lone_step, lone_step_words, sanitize_stack
+from .words import count, frame_list
 from .xanes import (
     MISFIT_NOTE,
     MISFIT_REGION_NOTE,
-    OTHER_EDGE_EV,
-    OTHER_EDGE_NOTE,
     SHOULDER_NOTE,
     SPARSE_POST_EDGE_NOTE,
     find_e0,
@@ -609,16 +656,16 @@ def _unmeasured(loc, located, gone_ids=(), area_tolerance: float = 0.25) -> tupl
     if f["joined"]:
         other = located[f["taken"]]
         who = f"track {other.pid} (left out too)" if other.pid in gone_ids else f"particle {other.pid}"
-        said.append(f"its mask ran into the touching {who} in {_count(f['joined'], 'frame')}")
+        said.append(f"its mask ran into the touching {who} in {count(f['joined'], 'frame')}")
         kind = "track" if other.pid in gone_ids else "particle"
         counts.append((f["joined"], f"mask_joined_to_{kind}_{other.pid}"))
     if f["empty"]:
-        said.append(f"its mask in its window was empty in {_count(f['empty'], 'frame')}")
+        said.append(f"its mask in its window was empty in {count(f['empty'], 'frame')}")
         counts.append((f["empty"], "mask_empty"))
     if f["beyond"]:
         said.append(
             "its mask ran out of its window (joined to something beside it: a touching neighbour or the matrix) in "
-            + _count(f["beyond"], "frame")
+            + count(f["beyond"], "frame")
         )
         counts.append((f["beyond"], "mask_runs_out_of_window"))
     if f["area"]:
@@ -627,14 +674,14 @@ def _unmeasured(loc, located, gone_ids=(), area_tolerance: float = 0.25) -> tupl
             f"its mask's area was too far from its median to trust ({a.min():.0f}"
             + (f"-{a.max():.0f}" if round(a.max()) != round(a.min()) else "")
             + f" px against {f['median']:.0f}) in "
-            f"{_count(f['area'], 'frame')}"
+            f"{count(f['area'], 'frame')}"
         )
         counts.append((f["area"], "mask_area_unsteady"))
     if f["border"]:
-        said.append(f"its mask was cut by the frame's border in {_count(f['border'], 'frame')}")
+        said.append(f"its mask was cut by the frame's border in {count(f['border'], 'frame')}")
         counts.append((f["border"], "mask_at_border"))
     if f["other"]:
-        said.append(f"its mask was not usable otherwise (a position outlier) in {_count(f['other'], 'frame')}")
+        said.append(f"its mask was not usable otherwise (a position outlier) in {count(f['other'], 'frame')}")
         counts.append((f["other"], "no_usable_mask"))
     if not counts:
         return "no_usable_mask", f"{seen}, no usable mask of it in any frame"
@@ -663,7 +710,7 @@ def _edgeless_note(gone, results, located=None, area_tolerance: float = 0.25) ->
         ]
         more = len(nowhere) - MAX_NAMED_UNMEASURED
         said.append(
-            f"{_count(len(nowhere), 'track')} left out, measured in no frame (no usable mask in any frame: nothing "
+            f"{count(len(nowhere), 'track')} left out, measured in no frame (no usable mask in any frame: nothing "
             "to report). Where each was (frame 0) and what its window gave: "
             + "; ".join(each)
             + (f"; and {more} more" if more > 0 else "")
@@ -671,7 +718,7 @@ def _edgeless_note(gone, results, located=None, area_tolerance: float = 0.25) ->
         )
     if edgeless:
         said.append(
-            f"{_count(len(edgeless), 'faint track')} left out at (y, x) "
+            f"{count(len(edgeless), 'faint track')} left out at (y, x) "
             f"{_where(np.array([loc.centres[0] for loc in edgeless]))} (frame 0): detected in few of the frames "
             f"examined and showing no absorption edge in its mean spectrum (a step within {EDGELESS_Z:g} standard "
             "errors of nil, where the particles' stand out): texture of the matrix, not a particle of the element "
@@ -1060,350 +1107,6 @@ WITH_MATRIX_PX = 0.75
 #: vouched for, one moving 6 px on its own: scale 0.99505, beyond the zone plate's 0.36 %
 #: over those 30 eV; over the 6 measured, 0.99644)
 MIN_VOUCHED_FOR_FIT = 5
-
-#: px. The range of the particles' edge width across the scan (:func:`_resolution_change`) from
-#: which the run notes that the resolution changed (a focus drifting with the energy) and, with
-#: ``match_resolution``, brings every frame to the coarsest. Measured: see the README (**When
-#: something is wrong**)
-RESOLUTION_CHANGE_PX = 0.3
-#: particles measured, and frames each, from which the edge widths are compared
-RESOLUTION_MIN_PARTICLES = 3
-RESOLUTION_MIN_FRAMES = 16
-#: frames. A per-frame profile of the edge widths (:func:`_width_profile`) is a running median
-#: over this many frames, then a quadratic Savitzky-Golay fit over as many (which keeps a trend
-#: to the scan's ends, where the coarsest frame often is): a focus drifts smoothly with the
-#: energy, while one particle's width in one frame scatters by +-0.3 px
-RESOLUTION_SMOOTH_FRAMES = 15
-#: rounds of :func:`_resolution_blur` (the frames blurred so far measured again)
-RESOLUTION_ROUNDS = 3
-
-
-@dataclass
-class _Resolution:
-    """The particles' edge widths across a scan (:func:`_resolution_change`)."""
-
-    change: float  # px: the widest quarter of the frames less the sharpest
-    n: int  # particles measured
-    sharpest: int  # quarter (0-3)
-    coarsest: int  # quarter
-    measured: list  # (aligned windows, mask, the frames used) per particle
-    widths: np.ndarray  # (particles, frames) px, NaN where not measured
-    across_edge: np.ndarray | None = None  # (frames,) bool: left out of the widths' trend (:func:`_off_edge`)
-    step: tuple | None = None  # (last frame before, first after, px): the resolution stepped there (:func:`_edge_step`)
-
-
-#: eV from the particles' edge (their median E0): frames where a particle's rim and core may absorb differently
-#: (a rim of other chemistry crosses its edge elsewhere, up to the whiteline), left out of the resolution's trend
-#: (:func:`_resolution_change`) and interpolated across. A real rim 3 px thick, 1.3 eV above its core, on five of
-#: nine particles widened every outline there by 0.4 px: taken for a focus change, the windows were blurred to
-#: match, and the four uniform particles came out with rims 0.34-0.47 eV low (15-21 sigma), the real rims halved
-RESOLUTION_EDGE_EV = (-10.0, 40.0)
-
-
-def _off_edge(rows, across_edge):
-    """``rows`` (particles, frames) with the frames across the edge set to NaN (unchanged without them)."""
-    if across_edge is None:
-        return rows
-    rows = np.array(rows, float)
-    rows[:, across_edge] = np.nan
-    return rows
-
-
-#: A change of the resolution in one step inside the edge's frames (the optics refocused in one move) is placed
-#: where the particles' edge width (median over them, each less its median) jumps between two frames by
-#: ``RESOLUTION_CHANGE_PX`` or more and by this many times the frame-to-frame scatter beside the edge's frames
-#: (:func:`_edge_step`). Measured on the default scene, NiO / LiNiO2 particles, 4 of them, 60 energies, 200 px:
-#: a blur stepping from 0 to 2 px sd at 8340 eV jumped 1.34 px between 8339.5 and 8340.7 eV against a
-#: scatter of 0.012 px; a blur growing over the frames to 2.5 px sd jumped 0.04 px at most there, one set
-#: mid-scan and drifting both ways 0.08 px (scatter 0.121), a step at 8450 eV 0.03 px, the default scene as
-#: drawn (seed 1, default chemistry) 0.06 px
-RESOLUTION_STEP_Z = 5.0
-#: frames on either side of a step over which its size is taken (median of each side, :func:`_trend`)
-RESOLUTION_STEP_FRAMES = 3
-
-
-def _edge_step(rows, across_edge) -> tuple | None:
-    """Where the particles' edge width steps inside the frames across the edge, or None where it does not.
-
-    The median over the particles of each one's width less its median, in the frames from the last
-    before the edge's frames to the first after them (those measured for ``RESOLUTION_MIN_PARTICLES``
-    or more); its largest change between two of them that are measured in turn, where it is
-    ``RESOLUTION_CHANGE_PX`` or more, ``RESOLUTION_STEP_Z`` times the frame-to-frame scatter (MAD)
-    of the frames beside the edge's or more, and the widths after the edge's frames differ from
-    those before in the same sense by half of it or more (a rim of other chemistry widens the
-    outlines across the edge and narrows them again). Returns (the frame before it, the frame after
-    it, the change in px): the two frames need not be neighbours, where those between are not
-    measured.
-    """
-    if across_edge is None or not across_edge.any():
-        return None
-    rows = np.asarray(rows, float)
-    seen = np.isfinite(rows).sum(axis=0) >= RESOLUTION_MIN_PARTICLES
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # frames measured for no particle
-        prof = np.nanmedian(rows - np.nanmedian(_off_edge(rows, across_edge), axis=1, keepdims=True), axis=0)
-    inside = np.flatnonzero(across_edge)
-    frames = np.arange(len(seen))
-    below = np.flatnonzero(seen & ~across_edge & (frames < inside[0]))
-    above = np.flatnonzero(seen & ~across_edge & (frames > inside[-1]))
-    if below.size < 2 or above.size < 2:
-        return None
-    run = np.r_[below[-1], inside[seen[inside]], above[0]]
-    jumps = np.diff(prof[run])
-    k = int(np.argmax(np.abs(jumps)))
-    n = 2 * RESOLUTION_STEP_FRAMES + 2  # frames beside the edge's, each side, for the scatter
-    side = np.r_[np.diff(prof[below[-n:]]), np.diff(prof[above[:n]])]
-    scatter = 1.4826 * np.median(np.abs(side - np.median(side)))
-    sides = np.median(prof[above[:RESOLUTION_STEP_FRAMES]]) - np.median(prof[below[-RESOLUTION_STEP_FRAMES:]])
-    jump = float(jumps[k])
-    if abs(jump) < max(RESOLUTION_CHANGE_PX, RESOLUTION_STEP_Z * scatter) or sides * jump < 0.5 * jump**2:
-        return None
-    return int(run[k]), int(run[k + 1]), jump
-
-
-def _trend(rows, res: _Resolution) -> np.ndarray | None:
-    """The profile of ``rows`` across the frames (:func:`_width_profile`), the edge's frames interpolated across.
-
-    Where the resolution stepped between two neighbouring frames there (``res.step``), the step is
-    taken out (its size: each particle's median over ``RESOLUTION_STEP_FRAMES`` frames after it
-    less that over as many before, median over the particles), the profile interpolated across and
-    the step put back: the frames before it follow the trend before the edge, those after it the
-    trend after.
-    """
-    step = res.step
-    if step is None or step[1] - step[0] != 1:
-        return _width_profile(_off_edge(rows, res.across_edge))
-    rows = np.asarray(rows, float)
-    k, n = step[1], RESOLUTION_STEP_FRAMES
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a particle not measured there
-        size = np.nanmedian(np.nanmedian(rows[:, k : k + n], axis=1) - np.nanmedian(rows[:, max(k - n, 0) : k], axis=1))
-    after = np.where(np.arange(rows.shape[1]) >= k, size if np.isfinite(size) else 0.0, 0.0)
-    prof = _width_profile(_off_edge(rows - after, res.across_edge))
-    return None if prof is None else prof + after
-
-
-def _edge_width_rows(measured, n_frames: int, blur=None) -> np.ndarray:
-    """Each measured particle's edge width per frame (px; NaN where not measured), its windows blurred by ``blur``."""
-    rows = np.full((len(measured), n_frames), np.nan)
-    for i, (aligned, mask, used) in enumerate(measured):
-        windows = aligned[used]
-        rows[i, used] = edge_widths(windows if blur is None else _blur_frames(windows, blur[used]), mask)
-    return rows
-
-
-def _width_profile(rows) -> np.ndarray | None:
-    """Per frame, the median over the particles of their value less its median over the frames, smoothed.
-
-    Interpolated over frames where fewer than ``RESOLUTION_MIN_PARTICLES`` are measured, then
-    smoothed across the energies (``RESOLUTION_SMOOTH_FRAMES``). None where fewer than
-    ``RESOLUTION_MIN_PARTICLES`` particles have ``RESOLUTION_MIN_FRAMES`` values or fewer than
-    ``RESOLUTION_MIN_FRAMES`` frames are measured for enough of them.
-    """
-    rows = rows[np.isfinite(rows).sum(axis=1) >= RESOLUTION_MIN_FRAMES]
-    if len(rows) < RESOLUTION_MIN_PARTICLES:
-        return None
-    seen = np.isfinite(rows).sum(axis=0) >= RESOLUTION_MIN_PARTICLES
-    if seen.sum() < max(RESOLUTION_MIN_FRAMES, RESOLUTION_SMOOTH_FRAMES):
-        return None
-    frames = np.arange(rows.shape[1])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # frames measured for no particle
-        prof = np.nanmedian(rows - np.nanmedian(rows, axis=1, keepdims=True), axis=0)
-    prof = np.interp(frames, frames[seen], prof[seen])
-    prof = ndimage.median_filter(prof, RESOLUTION_SMOOTH_FRAMES, mode="nearest")
-    return local_quadratic(prof, RESOLUTION_SMOOTH_FRAMES)  # a trend kept to the ends
-
-
-def _measured_frames(p):
-    """The frames of a particle's XANES (``xanes_frames``, None where not set) whose position is vouched for: those
-    its shape, size and edge width are measured on. A faint particle's pre-edge frames not vouched for may stand in
-    for its pre-edge (:func:`xanestrack.xanes._pre_edge_from_unvouched`), a pixel or two off: its outline there is
-    blurred by that, and the scan's resolution change measured with them moved every particle's E50 (stress-drift
-    seed 1: up to 0.036 eV, particles whose own frames had not changed)."""
-    from .result import UNVOUCHED_FLAGS
-
-    frames = getattr(p, "xanes_frames", None)
-    flags = getattr(p, "frame_flags", None)
-    if frames is None or flags is None:
-        return frames
-    return np.asarray(frames, bool) & ((np.asarray(flags).astype(np.uint16) & UNVOUCHED_FLAGS) == 0)
-
-
-def _resolution_change(particles, n_frames: int, energies=None) -> _Resolution | None:
-    """How much the particles' edges blur or sharpen across the scan, or None where too few are measured.
-
-    Each particle's edge width (:func:`register.edge_widths <xanestrack.register.edge_widths>`)
-    in every frame its XANES uses (``RESOLUTION_MIN_FRAMES`` or more); per particle, the median
-    of each quarter of those frames less their mean; per quarter, the median over the
-    particles; the change is the largest less the smallest. A focus set at the edge and
-    drifting both ways blurs both ends of the scan: four quarters see it where the first and
-    last alone would not. A quarter's median over some 36 frames is what keeps this steady
-    where the focus holds (a profile frame by frame, smoothed over 15, ranged 0.05-0.54 px on
-    the stress family).
-    """
-    measured = []
-    for p in particles:
-        if p.aligned is None or p.mask is None or not p.mask.any():
-            continue
-        frames = _measured_frames(p)
-        used = np.flatnonzero(frames) if frames is not None else np.arange(len(p.aligned))
-        if used.size >= RESOLUTION_MIN_FRAMES:
-            measured.append((p.aligned, p.mask, used))  # the frames used are taken one particle at a time
-    if len(measured) < RESOLUTION_MIN_PARTICLES:
-        return None
-    rows = _edge_width_rows(measured, n_frames)
-    across = None
-    e0s = [p.e0_ev for p in particles if np.isfinite(getattr(p, "e0_ev", np.nan))]
-    if energies is not None and e0s:
-        e, e0 = np.asarray(energies, float), float(np.median(e0s))
-        across = (e >= e0 + RESOLUTION_EDGE_EV[0]) & (e <= e0 + RESOLUTION_EDGE_EV[1])
-        # only where enough frames are left (a scan of the edge alone is judged on all its frames)
-        if np.median([np.count_nonzero(~across[used]) for _, _, used in measured]) < RESOLUTION_MIN_FRAMES:
-            across = None
-    trend = _off_edge(rows, across)
-    quarters = []
-    for row, (_, _, used) in zip(trend, measured):
-        kept = used if across is None else used[~across[used]]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a quarter with no width measured
-            q = np.array([np.nanmedian(row[part]) for part in np.array_split(kept, 4)])
-        if np.isfinite(q).all():
-            quarters.append(q - q.mean())
-    if len(quarters) < RESOLUTION_MIN_PARTICLES:
-        return None
-    per_quarter = np.median(quarters, axis=0)
-    lo, hi = int(np.argmin(per_quarter)), int(np.argmax(per_quarter))
-    change = float(per_quarter[hi] - per_quarter[lo])
-    return _Resolution(change, len(quarters), lo, hi, measured, rows, across, _edge_step(rows, across))
-
-
-#: px. A frame whose particles' edges are this much wider than in the frames around it (median over the
-#: particles of each one's width less its running median over BLURRED_FRAME_WINDOW frames) is blurred on
-#: its own (a defocused shot) and left out of every particle's XANES. Measured: the default scene with every
-#: 10th frame blurred by a Gaussian of sd 1.5 / 3 px, 0.88-0.91 / 2.14-2.17 px there (every particle's mean
-#: E50 then -0.94 to +0.28 eV off the clean scan's, unflagged); elsewhere, and on the default, hard and
-#: stress scenes as drawn (9 runs), 0.69 px at most (`stress-counts`, 600 counts, its faint first frames),
-#: 0.05 px at most at full counts
-BLURRED_FRAME_PX = 0.8
-BLURRED_FRAME_WINDOW = 9
-
-
-def _blurred_frames(res: _Resolution) -> np.ndarray:
-    """Frames blurred on their own: the particles' edges wider there than in the frames around them."""
-    rows = res.widths[np.isfinite(res.widths).sum(axis=1) >= RESOLUTION_MIN_FRAMES]
-    if len(rows) < RESOLUTION_MIN_PARTICLES:
-        return np.zeros(0, int)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # frames measured for no particle
-        filled = np.where(np.isfinite(rows), rows, np.nanmedian(rows, axis=1, keepdims=True))
-        base = ndimage.median_filter(filled, size=(1, BLURRED_FRAME_WINDOW), mode="mirror")
-        excess = np.nanmedian(rows - base, axis=0)
-    enough = np.isfinite(rows).sum(axis=0) >= RESOLUTION_MIN_PARTICLES
-    return np.flatnonzero(enough & (excess >= BLURRED_FRAME_PX))
-
-
-def _blurred_frames_note(res: _Resolution, frames, energies) -> str:
-    """The run note of frames blurred on their own (:func:`_blurred_frames`), left out of the XANES."""
-    return (
-        f"{_count(len(frames), 'frame')} blurred on {'its' if len(frames) == 1 else 'their'} own (a defocused shot?): "
-        f"the particles' edges {BLURRED_FRAME_PX:g} px or more wider there than in the frames around "
-        f"(median over {len(res.measured)} particles): left out of every particle's XANES, their positions kept: "
-        f"{_frame_list(list(frames), energies)}. Left in, every 10th frame of the default scene blurred by 1.5 / 3 px "
-        "moved the mean edge energies by up to 0.3 / 0.9 eV; left out, by up to 0.06 / 0.36 eV (leaving out every 10th "
-        "frame across the edge moves them by up to 0.3 eV on the unblurred scene: compare such scans among themselves)"
-    )
-
-
-def _resolution_blur(res: _Resolution) -> np.ndarray | None:
-    """Per frame, the Gaussian sd (px) that brings it to the scan's coarsest resolution.
-
-    An outline of width ``w0`` seen through a Gaussian blur of sd ``s`` has the width
-    ``sqrt(w0**2 + s**2)``: each particle's squared edge width less its median over the
-    frames is the frame's squared blur less the particle's typical one, whatever the
-    particle's own outline. Their profile across the frames (:func:`_width_profile`) is each
-    frame's excess ``D``; the frame is blurred by ``sqrt(D[c] - D)``, ``c`` the frame where it
-    is largest. The fitted widths of a curved outline seen within ``EDGE_REACH_PX`` grow more
-    slowly than the blur (the default scene blurred by 0 -> 2.5 px: widths 0.9 -> 2.4 px, not
-    2.7), so the frames so blurred are measured again and their remaining difference to frame
-    ``c`` added (signed, none below zero: the widths' noise does not pile up),
-    ``RESOLUTION_ROUNDS`` rounds in all.
-    """
-    n_frames = res.widths.shape[1]
-    blur2 = np.zeros(n_frames)
-    rows = res.widths
-    coarsest = None
-    for _ in range(RESOLUTION_ROUNDS):
-        excess = _trend(rows**2, res)
-        if excess is None:
-            return None
-        if coarsest is None:
-            coarsest = int(np.argmax(excess))
-        blur2 = np.maximum(blur2 + excess[coarsest] - excess, 0.0)
-        rows = _edge_width_rows(res.measured, n_frames, np.sqrt(blur2))
-    return np.sqrt(blur2)
-
-
-def _blur_frames(windows, sd) -> np.ndarray:
-    """Each window blurred by a Gaussian of its own sd (px; NaN pixels ignored and kept NaN)."""
-    out = np.array(windows, dtype=np.float64)
-    for k, s_ in enumerate(sd):
-        if s_ < 0.05:
-            continue
-        finite = np.isfinite(out[k])
-        num = ndimage.gaussian_filter(np.where(finite, out[k], 0.0), s_, mode="nearest")
-        den = ndimage.gaussian_filter(finite.astype(float), s_, mode="nearest")
-        out[k] = np.where(finite, num / np.maximum(den, 1e-12), np.nan)
-    return out.astype(np.asarray(windows).dtype, copy=False)
-
-
-def _resolution_note(res: _Resolution, energies, blur: np.ndarray | None) -> str:
-    """The run note of a resolution that changes across the scan (and of its correction, if made)."""
-    names = ("first", "second", "third", "last")
-
-    def span(k):
-        part = np.array_split(np.arange(len(energies)), 4)[k]
-        return f"the {names[k]} quarter of the frames ({energies[part[0]]:.0f}-{energies[part[-1]]:.0f} eV)"
-
-    said = (
-        f"the resolution changes across the scan: the particles' edges are {res.change:.1f} px wider in "
-        f"{span(res.coarsest)} than in {span(res.sharpest)} (the sd of an erf fitted across each outline, median over "
-        f"{res.n} particles; 0.2 px at most where the focus holds): "
-    )
-    step, placed = res.step, res.step is not None and res.step[1] - res.step[0] == 1
-    if step is None:
-        said += "a focus that drifts with the energy. "
-    else:
-        a, b, size = energies[step[0]], energies[step[1]], abs(step[2])
-        sense = "wider" if step[2] > 0 else "sharper"
-        said += (
-            f"it changed inside the edge's frames, in one step between {a:.1f} and {b:.1f} eV (the edges {size:.1f} px "
-            f"{sense} after it): the optics refocused in one move, not a drift. "
-            if placed
-            else f"it changed by {size:.1f} px inside the edge's frames, between {a:.1f} and {b:.1f} eV, where the "
-            "outlines could not be measured frame by frame (the edges "
-            f"{sense} after): the optics refocused there, or a focus drifted fast. "
-        )
-    if blur is None:
-        return said + (
-            "Mean edge energies are biased by it, most for small particles, and are not corrected (measured on the "
-            "default scene: 0.07 / 0.37 eV at most for blurs growing to 1.0 / 2.5 px)"
-        )
-    matched = (
-        f"Each frame's particle windows were blurred to the scan's coarsest resolution before the XANES analysis (a "
-        f"Gaussian of up to {blur.max():.1f} px sd, from the edge widths; the aligned stack written stays as measured)"
-    )
-    coarser = " Maps are that much coarser; --no-match-resolution leaves the frames as measured"
-    if step is not None and not placed:
-        return (
-            f"{said}{matched}: across the edge's frames, from {a:.1f} to {b:.1f} eV, the blur is interpolated between "
-            "the two sides', so there the share of the surroundings mixed into a pixel still changes with the energy, "
-            "and the edge energies (E50) and fractions may be biased by it (on the default scene's NiO and LiNiO2 "
-            "particles, a blur stepping from 0 to 2 px at 8340 eV, interpolated over, read the LiNiO2 particles "
-            f"0.26-0.54 eV high, 5-6 sigma).{coarser}"
-        )
-    by_side = ", the frames before and after the step each to their own side's trend" if placed else ""
-    return f"{said}{matched}{by_side}: the share of the surroundings mixed into a pixel no longer changes with the energy.{coarser}"
 
 
 #: The matrix told apart by the edge (:func:`xanestrack.background.unmix_layers`) is subtracted
@@ -2362,7 +2065,7 @@ def _overlap_note(overlaps: dict, energies, left_out=()) -> str:
     ]
     n = int(np.any(list(overlaps.values()), axis=0).sum())
     return (
-        f"another tracked particle lies over it in {_count(n, 'frame')} ({'; '.join(parts)}): its spectra there are "
+        f"another tracked particle lies over it in {count(n, 'frame')} ({'; '.join(parts)}): its spectra there are "
         "those of both, so these frames are left out of its XANES (flag overlap: the other particle, placed where it "
         f"was in the frame, covered its mask grown by {OVERLAP_GROW_PX} px by more than {100 * OVERLAP_SHARE:.0f} % "
         "of the smaller particle's area beyond what it covers in its reference frame). Its positions there are "
@@ -2439,7 +2142,7 @@ def _inside_note(inside: dict, located: list) -> str:
         for i, (j, sh) in sorted(inside.items(), key=lambda kv: located[kv[0]].pid)
     ]
     return (
-        f"{_count(len(inside), 'track')} lay inside another tracked particle's mask in the frames both were found in "
+        f"{count(len(inside), 'track')} lay inside another tracked particle's mask in the frames both were found in "
         f"({'; '.join(parts)}): a part of that particle tracked a second time, left out (rejected.csv "
         "inside_particle_K), so that it is neither counted as a particle nor weighs in the motion all particles "
         "share"
@@ -2622,7 +2325,7 @@ def _finish_particle(
     by_motion = (v.flags & FRAME_FLAGS["by_motion"]) > 0
     if by_motion.any():
         notes.append(
-            f"{_count(int(by_motion.sum()), 'frame')} vouched for by the scan's motion where the centre of mass did not (its "
+            f"{count(int(by_motion.sum()), 'frame')} vouched for by the scan's motion where the centre of mass did not (its "
             "outline strays where its chemistry is mixed, across the edge, or where it is faint): the edge estimate "
             f"lies within {options.agreement_px:g} px of the other particles' motion plus its own, interpolated "
             "from the frames vouched for on either side"
@@ -2660,7 +2363,7 @@ def _finish_particle(
                 f"by its border ({_frame_runs_text(away, energies)}: it enters or leaves the field, or lies at its edge)"
                 + (f"; in the other {rest} {why}" if rest else "")
             )
-        notes.append(f"{_count(int(disagree.sum()), 'frame')} not vouched for: {why}")
+        notes.append(f"{count(int(disagree.sum()), 'frame')} not vouched for: {why}")
     overlapped = (np.asarray(v.flags).astype(np.uint16) & FRAME_FLAGS["overlap"]) > 0
     if overlaps:
         notes.append(_overlap_note(overlaps, energies))
@@ -2915,7 +2618,7 @@ def run_pipeline(
     if blank:
         notes.append(
             f"{len(blank)} frame{'s' if len(blank) > 1 else ''} more than half NaN/inf, carried as frames without an "
-            f"image (no particle measured there): {_frame_list(blank, energies)}"
+            f"image (no particle measured there): {frame_list(blank, energies)}"
         )
     if len(energies) < options.min_xanes_energies:
         notes.append(
@@ -3020,7 +2723,7 @@ def run_pipeline(
         timings["matrix"] = time.perf_counter() - t_m
         if refined_ids:
             notes.append(
-                f"{_count(len(refined_ids), 'particle')} moving on their own followed again with the matrix behind them subtracted"
+                f"{count(len(refined_ids), 'particle')} moving on their own followed again with the matrix behind them subtracted"
             )
         if unmixed_ids:
             notes.append(
@@ -3031,7 +2734,7 @@ def run_pipeline(
             )
         if shaped_ids:
             notes.append(
-                f"{_count(len(shaped_ids), 'particle')} followed again apodised by their own shape (moving on their own, by too "
+                f"{count(len(shaped_ids), 'particle')} followed again apodised by their own shape (moving on their own, by too "
                 "little to separate them from the matrix)"
             )
     vouched = []
@@ -3041,8 +2744,8 @@ def run_pipeline(
     if "common_ambiguous" in tracks and tracks["common_ambiguous"].fillna(False).astype(bool).any():
         amb = np.unique(tracks.loc[tracks["common_ambiguous"].fillna(False).astype(bool), "frame"].to_numpy(int))
         notes.append(
-            f"the common step between key frames could not be told in {_count(len(amb), 'frame')} "
-            f"({_frame_list(amb, energies)}): the field shows the same pattern at two shifts (alike particles one "
+            f"the common step between key frames could not be told in {count(len(amb), 'frame')} "
+            f"({frame_list(amb, energies)}): the field shows the same pattern at two shifts (alike particles one "
             "spacing apart, no matrix texture to tell them); no position is vouched for there (flagged "
             "position_outlier and disagree); detect in more frames (--detect-every) to measure them"
         )
@@ -3108,7 +2811,7 @@ def run_pipeline(
         gone = [located[j].pid for j in range(len(located)) if j not in keep]
         located, vouched = [located[j] for j in keep], [vouched[j] for j in keep]
         notes.append(
-            f"{_count(len(gone), 'track')} ({', '.join(map(str, gone))}) followed onto a particle another track follows: "
+            f"{count(len(gone), 'track')} ({', '.join(map(str, gone))}) followed onto a particle another track follows: "
             "left out, the particle reported once"
         )
     # frames another tracked particle lies over: their positions stand, their spectra are both particles'
@@ -3231,7 +2934,7 @@ def run_pipeline(
         vouched_for = FRAME_FLAGS["overlap"] | FRAME_FLAGS["disagree"]
         n_left = sum(int((((v.flags & vouched_for) == FRAME_FLAGS["overlap"]) & v.usable).sum()) for v in vouched)
         notes.append(
-            f"{_count(len(ids), 'particle')} ({', '.join(map(str, ids[:20]))}{' ...' if len(ids) > 20 else ''}) "
+            f"{count(len(ids), 'particle')} ({', '.join(map(str, ids[:20]))}{' ...' if len(ids) > 20 else ''}) "
             f"overlapped by another tracked particle in some frames: {n_left} frames vouched for left out of their "
             "XANES, where their spectra are those of both (flag overlap; each particle's note names the other and "
             "the frames)"
@@ -3366,7 +3069,7 @@ def run_pipeline(
             notes.append(
                 f"{n_mostly} of {len(particles)} particles vouched for in most of their frames (fewer than "
                 f"{MIN_VOUCHED_FOR_FIT}): the motion all particles share is fitted robustly on every measured position, "
-                f"{_count(added, 'frame')} not vouched for included; each particle's own motion in the summary counts "
+                f"{count(added, 'frame')} not vouched for included; each particle's own motion in the summary counts "
                 "only frames vouched for"
             )
     fit["reliable"] = np.concatenate(vouched) if particles else np.zeros(0, bool)
@@ -3606,1022 +3309,6 @@ def _quote_reported_own_motion(particles, ratios) -> list:
     return out
 
 
-def _particles_background(particles, energies) -> float | None:
-    """The particles' pre-edge absorbance under their edge step, as a share of it at E0 (the median over the particles
-    whose mean spectrum's pre- and post-edge lines are known there): the background
-    :func:`xanestrack.chemistry.normbias.normalisation_bias` puts under each reference. None where no particle has
-    them."""
-    e = np.asarray(energies, float)
-    shares = []
-    for p in particles:
-        pre, post = np.asarray(p.pre_edge, float), np.asarray(p.post_edge, float)
-        ok = np.isfinite(pre) & np.isfinite(post)
-        if ok.sum() < 2 or not np.isfinite(p.e0_ev):
-            continue
-        a, b = np.interp(p.e0_ev, e[ok], pre[ok]), np.interp(p.e0_ev, e[ok], post[ok])
-        if b - a > 0:
-            shares.append(a / (b - a))
-    return float(np.clip(np.median(shares), 0.0, 50.0)) if shares else None
-
-
-#: a user's reference that xanestrack's own normalisation (:func:`xanestrack.xanes.normalize`, at its E0) changes
-#: by less than this anywhere is one xanestrack normalised itself (:func:`xanestrack.spectra.prepare_reference`,
-#: in the CLI or :func:`_user_references`): measured 2.4e-7 at most on the real Ni and Co references so normalised
-#: (xasdatalibrary Ni foil, Ni(OH)2, "Ni2O3", NiS, Co foil; larch's NiO and Ni foil), against 0.028 / 0.024 for the
-#: pyxas NiO / LiNiO2 (their provider's normalisation, fitted as given) (:func:`_reference_used_as_given`)
-SELF_NORMALISED_TOLERANCE = 1e-4
-
-
-def _reference_used_as_given(ref, energies) -> bool:
-    """Whether the fit uses a user's reference with its values as given, normalised by its provider
-    (:func:`xanestrack.spectra.prepare_reference` left it as it was, and it is not xanestrack's own normalisation:
-    :data:`SELF_NORMALISED_TOLERANCE`). False for one xanestrack normalised (or would normalise: as measured), and
-    for callables and references it cannot judge."""
-    from .spectra import ReferenceSpectrum, prepare_reference
-    from .xanes import find_e0, normalize
-
-    if not isinstance(ref, ReferenceSpectrum) or ref.energies_ev.size < 8:
-        return False
-    try:
-        prepared, _ = prepare_reference(ref, energies)
-    except ValueError:
-        return False
-    if prepared is not ref:  # as measured: the fit gets it normalised as the particles are
-        return False
-    try:
-        again = normalize(ref.energies_ev, ref.mu, e0_ev=find_e0(ref.energies_ev, ref.mu)).norm
-    except ValueError:  # too short to normalise, and normalised as given: fitted as it is
-        return True
-    return float(np.max(np.abs(np.asarray(again, float) - ref.mu))) > SELF_NORMALISED_TOLERANCE
-
-
-def _normalisation_bias(particles, references, energies, default_references: bool, options) -> tuple[dict | None, str]:
-    """``(bias, note)``: eV per reference, the bias of E50 from the normalisation on the scan's energies
-    (:func:`xanestrack.chemistry.normbias.normalisation_bias`, with the particles' own pre-edge under the step,
-    :func:`_particles_background`), the references whose bias could be measured (None without references or XANES);
-    and the run's note on it (:func:`xanestrack.chemistry.normbias.normalisation_bias_note`), over the references'
-    biases and those of their mixes (:func:`~xanestrack.chemistry.normbias.mixture_bias`: on synth's 30-energy grid
-    the 50:50 mix of the shipped references -0.188 eV, NiO -0.056 and LiNiO2 -0.161 eV), ``""`` where it does not
-    matter or there are no particles.
-
-    Each reference is measured against its E50 as the fit uses it: the shipped references and a user's normalised
-    by its provider (:func:`_reference_used_as_given`) where their values cross 0.5 (``dense="given"``); a user's
-    that xanestrack normalised against the same normalisation on its own energies (``"normalised"``), and a mix
-    so where either of its two is. The pyxas NiO / LiNiO2 given with ``--reference`` had all been measured the
-    second way: on a 60-energy synth scan NiO -0.29 / LiNiO2 +0.04 eV, spread 0.34 eV, where the same spectra
-    shipped read -0.18 / +0.03 eV, 0.21 (its NiO particle measured -0.147 eV from the truth, LiNiO2 -0.003).
-
-    Where no reference measures it (none of the particles' edge, or none reaching the ranges they are normalised
-    over), the note says so, with the part the particles' own mean spectra hold and what it is elsewhere
-    (:func:`xanestrack.chemistry.normbias.unmeasured_bias_note`): a Mn scan with standards over 6520-6630 eV and a
-    Co scan without references were silent, their particles 0.1-0.47 eV off their references' provider's E50."""
-    from .chemistry.normbias import mixture_bias, normalisation_bias, normalisation_bias_note, unmeasured_bias_note
-
-    if len(energies) < options.min_xanes_energies:
-        return None, ""
-    kw = dict(
-        edge_window=options.edge_window,
-        background=_particles_background(particles, energies),  # the scene's own pre-edge under its step
-    )
-    if not references:
-        return None, unmeasured_bias_note(energies, particles, **kw)
-    given = {k: default_references or _reference_used_as_given(r, energies) for k, r in references.items()}
-    raw = {}
-    for how in ("given", "normalised"):
-        part = {k: r for k, r in references.items() if given[k] == (how == "given")}
-        raw.update(normalisation_bias(energies, part, dense=how, **kw) if part else {})
-    bias = {k: raw[k] for k in references if k in raw and np.isfinite(raw[k])}  # in the order given
-    if not bias:  # not measured: said (run.json's bias stays the references', none)
-        return bias, unmeasured_bias_note(energies, particles, references, shipped=default_references, **kw)
-    if not particles:
-        return bias, ""
-    from .spectra import ReferenceSpectrum
-
-    mixes = {}
-    names = [k for k, r in references.items() if isinstance(r, ReferenceSpectrum) and r.energies_ev.size >= 8]
-    for a, b in zip(names[:-1], names[1:]):  # as mixture_bias pairs them, each pair as its references are measured
-        pair = {a: references[a], b: references[b]}
-        mixes.update(mixture_bias(energies, pair, dense="given" if given[a] and given[b] else "normalised", **kw))
-    edges = [float(p.e0_ev) for p in particles if np.isfinite(p.e0_ev)]
-    return bias, normalisation_bias_note(bias, mixes, edge_ev=float(np.median(edges)) if edges else None)
-
-
-#: how the run note on the particles whose XANES left out energies that move their mean E50 or fractions begins
-#: (:func:`_frames_bias`); "left out" puts it on the console (:data:`CONSOLE_NOTE_WORDS`)
-FRAMES_RUN_NOTE_START = "the energies left out of their XANES move the mean E50"
-
-
-def _frames_bias(particles, references, energies, options) -> tuple[list, str]:
-    """``(particles, note)``: each particle with ``e50_normalisation_shift_ev`` measured (how far the energies its
-    XANES used, fewer than the scan's, move its E50 against a particle of its chemistry measured on all of them), and
-    a note where that is :data:`~xanestrack.chemistry.normbias.FRAMES_SHIFT_FLOOR_EV` or more and
-    :data:`~xanestrack.chemistry.normbias.FRAMES_SHIFT_SIGMAS` times its mean E50's sigma, or where its last
-    reference's fraction moves by :data:`~xanestrack.chemistry.normbias.FRAMES_FRACTION_FLOOR` or more; the run note
-    gathering them, ``""`` where none.
-
-    Where the references describe its normalised mean spectrum (their fit with a free scale,
-    :func:`~xanestrack.chemistry.normbias.scale_free_fractions`, leaves
-    :data:`~xanestrack.chemistry.normbias.FRAMES_DESCRIBED_RMS` or less), from them mixed at that chemistry
-    (:func:`~xanestrack.chemistry.normbias.frames_bias_shift`); else from the particle measured on every energy whose
-    spectrum is most like its own (its analysed mean spectrum on the particle's energies,
-    :func:`~xanestrack.chemistry.normbias.spectrum_frames_shift`); NaN where neither is there.
-
-    The run's note on the normalisation's bias (:func:`_normalisation_bias`) is of the scan's energies: a particle
-    cut by the border in the last 5 of synth's 60 frames was normalised on 5 post-edge energies where the others had
-    10, its mean E50 -0.39 eV (16 sigma) off the same particle's measured on all of them, its fractions at the bound
-    and said misfit, and nothing said of its E50 (now: -0.41 eV measured, its note and the column). Not applied to
-    its mean E50: an estimate from other spectra (within 0.025 eV of the moves of synth's particles, made of the
-    references; 0.01-0.10 eV from the stress family's by their neighbours).
-
-    ``references``: those at the particles' edge (:func:`_references_at_particles_edge`); none: every particle NaN.
-    A particle whose mean E50 is not given, or that spans two edges, NaN."""
-    from types import SimpleNamespace
-
-    from .chemistry.normbias import (
-        FRAMES_DESCRIBED_RMS,
-        FRAMES_FRACTION_FLOOR,
-        FRAMES_SHIFT_FLOOR_EV,
-        FRAMES_SHIFT_SIGMAS,
-        _e50_given,
-        frames_bias_shift,
-        scale_free_fractions,
-        spectrum_frames_shift,
-    )
-    from .result import fractions_withheld, particle_summary
-
-    e = np.asarray(energies, float)
-    nan = float("nan")
-
-    # the sigma of each one's mean E50, as the particles' table gives it (before this column is set)
-    def measurable(p):
-        used = None if p.xanes_frames is None else np.asarray(p.xanes_frames, bool)
-        return used is not None and used.shape == e.shape and not _across_two_edges(p) and _e50_given(p)
-
-    # only where a particle left frames out (a scan whose particles used every frame: each 0, nothing to measure)
-    fewer = bool(references) and any(measurable(p) and not np.asarray(p.xanes_frames, bool).all() for p in particles)
-    stand_in = SimpleNamespace(particles=particles, peak_ratios=pd.DataFrame(), options=options, energies_ev=e)
-    summ = particle_summary(stand_in) if particles and fewer else None
-    sigma = dict(zip(summ["particle"], summ["mean_e50_sigma_ev"])) if summ is not None else {}
-    background = _particles_background(particles, e) if fewer else None
-
-    # the particles measured on every energy: their analysed mean spectra, for those the references do not describe
-    whole = {
-        p.particle: (np.asarray(p.pre_edge, float) + np.asarray(p.mean_norm, float) * (p.post_edge - p.pre_edge))
-        for p in particles
-        if measurable(p) and np.asarray(p.xanes_frames, bool).all()
-    }
-    norms = {p.particle: np.asarray(p.mean_norm, float) for p in particles if p.particle in whole}
-    reads = {}
-    out, said = [], []
-    for p in particles:
-        notes = tuple(n for n in p.notes if not n.startswith(FRAMES_NOTE_START))
-        shift, how = nan, None
-        if references and measurable(p) and np.asarray(p.xanes_frames, bool).all():
-            shift = 0.0
-        elif references and measurable(p):
-            used = np.asarray(p.xanes_frames, bool)
-            shares, rms = scale_free_fractions(e, p.mean_norm, p.e0_ev, references, lcf_window=options.lcf_window)
-            described = shares is not None and rms <= FRAMES_DESCRIBED_RMS
-            if described:
-                fs = frames_bias_shift(
-                    e,
-                    used,
-                    references,
-                    fractions=shares,
-                    edge_window=options.edge_window,
-                    lcf_window=options.lcf_window,
-                    background=background,
-                )
-                if fs is not None:
-                    shift, how = fs.e50_ev, dict(shares=shares, fraction=fs.fraction)
-            else:
-                alike = _most_alike(p, norms, used, e, options.lcf_window)
-                if alike:
-                    # each of the most alike read on this one's energies (the same frames left out: read once)
-                    read = {}
-                    for q in alike:
-                        key = (q, used.tobytes())
-                        if key not in reads:
-                            reads[key] = spectrum_frames_shift(e, used, whole[q], edge_window=options.edge_window)
-                        read[q] = reads[key]
-                    near = alike[0]
-                    shift = read[near]
-                    fin = [v for v in read.values() if np.isfinite(v)]
-                    how = dict(near=near, rms=rms, low=min(fin, default=nan), high=max(fin, default=nan), n=len(fin))
-        if how is not None and np.isfinite(shift):
-            s = float(sigma.get(p.particle, nan))
-            bar = max(FRAMES_SHIFT_FLOOR_EV, FRAMES_SHIFT_SIGMAS * s) if np.isfinite(s) else FRAMES_SHIFT_FLOOR_EV
-            moved = abs(shift) >= bar
-            fitted = bool(p.fractions is not None and len(p.reference_names) and not fractions_withheld(p))
-            # its fractions are fitted to the same spectra: moved as the references predict, and where its E50 moved,
-            # a misfit said of it may be the normalisation's (the probe's particle 3 without its last 5 of 60 frames:
-            # -0.014 predicted, a misfit region flagged and its mean LiNiO2 fraction +0.25); where the references do
-            # not describe it, by as much as its E50 says, not measured
-            misfit = moved and any(MISFIT_NOTE in n or n.startswith(MISFIT_REGION_NOTE) for n in p.notes)
-            df = how.get("fraction", nan)
-            # only where the fit took the references as given: normalised on the particle's own energies
-            # (xanes.references_on_scan) they are normalised as its spectra on the same energies, and its fractions do
-            # not move with the frames left out (a review: 0.6 NiO + 0.4 LiNiO2 without its last 5 of 60 frames,
-            # +0.0001 fitted where this said -0.037)
-            as_given = any(n.startswith(xanes.AS_GIVEN_NOTE) for n in p.notes)
-            fraction_moved = (
-                fitted
-                and as_given
-                and ((np.isfinite(df) and (abs(df) >= FRAMES_FRACTION_FLOOR or misfit)) or ("near" in how and moved))
-            )
-            if moved or fraction_moved:
-                last = p.reference_names[-1] if fraction_moved else ""
-                notes += (_frames_bias_words(shift, how, used, e, s, last, misfit),)
-                said.append(
-                    f"{p.particle}: {shift:+.2f} eV" + (f", {last} {df:+.3f}" if last and np.isfinite(df) else "")
-                )
-        out.append(dataclasses.replace(p, e50_normalisation_shift_ev=shift, notes=notes))
-    if not said:
-        return out, ""
-    return out, (
-        f"{FRAMES_RUN_NOTE_START} (or the fractions) of {_count(len(said), 'particle')} ({'; '.join(said[:12])}"
-        + (" ..." if len(said) > 12 else "")
-        + ") against particles of their chemistry measured on all the scan's energies: their XANES was normalised on "
-        "fewer of them (frames not vouched for, out of the field, under another particle), the post-edge line from "
-        "E0 + 100 eV following the EXAFS wiggles their own energies catch. The note on the normalisation's bias on "
-        "this scan's energies does not hold for them, and their mean E50s are not comparable with the others' by as "
-        "much; each one's note says more (e50_normalisation_shift_ev in figures/uncertainty.csv)"
-    )
-
-
-#: how many of the particles measured on every energy, the most alike first, a particle the references do not describe
-#: is read from (:func:`_most_alike`): the most alike gives its move, the others' range is said beside it
-MOST_ALIKE = 5
-
-
-def _most_alike(p, norms: dict, used, energies, lcf_window, most: int = MOST_ALIKE) -> list:
-    """Up to ``most`` particles of ``norms`` (id -> normalised mean spectrum over every energy), those whose spectrum
-    is most like particle ``p``'s first: the least RMS difference over its fit window on the energies ``used``, each
-    scaled to it (its own normalisation, on fewer energies, sets another step); ``p`` itself left out."""
-    e = np.asarray(energies, float)
-    m = np.asarray(p.mean_norm, float)
-    w = used & np.isfinite(m) & (e >= p.e0_ev + lcf_window[0]) & (e <= p.e0_ev + lcf_window[1])
-    mm = float(m[w] @ m[w])
-    if w.sum() < 2 or mm <= 0:
-        return []
-    far = {}
-    for q, n in norms.items():
-        if q == p.particle or not np.isfinite(n[w]).all():
-            continue
-        far[q] = float(np.sqrt(np.mean((n[w] - float(m[w] @ n[w]) / mm * m[w]) ** 2)))
-    return sorted(far, key=far.get)[:most]
-
-
-def _frames_bias_words(shift: float, how: dict, used, energies, sigma: float, fraction_of: str, misfit: bool) -> str:
-    """A particle's note on the energies its XANES used (:func:`_frames_bias`): ``shift`` (eV) and ``how`` it was
-    measured (``shares``, ``fraction``: from the references at its chemistry; ``near``, ``rms``, ``low``, ``high``,
-    ``n``: from the particle most like it measured on every energy); ``fraction_of`` the reference whose fraction to
-    say moved (``""``: not said); ``misfit``: a misfit is said of its spectra, which may come of it."""
-    from .chemistry.normbias import FRAMES_FRACTIONS_WORDS
-    from .xanes import _frame_runs
-
-    n, k = used.size, int(used.sum())
-    if "shares" in how:
-        source = (
-            "its chemistry read from its normalised mean spectrum fitted with a free scale: "
-            + ", ".join(f"{100 * v:.0f} % {name}" for name, v in how["shares"].items() if v >= 0.005)
-            + "; the references so mixed sampled on both sets of energies and normalised as the particles are"
-        )
-    else:
-        source = (
-            f"the references do not describe its spectra (their fit leaves {how['rms']:.3f}): read from particle "
-            f"{how['near']}, the one most like it measured on every energy, its mean spectrum normalised on this "
-            "one's energies and on all"
-            + (
-                f" (the {how['n']} most like it so read {how['low']:+.2f} to {how['high']:+.2f} eV)"
-                if how["n"] > 1
-                else ""
-            )
-        )
-    times = f" ({abs(shift) / sigma:.0f} x its sigma)" if np.isfinite(sigma) and sigma > 0 else ""
-    df = how.get("fraction", float("nan"))
-    return (
-        f"{FRAMES_NOTE_START} ({k} of {n}; {_frame_runs(energies, ~used)} left out): its mean E50 is moved by "
-        f"{shift:+.2f} eV{times} against a particle of its chemistry measured on all of them ({source}). Its "
-        "post-edge line from E0 + 100 eV follows the EXAFS wiggles its own energies catch, so the run's note on the "
-        "normalisation's bias on this scan's energies does not hold for it, and its mean E50 is not comparable with "
-        "the other particles' by that much (e50_normalisation_shift_ev in uncertainty.csv; an estimate from other "
-        "spectra, not applied)"
-        + (
-            f"; {FRAMES_FRACTIONS_WORDS}"
-            + (
-                f": its {fraction_of} fraction by {df:+.3f} as the references predict"
-                if np.isfinite(df)
-                else f", its {fraction_of} fraction fitted to the same spectra (by how much not measured)"
-            )
-            + (", and the misfit said of its spectra may come of it" if misfit and np.isfinite(df) else "")
-            + " (fraction_flags frames_left_out)"
-            if fraction_of
-            else ""
-        )
-    )
-
-
-#: the refusal of a single reference (``{given}``: what was given), by :func:`_user_references` and ``run
-#: --reference``: the fit's fractions sum to one, so one reference gave every pixel 1.000 +- 0.000 and every
-#: particle an oxidised_fraction of 1.0 (a 60-energy synth scan, NiO, core-shell and gradient particles alike)
-ONE_REFERENCE = (
-    "{given}: the fractions need two or more references (they sum to one: with one, every fraction is 1); give "
-    "another, or none for the edge-energy maps alone (E50, whiteline: they need no reference; a Ni K-edge scan is "
-    "then fitted with the shipped NiO and LiNiO2)"
-)
-
-
-def _user_references(references, energies) -> tuple[dict, list]:
-    """The references a caller gave, checked before anything is computed, and notes: each
-    :class:`~xanestrack.spectra.ReferenceSpectrum` made ready for the fit
-    (:func:`~xanestrack.spectra.prepare_reference`: normalised where it is not, refused where its edge is
-    not in the scan); a single reference is refused (:data:`ONE_REFERENCE`). Spectra as measured were fitted as given from Python (the CLI prepared them):
-    pure NiO particles 0.39 NiO against 0.90 with the normalised references, without a word."""
-    from collections.abc import Mapping
-
-    from .spectra import ReferenceSpectrum, prepare_reference
-
-    if not isinstance(references, Mapping):
-        raise TypeError(
-            f"references must map names to ReferenceSpectrum (or callables of the energies), got "
-            f"{type(references).__name__}"
-        )
-    if len(references) > 6:
-        raise ValueError(f"references: at most 6 references supported, got {len(references)}")
-    if len(references) == 1:  # every fraction 1.000 +- 0.000 and oxidised_fraction 1.0, by the sum to one alone
-        raise ValueError(ONE_REFERENCE.format(given=f"references: one given ({next(iter(references))})"))
-    out, notes = {}, []
-    for name, ref in references.items():
-        if isinstance(ref, ReferenceSpectrum):
-            if not (np.all(np.isfinite(ref.energies_ev)) and np.all(np.isfinite(ref.mu))):
-                raise ValueError(f"reference {name}: NaN/inf values")
-            try:
-                ref, note = prepare_reference(ref, energies)
-            except ValueError as exc:
-                raise ValueError(f"reference {name}: {exc}") from None
-            if note:
-                notes.append(note)
-        elif not callable(ref):
-            raise TypeError(
-                f"reference {name}: give a ReferenceSpectrum (xanestrack.spectra.read_spectrum) or a callable of the "
-                f"energies, got {type(ref).__name__}"
-            )
-        out[name] = ref
-    order = _oxidised_order_note(out, energies)
-    if order:
-        notes.append(order)
-    notes += _coarse_reference_notes(out, energies)
-    return out, notes
-
-
-#: a reference sampled across its edge (E0 - 20 to E0 + 40 eV) in steps more than this many times the scan's there
-#: is noted (:func:`_coarse_reference_notes`)
-COARSE_REFERENCE_RATIO = 1.5
-
-
-def _coarse_reference_notes(references: dict, energies) -> list:
-    """Notes on references sampled across the edge more coarsely than the scan: the fit interpolates them linearly
-    between their points, and the misfit that leaves was blamed on the references' chemistry or the energy axis
-    (Mn references every 3 eV against a scan every 1 eV: fractions right to 0.003-0.006, "do not describe 2 of 4
-    particles ... calibrate it")."""
-    from .spectra import ReferenceSpectrum
-    from .xanes import find_e0
-
-    e = np.asarray(energies, float)
-    out = []
-    for name, ref in references.items():
-        if not isinstance(ref, ReferenceSpectrum) or ref.energies_ev.size < 8:
-            continue
-        try:
-            e0 = find_e0(ref.energies_ev, ref.mu)
-        except ValueError:
-            continue
-        r_e, s_e = ref.energies_ev, e
-        r_step = np.diff(r_e[(r_e >= e0 - 20) & (r_e <= e0 + 40)])
-        s_step = np.diff(s_e[(s_e >= e0 - 20) & (s_e <= e0 + 40)])
-        if r_step.size < 2 or s_step.size < 2:
-            continue
-        r, sc = float(np.median(r_step)), float(np.median(s_step))
-        if r > COARSE_REFERENCE_RATIO * sc:
-            out.append(
-                f"reference {name} is sampled every {r:.2g} eV across its edge, the scan every {sc:.2g} eV: the fit "
-                "takes it linearly between its points there, and a note that the references do not describe a "
-                "particle may come of that alone; give references sampled as finely as the scan"
-            )
-    return out
-
-
-#: the share of its edge step where a reference's edge is placed (its first crossing) to tell its oxidation state
-#: from the others' (:func:`_oxidised_order_note`). Measured on the real references of ../shared/data (SOURCES.md),
-#: the first crossing of 0.2 / 0.3 / 0.5: Ni foil (larch) 8333.4 / 8334.8 / 8341.1 eV, Ni metal (xasdatalibrary)
-#: 8331.9 / 8333.2 / 8339.5, NiO (pyxas) 8337.3 / 8338.2 / 8340.1, LiNiO2 (pyxas) 8338.7 / 8339.6 / 8341.9; MnO
-#: 6542.2 / 6543.0 / 6544.0, Mn3O4 6542.8 / 6544.4 / 6546.1, Mn2O3 6546.6 / 6547.7 / 6549.7, MnO2 6542.3 / 6550.0 /
-#: 6551.7 (the Mn files span 6520-6630 eV only: normalised by a pre-edge line to 6532 eV and the mean from 6590 eV).
-#: At 0.5 (E50) the metal's shoulder and slow rise put the foil above NiO (the note told the user to give the metal
-#: last); at 0.2 MnO2's pre-edge peak put it below Mn2O3, and so did the derivative's maximum (E0: 6551.9 against
-#: 6552.8 eV). At 0.3 each set is in the order of its oxidation state
-ORDER_EDGE_LEVEL = 0.3
-
-
-def _oxidised_order_note(references: dict, energies) -> str:
-    """The note where the last reference, whose fraction is the particles' ``oxidised_fraction`` (their table
-    ``figures/uncertainty.csv``, ``series.csv``, the series report), has not the highest edge: references given as LiNiO2 then NiO made every
-    particle's "oxidised" fraction its NiO fraction (0.70 became 0.30), without a word. Empty otherwise.
-
-    The edge is where the reference first reaches :data:`ORDER_EDGE_LEVEL` of its step (E50 put a Ni foil's
-    edge above NiO's, and the note asked for the metal last)."""
-    if len(references) < 2:
-        return ""
-    e = np.asarray(energies, float)
-    grid = np.arange(e.min(), e.max(), 0.05)
-    edge = {}
-    for name, ref in references.items():
-        try:
-            mu = np.asarray(ref(grid), float)
-        except Exception:  # a callable that cannot be evaluated off the scan's energies: not judged
-            return ""
-        up = np.flatnonzero((mu[:-1] < ORDER_EDGE_LEVEL) & (mu[1:] >= ORDER_EDGE_LEVEL))
-        if not up.size:
-            return ""
-        edge[name] = float(grid[up[0] + 1])
-    last = list(references)[-1]
-    top = max(edge, key=edge.get)
-    if edge[top] - edge[last] <= 0.1:
-        return ""
-    return (
-        f"oxidised_fraction (the particles' table figures/uncertainty.csv, series.csv) is the fraction of the last "
-        f"reference given, {last} "
-        f"(its edge, where it first reaches {ORDER_EDGE_LEVEL:g} of its step, at {edge[last]:.1f} eV), but {top}'s "
-        f"edge lies higher ({edge[top]:.1f} eV): give the references in the order of their oxidation state, the most "
-        "oxidised last"
-    )
-
-
-#: eV relative to a particle's E0: its size across the scan is measured on the frames at or below E0 + the first
-#: and at or above E0 + the second, each side with a level of its own (:func:`_outline_change`): the segmented
-#: outline follows the particle's contrast, which rises across the edge (particles of one size throughout, on
-#: the stress scenes, outlined 0.3-0.9 px larger past the edge than before it); only the trend within the two
-#: sides counts. From E0 - 20 eV the pre-edge's rise towards the edge still showed (stress-drift seed 1, a
-#: 21-px particle: +0.36 px across the scan; +0.15 from E0 - 30 eV)
-OUTLINE_SIZE_EV = (-30.0, 40.0)
-#: frames on either side of the edge (:data:`OUTLINE_SIZE_EV`, among those the XANES used) needed to measure a
-#: particle's size change: with four pre-edge frames, a 12-px hard-scene particle of fixed size measured +1.3 px
-OUTLINE_MIN_FRAMES = 5
-#: px, and standard errors: a particle whose own outline moves by both this much or more across the scan (its
-#: equivalent radius's trend, less the change the particles share) has its rim flagged. Measured, particles of
-#: fixed size (the others' changes taken out): the default scene (seeds 1-5, 45 particles) within 0.10 px and
-#: 2.8 standard errors; the hard (seeds 1-4, 44) 0.30 px, 2.5; the stress scenes (drift, counts, jitter,
-#: magnification, crowd, all; 14 scans, 119 particles measured, 69 with too few frames on a side) 0.50 px, 4.9
-#: (stress-drift seed 3: -0.32 +- 0.06 px). The probe's swelling particle (radius 27 px): +4 % +1.11 +- 0.03 px
-#: (38 standard errors), +2 % +0.43 +- 0.04 (11), -3 % -0.94 +- 0.04 (22). Its rim's E50 at +2 %: +0.50 / +0.29 /
-#: +0.12 eV at 0-1 / 1-2 / 2-3 px inside the outline beyond a fixed particle's. First 0.25 px; but through the whole
-#: pipeline the hard scenes' shrinking-core particles, of fixed size in the truth (true area 2752-2756 px over the
-#: scan), measured +0.76 px (seed 1, particle 4; 2.6 %) and +0.54 px (seed 4), over 7 standard errors: their masks
-#: follow the chemistry's contrast as it changes within the pre- and post-edge frames. Above those: the +4 % and -3 %
-#: particles are flagged, the +2 % one (0.43 px) is not
-OUTLINE_CHANGE_PX = 0.8
-OUTLINE_CHANGE_Z = 7.0
-#: px inside the outline flagged beyond half the outline's movement (the outline sweeps the consensus mask's
-#: edge by half its change either way): the smoothing inside the mask (1 px) and the image's blur carry the
-#: mixed spectra further in. Measured on the probe's +4 %, +2 % and -3 % particles (outline movement 1.12, 0.44,
-#: -0.93 px), E50 beyond a fixed particle's by depth inside the consensus mask: 0-1 px +0.86 / +0.50 / -0.84 eV,
-#: 2-3 px +0.23 / +0.12 / -0.19 eV, 3-4 px +0.12 / +0.04 / -0.09 eV, 4-5 px +0.09 / +0.03 / -0.05 eV (the pixels'
-#: standard error 0.07-0.08 eV there): 3 px flagged for a movement under 1 px, 4 px up to 3 px
-RIM_REACH_PX = 2.5
-#: how a particle's note on its moving rim begins (the run note gathers them: :func:`_moving_rim_run_note`)
-MOVING_RIM_NOTE = "its outline moves across the scan"
-
-
-def _equivalent_radii(p, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """A particle's equivalent radius ``sqrt(area / pi)`` of each frame's aligned soft mask (px) and the frames
-    it is measured on: those its XANES used, with a mask."""
-    masks = getattr(p, "masks", None)
-    frames = _measured_frames(p)
-    if masks is None or frames is None or len(masks) != n_frames:
-        return np.full(n_frames, np.nan), np.zeros(n_frames, bool)
-    area = np.nansum(np.asarray(masks, float), axis=(1, 2))
-    return np.sqrt(area / np.pi), np.asarray(frames, bool) & (area > 0)
-
-
-def _shared_change(changes, radii) -> float:
-    """The size change the particles share, relative to their size: the median over the particles measured
-    (three or more; with two, below) of their change across the scan over their radius.
-
-    The field's magnification changes every particle's size alike, and so does this. The scale the common
-    motion fits to the particles' positions (``PipelineResult.similarity``) is not taken: on stress-all (1 %
-    magnified, its particles drifting on their own) it fitted none, and the particles measured then grew on
-    their own by 0.2-1.4 px (1.0-3.7 %, up to 8.8 standard errors; seeds 1-2). The median of the particles'
-    changes, not of their sizes frame by frame: the sizes' levels differ from particle to particle (each
-    outline steps with its own contrast across the edge), and with four particles one swelling moved the
-    frames' median with it. A swelling that every particle shares is taken out with it, as a uniform
-    swelling of the electrode is taken into the field's scale.
-
-    With two particles measured, the change of the one that changes less (nearer 0): the median of two (their
-    mean) would give half of one's swelling to the other, and 0 left the field's magnification in both.
-    Stress-all, seed 2, 320 px: two of its 9 particles have enough frames on both sides of the edge, and measure
-    +3.2 % (42 px) and +2.4 % (35 px); their truth masks, by the same trend, +2.6 % and +2.5 % (the field is
-    magnified by 1.0 % end to end, most of it within the frames before and past the edge, which the trend
-    carries over the whole scan); with 0 taken out, the 42-px one was said to grow by +1.37 px on its own
-    (969 of its 5650 pixels flagged), now by +0.34 px (not flagged). With one particle, 0: its own change cannot
-    be told from the field's (stress-all seed 1 measures one, +2.1 %, 0.85 px: not flagged, under 7 standard
-    errors).
-    """
-    rel = np.asarray(changes, float) / np.asarray(radii, float)
-    rel = rel[np.isfinite(rel)]
-    if rel.size == 2:
-        return float(rel[np.argmin(np.abs(rel))])
-    return float(np.median(rel)) if rel.size >= 3 else 0.0
-
-
-def _outline_change(radius, used, energies, e0_ev: float) -> tuple[float, float, float]:
-    """A particle's own size change across the scan: ``(change_px, sigma_px, radius_px)``, NaN where not measured.
-
-    The equivalent radius's trend with the frame (the scan's time), measured within the frames before the edge
-    and within those past it (:data:`OUTLINE_SIZE_EV`), each with its own level: the Theil-Sen slope over the
-    pairs of frames on one side, times the frames from the first used to the last. Its standard error is
-    the residuals' robust spread over the frames' spread in time on both sides.
-    """
-    nan = float("nan")
-    e = np.asarray(energies, float)
-    r = np.asarray(radius, float)
-    used = np.asarray(used, bool) & np.isfinite(r)
-    if not np.isfinite(e0_ev) or used.sum() < 2 * OUTLINE_MIN_FRAMES:
-        return nan, nan, nan
-    t = np.arange(e.size, dtype=float)
-    sides = [used & (e <= e0_ev + OUTLINE_SIZE_EV[0]), used & (e >= e0_ev + OUTLINE_SIZE_EV[1])]
-    if any(s.sum() < OUTLINE_MIN_FRAMES for s in sides):
-        return nan, nan, nan
-    slopes = []
-    for s in sides:
-        k = np.flatnonzero(s)
-        k = k[np.linspace(0, k.size - 1, min(k.size, 300)).astype(int)]  # 300 frames a side: 45 000 pairs at most
-        i, j = np.triu_indices(k.size, 1)
-        slopes.append((r[k[j]] - r[k[i]]) / (t[k[j]] - t[k[i]]))
-    b = float(np.median(np.concatenate(slopes)))
-    res, spread = [], 0.0
-    for s in sides:
-        rs = r[s] - b * t[s]
-        res.append(rs - np.median(rs))
-        spread += float(np.sum((t[s] - t[s].mean()) ** 2))
-    span = float(np.ptp(np.flatnonzero(used)))
-    sigma = robust_sigma(np.concatenate(res), centre=0.0) / np.sqrt(spread) * span
-    return b * span, float(sigma), float(np.median(r[used]))
-
-
-#: px, and standard errors: a particle whose outline changes its shape across the scan by both this much or more
-#: (:func:`_outline_shape_change`: the trend of its elongation, a vector ``(a - b) / 2`` at twice its
-#: orientation, which a size change leaves as it is; the most its outline moves across itself) has its rim
-#: flagged. Measured, particles left as they are (the turn and stretch the particles share taken out): the
-#: default scene (seeds 1-5, 45 particles) within 0.26 px and 6.4 standard errors; the hard (seeds 1-4, 35
-#: measured) 0.60 px (6.1), 8.5 standard errors (0.42 px); the stress scenes (drift, counts, jitter,
-#: magnification, crowd, all; seeds 1-2, 109 measured) 0.66 px (4.3), 4.3. The probe's particle 1.6 times as
-#: long as wide (32 px equivalent radius) turned by 8 degrees: 1.94 +- 0.04 px (44 standard errors; 10.5 degrees
-#: read), its E50 off by 0.69 / 0.60 / 0.39 / 0.20 / 0.14 eV on average at 0-1 / 1-2 / 2-3 / 3-4 / 4-5 px inside
-#: its outline (unturned 0.31 / 0.18 / 0.11 / 0.10 / 0.09), its kept pixels more than 0.5 eV off 6.9 % (0.0 %
-#: unturned; 0.0 % with the rim flagged, 4 px); a round one (elongation 0.025) turned by
-#: 6 degrees: 0.22 px (4.9), harmless (its E50 as unturned). The step between the frames before the edge and
-#: those past it is not used: up to 1.15 px on particles left as they are (hard seed 2; 0.38 default, 0.85
-#: stress), the outline's shape changing with its contrast; the probe's 1.5-px crack opening across the edge
-#: (mid-scan) changed it by 0.32 px and its trend by 0.04: not seen
-OUTLINE_SHAPE_PX = 0.75
-OUTLINE_SHAPE_Z = 7.0
-#: a particle whose elongation ``(a - b) / (a + b)`` (semi-axes from its masks' second moments; a/b 1.17) is at
-#: least this before the edge, and whose shape change keeps its elongation (within half the change), is said to
-#: turn, by the angle its orientation changes; another's note gives the change of shape (the default scene's
-#: particles 0.01-0.07, the probe's particle 1.6 times as long as wide 0.16)
-TURN_MIN_ELONGATION = 0.08
-#: particles (at least) elongated as :data:`TURN_MIN_ELONGATION` whose median turn and stretch is taken as the
-#: one the particles share (the field turned or magnified; :func:`_shared_shape_factor`)
-SHARED_SHAPE_MIN_PARTICLES = 3
-#: px: where the frames are blurred to the scan's coarsest resolution (:func:`_resolution_blur`), a particle's
-#: shape is measured on its aligned windows so blurred (:func:`_matched_outline_weights`): each frame's window
-#: scaled from its level in a ring outside its mask (from the first to the second of these distances beyond it)
-#: to its level in the mask's core (this far inside it), clipped to 0-1, kept within the ring's outer
-#: distance. The learned segmenter's soft masks, measured as they are, follow the blur: the default scene (seed 5,
-#: 256 px, 4 particles) blurred 0 -> 2.5 px across the scan read shape changes of 1.51 / 0.51 / 1.08 / 0.31 px (two
-#: rims flagged; 0.11-0.30 px unblurred), these weights on the matched windows 0.25 / 0.12 / 0.09 / 0.06 px
-#: (0.04-0.25 px unblurred); a particle 1.4 times as long as wide turning by 8 degrees under the same blur was not
-#: flagged on the masks, and is on these weights (8.3 degrees read)
-MATCHED_OUTLINE_RING_PX = (4, 6)
-MATCHED_OUTLINE_CORE_PX = 2
-
-
-def _matched_outline_weights(p, blur) -> np.ndarray | None:
-    """A particle's soft weights per frame for its shape (:func:`_outline_shapes`), from its aligned windows
-    brought to the scan's coarsest resolution (``blur``: each frame's Gaussian sd, :func:`_resolution_blur`):
-    each window scaled from its median in a ring outside the particle's mask to its median in the mask's core
-    and clipped to 0-1 (:data:`MATCHED_OUTLINE_RING_PX`, :data:`MATCHED_OUTLINE_CORE_PX`). None without windows
-    or a mask."""
-    aligned, mask = getattr(p, "aligned", None), getattr(p, "mask", None)
-    if aligned is None or mask is None or not np.any(mask) or len(aligned) != len(blur):
-        return None
-    mask = np.asarray(mask, bool)
-    windows = _blur_frames(np.asarray(aligned, float), blur)
-    core = ndimage.binary_erosion(mask, iterations=MATCHED_OUTLINE_CORE_PX)
-    core = core if core.sum() >= 10 else mask  # a particle too small to erode
-    reach = ndimage.binary_dilation(mask, iterations=MATCHED_OUTLINE_RING_PX[1])
-    ring = reach & ~ndimage.binary_dilation(mask, iterations=MATCHED_OUTLINE_RING_PX[0])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a frame without a value in the ring or the core
-        lo = np.nanmedian(windows[:, ring], axis=1)[:, None, None]
-        hi = np.nanmedian(windows[:, core], axis=1)[:, None, None]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            w = np.clip((windows - lo) / (hi - lo), 0.0, 1.0)
-    return np.where(reach & np.isfinite(w) & (hi > lo), w, 0.0)
-
-
-def _outline_shapes(p, n_frames: int, blur=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A particle's shape in each frame from its aligned soft mask's second moments: ``(q, semi_major, used)``.
-
-    ``q`` (complex, px) is ``(a - b) / 2 * exp(2 i theta)``, ``a`` and ``b`` the semi-axes of the ellipse of the
-    same second moments and ``theta`` its major axis's angle, counter-clockwise as the image is shown (row 0 at
-    the top). An outline that moves out or in by the same distance all round leaves ``a - b`` as it is (the
-    segmented outlines do change their shape with their contrast across the edge all the same: only the trends
-    within each side are taken, :func:`_outline_shape_change`); a turn by
-    ``alpha`` changes it by about ``(a - b) alpha``, the most the outline moves along its normal (at 45 degrees
-    to the axes; the ends slide along the outline by ``a alpha``); two halves parted by ``g`` (a crack) by
-    about ``g / 5`` (a disc; the parted ends move by ``g / 2``). ``used``: the frames its XANES used, with a
-    mask.
-
-    With ``blur`` (each frame's Gaussian sd bringing it to the scan's coarsest resolution, :func:`_resolution_blur`;
-    None or all 0 where the resolution holds) the moments are those of :func:`_matched_outline_weights`, so that a
-    focus drifting with the energy does not read as a change of shape (:data:`MATCHED_OUTLINE_RING_PX`).
-    """
-    masks = getattr(p, "masks", None)
-    frames = _measured_frames(p)
-    none = np.full(n_frames, np.nan + 0j), np.full(n_frames, np.nan), np.zeros(n_frames, bool)
-    if masks is None or frames is None or len(masks) != n_frames:
-        return none
-    matched = None
-    if blur is not None and np.any(np.asarray(blur) > 0) and len(blur) == n_frames:
-        matched = _matched_outline_weights(p, np.asarray(blur, float))
-    w = np.nan_to_num(np.asarray(masks, float)) if matched is None else matched
-    h, wd = w.shape[1:]
-    y, x = -np.arange(h, dtype=float), np.arange(wd, dtype=float)  # y up: angles counter-clockwise as shown
-    wy, wx = w.sum(axis=2), w.sum(axis=1)  # (n, h), (n, w)
-    area = wy.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        my, mx = wy @ y / area, wx @ x / area
-        cyy = wy @ (y * y) / area - my**2
-        cxx = wx @ (x * x) / area - mx**2
-        cxy = np.einsum("nij,i,j->n", w, y, x) / area - my * mx
-        half = np.sqrt(((cxx - cyy) / 2) ** 2 + cxy**2)
-        mean = (cxx + cyy) / 2
-        a, b = 2 * np.sqrt(mean + half), 2 * np.sqrt(np.maximum(mean - half, 0.0))
-        q = (a - b) / 2 * np.exp(1j * np.arctan2(2 * cxy, cxx - cyy))
-    return q, a, np.asarray(frames, bool) & (area > 0) & np.isfinite(q)
-
-
-def _outline_shape_change(q, used, energies, e0_ev: float) -> tuple[complex, float, complex]:
-    """A particle's own shape change across the scan: ``(change, sigma, before)`` (complex px, px, complex px;
-    NaN where not measured).
-
-    The trend of :func:`_outline_shapes`'s ``q`` within the frames before the edge and within those past it,
-    each side with its own level, as the radius's (:func:`_outline_change`, on each component; ``sigma`` a
-    component's standard error). The step between the two sides is not taken: the segmented outline changes
-    its shape with its contrast across the edge (particles left as they are: up to 1.15 px between the sides,
-    :data:`OUTLINE_SHAPE_PX`), so a change that happens at once across the edge is not seen (a 1.5-px crack
-    opening there: 0.32 px). ``before``: ``q`` before the edge (the median of that side).
-    """
-    nan = complex(np.nan, np.nan)
-    e = np.asarray(energies, float)
-    q = np.asarray(q, complex)
-    used = np.asarray(used, bool) & np.isfinite(q)
-    if not np.isfinite(e0_ev):
-        return nan, float("nan"), nan
-    pre = used & (e <= e0_ev + OUTLINE_SIZE_EV[0])
-    (cr, sr, _), (ci, si, _) = (_outline_change(part, used, e, e0_ev) for part in (q.real, q.imag))
-    if not (np.isfinite(cr) and np.isfinite(ci)):
-        return nan, float("nan"), nan
-    before = complex(np.median(q[pre].real), np.median(q[pre].imag))
-    return complex(cr, ci), float(np.sqrt((sr**2 + si**2) / 2)), before
-
-
-def _shared_shape_factor(changes, befores, radii) -> complex:
-    """The turn and stretch of the particles' shapes they share: ``q`` with its change across the scan over ``q``
-    before the edge (:func:`_outline_shape_change`), as ``ratio * exp(2 i angle)``: the medians of the ratio and of the angle over the particles elongated at least
-    :data:`TURN_MIN_ELONGATION` (:data:`SHARED_SHAPE_MIN_PARTICLES` or more; 1 with fewer). A field that turns
-    (``rotation_rad``) or is magnified turns or stretches every particle alike (each registered by a translation
-    only), as :func:`_shared_change` takes out a size change they share.
-    """
-    c, b, r = (np.asarray(v) for v in (changes, befores, radii))
-    ok = np.isfinite(c) & np.isfinite(b) & np.isfinite(r) & (r > 0)
-    ok[ok] &= np.abs(b[ok]) >= TURN_MIN_ELONGATION * r[ok]
-    if ok.sum() < SHARED_SHAPE_MIN_PARTICLES:
-        return 1.0 + 0j
-    ratio = (b[ok] + c[ok]) / b[ok]
-    return complex(np.median(np.abs(ratio)) * np.exp(1j * np.median(np.angle(ratio))))
-
-
-def _shared_stretch(changes, radii) -> complex:
-    """The stretch of the particles' outlines they share, in px times their radius: the median (each component)
-    over the particles measured (:data:`SHARED_SHAPE_MIN_PARTICLES` or more; 0 with fewer) of their shape change
-    across the scan (:func:`_outline_shape_change`) times their radius.
-
-    A resolution that changes more along one direction than across it (an astigmatic focus drift) stretches
-    every outline alike in its second moments: by as much in ``(a - b) / 2`` times the radius, round particles
-    as elongated ones, where :func:`_shared_shape_factor` takes a ratio of the elongated ones alone. Taken out
-    where the frames are brought to a common resolution (isotropically, :func:`_resolution_blur`), which leaves
-    such a stretch in them: the probe's focus drifting from 0 at the edge to 3 px sd in y and 0.6 px in x at the
-    scan's ends (the default scene, seed 5, 256 px) read changes of shape of 1.12 / 0.40 / 1.73 / 0.78 px on
-    the windows so matched (10-17 px times the radius, along 88-92 degrees), 0.09 / 0.22 / 0.10 / 0.03 px less
-    this; the same scene blurred alike in both directions (0 -> 2.5 px) 0.25 / 0.12 / 0.09 / 0.06 px, 0.27 / 0.10
-    / 0.14 / 0.04 less it.
-    """
-    c, r = np.asarray(changes, complex), np.asarray(radii, float)
-    ok = np.isfinite(c) & np.isfinite(r) & (r > 0)
-    if ok.sum() < SHARED_SHAPE_MIN_PARTICLES:
-        return 0j
-    cr = c[ok] * r[ok]
-    return complex(np.median(cr.real), np.median(cr.imag))
-
-
-def _turn_clause(change: complex, before: complex, semi_major: float, radius: float) -> str:
-    """How a particle's shape changes across the scan (:func:`_outline_shape_change`), in words: a turn by an
-    angle where it is elongated and keeps its elongation, else a change of shape along an angle."""
-    after = before + change
-    if abs(before) >= TURN_MIN_ELONGATION * radius and abs(abs(after) - abs(before)) <= abs(change) / 2:
-        angle = np.angle(after / before) / 2
-        return (
-            f"turns by {np.degrees(abs(angle)):.1f} degrees ({'counter-' if angle > 0 else ''}clockwise as shown; its "
-            f"ends move by {abs(angle) * semi_major:.1f} px along the outline, its sides by up to {abs(change):.2f} px "
-            "across it)"
-        )
-    along = round(float(np.degrees(np.angle(change) / 2))) % 180
-    return (
-        f"changes its shape by {abs(change):.2f} px (its outline moves out along {along} degrees, counter-clockwise "
-        "from a row as shown, and in across that, beyond any change of size: a crack widening, a turn of a roundish "
-        "particle, a part moving on its own)"
-    )
-
-
-def _moving_rim_note(clauses: list, depth: int, n_px: int, n_mask: int) -> str:
-    return (
-        f"{MOVING_RIM_NOTE}: it {' and '.join(clauses)} (its own, the change the particles share taken out), "
-        "which the registration (a translation per frame) does not follow: the outline sweeps through its rim as "
-        "the energy crosses the edge, and the rim's spectra mix the particle and its surroundings: its E50 within "
-        f"{depth} px of the outline is biased (a particle grown by 4 %: +0.69 / +0.41 / +0.26 eV at 0-1 / 1-2 / 2-3 "
-        "px in, 7-10 times their standard error; one 1.6 times as long as wide turned by 8 degrees: "
-        "off by 0.69 / 0.60 / 0.39 / 0.20 eV on average at 0-1 / 1-2 / 2-3 / 3-4 px in, 0.31 / 0.18 / 0.11 / 0.10 "
-        "unturned), and so are its fractions "
-        f"there: those {n_px} of its {n_mask} pixels are flagged moving_rim and left out of its means"
-    )
-
-
-def _flag_moving_rims(particles: list, energies, gaps=(), blur=None) -> list:
-    """The particles with the rim of each one whose own outline moves across the scan flagged.
-
-    Its size: each particle's equivalent radius per frame (:func:`_equivalent_radii`) gives its change across
-    the scan (:func:`_outline_change`), less the change the particles share (:func:`_shared_change`), flagged
-    where it reaches :data:`OUTLINE_CHANGE_PX` and :data:`OUTLINE_CHANGE_Z` standard errors. Its shape (a
-    turn, a crack widening): its elongation's trend across the scan (:func:`_outline_shapes`,
-    :func:`_outline_shape_change`), less the turn and stretch the particles share
-    (:func:`_shared_shape_factor`), flagged where it reaches :data:`OUTLINE_SHAPE_PX` and
-    :data:`OUTLINE_SHAPE_Z` standard errors; where the frames were brought to the scan's coarsest resolution
-    (``blur``, each frame's Gaussian sd, :func:`_resolution_blur`), measured on the windows so blurred (a focus
-    drifting from 0 to 2.5 px across the scan read as a change of shape of 1.51 px on the segmented masks), the
-    stretch the particles share there taken out first (:func:`_shared_stretch`). The mask's pixels within half
-    the changes flagged plus
-    :data:`RIM_REACH_PX` of its outline are flagged (:func:`xanestrack.xanes.flag_moving_rim`: out of the
-    quality mask) and a note says so. A note of an earlier pass (:func:`redo_xanes`) is replaced.
-
-    The frames in which a particle's mask lay in a wide patch of input pixels without a value (``gaps``:
-    ``(frame, pixels)`` of :func:`xanestrack.stack.sanitize_stack`; :func:`_filled_frames`) are left out of both:
-    its outline there follows the patch's fill from the patch's rim. A 40 x 40 px patch in every frame over part of
-    a particle drifting 16 px across it (api probe, seed 5 at 256 px, particle 2: -2.14 +- 0.27 px measured, no
-    more than 0.20 +- 0.11 without the patch) said it shrank by 10.9 % (-2.11 px) and changed its shape by 2.60 px,
-    and its rim was flagged: kept fraction 0.283, 0.560 with those frames left out (its 515 filled pixels of 1175
-    out), not measured then (the patch lay over it in every frame). Those frames are kept in each particle's
-    ``filled_frames``; without ``gaps`` (:func:`redo_xanes`) they are read from there.
-    """
-    n = len(energies)
-    if not particles or n < 2 * OUTLINE_MIN_FRAMES:
-        return list(particles)
-    clear = [~_filled_frames(p, gaps, n) for p in particles]
-    radii = [_equivalent_radii(p, n) for p in particles]
-    measured = [
-        _outline_change(r, used & c, energies, float(p.e0_ev)) for p, (r, used), c in zip(particles, radii, clear)
-    ]
-    shared = _shared_change([m[0] for m in measured], [m[2] for m in measured])
-    shapes = [
-        (q, semi, used & c) for (q, semi, used), c in zip((_outline_shapes(p, n, blur) for p in particles), clear)
-    ]
-    shaped = [_outline_shape_change(q, used, energies, float(p.e0_ev)) for p, (q, _, used) in zip(particles, shapes)]
-    if blur is not None and np.any(np.asarray(blur) > 0):  # the stretch an astigmatic focus drift leaves
-        stretch = _shared_stretch([m[0] for m in shaped], [m[2] for m in measured])
-        shaped = [(dq - stretch / r if r > 0 else dq, s, b) for (dq, s, b), (_, _, r) in zip(shaped, measured)]
-    factor = _shared_shape_factor([m[0] for m in shaped], [m[2] for m in shaped], [m[2] for m in measured])
-    if gaps:  # the frames left out, kept for redo_xanes (which has no gaps: _filled_frames reads them back)
-        particles = [dataclasses.replace(p, filled_frames=None if c.all() else ~c) for p, c in zip(particles, clear)]
-    out = []
-    for p, (change, sigma, radius), (dq, dq_sigma, before), (_, semi, used) in zip(particles, measured, shaped, shapes):
-        notes = tuple(x for x in p.notes if not x.startswith(MOVING_RIM_NOTE))
-        change = change - shared * radius
-        dq = before + dq - factor * before  # its own: the shape the shared turn and stretch made of it taken out
-        clauses, moved = [], 0.0
-        if p.quality_assessed and radius > 0:
-            if abs(change) >= OUTLINE_CHANGE_PX and abs(change) >= OUTLINE_CHANGE_Z * sigma:
-                clauses.append(
-                    f"{'grows' if change > 0 else 'shrinks'} by {abs(100 * change / radius):.1f} % ({change:+.2f} px "
-                    "in radius)"
-                )
-                moved += abs(change)
-            if abs(dq) >= OUTLINE_SHAPE_PX and abs(dq) >= OUTLINE_SHAPE_Z * dq_sigma:
-                clauses.append(_turn_clause(dq, factor * before, float(np.nanmedian(semi[used])), radius))
-                moved += abs(dq)
-        if not clauses:
-            out.append(p if notes == tuple(p.notes) else dataclasses.replace(p, notes=notes))
-            continue
-        depth = int(np.ceil(moved / 2 + RIM_REACH_PX))
-        flags, maps, n_px = xanes.flag_moving_rim(p.pixel_flags, p.maps, p.mask, depth)
-        note = _moving_rim_note(clauses, depth, n_px, int(np.count_nonzero(p.mask)))
-        out.append(dataclasses.replace(p, pixel_flags=flags, maps=maps, notes=notes + (note,)))
-    return out
-
-
-def _with_moving_rims(finished: list, energies, gaps=(), blur=None) -> list:
-    """:func:`_flag_moving_rims` on the ``(ParticleResult, ...)`` tuples of :func:`_finish_particle`."""
-    flagged = _flag_moving_rims([f[0] for f in finished], energies, gaps, blur)
-    return [(p, *f[1:]) for p, f in zip(flagged, finished)]
-
-
-#: the start of a particle's note saying which of its pixels lay in a wide patch of input pixels without a value
-#: (:func:`_flag_filled_pixels`)
-FILLED_NOTE = "pixels filled, not measured"
-
-
-def _patch_on_grid(origin, shift, shape, patch) -> np.ndarray:
-    """``shape`` bool: the pixels of a particle's grid (``origin``, and ``shift`` in one frame) that take from a
-    frame's ``patch`` of filled pixels: grid pixel ``[i, j]`` lies at ``origin + (i, j) + shift``, and is taken where
-    any of the four whole pixels around that point is in the patch (the registration's bilinear resampling takes
-    from them). None taken where the shift is not finite."""
-    here = np.zeros(shape, bool)
-    at = np.asarray(origin, float) + np.asarray(shift, float)
-    if not np.isfinite(at).all():
-        return here
-    h, w = shape
-    for dy in {int(np.floor(at[0])), int(np.ceil(at[0]))}:
-        for dx in {int(np.floor(at[1])), int(np.ceil(at[1]))}:
-            y0, y1 = max(dy, 0), min(dy + h, patch.shape[0])
-            x0, x1 = max(dx, 0), min(dx + w, patch.shape[1])
-            if y0 < y1 and x0 < x1:
-                here[y0 - dy : y1 - dy, x0 - dx : x1 - dx] |= patch[y0:y1, x0:x1]
-    return here
-
-
-def _filled_on_grid(origin, shifts, shape, gaps, used, within=None) -> tuple[np.ndarray, list]:
-    """``(pixels, frames)``: the pixels of a particle's grid (``shape``, at ``origin`` and ``shifts``) that took from
-    a filled patch (:func:`_patch_on_grid`) in a frame it ``used`` (bool per frame), within ``within`` where given
-    (its mask), and those frames in order; for the XANES's filled pixels (:func:`_finish_particle`) and their flags
-    (:func:`_flag_filled_pixels`)."""
-    hit = np.zeros(shape, bool)
-    frames = []
-    for k, patch in gaps:
-        if not used[k]:
-            continue
-        here = _patch_on_grid(origin, shifts[k], shape, patch)
-        if within is not None:
-            here &= within
-        if here.any():
-            hit |= here
-            frames.append(k)
-    return hit, sorted(frames)
-
-
-def _filled_frames(p, gaps, n_frames: int) -> np.ndarray:
-    """``(n_frames,)`` bool: the frames in which particle ``p``'s mask (its consensus mask, or that frame's aligned
-    mask) lay in a wide patch of input pixels without a value (``gaps``, :func:`_flag_filled_pixels`). Its outline
-    there follows the patch's fill from the patch's rim, not the particle. Without ``gaps`` (:func:`redo_xanes`, a
-    result read back): those the run found, kept in ``p.filled_frames``."""
-    out = np.zeros(n_frames, bool)
-    masks = getattr(p, "masks", None)
-    if not gaps:
-        kept = getattr(p, "filled_frames", None)
-        if kept is not None and len(kept) == n_frames:
-            out |= np.asarray(kept, bool)
-        return out
-    if p.shifts is None or len(p.shifts) != n_frames:
-        return out
-    mask = np.asarray(p.mask, bool)
-    for k, patch in gaps:
-        near = mask if masks is None or len(masks) != n_frames else mask | (np.nan_to_num(masks[k]) > 0)
-        out[k] |= bool((_patch_on_grid(p.origin, p.shifts[k], mask.shape, patch) & near).any())
-    return out
-
-
-def _flag_filled_pixels(particles: list, gaps: list, energies) -> list:
-    """Flag the pixels of each particle that lay, in a frame its XANES used, in a wide patch of input pixels without
-    a value (``gaps``: ``(frame, pixels)`` of :func:`xanestrack.stack.sanitize_stack`, filled from the patch's rim).
-
-    Grid pixel ``[i, j]`` of a particle lies in frame ``k`` at ``origin + (i, j) + shifts[k]``; a mask pixel is
-    flagged where any of the four whole pixels around that point is in frame ``k``'s patch (the registration's
-    bilinear resampling takes from them): :data:`xanestrack.xanes.FLAG_FILLED`, out of ``maps["quality_keep"]``
-    (so out of its means), and a note naming how many and the frames. Flats saturated over the beam's hot spot
-    (11.5x the default scene's exposure) made such a patch over a particle in the edge's frames: 777 of its 923
-    pixels flagged; the 68 core pixels kept read an E50 0.16 eV below the truth on average (0.06 eV without the
-    saturation), each within 3 standard errors.
-    """
-    if not gaps:
-        return list(particles)
-    n = len(energies)
-    patches = dict(gaps)
-    out = []
-    for p in particles:
-        notes = tuple(x for x in p.notes if not x.startswith(FILLED_NOTE))
-        mask = np.asarray(p.mask, bool)
-        used = np.ones(n, bool) if p.xanes_frames is None else np.asarray(p.xanes_frames, bool)
-        hit, frames = _filled_on_grid(p.origin, p.shifts, mask.shape, patches.items(), used, within=mask)
-        if not hit.any():
-            out.append(p if notes == tuple(p.notes) else dataclasses.replace(p, notes=notes))
-            continue
-        flags = np.array(p.pixel_flags, dtype=np.uint16, copy=True)  # uint16: the misfit bit (256) survives
-        flags[hit] |= xanes.FLAG_FILLED
-        maps = dict(p.maps)
-        if "quality_keep" in maps:
-            maps["quality_keep"] = np.asarray(maps["quality_keep"], bool) & ~hit
-        n_hit, n_mask = int(hit.sum()), int(mask.sum())
-        note = (
-            f"{FILLED_NOTE}: {n_hit} of its {n_mask} pixels lay in a wide patch of input pixels without a value "
-            f"(saturated flat or detector pixels: see the input's notes) in {_count(len(frames), 'frame')} its XANES "
-            f"used ({_frame_list(frames, energies)}); they were filled from the patch's rim, so their spectra there "
-            "are not measured: flagged filled and left out of its means"
-            + (
-                " (none of its pixels is left: its means are over pixels not measured in those frames, not to be "
-                "trusted; lower the exposure of the flats)"
-                if n_hit >= n_mask
-                else ""
-            )
-        )
-        out.append(dataclasses.replace(p, pixel_flags=flags, maps=maps, notes=notes + (note,)))
-    return out
-
-
-def _has_note(p, start: str) -> bool:
-    """Whether particle ``p`` has a note starting with ``start``."""
-    return any(n.startswith(start) for n in p.notes)
-
-
-def _with_filled_pixels(finished: list, gaps: list, energies) -> list:
-    """:func:`_flag_filled_pixels` on the ``(ParticleResult, ...)`` tuples of :func:`_finish_particle`."""
-    if not gaps:
-        return finished
-    flagged = _flag_filled_pixels([f[0] for f in finished], gaps, energies)
-    return [(p, *f[1:]) for p, f in zip(flagged, finished)]
-
-
-def _filled_run_note(particles, gaps: list, energies) -> str:
-    """The run note saying where the input had wide patches without a value and which particles lay in them.
-
-    Each patch (8-connected over the frames' patches together, the largest three) is located by its own pixels,
-    weighted by the frames it was missing in: located by all of them at once, four patches in the frame's corners
-    were said to be centred near row 126, column 126 of 256, where no pixel was missing. The cause is named as
-    possible ones only: the same note came from flats saturated over the beam's hot spot and from optical density
-    masked with NaN."""
-    if not gaps:
-        return ""
-    from scipy import ndimage
-
-    frames = sorted(k for k, _ in gaps)
-    often = np.sum([g for _, g in gaps], axis=0, dtype=np.float64)
-    labels, n_patches = ndimage.label(often > 0, structure=np.ones((3, 3), bool))
-    index = np.arange(1, n_patches + 1)
-    weight = ndimage.sum(often, labels, index)
-    centres = ndimage.center_of_mass(often, labels, index)
-    where = "; ".join(f"row {centres[i][0]:.0f}, column {centres[i][1]:.0f}" for i in np.argsort(-weight)[:3])
-    ids = [p.particle for p in particles if any(n.startswith(FILLED_NOTE) for n in p.notes)]
-    return (
-        f"wide patches of input pixels without a value (saturated flat pixels, a masked region, saturated or dead "
-        f"detector pixels: see the input's notes) in {_count(len(frames), 'frame')} "
-        f"({_frame_list(frames, energies)}), up to {max(int(g.sum()) for _, g in gaps)} pixels in one, "
-        f"{_count(n_patches, 'patch').replace('patchs', 'patches')} centred near {where}"
-        f"{' ...' if n_patches > 3 else ''}: filled from their rim (the frame's median there would be background "
-        "inside a particle); "
-        + (
-            f"the pixels of {_count(len(ids), 'particle')} ({', '.join(map(str, ids[:20]))}"
-            f"{' ...' if len(ids) > 20 else ''}) that lay in them are flagged filled and left out of their means "
-            "(each particle's note says how many and in which frames); where they are saturated flat pixels, lower "
-            "the exposure of the flats"
-            if ids
-            else "no particle's pixels lay in them"
-        )
-    )
-
-
-def _moving_rim_run_note(particles) -> str:
-    """The run note gathering the particles whose rim was flagged (:func:`_flag_moving_rims`)."""
-    ids = [p.particle for p in particles if any(n.startswith(MOVING_RIM_NOTE) for n in p.notes)]
-    if not ids:
-        return ""
-    return (
-        f"the outlines of {len(ids)} of {len(particles)} particles ({', '.join(map(str, ids[:12]))}"
-        f"{' ...' if len(ids) > 12 else ''}) grow or shrink across the scan, or turn or change their shape, "
-        "which the registration (a translation per frame) does not follow: their rims' E50 and fractions are "
-        "biased (the rim's spectra mix the particle and its surroundings), flagged moving_rim and left out of "
-        "their means; each particle's note says by how much"
-    )
-
-
 def _means_untrusted(p) -> bool:
     """Whether a particle has edge energies but the quality masks keep no pixel of its core
     (:func:`xanestrack.result.core_pixels` then falls back to every core pixel)."""
@@ -4700,755 +3387,6 @@ def _untrusted_note(untrusted) -> str:
     return text
 
 
-#: eV: the scan's step where the edge crosses half its height beyond which its edge energies are said to be
-#: biased. The default scene's pixel spectra (noise-free, every pixel's E50 against the truth), its energies
-#: taken every k-th: 0.5-2.5 eV apart there -0.13 to +0.11 eV; 3-5 eV apart -0.75 to +0.17 eV (the linear
-#: crossing across the edge's curvature). With the post-edge parabola of releases before (a line now:
-#: :func:`xanestrack.xanes.auto_post_order`), 1.5 eV apart was already -0.65 to +0.06 eV.
-COARSE_EDGE_STEP_EV = 2.5
-#: (step eV, lowest, highest bias eV): the E50 of noise-free mixtures of the shipped NiO and LiNiO2 (fractions
-#: 0-1 by 0.1) sampled on uniform grids of that step over 8200-8680 eV (10 grid phases each), normalised and
-#: measured as the particles are, against their densely computed E50. The bias grows with the step, mostly low
-#: (medians -0.04 / -0.22 / -0.62 / -1.00 / -1.50 eV at 2.5 / 5 / 8 / 10 / 12 eV); at 15 eV the edge window
-#: holds one energy. :func:`_coarse_edge_note` quotes it at the scan's step (interpolated), where no references of
-#: the particles' edge measure the bias for the run and the particles' edges lie at the Ni K-edge only (within
-#: :data:`TWO_EDGES_EV` of :data:`NI_REFERENCE_EDGE_EV`): MnO / Mn2O3 mixtures sampled so read two-sided, up to
-#: +0.69 eV at 5 eV apart, and a Co foil and that foil +4 eV -0.46 eV at 2.5 eV apart
-COARSE_EDGE_BIAS_EV = (
-    (2.5, -0.16, 0.10),
-    (3.0, -0.21, 0.10),
-    (4.0, -0.32, 0.08),
-    (5.0, -0.49, 0.06),
-    (6.0, -0.68, 0.08),
-    (8.0, -1.41, 0.08),
-    (10.0, -2.24, 0.13),
-    (12.0, -3.20, 0.56),
-)
-
-
-#: eV: with references of the particles' edge, the coarse-step note is given where their mixtures' E50 sampled at
-#: the scan's step is biased this much or more (:func:`_coarse_edge_range`), so that a sharp edge's note waits for a
-#: coarser step than a metal-like edge's. Just above the shipped pair's at 2.5 eV apart (-0.166 to +0.099 eV; 3 eV
-#: -0.212, synth's 30-energy grid, 2.45 eV there, -0.163), so that Ni scans keep :data:`COARSE_EDGE_STEP_EV`;
-#: a Co foil pair reaches -0.46 eV and MnO / Mn2O3 +0.32 eV at 2.5 eV apart
-COARSE_EDGE_NOTE_EV = 0.17
-#: eV: steps up to this are not measured (:func:`_coarse_edge_range`, 0.1-0.3 s a run): the shipped pair read within
-#: 0.11 eV on synth's 143- and 60-energy grids (0.5 and 1.2 eV apart at their edge)
-COARSE_EDGE_MEASURED_FROM_EV = 1.0
-#: the grid offsets (a share of the step each) and shares of the second reference of each adjacent pair that
-#: :func:`_coarse_edge_range` samples, as :data:`COARSE_EDGE_BIAS_EV` was measured
-COARSE_EDGE_PHASES = tuple(np.arange(10) / 10)
-COARSE_EDGE_FRACTIONS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
-
-
-def _coarse_edge_range(references, energies, step: float, *, shipped: bool, background, edge_window):
-    """``(lowest, highest)`` eV: the bias of E50 of the mixtures of each adjacent pair of ``references``
-    (:data:`COARSE_EDGE_FRACTIONS`, :func:`xanestrack.chemistry.normbias.mixture_bias`, measured as
-    :func:`_normalisation_bias` measures them) sampled on uniform grids ``step`` eV apart over the scan's span, at
-    :data:`COARSE_EDGE_PHASES` offsets; NaNs where none could be measured (fewer than two spectra)."""
-    from .chemistry.normbias import mixture_bias
-
-    e = np.asarray(energies, float)
-    given = shipped or all(_reference_used_as_given(r, e) for r in references.values())
-    vals = []
-    for ph in COARSE_EDGE_PHASES:
-        grid = np.arange(e[0] + ph * step, e[-1] + 1e-9, step)
-        b = mixture_bias(
-            grid,
-            references,
-            dense="given" if given else "normalised",
-            edge_window=edge_window,
-            fractions=COARSE_EDGE_FRACTIONS,
-            background=background,
-        )
-        vals += [v for v in b.values() if np.isfinite(v)]
-    return (min(vals), max(vals)) if vals else (float("nan"), float("nan"))
-
-
-def _coarse_edge_bias(step: float) -> str:
-    """The words of :func:`_coarse_edge_note` on the bias at ``step`` eV (:data:`COARSE_EDGE_BIAS_EV`)."""
-    s, lo, hi = (np.asarray(c, float) for c in zip(*COARSE_EDGE_BIAS_EV))
-    if step > s[-1]:
-        return (
-            f"more than the {lo[-1]:+.2f} to {hi[-1]:+.2f} eV of noise-free reference mixtures sampled {s[-1]:g} eV "
-            "apart"
-        )
-    return (
-        f"noise-free reference mixtures sampled {step:.1f} eV apart: {np.interp(step, s, lo):+.2f} to "
-        f"{np.interp(step, s, hi):+.2f} eV; 2.5 eV apart, within {max(-lo[0], hi[0]):.2f} eV"
-    )
-
-
-def _coarse_edge_note(particles, energies, references=None, *, shipped: bool = False, edge_window=(-15.0, 20.0)) -> str:
-    """A note where the scan's energies are far apart where the particles' edges cross half their step:
-    E50 is interpolated linearly between frames, and across a coarse step the edge's curvature biases it, by an
-    amount and in a direction the edge's shape sets. With ``references`` of the particles' edge
-    (:func:`_references_at_particles_edge`) the bias is measured for this run (:func:`_coarse_edge_range`) and said
-    where it reaches :data:`COARSE_EDGE_NOTE_EV`; without, where the step is over :data:`COARSE_EDGE_STEP_EV`,
-    with the Ni table (:data:`COARSE_EDGE_BIAS_EV`) at the Ni K-edge and no numbers elsewhere (a Mn scan 5 eV
-    apart was told "mostly low, -0.49 to +0.06 eV"; its particles read 0.16-0.35 eV high). Empty where the step
-    there is fine."""
-    e50 = []
-    for p in particles:
-        m = p.edge_maps.get("e50") if p.edge_maps else None
-        if m is not None and np.isfinite(m).any():
-            e50.append(float(np.nanmedian(m)))
-    e = np.asarray(energies, float)
-    i = np.searchsorted(e, e50)
-    inside = (i > 0) & (i < e.size)
-    if not inside.any():
-        return ""
-    step = float(np.max(e[i[inside]] - e[i[inside] - 1]))
-    e50 = np.asarray(e50)[inside]
-    start = (
-        f"the scan's energies are up to {step:.1f} eV apart where the particles' edges cross half their step "
-        f"({min(e50):.1f}-{max(e50):.1f} eV): edge energies (E50) are interpolated between frames that far apart "
-    )
-    end = ": compare them between scans of one energy grid only"
-    from .spectra import ReferenceSpectrum
-
-    pair = {k: r for k, r in (references or {}).items() if isinstance(r, ReferenceSpectrum) and r.energies_ev.size >= 8}
-    if len(pair) >= 2 and step > COARSE_EDGE_MEASURED_FROM_EV:
-        lo, hi = _coarse_edge_range(
-            pair,
-            e,
-            step,
-            shipped=shipped,
-            background=_particles_background(particles, e),
-            edge_window=edge_window,
-        )
-        if np.isfinite(lo):
-            if max(-lo, hi) < COARSE_EDGE_NOTE_EV:
-                return ""
-            return (
-                start + f"and are biased by {lo:+.2f} to {hi:+.2f} eV (noise-free mixtures of the references "
-                f"{', '.join(pair)} sampled {step:.1f} eV apart at {len(COARSE_EDGE_PHASES)} offsets, normalised and "
-                "measured as the particles are, against their densely measured E50)" + end
-            )
-    if step <= COARSE_EDGE_STEP_EV:
-        return ""
-    if abs(float(np.median(e50)) - NI_REFERENCE_EDGE_EV) <= TWO_EDGES_EV:
-        return start + f"and are biased, mostly low ({_coarse_edge_bias(step)})" + end
-    at, lo, hi = (np.asarray(c, float) for c in zip(*COARSE_EDGE_BIAS_EV))
-    ni = (
-        f"more than {lo[-1]:+.2f} to {hi[-1]:+.2f} eV"
-        if step > at[-1]
-        else f"{np.interp(step, at, lo):+.2f} to {np.interp(step, at, hi):+.2f} eV"
-    )
-    return (
-        start + "and are biased by an amount and in a direction the edge's shape sets, not measured here: no "
-        "references of this edge (give them with --reference NAME=FILE for its numbers; at the Ni K-edge noise-free "
-        f"NiO / LiNiO2 mixtures sampled so read {ni}, other edges' shapes otherwise, higher or lower)" + end
-    )
-
-
-#: eV: particles whose E0s (:func:`xanestrack.xanes.find_e0`, the largest rise of each one's mean spectrum) are
-#: more than this apart are measured at two absorption edges (a scan over the Co K and Ni K edges of Co-rich
-#: particles: one particle's E0 8343 eV, three at 7709 eV; one edge's E0s vary by a few eV)
-TWO_EDGES_EV = 100.0
-#: a step of a particle's mean normalised spectrum, more than :data:`SECOND_EDGE_FROM_EV` from its E0, of more than
-#: this share of its edge step is another edge (:func:`_second_edge`). One edge (the probe's default, 143-energy,
-#: 320-energy, uniform 5 eV, 0.5/10 eV, Mn and Ni-only Co+Ni scans, 40 particles): at most 0.01; a Co K step 0.15 /
-#: 1 / 3 times the Ni K step: 0.08-0.18 / 0.54-1.14 / 0.28-1.65
-SECOND_EDGE_STEP = 0.05
-SECOND_EDGE_FROM_EV = 200.0
-
-
-def _second_edge(e, norm, e0: float) -> float:
-    """The energy (eV) of another edge in a particle's mean normalised spectrum ``norm`` at the energies ``e``: the
-    largest rise (:func:`xanestrack.xanes.find_e0`) among the energies more than :data:`SECOND_EDGE_FROM_EV` below or
-    above its E0 ``e0`` whose step (the mean 10-60 eV above it less the mean 10-60 eV below) is more than
-    :data:`SECOND_EDGE_STEP`; NaN where there is none (or too few energies, 8, to look)."""
-    e, norm = np.asarray(e, float), np.asarray(norm, float)
-    best, where = SECOND_EDGE_STEP, float("nan")
-    for part in (e < e0 - SECOND_EDGE_FROM_EV, e > e0 + SECOND_EDGE_FROM_EV):
-        ok = part & np.isfinite(norm)
-        if ok.sum() < 8:
-            continue
-        ec = find_e0(e[ok], norm[ok])
-        hi = ok & (e > ec + 10.0) & (e < ec + 60.0)
-        lo = ok & (e < ec - 10.0) & (e > ec - 60.0)
-        if hi.any() and lo.any():
-            step = abs(float(norm[hi].mean() - norm[lo].mean()))
-            if step > best:
-                best, where = step, float(ec)
-    return where
-
-
-def _two_edges(particles, energies) -> tuple[list, str]:
-    """``(particles, note)``: where the particles' E0s lie more than :data:`TWO_EDGES_EV` apart, or a particle's mean
-    spectrum has another step (:func:`_second_edge`), a run note naming the edges and the particles measured at
-    each; the particles whose normalisation (from E0 + PRE_EDGE_RANGE[0] to the scan's end) spans another edge's
-    step are given without edge energies and fractions (NaN maps, and a note), so that no table compares edges.
-
-    A scan over the Co K and Ni K edges of Co-rich particles (Co step 3 times the Ni one): one particle's mean E50
-    8340.5 eV (Ni), three 7715.8-7716.0 eV (Co: their post-edge line fitted across the Ni edge), in one table, and
-    "resolved" differences of 624.7 eV between them. Those measured at the lower edge are withheld: their post-edge
-    spans the upper edge's step; those at the upper edge keep theirs (their pre-edge lies 150-30 eV below it)."""
-    from .xanes import PRE_EDGE_RANGE
-
-    e = np.asarray(energies, float)
-    e0 = {p.particle: float(p.e0_ev) for p in particles if np.isfinite(p.e0_ev)}
-    second = {}
-    for p in particles:
-        if p.particle in e0 and getattr(p, "mean_norm", None) is not None:
-            where = _second_edge(e, p.mean_norm, e0[p.particle])
-            if np.isfinite(where):
-                second[p.particle] = where
-    if len(e0) < 2 and not second:
-        return particles, ""
-    at = np.array(sorted([*e0.values(), *second.values()]))
-    starts = np.r_[0, np.flatnonzero(np.diff(at) > TWO_EDGES_EV) + 1]
-    if starts.size < 2:
-        return particles, ""
-    groups = np.split(at, starts[1:])
-    edges = [float(np.median(g)) for g in groups]
-    edge_of = {pid: int(np.argmin([abs(v - x) for x in edges])) for pid, v in e0.items()}
-
-    def ids(pids):
-        return ", ".join(map(str, sorted(pids)))
-
-    parts = []
-    for k, x in enumerate(edges):
-        own = [pid for pid, j in edge_of.items() if j == k]
-        seen = [pid for pid, v in second.items() if abs(v - x) <= TWO_EDGES_EV]
-        words = [f"E0 of particle{'s' if len(own) > 1 else ''} {ids(own)}"] if own else []
-        if seen:
-            words.append(f"a second step in the spectra of particle{'s' if len(seen) > 1 else ''} {ids(seen)}")
-        parts.append(f"near {x:.0f} eV ({'; '.join(words)})")
-    withheld, out = [], []
-    for p in particles:
-        others = [x for k, x in enumerate(edges) if p.particle in edge_of and k != edge_of[p.particle]]
-        if p.particle in e0 and any(x > e0[p.particle] + PRE_EDGE_RANGE[0] for x in others):
-            withheld.append(p.particle)
-            nan_maps = {k: np.full_like(np.asarray(v, np.float32), np.nan) for k, v in p.edge_maps.items()}
-            fr = None if p.fractions is None else np.full_like(np.asarray(p.fractions, np.float32), np.nan)
-            maps = {
-                k: np.full_like(np.asarray(v, np.float32), np.nan) if k.startswith(("e50", "whiteline")) else v
-                for k, v in p.maps.items()
-            }
-            note = (
-                f"no edge energies nor fractions: its spectrum is normalised at its edge near {e0[p.particle]:.0f} eV "
-                f"from {e0[p.particle] + PRE_EDGE_RANGE[0]:.0f} eV to the scan's end, across another absorption "
-                f"edge's step near {', '.join(f'{x:.0f}' for x in others)} eV (the run's note on two edges)"
-            )
-            p = dataclasses.replace(p, edge_maps=nan_maps, fractions=fr, maps=maps, notes=tuple(p.notes) + (note,))
-        out.append(p)
-    text = (
-        f"the scan spans {len(edges)} absorption edges, {' and '.join(parts)}: each particle's edge energies and "
-        "fractions are measured at the edge its mean spectrum rises most at, which hangs on its composition and "
-        "thickness, and one edge's are not compared with another's"
-    )
-    if withheld:
-        text += (
-            f"; particle{'s' if len(withheld) > 1 else ''} {ids(withheld)} "
-            f"{'have' if len(withheld) > 1 else 'has'} none (normalised across another edge's step)"
-        )
-    text += "; give each edge's frames as a scan of their own"
-    return out, text
-
-
-#: a turn of the field (rotation not fitted), or a change of its scale off the straight line in the energy
-#: (scale model "energy"), explaining at least this share of the particles' own motion and moving them by
-#: FIELD_NOTE_PX or more, is named in a run note. The rigid default scene turned by 0.5-3 degrees across the
-#: scan: turn 0.96-0.97 of the own motion, 1.3-7.9 px; magnified by a 1 % step at mid-scan: scale 0.97, 0.84
-#: px; 34 runs of other probes (default, drifting, cracked, touching, sparse, real frames): turn 0.00-0.27,
-#: scale 0.00-0.57 (0.57: three particles of a small drifting scene). A turn or scale is judged at the particle
-#: farthest from the particles' centroid (the rigid scene turned by 0.3 degrees: 0.55 px there, 0.47 px at the
-#: median distance)
-FIELD_NOTE_SHARE = 0.8
-FIELD_NOTE_PX = 0.5
-
-
-#: a change of the field's fitted scale across the scan beyond this share is said to be more than the optics give
-#: (the note itself is given from FIELD_NOTE_PX at the particles' median distance from the centre): a zone plate
-#: refocused on the energy changes the magnification by 0.3-1 % across a XANES scan (issue 15's range); stress-all,
-#: its particles drifting on their own and 1 % magnified, was fitted 4.3 % (its own drift outward taken for it);
-#: the default scene of seed 23, its particles drifting 1-6 px each way, 1.5 %
-LARGE_SCALE_CHANGE = 0.02
-
-
-def _large_scale_note(similarity, motion=None) -> str:
-    """A note where the common motion's change of scale across the scan moves the particles by
-    :data:`FIELD_NOTE_PX` or more at their median distance from the field's centre (as the two-frame note's; without
-    ``motion``, where it changes by more than :data:`LARGE_SCALE_CHANGE`): a uniform swelling or shrinking of the
-    electrode, or particles drifting outward together, is a change of scale as well, and is taken into it rather
-    than into the particles' own motions. The default scene of seed 5 (256 px, 60 energies, 6 particles, no
-    magnification in the truth) was fitted a scale of 0.9872 (-1.28 %, under the 2 % that alone gave the note), its
-    particles' own motions off by up to 1.09 px, nothing said."""
-    if similarity is None or "scale" not in similarity or not len(similarity):
-        return ""
-    scale = np.asarray(similarity["scale"], float)
-    scale = scale[np.isfinite(scale)]
-    if not scale.size:
-        return ""
-    change = float(scale.max() - scale.min())
-    moved = lever = np.nan
-    if motion is not None and len(motion):
-        from .motion import _own_motions
-
-        _, ref = _own_motions(motion)
-        centre = np.asarray(similarity.attrs.get("centre", (np.nan, np.nan)), float)
-        d = np.hypot(*(ref - centre).T)
-        d = d[np.isfinite(d)]
-        if d.size:
-            lever = float(np.median(d))
-            moved = change * lever
-    if not (moved >= FIELD_NOTE_PX if np.isfinite(moved) else change > LARGE_SCALE_CHANGE):
-        return ""
-    how_far = (
-        f", moving the particles by {moved:.1f} px at their median distance from the field's centre ({lever:.0f} px)"
-        if np.isfinite(moved)
-        else ""
-    )
-    optics = (
-        "more than a zone plate refocused on the energy gives (0.3-1 %)"
-        if change > LARGE_SCALE_CHANGE
-        else "taken as a change of the optics' magnification (a zone plate refocused on the energy gives 0.3-1 %)"
-        if change <= 0.01
-        else "taken as a change of the optics' magnification, though more than a zone plate refocused on the "
-        "energy usually gives (0.3-1 %)"
-    )
-    return (
-        f"the field's scale (magnification) fitted to the particles changes by {100 * change:.1f} % across the scan "
-        f"(common_scale {scale.min():.4f} to {scale.max():.4f}){how_far}, {optics}: a uniform swelling or shrinking of "
-        "the electrode, or particles drifting outward or inward together, cannot be told from a change of "
-        "magnification and is counted in it, not in the particles' own motions; where the optics' magnification is "
-        "known, compare"
-    )
-
-
-def _position_noise(table, *, per_frame: bool = False):
-    """The positions' noise, px per component: the RMS over the particles of the raw edge estimates (``edge_y,
-    edge_x``) about the positions reported (smoothed across the energies), per frame (``per_frame``: a Series indexed
-    by frame, what :func:`xanestrack.motion.peak_ratios` tests the field's common velocity against), else its 90th
-    percentile over the frames; NaN where there is none to measure (no edge estimates, or positions not smoothed:
-    ``--no-smooth-tracks``). The rigid scene with no stage motion: 0.009 px median over the frames, 0.039 at the 90th
-    percentile, in its pre-edge frames."""
-    if not len(table) or not {"edge_y", "edge_x", "y", "x", "frame"} <= set(table):
-        return pd.Series(dtype=float) if per_frame else np.nan
-    r2 = (table["edge_y"] - table["y"]) ** 2 + (table["edge_x"] - table["x"]) ** 2
-    frames = np.sqrt(r2.groupby(table["frame"]).mean() / 2.0)  # per component
-    if per_frame:
-        return frames.where(frames > 0)
-    per_frame = frames.to_numpy(float)
-    per_frame = per_frame[np.isfinite(per_frame)]
-    noise = float(np.percentile(per_frame, 90)) if per_frame.size else np.nan
-    return noise if noise > 0 else np.nan
-
-
-#: second differences of frames vouched for a particle needs for its positions' noise
-#: (:func:`_particle_position_noise`); fewer: NaN, its own motion not judged against its noise
-MIN_NOISE_DIFFERENCES = 5
-
-#: frames: the longest span of the three frames vouched for that one second difference takes (next to each other
-#: among the frames vouched for, those between not). Three in a row only, a faint particle vouched for in 24
-#: scattered frames of 60 (reduced stress-counts seed 1) had 3 and went unjudged at 0.22 px of own motion; over 6
-#: frames a smooth own motion of the default scenes (up to 0.2 px/frame) bends by a few hundredths of a pixel
-NOISE_SPAN_FRAMES = 6
-
-
-def _particle_position_noise(table, reliable) -> pd.Series:
-    """Per particle (a Series by particle), its positions' noise, px per axis, over its frames vouched for
-    (``reliable``: ``particle, frame, reliable``): the RMS of the second differences of its own motion as measured
-    (``nonrigid`` plus the raw edge estimate less the position reported, ``edge - y``: the edge estimates less the
-    motion the particles share; the position where the frame has no edge estimate), each frame vouched for against
-    the straight line through its neighbours vouched for (``x_k - (x_{k-1} + x_{k+1}) / 2`` for three in a row; at
-    most :data:`NOISE_SPAN_FRAMES` apart), each divided by its standard deviation for white noise of one
-    (``sqrt(1 + a^2 + b^2)``, a and b the line's weights: sqrt(1.5) for three in a row); a smooth own motion hardly
-    adds to them. NaN with fewer than :data:`MIN_NOISE_DIFFERENCES` of them.
-
-    What the still-field rule's noise (:func:`_position_noise`: the raw estimates about the positions reported) is per
-    particle: on the calibration probe's 116 runs the two agree (median ratio 1.01-1.08 per scene), and this one
-    needs no smoothing (``--no-smooth-tracks``: positions as estimated, no residual) and is not shrunk where the
-    smooth keeps almost every frame. Its RMS, not a robust spread: the occasional far frame is what a largest own
-    displacement picks (a robust one read 0.5-0.9 times it on the stress scenes, and their noise-level own motions
-    went unmarked)."""
-    need = {"particle", "frame", "y", "x", "nonrigid_dy", "nonrigid_dx"}
-    if not len(table) or not need <= set(table):
-        return pd.Series(dtype=float)
-    t = table.merge(reliable, on=["particle", "frame"], how="left") if reliable is not None else table.copy()
-    use = t["reliable"].fillna(False).astype(bool) if "reliable" in t else pd.Series(True, index=t.index)
-    own = t[["nonrigid_dy", "nonrigid_dx"]].to_numpy(float, copy=True)
-    if {"edge_y", "edge_x"} <= set(t):
-        raw = t[["edge_y", "edge_x"]].to_numpy(float) - t[["y", "x"]].to_numpy(float)
-        own = own + np.where(np.isfinite(raw), raw, 0.0)
-    own[~use.to_numpy()] = np.nan
-    out = {}
-    frames = t["frame"].to_numpy(float)
-    for pid, idx in t.groupby("particle").indices.items():
-        ok = idx[np.isfinite(own[idx]).all(axis=1)]
-        ok = ok[np.argsort(frames[ok])]
-        f, o = frames[ok], own[ok]
-        if len(f) < 3:
-            out[pid] = np.nan
-            continue
-        span = f[2:] - f[:-2]
-        a = (f[2:] - f[1:-1]) / np.where(span > 0, span, 1.0)  # the weight of the frame before, 1 / 2 in a row
-        b = 1.0 - a
-        d = (o[1:-1] - a[:, None] * o[:-2] - b[:, None] * o[2:]) / np.sqrt(1.0 + a**2 + b**2)[:, None]
-        d = d[(span > 0) & (span <= NOISE_SPAN_FRAMES)]
-        out[pid] = float(np.sqrt(np.mean(d**2))) if len(d) >= MIN_NOISE_DIFFERENCES else np.nan
-    return pd.Series(out, dtype=float)
-
-
-def _still_field_note(ratios) -> str:
-    """The note where the ratios of peak velocities are not defined: the field's common velocity stays within
-    :data:`xanestrack.motion.STILL_FIELD_NOISE` times the positions' noise in every frame (``attrs["still_field"]`` of
-    :func:`xanestrack.motion.peak_ratios`), as on frames aligned upstream. It quotes the values compared: the frame
-    where the common velocity is largest against the noise."""
-    from .motion import STILL_FIELD_NOISE
-
-    still = ratios.attrs.get("still_field", {}) if len(ratios) else {}
-    undefined = [(c, still[c]) for c in ("y", "x") if c in still and not still[c]["moves"]]
-    if not undefined:
-        return ""
-    names = " and ".join({"y": "ratio_v", "x": "ratio_h"}[c] for c, _ in undefined)
-    said = " and ".join(
-        f"along {c} at most {d['velocity'] / d['noise']:.2f} times it (frame {d['frame']}: {d['velocity']:.3f} "
-        f"px/frame, noise {d['noise']:.3f} px)"
-        for c, d in undefined
-    )
-    return (
-        f"the field hardly moves: its common velocity (the particles' rigid motion) stays within "
-        f"{STILL_FIELD_NOISE:g} times the positions' noise (the raw edge estimates about the positions reported) in "
-        f"every frame, {said}, so {names} (own against common velocity) "
-        f"{'are' if len(undefined) > 1 else 'is'} not defined and left NaN for every particle in motion_summary.csv; "
-        "each particle's own motion (peak_nonrigid_vy, peak_nonrigid_vx, max_nonrigid_displacement) is given as "
-        "measured"
-    )
-
-
-#: particles an own-motion noise note names one by one (:func:`_own_motion_noise_note`); more are counted
-NOISE_NOTE_MOST = 8
-
-
-def _own_motion_noise_note(ratios) -> str:
-    """The note naming the particles whose own motion is within their positions' noise (``nonrigid_at_noise`` of
-    :func:`xanestrack.motion.peak_ratios`): their largest own displacement over their frames vouched for is not above
-    what that noise alone reaches over as many frames (``max_nonrigid_noise_px``). Such a number is the noise's
-    largest excursion, biased upward (a faint particle truly moving 0.16 px on its own read 0.33 +- 0.24 px over
-    noise-only redraws), not a measured own motion. Quotes each one's numbers; empty where none is."""
-    from .motion import OWN_MOTION_NOISE_QUANTILE
-
-    if not len(ratios) or "nonrigid_at_noise" not in ratios:
-        return ""
-    at = ratios[ratios["nonrigid_at_noise"].astype(bool)].sort_values("particle")
-    if not len(at):
-        return ""
-    shown = at.iloc[:NOISE_NOTE_MOST]
-    each = ", ".join(
-        f"particle {int(r.particle)} {r.max_nonrigid_displacement:.2f} px (noise alone: up to "
-        f"{r.max_nonrigid_noise_px:.2f} px; {r.position_noise_px:.3f} px per axis)"
-        for r in shown.itertuples()
-    )
-    more = f" and {len(at) - len(shown)} more" if len(at) > len(shown) else ""
-    many = len(at) > 1
-    return (
-        f"{len(at)} of {len(ratios)} particles' own motion is within {'their' if many else 'its'} "
-        f"positions' noise: {'their' if many else 'its'} largest own (non-rigid) displacement over "
-        f"{'their' if many else 'its'} frames vouched for is not above what that noise alone reaches over as many "
-        f"frames (of white noise that size, {OWN_MOTION_NOISE_QUANTILE:.0%} of scans stay below it): {each}{more}; "
-        f"read {'these' if many else 'it'} as no own motion measured, not as how far "
-        f"{'they' if many else 'it'} moved (motion_summary.csv: nonrigid_at_noise, max_nonrigid_noise_px)"
-    )
-
-
-#: particles the split note names one by one (those whose leaving out moves the common motion most; whose own motion
-#: may be the split's); more are counted
-SPLIT_NOTE_MOST = 6
-
-
-def _scale_at_far_end(similarity, motion) -> tuple:
-    """``(scale, far, lever)``: the common scale per frame, the frame where it lies furthest from 1, and the
-    particles' median distance (px) from the field's centre at their reference positions (NaN where none)."""
-    from .motion import _own_motions
-
-    scale = similarity["scale"].to_numpy(float)
-    far = int(np.nanargmax(np.abs(scale - 1.0)))
-    _, ref = _own_motions(motion)
-    centre = np.asarray(similarity.attrs.get("centre", (np.nan, np.nan)), float)
-    lever = np.hypot(*(ref - centre).T)
-    lever = float(np.median(lever[np.isfinite(lever)])) if np.isfinite(lever).any() else np.nan
-    return scale, far, lever
-
-
-def _split_notes(similarity, ratios, motion) -> list[str]:
-    """Notes where the positions do not determine the split into common and own motion
-    (:func:`xanestrack.motion.common_motion_split`, ``own_motion_split_px`` of
-    :func:`xanestrack.motion.peak_ratios`, :func:`xanestrack.motion.undetermined_split_px`).
-
-    The common motion is what most particles share; where most move on their own and no majority moves together,
-    the robust fit follows whichever particles win a near-tie in each frame: reduced stress-drift seed 1 reported a
-    particle fixed to the cell moving 2.42 px on its own (its noise bound 0.72 px), 0.55 px with the frames
-    transposed, nothing said. One note where leaving one particle out moves the common motion (its scale as
-    fitted) by :data:`xanestrack.motion.SPLIT_NOTE_PX` or more and some particle's own motion as much over its
-    frames vouched for: how far, which particles carry the fit, which particles' own motion is within that
-    (``nonrigid_within_split``), and what is determined (motion relative to one particle). One note where a kept
-    magnification (the scale line in the energy) moves, with one particle left out and the line refitted, by
-    :data:`FIELD_NOTE_PX` or more at the particles' median distance from the field's centre (or is dropped then),
-    or moves an own motion by :data:`xanestrack.motion.SPLIT_NOTE_PX` where the translation did not: reduced
-    stress-crowd seed 1 (6 particles) kept +0.65 % where the truth is +0.2 %; an empty margin cropped, or the
-    frames transposed, dropped it; stress-counts seed 1 kept +1.65 % (one particle left out: dropped, the own
-    motions 1.65 px apart)."""
-    from .motion import SPLIT_NOTE_PX, undetermined_split_px
-
-    notes = []
-    if similarity is None or not len(ratios) or "own_motion_split_px" not in ratios:
-        return notes
-    worst = undetermined_split_px(ratios)
-    shared = similarity["split_px"].to_numpy(float) if "split_px" in similarity else np.zeros(0)
-    shared_worst = float(np.nanmax(shared)) if np.isfinite(shared).any() else 0.0
-    within = ratios[ratios["nonrigid_within_split"].astype(bool)].sort_values("particle")
-    shown = within.iloc[:SPLIT_NOTE_MOST]
-    may = (
-        "; the own motion of particle "
-        + ", ".join(f"{int(r.particle)} ({r.max_nonrigid_displacement:.2f} px)" for r in shown.itertuples())
-        + (f" and {len(within) - len(shown)} more" if len(within) > len(shown) else "")
-        + " is within that and its noise: "
-        + ("it" if len(within) == 1 else "they")
-        + " may not have moved on "
-        + ("its" if len(within) == 1 else "their")
-        + " own at all (nonrigid_within_split)"
-        if len(within)
-        else ""
-    )
-    said = False
-    if np.isfinite(worst) and shared_worst >= SPLIT_NOTE_PX:
-        noise = (
-            float(np.nanmedian(ratios["max_nonrigid_noise_px"]))
-            if "max_nonrigid_noise_px" in ratios and np.isfinite(ratios["max_nonrigid_noise_px"]).any()
-            else 0.0
-        )
-        k = int(np.nanargmax(shared))
-        by = sorted(similarity.attrs.get("split_by_particle", []), key=lambda pv: -pv[1])
-        carriers = [(p, v) for p, v in by if v >= SPLIT_NOTE_PX][:SPLIT_NOTE_MOST]
-        carry = (
-            "; leaving out particle "
-            + ", ".join(
-                f"{int(p)} moves it by {v:.2f} px" if i == 0 else f"{int(p)} by {v:.2f}"
-                for i, (p, v) in enumerate(carriers)
-            )
-            + (
-                f" ({len(by) - len(carriers)} more left out: less than {SPLIT_NOTE_PX:.1f} px)"
-                if len(by) > len(carriers)
-                else ""
-            )
-            if carriers
-            else ""
-        )
-        notes.append(
-            "the motion the particles share is not determined by them: most of them move on their own and no "
-            "majority moves together, so the common motion (common_dy, common_dx) follows whichever particles win a "
-            f"near-tie, frame by frame; fitted again with any one particle left out, it moves by up to "
-            f"{shared_worst:.2f} px (frame {int(similarity['frame'].iloc[k])}), and a particle's own motion over its "
-            f"frames vouched for by up to {worst:.2f} px, beyond the positions' noise (the own motions' noise bound, "
-            f"median {noise:.2f} px){carry}. Every particle's own (non-rigid) motion and the ratios of own to common "
-            f"velocity are relative to a common motion uncertain by that much or more (motion_summary.csv: "
-            f"own_motion_split_px){may}. The motion relative to one particle is determined: where one is known to "
-            "stay with the cell, --reference-particle gives every particle's motion relative to it (rel_dy, rel_dx "
-            "in tracks.csv)"
-        )
-        said = True
-    ends = similarity.attrs.get("split_scale_ends")
-    if ends is not None and "scale" in similarity and len(similarity) and len(motion):
-        scale, far, lever = _scale_at_far_end(similarity, motion)
-        lo, hi = float(ends[0]), float(ends[1])
-        moved = max(abs(hi - scale[far]), abs(scale[far] - lo)) * lever
-        own = np.isfinite(worst) and not said
-        if moved >= FIELD_NOTE_PX or own:
-            dropped = " (1: the particles left do not share one, and it is dropped)" if 1.0 in (lo, hi) else ""
-            notes.append(
-                f"the magnification fitted to the particles (common_scale {scale[0]:.4f} to {scale[far]:.4f} across "
-                f"the scan) is not determined by them: fitted again with any one particle left out it reads "
-                f"{lo:.4f} to {hi:.4f} there{dropped}, moving the particles by up to {moved:.2f} px at their median "
-                f"distance from the field's centre ({lever:.0f} px)"
-                + (
-                    f", and a particle's own motion over its frames vouched for by up to {worst:.2f} px: every "
-                    f"particle's own (non-rigid) motion is uncertain by that much or more (motion_summary.csv: "
-                    f"own_motion_split_px){may}"
-                    if own
-                    else "; the particles' own motions carry that (motion_summary.csv: own_motion_split_px)"
-                )
-                + "; where the optics' magnification is known, compare"
-            )
-    elif similarity.attrs.get("split_scale_untested") and "scale" in similarity and len(similarity) and len(motion):
-        # three particles: one left out leaves two, which fit no line to test it. A review's scene (two of three
-        # particles close together, the third drifting 1-1.5 px outward on its own, no magnification) kept a line
-        # of +0.6-0.9 %, its own motion read as none; the truth's 1 % magnification on the same layout was dropped
-        # before the frames' start took the similarity (motion._start_or_similarity): either way unsaid
-        scale, far, lever = _scale_at_far_end(similarity, motion)
-        moved = abs(scale[far] - 1.0) * lever
-        if np.isfinite(moved) and moved >= FIELD_NOTE_PX:
-            notes.append(
-                f"the magnification fitted to the particles (common_scale {scale[0]:.4f} to {scale[far]:.4f} across "
-                f"the scan, {moved:.2f} px at their median distance from the field's centre, {lever:.0f} px) rests on "
-                "too few particles to be tested with one left out: one particle drifting toward or away from the "
-                "centre on its own reads as a magnification, and a magnification as that particle's own motion; "
-                "where the optics' magnification is known, compare, or give --reference-particle"
-            )
-    return notes
-
-
-def _two_frame_scale_note(motion, similarity) -> str:
-    """The note on the scale of a scan of two frames, where it moves the particles by :data:`FIELD_NOTE_PX` or
-    more at their median distance from the field's centre: one pair of frames fits it freely, with no straight
-    line in the energy and no test that the particles share it (both need three frames), so particles drifting
-    outward or inward together are taken for a magnification (the default scene's four particles, three drifting
-    4-6 px the same way: scale 1.029, the one still particle reported moving 3.4 px on its own, nothing said).
-    A translation alone would make a true magnification every particle's own motion (the zone plate's 0.4 %
-    between SSRL's two energies: 1.4 px at the particles' median distance from the axis), so the scale is kept
-    and said."""
-    if similarity is None or "scale" not in similarity or len(similarity) != 2 or not len(motion):
-        return ""
-    scale = float(similarity["scale"].iloc[1])
-    first = motion[motion["frame"] == motion["frame"].min()]
-    centre = np.asarray(similarity.attrs.get("centre", (np.nan, np.nan)), float)
-    lever = np.hypot(first["y"].to_numpy(float) - centre[0], first["x"].to_numpy(float) - centre[1])
-    lever = lever[np.isfinite(lever)]
-    if not (np.isfinite(scale) and lever.size):
-        return ""
-    moved = abs(scale - 1.0) * float(np.median(lever))
-    if not moved >= FIELD_NOTE_PX:
-        return ""
-    return (
-        f"two energies: the motion all particles share is a similarity fitted on one pair of frames, its scale "
-        f"{scale:.4f} ({100 * (scale - 1):+.1f} %, {moved:.1f} px at the particles' median distance from the field's "
-        "centre), neither checked against one straight line in the energy nor tested on the particles (both need three "
-        "energies or more): particles drifting outward or inward together cannot be told from a change of "
-        "magnification and are counted in it; each particle's own (non-rigid) motion is relative to this scale (the "
-        "displacement as measured is dy, dx in tracks.csv)"
-    )
-
-
-def _field_motion_notes(motion, energies, options) -> list[str]:
-    """Notes where the particles' own (non-rigid) motions are mostly a turn of the whole field (rotation not
-    fitted), a magnification off the scale model's straight line, or one uniform strain or shear of the field:
-    each is a motion of the whole field, not of the particles one by one."""
-    from .motion import _own_motions, field_rotation, field_strain
-
-    _, ref = _own_motions(motion)
-    ref = ref[np.isfinite(ref).all(axis=1)]
-    if not len(ref):
-        return []
-    levers = np.hypot(*(ref - ref.mean(axis=0)).T)
-    lever = float(np.median(levers))
-    kinds = (["rotation"] if not options.rotation else []) + (["scale"] if options.scale_model == "energy" else [])
-    notes = []
-    for kind in kinds:
-        theta, share = field_rotation(motion, kind=kind)
-        if not theta.size or share < FIELD_NOTE_SHARE:
-            continue
-        k = int(np.argmax(np.abs(theta)))
-        # judged on the largest own motion it explains, at the particle farthest from their centroid: at the median
-        # distance, the rigid scene turned by 0.3 degrees (98 % of the own motions a turn of 0.286 degrees) read
-        # 0.47 px and was not said, while five of six still particles reported 0.42-0.52 px of own motion
-        if not abs(theta[k]) * levers.max() >= FIELD_NOTE_PX:
-            continue
-        where = (
-            f"(frame {k}, {energies[k]:.1f} eV; {abs(theta[k]) * levers.max():.2f} px at the particle farthest from "
-            f"their centroid, {abs(theta[k]) * lever:.2f} px at their median distance)"
-        )
-        if kind == "rotation":
-            notes.append(
-                f"the particles' own (non-rigid) motions are mostly ({100 * share:.0f} %) a turn of the whole field, up "
-                f"to {np.degrees(theta[k]):+.2f} degrees {where}: the rotation is not fitted by default; if the image "
-                "turns, run again with --rotation"
-            )
-        elif "dropped_scale" in getattr(motion.attrs.get("similarity"), "attrs", {}):
-            # the straight line was fitted and not kept (motion.common_similarity's attrs["dropped_scale"]): the scale left in the own motions
-            # is that line's, not one off it
-            notes.append(
-                f"the particles' own (non-rigid) motions are mostly ({100 * share:.0f} %) a change of the field's "
-                f"magnification that the common motion does not hold (the straight line in the energy fitted to it "
-                f"was not kept), up to {100 * theta[k]:+.2f} % {where}: where the optics' magnification changed, run "
-                "again with --scale-model frame (a scale fitted in every frame)"
-            )
-        else:
-            notes.append(
-                f"the particles' own (non-rigid) motions are mostly ({100 * share:.0f} %) a change of the field's "
-                f"magnification off one straight line in the energy, up to {100 * theta[k]:+.2f} % {where}: if the "
-                "optics were refocused during the scan, run again with --scale-model frame"
-            )
-    if notes:
-        return notes
-    A, share = field_strain(motion)
-    if not A.size or share < FIELD_NOTE_SHARE:
-        return notes
-    left = np.abs(A).max(axis=(1, 2))  # what the common motion left in the particles' own motions
-    if not left.max() * lever >= FIELD_NOTE_PX:
-        return notes
-    # the field's deformation is A and the fitted scale change together: the scale took the isotropic part of a
-    # stretch (the rigid scene stretched by 1 % along x only, 8 particles: -0.22 % along y, +0.59 % along x quoted at
-    # frame 47, where the remainder was largest; with the scale, +0.00 / +0.81 % there, the truth 0 / +0.80 %, and
-    # +0.00 / +1.01 % at the last frame, where the stretch is largest)
-    sim = motion.attrs.get("similarity")
-    scale = np.ones(len(A))
-    if sim is not None and len(sim) and "scale" in sim:
-        frames = np.sort(motion["frame"].unique())
-        scale = sim.set_index("frame")["scale"].reindex(frames).to_numpy(float)
-        scale = np.where(np.isfinite(scale), scale, 1.0)
-    total = A + (scale - 1.0)[:, None, None] * np.eye(2)
-    size = np.abs(total).max(axis=(1, 2))
-    k = int(np.argmax(size))
-    a = total[k]
-
-    def pct(v):  # a percentage to two decimals, "+0.00" rather than "-0.00" for a stretch along x alone
-        return float(np.round(100 * v, 2)) + 0.0
-
-    notes.append(
-        f"the particles' own (non-rigid) motions are mostly ({100 * share:.0f} %) one uniform deformation of the "
-        f"whole field, which the common motion (translation, scale{', rotation' if options.rotation else ''}) "
-        f"does not take whole: with the fitted magnification, up to {pct(a[0, 0]):+.2f} % strain along y, "
-        f"{pct(a[1, 1]):+.2f} % along x, {pct((a[0, 1] + a[1, 0]) / 2):+.2f} % shear"
-        + ("" if options.rotation else f", {np.degrees((a[1, 0] - a[0, 1]) / 2):+.2f} degrees of turn")
-        + f" (frame {k}, {energies[k]:.1f} eV; {size[k] * lever:.1f} px at the particles' median distance from "
-        f"their centroid), of which the common scale took {100 * (scale[k] - 1):+.2f} % along both (common_scale: "
-        f"not all of it a magnification of the optics) and the own motions keep up to {left.max() * lever:.1f} px: "
-        "a strain of the electrode as a whole or of the image (optics, detector); the particles' own motions are "
-        "relative to it"
-    )
-    return notes
-
-
-#: a particle vouched for in fewer than this share of its frames is named in a run note (an empty field's
-#: texture and noise, taken for 35 particles, every one vouched for in at most 1 of 143 frames, said nothing)
-RARELY_VOUCHED = 0.1
-
-
-def _rarely_vouched_note(particles) -> str:
-    """A note naming the particles vouched for in fewer than ``RARELY_VOUCHED`` of their frames."""
-    from .result import UNVOUCHED_FLAGS
-
-    rare = [p for p in particles if np.mean((np.asarray(p.frame_flags) & UNVOUCHED_FLAGS) == 0) < RARELY_VOUCHED]
-    if not rare:
-        return ""
-    # a real particle out of the field, or cut by its border, in most of its frames was called "perhaps not a
-    # particle at all" (a probe's particle that the drift carried onto the border)
-    away = [p.particle for p in rare if np.mean((np.asarray(p.frame_flags) & FRAME_FLAGS["out_of_view"]) > 0) > 0.5]
-    ids = [p.particle for p in rare]
-    why = "not followed reliably; perhaps not particles at all (texture of the matrix, debris, noise), or too faint to follow"
-    if len(away) == len(ids):
-        why = "out of the field or cut by its border in most of their frames"
-    elif away:
-        why += f"; {', '.join(map(str, away))} out of the field or cut by its border in most of {'its' if len(away) == 1 else 'their'} frames"
-    return (
-        f"{_count(len(ids), 'particle')} of {len(particles)} vouched for in fewer than {100 * RARELY_VOUCHED:.0f} % of "
-        f"{'its' if len(ids) == 1 else 'their'} frames ({', '.join(map(str, ids[:20]))}{' ...' if len(ids) > 20 else ''}): "
-        f"{why}: read their positions, motions and chemistry as not measured"
-    )
-
-
-def _count(n: int, noun: str) -> str:
-    """``"1 object"``, ``"3 objects"`` (notes said "1 objects")."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
-def _frame_list(frames, energies) -> str:
-    """``"20 (8330.0 eV), 31 (8341.5 eV)"``: up to ten frames with their energies, `` ...`` after."""
-    return ", ".join(f"{k} ({energies[k]:.1f} eV)" for k in frames[:10]) + (" ..." if len(frames) > 10 else "")
-
-
 def _frames_without_particles(particles, energies) -> str:
     """A note naming the frames in which no particle was measured (every one interpolated there),
     with two particles or more: a frame without an image (no beam, the shutter closed, the sample
@@ -5462,7 +3400,7 @@ def _frames_without_particles(particles, energies) -> str:
     used = [np.asarray(p.xanes_frames, bool)[frames] for p in particles if p.xanes_frames is not None]
     left_out = bool(used) and not np.any(used)
     return (
-        f"no particle measured in {frames.size} frame{'s' if frames.size > 1 else ''}: {_frame_list(frames, energies)}; every particle's "
+        f"no particle measured in {frames.size} frame{'s' if frames.size > 1 else ''}: {frame_list(frames, energies)}; every particle's "
         "position there is interpolated"
         + (", and the frame is in no particle's XANES" if left_out else "")
         + " (a frame without an image: no beam, the shutter closed, the sample out of the beam?)"
@@ -5512,7 +3450,7 @@ def _still_note(rejected_tracks) -> str | None:
     if not len(still):
         return None
     return (
-        f"{_count(len(still), 'object')} left out that stayed put on the detector while the sample moved under them (dust on "
+        f"{count(len(still), 'object')} left out that stayed put on the detector while the sample moved under them (dust on "
         f"the scintillator or the optics, or flat-field pattern the flats did not take out), at (y, x) "
         f"{_where(still[['y', 'x']].to_numpy())}"
     )
@@ -5774,7 +3712,7 @@ def _short_tracks_note(rejected_tracks, n_examined: int, tracks=None) -> str | N
     if len(plain):
         lo, hi = int(plain["n_frames"].min()), int(plain["n_frames"].max())
         parts.append(
-            f"{_count(len(plain), 'object')} seen in only part of the scan ({lo if lo == hi else f'{lo}-{hi}'} of the "
+            f"{count(len(plain), 'object')} seen in only part of the scan ({lo if lo == hi else f'{lo}-{hi}'} of the "
             f"{n_examined} frames examined) left out, at (y, x) {_where(plain[['y', 'x']].to_numpy())}: particles "
             "entering or leaving the field, faint particles, or debris"
         )
@@ -5784,7 +3722,7 @@ def _short_tracks_note(rejected_tracks, n_examined: int, tracks=None) -> str | N
             for y, x, n, m in odd[["y", "x", "n_frames", "n_irregular"]].to_numpy(float)
         )
         parts.append(
-            f"{_count(len(odd), 'object')} detected as a particle in too few of the {n_examined} frames examined and, "
+            f"{count(len(odd), 'object')} detected as a particle in too few of the {n_examined} frames examined and, "
             f"where missed, outlined in its place at its size as one irregular body (not convex, rejected as a "
             f"particle) in others, left out as seen in fewer than half of them, at (y, x) {seen}: likely a particle with "
             "fines or a neighbour stuck to it, lost; rejected.csv names it short_track_not_convex_N (N: those frames)"
@@ -5825,7 +3763,7 @@ def _too_large_note(rejected_dets, max_radius: float) -> str | None:
     radii = [o[2] for o in seen]
     suggest = int(np.ceil(1.2 * max(radii) / 10.0) * 10)
     return (
-        f"{_count(len(seen), 'object')} left out as larger than the largest particle radius ({max_radius:.0f} px) in every frame "
+        f"{count(len(seen), 'object')} left out as larger than the largest particle radius ({max_radius:.0f} px) in every frame "
         f"they were seen (radius {min(radii):.0f}-{max(radii):.0f} px, at (y, x) {_where([o[:2] for o in seen])}): if "
         f"they are particles, {RERUN} --max-radius {suggest}"
     )
@@ -5856,7 +3794,7 @@ def _too_small_note(rejected_dets, min_radius: float, n_examined: int) -> str | 
     # it suggest --min-radius 1, which tracks noise
     suggest = max(MIN_SUGGESTED_RADIUS, int(np.floor(0.8 * min(radii))))
     return (
-        f"{_count(len(seen), 'object')} left out as smaller than the smallest particle radius ({min_radius:g} px) in every frame "
+        f"{count(len(seen), 'object')} left out as smaller than the smallest particle radius ({min_radius:g} px) in every frame "
         f"they were seen, seen in {SMALL_SEEN_SHARE:.0%} of the {n_examined} frames examined or more (radius "
         f"{_span(radii)} px, at (y, x) {_where([o[:2] for o in seen])}): fines, or particles of a binned scan; if "
         f"they are particles, {RERUN} --min-radius {suggest}"
@@ -6123,342 +4061,6 @@ def _cluster_note(sep, pair, window, particles) -> str:
             "or more): fewer phases than clusters, try --clusters with fewer"
         )
     return "; ".join(out)
-
-
-#: eV. The shipped Ni references (NiO, LiNiO2: half-step energies 8340.0 / 8341.8 eV) are fitted
-#: by default to scans whose energies span this
-NI_REFERENCE_EDGE_EV = 8340.0
-
-
-#: eV: the calibration error the note on an uncalibrated axis quotes the fractions' change for
-#: (:func:`_uncalibrated_note`; a monochromator is off by 0.5-3 eV between beamtimes)
-CALIBRATION_STEP_EV = 0.5
-#: how the run note on fractions fitted on an uncalibrated axis begins (with the shipped references or a user's)
-UNCALIBRATED_NOTE = "the oxidised fractions are fitted on an energy axis not calibrated"
-#: a particle's mean spectrum fitted with a fraction within this of 0 (another's of 1) sits at the fit's bounds:
-#: left out of :func:`_uncalibrated_note`'s change per 0.5 eV (0 there: the axis 3-15 eV off read "0.00")
-BOUND_FRACTION = 1e-3
-#: eV: the particles' E50 (the median of their medians) further than this outside the references' half-step
-#: energies is said in :func:`_uncalibrated_note` (the axis off, or a phase beyond the references). A five-particle
-#: default scene: 8340.8 eV, within NiO / LiNiO2's 8340.0-8341.8; its axis 3 eV high / low: 2.0 eV above / 2.2 eV
-#: below (every fraction at 0 or 1, "0.00 per 0.5 eV" said before); 15 eV high: 14.0 eV above. Reduced stress-drift
-#: and -crowd scenes (Ni(OH)2 and that shifted 2.5 eV: a phase the references do not hold) 1.7 / 1.8 eV above. Synth
-#: seed 5 on 8 energies (against the references' E50 on them, 8338.2-8340.2 eV): 8338.6 eV, not said; 3 eV high,
-#: 1.3 eV above
-UNCALIBRATED_E50_OUTSIDE_EV = 1.0
-#: eV: on an axis calibrated from a reference, the particles' E50 further than this outside the references' is said
-#: (:func:`_calibrated_e50_note`): the calibration's own check (a reference measured coarsely where its edge rises
-#: is refused) has passed, so only what no phase of the references' element explains is taken for a calibration
-#: gone wrong. At :data:`UNCALIBRATED_E50_OUTSIDE_EV` a good calibration (stress-drift seed 1 on larch's Ni foil,
-#: shifted -0.02 eV; its particles' Ni(OH)2-like phases 8343.4-8344.5 eV, as drawn) was said to be "off by about"
-#: 1.8 eV; charged Ni-rich cathodes sit 1-2 eV above LiNiO2. A foil whose derivative's maximum lay on its second
-#: rise moved the axis by -12.6 eV
-CALIBRATED_E50_OUTSIDE_EV = 4.0
-
-
-def _references_e50_on_scan(references, energies, *, background=None, edge_window=(-15.0, 20.0)) -> dict:
-    """``{name: eV}``: each reference's E50 as the particles' are measured on the scan's ``energies`` (sampled
-    there, with ``background`` under its step, normalised as a particle's spectrum is: its half-step energy plus
-    :func:`xanestrack.chemistry.normbias.normalisation_bias`), where that moves it by
-    :data:`~xanestrack.chemistry.normbias.NOTE_BIAS_EV` or more (where the run's note on the normalisation's bias
-    speaks); else, and where the scan's energies cannot measure it (NaN there), its half-step energy on its own
-    energies (:func:`xanestrack.chemistry.calibration.half_step_energies`; NaN for a callable)."""
-    from .chemistry.calibration import half_step_energies
-    from .chemistry.normbias import NOTE_BIAS_EV, normalisation_bias
-
-    half = half_step_energies(references)
-    # "given": against the values the fit uses (a user's reference as prepare_reference made it ready, too), so
-    # that half-step + bias is the E50 measured on the scan's energies
-    bias = normalisation_bias(energies, references, dense="given", edge_window=edge_window, background=background)
-    return {
-        k: v + bias[k] if np.isfinite(bias.get(k, np.nan)) and abs(bias[k]) >= NOTE_BIAS_EV else v
-        for k, v in half.items()
-    }
-
-
-def _uncalibrated_note(
-    particles, energies, references, lcf_window, *, shipped: bool = True, edge_window=(-15.0, 20.0)
-) -> str:
-    """The run note where the fractions are fitted on an energy axis not calibrated (``shipped``: with the shipped
-    references; else with the caller's, which the note asks to be on the scan's own axis).
-
-    The references were measured on another (calibrated) axis; a scan's axis is off by its monochromator's
-    offset. A user's references are as sensitive to it (the shipped NiO / LiNiO2 given with ``--reference``: the
-    same 0.19 per 0.5 eV on a 60-energy synth scan), unless they were measured on the scan's own axis. A +1 eV offset moved the default scene's oxidised fractions by 0.35-0.40, 7 of its 9 particles with
-    no note (the references still describe their spectra, shifted; --known-edge recovered them). The change
-    per :data:`CALIBRATION_STEP_EV` is computed from each particle's mean normalised spectrum and the
-    references used (:func:`xanestrack.chemistry.calibration.fraction_shift_sensitivity`), not assumed.
-    Empty where no particle has fractions.
-
-    The particles' E50 (the median of their medians) is said where it lies more than
-    :data:`UNCALIBRATED_E50_OUTSIDE_EV` outside the references' E50 as the scan's energies measure them
-    (:func:`_references_e50_on_scan`, ``edge_window`` as the particles'), over the particles whose mean E50 is
-    given (:func:`xanestrack.result.e50_withheld`). Against the references' dense half-step energies, 8 energies
-    (synth seed 5) read "1.4 eV below ... the axis is off" on an exact axis, the sampling's own -1.66 to -1.91 eV;
-    and a particle whose mean E50 was withheld (its E50 in a gap of frames left out: 8351.1 eV, the other's 8341.3)
-    made it "4.4 eV above" on an exact axis.
-    """
-    from .chemistry.calibration import fraction_shift_sensitivity, half_step_energies
-    from .result import e50_withheld, fractions_withheld
-    from .xanes import linear_combination_fit
-
-    e = np.asarray(energies, float)
-    moves, bound, e50, withheld = [], [], [], 0
-    for p in particles:
-        if p.fractions is None or not len(p.reference_names) or p.xanes_frames is None:
-            continue
-        norm = np.asarray(p.mean_norm, float)
-        use = np.asarray(p.xanes_frames, bool) & np.isfinite(norm)
-        try:
-            # whether it sits at a bound: fitted as its pixels are, against the references normalised as its
-            # spectra (xanes.references_on_scan; as given, a pure NiO particle read 0.023 on 143 energies)
-            bg = xanes.particle_background(e[use], np.asarray(p.pre_edge)[use], np.asarray(p.post_edge)[use], p.e0_ev)
-            on_scan = xanes.references_on_scan(references, e[use], float(p.e0_ev), background=bg)
-            fit_refs, steps = on_scan if on_scan is not None else (references, None)
-            fit = linear_combination_fit(
-                e[use], norm[use], fit_refs, e0_ev=float(p.e0_ev), window=lcf_window, edge_steps=steps
-            )
-            s = fraction_shift_sensitivity(
-                e[use], norm[use], references, e0_ev=float(p.e0_ev), window=lcf_window, shift_ev=CALIBRATION_STEP_EV
-            )
-        except ValueError:
-            continue
-        m = p.edge_maps.get("e50") if p.edge_maps else None
-        if m is not None and np.isfinite(m).any():
-            if e50_withheld(p):  # the pixels measured are a biased choice: its E50 is not the particle's
-                withheld += 1
-            else:
-                e50.append(float(np.nanmedian(m)))
-        if fractions_withheld(p):  # its fractions are not given: not among "the particles fitted"
-            continue
-        # a fit held at 0 or 1 by its constraints does not move one way, and moves the other: its "0.00 per
-        # 0.5 eV" reassured (the axis 3-15 eV off), and "moves them little or not at all" hid that pure NiO on
-        # an axis 0.5 eV high fits as 0.20 LiNiO2: the change the other way is said for them
-        if np.nanmin(fit.fractions) <= BOUND_FRACTION:
-            try:
-                s2 = fraction_shift_sensitivity(
-                    e[use],
-                    norm[use],
-                    references,
-                    e0_ev=float(p.e0_ev),
-                    window=lcf_window,
-                    shift_ev=-CALIBRATION_STEP_EV,
-                )
-            except ValueError:
-                s2 = np.full_like(np.asarray(s, float), np.nan)
-            bound.append(float(np.nanmax(np.abs([s[-1], s2[-1]]))) if np.isfinite([s[-1], s2[-1]]).any() else np.nan)
-        elif np.isfinite(s[-1]):
-            moves.append(abs(float(s[-1])))
-    if not moves and not bound:
-        return ""
-    names = list(references)
-    half = half_step_energies(references)
-    apart = max(half.values()) - min(half.values()) if len(half) > 1 else float("nan")
-    text = (
-        f"{UNCALIBRATED_NOTE}, with the {'shipped references' if shipped else 'references given'} ({', '.join(names)}"
-        + (f", {apart:.1f} eV apart at half step" if np.isfinite(apart) else "")
-        + ("): " if shipped else "), unless these were measured on the scan's own axis: ")
-    )
-    if moves:
-        spread = f" ({min(moves):.2f}-{max(moves):.2f} over {len(moves)} particles)" if len(moves) > 1 else ""
-        text += f"each {CALIBRATION_STEP_EV:g} eV it is off moves the {names[-1]} fraction by {np.median(moves):.2f}{spread}"
-    if bound:
-        one_way = [b for b in bound if np.isfinite(b) and b >= 0.01]
-        # of the particles fitted, and how many were tracked where they differ: "4 of 4 particles" beside another
-        # run note's "4 of 9 particles" (stress-all: 5 of its 9 particles without XANES) read as a contradiction
-        n_fit = len(bound) + len(moves)
-        of = (
-            f"{('all ' if n_fit > 1 else 'the ') if len(bound) == n_fit else ''}{len(bound)}"
-            + ("" if len(bound) == n_fit else f" of the {n_fit}")
-            + f" particle{'s' if n_fit > 1 else ''} fitted{f' (of {len(particles)} tracked; the others have no fractions)' if n_fit < len(particles) else ''}"
-        )
-        text += (
-            f"{'; ' if moves else ''}the fractions of {of} sit at 0 or 1 "
-            f"(the fit's bounds){' (left out of these numbers)' if moves else ''}: an offset one way leaves them "
-            "there, which may hide it"
-            + (
-                f", the other way each {CALIBRATION_STEP_EV:g} eV moves "
-                + (f"{len(one_way)} of them" if len(one_way) < len(bound) else "them")
-                + f" by {np.median(one_way):.2f}"
-                + (f" ({min(one_way):.2f}-{max(one_way):.2f})" if len(one_way) > 1 else "")
-                if one_way
-                else f"; {CALIBRATION_STEP_EV:g} eV either way leaves them there"
-            )
-        )
-    # the references' E50 as this scan's energies measure them: 8 energies move E50 by -1.66 to -1.91 eV, which
-    # the dense half-step energies called an axis offset
-    scan = _references_e50_on_scan(
-        references, e, background=_particles_background(particles, e), edge_window=edge_window
-    )
-    lo, hi = min(scan.values(), default=np.nan), max(scan.values(), default=np.nan)
-    moved = any(abs(scan[k] - half[k]) > 0 for k in half if np.isfinite(half[k]))
-    where = (
-        f"({lo:.1f}-{hi:.1f} eV on this scan's energies, sampled and normalised as the particles are; "
-        f"{min(half.values()):.1f}-{max(half.values()):.1f} eV measured densely)"
-        if moved
-        else f"({lo:.1f}-{hi:.1f} eV)"
-    )
-    left_out = (
-        f", over {_count(len(e50), 'particle')}: {withheld} whose mean E50 is withheld left out" if withheld else ""
-    )
-    if e50 and np.isfinite(lo):
-        mid = float(np.median(e50))
-        off = mid - hi if mid > hi else mid - lo if mid < lo else 0.0
-        if abs(off) > OTHER_EDGE_EV:  # not an axis offset (a callable's edge is not judged per particle)
-            text += (
-                f"; the particles' E50 (median {mid:.1f} eV{left_out}) lie {abs(off):.1f} eV "
-                f"{'above' if off > 0 else 'below'} the references' half-step energies {where}: the references are of "
-                "another absorption edge"
-            )
-        elif abs(off) > UNCALIBRATED_E50_OUTSIDE_EV:
-            text += (
-                f"; the particles' E50 (median {mid:.1f} eV, {min(e50):.1f}-{max(e50):.1f}{left_out}) lie {abs(off):.1f} "
-                f"eV {'above' if off > 0 else 'below'} the references' half-step energies {where}: the "
-                f"axis is off by about that much, or the particles hold a phase the references do not"
-            )
-    return text + "; calibrate: run again with --energy-reference FILE or --known-edge PARTICLE=EV"
-
-
-def _calibrated_e50_note(particles, references, calibration, energies, *, edge_window=(-15.0, 20.0)) -> str:
-    """The run note where, on an axis calibrated from a reference (``calibration``: its run.json record), the median
-    of the particles' E50s lies more than :data:`CALIBRATED_E50_OUTSIDE_EV` outside the references' half-step
-    energies, else "".
-
-    :func:`_uncalibrated_note` says it of an axis not calibrated; a calibration can be as far off: a Ni foil measured
-    every 2 eV to 8336 eV had its derivative's maximum on its second rise, the axis shifted by -12.6 eV and every
-    E50 12.4-12.6 eV low, with no word but that the references do not describe the particles' spectra. As there,
-    over the particles whose mean E50 is given (:func:`xanestrack.result.e50_withheld`), against the references'
-    E50 as the scan's ``energies`` measure them (:func:`_references_e50_on_scan`)."""
-    from .result import e50_withheld
-
-    e50 = []
-    for p in particles:
-        m = p.edge_maps.get("e50") if p.edge_maps else None
-        usable = p.fractions is not None and len(p.reference_names) and m is not None and np.isfinite(m).any()
-        if usable and not e50_withheld(p):
-            e50.append(float(np.nanmedian(m)))
-    if not e50:
-        return ""
-    e = np.asarray(energies, float)
-    scan = _references_e50_on_scan(
-        references, e, background=_particles_background(particles, e), edge_window=edge_window
-    )
-    half = {k: v for k, v in scan.items() if np.isfinite(v)}
-    if not half:
-        return ""
-    lo, hi = min(half.values()), max(half.values())
-    mid = float(np.median(e50))
-    off = mid - hi if mid > hi else mid - lo if mid < lo else 0.0
-    # beyond 50 eV (what an energy calibration may shift, cli.MAX_CALIBRATION_SHIFT_EV) the references are of another
-    # edge, which other notes say
-    if not CALIBRATED_E50_OUTSIDE_EV < abs(off) <= 50.0:
-        return ""
-    return (
-        f"the particles' E50 (median {mid:.1f} eV, {min(e50):.1f}-{max(e50):.1f}) lie {abs(off):.1f} eV "
-        f"{'above' if off > 0 else 'below'} the references' half-step energies ({lo:.1f}-{hi:.1f} eV) on the axis "
-        f"calibrated from {calibration.get('source') or 'a reference'} (shifted by "
-        f"{float(calibration.get('shift_ev', np.nan)):+.2f} eV): the calibration is off by about that much (a "
-        "reference measured too coarsely where its edge rises, its derivative's maximum on another feature; a wrong "
-        "--reference-e0), or the particles hold a phase the references do not"
-    )
-
-
-#: what the run note of :func:`_other_edge_references_note` says (:func:`redo_xanes` replaces it)
-OTHER_EDGE_RUN_NOTE = "are of another absorption edge than the particles'"
-
-
-def _other_edge_references_note(particles, references) -> str:
-    """The run note where particles' fits were skipped for references of another absorption edge
-    (:data:`~xanestrack.xanes.OTHER_EDGE_NOTE`, :data:`~xanestrack.xanes.OTHER_EDGE_EV`): both edges' energies, and
-    that this is not an axis offset. Co references on a Co+Ni scan's Ni particles were fitted at the Ni edge (every
-    fraction 0.000, truth 0.13-0.66) and the only word was the uncalibrated-axis note's "620.0 eV above the
-    references' half-step energies: the axis is off by about that much"."""
-    from .xanes import _other_edge_references
-
-    skipped = [p for p in particles if any(n.startswith(OTHER_EDGE_NOTE) for n in p.notes)]
-    if not skipped:
-        return ""
-    e0 = [float(p.e0_ev) for p in skipped]
-    far = _other_edge_references(references, float(np.median(e0)))
-    gap = min((abs(v - np.median(e0)) for v in far.values()), default=float("nan"))
-    ids = [p.particle for p in skipped]
-    return (
-        f"no fractions for {_count(len(ids), 'particle')} ({', '.join(map(str, ids[:20]))}{' ...' if len(ids) > 20 else ''}"
-        f"): the references {', '.join(f'{n} (edge at {v:.0f} eV)' for n, v in far.items()) or 'given'} "
-        f"{OTHER_EDGE_RUN_NOTE} (E0 {min(e0):.0f}-{max(e0):.0f} eV"
-        + (f", {gap:.0f} eV away" if np.isfinite(gap) else "")
-        + f"), not an axis offset (those are a few eV; over {OTHER_EDGE_EV:.0f} eV is another edge): give references "
-        "of the particles' edge with --reference NAME=FILE"
-    )
-
-
-def _no_references_note(energies, particles=None) -> str:
-    """The run's note where the shipped references are not fitted: the scan does not cross their edge, or (given
-    ``particles``) no particle's edge lies at theirs (:func:`_default_references`)."""
-    edges = _particle_edges(particles or [])
-    where = (
-        f"which this scan ({energies[0]:.1f}-{energies[-1]:.1f} eV) crosses, but no particle's edge lies near "
-        f"(E0 and E50 {min(edges):.0f}-{max(edges):.0f} eV; not used for the stray-light, coarse-step or "
-        "normalisation-bias numbers either)"
-        if edges and energies[0] < NI_REFERENCE_EDGE_EV < energies[-1]
-        else f"which this scan ({energies[0]:.1f}-{energies[-1]:.1f} eV) does not cross"
-    )
-    return (
-        f"no linear-combination fit (no oxidised fraction): the shipped reference spectra (NiO, LiNiO2) are of "
-        f"the Ni K-edge, their edges near {NI_REFERENCE_EDGE_EV:.0f} eV, {where}; "
-        "give the phases of its edge with --reference NAME=FILE (edge energies are measured either way)"
-    )
-
-
-def _default_references(energies, particles=None):
-    """The shipped Ni references where the scan crosses their edge (:data:`NI_REFERENCE_EDGE_EV`), else ``{}``;
-    given the analysed ``particles``, only where some particle's edge lies at theirs
-    (:func:`_references_at_particles_edge`): a Co-only scan over 7650-8450 eV took them by its span alone, and its
-    stray-light and normalisation-bias notes quoted them (0.07 / 0.32 eV for 1 % of stray light, where the Co
-    particles' own spectra read 0.30 / 0.76 eV), though no particle was fitted with them."""
-    from .spectra import ni_references
-
-    refs = ni_references() if (energies[0] < NI_REFERENCE_EDGE_EV < energies[-1]) else {}
-    # narrowed only where some particle has an edge energy to judge by: where none has (every XANES failed, a
-    # scan of two or three energies), "no particle's edge lies near" is not known, and the note said the scan
-    # does not cross the Ni edge (the real SSRL pair at 8324 / 8354 eV, a map at 8296 / 8341 / 8398 eV)
-    if particles is None or not _particle_edges(particles):
-        return refs
-    return _references_at_particles_edge(refs, particles)
-
-
-def _particle_edges(particles) -> list:
-    """eV: the particles' E0s and mean E50s (those measured), the energies their edges are at."""
-    out = []
-    for p in particles:
-        out += [float(p.e0_ev)] if np.isfinite(p.e0_ev) else []
-        m = p.edge_maps.get("e50") if p.edge_maps else None
-        if m is not None and np.isfinite(m).any():
-            out.append(float(np.nanmedian(m)))
-    return out
-
-
-def _references_at_particles_edge(references, particles) -> dict:
-    """The references whose edge (:func:`xanestrack.xanes.find_e0` of their spectrum) lies within
-    :data:`TWO_EDGES_EV` of some particle's E0 or mean E50 (:func:`_particle_edges`): those the stray-light,
-    coarse-step and normalisation-bias numbers may come from. A callable (no spectrum) is kept; ``{}`` without
-    particles' edges."""
-    from .xanes import _other_edge_references
-
-    edges = _particle_edges(particles)
-    if not references or not edges:
-        return {}
-    far = [set(_other_edge_references(references, x)) for x in edges]
-    return {k: r for k, r in references.items() if not all(k in f for f in far)}
-
-
-#: words of the particle note of :func:`_two_edges` on a particle whose edge energies it withholds
-TWO_EDGES_WITHHELD = "across another absorption edge's step"
-
-
-def _across_two_edges(p) -> bool:
-    """Whether :func:`_two_edges` withheld a particle's edge energies (normalised across another edge's step)."""
-    return any(TWO_EDGES_WITHHELD in n for n in p.notes)
 
 
 #: how the notes :func:`xanestrack.xanes.analyse_particle` gives a particle begin (the misfit note holds

@@ -648,7 +648,7 @@ def whiteline_figure(result, *, pixel_size_um: float | None = None) -> Figure:
 #: errors inside (a normal cut at its mean: sigma / sqrt(2 pi)). Measured on a reduced two-phase scene (seed 4,
 #: NiO and LiNiO2, 48 energies): the LiNiO2 particles' NiO fraction 0.006 against a median standard error of 0.015,
 #: the NiO particles' LiNiO2 fraction 0.000 (the run note's fit of each mean spectrum, held to
-#: :data:`xanestrack.pipeline.BOUND_FRACTION`, put 3 of the 4 at the bounds, the fourth at 0.0012); a core-shell
+#: :data:`xanestrack.chemistry.runnotes.BOUND_FRACTION`, put 3 of the 4 at the bounds, the fourth at 0.0012); a core-shell
 #: particle 0.431 (0.019) and the default scene (seed 1) 0.167-0.458 (0.015-0.021) are not flagged
 FRACTION_BOUND_SIGMAS = 1.0
 
@@ -667,7 +667,7 @@ def _fraction_means(result) -> pd.DataFrame:
     :func:`xanestrack.result.particle_summary`) and ``fraction_flags``: ``|``-joined ``no_fit`` (no fraction: no
     references, or no XANES), ``withheld`` (fitted, but its E50 measured in too few of its core pixels: the
     means are NaN, :func:`xanestrack.result.fractions_withheld`), ``at_bound`` (a mean within
-    :data:`FRACTION_BOUND_SIGMAS` of its ``sigma_median``, or :data:`xanestrack.pipeline.BOUND_FRACTION` without
+    :data:`FRACTION_BOUND_SIGMAS` of its ``sigma_median``, or :data:`xanestrack.chemistry.runnotes.BOUND_FRACTION` without
     one, of 0 or 1: the fit sits at its bounds, its standard error is one-sided there), ``misfit`` (the
     particle's note says the references do not describe its spectra, :data:`xanestrack.xanes.MISFIT_NOTE`) and
     ``misfit_region`` (the means leave out its core pixels flagged misfit: a region the references do not describe,
@@ -677,7 +677,7 @@ def _fraction_means(result) -> pd.DataFrame:
     fractions of a particle without any are NaN (empty in a CSV), not 0.
     """
     from .chemistry.normbias import FRAMES_FRACTIONS_WORDS, FRAMES_NOTE_START
-    from .pipeline import BOUND_FRACTION
+    from .chemistry.runnotes import BOUND_FRACTION
     from .result import core_pixels, fraction_pixels, fractions_withheld
     from .xanes import MISFIT_NOTE
 
@@ -1714,7 +1714,7 @@ def write_report(folder, *, result=None) -> Path:
     """
     from jinja2 import Environment
 
-    from .pipeline import RESOLUTION_CHANGE_PX
+    from .resolution import RESOLUTION_CHANGE_PX
     from .result import particle_summary
     from .results import read_results, read_run_info
 

@@ -252,7 +252,7 @@ class ParticleResult:
         results read back from a folder: not written there).
     filled_frames : ndarray (n_frames,) bool or None
         The frames in which its mask lay in a wide patch of input pixels without a value, filled from the patch's
-        rim (:func:`xanestrack.pipeline._filled_frames`): left out of its size and shape trends, also by
+        rim (:func:`xanestrack.outlines._filled_frames`): left out of its size and shape trends, also by
         :func:`xanestrack.pipeline.redo_xanes`, which has no patches; None where it lay in none.
     e50_normalisation_shift_ev : float
         eV: how far the energies its XANES used (``xanes_frames``) move its E50 against a particle of its chemistry
@@ -423,7 +423,7 @@ class PipelineResult:
     notes: tuple = ()
     similarity: pd.DataFrame | None = None  # per frame: common translation, scale, rotation (motion.SIMILARITY_COLUMNS)
     chemistry: dict | None = None  # phase mapping of all particles together (see above)
-    #: per frame: the particles' edge width less its median (px, smoothed; pipeline._width_profile)
+    #: per frame: the particles' edge width less its median (px, smoothed; resolution._width_profile)
     #: and the Gaussian blur the frame's particle windows got before the chemistry (px; 0 where none)
     edge_widths: pd.DataFrame | None = None
     #: eV per reference: its E50 measured as the particles' are on the scan's energies less its densely measured

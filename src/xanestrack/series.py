@@ -1395,7 +1395,7 @@ def link_scans(
 #: own motion, and not taken away.
 SCALE_SIGNIFICANCE = 3.0
 #: px (common). A kept scale that moves a scan's particles by this much or more at their median distance from the
-#: frame centre is said in a series note, as a run says a magnification (:data:`xanestrack.pipeline.FIELD_NOTE_PX`)
+#: frame centre is said in a series note, as a run says a magnification (:data:`xanestrack.motion_notes.FIELD_NOTE_PX`)
 SCALE_NOTE_PX = 0.5
 #: particles a scan must share with the first scan of its chain for its scale to be fitted; with fewer, a translation
 #: alone (two particles' scale would be their own motion)

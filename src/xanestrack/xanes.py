@@ -143,10 +143,10 @@ SPARSE_POST_EDGE_NOTE, MISFIT_NOTE = "the post-edge is normalised from", "do not
 
 #: eV: a reference whose edge (its E0, :func:`find_e0`) lies further than this from a particle's is of another
 #: absorption edge, and no fractions are fitted with it (:func:`analyse_particle`). The notes on an axis off the
-#: references' are built for 0.5-15 eV (pipeline.UNCALIBRATED_E50_OUTSIDE_EV: an axis 3-15 eV off), and one edge's
+#: references' are built for 0.5-15 eV (chemistry.runnotes.UNCALIBRATED_E50_OUTSIDE_EV: an axis 3-15 eV off), and one edge's
 #: E0 moves with the phase by 13 eV (a Co foil mixed with that foil +4 eV, every 0.5 eV: 7708.9-7721.9 eV); Co
 #: references on a Co+Ni scan's Ni particles: 7709-7713 against 8343-8346 eV, every fraction 0.000 (truth
-#: 0.13-0.66). As pipeline.TWO_EDGES_EV
+#: 0.13-0.66). As chemistry.runnotes.TWO_EDGES_EV
 OTHER_EDGE_EV = 100.0
 #: how the particle note of a fit skipped for references of another edge begins (the run note gathers them:
 #: :func:`xanestrack.pipeline._other_edge_references_note`)

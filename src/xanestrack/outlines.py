@@ -1,0 +1,582 @@
+"""Each particle's outline across the scan: its size and shape trends (a crack widening, a rim moving, a
+turn), and the pixels filled rather than measured where its mask lay over a patch of the input without values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import numpy as np
+from scipy import ndimage
+
+from . import xanes
+from .resolution import (
+    _blur_frames,
+    _measured_frames,
+)
+from .robust import robust_sigma
+from .words import count, frame_list
+
+#: eV relative to a particle's E0: its size across the scan is measured on the frames at or below E0 + the first
+#: and at or above E0 + the second, each side with a level of its own (:func:`_outline_change`): the segmented
+#: outline follows the particle's contrast, which rises across the edge (particles of one size throughout, on
+#: the stress scenes, outlined 0.3-0.9 px larger past the edge than before it); only the trend within the two
+#: sides counts. From E0 - 20 eV the pre-edge's rise towards the edge still showed (stress-drift seed 1, a
+#: 21-px particle: +0.36 px across the scan; +0.15 from E0 - 30 eV)
+OUTLINE_SIZE_EV = (-30.0, 40.0)
+#: frames on either side of the edge (:data:`OUTLINE_SIZE_EV`, among those the XANES used) needed to measure a
+#: particle's size change: with four pre-edge frames, a 12-px hard-scene particle of fixed size measured +1.3 px
+OUTLINE_MIN_FRAMES = 5
+#: px, and standard errors: a particle whose own outline moves by both this much or more across the scan (its
+#: equivalent radius's trend, less the change the particles share) has its rim flagged. Measured, particles of
+#: fixed size (the others' changes taken out): the default scene (seeds 1-5, 45 particles) within 0.10 px and
+#: 2.8 standard errors; the hard (seeds 1-4, 44) 0.30 px, 2.5; the stress scenes (drift, counts, jitter,
+#: magnification, crowd, all; 14 scans, 119 particles measured, 69 with too few frames on a side) 0.50 px, 4.9
+#: (stress-drift seed 3: -0.32 +- 0.06 px). The probe's swelling particle (radius 27 px): +4 % +1.11 +- 0.03 px
+#: (38 standard errors), +2 % +0.43 +- 0.04 (11), -3 % -0.94 +- 0.04 (22). Its rim's E50 at +2 %: +0.50 / +0.29 /
+#: +0.12 eV at 0-1 / 1-2 / 2-3 px inside the outline beyond a fixed particle's. First 0.25 px; but through the whole
+#: pipeline the hard scenes' shrinking-core particles, of fixed size in the truth (true area 2752-2756 px over the
+#: scan), measured +0.76 px (seed 1, particle 4; 2.6 %) and +0.54 px (seed 4), over 7 standard errors: their masks
+#: follow the chemistry's contrast as it changes within the pre- and post-edge frames. Above those: the +4 % and -3 %
+#: particles are flagged, the +2 % one (0.43 px) is not
+OUTLINE_CHANGE_PX = 0.8
+OUTLINE_CHANGE_Z = 7.0
+#: px inside the outline flagged beyond half the outline's movement (the outline sweeps the consensus mask's
+#: edge by half its change either way): the smoothing inside the mask (1 px) and the image's blur carry the
+#: mixed spectra further in. Measured on the probe's +4 %, +2 % and -3 % particles (outline movement 1.12, 0.44,
+#: -0.93 px), E50 beyond a fixed particle's by depth inside the consensus mask: 0-1 px +0.86 / +0.50 / -0.84 eV,
+#: 2-3 px +0.23 / +0.12 / -0.19 eV, 3-4 px +0.12 / +0.04 / -0.09 eV, 4-5 px +0.09 / +0.03 / -0.05 eV (the pixels'
+#: standard error 0.07-0.08 eV there): 3 px flagged for a movement under 1 px, 4 px up to 3 px
+RIM_REACH_PX = 2.5
+#: how a particle's note on its moving rim begins (the run note gathers them: :func:`_moving_rim_run_note`)
+MOVING_RIM_NOTE = "its outline moves across the scan"
+
+
+def _equivalent_radii(p, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """A particle's equivalent radius ``sqrt(area / pi)`` of each frame's aligned soft mask (px) and the frames
+    it is measured on: those its XANES used, with a mask."""
+    masks = getattr(p, "masks", None)
+    frames = _measured_frames(p)
+    if masks is None or frames is None or len(masks) != n_frames:
+        return np.full(n_frames, np.nan), np.zeros(n_frames, bool)
+    area = np.nansum(np.asarray(masks, float), axis=(1, 2))
+    return np.sqrt(area / np.pi), np.asarray(frames, bool) & (area > 0)
+
+
+def _shared_change(changes, radii) -> float:
+    """The size change the particles share, relative to their size: the median over the particles measured
+    (three or more; with two, below) of their change across the scan over their radius.
+
+    The field's magnification changes every particle's size alike, and so does this. The scale the common
+    motion fits to the particles' positions (``PipelineResult.similarity``) is not taken: on stress-all (1 %
+    magnified, its particles drifting on their own) it fitted none, and the particles measured then grew on
+    their own by 0.2-1.4 px (1.0-3.7 %, up to 8.8 standard errors; seeds 1-2). The median of the particles'
+    changes, not of their sizes frame by frame: the sizes' levels differ from particle to particle (each
+    outline steps with its own contrast across the edge), and with four particles one swelling moved the
+    frames' median with it. A swelling that every particle shares is taken out with it, as a uniform
+    swelling of the electrode is taken into the field's scale.
+
+    With two particles measured, the change of the one that changes less (nearer 0): the median of two (their
+    mean) would give half of one's swelling to the other, and 0 left the field's magnification in both.
+    Stress-all, seed 2, 320 px: two of its 9 particles have enough frames on both sides of the edge, and measure
+    +3.2 % (42 px) and +2.4 % (35 px); their truth masks, by the same trend, +2.6 % and +2.5 % (the field is
+    magnified by 1.0 % end to end, most of it within the frames before and past the edge, which the trend
+    carries over the whole scan); with 0 taken out, the 42-px one was said to grow by +1.37 px on its own
+    (969 of its 5650 pixels flagged), now by +0.34 px (not flagged). With one particle, 0: its own change cannot
+    be told from the field's (stress-all seed 1 measures one, +2.1 %, 0.85 px: not flagged, under 7 standard
+    errors).
+    """
+    rel = np.asarray(changes, float) / np.asarray(radii, float)
+    rel = rel[np.isfinite(rel)]
+    if rel.size == 2:
+        return float(rel[np.argmin(np.abs(rel))])
+    return float(np.median(rel)) if rel.size >= 3 else 0.0
+
+
+def _outline_change(radius, used, energies, e0_ev: float) -> tuple[float, float, float]:
+    """A particle's own size change across the scan: ``(change_px, sigma_px, radius_px)``, NaN where not measured.
+
+    The equivalent radius's trend with the frame (the scan's time), measured within the frames before the edge
+    and within those past it (:data:`OUTLINE_SIZE_EV`), each with its own level: the Theil-Sen slope over the
+    pairs of frames on one side, times the frames from the first used to the last. Its standard error is
+    the residuals' robust spread over the frames' spread in time on both sides.
+    """
+    nan = float("nan")
+    e = np.asarray(energies, float)
+    r = np.asarray(radius, float)
+    used = np.asarray(used, bool) & np.isfinite(r)
+    if not np.isfinite(e0_ev) or used.sum() < 2 * OUTLINE_MIN_FRAMES:
+        return nan, nan, nan
+    t = np.arange(e.size, dtype=float)
+    sides = [used & (e <= e0_ev + OUTLINE_SIZE_EV[0]), used & (e >= e0_ev + OUTLINE_SIZE_EV[1])]
+    if any(s.sum() < OUTLINE_MIN_FRAMES for s in sides):
+        return nan, nan, nan
+    slopes = []
+    for s in sides:
+        k = np.flatnonzero(s)
+        k = k[np.linspace(0, k.size - 1, min(k.size, 300)).astype(int)]  # 300 frames a side: 45 000 pairs at most
+        i, j = np.triu_indices(k.size, 1)
+        slopes.append((r[k[j]] - r[k[i]]) / (t[k[j]] - t[k[i]]))
+    b = float(np.median(np.concatenate(slopes)))
+    res, spread = [], 0.0
+    for s in sides:
+        rs = r[s] - b * t[s]
+        res.append(rs - np.median(rs))
+        spread += float(np.sum((t[s] - t[s].mean()) ** 2))
+    span = float(np.ptp(np.flatnonzero(used)))
+    sigma = robust_sigma(np.concatenate(res), centre=0.0) / np.sqrt(spread) * span
+    return b * span, float(sigma), float(np.median(r[used]))
+
+
+#: px, and standard errors: a particle whose outline changes its shape across the scan by both this much or more
+#: (:func:`_outline_shape_change`: the trend of its elongation, a vector ``(a - b) / 2`` at twice its
+#: orientation, which a size change leaves as it is; the most its outline moves across itself) has its rim
+#: flagged. Measured, particles left as they are (the turn and stretch the particles share taken out): the
+#: default scene (seeds 1-5, 45 particles) within 0.26 px and 6.4 standard errors; the hard (seeds 1-4, 35
+#: measured) 0.60 px (6.1), 8.5 standard errors (0.42 px); the stress scenes (drift, counts, jitter,
+#: magnification, crowd, all; seeds 1-2, 109 measured) 0.66 px (4.3), 4.3. The probe's particle 1.6 times as
+#: long as wide (32 px equivalent radius) turned by 8 degrees: 1.94 +- 0.04 px (44 standard errors; 10.5 degrees
+#: read), its E50 off by 0.69 / 0.60 / 0.39 / 0.20 / 0.14 eV on average at 0-1 / 1-2 / 2-3 / 3-4 / 4-5 px inside
+#: its outline (unturned 0.31 / 0.18 / 0.11 / 0.10 / 0.09), its kept pixels more than 0.5 eV off 6.9 % (0.0 %
+#: unturned; 0.0 % with the rim flagged, 4 px); a round one (elongation 0.025) turned by
+#: 6 degrees: 0.22 px (4.9), harmless (its E50 as unturned). The step between the frames before the edge and
+#: those past it is not used: up to 1.15 px on particles left as they are (hard seed 2; 0.38 default, 0.85
+#: stress), the outline's shape changing with its contrast; the probe's 1.5-px crack opening across the edge
+#: (mid-scan) changed it by 0.32 px and its trend by 0.04: not seen
+OUTLINE_SHAPE_PX = 0.75
+OUTLINE_SHAPE_Z = 7.0
+#: a particle whose elongation ``(a - b) / (a + b)`` (semi-axes from its masks' second moments; a/b 1.17) is at
+#: least this before the edge, and whose shape change keeps its elongation (within half the change), is said to
+#: turn, by the angle its orientation changes; another's note gives the change of shape (the default scene's
+#: particles 0.01-0.07, the probe's particle 1.6 times as long as wide 0.16)
+TURN_MIN_ELONGATION = 0.08
+#: particles (at least) elongated as :data:`TURN_MIN_ELONGATION` whose median turn and stretch is taken as the
+#: one the particles share (the field turned or magnified; :func:`_shared_shape_factor`)
+SHARED_SHAPE_MIN_PARTICLES = 3
+#: px: where the frames are blurred to the scan's coarsest resolution (:func:`_resolution_blur`), a particle's
+#: shape is measured on its aligned windows so blurred (:func:`_matched_outline_weights`): each frame's window
+#: scaled from its level in a ring outside its mask (from the first to the second of these distances beyond it)
+#: to its level in the mask's core (this far inside it), clipped to 0-1, kept within the ring's outer
+#: distance. The learned segmenter's soft masks, measured as they are, follow the blur: the default scene (seed 5,
+#: 256 px, 4 particles) blurred 0 -> 2.5 px across the scan read shape changes of 1.51 / 0.51 / 1.08 / 0.31 px (two
+#: rims flagged; 0.11-0.30 px unblurred), these weights on the matched windows 0.25 / 0.12 / 0.09 / 0.06 px
+#: (0.04-0.25 px unblurred); a particle 1.4 times as long as wide turning by 8 degrees under the same blur was not
+#: flagged on the masks, and is on these weights (8.3 degrees read)
+MATCHED_OUTLINE_RING_PX = (4, 6)
+MATCHED_OUTLINE_CORE_PX = 2
+
+
+def _matched_outline_weights(p, blur) -> np.ndarray | None:
+    """A particle's soft weights per frame for its shape (:func:`_outline_shapes`), from its aligned windows
+    brought to the scan's coarsest resolution (``blur``: each frame's Gaussian sd, :func:`_resolution_blur`):
+    each window scaled from its median in a ring outside the particle's mask to its median in the mask's core
+    and clipped to 0-1 (:data:`MATCHED_OUTLINE_RING_PX`, :data:`MATCHED_OUTLINE_CORE_PX`). None without windows
+    or a mask."""
+    aligned, mask = getattr(p, "aligned", None), getattr(p, "mask", None)
+    if aligned is None or mask is None or not np.any(mask) or len(aligned) != len(blur):
+        return None
+    mask = np.asarray(mask, bool)
+    windows = _blur_frames(np.asarray(aligned, float), blur)
+    core = ndimage.binary_erosion(mask, iterations=MATCHED_OUTLINE_CORE_PX)
+    core = core if core.sum() >= 10 else mask  # a particle too small to erode
+    reach = ndimage.binary_dilation(mask, iterations=MATCHED_OUTLINE_RING_PX[1])
+    ring = reach & ~ndimage.binary_dilation(mask, iterations=MATCHED_OUTLINE_RING_PX[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a frame without a value in the ring or the core
+        lo = np.nanmedian(windows[:, ring], axis=1)[:, None, None]
+        hi = np.nanmedian(windows[:, core], axis=1)[:, None, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            w = np.clip((windows - lo) / (hi - lo), 0.0, 1.0)
+    return np.where(reach & np.isfinite(w) & (hi > lo), w, 0.0)
+
+
+def _outline_shapes(p, n_frames: int, blur=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A particle's shape in each frame from its aligned soft mask's second moments: ``(q, semi_major, used)``.
+
+    ``q`` (complex, px) is ``(a - b) / 2 * exp(2 i theta)``, ``a`` and ``b`` the semi-axes of the ellipse of the
+    same second moments and ``theta`` its major axis's angle, counter-clockwise as the image is shown (row 0 at
+    the top). An outline that moves out or in by the same distance all round leaves ``a - b`` as it is (the
+    segmented outlines do change their shape with their contrast across the edge all the same: only the trends
+    within each side are taken, :func:`_outline_shape_change`); a turn by
+    ``alpha`` changes it by about ``(a - b) alpha``, the most the outline moves along its normal (at 45 degrees
+    to the axes; the ends slide along the outline by ``a alpha``); two halves parted by ``g`` (a crack) by
+    about ``g / 5`` (a disc; the parted ends move by ``g / 2``). ``used``: the frames its XANES used, with a
+    mask.
+
+    With ``blur`` (each frame's Gaussian sd bringing it to the scan's coarsest resolution, :func:`_resolution_blur`;
+    None or all 0 where the resolution holds) the moments are those of :func:`_matched_outline_weights`, so that a
+    focus drifting with the energy does not read as a change of shape (:data:`MATCHED_OUTLINE_RING_PX`).
+    """
+    masks = getattr(p, "masks", None)
+    frames = _measured_frames(p)
+    none = np.full(n_frames, np.nan + 0j), np.full(n_frames, np.nan), np.zeros(n_frames, bool)
+    if masks is None or frames is None or len(masks) != n_frames:
+        return none
+    matched = None
+    if blur is not None and np.any(np.asarray(blur) > 0) and len(blur) == n_frames:
+        matched = _matched_outline_weights(p, np.asarray(blur, float))
+    w = np.nan_to_num(np.asarray(masks, float)) if matched is None else matched
+    h, wd = w.shape[1:]
+    y, x = -np.arange(h, dtype=float), np.arange(wd, dtype=float)  # y up: angles counter-clockwise as shown
+    wy, wx = w.sum(axis=2), w.sum(axis=1)  # (n, h), (n, w)
+    area = wy.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        my, mx = wy @ y / area, wx @ x / area
+        cyy = wy @ (y * y) / area - my**2
+        cxx = wx @ (x * x) / area - mx**2
+        cxy = np.einsum("nij,i,j->n", w, y, x) / area - my * mx
+        half = np.sqrt(((cxx - cyy) / 2) ** 2 + cxy**2)
+        mean = (cxx + cyy) / 2
+        a, b = 2 * np.sqrt(mean + half), 2 * np.sqrt(np.maximum(mean - half, 0.0))
+        q = (a - b) / 2 * np.exp(1j * np.arctan2(2 * cxy, cxx - cyy))
+    return q, a, np.asarray(frames, bool) & (area > 0) & np.isfinite(q)
+
+
+def _outline_shape_change(q, used, energies, e0_ev: float) -> tuple[complex, float, complex]:
+    """A particle's own shape change across the scan: ``(change, sigma, before)`` (complex px, px, complex px;
+    NaN where not measured).
+
+    The trend of :func:`_outline_shapes`'s ``q`` within the frames before the edge and within those past it,
+    each side with its own level, as the radius's (:func:`_outline_change`, on each component; ``sigma`` a
+    component's standard error). The step between the two sides is not taken: the segmented outline changes
+    its shape with its contrast across the edge (particles left as they are: up to 1.15 px between the sides,
+    :data:`OUTLINE_SHAPE_PX`), so a change that happens at once across the edge is not seen (a 1.5-px crack
+    opening there: 0.32 px). ``before``: ``q`` before the edge (the median of that side).
+    """
+    nan = complex(np.nan, np.nan)
+    e = np.asarray(energies, float)
+    q = np.asarray(q, complex)
+    used = np.asarray(used, bool) & np.isfinite(q)
+    if not np.isfinite(e0_ev):
+        return nan, float("nan"), nan
+    pre = used & (e <= e0_ev + OUTLINE_SIZE_EV[0])
+    (cr, sr, _), (ci, si, _) = (_outline_change(part, used, e, e0_ev) for part in (q.real, q.imag))
+    if not (np.isfinite(cr) and np.isfinite(ci)):
+        return nan, float("nan"), nan
+    before = complex(np.median(q[pre].real), np.median(q[pre].imag))
+    return complex(cr, ci), float(np.sqrt((sr**2 + si**2) / 2)), before
+
+
+def _shared_shape_factor(changes, befores, radii) -> complex:
+    """The turn and stretch of the particles' shapes they share: ``q`` with its change across the scan over ``q``
+    before the edge (:func:`_outline_shape_change`), as ``ratio * exp(2 i angle)``: the medians of the ratio and of the angle over the particles elongated at least
+    :data:`TURN_MIN_ELONGATION` (:data:`SHARED_SHAPE_MIN_PARTICLES` or more; 1 with fewer). A field that turns
+    (``rotation_rad``) or is magnified turns or stretches every particle alike (each registered by a translation
+    only), as :func:`_shared_change` takes out a size change they share.
+    """
+    c, b, r = (np.asarray(v) for v in (changes, befores, radii))
+    ok = np.isfinite(c) & np.isfinite(b) & np.isfinite(r) & (r > 0)
+    ok[ok] &= np.abs(b[ok]) >= TURN_MIN_ELONGATION * r[ok]
+    if ok.sum() < SHARED_SHAPE_MIN_PARTICLES:
+        return 1.0 + 0j
+    ratio = (b[ok] + c[ok]) / b[ok]
+    return complex(np.median(np.abs(ratio)) * np.exp(1j * np.median(np.angle(ratio))))
+
+
+def _shared_stretch(changes, radii) -> complex:
+    """The stretch of the particles' outlines they share, in px times their radius: the median (each component)
+    over the particles measured (:data:`SHARED_SHAPE_MIN_PARTICLES` or more; 0 with fewer) of their shape change
+    across the scan (:func:`_outline_shape_change`) times their radius.
+
+    A resolution that changes more along one direction than across it (an astigmatic focus drift) stretches
+    every outline alike in its second moments: by as much in ``(a - b) / 2`` times the radius, round particles
+    as elongated ones, where :func:`_shared_shape_factor` takes a ratio of the elongated ones alone. Taken out
+    where the frames are brought to a common resolution (isotropically, :func:`_resolution_blur`), which leaves
+    such a stretch in them: the probe's focus drifting from 0 at the edge to 3 px sd in y and 0.6 px in x at the
+    scan's ends (the default scene, seed 5, 256 px) read changes of shape of 1.12 / 0.40 / 1.73 / 0.78 px on
+    the windows so matched (10-17 px times the radius, along 88-92 degrees), 0.09 / 0.22 / 0.10 / 0.03 px less
+    this; the same scene blurred alike in both directions (0 -> 2.5 px) 0.25 / 0.12 / 0.09 / 0.06 px, 0.27 / 0.10
+    / 0.14 / 0.04 less it.
+    """
+    c, r = np.asarray(changes, complex), np.asarray(radii, float)
+    ok = np.isfinite(c) & np.isfinite(r) & (r > 0)
+    if ok.sum() < SHARED_SHAPE_MIN_PARTICLES:
+        return 0j
+    cr = c[ok] * r[ok]
+    return complex(np.median(cr.real), np.median(cr.imag))
+
+
+def _turn_clause(change: complex, before: complex, semi_major: float, radius: float) -> str:
+    """How a particle's shape changes across the scan (:func:`_outline_shape_change`), in words: a turn by an
+    angle where it is elongated and keeps its elongation, else a change of shape along an angle."""
+    after = before + change
+    if abs(before) >= TURN_MIN_ELONGATION * radius and abs(abs(after) - abs(before)) <= abs(change) / 2:
+        angle = np.angle(after / before) / 2
+        return (
+            f"turns by {np.degrees(abs(angle)):.1f} degrees ({'counter-' if angle > 0 else ''}clockwise as shown; its "
+            f"ends move by {abs(angle) * semi_major:.1f} px along the outline, its sides by up to {abs(change):.2f} px "
+            "across it)"
+        )
+    along = round(float(np.degrees(np.angle(change) / 2))) % 180
+    return (
+        f"changes its shape by {abs(change):.2f} px (its outline moves out along {along} degrees, counter-clockwise "
+        "from a row as shown, and in across that, beyond any change of size: a crack widening, a turn of a roundish "
+        "particle, a part moving on its own)"
+    )
+
+
+def _moving_rim_note(clauses: list, depth: int, n_px: int, n_mask: int) -> str:
+    return (
+        f"{MOVING_RIM_NOTE}: it {' and '.join(clauses)} (its own, the change the particles share taken out), "
+        "which the registration (a translation per frame) does not follow: the outline sweeps through its rim as "
+        "the energy crosses the edge, and the rim's spectra mix the particle and its surroundings: its E50 within "
+        f"{depth} px of the outline is biased (a particle grown by 4 %: +0.69 / +0.41 / +0.26 eV at 0-1 / 1-2 / 2-3 "
+        "px in, 7-10 times their standard error; one 1.6 times as long as wide turned by 8 degrees: "
+        "off by 0.69 / 0.60 / 0.39 / 0.20 eV on average at 0-1 / 1-2 / 2-3 / 3-4 px in, 0.31 / 0.18 / 0.11 / 0.10 "
+        "unturned), and so are its fractions "
+        f"there: those {n_px} of its {n_mask} pixels are flagged moving_rim and left out of its means"
+    )
+
+
+def _flag_moving_rims(particles: list, energies, gaps=(), blur=None) -> list:
+    """The particles with the rim of each one whose own outline moves across the scan flagged.
+
+    Its size: each particle's equivalent radius per frame (:func:`_equivalent_radii`) gives its change across
+    the scan (:func:`_outline_change`), less the change the particles share (:func:`_shared_change`), flagged
+    where it reaches :data:`OUTLINE_CHANGE_PX` and :data:`OUTLINE_CHANGE_Z` standard errors. Its shape (a
+    turn, a crack widening): its elongation's trend across the scan (:func:`_outline_shapes`,
+    :func:`_outline_shape_change`), less the turn and stretch the particles share
+    (:func:`_shared_shape_factor`), flagged where it reaches :data:`OUTLINE_SHAPE_PX` and
+    :data:`OUTLINE_SHAPE_Z` standard errors; where the frames were brought to the scan's coarsest resolution
+    (``blur``, each frame's Gaussian sd, :func:`_resolution_blur`), measured on the windows so blurred (a focus
+    drifting from 0 to 2.5 px across the scan read as a change of shape of 1.51 px on the segmented masks), the
+    stretch the particles share there taken out first (:func:`_shared_stretch`). The mask's pixels within half
+    the changes flagged plus
+    :data:`RIM_REACH_PX` of its outline are flagged (:func:`xanestrack.xanes.flag_moving_rim`: out of the
+    quality mask) and a note says so. A note of an earlier pass (:func:`redo_xanes`) is replaced.
+
+    The frames in which a particle's mask lay in a wide patch of input pixels without a value (``gaps``:
+    ``(frame, pixels)`` of :func:`xanestrack.stack.sanitize_stack`; :func:`_filled_frames`) are left out of both:
+    its outline there follows the patch's fill from the patch's rim. A 40 x 40 px patch in every frame over part of
+    a particle drifting 16 px across it (api probe, seed 5 at 256 px, particle 2: -2.14 +- 0.27 px measured, no
+    more than 0.20 +- 0.11 without the patch) said it shrank by 10.9 % (-2.11 px) and changed its shape by 2.60 px,
+    and its rim was flagged: kept fraction 0.283, 0.560 with those frames left out (its 515 filled pixels of 1175
+    out), not measured then (the patch lay over it in every frame). Those frames are kept in each particle's
+    ``filled_frames``; without ``gaps`` (:func:`redo_xanes`) they are read from there.
+    """
+    n = len(energies)
+    if not particles or n < 2 * OUTLINE_MIN_FRAMES:
+        return list(particles)
+    clear = [~_filled_frames(p, gaps, n) for p in particles]
+    radii = [_equivalent_radii(p, n) for p in particles]
+    measured = [
+        _outline_change(r, used & c, energies, float(p.e0_ev)) for p, (r, used), c in zip(particles, radii, clear)
+    ]
+    shared = _shared_change([m[0] for m in measured], [m[2] for m in measured])
+    shapes = [
+        (q, semi, used & c) for (q, semi, used), c in zip((_outline_shapes(p, n, blur) for p in particles), clear)
+    ]
+    shaped = [_outline_shape_change(q, used, energies, float(p.e0_ev)) for p, (q, _, used) in zip(particles, shapes)]
+    if blur is not None and np.any(np.asarray(blur) > 0):  # the stretch an astigmatic focus drift leaves
+        stretch = _shared_stretch([m[0] for m in shaped], [m[2] for m in measured])
+        shaped = [(dq - stretch / r if r > 0 else dq, s, b) for (dq, s, b), (_, _, r) in zip(shaped, measured)]
+    factor = _shared_shape_factor([m[0] for m in shaped], [m[2] for m in shaped], [m[2] for m in measured])
+    if gaps:  # the frames left out, kept for redo_xanes (which has no gaps: _filled_frames reads them back)
+        particles = [dataclasses.replace(p, filled_frames=None if c.all() else ~c) for p, c in zip(particles, clear)]
+    out = []
+    for p, (change, sigma, radius), (dq, dq_sigma, before), (_, semi, used) in zip(particles, measured, shaped, shapes):
+        notes = tuple(x for x in p.notes if not x.startswith(MOVING_RIM_NOTE))
+        change = change - shared * radius
+        dq = before + dq - factor * before  # its own: the shape the shared turn and stretch made of it taken out
+        clauses, moved = [], 0.0
+        if p.quality_assessed and radius > 0:
+            if abs(change) >= OUTLINE_CHANGE_PX and abs(change) >= OUTLINE_CHANGE_Z * sigma:
+                clauses.append(
+                    f"{'grows' if change > 0 else 'shrinks'} by {abs(100 * change / radius):.1f} % ({change:+.2f} px "
+                    "in radius)"
+                )
+                moved += abs(change)
+            if abs(dq) >= OUTLINE_SHAPE_PX and abs(dq) >= OUTLINE_SHAPE_Z * dq_sigma:
+                clauses.append(_turn_clause(dq, factor * before, float(np.nanmedian(semi[used])), radius))
+                moved += abs(dq)
+        if not clauses:
+            out.append(p if notes == tuple(p.notes) else dataclasses.replace(p, notes=notes))
+            continue
+        depth = int(np.ceil(moved / 2 + RIM_REACH_PX))
+        flags, maps, n_px = xanes.flag_moving_rim(p.pixel_flags, p.maps, p.mask, depth)
+        note = _moving_rim_note(clauses, depth, n_px, int(np.count_nonzero(p.mask)))
+        out.append(dataclasses.replace(p, pixel_flags=flags, maps=maps, notes=notes + (note,)))
+    return out
+
+
+def _with_moving_rims(finished: list, energies, gaps=(), blur=None) -> list:
+    """:func:`_flag_moving_rims` on the ``(ParticleResult, ...)`` tuples of :func:`_finish_particle`."""
+    flagged = _flag_moving_rims([f[0] for f in finished], energies, gaps, blur)
+    return [(p, *f[1:]) for p, f in zip(flagged, finished)]
+
+
+#: the start of a particle's note saying which of its pixels lay in a wide patch of input pixels without a value
+#: (:func:`_flag_filled_pixels`)
+FILLED_NOTE = "pixels filled, not measured"
+
+
+def _patch_on_grid(origin, shift, shape, patch) -> np.ndarray:
+    """``shape`` bool: the pixels of a particle's grid (``origin``, and ``shift`` in one frame) that take from a
+    frame's ``patch`` of filled pixels: grid pixel ``[i, j]`` lies at ``origin + (i, j) + shift``, and is taken where
+    any of the four whole pixels around that point is in the patch (the registration's bilinear resampling takes
+    from them). None taken where the shift is not finite."""
+    here = np.zeros(shape, bool)
+    at = np.asarray(origin, float) + np.asarray(shift, float)
+    if not np.isfinite(at).all():
+        return here
+    h, w = shape
+    for dy in {int(np.floor(at[0])), int(np.ceil(at[0]))}:
+        for dx in {int(np.floor(at[1])), int(np.ceil(at[1]))}:
+            y0, y1 = max(dy, 0), min(dy + h, patch.shape[0])
+            x0, x1 = max(dx, 0), min(dx + w, patch.shape[1])
+            if y0 < y1 and x0 < x1:
+                here[y0 - dy : y1 - dy, x0 - dx : x1 - dx] |= patch[y0:y1, x0:x1]
+    return here
+
+
+def _filled_on_grid(origin, shifts, shape, gaps, used, within=None) -> tuple[np.ndarray, list]:
+    """``(pixels, frames)``: the pixels of a particle's grid (``shape``, at ``origin`` and ``shifts``) that took from
+    a filled patch (:func:`_patch_on_grid`) in a frame it ``used`` (bool per frame), within ``within`` where given
+    (its mask), and those frames in order; for the XANES's filled pixels (:func:`_finish_particle`) and their flags
+    (:func:`_flag_filled_pixels`)."""
+    hit = np.zeros(shape, bool)
+    frames = []
+    for k, patch in gaps:
+        if not used[k]:
+            continue
+        here = _patch_on_grid(origin, shifts[k], shape, patch)
+        if within is not None:
+            here &= within
+        if here.any():
+            hit |= here
+            frames.append(k)
+    return hit, sorted(frames)
+
+
+def _filled_frames(p, gaps, n_frames: int) -> np.ndarray:
+    """``(n_frames,)`` bool: the frames in which particle ``p``'s mask (its consensus mask, or that frame's aligned
+    mask) lay in a wide patch of input pixels without a value (``gaps``, :func:`_flag_filled_pixels`). Its outline
+    there follows the patch's fill from the patch's rim, not the particle. Without ``gaps`` (:func:`redo_xanes`, a
+    result read back): those the run found, kept in ``p.filled_frames``."""
+    out = np.zeros(n_frames, bool)
+    masks = getattr(p, "masks", None)
+    if not gaps:
+        kept = getattr(p, "filled_frames", None)
+        if kept is not None and len(kept) == n_frames:
+            out |= np.asarray(kept, bool)
+        return out
+    if p.shifts is None or len(p.shifts) != n_frames:
+        return out
+    mask = np.asarray(p.mask, bool)
+    for k, patch in gaps:
+        near = mask if masks is None or len(masks) != n_frames else mask | (np.nan_to_num(masks[k]) > 0)
+        out[k] |= bool((_patch_on_grid(p.origin, p.shifts[k], mask.shape, patch) & near).any())
+    return out
+
+
+def _flag_filled_pixels(particles: list, gaps: list, energies) -> list:
+    """Flag the pixels of each particle that lay, in a frame its XANES used, in a wide patch of input pixels without
+    a value (``gaps``: ``(frame, pixels)`` of :func:`xanestrack.stack.sanitize_stack`, filled from the patch's rim).
+
+    Grid pixel ``[i, j]`` of a particle lies in frame ``k`` at ``origin + (i, j) + shifts[k]``; a mask pixel is
+    flagged where any of the four whole pixels around that point is in frame ``k``'s patch (the registration's
+    bilinear resampling takes from them): :data:`xanestrack.xanes.FLAG_FILLED`, out of ``maps["quality_keep"]``
+    (so out of its means), and a note naming how many and the frames. Flats saturated over the beam's hot spot
+    (11.5x the default scene's exposure) made such a patch over a particle in the edge's frames: 777 of its 923
+    pixels flagged; the 68 core pixels kept read an E50 0.16 eV below the truth on average (0.06 eV without the
+    saturation), each within 3 standard errors.
+    """
+    if not gaps:
+        return list(particles)
+    n = len(energies)
+    patches = dict(gaps)
+    out = []
+    for p in particles:
+        notes = tuple(x for x in p.notes if not x.startswith(FILLED_NOTE))
+        mask = np.asarray(p.mask, bool)
+        used = np.ones(n, bool) if p.xanes_frames is None else np.asarray(p.xanes_frames, bool)
+        hit, frames = _filled_on_grid(p.origin, p.shifts, mask.shape, patches.items(), used, within=mask)
+        if not hit.any():
+            out.append(p if notes == tuple(p.notes) else dataclasses.replace(p, notes=notes))
+            continue
+        flags = np.array(p.pixel_flags, dtype=np.uint16, copy=True)  # uint16: the misfit bit (256) survives
+        flags[hit] |= xanes.FLAG_FILLED
+        maps = dict(p.maps)
+        if "quality_keep" in maps:
+            maps["quality_keep"] = np.asarray(maps["quality_keep"], bool) & ~hit
+        n_hit, n_mask = int(hit.sum()), int(mask.sum())
+        note = (
+            f"{FILLED_NOTE}: {n_hit} of its {n_mask} pixels lay in a wide patch of input pixels without a value "
+            f"(saturated flat or detector pixels: see the input's notes) in {count(len(frames), 'frame')} its XANES "
+            f"used ({frame_list(frames, energies)}); they were filled from the patch's rim, so their spectra there "
+            "are not measured: flagged filled and left out of its means"
+            + (
+                " (none of its pixels is left: its means are over pixels not measured in those frames, not to be "
+                "trusted; lower the exposure of the flats)"
+                if n_hit >= n_mask
+                else ""
+            )
+        )
+        out.append(dataclasses.replace(p, pixel_flags=flags, maps=maps, notes=notes + (note,)))
+    return out
+
+
+def _has_note(p, start: str) -> bool:
+    """Whether particle ``p`` has a note starting with ``start``."""
+    return any(n.startswith(start) for n in p.notes)
+
+
+def _with_filled_pixels(finished: list, gaps: list, energies) -> list:
+    """:func:`_flag_filled_pixels` on the ``(ParticleResult, ...)`` tuples of :func:`_finish_particle`."""
+    if not gaps:
+        return finished
+    flagged = _flag_filled_pixels([f[0] for f in finished], gaps, energies)
+    return [(p, *f[1:]) for p, f in zip(flagged, finished)]
+
+
+def _filled_run_note(particles, gaps: list, energies) -> str:
+    """The run note saying where the input had wide patches without a value and which particles lay in them.
+
+    Each patch (8-connected over the frames' patches together, the largest three) is located by its own pixels,
+    weighted by the frames it was missing in: located by all of them at once, four patches in the frame's corners
+    were said to be centred near row 126, column 126 of 256, where no pixel was missing. The cause is named as
+    possible ones only: the same note came from flats saturated over the beam's hot spot and from optical density
+    masked with NaN."""
+    if not gaps:
+        return ""
+    from scipy import ndimage
+
+    frames = sorted(k for k, _ in gaps)
+    often = np.sum([g for _, g in gaps], axis=0, dtype=np.float64)
+    labels, n_patches = ndimage.label(often > 0, structure=np.ones((3, 3), bool))
+    index = np.arange(1, n_patches + 1)
+    weight = ndimage.sum(often, labels, index)
+    centres = ndimage.center_of_mass(often, labels, index)
+    where = "; ".join(f"row {centres[i][0]:.0f}, column {centres[i][1]:.0f}" for i in np.argsort(-weight)[:3])
+    ids = [p.particle for p in particles if any(n.startswith(FILLED_NOTE) for n in p.notes)]
+    return (
+        f"wide patches of input pixels without a value (saturated flat pixels, a masked region, saturated or dead "
+        f"detector pixels: see the input's notes) in {count(len(frames), 'frame')} "
+        f"({frame_list(frames, energies)}), up to {max(int(g.sum()) for _, g in gaps)} pixels in one, "
+        f"{count(n_patches, 'patch').replace('patchs', 'patches')} centred near {where}"
+        f"{' ...' if n_patches > 3 else ''}: filled from their rim (the frame's median there would be background "
+        "inside a particle); "
+        + (
+            f"the pixels of {count(len(ids), 'particle')} ({', '.join(map(str, ids[:20]))}"
+            f"{' ...' if len(ids) > 20 else ''}) that lay in them are flagged filled and left out of their means "
+            "(each particle's note says how many and in which frames); where they are saturated flat pixels, lower "
+            "the exposure of the flats"
+            if ids
+            else "no particle's pixels lay in them"
+        )
+    )
+
+
+def _moving_rim_run_note(particles) -> str:
+    """The run note gathering the particles whose rim was flagged (:func:`_flag_moving_rims`)."""
+    ids = [p.particle for p in particles if any(n.startswith(MOVING_RIM_NOTE) for n in p.notes)]
+    if not ids:
+        return ""
+    return (
+        f"the outlines of {len(ids)} of {len(particles)} particles ({', '.join(map(str, ids[:12]))}"
+        f"{' ...' if len(ids) > 12 else ''}) grow or shrink across the scan, or turn or change their shape, "
+        "which the registration (a translation per frame) does not follow: their rims' E50 and fractions are "
+        "biased (the rim's spectra mix the particle and its surroundings), flagged moving_rim and left out of "
+        "their means; each particle's note says by how much"
+    )
