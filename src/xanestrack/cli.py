@@ -942,7 +942,7 @@ def run(
     ),
     detect_every: int = typer.Option(
         12,
-        help="Detect on every n-th frame (and the last; a short scan on 8 frames at least); ROIs are propagated in between by chained phase correlation and every frame is still segmented and registered. 1 = detect in every frame (slower).",
+        help="Detect on every n-th frame (and the last; a short scan on 8 frames at least); in between, the common shift is chained by phase correlation and each particle is followed on its own from its key-frame positions, and every frame is still segmented and registered. 1 = detect in every frame: slower, and not more accurate (faint pre-edge and crowded frames give detections that link worse: on stress-all scenes 1 lost a particle the default tracks).",
     ),
     reference: Optional[List[str]] = typer.Option(
         None,
@@ -1292,7 +1292,8 @@ def demo(
     ),
     segmenter: str = typer.Option("learned", help="ROI segmentation: 'learned' (the Dual U-Net) or 'classical'."),
     detect_every: int = typer.Option(
-        12, help="Detect on every n-th frame (and the last); ROIs propagated in between. 1 = every frame."
+        12,
+        help="Detect on every n-th frame (and the last); particles followed on their own in between. 1 = every frame (slower, not more accurate).",
     ),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ):
