@@ -441,6 +441,11 @@ def test_no_density_voucher_reaches_the_pipeline(synth_dir, tmp_path):
     assert "a third estimate may" not in (out / "report.html").read_text()
 
 
+def test_no_beside_neighbours_reaches_the_pipeline(synth_dir, tmp_path):
+    res = _run_read(synth_dir, tmp_path / "beside", "--no-beside-neighbours")
+    assert res.options.beside_neighbours is False
+
+
 @pytest.mark.skipif(
     not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's"
 )

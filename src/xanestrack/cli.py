@@ -932,6 +932,10 @@ def run(
         True,
         help="For particles that move with the matrix, let the correlation of the particle's optical density vouch for a position where the centre of mass of its mask does not (mask outlines move across the absorption edge on real frames). --no-density-voucher: only the centre of mass vouches.",
     ),
+    beside_neighbours: bool = typer.Option(
+        True,
+        help="Leave a neighbour that moves otherwise than a particle (a few pixels away, inside the window its position is correlated in) out of that correlation. --no-beside-neighbours: every particle's window as it is.",
+    ),
     mask_guard: bool = typer.Option(
         True,
         help="With the learned segmenter: outline a particle with the classical segmenter instead where the learned masks leave out more than 2 percent of what the particle's mean window shows (a lobe, an outline unlike those it was trained on); the particle's notes say so. --no-mask-guard: the learned masks for every particle.",
@@ -1102,6 +1106,7 @@ def run(
             rotation=rotation,
             scale_model=scale_model,
             density_voucher=density_voucher,
+            beside_neighbours=beside_neighbours,
             mask_guard=mask_guard,
             threads=threads,
             xanes_smoothing=float(xanes_smoothing),

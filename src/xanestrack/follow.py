@@ -38,6 +38,7 @@ __all__ = [
     "density_residuals",
     "window_geometry",
     "shape_weight",
+    "disc_weight",
     "window_half",
 ]  # window_half: re-exported from register
 
@@ -130,6 +131,14 @@ def window_geometry(radius: float, options: FollowOptions = FollowOptions()):
     b = max(1, int(radius // options.binning_radius))
     nb = 2 * int(np.ceil(window_half(radius) / b)) + 1
     return b, nb, nb * b
+
+
+def disc_weight(radius: float, options: FollowOptions = FollowOptions()) -> np.ndarray:
+    """The apodisation disc of :func:`follow_particle` on the full-resolution window ``(size, size)``
+    (:func:`window_geometry`), to be multiplied by another weight and given as ``weight``: binned
+    again there, it is the disc :func:`follow_particle` uses without one (its taper in binned px)."""
+    b, _, size = window_geometry(radius, options)
+    return _disc(size, radius, 1, options, taper=options.apodisation_margin * b).astype(np.float32)
 
 
 def shape_weight(shape, *, grow: float, taper: float = 3.0) -> np.ndarray:
