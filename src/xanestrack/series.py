@@ -28,7 +28,10 @@ whose files give another pixel size are linked in the series' common pixels
 What the series as a whole should say (:func:`series_notes`, in ``series.json``, the report
 and on the console): scans given out of the order of the numbers in their names, a scan's
 data given twice, scans of another pixel size, scans on other energy grids (their energies
-compared), a scan whose particles' edge energies all lie off their trends by one offset
+compared, and how far each grid moves its particles' E50: ``e50_grid_bias_ev``, each particle's normalisation bias
+at its chemistry on its scan's energies, taken away in ``mean_e50_grid_corrected``), particles whose E50 change on
+one grid that bias compresses or stretches (:func:`bias_change_note`), a scan whose particles' edge energies (less
+that bias) all lie off their trends by one offset
 (:func:`energy_offset_scans`: its energy axis), a scan magnified or turned against the first
 (:func:`series_own_displacement`), and links that the positions alone would make and the rest
 does not bear (:func:`doubtful_links`: a merge, a different particle where one left).
@@ -59,6 +62,7 @@ __all__ = [
     "phase_offset",
     "series_notes",
     "energy_offset_scans",
+    "bias_change_note",
     "order_note",
     "pixel_scales",
     "to_common_pixels",
@@ -79,6 +83,9 @@ SUMMARY_COLUMNS = [
     "radius",
     "detection_radius",
     "mean_e50",
+    "mean_e50_sigma_ev",
+    "e50_grid_bias_ev",
+    "mean_e50_grid_corrected",
     "oxidised_fraction",
     "max_nonrigid_px",
     "flagged_frames",
@@ -283,12 +290,17 @@ def process_scan(
         except ValueError:
             done = {}
         same_input = done.get("input_sha256") == checksum and "particles" in done
-        if same_input and done.get("settings") == settings:
+        # an earlier summary without every column (each particle's grid bias came later) is made again: read back,
+        # its particles had none, and the series' notes on grids fell back to words
+        complete = same_input and all(set(SUMMARY_COLUMNS) <= set(r) for r in done["particles"])
+        if complete and done.get("settings") == settings:
             return done["particles"]
         logger.warning(
             "%s: %s since it was processed: processing it again",
             source.name,
             "the options (or the version) changed"
+            if complete
+            else "the version changed (its summary lacks columns)"
             if same_input
             else "its input changed (or its summary is unreadable)",
         )
@@ -313,6 +325,7 @@ def process_scan(
 
     summ = particle_summary(result)
     detection_radius = {int(p.particle): float(p.radius) for p in result.particles}
+    bias = _grid_bias(result)  # each particle's normalisation bias on this scan's energies, at its chemistry
     rows = [
         dict(
             scan=source.index,
@@ -323,6 +336,10 @@ def process_scan(
             radius=float(r["radius_px"]),  # its size (the equivalent radius of its masks)
             detection_radius=detection_radius.get(int(r["particle"]), float("nan")),  # what link_scans sizes by
             mean_e50=float(r["mean_e50_ev"]),
+            mean_e50_sigma_ev=float(r["mean_e50_sigma_ev"]),
+            e50_grid_bias_ev=bias.get(int(r["particle"]), float("nan")),
+            # measured less that bias: what a trend across grids (or across chemistries on one grid) is read on
+            mean_e50_grid_corrected=float(r["mean_e50_ev"]) - bias.get(int(r["particle"]), float("nan")),
             oxidised_fraction=float(r["oxidised_fraction"]),
             max_nonrigid_px=float(r["max_nonrigid_px"]),
             flagged_frames=int(r["flagged_frames"]),
@@ -369,6 +386,21 @@ def process_scan(
         )
         (tmp / "summary.json").write_text(json.dumps(info, default=float))
     return rows
+
+
+def _grid_bias(result) -> dict:
+    """Particle id -> eV: the normalisation's bias of its mean E50 at its own chemistry on the energies its XANES used
+    (:func:`xanestrack.chemistry.runnotes.particles_grid_bias`), with the references the pipeline measured the run's
+    bias with (the shipped Ni references where some particle's edge is at theirs: a series takes no others). Each
+    scan's ``normalisation_bias_ev`` is its references' alone; a series on several grids read every particle of a
+    20-energy scan 0.18-0.52 eV low against its 143-energy scans, which the series' note quoted as 0.1-0.33 eV."""
+    from .chemistry.runnotes import _default_references, _references_at_particles_edge, particles_grid_bias
+
+    e = np.asarray(result.energies_ev, float)
+    measured = set(result.normalisation_bias or {})
+    refs = _references_at_particles_edge(_default_references(e, result.particles), result.particles)
+    refs = {k: r for k, r in refs.items() if k in measured}
+    return particles_grid_bias(result.particles, refs, e, result.options)
 
 
 def _reference_image(od, result):
@@ -423,6 +455,17 @@ GRID_BIAS_TEXT = (
     "every 2nd energy of one scan shifted its particles' E50 by 0.1-0.2 eV at 143 energies, by 0.16-0.33 eV at 40: "
     "the coarser the grid across the edge, the larger"
 )
+
+
+#: eV. A particle whose normalisation bias at its chemistry (``e50_grid_bias_ev``) differs by this much or more between
+#: two of its scans on one grid, and by :data:`BIAS_CHANGE_SIGMAS` times the sigma of its E50 change, has that change
+#: compressed or stretched by it (:func:`bias_change_note`): on a probe's series of one 50-energy grid (NiO +0.38,
+#: LiNiO2 -0.07 eV) four charging particles' changes read 15-38 % short (0.12-0.22 eV, z 4-11), unsaid; on one of 143
+#: energies (NiO +0.11, LiNiO2 +0.004) no particle's bias moves by 0.1 eV
+BIAS_CHANGE_FLOOR_EV = 0.1
+#: how many sigmas of a particle's E50 change (its two mean E50 sigmas in quadrature) its bias's change must reach to be
+#: said (:data:`BIAS_CHANGE_FLOOR_EV`)
+BIAS_CHANGE_SIGMAS = 3.0
 
 
 def _trend_residuals(e50: np.ndarray, anchor=None) -> np.ndarray:
@@ -486,10 +529,15 @@ def energy_offset_scans(table: pd.DataFrame, *, grids: dict | None = None) -> li
     scan, they doubled it (the probe's series: its last scan, correct, named as -0.35 eV off, after its middle scan
     +1.00 eV off was named at +0.91 eV beside a scan of every 2nd energy).
 
+    Each particle's normalisation bias on its scan's energies at its chemistry (``e50_grid_bias_ev``, where the table
+    has it: :func:`_e50_less_bias`) is taken away first: it is the grid's, not an axis offset (a 12-energy scan among
+    50-energy scans, its axis exact, was named -0.36 eV off, its particles' bias -0.57 to +0.06 eV against -0.07 to
+    +0.36 on the others' grid). A scan of other steps none of whose particles' bias was measured is not judged.
+
     Parameters
     ----------
     table : DataFrame
-        ``scan``, ``particle``, ``mean_e50`` (eV).
+        ``scan``, ``particle``, ``mean_e50`` (eV); optionally ``e50_grid_bias_ev`` (eV).
     grids : dict, optional
         Scan (as in ``table["scan"]``) -> its energies (eV). Without it every scan is on one grid.
 
@@ -506,8 +554,12 @@ def energy_offset_scans(table: pd.DataFrame, *, grids: dict | None = None) -> li
     scans = sorted(table["scan"].unique())
     if len(scans) < 3:
         return []
+    # each particle's normalisation bias on its scan's energies taken away first: a 12-energy scan among 50-energy
+    # scans, its axis exact, was named "-0.36 eV off, calibrate it", its grid's bias at its particles' chemistry
+    e50, unmeasured = _e50_less_bias(table)
     v = (
-        table.pivot_table(index="particle", columns="scan", values="mean_e50", dropna=False)
+        table.assign(mean_e50=e50)
+        .pivot_table(index="particle", columns="scan", values="mean_e50", dropna=False)
         .reindex(columns=scans)
         .to_numpy(float)
     )
@@ -534,6 +586,9 @@ def energy_offset_scans(table: pd.DataFrame, *, grids: dict | None = None) -> li
             g.append(s)
     main = max(groups, key=len) if groups else []
     on_grid = np.array([not groups or s in main or s not in steps for s in scans])
+    # a scan of other steps whose particles' bias was not measured (the references describe none of them): its grid's
+    # bias cannot be told from an offset there, and it is not judged
+    unjudged = {k for k, s in enumerate(scans) if not on_grid[k] and s in unmeasured}
 
     found, done = [], set()
     for _ in range(len(scans)):
@@ -543,7 +598,7 @@ def energy_offset_scans(table: pd.DataFrame, *, grids: dict | None = None) -> li
         tried = []  # (gain, scan position, offset, particles, the series with that offset taken away)
         for k in range(len(scans)):
             x = r[:, k][np.isfinite(r[:, k])]
-            if k in done or x.size < MIN_OFFSET_PARTICLES:
+            if k in done or k in unjudged or x.size < MIN_OFFSET_PARTICLES:
                 continue
             w = v.copy()
             w[:, k] -= np.median(x)
@@ -581,6 +636,157 @@ def energy_offset_scans(table: pd.DataFrame, *, grids: dict | None = None) -> li
     return sorted(found, key=lambda f: scans.index(f["scan"]))
 
 
+def _e50_less_bias(table: pd.DataFrame) -> tuple[pd.Series, set]:
+    """``(e50, unmeasured)``: each row's ``mean_e50`` less its normalisation bias at its chemistry on its scan's
+    energies (``e50_grid_bias_ev``, :func:`process_scan`), and the scans none of whose particles' bias was measured.
+
+    A particle whose bias was not measured in a scan where others' was (the references do not describe it) is taken at
+    the median of theirs, the scan's grid's part; a scan where none was keeps its E50 as measured. Without the column
+    (a table from an earlier version) every E50 as measured and no scan named."""
+    e50 = table["mean_e50"].astype(float)
+    if "e50_grid_bias_ev" not in table:
+        return e50, set()
+    bias = table["e50_grid_bias_ev"].astype(float)
+    median = bias.groupby(table["scan"]).transform("median")
+    unmeasured = set(table["scan"][median.isna()].unique()) if bias.notna().any() else set()
+    return e50 - bias.fillna(median).fillna(0.0), unmeasured
+
+
+def _bias_by_particle(table: pd.DataFrame, column: str) -> pd.DataFrame:
+    """``column`` by particle (rows) and scan (columns, in scan order)."""
+    return table.pivot_table(index="particle", columns="scan", values=column, dropna=False).reindex(
+        columns=sorted(table["scan"].unique())
+    )
+
+
+def _grid_bias_words(table: pd.DataFrame, key, name):
+    """For :func:`_grid_note`: a function of the scans of the grid of most scans and the other scans (as ``key`` of a
+    table scan names them) giving how far each other grid moves the particles' E50 against it, measured
+    (``e50_grid_bias_ev``), or None where no particle's bias was measured.
+
+    Each particle of an other grid's scan is set against itself in the nearest scan of the grid of most scans (in
+    scan order) where its bias was measured: that difference is in its E50 change between the two. The note quoted a
+    fixed 0.1-0.33 eV where a 20-energy scan among 143-energy scans moved every particle by -0.18 to -0.52 eV (z 9-19;
+    a +0.445 eV charge read -0.002), and the scans' own notes held both biases."""
+    if "e50_grid_bias_ev" not in table or not table["e50_grid_bias_ev"].notna().any():
+        return None
+    bias = _bias_by_particle(table, "e50_grid_bias_ev")
+    sigma = _bias_by_particle(table, "mean_e50_sigma_ev") if "mean_e50_sigma_ev" in table else None
+    scans = list(bias.columns)
+    of = {key(s): s for s in scans}
+
+    def words(ref, others) -> str | None:
+        main = [of[k] for k in ref if k in of]
+        if not main:
+            return None
+        b_main = bias[main].to_numpy(float)
+        parts = []
+        for k in others:
+            s = of.get(k)
+            if s is None:
+                continue
+            b = bias[s].to_numpy(float)
+            if not np.isfinite(b).any():
+                parts.append(f"{name(s)}'s not measured (the references describe none of its particles)")
+                continue
+            d, sd = [], []
+            for i in np.flatnonzero(np.isfinite(b)):
+                near = [j for j in sorted(main, key=lambda j: (abs(scans.index(j) - scans.index(s)), j))]
+                j = next((j for j in near if np.isfinite(bias.at[bias.index[i], j])), None)
+                if j is None:
+                    continue
+                d.append(b[i] - bias.at[bias.index[i], j])
+                if sigma is not None:
+                    sd.append(float(np.hypot(sigma.at[sigma.index[i], s], sigma.at[sigma.index[i], j])))
+            own = f"its particles' {np.nanmin(b):+.2f} to {np.nanmax(b):+.2f} eV"
+            if not d:
+                parts.append(f"{name(s)}: {own}, no particle shared with the grid of most scans")
+                continue
+            d = np.asarray(d)
+            med = float(np.median(d))
+            sd = np.asarray([x for x in sd if np.isfinite(x)])
+            z = f", {abs(med) / np.median(sd):.0f} times the median sigma of those changes" if sd.size else ""
+            parts.append(
+                f"{name(s)}: {own}, which moves their E50 changes against the grid of most scans by "
+                f"{d.min():+.2f} to {d.max():+.2f} eV (median {med:+.2f}{z})"
+            )
+        if not parts:
+            return None
+        fin = b_main[np.isfinite(b_main)]
+        there = f"{fin.min():+.2f} to {fin.max():+.2f} eV" if fin.size else "not measured"
+        return (
+            "energies carry each grid's interpolation and normalisation bias, measured at each particle's chemistry "
+            "(e50_grid_bias_ev: the references mixed at its shares, sampled on its scan's energies and normalised as "
+            f"the particles are): on the grid of most scans {there}; " + "; ".join(parts) + ": a trend across grids is "
+            "off by as much (mean_e50_grid_corrected takes each particle's own bias away; oxidised_fraction, fitted to "
+            "the references normalised on the same energies, carries far less of it)"
+        )
+
+    return words
+
+
+def bias_change_note(table: pd.DataFrame) -> str | None:
+    """The note on particles whose E50 change between two scans on one grid is compressed or stretched by the
+    normalisation's bias at their chemistry, or None.
+
+    The bias (``e50_grid_bias_ev``) follows a particle's chemistry on any grid coarse after the edge: on a probe's
+    series of one 50-energy grid (NiO +0.38, LiNiO2 -0.07 eV) four charging particles' changes read 15-38 % short
+    (z 4-11) and nothing was said; the scans' notes spoke of differences between particles only. Said for each particle
+    at its pair of scans on one grid (``table.attrs["energy_grids"]`` by scan name, else the number of energies) whose
+    biases differ most, where by :data:`BIAS_CHANGE_FLOOR_EV` or more and :data:`BIAS_CHANGE_SIGMAS` times the change's
+    sigma (its two ``mean_e50_sigma_ev`` in quadrature; the floor alone without them). Changes across grids are the
+    grid note's (:func:`_grid_note`)."""
+    if "e50_grid_bias_ev" not in table or not table["e50_grid_bias_ev"].notna().any():
+        return None
+    name, scan_of = _scan_words(table)
+    scans = sorted(table["scan"].unique())
+    by_name = {name(s): s for s in scans}
+    grids = {by_name[str(n)]: e for n, e in table.attrs.get("energy_grids", {}).items() if str(n) in by_name}
+    if grids:
+        groups = [g for g in _grid_groups({s: grids[s] for s in scans if s in grids}) if len(g) >= 2]
+    else:
+        n = table.groupby("scan")["n_frames"].max()
+        groups = [list(n.index[n == k]) for k in n.unique() if (n == k).sum() >= 2]
+    bias = _bias_by_particle(table, "e50_grid_bias_ev")
+    e50 = _bias_by_particle(table, "mean_e50")
+    sigma = _bias_by_particle(table, "mean_e50_sigma_ev") if "mean_e50_sigma_ev" in table else None
+    said = []
+    for p in bias.index:
+        best = None
+        for g in groups:
+            seen = [s for s in g if np.isfinite(bias.at[p, s]) and np.isfinite(e50.at[p, s])]
+            for i, a in enumerate(seen):
+                for b in seen[i + 1 :]:
+                    d = float(bias.at[p, b] - bias.at[p, a])
+                    sd = float(np.hypot(sigma.at[p, a], sigma.at[p, b])) if sigma is not None else float("nan")
+                    bar = (
+                        max(BIAS_CHANGE_FLOOR_EV, BIAS_CHANGE_SIGMAS * sd) if np.isfinite(sd) else BIAS_CHANGE_FLOOR_EV
+                    )
+                    if abs(d) >= bar and (best is None or abs(d) > abs(best[2])):
+                        best = (a, b, d)
+        if best is not None:
+            a, b, d = best
+            measured = float(e50.at[p, b] - e50.at[p, a])
+            said.append((abs(d), p, a, b, d, measured))
+    if not said:
+        return None
+    said.sort(key=lambda t: (-t[0], t[1]))
+    each = [
+        f"particle {p} {name(a)} -> {name(b)}: {m:+.2f} eV measured, {m - d:+.2f} eV with it taken away ({d:+.2f})"
+        for _, p, a, b, d, m in said[:8]
+    ]
+    return (
+        f"on one energy grid the normalisation's bias still follows each particle's chemistry (e50_grid_bias_ev: the "
+        f"references mixed at its shares, sampled on its scan's energies and normalised as the particles are), and it "
+        f"moves the E50 changes of {len(said)} particle{'s' if len(said) > 1 else ''} by {BIAS_CHANGE_FLOOR_EV:.2f} eV "
+        f"and {BIAS_CHANGE_SIGMAS:.0f} times their sigma or more "
+        f"({'; '.join(each)}{' ...' if len(said) > 8 else ''}): each particle's own trend, not only differences "
+        "between particles, is compressed or stretched on a grid with a coarse post-edge (read mean_e50_grid_corrected "
+        "for trends; oxidised_fraction, fitted to the references normalised on the same energies, carries far less "
+        "of it)"
+    )
+
+
 def _fine_step(e) -> float:
     d = np.diff(e)
     d = d[d > 0]
@@ -598,13 +804,11 @@ def _same_grid(a, b) -> bool:
     return float(np.median(d)) <= tol and float(np.max(d)) <= 4 * tol
 
 
-def _grid_note(grids: dict, name) -> str | None:
-    """The note on scans whose energies differ from the grid of most scans (:data:`GRID_TOLERANCE_STEP`), or None.
-
-    ``grids``: scan -> its energies (eV), in scan order. Scans of fewer than two energies (no XANES) are left out.
-    """
+def _grid_groups(grids: dict) -> list[list]:
+    """The scans of each grid (``grids``: scan -> its energies in eV, in scan order; :func:`_same_grid`), the first
+    one's energies standing for it, in the order first seen. Scans of fewer than two energies (no XANES) are left out."""
     grids = {s: np.sort(np.asarray(e, float).ravel()) for s, e in grids.items() if np.size(e) >= 2}
-    groups: list[list] = []  # the scans of each grid, the first one's energies standing for it
+    groups: list[list] = []
     for s, e in grids.items():
         for g in groups:
             if _same_grid(grids[g[0]], e):
@@ -612,6 +816,19 @@ def _grid_note(grids: dict, name) -> str | None:
                 break
         else:
             groups.append([s])
+    return groups
+
+
+def _grid_note(grids: dict, name, bias_words=None) -> str | None:
+    """The note on scans whose energies differ from the grid of most scans (:data:`GRID_TOLERANCE_STEP`), or None.
+
+    ``grids``: scan -> its energies (eV), in scan order. Scans of fewer than two energies (no XANES) are left out.
+    ``bias_words``: called with the scans of the grid of most scans and the others (``grids``' keys), the words on how
+    far each grid moves the particles' E50 as measured (:func:`_grid_bias_words`), or None where not measured: then
+    :data:`GRID_BIAS_TEXT` is quoted.
+    """
+    groups = _grid_groups(grids)
+    grids = {s: np.sort(np.asarray(e, float).ravel()) for s, e in grids.items() if np.size(e) >= 2}
     if len(groups) < 2:
         return None
     ref = max(groups, key=len)  # the grid of most scans (the earliest such on a tie)
@@ -631,10 +848,15 @@ def _grid_note(grids: dict, name) -> str | None:
         else:
             parts.append(f"{name(s)} {grid(e)}")
     others = ", ".join(name(s) for s in ref[:6]) + (", ..." if len(ref) > 6 else "")
+    measured = bias_words(ref, [s for s in grids if s not in ref]) if bias_words is not None else None
     return (
         f"the scans are on different energy grids: {others} on {grid(r)}; {'; '.join(parts)}: their edge "
-        "energies carry each grid's interpolation and normalisation bias (" + GRID_BIAS_TEXT + "), so a trend "
-        "across grids is not all chemistry"
+        + (
+            "energies carry each grid's interpolation and normalisation bias (" + GRID_BIAS_TEXT + "), so a trend "
+            "across grids is not all chemistry"
+            if not measured
+            else measured
+        )
         + (
             "; a grid moved as a whole is also what a monochromator calibrated otherwise records: check that those "
             "scans' edge energies match the others' (xanestrack run them with --energy-reference or --known-edge)"
@@ -680,7 +902,7 @@ def series_notes(table: pd.DataFrame) -> list[str]:
         return out
     name, scan_of = _scan_words(table)
     if "energy_grids" in table.attrs:
-        note = _grid_note(table.attrs["energy_grids"], str)
+        note = _grid_note(table.attrs["energy_grids"], str, _grid_bias_words(table, name, name))
         if note:
             out.append(note)
     else:
@@ -689,16 +911,28 @@ def series_notes(table: pd.DataFrame) -> list[str]:
             parts = [
                 f"{int(n)} ({', '.join(name(s) for s in grids.index[grids == n][:6])})" for n in sorted(grids.unique())
             ]
+            words = _grid_bias_words(table, lambda s: s, name)
+            main = grids.index[grids == grids.value_counts().index[0]]  # the number of energies of most scans
+            measured = words(list(main), [s for s in grids.index if s not in main]) if words else None
             out.append(
                 "the scans are on different energy grids (energies: "
                 + "; ".join(parts)
-                + "): their edge energies carry each grid's interpolation and normalisation bias ("
-                + GRID_BIAS_TEXT
-                + "), so a trend across grids is not all chemistry"
+                + "): their edge "
+                + (
+                    measured
+                    or "energies carry each grid's interpolation and normalisation bias ("
+                    + GRID_BIAS_TEXT
+                    + "), so a trend across grids is not all chemistry"
+                )
             )
+    note = bias_change_note(table)  # one grid: each particle's bias follows its chemistry
+    out += [note] if note else []
     scans = sorted(table["scan"].unique())
     if len(scans) == 2:
-        e50 = table.pivot_table(index="particle", columns="scan", values="mean_e50")
+        # as the offsets below, each particle's bias on its scan's energies taken away
+        e50 = table.assign(mean_e50=_e50_less_bias(table)[0]).pivot_table(
+            index="particle", columns="scan", values="mean_e50"
+        )
         a, b = scans
         d = (e50[b] - e50[a]).dropna().to_numpy(float) if a in e50 and b in e50 else np.array([])
         if d.size >= 3 and abs(np.median(d)) >= UNIFORM_SHIFT_EV and np.ptp(d) <= 2 * UNIFORM_SHIFT_SPREAD_EV:
@@ -717,8 +951,9 @@ def series_notes(table: pd.DataFrame) -> list[str]:
             "first": "the trend of the two scans after it (the first scan: extrapolated)",
             "last": "the trend of the two scans before it (the last scan: extrapolated)",
         }.get(f["end"], "their trend through the scans before and after it")
+        less = " (each less its normalisation bias, e50_grid_bias_ev)" if "e50_grid_bias_ev" in table else ""
         out.append(
-            f"{scan_of(f['scan'])}: the mean edge energy of its {f['n']} particles lies {f['offset_ev']:+.2f} eV off "
+            f"{scan_of(f['scan'])}: the mean edge energy of its {f['n']} particles{less} lies {f['offset_ev']:+.2f} eV off "
             f"{trend}, all alike (spread {f['spread_ev']:.2f} eV; {f['others_spread_ev']:.2f} eV in the other scans): "
             "one offset common to every particle is what an energy axis off by as much gives (the monochromator's "
             "calibration), or a change of the chemistry every particle made alike (a step of the whole electrode "

@@ -126,7 +126,6 @@ def normalisation_bias(
     f = 0.25 / 0.5 / 0.75.
     """
     from ..spectra import ReferenceSpectrum
-    from ..xanes import edge_energy, find_e0, normalize
 
     if dense not in ("given", "normalised"):
         raise ValueError(f"dense must be 'given' or 'normalised', got {dense!r}")
@@ -144,18 +143,94 @@ def normalisation_bias(
             if inside.sum() >= 8:
                 r_e, r_mu = r_e[inside], r_mu[inside]
         try:
-            e0_dense = find_e0(r_e, r_mu)
-            if dense == "given":
-                truth = edge_energy(r_e, r_mu[:, None], e0_ev=e0_dense, window=edge_window)[0][0]
-            else:
-                nm = normalize(r_e, r_mu + bg * (r_e / e0_dense) ** -3, e0_ev=e0_dense)
-                truth = edge_energy(r_e, nm.norm[:, None], e0_ev=e0_dense, window=edge_window)[0][0]
+            e0_dense, truth = _dense_e50(r_e, r_mu, dense, bg, edge_window)
             seen = _as_particles(e, ref, e0_dense, bg, edge_window, e)[0]
         except ValueError:  # too few energies for a pre-edge, post-edge or edge window
             out[name] = float("nan")
             continue
         out[name] = float(seen - truth)
     return out
+
+
+def _dense_e50(r_e, r_mu, dense: str, background: float, edge_window) -> tuple[float, float]:
+    """``(e0, e50)`` of a reference on its own energies ``r_e`` (:func:`normalisation_bias`'s ``dense``: where its
+    given values cross 0.5, or normalised as the particles are). Raises ValueError as
+    :func:`~xanestrack.xanes.find_e0` and :func:`~xanestrack.xanes.edge_energy` do."""
+    from ..xanes import edge_energy, find_e0, normalize
+
+    e0_dense = find_e0(r_e, r_mu)
+    if dense == "given":
+        return e0_dense, float(edge_energy(r_e, r_mu[:, None], e0_ev=e0_dense, window=edge_window)[0][0])
+    nm = normalize(r_e, r_mu + background * (r_e / e0_dense) ** -3, e0_ev=e0_dense)
+    return e0_dense, float(edge_energy(r_e, nm.norm[:, None], e0_ev=e0_dense, window=edge_window)[0][0])
+
+
+def chemistry_bias(
+    energies_ev,
+    references: dict,
+    shares: dict,
+    *,
+    used=None,
+    dense: str = "given",
+    edge_window=(-15.0, 20.0),
+    background=None,
+) -> float:
+    """eV: the normalisation's bias of one chemistry's E50 (:func:`normalisation_bias`), the references mixed at
+    ``shares``, on the energies a particle's XANES used.
+
+    A particle's mean E50 carries the bias of its own chemistry on its own energies, not a reference's: on synth's
+    50-energy grid NiO +0.380 / LiNiO2 -0.072 eV, their 50:50 mix +0.119, on its 12-energy grid +0.095 / -0.572 /
+    -0.186. Two scans on other grids differ by the difference of those biases (a 20-energy scan among 143-energy
+    scans read each particle's E50 0.18-0.52 eV low, 9-19 sigma), and one particle whose chemistry changes along a
+    series on one grid moves through them (on the 50-energy grid a charge of +0.82 eV read +0.62):
+    :func:`xanestrack.series.process_scan` gives each particle's, and the series takes it away beside its E50.
+
+    Parameters
+    ----------
+    energies_ev : ndarray (n,)
+        The scan's energies, increasing.
+    references : dict of name -> ReferenceSpectrum
+        As :func:`normalisation_bias` (those without energies of their own cannot be mixed).
+    shares : dict of str -> float
+        Each reference's share of the chemistry (:func:`scale_free_fractions`); shares under
+        :data:`MIN_CHEMISTRY_SHARE` are left out, the others divided by their sum.
+    used : ndarray (n,) bool, optional
+        The frames its XANES used (``xanes_frames``); default all. The pipeline's gap test is on the scan's energies.
+    dense, edge_window, background
+        As :func:`normalisation_bias` (``dense``: how the mix's own E50 is measured).
+
+    Returns
+    -------
+    float
+        eV (positive: its E50 reads higher); NaN where a share is of a reference that cannot be mixed, none is
+        given, or either E50 cannot be measured.
+    """
+    from ..spectra import ReferenceSpectrum
+
+    if dense not in ("given", "normalised"):
+        raise ValueError(f"dense must be 'given' or 'normalised', got {dense!r}")
+    nan = float("nan")
+    e = np.asarray(energies_ev, float)
+    use = np.ones(e.size, bool) if used is None else np.asarray(used, bool)
+    if use.shape != e.shape:
+        raise ValueError(f"used must hold one value per energy ({e.size}), got shape {use.shape}")
+    refs = {k: r for k, r in references.items() if isinstance(r, ReferenceSpectrum) and r.energies_ev.size >= 8}
+    parts = {k: float(v) for k, v in (shares or {}).items() if np.isfinite(v) and v >= MIN_CHEMISTRY_SHARE}
+    if not parts or not set(parts) <= set(refs):
+        return nan
+    mix = _mix(parts, refs)
+    bg = BACKGROUND_AT_EDGE if background is None or not np.isfinite(background) else float(background)
+    r_e, r_mu = mix.energies_ev, mix.mu
+    if dense == "normalised":  # over the scan's range only, as normalisation_bias
+        inside = (r_e >= e[0]) & (r_e <= e[-1])
+        if inside.sum() >= 8:
+            r_e, r_mu = r_e[inside], r_mu[inside]
+    try:
+        e0_dense, truth = _dense_e50(r_e, r_mu, dense, bg, edge_window)
+        seen = _as_particles(e[use], mix, e0_dense, bg, edge_window, e)[0]
+    except ValueError:  # too few energies for a pre-edge, post-edge or edge window
+        return nan
+    return float(seen - truth) if np.isfinite(seen) and np.isfinite(truth) else nan
 
 
 def _as_particles(energies_ev, ref, e0_dense: float, background: float, edge_window, scan_energies_ev):

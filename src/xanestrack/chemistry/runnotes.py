@@ -265,6 +265,54 @@ def _frames_bias(particles, references, energies, options) -> tuple[list, str]:
     )
 
 
+def particles_grid_bias(particles, references, energies, options, *, shipped: bool = True) -> dict:
+    """Particle id -> eV: the normalisation's bias of its mean E50 at its own chemistry on the energies its XANES used
+    (:func:`xanestrack.chemistry.normbias.chemistry_bias`), what the series takes away beside its E50
+    (:func:`xanestrack.series.process_scan`).
+
+    The run's note quotes the references' biases and their mixes' on the scan's energies (the range of the scan); a
+    particle carries its own chemistry's: a 20-energy scan among 143-energy scans read its particles 0.18-0.52 eV low
+    against the truth where its references read -0.41 / -0.20 eV (NiO / LiNiO2), each particle by the mix it is. Its
+    chemistry is the references' shares in its normalised mean spectrum with a free scale
+    (:func:`~xanestrack.chemistry.normbias.scale_free_fractions`, as :func:`_frames_bias` takes it); NaN where the
+    references do not describe it (its RMS residual over
+    :data:`~xanestrack.chemistry.normbias.FRAMES_DESCRIBED_RMS`: their bias missed the stress family's by up to
+    0.16 eV), where it has no mean E50 or spans two edges, and for every particle without references.
+
+    ``references``: those at the particles' edge (:func:`_references_at_particles_edge`); ``shipped``: the shipped
+    references (their E50 where their values cross 0.5), else each user's reference measured as
+    :func:`_normalisation_bias` measures it.
+    """
+    from .normbias import FRAMES_DESCRIBED_RMS, _e50_given, chemistry_bias, scale_free_fractions
+
+    nan = float("nan")
+    out = {int(p.particle): nan for p in particles}
+    if not references or len(energies) < options.min_xanes_energies:
+        return out
+    e = np.asarray(energies, float)
+    given = {k: shipped or _reference_used_as_given(r, e) for k, r in references.items()}
+    background = _particles_background(particles, e)
+    for p in particles:
+        if _across_two_edges(p) or not _e50_given(p) or getattr(p, "mean_norm", None) is None:
+            continue
+        used = getattr(p, "xanes_frames", None)
+        used = None if used is None or np.shape(used) != e.shape else np.asarray(used, bool)
+        shares, rms = scale_free_fractions(e, p.mean_norm, p.e0_ev, references, lcf_window=options.lcf_window)
+        if shares is None or not rms <= FRAMES_DESCRIBED_RMS:
+            continue
+        mixed = [k for k, v in shares.items() if v > 0]
+        out[int(p.particle)] = chemistry_bias(
+            e,
+            references,
+            shares,
+            used=used,
+            dense="given" if all(given.get(k, False) for k in mixed) else "normalised",
+            edge_window=options.edge_window,
+            background=background,
+        )
+    return out
+
+
 #: how many of the particles measured on every energy, the most alike first, a particle the references do not describe
 #: is read from (:func:`_most_alike`): the most alike gives its move, the others' range is said beside it
 MOST_ALIKE = 5
