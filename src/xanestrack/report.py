@@ -1974,7 +1974,8 @@ _SERIES_TEMPLATE = """<!DOCTYPE html>
 <figure><img alt="series" src="{{ fig }}"><figcaption>Per particle through the scans: mean edge energy, oxidised fraction of the
 linear combination fit, and its own displacement since its first scan, in the series' common pixels (less the scan's common
 motion: its offset and, where its particles share them, its scale and rotation against the first scan, scale_vs_first and
-rotation_vs_first_deg in series.csv).</figcaption></figure>
+rotation_vs_first_deg in series.csv; a scale is the optics' or the electrode's uniform strain, which positions cannot tell
+apart: own_dy_with_scale, own_dx_with_scale in series.csv keep it).</figcaption></figure>
 <h2>Mean edge energy (eV) per particle and scan</h2>
 {{ pivot }}
 {% if scan_notes %}<h2>Notes of each scan</h2>

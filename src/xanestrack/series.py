@@ -68,6 +68,7 @@ __all__ = [
     "to_common_pixels",
     "series_own_displacement",
     "shared_rotation",
+    "shared_size_change",
     "doubtful_links",
     "SUMMARY_COLUMNS",
 ]
@@ -1635,6 +1636,15 @@ SCALE_NOTE_PX = 0.5
 #: particles a scan must share with the first scan of its chain for its scale to be fitted; with fewer, a translation
 #: alone (two particles' scale would be their own motion)
 MIN_SCALE_PARTICLES = 3
+#: Where a scan's scale is kept, its particles' radii (common pixels) are set against it
+#: (:func:`shared_size_change`): a change of the optics' magnification scales the sizes as it scales the distances,
+#: a uniform strain of the electrode moves the particles apart without scaling them. Their median change is told from
+#: the scale, or from none, where it lies this many standard errors from it (as :data:`SCALE_SIGNIFICANCE`)
+SIZE_SIGNIFICANCE = 3.0
+#: the least scatter (relative, one particle) of a radius' change between two scans that the median's standard error
+#: is taken from: the probe's series of unchanged particles read their radii within +-0.4 % (a crack aside), and a
+#: few alike particles would otherwise make a sub-per-cent difference look certain
+SIZE_CHANGE_FLOOR = 0.005
 #: px (common). A kept rotation (:func:`shared_rotation`) that moves a scan's particle farthest from their centroid by
 #: this much or more is said in a series note: half a degree turned the probe's particles (25-60 px from the centre)
 #: by 0.15-0.58 px, read as each one's own displacement, unsaid, where a series without it reads at most 0.13-0.18 px
@@ -1685,6 +1695,62 @@ def shared_rotation(src, dst, centre) -> tuple[float, float]:
     return theta, t
 
 
+def shared_size_change(src, dst) -> tuple[float, float]:
+    """The particles' common relative change of radius from ``src`` to ``dst`` (the same particles, common pixels),
+    and its standard error: the median of ``dst / src - 1``, its error ``sqrt(pi / 2)`` times their robust scatter
+    (1.4826 MAD, at least :data:`SIZE_CHANGE_FLOOR`) over the root of their number; NaN, NaN without a pair of finite
+    positive radii."""
+    src, dst = np.asarray(src, float), np.asarray(dst, float)
+    ok = np.isfinite(src) & np.isfinite(dst) & (src > 0) & (dst > 0)
+    if not ok.any():
+        return np.nan, np.nan
+    change = dst[ok] / src[ok] - 1
+    m = float(np.median(change))
+    sigma = max(1.4826 * float(np.median(np.abs(change - m))), SIZE_CHANGE_FLOOR)
+    return m, float(np.sqrt(np.pi / 2) * sigma / np.sqrt(change.size))
+
+
+def _scale_note(k, r, *, s_, t, moved, lever, n, about, own, own_wide, size, scan_of) -> str:
+    """The note on scan ``k``'s scale ``s_`` against scan ``r``: a change of the optics' magnification or a uniform
+    strain of the electrode, which the positions cannot tell apart, with both readings in numbers (the particles' own
+    displacements up to ``own`` px with it taken away, ``own_wide`` px as the electrode's strain) and what their
+    radii say (``size``: :func:`shared_size_change`'s median and error against the first scan, NaN where unknown).
+    The note had called every such scale "a refocus ..., not the particles' own motion": a probe's electrode swelling
+    by 2 % (particles moving 0.5-2.0 px outward) read at most 0.22 px of own displacement, and a scan magnified by
+    2 % kept its radii 1.9-2.7 % larger, neither said."""
+    grow = s_ > 1
+    text = (
+        f"{scan_of(k)}: its particles lie as if magnified by {100 * (s_ - 1):+.2f} % against {scan_of(r)} "
+        f"(scale {s_:.4f}, {t:.0f} times its standard error; {moved:.2f} px at their median distance of {lever:.0f} px "
+        f"from the {about}, {n} particles in common): a change of the optics' magnification (a refocus, or a change "
+        f"of the sample's height) or a uniform {'swelling' if grow else 'shrinking'} of the electrode by as much (a "
+        f"strain of {100 * (s_ - 1):+.2f} % in every direction of the image, {100 * (s_**2 - 1):+.1f} % in area), which "
+        "positions alone cannot tell apart. Read as the optics, it is taken away (scale_vs_first in series.csv): "
+        f"own_dy, own_dx, up to {own:.2f} px. Read as the electrode's strain, the particles moved up to "
+        f"{own_wide:.2f} px on their own (own_dy_with_scale, own_dx_with_scale; about the {about})"
+    )
+    m, se = size
+    if not (np.isfinite(m) and np.isfinite(se) and se > 0):
+        return text
+    said = f"Their radii changed by a median of {100 * m:+.2f} % (standard error {100 * se:.2f} %)"
+    as_scale, as_none = abs(m - (s_ - 1)) < SIZE_SIGNIFICANCE * se, abs(m) < SIZE_SIGNIFICANCE * se
+    if as_scale and not as_none:
+        said += (
+            ", as much as the scale: what a change of the optics gives (it scales sizes as it scales distances), or "
+            "particles swelling with the electrode alike"
+        )
+    elif as_none and not as_scale:
+        said += (
+            ", not with the scale: a change of the optics would have scaled them by as much, so the electrode's "
+            f"strain is the likelier reading, unless every particle {'shrank' if grow else 'grew'} by as much"
+        )
+    elif as_none:
+        said += ": too scattered to tell the two readings apart"
+    else:
+        said += ", neither as much as the scale nor none"
+    return text + ". " + said + "; radius is as measured, radius_at_first_scale with the scale taken out as the optics'"
+
+
 def series_own_displacement(table: pd.DataFrame, *, scale=None, frame_shape=None) -> pd.DataFrame:
     """Each scan's scale and rotation against the first scan of its chain, and each particle's own displacement through
     the series.
@@ -1709,6 +1775,10 @@ def series_own_displacement(table: pd.DataFrame, *, scale=None, frame_shape=None
         1 where none was told from the particles' own motion), ``rotation_vs_first_deg`` (its rotation against that
         scan, degrees, positive counter-clockwise as the image is shown; 0 where none was told, :func:`shared_rotation`)
         and ``own_dy, own_dx`` (common px: the particle's displacement since its first scan, less the common motion);
+        ``own_dy_with_scale, own_dx_with_scale`` (common px: the same with the scale kept, less the offset and the
+        rotation alone: the own displacement where the scale is the electrode's strain, about the frame centre;
+        ``own_dy, own_dx`` where no scale was kept) and ``radius_at_first_scale`` (common px: ``radius`` with the
+        scale taken out, the size where the scale is the optics'; where ``table`` has ``radius``);
         ``attrs["scale_notes"]``, the notes on scans whose scale moves their particles by :data:`SCALE_NOTE_PX` or
         more, or whose rotation by :data:`ROTATION_NOTE_PX` (:func:`series_notes` says them).
 
@@ -1729,6 +1799,15 @@ def series_own_displacement(table: pd.DataFrame, *, scale=None, frame_shape=None
     the magnified scan's own: 2.4-3.3 px, now 0.08-0.43 px; 20 draws); its scale read 1.0133-1.0173. Identities and
     ``common_dy, common_dx`` are not changed.
 
+    Such a scale is a change of the optics' magnification (a refocus, the sample's height) or a uniform swelling or
+    shrinking of the electrode: the positions cannot tell them apart (as ``run``'s note on a scale says), and each
+    reading is given in full, the positions and the sizes alike. As the optics: ``own_dy, own_dx`` and
+    ``radius_at_first_scale``; as the electrode's strain: ``own_dy_with_scale, own_dx_with_scale`` and ``radius``.
+    The note says both, in numbers, with what the particles' radii say (:func:`shared_size_change`: a change of the
+    optics scales them as much as the distances, a strain of the electrode need not). A probe's series whose electrode
+    swelled by 2 % (particles 0.5-2.0 px outward) had been told "a refocus ..., not the particles' own motion", own
+    displacements at most 0.22 px; one magnified by 2 % by the optics kept its radii 1.9-2.7 % larger, unsaid.
+
     A rotation the particles share (:func:`shared_rotation`: four particles or more, kept where it stands out from
     their own motion with each one left out) is fitted with the scale and taken away alike: a probe's series turned by
     0.5-2 degrees about the frame centre between scans (six particles 25-60 px from it, none moving on its own between
@@ -1743,6 +1822,10 @@ def series_own_displacement(table: pd.DataFrame, *, scale=None, frame_shape=None
     out["rotation_vs_first_deg"] = 0.0
     out["own_dy"] = np.nan
     out["own_dx"] = np.nan
+    out["own_dy_with_scale"] = np.nan
+    out["own_dx_with_scale"] = np.nan
+    if "radius" in out:
+        out["radius_at_first_scale"] = np.nan
     notes = []
     out.attrs["scale_notes"] = notes
     if not len(out) or not {"particle", "scan", "y0", "x0", "common_dy", "common_dx"} <= set(out.columns):
@@ -1760,6 +1843,14 @@ def series_own_displacement(table: pd.DataFrame, *, scale=None, frame_shape=None
     # each scan's scale and rotation against the first scan of its chain: 1 and 0 where the particles do not share one
     scale_of = {s: 1.0 for s in scans}
     turn_of = {s: 0.0 for s in scans}
+    # the radii in common pixels (a size scales with the pixel size: no pixel-centre shift), set against a kept scale
+    rad = (
+        out["radius"].to_numpy(float) * out["scan"].map(scale or {}).fillna(1.0).to_numpy(float)
+        if "radius" in out
+        else np.full(len(out), np.nan)
+    )
+    rad_at = {s: {pid[i]: rad[i] for i in np.flatnonzero(scan == s)} for s in scans}
+    pending = []  # (where in notes, scan, its words): said once the own displacements of both readings are measured
     for k in scans:
         r = origin[k]
         ids = [p for p in at[k] if p in at.get(r, {})] if k != r else []
@@ -1793,14 +1884,10 @@ def series_own_displacement(table: pd.DataFrame, *, scale=None, frame_shape=None
         lever = np.hypot(*(dst - (dst.mean(axis=0) if centre is None else centre)).T)
         moved = abs(s_ - 1) * float(np.median(lever))
         if moved >= SCALE_NOTE_PX:
-            notes.append(
-                f"{scan_of(k)}: its particles lie as if magnified by {100 * (s_ - 1):+.2f} % against {scan_of(r)} "
-                f"(scale {s_:.4f}, {abs(s_ - 1) / se:.0f} times its standard error; {moved:.2f} px at their median "
-                f"distance of {np.median(lever):.0f} px from the "
-                f"{'frame centre' if centre is not None else 'centroid of the particles'}, {len(ids)} particles in "
-                "common): a refocus or a change of the sample's height between the scans, not the particles' own "
-                "motion; their own displacements are measured with it taken away (scale_vs_first in series.csv)"
-            )
+            size = shared_size_change([rad_at[r].get(p, np.nan) for p in ids], [rad_at[k].get(p, np.nan) for p in ids])
+            words = dict(s_=s_, t=abs(s_ - 1) / se, moved=moved, lever=float(np.median(lever)), n=len(ids), size=size)
+            pending.append((len(notes), k, r, words))
+            notes.append(None)
     # the positions with each scan's scale taken away (about the frame centre; about another point it leaves a
     # translation, which the offsets take), then each scan's offset from the one before: the linking's between two
     # scans without a scale, else the median displacement of the particles the two share, as the linking measures it
@@ -1840,6 +1927,34 @@ def series_own_displacement(table: pd.DataFrame, *, scale=None, frame_shape=None
             own[rows] = back[rows] - back[seen[0]]
     out["own_dy"] = own[:, 0]
     out["own_dx"] = own[:, 1]
+    # the other reading of a kept scale, the electrode's strain: the positions with the offset and rotation taken
+    # away but the scale kept, about the same centre (the strain's own fixed point is not known: a common translation
+    # goes with the offset); the sizes then as measured, where as the optics' they have the scale taken out
+    s_row = out["scan"].map(scale_of).to_numpy(float)
+    wide = np.where(s_row[:, None] == 1.0, back, c + (back - c) * s_row[:, None])  # without a scale: the same
+    own_wide = np.full_like(pos, np.nan)
+    for p in np.unique(pid):
+        rows = np.flatnonzero(pid == p)
+        rows = rows[np.argsort(scan[rows], kind="stable")]
+        seen = rows[np.all(np.isfinite(wide[rows]), axis=1)]
+        if seen.size:
+            own_wide[rows] = wide[rows] - wide[seen[0]]
+    out["own_dy_with_scale"] = own_wide[:, 0]
+    out["own_dx_with_scale"] = own_wide[:, 1]
+    if "radius" in out:
+        out["radius_at_first_scale"] = rad / s_row
+    about = "frame centre" if centre is not None else "centroid of the particles"
+    for i, k, r, words in pending:
+        here = scan == k
+        notes[i] = _scale_note(
+            k,
+            r,
+            **words,
+            about=about,
+            own=float(np.nanmax(np.hypot(*own[here].T), initial=0.0)),
+            own_wide=float(np.nanmax(np.hypot(*own_wide[here].T), initial=0.0)),
+            scan_of=scan_of,
+        )
     return out
 
 
