@@ -196,7 +196,9 @@ def common_similarity(
         ``residual_px`` is the plain (unweighted) RMS of the distances of the ``n_particles`` fitted
         from where the frame's similarity takes them, those the robust fit all but ignored included.
         ``attrs["centre"]``: the point the scale acts about; ``attrs["dropped_scale"]`` (only with
-        ``scale_axis``, where the line fitted was not kept): its scale at the scan's two ends.
+        ``scale_axis``, where the line fitted was not kept): its scale at the scan's two ends;
+        ``attrs["rotation_fitted"]`` (only with ``rotation``): per frame, whether its rotation was fitted
+        (``rotation_rad`` is 0 where not: :func:`rotation_reported`).
     rigid : ndarray (n_frames, n_particles, 2)
         Where each particle's reference position is taken by its frame's similarity.
     """
@@ -211,6 +213,22 @@ def common_similarity(
         refit_weights=refit_weights,
     )
     return params, rigid
+
+
+def rotation_reported(params):
+    """The rotation of each frame as reported: ``rotation_rad`` of :func:`common_similarity`'s table, NaN in the
+    frames where a rotation was asked for and not fitted (``attrs["rotation_fitted"]``; fewer than three
+    particles kept), where the table holds the 0 the rigid positions applied. Without the attribute (no
+    rotation asked for) the column as it is.
+
+    A field turning by 1.5 degrees, tracked with two particles and ``--rotation``, read a rotation of 0.000
+    in every frame, a measurement of no turn, where none was measured.
+    """
+    theta = params["rotation_rad"].to_numpy(float).copy()
+    fitted = params.attrs.get("rotation_fitted")
+    if fitted is not None and len(fitted) == len(theta):
+        theta[~np.asarray(fitted, bool)] = np.nan
+    return theta
 
 
 def _common_similarity(
@@ -247,6 +265,7 @@ def _common_similarity(
     rows = np.zeros((n, 6))
     rigid = np.full(P.shape, np.nan)
     weights = np.zeros((n, m))
+    turned = np.zeros(n, bool)  # frames whose rotation was fitted (not left at 0 for want of particles)
     params_dropped, dropped_t = None, np.nan
     for k in range(n):
         ok = np.isfinite(P[k]).all(axis=1) & have_ref
@@ -272,8 +291,10 @@ def _common_similarity(
                 if it > 0:
                     if (w > 0).sum() >= need:
                         t, s, th = fit_similarity(src, dst, weights=w, rotation=rotation, centre=c)
+                        turned[k] = rotation
                     else:
                         t, s, th = _weighted_median(dst - src, w), 1.0, 0.0
+                        turned[k] = False
                     r = np.hypot(*(dst - _apply(src, t, s, th, c)).T)
                 w_new = _robust_weights(r, w)
                 if it == 0 and ok.sum() >= need > np.count_nonzero(w_new):
@@ -354,12 +375,18 @@ def _common_similarity(
         f = np.arange(n)
         for col in range(4):
             rows[empty, col] = np.interp(f[empty], f[~empty], rows[~empty, col])
+        # a turn interpolated between frames whose turn was fitted is measured; next to one left at 0, not
+        turned[empty] = np.interp(f[empty], f[~empty], turned[~empty].astype(float)) > 1 - 1e-9
         for k in np.flatnonzero(empty):
             rigid[k, have_ref] = _apply(ref[have_ref], rows[k, :2], rows[k, 2], rows[k, 3], c)
     params = pd.DataFrame(rows, columns=SIMILARITY_COLUMNS[1:])
     params.insert(0, "frame", np.arange(n))
     params["n_particles"] = params["n_particles"].astype(int)
     params.attrs["centre"] = c.tolist()
+    if rotation:
+        # rotation_rad is 0 in the frames whose turn was not fitted (fewer than three particles kept): the value the
+        # rigid positions applied, not a measurement (rotation_reported gives NaN there for the user)
+        params.attrs["rotation_fitted"] = turned.tolist()
     if params_dropped is not None:
         params.attrs["dropped_scale"] = params_dropped
         if np.isfinite(dropped_t):  # (a NaN attribute does not round-trip through results.h5 as equal)

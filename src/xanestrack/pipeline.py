@@ -33,6 +33,7 @@ from .background import (
     unmix_layers,
 )
 from .chemistry.normbias import FRAMES_NOTE_START
+from .chemistry.phases import INTERFACE_MAX_WIDTH_PX
 from .chemistry.runnotes import (
     FRAMES_RUN_NOTE_START,
     OTHER_EDGE_RUN_NOTE,
@@ -55,7 +56,7 @@ from .detect import DetectOptions, cut_at_necks, detect_stack
 from .follow import FollowOptions, density_residuals, disc_weight, follow_particle, shape_weight, window_geometry
 from .match import MatchOptions, link_detections
 from .morph import dilate_cross
-from .motion import common_similarity, compute_motion, peak_ratios
+from .motion import common_similarity, compute_motion, peak_ratios, rotation_reported
 from .motion_notes import (
     _field_motion_notes,
     _large_scale_note,
@@ -336,7 +337,9 @@ class PipelineOptions:
         or more in the frame), for scans whose image turns (a sample stage that turns
         between energies): without it such a rotation is reported as every particle's own
         (non-rigid) motion, with it a particle cluster turning on its own is taken for the
-        frame's. Off by default: nothing turns the image in a TXM energy scan.
+        frame's. Off by default: nothing turns the image in a TXM energy scan. In frames with
+        fewer than three particles kept no turn is fitted: ``common_rotation_deg`` is NaN
+        there (not 0), with a run note.
     uncertainty : bool, default True
         Per-pixel standard errors of E50 (from the frames' noise and from the
         particle's registration uncertainty, its per-frame ``agreement_px``) and of the
@@ -3248,12 +3251,16 @@ def run_pipeline(
             "half their motion relative to each other (from three particles the shared motion is a similarity fitted "
             "robustly)"
         )
+    rot_note = _rotation_not_fitted_note(similarity, energies) if options.rotation else ""
+    if rot_note:
+        notes.append(rot_note)
     if len(table):
         table = table.merge(motion.drop(columns=["y", "x"]), on=["particle", "frame"], how="left")
         sim = similarity[["frame", "common_dy", "common_dx", "scale"]].rename(columns={"scale": "common_scale"})
         if options.rotation:
-            # the fitted turn (--rotation) was in results.h5 alone; positive counter-clockwise as the image is shown
-            sim["common_rotation_deg"] = np.degrees(similarity["rotation_rad"].to_numpy(float))
+            # the fitted turn (--rotation) was in results.h5 alone; positive counter-clockwise as the image is shown;
+            # NaN in the frames whose turn was not fitted (it read 0.000, no turn, with two particles)
+            sim["common_rotation_deg"] = np.degrees(rotation_reported(similarity))
         table = table.merge(sim, on="frame", how="left")
     # the summary of each particle's own motion over its frames vouched for, not over positions filled
     # in or measured wrong (a particle entering the field late, cut by the border: 9.1-9.8 px of own
@@ -3376,10 +3383,45 @@ def run_pipeline(
         timings=timings,
         options=options,
         notes=tuple(notes),
-        similarity=similarity,
+        similarity=_similarity_reported(similarity),
         chemistry=chemistry,
         edge_widths=edge_width_table,
         normalisation_bias=norm_bias,
+    )
+
+
+def _similarity_reported(similarity):
+    """The common similarity as the result holds it: ``rotation_rad`` NaN in the frames where ``--rotation`` asked for
+    a turn and none was fitted (:func:`xanestrack.motion.rotation_reported`), not the 0 the rigid positions applied
+    there (results.h5's similarity read "no turn" where none was measured). Unchanged without ``--rotation``."""
+    if similarity is None or "rotation_fitted" not in similarity.attrs:
+        return similarity
+    out = similarity.copy()
+    out["rotation_rad"] = rotation_reported(similarity)
+    return out
+
+
+def _rotation_not_fitted_note(similarity, energies) -> str:
+    """The run note where ``--rotation`` asked for a turn of the field and some frames had too few particles to fit
+    one (three or more): those frames' common_rotation_deg is NaN, not measured (it read 0.000 with two particles,
+    as if the field had not turned; it had turned 1.5 degrees)."""
+    if similarity is None or "rotation_fitted" not in similarity.attrs:
+        return ""
+    fitted = np.asarray(similarity.attrs["rotation_fitted"], bool)
+    frames = np.asarray(similarity["frame"], int)[~fitted]
+    if not frames.size:
+        return ""
+    few = int(np.asarray(similarity["n_particles"], int)[~fitted].max())
+    where = (
+        "in any frame"
+        if frames.size == fitted.size
+        else f"in {count(frames.size, 'frame')} of {fitted.size} ({frame_list(frames, energies)})"
+    )
+    return (
+        f"--rotation: the field's turn was not fitted {where}: a rotation needs three particles or more kept in the "
+        f"frame ({count(few, 'particle')} measured there at most); common_rotation_deg is NaN there (not measured, "
+        "not 0) and the common motion there is a translation (and scale), so a turn of the field is left in the "
+        "particles' own motions"
     )
 
 
@@ -3550,6 +3592,8 @@ CONSOLE_NOTE_WORDS = (
     # the clusters asked for are not phases (_cluster_note: one spread of pixels cut in two, a window without the
     # edge) or were not made (too few frames or pixels): said in the report alone before, clusters.csv silent
     "phase mapping: ",
+    # --rotation asked for and not fitted (fewer than three particles): common_rotation_deg NaN, not 0
+    "--rotation: the field's turn was not fitted",
 )
 
 #: the words of a particle's note where its mean E50 is withheld (:mod:`xanestrack.xanes`), and of the run note
@@ -4106,9 +4150,16 @@ def phase_mapping(particles, norms, energies_ev, *, options: PipelineOptions = P
     means = np.stack(
         [spectra[:, labels == j].mean(axis=1) if (labels == j).any() else np.full(ec.size, np.nan) for j in range(k)]
     )
-    sep, pair = _cluster_separation(spectra, labels, means, ec, window)
+    # a thin band of pixels on the boundary of two phases, their mix, clustered on its own is the resolution
+    # mixing them, not a phase: a window of few energies made the blurred core/shell front of a two-phase
+    # scene a "distinct" third phase (4.5 x the spread, 124 pixels all within 1 px of the true front, unsaid)
+    mixed = phases.interface_clusters(
+        spectra, labels, ps, energies_ev=ec, energy_window=window, min_separation=CLUSTER_MIN_SEPARATION
+    )
+    sep, pair = _cluster_separation(spectra, labels, means, ec, window, exclude=[m.cluster for m in mixed])
     settings["separation"] = sep if np.isfinite(sep) else None
-    settings["note"] = _cluster_note(sep, pair, window, [particles[i] for i in usable])
+    settings["interface_clusters"] = [int(m.cluster) for m in mixed]
+    settings["note"] = _cluster_note(sep, pair, window, [particles[i] for i in usable], mixed)
     maps = phases.to_maps(labels.astype(np.int16), ps, fill=np.int16(-1))
     out = []
     for p in particles:
@@ -4136,37 +4187,48 @@ def phase_mapping(particles, norms, energies_ev, *, options: PipelineOptions = P
 CLUSTER_MIN_SEPARATION = 4.0
 
 
-def _cluster_separation(spectra, labels, means, energies, window):
+def _cluster_separation(spectra, labels, means, energies, window, exclude=()):
     """``(smallest separation, (a, b))`` over the pairs of clusters: the distance of their centroids over
     the pooled sd of their pixels projected on the line joining them (the spectra over the clustering
-    window); ``(inf, None)`` with fewer than two clusters holding pixels."""
+    window; :func:`xanestrack.chemistry.phases.pair_separation`); ``(inf, None)`` with fewer than two
+    clusters holding pixels. The clusters in ``exclude`` (the interface of two others,
+    :func:`xanestrack.chemistry.phases.interface_clusters`) are not phases and enter no pair."""
+    from .chemistry.phases import pair_separation
+
     rows = np.ones(energies.size, bool) if window is None else (energies >= window[0]) & (energies <= window[1])
-    x, m = spectra[rows], means[:, rows]
+    x = spectra[rows]
     best, pair = np.inf, None
     k = means.shape[0]
     for a in range(k):
         for b in range(a + 1, k):
             ia, ib = labels == a, labels == b
-            if ia.sum() < 2 or ib.sum() < 2:
+            if ia.sum() < 2 or ib.sum() < 2 or a in exclude or b in exclude:
                 continue
-            d = m[a] - m[b]
-            nd = float(np.linalg.norm(d))
-            if not nd > 0:
+            sep = pair_separation(x, ia, ib)
+            if sep == 0.0:
                 return 0.0, (a, b)
-            za, zb = d @ x[:, ia] / nd, d @ x[:, ib] / nd
-            spread = np.sqrt(0.5 * (za.var() + zb.var()))
-            sep = abs(float(za.mean() - zb.mean())) / spread if spread > 0 else np.inf
             if sep < best:
                 best, pair = sep, (a, b)
     return float(best), pair
 
 
-def _cluster_note(sep, pair, window, particles) -> str:
+def _cluster_note(sep, pair, window, particles, mixed=()) -> str:
     """What the clusters cannot be (``sep, pair``: :func:`_cluster_separation`): phases, where two of them
     are one spread of pixels cut in two
-    (k-means splits any cloud into k: a one-phase scene gave 2 and 5 "phases" 0.1 eV apart, nothing said), or
-    where the window holds no edge (a post-edge window: a NiO particle 65/35)."""
+    (k-means splits any cloud into k: a one-phase scene gave 2 and 5 "phases" 0.1 eV apart, nothing said),
+    where one is the interface of two others (``mixed``: :func:`xanestrack.chemistry.phases.interface_clusters`),
+    or where the window holds no edge (a post-edge window: a NiO particle 65/35)."""
     out = []
+    for m in mixed:
+        out.append(
+            f"cluster {m.cluster} is not a phase: its {count(m.n_pixels, 'pixel')} (particle"
+            f"{'s' if len(m.particles) > 1 else ''} {', '.join(map(str, m.particles))}) lie on the boundary of "
+            f"clusters {m.between[0]} and {m.between[1]} ({m.boundary_share:.0%} in a band at most "
+            f"{INTERFACE_MAX_WIDTH_PX - 1:g} px across between the two) and their spectra are mixes of those two "
+            f"({m.mix:.0%} of cluster {m.between[1]}; what the mix leaves, {m.misfit:.1f} x its noise): the "
+            "resolution mixing two phases at their front, not counted among the phases (the separation is of the "
+            "others): fewer phases than clusters, try --clusters with fewer"
+        )
     e0 = [p.e0_ev for p in particles if np.isfinite(p.e0_ev)]
     if window is not None and e0 and not any(window[0] - 10 <= v <= window[1] + 10 for v in e0):
         out.append(

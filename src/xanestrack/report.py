@@ -1037,6 +1037,20 @@ def motion_figure(result) -> Figure:
         if turned
         else "Rotation not fitted: the similarity is translation + isotropic scale."
     )
+    if turned and len(tracks):
+        # frames whose turn could not be fitted (fewer than three particles) hold NaN, not 0: said, not drawn as no turn
+        rot = tracks.groupby("frame")["common_rotation_deg"].first()
+        unfitted = int(rot.isna().sum())
+        if unfitted == len(rot):
+            caption = (
+                "Rotation asked for (--rotation) and not fitted in any frame: it needs three particles or more; the "
+                "similarity is translation + isotropic scale, and common_rotation_deg is NaN (not measured)."
+            )
+        elif unfitted:
+            caption += (
+                f" Not fitted in {unfitted} of {len(rot)} frames (fewer than three particles there): "
+                "common_rotation_deg is NaN there and (e) draws no rotation."
+            )
     if "common_scale" in tracks and len(tracks):
         cols = ["energy_ev", "common_dy", "common_dx", "common_scale"] + (["common_rotation_deg"] if turned else [])
         common = tracks.groupby("frame")[cols].first().reset_index()
@@ -1521,7 +1535,9 @@ def _separation_text() -> str:
         "centroids (mean spectra over the clustering's energies) over the spread of their pixels' spectra along the "
         "line joining them (pooled sd), a ratio without a unit. Below "
         f"{CLUSTER_MIN_SEPARATION:g} the two are not distinct phases (one spread of pixels cut in two lies about "
-        "2.7 apart): a run note then says which."
+        "2.7 apart): a run note then says which. A cluster that is the band across the front of two others (a few "
+        "pixels across, its spectra mixes of theirs: the resolution mixing two phases) is not a phase and enters no "
+        "pair: a run note names it."
     )
 
 

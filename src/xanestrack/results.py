@@ -442,13 +442,15 @@ _COLUMN_DOC = {
     "common_rotation_deg": (
         "deg",
         "the common rotation from the first frame (only with --rotation), positive counter-clockwise as the image is "
-        "shown (row 0 at the top), about the frame's centre",
+        "shown (row 0 at the top), about the frame's centre; NaN in the frames where it could not be fitted (fewer "
+        "than three particles: not measured, a run note says which)",
     ),
     "scale": ("1 (ratio)", "the common isotropic scale: magnification relative to the first frame"),
     "rotation_rad": (
         "rad",
         "the common rotation from the first frame, positive counter-clockwise as the image is shown (row 0 at the "
-        "top): y' = y cos - x sin, x' = x cos + y sin about the frame's centre, the optical axis (0 where not fitted)",
+        "top): y' = y cos - x sin, x' = x cos + y sin about the frame's centre, the optical axis (0 without "
+        "--rotation; NaN where --rotation asked for it and it could not be fitted: fewer than three particles)",
     ),
     "n_particles": ("count", "the particles the frame's common motion was fitted over"),
     "residual_px": (
@@ -603,7 +605,9 @@ def cluster_table(result):
     clusters (:func:`xanestrack.pipeline._cluster_separation`, the same in every row, as run.json and
     ``/chemistry``'s settings hold it; NaN where fewer than two clusters hold pixels). Below
     :data:`xanestrack.pipeline.CLUSTER_MIN_SEPARATION` (4) two clusters are not distinct phases and a
-    printed run note says which (the report alone said so before).
+    printed run note says which (the report alone said so before). A cluster that is the band across the
+    front of two others, its spectra mixes of theirs (:func:`xanestrack.chemistry.phases.interface_clusters`;
+    ``/chemistry`` settings' ``interface_clusters``) enters no pair, and a printed run note names it.
     """
     import pandas as pd
 
@@ -1030,7 +1034,8 @@ def _write_h5(f, result, save_fused: bool, pixel_size_um: float = float("nan")) 
             d,
             "per column: px, px, 1 (ratio), rad, count, px",
             "per frame: translation of the scale centre, isotropic scale (magnification relative to the first frame), "
-            "rotation (positive counter-clockwise as the image is shown, row 0 at the top; 0 where not fitted), "
+            "rotation (positive counter-clockwise as the image is shown, row 0 at the top; 0 without --rotation, NaN "
+            "where --rotation asked for it and it could not be fitted: fewer than three particles), "
             "particles fitted, the plain (unweighted) RMS of their residuals; fitted robustly over the particles' "
             + sim.attrs.get("fitted_on", "vouched positions"),
         )

@@ -15,6 +15,8 @@ edge and whiteline carry the chemistry; the far post-edge mostly noise).
   phase fractions.
 - :func:`kmeans`: hard clustering of the spectra; cluster mean spectra and, per particle,
   cluster maps and fractions (:func:`cluster_fractions`).
+- :func:`interface_clusters`: the clusters that are not phases but the resolution mixing two
+  of them, a thin band of pixels on their boundary whose spectra are mixes of theirs.
 
 Clusters and NMF components are ordered, so that the result does not depend on the
 solver's internal numbering: by the energy where the spectrum (centre or component)
@@ -50,9 +52,32 @@ __all__ = [
     "nmf",
     "kmeans",
     "cluster_fractions",
+    "InterfaceCluster",
+    "interface_clusters",
+    "pair_separation",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: px. A cluster's pixel lies across the boundary of two others (:func:`interface_clusters`) when the nearest pixel
+#: of one and the nearest of the other, in its particle, are this far at most through it (their distances added): a
+#: band up to 4 px across. A sharp front blurred by the 1 px smoothing alone (``xanes_smoothing``) gave a band 1-2
+#: px across (the false "phase" of a NiO-core / LiNiO2-shell particle clustered over 8330-8370 eV: 124 pixels, all
+#: within 1.0 px of the true front); with an optical blur of 1 px more, the band cut at 20-80 % is 2.4 px across, its
+#: noisy edges wider (3 px from one side and 1-2 from the other). A layer 5 px across or more is a region of its own
+INTERFACE_MAX_WIDTH_PX = 5.0
+#: the share of a cluster's pixels that must lie on the boundary of the same two other clusters for it to be
+#: their interface; a rim of other chemistry on a particle's outline borders one cluster only
+INTERFACE_MIN_SHARE = 0.8
+#: a cluster's mean spectrum is a mix of two others' when what a linear mix of theirs leaves of it is within
+#: this many times its standard error (:func:`_mix_of`). Measured: the blurred NiO-core / LiNiO2-shell
+#: interfaces 1.1-2.1; a 3 px layer of a third compound (Ni(OH)2's shape, its edge between the two) 8.6-320
+INTERFACE_MAX_MISFIT = 4.0
+#: px. The standard error of a cluster's mean spectrum is taken from the scatter of its pixels' means in
+#: cells this wide: the spectra are smoothed in space before the clustering (``xanes_smoothing``, 1 px), so
+#: neighbouring pixels share their noise and the scatter of single pixels over the root of their number
+#: understates it (the blurred interface read 2.2-3.8 x "its noise" that way; 1.1-2.1 by cells)
+INTERFACE_CELL_PX = 4
 
 
 @dataclass(frozen=True)
@@ -477,3 +502,202 @@ def cluster_fractions(labels, particle, *, n_clusters: int):
         total = max(int(counts.sum()), 1)
         rows += [(int(p), j, int(counts[j]), counts[j] / total) for j in range(n_clusters)]
     return pd.DataFrame(rows, columns=["particle", "cluster", "n_pixels", "fraction"])
+
+
+# --------------------------------------------------------------------------- interfaces
+
+
+@dataclass(frozen=True)
+class InterfaceCluster:
+    """A cluster that is the resolution mixing two others (:func:`interface_clusters`).
+
+    Attributes
+    ----------
+    cluster : int
+    between : (int, int)
+        The two clusters it mixes, lowest edge first.
+    n_pixels : int
+    boundary_share : float
+        Share of its pixels across the boundary of ``between`` (:data:`INTERFACE_MAX_WIDTH_PX`).
+    mix : float
+        Mean weight of ``between[1]`` in its pixels' spectra (0-1).
+    misfit : float
+        What the linear mix of the two leaves of its mean spectrum, in its standard errors (about 1: a mix).
+    separation : float
+        :func:`pair_separation` of the two, its pixels given to the nearer of them.
+    particles : tuple of int
+        The particles its pixels lie in.
+    """
+
+    cluster: int
+    between: tuple
+    n_pixels: int
+    boundary_share: float
+    mix: float
+    misfit: float
+    separation: float
+    particles: tuple = ()
+
+
+def pair_separation(spectra, in_a, in_b) -> float:
+    """How far apart two groups of spectra lie: the distance of their mean spectra over the pooled sd
+    of their members projected on the line joining them (a ratio; 0 for equal means, inf without spread).
+
+    Parameters
+    ----------
+    spectra : ndarray (n_energies, n_pixels)
+        The spectra over the energies compared.
+    in_a, in_b : ndarray (n_pixels,) bool
+        The members of each group (two or more each).
+    """
+    x = np.asarray(spectra, np.float64)
+    d = x[:, in_a].mean(axis=1) - x[:, in_b].mean(axis=1)
+    nd = float(np.linalg.norm(d))
+    if not nd > 0:
+        return 0.0
+    za, zb = d @ x[:, in_a] / nd, d @ x[:, in_b] / nd
+    spread = np.sqrt(0.5 * (za.var() + zb.var()))
+    return abs(float(za.mean() - zb.mean())) / spread if spread > 0 else np.inf
+
+
+def interface_clusters(
+    spectra,
+    labels,
+    pixels: PixelSpectra,
+    *,
+    energies_ev,
+    energy_window=None,
+    min_separation: float = 4.0,
+    max_width_px: float = INTERFACE_MAX_WIDTH_PX,
+    min_share: float = INTERFACE_MIN_SHARE,
+    max_misfit: float = INTERFACE_MAX_MISFIT,
+) -> list:
+    """The clusters that are two phases mixed at their boundary by the resolution, not a phase.
+
+    A blurred front between two phases gives a thin band of pixels whose spectra lie between
+    theirs; clustered in one more cluster than the scan holds phases, the band may come out a
+    compact cluster of its own, and (over a window of few energies, where each phase's spread
+    is small) as far from both as distinct phases are (measured: 4.5 x the spread, a NiO-core /
+    LiNiO2-shell particle over 8330-8370 eV). A cluster ``c`` is the interface of ``a`` and ``b``
+    when all of these hold:
+
+    - its pixels lie across their boundary: for at least ``min_share`` of them, the nearest pixel
+      of ``a`` and the nearest of ``b`` in the same particle are ``max_width_px`` apart at most
+      through it (their distances added: a band a few pixels across; a rim of other chemistry on
+      an outline, which borders one of them only, or a layer thicker than the blur, does not);
+    - its spectra are mixes of theirs: its mean spectrum less the nearest linear mix
+      ``(1 - t) a + t b`` (``0 <= t <= 1``) is within ``max_misfit`` of its standard error (taken
+      over cells of :data:`INTERFACE_CELL_PX`, as the smoothed pixels share their noise; a third
+      compound, whose spectrum is not a mix, is not);
+    - ``a`` and ``b`` are distinct phases with ``c``'s pixels given to the nearer of them
+      (:func:`pair_separation` at least ``min_separation``): one phase cut in three by k-means
+      puts its middle cluster between the two others in space and in spectrum alike, and is
+      not an interface.
+
+    Parameters
+    ----------
+    spectra : ndarray (n_energies, n_pixels)
+        The spectra clustered (:attr:`PixelSpectra.spectra`).
+    labels : ndarray (n_pixels,) int
+        Cluster of each pixel, 0..k-1.
+    pixels : PixelSpectra
+        Where each pixel lies (particle, row, column).
+    energies_ev : ndarray (n_energies,)
+    energy_window : (float, float), optional
+        The energies the clustering used; the spectra are compared there.
+    min_separation, max_width_px, min_share, max_misfit : float
+        The thresholds above.
+
+    Returns
+    -------
+    list of InterfaceCluster
+        Ordered by cluster; a cluster found the interface of more than one pair is given once
+        (the pair bordering most of its pixels).
+    """
+    from scipy import ndimage
+
+    x, e, sel = _window(spectra, energies_ev, energy_window, 2)
+    x = x[sel]
+    labels = np.asarray(labels)
+    if labels.shape != (x.shape[1],) or pixels.particle.shape != labels.shape:
+        raise ValueError(f"labels {labels.shape} must give one cluster per pixel ({x.shape[1]})")
+    ids = [int(j) for j in np.unique(labels) if j >= 0]
+    if len(ids) < 3:
+        return []
+    maps = to_maps(labels.astype(np.int32), pixels, fill=-1)
+    # distance of each pixel to the nearest pixel of each cluster, in its own particle
+    near = {j: np.full(labels.size, np.inf) for j in ids}
+    for p, m in maps.items():
+        sel_p = pixels.particle == p
+        yy, xx = pixels.y[sel_p], pixels.x[sel_p]
+        for j in ids:
+            if (m == j).any():
+                near[j][sel_p] = ndimage.distance_transform_edt(m != j)[yy, xx]
+    cells = (
+        pixels.particle.astype(np.int64) * 2**40
+        + (pixels.y // INTERFACE_CELL_PX).astype(np.int64) * 2**20
+        + pixels.x // INTERFACE_CELL_PX
+    )
+    out = []
+    for c in ids:
+        ic = labels == c
+        best = None
+        for ia, a in enumerate(ids):
+            for b in ids[ia + 1 :]:
+                if c in (a, b):
+                    continue
+                on = near[a][ic] + near[b][ic] <= max_width_px
+                share = float(on.mean())
+                if share < min_share or (best is not None and share <= best.boundary_share):
+                    continue
+                found = _mix_of(x, labels, c, a, b, min_separation, max_misfit, cells)
+                if found is not None:
+                    t, misfit, sep = found
+                    where = tuple(int(v) for v in np.unique(pixels.particle[ic]))
+                    best = InterfaceCluster(c, (a, b), int(ic.sum()), share, t, misfit, float(sep), where)
+        if best is not None:
+            out.append(best)
+    return out
+
+
+def _cell_standard_error(dev, cells) -> float:
+    """Standard error (the root of the summed variances over the energies) of the mean of ``dev``
+    (n_energies, n_pixels; each pixel's deviation from the mean), its pixels grouped in ``cells`` that
+    share their noise: from the scatter of the cells' sums (the cluster-robust variance)."""
+    _, inv = np.unique(cells, return_inverse=True)
+    g = inv.max() + 1
+    if g < 2:
+        return np.inf
+    sums = np.stack([np.bincount(inv, weights=row, minlength=g) for row in dev])
+    return float(np.sqrt((sums**2).sum() * g / (g - 1)) / dev.shape[1])
+
+
+def _mix_of(x, labels, c, a, b, min_separation, max_misfit, cells):
+    """``(t, misfit, separation)`` where cluster ``c``'s spectra are a mix ``(1 - t) a + t b`` within
+    ``max_misfit`` standard errors (``cells``: each pixel's cell of :data:`INTERFACE_CELL_PX`) and ``a``,
+    ``b`` (with ``c``'s pixels) are distinct; None otherwise."""
+    ic = labels == c
+    if ic.sum() < 3 or (labels == a).sum() < 2 or (labels == b).sum() < 2:
+        return None
+    ma, mb = x[:, labels == a].mean(axis=1), x[:, labels == b].mean(axis=1)
+    d = mb - ma
+    dd = float(d @ d)
+    if not dd > 0:
+        return None
+    xc = x[:, ic]
+    t = d @ (xc - ma[:, None]) / dd  # each pixel's weight of b on the line a-b
+    tm = float(t.mean())
+    if not 0.0 <= tm <= 1.0:
+        return None
+    resid = xc - ma[:, None] - np.outer(d, t)  # what the mix leaves of each pixel
+    mean = resid.mean(axis=1)
+    se = _cell_standard_error(resid - mean[:, None], cells[ic])
+    misfit = float(np.linalg.norm(mean) / se) if se > 0 else np.inf
+    if misfit > max_misfit:
+        return None
+    to_b = np.zeros(labels.size, bool)
+    to_b[np.flatnonzero(ic)[t >= 0.5]] = True
+    sep = pair_separation(x, (labels == a) | (ic & ~to_b), (labels == b) | to_b)
+    if sep < min_separation:
+        return None
+    return tm, misfit, sep
