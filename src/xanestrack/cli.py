@@ -926,7 +926,7 @@ def run(
     ),
     rotation: bool = typer.Option(
         False,
-        help="Fit a rotation of each frame in the motion all particles share (with three particles or more), for scans whose image turns between energies; without it, a turn of the image is every particle's own (non-rigid) motion. Off by default: nothing turns the image in a TXM energy scan.",
+        help="Fit a rotation of each frame in the motion all particles share (in frames with three particles or more; common_rotation_deg is NaN in the others, with a note), for scans whose image turns between energies; without it, a turn of the image is every particle's own (non-rigid) motion. Off by default: nothing turns the image in a TXM energy scan.",
     ),
     density_voucher: bool = typer.Option(
         True,
