@@ -469,7 +469,11 @@ def _run_and_write(
         t0 = time.perf_counter()
         device = warmup.device if warmup is not None else "cpu"
         with _Progress(_STATE["quiet"]) as prog, arrays_on(device):
-            recalibrate, calibration = _known_edge_calibration(*known_edge) if known_edge is not None else (None, None)
+            recalibrate, calibration = (
+                _known_edge_calibration(*known_edge, references=references, options=options)
+                if known_edge is not None
+                else (None, None)
+            )
             result = run_pipeline(
                 stack,
                 options=options,
@@ -512,12 +516,26 @@ def _run_and_write(
                 )
             run_info["energy_calibration"] = dict(calibration, check_mean_e50_ev=check)
             if "shift_ev" in calibration:  # printed as --energy-reference's is (only in run.json before)
+                import dataclasses
+
+                from .chemistry.runnotes import _known_edge_note
+
+                bias = float(calibration.get("normalisation_bias_ev", math.nan))
                 _console().print(
                     f"energy    shifted by {calibration['shift_ev']:+.3f} eV (--known-edge: particle {known_edge[0]}'s "
-                    f"mean E50 {calibration.get('measured_e0_ev', float('nan')):.2f} -> {known_edge[1]:.2f} eV)",
+                    f"mean E50 {calibration.get('measured_e0_ev', float('nan')):.2f} -> "
+                    + (
+                        f"{known_edge[1] + bias:.2f} eV, {known_edge[1]:.2f} with its chemistry's normalisation "
+                        f"bias on these energies, {bias:+.2f} eV)"
+                        if math.isfinite(bias)
+                        else f"{known_edge[1]:.2f} eV, no normalisation bias taken out: see the run's note)"
+                    ),
                     highlight=False,
                     soft_wrap=True,
                 )
+                # what was taken out (or could not be), beside the note on the normalisation's bias it squares with
+                note = _known_edge_note(calibration, known_edge[0], known_edge[1])
+                result = dataclasses.replace(result, notes=tuple(result.notes) + (note,))
         run_info["quality"] = _quality_record(result)
         if hasattr(run_info.get("input_checksums_sha256"), "result"):  # computed beside the pipeline
             run_info["input_checksums_sha256"] = run_info["input_checksums_sha256"].result()
@@ -758,18 +776,25 @@ def _calibrate_stack(stack, path, known_e0, standard_path):
     return calibrated, rec, note
 
 
-def _known_edge_calibration(particle, known_ev):
+def _known_edge_calibration(particle, known_ev, *, references=None, options=None):
     """A ``recalibrate`` hook of :func:`~xanestrack.pipeline.run_pipeline` for ``--known-edge``, and its record.
 
     Once every particle is analysed, ``particle``'s mean E50 over its trusted core pixels is
-    measured and the axis shifted so that it becomes ``known_ev``; the pipeline then analyses
+    measured and the axis shifted so that it becomes ``known_ev`` plus the normalisation's bias at
+    its chemistry on the scan's energies (``known_ev`` is its material's E50 measured densely: what
+    the scan's energies show of it is another, by as much as the run's note on that bias says;
+    :func:`xanestrack.chemistry.calibration.calibrate_from_particle`); the pipeline then analyses
     every particle's XANES again on that axis from the same windows (the matrix subtracted and
     the resolution matched as in the first analysis). The record (``run.json``
     ``energy_calibration``) is filled when the hook runs.
+
+    ``references``: those the run fits (a caller's, ready for the fit), None: the shipped ones where the scan crosses
+    their edge (as the pipeline takes them); ``options``: the run's :class:`~xanestrack.pipeline.PipelineOptions`
+    (their edge and fit windows; default ones).
     """
     import numpy as np
 
-    from .chemistry.calibration import calibrate_from_region
+    from .chemistry.calibration import calibrate_from_particle
     from .chemistry.runnotes import _two_edges
     from .errors import XanestrackError
     from .result import core_pixels, e50_share, gap_share
@@ -809,8 +834,12 @@ def _known_edge_calibration(particle, known_ev):
                 f"--known-edge {particle}={known_ev}: particle {particle} has an edge energy in only {n} of its "
                 f"{n_core} core pixels, too few to calibrate on (its note says why); name another particle"
             )
-        cal = calibrate_from_region(
-            measured, known_e0_ev=known_ev, source=f"particle {particle}: mean E50 over its trusted core pixels"
+        cal = calibrate_from_particle(
+            energies,
+            measured,
+            known_e50_ev=known_ev,
+            source=f"particle {particle}: mean E50 over its trusted core pixels",
+            **_bias_inputs(found[0], particles, energies, references, options),
         )
         _check_shift(cal.shift_ev, f"--known-edge {particle}={known_ev}", energies)
         record.update(
@@ -821,6 +850,40 @@ def _known_edge_calibration(particle, known_ev):
         return cal.apply(energies)
 
     return hook, record
+
+
+def _bias_inputs(p, particles, energies, references, options) -> dict:
+    """What :func:`~xanestrack.chemistry.calibration.calibrate_from_particle` measures the normalisation's bias at
+    particle ``p``'s chemistry from, as the run's note on that bias measures it
+    (:func:`xanestrack.chemistry.runnotes._normalisation_bias`): the references at the particles' edge (the shipped
+    ones, or ``references``), each measured against its dense E50 as the fit uses it, the particles' own pre-edge
+    under their step; ``p``'s normalised mean spectrum, E0 and frames. A particle without a spectrum (a stub of E50
+    maps alone) gives none: nothing measured, said."""
+    from .chemistry.runnotes import (
+        _across_two_edges,
+        _default_references,
+        _particles_background,
+        _reference_used_as_given,
+        _references_at_particles_edge,
+    )
+    from .pipeline import PipelineOptions
+
+    options = options or PipelineOptions()
+    kw = dict(edge_window=options.edge_window, lcf_window=options.lcf_window)
+    if not all(hasattr(q, "mean_norm") and hasattr(q, "pre_edge") for q in particles):
+        return dict(mean_norm=None, e0_ev=float("nan"), references={}, **kw)
+    shipped = not references
+    measured = [q for q in particles if not _across_two_edges(q)]
+    refs = _references_at_particles_edge(_default_references(energies) if shipped else references, measured)
+    return dict(
+        mean_norm=p.mean_norm,
+        e0_ev=float(p.e0_ev),
+        used=p.xanes_frames,
+        references=refs,
+        given={k: shipped or _reference_used_as_given(r, energies) for k, r in refs.items()},
+        background=_particles_background(measured, energies),
+        **kw,
+    )
 
 
 def _quality_record(result) -> dict:
@@ -976,7 +1039,7 @@ def run(
     ),
     known_edge: Optional[str] = typer.Option(
         None,
-        help="Energy calibration from a particle of known chemistry, PARTICLE=EV: its mean E50 is measured, the axis shifted to make it EV and the XANES analysis redone.",
+        help="Energy calibration from a particle of known chemistry, PARTICLE=EV (EV: its material's E50 measured densely): its mean E50 is measured, the axis shifted to make it EV plus the normalisation's bias of its chemistry on the scan's energies (measured from the references; a run note says how much) and the XANES analysis redone.",
     ),
     edge_jump_threshold: float = typer.Option(
         5.0, help="Quality mask: trust a pixel whose edge step exceeds this many times its pre-edge noise."

@@ -1514,6 +1514,14 @@ def _redone_rows(result) -> list:
 def _calibration_text(cal) -> str:
     if not cal:
         return "none (energies as read)"
+    bias = cal.get("normalisation_bias_ev")
+    if bias is not None and np.isfinite(bias):  # --known-edge: set to the known E50 plus its chemistry's bias
+        return (
+            f"{cal.get('shift_ev', 0.0):+.3f} eV ({cal.get('method')}, {cal.get('source')}: "
+            f"E50 {cal.get('measured_e0_ev', float('nan')):.2f} -> {cal.get('target_e50_ev', float('nan')):.2f} eV, "
+            f"known {cal.get('known_e0_ev', float('nan')):.2f} eV with the normalisation's bias at its chemistry on "
+            f"these energies, {bias:+.2f} eV)"
+        )
     return (
         f"{cal.get('shift_ev', 0.0):+.3f} eV ({cal.get('method')}, {cal.get('source')}: "
         f"E0 {cal.get('measured_e0_ev', float('nan')):.2f} -> {cal.get('known_e0_ev', float('nan')):.2f} eV)"

@@ -543,6 +543,126 @@ def _mix(shares: dict, refs: dict):
     return ReferenceSpectrum(name, grid, sum(x * refs[k](grid) for k, x in zip(names, w)))
 
 
+@dataclass(frozen=True)
+class ChemistryBias:
+    """The normalisation's bias of one particle's chemistry on the energies its XANES used
+    (:func:`particle_chemistry_bias`).
+
+    Attributes
+    ----------
+    bias_ev : float
+        eV, the E50 a particle of its chemistry shows on those energies less its densely measured E50 (positive: the
+        scan's lies higher); NaN where not measured.
+    fractions : dict of str -> float or None
+        Its chemistry: each reference's share (:func:`scale_free_fractions`), None where none was measured.
+    rms : float
+        The RMS residual of that fit (normalised absorption; NaN without one).
+    why : str
+        Where ``bias_ev`` is NaN, why (words for a note); ``""`` where measured.
+    """
+
+    bias_ev: float
+    fractions: dict | None
+    rms: float
+    why: str = ""
+
+
+def particle_chemistry_bias(
+    energies_ev,
+    used,
+    mean_norm,
+    e0_ev: float,
+    references: dict,
+    *,
+    given: dict | bool = True,
+    edge_window=(-15.0, 20.0),
+    lcf_window=(-20.0, 40.0),
+    background=None,
+) -> ChemistryBias:
+    """The normalisation's bias at one particle's chemistry: its normalised mean spectrum's chemistry (the references'
+    shares, fitted with a free scale: :func:`scale_free_fractions`), measured by :func:`chemistry_bias` on the
+    energies the particle's XANES used.
+
+    What a particle of known E50 shows on the scan's energies (a ``--known-edge`` calibration sets its mean E50 to
+    the known value plus this: :func:`xanestrack.chemistry.calibration.calibrate_from_particle`; set to the known
+    value itself, the axis took the bias of its chemistry: on synth's 60-energy grid a pure NiO particle (-0.18 eV)
+    moved it +0.18 eV, every other particle's E50 +0.2 eV (6-20 sigma), and pure NiO read 6 % LiNiO2), and what a
+    series takes away beside each particle's E50 (:func:`xanestrack.chemistry.runnotes.particles_grid_bias`).
+
+    Parameters
+    ----------
+    energies_ev : ndarray (n,)
+        The scan's energies (on the axis the references are on), increasing.
+    used : ndarray (n,) bool or None
+        The frames the particle's XANES used (``xanes_frames``); None: every one.
+    mean_norm : ndarray (n,)
+        Its normalised mean spectrum (NaN where not measured).
+    e0_ev : float
+        Its E0 on ``energies_ev``.
+    references : dict of name -> ReferenceSpectrum or callable
+        As the fit used them; a share of :data:`MIN_CHEMISTRY_SHARE` or more of one without energies of its own (a
+        callable) cannot be sampled: not measured.
+    given : dict of name -> bool, or bool
+        Whether each reference is fitted with its provider's normalisation (``dense="given"``: the shipped ones) or
+        was normalised by xanestrack (``"normalised"``); a mix is measured ``"given"`` where all of its are.
+    edge_window, lcf_window : (float, float)
+        eV about E0, as the pipeline's.
+    background : float, optional
+        The pre-edge absorbance under the particles' edge step, as a share of it at E0 (:func:`normalisation_bias`).
+
+    Returns
+    -------
+    ChemistryBias
+        NaN, with why, where the references do not describe its spectrum (the free-scale fit's RMS over
+        :data:`FRAMES_DESCRIBED_RMS`: what they would say of it is not its chemistry's), cannot be fitted to it or
+        sampled, or the energies do not measure the mix's E50.
+    """
+    from ..spectra import ReferenceSpectrum
+
+    nan = float("nan")
+    e = np.asarray(energies_ev, float)
+    m = np.asarray(mean_norm, float) if mean_norm is not None else np.full(e.shape, nan)
+    use = np.ones(e.size, bool) if used is None else np.asarray(used, bool)
+    if m.shape != e.shape or use.shape != e.shape or not np.isfinite(e0_ev):
+        return ChemistryBias(nan, None, nan, "its normalised mean spectrum is not at hand")
+    if not references:
+        return ChemistryBias(nan, None, nan, "no reference spectrum of its edge was given")
+    shares, rms = scale_free_fractions(e, np.where(use, m, nan), float(e0_ev), references, lcf_window=lcf_window)
+    if shares is None:
+        return ChemistryBias(
+            nan,
+            None,
+            rms,
+            "the references cannot be fitted to its mean spectrum (too few of its energies in the "
+            "fit's window, or references short of it)",
+        )
+    if not rms <= FRAMES_DESCRIBED_RMS:
+        return ChemistryBias(
+            nan,
+            shares,
+            rms,
+            f"the references do not describe its mean spectrum (fitted with a free scale they leave "
+            f"{rms:.3f} RMS, over {FRAMES_DESCRIBED_RMS:g}): its chemistry is not theirs",
+        )
+    part = [k for k, v in shares.items() if v >= MIN_CHEMISTRY_SHARE]
+    refs = {k for k, r in references.items() if isinstance(r, ReferenceSpectrum) and r.energies_ev.size >= 8}
+    if not part or not set(part) <= refs:
+        return ChemistryBias(
+            nan, shares, rms, "part of its chemistry is a reference without a spectrum of its own to sample"
+        )
+    dense = "given" if (given if isinstance(given, bool) else all(given.get(k, False) for k in part)) else "normalised"
+    bias = chemistry_bias(e, references, shares, used=use, dense=dense, edge_window=edge_window, background=background)
+    if not np.isfinite(bias):
+        return ChemistryBias(
+            nan,
+            shares,
+            rms,
+            "its chemistry's E50 cannot be measured on the energies its XANES used (too few of them "
+            "in the pre-edge, post-edge or edge ranges, or its E50 in a gap of them)",
+        )
+    return ChemistryBias(float(bias), shares, rms)
+
+
 def normalisation_bias_note(bias: dict, mixtures: dict | None = None, *, edge_ev: float | None = None) -> str:
     """The run's note where the normalisation's bias on the scan's energies matters, else ``""``.
 

@@ -267,7 +267,7 @@ def _frames_bias(particles, references, energies, options) -> tuple[list, str]:
 
 def particles_grid_bias(particles, references, energies, options, *, shipped: bool = True) -> dict:
     """Particle id -> eV: the normalisation's bias of its mean E50 at its own chemistry on the energies its XANES used
-    (:func:`xanestrack.chemistry.normbias.chemistry_bias`), what the series takes away beside its E50
+    (:func:`xanestrack.chemistry.normbias.particle_chemistry_bias`), what the series takes away beside its E50
     (:func:`xanestrack.series.process_scan`).
 
     The run's note quotes the references' biases and their mixes' on the scan's energies (the range of the scan); a
@@ -283,7 +283,7 @@ def particles_grid_bias(particles, references, energies, options, *, shipped: bo
     references (their E50 where their values cross 0.5), else each user's reference measured as
     :func:`_normalisation_bias` measures it.
     """
-    from .normbias import FRAMES_DESCRIBED_RMS, _e50_given, chemistry_bias, scale_free_fractions
+    from .normbias import _e50_given, particle_chemistry_bias
 
     nan = float("nan")
     out = {int(p.particle): nan for p in particles}
@@ -297,19 +297,17 @@ def particles_grid_bias(particles, references, energies, options, *, shipped: bo
             continue
         used = getattr(p, "xanes_frames", None)
         used = None if used is None or np.shape(used) != e.shape else np.asarray(used, bool)
-        shares, rms = scale_free_fractions(e, p.mean_norm, p.e0_ev, references, lcf_window=options.lcf_window)
-        if shares is None or not rms <= FRAMES_DESCRIBED_RMS:
-            continue
-        mixed = [k for k, v in shares.items() if v > 0]
-        out[int(p.particle)] = chemistry_bias(
+        out[int(p.particle)] = particle_chemistry_bias(
             e,
+            used,
+            p.mean_norm,
+            p.e0_ev,
             references,
-            shares,
-            used=used,
-            dense="given" if all(given.get(k, False) for k in mixed) else "normalised",
+            given=given,
             edge_window=options.edge_window,
+            lcf_window=options.lcf_window,
             background=background,
-        )
+        ).bias_ev
     return out
 
 
@@ -1010,6 +1008,49 @@ def _calibrated_e50_note(particles, references, calibration, energies, *, edge_w
 
 #: what the run note of :func:`_other_edge_references_note` says (:func:`redo_xanes` replaces it)
 OTHER_EDGE_RUN_NOTE = "are of another absorption edge than the particles'"
+
+
+#: how the run note on a ``--known-edge`` calibration begins (:func:`_known_edge_note`)
+KNOWN_EDGE_NOTE = "the energy axis is calibrated on particle"
+
+
+def _known_edge_note(calibration: dict, particle, known_ev: float) -> str:
+    """The run note on a ``--known-edge`` calibration (``calibration``: its run.json record, as
+    :func:`xanestrack.chemistry.calibration.calibrate_from_particle` gives it): the normalisation's bias at the
+    particle's chemistry on the scan's energies taken out, in numbers, and what the axis would have been without it;
+    or that none could be measured, why, and what that leaves.
+
+    Set to the known E50 itself, the axis took that bias, and the note on the normalisation's bias, which quotes each
+    chemistry's against its dense E50, no longer described the result: calibrated on a pure NiO particle (bias -0.18
+    eV on synth's 60-energy grid) the axis moved +0.18 eV, NiO read right and LiNiO2 +0.21 eV where that note said
+    "NiO -0.17 eV, LiNiO2 +0.02 eV", and the note that the axis is not calibrated was gone."""
+    bias = float(calibration.get("normalisation_bias_ev", np.nan))
+    shift = float(calibration.get("shift_ev", np.nan))
+    measured = float(calibration.get("measured_e0_ev", np.nan))
+    head = (
+        f"{KNOWN_EDGE_NOTE} {particle} (--known-edge {particle}={known_ev:.3f} eV, its material's E50 measured densely)"
+    )
+    if np.isfinite(bias):
+        shares = calibration.get("bias_fractions") or {}
+        chem = ", ".join(f"{k} {v:.2f}" for k, v in shares.items())
+        return (
+            f"{head}: on this scan's energies a particle of its chemistry ({chem}: its mean spectrum fitted with a free "
+            f"scale) reads {bias:+.2f} eV from that (the normalisation's bias, sampled and normalised as the particles "
+            f"are), taken out: its mean E50 {measured:.3f} eV set to {known_ev + bias:.3f} eV, the axis shifted by "
+            f"{shift:+.3f} eV ({shift - bias:+.3f} eV would have set it to {known_ev:.3f} eV and moved every other "
+            f"particle's E50 by {-bias:+.2f} eV). On this axis each particle's E50 is its chemistry's densely measured "
+            "E50 plus that chemistry's bias on these energies, as the note on the normalisation's bias quotes it where "
+            "it matters"
+        )
+    why = calibration.get("bias_not_measured") or "not measured"
+    return (
+        f"{head}: its mean E50 {measured:.3f} eV set to {known_ev:.3f} eV itself, the axis shifted by {shift:+.3f} eV, "
+        f"with no normalisation's bias taken out: {why}. On a scan's energies a particle shows its material's dense "
+        "E50 plus the normalisation's bias at its chemistry (the shipped Ni references on synth's 60-energy grid: NiO "
+        "-0.18, LiNiO2 +0.03 eV), so every particle's E50 on this axis is off by the difference of its chemistry's "
+        f"bias and particle {particle}'s: give EV as this scan's energies measure that chemistry, or calibrate with "
+        "--energy-reference and a foil"
+    )
 
 
 def _other_edge_references_note(particles, references) -> str:
