@@ -117,3 +117,22 @@ def test_read_back_without_the_option(runs, tmp_path):
         for g in f["particles"].values():
             del g.attrs["xanes_smoothing_px"]
     assert read_results(out).options.xanes_smoothing == 1.0
+
+
+def test_a_smoothing_wider_than_a_quarter_of_a_particle_is_said(scene, runs, tmp_path):
+    """`--xanes-smoothing 30` ran without a word (the options probe: a core-shell particle's mean E50 moved 0.06 eV,
+    6 sigma); now a run note names the particles it is more than a quarter of the radius of. The default 1 px and
+    0 say nothing."""
+    from xanestrack.chemistry.runnotes import SMOOTHING_RADIUS_SHARE
+
+    wide = _run(scene, tmp_path / "s8", "--xanes-smoothing", "8")
+    notes = json.loads((wide / "run.json").read_text())["notes"]
+    said = [n for n in notes if n.startswith("the per-pixel XANES was smoothed with a Gaussian of 8 px")]
+    assert len(said) == 1, notes
+    res = read_results(wide)
+    named = [p for p in res.particles if 8 > SMOOTHING_RADIUS_SHARE * p.size_radius]
+    assert named and all(f"{p.particle} (r " in said[0] for p in named)
+    for out in runs.values():  # the default and none
+        assert not any(
+            "the per-pixel XANES was smoothed" in n for n in json.loads((out / "run.json").read_text())["notes"]
+        )

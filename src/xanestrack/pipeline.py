@@ -48,6 +48,7 @@ from .chemistry.runnotes import (
     _other_edge_references_note,
     _particles_background,
     _references_at_particles_edge,
+    _smoothing_note,
     _two_edges,
     _uncalibrated_note,
     _user_references,
@@ -3117,6 +3118,9 @@ def run_pipeline(
     unmeasured_note = _frames_without_particles(particles, energies)
     if unmeasured_note:
         notes.append(unmeasured_note)
+    smoothing_note = _smoothing_note(particles, options.xanes_smoothing)
+    if smoothing_note:
+        notes.append(smoothing_note)
     edge_width_table = None
     if blurred_frames.size:
         notes.append(_blurred_frames_note(resolution, blurred_frames, energies))
