@@ -279,8 +279,6 @@ def test_the_motion_table_names_its_columns_with_units_and_says_which_frames_cou
         "ratio_v",
         "ratio_h",
         "max_nonrigid_displacement",
-        # the frame the own displacements are from (tests/test_displacement_origin.py)
-        "from_frame",
         # their uncertainty, after them (tests/test_own_motion_noise.py)
         "position_noise_px",
         "max_nonrigid_noise_px",

@@ -37,7 +37,6 @@ __all__ = [
     "SPLIT_NOTE_PX",
     "undetermined_split_px",
     "MOTION_COLUMNS",
-    "displacement_origins",
     "fit_similarity",
     "common_similarity",
     "common_motion_split",
@@ -65,8 +64,6 @@ MOTION_COLUMNS = [
     "rel_dy",
     "rel_dx",
     "rel_to",
-    "from_frame",
-    "rel_from_frame",
 ]
 
 
@@ -736,49 +733,6 @@ def _weighted_median(d, w):
     return out
 
 
-def displacement_origins(known, vouched, measured=None) -> np.ndarray:
-    """Per particle, the frame (row index) its displacements are measured from: its first frame vouched for.
-
-    Parameters
-    ----------
-    known : ndarray (n_frames, n_particles) bool
-        Where the particle has a position (measured or filled in).
-    vouched : ndarray (n_frames, n_particles) bool
-        Where its position is vouched for (none of :data:`xanestrack.result.UNVOUCHED_FLAGS`).
-    measured : ndarray (n_frames, n_particles) bool, optional
-        Where its position was measured (not filled in); default: wherever it is known.
-
-    Returns
-    -------
-    ndarray (n_particles,) int: the first frame both measured and vouched for; where none is, its first frame
-    measured, else its first frame known (0 where it has none).
-
-    Notes
-    -----
-    Every displacement (``dy, dx``, ``rigid_*``, ``nonrigid_*``) is a difference with the position in this frame,
-    so this position's error is in each of them. A particle present from frame 0 but not vouched for there (faint
-    before its edge, its mask missing, its two estimates disagreeing) was measured from its frame-0 position all
-    the same: every row vouched for carried that frame's error as a constant offset, unflagged (reduced stress-all
-    seeds 1-2, 256 px, 60 energies: 0.48-0.80 px median over the rows vouched for, 0.26-0.48 px from the first
-    frame vouched for, and ``rel_*`` up to 1.27 px with both particles' errors, 0.82 px now). So, as for a particle
-    entering the field late, its displacements are from its first frame vouched for: its motion before that is
-    not vouched for, and a frame vouched for is where its position is. Its own motion before that frame is then not
-    counted where the unvouched positions were right (reduced stress-counts seed 1: a particle's largest own
-    displacement 1.23 px from frame 0, 0.85 px from its frame 25). Particles vouched for in their first frame keep
-    it, every number the same.
-    """
-    known = np.asarray(known, bool)
-    vouched = np.asarray(vouched, bool) & known
-    measured = known if measured is None else np.asarray(measured, bool) & known
-    out = np.zeros(known.shape[1], int)
-    for j in range(known.shape[1]):
-        for cand in (vouched[:, j] & measured[:, j], measured[:, j], known[:, j]):
-            if cand.any():
-                out[j] = int(np.argmax(cand))
-                break
-    return out
-
-
 def compute_motion(
     tracks: pd.DataFrame,
     *,
@@ -795,9 +749,7 @@ def compute_motion(
     ----------
     tracks : DataFrame
         Columns ``particle, frame, y, x`` (centre of mass per frame; NaN where unknown),
-        optionally ``reliable`` (bool): only those positions drive the common motion; ``measured``
-        (bool): not filled in; ``vouched`` (bool): vouched for, where the displacements start
-        (default ``reliable``).
+        optionally ``reliable`` (bool): only those positions drive the common motion.
     reference_particle : int, optional
         Particle whose motion the ``rel_*`` columns are relative to (its id in column ``rel_to``);
         default the particle with the smallest non-rigid motion (the one that moves with the electrode).
@@ -832,14 +784,11 @@ def compute_motion(
 
     Notes
     -----
-    ``dy, dx`` are from the particle's first frame vouched for (:func:`displacement_origins`: ``vouched``, else
-    ``reliable``, measured where ``tracks`` has ``measured``), its first frame where it is vouched for there or
-    where nothing says; so are its ``rigid_*`` (``nonrigid = d - rigid`` still holds) and its ``rel_*`` (from the
-    later of its frame and the reference particle's). Column ``from_frame`` names the frame ``dy, dx``, ``rigid_*``
-    and ``nonrigid_*`` are from, ``rel_from_frame`` the one ``rel_*`` are from. A particle entering the field late
-    (first measured after its first frame) is left out of a first fit of the common motion, and its reference in
-    the fit is where that motion puts it in its first frame vouched for: its own motion before it was seen cannot
-    be measured. Its positions before are kept as given.
+    ``dy, dx`` are from the particle's first position; where ``tracks`` has ``measured`` and a
+    particle is first measured after its first frame (one entering the field), they are from its
+    first frame vouched for (``reliable``), and so are its ``rigid_*`` (``nonrigid = d - rigid``
+    still holds) and its ``rel_*`` (from the later of its first frame and the reference particle's):
+    its own motion before it was seen cannot be measured. Its positions before are kept as given.
     """
     need = {"particle", "frame", "y", "x"}
     if not need <= set(tracks.columns):
@@ -880,32 +829,28 @@ def compute_motion(
     )
     P_fit = P
     late = np.zeros(P.shape[1], bool)
+    k_first = np.zeros(P.shape[1], int)
     if "reliable" in tracks:
         # only positions measured and vouched for drive the common motion
         rel = tracks.pivot(index="frame", columns="particle", values="reliable").sort_index().to_numpy()
         rel = rel.astype(bool) & np.isfinite(P).all(axis=2)
         P_fit = np.where(rel[..., None], P, np.nan)
-    known = np.isfinite(P).all(axis=2)
-    meas = None
     if "measured" in tracks:
         # a particle first measured after its first position (one entering the field): the
-        # positions before are filled in, and its reference in the common motion's fit is where
-        # that motion puts it in its first frame vouched for (below)
+        # positions before are filled in; its reference is taken from its first frame vouched
+        # for (``reliable``) from then on, else its first measured one. A particle measured from
+        # the first frame on keeps its first position, vouched for or not (its own motion since
+        # then counts: stress-drift seed 1, a particle 6.95 px off its start in truth, 7.03
+        # reported, 2.68 from its first frame vouched for)
         meas = tracks.pivot(index="frame", columns="particle", values="measured").sort_index().to_numpy()
-        meas = meas.astype(bool) & known
+        meas = meas.astype(bool) & np.isfinite(P).all(axis=2)
+        vouch = rel if "reliable" in tracks else meas
         for j in range(P.shape[1]):
-            km, kk = np.flatnonzero(meas[:, j]), np.flatnonzero(known[:, j])
-            late[j] = bool(km.size and kk.size and km[0] > kk[0])
-    if "vouched" in tracks or "reliable" in tracks:
-        # the positions the rows' flags vouch for (``vouched``; else those the fit takes, ``reliable``)
-        vouch = tracks.pivot(
-            index="frame", columns="particle", values="vouched" if "vouched" in tracks else "reliable"
-        ).sort_index()
-        vouch = vouch.to_numpy().astype(bool) & known
-    else:
-        vouch = known if meas is None else meas
-    k_first = displacement_origins(known, vouch, meas)
-    shifted = k_first > np.array([np.argmax(known[:, j]) for j in range(P.shape[1])])
+            km = np.flatnonzero(meas[:, j])
+            known = np.flatnonzero(np.isfinite(P[:, j]).all(axis=1))
+            if km.size and known.size and km[0] > known[0]:
+                kv = np.flatnonzero(vouch[km[0] :, j])
+                late[j], k_first[j] = True, km[0] + kv[0] if kv.size else km[0]
     axis = None if scale_axis is None else np.asarray(scale_axis, float)[frames]
     # the first fit without the late particles where enough others are left: their reference (their filled-in
     # first position) is what it is there to find. With it, a particle deposited at frame 5 and first vouched for
@@ -930,12 +875,11 @@ def compute_motion(
     D = P - first[None]
     sim["frame"] = frames
     RIG = rigid_pos - first[None]  # each particle's displacement by the common similarity
-    for j in np.flatnonzero(shifted):
+    for j in np.flatnonzero(late):
         # a late particle's displacements are from its first frame vouched for: its own motion before it
         # entered was not seen, and from its frame-0 position where the common motion puts it (which
         # takes that motion as none) its dy, dx were 2.6 px off in every frame vouched for, with no flag
-        # (the default scene seen through a window sliding 60 px, a particle entering at frame 30); so are
-        # those of a particle present but not vouched for in its first frames (displacement_origins)
+        # (the default scene seen through a window sliding 60 px, a particle entering at frame 30)
         D[:, j] -= D[k_first[j], j]
         RIG[:, j] -= RIG[k_first[j], j]
     NR = D - RIG
@@ -947,7 +891,7 @@ def compute_motion(
             P_fit, first, sim, rigid_pos, fit_w, rotation=rotation, centre=centre, scale_axis=axis
         )
         for mv in (moves, line_moves) if line_moves is not None else (moves,):
-            for j in np.flatnonzero(shifted):  # (from its first frame vouched for, as its own motion)
+            for j in np.flatnonzero(late):  # (from its first frame vouched for, as its own motion)
                 mv[:, :, j] -= mv[:, k_first[j] : k_first[j] + 1, j]
         size = np.hypot(moves[..., 0], moves[..., 1])
         if left_out.size:
@@ -991,10 +935,9 @@ def compute_motion(
     V = _deriv(D, t)
     A = _deriv(V, t)
     REL = D - D[:, ref_j : ref_j + 1, :]
-    k_rel = np.maximum(k_first, k_first[ref_j])
-    for j in np.flatnonzero(shifted | shifted[ref_j]):
+    for j in np.flatnonzero(late | late[ref_j]):
         # from the later of the two particles' first frames: the displacements of both are known from there on
-        k = k_rel[j]
+        k = max(k_first[j], k_first[ref_j])
         REL[:, j] = (D[:, j] - D[k, j]) - (D[:, ref_j] - D[k, ref_j])
     rows = []
     for j, pid in enumerate(pids):
@@ -1018,8 +961,6 @@ def compute_motion(
                     "rel_dy": REL[:, j, 0],
                     "rel_dx": REL[:, j, 1],
                     "rel_to": reference_particle,
-                    "from_frame": int(frames[k_first[j]]),
-                    "rel_from_frame": int(frames[k_rel[j]]),
                 }
             )
         )
@@ -1428,8 +1369,6 @@ def peak_ratios(
         with np.errstate(invalid="ignore"):
             disp = np.nanmax(np.hypot(g["nonrigid_dy"], g["nonrigid_dx"]))
         rows.append([pid, pn[0], pn[1], pr[0], pr[1], ratio[0], ratio[1], disp])
-        if "from_frame" in g:  # the frame its own displacements are from (tracks.csv's from_frame)
-            rows[-1].append(int(g["from_frame"].iloc[0]))
         # the frames the largest own displacement and the peak own velocities were taken over
         nr = g[["nonrigid_dy", "nonrigid_dx"]].to_numpy(float)
         axis = int(np.argmax(np.isfinite(nv).sum(axis=0)))  # the axis with the most velocities
@@ -1446,8 +1385,7 @@ def peak_ratios(
             "ratio_v",
             "ratio_h",
             "max_nonrigid_displacement",
-        ]
-        + (["from_frame"] if rows and len(rows[0]) > 8 else []),
+        ],
     )
     if position_noise is not None:
         out = _own_motion_noise(out, counts, position_noise)

@@ -3204,9 +3204,6 @@ def run_pipeline(
     first_seen = [_first_seen(p, [q.positions for q in particles if q is not p], od) for p in particles]
     measured = [m & (np.arange(m.size) >= k) for m, k in zip(measured, first_seen)]
     fit["measured"] = np.concatenate(measured) if particles else np.zeros(0, bool)
-    # the displacements start at each particle's first frame vouched for (its flags'), also where the fit takes
-    # every measured position (motion.displacement_origins)
-    fit["vouched"] = summary_frames["reliable"].to_numpy(bool)
     motion = compute_motion(
         fit,
         reference_particle=options.reference_particle,

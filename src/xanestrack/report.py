@@ -1369,9 +1369,8 @@ beside them in results.h5).</p>
 <p class="note">{{ separation_note }}</p>{% endif %}
 <h2>Motion</h2>
 <figure><img alt="motion" src="{{ figs.motion }}">
-<figcaption>(a, b) Cumulative displacement per particle, vertical (y) and horizontal (x), each from its first frame vouched for
-(from_frame in tracks.csv and the table below: the first frame, unless the particle entered later or was not vouched for
-there), and (c, d) velocity, with the common translation in thick black. (e, f) Common motion of each frame: a similarity (translation + isotropic scale, + rotation with --rotation) fitted robustly
+<figcaption>(a, b) Cumulative displacement per particle, vertical (y) and horizontal (x), and (c, d) velocity, with the common
+translation in thick black. (e, f) Common motion of each frame: a similarity (translation + isotropic scale, + rotation with --rotation) fitted robustly
 over the particles' {{ fitted_on }}; the scale is the magnification relative to the first frame (a zone plate's changes
 with the energy), it moves every particle radially and is removed before non-rigid motion is measured. (g) Non-rigid motion
 of each particle (its displacement less the common one); (h) motion relative to the reference particle {{ ref_particle }}.
@@ -1656,7 +1655,6 @@ MOTION_TABLE_NAMES = {
     "ratio_v": "ratio_v (y)",
     "ratio_h": "ratio_h (x)",
     "max_nonrigid_displacement": "max |non-rigid| (px), frames vouched for",
-    "from_frame": "displacements from frame",
     "position_noise_px": "position noise (px per axis)",
     "max_nonrigid_noise_px": "max |non-rigid| from noise alone (px)",
     "nonrigid_at_noise": "own motion within noise",
@@ -1693,9 +1691,8 @@ def _motion_table_note(result) -> str:
         "those frames, vertical (vy) and horizontal (vx). ratio_v = peak |non-rigid vy| / peak |common vy|, ratio_h = "
         "peak |non-rigid vx| / peak |common vx|: how fast the particle moves on its own against the field's motion "
         "(about 0: it moves with the electrode). max |non-rigid|: the largest non-rigid displacement, sqrt(dy^2 + "
-        "dx^2), in px, from the particle's first frame vouched for (displacements from frame: its motion before that "
-        "frame is not vouched for and not counted). In motion_summary.csv: peak_nonrigid_vy, peak_nonrigid_vx, "
-        "peak_rigid_vy, peak_rigid_vx, ratio_v, ratio_h, max_nonrigid_displacement, from_frame."
+        "dx^2), in px. In motion_summary.csv: peak_nonrigid_vy, peak_nonrigid_vx, peak_rigid_vy, peak_rigid_vx, "
+        "ratio_v, ratio_h, max_nonrigid_displacement."
         + (
             " Their uncertainty: position noise, the particle's positions' noise per axis over its frames vouched for "
             "(from its own motion as measured, frame to frame); max |non-rigid| from noise alone, the largest own "

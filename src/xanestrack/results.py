@@ -415,27 +415,21 @@ _COLUMN_DOC = {
     ),
     "dy": (
         "px",
-        "displacement (rows) from the particle's position in its first frame vouched for (from_frame: the first "
-        "frame where that is; a particle entering the field later or not vouched for in its first frames, its "
-        "motion before not measured or not vouched for)",
+        "displacement (rows) from the particle's position in the first frame (a particle entering the field later: "
+        "in its first frame vouched for, its own motion before unseen)",
     ),
-    "dx": ("px", "displacement (columns) from the particle's position in its first frame vouched for (from_frame)"),
+    "dx": ("px", "displacement (columns) from the particle's position in the first frame (or as dy)"),
     "vy": ("velocity", "velocity along the rows (central differences)"),
     "vx": ("velocity", "velocity along the columns (central differences)"),
     "ay": ("acceleration", "acceleration along the rows (central differences)"),
     "ax": ("acceleration", "acceleration along the columns (central differences)"),
-    "rigid_dy": ("px", "the common motion's displacement of the particle's position in from_frame (rows)"),
-    "rigid_dx": ("px", "the common motion's displacement of the particle's position in from_frame (columns)"),
+    "rigid_dy": ("px", "the common motion's displacement of the particle's first position (rows; from dy's frame)"),
+    "rigid_dx": ("px", "the common motion's displacement of the particle's first position (columns)"),
     "nonrigid_dy": ("px", "the particle's own motion: dy less rigid_dy"),
     "nonrigid_dx": ("px", "the particle's own motion: dx less rigid_dx"),
     "rel_dy": ("px", "displacement (rows) relative to the particle rel_to (from the later of their dy's frames)"),
     "rel_dx": ("px", "displacement (columns) relative to the particle rel_to"),
     "rel_to": ("particle ID", "the particle rel_dy, rel_dx are relative to"),
-    "from_frame": (
-        "frame",
-        "the frame the particle's dy, dx, rigid_* and nonrigid_* are from (0 there): its first frame vouched for",
-    ),
-    "rel_from_frame": ("frame", "the frame rel_dy, rel_dx are from: the later of from_frame and rel_to's"),
     "common_dy": ("px", "the common translation (rows, of the scale centre) from the first frame"),
     "common_dx": ("px", "the common translation (columns, of the scale centre) from the first frame"),
     "common_scale": ("1 (ratio)", "the common isotropic scale: magnification relative to the first frame"),
