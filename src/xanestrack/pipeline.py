@@ -3231,6 +3231,9 @@ def run_pipeline(
                 else ""
             )
         )
+    origin_note = _origin_unvouched_note(particles, first_seen, energies)
+    if origin_note:
+        notes.append(origin_note)
     ref_note = _reference_note(motion, options.reference_particle, len(energies))
     if ref_note:
         notes.append(ref_note)
@@ -3828,6 +3831,39 @@ def _first_seen_note(frame_flags, k: int, energies) -> str:
         "deposited or grown during the scan, or one too faint there); its displacements and own motion are measured "
         f"from its first frame vouched for, {since}, and its frames before are left out of the motion all particles "
         "share"
+    )
+
+
+def _origin_unvouched_note(particles, first_seen, energies) -> str:
+    """A run note naming the particles present from the first frame whose position there is not vouched for: their
+    displacements (``dy, dx``, ``rigid_*``, ``nonrigid_*``, ``rel_*``) are from it, so each carries that frame's
+    position error as one constant offset; ``""`` where there are none.
+
+    Measured from it (the stress scenes' faint first frames: reduced stress-all seeds 1-2, every row vouched for
+    0.48-0.80 px off the true displacement, median, where from the particle's first frame vouched for 0.26-0.48 px),
+    unsaid. Moving the origin to that frame (as for a particle entering late) was tried and undone: the particles'
+    own motions then start in different frames, which the field's rotation and strain fits and the relative motion
+    take together (a 0.6 degree turn's note lost with 2 of 8 particles so moved). Differences between frames vouched
+    for do not carry it."""
+    from .result import UNVOUCHED_FLAGS
+
+    rows = []
+    for p, k in zip(particles, first_seen):
+        flags = np.asarray(p.frame_flags)
+        if k != 0 or not flags.size or not flags[0] & UNVOUCHED_FLAGS:
+            continue
+        vouched = np.flatnonzero((flags & UNVOUCHED_FLAGS) == 0)
+        rows.append((int(p.particle), int(vouched[0]) if vouched.size else None))
+    if not rows:
+        return ""
+    named = ", ".join(
+        f"{pid} (first vouched for in frame {k})" if k is not None else f"{pid} (in none)" for pid, k in rows[:8]
+    )
+    return (
+        f"the displacements of {count(len(rows), 'particle')} ({named}{' ...' if len(rows) > 8 else ''}) are measured "
+        f"from frame 0 ({energies[0]:.1f} eV), where their positions are not vouched for: every displacement of theirs "
+        "(dy, dx, rigid_*, nonrigid_*, rel_*) carries that frame's position error as one constant offset (on the "
+        "stress scenes' faint first frames 0.2-0.5 px); the change between two frames vouched for does not"
     )
 
 
