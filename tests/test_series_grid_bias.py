@@ -222,3 +222,35 @@ def test_a_quick_scan_in_a_series_its_bias_measured_and_taken_away(tmp_path):
     (off,) = [n for n in series_notes(table) if "off their trend" in n]
     assert off.startswith("scan_1: the mean edge energy of its 3 particles (each less its normalisation bias")
     assert float(off.split(" eV off")[0].split()[-1]) == pytest.approx(0.7, abs=0.2)
+
+
+def test_a_scan_on_the_main_grid_without_a_measured_bias_takes_its_neighbours():
+    """A scan on the grid of most scans none of whose particles' bias was measured was left as measured beside
+    corrected neighbours: its exact axis named "+0.35 eV off" (the review's hand-built series). Now each particle's
+    bias comes from the nearest scan of that grid where it was measured; a real +0.7 eV offset there is still named."""
+    import pandas as pd
+
+    from xanestrack.series import energy_offset_scans
+
+    def table(offset):
+        rng = np.random.default_rng(1)
+        rows = []
+        for s in range(5):
+            for p in range(5):
+                bias = 0.38 - 0.01 * p
+                e50 = 8340.0 + 0.3 * p + 0.1 * s + bias + rng.normal(0, 0.02) + (offset if s == 2 else 0.0)
+                rows.append(
+                    dict(
+                        scan=s,
+                        particle=p,
+                        mean_e50=e50,
+                        mean_e50_sigma_ev=0.02,
+                        e50_grid_bias_ev=np.nan if s == 2 else bias,
+                        n_frames=50,
+                    )
+                )
+        return pd.DataFrame(rows)
+
+    assert energy_offset_scans(table(0.0)) == []
+    named = energy_offset_scans(table(0.7))
+    assert [int(n["scan"]) for n in named] == [2] and abs(named[0]["offset_ev"] - 0.7) < 0.05, named

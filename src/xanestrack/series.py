@@ -590,6 +590,25 @@ def energy_offset_scans(table: pd.DataFrame, *, grids: dict | None = None) -> li
     # a scan of other steps whose particles' bias was not measured (the references describe none of them): its grid's
     # bias cannot be told from an offset there, and it is not judged
     unjudged = {k for k, s in enumerate(scans) if not on_grid[k] and s in unmeasured}
+    # one on the grid of most scans whose particles' bias was not measured takes each particle's from the nearest
+    # scan of that grid where it was (its grid's part, at the particle's chemistry nearest in time): left as measured
+    # beside corrected neighbours, a scan with an exact axis was named "+0.35 eV off"
+    if "e50_grid_bias_ev" in table:
+        bias = _bias_by_particle(table, "e50_grid_bias_ev").reindex(columns=scans).to_numpy(float)
+        raw = (
+            table.pivot_table(index="particle", columns="scan", values="mean_e50", dropna=False)
+            .reindex(columns=scans)
+            .to_numpy(float)
+        )
+        measured_on_grid = [k for k in range(len(scans)) if on_grid[k] and scans[k] not in unmeasured]
+        v = v.copy()
+        for k in (k for k, s in enumerate(scans) if on_grid[k] and s in unmeasured):
+            near = sorted(measured_on_grid, key=lambda j: abs(j - k))
+            for i in range(v.shape[0]):
+                got = next((bias[i, j] for j in near if np.isfinite(bias[i, j])), np.nan)
+                if not np.isfinite(got) and near:
+                    got = float(np.nanmedian(bias[:, near])) if np.isfinite(bias[:, near]).any() else np.nan
+                v[i, k] = raw[i, k] - got if np.isfinite(got) else np.nan
 
     found, done = [], set()
     for _ in range(len(scans)):
