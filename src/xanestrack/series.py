@@ -1937,13 +1937,19 @@ def series_own_displacement(table: pd.DataFrame, *, scale=None, frame_shape=None
     back = flat - np.array([offset[s] for s in scan]).reshape(-1, 2)  # each position in its chain's first scan
     out["scale_vs_first"] = out["scan"].map(scale_of).to_numpy(float)
     out["rotation_vs_first_deg"] = np.degrees(turn)
-    own = np.full_like(pos, np.nan)
-    for p in np.unique(pid):
-        rows = np.flatnonzero(pid == p)
-        rows = rows[np.argsort(scan[rows], kind="stable")]
-        seen = rows[np.all(np.isfinite(back[rows]), axis=1)]
-        if seen.size:
-            own[rows] = back[rows] - back[seen[0]]
+
+    def since_first_seen(xy):
+        # each particle's positions less its position in the first scan it is seen in
+        d = np.full_like(pos, np.nan)
+        for p in np.unique(pid):
+            rows = np.flatnonzero(pid == p)
+            rows = rows[np.argsort(scan[rows], kind="stable")]
+            seen = rows[np.all(np.isfinite(xy[rows]), axis=1)]
+            if seen.size:
+                d[rows] = xy[rows] - xy[seen[0]]
+        return d
+
+    own = since_first_seen(back)
     out["own_dy"] = own[:, 0]
     out["own_dx"] = own[:, 1]
     # the other reading of a kept scale, the electrode's strain: the positions with the offset and rotation taken
@@ -1951,13 +1957,7 @@ def series_own_displacement(table: pd.DataFrame, *, scale=None, frame_shape=None
     # goes with the offset); the sizes then as measured, where as the optics' they have the scale taken out
     s_row = out["scan"].map(scale_of).to_numpy(float)
     wide = np.where(s_row[:, None] == 1.0, back, c + (back - c) * s_row[:, None])  # without a scale: the same
-    own_wide = np.full_like(pos, np.nan)
-    for p in np.unique(pid):
-        rows = np.flatnonzero(pid == p)
-        rows = rows[np.argsort(scan[rows], kind="stable")]
-        seen = rows[np.all(np.isfinite(wide[rows]), axis=1)]
-        if seen.size:
-            own_wide[rows] = wide[rows] - wide[seen[0]]
+    own_wide = since_first_seen(wide)
     out["own_dy_with_scale"] = own_wide[:, 0]
     out["own_dx_with_scale"] = own_wide[:, 1]
     if "radius" in out:
