@@ -568,3 +568,198 @@ def test_frame_figures_draw_a_scale_bar_only_with_a_pixel_size(result):
         (x0, _), (x1, _) = (map(float, xy.split(",")) for xy in bar[0])
         assert abs(x1 - x0) / scale == pytest.approx(40, abs=0.3), f.__name__
         assert "Scale bar 2 µm (40 px of 0.05 µm)" in fig.caption
+
+
+def _trajectories(svg: str) -> list:
+    """(stroke, dasharray or None) of each trajectory polyline on the overview (width 1.2)."""
+    return re.findall(
+        r'<polyline points="[^"]*" fill="none" stroke="([^"]*)" stroke-width="1.2"(?: stroke-dasharray="([^"]*)")?', svg
+    )
+
+
+def test_overview_draws_an_own_motion_not_measured_grey_and_says_so(result):
+    """A particle whose max_nonrigid_px is NaN (no frame vouched for) was drawn in the colour bar's 0 colour, as the
+    best-measured particle, and the caption did not say what an uncoloured trajectory means."""
+    pr = result.peak_ratios.copy()
+    first = result.particles[0].particle
+    pr.loc[pr["particle"] == first, "max_nonrigid_displacement"] = np.nan
+    if "nonrigid_within_split" in pr:
+        pr["nonrigid_within_split"] = False
+    fig = report.overview_figure(dataclasses.replace(result, peak_ratios=pr))
+    lines = _trajectories(fig.svg)
+    assert len(lines) == len(result.particles)
+    assert report._hex("plasma", 0.0) not in [c for c, _ in lines] and lines[0][1] != ""
+    assert lines[0] == (report.UNMEASURED_COLOR, report.UNMEASURED_DASH)
+    assert all(c != report.UNMEASURED_COLOR for c, _ in lines[1:])
+    assert "Grey, dashed: own motion not measured" in fig.caption and f"particle {first}." in fig.caption
+    # control: every own motion measured, none within the split: no grey, no dashes, nothing said
+    pr = result.peak_ratios.copy()
+    if "nonrigid_within_split" in pr:
+        pr["nonrigid_within_split"] = False
+    fig = report.overview_figure(dataclasses.replace(result, peak_ratios=pr))
+    assert all(c != report.UNMEASURED_COLOR and d == "" for c, d in _trajectories(fig.svg))
+    assert "Grey" not in fig.caption and "Dotted" not in fig.caption
+
+
+def test_overview_draws_an_own_motion_within_the_split_dotted_and_says_so(result):
+    """An own motion the notes call within the split's uncertainty and noise was coloured as measured (a particle
+    truly fixed painted 1.27 px): dotted, and the caption says its colour is an upper bound."""
+    pr = result.peak_ratios.copy()
+    pr["nonrigid_within_split"] = pr["particle"] == result.particles[1].particle
+    fig = report.overview_figure(dataclasses.replace(result, peak_ratios=pr))
+    lines = _trajectories(fig.svg)
+    assert lines[1][1] != "" and "Dotted" in fig.caption
+    assert lines[1][1] == report.WITHIN_SPLIT_DASH and lines[1][0] != report.UNMEASURED_COLOR
+    assert all(d == "" for k, (_, d) in enumerate(lines) if k != 1)
+    assert "Dotted: own motion within the uncertainty of the split" in fig.caption
+    assert f"particle {result.particles[1].particle}." in fig.caption
+
+
+def _many_particles(result, n: int):
+    """The result's tracks repeated for ``n`` particles (ids 0..n-1)."""
+    import pandas as pd
+
+    first = result.tracks[result.tracks["particle"] == result.particles[0].particle]
+    tracks = pd.concat([first.assign(particle=k) for k in range(n)], ignore_index=True)
+    return dataclasses.replace(result, tracks=tracks)
+
+
+def _legend_styles(svg: str) -> dict:
+    """label -> (colour, dasharray or "") of the legend entries of the motion figure (short lines, then their text)."""
+    pattern = (
+        r'<line [^>]*stroke="([^"]*)" stroke-width="2"(?: stroke-dasharray="([^"]*)")?/><text [^>]*>([^<]*)</text>'
+    )
+    return {t: (c, d) for c, d, t in re.findall(pattern, svg)}
+
+
+def test_motion_figure_tells_apart_particles_whose_colours_repeat(result):
+    """COLORS[k % 10] with no other key: particles 0 and 10 were drawn alike in every panel and the legend."""
+    fig = report.motion_figure(_many_particles(result, 23))
+    legend = _legend_styles(fig.svg)
+    styles = [legend[str(k)] for k in range(23)]
+    assert len(set(styles)) == 23  # colour and dash together name each particle
+    assert styles[0][1] == "" and styles[10][1] == report.MOTION_DASHES[1] and styles[20][1] == report.MOTION_DASHES[2]
+    # the lines themselves carry the dash (a-d, g, h: 6 per particle of 10-22)
+    dashed = re.findall(r'<polyline [^>]*stroke-width="1" stroke-dasharray="([^"]*)"', fig.svg)
+    assert len(dashed) >= 6 * 13
+    assert "solid: particles 0-9; dashed: particles 10-19; dotted: particles 20-22" in fig.caption
+    # control: ten particles or fewer, one colour each: solid, and nothing said
+    fig = report.motion_figure(_many_particles(result, 10))
+    assert all(d == "" for c, d in _legend_styles(fig.svg).values())
+    assert "stroke-dasharray" not in fig.svg and "line style" not in fig.caption
+
+
+def test_motion_table_says_unknown_where_no_noise_floor_is_known(result):
+    """A 2-energy scan has no noise floor: nonrigid_at_noise False for want of it read "own motion within noise: no",
+    and the summary named the particle that moved most with no caveat."""
+    pr = result.peak_ratios.copy()
+    assert "max_nonrigid_noise_px" in pr
+    pr["position_noise_px"] = np.nan
+    pr["max_nonrigid_noise_px"] = np.nan
+    pr["peak_nonrigid_v_noise"] = np.nan
+    pr["nonrigid_at_noise"] = False
+    bare = dataclasses.replace(result, peak_ratios=pr)
+    t = report._motion_table(bare)
+    col = report.MOTION_TABLE_NAMES["nonrigid_at_noise"]
+    assert set(t[col]) == {"unknown"}
+    text = report._own_motion_summary(bare, report._max_nonrigid(bare))
+    assert "noise is known (too few frames)" in text and "moved most on its own (" not in text
+    # one particle's floor known and its own motion above it: it alone is counted, the others left out as unknown
+    pr2 = pr.copy()
+    pid = int(pr2["particle"].iloc[0])
+    pr2.loc[pr2.index[0], ["position_noise_px", "max_nonrigid_noise_px"]] = [1e-4, 1e-4]
+    part = dataclasses.replace(result, peak_ratios=pr2)
+    assert list(report._motion_table(part)[col]) == ["no"] + ["unknown"] * (len(pr2) - 1)
+    text = report._own_motion_summary(part, report._max_nonrigid(part))
+    assert text.startswith(f" Particle {pid} moved most") and "their positions' noise not known" in text
+    # control: the floor known for every particle: yes / no as before
+    assert set(report._motion_table(result)[col]) <= {"yes", "no"}
+    assert "not known" not in report._own_motion_summary(result, report._max_nonrigid(result))
+
+
+def test_e50_map_csv_marks_the_pixels_the_figures_hide(result, tmp_path, monkeypatch):
+    """particle_NNN_edge_e50.csv holds every pixel measured, the 2-4 % the figures hide (quality masks) too, and a
+    withheld particle's full map, under one header: a _shown grid beside it says which are drawn."""
+    p = max(result.particles, key=lambda q: int((np.isfinite(q.edge_maps["e50"]) & ~q.kept).sum()))
+    hidden = np.isfinite(p.edge_maps["e50"]) & ~p.kept
+    assert hidden.any()
+    fig = report.particle_figure(result, p.particle)
+    name = f"particle_{p.particle:03d}_edge_e50"
+    shown = fig.tables[f"{name}_shown"].to_numpy()
+    assert shown.shape == p.edge_maps["e50"].shape
+    assert np.array_equal(shown == 1, np.isfinite(report._kept_e50(p)))
+    assert (shown[hidden] == 0).all()
+    report._write_tables(tmp_path, fig.tables)
+    grid = np.loadtxt(tmp_path / f"{name}_shown.csv", delimiter=",")
+    assert np.array_equal(grid, shown)
+    e50 = np.loadtxt(tmp_path / f"{name}.csv", delimiter=",")
+    assert np.isfinite(e50[hidden]).all()  # the map as measured is unchanged
+    head = (tmp_path / f"{name}.csv").read_text().splitlines()[0]
+    assert f"{name}_shown.csv" in head and "withheld" not in head
+    # a particle whose mean E50 is withheld: nothing shown, and both headers say why
+    monkeypatch.setattr(report, "e50_withheld", lambda q: "too few pixels" if q.particle == p.particle else "")
+    fig = report.particle_figure(result, p.particle)
+    assert (fig.tables[f"{name}_shown"].to_numpy() == 0).all()
+    report._write_tables(tmp_path, fig.tables)
+    for f in (f"{name}.csv", f"{name}_shown.csv"):
+        assert "withheld: too few pixels" in (tmp_path / f).read_text().splitlines()[0], f
+
+
+def test_a_number_is_not_placed_on_another_particles_mask(result):
+    """The clearance was checked against the other particles' centres only: a particle with a large radius and an
+    empty mask (real SSRL pair, particle 12) had its number on a large neighbour's mask, far enough from its centre."""
+    p0 = result.particles[0]
+    yy, xx = np.mgrid[:111, :111]
+    big = np.hypot(yy - 55, xx - 55) <= 55
+    small = np.zeros((17, 17), bool)
+    small[8, 8] = True
+    a = dataclasses.replace(
+        p0,
+        particle=0,
+        positions=p0.positions - p0.positions[0] + [100.0, 100.0],
+        origin=np.array([45, 45]),
+        radius=55.0,
+        mask=big,
+    )
+    # b's first place (0.8 r up and right) is 50 px from a's centre, 22.6 from its own: it passed 1.5x
+    b_centre = np.array([100 + 35.36 + 16, 100 - 35.36 - 16])
+    b = dataclasses.replace(
+        p0,
+        particle=1,
+        positions=p0.positions - p0.positions[0] + b_centre,
+        origin=np.round(b_centre).astype(int) - 8,
+        radius=20.0,
+        mask=small,
+    )
+    scene = dataclasses.replace(result, particles=[a, b])
+    pos = report._label_positions(scene)
+    assert np.hypot(*(np.asarray(pos[1]) - 100.0)) > 55, pos[1]  # off a's disc
+    # control: a's mask small (its own disc, radius 10): b's number keeps its first place
+    tiny = np.hypot(yy - 55, xx - 55) <= 10
+    scene = dataclasses.replace(result, particles=[dataclasses.replace(a, mask=tiny, radius=10.0), b])
+    np.testing.assert_allclose(report._label_positions(scene)[1], b_centre + 20.0 * np.array([-0.8, 0.8]))
+
+
+def test_motion_panel_e_marks_a_magnification_the_notes_call_not_determined(result):
+    """Panel (e) drew a 1.0 % magnification as a clean curve, its caption the zone plate's, where the run notes said
+    that the particles do not determine it (a default scene with no magnification in its truth)."""
+    import inspect
+
+    from xanestrack import motion_notes
+
+    note = (
+        "the magnification fitted to the particles (common_scale 1.0000 to 1.0101 across the scan) is not determined "
+        "by them: fitted again with any one particle left out it reads 1.0000 to 1.0257 there"
+    )
+    fig = report.motion_figure(dataclasses.replace(result, notes=tuple(result.notes) + (note,)))
+    assert re.search(r'<polyline [^>]*stroke="black" stroke-width="1.2" stroke-dasharray="[^"]+"', fig.svg)
+    assert "(e) Drawn dashed: the run notes say that this magnification is not determined" in fig.caption
+    # the words looked for are the notes' own
+    src = inspect.getsource(motion_notes)
+    for words in (report.SCALE_NOTE_START, *report.SCALE_NOTE_UNDETERMINED):
+        assert words in src, words
+    # control: no such note: solid, nothing said
+    plain = tuple(n for n in result.notes if not n.startswith(report.SCALE_NOTE_START))
+    fig = report.motion_figure(dataclasses.replace(result, notes=plain))
+    assert not re.search(r'<polyline [^>]*stroke="black" stroke-width="1.2" stroke-dasharray', fig.svg)
+    assert "Drawn dashed" not in fig.caption

@@ -48,7 +48,7 @@ TMP_MARKER = ".xanestrack-tmp"
 _LATER = re.compile(
     r"^(report\.html|\.report\.html\.tmp|accuracy\.csv|figures/(overview|chemistry|motion|common_motion|relative_motion"
     r"|resolution|resolved_pairs|edge_widths|whiteline|uncertainty|clusters|cluster_fractions|cluster_spectra|pca_scree"
-    r"|particle_\d{3,}(_edge_e50|_spectrum)?)\.(png|svg|csv))$"
+    r"|particle_\d{3,}(_edge_e50|_edge_e50_shown|_spectrum)?)\.(png|svg|csv))$"
 )
 #: what a run, demo or series scan wrote before output folders had a marker (version 0.1.0)
 _LEGACY = {

@@ -47,6 +47,25 @@ __all__ = [
 
 #: trajectories on the overview are drawn magnified by this factor
 TRAJ_SCALE = 5
+#: the overview's trajectory of a particle whose own motion was not measured (``max_nonrigid_px`` NaN): grey and
+#: dashed, off the colour bar (it was drawn in the bar's 0 colour, as the best-measured particle)
+UNMEASURED_COLOR = "#9a9a9a"
+UNMEASURED_DASH = "4,3"
+#: the overview's trajectory of a particle whose own motion is within the split's uncertainty and its noise
+#: (``nonrigid_within_split``): its colour is an upper bound, drawn dotted
+WITHIN_SPLIT_DASH = "1.5,2"
+#: the motion figure's line styles, one per ten particles (the colours, ``COLORS``, repeat every ten: particles 0 and
+#: 10 were drawn alike, with no other key)
+MOTION_DASHES = (None, "6,3", "1.5,2", "6,2,1.5,2")
+MOTION_DASH_WORDS = ("solid", "dashed", "dotted", "dash-dotted")
+#: the run notes' words (:func:`xanestrack.motion_notes._split_notes`) where the magnification fitted to the particles
+#: is not determined by them (one particle left out moves or drops it) or rests on too few particles to be tested:
+#: panel (e) drew it as a clean curve and its caption as the zone plate's (a default scene with none in its truth:
+#: 1.0 %, the notes "not determined", a particle truly fixed reported moving 1.27 px on its own)
+SCALE_NOTE_START = "the magnification fitted to the particles ("
+SCALE_NOTE_UNDETERMINED = ("is not determined by them", "too few particles to be tested")
+#: panel (e)'s magnification line where it is not determined (:data:`SCALE_NOTE_UNDETERMINED`)
+UNDETERMINED_SCALE_DASH = "5,3"
 
 
 @dataclass
@@ -164,12 +183,27 @@ def _own_motion_summary(result, maxnr: pd.Series) -> str:
     at = pd.Series(False, index=maxnr.index)
     if "nonrigid_at_noise" in pr:  # (folders written before it: every particle's own motion as measured)
         at = pr.set_index("particle")["nonrigid_at_noise"].reindex(maxnr.index).fillna(False).astype(bool)
-    if at.all():
+    # no noise floor known (2-energy scans): not counted as standing above it, and said so
+    unknown = pd.Series(_noise_unknown(pr), index=pr["particle"].to_numpy()).reindex(maxnr.index).fillna(False)
+    unknown = unknown.astype(bool)
+    if unknown.all():
+        return (
+            f" Particle {int(maxnr.idxmax())} moved most on its own as measured ({maxnr.max():.2f} px beyond the rigid "
+            "motion, over its frames vouched for); no particle's positions' noise is known (too few frames), so "
+            "whether any own motion stands above it is not known."
+        )
+    if (at | unknown).all():
         return (
             " No particle's own motion stands above its positions' noise (largest own displacements up to "
-            f"{maxnr.max():.2f} px, each within what that noise alone reaches: the motion table)."
+            f"{maxnr[at].max():.2f} px, each within what that noise alone reaches: the motion table"
+            + (
+                f"; noise not known for {', '.join(str(int(p)) for p in unknown[unknown].index)}"
+                if unknown.any()
+                else ""
+            )
+            + ")."
         )
-    above = maxnr[~at]
+    above = maxnr[~at & ~unknown]
     # where the positions do not determine the split into common and own motion (motion.common_motion_split), the
     # "moved most on its own" is relative to a common motion that one particle left out moves by that much
     from .motion import undetermined_split_px
@@ -181,6 +215,11 @@ def _own_motion_summary(result, maxnr: pd.Series) -> str:
         + (
             f"; left out, within their positions' noise: {', '.join(str(int(p)) for p in at[at].index)}"
             if at.any()
+            else ""
+        )
+        + (
+            f"; left out, their positions' noise not known: {', '.join(str(int(p)) for p in unknown[unknown].index)}"
+            if unknown.any()
             else ""
         )
         + (
@@ -332,6 +371,7 @@ def _label_positions(result) -> dict:
         float,
     )
     h, w = _base_image(result).shape[:2]
+    owner = _mask_owners(ps, (h, w))
     out = {}
     for i, p in enumerate(ps):
         r = max(float(p.radius), 1.0) if np.isfinite(p.radius) else 5.0
@@ -342,7 +382,8 @@ def _label_positions(result) -> dict:
                 pos = centres[i] + shrink * r * np.array([oy, ox])
                 own = shrink * r * float(np.hypot(oy, ox))
                 near = float(np.hypot(*(others - pos).T).min()) if len(others) else np.inf
-                if -0.5 <= pos[0] <= h - 0.5 and -0.5 <= pos[1] <= w - 0.5 and near >= LABEL_CLEARANCE * own:
+                inside = -0.5 <= pos[0] <= h - 0.5 and -0.5 <= pos[1] <= w - 0.5
+                if inside and near >= LABEL_CLEARANCE * own and not _on_other_mask(owner, pos, i):
                     place = pos
                     break
             else:
@@ -350,6 +391,35 @@ def _label_positions(result) -> dict:
             break
         out[p.particle] = (float(place[0]), float(place[1]))
     return out
+
+
+#: a number's place must be this far (frame px) from any other particle's mask (:func:`_label_positions`)
+LABEL_MASK_MARGIN = 2
+
+
+def _mask_owners(particles, shape) -> np.ndarray:
+    """A frame-0 array of ``shape``: the index (in ``particles``) of the particle whose mask covers each pixel, -1
+    where none (the first particle's where two overlap)."""
+    owner = np.full(shape, -1, int)
+    for i in reversed(range(len(particles))):
+        p = particles[i]
+        if p.mask is None or not np.size(p.mask):
+            continue
+        idx = np.full(np.shape(p.mask), i, int)
+        _paste(owner, idx, p.origin, where=np.asarray(p.mask, bool))
+    return owner
+
+
+def _on_other_mask(owner: np.ndarray, pos, i: int) -> bool:
+    """Whether a number centred at ``pos`` (y, x) lies on (within :data:`LABEL_MASK_MARGIN` px of) the mask of a
+    particle other than the ``i``-th. The clearance against centres alone put a particle's number (its mask empty, its
+    radius from one large detection) 110 px from its centre on another particle's bright inclusion, 176 px from that
+    one's centre: "12" labelled a feature of particle 8 on every map of the real SSRL pair."""
+    h, w = owner.shape
+    y, x = int(round(pos[0])), int(round(pos[1]))
+    m = LABEL_MASK_MARGIN
+    near = owner[max(y - m, 0) : min(y + m + 1, h), max(x - m, 0) : min(x + m + 1, w)]
+    return bool(((near >= 0) & (near != i)).any())
 
 
 def _draw_labels(ax, result, *, color: str, size: int) -> None:
@@ -448,7 +518,9 @@ def overview_figure(result, *, pixel_size_um: float | None = None) -> Figure:
     """First frame (rigidly aligned) with every particle outlined, numbered, and its trajectory.
 
     Trajectories are magnified :data:`TRAJ_SCALE` times and coloured by the particle's
-    largest non-rigid excursion (over its frames vouched for); rejected objects are marked
+    largest non-rigid excursion (over its frames vouched for): grey and dashed where it was not
+    measured, dotted where it is within the split's uncertainty (:func:`_trajectory_sentence`,
+    which the caption gives); rejected objects are marked
     with their reason. With ``pixel_size_um`` (um per px) a scale bar. Numbers are placed
     by :func:`_label_positions`, as on every figure over the frame.
     Table ``overview``: particle, y, x, radius_px (its size: the equivalent radius of its masks,
@@ -463,12 +535,25 @@ def overview_figure(result, *, pixel_size_um: float | None = None) -> Figure:
     maxnr = _max_nonrigid(result)
     vmax = max(float(maxnr.max()) if len(maxnr) else 1.0, 1e-3)
     fig, ax, cbar = _frame_panel(rgb)
-    rows = []
+    within = _within_split(result)
+    rows, unmeasured, upper = [], [], []
     for p in result.particles:
         c0 = p.positions[0]
         traj = c0 + TRAJ_SCALE * (p.positions - c0)
         nr = float(maxnr.get(p.particle, np.nan))
-        ax.line(traj[:, 1], traj[:, 0], color=_hex("plasma", (0 if np.isnan(nr) else nr) / vmax), width=1.2)
+        if np.isnan(nr):  # not measured: off the colour bar, not its 0
+            unmeasured.append(p.particle)
+            ax.line(traj[:, 1], traj[:, 0], color=UNMEASURED_COLOR, width=1.2, dash=UNMEASURED_DASH)
+        else:
+            dotted = p.particle in within
+            upper += [p.particle] if dotted else []
+            ax.line(
+                traj[:, 1],
+                traj[:, 0],
+                color=_hex("plasma", nr / vmax),
+                width=1.2,
+                dash=WITHIN_SPLIT_DASH if dotted else None,
+            )
         rows.append((p.particle, c0[0], c0[1], p.size_radius, nr))
     _draw_labels(ax, result, color="yellow", size=13)
     rej = _visible_rejected(result)
@@ -477,9 +562,44 @@ def overview_figure(result, *, pixel_size_um: float | None = None) -> Figure:
         for _, r in rej.iterrows():
             ax.text(r["x"] + 4, r["y"] + 8, str(r["reason"]).replace("_", " "), color="red", size=8)
     fig.colorbar(*cbar, cmap="plasma", vmin=0, vmax=vmax, label="max non-rigid displacement (px)")
-    caption = _scale_bar(ax, rgb.shape, pixel_size_um)
+    caption = " ".join(
+        c for c in (_trajectory_sentence(unmeasured, upper), _scale_bar(ax, rgb.shape, pixel_size_um)) if c
+    )
     table = pd.DataFrame(rows, columns=["particle", "y", "x", "radius_px", "max_nonrigid_px"])
     return Figure(fig.to_svg(), rgb, {"overview": table}, caption)
+
+
+def _within_split(result) -> set:
+    """The particles whose own motion is within the split's uncertainty and their noise (``nonrigid_within_split`` of
+    :func:`xanestrack.motion.peak_ratios`): they may not have moved on their own at all."""
+    pr = result.peak_ratios
+    if pr is None or not len(pr) or "nonrigid_within_split" not in pr:
+        return set()
+    return {int(q) for q in pr.loc[pr["nonrigid_within_split"].astype(bool), "particle"]}
+
+
+def _trajectory_sentence(unmeasured, upper) -> str:
+    """The overview caption's sentences on the trajectories not coloured as measured: grey dashed where the own motion
+    was not measured (NaN; drawn in the colour bar's 0 before, as the best-measured particle), dotted where it is
+    within the split's uncertainty and noise (the colour an upper bound: a particle truly fixed was painted 1.27 px)."""
+
+    def names(pids):
+        return ", ".join(str(int(q)) for q in pids)
+
+    out = []
+    if unmeasured:
+        out.append(
+            f"Grey, dashed: own motion not measured (no frame vouched for; max_nonrigid_px empty in overview.csv), not "
+            f"0 px: particle{'s' if len(unmeasured) > 1 else ''} {names(unmeasured)}."
+        )
+    if upper:
+        out.append(
+            f"Dotted: own motion within the uncertainty of the split into common and own motion and the positions' "
+            f"noise (the motion table: own motion within split and noise), the colour an upper bound; "
+            f"{'they' if len(upper) > 1 else 'it'} may not have moved on {'their' if len(upper) > 1 else 'its'} own at "
+            f"all: particle{'s' if len(upper) > 1 else ''} {names(upper)}."
+        )
+    return " ".join(out)
 
 
 def chemistry_figure(result, *, pixel_size_um: float | None = None) -> Figure:
@@ -979,7 +1099,9 @@ def motion_figure(result) -> Figure:
     and (f) common translation of the fitted similarity; (g) non-rigid path of each particle; (h) displacement relative to the
     reference particle. Frames not vouched for are marked with a cross on every
     particle panel (drawn alike before: a particle vouched for in 7 of 40 frames
-    looked as sure as one in 32). Tables ``motion`` (per particle and frame, with
+    looked as sure as one in 32). The colours repeat every ten particles, the line style every
+    ten (:func:`_motion_dash`); (e) is dashed where the notes say the particles do not determine the
+    magnification (:func:`_scale_undetermined`). Tables ``motion`` (per particle and frame, with
     ``vouched``) and ``common_motion`` (per frame).
     """
     tracks = result.tracks
@@ -1001,6 +1123,7 @@ def motion_figure(result) -> Figure:
     ]
     by = list(tracks.groupby("particle")) if len(tracks) else []
     colour = {pid: COLORS[k % len(COLORS)] for k, (pid, _) in enumerate(by)}
+    dash = {pid: _motion_dash(k) for k, (pid, _) in enumerate(by)}
     rc = ("common_dy", "common_dx") if "common_dy" in tracks else ("rigid_dy", "rigid_dx")
     rig = None
     if len(tracks) and all(c in tracks for c in rc):
@@ -1016,7 +1139,9 @@ def motion_figure(result) -> Figure:
         ax.xlabel, ax.ylabel = "frame", label
         if c in tracks:
             for pid, g in by:
-                ax.line(g["frame"].to_numpy(), g[c].to_numpy(), color=colour[pid], width=1, label=str(pid))
+                ax.line(
+                    g["frame"].to_numpy(), g[c].to_numpy(), color=colour[pid], width=1, dash=dash[pid], label=str(pid)
+                )
                 _mark_unvouched(ax, g, g["frame"].to_numpy(), g[c].to_numpy(), colour[pid])
             if rig is not None:
                 comp = rig[rc[0] if c in ("dy", "vy") else rc[1]].to_numpy()
@@ -1055,7 +1180,21 @@ def motion_figure(result) -> Figure:
         cols = ["energy_ev", "common_dy", "common_dx", "common_scale"] + (["common_rotation_deg"] if turned else [])
         common = tracks.groupby("frame")[cols].first().reset_index()
         fr = common["frame"].to_numpy()
-        e.line(fr, (common["common_scale"].to_numpy() - 1) * 100, color="black", label="scale (%)" if turned else None)
+        loose = _scale_undetermined(result.notes)
+        e.line(
+            fr,
+            (common["common_scale"].to_numpy() - 1) * 100,
+            color="black",
+            dash=UNDETERMINED_SCALE_DASH if loose else None,
+            label="scale (%)" if turned else None,
+        )
+        if loose:
+            caption += (
+                " (e) Drawn dashed: the run notes say that this magnification is not determined by the particles "
+                "(fitted with one left out it reads otherwise, or too few particles to test it); it may be particles "
+                "drifting outward or inward together (a swelling), not the optics', and every own motion is relative "
+                "to it."
+            )
         e.points(fr, (common["common_scale"].to_numpy() - 1) * 100, color="black", r=1.2)
         if turned:
             e.ylabel = "magnification change (%), rotation (deg)"
@@ -1069,11 +1208,14 @@ def motion_figure(result) -> Figure:
     h_ax.xlabel, h_ax.ylabel = "frame", "|displacement relative to reference| (px)"
     for pid, g in by:
         if "nonrigid_dy" in g:
-            g_ax.line(g["nonrigid_dx"].to_numpy(), g["nonrigid_dy"].to_numpy(), color=colour[pid], width=1)
+            g_ax.line(
+                g["nonrigid_dx"].to_numpy(), g["nonrigid_dy"].to_numpy(), color=colour[pid], width=1, dash=dash[pid]
+            )
             _mark_unvouched(g_ax, g, g["nonrigid_dx"].to_numpy(), g["nonrigid_dy"].to_numpy(), colour[pid])
             rel = np.hypot(g["rel_dy"], g["rel_dx"]).to_numpy()
-            h_ax.line(g["frame"].to_numpy(), rel, color=colour[pid], width=1, label=str(pid))
+            h_ax.line(g["frame"].to_numpy(), rel, color=colour[pid], width=1, dash=dash[pid], label=str(pid))
             _mark_unvouched(h_ax, g, g["frame"].to_numpy(), rel, colour[pid])
+    caption = " ".join(c for c in (_motion_dash_sentence([pid for pid, _ in by]), caption) if c)
     from .motion import MOTION_COLUMNS
 
     cols = MOTION_COLUMNS[:2] + ["energy_ev"] + MOTION_COLUMNS[2:] + ["vouched"]
@@ -1082,6 +1224,33 @@ def motion_figure(result) -> Figure:
     if len(common):
         tables["common_motion"] = common
     return Figure(fig.to_svg(), None, tables, caption=caption)
+
+
+def _scale_undetermined(notes) -> bool:
+    """Whether the run notes say that the magnification fitted to the particles is not determined by them
+    (:data:`SCALE_NOTE_UNDETERMINED`)."""
+    return any(str(n).startswith(SCALE_NOTE_START) and any(w in str(n) for w in SCALE_NOTE_UNDETERMINED) for n in notes)
+
+
+def _motion_dash(k: int):
+    """The line style (SVG dash array, None: solid) of the ``k``-th particle on the motion figure: one per ten
+    particles (:data:`MOTION_DASHES`), as the colours repeat every ten; beyond forty they repeat."""
+    return MOTION_DASHES[(k // len(COLORS)) % len(MOTION_DASHES)]
+
+
+def _motion_dash_sentence(pids) -> str:
+    """The motion caption's key to the line styles where more particles than colours are drawn; ``""`` else."""
+    n = len(COLORS)
+    if len(pids) <= n:
+        return ""
+    groups = []
+    for j in range(1, int(np.ceil(len(pids) / n))):
+        chunk = pids[j * n : (j + 1) * n]
+        groups.append(f"{MOTION_DASH_WORDS[j % len(MOTION_DASHES)]}: particles {chunk[0]}-{chunk[-1]}")
+    return (
+        f"The colours repeat every {n} particles; the line style tells them apart (solid: particles {pids[0]}-"
+        f"{pids[n - 1]}; " + "; ".join(groups) + "; the legend of (b) draws each)."
+    )
 
 
 def _mark_unvouched(ax, g, x, y, color) -> None:
@@ -1108,7 +1277,8 @@ def particle_figure(result, particle: int, *, e50_limits=None, pixel_size_um: fl
     last minus first frame before and after alignment (one diverging scale), and the
     edge-energy map over the pixels the quality masks keep (the colour scale of :func:`chemistry_figure`;
     blank, and the caption says why, where the particle's mean E50 is withheld: :func:`_kept_e50`).
-    Tables ``particle_NNN_edge_e50`` (the map, every pixel measured: results.h5's ``edge_e50``) and
+    Tables ``particle_NNN_edge_e50`` (the map, every pixel measured: results.h5's ``edge_e50``),
+    ``particle_NNN_edge_e50_shown`` (1 where the figures draw the pixel: :func:`_e50_map_tables`) and
     ``particle_NNN_spectrum`` (with ``mean_od_analysed``,
     :func:`_analysed_spectrum`). With ``pixel_size_um`` the caption gives the tiles' width in um.
     """
@@ -1149,14 +1319,38 @@ def particle_figure(result, particle: int, *, e50_limits=None, pixel_size_um: fl
             mean_od_analysed=_analysed_spectrum(p, energies),
         )
     )
-    e50 = pd.DataFrame(p.edge_maps["e50"])
-    e50.attrs["header"] = f"E50 map (eV), pixel [0,0] at frame-0 (y, x) = ({int(p.origin[0])}, {int(p.origin[1])})"
+    e50, shown = _e50_map_tables(p)
     caption = f"Each tile {w} px ({w * pixel_size_um:.3g} \u00b5m) wide." if pixel_size_um is not None else ""
     why = e50_withheld(p)
     if why:  # its E50 tile is left blank, as on the overview (_kept_e50)
         caption = " ".join(c for c in (f"The E50 tile is blank: its mean E50 is withheld ({why}).", caption) if c)
-    tables = {f"particle_{particle:03d}_edge_e50": e50, f"particle_{particle:03d}_spectrum": spectrum}
+    tables = {
+        f"particle_{particle:03d}_edge_e50": e50,
+        f"particle_{particle:03d}_edge_e50_shown": shown,
+        f"particle_{particle:03d}_spectrum": spectrum,
+    }
     return Figure(None, img, tables, caption)
+
+
+def _e50_map_tables(p) -> tuple:
+    """A particle's E50 map as written beside its figure (every pixel measured: results.h5's ``edge_e50``) and, on
+    the same grid, 1 where the figures draw the pixel and 0 where they hide it (:func:`_kept_e50`: the quality masks
+    reject it, or the particle's mean E50 is withheld). The map was written alone under the same header for every
+    particle: a replot from it drew the 2-4 % of pixels the figure hides, 2-3x worse against the truth, and a
+    particle whose E50 is withheld unmarked. Both headers say so (``withheld: <why>``, as chemistry.csv's column)."""
+    origin = f"pixel [0,0] at frame-0 (y, x) = ({int(p.origin[0])}, {int(p.origin[1])})"
+    why = e50_withheld(p)
+    tail = f"; withheld: {why} (no pixel drawn)" if why else ""
+    name = f"particle_{p.particle:03d}_edge_e50_shown.csv"
+    e50 = pd.DataFrame(p.edge_maps["e50"])
+    e50.attrs["header"] = (
+        f"E50 map (eV), {origin}; every pixel measured; the figures draw only those marked 1 in {name}{tail}"
+    )
+    shown = pd.DataFrame(np.isfinite(_kept_e50(p)).astype(int))
+    shown.attrs["header"] = (
+        f"1: pixel drawn on the figures (the quality masks keep it), 0: hidden, of the E50 map beside, {origin}{tail}"
+    )
+    return e50, shown
 
 
 def _analysed_spectrum(p, energies_ev) -> np.ndarray:
@@ -1403,9 +1597,13 @@ not shown). {{ p.fig_caption }}</figcaption></figure>
 
 def _write_tables(figdir: Path, tables: dict) -> None:
     for name, df in tables.items():
-        if name.endswith("_edge_e50"):
+        if name.endswith(("_edge_e50", "_edge_e50_shown")):
             np.savetxt(
-                figdir / f"{name}.csv", df.to_numpy(), delimiter=",", fmt="%.3f", header=df.attrs.get("header", "")
+                figdir / f"{name}.csv",
+                df.to_numpy(),
+                delimiter=",",
+                fmt="%d" if name.endswith("_shown") else "%.3f",
+                header=df.attrs.get("header", ""),
             )
         else:
             df.to_csv(
@@ -1674,10 +1872,25 @@ def _motion_table(result) -> pd.DataFrame:
     t = result.peak_ratios
     if t is None or not len(t):
         return t
+    unknown = _noise_unknown(t)
     for flag in ("nonrigid_at_noise", "nonrigid_within_split"):  # read as words, not a Python bool
         if flag in t:
-            t = t.assign(**{flag: np.where(t[flag].astype(bool), "yes", "no")})
+            words = np.where(t[flag].astype(bool), "yes", "no")
+            # False where no noise floor is known (peak_ratios): "no" read as "stands above its noise" on a 2-frame
+            # scan; "within split" True stays yes (within the split alone), its "no" is not known either
+            t = t.assign(**{flag: np.where(unknown & (words == "no"), "unknown", words)})
     return t.rename(columns={k: name.format(v=v) for k, name in MOTION_TABLE_NAMES.items()})
+
+
+def _noise_unknown(pr) -> np.ndarray:
+    """Per row of ``peak_ratios``, whether the particle's own motion cannot be weighed against its noise: no noise
+    floor known (``max_nonrigid_noise_px`` NaN: too few frames, as a 2-energy scan) or no own motion measured.
+    ``nonrigid_at_noise`` is False there for want of a floor, not a measured "above its noise"."""
+    if "max_nonrigid_noise_px" not in pr:  # (folders written before it: every own motion as measured)
+        return np.zeros(len(pr), bool)
+    floor = pr["max_nonrigid_noise_px"].to_numpy(float)
+    own = pr["max_nonrigid_displacement"].to_numpy(float)
+    return ~(np.isfinite(floor) & np.isfinite(own))
 
 
 def _motion_table_note(result) -> str:
@@ -1698,7 +1911,9 @@ def _motion_table_note(result) -> str:
             "(from its own motion as measured, frame to frame); max |non-rigid| from noise alone, the largest own "
             "displacement that noise alone reaches over as many frames (of white noise that size, 95 % of scans stay "
             "below it); 'own motion within noise' where max |non-rigid| is not above it: that number is the noise's "
-            "largest excursion, not a measured own motion. Errors that wander slowly (a touching neighbour, the "
+            "largest excursion, not a measured own motion; 'unknown' where no noise floor is known (too few frames, as "
+            "two energies) or no own motion was measured, in 'own motion within split and noise' too where not within "
+            "the split alone. Errors that wander slowly (a touching neighbour, the "
             "matrix) are not counted: near the floor, read it as uncertain. Peak |non-rigid v| from noise alone is an "
             "upper bound per axis (the positions' noise unsmoothed, 95 % of scans stay below it; the first and last "
             "frame's velocities, one-sided, twice as noisy as the central ones, counted as such): a peak above it is "

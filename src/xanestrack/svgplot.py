@@ -138,7 +138,7 @@ class SvgAxes:
             ("line", np.asarray(x, float), np.asarray(y, float), dict(color=color, width=width, dash=dash))
         )
         if label is not None:
-            self.legend_items.append((label, color, "line"))
+            self.legend_items.append((label, color, "line", dash))
 
     def points(self, x, y, *, color="black", r=1.6, label=None, marker="o"):
         self.items.append(("points", np.asarray(x, float), np.asarray(y, float), dict(color=color, r=r, marker=marker)))
@@ -312,13 +312,15 @@ class SvgAxes:
                     f'<text x="{_fmt(lx)}" y="{_fmt(ly + 8)}" font-size="8" font-style="italic">{_esc(self.legend_title)}</text>'
                 )
                 ly += 10
-            for k, (label, color, kind) in enumerate(items):
+            for k, (label, color, kind, *style) in enumerate(items):
                 cx, cy = lx + (k // rows) * colw, ly + (k % rows) * 10 + 6
                 if kind == "points":
                     out.append(f'<circle cx="{_fmt(cx + 6)}" cy="{_fmt(cy - 3)}" r="2" fill="{color}"/>')
                 else:
+                    # the line's dash too (a legend of more lines than colours tells them apart by it)
+                    dash = f' stroke-dasharray="{style[0]}"' if style and style[0] else ""
                     out.append(
-                        f'<line x1="{_fmt(cx)}" y1="{_fmt(cy - 3)}" x2="{_fmt(cx + 12)}" y2="{_fmt(cy - 3)}" stroke="{color}" stroke-width="2"/>'
+                        f'<line x1="{_fmt(cx)}" y1="{_fmt(cy - 3)}" x2="{_fmt(cx + 12)}" y2="{_fmt(cy - 3)}" stroke="{color}" stroke-width="2"{dash}/>'
                     )
                 out.append(f'<text x="{_fmt(cx + 15)}" y="{_fmt(cy)}" font-size="8">{_esc(label)}</text>')
 
