@@ -1180,7 +1180,7 @@ def motion_figure(result) -> Figure:
         cols = ["energy_ev", "common_dy", "common_dx", "common_scale"] + (["common_rotation_deg"] if turned else [])
         common = tracks.groupby("frame")[cols].first().reset_index()
         fr = common["frame"].to_numpy()
-        loose = _scale_undetermined(result.notes)
+        loose = _scale_undetermined(getattr(result, "notes", ()))
         e.line(
             fr,
             (common["common_scale"].to_numpy() - 1) * 100,
