@@ -10,24 +10,16 @@ import pytest
 from xanestrack.pipeline import run_pipeline
 from xanestrack.result import UNVOUCHED_FLAGS
 from xanestrack.stack import Stack
-from xanestrack.synth import make_synthetic_stack
 
 BURIED_FRAMES = 6
 NOTE = "are measured from frame 0"
 
 
 @pytest.fixture(scope="module")
-def buried():
-    """The small default scene, plain and with noise over one particle's window in its first frames (present, not vouched for)."""
-    s = make_synthetic_stack(
-        "default",
-        seed=11,
-        n_energies=48,
-        shape=(200, 200),
-        n_particles=4,
-        radius_range=(10.0, 22.0),
-        drift_range=(1.0, 3.0),
-    )
+def buried(small_synth):
+    """The small default scene (conftest's ``small_synth``), plain and with noise over one particle's window in its
+    first frames (present, not vouched for)."""
+    s = small_synth
     od = s.optical_density().astype(np.float32)
     truth = s.truth.positions
     t1 = truth[truth.particle == 1].sort_values("frame")

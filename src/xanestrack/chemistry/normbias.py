@@ -135,15 +135,8 @@ def normalisation_bias(
     for name, ref in references.items():
         if not isinstance(ref, ReferenceSpectrum) or ref.energies_ev.size < 8:
             continue
-        r_e, r_mu = ref.energies_ev, ref.mu
-        if dense == "normalised":
-            # over the scan's range only: the post-edge line of a reference measured to 9570 eV is another than
-            # over the scan's (a 0.5-eV grid to 9000 eV read larch's Ni foil -0.317 eV "biased", cut: -0.02 eV)
-            inside = (r_e >= e[0]) & (r_e <= e[-1])
-            if inside.sum() >= 8:
-                r_e, r_mu = r_e[inside], r_mu[inside]
         try:
-            e0_dense, truth = _dense_e50(r_e, r_mu, dense, bg, edge_window)
+            e0_dense, truth = _dense_e50(ref, e, dense, bg, edge_window)
             seen = _as_particles(e, ref, e0_dense, bg, edge_window, e)[0]
         except ValueError:  # too few energies for a pre-edge, post-edge or edge window
             out[name] = float("nan")
@@ -152,12 +145,20 @@ def normalisation_bias(
     return out
 
 
-def _dense_e50(r_e, r_mu, dense: str, background: float, edge_window) -> tuple[float, float]:
-    """``(e0, e50)`` of a reference on its own energies ``r_e`` (:func:`normalisation_bias`'s ``dense``: where its
-    given values cross 0.5, or normalised as the particles are). Raises ValueError as
+def _dense_e50(ref, scan_energies_ev, dense: str, background: float, edge_window) -> tuple[float, float]:
+    """``(e0, e50)`` of reference ``ref`` on its own energies (:func:`normalisation_bias`'s ``dense``: where its
+    given values cross 0.5, or normalised as the particles are, then over the scan's range only). Raises ValueError as
     :func:`~xanestrack.xanes.find_e0` and :func:`~xanestrack.xanes.edge_energy` do."""
     from ..xanes import edge_energy, find_e0, normalize
 
+    r_e, r_mu = ref.energies_ev, ref.mu
+    if dense == "normalised":
+        # over the scan's range only: the post-edge line of a reference measured to 9570 eV is another than over the
+        # scan's (a 0.5-eV grid to 9000 eV read larch's Ni foil -0.317 eV "biased", cut: -0.02 eV)
+        e = np.asarray(scan_energies_ev, float)
+        inside = (r_e >= e[0]) & (r_e <= e[-1])
+        if inside.sum() >= 8:
+            r_e, r_mu = r_e[inside], r_mu[inside]
     e0_dense = find_e0(r_e, r_mu)
     if dense == "given":
         return e0_dense, float(edge_energy(r_e, r_mu[:, None], e0_ev=e0_dense, window=edge_window)[0][0])
@@ -220,13 +221,8 @@ def chemistry_bias(
         return nan
     mix = _mix(parts, refs)
     bg = BACKGROUND_AT_EDGE if background is None or not np.isfinite(background) else float(background)
-    r_e, r_mu = mix.energies_ev, mix.mu
-    if dense == "normalised":  # over the scan's range only, as normalisation_bias
-        inside = (r_e >= e[0]) & (r_e <= e[-1])
-        if inside.sum() >= 8:
-            r_e, r_mu = r_e[inside], r_mu[inside]
     try:
-        e0_dense, truth = _dense_e50(r_e, r_mu, dense, bg, edge_window)
+        e0_dense, truth = _dense_e50(mix, e, dense, bg, edge_window)
         seen = _as_particles(e[use], mix, e0_dense, bg, edge_window, e)[0]
     except ValueError:  # too few energies for a pre-edge, post-edge or edge window
         return nan
