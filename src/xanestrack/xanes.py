@@ -586,6 +586,20 @@ def _vertex(x, y) -> float:
     return float(x[1] + np.clip(v, a / 2, b / 2))
 
 
+def _vertices(x0, x1, x2, y0, y1, y2):
+    """:func:`_vertex` for arrays of three points each: the vertex of the parabola through ``(x0, y0)``,
+    ``(x1, y1)``, ``(x2, y2)``, within half a step of ``x1`` (``x1`` where they lie on a line). The steps need not be
+    equal: the equal-step formula, ``x1 + 0.5 h (y0 - y2) / (y0 - 2 y1 + y2)`` with each side's own step, put a
+    derivative peak up to 0.72 eV off where the grid went from 0.5-eV to 2-eV steps at it (a noise-free edge;
+    this formula: within 0.08 eV, the error of the derivative itself on those steps)."""
+    a, b = x0 - x1, x2 - x1
+    ya, yb = y0 - y1, y2 - y1
+    curv = b * ya - a * yb
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v = np.where(curv != 0, 0.5 * (b * b * ya - a * a * yb) / curv, 0.0)
+    return x1 + np.clip(np.nan_to_num(v), a / 2, b / 2)
+
+
 def _merge_repeats(e, m):
     """``(e, m)`` with runs of energies joined by steps shorter than :data:`xanestrack.stack.REPEAT_STEP_RATIO`
     times the steps on both sides of them (:func:`xanestrack.stack.repeat_steps`) replaced by their means."""
@@ -876,10 +890,7 @@ def edge_energy(
         i = np.clip(i, 1, ew.size - 2)
         cols = np.arange(v.shape[1])
         y0, y1, y2 = v[i - 1, cols], v[i, cols], v[i + 1, cols]
-        denom = y0 - 2 * y1 + y2
-        with np.errstate(divide="ignore", invalid="ignore"):
-            frac = np.clip(np.where(denom != 0, 0.5 * (y0 - y2) / denom, 0.0), -0.5, 0.5)
-        out = ew[i] + np.where(frac >= 0, frac * (ew[i + 1] - ew[i]), frac * (ew[i] - ew[i - 1]))
+        out = _vertices(ew[i - 1], ew[i], ew[i + 1], y0, y1, y2)
         has = np.isfinite(y1)
         out[~has] = np.nan
         gap = np.zeros_like(has)
