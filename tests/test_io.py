@@ -451,3 +451,24 @@ def test_flats_per_frame_whose_pattern_moves_with_the_energy_are_not_said_to_be_
     notes = []
     optical_density(frames, flats=moved, notes=notes)
     assert not [n for n in notes if "flats' pattern" in n]
+
+
+def test_zeiss_files_whose_pixel_sizes_differ_are_said(tmp_path):
+    """Probe r52 "acq", F5: files of one scan whose ``PixelSize`` differ (0.4 % here) had the first file's taken for
+    every size in um, unsaid; now a note gives the spread and which one is used. The real folder as it is: no note."""
+    import olefile
+
+    folder = shared_data("real_txm", "ssrl_6-2c_nca")
+    files = sorted(folder.glob("*.xrm"))
+    for f in files:
+        shutil.copy(f, tmp_path / f.name)
+    assert not any("pixel sizes differ" in n for n in read_stack(tmp_path).metadata["notes"])
+    for f in sorted(tmp_path.glob("*08354*.xrm")):
+        with olefile.OleFileIO(str(f)) as o:
+            pix = np.frombuffer(o.openstream("ImageInfo/PixelSize").read(), "<f4").copy()
+        with olefile.OleFileIO(str(f), write_mode=True) as o:
+            o.write_stream("ImageInfo/PixelSize", (pix * np.float32(1.004)).astype("<f4").tobytes())
+    st_ = read_stack(tmp_path)
+    note = [n for n in st_.metadata["notes"] if "pixel sizes differ" in n]
+    assert len(note) == 1 and "0.4 % apart" in note[0], st_.metadata["notes"]
+    assert st_.pixel_size_um == pytest.approx(float(pix[0]), rel=1e-6)  # the first file's (8324 eV): unchanged

@@ -349,6 +349,26 @@ def _one_energy_within_tolerance(samples, refs, inner_refs) -> str | None:
     )
 
 
+#: relative spread of the files' pixel sizes beyond which the reader says which one it took
+PIXEL_SIZE_SPREAD = 1e-3
+
+
+def _pixel_size_spread_note(sizes, used) -> str | None:
+    """A note where the files' ``PixelSize`` differ by more than :data:`PIXEL_SIZE_SPREAD` of the one used (the
+    first file's): sizes in um follow that one; a magnification that changes across the scan is measured from the
+    images (the common motion's scale per frame), not from these values (probe r52 "acq": 0.4 % apart, unsaid)."""
+    if not sizes or not used:
+        return None
+    lo, hi = min(sizes), max(sizes)
+    if (hi - lo) / used <= PIXEL_SIZE_SPREAD:
+        return None
+    return (
+        f"the files' pixel sizes differ: {lo:.5g}-{hi:.5g} um ({100 * (hi - lo) / used:.2g} % apart); sizes in um "
+        f"use the first file's, {used:.5g} um; a magnification changing across the scan is measured from the images "
+        "(the scale per frame), not from these values"
+    )
+
+
 def read_xrm_scan(paths, *, energies=None, grouping=None) -> Stack:
     """Read a XANES scan from .xrm/.txrm files into a Stack (optical density).
 
@@ -375,6 +395,7 @@ def read_xrm_scan(paths, *, energies=None, grouping=None) -> Stack:
     inner_refs: dict[float, list] = {}
     shape = None
     pixel = None
+    sizes = []  # each file's pixel size, um
     notes = []
     order = []
     carried = True  # every image's energy in the files (metadata or name)
@@ -385,6 +406,8 @@ def read_xrm_scan(paths, *, energies=None, grouping=None) -> Stack:
         elif x.images.shape[1:] != shape:
             raise XanestrackError(f"{f}: image size {x.images.shape[1:]} differs from the first file's {shape}")
         pixel = pixel or x.pixel_size_um
+        if x.pixel_size_um:
+            sizes.append(x.pixel_size_um)
         notes += [f"{f.name}: {n}" for n in x.notes]
         for i in range(x.images.shape[0]):
             role, e = grouping(f, x.energies_ev[i])
@@ -490,6 +513,9 @@ def read_xrm_scan(paths, *, energies=None, grouping=None) -> Stack:
     e = validated_energies(e, len(keys), source=files[0].parent if energies is None else "energies given")
     if energies is not None and carried:
         notes.append(replaced_energies_note("the energies given", keys, e, "the files' metadata or names"))
+    spread = _pixel_size_spread_note(sizes, pixel)
+    if spread:
+        notes.append(spread)
     rounded = rounded_energies_note(e, source=files[0].parent if energies is None else "energies given")
     if rounded:
         notes.append(rounded)
