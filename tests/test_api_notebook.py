@@ -301,3 +301,21 @@ def test_an_unknown_reference_particle_is_refused_before_the_particles_are_analy
     st = Stack(small_synth.optical_density(), small_synth.energies_ev)
     with pytest.raises(ValueError, match="`reference_particle` 99 is not among the tracked particles"):
         run_pipeline(st, options=PipelineOptions(reference_particle=99))
+
+
+def test_reference_particle_refused_where_no_particle_is_tracked():
+    """Probe r52 "fuzz", F5: with no particle tracked, `reference_particle=0` ended the run without a word (the check
+    ran only where tracks were found)."""
+    import numpy as np
+    import pytest
+
+    from xanestrack.pipeline import PipelineOptions, run_pipeline
+    from xanestrack.stack import Stack
+    from xanestrack.synth import ni_energy_grid
+
+    rng = np.random.default_rng(0)
+    e = ni_energy_grid(12)
+    st = Stack(rng.normal(0.0, 0.01, (12, 96, 96)).astype(np.float32), e)
+    assert not run_pipeline(st).particles  # the control: nothing there, no refusal without the option
+    with pytest.raises(ValueError, match=r"`reference_particle` 0 is not among the tracked particles \[\]"):
+        run_pipeline(st, options=PipelineOptions(reference_particle=0))

@@ -162,3 +162,27 @@ def test_known_edge_without_references_takes_nothing_out_and_says_why():
     other = np.clip((GRID - 8346.0) / 2.0 + 0.5, 0, 1)
     cb = particle_chemistry_bias(GRID, None, other, 8346.0, ni_references())
     assert np.isnan(cb.bias_ev) and "do not describe" in cb.why
+
+
+def test_known_edge_on_a_scan_too_short_for_xanes_says_why(tmp_path):
+    """Probe r52 "fuzz", F3: on a 5-energy scan the refusal said "its note says why" (a refused run writes no notes)
+    and pointed at particles.csv, a file no run writes; now it says the scan is too short for a XANES and where a
+    run without the option gives the particles' mean E50."""
+    from typer.testing import CliRunner
+
+    from xanestrack.cli import app
+    from xanestrack.synth import make_synthetic_stack
+    from xanestrack.truth_io import write_synthetic
+
+    s = make_synthetic_stack(
+        "default", seed=3, n_energies=5, shape=(160, 160), n_particles=2, radius_range=(12.0, 16.0)
+    )
+    (tmp_path / "scan").mkdir()
+    write_synthetic(s, tmp_path / "scan")
+    r = CliRunner().invoke(
+        app, ["run", str(tmp_path / "scan" / "stack.h5"), "--known-edge", "0=8341", "--out", str(tmp_path / "o")]
+    )
+    assert r.exit_code != 0
+    text = " ".join(r.output.split())
+    assert "the scan has 5 energies, fewer than the 8 a XANES needs" in text, text
+    assert "figures/uncertainty.csv" in text and "particles.csv" not in text.replace("uncertainty.csv", "")

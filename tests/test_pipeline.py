@@ -223,6 +223,16 @@ def test_threads_change_nothing_but_the_time(small_synth, small_result):
         run_pipeline(st, options=PipelineOptions(threads=0))
 
 
+def test_too_large_note_does_not_round_a_radius_onto_the_limit():
+    """Probe r52 "fuzz", F4: with --max-radius 21.56 an object of radius 21.80 px read "larger than ... (22 px) ...
+    (radius 22-22 px)"."""
+    from xanestrack.pipeline import _too_large_note
+
+    dets = pd.DataFrame(dict(y=[50.0, 50.5], x=[60.0, 60.2], radius=[21.8, 21.8], frame=[0, 12], reason="too_large"))
+    note = _too_large_note(dets, 21.56)
+    assert "(21.56 px)" in note and "radius 21.8 px" in note, note
+
+
 def test_particles_larger_than_the_radius_range_are_named_with_the_radius_that_keeps_them():
     import re
 

@@ -509,10 +509,10 @@ def _run_and_write(
             if not math.isfinite(check):  # the axis shifted on a mean the run then does not give: no record of a NaN
                 from .errors import XanestrackError
 
+                why = _why_no_e50(next((p for p in result.particles if p.particle == known_edge[0]), None))
                 raise XanestrackError(
-                    f"--known-edge {known_edge[0]}={known_edge[1]}: after the shift particle {known_edge[0]} has no E50 "
-                    "(its note says why), so the calibration it gave cannot be checked and nothing was written; name "
-                    "a particle with an E50 (particles.csv mean_e50_ev), or calibrate with --energy-reference and a foil"
+                    f"--known-edge {known_edge[0]}={known_edge[1]}: after the shift particle {known_edge[0]} has no E50"
+                    f"{why}, so the calibration it gave cannot be checked and nothing was written; {KNOWN_EDGE_ADVICE}"
                 )
             run_info["energy_calibration"] = dict(calibration, check_mean_e50_ev=check)
             if "shift_ev" in calibration:  # printed as --energy-reference's is (only in run.json before)
@@ -776,6 +776,27 @@ def _calibrate_stack(stack, path, known_e0, standard_path):
     return calibrated, rec, note
 
 
+#: what a refused --known-edge asks for (a refused run writes nothing: the particles' E50s are in a run without it)
+KNOWN_EDGE_ADVICE = (
+    "run without --known-edge and name a particle with a mean E50 (figures/uncertainty.csv, mean_e50_ev), or calibrate "
+    "with --energy-reference and a foil"
+)
+
+
+def _why_no_e50(particle, n_energies: int | None = None, min_energies: int | None = None) -> str:
+    """`` (why: ...)``: a scan too short for a XANES (``n_energies`` under ``min_energies``), else what the particle's
+    notes say of its E50 or XANES, for a refusal (a refused run writes no notes: "its note says why" pointed at
+    nothing); empty where neither tells."""
+    if n_energies is not None and min_energies is not None and n_energies < min_energies:
+        return f" (the scan has {n_energies} energies, fewer than the {min_energies} a XANES needs)"
+    notes = [str(n) for n in getattr(particle, "notes", ()) or ()]
+    notes = [n for n in notes if any(w in n for w in ("E50", "XANES", "edge", "spectrum"))]
+    if not notes:
+        return ""
+    text = "; ".join(notes)
+    return f" (its notes: {text[:400]}{' ...' if len(text) > 400 else ''})"
+
+
 def _known_edge_calibration(particle, known_ev, *, references=None, options=None):
     """A ``recalibrate`` hook of :func:`~xanestrack.pipeline.run_pipeline` for ``--known-edge``, and its record.
 
@@ -816,7 +837,7 @@ def _known_edge_calibration(particle, known_ev, *, references=None, options=None
         if all(hasattr(p, "e0_ev") for p in particles):  # ParticleResults (a stub of E50 maps alone: those judged)
             (seen,) = [p for p in _two_edges(particles, energies)[0] if p.particle == particle]
         what = f"--known-edge {particle}={known_ev}: particle {particle}"
-        do = "name a particle with an E50 (particles.csv mean_e50_ev), or calibrate with --energy-reference and a foil"
+        do = KNOWN_EDGE_ADVICE
         e50 = found[0].edge_maps["e50"][core_pixels(found[0])]  # as particle_summary's mean_e50_ev
         if np.isfinite(e50).any() and not np.isfinite(seen.edge_maps["e50"]).any():
             raise XanestrackError(
@@ -826,13 +847,15 @@ def _known_edge_calibration(particle, known_ev, *, references=None, options=None
         e50 = e50[np.isfinite(e50)]
         measured = float(e50.mean()) if e50.size else float("nan")
         if not np.isfinite(measured) or gap_share(found[0]) > MAX_GAP_SHARE:
-            raise XanestrackError(f"{what} has no E50 (its note says why), so it cannot calibrate the axis; {do}")
+            least = (options.min_xanes_energies if options is not None else None) or None
+            why = _why_no_e50(found[0], len(energies), least)
+            raise XanestrackError(f"{what} has no E50{why}, so it cannot calibrate the axis; {do}")
         # a mean of a few pixels is not the particle's: the share of its whole core (particle_summary's decision)
         n, n_core = e50_share(found[0].edge_maps["e50"], found[0].mask)
         if n < MIN_E50_SHARE * n_core:
             raise XanestrackError(
                 f"--known-edge {particle}={known_ev}: particle {particle} has an edge energy in only {n} of its "
-                f"{n_core} core pixels, too few to calibrate on (its note says why); name another particle"
+                f"{n_core} core pixels, too few to calibrate on{_why_no_e50(found[0])}; name another particle"
             )
         cal = calibrate_from_particle(
             energies,

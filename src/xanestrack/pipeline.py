@@ -2802,8 +2802,8 @@ def run_pipeline(
     tracks, rejected_tracks, common = link_detections(detections, od, options=options.match, frames=key)
     tell("match", 1, 1)
     timings["match"] = time.perf_counter() - t
-    if options.reference_particle is not None and len(tracks):
-        ids = sorted(int(v) for v in tracks["particle"].unique())
+    if options.reference_particle is not None:  # none tracked too (that run ended without a word: probe r52 fuzz)
+        ids = sorted(int(v) for v in tracks["particle"].unique()) if len(tracks) else []
         if int(options.reference_particle) not in ids:  # refused after every particle was analysed, before
             raise ValueError(
                 f"`reference_particle` {options.reference_particle} is not among the tracked particles {ids}"
@@ -3971,8 +3971,8 @@ def _too_large_note(rejected_dets, max_radius: float) -> str | None:
     radii = [o[2] for o in seen]
     suggest = int(np.ceil(1.2 * max(radii) / 10.0) * 10)
     return (
-        f"{count(len(seen), 'object')} left out as larger than the largest particle radius ({max_radius:.0f} px) in every frame "
-        f"they were seen (radius {min(radii):.0f}-{max(radii):.0f} px, at (y, x) {_where([o[:2] for o in seen])}): if "
+        f"{count(len(seen), 'object')} left out as larger than the largest particle radius ({max_radius:.4g} px) in every "
+        f"frame they were seen (radius {_span(radii)} px, at (y, x) {_where([o[:2] for o in seen])}): if "
         f"they are particles, {RERUN} --max-radius {suggest}"
     )
 
