@@ -1973,23 +1973,91 @@ def _chemistry_frames(aligned, masks, candidates):
     return use, mask
 
 
+#: px: a particle's mask within this much of its aligned window's border is taken as cut by it
+#: (:func:`_window_cut_note`); the window's margin is 0.3 r + 6 px (:func:`xanestrack.register.window_half`)
+WINDOW_CUT_BAND_PX = 1
+#: :func:`_window_cut_note`: the share of its frames used whose own mask reaches the window's band above which,
+#: in at least :data:`WINDOW_CUT_FRAMES` frames, the particle is said to be cut where its mask over them does not
+#: reach it. One frame alone is not enough: the real SSRL pair (2 frames) has a particle whose frame-0 mask is
+#: another object's, reaching its window's border (its size is not given for it, ``ParticleResult.size_radius``)
+WINDOW_CUT_SHARE = 0.25
+WINDOW_CUT_FRAMES = 2
+#: how a particle's note that its window cuts it begins (:func:`_window_cut_note`)
+WINDOW_CUT_NOTE = "cut by its window"
+
+
+def _window_cut_note(masks, use, mask, energies) -> str:
+    """A particle's note that its mask reaches its aligned window's border: ``""`` where it does not.
+
+    Parameters
+    ----------
+    masks : ndarray (n_frames, h, w)
+        Each frame's soft mask on the aligned grid (:func:`_aligned_masks`).
+    use : ndarray (n_frames,) bool
+        The frames its XANES uses (:func:`_chemistry_frames`).
+    mask : ndarray (h, w) bool
+        Its mask over them, the pixels its maps and means cover.
+    energies : ndarray (n_frames,)
+
+    Returns
+    -------
+    str
+        The note, where its mask over the frames used, or its own mask in more than :data:`WINDOW_CUT_SHARE` of
+        them (and :data:`WINDOW_CUT_FRAMES` or more), lies within :data:`WINDOW_CUT_BAND_PX` of the window's border: the particle reaches past its window
+        (larger than its detection, or its window off its position), and its radius, maps, mean spectrum, mean E50
+        and fractions are of the part inside. A particle entering the field after a 20-px stage jump had its
+        window 20 px off-centre (:func:`_aligned_masks`, since mended) and was read 9.47 px for 11.89, its mean E50
+        +0.23 eV and its LiNiO2 fraction 0.597 for 0.500, its pixels unflagged and nothing said.
+    """
+    if not np.asarray(use).any():
+        return ""
+    b = WINDOW_CUT_BAND_PX + 1
+    band = np.ones(np.asarray(mask).shape, bool)
+    band[b:-b, b:-b] = False
+    hits = ((np.asarray(masks)[use] >= 0.5) & band).any(axis=(1, 2))
+    whole = bool((np.asarray(mask, bool) & band).any())
+    if not whole and (hits.mean() <= WINDOW_CUT_SHARE or hits.sum() < WINDOW_CUT_FRAMES):
+        return ""
+    at = np.zeros(len(energies), bool)
+    at[np.flatnonzero(use)[hits]] = True
+    own = f"its own mask in {count(int(hits.sum()), 'frame')} of {int(np.count_nonzero(use))} used"
+    if hits.any():
+        own += f" ({_frame_runs_text(at, energies)})"
+    return (
+        f"{WINDOW_CUT_NOTE}: {'its mask over its frames used and ' if whole else ''}{own} reach within "
+        f"{WINDOW_CUT_BAND_PX} px of the window's border; the particle reaches past its window, and its radius, maps, "
+        "mean spectrum, mean E50 and fractions are of the part inside it"
+    )
+
+
 def _aligned_masks(loc: _Located, v: VouchedPositions):
     """The particle's aligned grid and its masks on it: ``(origin, shifts, masks)``.
 
-    ``origin`` is the frame-0 pixel of the grid's ``[0, 0]`` (the window around its first located
-    position), ``shifts`` ``(n_frames, 2)`` its displacement from frame 0, ``masks`` each frame's
-    soft mask resampled onto the grid (:func:`resample_masks`).
+    ``origin`` is the frame-0 pixel of the grid's ``[0, 0]`` (the window around its frame-0
+    position, measured or filled from the common motion), ``shifts`` ``(n_frames, 2)`` its
+    displacement from frame 0, ``masks`` each frame's soft mask resampled onto the grid
+    (:func:`resample_masks`).
+
+    The grid's pixel ``[i, j]`` is frame ``k``'s ``origin + (i, j) + shifts[k]``, so the particle (at
+    ``positions[k]``) lies at ``positions[0] - origin`` in every frame: the window is centred on the
+    frame-0 position the shifts are measured from. It was placed at the first located frame's position
+    while the shifts ran from frame 0's: a particle first found after the stage moved (entering the
+    field) sat that motion off the window's centre, and past the window's margin (0.3 r + 6 px) was cut
+    (the probe's r-12 particle after a 20-px stage jump: radius 11.89 -> 9.47 px, mean E50 +0.23 eV,
+    its LiNiO2 fraction 0.500 -> 0.597, unsaid). Particles located in frame 0 are unchanged.
     """
     seg, half = loc.seg, loc.half
     positions = v.positions
     size = 2 * half + 1
-    if v.located.any():
+    # the aligned grid is frame-0's (positions are filled for every frame, or all NaN)
+    shifts = positions - positions[0]
+    if v.located.any() and np.isfinite(positions[0]).all():
+        origin = np.round(positions[0]).astype(int) - half
+    elif v.located.any():  # not filled in frame 0 (not met: filled for every frame): its first located frame's
         ref = int(np.flatnonzero(v.located)[0])
         origin = np.round(positions[ref]).astype(int) - half
     else:
         origin = seg.origins[0]
-    # the aligned grid is frame-0's (positions are filled for every frame, or all NaN)
-    shifts = positions - positions[0]
     return origin, shifts, resample_masks(seg.masks, seg.origins, shifts, origin, (size, size))
 
 
@@ -2506,6 +2574,9 @@ def _finish_particle(
     if exclude is not None:  # frames left out of every particle's XANES (blurred: _blurred_frames)
         candidates = candidates & ~exclude
     use, mask = _chemistry_frames(aligned, amasks, candidates)
+    cut_note = _window_cut_note(amasks, use, mask, energies)  # a particle reaching past its window: said
+    if cut_note:
+        notes.append(cut_note)
     n_pieces, n_cut, pieces_note = _pieces_note(loc.track, energies, mask, pid)
     if pieces_note:
         notes.append(pieces_note)
