@@ -369,8 +369,10 @@ def test_a_turning_particle_is_flagged_with_its_angle():
     (note,) = _rim_notes(out[2])
     angle = float(re.search(r"turns by ([\d.]+) degrees \(counter-clockwise", note).group(1))
     assert 7.5 < angle < 8.5
-    moved = float(re.search(r"its sides by up to ([\d.]+) px", note).group(1))
+    moved = float(re.search(r"its outline by up to ([\d.]+) px across itself", note).group(1))
     assert 1.4 < moved < 1.6  # (30 - 19) x sin(8 degrees) = 1.53 px across the outline
+    swept = float(re.search(r"its farthest pixels, \d+ px from its centre, move by ([\d.]+) px", note).group(1))
+    assert 4.0 < swept < 4.6  # 30.5 x sin(8 degrees) = 4.2 px
     depth = int(re.search(r"within (\d+) px of the outline", note).group(1))
     assert depth == 4  # ceil(1.53 / 2 + 2.5)
     assert np.array_equal((out[2].pixel_flags & xanes.FLAG_MOVING_RIM) > 0, xanes.moving_rim(out[2].mask, depth))
@@ -389,15 +391,17 @@ def test_a_round_particle_turning_is_not_flagged():
     assert not any(_rim_notes(p) for p in _flag_moving_rims(_scene_of_shapes(e, roundish), e))
 
 
-def test_a_turn_all_particles_share_is_not_their_own():
-    """The field turning by 5 degrees (each particle registered by a translation only) flags none."""
+def test_a_turn_all_particles_share_is_flagged_as_their_own():
+    """The field turning by 5 degrees: each particle is registered by a translation only (``--rotation`` turns no
+    window), so each elongated one's rim sweeps as if it turned alone: flagged (it was taken out as shared, and the
+    probe's particles turning alike on their own were cleared with it); the roundish one (16 x 15 px) is not."""
     e = synth.ni_energy_grid(143)
     n = e.size
     turn = lambda k: 5.0 * k / (n - 1)  # noqa: E731
     shapes = [_ellipse(24.0, 15.0, 30.0, turn=turn), _ellipse(22.0, 16.0, -50.0, turn=turn)]
     shapes += [_ellipse(26.0, 18.0, 100.0, turn=turn), _ellipse(16.0, 15.0, 0.0, turn=turn)]
     particles = [_fake_shaped(i, s, e) for i, s in enumerate(shapes)]
-    assert not any(_rim_notes(p) for p in _flag_moving_rims(particles, e))
+    assert [bool(_rim_notes(p)) for p in _flag_moving_rims(particles, e)] == [True, True, True, False]
     # the control: the same turn, one particle's own (the others still), is flagged
     particles = [
         _fake_shaped(i, _ellipse(*a, 0.0 if i else 30.0) if i else shapes[0], e)

@@ -151,8 +151,40 @@ OUTLINE_SHAPE_Z = 7.0
 #: turn, by the angle its orientation changes; another's note gives the change of shape (the default scene's
 #: particles 0.01-0.07, the probe's particle 1.6 times as long as wide 0.16)
 TURN_MIN_ELONGATION = 0.08
-#: particles (at least) elongated as :data:`TURN_MIN_ELONGATION` whose median turn and stretch is taken as the
-#: one the particles share (the field turned or magnified; :func:`_shared_shape_factor`)
+#: px, and standard errors: a particle whose outline turns across the scan (:func:`_outline_turns`: a small-angle
+#: rotation fitted to each frame's weights against their mean, which a square, a hexagon or a triangle show as an
+#: ellipse does, where their second moments do not) so that its farthest pixels (``extent``, from its centre)
+#: move by both this much or more has its rim flagged. Judged by how far its pixels move (``extent x angle``),
+#: not by how far its outline moves across itself: the probe's ellipse 48 x 24 px turning 3 degrees moved its
+#: outline by (a - b) x angle = 0.63 px, under :data:`OUTLINE_SHAPE_PX`, and left 3.8 % of its kept pixels more
+#: than 0.5 eV off (a rod 48 x 16: 8.1 %); a square of 24 px equivalent radius turning 4 degrees 7.6 % (up to
+#: 2.7 eV), its second moments unchanged. Read on them: the square 4.6 degrees (+2.65 +- 0.10 px), a hexagon turning
+#: 3 degrees 1.17 +- 0.15 px, a triangle turning 2 degrees 1.01 +- 0.07 (another draw: 0.73 +- 0.11, 6.8 standard
+#: errors; 75 kept pixels more than 0.5 eV off), the ellipse 1.29 +- 0.07, a square turning 1 degree 0.55 (17 kept
+#: pixels off, up to 1.5 eV: not flagged); the same particles not turning within 0.32 px and 2.0 standard errors.
+#: Particles left as they are: the default scene (seeds 1-3, 256 px, 60 energies) within 1.9 standard errors, the
+#: stress scenes (drift, counts, fines, jitter, magnification, crowd, all; seed 1, 256 px) 3.2, none flagged (round
+#: ones read up to 4.5 px: their angle is noise, its standard error says so). Trends within each side of the edge
+#: only, as the size's: over the whole scan the stress-magnification scene's particles read turns of 6.6-9.0
+#: standard errors
+OUTLINE_TURN_PX = 0.6
+OUTLINE_TURN_Z = 6.0
+#: px: a turn is flagged only where it also moves the outline across itself by this much or more (the angle times
+#: the outline's largest lever across itself, :func:`_outline_turns`): a round particle's outline shows no turn
+#: (its pixels' texture moves, its outline does not: the probe's round particle of radius 20 px turned by 4
+#: degrees kept its E50 as unturned, 1 pixel more than 0.5 eV off; one turned by 6 degrees moved its outline by
+#: 0.22 px, its E50 0.113 against 0.102 eV), where the ellipse turning 3 degrees above moved it by 0.63 px
+TURN_MIN_ACROSS_PX = 0.3
+#: px: nor where the outline's lever across itself (:func:`_outline_turns`) is under this: a roundish outline's
+#: (0.8-1.3 px on the default scenes' round particles, from its pixels) leaves the angle unconstrained, its fit
+#: amplifying any other change of shape: a focus drifting astigmatically (0 -> 3 px sd in y, 0.6 in x) read a
+#: particle of 10 px (lever 0.8 px) as turning 68 degrees, beyond 6 standard errors
+TURN_MIN_LEVER_PX = 3.0
+#: px: the Gaussian sd the weights are smoothed by before a turn is fitted to them (:func:`_outline_turns`): the
+#: rotation's derivative needs the template's gradient over more than the outline's one or two pixels
+TURN_FIT_SMOOTH_PX = 1.0
+#: particles (at least) elongated as :data:`TURN_MIN_ELONGATION` whose median stretch is taken as the one the
+#: particles share (the field magnified; :func:`_shared_shape_factor`; not their turn)
 SHARED_SHAPE_MIN_PARTICLES = 3
 #: px: where the frames are blurred to the scan's coarsest resolution (:func:`_resolution_blur`), a particle's
 #: shape is measured on its aligned windows so blurred (:func:`_matched_outline_weights`): each frame's window
@@ -191,6 +223,20 @@ def _matched_outline_weights(p, blur) -> np.ndarray | None:
     return np.where(reach & np.isfinite(w) & (hi > lo), w, 0.0)
 
 
+def _outline_weights(p, n_frames: int, blur=None) -> tuple[np.ndarray, np.ndarray] | None:
+    """A particle's soft weights per frame for its shape and turn, and the frames they are measured on: ``(weights
+    (n, h, w), frames (n,) bool)``: its aligned soft masks, or where the frames are brought to the scan's coarsest
+    resolution (``blur``) :func:`_matched_outline_weights`. None without masks or frames."""
+    masks = getattr(p, "masks", None)
+    frames = _measured_frames(p)
+    if masks is None or frames is None or len(masks) != n_frames:
+        return None
+    matched = None
+    if blur is not None and np.any(np.asarray(blur) > 0) and len(blur) == n_frames:
+        matched = _matched_outline_weights(p, np.asarray(blur, float))
+    return (np.nan_to_num(np.asarray(masks, float)) if matched is None else matched), np.asarray(frames, bool)
+
+
 def _outline_shapes(p, n_frames: int, blur=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A particle's shape in each frame from its aligned soft mask's second moments: ``(q, semi_major, used)``.
 
@@ -208,15 +254,11 @@ def _outline_shapes(p, n_frames: int, blur=None) -> tuple[np.ndarray, np.ndarray
     None or all 0 where the resolution holds) the moments are those of :func:`_matched_outline_weights`, so that a
     focus drifting with the energy does not read as a change of shape (:data:`MATCHED_OUTLINE_RING_PX`).
     """
-    masks = getattr(p, "masks", None)
-    frames = _measured_frames(p)
     none = np.full(n_frames, np.nan + 0j), np.full(n_frames, np.nan), np.zeros(n_frames, bool)
-    if masks is None or frames is None or len(masks) != n_frames:
+    weights = _outline_weights(p, n_frames, blur)
+    if weights is None:
         return none
-    matched = None
-    if blur is not None and np.any(np.asarray(blur) > 0) and len(blur) == n_frames:
-        matched = _matched_outline_weights(p, np.asarray(blur, float))
-    w = np.nan_to_num(np.asarray(masks, float)) if matched is None else matched
+    w, frames = weights
     h, wd = w.shape[1:]
     y, x = -np.arange(h, dtype=float), np.arange(wd, dtype=float)  # y up: angles counter-clockwise as shown
     wy, wx = w.sum(axis=2), w.sum(axis=1)  # (n, h), (n, w)
@@ -258,12 +300,73 @@ def _outline_shape_change(q, used, energies, e0_ev: float) -> tuple[complex, flo
     return complex(cr, ci), float(np.sqrt((sr**2 + si**2) / 2)), before
 
 
+def _outline_turns(p, n_frames: int, blur=None) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """A particle's turn in each frame, fitted to its outline: ``(angle, used, extent, lever)`` (rad per frame,
+    counter-clockwise as the image is shown, NaN where not fitted; bool per frame; px; px).
+
+    Each frame's weights (:func:`_outline_weights`: its soft mask, or its window matched to the scan's coarsest
+    resolution and scaled 0-1 by its own levels, so blind to the contrast across the edge), smoothed by
+    :data:`TURN_FIT_SMOOTH_PX`, less their mean over the frames ``used`` (the template ``T``), fitted by least
+    squares with the template's derivatives along a small turn about its centre (``r x grad T``), a shift in y
+    and in x (what the registration left) and a growth (``r . grad T``). The second moments (:func:`_outline_shapes`)
+    see a turn only as far as the outline is elongated: a square, a hexagon or a triangle has the moments of a
+    disc, and turned by 4 degrees read no change of shape while its corners swept 2 px (the probe's facets). A
+    round outline gives the turn nothing to hold on to: its angle is noise, with its spread
+    (:func:`_outline_change`'s standard error) to say so. ``extent``: the farthest pixel of the particle's mask
+    from its centre (its pixels move by up to ``extent x angle``); ``lever``: the outline's 95th percentile of
+    ``|r x n|`` (``n`` its normal, where the template's gradient is half its largest or more), the most a turn
+    by ``angle`` moves the outline across itself per radian (an ellipse's ``a - b``, a square's half side, a
+    disc's about 0).
+
+    Where the frames are brought to the scan's coarsest resolution (``blur``), two stretches (along the rows and
+    columns, and along the diagonals: ``(x, -y) . grad T``, ``(y, x) . grad T``) are fitted with the turn: a focus
+    drifting astigmatically stretches each outline, which turns a tilted elongated one's axis (0 -> 3 px sd in y,
+    0.6 in x: a static particle of 16 px read as turning 8 degrees, 5.5 standard errors). An ellipse's turn is
+    then taken up by the stretch (on an ellipse the two move the outline alike); its second moments still see it
+    (:func:`_outline_shape_change`, the stretch the particles share taken out there), a square's turn not.
+    """
+    nan = np.full(n_frames, np.nan)
+    weights, mask = _outline_weights(p, n_frames, blur), getattr(p, "mask", None)
+    mask = np.zeros((0, 0), bool) if mask is None else np.asarray(mask, bool)
+    if weights is None or mask.ndim != 2 or not mask.any():
+        return nan, np.zeros(n_frames, bool), float("nan"), float("nan")
+    w, frames = weights
+    w = ndimage.gaussian_filter(w, (0, TURN_FIT_SMOOTH_PX, TURN_FIT_SMOOTH_PX))
+    used = frames & (w.sum(axis=(1, 2)) > 0)
+    if used.sum() < 2 or w.shape[1:] != mask.shape:
+        return nan, used, float("nan"), float("nan")
+    template = w[used].mean(axis=0)
+    gy, gx = np.gradient(template)
+    yy, xx = np.mgrid[: mask.shape[0], : mask.shape[1]].astype(float)
+    total = template.sum()
+    ry, rx = yy - (template * yy).sum() / total, xx - (template * xx).sum() / total
+    spin = gy * rx - gx * ry  # the template's change per radian turned counter-clockwise as shown (rows down)
+    design = np.c_[spin.ravel(), gy.ravel(), gx.ravel(), (gy * ry + gx * rx).ravel()]
+    if blur is not None and np.any(np.asarray(blur) > 0):  # an astigmatic focus drift's stretches (rows down)
+        design = np.c_[design, (gx * rx - gy * ry).ravel(), (gx * ry + gy * rx).ravel()]
+    coef, *_ = np.linalg.lstsq(design, (w[used] - template).reshape(int(used.sum()), -1).T, rcond=None)
+    angle = nan.copy()
+    angle[used] = coef[0]
+    my, mx = np.nonzero(mask)
+    extent = float(np.hypot(my - my.mean(), mx - mx.mean()).max() + 0.5)
+    grad = np.hypot(gy, gx)
+    outline = grad >= 0.5 * grad.max() if grad.max() > 0 else grad > 0
+    lever = float(np.percentile(np.abs(spin[outline]) / grad[outline], 95)) if outline.any() else float("nan")
+    return angle, used, extent, lever
+
+
 def _shared_shape_factor(changes, befores, radii) -> complex:
-    """The turn and stretch of the particles' shapes they share: ``q`` with its change across the scan over ``q``
-    before the edge (:func:`_outline_shape_change`), as ``ratio * exp(2 i angle)``: the medians of the ratio and of the angle over the particles elongated at least
-    :data:`TURN_MIN_ELONGATION` (:data:`SHARED_SHAPE_MIN_PARTICLES` or more; 1 with fewer). A field that turns
-    (``rotation_rad``) or is magnified turns or stretches every particle alike (each registered by a translation
-    only), as :func:`_shared_change` takes out a size change they share.
+    """The stretch of the particles' shapes they share: ``q`` with its change across the scan over ``q`` before the
+    edge (:func:`_outline_shape_change`), the median of its size ``|ratio|`` over the particles elongated at least
+    :data:`TURN_MIN_ELONGATION` (:data:`SHARED_SHAPE_MIN_PARTICLES` or more; 1 with fewer), as :func:`_shared_change`
+    takes out a size change they share (a magnification; 0.4 % of a rim is harmless).
+
+    Their median turn is not taken out (it was, as a field's): each particle is registered by a translation only,
+    ``--rotation`` too (it fits the field's turn to the positions, it does not turn the windows), so a turn the
+    particles share sweeps their rims as much as one of their own. And particles that turn on their own alike are
+    not a field that turns: the probe's four elongated particles turning 2-5 degrees counter-clockwise, their centres
+    still, had the turn cleared as the field's (the 5-degree one: 0 pixels flagged, 110 kept more than 0.5 eV off,
+    up to 1.55 eV; alone among round particles 422 flagged, none off).
     """
     c, b, r = (np.asarray(v) for v in (changes, befores, radii))
     ok = np.isfinite(c) & np.isfinite(b) & np.isfinite(r) & (r > 0)
@@ -271,7 +374,7 @@ def _shared_shape_factor(changes, befores, radii) -> complex:
     if ok.sum() < SHARED_SHAPE_MIN_PARTICLES:
         return 1.0 + 0j
     ratio = (b[ok] + c[ok]) / b[ok]
-    return complex(np.median(np.abs(ratio)) * np.exp(1j * np.median(np.angle(ratio))))
+    return complex(np.median(np.abs(ratio)))
 
 
 def _shared_stretch(changes, radii) -> complex:
@@ -316,9 +419,20 @@ def _turn_clause(change: complex, before: complex, semi_major: float, radius: fl
     )
 
 
+def _own_turn_clause(angle: float, extent: float, across: float) -> str:
+    """A particle's turn across the scan (:func:`_outline_turns`) in words: the angle, how far its farthest pixels
+    move and how far its outline moves across itself."""
+    return (
+        f"turns by {np.degrees(abs(angle)):.1f} degrees ({'counter-' if angle > 0 else ''}clockwise as shown; its "
+        f"farthest pixels, {extent:.0f} px from its centre, move by {abs(angle) * extent:.1f} px, its outline by up to "
+        f"{across:.2f} px across itself)"
+    )
+
+
 def _moving_rim_note(clauses: list, depth: int, n_px: int, n_mask: int) -> str:
     return (
-        f"{MOVING_RIM_NOTE}: it {' and '.join(clauses)} (its own, the change the particles share taken out), "
+        f"{MOVING_RIM_NOTE}: it {' and '.join(clauses)} (its own: a change of size or a stretch the particles "
+        "share taken out, not a turn, which no window's registration undoes), "
         "which the registration (a translation per frame) does not follow: the outline sweeps through its rim as "
         "the energy crosses the edge, and the rim's spectra mix the particle and its surroundings: its E50 within "
         f"{depth} px of the outline is biased (a particle grown by 4 %: +0.69 / +0.41 / +0.26 eV at 0-1 / 1-2 / 2-3 "
@@ -336,13 +450,17 @@ def _flag_moving_rims(particles: list, energies, gaps=(), blur=None) -> list:
     the scan (:func:`_outline_change`), less the change the particles share (:func:`_shared_change`), flagged
     where it reaches :data:`OUTLINE_CHANGE_PX` and :data:`OUTLINE_CHANGE_Z` standard errors. Its shape (a
     turn, a crack widening): its elongation's trend across the scan (:func:`_outline_shapes`,
-    :func:`_outline_shape_change`), less the turn and stretch the particles share
-    (:func:`_shared_shape_factor`), flagged where it reaches :data:`OUTLINE_SHAPE_PX` and
-    :data:`OUTLINE_SHAPE_Z` standard errors; where the frames were brought to the scan's coarsest resolution
-    (``blur``, each frame's Gaussian sd, :func:`_resolution_blur`), measured on the windows so blurred (a focus
-    drifting from 0 to 2.5 px across the scan read as a change of shape of 1.51 px on the segmented masks), the
-    stretch the particles share there taken out first (:func:`_shared_stretch`). The mask's pixels within half
-    the changes flagged plus
+    :func:`_outline_shape_change`), less the stretch the particles share (:func:`_shared_shape_factor`) and the
+    shape its own turn made, flagged where it reaches :data:`OUTLINE_SHAPE_PX` and
+    :data:`OUTLINE_SHAPE_Z` standard errors. Its turn: fitted to its outline frame by frame (:func:`_outline_turns`,
+    which sees a square's turn as an ellipse's), its trend across the scan (as the radius's) times its extent, how
+    far its farthest pixels move, flagged where it reaches :data:`OUTLINE_TURN_PX` and :data:`OUTLINE_TURN_Z`
+    standard errors and moves its outline across itself by :data:`TURN_MIN_ACROSS_PX` or more; no turn is taken
+    out as the particles' shared one (no window is turned, ``--rotation`` included). Where the frames were brought
+    to the scan's coarsest resolution (``blur``, each frame's Gaussian sd, :func:`_resolution_blur`), measured on
+    the windows so blurred (a focus drifting from 0 to 2.5 px across the scan read as a change of shape of 1.51 px
+    on the segmented masks), the stretch the particles share there taken out first (:func:`_shared_stretch`). The
+    mask's pixels within half the changes flagged (a turn's: how far it moves the outline across itself) plus
     :data:`RIM_REACH_PX` of its outline are flagged (:func:`xanestrack.xanes.flag_moving_rim`: out of the
     quality mask) and a note says so. A note of an earlier pass (:func:`redo_xanes`) is replaced.
 
@@ -372,13 +490,25 @@ def _flag_moving_rims(particles: list, energies, gaps=(), blur=None) -> list:
         stretch = _shared_stretch([m[0] for m in shaped], [m[2] for m in measured])
         shaped = [(dq - stretch / r if r > 0 else dq, s, b) for (dq, s, b), (_, _, r) in zip(shaped, measured)]
     factor = _shared_shape_factor([m[0] for m in shaped], [m[2] for m in shaped], [m[2] for m in measured])
+    # each one's turn, fitted to its outline (not its second moments, blind to a square's turn), judged by how far
+    # its pixels move (extent x angle); none taken out as shared: no window is turned by the registration
+    turned = []
+    for p, c in zip(particles, clear):
+        angle, used, extent, lever = _outline_turns(p, n, blur)
+        sweep, sweep_sigma, _ = _outline_change(extent * angle, used & c, energies, float(p.e0_ev))
+        turned.append((sweep, sweep_sigma, extent, lever))
     if gaps:  # the frames left out, kept for redo_xanes (which has no gaps: _filled_frames reads them back)
         particles = [dataclasses.replace(p, filled_frames=None if c.all() else ~c) for p, c in zip(particles, clear)]
     out = []
-    for p, (change, sigma, radius), (dq, dq_sigma, before), (_, semi, used) in zip(particles, measured, shaped, shapes):
+    for p, (change, sigma, radius), (dq, dq_sigma, before), (_, semi, used), (sweep, sweep_sigma, extent, lever) in zip(
+        particles, measured, shaped, shapes, turned
+    ):
         notes = tuple(x for x in p.notes if not x.startswith(MOVING_RIM_NOTE))
         change = change - shared * radius
-        dq = before + dq - factor * before  # its own: the shape the shared turn and stretch made of it taken out
+        dq = before + dq - factor * before  # its own: the shape the shared stretch made of it taken out
+        angle = sweep / extent if extent > 0 else float("nan")
+        if np.isfinite(angle) and np.isfinite(before):  # the shape its turn made (judged below by the turn's own)
+            dq -= before * (np.exp(2j * angle) - 1)
         clauses, moved = [], 0.0
         if p.quality_assessed and radius > 0:
             if abs(change) >= OUTLINE_CHANGE_PX and abs(change) >= OUTLINE_CHANGE_Z * sigma:
@@ -387,6 +517,15 @@ def _flag_moving_rims(particles: list, energies, gaps=(), blur=None) -> list:
                     "in radius)"
                 )
                 moved += abs(change)
+            across = abs(angle) * lever
+            if (
+                abs(sweep) >= OUTLINE_TURN_PX
+                and abs(sweep) >= OUTLINE_TURN_Z * sweep_sigma
+                and across >= TURN_MIN_ACROSS_PX
+                and lever >= TURN_MIN_LEVER_PX
+            ):
+                clauses.append(_own_turn_clause(angle, extent, across))
+                moved += across
             if abs(dq) >= OUTLINE_SHAPE_PX and abs(dq) >= OUTLINE_SHAPE_Z * dq_sigma:
                 clauses.append(_turn_clause(dq, factor * before, float(np.nanmedian(semi[used])), radius))
                 moved += abs(dq)
