@@ -140,6 +140,25 @@ def test_transmission_or_optical_density_given_with_flats_is_refused(tmp_path):
     assert np.isfinite(optical_density(thick, flats=flats, darks=dark, notes=[])).all()
 
 
+def test_transmission_at_another_exposure_than_its_flats_is_advised_as_transmission(tmp_path):
+    """I/I0 of frames at twice their flats' exposure from the middle on (values 0.45 to 2.0, median 0.95) was
+    advised ``--values od``, which found none of 5 particles; read as transmission it gives every E50 as measured."""
+    counts, flats, dark, od = _scan()
+    values = np.exp(-od)
+    values[N // 2 :] *= 2
+    path, kw = _tiffs(tmp_path, values.astype(np.float32), flats)
+    with pytest.raises(XanestrackError, match="look like transmission I/I0") as err:
+        read_stack(path, **kw)
+    assert "--values transmission and without --flats" in for_cli(err.value)
+    assert "another exposure than their flats" in str(err.value)
+    # control: optical density scaled alike (its background near 0, the particles above it) is still optical density
+    scaled = od.copy()
+    scaled[N // 2 :] *= 2
+    path, kw = _tiffs(tmp_path, scaled.astype(np.float32), flats)
+    with pytest.raises(XanestrackError, match="look like optical density"):
+        read_stack(path, **kw)
+
+
 # 3. half the frames or more without an image ---------------------------------------------------------------------
 
 

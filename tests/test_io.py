@@ -103,9 +103,13 @@ def test_a_frame_without_beam_is_named_in_the_input_notes(tmp_path):
     counts[1, 0, :5] = dark[0, :5]  # and a few dead pixels elsewhere
     write_fxi(tmp_path / "fxi.h5", counts, flats=flats, darks=dark[None], energies_ev=E)
     st_ = read_stack(tmp_path / "fxi.h5")
-    assert np.isfinite(st_.od).all() and np.allclose(st_.od[[0, 2, 4]], od[[0, 2, 4]], atol=1e-4)
+    assert np.isfinite(st_.od[[0, 1, 2, 4]]).all() and np.allclose(st_.od[[0, 2, 4]], od[[0, 2, 4]], atol=1e-4)
+    # the frame of the dark alone is carried as one without an image (NaN: the pipeline blanks it), said so
+    assert np.isnan(st_.od[3]).all()
     (note,) = [n for n in st_.metadata["notes"] if "non-finite transmission" in n]
-    assert f"{24 * 40 + 5} pixels in 2 frames" in note and "more than half of input frame 3 (counted from 0)" in note
+    assert "5 pixels in 1 frames" in note and "more than half" not in note
+    (note,) = [n for n in st_.metadata["notes"] if "only the dark" in n]
+    assert "input frame 3 (counted from 0) holds only the dark" in note and "without an image" in note
 
 
 def test_fxi_hdf5_non_square_round_trip(tmp_path):

@@ -742,10 +742,10 @@ def unmix_layers(od, positions, shift, origin, shape, contrast, footprints, *, i
     return MatrixBackground(image.astype(np.float32), origin, shift, known, snr)
 
 
-def matrix_texture_ratio(od, positions, radii, *, frames: int = 8) -> float:
+def matrix_texture_ratio(od, positions, radii, *, frames: int = 8, without_image=()) -> float:
     """How strongly the matrix is textured against the particles: a ratio of variances.
 
-    The last ``frames`` frames (the particles at their brightest, after the edge) are
+    The last ``frames`` frames with an image (the particles at their brightest, after the edge) are
     brought onto one another by the particles' median displacement (whole pixels) and
     averaged; in that mean, band-passed (Gaussian 1.5 px less Gaussian 8 px: the scales
     the edge estimate sees), the variance outside every particle (beyond 1.3 radii + 8 px)
@@ -759,18 +759,25 @@ def matrix_texture_ratio(od, positions, radii, *, frames: int = 8) -> float:
         The particles' positions (NaN allowed where not measured).
     radii : sequence of float
     frames : int
+    without_image : sequence of int
+        Frames without an image (no beam, the shutter closed: ``blank`` of
+        :func:`xanestrack.stack.sanitize_stack`), left out. Two frames of the dark alone at the scan's end, read
+        as an image (optical density ~7-8 with the noise's texture), made the ratio 0.080 against 0.0019 and
+        turned matrix separation on for a scene without a matrix (synth seed 1: mean E50s up to +0.38 eV, 4.2
+        sigma, off); the last 8 blanked (one value each) measure nothing, ``inf``, which turned it on as well.
 
     Returns
     -------
-    float: the ratio; ``inf`` where it cannot be measured (fewer than ``2 * frames`` frames,
-    no particle, or too little of the frame outside the particles or inside them).
+    float: the ratio; ``inf`` where it cannot be measured (fewer than ``2 * frames`` frames with
+    an image, no particle, or too little of the frame outside the particles or inside them).
     """
     od = np.asarray(od)
     P = np.asarray(positions, float)
     n, ny, nx = od.shape
-    if n < 2 * frames or P.shape[0] == 0:
+    lit = np.setdiff1d(np.arange(n), np.asarray(list(without_image), int))
+    if lit.size < 2 * frames or P.shape[0] == 0:
         return float("inf")
-    sel = np.arange(n - frames, n)
+    sel = lit[-frames:]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         d = np.nanmedian(P[:, sel] - P[:, sel[:1]], axis=0)

@@ -2907,6 +2907,7 @@ def run_pipeline(
             od,
             np.stack([_positions(loc) for loc in located]),
             [loc.radius for loc in located],
+            without_image=blank,
         )
         if texture < MATRIX_MIN_TEXTURE:
             notes.append(

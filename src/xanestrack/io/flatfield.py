@@ -87,6 +87,8 @@ FLAT_COUNTS_MIN = 50.0
 #: 2e-4 of them, and were divided: OD 8.8 where 0.27 was measured (an opaque sample's counts are dark-level,
 #: 100 or more, and its holes reach the flats')
 NOT_COUNTS_SHARE = 0.01
+#: a frame of transmission has its background (median) at this or more (optical density's is near 0)
+TRANSMISSION_LEVEL_MIN = 0.2
 #: px: the median frame is judged against its flats in blocks of this size (photon noise averaged out)
 ABOVE_FLAT_BIN = 8
 #: optical density below which a block of the median frame is brighter than its flat (transmission above 1.05).
@@ -192,6 +194,18 @@ DARK_DRIFT_NOISE = 5.0
 #: counts of 5000) over a scan, averaged, moved every particle's E50 by -0.08 to -0.10 eV (7-11 sigma), 0.8 % (40
 #: counts) by -0.02 to -0.03 eV; 0.2 % is about 0.006 eV
 DARK_DRIFT_SHARE = 0.002
+#: a frame holds only the dark (no beam, the shutter closed: a beam lost at the scan's end) where its median
+#: transmission (counts less the dark, over the flat less the dark) is below this ...
+NO_IMAGE_TRANSMISSION = 0.01
+#: ... and within this many times its own noise (1.4826 MAD of the transmission) of zero (a frame of 0.5 % of the beam,
+#: a partial refill, reads 0.0045 at a noise of 0.0009 and keeps its image). It was told by more than half its pixels
+#: at or below the dark, which is a coin flip for the dark plus its read noise (49.7-50.2 % of the pixels of the
+#: probe's dark-only frames): the frames unknown to be without an image, their optical density ln(flat / noise) ~7-8
+#: with a noise texture, turned matrix separation on (texture 0.080 of the particles' contrast against 0.0019; every
+#: mean E50 of synth seed 1 up to +0.38 eV, 4.2 sigma, off) and gave positions 7.5-12 px off
+NO_IMAGE_NOISE = 2.0
+#: pixels of a frame sampled (every n-th) for the test
+NO_IMAGE_PROBE = 4096
 #: darks of one value everywhere, this or less (zeros, as an export writes where it has no dark; ones), are a
 #: placeholder, no measured dark (which holds the camera's offset and read noise): said as darks left out are ("dark
 #: taken as 0"). A file whose /img_dark was all zeros passed unsaid (every mean E50 -0.02 to -0.04 eV, up to 7 sigma,
@@ -552,6 +566,7 @@ def _check_counts_beside_flats(counts, flat, source: str, outside=None) -> None:
     if outside is not None:
         lit = ~outside[::4, ::4]
         img, ref = img[:, lit], ref[:, lit]
+    frames = [f[np.isfinite(f)] for f in img.reshape(img.shape[0], -1)]
     img, ref = img[np.isfinite(img)], ref[np.isfinite(ref)]
     if not img.size or not ref.size:
         return
@@ -559,8 +574,18 @@ def _check_counts_beside_flats(counts, flat, source: str, outside=None) -> None:
     lo, med, hi = (float(v) for v in np.percentile(img, [0.1, 50, 99.9]))
     if not (f_med > FLAT_COUNTS_MIN and max(abs(lo), abs(hi)) < NOT_COUNTS_SHARE * f_med):
         return
-    if lo >= 0 and hi <= 1.5 and med >= 0.2:
+    if lo >= 0 and hi <= 1.5 and med >= TRANSMISSION_LEVEL_MIN:
         like, values = "transmission I/I0 (background near 1)", "transmission"
+    elif _absorbing_frames(frames):
+        # I/I0 of frames at another exposure than their flats (2x above the edge: values 0.454 to 2.01, median 0.95)
+        # was called optical density, and read so found none of 5 particles; read as transmission, every E50 as
+        # measured (the scale of a frame is a constant optical density, taken out with the particles' background)
+        levels = [float(np.median(f)) for f in frames if f.size]
+        like = (
+            f"transmission I/I0 (background at {min(levels):.3g} to {max(levels):.3g} from frame to frame, the "
+            "particles below it: frames at another exposure than their flats?)"
+        )
+        values = "transmission"
     elif lo >= -1 and hi <= 10:
         like, values = "optical density", "od"
     else:
@@ -570,6 +595,22 @@ def _check_counts_beside_flats(counts, flat, source: str, outside=None) -> None:
         f"like {like}, not raw counts to divide by the flats; read them with `values` {values} and without "
         "`flats` or `darks` (an HDF5 file's own flat-field images are then not used)"
     )
+
+
+def _absorbing_frames(frames) -> bool:
+    """Whether every frame's values (finite, normalised already) look like transmission: its background (median) at
+    :data:`TRANSMISSION_LEVEL_MIN` or more, nothing negative, and the particles below it, not above (its 0.1
+    percentile further below the median than its 99.9 percentile is above). Optical density has its background near
+    0 and its particles above it."""
+    seen = False
+    for f in frames:
+        if not f.size:
+            continue
+        lo, med, hi = (float(v) for v in np.percentile(f, [0.1, 50, 99.9]))
+        if not (lo >= 0 and med >= TRANSMISSION_LEVEL_MIN and med - lo > hi - med):
+            return False
+        seen = True
+    return seen
 
 
 def _brighter_than_flats(od, source: str) -> str:
@@ -887,7 +928,9 @@ def optical_density(
     ndarray (n_frames, rows, cols) float32. Pixels whose corrected sample intensity is
     <= 0 get the OD of the smallest positive transmission of their frame (a saturated
     absorber) and are counted in one warning. Pixels saturated in the images or in their
-    flat (see :func:`_saturated`) are NaN, counted in a note. Where a share of the field
+    flat (see :func:`_saturated`) are NaN, counted in a note. A frame that holds only the dark (:func:`_dark_only`:
+    no beam, the shutter closed) or one count everywhere is NaN throughout, named in a note: the pipeline carries it
+    as a frame without an image. Where a share of the field
     is brighter than its flats (:data:`OD_BELOW_FLAT`), or a compact region of a particle's
     size is (:data:`GHOST_OD`: the sample in the flats), a note says where.
 
@@ -1075,6 +1118,7 @@ def optical_density(
     n_sat = [0]
     sat_frames = []
     constant = []  # (frame, count) of frames of one count everywhere
+    dark_only = []  # frames holding only the dark (:func:`_dark_only`)
     dark_max = None if _per_frame(dark) else float(np.max(dark))  # one per frame: each frame's own, where asked
     n_dead = [0]
     problems = {}
@@ -1115,6 +1159,7 @@ def optical_density(
         np.subtract(c, d, out=t, dtype=np.float32, casting="unsafe")
         with np.errstate(divide="ignore", invalid="ignore"):
             np.divide(t, r, out=t)
+        lost = [i for i in range(k1 - k0) if _dark_only(t[i])]
         # a dead pixel of the reference measured no transmission (the defect pass fills it)
         dead = r <= 0
         if outside is not None:
@@ -1175,6 +1220,12 @@ def optical_density(
             ):
                 t[i] = np.nan
                 constant.append((k0 + int(i), float(flat_c[i, 0])))
+        for i in lost:  # NaN: carried as a frame without an image (its pixels not counted as repaired)
+            if not np.isnan(t[i]).all():
+                t[i] = np.nan
+                n_bad[i] = 0
+                with tally:
+                    dark_only.append(k0 + i)
         return n_bad
 
     # numpy releases the GIL in these ufuncs: blocks of frames in parallel threads
@@ -1193,7 +1244,8 @@ def optical_density(
     n_bad = sum(per_frame)
     if problems:
         raise XanestrackError(problems[min(problems)])
-    blank = [k for k, b in enumerate(per_frame) if b > shape[0] * shape[1] / 2] + [k for k, _ in constant]
+    dark_only.sort()
+    blank = [k for k, b in enumerate(per_frame) if b > shape[0] * shape[1] / 2] + [k for k, _ in constant] + dark_only
     refusal = no_image_refusal(blank, n, source=source, cause=lambda: _no_image_cause(counts, flats is not None, blank))
     if refusal:
         raise XanestrackError(refusal)
@@ -1250,6 +1302,14 @@ def optical_density(
             f"{'hold' if len(constant) > 1 else 'holds'} one count in every pixel: no image there (a readout fault?); "
             "carried as frames without an image"
         )
+    if dark_only:
+        listed = ", ".join(map(str, dark_only[:10])) + (" ..." if len(dark_only) > 10 else "")
+        said.append(
+            f"{source}: input frame{'s' if len(dark_only) > 1 else ''} {listed} (counted from 0) "
+            f"{'hold' if len(dark_only) > 1 else 'holds'} only the dark (counts within their noise of it or below, under "
+            f"{NO_IMAGE_TRANSMISSION:.0%} of the flat's): no image there (no beam, the shutter closed?); carried as "
+            "frames without an image, their positions interpolated"
+        )
     if flats is not None:
         brighter = _brighter_than_flats(out, source)
         if brighter:
@@ -1303,6 +1363,23 @@ def wrapped_counts_refusal(
 #: pass of :func:`xanestrack.io.read_stack`); beyond it the reference is refused as unusable
 #: (flats and darks swapped, the beam off while the flats were taken)
 MAX_DEAD_SHARE = 0.01
+
+
+def _dark_only(t) -> bool:
+    """Whether a frame of transmission ``t`` (counts less the dark over the flat less the dark; NaN / inf where
+    unknown) holds only the dark: its median under :data:`NO_IMAGE_TRANSMISSION` and within :data:`NO_IMAGE_NOISE`
+    times its own noise of zero (at or below zero at once), judged on every n-th pixel (:data:`NO_IMAGE_PROBE`).
+    Not the share of its pixels at or below the dark: that is half of them, give or take, for the dark and its
+    read noise (:data:`NO_IMAGE_NOISE`)."""
+    v = t.reshape(-1)[:: max(1, t.size // NO_IMAGE_PROBE)]
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return False
+    med = float(np.median(v))
+    if med >= NO_IMAGE_TRANSMISSION:
+        return False
+    noise = 1.4826 * float(np.median(np.abs(v - med)))
+    return med <= NO_IMAGE_NOISE * noise
 
 
 def _no_image_cause(counts, flats_given: bool, blank) -> str:
