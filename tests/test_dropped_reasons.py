@@ -132,16 +132,21 @@ def test_ssrl_tracks_measured_in_no_frame_are_said_with_their_masks():
     opts = PipelineOptions(detect=DetectOptions(min_radius=lo, max_radius=hi, binning=binning))
     det, seg = pipeline_models("learned", "learned", options=opts)
     res = run_pipeline(stack, options=opts, detector=det, segmenter=seg)
-    note = next(n for n in res.notes if "measured in no frame" in n)
-    assert "no outline" not in note and "detected in 1 of the 2 frames examined" in note
     rej = res.rejected
     left = rej[rej["reason"].astype(str).str.startswith(MASK_REASONS)]
+    note = next(n for n in res.notes if "measured in no frame" in n)
+    assert "no outline" not in note and "detected in 1 of the 2 frames examined" in note
     # 2 since the orientation guard (the learned outlines of most of the pair's particles move 0.9-11.9 px with the
-    # window's orientation: outlined classically), 3-5 before
-    assert len(left) >= 2 and (left["n_frames"] >= 1).all()
+    # window's orientation: outlined classically), 3-5 before; 1 since an elongated particle whose masks fail is
+    # located again in windows that hold it (pipeline._locate_particle): the one at (187, 380), its masks empty in
+    # both frames, reaches 1.7 radii along its long axis: outlined in windows that hold it, it lies inside particle 3
+    # (99 % of its mask: a part of it tracked twice); the one at (935, 362) (1.9 radii) is left out as before
+    assert len(left) >= 1 and (left["n_frames"] >= 1).all()
     for _, row in left.iterrows():
         assert f"at (y, x) ({row['y']:.0f}, {row['x']:.0f}), detected in" in note
     assert note.count("its mask in its window was") == len(left)
+    inside = rej[rej["reason"].astype(str).str.startswith("inside_particle_")]
+    assert (np.hypot(inside["y"] - 187, inside["x"] - 380) < 5).sum() == 1
     # the particle at (944, 761) (965, 770 at 8354 eV), detected isolated in that frame, was left out for its two
     # learned masks' areas (2241 and 4109 px); outlined classically, it is tracked now (not vouched for)
     assert left[np.hypot(left["y"] - 944, left["x"] - 761) < 15].empty

@@ -51,6 +51,7 @@ def _run(s, *, with_part: bool):
                 y, x, np.pi * r * r, r, y - r, x - r, y + r + 1, x + r + 1,
             )  # fmt: skip
             row[["isolated", "reason", "touching"]] = (True, "", False)
+            row["extent"] = r  # the part's outline reaches its radius (not the copied row's particle's)
             rows.append(row)
         return pd.concat([det, pd.DataFrame(rows)], ignore_index=True)
 

@@ -184,7 +184,9 @@ def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = Mat
         positions measured there are not vouched for by the linking; ``pieces`` (int) where,
         not detected whole there, the particle's outline was found cut into that many pieces of a
         particle's size (0 elsewhere) and ``pieces_at`` where they lay, ``"y,x,radius;..."``
-        (:func:`_seen_in_pieces`: touching particles with a long contact kept whole as one).
+        (:func:`_seen_in_pieces`: touching particles with a long contact kept whole as one); ``extent`` (px)
+        how far the detected outline reached from its centre (the detections' ``extent``; NaN where not
+        detected, or where the detector gives none).
     rejected : DataFrame
         Tracks too short to keep: ``track, n_frames, y, x`` (mean position), ``reason``,
         ``n_irregular``: the frames examined where a ``short_track``, missed, was outlined in its
@@ -321,6 +323,7 @@ def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = Mat
                         ssim_of.get((tr.id, t, j), np.nan),
                         False,
                         *_pieces_columns(cut.get(k)),
+                        float(r.get("extent", np.nan)),
                     )
                 )
             else:
@@ -336,6 +339,7 @@ def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = Mat
                         np.nan,
                         k in irregular_frames,
                         *_pieces_columns(cut.get(k)),
+                        np.nan,
                     )
                 )
     tracks_df = pd.DataFrame(
@@ -353,6 +357,7 @@ def link_detections(detections: pd.DataFrame, od, *, options: MatchOptions = Mat
             "irregular",
             "pieces",
             "pieces_at",
+            "extent",
         ],
     )
     tracks_df["common_ambiguous"] = ambiguous[tracks_df["frame"].to_numpy(int)] if len(tracks_df) else []

@@ -92,6 +92,7 @@ from .register import (
     vouch_by_motion,
     vouch_positions,
     window_half,
+    window_radius,
     withdraw_lone_agreements,
 )
 from .resolution import (
@@ -497,6 +498,7 @@ class _Located:
     detected: np.ndarray
     examined: np.ndarray
     radius: float
+    reach: float  # px: the radius its windows are sized on (:func:`~xanestrack.register.window_radius`)
     half: int
     ref_frame: int
     followed: np.ndarray
@@ -802,10 +804,10 @@ def _positions(loc: _Located) -> np.ndarray:
 MASK_MISS = 0.02
 
 
-def _mask_miss(shape, od, centres, frames, radius, options) -> float:
+def _mask_miss(shape, od, centres, frames, radius, options, reach=None) -> float:
     """Share of the particle's outline (:func:`_mean_outline`) that ``shape`` (grown by 2 px)
     misses; 0 where there is nothing to compare."""
-    outline = _mean_outline(shape, od, centres, frames, radius, options)
+    outline = _mean_outline(shape, od, centres, frames, radius, options, reach)
     if outline is None:
         return 0.0
     return float((outline & ~dilate_cross(shape, 2)).sum() / outline.sum())
@@ -865,14 +867,14 @@ def _mean_window(od, centres, frames, size):
     return mean
 
 
-def _orientation_spread(segmenter, od, centres, frames, radius, half) -> tuple[float, int]:
+def _orientation_spread(segmenter, od, centres, frames, radius, half, reach=None) -> tuple[float, int]:
     """px: how far the centres of mass of ``segmenter``'s outlines of the particle's mean window lie from their
     mean (the largest), the window segmented in each orientation of the square and each outline turned back;
     and the number of orientations. 0 where there is nothing to compare.
 
     The mean window (:func:`_mean_window`, over ``frames``) is the segmentation window (``2 * half + 1`` px),
     levelled as every window is (:func:`xanestrack.segment._level_windows`), the outlines cut off from fines
-    and neighbours as every mask (:func:`isolate_particle`).
+    and neighbours as every mask (:func:`isolate_particle`; ``reach``: the radius the windows are sized on).
     """
     from .segment import _level_windows
 
@@ -884,14 +886,14 @@ def _orientation_spread(segmenter, od, centres, frames, radius, half) -> tuple[f
     roi = mean[None] if getattr(segmenter, "fits_background", False) else _level_windows(mean[None])
     prob = np.asarray(segmenter(np.ascontiguousarray(np.concatenate([_oriented(roi, t) for t in ts]))), np.float32)
     masks = np.concatenate([_oriented(prob[i : i + 1], t, inverse=True) for i, t in enumerate(ts)])
-    masks = isolate_particle(masks, radius=radius, centres=np.full((len(ts), 2), float(half))) > 0.5
+    masks = isolate_particle(masks, radius=radius, centres=np.full((len(ts), 2), float(half)), reach=reach) > 0.5
     com = np.array([ndimage.center_of_mass(m) for m in masks if m.any()])
     if len(com) < 2:
         return 0.0, len(ts)
     return float(np.hypot(*(com - com.mean(axis=0)).T).max()), len(ts)
 
 
-def _mean_outline(shape, od, centres, frames, radius, options):
+def _mean_outline(shape, od, centres, frames, radius, options, reach=None):
     """The classical outline of the particle seen in its mean window (bool, ``shape``'s window), or None.
 
     The outline is the classical segmenter's on the particle's mean window over ``frames``
@@ -899,15 +901,16 @@ def _mean_outline(shape, od, centres, frames, radius, options):
     fines and neighbours cut off as in every mask (:func:`isolate_particle`) and touching
     particles at their necks (:func:`xanestrack.detect.cut_at_necks`, the piece that
     ``shape`` covers most), and only its components that ``shape`` touches. None where
-    there is nothing to compare.
+    there is nothing to compare. ``reach``: the radius the windows are sized on (:func:`_Located`'s; default
+    ``radius``).
     """
-    _, _, size = window_geometry(radius, options.follow)
+    _, _, size = window_geometry(radius if reach is None else reach, options.follow)
     c = (size - 1) / 2
     mean = _mean_window(od, centres, frames, size) if shape.any() else None
     if mean is None:
         return None
     outline = segment_roi(mean, centre=(c, c), options=options.segment)[None]
-    outline = isolate_particle(outline, radius=radius, centres=np.array([[c, c]]))[0] > 0.5
+    outline = isolate_particle(outline, radius=radius, centres=np.array([[c, c]]), reach=reach)[0] > 0.5
     # a small particle touching this one is cut off at its neck, as the detector cuts touching
     # particles; the lobes of one irregular particle (wide necks) stay (SSRL 6-2c: a 167-px
     # particle's outline took a 25-px neighbour in, which its learned masks rightly leave out)
@@ -949,19 +952,59 @@ def _mask_score(seg, centres, frames, options) -> tuple[int, int]:
     return int((agree & frames).sum()), -_mask_trouble(seg, frames, options)
 
 
+#: a particle whose outline reaches beyond its windows (:func:`~xanestrack.register.window_radius`) is located
+#: again in windows that hold it where its masks failed (:func:`_outline_lost`) in more than this share of its
+#: frames
+OUTLINE_LOST_SHARE = 0.5
+
+
+def _outline_lost(loc: _Located) -> int:
+    """The frames in which the particle's mask is empty, runs out of its window (:func:`_runs_out_of_window`) or
+    holds under half the area of its detections' disc (a piece of it: the classical masks of a rod of aspect 6,
+    10 px wide, opened away but for a piece of radius 8 px of its 15.7)."""
+    hard = np.asarray(loc.seg.masks) > 0.5
+    piece = hard.sum(axis=(1, 2)) < 0.5 * np.pi * loc.radius**2
+    return int((piece | _runs_out_of_window(hard, loc.seg.clipped)).sum())
+
+
 def _locate_particle(pid, track, od, segmenter, options, fallback=None, unlit=None) -> _Located:
-    n = od.shape[0]
+    """The particle of ``track`` followed and outlined in every frame (:func:`_locate_in`), in windows sized on its
+    detections' largest radius; an elongated one whose outline reaches beyond them (its detections' ``extent``,
+    the median) and whose masks were empty, pieces of it or ran out of them in most frames
+    (:data:`OUTLINE_LOST_SHARE`, :func:`_outline_lost`) again, in windows that hold it
+    (:func:`~xanestrack.register.window_radius`), kept where its masks fail there in fewer frames.
+
+    Rods of aspect 4 and 6 and an 80 x 32 px ellipse were measured in no frame, their masks running out of the
+    windows of their equivalent radius (the thinner rod's opened away by the opening sized on that radius, but
+    for a piece followed as a particle of radius 8 px, 9 px from its centre). Only where they fail: every other
+    particle keeps its windows (the real SSRL pair's irregular ones reach 1.3-1.4 radii along their long axis;
+    followed in wider windows, one of radius 97 px was taken for a part of its 167-px neighbour).
+    """
     track = track.sort_values("frame")
+    radius = float(np.nanmax(track["radius"])) if track["radius"].notna().any() else 10.0
+    extent = track["extent"].to_numpy(float) if "extent" in track else np.zeros(0)
+    reach = window_radius(radius, float(np.nanmedian(extent)) if np.isfinite(extent).any() else None)
+    loc = _locate_in(pid, track, od, segmenter, options, fallback, unlit, radius, radius)
+    if reach > radius and _outline_lost(loc) > OUTLINE_LOST_SHARE * len(loc.centres):
+        wide = _locate_in(pid, track, od, segmenter, options, fallback, unlit, radius, reach)
+        if _outline_lost(wide) < _outline_lost(loc):
+            loc = wide
+    return loc
+
+
+def _locate_in(pid, track, od, segmenter, options, fallback, unlit, radius: float, reach: float) -> _Located:
+    """:func:`_locate_particle` in windows sized on ``reach`` (px), its masks cut from fines as those of a
+    particle of ``radius`` (px) as wide as a disc of ``radius**2 / reach``."""
+    n = od.shape[0]
     predicted = track[["y", "x"]].to_numpy()
     detected = track["detected"].to_numpy()
-    radius = float(np.nanmax(track["radius"])) if track["radius"].notna().any() else 10.0
-    half = window_half(radius, options.margin)
+    half = window_half(reach, options.margin)
     examined = track["examined"].to_numpy() if "examined" in track else np.ones(n, bool)
     # follow the particle on its own: windows placed from its own positions and refined by
     # correlating its outline with a reference frame (the last frame it was detected in:
     # post-edge, highest contrast, in an energy scan)
     ref_frame = int(np.flatnonzero(detected)[-1]) if detected.any() else 0
-    followed, _, measured = follow_particle(od, predicted, radius, ref_frame, options=options.follow)
+    followed, _, measured = follow_particle(od, predicted, reach, ref_frame, options=options.follow)
     centres = np.where(measured[:, None], followed, predicted)
     # the windows the centre of mass is measured in, centred on the edge estimate it must
     # vouch for unless offset (window_offset_px; off by default, see its docstring)
@@ -977,13 +1020,14 @@ def _locate_particle(pid, track, od, segmenter, options, fallback=None, unlit=No
             separate=options.separate_neighbours,
             offsets=offsets,
             unlit=unlit,
+            reach=reach,
         )
 
     seg = segmented(segmenter)
     # the shape from the frames the particle was detected in (key frames, where its
     # contrast sufficed), not from faint pre-edge frames whose masks come out partial
     best = measured & detected if (measured & detected).any() else measured
-    shape = _consensus_shape(seg, centres, best, radius, options.follow) if best.any() else None
+    shape = _consensus_shape(seg, centres, best, reach, options.follow) if best.any() else None
     missed = turned = None
     if fallback is not None and options.mask_guard and shape is not None:
         # a learned segmenter that leaves out part of what the particle's mean window shows
@@ -992,9 +1036,9 @@ def _locate_particle(pid, track, od, segmenter, options, fallback=None, unlit=No
         # one side: stress-jitter, a 12-px particle vouched 1.07 px off the truth, 0.20 px with
         # the frames transposed), is not trusted with this particle: the classical segmenter
         # outlines it
-        miss = _mask_miss(shape, od, centres, best, radius, options)
+        miss = _mask_miss(shape, od, centres, best, radius, options, reach)
         spread, n_turns = (
-            (0.0, 0) if miss > MASK_MISS else _orientation_spread(segmenter, od, centres, best, radius, half)
+            (0.0, 0) if miss > MASK_MISS else _orientation_spread(segmenter, od, centres, best, radius, half, reach)
         )
         if miss > MASK_MISS or spread > MASK_ORIENTATION_PX:
             classical = segmented(fallback)
@@ -1006,13 +1050,14 @@ def _locate_particle(pid, track, od, segmenter, options, fallback=None, unlit=No
                 missed = miss if miss > MASK_MISS else None
                 turned = (spread, n_turns) if missed is None else None
                 seg = classical
-                shape = _consensus_shape(seg, centres, best, radius, options.follow)
+                shape = _consensus_shape(seg, centres, best, reach, options.follow)
     return _Located(
         int(pid),
         track,
         detected,
         examined,
         radius,
+        reach,
         half,
         ref_frame,
         followed,
@@ -1400,7 +1445,7 @@ def _particle_contrasts(located, shifts, od, energies):
 def _own_shape_weight(loc, options) -> np.ndarray:
     """The apodisation by the particle's own shape, grown by the edge images' reach; less its
     neighbours that move otherwise (``loc.beside``, :func:`_refine_beside_neighbours`)."""
-    b, _, _ = window_geometry(loc.radius, options.follow)
+    b, _, _ = window_geometry(loc.reach, options.follow)
     weight = shape_weight(loc.shape, grow=2.0 + 2.0 * options.follow.sigma * b, taper=max(3.0, 2.0 * b))
     return weight if loc.beside is None else weight * loc.beside
 
@@ -1424,8 +1469,8 @@ def _swept_neighbour(loc, other, options) -> np.ndarray | None:
     """bool ``(size, size)`` on ``loc``'s correlation window (:func:`window_geometry`): where ``other``'s
     shape lies, placed at its first-pass positions relative to ``loc``'s, over every frame both have one
     (rounded to whole pixels, so grown by up to half a pixel). None where it never enters the window."""
-    _, _, size = window_geometry(loc.radius, options.follow)
-    _, _, size_o = window_geometry(other.radius, options.follow)
+    _, _, size = window_geometry(loc.reach, options.follow)
+    _, _, size_o = window_geometry(other.reach, options.follow)
     d = _positions(other) - _positions(loc)
     d = d[np.isfinite(d).all(axis=1)]
     if d.size == 0:
@@ -1450,7 +1495,7 @@ def _beside_weight(loc, located, options) -> tuple[np.ndarray | None, tuple]:
     """``(weight, ids)``: the weight on ``loc``'s correlation window leaving out the neighbours among
     ``located`` that move otherwise (by ``NEIGHBOUR_MOTION_PX`` or more relative to it) and enter its
     apodisation disc (:func:`_swept_neighbour`), and their ids; ``(None, ())`` where none does."""
-    disc = disc_weight(loc.radius, options.follow)
+    disc = disc_weight(loc.reach, options.follow)
     swept = np.zeros(disc.shape, bool)
     ids = []
     for other in located:
@@ -1499,10 +1544,10 @@ def _refine_beside_neighbours(located, od, options) -> list[int]:
         refined, _, measured = follow_particle(
             od,
             loc.centres,
-            loc.radius,
+            loc.reach,
             loc.ref_frame,
             options=options.follow,
-            weight=disc_weight(loc.radius, options.follow) * weight,
+            weight=disc_weight(loc.reach, options.follow) * weight,
         )
         loc.followed = np.where(measured[:, None], refined, loc.followed)
         loc.measured = loc.measured | measured
@@ -1517,7 +1562,7 @@ def _follow_by_shape(loc, od, options) -> bool:
         return False
     weight = _own_shape_weight(loc, options)
     refined, _, measured = follow_particle(
-        od, loc.centres, loc.radius, loc.ref_frame, options=options.follow, weight=weight
+        od, loc.centres, loc.reach, loc.ref_frame, options=options.follow, weight=weight
     )
     loc.followed = np.where(measured[:, None], refined, loc.followed)
     loc.measured = loc.measured | measured
@@ -1621,7 +1666,7 @@ def _refine_moving(loc, m, od, footprints, options, contrast) -> str | None:
 def _separate(loc, m, od, footprints, options, centres) -> str:
     """Separate a particle from the matrix by their different motions, starting at ``centres``,
     and follow it again on its frames less the matrix (:func:`_follow_on_matrix`): "matrix"."""
-    _, _, size = window_geometry(loc.radius, options.follow)
+    _, _, size = window_geometry(loc.reach, options.follow)
 
     def separated(centres, lo, box, near):
         background, _, _ = separate_layers(od, centres, m, lo, box, size, near)
@@ -1699,7 +1744,7 @@ def _changed_beyond_noise(before, after, frames, *, window: int = UNMIX_CHANGE_F
 def _matrix_box(loc, m, footprints, options):
     """``(lo, box, near)``: the box in matrix (frame-0) coordinates that holds every window of the
     particle, and the footprints near it."""
-    _, _, size = window_geometry(loc.radius, options.follow)
+    _, _, size = window_geometry(loc.reach, options.follow)
     q = loc.centres - m  # the windows' centres in matrix (frame-0) coordinates
     lo = np.floor(np.nanmin(q, axis=0) - size / 2 - 3).astype(int)
     box = np.ceil(np.nanmax(q, axis=0) + size / 2 + 3).astype(int) - lo + 1
@@ -1734,7 +1779,7 @@ def _follow_on_matrix(loc, m, od, footprints, options, centres, layers) -> bool:
             break
         done = True
         refined, _, measured = follow_particle(
-            od, centres, loc.radius, loc.ref_frame, options=options.follow, weight=weight, background=background
+            od, centres, loc.reach, loc.ref_frame, options=options.follow, weight=weight, background=background
         )
         measured &= first
         moved = np.hypot(*(refined - centres)[measured & np.isfinite(centres).all(axis=1)].T)
@@ -1811,7 +1856,7 @@ def _vouch_estimates(loc: _Located, common, od, options) -> VouchedPositions:
         od,
         loc.followed,
         loc.measured,
-        loc.radius,
+        loc.reach,
         loc.ref_frame,
         options=options.follow,
         surroundings_px=WITH_MATRIX_PX,

@@ -36,7 +36,9 @@ from .robust import robust_sigma
 __all__ = [
     "centre_of_mass",
     "window_half",
+    "window_radius",
     "WINDOW_MARGIN",
+    "WINDOW_REACH",
     "crop_windows",
     "resample_windows",
     "resample_masks",
@@ -99,14 +101,37 @@ def bin_frames(a, b: int, *, dtype=np.float32) -> np.ndarray:
 #: ``PipelineOptions.margin``, and the ROIs the learned segmenter is trained on)
 WINDOW_MARGIN = 6
 
+#: radii of a particle's outline that its window holds (:func:`window_half`): an irregular outline
+WINDOW_REACH = 1.3
+
 
 def window_half(radius: float, margin: int = WINDOW_MARGIN) -> int:
     """Half width of a particle's window: 1.3 radii plus ``margin`` pixels.
 
     The one rule for the size of a particle's window (ROI), ``2 * half + 1`` pixels wide:
-    1.3 radii hold an irregular outline, the margin holds the background ring around it.
+    1.3 radii (:data:`WINDOW_REACH`) hold an irregular outline, the margin holds the background ring around it.
+    Give it :func:`window_radius` for a particle whose outline may reach further (an elongated one).
     """
-    return int(np.ceil(1.3 * radius)) + int(margin)
+    return int(np.ceil(WINDOW_REACH * radius)) + int(margin)
+
+
+def window_radius(radius: float, extent: float | None = None) -> float:
+    """The radius (px) a particle's windows are sized on (:func:`window_half`,
+    :func:`xanestrack.follow.window_geometry`): its equivalent ``radius``, or, where its outline reaches
+    further from its centre than :data:`WINDOW_REACH` radii (``extent``, px: the detections' ``extent``), so far
+    that the window holds it: ``extent / WINDOW_REACH``.
+
+    An elongated particle's ends reach well beyond its equivalent radius (a rod of aspect 4: 2 radii, of aspect 6:
+    2.4; an 80 x 32 px ellipse: 1.6): in windows sized on that radius its outline ran out of the window in every
+    frame, and the probe's rods of aspect 4 and 6 and an 80 x 32 px ellipse were measured in no frame. A round or
+    irregular particle's outline lies within 1.3 radii (its major semi-axis: the default and stress scenes' at most
+    1.10): its windows are as before. The pipeline locates a particle in these windows only where its masks fail in
+    those of its radius (:func:`xanestrack.pipeline._locate_particle`). ``extent`` None or NaN: the radius.
+    """
+    radius = float(radius)
+    if extent is None or not np.isfinite(extent):
+        return radius
+    return max(radius, float(extent) / WINDOW_REACH)
 
 
 def shifts_from_positions(positions, *, reference: int = 0) -> np.ndarray:

@@ -465,6 +465,12 @@ _COLUMN_DOC = {
         "why the object was left out (border, too_small, too_large, not_convex, short_track...); empty where kept",
     ),
     "touching": ("bool", "one of several touching particles split apart at a neck"),
+    "extent": (
+        "px",
+        "how far the object's outline reaches from its centre along its long axis: its major semi-axis from its "
+        "second moments (a disc: its radius); an elongated particle's windows are sized on it where those of its "
+        "radius do not hold it",
+    ),
     "n_frames": ("count", "the frames the object was seen in"),
     "peak_nonrigid_vy": ("px/frame", "largest own (non-rigid) velocity along the rows"),
     "peak_nonrigid_vx": ("px/frame", "largest own (non-rigid) velocity along the columns"),

@@ -177,7 +177,7 @@ def segment_rois(rois, *, centres=None, options: SegmentOptions = SegmentOptions
     return out
 
 
-def isolate_particle(masks, *, radius: float, centres=None, max_area_ratio: float = 1.35, outside=None):
+def isolate_particle(masks, *, radius: float, centres=None, max_area_ratio: float = 1.35, outside=None, reach=None):
     """Cut fines and touching neighbours off soft particle masks, frame by frame.
 
     Whatever segmenter made the masks (classical or learned), a fine stuck to the particle
@@ -187,7 +187,9 @@ def isolate_particle(masks, *, radius: float, centres=None, max_area_ratio: floa
     1. An opening with a square of half-width ``clip(0.3 radius, 2, 6)`` px cuts off fines
        (radius 2-6 px) and thin bridges (corners are cut alike in every frame, so the
        particle's registration is unaffected); the component at the expected centre is
-       kept, grown by one pixel so that the soft rim stays.
+       kept, grown by one pixel so that the soft rim stays. An elongated particle (``reach``
+       beyond ``radius``) is as wide as a disc of ``radius**2 / reach``, not ``radius``: the
+       opening is sized on that.
     2. Where that component is still much larger than the particle
        (``max_area_ratio`` times ``pi radius**2``), a touching neighbour is attached: it is
        cut off by a watershed of the distance transform, seeded at its maxima (the
@@ -219,6 +221,9 @@ def isolate_particle(masks, *, radius: float, centres=None, max_area_ratio: floa
         Window pixels outside the frame (:attr:`SegmentedWindows.outside`; default: none).
         A mask the frame's border cuts is not cut at its necks there (it is flagged
         ``out_of_view``, :func:`xanestrack.register.mask_flags`).
+    reach : float, optional
+        The radius its windows are sized on (:func:`xanestrack.register.window_radius`; default
+        ``radius``): an elongated particle's, from how far its outline reaches.
 
     Returns
     -------
@@ -230,7 +235,11 @@ def isolate_particle(masks, *, radius: float, centres=None, max_area_ratio: floa
         return m.copy()
     c = np.tile([(h - 1) / 2, (w - 1) / 2], (n, 1)) if centres is None else np.asarray(centres, float)
     hard = m > 0.5
-    r_open = int(np.clip(round(0.3 * radius), 2, 6))
+    # the opening is sized on the particle's width: a rod of aspect 6 (10 px wide, equivalent radius 15.7 px) was
+    # opened away by the 11 px square of its radius but for pieces of its noisy outline, one of them followed as
+    # the particle (radius 8 px, 9 px from its centre)
+    width = radius if reach is None or not reach > radius else radius * radius / reach
+    r_open = int(np.clip(round(0.3 * width), 2, 6))
     size = (1, 2 * r_open + 1, 2 * r_open + 1)
     core = ndimage.maximum_filter(ndimage.minimum_filter(hard.view(np.uint8), size=size), size=size).astype(bool)
     core &= hard
@@ -404,7 +413,9 @@ def _level_windows(windows, ring: int = 3):
     return out
 
 
-def _segment_windows(od, centres, half, segmenter, radius, separate=True, offsets=None, frames=None, unlit=None):
+def _segment_windows(
+    od, centres, half, segmenter, radius, separate=True, offsets=None, frames=None, unlit=None, reach=None
+):
     cut_at = centres if offsets is None else centres + offsets
     windows, origins, clipped = crop_windows(od, cut_at, half, frames=frames)
     nanwin = ~np.isfinite(windows)
@@ -425,12 +436,14 @@ def _segment_windows(od, centres, half, segmenter, radius, separate=True, offset
         raise ValueError(f"segmenter returned shape {masks.shape} for ROIs of shape {windows.shape}")
     # fines and touching neighbours never enter the particle's mask
     if separate:
-        masks = isolate_particle(masks, radius=radius, centres=np.asarray(centres, float) - origins, outside=nanwin)
+        masks = isolate_particle(
+            masks, radius=radius, centres=np.asarray(centres, float) - origins, outside=nanwin, reach=reach
+        )
     return windows, origins, clipped, nanwin, masks
 
 
 def segment_particle(
-    od, centres, half: int, *, segmenter, radius: float, separate: bool = True, offsets=None, unlit=None
+    od, centres, half: int, *, segmenter, radius: float, separate: bool = True, offsets=None, unlit=None, reach=None
 ) -> SegmentedWindows:
     """Segment one particle in its window of every frame.
 
@@ -459,6 +472,9 @@ def segment_particle(
         The pixels outside the beam's lit field (``Stack.metadata["unlit"]``): taken as outside the frame
         (``outside``; a window holding any is ``clipped``), so a mask the field's edge cuts is flagged
         ``out_of_view`` as one the frame's border cuts (:func:`xanestrack.register.mask_flags`).
+    reach : float, optional
+        The radius its windows are sized on (:func:`xanestrack.register.window_radius`), for
+        :func:`isolate_particle` (default ``radius``).
 
     Returns
     -------
@@ -485,7 +501,7 @@ def segment_particle(
             )
         unlit = unlit if unlit.any() else None
     windows, origins, clipped, nanwin, masks = _segment_windows(
-        od, centres, half, segmenter, radius, separate, offsets, unlit=unlit
+        od, centres, half, segmenter, radius, separate, offsets, unlit=unlit, reach=reach
     )
     com = centre_of_mass(masks) + origins
     off = np.hypot(*(com - centres).T)
@@ -501,6 +517,7 @@ def segment_particle(
             None if offsets is None else offsets[redo],
             frames=redo,
             unlit=unlit,
+            reach=reach,
         )
         windows[redo], origins[redo], clipped[redo], nanwin[redo], masks[redo] = w2, o2, c2, n2, m2
         com[redo] = centre_of_mass(m2) + o2
