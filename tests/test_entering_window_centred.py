@@ -149,3 +149,16 @@ def test_the_window_cut_note_reads_the_band_and_the_share_of_frames():
     one = masks.copy()
     one[0, 0:16, 5:16] = 1.0
     assert pipeline._window_cut_note(one, two, mask, e) == ""
+
+
+def test_the_chemistry_figure_says_a_particle_lies_partly_outside_the_first_frame(runs):
+    """Review r52: an entering particle, read whole, is drawn over the first frame where it lay (partly) outside
+    the field; the chemistry figure's caption says so (a particle wholly outside had been left out of it without a
+    word). The control, in view throughout: nothing said."""
+    from xanestrack.report import chemistry_figure
+
+    result, _, p = runs[JUMP]
+    caption = chemistry_figure(result).caption
+    assert f"Particle {p.particle} drawn in part: outside the first frame's field" in caption, caption
+    ctl, _, _ = runs[0.0]
+    assert "outside the first frame's field" not in chemistry_figure(ctl).caption

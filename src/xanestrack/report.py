@@ -285,6 +285,36 @@ def _unmapped_sentence(particles) -> str:
     )
 
 
+def _outside_sentence(particles, shape) -> str:
+    """The caption's sentence naming the particles whose mask lies, wholly or in part, outside the first frame's
+    field the maps are drawn over (a particle that entered the field later: its window is placed where it was in
+    frame 0, filled from the common motion); ``""`` where none. A probe's particle entering after a 40-px stage
+    jump was read whole, and left out of the chemistry figure without a word (2 of 3 particles drawn)."""
+    out, part = [], []
+    for p in particles:
+        mask = np.asarray(getattr(p, "mask", np.zeros((0, 0))), bool)
+        if not mask.any():
+            continue
+        yy, xx = np.nonzero(mask)
+        yy, xx = yy + int(p.origin[0]), xx + int(p.origin[1])
+        inside = (yy >= 0) & (yy < shape[0]) & (xx >= 0) & (xx < shape[1])
+        if not inside.any():
+            out.append(p.particle)
+        elif not inside.all():
+            part.append(p.particle)
+    said = []
+    if out:
+        said.append(f"particle{'s' if len(out) > 1 else ''} {', '.join(map(str, out))} not drawn")
+    if part:
+        said.append(f"particle{'s' if len(part) > 1 else ''} {', '.join(map(str, part))} drawn in part")
+    if not said:
+        return ""
+    return (
+        f"{'; '.join(said).capitalize()}: outside the first frame's field, where the maps are drawn (it entered the "
+        "field later); each particle's own figure and results.h5 hold its maps."
+    )
+
+
 #: FWHM of a Gaussian in units of its sigma (2 sqrt(2 ln 2)): how far the in-mask smoothing spreads a sharp front
 _FWHM_PER_SIGMA = 2.3548
 
@@ -658,6 +688,7 @@ def chemistry_figure(result, *, pixel_size_um: float | None = None) -> Figure:
             caption,
             _withheld_sentence(result.particles),
             _unmapped_sentence(result.particles),
+            _outside_sentence(result.particles, rgb.shape),
             _smoothing_sentence(result.options),
             _scale_bar(ax, rgb.shape, pixel_size_um),
         )
@@ -717,7 +748,11 @@ def _map_overview(
     _draw_labels(ax, result, color="black", size=12)
     values = np.concatenate(drawn) if drawn else np.array([])
     caption = _clipped_colorbar(fig, cbar, values, cmap=cmap, vmin=lo, vmax=hi, label=label, what=what)
-    caption = " ".join(c for c in (caption, _scale_bar(ax, rgb.shape, pixel_size_um)) if c)
+    caption = " ".join(
+        c
+        for c in (caption, _outside_sentence(result.particles, rgb.shape), _scale_bar(ax, rgb.shape, pixel_size_um))
+        if c
+    )
     return fig, rgb, caption
 
 

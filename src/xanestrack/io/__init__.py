@@ -679,8 +679,9 @@ def _hdf5_stack(d, path, energies, values, scan, flats=None, darks=None) -> Stac
     if flats_ is None and flats is not None:
         from .tiff import read_tiff_frames
 
-        flats_ = read_tiff_frames(flats, notes=notes)
-        darks_ = read_tiff_frames(darks, notes=notes) if darks is not None else None
+        n_frames = d["counts"].shape[0]
+        flats_ = read_tiff_frames(flats, notes=notes, n_frames=n_frames)
+        darks_ = read_tiff_frames(darks, notes=notes, n_frames=n_frames) if darks is not None else None
         if darks_ is None:
             notes.append(f"{path}: no dark images (`darks`): dark taken as 0")
         d = dict(d, darks=darks_)

@@ -17,7 +17,8 @@ __all__ = ["read_tiff_frames", "read_energies_file"]
 def read_tiff_frames(path, *, notes=None, n_frames: int | None = None) -> np.ndarray:
     """Read a TIFF (multi-page or single image) as (n_frames, rows, cols).
 
-    ``n_frames``: the number of frames the energies given count, where known. A stack of 3 or 4 frames that
+    ``n_frames``: the number of frames expected (the energies given count, or the scan's frames for its flats and
+    darks), where known. A stack of 3 or 4 frames that
     ``tifffile.imwrite`` tagged RGB (planar: three planes before the rows) is read as that many frames where it
     matches, with a note (refused before, though the energies given left no doubt); elsewhere such a file is refused
     as a colour image.
@@ -66,7 +67,7 @@ def read_tiff_frames(path, *, notes=None, n_frames: int | None = None) -> np.nda
             if notes is not None:
                 notes.append(
                     f"{path}: tagged as a colour image by its writer ({photometric or 'RGB'}, {shape[0]} planes): read "
-                    f"as {shape[0]} grey-level frames, as many as the energies given"
+                    f"as {shape[0]} grey-level frames, as many as the scan's frames"
                 )
         elif colour or photometric in ("RGB", "YCBCR", "SEPARATED"):
             raise XanestrackError(
