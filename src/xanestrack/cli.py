@@ -1006,6 +1006,10 @@ def run(
         True,
         help="Replace zingers (single pixels far brighter or darker than the 3 x 3 around them: cosmic rays on the detector) by the median around them, and the detector's defective pixels (dead, hot or stuck pixels, rows and columns: standing out at the same place in most frames) in every frame, and say how many in the notes. --no-zingers: the images as read.",
     ),
+    dynamic_flats: bool = typer.Option(
+        False,
+        help="With one flat per frame: take out of each frame the smooth illumination pattern by which its exposure differed from its flat's (a flat-field ripple or the beam's profile that moved between the two exposures), as its share of the flats' own patterns of change over the scan (dynamic flat-field correction), with a note giving its size. Left in, a particle's local background cannot follow it under the particle and every E50 takes an error beyond its sigma (0.5 eV on a stress scene). Off by default: 0.8-0.9 s more per 143 x 460^2 scan.",
+    ),
     scale_model: str = typer.Option(
         "energy",
         help="The magnification all particles share: 'energy' (default), one straight line in the photon energy (a zone plate's focal length follows it); 'frame', one scale per frame (optics refocused during the scan: a run note says when the particles' own motions look like it).",
@@ -1147,6 +1151,7 @@ def run(
             darks=darks,
             values=values,
             zingers=zingers,
+            dynamic_flats=dynamic_flats,
         )
         release_freed_memory()  # the raw counts and the reading's temporaries (glibc keeps them otherwise)
         read_s = time.perf_counter() - t
@@ -1200,7 +1205,7 @@ def run(
         )
         run_info = _input_description(stack, inputs, others=given[len(inputs) :])
         # read and chemistry options that are not the pipeline's (its `parameters`): in the command only before
-        run_info.update(zingers=bool(zingers), references=list(reference or []))
+        run_info.update(zingers=bool(zingers), dynamic_flats=bool(dynamic_flats), references=list(reference or []))
         if energy_reference is not None:
             stack, cal, cal_note = _calibrate_stack(
                 stack, energy_reference, 8333.0 if reference_e0 is None else reference_e0, reference_standard

@@ -234,11 +234,12 @@ class SynthStack:
     params: SynthParams
     seed: int
 
-    def optical_density(self) -> np.ndarray:
-        """Flat/dark-corrected optical density (n_frames, Y, X), float32."""
+    def optical_density(self, *, dynamic_flats: bool = False) -> np.ndarray:
+        """Flat/dark-corrected optical density (n_frames, Y, X), float32 (``dynamic_flats``: see
+        :func:`xanestrack.io.flatfield.optical_density`)."""
         from .io.flatfield import optical_density
 
-        return optical_density(self.counts, flats=self.flats, darks=self.dark[None])
+        return optical_density(self.counts, flats=self.flats, darks=self.dark[None], dynamic_flats=dynamic_flats)
 
 
 # --------------------------------------------------------------------------- model

@@ -94,6 +94,7 @@ def read_stack(
     grouping=None,
     scan: int | None = None,
     zingers: bool = True,
+    dynamic_flats: bool = False,
 ) -> Stack:
     """Read an energy scan from files into a Stack (optical density).
 
@@ -121,6 +122,9 @@ def read_stack(
         Replace zingers (single pixels far brighter, or darker, than their neighbourhood:
         cosmic rays on the CCD) by their 3 x 3 median (:func:`xanestrack.io.zingers.remove_zingers`),
         noted in ``metadata["notes"]``.
+    dynamic_flats : bool
+        With one flat per frame, take out each frame's own illumination pattern the flats' changes describe
+        (:func:`xanestrack.io.flatfield.illumination_residual`); off by default.
 
     Raises
     ------
@@ -128,7 +132,7 @@ def read_stack(
         With the file and the problem for anything unreadable, implausible or
         inconsistent (one line, saying what to do).
     """
-    stack = _read(inputs, energies, flats, darks, values, grouping, scan)
+    stack = _read(inputs, energies, flats, darks, values, grouping, scan, dynamic_flats)
     if zingers:
         from .zingers import remove_defects, remove_zingers
 
@@ -159,7 +163,7 @@ def _defects_note(defects, shape) -> str:
     )
 
 
-def _read(inputs, energies, flats, darks, values, grouping, scan) -> Stack:
+def _read(inputs, energies, flats, darks, values, grouping, scan, dynamic_flats=False) -> Stack:
     """:func:`read_stack` but for the zingers."""
     if values not in ("auto", "od", "transmission", "counts"):
         raise XanestrackError(f"`values` must be auto, od or transmission, got {values!r}")
@@ -172,7 +176,19 @@ def _read(inputs, energies, flats, darks, values, grouping, scan) -> Stack:
     tiff_files = _tiff_files(paths)
     if tiff_files is not None:
         data, e, reverse, notes, order = _tiff_frames(tiff_files, energies)
-        return _tiff_stack(data, e, reverse, notes, paths[0], tiff_files, flats, darks, values, order=order)
+        return _tiff_stack(
+            data,
+            e,
+            reverse,
+            notes,
+            paths[0],
+            tiff_files,
+            flats,
+            darks,
+            values,
+            order=order,
+            dynamic_flats=dynamic_flats,
+        )
     if len(paths) > 1 or paths[0].is_dir() or paths[0].suffix.lower() in _XRM:
         from .xrm import read_xrm_scan
 
@@ -202,7 +218,7 @@ def _read(inputs, energies, flats, darks, values, grouping, scan) -> Stack:
         # frames read one at a time while the OD is formed
         d = read_hdf5(path, scan=scan, lazy=True, need_energies=energies is None)
         try:
-            return _hdf5_stack(d, path, energies, values, scan, flats, darks)
+            return _hdf5_stack(d, path, energies, values, scan, flats, darks, dynamic_flats=dynamic_flats)
         finally:
             for k in ("counts", "flats", "darks"):
                 if hasattr(d[k], "close"):
@@ -218,14 +234,14 @@ def _read(inputs, energies, flats, darks, values, grouping, scan) -> Stack:
         given = _energies_arg(energies)
         data = read_tiff_frames(path, notes=notes, n_frames=len(given))
         e, reverse = energy_order(given, data.shape[0], source=path, frame_shape=data.shape[1:])
-        return _tiff_stack(data, e, reverse, notes, path, [path], flats, darks, values)
+        return _tiff_stack(data, e, reverse, notes, path, [path], flats, darks, values, dynamic_flats=dynamic_flats)
     raise XanestrackError(
         f"{path}: unrecognised input type {suffix!r}; give a .tif/.tiff stack, an HDF5 file "
         "(.h5/.hdf5, FXI or Data Exchange) or .xrm/.txrm files"
     )
 
 
-def _tiff_stack(data, e, reverse, notes, path, files, flats, darks, values, order=None) -> Stack:
+def _tiff_stack(data, e, reverse, notes, path, files, flats, darks, values, order=None, dynamic_flats=False) -> Stack:
     """The Stack of TIFF frames ``data`` (one file's stack, or one frame per file) with their energies;
     ``order``: the files' order that put ``data`` in energy order (energies from their names), which
     flats and darks of one per frame, given in the files' order, follow too."""
@@ -250,7 +266,9 @@ def _tiff_stack(data, e, reverse, notes, path, files, flats, darks, values, orde
             notes.append(f"{flats}: one flat-field image per file{both}, each paired with its file's frame")
         if dk is None:
             notes.append(f"{path}: no dark images (`darks`): dark taken as 0")
-        od = optical_density(data, flats=fl, darks=dk, source=str(path), notes=notes, unlit=unlit)
+        od = optical_density(
+            data, flats=fl, darks=dk, source=str(path), notes=notes, unlit=unlit, dynamic_flats=dynamic_flats
+        )
         kind = "counts"
     else:
         if darks is not None:
@@ -621,7 +639,7 @@ def _no_tiff_options(path, what: str, flats, darks) -> None:
         )
 
 
-def _hdf5_stack(d, path, energies, values, scan, flats=None, darks=None) -> Stack:
+def _hdf5_stack(d, path, energies, values, scan, flats=None, darks=None, dynamic_flats=False) -> Stack:
     """The Stack of what :func:`xanestrack.io.hdf5.read_hdf5` found; TIFF ``flats`` (and
     ``darks``) only for a file without flat-field images of its own."""
     notes = list(d["notes"])
@@ -697,7 +715,15 @@ def _hdf5_stack(d, path, energies, values, scan, flats=None, darks=None) -> Stac
         notes += more
     else:
         flats_ = _match_flats(flats_, d["counts"].shape[0], source=path, notes=notes)
-        od = optical_density(d["counts"], flats=flats_, darks=d["darks"], source=str(path), notes=notes, unlit=unlit)
+        od = optical_density(
+            d["counts"],
+            flats=flats_,
+            darks=d["darks"],
+            source=str(path),
+            notes=notes,
+            unlit=unlit,
+            dynamic_flats=dynamic_flats,
+        )
     meta = dict(
         source=str(path) if scan is None else f"{path}[scan {scan}]",
         reader=f"hdf5-{d['layout']}" + ("" if scan is None else "-series"),

@@ -1,0 +1,127 @@
+"""Each frame's illumination differs from its own flat's by a ripple whose phase moved between the two exposures
+(probe r52 coverage F1: ``stress-counts`` every particle's mean E50 0.5 eV, 3-8 sigma, off, unsaid): the residual
+pattern is taken out of the optical density as its share of the flats' own changes
+(:func:`xanestrack.io.flatfield.illumination_residual`), and a run note says so. Controls: the same scan whose images
+were lit as their flats were, and one flat for every frame, are not changed and not noted."""
+
+import numpy as np
+import pytest
+
+from xanestrack.io import optical_density
+from xanestrack.io.flatfield import FLAT_RESIDUAL_NOTE_OD
+from xanestrack.xanes import local_background
+
+N = 40
+SHAPE = (160, 160)
+DISCS = ((50, 50, 16), (110, 60, 12), (80, 120, 18))
+
+
+def _ripple(phase, lam=40.0, tilt=0.3, ripple=0.05):
+    """A flat-field of vignetting and a ripple (the stress scenes' model), (rows, cols)."""
+    y, x = np.mgrid[: SHAPE[0], : SHAPE[1]].astype(float)
+    a = 2 * np.pi * (np.cos(tilt) * y + np.sin(tilt) * x) / lam + phase
+    v = np.exp(-0.3 * (((y - 80) / 80) ** 2 + ((x - 80) / 80) ** 2))
+    return v * (1 + ripple * np.sin(a))
+
+
+def _scan(phase_sd: float, seed: int = 0, level: float = 20000.0):
+    """Counts, flats (one per frame), the dark and the true OD of three discs (OD 0.8) on a textured matrix; the
+    ripple's phase drifts over the scan, the images' phase off their flats' by ``phase_sd`` (rad) at random."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: SHAPE[0], : SHAPE[1]]
+    matrix = 0.1 + 0.02 * np.sin(yy / 7.0) * np.cos(xx / 9.0)
+    od = np.repeat(matrix[None], N, axis=0)
+    for y, x, r in DISCS:
+        od[:, (yy - y) ** 2 + (xx - x) ** 2 < r * r] += 0.8
+    phase = np.linspace(0, 3 * np.pi, N)
+    dark = np.full(SHAPE, 100.0, np.float32)
+    counts = np.empty((N, *SHAPE), np.float32)
+    flats = np.empty((N, *SHAPE), np.float32)
+    for k in range(N):
+        flat = level * _ripple(phase[k])
+        lit = level * _ripple(phase[k] + rng.normal(0, phase_sd))
+        flats[k] = rng.normal(flat, np.sqrt(flat / 10)) + dark
+        counts[k] = rng.poisson(lit * np.exp(-od[k])) + dark
+    return counts, flats, dark, od
+
+
+def _disc_errors(measured, truth):
+    """Per disc, the SD over the frames of the error of its mean OD above a plane fitted to a ring around it."""
+    yy, xx = np.mgrid[: SHAPE[0], : SHAPE[1]]
+    out = []
+    for y, x, r in DISCS:
+        box = np.s_[:, y - r - 14 : y + r + 15, x - r - 14 : x + r + 15]
+        m = ((yy - y) ** 2 + (xx - x) ** 2 < (r - 2) ** 2)[box[1:]]
+        err = []
+        for stack in (measured, truth):
+            w = np.asarray(stack[box], np.float64)
+            err.append((w - local_background(w, m))[:, m].mean(axis=1))
+        out.append(float(np.std(err[0] - err[1])))
+    return np.array(out)
+
+
+def test_a_ripple_off_its_flats_is_taken_out_and_said():
+    counts, flats, dark, truth = _scan(0.3)
+    notes = []
+    od = optical_density(counts, flats=flats, darks=dark, notes=notes, dynamic_flats=True)
+    # 0.004-0.006 OD per frame left under each disc before, one error for all its pixels
+    assert _disc_errors(od, truth).max() < 0.0015
+    said = [t for t in notes if "illumination differed from their flats'" in t]
+    assert len(said) == 1 and "taken out of each frame" in said[0]
+
+
+def test_the_plane_alone_leaves_the_ripple():
+    """What the test above corrects: the ring's plane under the OD as the flats give it."""
+    counts, flats, dark, truth = _scan(0.3)
+    with np.errstate(divide="ignore"):
+        plain = -np.log((counts - dark) / (flats - dark))
+    assert _disc_errors(plain, truth).min() > 0.003
+
+
+@pytest.mark.parametrize("one_flat", [False, True])
+def test_images_lit_as_their_flats_are_left_alone(one_flat):
+    counts, flats, dark, truth = _scan(0.0, seed=1)
+    if one_flat:
+        # every image lit as the first flat
+        counts = (counts - dark) * (flats[:1] - dark) / (flats - dark) + dark
+        flats = flats[:1]
+    notes = []
+    od = optical_density(counts, flats=flats, darks=dark, notes=notes, dynamic_flats=True)
+    with np.errstate(divide="ignore"):
+        plain = -np.log((counts - dark) / (flats - dark))
+    assert not [t for t in notes if "illumination differed" in t]
+    assert _disc_errors(od, truth).max() < 0.0015
+    yy, xx = np.mgrid[: SHAPE[0], : SHAPE[1]]
+    inside = np.zeros(SHAPE, bool)
+    for y, x, r in DISCS:
+        inside |= (yy - y) ** 2 + (xx - x) ** 2 < r * r
+    change = (od - plain)[:, inside]
+    if one_flat:
+        assert np.abs(change).max() < 1e-5
+    else:  # the sample's own share of the fit, smooth over the frames: well below the note's floor
+        assert np.sqrt(np.mean((change - change.mean(axis=1, keepdims=True)) ** 2)) < FLAT_RESIDUAL_NOTE_OD
+
+
+def test_off_by_default_and_on_through_read_stack(tmp_path):
+    """The correction is asked for (``dynamic_flats``, ``--dynamic-flats``): without it the OD is the plain one, no
+    note; read_stack passes it to the reader (an FXI file written as synth writes one)."""
+    import h5py
+
+    from xanestrack.io import read_stack
+
+    counts, flats, dark, truth = _scan(0.3)
+    notes = []
+    od = optical_density(counts, flats=flats, darks=dark, notes=notes)
+    assert not [t for t in notes if "illumination differed" in t]
+    assert _disc_errors(od, truth).min() > 0.003  # left in: as the plane alone
+    energies = np.linspace(8.30, 8.40, N)  # keV, as FXI writes X_eng
+    with h5py.File(tmp_path / "s.h5", "w") as f:
+        f["img_xanes"] = counts
+        f["img_bkg"] = flats
+        f["img_dark"] = dark[None]
+        f["X_eng"] = energies
+    on = read_stack(tmp_path / "s.h5", dynamic_flats=True, zingers=False)
+    off = read_stack(tmp_path / "s.h5", zingers=False)
+    assert any("illumination differed from their flats'" in t for t in on.metadata["notes"])
+    assert not any("illumination differed" in t for t in off.metadata["notes"])
+    assert _disc_errors(on.od, truth).max() < 0.0015 < 0.003 < _disc_errors(off.od, truth).min()
