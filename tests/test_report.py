@@ -260,7 +260,6 @@ def test_the_motion_table_names_its_columns_with_units_and_says_which_frames_cou
         "ratio_h (x)",
         "max |non-rigid| (px), frames vouched for",
         "position noise (px per axis)",
-        "non-rigid step across the edge (px)",
         "max |non-rigid| from noise alone (px)",
         "own motion within noise",
         "non-rigid moved by the split, up to (px)",
@@ -282,7 +281,6 @@ def test_the_motion_table_names_its_columns_with_units_and_says_which_frames_cou
         "max_nonrigid_displacement",
         # their uncertainty, after them (tests/test_own_motion_noise.py)
         "position_noise_px",
-        "nonrigid_edge_step_px",
         "max_nonrigid_noise_px",
         "nonrigid_at_noise",
         "peak_nonrigid_v_noise",

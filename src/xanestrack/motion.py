@@ -32,7 +32,6 @@ __all__ = [
     "compute_motion",
     "peak_ratios",
     "noise_maximum",
-    "edge_step",
     "OWN_MOTION_NOISE_COLUMNS",
     "OWN_MOTION_SPLIT_COLUMNS",
     "SPLIT_NOTE_PX",
@@ -1136,22 +1135,7 @@ OWN_MOTION_NOISE_QUANTILE = 0.95
 #: the columns :func:`peak_ratios` adds with ``position_noise``: the particle's positions' noise (px per axis), the
 #: largest own displacement and the largest |own velocity| per axis that noise alone reaches over its frames
 #: (:data:`OWN_MOTION_NOISE_QUANTILE`), and whether its largest own displacement is not above that
-OWN_MOTION_NOISE_COLUMNS = [
-    "position_noise_px",
-    "nonrigid_edge_step_px",
-    "max_nonrigid_noise_px",
-    "nonrigid_at_noise",
-    "peak_nonrigid_v_noise",
-]
-
-#: eV about a particle's E0: the absorption edge's region, where its contrast (and the matrix's share of its window)
-#: changes, and with it the error of its positions. :func:`edge_step` compares its own displacement just below this
-#: region with that just above it. On reduced stress-drift (10 noise draws) the mean error over the draws moved from the pre-edge level to the post-edge level between about E0 - 10 and E0 + 2 eV (stress-drift
-#: particle 2 along x: +0.50 px at E0 - 12, +0.16 from E0 + 2)
-EDGE_STEP_REGION_EV = (-10.0, 5.0)
-#: frames vouched for on each side of :data:`EDGE_STEP_REGION_EV` whose mean own displacement :func:`edge_step`
-#: compares (the nearest to the region): few, so that a particle's own slow motion adds little to the step
-EDGE_STEP_SIDE_FRAMES = 3
+OWN_MOTION_NOISE_COLUMNS = ["position_noise_px", "max_nonrigid_noise_px", "nonrigid_at_noise", "peak_nonrigid_v_noise"]
 
 
 def noise_maximum(n, *, dims: int = 2, quantile: float = OWN_MOTION_NOISE_QUANTILE) -> np.ndarray:
@@ -1245,70 +1229,13 @@ def velocity_noise_maximum(scales, *, quantile: float = OWN_MOTION_NOISE_QUANTIL
     return 0.5 * (lo + hi)
 
 
-def edge_step(own, energies_ev, e0_ev: float) -> float:
-    """px: how far a particle's own displacement steps across the absorption edge: the length of the difference of
-    its mean own displacement over the :data:`EDGE_STEP_SIDE_FRAMES` frames just above :data:`EDGE_STEP_REGION_EV`
-    about ``e0_ev`` and that over those just below it.
-
-    Where fewer than 2 of its frames lie below the region (its frames vouched for start on the edge), its first
-    frames below the region's top stand for the side below (the step from its first frames, which its displacements
-    are measured from); likewise above. 0 where its frames do not lie on both sides (no step in its displacements);
-    NaN where ``e0_ev`` is not finite.
-
-    Parameters
-    ----------
-    own : array (n, 2)
-        Its own (non-rigid) displacement per frame, NaN where not counted (frames not vouched for).
-    energies_ev : array (n,)
-        The frames' energies.
-    e0_ev : float
-        Its E0.
-
-    Notes
-    -----
-    The contrast of a particle, and the matrix's share of its window, change across the edge; its positions' error
-    changes with them, the same in every noise draw: a step of 0.2-0.45 px across the edge on the reduced stress
-    scenes, read as its own motion, not in the noise measured frame to frame. A particle's own motion does not know
-    where the edge is: a step of its own that sits at the edge cannot be told from this error. The step is taken
-    between the frames nearest the region, without a trend fitted on each side: on the reduced stress-drift scenes
-    (own motion a random walk of 0.6 px per frame) a linear trend through each side's frames, carried to the other,
-    read steps of 3 px (median) and took 13 of 40 particles' own motion (2-9 px) as within it. The cost: a smooth own
-    motion over the frames between the two sides is read as step too (the default model at 48 energies, 200 px, own
-    drifts 1-3 px: steps 0.9-1.7 px, its own motions 1.0-1.4 times their floors, 8-13 times without the step).
-    """
-    own = np.asarray(own, float).reshape(-1, 2)
-    e = np.asarray(energies_ev, float)
-    if not np.isfinite(e0_ev):
-        return np.nan
-    ok = np.isfinite(own).all(axis=1) & np.isfinite(e)
-    if ok.sum() < 4:
-        return 0.0
-    order = np.argsort(e[ok], kind="stable")
-    d, de = own[ok][order], e[ok][order] - e0_ev
-    lo, hi = EDGE_STEP_REGION_EV
-    n = EDGE_STEP_SIDE_FRAMES
-    below, above = np.nonzero(de < lo)[0], np.nonzero(de > hi)[0]
-    below = below[-n:] if len(below) >= 2 else np.nonzero(de <= hi)[0][:n]
-    above = above[:n] if len(above) >= 2 else np.nonzero(de >= lo)[0][-n:]
-    if len(below) < 2 or len(above) < 2 or below.max() >= above.min():
-        return 0.0
-    return float(np.hypot(*(d[above].mean(axis=0) - d[below].mean(axis=0))))
-
-
-def _own_motion_noise(out: pd.DataFrame, counts: dict, position_noise, steps: dict | None = None) -> pd.DataFrame:
+def _own_motion_noise(out: pd.DataFrame, counts: dict, position_noise) -> pd.DataFrame:
     """``out`` (:func:`peak_ratios`'s table) with :data:`OWN_MOTION_NOISE_COLUMNS`: per particle, its positions'
     noise (``position_noise``: a Series by particle, px per axis; NaN where not given), the largest own displacement
     that noise reaches over its ``counts[particle][0]`` frames (:data:`OWN_DISPLACEMENT_NOISE` times it, times
     :func:`noise_maximum` in 2-D), the largest |own velocity| per axis over its velocities, whose noise is
     ``counts[particle][1]`` (:func:`velocity_noise_scales`) times it (:func:`velocity_noise_maximum`), and
-    ``nonrigid_at_noise``: its largest own displacement is not above that floor (False where no floor is known).
-
-    ``steps`` (by particle, :func:`edge_step`; 0 where not given) is each one's own displacement's step across the
-    absorption edge (``nonrigid_edge_step_px``), added to the floor: its positions' error changes there, the same in
-    every noise draw, and white noise does not hold it. Reduced stress scenes over 3-4 noise draws (the largest
-    error of the displacement against the floor): stress-counts at 5000 counts within it for 31 % of particle-draws,
-    the mild stress-all at 5000 counts 42 %, stress-drift 62 %, stress-magnification 75 %; with the step 88, 75, 100,
-    100 %; no particle of stress-drift, the default model or its phases (1-9 px of own motion) lost its own motion."""
+    ``nonrigid_at_noise``: its largest own displacement is not above that floor (False where no floor is known)."""
     pids = out["particle"].to_numpy()
     sigma = (
         pd.Series(position_noise, dtype=float).reindex(pids).to_numpy(float)
@@ -1321,14 +1248,8 @@ def _own_motion_noise(out: pd.DataFrame, counts: dict, position_noise, steps: di
     # track's ends (sqrt(2) of it, twice as noisy): a floor for central ones alone was exceeded by white noise of
     # that size in 41 % of particles (two axes), its ends' velocities above it
     v_max = np.array([velocity_noise_maximum(counts.get(p, (0, ()))[1]) for p in pids], float)
-    step = np.array([(steps or {}).get(p, 0.0) for p in pids], float)
     out["position_noise_px"] = sigma
-    out["nonrigid_edge_step_px"] = step
-    # a step at the edge and the noise add up in the largest own displacement (the error at the first frames and that
-    # after the edge): the floor is their sum
-    out["max_nonrigid_noise_px"] = OWN_DISPLACEMENT_NOISE * sigma * noise_maximum(n_disp, dims=2) + np.where(
-        np.isfinite(step), step, 0.0
-    )
+    out["max_nonrigid_noise_px"] = OWN_DISPLACEMENT_NOISE * sigma * noise_maximum(n_disp, dims=2)
     with np.errstate(invalid="ignore"):
         out["nonrigid_at_noise"] = (out["max_nonrigid_displacement"] <= out["max_nonrigid_noise_px"]).astype(bool)
     out["peak_nonrigid_v_noise"] = sigma * v_max
@@ -1382,25 +1303,12 @@ def _own_motion_split(out: pd.DataFrame, motion: pd.DataFrame, split: pd.DataFra
     return out
 
 
-def _particle_e0(e0_ev):
-    """A function of the particle giving its E0 from ``e0_ev`` (one value, or a Series by particle: where not
-    finite or not given, the median of the finite ones; NaN where none is)."""
-    if isinstance(e0_ev, pd.Series):
-        v = e0_ev.astype(float)
-        fallback = float(np.nanmedian(v)) if np.isfinite(v).any() else np.nan
-        return lambda p: float(v[p]) if p in v.index and np.isfinite(v[p]) else fallback
-    e0 = float(e0_ev) if e0_ev is not None else np.nan
-    return lambda p: e0
-
-
 def peak_ratios(
     motion: pd.DataFrame,
     reliable: pd.DataFrame | None = None,
     *,
     noise_px: float | pd.Series | None = None,
     position_noise: float | pd.Series | None = None,
-    energies_ev=None,
-    e0_ev: float | pd.Series | None = None,
 ) -> pd.DataFrame:
     """Per particle: peak |non-rigid velocity| / peak |rigid velocity|, per component.
 
@@ -1425,11 +1333,6 @@ def peak_ratios(
         own motion over its frames (:data:`OWN_MOTION_NOISE_COLUMNS`, :func:`_own_motion_noise`): a largest own
         displacement of a faint particle read 0.33 px where it truly moved 0.16 px, with nothing saying that this
         is what its noise gives. Default: no such columns.
-    energies_ev : array, optional
-        The frames' energies (indexed by ``frame``); with ``e0_ev``, each particle's own displacement's step across
-        the absorption edge (:func:`edge_step`) is added to the floor of ``position_noise``. Default: no step.
-    e0_ev : float or Series, optional
-        The particles' E0 (a Series indexed by particle; where not finite, the median of the finite ones).
 
     Returns
     -------
@@ -1449,8 +1352,7 @@ def peak_ratios(
         motion = motion.copy()
         cols = ["rigid_dy", "rigid_dx", "nonrigid_dy", "nonrigid_dx"]
         motion.loc[~keep, cols] = np.nan
-    rows, common, counts, steps = [], [], {}, {}
-    e0_of = _particle_e0(e0_ev) if energies_ev is not None else None
+    rows, common, counts = [], [], {}
     for pid, g in motion.groupby("particle"):
         g = g.sort_values("frame")
         f = g["frame"].to_numpy(float)
@@ -1471,8 +1373,6 @@ def peak_ratios(
         nr = g[["nonrigid_dy", "nonrigid_dx"]].to_numpy(float)
         axis = int(np.argmax(np.isfinite(nv).sum(axis=0)))  # the axis with the most velocities
         counts[pid] = (int(np.isfinite(nr).all(axis=1).sum()), velocity_noise_scales(f)[np.isfinite(nv[:, axis])])
-        if e0_of is not None:
-            steps[pid] = edge_step(nr, np.asarray(energies_ev, float)[g["frame"].to_numpy(int)], e0_of(pid))
         common.append(pd.DataFrame({"frame": g["frame"].to_numpy(), "vy": np.abs(rv[:, 0]), "vx": np.abs(rv[:, 1])}))
     out = pd.DataFrame(
         rows,
@@ -1488,7 +1388,7 @@ def peak_ratios(
         ],
     )
     if position_noise is not None:
-        out = _own_motion_noise(out, counts, position_noise, steps)
+        out = _own_motion_noise(out, counts, position_noise)
     if isinstance(split, pd.DataFrame) and {"particle", "frame", "own_split_px"} <= set(split):
         out = _own_motion_split(out, motion, split)
     out.attrs["least_common_velocity"] = np.nan

@@ -188,9 +188,7 @@ NOISE_NOTE_MOST = 8
 def _own_motion_noise_note(ratios) -> str:
     """The note naming the particles whose own motion is within their positions' noise (``nonrigid_at_noise`` of
     :func:`xanestrack.motion.peak_ratios`): their largest own displacement over their frames vouched for is not above
-    what that noise reaches over as many frames, with the step their own displacement takes across the absorption
-    edge (``max_nonrigid_noise_px``, of which ``nonrigid_edge_step_px``: the positions' error changes there with the
-    particle's contrast, and an own motion stepping there cannot be told from it). Such a number is the noise's
+    what that noise alone reaches over as many frames (``max_nonrigid_noise_px``). Such a number is the noise's
     largest excursion, biased upward (a faint particle truly moving 0.16 px on its own read 0.33 +- 0.24 px over
     noise-only redraws), not a measured own motion. Quotes each one's numbers; empty where none is."""
     from .motion import OWN_MOTION_NOISE_QUANTILE
@@ -201,19 +199,9 @@ def _own_motion_noise_note(ratios) -> str:
     if not len(at):
         return ""
     shown = at.iloc[:NOISE_NOTE_MOST]
-
-    def floor(r):  # with the step across the edge in the floor where there is one (folders written before: none)
-        v = getattr(r, "nonrigid_edge_step_px", np.nan)
-        if np.isfinite(v) and v > 0:
-            return (
-                f"noise and its step across the absorption edge: up to {r.max_nonrigid_noise_px:.2f} px, the step "
-                f"{v:.2f} px"
-            )
-        return f"noise alone: up to {r.max_nonrigid_noise_px:.2f} px"
-
     each = ", ".join(
-        f"particle {int(r.particle)} {r.max_nonrigid_displacement:.2f} px ({floor(r)}; {r.position_noise_px:.3f} px "
-        "per axis)"
+        f"particle {int(r.particle)} {r.max_nonrigid_displacement:.2f} px (noise alone: up to "
+        f"{r.max_nonrigid_noise_px:.2f} px; {r.position_noise_px:.3f} px per axis)"
         for r in shown.itertuples()
     )
     more = f" and {len(at) - len(shown)} more" if len(at) > len(shown) else ""
@@ -222,13 +210,9 @@ def _own_motion_noise_note(ratios) -> str:
         f"{len(at)} of {len(ratios)} particles' own motion is within {'their' if many else 'its'} "
         f"positions' noise: {'their' if many else 'its'} largest own (non-rigid) displacement over "
         f"{'their' if many else 'its'} frames vouched for is not above what that noise alone reaches over as many "
-        f"frames (of white noise that size, {OWN_MOTION_NOISE_QUANTILE:.0%} of scans stay below it) plus the step "
-        f"{'their' if many else 'its'} own displacement takes across the absorption edge, where the positions' error "
-        "changes with the contrast (an own motion stepping there cannot be told from it): "
-        f"{each}{more}; "
+        f"frames (of white noise that size, {OWN_MOTION_NOISE_QUANTILE:.0%} of scans stay below it): {each}{more}; "
         f"read {'these' if many else 'it'} as no own motion measured, not as how far "
-        f"{'they' if many else 'it'} moved (motion_summary.csv: nonrigid_at_noise, max_nonrigid_noise_px, "
-        "nonrigid_edge_step_px)"
+        f"{'they' if many else 'it'} moved (motion_summary.csv: nonrigid_at_noise, max_nonrigid_noise_px)"
     )
 
 

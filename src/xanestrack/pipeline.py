@@ -3402,9 +3402,6 @@ def run_pipeline(
             reliable=summary_frames,
             noise_px=_position_noise(table, per_frame=True),
             position_noise=_particle_position_noise(table, summary_frames),
-            # its positions' error steps across the absorption edge (its contrast changes there): in its floor
-            energies_ev=energies,
-            e0_ev=pd.Series({p.particle: p.e0_ev for p in particles}, dtype=float),
         )
         if len(motion)
         else pd.DataFrame()
@@ -3584,8 +3581,7 @@ def _quote_reported_own_motion(particles, ratios) -> list:
             f"its own motion as reported in tracks.csv, against the motion the particles share: up to {y:.2f} px "
             "over its frames vouched for"
             + (
-                f", within its positions' noise (noise alone, with its positions' step across the absorption edge, "
-                f"reaches {floor[p.particle]:.2f} px)"
+                f", within its positions' noise (noise alone reaches {floor[p.particle]:.2f} px)"
                 if p.particle in floor
                 else ""
             )

@@ -195,8 +195,7 @@ def _own_motion_summary(result, maxnr: pd.Series) -> str:
     if (at | unknown).all():
         return (
             " No particle's own motion stands above its positions' noise (largest own displacements up to "
-            f"{maxnr[at].max():.2f} px, each within what that noise, with its step across the absorption edge, "
-            "reaches: the motion table"
+            f"{maxnr[at].max():.2f} px, each within what that noise alone reaches: the motion table"
             + (
                 f"; noise not known for {', '.join(str(int(p)) for p in unknown[unknown].index)}"
                 if unknown.any()
@@ -1890,7 +1889,6 @@ MOTION_TABLE_NAMES = {
     "ratio_h": "ratio_h (x)",
     "max_nonrigid_displacement": "max |non-rigid| (px), frames vouched for",
     "position_noise_px": "position noise (px per axis)",
-    "nonrigid_edge_step_px": "non-rigid step across the edge (px)",
     "max_nonrigid_noise_px": "max |non-rigid| from noise alone (px)",
     "nonrigid_at_noise": "own motion within noise",
     "peak_nonrigid_v_noise": "peak |non-rigid v| from noise alone, at most ({v})",
@@ -1947,10 +1945,7 @@ def _motion_table_note(result) -> str:
             " Their uncertainty: position noise, the particle's positions' noise per axis over its frames vouched for "
             "(from its own motion as measured, frame to frame); max |non-rigid| from noise alone, the largest own "
             "displacement that noise alone reaches over as many frames (of white noise that size, 95 % of scans stay "
-            "below it), plus its non-rigid step across the edge (its mean just above the absorption edge less that "
-            "just below: its positions' error changes there with its contrast, the same in every scan, and an own "
-            "motion stepping there cannot be told from it); 'own motion within noise' where max |non-rigid| is not "
-            "above it: that number is the noise's "
+            "below it); 'own motion within noise' where max |non-rigid| is not above it: that number is the noise's "
             "largest excursion, not a measured own motion; 'unknown' where no noise floor is known (too few frames, as "
             "two energies) or no own motion was measured, in 'own motion within split and noise' too where not within "
             "the split alone. Errors that wander slowly (a touching neighbour, the "
@@ -1958,8 +1953,7 @@ def _motion_table_note(result) -> str:
             "upper bound per axis (the positions' noise unsmoothed, 95 % of scans stay below it; the first and last "
             "frame's velocities, one-sided, twice as noisy as the central ones, counted as such): a peak above it is "
             "not noise. In motion_summary.csv: "
-            "position_noise_px, nonrigid_edge_step_px, max_nonrigid_noise_px, nonrigid_at_noise, "
-            "peak_nonrigid_v_noise."
+            "position_noise_px, max_nonrigid_noise_px, nonrigid_at_noise, peak_nonrigid_v_noise."
             if "max_nonrigid_noise_px" in result.peak_ratios
             else ""
         )

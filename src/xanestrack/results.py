@@ -367,9 +367,8 @@ _TABLE_DOC = {
     "rejected": "objects left out, with the reason (rejected.csv is a rounded copy)",
     "motion": "per particle per frame: displacement, velocity, acceleration, rigid and own (non-rigid) motion",
     "peak_ratios": "per particle: peak own (non-rigid) and rigid velocities and their ratios, the largest own "
-    "displacement, over the frames vouched for, and how far its positions' noise (with their step across the "
-    "absorption edge) takes them (folders written before these noise columns lack them; motion_summary.csv is a "
-    "rounded copy)",
+    "displacement, over the frames vouched for, and how far its positions' noise alone takes them (folders written "
+    "before these noise columns lack them; motion_summary.csv is a rounded copy)",
     "similarity": "per frame: the common motion (translation, scale, rotation) fitted over the particles",
     "edge_widths": "per frame: the particles' edge width less its median and the blur applied before the chemistry",
     "cluster_fractions": "per particle and cluster: the particle's clustered pixels in the cluster",
@@ -490,16 +489,7 @@ _COLUMN_DOC = {
         "px",
         "the largest own displacement its positions' noise alone reaches over as many frames (of white noise that "
         "size, 95 % of scans below it): sqrt(2) x position_noise_px x the 95 % point of the largest of n Rayleigh "
-        "values, plus nonrigid_edge_step_px. Errors that wander slowly (a touching neighbour, the matrix) are not "
-        "in it",
-    ),
-    "nonrigid_edge_step_px": (
-        "px",
-        "how far its own displacement steps across the absorption edge: the length of its mean over the 3 frames "
-        "vouched for just above E0 + 5 eV less that just below E0 - 10 eV (xanestrack.motion.edge_step; 0 where its "
-        "frames do not lie on both sides). Its positions' error changes there with its contrast, the same in every "
-        "noise draw (0.2-0.45 px on the reduced stress scenes), and an own motion stepping there cannot be told "
-        "from it: it is in max_nonrigid_noise_px",
+        "values. Errors that wander slowly (a touching neighbour, the matrix) are not in it",
     ),
     "nonrigid_at_noise": (
         "bool",
