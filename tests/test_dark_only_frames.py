@@ -152,3 +152,29 @@ def test_dark_frames_leave_e50_within_its_noise_and_positions_interpolated(seed1
         # every frame without an image flagged interpolated, its position near the truth (7.5-12 px off in the probe)
         assert ((np.asarray(p.frame_flags)[MID + TAIL] & FRAME_FLAGS["interpolated"]) > 0).all()
         assert err[MID].max() < 1.0 and err[TAIL].max() < 1.5, (p.particle, err[MID + TAIL])
+
+
+@pytest.mark.parametrize("flat_counts", [600.0, 1000.0, 2000.0])
+@pytest.mark.parametrize("hole", [True, False])
+def test_a_thick_sample_at_low_counts_keeps_its_frames(flat_counts, hole):
+    """Review r52: a thick sample (OD 4.0 below the edge, 4.8 above) at 600-2000 counts of flat had its frames taken
+    for the dark alone (its median transmission within 2 noise widths of zero): all 8 post-edge frames NaN at 1000
+    counts. Now the median must lie within half a noise width of zero and nothing transmit (its 99th percentile)."""
+    from xanestrack.io.flatfield import optical_density
+
+    rng = np.random.default_rng(1)
+    size, n = 128, 20
+    yy, xx = np.mgrid[:size, :size]
+    holes = np.hypot(yy - 64, xx - 64) < (30 if hole else 0)
+    part = np.hypot(yy - 64, xx - 70) < 10
+    counts = []
+    for k in range(n):
+        above = k >= n * 0.6
+        od = np.where(holes, 0.1, 4.8 if above else 4.0) + np.where(part, 1.0 if above else 0.5, 0)
+        counts.append(np.round(rng.poisson((flat_counts - 100) * np.exp(-od)) + 100 + rng.normal(0, 2, (size, size))))
+    flats = np.full((1, size, size), flat_counts, np.float32)
+    dark = np.full((1, size, size), 100.0, np.float32) + rng.normal(0, 2, (1, size, size)).astype(np.float32)
+    notes = []
+    out = optical_density(np.array(counts, np.float32), flats=flats, darks=dark, notes=notes)
+    assert not [k for k in range(n) if np.isnan(out[k]).all()]
+    assert not [t for t in notes if "only the dark" in t]

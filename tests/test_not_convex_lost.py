@@ -53,7 +53,7 @@ def test_a_crescent_left_out_in_every_frame_is_said_lost(crescent):
         assert not near, "the crescent was kept: the scene no longer tests the note"
         assert len(lost) == 1, r.notes
         assert "never tracked" in lost[0], lost[0]
-        y, x = map(float, re.search(r"first seen at \(y, x\) \((\d+), (\d+)\) in frame 0", lost[0]).groups())
+        y, x = map(float, re.search(r"where largest at \(y, x\) \((\d+), (\d+)\) in frame \d+", lost[0]).groups())
         assert np.hypot(y - CRESCENT[0], x - CRESCENT[1]) < 20, lost[0]
         assert (r.rejected["reason"] == "not_convex").any()
     else:

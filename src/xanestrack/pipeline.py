@@ -4114,18 +4114,17 @@ def _not_convex_note(rejected_dets, particles, n_examined: int) -> str | None:
     ]
     if not seen:
         return None
-    # each one where first seen (the frame named: it moves with the stage, the tables give frame-0 places)
+    # each one where its outline was largest (the clearest: in frame 0, a pre-edge frame, the outline may be faint and
+    # 13 px off), the frame named (it moves with the stage; the tables give frame-0 places)
     nc = rejected_dets[rejected_dets["reason"] == "not_convex"]
     first = []
     for o in seen:
-        k = min(o[3])
-        row = nc[nc["frame"] == k]
-        row = row.iloc[int(np.argmin(np.hypot(row["y"] - o[0], row["x"] - o[1])))]
-        first.append(f"({row['y']:.0f}, {row['x']:.0f}) in frame {k}")
+        row = nc.iloc[int(np.argmin(np.hypot(nc["y"] - o[0], nc["x"] - o[1]) + np.abs(nc["radius"] - o[2])))]
+        first.append(f"({o[0]:.0f}, {o[1]:.0f}) in frame {int(row['frame'])}")
     lo, hi = min(len(o[3]) for o in seen), max(len(o[3]) for o in seen)
     return (
         f"{count(len(seen), 'object')} of a particle's size left out as not convex in {lo if lo == hi else f'{lo}-{hi}'} "
-        f"of the {n_examined} frames examined, never tracked (radius {_span([o[2] for o in seen])} px, first seen at "
+        f"of the {n_examined} frames examined, never tracked (radius {_span([o[2] for o in seen])} px, where largest at "
         f"(y, x) {', '.join(first[:6])}{' ...' if len(first) > 6 else ''}): an irregular particle (a crescent, a broken one) or touching particles "
         "the detector could not cut apart, lost; rejected.csv lists them (not_convex)"
     )

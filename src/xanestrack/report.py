@@ -309,7 +309,7 @@ def _outside_sentence(particles, shape) -> str:
     if not said:
         return ""
     return (
-        f"{'; '.join(said).capitalize()}: outside the first frame's field, where the maps are drawn (it entered the "
+        f"{'; '.join(said).capitalize()}: outside the first frame's field, where the maps are drawn (entering the "
         "field later); each particle's own figure and results.h5 hold its maps."
     )
 

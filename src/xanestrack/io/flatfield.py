@@ -198,12 +198,14 @@ DARK_DRIFT_SHARE = 0.002
 #: transmission (counts less the dark, over the flat less the dark) is below this ...
 NO_IMAGE_TRANSMISSION = 0.01
 #: ... and within this many times its own noise (1.4826 MAD of the transmission) of zero (a frame of 0.5 % of the beam,
-#: a partial refill, reads 0.0045 at a noise of 0.0009 and keeps its image). It was told by more than half its pixels
+#: a partial refill, reads 0.0045 at a noise of 0.0009 and keeps its image; the dark alone reads 0 within its noise
+#: over the square root of the pixels; 2 noise widths took a thick sample's frames at 600-2000 counts, OD 4.6-5.5,
+#: for the dark: review r52). It was told by more than half its pixels
 #: at or below the dark, which is a coin flip for the dark plus its read noise (49.7-50.2 % of the pixels of the
 #: probe's dark-only frames): the frames unknown to be without an image, their optical density ln(flat / noise) ~7-8
 #: with a noise texture, turned matrix separation on (texture 0.080 of the particles' contrast against 0.0019; every
 #: mean E50 of synth seed 1 up to +0.38 eV, 4.2 sigma, off) and gave positions 7.5-12 px off
-NO_IMAGE_NOISE = 2.0
+NO_IMAGE_NOISE = 0.5
 #: pixels of a frame sampled (every n-th) for the test
 NO_IMAGE_PROBE = 4096
 #: darks of one value everywhere, this or less (zeros, as an export writes where it has no dark; ones), are a
@@ -1569,7 +1571,9 @@ def _dark_only(t) -> bool:
     if med >= NO_IMAGE_TRANSMISSION:
         return False
     noise = 1.4826 * float(np.median(np.abs(v - med)))
-    return med <= NO_IMAGE_NOISE * noise
+    # and nothing of it transmits: its 99th percentile within the noise's reach too (a thick sample's frame at low
+    # counts, OD 4.6-5.5 at 600-2000 counts, has its median a few noise widths above zero, and its holes transmit)
+    return med <= NO_IMAGE_NOISE * noise and float(np.percentile(v, 99)) <= max(NO_IMAGE_TRANSMISSION, 4.0 * noise)
 
 
 def _no_image_cause(counts, flats_given: bool, blank) -> str:
