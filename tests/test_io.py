@@ -476,22 +476,3 @@ def test_zeiss_files_whose_pixel_sizes_differ_are_said(tmp_path):
     note = [n for n in st_.metadata["notes"] if "pixel sizes differ" in n]
     assert len(note) == 1 and "0.4 % apart" in note[0], st_.metadata["notes"]
     assert st_.pixel_size_um == pytest.approx(float(pix[0]), rel=1e-6)  # the first file's (8324 eV): unchanged
-
-
-@pytest.mark.parametrize("n", [3, 4])
-def test_tiff_of_3_or_4_frames_tagged_rgb_is_read_where_the_energies_count_them(tmp_path, n):
-    """Probe r52 "fuzz", F2: a stack of 3 or 4 frames written by tifffile.imwrite with its defaults (tagged RGB,
-    planar) was refused as a colour image even with as many energies given; now read as frames, with a note. Energies
-    of another count: refused as before."""
-    import tifffile
-
-    a = (np.random.default_rng(n).random((n, 40, 50)) * 1000 + 100).astype(np.uint16)
-    tifffile.imwrite(tmp_path / "s.tif", a)
-    assert tifffile.TiffFile(tmp_path / "s.tif").series[0].axes == "SYX"  # the writer's default, as the probe met it
-    np.savetxt(tmp_path / "e.txt", 8300.0 + 20.0 * np.arange(n))
-    st_ = read_stack(tmp_path / "s.tif", energies=tmp_path / "e.txt", values="od")
-    assert np.array_equal(st_.od, a.astype(np.float32))
-    assert any(f"read as {n} grey-level frames" in x for x in st_.metadata["notes"])
-    np.savetxt(tmp_path / "e5.txt", 8300.0 + 20.0 * np.arange(5))
-    with pytest.raises(ValueError, match="a colour"):
-        read_stack(tmp_path / "s.tif", energies=tmp_path / "e5.txt", values="od")

@@ -231,9 +231,8 @@ def _read(inputs, energies, flats, darks, values, grouping, scan, dynamic_flats=
             raise XanestrackError(
                 f"{path}: a TIFF stack needs its energies: pass `energies` FILE (one energy per frame)"
             )
-        given = _energies_arg(energies)
-        data = read_tiff_frames(path, notes=notes, n_frames=len(given))
-        e, reverse = energy_order(given, data.shape[0], source=path, frame_shape=data.shape[1:])
+        data = read_tiff_frames(path, notes=notes)
+        e, reverse = energy_order(_energies_arg(energies), data.shape[0], source=path, frame_shape=data.shape[1:])
         return _tiff_stack(data, e, reverse, notes, path, [path], flats, darks, values, dynamic_flats=dynamic_flats)
     raise XanestrackError(
         f"{path}: unrecognised input type {suffix!r}; give a .tif/.tiff stack, an HDF5 file "
@@ -251,8 +250,8 @@ def _tiff_stack(data, e, reverse, notes, path, files, flats, darks, values, orde
     unlit = []  # the pixels outside the beam's lit field, where optical_density finds any
     if flats is not None:
         _no_values_with_flats(path, values, "TIFF frames with `flats`")
-        fl = read_tiff_frames(flats, notes=notes, n_frames=data.shape[0])
-        dk = read_tiff_frames(darks, notes=notes, n_frames=data.shape[0]) if darks is not None else None
+        fl = read_tiff_frames(flats, notes=notes)
+        dk = read_tiff_frames(darks, notes=notes) if darks is not None else None
         files += [str(flats)] + ([str(darks)] if darks is not None else [])
         fl = _match_flats(fl, data.shape[0], source=flats, notes=notes)
         if order is not None and data.shape[0] > 1 and not np.array_equal(order, np.arange(data.shape[0])):
@@ -697,9 +696,8 @@ def _hdf5_stack(d, path, energies, values, scan, flats=None, darks=None, dynamic
     if flats_ is None and flats is not None:
         from .tiff import read_tiff_frames
 
-        n_frames = d["counts"].shape[0]
-        flats_ = read_tiff_frames(flats, notes=notes, n_frames=n_frames)
-        darks_ = read_tiff_frames(darks, notes=notes, n_frames=n_frames) if darks is not None else None
+        flats_ = read_tiff_frames(flats, notes=notes)
+        darks_ = read_tiff_frames(darks, notes=notes) if darks is not None else None
         if darks_ is None:
             notes.append(f"{path}: no dark images (`darks`): dark taken as 0")
         d = dict(d, darks=darks_)

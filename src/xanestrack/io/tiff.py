@@ -14,14 +14,8 @@ from .checks import check_frame_shape, check_memory, check_pixel_dtype, energies
 __all__ = ["read_tiff_frames", "read_energies_file"]
 
 
-def read_tiff_frames(path, *, notes=None, n_frames: int | None = None) -> np.ndarray:
+def read_tiff_frames(path, *, notes=None) -> np.ndarray:
     """Read a TIFF (multi-page or single image) as (n_frames, rows, cols).
-
-    ``n_frames``: the number of frames expected (the energies given count, or the scan's frames for its flats and
-    darks), where known. A stack of 3 or 4 frames that
-    ``tifffile.imwrite`` tagged RGB (planar: three planes before the rows) is read as that many frames where it
-    matches, with a note (refused before, though the energies given left no doubt); elsewhere such a file is refused
-    as a colour image.
 
     The declared shape and pixel type are checked before the pixels are read (size
     against the free memory). Further image series of other frame sizes (thumbnails)
@@ -61,15 +55,7 @@ def read_tiff_frames(path, *, notes=None, n_frames: int | None = None) -> np.nda
             photometric = ""
         # colour samples contiguous (YXS) or planar (SYX: three planes that would pass for three frames)
         colour = "S" in axes and len(shape) >= 3 and shape[axes.index("S")] in (3, 4)
-        planar_frames = colour and len(shape) == 3 and axes.startswith("S") and n_frames == shape[0]
-        if planar_frames:
-            colour = False
-            if notes is not None:
-                notes.append(
-                    f"{path}: tagged as a colour image by its writer ({photometric or 'RGB'}, {shape[0]} planes): read "
-                    f"as {shape[0]} grey-level frames, as many as the scan's frames"
-                )
-        elif colour or photometric in ("RGB", "YCBCR", "SEPARATED"):
+        if colour or photometric in ("RGB", "YCBCR", "SEPARATED"):
             raise XanestrackError(
                 f"{path}: a colour (RGB) image {shape}; give grey-level frames (one value per pixel); a stack of 3 or "
                 "4 frames written by tifffile.imwrite is tagged RGB unless written with photometric='minisblack'"
