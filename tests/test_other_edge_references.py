@@ -79,7 +79,7 @@ def test_known_edge_on_a_particle_measured_across_two_edges_is_refused(monkeypat
     hook, _ = on(min, 7716.6)  # the Co-rich particle: E0 at the Co edge, normalised across the Ni step
     with pytest.raises(XanestrackError, match=r"crosses two absorption edges .*--energy-reference") as err:
         run_pipeline(stack, recalibrate=hook)
-    assert "\n" not in str(err.value) and "name a particle with an E50" in str(err.value)
+    assert "\n" not in str(err.value) and "name a particle with a mean E50" in str(err.value)
     # the control: the Ni-rich particle, whose E50 the run gives, calibrates (its own E50: no shift to speak of)
     hook, seen = on(max, 8341.76)
     result = run_pipeline(stack, recalibrate=hook)

@@ -93,6 +93,7 @@ def _textured_scene(com_offset, n=60, n_pre=20, seed=0):
         followed=truth.copy(),
         ref_frame=n - 1,
         radius=r,
+        reach=r,  # the radius its windows are sized on (an elongated particle's is larger)
     )
     return od, loc
 
