@@ -784,9 +784,10 @@ KNOWN_EDGE_ADVICE = (
 
 
 def _why_no_e50(particle, n_energies: int | None = None, min_energies: int | None = None) -> str:
-    """`` (why: ...)``: a scan too short for a XANES (``n_energies`` under ``min_energies``), else what the particle's
-    notes say of its E50 or XANES, for a refusal (a refused run writes no notes: "its note says why" pointed at
-    nothing); empty where neither tells."""
+    """The refusal's clause on why the particle has no E50: `` (the scan has N energies, fewer than ...)`` where the
+    scan is too short for a XANES (``n_energies`` under ``min_energies``), else `` (its notes: ...)`` with what its
+    notes say of its E50 or XANES (a refused run writes no notes: "its note says why" pointed at nothing); empty where
+    neither tells."""
     if n_energies is not None and min_energies is not None and n_energies < min_energies:
         return f" (the scan has {n_energies} energies, fewer than the {min_energies} a XANES needs)"
     notes = [str(n) for n in getattr(particle, "notes", ()) or ()]
