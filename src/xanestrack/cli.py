@@ -848,8 +848,7 @@ def _known_edge_calibration(particle, known_ev, *, references=None, options=None
         e50 = e50[np.isfinite(e50)]
         measured = float(e50.mean()) if e50.size else float("nan")
         if not np.isfinite(measured) or gap_share(found[0]) > MAX_GAP_SHARE:
-            least = (options.min_xanes_energies if options is not None else None) or None
-            why = _why_no_e50(found[0], len(energies), least)
+            why = _why_no_e50(found[0], len(energies), options.min_xanes_energies if options is not None else None)
             raise XanestrackError(f"{what} has no E50{why}, so it cannot calibrate the axis; {do}")
         # a mean of a few pixels is not the particle's: the share of its whole core (particle_summary's decision)
         n, n_core = e50_share(found[0].edge_maps["e50"], found[0].mask)

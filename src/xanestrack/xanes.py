@@ -577,13 +577,7 @@ def _smooth3(e, m):
 def _vertex(x, y) -> float:
     """The abscissa of the parabola's vertex through the three points ``(x, y)`` (``x`` increasing, steps equal or
     not), kept within half a step of the middle one; the middle one where the three lie on a line."""
-    a, b = x[0] - x[1], x[2] - x[1]
-    ya, yb = y[0] - y[1], y[2] - y[1]
-    curv = b * ya - a * yb  # the parabola's x^2 coefficient times a * b * (a - b)
-    if curv == 0:
-        return float(x[1])
-    v = 0.5 * (b * b * ya - a * a * yb) / curv
-    return float(x[1] + np.clip(v, a / 2, b / 2))
+    return float(_vertices(x[0], x[1], x[2], y[0], y[1], y[2]))
 
 
 def _vertices(x0, x1, x2, y0, y1, y2):
@@ -594,10 +588,10 @@ def _vertices(x0, x1, x2, y0, y1, y2):
     this formula: within 0.08 eV, the error of the derivative itself on those steps)."""
     a, b = x0 - x1, x2 - x1
     ya, yb = y0 - y1, y2 - y1
-    curv = b * ya - a * yb
+    curv = b * ya - a * yb  # the parabola's x^2 coefficient times a * b * (a - b)
     with np.errstate(divide="ignore", invalid="ignore"):
         v = np.where(curv != 0, 0.5 * (b * b * ya - a * a * yb) / curv, 0.0)
-    return x1 + np.clip(np.nan_to_num(v), a / 2, b / 2)
+    return x1 + np.clip(v, a / 2, b / 2)  # NaN where a point is NaN
 
 
 def _merge_repeats(e, m):
