@@ -106,11 +106,10 @@ def run_case(case, seed, path, models, decompose=False) -> list[dict]:
     from dataclasses import replace
 
     from xanestrack.pipeline import PipelineOptions, run_pipeline
-    from xanestrack.stack import Stack
     from xanestrack.synth_stress import make_stress_stack
 
     s = make_stress_stack(case, seed)
-    st = Stack(s.optical_density(), s.energies_ev)
+    st = s.stack()
     det, seg = models
     on_opts = PipelineOptions()
     on = run_pipeline(st, options=on_opts, detector=det, segmenter=seg)
@@ -151,11 +150,10 @@ def compare_paths(case, seed, models) -> list[dict]:
     """Learned and classical E50 against the truth on the pixels both map, per particle both pair."""
     from xanestrack.evaluate import edge_map_pixel_errors, pair_tracks, true_tracks
     from xanestrack.pipeline import PipelineOptions, run_pipeline
-    from xanestrack.stack import Stack
     from xanestrack.synth_stress import make_stress_stack
 
     s = make_stress_stack(case, seed)
-    st = Stack(s.optical_density(), s.energies_ev)
+    st = s.stack()
     tt = true_tracks(s.truth)
     paired = {}
     for path, (det, seg) in (("learned", models), ("classical", (None, None))):

@@ -27,7 +27,6 @@ def machine() -> str:
 def main(argv=None):
     from xanestrack.evaluate import evaluate_result
     from xanestrack.pipeline import run_pipeline
-    from xanestrack.stack import Stack
     from xanestrack.synth import make_synthetic_stack
 
     ap = argparse.ArgumentParser(description=__doc__)
@@ -67,7 +66,7 @@ def main(argv=None):
     print("|---|---|---|---|---|---|---|---|---|---|")
     for seed in a.seeds:
         s = make_synthetic_stack(a.preset, seed=seed)
-        st = Stack(s.optical_density(), s.energies_ev)
+        st = s.stack()
         times = []
         result = None
         for _ in range(a.repeats):

@@ -71,11 +71,10 @@ def run_one(case, seed, path, *, reduced=False, models=None):
     """One row (dict of COLUMNS) for a case, seed and path."""
     from xanestrack.evaluate import evaluate_tracking
     from xanestrack.pipeline import PipelineOptions, run_pipeline
-    from xanestrack.stack import Stack
     from xanestrack.synth_stress import make_stress_stack
 
     s = make_stress_stack(case, seed, reduced=reduced)
-    st = Stack(s.optical_density(), s.energies_ev)
+    st = s.stack()
     opts = PipelineOptions()
     det, seg = (models or {}).get(path, (None, None))
     t = time.perf_counter()

@@ -130,13 +130,12 @@ def pipeline_rms(case: str, seed: int, path: str, **overrides) -> dict:
     from xanestrack.evaluate import evaluate_tracking
     from xanestrack.models import pipeline_models
     from xanestrack.pipeline import PipelineOptions, run_pipeline
-    from xanestrack.stack import Stack
     from xanestrack.synth_stress import make_stress_stack
 
     scene = make_stress_stack(case, seed, **overrides)
     opts = PipelineOptions()
     det, seg = pipeline_models(path, path, options=opts)
-    result = run_pipeline(Stack(scene.optical_density(), scene.energies_ev), options=opts, detector=det, segmenter=seg)
+    result = run_pipeline(scene.stack(), options=opts, detector=det, segmenter=seg)
     table, _ = evaluate_tracking(result, scene.truth)
     found = table[table["isolated"] & table["rms_px"].notna()]
     out = {int(t): dict(rms_px=float(r)) for t, r in zip(found["truth_particle"], found["rms_px"])}

@@ -2,7 +2,9 @@
 (probe r52 coverage F1: ``stress-counts`` every particle's mean E50 0.5 eV, 3-8 sigma, off, unsaid): the residual
 pattern is taken out of the optical density as its share of the flats' own changes
 (:func:`xanestrack.io.flatfield.illumination_residual`), and a run note says so. Controls: the same scan whose images
-were lit as their flats were, and one flat for every frame, are not changed and not noted."""
+were lit as their flats were, and one flat for every frame, are not changed and not noted. By default the pattern
+is measured and kept, and the pipeline takes it out of the particles' chemistry (their positions from the frames as
+read)."""
 
 import numpy as np
 import pytest
@@ -91,6 +93,9 @@ def test_images_lit_as_their_flats_are_left_alone(one_flat):
         plain = -np.log((counts - dark) / (flats - dark))
     assert not [t for t in notes if "illumination differed" in t]
     assert _disc_errors(od, truth).max() < 0.0015
+    found = []  # nor kept for the chemistry by default
+    optical_density(counts, flats=flats, darks=dark, notes=notes, illumination=found)
+    assert not found and not [t for t in notes if "illumination differed" in t]
     yy, xx = np.mgrid[: SHAPE[0], : SHAPE[1]]
     inside = np.zeros(SHAPE, bool)
     for y, x, r in DISCS:
@@ -102,17 +107,19 @@ def test_images_lit_as_their_flats_are_left_alone(one_flat):
         assert np.sqrt(np.mean((change - change.mean(axis=1, keepdims=True)) ** 2)) < FLAT_RESIDUAL_NOTE_OD
 
 
-def test_off_by_default_and_on_through_read_stack(tmp_path):
-    """The correction is asked for (``dynamic_flats``, ``--dynamic-flats``): without it the OD is the plain one, no
-    note; read_stack passes it to the reader (an FXI file written as synth writes one)."""
+def test_measured_by_default_and_taken_out_through_read_stack(tmp_path):
+    """By default the reader measures the pattern and keeps it (``metadata["illumination"]``), leaving the frames as
+    they are (the positions are measured on them), with a note saying it goes out of the particles' chemistry;
+    ``dynamic_flats`` (``--dynamic-flats``) takes it out of the frames. An FXI file written as synth writes one."""
     import h5py
 
     from xanestrack.io import read_stack
+    from xanestrack.io.flatfield import IlluminationResidual
 
     counts, flats, dark, truth = _scan(0.3)
     notes = []
     od = optical_density(counts, flats=flats, darks=dark, notes=notes)
-    assert not [t for t in notes if "illumination differed" in t]
+    assert not [t for t in notes if "illumination differed" in t]  # not asked for: nothing measured
     assert _disc_errors(od, truth).min() > 0.003  # left in: as the plane alone
     energies = np.linspace(8.30, 8.40, N)  # keV, as FXI writes X_eng
     with h5py.File(tmp_path / "s.h5", "w") as f:
@@ -121,7 +128,83 @@ def test_off_by_default_and_on_through_read_stack(tmp_path):
         f["img_dark"] = dark[None]
         f["X_eng"] = energies
     on = read_stack(tmp_path / "s.h5", dynamic_flats=True, zingers=False)
-    off = read_stack(tmp_path / "s.h5", zingers=False)
-    assert any("illumination differed from their flats'" in t for t in on.metadata["notes"])
-    assert not any("illumination differed" in t for t in off.metadata["notes"])
-    assert _disc_errors(on.od, truth).max() < 0.0015 < 0.003 < _disc_errors(off.od, truth).min()
+    default = read_stack(tmp_path / "s.h5", zingers=False)
+    assert any(
+        "illumination differed from their flats'" in t and "taken out of each frame" in t for t in on.metadata["notes"]
+    )
+    assert "illumination" not in on.metadata
+    said = [t for t in default.metadata["notes"] if "illumination differed" in t]
+    assert len(said) == 1 and "before its chemistry" in said[0]
+    found = default.metadata["illumination"]
+    assert isinstance(found, IlluminationResidual) and found.shape == counts.shape
+    assert _disc_errors(on.od, truth).max() < 0.0015 < 0.003 < _disc_errors(default.od, truth).min()
+    # the pattern kept is the one the frames lose under --dynamic-flats
+    taken = np.stack([found.frame(k) for k in range(N)])
+    assert np.abs((default.od - taken) - on.od).max() < 1e-4
+
+
+def test_windows_are_the_frames_pattern_where_each_window_lies():
+    counts, flats, dark, _ = _scan(0.3)
+    found = []
+    optical_density(counts, flats=flats, darks=dark, illumination=found)
+    (ill,) = found
+    shifts = np.column_stack([np.linspace(0, 7.4, N), np.linspace(0, -3.6, N)])
+    shifts[5] = np.nan  # a frame without a position: nothing taken out
+    w = ill.windows((30, 40), shifts, 41)
+    for k in (0, 17, N - 1):
+        iy, ix = int(np.round(30 + shifts[k, 0])), int(np.round(40 + shifts[k, 1]))
+        assert np.allclose(w[k], ill.frame(k)[iy : iy + 41, ix : ix + 41], atol=1e-6)
+    assert not w[5].any()
+    # a window reaching past the frame takes the edge value there
+    edge = ill.windows((-10, 140), np.zeros((N, 2)), 41)
+    assert np.allclose(edge[3][:10, 0], ill.frame(3)[0, 140], atol=1e-6)
+    assert np.allclose(edge[3][10:, :20], ill.frame(3)[:31, 140:], atol=1e-6)
+    # reversed with the frames
+    assert np.allclose(ill.reversed().frame(0), ill.frame(N - 1))
+
+
+def _edge_scan(phase_sd: float):
+    """The scan of :func:`_scan` whose discs hold an absorption edge (8345 eV, as the pipeline looks for one)."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[: SHAPE[0], : SHAPE[1]]
+    energies = np.linspace(8300.0, 8400.0, N)
+    step = 1 / (1 + np.exp(-(energies - 8345.0) / 2.0))
+    matrix = 0.1 + 0.02 * np.sin(yy / 7.0) * np.cos(xx / 9.0)
+    od = np.repeat(matrix[None], N, axis=0)
+    for y, x, r in DISCS:
+        od[:, (yy - y) ** 2 + (xx - x) ** 2 < r * r] += (0.3 + 0.5 * step)[:, None]
+    phase = np.linspace(0, 3 * np.pi, N)
+    dark = np.full(SHAPE, 100.0, np.float32)
+    counts = np.empty((N, *SHAPE), np.float32)
+    flats = np.empty((N, *SHAPE), np.float32)
+    for k in range(N):
+        flat = 20000.0 * _ripple(phase[k])
+        lit = 20000.0 * _ripple(phase[k] + rng.normal(0, phase_sd))
+        flats[k] = rng.normal(flat, np.sqrt(flat / 10)) + dark
+        counts[k] = rng.poisson(lit * np.exp(-od[k])) + dark
+    return counts, flats, dark, od, energies
+
+
+def test_the_pipeline_takes_it_out_of_the_chemistry_not_the_positions():
+    """``run_pipeline`` with the pattern kept: every position as without it (the frames are the same), each
+    particle's aligned frames (its chemistry's) less the pattern where they lie (the pattern whose removal brings
+    the OD above each disc's ring plane to the truth's, the test above); a pattern of other frames refused."""
+    from xanestrack.pipeline import run_pipeline
+    from xanestrack.stack import Stack
+
+    counts, flats, dark, truth, energies = _edge_scan(0.3)
+    found, notes = [], []
+    od = optical_density(counts, flats=flats, darks=dark, illumination=found, notes=notes)
+    assert found
+    plain = run_pipeline(Stack(od, energies))
+    kept = run_pipeline(Stack(od, energies, None, {"illumination": found[0]}))
+    assert len(plain.particles) == len(kept.particles) == 3
+    for a, b in zip(plain.particles, kept.particles):
+        assert np.array_equal(a.positions, b.positions, equal_nan=True)
+        size = a.aligned.shape[1]
+        shifts = np.asarray(a.positions, float) - np.asarray(a.positions, float)[0]
+        taken = found[0].windows(a.origin, shifts, size)
+        ok = np.isfinite(a.aligned) & np.isfinite(b.aligned)
+        assert np.allclose((a.aligned - b.aligned)[ok], taken[ok], atol=1e-5)
+    with pytest.raises(ValueError, match="measured on frames of shape"):
+        run_pipeline(Stack(od[:, :150], energies, None, {"illumination": found[0]}))

@@ -34,7 +34,6 @@ from .align import available_aligners
 from .evaluate import edge_map_error, pair_particles, registration_error
 from .pipeline import run_pipeline
 from .register import crop_windows, resample_windows
-from .stack import Stack
 from .synth_stress import make_scene
 from .xanes import analyse_particle
 
@@ -137,8 +136,8 @@ def benchmark_stack(s, *, methods=None, preset="", seed=0, progress=None):
 
     Returns (per-particle DataFrame, pipeline result, positions by (method, particle)).
     """
-    od = s.optical_density()
-    st = Stack(od, s.energies_ev)
+    st = s.stack()
+    od = st.od
     t = time.perf_counter()
     result = run_pipeline(st)
     pipe_s = time.perf_counter() - t

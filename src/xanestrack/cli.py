@@ -1008,7 +1008,7 @@ def run(
     ),
     dynamic_flats: bool = typer.Option(
         False,
-        help="With one flat per frame: take out of each frame the smooth illumination pattern by which its exposure differed from its flat's (a flat-field ripple or the beam's profile that moved between the two exposures), as its share of the flats' own patterns of change over the scan (dynamic flat-field correction), with a note giving its size. Left in, a particle's local background cannot follow it under the particle and every E50 takes an error beyond its sigma (0.5 eV on a stress scene). Off by default: 0.8-0.9 s more per 143 x 460^2 scan.",
+        help="With one flat per frame, the smooth illumination pattern by which each exposure differed from its flat's (a flat-field ripple or the beam's profile that moved between the two exposures) is measured as its share of the flats' own patterns of change over the scan (dynamic flat-field correction) and, where found, taken out of each particle's frames before its chemistry, with a note giving its size (left in, a particle's local background cannot follow it under the particle and every E50 takes an error beyond its sigma: 0.5 eV on a stress scene); the positions are measured on the frames as read. --dynamic-flats: out of the frames themselves too (the positions then carry the pattern's estimate's noise: 0.01-0.05 px RMS on the stress scenes).",
     ),
     scale_model: str = typer.Option(
         "energy",
@@ -1405,7 +1405,6 @@ def demo(
 
         from .evaluate import evaluate_result
         from .results import check_output_dir
-        from .stack import Stack
         from .synth import params_dict
         from .synth_stress import make_scene
 
@@ -1413,9 +1412,7 @@ def demo(
         c = _console()
         t = time.perf_counter()
         s = make_scene(preset, seed=seed)
-        stack = Stack(
-            s.optical_density(), s.energies_ev, None, dict(source=f"synthetic:{preset}:seed={seed}", reader="synthetic")
-        )
+        stack = s.stack(f"synthetic:{preset}:seed={seed}")
         c.print(
             f"synth     {preset} preset, seed {seed}: {stack.od.shape[0]} frames of {stack.od.shape[1]} x {stack.od.shape[2]}, {len(s.truth.radii)} particles ({time.perf_counter() - t:.2f} s)"
         )

@@ -109,7 +109,6 @@ class ScanSource:
     synthetic: dict | None = None
 
     def load(self):
-        from .stack import Stack
 
         if self.kind == "input":
             from .io import read_stack
@@ -125,7 +124,7 @@ class ScanSource:
             cfg = dict(self.synthetic)
             ser = make_synthetic_series(cfg.pop("preset"), n_scans=cfg.pop("n_scans"), seed=cfg.pop("seed"), **cfg)
             s = ser.scan(self.index)
-            return Stack(s.optical_density(), s.energies_ev, None, dict(source=self.name, reader="synthetic"))
+            return s.stack(self.name)
         raise ValueError(f"unknown scan source kind {self.kind!r}")
 
 

@@ -150,7 +150,10 @@ class Stack:
         ``metadata["notes"]`` (a copy of the dict given) and logged. ``metadata["unlit"]`` (bool
         (rows, cols), set by the readers where the beam lit part of the frame only): the pixels outside
         the lit field, taken by the pipeline as outside the frame (a particle they cut is flagged
-        ``out_of_view``); crop or bin it with the frames, or leave it out.
+        ``out_of_view``); crop or bin it with the frames, or leave it out. ``metadata["illumination"]``
+        (:class:`xanestrack.io.flatfield.IlluminationResidual`, set by the readers where each frame's illumination
+        differed from its own flat's by a smooth pattern): taken out of each particle's frames before its
+        chemistry; leave it out where the frames are cropped, binned or some left out.
     """
 
     od: np.ndarray

@@ -241,6 +241,23 @@ class SynthStack:
 
         return optical_density(self.counts, flats=self.flats, darks=self.dark[None], dynamic_flats=dynamic_flats)
 
+    def stack(self, source: str = "synthetic", **metadata):
+        """The :class:`xanestrack.stack.Stack` a reader makes of this scan: its optical density, and where the
+        images' illumination differed from their flats' (the stress family's ripple), that pattern as
+        ``metadata["illumination"]`` with its note (:func:`xanestrack.io.flatfield.optical_density`), which the
+        pipeline takes out of the particles' chemistry."""
+        from .io.flatfield import optical_density
+        from .stack import Stack
+
+        notes, found = [], []
+        od = optical_density(self.counts, flats=self.flats, darks=self.dark[None], notes=notes, illumination=found)
+        meta = dict(source=source, reader="synthetic", **metadata)
+        if notes:
+            meta["notes"] = notes
+        if found:
+            meta["illumination"] = found[0]
+        return Stack(od, self.energies_ev, None, meta)
+
 
 # --------------------------------------------------------------------------- model
 

@@ -124,7 +124,10 @@ def read_stack(
         noted in ``metadata["notes"]``.
     dynamic_flats : bool
         With one flat per frame, take out each frame's own illumination pattern the flats' changes describe
-        (:func:`xanestrack.io.flatfield.illumination_residual`); off by default.
+        (:func:`xanestrack.io.flatfield.illumination_residual`) out of the frames; off by default, where that
+        pattern is measured all the same and, where found, kept as ``metadata["illumination"]`` (an
+        :class:`xanestrack.io.flatfield.IlluminationResidual`), which the pipeline takes out of each particle's
+        frames before its chemistry (its positions measured on the frames as read).
 
     Raises
     ------
@@ -248,6 +251,7 @@ def _tiff_stack(data, e, reverse, notes, path, files, flats, darks, values, orde
 
     files = [str(f) for f in files]
     unlit = []  # the pixels outside the beam's lit field, where optical_density finds any
+    illumination = []  # the images' illumination off their flats', where optical_density finds it
     if flats is not None:
         _no_values_with_flats(path, values, "TIFF frames with `flats`")
         fl = read_tiff_frames(flats, notes=notes)
@@ -266,7 +270,14 @@ def _tiff_stack(data, e, reverse, notes, path, files, flats, darks, values, orde
         if dk is None:
             notes.append(f"{path}: no dark images (`darks`): dark taken as 0")
         od = optical_density(
-            data, flats=fl, darks=dk, source=str(path), notes=notes, unlit=unlit, dynamic_flats=dynamic_flats
+            data,
+            flats=fl,
+            darks=dk,
+            source=str(path),
+            notes=notes,
+            unlit=unlit,
+            dynamic_flats=dynamic_flats,
+            illumination=illumination,
         )
         kind = "counts"
     else:
@@ -285,6 +296,8 @@ def _tiff_stack(data, e, reverse, notes, path, files, flats, darks, values, orde
         raise XanestrackError(refusal)
     if unlit:  # the pipeline flags a particle the field's edge cuts as out of view
         meta["unlit"] = unlit[0]
+    if illumination:  # the pipeline takes it out of the particles' chemistry
+        meta["illumination"] = illumination[0]
     from .tiff import tiff_pixel_size
 
     # an ImageJ or OME TIFF's, with its unit (ignored before, without a word)
@@ -702,6 +715,7 @@ def _hdf5_stack(d, path, energies, values, scan, flats=None, darks=None, dynamic
             notes.append(f"{path}: no dark images (`darks`): dark taken as 0")
         d = dict(d, darks=darks_)
     unlit = []  # the pixels outside the beam's lit field, where optical_density finds any
+    illumination = []  # the images' illumination off their flats', where optical_density finds it
     if flats_ is None:
         od, kind, more = values_without_flats(
             d["counts"],
@@ -721,6 +735,7 @@ def _hdf5_stack(d, path, energies, values, scan, flats=None, darks=None, dynamic
             notes=notes,
             unlit=unlit,
             dynamic_flats=dynamic_flats,
+            illumination=illumination,
         )
     meta = dict(
         source=str(path) if scan is None else f"{path}[scan {scan}]",
@@ -734,6 +749,8 @@ def _hdf5_stack(d, path, energies, values, scan, flats=None, darks=None, dynamic
         raise XanestrackError(refusal)
     if unlit:  # the pipeline flags a particle the field's edge cuts as out of view
         meta["unlit"] = unlit[0]
+    if illumination:  # the pipeline takes it out of the particles' chemistry
+        meta["illumination"] = illumination[0]
     return Stack(_in_energy_order(od, e, reverse, meta), e, d["pixel_size_um"], meta)
 
 
@@ -751,6 +768,8 @@ def _in_energy_order(od, energies_ev, reverse: bool, meta: dict):
         od[i] = od[n - 1 - i]
         od[n - 1 - i] = first
     meta["frames_reversed"] = True
+    if meta.get("illumination") is not None:  # its frames too
+        meta["illumination"] = meta["illumination"].reversed()
     meta["notes"].append(
         f"energies from high to low ({energies_ev[-1]:.1f} -> {energies_ev[0]:.1f} eV): the frames are taken in "
         f"increasing energy, so frame k of every output is frame {n - 1} - k of the input"

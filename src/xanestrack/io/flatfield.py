@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -938,13 +939,103 @@ def _bin_mean(a, b: int):
     return x.reshape(*x.shape[:-2], r // b, b, c // b, b).mean(axis=(-3, -1))
 
 
-def illumination_residual(od, flat, flat_dark, *, outside=None, source: str = "input") -> tuple[np.ndarray, str]:
-    """Take out of ``od`` the residual illumination pattern of each frame that the flats' changes describe.
+@dataclass(frozen=True)
+class IlluminationResidual:
+    """The smooth pattern by which each frame's illumination differed from its own flat's (:func:`measure_illumination`).
+
+    Attributes
+    ----------
+    coefs : ndarray (n_frames, r) float64
+        Each frame's share of the flats' ``r`` leading patterns of change, less its mean over the frames (0 in a
+        frame without an image).
+    components : ndarray (r, rows, cols) float32
+        Those patterns at the frames' size (OD per unit share).
+    rms_od : float
+        Its RMS over the frames and the lit field, less its mean over the frames and a plane per frame.
+    note : str
+        What a run says of it.
+
+    Frame ``k``'s pattern is ``coefs[k] @ components`` (:meth:`frame`); :meth:`windows` gives it on a particle's
+    aligned grid, where the pipeline takes it out of the frames its chemistry is measured on.
+    """
+
+    coefs: np.ndarray
+    components: np.ndarray
+    rms_od: float
+    note: str
+
+    @property
+    def shape(self) -> tuple:
+        """``(n_frames, rows, cols)`` of the frames it was measured on."""
+        return (self.coefs.shape[0], *self.components.shape[1:])
+
+    def frame(self, k: int) -> np.ndarray:
+        """Frame ``k``'s pattern (rows, cols), float32."""
+        return np.tensordot(self.coefs[k], self.components, 1).astype(np.float32)
+
+    def reversed(self) -> IlluminationResidual:
+        """The same with the frames in reverse order."""
+        return IlluminationResidual(self.coefs[::-1].copy(), self.components, self.rms_od, self.note)
+
+    def windows(self, origin, shifts, size: int) -> np.ndarray:
+        """Each frame's pattern on an aligned grid (n_frames, size, size), float32.
+
+        The aligned grid's pixel ``[i, j]`` is frame ``k``'s pixel ``origin + (i, j) + shifts[k]``
+        (:func:`xanestrack.register.resample_windows`); the pattern is taken at the nearest whole pixel (it is smooth
+        over :data:`FLAT_RESIDUAL_SMOOTH_PX` binned pixels: half a pixel moves it by a few 1e-4 of its size), its
+        edge value carried beyond the frame. Frames without a shift (NaN) get 0.
+        """
+        n = self.coefs.shape[0]
+        rows, cols = self.components.shape[1:]
+        shifts = np.asarray(shifts, float)
+        out = np.zeros((n, size, size), np.float32)
+        ar = np.arange(size)
+        for k in range(n):
+            if not np.all(np.isfinite(shifts[k])) or not np.any(self.coefs[k]):
+                continue
+            iy = int(np.round(origin[0] + shifts[k, 0]))
+            ix = int(np.round(origin[1] + shifts[k, 1]))
+            if 0 <= iy and iy + size <= rows and 0 <= ix and ix + size <= cols:
+                crop = self.components[:, iy : iy + size, ix : ix + size]
+            else:
+                ys, xs = np.clip(iy + ar, 0, rows - 1), np.clip(ix + ar, 0, cols - 1)
+                crop = self.components[:, ys][:, :, xs]
+            out[k] = np.tensordot(self.coefs[k], crop, 1)
+        return out
+
+
+def _robust_fit(y, use, design, grow: int):
+    """Least squares of ``y`` on ``design`` (q, h, w) over ``use``, pixels more than 3 robust sigma off grown by
+    ``grow`` and left out (three passes): the coefficients (q,), or None where too few pixels are left."""
+    from scipy import ndimage
+
+    q = design.shape[0]
+    keep = use.copy()
+    coef = None
+    for _ in range(3):
+        A = design[:, keep].T
+        # normal equations: a constant, a plane and a few smooth patterns, well conditioned (lstsq took 5 ms a frame)
+        try:
+            coef = np.linalg.solve(A.T @ A, A.T @ y[keep])
+        except np.linalg.LinAlgError:
+            coef = np.linalg.lstsq(A, y[keep], rcond=None)[0]
+        res = np.where(use, y - np.tensordot(coef, design, 1), 0.0)
+        sd = 1.4826 * np.median(np.abs(res[use] - np.median(res[use])))
+        off = ndimage.binary_dilation(np.abs(res) > 3 * sd, iterations=grow)
+        new = use & ~off
+        if new.sum() < 10 * q or np.array_equal(new, keep):
+            break
+        keep = new
+    return coef
+
+
+def measure_illumination(od, flat, flat_dark, *, outside=None, source: str = "input") -> IlluminationResidual | None:
+    """The residual illumination pattern of each frame that the flats' changes describe, or None.
 
     Parameters
     ----------
     od : ndarray (n_frames, rows, cols) float32
-        Optical density of each frame against its own flat (changed in place and returned).
+        Optical density of each frame against its own flat (not changed).
     flat : array (n_frames, rows, cols)
         The flats, one per frame (read a frame at a time).
     flat_dark : float, ndarray (rows, cols) or (n_frames, rows, cols)
@@ -954,7 +1045,8 @@ def illumination_residual(od, flat, flat_dark, *, outside=None, source: str = "i
 
     Returns
     -------
-    (od, note): ``od`` as it was and ``note`` "" where the residual is small (:data:`FLAT_RESIDUAL_NOTE_OD`).
+    :class:`IlluminationResidual`, or None where it is small (under :data:`FLAT_RESIDUAL_NOTE_OD`), beyond a
+    ripple (:data:`FLAT_RESIDUAL_MAX_OD`), or cannot be measured (too few frames, one flat, too little field).
 
     Notes
     -----
@@ -962,22 +1054,25 @@ def illumination_residual(od, flat, flat_dark, *, outside=None, source: str = "i
     pre-edge's) gives up to :data:`FLAT_RESIDUAL_MAX_COMPONENTS` principal components above the flats' noise
     (:data:`FLAT_RESIDUAL_SV_RATIO`). In each frame a constant, a plane and these components are fitted to the OD by
     least squares, robustly (pixels more than 3 robust sigma off the fit, grown by 4 px: particles and their halo,
-    left out; three passes), and the components' part less its mean over the frames is subtracted (the constant and
-    the plane are the local background's, a pattern the same in every frame the pre-edge's; the sample's own texture
-    away from the particles takes a share of the fit, nearly the same in every frame).
+    left out; three passes), and the components' part less its mean over the frames is the residual (the constant
+    and the plane are the local background's, a pattern the same in every frame the pre-edge's; the sample's own
+    texture away from the particles takes a share of the fit, nearly the same in every frame). All of it on a grid
+    of at most :data:`FLAT_RESIDUAL_GRID` px a side: 0.1-0.2 s for 143 frames of 460^2.
     """
     from scipy import ndimage
 
     n, rows, cols = od.shape
     if flat.shape[0] != n or n < FLAT_RESIDUAL_MIN_FRAMES:
-        return od, ""
+        return None
     b = max(1, int(np.ceil(max(rows, cols) / FLAT_RESIDUAL_GRID)))
     lit = np.ones((rows, cols), bool) if outside is None else ~np.asarray(outside, bool)
     # pixels without an OD in some frame (saturated in the images or the flats, dead) are left out of the patterns;
     # a frame without an image (NaN nearly everywhere) is not fitted
-    imaged = np.array([np.isfinite(od[k]).mean() > 0.5 for k in range(n)])
+    finite = [np.isfinite(od[k]) for k in range(n)]
+    imaged = np.array([f.mean() > 0.5 for f in finite])
     for k in np.flatnonzero(imaged):
-        lit &= np.isfinite(od[k])
+        lit &= finite[k]
+    del finite
     logs = []
     for k in range(n):
         # binned first, then the log (the pattern is smooth at the grid's scale)
@@ -990,21 +1085,59 @@ def illumination_residual(od, flat, flat_dark, *, outside=None, source: str = "i
     reach = int(np.ceil(2 * FLAT_RESIDUAL_SMOOTH_PX))
     small_lit = ndimage.binary_erosion(_bin_mean(lit.astype(np.float32), b) > 0.99, iterations=reach, border_value=1)
     if small_lit.sum() < 100 * (3 + FLAT_RESIDUAL_MAX_COMPONENTS):
-        return od, ""
+        return None
     L = np.stack([ndimage.gaussian_filter(x, FLAT_RESIDUAL_SMOOTH_PX) for x in logs]).astype(np.float64)
     L -= np.array([x[small_lit].mean() for x in L])[:, None, None]
     X = (L - L.mean(axis=0))[:, small_lit]  # (n, pixels)
-    _, sv, vt = np.linalg.svd(X, full_matrices=False)
+    # the principal components from the frames' Gram matrix (n x n; the SVD of X took 0.8 s at 143 frames)
+    w, u = np.linalg.eigh(X @ X.T)
+    order = np.argsort(w)[::-1]
+    w, u = np.maximum(w[order], 0.0), u[:, order]
+    sv = np.sqrt(w)
     noise = float(np.median(sv[sv.size // 2 :]))
     r = int(min(FLAT_RESIDUAL_MAX_COMPONENTS, np.count_nonzero(sv > FLAT_RESIDUAL_SV_RATIO * noise)))
     if r == 0:
-        return od, ""
+        return None
+    vt = (u[:, :r].T @ X) / sv[:r, None]
     hb, wb = L.shape[1:]
     comp = np.zeros((r, hb, wb))
-    comp[:, small_lit] = vt[:r]
+    comp[:, small_lit] = vt
     yy, xx = np.mgrid[0:hb, 0:wb]
     base = np.stack([np.ones((hb, wb)), (yy - hb / 2) / hb, (xx - wb / 2) / wb])
     design = np.concatenate([base, comp])  # (3 + r, hb, wb)
+    binned = np.stack([_bin_mean(od[k], b) for k in range(n)]).astype(np.float64)
+    # the sample's absorbers, found on the mean of the frames (a particle faint in a pre-edge frame is not clipped
+    # there, and its change over the edge entered the fit), left out of every frame's fit
+    mean_od = np.nan_to_num(binned[imaged]).mean(axis=0) if imaged.any() else np.zeros((hb, wb))
+    level = np.median(mean_od[small_lit])
+    spread = 1.4826 * np.median(np.abs(mean_od[small_lit] - level))
+    grow = max(1, int(round(4 / b)))
+    absorbers = ndimage.binary_dilation(mean_od > level + 3 * spread, iterations=grow)
+    free = small_lit & ~absorbers
+    if free.sum() < 100 * (3 + r):
+        free = small_lit
+    coefs = np.zeros((n, r))
+    for k in range(n):
+        y = binned[k]
+        use = free & np.isfinite(y)
+        if not imaged[k] or use.sum() < 10 * design.shape[0]:
+            continue
+        coef = _robust_fit(y, use, design, grow)
+        if coef is not None:
+            coefs[k] = coef[3:]
+    # its size at the particles' scale: less a plane per frame, over the lit field
+    P = base[:, small_lit].T
+    sub = coefs @ comp[:, small_lit]
+    sub = sub - (P @ np.linalg.lstsq(P, sub.T, rcond=None)[0]).T
+    # its part the same in every frame is left: an OD constant over the scan is the pre-edge's (and the sample's
+    # own texture away from the particles takes that share of the fit: 0.002 OD in the default scenes)
+    sub = sub - sub.mean(axis=0)
+    rms = float(np.sqrt(np.mean(sub**2)))
+    logger.debug("illumination residual: %d components, rms %.4f OD", r, rms)
+    if not FLAT_RESIDUAL_NOTE_OD <= rms <= FLAT_RESIDUAL_MAX_OD:
+        return None
+    coefs -= coefs[imaged].mean(axis=0)
+    coefs[~imaged] = 0.0
     # the components at full size: bilinear between the binned pixels' centres
     if b > 1:
         cy = (np.arange(rows) + 0.5) / b - 0.5
@@ -1013,60 +1146,42 @@ def illumination_residual(od, flat, flat_dark, *, outside=None, source: str = "i
         full = np.stack([ndimage.map_coordinates(c, [gy, gx], order=1, mode="nearest") for c in comp])
     else:
         full = comp
-    # the sample's absorbers, found on the mean of the frames (a particle faint in a pre-edge frame is not clipped
-    # there, and its change over the edge entered the fit), left out of every frame's fit
-    mean_od = np.zeros((hb, wb))
-    for k in np.flatnonzero(imaged):
-        mean_od += np.nan_to_num(_bin_mean(od[k], b))
-    mean_od /= max(int(imaged.sum()), 1)
-    level = np.median(mean_od[small_lit])
-    spread = 1.4826 * np.median(np.abs(mean_od[small_lit] - level))
-    absorbers = ndimage.binary_dilation(mean_od > level + 3 * spread, iterations=max(1, int(round(4 / b))))
-    free = small_lit & ~absorbers
-    if free.sum() < 100 * (3 + r):
-        free = small_lit
-    part = np.zeros((n, hb, wb))
-    coefs = np.zeros((n, r))
-    for k in range(n):
-        y = _bin_mean(od[k], b).astype(np.float64)
-        use = free & np.isfinite(y)
-        if not imaged[k] or use.sum() < 10 * design.shape[0]:
-            continue
-        keep = use.copy()
-        for _ in range(3):
-            A = design[:, keep].T
-            coef = np.linalg.lstsq(A, y[keep], rcond=None)[0]
-            res = np.where(use, y - np.tensordot(coef, design, 1), 0.0)
-            sd = 1.4826 * np.median(np.abs(res[use] - np.median(res[use])))
-            off = ndimage.binary_dilation(np.abs(res) > 3 * sd, iterations=max(1, int(round(4 / b))))
-            new = use & ~off
-            if new.sum() < 10 * design.shape[0] or np.array_equal(new, keep):
-                break
-            keep = new
-        coefs[k] = coef[3:]
-        part[k] = np.tensordot(coefs[k], comp, 1)
-    # its size at the particles' scale: less a plane per frame, over the lit field
-    P = base[:, small_lit].T
-    sub = part[:, small_lit]
-    sub = sub - (P @ np.linalg.lstsq(P, sub.T, rcond=None)[0]).T
-    # its part the same in every frame is left: an OD constant over the scan is the pre-edge's (and the sample's
-    # own texture away from the particles takes that share of the fit: 0.002 OD in the default scenes)
-    sub = sub - sub.mean(axis=0)
-    rms = float(np.sqrt(np.mean(sub**2)))
-    logger.debug("illumination residual: %d components, rms %.4f OD", r, rms)
-    if not FLAT_RESIDUAL_NOTE_OD <= rms <= FLAT_RESIDUAL_MAX_OD:
-        return od, ""
-    coefs -= coefs.mean(axis=0)
-    for k in range(n):
-        od[k] -= np.tensordot(coefs[k], full, 1).astype(np.float32)
-    return od, (
+    note = (
         f"{source}: the flats' pattern changes over the scan and the images' illumination differed from their "
         f"flats' by a smooth pattern of its own in each frame ({rms:.4f} OD RMS over the frames, less its mean and a "
-        "plane per frame; a flat-field ripple or the beam's profile moved between the two exposures): taken out of "
-        f"each frame as its share of the flats' {r} leading patterns of change, fitted away from the particles (left "
+        "plane per frame; a flat-field ripple or the beam's profile moved between the two exposures): measured as "
+        f"each frame's share of the flats' {r} leading patterns of change, fitted away from the particles (left "
         "in, a particle's local background could not follow it under the particle and its edge energy took one "
         "error per frame, beyond its sigma). Flats taken at the same time as the images avoid it"
     )
+    return IlluminationResidual(coefs, full.astype(np.float32), rms, note)
+
+
+#: how the note of a residual taken out of the particles' chemistry ends (the default: the frames as given for
+#: the positions) and of one taken out of the frames (``dynamic_flats``)
+ILLUMINATION_CHEMISTRY = (
+    ": taken out of each particle's frames before its chemistry, its positions measured on the frames as given "
+    "(`--dynamic-flats`: out of the frames too)"
+)
+ILLUMINATION_FRAMES = ": taken out of each frame"
+
+
+def illumination_residual(od, flat, flat_dark, *, outside=None, source: str = "input") -> tuple[np.ndarray, str]:
+    """Take out of ``od`` the residual illumination pattern of each frame that the flats' changes describe
+    (:func:`measure_illumination`).
+
+    Returns
+    -------
+    (od, note): ``od`` changed in place, and ``note``; ``od`` as it was and ``note`` "" where the residual is
+    small (:data:`FLAT_RESIDUAL_NOTE_OD`).
+    """
+    found = measure_illumination(od, flat, flat_dark, outside=outside, source=source)
+    if found is None:
+        return od, ""
+    for k in range(od.shape[0]):
+        if np.any(found.coefs[k]):
+            od[k] -= found.frame(k)
+    return od, found.note + ILLUMINATION_FRAMES
 
 
 def optical_density(
@@ -1079,6 +1194,7 @@ def optical_density(
     outside=None,
     unlit=None,
     dynamic_flats: bool = False,
+    illumination=None,
 ) -> np.ndarray:
     """Optical density ``OD = -ln((I - dark) / (flat - dark))``, float32.
 
@@ -1109,7 +1225,13 @@ def optical_density(
         With one flat per frame: take out of each frame the smooth illumination pattern by which its exposure
         differed from its flat's, as its share of the flats' leading patterns of change over the scan
         (:func:`illumination_residual`; dynamic flat-field correction), where it is 0.002-0.05 OD RMS, with a note.
-        Off by default: it costs 0.8-0.9 s per 143 x 460^2 scan and moves positions by 0.01-0.05 px RMS where it acts.
+        Off by default: where it acts it moves positions by 0.01-0.05 px RMS (its estimate's own noise).
+    illumination : list, optional
+        With one flat per frame and without ``dynamic_flats``: that pattern is measured, not taken out
+        (:func:`measure_illumination`), and where it is found its :class:`IlluminationResidual` is appended here,
+        with a note: the readers keep it as ``Stack.metadata["illumination"]``, which the pipeline takes out of
+        each particle's frames before its chemistry (the stress family's flats ripple with a phase of their own per
+        frame: every mean E50 0.3-0.8 eV, 3-8 sigma, off without it).
 
     Returns
     -------
@@ -1498,10 +1620,16 @@ def optical_density(
             f"{NO_IMAGE_TRANSMISSION:.0%} of the flat's): no image there (no beam, the shutter closed?); carried as "
             "frames without an image, their positions interpolated"
         )
-    if dynamic_flats and flats is not None and flat.shape[0] == counts.shape[0] > 1 and not problems:
+    per_frame_flats = flats is not None and flat.shape[0] == counts.shape[0] > 1 and not problems
+    if dynamic_flats and per_frame_flats:
         out, residual = illumination_residual(out, flat, flat_dark, outside=outside, source=source)
         if residual:
             said.append(residual)
+    elif illumination is not None and per_frame_flats:
+        found = measure_illumination(out, flat, flat_dark, outside=outside, source=source)
+        if found is not None:
+            illumination.append(found)
+            said.append(found.note + ILLUMINATION_CHEMISTRY)
     if flats is not None:
         brighter = _brighter_than_flats(out, source)
         if brighter:
