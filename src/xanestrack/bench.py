@@ -300,6 +300,10 @@ class _Dataset:
     def optical_density(self):
         return self._stack.od
 
+    def stack(self):
+        """The scan as read (with what the reader measured: the illumination off the flats')."""
+        return self._stack
+
 
 def run_benchmark(presets, seeds, *, methods=None, progress=None, datasets=()):
     """Benchmark every preset x seed and every dataset folder.
