@@ -24,8 +24,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests benchmarks tools
 	$(VENV)/bin/ruff check src tests benchmarks tools
 
+# the suite in one process per core (at most 4), a test file's tests together in one of them
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_pipeline.py
