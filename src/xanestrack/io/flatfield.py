@@ -928,6 +928,12 @@ FLAT_RESIDUAL_NOTE_OD = 0.002
 #: OD: a residual beyond this is no flat-field ripple (a flat that saturated over a patch, the sample in the flats:
 #: said by their own checks) and is left as it was
 FLAT_RESIDUAL_MAX_OD = 0.05
+#: frames spread over the scan on which it is decided first whether to measure it on all (scans of twice as many
+#: frames or more) ...
+FLAT_RESIDUAL_DECIDE_FRAMES = 24
+#: ... OD: measured on all where those few give this much or more (half the note's floor; the default scenes
+#: 0.0002-0.0003, a stress scene's mild twin 0.0009: measured on all, then left alone)
+FLAT_RESIDUAL_DECIDE_OD = 0.5 * FLAT_RESIDUAL_NOTE_OD
 
 
 def _bin_mean(a, b: int):
@@ -1029,6 +1035,85 @@ def _robust_fit(y, use, design, grow: int):
     return coef
 
 
+def _fit_residual(od, flat, flat_dark, outside, frames):
+    """:func:`measure_illumination` on the frames ``frames`` (indices): ``(rms, coefs (len(frames), r), comp
+    (r, hb, wb) binned, b, imaged)``, or None where it cannot be measured."""
+    from scipy import ndimage
+
+    rows, cols = od.shape[1:]
+    n = len(frames)
+    b = max(1, int(np.ceil(max(rows, cols) / FLAT_RESIDUAL_GRID)))
+    lit = np.ones((rows, cols), bool) if outside is None else ~np.asarray(outside, bool)
+    # pixels without an OD in some frame (saturated in the images or the flats, dead) are left out of the patterns;
+    # a frame without an image (NaN nearly everywhere) is not fitted
+    finite = [np.isfinite(od[k]) for k in frames]
+    imaged = np.array([f.mean() > 0.5 for f in finite])
+    for k in np.flatnonzero(imaged):
+        lit &= finite[k]
+    del finite
+    logs = []
+    for k in frames:
+        # binned first, then the log (the pattern is smooth at the grid's scale)
+        f = np.subtract(np.asarray(flat[k]), _dark_at(flat_dark, k), dtype=np.float32)
+        good = lit & np.isfinite(f) & (f > 0)
+        if not good.all():
+            f = np.where(good, f, np.median(f[good]) if good.any() else 1.0)
+        logs.append(np.log(np.maximum(_bin_mean(f, b), 1e-12)))
+    # (and their neighbours, that the smoothing below mixes with them)
+    reach = int(np.ceil(2 * FLAT_RESIDUAL_SMOOTH_PX))
+    small_lit = ndimage.binary_erosion(_bin_mean(lit.astype(np.float32), b) > 0.99, iterations=reach, border_value=1)
+    if small_lit.sum() < 100 * (3 + FLAT_RESIDUAL_MAX_COMPONENTS):
+        return None
+    L = np.stack([ndimage.gaussian_filter(x, FLAT_RESIDUAL_SMOOTH_PX) for x in logs]).astype(np.float64)
+    L -= np.array([x[small_lit].mean() for x in L])[:, None, None]
+    X = (L - L.mean(axis=0))[:, small_lit]  # (n, pixels)
+    # the principal components from the frames' Gram matrix (n x n; the SVD of X took 0.8 s at 143 frames)
+    w, u = np.linalg.eigh(X @ X.T)
+    order = np.argsort(w)[::-1]
+    w, u = np.maximum(w[order], 0.0), u[:, order]
+    sv = np.sqrt(w)
+    noise = float(np.median(sv[sv.size // 2 :]))
+    r = int(min(FLAT_RESIDUAL_MAX_COMPONENTS, np.count_nonzero(sv > FLAT_RESIDUAL_SV_RATIO * noise)))
+    if r == 0:
+        return None
+    vt = (u[:, :r].T @ X) / sv[:r, None]
+    hb, wb = L.shape[1:]
+    comp = np.zeros((r, hb, wb))
+    comp[:, small_lit] = vt
+    yy, xx = np.mgrid[0:hb, 0:wb]
+    base = np.stack([np.ones((hb, wb)), (yy - hb / 2) / hb, (xx - wb / 2) / wb])
+    design = np.concatenate([base, comp])  # (3 + r, hb, wb)
+    binned = np.stack([_bin_mean(od[k], b) for k in frames]).astype(np.float64)
+    # the sample's absorbers, found on the mean of the frames (a particle faint in a pre-edge frame is not clipped
+    # there, and its change over the edge entered the fit), left out of every frame's fit
+    mean_od = np.nan_to_num(binned[imaged]).mean(axis=0) if imaged.any() else np.zeros((hb, wb))
+    level = np.median(mean_od[small_lit])
+    spread = 1.4826 * np.median(np.abs(mean_od[small_lit] - level))
+    grow = max(1, int(round(4 / b)))
+    absorbers = ndimage.binary_dilation(mean_od > level + 3 * spread, iterations=grow)
+    free = small_lit & ~absorbers
+    if free.sum() < 100 * (3 + r):
+        free = small_lit
+    coefs = np.zeros((n, r))
+    for k in range(n):
+        y = binned[k]
+        use = free & np.isfinite(y)
+        if not imaged[k] or use.sum() < 10 * design.shape[0]:
+            continue
+        coef = _robust_fit(y, use, design, grow)
+        if coef is not None:
+            coefs[k] = coef[3:]
+    # its size at the particles' scale: less a plane per frame, over the lit field
+    P = base[:, small_lit].T
+    sub = coefs @ comp[:, small_lit]
+    sub = sub - (P @ np.linalg.lstsq(P, sub.T, rcond=None)[0]).T
+    # its part the same in every frame is left: an OD constant over the scan is the pre-edge's (and the sample's
+    # own texture away from the particles takes that share of the fit: 0.002 OD in the default scenes)
+    sub = sub - sub.mean(axis=0)
+    rms = float(np.sqrt(np.mean(sub**2)))
+    return rms, coefs, comp, b, imaged
+
+
 def measure_illumination(od, flat, flat_dark, *, outside=None, source: str = "input") -> IlluminationResidual | None:
     """The residual illumination pattern of each frame that the flats' changes describe, or None.
 
@@ -1064,75 +1149,17 @@ def measure_illumination(od, flat, flat_dark, *, outside=None, source: str = "in
     n, rows, cols = od.shape
     if flat.shape[0] != n or n < FLAT_RESIDUAL_MIN_FRAMES:
         return None
-    b = max(1, int(np.ceil(max(rows, cols) / FLAT_RESIDUAL_GRID)))
-    lit = np.ones((rows, cols), bool) if outside is None else ~np.asarray(outside, bool)
-    # pixels without an OD in some frame (saturated in the images or the flats, dead) are left out of the patterns;
-    # a frame without an image (NaN nearly everywhere) is not fitted
-    finite = [np.isfinite(od[k]) for k in range(n)]
-    imaged = np.array([f.mean() > 0.5 for f in finite])
-    for k in np.flatnonzero(imaged):
-        lit &= finite[k]
-    del finite
-    logs = []
-    for k in range(n):
-        # binned first, then the log (the pattern is smooth at the grid's scale)
-        f = np.subtract(np.asarray(flat[k]), _dark_at(flat_dark, k), dtype=np.float32)
-        good = lit & np.isfinite(f) & (f > 0)
-        if not good.all():
-            f = np.where(good, f, np.median(f[good]) if good.any() else 1.0)
-        logs.append(np.log(np.maximum(_bin_mean(f, b), 1e-12)))
-    # (and their neighbours, that the smoothing below mixes with them)
-    reach = int(np.ceil(2 * FLAT_RESIDUAL_SMOOTH_PX))
-    small_lit = ndimage.binary_erosion(_bin_mean(lit.astype(np.float32), b) > 0.99, iterations=reach, border_value=1)
-    if small_lit.sum() < 100 * (3 + FLAT_RESIDUAL_MAX_COMPONENTS):
+    if n >= 2 * FLAT_RESIDUAL_DECIDE_FRAMES:
+        # decided on a few frames spread over the scan first (the whole fit cost 0.5 s a 143 x 460^2 scan)
+        few = np.unique(np.round(np.linspace(0, n - 1, FLAT_RESIDUAL_DECIDE_FRAMES)).astype(int))
+        quick = _fit_residual(od, flat, flat_dark, outside, few)
+        if quick is None or quick[0] < FLAT_RESIDUAL_DECIDE_OD:
+            return None
+    fit = _fit_residual(od, flat, flat_dark, outside, np.arange(n))
+    if fit is None:
         return None
-    L = np.stack([ndimage.gaussian_filter(x, FLAT_RESIDUAL_SMOOTH_PX) for x in logs]).astype(np.float64)
-    L -= np.array([x[small_lit].mean() for x in L])[:, None, None]
-    X = (L - L.mean(axis=0))[:, small_lit]  # (n, pixels)
-    # the principal components from the frames' Gram matrix (n x n; the SVD of X took 0.8 s at 143 frames)
-    w, u = np.linalg.eigh(X @ X.T)
-    order = np.argsort(w)[::-1]
-    w, u = np.maximum(w[order], 0.0), u[:, order]
-    sv = np.sqrt(w)
-    noise = float(np.median(sv[sv.size // 2 :]))
-    r = int(min(FLAT_RESIDUAL_MAX_COMPONENTS, np.count_nonzero(sv > FLAT_RESIDUAL_SV_RATIO * noise)))
-    if r == 0:
-        return None
-    vt = (u[:, :r].T @ X) / sv[:r, None]
-    hb, wb = L.shape[1:]
-    comp = np.zeros((r, hb, wb))
-    comp[:, small_lit] = vt
-    yy, xx = np.mgrid[0:hb, 0:wb]
-    base = np.stack([np.ones((hb, wb)), (yy - hb / 2) / hb, (xx - wb / 2) / wb])
-    design = np.concatenate([base, comp])  # (3 + r, hb, wb)
-    binned = np.stack([_bin_mean(od[k], b) for k in range(n)]).astype(np.float64)
-    # the sample's absorbers, found on the mean of the frames (a particle faint in a pre-edge frame is not clipped
-    # there, and its change over the edge entered the fit), left out of every frame's fit
-    mean_od = np.nan_to_num(binned[imaged]).mean(axis=0) if imaged.any() else np.zeros((hb, wb))
-    level = np.median(mean_od[small_lit])
-    spread = 1.4826 * np.median(np.abs(mean_od[small_lit] - level))
-    grow = max(1, int(round(4 / b)))
-    absorbers = ndimage.binary_dilation(mean_od > level + 3 * spread, iterations=grow)
-    free = small_lit & ~absorbers
-    if free.sum() < 100 * (3 + r):
-        free = small_lit
-    coefs = np.zeros((n, r))
-    for k in range(n):
-        y = binned[k]
-        use = free & np.isfinite(y)
-        if not imaged[k] or use.sum() < 10 * design.shape[0]:
-            continue
-        coef = _robust_fit(y, use, design, grow)
-        if coef is not None:
-            coefs[k] = coef[3:]
-    # its size at the particles' scale: less a plane per frame, over the lit field
-    P = base[:, small_lit].T
-    sub = coefs @ comp[:, small_lit]
-    sub = sub - (P @ np.linalg.lstsq(P, sub.T, rcond=None)[0]).T
-    # its part the same in every frame is left: an OD constant over the scan is the pre-edge's (and the sample's
-    # own texture away from the particles takes that share of the fit: 0.002 OD in the default scenes)
-    sub = sub - sub.mean(axis=0)
-    rms = float(np.sqrt(np.mean(sub**2)))
+    rms, coefs, comp, b, imaged = fit
+    r = comp.shape[0]
     logger.debug("illumination residual: %d components, rms %.4f OD", r, rms)
     if not FLAT_RESIDUAL_NOTE_OD <= rms <= FLAT_RESIDUAL_MAX_OD:
         return None
