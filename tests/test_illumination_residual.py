@@ -26,20 +26,20 @@ def _ripple(phase, lam=40.0, tilt=0.3, ripple=0.05):
     return v * (1 + ripple * np.sin(a))
 
 
-def _scan(phase_sd: float, seed: int = 0, level: float = 20000.0):
+def _scan(phase_sd: float, seed: int = 0, level: float = 20000.0, n: int = N):
     """Counts, flats (one per frame), the dark and the true OD of three discs (OD 0.8) on a textured matrix; the
     ripple's phase drifts over the scan, the images' phase off their flats' by ``phase_sd`` (rad) at random."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[: SHAPE[0], : SHAPE[1]]
     matrix = 0.1 + 0.02 * np.sin(yy / 7.0) * np.cos(xx / 9.0)
-    od = np.repeat(matrix[None], N, axis=0)
+    od = np.repeat(matrix[None], n, axis=0)
     for y, x, r in DISCS:
         od[:, (yy - y) ** 2 + (xx - x) ** 2 < r * r] += 0.8
-    phase = np.linspace(0, 3 * np.pi, N)
+    phase = np.linspace(0, 3 * np.pi, n)
     dark = np.full(SHAPE, 100.0, np.float32)
-    counts = np.empty((N, *SHAPE), np.float32)
-    flats = np.empty((N, *SHAPE), np.float32)
-    for k in range(N):
+    counts = np.empty((n, *SHAPE), np.float32)
+    flats = np.empty((n, *SHAPE), np.float32)
+    for k in range(n):
         flat = level * _ripple(phase[k])
         lit = level * _ripple(phase[k] + rng.normal(0, phase_sd))
         flats[k] = rng.normal(flat, np.sqrt(flat / 10)) + dark
@@ -208,3 +208,22 @@ def test_the_pipeline_takes_it_out_of_the_chemistry_not_the_positions():
         assert np.allclose((a.aligned - b.aligned)[ok], taken[ok], atol=1e-5)
     with pytest.raises(ValueError, match="measured on frames of shape"):
         run_pipeline(Stack(od[:, :150], energies, None, {"illumination": found[0]}))
+
+
+@pytest.mark.parametrize("phase_sd", [0.0, 0.3])
+def test_a_long_scan_is_decided_on_a_few_frames_first(phase_sd):
+    """From 48 frames the decision is made on 24 spread over the scan (``FLAT_RESIDUAL_DECIDE_FRAMES``), then
+    measured on all: found with the ripple off its flats (as the whole fit finds it), not without."""
+    from xanestrack.io.flatfield import FLAT_RESIDUAL_DECIDE_FRAMES, _fit_residual
+
+    n = 2 * FLAT_RESIDUAL_DECIDE_FRAMES + 12
+    counts, flats, dark, truth = _scan(phase_sd, seed=2, n=n)
+    found = []
+    od = optical_density(counts, flats=flats, darks=dark, illumination=found)
+    whole = _fit_residual(od, flats, dark, None, np.arange(n))[0]
+    if phase_sd:
+        assert len(found) == 1 and found[0].shape == od.shape and found[0].rms_od == whole > 0.003
+        taken = np.stack([found[0].frame(k) for k in range(n)])
+        assert _disc_errors(od - taken, truth).max() < 0.0015 < 0.003 < _disc_errors(od, truth).min()
+    else:
+        assert not found and whole < FLAT_RESIDUAL_NOTE_OD / 4
