@@ -162,3 +162,19 @@ def test_references_at_the_particles_edge_are_fitted_offset_or_not():
     wide = np.r_[e - CO_BELOW_NI_EV, e]
     fr, notes = fit(wide, co)
     assert fr is None and len(notes) == 1 and "NiO at 77" in notes[0]
+
+
+def test_a_step_on_one_energy_at_the_scans_end_is_no_second_edge():
+    """A particle's mean spectrum whose last frames rise by 0.056, with one energy 10-60 eV above the rise (a stress
+    scene's last frame at 600 counts: the run took the scan for two edges and withheld every particle's E50), has no
+    second edge; the same step over the last three frames (two of them 10-60 eV above it) is one (a Co-rich particle's)."""
+    from xanestrack.chemistry.runnotes import SECOND_EDGE_STEP, _second_edge
+
+    e = np.r_[np.arange(8200.0, 8330.0, 5.0), np.arange(8330.0, 8360.0, 0.5), np.arange(8360.0, 8681.0, 10.0)]
+    norm = np.where(e < 8345.0, 0.0, 1.0)
+    last = norm.copy()
+    last[-3:] += (0.02, 0.056, 0.056)  # the rise at 8661 eV: only the last energy lies 10-60 eV above it
+    assert np.isnan(_second_edge(e, last, 8345.0))
+    two = norm.copy()
+    two[e > 8650.0] += 0.056  # 8660, 8670 and 8680 eV
+    assert SECOND_EDGE_STEP < 0.056 and abs(_second_edge(e, two, 8345.0) - 8655.0) <= 10.0

@@ -8,9 +8,7 @@ from xanestrack.parallel.series import evaluate_series, link_scans, process_scan
 from xanestrack.synth import make_synthetic_series
 
 CLASSICAL = dict(detector="classical", segmenter="classical")
-KW = dict(
-    shape=(260, 260), n_particles=4, radius_range=(12.0, 22.0), stage_offset=12.0, deformation=4.0, n_energies=60
-)
+KW = dict(shape=(260, 260), n_particles=4, radius_range=(12.0, 22.0), stage_offset=12.0, deformation=4.0, n_energies=60)
 
 
 @pytest.fixture(scope="module")
