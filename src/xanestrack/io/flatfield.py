@@ -928,6 +928,10 @@ FLAT_RESIDUAL_NOTE_OD = 0.002
 #: OD: a residual beyond this is no flat-field ripple (a flat that saturated over a patch, the sample in the flats:
 #: said by their own checks) and is left as it was
 FLAT_RESIDUAL_MAX_OD = 0.05
+#: frames: it is found where its part that changes from frame to frame (each frame's share of the flats' patterns
+#: less its running median over this many frames) reaches :data:`FLAT_RESIDUAL_NOTE_OD` (the sample's own change
+#: over the scan, monotonic or a step in the energy, takes a share that changes smoothly: :func:`_fit_residual`)
+FLAT_RESIDUAL_SMOOTH_FRAMES = 9
 #: frames spread over the scan on which it is decided first whether to measure it on all (scans of twice as many
 #: frames or more) ...
 FLAT_RESIDUAL_DECIDE_FRAMES = 24
@@ -1035,9 +1039,19 @@ def _robust_fit(y, use, design, grow: int):
     return coef
 
 
+def _running_median(x, window: int):
+    """The running median of ``x`` (n, ...) along its first axis over ``window`` frames (odd), the ends extended."""
+    half = window // 2
+    if x.shape[0] == 0:
+        return x
+    padded = np.concatenate([np.repeat(x[:1], half, 0), x, np.repeat(x[-1:], half, 0)])
+    return np.median(np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1, axis=0), axis=-1)
+
+
 def _fit_residual(od, flat, flat_dark, outside, frames):
-    """:func:`measure_illumination` on the frames ``frames`` (indices): ``(rms, coefs (len(frames), r), comp
-    (r, hb, wb) binned, b, imaged)``, or None where it cannot be measured."""
+    """:func:`measure_illumination` on the frames ``frames`` (indices): ``(rms_frames, rms, coefs (len(frames), r),
+    comp (r, hb, wb) binned, b, imaged)``, or None where it cannot be measured; ``rms_frames`` the RMS of the part
+    that changes from frame to frame (each share less its running median over the frames), ``rms`` the whole's."""
     from scipy import ndimage
 
     rows, cols = od.shape[1:]
@@ -1087,10 +1101,14 @@ def _fit_residual(od, flat, flat_dark, outside, frames):
     # the sample's absorbers, found on the mean of the frames (a particle faint in a pre-edge frame is not clipped
     # there, and its change over the edge entered the fit), left out of every frame's fit
     mean_od = np.nan_to_num(binned[imaged]).mean(axis=0) if imaged.any() else np.zeros((hb, wb))
-    level = np.median(mean_od[small_lit])
-    spread = 1.4826 * np.median(np.abs(mean_od[small_lit] - level))
+    # against the sample's own smooth absorption (its median over a third of the field): over a matrix whose
+    # thickness curves across the field (a bowl of 0-0.9 OD) a level for the whole field let particles into the fit,
+    # whose edge then moved the patterns' shares from frame to frame (0.005-0.009 OD "found", images lit as flats)
+    above = mean_od - ndimage.median_filter(mean_od, size=max(15, max(hb, wb) // 3), mode="nearest")
+    level = np.median(above[small_lit])
+    spread = 1.4826 * np.median(np.abs(above[small_lit] - level))
     grow = max(1, int(round(4 / b)))
-    absorbers = ndimage.binary_dilation(mean_od > level + 3 * spread, iterations=grow)
+    absorbers = ndimage.binary_dilation(above > level + 3 * spread, iterations=grow)
     free = small_lit & ~absorbers
     if free.sum() < 100 * (3 + r):
         free = small_lit
@@ -1103,15 +1121,27 @@ def _fit_residual(od, flat, flat_dark, outside, frames):
         coef = _robust_fit(y, use, design, grow)
         if coef is not None:
             coefs[k] = coef[3:]
-    # its size at the particles' scale: less a plane per frame, over the lit field
     P = base[:, small_lit].T
-    sub = coefs @ comp[:, small_lit]
-    sub = sub - (P @ np.linalg.lstsq(P, sub.T, rcond=None)[0]).T
-    # its part the same in every frame is left: an OD constant over the scan is the pre-edge's (and the sample's
-    # own texture away from the particles takes that share of the fit: 0.002 OD in the default scenes)
-    sub = sub - sub.mean(axis=0)
-    rms = float(np.sqrt(np.mean(sub**2)))
-    return rms, coefs, comp, b, imaged
+
+    def size(c):
+        """The RMS of the patterns' part ``c @ comp`` over the frames and the lit field, less a plane per frame (at
+        the particles' scale) and its mean over the frames (an OD constant over the scan is the pre-edge's, and the
+        sample's own texture away from the particles takes that share of the fit: 0.002 OD in the default scenes)."""
+        sub = c @ comp[:, small_lit]
+        sub = sub - (P @ np.linalg.lstsq(P, sub.T, rcond=None)[0]).T
+        sub = sub - sub.mean(axis=0)
+        return float(np.sqrt(np.mean(sub**2)))
+
+    rms = size(coefs)
+    # the sample's own change over the scan away from the particles (a curved matrix thickness absorbing as E^-3, an
+    # element of the matrix with its edge) takes a share of the flats' patterns too, one that changes with the energy
+    # smoothly or in a step: a bowl of 0-0.9 OD lit as its flats had 0.012-0.019 OD "found" and every mean E50 moved
+    # by up to 0.37 eV (10-15 sigma). So it is decided on the shares less their running median over the frames (a
+    # monotonic change or a step passes a running median unchanged; a mismatch that differs frame by frame does not)
+    hp = coefs.copy()
+    hp[imaged] -= _running_median(coefs[imaged], FLAT_RESIDUAL_SMOOTH_FRAMES)
+    rms_frames = size(hp)
+    return rms_frames, rms, coefs, comp, b, imaged
 
 
 def measure_illumination(od, flat, flat_dark, *, outside=None, source: str = "input") -> IlluminationResidual | None:
@@ -1158,10 +1188,10 @@ def measure_illumination(od, flat, flat_dark, *, outside=None, source: str = "in
     fit = _fit_residual(od, flat, flat_dark, outside, np.arange(n))
     if fit is None:
         return None
-    rms, coefs, comp, b, imaged = fit
+    rms_frames, rms, coefs, comp, b, imaged = fit
     r = comp.shape[0]
-    logger.debug("illumination residual: %d components, rms %.4f OD", r, rms)
-    if not FLAT_RESIDUAL_NOTE_OD <= rms <= FLAT_RESIDUAL_MAX_OD:
+    logger.debug("illumination residual: %d components, rms %.4f OD (%.4f frame to frame)", r, rms, rms_frames)
+    if not (FLAT_RESIDUAL_NOTE_OD <= rms_frames and rms <= FLAT_RESIDUAL_MAX_OD):
         return None
     coefs -= coefs[imaged].mean(axis=0)
     coefs[~imaged] = 0.0
