@@ -920,13 +920,14 @@ FLAT_RESIDUAL_MIN_FRAMES = 8
 #: 4 px 0.0003-0.0006, but the positions of stress-all seed 1 came out worse at 4 px (0.11 -> 0.28 px RMS)
 FLAT_RESIDUAL_SMOOTH_PX = 2.0
 FLAT_RESIDUAL_GRID = 96
-#: OD: the residual is taken out, and a run note says so, where its RMS over the frames and the lit field (less its
-#: mean over the frames and a plane per frame, what the pre-edge and the local background take out anyway) reaches
-#: this; below it the OD is left as it was. Measured (256 px, reduced): ``stress-counts`` seed 1 (ripple phase sd
-#: 0.3 rad) 0.011, its mild twin (0.05 rad) 0.0009, ``stress-drift`` 0.0009, the default scenes 0.0002-0.0003
+#: OD: the residual is taken out, and a run note says so, where the RMS over the frames and the lit field (less its
+#: mean over the frames and a plane per frame, what the pre-edge and the local background take out anyway) of its part
+#: that changes from frame to frame (:data:`FLAT_RESIDUAL_SMOOTH_FRAMES`) reaches this; below it the OD is left as it
+#: was. Measured (full size, 143 x 460^2): ``stress-counts`` and ``stress-all`` seeds 1-2 (ripple phase sd 0.3 rad)
+#: 0.0095-0.011, the other stress presets 0.0007-0.0010, the default and hard scenes 0.0001-0.0006
 FLAT_RESIDUAL_NOTE_OD = 0.002
-#: OD: a residual beyond this is no flat-field ripple (a flat that saturated over a patch, the sample in the flats:
-#: said by their own checks) and is left as it was
+#: OD: a residual beyond this is no flat-field ripple (a flat that saturated over a patch, the sample in the flats)
+#: and is left as it was
 FLAT_RESIDUAL_MAX_OD = 0.05
 #: frames: it is found where its part that changes from frame to frame (each frame's share of the flats' patterns
 #: less its running median over this many frames) reaches :data:`FLAT_RESIDUAL_NOTE_OD` (the sample's own change
@@ -935,8 +936,8 @@ FLAT_RESIDUAL_SMOOTH_FRAMES = 9
 #: frames spread over the scan on which it is decided first whether to measure it on all (scans of twice as many
 #: frames or more) ...
 FLAT_RESIDUAL_DECIDE_FRAMES = 24
-#: ... OD: measured on all where those few give this much or more (half the note's floor; the default scenes
-#: 0.0002-0.0003, a stress scene's mild twin 0.0009: measured on all, then left alone)
+#: ... OD: measured on all where those few give this much or more (half the note's floor; on 24 frames the default
+#: and hard scenes 0.0001-0.0005, the other stress presets 0.0006-0.0009, ``stress-counts`` and ``-all`` 0.009-0.011)
 FLAT_RESIDUAL_DECIDE_OD = 0.5 * FLAT_RESIDUAL_NOTE_OD
 
 
@@ -1160,8 +1161,9 @@ def measure_illumination(od, flat, flat_dark, *, outside=None, source: str = "in
 
     Returns
     -------
-    :class:`IlluminationResidual`, or None where it is small (under :data:`FLAT_RESIDUAL_NOTE_OD`), beyond a
-    ripple (:data:`FLAT_RESIDUAL_MAX_OD`), or cannot be measured (too few frames, one flat, too little field).
+    :class:`IlluminationResidual`, or None where its part that changes from frame to frame is small (under
+    :data:`FLAT_RESIDUAL_NOTE_OD`), the whole is beyond a ripple (:data:`FLAT_RESIDUAL_MAX_OD`), or it cannot be
+    measured (too few frames, one flat, too little field).
 
     Notes
     -----
@@ -1169,10 +1171,15 @@ def measure_illumination(od, flat, flat_dark, *, outside=None, source: str = "in
     pre-edge's) gives up to :data:`FLAT_RESIDUAL_MAX_COMPONENTS` principal components above the flats' noise
     (:data:`FLAT_RESIDUAL_SV_RATIO`). In each frame a constant, a plane and these components are fitted to the OD by
     least squares, robustly (pixels more than 3 robust sigma off the fit, grown by 4 px: particles and their halo,
-    left out; three passes), and the components' part less its mean over the frames is the residual (the constant
-    and the plane are the local background's, a pattern the same in every frame the pre-edge's; the sample's own
-    texture away from the particles takes a share of the fit, nearly the same in every frame). All of it on a grid
-    of at most :data:`FLAT_RESIDUAL_GRID` px a side: 0.1-0.2 s for 143 frames of 460^2.
+    left out, found above the mean OD's own smooth level; three passes), and the components' part less its mean over
+    the frames is the residual (the constant and the plane are the local background's, a pattern the same in every
+    frame the pre-edge's; the sample's own texture away from the particles takes a share of the fit, nearly the same
+    in every frame). The sample's own change over the scan (a matrix curving in thickness, absorbing as E^-3) takes a
+    share that changes smoothly with the energy, a mismatch of the exposures one that changes from frame to frame: it
+    is found on the shares less their running median over :data:`FLAT_RESIDUAL_SMOOTH_FRAMES` frames, and taken out
+    whole. All of it on a grid of at most :data:`FLAT_RESIDUAL_GRID` px a side, decided on
+    :data:`FLAT_RESIDUAL_DECIDE_FRAMES` frames first: 0.0-0.1 s for 143 frames of 460^2 where none is found, 0.65 s
+    where one is.
     """
     from scipy import ndimage
 
