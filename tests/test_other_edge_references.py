@@ -178,3 +178,14 @@ def test_a_step_on_one_energy_at_the_scans_end_is_no_second_edge():
     two = norm.copy()
     two[e > 8650.0] += 0.056  # 8660, 8670 and 8680 eV
     assert SECOND_EDGE_STEP < 0.056 and abs(_second_edge(e, two, 8345.0) - 8655.0) <= 10.0
+
+
+@pytest.mark.parametrize("step_ev", [30.0, 50.0])
+def test_a_second_step_on_a_coarse_grid_is_found_on_one_energy_a_side(step_ev):
+    """On a grid stepping 25 eV or more one energy a side is all the scan holds (review r53: a Co K step sampled
+    every 30-50 eV, or a Co-rich particle's Ni post-edge every 30 eV, was lost when two were asked for)."""
+    from xanestrack.chemistry.runnotes import _second_edge
+
+    e = np.r_[np.arange(7500.0, 8330.0, step_ev), np.arange(8330.0, 8360.0, 0.5), np.arange(8360.0, 8500.0, 10.0)]
+    norm = np.where(e < 8345.0, 0.0, 1.0) + np.where(e < 7709.0, 0.0, 0.3) - 0.3  # a Co step 0.3 of the Ni one
+    assert abs(_second_edge(e, norm, 8345.0) - 7709.0) <= step_ev

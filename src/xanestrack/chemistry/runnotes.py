@@ -704,15 +704,18 @@ TWO_EDGES_EV = 100.0
 #: 1 / 3 times the Ni K step: 0.08-0.18 / 0.54-1.14 / 0.28-1.65
 SECOND_EDGE_STEP = 0.05
 SECOND_EDGE_FROM_EV = 200.0
-#: energies at least on each side of that step, 10-60 eV from it
+#: energies at least on each side of that step, 10-60 eV from it ...
 SECOND_EDGE_MIN_ENERGIES = 2
+#: ... one on a side where the scan steps by this much (eV) or more (the median step within 70 eV of it there)
+SECOND_EDGE_COARSE_EV = 25.0
 
 
 def _second_edge(e, norm, e0: float) -> float:
     """The energy (eV) of another edge in a particle's mean normalised spectrum ``norm`` at the energies ``e``: the
     largest rise (:func:`xanestrack.xanes.find_e0`) among the energies more than :data:`SECOND_EDGE_FROM_EV` below or
     above its E0 ``e0`` whose step (the mean 10-60 eV above it less the mean 10-60 eV below, each over
-    :data:`SECOND_EDGE_MIN_ENERGIES` energies or more) is more than :data:`SECOND_EDGE_STEP`; NaN where there is none (or too few energies, 8, to look)."""
+    :data:`SECOND_EDGE_MIN_ENERGIES` energies or more, one on a grid as coarse as :data:`SECOND_EDGE_COARSE_EV`) is
+    more than :data:`SECOND_EDGE_STEP`; NaN where there is none (or too few energies, 8, to look)."""
     e, norm = np.asarray(e, float), np.asarray(norm, float)
     best, where = SECOND_EDGE_STEP, float("nan")
     for part in (e < e0 - SECOND_EDGE_FROM_EV, e > e0 + SECOND_EDGE_FROM_EV):
@@ -722,9 +725,15 @@ def _second_edge(e, norm, e0: float) -> float:
         ec = find_e0(e[ok], norm[ok])
         hi = ok & (e > ec + 10.0) & (e < ec + 60.0)
         lo = ok & (e < ec - 10.0) & (e > ec - 60.0)
-        # a side of one energy is one frame's noise: the last frame of a stress scene at 600 counts stood 0.056 above
-        # the five before it, the run took the scan for two edges and withheld every particle's E50
-        if hi.sum() >= SECOND_EDGE_MIN_ENERGIES and lo.sum() >= SECOND_EDGE_MIN_ENERGIES:
+        # a side of one energy is one frame's noise where the grid holds more there: the last frame of a stress scene
+        # at 600 counts (every 10 eV) stood 0.056 above the five before it, the run took the scan for two edges and
+        # withheld every particle's E50; a grid stepping 25 eV or more there holds no more (a Co region every 30-50
+        # eV: its step on one energy a side is found)
+        need = []
+        for side in (ok & (e >= ec) & (e <= ec + 70.0), ok & (e <= ec) & (e >= ec - 70.0)):
+            step = float(np.median(np.diff(e[side]))) if side.sum() >= 2 else np.inf
+            need.append(1 if step >= SECOND_EDGE_COARSE_EV else SECOND_EDGE_MIN_ENERGIES)
+        if hi.sum() >= need[0] and lo.sum() >= need[1]:
             step = abs(float(norm[hi].mean() - norm[lo].mean()))
             if step > best:
                 best, where = step, float(ec)

@@ -754,6 +754,9 @@ def _frame_pattern_shifts(counts, flat, dark, flat_dark=None):
     corr : ndarray (m,)
         Their normalised correlation at that peak (below :data:`FLAT_PATTERN_MIN`: flats without a pattern of
         their own, the shift means nothing).
+    held : ndarray (m,) bool
+        The frames set at their flat's place (0 shift): the pattern matches there within
+        :data:`FLAT_MOVE_ZERO_SHARE` of the peak.
     """
     n, rows, cols = counts.shape
     ks = np.unique(np.linspace(0, n - 1, min(FLAT_MOVE_FRAMES, n)).round().astype(int))
@@ -771,6 +774,7 @@ def _frame_pattern_shifts(counts, flat, dark, flat_dark=None):
     one = pattern(flat[0], _dark_at(flat_dark, 0)) if flat.shape[0] == 1 else None
     shifts = np.zeros((ks.size, 2))
     corr = np.zeros(ks.size)
+    held = np.zeros(ks.size, bool)
     for i, k in enumerate(ks):
         fa, na = pattern(counts[k], _dark_at(dark, k))
         fb, nb = one if one is not None else pattern(flat[k], _dark_at(flat_dark, k))
@@ -791,7 +795,8 @@ def _frame_pattern_shifts(counts, flat, dark, flat_dark=None):
         # lit alike on the images and their flats, the sample's own structure beside it, peaked 1.5-13.9 px off)
         if near[py, px] > 0 and near[r, r] >= FLAT_MOVE_ZERO_SHARE * near[py, px]:
             shifts[i] = 0.0
-    return ks, shifts, corr
+            held[i] = True
+    return ks, shifts, corr, held
 
 
 #: a frame's pattern is set at its flat's place where their correlation there is this share of its peak or more
@@ -804,14 +809,18 @@ FLAT_MOVE_ZERO_SHARE = 0.93
 def _moving_pattern_note(counts, flat, dark, source: str, flat_dark=None) -> str:
     """A note where the flats' pattern lies off the images' frame by frame (:func:`_frame_pattern_shifts`), at
     least :data:`FLAT_MOVE_MIN` px in :data:`FLAT_MOVE_MIN_FRAMES` of the frames measured; "" where it does not."""
-    ks, shifts, corr = _frame_pattern_shifts(counts, flat, dark, flat_dark)
+    ks, shifts, corr, held = _frame_pattern_shifts(counts, flat, dark, flat_dark)
     judged = corr >= FLAT_PATTERN_MIN
     off = np.hypot(shifts[:, 0], shifts[:, 1])
     far = judged & (off >= FLAT_MOVE_MIN)
     if far.sum() < min(FLAT_MOVE_MIN_FRAMES, ks.size):
         return ""
-    med = np.median(shifts[judged], axis=0)
-    spread = float(np.max(np.hypot(*(shifts[judged] - med).T)))
+    # the shifts told (the frames set at their flat's place where the pattern matches there nearly as well as at
+    # its peak are counted apart: a median over them read 0.0-0.9 px for rings moved 2 px in every frame)
+    told = judged & ~held
+    med = np.median(shifts[told], axis=0)
+    spread = float(np.max(np.hypot(*(shifts[told] - med).T)))
+    n_held = int((judged & held).sum())
     listed = ", ".join(
         f"{k} ({dy:+.1f}, {dx:+.1f})" for k, (dy, dx) in zip(ks[far][:6], shifts[far][:6], strict=True)
     ) + (" ..." if far.sum() > 6 else "")
@@ -831,11 +840,16 @@ def _moving_pattern_note(counts, flat, dark, source: str, flat_dark=None) -> str
             f"behind the particles, it biases their edge energies): take flats again, or shift them by "
             f"({med[0]:+.1f}, {med[1]:+.1f}) px to the images"
         )
+    held_words = (
+        f"; {n_held} more matching at their flat's place within {FLAT_MOVE_ZERO_SHARE:.0%} of their best, set there"
+        if n_held
+        else ""
+    )
     return (
-        f"{source}: the images' pattern lies up to {off[judged].max():.1f} px off the flats' pattern (median "
-        f"{np.median(off[judged]):.1f} px over {int(judged.sum())} frames of {counts.shape[0]} set against their own "
-        f"flat; {int(far.sum())} at {FLAT_MOVE_MIN:g} px or more, frame (rows, columns), counted from 0: {listed}), "
-        f"{how}"
+        f"{source}: the images' pattern lies up to {off[told].max():.1f} px off the flats' pattern (median "
+        f"{np.median(off[told]):.1f} px over {int(told.sum())} frames of {counts.shape[0]} set against their own "
+        f"flat{held_words}; {int(far.sum())} at {FLAT_MOVE_MIN:g} px or more, frame (rows, columns), counted from 0: "
+        f"{listed}), {how}"
     )
 
 
@@ -1172,7 +1186,9 @@ def _fit_residual(od, flat, flat_dark, outside, frames):
     return rms_frames, rms, coefs, comp, b, imaged
 
 
-def measure_illumination(od, flat, flat_dark, *, outside=None, source: str = "input") -> IlluminationResidual | None:
+def measure_illumination(
+    od, flat, flat_dark, *, outside=None, source: str = "input", whole: bool = False, notes=None
+) -> IlluminationResidual | None:
     """The residual illumination pattern of each frame that the flats' changes describe, or None.
 
     Parameters
@@ -1185,6 +1201,15 @@ def measure_illumination(od, flat, flat_dark, *, outside=None, source: str = "in
         Their dark.
     outside : ndarray (rows, cols) bool, optional
         Pixels outside the lit field (left out).
+    whole : bool
+        Found where the whole of it reaches :data:`FLAT_RESIDUAL_NOTE_OD`, its part that changes smoothly over the
+        scan included (``--dynamic-flats``: the user's word that the flats were not taken with the images), not
+        where its part that changes from frame to frame does (the default).
+    notes : list, optional
+        By default, where only the whole reaches the floor (a share of the flats' patterns that changes smoothly
+        over the scan: the sample's own absorption, or a mismatch that changes slowly, e.g. flats taken a fixed
+        time after their images while the beam's ripple drifts), a note saying so is appended here; nothing is
+        taken out.
 
     Returns
     -------
@@ -1217,7 +1242,7 @@ def measure_illumination(od, flat, flat_dark, *, outside=None, source: str = "in
         # decided on a few frames spread over the scan first (the whole fit cost 0.5 s a 143 x 460^2 scan)
         few = np.unique(np.round(np.linspace(0, n - 1, FLAT_RESIDUAL_DECIDE_FRAMES)).astype(int))
         quick = _fit_residual(od, flat, flat_dark, outside, few)
-        if quick is None or quick[0] < FLAT_RESIDUAL_DECIDE_OD:
+        if quick is None or max(quick[0], quick[1] if whole or notes is not None else 0.0) < FLAT_RESIDUAL_DECIDE_OD:
             return None
     fit = _fit_residual(od, flat, flat_dark, outside, np.arange(n))
     if fit is None:
@@ -1225,7 +1250,20 @@ def measure_illumination(od, flat, flat_dark, *, outside=None, source: str = "in
     rms_frames, rms, coefs, comp, b, imaged = fit
     r = comp.shape[0]
     logger.debug("illumination residual: %d components, rms %.4f OD (%.4f frame to frame)", r, rms, rms_frames)
-    if not (FLAT_RESIDUAL_NOTE_OD <= rms_frames and rms <= FLAT_RESIDUAL_MAX_OD):
+    if rms > FLAT_RESIDUAL_MAX_OD:
+        return None
+    if rms_frames < FLAT_RESIDUAL_NOTE_OD and not whole:
+        if rms >= FLAT_RESIDUAL_NOTE_OD and notes is not None:
+            notes.append(
+                f"{source}: the flats' patterns of change over the scan take a share of the images that changes "
+                f"smoothly from frame to frame ({rms:.4f} OD RMS; {rms_frames:.4f} from frame to frame): the sample's "
+                "own absorption changing over the scan (a thickness curving over the field), or the images' "
+                "illumination off their flats' by a pattern that changes slowly (flats taken a fixed time after "
+                "their images while the beam's profile drifts). Not taken out; where the flats were not taken with "
+                "the images, --dynamic-flats takes it out of the frames"
+            )
+        return None
+    if rms < FLAT_RESIDUAL_NOTE_OD:
         return None
     coefs -= coefs[imaged].mean(axis=0)
     coefs[~imaged] = 0.0
@@ -1266,7 +1304,7 @@ def illumination_residual(od, flat, flat_dark, *, outside=None, source: str = "i
     (od, note): ``od`` changed in place, and ``note``; ``od`` as it was and ``note`` "" where the residual is
     small (:data:`FLAT_RESIDUAL_NOTE_OD`).
     """
-    found = measure_illumination(od, flat, flat_dark, outside=outside, source=source)
+    found = measure_illumination(od, flat, flat_dark, outside=outside, source=source, whole=True)
     if found is None:
         return od, ""
     for k in range(od.shape[0]):
@@ -1717,7 +1755,7 @@ def optical_density(
         if residual:
             said.append(residual)
     elif illumination is not None and per_frame_flats:
-        found = measure_illumination(out, flat, flat_dark, outside=outside, source=source)
+        found = measure_illumination(out, flat, flat_dark, outside=outside, source=source, notes=said)
         if found is not None:
             illumination.append(found)
             said.append(found.note + ILLUMINATION_CHEMISTRY)
