@@ -1095,7 +1095,7 @@ def _illumination_field(stack, shape):
         raise ValueError(
             f"stack.metadata['illumination'] (each frame's illumination off its flat's) was measured on frames of "
             f"shape {tuple(got)}, not the stack's {tuple(shape)}: leave it out where the frames were cropped, binned "
-            "or some left out after reading (the particles' chemistry then keeps it)"
+            "or some left out after reading (the particles' chemistry then keeps the mismatch)"
         )
     return found
 
