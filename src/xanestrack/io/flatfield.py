@@ -1080,14 +1080,21 @@ def _smooth_level(img, size: int):
     from scipy import ndimage
 
     c = 4 if min(img.shape) >= 32 else 1
-    coarse = _bin_mean(img, c)
-    level = ndimage.median_filter(coarse, size=max(3, size // c), mode="nearest")
-    if c == 1:
-        return level
-    gy = np.clip((np.arange(img.shape[0]) + 0.5) / c - 0.5, 0, coarse.shape[0] - 1)
-    gx = np.clip((np.arange(img.shape[1]) + 0.5) / c - 0.5, 0, coarse.shape[1] - 1)
-    yy, xx = np.meshgrid(gy, gx, indexing="ij")
-    return ndimage.map_coordinates(level, [yy, xx], order=1, mode="nearest")
+    level = ndimage.median_filter(_bin_mean(img, c), size=max(3, size // c), mode="nearest")
+    return _upsampled(level[None], c, img.shape)[0]
+
+
+def _upsampled(grids, b: int, shape):
+    """``grids`` (m, h, w) on a grid ``b`` times coarser brought to ``shape`` (rows, cols): bilinear between the
+    coarse pixels' centres, their edge values beyond them."""
+    from scipy import ndimage
+
+    if b == 1:
+        return grids
+    cy = (np.arange(shape[0]) + 0.5) / b - 0.5
+    cx = (np.arange(shape[1]) + 0.5) / b - 0.5
+    gy, gx = np.meshgrid(cy, cx, indexing="ij")
+    return np.stack([ndimage.map_coordinates(g, [gy, gx], order=1, mode="nearest") for g in grids])
 
 
 def _fit_residual(od, flat, flat_dark, outside, frames):
@@ -1102,11 +1109,12 @@ def _fit_residual(od, flat, flat_dark, outside, frames):
     lit = np.ones((rows, cols), bool) if outside is None else ~np.asarray(outside, bool)
     # pixels without an OD in some frame (saturated in the images or the flats, dead) are left out of the patterns;
     # a frame without an image (NaN nearly everywhere) is not fitted
-    finite = [np.isfinite(od[k]) for k in frames]
-    imaged = np.array([f.mean() > 0.5 for f in finite])
-    for k in np.flatnonzero(imaged):
-        lit &= finite[k]
-    del finite
+    imaged = np.zeros(n, bool)
+    for i, k in enumerate(frames):  # one frame's mask at a time (all of them at once: 150 MB at 143 x 1024^2)
+        finite = np.isfinite(od[k])
+        imaged[i] = finite.mean() > 0.5
+        if imaged[i]:
+            lit &= finite
     logs = []
     for k in frames:
         # binned first, then the log (the pattern is smooth at the grid's scale)
@@ -1233,7 +1241,6 @@ def measure_illumination(
     :data:`FLAT_RESIDUAL_DECIDE_FRAMES` frames first: 0.0-0.1 s for 143 frames of 460^2 where none is found, 0.65 s
     where one is.
     """
-    from scipy import ndimage
 
     n, rows, cols = od.shape
     if flat.shape[0] != n or n < FLAT_RESIDUAL_MIN_FRAMES:
@@ -1267,14 +1274,7 @@ def measure_illumination(
         return None
     coefs -= coefs[imaged].mean(axis=0)
     coefs[~imaged] = 0.0
-    # the components at full size: bilinear between the binned pixels' centres
-    if b > 1:
-        cy = (np.arange(rows) + 0.5) / b - 0.5
-        cx = (np.arange(cols) + 0.5) / b - 0.5
-        gy, gx = np.meshgrid(cy, cx, indexing="ij")
-        full = np.stack([ndimage.map_coordinates(c, [gy, gx], order=1, mode="nearest") for c in comp])
-    else:
-        full = comp
+    full = _upsampled(comp, b, (rows, cols))  # the components at full size
     note = (
         f"{source}: the flats' pattern changes over the scan and the images' illumination differed from their "
         f"flats' by a smooth pattern of its own in each frame ({rms:.4f} OD RMS over the frames, less its mean and a "
