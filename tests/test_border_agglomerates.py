@@ -125,6 +125,46 @@ def test_mask_trouble_counts_masks_running_out_of_their_window_and_odd_areas():
     assert _mask_trouble(seg, every, opts) == 0
 
 
+def test_an_empty_mask_is_trouble():
+    """Classical masks empty in both frames of the real SSRL pair (turned 180 degrees) counted no trouble and
+    replaced learned ones with one odd frame: the particle was measured in no frame."""
+    from xanestrack.pipeline import PipelineOptions, _mask_trouble
+
+    masks = _masks([20, 20, 20, 20])
+    masks[1] = 0
+    assert _mask_trouble(_Seg(masks), np.ones(4, bool), PipelineOptions()) == 1
+    assert _mask_trouble(_Seg(np.zeros((2, 61, 61))), np.ones(2, bool), PipelineOptions()) == 2
+
+
+def _scored(masks, com):
+    seg = _Seg(masks)
+    seg.com = np.asarray(com, float)
+    return seg
+
+
+def test_masks_that_agree_in_a_frame_by_chance_but_fail_in_both_do_not_win():
+    """The SSRL pair's 131-px particle turned 180 degrees: classical masks of two odd areas, one frame's centre of
+    mass within the agreement by chance, were preferred to learned masks of steady area agreeing in neither
+    (the frames that agree were compared first); the track was then left out, its masks' area unsteady."""
+    from xanestrack.pipeline import PipelineOptions, _mask_score
+
+    opts = PipelineOptions()
+    both = np.ones(2, bool)
+    centres = np.array([[30.0, 30.0], [30.0, 30.0]])
+    learned = _scored(_masks([20, 20]), [[32.0, 30.0], [32.0, 30.0]])  # steady, 2 px off in both frames
+    odd = _scored(_masks([12, 24]), [[30.0, 30.0], [33.0, 30.0]])  # both areas odd, frame 0 agrees
+    assert _mask_score(odd, centres, both, opts) < _mask_score(learned, centres, both, opts)
+    # and empty masks never beat masks that are there
+    empty = _scored(np.zeros((2, 61, 61)), [[np.nan, np.nan]] * 2)
+    assert _mask_score(empty, centres, both, opts) < _mask_score(learned, centres, both, opts)
+    # control: masks that agree in many frames and fail in few still win over steady ones that agree in none
+    many = np.ones(10, bool)
+    good = _scored(_masks([20] * 8 + [12, 20]), [[30.0, 30.0]] * 10)  # agree in 10, one odd area
+    steady = _scored(_masks([20] * 10), [[32.0, 30.0]] * 10)
+    c10 = np.full((10, 2), 30.0)
+    assert _mask_score(good, c10, many, opts) > _mask_score(steady, c10, many, opts)
+
+
 def _guarded(monkeypatch, fallback_radius, *, learned_shift=0.0, fallback_small_frames=0):
     """A particle located with a "learned" segmenter whose masks the guard distrusts (its miss forced to 30 %)
     and a classical fallback outlining a disc of ``fallback_radius`` (None: the particle's) in every window (half as large in the first
