@@ -3031,8 +3031,9 @@ def run_pipeline(
         amb = np.unique(tracks.loc[tracks["common_ambiguous"].fillna(False).astype(bool), "frame"].to_numpy(int))
         notes.append(
             f"the common step between key frames could not be told in {count(len(amb), 'frame')} "
-            f"({frame_list(amb, energies)}): the field shows the same pattern at two shifts (alike particles one "
-            "spacing apart, no matrix texture to tell them); no position is vouched for there (flagged "
+            f"({frame_list(amb, energies)}): a step from frame to frame matched as well at another shift, and the "
+            "key frames allow both (alike particles one spacing apart with no matrix texture to tell them, or faint "
+            "frames); no position is vouched for there (flagged "
             "position_outlier and disagree); detect in more frames (--detect-every) to measure them"
         )
     if options.smooth_tracks and len(vouched) >= 2:
