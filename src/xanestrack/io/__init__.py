@@ -294,10 +294,7 @@ def _tiff_stack(data, e, reverse, notes, path, files, flats, darks, values, orde
     refusal = energy_axis_last_refusal(od, source=path)  # a cube saved (rows, cols, energies)
     if refusal:
         raise XanestrackError(refusal)
-    if unlit:  # the pipeline flags a particle the field's edge cuts as out of view
-        meta["unlit"] = unlit[0]
-    if illumination:  # the pipeline takes it out of the particles' chemistry
-        meta["illumination"] = illumination[0]
+    _keep_extras(meta, unlit, illumination)
     from .tiff import tiff_pixel_size
 
     # an ImageJ or OME TIFF's, with its unit (ignored before, without a word)
@@ -747,11 +744,19 @@ def _hdf5_stack(d, path, energies, values, scan, flats=None, darks=None, dynamic
     refusal = energy_axis_last_refusal(od, source=path)  # a cube saved (rows, cols, energies)
     if refusal:
         raise XanestrackError(refusal)
-    if unlit:  # the pipeline flags a particle the field's edge cuts as out of view
-        meta["unlit"] = unlit[0]
-    if illumination:  # the pipeline takes it out of the particles' chemistry
-        meta["illumination"] = illumination[0]
+    _keep_extras(meta, unlit, illumination)
     return Stack(_in_energy_order(od, e, reverse, meta), e, d["pixel_size_um"], meta)
+
+
+def _keep_extras(meta: dict, unlit: list, illumination: list) -> None:
+    """Keep in ``meta`` what :func:`optical_density` (or ``values_without_flats``) handed back beside the optical
+    density, where it found any: ``"unlit"``, the pixels outside the beam's lit field (the pipeline flags a particle
+    the field's edge cuts as out of view), and ``"illumination"``, the images' illumination off their flats' (the
+    pipeline takes it out of the particles' chemistry)."""
+    if unlit:
+        meta["unlit"] = unlit[0]
+    if illumination:
+        meta["illumination"] = illumination[0]
 
 
 def _in_energy_order(od, energies_ev, reverse: bool, meta: dict):
