@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from conftest import shared_data
+from xanestrack.result import FRAME_FLAGS
 
 MASK_REASONS = ("mask_", "no_usable_mask")
 
@@ -118,9 +119,9 @@ def test_nothing_is_said_of_left_out_tracks_or_pieces_on_the_default_scene():
 
 
 @pytest.mark.slow
-def test_ssrl_tracks_measured_in_no_frame_are_said_with_their_masks():
-    # the real SSRL pair, learned detector: 5 tracks left out as "measured in no frame (no outline of a particle
-    # in its window)"; their windows held masks: empty or joined to a touching one, or too unlike in area
+def test_ssrl_tracks_whose_masks_failed_are_kept_or_said():
+    # the real SSRL pair, learned detector: 5 tracks had been left out as "measured in no frame (no outline of a
+    # particle in its window)"; their windows held masks: empty or joined to a touching one, or too unlike in area
     from xanestrack.detect import DetectOptions
     from xanestrack.io import read_stack
     from xanestrack.models import pipeline_models
@@ -134,17 +135,17 @@ def test_ssrl_tracks_measured_in_no_frame_are_said_with_their_masks():
     res = run_pipeline(stack, options=opts, detector=det, segmenter=seg)
     rej = res.rejected
     left = rej[rej["reason"].astype(str).str.startswith(MASK_REASONS)]
-    note = next(n for n in res.notes if "measured in no frame" in n)
-    assert "no outline" not in note and "detected in 1 of the 2 frames examined" in note
     # 2 since the orientation guard (the learned outlines of most of the pair's particles move 0.9-11.9 px with the
     # window's orientation: outlined classically), 3-5 before; 1 since an elongated particle whose masks fail is
     # located again in windows that hold it (pipeline._locate_particle): the one at (187, 380), its masks empty in
     # both frames, reaches 1.7 radii along its long axis: outlined in windows that hold it, it lies inside particle 3
-    # (99 % of its mask: a part of it tracked twice); the one at (935, 362) (1.9 radii) is left out as before
-    assert len(left) >= 1 and (left["n_frames"] >= 1).all()
-    for _, row in left.iterrows():
-        assert f"at (y, x) ({row['y']:.0f}, {row['x']:.0f}), detected in" in note
-    assert note.count("its mask in its window was") == len(left)
+    # (99 % of its mask: a part of it tracked twice). None since the mask guard counts an empty mask as trouble
+    # (2026-12-07): the one at (935, 362) (1.9 radii) had been given classical masks empty in both frames over learned
+    # ones of 532 / 525 px (an empty mask was no trouble) and left out; it is tracked now, vouched for in neither frame
+    assert left.empty, left
+    assert not any("measured in no frame" in n for n in res.notes)
+    (at,) = [p for p in res.particles if np.hypot(*(np.asarray(p.positions[0]) - (935, 357))) < 12]
+    assert (at.frame_flags & FRAME_FLAGS["disagree"]).all()
     inside = rej[rej["reason"].astype(str).str.startswith("inside_particle_")]
     assert (np.hypot(inside["y"] - 187, inside["x"] - 380) < 5).sum() == 1
     # the particle at (944, 761) (965, 770 at 8354 eV), detected isolated in that frame, was left out for its two
