@@ -277,3 +277,34 @@ def test_a_mismatch_changing_smoothly_is_said_by_default_and_taken_out_when_aske
     on = optical_density(counts, flats=flats, darks=dark, notes=notes, dynamic_flats=True)
     assert any("taken out of each frame" in t for t in notes)
     assert _disc_errors(on, truth).max() < 0.0015
+
+
+def test_frames_put_in_another_order_after_reading_are_refused_with_the_pattern(tmp_path):
+    """The reader keeps each frame's level beside the pattern; a Stack whose frames were put in another order since,
+    the pattern kept (same shape: it passed), would give each frame's chemistry another frame's mismatch: refused.
+    The frames as read, and read from a file written from high to low energy (reversed by the reader), pass."""
+    import h5py
+
+    from xanestrack.io import read_stack
+    from xanestrack.pipeline import _illumination_field
+    from xanestrack.stack import Stack
+
+    counts, flats, dark, _ = _scan(0.3)
+    energies = np.linspace(8.30, 8.40, N)
+    for name, order in (("up", slice(None)), ("down", slice(None, None, -1))):
+        with h5py.File(tmp_path / f"{name}.h5", "w") as f:
+            f["img_xanes"] = counts[order]
+            f["img_bkg"] = flats[order]
+            f["img_dark"] = dark[None]
+            f["X_eng"] = energies[order]
+        st = read_stack(tmp_path / f"{name}.h5", zingers=False)
+        found = st.metadata["illumination"]
+        assert found.frame_levels is not None and found.frame_levels.shape == (N,)
+        assert _illumination_field(st, st.od.shape) is found
+    swapped = st.od.copy()
+    swapped[[3, 7]] = swapped[[7, 3]]
+    with pytest.raises(ValueError, match="in another order"):
+        _illumination_field(Stack(swapped, st.energies_ev, None, dict(st.metadata)), swapped.shape)
+    # values changed in place (not a reordering): passes as before
+    changed = st.od + np.float32(0.01)
+    assert _illumination_field(Stack(changed, st.energies_ev, None, dict(st.metadata)), changed.shape) is found

@@ -1104,7 +1104,8 @@ def _illumination_field(stack, shape):
     Raises
     ------
     ValueError
-        If it is not of the frames' shape (the frames cropped, binned or some left out after reading).
+        If it is not of the frames' shape (the frames cropped, binned or some left out after reading), or was kept
+        for these frames in another order (:func:`_illumination_reordered`).
     """
     found = stack.metadata.get("illumination")
     if found is None:
@@ -1121,7 +1122,28 @@ def _illumination_field(stack, shape):
             f"shape {tuple(got)}, not the stack's {tuple(shape)}: leave it out where the frames were cropped, binned "
             "or some left out after reading (the particles' chemistry then keeps the mismatch)"
         )
+    if _illumination_reordered(found, stack.od):
+        raise ValueError(
+            "stack.metadata['illumination'] (each frame's illumination off its flat's) was kept for these frames in "
+            "another order: leave it out where the frames were sorted or reordered after reading (the particles' "
+            "chemistry then keeps the mismatch), or reorder it with them"
+        )
     return found
+
+
+def _illumination_reordered(found, od) -> bool:
+    """Whether the frames ``od`` are those the pattern ``found`` was kept for, put in another order: their levels
+    (:func:`xanestrack.io.flatfield.frame_levels`) match those kept by the reader only once both are sorted. The
+    pattern would go to other frames (a Stack's frames sorted or shuffled after reading, the metadata kept: each
+    frame's chemistry given another frame's mismatch). False where no levels were kept or the values changed."""
+    from .io.flatfield import frame_levels
+
+    kept = getattr(found, "frame_levels", None)
+    if kept is None or len(kept) != od.shape[0]:
+        return False
+    now = frame_levels(od)
+    same = lambda a, b: np.allclose(a, b, rtol=1e-5, atol=1e-6, equal_nan=True)  # noqa: E731
+    return not same(now, kept) and same(np.sort(now), np.sort(kept))
 
 
 def _unlit_field(stack, frame_shape):

@@ -246,7 +246,9 @@ class SynthStack:
         images' illumination differed from their flats' (the stress family's ripple), that pattern as
         ``metadata["illumination"]`` with its note (:func:`xanestrack.io.flatfield.optical_density`), which the
         pipeline takes out of the particles' chemistry."""
-        from .io.flatfield import optical_density
+        import dataclasses
+
+        from .io.flatfield import frame_levels, optical_density
         from .stack import Stack
 
         notes, found = [], []
@@ -255,7 +257,7 @@ class SynthStack:
         if notes:
             meta["notes"] = notes
         if found:
-            meta["illumination"] = found[0]
+            meta["illumination"] = dataclasses.replace(found[0], frame_levels=frame_levels(od))
         return Stack(od, self.energies_ev, None, meta)
 
 

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from pathlib import Path
@@ -151,6 +152,11 @@ def read_stack(
                 f"{len(per_frame)} frames, most in the frame at {stack.energies_ev[k]:.1f} eV ({int(per_frame[k])}; "
                 f"frame {k} in energy order)"
             )
+    found = stack.metadata.get("illumination")
+    if found is not None:  # the frames' levels as handed over: frames put in another order since are refused
+        from .flatfield import frame_levels
+
+        stack.metadata["illumination"] = dataclasses.replace(found, frame_levels=frame_levels(stack.od))
     return stack
 
 

@@ -990,6 +990,9 @@ class IlluminationResidual:
         Its RMS over the frames and the lit field, less its mean over the frames and a plane per frame.
     note : str
         What a run says of it.
+    frame_levels : ndarray (n_frames,) or None
+        Each frame's level (:func:`frame_levels`) as the reader handed the frames over: a Stack whose frames were put
+        in another order since is refused (``pipeline._illumination_field``), as one of another shape is.
 
     Frame ``k``'s pattern is ``coefs[k] @ components`` (:meth:`frame`); :meth:`windows` gives it on a particle's
     aligned grid, where the pipeline takes it out of the frames its chemistry is measured on.
@@ -999,6 +1002,7 @@ class IlluminationResidual:
     components: np.ndarray
     rms_od: float
     note: str
+    frame_levels: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple:
@@ -1011,7 +1015,8 @@ class IlluminationResidual:
 
     def reversed(self) -> IlluminationResidual:
         """The same with the frames in reverse order."""
-        return IlluminationResidual(self.coefs[::-1].copy(), self.components, self.rms_od, self.note)
+        levels = None if self.frame_levels is None else self.frame_levels[::-1].copy()
+        return IlluminationResidual(self.coefs[::-1].copy(), self.components, self.rms_od, self.note, levels)
 
     def windows(self, origin, shifts, size: int) -> np.ndarray:
         """Each frame's pattern on an aligned grid (n_frames, size, size), float32.
@@ -1038,6 +1043,19 @@ class IlluminationResidual:
                 crop = self.components[:, ys][:, :, xs]
             out[k] = np.tensordot(self.coefs[k], crop, 1)
         return out
+
+
+def frame_levels(od) -> np.ndarray:
+    """Each frame's level: the median of its finite pixels on a grid every 8 px (n_frames,), float64; NaN for a frame
+    with none. What :attr:`IlluminationResidual.frame_levels` holds, to tell frames put in another order."""
+    od = np.asarray(od)
+    grid = od[:, ::8, ::8].reshape(od.shape[0], -1).astype(np.float64)
+    out = np.full(od.shape[0], np.nan)
+    for k in range(od.shape[0]):
+        v = grid[k][np.isfinite(grid[k])]
+        if v.size:
+            out[k] = np.median(v)
+    return out
 
 
 def _robust_fit(y, use, design, grow: int):
