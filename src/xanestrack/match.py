@@ -919,9 +919,10 @@ def _resolve_steps(steps, common, ka, kb, *, tol):
     rounding) were taken over it, near the edge of a reduced stress-all scene (seed 1): every
     particle's window placed 30 px off in two frames, measured in neither, their positions filled
     there from that shift (flagged): each isolated particle 7.2 px RMS, none tracked through every
-    frame; with the fewest lower peaks 0.31-0.53 px, all three (0.40-0.53 px turned or flipped). Where none is consistent (or the steps are too many to weigh),
-    the highest peaks are taken and every frame from the first ambiguous step on is ambiguous, as is
-    every frame before it that the miss of that chain, spread over the frames, moved by more than ``tol / 2``.
+    frame; with the fewest lower peaks 0.31-0.53 px, all three (0.40-0.53 px turned or flipped).
+    Where none is consistent (or the steps are too many to weigh), the highest peaks are taken and every
+    frame from the first ambiguous step on is ambiguous, as is every frame before it that the miss of
+    that chain, spread over the frames, moved by more than ``tol / 2``.
     """
     import itertools
 
