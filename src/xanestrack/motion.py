@@ -1303,6 +1303,20 @@ def _own_motion_split(out: pd.DataFrame, motion: pd.DataFrame, split: pd.DataFra
     return out
 
 
+def only_reliable(
+    motion: pd.DataFrame, reliable, columns=("rigid_dy", "rigid_dx", "nonrigid_dy", "nonrigid_dx")
+) -> pd.DataFrame:
+    """``motion`` with ``columns`` NaN in its rows whose ``(particle, frame)`` the table ``reliable`` (``particle,
+    frame, reliable``) does not mark reliable (a row it lacks is not); ``motion`` itself where ``reliable`` is None."""
+    if reliable is None or not len(motion):
+        return motion
+    keep = motion[["particle", "frame"]].merge(reliable, on=["particle", "frame"], how="left")["reliable"]
+    keep = keep.fillna(False).astype(bool).to_numpy()
+    out = motion.copy()
+    out.loc[~keep, list(columns)] = np.nan
+    return out
+
+
 def peak_ratios(
     motion: pd.DataFrame,
     reliable: pd.DataFrame | None = None,
@@ -1346,12 +1360,7 @@ def peak_ratios(
     as motion, :data:`STILL_FIELD_NOISE` times the least noise (NaN without ``noise_px``).
     """
     split = motion.attrs.get("own_split")  # (compute_motion's: how far each own motion moves with the split)
-    if reliable is not None and len(motion):
-        keep = motion[["particle", "frame"]].merge(reliable, on=["particle", "frame"], how="left")["reliable"]
-        keep = keep.fillna(False).astype(bool).to_numpy()
-        motion = motion.copy()
-        cols = ["rigid_dy", "rigid_dx", "nonrigid_dy", "nonrigid_dx"]
-        motion.loc[~keep, cols] = np.nan
+    motion = only_reliable(motion, reliable)
     rows, common, counts = [], [], {}
     for pid, g in motion.groupby("particle"):
         g = g.sort_values("frame")

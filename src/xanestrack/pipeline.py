@@ -1085,13 +1085,9 @@ def _own_motion_vouched(motion: pd.DataFrame, frames: pd.DataFrame) -> pd.DataFr
     reduced stress-all scene, seed 2, learned: no particle vouched for before frame 18, "mostly (84 %) a turn of the
     whole field, up to -0.53 degrees (frame 10)", and a magnification off its line: the scene neither turns nor
     leaves its line)."""
-    if not len(motion) or frames is None or not len(frames):
-        return motion
-    keep = motion[["particle", "frame"]].merge(frames, on=["particle", "frame"], how="left")["reliable"]
-    keep = keep.fillna(False).to_numpy(bool)
-    out = motion.copy()
-    out.loc[~keep, ["nonrigid_dy", "nonrigid_dx"]] = np.nan
-    return out
+    from .motion import only_reliable
+
+    return only_reliable(motion, frames if frames is not None and len(frames) else None, ("nonrigid_dy", "nonrigid_dx"))
 
 
 def _illumination_field(stack, shape):

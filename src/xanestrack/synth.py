@@ -246,9 +246,7 @@ class SynthStack:
         images' illumination differed from their flats' (the stress family's ripple), that pattern as
         ``metadata["illumination"]`` with its note (:func:`xanestrack.io.flatfield.optical_density`), which the
         pipeline takes out of the particles' chemistry."""
-        import dataclasses
-
-        from .io.flatfield import frame_levels, optical_density
+        from .io.flatfield import optical_density
         from .stack import Stack
 
         notes, found = [], []
@@ -257,7 +255,7 @@ class SynthStack:
         if notes:
             meta["notes"] = notes
         if found:
-            meta["illumination"] = dataclasses.replace(found[0], frame_levels=frame_levels(od))
+            meta["illumination"] = found[0].kept_for(od)
         return Stack(od, self.energies_ev, None, meta)
 
 

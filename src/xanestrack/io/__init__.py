@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import re
 from pathlib import Path
@@ -154,9 +153,7 @@ def read_stack(
             )
     found = stack.metadata.get("illumination")
     if found is not None:  # the frames' levels as handed over: frames put in another order since are refused
-        from .flatfield import frame_levels
-
-        stack.metadata["illumination"] = dataclasses.replace(found, frame_levels=frame_levels(stack.od))
+        stack.metadata["illumination"] = found.kept_for(stack.od)
     return stack
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -1013,6 +1014,10 @@ class IlluminationResidual:
         """Frame ``k``'s pattern (rows, cols), float32."""
         return np.tensordot(self.coefs[k], self.components, 1).astype(np.float32)
 
+    def kept_for(self, od) -> IlluminationResidual:
+        """The same with the levels of the frames ``od`` it goes with, as handed over (:func:`frame_levels`)."""
+        return dataclasses.replace(self, frame_levels=frame_levels(od))
+
     def reversed(self) -> IlluminationResidual:
         """The same with the frames in reverse order."""
         levels = None if self.frame_levels is None else self.frame_levels[::-1].copy()
@@ -1050,12 +1055,9 @@ def frame_levels(od) -> np.ndarray:
     with none. What :attr:`IlluminationResidual.frame_levels` holds, to tell frames put in another order."""
     od = np.asarray(od)
     grid = od[:, ::8, ::8].reshape(od.shape[0], -1).astype(np.float64)
-    out = np.full(od.shape[0], np.nan)
-    for k in range(od.shape[0]):
-        v = grid[k][np.isfinite(grid[k])]
-        if v.size:
-            out[k] = np.median(v)
-    return out
+    with warnings.catch_warnings():  # a frame without a finite pixel: NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(grid, axis=1)
 
 
 def _robust_fit(y, use, design, grow: int):
