@@ -182,3 +182,98 @@ def test_link_detections_marks_the_frames_a_track_was_found_in_pieces():
         det, od = _whole_and_pieces(**kw)
         tracks, rejected, _ = link_detections(det, od)
         assert not tracks["pieces"].any() and (rejected["piece_of"] == -1).all(), kw
+
+
+# --- touching particles never cut in a key frame: the lobes of the outline ------------------------------------------
+# A pair whose contact stays 39 px long (radius 30 and 24 px, the smaller one's centre 14 px from the contact's chord:
+# a neck 0.81 of its radius), LiNiO2 fraction 0.1 and 0.9, held together: no key frame cuts it, and before, nothing
+# said it might be two. Beside it each member alone and the lobed single particle: the controls.
+NC_PAIR, NC_ONE, NC_TWO, NC_LOBED = (80.0, 60.0), (200.0, 60.0), (200.0, 190.0), (80.0, 190.0)
+NC_HALF_CHORD = 19.5  # px
+
+
+def _never_cut_scene(seed: int = 3):
+    rng = np.random.default_rng(seed)
+    energies = ni_energy_grid(N_ENERGIES)
+    refs = ni_references()
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(float)
+    drift = np.cumsum(rng.normal(0, 0.4, (N_ENERGIES, 2)), axis=0)
+    drift -= drift[0]
+    apart = np.sqrt(R1**2 - NC_HALF_CHORD**2) + np.sqrt(R2**2 - NC_HALF_CHORD**2)  # the centres' distance
+    lobed = np.zeros((SIZE, SIZE), bool)
+    for dy, dx, ay, ax in ((0, 0, 26, 20), (10, 16, 16, 14), (-12, 14, 14, 16)):
+        lobed |= ((yy - NC_LOBED[0] - dy) / ay) ** 2 + ((xx - NC_LOBED[1] - dx) / ax) ** 2 <= 1
+    depth = ndimage.distance_transform_edt(lobed)
+    od = np.zeros((N_ENERGIES, SIZE, SIZE), np.float32)
+    for k in range(N_ENERGIES):
+        g = drift[k]
+        c1 = np.array(NC_PAIR) + g
+        c2 = c1 + np.array([0.0, apart])
+        p1 = (yy - c1[0]) ** 2 + (xx - c1[1]) ** 2 - R1**2
+        p2 = (yy - c2[0]) ** 2 + (xx - c2[1]) ** 2 - R2**2
+        objects = [
+            (_disc(yy, xx, c1, R1) * (p1 <= p2), 0.1),
+            (_disc(yy, xx, c2, R2) * (p2 < p1), 0.9),
+            (_disc(yy, xx, np.array(NC_ONE) + g, R1), 0.1),
+            (_disc(yy, xx, np.array(NC_TWO) + g, R2), 0.9),
+            (ndimage.shift((depth / depth.max()) ** 0.5, g, order=1), 0.5),
+        ]
+        frame = np.zeros((SIZE, SIZE))
+        for thickness, f in objects:
+            mu = (
+                0.25 * (energies[k] / 8333.0) ** -3
+                + (1 - f) * refs["NiO"](energies[k])
+                + f * refs["LiNiO2"](energies[k])
+            )
+            frame += 0.6 * mu * thickness
+        od[k] = ndimage.gaussian_filter(frame, 1.0) + rng.normal(0, 0.01, frame.shape)
+    return od, energies, apart
+
+
+@pytest.fixture(scope="module")
+def never_cut():
+    od, energies, apart = _never_cut_scene()
+    return run_pipeline(Stack(od, energies), options=PipelineOptions()), apart  # the classical path
+
+
+def test_a_pair_never_cut_is_said_to_be_perhaps_two_with_each_lobes_e50(never_cut):
+    """The pair is one particle, cut in no key frame: its half-height outline's two lobes are named where the
+    members lie, with a median E50 each that is its member's (the member alone beside it, within 0.3 eV; the two
+    1.4 eV apart), ``touching_pieces`` 2 with ``touching_pieces_frames`` 0, and a run note of its own (not the one
+    on outlines cut in key frames)."""
+    from xanestrack.outlines import LOBES_NOTE
+
+    result, apart = never_cut
+    s = particle_summary(result)
+    assert len(s) == 4, s  # the pair as one, each member alone, the lobed particle
+    pair = _at(s, (NC_PAIR[0], NC_PAIR[1] + 15))
+    assert len(pair) == 1, s
+    pid = int(pair["particle"].iloc[0])
+    assert int(pair["touching_pieces"].iloc[0]) == 2 and int(pair["touching_pieces_frames"].iloc[0]) == 0
+    p = next(q for q in result.particles if q.particle == pid)
+    note = next(n for n in p.notes if n.startswith(LOBES_NOTE))
+    assert "2 lobes of a particle's size" in note and "may be 2 touching particles reported as one" in note
+    lobes = re.findall(r"\((\d+), (\d+)\) r (\d+), median E50 ([\d.]+) eV", note)
+    assert len(lobes) == 2, note
+    (y1, x1, _, e1), (y2, x2, _, e2) = [tuple(map(float, q)) for q in lobes]  # the larger lobe first
+    assert np.hypot(y1 - NC_PAIR[0], x1 - NC_PAIR[1]) < 4.0, note
+    assert np.hypot(y2 - NC_PAIR[0], x2 - NC_PAIR[1] - apart) < 4.0, note
+    alone = {yx: float(_at(s, yx)["mean_e50_ev"].iloc[0]) for yx in (NC_ONE, NC_TWO)}
+    assert abs(e1 - alone[NC_ONE]) < 0.3 and abs(e2 - alone[NC_TWO]) < 0.3, (e1, e2, alone)
+    assert e2 - e1 > 1.0
+    assert any(n.startswith(f"the outline of 1 of 4 particles ({pid}) has lobes") for n in result.notes)
+    assert not any("were cut into pieces" in n or "was cut into pieces" in n for n in result.notes)
+
+
+def test_single_particles_and_a_lobed_one_have_no_lobes(never_cut):
+    """Controls: each member alone and the lobed particle (three ellipses, one body) have no note on lobes."""
+    from xanestrack.outlines import LOBES_NOTE
+
+    result, _ = never_cut
+    s = particle_summary(result)
+    for yx in (NC_ONE, NC_TWO, (NC_LOBED[0], NC_LOBED[1] + 5)):
+        row = _at(s, yx)
+        assert len(row) == 1, (yx, s)
+        assert int(row["touching_pieces"].iloc[0]) == 0
+        p = next(q for q in result.particles if q.particle == int(row["particle"].iloc[0]))
+        assert not any(n.startswith(LOBES_NOTE) for n in p.notes), p.notes

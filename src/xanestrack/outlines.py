@@ -723,3 +723,153 @@ def _moving_rim_run_note(particles) -> str:
         "biased (the rim's spectra mix the particle and its surroundings), flagged moving_rim and left out of "
         "their means; each particle's note says by how much"
     )
+
+
+#: the share of a particle's level above its local background at which the outline its lobes are sought in is
+#: drawn (:func:`outline_lobes`), on the mean of its aligned frames past the edge (the image its size is measured
+#: on, :func:`xanestrack.result.outline_relief`). At half height the neck between two touching spheres is as wide as
+#: their contact: the probe's touching pairs and trios (radius 22-36 px, contacts 32-44 px long, 40 energies) read
+#: a saddle of the outline's distance transform of 0.60-0.875 of the smaller lobe's inscribed radius where their
+#: geometry gives 0.67-0.875, on both paths alike; their consensus masks, which the learned segmenter rounds, read
+#: 0.75-0.975 (a pair at 0.81 not split at all)
+LOBE_LEVEL_SHARE = 0.5
+#: lobes of that outline are taken for touching particles where the saddle of its distance transform between them
+#: is at most this share of the smaller one's inscribed radius (the detector cuts a component at 0.6:
+#: :func:`xanestrack.detect.cut_at_necks`; between the two, touching particles are kept whole as one, and said to
+#: be perhaps several). Measured at half height (:data:`LOBE_LEVEL_SHARE`): every particle of the stress family
+#: (seven cases, seeds 1-2, full size, both paths, 348 particles) 0.95 or more, and of the default scenes and the
+#: probe's lobed particle (three ellipses, one body) 1.0 (no saddle below); the real SSRL pair's largest particle,
+#: whose mask takes in a touching particle of radius 25 px at its upper right, 0.55
+LOBE_NECK = 0.85
+#: pixels of a lobe with an E50 (in the particle's core, kept by the quality masks) for its median to be given
+LOBE_MIN_E50_PIXELS = 20
+#: how a particle's note on the lobes of its outline begins (the run note gathers them: :func:`_lobes_run_note`)
+LOBES_NOTE = "its outline at half height has"
+
+
+@dataclasses.dataclass(frozen=True)
+class Lobe:
+    """One of the bodies a particle's outline is made of (:func:`outline_lobes`).
+
+    ``pixels`` (bool, the grid of the particle's mask), ``centre`` (y, x: frame-0 px), ``radius`` (the equivalent
+    radius of its part of the half-height outline, px) and ``peak`` (its inscribed radius, px).
+    """
+
+    pixels: np.ndarray
+    centre: tuple
+    radius: float
+    peak: float
+
+
+def outline_lobes(p, min_radius: float) -> tuple[list, float]:
+    """The lobes of a particle's outline where it is made of bodies of a particle's size joined at necks.
+
+    The outline is drawn at :data:`LOBE_LEVEL_SHARE` of the particle's level on the image its size is measured on
+    (:func:`xanestrack.result.outline_relief`) and cut at the saddles of its distance transform that are at most
+    :data:`LOBE_NECK` times the smaller body's inscribed radius (:func:`xanestrack.detect.cut_at_necks`); bodies
+    under a disc of ``min_radius`` (the detector's smallest particle) are not lobes (a fine on its flank).
+
+    Returns
+    -------
+    lobes : list of :class:`Lobe`
+        Two or more, or none (one body, or the outline not measured).
+    neck : float
+        The widest neck between two lobes that touch, as a share of the smaller one's inscribed radius (NaN
+        where no two touch: a piece too small between them).
+    """
+    from .detect import cut_at_necks
+    from .result import outline_relief
+
+    relief = outline_relief(p)
+    if relief is None:
+        return [], float("nan")
+    half = relief.above(LOBE_LEVEL_SHARE)
+    min_area = np.pi * float(min_radius) ** 2
+    if np.count_nonzero(half) < 2 * min_area:
+        return [], float("nan")
+    pieces = cut_at_necks(half, min_area, np.inf, neck=1.0 - LOBE_NECK)
+    if len(pieces) < 2:
+        return [], float("nan")
+    dist = ndimage.distance_transform_edt(np.pad(half, 1))[1:-1, 1:-1]
+    labels = np.zeros(half.shape, int)
+    for i, q in enumerate(pieces, start=1):
+        labels[q] = i
+    peaks = np.array([float(dist[q].max()) for q in pieces])
+    neck = float("nan")
+    for a, b, da, db in (
+        (labels[:, :-1], labels[:, 1:], dist[:, :-1], dist[:, 1:]),
+        (labels[:-1, :], labels[1:, :], dist[:-1, :], dist[1:, :]),
+    ):
+        m = (a != b) & (a > 0) & (b > 0)
+        for la, lb, s in zip(a[m], b[m], np.minimum(da[m], db[m]), strict=True):
+            r = float(s) / min(peaks[la - 1], peaks[lb - 1])
+            neck = r if not np.isfinite(neck) else max(neck, r)
+    origin = np.asarray(p.origin, float)
+    lobes = []
+    for q, peak in zip(pieces, peaks, strict=True):
+        yy, xx = np.nonzero(q)
+        centre = (float(origin[0] + yy.mean()), float(origin[1] + xx.mean()))
+        lobes.append(Lobe(q, centre, float(np.sqrt(q.sum() / np.pi)), peak))
+    return lobes, neck
+
+
+def _lobes_note(p, lobes: list, neck: float) -> str:
+    """A particle's note on the lobes of its outline (:func:`outline_lobes`), each with its median E50 where the
+    particle's is given."""
+    from .result import core_pixels, e50_withheld
+
+    e50 = (p.edge_maps or {}).get("e50")
+    core = core_pixels(p) if e50 is not None and not e50_withheld(p) else None
+    parts = []
+    for q in sorted(lobes, key=lambda q: -q.radius):
+        words = f"({q.centre[0]:.0f}, {q.centre[1]:.0f}) r {q.radius:.0f}"
+        if core is not None:
+            v = np.asarray(e50, float)[q.pixels & core]
+            v = v[np.isfinite(v)]
+            if v.size >= LOBE_MIN_E50_PIXELS:
+                words += f", median E50 {np.median(v):.2f} eV over {v.size} px"
+        parts.append(words)
+    how = (
+        f"joined at a neck {neck:.2f} of the smaller one's width"
+        if np.isfinite(neck)
+        else f"joined at necks narrower than {LOBE_NECK:.2f} of the smaller one's width"
+    )
+    return (
+        f"{LOBES_NOTE} {len(lobes)} lobes of a particle's size, {how} (y, x in frame-0 px, radius r at half height: "
+        f"{'; '.join(parts)}): it may be {len(lobes)} touching particles reported as one (whose contact is too wide "
+        "for the detector to cut them apart), its position, motion, size and mean E50 a mix of theirs; the pixels' "
+        "maps are each pixel's own"
+    )
+
+
+def _with_outline_lobes(particles: list, min_radius: float) -> list:
+    """The particles with a note on the lobes of their outline (:func:`outline_lobes`) where it has some, and
+    ``touching_pieces`` their number (``touching_pieces_frames`` 0: the detector cut it in no frame). Those whose
+    outline the detector cut into pieces in some frames are left as they are (their note says so)."""
+    out = []
+    for p in particles:
+        if int(getattr(p, "touching_pieces", 0) or 0) >= 2:
+            out.append(p)
+            continue
+        lobes, neck = outline_lobes(p, min_radius)
+        if len(lobes) < 2:
+            out.append(p)
+            continue
+        note = _lobes_note(p, lobes, neck)
+        out.append(dataclasses.replace(p, notes=(*p.notes, note), touching_pieces=len(lobes), touching_pieces_frames=0))
+    return out
+
+
+def _lobes_run_note(particles) -> str:
+    """The run note gathering the particles whose outline has lobes of a particle's size (:func:`outline_lobes`)."""
+    ids = [p.particle for p in particles if _has_note(p, LOBES_NOTE)]
+    if not ids:
+        return ""
+    return (
+        f"the outline{'s' if len(ids) > 1 else ''} of {len(ids)} of {len(particles)} particles "
+        f"({', '.join(map(str, ids[:12]))}{' ...' if len(ids) > 12 else ''}) {'have' if len(ids) > 1 else 'has'} "
+        f"lobes of a particle's size joined at necks (at half height, at most {LOBE_NECK:.2f} of the smaller lobe's "
+        "width), which the detector did not cut: each may be touching particles reported as one, its position, "
+        "motion, size and mean E50 a mix of theirs; each particle's note names its lobes and their median E50 "
+        "(touching_pieces in the particles' table and figures/uncertainty.csv, touching_pieces_frames 0)"
+    )

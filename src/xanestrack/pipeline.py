@@ -75,9 +75,11 @@ from .outlines import (
     _filled_run_note,
     _flag_moving_rims,
     _has_note,
+    _lobes_run_note,
     _moving_rim_run_note,
     _with_filled_pixels,
     _with_moving_rims,
+    _with_outline_lobes,
 )
 from .register import (
     MEDIAN_OFFSET_FRAMES,
@@ -2843,7 +2845,12 @@ def _pieces_note(track, energies, mask=None, pid: int | None = None) -> tuple[in
 
 def _pieces_run_note(particles) -> str:
     """The run note naming the particles whose outline was found in pieces in some frames (:func:`_pieces_note`)."""
-    ids = [p.particle for p in particles if int(getattr(p, "touching_pieces", 0) or 0) >= 2]
+    # (the frames so cut: those whose outline has lobes, never cut, have 0 and a note of their own, _lobes_run_note)
+    ids = [
+        p.particle
+        for p in particles
+        if int(getattr(p, "touching_pieces", 0) or 0) >= 2 and int(getattr(p, "touching_pieces_frames", 0) or 0) > 0
+    ]
     if not ids:
         return ""
     return (
@@ -3297,6 +3304,9 @@ def run_pipeline(
                 }
             )
         )
+    # touching particles kept whole as one (a contact too wide for the detector's necks) and never cut in a key frame:
+    # the lobes of the outline said (outlines.outline_lobes)
+    particles = _with_outline_lobes(particles, options.detect.min_radius)
     timings["segment_register_xanes"] = time.perf_counter() - t
     particles, two_edges = _two_edges(particles, energies)
     if two_edges:
@@ -3529,6 +3539,7 @@ def run_pipeline(
             _moving_rim_run_note(particles),
             _filled_run_note(particles, gaps, energies),
             _pieces_run_note(particles),
+            _lobes_run_note(particles),
         )
         if n
     ]

@@ -893,8 +893,8 @@ def uncertainty_figure(result, *, pixel_size_um: float | None = None) -> Figure:
     kept pixels, total and its noise and registration parts, the particle's mean E50 with its standard error
     and ``e50_normalisation_shift_ev`` (how far the energies its XANES used, fewer than the scan's, move its E50:
     :func:`xanestrack.result.particle_summary`), ``touching_pieces`` and ``touching_pieces_frames`` (its outline cut
-    into that many pieces of a particle's size in so many frames examined: it may be touching particles reported as
-    one; 0 where never), and its mean reference fractions over the same pixels as its mean
+    into that many pieces of a particle's size in so many frames examined, or where never cut its outline's lobes
+    and 0: it may be touching particles reported as one; 0 where neither), and its mean reference fractions over the same pixels as its mean
     E50 with their flags (:func:`_fraction_means`: ``fraction_<reference>``, ``fraction_<reference>_sigma_median``,
     ``oxidised_fraction``, ``fraction_flags``).
     """

@@ -10,7 +10,7 @@ one per-particle table (mean edge energy, largest non-rigid motion, flagged fram
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -113,15 +113,52 @@ def _outline_area(p) -> float:
     frames, with fewer than :data:`SIZE_RING_MIN` ring pixels clear of other particles in the first ring, or where
     the level does not stand above the background (the first outline is kept where the second ring is too small).
     """
+    relief = outline_relief(p)
+    if relief is None:
+        return float("nan")
+    n = int(np.count_nonzero(relief.above(SIZE_FOOT_SHARE)))
+    return float(n) if n else float("nan")
+
+
+@dataclass(frozen=True)
+class OutlineRelief:
+    """A particle's mean image past its edge, its level and its local background (:func:`outline_relief`).
+
+    ``img`` (h, w): the mean of its aligned frames past the edge (the grid of its ``mask``); ``mask``: its consensus
+    mask; ``region``: where its outline may lie (the mask grown by its reach, other tracked particles left out);
+    ``level``: the median over its core; ``background``: its local background.
+    """
+
+    img: np.ndarray
+    mask: np.ndarray
+    region: np.ndarray
+    level: float
+    background: float
+
+    def above(self, share: float) -> np.ndarray:
+        """The pixels above background + ``share`` x (level - background) in the region, in the connected regions
+        that meet the mask, holes filled: the outline drawn at that share of the particle's level."""
+        from scipy import ndimage
+
+        with np.errstate(invalid="ignore"):
+            above = (self.img > self.background + share * (self.level - self.background)) & self.region
+        labels, _ = ndimage.label(above)
+        hit = np.unique(labels[self.mask & above])
+        return ndimage.binary_fill_holes(np.isin(labels, hit[hit > 0]))
+
+
+def outline_relief(p) -> OutlineRelief | None:
+    """The image, level and background a particle's outline is drawn on (:func:`_outline_area`), or None where
+    they cannot be measured."""
     from scipy import ndimage
 
     aligned, mask = getattr(p, "aligned", None), getattr(p, "mask", None)
     flags = np.asarray(p.frame_flags).astype(np.int64)
     if aligned is None or mask is None or np.ndim(aligned) != 3 or len(aligned) != len(flags):
-        return float("nan")
+        return None
     mask = np.asarray(mask, bool)
     if not mask.any() or np.shape(aligned)[1:] != mask.shape:
-        return float("nan")
+        return None
     use = (flags & SIZE_LEFT_OUT_FLAGS) == 0
     if p.filled_frames is not None:
         use &= ~np.asarray(p.filled_frames, bool)
@@ -133,7 +170,7 @@ def _outline_area(p) -> float:
     else:
         use[:] = False
     if not use.any():
-        return float("nan")
+        return None
     # frame by frame: the whole aligned stack in float64 (and a copy of its frames) raised the run's peak memory at
     # 1024^2 by 64 MiB; pixels outside every such frame (beyond the input's border) stay NaN
     total, count = np.zeros(mask.shape), np.zeros(mask.shape)
@@ -148,7 +185,7 @@ def _outline_area(p) -> float:
     if not core.any():
         core = mask
     if not np.isfinite(img[core]).any():
-        return float("nan")
+        return None
     level = float(np.nanmedian(img[core]))
     share = SIZE_REACH_SHARE * np.sqrt(np.count_nonzero(mask) / np.pi)
     reach = max(float(SIZE_GROW_PX), share)
@@ -162,31 +199,22 @@ def _outline_area(p) -> float:
     region = beyond <= reach
     if others is not None:
         region &= mask | ~others
-
-    def outline(ring):
-        background = float(np.median(img[ring]))
-        if not level > background:
-            return None
-        with np.errstate(invalid="ignore"):
-            above = (img > background + SIZE_FOOT_SHARE * (level - background)) & region
-        labels, _ = ndimage.label(above)
-        hit = np.unique(labels[mask & above])
-        return ndimage.binary_fill_holes(np.isin(labels, hit[hit > 0]))
-
     ring = (beyond > reach) & (beyond <= reach + width) & clear
     if np.count_nonzero(ring) < SIZE_RING_MIN:
-        return float("nan")
-    inside = outline(ring)
-    if inside is None:
-        return float("nan")
+        return None
+    relief = OutlineRelief(img, mask, region, level, float(np.median(img[ring])))
+    if not level > relief.background:
+        return None
+    inside = relief.above(SIZE_FOOT_SHARE)
     if inside.any():
+        # the background again, beyond the outline so found (kept where that ring is too small or too bright)
         past = ndimage.distance_transform_edt(~inside)
         ring = (past > gap) & (past <= gap + width) & clear
         if np.count_nonzero(ring) >= SIZE_RING_MIN:
-            again = outline(ring)
-            inside = inside if again is None else again
-    n = int(np.count_nonzero(inside))
-    return float(n) if n else float("nan")
+            again = replace(relief, background=float(np.median(img[ring])))
+            if level > again.background:
+                relief = again
+    return relief
 
 
 def flag_names(value: int) -> str:
@@ -266,10 +294,13 @@ class ParticleResult:
         normalised on fewer.
     touching_pieces : int
         The most pieces of a particle's size the detector cut its outline into in one of the frames it examined,
-        where it kept it whole in the others (:func:`xanestrack.pipeline._pieces_note`): it may be that many
-        touching particles or more, reported as one; 0 where never cut so.
+        where it kept it whole in the others (:func:`xanestrack.pipeline._pieces_note`); where it never cut it, the
+        lobes of a particle's size its half-height outline is made of, joined at necks
+        (:func:`xanestrack.outlines.outline_lobes`): it may be that many touching particles or more, reported as
+        one; 0 where neither.
     touching_pieces_frames : int
-        The frames examined in which it was so cut (0: none).
+        The frames examined in which it was so cut (0: none; with ``touching_pieces`` 2 or more: lobes of its
+        outline).
     """
 
     particle: int
@@ -646,8 +677,8 @@ def particle_summary(result: PipelineResult, *, core_px: int = 2) -> pd.DataFram
     move its E50 against a particle of its chemistry measured on all of them:
     :attr:`ParticleResult.e50_normalisation_shift_ev`; 0 where it used them all, NaN where not measured or its mean
     E50 is not given), ``touching_pieces`` and ``touching_pieces_frames`` (the most pieces of a particle's size its
-    outline was cut into in a frame examined, and in how many: it may be touching particles reported as one,
-    :attr:`ParticleResult.touching_pieces`; 0 where never), ``whiteline_ev``, ``whiteline_height`` (means of the fitted
+    outline was cut into in a frame examined, and in how many; where never cut, the lobes of its outline and 0: it
+    may be touching particles reported as one, :attr:`ParticleResult.touching_pieces`; 0 where neither), ``whiteline_ev``, ``whiteline_height`` (means of the fitted
     whiteline), ``kept_fraction`` (the share of the mask's pixels the quality masks
     keep) and, when clusters were asked, ``cluster_<j>_fraction`` (of the particle's
     clustered pixels).

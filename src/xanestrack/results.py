@@ -1071,8 +1071,9 @@ def _write_h5(f, result, save_fused: bool, pixel_size_um: float = float("nan")) 
             # particle of its chemistry measured on all of them (0: it used them all; NaN: not measured): the
             # particles' table and uncertainty.csv read it back from here (chemistry.normbias.frames_bias_shift)
             e50_normalisation_shift_ev=float(getattr(p, "e50_normalisation_shift_ev", np.nan)),
-            # its outline cut into this many pieces of a particle's size in so many of the frames examined (0: never):
-            # it may be touching particles reported as one (pipeline._pieces_note); the particles' table reads them
+            # its outline cut into this many pieces of a particle's size in so many of the frames examined (0: never;
+            # or its outline's lobes and 0): it may be touching particles reported as one (pipeline._pieces_note,
+            # outlines.outline_lobes); the particles' table reads them
             touching_pieces=int(getattr(p, "touching_pieces", 0) or 0),
             touching_pieces_frames=int(getattr(p, "touching_pieces_frames", 0) or 0),
         )
