@@ -192,7 +192,9 @@ NC_PAIR, NC_ONE, NC_TWO, NC_LOBED = (80.0, 60.0), (200.0, 60.0), (200.0, 190.0),
 NC_HALF_CHORD = 19.5  # px
 
 
-def _never_cut_scene(seed: int = 3):
+def _never_cut_scene(seed: int = 3, slide: float = 0.0):
+    """The pair, the members alone, the lobed particle; the pair's smaller member sliding ``slide`` px across the
+    scan (along (0.6, 0.8): its contact stays too wide to be cut)."""
     rng = np.random.default_rng(seed)
     energies = ni_energy_grid(N_ENERGIES)
     refs = ni_references()
@@ -208,7 +210,7 @@ def _never_cut_scene(seed: int = 3):
     for k in range(N_ENERGIES):
         g = drift[k]
         c1 = np.array(NC_PAIR) + g
-        c2 = c1 + np.array([0.0, apart])
+        c2 = c1 + np.array([0.0, apart]) + slide * k / (N_ENERGIES - 1) * np.array([0.6, 0.8])
         p1 = (yy - c1[0]) ** 2 + (xx - c1[1]) ** 2 - R1**2
         p2 = (yy - c2[0]) ** 2 + (xx - c2[1]) ** 2 - R2**2
         objects = [
@@ -263,6 +265,25 @@ def test_a_pair_never_cut_is_said_to_be_perhaps_two_with_each_lobes_e50(never_cu
     assert e2 - e1 > 1.0
     assert any(n.startswith(f"the outline of 1 of 4 particles ({pid}) has lobes") for n in result.notes)
     assert not any("were cut into pieces" in n or "was cut into pieces" in n for n in result.notes)
+    assert "its lobes moved together" in note  # held together: the position is the group's
+
+
+def test_a_pair_never_cut_whose_members_slide_is_said_not_to_be_one_body():
+    """The same pair with its smaller member sliding 2 px across the scan: the lobes are said to move against each
+    other (their relative position straying more than 0.5 px from its median), so that no member's position is the
+    one reported; held together (above) they are said to move together."""
+    from xanestrack.outlines import LOBES_NOTE
+
+    od, energies, _ = _never_cut_scene(slide=2.0)
+    result = run_pipeline(Stack(od, energies), options=PipelineOptions())
+    pair = _at(particle_summary(result), (NC_PAIR[0], NC_PAIR[1] + 15))
+    assert len(pair) == 1 and int(pair["touching_pieces_frames"].iloc[0]) == 0, pair
+    p = next(q for q in result.particles if q.particle == int(pair["particle"].iloc[0]))
+    note = next(n for n in p.notes if n.startswith(LOBES_NOTE))
+    m = re.search(
+        r"its lobes moved against each other across the scan, their relative position straying ([\d.]+) px", note
+    )
+    assert m and float(m.group(1)) > 0.5, note
 
 
 def test_single_particles_and_a_lobed_one_have_no_lobes(never_cut):

@@ -743,6 +743,14 @@ LOBE_LEVEL_SHARE = 0.5
 LOBE_NECK = 0.85
 #: pixels of a lobe with an E50 (in the particle's core, kept by the quality masks) for its median to be given
 LOBE_MIN_E50_PIXELS = 20
+#: px: lobes whose positions against each other (:func:`_lobes_apart`) stray from their median by more than this in
+#: the 95th percentile of the frames vouched for are said to move otherwise, not as one body. The probe's pairs, trio
+#: and chain of three held together, both paths: 0.13-0.31 px (the lobes' chemistry differs: their contrast changes
+#: otherwise across the edge); one member sliding 2 px against the next across the scan: 0.59-1.75 px (3.5 px: 1.18
+#: and, the trio, 3.08); frame-to-frame noise 0.02-0.12 px
+LOBES_APART_PX = 0.5
+#: px: the margin around a lobe (grown by 4 px) its correlation window takes in (:func:`_lobes_apart`)
+LOBE_WINDOW_MARGIN = 8
 #: how a particle's note on the lobes of its outline begins (the run note gathers them: :func:`_lobes_run_note`)
 LOBES_NOTE = "its outline at half height has"
 
@@ -813,7 +821,50 @@ def outline_lobes(p, min_radius: float) -> tuple[list, float]:
     return lobes, neck
 
 
-def _lobes_note(p, lobes: list, neck: float) -> str:
+def _lobes_apart(p, lobes: list) -> float:
+    """How far the lobes of a particle's outline (:func:`outline_lobes`) move against each other across the scan, px.
+
+    Each lobe (grown by 4 px, tapered) is correlated (:func:`xanestrack.register.correlate_shifts` of
+    :func:`xanestrack.register.edge_images`) in each of the particle's aligned frames vouched for and whole against
+    the mean image past the edge its outline was drawn on; of each pair of lobes, their shifts' difference less its
+    median over the frames, and of its lengths the 95th percentile; the largest over the pairs. A particle whose
+    members move as one has its lobes fixed in its aligned frames; members sliding against each other move there.
+    NaN with fewer than 4 such frames.
+    """
+    from .register import correlate_shifts, edge_images
+    from .result import FRAME_FLAGS, UNVOUCHED_FLAGS, outline_relief
+
+    relief = outline_relief(p)
+    aligned = np.asarray(p.aligned)
+    flags = np.asarray(p.frame_flags).astype(np.int64)
+    # vouched for and whole: not out of view, nothing lying over it
+    use = (flags & (UNVOUCHED_FLAGS | FRAME_FLAGS["out_of_view"] | FRAME_FLAGS["overlap"])) == 0
+    use &= np.isfinite(aligned).reshape(len(aligned), -1).all(axis=1)
+    frames = np.flatnonzero(use)
+    if relief is None or frames.size < 4:
+        return float("nan")
+    shifts = []
+    for q in lobes:
+        grown = ndimage.binary_dilation(q.pixels, iterations=4)
+        taper = ndimage.gaussian_filter(grown.astype(np.float32), 2.0)
+        yy, xx = np.nonzero(grown)
+        m = LOBE_WINDOW_MARGIN
+        box = np.s_[max(yy.min() - m, 0) : yy.max() + m + 1, max(xx.min() - m, 0) : xx.max() + m + 1]
+        ref = edge_images(np.asarray(relief.img, np.float32)[box][None], apodisation=taper[box], floor_scale=2.0)
+        imgs = edge_images(aligned[frames][:, box[0], box[1]], apodisation=taper[box], floor_scale=2.0)
+        shifts.append(correlate_shifts(ref[0], imgs, max_shift=LOBE_WINDOW_MARGIN)[0])
+    apart = 0.0
+    for i in range(len(lobes)):
+        for j in range(i + 1, len(lobes)):
+            d = shifts[i] - shifts[j]
+            d = d[np.isfinite(d).all(axis=1)]
+            if len(d) < 4:
+                continue
+            apart = max(apart, float(np.percentile(np.hypot(*(d - np.median(d, axis=0)).T), 95)))
+    return apart
+
+
+def _lobes_note(p, lobes: list, neck: float, apart: float = float("nan")) -> str:
     """A particle's note on the lobes of its outline (:func:`outline_lobes`), each with its median E50 where the
     particle's is given."""
     from .result import core_pixels, e50_withheld
@@ -834,11 +885,22 @@ def _lobes_note(p, lobes: list, neck: float) -> str:
         if np.isfinite(neck)
         else f"joined at necks narrower than {LOBE_NECK:.2f} of the smaller one's width"
     )
+    if not np.isfinite(apart):
+        moved = ""
+    elif apart > LOBES_APART_PX:
+        moved = (
+            f"; its lobes moved against each other across the scan, their relative position straying {apart:.2f} px "
+            "from its median (95th percentile of its frames vouched for, each lobe correlated in the aligned "
+            "frames): not one body, so no member's position is the one reported, and each member's maps are "
+            "registered only to that much"
+        )
+    else:
+        moved = f"; its lobes moved together, within {apart:.2f} px (as one body: the position is the group's)"
     return (
         f"{LOBES_NOTE} {len(lobes)} lobes of a particle's size, {how} (y, x in frame-0 px, radius r at half height: "
         f"{'; '.join(parts)}): it may be {len(lobes)} touching particles reported as one (whose contact is too wide "
         "for the detector to cut them apart), its position, motion, size and mean E50 a mix of theirs; the pixels' "
-        "maps are each pixel's own"
+        f"maps are each pixel's own{moved}"
     )
 
 
@@ -855,7 +917,7 @@ def _with_outline_lobes(particles: list, min_radius: float) -> list:
         if len(lobes) < 2:
             out.append(p)
             continue
-        note = _lobes_note(p, lobes, neck)
+        note = _lobes_note(p, lobes, neck, _lobes_apart(p, lobes))
         out.append(dataclasses.replace(p, notes=(*p.notes, note), touching_pieces=len(lobes), touching_pieces_frames=0))
     return out
 
