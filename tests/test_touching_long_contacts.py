@@ -35,14 +35,43 @@ def _disc(yy, xx, c, r):
     return np.clip(1 - ((yy - c[0]) ** 2 + (xx - c[1]) ** 2) / r**2, 0, None) ** 0.5  # a sphere's thickness
 
 
-def _scene(seed: int = 1):
-    """``(od, energies, pair centres per frame (n, 2, 2))``: the three objects above, a common random drift."""
+def _touching(yy, xx, c1, c2):
+    """The thicknesses of the touching pair's members (radius ``R1`` at ``c1``, ``R2`` at ``c2``), split at their
+    contact (equal power distance)."""
+    p1 = (yy - c1[0]) ** 2 + (xx - c1[1]) ** 2 - R1**2
+    p2 = (yy - c2[0]) ** 2 + (xx - c2[1]) ** 2 - R2**2
+    return _disc(yy, xx, c1, R1) * (p1 <= p2), _disc(yy, xx, c2, R2) * (p2 < p1)
+
+
+def _frame(objects, energy, refs, rng):
+    """One frame's OD: each ``(thickness, LiNiO2 fraction)`` object absorbing as its chemistry, blurred, noisy."""
+    frame = np.zeros((SIZE, SIZE))
+    for thickness, f in objects:
+        mu = 0.25 * (energy / 8333.0) ** -3 + (1 - f) * refs["NiO"](energy) + f * refs["LiNiO2"](energy)
+        frame += 0.6 * mu * thickness
+    return ndimage.gaussian_filter(frame, 1.0) + rng.normal(0, 0.01, frame.shape)
+
+
+def _setup(seed):
+    """``(rng, energies, references, yy, xx, drift)`` of a scene: a common random drift from frame 0."""
     rng = np.random.default_rng(seed)
-    energies = ni_energy_grid(N_ENERGIES)
-    refs = ni_references()
     yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(float)
     drift = np.cumsum(rng.normal(0, 0.4, (N_ENERGIES, 2)), axis=0)
-    drift -= drift[0]
+    return rng, ni_energy_grid(N_ENERGIES), ni_references(), yy, xx, drift - drift[0]
+
+
+def _lobed(yy, xx, c):
+    """The thickness of the lobed single particle (three ellipses, one body) centred at ``c``."""
+    body = np.zeros(yy.shape, bool)
+    for dy, dx, ay, ax in ((0, 0, 26, 20), (10, 16, 16, 14), (-12, 14, 14, 16)):
+        body |= ((yy - c[0] - dy) / ay) ** 2 + ((xx - c[1] - dx) / ax) ** 2 <= 1
+    depth = ndimage.distance_transform_edt(body)
+    return (depth / depth.max()) ** 0.5
+
+
+def _scene(seed: int = 1):
+    """``(od, energies, pair centres per frame (n, 2, 2))``: the three objects above, a common random drift."""
+    rng, energies, refs, yy, xx, drift = _setup(seed)
     od = np.zeros((N_ENERGIES, SIZE, SIZE), np.float32)
     centres = np.zeros((N_ENERGIES, 2, 2))
     for k in range(N_ENERGIES):
@@ -54,31 +83,16 @@ def _scene(seed: int = 1):
         c1 = np.array(PAIR) + g
         c2 = c1 + np.array([1.2 * t, np.sqrt(R1**2 - R2**2 + a**2) + a])
         centres[k] = c1, c2
-        p1 = (yy - c1[0]) ** 2 + (xx - c1[1]) ** 2 - R1**2  # the contact: equal power distance
-        p2 = (yy - c2[0]) ** 2 + (xx - c2[1]) ** 2 - R2**2
         c3 = np.array(APART) + g
         c4 = c3 + np.array([0.0, R1 + R2 + 14.0])
-        c5 = np.array(LOBED) + g
-        lobed = np.zeros((SIZE, SIZE), bool)
-        for dy, dx, ay, ax in ((0, 0, 26, 20), (10, 16, 16, 14), (-12, 14, 14, 16)):
-            lobed |= ((yy - c5[0] - dy) / ay) ** 2 + ((xx - c5[1] - dx) / ax) ** 2 <= 1
-        depth = ndimage.distance_transform_edt(lobed)
+        lobed = _lobed(yy, xx, np.array(LOBED) + g)
         objects = [
-            (_disc(yy, xx, c1, R1) * (p1 <= p2), 0.1),
-            (_disc(yy, xx, c2, R2) * (p2 < p1), 0.9),
+            *zip(_touching(yy, xx, c1, c2), (0.1, 0.9), strict=True),
             (_disc(yy, xx, c3, R1), 0.1),
             (_disc(yy, xx, c4, R2), 0.9),
-            ((depth / depth.max()) ** 0.5, 0.5),
+            (lobed, 0.5),
         ]
-        frame = np.zeros((SIZE, SIZE))
-        for thickness, f in objects:
-            mu = (
-                0.25 * (energies[k] / 8333.0) ** -3
-                + (1 - f) * refs["NiO"](energies[k])
-                + f * refs["LiNiO2"](energies[k])
-            )
-            frame += 0.6 * mu * thickness
-        od[k] = ndimage.gaussian_filter(frame, 1.0) + rng.normal(0, 0.01, frame.shape)
+        od[k] = _frame(objects, energies[k], refs, rng)
     return od, energies, centres
 
 
@@ -195,40 +209,21 @@ NC_HALF_CHORD = 19.5  # px
 def _never_cut_scene(seed: int = 3, slide: float = 0.0):
     """The pair, the members alone, the lobed particle; the pair's smaller member sliding ``slide`` px across the
     scan (along (0.6, 0.8): its contact stays too wide to be cut)."""
-    rng = np.random.default_rng(seed)
-    energies = ni_energy_grid(N_ENERGIES)
-    refs = ni_references()
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(float)
-    drift = np.cumsum(rng.normal(0, 0.4, (N_ENERGIES, 2)), axis=0)
-    drift -= drift[0]
+    rng, energies, refs, yy, xx, drift = _setup(seed)
     apart = np.sqrt(R1**2 - NC_HALF_CHORD**2) + np.sqrt(R2**2 - NC_HALF_CHORD**2)  # the centres' distance
-    lobed = np.zeros((SIZE, SIZE), bool)
-    for dy, dx, ay, ax in ((0, 0, 26, 20), (10, 16, 16, 14), (-12, 14, 14, 16)):
-        lobed |= ((yy - NC_LOBED[0] - dy) / ay) ** 2 + ((xx - NC_LOBED[1] - dx) / ax) ** 2 <= 1
-    depth = ndimage.distance_transform_edt(lobed)
+    lobed = _lobed(yy, xx, NC_LOBED)
     od = np.zeros((N_ENERGIES, SIZE, SIZE), np.float32)
     for k in range(N_ENERGIES):
         g = drift[k]
         c1 = np.array(NC_PAIR) + g
         c2 = c1 + np.array([0.0, apart]) + slide * k / (N_ENERGIES - 1) * np.array([0.6, 0.8])
-        p1 = (yy - c1[0]) ** 2 + (xx - c1[1]) ** 2 - R1**2
-        p2 = (yy - c2[0]) ** 2 + (xx - c2[1]) ** 2 - R2**2
         objects = [
-            (_disc(yy, xx, c1, R1) * (p1 <= p2), 0.1),
-            (_disc(yy, xx, c2, R2) * (p2 < p1), 0.9),
+            *zip(_touching(yy, xx, c1, c2), (0.1, 0.9), strict=True),
             (_disc(yy, xx, np.array(NC_ONE) + g, R1), 0.1),
             (_disc(yy, xx, np.array(NC_TWO) + g, R2), 0.9),
-            (ndimage.shift((depth / depth.max()) ** 0.5, g, order=1), 0.5),
+            (ndimage.shift(lobed, g, order=1), 0.5),
         ]
-        frame = np.zeros((SIZE, SIZE))
-        for thickness, f in objects:
-            mu = (
-                0.25 * (energies[k] / 8333.0) ** -3
-                + (1 - f) * refs["NiO"](energies[k])
-                + f * refs["LiNiO2"](energies[k])
-            )
-            frame += 0.6 * mu * thickness
-        od[k] = ndimage.gaussian_filter(frame, 1.0) + rng.normal(0, 0.01, frame.shape)
+        od[k] = _frame(objects, energies[k], refs, rng)
     return od, energies, apart
 
 
