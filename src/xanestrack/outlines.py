@@ -737,9 +737,10 @@ LOBE_LEVEL_SHARE = 0.5
 #: is at most this share of the smaller one's inscribed radius (the detector cuts a component at 0.6:
 #: :func:`xanestrack.detect.cut_at_necks`; between the two, touching particles are kept whole as one, and said to
 #: be perhaps several). Measured at half height (:data:`LOBE_LEVEL_SHARE`): every particle of the stress family
-#: (seven cases, seeds 1-2, full size, both paths, 348 particles) 0.95 or more, and of the default scenes and the
-#: probe's lobed particle (three ellipses, one body) 1.0 (no saddle below); the real SSRL pair's largest particle,
-#: whose mask takes in a touching particle of radius 25 px at its upper right, 0.55
+#: (seven cases, seeds 1-2, full size, both paths, 367 particles) 0.95 or more, the probe's lobed particle (three
+#: ellipses, one body) 1.0 (no saddle below), none under it on the default scenes (seeds 1-4) and the hard preset
+#: (seeds 1-2); the real SSRL pair's largest particle, whose consensus mask takes in a touching particle of radius
+#: about 27 px at its upper right, 0.55; the default scene model's touching pairs kept whole as one track, 0.28-0.33
 LOBE_NECK = 0.85
 #: pixels of a lobe with an E50 (in the particle's core, kept by the quality masks) for its median to be given
 LOBE_MIN_E50_PIXELS = 20
@@ -829,7 +830,7 @@ def _lobes_apart(p, lobes: list) -> float:
     the mean image past the edge its outline was drawn on; of each pair of lobes, their shifts' difference less its
     median over the frames, and of its lengths the 95th percentile; the largest over the pairs. A particle whose
     members move as one has its lobes fixed in its aligned frames; members sliding against each other move there.
-    NaN with fewer than 4 such frames.
+    NaN where no pair of lobes is measured in 4 such frames (with a value over the lobes in each).
     """
     from .register import correlate_shifts, edge_images
     from .result import FRAME_FLAGS, UNVOUCHED_FLAGS, outline_relief
@@ -837,30 +838,31 @@ def _lobes_apart(p, lobes: list) -> float:
     relief = outline_relief(p)
     aligned = np.asarray(p.aligned)
     flags = np.asarray(p.frame_flags).astype(np.int64)
-    # vouched for and whole: not out of view, nothing lying over it
+    # vouched for and whole: not out of view, nothing lying over it, a value over every lobe
     use = (flags & (UNVOUCHED_FLAGS | FRAME_FLAGS["out_of_view"] | FRAME_FLAGS["overlap"])) == 0
-    use &= np.isfinite(aligned).reshape(len(aligned), -1).all(axis=1)
+    grown = [ndimage.binary_dilation(q.pixels, iterations=4) for q in lobes]
+    use &= np.isfinite(aligned[:, np.logical_or.reduce(grown)]).all(axis=1)
     frames = np.flatnonzero(use)
     if relief is None or frames.size < 4:
         return float("nan")
     shifts = []
-    for q in lobes:
-        grown = ndimage.binary_dilation(q.pixels, iterations=4)
-        taper = ndimage.gaussian_filter(grown.astype(np.float32), 2.0)
-        yy, xx = np.nonzero(grown)
+    for g in grown:
+        taper = ndimage.gaussian_filter(g.astype(np.float32), 2.0)
+        yy, xx = np.nonzero(g)
         m = LOBE_WINDOW_MARGIN
         box = np.s_[max(yy.min() - m, 0) : yy.max() + m + 1, max(xx.min() - m, 0) : xx.max() + m + 1]
         ref = edge_images(np.asarray(relief.img, np.float32)[box][None], apodisation=taper[box], floor_scale=2.0)
         imgs = edge_images(aligned[frames][:, box[0], box[1]], apodisation=taper[box], floor_scale=2.0)
         shifts.append(correlate_shifts(ref[0], imgs, max_shift=LOBE_WINDOW_MARGIN)[0])
-    apart = 0.0
+    apart = float("nan")
     for i in range(len(lobes)):
         for j in range(i + 1, len(lobes)):
             d = shifts[i] - shifts[j]
             d = d[np.isfinite(d).all(axis=1)]
             if len(d) < 4:
                 continue
-            apart = max(apart, float(np.percentile(np.hypot(*(d - np.median(d, axis=0)).T), 95)))
+            pair = float(np.percentile(np.hypot(*(d - np.median(d, axis=0)).T), 95))
+            apart = pair if not np.isfinite(apart) else max(apart, pair)
     return apart
 
 
