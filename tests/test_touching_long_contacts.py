@@ -293,3 +293,50 @@ def test_single_particles_and_a_lobed_one_have_no_lobes(never_cut):
         assert int(row["touching_pieces"].iloc[0]) == 0
         p = next(q for q in result.particles if q.particle == int(row["particle"].iloc[0]))
         assert not any(n.startswith(LOBES_NOTE) for n in p.notes), p.notes
+
+
+# --- a smaller touching particle taken into a particle's mask: left out of it -----------------------------------------
+BIG, SMALL, BIG_ALONE = 34.0, 14.0, (200.0, 70.0)  # px; the big particle alone (a control) at BIG_ALONE
+BS_PAIR = (80.0, 80.0)
+
+
+def _big_and_small_scene(seed: int = 5):
+    """A particle of radius 34 px (LiNiO2 fraction 0.1) with one of 14 px (0.9) touching it across a 21-px contact,
+    held together; beside them the big particle alone."""
+    rng, energies, refs, yy, xx, drift = _setup(seed)
+    a = 10.5  # the contact's half chord
+    apart = np.sqrt(BIG**2 - a**2) + np.sqrt(SMALL**2 - a**2)
+    od = np.zeros((N_ENERGIES, SIZE, SIZE), np.float32)
+    for k in range(N_ENERGIES):
+        g = drift[k]
+        c1 = np.array(BS_PAIR) + g
+        c2 = c1 + apart * np.array([np.sin(-0.5), np.cos(-0.5)])
+        p1 = (yy - c1[0]) ** 2 + (xx - c1[1]) ** 2 - BIG**2
+        p2 = (yy - c2[0]) ** 2 + (xx - c2[1]) ** 2 - SMALL**2
+        objects = [
+            (_disc(yy, xx, c1, BIG) * (p1 <= p2), 0.1),
+            (_disc(yy, xx, c2, SMALL) * (p2 < p1), 0.9),
+            (_disc(yy, xx, np.array(BIG_ALONE) + g, BIG), 0.1),
+        ]
+        od[k] = _frame(objects, energies[k], refs, rng)
+    return od, energies
+
+
+def test_a_smaller_touching_particle_is_left_out_of_the_mask():
+    """The big particle's outline takes in the small one beyond a neck (5.9 times smaller): it is left out of the
+    big one's mask before the chemistry, so that its mean E50 and its size are those of the big particle alone (taken
+    in, +0.13 eV, 3 sigma, and 2.5 px large); its note says so, and the run note."""
+    from xanestrack.outlines import LOBES_LEFT_OUT_NOTE
+
+    od, energies = _big_and_small_scene()
+    result = run_pipeline(Stack(od, energies), options=PipelineOptions())
+    s = particle_summary(result)
+    pair, alone = _at(s, BS_PAIR, tol=8.0), _at(s, BIG_ALONE)
+    assert len(pair) == 1 and len(alone) == 1, s
+    p = next(q for q in result.particles if q.particle == int(pair["particle"].iloc[0]))
+    q = next(q for q in result.particles if q.particle == int(alone["particle"].iloc[0]))
+    assert any(n.startswith(LOBES_LEFT_OUT_NOTE) for n in p.notes), p.notes
+    assert abs(float(pair["mean_e50_ev"].iloc[0]) - float(alone["mean_e50_ev"].iloc[0])) < 0.08, (pair, alone)
+    assert abs(p.size_radius - q.size_radius) < 1.0, (p.size_radius, q.size_radius)
+    assert int(pair["touching_pieces"].iloc[0]) == 0  # not "perhaps several": the small one is left out
+    assert any("took in a smaller touching particle" in n for n in result.notes)

@@ -80,6 +80,7 @@ from .outlines import (
     _with_filled_pixels,
     _with_moving_rims,
     _with_outline_lobes,
+    neighbour_lobes_left_out,
 )
 from .register import (
     MEDIAN_OFFSET_FRAMES,
@@ -2708,6 +2709,13 @@ def _finish_particle(
     n_pieces, n_cut, pieces_note = _pieces_note(loc.track, energies, mask, pid)
     if pieces_note:
         notes.append(pieces_note)
+    if n_pieces < 2:
+        # a smaller touching particle its outline takes in, beyond a neck: left out of its mask (its chemistry alone)
+        mask, left_out_note = neighbour_lobes_left_out(
+            aligned, mask, v.flags, origin, neighbours, options.detect.min_radius
+        )
+        if left_out_note:
+            notes.append(left_out_note)
     with warnings.catch_warnings():  # a frame with no finite pixel in the mask: NaN, as meant
         warnings.simplefilter("ignore", RuntimeWarning)
         mean_spec = np.array([np.nanmean(a[mask]) if mask.any() else np.nan for a in chem])
