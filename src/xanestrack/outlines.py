@@ -922,9 +922,12 @@ def _lobes_note(p, lobes: list, neck: float, apart: float = float("nan")) -> str
     )
 
 
-def neighbour_lobes_left_out(aligned, mask, flags, origin, neighbours, min_radius: float) -> tuple[np.ndarray, str]:
-    """A particle's mask less the touching particles beside it that its outline takes in, and its note (``""`` and
-    the mask as given where none).
+def neighbour_lobes_left_out(
+    aligned, mask, flags, origin, neighbours, min_radius: float
+) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """A particle's mask less the touching particles beside it that its outline takes in, the pixels left out (grown
+    by 2 px: to be left out of its local background's ring as well) and its note (the mask as given, None and ``""``
+    where none).
 
     Before its chemistry: its outline's lobes (:func:`outline_lobes`, on the mean of its aligned frames ``aligned``
     of highest mean OD in ``mask`` among those its size may use (``flags``), its local background left out of the
@@ -940,7 +943,7 @@ def neighbour_lobes_left_out(aligned, mask, flags, origin, neighbours, min_radiu
     mask = np.asarray(mask, bool)
     n = len(aligned)
     if not mask.any() or n == 0:
-        return mask, ""
+        return mask, None, ""
     with warnings.catch_warnings():  # a frame with no finite pixel in the mask: NaN, as meant
         warnings.simplefilter("ignore", RuntimeWarning)
         mean_od = np.array([np.nanmean(a[mask]) for a in aligned])
@@ -957,28 +960,32 @@ def neighbour_lobes_left_out(aligned, mask, flags, origin, neighbours, min_radiu
     cy, cx = (k // 2 for k in mask.shape)
     own = next((q for q in lobes if q.pixels[cy, cx]), None)
     if own is None:
-        return mask, ""
+        return mask, None, ""
     others = [q for q in lobes if q is not own]
     area = float(np.count_nonzero(own.pixels))
     if any(area < LOBE_DOMINANT_AREA * np.count_nonzero(q.pixels) for q in others):
-        return mask, ""
+        return mask, None, ""
     nearer = ndimage.distance_transform_edt(~np.logical_or.reduce([q.pixels for q in others])) < (
         ndimage.distance_transform_edt(~own.pixels)
     )
     kept = mask & ~nearer
     if not kept.any():
-        return mask, ""
+        return mask, None, ""
     listed = "; ".join(
         f"({q.centre[0]:.0f}, {q.centre[1]:.0f}) r {q.radius:.0f}, {area / np.count_nonzero(q.pixels):.0f} times "
         "smaller"
         for q in others
     )
     joined = f"joined at a neck {neck:.2f} of its width" if np.isfinite(neck) else "joined at a narrow neck"
-    return kept, (
-        f"{LOBES_LEFT_OUT_NOTE}, {'a lobe' if len(others) == 1 else 'lobes'} of its outline at half height "
-        f"(y, x in frame-0 px, radius r at half height: {listed}; {joined}), left out of its mask "
-        f"({count(int(np.count_nonzero(mask & nearer)), 'pixel')}): its mean spectrum, size, maps, E50 and fractions "
-        "are of the particle alone; the touching particle is not tracked (its chemistry is in no table)"
+    return (
+        kept,
+        ndimage.binary_dilation(mask & nearer, iterations=2) & ~kept,
+        (
+            f"{LOBES_LEFT_OUT_NOTE}, {'a lobe' if len(others) == 1 else 'lobes'} of its outline at half height "
+            f"(y, x in frame-0 px, radius r at half height: {listed}; {joined}), left out of its mask "
+            f"({count(int(np.count_nonzero(mask & nearer)), 'pixel')}): its mean spectrum, size, maps, E50 and fractions "
+            "are of the particle alone; the touching particle is not tracked (its chemistry is in no table)"
+        ),
     )
 
 

@@ -2711,11 +2711,13 @@ def _finish_particle(
         notes.append(pieces_note)
     if n_pieces < 2:
         # a smaller touching particle its outline takes in, beyond a neck: left out of its mask (its chemistry alone)
-        mask, left_out_note = neighbour_lobes_left_out(
+        mask, left_out, left_out_note = neighbour_lobes_left_out(
             aligned, mask, v.flags, origin, neighbours, options.detect.min_radius
         )
         if left_out_note:
             notes.append(left_out_note)
+            # and out of its local background's ring (and its size's), as the tracked particles beside it are
+            neighbours = left_out if neighbours is None else np.asarray(neighbours, bool) | left_out
     with warnings.catch_warnings():  # a frame with no finite pixel in the mask: NaN, as meant
         warnings.simplefilter("ignore", RuntimeWarning)
         mean_spec = np.array([np.nanmean(a[mask]) if mask.any() else np.nan for a in chem])

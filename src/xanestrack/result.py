@@ -349,7 +349,7 @@ class ParticleResult:
         rim does not hold it there: on the real SSRL NCA pair the same particles read 131.5 / 126.2 px (default /
         classical path) and 158.8 / 164.9 px with a fixed 3 px reach and a ring 3-8 px past the mask (the
         classical path's ring on the first one's own rim, OD 1.27 against 1.08 at 200-230 px from its centre; now
-        1.08), now 134.0 / 131.6 px and 163.6 / 163.7 px (the masks of the second took in a touching particle of
+        1.08), now 134.0 / 131.6 px and 163.0 / 163.1 px (the masks of the second took in a touching particle of
         about 27 px, 169.1 / 169.2 px, now left out of them: :func:`xanestrack.outlines.neighbour_lobes_left_out`;
         a third, 59.6 -> 59.9 px on the default path); azimuthal profiles of the raw post-edge frame put their foot
         (a tenth of the centre's level) at 132, 162 and 61 px.
