@@ -759,8 +759,9 @@ LOBES_NOTE = "its outline at half height has"
 #: out of its mask before its chemistry (:func:`neighbour_lobes_left_out`). The probe's particles of radius 34 px
 #: with a 14-px one of other chemistry touching them (0.1 / 0.9 LiNiO2, necks 0.17-0.63 at half height; 5.9 times
 #: the area): their mean E50 +0.13 eV (2.8-3.5 sigma) off the same particle alone, both paths; the real SSRL pair's
-#: largest particle and the 27-px particle its consensus mask took in: 36 times. Pairs of more alike size (the
-#: default scene model's 21- and 11-px pair: 3.8 times) are one of them no more than the other: said only
+#: largest particle and the 27-px particle its consensus mask took in: 32-33 times; the default scene model's 21-px
+#: particle with an 11-px one: 4.1 times. Pairs of more alike size (that model's 14- and 10-px pair: 2.0 times) are
+#: one of them no more than the other: said only (:func:`_with_outline_lobes`)
 LOBE_DOMINANT_AREA = 4.0
 #: how a particle's note on the touching particles left out of its mask begins (:func:`neighbour_lobes_left_out`)
 LOBES_LEFT_OUT_NOTE = "a touching particle beside it"
