@@ -917,8 +917,8 @@ def _lobes_note(p, lobes: list, neck: float, apart: float = float("nan")) -> str
         moved = f"; its lobes moved together, within {apart:.2f} px (as one body: the position is the group's)"
     return (
         f"{LOBES_NOTE} {len(lobes)} lobes of a particle's size, {how} (y, x in frame-0 px, radius r at half height: "
-        f"{'; '.join(parts)}): it may be {len(lobes)} touching particles reported as one (whose contact is too wide "
-        "for the detector to cut them apart), its position, motion, size and mean E50 a mix of theirs; the pixels' "
+        f"{'; '.join(parts)}): it may be {len(lobes)} touching particles reported as one (which the detector kept "
+        "whole: a contact too wide for its necks, or an outline convex enough at its binning), its position, motion, size and mean E50 a mix of theirs; the pixels' "
         f"maps are each pixel's own{moved}"
     )
 
