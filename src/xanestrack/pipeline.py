@@ -3314,7 +3314,7 @@ def run_pipeline(
                 }
             )
         )
-    # touching particles kept whole as one (a contact too wide for the detector's necks) and never cut in a key frame:
+    # touching particles the detector kept whole as one and never cut in a key frame:
     # the lobes of the outline said (outlines.outline_lobes)
     particles = _with_outline_lobes(particles, options.detect.min_radius)
     timings["segment_register_xanes"] = time.perf_counter() - t
