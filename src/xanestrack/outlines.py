@@ -978,6 +978,14 @@ def neighbour_lobes_left_out(
         for q in others
     )
     joined = f"joined at a neck {neck:.2f} of its width" if np.isfinite(neck) else "joined at a narrow neck"
+    apart = _lobes_apart(view, lobes)
+    moved = (
+        f"; it moved against the particle across the scan, their relative position straying {apart:.2f} px from its "
+        "median (95th percentile of the frames vouched for): the particle's position, measured over its window, may "
+        "be pulled by it"
+        if np.isfinite(apart) and apart > LOBES_APART_PX
+        else ""
+    )
     return (
         kept,
         ndimage.binary_dilation(mask & nearer, iterations=2) & ~kept,
@@ -985,7 +993,7 @@ def neighbour_lobes_left_out(
             f"{LOBES_LEFT_OUT_NOTE}, {'a lobe' if len(others) == 1 else 'lobes'} of its outline at half height "
             f"(y, x in frame-0 px, radius r at half height: {listed}; {joined}), left out of its mask "
             f"({count(int(np.count_nonzero(mask & nearer)), 'pixel')}): its mean spectrum, size, maps, E50 and fractions "
-            "are of the particle alone; the touching particle is not tracked (its chemistry is in no table)"
+            f"are of the particle alone; the touching particle is not tracked (its chemistry is in no table){moved}"
         ),
     )
 
