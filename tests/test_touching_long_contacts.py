@@ -300,9 +300,9 @@ BIG, SMALL, BIG_ALONE = 34.0, 14.0, (200.0, 70.0)  # px; the big particle alone 
 BS_PAIR = (80.0, 80.0)
 
 
-def _big_and_small_scene(seed: int = 5):
+def _big_and_small_scene(seed: int = 5, slide: float = 0.0):
     """A particle of radius 34 px (LiNiO2 fraction 0.1) with one of 14 px (0.9) touching it across a 21-px contact,
-    held together; beside them the big particle alone."""
+    held together (or sliding ``slide`` px across the scan); beside them the big particle alone."""
     rng, energies, refs, yy, xx, drift = _setup(seed)
     a = 10.5  # the contact's half chord
     apart = np.sqrt(BIG**2 - a**2) + np.sqrt(SMALL**2 - a**2)
@@ -310,7 +310,7 @@ def _big_and_small_scene(seed: int = 5):
     for k in range(N_ENERGIES):
         g = drift[k]
         c1 = np.array(BS_PAIR) + g
-        c2 = c1 + apart * np.array([np.sin(-0.5), np.cos(-0.5)])
+        c2 = c1 + apart * np.array([np.sin(-0.5), np.cos(-0.5)]) + slide * k / (N_ENERGIES - 1) * np.array([0.6, 0.8])
         p1 = (yy - c1[0]) ** 2 + (xx - c1[1]) ** 2 - BIG**2
         p2 = (yy - c2[0]) ** 2 + (xx - c2[1]) ** 2 - SMALL**2
         objects = [
@@ -340,3 +340,19 @@ def test_a_smaller_touching_particle_is_left_out_of_the_mask():
     assert abs(p.size_radius - q.size_radius) < 1.0, (p.size_radius, q.size_radius)
     assert int(pair["touching_pieces"].iloc[0]) == 0  # not "perhaps several": the small one is left out
     assert any("took in a smaller touching particle" in n for n in result.notes)
+    assert not any("it moved against the particle" in n for n in p.notes)  # held together
+
+
+def test_a_smaller_touching_particle_sliding_against_the_particle_is_said_to_pull_it():
+    """The 14-px particle sliding 2 px across the scan along the big one's flank: left out of its mask as before, and
+    its note says that it moved against the particle (more than 0.5 px from its median) and may pull its position."""
+    from xanestrack.outlines import LOBES_LEFT_OUT_NOTE
+
+    od, energies = _big_and_small_scene(slide=2.0)
+    result = run_pipeline(Stack(od, energies), options=PipelineOptions())
+    pair = _at(particle_summary(result), BS_PAIR, tol=8.0)
+    assert len(pair) == 1, pair
+    p = next(q for q in result.particles if q.particle == int(pair["particle"].iloc[0]))
+    note = next(n for n in p.notes if n.startswith(LOBES_LEFT_OUT_NOTE))
+    m = re.search(r"it moved against the particle across the scan, their relative position straying ([\d.]+) px", note)
+    assert m and float(m.group(1)) > 0.5, note
