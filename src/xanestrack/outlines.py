@@ -731,7 +731,7 @@ def _moving_rim_run_note(particles) -> str:
 #: their contact: the probe's touching pairs and trios (radius 22-36 px, contacts 32-44 px long, 40 energies) read
 #: a saddle of the outline's distance transform of 0.60-0.875 of the smaller lobe's inscribed radius where their
 #: geometry gives 0.67-0.875, on both paths alike; their consensus masks, which the learned segmenter rounds, read
-#: 0.75-0.975 (a pair at 0.81 not split at all)
+#: 0.675-0.975 (a pair at 0.81 not split at all)
 LOBE_LEVEL_SHARE = 0.5
 #: lobes of that outline are taken for touching particles where the saddle of its distance transform between them
 #: is at most this share of the smaller one's inscribed radius (the detector cuts a component at 0.6:
