@@ -35,12 +35,12 @@ def _disc(yy, xx, c, r):
     return np.clip(1 - ((yy - c[0]) ** 2 + (xx - c[1]) ** 2) / r**2, 0, None) ** 0.5  # a sphere's thickness
 
 
-def _touching(yy, xx, c1, c2):
-    """The thicknesses of the touching pair's members (radius ``R1`` at ``c1``, ``R2`` at ``c2``), split at their
-    contact (equal power distance)."""
-    p1 = (yy - c1[0]) ** 2 + (xx - c1[1]) ** 2 - R1**2
-    p2 = (yy - c2[0]) ** 2 + (xx - c2[1]) ** 2 - R2**2
-    return _disc(yy, xx, c1, R1) * (p1 <= p2), _disc(yy, xx, c2, R2) * (p2 < p1)
+def _touching(yy, xx, c1, c2, r1=R1, r2=R2):
+    """The thicknesses of two touching particles (radius ``r1`` at ``c1``, ``r2`` at ``c2``), split at their contact
+    (equal power distance)."""
+    p1 = (yy - c1[0]) ** 2 + (xx - c1[1]) ** 2 - r1**2
+    p2 = (yy - c2[0]) ** 2 + (xx - c2[1]) ** 2 - r2**2
+    return _disc(yy, xx, c1, r1) * (p1 <= p2), _disc(yy, xx, c2, r2) * (p2 < p1)
 
 
 def _frame(objects, energy, refs, rng):
@@ -311,11 +311,8 @@ def _big_and_small_scene(seed: int = 5, slide: float = 0.0):
         g = drift[k]
         c1 = np.array(BS_PAIR) + g
         c2 = c1 + apart * np.array([np.sin(-0.5), np.cos(-0.5)]) + slide * k / (N_ENERGIES - 1) * np.array([0.6, 0.8])
-        p1 = (yy - c1[0]) ** 2 + (xx - c1[1]) ** 2 - BIG**2
-        p2 = (yy - c2[0]) ** 2 + (xx - c2[1]) ** 2 - SMALL**2
         objects = [
-            (_disc(yy, xx, c1, BIG) * (p1 <= p2), 0.1),
-            (_disc(yy, xx, c2, SMALL) * (p2 < p1), 0.9),
+            *zip(_touching(yy, xx, c1, c2, BIG, SMALL), (0.1, 0.9), strict=True),
             (_disc(yy, xx, np.array(BIG_ALONE) + g, BIG), 0.1),
         ]
         od[k] = _frame(objects, energies[k], refs, rng)

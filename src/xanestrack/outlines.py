@@ -839,7 +839,7 @@ def _lobes_of(relief, origin, min_radius: float) -> tuple[list, float]:
     return lobes, neck
 
 
-def _lobes_apart(p, lobes: list) -> float:
+def _lobes_apart(p, lobes: list, relief) -> float:
     """How far the lobes of a particle's outline (:func:`outline_lobes`) move against each other across the scan, px.
 
     Each lobe (grown by 4 px, tapered) is correlated (:func:`xanestrack.register.correlate_shifts` of
@@ -847,12 +847,12 @@ def _lobes_apart(p, lobes: list) -> float:
     the mean image past the edge its outline was drawn on; of each pair of lobes, their shifts' difference less its
     median over the frames, and of its lengths the 95th percentile; the largest over the pairs. A particle whose
     members move as one has its lobes fixed in its aligned frames; members sliding against each other move there.
-    NaN where no pair of lobes is measured in 4 such frames (with a value over the lobes in each).
+    NaN where no pair of lobes is measured in 4 such frames (with a value over the lobes in each). ``relief``: the
+    particle's :class:`xanestrack.result.OutlineRelief` the lobes were found on (None: NaN).
     """
     from .register import correlate_shifts, edge_images
-    from .result import FRAME_FLAGS, UNVOUCHED_FLAGS, outline_relief
+    from .result import FRAME_FLAGS, UNVOUCHED_FLAGS
 
-    relief = outline_relief(p)
     aligned = np.asarray(p.aligned)
     flags = np.asarray(p.frame_flags).astype(np.int64)
     # vouched for and whole: not out of view, nothing lying over it, a value over every lobe
@@ -957,7 +957,8 @@ def neighbour_lobes_left_out(
         mean_spectrum=mean_od,
         background_exclude=neighbours,
     )
-    lobes, neck = _lobes_of(outline_relief(view), origin, min_radius)
+    relief = outline_relief(view)
+    lobes, neck = _lobes_of(relief, origin, min_radius)
     cy, cx = (k // 2 for k in mask.shape)
     own = next((q for q in lobes if q.pixels[cy, cx]), None)
     if own is None:
@@ -978,7 +979,7 @@ def neighbour_lobes_left_out(
         for q in others
     )
     joined = f"joined at a neck {neck:.2f} of its width" if np.isfinite(neck) else "joined at a narrow neck"
-    apart = _lobes_apart(view, lobes)
+    apart = _lobes_apart(view, lobes, relief)
     moved = (
         f"; it moved against the particle across the scan, their relative position straying {apart:.2f} px from its "
         "median (95th percentile of the frames vouched for): the particle's position, measured over its window, may "
@@ -1002,16 +1003,19 @@ def _with_outline_lobes(particles: list, min_radius: float) -> list:
     """The particles with a note on the lobes of their outline (:func:`outline_lobes`) where it has some, and
     ``touching_pieces`` their number (``touching_pieces_frames`` 0: the detector cut it in no frame). Those whose
     outline the detector cut into pieces in some frames are left as they are (their note says so)."""
+    from .result import outline_relief
+
     out = []
     for p in particles:
         if int(getattr(p, "touching_pieces", 0) or 0) >= 2 or _has_note(p, LOBES_LEFT_OUT_NOTE):
             out.append(p)
             continue
-        lobes, neck = outline_lobes(p, min_radius)
+        relief = outline_relief(p)  # once: the lobes and their motion are measured on it
+        lobes, neck = _lobes_of(relief, p.origin, min_radius)
         if len(lobes) < 2:
             out.append(p)
             continue
-        note = _lobes_note(p, lobes, neck, _lobes_apart(p, lobes))
+        note = _lobes_note(p, lobes, neck, _lobes_apart(p, lobes, relief))
         out.append(dataclasses.replace(p, notes=(*p.notes, note), touching_pieces=len(lobes), touching_pieces_frames=0))
     return out
 
