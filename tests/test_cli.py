@@ -446,6 +446,11 @@ def test_no_beside_neighbours_reaches_the_pipeline(synth_dir, tmp_path):
     assert res.options.beside_neighbours is False
 
 
+def test_no_split_groups_reaches_the_pipeline(synth_dir, tmp_path):
+    res = _run_read(synth_dir, tmp_path / "groups", "--no-split-groups")
+    assert res.options.split_groups is False
+
+
 @pytest.mark.skipif(
     not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's"
 )

@@ -1026,6 +1026,10 @@ def run(
         True,
         help="Leave a neighbour that moves otherwise than a particle (a few pixels away, inside the window its position is correlated in) out of that correlation. --no-beside-neighbours: every particle's window as it is.",
     ),
+    split_groups: bool = typer.Option(
+        True,
+        help="Track apart touching particles of alike size that the detector kept whole as one (a contact too long for its necks rule: the outline at half height has lobes of a particle's size joined at necks): each followed, outlined and analysed on its own, its notes saying so. --no-split-groups: such a group stays one particle, its note saying it may be several.",
+    ),
     mask_guard: bool = typer.Option(
         True,
         help="With the learned segmenter: outline a particle with the classical segmenter instead where the learned masks leave out more than 2 percent of what the particle's mean window shows (a lobe, an outline unlike those it was trained on); the particle's notes say so. --no-mask-guard: the learned masks for every particle.",
@@ -1198,6 +1202,7 @@ def run(
             scale_model=scale_model,
             density_voucher=density_voucher,
             beside_neighbours=beside_neighbours,
+            split_groups=split_groups,
             mask_guard=mask_guard,
             threads=threads,
             xanes_smoothing=float(xanes_smoothing),

@@ -923,6 +923,40 @@ def _lobes_note(p, lobes: list, neck: float, apart: float = float("nan")) -> str
     )
 
 
+def _unnormalised_view(aligned, mask, flags, neighbours=None):
+    """A particle's frames ``aligned`` (n, h, w) on the grid of its ``mask``, before its XANES, as
+    :func:`xanestrack.result.outline_relief` takes a particle: its outline drawn on the mean of the frames of highest
+    mean OD in the mask (past the edge) among those ``flags`` (n,) allow, its local background left out of
+    ``neighbours`` (bool (h, w) or None)."""
+    from types import SimpleNamespace
+
+    n = len(aligned)
+    with warnings.catch_warnings():  # a frame with no finite pixel in the mask: NaN, as meant
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean_od = np.array([np.nanmean(a[mask]) for a in aligned])
+    return SimpleNamespace(
+        aligned=aligned,
+        mask=mask,
+        frame_flags=np.asarray(flags),
+        filled_frames=None,
+        mean_norm=np.full(n, np.nan),  # not normalised yet: the frames of highest mean OD (past the edge)
+        mean_spectrum=mean_od,
+        background_exclude=neighbours,
+    )
+
+
+def window_lobes(windows, mask, min_radius: float) -> tuple[list, float]:
+    """:func:`outline_lobes` of a particle not yet analysed: on the mean of its ``windows`` (n, h, w), centred on
+    it, of highest mean OD in its ``mask`` (its consensus shape on their grid), each lobe's ``centre`` in window px.
+    """
+    from .result import outline_relief
+
+    mask = np.asarray(mask, bool)
+    if not mask.any() or len(windows) == 0:
+        return [], float("nan")
+    return _lobes_of(outline_relief(_unnormalised_view(windows, mask, np.zeros(len(windows), int))), (0, 0), min_radius)
+
+
 def neighbour_lobes_left_out(
     aligned, mask, flags, origin, neighbours, min_radius: float
 ) -> tuple[np.ndarray, np.ndarray | None, str]:
@@ -937,26 +971,12 @@ def neighbour_lobes_left_out(
     than to it are left out. Otherwise (one lobe, lobes of alike size, the position between them) the mask is kept:
     :func:`_with_outline_lobes` says it may be several particles. ``origin``: frame-0 px of the grid's pixel [0, 0].
     """
-    from types import SimpleNamespace
-
     from .result import outline_relief
 
     mask = np.asarray(mask, bool)
-    n = len(aligned)
-    if not mask.any() or n == 0:
+    if not mask.any() or len(aligned) == 0:
         return mask, None, ""
-    with warnings.catch_warnings():  # a frame with no finite pixel in the mask: NaN, as meant
-        warnings.simplefilter("ignore", RuntimeWarning)
-        mean_od = np.array([np.nanmean(a[mask]) for a in aligned])
-    view = SimpleNamespace(
-        aligned=aligned,
-        mask=mask,
-        frame_flags=flags,
-        filled_frames=None,
-        mean_norm=np.full(n, np.nan),  # not normalised yet: the frames of highest mean OD (past the edge)
-        mean_spectrum=mean_od,
-        background_exclude=neighbours,
-    )
+    view = _unnormalised_view(aligned, mask, flags, neighbours)
     relief = outline_relief(view)
     lobes, neck = _lobes_of(relief, origin, min_radius)
     cy, cx = (k // 2 for k in mask.shape)

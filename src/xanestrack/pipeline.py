@@ -71,6 +71,8 @@ from .motion_notes import (
 )
 from .outlines import (
     FILLED_NOTE,
+    LOBE_DOMINANT_AREA,
+    LOBE_NECK,
     _filled_on_grid,
     _filled_run_note,
     _flag_moving_rims,
@@ -81,12 +83,14 @@ from .outlines import (
     _with_moving_rims,
     _with_outline_lobes,
     neighbour_lobes_left_out,
+    window_lobes,
 )
 from .register import (
     MEDIAN_OFFSET_FRAMES,
     MOTION_RUN_FRAMES,
     WINDOW_MARGIN,
     VouchedPositions,
+    centre_of_mass,
     consensus_mask,
     fill_positions,
     fuse_particles,
@@ -306,6 +310,14 @@ class PipelineOptions:
         the later passes (its shape, the matrix) leave it out too. Without it such a neighbour
         pulls the edge estimate by a share of their relative motion (real SSRL particles 4-5 px
         apart, own random walks: 0.39-0.51 px RMS, frames up to 1.5 px off vouched for).
+    split_groups : bool, default True
+        Track apart touching particles of alike size that the detector kept whole as one track (a contact too long
+        for its necks rule): where a particle's outline at half height has two or more lobes of a particle's size
+        joined at necks, none 4 times as large as the next, each lobe is followed, outlined (its masks cut at the
+        neck) and analysed as a particle of its own (:func:`_split_groups`); kept where each comes out one. Without
+        it such a group is one particle, its note saying it may be several. A touching pair (radius 30 and 24 px,
+        contact 39 px) held together: each member within 0.04 px RMS of its truth and its mean E50 within 0.02 eV
+        of the member alone, where the group's was between theirs.
     density_voucher : bool, default True
         For a particle whose centre of mass confirms the edge estimate in no frame (its
         outline is no second estimate at all), let a third estimate vouch: the correlation
@@ -411,6 +423,7 @@ class PipelineOptions:
     threads: int | None = 1
     density_voucher: bool = True
     beside_neighbours: bool = True
+    split_groups: bool = True
     motion_voucher_frames: int = MOTION_RUN_FRAMES
 
     def to_dict(self) -> dict:
@@ -518,6 +531,7 @@ class _Located:
     separation_undone: tuple | None = None  # (px, times the noise): a separation from the matrix undone
     beside: np.ndarray | None = None  # weight on its window leaving out neighbours that move otherwise
     beside_ids: tuple = ()  # those neighbours' ids
+    group: tuple | None = None  # (the group's track id, its members' ids, neck): tracked apart (:func:`_split_groups`)
 
 
 #: a faint track (detected in fewer than ``min_track_fraction`` of the frames examined) whose mean spectrum
@@ -1000,6 +1014,224 @@ def _locate_particle(pid, track, od, segmenter, options, fallback=None, unlit=No
         if _outline_lost(wide) < _outline_lost(loc):
             loc = wide
     return loc
+
+
+#: the most frames (of those the particle was detected in, spread over them) whose windows' mean its outline's lobes
+#: are sought on before it is analysed (:func:`_window_lobes`); the brightest half of them is used
+GROUP_FRAMES = 24
+
+
+def _window_lobes(loc, od, options) -> tuple[list, float]:
+    """The lobes of a located particle's outline (:func:`xanestrack.outlines.window_lobes`) on the mean of its
+    windows (on :func:`follow_particle`'s grid, centred on its first-pass positions) in frames it was detected and
+    measured in, past the edge; each lobe's ``centre`` in window px (the particle's position at
+    ``(size - 1) / 2``)."""
+    if loc.shape is None:
+        return [], float("nan")
+    _, _, size = window_geometry(loc.reach, options.follow)
+    k = np.flatnonzero(loc.measured & loc.detected & np.isfinite(loc.centres).all(axis=1))
+    if k.size < 2:
+        return [], float("nan")
+    k = np.unique(k[np.linspace(0, k.size - 1, min(k.size, GROUP_FRAMES)).round().astype(int)])
+    windows = resample_windows(od, loc.centres - (size - 1) / 2, (0, 0), (size, size), order=1, frames=k)
+    return window_lobes(windows, loc.shape, options.detect.min_radius)
+
+
+def _member_track(loc, offset, pid: int, radius: float) -> pd.DataFrame:
+    """The track of one member of a group ``loc`` tracked apart: its first-pass positions moved by ``offset``
+    (px), its radius ``radius``, id ``pid``; the group's detections' extent and pieces are not its."""
+    track = loc.track.sort_values("frame").copy()
+    track[["y", "x"]] = loc.centres + np.asarray(offset, float)
+    track["particle"] = pid
+    track["radius"] = radius
+    for column, empty in (("extent", np.nan), ("pieces", 0), ("pieces_at", "")):
+        if column in track:
+            track[column] = empty
+    return track
+
+
+def _cut_at_lobes(member, own, others, options) -> None:
+    """A group's member's masks cut to the pixels nearer to its own lobe than to the others' (``own``, ``others``:
+    :class:`~xanestrack.outlines.Lobe` on the group's window grid), its own lobe placed at its position in each
+    frame; its masks' centres of mass and its consensus shape again (updates ``member``). The segmenter's neck rule
+    (:func:`~xanestrack.segment.isolate_particle`) cuts a touching neighbour only at a narrow neck: the contacts the
+    detector kept whole are too wide for it."""
+    from dataclasses import replace
+
+    theirs = np.min([ndimage.distance_transform_edt(~q.pixels) for q in others], axis=0)
+    kept = ndimage.distance_transform_edt(~own.pixels) <= theirs
+    seg = member.seg
+    masks = np.array(seg.masks, copy=True)
+    _, h, w = masks.shape
+    yy, xx = np.mgrid[:h, :w]
+    for k in np.flatnonzero(np.isfinite(member.centres).all(axis=1)):
+        gy = np.round(yy + (seg.origins[k, 0] - member.centres[k, 0] + own.centre[0])).astype(int)
+        gx = np.round(xx + (seg.origins[k, 1] - member.centres[k, 1] + own.centre[1])).astype(int)
+        on = (gy >= 0) & (gy < kept.shape[0]) & (gx >= 0) & (gx < kept.shape[1])
+        theirs_here = np.zeros((h, w), bool)
+        theirs_here[on] = ~kept[gy[on], gx[on]]
+        masks[k][theirs_here] = 0.0
+    member.seg = replace(seg, masks=masks, com=centre_of_mass(masks) + seg.origins)
+    best = member.measured & member.detected if (member.measured & member.detected).any() else member.measured
+    member.shape = _consensus_shape(member.seg, member.centres, best, member.reach, options.follow)
+
+
+def _members_apart(members) -> bool:
+    """Whether the members of a group tracked apart came out as particles of their own: each outlined (a
+    consensus shape holding its own position) and measured in at least half of its frames, and no member's shape
+    holding another's position (median over the frames both are measured in)."""
+    for i, a in enumerate(members):
+        if a.shape is None or a.measured.sum() < 0.5 * len(a.measured):
+            return False
+        size = a.shape.shape[0]
+        c = (size - 1) / 2
+        if not a.shape[int(round(c)), int(round(c))]:
+            return False
+        for j, b in enumerate(members):
+            if i == j:
+                continue
+            both = a.measured & b.measured
+            if not both.any():
+                return False
+            y, x = np.round(c + np.median(b.centres[both] - a.centres[both], axis=0)).astype(int)
+            if 0 <= y < size and 0 <= x < size and a.shape[y, x]:
+                return False
+    return True
+
+
+def _split_groups(located, od, segmenter, options, fallback=None, unlit=None) -> tuple[list, list]:
+    """``(located, groups)``: each particle whose outline is made of touching particles of alike size (two or more
+    lobes at half height, :func:`_window_lobes`, none :data:`~xanestrack.outlines.LOBE_DOMINANT_AREA` times as large
+    as the next) tracked apart: one track per lobe (the group's first-pass positions moved to the lobe's centre, its
+    radius the lobe's), each followed, outlined and analysed on its own as touching particles the detector cut are
+    (its masks cut at the neck by :func:`~xanestrack.segment.isolate_particle`); kept where every member comes out a
+    particle of its own (:func:`_members_apart`), else the group stays one particle (its note says it may be
+    several: :func:`~xanestrack.outlines._with_outline_lobes`). ``groups``: ``(group id, member ids, neck)``.
+
+    The detector cuts touching particles at necks narrower than 0.6 of the smaller one's width (at its binning, in
+    key frames); a contact longer than that, or an outline convex enough at that binning, keeps them whole as one
+    track, in every frame: one position, one size and one mean E50 for particles that may differ in all three."""
+    out, groups = [], []
+    next_pid = max((loc.pid for loc in located), default=-1) + 1
+    for loc in located:
+        lobes, neck = _window_lobes(loc, od, options)
+        areas = sorted((float(np.count_nonzero(q.pixels)) for q in lobes), reverse=True)
+        if len(lobes) < 2 or areas[0] >= LOBE_DOMINANT_AREA * areas[1]:
+            out.append(loc)
+            continue
+        _, _, size = window_geometry(loc.reach, options.follow)
+        members = []
+        for q in lobes:
+            offset = np.subtract(q.centre, (size - 1) / 2)
+            track = _member_track(loc, offset, next_pid + len(members), q.radius)
+            members.append(_locate_particle(next_pid + len(members), track, od, segmenter, options, fallback, unlit))
+        for m, q in zip(members, lobes, strict=True):
+            _cut_at_lobes(m, q, [o for o in lobes if o is not q], options)
+        if not _members_apart(members):
+            out.append(loc)
+            continue
+        ids = tuple(m.pid for m in members)
+        for m in members:
+            m.group = (loc.pid, ids, neck)
+        out.extend(members)
+        groups.append((loc.pid, ids, neck))
+        next_pid += len(members)
+    return out, groups
+
+
+#: how the note of a particle tracked apart from the touching particles it was detected with begins
+GROUP_NOTE = "tracked apart from the particles it touches"
+#: ... and the note of one that moved against a member of its group (:func:`_with_group_motion`)
+GROUP_MOTION_NOTE = "it moved against a touching particle of its group"
+#: px: members of a group whose relative position strays from its median by more than this (95th percentile over
+#: the frames both are vouched for in) and :data:`GROUP_APART_Z` times its noise moved against each other. Each
+#: member's edge correlation sees the contact, which moves with both, so they pull each other and their relative
+#: motion is read low: the probe's pair (radius 30 and 24 px, contact 39 px, classical path) read 0.04 px held
+#: together, 0.08 / 0.14 / 0.29 px with its smaller member sliding 0.5 / 1 / 2 px across the scan (each member's
+#: positions then 0.20-0.26 px RMS off its truth, 0.41 at most; held together 0.03-0.04), and 0.50 px parting by
+#: 3.7 px with the contact shortening (0.41-0.45 px RMS)
+GROUP_APART_PX = 0.1
+GROUP_APART_Z = 4.0
+
+
+def _group_note(group) -> str:
+    """A member's note (:func:`_split_groups`)."""
+    gid, ids, neck = group
+    at = f"at a neck {neck:.2f} of the smaller one's width" if np.isfinite(neck) else "at narrow necks"
+    return (
+        f"{GROUP_NOTE} (particles {', '.join(map(str, ids))}): the detector kept the {len(ids)} whole as one "
+        f"(track {gid}), whose outline at half height has {len(ids)} lobes of a particle's size joined {at}; each "
+        "followed, outlined (its masks cut at the neck) and analysed on its own"
+    )
+
+
+def _with_group_motion(particles: list, groups: list) -> list:
+    """The members of each group tracked apart (:func:`_split_groups`) with a note where they moved against each
+    other across the scan: of each pair, their positions' difference over the frames both are vouched for in, less
+    its median, its 95th percentile beyond :data:`GROUP_APART_PX` and :data:`GROUP_APART_Z` times its noise (the
+    frame-to-frame scatter)."""
+    from .result import UNVOUCHED_FLAGS
+
+    by_id = {p.particle: p for p in particles}
+    apart = {}
+    for _, ids, _ in groups:
+        for i in ids:
+            for j in ids:
+                a, b = by_id.get(i), by_id.get(j)
+                if i >= j or a is None or b is None:
+                    continue
+                both = ((np.asarray(a.frame_flags) | np.asarray(b.frame_flags)) & UNVOUCHED_FLAGS) == 0
+                d = (b.positions - a.positions)[both]
+                d = d[np.isfinite(d).all(axis=1)]
+                if len(d) < 4:
+                    continue
+                v = float(np.percentile(np.hypot(*(d - np.median(d, axis=0)).T), 95))
+                step = np.diff(d, axis=0)
+                noise = float(np.hypot(robust_sigma(step[:, 0]), robust_sigma(step[:, 1]))) / np.sqrt(2)
+                if not v > max(GROUP_APART_PX, GROUP_APART_Z * noise):
+                    continue
+                for k, other in ((i, j), (j, i)):
+                    if v > apart.get(k, (0.0, -1))[0]:
+                        apart[k] = (v, other)
+    out = []
+    for p in particles:
+        v, other = apart.get(p.particle, (0.0, -1))
+        if other >= 0:
+            note = (
+                f"{GROUP_MOTION_NOTE} (particle {other}): their relative position strayed {v:.2f} px from its median "
+                "(95th percentile of the frames both are vouched for in); its position is measured beside the "
+                "contact, which moves with both, so the two pull each other: their relative motion is read low (a "
+                "2-px slide as 0.29 px on a test pair, each position then 0.2-0.26 px RMS off) and each position may be "
+                "off by a share of it"
+            )
+            p = dataclasses.replace(p, notes=(*p.notes, note))
+        out.append(p)
+    return out
+
+
+def _pieces_to_members(rejected_tracks: pd.DataFrame, located: list, groups: list) -> pd.DataFrame:
+    """``rejected_tracks`` with the pieces of a group's outline (``piece_of`` the group, cut apart in a few key frames)
+    made pieces of the member nearest to them (:func:`_split_groups`): the group is no particle of the run."""
+    gids = {gid: ids for gid, ids, _ in groups}
+    if "piece_of" not in rejected_tracks or not rejected_tracks["piece_of"].isin(list(gids)).any():
+        return rejected_tracks
+    at = {loc.pid: np.nanmedian(_positions(loc), axis=0) for loc in located}
+    out = rejected_tracks.copy()
+    for i, t in out.iterrows():
+        ids = gids.get(int(t["piece_of"]))
+        if ids:
+            out.at[i, "piece_of"] = min(ids, key=lambda m: float(np.hypot(*(at[m] - (t["y"], t["x"])))))
+    return out
+
+
+def _groups_run_note(groups) -> str:
+    """The run note on the groups tracked apart (:func:`_split_groups`)."""
+    said = "; ".join(f"track {gid} into particles {', '.join(map(str, ids))}" for gid, ids, _ in groups[:12])
+    return (
+        f"{count(len(groups), 'group')} of touching particles of alike size that the detector kept whole as one "
+        f"(lobes of its outline at half height joined at necks of at most {LOBE_NECK:.2f} of the smaller one's width) "
+        f"tracked apart, each member on its own ({said}{' ...' if len(groups) > 12 else ''})"
+    )
 
 
 def _locate_in(pid, track, od, segmenter, options, fallback, unlit, radius: float, reach: float) -> _Located:
@@ -1583,12 +1815,13 @@ def _beside_weight(loc, located, options) -> tuple[np.ndarray | None, tuple]:
             continue
         rel = _positions(other) - _positions(loc)
         both = loc.measured & other.measured & np.isfinite(rel).all(axis=1)
-        if both.sum() < 3 or _own_motion_px(rel[both]) < NEIGHBOUR_MOTION_PX:
+        together = not _same_group(loc, other) and _own_motion_px(rel[both]) < NEIGHBOUR_MOTION_PX
+        if both.sum() < 3 or together:
             continue
         s = _swept_neighbour(loc, other, options)
         if s is None or not (disc[s] > 0).any():
             continue
-        if loc.shape is not None and (s & loc.shape.astype(bool)).any():
+        if loc.shape is not None and (s & loc.shape.astype(bool)).any() and not _same_group(loc, other):
             # it passes over the particle or touches it: its pixels there are the particle's too (kept at weight 1),
             # and taking its surroundings out of the window moved a still particle a mover crossed 0.16 -> 0.23 px
             # (its E50 +0.196 eV against -0.095) and an overlapping pair's vouched frames more than 0.25 px off 10 ->
@@ -1603,6 +1836,12 @@ def _beside_weight(loc, located, options) -> tuple[np.ndarray | None, tuple]:
     if loc.shape is not None:
         weight = np.maximum(weight, loc.shape.astype(np.float32))
     return weight, tuple(ids)
+
+
+def _same_group(loc, other) -> bool:
+    """Whether ``loc`` and ``other`` are members of one group tracked apart (:func:`_split_groups`): touching, and
+    each other's only where their own shapes lie (a member's swept shape is left out of the other's window)."""
+    return loc.group is not None and other.group is not None and loc.group[0] == other.group[0]
 
 
 def _refine_beside_neighbours(located, od, options) -> list[int]:
@@ -2601,6 +2840,8 @@ def _finish_particle(
             "for a particle measured that precisely; a touching neighbour can mislead the separation), so the "
             "first pass's positions are kept"
         )
+    if loc.group is not None:
+        notes.append(_group_note(loc.group))
     if loc.mask_missed is not None:
         notes.append(
             f"outlined by the classical segmenter: the learned one missed {100 * loc.mask_missed:.1f} % of the particle "
@@ -3041,6 +3282,15 @@ def run_pipeline(
     for pid in pids:  # 32 s of a 91 s profiled run at 100 particles: said particle by particle
         located.append(_locate_particle(pid, tracks[tracks["particle"] == pid], od, seg, options, fallback, unlit))
         tell("locate", len(located), len(pids))
+    groups = []
+    if options.split_groups and located:
+        # touching particles of alike size the detector kept whole as one track: tracked apart
+        t_g = time.perf_counter()
+        located, groups = _split_groups(located, od, seg, options, fallback, unlit)
+        timings["groups"] = time.perf_counter() - t_g
+        if groups:
+            notes.append(_groups_run_note(groups))
+            rejected_tracks = _pieces_to_members(rejected_tracks, located, groups)
     if options.beside_neighbours and len(located) >= 2:
         t_b = time.perf_counter()
         _refine_beside_neighbours(located, od, options)
@@ -3317,6 +3567,7 @@ def run_pipeline(
     # touching particles the detector kept whole as one and never cut in a key frame:
     # the lobes of the outline said (outlines.outline_lobes)
     particles = _with_outline_lobes(particles, options.detect.min_radius)
+    particles = _with_group_motion(particles, groups)
     timings["segment_register_xanes"] = time.perf_counter() - t
     particles, two_edges = _two_edges(particles, energies)
     if two_edges:
