@@ -47,9 +47,50 @@ def test_textured_surroundings_cut_by_the_apodisation_do_not_pull_towards_the_pr
     assert measured.all()
     assert np.abs(pos[1] - pos[0] - [1.0, 0.0]).max() < 0.02  # measured 0.996, -0.002
     # one level per window and a taper of 1.33 binned px (as before): 0.89 px after two passes
-    old = FollowOptions(floor_scale=0.0, apodisation_margin=4 / 3)
+    old = FollowOptions(floor_scale=0.0, apodisation_margin=4 / 3, search="disc", max_passes=2)
     pos, _, _ = follow_particle(od, predicted, 100.0, 0, options=old)
     assert pos[1, 0] - pos[0, 0] < 0.95
+
+
+def _pair_moving_as_one(gap: float, seed: int = 7):
+    """``(od, truth, predicted)``: particles of radius 14 and 12 px, ``gap`` px apart along x, moving as one (a
+    random walk of 0.4 px steps), and a prediction 0.5 px off (the linker's, between key frames)."""
+    rng = np.random.default_rng(seed)
+    n = 30
+    truth = np.array([40.0, 40.0]) + np.cumsum(rng.normal(0, 0.4, (n, 2)), axis=0)
+    yy, xx = np.mgrid[0:80, 0:110]
+    od = []
+    for y, x in truth:
+        a = np.clip(1 - ((yy - y) ** 2 + (xx - x) ** 2) / 14.0**2, 0, None) ** 0.5
+        b = np.clip(1 - ((yy - y) ** 2 + (xx - x - 26 - gap) ** 2) / 12.0**2, 0, None) ** 0.5
+        od.append(0.8 * (a + b))
+    od = np.asarray(od, np.float32) + rng.normal(0, 0.01, (n, 80, 110)).astype(np.float32)
+    return od, truth, truth + rng.normal(0, 0.5, truth.shape)
+
+
+def test_a_neighbour_moving_with_the_particle_a_few_px_away_does_not_pull_it_towards_the_prediction():
+    """The neighbour's near rim lies in the apodisation disc's taper, weighted by where it lies in the window: with
+    the frames apodised as the template and two passes (the defaults) each frame's shift is pulled towards the
+    window's centre, the prediction, along the pair's axis; searched in the whole window, passes until settled (as
+    the pipeline follows such a particle again: ``pipeline._refine_near_neighbours``), it is not."""
+    od, truth, predicted = _pair_moving_as_one(4.0)
+    errs = {}
+    for name, options in (("now", FollowOptions(search="window", max_passes=8)), ("before", FollowOptions())):
+        pos, _, measured = follow_particle(od, predicted, 14.0, len(od) - 1, options=options)
+        assert measured.all()
+        e = pos - truth
+        errs[name] = (e - e.mean(axis=0)).std(axis=0)
+    assert errs["now"][1] < 0.06, errs  # along the axis: measured 0.017 px (across it 0.014)
+    assert errs["before"][1] > 2 * errs["now"][1], errs  # measured 0.100 px
+
+
+def test_a_particle_alone_settles_in_two_passes():
+    """Alone (the neighbour far off), the passes after the second move it by under ``settle_px``: the positions are
+    those of two passes to within that."""
+    od, _, predicted = _pair_moving_as_one(30.0)
+    two, _, _ = follow_particle(od, predicted, 14.0, len(od) - 1)
+    settled, _, _ = follow_particle(od, predicted, 14.0, len(od) - 1, options=FollowOptions(max_passes=8))
+    assert np.sqrt(np.mean(np.sum((two - settled) ** 2, axis=1))) <= FollowOptions().settle_px
 
 
 def test_nothing_measured_without_a_reference_position():
