@@ -1148,9 +1148,11 @@ def _split_groups(located, od, segmenter, options, fallback=None, unlit=None) ->
     lobes at half height, :func:`_window_lobes`, none :data:`~xanestrack.outlines.LOBE_DOMINANT_AREA` times as large
     as the next) tracked apart: one track per lobe (the group's first-pass positions moved to the lobe's centre, its
     radius the lobe's), each followed, outlined and analysed on its own as touching particles the detector cut are
-    (its masks cut at the neck by :func:`~xanestrack.segment.isolate_particle`); kept where every member comes out a
-    particle of its own (:func:`_members_apart`), else the group stays one particle (its note says it may be
-    several: :func:`~xanestrack.outlines._with_outline_lobes`). ``groups``: ``(group id, member ids, neck)``.
+    (its masks cut between the lobes: :func:`_cut_at_lobes`); kept where every member comes out a particle of its
+    own (:func:`_members_apart`), else the group stays one particle (its note says it may be several:
+    :func:`~xanestrack.outlines._with_outline_lobes`). Where its masks hold one of the pieces the detector cut it
+    into in some key frames, those pieces are the lobes (:func:`_piece_lobes`). ``groups``: ``(group id, member
+    ids, neck)``, the neck NaN where the pieces were the lobes.
 
     The detector cuts touching particles at necks narrower than 0.6 of the smaller one's width (at its binning, in
     key frames); a contact longer than that, or an outline convex enough at that binning, keeps them whole as one
@@ -1204,11 +1206,15 @@ GROUP_APART_Z = 4.0
 def _group_note(group) -> str:
     """A member's note (:func:`_split_groups`)."""
     gid, ids, neck = group
-    at = f"at a neck {neck:.2f} of the smaller one's width" if np.isfinite(neck) else "at narrow necks"
+    how = (
+        f"whose outline at half height has {len(ids)} lobes of a particle's size joined at a neck {neck:.2f} of the "
+        "smaller one's width"
+        if np.isfinite(neck)
+        else f"which it cut into these {len(ids)} in some of its key frames only, its masks holding one of them"
+    )
     return (
         f"{GROUP_NOTE} (particles {', '.join(map(str, ids))}): the detector kept the {len(ids)} whole as one "
-        f"(track {gid}), whose outline at half height has {len(ids)} lobes of a particle's size joined {at}; each "
-        "followed, outlined (its masks cut at the neck) and analysed on its own"
+        f"(track {gid}), {how}; each followed, outlined (its masks cut between them) and analysed on its own"
     )
 
 
@@ -1276,8 +1282,9 @@ def _groups_run_note(groups) -> str:
     said = "; ".join(f"track {gid} into particles {', '.join(map(str, ids))}" for gid, ids, _ in groups[:12])
     return (
         f"{count(len(groups), 'group')} of touching particles of alike size that the detector kept whole as one "
-        f"(lobes of its outline at half height joined at necks of at most {LOBE_NECK:.2f} of the smaller one's width) "
-        f"tracked apart, each member on its own ({said}{' ...' if len(groups) > 12 else ''})"
+        f"(lobes of its outline at half height joined at necks of at most {LOBE_NECK:.2f} of the smaller one's width, "
+        "or pieces it was cut into in some key frames) tracked apart, each member on its own "
+        f"({said}{' ...' if len(groups) > 12 else ''})"
     )
 
 
@@ -1862,8 +1869,7 @@ def _beside_weight(loc, located, options) -> tuple[np.ndarray | None, tuple]:
             continue
         rel = _positions(other) - _positions(loc)
         both = loc.measured & other.measured & np.isfinite(rel).all(axis=1)
-        together = not _same_group(loc, other) and _own_motion_px(rel[both]) < NEIGHBOUR_MOTION_PX
-        if both.sum() < 3 or together:
+        if both.sum() < 3 or (not _same_group(loc, other) and _own_motion_px(rel[both]) < NEIGHBOUR_MOTION_PX):
             continue
         s = _swept_neighbour(loc, other, options)
         if s is None or not (disc[s] > 0).any():
