@@ -1857,6 +1857,14 @@ def _swept_neighbour(loc, other, options) -> np.ndarray | None:
     return swept
 
 
+def _relative_motion_px(loc, other) -> float:
+    """How far ``other`` moves relative to ``loc`` over the frames both are measured in (:func:`_own_motion_px` of
+    the difference of their first-pass positions), px; NaN with fewer than 3 such frames."""
+    rel = _positions(other) - _positions(loc)
+    both = loc.measured & other.measured & np.isfinite(rel).all(axis=1)
+    return _own_motion_px(rel[both]) if both.sum() >= 3 else float("nan")
+
+
 def _beside_weight(loc, located, options) -> tuple[np.ndarray | None, tuple]:
     """``(weight, ids)``: the weight on ``loc``'s correlation window leaving out the neighbours among
     ``located`` that move otherwise (by ``NEIGHBOUR_MOTION_PX`` or more relative to it) and enter its
@@ -1867,9 +1875,8 @@ def _beside_weight(loc, located, options) -> tuple[np.ndarray | None, tuple]:
     for other in located:
         if other is loc:
             continue
-        rel = _positions(other) - _positions(loc)
-        both = loc.measured & other.measured & np.isfinite(rel).all(axis=1)
-        if both.sum() < 3 or (not _same_group(loc, other) and _own_motion_px(rel[both]) < NEIGHBOUR_MOTION_PX):
+        moved = _relative_motion_px(loc, other)
+        if not np.isfinite(moved) or (not _same_group(loc, other) and moved < NEIGHBOUR_MOTION_PX):
             continue
         s = _swept_neighbour(loc, other, options)
         if s is None or not (disc[s] > 0).any():
@@ -1942,9 +1949,7 @@ def _taper_neighbours(loc, located, options) -> tuple:
     for other in located:
         if other is loc:
             continue
-        rel = _positions(other) - _positions(loc)
-        both = loc.measured & other.measured & np.isfinite(rel).all(axis=1)
-        if both.sum() < 3 or _own_motion_px(rel[both]) >= NEIGHBOUR_MOTION_PX:
+        if not _relative_motion_px(loc, other) < NEIGHBOUR_MOTION_PX:  # NaN: too few frames both are measured in
             continue
         s = _swept_neighbour(loc, other, options)
         if s is not None and (s & taper).any():
