@@ -781,7 +781,7 @@ class Lobe:
     peak: float
 
 
-def outline_lobes(p, min_radius: float) -> tuple[list, float]:
+def outline_lobes(p, min_radius: float, relief=None) -> tuple[list, float]:
     """The lobes of a particle's outline where it is made of bodies of a particle's size joined at necks.
 
     The outline is drawn at :data:`LOBE_LEVEL_SHARE` of the particle's level on the image its size is measured on
@@ -796,10 +796,12 @@ def outline_lobes(p, min_radius: float) -> tuple[list, float]:
     neck : float
         The widest neck between two lobes that touch, as a share of the smaller one's inscribed radius (NaN
         where no two touch: a piece too small between them).
+
+    ``relief``: the particle's :class:`xanestrack.result.OutlineRelief`, where the caller has it (default: drawn here).
     """
     from .result import outline_relief
 
-    return _lobes_of(outline_relief(p), p.origin, min_radius)
+    return _lobes_of(outline_relief(p) if relief is None else relief, p.origin, min_radius)
 
 
 def _lobes_of(relief, origin, min_radius: float) -> tuple[list, float]:
@@ -1031,7 +1033,7 @@ def _with_outline_lobes(particles: list, min_radius: float) -> list:
             out.append(p)
             continue
         relief = outline_relief(p)  # once: the lobes and their motion are measured on it
-        lobes, neck = _lobes_of(relief, p.origin, min_radius)
+        lobes, neck = outline_lobes(p, min_radius, relief)
         if len(lobes) < 2:
             out.append(p)
             continue

@@ -1161,17 +1161,15 @@ def _split_groups(located, od, segmenter, options, fallback=None, unlit=None) ->
     next_pid = max((loc.pid for loc in located), default=-1) + 1
     for loc in located:
         lobes, neck = _window_lobes(loc, od, options)
-        centre = (window_geometry(loc.reach, options.follow)[2] - 1) / 2
         if len(lobes) < 2:  # its masks hold one of the pieces the detector cut it into: those pieces
             lobes, neck = _piece_lobes(loc, options), float("nan")
-            centre = (lobes[0].pixels.shape[0] - 1) / 2 if lobes else centre
         areas = sorted((float(np.count_nonzero(q.pixels)) for q in lobes), reverse=True)
         if len(lobes) < 2 or areas[0] >= LOBE_DOMINANT_AREA * areas[1]:
             out.append(loc)
             continue
         members = []
-        for q in lobes:
-            offset = np.subtract(q.centre, centre)
+        for q in lobes:  # both kinds of lobes lie on a square grid centred on the track's first-pass position
+            offset = np.subtract(q.centre, (q.pixels.shape[0] - 1) / 2)
             track = _member_track(loc, offset, next_pid + len(members), q.radius)
             members.append(_locate_particle(next_pid + len(members), track, od, segmenter, options, fallback, unlit))
         for m, q in zip(members, lobes, strict=True):
@@ -1223,29 +1221,28 @@ def _with_group_motion(particles: list, groups: list) -> list:
     other across the scan: of each pair, their positions' difference over the frames both are vouched for in, less
     its median, its 95th percentile beyond :data:`GROUP_APART_PX` and :data:`GROUP_APART_Z` times its noise (the
     frame-to-frame scatter)."""
+    from itertools import combinations
+
     from .result import UNVOUCHED_FLAGS
 
     by_id = {p.particle: p for p in particles}
     apart = {}
     for _, ids, _ in groups:
-        for i in ids:
-            for j in ids:
-                a, b = by_id.get(i), by_id.get(j)
-                if i >= j or a is None or b is None:
-                    continue
-                both = ((np.asarray(a.frame_flags) | np.asarray(b.frame_flags)) & UNVOUCHED_FLAGS) == 0
-                d = (b.positions - a.positions)[both]
-                d = d[np.isfinite(d).all(axis=1)]
-                if len(d) < 4:
-                    continue
-                v = float(np.percentile(np.hypot(*(d - np.median(d, axis=0)).T), 95))
-                step = np.diff(d, axis=0)
-                noise = float(np.hypot(robust_sigma(step[:, 0]), robust_sigma(step[:, 1]))) / np.sqrt(2)
-                if not v > max(GROUP_APART_PX, GROUP_APART_Z * noise):
-                    continue
-                for k, other in ((i, j), (j, i)):
-                    if v > apart.get(k, (0.0, -1))[0]:
-                        apart[k] = (v, other)
+        for i, j in combinations([m for m in ids if m in by_id], 2):
+            a, b = by_id[i], by_id[j]
+            both = ((np.asarray(a.frame_flags) | np.asarray(b.frame_flags)) & UNVOUCHED_FLAGS) == 0
+            d = (b.positions - a.positions)[both]
+            d = d[np.isfinite(d).all(axis=1)]
+            if len(d) < 4:
+                continue
+            v = float(np.percentile(np.hypot(*(d - np.median(d, axis=0)).T), 95))
+            step = np.diff(d, axis=0)
+            noise = float(np.hypot(robust_sigma(step[:, 0]), robust_sigma(step[:, 1]))) / np.sqrt(2)
+            if not v > max(GROUP_APART_PX, GROUP_APART_Z * noise):
+                continue
+            for k, other in ((i, j), (j, i)):
+                if v > apart.get(k, (0.0, -1))[0]:
+                    apart[k] = (v, other)
     out = []
     for p in particles:
         v, other = apart.get(p.particle, (0.0, -1))
