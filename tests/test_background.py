@@ -156,6 +156,30 @@ def test_matrix_background_recovers_the_texture_beside_the_particle(scene):
     assert abs(float(bg.image[44, 44]) - float(np.median(bg.image[seen]))) < 0.1
 
 
+def test_the_separated_matrix_is_taken_from_every_frame():
+    """The matrix behind a particle is a median over frames: from every frame of a long, noisy scan
+    it is closer to the truth than from 48 of them, as it was (the noise of the estimate, the same in
+    every frame, pulls the particle as the texture does). Measured here: the error beside the particle
+    0.0048 OD RMS from 48 frames, 0.0029 from all 143 (the texture 0.020)."""
+    od, pos, shift, tex = _scene(seed=2, n=143, noise=0.03, texture=0.02)
+    radius = 10.0
+    size, shape, _ = _disc_window(radius, FollowOptions())
+    c = (size - 1) / 2
+    q = pos - shift
+    lo = np.floor(q.min(axis=0) - size / 2 - 3).astype(int)
+    box = tuple(np.ceil(q.max(axis=0) + size / 2 + 3).astype(int) - lo + 1)
+    fp = Footprint(ndimage.binary_dilation(shape, iterations=6), (c, c), pos)
+    truth = tex[lo[0] : lo[0] + box[0], lo[1] : lo[1] + box[1]]
+    yy, xx = np.mgrid[lo[0] : lo[0] + box[0], lo[1] : lo[1] + box[1]]
+    beside = np.hypot(yy - q[:, 0].mean(), xx - q[:, 1].mean()) > radius + 8
+    err = {}
+    for max_frames in (48, None):
+        bg, _, _ = separate_layers(od, pos, shift, lo, box, size, [fp], max_frames=max_frames)
+        d = (bg.image - truth)[beside & bg.seen]
+        err[max_frames] = float(np.std(d - np.median(d)))
+    assert err[None] < 0.8 * err[48], err
+
+
 def test_follow_weight_must_have_the_window_shape(scene):
     od, pos, _, _ = scene
     with pytest.raises(ValueError, match="`weight`"):

@@ -427,7 +427,7 @@ def separate_layers(
     footprints,
     *,
     iterations: int = 2,
-    max_frames: int = 48,
+    max_frames: int | None = None,
     rank: int = 1,
 ):
     """The matrix and the particle, separated in a particle's box by their different motions.
@@ -457,8 +457,14 @@ def separate_layers(
     footprints : list of Footprint
         For the first estimate of the matrix.
     iterations : int
-    max_frames : int
-        Frames used, spread evenly over the scan.
+    max_frames : int, optional
+        Frames used, spread evenly over the scan; default every frame. Each matrix pixel is a
+        median over frames, its noise the frames' over the square root of their number: at 600
+        counts (``stress-counts`` seed 2, full size, its three particles separated, band-passed
+        0.7-6 px) the estimate beside a particle (4-15 px beyond its radius) correlated 0.79-0.83
+        with the true matrix from 48 of the 143 frames (error 0.0069-0.0073 OD RMS, the texture's
+        own 0.011), 0.88-0.92 from all (0.0045-0.0052); the matrix's noise, the same in every
+        frame, pulls the particle as the texture does.
 
     Returns
     -------
@@ -471,7 +477,7 @@ def separate_layers(
     n = od.shape[0]
     positions = np.asarray(positions, float)
     shift = np.asarray(shift, float)
-    frames = np.unique(np.linspace(0, n - 1, min(n, max_frames)).round().astype(int))
+    frames = np.unique(np.linspace(0, n - 1, min(n, max_frames or n)).round().astype(int))
     frames = frames[np.isfinite(shift[frames]).all(axis=1) & np.isfinite(positions[frames]).all(axis=1)]
     template = np.zeros((size, size), np.float32)
     contrast = np.full(n, np.nan)
