@@ -429,6 +429,7 @@ def separate_layers(
     iterations: int = 2,
     max_frames: int | None = None,
     rank: int = 1,
+    cache: dict | None = None,
 ):
     """The matrix and the particle, separated in a particle's box by their different motions.
 
@@ -465,6 +466,10 @@ def separate_layers(
         with the true matrix from 48 of the 143 frames (error 0.0069-0.0073 OD RMS, the texture's
         own 0.011), 0.88-0.92 from all (0.0045-0.0052); the matrix's noise, the same in every
         frame, pulls the particle as the texture does.
+    cache : dict, optional
+        Kept between calls for one particle's box (the pipeline calls this once per pass, at new
+        positions): the frames in matrix coordinates, the footprints' cover and the first
+        estimate depend on the box, the frames and ``footprints`` only, and are made once.
 
     Returns
     -------
@@ -483,16 +488,24 @@ def separate_layers(
     contrast = np.full(n, np.nan)
     if frames.size == 0:
         return matrix_background(od, shift, origin, shape, footprints, frames=frames), template, contrast
-    cover = _covered(shift, np.asarray(origin, int), shape, footprints, frames)
-    bg = _median_matrix(od, shift, np.asarray(origin, int), frames, cover)
+    key = (frames.tobytes(), tuple(np.asarray(origin, int)), tuple(shape), id(footprints), id(od), id(shift))
+    if cache is not None and cache.get("key") == key:
+        cover, bg, Wm, excluded = cache["value"]
+    else:
+        cover = _covered(shift, np.asarray(origin, int), shape, footprints, frames)
+        bg = _median_matrix(od, shift, np.asarray(origin, int), frames, cover)
+        Wm = excluded = None
+        if frames.size >= 3:
+            Wm = resample_windows(od, shift, origin, shape, order=3, frames=frames)
+            # each frame's level where no particle covers the box (as for ``bg``), nor an absorber no footprint holds
+            excluded = bg.excluded if bg.excluded is not None and bg.excluded.any() else None
+            Wm -= _levels(Wm, ~cover if excluded is None else ~(cover | excluded[None]))
+        if cache is not None:
+            cache.update(key=key, value=(cover, bg, Wm, excluded))
     if frames.size < 3:
         return bg, template, contrast
     c = (size - 1) / 2
     h, w = shape
-    Wm = resample_windows(od, shift, origin, shape, order=3, frames=frames)
-    # each frame's level where no particle covers the box (as for ``bg``), nor an absorber no footprint holds
-    excluded = bg.excluded if bg.excluded is not None and bg.excluded.any() else None
-    Wm -= _levels(Wm, ~cover if excluded is None else ~(cover | excluded[None]))
     Wp = resample_windows(od, positions - c, (0, 0), (size, size), order=3, frames=frames)
     M = bg.image
     for _ in range(max(1, iterations)):

@@ -2122,9 +2122,10 @@ def _separate(loc, m, od, footprints, options, centres) -> str:
     """Separate a particle from the matrix by their different motions, starting at ``centres``,
     and follow it again on its frames less the matrix (:func:`_follow_on_matrix`): "matrix"."""
     _, _, size = window_geometry(loc.reach, options.follow)
+    cache = {}  # the box's frames, cover and first estimate: the same in every pass
 
     def separated(centres, lo, box, near):
-        background, _, _ = separate_layers(od, centres, m, lo, box, size, near)
+        background, _, _ = separate_layers(od, centres, m, lo, box, size, near, cache=cache)
         loc.matrix = background  # the last one: subtracted again before the chemistry
         return background
 
