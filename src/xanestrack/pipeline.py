@@ -1515,15 +1515,15 @@ SEPARATE_PX = 1.5
 #: edge (:func:`_unmix_where_it_tells`) where that estimate stands out of its own noise and moves the
 #: particle, else (at low counts, the estimate's noise 2-4 times below its signal) separated by its
 #: motion all the same (:func:`_refine_moving`): it was followed by its shape alone, still pulled by
-#: the matrix. Measured (``bench_stress.py``, full size, both paths, against the matrix from every
-#: frame with this False, which is the rule before it): seeds 1-2 stress-counts seed 2 learned 0.333
-#: -> 0.240 px worst, classical 0.321 -> 0.249, seed 1 classical 0.245 -> 0.210 (a 9-px particle
-#: moving 0.89 px, 1.6 times its noise, 0.33 -> 0.21 px RMS); the table's runs meeting every goal and
-#: the held-out seeds: README, "The stress family". Separating every such particle instead, even
+#: the matrix. Measured (``bench_stress.py``, full size, both paths, against the code before: the
+#: matrix from 48 frames, this False): stress-counts seed 2 learned 0.333 -> 0.240 px worst,
+#: classical 0.321 -> 0.249, seed 1 classical 0.245 -> 0.210 (seed 2's 12-px particle, moving 0.89 px
+#: on its own, 1.6 times its noise: in a 260-px cut of the scene 0.342 -> 0.284 px RMS); the table's
+#: runs meeting every goal and the held-out seeds: README, "The stress family". Separating every such particle instead, even
 #: where the edge tells its matrix apart, lost one that the edge had measured well (stress-crowd
 #: seed 2, classical: an 11-px particle about 0.10 -> 0.17 px, the run's median 0.118 -> 0.168);
-#: separating with the matrix from 48 frames as before lost stress-counts seed 1 (classical 0.245 ->
-#: 0.299 px, seed 2 0.321 -> 0.282).
+#: separating every particle moving 0.75 px or more (``SEPARATE_PX`` 0.75) with the matrix from 48
+#: frames as before lost stress-counts seed 1 (classical 0.245 -> 0.299 px, seed 2 0.321 -> 0.282).
 SEPARATE_WHERE_UNMIXING_FAILS = True
 
 #: The matrix's texture against the particles' contrast (:func:`xanestrack.background.matrix_texture_ratio`)
