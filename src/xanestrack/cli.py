@@ -975,7 +975,7 @@ def run(
     segmenter_model: Optional[Path] = typer.Option(None, help="A segmenter model folder; default the shipped one."),
     separate_matrix: bool = typer.Option(
         True,
-        help="Follow each particle that drifts on its own (>= 1.5 px, or >= 0.75 px well above its noise) again with the matrix behind it subtracted (corrects the matrix's pull in faint pre-edge frames; costs a few seconds per scan).",
+        help="Follow each particle that drifts on its own (>= 1.5 px, or >= 0.75 px well above its noise or where its absorption edge does not tell its matrix apart) again with the matrix behind it subtracted (corrects the matrix's pull in faint pre-edge frames; costs a few seconds per scan).",
     ),
     unmix_matrix: bool = typer.Option(
         True,
