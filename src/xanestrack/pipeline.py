@@ -1992,11 +1992,13 @@ def _refine_near_neighbours(located, od, options) -> list[int]:
     ``stress-crowd`` and ``stress-all`` seeds 1-2, both paths), while the shared motion it moved carried a change
     to the faintest particles (``stress-all`` seed 2, classical: a 10-px particle not followed again 0.448 ->
     0.540 px; ``stress-crowd`` seed 2, learned, a 14-px one 0.127 -> 0.147; other rows better by as much)."""
-    near = _map(lambda loc: _taper_neighbours(loc, located, options), located, _threads(options))
+    # not those followed beside neighbours that move otherwise, nor those without a reference position
+    asked = [loc for loc in located if loc.beside is None and np.isfinite(_positions(loc)[loc.ref_frame]).all()]
+    near = _map(lambda loc: _taper_neighbours(loc, located, options), asked, _threads(options))
     follow = dataclasses.replace(options.follow, search="window", max_passes=NEAR_NEIGHBOUR_PASSES)
     done = []
-    for loc, ids in zip(located, near):
-        if not ids or loc.beside is not None or not np.isfinite(_positions(loc)[loc.ref_frame]).all():
+    for loc, ids in zip(asked, near):
+        if not ids:
             continue
         refined, _, measured = follow_particle(od, loc.centres, loc.reach, loc.ref_frame, options=follow)
         loc.followed = np.where(measured[:, None], refined, loc.followed)
@@ -2094,8 +2096,12 @@ def _refine_moving(loc, m, od, footprints, options, contrast) -> str | None:
         # edge where that estimate stands out of its own noise and moves the particle (below), else by
         # that motion after all (SEPARATE_WHERE_UNMIXING_FAILS)
         by_motion = SEPARATE_WHERE_UNMIXING_FAILS and motion >= MIN_OWN_MOTION
-        if contrast is None:
+
+        def not_unmixed():
             return _separate(loc, m, od, footprints, options, _positions(loc)) if by_motion else "shape"
+
+        if contrast is None:
+            return not_unmixed()
         # its own motion standing out of its noise tells that the matrix pulls it (as the
         # release before: unmixed whatever the matrix estimate's noise; at 600 counts such
         # particles gained and lost alike); else the estimate and its effect must tell
@@ -2104,7 +2110,7 @@ def _refine_moving(loc, m, od, footprints, options, contrast) -> str | None:
                 return "shape"
             loc.unmixed_motion = motion
         elif not _unmix_where_it_tells(loc, m, od, footprints, options, contrast, motion):
-            return _separate(loc, m, od, footprints, options, _positions(loc)) if by_motion else "shape"
+            return not_unmixed()
         # the matrix told apart by the edge pulls it less again: its own motion, measured once
         # more, may now tell the layers apart by that motion, which models what the edge
         # cannot (the matrix sliding under it; stress-fines seed 1, learned: a 16-px particle
