@@ -80,6 +80,14 @@ SIZES = {
     # scene of the independent (stress) family with 30-40 particles, fines, touching pairs, drift
     "460": dict(preset="default", args=[]),
     "1024": dict(preset="stress-all", args=["--size", "1024", "--n-particles", "36"]),
+    # not in the pair (asked for by name): large particles, as on 32-ID-C style frames (r 40-130 px at
+    # 39 nm), where a particle's window stacks, not the frames, set the peak memory: 12 particles of radius up to
+    # 120 px, found with `--max-radius 150`
+    "1024-large": dict(
+        preset="default",
+        args=["--size", "1024", "--n-particles", "12", "--max-radius", "120"],
+        run=["--max-radius", "150"],
+    ),
 }
 
 
@@ -103,7 +111,9 @@ def _stages(stdout: str, run_json: Path) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--size", choices=sorted(SIZES), action="append", help="scan size(s) to time (default: both)")
+    ap.add_argument(
+        "--size", choices=sorted(SIZES), action="append", help="scan size(s) to time (default: 460 and 1024)"
+    )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--python", default=sys.executable, help="interpreter for `xanestrack run` (default: this one)")
@@ -121,7 +131,7 @@ def main(argv=None):
     cli = [a.python, "-c", "from xanestrack.cli import main; main()"]
     t_help, _, _, _ = _best([*cli, "run", "--help"], a.repeats, env=env)
     print(f"import + parse (`xanestrack run --help`): best {t_help:.2f} s")
-    for size in a.size or sorted(SIZES, key=int):
+    for size in a.size or ["460", "1024"]:
         cfg = SIZES[size]
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
@@ -158,7 +168,7 @@ def main(argv=None):
 
                 shutil.rmtree(out, ignore_errors=True)
 
-            run_cmd = [*cli, "run", str(stack), "--out", str(out), *shlex.split(a.run_args)]
+            run_cmd = [*cli, "run", str(stack), "--out", str(out), *cfg.get("run", []), *shlex.split(a.run_args)]
             t_run, all_run, rss_run, log = _best(run_cmd, a.repeats, env=env, before=clean)
             stages = _stages(log, out / "run.json")
             n_part = len(list((out / "figures").glob("particle_*_spectrum.svg"))) if (out / "figures").is_dir() else -1

@@ -227,8 +227,9 @@ def test_windows_masks_are_let_go_once_a_particle_is_aligned_and_an_analysis_aga
     small_synth, small_result, monkeypatch
 ):
     """Each particle's windows' masks (as large as its aligned masks: 320 MiB for 12 particles of radius 10-113 px
-    at 1024^2) are let go once its aligned grid is made; the XANES analysed again (here on the same energy axis, as a
-    calibration that moves nothing) reuses that grid and gives what the first analysis gave."""
+    at 1024^2) are let go once its aligned grid is made, the largest particles first; the XANES analysed again (here
+    on the same energy axis, as a calibration that moves nothing) reuses that grid and gives what the first analysis
+    gave."""
     import xanestrack.pipeline as pl
 
     seen = []
@@ -244,6 +245,9 @@ def test_windows_masks_are_let_go_once_a_particle_is_aligned_and_an_analysis_aga
     n = len(small_result.particles)
     assert n >= 2 and len(seen) == 2 * n  # analysed twice
     assert all(grid is None for _, grid in seen[:n]) and all(grid is not None for _, grid in seen[n:])
+    # the largest first: a large particle's XANES peaks before the others' results are held
+    halves = [loc.half for loc, _ in seen[:n]]
+    assert halves == sorted(halves, reverse=True) and len(set(halves)) > 1
     assert all(loc.seg.masks is None and loc.seg.outside is None for loc, _ in seen)
     for a, b in zip(small_result.particles, again.particles):
         np.testing.assert_array_equal(a.masks, b.masks)
