@@ -2926,7 +2926,7 @@ OWN_MOTION_REPORTED = "its own motion as reported: motion_summary.csv"
 def _largest_first(fn, located, threads: int) -> list:
     """``[fn(j) for j in range(len(located))]``, the particles with the largest windows first (the results in
     ``located``'s order). A particle's XANES works on every pixel of its window at once, several times its aligned
-    stack for a while (a particle of radius 113 px, its window 307 px, 143 frames: 540 MiB at its peak); the
+    stack for a while (a particle of radius 113 px, its window 307 px, 143 frames: 504 MiB traced at its peak); the
     largest analysed first, that peak comes before the others' results are held, not on top of them."""
     order = sorted(range(len(located)), key=lambda j: -int(located[j].half))
     out = [None] * len(located)
