@@ -62,6 +62,8 @@ COLUMNS = [
     "unflagged_wrong",
     "worst_unflagged_px",
     "frames_disagree",
+    "vouched_off",
+    "worst_vouched_px",
     "n_frames",
     "pipeline_s",
 ]
@@ -121,13 +123,14 @@ def format_row(r) -> str:
         f"{r['isolated_tracked']}/{r['n_isolated']} ({r['isolated_found']} found) | {r['max_rms_px']:.3f} | {r['median_rms_px']:.3f} | "
         f"{r['spurious']} | {r['frames_wrong']} | {r['unflagged_wrong']}"
         + (f" (≤ {r['worst_unflagged_px']:.2f} px)" if r["unflagged_wrong"] else "")
-        + f" | {r['frames_disagree']} | {r['pipeline_s']:.1f} |"
+        + f" | {r['vouched_off']} (≤ {r['worst_vouched_px']:.2f} px) | {r['frames_disagree']} | {r['pipeline_s']:.1f} |"
     )
 
 
 HEADER = (
     "| case | path | seed | found/true | isolated tracked all frames | worst RMS px | median RMS px | spurious | "
-    "frames > 1 px | unflagged > 1 px | disagree frames | pipeline s |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "frames > 1 px | unflagged > 1 px | vouched for > 0.5 px | disagree frames | pipeline s |"
+    "\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 

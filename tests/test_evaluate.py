@@ -52,6 +52,7 @@ def test_evaluate_tracking_counts_unflagged_errors_and_spurious_tracks():
     e0 = t0 + [0.3, -0.2]  # a constant offset misaligns nothing
     e0[5] += [1.5, 0]  # wrong, unflagged
     e0[6] += [0, 2.0]  # wrong, flagged disagree
+    e0[7] += [0.7, 0]  # not wrong, but vouched for 0.7 px off (beyond the tool's 0.5-px agreement)
     f0 = np.zeros(n, int)
     f0[6] = FRAME_FLAGS["disagree"]
     e1 = t1.copy()
@@ -65,6 +66,9 @@ def test_evaluate_tracking_counts_unflagged_errors_and_spurious_tracks():
     assert s["isolated_tracked"] == 1 and s["spurious"] == 1
     assert s["frames_wrong"] == 3 and s["unflagged_wrong"] == 1 and s["worst_unflagged_px"] == pytest.approx(1.5)
     assert s["frames_disagree"] == 1
+    # vouched for beyond the agreement: frames 5 and 7 (not 6, flagged; not particle 7's interpolated frame 3)
+    assert s["vouched_off"] == 2 and s["worst_vouched_px"] == pytest.approx(1.5)
+    assert evaluate_tracking(result, truth, agreement_px=1.0)[1]["vouched_off"] == 1
     assert (
         table.set_index("truth_particle").loc[0, "particle"] == 3
         and table.set_index("truth_particle").loc[2, "particle"] == -1

@@ -213,7 +213,7 @@ def true_tracks(truth) -> np.ndarray:
     return np.stack([g[["y", "x"]].to_numpy(float) for _, g in tp.groupby("particle")])
 
 
-def evaluate_tracking(result, truth, *, max_distance: float = 10.0, wrong_px: float = 1.0):
+def evaluate_tracking(result, truth, *, max_distance: float = 10.0, wrong_px: float = 1.0, agreement_px: float = 0.5):
     """Tracking and vouching scores of a pipeline result against a scene's truth.
 
     Every estimated track is paired with a true particle (isolated or not) by its
@@ -224,20 +224,23 @@ def evaluate_tracking(result, truth, *, max_distance: float = 10.0, wrong_px: fl
     measured (not flagged ``interpolated``); it is *wrong* when its error exceeds
     ``wrong_px``, and *unflagged wrong* when, moreover, it carries none of
     ``interpolated``, ``position_outlier``, ``disagree`` (the tool states it as measured
-    and vouched for).
+    and vouched for). A frame vouched for whose error exceeds ``agreement_px`` (the tool's
+    own default threshold between its two estimates, issue 15's 0.5 px) is counted as
+    ``vouched_off``: below ``wrong_px`` such frames are not wrong, but more off than the
+    tool's agreement promises; ``worst_vouched_px`` is the largest error of a frame vouched for.
 
     Returns
     -------
     table : DataFrame
         One row per true particle: ``truth_particle, particle`` (estimated id or -1),
         ``isolated, radius, frames_tracked, tracked_all, rms_px, worst_px, frames_wrong,
-        unflagged_wrong, worst_unflagged_px, frames_disagree``.
+        unflagged_wrong, worst_unflagged_px, frames_disagree, vouched_off, worst_vouched_px``.
     summary : dict
         ``n_true, n_found, n_isolated, isolated_found, isolated_tracked`` (found and
         tracked through every frame), ``max_rms_px, median_rms_px`` (over isolated
         particles found), ``spurious, frames_wrong, unflagged_wrong,
-        worst_unflagged_px`` (over all paired tracks), ``frames_disagree`` (over all
-        tracks), ``n_frames``.
+        worst_unflagged_px, vouched_off, worst_vouched_px`` (over all paired tracks),
+        ``frames_disagree`` (over all tracks), ``n_frames``.
     """
     tp = truth.positions.sort_values(["particle", "frame"])
     true_ids = np.sort(tp["particle"].unique())
@@ -268,6 +271,7 @@ def evaluate_tracking(result, truth, *, max_distance: float = 10.0, wrong_px: fl
                 err = np.hypot(*(e - np.median(e[base], axis=0)).T)
             wrong = ~(err <= wrong_px)  # NaN (no position) counts as wrong
             unflagged = wrong & ((flags & UNVOUCHED_FLAGS) == 0)
+            vouched = np.isfinite(err) & ((flags & UNVOUCHED_FLAGS) == 0)
             row.update(
                 particle=int(p.particle),
                 frames_tracked=int(tracked.sum()),
@@ -278,6 +282,8 @@ def evaluate_tracking(result, truth, *, max_distance: float = 10.0, wrong_px: fl
                 unflagged_wrong=int(unflagged.sum()),
                 worst_unflagged_px=float(np.nanmax(np.where(unflagged, err, np.nan))) if unflagged.any() else 0.0,
                 frames_disagree=int(((flags & FRAME_FLAGS["disagree"]) != 0).sum()),
+                vouched_off=int((vouched & (err > agreement_px)).sum()),
+                worst_vouched_px=float(err[vouched].max()) if vouched.any() else 0.0,
             )
         rows.append(row)
     cols = [
@@ -293,6 +299,8 @@ def evaluate_tracking(result, truth, *, max_distance: float = 10.0, wrong_px: fl
         "unflagged_wrong",
         "worst_unflagged_px",
         "frames_disagree",
+        "vouched_off",
+        "worst_vouched_px",
     ]
     table = pd.DataFrame(rows).reindex(columns=cols)
     found = table[table["particle"] >= 0]
@@ -309,6 +317,8 @@ def evaluate_tracking(result, truth, *, max_distance: float = 10.0, wrong_px: fl
         frames_wrong=int(found["frames_wrong"].sum()),
         unflagged_wrong=int(found["unflagged_wrong"].sum()),
         worst_unflagged_px=float(found["worst_unflagged_px"].max()) if len(found) else 0.0,
+        vouched_off=int(found["vouched_off"].sum()),
+        worst_vouched_px=float(found["worst_vouched_px"].max()) if len(found) else 0.0,
         frames_disagree=int(
             sum(int(((np.asarray(p.frame_flags, int) & FRAME_FLAGS["disagree"]) != 0).sum()) for p in result.particles)
         ),
