@@ -19,6 +19,10 @@ are trained on seeds >= 100. Scored by :func:`xanestrack.evaluate.evaluate_track
 - > 1 px: frames of paired tracks whose error exceeds 1 px (constant offset removed);
   unflagged: of those, frames carrying none of ``interpolated``, ``position_outlier``,
   ``disagree`` (stated as measured and vouched for; the tool promises none);
+- vouched for > 0.5 px: frames vouched for (none of those flags) whose error exceeds the tool's
+  own agreement threshold (``PipelineOptions.agreement_px``, 0.5 px), and the largest error of a
+  frame vouched for: not wrong by the 1-px line above, but more off than the agreement between the
+  two estimates suggests (both can share an error: the matrix's pull before the edge);
 - disagree: frames flagged ``disagree`` (all tracks);
 - time: ``run_pipeline`` wall time (generation and scoring excluded);
 - common: with both paths, the isolated particles that *both* track through every frame,
