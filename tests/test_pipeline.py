@@ -241,7 +241,10 @@ def test_windows_masks_are_let_go_once_a_particle_is_aligned_and_an_analysis_aga
 
     monkeypatch.setattr(pl, "_finish_particle", spy)
     st = Stack(small_synth.optical_density(), small_synth.energies_ev)
-    again = run_pipeline(st, recalibrate=lambda results, energies: np.asarray(energies, float).copy())
+    # one thread: the calls in the order they are made (two threads may enter them in either order)
+    again = run_pipeline(
+        st, options=PipelineOptions(threads=1), recalibrate=lambda results, energies: np.asarray(energies, float).copy()
+    )
     n = len(small_result.particles)
     assert n >= 2 and len(seen) == 2 * n  # analysed twice
     assert all(grid is None for _, grid in seen[:n]) and all(grid is not None for _, grid in seen[n:])
