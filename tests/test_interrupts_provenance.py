@@ -158,6 +158,69 @@ def test_ctrl_c_between_the_two_renames_puts_the_previous_output_back(tmp_path, 
     assert "nothing was written" in interrupted_message(out)
 
 
+@pytest.fixture(params=["SIGINT", "SIGTERM"])
+def interrupt(request, monkeypatch):
+    """The signal a user's Ctrl-C or a batch system's time limit sends, with the handler the command line has for
+    it (SIGTERM ends a command as Ctrl-C does: :func:`xanestrack.cli._terminated`)."""
+    from xanestrack import cli
+
+    sig = getattr(signal, request.param)
+    if sig == signal.SIGTERM:
+        previous = signal.signal(signal.SIGTERM, cli._terminated)
+        yield sig
+        signal.signal(signal.SIGTERM, previous)
+    else:
+        yield sig
+
+
+@pytest.mark.parametrize("step", ["mkdir", "write"])
+def test_an_interrupt_just_as_the_temporary_folder_or_lock_is_made_leaves_neither(
+    tmp_path, monkeypatch, interrupt, step
+):
+    """A SIGTERM landing just as the run had made its temporary folder (before the clean-up that removes it was set
+    up) left ``.NAME.tmp-HOST-PID-XXXXXXXX`` beside the output: once in a CI run of the suite, where the test sends
+    it as soon as that folder appears. The lock file had the same gap (``os.write`` of its content). Both are made
+    with interrupts held now, and the interrupt is let through where the clean-up is in place."""
+    out = tmp_path / "out"
+    real = getattr(os, step)
+    fired = []
+
+    def interrupted(*a, **k):
+        r = real(*a, **k)
+        if not fired:
+            fired.append(a[0])
+            signal.raise_signal(interrupt)  # lands as the call returns: its folder or file is made
+        return r
+
+    monkeypatch.setattr(outdir.os, step, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _output(out, "new")
+    monkeypatch.undo()
+    assert fired and list(tmp_path.iterdir()) == []
+    assert "nothing was written" in interrupted_message(out)
+    _output(out, "next")  # and the next run goes ahead
+    assert _text(out) == "next" and _hidden(tmp_path) == []
+
+
+def test_an_interrupt_as_the_output_s_parent_folders_are_made_leaves_none(tmp_path, monkeypatch, interrupt):
+    out = tmp_path / "a" / "b" / "out"
+    real = Path.mkdir
+    fired = []
+
+    def mkdir(self, *a, **k):
+        r = real(self, *a, **k)
+        if not fired and self == out.parent:
+            fired.append(self)
+            signal.raise_signal(interrupt)
+        return r
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    with pytest.raises(KeyboardInterrupt):
+        _output(out, "new")
+    monkeypatch.undo()
+    assert fired and list(tmp_path.iterdir()) == []
+
+
 # -- an interrupted series rerun -------------------------------------------------------------------------------------
 
 SERIES_KW = dict(

@@ -624,6 +624,17 @@ class output_lock:
             ) from None
 
     def __enter__(self):
+        # taken with interrupts held, and given up again where one came meanwhile: a SIGTERM landing just as the
+        # file was made left it (no ``with`` had taken it yet to remove it)
+        try:
+            with _interrupts_held():
+                return self._take()
+        except BaseException:
+            if self.fd is not None:
+                self.__exit__(None, None, None)
+            raise
+
+    def _take(self):
         try:
             import fcntl
         except ImportError:
@@ -792,12 +803,15 @@ def interrupted_message(out, *, what: str = "output") -> str:
 
 
 @contextmanager
-def _ctrl_c_held():
-    """Hold a Ctrl-C (SIGINT) until the block is done, then raise it: the renames that put new results in place
-    and the removal of the folder they replaced are not cut in half. A second Ctrl-C meanwhile interrupts at once.
+def _interrupts_held():
+    """Hold an interrupt (Ctrl-C's SIGINT; SIGTERM, which the command line makes end a command as Ctrl-C does) until
+    the block is done, then raise it: the renames that put new results in place, the removal of the folder they
+    replaced, and the making of the temporary folder and the lock together with what removes them again are not cut
+    in half. A second interrupt meanwhile interrupts at once.
 
-    Only in the main thread (the one Python runs signal handlers in) and where SIGINT has a Python handler (the
-    default one raises KeyboardInterrupt); elsewhere the block runs as it is.
+    Only in the main thread (the one Python runs signal handlers in), and each signal only where it has a Python
+    handler (SIGINT's default one raises KeyboardInterrupt; SIGTERM's is the command line's); elsewhere the block
+    runs as it is.
     """
     import signal
     import threading
@@ -805,25 +819,28 @@ def _ctrl_c_held():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGINT)
-    if not callable(previous):  # ignored (SIG_IGN), the default action (SIG_DFL), or not set from Python
-        yield
-        return
     held = []
+    previous = {}
+    for sig in (signal.SIGINT, getattr(signal, "SIGTERM", None)):
+        handler = None if sig is None else signal.getsignal(sig)
+        if callable(handler):  # not ignored (SIG_IGN), the default action (SIG_DFL), or set outside Python
+            previous[sig] = handler
 
     def hold(signum, frame):
         if held:  # the second: now
-            previous(signum, frame)
+            previous[signum](signum, frame)
             return
         held.append((signum, frame))
 
-    signal.signal(signal.SIGINT, hold)
     try:
+        for sig in previous:
+            signal.signal(sig, hold)
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if held:
-        previous(*held[0])
+        previous[held[0][0]](*held[0])
 
 
 def _remove_replaced(old: Path) -> bool:
@@ -912,6 +929,22 @@ def _swap(tmp: Path, out: Path, old: Path) -> Path | None:
     return old if moved else None
 
 
+def _make_tmp(parent: Path, out: Path, host: str, pid: int) -> Path:
+    """A new temporary folder for ``out`` in ``parent``: ``.NAME.tmp-HOST-PID-XXXXXXXX``, normal permissions."""
+    for _ in range(100):
+        tmp = parent / f".{out.name}.tmp-{host}-{pid}-{secrets.token_hex(4)}"
+        try:
+            os.mkdir(tmp, 0o777)  # the umask applies, unlike mkdtemp's 0700
+            return tmp
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise XanestrackError(
+                f"cannot write in {parent} ({one_line(exc.strerror or exc)}); choose another output folder (`out`)"
+            ) from None
+    raise XanestrackError(f"cannot make a temporary folder for {out.name} in {parent}; choose another output folder")
+
+
 @contextmanager
 def atomic_output_dir(out_dir, *, overwrite: bool = False, inputs=(), kind: str = "output"):
     """Yield a temporary folder; on success it replaces ``out_dir``.
@@ -926,62 +959,60 @@ def atomic_output_dir(out_dir, *, overwrite: bool = False, inputs=(), kind: str 
     """
     check_output_dir(out_dir, overwrite=overwrite, inputs=inputs, kind=kind)
     out = Path(out_dir).resolve()
-    parent, created = _prepare_parent(out)
-    _clean_stale(parent)
     host, pid = _host(), os.getpid()
+    created = tmp = None
+    moving = False  # from here on the temporary folder is (being) put in place, not removed
     try:
+        # what is made here is made with interrupts held and known to the clean-up below before one is let through:
+        # a SIGTERM landing just as the temporary folder was made (CI, once) left it beside the output
+        with _interrupts_held():
+            parent, created = _prepare_parent(out)
+        _clean_stale(parent)
         with output_lock(out):
             check_output_dir(out, overwrite=overwrite, inputs=inputs, kind=kind)  # again, now that it is ours
-            for _ in range(100):
-                tmp = parent / f".{out.name}.tmp-{host}-{pid}-{secrets.token_hex(4)}"
-                try:
-                    os.mkdir(tmp, 0o777)  # the umask applies, unlike mkdtemp's 0700
-                    break
-                except FileExistsError:
-                    continue
-                except OSError as exc:
-                    raise XanestrackError(
-                        f"cannot write in {parent} ({one_line(exc.strerror or exc)}); choose another output folder (`out`)"
-                    ) from None
             try:
-                (tmp / TMP_MARKER).write_text(json.dumps(dict(tool="xanestrack", pid=pid, host=host, out=str(out))))
+                with _interrupts_held():
+                    tmp = _make_tmp(parent, out, host, pid)
+                    (tmp / TMP_MARKER).write_text(json.dumps(dict(tool="xanestrack", pid=pid, host=host, out=str(out))))
                 yield tmp
                 (tmp / TMP_MARKER).unlink()
                 write_marker(tmp, kind=kind)
                 check_output_dir(out, overwrite=overwrite, inputs=inputs, kind=kind)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            # a Ctrl-C from here on is held until the new results are in place and the folder they replace is
-            # gone (a second one interrupts at once): what is left then is said by interrupted_message
-            with _ctrl_c_held():
-                if out.is_dir() and not any(out.iterdir()):
-                    # an empty folder the user made (perhaps the current one): keep it, move our files in, marker last
-                    for entry in sorted(tmp.iterdir(), key=lambda e: e.name == MARKER):
-                        if (out / entry.name).exists():
-                            raise XanestrackError(
-                                f"{out / entry.name} appeared while the run was writing; it is left alone: rerun"
+                # an interrupt from here on is held until the new results are in place and the folder they replace
+                # is gone (a second one interrupts at once): what is left then is said by interrupted_message
+                with _interrupts_held():
+                    moving = True
+                    if out.is_dir() and not any(out.iterdir()):
+                        # an empty folder the user made (perhaps the current one): keep it, move our files in, marker last
+                        for entry in sorted(tmp.iterdir(), key=lambda e: e.name == MARKER):
+                            if (out / entry.name).exists():
+                                raise XanestrackError(
+                                    f"{out / entry.name} appeared while the run was writing; it is left alone: rerun"
+                                )
+                            os.replace(entry, out / entry.name)
+                        _COMMITTED[_key(out)] = dict(old=None)
+                        tmp.rmdir()
+                        return
+                    old = _swap(tmp, out, parent / f".{out.name}.old-{host}-{pid}")
+                    state = _COMMITTED[_key(out)]
+                    if old is not None:
+                        info = _read_marker(old) or _legacy_marker(old) or dict(files=[])
+                        left = _foreign(old, info)
+                        if left:  # something appeared in it meanwhile: keep it
+                            state["kept"] = True
+                            logger.warning(
+                                "the replaced output was kept as %s: it holds files xanestrack did not write (%s)",
+                                old,
+                                left[0],
                             )
-                        os.replace(entry, out / entry.name)
-                    _COMMITTED[_key(out)] = dict(old=None)
-                    tmp.rmdir()
-                    return
-                old = _swap(tmp, out, parent / f".{out.name}.old-{host}-{pid}")
-                state = _COMMITTED[_key(out)]
-                if old is not None:
-                    info = _read_marker(old) or _legacy_marker(old) or dict(files=[])
-                    left = _foreign(old, info)
-                    if left:  # something appeared in it meanwhile: keep it
-                        state["kept"] = True
-                        logger.warning(
-                            "the replaced output was kept as %s: it holds files xanestrack did not write (%s)",
-                            old,
-                            left[0],
-                        )
-                    else:
-                        state["left"] = True  # until it is gone
-                        if _remove_replaced(old):
-                            state["left"] = False
+                        else:
+                            state["left"] = True  # until it is gone
+                            if _remove_replaced(old):
+                                state["left"] = False
+            except BaseException:
+                if tmp is not None and not moving:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                raise
 
     except BaseException:  # the folders above that this run created go again (a lock in them is gone by now)
         _remove_created(out, created)
