@@ -36,6 +36,21 @@ def _hidden(parent: Path) -> list:
 # -- Ctrl-C once the new results are in place ------------------------------------------------------------------------
 
 
+@pytest.fixture(params=["SIGINT", "SIGTERM"])
+def interrupt(request):
+    """The signal a user's Ctrl-C or a batch system's time limit sends, with the handler the command line has for
+    it (SIGTERM ends a command as Ctrl-C does: :func:`xanestrack.cli._terminated`). Python's own Ctrl-C handler is
+    set too: a shell's background job starts with SIGINT ignored (`make test &`), and a test failed there."""
+    from xanestrack import cli
+
+    sig = getattr(signal, request.param)
+    before = signal.signal(sig, cli._terminated if sig == signal.SIGTERM else signal.default_int_handler)
+    try:
+        yield sig
+    finally:
+        signal.signal(sig, before)
+
+
 def test_ctrl_c_after_the_new_results_are_in_place_says_so(tmp_path):
     """Ctrl-C while `run` printed its summary said "nothing was written ... a previous output there is as it was",
     the folder holding the new results."""
@@ -78,18 +93,10 @@ def test_ctrl_c_before_the_results_are_in_place_says_nothing_was_written(tmp_pat
     assert not committed(out) and "nothing was written" in interrupted_message(out)
 
 
-def test_a_real_ctrl_c_at_the_rename_is_held_until_the_replaced_folder_is_gone(tmp_path, monkeypatch):
+def test_a_real_ctrl_c_at_the_rename_is_held_until_the_replaced_folder_is_gone(tmp_path, monkeypatch, interrupt):
     """SIGINT just after os.replace(tmp, out): the replaced results were left in a hidden .out.old-HOST-PID folder,
-    half deleted or whole, which the next run removed as a leftover. Python's own Ctrl-C handler is set for the
-    test: a shell's background job starts with SIGINT ignored (`make test &`), and the test failed there."""
-    before = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        _held_at_the_rename(tmp_path, monkeypatch)
-    finally:
-        signal.signal(signal.SIGINT, before)
-
-
-def _held_at_the_rename(tmp_path, monkeypatch):
+    half deleted or whole, which the next run removed as a leftover. SIGTERM was not held at all."""
+    handler = signal.getsignal(interrupt)
     out = tmp_path / "out"
     _output(out, "old")
     real = os.replace
@@ -97,16 +104,16 @@ def _held_at_the_rename(tmp_path, monkeypatch):
     def replace(src, dst, *a, **k):
         real(src, dst, *a, **k)
         if Path(dst) == out.resolve():  # the new results are in place: Ctrl-C now
-            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(interrupt)
 
     monkeypatch.setattr(outdir.os, "replace", replace)
     with pytest.raises(KeyboardInterrupt):
         _output(out, "new", overwrite=True)
     monkeypatch.undo()
     assert _text(out) == "new"
-    assert _hidden(tmp_path) == []  # removed before the Ctrl-C was let through
+    assert _hidden(tmp_path) == []  # removed before the interrupt was let through
     assert "replaced by them" in interrupted_message(out)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert signal.getsignal(interrupt) is handler  # restored
 
 
 def test_a_second_ctrl_c_while_the_replaced_folder_is_deleted_leaves_it_marked_for_the_next_run(tmp_path, monkeypatch):
@@ -156,21 +163,6 @@ def test_ctrl_c_between_the_two_renames_puts_the_previous_output_back(tmp_path, 
     monkeypatch.undo()
     assert _text(out) == "old" and _hidden(tmp_path) == []
     assert "nothing was written" in interrupted_message(out)
-
-
-@pytest.fixture(params=["SIGINT", "SIGTERM"])
-def interrupt(request, monkeypatch):
-    """The signal a user's Ctrl-C or a batch system's time limit sends, with the handler the command line has for
-    it (SIGTERM ends a command as Ctrl-C does: :func:`xanestrack.cli._terminated`)."""
-    from xanestrack import cli
-
-    sig = getattr(signal, request.param)
-    if sig == signal.SIGTERM:
-        previous = signal.signal(signal.SIGTERM, cli._terminated)
-        yield sig
-        signal.signal(signal.SIGTERM, previous)
-    else:
-        yield sig
 
 
 @pytest.mark.parametrize("step", ["mkdir", "write"])
