@@ -120,3 +120,22 @@ def test_segmenter_is_thread_safe_and_pickles():
         many = list(ex.map(lambda k: seg.segment_rois(rois[k : k + 1])[0], range(4)))
     np.testing.assert_allclose(np.stack(many), one, atol=1e-5)
     np.testing.assert_allclose(pickle.loads(pickle.dumps(seg)).segment_rois(rois), one, atol=1e-6)
+
+
+def test_keep_central_in_blocks_of_rois_in_place_gives_the_same():
+    """The learned masks' central component is kept block by block of ROIs, in place (a large particle's long stack
+    was labelled whole and copied): the same masks, ROIs with several components, one and none included."""
+    from xanestrack.models.segmenter import _keep_central_stack
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:40, :40]
+    p = np.zeros((9, 40, 40), np.float32)
+    for k in range(9):
+        for _ in range(k % 4):  # 0, 1, 2 or 3 blobs
+            cy, cx, r = rng.uniform(5, 35), rng.uniform(5, 35), rng.uniform(2, 8)
+            p[k] = np.maximum(p[k], np.clip(r - np.hypot(yy - cy, xx - cx), 0, 1))
+    whole = _keep_central_stack(p.copy())
+    q = p.copy()
+    blocks = _keep_central_stack(q, block_px=2 * 40 * 40)
+    assert blocks is q and np.array_equal(whole, blocks)
+    assert (whole[0] == 0).all() and not np.array_equal(whole, p)  # something was cut off

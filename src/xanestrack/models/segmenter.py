@@ -397,12 +397,15 @@ class LearnedSegmenter:
         t, left = (size - rh) // 2, (size - rw) // 2
         batch = np.pad(x, ((0, 0), (t, size - rh - t), (left, size - rw - left)), mode="edge")[:, None]
         step = 64 if self.device.type == "cpu" else 1024  # a GPU wants large batches
+        # the probabilities written into the result batch by batch, the rows/columns the binning dropped given edge
+        # values there: a list of batches, their concatenation and its padding were three copies of a large
+        # particle's window stack at once (307 px windows, 143 frames: 51 MiB each)
+        p = np.empty((n, h, w), np.float32)
         with (
             self._lock,
             torch.inference_mode(),
             torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"),
         ):
-            probs = []
             for i in range(0, n, step):
                 xb = torch.from_numpy(np.ascontiguousarray(batch[i : i + step]))
                 xb = xb.to(self.device, memory_format=torch.channels_last)
@@ -410,11 +413,13 @@ class LearnedSegmenter:
                 pr = torch.sigmoid(ml.float())[:, :, t : t + rh, left : left + rw]
                 if f > 1:  # back to the ROI's pixels: binned pixel i covers rows f*i .. f*i+f-1
                     pr = torch.nn.functional.interpolate(pr, scale_factor=f, mode="bilinear", align_corners=False)
-                probs.append(pr.cpu().numpy()[:, 0])
-        p = np.concatenate(probs)
-        if f > 1:  # the rows/columns dropped by the binning: edge values
-            p = np.pad(p, ((0, 0), (0, h - p.shape[1]), (0, w - p.shape[2])), mode="edge")
-        return _keep_central_stack(np.ascontiguousarray(p, dtype=np.float32))
+                pr = pr.cpu().numpy()[:, 0]
+                ph, pw = pr.shape[1:]
+                q = p[i : i + step]
+                q[:, :ph, :pw] = pr
+                q[:, ph:, :pw] = pr[:, -1:, :]  # as numpy.pad's "edge": the rows first, then the columns
+                q[:, :, pw:] = q[:, :, pw - 1 : pw]
+        return _keep_central_stack(p)
 
 
 def normalise_rois(rois, *, return_scale: bool = False):
@@ -435,19 +440,22 @@ def normalise_rois(rois, *, return_scale: bool = False):
     return (x, off, scale) if return_scale else x
 
 
-def _keep_central_stack(p):
-    """:func:`_keep_central` of every ROI: one labelling of the stack (no links across ROIs)."""
+def _keep_central_stack(p, *, block_px: int = 1 << 21):
+    """:func:`_keep_central` of every ROI of the float32 stack ``p`` (n, h, w), in place: one labelling of each block
+    of ROIs of at most ``block_px`` pixels (no links across ROIs). Returns ``p``."""
     struct = np.zeros((3, 3, 3), bool)
     struct[1] = ndimage.generate_binary_structure(2, 1)
-    lab, _ = ndimage.label(p > 0.5, structure=struct)
-    per_frame = np.zeros(len(p), int)
-    for sl in ndimage.find_objects(lab):
-        per_frame[sl[0].start] += 1
-    out = p.copy()
-    out[per_frame == 0] = 0.0
-    for k in np.flatnonzero(per_frame > 1):
-        out[k] = _keep_central(p[k])
-    return out
+    step = max(1, block_px // max(int(np.prod(p.shape[1:])), 1))
+    for i in range(0, len(p), step):
+        q = p[i : i + step]
+        lab, _ = ndimage.label(q > 0.5, structure=struct)
+        per_frame = np.zeros(len(q), int)
+        for sl in ndimage.find_objects(lab):
+            per_frame[sl[0].start] += 1
+        q[per_frame == 0] = 0.0
+        for k in np.flatnonzero(per_frame > 1):
+            q[k] = _keep_central(q[k])
+    return p
 
 
 def _fold_batchnorm(module):
