@@ -3769,6 +3769,7 @@ def run_pipeline(
     # pre- to post-edge OD against their thickness; its thick pixels flagged (chemistry/stray)
     from .chemistry.stray import flag_stray_light
 
+    release_freed_memory()  # what the particles' XANES freed, before the pass over all of them allocates
     particles, stray_note, _ = flag_stray_light(
         particles, energies, at_edge, background=_particles_background(particles, energies)
     )

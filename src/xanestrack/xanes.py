@@ -41,6 +41,7 @@ B. Ravel and M. Newville, J. Synchrotron Rad. 12 (2005) 537, doi:10.1107/S090904
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import logging
 import warnings
 from dataclasses import dataclass
@@ -242,9 +243,10 @@ def _negative_step_note(e, mu, nm, measured=None) -> str:
     step is negative beyond 3 times their pre-edge noise in more than :data:`NEGATIVE_STEP_SHARE` of them (the
     absorption falls across the edge). Empty otherwise. ``measured`` (n_pix,) bool: the pixels counted (default
     all; those filled from a patch's rim in some frame say nothing of the frames' order)."""
-    y = np.asarray(mu, float).reshape(e.size, -1)
     ip = (e >= nm.pre_range_ev[0]) & (e <= nm.pre_range_ev[1])
-    resid = y[ip] - np.asarray(nm.pre_edge, float).reshape(e.size, -1)[ip]
+    # the pre-edge rows only, in float64 (the whole spectra so were two 46 MiB copies of a large particle's)
+    y = np.asarray(np.reshape(mu, (e.size, -1))[ip], float)
+    resid = y - np.asarray(np.reshape(nm.pre_edge, (e.size, -1))[ip], float)
     noise = np.sqrt((resid**2).sum(axis=0) / max(int(ip.sum()) - 2, 1))
     neg = np.asarray(nm.edge_step, float).ravel() < -3 * noise
     if measured is not None:
@@ -707,11 +709,13 @@ def normalize(
     """
     e, mu = _check(energies_ev, mu)
     shape = mu.shape[1:]
-    y = mu.reshape(e.size, -1).astype(np.float64)
+    y = mu.reshape(e.size, -1).astype(np.float64)  # a copy, worked on in place below
     flags = np.zeros(y.shape[1], np.uint8)
-    bad = ~np.all(np.isfinite(y), axis=0)
+    fin = np.isfinite(y)
+    bad = ~np.all(fin, axis=0)
     flags[bad] |= FLAG_NONFINITE
-    y = np.where(np.isfinite(y), y, 0.0)
+    y[~fin] = 0.0
+    del fin
     if e0_ev is None:
         good = ~bad
         if not good.any():
@@ -743,7 +747,9 @@ def normalize(
     B = np.vander(x[iq], post_order + 1, increasing=True)
     post_c = np.linalg.lstsq(B, y[iq], rcond=None)[0]
     pre = np.c_[np.ones(e.size), x] @ pre_c
-    post = np.vander(x, post_order + 1, increasing=True) @ post_c
+    # (n, n_spectra) float64 arrays held at once, a large particle's 46 MiB each: the post-edge line kept in the
+    # float32 it is returned in, the normalised spectra made in y's place (the same numbers)
+    post = (np.vander(x, post_order + 1, increasing=True) @ post_c).astype(np.float32)
     step = post_c[0] - pre_c[0]  # x = 0 at E0
     resid = y[ip] - pre[ip]
     noise = np.sqrt((resid**2).sum(axis=0) / max(ip.size - 2, 1))
@@ -752,7 +758,8 @@ def normalize(
     low = ~(step > 3 * noise) | ~(step > 1e-6 * np.maximum(level, 1e-12))
     flags[low] |= FLAG_LOW_STEP
     with np.errstate(divide="ignore", invalid="ignore"):
-        norm = (y - pre) / step
+        norm = np.divide(np.subtract(y, pre, out=y), step, out=y)
+    del y
     norm[:, (flags & (FLAG_LOW_STEP | FLAG_NONFINITE)) > 0] = np.nan
     seen = np.ones(low.size, bool) if measured is None else np.asarray(measured, bool).reshape(-1)
     if low.any():
@@ -777,16 +784,33 @@ def normalize(
                 else "",
             )
     r = lambda a: a.reshape(a.shape[:1] + shape) if a.ndim == 2 else a.reshape(shape)  # noqa: E731
+    norm = norm.astype(np.float32)  # each float64 let go once its float32 is made
+    pre = pre.astype(np.float32)
     return Normalization(
-        norm=r(norm).astype(np.float32),
+        norm=r(norm),
         e0_ev=float(e0_ev),
         edge_step=r(step).astype(np.float32),
-        pre_edge=r(pre).astype(np.float32),
-        post_edge=r(post).astype(np.float32),
+        pre_edge=r(pre),
+        post_edge=r(post),
         flags=r(flags),
         pre_range_ev=(float(e[ip[0]]), float(e[ip[-1]])),
         post_range_ev=(float(e[iq[0]]), float(e[iq[-1]])),
     )
+
+
+def _finite_mean(flat, cols) -> np.ndarray:
+    """The mean spectrum of the columns ``cols`` (bool) of ``flat`` (n, n_spectra), spectra without NaN, in float64:
+    ``np.nanmean(flat.astype(np.float64)[:, cols], axis=1)`` (NaN-free, the same sums as ``np.mean``), one row at a
+    time (no float64 copy of the whole). Of every column where none is free of NaN."""
+    if not cols.any():
+        with warnings.catch_warnings():  # energies where no pixel has a value: NaN, as meant
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(flat.astype(np.float64), axis=1)
+    every = bool(cols.all())
+    out = np.empty(flat.shape[0])
+    for k in range(flat.shape[0]):
+        out[k] = np.mean((flat[k] if every else flat[k, cols]).astype(np.float64))
+    return out
 
 
 def edge_energy(
@@ -841,23 +865,30 @@ def edge_energy(
     """
     e, norm = _check(energies_ev, norm)
     shape = norm.shape[1:]
-    y = norm.reshape(e.size, -1).astype(np.float64)
-    flags = np.zeros(y.shape[1], np.uint8)
-    finite_cols = np.all(np.isfinite(y), axis=0)
+    # the spectra as given (float32 in the pipeline), in float64 where worked on: the edge window's rows for "half"
+    # (all of them made float64, and nanmean's copies of them, were a large particle's XANES peak: 3.4 times its
+    # spectra's float64 bytes traced, 1.4 now)
+    flat = norm.reshape(e.size, -1)
+    flags = np.zeros(flat.shape[1], np.uint8)
+    finite_cols = np.all(np.isfinite(flat), axis=0)
     flags[~finite_cols] |= FLAG_NONFINITE
     if e0_ev is None:
-        e0_ev = find_e0(e, y[:, finite_cols]) if finite_cols.any() else float(np.mean(e))
+        e0_ev = find_e0(e, flat[:, finite_cols].astype(np.float64)) if finite_cols.any() else float(np.mean(e))
     if method == "half":
         iw = _range_idx(e, e0_ev + window[0], e0_ev + window[1], "edge window", 2)
-        ew, yw = e[iw], y[iw]
+        ew, yw = e[iw], flat[iw].astype(np.float64)
         a, b = yw[:-1], yw[1:]
         cross = (a < level) & (b >= level)
         with np.errstate(divide="ignore", invalid="ignore"):
-            ec = ew[:-1, None] + (level - a) / (b - a) * np.diff(ew)[:, None]
-        ec = np.where(cross, ec, np.nan)
-        with warnings.catch_warnings():  # energies where no pixel has a value: NaN, as meant
-            warnings.simplefilter("ignore", RuntimeWarning)
-            mean = np.nanmean(y[:, finite_cols], axis=1) if finite_cols.any() else np.nanmean(y, axis=1)
+            # ew + (level - a) / (b - a) * dE, worked out in place (the same numbers)
+            ec = np.subtract(level, a)
+            d = np.subtract(b, a)
+            np.divide(ec, d, out=ec)
+            del d, a, b, yw
+            np.multiply(ec, np.diff(ew)[:, None], out=ec)
+            np.add(ew[:-1, None], ec, out=ec)
+        ec[~cross] = np.nan
+        mean = _finite_mean(flat, finite_cols)
         ma, mb = mean[iw][:-1], mean[iw][1:]
         mc = np.flatnonzero((ma < level) & (mb >= level))
         ref = (
@@ -865,9 +896,14 @@ def edge_energy(
             if mc.size
             else e0_ev
         )
-        dist = np.abs(ec - ref)
-        has = np.isfinite(dist).any(axis=0)
-        pick = np.argmin(np.where(np.isfinite(dist), dist, np.inf), axis=0)
+        dist = np.subtract(ec, ref)
+        np.abs(dist, out=dist)
+        fin = np.isfinite(dist)
+        has = fin.any(axis=0)
+        dist[~fin] = np.inf
+        del fin
+        pick = np.argmin(dist, axis=0)
+        del dist
         out = ec[pick, np.arange(ec.shape[1])]
         out[~has] = np.nan
         gap = has & _too_wide(ew, scan_energies_ev)[pick]
@@ -875,10 +911,10 @@ def edge_energy(
     elif method in ("derivative", "whiteline"):
         if method == "derivative":
             iw = _range_idx(e, e0_ev + window[0], e0_ev + window[1], "edge window", 3)
-            v = np.gradient(y, e, axis=0)[iw]
+            v = np.gradient(flat.astype(np.float64), e, axis=0)[iw]
         else:
             iw = _range_idx(e, e0_ev, e0_ev + window[1] + 10, "whiteline window", 3)
-            v = y[iw]
+            v = flat[iw].astype(np.float64)
         ew = e[iw]
         i = np.argmax(np.where(np.isfinite(v), v, -np.inf), axis=0)
         i = np.clip(i, 1, ew.size - 2)
@@ -1293,7 +1329,12 @@ def local_background(aligned, mask, *, inner: int = 3, outer: int = 10, exclude=
             break
         keep = np.where(take[:, None], new, keep)
         coef = solve(keep)
-    out = np.einsum("ni,ihw->nhw", coef, G).astype(np.float32)
+    # each frame's plane, made a block of frames at a time (the same sums): the whole stack's float64 planes were
+    # a large particle's 103 MiB beside its float32 copy
+    out = np.empty((n, h, w), np.float32)
+    step = max(1, (1 << 21) // max(h * w, 1))
+    for i in range(0, n, step):
+        out[i : i + step] = np.einsum("ni,ihw->nhw", coef[i : i + step], G)
     out[~usable] = 0.0
     return out
 
@@ -2269,6 +2310,10 @@ def analyse_particle(
             negative = _negative_step_note(e, mu, npix, measured)
             if negative:
                 raise ValueError(negative)
+            # the pixels' OD and their pre- and post-edge lines have served: not held through the maps' work (a
+            # large particle's 40k pixels at 143 energies: 66 MiB)
+            del mu
+            npix = dataclasses.replace(npix, pre_edge=None, post_edge=None)
             if falls:  # its mean falls across E0 beyond its noise, its pixels too noisy to say so one by one
                 raise ValueError(_falling_mean_note(e0, mean_step))
             pf = npix.flags.copy()

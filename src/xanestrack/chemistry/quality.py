@@ -163,15 +163,20 @@ def quality_masks(
     nm = normalize(e, y, e0_ev=e0_ev, pre_range=pre_range, post_range=post_range, post_order=post_order)
     ip = np.flatnonzero((e >= nm.pre_range_ev[0]) & (e <= nm.pre_range_ev[1]))
     iq = np.flatnonzero((e >= nm.post_range_ev[0]) & (e <= nm.post_range_ev[1]))
-    yf = np.where(np.isfinite(y), y, 0.0)
-    pre = nm.pre_edge.astype(np.float64)
-    post = nm.post_edge.astype(np.float64)
+    # the pre- and post-edge rows only, NaN made 0 in y's place: the same numbers without four (n, n_pixels) float64
+    # copies (a large particle's 46 MiB each)
+    y[~np.isfinite(y)] = 0.0
+    yf = y
+    pre_ip = nm.pre_edge[ip].astype(np.float64)
+    post_iq = nm.post_edge[iq].astype(np.float64)
     step = nm.edge_step.astype(np.float64)
-    sd = np.sqrt(((yf[ip] - pre[ip]) ** 2).sum(axis=0) / max(ip.size - 2, 1))
+    pre_range_ev, post_range_ev = nm.pre_range_ev, nm.post_range_ev
+    del nm  # its (n, n_pixels) normalised spectra and lines
+    sd = np.sqrt(((yf[ip] - pre_ip) ** 2).sum(axis=0) / max(ip.size - 2, 1))
     jump_ok = fin & (step > edge_jump_threshold * sd) & (step > min_edge_step_od)
     with np.errstate(divide="ignore", invalid="ignore"):
-        r_pre = (yf[ip] - pre[ip]) / step
-        r_post = (yf[iq] - post[iq]) / step
+        r_pre = (yf[ip] - pre_ip) / step
+        r_post = (yf[iq] - post_iq) / step
         resid = np.sqrt((np.sum(r_pre**2, axis=0) + np.sum(r_post**2, axis=0)) / (ip.size + iq.size))
     resid = np.where(jump_ok, resid, np.nan)
     if extra_residual is not None:
@@ -207,8 +212,8 @@ def quality_masks(
             min_edge_step_od=float(min_edge_step_od),
             max_residual=float(limit),
             residual_rule=rule,
-            pre_range_ev=[float(v) for v in nm.pre_range_ev],
-            post_range_ev=[float(v) for v in nm.post_range_ev],
+            pre_range_ev=[float(v) for v in pre_range_ev],
+            post_range_ev=[float(v) for v in post_range_ev],
         ),
     )
 

@@ -554,10 +554,14 @@ def edge_energy_sigma(
     # slope: secant of the locally smoothed normalised spectrum across the crossing's interval
     slope = (lin.smooth_norm[i + 1, cols] - lin.smooth_norm[i, cols]) / (e[i + 1] - e[i])
     good = ok & (slope > 0) & np.isfinite(g).all(axis=0)
-    g = np.where(good, g, 0.0)
+    # in place (the same numbers as the expressions written out): a large particle's (n, npix) float64 copies
+    # beside the shared normalisation were its XANES's peak
+    g[:, ~good] = 0.0
     with np.errstate(divide="ignore", invalid="ignore"):
-        g = g / np.where(good, slope, 1.0)  # dE50 per d mu_k (up to the sign)
-        sig_noise = np.sqrt(np.sum((g * lin.sigma_k) ** 2, axis=0))
+        g /= np.where(good, slope, 1.0)  # dE50 per d mu_k (up to the sign)
+        t = np.multiply(g, lin.sigma_k)
+        sig_noise = np.sqrt(np.sum(np.square(t, out=t), axis=0))
+        del t
     sig_reg = np.full(npix, np.nan)
     sens = None
     if s_k is not None and registration == "montecarlo":
@@ -574,7 +578,11 @@ def edge_energy_sigma(
             edge_kw=dict(method="half", window=window, level=level),
         )
     elif s_k is not None:
-        sig_reg = np.sqrt(np.sum(g**2 * lin.grad_sq * (s_k**2)[:, None], axis=0))
+        t = np.square(g)
+        t *= lin.grad_sq
+        t *= (s_k**2)[:, None]
+        sig_reg = np.sqrt(np.sum(t, axis=0))
+        del t
     if s_k is not None and keep_sensitivity:
         # a frame whose content moves by +d reads mu - grad(mu).d, and E50 moves by +g grad(mu).d
         sens = _full(lin, (g[:, None, :] * lin.grad).astype(np.float32), fill=0.0)
@@ -753,10 +761,17 @@ def fraction_sigma(
         g[lin.ip] -= lin.m_pre.T @ (bj - np.outer([1.0, 0.0], aj))
         g[lin.iq] -= np.outer(lin.w_post, aj)
         with np.errstate(divide="ignore", invalid="ignore"):
-            g = g / np.where(ok, lin.step, np.nan)[None, :]
-            out_n[j] = np.sqrt(np.sum((g * lin.sigma_k) ** 2, axis=0))
+            # in place, one (n, npix) float64 work array beside g: the same numbers as the expressions written out
+            # (g / step, (g sigma_k)^2, g^2 grad^2 s_k^2), a large particle's 46 MiB copies fewer
+            g /= np.where(ok, lin.step, np.nan)[None, :]
+            t = np.multiply(g, lin.sigma_k)
+            out_n[j] = np.sqrt(np.sum(np.square(t, out=t), axis=0))
             if s_k is not None:
-                out_r[j] = np.sqrt(np.sum(g**2 * lin.grad_sq * (s_k**2)[:, None], axis=0))
+                np.square(g, out=t)
+                t *= lin.grad_sq
+                t *= (s_k**2)[:, None]
+                out_r[j] = np.sqrt(np.sum(t, axis=0))
+            del t
     total = np.sqrt(out_n**2 + np.nan_to_num(out_r) ** 2)
     return FractionSigma(names, _full(lin, out_n), _full(lin, out_r), _full(lin, total))
 
