@@ -1474,10 +1474,16 @@ def _masked_smooth(stack, mask, sigma):
         return stack
     m = mask.astype(np.float32)
     norm = ndimage.gaussian_filter(m, sigma)
-    out = ndimage.gaussian_filter(np.where(mask, stack, 0), (0, sigma, sigma))
+    # one work array, filtered and divided in place, the pixels outside the mask put back as they were: the same
+    # numbers as np.where(mask, filtered / norm, stack) in float32, without four copies of a large particle's stack
+    out = np.where(mask, stack, 0)
+    if not np.issubdtype(out.dtype, np.floating):
+        out = out.astype(np.float64)
+    ndimage.gaussian_filter(out, (0, sigma, sigma), output=out)
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = out / norm
-    return np.where(mask, out, stack).astype(np.float32)
+        out /= norm
+    out[:, ~mask] = np.asarray(stack)[:, ~mask]
+    return out.astype(np.float32, copy=False)
 
 
 def e50_gap_span(energies_ev, scan_energies_ev, e0_ev: float, window=(-15.0, 20.0)) -> tuple[float, float] | None:
@@ -2030,9 +2036,9 @@ def _pre_edge_from_unvouched(aligned, mask, energies_ev, usable, pre_usable, kw)
     m = _particle_mask(mask, aligned.shape[1:])
     edges = []
     for frames in (use, use | pre_ok):  # the lower of the edges found with and without them
-        sub = aligned[frames]
+        sub = aligned[frames]  # a copy (frames is a bool index)
         if kw.get("subtract_background", True):
-            sub = sub - local_background(sub, m, exclude=kw.get("background_exclude"))
+            sub -= local_background(sub, m, exclude=kw.get("background_exclude"))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             spectrum = np.nanmean(sub[:, m], axis=1)
@@ -2240,9 +2246,9 @@ def analyse_particle(
             edge_maps[name] = np.full(aligned.shape[1:], np.nan, np.float32)
     else:
         e = energies_ev[usable]
-        sub = aligned[usable]
+        sub = aligned[usable]  # a copy (usable is a bool index): its background is taken off in place
         if subtract_background:
-            sub = sub - local_background(sub, mask, exclude=background_exclude)
+            sub -= local_background(sub, mask, exclude=background_exclude)
             if background_exclude is not None:
                 _, model, n_ring, n_free = _background_ring(mask, background_exclude)
                 if model != "plane":
