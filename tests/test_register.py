@@ -429,3 +429,18 @@ def test_resampling_in_blocks_of_frames_gives_the_same(monkeypatch, order):
     for a, b in zip(whole, blocks):
         assert a.dtype == b.dtype == np.float32 and np.array_equal(a, b, equal_nan=True)
     assert np.isnan(whole[0][5]).all() and np.isnan(whole[1]).any() and not np.isnan(whole[2]).any()
+
+
+def test_centre_of_mass_in_blocks_of_frames_gives_the_same(monkeypatch):
+    """centre_of_mass sums each frame in float64 a block of frames at a time (a float64 copy of a large particle's
+    whole stack of masks was its locating's peak): the same numbers, empty frames NaN."""
+    from xanestrack import register
+
+    rng = np.random.default_rng(5)
+    masks = (rng.random((11, 30, 40)) ** 3).astype(np.float32)
+    masks[4] = 0
+    whole = centre_of_mass(masks)
+    monkeypatch.setattr(register, "RESAMPLE_BLOCK_PX", 3 * 30 * 40)
+    blocks = centre_of_mass(masks)
+    assert np.array_equal(whole, blocks, equal_nan=True) and np.isnan(whole[4]).all() and np.isfinite(whole[0]).all()
+    np.testing.assert_allclose(whole[0], brute_force_com(masks[0].astype(float)), rtol=1e-12)

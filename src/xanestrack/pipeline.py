@@ -563,7 +563,7 @@ def _core_spectrum(r) -> np.ndarray:
     over the disc of 0.7 its radius at the window's centre (where it was followed); every frame."""
     if getattr(r, "aligned", None) is None:
         return np.full(0, np.nan)
-    a = np.asarray(r.aligned, float)
+    a = np.asarray(r.aligned)
     m = np.asarray(r.mask, bool)
     if not m.any():
         h, w = a.shape[1:]
@@ -571,7 +571,7 @@ def _core_spectrum(r) -> np.ndarray:
         m = np.hypot(yy - (h - 1) / 2, xx - (w - 1) / 2) <= max(0.7 * float(r.radius), 2.0)
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(a[:, m], axis=1)
+        return np.nanmean(np.asarray(a[:, m], float), axis=1)  # the mask's pixels in float64, not the whole stack
 
 
 def _edgeless_faint_tracks(located, results, energies, options) -> list:

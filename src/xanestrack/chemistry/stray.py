@@ -219,7 +219,7 @@ def _thickest(energies_ev, particles, *, pre_range=(-150.0, -30.0), post_range=(
         _, post = _frames(energies_ev, p, pre_range, post_range)
         if keep.sum() < MIN_PIXELS or post.sum() < 2:
             continue
-        v = np.mean(np.asarray(p.aligned, float)[post][:, keep], axis=0)
+        v = np.mean(np.asarray(p.aligned[post][:, keep], float), axis=0)  # those pixels in float64, not the stack
         v = v[np.isfinite(v)]
         if v.size:
             best = max(best, float(np.quantile(v, 0.9)))
@@ -489,7 +489,7 @@ def _post_edge_od(p, energies_ev):
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(np.asarray(p.aligned, float)[post], axis=0)
+        return np.nanmean(np.asarray(p.aligned[post], float), axis=0)  # those frames in float64, not the stack
 
 
 def _sensitivity_note(particles, energies_ev, references, background) -> str:
