@@ -64,7 +64,7 @@ def _equivalent_radii(p, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
     # nansum's copy of it were the run's peak at its end (a 113-px particle's 307-px windows: 2 x 103 MiB)
     n, h, w = np.shape(masks)
     area = np.empty(n)
-    step = max(1, (1 << 21) // max(h * w, 1))
+    step = max(1, xanes.BLOCK_PX // max(h * w, 1))
     for i in range(0, n, step):
         area[i : i + step] = np.nansum(np.asarray(masks[i : i + step], float), axis=(1, 2))
     return np.sqrt(area / np.pi), np.asarray(frames, bool) & (area > 0)

@@ -1252,6 +1252,12 @@ def _background_ring(mask, exclude=None, *, inner: int = 3, outer: int = 10):
     return ring, ("constant" if one_side else "plane"), n_ring, n_free
 
 
+#: frames' pixels a per-frame pass over a particle's window stack takes into float64 at once (:func:`local_background`;
+#: ``outlines``' mask areas): 2 Mpx, 143 frames of windows up to 121 px in one block. As
+#: :data:`xanestrack.register.RESAMPLE_BLOCK_PX` and :data:`xanestrack.segment.ISOLATE_BLOCK_PX`
+BLOCK_PX = 1 << 21
+
+
 def local_background(aligned, mask, *, inner: int = 3, outer: int = 10, exclude=None):
     """Per-frame plane fitted robustly to a ring around the particle, (n, h, w).
 
@@ -1332,7 +1338,7 @@ def local_background(aligned, mask, *, inner: int = 3, outer: int = 10, exclude=
     # each frame's plane, made a block of frames at a time (the same sums): the whole stack's float64 planes were
     # a large particle's 103 MiB beside its float32 copy
     out = np.empty((n, h, w), np.float32)
-    step = max(1, (1 << 21) // max(h * w, 1))
+    step = max(1, BLOCK_PX // max(h * w, 1))
     for i in range(0, n, step):
         out[i : i + step] = np.einsum("ni,ihw->nhw", coef[i : i + step], G)
     out[~usable] = 0.0

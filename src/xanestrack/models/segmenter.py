@@ -25,7 +25,7 @@ from scipy import ndimage
 
 from ..errors import XanestrackError
 from ..morph import dilate_cross, label_stats
-from ..register import bin_frames, centre_of_mass
+from ..register import RESAMPLE_BLOCK_PX, bin_frames, centre_of_mass
 from .loading import check_model_size, load_state, load_weights, read_model_config
 
 __all__ = ["SegmenterConfig", "make_training_rois", "train_segmenter", "LearnedSegmenter", "default_model_dir"]
@@ -440,7 +440,7 @@ def normalise_rois(rois, *, return_scale: bool = False):
     return (x, off, scale) if return_scale else x
 
 
-def _keep_central_stack(p, *, block_px: int = 1 << 21):
+def _keep_central_stack(p, *, block_px: int = RESAMPLE_BLOCK_PX):
     """:func:`_keep_central` of every ROI of the float32 stack ``p`` (n, h, w), in place: one labelling of each block
     of ROIs of at most ``block_px`` pixels (no links across ROIs). Returns ``p``."""
     struct = np.zeros((3, 3, 3), bool)
