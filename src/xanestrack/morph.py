@@ -13,7 +13,19 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["label_stats", "dilate_cross"]
+__all__ = ["label_stats", "dilate_cross", "frame_blocks"]
+
+
+def frame_blocks(n: int, frame_px: int, block_px: int) -> list:
+    """Slices of ``range(n)`` over the frames of a stack, each block holding at most ``block_px`` pixels of frames of
+    ``frame_px`` pixels (one frame at least): per-frame work on a long stack of large windows done a block at a time
+    holds its copies for one block (a particle's 307 px windows, 143 frames: 51 MiB a float32 copy).
+
+    >>> frame_blocks(5, 100, 250)
+    [slice(0, 2, None), slice(2, 4, None), slice(4, 6, None)]
+    """
+    step = max(1, int(block_px) // max(int(frame_px), 1))
+    return [slice(i, i + step) for i in range(0, int(n), step)]
 
 
 def label_stats(lab, n: int):

@@ -11,6 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 from . import xanes
+from .morph import frame_blocks
 from .resolution import (
     _blur_frames,
     _measured_frames,
@@ -64,9 +65,8 @@ def _equivalent_radii(p, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
     # nansum's copy of it were the run's peak at its end (a 113-px particle's 307-px windows: 2 x 103 MiB)
     n, h, w = np.shape(masks)
     area = np.empty(n)
-    step = max(1, xanes.BLOCK_PX // max(h * w, 1))
-    for i in range(0, n, step):
-        area[i : i + step] = np.nansum(np.asarray(masks[i : i + step], float), axis=(1, 2))
+    for b in frame_blocks(n, h * w, xanes.BLOCK_PX):
+        area[b] = np.nansum(np.asarray(masks[b], float), axis=(1, 2))
     return np.sqrt(area / np.pi), np.asarray(frames, bool) & (area > 0)
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from scipy import ndimage
 
 from . import accel
-from .morph import dilate_cross
+from .morph import dilate_cross, frame_blocks
 from .result import FRAME_FLAGS, UNVOUCHED_FLAGS
 from .robust import robust_sigma
 
@@ -75,12 +75,11 @@ def centre_of_mass(images) -> np.ndarray:
     # whole stack of masks was its locating's peak (an 81-px particle's 223-px windows: 24 MiB at 60 energies)
     n, h, w = a.shape
     m00, m01, m10 = np.empty(n), np.empty(n), np.empty(n)
-    step = max(1, RESAMPLE_BLOCK_PX // max(h * w, 1))
-    for i in range(0, n, step):
-        b = np.asarray(a[i : i + step], dtype=np.float64)
-        m00[i : i + step] = b.sum(axis=(1, 2))
-        m01[i : i + step] = (b.sum(axis=2) * np.arange(h)).sum(axis=1)  # sum y I
-        m10[i : i + step] = (b.sum(axis=1) * np.arange(w)).sum(axis=1)  # sum x I
+    for s in frame_blocks(n, h * w, RESAMPLE_BLOCK_PX):
+        b = np.asarray(a[s], dtype=np.float64)
+        m00[s] = b.sum(axis=(1, 2))
+        m01[s] = (b.sum(axis=2) * np.arange(h)).sum(axis=1)  # sum y I
+        m10[s] = (b.sum(axis=1) * np.arange(w)).sum(axis=1)  # sum x I
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.c_[m01 / m00, m10 / m00]
     out[m00 <= 0] = np.nan
@@ -210,12 +209,12 @@ def resample_windows(od, shifts, origin, shape, *, order: int = 3, frames=None) 
     # every frame on its own: in blocks of frames, the crops, their prefiltered copies and the weighted sums are
     # held for one block at a time (a particle's 307 px windows, 143 frames: 258 MiB traced at once for its 51 MiB
     # result), the same numbers
-    step = max(1, RESAMPLE_BLOCK_PX // max(h * w, 1))
-    if len(idx) <= step:
+    blocks = frame_blocks(len(idx), h * w, RESAMPLE_BLOCK_PX)
+    if len(blocks) <= 1:
         return _resample_windows(od, shifts, origin, (h, w), order, idx)
     out = np.empty((len(idx), h, w), np.float32)
-    for i in range(0, len(idx), step):
-        out[i : i + step] = _resample_windows(od, shifts, origin, (h, w), order, idx[i : i + step])
+    for b in blocks:
+        out[b] = _resample_windows(od, shifts, origin, (h, w), order, idx[b])
     return out
 
 
@@ -318,11 +317,10 @@ def resample_masks(masks, origins, shifts, origin, shape) -> np.ndarray:
     pos = np.asarray(origin, float)[None] + np.asarray(shifts, float) - origins + 1
     n = len(masks)
     out = np.empty((n, *shape), np.float32)
-    step = max(1, RESAMPLE_BLOCK_PX // max(int(np.prod(shape)), 1))
-    for i in range(0, n, step):  # in blocks of frames, as resample_windows: the same numbers
+    for b in frame_blocks(n, int(np.prod(shape)), RESAMPLE_BLOCK_PX):  # as resample_windows: the same numbers
         # a zero border makes the edge-clamped sampling of resample_windows read 0 outside
-        padded = np.pad(np.asarray(masks[i : i + step], np.float32), ((0, 0), (1, 1), (1, 1)))
-        out[i : i + step] = np.nan_to_num(resample_windows(padded, pos[i : i + step], (0, 0), shape, order=1), nan=0.0)
+        padded = np.pad(np.asarray(masks[b], np.float32), ((0, 0), (1, 1), (1, 1)))
+        out[b] = np.nan_to_num(resample_windows(padded, pos[b], (0, 0), shape, order=1), nan=0.0)
     return out
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .morph import dilate_cross, label_stats
+from .morph import dilate_cross, frame_blocks, label_stats
 from .register import centre_of_mass, crop_windows
 from .robust import robust_sigma
 
@@ -241,14 +241,13 @@ def isolate_particle(masks, *, radius: float, centres=None, max_area_ratio: floa
     if n == 0:
         return m.copy()
     c = np.tile([(h - 1) / 2, (w - 1) / 2], (n, 1)) if centres is None else np.asarray(centres, float)
-    step = max(1, ISOLATE_BLOCK_PX // max(h * w, 1))
-    if n <= step:
+    blocks = frame_blocks(n, h * w, ISOLATE_BLOCK_PX)
+    if len(blocks) <= 1:
         return _isolate(m, c, radius, max_area_ratio, outside, reach)
     per_frame = outside is not None and np.ndim(outside) == 3
     out = np.empty_like(m)
-    for i in range(0, n, step):
-        part = outside[i : i + step] if per_frame else outside
-        out[i : i + step] = _isolate(m[i : i + step], c[i : i + step], radius, max_area_ratio, part, reach)
+    for b in blocks:
+        out[b] = _isolate(m[b], c[b], radius, max_area_ratio, outside[b] if per_frame else outside, reach)
     return out
 
 

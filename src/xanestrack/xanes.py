@@ -49,6 +49,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .morph import frame_blocks
 from .robust import MAD_TO_SIGMA
 
 __all__ = [
@@ -1338,9 +1339,8 @@ def local_background(aligned, mask, *, inner: int = 3, outer: int = 10, exclude=
     # each frame's plane, made a block of frames at a time (the same sums): the whole stack's float64 planes were
     # a large particle's 103 MiB beside its float32 copy
     out = np.empty((n, h, w), np.float32)
-    step = max(1, BLOCK_PX // max(h * w, 1))
-    for i in range(0, n, step):
-        out[i : i + step] = np.einsum("ni,ihw->nhw", coef[i : i + step], G)
+    for b in frame_blocks(n, h * w, BLOCK_PX):
+        out[b] = np.einsum("ni,ihw->nhw", coef[b], G)
     out[~usable] = 0.0
     return out
 

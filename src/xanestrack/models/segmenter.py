@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import XanestrackError
-from ..morph import dilate_cross, label_stats
+from ..morph import dilate_cross, frame_blocks, label_stats
 from ..register import RESAMPLE_BLOCK_PX, bin_frames, centre_of_mass
 from .loading import check_model_size, load_state, load_weights, read_model_config
 
@@ -445,9 +445,8 @@ def _keep_central_stack(p, *, block_px: int = RESAMPLE_BLOCK_PX):
     of ROIs of at most ``block_px`` pixels (no links across ROIs). Returns ``p``."""
     struct = np.zeros((3, 3, 3), bool)
     struct[1] = ndimage.generate_binary_structure(2, 1)
-    step = max(1, block_px // max(int(np.prod(p.shape[1:])), 1))
-    for i in range(0, len(p), step):
-        q = p[i : i + step]
+    for b in frame_blocks(len(p), int(np.prod(p.shape[1:])), block_px):
+        q = p[b]
         lab, _ = ndimage.label(q > 0.5, structure=struct)
         per_frame = np.zeros(len(q), int)
         for sl in ndimage.find_objects(lab):
