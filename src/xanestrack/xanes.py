@@ -755,7 +755,8 @@ def normalize(
     resid = y[ip] - pre[ip]
     noise = np.sqrt((resid**2).sum(axis=0) / max(ip.size - 2, 1))
     # a step lost in the noise, or none (a flat spectrum has no noise either: a step of 1e-15 passed as an edge)
-    level = np.abs(y).max(axis=0) if y.size else np.zeros(y.shape[1])
+    # |y|'s largest per spectrum without an (n, n_spectra) copy of |y| (the same numbers)
+    level = np.maximum(y.max(axis=0), -y.min(axis=0)) if y.size else np.zeros(y.shape[1])
     low = ~(step > 3 * noise) | ~(step > 1e-6 * np.maximum(level, 1e-12))
     flags[low] |= FLAG_LOW_STEP
     with np.errstate(divide="ignore", invalid="ignore"):

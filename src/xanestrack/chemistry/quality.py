@@ -154,29 +154,31 @@ def quality_masks(
         extra_residual = np.asarray(extra_residual, dtype=float)
         if extra_residual.shape != shape:
             raise ValueError(f"extra_residual {extra_residual.shape} does not match the maps {shape}")
-    y = mu[:, mask].astype(np.float64)
+    y = mu[:, mask]  # as given: the normalisation makes its own float64 copy
     fin = np.all(np.isfinite(y), axis=0)
     if e0_ev is None:
         if not fin.any():
             raise ValueError("every spectrum in the mask has NaN/inf values")
-        e0_ev = find_e0(e, y[:, fin].mean(axis=1))
+        e0_ev = find_e0(e, y[:, fin].astype(np.float64).mean(axis=1))
     nm = normalize(e, y, e0_ev=e0_ev, pre_range=pre_range, post_range=post_range, post_order=post_order)
     ip = np.flatnonzero((e >= nm.pre_range_ev[0]) & (e <= nm.pre_range_ev[1]))
     iq = np.flatnonzero((e >= nm.post_range_ev[0]) & (e <= nm.post_range_ev[1]))
-    # the pre- and post-edge rows only, NaN made 0 in y's place: the same numbers without four (n, n_pixels) float64
+    # the pre- and post-edge rows only, in float64, NaN made 0: the same numbers without (n, n_pixels) float64
     # copies (a large particle's 46 MiB each)
-    y[~np.isfinite(y)] = 0.0
-    yf = y
+    y_ip, y_iq = y[ip].astype(np.float64), y[iq].astype(np.float64)
+    del y
+    y_ip[~np.isfinite(y_ip)] = 0.0
+    y_iq[~np.isfinite(y_iq)] = 0.0
     pre_ip = nm.pre_edge[ip].astype(np.float64)
     post_iq = nm.post_edge[iq].astype(np.float64)
     step = nm.edge_step.astype(np.float64)
     pre_range_ev, post_range_ev = nm.pre_range_ev, nm.post_range_ev
     del nm  # its (n, n_pixels) normalised spectra and lines
-    sd = np.sqrt(((yf[ip] - pre_ip) ** 2).sum(axis=0) / max(ip.size - 2, 1))
+    sd = np.sqrt(((y_ip - pre_ip) ** 2).sum(axis=0) / max(ip.size - 2, 1))
     jump_ok = fin & (step > edge_jump_threshold * sd) & (step > min_edge_step_od)
     with np.errstate(divide="ignore", invalid="ignore"):
-        r_pre = (yf[ip] - pre_ip) / step
-        r_post = (yf[iq] - post_iq) / step
+        r_pre = (y_ip - pre_ip) / step
+        r_post = (y_iq - post_iq) / step
         resid = np.sqrt((np.sum(r_pre**2, axis=0) + np.sum(r_post**2, axis=0)) / (ip.size + iq.size))
     resid = np.where(jump_ok, resid, np.nan)
     if extra_residual is not None:

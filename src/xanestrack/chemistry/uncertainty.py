@@ -53,8 +53,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from ..morph import frame_blocks
 from ..robust import MAD_TO_SIGMA as _MAD_TO_SIGMA
-from ..xanes import FLAG_NO_CROSSING, auto_post_order, edge_energy, find_e0, normalize
+from ..xanes import BLOCK_PX, FLAG_NO_CROSSING, auto_post_order, edge_energy, find_e0, normalize
 
 __all__ = [
     "EdgeEnergySigma",
@@ -218,11 +219,12 @@ def _local_quadratic(e, half=2, degree=2):
     return H, D
 
 
-def _gradient(frames, sigma, mask):
+def _gradient(frames, sigma, mask, *, squared: bool = False):
     """Spatial gradient (n, 2, npix) of every frame at the ``mask`` pixels, Gaussian derivative
-    of width sigma (px). One axis at a time, only the mask kept: the whole frames' two
-    derivatives and their stack were the run's peak memory at 460^2 (a particle of radius
-    60 px: 4 x 26 MB)."""
+    of width sigma (px); ``squared``: its squared magnitude (n, npix) alone, made one axis at a time (the
+    gradients were 45 MiB of a particle of radius 113 px, held at its XANES's peak). One axis at a time, only the
+    mask kept: the whole frames' two derivatives and their stack were the run's peak memory at 460^2 (a particle
+    of radius 60 px: 4 x 26 MB)."""
     frames = np.asarray(frames)
     mask = np.asarray(mask, bool)
     if sigma > 0 and mask.any():
@@ -236,15 +238,23 @@ def _gradient(frames, sigma, mask):
     # float32, as the frames are (the filter sums in float64 along each line): float64 copies were half the
     # peak memory of a large particle's uncertainty. With sigma_k in float32 too, every sigma map of the default
     # scene (seed 1) moved by at most 3.2e-6 relative
-    f = np.nan_to_num(np.asarray(frames, dtype=np.float32))
-    out = np.empty((f.shape[0], 2, int(np.count_nonzero(mask))), np.float32)
-    for i, order in enumerate(((0, 1, 0), (0, 0, 1))):
-        if sigma > 0:
-            g = ndimage.gaussian_filter(f, (0, sigma, sigma), order=order)
-        else:
-            g = np.gradient(f, axis=i + 1)
-        out[:, i] = g[:, mask]
-        del g
+    # a block of frames at a time (each frame is filtered on its own): the copies are a block's
+    n, npix = frames.shape[0], int(np.count_nonzero(mask))
+    out = np.empty((n, npix) if squared else (n, 2, npix), np.float32)
+    for b in frame_blocks(n, mask.size, BLOCK_PX):
+        f = np.nan_to_num(np.array(frames[b], dtype=np.float32), copy=False)
+        for i, order in enumerate(((0, 1, 0), (0, 0, 1))):
+            if sigma > 0:
+                g = ndimage.gaussian_filter(f, (0, sigma, sigma), order=order)
+            else:
+                g = np.gradient(f, axis=i + 1)
+            if not squared:
+                out[b, i] = g[:, mask]
+            elif i == 0:
+                out[b] = np.square(g[:, mask])
+            else:
+                out[b] += np.square(g[:, mask])
+            del g
     return out
 
 
@@ -255,7 +265,6 @@ class _Linearised:
     e: np.ndarray
     mask: np.ndarray
     shape: tuple
-    y: np.ndarray  # (n, npix) OD
     norm: np.ndarray  # (n, npix)
     smooth_norm: np.ndarray  # (n, npix): local quadratic of norm
     step: np.ndarray  # (npix,)
@@ -269,7 +278,7 @@ class _Linearised:
     sigma0: np.ndarray  # (npix,) OD noise at OD 0
     sigma_k: np.ndarray  # (n, npix) OD noise per energy
     grad_sq: np.ndarray | None  # (n, npix) |grad mu_k|^2, with a registration part
-    grad: np.ndarray | None  # (n, 2, npix)
+    gradient_sigma_px: float  # of the gradients (:func:`_gradient`)
     s_k: np.ndarray | None  # (n,) per-axis registration sigma
 
 
@@ -317,12 +326,12 @@ def _linearise(
     e, mu, mask, s_k, *, e0_ev, pre_range, post_range, post_order, noise_band, noise_model, gradient_sigma_px
 ):
     shape = mu.shape[1:]
-    y = mu[:, mask].astype(np.float64)  # (n, npix)
+    y = mu[:, mask]  # (n, npix), as given: the normalisation makes its own float64 copy
     if e0_ev is None:
         fin = np.all(np.isfinite(y), axis=0)
         if not fin.any():
             raise ValueError("every spectrum in the mask has NaN/inf values")
-        e0_ev = find_e0(e, y[:, fin].mean(axis=1))
+        e0_ev = find_e0(e, y[:, fin].astype(np.float64).mean(axis=1))
     nm = normalize(e, y, e0_ev=e0_ev, pre_range=pre_range, post_range=post_range, post_order=post_order)
     # the float32 the normalisation returns, not a float64 copy of it (the same values; every use promotes it)
     norm, flags = nm.norm, nm.flags
@@ -340,9 +349,17 @@ def _linearise(
     # per-pixel OD noise from local-quadratic residuals over the pre-edge and the edge region; in place, and
     # freed before the gradients: ~15 (n, npix) float64 arrays were alive at once, a particle of radius 81 px at
     # 200 energies 470 MiB (tracemalloc) for its 25 MiB of frames, twice the run's memory budget (report 3)
-    resid = np.where(np.isfinite(y), y, 0.0)
+    resid = y.astype(np.float64)  # worked on in place
+    del y
+    resid[~np.isfinite(resid)] = 0.0
     smooth = H @ resid
     resid -= smooth
+    # the noise is measured over the pre-edge and the edge region: only those energies' residuals are kept (each
+    # energy's common structure below is its own), and the rest worked on in place (the same numbers)
+    band = np.zeros(e.size, bool)
+    band[ip] = True
+    band |= (e >= e0_ev + noise_band[0]) & (e <= e0_ev + noise_band[1])
+    resid = resid[band]
     usable = flags == 0
     if usable.sum() >= _MIN_PIXELS_COMMON:
         # the structure the local quadratic cannot follow (sharp features on a coarse grid) is
@@ -351,31 +368,30 @@ def _linearise(
         resid -= ref[:, None] * np.where(np.isfinite(step), step, 0.0)[None, :]
     lev = np.clip(1.0 - np.diag(H), 1e-3, None)
     if noise_model == "photon":
-        scale = np.exp(np.clip(smooth, -5, 10, out=smooth) / 2, out=smooth)  # smooth's buffer: not used again
+        np.clip(smooth, -5, 10, out=smooth)  # smooth's buffer: not used again
+        smooth /= 2
+        scale = np.exp(smooth, out=smooth)
     else:
         scale = np.ones_like(smooth)
     del smooth
-    band = np.zeros(e.size, bool)
-    band[ip] = True
-    band |= (e >= e0_ev + noise_band[0]) & (e <= e0_ev + noise_band[1])
-    z = np.abs(resid[band]) / np.sqrt(lev[band])[:, None] / scale[band]
+    z = np.abs(resid, out=resid)
     del resid
+    z /= np.sqrt(lev[band])[:, None]
+    z /= scale[band]
     sigma0 = _MAD_TO_SIGMA * np.median(z, axis=0)
     del z
     sigma_k = scale.astype(np.float32)  # the OD noise per energy (a standard error: float32 is ample)
     sigma_k *= sigma0[None, :]
     del scale
-    y = np.asarray(mu[:, mask], dtype=np.float32)  # what is kept: the OD as given (float32 in the pipeline)
-    grad = grad_sq = None
+    grad_sq = None
     if s_k is not None:
-        grad = _gradient(mu, gradient_sigma_px, mask)  # (n, 2, npix) float32
-        grad_sq = np.square(grad[:, 0])
-        grad_sq += np.square(grad[:, 1])
+        # |grad mu|^2 alone is held (the gradients, (n, 2, npix), are made again where the sensitivity is asked
+        # for): with the OD copy nothing used, 68 MiB of a particle of radius 113 px at 143 energies
+        grad_sq = _gradient(mu, gradient_sigma_px, mask, squared=True)  # (n, npix) float32
     return _Linearised(
         e=e,
         mask=mask,
         shape=shape,
-        y=y,
         norm=norm,
         smooth_norm=smooth_norm,
         step=step,
@@ -389,7 +405,7 @@ def _linearise(
         sigma0=sigma0,
         sigma_k=sigma_k,
         grad_sq=grad_sq,
-        grad=grad,
+        gradient_sigma_px=float(gradient_sigma_px),
         s_k=s_k,
     )
 
@@ -559,8 +575,13 @@ def edge_energy_sigma(
     g[:, ~good] = 0.0
     with np.errstate(divide="ignore", invalid="ignore"):
         g /= np.where(good, slope, 1.0)  # dE50 per d mu_k (up to the sign)
-        t = np.multiply(g, lin.sigma_k)
-        sig_noise = np.sqrt(np.sum(np.square(t, out=t), axis=0))
+    # the sums over the energies a block of pixels at a time (each pixel's is its own): the (n, npix) float64
+    # products are a block's, not a third copy beside g and the normalisation
+    blocks = frame_blocks(npix, e.size, BLOCK_PX // 4)
+    sig_noise = np.empty(npix)
+    for c in blocks:
+        t = np.multiply(g[:, c], lin.sigma_k[:, c])
+        sig_noise[c] = np.sqrt(np.sum(np.square(t, out=t), axis=0))
         del t
     sig_reg = np.full(npix, np.nan)
     sens = None
@@ -578,14 +599,15 @@ def edge_energy_sigma(
             edge_kw=dict(method="half", window=window, level=level),
         )
     elif s_k is not None:
-        t = np.square(g)
-        t *= lin.grad_sq
-        t *= (s_k**2)[:, None]
-        sig_reg = np.sqrt(np.sum(t, axis=0))
-        del t
+        for c in blocks:
+            t = np.square(g[:, c])
+            t *= lin.grad_sq[:, c]
+            t *= (s_k**2)[:, None]
+            sig_reg[c] = np.sqrt(np.sum(t, axis=0))
+            del t
     if s_k is not None and keep_sensitivity:
         # a frame whose content moves by +d reads mu - grad(mu).d, and E50 moves by +g grad(mu).d
-        sens = _full(lin, (g[:, None, :] * lin.grad).astype(np.float32), fill=0.0)
+        sens = _full(lin, (g[:, None, :] * _gradient(mu, lin.gradient_sigma_px, mask)).astype(np.float32), fill=0.0)
     sig_noise[~good] = np.nan
     sig_reg[~good] = np.nan
     e50[~good] = np.nan
@@ -749,29 +771,33 @@ def fraction_sigma(
             raise ValueError(f"fractions {f.shape} must be (n_refs, ...) of the maps' shape {(n_refs,) + lin.shape}")
         jac = fraction_jacobian(f[:, lin.mask], _edge_steps(edge_steps, n_refs))  # (n_refs, n_refs, npix)
         jac = np.where(np.isfinite(jac), jac, np.eye(n_refs)[:, :, None])  # no fraction: its sigma is dropped after
-    for j in range(n_refs):
-        g = np.zeros((e.size, npix))
-        if jac is None:
-            g[iw] = J[j][:, None]
-            aj, bj = a[j], np.outer(b[j], np.ones(npix))
-        else:  # the row j of (Jacobian @ J), (Jacobian @ a), (Jacobian @ b) per pixel
-            g[iw] = J.T @ jac[j]
-            aj, bj = (jac[j] * a).sum(axis=0), b.T @ jac[j]
-        # d norm_k = (d mu_k - d pre(E_k) - norm_k d step) / step, d step = d post(E0) - d pre(E0)
-        g[lin.ip] -= lin.m_pre.T @ (bj - np.outer([1.0, 0.0], aj))
-        g[lin.iq] -= np.outer(lin.w_post, aj)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            # in place, one (n, npix) float64 work array beside g: the same numbers as the expressions written out
-            # (g / step, (g sigma_k)^2, g^2 grad^2 s_k^2), a large particle's 46 MiB copies fewer
-            g /= np.where(ok, lin.step, np.nan)[None, :]
-            t = np.multiply(g, lin.sigma_k)
-            out_n[j] = np.sqrt(np.sum(np.square(t, out=t), axis=0))
-            if s_k is not None:
-                np.square(g, out=t)
-                t *= lin.grad_sq
-                t *= (s_k**2)[:, None]
-                out_r[j] = np.sqrt(np.sum(t, axis=0))
-            del t
+    # each pixel's error is its own: a block of pixels at a time, so that the (n, npix) float64 work arrays are a
+    # block's (a particle of radius 113 px at 143 energies: 91 MiB of them, its XANES's peak)
+    for c in frame_blocks(npix, e.size, BLOCK_PX // 4):
+        m = len(range(npix)[c])
+        for j in range(n_refs):
+            g = np.zeros((e.size, m))
+            if jac is None:
+                g[iw] = J[j][:, None]
+                aj, bj = a[j, c], np.outer(b[j], np.ones(m))
+            else:  # the row j of (Jacobian @ J), (Jacobian @ a), (Jacobian @ b) per pixel
+                g[iw] = J.T @ jac[j, :, c]
+                aj, bj = (jac[j, :, c] * a[:, c]).sum(axis=0), b.T @ jac[j, :, c]
+            # d norm_k = (d mu_k - d pre(E_k) - norm_k d step) / step, d step = d post(E0) - d pre(E0)
+            g[lin.ip] -= lin.m_pre.T @ (bj - np.outer([1.0, 0.0], aj))
+            g[lin.iq] -= np.outer(lin.w_post, aj)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                # in place, one (n, m) float64 work array beside g: the same numbers as the expressions written out
+                # (g / step, (g sigma_k)^2, g^2 grad^2 s_k^2)
+                g /= np.where(ok[c], lin.step[c], np.nan)[None, :]
+                t = np.multiply(g, lin.sigma_k[:, c])
+                out_n[j, c] = np.sqrt(np.sum(np.square(t, out=t), axis=0))
+                if s_k is not None:
+                    np.square(g, out=t)
+                    t *= lin.grad_sq[:, c]
+                    t *= (s_k**2)[:, None]
+                    out_r[j, c] = np.sqrt(np.sum(t, axis=0))
+                del t
     total = np.sqrt(out_n**2 + np.nan_to_num(out_r) ** 2)
     return FractionSigma(names, _full(lin, out_n), _full(lin, out_r), _full(lin, total))
 
