@@ -482,6 +482,7 @@ def _run_and_write(
                 references=references,
                 progress=prog,
                 recalibrate=recalibrate,
+                let_go_frames=True,  # the stack was read for this run: its frames go once no stage needs them
             )
         if read_s is not None:  # the stage the user waits for first (it was printed, not recorded)
             stages = dict(result.timings)

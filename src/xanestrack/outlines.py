@@ -229,10 +229,13 @@ def _matched_outline_weights(p, blur) -> np.ndarray | None:
     return np.where(reach & np.isfinite(w) & (hi > lo), w, 0.0)
 
 
-def _outline_weights(p, n_frames: int, blur=None, dtype=float) -> tuple[np.ndarray, np.ndarray] | None:
-    """A particle's soft weights per frame for its shape and turn, and the frames they are measured on: ``(weights
-    (n, h, w), frames (n,) bool)``: its aligned soft masks, or where the frames are brought to the scan's coarsest
-    resolution (``blur``) :func:`_matched_outline_weights`. None without masks or frames."""
+def _outline_weights(p, n_frames: int, blur=None, dtype=float) -> tuple | None:
+    """A particle's soft weights per frame for its shape and turn, and the frames they are measured on: ``(weights,
+    shape, frames (n,) bool)``, ``weights(b)`` those of a block ``b`` of frames (a slice), ``shape`` theirs ``(n, h,
+    w)``: its aligned soft masks (NaN made 0, as ``dtype``), or where the frames are brought to the scan's coarsest
+    resolution (``blur``) :func:`_matched_outline_weights`. A block at a time: the whole stack's float64 copies
+    were a large particle's (radius 113 px, 143 frames) 206 MiB beside every particle's results. None without
+    masks or frames."""
     masks = getattr(p, "masks", None)
     frames = _measured_frames(p)
     if masks is None or frames is None or len(masks) != n_frames:
@@ -240,7 +243,9 @@ def _outline_weights(p, n_frames: int, blur=None, dtype=float) -> tuple[np.ndarr
     matched = None
     if blur is not None and np.any(np.asarray(blur) > 0) and len(blur) == n_frames:
         matched = _matched_outline_weights(p, np.asarray(blur, float))
-    return (np.nan_to_num(np.asarray(masks, dtype)) if matched is None else matched), np.asarray(frames, bool)
+    if matched is not None:
+        return (lambda b: matched[b]), matched.shape, np.asarray(frames, bool)
+    return (lambda b: np.nan_to_num(np.asarray(masks[b], dtype))), np.shape(masks), np.asarray(frames, bool)
 
 
 def _outline_shapes(p, n_frames: int, blur=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -264,16 +269,20 @@ def _outline_shapes(p, n_frames: int, blur=None) -> tuple[np.ndarray, np.ndarray
     weights = _outline_weights(p, n_frames, blur)
     if weights is None:
         return none
-    w, frames = weights
-    h, wd = w.shape[1:]
+    weight, (n, h, wd), frames = weights
     y, x = -np.arange(h, dtype=float), np.arange(wd, dtype=float)  # y up: angles counter-clockwise as shown
-    wy, wx = w.sum(axis=2), w.sum(axis=1)  # (n, h), (n, w)
+    wy, wx, wyx = np.empty((n, h)), np.empty((n, wd)), np.empty(n)
+    for b in frame_blocks(n, h * wd, xanes.BLOCK_PX):  # each frame's moments its own: a block at a time
+        w = weight(b)
+        wy[b], wx[b] = w.sum(axis=2), w.sum(axis=1)  # (n, h), (n, w)
+        wyx[b] = np.einsum("nij,i,j->n", w, y, x)
+        del w
     area = wy.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         my, mx = wy @ y / area, wx @ x / area
         cyy = wy @ (y * y) / area - my**2
         cxx = wx @ (x * x) / area - mx**2
-        cxy = np.einsum("nij,i,j->n", w, y, x) / area - my * mx
+        cxy = wyx / area - my * mx
         half = np.sqrt(((cxx - cyy) / 2) ** 2 + cxy**2)
         mean = (cxx + cyy) / 2
         a, b = 2 * np.sqrt(mean + half), 2 * np.sqrt(np.maximum(mean - half, 0.0))
@@ -336,14 +345,17 @@ def _outline_turns(p, n_frames: int, blur=None) -> tuple[np.ndarray, np.ndarray,
     mask = np.zeros((0, 0), bool) if mask is None else np.asarray(mask, bool)
     if weights is None or mask.ndim != 2 or not mask.any():
         return nan, np.zeros(n_frames, bool), float("nan"), float("nan")
-    w, frames = weights
+    weight, shape, frames = weights
     # float32 and the small normal equations frame by frame (not lstsq over the whole stack): a particle of r 120 px
-    # (325-px window, 143 frames) took 4.2 s and 476 MB more peak memory so
-    w = ndimage.gaussian_filter(np.asarray(w, np.float32), (0, TURN_FIT_SMOOTH_PX, TURN_FIT_SMOOTH_PX))
+    # (325-px window, 143 frames) took 4.2 s and 476 MB more peak memory so; smoothed a block of frames at a time
+    # (each frame on its own) into one array
+    w = np.empty(shape, np.float32)
+    for b in frame_blocks(shape[0], shape[1] * shape[2], xanes.BLOCK_PX):
+        w[b] = ndimage.gaussian_filter(np.asarray(weight(b), np.float32), (0, TURN_FIT_SMOOTH_PX, TURN_FIT_SMOOTH_PX))
     used = frames & (w.sum(axis=(1, 2)) > 0)
     if used.sum() < 2 or w.shape[1:] != mask.shape:
         return nan, used, float("nan"), float("nan")
-    template = w[used].mean(axis=0)
+    template = (w if used.all() else w[used]).mean(axis=0)  # no copy of every frame where all are used
     gy, gx = np.gradient(template)
     yy, xx = np.mgrid[: mask.shape[0], : mask.shape[1]].astype(float)
     total = template.sum()

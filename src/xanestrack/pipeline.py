@@ -115,7 +115,7 @@ from .resolution import (
 )
 from .result import FRAME_FLAGS, ParticleResult, PipelineResult, flag_names
 from .robust import robust_sigma
-from .segment import SegmentOptions, isolate_particle, segment_particle, segment_roi, segment_rois
+from .segment import PackedMasks, SegmentOptions, isolate_particle, segment_particle, segment_roi, segment_rois
 from .smoothing import smooth_tracks
 from .stack import Stack, duplicate_frames, lone_step, lone_step_words, sanitize_stack
 from .words import count, frame_list
@@ -591,12 +591,18 @@ def _edgeless_faint_tracks(located, results, energies, options) -> list:
         return nowhere
     out = list(nowhere)
     for j, loc in enumerate(located):
-        n_examined, n_seen = int(loc.examined.sum()), int((loc.detected & loc.examined).sum())
-        if j in nowhere or not (n_examined and n_seen < options.match.min_track_fraction * n_examined):
+        if j in nowhere or not _faint_track(loc, options):
             continue
         if z[j] < EDGELESS_Z:  # faint, and without an edge
             out.append(j)
     return sorted(out)
+
+
+def _faint_track(loc, options) -> bool:
+    """A track detected in fewer than ``options.match.min_track_fraction`` of the frames examined: left out where its
+    mean spectrum shows no edge (:func:`_edgeless_faint_tracks`)."""
+    n_examined, n_seen = int(loc.examined.sum()), int((loc.detected & loc.examined).sum())
+    return bool(n_examined and n_seen < options.match.min_track_fraction * n_examined)
 
 
 #: a track measured in no frame is said to have run into a tracked particle in a frame where at least this share
@@ -2924,6 +2930,12 @@ def _neighbour_pixels(located: list, vouched: list, prints) -> list:
 OWN_MOTION_REPORTED = "its own motion as reported: motion_summary.csv"
 
 
+#: bytes: after finishing a particle whose aligned stack is this large, the memory its XANES freed is handed back
+#: (:func:`xanestrack.io.checks.release_freed_memory`, 2-6 ms): glibc kept it, and a 1024^2 scan's 12 large
+#: particles' results were held on top of it
+TRIM_AFTER_BYTES = 1 << 20
+
+
 def _largest_first(fn, located, threads: int) -> list:
     """``[fn(j) for j in range(len(located))]``, the particles with the largest windows first (the results in
     ``located``'s order). A particle's XANES works on every pixel of its window at once, several times its aligned
@@ -2950,6 +2962,7 @@ def _finish_particle(
     gaps=(),
     illumination=None,
     grid=None,
+    let_go=False,
 ):
     """A particle's :class:`ParticleResult`: aligned, its mask, its XANES (``(result, centres of mass, norm)``).
 
@@ -2961,10 +2974,12 @@ def _finish_particle(
     frames' order (``filled`` of :func:`xanestrack.xanes.analyse_particle`); ``illumination``: each frame's
     illumination off its flat's (:func:`_illumination_field`), taken out of its aligned frames. ``grid``: its
     aligned grid and masks (``(origin, shifts, masks)`` of :func:`_aligned_masks`) where they were made before for
-    the same positions (the windows' masks they are made from are let go once made: :func:`run_pipeline`).
+    the same positions; ``let_go``: its windows' masks (``loc.seg``'s) are let go once its aligned masks are made
+    from them, before its XANES allocates (a track measured in no frame keeps them: :func:`_unmeasured` tells it by
+    them).
     """
     n = od.shape[0]
-    pid, seg = loc.pid, loc.seg
+    pid, com = loc.pid, loc.seg.com
     radius, half, ref_frame = loc.radius, loc.half, loc.ref_frame
     notes = []
     if not v.located.any():
@@ -3088,6 +3103,10 @@ def _finish_particle(
     positions = v.positions
     size = 2 * half + 1
     origin, shifts, amasks = _aligned_masks(loc, v) if grid is None else grid
+    if let_go and np.isfinite(positions).any():
+        # the scan's particles do not hold their windows' masks and their aligned masks at once, nor this one's
+        # beside its XANES's work (12 particles of radius 10-113 px at 1024^2: 320 MiB; the largest's 64 MiB)
+        loc.seg = dataclasses.replace(loc.seg, masks=None, outside=None)
     aligned = resample_windows(od, shifts, origin, (size, size), order=options.interpolation_order)
     if illumination is not None:  # the frames as the chemistry takes them (and results.h5's aligned stack)
         aligned -= illumination.windows(origin, shifts, size)
@@ -3184,7 +3203,7 @@ def _finish_particle(
             touching_pieces=n_pieces,
             touching_pieces_frames=n_cut,
         ),
-        seg.com,
+        com,
         norm,
     )
 
@@ -3295,6 +3314,7 @@ def run_pipeline(
     references=None,
     progress=None,
     recalibrate=None,
+    let_go_frames: bool = False,
 ) -> PipelineResult:
     """Find, track, align and analyse every isolated particle of an energy scan.
 
@@ -3319,6 +3339,11 @@ def run_pipeline(
         ``run --known-edge``), on which every particle's XANES is analysed again from the
         same windows (matrix subtracted, resolution matched, frames and masks as before;
         registration does not depend on the energies' values), or None to keep the axis.
+    let_go_frames : bool
+        Let the stack's frames go once every particle is finished (``stack.od`` is None after the call; the frames
+        ``options.fuse`` asks for are kept), before the passes over every particle's results: for a caller that
+        reads the stack for this run alone (``xanestrack run``: 572 MiB of frames at 1024^2, held beside every
+        particle's results). Not with ``options.fuse == "all"``, which needs every frame at the end.
 
     Returns
     -------
@@ -3612,14 +3637,13 @@ def run_pipeline(
             neighbours=neighbours[j],
             gaps=gaps,
             illumination=illumination,
+            let_go=True,
         )
         pr = out[0]
         grids[j] = (pr.origin, pr.shifts, pr.masks)
-        if np.isfinite(pr.positions).any():
-            # its windows' masks have served (only a track measured in no frame is told by them after: _unmeasured):
-            # let go, so that a scan's particles do not hold them and their aligned masks at once (12 particles of
-            # radius 10-113 px at 1024^2: 320 MiB)
-            loc.seg = dataclasses.replace(loc.seg, masks=None, outside=None)
+        if pr.aligned is not None and pr.aligned.nbytes >= TRIM_AFTER_BYTES:
+            # what its XANES freed, handed back before the next particle's allocates beside its results (a few ms)
+            release_freed_memory()
         if progress is not None:
             with lock:
                 done[0] += 1
@@ -3656,6 +3680,12 @@ def run_pipeline(
 
     # what locating freed, handed back before the largest particle's XANES allocates (glibc keeps freed blocks
     # below its growing mmap threshold: the 1024^2 large-particle scene's RSS 1395 -> ~1300 MiB here)
+    # the windows' masks of the particles waiting to be finished, packed (lossless: their zeros take a bit each): they
+    # are held beside the largest particle's XANES (12 particles of radius 10-113 px at 1024^2: 203 MiB float32)
+    largest = max(range(len(located)), key=lambda j: int(located[j].half)) if located else -1
+    for j, loc in enumerate(located):
+        if j != largest and loc.seg is not None and isinstance(loc.seg.masks, np.ndarray):
+            loc.seg = dataclasses.replace(loc.seg, masks=PackedMasks(loc.seg.masks))
     release_freed_memory()
     finished = _largest_first(finish, located, threads)
     resolution = _resolution_change([f[0] for f in finished], len(energies), energies)
@@ -3667,6 +3697,23 @@ def run_pipeline(
     blurred = np.isin(np.arange(len(energies)), blurred_frames) if blurred_frames.size else None
     if resolution_blur is not None or blurred is not None:
         finished = finish_again()
+    seen = None  # each particle's first frame seen (_first_seen), told before the frames are let go
+    fuse_frames = None if options.fuse == "all" else [0, od.shape[0] - 1]
+    if (
+        let_go_frames
+        and fuse_frames is not None
+        and recalibrate is None
+        and not any(_faint_track(loc, options) for loc in located)
+    ):
+        # no stage looks at the frames again (no calibration finishes the particles again) and none of the
+        # particles will be left out as a faint track without an edge (the others' motion, which _first_seen
+        # places a particle by, is then that of these): told now, the frames let go before the passes over every
+        # particle's results (12 particles of radius 10-113 px at 1024^2: the frames' 572 MiB beside their 510)
+        results = [f[0] for f in finished]
+        seen = {p.particle: _first_seen(p, [q.positions for q in results if q is not p], od) for p in results}
+        od = _KeptFrames(od, fuse_frames if options.fuse != "none" else [])
+        object.__setattr__(stack, "od", None)
+        del results
     # before a --known-edge calibration measures its particle's mean, so that it is over the pixels trusted
     finished = _with_filled_pixels(_with_moving_rims(finished, energies, gaps, resolution_blur), gaps, energies)
     if recalibrate is not None:
@@ -3769,6 +3816,18 @@ def run_pipeline(
     # pre- to post-edge OD against their thickness; its thick pixels flagged (chemistry/stray)
     from .chemistry.stray import flag_stray_light
 
+    # a particle's leading frames not vouched for with next to nothing absorbing where it lies later are not
+    # measured: it was not there (deposited mid-scan) or not measurable. They counted as measured: a particle
+    # appearing at frame 30 was given 11.94 px of own motion (truly none) from its frame-0 position of nothing, and
+    # one growing from frame 5 pulled a 5.8 % magnification into the common motion (the default scene, seed 5).
+    # Told here, the last look at the frames but the fused ends', where the frames were not let go above
+    if seen is None:
+        first_seen = [_first_seen(p, [q.positions for q in particles if q is not p], od) for p in particles]
+        if let_go_frames and fuse_frames is not None:
+            od = _KeptFrames(od, fuse_frames if options.fuse != "none" else [])
+            object.__setattr__(stack, "od", None)
+    else:
+        first_seen = [seen[p.particle] for p in particles]
     release_freed_memory()  # what the particles' XANES freed, before the pass over all of them allocates
     particles, stray_note, _ = flag_stray_light(
         particles, energies, at_edge, background=_particles_background(particles, energies)
@@ -3856,11 +3915,7 @@ def run_pipeline(
             )
     fit["reliable"] = np.concatenate(vouched) if particles else np.zeros(0, bool)
     measured = [((p.frame_flags & FRAME_FLAGS["interpolated"]) == 0) & f for p, f in zip(particles, finite)]
-    # a particle's leading frames not vouched for with next to nothing absorbing where it lies later are not
-    # measured: it was not there (deposited mid-scan) or not measurable. They counted as measured: a particle
-    # appearing at frame 30 was given 11.94 px of own motion (truly none) from its frame-0 position of nothing, and
-    # one growing from frame 5 pulled a 5.8 % magnification into the common motion (the default scene, seed 5)
-    first_seen = [_first_seen(p, [q.positions for q in particles if q is not p], od) for p in particles]
+    # the leading frames where it was not yet seen (first_seen, above) are not measured
     measured = [m & (np.arange(m.size) >= k) for m, k in zip(measured, first_seen)]
     fit["measured"] = np.concatenate(measured) if particles else np.zeros(0, bool)
     motion = compute_motion(
@@ -3949,7 +4004,7 @@ def run_pipeline(
     fused = None
     if options.fuse != "none" and particles:
         t = time.perf_counter()
-        fused = fuse_particles(od, particles, common, frames=None if options.fuse == "all" else [0, od.shape[0] - 1])
+        fused = fuse_particles(od, particles, common, frames=fuse_frames)
         timings["fuse"] = time.perf_counter() - t
     if not particles:
         notes.append("no isolated particle was tracked through enough frames")
@@ -4411,6 +4466,18 @@ def _shared_noise_run_note(particles) -> str:
 #: scene, seed 5, 256 px) absorbed under 2 % of it before; stress-all seed 2 (reduced)'s particle faintest in its
 #: first frame, with no mask there, 12-15 %
 FIRST_SEEN_CONTRAST = 0.05
+
+
+class _KeptFrames:
+    """Some frames of a stack, the rest let go: ``[k]`` (a kept frame ``k``) and ``shape`` as the stack's
+    (:func:`run_pipeline`'s ``let_go_frames``)."""
+
+    def __init__(self, od, frames):
+        self.shape = tuple(od.shape)
+        self._frames = {int(k): np.array(od[k]) for k in frames}
+
+    def __getitem__(self, k):
+        return self._frames[int(k)]
 
 
 def _first_seen(p: ParticleResult, others: list, od: np.ndarray) -> int:

@@ -337,7 +337,7 @@ EDGE_REACH_PX = 8.0  # the profile across a particle's outline: this far inside 
 EDGE_WIDTHS_PX = np.round(np.arange(0.3, 6.01, 0.1), 1)  # the widths tried
 
 
-def edge_widths(windows, mask) -> np.ndarray:
+def edge_widths(windows, mask, frames=None) -> np.ndarray:
     """How sharp each window shows its particle's outline: the width (px, a Gaussian's sd) of its edge.
 
     Each window's mean optical density against the signed distance from the outline of
@@ -355,23 +355,28 @@ def edge_widths(windows, mask) -> np.ndarray:
     windows : ndarray (n, h, w)
         Aligned windows of one particle (NaN pixels ignored).
     mask : ndarray (h, w) bool
+    frames : ndarray of int, optional
+        The windows measured (default all): taken from the pixels near the outline, not the whole windows copied
+        (a large particle's 51 MiB of them beside every particle's results).
 
     Returns
     -------
-    ndarray (n,): NaN where the mask is empty or whole, or a window has too few pixels.
+    ndarray (n,) (or of ``frames``): NaN where the mask is empty or whole, or a window has too few pixels.
     """
     from scipy.special import erf
 
     windows = np.asarray(windows)
     mask = np.asarray(mask, bool)
-    out = np.full(len(windows), np.nan)
+    n = len(windows) if frames is None else len(frames)
+    out = np.full(n, np.nan)
     if not mask.any() or mask.all():
         return out
     d = np.where(mask, 0.5 - ndimage.distance_transform_edt(mask), ndimage.distance_transform_edt(~mask) - 0.5)
     sel = np.abs(d) <= EDGE_REACH_PX
     nb = int(4 * EDGE_REACH_PX) + 1
     b = np.clip(np.round((d[sel] + EDGE_REACH_PX) * 2).astype(int), 0, nb - 1)
-    a = windows[:, sel].astype(np.float64)  # the pixels near the outline only
+    a = windows[:, sel]  # the pixels near the outline only
+    a = (a if frames is None else a[frames]).astype(np.float64)
     ok = np.isfinite(a)
     onehot = np.zeros((b.size, nb))
     onehot[np.arange(b.size), b] = 1.0
@@ -384,7 +389,7 @@ def edge_widths(windows, mask) -> np.ndarray:
     x = (np.arange(nb) / 2 - EDGE_REACH_PX)[full]
     wt = np.sqrt(counts[:, full].mean(axis=0))
     y = (prof[:, full] * wt).T  # (bins, n)
-    res = np.empty((EDGE_WIDTHS_PX.size, len(windows)))
+    res = np.empty((EDGE_WIDTHS_PX.size, n))
     for i, s_ in enumerate(EDGE_WIDTHS_PX):
         X = np.c_[np.ones(x.size), 0.5 * (1 - erf(x / (np.sqrt(2) * s_)))] * wt[:, None]
         coef, *_ = np.linalg.lstsq(X, y, rcond=None)

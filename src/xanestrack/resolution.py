@@ -143,8 +143,10 @@ def _edge_width_rows(measured, n_frames: int, blur=None) -> np.ndarray:
     """Each measured particle's edge width per frame (px; NaN where not measured), its windows blurred by ``blur``."""
     rows = np.full((len(measured), n_frames), np.nan)
     for i, (aligned, mask, used) in enumerate(measured):
-        windows = aligned[used]
-        rows[i, used] = edge_widths(windows if blur is None else _blur_frames(windows, blur[used]), mask)
+        if blur is None:  # the frames used taken near the outline, not copied whole
+            rows[i, used] = edge_widths(aligned, mask, frames=used)
+        else:
+            rows[i, used] = edge_widths(_blur_frames(aligned[used], blur[used]), mask)
     return rows
 
 

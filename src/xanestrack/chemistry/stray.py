@@ -94,7 +94,8 @@ def _frames(energies, p, pre_range, post_range):
 
 def _particle_samples(energies, particles, pre_range, post_range):
     """Per particle: (pre-edge OD (n_frames_pre, n_px), background there, post-edge OD, background), kept pixels."""
-    from ..xanes import local_background
+    from ..morph import frame_blocks
+    from ..xanes import BLOCK_PX, local_background
 
     out = []
     for p in particles:
@@ -107,17 +108,24 @@ def _particle_samples(energies, particles, pre_range, post_range):
         pre, post = _frames(energies, p, pre_range, post_range)
         if pre.sum() < 2 or post.sum() < 2:
             continue
-        # the frames used only (the background is a plane per frame): the whole aligned stack in float64 and its
-        # background were the run's peak on a 1024^2 scan with large particles (the largest's 307 px windows, 143
-        # frames: 2 x 103 MiB beside its local_background's work, every particle's results held)
-        used = pre | post
+        # the frames used only, a block of them at a time (the background is a plane per frame, fitted frame by
+        # frame), their kept pixels kept: the aligned stack in float64 and its background were the run's peak on a
+        # 1024^2 scan with large particles (the largest's 307 px windows, 143 frames: 2 x 103 MiB beside its
+        # local_background's work, every particle's results held; the frames used in float64 at once, 190 MiB)
+        used = np.flatnonzero(pre | post)
         pre, post = pre[used], post[used]
-        a = np.asarray(p.aligned[used], float)
-        bg = local_background(a, np.asarray(p.mask, bool), exclude=p.background_exclude)
-        ok = np.all(np.isfinite(a[:, keep]), axis=0)
+        mask = np.asarray(p.mask, bool)
+        a = np.empty((used.size, int(keep.sum())))
+        bg = np.empty(a.shape, np.float32)
+        for b in frame_blocks(used.size, mask.size, BLOCK_PX):
+            block = np.asarray(p.aligned[used[b]], float)
+            a[b] = block[:, keep]
+            bg[b] = local_background(block, mask, exclude=p.background_exclude)[:, keep]
+            del block
+        ok = np.all(np.isfinite(a), axis=0)
         if ok.sum() < MIN_PIXELS:
             continue
-        out.append((a[pre][:, keep][:, ok], bg[pre][:, keep][:, ok], a[post][:, keep][:, ok], bg[post][:, keep][:, ok]))
+        out.append((a[pre][:, ok], bg[pre][:, ok], a[post][:, ok], bg[post][:, ok]))
     return out
 
 
