@@ -3678,14 +3678,14 @@ def run_pipeline(
 
         return _largest_first(one, located, threads)
 
-    # what locating freed, handed back before the largest particle's XANES allocates (glibc keeps freed blocks
-    # below its growing mmap threshold: the 1024^2 large-particle scene's RSS 1395 -> ~1300 MiB here)
     # the windows' masks of the particles waiting to be finished, packed (lossless: their zeros take a bit each): they
     # are held beside the largest particle's XANES (12 particles of radius 10-113 px at 1024^2: 203 MiB float32)
     largest = max(range(len(located)), key=lambda j: int(located[j].half)) if located else -1
     for j, loc in enumerate(located):
         if j != largest and loc.seg is not None and isinstance(loc.seg.masks, np.ndarray):
             loc.seg = dataclasses.replace(loc.seg, masks=PackedMasks(loc.seg.masks))
+    # what locating freed, handed back before the largest particle's XANES allocates (glibc keeps freed blocks
+    # below its growing mmap threshold: the 1024^2 large-particle scene's RSS 1395 -> ~1300 MiB here)
     release_freed_memory()
     finished = _largest_first(finish, located, threads)
     resolution = _resolution_change([f[0] for f in finished], len(energies), energies)
@@ -3710,9 +3710,8 @@ def run_pipeline(
         # places a particle by, is then that of these): told now, the frames let go before the passes over every
         # particle's results (12 particles of radius 10-113 px at 1024^2: the frames' 572 MiB beside their 510)
         results = [f[0] for f in finished]
-        seen = {p.particle: _first_seen(p, [q.positions for q in results if q is not p], od) for p in results}
-        od = _KeptFrames(od, fuse_frames if options.fuse != "none" else [])
-        object.__setattr__(stack, "od", None)
+        seen = dict(zip((p.particle for p in results), _first_seen_all(results, od)))
+        od = _let_go(stack, od, fuse_frames if options.fuse != "none" else [])
         del results
     # before a --known-edge calibration measures its particle's mean, so that it is over the pixels trusted
     finished = _with_filled_pixels(_with_moving_rims(finished, energies, gaps, resolution_blur), gaps, energies)
@@ -3822,10 +3821,9 @@ def run_pipeline(
     # one growing from frame 5 pulled a 5.8 % magnification into the common motion (the default scene, seed 5).
     # Told here, the last look at the frames but the fused ends', where the frames were not let go above
     if seen is None:
-        first_seen = [_first_seen(p, [q.positions for q in particles if q is not p], od) for p in particles]
+        first_seen = _first_seen_all(particles, od)
         if let_go_frames and fuse_frames is not None:
-            od = _KeptFrames(od, fuse_frames if options.fuse != "none" else [])
-            object.__setattr__(stack, "od", None)
+            od = _let_go(stack, od, fuse_frames if options.fuse != "none" else [])
     else:
         first_seen = [seen[p.particle] for p in particles]
     release_freed_memory()  # what the particles' XANES freed, before the pass over all of them allocates
@@ -4478,6 +4476,19 @@ class _KeptFrames:
 
     def __getitem__(self, k):
         return self._frames[int(k)]
+
+
+def _let_go(stack, od, frames) -> _KeptFrames:
+    """The ``frames`` of ``od`` kept, the rest let go with the stack's (``stack.od`` set to None): what
+    :func:`run_pipeline` looks at after, where it may let the frames go."""
+    kept = _KeptFrames(od, frames)
+    object.__setattr__(stack, "od", None)
+    return kept
+
+
+def _first_seen_all(particles, od) -> list:
+    """:func:`_first_seen` of each of ``particles``, placed by the others' motion."""
+    return [_first_seen(p, [q.positions for q in particles if q is not p], od) for p in particles]
 
 
 def _first_seen(p: ParticleResult, others: list, od: np.ndarray) -> int:
