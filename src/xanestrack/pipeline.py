@@ -2941,11 +2941,16 @@ def _largest_first(fn, located, threads: int) -> list:
     ``located``'s order). A particle's XANES works on every pixel of its window at once, several times its aligned
     stack for a while (a particle of radius 113 px, its window 307 px, 143 frames: 504 MiB traced at its peak); the
     largest analysed first, that peak comes before the others' results are held, not on top of them."""
-    order = sorted(range(len(located)), key=lambda j: -int(located[j].half))
+    order = _finish_order(located)
     out = [None] * len(located)
     for j, r in zip(order, _map(fn, order, threads)):
         out[j] = r
     return out
+
+
+def _finish_order(located) -> list:
+    """The indices of ``located`` in the order :func:`_largest_first` finishes them: the largest windows first."""
+    return sorted(range(len(located)), key=lambda j: -int(located[j].half))
 
 
 def _finish_particle(
@@ -3680,7 +3685,7 @@ def run_pipeline(
 
     # the windows' masks of the particles waiting to be finished, packed (lossless: their zeros take a bit each): they
     # are held beside the largest particle's XANES (12 particles of radius 10-113 px at 1024^2: 203 MiB float32)
-    largest = max(range(len(located)), key=lambda j: int(located[j].half)) if located else -1
+    largest = _finish_order(located)[0] if located else -1  # the first finished: its masks are used at once
     for j, loc in enumerate(located):
         if j != largest and loc.seg is not None and isinstance(loc.seg.masks, np.ndarray):
             loc.seg = dataclasses.replace(loc.seg, masks=PackedMasks(loc.seg.masks))
@@ -3699,6 +3704,7 @@ def run_pipeline(
         finished = finish_again()
     seen = None  # each particle's first frame seen (_first_seen), told before the frames are let go
     fuse_frames = None if options.fuse == "all" else [0, od.shape[0] - 1]
+    kept_frames = [] if options.fuse == "none" else fuse_frames  # what is looked at once the frames are let go
     if (
         let_go_frames
         and fuse_frames is not None
@@ -3711,7 +3717,7 @@ def run_pipeline(
         # particle's results (12 particles of radius 10-113 px at 1024^2: the frames' 572 MiB beside their 510)
         results = [f[0] for f in finished]
         seen = dict(zip((p.particle for p in results), _first_seen_all(results, od)))
-        od = _let_go(stack, od, fuse_frames if options.fuse != "none" else [])
+        od = _let_go(stack, od, kept_frames)
         del results
     # before a --known-edge calibration measures its particle's mean, so that it is over the pixels trusted
     finished = _with_filled_pixels(_with_moving_rims(finished, energies, gaps, resolution_blur), gaps, energies)
@@ -3823,7 +3829,7 @@ def run_pipeline(
     if seen is None:
         first_seen = _first_seen_all(particles, od)
         if let_go_frames and fuse_frames is not None:
-            od = _let_go(stack, od, fuse_frames if options.fuse != "none" else [])
+            od = _let_go(stack, od, kept_frames)
     else:
         first_seen = [seen[p.particle] for p in particles]
     release_freed_memory()  # what the particles' XANES freed, before the pass over all of them allocates
