@@ -928,6 +928,55 @@ def test_a_faint_track_without_an_absorption_edge_is_left_out():
     assert _edgeless_faint_tracks(located[2:3] + located[4:5], results[2:3] + results[4:5], e, PipelineOptions()) == []
 
 
+def test_a_faint_particle_whose_edge_the_matrix_s_falling_absorption_hides_is_kept():
+    # stress-counts seed 2 (classical): a 10-px particle detected in 4 of 13 key frames, its core's OD 0.878 below
+    # the edge and 0.911 above while its surroundings fell 0.839 -> 0.761 (the matrix's absorption, as E^-3): its
+    # mean spectrum's step 1 standard error, left out as matrix texture. Its step over its surroundings stands out;
+    # a blob of thicker matrix on the same matrix has none and still goes
+    from types import SimpleNamespace
+
+    from xanestrack.pipeline import PipelineOptions, _edge_step_z, _edgeless_faint_tracks, _track_edge_z
+
+    rng = np.random.default_rng(1)
+    e = np.linspace(8200, 8680, 60)
+    edge = 1 / (1 + np.exp(-(e - 8345) / 3))
+    matrix = 0.8 * (e / 8200) ** -3  # 0.80 -> 0.70 OD over the scan
+    n, size = len(e), 25
+    yy, xx = np.mgrid[0:size, 0:size]
+    disc = np.hypot(yy - 12, xx - 12) <= 5
+
+    def track(inside, seen):
+        aligned = matrix[:, None, None] + rng.normal(0, 0.03, (n, size, size))
+        aligned[:, disc] += inside[:, None]
+        loc = SimpleNamespace(examined=np.arange(n) % 7 == 0, detected=np.arange(n) < seen * n)
+        res = SimpleNamespace(
+            e0_ev=8345.0, aligned=aligned.astype(np.float32), mask=disc, radius=5.0, positions=np.full((n, 2), 50.0)
+        )
+        return loc, res
+
+    made = [
+        track(0.6 * edge, 1.0),  # a particle seen throughout
+        track(0.04 + 0.06 * edge, 0.2),  # a faint particle: its step (0.06) under the matrix's fall (0.10)
+        track(0.3 * matrix, 0.2),  # matrix texture: 30 % thicker matrix, no edge
+    ]
+    located, results = [m[0] for m in made], [m[1] for m in made]
+    core = [np.asarray(r.aligned)[:, disc].mean(axis=1) for r in results]
+    assert _edge_step_z(core[1], e, 8345.0) < 3  # its spectrum alone: no edge (as before)
+    assert _track_edge_z(results[1], e, 8345.0) > 3 > _track_edge_z(results[2], e, 8345.0)
+    assert _edgeless_faint_tracks(located, results, e, PipelineOptions()) == [2]
+    # another tracked particle's pixels in its surroundings (``background_exclude``) are not its surroundings (where
+    # they are most of them, their median would take that particle's edge for the matrix's)
+    beside = results[1].aligned.copy()
+    near = (xx >= 9) & (np.hypot(yy - 12, xx - 12) > 9)  # a neighbour with a strong edge over most of its surroundings
+    beside[:, near] += 0.8 * edge[:, None]
+    hidden = SimpleNamespace(**{**vars(results[1]), "aligned": beside})
+    assert _track_edge_z(hidden, e, 8345.0) < 3
+    excluded = np.zeros((size, size), bool)
+    excluded[near] = True
+    told = SimpleNamespace(**{**vars(hidden), "background_exclude": excluded})
+    assert _track_edge_z(told, e, 8345.0) > 3
+
+
 def test_a_mean_e50_from_the_pixels_outside_a_gap_of_frames_is_not_given(small_result):
     # three frames lost to a beam dump at 8339.5-8340.5 eV: the pixels whose E50 lay in the gap were not
     # measured (flag gap), and the particle's mean was taken over the others, 0.82 eV high with a sigma of
