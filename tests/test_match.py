@@ -247,3 +247,39 @@ def test_a_particle_drifting_against_the_common_motion_is_not_taken_for_dust():
     assert _still_on_detector(rng.normal(0, 0.15, common.shape), common)
     # a sample that hardly moves tells nothing
     assert not _still_on_detector(rng.normal(0, 0.05, common.shape), common * 0.1)
+
+
+def test_a_particle_seen_in_turn_whole_and_as_a_piece_is_one_track_not_two_short_ones():
+    # stress-magnification seed 4 (learned): a 10-px particle outlined whole (r 10.1-10.6) in six key frames and as a
+    # 7.3-px piece of itself 4.5 px off in two was linked as two tracks of 4 key frames each, both too short to keep
+    from xanestrack.linking import Track
+    from xanestrack.match import _join_alternating
+
+    n = 13
+    common = np.stack([np.linspace(0, 6, n), np.linspace(0, -3, n)], axis=1)  # the field drifts 6.7 px
+
+    def track(tid, times, at, radius):
+        pos = [tuple(np.asarray(at, float) + common[t]) for t in times]
+        return Track(tid, list(times), pos, radius, {"rows": [{"frame": t, "radius": radius} for t in times]})
+
+    whole = track(1, [5, 6, 8, 10], (93.0, 390.0), 10.6)
+    piece = track(2, [7, 9, 11, 12], (94.4, 394.2), 7.3)
+    beside = track(3, [0, 1, 2, 3], (93.0, 411.0), 10.0)  # a touching neighbour, 21 px away, seen early only
+    overlapping = track(4, [4, 5, 11], (92.0, 389.0), 9.0)  # seen with ``whole`` in frame 5: another object
+    kept = track(5, list(range(n)), (300.0, 300.0), 12.0)  # long enough already
+    everyone = [whole, piece, beside, overlapping, kept]
+    ids = [np.array([tr.id for tr in everyone if t in tr.times]) for t in range(n)]  # the tracks' ids per time
+    out = _join_alternating([whole, piece, beside, overlapping, kept], ids, common, 0.5 * n)
+    assert [tr.id for tr in out] == [1, 3, 4, 5]
+    joined = out[0]
+    assert joined.times == [5, 6, 7, 8, 9, 10, 11, 12]  # in time order, positions and rows with them
+    assert np.allclose(joined.positions[1], np.add((93.0, 390.0), common[6]))
+    assert np.allclose(joined.positions[2], np.add((94.4, 394.2), common[7]))
+    assert [r["frame"] for r in joined.data["rows"]] == joined.times
+    assert joined.radius == 10.6  # the whole particle's
+    assert not any((i == 2).any() for i in ids) and all((ids[t] == 1).sum() == 1 for t in joined.times)
+    # too short together, or farther apart than half the larger radius: left as they were
+    short = [track(1, [5, 6], (93.0, 390.0), 10.6), track(2, [7, 9], (94.4, 394.2), 7.3)]
+    assert [tr.id for tr in _join_alternating(short, ids, common, 0.5 * n)] == [1, 2]
+    apart = [track(1, [5, 6, 8, 10], (93.0, 390.0), 10.6), track(2, [7, 9, 11, 12], (93.0, 396.0), 7.3)]
+    assert [tr.id for tr in _join_alternating(apart, ids, common, 0.5 * n)] == [1, 2]
