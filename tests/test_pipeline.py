@@ -935,7 +935,7 @@ def test_a_faint_particle_whose_edge_the_matrix_s_falling_absorption_hides_is_ke
     # a blob of thicker matrix on the same matrix has none and still goes
     from types import SimpleNamespace
 
-    from xanestrack.pipeline import PipelineOptions, _edge_step_z, _edgeless_faint_tracks, _track_edge_z
+    from xanestrack.pipeline import PipelineOptions, _edge_step_z, _edgeless_faint_tracks, _surroundings_edge_z
 
     rng = np.random.default_rng(1)
     e = np.linspace(8200, 8680, 60)
@@ -962,7 +962,7 @@ def test_a_faint_particle_whose_edge_the_matrix_s_falling_absorption_hides_is_ke
     located, results = [m[0] for m in made], [m[1] for m in made]
     core = [np.asarray(r.aligned)[:, disc].mean(axis=1) for r in results]
     assert _edge_step_z(core[1], e, 8345.0) < 3  # its spectrum alone: no edge (as before)
-    assert _track_edge_z(results[1], e, 8345.0) > 3 > _track_edge_z(results[2], e, 8345.0)
+    assert _surroundings_edge_z(results[1], e, 8345.0) > 3 > _surroundings_edge_z(results[2], e, 8345.0)
     assert _edgeless_faint_tracks(located, results, e, PipelineOptions()) == [2]
     # another tracked particle's pixels in its surroundings (``background_exclude``) are not its surroundings (where
     # they are most of them, their median would take that particle's edge for the matrix's)
@@ -970,11 +970,11 @@ def test_a_faint_particle_whose_edge_the_matrix_s_falling_absorption_hides_is_ke
     near = (xx >= 9) & (np.hypot(yy - 12, xx - 12) > 9)  # a neighbour with a strong edge over most of its surroundings
     beside[:, near] += 0.8 * edge[:, None]
     hidden = SimpleNamespace(**{**vars(results[1]), "aligned": beside})
-    assert _track_edge_z(hidden, e, 8345.0) < 3
+    assert _surroundings_edge_z(hidden, e, 8345.0) < 3
     excluded = np.zeros((size, size), bool)
     excluded[near] = True
     told = SimpleNamespace(**{**vars(hidden), "background_exclude": excluded})
-    assert _track_edge_z(told, e, 8345.0) > 3
+    assert _surroundings_edge_z(told, e, 8345.0) > 3
 
 
 def test_a_mean_e50_from_the_pixels_outside_a_gap_of_frames_is_not_given(small_result):

@@ -605,19 +605,14 @@ def _surroundings_spectrum(r) -> np.ndarray | None:
         return np.nanmedian(np.asarray(a)[:, ring], axis=1).astype(float)
 
 
-def _track_edge_z(r, energies, e0) -> float:
-    """A track's edge step in standard errors (:func:`_edge_step_z`): of its core's mean spectrum, or of that less
-    its surroundings' (:func:`_surroundings_spectrum`) where that stands out more; NaN where measured nowhere."""
-    if not np.isfinite(r.positions).any():
-        return float("nan")
+def _surroundings_edge_z(r, energies, e0) -> float:
+    """A track's edge step in standard errors (:func:`_edge_step_z`) over its surroundings: of its core's mean spectrum
+    less theirs (:func:`_surroundings_spectrum`); NaN where it has none or was measured nowhere."""
+    around = _surroundings_spectrum(r) if np.isfinite(r.positions).any() else None
     core = _core_spectrum(r)
-    z = _edge_step_z(core, energies, e0)
-    around = _surroundings_spectrum(r)
-    if around is not None and around.shape == core.shape:
-        less = _edge_step_z(core - around, energies, e0)
-        if less > z or not np.isfinite(z):
-            z = less
-    return float(z)
+    if around is None or around.shape != core.shape:
+        return float("nan")
+    return _edge_step_z(core - around, energies, e0)
 
 
 def _edgeless_faint_tracks(located, results, energies, options) -> list:
@@ -641,7 +636,7 @@ def _edgeless_faint_tracks(located, results, energies, options) -> list:
             continue
         # faint, and without an edge, also over its surroundings (taken for the faint tracks only: a large
         # particle's surroundings over every frame are tens of MiB, held at the run's peak)
-        if z[j] < EDGELESS_Z and _track_edge_z(results[j], energies, e0) < EDGELESS_Z:
+        if z[j] < EDGELESS_Z and not _surroundings_edge_z(results[j], energies, e0) >= EDGELESS_Z:
             out.append(j)
     return sorted(out)
 
