@@ -428,22 +428,23 @@ def _join_alternating(tracks, ids, common, short) -> list:
         for b in pieces[i + 1 :]:
             if set(a.times) & set(b.times) or len(a.times) + len(b.times) < short:
                 continue
-            radius = np.nanmax([a.radius, b.radius, 0.0])
+            radius = float(np.nanmax([a.radius, b.radius, 0.0]))
             d = float(np.hypot(*(centre[a.id] - centre[b.id])))
             if d <= ALTERNATE_SHARE * radius:
-                pairs.append((d, a, b))
+                pairs.append((d, radius, a, b))
     used, removed = set(), set()
-    for d, a, b in sorted(pairs, key=lambda p: p[0]):
+    for d, radius, a, b in sorted(pairs, key=lambda p: p[0]):
         if a.id in used or b.id in used:
             continue
         head, tail = (a, b) if len(a.times) >= len(b.times) else (b, a)
+        times, positions = head.times + tail.times, head.positions + tail.positions
         rows = head.data.get("rows", []) + tail.data.get("rows", [])
-        seen = sorted(zip(head.times + tail.times, head.positions + tail.positions, range(len(rows))))
-        head.times = [t for t, _, _ in seen]
-        head.positions = [p for _, p, _ in seen]
-        if len(rows) == len(seen):
-            head.data["rows"] = [rows[k] for *_, k in seen]
-        head.radius = float(np.nanmax([a.radius, b.radius]))  # the whole particle's, not its piece's
+        order = np.argsort(times, kind="stable")
+        head.times = [times[k] for k in order]
+        head.positions = [positions[k] for k in order]
+        if len(rows) == len(times):
+            head.data["rows"] = [rows[k] for k in order]
+        head.radius = radius  # the whole particle's, not its piece's
         for t in tail.times:
             ids[t][ids[t] == tail.id] = head.id
         used |= {a.id, b.id}
