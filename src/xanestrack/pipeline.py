@@ -805,9 +805,9 @@ def _edgeless_note(gone, results, located=None, area_tolerance: float = 0.25) ->
         said.append(
             f"{count(len(edgeless), 'faint track')} left out at (y, x) "
             f"{_where(np.array([loc.centres[0] for loc in edgeless]))} (frame 0): detected in few of the frames "
-            f"examined and showing no absorption edge in its mean spectrum (a step within {EDGELESS_Z:g} standard "
-            "errors of nil, where the particles' stand out): texture of the matrix, not a particle of the element "
-            "scanned"
+            f"examined and showing no absorption edge in its mean spectrum nor over its surroundings' (a step within "
+            f"{EDGELESS_Z:g} standard errors of nil, where the particles' stand out): texture of the matrix, not a "
+            "particle of the element scanned"
         )
     return "; ".join(said)
 
