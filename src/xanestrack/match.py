@@ -390,16 +390,25 @@ def _join_pieces(tracks, ids, common, examined, link_options, short) -> list:
         head = by_id[chain[0]]
         for c in chain[1:]:
             tr = by_id[c]
-            head.times += tr.times
-            head.positions += tr.positions
-            head.data.setdefault("rows", []).extend(tr.data.get("rows", []))
+            _absorb(head, tr, ids)
             if np.isfinite(tr.radius):
                 head.radius = tr.radius
-            for t in tr.times:
-                ids[t][ids[t] == c] = head.id
             gone.add(c)
     logger.info("%d particles moving faster than the gate joined from %d pieces", len(chains), sum(map(len, chains)))
     return [tr for tr in tracks if tr.id not in gone]
+
+
+def _absorb(head, tail, ids) -> None:
+    """Track ``tail``'s sightings (times, positions and, one per sighting, the detections' rows) taken into ``head``,
+    in time order; ``ids`` (the track of each object per time) follow."""
+    times, positions = head.times + tail.times, head.positions + tail.positions
+    rows = head.data.get("rows", []) + tail.data.get("rows", [])
+    order = np.argsort(times, kind="stable")
+    head.times = [times[k] for k in order]
+    head.positions = [positions[k] for k in order]
+    head.data["rows"] = [rows[k] for k in order] if len(rows) == len(times) else rows
+    for t in tail.times:
+        ids[t][ids[t] == tail.id] = head.id
 
 
 #: two tracks too short to keep, seen in no frame together, whose positions (the common motion taken out) lie within
@@ -437,16 +446,8 @@ def _join_alternating(tracks, ids, common, short) -> list:
         if a.id in used or b.id in used:
             continue
         head, tail = (a, b) if len(a.times) >= len(b.times) else (b, a)
-        times, positions = head.times + tail.times, head.positions + tail.positions
-        rows = head.data.get("rows", []) + tail.data.get("rows", [])
-        order = np.argsort(times, kind="stable")
-        head.times = [times[k] for k in order]
-        head.positions = [positions[k] for k in order]
-        if len(rows) == len(times):
-            head.data["rows"] = [rows[k] for k in order]
+        _absorb(head, tail, ids)
         head.radius = radius  # the whole particle's, not its piece's
-        for t in tail.times:
-            ids[t][ids[t] == tail.id] = head.id
         used |= {a.id, b.id}
         removed.add(tail.id)
         logger.info(

@@ -609,10 +609,10 @@ def _surroundings_edge_z(r, energies, e0) -> float:
     """A track's edge step in standard errors (:func:`_edge_step_z`) over its surroundings: of its core's mean spectrum
     less theirs (:func:`_surroundings_spectrum`); NaN where it has none or was measured nowhere."""
     around = _surroundings_spectrum(r) if np.isfinite(r.positions).any() else None
-    core = _core_spectrum(r)
-    if around is None or around.shape != core.shape:
+    if around is None:
         return float("nan")
-    return _edge_step_z(core - around, energies, e0)
+    core = _core_spectrum(r)
+    return _edge_step_z(core - around, energies, e0) if around.shape == core.shape else float("nan")
 
 
 def _edgeless_faint_tracks(located, results, energies, options) -> list:
