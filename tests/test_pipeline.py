@@ -473,6 +473,88 @@ def test_a_learned_segmenter_that_leaves_out_part_of_a_particle_is_replaced_for_
     assert sum(p.mask.sum() for p in off.particles) < 0.9 * sum(q.mask.sum() for q in small_result.particles)
 
 
+def _blind_before_the_edge(rois):
+    """A segmenter that sees a particle only where its centre stands 0.35 OD above its levelled window: on the
+    small scene, the frames after the edge (0.40-1.49 there, 0.17-0.29 before it: 18 of 48 frames left empty)."""
+    from xanestrack.segment import segment_rois
+
+    masks = segment_rois(rois)
+    h, w = rois.shape[1:]
+    centre = rois[:, h // 2 - 3 : h // 2 + 4, w // 2 - 3 : w // 2 + 4].mean(axis=(1, 2))
+    masks[centre < 0.35] = 0.0
+    return masks
+
+
+def test_a_learned_segmenter_blind_before_the_edge_is_replaced_for_the_particles_it_leaves_empty(
+    small_synth, small_result
+):
+    """A segmenter whose masks are empty in the faint frames before the edge (the shipped network on an 11-px
+    particle at 600 counts: 63 of 143 frames, where only the edge estimate then measured it) hands those particles
+    to the classical segmenter, which outlines them in every frame: each says so and is registered as on the
+    classical path. Without the guard the frames stay without a mask."""
+    from xanestrack.result import FRAME_FLAGS
+
+    st = Stack(small_synth.optical_density(), small_synth.energies_ev)
+    guarded = run_pipeline(st, segmenter=_blind_before_the_edge)
+    assert len(guarded.particles) == len(small_result.particles) == 4
+    for p, q in zip(guarded.particles, small_result.particles):
+        said = [n for n in p.notes if "the learned one's mask of it was empty in" in n]
+        assert said and "(the classical one's in 0)" in said[0], p.notes
+        assert not np.any(np.asarray(p.frame_flags) & FRAME_FLAGS["no_mask"])
+        np.testing.assert_allclose(p.positions, q.positions, atol=1e-6)
+    off = run_pipeline(st, options=PipelineOptions(mask_guard=False), segmenter=_blind_before_the_edge)
+    assert not any("classical segmenter" in n for p in off.particles for n in p.notes)
+    empty = [int((np.asarray(p.frame_flags) & FRAME_FLAGS["no_mask"] > 0).sum()) for p in off.particles]
+    assert min(empty) >= 10, empty
+
+
+def test_the_guard_on_empty_masks_keeps_the_learned_ones_where_the_classical_are_as_empty_or_few_frames_are(
+    monkeypatch,
+):
+    from types import SimpleNamespace
+
+    from xanestrack import pipeline as P
+
+    n = 60
+    measured = np.ones(n, bool)
+
+    def seg(n_empty, score=(0, 0)):
+        com = np.full((n, 2), 20.0)
+        com[:n_empty] = np.nan
+        return SimpleNamespace(com=com, score=score)
+
+    # the key frames' score (_mask_score: frames vouched for less troubled ones) as each stand-in carries it
+    monkeypatch.setattr(P, "_mask_score", lambda s, centres, frames, options: s.score)
+    asked = []
+
+    def segmented_as(n_empty, score=(0, 0)):
+        def segmented(by):
+            asked.append(by)
+            return seg(n_empty, score)
+
+        return segmented
+
+    opts = PipelineOptions()
+    best = np.zeros(n, bool)  # no key frame to score: both masks serve them alike
+    centres = np.full((n, 2), 20.0)
+    # empty in 20 frames, the classical in 2: replaced
+    got = P._masks_left_empty(seg(20), measured, segmented_as(2), "classical", centres, best, opts)
+    assert got is not None and got[1] == (20, 2)
+    # the classical as empty (more than half as many): kept
+    assert P._masks_left_empty(seg(20), measured, segmented_as(11), "classical", centres, best, opts) is None
+    # empty in too few of the frames followed (under 10 % of 60): the classical segmenter is not even asked
+    asked.clear()
+    assert P._masks_left_empty(seg(5), measured, segmented_as(0), "classical", centres, best, opts) is None
+    assert asked == []
+    # the classical masks serve the key frames worse: kept
+    assert P._masks_left_empty(seg(20, (3, 4)), measured, segmented_as(0, (2, 4)), "c", centres, best, opts) is None
+    assert P._masks_left_empty(seg(20, (3, 4)), measured, segmented_as(0, (3, 4)), "c", centres, best, opts)
+    # frames not followed do not count
+    few = np.zeros(n, bool)
+    few[30:] = True
+    assert P._masks_left_empty(seg(20), few, segmented_as(0), "classical", centres, best, opts) is None
+
+
 @pytest.mark.parametrize("cut", [True, False])
 def test_the_mask_guard_counts_a_lobe_left_out_not_a_touching_neighbour(monkeypatch, cut):
     """What the guard measures: the share of the particle's classical outline (its mean window)
