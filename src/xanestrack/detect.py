@@ -400,6 +400,10 @@ def regions_table(
                 cut = cut_at_necks(reg, 0, max_area)
                 pieces = [q for q in cut if q.sum() >= min_area]
                 small = [q for q in cut if q.sum() < min_area] if pieces else []
+                if not pieces and reason == "not_convex":
+                    core = _without_fines(reg, min_area, options.min_solidity)
+                    if core is not None:
+                        pieces, small = core
                 if not pieces and reason == "not_convex" and solidity >= KEEP_SOLIDITY:
                     # no narrow neck: one irregular particle (or an agglomerate that moves as
                     # one), kept whole; non-convex alone is no reason to give up a particle
@@ -421,6 +425,46 @@ def regions_table(
         rows += [_region_row(frame_index, reg, sl, corr, b, solidity=sol) for sl, reg, sol in rescued]
     out = pd.DataFrame(rows, columns=DETECTION_COLUMNS)
     return out.astype(_DTYPES)
+
+
+def _without_fines(reg, min_area, min_solidity):
+    """``([core], fines)``: a component that is one particle with small bodies stuck to its rim by narrow necks (fines
+    at the detector's binned resolution, too small for :func:`cut_at_necks` to seed), or None."""
+    from skimage.morphology import disk
+
+    pad = np.pad(reg, 1)
+    inner = float(ndimage.distance_transform_edt(pad).max())
+    ro = max(2, int(round(0.3 * inner)))
+    opened = ndimage.binary_opening(np.pad(reg, ro), structure=disk(ro))[ro:-ro, ro:-ro]
+    lab, n = ndimage.label(opened)
+    if n == 0:
+        return None
+    sizes = np.bincount(lab.ravel())[1:]
+    core = lab == 1 + int(np.argmax(sizes))
+    area = int(core.sum())
+    if area < max(min_area, 0.6 * reg.sum()):
+        return None
+    if _solidity(core) < min_solidity - 0.6 / np.sqrt(area):
+        return None
+    if np.pi * ndimage.distance_transform_edt(np.pad(core, 1)).max() ** 2 / area < 0.6:
+        return None
+    rest, m = ndimage.label(reg & ~core)
+    fines, grown = [], ndimage.binary_dilation(core)
+    for j in range(1, m + 1):
+        piece = rest == j
+        a = int(piece.sum())
+        if a >= min_area:
+            return None  # a particle's size: not a fine
+        if a < np.pi * ro**2 / 2:
+            continue  # a sliver of the outline's rim
+        contact = int((piece & grown).sum())
+        width = 2 * float(ndimage.distance_transform_edt(np.pad(piece, 1)).max())
+        if contact >= width:
+            return None  # attached as wide as it is: part of the body (a crescent's tip), not a fine
+        fines.append(piece)
+    if not fines:
+        return None
+    return [core], fines
 
 
 def _dropped_piece_rows(frame_index, reg, pieces, small, sl, corr, b, min_area, *, rest_reason=None) -> list:
