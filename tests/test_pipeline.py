@@ -488,10 +488,10 @@ def _blind_before_the_edge(rois):
 def test_a_learned_segmenter_blind_before_the_edge_is_replaced_for_the_particles_it_leaves_empty(
     small_synth, small_result
 ):
-    """A segmenter whose masks are empty in the faint frames before the edge (the shipped network on an 11-px
-    particle at 600 counts: 63 of 143 frames, where only the edge estimate then measured it) hands those particles
-    to the classical segmenter, which outlines them in every frame: each says so and is registered as on the
-    classical path. Without the guard the frames stay without a mask."""
+    """A segmenter whose masks are empty in the faint frames before the edge (the shipped network on particles of
+    11-19 px at 600 counts: 34-48 of 143 frames, where only the edge estimate then measured them) hands those
+    particles to the classical segmenter, which outlines them in every frame: each says so and is registered as on
+    the classical path. Without the guard the frames stay without a mask."""
     from xanestrack.result import FRAME_FLAGS
 
     st = Stack(small_synth.optical_density(), small_synth.energies_ev)
