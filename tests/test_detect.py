@@ -293,17 +293,24 @@ def test_a_particle_ringed_by_fines_too_small_for_a_neck_is_cut_free_of_them_and
     shape = (60, 60)
     body = _disc(shape, 30, 30, 6.5)
     ringed = body.copy()
-    for a in np.deg2rad([0, 110, 230]):
+    for a in np.deg2rad([0, 72, 144, 216, 288]):
         ringed |= _disc(shape, 30 + 7.8 * np.sin(a), 30 + 7.8 * np.cos(a), 1.6)
     opts = DetectOptions(min_radius=3.5, max_radius=30)
     det = regions_table(ringed, ringed.astype(np.float32), frame_index=0, binning=1, options=opts)
     assert cut_at_necks(ringed, 0, np.inf) == []
     kept = det[det.isolated]
     assert len(kept) == 1 and kept.touching.iloc[0]
-    # the particle alone: its centre and size, not the fines'
-    assert np.allclose(kept[["y", "x"]].to_numpy(float), [[30, 30]], atol=0.3)
+    # the particle, not the fines: its centre within 0.41 px (what is left of three fines stays on its rim) and
+    # its size within 0.25 px
+    assert np.allclose(kept[["y", "x"]].to_numpy(float), [[30, 30]], atol=0.5)
     assert abs(kept.radius.iloc[0] - np.sqrt(body.sum() / np.pi)) < 0.5
-    assert (det.reason == "piece_too_small").sum() == 3
+    assert (det.reason == "piece_too_small").sum() >= 2
+    # a particle with fewer fines, convex enough to be kept whole (solidity 0.87 >= KEEP_SOLIDITY), is as before
+    three = body.copy()
+    for a in np.deg2rad([0, 110, 230]):
+        three |= _disc(shape, 30 + 7.8 * np.sin(a), 30 + 7.8 * np.cos(a), 1.6)
+    whole = regions_table(three, three.astype(np.float32), frame_index=0, binning=1, options=opts)
+    assert len(whole) == 1 and whole.isolated.iloc[0] and not whole.touching.iloc[0]
     # the body alone is found as before, untouched
     plain = regions_table(body, body.astype(np.float32), frame_index=0, binning=1, options=opts)
     assert len(plain) == 1 and plain.isolated.iloc[0] and not plain.touching.iloc[0]
