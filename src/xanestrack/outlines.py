@@ -978,7 +978,7 @@ def window_lobes(windows, mask, min_radius: float) -> tuple[list, float]:
 
 
 def neighbour_lobes_left_out(
-    aligned, mask, flags, origin, neighbours, min_radius: float
+    aligned, mask, flags, origin, neighbours, min_radius: float, tracked: tuple = ()
 ) -> tuple[np.ndarray, np.ndarray | None, str]:
     """A particle's mask less the touching particles beside it that its outline takes in, the pixels left out (grown
     by 2 px: to be left out of its local background's ring as well) and its note (the mask as given, None and ``""``
@@ -990,6 +990,7 @@ def neighbour_lobes_left_out(
     is at least :data:`LOBE_DOMINANT_AREA` times as large as every other, the mask's pixels nearer to another lobe
     than to it are left out. Otherwise (one lobe, lobes of alike size, the position between them) the mask is kept:
     :func:`_with_outline_lobes` says it may be several particles. ``origin``: frame-0 px of the grid's pixel [0, 0].
+    ``tracked``: the ids of those touching particles tracked beside it (the note names them).
     """
     from .result import outline_relief
 
@@ -1020,6 +1021,11 @@ def neighbour_lobes_left_out(
     )
     joined = f"joined at a neck {neck:.2f} of its width" if np.isfinite(neck) else "joined at a narrow neck"
     apart = _lobes_apart(view, lobes, relief)
+    whose = (
+        f"tracked beside it as {'particle' if len(tracked) == 1 else 'particles'} {', '.join(map(str, tracked))}"
+        if tracked
+        else "the touching particle is not tracked (its chemistry is in no table)"
+    )
     moved = (
         f"; it moved against the particle across the scan, their relative position straying {apart:.2f} px from its "
         "median (95th percentile of the frames vouched for): the particle's position, measured over its window, may "
@@ -1034,7 +1040,7 @@ def neighbour_lobes_left_out(
             f"{LOBES_LEFT_OUT_NOTE}, {'a lobe' if len(others) == 1 else 'lobes'} of its outline at half height "
             f"(y, x in frame-0 px, radius r at half height: {listed}; {joined}), left out of its mask "
             f"({count(int(np.count_nonzero(mask & nearer)), 'pixel')}): its mean spectrum, size, maps, E50 and fractions "
-            f"are of the particle alone; the touching particle is not tracked (its chemistry is in no table){moved}"
+            f"are of the particle alone; {whose}{moved}"
         ),
     )
 

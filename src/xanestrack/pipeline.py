@@ -535,6 +535,8 @@ class _Located:
     beside: np.ndarray | None = None  # weight on its window leaving out neighbours that move otherwise
     beside_ids: tuple = ()  # those neighbours' ids
     group: tuple | None = None  # (the group's track id, its members' ids, neck): tracked apart (:func:`_split_groups`)
+    larger: tuple | None = None  # (the larger particle's id, times its area, neck): tracked beside it (_track_smaller)
+    smaller: tuple = ()  # the ids of the smaller touching particles tracked beside it (:func:`_track_smaller`)
 
 
 #: a faint track (detected in fewer than ``min_track_fraction`` of the frames examined) whose mean spectrum
@@ -1206,23 +1208,52 @@ def _members_apart(members) -> bool:
     """Whether the members of a group tracked apart came out as particles of their own: each outlined (a
     consensus shape holding its own position) and measured in at least half of its frames, and no member's shape
     holding another's position (median over the frames both are measured in)."""
-    for i, a in enumerate(members):
-        if a.shape is None or a.measured.sum() < 0.5 * len(a.measured):
+    return all(_own_particle(a, [b for b in members if b is not a]) for a in members)
+
+
+def _own_particle(a, others) -> bool:
+    """Whether ``a`` came out a particle of its own beside ``others`` (:func:`_members_apart`)."""
+    if a.shape is None or a.measured.sum() < 0.5 * len(a.measured):
+        return False
+    size = a.shape.shape[0]
+    c = (size - 1) / 2
+    if not a.shape[int(round(c)), int(round(c))]:
+        return False
+    for b in others:
+        both = a.measured & b.measured
+        if not both.any():
             return False
-        size = a.shape.shape[0]
-        c = (size - 1) / 2
-        if not a.shape[int(round(c)), int(round(c))]:
+        y, x = np.round(c + np.median(b.centres[both] - a.centres[both], axis=0)).astype(int)
+        if 0 <= y < size and 0 <= x < size and a.shape[y, x]:
             return False
-        for j, b in enumerate(members):
-            if i == j:
-                continue
-            both = a.measured & b.measured
-            if not both.any():
-                return False
-            y, x = np.round(c + np.median(b.centres[both] - a.centres[both], axis=0)).astype(int)
-            if 0 <= y < size and 0 <= x < size and a.shape[y, x]:
-                return False
     return True
+
+
+def _track_smaller(loc, lobes, neck, next_pid, od, segmenter, options, fallback, unlit) -> list:
+    """The smaller particles touching a larger one that its outline takes in (lobes of a particle's size,
+    ``lobes``, the largest at least :data:`~xanestrack.outlines.LOBE_DOMINANT_AREA` times as large as each other),
+    each tracked beside it: its track the larger one's first-pass positions moved to its lobe's centre, its radius
+    its lobe's, followed, outlined (its masks cut from the larger one's lobe: :func:`_cut_at_lobes`) and analysed on
+    its own; kept where it comes out a particle of its own (:func:`_own_particle`). The larger particle is left as it
+    is (the smaller ones are left out of its mask before its chemistry:
+    :func:`~xanestrack.outlines.neighbour_lobes_left_out`). Before, such a particle was in no table."""
+    if len(lobes) < 2:
+        return []
+    big = max(lobes, key=lambda q: np.count_nonzero(q.pixels))
+    area = float(np.count_nonzero(big.pixels))
+    out = []
+    for q in lobes:
+        if q is big or area < LOBE_DOMINANT_AREA * np.count_nonzero(q.pixels):
+            continue
+        pid = next_pid + len(out)
+        offset = np.subtract(q.centre, (q.pixels.shape[0] - 1) / 2)
+        m = _locate_particle(pid, _member_track(loc, offset, pid, q.radius), od, segmenter, options, fallback, unlit)
+        _cut_at_lobes(m, q, [o for o in lobes if o is not q], options)
+        if _own_particle(m, [loc]):
+            m.larger = (loc.pid, area / np.count_nonzero(q.pixels), neck)
+            out.append(m)
+    loc.smaller = tuple(m.pid for m in out)
+    return out
 
 
 def _split_groups(located, od, segmenter, options, fallback=None, unlit=None) -> tuple[list, list]:
@@ -1248,6 +1279,9 @@ def _split_groups(located, od, segmenter, options, fallback=None, unlit=None) ->
         areas = sorted((float(np.count_nonzero(q.pixels)) for q in lobes), reverse=True)
         if len(lobes) < 2 or areas[0] >= LOBE_DOMINANT_AREA * areas[1]:
             out.append(loc)
+            smaller = _track_smaller(loc, lobes, neck, next_pid, od, segmenter, options, fallback, unlit)
+            out.extend(smaller)
+            next_pid += len(smaller)
             continue
         members = []
         for q in lobes:  # both kinds of lobes lie on a square grid centred on the track's first-pass position
@@ -1268,6 +1302,8 @@ def _split_groups(located, od, segmenter, options, fallback=None, unlit=None) ->
     return out, groups
 
 
+#: how the note of a smaller particle tracked beside the larger one it touches begins (:func:`_track_smaller`)
+SMALLER_NOTE = "tracked beside the larger particle it touches"
 #: how the note of a particle tracked apart from the touching particles it was detected with begins
 GROUP_NOTE = "tracked apart from the particles it touches"
 #: ... and the note of one that moved against a member of its group (:func:`_with_group_motion`)
@@ -2006,6 +2042,8 @@ def _beside_weight(loc, located, options) -> tuple[np.ndarray | None, tuple]:
 def _same_group(loc, other) -> bool:
     """Whether ``loc`` and ``other`` are members of one group tracked apart (:func:`_split_groups`): touching, and
     each other's only where their own shapes lie (a member's swept shape is left out of the other's window)."""
+    if _beside_larger(loc, other) or _beside_larger(other, loc):
+        return True  # a smaller touching particle tracked beside the larger one (:func:`_track_smaller`)
     return loc.group is not None and other.group is not None and loc.group[0] == other.group[0]
 
 
@@ -2914,11 +2952,18 @@ def _inside_other_particles(located: list, vouched: list, prints, *, share: floa
     gone: dict = {}
     for i in np.argsort(areas, kind="stable"):
         hosts = [j for j in range(len(located)) if j != i and j not in gone and areas[j] >= areas[i]]
-        hosts = [j for j in hosts if shares[i, j] > share]
+        # a smaller touching particle tracked beside the larger one whose mask takes it in is not a part of it
+        hosts = [j for j in hosts if shares[i, j] > share and not _beside_larger(located[i], located[j])]
         if hosts:
             j = max(hosts, key=lambda h: shares[i, h])
             gone[int(i)] = (int(j), float(shares[i, j]))
     return gone
+
+
+def _beside_larger(loc, other) -> bool:
+    """Whether ``loc`` is a smaller touching particle tracked beside ``other`` (:func:`_track_smaller`)."""
+    larger = getattr(loc, "larger", None)
+    return larger is not None and larger[0] == getattr(other, "pid", None)
 
 
 def _inside_note(inside: dict, located: list) -> str:
@@ -3102,6 +3147,14 @@ def _finish_particle(
         )
     if loc.group is not None:
         notes.append(_group_note(loc.group))
+    if loc.larger is not None:
+        larger, times, neck = loc.larger
+        joined = f"at a neck {neck:.2f} of its width" if np.isfinite(neck) else "at a narrow neck"
+        notes.append(
+            f"{SMALLER_NOTE} (particle {larger}, {times:.0f} times its area at half height, joined {joined}): the "
+            "detector kept the two whole as one; followed, outlined (its masks cut from the larger one's) and analysed "
+            "on its own"
+        )
     if loc.mask_missed is not None:
         notes.append(
             f"outlined by the classical segmenter: the learned one missed {100 * loc.mask_missed:.1f} % of the particle "
@@ -3223,7 +3276,7 @@ def _finish_particle(
     if n_pieces < 2:
         # a smaller touching particle its outline takes in, beyond a neck: left out of its mask (its chemistry alone)
         mask, left_out, left_out_note = neighbour_lobes_left_out(
-            aligned, mask, v.flags, origin, neighbours, options.detect.min_radius
+            aligned, mask, v.flags, origin, neighbours, options.detect.min_radius, loc.smaller
         )
         if left_out_note:
             notes.append(left_out_note)
