@@ -1029,7 +1029,7 @@ def run(
     ),
     split_groups: bool = typer.Option(
         True,
-        help="Track apart touching particles of alike size that the detector kept whole as one (a contact too long for its necks rule: the outline at half height has lobes of a particle's size joined at necks): each followed, outlined and analysed on its own, its notes saying so. --no-split-groups: such a group stays one particle, its note saying it may be several.",
+        help="Track apart touching particles of alike size that the detector kept whole as one (a contact too long for its necks rule: the outline at half height has lobes of a particle's size joined at necks): each followed, outlined and analysed on its own, its notes saying so; a smaller particle touching a larger one (4 times smaller or more) tracked beside it. --no-split-groups: such a group stays one particle, its note saying it may be several, and the smaller touching particle is in no table.",
     ),
     mask_guard: bool = typer.Option(
         True,

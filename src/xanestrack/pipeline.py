@@ -319,7 +319,9 @@ class PipelineOptions:
         neck) and analysed as a particle of its own (:func:`_split_groups`); kept where each comes out one. Without
         it such a group is one particle, its note saying it may be several. A touching pair (radius 30 and 24 px,
         contact 39 px) held together: each member within 0.04 px RMS of its truth and its mean E50 within 0.02 eV
-        of the member alone, where the group's was between theirs.
+        of the member alone, where the group's was between theirs. A smaller particle touching a larger one (its
+        lobe 4 times smaller or more) is tracked beside it (:func:`_track_smaller`), the larger one left as it is;
+        without this option it is left out of the larger one's mask and of every table.
     density_voucher : bool, default True
         For a particle whose centre of mass confirms the edge estimate in no frame (its
         outline is no second estimate at all), let a third estimate vouch: the correlation
