@@ -436,6 +436,7 @@ def test_a_smaller_touching_particle_is_tracked_beside_the_larger_one(slide):
     assert any(n.startswith(f"{SMALLER_NOTE} (particle {bid},") for n in p.notes), p.notes
     left_out = next(n for n in b.notes if n.startswith(LOBES_LEFT_OUT_NOTE))
     assert f"tracked beside it as particle {sid}" in left_out, left_out
+    assert any("the touching particles are tracked beside them" in n for n in result.notes), result.notes
     e = p.positions - small_truth
     e = e - np.median(e, axis=0)
     assert np.sqrt(np.mean((e**2).sum(axis=1))) < (0.1 if slide == 0 else 0.3)

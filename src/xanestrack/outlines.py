@@ -1071,11 +1071,25 @@ def _lobes_run_note(particles) -> str:
     and those with touching particles left out of their mask (:func:`neighbour_lobes_left_out`)."""
     ids = [p.particle for p in particles if _has_note(p, LOBES_NOTE)]
     left = [p.particle for p in particles if _has_note(p, LOBES_LEFT_OUT_NOTE)]
+    beside = [
+        p.particle
+        for p in particles
+        if any(n.startswith(LOBES_LEFT_OUT_NOTE) and "; tracked beside it as particle" in n for n in p.notes)
+    ]
+    if not beside:
+        tracked = "the touching particles are not tracked"
+    elif len(beside) == len(left):
+        tracked = "the touching particles are tracked beside them (each note names which)"
+    else:
+        tracked = (
+            f"those touching {', '.join(map(str, beside))} are tracked beside them (each note names which), the "
+            "others not"
+        )
     said = (
         f"the mask{'s' if len(left) > 1 else ''} of {len(left)} of {len(particles)} particles "
         f"({', '.join(map(str, left[:12]))}{' ...' if len(left) > 12 else ''}) took in a smaller touching particle "
         f"(a lobe of the outline at most 1/{LOBE_DOMINANT_AREA:g} of the particle's, beyond a neck), left out of "
-        "it before the chemistry: each particle's note says where; the touching particles are not tracked"
+        f"it before the chemistry: each particle's note says where; {tracked}"
         if left
         else ""
     )

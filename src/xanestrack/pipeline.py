@@ -3765,6 +3765,9 @@ def run_pipeline(
         prints = [prints[j] for j in keep] if len(keep) >= 2 else None
     vouched, overlaps = _overlaps(located, vouched, prints)
     neighbours = _neighbour_pixels(located, vouched, prints)  # left out of their local backgrounds' rings
+    present = {loc.pid for loc in located}
+    for loc in located:  # a smaller touching particle tracked beside it and left out since is not named
+        loc.smaller = tuple(i for i in loc.smaller if i in present)
     if vouched:
         tell("vouch", len(vouched) + 1, len(vouched) + 1)
     done = [0]
