@@ -417,16 +417,19 @@ ALTERNATE_SHARE = 0.5
 
 
 def _join_alternating(tracks, ids, common, short) -> list:
-    """The tracks, two too ``short`` to keep that one particle left alternating between them joined into one.
+    """The tracks too ``short`` to keep that one particle left alternating between them joined into one.
 
     A particle outlined whole in some key frames and as a piece of itself in others (a charging front across it: its
     half-charged side faint at some energies) is linked as two tracks where its last outline differs too much from the
     next one (the ROIs' SSIM, the size): ``stress-magnification`` seed 4 (learned), a 10-px particle seen in 8 of the
     13 key frames, whole (r 10.1-10.6) in six and as a 7.3-px piece 4.5 px off in two, was linked as tracks of frames
-    60, 72, 84, 108 and 96, 120, 132, 142, each too short to keep, and never reported. Two such tracks are joined where
-    they share no time, their median positions (the ``common`` motion taken out) lie within :data:`ALTERNATE_SHARE` of
-    the larger one's radius of each other (touching particles lie a radius or more apart) and together they are long
-    enough to keep; the nearest pairs first, each track joined once. ``ids`` follow (updated in place)."""
+    60, 72, 84, 108 and 96, 120, 132, 142, each too short to keep, and never reported. Such tracks are joined where
+    they share no time and their median positions (the ``common`` motion taken out) lie within
+    :data:`ALTERNATE_SHARE` of the larger one's radius of each other (touching particles lie a radius or more apart),
+    the nearest pairs first, into groups that together are long enough to keep; the others are left as they were. Three
+    as well as two: ``stress-all`` seed 3 (learned), a 38-px particle outlined alone in 5 key frames and with the
+    particle touching it in 2 (r 41, 8 px off), linked as tracks of 4, 2 and 1 frames. ``ids`` follow (updated in
+    place)."""
     common = np.asarray(common, float)
     pieces = [tr for tr in tracks if 0 < len(tr.times) < short]
     if len(pieces) < 2:
@@ -435,24 +438,35 @@ def _join_alternating(tracks, ids, common, short) -> list:
     pairs = []
     for i, a in enumerate(pieces):
         for b in pieces[i + 1 :]:
-            if set(a.times) & set(b.times) or len(a.times) + len(b.times) < short:
+            if set(a.times) & set(b.times):
                 continue
             radius = float(np.nanmax([a.radius, b.radius, 0.0]))
             d = float(np.hypot(*(centre[a.id] - centre[b.id])))
             if d <= ALTERNATE_SHARE * radius:
-                pairs.append((d, radius, a, b))
-    used, removed = set(), set()
-    for d, radius, a, b in sorted(pairs, key=lambda p: p[0]):
-        if a.id in used or b.id in used:
+                pairs.append((d, a, b))
+    # groups, the nearest pairs first: two groups join where they share no time (union-find on the pieces)
+    group = {tr.id: [tr] for tr in pieces}
+    of = {tr.id: tr.id for tr in pieces}
+    for d, a, b in sorted(pairs, key=lambda p: p[0]):
+        ga, gb = of[a.id], of[b.id]
+        if ga == gb:
             continue
-        head, tail = (a, b) if len(a.times) >= len(b.times) else (b, a)
-        _absorb(head, tail, ids)
+        if {t for tr in group[ga] for t in tr.times} & {t for tr in group[gb] for t in tr.times}:
+            continue
+        group[ga] += group.pop(gb)
+        for tr in group[ga]:
+            of[tr.id] = ga
+    removed = set()
+    for members in group.values():
+        if len(members) < 2 or sum(len(tr.times) for tr in members) < short:
+            continue
+        members = sorted(members, key=lambda tr: -len(tr.times))
+        head, radius = members[0], float(np.nanmax([tr.radius for tr in members] + [0.0]))
+        for tail in members[1:]:
+            _absorb(head, tail, ids)
+            removed.add(tail.id)
+            logger.info("track %d joined to track %d: one particle seen in turn in both", tail.id, head.id)
         head.radius = radius  # the whole particle's, not its piece's
-        used |= {a.id, b.id}
-        removed.add(tail.id)
-        logger.info(
-            "track %d joined to track %d: one particle seen in turn in both (%.1f px apart)", tail.id, head.id, d
-        )
     return [tr for tr in tracks if tr.id not in removed]
 
 
