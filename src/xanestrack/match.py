@@ -447,7 +447,7 @@ def _join_alternating(tracks, ids, common, short) -> list:
     # groups, the nearest pairs first: two groups join where they share no time (union-find on the pieces)
     group = {tr.id: [tr] for tr in pieces}
     of = {tr.id: tr.id for tr in pieces}
-    for d, a, b in sorted(pairs, key=lambda p: p[0]):
+    for _d, a, b in sorted(pairs, key=lambda p: p[0]):
         ga, gb = of[a.id], of[b.id]
         if ga == gb:
             continue
