@@ -283,3 +283,43 @@ def test_a_particle_seen_in_turn_whole_and_as_a_piece_is_one_track_not_two_short
     assert [tr.id for tr in _join_alternating(short, ids, common, 0.5 * n)] == [1, 2]
     apart = [track(1, [5, 6, 8, 10], (93.0, 390.0), 10.6), track(2, [7, 9, 11, 12], (93.0, 396.0), 7.3)]
     assert [tr.id for tr in _join_alternating(apart, ids, common, 0.5 * n)] == [1, 2]
+
+
+def test_a_particle_left_in_three_short_tracks_is_one_track():
+    # stress-all seed 3 (learned): a 38-px particle outlined alone in 5 key frames and with the particle touching it in
+    # 2 (r 41, 8 px off) was linked as tracks of 4, 2 and 1 key frames, each too short to keep (and no two together)
+    from xanestrack.linking import Track
+    from xanestrack.match import _join_alternating
+
+    n = 13
+    common = np.stack([np.linspace(0, 4, n), np.linspace(0, 2, n)], axis=1)
+
+    def track(tid, times, at, radius):
+        pos = [tuple(np.asarray(at, float) + common[t]) for t in times]
+        return Track(tid, list(times), pos, radius, {"rows": [{"frame": t, "radius": radius} for t in times]})
+
+    def tracks():
+        return [
+            track(1, [5, 7, 8, 11], (245.0, 63.0), 37.7),
+            track(2, [6, 10], (237.0, 66.0), 41.3),
+            track(3, [9], (240.0, 65.0), 37.6),
+            track(4, [0, 1], (245.0, 120.0), 30.0),  # another short track, 57 px away: noise, left alone
+            track(5, list(range(n)), (100.0, 100.0), 12.0),
+        ]
+
+    def ids_of(everyone):
+        return [np.array([tr.id for tr in everyone if t in tr.times]) for t in range(n)]
+
+    everyone = tracks()
+    ids = ids_of(everyone)
+    out = _join_alternating(everyone, ids, common, 0.5 * n)
+    assert [tr.id for tr in out] == [1, 4, 5]
+    assert out[0].times == [5, 6, 7, 8, 9, 10, 11] and out[0].radius == 41.3
+    assert all((ids[t] == 1).sum() == 1 for t in out[0].times) and not any(np.isin(i, [2, 3]).any() for i in ids)
+    # two of them only (6 of 13 key frames: too short together): left as they were
+    two = tracks()[:2] + tracks()[3:]
+    assert [tr.id for tr in _join_alternating(two, ids_of(two), common, 0.5 * n)] == [1, 2, 4, 5]
+    # a third seen in a frame with one of the others: not the same particle, the other two not joined through it
+    clash = tracks()
+    clash[2] = track(3, [8], (240.0, 65.0), 37.6)
+    assert [tr.id for tr in _join_alternating(clash, ids_of(clash), common, 0.5 * n)] == [1, 2, 3, 4, 5]
