@@ -372,11 +372,7 @@ def regions_table(
                 reason = "too_large"
             else:
                 solidity = _solidity(reg)
-                # pixelated small outlines have lower solidity: relax by their size
-                min_sol = options.min_solidity - 0.6 / np.sqrt(area)
-                # two touching particles: the largest inscribed disc covers little of the area
-                inscribed = np.pi * ndimage.distance_transform_edt(np.pad(reg, 1)).max() ** 2 / area
-                if solidity < min_sol or inscribed < 0.6:
+                if not _convex_enough(reg, solidity, options.min_solidity):
                     reason = "not_convex"
             pieces, small = [], []
             if reason == "border" and options.split_touching:
@@ -430,6 +426,15 @@ def regions_table(
     return out.astype(_DTYPES)
 
 
+def _convex_enough(reg, solidity, min_solidity) -> bool:
+    """Whether a component (bool mask ``reg``, its ``solidity``) passes the detector's convexity test: its solidity at
+    least ``min_solidity`` (relaxed by its size: pixelated small outlines have lower solidity) and its largest
+    inscribed disc covering 0.6 of its area or more (two touching particles: it covers little)."""
+    area = int(reg.sum())
+    inscribed = np.pi * ndimage.distance_transform_edt(np.pad(reg, 1)).max() ** 2 / area
+    return solidity >= min_solidity - 0.6 / np.sqrt(area) and inscribed >= 0.6
+
+
 def _without_fines(reg, min_area, min_solidity):
     """``([core], fines)``: a component that is one particle with small bodies stuck to its rim by narrow necks (fines
     at the detector's binned resolution, too small for :func:`cut_at_necks` to seed), or None."""
@@ -447,9 +452,7 @@ def _without_fines(reg, min_area, min_solidity):
     area = int(core.sum())
     if area < max(min_area, 0.6 * reg.sum()):
         return None
-    if _solidity(core) < min_solidity - 0.6 / np.sqrt(area):
-        return None
-    if np.pi * ndimage.distance_transform_edt(np.pad(core, 1)).max() ** 2 / area < 0.6:
+    if not _convex_enough(core, _solidity(core), min_solidity):
         return None
     rest, m = ndimage.label(reg & ~core)
     fines, grown = [], ndimage.binary_dilation(core)

@@ -904,11 +904,15 @@ def _masks_left_empty(seg, measured, segmented, fallback, centres, best, options
     most half as many, serving the key frames ``best`` as well (:func:`_mask_score`); None otherwise. A learned
     segmenter that sees a faint particle only after the edge leaves it to the edge estimate alone before it."""
     measured = np.asarray(measured, bool)
-    n_empty = int((~np.isfinite(np.asarray(seg.com, float)).all(axis=1) & measured).sum())
+
+    def n_empty_of(s):
+        return int((~np.isfinite(np.asarray(s.com, float)).all(axis=1) & measured).sum())
+
+    n_empty = n_empty_of(seg)
     if n_empty < max(MASK_EMPTY_MIN, MASK_EMPTY_SHARE * measured.sum()):
         return None
     classical = segmented(fallback)
-    c_empty = int((~np.isfinite(np.asarray(classical.com, float)).all(axis=1) & measured).sum())
+    c_empty = n_empty_of(classical)
     if 2 * c_empty > n_empty:
         return None
     if _mask_score(classical, centres, best, options) < _mask_score(seg, centres, best, options):
@@ -1423,18 +1427,22 @@ def _locate_in(pid, track, od, segmenter, options, fallback, unlit, radius: floa
     # vouch for unless offset (window_offset_px; off by default, see its docstring)
     offsets = window_offsets(pid, n, options.window_offset_px)
 
+    made = {}  # each segmenter's windows made once (the guards below may each ask for the classical ones)
+
     def segmented(by):
-        return segment_particle(
-            od,
-            centres,
-            half,
-            segmenter=by,
-            radius=radius,
-            separate=options.separate_neighbours,
-            offsets=offsets,
-            unlit=unlit,
-            reach=reach,
-        )
+        if id(by) not in made:
+            made[id(by)] = segment_particle(
+                od,
+                centres,
+                half,
+                segmenter=by,
+                radius=radius,
+                separate=options.separate_neighbours,
+                offsets=offsets,
+                unlit=unlit,
+                reach=reach,
+            )
+        return made[id(by)]
 
     seg = segmented(segmenter)
     # the shape from the frames the particle was detected in (key frames, where its
@@ -2964,8 +2972,7 @@ def _inside_other_particles(located: list, vouched: list, prints, *, share: floa
 
 def _beside_larger(loc, other) -> bool:
     """Whether ``loc`` is a smaller touching particle tracked beside ``other`` (:func:`_track_smaller`)."""
-    larger = getattr(loc, "larger", None)
-    return larger is not None and larger[0] == getattr(other, "pid", None)
+    return loc.larger is not None and loc.larger[0] == other.pid
 
 
 def _inside_note(inside: dict, located: list) -> str:
