@@ -13,12 +13,18 @@ For every isolated particle of a stress scene (:mod:`xanestrack.synth_stress`):
   the bound is optimistic); ``crlb_pre_edge_px`` the same over the frames below 8330 eV;
 - ``crlb_prior_px``: the same with the particle's own motion as a random walk of its true mean squared step
   (a Rauch-Tung-Striebel smoother per axis; the common motion taken as known): what smoothing across the energies
-  can reach with a perfect motion model;
+  can reach with a perfect motion model. A random walk of the true mean squared step is not the scene model's motion:
+  its walk is smoothed (over ``drift_smooth`` frames), its steps about a tenth of the walk's while its excursion is
+  the walk's, so this prior is too sure of the motion over many frames and the bound too low;
+- ``crlb_drift_px``: the same with the prior the scene model draws the own motion from (``synth_stress._drift``: a
+  smoothed random walk; its exact Gaussian covariance, at 0.6 of the case's step, the least the model draws, so that
+  no draw's bound is lower; 0 for a particle fixed to the matrix), the track's mean removed as the RMS is
+  (the posterior variance of a Gaussian motion seen with each frame's Cramer-Rao variance: the Bayesian bound);
 - ``own_motion_px``: the 90th percentile of its own motion's distance from its median (the truth);
 - with ``--path``: the pipeline's RMS for the particle (default options; mean removed, as
   :func:`xanestrack.evaluate.evaluate_tracking`) on the scene as drawn (``rms_px``) and drawn without photon noise
   (``counts`` 10^6, every other stressor kept: ``rms_noise_free_px``). Where the two agree the error is not noise;
-  where ``rms_px`` is far above ``crlb_prior_px`` the method, not the photons, limits;
+  where ``rms_px`` is far above ``crlb_drift_px`` the method, not the photons, limits;
 - with ``--path``, how much of the particle's own motion the pipeline reports (:func:`own_motion_response`):
   ``own_sd_px`` the RMS of its true motion relative to the other tracked particles, ``own_response`` the slope of
   the reported relative motion on the true one (1: reported in full; below 1: pulled towards the common motion, an
@@ -60,6 +66,27 @@ def _rts_variance(sig2, q):
         a = filt[k] / pred[k + 1]
         smooth[k] = filt[k] + a * a * (smooth[k + 1] - pred[k + 1])
     return smooth
+
+
+def _drift_prior(n, step_sd, smooth):
+    """Covariance (n, n), per axis, of the scene model's own drift (``synth_stress._drift``): a random walk of steps
+    of sd ``step_sd`` from frame 0, smoothed over ``smooth`` frames (Gaussian, ``mode="nearest"``), less its frame 0."""
+    from scipy import ndimage
+
+    walk = np.tril(np.ones((n, n)))  # steps -> walk
+    if smooth > 0:
+        walk = ndimage.gaussian_filter1d(walk, smooth, axis=0, mode="nearest")
+    walk = walk - walk[0]
+    return step_sd**2 * walk @ walk.T
+
+
+def _gp_variance(var, prior, diffuse=1e4):
+    """Per-frame variance, mean over the frames removed, of the posterior of a Gaussian motion with covariance
+    ``prior`` (its constant offset unknown: ``diffuse``) observed with independent variances ``var`` (n,)."""
+    c = prior + diffuse
+    post = c - c @ np.linalg.solve(c + np.diag(var), c)
+    centred = post - post.mean(axis=0) - post.mean(axis=1)[:, None] + post.mean()
+    return np.clip(np.diag(centred), 0.0, None)
 
 
 def particle_bounds(case: str, seed: int) -> list[dict]:
@@ -110,6 +137,10 @@ def particle_bounds(case: str, seed: int) -> list[dict]:
             )
             var[k] = np.diag(np.linalg.inv(fisher))
         prior = _rts_variance(var[:, 0], max(q[0], 1e-10)) + _rts_variance(var[:, 1], max(q[1], 1e-10))
+        still = not np.any(np.abs(own - own[0]) > 1e-6)  # fixed to the matrix: no own motion drawn
+        # the smallest step the model draws (0.6 of the case's): the least motion, so the lowest bound of any draw
+        drift = np.zeros((n, n)) if still else _drift_prior(n, 0.6 * p.drift_step_sd, p.drift_smooth)
+        drawn = _gp_variance(var[:, 0], drift) + _gp_variance(var[:, 1], drift)
         rows.append(
             dict(
                 case=case,
@@ -120,6 +151,7 @@ def particle_bounds(case: str, seed: int) -> list[dict]:
                 crlb_frame_px=float(np.sqrt(np.mean(var.sum(axis=1)))),
                 crlb_pre_edge_px=float(np.sqrt(np.mean(var[pre].sum(axis=1)))) if pre.any() else np.nan,
                 crlb_prior_px=float(np.sqrt(np.mean(prior))),
+                crlb_drift_px=float(np.sqrt(np.mean(drawn))),
             )
         )
     return rows
@@ -211,7 +243,9 @@ def main(argv=None) -> int:
                         r[k] = d.get(k, np.nan)
             rows.extend(part)
     cols = ["case", "seed", "truth_particle", "radius_px", "own_motion_px", "crlb_frame_px", "crlb_pre_edge_px"]
-    cols += ["crlb_prior_px"] + (["rms_px", "rms_noise_free_px", *RESPONSE_COLUMNS] if a.path != "none" else [])
+    cols += ["crlb_prior_px", "crlb_drift_px"] + (
+        ["rms_px", "rms_noise_free_px", *RESPONSE_COLUMNS] if a.path != "none" else []
+    )
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:
