@@ -14,8 +14,8 @@ For every isolated particle of a stress scene (:mod:`xanestrack.synth_stress`):
 - ``crlb_prior_px``: the same with the particle's own motion as a random walk of its true mean squared step
   (a Rauch-Tung-Striebel smoother per axis; the common motion taken as known): what smoothing across the energies
   can reach with a perfect motion model. A random walk of the true mean squared step is not the scene model's motion:
-  its walk is smoothed (over ``drift_smooth`` frames), its steps about a tenth of the walk's while its excursion is
-  the walk's, so this prior is too sure of the motion over many frames and the bound too low;
+  its walk is smoothed (over ``drift_smooth`` frames: steps about a tenth of the walk's, correlated, the path nearly
+  straight over a few frames, its excursion the walk's), which a smoother knowing it uses;
 - ``crlb_drift_px``: the same with the prior the scene model draws the own motion from (``synth_stress._drift``: a
   smoothed random walk; its exact Gaussian covariance, at 0.6 of the case's step, the least the model draws, so that
   no draw's bound is lower; 0 for a particle fixed to the matrix), the track's mean removed as the RMS is
@@ -25,6 +25,12 @@ For every isolated particle of a stress scene (:mod:`xanestrack.synth_stress`):
   :func:`xanestrack.evaluate.evaluate_tracking`) on the scene as drawn (``rms_px``) and drawn without photon noise
   (``counts`` 10^6, every other stressor kept: ``rms_noise_free_px``). Where the two agree the error is not noise;
   where ``rms_px`` is far above ``crlb_drift_px`` the method, not the photons, limits;
+- with ``--path``, where the gap between ``rms_px`` and the bound lies: ``edge_pre_edge_px`` and
+  ``edge_post_edge_px``, the RMS error of the pipeline's per-frame edge estimate (``edge_y, edge_x`` in tracks.csv, the
+  track's mean removed) below and above 8330 eV, against ``crlb_pre_edge_px`` (the estimator's own share); and
+  ``edge_smoothed_bound_px``, ``crlb_drift_px`` with the edge estimate's own error variance (below and above 8330 eV)
+  in place of the Cramer-Rao one: the best any smoothing of these estimates can reach with the scene model's prior.
+  Where ``rms_px`` is near it and it is far above ``crlb_drift_px``, the per-frame estimate, not the smoothing, limits;
 - with ``--path``, how much of the particle's own motion the pipeline reports (:func:`own_motion_response`):
   ``own_sd_px`` the RMS of its true motion relative to the other tracked particles, ``own_response`` the slope of
   the reported relative motion on the true one (1: reported in full; below 1: pulled towards the common motion, an
@@ -45,6 +51,7 @@ import sys
 import numpy as np
 
 PRE_EDGE_EV = 8330.0
+EDGE_COLUMNS = ["edge_pre_edge_px", "edge_post_edge_px", "edge_smoothed_bound_px"]
 RESPONSE_COLUMNS = ["own_sd_px", "own_response", "own_response_pre_edge", "own_response_post_edge"]
 
 
@@ -112,7 +119,7 @@ def particle_bounds(case: str, seed: int) -> list[dict]:
     centre = (np.array([H, W]) - 1) / 2
     var_per_count = (1.0 + 1.0 / p.n_ref) / p.counts
     pre = scene.energies_ev < PRE_EDGE_EV
-    rows = []
+    rows, priors = [], {}
     for i in sorted(truth.positions["particle"].unique()):
         t = truth.positions[truth.positions["particle"] == i].sort_values("frame")
         if not t["isolated"].all():
@@ -141,6 +148,7 @@ def particle_bounds(case: str, seed: int) -> list[dict]:
         # the smallest step the model draws (0.6 of the case's): the least motion, so the lowest bound of any draw
         drift = np.zeros((n, n)) if still else _drift_prior(n, 0.6 * p.drift_step_sd, p.drift_smooth)
         drawn = _gp_variance(var[:, 0], drift) + _gp_variance(var[:, 1], drift)
+        priors[int(i)] = drift
         rows.append(
             dict(
                 case=case,
@@ -152,6 +160,7 @@ def particle_bounds(case: str, seed: int) -> list[dict]:
                 crlb_pre_edge_px=float(np.sqrt(np.mean(var[pre].sum(axis=1)))) if pre.any() else np.nan,
                 crlb_prior_px=float(np.sqrt(np.mean(prior))),
                 crlb_drift_px=float(np.sqrt(np.mean(drawn))),
+                _prior=drift,
             )
         )
     return rows
@@ -171,6 +180,23 @@ def pipeline_rms(case: str, seed: int, path: str, **overrides) -> dict:
     table, _ = evaluate_tracking(result, scene.truth)
     found = table[table["isolated"] & table["rms_px"].notna()]
     out = {int(t): dict(rms_px=float(r)) for t, r in zip(found["truth_particle"], found["rms_px"])}
+    pre = scene.energies_ev < PRE_EDGE_EV
+    tp = scene.truth.positions
+    for t, p in zip(found["truth_particle"].astype(int), found["particle"].astype(int)):
+        rows = result.tracks[result.tracks["particle"] == p].sort_values("frame")
+        err = rows[["edge_y", "edge_x"]].to_numpy(float) - tp[tp["particle"] == t].sort_values("frame")[
+            ["y", "x"]
+        ].to_numpy(float)
+        ok = np.all(np.isfinite(err), axis=1)
+        if ok.sum() < 2:
+            continue
+        err -= err[ok].mean(axis=0)
+        var = np.full(len(err), 1e6)  # per axis; a frame not measured tells nothing
+        for sel, name in ((pre, "edge_pre_edge_px"), (~pre, "edge_post_edge_px")):
+            if (sel & ok).any():
+                out[t][name] = float(np.sqrt(np.mean(np.sum(err[sel & ok] ** 2, axis=1))))
+                var[sel & ok] = np.mean(err[sel & ok] ** 2)
+        out[t]["_edge_var"] = var
     for t, resp in own_motion_response(result, table, scene.truth, scene.energies_ev < PRE_EDGE_EV).items():
         out.setdefault(t, {}).update(resp)
     return out
@@ -239,12 +265,18 @@ def main(argv=None) -> int:
                     d, c = drawn.get(r["truth_particle"], {}), clean.get(r["truth_particle"], {})
                     r["rms_px"] = d.get("rms_px", np.nan)
                     r["rms_noise_free_px"] = c.get("rms_px", np.nan)
+                    for k in EDGE_COLUMNS[:2]:
+                        r[k] = d.get(k, np.nan)
+                    v = d.get("_edge_var")
+                    r["edge_smoothed_bound_px"] = (
+                        float(np.sqrt(2 * np.mean(_gp_variance(v, r["_prior"])))) if v is not None else np.nan
+                    )
                     for k in RESPONSE_COLUMNS:
                         r[k] = d.get(k, np.nan)
             rows.extend(part)
     cols = ["case", "seed", "truth_particle", "radius_px", "own_motion_px", "crlb_frame_px", "crlb_pre_edge_px"]
     cols += ["crlb_prior_px", "crlb_drift_px"] + (
-        ["rms_px", "rms_noise_free_px", *RESPONSE_COLUMNS] if a.path != "none" else []
+        ["rms_px", "rms_noise_free_px", *EDGE_COLUMNS, *RESPONSE_COLUMNS] if a.path != "none" else []
     )
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
