@@ -539,6 +539,7 @@ class _Located:
     group: tuple | None = None  # (the group's track id, its members' ids, neck): tracked apart (:func:`_split_groups`)
     larger: tuple | None = None  # (the larger particle's id, times its area, neck): tracked beside it (_track_smaller)
     smaller: tuple = ()  # the ids of the smaller touching particles tracked beside it (:func:`_track_smaller`)
+    magnification: tuple | None = None  # (ratio per frame, point in frame 0): the matrix's scale about it
 
 
 #: a faint track (detected in fewer than ``min_track_fraction`` of the frames examined) whose mean spectrum
@@ -1765,15 +1766,34 @@ def _matrix_shifts(located, od, energies, footprints, options):
         for j, loc in enumerate(located)
         if loc.measured.sum() >= 3 and np.isfinite(shifts[:, j]).all()
     )
+    scale = params["scale"].to_numpy(float)
+    ratio = scale / scale[0] if np.isfinite(scale[0]) and scale[0] > 0 else np.full(len(scale), np.nan)
     if with_matrix >= 2:
+        # where the shifts hold: each particle's reference position, in frame 0
+        _set_magnification(located, ratio, rigid[0])
         return shifts
     t = params[["common_dy", "common_dx"]].to_numpy(float)
-    scale = params["scale"].to_numpy(float)
     # the frames are prepared in parallel whatever ``options.threads`` (which bounds the particles
     # held at once): a frame's filters hold only a few crop-sized arrays (460^2, 2 cores: 1.53 -> 0.82 s)
     t, _ = matrix_motion(od, footprints, t - t[0], threads=max(_threads(options), min(4, os.cpu_count() or 1)))
     x0 = np.array([np.nanmedian(loc.centres - t, axis=0) for loc in located]) - c  # about the optical axis
+    _set_magnification(located, ratio, x0 + c)
     return t[:, None, :] + (scale - scale[0])[:, None, None] * x0[None]
+
+
+def _set_magnification(located, ratio, refs) -> None:
+    """Give each particle the frames' magnification (``ratio``: each frame's scale relative to frame 0) about
+    its point ``refs[j]`` (frame 0), where its matrix shifts hold, for its separation from the matrix
+    (:func:`xanestrack.background.separate_layers`); none where the scale is not known in every frame."""
+    ratio = np.asarray(ratio, float)
+    ok = np.isfinite(ratio).all() and bool(MATRIX_MAGNIFICATION)
+    for loc, ref in zip(located, np.asarray(refs, float)):
+        loc.magnification = (ratio, ref) if ok and np.isfinite(ref).all() else None
+
+
+#: Whether a particle's matrix is separated as it is magnified from frame to frame (the common similarity's
+#: scale), not moved by the shift at the particle alone (:func:`_set_magnification`)
+MATRIX_MAGNIFICATION = True
 
 
 def _own_motion_px(own, *, smooth: int = 15) -> float:
@@ -2267,7 +2287,8 @@ def _separate(loc, m, od, footprints, options, centres) -> str:
     cache = {}  # the box's frames, cover and first estimate: the same in every pass
 
     def separated(centres, lo, box, near):
-        background, _, _ = separate_layers(od, centres, m, lo, box, size, near, cache=cache)
+        ratio, ref = loc.magnification or (None, None)
+        background, _, _ = separate_layers(od, centres, m, lo, box, size, near, cache=cache, ratio=ratio, ref=ref)
         loc.matrix = background  # the last one: subtracted again before the chemistry
         return background
 
